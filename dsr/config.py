@@ -1,0 +1,174 @@
+"""Settings, read once from the environment. Every setting is listed in the README.
+
+Settings are plain environment variables so the same worker image runs locally (``dsr up``) and in
+production. A bad value raises :class:`ConfigError` naming the variable and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from dsr.model import TASK_QUEUE, ClockPolicy, IdentityMethod, Language, RequestPolicy, is_valid_email
+
+E = TypeVar("E")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the expected value."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, enum: type[E], default: E) -> E:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return enum(raw)  # type: ignore[call-arg]
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)  # type: ignore[attr-defined]
+        raise ConfigError(f"{name} must be one of {allowed}; got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8025
+    username: str | None = None
+    password: str | None = None
+    use_tls: bool = False  # implicit TLS (port 465)
+    start_tls: bool = False  # STARTTLS upgrade (port 587)
+    timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = TASK_QUEUE
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    smtp_configured: bool = False  # False: `dsr up` runs its own SMTP sink writing to DSR_HOME/outbox
+    mail_from: str = "privacy@localhost"
+    mail_domain: str = "localhost"  # right-hand side of Message-IDs
+    controller_name: str = "Data protection team"
+    default_language: Language = Language.FR
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
+    ui_port: int = 8233
+    codec_port: int = 8234
+    codec_token: str | None = None
+
+    @property
+    def outbox(self) -> Path:
+        return self.home / "outbox"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "keys.json"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("DSR_HOME") or Path.home() / ".dsr").expanduser()
+        database_url = env.get("DSR_DATABASE_URL") or f"sqlite:///{home / 'ledger.sqlite3'}"
+
+        operator_email = env.get("DSR_OPERATOR_EMAIL", "privacy@localhost")
+        mail_from = env.get("DSR_MAIL_FROM", "privacy@localhost")
+        for name, value in (("DSR_OPERATOR_EMAIL", operator_email), ("DSR_MAIL_FROM", mail_from)):
+            if not is_valid_email(value) and not value.endswith("@localhost"):
+                raise ConfigError(f"{name} must be an email address, got {value!r}")
+
+        smtp_host = env.get("DSR_SMTP_HOST", "")
+        smtp = SmtpSettings(
+            host=smtp_host or "127.0.0.1",
+            port=_int(env, "DSR_SMTP_PORT", 8025, minimum=1),
+            username=env.get("DSR_SMTP_USERNAME") or None,
+            password=env.get("DSR_SMTP_PASSWORD") or None,
+            use_tls=_bool(env, "DSR_SMTP_TLS", False),
+            start_tls=_bool(env, "DSR_SMTP_STARTTLS", False),
+        )
+
+        reminder_days = _int(env, "DSR_IDENTITY_REMINDER_DAYS", 7, minimum=1)
+        timeout_days = _int(env, "DSR_IDENTITY_TIMEOUT_DAYS", 30, minimum=1)
+        if timeout_days <= reminder_days:
+            raise ConfigError(
+                "DSR_IDENTITY_TIMEOUT_DAYS must be longer than DSR_IDENTITY_REMINDER_DAYS "
+                f"({timeout_days} <= {reminder_days})"
+            )
+        timezone = env.get("DSR_TIMEZONE", "Europe/Paris")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(timezone)
+        except Exception:
+            raise ConfigError(f"DSR_TIMEZONE must be an IANA time zone such as Europe/Paris, got {timezone!r}") from None
+        country = env.get("DSR_COUNTRY", "FR").upper()
+        subdiv = env.get("DSR_SUBDIVISION") or None
+        try:
+            import holidays
+
+            holidays.country_holidays(country, subdiv=subdiv)
+        except (NotImplementedError, KeyError):
+            raise ConfigError(
+                f"DSR_COUNTRY/DSR_SUBDIVISION: no public-holiday calendar for {country!r}/{subdiv!r}"
+            ) from None
+
+        policy = RequestPolicy(
+            identity=_choice(env, "DSR_IDENTITY_METHOD", IdentityMethod, IdentityMethod.EMAIL),
+            clock=_choice(env, "DSR_CLOCK", ClockPolicy, ClockPolicy.RECEIPT),
+            identity_reminder_after_days=reminder_days,
+            identity_timeout_days=timeout_days,
+            operator_email=operator_email,
+            country=country,
+            subdiv=subdiv,
+            timezone=timezone,
+            escalation_repeat_days=_int(env, "DSR_ESCALATION_REPEAT_DAYS", 7, minimum=1),
+        )
+        return cls(
+            home=home,
+            database_url=database_url,
+            temporal_address=env.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+            temporal_namespace=env.get("TEMPORAL_NAMESPACE", "default"),
+            task_queue=env.get("DSR_TASK_QUEUE", TASK_QUEUE),
+            smtp=smtp,
+            smtp_configured=bool(smtp_host),
+            mail_from=mail_from,
+            mail_domain=mail_from.rpartition("@")[2] or "localhost",
+            controller_name=env.get("DSR_CONTROLLER_NAME", "Data protection team"),
+            default_language=_choice(env, "DSR_LANGUAGE", Language, Language.FR),
+            policy=policy,
+            ui_port=_int(env, "DSR_UI_PORT", 8233, minimum=1),
+            codec_port=_int(env, "DSR_CODEC_PORT", 8234, minimum=1),
+            codec_token=env.get("DSR_CODEC_TOKEN") or None,
+        )

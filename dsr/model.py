@@ -1,0 +1,350 @@
+"""The words of the domain and the dataclasses that cross boundaries.
+
+Everything here is imported by workflow code, so it stays deterministic and free of I/O: plain
+dataclasses and enums, no clocks, no randomness. Each workflow, activity, update and query takes one
+dataclass so fields can be added later without breaking running workflows (new fields get defaults).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+
+TASK_QUEUE = "dsr-requests"
+"""The one task queue every worker polls; scale by running more workers on it."""
+
+WORKFLOW_ID_PREFIX = "dsr-"
+"""Workflow ids are the request reference, e.g. ``dsr-2026-11-7KQ3FJ``: no personal data, ever."""
+
+
+class RequestKind(StrEnum):
+    """The right the subject exercises (GDPR articles 15, 16, 17, 20)."""
+
+    ACCESS = "access"
+    RECTIFICATION = "rectification"
+    ERASURE = "erasure"
+    PORTABILITY = "portability"
+
+
+class Stage(StrEnum):
+    """Where a request is in its lifecycle; mirrored in the ``DsrStage`` search attribute."""
+
+    RECEIVED = "received"
+    AWAITING_IDENTITY = "awaiting_identity"
+    PROCESSING = "processing"
+    NEEDS_ATTENTION = "needs_attention"
+    REPLYING = "replying"
+    CLOSED = "closed"
+
+
+class Outcome(StrEnum):
+    """How a closed request ended."""
+
+    FULFILLED = "fulfilled"
+    REFUSED = "refused"  # Art. 12(5): manifestly unfounded or excessive, reason recorded
+    UNVERIFIED = "unverified"  # identity not confirmed in time
+    WITHDRAWN = "withdrawn"
+
+
+class Channel(StrEnum):
+    """How the request reached the controller."""
+
+    API = "api"
+    EMAIL = "email"
+    FORM = "form"
+    SUPPORT_DESK = "support_desk"
+    OPERATOR = "operator"  # typed in by staff, e.g. from a letter
+
+
+class IdentityMethod(StrEnum):
+    """How the subject proves who they are (EDPB 01/2022: proportionate to the doubt)."""
+
+    TRUSTED = "trusted"  # the channel already authenticated the person
+    EMAIL = "email"  # control of the address on file, by one-time link or code
+    DOCUMENT = "document"  # an operator reviews a document, which is then deleted
+
+
+class ClockPolicy(StrEnum):
+    """When the one-month clock runs (LEGAL.md, décret 2019-536)."""
+
+    RECEIPT = "receipt"  # from receipt, whatever happens: never late
+    SUSPEND_DURING_IDENTITY = "suspend_during_identity"  # from the day identity is confirmed
+
+
+class Language(StrEnum):
+    FR = "fr"
+    EN = "en"
+
+
+# Deliberately simple: a syntactic check that catches typos and injection, not RFC 5322 in full.
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+def is_valid_email(address: str) -> bool:
+    """True when ``address`` is a plausible single mailbox (no display name, no CR/LF, <= 254 chars)."""
+    return len(address) <= 254 and _EMAIL.fullmatch(address) is not None
+
+
+@dataclass
+class Subject:
+    """The person the request is about. Personal data: only ever inside encrypted payloads."""
+
+    email: str
+    name: str = ""
+
+
+@dataclass
+class Reminder:
+    """A moment before the deadline when operators are reminded (D-7, D-2)."""
+
+    label: str  # "D-7", "D-2"
+    at: datetime  # UTC instant
+
+
+@dataclass
+class Deadline:
+    """A response deadline, computed outside workflow code so replays never see new holiday data."""
+
+    due: date  # last day on which a reply is in time (Regulation 1182/71)
+    overdue_at: datetime  # UTC instant when ``due`` ends in the controller's time zone
+    reminders: list[Reminder] = field(default_factory=list)
+
+
+@dataclass
+class Deadlines:
+    """The normal deadline and the one an extension would give, both from the same starting date."""
+
+    normal: Deadline
+    extended: Deadline
+
+
+@dataclass
+class DeadlineInput:
+    """What the deadline calculation needs: the starting date and the controller's calendar."""
+
+    start: date  # receipt date, or the identity-confirmation date when the clock was suspended
+    country: str = "FR"
+    subdiv: str | None = None
+    timezone: str = "Europe/Paris"
+
+
+@dataclass
+class RequestPolicy:
+    """Settings frozen into a request when it starts, so later configuration changes never alter it."""
+
+    identity: IdentityMethod = IdentityMethod.EMAIL
+    clock: ClockPolicy = ClockPolicy.RECEIPT
+    identity_reminder_after_days: int = 7
+    identity_timeout_days: int = 30
+    operator_email: str = "privacy@localhost"
+    country: str = "FR"
+    subdiv: str | None = None
+    timezone: str = "Europe/Paris"
+    escalation_repeat_days: int = 7
+
+
+@dataclass
+class RequestInput:
+    """The single input of the ``DataSubjectRequest`` workflow."""
+
+    request_id: str
+    kind: RequestKind
+    subject: Subject
+    channel: Channel
+    received_at: datetime  # UTC instant of receipt
+    received_on: date  # receipt date in the controller's time zone
+    deadlines: Deadlines
+    language: Language = Language.FR
+    details: str = ""  # free text from the subject; may hold personal data (encrypted payload)
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
+    changes: dict[str, str] = field(default_factory=dict)  # rectification: canonical field -> new value
+
+
+# --- updates (one dataclass each) ---------------------------------------------------------------
+
+
+@dataclass
+class IdentityConfirmation:
+    method: IdentityMethod
+    confirmed_by: str  # operator login or "subject" (email link); never the subject's address
+    note: str = ""
+
+
+@dataclass
+class Extension:
+    reason: str  # Art. 12(3): the reasons are told to the subject
+    requested_by: str = "operator"
+
+
+@dataclass
+class Refusal:
+    reason: str  # Art. 12(5): the controller bears the burden of proof, so the reason is kept
+    requested_by: str = "operator"
+
+
+@dataclass
+class Withdrawal:
+    requested_by: str = "subject"
+    reason: str = ""
+
+
+@dataclass
+class Retry:
+    requested_by: str = "operator"
+
+
+@dataclass
+class UpdateResult:
+    """What an update tells its caller: the stage and deadline after it was applied."""
+
+    stage: Stage
+    deadline: date
+    extended: bool
+
+
+# --- connectors -----------------------------------------------------------------------------------
+
+
+class ConnectorState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # permanent error: waits for an operator's retry
+
+
+@dataclass
+class ConnectorTask:
+    """Input of the activity that runs one connector for one request."""
+
+    request_id: str
+    connector: str
+    kind: RequestKind
+    subject: Subject
+    changes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ConnectorOutcome:
+    """What one connector did. Counts only: record contents go to the export store, never history."""
+
+    connector: str
+    found: int = 0  # records located for the subject
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. exported, deleted, anonymised, retained
+    notes: list[str] = field(default_factory=list)  # human-readable, no personal data
+
+
+@dataclass
+class ConnectorProgress:
+    connector: str
+    state: ConnectorState = ConnectorState.PENDING
+    attempts: int = 0
+    error: str = ""  # class and hint, no personal data
+    outcome: ConnectorOutcome | None = None
+
+
+@dataclass
+class FanOutPlan:
+    """Which connectors take part in a request of a given kind (from the worker's configuration)."""
+
+    connectors: list[str]
+
+
+@dataclass
+class PlanInput:
+    kind: RequestKind
+
+
+# --- notices and ledger ---------------------------------------------------------------------------
+
+
+class NoticeTemplate(StrEnum):
+    """Lifecycle notices; each is a folder of templates in ``templates/<lang>/``."""
+
+    ACKNOWLEDGEMENT = "acknowledgement"
+    IDENTITY_REQUEST = "identity_request"
+    IDENTITY_REMINDER = "identity_reminder"
+    EXTENSION = "extension"
+    REFUSAL = "refusal"
+    UNVERIFIED = "unverified"
+    WITHDRAWN = "withdrawn"
+    COMPLETED = "completed"
+    OPERATOR_REMINDER = "operator_reminder"
+    OPERATOR_ESCALATION = "operator_escalation"
+    OPERATOR_ATTENTION = "operator_attention"
+
+
+OPERATOR_TEMPLATES = frozenset({
+    NoticeTemplate.OPERATOR_REMINDER,
+    NoticeTemplate.OPERATOR_ESCALATION,
+    NoticeTemplate.OPERATOR_ATTENTION,
+})
+
+
+@dataclass
+class Notice:
+    """One email to send. ``to`` is the subject's address or the operator address."""
+
+    request_id: str
+    template: NoticeTemplate
+    to: str
+    language: Language
+    context: dict[str, str] = field(default_factory=dict)  # values for the template; strings only
+    in_reply_to: str | None = None  # Message-ID of the subject's email, to reply in the same thread
+
+
+@dataclass
+class SentNotice:
+    message_id: str
+    already_sent: bool = False  # a retried activity found the notice in the ledger
+
+
+@dataclass
+class RequestRecordInput:
+    """Input of the activity that creates (or finds) the request's row in the ledger."""
+
+    request_id: str
+    kind: RequestKind
+    channel: Channel
+    subject: Subject
+    received_at: datetime
+    deadline: date
+    language: Language
+
+
+@dataclass
+class AuditEvent:
+    """One append-only ledger event. ``details`` never holds raw personal data."""
+
+    request_id: str
+    event: str  # e.g. "received", "identity_confirmed", "extended", "connector_done", "closed"
+    actor: str = "engine"
+    details: dict[str, str] = field(default_factory=dict)
+    stage: Stage | None = None  # when given, the request row's stage is updated too
+    outcome: Outcome | None = None
+    deadline: date | None = None
+    extended: bool | None = None
+
+
+@dataclass
+class RequestStatus:
+    """Answer of the ``status`` query. Deliberately free of the subject's email and name."""
+
+    request_id: str
+    kind: RequestKind
+    stage: Stage
+    outcome: Outcome | None
+    channel: Channel
+    received: date
+    deadline: date
+    extended: bool
+    overdue: bool
+    identity: IdentityMethod
+    identity_confirmed: bool
+    language: Language
+    connectors: list[ConnectorProgress] = field(default_factory=list)
+    extension_reason: str = ""
+    refusal_reason: str = ""
+    clock_suspended: bool = False
