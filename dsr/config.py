@@ -132,7 +132,9 @@ class Settings:
 
             ZoneInfo(timezone)
         except Exception:
-            raise ConfigError(f"DSR_TIMEZONE must be an IANA time zone such as Europe/Paris, got {timezone!r}") from None
+            raise ConfigError(
+                f"DSR_TIMEZONE must be an IANA time zone such as Europe/Paris, got {timezone!r}"
+            ) from None
         country = env.get("DSR_COUNTRY", "FR").upper()
         subdiv = env.get("DSR_SUBDIVISION") or None
         try:

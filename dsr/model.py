@@ -132,6 +132,16 @@ class DeadlineInput:
 
 
 @dataclass
+class ClockStart:
+    """Restart the clock at an instant (identity confirmed while the clock was suspended)."""
+
+    at: datetime  # UTC instant; its date is taken in ``timezone``
+    country: str = "FR"
+    subdiv: str | None = None
+    timezone: str = "Europe/Paris"
+
+
+@dataclass
 class RequestPolicy:
     """Settings frozen into a request when it starts, so later configuration changes never alter it."""
 
@@ -161,6 +171,7 @@ class RequestInput:
     details: str = ""  # free text from the subject; may hold personal data (encrypted payload)
     policy: RequestPolicy = field(default_factory=RequestPolicy)
     changes: dict[str, str] = field(default_factory=dict)  # rectification: canonical field -> new value
+    in_reply_to: str | None = None  # Message-ID of the subject's email, so notices stay in its thread
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------

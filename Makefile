@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make run` and `make test`. Both install into .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint histories clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dsr up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+# Re-record the saved workflow histories that the replay test checks (after an intended change).
+histories: $(STAMP)
+	DSR_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/workflows/test_request.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

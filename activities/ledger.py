@@ -1,0 +1,33 @@
+"""Ledger writes, as activities: every step of a request leaves an audit event that outlives Temporal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from temporalio import activity
+
+from dsr.ledger import Ledger
+from dsr.model import AuditEvent, RequestRecordInput
+
+
+def _idempotency_key() -> str:
+    """Stable across retries of one activity execution, unique across executions and runs."""
+    info = activity.info()
+    return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+
+
+class LedgerActivities:
+    """Synchronous database work; the worker runs these in its thread pool."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    @activity.defn(name="record_request")
+    def record_request(self, record: RequestRecordInput) -> bool:
+        """Create the request's row; a retry finds it and changes nothing."""
+        return self._ledger.record_request(record, now=datetime.now(UTC))
+
+    @activity.defn(name="record_event")
+    def record_event(self, event: AuditEvent) -> bool:
+        """Append one audit event (and move the request's stage); a retry writes nothing twice."""
+        return self._ledger.append_event(event, key=_idempotency_key(), at=datetime.now(UTC))

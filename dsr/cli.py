@@ -1,0 +1,421 @@
+"""``dsr``: the operator's command line.
+
+Every verb either succeeds or prints one line saying what is wrong and exits non-zero; no traceback
+reaches the operator. Read verbs take ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, date, datetime
+from enum import Enum
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="dsr",
+    help="A durable engine for GDPR data-subject requests, on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+RequestId = Annotated[str, typer.Argument(help="The request reference, e.g. dsr-2026-11-7KQ3FJ.")]
+Actor = Annotated[str, typer.Option("--by", help="Who acts (an operator login), kept in the ledger.")]
+
+
+class UserError(Exception):
+    """A problem the operator can fix; printed as one line."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready form of dataclasses, enums and dates."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(_plain(value), ensure_ascii=False, indent=2, sort_keys=True))
+
+
+def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command and turn every expected failure into one line and a non-zero exit."""
+
+    @functools.wraps(coroutine_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        from temporalio.client import WorkflowUpdateFailedError
+        from temporalio.service import RPCError, RPCStatusCode
+
+        from dsr.config import ConfigError
+        from intake.submission import SubmissionError
+
+        try:
+            return asyncio.run(coroutine_fn(*args, **kwargs))
+        except (UserError, ConfigError, SubmissionError) as err:
+            fail(str(err))
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            fail(getattr(cause, "message", None) or str(cause) or "the request refused the change")
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                fail("no such request (check the reference)")
+            if err.status == RPCStatusCode.UNAVAILABLE:
+                fail("cannot reach Temporal: is `dsr up` running, or TEMPORAL_ADDRESS right?")
+            fail(f"Temporal refused the call: {err.message}")
+        except RuntimeError as err:
+            if "Failed client connect" in str(err) or "connection" in str(err).lower():
+                fail("cannot reach Temporal: is `dsr up` running, or TEMPORAL_ADDRESS right?")
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper
+
+
+async def _client():
+    from dsr.config import Settings
+    from dsr.crypto import KeyRing
+    from dsr.temporal import connect
+
+    settings = Settings.from_env()
+    keyring = KeyRing.from_settings(settings)
+    try:
+        return settings, await connect(settings, keyring)
+    except RuntimeError as err:
+        raise UserError(
+            f"cannot reach Temporal at {settings.temporal_address}: is `dsr up` running?"
+        ) from err
+
+
+def _handle(client, request_id: str):
+    from dsr.model import WORKFLOW_ID_PREFIX
+    from workflows.request import DataSubjectRequest
+
+    if not request_id.startswith(WORKFLOW_ID_PREFIX):
+        raise UserError(f"{request_id!r} is not a request reference (they look like dsr-2026-11-7KQ3FJ)")
+    return client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
+
+
+def _parse_received(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"--received must be a date (2026-11-20) or an ISO time, got {value!r}") from None
+    if parsed.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        from dsr.config import Settings
+
+        # A bare date or time is the controller's local time: that is how a letter's stamp reads.
+        parsed = parsed.replace(tzinfo=ZoneInfo(Settings.from_env().policy.timezone))
+    return parsed
+
+
+def _parse_changes(values: list[str]) -> dict[str, str]:
+    changes: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--change must look like field=value, got {item!r}")
+        changes[key.strip()] = value
+    return changes
+
+
+@app.command()
+@run
+async def submit(
+    kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
+    email: Annotated[str, typer.Option(help="The subject's email address.")],
+    name: Annotated[str, typer.Option(help="The subject's name.")] = "",
+    channel: Annotated[str, typer.Option(help="api, email, form, support_desk or operator.")] = "operator",
+    language: Annotated[str | None, typer.Option(help="fr or en (default: DSR_LANGUAGE).")] = None,
+    details: Annotated[str, typer.Option(help="What the subject wrote.")] = "",
+    received: Annotated[
+        str | None, typer.Option(help="When it was received, if earlier than now (YYYY-MM-DD or ISO time).")
+    ] = None,
+    change: Annotated[
+        list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record a request received by any channel and start its workflow."""
+    from intake.submission import Submission, prepare, start
+
+    settings, client = await _client()
+    request = prepare(
+        Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
+                   received_at=_parse_received(received), changes=_parse_changes(change or [])),
+        settings,
+    )
+    await start(client, request, task_queue=settings.task_queue)
+    if as_json:
+        emit_json({"id": request.request_id, "kind": request.kind, "received": request.received_on,
+                   "deadline": request.deadlines.normal.due, "extended_deadline": request.deadlines.extended.due})
+    else:
+        typer.echo(f"{request.request_id}  {request.kind.value}  due {request.deadlines.normal.due.isoformat()}")
+
+
+@app.command()
+@run
+async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
+    """Where a request stands: stage, deadline, connectors."""
+    from workflows.request import DataSubjectRequest
+
+    _, client = await _client()
+    state = await _handle(client, request_id).query(DataSubjectRequest.status)
+    if as_json:
+        data = _plain(state)
+        data["id"] = data.pop("request_id")
+        emit_json(data)
+        return
+    flags = [f for f, on in (("extended", state.extended), ("OVERDUE", state.overdue)) if on]
+    typer.echo(f"{state.request_id}  {state.kind.value}  {state.stage.value}"
+               + (f" ({state.outcome.value})" if state.outcome else ""))
+    typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"
+               + (f" [{', '.join(flags)}]" if flags else ""))
+    typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
+    for c in state.connectors:
+        typer.echo(f"  {c.connector}: {c.state.value}" + (f" - {c.error}" if c.error else ""))
+
+
+async def _update(request_id: str, update: str, argument: Any, as_json: bool) -> None:
+    from dsr.model import UpdateResult
+
+    _, client = await _client()
+    handle = _handle(client, request_id)
+    await handle.describe()  # a clear "no such request" before any update is attempted
+    result = await handle.execute_update(update, argument, result_type=UpdateResult)
+    if as_json:
+        emit_json({"id": request_id, **_plain(result)})
+    else:
+        typer.echo(f"{request_id}: {result.stage.value}, due {result.deadline.isoformat()}"
+                   + (" (extended)" if result.extended else ""))
+
+
+@app.command("confirm-identity")
+@run
+async def confirm_identity(
+    request_id: RequestId,
+    method: Annotated[str, typer.Option(help="How identity was checked: email or document.")] = "document",
+    by: Actor = "operator",
+    note: Annotated[str, typer.Option(help="What was checked (no copy of the document).")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Confirm the subject's identity (e.g. after reviewing a document, which is then deleted)."""
+    from dsr.model import IdentityConfirmation, IdentityMethod
+
+    try:
+        chosen = IdentityMethod(method)
+    except ValueError:
+        raise UserError(f"--method must be email or document, got {method!r}") from None
+    await _update(request_id, "confirm_identity",
+                  IdentityConfirmation(method=chosen, confirmed_by=by, note=note), as_json)
+
+
+@app.command()
+@run
+async def extend(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why (told to the subject, Art. 12(3)).")],
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Extend the deadline by two months, once, within the first month; the subject is told why."""
+    from dsr.model import Extension
+
+    await _update(request_id, "extend_deadline", Extension(reason=reason, requested_by=by), as_json)
+
+
+@app.command()
+@run
+async def refuse(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why the request is manifestly unfounded or excessive.")],
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Refuse a request (Art. 12(5)); the subject is told why and of the right to complain."""
+    from dsr.model import Refusal
+
+    await _update(request_id, "refuse", Refusal(reason=reason, requested_by=by), as_json)
+
+
+@app.command()
+@run
+async def withdraw(
+    request_id: RequestId,
+    by: Actor = "subject",
+    reason: Annotated[str, typer.Option(help="Optional note.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Close a request the subject withdrew."""
+    from dsr.model import Withdrawal
+
+    await _update(request_id, "withdraw", Withdrawal(requested_by=by, reason=reason), as_json)
+
+
+@app.command()
+@run
+async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOption = False) -> None:
+    """Run the failed connectors of a request in needs_attention again."""
+    from dsr.model import Retry
+
+    await _update(request_id, "retry", Retry(requested_by=by), as_json)
+
+
+@app.command()
+@run
+async def due(
+    within: Annotated[int, typer.Option(help="Days ahead (0: today and overdue).", min=0)] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Open requests due within DAYS, overdue first."""
+    from zoneinfo import ZoneInfo
+
+    from dsr.dashboard import list_due
+
+    settings, client = await _client()
+    today = datetime.now(ZoneInfo(settings.policy.timezone)).date()
+    rows = await list_due(client, today, within)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        typer.echo(f"nothing due within {within} days")
+    for r in rows:
+        typer.echo(f"{r.deadline.isoformat()}  {r.id}  {r.kind:<13} {r.stage}"
+                   + ("  OVERDUE" if r.overdue else "") + ("  (extended)" if r.extended else ""))
+
+
+@app.command()
+def history(request_id: RequestId, as_json: JsonOption = False) -> None:
+    """The request's audit trail from the ledger (kept after Temporal forgets the workflow)."""
+    from dsr.config import ConfigError, Settings
+    from dsr.crypto import KeyRing
+    from dsr.ledger import Ledger
+
+    try:
+        settings = Settings.from_env()
+        ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    try:
+        row = ledger.get_request(request_id)
+        if row is None:
+            fail(f"no request {request_id!r} in the ledger")
+        events = ledger.events(request_id)
+    finally:
+        ledger.close()
+    if as_json:
+        emit_json({"id": request_id, "kind": row.kind, "stage": row.stage, "outcome": row.outcome,
+                   "deadline": row.deadline, "extended": row.extended,
+                   "events": [{"at": e.at, "event": e.event, "actor": e.actor, "details": e.details}
+                              for e in events]})
+        return
+    typer.echo(f"{request_id}  {row.kind.value}  {row.stage.value}"
+               + (f" ({row.outcome.value})" if row.outcome else "") + f"  due {row.deadline.isoformat()}")
+    for e in events:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
+        typer.echo(f"  {e.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z  {e.event:<20} {e.actor}"
+                   + (f"  {details}" if details else ""))
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE (production)."""
+    from dsr.config import ConfigError, Settings
+    from worker import run_worker
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        fail(str(err))
+    try:
+        asyncio.run(run_worker(settings))
+    except KeyboardInterrupt:
+        return
+    except RuntimeError as err:
+        fail(f"worker stopped: {err}")
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="Also start the sandboxes with sample customers.")] = False,
+) -> None:
+    """Start everything locally: Temporal dev server and UI, codec server, worker, SMTP sink."""
+    from dsr.config import ConfigError, Settings
+    from dsr.stack import StackError, run_stack
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        fail(str(err))
+    if demo:
+        fail("--demo needs the sandboxes, which are not built yet (see the connectors issue)")
+    try:
+        asyncio.run(run_stack(settings))
+    except StackError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("codec-server")
+def codec_server(
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default DSR_CODEC_PORT).")] = None,
+    origin: Annotated[str | None, typer.Option(help="The Temporal UI's origin allowed by CORS.")] = None,
+) -> None:
+    """Decode payloads for the Temporal UI, for staff holding DSR_CODEC_TOKEN."""
+    from dsr.codec_server import codec_app, serve_codec
+    from dsr.config import ConfigError, Settings
+    from dsr.crypto import KeyRing
+
+    try:
+        settings = Settings.from_env()
+        keyring = KeyRing.from_settings(settings)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    if not settings.codec_token:
+        fail("set DSR_CODEC_TOKEN: outside `dsr up` the codec server only answers with a bearer token")
+    application = codec_app(keyring, allowed_origin=origin or settings.ui_url, token=settings.codec_token)
+
+    async def serve() -> None:
+        server = await serve_codec(application, port=port or settings.codec_port)
+        await server.wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+def main() -> None:  # pragma: no cover - console script entry point
+    app(prog_name="dsr")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

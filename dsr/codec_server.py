@@ -1,0 +1,355 @@
+"""The codec server: lets the Temporal Web UI (and CLI) show decrypted payloads to staff.
+
+It implements the Temporal remote codec protocol: ``POST .../decode`` and ``POST .../encode`` take and
+return the protobuf JSON of ``temporal.api.common.v1.Payloads``::
+
+    {"payloads": [{"metadata": {"encoding": "<base64>", ...}, "data": "<base64>"}]}
+
+Only the last path segment is looked at, so ``/decode`` and ``/default/decode`` (a per-namespace URL, as
+the CLI's ``--codec-endpoint http://127.0.0.1:8234/{namespace}`` produces) both work.
+
+How clients call it
+-------------------
+* The Web UI (``temporal server start-dev --ui-codec-endpoint http://127.0.0.1:8234``) calls it *from the
+  browser*: ``fetch(endpoint + "/decode", {method: "POST", headers: {"Content-Type": "application/json",
+  "X-Namespace": ns}})``, so a CORS preflight comes first and the response needs
+  ``Access-Control-Allow-Origin`` set to the UI's origin (both ``127.0.0.1`` and ``localhost`` spellings of
+  the configured origin are accepted). The UI adds ``Authorization: Bearer <its OIDC access token>`` only
+  when "pass access token" is enabled *and* the endpoint is https; it cannot send a static token. So the
+  local stack runs this server on loopback with ``token=None``; set a token when something else (the CLI
+  with ``--codec-auth "Bearer TOKEN"``, a proxy) calls it.
+* Requests carrying an ``Origin`` other than the allowed one are refused (403) even though CORS alone
+  would only hide the answer from the page.
+
+Errors are JSON ``{"error": "..."}``: 400 for a malformed body or a payload that cannot be decrypted,
+401 for a missing or wrong bearer token, 413 over the body size limit. Error messages never echo the
+body (on ``/encode`` it is plaintext). Responses carry ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvicorn
+from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from temporalio.api.common.v1 import Payload, Payloads
+
+from dsr.crypto import EncryptionCodec, KeyRing, KeyRingError
+
+__all__ = [
+    "DEFAULT_CODEC_PORT",
+    "MAX_BODY_BYTES",
+    "RunningCodecServer",
+    "codec_app",
+    "serve_codec",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CODEC_PORT = 8234
+"""Same default as ``Settings.codec_port`` (``DSR_CODEC_PORT``)."""
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest request body accepted (4 MiB); Temporal's own payload limit is 2 MiB by default."""
+
+ALLOW_METHODS = "POST, OPTIONS"
+ALLOW_HEADERS = "content-type, x-namespace, authorization"
+_ALLOWED_HEADER_SET = frozenset(h.strip() for h in ALLOW_HEADERS.split(","))
+_DRAIN_LIMIT = 64 * 1024 * 1024  # bytes read and thrown away from an oversize body before giving up
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+def _origin_variants(allowed_origin: str) -> frozenset[str]:
+    """The allowed origin, normalised, plus its ``localhost``/``127.0.0.1`` twin."""
+    parts = urlsplit(allowed_origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"allowed_origin must look like http://127.0.0.1:8233, got {allowed_origin!r}")
+    host = parts.hostname.lower()
+    port = f":{parts.port}" if parts.port is not None else ""
+    hosts = {host}
+    if host in _LOOPBACK_NAMES:
+        hosts.update(_LOOPBACK_NAMES)
+    return frozenset(f"{parts.scheme}://{h}{port}" for h in hosts)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or _BodyTooLarge once it exceeds ``limit`` bytes.
+
+    An oversize body is read to its end (and thrown away, up to a cap) so the client receives the 413
+    instead of a reset connection.
+    """
+    too_large = False
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        if int(declared) > _DRAIN_LIMIT:
+            raise _BodyTooLarge  # not worth reading; the client sees the connection close
+        too_large = True
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if too_large or total > limit:
+            too_large = True
+            chunks.clear()
+            if total > _DRAIN_LIMIT:
+                break
+            continue
+        chunks.append(chunk)
+    if too_large:
+        raise _BodyTooLarge
+    return b"".join(chunks)
+
+
+def _parse_payloads(body: bytes) -> Payloads:
+    """Parse the proto JSON of Payloads; ValueError with a message that never echoes the body."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ValueError("body is not valid JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("payloads"), list):
+        raise ValueError('body must be a JSON object {"payloads": [...]}')
+    try:
+        return json_format.ParseDict(doc, Payloads(), ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError):
+        raise ValueError(
+            'body is not Payloads JSON: each payload is {"metadata": {key: base64}, "data": base64}'
+        ) from None
+
+
+def _payloads_json(payloads: Sequence[Payload]) -> dict[str, Any]:
+    doc = json_format.MessageToDict(Payloads(payloads=payloads))
+    doc.setdefault("payloads", [])
+    return doc
+
+
+def codec_app(
+    keyring: KeyRing,
+    *,
+    allowed_origin: str,
+    token: str | None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Starlette:
+    """The codec server as a Starlette app.
+
+    ``allowed_origin`` is the Web UI's origin (``Settings.ui_url``, e.g. ``http://127.0.0.1:8233``);
+    ``token`` (``Settings.codec_token``), when set, is required as ``Authorization: Bearer <token>`` on
+    ``/encode`` and ``/decode`` (never on the CORS preflight, which browsers send without credentials, nor
+    on ``GET /health``).
+    """
+    if token is not None and not token.strip():
+        raise ValueError("codec token must not be empty; pass None to disable authentication")
+    origins = _origin_variants(allowed_origin)
+    codec = EncryptionCodec(keyring)
+    expected = token.encode("utf-8") if token is not None else None
+    actions: dict[str, Callable[[Sequence[Payload]], Awaitable[list[Payload]]]] = {
+        "decode": codec.decode,
+        "encode": codec.encode,
+    }
+
+    def cors_headers(origin: str | None) -> dict[str, str]:
+        if origin is None or origin not in origins:
+            return {"Vary": "Origin"}
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Vary": "Origin",
+        }
+
+    def authorised(request: Request) -> bool:
+        if expected is None:
+            return True
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(credentials.strip().encode("utf-8"), expected)
+
+    def preflight(request: Request, origin: str | None) -> Response:
+        if origin is None or origin not in origins:
+            return _error(403, "origin not allowed", {"Vary": "Origin"})
+        method = request.headers.get("access-control-request-method", "POST").upper()
+        requested = {
+            h.strip().lower()
+            for h in request.headers.get("access-control-request-headers", "").split(",")
+            if h.strip()
+        }
+        if method not in ("POST", "OPTIONS") or not requested <= _ALLOWED_HEADER_SET:
+            return _error(403, "method or headers not allowed", {"Vary": "Origin"})
+        headers = cors_headers(origin)
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+            }
+        )
+        if request.headers.get("access-control-request-private-network", "").lower() == "true":
+            headers["Access-Control-Allow-Private-Network"] = "true"
+        return Response(status_code=204, headers=headers)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    async def codec_endpoint(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        action = request.path_params.get("path", "").rstrip("/").rpartition("/")[2]
+        handler = actions.get(action)
+        if handler is None:
+            return _error(404, "not found; use POST /encode or POST /decode", cors_headers(origin))
+        if request.method == "OPTIONS":
+            return preflight(request, origin)
+        if request.method != "POST":
+            headers = cors_headers(origin) | {"Allow": ALLOW_METHODS}
+            return _error(405, f"use POST /{action}", headers)
+        headers = cors_headers(origin)
+        if origin is not None and origin not in origins:
+            return _error(403, "origin not allowed", headers)
+        if not authorised(request):
+            headers["WWW-Authenticate"] = "Bearer"
+            return _error(401, "missing or invalid bearer token", headers)
+        try:
+            body = await _read_body(request, max_body_bytes)
+        except _BodyTooLarge:
+            return _error(413, f"body larger than {max_body_bytes} bytes", headers)
+        try:
+            payloads = _parse_payloads(body)
+        except ValueError as exc:
+            return _error(400, str(exc), headers)
+        try:
+            result = await handler(payloads.payloads)
+        except KeyRingError as exc:  # unknown key, tampered data: messages name key ids only
+            return _error(400, f"cannot {action} payloads: {exc}", headers)
+        except Exception:
+            logger.exception("codec server: unexpected error during %s", action)
+            return _error(500, "internal error", headers)
+        headers["Cache-Control"] = "no-store"
+        return JSONResponse(_payloads_json(result), headers=headers)
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/{path:path}", codec_endpoint),
+        ]
+    )
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves the host program's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        pass
+
+
+@dataclass
+class RunningCodecServer:
+    """Handle on a codec server started by :func:`serve_codec`; ``await stop()`` (or ``async with``)."""
+
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def wait(self) -> None:
+        """Run until the server exits (after :meth:`stop`, or on error); cancelling this stops it."""
+        try:
+            await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if not self.task.done():
+                await self.stop()
+            raise
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Ask the server to exit, wait for in-flight requests (up to ``grace_seconds``), then force it."""
+        if self.task.done():
+            return
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), grace_seconds)
+        except TimeoutError:
+            self.server.force_exit = True
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def __aenter__(self) -> RunningCodecServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def serve_codec(
+    app: Starlette,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_CODEC_PORT,
+    *,
+    log_level: str = "warning",
+) -> RunningCodecServer:
+    """Start ``app`` with uvicorn in the running event loop; return once it accepts connections.
+
+    Binds ``host`` (loopback by default) itself, so a busy port raises ``OSError`` here instead of
+    uvicorn's ``sys.exit``; ``port=0`` picks a free port (see ``.port``). No signal handlers are
+    installed and logging configuration is left to the host program. Stop with
+    ``await running.stop()``; ``await running.wait()`` runs until then (cancelling it stops the server).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"codec server cannot listen on {host}:{port}: {exc.strerror}") from exc
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=bound_port,
+        lifespan="off",
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+    )
+    server = _EmbeddedServer(config)
+
+    async def run() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+
+    task = asyncio.create_task(run(), name=f"codec-server:{bound_port}")
+    while not server.started:
+        if task.done():
+            task.result()  # re-raise the startup error
+            raise RuntimeError(f"codec server on {host}:{bound_port} stopped during startup")
+        await asyncio.sleep(0.01)
+    return RunningCodecServer(server=server, task=task, host=host, port=bound_port)

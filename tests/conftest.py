@@ -1,0 +1,226 @@
+"""Shared fixtures. PostgreSQL: a real server, either given or started for the test session.
+
+* ``DSR_TEST_POSTGRES_URL`` set: use that server (the URL's user must be allowed to CREATE DATABASE).
+* otherwise, when the PostgreSQL server binaries are installed (``initdb``/``pg_ctl`` on PATH or under
+  ``/usr/lib/postgresql/*/bin``; ``scripts/ensure-postgres`` installs them): a throwaway cluster in a
+  temporary directory, on a free port, listening on 127.0.0.1 only, stopped and removed at session end.
+  As root it runs as the ``postgres`` system user (PostgreSQL refuses to run as root).
+* otherwise the PostgreSQL tests are skipped, unless ``DSR_REQUIRE_POSTGRES=1``: then they fail.
+
+Fixtures: ``postgres_admin_url`` (session: a URL to the server's ``postgres`` database),
+``postgres_url`` (a fresh, empty database per test, dropped afterwards) and ``database_url``
+(parametrised: every test using it runs once on SQLite, in a temporary file, and once on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.engine import URL
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _postgres_bindir() -> Path | None:
+    """The directory holding initdb, pg_ctl and postgres, newest version first."""
+    candidates: list[Path] = []
+    for tool in ("initdb", "pg_ctl"):
+        found = shutil.which(tool)
+        if found:
+            candidates.append(Path(os.path.realpath(found)).parent)
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: [int(x) if x.isdigit() else 0 for x in Path(p).parent.name.split(".")],
+        reverse=True,
+    )
+    candidates.extend(Path(p) for p in versions)
+    for bindir in candidates:
+        if all((bindir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return bindir
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_as_user() -> str | None:
+    """PostgreSQL refuses to run as root: pick an unprivileged system user to run it as."""
+    if os.geteuid() != 0:
+        return None
+    for user in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(user)
+            return user
+    raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL")
+
+
+class _Cluster:
+    """A throwaway PostgreSQL cluster in a temporary directory."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.user = _run_as_user()
+        self.dir = Path(tempfile.mkdtemp(prefix="dsr-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self.password = secrets.token_urlsafe(16)
+        self.port = 0
+        self.running = False
+        if self.user is not None:
+            shutil.chown(self.dir, user=self.user, group=pwd.getpwnam(self.user).pw_gid)
+
+    def _cmd(self, *args: str | Path) -> list[str]:
+        prefix = ["runuser", "-u", self.user, "--"] if self.user is not None else []
+        return [*prefix, *(str(a) for a in args)]
+
+    def _run(self, *args: str | Path, timeout: float = 120) -> None:
+        result = subprocess.run(
+            self._cmd(*args), cwd=self.dir, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{Path(str(args[0])).name} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
+                f"{self._log_tail()}"
+            )
+
+    def _log_tail(self) -> str:
+        try:
+            return "server log:\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+        except OSError:
+            return ""
+
+    def start(self) -> None:
+        pwfile = self.dir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self.user is not None:
+            shutil.chown(pwfile, user=self.user)
+        pwfile.chmod(0o600)
+        try:
+            self._run(
+                self.bindir / "initdb", "-D", self.data, "-U", "postgres", "--pwfile", pwfile,
+                "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        last_error: Exception | None = None
+        for _attempt in range(3):  # the free port may be taken between probing and binding
+            self.port = _free_port()
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            )
+            try:
+                self._run(self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w",
+                          "-t", "60", "start")
+            except RuntimeError as exc:
+                last_error = exc
+                continue
+            self.running = True
+            return
+        raise RuntimeError(f"could not start PostgreSQL: {last_error}")
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            with contextlib.suppress(Exception):
+                self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self) -> URL:
+        return URL.create(
+            "postgresql+psycopg", username="postgres", password=self.password,
+            host="127.0.0.1", port=self.port, database="postgres",
+        )
+
+
+def _wait_for(url: URL, timeout: float = 30.0) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[URL]:
+    """A URL to a PostgreSQL server on which the test session may create databases."""
+    given = os.environ.get("DSR_TEST_POSTGRES_URL")
+    if given:
+        url = make_url(given)
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        _wait_for(url)
+        yield url
+        return
+    bindir = _postgres_bindir()
+    if bindir is None:
+        if _truthy("DSR_REQUIRE_POSTGRES"):
+            pytest.fail(
+                "DSR_REQUIRE_POSTGRES=1 but PostgreSQL is not installed: run scripts/ensure-postgres, "
+                "or set DSR_TEST_POSTGRES_URL to a server"
+            )
+        pytest.skip("PostgreSQL not installed")
+    cluster = _Cluster(bindir)
+    atexit.register(cluster.stop)  # in case the session is torn down abruptly
+    try:
+        cluster.start()
+        _wait_for(cluster.url())
+    except Exception as exc:
+        cluster.stop()
+        pytest.fail(f"could not start a throwaway PostgreSQL cluster from {bindir}: {exc}")
+    try:
+        yield cluster.url()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: URL) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (SQLAlchemy URL string, psycopg 3 driver)."""
+    name = f"dsr_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield postgres_admin_url.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test on SQLite (a temporary file) and on PostgreSQL (a fresh database)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))

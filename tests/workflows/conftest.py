@@ -1,0 +1,100 @@
+"""A real Temporal for workflow tests: the time-skipping test server (months in seconds)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from dsr.config import Settings, SmtpSettings
+from dsr.crypto import data_converter
+from dsr.ledger import Ledger
+from dsr.temporal import register_search_attributes
+from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, binary
+from worker import build_worker
+
+SUBJECT_EMAIL = "jeanne.martin@example.org"
+SUBJECT_NAME = "Jeanne Martin"
+OPERATOR_EMAIL = "dpo@example.com"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary("temporal-test-server"),
+        data_converter=data_converter(TEST_KEYRING),
+    )
+    try:
+        await register_search_attributes(env.client)
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def mail() -> Iterator[MailSink]:
+    sink = MailSink()
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mail: MailSink) -> Settings:
+    base = Settings.from_env({"DSR_HOME": str(tmp_path), "DSR_OPERATOR_EMAIL": OPERATOR_EMAIL,
+                              "DSR_MAIL_FROM": "privacy@example.com"})
+    return replace(base, smtp=SmtpSettings(host="127.0.0.1", port=mail.port))
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    ledger = Ledger(settings.database_url, TEST_KEYRING)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@dataclass
+class Engine:
+    """A running worker on a fresh task queue, and what a test needs to drive and observe it."""
+
+    env: WorkflowEnvironment
+    client: Client
+    task_queue: str
+    settings: Settings
+    ledger: Ledger
+    mail: MailSink
+    connectors: list[ScriptedConnector]
+
+
+@pytest.fixture
+def connectors() -> list[ScriptedConnector]:
+    return [ScriptedConnector("crm"), ScriptedConnector("billing")]
+
+
+@pytest_asyncio.fixture
+async def engine(
+    time_skipping: WorkflowEnvironment,
+    settings: Settings,
+    ledger: Ledger,
+    mail: MailSink,
+    connectors: list[ScriptedConnector],
+) -> AsyncIterator[Engine]:
+    task_queue = f"test-{uuid.uuid4()}"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+        worker: Worker = build_worker(
+            time_skipping.client, settings, ledger, connectors, task_queue=task_queue, executor=executor
+        )
+        async with worker:
+            yield Engine(time_skipping, time_skipping.client, task_queue, settings, ledger, mail, connectors)

@@ -1,0 +1,92 @@
+"""List filters need real visibility: these run on the Temporal dev server (SQLite), not the test server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest_asyncio
+from temporalio.testing import WorkflowEnvironment
+
+from dsr import search_attributes as sa
+from dsr.config import Settings
+from dsr.crypto import data_converter
+from dsr.dashboard import in_stage, list_due
+from dsr.ledger import Ledger
+from dsr.model import IdentityMethod, Stage
+from intake.submission import Submission, prepare, start
+from tests.harness import TEST_KEYRING, MailSink, binary
+from worker import build_worker
+
+
+@pytest_asyncio.fixture(scope="module")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"),
+        ip="127.0.0.1",
+        search_attributes=sa.ALL,
+        data_converter=data_converter(TEST_KEYRING),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def test_due_and_stage_filters_find_the_right_requests(
+    dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
+) -> None:
+    task_queue = f"dash-{uuid.uuid4()}"
+    policy = replace(settings.policy, identity=IdentityMethod.EMAIL)
+    settings = replace(settings, policy=policy)
+    now = datetime.now(UTC)
+    # Received 40, 26 and 0 days ago: overdue, due within the week, due in a month.
+    ids = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        async with build_worker(dev_server.client, settings, ledger, task_queue=task_queue, executor=executor):
+            for label, days_ago in (("overdue", 40), ("this_week", 26), ("later", 0)):
+                request = prepare(
+                    Submission(kind="access", email=f"{label}@example.org", received_at=now - timedelta(days=days_ago)),
+                    settings, now=now,
+                )
+                await start(dev_server.client, request, task_queue=task_queue)
+                ids[label] = request
+
+            today = datetime.now(ZoneInfo(policy.timezone)).date()
+            found = {}
+            for _ in range(50):  # visibility is eventually consistent, even on the dev server
+                found = {r.id: r for r in await list_due(dev_server.client, today, 7)}
+                if {ids["overdue"].request_id, ids["this_week"].request_id} <= found.keys():
+                    break
+                import asyncio
+
+                await asyncio.sleep(0.2)
+            assert ids["overdue"].request_id in found and ids["this_week"].request_id in found
+            assert ids["later"].request_id not in found
+            listed = [r.id for r in found.values() if r.id in {v.request_id for v in ids.values()}]
+            assert listed == [ids["overdue"].request_id, ids["this_week"].request_id], "soonest first"
+            assert found[ids["overdue"].request_id].overdue
+            assert found[ids["this_week"].request_id].deadline == ids["this_week"].deadlines.normal.due
+
+            # The query from the issue, with a literal one day after the deadline.
+            target = ids["later"]
+            literal = (target.deadlines.normal.due + timedelta(days=1)).isoformat() + "T00:00:00Z"
+            matched = [wf.id async for wf in dev_server.client.list_workflows(
+                f'{sa.DSR_DEADLINE.name} < "{literal}" AND WorkflowId = "{target.request_id}"')]
+            assert matched == [target.request_id]
+
+            waiting = []
+            for _ in range(50):
+                waiting = [wf.id async for wf in dev_server.client.list_workflows(in_stage(Stage.AWAITING_IDENTITY))]
+                if all(r.request_id in waiting for r in ids.values()):
+                    break
+                import asyncio
+
+                await asyncio.sleep(0.2)
+            assert all(r.request_id in waiting for r in ids.values())
+            for request in ids.values():
+                await dev_server.client.get_workflow_handle(request.request_id).terminate("test over")

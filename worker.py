@@ -1,0 +1,108 @@
+"""``python worker.py``: one worker process running every workflow and activity of the engine.
+
+Scale by running more of these on the same task queue; nothing here assumes one machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Iterable, Sequence
+
+from activities.notices import NoticeActivities
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.connectors import ConnectorActivities
+from activities.deadlines import deadlines_from
+from activities.ledger import LedgerActivities
+from connectors.base import Connector
+from dsr.config import Settings
+from dsr.ledger import Ledger
+from workflows.request import DataSubjectRequest
+
+WORKFLOWS: Sequence[type] = (DataSubjectRequest,)
+
+
+class LedgerSentLog:
+    """Lets the notice activity ask the ledger whether a notice already went out (retries)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def has_event(self, key: str) -> bool:
+        return self._ledger.has_event(key)
+
+    def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None:
+        from datetime import UTC, datetime
+
+        from dsr.model import AuditEvent
+
+        self._ledger.append_event(
+            AuditEvent(request_id=request_id, event="notice_sent",
+                       details={"template": template, "message_id": message_id}),
+            key=key,
+            at=datetime.now(UTC),
+        )
+
+
+def activities_for(settings: Settings, ledger: Ledger, connectors: Iterable[Connector]) -> list:
+    """Every activity function of the engine, bound to its dependencies."""
+    ledger_activities = LedgerActivities(ledger)
+    notices = NoticeActivities(
+        settings.smtp,
+        mail_from=settings.mail_from,
+        from_name=settings.controller_name,
+        mail_domain=settings.mail_domain,
+        sent_log=LedgerSentLog(ledger),
+    )
+    fan_out = ConnectorActivities(connectors)
+    return [
+        ledger_activities.record_request,
+        ledger_activities.record_event,
+        notices.send_notice,
+        fan_out.plan_fanout,
+        fan_out.run_connector,
+        deadlines_from,
+    ]
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    ledger: Ledger,
+    connectors: Iterable[Connector] = (),
+    *,
+    task_queue: str | None = None,
+    executor: concurrent.futures.Executor | None = None,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activities_for(settings, ledger, connectors),
+        activity_executor=executor or concurrent.futures.ThreadPoolExecutor(max_workers=16),
+    )
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Connect with the settings' key ring and run until ``stop`` is set (or forever)."""
+    from dsr.crypto import KeyRing
+    from dsr.temporal import connect
+
+    keyring = KeyRing.from_settings(settings)
+    client = await connect(settings, keyring)
+    ledger = Ledger(settings.database_url, keyring)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
+        worker = build_worker(client, settings, ledger, executor=executor)
+        async with worker:
+            await (stop.wait() if stop is not None else asyncio.Event().wait())
+    ledger.close()
+
+
+def main() -> None:
+    asyncio.run(run_worker(Settings.from_env()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,613 @@
+"""The lifecycle of one data-subject request, as a durable workflow.
+
+Deterministic orchestration only: every side effect is an activity, every date comes from the
+request's input or from a local activity. Stages: received -> awaiting_identity -> processing ->
+(needs_attention) -> replying -> closed. A deadline watcher runs beside the main flow for the whole
+life of the request, so no reminder or escalation can be forgotten, whatever the main flow waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.connectors import PERMANENT_ERROR
+    from dsr import search_attributes as sa
+    from dsr.model import (
+        AuditEvent,
+        ClockPolicy,
+        ClockStart,
+        ConnectorOutcome,
+        ConnectorProgress,
+        ConnectorState,
+        ConnectorTask,
+        Deadline,
+        Deadlines,
+        Extension,
+        FanOutPlan,
+        IdentityConfirmation,
+        IdentityMethod,
+        Notice,
+        NoticeTemplate,
+        Outcome,
+        PlanInput,
+        Refusal,
+        RequestInput,
+        RequestRecordInput,
+        RequestStatus,
+        Retry,
+        Stage,
+        UpdateResult,
+        Withdrawal,
+    )
+
+LEDGER_OPTIONS = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    # The ledger is the proof: keep trying (with backoff) rather than lose an event.
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
+}
+NOTICE_OPTIONS = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=5),
+        maximum_interval=timedelta(minutes=10),
+        non_retryable_error_types=["NoticeRejected"],
+    ),
+}
+CONNECTOR_OPTIONS = {
+    "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": timedelta(minutes=2),
+    # Transient errors (429, 5xx) retry with backoff for about a day, then an operator is asked.
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=5),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=30),
+        maximum_attempts=50,
+        non_retryable_error_types=[PERMANENT_ERROR],
+    ),
+}
+
+
+class RequestRejected(ApplicationError):
+    """An update that the request's state does not allow; the message is shown to the operator."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type="RequestRejected", non_retryable=True)
+
+
+@workflow.defn(name="DataSubjectRequest")
+class DataSubjectRequest:
+    @workflow.init
+    def __init__(self, request: RequestInput) -> None:
+        self._request = request
+        self._stage = Stage.RECEIVED
+        self._outcome: Outcome | None = None
+        self._deadlines: Deadlines = request.deadlines
+        self._deadline: Deadline = request.deadlines.normal
+        self._deadline_version = 0  # bumped when the deadline moves, so the watcher re-plans
+        self._extended = False
+        self._extension_reason = ""
+        self._overdue = False
+        self._identity_confirmed = request.policy.identity == IdentityMethod.TRUSTED
+        self._clock_suspended = (
+            request.policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
+        )
+        self._refusal: Refusal | None = None
+        self._withdrawal: Withdrawal | None = None
+        self._retry_requested = False
+        self._progress: dict[str, ConnectorProgress] = {}
+
+    # --- main flow ----------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: RequestInput) -> RequestStatus:
+        self._publish()
+        await workflow.execute_activity(
+            "record_request",
+            RequestRecordInput(
+                request_id=request.request_id,
+                kind=request.kind,
+                channel=request.channel,
+                subject=request.subject,
+                received_at=request.received_at,
+                deadline=self._deadline.due,
+                language=request.language,
+            ),
+            result_type=bool,
+            summary="ledger: request recorded",
+            **LEDGER_OPTIONS,
+        )
+        await self._audit("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
+        await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT)
+
+        watcher = asyncio.create_task(self._watch_deadline())
+        if await self._verify_identity() and not self._ending():
+            await self._carry_out()
+        await self._close()
+        await watcher
+        # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    async def _verify_identity(self) -> bool:
+        """Art. 12(6): ask only as much as the policy requires; close as unverified after the wait."""
+        if self._identity_confirmed:
+            await self._audit("identity_confirmed", details={"method": IdentityMethod.TRUSTED.value})
+            return True
+        policy = self._request.policy
+        self._set_stage(Stage.AWAITING_IDENTITY)
+        await self._audit(
+            "identity_requested", stage=Stage.AWAITING_IDENTITY, details={"method": policy.identity.value}
+        )
+        await self._notify_subject(NoticeTemplate.IDENTITY_REQUEST)
+
+        def settled() -> bool:
+            return self._identity_confirmed or self._ending()
+
+        reminder_after = timedelta(days=policy.identity_reminder_after_days)
+        if not await self._wait(settled, reminder_after, "identity reminder"):
+            await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER)
+            await self._audit("identity_reminder_sent")
+            remaining = timedelta(days=policy.identity_timeout_days) - reminder_after
+            if not await self._wait(settled, remaining, "identity timeout"):
+                self._outcome = Outcome.UNVERIFIED
+                return False
+        if self._ending():
+            return False
+
+        if self._clock_suspended:
+            # Décret 2019-536: the time limit was suspended; it runs from the confirmation date.
+            self._deadlines = await workflow.execute_local_activity(
+                "deadlines_from",
+                ClockStart(
+                    at=workflow.now(),
+                    country=policy.country,
+                    subdiv=policy.subdiv,
+                    timezone=policy.timezone,
+                ),
+                result_type=Deadlines,
+                start_to_close_timeout=timedelta(seconds=10),
+            )
+            self._clock_suspended = False
+            self._move_deadline(self._deadlines.normal)
+            await self._audit("clock_started", deadline=self._deadline.due)
+        return True
+
+    async def _carry_out(self) -> None:
+        """Fan out to every configured system; permanent failures wait for an operator's retry."""
+        self._set_stage(Stage.PROCESSING)
+        await self._audit("processing", stage=Stage.PROCESSING)
+        plan = await workflow.execute_activity(
+            "plan_fanout",
+            PlanInput(kind=self._request.kind),
+            result_type=FanOutPlan,
+            start_to_close_timeout=timedelta(seconds=30),
+            summary=f"plan {self._request.kind.value}",
+        )
+        for name in plan.connectors:
+            self._progress.setdefault(name, ConnectorProgress(connector=name))
+        self._update_details()
+
+        while True:
+            pending = [p for p in self._progress.values() if p.state != ConnectorState.DONE]
+            await asyncio.gather(*(self._run_connector(p) for p in pending))
+            failed = [p for p in self._progress.values() if p.state == ConnectorState.FAILED]
+            if not failed:
+                break
+            self._set_stage(Stage.NEEDS_ATTENTION)
+            await self._audit(
+                "needs_attention",
+                stage=Stage.NEEDS_ATTENTION,
+                details={"connectors": ",".join(p.connector for p in failed)},
+            )
+            await self._notify_operator(
+                NoticeTemplate.OPERATOR_ATTENTION,
+                connector=", ".join(p.connector for p in failed),
+                error="; ".join(f"{p.connector}: {p.error}" for p in failed),
+            )
+            await workflow.wait_condition(lambda: self._retry_requested or self._ending())
+            if self._ending():
+                return
+            self._retry_requested = False
+            self._set_stage(Stage.PROCESSING)
+            await self._audit("retried", stage=Stage.PROCESSING)
+
+        self._set_stage(Stage.REPLYING)
+        await self._audit("replying", stage=Stage.REPLYING)
+        await self._notify_subject(NoticeTemplate.COMPLETED)
+        self._outcome = Outcome.FULFILLED
+
+    async def _run_connector(self, progress: ConnectorProgress) -> None:
+        progress.state = ConnectorState.RUNNING
+        progress.error = ""
+        progress.attempts += 1
+        self._update_details()
+        try:
+            outcome = await workflow.execute_activity(
+                "run_connector",
+                ConnectorTask(
+                    request_id=self._request.request_id,
+                    connector=progress.connector,
+                    kind=self._request.kind,
+                    subject=self._request.subject,
+                    changes=self._request.changes,
+                ),
+                result_type=ConnectorOutcome,
+                summary=f"{progress.connector}: {self._request.kind.value}",
+                **CONNECTOR_OPTIONS,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            progress.state = ConnectorState.FAILED
+            progress.error = str(cause.message if isinstance(cause, ApplicationError) else err.message)
+            await self._audit(
+                "connector_failed",
+                details={
+                    "connector": progress.connector,
+                    "error_type": cause.type if isinstance(cause, ApplicationError) and cause.type else "",
+                },
+            )
+        else:
+            progress.state = ConnectorState.DONE
+            progress.outcome = outcome
+            details = {"connector": progress.connector, "found": str(outcome.found)}
+            details.update({k: str(v) for k, v in sorted(outcome.counts.items())})
+            await self._audit("connector_done", details=details)
+        self._update_details()
+
+    async def _close(self) -> None:
+        if self._refusal is not None:
+            self._outcome = Outcome.REFUSED
+            self._set_stage(Stage.REPLYING)
+            await self._notify_subject(NoticeTemplate.REFUSAL, reason=self._refusal.reason)
+        elif self._withdrawal is not None:
+            self._outcome = Outcome.WITHDRAWN
+            await self._notify_subject(NoticeTemplate.WITHDRAWN)
+        elif self._outcome == Outcome.UNVERIFIED:
+            await self._notify_subject(
+                NoticeTemplate.UNVERIFIED, days=str(self._request.policy.identity_timeout_days)
+            )
+        assert self._outcome is not None
+        self._set_stage(Stage.CLOSED)
+        await self._audit("closed", stage=Stage.CLOSED, outcome=self._outcome)
+
+    # --- the deadline watcher -------------------------------------------------------------------
+
+    async def _watch_deadline(self) -> None:
+        """Operator reminders at D-7 and D-2, then overdue and escalation, until the request closes.
+
+        Re-plans whenever the deadline moves (extension, clock started after identity).
+        """
+        policy = self._request.policy
+        reminded: set[tuple[int, str]] = set()
+        last_escalation: datetime | None = None
+        while self._stage != Stage.CLOSED:
+            if self._clock_suspended:
+                await workflow.wait_condition(lambda: not self._clock_suspended or self._stage == Stage.CLOSED)
+                continue
+            version, deadline, now = self._deadline_version, self._deadline, workflow.now()
+            next_at: datetime
+            if now < deadline.overdue_at:
+                due_reminders = [r for r in deadline.reminders if (version, r.label) not in reminded]
+                passed = [r for r in due_reminders if r.at <= now]
+                if passed:
+                    # Catch up with the latest reminder only (e.g. a request entered late).
+                    for reminder in passed:
+                        reminded.add((version, reminder.label))
+                    latest = passed[-1]
+                    await self._notify_operator(
+                        NoticeTemplate.OPERATOR_REMINDER,
+                        label=latest.label,
+                        days_left=str((deadline.due - workflow.now().date()).days),
+                    )
+                    await self._audit("deadline_reminder", details={"label": latest.label})
+                    continue
+                upcoming = [r.at for r in due_reminders if r.at > now]
+                next_at = min([*upcoming, deadline.overdue_at])
+            elif not self._overdue:
+                self._overdue = True
+                workflow.upsert_search_attributes([sa.DSR_OVERDUE.value_set(True)])
+                self._update_details()
+                await self._audit("overdue", details={"deadline": deadline.due.isoformat()})
+                await self._notify_operator(NoticeTemplate.OPERATOR_ESCALATION)
+                last_escalation = workflow.now()
+                continue
+            else:
+                assert last_escalation is not None
+                next_at = last_escalation + timedelta(days=policy.escalation_repeat_days)
+                if next_at <= now:
+                    await self._notify_operator(NoticeTemplate.OPERATOR_ESCALATION)
+                    await self._audit("escalated")
+                    last_escalation = workflow.now()
+                    continue
+            await self._wait(
+                lambda v=version: self._stage == Stage.CLOSED or self._deadline_version != v,  # type: ignore[misc]
+                next_at - now,
+                "deadline watch",
+            )
+
+    # --- updates and queries --------------------------------------------------------------------
+
+    @workflow.update
+    async def confirm_identity(self, confirmation: IdentityConfirmation) -> UpdateResult:
+        self._identity_confirmed = True
+        await self._audit(
+            "identity_confirmed",
+            actor=confirmation.confirmed_by,
+            details={"method": confirmation.method.value},
+        )
+        return self._result()
+
+    @confirm_identity.validator
+    def _validate_confirm_identity(self, confirmation: IdentityConfirmation) -> None:
+        self._reject_if_closed()
+        if self._identity_confirmed:
+            raise RequestRejected(f"identity of {self._request.request_id} is already confirmed")
+        if self._ending():
+            raise RequestRejected(f"{self._request.request_id} is being closed")
+
+    @workflow.update
+    async def extend_deadline(self, extension: Extension) -> UpdateResult:
+        previous = self._deadline.due
+        self._extended = True
+        self._extension_reason = extension.reason.strip()
+        self._move_deadline(self._deadlines.extended)
+        await self._audit(
+            "extended",
+            actor=extension.requested_by,
+            deadline=self._deadline.due,
+            extended=True,
+            details={"previous_deadline": previous.isoformat()},
+        )
+        # Art. 12(3): the subject is told of the extension and its reasons within the first month.
+        await self._notify_subject(
+            NoticeTemplate.EXTENSION, reason=self._extension_reason, previous_deadline=previous.isoformat()
+        )
+        return self._result()
+
+    @extend_deadline.validator
+    def _validate_extend_deadline(self, extension: Extension) -> None:
+        self._reject_if_closed()
+        if not extension.reason.strip():
+            raise RequestRejected("an extension needs a reason: Art. 12(3) requires telling the subject why")
+        if self._extended:
+            raise RequestRejected(
+                f"{self._request.request_id} was already extended to {self._deadline.due.isoformat()}; "
+                "Art. 12(3) allows one extension only"
+            )
+        if self._clock_suspended:
+            raise RequestRejected(
+                f"the clock of {self._request.request_id} has not started yet (identity outstanding)"
+            )
+        if workflow.now() >= self._deadlines.normal.overdue_at:
+            raise RequestRejected(
+                f"the first month of {self._request.request_id} ended on "
+                f"{self._deadlines.normal.due.isoformat()}; an extension must be notified within it"
+            )
+
+    @workflow.update
+    async def refuse(self, refusal: Refusal) -> UpdateResult:
+        self._refusal = Refusal(reason=refusal.reason.strip(), requested_by=refusal.requested_by)
+        await self._audit("refused", actor=refusal.requested_by, details={"reason_length": str(len(refusal.reason))})
+        await workflow.wait_condition(lambda: self._stage == Stage.CLOSED)
+        return self._result()
+
+    @refuse.validator
+    def _validate_refuse(self, refusal: Refusal) -> None:
+        self._reject_if_closed()
+        if not refusal.reason.strip():
+            raise RequestRejected("a refusal needs a reason: Art. 12(4) requires telling the subject why")
+        self._reject_if_busy("refused")
+
+    @workflow.update
+    async def withdraw(self, withdrawal: Withdrawal) -> UpdateResult:
+        self._withdrawal = withdrawal
+        await self._audit("withdrawn", actor=withdrawal.requested_by)
+        await workflow.wait_condition(lambda: self._stage == Stage.CLOSED)
+        return self._result()
+
+    @withdraw.validator
+    def _validate_withdraw(self, withdrawal: Withdrawal) -> None:
+        self._reject_if_closed()
+        self._reject_if_busy("withdrawn")
+
+    @workflow.update
+    async def retry(self, retry: Retry) -> UpdateResult:
+        self._retry_requested = True
+        await workflow.wait_condition(lambda: self._stage != Stage.NEEDS_ATTENTION)
+        return self._result()
+
+    @retry.validator
+    def _validate_retry(self, retry: Retry) -> None:
+        self._reject_if_closed()
+        if self._stage != Stage.NEEDS_ATTENTION:
+            raise RequestRejected(
+                f"{self._request.request_id} is {self._stage.value}, not needs_attention: nothing to retry"
+            )
+
+    @workflow.query
+    def status(self) -> RequestStatus:
+        return RequestStatus(
+            request_id=self._request.request_id,
+            kind=self._request.kind,
+            stage=self._stage,
+            outcome=self._outcome if self._stage == Stage.CLOSED else None,
+            channel=self._request.channel,
+            received=self._request.received_on,
+            deadline=self._deadline.due,
+            extended=self._extended,
+            overdue=self._overdue,
+            identity=self._request.policy.identity,
+            identity_confirmed=self._identity_confirmed,
+            language=self._request.language,
+            connectors=list(self._progress.values()),
+            extension_reason=self._extension_reason,
+            refusal_reason=self._refusal.reason if self._refusal else "",
+            clock_suspended=self._clock_suspended,
+        )
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _ending(self) -> bool:
+        return self._refusal is not None or self._withdrawal is not None
+
+    def _reject_if_closed(self) -> None:
+        if self._stage == Stage.CLOSED:
+            outcome = self._outcome.value if self._outcome else "closed"
+            raise RequestRejected(f"{self._request.request_id} is closed ({outcome})")
+
+    def _reject_if_busy(self, verb: str) -> None:
+        if self._ending():
+            raise RequestRejected(f"{self._request.request_id} is already being closed")
+        # While connectors run, stopping would leave systems half-changed; wait for the outcome.
+        if self._stage in (Stage.PROCESSING, Stage.REPLYING):
+            raise RequestRejected(
+                f"{self._request.request_id} is {self._stage.value}; it can be {verb} only before processing "
+                "starts or while it needs attention"
+            )
+
+    def _result(self) -> UpdateResult:
+        return UpdateResult(stage=self._stage, deadline=self._deadline.due, extended=self._extended)
+
+    async def _wait(self, condition, timeout: timedelta, summary: str) -> bool:
+        """Wait for ``condition`` at most ``timeout`` (a durable timer); True if it became true."""
+        if timeout <= timedelta(0):
+            return condition()
+        try:
+            await workflow.wait_condition(condition, timeout=timeout, timeout_summary=summary)
+        except TimeoutError:
+            return False
+        return True
+
+    def _set_stage(self, stage: Stage) -> None:
+        self._stage = stage
+        updates = [sa.DSR_STAGE.value_set(stage.value)]
+        if stage == Stage.CLOSED and self._outcome is not None:
+            updates.append(sa.DSR_OUTCOME.value_set(self._outcome.value))
+        workflow.upsert_search_attributes(updates)
+        self._update_details()
+
+    def _move_deadline(self, deadline: Deadline) -> None:
+        self._deadline = deadline
+        self._deadline_version += 1
+        workflow.upsert_search_attributes(
+            [
+                sa.DSR_DEADLINE.value_set(_search_datetime(deadline)),
+                sa.DSR_EXTENDED.value_set(self._extended),
+            ]
+        )
+        self._update_details()
+
+    def _publish(self) -> None:
+        """Search attributes for the dashboard (set at start too, repeated here for resets)."""
+        workflow.upsert_search_attributes(
+            [
+                sa.DSR_KIND.value_set(self._request.kind.value),
+                sa.DSR_STAGE.value_set(self._stage.value),
+                sa.DSR_CHANNEL.value_set(self._request.channel.value),
+                sa.DSR_DEADLINE.value_set(_search_datetime(self._deadline)),
+                sa.DSR_EXTENDED.value_set(self._extended),
+                sa.DSR_OVERDUE.value_set(self._overdue),
+            ]
+        )
+        self._update_details()
+
+    def _update_details(self) -> None:
+        """Markdown for the UI's "current details" (encrypted by the codec, decoded for staff)."""
+        flags = []
+        if self._extended:
+            flags.append("extended")
+        if self._overdue:
+            flags.append("**OVERDUE**")
+        if self._clock_suspended:
+            flags.append("clock suspended until identity is confirmed")
+        lines = [
+            f"**{self._request.kind.value}** · stage `{self._stage.value}`"
+            + (f" · outcome `{self._outcome.value}`" if self._stage == Stage.CLOSED and self._outcome else ""),
+            f"received {self._request.received_on.isoformat()} · due **{self._deadline.due.isoformat()}**"
+            + (f" ({', '.join(flags)})" if flags else ""),
+            f"identity: {self._request.policy.identity.value}"
+            + (" ✓" if self._identity_confirmed else " (waiting)"),
+        ]
+        if self._progress:
+            lines += ["", "| system | state | attempts | note |", "|---|---|---|---|"]
+            for p in self._progress.values():
+                note = p.error or (", ".join(f"{k} {v}" for k, v in p.outcome.counts.items()) if p.outcome else "")
+                lines.append(f"| {p.connector} | {p.state.value} | {p.attempts} | {note} |")
+        workflow.set_current_details("\n".join(lines))
+
+    async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
+                     stage: Stage | None = None, outcome: Outcome | None = None,
+                     deadline: date | None = None, extended: bool | None = None) -> None:
+        await workflow.execute_activity(
+            "record_event",
+            AuditEvent(
+                request_id=self._request.request_id,
+                event=event,
+                actor=actor,
+                details=details or {},
+                stage=stage,
+                outcome=outcome,
+                deadline=deadline,
+                extended=extended,
+            ),
+            result_type=bool,
+            summary=f"ledger: {event}",
+            **LEDGER_OPTIONS,
+        )
+
+    def _notice_context(self, **extra: str) -> dict[str, str]:
+        context = {
+            "reference": self._request.request_id,
+            "kind": self._request.kind.value,
+            "received": self._request.received_on.isoformat(),
+            "deadline": self._deadline.due.isoformat(),
+            "stage": self._stage.value,
+        }
+        context.update(extra)
+        return context
+
+    async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
+        context = self._notice_context(**extra)
+        if self._request.subject.name:
+            context["subject_name"] = self._request.subject.name
+        await self._send(
+            Notice(
+                request_id=self._request.request_id,
+                template=template,
+                to=self._request.subject.email,
+                language=self._request.language,
+                context=context,
+                in_reply_to=self._request.in_reply_to,
+            )
+        )
+
+    async def _notify_operator(self, template: NoticeTemplate, **extra: str) -> None:
+        await self._send(
+            Notice(
+                request_id=self._request.request_id,
+                template=template,
+                to=self._request.policy.operator_email,
+                language=self._request.language,
+                context=self._notice_context(**extra),
+            )
+        )
+
+    async def _send(self, notice: Notice) -> None:
+        try:
+            await workflow.execute_activity(
+                "send_notice", notice, summary=f"notice: {notice.template.value}", **NOTICE_OPTIONS
+            )
+        except ActivityError:
+            # The mail server refused the address for good; the request goes on and the ledger says so.
+            await self._audit("notice_failed", details={"template": notice.template.value})
+
+
+def _search_datetime(deadline: Deadline) -> datetime:
+    """The due date at 00:00 UTC (see ``dsr.search_attributes.DSR_DEADLINE``)."""
+    return datetime(deadline.due.year, deadline.due.month, deadline.due.day, tzinfo=UTC)
