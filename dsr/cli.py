@@ -318,12 +318,12 @@ def history(request_id: RequestId, as_json: JsonOption = False) -> None:
     """The request's audit trail from the ledger (kept after Temporal forgets the workflow)."""
     from dsr.config import ConfigError, Settings
     from dsr.crypto import KeyRing
-    from dsr.ledger import Ledger
+    from dsr.ledger import Ledger, LedgerUnavailableError
 
     try:
         settings = Settings.from_env()
         ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, LedgerUnavailableError) as err:
         fail(str(err))
     try:
         row = ledger.get_request(request_id)

@@ -126,8 +126,12 @@ def _parse_payloads(body: bytes) -> Payloads:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         raise ValueError("body is not valid JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("payloads"), list):
-        raise ValueError('body must be a JSON object {"payloads": [...]}')
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("payloads"), list)
+        or not all(isinstance(p, dict) for p in doc["payloads"])
+    ):
+        raise ValueError('body must be a JSON object {"payloads": [{"metadata": {...}, "data": ...}, ...]}')
     try:
         return json_format.ParseDict(doc, Payloads(), ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError):
@@ -188,9 +192,7 @@ def codec_app(
             return _error(403, "origin not allowed", {"Vary": "Origin"})
         method = request.headers.get("access-control-request-method", "POST").upper()
         requested = {
-            h.strip().lower()
-            for h in request.headers.get("access-control-request-headers", "").split(",")
-            if h.strip()
+            h.strip().lower() for h in request.headers.get("access-control-request-headers", "").split(",") if h.strip()
         }
         if method not in ("POST", "OPTIONS") or not requested <= _ALLOWED_HEADER_SET:
             return _error(403, "method or headers not allowed", {"Vary": "Origin"})
@@ -247,7 +249,7 @@ def codec_app(
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
-            Route("/{path:path}", codec_endpoint),
+            Route("/{path:path}", codec_endpoint, methods=["GET", "POST", "OPTIONS"]),
         ]
     )
 

@@ -407,10 +407,7 @@ class KeyRing:
             raise KeyRingError(f"{where} is not valid JSON") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict) or not doc["keys"]:
             raise KeyRingError(f'{where} must hold {{"current": ID, "keys": {{ID: BASE64, ...}}}}')
-        keys = {
-            _check_key_id(key_id, where): _decode_key(text, key_id, where)
-            for key_id, text in doc["keys"].items()
-        }
+        keys = {_check_key_id(key_id, where): _decode_key(text, key_id, where) for key_id, text in doc["keys"].items()}
         current = doc.get("current")
         if current not in keys:
             raise KeyRingError(f'{where}: "current" must name one of its keys')
@@ -502,9 +499,7 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
 
     def _encode_one(self, payload: Payload) -> Payload:
         key_id, blob = self._keyring.encrypt(payload.SerializeToString(), aad=_PAYLOAD_AAD)
-        return Payload(
-            metadata={"encoding": ENCODING, KEY_ID_METADATA_KEY: key_id.encode("ascii")}, data=blob
-        )
+        return Payload(metadata={"encoding": ENCODING, KEY_ID_METADATA_KEY: key_id.encode("ascii")}, data=blob)
 
     def _decode_one(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:

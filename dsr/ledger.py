@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import DateTime, Engine, String, Text, event, make_url, select
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
@@ -54,6 +54,10 @@ class Sealer(Protocol):
     def open_text(self, token: str, *, purpose: str) -> str: ...
 
     def blind_index(self, value: str, *, purpose: str) -> str: ...
+
+
+class LedgerUnavailableError(RuntimeError):
+    """The ledger's database cannot be reached or prepared; the message carries no password."""
 
 
 class UnknownRequestError(LookupError):
@@ -232,16 +236,30 @@ class Ledger:
     """
 
     def __init__(self, url: str | URL, sealer: Sealer) -> None:
+        """Open the ledger at a SQLAlchemy ``url`` and create its tables if they are missing.
+
+        Raises ``ValueError`` for a malformed URL or an unknown driver and
+        :class:`LedgerUnavailableError` when the database cannot be reached.
+        """
         self._sealer = sealer
-        self._url = _normalise_url(url)
         self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if self._url.get_backend_name() == "sqlite":
-            self._engine = self._sqlite_engine(self._url)
-        else:
-            self._engine = create_engine(self._url, pool_pre_ping=True)
+        try:
+            self._url = _normalise_url(url)
+            if self._url.get_backend_name() == "sqlite":
+                self._engine = self._sqlite_engine(self._url)
+            else:
+                self._engine = create_engine(self._url, pool_pre_ping=True)
+        except ArgumentError as exc:
+            raise ValueError(f"database URL is not usable: {exc}") from None
         # SQLite: writes take the write lock up front (BEGIN IMMEDIATE), see _sqlite_engine.
         self._write_engine = self._engine.execution_options(dsr_write=True)
-        SQLModel.metadata.create_all(self._engine)
+        try:
+            SQLModel.metadata.create_all(self._engine)
+        except OperationalError as exc:
+            self._engine.dispose()
+            where = self._url.render_as_string(hide_password=True)
+            reason = " ".join(str(exc.orig or exc).split())  # one line
+            raise LedgerUnavailableError(f"cannot open the ledger database {where}: {reason}") from None
 
     def _sqlite_engine(self, url: URL) -> Engine:
         if _is_sqlite_memory(url):

@@ -1,0 +1,305 @@
+"""Notice emails, one folder per language (``fr/``, ``en/``), rendered with Jinja2.
+
+Each :class:`~dsr.model.NoticeTemplate` has three files per language: ``<name>.subject`` (one line),
+``<name>.txt`` and ``<name>.html``. Shared layout and macros live in ``_shared/``; files whose name starts
+with ``_`` are partials, never rendered on their own.
+
+Context values are strings and any key but ``reference`` and ``kind`` may be missing: templates test
+optional keys with ``{% if key %}``, and printing a missing key is an error (a typo fails loudly instead
+of sending a blank). Operator notices only ever see :data:`OPERATOR_KEYS`, so the subject's name or
+confirmation link cannot leak into a shared mailbox even if the caller passes them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
+from markupsafe import Markup, escape
+
+from dsr.model import OPERATOR_TEMPLATES, Language, NoticeTemplate, RequestKind, Stage
+
+__all__ = ["CONTEXT_KEYS", "OPERATOR_KEYS", "RenderedNotice", "render_notice"]
+
+TEMPLATE_DIR = Path(__file__).resolve().parent
+
+CONTEXT_KEYS = frozenset({
+    "reference", "kind", "received", "deadline", "previous_deadline", "reason", "subject_name",
+    "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
+    "connector", "error",
+})
+"""Every key a template may use; other keys are ignored."""
+
+OPERATOR_KEYS = frozenset({
+    "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector",
+    "error", "controller_name",
+})
+"""The only keys operator notices receive: nothing that names or reaches the data subject."""
+
+_MULTILINE_KEYS = frozenset({"reason", "error"})
+_URL_KEYS = frozenset({"verify_url", "ui_url"})
+_EMAIL_LIKE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+_SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class RenderedNotice:
+    """A notice ready to be put in an email: a one-line subject, a plain-text and an HTML body."""
+
+    subject: str
+    text: str
+    html: str
+
+
+class _OptionalUndefined(StrictUndefined):
+    """A missing key is falsy, so ``{% if key %}`` works, but printing it is an error."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+# --- words per language ---------------------------------------------------------------------------
+
+_MONTHS = {
+    "fr": ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre",
+           "octobre", "novembre", "décembre"),
+    "en": ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+           "October", "November", "December"),
+}
+
+# Full phrase for bodies ("your <kind_words>"), short one for subject lines, label for operators.
+_KIND_WORDS = {
+    "fr": {
+        RequestKind.ACCESS: "demande d'accès à vos données personnelles (article 15 du RGPD)",
+        RequestKind.RECTIFICATION: "demande de rectification de vos données personnelles (article 16 du RGPD)",
+        RequestKind.ERASURE: "demande d'effacement de vos données personnelles (article 17 du RGPD)",
+        RequestKind.PORTABILITY: "demande de portabilité de vos données personnelles (article 20 du RGPD)",
+    },
+    "en": {
+        RequestKind.ACCESS: "request for access to your personal data (Article 15 GDPR)",
+        RequestKind.RECTIFICATION: "request to rectify your personal data (Article 16 GDPR)",
+        RequestKind.ERASURE: "request to erase your personal data (Article 17 GDPR)",
+        RequestKind.PORTABILITY: "request to receive your personal data in a portable format (Article 20 GDPR)",
+    },
+}
+_KIND_SHORT = {
+    "fr": {
+        RequestKind.ACCESS: "demande d'accès",
+        RequestKind.RECTIFICATION: "demande de rectification",
+        RequestKind.ERASURE: "demande d'effacement",
+        RequestKind.PORTABILITY: "demande de portabilité",
+    },
+    "en": {
+        RequestKind.ACCESS: "access request",
+        RequestKind.RECTIFICATION: "rectification request",
+        RequestKind.ERASURE: "erasure request",
+        RequestKind.PORTABILITY: "portability request",
+    },
+}
+_KIND_LABEL = {
+    "fr": {
+        RequestKind.ACCESS: "Accès (art. 15)",
+        RequestKind.RECTIFICATION: "Rectification (art. 16)",
+        RequestKind.ERASURE: "Effacement (art. 17)",
+        RequestKind.PORTABILITY: "Portabilité (art. 20)",
+    },
+    "en": {
+        RequestKind.ACCESS: "Access (Art. 15)",
+        RequestKind.RECTIFICATION: "Rectification (Art. 16)",
+        RequestKind.ERASURE: "Erasure (Art. 17)",
+        RequestKind.PORTABILITY: "Portability (Art. 20)",
+    },
+}
+_STAGE_WORDS = {
+    "fr": {
+        Stage.RECEIVED: "reçue",
+        Stage.AWAITING_IDENTITY: "en attente de la confirmation d'identité",
+        Stage.PROCESSING: "en cours de traitement",
+        Stage.NEEDS_ATTENTION: "bloquée, intervention nécessaire",
+        Stage.REPLYING: "réponse en cours d'envoi",
+        Stage.CLOSED: "clôturée",
+    },
+    "en": {
+        Stage.RECEIVED: "received",
+        Stage.AWAITING_IDENTITY: "waiting for identity confirmation",
+        Stage.PROCESSING: "being processed",
+        Stage.NEEDS_ATTENTION: "blocked, needs attention",
+        Stage.REPLYING: "reply being sent",
+        Stage.CLOSED: "closed",
+    },
+}
+
+
+def _lang(ctx: Any, lang: str | None) -> str:
+    return lang or ctx.get("lang") or "en"
+
+
+def _parse_date(value: str) -> date | None:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).date()
+    except ValueError:
+        return None
+
+
+@pass_context
+def date_words(ctx: Any, value: str, lang: str | None = None) -> str:
+    """``2026-12-01`` -> ``1er décembre 2026`` / ``1 December 2026``; anything else is shown as given."""
+    day = _parse_date(str(value))
+    if day is None:
+        return str(value)
+    language = _lang(ctx, lang)
+    month = _MONTHS[language][day.month - 1]
+    if language == "fr":
+        return f"{'1er' if day.day == 1 else day.day} {month} {day.year}"
+    return f"{day.day} {month} {day.year}"
+
+
+@pass_context
+def kind_words(ctx: Any, value: str, lang: str | None = None) -> str:
+    return _KIND_WORDS[_lang(ctx, lang)][RequestKind(value)]
+
+
+@pass_context
+def kind_short(ctx: Any, value: str, lang: str | None = None) -> str:
+    return _KIND_SHORT[_lang(ctx, lang)][RequestKind(value)]
+
+
+@pass_context
+def kind_label(ctx: Any, value: str, lang: str | None = None) -> str:
+    return _KIND_LABEL[_lang(ctx, lang)][RequestKind(value)]
+
+
+@pass_context
+def stage_words(ctx: Any, value: str, lang: str | None = None) -> str:
+    """Stage in words, followed by its value as searched in the UI's ``DsrStage`` column."""
+    try:
+        return f"{_STAGE_WORDS[_lang(ctx, lang)][Stage(value)]} ({value})"
+    except ValueError:
+        return str(value)
+
+
+@pass_context
+def days_words(ctx: Any, value: str, lang: str | None = None) -> str:
+    """``7`` -> ``7 jours`` / ``7 days``; French keeps 0 and 1 singular."""
+    language = _lang(ctx, lang)
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        return f"{value} {'jours' if language == 'fr' else 'days'}"
+    if language == "fr":
+        return f"{n} jour" if abs(n) <= 1 else f"{n} jours"
+    return f"{n} day" if abs(n) == 1 else f"{n} days"
+
+
+def paragraphs(value: str) -> Markup:
+    """Free text (a reason, an error) as escaped HTML: blank lines make paragraphs, newlines ``<br>``."""
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", str(value)) if b.strip()]
+    style = Markup(' style="margin:0 0 12px 0;"')
+    html = [
+        Markup("<p{}>{}</p>").format(style, Markup("<br>\n").join(escape(line) for line in block.split("\n")))
+        for block in blocks
+    ]
+    return Markup("\n").join(html)
+
+
+def _build_environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
+        undefined=_OptionalUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        auto_reload=False,
+    )
+    env.filters.update(
+        date_words=date_words,
+        kind_words=kind_words,
+        kind_short=kind_short,
+        kind_label=kind_label,
+        stage_words=stage_words,
+        days_words=days_words,
+        paragraphs=paragraphs,
+    )
+    return env
+
+
+ENVIRONMENT = _build_environment()
+"""The one Jinja environment; templates are compiled once per process and cached."""
+
+
+# --- context hygiene ------------------------------------------------------------------------------
+
+
+def one_line(value: str) -> str:
+    """Collapse every run of whitespace or control characters (CR, LF, U+2028...) to one space."""
+    return _SPACES.sub(" ", value).strip()
+
+
+def _is_http_url(value: str) -> bool:
+    if _SPACES.search(value):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in {"http", "https"} and bool(parts.netloc)
+
+
+def _clean_context(template: NoticeTemplate, context: Mapping[str, str]) -> dict[str, str]:
+    allowed = OPERATOR_KEYS if template in OPERATOR_TEMPLATES else CONTEXT_KEYS
+    clean: dict[str, str] = {}
+    for key, raw in context.items():
+        if key not in allowed or raw is None:
+            continue
+        value = str(raw)
+        if key in _MULTILINE_KEYS:
+            value = _CONTROL.sub("", value.replace("\r\n", "\n").replace("\r", "\n")).strip()
+        else:
+            value = one_line(value)
+        if key in _URL_KEYS and not _is_http_url(value):
+            continue  # a link we would not click ourselves is treated as absent
+        if template in OPERATOR_TEMPLATES and key == "error":
+            value = _EMAIL_LIKE.sub("[address removed]", value)  # belt and braces: errors carry no PII
+        if value:
+            clean[key] = value
+    for key in ("reference", "kind"):
+        if key not in clean:
+            raise ValueError(f"notice context must include a non-empty {key!r}")
+    try:
+        clean["kind"] = RequestKind(clean["kind"]).value
+    except ValueError:
+        allowed_kinds = ", ".join(k.value for k in RequestKind)
+        raise ValueError(f"notice context 'kind' must be one of {allowed_kinds}") from None
+    return clean
+
+
+def _tidy_text(text: str) -> str:
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
+
+
+def render_notice(template: NoticeTemplate, language: Language, context: Mapping[str, str]) -> RenderedNotice:
+    """Render one notice in ``language``.
+
+    Raises ``ValueError`` when ``reference`` or ``kind`` is missing or ``kind`` is not a
+    :class:`~dsr.model.RequestKind`, and ``jinja2.TemplateError`` when a template is broken.
+    """
+    template = NoticeTemplate(template)
+    lang = Language(language).value
+    values: dict[str, Any] = _clean_context(template, context)
+    values["lang"] = lang
+    name = f"{lang}/{template.value}"
+    subject = one_line(ENVIRONMENT.get_template(f"{name}.subject").render(values))
+    values["email_subject"] = subject
+    text = _tidy_text(ENVIRONMENT.get_template(f"{name}.txt").render(values))
+    html = ENVIRONMENT.get_template(f"{name}.html").render(values).strip() + "\n"
+    return RenderedNotice(subject=subject, text=text, html=html)

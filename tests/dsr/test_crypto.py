@@ -362,9 +362,7 @@ async def test_temporal_history_holds_no_plaintext_email() -> None:
     try:
         task_queue = f"crypto-{uuid.uuid4()}"
         workflow_id = f"crypto-test-{uuid.uuid4()}"
-        async with Worker(
-            env.client, task_queue=task_queue, workflows=[ContactWorkflow], activities=[contact_person]
-        ):
+        async with Worker(env.client, task_queue=task_queue, workflows=[ContactWorkflow], activities=[contact_person]):
             with pytest.raises(WorkflowFailureError) as failure:
                 await env.client.execute_workflow(
                     ContactWorkflow.run,
@@ -393,9 +391,7 @@ async def test_temporal_history_holds_no_plaintext_email() -> None:
 
         # and decoding with the codec recovers everything
         started = history.events[0].workflow_execution_started_event_attributes
-        assert await converter.decode(started.input.payloads, [Greeting]) == [
-            Greeting(Person(EMAIL, "Jeanne Martin"))
-        ]
+        assert await converter.decode(started.input.payloads, [Greeting]) == [Greeting(Person(EMAIL, "Jeanne Martin"))]
         failed = [e for e in history.events if e.HasField("activity_task_failed_event_attributes")]
         assert len(failed) == 1
         proto = failed[0].activity_task_failed_event_attributes.failure
