@@ -205,11 +205,18 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
 
 
 async def _update(request_id: str, update: str, argument: Any, as_json: bool) -> None:
+    from temporalio.client import WorkflowExecutionStatus
+
+    from dsr import search_attributes as sa
     from dsr.model import UpdateResult
 
     _, client = await _client()
     handle = _handle(client, request_id)
-    await handle.describe()  # a clear "no such request" before any update is attempted
+    # A clear "no such request" or "closed" before any update is attempted: a closed workflow takes none.
+    described = await handle.describe()
+    if described.status != WorkflowExecutionStatus.RUNNING:
+        outcome = described.typed_search_attributes.get(sa.DSR_OUTCOME) or described.status.name.lower()
+        raise UserError(f"{request_id} is closed ({outcome})")
     result = await handle.execute_update(update, argument, result_type=UpdateResult)
     if as_json:
         emit_json({"id": request_id, **_plain(result)})

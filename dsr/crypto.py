@@ -521,12 +521,16 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
 def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
     """The one data converter every Temporal client and worker uses.
 
-    Default payload converter, :class:`EncryptionCodec`, and a failure converter that moves failure
-    messages and stack traces into encoded (hence encrypted) attributes. Still in plaintext in Temporal:
+    Pydantic payload converter (it serialises the ``date`` and ``datetime`` fields of the model's
+    dataclasses, which the default JSON converter cannot), :class:`EncryptionCodec`, and a failure
+    converter that moves failure messages and stack traces into encoded (hence encrypted) attributes. Still in plaintext in Temporal:
     workflow ids, search attributes, ``ApplicationError.type``, activity/workflow type names, task queues
     and headers -- keep personal data out of those.
     """
+    from temporalio.contrib.pydantic import PydanticPayloadConverter
+
     return temporalio.converter.DataConverter(
+        payload_converter_class=PydanticPayloadConverter,
         payload_codec=EncryptionCodec(keyring),
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
     )

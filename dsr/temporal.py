@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from dsr import search_attributes as sa
 from dsr.config import Settings
@@ -34,13 +35,19 @@ async def register_search_attributes(client: Client) -> None:
 
     ``dsr up`` registers them on the command line of the dev server instead.
     """
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
-    )
+    try:
+        existing = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+        known = set(existing.custom_attributes)
+    except RPCError as err:
+        if err.status != RPCStatusCode.UNIMPLEMENTED:  # the time-skipping server cannot list them
+            raise
+        known = set()
     missing = {
         key.name: _INDEXED_TYPES[type_name]
         for key, type_name in sa.TEMPORAL_TYPE_NAMES.items()
-        if key.name not in existing.custom_attributes
+        if key.name not in known
     }
     if missing:
         await client.operator_service.add_search_attributes(

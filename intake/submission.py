@@ -9,8 +9,13 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 
 from dsr import search_attributes as sa
 from dsr.config import Settings
@@ -111,11 +116,11 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     )
 
 
-async def start(client: Client, request: RequestInput, *, task_queue: str) -> None:
+async def start(client: Client, request: RequestInput, *, task_queue: str) -> WorkflowHandle:
     """Start the request's workflow, with its dashboard attributes set from the first instant."""
     from workflows.request import DataSubjectRequest
 
-    await client.start_workflow(
+    return await client.start_workflow(
         DataSubjectRequest.run,
         request,
         id=request.request_id,
@@ -125,12 +130,12 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> No
         static_summary=f"{request.kind.value} · due {request.deadlines.normal.due.isoformat()}",
         search_attributes=TypedSearchAttributes(
             [
-                sa.DSR_KIND.value_set(request.kind.value),
-                sa.DSR_STAGE.value_set("received"),
-                sa.DSR_CHANNEL.value_set(request.channel.value),
-                sa.DSR_DEADLINE.value_set(deadline_as_search_value(request.deadlines.normal.due)),
-                sa.DSR_EXTENDED.value_set(False),
-                sa.DSR_OVERDUE.value_set(False),
+                SearchAttributePair(sa.DSR_KIND, request.kind.value),
+                SearchAttributePair(sa.DSR_STAGE, "received"),
+                SearchAttributePair(sa.DSR_CHANNEL, request.channel.value),
+                SearchAttributePair(sa.DSR_DEADLINE, deadline_as_search_value(request.deadlines.normal.due)),
+                SearchAttributePair(sa.DSR_EXTENDED, False),
+                SearchAttributePair(sa.DSR_OVERDUE, False),
             ]
         ),
     )

@@ -37,8 +37,7 @@ CONTEXT_KEYS = frozenset({
 """Every key a template may use; other keys are ignored."""
 
 OPERATOR_KEYS = frozenset({
-    "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector",
-    "error", "controller_name",
+    "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector", "error",
 })
 """The only keys operator notices receive: nothing that names or reaches the data subject."""
 

@@ -1,0 +1,269 @@
+"""The ``send_notice`` activity: render a lifecycle notice and send it by SMTP, at most once per attempt.
+
+Idempotency: the Message-ID is derived from the activity's identity (workflow id, run id, activity id),
+so every retry of one activity produces the same Message-ID and the same ledger key. When a
+:class:`SentLog` is given, a retry that finds the key already recorded returns without sending. If the
+worker dies between the SMTP transaction and the ledger write, the retry sends again with the same
+Message-ID (at-least-once delivery; receivers and the outbox can de-duplicate on it).
+
+Nothing this module logs or raises names the recipient: failure messages travel to Temporal in clear
+(the payload codec does not cover them), so they say "the subject's address" plus template and request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from datetime import UTC, datetime
+from email import policy as email_policy
+from email.headerregistry import Address, HeaderRegistry, MessageIDHeader
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Protocol
+
+import aiosmtplib
+from jinja2 import TemplateError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from dsr.config import SmtpSettings
+from dsr.model import OPERATOR_TEMPLATES, Language, Notice, NoticeTemplate, SentNotice, is_valid_email
+from templates import RenderedNotice, one_line, render_notice
+
+__all__ = [
+    "NOTICE_DEFERRED",
+    "NOTICE_INVALID",
+    "NOTICE_INVALID_ADDRESS",
+    "NOTICE_REJECTED",
+    "NOTICE_SMTP_ERROR",
+    "NOTICE_TEMPLATE_ERROR",
+    "NoticeActivities",
+    "SentLog",
+    "build_message",
+    "is_deliverable_address",
+    "notice_key",
+]
+
+# ApplicationError types raised by send_notice (workflows may match on them; none carries an address).
+NOTICE_REJECTED = "NoticeRejected"  # 5xx on RCPT or DATA: the server will never take it (non-retryable)
+NOTICE_INVALID_ADDRESS = "NoticeInvalidAddress"  # `to` is not one plain mailbox (non-retryable)
+NOTICE_INVALID = "NoticeInvalid"  # context lacks reference/kind or kind is unknown (non-retryable)
+NOTICE_DEFERRED = "NoticeDeferred"  # connection refused/lost, timeout, 4xx: try again later (retryable)
+NOTICE_SMTP_ERROR = "NoticeSmtpError"  # our side is misconfigured: auth, sender refused, TLS (retryable)
+NOTICE_TEMPLATE_ERROR = "NoticeTemplateError"  # a broken template; fixed by a deploy (retryable)
+
+# Long Message-IDs in In-Reply-To/References must not be folded into RFC 2047 encoded words (which breaks
+# threading); parsing them as msg-id makes the generator keep them intact whatever policy flattens them.
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("in-reply-to", MessageIDHeader)
+_HEADERS.map_to_type("references", MessageIDHeader)
+MAIL_POLICY = email_policy.SMTP.clone(header_factory=_HEADERS)
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~.-"
+_MSG_ID = re.compile(rf"<[{_ATEXT}]+@[{_ATEXT}\[\]:]+>")
+_EMAIL_LIKE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+class SentLog(Protocol):
+    """Where sent notices are recorded (the ledger, through an adapter). Called from a worker thread."""
+
+    def has_event(self, key: str) -> bool: ...
+
+    def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None: ...
+
+
+def notice_key(workflow_id: str | None, run_id: str | None, activity_id: str) -> str:
+    """Stable idempotency key of one send_notice activity: the same for every retry of it."""
+    seed = "\n".join((workflow_id or "", run_id or "", activity_id))
+    return "notice-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
+def is_deliverable_address(address: str) -> bool:
+    """One plain mailbox (no display name, no CR/LF, no list), or ``name@localhost`` for local use."""
+    if address.endswith("@localhost"):
+        return is_valid_email(address.removesuffix("@localhost") + "@localhost.localdomain")
+    return is_valid_email(address)
+
+
+def _invalid_address(whose: str) -> ApplicationError:
+    return ApplicationError(
+        f"{whose} is not a single valid email address", type=NOTICE_INVALID_ADDRESS, non_retryable=True
+    )
+
+
+def _reply_id(value: str | None) -> str | None:
+    """The Message-ID to thread under, if it looks like one; anything else is dropped, never sent."""
+    if not value:
+        return None
+    candidate = one_line(value)
+    if not candidate.startswith("<"):
+        candidate = f"<{candidate}>"
+    if len(candidate) > 900 or not _MSG_ID.fullmatch(candidate):
+        return None
+    return candidate
+
+
+def build_message(
+    notice: Notice, rendered: RenderedNotice, *, mail_from: str, from_name: str, message_id: str
+) -> EmailMessage:
+    """A multipart/alternative (text, then HTML) UTF-8 email for ``notice``.
+
+    Header values are collapsed to one line before use and the SMTP policy refuses CR/LF anyway, so a
+    hostile name or subject can never add a header. ``notice.to`` must be one plain mailbox: anything
+    else raises a non-retryable ``ApplicationError`` of type ``NoticeInvalidAddress``.
+    """
+    whose = _whose(notice)
+    if not is_deliverable_address(notice.to):
+        raise _invalid_address(whose)
+    if not is_deliverable_address(mail_from):
+        raise ValueError("mail_from must be a single valid email address")
+    if not _MSG_ID.fullmatch(message_id):
+        raise ValueError("message_id must look like <id@domain>")
+
+    message = EmailMessage(policy=MAIL_POLICY)
+    message["From"] = Address(display_name=one_line(from_name), addr_spec=mail_from)
+    message["To"] = Address(addr_spec=notice.to)
+    message["Subject"] = one_line(rendered.subject)
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = message_id
+    reply_to = _reply_id(notice.in_reply_to)
+    if reply_to:
+        message["In-Reply-To"] = reply_to
+        message["References"] = reply_to
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, no vacation loops
+    message["X-Auto-Response-Suppress"] = "All"
+    # quoted-printable keeps every line 7-bit and short, whatever the relay supports.
+    message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    message.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    message["Content-Language"] = Language(notice.language).value  # after set_content, which clears Content-*
+    return message
+
+
+def _whose(notice: Notice) -> str:
+    return "the operator address" if notice.template in OPERATOR_TEMPLATES else "the subject's address"
+
+
+def _redact(text: str, recipient: str) -> str:
+    """Server replies often quote the recipient (``550 <bob@x>: unknown``): keep the code, drop the address."""
+    text = one_line(text).replace(recipient, "<address>")
+    return _EMAIL_LIKE.sub("<address>", text)[:200]
+
+
+class NoticeActivities:
+    """Mail activities; the worker builds one instance with the settings and registers its methods."""
+
+    def __init__(
+        self,
+        smtp: SmtpSettings,
+        *,
+        mail_from: str,
+        from_name: str,
+        mail_domain: str,
+        sent_log: SentLog | None = None,
+    ) -> None:
+        if not is_deliverable_address(mail_from):
+            raise ValueError("mail_from must be a single valid email address")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", mail_domain):
+            raise ValueError("mail_domain must be a domain name such as example.com")
+        self._smtp = smtp
+        self._mail_from = mail_from
+        self._from_name = one_line(from_name)
+        self._mail_domain = mail_domain
+        self._sent_log = sent_log
+
+    @activity.defn(name="send_notice")
+    async def send_notice(self, notice: Notice) -> SentNotice:
+        """Render ``notice`` in its language and send it; a retry never sends a recorded notice twice."""
+        info = activity.info()
+        key = notice_key(info.workflow_id, info.workflow_run_id or info.activity_run_id, info.activity_id)
+        message_id = f"<{key.removeprefix('notice-')}@{self._mail_domain}>"
+        template = NoticeTemplate(notice.template)
+        where = f"{template.value} notice for request {notice.request_id}"
+
+        if self._sent_log is not None and await asyncio.to_thread(self._sent_log.has_event, key):
+            activity.logger.info("%s already sent; not sending again", where)
+            return SentNotice(message_id=message_id, already_sent=True)
+
+        try:
+            rendered = render_notice(template, Language(notice.language), notice.context)
+        except ValueError as err:
+            raise ApplicationError(f"{where}: {err}", type=NOTICE_INVALID, non_retryable=True) from None
+        except TemplateError as err:
+            raise ApplicationError(
+                f"{where}: template error ({type(err).__name__})", type=NOTICE_TEMPLATE_ERROR
+            ) from None
+
+        message = build_message(
+            notice, rendered, mail_from=self._mail_from, from_name=self._from_name, message_id=message_id
+        )
+        await self._send(message, notice, where)
+
+        if self._sent_log is not None:
+            await asyncio.to_thread(
+                self._sent_log.record_sent, notice.request_id, key, template.value, message_id
+            )
+        activity.logger.info("%s sent", where)
+        return SentNotice(message_id=message_id)
+
+    async def _send(self, message: EmailMessage, notice: Notice, where: str) -> None:
+        whose = _whose(notice)
+        smtp = self._smtp
+        try:
+            await aiosmtplib.send(
+                message,
+                sender=self._mail_from,
+                recipients=[notice.to],  # explicit: never derived from headers
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username,
+                password=smtp.password,
+                use_tls=smtp.use_tls,
+                # A bool, never None: None would try STARTTLS whenever a server advertises it.
+                start_tls=bool(smtp.start_tls) and not smtp.use_tls,
+                timeout=smtp.timeout_seconds,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as err:
+            code = min((r.code for r in err.recipients), default=0)
+            detail = _redact(err.recipients[0].message, notice.to) if err.recipients else ""
+            raise self._refused(where, f"SMTP server refused {whose}", code, detail) from None
+        except aiosmtplib.SMTPRecipientRefused as err:
+            detail = _redact(err.message, notice.to)
+            raise self._refused(where, f"SMTP server refused {whose}", err.code, detail) from None
+        except aiosmtplib.SMTPDataError as err:
+            detail = _redact(err.message, notice.to)
+            raise self._refused(where, "SMTP server refused the message", err.code, detail) from None
+        except (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPSenderRefused) as err:
+            detail = _redact(err.message, notice.to)
+            activity.logger.warning("%s: SMTP configuration problem (%s)", where, err.code)
+            raise ApplicationError(
+                f"{where}: SMTP server refused our login or sender address ({err.code} {detail})",
+                type=NOTICE_SMTP_ERROR,
+            ) from None
+        except aiosmtplib.SMTPResponseException as err:
+            detail = _redact(err.message, notice.to)
+            kind = NOTICE_DEFERRED if 400 <= err.code < 500 else NOTICE_SMTP_ERROR
+            raise ApplicationError(f"{where}: SMTP error {err.code} {detail}", type=kind) from None
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
+                TimeoutError, OSError) as err:
+            activity.logger.warning("%s: SMTP server unreachable (%s)", where, type(err).__name__)
+            raise ApplicationError(
+                f"{where}: SMTP server {smtp.host}:{smtp.port} unreachable ({type(err).__name__})",
+                type=NOTICE_DEFERRED,
+            ) from None
+        except aiosmtplib.SMTPException as err:  # e.g. STARTTLS or AUTH not supported by the server
+            raise ApplicationError(
+                f"{where}: SMTP error ({type(err).__name__}: {_redact(err.message, notice.to)})",
+                type=NOTICE_SMTP_ERROR,
+            ) from None
+
+    @staticmethod
+    def _refused(where: str, what: str, code: int, detail: str) -> ApplicationError:
+        if 500 <= code < 600:
+            activity.logger.warning("%s: %s (%s)", where, what, code)
+            return ApplicationError(
+                f"{where}: {what} permanently ({code} {detail})".rstrip(),
+                type=NOTICE_REJECTED,
+                non_retryable=True,
+            )
+        return ApplicationError(f"{where}: {what} for now ({code} {detail})", type=NOTICE_DEFERRED)

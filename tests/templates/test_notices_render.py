@@ -1,0 +1,272 @@
+"""Every notice renders in both languages, says what the law requires, and is safe with hostile input."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import html
+import re
+from html.parser import HTMLParser
+
+import pytest
+from jinja2 import UndefinedError
+
+from activities.notices import build_message
+from dsr.model import OPERATOR_TEMPLATES, Language, Notice, NoticeTemplate, RequestKind
+from templates import ENVIRONMENT, render_notice
+
+CNIL = (
+    "Commission nationale de l'informatique et des libertés (CNIL), 3 Place de Fontenoy, TSA 80715, "
+    "75334 Paris Cedex 07, www.cnil.fr"
+)
+HOSTILE_NAME = "<script>alert(1)</script>\r\nBcc: x@evil.test"
+
+FULL = {
+    "reference": "dsr-2026-11-7KQ3FJ",
+    "kind": "access",
+    "received": "2026-11-23",
+    "deadline": "2026-12-23",
+    "previous_deadline": "2026-12-23",
+    "reason": "Your request covers six systems,\nincluding archived invoices.",
+    "subject_name": "Zoé Martin",
+    "controller_name": "Kestio SAS",
+    "verify_url": "https://privacy.example.com/verify?token=abc&x=1",
+    "verify_code": "482913",
+    "days": "30",
+    "label": "D-7",
+    "days_left": "7",
+    "stage": "processing",
+    "ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/dsr-2026-11-7KQ3FJ",
+    "connector": "hubspot",
+    "error": "AuthenticationError: token rejected (401)",
+}
+MINIMAL = {"reference": "dsr-2026-11-MIN001", "kind": "erasure"}
+
+ALL = [(t, lang) for t in NoticeTemplate for lang in Language]
+
+
+def _ids(case: tuple[NoticeTemplate, Language]) -> str:
+    return f"{case[0].value}-{case[1].value}"
+
+
+class _TagBalance(HTMLParser):
+    """Fails on a closing tag that does not match the open one: cheap well-formedness check."""
+
+    VOID = frozenset({"br", "hr", "meta", "img", "link", "input"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else ''}>"
+        self.stack.pop()
+
+
+def _check_clean(rendered_text: str) -> None:
+    for leftover in ("{{", "}}", "{%", "%}", "None", "Undefined"):
+        assert leftover not in rendered_text
+
+
+@pytest.mark.parametrize("context", [FULL, MINIMAL], ids=["full", "minimal"])
+@pytest.mark.parametrize("case", ALL, ids=_ids)
+def test_every_template_renders(case: tuple[NoticeTemplate, Language], context: dict[str, str]) -> None:
+    template, language = case
+    rendered = render_notice(template, language, context)
+
+    assert rendered.subject and "\n" not in rendered.subject and "\r" not in rendered.subject
+    assert rendered.subject == rendered.subject.strip() and "  " not in rendered.subject
+    assert context["reference"] in rendered.subject
+    for part in (rendered.subject, rendered.text, rendered.html):
+        _check_clean(part)
+    assert context["reference"] in rendered.text
+    assert rendered.text.endswith("\n") and "\n\n\n" not in rendered.text
+
+    assert rendered.html.startswith("<!DOCTYPE html>")
+    assert f'<html lang="{language.value}"' in rendered.html
+    assert "<title>" in rendered.html and "<script" not in rendered.html
+    assert not re.search(r"""(src|href)=["'](?!https?://)""", rendered.html), "no relative or odd links"
+    checker = _TagBalance()
+    checker.feed(rendered.html)
+    checker.close()
+    assert checker.stack == []
+
+
+@pytest.mark.parametrize("kind", list(RequestKind))
+@pytest.mark.parametrize("language", list(Language))
+def test_kind_is_rendered_in_words(kind: RequestKind, language: Language) -> None:
+    rendered = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, {"reference": "R", "kind": kind.value})
+    words = {
+        (Language.FR, RequestKind.ACCESS): "demande d'accès",
+        (Language.FR, RequestKind.RECTIFICATION): "demande de rectification",
+        (Language.FR, RequestKind.ERASURE): "demande d'effacement",
+        (Language.FR, RequestKind.PORTABILITY): "demande de portabilité",
+        (Language.EN, RequestKind.ACCESS): "access request",
+        (Language.EN, RequestKind.RECTIFICATION): "rectification request",
+        (Language.EN, RequestKind.ERASURE): "erasure request",
+        (Language.EN, RequestKind.PORTABILITY): "portability request",
+    }[(language, kind)]
+    assert words in rendered.subject
+    assert words in rendered.text.lower()
+
+
+@pytest.mark.parametrize(
+    ("language", "received", "deadline"),
+    [(Language.FR, "23 novembre 2026", "23 décembre 2026"), (Language.EN, "23 November 2026", "23 December 2026")],
+)
+def test_acknowledgement_golden(language: Language, received: str, deadline: str) -> None:
+    rendered = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, FULL)
+    for part in (rendered.text, html.unescape(rendered.html)):
+        assert "dsr-2026-11-7KQ3FJ" in part
+        assert received in part
+        assert deadline in part
+        assert "12(6)" in part or "article 12, paragraphe 6" in part  # identity only on reasonable doubt
+        assert "Zoé Martin" in part
+    assert "2026-12-23" not in rendered.text
+
+
+def test_dates_in_words() -> None:
+    fr = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {**MINIMAL, "deadline": "2027-02-01"})
+    en = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.EN, {**MINIMAL, "deadline": "2027-02-01"})
+    assert "1er février 2027" in fr.text
+    assert "1 February 2027" in en.text
+
+
+@pytest.mark.parametrize(
+    ("language", "new", "old"),
+    [(Language.FR, "23 février 2027", "23 décembre 2026"), (Language.EN, "23 February 2027", "23 December 2026")],
+)
+def test_extension_golden(language: Language, new: str, old: str) -> None:
+    context = {**FULL, "deadline": "2027-02-23", "previous_deadline": "2026-12-23"}
+    rendered = render_notice(NoticeTemplate.EXTENSION, language, context)
+    for part in (rendered.text, html.unescape(rendered.html)):
+        assert "Your request covers six systems," in part
+        assert "including archived invoices." in part
+        assert new in part and old in part
+        assert "12(3)" in part or "article 12, paragraphe 3" in part
+    assert "<br>" in rendered.html  # the reason keeps its line breaks
+
+
+@pytest.mark.parametrize(("language", "judicial"), [(Language.FR, "recours juridictionnel"),
+                                                     (Language.EN, "judicial remedy")])
+def test_refusal_golden(language: Language, judicial: str) -> None:
+    context = {**FULL, "reason": "Fourth identical request this month."}
+    rendered = render_notice(NoticeTemplate.REFUSAL, language, context)
+    for part in (rendered.text, html.unescape(rendered.html)):
+        assert CNIL in part
+        assert judicial in part
+        assert "Fourth identical request this month." in part
+        assert "12(4)" in part or "article 12, paragraphe 4" in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_refusal_without_reason_states_the_legal_ground(language: Language) -> None:
+    rendered = render_notice(NoticeTemplate.REFUSAL, language, MINIMAL)
+    assert "12(5)" in rendered.text or "article 12, paragraphe 5" in rendered.text
+    assert CNIL in rendered.text
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_unverified_says_how_to_start_again(language: Language) -> None:
+    rendered = render_notice(NoticeTemplate.UNVERIFIED, language, {**MINIMAL, "days": "30"})
+    assert ("30 jours" if language is Language.FR else "30 days") in rendered.text
+    assert ("nouvelle demande" if language is Language.FR else "new request") in rendered.text
+    assert CNIL in rendered.text
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_identity_request_ways_to_confirm(language: Language) -> None:
+    link_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_url": FULL["verify_url"]})
+    assert FULL["verify_url"] in link_only.text
+    assert 'href="https://privacy.example.com/verify?token=abc&amp;x=1"' in link_only.html
+
+    code_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_code": "482913"})
+    assert "482913" in code_only.text and "482913" in code_only.html
+
+    neither = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, MINIMAL)
+    contact = "vous contactera" if language is Language.FR else "will contact you"
+    assert contact in neither.text
+    assert "12(6)" in neither.text or "article 12, paragraphe 6" in neither.text
+    deleted = "supprimée" if language is Language.FR else "deleted"
+    assert deleted in neither.text  # a document, if asked for, is deleted once checked
+
+    hostile = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_url": "javascript:alert(1)"})
+    assert "javascript:" not in hostile.html and "javascript:" not in hostile.text
+
+
+@pytest.mark.parametrize("case", ALL, ids=_ids)
+def test_hostile_name_is_escaped_and_cannot_inject_headers(case: tuple[NoticeTemplate, Language]) -> None:
+    template, language = case
+    rendered = render_notice(template, language, {**FULL, "subject_name": HOSTILE_NAME})
+    assert "<script" not in rendered.html
+    assert "\r" not in rendered.subject and "\n" not in rendered.subject
+    if template not in OPERATOR_TEMPLATES:
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered.html
+        assert "\r" not in rendered.text
+
+    notice = Notice(request_id="dsr-2026-11-7KQ3FJ", template=template, to="zoe@example.com", language=language)
+    message = build_message(
+        notice, rendered, mail_from="privacy@example.com", from_name=HOSTILE_NAME, message_id="<abc@example.com>"
+    )
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert parsed["Bcc"] is None
+    assert parsed["To"] == "zoe@example.com"
+    assert [k for k in parsed if k.lower() == "bcc"] == []
+
+
+@pytest.mark.parametrize("template", sorted(OPERATOR_TEMPLATES))
+@pytest.mark.parametrize("language", list(Language))
+def test_operator_notices_carry_no_personal_data(template: NoticeTemplate, language: Language) -> None:
+    context = {**FULL, "subject_name": "Zoé Martin", "error": "rejected contact zoe@example.com"}
+    rendered = render_notice(template, language, context)
+    for part in (rendered.subject, rendered.text, rendered.html):
+        assert "Zoé" not in part and "Martin" not in part
+        assert "zoe@example.com" not in part
+        assert "privacy.example.com/verify" not in part and "482913" not in part
+    # bilingual: both languages, the notice's own first
+    first, second = ("[FR]", "[EN]") if language is Language.FR else ("[EN]", "[FR]")
+    assert rendered.text.index(first) < rendered.text.index(second)
+
+
+def test_operator_reminder_golden() -> None:
+    rendered = render_notice(NoticeTemplate.OPERATOR_REMINDER, Language.EN, FULL)
+    assert rendered.subject == "[DSR D-7] dsr-2026-11-7KQ3FJ: due 23 December 2026, in 7 days"
+    assert FULL["ui_url"] in rendered.text
+    assert f'href="{FULL["ui_url"]}"' in rendered.html
+    assert "being processed (processing)" in rendered.text
+    assert "en cours de traitement (processing)" in rendered.text
+
+
+def test_operator_escalation_and_attention_golden() -> None:
+    overdue = render_notice(NoticeTemplate.OPERATOR_ESCALATION, Language.FR, FULL)
+    assert "EN RETARD" in overdue.subject and "23 décembre 2026" in overdue.subject
+    assert "OVERDUE" in overdue.text
+    attention = render_notice(NoticeTemplate.OPERATOR_ATTENTION, Language.EN, FULL)
+    assert "hubspot" in attention.subject
+    assert "AuthenticationError: token rejected (401)" in attention.text
+
+
+def test_required_keys_and_kind_are_checked() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {"kind": "access"})
+    with pytest.raises(ValueError, match="kind"):
+        render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {"reference": "R"})
+    with pytest.raises(ValueError, match="kind"):
+        render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {"reference": "R", "kind": "objection"})
+
+
+def test_printing_a_missing_key_fails_but_testing_it_does_not() -> None:
+    assert ENVIRONMENT.from_string("{% if nope %}x{% endif %}ok").render() == "ok"
+    with pytest.raises(UndefinedError):
+        ENVIRONMENT.from_string("{{ nope }}").render()
+
+
+def test_autoescape_is_on_for_html_only() -> None:
+    assert ENVIRONMENT.trim_blocks
+    rendered = render_notice(NoticeTemplate.COMPLETED, Language.FR, {"reference": "<R&D>", "kind": "access"})
+    assert "&lt;R&amp;D&gt;" in rendered.html and "<R&D>" not in rendered.html
+    assert "<R&D>" in rendered.text and "<R&D>" in rendered.subject
