@@ -523,9 +523,10 @@ def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
 
     Pydantic payload converter (it serialises the ``date`` and ``datetime`` fields of the model's
     dataclasses, which the default JSON converter cannot), :class:`EncryptionCodec`, and a failure
-    converter that moves failure messages and stack traces into encoded (hence encrypted) attributes.
-    Still in plaintext in Temporal: workflow ids, search attributes, ``ApplicationError.type``, activity/workflow type names, task queues
-    and headers -- keep personal data out of those.
+    converter that moves failure messages and stack traces into encoded (hence encrypted)
+    attributes. Still in plaintext in Temporal: workflow ids, search attributes,
+    ``ApplicationError.type``, activity/workflow type names, task queues and headers -- keep
+    personal data out of those.
     """
     from temporalio.contrib.pydantic import PydanticPayloadConverter
 
