@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, is_dataclass
@@ -71,11 +73,12 @@ def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
         from temporalio.service import RPCError, RPCStatusCode
 
         from dsr.config import ConfigError
+        from dsr.crypto import KeyRingError
         from intake.submission import SubmissionError
 
         try:
             return asyncio.run(coroutine_fn(*args, **kwargs))
-        except (UserError, ConfigError, SubmissionError) as err:
+        except (UserError, ConfigError, SubmissionError, KeyRingError) as err:
             fail(str(err))
         except WorkflowUpdateFailedError as err:
             cause = err.cause
@@ -111,12 +114,15 @@ async def _client():
         ) from err
 
 
+def _check_reference(request_id: str) -> None:
+    if not re.fullmatch(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", request_id):
+        raise UserError(f"{request_id!r} is not a request reference (they look like dsr-2026-11-7KQ3FJ)")
+
+
 def _handle(client, request_id: str):
-    from dsr.model import WORKFLOW_ID_PREFIX
     from workflows.request import DataSubjectRequest
 
-    if not request_id.startswith(WORKFLOW_ID_PREFIX):
-        raise UserError(f"{request_id!r} is not a request reference (they look like dsr-2026-11-7KQ3FJ)")
+    _check_reference(request_id)
     return client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
 
 
@@ -165,14 +171,17 @@ async def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow."""
+    from dsr.config import Settings
     from intake.submission import Submission, prepare, start
 
-    settings, client = await _client()
+    # Validate everything before connecting, so bad input never meets Temporal.
+    settings = Settings.from_env()
     request = prepare(
         Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                    received_at=_parse_received(received), changes=_parse_changes(change or [])),
         settings,
     )
+    settings, client = await _client()
     await start(client, request, task_queue=settings.task_queue)
     if as_json:
         emit_json({"id": request.request_id, "kind": request.kind, "received": request.received_on,
@@ -187,6 +196,7 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     """Where a request stands: stage, deadline, connectors."""
     from workflows.request import DataSubjectRequest
 
+    _check_reference(request_id)
     _, client = await _client()
     state = await _handle(client, request_id).query(DataSubjectRequest.status)
     if as_json:
@@ -210,6 +220,7 @@ async def _update(request_id: str, update: str, argument: Any, as_json: bool) ->
     from dsr import search_attributes as sa
     from dsr.model import UpdateResult
 
+    _check_reference(request_id)
     _, client = await _client()
     handle = _handle(client, request_id)
     # A clear "no such request" or "closed" before any update is attempted: a closed workflow takes none.
@@ -363,10 +374,14 @@ def worker() -> None:
         settings = Settings.from_env()
     except ConfigError as err:
         fail(str(err))
+    from dsr.crypto import KeyRingError
+
     try:
         asyncio.run(run_worker(settings))
     except KeyboardInterrupt:
         return
+    except KeyRingError as err:
+        fail(str(err))
     except RuntimeError as err:
         fail(f"worker stopped: {err}")
 
@@ -420,9 +435,22 @@ def codec_server(
         asyncio.run(serve())
 
 
-def main() -> None:  # pragma: no cover - console script entry point
-    app(prog_name="dsr")
+def main() -> NoReturn:  # pragma: no cover - console script entry point
+    """Run a verb, then leave without interpreter teardown.
+
+    The Temporal client's Rust threads can abort a short-lived process while CPython finalises
+    ("PyGILState_Release: thread state must be current", temporalio/sdk-python#300), turning a
+    successful `dsr submit` into a crash. Everything is flushed first, so nothing is lost.
+    """
+    code: int = 0
+    try:
+        app(prog_name="dsr")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -246,13 +246,25 @@ class KeyRing:
         return ring
 
     @classmethod
-    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> KeyRing:
-        """``DSR_KEYS`` if set (production), else the key file ``settings.key_file`` (created if absent)."""
+    def from_settings(
+        cls, settings: Settings, env: Mapping[str, str] | None = None, *, create: bool = False
+    ) -> KeyRing:
+        """``DSR_KEYS`` if set (production), else the key file ``settings.key_file``.
+
+        Only ``dsr up`` passes ``create=True``: a client that made its own key would start requests no
+        worker can decrypt (e.g. a ``dsr submit`` run with another ``DSR_HOME``).
+        """
         env = os.environ if env is None else env
         value = env.get(ENV_VAR, "")
         if value.strip():
             return cls.from_env_value(value)
-        return cls.load_or_create(settings.key_file)
+        if create:
+            return cls.load_or_create(settings.key_file)
+        if not settings.key_file.exists():
+            raise KeyRingError(
+                f"no key file at {settings.key_file}: start `dsr up` once with this DSR_HOME, or set {ENV_VAR}"
+            )
+        return cls.load(settings.key_file)
 
     @classmethod
     def rotate(cls, path: Path, key_id: str | None = None) -> KeyRing:

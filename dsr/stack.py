@@ -152,7 +152,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
     stop = stop or asyncio.Event()
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)  # keys, ledger and outbox hold personal data
-    keyring = KeyRing.from_settings(settings)
+    keyring = KeyRing.from_settings(settings, create=True)
 
     port = temporal_port(settings)
     wanted = {"Temporal": port, "Temporal UI": settings.ui_port, "codec server": settings.codec_port}

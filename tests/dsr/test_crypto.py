@@ -241,7 +241,11 @@ def test_from_settings_prefers_dsr_keys_then_the_key_file(tmp_path: Path) -> Non
     from_env = KeyRing.from_settings(settings, {"DSR_KEYS": f"prod1:{key}"})
     assert from_env.current_key_id == "prod1"
     assert not settings.key_file.exists()
-    local = KeyRing.from_settings(settings, {})
+    # Clients never make a key of their own: only `dsr up` (create=True) does.
+    with pytest.raises(KeyRingError, match="no key file"):
+        KeyRing.from_settings(settings, {})
+    assert not settings.key_file.exists()
+    local = KeyRing.from_settings(settings, {}, create=True)
     assert settings.key_file.exists() and _mode(settings.key_file) == 0o600
     assert KeyRing.from_settings(settings, {"DSR_KEYS": ""}).current_key_id == local.current_key_id
 

@@ -1,0 +1,181 @@
+"""The acceptance scenario of the engine, run for real: `dsr up`, the CLI, kill -9, `dsr up` again."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.harness import binary, free_port
+
+BIN = Path(sys.executable).parent
+EMAIL = "camille.durand@example.org"
+NAME = "Camille Durand"
+
+
+class Stack:
+    """`dsr up` in its own process group, with its own ports and DSR_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        temporal_port = free_port()
+        self.env = {
+            **os.environ,
+            "DSR_HOME": str(home),
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+            "DSR_UI_PORT": str(free_port()),
+            "DSR_CODEC_PORT": str(free_port()),
+            "DSR_SMTP_PORT": str(free_port()),
+            "DSR_OPERATOR_EMAIL": "dpo@example.com",
+        }
+        self.env.pop("DSR_KEYS", None)
+        self.env.pop("DSR_SMTP_HOST", None)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def up(self) -> None:
+        path = self.home / "up.log"
+        offset = path.stat().st_size if path.exists() else 0  # the log of a previous run stays
+        log = path.open("ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "dsr"), "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        for _ in range(240):
+            if b"dsr is up." in path.read_bytes()[offset:]:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.25)
+        raise AssertionError("dsr up did not start:\n" + (self.home / "up.log").read_text()[-3000:])
+
+    def kill_group(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def dsr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "dsr"), *args], env=self.env, capture_output=True, text=True, timeout=60)
+
+    def temporal(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary("temporal"), *args, "--address", self.env["TEMPORAL_ADDRESS"]],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )
+
+    def outbox(self) -> list[email.message.EmailMessage]:
+        files = sorted((self.home / "outbox").glob("*.eml"))
+        return [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files]  # type: ignore[misc]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(tmp_path)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def wait_until(predicate, what: str, timeout: float = 20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_request_survives_kill_of_the_whole_stack(stack: Stack) -> None:
+    stack.up()
+    submitted = stack.dsr("submit", "--kind", "access", "--email", EMAIL, "--name", NAME, "--channel", "api",
+                          "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    reply = json.loads(submitted.stdout)
+    request_id, deadline = reply["id"], date.fromisoformat(reply["deadline"])
+    assert request_id.startswith("dsr-") and deadline > date.today()
+
+    def stage() -> str:
+        shown = stack.dsr("status", request_id, "--json")
+        return json.loads(shown.stdout)["stage"] if shown.returncode == 0 else ""
+
+    wait_until(lambda: stage() == "awaiting_identity", "the identity request")
+    wait_until(lambda: len(stack.outbox()) >= 2, "acknowledgement and identity request in the outbox")
+
+    stack.kill_group()  # kill -9 of dsr up, the dev server, the worker: nothing shuts down cleanly
+    stack.up()
+
+    shown_status = stack.dsr("status", request_id, "--json")
+    assert shown_status.returncode == 0, shown_status.stderr
+    status = json.loads(shown_status.stdout)
+    assert status["id"] == request_id and status["deadline"] == deadline.isoformat()
+    assert status["stage"] == "awaiting_identity" and status["kind"] == "access" and not status["extended"]
+    for field in ("outcome", "received"):
+        assert field in status
+
+    literal = (deadline + timedelta(days=1)).isoformat() + "T00:00:00Z"
+    listed = stack.temporal("workflow", "list", "--query", f'DsrDeadline < "{literal}"', "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert request_id in listed.stdout
+
+    shown = stack.temporal("workflow", "show", "-w", request_id, "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert EMAIL not in shown.stdout and "Camille" not in shown.stdout and "Durand" not in shown.stdout
+
+    first = stack.dsr("extend", request_id, "--reason", "Three systems and ten years of orders to search.")
+    assert first.returncode == 0, first.stderr
+    extended = wait_until(
+        lambda: [m for m in stack.outbox() if "Three systems" in m.get_body(("plain",)).get_content()],
+        "the extension notice",
+    )
+    assert extended[0]["To"] == EMAIL
+    second = stack.dsr("extend", request_id, "--reason", "again")
+    assert second.returncode != 0
+    assert second.stderr.strip().startswith("error:") and "already extended" in second.stderr
+    assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+
+    history = stack.dsr("history", request_id, "--json")
+    events = [e["event"] for e in json.loads(history.stdout)["events"]]
+    assert events[:2] == ["received", "notice_sent"] and "extended" in events
+    due = json.loads(stack.dsr("due", "--within", "400", "--json").stdout)
+    assert [row["id"] for row in due] == [request_id] and due[0]["extended"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["submit", "--kind", "deletion", "--email", "a@example.org"], "kind must be one of"),
+        (["submit", "--kind", "access", "--email", "not-an-address"], "email is not a valid address"),
+        (["status", "not-a-reference"], "is not a request reference"),
+        (["extend", "dsr-2026-11-AAAAAA", "--reason", "x"], "no key file"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, args: list[str], message: str) -> None:
+    env = {**os.environ, "DSR_HOME": str(tmp_path), "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+    env.pop("DSR_KEYS", None)
+    if "no key file" not in message:  # input errors are found before keys or Temporal are needed
+        subprocess.run([str(BIN / "python"), "-c", "from dsr.crypto import KeyRing; from pathlib import Path; "
+                        f"KeyRing.load_or_create(Path({str(tmp_path / 'keys.json')!r}))"], check=True)
+    result = subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
