@@ -52,9 +52,11 @@ def activities_for(settings: Settings, ledger: Ledger, connectors: Iterable[Conn
     notices = NoticeActivities(
         settings.smtp,
         mail_from=settings.mail_from,
-        from_name=settings.controller_name,
+        from_name=settings.controller_name or "Privacy",
         mail_domain=settings.mail_domain,
         sent_log=LedgerSentLog(ledger),
+        controller_name=settings.controller_name,
+        request_link=settings.request_link,
     )
     fan_out = ConnectorActivities(connectors)
     return [

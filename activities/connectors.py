@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -45,6 +46,9 @@ class ConnectorActivities:
                 type=PERMANENT_ERROR,
                 non_retryable=True,
             )
+        # A crashed worker is noticed within the heartbeat timeout, however long the connector runs;
+        # connectors that page through large exports heartbeat their own cursor on top of this.
+        beating = asyncio.create_task(_heartbeat_while_running())
         try:
             return await run_connector(connector, task.kind, task.request_id, task.subject, task.changes)
         except TransientConnectorError as err:
@@ -63,3 +67,15 @@ class ConnectorActivities:
             raise ApplicationError(
                 f"{task.connector}: unexpected {type(err).__name__}", type="ConnectorError"
             ) from None
+        finally:
+            beating.cancel()
+
+
+HEARTBEAT_EVERY = 20.0
+"""Seconds between liveness heartbeats; well under the workflow's two-minute heartbeat timeout."""
+
+
+async def _heartbeat_while_running() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_EVERY)

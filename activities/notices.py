@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry, MessageIDHeader
@@ -161,7 +162,11 @@ class NoticeActivities:
         from_name: str,
         mail_domain: str,
         sent_log: SentLog | None = None,
+        controller_name: str = "",
+        request_link: Callable[[str], str] | None = None,
     ) -> None:
+        """``controller_name`` signs subject notices (templates fall back to a generic team name);
+        ``request_link`` maps a request id to its page in the staff UI, for operator notices."""
         if not is_deliverable_address(mail_from):
             raise ValueError("mail_from must be a single valid email address")
         if not re.fullmatch(r"[A-Za-z0-9.-]+", mail_domain):
@@ -171,6 +176,17 @@ class NoticeActivities:
         self._from_name = one_line(from_name)
         self._mail_domain = mail_domain
         self._sent_log = sent_log
+        self._controller_name = one_line(controller_name)
+        self._request_link = request_link
+
+    def _context(self, notice: Notice) -> dict[str, str]:
+        """The workflow's context plus what only the worker knows (its configuration)."""
+        context = dict(notice.context)
+        if self._controller_name:
+            context.setdefault("controller_name", self._controller_name)
+        if self._request_link is not None and notice.template in OPERATOR_TEMPLATES:
+            context.setdefault("ui_url", self._request_link(notice.request_id))
+        return context
 
     @activity.defn(name="send_notice")
     async def send_notice(self, notice: Notice) -> SentNotice:
@@ -186,7 +202,7 @@ class NoticeActivities:
             return SentNotice(message_id=message_id, already_sent=True)
 
         try:
-            rendered = render_notice(template, Language(notice.language), notice.context)
+            rendered = render_notice(template, Language(notice.language), self._context(notice))
         except ValueError as err:
             raise ApplicationError(f"{where}: {err}", type=NOTICE_INVALID, non_retryable=True) from None
         except TemplateError as err:

@@ -78,12 +78,13 @@ class Settings:
     smtp_configured: bool = False  # False: `dsr up` runs its own SMTP sink writing to DSR_HOME/outbox
     mail_from: str = "privacy@localhost"
     mail_domain: str = "localhost"  # right-hand side of Message-IDs
-    controller_name: str = "Data protection team"
+    controller_name: str = ""  # signs notices; empty: the templates' generic "data protection team"
     default_language: Language = Language.FR
     policy: RequestPolicy = field(default_factory=RequestPolicy)
     ui_port: int = 8233
     codec_port: int = 8234
     codec_token: str | None = None
+    ui_public_url: str = ""  # where staff open the Temporal UI (links in operator notices)
 
     @property
     def outbox(self) -> Path:
@@ -96,6 +97,11 @@ class Settings:
     @property
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ui_port}"
+
+    def request_link(self, request_id: str) -> str:
+        """The request's page in the Temporal UI, for operator notices."""
+        base = (self.ui_public_url or self.ui_url).rstrip("/")
+        return f"{base}/namespaces/{self.temporal_namespace}/workflows/{request_id}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -167,10 +173,11 @@ class Settings:
             smtp_configured=bool(smtp_host),
             mail_from=mail_from,
             mail_domain=mail_from.rpartition("@")[2] or "localhost",
-            controller_name=env.get("DSR_CONTROLLER_NAME", "Data protection team"),
+            controller_name=" ".join(env.get("DSR_CONTROLLER_NAME", "").split()),
             default_language=_choice(env, "DSR_LANGUAGE", Language, Language.FR),
             policy=policy,
             ui_port=_int(env, "DSR_UI_PORT", 8233, minimum=1),
             codec_port=_int(env, "DSR_CODEC_PORT", 8234, minimum=1),
             codec_token=env.get("DSR_CODEC_TOKEN") or None,
+            ui_public_url=env.get("DSR_UI_URL", ""),
         )

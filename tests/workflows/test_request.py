@@ -198,6 +198,34 @@ async def test_permanent_failure_needs_attention_and_deadline_alarms_fire(engine
     assert len(crm.calls) == 2 and len(billing.calls) == 1
 
 
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1)]])
+async def test_extended_request_is_overdue_only_after_three_months(engine: Engine) -> None:
+    request, handle = await submit(engine, "access")
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    await handle.execute_update(DataSubjectRequest.extend_deadline, Extension(reason="Eleven years of orders."))
+
+    # Past the first month: the original deadline no longer counts.
+    await engine.env.sleep(request.deadlines.normal.overdue_at - await engine.env.get_current_time()
+                           + timedelta(days=1))
+    assert not (await status(handle)).overdue
+    # Past the extended deadline (receipt + 3 months, Regulation 1182/71): overdue and escalated.
+    await engine.env.sleep(request.deadlines.extended.overdue_at - await engine.env.get_current_time()
+                           + timedelta(hours=1))
+    current = await status(handle)
+    assert current.overdue and current.extended and current.deadline == request.deadlines.extended.due
+    reminders = [e for e in engine.ledger.events(request.request_id) if e.event == "deadline_reminder"]
+    assert [e.details["label"] for e in reminders] == ["D-7", "D-2"], "reminded before the new deadline only"
+    overdue = [e for e in engine.ledger.events(request.request_id) if e.event == "overdue"]
+    assert [e.details["deadline"] for e in overdue] == [request.deadlines.extended.due.isoformat()]
+    to_operator = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"]]
+    assert len(to_operator) == 4  # needs attention, D-7, D-2, escalation
+    # A week later the escalation is repeated, for as long as nobody acts.
+    await engine.env.sleep(timedelta(days=7, hours=1))
+    assert templates_sent(engine, request).count("operator_escalation") == 2
+    await keep_history(handle, "extended_then_overdue")
+    await handle.terminate("test over")
+
+
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", transient_failures=3, retry_after=2.0)]])
 async def test_transient_errors_are_retried_without_operator(engine: Engine) -> None:
     request, handle = await submit(engine, "access")
