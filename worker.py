@@ -9,13 +9,13 @@ import asyncio
 import concurrent.futures
 from collections.abc import Iterable, Sequence
 
-from activities.notices import NoticeActivities
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.connectors import ConnectorActivities
 from activities.deadlines import deadlines_from
 from activities.ledger import LedgerActivities
+from activities.notices import NoticeActivities
 from connectors.base import Connector
 from dsr.config import Settings
 from dsr.ledger import Ledger

@@ -22,12 +22,12 @@ def task(connector: str, kind: RequestKind = RequestKind.ERASURE) -> ConnectorTa
 
 
 class Exploding(ScriptedConnector):
-    async def erase(self, request_id: str, subject: Subject):  # noqa: ANN201
+    async def erase(self, request_id: str, subject: Subject):
         raise KeyError(f"no customer {subject.email}")  # a careless library error quoting the subject
 
 
 class Slow(ScriptedConnector):
-    async def access(self, request_id: str, subject: Subject):  # noqa: ANN201
+    async def access(self, request_id: str, subject: Subject):
         await asyncio.sleep(0.3)
         return await super().access(request_id, subject)
 
