@@ -194,11 +194,19 @@ async def submit(
 @run
 async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     """Where a request stands: stage, deadline, connectors."""
+    from temporalio.service import RPCError, RPCStatusCode
+
     from workflows.request import DataSubjectRequest
 
     _check_reference(request_id)
-    _, client = await _client()
-    state = await _handle(client, request_id).query(DataSubjectRequest.status)
+    settings, client = await _client()
+    try:
+        state = await _handle(client, request_id).query(DataSubjectRequest.status)
+    except RPCError as err:
+        # Temporal forgets closed workflows after its retention period; the ledger does not.
+        if err.status != RPCStatusCode.NOT_FOUND or not _status_from_ledger(settings, request_id, as_json):
+            raise
+        return
     if as_json:
         data = _plain(state)
         data["id"] = data.pop("request_id")
@@ -212,6 +220,33 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
     for c in state.connectors:
         typer.echo(f"  {c.connector}: {c.state.value}" + (f" - {c.error}" if c.error else ""))
+
+
+def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
+    from zoneinfo import ZoneInfo
+
+    from dsr.crypto import KeyRing
+    from dsr.ledger import Ledger
+
+    ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
+    try:
+        row = ledger.get_request(request_id)
+    finally:
+        ledger.close()
+    if row is None:
+        return False
+    received = row.received_at.astimezone(ZoneInfo(settings.policy.timezone)).date()
+    data = {"id": request_id, "kind": row.kind, "stage": row.stage, "outcome": row.outcome,
+            "channel": row.channel, "received": received, "deadline": row.deadline, "extended": row.extended,
+            "source": "ledger"}
+    if as_json:
+        emit_json(data)
+    else:
+        typer.echo(f"{request_id}  {row.kind.value}  {row.stage.value}"
+                   + (f" ({row.outcome.value})" if row.outcome else "") + "  [from the ledger]")
+        typer.echo(f"  received {received.isoformat()}, due {row.deadline.isoformat()}"
+                   + (" [extended]" if row.extended else ""))
+    return True
 
 
 async def _update(request_id: str, update: str, argument: Any, as_json: bool) -> None:

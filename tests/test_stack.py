@@ -159,6 +159,28 @@ def test_request_survives_kill_of_the_whole_stack(stack: Stack) -> None:
     due = json.loads(stack.dsr("due", "--within", "400", "--json").stdout)
     assert [row["id"] for row in due] == [request_id] and due[0]["extended"]
 
+    # A request Temporal no longer holds (past its retention) is still answered from the ledger.
+    old_id = "dsr-2025-01-OLD0AA"
+    subprocess.run([str(BIN / "python"), "-c", f"""
+from datetime import UTC, date, datetime
+from dsr.config import Settings
+from dsr.crypto import KeyRing
+from dsr.ledger import Ledger
+from dsr.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
+settings = Settings.from_env()
+ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
+ledger.record_request(RequestRecordInput("{old_id}", RequestKind.ERASURE, Channel.EMAIL, Subject("o@example.org"),
+    datetime(2025, 1, 31, 10, tzinfo=UTC), date(2025, 2, 28), Language.FR), now=datetime.now(UTC))
+ledger.append_event(AuditEvent("{old_id}", "closed", stage=Stage.CLOSED, outcome=Outcome.FULFILLED),
+    key="old-closed", at=datetime.now(UTC))
+"""], env=stack.env, check=True)
+    old = stack.dsr("status", old_id, "--json")
+    assert old.returncode == 0, old.stderr
+    assert json.loads(old.stdout) | {} == {
+        "id": old_id, "kind": "erasure", "stage": "closed", "outcome": "fulfilled", "channel": "email",
+        "received": "2025-01-31", "deadline": "2025-02-28", "extended": False, "source": "ledger",
+    }
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
