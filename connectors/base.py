@@ -1,15 +1,19 @@
 """The one protocol every system holding personal data is reached through.
 
 Connectors know HTTP and the vendor's API, nothing of Temporal: the activities in
-``activities/connectors.py`` run them and turn their errors into retry decisions. Error messages must
-never contain the subject's email, name or address — they end up in Temporal failures and the UI.
+``activities/connectors.py`` run them, heartbeat their progress and turn their errors into retry
+decisions. Error messages must never contain the subject's email, name or address — they end up in
+Temporal failures, logs and the UI.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol, runtime_checkable
 
-from dsr.model import ConnectorOutcome, RequestKind, Subject
+from dsr.model import ConnectorOutcome, RecordReport, RequestKind, Subject
 
 
 class ConnectorError(Exception):
@@ -17,7 +21,7 @@ class ConnectorError(Exception):
 
 
 class TransientConnectorError(ConnectorError):
-    """Worth retrying (429, 5xx, timeouts). ``retry_after`` honours the vendor's Retry-After."""
+    """Worth retrying (429, 5xx, timeouts, dropped connections). ``retry_after`` honours Retry-After."""
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -31,6 +35,87 @@ class PermanentConnectorError(ConnectorError):
     """
 
 
+# --- the export store, as connectors see it ----------------------------------------------------
+
+
+class DatasetWriter(Protocol):
+    """Appends records of one dataset to the request's export store (encrypted at rest)."""
+
+    @property
+    def count(self) -> int:
+        """Records currently in the dataset."""
+        ...
+
+    def write(self, record: Mapping[str, Any]) -> None: ...
+
+    def truncate(self, count: int) -> None:
+        """Keep the first ``count`` records: on resume, drop what was written after the last checkpoint."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ExportSink(Protocol):
+    def open(self, system: str, dataset: str, *, provided: bool) -> DatasetWriter:
+        """Open (creating or appending to) one dataset of one system for the current request."""
+        ...
+
+
+@dataclass
+class ExportJob:
+    """Everything an export needs. Never returns record contents: they stream into ``sink``."""
+
+    request_id: str
+    subject: Subject
+    sink: ExportSink
+    provided_only: bool = False  # portability (Art. 20): only data the subject provided
+    resume: Mapping[str, Any] | None = None  # the last checkpoint of a previous attempt, if any
+    checkpoint: Callable[[Mapping[str, Any]], None] = lambda cursor: None
+    """Call after each page is fully written, with a JSON-able cursor that lets ``resume`` continue
+    exactly after it (e.g. ``{"dataset": "orders", "page": 7, "written": {"orders": 700}}``); the
+    activity heartbeats it to Temporal, so a crashed worker's retry starts from there."""
+
+
+@dataclass
+class RetentionRule:
+    """A dataset kept (anonymised or as is) under a legal obligation instead of being deleted."""
+
+    dataset: str  # e.g. "charges", "invoices", "orders"
+    legal_basis: str  # e.g. "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting, 10 years)"
+    years: int = 10
+
+    def until(self, created: date) -> date:
+        """The date until which a record created on ``created`` is kept (same day, ``years`` later)."""
+        try:
+            return created.replace(year=created.year + self.years)
+        except ValueError:  # 29 February
+            return created.replace(year=created.year + self.years, day=28)
+
+
+@dataclass
+class OperationJob:
+    """Input of erase and rectify: who, for which request (idempotency keys derive from it)."""
+
+    request_id: str
+    subject: Subject
+    changes: dict[str, str] = field(default_factory=dict)  # rectification, canonical fields below
+
+
+CANONICAL_FIELDS = frozenset({
+    "first_name", "last_name", "email", "phone",
+    "address_line1", "address_line2", "city", "postcode", "state", "country",
+})
+"""Fields a rectification may name; each connector maps them onto its own system's fields."""
+
+
+@dataclass
+class Located:
+    """One record of the subject found in a system (ids only)."""
+
+    dataset: str
+    record_id: str
+
+
 @runtime_checkable
 class Connector(Protocol):
     """A system that holds personal data: a CRM, a payment processor, a shop."""
@@ -41,38 +126,52 @@ class Connector(Protocol):
     kinds: frozenset[RequestKind]
     """The request kinds this system takes part in."""
 
-    async def access(self, request_id: str, subject: Subject) -> ConnectorOutcome:
-        """Locate and export every record of the subject (Art. 15)."""
+    async def check(self) -> str:
+        """Call the system once: returns a short description (e.g. "auth OK, 3 scopes"); raises
+        :class:`ConnectorError` when it is unreachable or the credentials are refused."""
         ...
 
-    async def portability(self, request_id: str, subject: Subject) -> ConnectorOutcome:
-        """Export the data the subject provided, machine-readable (Art. 20)."""
+    async def locate(self, subject: Subject) -> list[Located]:
+        """Every record of the subject (email matched case-insensitively), ids only."""
         ...
 
-    async def erase(self, request_id: str, subject: Subject) -> ConnectorOutcome:
-        """Erase, anonymise or retain (with legal basis) every record (Art. 17). Idempotent."""
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        """Stream every record (or, for portability, every provided record) into the sink (Art. 15, 20)."""
         ...
 
-    async def rectify(self, request_id: str, subject: Subject, changes: dict[str, str]) -> ConnectorOutcome:
-        """Apply changes given on canonical fields to the system's own fields (Art. 16). Idempotent."""
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        """Delete, anonymise or retain (with legal basis and date) every record (Art. 17). Idempotent:
+        erasing what is already erased reports ``already_gone``."""
+        ...
+
+    async def rectify(self, job: OperationJob) -> ConnectorOutcome:
+        """Apply ``job.changes`` (canonical fields) to the system's own fields (Art. 16). Idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release HTTP clients."""
         ...
 
 
-async def run_connector(
-    connector: Connector,
-    kind: RequestKind,
-    request_id: str,
-    subject: Subject,
-    changes: dict[str, str] | None = None,
-) -> ConnectorOutcome:
-    """Dispatch one request kind to the matching connector operation."""
-    match kind:
-        case RequestKind.ACCESS:
-            return await connector.access(request_id, subject)
-        case RequestKind.PORTABILITY:
-            return await connector.portability(request_id, subject)
-        case RequestKind.ERASURE:
-            return await connector.erase(request_id, subject)
-        case RequestKind.RECTIFICATION:
-            return await connector.rectify(request_id, subject, dict(changes or {}))
-    raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {kind}")
+def unexpected_remains(outcome: ConnectorOutcome, found_again: list[Located]) -> list[Located]:
+    """Records found after an erasure that the erasure report did not declare kept."""
+    kept = {(r.dataset, r.record_id) for r in outcome.report
+            if r.action in {"retained", "anonymised", "residual"}}
+    return [loc for loc in found_again if (loc.dataset, loc.record_id) not in kept]
+
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "Connector",
+    "ConnectorError",
+    "DatasetWriter",
+    "ExportJob",
+    "ExportSink",
+    "Located",
+    "OperationJob",
+    "PermanentConnectorError",
+    "RecordReport",
+    "RetentionRule",
+    "TransientConnectorError",
+    "unexpected_remains",
+]

@@ -237,14 +237,51 @@ class ConnectorTask:
     changes: dict[str, str] = field(default_factory=dict)
 
 
+class RecordAction(StrEnum):
+    """What happened to one record of the subject in one system."""
+
+    EXPORTED = "exported"
+    DELETED = "deleted"
+    ANONYMISED = "anonymised"  # kept for accounting, personal fields blanked
+    RETAINED = "retained"  # kept as is, under a legal basis, until a date
+    ALREADY_GONE = "already_gone"  # a repeated erasure: nothing left to do
+    CHANGED = "changed"  # rectification applied
+    UNCHANGED = "unchanged"  # rectification already applied (idempotent)
+    RESIDUAL = "residual"  # could not be cleared through the API (told to the subject)
+
+
+@dataclass
+class RecordReport:
+    """One line of a per-system report. Record ids only (e.g. ``cus_123``), never record contents."""
+
+    dataset: str  # e.g. "customer", "orders", "charges"
+    record_id: str
+    action: RecordAction
+    legal_basis: str = ""  # for retained/anonymised: e.g. "Art. 17(3)(b) GDPR; Code de commerce L123-22"
+    retained_until: date | None = None
+    fields: list[str] = field(default_factory=list)  # rectification: canonical fields changed; residual: which
+    note: str = ""  # human-readable, no personal data
+
+
+@dataclass
+class DatasetSummary:
+    """One exported dataset in the export store."""
+
+    dataset: str
+    records: int
+    provided: bool  # Art. 20: data the subject provided (profile, addresses, orders), not derived data
+
+
 @dataclass
 class ConnectorOutcome:
-    """What one connector did. Counts only: record contents go to the export store, never history."""
+    """What one connector did. Counts and ids only: record contents go to the export store, never history."""
 
     connector: str
     found: int = 0  # records located for the subject
     counts: dict[str, int] = field(default_factory=dict)  # e.g. exported, deleted, anonymised, retained
     notes: list[str] = field(default_factory=list)  # human-readable, no personal data
+    report: list[RecordReport] = field(default_factory=list)
+    datasets: list[DatasetSummary] = field(default_factory=list)
 
 
 @dataclass

@@ -1,0 +1,52 @@
+"""Fault injection shared by the sandboxes: tests ask for 5xx, slow answers or dropped connections."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+@dataclass
+class Faults:
+    """What the next requests suffer. Tests mutate it between calls; every field is consumed in order."""
+
+    statuses: list[int] = field(default_factory=list)  # answer the next requests with these statuses
+    delay_seconds: float = 0.0  # every answer waits this long first
+    drop_next: int = 0  # close the connection without answering for the next N requests
+    retry_after: str | None = None  # Retry-After header sent with injected 429/503
+
+    def clear(self) -> None:
+        self.statuses.clear()
+        self.delay_seconds = 0.0
+        self.drop_next = 0
+        self.retry_after = None
+
+
+class FaultMiddleware:
+    """ASGI middleware applying :class:`Faults` before the sandbox sees the request."""
+
+    def __init__(self, app: ASGIApp, faults: Faults) -> None:
+        self.app = app
+        self.faults = faults
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.faults.delay_seconds:
+            await asyncio.sleep(self.faults.delay_seconds)
+        if self.faults.drop_next > 0:
+            self.faults.drop_next -= 1
+            # Raising inside the ASGI app makes uvicorn close the connection without a response.
+            raise ConnectionAbortedError("sandbox fault: dropped connection")
+        if self.faults.statuses:
+            status = self.faults.statuses.pop(0)
+            headers = [(b"content-type", b"application/json")]
+            if self.faults.retry_after is not None:
+                headers.append((b"retry-after", self.faults.retry_after.encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b'{"message": "injected fault"}'})
+            return
+        await self.app(scope, receive, send)
