@@ -18,6 +18,7 @@ from activities.ledger import LedgerActivities
 from activities.notices import NoticeActivities
 from connectors.base import Connector
 from dsr.config import Settings
+from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from workflows.request import DataSubjectRequest
 
@@ -46,7 +47,9 @@ class LedgerSentLog:
         )
 
 
-def activities_for(settings: Settings, ledger: Ledger, connectors: Iterable[Connector]) -> list:
+def activities_for(
+    settings: Settings, ledger: Ledger, connectors: Iterable[Connector], exports: ExportStore
+) -> list:
     """Every activity function of the engine, bound to its dependencies."""
     ledger_activities = LedgerActivities(ledger)
     notices = NoticeActivities(
@@ -58,7 +61,7 @@ def activities_for(settings: Settings, ledger: Ledger, connectors: Iterable[Conn
         controller_name=settings.controller_name,
         request_link=settings.request_link,
     )
-    fan_out = ConnectorActivities(connectors)
+    fan_out = ConnectorActivities(connectors, exports)
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
@@ -75,6 +78,7 @@ def build_worker(
     ledger: Ledger,
     connectors: Iterable[Connector] = (),
     *,
+    exports: ExportStore,
     task_queue: str | None = None,
     executor: concurrent.futures.Executor | None = None,
 ) -> Worker:
@@ -82,7 +86,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities_for(settings, ledger, connectors),
+        activities=activities_for(settings, ledger, connectors, exports),
         activity_executor=executor or concurrent.futures.ThreadPoolExecutor(max_workers=16),
     )
 
@@ -96,7 +100,8 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     client = await connect(settings, keyring)
     ledger = Ledger(settings.database_url, keyring)
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
-        worker = build_worker(client, settings, ledger, executor=executor)
+        worker = build_worker(client, settings, ledger, exports=ExportStore(settings.exports_dir, keyring),
+                              executor=executor)
         async with worker:
             await (stop.wait() if stop is not None else asyncio.Event().wait())
     ledger.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -12,11 +13,14 @@ from temporalio.exceptions import ApplicationError
 from connectors.base import (
     Connector,
     ConnectorError,
+    ExportJob,
+    OperationJob,
     PermanentConnectorError,
     TransientConnectorError,
-    run_connector,
+    unexpected_remains,
 )
-from dsr.model import ConnectorOutcome, ConnectorTask, FanOutPlan, PlanInput
+from dsr.exports import ExportStore
+from dsr.model import ConnectorOutcome, ConnectorTask, FanOutPlan, PlanInput, RequestKind
 
 PERMANENT_ERROR = "PermanentConnectorError"
 """Failure type the workflow's retry policy never retries: an operator must act first."""
@@ -25,7 +29,8 @@ PERMANENT_ERROR = "PermanentConnectorError"
 class ConnectorActivities:
     """Holds the configured connectors; the worker builds it once from configuration."""
 
-    def __init__(self, connectors: Iterable[Connector]) -> None:
+    def __init__(self, connectors: Iterable[Connector], exports: ExportStore) -> None:
+        self._exports = exports
         self._connectors: dict[str, Connector] = {}
         for connector in connectors:
             if connector.name in self._connectors:
@@ -48,9 +53,10 @@ class ConnectorActivities:
             )
         # A crashed worker is noticed within the heartbeat timeout, however long the connector runs;
         # connectors that page through large exports heartbeat their own cursor on top of this.
-        beating = asyncio.create_task(_heartbeat_while_running())
+        progress = _Progress(activity.info().heartbeat_details)
+        beating = asyncio.create_task(progress.beat_while_running())
         try:
-            return await run_connector(connector, task.kind, task.request_id, task.subject, task.changes)
+            return await self._run(connector, task, progress)
         except TransientConnectorError as err:
             # Retry-After from the vendor wins over the workflow's backoff.
             raise ApplicationError(
@@ -71,11 +77,54 @@ class ConnectorActivities:
             beating.cancel()
 
 
+    async def _run(self, connector: Connector, task: ConnectorTask, progress: _Progress) -> ConnectorOutcome:
+        operation = OperationJob(request_id=task.request_id, subject=task.subject, changes=dict(task.changes))
+        match task.kind:
+            case RequestKind.ACCESS | RequestKind.PORTABILITY:
+                return await connector.export(ExportJob(
+                    request_id=task.request_id,
+                    subject=task.subject,
+                    sink=self._exports.for_request(task.request_id),
+                    provided_only=task.kind == RequestKind.PORTABILITY,
+                    resume=progress.cursor,
+                    checkpoint=progress.checkpoint,
+                ))
+            case RequestKind.ERASURE:
+                outcome = await connector.erase(operation)
+                # Verify: locate again; anything found that the report does not declare kept is a failure
+                # an operator must see, not a silent success.
+                remains = unexpected_remains(outcome, await connector.locate(task.subject))
+                if remains:
+                    datasets = ", ".join(sorted({r.dataset for r in remains}))
+                    raise PermanentConnectorError(
+                        f"erasure verification failed: {len(remains)} record(s) still present ({datasets})"
+                    )
+                return outcome
+            case RequestKind.RECTIFICATION:
+                return await connector.rectify(operation)
+        raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {task.kind}")
+
+
 HEARTBEAT_EVERY = 20.0
 """Seconds between liveness heartbeats; well under the workflow's two-minute heartbeat timeout."""
 
 
-async def _heartbeat_while_running() -> None:
-    while True:
-        activity.heartbeat()
-        await asyncio.sleep(HEARTBEAT_EVERY)
+class _Progress:
+    """The connector's latest checkpoint, heartbeated to Temporal so a retry resumes from it."""
+
+    def __init__(self, details: Sequence[Any]) -> None:
+        # A retried attempt (e.g. after a worker crash) starts from the last heartbeated cursor.
+        self.cursor: Mapping[str, Any] | None = details[0] if details else None
+
+    def checkpoint(self, cursor: Mapping[str, Any]) -> None:
+        self.cursor = dict(cursor)
+        activity.heartbeat(self.cursor)
+
+    async def beat_while_running(self) -> None:
+        # Liveness between checkpoints; always re-sends the cursor, since a heartbeat replaces details.
+        while True:
+            if self.cursor is None:
+                activity.heartbeat()
+            else:
+                activity.heartbeat(self.cursor)
+            await asyncio.sleep(HEARTBEAT_EVERY)

@@ -91,6 +91,10 @@ class Settings:
         return self.home / "outbox"
 
     @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    @property
     def key_file(self) -> Path:
         return self.home / "keys.json"
 

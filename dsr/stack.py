@@ -145,6 +145,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
 
     from dsr.codec_server import codec_app, serve_codec
     from dsr.crypto import KeyRing
+    from dsr.exports import ExportStore
     from dsr.ledger import Ledger
     from dsr.outbox import OutboxSink
     from worker import build_worker
@@ -176,7 +177,8 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
         client = await wait_for_temporal(settings, keyring, server)
         ledger = Ledger(settings.database_url, keyring)
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
-            worker = build_worker(client, settings, ledger, executor=executor)
+            exports = ExportStore(settings.exports_dir, keyring)
+            worker = build_worker(client, settings, ledger, exports=exports, executor=executor)
             async with _stopping(stop), worker:
                 _print_banner(settings, port, codec_endpoint, sink is not None)
                 await stop.wait()

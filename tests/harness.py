@@ -14,9 +14,9 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-from connectors.base import PermanentConnectorError, TransientConnectorError
+from connectors.base import ExportJob, Located, OperationJob, PermanentConnectorError, TransientConnectorError
 from dsr.crypto import KeyRing
-from dsr.model import ConnectorOutcome, RequestKind, Subject
+from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 # A fixed key so saved histories (tests/workflows/histories) stay decodable by the replay test.
 TEST_KEYRING = KeyRing({"test-1": bytes(range(32))}, current="test-1")
@@ -70,7 +70,10 @@ class MailSink:
 
 @dataclass
 class ScriptedConnector:
-    """A connector whose behaviour a test scripts: the neighbour of the workflow under test."""
+    """A connector whose behaviour a test scripts: the neighbour of the workflow under test.
+
+    It holds ``found`` records of one dataset; erasing deletes them, exporting streams them to the sink.
+    """
 
     name: str
     kinds: frozenset[RequestKind] = frozenset(RequestKind)
@@ -78,9 +81,10 @@ class ScriptedConnector:
     transient_failures: int = 0  # then fail this many calls transiently
     retry_after: float | None = None
     found: int = 3
+    leaves_behind: int = 0  # records an erasure forgets (for verification tests)
     calls: list[tuple[str, str]] = field(default_factory=list)
 
-    async def _do(self, operation: str, request_id: str, subject: Subject, counts: dict[str, int]):
+    def _fail_if_scripted(self, operation: str, request_id: str) -> None:
         self.calls.append((operation, request_id))
         if self.permanent_failures > 0:
             self.permanent_failures -= 1
@@ -88,19 +92,37 @@ class ScriptedConnector:
         if self.transient_failures > 0:
             self.transient_failures -= 1
             raise TransientConnectorError("rate limited (429)", retry_after=self.retry_after)
-        return ConnectorOutcome(connector=self.name, found=self.found, counts=counts)
 
-    async def access(self, request_id: str, subject: Subject) -> ConnectorOutcome:
-        return await self._do("access", request_id, subject, {"exported": self.found})
+    async def check(self) -> str:
+        return "scripted"
 
-    async def portability(self, request_id: str, subject: Subject) -> ConnectorOutcome:
-        return await self._do("portability", request_id, subject, {"exported": self.found})
+    async def locate(self, subject: Subject) -> list[Located]:
+        return [Located("records", f"{self.name}-{i}") for i in range(self.found)]
 
-    async def erase(self, request_id: str, subject: Subject) -> ConnectorOutcome:
-        return await self._do("erase", request_id, subject, {"deleted": self.found})
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        self._fail_if_scripted("portability" if job.provided_only else "access", job.request_id)
+        writer = job.sink.open(self.name, "records", provided=True)
+        try:
+            for i in range(self.found):
+                writer.write({"id": f"{self.name}-{i}", "email": job.subject.email})
+        finally:
+            writer.close()
+        return ConnectorOutcome(connector=self.name, found=self.found, counts={"exported": self.found},
+                                datasets=[DatasetSummary("records", self.found, provided=True)])
 
-    async def rectify(self, request_id: str, subject: Subject, changes: dict[str, str]) -> ConnectorOutcome:
-        return await self._do("rectify", request_id, subject, {"changed": len(changes)})
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        self._fail_if_scripted("erase", job.request_id)
+        report = [RecordReport("records", f"{self.name}-{i}", RecordAction.DELETED) for i in range(self.found)]
+        deleted = self.found
+        self.found = self.leaves_behind
+        return ConnectorOutcome(connector=self.name, found=deleted, counts={"deleted": deleted}, report=report)
+
+    async def rectify(self, job: OperationJob) -> ConnectorOutcome:
+        self._fail_if_scripted("rectify", job.request_id)
+        return ConnectorOutcome(connector=self.name, found=self.found, counts={"changed": len(job.changes)})
+
+    async def aclose(self) -> None:
+        return None
 
 
 async def keep_history(handle, name: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from temporalio.exceptions import ApplicationError
@@ -11,10 +13,16 @@ from temporalio.testing import ActivityEnvironment
 
 import activities.connectors as fan_out
 from activities.connectors import PERMANENT_ERROR, ConnectorActivities
-from dsr.model import ConnectorTask, PlanInput, RequestKind, Subject
-from tests.harness import ScriptedConnector
+from dsr.exports import ExportStore
+from dsr.model import ConnectorOutcome, ConnectorTask, PlanInput, RequestKind, Subject
+from tests.harness import TEST_KEYRING, ScriptedConnector
 
+STORE = ExportStore(Path(tempfile.mkdtemp(prefix="dsr-exports-")), TEST_KEYRING)
 SUBJECT = Subject(email="lea.petit@example.org", name="Léa Petit")
+
+
+def fan_out_with(connectors: list[ScriptedConnector]) -> ConnectorActivities:
+    return ConnectorActivities(connectors, STORE)
 
 
 def task(connector: str, kind: RequestKind = RequestKind.ERASURE) -> ConnectorTask:
@@ -22,18 +30,18 @@ def task(connector: str, kind: RequestKind = RequestKind.ERASURE) -> ConnectorTa
 
 
 class Exploding(ScriptedConnector):
-    async def erase(self, request_id: str, subject: Subject):
-        raise KeyError(f"no customer {subject.email}")  # a careless library error quoting the subject
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        raise KeyError(f"no customer {job.subject.email}")  # a careless library error quoting the subject
 
 
 class Slow(ScriptedConnector):
-    async def access(self, request_id: str, subject: Subject):
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
         await asyncio.sleep(0.3)
-        return await super().access(request_id, subject)
+        return await super().export(job)
 
 
 async def test_plan_lists_connectors_taking_part_in_the_kind() -> None:
-    activities = ConnectorActivities([
+    activities = fan_out_with([
         ScriptedConnector("stripe"),
         ScriptedConnector("crm", kinds=frozenset({RequestKind.ACCESS})),
     ])
@@ -44,18 +52,18 @@ async def test_plan_lists_connectors_taking_part_in_the_kind() -> None:
 
 def test_connector_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="two connectors are named 'crm'"):
-        ConnectorActivities([ScriptedConnector("crm"), ScriptedConnector("crm")])
+        fan_out_with([ScriptedConnector("crm"), ScriptedConnector("crm")])
 
 
 async def test_transient_error_honours_retry_after() -> None:
-    activities = ConnectorActivities([ScriptedConnector("crm", transient_failures=1, retry_after=42)])
+    activities = fan_out_with([ScriptedConnector("crm", transient_failures=1, retry_after=42)])
     with pytest.raises(ApplicationError) as raised:
         await ActivityEnvironment().run(activities.run_connector, task("crm"))
     assert not raised.value.non_retryable and raised.value.next_retry_delay == timedelta(seconds=42)
 
 
 async def test_permanent_error_is_not_retried_and_names_the_connector() -> None:
-    activities = ConnectorActivities([ScriptedConnector("crm", permanent_failures=1)])
+    activities = fan_out_with([ScriptedConnector("crm", permanent_failures=1)])
     with pytest.raises(ApplicationError) as raised:
         await ActivityEnvironment().run(activities.run_connector, task("crm"))
     assert raised.value.non_retryable and raised.value.type == PERMANENT_ERROR
@@ -64,15 +72,33 @@ async def test_permanent_error_is_not_retried_and_names_the_connector() -> None:
 
 async def test_unknown_connector_is_permanent() -> None:
     with pytest.raises(ApplicationError) as raised:
-        await ActivityEnvironment().run(ConnectorActivities([]).run_connector, task("ghost"))
+        await ActivityEnvironment().run(fan_out_with([]).run_connector, task("ghost"))
     assert raised.value.non_retryable and "not configured" in raised.value.message
 
 
 async def test_unexpected_error_keeps_its_type_but_not_its_personal_data() -> None:
     with pytest.raises(ApplicationError) as raised:
-        await ActivityEnvironment().run(ConnectorActivities([Exploding("crm")]).run_connector, task("crm"))
+        await ActivityEnvironment().run(fan_out_with([Exploding("crm")]).run_connector, task("crm"))
     assert raised.value.message == "crm: unexpected KeyError" and raised.value.__cause__ is None
     assert "lea.petit" not in str(raised.value)
+
+
+async def test_erasure_is_verified_by_locating_again() -> None:
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(fan_out_with([ScriptedConnector("crm", leaves_behind=1)]).run_connector,
+                                        task("crm"))
+    assert raised.value.non_retryable
+    assert raised.value.message == "crm: erasure verification failed: 1 record(s) still present (records)"
+
+
+async def test_access_streams_records_to_the_encrypted_export_store() -> None:
+    outcome = await ActivityEnvironment().run(fan_out_with([ScriptedConnector("crm", found=5)]).run_connector,
+                                              task("crm", RequestKind.ACCESS))
+    assert outcome.counts == {"exported": 5}
+    stored = list(STORE.read("dsr-2026-11-AAAAAA", "crm", "records"))
+    assert [r["id"] for r in stored] == [f"crm-{i}" for i in range(5)]
+    raw = (STORE.folder("dsr-2026-11-AAAAAA") / "crm" / "records.jsonl.enc").read_bytes()
+    assert b"lea.petit" not in raw and raw.count(b"\n") == 5
 
 
 async def test_a_running_connector_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,6 +106,6 @@ async def test_a_running_connector_heartbeats(monkeypatch: pytest.MonkeyPatch) -
     beats: list[tuple] = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(details)
-    outcome = await env.run(ConnectorActivities([Slow("crm")]).run_connector, task("crm", RequestKind.ACCESS))
+    outcome = await env.run(fan_out_with([Slow("crm")]).run_connector, task("crm", RequestKind.ACCESS))
     assert outcome.counts == {"exported": 3}
     assert len(beats) >= 3

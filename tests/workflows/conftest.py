@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 
 from dsr.config import Settings, SmtpSettings
 from dsr.crypto import data_converter
+from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.temporal import register_search_attributes
 from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, binary
@@ -94,7 +95,8 @@ async def engine(
     task_queue = f"test-{uuid.uuid4()}"
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         worker: Worker = build_worker(
-            time_skipping.client, settings, ledger, connectors, task_queue=task_queue, executor=executor
+            time_skipping.client, settings, ledger, connectors, task_queue=task_queue, executor=executor,
+            exports=ExportStore(settings.exports_dir, TEST_KEYRING),
         )
         async with worker:
             yield Engine(time_skipping, time_skipping.client, task_queue, settings, ledger, mail, connectors)

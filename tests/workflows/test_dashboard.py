@@ -16,6 +16,7 @@ from dsr import search_attributes as sa
 from dsr.config import Settings
 from dsr.crypto import data_converter
 from dsr.dashboard import in_stage, list_due
+from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.model import IdentityMethod, Stage
 from intake.submission import Submission, prepare, start
@@ -47,7 +48,8 @@ async def test_due_and_stage_filters_find_the_right_requests(
     # Received 40, 26 and 0 days ago: overdue, due within the week, due in a month.
     ids = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
-        async with build_worker(dev_server.client, settings, ledger, task_queue=task_queue, executor=executor):
+        async with build_worker(dev_server.client, settings, ledger, task_queue=task_queue, executor=executor,
+                                exports=ExportStore(settings.exports_dir, TEST_KEYRING)):
             for label, days_ago in (("overdue", 40), ("this_week", 26), ("later", 0)):
                 request = prepare(
                     Submission(kind="access", email=f"{label}@example.org", received_at=now - timedelta(days=days_ago)),
