@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -97,14 +97,28 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     from dsr.temporal import connect
 
     keyring = KeyRing.from_settings(settings)
+    connectors = configured_connectors(settings)
     client = await connect(settings, keyring)
     ledger = Ledger(settings.database_url, keyring)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
-        worker = build_worker(client, settings, ledger, exports=ExportStore(settings.exports_dir, keyring),
-                              executor=executor)
-        async with worker:
-            await (stop.wait() if stop is not None else asyncio.Event().wait())
-    ledger.close()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
+            worker = build_worker(client, settings, ledger, connectors,
+                                  exports=ExportStore(settings.exports_dir, keyring), executor=executor)
+            async with worker:
+                await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        ledger.close()
+        for connector in connectors:
+            await connector.aclose()
+
+
+def configured_connectors(settings: Settings, env: Mapping[str, str] | None = None) -> list[Connector]:
+    """The connectors of ``dsr.toml``, with their secrets from the environment."""
+    import os
+
+    from connectors.config import build_connectors, load_config
+
+    return build_connectors(load_config(settings.config_file), os.environ if env is None else env)
 
 
 def main() -> None:

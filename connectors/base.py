@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
-from dsr.model import ConnectorOutcome, RecordReport, RequestKind, Subject
+from dsr.model import CANONICAL_FIELDS, ConnectorOutcome, RecordReport, RequestKind, Subject
 
 
 class ConnectorError(Exception):
@@ -99,13 +99,6 @@ class OperationJob:
     request_id: str
     subject: Subject
     changes: dict[str, str] = field(default_factory=dict)  # rectification, canonical fields below
-
-
-CANONICAL_FIELDS = frozenset({
-    "first_name", "last_name", "email", "phone",
-    "address_line1", "address_line2", "city", "postcode", "state", "country",
-})
-"""Fields a rectification may name; each connector maps them onto its own system's fields."""
 
 
 @dataclass

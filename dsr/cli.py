@@ -72,13 +72,14 @@ def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
         from temporalio.client import WorkflowUpdateFailedError
         from temporalio.service import RPCError, RPCStatusCode
 
+        from connectors.config import ConfigFileError
         from dsr.config import ConfigError
         from dsr.crypto import KeyRingError
         from intake.submission import SubmissionError
 
         try:
             return asyncio.run(coroutine_fn(*args, **kwargs))
-        except (UserError, ConfigError, SubmissionError, KeyRingError) as err:
+        except (UserError, ConfigError, ConfigFileError, SubmissionError, KeyRingError) as err:
             fail(str(err))
         except WorkflowUpdateFailedError as err:
             cause = err.cause
@@ -409,13 +410,14 @@ def worker() -> None:
         settings = Settings.from_env()
     except ConfigError as err:
         fail(str(err))
+    from connectors.config import ConfigFileError
     from dsr.crypto import KeyRingError
 
     try:
         asyncio.run(run_worker(settings))
     except KeyboardInterrupt:
         return
-    except KeyRingError as err:
+    except (KeyRingError, ConfigFileError) as err:
         fail(str(err))
     except RuntimeError as err:
         fail(f"worker stopped: {err}")
@@ -435,12 +437,58 @@ def up(
         fail(str(err))
     if demo:
         fail("--demo needs the sandboxes, which are not built yet (see the connectors issue)")
+    from connectors.config import ConfigFileError
+
     try:
         asyncio.run(run_stack(settings))
-    except StackError as err:
+    except (StackError, ConfigFileError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         pass
+
+
+connectors_app = typer.Typer(help="The systems holding personal data (dsr.toml).", no_args_is_help=True)
+app.add_typer(connectors_app, name="connectors")
+
+
+@connectors_app.command("check")
+@run
+async def connectors_check(as_json: JsonOption = False) -> None:
+    """Call each configured system once: reachable, credentials accepted; non-zero exit on any failure."""
+    from connectors.base import ConnectorError
+    from connectors.config import build_connector, load_config
+    from dsr.config import Settings
+
+    settings = Settings.from_env()
+    config = load_config(settings.config_file)
+    if not config.connectors:
+        raise UserError(f"no connectors configured in {settings.config_file}")
+    results = []
+    for entry in config.connectors:
+        result = {"name": entry.display_name, "type": entry.type, "ok": False, "detail": ""}
+        try:
+            connector = build_connector(entry, os.environ)
+        except ValueError as err:  # a missing secret: report it with the others
+            result["detail"] = str(err)
+            results.append(result)
+            continue
+        try:
+            result["detail"] = await asyncio.wait_for(connector.check(), timeout=entry.timeout_seconds)
+            result["ok"] = True
+        except ConnectorError as err:
+            result["detail"] = str(err)
+        except TimeoutError:
+            result["detail"] = f"no answer within {entry.timeout_seconds:.0f}s"
+        finally:
+            await connector.aclose()
+        results.append(result)
+    if as_json:
+        emit_json(results)
+    else:
+        for r in results:
+            typer.echo(f"{'ok  ' if r['ok'] else 'FAIL'}  {r['name']:<16} {r['type']:<12} {r['detail']}")
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
 
 
 @app.command("codec-server")

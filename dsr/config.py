@@ -85,10 +85,15 @@ class Settings:
     codec_port: int = 8234
     codec_token: str | None = None
     ui_public_url: str = ""  # where staff open the Temporal UI (links in operator notices)
+    config_path: Path | None = None  # dsr.toml (connectors); default DSR_HOME/dsr.toml
 
     @property
     def outbox(self) -> Path:
         return self.home / "outbox"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_path or self.home / "dsr.toml"
 
     @property
     def exports_dir(self) -> Path:
@@ -184,4 +189,5 @@ class Settings:
             codec_port=_int(env, "DSR_CODEC_PORT", 8234, minimum=1),
             codec_token=env.get("DSR_CODEC_TOKEN") or None,
             ui_public_url=env.get("DSR_UI_URL", ""),
+            config_path=Path(env["DSR_CONFIG"]).expanduser() if env.get("DSR_CONFIG") else None,
         )

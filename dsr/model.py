@@ -156,6 +156,13 @@ class RequestPolicy:
     escalation_repeat_days: int = 7
 
 
+CANONICAL_FIELDS = frozenset({
+    "first_name", "last_name", "email", "phone",
+    "address_line1", "address_line2", "city", "postcode", "state", "country",
+})
+"""Fields a rectification may name (Art. 16); each connector maps them onto its own system's fields."""
+
+
 @dataclass
 class RequestInput:
     """The single input of the ``DataSubjectRequest`` workflow."""

@@ -148,12 +148,13 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
     from dsr.exports import ExportStore
     from dsr.ledger import Ledger
     from dsr.outbox import OutboxSink
-    from worker import build_worker
+    from worker import build_worker, configured_connectors
 
     stop = stop or asyncio.Event()
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)  # keys, ledger and outbox hold personal data
     keyring = KeyRing.from_settings(settings, create=True)
+    connectors = configured_connectors(settings)  # a bad dsr.toml stops here, before anything starts
 
     port = temporal_port(settings)
     wanted = {"Temporal": port, "Temporal UI": settings.ui_port, "codec server": settings.codec_port}
@@ -178,7 +179,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
         ledger = Ledger(settings.database_url, keyring)
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             exports = ExportStore(settings.exports_dir, keyring)
-            worker = build_worker(client, settings, ledger, exports=exports, executor=executor)
+            worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor)
             async with _stopping(stop), worker:
                 _print_banner(settings, port, codec_endpoint, sink is not None)
                 await stop.wait()
@@ -186,6 +187,8 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
     finally:
         if ledger is not None:
             ledger.close()
+        for connector in connectors:
+            await connector.aclose()
         if sink is not None:
             await sink.stop()
         await codec.stop()

@@ -21,6 +21,7 @@ from dsr import search_attributes as sa
 from dsr.config import Settings
 from dsr.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
 from dsr.model import (
+    CANONICAL_FIELDS,
     WORKFLOW_ID_PREFIX,
     Channel,
     DeadlineInput,
@@ -87,6 +88,15 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         raise SubmissionError(f"details are longer than {MAX_DETAILS} characters")
     if kind == RequestKind.RECTIFICATION and not submission.changes and not submission.details.strip():
         raise SubmissionError("a rectification request needs the changes asked for (or details describing them)")
+    unknown = sorted(set(submission.changes) - CANONICAL_FIELDS)
+    if unknown:
+        raise SubmissionError(
+            f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}"
+        )
+    if submission.changes and kind != RequestKind.RECTIFICATION:
+        raise SubmissionError("changes are only for rectification requests")
+    if "email" in submission.changes and not is_valid_email(submission.changes["email"].strip()):
+        raise SubmissionError("the new email is not a valid address")
 
     received_at = submission.received_at or now
     if received_at.tzinfo is None:

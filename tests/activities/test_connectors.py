@@ -13,6 +13,7 @@ from temporalio.testing import ActivityEnvironment
 
 import activities.connectors as fan_out
 from activities.connectors import PERMANENT_ERROR, ConnectorActivities
+from connectors.base import ExportJob, OperationJob
 from dsr.exports import ExportStore
 from dsr.model import ConnectorOutcome, ConnectorTask, PlanInput, RequestKind, Subject
 from tests.harness import TEST_KEYRING, ScriptedConnector

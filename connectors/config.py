@@ -1,0 +1,192 @@
+"""``dsr.toml``: which systems hold personal data, and how to reach them.
+
+Secrets never sit in the file: it names the environment variables that hold them. A malformed file is
+reported with the file, the key and what was expected.
+
+```toml
+[[connectors]]
+type = "hubspot"                       # hubspot | stripe | woocommerce
+name = "crm"                           # unique, shown to operators (default: the type)
+base_url = "https://api.hubapi.com"    # default: the vendor's real API (required for woocommerce)
+kinds = ["access", "erasure", "rectification", "portability"]   # default: all four
+credentials = { token = "HUBSPOT_TOKEN" }
+rate_limit = { requests = 100, per_seconds = 10 }
+timeout_seconds = 30
+
+[[connectors.retention]]               # kept (anonymised or as is) instead of deleted
+dataset = "orders"
+legal_basis = "Art. 17(3)(b) GDPR; Code de commerce L123-22"
+years = 10
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.base import Connector, RetentionRule
+from connectors.http import RateLimiter
+from dsr.model import RequestKind
+
+ConnectorType = Literal["hubspot", "stripe", "woocommerce"]
+
+CREDENTIALS: dict[str, dict[str, str]] = {
+    "hubspot": {"token": "the HubSpot private-app token"},
+    "stripe": {"api_key": "the Stripe secret key"},
+    "woocommerce": {"consumer_key": "the WooCommerce consumer key",
+                    "consumer_secret": "the WooCommerce consumer secret"},
+}
+DEFAULT_BASE_URL = {"hubspot": "https://api.hubapi.com", "stripe": "https://api.stripe.com"}
+# The vendors' documented limits: HubSpot 100 per 10 s (Free/Starter), Stripe 25/s in test mode.
+DEFAULT_RATE = {"hubspot": (100, 10.0), "stripe": (25, 1.0), "woocommerce": (20, 1.0)}
+
+
+class ConfigFileError(ValueError):
+    """The configuration file is missing, unreadable or malformed; the message says where and why."""
+
+
+class RateLimitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests: int = Field(ge=1, description="Calls allowed per window.")
+    per_seconds: float = Field(gt=0, description="Length of the window, in seconds.")
+
+
+class RetentionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(min_length=1, description="Dataset kept instead of deleted, e.g. orders.")
+    legal_basis: str = Field(min_length=1, description="Why it is kept (told to the subject).")
+    years: int = Field(default=10, ge=1, le=100, description="How long after the record's date.")
+
+
+class ConnectorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: ConnectorType
+    name: str = Field(default="", pattern=r"^$|^[a-z0-9][a-z0-9_-]{0,39}$",
+                      description="Unique lower-case name shown to operators; defaults to the type.")
+    base_url: str | None = Field(default=None, pattern=r"^https?://", description="API root.")
+    kinds: list[RequestKind] = Field(default_factory=lambda: list(RequestKind), min_length=1)
+    credentials: dict[str, str] = Field(default_factory=dict,
+                                        description="Names of environment variables holding secrets.")
+    rate_limit: RateLimitConfig | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    retention: list[RetentionConfig] | None = None
+
+    @field_validator("credentials")
+    @classmethod
+    def _names_not_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, env_name in value.items():
+            if not env_name.replace("_", "").isalnum() or not env_name[0].isalpha():
+                raise ValueError(f"{key} must name an environment variable (e.g. HUBSPOT_TOKEN), not hold a secret")
+        return value
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.type
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    connectors: list[ConnectorConfig] = Field(default_factory=list)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigFileError(f"{source}: not valid TOML ({err})") from None
+    try:
+        config = EngineConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = _location(tuple(first["loc"])) or "(top level)"
+        raise ConfigFileError(f"{source}: {where}: {first['msg']}") from None
+    names: set[str] = set()
+    for index, connector in enumerate(config.connectors):
+        where = f"{source}: connectors[{index}]"
+        if connector.display_name in names:
+            raise ConfigFileError(f"{where}.name: {connector.display_name!r} is used twice; names must be unique")
+        names.add(connector.display_name)
+        expected = CREDENTIALS[connector.type]
+        missing = [k for k in expected if k not in connector.credentials]
+        unknown = [k for k in connector.credentials if k not in expected]
+        if missing:
+            k = missing[0]
+            raise ConfigFileError(f"{where}.credentials.{k}: missing; expected the name of the environment "
+                                  f"variable holding {expected[k]}")
+        if unknown:
+            raise ConfigFileError(f"{where}.credentials.{unknown[0]}: unknown for {connector.type}; "
+                                  f"expected {', '.join(expected)}")
+        if connector.type == "woocommerce" and not connector.base_url:
+            raise ConfigFileError(f"{where}.base_url: required for woocommerce (the shop's address)")
+    return config
+
+
+def load_config(path: Path) -> EngineConfig:
+    """The configuration at ``path``; a missing file means no connectors (a fresh install)."""
+    if not path.exists():
+        return EngineConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigFileError(f"{path}: cannot be read ({err.strerror})") from None
+    return parse_config(text, source=str(path))
+
+
+def _secrets(connector: ConnectorConfig, env: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, env_name in connector.credentials.items():
+        value = env.get(env_name, "")
+        if not value:
+            raise ConfigFileError(f"connector {connector.display_name}: environment variable {env_name} "
+                                  f"({CREDENTIALS[connector.type][key]}) is not set")
+        values[key] = value
+    return values
+
+
+def build_connector(connector: ConnectorConfig, env: Mapping[str, str]) -> Connector:
+    """A live connector from its configuration and the secrets in ``env``."""
+    secrets = _secrets(connector, env)
+    requests, per_seconds = (
+        (connector.rate_limit.requests, connector.rate_limit.per_seconds)
+        if connector.rate_limit else DEFAULT_RATE[connector.type]
+    )
+    common: dict[str, Any] = {
+        "kinds": frozenset(connector.kinds),
+        "rate_limit": RateLimiter(requests, per_seconds),
+        "timeout": connector.timeout_seconds,
+    }
+    if connector.retention is not None:  # otherwise each connector's legal default
+        common["retention"] = tuple(RetentionRule(r.dataset, r.legal_basis, r.years) for r in connector.retention)
+    base_url = connector.base_url or DEFAULT_BASE_URL.get(connector.type, "")
+    name = connector.display_name
+    match connector.type:
+        case "hubspot":
+            from connectors.hubspot import HubSpotConnector
+
+            return HubSpotConnector(name, token=secrets["token"], base_url=base_url, **common)
+        case "stripe":
+            from connectors.stripe import StripeConnector
+
+            return StripeConnector(name, api_key=secrets["api_key"], base_url=base_url, **common)
+        case "woocommerce":
+            from connectors.woocommerce import WooCommerceConnector
+
+            return WooCommerceConnector(name, consumer_key=secrets["consumer_key"],
+                                        consumer_secret=secrets["consumer_secret"], base_url=base_url, **common)
+    raise ConfigFileError(f"unknown connector type {connector.type!r}")  # pragma: no cover - Literal guards it
+
+
+def build_connectors(config: EngineConfig, env: Mapping[str, str]) -> list[Connector]:
+    return [build_connector(c, env) for c in config.connectors]

@@ -1,0 +1,97 @@
+"""dsr.toml: a malformed file is reported with the file, the key and what was expected."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connectors.config import ConfigFileError, load_config, parse_config
+from dsr.model import RequestKind
+
+GOOD = """
+[[connectors]]
+type = "hubspot"
+name = "crm"
+credentials = { token = "HUBSPOT_TOKEN" }
+kinds = ["access", "erasure"]
+
+[[connectors]]
+type = "woocommerce"
+base_url = "http://127.0.0.1:9000"
+credentials = { consumer_key = "WC_KEY", consumer_secret = "WC_SECRET" }
+rate_limit = { requests = 5, per_seconds = 1 }
+
+[[connectors.retention]]
+dataset = "orders"
+legal_basis = "Code de commerce L123-22"
+years = 10
+"""
+
+
+def test_a_good_file_parses_with_defaults() -> None:
+    config = parse_config(GOOD)
+    crm, shop = config.connectors
+    assert (crm.display_name, crm.kinds, crm.base_url) == ("crm", [RequestKind.ACCESS, RequestKind.ERASURE], None)
+    assert shop.display_name == "woocommerce" and shop.kinds == list(RequestKind)
+    assert shop.rate_limit is not None and shop.rate_limit.requests == 5
+    assert shop.retention is not None and shop.retention[0].years == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[connectors]]\ntype = 'salesforce'", "dsr.toml: connectors[0].type: Input should be 'hubspot', 'stripe'"),
+        ("[[connectors]]\ntype = 'hubspot'", "connectors[0].credentials.token: missing; expected the name of the "
+                                            "environment variable holding the HubSpot private-app token"),
+        ("[[connectors]]\ntype = 'hubspot'\ncredentials = { token = 'pat-na1-123' }",
+         "connectors[0].credentials: Value error, token must name an environment variable"),
+        ("[[connectors]]\ntype = 'stripe'\ncredentials = { api_key = 'K', token = 'T' }",
+         "connectors[0].credentials.token: unknown for stripe; expected api_key"),
+        ("[[connectors]]\ntype = 'woocommerce'\ncredentials = { consumer_key = 'A', consumer_secret = 'B' }",
+         "connectors[0].base_url: required for woocommerce"),
+        ("[[connectors]]\ntype = 'stripe'\ncredentials = { api_key = 'K' }\nkinds = ['deletion']",
+         "connectors[0].kinds[0]: Input should be 'access'"),
+        ("[[connectors]]\ntype = 'stripe'\ncredentials = { api_key = 'K' }\nrate_limit = { requests = 0, "
+         "per_seconds = 1 }", "connectors[0].rate_limit.requests: Input should be greater than or equal to 1"),
+        ("[[connectors]]\ntype = 'stripe'\ncredentials = { api_key = 'K' }\n"
+         "[[connectors]]\ntype = 'stripe'\ncredentials = { api_key = 'K' }",
+         "connectors[1].name: 'stripe' is used twice"),
+        ("[[connectors]]\ntype = 'stripe'\ncredentials = { api_key = 'K' }\ncolour = 'blue'",
+         "connectors[0].colour: Extra inputs are not permitted"),
+        ("connectors = [", "dsr.toml: not valid TOML"),
+    ],
+)
+def test_malformed_files_name_the_key_and_the_expectation(text: str, message: str) -> None:
+    with pytest.raises(ConfigFileError) as raised:
+        parse_config(text)
+    assert message in str(raised.value)
+
+
+def test_a_missing_file_means_no_connectors(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "dsr.toml").connectors == []
+
+
+def test_connectors_check_reports_a_missing_secret_and_exits_non_zero(tmp_path: Path) -> None:
+    (tmp_path / "dsr.toml").write_text(GOOD)
+    env = {**os.environ, "DSR_HOME": str(tmp_path)}
+    for name in ("HUBSPOT_TOKEN", "WC_KEY", "WC_SECRET"):
+        env.pop(name, None)
+    dsr = Path(sys.executable).parent / "dsr"
+    result = subprocess.run([str(dsr), "connectors", "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("FAIL  crm") and "HUBSPOT_TOKEN" in lines[0]
+    assert lines[1].startswith("FAIL  woocommerce") and "WC_KEY" in lines[1]
+
+
+def test_a_broken_file_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dsr.toml").write_text("[[connectors]]\ntype = 'hubspot'\n")
+    env = {**os.environ, "DSR_HOME": str(tmp_path)}
+    dsr = Path(sys.executable).parent / "dsr"
+    result = subprocess.run([str(dsr), "connectors", "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "credentials.token: missing" in result.stderr
