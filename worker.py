@@ -114,11 +114,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
 
 def configured_connectors(settings: Settings, env: Mapping[str, str] | None = None) -> list[Connector]:
     """The connectors of ``dsr.toml``, with their secrets from the environment."""
-    import os
-
     from connectors.config import build_connectors, load_config
 
-    return build_connectors(load_config(settings.config_file), os.environ if env is None else env)
+    return build_connectors(load_config(settings.config_file), settings.connector_environment(env))
 
 
 def main() -> None:

@@ -105,8 +105,8 @@ class ConnectorActivities:
         raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {task.kind}")
 
 
-HEARTBEAT_EVERY = 20.0
-"""Seconds between liveness heartbeats; well under the workflow's two-minute heartbeat timeout."""
+HEARTBEAT_EVERY = 2.0
+"""Seconds between liveness heartbeats; the SDK throttles what it sends to a fraction of the timeout."""
 
 
 class _Progress:

@@ -463,11 +463,12 @@ async def connectors_check(as_json: JsonOption = False) -> None:
     config = load_config(settings.config_file)
     if not config.connectors:
         raise UserError(f"no connectors configured in {settings.config_file}")
+    environment = settings.connector_environment()
     results = []
     for entry in config.connectors:
         result = {"name": entry.display_name, "type": entry.type, "ok": False, "detail": ""}
         try:
-            connector = build_connector(entry, os.environ)
+            connector = build_connector(entry, environment)
         except ValueError as err:  # a missing secret: report it with the others
             result["detail"] = str(err)
             results.append(result)

@@ -56,6 +56,24 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines (``#`` comments, optional quotes); refused if others can read it."""
+    if not path.exists():
+        return {}
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path} holds secrets and must not be readable by others: chmod 600 {path}")
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not name.strip().replace("_", "").isalnum():
+            raise ConfigError(f"{path}, line {number}: expected NAME=value")
+        values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str = "127.0.0.1"
@@ -90,6 +108,20 @@ class Settings:
     @property
     def outbox(self) -> Path:
         return self.home / "outbox"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.home / "secrets.env"
+
+    def connector_environment(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Where connector secrets are looked up: the process environment, over ``DSR_HOME/secrets.env``.
+
+        The file (``NAME=value`` lines, mode 0600) is for hosts without a secret manager and for the
+        demo, whose sandbox credentials `dsr up --demo` writes there.
+        """
+        merged = read_secrets_file(self.secrets_file)
+        merged.update(os.environ if env is None else env)
+        return merged
 
     @property
     def config_file(self) -> Path:
@@ -171,6 +203,7 @@ class Settings:
             subdiv=subdiv,
             timezone=timezone,
             escalation_repeat_days=_int(env, "DSR_ESCALATION_REPEAT_DAYS", 7, minimum=1),
+            connector_heartbeat_seconds=_int(env, "DSR_CONNECTOR_HEARTBEAT_SECONDS", 120, minimum=5),
         )
         return cls(
             home=home,

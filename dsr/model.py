@@ -154,6 +154,7 @@ class RequestPolicy:
     subdiv: str | None = None
     timezone: str = "Europe/Paris"
     escalation_repeat_days: int = 7
+    connector_heartbeat_seconds: int = 120  # a crashed worker's connector run is retried after this
 
 
 CANONICAL_FIELDS = frozenset({

@@ -60,8 +60,8 @@ NOTICE_OPTIONS = {
     ),
 }
 CONNECTOR_OPTIONS = {
-    "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": timedelta(minutes=2),
+    # Long exports (10,000 orders) page for minutes; liveness is the heartbeat's job, not this one's.
+    "start_to_close_timeout": timedelta(hours=2),
     # Transient errors (429, 5xx) retry with backoff for about a day, then an operator is asked.
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=5),
@@ -239,6 +239,7 @@ class DataSubjectRequest:
                 ),
                 result_type=ConnectorOutcome,
                 summary=f"{progress.connector}: {self._request.kind.value}",
+                heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
                 **CONNECTOR_OPTIONS,
             )
         except ActivityError as err:

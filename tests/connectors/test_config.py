@@ -95,3 +95,19 @@ def test_a_broken_file_stops_the_cli_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run([str(dsr), "connectors", "check"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "credentials.token: missing" in result.stderr
+
+
+def test_secrets_file_fills_missing_variables_and_must_be_private(tmp_path: Path) -> None:
+    from dsr.config import ConfigError, Settings
+
+    settings = Settings.from_env({"DSR_HOME": str(tmp_path)})
+    settings.secrets_file.write_text("# demo\nHUBSPOT_TOKEN='from-file'\nexport WC_KEY=k\n")
+    settings.secrets_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        settings.connector_environment({})
+    settings.secrets_file.chmod(0o600)
+    merged = settings.connector_environment({"WC_KEY": "from-environment"})
+    assert merged["HUBSPOT_TOKEN"] == "from-file" and merged["WC_KEY"] == "from-environment"
+    settings.secrets_file.write_text("not a pair\n")
+    with pytest.raises(ConfigError, match="line 1: expected NAME=value"):
+        settings.connector_environment({})
