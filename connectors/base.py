@@ -52,6 +52,10 @@ class DatasetWriter(Protocol):
         """Keep the first ``count`` records: on resume, drop what was written after the last checkpoint."""
         ...
 
+    def flush(self) -> None:
+        """Make what was written durable: call before the checkpoint that counts it."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -164,7 +164,9 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str]) -> Conne
     )
     common: dict[str, Any] = {
         "kinds": frozenset(connector.kinds),
-        "rate_limit": RateLimiter(requests, per_seconds),
+        # 10% margin: the limiter stamps a call when it leaves, the vendor counts it when it arrives, so
+        # a warm burst can land in the same vendor window as a slower first one.
+        "rate_limit": RateLimiter(requests, per_seconds * 1.1),
         "timeout": connector.timeout_seconds,
     }
     if connector.retention is not None:  # otherwise each connector's legal default

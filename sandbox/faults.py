@@ -39,7 +39,11 @@ class FaultMiddleware:
             await asyncio.sleep(self.faults.delay_seconds)
         if self.faults.drop_next > 0:
             self.faults.drop_next -= 1
-            # Raising inside the ASGI app makes uvicorn close the connection without a response.
+            # Raising before a response starts makes uvicorn answer 500; starting one and then raising
+            # makes it close the connection mid-response: what a client sees when a proxy drops it.
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b'{"partial": ', "more_body": True})
             raise ConnectionAbortedError("sandbox fault: dropped connection")
         if self.faults.statuses:
             status = self.faults.statuses.pop(0)

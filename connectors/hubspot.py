@@ -1,0 +1,431 @@
+"""HubSpot CRM (v3 objects, v4 associations) behind the :class:`~connectors.base.Connector` protocol.
+
+* locate: ``POST /crm/v3/objects/contacts/search`` with ``email EQ`` (the address as given, and
+  lower-cased when different), de-duplicated; contacts only (associated objects follow their contact).
+* export: the contact's documented personal properties (``GET /crm/v3/objects/contacts/{id}``), then
+  for each of notes, deals, tickets, emails: association pages (``GET /crm/v4/.../associations/{type}``,
+  100 per page) read with ``POST /crm/v3/objects/{type}/batch/read``. A checkpoint after every page.
+* erase: ``POST /crm/v3/objects/contacts/gdpr-delete`` by object id — permanent — never the plain
+  ``DELETE``, which only archives (restorable for 90 days).
+* rectify: ``PATCH /crm/v3/objects/contacts/{id}`` with only the properties that differ.
+
+No personal data in errors or notes: ids, counts and field names only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+
+from connectors.base import (
+    CANONICAL_FIELDS,
+    DatasetWriter,
+    ExportJob,
+    Located,
+    OperationJob,
+    PermanentConnectorError,
+    RetentionRule,
+)
+from connectors.http import RateLimiter, send
+from dsr.model import (
+    ConnectorOutcome,
+    DatasetSummary,
+    RecordAction,
+    RecordReport,
+    RequestKind,
+    Subject,
+)
+
+DEFAULT_BASE_URL = "https://api.hubapi.com"
+
+CONTACT = "contact"
+ASSOCIATED = ("notes", "deals", "tickets", "emails")
+DATASETS = (CONTACT, *ASSOCIATED)
+PROVIDED = frozenset({CONTACT})
+"""Art. 20: the contact's own properties are what the subject provided; notes, deals, tickets and emails
+are written by staff or by HubSpot (derived), so portability leaves them out."""
+
+CONTACT_PROVIDED_PROPERTIES = (
+    "email", "hs_additional_emails", "salutation", "firstname", "lastname", "phone", "mobilephone", "fax",
+    "address", "city", "state", "zip", "country", "company", "jobtitle", "website", "date_of_birth",
+    "hs_language",
+)
+"""Contact properties holding what the person gave (forms, signup, correspondence)."""
+
+CONTACT_DERIVED_PROPERTIES = (
+    "createdate", "lastmodifieddate", "lifecyclestage", "hs_lead_status", "hubspot_owner_id",
+    "hs_email_optout", "hs_analytics_source", "ip_city", "ip_country",
+)
+"""Contact properties HubSpot or staff derive about the person (exported for access, not portability)."""
+
+ASSOCIATED_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "notes": ("hs_timestamp", "hs_note_body", "hubspot_owner_id", "hs_attachment_ids", "hs_createdate"),
+    "deals": ("dealname", "amount", "dealstage", "pipeline", "closedate", "description", "hubspot_owner_id",
+              "createdate"),
+    "tickets": ("subject", "content", "hs_pipeline", "hs_pipeline_stage", "hs_ticket_priority",
+                "hs_ticket_category", "source_type", "hubspot_owner_id", "createdate"),
+    "emails": ("hs_timestamp", "hs_email_direction", "hs_email_status", "hs_email_subject", "hs_email_text",
+               "hs_email_html", "hs_email_headers", "hs_email_from_email", "hs_email_to_email",
+               "hubspot_owner_id", "hs_createdate"),
+}
+
+FIELD_MAP = {
+    "first_name": "firstname",
+    "last_name": "lastname",
+    "email": "email",
+    "phone": "phone",
+    "address_line1": "address",
+    "city": "city",
+    "postcode": "zip",
+    "state": "state",
+    "country": "country",
+}
+"""Canonical fields (connectors.base.CANONICAL_FIELDS) -> HubSpot contact properties."""
+
+SEARCH_PAGE = 100  # search allows up to 200; 100 keeps responses small
+ASSOCIATION_PAGE = 100  # = the batch-read maximum, so one association page is one batch read
+CURSOR_VERSION = 1
+
+PURGE_NOTE = (
+    "HubSpot GDPR delete: the contact is deleted permanently (not archived) and HubSpot purges its "
+    "associated content within 30 days"
+)
+
+
+def _created_on(created_at: str | None) -> date | None:
+    if not created_at:
+        return None
+    try:
+        return datetime.fromisoformat(created_at.replace("Z", "+00:00")).date()
+    except ValueError:
+        return None
+
+
+class HubSpotConnector:
+    """A HubSpot portal reached with a private-app token (scopes: crm.objects.contacts.read/write and
+    the read scopes of deals, tickets and engagements)."""
+
+    def __init__(
+        self,
+        name: str = "hubspot",
+        *,
+        token: str,
+        base_url: str = DEFAULT_BASE_URL,
+        kinds: frozenset[RequestKind] = frozenset(RequestKind),
+        retention: Sequence[RetentionRule] = (),
+        rate_limit: RateLimiter | None = None,
+        timeout: float = 30.0,
+        search_rate_limit: RateLimiter | None = None,
+    ) -> None:
+        for rule in retention:
+            if rule.dataset != CONTACT:
+                raise ValueError(
+                    f"connector {name}: retention rule for {rule.dataset!r}: HubSpot's GDPR delete removes the "
+                    f"contact with its associated content, so only the {CONTACT!r} dataset can be retained"
+                )
+        self.name = name
+        self.kinds = kinds
+        self.retention = {rule.dataset: rule for rule in retention}
+        # HubSpot Free/Starter: 100 requests per 10 s per app; search: ~4 per second per token. The windows
+        # are a little longer than HubSpot's: our limiter stamps a call when it leaves, HubSpot counts it
+        # when it arrives, and two bursts whose latencies differ would otherwise land in one of its windows.
+        self._limiter = rate_limit or RateLimiter(100, 11.0)
+        self._search_limiter = search_rate_limit or RateLimiter(4, 1.25)
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=timeout,
+        )
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, *, allow: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
+        return await send(self._client, self._limiter, self.name, method, path, allow=allow, **kwargs)
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise PermanentConnectorError(
+                f"{self.name}: unexpected answer (HTTP {response.status_code}, not JSON)"
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def check(self) -> str:
+        response = await self._call("GET", "/crm/v3/objects/contacts", params={"limit": 1})
+        limit = response.headers.get("X-HubSpot-RateLimit-Max")
+        interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+        if limit and interval and interval.isdigit():
+            return f"auth OK (rate limit {limit} per {int(interval) / 1000:g} s)"
+        return "auth OK"
+
+    # --- locate --------------------------------------------------------------------------------------
+
+    async def _search(self, email: str) -> list[dict[str, Any]]:
+        """Every contact whose email equals ``email`` (HubSpot compares case-insensitively)."""
+        found: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            body: dict[str, Any] = {
+                "filterGroups": [{"filters": [{"propertyName": "email", "operator": "EQ", "value": email}]}],
+                "properties": ["email"],
+                "limit": SEARCH_PAGE,
+            }
+            if after is not None:
+                body["after"] = after
+            await self._search_limiter.acquire()
+            page = self._json(await self._call("POST", "/crm/v3/objects/contacts/search", json=body))
+            found.extend(r for r in page.get("results", []) if isinstance(r, dict) and r.get("id"))
+            after = ((page.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return found
+
+    async def _contacts(self, *emails: str) -> list[dict[str, Any]]:
+        """Contacts for each address as given and lower-cased, de-duplicated, in id order."""
+        variants: list[str] = []
+        for email in emails:
+            for variant in (email.strip(), email.strip().lower()):
+                if variant and variant not in variants:
+                    variants.append(variant)
+        by_id: dict[str, dict[str, Any]] = {}
+        for variant in variants:
+            for result in await self._search(variant):
+                by_id.setdefault(str(result["id"]), result)
+        return [by_id[i] for i in sorted(by_id, key=lambda i: (len(i), i))]
+
+    async def locate(self, subject: Subject) -> list[Located]:
+        return [Located(CONTACT, str(c["id"])) for c in await self._contacts(subject.email)]
+
+    # --- export --------------------------------------------------------------------------------------
+
+    async def _read_contact(self, contact_id: str, provided_only: bool) -> dict[str, Any] | None:
+        properties = CONTACT_PROVIDED_PROPERTIES if provided_only else (
+            CONTACT_PROVIDED_PROPERTIES + CONTACT_DERIVED_PROPERTIES)
+        response = await self._call("GET", f"/crm/v3/objects/contacts/{contact_id}",
+                                    params={"properties": ",".join(properties)}, allow=(404,))
+        if response.status_code == 404:
+            return None  # erased or merged since it was located
+        data = self._json(response)
+        record: dict[str, Any] = {
+            "id": str(data["id"]),
+            "properties": {k: v for k, v in (data.get("properties") or {}).items() if v not in (None, "")},
+        }
+        if not provided_only:
+            record["createdAt"] = data.get("createdAt")
+            record["updatedAt"] = data.get("updatedAt")
+        return record
+
+    async def _association_page(self, contact_id: str, to_type: str, after: str | None) -> tuple[list[str], str | None]:
+        params: dict[str, Any] = {"limit": ASSOCIATION_PAGE}
+        if after:
+            params["after"] = after
+        response = await self._call("GET", f"/crm/v4/objects/contacts/{contact_id}/associations/{to_type}",
+                                    params=params, allow=(404,))
+        if response.status_code == 404:
+            return [], None
+        page = self._json(response)
+        ids: list[str] = []
+        for row in page.get("results", []):
+            object_id = str(row.get("toObjectId", ""))
+            if object_id and object_id not in ids:
+                ids.append(object_id)
+        return ids, ((page.get("paging") or {}).get("next") or {}).get("after") or None
+
+    async def _batch_read(self, object_type: str, ids: list[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        response = await self._call("POST", f"/crm/v3/objects/{object_type}/batch/read", json={
+            "properties": list(ASSOCIATED_PROPERTIES[object_type]),
+            "inputs": [{"id": i} for i in ids],
+        })
+        # 207: some objects were deleted between listing and reading; they are simply no longer there.
+        by_id = {str(r["id"]): r for r in self._json(response).get("results", [])}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def _start(self, job: ExportJob, datasets: tuple[str, ...]) -> dict[str, Any] | None:
+        """The cursor to resume from, if ``job.resume`` is one of ours for the same datasets."""
+        cursor = job.resume
+        if not isinstance(cursor, Mapping) or cursor.get("v") != CURSOR_VERSION:
+            return None
+        if tuple(cursor.get("datasets") or ()) != datasets:
+            return None
+        written = cursor.get("written")
+        contacts = cursor.get("contacts")
+        step = cursor.get("step")
+        if not isinstance(written, Mapping) or not isinstance(contacts, list) or not isinstance(step, int):
+            return None
+        return {"contacts": [str(c) for c in contacts], "step": step, "after": cursor.get("after"),
+                "written": {ds: int(written.get(ds, 0)) for ds in datasets}}
+
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        datasets = (CONTACT,) if job.provided_only else DATASETS
+        state = self._start(job, datasets)
+        resumed = state is not None
+        if state is None:
+            contacts = [loc.record_id for loc in await self.locate(job.subject)]
+            state = {"contacts": contacts, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
+        contacts: list[str] = state["contacts"]
+        outcome = ConnectorOutcome(connector=self.name, found=len(contacts))
+        if not contacts:
+            outcome.counts = {"exported": 0}
+            outcome.notes.append("no HubSpot contact matches the subject")
+            return outcome
+
+        writers: dict[str, DatasetWriter] = {}
+        try:
+            for ds in datasets:
+                writers[ds] = job.sink.open(self.name, ds, provided=ds in PROVIDED)
+            if resumed and any(writers[ds].count < state["written"][ds] for ds in datasets):
+                # The store lost records the cursor counts (e.g. unflushed at a crash): start over.
+                state = {"contacts": contacts, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
+                resumed = False
+            for ds in datasets:  # drop what was written after the last checkpoint (or all, when fresh)
+                writers[ds].truncate(state["written"][ds])
+
+            step: int = state["step"]
+            after: str | None = state["after"]
+            total = len(contacts) * len(datasets)
+            while step < total:
+                contact_id = contacts[step // len(datasets)]
+                ds = datasets[step % len(datasets)]
+                next_after: str | None = None
+                if ds == CONTACT:
+                    record = await self._read_contact(contact_id, job.provided_only)
+                    if record is not None:
+                        writers[ds].write(record)
+                else:
+                    ids, next_after = await self._association_page(contact_id, ds, after)
+                    for obj in await self._batch_read(ds, ids):
+                        writers[ds].write({
+                            "id": str(obj["id"]),
+                            "contact_id": contact_id,
+                            "properties": {k: v for k, v in (obj.get("properties") or {}).items()
+                                           if v not in (None, "")},
+                            "createdAt": obj.get("createdAt"),
+                            "updatedAt": obj.get("updatedAt"),
+                        })
+                if next_after:
+                    after = next_after
+                else:
+                    step, after = step + 1, None
+                _flush(writers[ds])
+                job.checkpoint({
+                    "v": CURSOR_VERSION,
+                    "datasets": list(datasets),
+                    "contacts": contacts,
+                    "step": step,
+                    "after": after,
+                    "written": {name: w.count for name, w in writers.items()},
+                })
+            summaries = [DatasetSummary(ds, writers[ds].count, provided=ds in PROVIDED) for ds in datasets]
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+        outcome.datasets = summaries
+        outcome.counts = {"exported": sum(s.records for s in summaries)}
+        outcome.report = [RecordReport(CONTACT, c, RecordAction.EXPORTED) for c in contacts]
+        if resumed:
+            outcome.notes.append("export resumed from its last checkpoint")
+        if job.provided_only:
+            outcome.notes.append("portability: the contact's own properties only; notes, deals, tickets and "
+                                 "emails are not data the subject provided")
+        if len(contacts) > 1:
+            outcome.notes.append(f"{len(contacts)} contacts match the subject; associated records carry contact_id")
+        return outcome
+
+    # --- erase ---------------------------------------------------------------------------------------
+
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        contacts = await self._contacts(job.subject.email)
+        outcome = ConnectorOutcome(connector=self.name, found=len(contacts))
+        if not contacts:
+            outcome.report.append(RecordReport(
+                CONTACT, "", RecordAction.ALREADY_GONE,
+                note="no HubSpot contact matches the subject: already erased, or never present",
+            ))
+            outcome.counts = {"already_gone": 1}
+            return outcome
+        rule = self.retention.get(CONTACT)
+        counts: dict[str, int] = {}
+        for contact in contacts:
+            contact_id = str(contact["id"])
+            if rule is not None:
+                created = _created_on(contact.get("createdAt")) or date.today()
+                report = RecordReport(CONTACT, contact_id, RecordAction.RETAINED, legal_basis=rule.legal_basis,
+                                      retained_until=rule.until(created))
+            else:
+                response = await self._call("POST", "/crm/v3/objects/contacts/gdpr-delete",
+                                            json={"objectId": contact_id}, allow=(404,))
+                if response.status_code == 404:
+                    report = RecordReport(CONTACT, contact_id, RecordAction.ALREADY_GONE,
+                                          note="deleted before this erasure reached it")
+                else:
+                    report = RecordReport(CONTACT, contact_id, RecordAction.DELETED, note=PURGE_NOTE)
+            outcome.report.append(report)
+            counts[report.action.value] = counts.get(report.action.value, 0) + 1
+        outcome.counts = counts
+        if counts.get("deleted"):
+            outcome.notes.append(PURGE_NOTE + "; the address is blocklisted from tracking")
+        return outcome
+
+    # --- rectify -------------------------------------------------------------------------------------
+
+    async def rectify(self, job: OperationJob) -> ConnectorOutcome:
+        unknown = sorted(set(job.changes) - CANONICAL_FIELDS)
+        if unknown:
+            raise PermanentConnectorError(f"{self.name}: cannot rectify unknown field(s) {', '.join(unknown)}")
+        wanted = {FIELD_MAP[f]: (v or "").strip() for f, v in job.changes.items() if f in FIELD_MAP}
+        unmapped = sorted(f for f in job.changes if f not in FIELD_MAP)
+        # After an email change the subject's old address no longer finds the contact: a repeated
+        # rectification looks under the new one too, so it reports "unchanged" instead of nothing.
+        emails = [job.subject.email] + ([job.changes["email"]] if job.changes.get("email") else [])
+        contacts = await self._contacts(*emails)
+        outcome = ConnectorOutcome(connector=self.name, found=len(contacts))
+        if unmapped:
+            outcome.notes.append(f"no HubSpot contact property for: {', '.join(unmapped)} (not applied)")
+        if not contacts:
+            outcome.notes.append("no HubSpot contact matches the subject: nothing to rectify")
+            return outcome
+        reverse = {prop: canonical for canonical, prop in FIELD_MAP.items()}
+        counts: dict[str, int] = {}
+        for contact in contacts:
+            contact_id = str(contact["id"])
+            response = await self._call("GET", f"/crm/v3/objects/contacts/{contact_id}",
+                                        params={"properties": ",".join(sorted(wanted))}, allow=(404,))
+            if response.status_code == 404:
+                continue
+            current = self._json(response).get("properties") or {}
+            diff = {prop: value for prop, value in wanted.items() if not _same(prop, current.get(prop), value)}
+            if diff:
+                await self._call("PATCH", f"/crm/v3/objects/contacts/{contact_id}", json={"properties": diff})
+                report = RecordReport(CONTACT, contact_id, RecordAction.CHANGED,
+                                      fields=sorted(reverse[p] for p in diff))
+            else:
+                report = RecordReport(CONTACT, contact_id, RecordAction.UNCHANGED, note="already up to date")
+            outcome.report.append(report)
+            counts[report.action.value] = counts.get(report.action.value, 0) + 1
+        outcome.counts = counts
+        return outcome
+
+
+def _same(prop: str, current: Any, wanted: str) -> bool:
+    have = "" if current is None else str(current).strip()
+    if prop == "email":  # HubSpot stores addresses lower-cased and matches them case-insensitively
+        return have.lower() == wanted.lower()
+    return have == wanted
+
+
+def _flush(writer: DatasetWriter) -> None:
+    """Make written records durable before the checkpoint that counts them (the store's files can)."""
+    flush = getattr(writer, "flush", None)
+    if callable(flush):
+        flush()
+
+
+__all__ = ["CONTACT_DERIVED_PROPERTIES", "CONTACT_PROVIDED_PROPERTIES", "DATASETS", "FIELD_MAP", "HubSpotConnector"]

@@ -1,0 +1,422 @@
+"""The HubSpot connector over real HTTP against the local HubSpot sandbox (sandbox/hubspot.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.base import (
+    Connector,
+    ExportJob,
+    OperationJob,
+    PermanentConnectorError,
+    RetentionRule,
+    TransientConnectorError,
+    unexpected_remains,
+)
+from connectors.http import RateLimiter
+from connectors.hubspot import HubSpotConnector
+from dsr.codec_server import RunningCodecServer, serve_codec
+from dsr.exports import ExportStore
+from dsr.model import RecordAction, Subject
+from sandbox.faults import Faults
+from sandbox.hubspot import HubSpotState, hubspot_app
+from tests.harness import TEST_KEYRING
+
+TOKEN = "pat-eu1-test-token"
+REQUEST = "dsr-2026-11-HUBSPT"
+EMAIL = "lea.petit@example.org"
+SUBJECT = Subject(email="Lea.Petit@Example.ORG", name="Léa Petit")
+
+
+@dataclass
+class Portal:
+    state: HubSpotState
+    faults: Faults
+    server: RunningCodecServer
+    connectors: list[HubSpotConnector] = field(default_factory=list)
+
+    def connector(self, **kwargs: Any) -> HubSpotConnector:
+        kwargs.setdefault("token", TOKEN)
+        connector = HubSpotConnector(base_url=self.server.url, **kwargs)
+        self.connectors.append(connector)
+        return connector
+
+
+async def start_portal(state: HubSpotState, **app_kwargs: Any) -> Portal:
+    faults = Faults()
+    server = await serve_codec(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs),
+                               host="127.0.0.1", port=0)
+    return Portal(state, faults, server)
+
+
+async def stop_portal(portal: Portal) -> None:
+    for connector in portal.connectors:
+        await connector.aclose()
+    await portal.server.stop()
+
+
+def seeded() -> tuple[HubSpotState, dict[str, Any]]:
+    state = HubSpotState()
+    lea = state.add_contact(EMAIL, firstname="Lea", lastname="Petit", phone="+33 6 12 34 56 78",
+                            address="12 rue des Lilas", city="Lyon", zip="69001", country="France",
+                            company="Atelier Petit", lifecyclestage="customer",
+                            created_at=datetime(2021, 3, 4, 10, 0, tzinfo=UTC))
+    ids = {
+        "contact": lea,
+        "notes": [state.add_note(lea, "Called about her order."), state.add_note(lea, "Prefers email.")],
+        "deals": [state.add_deal(lea, "Spring order", "240.00")],
+        "tickets": [state.add_ticket(lea, "Parcel damaged", "The box was crushed.")],
+        "emails": [state.add_email(lea, "Where is my parcel?", "Hello..."),
+                   state.add_email(lea, "Re: Where is my parcel?", "It ships today.", direction="EMAIL")],
+    }
+    other = state.add_contact("someone.else@example.org", firstname="Paul", lastname="Martin")
+    state.add_note(other, "Not Léa's note.")
+    state.add_deal(other, "Not Léa's deal", "10.00")
+    return state, ids
+
+
+@pytest.fixture
+async def portal() -> AsyncIterator[Portal]:
+    state, ids = seeded()
+    running = await start_portal(state)
+    running.ids = ids  # type: ignore[attr-defined]
+    try:
+        yield running
+    finally:
+        await stop_portal(running)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ExportStore:
+    return ExportStore(tmp_path / "exports", TEST_KEYRING)
+
+
+def searches(state: HubSpotState) -> int:
+    return sum(1 for method, path in state.requests if path.endswith("/search"))
+
+
+# --- protocol and locate ---------------------------------------------------------------------------
+
+
+async def test_is_a_connector(portal: Portal) -> None:
+    connector = portal.connector()
+    assert isinstance(connector, Connector)
+    assert connector.name == "hubspot"
+    assert (await connector.check()).startswith("auth OK")
+
+
+async def test_locate_is_case_insensitive_and_deduplicated(portal: Portal) -> None:
+    connector = portal.connector()
+    found = await connector.locate(SUBJECT)
+    assert [(loc.dataset, loc.record_id) for loc in found] == [("contact", portal.ids["contact"])]
+    assert searches(portal.state) == 2  # as given, then lower-cased: one contact, reported once
+    assert await connector.locate(Subject(email="nobody@example.org")) == []
+    assert searches(portal.state) == 3  # already lower-case: one search
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+async def test_export_streams_every_dataset_to_the_encrypted_store(portal: Portal, store: ExportStore) -> None:
+    cursors: list[Mapping[str, Any]] = []
+    outcome = await portal.connector().export(ExportJob(
+        request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST), checkpoint=cursors.append))
+
+    assert outcome.connector == "hubspot" and outcome.found == 1
+    assert {(d.dataset, d.records, d.provided) for d in outcome.datasets} == {
+        ("contact", 1, True), ("notes", 2, False), ("deals", 1, False), ("tickets", 1, False), ("emails", 2, False),
+    }
+    assert outcome.counts == {"exported": 7}
+    assert {(d.system, d.dataset, d.records) for d in store.datasets(REQUEST)} == {
+        ("hubspot", "contact", 1), ("hubspot", "notes", 2), ("hubspot", "deals", 1),
+        ("hubspot", "tickets", 1), ("hubspot", "emails", 2),
+    }
+    [contact] = store.read(REQUEST, "hubspot", "contact")
+    assert contact["id"] == portal.ids["contact"]
+    assert contact["properties"]["email"] == EMAIL
+    assert contact["properties"]["firstname"] == "Lea"
+    assert contact["properties"]["zip"] == "69001"
+    assert contact["properties"]["lifecyclestage"] == "customer"  # derived data is part of access
+    notes = list(store.read(REQUEST, "hubspot", "notes"))
+    assert [n["id"] for n in notes] == portal.ids["notes"]
+    assert notes[0]["properties"]["hs_note_body"] == "Called about her order."
+    assert all(n["contact_id"] == portal.ids["contact"] for n in notes)
+    [deal] = store.read(REQUEST, "hubspot", "deals")
+    assert deal["properties"]["dealname"] == "Spring order" and deal["properties"]["amount"] == "240.00"
+    [ticket] = store.read(REQUEST, "hubspot", "tickets")
+    assert ticket["properties"]["subject"] == "Parcel damaged"
+    emails = list(store.read(REQUEST, "hubspot", "emails"))
+    assert [e["properties"]["hs_email_subject"] for e in emails] == ["Where is my parcel?", "Re: Where is my parcel?"]
+    # Encrypted at rest; one checkpoint per page (contact + 4 association pages).
+    raw = (store.folder(REQUEST) / "hubspot" / "contact.jsonl.enc").read_bytes()
+    assert b"lea.petit" not in raw and b"Lyon" not in raw
+    assert len(cursors) == 5 and cursors[-1]["written"] == {
+        "contact": 1, "notes": 2, "deals": 1, "tickets": 1, "emails": 2}
+    # Nothing personal in the outcome that goes into workflow history.
+    assert "lea" not in repr(outcome).lower()
+
+
+async def test_portability_exports_only_what_the_subject_provided(portal: Portal, store: ExportStore) -> None:
+    outcome = await portal.connector().export(ExportJob(
+        request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST), provided_only=True))
+    assert [(d.dataset, d.records, d.provided) for d in outcome.datasets] == [("contact", 1, True)]
+    assert [(d.dataset, d.provided) for d in store.datasets(REQUEST)] == [("contact", True)]
+    [contact] = store.read(REQUEST, "hubspot", "contact")
+    assert contact["properties"]["firstname"] == "Lea" and contact["properties"]["address"] == "12 rue des Lilas"
+    assert "lifecyclestage" not in contact["properties"] and "createdAt" not in contact
+    assert any("portability" in note for note in outcome.notes)
+
+
+async def test_export_pages_through_many_associations(portal: Portal, store: ExportStore) -> None:
+    made = portal.state.seed_activity(portal.ids["contact"], notes=250)
+    cursors: list[Mapping[str, Any]] = []
+    outcome = await portal.connector().export(ExportJob(
+        request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST), checkpoint=cursors.append))
+    assert {d.dataset: d.records for d in outcome.datasets}["notes"] == 252
+    assert [n["id"] for n in store.read(REQUEST, "hubspot", "notes")] == portal.ids["notes"] + made["notes"]
+    assert len(cursors) == 1 + 3 + 3  # contact, notes in 3 pages of 100, deals, tickets, emails
+    association_calls = [p for m, p in portal.state.requests if "/associations/notes" in p]
+    assert len(association_calls) == 3
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_export_resumes_after_a_crash_without_duplicates(portal: Portal, store: ExportStore) -> None:
+    made = portal.state.seed_activity(portal.ids["contact"], notes=250, emails=130)
+    heartbeats: list[Mapping[str, Any]] = []
+
+    def dies_after_three(cursor: Mapping[str, Any]) -> None:
+        if len(heartbeats) == 3:
+            # The worker dies here: the page was written to the store, its heartbeat never reached Temporal.
+            raise Crash
+        heartbeats.append(dict(cursor))
+
+    sink = store.for_request(REQUEST)
+    with pytest.raises(Crash):
+        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
+                                                  checkpoint=dies_after_three))
+    assert heartbeats[-1]["written"]["notes"] == 200
+    assert {d.dataset: d.records for d in store.datasets(REQUEST)}["notes"] == 252  # a page past the cursor
+
+    calls_before = len(portal.state.requests)
+    outcome = await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
+                                                        resume=heartbeats[-1]))
+    assert any("resumed" in note for note in outcome.notes)
+    notes = [n["id"] for n in store.read(REQUEST, "hubspot", "notes")]
+    assert notes == portal.ids["notes"] + made["notes"] and len(set(notes)) == 252
+    emails = [e["id"] for e in store.read(REQUEST, "hubspot", "emails")]
+    assert emails == portal.ids["emails"] + made["emails"] and len(set(emails)) == 132
+    assert [c["id"] for c in store.read(REQUEST, "hubspot", "contact")] == [portal.ids["contact"]]
+    assert {d.dataset: d.records for d in outcome.datasets} == {
+        "contact": 1, "notes": 252, "deals": 1, "tickets": 1, "emails": 132}
+    # The retry did not search again nor re-read the contact or the first two pages of notes.
+    resumed_calls = portal.state.requests[calls_before:]
+    assert not any(p.endswith("/search") for _, p in resumed_calls)
+    assert sum(1 for _, p in resumed_calls if "/associations/notes" in p) == 1
+
+
+async def test_export_without_a_cursor_starts_over_cleanly(portal: Portal, store: ExportStore) -> None:
+    sink = store.for_request(REQUEST)
+
+    def crash(cursor: Mapping[str, Any]) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):  # dies before its first heartbeat: Temporal has no cursor to give back
+        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink, checkpoint=crash))
+    await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink))
+    assert {d.dataset: d.records for d in store.datasets(REQUEST)} == {
+        "contact": 1, "notes": 2, "deals": 1, "tickets": 1, "emails": 2}
+
+
+async def test_export_of_an_unknown_subject_writes_nothing(portal: Portal, store: ExportStore) -> None:
+    outcome = await portal.connector().export(ExportJob(
+        request_id=REQUEST, subject=Subject(email="nobody@example.org"), sink=store.for_request(REQUEST)))
+    assert outcome.found == 0 and outcome.counts == {"exported": 0} and store.datasets(REQUEST) == []
+
+
+# --- erase ---------------------------------------------------------------------------------------
+
+
+async def test_erase_uses_gdpr_delete_and_is_idempotent(portal: Portal) -> None:
+    connector = portal.connector()
+    contact = portal.ids["contact"]
+    job = OperationJob(request_id=REQUEST, subject=SUBJECT)
+
+    outcome = await connector.erase(job)
+    assert [(r.dataset, r.record_id, r.action) for r in outcome.report] == [("contact", contact, RecordAction.DELETED)]
+    assert outcome.counts == {"deleted": 1}
+    assert any("30 days" in note for note in outcome.notes)
+    assert portal.state.was_gdpr_deleted(contact) and not portal.state.is_archived(contact)
+    assert portal.state.contact(contact) is None
+    assert ("POST", "/crm/v3/objects/contacts/gdpr-delete") in portal.state.requests
+    assert not any(method == "DELETE" for method, _ in portal.state.requests)  # never the restorable archive
+    assert portal.state.find_contacts("someone.else@example.org")  # nobody else touched
+
+    # Verification, as the fan-out activity does it: locate again, nothing may remain.
+    found_again = await connector.locate(SUBJECT)
+    assert found_again == [] and unexpected_remains(outcome, found_again) == []
+
+    again = await connector.erase(job)
+    assert [r.action for r in again.report] == [RecordAction.ALREADY_GONE]
+    assert again.counts == {"already_gone": 1}
+    assert sum(1 for _, p in portal.state.requests if p.endswith("gdpr-delete")) == 1
+    assert "lea" not in (repr(outcome) + repr(again)).lower()
+
+
+async def test_erase_of_a_contact_deleted_meanwhile_is_already_gone(portal: Portal) -> None:
+    connector = portal.connector()
+    contact = portal.ids["contact"]
+    portal.state.gdpr_delete(contact)
+    # Located a moment before, deleted since: gdpr-delete answers 404 for the id.
+    connector._contacts = _returns([{"id": contact}])  # type: ignore[method-assign]
+    outcome = await connector.erase(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    assert [(r.record_id, r.action) for r in outcome.report] == [(contact, RecordAction.ALREADY_GONE)]
+
+
+def _returns(value: list[dict[str, Any]]) -> Any:
+    async def contacts(*emails: str) -> list[dict[str, Any]]:
+        return value
+
+    return contacts
+
+
+async def test_a_retention_rule_keeps_the_contact_with_its_basis_and_date(portal: Portal) -> None:
+    rule = RetentionRule("contact", "Art. 17(3)(b) GDPR; Code de commerce L123-22", years=10)
+    connector = portal.connector(retention=[rule])
+    outcome = await connector.erase(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    [report] = outcome.report
+    assert report.action == RecordAction.RETAINED and report.retained_until == date(2031, 3, 4)
+    assert report.legal_basis == rule.legal_basis
+    assert not portal.state.gdpr_deleted
+    assert unexpected_remains(outcome, await connector.locate(SUBJECT)) == []
+    with pytest.raises(ValueError, match="only the 'contact' dataset"):
+        HubSpotConnector(token=TOKEN, retention=[RetentionRule("deals", "x")])
+
+
+# --- rectify -------------------------------------------------------------------------------------
+
+
+async def test_rectify_patches_only_what_differs_and_is_idempotent(portal: Portal) -> None:
+    connector = portal.connector()
+    contact = portal.ids["contact"]
+    changes = {"first_name": "Léa", "last_name": "Petit", "city": "Paris", "postcode": "75011",
+               "address_line2": "Bâtiment B"}
+    job = OperationJob(request_id=REQUEST, subject=SUBJECT, changes=changes)
+
+    outcome = await connector.rectify(job)
+    [report] = outcome.report
+    assert report.record_id == contact and report.action == RecordAction.CHANGED
+    assert report.fields == ["city", "first_name", "postcode"]
+    assert portal.state.patches == [(contact, {"firstname": "Léa", "city": "Paris", "zip": "75011"})]
+    props = portal.state.contact(contact) or {}
+    assert (props["firstname"], props["lastname"], props["city"], props["zip"]) == ("Léa", "Petit", "Paris", "75011")
+    assert any("address_line2" in note for note in outcome.notes)
+    # No old or new values anywhere in the outcome.
+    text = repr(outcome)
+    assert not any(value in text for value in ("Léa", "Paris", "75011", "Lyon", "69001", "Bâtiment"))
+
+    again = await connector.rectify(job)
+    assert [(r.record_id, r.action) for r in again.report] == [(contact, RecordAction.UNCHANGED)]
+    assert again.counts == {"unchanged": 1} and len(portal.state.patches) == 1
+
+
+async def test_rectify_email_is_idempotent_under_the_new_address(portal: Portal) -> None:
+    connector = portal.connector()
+    job = OperationJob(request_id=REQUEST, subject=SUBJECT, changes={"email": "Lea.Dupont@Example.org"})
+    first = await connector.rectify(job)
+    assert [(r.action, r.fields) for r in first.report] == [(RecordAction.CHANGED, ["email"])]
+    assert portal.state.find_contacts("lea.dupont@example.org") == [portal.ids["contact"]]
+    second = await connector.rectify(job)  # the old address finds nothing any more; the new one does
+    assert [r.action for r in second.report] == [RecordAction.UNCHANGED]
+
+
+async def test_rectify_refuses_unknown_fields_without_calling_hubspot(portal: Portal) -> None:
+    with pytest.raises(PermanentConnectorError, match="unknown field"):
+        await portal.connector().rectify(OperationJob(request_id=REQUEST, subject=SUBJECT,
+                                                      changes={"favourite_colour": "blue"}))
+    assert portal.state.requests == []
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+async def test_bad_credentials_are_permanent(portal: Portal) -> None:
+    connector = portal.connector(token="pat-eu1-revoked")
+    for call in (connector.check(), connector.locate(SUBJECT)):
+        with pytest.raises(PermanentConnectorError) as raised:
+            await call
+        assert "check the credentials of connector hubspot" in str(raised.value)
+        assert "INVALID_AUTHENTICATION" in str(raised.value)
+        assert "lea" not in str(raised.value).lower()
+
+
+async def test_injected_429_honours_retry_after(portal: Portal) -> None:
+    portal.faults.statuses.append(429)
+    portal.faults.retry_after = "7"
+    with pytest.raises(TransientConnectorError) as raised:
+        await portal.connector().locate(SUBJECT)
+    assert raised.value.retry_after == 7.0
+    assert "lea" not in str(raised.value).lower()
+
+
+async def test_server_errors_and_dropped_connections_are_transient(portal: Portal, store: ExportStore) -> None:
+    connector = portal.connector()
+    portal.faults.statuses.append(503)
+    with pytest.raises(TransientConnectorError, match="HTTP 503"):
+        await connector.erase(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    portal.faults.drop_next = 1
+    with pytest.raises(TransientConnectorError, match="connection failed"):
+        await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST)))
+    assert portal.state.gdpr_deleted == set()
+    # The same connector works again once the fault is gone.
+    assert len(await connector.locate(SUBJECT)) == 1
+
+
+async def test_timeouts_are_transient(portal: Portal) -> None:
+    portal.faults.delay_seconds = 0.5
+    with pytest.raises(TransientConnectorError, match="timed out"):
+        await portal.connector(timeout=0.1).check()
+
+
+# --- rate limits ---------------------------------------------------------------------------------
+
+
+async def test_the_sandbox_rate_limit_answers_429_to_a_burst() -> None:
+    portal = await start_portal(HubSpotState(), rate_limit=(10, 1.0))
+    try:
+        connector = portal.connector(rate_limit=RateLimiter(1000, 1.0))  # effectively unlimited
+        results = await asyncio.gather(*(connector.check() for _ in range(15)), return_exceptions=True)
+        limited = [r for r in results if isinstance(r, TransientConnectorError)]
+        assert len(limited) == 5 and portal.state.rate_limited == 5
+        assert all("HTTP 429" in str(r) and r.retry_after is not None and r.retry_after >= 1 for r in limited)
+    finally:
+        await stop_portal(portal)
+
+
+async def test_the_connector_rate_limiter_keeps_a_burst_under_the_limit() -> None:
+    # Twice the connector's rate per window: however the two bursts' latencies differ, one sandbox window
+    # never sees more than two of the connector's windows' worth of calls.
+    portal = await start_portal(HubSpotState(), rate_limit=(10, 1.0))
+    try:
+        connector = portal.connector(rate_limit=RateLimiter(5, 1.0))
+        results = await asyncio.gather(*(connector.check() for _ in range(15)), return_exceptions=True)
+        assert all(isinstance(r, str) and r.startswith("auth OK") for r in results), results
+        assert portal.state.rate_limited == 0 and len(portal.state.requests) == 15
+    finally:
+        await stop_portal(portal)
+
+
+async def test_searches_stay_under_the_search_limit(portal: Portal) -> None:
+    connector = portal.connector()  # default search limiter: under HubSpot's ~4 searches per second
+    results = await asyncio.gather(*(connector.locate(Subject(email=EMAIL)) for _ in range(6)))
+    assert all(len(found) == 1 for found in results)
+    assert portal.state.rate_limited == 0 and searches(portal.state) == 6
