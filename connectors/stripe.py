@@ -1,0 +1,690 @@
+"""Stripe: customers, their payments and payment methods (Art. 15, 16, 17, 20).
+
+Transport: the official ``stripe`` SDK — a ``StripeClient`` with its httpx-based async client, pointed at
+``base_url`` through ``base_addresses={"api": base_url}`` (how tests and the demo reach ``localstripe``
+on 127.0.0.1). The SDK does authentication, form encoding of nested parameters, the
+``Idempotency-Key`` header and the parsing of Stripe's error bodies; calls go through its
+``raw_request_async`` rather than the typed ``*.list_async`` services, which build a typed object per
+record only for the connector to turn it back into JSON: that cost 1.6 s of CPU for 2,000 charges
+(blocking the worker's event loop), while an export through ``raw_request_async`` runs at the
+server's own paging speed. The SDK's own retries are off (``max_network_retries=0``): Temporal owns
+retrying, and the SDK would not retry a plain 429 anyway. Every call goes through the connector's
+:class:`~connectors.http.RateLimiter`.
+
+Finding the subject. ``GET /v1/customers?email=`` is exact and case-sensitive, so the connector asks
+for the address as given and lower-cased, and also uses ``/v1/customers/search`` (``email:'...'``,
+case-insensitive, eventually consistent: a customer created in the last minute may be missing from
+it). A server without search (``localstripe``) gets a client-side scan of its customer list instead —
+affordable on a sandbox, never done against ``api.stripe.com`` (where only the exact lookups remain if
+search is refused). Guest payments have no customer: Checkout Sessions are looked up by
+``customer_details[email]`` (as given and lower-cased).
+
+Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page
+into the export sink, with a checkpoint after every page: ``customer``, ``charges``,
+``payment_intents``, ``invoices``, ``subscriptions`` (``status=all``, so cancelled ones too),
+``payment_methods`` and ``checkout_sessions`` (the customer's, then guest sessions for the address).
+The checkpoint holds ids only (customer ids, the step, the last record id, per-dataset counts); a
+resumed export truncates every dataset to its checkpointed count and continues after the saved
+record, so nothing is written twice.
+
+Portability (Art. 20), decided here: the data the subject *provided* — including what they provided
+by their own activity (EDPB WP242 rev.01: "observed" data), as with a shop's orders — is the
+``customer`` profile and addresses, the ``payment_methods``' billing details, the ``charges``
+(payments made), ``subscriptions`` (plans subscribed to) and ``checkout_sessions`` (what was typed at
+checkout). ``invoices`` (documents the controller issues) and ``payment_intents`` (Stripe's internal
+state of a payment, duplicating the charges) are derived. A portability export writes only provided
+datasets, each projected onto the fields the subject provided: Stripe's own assessments (risk
+``outcome``, ``fraud_details``), fees and balance transactions are left out.
+
+Erasure. ``DELETE /v1/customers/{id}``: permanent; Stripe cancels the customer's subscriptions and
+removes its payment methods. Charges, invoices and payment intents stay (Stripe cannot delete them):
+reported ``retained`` under the configured :class:`RetentionRule` (legal basis, created date + years),
+or ``residual`` where no rule covers them. Checkout Sessions and cancelled subscriptions cannot be
+deleted through the API either: ``retained`` when a rule names them, ``residual`` otherwise. The
+deletion carries the idempotency key ``<request id>:erase:<customer id>``. A customer that answers 404
+(``localstripe`` after a deletion) is already gone; a retrieved customer with ``deleted: true`` (real
+Stripe) is skipped. Records are listed *before* the deletion (localstripe refuses to list by a deleted
+customer), so an attempt that dies after deleting is retried as "already gone" without the retained
+list — which the earlier attempt computed but could not return. Verifying locates again: only
+customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
+successful erasure leaves nothing unexpected.
+
+Rectification. Canonical fields map onto the customer's ``name`` (first and last name joined; the
+current name is split at its first space), ``email``, ``phone`` and ``address``; ``shipping`` follows
+where it held the same name, phone or address. Only differing fields are sent, with the idempotency
+key ``<request id>:rectify:<customer id>:<hash of the update>``; a changed email is looked up again
+under the new address, so a retry reports "unchanged".
+
+Errors. 429 (or ``rate_limit``), 409 (lock timeout), 5xx and connection failures are transient (with
+``Retry-After``); 401/403 ask the operator to check the credentials; other refusals are permanent and
+carry the HTTP status and Stripe's error *code* only — never its message, which can quote an email.
+Endpoints a server does not implement (``localstripe``: customer search, payment-intent listing by
+customer, Checkout Sessions, ``/v1/customers/{id}/payment_methods``) are noted, not fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import stripe
+
+from connectors.base import (
+    CANONICAL_FIELDS,
+    ConnectorError,
+    DatasetWriter,
+    ExportJob,
+    Located,
+    OperationJob,
+    PermanentConnectorError,
+    RetentionRule,
+    TransientConnectorError,
+)
+from connectors.http import RateLimiter
+from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+
+T = TypeVar("T")
+
+LEGAL_BASIS = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)"
+DEFAULT_RETENTION: tuple[RetentionRule, ...] = (
+    RetentionRule("charges", LEGAL_BASIS, 10),
+    RetentionRule("invoices", LEGAL_BASIS, 10),
+    RetentionRule("payment_intents", LEGAL_BASIS, 10),
+)
+
+PAGE = 100
+DATASETS = ("customer", "charges", "payment_intents", "invoices", "subscriptions", "payment_methods",
+            "checkout_sessions")
+PROVIDED = frozenset({"customer", "payment_methods", "charges", "subscriptions", "checkout_sessions"})
+PORTABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "customer": ("id", "object", "created", "email", "name", "phone", "address", "shipping",
+                 "preferred_locales", "description"),
+    "payment_methods": ("id", "object", "created", "type", "billing_details"),
+    "charges": ("id", "object", "created", "amount", "amount_refunded", "currency", "description", "status",
+                "paid", "refunded", "billing_details", "receipt_email", "shipping", "statement_descriptor"),
+    "subscriptions": ("id", "object", "created", "status", "start_date", "canceled_at", "ended_at",
+                      "cancel_at_period_end", "items", "plan", "quantity"),
+    "checkout_sessions": ("id", "object", "created", "amount_total", "currency", "status", "payment_status",
+                          "customer_details", "shipping_details", "collected_information", "line_items"),
+}
+
+# Optional endpoints: real Stripe has them, other servers (localstripe) may not.
+SEARCH = "customer search"
+PI_LIST = "payment intent listing by customer"
+SESSIONS = "checkout sessions"
+CUSTOMER_PMS = "/v1/customers/{id}/payment_methods"
+
+_CODE = re.compile(r"^[a-z0-9_.-]{1,80}$")
+_CURSOR_VERSION = 1
+
+
+def _variants(email: str) -> list[str]:
+    """The address as given, then lower-cased (Stripe's list filter is exact and case-sensitive)."""
+    return list(dict.fromkeys([email, email.lower()]))
+
+
+def _email_of(record: Mapping[str, Any]) -> str:
+    return str(record.get("email") or "").lower()
+
+
+def _created(record: Mapping[str, Any]) -> date:
+    return datetime.fromtimestamp(int(record.get("created") or 0), UTC).date()
+
+
+def _retry_after(headers: Any) -> float | None:
+    if not headers:
+        return None
+    value = None
+    for key in headers:
+        if str(key).lower() == "retry-after":
+            value = headers[key]
+            break
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One paginated listing of an export: a dataset, for one customer or one guest address variant."""
+
+    dataset: str
+    customer: str | None = None
+    variant: int | None = None  # index into _variants(subject.email): the cursor never holds the address
+
+
+@dataclass
+class _Page:
+    records: list[dict[str, Any]]  # what to keep (a guest listing leaves out located customers' sessions)
+    has_more: bool
+    last: str | None = None  # the id the next page starts after, kept or not
+    gone: bool = False  # the customer no longer exists (deleted since it was located)
+
+    @classmethod
+    def of(cls, result: Mapping[str, Any], keep: Callable[[dict[str, Any]], bool] = lambda r: True) -> _Page:
+        data: list[dict[str, Any]] = list(result.get("data") or [])
+        return cls([r for r in data if keep(r)], bool(result.get("has_more")) and bool(data),
+                   str(data[-1]["id"]) if data else None)
+
+
+class _Unsupported(Exception):  # internal control flow, never leaves the module
+    def __init__(self, feature: str, status: int | None) -> None:
+        super().__init__(feature)
+        self.feature = feature
+        self.status = status
+
+
+class StripeConnector:
+    """Customers, payments and payment methods in Stripe (or ``localstripe``), through the official SDK."""
+
+    def __init__(
+        self,
+        name: str = "stripe",
+        *,
+        api_key: str,
+        base_url: str = "https://api.stripe.com",
+        kinds: frozenset[RequestKind] = frozenset(RequestKind),
+        retention: Sequence[RetentionRule] = DEFAULT_RETENTION,
+        rate_limit: RateLimiter | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.kinds = frozenset(kinds)
+        self.retention = {rule.dataset: rule for rule in retention}
+        self.live = api_key.startswith(("sk_live_", "rk_live_"))
+        self._limiter = rate_limit
+        self._http = stripe.HTTPXClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": base_url.rstrip("/")},
+            http_client=self._http,
+            max_network_retries=0,
+        )
+        self._unsupported: set[str] = set()
+        # Without search, only a sandbox's customer list is small enough to scan (never real Stripe's).
+        self._scan_without_search = "api.stripe.com" not in base_url
+
+    # --- calls and errors ------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, params: Mapping[str, Any] | None = None, *,
+                       idempotency_key: str | None = None) -> dict[str, Any]:
+        """One call through the SDK's client, answered as plain JSON data (see the module's notes)."""
+        options = {"idempotency_key": idempotency_key} if idempotency_key else {}
+        response = await self._client.raw_request_async(method, path, **dict(params or {}), **options)
+        data = response.data
+        return data if isinstance(data, dict) else {}
+
+    async def _call(self, factory: Callable[[], Awaitable[T]], *, optional: str | None = None) -> T:
+        """One API call through the rate limiter, its errors turned into connector errors.
+
+        With ``optional`` (a feature name), a 400/404 means the server lacks the endpoint (or the
+        parameter): :class:`_Unsupported` is raised for the caller to note and skip.
+        """
+        return await self._call_or_missing(factory, optional=optional, missing_ok=False)  # type: ignore[return-value]
+
+    async def _call_or_missing(self, factory: Callable[[], Awaitable[T]], *, optional: str | None = None,
+                               missing_ok: bool = True) -> T | None:
+        """:meth:`_call`, answering None when the object is not there (404)."""
+        if optional is not None and optional in self._unsupported:
+            raise _Unsupported(optional, None)
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        try:
+            return await factory()
+        except stripe.StripeError as err:
+            if missing_ok and err.http_status == 404:
+                return None
+            if optional is not None and err.http_status in (400, 404):
+                if self._code(err) != "resource_missing":
+                    self._unsupported.add(optional)
+                raise _Unsupported(optional, err.http_status) from None
+            raise self._error(err) from None
+
+    @staticmethod
+    def _code(err: stripe.StripeError) -> str:
+        code = err.code
+        if not code and isinstance(err.json_body, dict):
+            error = err.json_body.get("error")
+            if isinstance(error, dict):
+                code = error.get("code") or error.get("type")
+        return code if isinstance(code, str) and _CODE.fullmatch(code) else ""
+
+    @staticmethod
+    def _headers(err: stripe.StripeError) -> Any:
+        if err.headers:
+            return err.headers
+        body = err.json_body
+        # The SDK (16.x) passes a non-JSON error's headers where the JSON body belongs.
+        if body is not None and not (isinstance(body, dict) and "error" in body):
+            return body
+        return None
+
+    def _error(self, err: stripe.StripeError) -> ConnectorError:
+        """The connector error for an SDK error: status and Stripe's code only, never its message."""
+        status = err.http_status
+        code = self._code(err)
+        if status is None:
+            if isinstance(err, stripe.AuthenticationError):  # e.g. no API key at all
+                return PermanentConnectorError(f"check the credentials of connector {self.name}")
+            return TransientConnectorError(f"{self.name}: connection failed ({type(err).__name__})")
+        detail = f"HTTP {status}" + (f" {code}" if code else "")
+        if status == 429 or isinstance(err, stripe.RateLimitError):
+            return TransientConnectorError(f"{self.name}: rate limited ({detail})",
+                                           retry_after=_retry_after(self._headers(err)))
+        if status >= 500 or status in (408, 409):
+            return TransientConnectorError(f"{self.name}: {detail}", retry_after=_retry_after(self._headers(err)))
+        if status in (401, 403):
+            return PermanentConnectorError(f"check the credentials of connector {self.name} ({detail})")
+        return PermanentConnectorError(f"{self.name}: request refused ({detail})")
+
+    @staticmethod
+    def _note_gone(notes: list[str], page: _Page) -> None:
+        note = "a customer was deleted in Stripe while this request ran: its records were skipped"
+        if page.gone and note not in notes:
+            notes.append(note)
+
+    def _note_unsupported(self, notes: list[str], feature: str) -> None:
+        note = f"{feature}: not supported by this server"
+        if note not in notes:
+            notes.append(note)
+
+    # --- finding the subject ---------------------------------------------------------------------
+
+    async def _find_customers(self, email: str, notes: list[str] | None = None) -> list[str]:
+        """Ids of the customers whose email matches ``email`` case-insensitively, in a stable order."""
+        notes = notes if notes is not None else []
+        wanted = email.lower()
+        found: dict[str, None] = {}
+        try:
+            found.update(dict.fromkeys(await self._search_customers(email)))
+        except _Unsupported:
+            self._note_unsupported(notes, SEARCH)
+            if self._scan_without_search:
+                found.update(dict.fromkeys(await self._scan_customers(wanted)))
+                return list(found)
+        for variant in _variants(email):
+            after: str | None = None
+            while True:
+                params: dict[str, Any] = {"email": variant, "limit": PAGE}
+                if after:
+                    params["starting_after"] = after
+                page = _Page.of(await self._call(lambda p=params: self._request("get", "/v1/customers", p)),
+                                lambda c: _email_of(c) == wanted)
+                found.update(dict.fromkeys(c["id"] for c in page.records))
+                if not page.has_more or page.last == after:
+                    break
+                after = page.last
+        return list(found)
+
+    async def _search_customers(self, email: str) -> list[str]:
+        quoted = email.replace("\\", "\\\\").replace("'", "\\'")
+        wanted = email.lower()
+        ids: list[str] = []
+        page_token: str | None = None
+        while True:
+            params: dict[str, Any] = {"query": f"email:'{quoted}'", "limit": PAGE}
+            if page_token:
+                params["page"] = page_token
+            result = await self._call(lambda p=params: self._request("get", "/v1/customers/search", p),
+                                      optional=SEARCH)
+            ids += [c["id"] for c in result.get("data") or [] if _email_of(c) == wanted]
+            page_token = result.get("next_page")
+            if not result.get("has_more") or not page_token:
+                return ids
+
+    async def _scan_customers(self, wanted: str) -> list[str]:
+        """Every customer, filtered on the client: only for servers without search (sandboxes)."""
+        ids: list[str] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": PAGE}
+            if after:
+                params["starting_after"] = after
+            page = _Page.of(await self._call(lambda p=params: self._request("get", "/v1/customers", p)),
+                            lambda c: _email_of(c) == wanted)
+            ids += [c["id"] for c in page.records]
+            if not page.has_more or page.last == after:
+                return ids
+            after = page.last
+
+    async def _all(self, step: _Step, email: str, customers: Sequence[str],
+                   notes: list[str]) -> list[dict[str, Any]]:
+        """Every record of one listing (erasure needs ids and dates, not a stream)."""
+        records: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            try:
+                page = await self._page(step, after, email, customers)
+            except _Unsupported as gap:
+                self._note_unsupported(notes, gap.feature)
+                return records
+            records += page.records
+            self._note_gone(notes, page)
+            if not page.has_more or page.last is None or page.last == after:
+                return records
+            after = page.last
+
+    async def _guest_sessions(self, email: str, customers: Sequence[str],
+                              notes: list[str]) -> list[dict[str, Any]]:
+        sessions: list[dict[str, Any]] = []
+        for i in range(len(_variants(email))):
+            sessions += await self._all(_Step("checkout_sessions", variant=i), email, customers, notes)
+        return sessions
+
+    async def check(self) -> str:
+        await self._call(lambda: self._request("get", "/v1/customers", {"limit": 1}))
+        return "auth OK (live mode)" if self.live else "auth OK"
+
+    async def locate(self, subject: Subject) -> list[Located]:
+        notes: list[str] = []
+        customers = await self._find_customers(subject.email, notes)
+        located = [Located("customer", cid) for cid in customers]
+        located += [Located("checkout_sessions", s["id"])
+                    for s in await self._guest_sessions(subject.email, customers, notes)]
+        return located
+
+    # --- one page of one listing -----------------------------------------------------------------
+
+    async def _page(self, step: _Step, after: str | None, email: str, customers: Sequence[str]) -> _Page:
+        params: dict[str, Any] = {"limit": PAGE}
+        if after:
+            params["starting_after"] = after
+        cid = step.customer
+
+        async def get(path: str, extra: Mapping[str, Any], optional: str | None = None) -> dict[str, Any] | None:
+            def call() -> Awaitable[dict[str, Any]]:
+                return self._request("get", path, {**params, **extra})
+
+            if optional is not None:
+                return await self._call(call, optional=optional)
+            return await self._call_or_missing(call)  # 404: the customer was deleted since it was located
+
+        match step.dataset:
+            case "customer":
+                record = await self._call_or_missing(lambda: self._request("get", f"/v1/customers/{cid}"))
+                if record is None or record.get("deleted"):
+                    return _Page([], False, gone=True)
+                return _Page([record], False)
+            case "charges":
+                result = await get("/v1/charges", {"customer": cid})
+            case "payment_intents":
+                result = await get("/v1/payment_intents", {"customer": cid}, PI_LIST)
+            case "invoices":
+                result = await get("/v1/invoices", {"customer": cid})
+            case "subscriptions":
+                result = await get("/v1/subscriptions", {"customer": cid, "status": "all"})
+            case "payment_methods":
+                try:  # every type of payment method (real Stripe)
+                    result = await get(f"/v1/customers/{cid}/payment_methods", {}, CUSTOMER_PMS)
+                except _Unsupported:  # localstripe: the older listing, cards only
+                    result = await get("/v1/payment_methods", {"customer": cid, "type": "card"})
+            case "checkout_sessions" if cid is not None:
+                result = await get("/v1/checkout/sessions", {"customer": cid}, SESSIONS)
+            case "checkout_sessions":  # guest pass: sessions of located customers were listed with them
+                assert step.variant is not None
+                result = await get("/v1/checkout/sessions",
+                                   {"customer_details": {"email": _variants(email)[step.variant]}}, SESSIONS)
+                assert result is not None
+                return _Page.of(result, lambda r: r.get("customer") not in customers)
+            case _:  # pragma: no cover - the plan only has the datasets above
+                raise ValueError(step.dataset)
+        return _Page([], False, gone=True) if result is None else _Page.of(result)
+
+    # --- export ----------------------------------------------------------------------------------
+
+    def _plan(self, customers: Sequence[str], email: str, provided_only: bool) -> list[_Step]:
+        wanted = [d for d in DATASETS if not provided_only or d in PROVIDED]
+        steps = [_Step(d, customer=cid) for cid in customers for d in wanted]
+        if "checkout_sessions" in wanted:
+            steps += [_Step("checkout_sessions", variant=i) for i in range(len(_variants(email)))]
+        return steps
+
+    @staticmethod
+    def _resumable(resume: Mapping[str, Any] | None, provided_only: bool) -> Mapping[str, Any] | None:
+        if not resume or resume.get("v") != _CURSOR_VERSION or resume.get("provided_only") != provided_only:
+            return None
+        if not isinstance(resume.get("customers"), list) or not isinstance(resume.get("written"), dict):
+            return None
+        return resume
+
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        notes: list[str] = []
+        email = job.subject.email
+        resume = self._resumable(job.resume, job.provided_only)
+        if resume is not None:
+            customers = [str(c) for c in resume["customers"]]
+        else:
+            customers = await self._find_customers(email, notes)
+        steps = self._plan(customers, email, job.provided_only)
+        datasets = [d for d in DATASETS if not job.provided_only or d in PROVIDED]
+        writers: dict[str, DatasetWriter] = {}
+        try:
+            for dataset in datasets:
+                writers[dataset] = job.sink.open(self.name, dataset, provided=dataset in PROVIDED)
+            step_index, after, written = 0, None, {}
+            if resume is not None:
+                written = {str(k): int(v) for k, v in resume["written"].items()}
+                if all(writers[d].count >= written.get(d, 0) for d in datasets):
+                    step_index, after = int(resume.get("step", 0)), resume.get("after")
+                else:  # records checkpointed but lost (e.g. an unflushed file): start over, exactly once
+                    written = {}
+                    notes.append("the previous attempt's export was incomplete: exported again from the start")
+            for dataset in datasets:  # drop what was written after the last checkpoint (all of it, fresh)
+                writers[dataset].truncate(written.get(dataset, 0))
+
+            def checkpoint(written_to: DatasetWriter) -> None:
+                flush = getattr(written_to, "flush", None)  # the export store's files: to disk first
+                if callable(flush):
+                    flush()
+                job.checkpoint({
+                    "v": _CURSOR_VERSION, "provided_only": job.provided_only, "customers": customers,
+                    "step": step_index, "after": after, "written": {d: w.count for d, w in writers.items()},
+                })
+
+            while step_index < len(steps):
+                step = steps[step_index]
+                try:
+                    page = await self._page(step, after, email, customers)
+                except _Unsupported as gap:
+                    self._note_unsupported(notes, gap.feature)
+                    page = _Page([], False)
+                self._note_gone(notes, page)
+                writer = writers[step.dataset]
+                for record in page.records:
+                    writer.write(self._project(step.dataset, record) if job.provided_only else record)
+                if page.has_more and page.last is not None and page.last != after:
+                    after = page.last
+                else:
+                    step_index, after = step_index + 1, None
+                checkpoint(writer)
+            summaries = [DatasetSummary(d, writers[d].count, provided=d in PROVIDED) for d in datasets]
+        finally:
+            for writer in writers.values():
+                writer.close()
+        total = sum(s.records for s in summaries)
+        return ConnectorOutcome(connector=self.name, found=total, counts={"exported": total}, notes=notes,
+                                datasets=summaries)
+
+    @staticmethod
+    def _project(dataset: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        fields = PORTABLE_FIELDS.get(dataset)
+        if fields is None:
+            return dict(record)
+        projected = {k: record[k] for k in fields if k in record}
+        if dataset == "payment_methods" and isinstance(record.get("card"), Mapping):
+            card = record["card"]
+            projected["card"] = {k: card.get(k) for k in ("brand", "last4", "exp_month", "exp_year")}
+        return projected
+
+    # --- erasure ---------------------------------------------------------------------------------
+
+    def _kept(self, dataset: str, record: Mapping[str, Any], note: str) -> RecordReport:
+        rule = self.retention.get(dataset)
+        if rule is not None:
+            return RecordReport(dataset, str(record["id"]), RecordAction.RETAINED, legal_basis=rule.legal_basis,
+                                retained_until=rule.until(_created(record)))
+        return RecordReport(dataset, str(record["id"]), RecordAction.RESIDUAL, note=note)
+
+    @staticmethod
+    def _key(job: OperationJob, operation: str, customer: str, payload: Mapping[str, Any] | None = None) -> str:
+        key = f"{job.request_id}:{operation}:{customer}"
+        if payload:  # a different payload under the same key would be refused by Stripe
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+            key += f":{digest[:16]}"
+        return key[:255]
+
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        notes: list[str] = []
+        email = job.subject.email
+        customers = await self._find_customers(email, notes)
+        report: list[RecordReport] = []
+        for cid in customers:
+            # Listed first: once the customer is deleted its records can no longer be listed by customer
+            # on every server (localstripe answers 404).
+            payments = {d: await self._all(_Step(d, customer=cid), email, customers, notes)
+                        for d in ("charges", "invoices", "payment_intents")}
+            if PI_LIST in self._unsupported:  # the server cannot list them: those the charges name
+                payments["payment_intents"] = list({
+                    c["payment_intent"]: {"id": c["payment_intent"], "created": c.get("created")}
+                    for c in payments["charges"] if c.get("payment_intent")}.values())
+            for dataset, records in payments.items():
+                report += [self._kept(dataset, r, "Stripe keeps payment records; not deletable via API")
+                           for r in records]
+            for record in await self._all(_Step("checkout_sessions", customer=cid), email, customers, notes):
+                report.append(self._kept("checkout_sessions", record,
+                                         "Checkout Sessions cannot be deleted through the Stripe API"))
+            for record in await self._all(_Step("subscriptions", customer=cid), email, customers, notes):
+                report.append(self._kept("subscriptions", record,
+                                         "cancelled with the customer; the cancelled record stays in Stripe"))
+            methods = await self._all(_Step("payment_methods", customer=cid), email, customers, notes)
+            report.append(await self._delete_customer(job, cid))
+            gone = report[-1].action == RecordAction.ALREADY_GONE
+            report += [RecordReport("payment_methods", str(m["id"]),
+                                    RecordAction.ALREADY_GONE if gone else RecordAction.DELETED,
+                                    note="removed with the customer") for m in methods]
+        for session in await self._guest_sessions(email, customers, notes):
+            report.append(self._kept("checkout_sessions", session,
+                                     "guest Checkout Session: cannot be deleted through the Stripe API"))
+        if not customers:
+            report.append(RecordReport("customer", "-", RecordAction.ALREADY_GONE,
+                                       note="no customer with this email address (already erased or never created)"))
+        counts: dict[str, int] = {}
+        for line in report:
+            counts[line.action.value] = counts.get(line.action.value, 0) + 1
+        found = sum(1 for line in report if line.record_id != "-")
+        return ConnectorOutcome(connector=self.name, found=found, counts=counts, notes=notes, report=report)
+
+    async def _delete_customer(self, job: OperationJob, cid: str) -> RecordReport:
+        key = self._key(job, "erase", cid)
+        result = await self._call_or_missing(
+            lambda: self._request("delete", f"/v1/customers/{cid}", idempotency_key=key))
+        if result is None:  # localstripe after a deletion; real Stripe: deleted by someone else since
+            return RecordReport("customer", cid, RecordAction.ALREADY_GONE)
+        if not result.get("deleted"):
+            raise PermanentConnectorError(f"{self.name}: customer deletion was not confirmed")
+        return RecordReport("customer", cid, RecordAction.DELETED,
+                            note="subscriptions cancelled and payment methods removed by Stripe")
+
+    # --- rectification ---------------------------------------------------------------------------
+
+    async def rectify(self, job: OperationJob) -> ConnectorOutcome:
+        unknown = sorted(set(job.changes) - CANONICAL_FIELDS)
+        if unknown:
+            raise PermanentConnectorError(f"{self.name}: cannot rectify unknown field(s) {', '.join(unknown)}")
+        notes: list[str] = []
+        customers = await self._find_customers(job.subject.email, notes)
+        new_email = job.changes.get("email")
+        if new_email and new_email.lower() != job.subject.email.lower():
+            # A retry after the email itself was changed finds the customer under the new address.
+            customers += [c for c in await self._find_customers(new_email, notes) if c not in customers]
+        report: list[RecordReport] = []
+        for cid in customers:
+            customer = await self._call_or_missing(lambda c=cid: self._request("get", f"/v1/customers/{c}"))
+            if customer is None or customer.get("deleted"):
+                continue
+            payload, fields = _rectification(customer, job.changes)
+            if not payload:
+                report.append(RecordReport("customer", cid, RecordAction.UNCHANGED))
+                continue
+            key = self._key(job, "rectify", cid, payload)
+            await self._call(lambda c=cid, p=payload, k=key: self._request("post", f"/v1/customers/{c}", p,
+                                                                            idempotency_key=k))
+            report.append(RecordReport("customer", cid, RecordAction.CHANGED, fields=fields))
+        if not customers:
+            notes.append("no customer with this email address")
+        counts: dict[str, int] = {}
+        for line in report:
+            counts[line.action.value] = counts.get(line.action.value, 0) + 1
+        return ConnectorOutcome(connector=self.name, found=len(report), counts=counts, notes=notes, report=report)
+
+    async def aclose(self) -> None:
+        await self._http.close_async()
+
+
+_ADDRESS = {"address_line1": "line1", "address_line2": "line2", "city": "city", "postcode": "postal_code",
+            "state": "state", "country": "country"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (a or "") == (b or "")
+
+
+def _rectification(customer: Mapping[str, Any], changes: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The update for one customer (only fields that differ) and the canonical fields it changes.
+
+    Stripe has one ``name``: it is split at the first space into first and last name. The shipping
+    contact follows the customer's name, phone and address where it was the same before.
+    """
+    payload: dict[str, Any] = {}
+    fields: list[str] = []
+    old_name = customer.get("name") or ""
+    first, _, last = old_name.partition(" ")
+    new_first, new_last = changes.get("first_name", first), changes.get("last_name", last)
+    fields += [f for f, old, new in (("first_name", first, new_first), ("last_name", last, new_last))
+               if f in changes and not _same(old, new)]
+    new_name = " ".join(p for p in (new_first, new_last) if p)
+    if not _same(new_name, old_name):
+        payload["name"] = new_name
+    for canonical in ("email", "phone"):
+        if canonical in changes and not _same(changes[canonical], customer.get(canonical)):
+            payload[canonical] = changes[canonical]
+            fields.append(canonical)
+    old_address = {k: v for k, v in (customer.get("address") or {}).items() if v is not None}
+    new_address = dict(old_address)
+    for canonical, key in _ADDRESS.items():
+        if canonical in changes and not _same(changes[canonical], old_address.get(key)):
+            new_address[key] = changes[canonical]
+            fields.append(canonical)
+    if new_address != old_address:
+        payload["address"] = new_address
+    shipping = customer.get("shipping")
+    if isinstance(shipping, Mapping) and payload:
+        ship_address = {k: v for k, v in (shipping.get("address") or {}).items() if v is not None}
+        new_shipping = {"name": shipping.get("name") or "", "phone": shipping.get("phone") or "",
+                        "address": ship_address}
+        if "name" in payload and _same(shipping.get("name"), old_name):
+            new_shipping["name"] = payload["name"]
+        if "phone" in payload and _same(shipping.get("phone"), customer.get("phone")):
+            new_shipping["phone"] = payload["phone"]
+        if "address" in payload and ship_address == old_address:
+            new_shipping["address"] = new_address
+        if (new_shipping["name"], new_shipping["phone"], new_shipping["address"]) != (
+                shipping.get("name") or "", shipping.get("phone") or "", ship_address):
+            payload["shipping"] = {k: v for k, v in new_shipping.items() if v or k == "name"}
+    return payload, fields
+
+
+__all__ = ["DEFAULT_RETENTION", "LEGAL_BASIS", "StripeConnector"]

@@ -1,0 +1,516 @@
+"""The Stripe connector over real HTTP: against localstripe (started on 127.0.0.1 by sandbox.stripe) for
+access, portability, erasure and verification, rectification; against tiny local servers for what
+localstripe cannot do (429/5xx, Stripe's search and Checkout Sessions)."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connectors.base import (
+    Connector,
+    ExportJob,
+    OperationJob,
+    PermanentConnectorError,
+    RetentionRule,
+    TransientConnectorError,
+    unexpected_remains,
+)
+from connectors.http import RateLimiter
+from connectors.stripe import LEGAL_BASIS, StripeConnector
+from dsr.codec_server import serve_codec
+from dsr.exports import ExportStore
+from dsr.model import RecordAction, Subject
+from sandbox.stripe import LocalStripe, seed_customer
+from tests.harness import TEST_KEYRING, free_port
+
+STORE = ExportStore(Path(tempfile.mkdtemp(prefix="dsr-stripe-exports-")), TEST_KEYRING)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalStripe]:
+    with LocalStripe().start() as running:  # ephemeral, 127.0.0.1 only
+        yield running
+
+
+@pytest.fixture
+async def stripe_(server: LocalStripe) -> AsyncIterator[StripeConnector]:
+    connector = StripeConnector(api_key=server.api_key, base_url=server.url, rate_limit=RateLimiter(1000, 1.0))
+    yield connector
+    await connector.aclose()
+
+
+def unique_email(local: str = "Lea.Petit") -> str:
+    return f"{local}+{uuid.uuid4().hex[:10]}@Example.org"
+
+
+def request_id() -> str:
+    return f"dsr-2026-11-{uuid.uuid4().hex[:6]}"
+
+
+def api(server: LocalStripe) -> httpx.Client:
+    return httpx.Client(base_url=server.url, auth=(server.api_key, ""), timeout=10)
+
+
+def charge_ids(server: LocalStripe, customer: str) -> list[str]:
+    ids: list[str] = []
+    after: str | None = None
+    with api(server) as client:
+        while True:
+            params = {"customer": customer, "limit": 100, **({"starting_after": after} if after else {})}
+            page = client.get("/v1/charges", params=params).json()
+            ids += [c["id"] for c in page["data"]]
+            if not page["has_more"]:
+                return ids
+            after = ids[-1]
+
+
+def test_implements_the_connector_protocol() -> None:
+    assert isinstance(StripeConnector(api_key="sk_test_x", base_url="http://127.0.0.1:1"), Connector)
+
+
+async def test_check_reports_auth_ok(stripe_: StripeConnector) -> None:
+    assert await stripe_.check() == "auth OK"
+
+
+async def test_wrong_api_key_asks_to_check_the_credentials(server: LocalStripe) -> None:
+    connector = StripeConnector("stripe-eu", api_key="not-a-secret-key", base_url=server.url)
+    try:
+        with pytest.raises(PermanentConnectorError, match="check the credentials of connector stripe-eu"):
+            await connector.check()
+        with pytest.raises(PermanentConnectorError, match="check the credentials"):
+            await connector.locate(Subject(email="lea@example.org"))
+    finally:
+        await connector.aclose()
+
+
+# --- locate ---------------------------------------------------------------------------------------
+
+
+async def test_locate_matches_the_email_case_insensitively(server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()  # stored with capitals
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit")
+    await seed_customer(server.url, server.api_key, email=unique_email("someone.else"), name="Other")
+    for written in (email, email.lower(), email.upper()):
+        located = await stripe_.locate(Subject(email=written))
+        assert [(loc.dataset, loc.record_id) for loc in located] == [("customer", customer)]
+
+
+async def test_without_search_the_exact_filter_is_tried_as_given_and_lower_cased(
+        server: LocalStripe, stripe_: StripeConnector) -> None:
+    # What remains against real Stripe if search is refused: exact lookups, as given and lower-cased.
+    stripe_._scan_without_search = False
+    email = unique_email().lower()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Lower Case")
+    assert [loc.record_id for loc in await stripe_.locate(Subject(email=email.upper()))] == [customer]
+    assert [loc.record_id for loc in await stripe_.locate(Subject(email=email))] == [customer]
+
+
+async def test_locate_finds_nothing_for_an_unknown_address(stripe_: StripeConnector) -> None:
+    assert await stripe_.locate(Subject(email=unique_email("nobody"))) == []
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+async def test_export_streams_every_record_once_into_the_encrypted_store(
+        server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250,
+                                   subscription=True)
+    rid = request_id()
+    cursors: list[Mapping[str, Any]] = []
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email.lower()), STORE.for_request(rid),
+                                             checkpoint=cursors.append))
+    expected = charge_ids(server, customer)
+    assert len(expected) == 251  # 250 and the subscription's first invoice
+    exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
+    assert sorted(exported) == sorted(expected) and len(set(exported)) == 251
+    by_name = {d.dataset: d for d in outcome.datasets}
+    assert {name: d.records for name, d in by_name.items()} == {
+        "customer": 1, "charges": 251, "payment_intents": 0, "invoices": 1, "subscriptions": 1,
+        "payment_methods": 1, "checkout_sessions": 0,
+    }
+    assert by_name["customer"].provided and by_name["payment_methods"].provided
+    assert not by_name["invoices"].provided and not by_name["payment_intents"].provided
+    assert outcome.counts == {"exported": 255}
+    # localstripe's gaps are noted, not fatal, and name no one
+    assert "payment intent listing by customer: not supported by this server" in outcome.notes
+    assert "checkout sessions: not supported by this server" in outcome.notes
+    assert not any("@" in note for note in outcome.notes)
+    [record] = STORE.read(rid, "stripe", "customer")
+    assert record["id"] == customer and record["shipping"]["address"]["city"] == "Lyon"
+    # a checkpoint after every page, holding ids and counts only
+    assert len(cursors) >= 4 and cursors[-1]["written"]["charges"] == 251
+    assert email.lower() not in repr(cursors).lower()
+    raw = (STORE.folder(rid) / "stripe" / "customer.jsonl.enc").read_bytes()
+    assert b"Lea.Petit" not in raw and b"Lyon" not in raw
+
+
+async def test_a_crashed_export_resumes_without_duplicates(server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250)
+    rid = request_id()
+    cursors: list[Mapping[str, Any]] = []
+
+    def dies_after_the_second_charges_page(cursor: Mapping[str, Any]) -> None:
+        cursors.append(dict(cursor))
+        if cursor["written"].get("charges", 0) >= 200:
+            raise RuntimeError("worker killed")
+
+    with pytest.raises(RuntimeError, match="worker killed"):
+        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid),
+                                       checkpoint=dies_after_the_second_charges_page))
+    # The heartbeat of the last page never reached Temporal: resume from the one before it, whose
+    # 100 charges are followed in the file by 100 more the retry must drop.
+    last_heartbeat = cursors[-2]
+    assert last_heartbeat["written"]["charges"] == 100
+    assert sum(1 for _ in STORE.read(rid, "stripe", "charges")) == 200
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid),
+                                             resume=last_heartbeat))
+    exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
+    assert len(exported) == len(set(exported)) == 250
+    assert set(exported) == set(charge_ids(server, customer))
+    assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]
+    assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 250
+
+
+async def test_a_fresh_export_replaces_what_a_crashed_attempt_left(
+        server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=120)
+    rid = request_id()
+
+    def dies(cursor: Mapping[str, Any]) -> None:
+        if cursor["written"].get("charges"):
+            raise RuntimeError("worker killed")
+
+    with pytest.raises(RuntimeError):
+        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), checkpoint=dies))
+    await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid)))  # no cursor survived
+    exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
+    assert len(exported) == len(set(exported)) == 120
+
+
+async def test_a_customer_deleted_before_a_resumed_export_is_skipped_with_a_note(
+        server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=3)
+    with api(server) as client:
+        assert client.delete(f"/v1/customers/{customer}").status_code == 200
+    rid = request_id()
+    cursor = {"v": 1, "provided_only": False, "customers": [customer], "step": 0, "after": None, "written": {}}
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), resume=cursor))
+    assert outcome.counts == {"exported": 0}
+    assert any("deleted in Stripe while this request ran" in note for note in outcome.notes)
+
+
+async def test_portability_exports_what_the_subject_provided(server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=3, subscription=True)
+    rid = request_id()
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), provided_only=True))
+    assert {d.dataset for d in outcome.datasets} == {
+        "customer", "charges", "subscriptions", "payment_methods", "checkout_sessions"}
+    assert all(d.provided for d in outcome.datasets)
+    [method] = STORE.read(rid, "stripe", "payment_methods")
+    assert method["billing_details"]["address"]["city"] == "Lyon" and method["card"]["last4"] == "4242"
+    charge = next(iter(STORE.read(rid, "stripe", "charges")))
+    assert {"amount", "currency", "created"} <= set(charge)
+    assert not {"balance_transaction", "outcome", "fraud_details", "payment_method"} & set(charge)
+    [customer] = STORE.read(rid, "stripe", "customer")
+    assert customer["email"] == email and "metadata" not in customer
+
+
+# --- erase and verify -------------------------------------------------------------------------------
+
+
+async def test_erase_deletes_the_customer_and_retains_payments_with_their_legal_basis(
+        server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=12,
+                                   subscription=True)
+    with api(server) as client:
+        charges = {c["id"]: c["created"] for c in
+                   client.get("/v1/charges", params={"customer": customer, "limit": 100}).json()["data"]}
+    sent: list[tuple[str, str, str | None]] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append((request.method, request.url.path, request.headers.get("Idempotency-Key")))
+
+    stripe_._http._client_async.event_hooks["request"].append(record)
+    rid = request_id()
+    subject = Subject(email=email.lower())
+    outcome = await stripe_.erase(OperationJob(rid, subject))
+
+    by_dataset: dict[str, list] = {}
+    for line in outcome.report:
+        by_dataset.setdefault(line.dataset, []).append(line)
+    assert [(r.record_id, r.action) for r in by_dataset["customer"]] == [(customer, RecordAction.DELETED)]
+    retained = {r.record_id: r for r in by_dataset["charges"]}
+    assert set(retained) == set(charges) and len(charges) == 13
+    for charge_id, created in charges.items():
+        line = retained[charge_id]
+        assert line.action == RecordAction.RETAINED and line.legal_basis == LEGAL_BASIS
+        day = datetime.fromtimestamp(created, UTC).date()
+        assert line.retained_until == day.replace(year=day.year + 10)
+    assert [r.action for r in by_dataset["invoices"]] == [RecordAction.RETAINED]
+    # localstripe cannot list payment intents by customer: those the charges name are reported
+    assert by_dataset["payment_intents"] and all(r.action == RecordAction.RETAINED
+                                                 for r in by_dataset["payment_intents"])
+    assert [r.action for r in by_dataset["payment_methods"]] == [RecordAction.DELETED]
+    assert [r.action for r in by_dataset["subscriptions"]] == [RecordAction.RESIDUAL]
+    assert outcome.counts["deleted"] == 2 and outcome.counts["retained"] == 13 + 1 + len(by_dataset["payment_intents"])
+    # the deletion carries an idempotency key derived from the request, operation and customer
+    assert ("DELETE", f"/v1/customers/{customer}", f"{rid}:erase:{customer}") in sent
+    # verification: nothing is found again but what the report declares kept
+    found_again = await stripe_.locate(subject)
+    assert found_again == [] and unexpected_remains(outcome, found_again) == []
+    with api(server) as client:
+        assert client.get(f"/v1/customers/{customer}").status_code == 404  # localstripe: gone (Stripe: deleted)
+        assert client.get(f"/v1/charges/{next(iter(charges))}").status_code == 200  # the charge is kept
+
+
+async def test_a_repeated_erase_is_already_done(server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=1)
+    rid = request_id()
+    await stripe_.erase(OperationJob(rid, Subject(email=email)))
+    again = await stripe_.erase(OperationJob(rid, Subject(email=email)))
+    assert [(r.dataset, r.action) for r in again.report] == [("customer", RecordAction.ALREADY_GONE)]
+    assert again.counts == {"already_gone": 1} and again.found == 0
+
+
+async def test_a_customer_deleted_meanwhile_is_already_gone(server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit")
+    job = OperationJob(request_id(), Subject(email=email))
+    with api(server) as client:
+        assert client.delete(f"/v1/customers/{customer}").status_code == 200
+    line = await stripe_._delete_customer(job, customer)  # between locating and deleting
+    assert (line.record_id, line.action) == (customer, RecordAction.ALREADY_GONE)
+
+
+async def test_retention_rules_are_configuration(server: LocalStripe) -> None:
+    connector = StripeConnector(api_key=server.api_key, base_url=server.url,
+                                retention=(RetentionRule("charges", "Art. 17(3)(e) GDPR: legal claims", 5),))
+    email = unique_email()
+    try:
+        await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=2)
+        outcome = await connector.erase(OperationJob(request_id(), Subject(email=email)))
+    finally:
+        await connector.aclose()
+    charges = [r for r in outcome.report if r.dataset == "charges"]
+    assert len(charges) == 2 and all(r.legal_basis == "Art. 17(3)(e) GDPR: legal claims" for r in charges)
+    assert all(r.retained_until is not None and r.retained_until.year == datetime.now(UTC).year + 5
+               for r in charges)
+    assert all(r.action == RecordAction.RESIDUAL and r.note  # no rule: reported, not hidden
+               for r in outcome.report if r.dataset == "payment_intents")
+
+
+# --- rectify --------------------------------------------------------------------------------------
+
+
+async def test_rectify_changes_only_what_differs(server: LocalStripe, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", phone="+33611111111")
+    rid = request_id()
+    changes = {"last_name": "Martin", "first_name": "Léa", "city": "Paris", "postcode": "75011",
+               "phone": "+33611111111"}
+    keys: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        if request.method == "POST":
+            keys.append(request.headers.get("Idempotency-Key", ""))
+
+    stripe_._http._client_async.event_hooks["request"].append(record)
+    outcome = await stripe_.rectify(OperationJob(rid, Subject(email=email), changes))
+    assert len(keys) == 1 and keys[0].startswith(f"{rid}:rectify:{customer}:")
+    [line] = outcome.report
+    assert (line.record_id, line.action) == (customer, RecordAction.CHANGED)
+    assert line.fields == ["last_name", "city", "postcode"]  # first name and phone were already right
+    with api(server) as client:
+        record = client.get(f"/v1/customers/{customer}").json()
+    assert record["name"] == "Léa Martin" and record["phone"] == "+33611111111"
+    assert record["address"] == {"line1": "12 rue des Lilas", "city": "Paris", "postal_code": "75011",
+                                 "country": "FR"}
+    assert record["shipping"]["name"] == "Léa Martin" and record["shipping"]["address"]["city"] == "Paris"
+    again = await stripe_.rectify(OperationJob(rid, Subject(email=email), changes))
+    assert [r.action for r in again.report] == [RecordAction.UNCHANGED] and again.counts == {"unchanged": 1}
+    assert len(keys) == 1  # nothing sent the second time
+
+
+async def test_rectifying_the_email_is_idempotent(server: LocalStripe, stripe_: StripeConnector) -> None:
+    email, new_email = unique_email(), unique_email("lea.martin").lower()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit")
+    job = OperationJob(request_id(), Subject(email=email), {"email": new_email})
+    first = await stripe_.rectify(job)
+    assert [(r.action, r.fields) for r in first.report] == [(RecordAction.CHANGED, ["email"])]
+    again = await stripe_.rectify(job)  # a retry: the old address finds nothing any more, the new one does
+    assert [(r.record_id, r.action) for r in again.report] == [(customer, RecordAction.UNCHANGED)]
+
+
+async def test_rectify_refuses_unknown_fields(stripe_: StripeConnector) -> None:
+    with pytest.raises(PermanentConnectorError, match="unknown field"):
+        await stripe_.rectify(OperationJob(request_id(), Subject(email="lea@example.org"), {"iban": "FR76"}))
+
+
+# --- what localstripe cannot do: faults, search, Checkout Sessions ------------------------------------
+
+
+def stripe_error(status: int, code: str | None, *, headers: Mapping[str, str] | None = None) -> Response:
+    error: dict[str, Any] = {"type": "invalid_request_error",
+                             "message": "No such customer: lea.petit@example.org"}  # Stripe echoes input
+    if code:
+        error["code"] = code
+    return JSONResponse({"error": error}, status_code=status, headers=dict(headers or {}))
+
+
+class Scripted:
+    """A tiny server on 127.0.0.1: each request takes the next scripted answer."""
+
+    def __init__(self, *answers: Callable[[Request], Response]) -> None:
+        self.answers = list(answers)
+        self.requests: list[Request] = []
+
+    async def handle(self, request: Request) -> Response:
+        self.requests.append(request)
+        return self.answers.pop(0)(request)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "DELETE"])])
+
+
+class CountingLimiter(RateLimiter):
+    def __init__(self) -> None:
+        super().__init__(100, 1.0)
+        self.acquired = 0
+
+    async def acquire(self) -> None:
+        self.acquired += 1
+        await super().acquire()
+
+
+async def scripted_connector(script: Scripted) -> tuple[Any, StripeConnector, CountingLimiter]:
+    running = await serve_codec(script.app(), port=0)
+    limiter = CountingLimiter()
+    return running, StripeConnector("stripe-eu", api_key="sk_test_x", base_url=running.url, rate_limit=limiter), limiter
+
+
+@pytest.mark.parametrize(("answer", "retry_after"), [
+    (lambda r: stripe_error(429, "rate_limit", headers={"Retry-After": "7"}), 7.0),
+    (lambda r: Response("Too Many Requests", status_code=429, headers={"Retry-After": "3"}), 3.0),
+    (lambda r: stripe_error(503, None), None),
+    (lambda r: Response("upstream down", status_code=502), None),
+    (lambda r: stripe_error(409, "lock_timeout"), None),
+])
+async def test_rate_limits_and_server_errors_are_transient(answer: Callable, retry_after: float | None) -> None:
+    script = Scripted(answer)
+    running, connector, limiter = await scripted_connector(script)
+    try:
+        with pytest.raises(TransientConnectorError) as raised:
+            await connector.check()
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert raised.value.retry_after == retry_after
+    assert len(script.requests) == 1 and limiter.acquired == 1  # no retry by the SDK: Temporal owns retrying
+    assert "lea.petit" not in str(raised.value)
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (lambda r: stripe_error(401, None), "check the credentials of connector stripe-eu (HTTP 401"),
+    (lambda r: stripe_error(403, "secret_key_required"), "check the credentials of connector stripe-eu"),
+    (lambda r: stripe_error(400, "parameter_invalid_empty"), "stripe-eu: request refused (HTTP 400 parameter_inv"),
+    (lambda r: stripe_error(404, "resource_missing"), "stripe-eu: request refused (HTTP 404 resource_missing)"),
+])
+async def test_refusals_are_permanent_and_quote_only_the_stripe_code(answer: Callable, message: str) -> None:
+    running, connector, _ = await scripted_connector(Scripted(answer))
+    try:
+        with pytest.raises(PermanentConnectorError) as raised:
+            await connector.check()
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert str(raised.value).startswith(message)
+    assert "lea.petit" not in str(raised.value) and "No such" not in str(raised.value)
+
+
+async def test_an_unreachable_server_is_transient() -> None:
+    connector = StripeConnector(api_key="sk_test_x", base_url=f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(TransientConnectorError, match="connection failed"):
+            await connector.check()
+    finally:
+        await connector.aclose()
+
+
+async def test_a_server_error_in_the_middle_of_an_export_is_transient(
+        server: LocalStripe, stripe_: StripeConnector) -> None:
+    # An export interrupted by a 503 raises transiently; its checkpoints let the retry resume.
+    email = unique_email()
+    await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=150)
+    rid = request_id()
+    cursors: list[Mapping[str, Any]] = []
+    calls = 0
+
+    async def fail_the_second_charges_page(request: httpx.Request) -> None:
+        nonlocal calls
+        if request.url.path == "/v1/charges" and "starting_after" in request.url.params:
+            calls += 1
+            if calls == 1:
+                raise httpx.ConnectError("connection reset by peer")
+
+    stripe_._http._client_async.event_hooks["request"].append(fail_the_second_charges_page)
+    with pytest.raises(TransientConnectorError):
+        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), checkpoint=cursors.append))
+    await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), resume=cursors[-1]))
+    exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
+    assert len(exported) == len(set(exported)) == 150
+
+
+async def test_search_and_guest_checkout_sessions_where_the_server_has_them() -> None:
+    """Real Stripe's search (case-insensitive) and guest sessions, which localstripe lacks."""
+    empty_list = {"object": "list", "data": [], "has_more": False, "url": "/v1/customers"}
+
+    def search(request: Request) -> Response:
+        assert request.url.path == "/v1/customers/search"
+        assert request.query_params["query"] == "email:'lea.o\\'brien@example.org'"
+        return JSONResponse({"object": "search_result", "url": "/v1/customers/search", "has_more": False,
+                             "next_page": None, "data": [
+                                 {"id": "cus_1", "object": "customer", "email": "Lea.O'Brien@Example.org"},
+                                 {"id": "cus_2", "object": "customer", "email": "lea.obrien@example.org"}]})
+
+    def customers(request: Request) -> Response:
+        assert request.url.path == "/v1/customers" and request.query_params["email"] == "lea.o'brien@example.org"
+        return JSONResponse(empty_list)
+
+    def sessions(request: Request) -> Response:
+        assert request.url.path == "/v1/checkout/sessions"
+        assert request.query_params["customer_details[email]"] == "lea.o'brien@example.org"
+        return JSONResponse({"object": "list", "url": "/v1/checkout/sessions", "has_more": False, "data": [
+            {"id": "cs_guest", "object": "checkout.session", "customer": None, "created": 1700000000},
+            {"id": "cs_known", "object": "checkout.session", "customer": "cus_1", "created": 1700000000},
+        ]})
+
+    script = Scripted(search, customers, sessions)
+    running, connector, limiter = await scripted_connector(script)
+    try:
+        located = await connector.locate(Subject(email="lea.o'brien@example.org"))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert [(loc.dataset, loc.record_id) for loc in located] == [("customer", "cus_1"),
+                                                                 ("checkout_sessions", "cs_guest")]
+    assert limiter.acquired == len(script.requests) == 3
