@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,15 @@ from connectors.base import (
     unexpected_remains,
 )
 from dsr.exports import ExportStore
-from dsr.model import ConnectorOutcome, ConnectorTask, FanOutPlan, PlanInput, RequestKind
+from dsr.model import (
+    ConnectorOutcome,
+    ConnectorTask,
+    FanOutPlan,
+    PlanInput,
+    RecordAction,
+    RecordReport,
+    RequestKind,
+)
 
 PERMANENT_ERROR = "PermanentConnectorError"
 """Failure type the workflow's retry policy never retries: an operator must act first."""
@@ -56,7 +65,8 @@ class ConnectorActivities:
         progress = _Progress(activity.info().heartbeat_details)
         beating = asyncio.create_task(progress.beat_while_running())
         try:
-            return await self._run(connector, task, progress)
+            outcome = await self._run(connector, task, progress)
+            return self._compact(task, outcome)
         except TransientConnectorError as err:
             # Retry-After from the vendor wins over the workflow's backoff.
             raise ApplicationError(
@@ -104,6 +114,41 @@ class ConnectorActivities:
                 return await connector.rectify(operation)
         raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {task.kind}")
 
+
+    def _compact(self, task: ConnectorTask, outcome: ConnectorOutcome) -> ConnectorOutcome:
+        """Keep workflow history small: a long per-record report goes to the encrypted export store.
+
+        Temporal refuses payloads over ~2 MB; 10,000 anonymised orders would pass it. The history keeps
+        one line per (dataset, action, legal basis) with the count and the latest retention date.
+        """
+        if len(outcome.report) <= REPORT_LINES_IN_HISTORY:
+            return outcome
+        writer = self._exports.for_request(task.request_id).open(task.connector, "report", provided=False)
+        try:
+            writer.truncate(0)  # a retried attempt rewrites the whole report
+            for line in outcome.report:
+                writer.write(asdict(line))
+        finally:
+            writer.close()
+        groups: dict[tuple[str, str, str], list[RecordReport]] = {}
+        for line in outcome.report:
+            groups.setdefault((line.dataset, line.action, line.legal_basis), []).append(line)
+        summary = []
+        for (dataset, action, basis), lines in groups.items():
+            until = [line.retained_until for line in lines if line.retained_until]
+            fields = sorted({f for line in lines for f in line.fields})
+            notes = sorted({line.note for line in lines if line.note})
+            summary.append(RecordReport(
+                dataset=dataset, record_id=f"{len(lines)} records", action=RecordAction(action),
+                legal_basis=basis, retained_until=max(until) if until else None, fields=fields,
+                note="; ".join(notes)[:500],
+            ))
+        return replace(outcome, report=summary,
+                       notes=[*outcome.notes, f"full report of {len(outcome.report)} records in the export store"])
+
+
+REPORT_LINES_IN_HISTORY = 200
+"""Above this many report lines, the per-record report is stored encrypted and summarised in history."""
 
 HEARTBEAT_EVERY = 2.0
 """Seconds between liveness heartbeats; the SDK throttles what it sends to a fraction of the timeout."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import activities.connectors as fan_out
 from activities.connectors import PERMANENT_ERROR, ConnectorActivities
 from connectors.base import ExportJob, OperationJob
 from dsr.exports import ExportStore
-from dsr.model import ConnectorOutcome, ConnectorTask, PlanInput, RequestKind, Subject
+from dsr.model import ConnectorOutcome, ConnectorTask, PlanInput, RecordAction, RecordReport, RequestKind, Subject
 from tests.harness import TEST_KEYRING, ScriptedConnector
 
 STORE = ExportStore(Path(tempfile.mkdtemp(prefix="dsr-exports-")), TEST_KEYRING)
@@ -110,3 +110,30 @@ async def test_a_running_connector_heartbeats(monkeypatch: pytest.MonkeyPatch) -
     outcome = await env.run(fan_out_with([Slow("crm")]).run_connector, task("crm", RequestKind.ACCESS))
     assert outcome.counts == {"exported": 3}
     assert len(beats) >= 3
+
+
+class Bulky(ScriptedConnector):
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        report = [RecordReport("orders", f"o{i}", RecordAction.ANONYMISED, legal_basis="L123-22",
+                               retained_until=date(2035, 1, 1 + i % 28)) for i in range(1000)]
+        report.append(RecordReport("customer", "c1", RecordAction.DELETED))
+        self.found = 0
+        return ConnectorOutcome(connector=self.name, found=1001, counts={"anonymised": 1000, "deleted": 1},
+                                report=report)
+
+    async def locate(self, subject: Subject) -> list:
+        return []
+
+
+async def test_a_long_report_is_stored_encrypted_and_summarised_in_history() -> None:
+    request_id = "dsr-2026-11-BULKY1"
+    outcome = await ActivityEnvironment().run(
+        fan_out_with([Bulky("shop")]).run_connector,
+        ConnectorTask(request_id=request_id, connector="shop", kind=RequestKind.ERASURE, subject=SUBJECT),
+    )
+    assert [(r.dataset, r.record_id, r.action, r.retained_until) for r in outcome.report] == [
+        ("orders", "1000 records", "anonymised", date(2035, 1, 28)),
+        ("customer", "1 records", "deleted", None),
+    ]
+    stored = list(STORE.read(request_id, "shop", "report"))
+    assert len(stored) == 1001 and stored[0]["record_id"] == "o0"
