@@ -435,12 +435,10 @@ def up(
         settings = Settings.from_env()
     except ConfigError as err:
         fail(str(err))
-    if demo:
-        fail("--demo needs the sandboxes, which are not built yet (see the connectors issue)")
     from connectors.config import ConfigFileError
 
     try:
-        asyncio.run(run_stack(settings))
+        asyncio.run(run_stack(settings, demo=demo))
     except (StackError, ConfigFileError) as err:
         fail(str(err))
     except KeyboardInterrupt:
@@ -490,6 +488,28 @@ async def connectors_check(as_json: JsonOption = False) -> None:
             typer.echo(f"{'ok  ' if r['ok'] else 'FAIL'}  {r['name']:<16} {r['type']:<12} {r['detail']}")
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
+
+
+demo_app = typer.Typer(help="The demo started by `dsr up --demo`.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("customers")
+def demo_customers(as_json: JsonOption = False) -> None:
+    """The sample customers of the demo: email, the systems holding each, record counts."""
+    from dsr.config import ConfigError, Settings
+    from sandbox.demo import DemoError, load_customers
+
+    try:
+        customers = load_customers(Settings.from_env().home)
+    except (ConfigError, DemoError) as err:
+        fail(str(err))
+    if as_json:
+        emit_json(customers)
+        return
+    for c in customers:
+        systems = ", ".join(f"{system} ({sum(counts.values())})" for system, counts in c["systems"].items())
+        typer.echo(f"{c['email']:<30} {c['name']:<16} {systems}")
 
 
 @app.command("codec-server")

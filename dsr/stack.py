@@ -139,31 +139,53 @@ async def _stopping(stop: asyncio.Event) -> AsyncIterator[None]:
             loop.remove_signal_handler(sig)
 
 
-async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Start everything, print where it is, run until Ctrl-C (or ``stop``), then stop everything."""
-    import concurrent.futures
-
-    from dsr.codec_server import codec_app, serve_codec
-    from dsr.crypto import KeyRing
-    from dsr.exports import ExportStore
-    from dsr.ledger import Ledger
-    from dsr.outbox import OutboxSink
-    from worker import build_worker, configured_connectors
-
-    stop = stop or asyncio.Event()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    os.chmod(settings.home, 0o700)  # keys, ledger and outbox hold personal data
-    keyring = KeyRing.from_settings(settings, create=True)
-    connectors = configured_connectors(settings)  # a bad dsr.toml stops here, before anything starts
-
-    port = temporal_port(settings)
-    wanted = {"Temporal": port, "Temporal UI": settings.ui_port, "codec server": settings.codec_port}
+def _check_ports(settings: Settings) -> None:
+    wanted = {"Temporal": temporal_port(settings), "Temporal UI": settings.ui_port,
+              "codec server": settings.codec_port}
     if not settings.smtp_configured:
         wanted["SMTP sink"] = settings.smtp.port
     busy = [f"{what} port {p}" for what, p in wanted.items() if _port_in_use(p)]
     if busy:
         raise StackError(f"already in use on {LOOPBACK}: {', '.join(busy)} (is another `dsr up` running?)")
 
+
+async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, demo: bool = False) -> None:
+    """Start everything, print where it is, run until Ctrl-C (or ``stop``), then stop everything."""
+    from dsr.crypto import KeyRing
+    from worker import configured_connectors
+
+    _check_ports(settings)
+    stop = stop or asyncio.Event()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.home, 0o700)  # keys, ledger and outbox hold personal data
+    keyring = KeyRing.from_settings(settings, create=True)
+    sandboxes = None
+    if demo:
+        from sandbox.demo import DemoError, start_demo
+
+        print("starting the demo sandboxes (HubSpot, WooCommerce, Stripe) and seeding customers…", flush=True)
+        try:
+            sandboxes = await start_demo(settings.home, settings.config_file, settings.secrets_file)
+        except DemoError as err:
+            raise StackError(str(err)) from None
+    try:
+        connectors = configured_connectors(settings)  # a bad dsr.toml stops here, before anything starts
+        await _run_services(settings, keyring, connectors, stop, sandboxes)
+    finally:
+        if sandboxes is not None:
+            await sandboxes.stop()
+
+
+async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes) -> None:
+    import concurrent.futures
+
+    from dsr.codec_server import codec_app, serve_codec
+    from dsr.exports import ExportStore
+    from dsr.ledger import Ledger
+    from dsr.outbox import OutboxSink
+    from worker import build_worker
+
+    port = temporal_port(settings)
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
     codec = await serve_codec(
         codec_app(keyring, allowed_origin=settings.ui_url, token=None), host=LOOPBACK, port=settings.codec_port
@@ -181,7 +203,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
             exports = ExportStore(settings.exports_dir, keyring)
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor)
             async with _stopping(stop), worker:
-                _print_banner(settings, port, codec_endpoint, sink is not None)
+                _print_banner(settings, port, codec_endpoint, sink is not None, sandboxes)
                 await stop.wait()
                 print("\nstopping…", flush=True)
     finally:
@@ -195,7 +217,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None) ->
         server.stop()
 
 
-def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool) -> None:
+def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes) -> None:
     lines = [
         "dsr is up.",
         f"  Temporal        {LOOPBACK}:{port} (namespace {settings.temporal_namespace})",
@@ -208,7 +230,16 @@ def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool
         "",
         "Dashboards:",
         *(f"  {label:<18} {url}" for label, url in dashboard_links(settings).items()),
+        *([
+            "",
+            f"Demo systems (sandboxes on 127.0.0.1, fresh at every start, see {settings.config_file}):",
+            *(f"  {name:<12} http://127.0.0.1:{p}" for name, p in sandboxes.ports.items()),
+            "Demo customers (dsr demo customers --json):",
+            *(f"  {c.email:<30} {c.about}" for c in sandboxes.customers),
+        ] if sandboxes is not None else []),
         "",
+        "Try: dsr submit --kind access --email camille.durand@example.org --name 'Camille Durand' "
+        "--channel api --json" if sandboxes is not None else
         "Try: dsr submit --kind access --email a@example.org --name 'A B' --channel api --json",
         "Ctrl-C stops everything; `dsr up` again resumes every open request with its timers.",
     ]

@@ -1,0 +1,532 @@
+"""WooCommerce (REST API v3, ``/wp-json/wc/v3``): customers, and their orders as accounting records.
+
+* Authentication: HTTP Basic with the consumer key and secret over HTTPS; OAuth 1.0a one-legged
+  (HMAC-SHA256, parameters in the query string as WooCommerce documents) over plain HTTP.
+* Finding the subject: customers by ``email`` (exact on the API, so as given and lower-cased) and by
+  ``search`` filtered on the email case-insensitively; their orders with ``customer=``; guest orders
+  (``customer_id`` 0) with ``customer=0&search=`` — a substring search — filtered on ``billing.email``.
+* Erasure: orders are anonymised, never deleted (Art. 17(3)(b) GDPR, Code de commerce L123-22) unless
+  no retention rule covers them; then the customer account is deleted (``force=true``). The order's IP
+  address and user agent are read-only over REST: reported as residual, with what the shop must do.
+* Every listing is paged with ``per_page=100`` in ascending id order, so a resumed export continues
+  exactly after its checkpoint and orders created meanwhile land on later pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import date
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from connectors.base import (
+    CANONICAL_FIELDS,
+    DatasetWriter,
+    ExportJob,
+    Located,
+    OperationJob,
+    PermanentConnectorError,
+    RetentionRule,
+)
+from connectors.http import RateLimiter, send
+from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+
+API_PATH = "/wp-json/wc/v3"
+PAGE_SIZE = 100  # the API's maximum per_page
+BATCH_SIZE = 100  # the API's default maximum of items per batch request
+CURSOR_VERSION = 1
+
+BILLING_FIELDS = ("first_name", "last_name", "company", "address_1", "address_2", "city", "state", "postcode",
+                  "country", "email", "phone")
+SHIPPING_FIELDS = ("first_name", "last_name", "company", "address_1", "address_2", "city", "state", "postcode",
+                   "country", "phone")
+RESIDUAL_FIELDS = ["customer_ip_address", "customer_user_agent"]
+RESIDUAL_NOTE = (
+    "WooCommerce's REST API cannot clear an order's IP address and user agent (read-only fields): "
+    "run WooCommerce's own eraser (Tools > Erase Personal Data) with the setting 'Remove personal data "
+    "from orders on request' enabled to clear them"
+)
+
+# canonical field -> the key it has inside billing/shipping (first/last name and email also exist at top level)
+_ADDRESS_KEY = {
+    "first_name": "first_name", "last_name": "last_name", "email": "email", "phone": "phone",
+    "address_line1": "address_1", "address_line2": "address_2", "city": "city", "postcode": "postcode",
+    "state": "state", "country": "country",
+}
+_TOP_LEVEL = ("first_name", "last_name", "email")
+
+DEFAULT_RETENTION = (
+    RetentionRule("orders", "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)", 10),
+)
+
+
+def _encode(value: str) -> str:
+    """RFC 3986 percent-encoding, as OAuth 1.0a (RFC 5849 §3.6) wants it."""
+    return quote(value, safe="~")
+
+
+def oauth_signature(method: str, url: str, params: Mapping[str, str], consumer_secret: str,
+                    signature_method: str = "HMAC-SHA256") -> str:
+    """RFC 5849 signature of a request (no token: WooCommerce signs with ``consumer_secret + "&"``)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    default_port = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    netloc = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+    base_uri = f"{parts.scheme.lower()}://{netloc.lower()}{parts.path or '/'}"
+    normalized = "&".join(f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in params.items()))
+    base_string = "&".join((method.upper(), _encode(base_uri), _encode(normalized)))
+    digest = hashlib.sha1 if signature_method == "HMAC-SHA1" else hashlib.sha256
+    # RFC 5849 would percent-encode the secret first; WooCommerce uses it raw (``consumer_secret . '&'``).
+    mac = hmac.new(f"{consumer_secret}&".encode(), base_string.encode(), digest)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def _record(item: dict[str, Any]) -> dict[str, Any]:
+    """A record as exported: the API's object (ours, freshly parsed) without its hypermedia links."""
+    item.pop("_links", None)
+    return item
+
+
+def _same_email(a: Any, b: str) -> bool:
+    return isinstance(a, str) and bool(a) and a.strip().casefold() == b.strip().casefold()
+
+
+def _is_anonymised(order: Mapping[str, Any]) -> bool:
+    billing = order.get("billing") or {}
+    shipping = order.get("shipping") or {}
+    return (not any(billing.get(k) for k in BILLING_FIELDS) and not any(shipping.get(k) for k in SHIPPING_FIELDS)
+            and not order.get("customer_note"))
+
+
+def _order_date(order: Mapping[str, Any]) -> date | None:
+    stamp = order.get("date_created_gmt") or order.get("date_created")
+    try:
+        return date.fromisoformat(str(stamp)[:10])
+    except ValueError:
+        return None
+
+
+class WooCommerceConnector:
+    """One WooCommerce shop. ``base_url`` is the site's root (``https://shop.example``)."""
+
+    def __init__(
+        self,
+        name: str = "woocommerce",
+        *,
+        consumer_key: str,
+        consumer_secret: str,
+        base_url: str,
+        kinds: frozenset[RequestKind] = frozenset(RequestKind),
+        retention: Sequence[RetentionRule] = DEFAULT_RETENTION,
+        rate_limit: RateLimiter | None = None,
+        timeout: float = 30.0,
+        itemise_up_to: int = 1000,
+    ) -> None:
+        root = base_url.rstrip("/")
+        scheme = urlsplit(root).scheme.lower()
+        if scheme not in ("http", "https") or not urlsplit(root).hostname:
+            raise ValueError(f"connector {name}: base_url must be an http(s) URL of the shop's root")
+        self.name = name
+        self.kinds = frozenset(kinds)
+        self.retention = tuple(retention)
+        self._api = root + API_PATH
+        self._key = consumer_key
+        self._secret = consumer_secret
+        self._oauth = scheme == "http"  # WooCommerce: Basic over HTTPS only, OAuth 1.0a over HTTP
+        self._limiter = rate_limit
+        self._itemise_up_to = itemise_up_to  # erasure reports: one line per order up to this many
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            auth=None if self._oauth else httpx.BasicAuth(consumer_key, consumer_secret),
+            headers={"Accept": "application/json", "User-Agent": "dsr-engine (WooCommerce connector)"},
+        )
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def _signed(self, method: str, url: str, params: dict[str, str]) -> dict[str, str]:
+        oauth = {
+            "oauth_consumer_key": self._key,
+            "oauth_nonce": secrets.token_hex(16),
+            "oauth_signature_method": "HMAC-SHA256",
+            "oauth_timestamp": str(int(time.time())),
+        }
+        signed = {**params, **oauth}
+        return {**signed, "oauth_signature": oauth_signature(method, url, signed, self._secret)}
+
+    async def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                    json: Mapping[str, Any] | None = None, allow: tuple[int, ...] = ()) -> httpx.Response:
+        url = self._api + path
+        query = {k: str(v) for k, v in (params or {}).items()}
+        if self._oauth:
+            query = self._signed(method, url, query)
+        return await send(self._client, self._limiter, self.name, method, url, params=query, json=json, allow=allow)
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise PermanentConnectorError(
+                f"{self.name}: the answer is not JSON (HTTP {response.status_code}); check base_url "
+                "points at a WordPress site with WooCommerce") from None
+
+    async def _fetch(self, path: str, params: Mapping[str, Any], page: int) -> tuple[int, list[dict[str, Any]]]:
+        response = await self._call("GET", path, params={
+            **params, "per_page": PAGE_SIZE, "page": page, "orderby": "id", "order": "asc"})
+        items = self._json(response)
+        if not isinstance(items, list):
+            raise PermanentConnectorError(f"{self.name}: unexpected answer listing {path.strip('/')}")
+        try:
+            pages = int(response.headers.get("X-WP-TotalPages", "0"))
+        except ValueError:
+            pages = 0
+        return pages, items
+
+    async def _pages(self, path: str, params: Mapping[str, Any], *, first_page: int = 1,
+                     ) -> AsyncIterator[tuple[int, int, list[dict[str, Any]]]]:
+        """(page, total pages, items) for each page, in ascending id order, until ``X-WP-TotalPages``.
+
+        The next page is fetched while the caller handles the current one (two pages in memory at most), so
+        a long export costs about the shop's paging time, not that plus the time to write every record.
+        Iterate through :meth:`_listing`, so an abandoned iteration cancels its prefetch."""
+        page = first_page
+        ahead: asyncio.Task[tuple[int, list[dict[str, Any]]]] | None = asyncio.create_task(
+            self._fetch(path, params, page))
+        try:
+            while ahead is not None:
+                pages, items = await ahead
+                ahead = None
+                if page < pages and items:
+                    ahead = asyncio.create_task(self._fetch(path, params, page + 1))
+                yield page, pages, items
+                page += 1
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                ahead.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+    def _listing(self, path: str, params: Mapping[str, Any], *, first_page: int = 1,
+                 ) -> contextlib.aclosing[AsyncIterator[tuple[int, int, list[dict[str, Any]]]]]:
+        return contextlib.aclosing(self._pages(path, params, first_page=first_page))
+
+    # --- finding the subject -------------------------------------------------------------------
+
+    async def _find_customers(self, email: str) -> list[dict[str, Any]]:
+        """Customer accounts with this email, matched case-insensitively, by ascending id."""
+        found: dict[int, dict[str, Any]] = {}
+        for variant in dict.fromkeys((email, email.lower())):  # the API's email filter is exact
+            response = await self._call("GET", "/customers", params={"email": variant, "role": "all"})
+            for customer in self._json(response):
+                found[customer["id"]] = customer
+        async with self._listing("/customers", {"search": email, "role": "all"}) as listing:
+            async for _, _, customers in listing:
+                for customer in customers:
+                    if _same_email(customer.get("email"), email):
+                        found[customer["id"]] = customer
+        return [found[k] for k in sorted(found)]
+
+    @staticmethod
+    def _guest_query(email: str) -> dict[str, Any]:
+        # Guest orders have customer_id 0; search is a substring match over the address index: filter exactly.
+        return {"customer": 0, "search": email}
+
+    async def locate(self, subject: Subject) -> list[Located]:
+        customers = await self._find_customers(subject.email)
+        found = [Located("customer", str(c["id"])) for c in customers]
+        for customer in customers:
+            async with self._listing("/orders", {"customer": customer["id"], "_fields": "id"}) as listing:
+                async for _, _, orders in listing:
+                    found.extend(Located("orders", str(o["id"])) for o in orders)
+        guests = {**self._guest_query(subject.email), "_fields": "id,customer_id,billing.email"}
+        async with self._listing("/orders", guests) as listing:
+            async for _, _, orders in listing:
+                found.extend(Located("orders", str(o["id"])) for o in orders
+                             if _same_email((o.get("billing") or {}).get("email"), subject.email))
+        return found
+
+    # --- export (Art. 15, 20) ------------------------------------------------------------------
+
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        # Profile, addresses and orders are all data the subject provided (Art. 20): same records either way.
+        with contextlib.ExitStack() as stack:
+            customers = job.sink.open(self.name, "customer", provided=True)
+            stack.callback(customers.close)
+            orders = job.sink.open(self.name, "orders", provided=True)
+            stack.callback(orders.close)
+            await self._export(job, customers, orders)
+            total = customers.count + orders.count
+            return ConnectorOutcome(
+                connector=self.name,
+                found=total,
+                counts={"exported": total},
+                datasets=[DatasetSummary("customer", customers.count, provided=True),
+                          DatasetSummary("orders", orders.count, provided=True)],
+            )
+
+    @staticmethod
+    def _resumable(resume: Mapping[str, Any] | None, customers: DatasetWriter,
+                   orders: DatasetWriter) -> dict[str, Any] | None:
+        """The checkpoint to continue from, with the writers rewound to it; None to start afresh."""
+        if not resume or resume.get("v") != CURSOR_VERSION:
+            return None
+        try:
+            written = resume["written"]
+            kept_customers, kept_orders = int(written["customer"]), int(written["orders"])
+            cursor = {
+                "v": CURSOR_VERSION,
+                "customers": [int(i) for i in resume["customers"]],
+                "stage": int(resume["stage"]),
+                "page": int(resume["page"]),
+                "pages": None if resume.get("pages") is None else int(resume["pages"]),
+                "last_id": int(resume["last_id"]),
+                "written": {"customer": kept_customers, "orders": kept_orders},
+            }
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not (0 <= kept_customers <= customers.count and 0 <= kept_orders <= orders.count):
+            return None  # the store lost records since the checkpoint: start again
+        customers.truncate(kept_customers)  # drop what was written after the checkpoint
+        orders.truncate(kept_orders)
+        return cursor
+
+    def _checkpoint(self, job: ExportJob, cursor: dict[str, Any], *writers: DatasetWriter) -> None:
+        for writer in writers:  # records on disk before the cursor that counts them is heartbeated
+            flush = getattr(writer, "flush", None)
+            if callable(flush):
+                flush()
+        cursor["written"] = {"customer": writers[0].count, "orders": writers[1].count}
+        job.checkpoint(dict(cursor, written=dict(cursor["written"]), customers=list(cursor["customers"])))
+
+    async def _export(self, job: ExportJob, customers: DatasetWriter, orders: DatasetWriter) -> None:
+        email = job.subject.email
+        cursor = self._resumable(job.resume, customers, orders)
+        if cursor is None:
+            customers.truncate(0)  # records of an attempt that crashed before its first checkpoint
+            orders.truncate(0)
+            found = await self._find_customers(email)
+            for customer in found:
+                customers.write(_record(customer))
+            cursor = {"v": CURSOR_VERSION, "customers": [c["id"] for c in found], "stage": 0, "page": 0,
+                      "pages": None, "last_id": 0, "written": {}}
+            self._checkpoint(job, cursor, customers, orders)
+        owners: list[int] = [*cursor["customers"], 0]  # each customer's orders, then guest orders (0)
+        for stage in range(cursor["stage"], len(owners)):
+            if stage != cursor["stage"]:
+                cursor.update(stage=stage, page=0, pages=None, last_id=0)
+            if cursor["pages"] is not None and cursor["page"] >= cursor["pages"]:
+                continue  # this stage was complete at the checkpoint
+            owner = owners[stage]
+            query = self._guest_query(email) if owner == 0 else {"customer": owner}
+            async with self._listing("/orders", query, first_page=cursor["page"] + 1) as listing:
+                async for page, pages, items in listing:
+                    last_id = cursor["last_id"]
+                    for order in items:
+                        if order["id"] <= last_id:
+                            continue  # already written (a page shifted between attempts)
+                        last_id = order["id"]
+                        if owner == 0 and not _same_email((order.get("billing") or {}).get("email"), email):
+                            continue  # the substring search also matches other addresses
+                        orders.write(_record(order))
+                    cursor.update(page=page, pages=pages, last_id=last_id)
+                    self._checkpoint(job, cursor, customers, orders)
+
+    # --- erasure (Art. 17) ---------------------------------------------------------------------
+
+    def _rule(self, dataset: str) -> RetentionRule | None:
+        return next((r for r in self.retention if r.dataset == dataset), None)
+
+    async def _subject_orders(self, customers: list[dict[str, Any]], email: str) -> list[dict[str, Any]]:
+        """Slim views (id, date, billing, shipping, note) of every order of the subject, collected before any
+        change: anonymising a guest order removes it from the search results being paged."""
+        fields = {"_fields": "id,customer_id,date_created,date_created_gmt,billing,shipping,customer_note"}
+        found: list[dict[str, Any]] = []
+        for customer in customers:
+            async with self._listing("/orders", {"customer": customer["id"], **fields}) as listing:
+                async for _, _, items in listing:
+                    found.extend(items)
+        async with self._listing("/orders", {**self._guest_query(email), **fields}) as listing:
+            async for _, _, items in listing:
+                found.extend(o for o in items if _same_email((o.get("billing") or {}).get("email"), email))
+        return found
+
+    async def _batch(self, operation: str, items: list[Any]) -> set[int]:
+        """``POST /orders/batch`` with ``update`` objects or ``delete`` ids; the ids no longer there.
+
+        Any other per-item error is permanent: it names the code, never the order's content."""
+        response = await self._call("POST", "/orders/batch", json={operation: items})
+        answers = (self._json(response) or {}).get(operation)
+        if not isinstance(answers, list) or len(answers) != len(items):
+            raise PermanentConnectorError(f"{self.name}: unexpected answer to a batch {operation} of orders")
+        gone: set[int] = set()
+        for answer in answers:
+            error = answer.get("error") if isinstance(answer, dict) else None
+            if not error:
+                continue
+            code = str(error.get("code", ""))[:80]
+            if code.endswith("_invalid_id"):
+                gone.add(answer.get("id"))
+                continue
+            raise PermanentConnectorError(f"{self.name}: batch {operation} of orders refused ({code})")
+        return gone
+
+    def _anonymised_lines(self, done: list[tuple[int, date | None, bool]],
+                          rule: RetentionRule) -> list[RecordReport]:
+        """One line per order; above ``itemise_up_to`` orders, one line per month of purchase (``record_id``
+        ``*``, the latest retention end of the month), so the outcome stays small in workflow history."""
+        if len(done) <= self._itemise_up_to:
+            return [RecordReport("orders", str(order_id), RecordAction.ANONYMISED, legal_basis=rule.legal_basis,
+                                 retained_until=rule.until(created) if created else None,
+                                 note="already anonymised" if before else "")
+                    for order_id, created, before in done]
+        months: dict[str, list[tuple[int, date | None, bool]]] = {}
+        for item in done:
+            months.setdefault(item[1].strftime("%Y-%m") if item[1] else "unknown date", []).append(item)
+        lines = []
+        for month, items in sorted(months.items()):
+            dates = [created for _, created, _ in items if created]
+            already = sum(1 for *_, before in items if before)
+            lines.append(RecordReport(
+                "orders", "*", RecordAction.ANONYMISED, legal_basis=rule.legal_basis,
+                retained_until=rule.until(max(dates)) if dates else None,
+                note=f"{len(items)} order(s) placed in {month}" + (f", {already} already anonymised" if already
+                                                                   else "")))
+        return lines
+
+    def _deleted_lines(self, order_ids: list[int]) -> list[RecordReport]:
+        if len(order_ids) <= self._itemise_up_to:
+            return [RecordReport("orders", str(i), RecordAction.DELETED) for i in order_ids]
+        return [RecordReport("orders", "*", RecordAction.DELETED, note=f"{len(order_ids)} order(s)")]
+
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        customers = await self._find_customers(job.subject.email)
+        orders = await self._subject_orders(customers, job.subject.email)
+        rule = self._rule("orders")
+        report: list[RecordReport] = []
+        counts: dict[str, int] = {}
+        notes: list[str] = []
+
+        def count(action: RecordAction) -> None:
+            counts[action.value] = counts.get(action.value, 0) + 1
+
+        blank = {"billing": dict.fromkeys(BILLING_FIELDS, ""), "shipping": dict.fromkeys(SHIPPING_FIELDS, ""),
+                 "customer_note": ""}
+        done: list[tuple[int, date | None, bool]] = []  # (order id, created, already anonymised before)
+        # Orders first: while the account exists, a retried erasure still finds them through it.
+        # In batches of 100 (POST /orders/batch): one call per 100 orders instead of one each.
+        for start in range(0, len(orders), BATCH_SIZE):
+            chunk = orders[start:start + BATCH_SIZE]
+            pending: set[int] = set()  # orders this attempt changes (not anonymised by an earlier one)
+            if rule is None:  # no retention configured for orders: they go
+                gone = await self._batch("delete", [o["id"] for o in chunk])
+            else:
+                pending = {o["id"] for o in chunk if not _is_anonymised(o)}
+                updates = [{"id": o["id"], **blank} for o in chunk if o["id"] in pending]
+                gone = await self._batch("update", updates) if updates else set()
+            for order in chunk:
+                if order["id"] in gone:
+                    report.append(RecordReport("orders", str(order["id"]), RecordAction.ALREADY_GONE))
+                    count(RecordAction.ALREADY_GONE)
+                else:
+                    done.append((order["id"], _order_date(order), rule is not None and order["id"] not in pending))
+        if rule is None:
+            report.extend(self._deleted_lines([order_id for order_id, _, _ in done]))
+            if done:
+                counts[RecordAction.DELETED.value] = len(done)
+        elif done:
+            report.extend(self._anonymised_lines(done, rule))
+            already = sum(1 for *_, before in done if before)
+            counts[RecordAction.ANONYMISED.value] = len(done)
+            notes.append(f"{len(done)} order(s) kept anonymised as accounting records ({rule.legal_basis})"
+                         + (f"; {already} already anonymised earlier" if already else ""))
+            report.append(RecordReport("orders", "*", RecordAction.RESIDUAL, fields=list(RESIDUAL_FIELDS),
+                                       note=f"{len(done)} anonymised order(s): {RESIDUAL_NOTE}"))
+            count(RecordAction.RESIDUAL)
+            notes.append(RESIDUAL_NOTE)
+        for customer in customers:
+            customer_id = str(customer["id"])
+            response = await self._call("DELETE", f"/customers/{customer_id}", params={"force": "true"},
+                                        allow=(404,))
+            action = RecordAction.ALREADY_GONE if response.status_code == 404 else RecordAction.DELETED
+            report.append(RecordReport("customer", customer_id, action))
+            count(action)
+        if not customers and not orders:
+            report.append(RecordReport("customer", "", RecordAction.ALREADY_GONE,
+                                       note="no customer account or order with this email (already erased)"))
+            count(RecordAction.ALREADY_GONE)
+        return ConnectorOutcome(connector=self.name, found=len(customers) + len(orders), counts=counts,
+                                notes=notes, report=report)
+
+    # --- rectification (Art. 16) ---------------------------------------------------------------
+
+    @staticmethod
+    def _differences(customer: Mapping[str, Any], changes: Mapping[str, str]) -> tuple[dict[str, Any], set[str]]:
+        """The PUT body holding only the fields that differ, and the canonical fields it changes."""
+        body: dict[str, Any] = {}
+        changed: set[str] = set()
+        for field, value in changes.items():
+            if field not in CANONICAL_FIELDS:
+                continue
+            if field in _TOP_LEVEL and customer.get(field) != value:
+                body[field] = value
+                changed.add(field)
+            key = _ADDRESS_KEY[field]
+            for part in ("billing", "shipping"):
+                current = customer.get(part) or {}
+                if key not in current:  # shipping has no email (and no phone before WooCommerce 5.6)
+                    continue
+                if part == "shipping" and not current.get(key):
+                    continue  # correct the delivery address where it says something, never invent one
+                if current.get(key) != value:
+                    body.setdefault(part, {})[key] = value
+                    changed.add(field)
+        return body, changed
+
+    async def rectify(self, job: OperationJob) -> ConnectorOutcome:
+        changes = dict(job.changes)
+        customers = await self._find_customers(job.subject.email)
+        if not customers and changes.get("email"):
+            customers = await self._find_customers(changes["email"])  # an earlier attempt changed the email
+        report: list[RecordReport] = []
+        counts: dict[str, int] = {}
+        notes: list[str] = []
+        unknown = sorted(set(changes) - CANONICAL_FIELDS)
+        if unknown:
+            notes.append(f"ignored field(s) this system does not hold: {', '.join(unknown)}")
+        for customer in customers:
+            body, changed = self._differences(customer, changes)
+            if body:
+                await self._call("PUT", f"/customers/{customer['id']}", json=body)
+                action = RecordAction.CHANGED
+            else:
+                action = RecordAction.UNCHANGED
+                changed = {f for f in changes if f in CANONICAL_FIELDS}
+            report.append(RecordReport("customer", str(customer["id"]), action, fields=sorted(changed),
+                                       note="" if body else "already up to date"))
+            counts[action.value] = counts.get(action.value, 0) + 1
+        if not customers:
+            notes.append("no customer account with this email: nothing to rectify")
+        notes.append("orders are accounting records and keep the addresses given at purchase")
+        return ConnectorOutcome(connector=self.name, found=len(customers), counts=counts, notes=notes, report=report)
+
+    # --- the rest ------------------------------------------------------------------------------
+
+    async def check(self) -> str:
+        response = await self._call("GET", "/customers", params={"per_page": 1, "role": "all"})
+        self._json(response)
+        total = response.headers.get("X-WP-Total", "?")
+        method = "OAuth 1.0a" if self._oauth else "Basic"
+        return f"auth OK ({method}), {total} customer(s)"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+__all__ = ["DEFAULT_RETENTION", "WooCommerceConnector", "oauth_signature"]

@@ -1,0 +1,235 @@
+"""``dsr up --demo``: the three sandboxes, sample customers, and a ``dsr.toml`` pointing at them.
+
+The sandboxes keep their data in memory, so the demo systems start afresh at every ``dsr up --demo``
+(the requests themselves live in Temporal and the ledger, and survive). Customers are the same every
+time, so a newcomer can follow the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dsr.codec_server import RunningCodecServer, serve_codec
+from sandbox.hubspot import HubSpotState, hubspot_app
+from sandbox.stripe import LocalStripe, seed_customer
+from sandbox.woocommerce import WooState, woocommerce_app
+
+CONFIG_MARKER = "# written by `dsr up --demo`"
+# Credentials of the local sandboxes only: they guard nothing but demo data on 127.0.0.1.
+HUBSPOT_TOKEN = "pat-demo-hubspot-sandbox"  # noqa: S105
+WOO_KEY = "ck_demo_sandbox"
+WOO_SECRET = "cs_demo_sandbox"  # noqa: S105
+STRIPE_KEY = "sk_test_dsr_demo"
+DEFAULT_PORTS = {"hubspot": 8301, "woocommerce": 8302, "stripe": 8303}
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says why."""
+
+
+@dataclass
+class DemoCustomer:
+    email: str
+    name: str
+    systems: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> dataset -> records
+    about: str = ""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _address(street: str, city: str, postcode: str) -> dict[str, str]:
+    return {"address_1": street, "city": city, "postcode": postcode, "country": "FR"}
+
+
+def seed_hubspot(state: HubSpotState) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    camille = state.add_contact("camille.durand@example.org", firstname="Camille", lastname="Durand",
+                                phone="+33 6 12 34 56 78", address="12 rue des Lilas", city="Lyon", zip="69003",
+                                country="France")
+    state.add_note(camille, "Called about a late delivery; offered a voucher.")
+    state.add_deal(camille, "Annual plan", 240)
+    state.add_ticket(camille, "Parcel not received", "Tracking shows no movement since Monday.")
+    counts["camille.durand@example.org"] = {"contact": 1, "notes": 1, "deals": 1, "tickets": 1}
+    marie = state.add_contact("Marie.Lefevre@example.com", firstname="Marie", lastname="Lefèvre",
+                              city="Strasbourg", zip="67000", country="France")
+    state.seed_activity(marie, notes=40, deals=5, tickets=12, emails=30)
+    counts["marie.lefevre@example.com"] = {"contact": 1, "notes": 40, "deals": 5, "tickets": 12, "emails": 30}
+    ines = state.add_contact("ines.moreau@example.fr", firstname="Inès", lastname="Moreau", company="Atelier Moreau")
+    state.add_note(ines, "Met at the Lyon trade fair; interested in wholesale prices.")
+    counts["ines.moreau@example.fr"] = {"contact": 1, "notes": 1}
+    return counts
+
+
+def seed_woocommerce(state: WooState) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    now = datetime.now(UTC)
+    camille = state.add_customer("camille.durand@example.org", "Camille", "Durand",
+                                 billing={**_address("12 rue des Lilas", "Lyon", "69003"),
+                                          "first_name": "Camille", "last_name": "Durand",
+                                          "email": "camille.durand@example.org", "phone": "+33612345678"})
+    state.bulk_orders(camille["id"], 3, start=now - timedelta(days=400), every=timedelta(days=120))
+    counts["camille.durand@example.org"] = {"customer": 1, "orders": 3}
+    for days_ago in (30, 3):
+        state.add_guest_order("hugo.bernard@example.net", "Hugo", "Bernard",
+                              date_created=now - timedelta(days=days_ago))
+    counts["hugo.bernard@example.net"] = {"orders": 2}
+    marie = state.add_customer("marie.lefevre@example.com", "Marie", "Lefèvre",
+                               billing={**_address("4 quai des Bateliers", "Strasbourg", "67000"),
+                                        "first_name": "Marie", "last_name": "Lefèvre",
+                                        "email": "marie.lefevre@example.com"})
+    state.bulk_orders(marie["id"], 10_000)
+    counts["marie.lefevre@example.com"] = {"customer": 1, "orders": 10_000}
+    return counts
+
+
+async def seed_stripe(url: str) -> dict[str, dict[str, int]]:
+    await seed_customer(url, STRIPE_KEY, email="camille.durand@example.org", name="Camille Durand",
+                        charges=2, subscription=True)
+    await seed_customer(url, STRIPE_KEY, email="marie.lefevre@example.com", name="Marie Lefèvre", charges=2000)
+    await seed_customer(url, STRIPE_KEY, email="Lucas.Petit@example.org", name="Lucas Petit", charges=1)
+    return {
+        "camille.durand@example.org": {"customer": 1, "charges": 2, "subscriptions": 1, "invoices": 1},
+        "marie.lefevre@example.com": {"customer": 1, "charges": 2000},
+        "lucas.petit@example.org": {"customer": 1, "charges": 1},
+    }
+
+
+ABOUT = {
+    "camille.durand@example.org": "in all three systems",
+    "hugo.bernard@example.net": "a WooCommerce guest buyer (orders, no account)",
+    "marie.lefevre@example.com": "the heavy customer: 10,000 orders and 2,000 charges",
+    "ines.moreau@example.fr": "a CRM lead only",
+    "lucas.petit@example.org": "a Stripe customer registered with a capitalised address",
+}
+NAMES = {
+    "camille.durand@example.org": "Camille Durand", "hugo.bernard@example.net": "Hugo Bernard",
+    "marie.lefevre@example.com": "Marie Lefèvre", "ines.moreau@example.fr": "Inès Moreau",
+    "lucas.petit@example.org": "Lucas Petit",
+}
+
+
+def demo_config(ports: dict[str, int]) -> str:
+    return f"""{CONFIG_MARKER}; it is rewritten at every demo start. Secrets are in secrets.env.
+[[connectors]]
+type = "hubspot"
+name = "hubspot"
+base_url = "http://127.0.0.1:{ports['hubspot']}"
+credentials = {{ token = "DSR_DEMO_HUBSPOT_TOKEN" }}
+
+[[connectors]]
+type = "stripe"
+name = "stripe"
+base_url = "http://127.0.0.1:{ports['stripe']}"
+credentials = {{ api_key = "DSR_DEMO_STRIPE_KEY" }}
+
+[[connectors]]
+type = "woocommerce"
+name = "woocommerce"
+base_url = "http://127.0.0.1:{ports['woocommerce']}"
+credentials = {{ consumer_key = "DSR_DEMO_WOO_KEY", consumer_secret = "DSR_DEMO_WOO_SECRET" }}
+"""
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Demo:
+    """The running sandboxes; ``stop()`` shuts them down."""
+
+    servers: list[RunningCodecServer]
+    stripe: LocalStripe
+    customers: list[DemoCustomer]
+    ports: dict[str, int]
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()
+        await asyncio.to_thread(self.stripe.stop)
+
+
+def _is_users_own(config_file: Path) -> bool:
+    return config_file.exists() and not config_file.read_text(encoding="utf-8").startswith(CONFIG_MARKER)
+
+
+def customers_file(home: Path) -> Path:
+    return home / "demo" / "customers.json"
+
+
+async def start_demo(home: Path, config_file: Path, secrets_file: Path,
+                     ports: dict[str, int] | None = None) -> Demo:
+    """Start and seed the sandboxes, then write ``dsr.toml`` and ``secrets.env`` pointing at them."""
+    ports = dict(ports or DEFAULT_PORTS)
+    if _is_users_own(config_file):
+        raise DemoError(f"{config_file} is your own configuration; run the demo with another DSR_HOME "
+                        "(e.g. DSR_HOME=~/.dsr-demo dsr up --demo)")
+    busy = [f"{name} sandbox port {port}" for name, port in ports.items() if not _port_free(port)]
+    if busy:
+        raise DemoError(f"already in use on 127.0.0.1: {', '.join(busy)}")
+
+    hubspot_state, woo_state = HubSpotState(), WooState()
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for system, seeded in (("hubspot", seed_hubspot(hubspot_state)), ("woocommerce", seed_woocommerce(woo_state))):
+        for email, datasets in seeded.items():
+            counts.setdefault(email, {})[system] = datasets
+    servers = [
+        await serve_codec(hubspot_app(hubspot_state, token=HUBSPOT_TOKEN), port=ports["hubspot"]),
+        await serve_codec(woocommerce_app(woo_state, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET),
+                          port=ports["woocommerce"]),
+    ]
+    stripe = LocalStripe(api_key=STRIPE_KEY)
+    try:
+        await asyncio.to_thread(stripe.start, ports["stripe"])
+        for email, datasets in (await seed_stripe(stripe.url)).items():
+            counts.setdefault(email, {})["stripe"] = datasets
+    except BaseException:
+        for server in servers:
+            await server.stop()
+        await asyncio.to_thread(stripe.stop)
+        raise
+
+    customers = [DemoCustomer(email=email, name=NAMES[email], systems=systems, about=ABOUT[email])
+                 for email, systems in sorted(counts.items())]
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(config_file, demo_config(ports))
+    secrets = read_secrets(secrets_file)
+    secrets.update({"DSR_DEMO_HUBSPOT_TOKEN": HUBSPOT_TOKEN, "DSR_DEMO_STRIPE_KEY": STRIPE_KEY,
+                    "DSR_DEMO_WOO_KEY": WOO_KEY, "DSR_DEMO_WOO_SECRET": WOO_SECRET})
+    _write_private(secrets_file, "".join(f"{k}={v}\n" for k, v in sorted(secrets.items())))
+    listing = customers_file(home)
+    listing.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_private(listing, json.dumps([asdict(c) for c in customers], ensure_ascii=False, indent=2))
+    return Demo(servers=servers, stripe=stripe, customers=customers, ports=ports)
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    from dsr.config import read_secrets_file
+
+    return read_secrets_file(path)
+
+
+def load_customers(home: Path) -> list[dict[str, Any]]:
+    path = customers_file(home)
+    if not path.exists():
+        raise DemoError(f"no demo customers in {home}: start `dsr up --demo` first")
+    return json.loads(path.read_text(encoding="utf-8"))

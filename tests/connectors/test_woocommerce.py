@@ -1,0 +1,385 @@
+"""The WooCommerce connector over real HTTP against the local WooCommerce sandbox (OAuth 1.0a over http)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.base import (
+    ExportJob,
+    Located,
+    OperationJob,
+    PermanentConnectorError,
+    TransientConnectorError,
+    unexpected_remains,
+)
+from connectors.http import RateLimiter
+from connectors.woocommerce import WooCommerceConnector
+from dsr.codec_server import RunningCodecServer, serve_codec
+from dsr.exports import ExportStore
+from dsr.model import RecordAction, Subject
+from sandbox.faults import Faults
+from sandbox.woocommerce import WooState, woocommerce_app
+from tests.harness import TEST_KEYRING
+
+KEY = "ck_" + "4" * 40
+SECRET = "cs_" + "9" * 40
+REQUEST = "dsr-2026-11-WOOCOM"
+
+
+@dataclass
+class Shop:
+    state: WooState
+    faults: Faults
+    server: RunningCodecServer
+    connector: WooCommerceConnector
+
+    def connect(self, **kwargs: Any) -> WooCommerceConnector:
+        options = {"consumer_key": KEY, "consumer_secret": SECRET, "base_url": self.server.url, **kwargs}
+        return WooCommerceConnector(**options)
+
+
+async def start_shop(rate_limit: tuple[int, float] | None = None) -> Shop:
+    state = WooState(now=lambda: datetime(2025, 6, 1, 12, 0, 0))
+    faults = Faults()
+    app = woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET, rate_limit=rate_limit, faults=faults)
+    server = await serve_codec(app, port=0)
+    connector = WooCommerceConnector(consumer_key=KEY, consumer_secret=SECRET, base_url=server.url)
+    return Shop(state, faults, server, connector)
+
+
+@pytest.fixture
+async def shop() -> AsyncIterator[Shop]:
+    running = await start_shop()
+    try:
+        yield running
+    finally:
+        await running.connector.aclose()
+        await running.server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ExportStore:
+    return ExportStore(tmp_path / "exports", TEST_KEYRING)
+
+
+LEA = Subject(email="Lea.Petit@Example.org", name="Léa Petit")
+
+
+def seed_lea(state: WooState) -> dict[str, Any]:
+    """Léa has an account (stored lower-case), two orders, a guest order, and neighbours that are not her."""
+    lea = state.add_customer("lea.petit@example.org", "Léa", "Petit",
+                             billing={"address_1": "12 rue des Lilas", "city": "Nantes", "postcode": "44000",
+                                      "country": "FR", "phone": "+33 6 12 34 56 78"},
+                             shipping={"first_name": "Léa", "last_name": "Petit", "address_1": "12 rue des Lilas",
+                                       "city": "Nantes", "postcode": "44000", "country": "FR"})
+    state.add_order(customer_id=lea["id"], date_created=datetime(2024, 2, 29, 10, 0), customer_note="Leave at door")
+    state.add_order(customer_id=lea["id"], date_created=datetime(2025, 1, 15, 9, 30))
+    state.add_guest_order("LEA.PETIT@example.org", "Léa", "Petit", date_created=datetime(2023, 5, 2, 8, 0))
+    # Decoys: the substring search finds them, exact filtering must not.
+    state.add_guest_order("paulea.petit@example.org", "Paul", "Eapetit")
+    state.add_guest_order("lea.petit@example.org.invalid", "Mallory", "X")
+    other = state.add_customer("marc.durand@example.org", "Marc", "Durand")
+    state.add_order(customer_id=other["id"])
+    return lea
+
+
+async def test_check_reports_auth_ok(shop: Shop) -> None:
+    shop.state.add_customer("someone@example.org")
+    assert await shop.connector.check() == "auth OK (OAuth 1.0a), 1 customer(s)"
+
+
+async def test_locate_is_case_insensitive_and_finds_guest_orders_by_exact_billing_email(shop: Shop) -> None:
+    lea = seed_lea(shop.state)
+    found = await shop.connector.locate(LEA)
+    own = [str(o["id"]) for o in shop.state.orders_of(lea["id"])]
+    guest = [str(o["id"]) for o in shop.state.orders_billed_to("lea.petit@example.org") if o["customer_id"] == 0]
+    assert len(guest) == 1
+    assert found == [Located("customer", str(lea["id"])), *(Located("orders", i) for i in own + guest)]
+
+
+async def test_locate_finds_a_mixed_case_account_through_search(shop: Shop) -> None:
+    customer = shop.state.add_customer("Marc.Durand@Example.ORG", "Marc", "Durand")
+    order = shop.state.add_order(customer_id=customer["id"])
+    found = await shop.connector.locate(Subject(email="marc.durand@example.org"))
+    assert found == [Located("customer", str(customer["id"])), Located("orders", str(order["id"]))]
+
+
+async def test_signed_queries_survive_characters_that_need_encoding(shop: Shop) -> None:
+    tagged = shop.state.add_customer("ana+shop@example.org", "Ana María", "Lopes")
+    guest = shop.state.add_guest_order("Ana+Shop@example.org", "Ana María", "Lopes")
+    assert await shop.connector.locate(Subject(email="ana+shop@example.org")) == [
+        Located("customer", str(tagged["id"])), Located("orders", str(guest["id"]))]
+
+
+async def test_locate_finds_nothing_for_a_stranger(shop: Shop) -> None:
+    seed_lea(shop.state)
+    assert await shop.connector.locate(Subject(email="nobody@example.org")) == []
+
+
+def heavy_customer(state: WooState, orders: int) -> dict[str, Any]:
+    customer = state.add_customer("heavy.buyer@example.org", "Hélène", "Lourd",
+                                  billing={"address_1": "1 place Bellecour", "city": "Lyon", "country": "FR"})
+    state.bulk_orders(customer["id"], orders, start=datetime(2020, 1, 1))
+    state.add_guest_order("heavy.buyer@example.org", "Hélène", "Lourd")  # one more, as a guest
+    state.add_guest_order("not-heavy.buyer@example.org", "Decoy", "Decoy")
+    return customer
+
+
+async def test_export_streams_every_order_once_into_the_store(shop: Shop, store: ExportStore) -> None:
+    customer = heavy_customer(shop.state, 1234)
+    cursors: list[Mapping[str, Any]] = []
+    outcome = await shop.connector.export(ExportJob(REQUEST, Subject(email="heavy.buyer@example.org"),
+                                                    store.for_request(REQUEST), checkpoint=cursors.append))
+    assert outcome.counts == {"exported": 1 + 1235} and outcome.found == 1236
+    assert [(d.dataset, d.records, d.provided) for d in outcome.datasets] == [("customer", 1, True),
+                                                                              ("orders", 1235, True)]
+    stored = list(store.read(REQUEST, "woocommerce", "orders"))
+    expected = [o["id"] for o in shop.state.orders_billed_to("heavy.buyer@example.org")]
+    assert [o["id"] for o in stored] == expected and len(set(expected)) == 1235
+    assert stored[0]["billing"]["city"] == "Lyon" and "_links" not in stored[0]
+    assert [c["id"] for c in store.read(REQUEST, "woocommerce", "customer")] == [customer["id"]]
+    # a checkpoint for the profile, after each of the 13 pages of orders, and the guest page
+    assert len(cursors) == 1 + 13 + 1
+    assert cursors[5]["page"] == 5 and cursors[5]["written"] == {"customer": 1, "orders": 500}
+    raw = (store.folder(REQUEST) / "woocommerce" / "orders.jsonl.enc").read_bytes()
+    assert b"heavy.buyer" not in raw  # encrypted at rest
+
+
+class WorkerKilled(Exception):
+    pass
+
+
+async def test_export_resumes_after_a_crash_with_every_order_exactly_once(shop: Shop, store: ExportStore) -> None:
+    heavy_customer(shop.state, 1234)
+    subject = Subject(email="heavy.buyer@example.org")
+    heartbeats: list[Mapping[str, Any]] = []
+
+    def crash_after_page_5(cursor: Mapping[str, Any]) -> None:
+        if cursor["stage"] == 0 and cursor["page"] == 6:
+            raise WorkerKilled  # page 6 is written, but its checkpoint never reached Temporal
+        heartbeats.append(cursor)
+
+    with pytest.raises(WorkerKilled):
+        await shop.connector.export(ExportJob(REQUEST, subject, store.for_request(REQUEST),
+                                              checkpoint=crash_after_page_5))
+    last = heartbeats[-1]
+    assert last["page"] == 5 and last["written"]["orders"] == 500
+    assert next(d for d in store.datasets(REQUEST) if d.dataset == "orders").records == 600
+
+    shop.state.add_guest_order("heavy.buyer@example.org")  # an order arriving meanwhile is exported too
+    resumed: list[Mapping[str, Any]] = []
+    outcome = await shop.connector.export(ExportJob(REQUEST, subject, store.for_request(REQUEST),
+                                                    resume=last, checkpoint=resumed.append))
+    assert resumed[0]["page"] == 6  # continued after the checkpoint, not from the start
+    ids = [o["id"] for o in store.read(REQUEST, "woocommerce", "orders")]
+    expected = [o["id"] for o in shop.state.orders_billed_to("heavy.buyer@example.org")]
+    assert ids == expected and len(ids) == len(set(ids)) == 1236
+    assert outcome.counts == {"exported": 1237}
+    assert [c["email"] for c in store.read(REQUEST, "woocommerce", "customer")] == ["heavy.buyer@example.org"]
+
+
+async def test_a_fresh_export_drops_records_of_an_attempt_that_never_checkpointed(shop: Shop,
+                                                                                 store: ExportStore) -> None:
+    seed_lea(shop.state)
+    sink = store.for_request(REQUEST)
+    with sink.open("woocommerce", "orders", provided=True) as stale:
+        stale.write({"id": 999999})
+    await shop.connector.export(ExportJob(REQUEST, LEA, sink))
+    assert len(list(store.read(REQUEST, "woocommerce", "orders"))) == 3
+
+
+async def test_portability_marks_profile_and_orders_as_provided(shop: Shop, store: ExportStore) -> None:
+    seed_lea(shop.state)
+    outcome = await shop.connector.export(ExportJob(REQUEST, LEA, store.for_request(REQUEST), provided_only=True))
+    assert {(d.dataset, d.records, d.provided) for d in outcome.datasets} == {("customer", 1, True),
+                                                                              ("orders", 3, True)}
+    assert {(d.dataset, d.provided) for d in store.datasets(REQUEST)} == {("customer", True), ("orders", True)}
+
+
+async def test_erase_deletes_the_account_and_anonymises_orders(shop: Shop) -> None:
+    lea = seed_lea(shop.state)
+    order_ids = [o["id"] for o in shop.state.orders_billed_to("lea.petit@example.org")]
+    decoys = [o for o in shop.state.orders.values() if o["id"] not in order_ids]
+    outcome = await shop.connector.erase(OperationJob(REQUEST, LEA))
+
+    assert lea["id"] not in shop.state.customers
+    for order_id in order_ids:
+        order = shop.state.orders[order_id]  # kept: accounting record
+        assert not any(order["billing"].values()) and not any(order["shipping"].values())
+        assert order["customer_note"] == "" and order["total"] and order["line_items"]
+        assert order["customer_ip_address"]  # read-only over REST: reported as residual below
+    assert all(o["billing"]["email"] for o in decoys)
+
+    by_action: dict[RecordAction, list[Any]] = {}
+    for line in outcome.report:
+        by_action.setdefault(line.action, []).append(line)
+    assert [r.record_id for r in by_action[RecordAction.DELETED]] == [str(lea["id"])]
+    anonymised = {r.record_id: r for r in by_action[RecordAction.ANONYMISED]}
+    assert sorted(anonymised) == sorted(str(i) for i in order_ids)
+    leap_day = next(r for r in anonymised.values() if r.note == "" and r.retained_until == date(2034, 2, 28))
+    assert "L123-22" in leap_day.legal_basis
+    [residual] = by_action[RecordAction.RESIDUAL]
+    assert residual.fields == ["customer_ip_address", "customer_user_agent"]
+    assert "Remove personal data from orders on request" in residual.note
+    assert outcome.counts == {"anonymised": 3, "residual": 1, "deleted": 1}
+    text = repr(outcome).lower()
+    assert "lea.petit" not in text and "petit" not in text and "nantes" not in text
+
+    # verification (what the fan-out activity does): locating again finds nothing undeclared
+    found_again = await shop.connector.locate(LEA)
+    assert found_again == [] and unexpected_remains(outcome, found_again) == []
+
+
+async def test_repeated_erase_is_idempotent(shop: Shop) -> None:
+    seed_lea(shop.state)
+    await shop.connector.erase(OperationJob(REQUEST, LEA))
+    again = await shop.connector.erase(OperationJob(REQUEST, LEA))
+    assert again.counts == {"already_gone": 1}
+    assert [(r.dataset, r.action) for r in again.report] == [("customer", RecordAction.ALREADY_GONE)]
+
+
+async def test_erase_retried_after_a_partial_attempt_reports_what_was_already_done(shop: Shop) -> None:
+    lea = seed_lea(shop.state)
+    first, second = shop.state.orders_of(lea["id"])
+    for part in ("billing", "shipping"):  # an earlier attempt anonymised one order, then the worker died
+        first[part] = dict.fromkeys(first[part], "")
+    first["customer_note"] = ""
+    outcome = await shop.connector.erase(OperationJob(REQUEST, LEA))
+    lines = {r.record_id: r for r in outcome.report if r.action == RecordAction.ANONYMISED}
+    assert lines[str(first["id"])].note == "already anonymised" and lines[str(second["id"])].note == ""
+    assert lines[str(first["id"])].retained_until == date(2034, 2, 28)
+    assert outcome.counts["anonymised"] == 3 and outcome.counts["deleted"] == 1
+
+
+async def test_erase_deletes_orders_when_no_retention_rule_covers_them(shop: Shop) -> None:
+    seed_lea(shop.state)
+    connector = shop.connect(retention=())
+    try:
+        outcome = await connector.erase(OperationJob(REQUEST, LEA))
+    finally:
+        await connector.aclose()
+    assert outcome.counts == {"deleted": 4}
+    assert shop.state.orders_billed_to("lea.petit@example.org") == []
+
+
+async def test_a_large_erasure_reports_orders_by_month_to_keep_the_outcome_small(shop: Shop) -> None:
+    seed_lea(shop.state)
+    connector = shop.connect(itemise_up_to=2)
+    try:
+        outcome = await connector.erase(OperationJob(REQUEST, LEA))
+    finally:
+        await connector.aclose()
+    grouped = [(r.record_id, r.retained_until, r.note) for r in outcome.report if r.action == RecordAction.ANONYMISED]
+    assert grouped == [("*", date(2033, 5, 2), "1 order(s) placed in 2023-05"),
+                       ("*", date(2034, 2, 28), "1 order(s) placed in 2024-02"),
+                       ("*", date(2035, 1, 15), "1 order(s) placed in 2025-01")]
+    assert outcome.counts == {"anonymised": 3, "residual": 1, "deleted": 1}
+    assert await shop.connector.locate(LEA) == []
+
+
+async def test_rectify_changes_only_differing_fields_and_reports_names_not_values(shop: Shop) -> None:
+    lea = seed_lea(shop.state)
+    changes = {"last_name": "Martin", "city": "Rennes", "postcode": "35000", "phone": "+33 6 12 34 56 78"}
+    outcome = await shop.connector.rectify(OperationJob(REQUEST, LEA, changes=changes))
+    customer = shop.state.customers[lea["id"]]
+    assert customer["last_name"] == customer["billing"]["last_name"] == customer["shipping"]["last_name"] == "Martin"
+    assert customer["billing"]["city"] == customer["shipping"]["city"] == "Rennes"
+    assert customer["billing"]["phone"] == "+33 6 12 34 56 78"  # unchanged value
+    [line] = outcome.report
+    assert line.action == RecordAction.CHANGED and line.fields == ["city", "last_name", "postcode"]
+    assert "Martin" not in repr(outcome) and "Rennes" not in repr(outcome)
+    # orders are accounting records: not rewritten
+    assert all(o["billing"]["city"] == "Nantes" for o in shop.state.orders_of(lea["id"]))
+
+    again = await shop.connector.rectify(OperationJob(REQUEST, LEA, changes=changes))
+    assert [r.action for r in again.report] == [RecordAction.UNCHANGED] and again.counts == {"unchanged": 1}
+
+
+async def test_rectifying_the_email_is_idempotent(shop: Shop) -> None:
+    lea = seed_lea(shop.state)
+    job = OperationJob(REQUEST, LEA, changes={"email": "lea.martin@example.org"})
+    first = await shop.connector.rectify(job)
+    assert first.report[0].fields == ["email"]
+    customer = shop.state.customers[lea["id"]]
+    assert customer["email"] == customer["billing"]["email"] == "lea.martin@example.org"
+    again = await shop.connector.rectify(job)
+    assert [(r.record_id, r.action) for r in again.report] == [(str(lea["id"]), RecordAction.UNCHANGED)]
+
+
+async def test_wrong_consumer_secret_is_permanent(shop: Shop) -> None:
+    connector = shop.connect(consumer_secret="cs_wrong")
+    try:
+        with pytest.raises(PermanentConnectorError, match="check the credentials of connector woocommerce") as err:
+            await connector.locate(LEA)
+    finally:
+        await connector.aclose()
+    assert "woocommerce_rest_authentication_error" in str(err.value) and "lea" not in str(err.value).lower()
+
+
+async def test_injected_429_is_transient_with_retry_after(shop: Shop) -> None:
+    shop.faults.statuses.append(429)
+    shop.faults.retry_after = "17"
+    with pytest.raises(TransientConnectorError) as err:
+        await shop.connector.locate(LEA)
+    assert err.value.retry_after == 17
+
+
+async def test_the_shops_own_rate_limit_is_transient_and_the_connector_limit_avoids_it() -> None:
+    shop = await start_shop(rate_limit=(5, 1.0))
+    try:
+        seed_lea(shop.state)
+        with pytest.raises(TransientConnectorError, match="HTTP 429 rate_limit_exceeded") as err:
+            for _ in range(3):  # 5 calls each
+                await shop.connector.locate(LEA)
+        assert err.value.retry_after is not None and 0 < err.value.retry_after <= 1
+        polite = shop.connect(rate_limit=RateLimiter(4, 1.0))
+        try:
+            await asyncio.sleep(1.0)
+            for _ in range(3):
+                assert len(await polite.locate(LEA)) == 4
+        finally:
+            await polite.aclose()
+    finally:
+        await shop.connector.aclose()
+        await shop.server.stop()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_server_errors_are_transient(shop: Shop, status: int) -> None:
+    shop.faults.statuses.append(status)
+    with pytest.raises(TransientConnectorError, match=f"HTTP {status}"):
+        await shop.connector.erase(OperationJob(REQUEST, LEA))
+
+
+async def test_a_dropped_connection_is_transient(shop: Shop) -> None:
+    shop.faults.drop_next = 1
+    with pytest.raises(TransientConnectorError, match="connection failed"):
+        await shop.connector.locate(LEA)
+    assert await shop.connector.locate(Subject(email="nobody@example.org")) == []  # and then it works again
+
+
+async def test_a_slow_shop_times_out_as_transient(shop: Shop) -> None:
+    connector = shop.connect(timeout=0.2)
+    shop.faults.delay_seconds = 0.5
+    try:
+        with pytest.raises(TransientConnectorError, match="timed out"):
+            await connector.check()
+    finally:
+        shop.faults.delay_seconds = 0.0
+        await connector.aclose()
+
+
+async def test_a_base_url_that_is_not_a_shop_is_permanent(shop: Shop) -> None:
+    connector = WooCommerceConnector(consumer_key=KEY, consumer_secret=SECRET, base_url=shop.server.url + "/blog")
+    try:
+        with pytest.raises(PermanentConnectorError, match="rest_no_route"):
+            await connector.check()
+    finally:
+        await connector.aclose()
