@@ -130,8 +130,10 @@ class RequestExports:
         self.request_id = request_id
 
     def open(self, system: str, dataset: str, *, provided: bool) -> DatasetFile:
-        folder = self._store.folder(self.request_id) / _safe(system, "system")
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        base = self._store.folder(self.request_id)
+        base.mkdir(mode=0o700, exist_ok=True)
+        folder = base / _safe(system, "system")
+        folder.mkdir(mode=0o700, exist_ok=True)
         meta = folder / f"{_safe(dataset, 'dataset')}.meta.json"
         meta.write_text(json.dumps({"provided": provided}))
         os.chmod(meta, 0o600)
