@@ -1,0 +1,135 @@
+"""A worker killed (SIGKILL) in the middle of a long export: the next worker resumes from the heartbeated
+cursor, and the export holds every order exactly once. Real processes, a real dev server, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from dsr import search_attributes as sa
+from dsr.codec_server import serve_codec
+from dsr.config import Settings
+from dsr.crypto import data_converter
+from dsr.exports import ExportStore
+from dsr.model import IdentityMethod, Outcome
+from intake.submission import Submission, prepare, start
+from sandbox.faults import Faults
+from sandbox.woocommerce import WooState, woocommerce_app
+from tests.harness import TEST_KEYRING, MailSink, binary
+
+ORDERS = 4000
+PAGES = ORDERS // 100
+EMAIL = "bulk.buyer@example.org"
+
+
+class CountOrderPages:
+    """Counts the order pages the shop serves, to prove the second worker did not start over."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.pages = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/orders") and scope["method"] == "GET":
+            self.pages += 1
+        await self.app(scope, receive, send)
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "from worker import main; main()"], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def written_orders(handle: WorkflowHandle) -> int:
+    """Orders the running export has checkpointed, from the activity's last heartbeat."""
+    described = await handle.describe()
+    for pending in described.raw_description.pending_activities:
+        if pending.heartbeat_details.payloads:
+            details = await data_converter(TEST_KEYRING).decode(pending.heartbeat_details.payloads)
+            cursor = details[0] if details else {}
+            return int((cursor.get("written") or {}).get("orders", 0))
+    return 0
+
+
+async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, mail: MailSink) -> None:
+    shop_state = WooState()
+    customer = shop_state.add_customer(EMAIL, "Bulk", "Buyer", billing={"email": EMAIL, "first_name": "Bulk"})
+    shop_state.bulk_orders(customer["id"], ORDERS)
+    faults = Faults(delay_seconds=0.15)  # slow pages leave time to kill the worker mid-export
+    counted = CountOrderPages(woocommerce_app(shop_state, consumer_key="ck_x", consumer_secret="cs_x",
+                                              faults=faults))
+    shop = await serve_codec(counted, port=0)  # type: ignore[arg-type]
+    temporal = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
+        data_converter=data_converter(TEST_KEYRING),
+    )
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "dsr.toml").write_text(
+            f'[[connectors]]\ntype = "woocommerce"\nbase_url = "{shop.url}"\n'
+            'credentials = { consumer_key = "SHOP_KEY", consumer_secret = "SHOP_SECRET" }\n'
+            "rate_limit = { requests = 1000, per_seconds = 1 }\n")
+        task_queue = f"crash-{uuid.uuid4()}"
+        env = {
+            **os.environ,
+            "DSR_HOME": str(home),
+            "DSR_KEYS": "test-1:" + base64.b64encode(bytes(range(32))).decode(),
+            "TEMPORAL_ADDRESS": temporal.client.service_client.config.target_host,
+            "DSR_TASK_QUEUE": task_queue,
+            "DSR_SMTP_HOST": "127.0.0.1",
+            "DSR_SMTP_PORT": str(mail.port),
+            "SHOP_KEY": "ck_x",
+            "SHOP_SECRET": "cs_x",
+        }
+        settings = Settings.from_env(env)
+        settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED,
+                                                    connector_heartbeat_seconds=5))
+        request = prepare(Submission(kind="access", email=EMAIL), settings)
+        workers.append(start_worker(env, tmp_path / "worker-1.log"))
+        handle = await start(temporal.client, request, task_queue=task_queue)
+
+        for _ in range(300):  # until a few pages are checkpointed, then SIGKILL, mid-export
+            if await written_orders(handle) >= 800:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the export never checkpointed:\n" + (tmp_path / "worker-1.log").read_text())
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        workers[0].wait()
+        pages_before_crash = counted.pages
+        assert pages_before_crash < PAGES, "killed too late to prove anything"
+
+        workers.append(start_worker(env, tmp_path / "worker-2.log"))
+        final = await asyncio.wait_for(handle.result(), timeout=120)
+        assert final.outcome == Outcome.FULFILLED
+
+        orders = list(ExportStore(settings.exports_dir, TEST_KEYRING).read(request.request_id, "woocommerce",
+                                                                            "orders"))
+        ids = [o["id"] for o in orders]
+        assert len(ids) == ORDERS and len(set(ids)) == ORDERS, "every order exactly once"
+        # Resumed, not restarted: the second worker fetched only the pages after the last checkpoint.
+        assert counted.pages < pages_before_crash + PAGES
+        history = await handle.fetch_history()
+        attempts = [e.activity_task_started_event_attributes.attempt for e in history.events
+                    if e.HasField("activity_task_started_event_attributes")]
+        assert max(attempts) >= 2, "the export activity was retried after the crash"
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        await temporal.shutdown()
+        await shop.stop()
