@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dsr up
+	$(BIN)/dsr up --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

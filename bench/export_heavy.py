@@ -1,0 +1,159 @@
+"""Benchmark: exporting the demo's heavy customer (10,000 WooCommerce orders, 2,000 Stripe charges).
+
+Prints two figures the connectors issue sets targets for:
+- the export's peak RSS growth in the process running it (target: under 150 MB), and
+- its time as a ratio of the sandboxes' own paging time (target: within 1.5x), both exports running in
+  parallel as the worker runs them, each against the same paging done bare (httpx, no processing).
+
+The sandboxes run in their own processes so their memory and CPU are not counted. Ratios, medians of
+several runs: the machine is shared and noisy. Run: ``.venv/bin/python bench/export_heavy.py [--runs 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+EMAIL = "marie.lefevre@example.com"
+WOO_KEY, WOO_SECRET, STRIPE_KEY = "ck_bench", "cs_bench", "sk_test_bench"
+
+SHOP = textwrap.dedent(f"""
+    import asyncio, sys
+    from dsr.codec_server import serve_codec
+    from sandbox.woocommerce import WooState, woocommerce_app
+    async def main():
+        state = WooState()
+        c = state.add_customer({EMAIL!r}, "Marie", "Lefevre", billing={{"email": {EMAIL!r}, "first_name": "Marie"}})
+        state.bulk_orders(c["id"], 10_000)
+        server = await serve_codec(woocommerce_app(state, consumer_key={WOO_KEY!r}, consumer_secret={WOO_SECRET!r}),
+                                   port=0)
+        print(server.port, flush=True)
+        await server.wait()
+    asyncio.run(main())
+""")
+
+EXPORT = textwrap.dedent("""
+    import asyncio, json, resource, sys, tempfile, time
+    from pathlib import Path
+    from temporalio.testing import ActivityEnvironment
+    from activities.connectors import ConnectorActivities
+    from connectors.http import RateLimiter
+    from connectors.stripe import StripeConnector
+    from connectors.woocommerce import WooCommerceConnector
+    from dsr.exports import ExportStore
+    from dsr.model import ConnectorTask, RequestKind, Subject
+    from tests.harness import TEST_KEYRING
+
+    def rss_kb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+    async def main(shop_url, stripe_url, email):
+        store = ExportStore(Path(tempfile.mkdtemp(prefix="bench-exports-")), TEST_KEYRING)
+        connectors = [
+            WooCommerceConnector("woocommerce", consumer_key=sys.argv[4], consumer_secret=sys.argv[5],
+                                 base_url=shop_url, rate_limit=RateLimiter(1000, 1)),
+            StripeConnector("stripe", api_key=sys.argv[6], base_url=stripe_url, rate_limit=RateLimiter(25, 1.1)),
+        ]
+        fan_out = ConnectorActivities(connectors, store)
+        before = rss_kb()
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(*(
+            ActivityEnvironment().run(fan_out.run_connector, ConnectorTask(
+                request_id="dsr-2026-11-BENCH1", connector=c.name, kind=RequestKind.ACCESS,
+                subject=Subject(email=email)))
+            for c in connectors))
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for c in connectors:
+            await c.aclose()
+        print(json.dumps({"seconds": seconds, "rss_before_kb": before, "peak_kb": peak,
+                          "exported": {o.connector: o.counts.get("exported", 0) for o in outcomes}}))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+""")
+
+
+async def bare_paging(shop_url: str, stripe_url: str, stripe_customer: str) -> float:
+    """The sandboxes' own paging time: the same pages fetched bare and in parallel, nothing processed."""
+    import httpx
+
+    async def shop() -> None:
+        async with httpx.AsyncClient(base_url=shop_url, auth=(WOO_KEY, WOO_SECRET), timeout=60) as client:
+            customers = (await client.get("/wp-json/wc/v3/customers", params={"email": EMAIL})).json()
+            page, pages = 1, 1
+            while page <= pages:
+                r = await client.get("/wp-json/wc/v3/orders", params={
+                    "customer": customers[0]["id"], "per_page": 100, "page": page, "orderby": "id", "order": "asc"})
+                pages = int(r.headers["X-WP-TotalPages"])
+                r.json()
+                page += 1
+
+    async def stripe() -> None:
+        headers = {"Authorization": f"Bearer {STRIPE_KEY}"}
+        async with httpx.AsyncClient(base_url=stripe_url, headers=headers, timeout=60) as client:
+            after = None
+            while True:
+                params = {"customer": stripe_customer, "limit": 100, **({"starting_after": after} if after else {})}
+                body = (await client.get("/v1/charges", params=params)).json()
+                if not body["data"]:
+                    break
+                after = body["data"][-1]["id"]
+                if not body.get("has_more"):
+                    break
+
+    start = time.perf_counter()
+    await asyncio.gather(shop(), stripe())
+    return time.perf_counter() - start
+
+
+async def main(runs: int) -> None:  # noqa: ASYNC220, ASYNC221 - a benchmark driver, blocking on purpose
+    from sandbox.stripe import LocalStripe, seed_customer
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    shop = subprocess.Popen([sys.executable, "-c", SHOP], env=env, stdout=subprocess.PIPE, cwd=ROOT)
+    stripe = LocalStripe(api_key=STRIPE_KEY).start()
+    try:
+        assert shop.stdout is not None
+        shop_url = f"http://127.0.0.1:{int(shop.stdout.readline())}"
+        customer = await seed_customer(stripe.url, STRIPE_KEY, email=EMAIL, name="Marie Lefevre", charges=2000)
+        await bare_paging(shop_url, stripe.url, customer)  # warm both servers once
+        ratios, growths, rows = [], [], []
+        for run in range(1, runs + 1):
+            bare = await bare_paging(shop_url, stripe.url, customer)
+            done = subprocess.run([sys.executable, "-c", EXPORT, shop_url, stripe.url, EMAIL, WOO_KEY, WOO_SECRET,
+                                   STRIPE_KEY], env=env, cwd=tempfile.gettempdir(), capture_output=True,
+                                  text=True, check=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            ratio = result["seconds"] / bare
+            growth = (result["peak_kb"] - result["rss_before_kb"]) / 1024
+            ratios.append(ratio)
+            growths.append(growth)
+            rows.append(f"run {run}: bare paging {bare:.2f} s, export {result['seconds']:.2f} s "
+                        f"(x{ratio:.2f}), RSS growth {growth:.0f} MB, exported {result['exported']}")
+        print("\n".join(rows))
+        print(f"median: export time x{statistics.median(ratios):.2f} of bare paging (target <= 1.5), "
+              f"peak RSS growth {statistics.median(growths):.0f} MB (target < 150)")
+    finally:
+        stripe.stop()
+        shop.terminate()
+        shop.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    asyncio.run(main(parser.parse_args().runs))
