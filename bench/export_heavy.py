@@ -120,7 +120,7 @@ async def bare_paging(shop_url: str, stripe_url: str, stripe_customer: str) -> f
     return time.perf_counter() - start
 
 
-async def main(runs: int) -> None:  # noqa: ASYNC220, ASYNC221 - a benchmark driver, blocking on purpose
+async def main(runs: int) -> None:
     from sandbox.stripe import LocalStripe, seed_customer
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
