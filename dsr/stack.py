@@ -165,7 +165,9 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
 
         print("starting the demo sandboxes (HubSpot, WooCommerce, Stripe) and seeding customers…", flush=True)
         try:
-            sandboxes = await start_demo(settings.home, settings.config_file, settings.secrets_file)
+            base = int(os.environ.get("DSR_DEMO_BASE_PORT", "8301"))
+            ports = {"hubspot": base, "woocommerce": base + 1, "stripe": base + 2}
+            sandboxes = await start_demo(settings.home, settings.config_file, settings.secrets_file, ports)
         except DemoError as err:
             raise StackError(str(err)) from None
     try:

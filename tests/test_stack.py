@@ -42,15 +42,15 @@ class Stack:
         self.env.pop("DSR_SMTP_HOST", None)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def up(self) -> None:
+    def up(self, *extra: str) -> None:
         path = self.home / "up.log"
         offset = path.stat().st_size if path.exists() else 0  # the log of a previous run stays
         log = path.open("ab")
         self.process = subprocess.Popen(
-            [str(BIN / "dsr"), "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [str(BIN / "dsr"), "up", *extra], env=self.env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-        for _ in range(240):
+        for _ in range(360):
             if b"dsr is up." in path.read_bytes()[offset:]:
                 return
             if self.process.poll() is not None:
@@ -180,6 +180,50 @@ ledger.append_event(AuditEvent("{old_id}", "closed", stage=Stage.CLOSED, outcome
         "id": old_id, "kind": "erasure", "stage": "closed", "outcome": "fulfilled", "channel": "email",
         "received": "2025-01-31", "deadline": "2025-02-28", "extended": False, "source": "ledger",
     }
+
+
+def test_demo_serves_sample_customers_through_real_connectors(stack: Stack) -> None:
+    base = free_port()
+    while any(not _free(p) for p in (base + 1, base + 2)):
+        base = free_port()
+    stack.env["DSR_DEMO_BASE_PORT"] = str(base)
+    stack.up("--demo")
+    customers = json.loads(stack.dsr("demo", "customers", "--json").stdout)
+    heavy = next(c for c in customers if c["email"] == "marie.lefevre@example.com")
+    assert heavy["systems"]["woocommerce"]["orders"] == 10_000 and heavy["systems"]["stripe"]["charges"] == 2000
+    everywhere = next(c for c in customers if c["email"] == "camille.durand@example.org")
+    assert set(everywhere["systems"]) == {"hubspot", "stripe", "woocommerce"}
+
+    check = stack.dsr("connectors", "check", "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert {(r["name"], r["ok"]) for r in json.loads(check.stdout)} == {
+        ("hubspot", True), ("stripe", True), ("woocommerce", True)}
+
+    submitted = json.loads(stack.dsr("submit", "--kind", "erasure", "--email", "hugo.bernard@example.net",
+                                     "--json").stdout)
+    request_id = submitted["id"]
+    wait_until(lambda: stack.dsr("confirm-identity", request_id, "--method", "email").returncode == 0,
+               "the identity step")
+
+    def closed() -> dict | None:
+        status = json.loads(stack.dsr("status", request_id, "--json").stdout)
+        return status if status["stage"] == "closed" else None
+
+    status = wait_until(closed, "the erasure", timeout=60)
+    assert status["outcome"] == "fulfilled"
+    shop = next(c for c in status["connectors"] if c["connector"] == "woocommerce")
+    assert shop["outcome"]["counts"]["anonymised"] == 2  # a guest's orders: kept anonymised for accounting
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.parametrize(

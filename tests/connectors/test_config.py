@@ -111,3 +111,32 @@ def test_secrets_file_fills_missing_variables_and_must_be_private(tmp_path: Path
     settings.secrets_file.write_text("not a pair\n")
     with pytest.raises(ConfigError, match="line 1: expected NAME=value"):
         settings.connector_environment({})
+
+
+async def test_connectors_check_over_real_http(tmp_path: Path) -> None:
+    import asyncio
+
+    from dsr.codec_server import serve_codec
+    from sandbox.hubspot import HubSpotState, hubspot_app
+
+    crm = await serve_codec(hubspot_app(HubSpotState(), token="pat-right"), port=0)
+    try:
+        (tmp_path / "dsr.toml").write_text(
+            f'[[connectors]]\ntype = "hubspot"\nname = "crm"\nbase_url = "{crm.url}"\n'
+            'credentials = { token = "CRM_TOKEN" }\n')
+        dsr = Path(sys.executable).parent / "dsr"
+
+        async def check(token: str) -> tuple[int, str]:
+            env = {**os.environ, "DSR_HOME": str(tmp_path), "CRM_TOKEN": token}
+            # Not subprocess.run: this event loop must keep serving the sandbox meanwhile.
+            process = await asyncio.create_subprocess_exec(str(dsr), "connectors", "check", env=env,
+                                                           stdout=asyncio.subprocess.PIPE)
+            out, _ = await process.communicate()
+            return process.returncode or 0, out.decode()
+
+        code, out = await check("pat-right")
+        assert code == 0 and out.startswith("ok    crm") and "auth OK" in out
+        code, out = await check("pat-wrong")
+        assert code == 1 and out.startswith("FAIL  crm") and "check the credentials of connector crm" in out
+    finally:
+        await crm.stop()
