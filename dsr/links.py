@@ -1,0 +1,263 @@
+"""Signed, expiring download links for export bundles, and the code that goes with them.
+
+The reply to an access/portability request links to ``{DSR_PUBLIC_URL}/exports/{token}``. Opening the
+link is not enough to download: the page asks for the request reference or the 6-digit code sent in the
+same email, so a link forwarded (or leaked through a proxy log) alone does not disclose the data.
+
+Token format (``v1``)
+---------------------
+::
+
+    v1.<base64url(body)>.<base64url(mac)>
+    body = expiry (8 bytes, big-endian Unix seconds)
+         || nonce (12 bytes)
+         || AES-256-GCM(enc_key, nonce, request_id, aad = "dsr/download-link/v1" NUL expiry)
+    mac  = HMAC-SHA256(mac_key, "v1." + base64url(body))        (32 bytes)
+
+All of it is URL-safe (``A-Z a-z 0-9 - _ .``), about 120 characters. The request id is *encrypted*: it is
+not personal data, but it is one of the two accepted answers to the download challenge, so it must not be
+readable from the link itself. Verification checks the HMAC first (constant time), then decrypts, then
+compares the expiry; a bad signature, a bad format or a wrong version all raise :class:`TamperedLink`,
+an authentic token past its expiry raises :class:`ExpiredLink`.
+
+Keys
+----
+Every key used here is derived from the key ring's *index key* (see :mod:`dsr.crypto`), which rotation
+never changes, so a link issued before a rotation still verifies after it (like the blind index). The
+derivation uses only the public :meth:`KeyRing.blind_index` (itself HKDF-SHA256 of the index key with
+its own per-purpose info label), then HKDF-SHA256 again with one info label per use:
+``dsr/download-link/v1 NUL {enc|mac|code|form|ip}``. So the link key never equals the raw AES key nor any
+stored blind index.
+
+* the 6-digit ``code`` is ``HMAC(code_key, token)`` reduced to 6 decimal digits: the worker (which puts it
+  in the email) and the intake app (which checks it) agree without storing anything;
+* :meth:`DownloadLinks.form_token` is ``HMAC(form_key, token)``, the stateless CSRF field of the form;
+* :meth:`DownloadLinks.ip_hash` is a short keyed hash of a client address for the audit trail.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from dsr.crypto import KeyRing
+
+__all__ = [
+    "CODE_DIGITS",
+    "DEFAULT_LINK_TTL",
+    "DownloadLink",
+    "DownloadLinks",
+    "ExpiredLink",
+    "InvalidLink",
+    "TamperedLink",
+    "download_url",
+]
+
+DEFAULT_LINK_TTL = timedelta(days=7)
+CODE_DIGITS = 6
+LINK_VERSION = "v1"
+MAX_TOKEN_LENGTH = 512
+"""Anything longer is rejected before any decoding (request ids are short)."""
+
+_ROOT_PURPOSE = "dsr/download-link/v1"
+_INFO = b"dsr/download-link/v1\x00"
+_NONCE = 12
+_TAG = 16
+_MAC = 32
+_EXPIRY = struct.Struct(">Q")
+_TOKEN_RE = re.compile(r"^v[0-9]{1,3}\.[A-Za-z0-9_-]{1,400}\.[A-Za-z0-9_-]{43}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_CODE_SEPARATORS = str.maketrans("", "", " -.\u00a0\u202f\t")
+# Crockford base32 look-alikes, as read out on the phone: O -> 0, I/L -> 1 (references never hold them).
+_LOOKALIKES = str.maketrans({"O": "0", "I": "1", "L": "1"})
+
+
+class InvalidLink(ValueError):
+    """A download token that cannot be used. Messages never contain the token or the request id."""
+
+
+class TamperedLink(InvalidLink):
+    """Bad format, unknown version or bad signature."""
+
+
+class ExpiredLink(InvalidLink):
+    """An authentic token whose expiry has passed."""
+
+
+@dataclass(frozen=True)
+class DownloadLink:
+    """What the worker puts in the reply: the token (in the URL), the code (in the text), the expiry."""
+
+    token: str
+    code: str
+    expires_at: datetime
+
+    def url(self, public_url: str) -> str:
+        return download_url(public_url, self.token)
+
+
+def download_url(public_url: str, token: str) -> str:
+    """``{public_url}/exports/{token}`` (``public_url`` is ``DSR_PUBLIC_URL``, e.g. ``https://privacy.example``)."""
+    return f"{public_url.rstrip('/')}/exports/{quote(token, safe='')}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def _normalise_answer(value: str) -> str:
+    return value.strip().upper().translate(_CODE_SEPARATORS)
+
+
+class DownloadLinks:
+    """Issues and checks download tokens; stateless, so every process with the same key ring agrees."""
+
+    __slots__ = ("_aead", "_code_key", "_form_key", "_ip_key", "_mac_key", "_ttl")
+
+    def __init__(self, keyring: KeyRing, *, ttl: timedelta = DEFAULT_LINK_TTL) -> None:
+        if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+            raise ValueError("ttl must be a positive timedelta")
+        self._ttl = ttl
+        root = bytes.fromhex(keyring.blind_index("download-link-root", purpose=_ROOT_PURPOSE))
+
+        def derive(label: bytes) -> bytes:
+            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO + label).derive(root)
+
+        self._aead = AESGCM(derive(b"enc"))
+        self._mac_key = derive(b"mac")
+        self._code_key = derive(b"code")
+        self._form_key = derive(b"form")
+        self._ip_key = derive(b"ip")
+
+    @property
+    def ttl(self) -> timedelta:
+        return self._ttl
+
+    # ------------------------------------------------------------------ issuing
+
+    def issue(self, request_id: str, *, now: datetime, ttl: timedelta | None = None) -> DownloadLink:
+        """A new link for ``request_id`` valid until ``now + ttl`` (whole seconds, rounded down)."""
+        if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
+            raise ValueError("request_id must be a request reference such as dsr-2026-11-7KQ3FJ")
+        ttl = self._ttl if ttl is None else ttl
+        if ttl <= timedelta(0):
+            raise ValueError("ttl must be a positive timedelta")
+        expires = int((_aware(now, "now") + ttl).timestamp())
+        header = _EXPIRY.pack(expires)
+        nonce = os.urandom(_NONCE)
+        sealed = self._aead.encrypt(nonce, request_id.encode("ascii"), self._aad(header))
+        signed = f"{LINK_VERSION}.{_b64url(header + nonce + sealed)}"
+        token = f"{signed}.{_b64url(self._mac(signed))}"
+        return DownloadLink(token=token, code=self.code(token), expires_at=datetime.fromtimestamp(expires, UTC))
+
+    def code(self, token: str) -> str:
+        """The 6-digit code that goes with ``token`` (deterministic; no storage)."""
+        digest = hmac.new(self._code_key, token.encode("utf-8"), hashlib.sha256).digest()
+        return f"{int.from_bytes(digest[:8], 'big') % 10**CODE_DIGITS:0{CODE_DIGITS}d}"
+
+    # ------------------------------------------------------------------ checking
+
+    def verify(self, token: str, *, now: datetime) -> str:
+        """The request id of an authentic, unexpired token; :class:`TamperedLink` / :class:`ExpiredLink`."""
+        request_id, expires_at = self._open(token)
+        if _aware(now, "now") >= expires_at:
+            raise ExpiredLink("this download link has expired")
+        return request_id
+
+    def expires_at(self, token: str) -> datetime:
+        """The expiry of an authentic token (expired or not); :class:`TamperedLink` otherwise."""
+        return self._open(token)[1]
+
+    def check_code(self, token: str, code_or_reference: str) -> bool:
+        """Whether the answer is the token's 6-digit code or its request reference.
+
+        Case-insensitive; spaces and dashes inside a code, surrounding blanks and the Crockford look-alikes
+        (O for 0, I/L for 1) are tolerated. Both comparisons always run, in constant time. An unauthentic
+        token gives False (expiry is not checked here: :meth:`verify` does that).
+        """
+        try:
+            request_id, _ = self._open(token)
+        except InvalidLink:
+            return False
+        if not isinstance(code_or_reference, str) or len(code_or_reference) > 200:
+            return False
+        as_reference = code_or_reference.strip().upper().translate(_LOOKALIKES).encode("utf-8")
+        as_code = _normalise_answer(code_or_reference).translate(_LOOKALIKES).encode("utf-8")
+        matches = (
+            hmac.compare_digest(as_reference, request_id.upper().translate(_LOOKALIKES).encode("ascii")),
+            hmac.compare_digest(as_code, self.code(token).encode("ascii")),
+        )
+        return any(matches)
+
+    def form_token(self, token: str) -> str:
+        """The hidden CSRF field of the download form for ``token`` (stateless, bound to the token)."""
+        return _b64url(hmac.new(self._form_key, token.encode("utf-8"), hashlib.sha256).digest()[:24])
+
+    def check_form_token(self, token: str, value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        return hmac.compare_digest(value.encode("utf-8"), self.form_token(token).encode("ascii"))
+
+    def ip_hash(self, address: str | None) -> str:
+        """A short keyed hash of a client address (16 hex digits), fit for the audit trail; never the IP."""
+        digest = hmac.new(self._ip_key, (address or "unknown").encode("utf-8"), hashlib.sha256)
+        return digest.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ internals
+
+    def _mac(self, signed: str) -> bytes:
+        return hmac.new(self._mac_key, signed.encode("ascii"), hashlib.sha256).digest()
+
+    @staticmethod
+    def _aad(header: bytes) -> bytes:
+        return _INFO + header
+
+    def _open(self, token: str) -> tuple[str, datetime]:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not _TOKEN_RE.match(token):
+            raise TamperedLink("this download link is not valid")
+        signed, _, mac_text = token.rpartition(".")
+        try:
+            mac = _unb64url(mac_text)
+            body = _unb64url(signed.partition(".")[2])
+        except (binascii.Error, ValueError):
+            raise TamperedLink("this download link is not valid") from None
+        # Check the signature before looking at the version: an unknown version is just as invalid.
+        if not hmac.compare_digest(mac, self._mac(signed)) or not signed.startswith(LINK_VERSION + "."):
+            raise TamperedLink("this download link is not valid")
+        if len(body) < _EXPIRY.size + _NONCE + _TAG + 1:
+            raise TamperedLink("this download link is not valid")
+        header = body[: _EXPIRY.size]
+        nonce = body[_EXPIRY.size : _EXPIRY.size + _NONCE]
+        try:
+            request_id = self._aead.decrypt(nonce, body[_EXPIRY.size + _NONCE :], self._aad(header)).decode("ascii")
+        except (InvalidTag, UnicodeDecodeError):
+            raise TamperedLink("this download link is not valid") from None
+        (expires,) = _EXPIRY.unpack(header)
+        try:
+            expires_at = datetime.fromtimestamp(expires, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise TamperedLink("this download link is not valid") from None
+        return request_id, expires_at

@@ -1,0 +1,470 @@
+"""The download page of export bundles over real HTTP: uvicorn on 127.0.0.1, an httpx client.
+
+The bundle opener is the tests' own (a zip encrypted with ``KeyRing.encrypt``), so these tests do not
+depend on how ``dsr.bundle`` lays its files out.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import re
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from dsr.codec_server import serve_codec
+from dsr.crypto import KeyRing
+from dsr.links import DownloadLinks, ExpiredLink, TamperedLink, download_url
+from intake.app import CSP, MAX_FORM_BYTES, choose_language, intake_app
+
+REFERENCE = "dsr-2026-03-7KQ3FJ"
+OTHER_REFERENCE = "dsr-2026-03-AB12CD"
+START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+BUNDLE_AAD = b"test-bundle"
+PUBLIC_URL = "https://privacy.example.org"
+
+
+@dataclass
+class Clock:
+    now: datetime = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Audit:
+    calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    fail: bool = False
+
+    def __call__(self, request_id: str, event: str, details: dict[str, str]) -> None:
+        if self.fail:
+            raise RuntimeError("ledger unavailable")
+        self.calls.append((request_id, event, dict(details)))
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", '{"files": ["data.json", "blob.bin"]}')
+        zf.writestr("data.json", '{"records": [{"email": "jeanne.martin@example.org"}]}')
+        zf.writestr("blob.bin", os.urandom(300_000), compress_type=zipfile.ZIP_STORED)  # several chunks
+    return buffer.getvalue()
+
+
+def _write_bundle(ring: KeyRing, folder: Path, request_id: str, plain: bytes) -> None:
+    key_id, blob = ring.encrypt(plain, aad=BUNDLE_AAD + request_id.encode())
+    (folder / f"{request_id}.bundle").write_bytes(key_id.encode() + b"\n" + blob)
+
+
+def _opener(ring: KeyRing, folder: Path) -> Callable[[str], Iterator[bytes] | None]:
+    """Like ``dsr.bundle.open_bundle``: raises FileNotFoundError at once when the bundle is gone."""
+
+    def open_bundle(request_id: str) -> Iterator[bytes]:
+        key_id, _, blob = (folder / f"{request_id}.bundle").read_bytes().partition(b"\n")
+        plain = ring.decrypt(key_id.decode(), blob, aad=BUNDLE_AAD + request_id.encode())
+        return iter([plain[i : i + 64 * 1024] for i in range(0, len(plain), 64 * 1024)])
+
+    return open_bundle
+
+
+@dataclass
+class Env:
+    ring: KeyRing
+    links: DownloadLinks
+    clock: Clock
+    audit: Audit
+    zip: bytes
+    http: httpx.AsyncClient
+
+    def path(self, token: str) -> str:
+        return f"/exports/{token}"
+
+    def form(self, token: str, answer: str | None, *, csrf: str | None = "auto") -> dict[str, str]:
+        fields: dict[str, str] = {}
+        if answer is not None:
+            fields["answer"] = answer
+        if csrf == "auto":
+            fields["form"] = self.links.form_token(token)
+        elif csrf is not None:
+            fields["form"] = csrf
+        return fields
+
+    async def post(self, token: str, answer: str | None, *, csrf: str | None = "auto", **kw: object) -> httpx.Response:
+        return await self.http.post(self.path(token), data=self.form(token, answer, csrf=csrf), **kw)
+
+
+@contextlib.asynccontextmanager
+async def _serve(
+    ring: KeyRing,
+    folder: Path,
+    *,
+    opener: Callable[[str], Iterator[bytes] | None] | None = None,
+    audit: Audit | None = None,
+    clock: Clock | None = None,
+) -> AsyncIterator[Env]:
+    links = DownloadLinks(ring)
+    clock = clock or Clock()
+    audit = audit or Audit()
+    app = intake_app(
+        links=links,
+        bundle_opener=opener or _opener(ring, folder),
+        audit=audit,
+        public_url=PUBLIC_URL,
+        clock=clock,
+    )
+    running = await serve_codec(app, port=0)
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+            yield Env(ring, links, clock, audit, b"", http)
+    finally:
+        await running.stop()
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    ring = KeyRing.generate()
+    plain = _zip_bytes()
+    _write_bundle(ring, tmp_path, REFERENCE, plain)
+    async with _serve(ring, tmp_path) as running:
+        running.zip = plain
+        yield running
+
+
+def _assert_page_headers(response: httpx.Response) -> None:
+    assert response.headers["content-security-policy"] == CSP
+    for directive in ("default-src 'none'", "style-src 'unsafe-inline'", "form-action 'self'"):
+        assert directive in response.headers["content-security-policy"]
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["content-type"].startswith("text/html")
+
+
+def _csrf_value(page: str) -> str:
+    match = re.search(r'name="form" value="([^"]+)"', page)
+    assert match, "the form carries its CSRF field"
+    return match.group(1)
+
+
+def _flip(token: str, index: int) -> str:
+    char = token[index]
+    return token[:index] + ("A" if char != "A" else "B") + token[index + 1 :]
+
+
+# ---------------------------------------------------------------------------------------------- happy path
+
+
+async def test_form_then_wrong_code_then_reference_downloads_the_bundle(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+
+    form = await env.http.get(env.path(link.token), headers={"Accept-Language": "en-GB,en;q=0.9"})
+    assert form.status_code == 200
+    _assert_page_headers(form)
+    assert '<html lang="en">' in form.text
+    assert "Download your data" in form.text
+    assert '<label for="answer">' in form.text
+    assert REFERENCE.lower() not in form.text.lower()  # the page never gives the answer away
+    assert f'action="/exports/{link.token}"' in form.text
+    csrf = _csrf_value(form.text)
+    assert csrf == env.links.form_token(link.token)
+
+    wrong = await env.http.post(env.path(link.token), data={"answer": "000000", "form": csrf})
+    if link.code == "000000":  # pragma: no cover - one chance in a million
+        pytest.skip("the random code happened to be 000000")
+    assert wrong.status_code == 403
+    _assert_page_headers(wrong)
+    assert 'role="alert"' in wrong.text
+    assert REFERENCE.lower() not in wrong.text.lower()
+    assert env.audit.calls == []
+
+    ok = await env.http.post(env.path(link.token), data={"answer": f"  {REFERENCE.lower()} ", "form": csrf})
+    assert ok.status_code == 200
+    assert ok.content == env.zip
+    assert ok.headers["content-type"] == "application/zip"
+    assert ok.headers["content-disposition"] == f'attachment; filename="{REFERENCE}.zip"'
+    assert ok.headers["cache-control"] == "no-store"
+    assert ok.headers["x-content-type-options"] == "nosniff"
+    assert ok.headers["referrer-policy"] == "no-referrer"
+    with zipfile.ZipFile(io.BytesIO(ok.content)) as zf:
+        assert zf.testzip() is None
+        assert sorted(zf.namelist()) == ["blob.bin", "data.json", "manifest.json"]
+
+    assert len(env.audit.calls) == 1
+    request_id, event, details = env.audit.calls[0]
+    assert (request_id, event) == (REFERENCE, "export_downloaded")
+    assert details["proof"] == "reference"
+    assert re.fullmatch(r"[0-9a-f]{16}", details["ip_hash"])
+    assert details["ip_hash"] == env.links.ip_hash("127.0.0.1")
+    assert all("127.0.0.1" not in value for value in details.values())
+
+
+async def test_the_code_from_the_email_works_too_and_every_download_is_audited(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    spaced = f"{link.code[:3]} {link.code[3:]}"
+    for answer in (link.code, spaced):
+        response = await env.post(link.token, answer)
+        assert response.status_code == 200
+        assert response.content == env.zip
+    assert [call[1] for call in env.audit.calls] == ["export_downloaded", "export_downloaded"]
+    assert {call[2]["proof"] for call in env.audit.calls} == {"code"}
+
+
+async def test_language_follows_accept_language(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    french = await env.http.get(env.path(link.token), headers={"Accept-Language": "fr-FR,fr;q=0.9,en;q=0.8"})
+    assert '<html lang="fr">' in french.text and "Télécharger vos données" in french.text
+    default = await env.http.get(env.path(link.token), headers={"Accept-Language": "de-DE"})
+    assert '<html lang="fr">' in default.text
+    english = await env.http.get(env.path(link.token), headers={"Accept-Language": "de, en;q=0.5, fr;q=0.4"})
+    assert '<html lang="en">' in english.text
+    assert choose_language("en;q=0.2, fr;q=0.9") == "fr"
+    assert choose_language("garbage;;;q=x, ,") == "fr"
+    assert choose_language(None, "en") == "en"
+
+
+async def test_health(env: Env) -> None:
+    response = await env.http.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+# ---------------------------------------------------------------------------------------------- bad links
+
+
+async def test_tampered_token_is_403_and_leaks_nothing(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    # the version, the expiry, the encrypted reference, the signature
+    positions = [1, 4, 10, 20, 40, len(link.token) - 30, len(link.token) - 2]
+    for index in positions:
+        tampered = _flip(link.token, index)
+        assert tampered != link.token
+        for response in (
+            await env.http.get(env.path(tampered), headers={"Accept-Language": "en"}),
+            await env.post(tampered, REFERENCE, headers={"Accept-Language": "en"}),
+        ):
+            assert response.status_code == 403, index
+            _assert_page_headers(response)
+            assert "This link is not valid" in response.text
+            assert REFERENCE.lower() not in response.text.lower()
+            assert tampered not in response.text
+            assert "expire" not in response.text.lower()
+    assert env.audit.calls == []
+
+
+async def test_garbage_tokens_and_paths_never_give_a_500(env: Env) -> None:
+    for token in ("x", "v1..", "v1.AAAA.BBBB", "v9." + "A" * 80 + "." + "B" * 43, "%C3%A9%00", "A" * 5000):
+        response = await env.http.get(f"/exports/{token}")
+        assert response.status_code == 403, token
+        _assert_page_headers(response)
+        response = await env.http.post(f"/exports/{token}", data={"answer": "1"})
+        assert response.status_code == 403, token
+    missing = await env.http.get("/nowhere")
+    assert missing.status_code == 404
+    _assert_page_headers(missing)
+    link = env.links.issue(REFERENCE, now=START)
+    not_allowed = await env.http.put(env.path(link.token))
+    assert not_allowed.status_code == 405
+    assert "GET" in not_allowed.headers["allow"]
+
+
+async def test_expired_token_is_410(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START - timedelta(days=8))
+    for response in (
+        await env.http.get(env.path(link.token), headers={"Accept-Language": "en"}),
+        await env.post(link.token, link.code, headers={"Accept-Language": "en"}),
+    ):
+        assert response.status_code == 410
+        _assert_page_headers(response)
+        assert "This link has expired; ask for a new one" in response.text
+        assert REFERENCE.lower() not in response.text.lower()
+    french = await env.http.get(env.path(link.token), headers={"Accept-Language": "fr"})
+    assert "Ce lien a expiré" in french.text
+    assert env.audit.calls == []
+
+
+async def test_link_expires_exactly_at_its_expiry(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    assert link.expires_at == START + timedelta(days=7)
+    env.clock.now = link.expires_at - timedelta(seconds=1)
+    assert (await env.http.get(env.path(link.token))).status_code == 200
+    env.clock.now = link.expires_at
+    assert (await env.http.get(env.path(link.token))).status_code == 410
+
+
+async def test_missing_bundle_is_410(env: Env) -> None:
+    link = env.links.issue(OTHER_REFERENCE, now=START)  # nothing was ever written for it
+    response = await env.post(link.token, OTHER_REFERENCE, headers={"Accept-Language": "en"})
+    assert response.status_code == 410
+    _assert_page_headers(response)
+    assert "no longer available" in response.text
+    assert env.audit.calls == []
+
+
+async def test_opener_returning_none_is_410_too(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    async with _serve(ring, tmp_path, opener=lambda request_id: None) as env:
+        link = env.links.issue(REFERENCE, now=START)
+        response = await env.post(link.token, link.code)
+        assert response.status_code == 410
+        assert env.audit.calls == []
+
+
+async def test_a_download_that_cannot_be_audited_does_not_happen(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    _write_bundle(ring, tmp_path, REFERENCE, b"PK-zip-bytes")
+    async with _serve(ring, tmp_path, audit=Audit(fail=True)) as env:
+        link = env.links.issue(REFERENCE, now=START)
+        response = await env.post(link.token, link.code)
+        assert response.status_code == 503
+        assert b"PK-zip-bytes" not in response.content
+
+
+# ---------------------------------------------------------------------------------------------- the form
+
+
+async def test_six_wrong_attempts_lock_the_download_for_15_minutes(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    wrong = "999999" if link.code != "999999" else "111111"
+    statuses = [(await env.post(link.token, wrong)).status_code for _ in range(6)]
+    assert statuses == [403, 403, 403, 403, 403, 429]
+
+    locked = await env.post(link.token, link.code, headers={"Accept-Language": "en"})
+    assert locked.status_code == 429  # even the right answer waits
+    assert 0 < int(locked.headers["retry-after"]) <= 15 * 60
+    _assert_page_headers(locked)
+    assert "Too many attempts" in locked.text
+    # a second link to the same request shares the counter
+    other = env.links.issue(REFERENCE, now=START)
+    assert (await env.post(other.token, other.code)).status_code == 429
+    assert env.audit.calls == []
+
+    env.clock.now = START + timedelta(minutes=15)
+    unlocked = await env.post(link.token, link.code)
+    assert unlocked.status_code == 200
+    assert unlocked.content == env.zip
+
+
+async def test_missing_or_wrong_csrf_field_is_403(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    other = env.links.issue(REFERENCE, now=START)
+    for csrf in (None, "", "x" * 32, env.links.form_token(other.token)):
+        response = await env.post(link.token, link.code, csrf=csrf, headers={"Accept-Language": "en"})
+        assert response.status_code == 403, csrf
+        _assert_page_headers(response)
+        assert "This form is not valid" in response.text
+    assert env.audit.calls == []
+    # a CSRF failure is not a wrong answer: the right answer still works afterwards
+    assert (await env.post(link.token, link.code)).status_code == 200
+
+
+async def test_oversize_post_is_413(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    data = env.form(link.token, link.code) | {"padding": "x" * MAX_FORM_BYTES}
+    response = await env.http.post(env.path(link.token), data=data)
+    assert response.status_code == 413
+    _assert_page_headers(response)
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while reading
+        for _ in range(50):
+            yield b"x" * 4096
+
+    streamed = await env.http.post(
+        env.path(link.token), content=chunked(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert streamed.status_code == 413
+    assert env.audit.calls == []
+
+
+async def test_unreadable_forms_are_4xx_not_500(env: Env) -> None:
+    link = env.links.issue(REFERENCE, now=START)
+    path = env.path(link.token)
+    as_json = await env.http.post(path, json={"answer": link.code})
+    assert as_json.status_code == 415
+    not_utf8 = await env.http.post(
+        path, content=b"answer=\xff\xfe", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert not_utf8.status_code == 400
+    many = "&".join(f"f{i}=1" for i in range(50))
+    too_many = await env.http.post(path, content=many, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert too_many.status_code == 400
+    no_answer = await env.post(link.token, None)
+    assert no_answer.status_code == 403
+    assert env.audit.calls == []
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+
+
+def test_tokens_carry_no_personal_data_and_are_url_safe() -> None:
+    links = DownloadLinks(KeyRing.generate())
+    link = links.issue(REFERENCE, now=START)
+    assert re.fullmatch(r"v1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}", link.token)
+    assert re.fullmatch(r"[0-9]{6}", link.code)
+    decoded = b"".join(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in link.token.split(".")[1:])
+    for needle in (REFERENCE, REFERENCE.upper(), "7KQ3FJ"):
+        assert needle.lower() not in link.token.lower()
+        assert needle.encode() not in decoded
+    # two links for the same request do not look alike, but each has a stable code
+    again = links.issue(REFERENCE, now=START)
+    assert again.token != link.token
+    assert links.code(link.token) == link.code
+    assert download_url(PUBLIC_URL + "/", link.token) == f"{PUBLIC_URL}/exports/{link.token}"
+    assert link.url(PUBLIC_URL) == f"{PUBLIC_URL}/exports/{link.token}"
+
+
+def test_links_survive_key_rotation_but_not_another_ring() -> None:
+    ring = KeyRing.generate()
+    link = DownloadLinks(ring).issue(REFERENCE, now=START)
+    rotated = DownloadLinks(ring.with_new_key().with_new_key())
+    assert rotated.verify(link.token, now=START) == REFERENCE
+    assert rotated.code(link.token) == link.code
+    assert rotated.check_code(link.token, link.code)
+    assert rotated.form_token(link.token) == DownloadLinks(ring).form_token(link.token)
+    with pytest.raises(TamperedLink):
+        DownloadLinks(KeyRing.generate()).verify(link.token, now=START)
+    with pytest.raises(ExpiredLink):
+        rotated.verify(link.token, now=START + timedelta(days=7))
+
+
+async def test_a_rotated_ring_still_serves_old_links(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    link = DownloadLinks(ring).issue(REFERENCE, now=START)
+    rotated = ring.with_new_key()
+    _write_bundle(rotated, tmp_path, REFERENCE, b"zip after rotation")
+    async with _serve(rotated, tmp_path) as env:
+        assert (await env.http.get(env.path(link.token))).status_code == 200
+        response = await env.post(link.token, link.code)
+        assert response.status_code == 200
+        assert response.content == b"zip after rotation"
+
+
+def test_check_code_rules() -> None:
+    links = DownloadLinks(KeyRing.generate(), ttl=timedelta(hours=1))
+    link = links.issue(REFERENCE, now=START)
+    assert link.expires_at == START + timedelta(hours=1)
+    assert links.check_code(link.token, link.code)
+    assert links.check_code(link.token, f" {link.code[:3]}-{link.code[3:]} ")
+    assert links.check_code(link.token, REFERENCE.upper())
+    assert links.check_code(link.token, REFERENCE.lower())
+    assert links.check_code(link.token, REFERENCE.replace("7KQ3FJ", "7kq3fj"))
+    assert not links.check_code(link.token, "")
+    assert not links.check_code(link.token, OTHER_REFERENCE)
+    assert not links.check_code(link.token, REFERENCE + "X")
+    assert not links.check_code(link.token, "é" * 10)
+    assert not links.check_code(_flip(link.token, 10), link.code)
+    other = links.issue(OTHER_REFERENCE, now=START)
+    assert not links.check_code(link.token, other.code) or other.code == link.code
+    with pytest.raises(ValueError):
+        links.issue("jeanne.martin@example.org", now=START)
+    with pytest.raises(ValueError):
+        links.issue(REFERENCE, now=datetime(2026, 3, 2))  # naive
