@@ -1,0 +1,557 @@
+"""The export bundle: what the data subject downloads, built by streaming from the export store.
+
+A zip holding
+
+* ``data.json`` -- every record, ``{"<system>": {"<dataset>": [record, ...]}}``, keys sorted at every level;
+* ``csv/<system>/<dataset>.csv`` -- one per dataset, nested objects flattened into dotted columns, lists as
+  JSON text, UTF-8 with BOM (Excel), CRLF line ends;
+* ``report.html`` -- a self-contained, printable report in the request's language (no external assets);
+* ``manifest.json`` -- size and SHA-256 of every other file, the request reference, kind, language, time.
+
+Nothing is held whole in memory: records stream from the store into the zip entries (two passes for each
+CSV: column names first, rows second), hashes are computed while writing, and the finished zip is
+encrypted chunk by chunk.
+
+Encrypted file format (``BUNDLE_MAGIC``, version 1), all integers big-endian::
+
+    magic        8 bytes   b"DSRBNDL\\x01"
+    key id len   1 byte    n
+    key id       n bytes   ASCII, the key ring key that encrypted every chunk
+    chunk size   4 bytes   plaintext bytes per chunk (1 MiB); the last chunk may be shorter
+    zip size     8 bytes   plaintext size of the zip
+    chunks       ceil(zip size / chunk size) chunks (at least one), each ``KeyRing.encrypt`` output:
+                 12-byte nonce + ciphertext + 16-byte tag
+
+Chunk ``i`` is AES-256-GCM with authenticated data ``"dsr-bundle/v1" NUL request_id NUL header i(8 bytes)``
+(plus the key ring's own ``dsr/v1 NUL key_id NUL`` prefix): a chunk cannot be moved, dropped, reordered or
+served for another request, and the header (hence the size, so truncation) is authenticated by every chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import orjson
+
+from dsr.crypto import DecryptionError
+from dsr.exports import ExportStore, StoredDataset
+from dsr.model import Language, RequestKind
+
+__all__ = [
+    "BUNDLE_MAGIC",
+    "CHUNK_SIZE",
+    "PREVIEW_ROWS",
+    "BundleCipher",
+    "BundleError",
+    "BundleInfo",
+    "BundleStream",
+    "build_bundle",
+    "bundle_path",
+    "open_bundle",
+]
+
+BUNDLE_MAGIC = b"DSRBNDL\x01"
+CHUNK_SIZE = 1 << 20
+"""Plaintext bytes per encrypted chunk: memory stays at a few MiB whatever the bundle size."""
+MAX_CHUNK_SIZE = 16 << 20
+"""A header asking for bigger chunks is refused before anything is read (bounded memory on bad input)."""
+PREVIEW_ROWS = 50
+"""Records shown per dataset in report.html; the rest are in data.json and the CSV."""
+PREVIEW_CELL_CHARS = 500
+"""Longer values are cut in report.html (never in data.json or the CSV)."""
+WIDE_TABLE = 6
+"""Datasets with more columns than this are shown as one field/value table per record."""
+
+_AAD = b"dsr-bundle/v1\x00"
+_HEADER_FIXED = len(BUNDLE_MAGIC) + 1
+_NONCE_TAG = 12 + 16
+_WRITE_BUFFER = 64 * 1024
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+
+DATA_JSON = "data.json"
+REPORT_HTML = "report.html"
+MANIFEST_JSON = "manifest.json"
+
+
+class BundleError(DecryptionError):
+    """An encrypted bundle is malformed, truncated, tampered with, or belongs to another request."""
+
+
+class BundleCipher(Protocol):
+    """What the bundle needs of :class:`dsr.crypto.KeyRing`."""
+
+    @property
+    def current_key_id(self) -> str: ...
+    def encrypt(self, plaintext: bytes, *, aad: bytes) -> tuple[str, bytes]: ...
+    def decrypt(self, key_id: str, blob: bytes, *, aad: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What was built. ``size`` and ``sha256`` are those of the decrypted zip (what the subject downloads)."""
+
+    path: Path
+    size: int
+    sha256: str
+    files: list[str]
+    records: dict[str, int] = field(default_factory=dict)
+    """Records per dataset, keyed ``"<system>/<dataset>"``."""
+
+
+def bundle_path(store: ExportStore, request_id: str) -> Path:
+    """The conventional place of a request's bundle: inside its export folder, so ``store.delete`` removes it."""
+    return store.folder(request_id) / "bundle.zip.enc"
+
+
+# --------------------------------------------------------------------------------------------- values
+
+
+def _cell(value: Any) -> str:
+    """A leaf value as text: JSON spelling for null/booleans/numbers/lists, strings as they are."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool | int | float | list | tuple | dict):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+    return str(value)
+
+
+def _flatten(record: Any) -> dict[str, str]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": "1", "c": "[1,2]"}``; the first spelling of a column wins."""
+    out: dict[str, str] = {}
+    if not isinstance(record, dict):
+        out["value"] = _cell(record)
+        return out
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:
+        prefix, value = stack.pop()
+        if isinstance(value, dict) and (value or not prefix):
+            # reversed + LIFO stack = the record's own key order
+            stack.extend((f"{prefix}.{key}" if prefix else str(key), item) for key, item in reversed(value.items()))
+        elif prefix not in out:
+            out[prefix] = _cell(value)
+    return out
+
+
+def _csv_safe(text: str) -> str:
+    """Neutralise spreadsheet formulas (OWASP CSV injection): ``=HYPERLINK(..)`` is shown, not run."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _preview(text: str) -> str:
+    return text if len(text) <= PREVIEW_CELL_CHARS else text[:PREVIEW_CELL_CHARS] + "…"
+
+
+def _one_line(value: object) -> str:
+    return _SPACES.sub(" ", str(value)).strip()
+
+
+# --------------------------------------------------------------------------------------------- zip entries
+
+
+class _Entry:
+    """One zip member being written: buffered, with its size and SHA-256 computed on the way."""
+
+    def __init__(self, zf: zipfile.ZipFile, name: str, when: datetime, *, large: bool = True) -> None:
+        info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = (stat.S_IFREG | 0o600) << 16
+        self.name = name
+        self._out = zf.open(info, "w", force_zip64=large)
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self.size = 0
+
+    def write(self, data: bytes | str) -> None:
+        self._buffer += data.encode("utf-8") if isinstance(data, str) else data
+        if len(self._buffer) >= _WRITE_BUFFER:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._buffer:
+            self._hash.update(self._buffer)
+            self._out.write(self._buffer)
+            self.size += len(self._buffer)
+            self._buffer.clear()
+
+    def close(self) -> dict[str, Any]:
+        self._drain()
+        self._out.close()
+        return {"name": self.name, "size": self.size, "sha256": self._hash.hexdigest()}
+
+    def __enter__(self) -> _Entry:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # release the zip so the original error surfaces (the zip is discarded)
+            with contextlib.suppress(Exception):
+                self._out.close()
+
+
+@dataclass
+class _DatasetSummary:
+    stored: StoredDataset
+    records: int = 0
+    columns: dict[str, None] = field(default_factory=dict)  # an ordered set
+    preview: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.stored.system}/{self.stored.dataset}"
+
+    @property
+    def csv_name(self) -> str:
+        return f"csv/{self.stored.system}/{self.stored.dataset}.csv"
+
+
+def _dump_record(record: Any) -> bytes:
+    text = orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2,
+                        default=str)
+    return b"      " + text.replace(b"\n", b"\n      ")  # JSON strings hold no raw newline: safe
+
+
+def _write_data_json(zf: zipfile.ZipFile, when: datetime, store: ExportStore, request_id: str,
+                     datasets: list[_DatasetSummary]) -> dict[str, Any]:
+    """First pass: ``data.json``, and per dataset its count, CSV columns and report preview."""
+    with _Entry(zf, DATA_JSON, when) as entry:
+        return _data_json_body(entry, store, request_id, datasets)
+
+
+def _data_json_body(entry: _Entry, store: ExportStore, request_id: str,
+                    datasets: list[_DatasetSummary]) -> dict[str, Any]:
+    entry.write(b"{")
+    system, first_dataset = None, True
+    for n, summary in enumerate(datasets):
+        if summary.stored.system != system:
+            if system is not None:
+                entry.write(b"\n  }")
+            system = summary.stored.system
+            entry.write((b",\n  " if n else b"\n  ") + orjson.dumps(system) + b": {")
+            first_dataset = True
+        entry.write((b"\n    " if first_dataset else b",\n    ") + orjson.dumps(summary.stored.dataset) + b": [")
+        first_dataset = False
+        for record in store.read(request_id, summary.stored.system, summary.stored.dataset):
+            entry.write((b",\n" if summary.records else b"\n") + _dump_record(record))
+            summary.records += 1
+            row = _flatten(record)
+            summary.columns.update(dict.fromkeys(row))
+            if len(summary.preview) < PREVIEW_ROWS:
+                summary.preview.append({k: _preview(v) for k, v in row.items()})
+        entry.write(b"\n    ]" if summary.records else b"]")
+    entry.write(b"\n  }\n}\n" if system is not None else b"}\n")
+    return entry.close()
+
+
+def _write_csv(zf: zipfile.ZipFile, when: datetime, store: ExportStore, request_id: str,
+               summary: _DatasetSummary) -> dict[str, Any]:
+    """Second pass over one dataset: its rows, under the columns the first pass found."""
+    with _Entry(zf, summary.csv_name, when) as entry:
+        entry.write("\ufeff")
+        columns = list(summary.columns)
+        writer = csv.writer(entry, lineterminator="\r\n")
+        if columns:
+            writer.writerow([_csv_safe(c) for c in columns])
+        for record in store.read(request_id, summary.stored.system, summary.stored.dataset):
+            row = _flatten(record)
+            writer.writerow([_csv_safe(row.get(c, "")) for c in columns])
+        return entry.close()
+
+
+def _report_context(summaries: list[_DatasetSummary], *, language: Language, kind: RequestKind,
+                    reference: str, info: Mapping[str, str], provided_only: bool,
+                    when: datetime) -> dict[str, Any]:
+    datasets = []
+    for n, s in enumerate(summaries, 1):
+        columns = list(dict.fromkeys(c for row in s.preview for c in row))
+        datasets.append({
+            "anchor": f"d{n}",
+            "system": s.stored.system,
+            "dataset": s.stored.dataset,
+            "records": s.records,
+            "provided": s.stored.provided,
+            "csv": s.csv_name,
+            "wide": len(columns) > WIDE_TABLE,
+            "columns": columns,
+            "rows": [[row.get(c, "") for c in columns] for row in s.preview],
+            "fields": [[(c, v) for c, v in row.items() if v != ""] for row in s.preview],
+            "shown": len(s.preview),
+            "more": s.records - len(s.preview),
+        })
+    systems: dict[str, list[dict[str, Any]]] = {}
+    for d in datasets:
+        systems.setdefault(d["system"], []).append(d)
+    return {
+        "lang": language.value,
+        "kind": kind.value,
+        "reference": reference,
+        "controller_name": info.get("controller_name", ""),
+        "contact": info.get("contact", ""),
+        "received": info.get("received", ""),
+        "generated_date": when.date().isoformat(),
+        "generated_time": when.strftime("%H:%M"),
+        "provided_only": provided_only,
+        "systems": systems,
+        "datasets": datasets,
+        "total": sum(d["records"] for d in datasets),
+        "preview_rows": PREVIEW_ROWS,
+    }
+
+
+def _write_report(zf: zipfile.ZipFile, when: datetime, context: dict[str, Any]) -> dict[str, Any]:
+    from templates import ENVIRONMENT  # the notices' environment: autoescaped .html, shared filters
+
+    template = ENVIRONMENT.get_template(f"{context['lang']}/report.html")
+    with _Entry(zf, REPORT_HTML, when, large=False) as entry:
+        for piece in template.generate(context):
+            entry.write(piece)
+        return entry.close()
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def _private_file(path: Path) -> IO[bytes]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    if os.name == "posix":
+        os.fchmod(fd, 0o600)  # whatever the umask
+    return os.fdopen(fd, "w+b")
+
+
+def build_bundle(store: ExportStore, request_id: str, *, language: Language, kind: RequestKind,
+                 reference_info: Mapping[str, str], target: Path, provided_only: bool = False,
+                 now: datetime | None = None, keyring: BundleCipher | None = None) -> BundleInfo:
+    """Build the encrypted export bundle of ``request_id`` at ``target`` (replacing it atomically).
+
+    ``reference_info``: ``reference`` (shown to the subject; default ``request_id``) and optionally
+    ``controller_name``, ``contact`` (privacy contact) and ``received`` (ISO date) for the report; every
+    key is recorded in the manifest. ``provided_only`` (portability, Art. 20) keeps only the datasets the
+    subject provided. ``keyring`` defaults to the store's key ring; ``now`` to the current time.
+    """
+    language, kind = Language(language), RequestKind(kind)
+    cipher: BundleCipher = keyring if keyring is not None else store.sealer  # type: ignore[assignment]
+    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    info = {str(k): _one_line(v) for k, v in reference_info.items() if v is not None}
+    reference = info.get("reference") or request_id
+    stored = sorted(store.datasets(request_id), key=lambda d: (d.system, d.dataset))
+    summaries = [_DatasetSummary(d) for d in stored if d.provided or not provided_only]
+
+    target = Path(target)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_hex(6)
+    plain = target.with_name(f".{target.name}.{token}.zip.tmp")
+    sealed = target.with_name(f".{target.name}.{token}.enc.tmp")
+    try:
+        with _private_file(plain) as raw:
+            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                entries = [_write_data_json(zf, when, store, request_id, summaries)]
+                entries += [_write_csv(zf, when, store, request_id, s) for s in summaries]
+                context = _report_context(summaries, language=language, kind=kind, reference=reference,
+                                          info=info, provided_only=provided_only, when=when)
+                entries.append(_write_report(zf, when, context))
+                manifest = {
+                    "format": "dsr-export-bundle/1",
+                    "reference": reference,
+                    "request": info,
+                    "kind": kind.value,
+                    "language": language.value,
+                    "provided_only": provided_only,
+                    "generated_at": when.isoformat().replace("+00:00", "Z"),
+                    "datasets": [
+                        {"system": s.stored.system, "dataset": s.stored.dataset, "records": s.records,
+                         "provided": s.stored.provided, "csv": s.csv_name}
+                        for s in summaries
+                    ],
+                    "files": entries,
+                }
+                with _Entry(zf, MANIFEST_JSON, when, large=False) as out:
+                    out.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+                    out.close()
+            raw.flush()
+            size = os.fstat(raw.fileno()).st_size
+            raw.seek(0)
+            with _private_file(sealed) as dst:
+                digest = _encrypt(cipher, raw, dst, request_id, size)
+                dst.flush()
+                os.fsync(dst.fileno())
+        os.replace(sealed, target)
+    finally:
+        for leftover in (plain, sealed):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+    return BundleInfo(
+        path=target,
+        size=size,
+        sha256=digest,
+        files=[e["name"] for e in entries] + [MANIFEST_JSON],
+        records={s.key: s.records for s in summaries},
+    )
+
+
+# --------------------------------------------------------------------------------------------- encryption
+
+
+def _header(key_id: str, chunk_size: int, size: int) -> bytes:
+    raw_id = key_id.encode("ascii")
+    if not 0 < len(raw_id) < 256:
+        raise BundleError("key id does not fit the bundle header")
+    return BUNDLE_MAGIC + bytes([len(raw_id)]) + raw_id + chunk_size.to_bytes(4, "big") + size.to_bytes(8, "big")
+
+
+def _chunk_aad(request_id: str, header: bytes, index: int) -> bytes:
+    return _AAD + request_id.lower().encode("utf-8") + b"\x00" + header + index.to_bytes(8, "big")
+
+
+def _chunks(size: int, chunk_size: int) -> int:
+    return max(1, -(-size // chunk_size))
+
+
+def _encrypt(cipher: BundleCipher, src: IO[bytes], dst: IO[bytes], request_id: str, size: int) -> str:
+    """Encrypt ``size`` bytes of ``src`` into ``dst``; return the plaintext's SHA-256."""
+    key_id = cipher.current_key_id
+    header = _header(key_id, CHUNK_SIZE, size)
+    dst.write(header)
+    digest = hashlib.sha256()
+    for index in range(_chunks(size, CHUNK_SIZE)):
+        chunk = src.read(CHUNK_SIZE)
+        digest.update(chunk)
+        used, blob = cipher.encrypt(chunk, aad=_chunk_aad(request_id, header, index))
+        if used != key_id:
+            raise BundleError(f"key ring changed its current key while encrypting (expected {key_id!r})")
+        dst.write(blob)
+    if src.read(1):
+        raise BundleError("the zip grew while it was being encrypted")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    header: bytes
+    key_id: str
+    chunk_size: int
+    size: int
+
+    @property
+    def chunks(self) -> int:
+        return _chunks(self.size, self.chunk_size)
+
+    def plain_length(self, index: int) -> int:
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+    @property
+    def file_size(self) -> int:
+        return len(self.header) + self.size + self.chunks * _NONCE_TAG
+
+
+def _read_layout(f: IO[bytes]) -> _Layout:
+    start = f.read(_HEADER_FIXED)
+    if len(start) != _HEADER_FIXED or start[: len(BUNDLE_MAGIC)] != BUNDLE_MAGIC:
+        raise BundleError("not an export bundle (bad magic or version)")
+    id_len = start[-1]
+    rest = f.read(id_len + 12)
+    if len(rest) != id_len + 12:
+        raise BundleError("export bundle header is truncated")
+    try:
+        key_id = rest[:id_len].decode("ascii")
+    except UnicodeDecodeError:
+        raise BundleError("export bundle header names a malformed key id") from None
+    chunk_size = int.from_bytes(rest[id_len:id_len + 4], "big")
+    size = int.from_bytes(rest[id_len + 4:], "big")
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise BundleError("export bundle header has an invalid chunk size")
+    return _Layout(start + rest, key_id, chunk_size, size)
+
+
+class BundleStream(Iterator[bytes]):
+    """The decrypted zip of an export bundle, chunk by chunk (at most ``CHUNK_SIZE`` bytes each).
+
+    ``size`` is the zip's size (a ``Content-Length``). Each chunk is authenticated before it is returned;
+    a failure raises :class:`BundleError` / :class:`~dsr.crypto.DecryptionError` (the first chunk is
+    checked by :func:`open_bundle` already, so a wrong request, key or file fails before anything is sent).
+    """
+
+    def __init__(self, keyring: BundleCipher, path: Path, request_id: str) -> None:
+        self._keyring = keyring
+        self._request_id = request_id
+        self._file: IO[bytes] | None = Path(path).open("rb")  # noqa: SIM115 - closed by close()/exhaustion
+        try:
+            self._layout = _read_layout(self._file)
+            if os.fstat(self._file.fileno()).st_size != self._layout.file_size:
+                raise BundleError("export bundle is truncated or has trailing data")
+            self._next = 0
+            self._first: bytes | None = self._decrypt_next()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def size(self) -> int:
+        return self._layout.size
+
+    def _decrypt_next(self) -> bytes:
+        assert self._file is not None
+        index, layout = self._next, self._layout
+        want = layout.plain_length(index) + _NONCE_TAG
+        blob = self._file.read(want)
+        if len(blob) != want:
+            raise BundleError("export bundle is truncated")
+        plain = self._keyring.decrypt(layout.key_id, blob, aad=_chunk_aad(self._request_id, layout.header, index))
+        self._next += 1
+        return plain
+
+    def __iter__(self) -> BundleStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            if self._next >= self._layout.chunks:
+                self.close()
+            return first
+        if self._file is None or self._next >= self._layout.chunks:
+            self.close()
+            raise StopIteration
+        try:
+            chunk = self._decrypt_next()
+        except BaseException:
+            self.close()
+            raise
+        if self._next >= self._layout.chunks:
+            self.close()
+        return chunk
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> BundleStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_bundle(keyring: BundleCipher, path: Path, request_id: str) -> BundleStream:
+    """Stream the decrypted zip of the bundle at ``path``, which must belong to ``request_id``.
+
+    Raises at once (:class:`BundleError`, :class:`~dsr.crypto.UnknownKeyError`,
+    :class:`~dsr.crypto.DecryptionError`, ``FileNotFoundError``) when the file is not a bundle, is
+    truncated, was built for another request, or its first chunk fails authentication; later chunks are
+    authenticated as they are read. Close the stream (or exhaust it) to release the file.
+    """
+    return BundleStream(keyring, path, request_id)

@@ -1,0 +1,282 @@
+"""The export bundle: built by streaming from a real export store, encrypted at rest, verifiable."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import tracemalloc
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from dsr.bundle import (
+    BUNDLE_MAGIC,
+    CHUNK_SIZE,
+    PREVIEW_ROWS,
+    BundleError,
+    BundleInfo,
+    build_bundle,
+    bundle_path,
+    open_bundle,
+)
+from dsr.crypto import DecryptionError, KeyRing, UnknownKeyError
+from dsr.exports import ExportStore
+from dsr.model import Language, RequestKind
+from tests.harness import TEST_KEYRING
+
+REQUEST = "dsr-2026-11-BNDL01"
+HOSTILE = "<script>alert(1)</script>\r\nX-Injected: yes"
+NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+INFO = {"reference": "DSR-2026-11-BNDL01", "controller_name": "Atelier Roux SAS", "contact": "dpo@atelier.example",
+        "received": "2026-11-03"}
+
+SEED: dict[tuple[str, str], tuple[bool, list[dict]]] = {
+    ("crm", "contacts"): (True, [
+        {"id": "c-1", "name": HOSTILE, "email": "zoe.roux@example.org",
+         "address": {"city": "Lyon", "street": "12 rue Mercière", "geo": {"lat": 45.76, "lon": 4.83}},
+         "tags": ["vip", "newsletter"], "opt_in": True, "phone": None},
+    ]),
+    ("crm", "notes"): (False, [
+        {"id": f"n-{i}", "body": f"Called about order {i}; formula =SUM(A1)", "author": "agent-7"} for i in range(3)
+    ] + [{"id": "n-x", "body": "=HYPERLINK(\"http://evil.example\")", "extra": {"deep": {"er": 1}}}]),
+    ("shop", "orders"): (True, [
+        {"id": 1000 + i, "total": 19.9 + i, "currency": "EUR", "billing": {"email": "zoe.roux@example.org",
+                                                                           "name": "Zoé Roux"},
+         "lines": [{"sku": f"SKU-{i}", "qty": 1}]}
+        for i in range(PREVIEW_ROWS + 7)
+    ]),
+    ("shop", "empty"): (True, []),
+    ("shop", "tickets"): (False, [
+        {"id": "t-1", "subject": "Où est ma commande ?", "body": "line one\r\nline two"},
+    ]),
+}
+
+
+def seed(store: ExportStore, request_id: str = REQUEST, data=SEED) -> None:
+    exports = store.for_request(request_id)
+    for (system, dataset), (provided, records) in data.items():
+        with exports.open(system, dataset, provided=provided) as writer:
+            for record in records:
+                writer.write(record)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ExportStore:
+    store = ExportStore(tmp_path / "exports", TEST_KEYRING)
+    seed(store)
+    # another subject's request in the same store must never leak into this bundle
+    seed(store, "dsr-2026-11-OTHER9", {("crm", "contacts"): (True, [{"id": "c-9", "email": "other@example.org"}])})
+    return store
+
+
+def build(store: ExportStore, tmp_path: Path, **kwargs) -> BundleInfo:
+    options = {"language": Language.EN, "kind": RequestKind.ACCESS, "reference_info": INFO,
+               "target": tmp_path / "out" / "bundle.zip.enc", "now": NOW}
+    options.update(kwargs)
+    return build_bundle(store, REQUEST, **options)
+
+
+def unzip(info: BundleInfo, request_id: str = REQUEST) -> zipfile.ZipFile:
+    with open_bundle(TEST_KEYRING, info.path, request_id) as stream:
+        data = b"".join(stream)
+    assert len(data) == info.size and hashlib.sha256(data).hexdigest() == info.sha256
+    return zipfile.ZipFile(io.BytesIO(data))
+
+
+def sorted_pairs(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    assert keys == sorted(keys), f"keys not sorted: {keys}"
+    return dict(pairs)
+
+
+def csv_rows(zf: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
+    raw = zf.read(name)
+    assert raw.startswith(b"\xef\xbb\xbf"), "UTF-8 BOM for Excel"
+    return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+
+
+def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore, tmp_path: Path) -> None:
+    info = build(store, tmp_path)
+    zf = unzip(info)
+    names = zf.namelist()
+    expected_csv = [f"csv/{s}/{d}.csv" for s, d in sorted(SEED)]
+    assert names == ["data.json", *expected_csv, "report.html", "manifest.json"] == info.files
+    assert info.records == {f"{s}/{d}": len(records) for (s, d), (_, records) in SEED.items()}
+
+    manifest = json.loads(zf.read("manifest.json"))
+    assert {f["name"] for f in manifest["files"]} == set(names) - {"manifest.json"}
+    for entry in manifest["files"]:
+        content = zf.read(entry["name"])
+        assert len(content) == entry["size"] and hashlib.sha256(content).hexdigest() == entry["sha256"]
+    assert manifest["reference"] == INFO["reference"] and manifest["request"] == INFO
+    assert (manifest["kind"], manifest["language"], manifest["provided_only"]) == ("access", "en", False)
+    assert manifest["generated_at"] == "2026-12-01T09:30:00Z"
+
+    data = json.loads(zf.read("data.json"), object_pairs_hook=sorted_pairs)
+    expected: dict = {}
+    for (system, dataset), (_, records) in sorted(SEED.items()):
+        expected.setdefault(system, {})[dataset] = records
+    assert data == expected  # every record, nothing else (not the other request's subject)
+    assert b"other@example.org" not in zf.read("data.json")
+
+    for (system, dataset), (_, records) in SEED.items():
+        rows = csv_rows(zf, f"csv/{system}/{dataset}.csv")
+        assert len(rows) == len(records)
+    [contact] = csv_rows(zf, "csv/crm/contacts.csv")
+    assert contact["name"] == HOSTILE  # CRLF kept inside a quoted field
+    assert contact["address.geo.lat"] == "45.76" and contact["address.city"] == "Lyon"
+    assert json.loads(contact["tags"]) == ["vip", "newsletter"]
+    assert (contact["opt_in"], contact["phone"]) == ("true", "")
+    notes = csv_rows(zf, "csv/crm/notes.csv")
+    assert notes[-1]["body"].startswith("'=HYPERLINK") and notes[-1]["extra.deep.er"] == "1"
+    assert notes[0]["extra.deep.er"] == ""  # columns are the union over every record
+    orders = csv_rows(zf, "csv/shop/orders.csv")
+    assert [int(r["id"]) for r in orders] == [r["id"] for r in SEED["shop", "orders"][1]]
+    assert orders[0]["billing.name"] == "Zoé Roux"
+
+
+def test_encrypted_at_rest_private_and_no_plaintext_left(store: ExportStore, tmp_path: Path) -> None:
+    info = build(store, tmp_path)
+    raw = info.path.read_bytes()
+    assert raw.startswith(BUNDLE_MAGIC)
+    assert oct(info.path.stat().st_mode & 0o777) == "0o600"
+    assert os.listdir(info.path.parent) == [info.path.name], "the plaintext temp zip is gone"
+    for value in (b"zoe.roux", b"Lyon", b"Merci", b"<script>", b"HYPERLINK", b"PK\x03\x04", b"data.json",
+                  "Zoé".encode(), b"SKU-1"):
+        assert value not in raw
+
+
+def test_tampering_truncation_and_another_request_fail(store: ExportStore, tmp_path: Path) -> None:
+    big = {("shop", "orders"): (True, [{"id": i, "pad": os.urandom(300).hex()} for i in range(4000)])}
+    seed(store, "dsr-2026-11-BIG001", big)
+    info = build_bundle(store, "dsr-2026-11-BIG001", language=Language.FR, kind=RequestKind.ACCESS,
+                        reference_info={}, target=tmp_path / "big.enc")
+    assert info.size > 2 * CHUNK_SIZE  # several chunks
+    assert len(b"".join(open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-BIG001"))) == info.size
+    original = info.path.read_bytes()
+
+    with pytest.raises(DecryptionError):  # bound to its request
+        open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-OTHER9")
+
+    for offset in (len(original) // 2, len(original) - 1, 20):  # a later chunk, the last one, the header
+        tampered = bytearray(original)
+        tampered[offset] ^= 0x01
+        info.path.write_bytes(bytes(tampered))
+        with pytest.raises(DecryptionError):
+            b"".join(open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-BIG001"))
+
+    for damaged in (original[:-1], original[: len(original) - CHUNK_SIZE - 28], original + b"\x00", b"PK" + original):
+        info.path.write_bytes(damaged)
+        with pytest.raises(DecryptionError):
+            b"".join(open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-BIG001"))
+
+    info.path.write_bytes(original)
+    with pytest.raises(UnknownKeyError):
+        open_bundle(KeyRing({"other": bytes(32)}, current="other"), info.path, "dsr-2026-11-BIG001")
+    with pytest.raises(BundleError):  # not a bundle at all
+        open_bundle(TEST_KEYRING, store.folder("dsr-2026-11-BIG001") / "shop" / "orders.meta.json",
+                    "dsr-2026-11-BIG001")
+
+
+def test_report_is_escaped_self_contained_and_in_the_language(store: ExportStore, tmp_path: Path) -> None:
+    for language, words in ((Language.EN, ("Your personal data", "About these files", "7 more records")),
+                            (Language.FR, ("Vos données personnelles", "À propos de ces fichiers",
+                                           "7 autres enregistrements", "1er décembre 2026"))):
+        info = build(store, tmp_path, language=language)
+        report = unzip(info).read("report.html").decode("utf-8")
+        assert report.startswith("<!DOCTYPE html>") and f'<html lang="{language.value}"' in report
+        for word in words:
+            assert word in report
+        assert "<script" not in report.lower()
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report
+        assert "http://" not in report.replace("http://evil.example", "")  # only the record's own (escaped) text
+        assert "https://" not in report
+        links = re.findall(r"""(?:src|href|action|srcset)\s*=\s*["']?([^"'\s>]+)""", report, re.IGNORECASE)
+        assert links and all(link.startswith("#") for link in links), links
+        assert "url(" not in report and "@import" not in report and "<link" not in report
+        assert "@media print" in report and "default-src 'none'" in report
+        assert report.count('<tr><td>') == PREVIEW_ROWS + 4 + 1  # orders capped + notes + tickets rows
+        assert html.unescape(report).count("Called about order") == 3
+        # 'contacts' has more than WIDE_TABLE columns: one field/value table per record
+        assert 'class="record"' in report and "address.geo.lat" in report
+        assert "Transmitting" not in report and "Transmettre" not in report
+
+
+def test_portability_keeps_only_provided_datasets(store: ExportStore, tmp_path: Path) -> None:
+    info = build(store, tmp_path, kind=RequestKind.PORTABILITY, provided_only=True, language=Language.FR)
+    zf = unzip(info)
+    assert zf.namelist() == ["data.json", "csv/crm/contacts.csv", "csv/shop/empty.csv", "csv/shop/orders.csv",
+                             "report.html", "manifest.json"]
+    data = json.loads(zf.read("data.json"))
+    assert data == {"crm": {"contacts": SEED["crm", "contacts"][1]},
+                    "shop": {"empty": [], "orders": SEED["shop", "orders"][1]}}
+    manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["provided_only"] is True and manifest["kind"] == "portability"
+    assert set(info.records) == {"crm/contacts", "shop/empty", "shop/orders"}
+    report = zf.read("report.html").decode()
+    assert "Transmettre vos données à un autre responsable du traitement" in report
+    assert "notes" not in report and "tickets" not in report and "Called about" not in report
+    assert csv_rows(zf, "csv/shop/empty.csv") == []
+
+
+def test_no_data_gives_an_empty_but_valid_bundle(tmp_path: Path) -> None:
+    store = ExportStore(tmp_path / "exports", TEST_KEYRING)
+    target = bundle_path(store, "dsr-2026-11-NODATA")
+    info = build_bundle(store, "dsr-2026-11-NODATA", language=Language.EN, kind=RequestKind.ACCESS,
+                        reference_info={}, target=target)
+    zf = unzip(info, "dsr-2026-11-NODATA")
+    assert json.loads(zf.read("data.json")) == {}
+    assert "holds any record about you" in zf.read("report.html").decode()
+    assert json.loads(zf.read("manifest.json"))["reference"] == "dsr-2026-11-NODATA"
+    assert store.delete("dsr-2026-11-NODATA") and not target.exists()  # lives and dies with the exports
+
+
+def test_a_failed_build_leaves_no_plaintext(store: ExportStore, tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "out" / "bundle.zip.enc"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("dsr.bundle._encrypt", broken)
+    with pytest.raises(RuntimeError):
+        build(store, tmp_path, target=target)
+    assert os.listdir(target.parent) == []
+
+
+def test_memory_stays_bounded_for_a_large_export(tmp_path: Path) -> None:
+    store = ExportStore(tmp_path / "exports", TEST_KEYRING)
+    records = 20_000
+    with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
+        for i in range(records):
+            writer.write({"id": i, "billing": {"email": f"zoe.roux+{i}@example.org", "city": "Lyon"},
+                          "note": f"order {i} " + "x" * 2000, "lines": [{"sku": f"SKU-{i}", "qty": i % 5}]})
+    limit = 30 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        info = build_bundle(store, REQUEST, language=Language.EN, kind=RequestKind.ACCESS, reference_info={},
+                            target=tmp_path / "large.enc")
+        _, build_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        streamed = sum(len(chunk) for chunk in open_bundle(TEST_KEYRING, info.path, REQUEST))
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert streamed == info.size and info.records == {"shop/orders": records}
+    plain = tmp_path / "large.zip"
+    with plain.open("wb") as f:
+        for chunk in open_bundle(TEST_KEYRING, info.path, REQUEST):
+            f.write(chunk)
+    with zipfile.ZipFile(plain) as zf:
+        data_json = zf.getinfo("data.json").file_size
+        with zf.open("csv/shop/orders.csv") as f:
+            assert sum(1 for _ in csv.reader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))) == records + 1
+    assert data_json > limit, "data.json must be larger than the memory allowed, or the test proves nothing"
+    assert build_peak < limit, f"peak traced memory while building: {build_peak / 2**20:.1f} MiB"
+    assert read_peak < limit, f"peak traced memory while streaming: {read_peak / 2**20:.1f} MiB"
