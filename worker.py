@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -16,10 +17,13 @@ from activities.connectors import ConnectorActivities
 from activities.deadlines import deadlines_from
 from activities.ledger import LedgerActivities
 from activities.notices import NoticeActivities
+from activities.replies import ReplyActivities
 from connectors.base import Connector
 from dsr.config import Settings
 from dsr.exports import ExportStore
 from dsr.ledger import Ledger
+from dsr.links import DownloadLinks
+from dsr.profile import ControllerProfile, load_profile
 from workflows.request import DataSubjectRequest
 
 WORKFLOWS: Sequence[type] = (DataSubjectRequest,)
@@ -48,7 +52,8 @@ class LedgerSentLog:
 
 
 def activities_for(
-    settings: Settings, ledger: Ledger, connectors: Iterable[Connector], exports: ExportStore
+    settings: Settings, ledger: Ledger, connectors: Iterable[Connector], exports: ExportStore,
+    profile: Callable[[], ControllerProfile | None] | None = None,
 ) -> list:
     """Every activity function of the engine, bound to its dependencies."""
     ledger_activities = LedgerActivities(ledger)
@@ -62,6 +67,18 @@ def activities_for(
         request_link=settings.request_link,
     )
     fan_out = ConnectorActivities(connectors, exports)
+    replies = ReplyActivities(
+        settings.smtp,
+        mail_from=settings.mail_from,
+        from_name=settings.controller_name or "Privacy",
+        mail_domain=settings.mail_domain,
+        sent_log=LedgerSentLog(ledger),
+        controller_name=settings.controller_name,
+        exports=exports,
+        links=DownloadLinks(exports.sealer, ttl=timedelta(days=settings.link_days)),
+        public_url=settings.intake_url,
+        profile=profile or (lambda: load_profile(settings.config_file)),
+    )
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
@@ -69,6 +86,8 @@ def activities_for(
         fan_out.plan_fanout,
         fan_out.run_connector,
         deadlines_from,
+        replies.send_reply,
+        replies.delete_exports,
     ]
 
 
@@ -79,6 +98,7 @@ def build_worker(
     connectors: Iterable[Connector] = (),
     *,
     exports: ExportStore,
+    profile: Callable[[], ControllerProfile | None] | None = None,
     task_queue: str | None = None,
     executor: concurrent.futures.Executor | None = None,
 ) -> Worker:
@@ -86,7 +106,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities_for(settings, ledger, connectors, exports),
+        activities=activities_for(settings, ledger, connectors, exports, profile),
         activity_executor=executor or concurrent.futures.ThreadPoolExecutor(max_workers=16),
     )
 

@@ -92,6 +92,7 @@ class ConnectorConfig(BaseModel):
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connectors: list[ConnectorConfig] = Field(default_factory=list)
+    controller: dict[str, Any] | None = None  # the controller profile, validated by dsr.profile
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -104,6 +104,9 @@ class Settings:
     codec_token: str | None = None
     ui_public_url: str = ""  # where staff open the Temporal UI (links in operator notices)
     config_path: Path | None = None  # dsr.toml (connectors); default DSR_HOME/dsr.toml
+    intake_port: int = 8235
+    public_url: str = ""  # where subjects reach the intake app (download links); default the local one
+    link_days: int = 7
 
     @property
     def outbox(self) -> Path:
@@ -138,6 +141,10 @@ class Settings:
     @property
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ui_port}"
+
+    @property
+    def intake_url(self) -> str:
+        return self.public_url or f"http://127.0.0.1:{self.intake_port}"
 
     def request_link(self, request_id: str) -> str:
         """The request's page in the Temporal UI, for operator notices."""
@@ -223,4 +230,7 @@ class Settings:
             codec_token=env.get("DSR_CODEC_TOKEN") or None,
             ui_public_url=env.get("DSR_UI_URL", ""),
             config_path=Path(env["DSR_CONFIG"]).expanduser() if env.get("DSR_CONFIG") else None,
+            intake_port=_int(env, "DSR_INTAKE_PORT", 8235, minimum=1),
+            public_url=env.get("DSR_PUBLIC_URL", "").rstrip("/"),
+            link_days=_int(env, "DSR_LINK_DAYS", 7, minimum=1),
         )

@@ -385,6 +385,36 @@ class AuditEvent:
 
 
 @dataclass
+class ReplyInput:
+    """Input of the activity sending the final reply (and Art. 19 notices) of a fulfilled request."""
+
+    request_id: str
+    kind: RequestKind
+    language: Language
+    subject: Subject
+    received: date
+    deadline: date
+    extended: bool = False
+    extension_reason: str = ""
+    outcomes: list[ConnectorOutcome] = field(default_factory=list)
+    in_reply_to: str | None = None
+
+
+@dataclass
+class ReplyResult:
+    message_id: str
+    no_data: bool = False
+    link_expires_at: datetime | None = None  # the bundle and exports are deleted then
+    bundle_sha256: str = ""
+    recipients_notified: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportsDeletion:
+    request_id: str
+
+
+@dataclass
 class RequestStatus:
     """Answer of the ``status`` query. Deliberately free of the subject's email and name."""
 
@@ -404,3 +434,5 @@ class RequestStatus:
     extension_reason: str = ""
     refusal_reason: str = ""
     clock_suspended: bool = False
+    link_expires_at: datetime | None = None  # access/portability: the download link, then deletion
+    exports_deleted: bool = False

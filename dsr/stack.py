@@ -141,7 +141,7 @@ async def _stopping(stop: asyncio.Event) -> AsyncIterator[None]:
 
 def _check_ports(settings: Settings) -> None:
     wanted = {"Temporal": temporal_port(settings), "Temporal UI": settings.ui_port,
-              "codec server": settings.codec_port}
+              "codec server": settings.codec_port, "intake": settings.intake_port}
     if not settings.smtp_configured:
         wanted["SMTP sink"] = settings.smtp.port
     busy = [f"{what} port {p}" for what, p in wanted.items() if _port_in_use(p)]
@@ -189,28 +189,28 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
 
     port = temporal_port(settings)
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
+    ledger = Ledger(settings.database_url, keyring)
+    exports = ExportStore(settings.exports_dir, keyring)
+    intake = await serve_codec(_intake(settings, keyring, ledger, exports), host=LOOPBACK, port=settings.intake_port)
     codec = await serve_codec(
         codec_app(keyring, allowed_origin=settings.ui_url, token=None), host=LOOPBACK, port=settings.codec_port
     )
     sink = None
     server = start_dev_server(settings, port=port, codec_endpoint=codec_endpoint)
-    ledger = None
     try:
         if not settings.smtp_configured:
             sink = OutboxSink(settings.outbox)
             await sink.start(host=LOOPBACK, port=settings.smtp.port)
         client = await wait_for_temporal(settings, keyring, server)
-        ledger = Ledger(settings.database_url, keyring)
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
-            exports = ExportStore(settings.exports_dir, keyring)
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor)
             async with _stopping(stop), worker:
                 _print_banner(settings, port, codec_endpoint, sink is not None, sandboxes)
                 await stop.wait()
                 print("\nstopping…", flush=True)
     finally:
-        if ledger is not None:
-            ledger.close()
+        await intake.stop()
+        ledger.close()
         for connector in connectors:
             await connector.aclose()
         if sink is not None:
@@ -219,12 +219,35 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
         server.stop()
 
 
+def _intake(settings: Settings, keyring, ledger, exports):
+    """The subject-facing app: today the export downloads (`/exports/{token}`)."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from dsr.bundle import bundle_path, open_bundle
+    from dsr.links import DownloadLinks
+    from dsr.model import AuditEvent
+    from intake.app import intake_app
+
+    def audit(request_id: str, event: str, details: dict[str, str]) -> None:
+        ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
+                            key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
+
+    def opener(request_id: str):
+        path = bundle_path(exports, request_id)
+        return open_bundle(keyring, path, request_id) if path.exists() else None
+
+    return intake_app(links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)), bundle_opener=opener,
+                      audit=audit, public_url=settings.intake_url, default_language=settings.default_language.value)
+
+
 def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes) -> None:
     lines = [
         "dsr is up.",
         f"  Temporal        {LOOPBACK}:{port} (namespace {settings.temporal_namespace})",
         f"  Temporal UI     {settings.ui_url}",
         f"  codec server    {codec_endpoint} (decodes payloads for the UI)",
+        f"  intake          {settings.intake_url} (export downloads)",
         f"  ledger          {settings.database_url}",
         f"  outgoing mail   {settings.outbox} (SMTP sink on {LOOPBACK}:{settings.smtp.port})" if sink
         else f"  outgoing mail   SMTP {settings.smtp.host}:{settings.smtp.port}",

@@ -211,7 +211,9 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
     customers = [DemoCustomer(email=email, name=NAMES[email], systems=systems, about=ABOUT[email])
                  for email, systems in sorted(counts.items())]
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(config_file, demo_config(ports))
+    profile = (Path(__file__).parent / "demo_profile.toml").read_text(encoding="utf-8")
+    _write_private(config_file, demo_config(ports)
+                   + "\n# The controller profile (Art. 15 replies), modelled on a seed company.\n" + profile)
     secrets = read_secrets(secrets_file)
     secrets.update({"DSR_DEMO_HUBSPOT_TOKEN": HUBSPOT_TOKEN, "DSR_DEMO_STRIPE_KEY": STRIPE_KEY,
                     "DSR_DEMO_WOO_KEY": WOO_KEY, "DSR_DEMO_WOO_SECRET": WOO_SECRET})

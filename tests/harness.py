@@ -119,7 +119,9 @@ class ScriptedConnector:
 
     async def rectify(self, job: OperationJob) -> ConnectorOutcome:
         self._fail_if_scripted("rectify", job.request_id)
-        return ConnectorOutcome(connector=self.name, found=self.found, counts={"changed": len(job.changes)})
+        report = [RecordReport("records", f"{self.name}-0", RecordAction.CHANGED, fields=sorted(job.changes))]
+        return ConnectorOutcome(connector=self.name, found=self.found, counts={"changed": len(job.changes)},
+                                report=report)
 
     async def aclose(self) -> None:
         return None

@@ -36,6 +36,7 @@ class Stack:
             "DSR_UI_PORT": str(free_port()),
             "DSR_CODEC_PORT": str(free_port()),
             "DSR_SMTP_PORT": str(free_port()),
+            "DSR_INTAKE_PORT": str(free_port()),
             "DSR_OPERATOR_EMAIL": "dpo@example.com",
         }
         self.env.pop("DSR_KEYS", None)

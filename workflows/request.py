@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ConnectorTask,
         Deadline,
         Deadlines,
+        ExportsDeletion,
         Extension,
         FanOutPlan,
         IdentityConfirmation,
@@ -37,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
         Outcome,
         PlanInput,
         Refusal,
+        ReplyInput,
+        ReplyResult,
         RequestInput,
         RequestRecordInput,
         RequestStatus,
@@ -73,6 +76,20 @@ CONNECTOR_OPTIONS = {
 }
 
 
+REPLY_OPTIONS = {
+    # Building a 10,000-order bundle takes seconds; an incomplete controller profile retries until fixed.
+    "start_to_close_timeout": timedelta(minutes=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=10),
+        maximum_interval=timedelta(minutes=10),
+        non_retryable_error_types=["NoticeRejected", "NoticeInvalidAddress"],
+    ),
+}
+
+FINAL_REPLIES = "final-replies"
+"""Patch id: requests started before final replies existed keep their old, notice-only ending."""
+
+
 class RequestRejected(ApplicationError):
     """An update that the request's state does not allow; the message is shown to the operator."""
 
@@ -101,6 +118,8 @@ class DataSubjectRequest:
         self._withdrawal: Withdrawal | None = None
         self._retry_requested = False
         self._progress: dict[str, ConnectorProgress] = {}
+        self._link_expires_at: datetime | None = None
+        self._exports_deleted = False
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -130,6 +149,15 @@ class DataSubjectRequest:
             await self._carry_out()
         await self._close()
         await watcher
+        if self._link_expires_at is not None:
+            # The download link lives past closure; when it expires, what was exported goes with it.
+            await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
+                                 summary="download link expiry")
+            await workflow.execute_activity("delete_exports", ExportsDeletion(request.request_id),
+                                            result_type=bool, summary="delete exports", **LEDGER_OPTIONS)
+            self._exports_deleted = True
+            await self._audit("exports_deleted")
+            self._update_details()
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -219,7 +247,34 @@ class DataSubjectRequest:
 
         self._set_stage(Stage.REPLYING)
         await self._audit("replying", stage=Stage.REPLYING)
-        await self._notify_subject(NoticeTemplate.COMPLETED)
+        if workflow.patched(FINAL_REPLIES):
+            reply = await workflow.execute_activity(
+                "send_reply",
+                ReplyInput(
+                    request_id=self._request.request_id,
+                    kind=self._request.kind,
+                    language=self._request.language,
+                    subject=self._request.subject,
+                    received=self._request.received_on,
+                    deadline=self._deadline.due,
+                    extended=self._extended,
+                    extension_reason=self._extension_reason,
+                    outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
+                    in_reply_to=self._request.in_reply_to,
+                ),
+                result_type=ReplyResult,
+                summary=f"reply: {self._request.kind.value}",
+                **REPLY_OPTIONS,
+            )
+            self._link_expires_at = reply.link_expires_at
+            await self._audit("reply_sent", details={
+                "no_data": str(reply.no_data).lower(),
+                "recipients_notified": str(len(reply.recipients_notified)),
+                "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
+                "bundle_sha256": reply.bundle_sha256,
+            })
+        else:
+            await self._notify_subject(NoticeTemplate.COMPLETED)
         self._outcome = Outcome.FULFILLED
 
     async def _run_connector(self, progress: ConnectorProgress) -> None:
@@ -450,6 +505,8 @@ class DataSubjectRequest:
             extension_reason=self._extension_reason,
             refusal_reason=self._refusal.reason if self._refusal else "",
             clock_suspended=self._clock_suspended,
+            link_expires_at=self._link_expires_at,
+            exports_deleted=self._exports_deleted,
         )
 
     # --- helpers ----------------------------------------------------------------------------------

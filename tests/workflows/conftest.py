@@ -18,9 +18,16 @@ from dsr.config import Settings, SmtpSettings
 from dsr.crypto import data_converter
 from dsr.exports import ExportStore
 from dsr.ledger import Ledger
+from dsr.profile import ControllerProfile, load_profile
 from dsr.temporal import register_search_attributes
 from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, binary
 from worker import build_worker
+
+
+def demo_profile() -> ControllerProfile | None:
+    """The demo's complete controller profile: access replies need every Art. 15(1) item."""
+    return load_profile(Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml")
+
 
 SUBJECT_EMAIL = "jeanne.martin@example.org"
 SUBJECT_NAME = "Jeanne Martin"
@@ -96,7 +103,7 @@ async def engine(
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         worker: Worker = build_worker(
             time_skipping.client, settings, ledger, connectors, task_queue=task_queue, executor=executor,
-            exports=ExportStore(settings.exports_dir, TEST_KEYRING),
+            exports=ExportStore(settings.exports_dir, TEST_KEYRING), profile=demo_profile,
         )
         async with worker:
             yield Engine(time_skipping, time_skipping.client, task_queue, settings, ledger, mail, connectors)

@@ -164,3 +164,79 @@ async def _stripe_customer(localstripe: LocalStripe) -> str:
     email = f"nadia.stripe+{uuid.uuid4().hex[:8]}@example.org"
     await seed_customer(localstripe.url, STRIPE_KEY, email=email, name="Nadia Haddad", charges=30)
     return email
+
+
+async def test_access_reply_link_downloads_the_bundle_then_expires(
+    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
+) -> None:
+    import asyncio
+    import hashlib
+    import io
+    import json
+    import re
+    import zipfile
+
+    import httpx
+
+    from dsr.bundle import bundle_path, open_bundle
+    from dsr.links import DownloadLinks
+    from dsr.model import AuditEvent
+    from intake.app import intake_app
+    from tests.workflows.conftest import demo_profile
+
+    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    # Another subject's data must never leak into this subject's bundle.
+    systems.woo.add_customer("someone.else@example.org", "Someone", "Else")
+    task_queue = f"e2e-{uuid.uuid4()}"
+    trusted = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))
+    request = prepare(Submission(kind="access", email=EMAIL, name="Nadia Haddad"), trusted,
+                      now=await time_skipping.get_current_time())
+
+    def audit(request_id: str, event: str, details: dict[str, str]) -> None:
+        from datetime import UTC, datetime
+
+        ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
+                            key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
+
+    def opener(request_id: str):
+        path = bundle_path(exports, request_id)
+        return open_bundle(TEST_KEYRING, path, request_id) if path.exists() else None
+
+    app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=opener, audit=audit,
+                     public_url=settings.intake_url)
+    intake = await serve_codec(app, port=0)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+        async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,
+                                profile=demo_profile, task_queue=task_queue, executor=executor):
+            handle = await start(time_skipping.client, request, task_queue=task_queue)
+            for _ in range(200):  # real time, no skipping: until the reply is out
+                if "reply_sent" in [e.event for e in ledger.events(request.request_id)]:
+                    break
+                await asyncio.sleep(0.1)
+            reply = mail.to(EMAIL)[-1]
+            body = reply.get_body(("plain",)).get_content()
+            assert request.request_id in body and "CNIL" in body
+            token = re.search(r"/exports/([A-Za-z0-9._~-]+)", body).group(1)  # type: ignore[union-attr]
+            code = re.search(r"\b(\d{3} ?\d{3})\b", body).group(1).replace(" ", "")  # type: ignore[union-attr]
+            links = DownloadLinks(TEST_KEYRING)
+            async with httpx.AsyncClient(base_url=intake.url) as http:
+                assert (await http.get(f"/exports/{token}")).status_code == 200  # the form
+                wrong = await http.post(f"/exports/{token}", data={"answer": "000000", "form": links.form_token(token)})
+                assert wrong.status_code == 403
+                got = await http.post(f"/exports/{token}", data={"answer": code, "form": links.form_token(token)})
+                assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
+                bundle = zipfile.ZipFile(io.BytesIO(got.content))
+                manifest = json.loads(bundle.read("manifest.json"))
+                listed = {f["name"]: f["sha256"] for f in manifest["files"]}
+                assert listed and all(hashlib.sha256(bundle.read(n)).hexdigest() == h for n, h in listed.items())
+                data = json.loads(bundle.read("data.json"))
+                assert len(data["woocommerce"]["orders"]) == 251
+                assert "someone.else" not in bundle.read("data.json").decode()
+                assert "export_downloaded" in [e.event for e in ledger.events(request.request_id)]
+
+                final = await handle.result()  # the test server skips the 7 days of the link
+                assert final.exports_deleted
+                gone = await http.post(f"/exports/{token}", data={"answer": code, "form": links.form_token(token)})
+                assert gone.status_code == 410
+                assert not exports.folder(request.request_id).exists()
+    await intake.stop()

@@ -85,8 +85,11 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     for connector in engine.connectors:
         assert connector.calls == [("access", request.request_id)]
     assert events(engine, request)[:3] == ["received", "notice_sent", "identity_confirmed"]
-    assert events(engine, request)[-1] == "closed"
-    assert templates_sent(engine, request) == ["acknowledgement", "completed"]
+    # The reply carries a download link; when it expires (7 days, skipped) the exports are deleted.
+    assert events(engine, request)[-3:] == ["reply_sent", "closed", "exports_deleted"]
+    assert templates_sent(engine, request) == ["acknowledgement", "reply_access"]
+    assert final.exports_deleted and final.link_expires_at is not None
+    assert not (engine.settings.exports_dir / request.request_id.lower()).exists()
     row = engine.ledger.get_request(request.request_id)
     assert row is not None and row.stage == Stage.CLOSED and row.outcome == Outcome.FULFILLED
     assert row.subject.email == SUBJECT_EMAIL

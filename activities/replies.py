@@ -1,0 +1,122 @@
+"""The final reply of a fulfilled request: export bundle and download link, the reply itself, and the
+Art. 19 notices to recipients; then, when the link expires, the deletion of what was exported."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.notices import NoticeActivities, build_message
+from dsr.bundle import build_bundle, bundle_path
+from dsr.exports import ExportStore
+from dsr.links import DownloadLinks
+from dsr.model import (
+    ExportsDeletion,
+    Language,
+    Notice,
+    NoticeTemplate,
+    RecordAction,
+    ReplyInput,
+    ReplyResult,
+    RequestKind,
+)
+from dsr.profile import ControllerProfile
+from dsr.replies import IncompleteProfileError, ReplyContext, render_reply
+
+
+class ReplyActivities(NoticeActivities):
+    """Shares the notices' SMTP sending and sent-log; adds the export store, links and the profile."""
+
+    def __init__(self, *args, exports: ExportStore, links: DownloadLinks, public_url: str,
+                 profile: Callable[[], ControllerProfile | None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._exports = exports
+        self._links = links
+        self._public_url = public_url.rstrip("/")
+        self._profile = profile
+
+    def _key(self, suffix: str = "") -> str:
+        info = activity.info()
+        raw = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{suffix}"
+        return "reply-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    async def _deliver(self, request_id: str, to: str, language: Language, rendered, key: str,
+                       in_reply_to: str | None, what: str) -> str:
+        message_id = f"<{key.removeprefix('reply-')}@{self._mail_domain}>"
+        if self._sent_log is not None and await asyncio.to_thread(self._sent_log.has_event, key):
+            return message_id
+        notice = Notice(request_id=request_id, template=NoticeTemplate.COMPLETED, to=to, language=language,
+                        in_reply_to=in_reply_to)
+        message = build_message(notice, rendered, mail_from=self._mail_from, from_name=self._from_name,
+                                message_id=message_id)
+        await self._send(message, notice, f"{what} for request {request_id}")
+        if self._sent_log is not None:
+            await asyncio.to_thread(self._sent_log.record_sent, request_id, key, what, message_id)
+        return message_id
+
+    @activity.defn(name="send_reply")
+    async def send_reply(self, reply: ReplyInput) -> ReplyResult:
+        profile = await asyncio.to_thread(self._profile)
+        no_data = all(o.found == 0 for o in reply.outcomes)
+        result = ReplyResult(message_id="", no_data=no_data)
+        context = ReplyContext(
+            reference=reply.request_id, received=reply.received, deadline=reply.deadline,
+            extended=reply.extended, subject_name=reply.subject.name, profile=profile,
+            systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
+        )
+        if reply.kind in (RequestKind.ACCESS, RequestKind.PORTABILITY) and not no_data:
+            info = await asyncio.to_thread(
+                build_bundle, self._exports, reply.request_id, language=reply.language, kind=reply.kind,
+                reference_info={"reference": reply.request_id, "received": reply.received.isoformat(),
+                                **({"controller_name": profile.legal_name} if profile else {})},
+                target=bundle_path(self._exports, reply.request_id),
+                provided_only=reply.kind == RequestKind.PORTABILITY,
+            )
+            link = self._links.issue(reply.request_id, now=datetime.now(UTC))
+            context.download_url = link.url(self._public_url)
+            context.download_code = link.code
+            # The reply promises the link "until <date> inclusive": name the last full day it works.
+            context.link_expires = (link.expires_at - timedelta(days=1)).date()
+            result.link_expires_at = link.expires_at
+            result.bundle_sha256 = info.sha256
+
+        acted = any(line.action in (RecordAction.CHANGED, RecordAction.DELETED, RecordAction.ANONYMISED)
+                    for outcome in reply.outcomes for line in outcome.report)
+        if reply.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION) and profile and acted:
+            # Art. 19: each recipient the data was disclosed to is told of the rectification or erasure.
+            for index, recipient in enumerate(profile.art19_recipients):
+                notice_context = ReplyContext(
+                    reference=reply.request_id, received=reply.received, deadline=reply.deadline,
+                    profile=profile, systems=list(reply.outcomes), request_kind=reply.kind,
+                    subject_email=reply.subject.email, subject_name=reply.subject.name,
+                    recipient_name=recipient.name,
+                )
+                rendered = render_reply("art19_notice", reply.language, notice_context)
+                await self._deliver(reply.request_id, str(recipient.email), reply.language, rendered,
+                                    self._key(f"art19-{index}"), None, "art19_notice")
+                result.recipients_notified.append(recipient.name)
+            context.recipients_notified = list(result.recipients_notified)
+
+        template = "reply_no_data" if no_data else f"reply_{reply.kind.value}"
+        try:
+            rendered = render_reply(template, reply.language, context)
+        except IncompleteProfileError as err:
+            # Art. 15(1): an access reply may not omit an item; an operator must complete the profile.
+            raise ApplicationError(f"{reply.request_id}: {err}", type="IncompleteProfile") from None
+        except ValueError as err:
+            # A reply that cannot be made truthfully: retried after an operator fixes the cause.
+            raise ApplicationError(f"{reply.request_id}: {template} cannot be written ({err})",
+                                   type="ReplyInvalid") from None
+        result.message_id = await self._deliver(reply.request_id, reply.subject.email, reply.language, rendered,
+                                                self._key(), reply.in_reply_to, template)
+        return result
+
+    @activity.defn(name="delete_exports")
+    def delete_exports(self, deletion: ExportsDeletion) -> bool:
+        """The link expired: the bundle and every exported record go (idempotent)."""
+        return self._exports.delete(deletion.request_id)

@@ -1,0 +1,381 @@
+"""The controller profile: who the company is and what it does with personal data (``[controller]`` in dsr.toml).
+
+The access reply (GDPR Art. 15) must tell the subject, per processing purpose, the categories of data,
+recipients (and third-country transfers with their safeguards, 15(2)), retention period, source and any
+automated decision-making. Those facts are not in any connected system: the DPO writes them once, here.
+
+A *malformed* profile (a wrong type, an unknown key, an invalid address) is refused when the file is parsed,
+with the key path (``dsr.toml: controller.purposes[0].recipients[1].country: ...``). An *incomplete* one
+parses, and :func:`check_profile` lists every missing item, so ``dsr config check`` can show them all at
+once; the engine refuses to send an access reply while that list is not empty.
+
+Every text may be one string (used in both languages) or a table with one string per language::
+
+    [controller]
+    legal_name = "Kestio SAS"
+    postal_address = "14B chemin du Professeur Depéret, 69160 Tassin-la-Demi-Lune, France"
+
+    [controller.privacy_contact]
+    email = "privacy@kestio.example"
+
+    [[controller.purposes]]
+    name = { fr = "Gestion des commandes", en = "Order management" }
+    categories = ["identity", "contact details"]
+    legal_basis = "contract"                 # consent | contract | legal_obligation | vital_interests |
+                                             # public_task | legitimate_interests (Art. 6(1)(a)-(f))
+    retention = "10 years (Code de commerce L123-22)"
+    source = "you"
+    automated_decisions = "none"             # or a text describing the logic and its consequences
+    [[controller.purposes.recipients]]
+    name = "Stripe, Inc."
+    country = "US"
+    safeguard = "adequacy"                   # adequacy | scc | bcr | derogation (needed outside the EEA)
+
+    [[controller.art19_recipients]]          # told of rectifications and erasures (Art. 19)
+    name = "Logistics partner"
+    email = "dpo@partner.example"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.config import ConfigFileError
+from dsr.model import Language, is_valid_email
+
+__all__ = [
+    "EEA",
+    "Art19Recipient",
+    "ControllerProfile",
+    "Localized",
+    "PrivacyContact",
+    "ProfileError",
+    "Purpose",
+    "Recipient",
+    "SupervisoryAuthority",
+    "check_profile",
+    "is_third_country",
+    "load_profile",
+    "parse_profile",
+]
+
+EEA = frozenset({
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU",
+    "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",  # the 27 EU Member States
+    "IS", "LI", "NO",  # EEA: the GDPR applies there too, so no Chapter V transfer
+})
+
+LegalBasis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task",
+                     "legitimate_interests"]
+"""Art. 6(1)(a)-(f) GDPR."""
+
+Safeguard = Literal["adequacy", "scc", "bcr", "derogation"]
+"""Art. 45 adequacy decision, Art. 46(2)(c) standard contractual clauses, Art. 47 binding corporate rules,
+Art. 49 derogation."""
+
+
+class ProfileError(ConfigFileError):
+    """The ``[controller]`` table is malformed; the message names the file and the key path."""
+
+
+def is_third_country(country: str) -> bool:
+    """True for a country outside the EEA (a transfer under Chapter V GDPR); ``""`` is not known to be one."""
+    return bool(country) and country.upper() not in EEA
+
+
+# --- texts in one or both languages ---------------------------------------------------------------------
+
+
+class Localized(BaseModel):
+    """A text in French and English; a plain string in the file is used for both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fr: str = ""
+    en: str = ""
+
+    def text(self, language: Language | str) -> str:
+        """The text in ``language``, else in the other one (a DPO may write only one)."""
+        first, second = (self.fr, self.en) if Language(language) == Language.FR else (self.en, self.fr)
+        return (first or second).strip()
+
+    def __bool__(self) -> bool:
+        return bool(self.fr.strip() or self.en.strip())
+
+
+def _localized(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"fr": value, "en": value}
+    if value is None or isinstance(value, dict | Localized):
+        return value
+    raise ValueError('expected a string or a table { fr = "...", en = "..." }')
+
+
+def _localized_list(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError('expected a list of strings, e.g. ["identity", "contact details"]')
+    return value
+
+
+Text = Annotated[Localized, BeforeValidator(_localized)]
+TextList = Annotated[list[Text], BeforeValidator(_localized_list)]
+
+NONE = "none"
+
+
+def _automated(value: Any) -> Any:
+    """``false`` or ``"none"`` means no automated decision-making; anything else is its description."""
+    if value is False or (isinstance(value, str) and value.strip().lower() in {"none", "aucune", "aucun"}):
+        return NONE
+    if value is True:
+        raise ValueError('describe the logic and consequences of the automated decision, or write "none"')
+    return _localized(value)
+
+
+def _country(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    code = value.strip().upper()
+    if code and (len(code) != 2 or not code.isascii() or not code.isalpha()):
+        raise ValueError(f"{value!r} is not a country code; expected ISO 3166-1 alpha-2, e.g. FR, IE or US")
+    return code
+
+
+def _url(value: Any) -> Any:
+    if isinstance(value, str) and value.strip():
+        value = value.strip()
+        if not value.startswith(("https://", "http://")) or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not a web address; expected https://...")
+    return value
+
+
+Url = Annotated[str, BeforeValidator(_url)]
+
+
+def _email(value: str) -> str:
+    value = value.strip()
+    if value and not is_valid_email(value):
+        raise ValueError(f"{value!r} is not a valid email address")
+    return value
+
+
+def _single_line(value: str) -> str:
+    return " ".join(value.split())
+
+
+# --- the profile ------------------------------------------------------------------------------------------
+
+
+class Recipient(BaseModel):
+    """A recipient or category of recipients (Art. 15(1)(c)), with its transfer safeguard (15(2))."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(default_factory=Localized, description="e.g. 'Stripe Payments Europe Ltd' or "
+                                                                "'our accountant'.")
+    role: Text = Field(default_factory=Localized, description="What it does, e.g. 'payment processing'.")
+    country: Annotated[str, BeforeValidator(_country)] = Field(
+        default="", description="ISO 3166-1 alpha-2 code where the data goes.")
+    safeguard: Safeguard | None = Field(default=None, description="Required outside the EEA (Art. 15(2)).")
+    safeguard_detail: Text = Field(default_factory=Localized,
+                                   description="e.g. 'EU-US Data Privacy Framework' or 'SCC 2021/914'.")
+
+
+class Purpose(BaseModel):
+    """One processing purpose and what Art. 15(1) says about it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(default_factory=Localized, description="Art. 15(1)(a).")
+    categories: TextList = Field(default_factory=list, description="Art. 15(1)(b).")
+    legal_basis: LegalBasis | None = Field(default=None, description="Art. 6(1).")
+    legal_basis_detail: Text = Field(default_factory=Localized,
+                                     description="e.g. the legitimate interest pursued, or the law.")
+    recipients: list[Recipient] | None = Field(
+        default=None, description="Art. 15(1)(c); an empty list states that nobody outside the company "
+                                  "receives the data.")
+    retention: Text = Field(default_factory=Localized, description="Art. 15(1)(d): period, or its criteria.")
+    source: Text = Field(default_factory=Localized,
+                         description="Art. 15(1)(g): where the data comes from ('you' when collected from "
+                                     "the subject).")
+    automated_decisions: Annotated[Localized | Literal["none"] | None, BeforeValidator(_automated)] = Field(
+        default=None, description='Art. 15(1)(h): "none", or the logic involved and its consequences.')
+
+
+class PrivacyContact(BaseModel):
+    """Who the subject writes to about their data: a designated DPO (Art. 37) or a privacy contact."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(default_factory=Localized, description="e.g. 'Data protection officer'.")
+    email: str = ""
+    postal_address: str = Field(default="", description="Defaults to the controller's postal address.")
+    designated_dpo: bool = False
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, value: str) -> str:
+        return _email(value)
+
+    @field_validator("postal_address")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _single_line(value)
+
+
+CNIL_NAME = "Commission nationale de l'informatique et des libertés (CNIL)"
+CNIL_ADDRESS = "3 Place de Fontenoy, TSA 80715, 75334 Paris Cedex 07"
+CNIL_WEBSITE = "https://www.cnil.fr"
+
+
+class SupervisoryAuthority(BaseModel):
+    """Where the subject may complain (Art. 15(1)(f), 77). The CNIL unless the file says otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = CNIL_NAME
+    postal_address: str = CNIL_ADDRESS
+    website: Url = CNIL_WEBSITE
+
+    @field_validator("name", "postal_address")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _single_line(value)
+
+
+class Art19Recipient(BaseModel):
+    """A recipient told of every rectification and erasure (Art. 19), one email each."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    email: str = Field(min_length=1)
+    language: Language = Field(default=Language.FR, description="Language of the notice sent to it.")
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, value: str) -> str:
+        return _email(value)
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _single_line(value)
+
+
+class ControllerProfile(BaseModel):
+    """The ``[controller]`` table of dsr.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+    legal_name: str = ""
+    postal_address: str = ""
+    website: Url = ""
+    privacy_policy_url: Url = ""
+    privacy_contact: PrivacyContact = Field(default_factory=PrivacyContact)
+    supervisory_authority: SupervisoryAuthority = Field(default_factory=SupervisoryAuthority)
+    purposes: list[Purpose] = Field(default_factory=list)
+    art19_recipients: list[Art19Recipient] = Field(default_factory=list)
+    systems: dict[str, Text] = Field(
+        default_factory=dict,
+        description="Connector name -> how replies name that system, e.g. hubspot = 'our CRM (HubSpot)'.")
+
+    @field_validator("legal_name", "postal_address")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _single_line(value)
+
+    def system_label(self, connector: str, language: Language | str) -> str:
+        label = self.systems.get(connector)
+        return label.text(language) if label else connector
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = "controller"
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "Localized" or str(part).startswith(("function-", "literal[")):
+            continue  # pydantic's names for validator wrappers and union members, not keys of the file
+        else:
+            out += f".{part}"
+    return out
+
+
+def parse_profile(text: str, source: str = "dsr.toml") -> ControllerProfile | None:
+    """The profile in the ``[controller]`` table of a dsr.toml text; ``None`` when there is no such table.
+
+    Raises :class:`ProfileError` (a :class:`~connectors.config.ConfigFileError`) naming the key path.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ProfileError(f"{source}: not valid TOML ({err})") from None
+    table = raw.get("controller")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ProfileError(f"{source}: controller: expected a table ([controller])")
+    try:
+        return ControllerProfile.model_validate(table)
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise ProfileError(f"{source}: {_location(tuple(first['loc']))}: {message}") from None
+
+
+def load_profile(path: Path | str) -> ControllerProfile | None:
+    """The profile in the file at ``path``; ``None`` when the file or its ``[controller]`` table is absent."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ProfileError(f"{path}: cannot be read ({err.strerror})") from None
+    return parse_profile(text, source=str(path))
+
+
+# --- completeness --------------------------------------------------------------------------------------
+
+
+def check_profile(profile: ControllerProfile | None) -> list[str]:
+    """Every item an access reply would lack, one line each with its key path; empty when complete."""
+    if profile is None:
+        return ["controller: missing (no [controller] table in dsr.toml; the access reply needs the "
+                "Art. 15(1) information)"]
+    missing: list[str] = []
+
+    def need(ok: object, path: str, why: str) -> None:
+        if not ok:
+            missing.append(f"controller.{path}: missing ({why})")
+
+    need(profile.legal_name, "legal_name", "identity of the controller, Art. 13(1)(a)")
+    need(profile.postal_address, "postal_address", "contact details of the controller, Art. 13(1)(a)")
+    need(profile.privacy_contact.email, "privacy_contact.email", "contact details of the DPO or privacy "
+                                                                  "contact, Art. 13(1)(b)")
+    authority = profile.supervisory_authority
+    need(authority.name, "supervisory_authority.name", "Art. 15(1)(f)")
+    need(authority.postal_address or authority.website, "supervisory_authority.postal_address",
+         "Art. 15(1)(f)")
+    need(profile.purposes, "purposes", "Art. 15(1)(a): at least one [[controller.purposes]]")
+    for i, purpose in enumerate(profile.purposes):
+        at = f"purposes[{i}]"
+        need(purpose.name, f"{at}.name", "Art. 15(1)(a)")
+        need(any(purpose.categories), f"{at}.categories", "Art. 15(1)(b)")
+        need(purpose.legal_basis, f"{at}.legal_basis", "Art. 6(1), told with the purpose")
+        need(purpose.recipients is not None, f"{at}.recipients",
+             "Art. 15(1)(c); write recipients = [] when nobody outside the company receives the data")
+        for j, recipient in enumerate(purpose.recipients or []):
+            where = f"{at}.recipients[{j}]"
+            need(recipient.name, f"{where}.name", "Art. 15(1)(c)")
+            need(recipient.country, f"{where}.country", "Art. 15(1)(c), 15(2): needed to tell whether the "
+                                                         "data leaves the EEA")
+            if is_third_country(recipient.country):
+                need(recipient.safeguard, f"{where}.safeguard",
+                     f"Art. 15(2): transfer to {recipient.country}, outside the EEA")
+        need(purpose.retention, f"{at}.retention", "Art. 15(1)(d): the period, or the criteria used to set it")
+        need(purpose.source, f"{at}.source", "Art. 15(1)(g); write \"you\" when collected from the subject")
+        need(purpose.automated_decisions is not None, f"{at}.automated_decisions",
+             'Art. 15(1)(h); write "none" when there is none')
+    return missing

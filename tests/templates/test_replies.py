@@ -1,0 +1,355 @@
+"""Final replies: every kind in both languages, the law's content present, hostile input inert."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import replace
+from datetime import date
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from dsr.model import ConnectorOutcome, DatasetSummary, Language, RecordAction, RecordReport, RequestKind
+from dsr.profile import Localized, check_profile, load_profile
+from dsr.replies import IncompleteProfileError, ReplyContext, ReplyKind, render_reply
+
+DEMO = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
+PROFILE = load_profile(DEMO)
+BASIS = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)"
+HOSTILE = "<script>alert(1)</script>\r\nBcc: x@evil.test"
+URL = "https://privacy.example.com/exports/tok123?sig=a&v=1"
+
+ACCESS_SYSTEMS = [
+    ConnectorOutcome("woocommerce", found=3, datasets=[DatasetSummary("customer", 1, True),
+                                                       DatasetSummary("orders", 2, True)]),
+    ConnectorOutcome("hubspot", found=4, datasets=[DatasetSummary("contact", 1, True),
+                                                   DatasetSummary("notes", 3, False)]),
+    ConnectorOutcome("stripe", found=0),
+]
+ERASURE_SYSTEMS = [
+    ConnectorOutcome("woocommerce", report=[
+        RecordReport("orders", "101", RecordAction.ANONYMISED, legal_basis=BASIS, retained_until=date(2035, 3, 1)),
+        RecordReport("orders", "102", RecordAction.ANONYMISED, legal_basis=BASIS, retained_until=date(2036, 5, 2)),
+        RecordReport("orders", "*", RecordAction.RESIDUAL, fields=["customer_ip_address", "customer_user_agent"],
+                     note="2 anonymised order(s): read-only fields"),
+        RecordReport("customer", "7", RecordAction.DELETED),
+    ]),
+    ConnectorOutcome("stripe", report=[
+        RecordReport("charges", "ch_1", RecordAction.RETAINED, legal_basis=BASIS, retained_until=date(2035, 1, 31)),
+        RecordReport("customer", "cus_1", RecordAction.DELETED),
+    ]),
+    ConnectorOutcome("hubspot", report=[RecordReport("contact", "", RecordAction.ALREADY_GONE)]),
+]
+RECTIFICATION_SYSTEMS = [
+    ConnectorOutcome("woocommerce", report=[
+        RecordReport("customer", "7", RecordAction.CHANGED, fields=["last_name", "city"],
+                     note="was Durand, Lyon"),  # a careless note: replies never print notes
+    ]),
+    ConnectorOutcome("stripe", report=[
+        RecordReport("customer", "cus_1", RecordAction.UNCHANGED, fields=["last_name"]),
+    ]),
+    ConnectorOutcome("hubspot"),
+]
+
+
+def _context(**changes: object) -> ReplyContext:
+    base = ReplyContext(
+        reference="dsr-2026-11-7KQ3FJ", received=date(2026, 11, 23), deadline=date(2026, 12, 23),
+        subject_name="Zoé Martin", profile=PROFILE, systems=ACCESS_SYSTEMS, download_url=URL,
+        download_code="482913", link_expires=date(2026, 12, 1),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+CONTEXTS = {
+    ReplyKind.ACCESS: _context(),
+    ReplyKind.PORTABILITY: _context(),
+    ReplyKind.ERASURE: _context(systems=ERASURE_SYSTEMS,
+                                recipients_notified=["Cabinet comptable Exemple", "Logistique Exemple SARL"]),
+    ReplyKind.RECTIFICATION: _context(systems=RECTIFICATION_SYSTEMS, recipients_notified=["Cabinet comptable Exemple"]),
+    ReplyKind.NO_DATA: _context(systems=[ConnectorOutcome(n) for n in ("woocommerce", "stripe", "hubspot")],
+                                request_kind=RequestKind.ERASURE),
+    ReplyKind.ART19_NOTICE: _context(systems=RECTIFICATION_SYSTEMS, request_kind=RequestKind.RECTIFICATION,
+                                     subject_email="zoe.martin@example.org",
+                                     recipient_name="Cabinet comptable Exemple"),
+}
+SUBJECT_REPLIES = [k for k in ReplyKind if k != ReplyKind.ART19_NOTICE]
+ALL = [(k, lang) for k in ReplyKind for lang in Language]
+WORDS = {
+    Language.FR: {"received": "23 novembre 2026", "deadline": "23 décembre 2026", "expires": "1er décembre 2026",
+                  "not_extended": "non prolongé", "extended": "après prolongation de deux mois"},
+    Language.EN: {"received": "23 November 2026", "deadline": "23 December 2026", "expires": "1 December 2026",
+                  "not_extended": "not extended", "extended": "after an extension of two months"},
+}
+CNIL = ("Commission nationale de l'informatique et des libertés (CNIL), 3 Place de Fontenoy, TSA 80715, "
+        "75334 Paris Cedex 07")
+
+
+class _TagBalance(HTMLParser):
+    VOID = frozenset({"br", "hr", "meta", "img", "link", "input"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else ''}>"
+        self.stack.pop()
+
+
+def _visible(rendered_html: str) -> str:
+    """The HTML's text as a reader sees it: tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", rendered_html)).split())
+
+
+def _parts(kind: ReplyKind, language: Language, context: ReplyContext | None = None) -> tuple[str, str, str]:
+    rendered = render_reply(kind, language, context or CONTEXTS[kind])
+    return rendered.subject, " ".join(rendered.text.split()), _visible(rendered.html)
+
+
+@pytest.mark.parametrize("case", ALL, ids=lambda c: f"{c[0].value}-{c[1].value}")
+def test_every_reply_renders(case: tuple[ReplyKind, Language]) -> None:
+    kind, language = case
+    rendered = render_reply(kind.value, language, CONTEXTS[kind])
+    assert rendered.subject and "\n" not in rendered.subject and "\r" not in rendered.subject
+    assert "dsr-2026-11-7KQ3FJ" in rendered.subject
+    for part in (rendered.subject, rendered.text, rendered.html):
+        for leftover in ("{{", "}}", "{%", "%}", "None", "Undefined", "&amp;#"):
+            assert leftover not in part
+    assert rendered.text.endswith("\n") and "\n\n\n" not in rendered.text
+    assert rendered.html.startswith("<!DOCTYPE html>") and f'<html lang="{language.value}"' in rendered.html
+    assert "<script" not in rendered.html
+    assert not re.search(r"""(src|href)=["'](?!https?://)""", rendered.html)
+    checker = _TagBalance()
+    checker.feed(rendered.html)
+    checker.close()
+    assert checker.stack == []
+    words = WORDS[language]
+    for part in (" ".join(rendered.text.split()), _visible(rendered.html)):
+        assert "dsr-2026-11-7KQ3FJ" in part
+        assert words["received"] in part
+        if kind != ReplyKind.ART19_NOTICE:
+            assert words["deadline"] in part and words["not_extended"] in part
+            assert CNIL in part and "https://www.cnil.fr" in part  # Art. 15(1)(f), 77
+    assert "2026-11-23" not in rendered.text  # dates in words
+
+
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("kind", SUBJECT_REPLIES)
+def test_extension_is_stated(kind: ReplyKind, language: Language) -> None:
+    context = replace(CONTEXTS[kind], extended=True, deadline=date(2027, 2, 23),
+                      extension_reason="Six systems to search\r\nincluding archives")
+    _, text, visible = _parts(kind, language, context)
+    for part in (text, visible):
+        assert WORDS[language]["extended"] in part and "12" in part
+        assert ("23 février 2027" if language == Language.FR else "23 February 2027") in part
+        assert "Six systems to search including archives" in part  # one line: the CRLF cannot forge a line
+        assert WORDS[language]["not_extended"] not in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_access_reply_carries_article_15_information(language: Language) -> None:
+    assert PROFILE is not None
+    _, text, visible = _parts(ReplyKind.ACCESS, language)
+    lang = language.value
+    for part in (text, visible):
+        for purpose in PROFILE.purposes:
+            assert purpose.name.text(lang) in part  # (a)
+            for category in purpose.categories:
+                assert category.text(lang) in part  # (b)
+            for recipient in purpose.recipients or []:
+                assert recipient.name.text(lang) in part  # (c)
+            assert purpose.retention.text(lang) in part  # (d)
+            assert purpose.source.text(lang) in part  # (g)
+        assert "Stripe Radar" in part  # (h), where there is some
+        assert ("article 16" if lang == "fr" else "Article 16") in part  # (e)
+        assert ("article 21" if lang == "fr" else "Article 21") in part
+        assert CNIL in part  # (f)
+        assert ("article 15, paragraphe 2" if lang == "fr" else "Article 15(2)") in part
+        assert ("clauses contractuelles types" if lang == "fr" else "standard contractual clauses") in part
+        assert ("décision d'adéquation" if lang == "fr" else "adequacy decision") in part
+        assert ("États-Unis" if lang == "fr" else "the United States") in part
+        assert ("l'exécution d'un contrat" if lang == "fr" else "performance of a contract") in part  # Art. 6
+        assert URL in part and "482913" in part and WORDS[language]["expires"] in part
+        assert ("commandes : 2" if lang == "fr" else "orders: 2") in part
+        assert "privacy@kestio.example" in part
+    assert f'href="{html.escape(URL)}"' in render_reply("reply_access", language, CONTEXTS[ReplyKind.ACCESS]).html
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_download_without_code_asks_for_the_reference(language: Language) -> None:
+    _, text, _ = _parts(ReplyKind.ACCESS, language, _context(download_code=""))
+    expected = ("la référence de votre demande : dsr-2026-11-7KQ3FJ" if language == Language.FR
+                else "your request reference: dsr-2026-11-7KQ3FJ")
+    assert expected in text
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_portability_reply(language: Language) -> None:
+    _, text, visible = _parts(ReplyKind.PORTABILITY, language)
+    for part in (text, visible):
+        assert "JSON" in part and "CSV" in part and URL in part
+        assert ("article 20, paragraphe 2" if language == Language.FR else "Article 20(2)") in part
+        provided = "fiche contact : 1" if language == Language.FR else "contact record: 1"
+        excluded = "notes de notre équipe : 3" if language == Language.FR else "notes from our team: 3"
+        assert provided in part
+        # derived data is named as left out, not as included
+        assert excluded in part.split("JSON (data.json", 1)[1]
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_erasure_reply_says_what_was_kept_why_and_until_when(language: Language) -> None:
+    _, text, visible = _parts(ReplyKind.ERASURE, language)
+    fr = language == Language.FR
+    for part in (text, visible):
+        assert BASIS in part
+        assert ("31 janvier 2035" if fr else "31 January 2035") in part
+        assert ("1er mars 2035" if fr else "1 March 2035") in part and ("2 mai 2036" if fr else "2 May 2036") in part
+        assert ("Anonymisé" if fr else "Anonymised") in part
+        assert ("Effacé : compte client : 1" if fr else "Erased: customer account: 1") in part
+        assert ("adresse IP, informations sur le navigateur" if fr else "IP address, browser information") in part
+        assert ("article 17, paragraphe 3" if fr else "Article 17(3)") in part
+        assert "Cabinet comptable Exemple" in part and "Logistique Exemple SARL" in part
+        assert ("article 19" if fr else "Article 19") in part
+        assert ("déjà effacée, ou jamais enregistrée" if fr else "already erased, or never recorded") in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_rectification_reply_names_fields_never_values(language: Language) -> None:
+    _, text, visible = _parts(ReplyKind.RECTIFICATION, language)
+    fr = language == Language.FR
+    for part in (text, visible):
+        assert ("compte client : ville, nom" if fr else "customer account: city, last name") in part
+        assert ("Déjà à jour" if fr else "Already up to date") in part
+        assert "Durand" not in part and "Lyon" not in part
+        assert "Cabinet comptable Exemple" in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("request_kind", list(RequestKind))
+def test_no_data_reply(language: Language, request_kind: RequestKind) -> None:
+    subject, text, visible = _parts(ReplyKind.NO_DATA, language, replace(CONTEXTS[ReplyKind.NO_DATA],
+                                                                         request_kind=request_kind))
+    fr = language == Language.FR
+    assert ("Aucune donnée" if fr else "No data") in subject
+    for part in (text, visible):
+        assert ("aucune donnée personnelle vous concernant" if fr else "no personal data about you") in part
+        assert ("notre prestataire de paiement (Stripe)" if fr else "our payment provider (Stripe)") in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("request_kind", [RequestKind.RECTIFICATION, RequestKind.ERASURE])
+def test_art19_notice(language: Language, request_kind: RequestKind) -> None:
+    context = replace(CONTEXTS[ReplyKind.ART19_NOTICE], request_kind=request_kind)
+    subject, text, visible = _parts(ReplyKind.ART19_NOTICE, language, context)
+    fr = language == Language.FR
+    assert ("Article 19 du RGPD" if fr else "Article 19 GDPR") in subject
+    for part in (text, visible):
+        assert "zoe.martin@example.org" in part and "dsr-2026-11-7KQ3FJ" in part
+        assert "Zoé" not in part and "Martin," not in part  # the recipient never learns the name
+        assert "Durand" not in part
+        if request_kind == RequestKind.RECTIFICATION:
+            assert ("ville, nom" if fr else "city, last name") in part
+        else:
+            assert ("effac" if fr else "erase") in part
+
+
+def test_art19_notice_needs_kind_email_and_a_change() -> None:
+    base = CONTEXTS[ReplyKind.ART19_NOTICE]
+    with pytest.raises(ValueError, match="rectification or an erasure"):
+        render_reply("art19_notice", "en", replace(base, request_kind=RequestKind.ACCESS))
+    with pytest.raises(ValueError, match="subject_email"):
+        render_reply("art19_notice", "en", replace(base, subject_email="a@b.example\r\nBcc: c@d.example"))
+    with pytest.raises(ValueError, match="no rectification to notify"):
+        render_reply("art19_notice", "en", replace(base, systems=[ConnectorOutcome("stripe")]))
+
+
+def test_incomplete_profile_refuses_the_access_reply() -> None:
+    assert PROFILE is not None
+    broken = PROFILE.model_copy(deep=True)
+    broken.purposes[1].retention = Localized()
+    broken.purposes[2].recipients[1].safeguard = None  # type: ignore[index]
+    expected = check_profile(broken)
+    assert expected == [
+        "controller.purposes[1].retention: missing (Art. 15(1)(d): the period, or the criteria used to set it)",
+        "controller.purposes[2].recipients[1].safeguard: missing (Art. 15(2): transfer to US, outside the EEA)",
+    ]
+    for language in Language:
+        with pytest.raises(IncompleteProfileError) as caught:
+            render_reply("reply_access", language, _context(profile=broken))
+        assert caught.value.missing == expected
+        assert "controller.purposes[1].retention" in str(caught.value)
+    with pytest.raises(IncompleteProfileError) as caught:
+        render_reply("reply_access", "fr", _context(profile=None))
+    assert caught.value.missing[0].startswith("controller: missing")
+    # other replies do not need the Art. 15 information
+    render_reply("reply_erasure", "fr", replace(CONTEXTS[ReplyKind.ERASURE], profile=broken))
+    render_reply("reply_no_data", "en", replace(CONTEXTS[ReplyKind.NO_DATA], profile=None))
+
+
+@pytest.mark.parametrize("kind", [ReplyKind.ACCESS, ReplyKind.PORTABILITY])
+def test_bundle_replies_need_a_valid_link(kind: ReplyKind) -> None:
+    for bad in ("", "javascript:alert(1)", "https://x.example/a\r\nBcc: y@z.example", "/exports/relative"):
+        with pytest.raises(ValueError, match="download_url"):
+            render_reply(kind, "fr", _context(download_url=bad))
+    with pytest.raises(ValueError, match="link_expires"):
+        render_reply(kind, "fr", _context(link_expires=None))
+
+
+def test_unknown_kind_and_missing_reference() -> None:
+    with pytest.raises(ValueError, match="unknown reply kind"):
+        render_reply("reply_everything", "fr", _context())
+    with pytest.raises(ValueError, match="reference"):
+        render_reply("reply_access", "fr", _context(reference=" \r\n"))
+    with pytest.raises(ValueError, match="request_kind"):
+        render_reply("reply_no_data", "fr", _context())
+
+
+def _hostile_profile():  # type: ignore[no-untyped-def]
+    assert PROFILE is not None
+    profile = PROFILE.model_copy(deep=True)
+    profile.legal_name = HOSTILE
+    profile.purposes[0].name = Localized(fr=HOSTILE, en=HOSTILE)
+    profile.purposes[0].categories = [Localized(fr=HOSTILE, en=HOSTILE)]
+    profile.purposes[1].recipients[1].safeguard_detail = Localized(fr=HOSTILE, en=HOSTILE)  # type: ignore[index]
+    profile.systems = {"woocommerce": Localized(fr=HOSTILE, en=HOSTILE)}
+    return profile
+
+
+@pytest.mark.parametrize("case", ALL, ids=lambda c: f"{c[0].value}-{c[1].value}")
+def test_hostile_values_are_inert(case: tuple[ReplyKind, Language]) -> None:
+    kind, language = case
+    hostile_report = [RecordReport("orders", "1", RecordAction.RETAINED, legal_basis=HOSTILE,
+                                   retained_until=date(2035, 1, 1)),
+                      RecordReport(HOSTILE, "2", RecordAction.CHANGED, fields=[HOSTILE])]
+    systems = [*CONTEXTS[kind].systems, ConnectorOutcome(HOSTILE, found=1, report=hostile_report,
+                                                         datasets=[DatasetSummary(HOSTILE, 1, True)])]
+    context = replace(CONTEXTS[kind], subject_name=HOSTILE, profile=_hostile_profile(), systems=systems,
+                      reference="dsr-2026-11-7KQ3FJ\r\nBcc: x@evil.test", download_code=HOSTILE,
+                      recipients_notified=[HOSTILE], extension_reason=HOSTILE, extended=True,
+                      recipient_name=HOSTILE)
+    if kind == ReplyKind.ACCESS:
+        context = replace(context, profile=PROFILE)  # the access reply is the one checked in full below
+    rendered = render_reply(kind, language, context)
+    assert "\r" not in rendered.subject and "\n" not in rendered.subject
+    assert "<script" not in rendered.html and "</script" not in rendered.html
+    assert "\r" not in rendered.text
+    assert not any(line.lstrip().lower().startswith("bcc:") for line in rendered.text.splitlines())
+    if kind != ReplyKind.ART19_NOTICE:
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; Bcc: x@evil.test" in rendered.html
+        assert "<script>alert(1)</script> Bcc: x@evil.test" in rendered.text
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_hostile_profile_in_access_reply_is_escaped(language: Language) -> None:
+    profile = _hostile_profile()
+    rendered = render_reply("reply_access", language, _context(profile=profile))
+    assert "<script" not in rendered.html
+    assert rendered.html.count("&lt;script&gt;") >= 5  # signature, purpose, category, safeguard, system
+    assert "<script>alert(1)</script> Bcc: x@evil.test" in rendered.text
