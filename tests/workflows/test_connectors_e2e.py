@@ -3,6 +3,7 @@ connectors over real HTTP to the HubSpot and WooCommerce sandboxes and to locals
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,13 +21,15 @@ from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.exports import ExportStore
 from dsr.ledger import Ledger
-from dsr.model import IdentityMethod, Outcome, RequestStatus
+from dsr.model import IdentityMethod, Outcome, RequestStatus, Stage
 from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink
+from tests.workflows.conftest import demo_profile
 from worker import build_worker
+from workflows.request import DataSubjectRequest
 
 EMAIL = "Nadia.Haddad@example.org"  # the subject writes it capitalised; every system must still match
 TOKEN, KEY, SECRET, STRIPE_KEY = "pat-test", "ck_test", "cs_test", "sk_test_e2e"
@@ -87,9 +90,16 @@ async def run_request(env: WorkflowEnvironment, settings: Settings, ledger: Ledg
                       now=await env.get_current_time())
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(env.client, settings, ledger, systems.connectors, exports=exports,
-                                task_queue=task_queue, executor=executor):
+                                profile=demo_profile, task_queue=task_queue, executor=executor):
             handle = await start(env.client, request, task_queue=task_queue)
-            return await handle.result()
+            # Not handle.result(): that would skip to the download link's expiry, which deletes the exports.
+            with env.auto_time_skipping_disabled():
+                for _ in range(300):
+                    status = await handle.query(DataSubjectRequest.status)
+                    if status.stage == Stage.CLOSED:
+                        return status
+                    await asyncio.sleep(0.1)
+            raise AssertionError(f"request still {status.stage}")
 
 
 async def test_access_exports_every_system_into_the_encrypted_store(
@@ -182,7 +192,6 @@ async def test_access_reply_link_downloads_the_bundle_then_expires(
     from dsr.links import DownloadLinks
     from dsr.model import AuditEvent
     from intake.app import intake_app
-    from tests.workflows.conftest import demo_profile
 
     exports = ExportStore(settings.exports_dir, TEST_KEYRING)
     # Another subject's data must never leak into this subject's bundle.
