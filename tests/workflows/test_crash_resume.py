@@ -22,12 +22,14 @@ from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
 from dsr.exports import ExportStore
-from dsr.model import IdentityMethod, Outcome
+from dsr.model import IdentityMethod, Outcome, Stage
 from intake.submission import Submission, prepare, start
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink, binary
+from workflows.request import DataSubjectRequest
 
+DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
 ORDERS = 4000
 PAGES = ORDERS // 100
 EMAIL = "bulk.buyer@example.org"
@@ -81,7 +83,8 @@ async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, 
         (home / "dsr.toml").write_text(
             f'[[connectors]]\ntype = "woocommerce"\nbase_url = "{shop.url}"\n'
             'credentials = { consumer_key = "SHOP_KEY", consumer_secret = "SHOP_SECRET" }\n'
-            "rate_limit = { requests = 1000, per_seconds = 1 }\n")
+            "rate_limit = { requests = 1000, per_seconds = 1 }\n"
+            + DEMO_PROFILE)
         task_queue = f"crash-{uuid.uuid4()}"
         env = {
             **os.environ,
@@ -113,8 +116,13 @@ async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, 
         assert pages_before_crash < PAGES, "killed too late to prove anything"
 
         workers.append(start_worker(env, tmp_path / "worker-2.log"))
-        final = await asyncio.wait_for(handle.result(), timeout=120)
-        assert final.outcome == Outcome.FULFILLED
+        final = None
+        for _ in range(600):  # until closed; not result(): the workflow then waits for the link's expiry
+            final = await handle.query(DataSubjectRequest.status)
+            if final.stage == Stage.CLOSED:
+                break
+            await asyncio.sleep(0.2)
+        assert final is not None and final.outcome == Outcome.FULFILLED, final
 
         orders = list(ExportStore(settings.exports_dir, TEST_KEYRING).read(request.request_id, "woocommerce",
                                                                             "orders"))
