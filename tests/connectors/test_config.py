@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -140,3 +141,19 @@ async def test_connectors_check_over_real_http(tmp_path: Path) -> None:
         assert code == 1 and out.startswith("FAIL  crm") and "check the credentials of connector crm" in out
     finally:
         await crm.stop()
+
+
+def test_config_check_lists_what_the_profile_misses(tmp_path: Path) -> None:
+    dsr = Path(sys.executable).parent / "dsr"
+    env = {**os.environ, "DSR_HOME": str(tmp_path)}
+    (tmp_path / "dsr.toml").write_text(GOOD + '\n[controller]\nlegal_name = "Exemple SAS"\n')
+    result = subprocess.run([str(dsr), "config", "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "controller profile incomplete" in result.stdout and "Art. 15(1)" in result.stdout
+    demo = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
+    (tmp_path / "dsr.toml").write_text(GOOD + "\n" + demo)
+    result = subprocess.run([str(dsr), "config", "check", "--json"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["profile_complete"] and report["connectors"] == ["crm", "woocommerce"]
