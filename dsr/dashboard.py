@@ -15,7 +15,8 @@ from dsr import search_attributes as sa
 from dsr.deadlines import deadline_as_search_value
 from dsr.model import Stage
 
-RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running'"
+# A closed access request stays Running until its download link expires: not something still due.
+RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running' AND DsrStage != 'closed'"
 
 
 def _literal(day: date) -> str:
