@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.connectors import ConnectorActivities
 from activities.deadlines import deadlines_from
+from activities.intake import IntakeActivities
 from activities.ledger import LedgerActivities
 from activities.notices import NoticeActivities
 from activities.replies import ReplyActivities
@@ -22,11 +23,13 @@ from connectors.base import Connector
 from dsr.config import Settings
 from dsr.exports import ExportStore
 from dsr.ledger import Ledger
-from dsr.links import DownloadLinks
+from dsr.links import DownloadLinks, IdentityLinks
 from dsr.profile import ControllerProfile, load_profile
+from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
+from workflows.triage import TriageMessageWorkflow
 
-WORKFLOWS: Sequence[type] = (DataSubjectRequest,)
+WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow)
 
 
 class LedgerSentLog:
@@ -41,7 +44,10 @@ class LedgerSentLog:
     def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None:
         from datetime import UTC, datetime
 
-        from dsr.model import AuditEvent
+        from dsr.model import TRIAGE_PREFIX, AuditEvent
+
+        if request_id.startswith(TRIAGE_PREFIX):
+            return  # an unclassified email is not a request (yet): the ledger has no row to attach it to
 
         self._ledger.append_event(
             AuditEvent(request_id=request_id, event="notice_sent",
@@ -65,6 +71,12 @@ def activities_for(
         sent_log=LedgerSentLog(ledger),
         controller_name=settings.controller_name,
         request_link=settings.request_link,
+        identity_links=IdentityLinks(exports.sealer, ttl=timedelta(days=settings.policy.identity_timeout_days)),
+        public_url=settings.intake_url,
+    )
+    intake = IntakeActivities(
+        lambda client: IntakeService(client, settings, ledger),
+        delete_documents=lambda request_id: attachment_store(settings, exports.sealer).delete_all(request_id),
     )
     fan_out = ConnectorActivities(connectors, exports)
     replies = ReplyActivities(
@@ -88,7 +100,16 @@ def activities_for(
         deadlines_from,
         replies.send_reply,
         replies.delete_exports,
+        intake.submit_triaged,
+        intake.delete_identity_documents,
     ]
+
+
+def attachment_store(settings: Settings, keyring):
+    """Where email attachments (ID documents) are kept, encrypted, until identity is confirmed."""
+    from intake.mailbox import AttachmentStore
+
+    return AttachmentStore(settings.home / "attachments", keyring)
 
 
 def build_worker(

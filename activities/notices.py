@@ -29,7 +29,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dsr.config import SmtpSettings
-from dsr.model import OPERATOR_TEMPLATES, Language, Notice, NoticeTemplate, SentNotice, is_valid_email
+from dsr.links import IdentityLinks
+from dsr.model import (
+    OPERATOR_TEMPLATES,
+    IdentityMethod,
+    Language,
+    Notice,
+    NoticeTemplate,
+    SentNotice,
+    is_valid_email,
+)
 from templates import RenderedNotice, one_line, render_notice
 
 __all__ = [
@@ -164,6 +173,8 @@ class NoticeActivities:
         sent_log: SentLog | None = None,
         controller_name: str = "",
         request_link: Callable[[str], str] | None = None,
+        identity_links: IdentityLinks | None = None,
+        public_url: str = "",
     ) -> None:
         """``controller_name`` signs subject notices (templates fall back to a generic team name);
         ``request_link`` maps a request id to its page in the staff UI, for operator notices."""
@@ -178,6 +189,8 @@ class NoticeActivities:
         self._sent_log = sent_log
         self._controller_name = one_line(controller_name)
         self._request_link = request_link
+        self._identity_links = identity_links
+        self._public_url = public_url
 
     def _context(self, notice: Notice) -> dict[str, str]:
         """The workflow's context plus what only the worker knows (its configuration)."""
@@ -186,6 +199,16 @@ class NoticeActivities:
             context.setdefault("controller_name", self._controller_name)
         if self._request_link is not None and notice.template in OPERATOR_TEMPLATES:
             context.setdefault("ui_url", self._request_link(notice.request_id))
+        if (
+            self._identity_links is not None
+            and self._public_url
+            and notice.template in (NoticeTemplate.IDENTITY_REQUEST, NoticeTemplate.IDENTITY_REMINDER)
+            and context.get("identity") == IdentityMethod.EMAIL.value
+        ):
+            # Made here, not in the workflow: the link and code are secrets and stay out of its history.
+            link = self._identity_links.issue(notice.request_id, now=datetime.now(UTC))
+            context["verify_url"] = self._identity_links.verify_url(self._public_url, link.token)
+            context["verify_code"] = self._identity_links.request_code(notice.request_id)
         return context
 
     @activity.defn(name="send_notice")

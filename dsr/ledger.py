@@ -457,6 +457,10 @@ class Ledger:
 
     # --- internals ---------------------------------------------------------------------------------
 
+    def subject_key(self, email: str) -> str:
+        """The blind index of an address (any case): a key for per-subject counters, never the address."""
+        return self._email_index(email)
+
     def _email_index(self, email: str) -> str:
         return self._sealer.blind_index(_email_index_value(email), purpose=EMAIL_INDEX_PURPOSE)
 

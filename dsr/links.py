@@ -61,6 +61,7 @@ __all__ = [
     "DownloadLink",
     "DownloadLinks",
     "ExpiredLink",
+    "IdentityLinks",
     "InvalidLink",
     "TamperedLink",
     "download_url",
@@ -72,8 +73,6 @@ LINK_VERSION = "v1"
 MAX_TOKEN_LENGTH = 512
 """Anything longer is rejected before any decoding (request ids are short)."""
 
-_ROOT_PURPOSE = "dsr/download-link/v1"
-_INFO = b"dsr/download-link/v1\x00"
 _NONCE = 12
 _TAG = 16
 _MAC = 32
@@ -135,16 +134,23 @@ def _normalise_answer(value: str) -> str:
 class DownloadLinks:
     """Issues and checks download tokens; stateless, so every process with the same key ring agrees."""
 
-    __slots__ = ("_aead", "_code_key", "_form_key", "_ip_key", "_mac_key", "_ttl")
+    __slots__ = ("_aead", "_code_key", "_form_key", "_info", "_ip_key", "_mac_key", "_ttl")
 
-    def __init__(self, keyring: KeyRing, *, ttl: timedelta = DEFAULT_LINK_TTL) -> None:
+    def __init__(self, keyring: KeyRing, *, ttl: timedelta = DEFAULT_LINK_TTL, purpose: str = "download-link") -> None:
+        """``purpose`` separates families of links (``identity-link`` for :class:`IdentityLinks`): a token
+        or code of one family never verifies in another, because every key is derived from it."""
         if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
             raise ValueError("ttl must be a positive timedelta")
+        if not re.fullmatch(r"[a-z-]{1,40}", purpose):
+            raise ValueError("purpose must be lower-case letters and dashes")
         self._ttl = ttl
-        root = bytes.fromhex(keyring.blind_index("download-link-root", purpose=_ROOT_PURPOSE))
+        self._info = f"dsr/{purpose}/v1\x00".encode("ascii")
+        root_purpose = f"dsr/{purpose}/v1"
+        root = bytes.fromhex(keyring.blind_index(f"{purpose}-root", purpose=root_purpose))
+        info = self._info
 
         def derive(label: bytes) -> bytes:
-            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO + label).derive(root)
+            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info + label).derive(root)
 
         self._aead = AESGCM(derive(b"enc"))
         self._mac_key = derive(b"mac")
@@ -231,9 +237,8 @@ class DownloadLinks:
     def _mac(self, signed: str) -> bytes:
         return hmac.new(self._mac_key, signed.encode("ascii"), hashlib.sha256).digest()
 
-    @staticmethod
-    def _aad(header: bytes) -> bytes:
-        return _INFO + header
+    def _aad(self, header: bytes) -> bytes:
+        return self._info + header
 
     def _open(self, token: str) -> tuple[str, datetime]:
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not _TOKEN_RE.match(token):
@@ -261,3 +266,34 @@ class DownloadLinks:
         except (OverflowError, OSError, ValueError):
             raise TamperedLink("this download link is not valid") from None
         return request_id, expires_at
+
+
+class IdentityLinks(DownloadLinks):
+    """One-time identity confirmation (``/verify/{token}``) for requests whose policy is ``email``.
+
+    The acknowledgement asks the subject to prove control of the address the request came from: either
+    open the link (signed, bound to the request, expiring with the identity wait) and press the button, or
+    enter the reference and the 6-digit code on ``/verify``. The code is derived from the request id, not
+    the token, so it works without the link (read out on the phone, typed on another device). One-time:
+    the workflow refuses a second confirmation, and the page then says it is already confirmed.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, keyring: KeyRing, *, ttl: timedelta) -> None:
+        super().__init__(keyring, ttl=ttl, purpose="identity-link")
+
+    def request_code(self, request_id: str) -> str:
+        """The 6-digit code of ``request_id`` (deterministic; nothing stored)."""
+        digest = hmac.new(self._code_key, b"request\x00" + request_id.encode("utf-8"), hashlib.sha256).digest()
+        return f"{int.from_bytes(digest[:8], 'big') % 10**CODE_DIGITS:0{CODE_DIGITS}d}"
+
+    def check_request_code(self, request_id: str, code: object) -> bool:
+        """Constant-time check of a typed code (spaces and dashes tolerated)."""
+        if not isinstance(code, str) or len(code) > 50:
+            return False
+        typed = _normalise_answer(code).translate(_LOOKALIKES).encode("utf-8")
+        return hmac.compare_digest(typed, self.request_code(request_id).encode("ascii"))
+
+    def verify_url(self, public_url: str, token: str) -> str:
+        return f"{public_url.rstrip('/')}/verify/{quote(token, safe='')}"

@@ -16,6 +16,7 @@ TASK_QUEUE = "dsr-requests"
 """The one task queue every worker polls; scale by running more workers on it."""
 
 WORKFLOW_ID_PREFIX = "dsr-"
+TRIAGE_PREFIX = "triage-"  # + the reserved request id: an email waiting for an operator to classify it
 """Workflow ids are the request reference, e.g. ``dsr-2026-11-7KQ3FJ``: no personal data, ever."""
 
 
@@ -180,6 +181,7 @@ class RequestInput:
     policy: RequestPolicy = field(default_factory=RequestPolicy)
     changes: dict[str, str] = field(default_factory=dict)  # rectification: canonical field -> new value
     in_reply_to: str | None = None  # Message-ID of the subject's email, so notices stay in its thread
+    ticket: str | None = None  # support-desk ticket ("zendesk:4521"); shown to staff, quoted in replies
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------
@@ -213,6 +215,16 @@ class Withdrawal:
 @dataclass
 class Retry:
     requested_by: str = "operator"
+
+
+@dataclass
+class DuplicateAttached:
+    """A new submission of the same subject and kind, attached to this open request instead of a second one."""
+
+    channel: Channel
+    received_at: datetime
+    in_reply_to: str | None = None  # the new email's Message-ID: the notice answers in its thread
+    ticket: str | None = None
 
 
 @dataclass
@@ -330,12 +342,15 @@ class NoticeTemplate(StrEnum):
     OPERATOR_REMINDER = "operator_reminder"
     OPERATOR_ESCALATION = "operator_escalation"
     OPERATOR_ATTENTION = "operator_attention"
+    OPERATOR_TRIAGE = "operator_triage"
+    DUPLICATE = "duplicate"  # a second request of the same kind was attached to the open one
 
 
 OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_REMINDER,
     NoticeTemplate.OPERATOR_ESCALATION,
     NoticeTemplate.OPERATOR_ATTENTION,
+    NoticeTemplate.OPERATOR_TRIAGE,
 })
 
 
@@ -436,3 +451,65 @@ class RequestStatus:
     clock_suspended: bool = False
     link_expires_at: datetime | None = None  # access/portability: the download link, then deletion
     exports_deleted: bool = False
+
+
+# --- triage (email intake) -------------------------------------------------------------------------
+
+
+@dataclass
+class TriageInput:
+    """An email the classifier was unsure about, waiting for an operator. Personal data: encrypted only."""
+
+    triage_id: str  # "triage-" + the reserved request id
+    request_id: str  # the request it becomes once classified
+    received_at: datetime
+    received_on: date
+    deadline: date  # if it is a request, the clock already runs from receipt
+    email: str
+    name: str = ""
+    language: Language = Language.FR  # detected, else the default: the acknowledgement's language
+    subject_line: str = ""
+    body: str = ""
+    in_reply_to: str | None = None
+    reason: str = ""  # why it was not classified; no personal data
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
+
+
+@dataclass
+class TriageDecision:
+    kind: RequestKind
+    decided_by: str = "operator"
+    language: Language | None = None  # overrides the detected language
+    changes: dict[str, str] = field(default_factory=dict)  # rectification, read from the email by staff
+
+
+@dataclass
+class TriageDismissal:
+    reason: str  # e.g. "spam", "newsletter unsubscribe": kept as the record of why nothing was done
+    decided_by: str = "operator"
+
+
+@dataclass
+class TriageStatus:
+    """The ``status`` query of a triage workflow; no personal data (``dsr triage show`` asks ``message``)."""
+
+    triage_id: str
+    request_id: str
+    received: date
+    deadline: date
+    reason: str
+    state: str  # "waiting", "classified", "dismissed"
+    kind: RequestKind | None = None
+    dismissal_reason: str = ""
+    attached_to: str = ""  # the open request it was attached to, when it duplicated one
+
+
+@dataclass
+class TriageMessage:
+    """The ``message`` query: the email itself, for the operator's terminal (personal data)."""
+
+    email: str
+    name: str
+    subject_line: str
+    body: str
+    language: Language

@@ -5,8 +5,9 @@ Everything is validated before anything is started, so bad input never leaves a 
 
 from __future__ import annotations
 
+import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 from temporalio.client import Client, WorkflowHandle
@@ -25,6 +26,7 @@ from dsr.model import (
     WORKFLOW_ID_PREFIX,
     Channel,
     DeadlineInput,
+    IdentityMethod,
     Language,
     RequestInput,
     RequestKind,
@@ -37,6 +39,8 @@ MAX_NAME = 200
 MAX_DETAILS = 10_000
 # Crockford's base32 without look-alikes: references are read out on the phone.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_REQUEST_ID = re.compile(rf"{WORKFLOW_ID_PREFIX}\d{{4}}-\d{{2}}-[{_ALPHABET}]{{6}}")
+_TICKET = re.compile(r"[A-Za-z0-9:_-]{1,64}")
 
 
 class SubmissionError(ValueError):
@@ -53,7 +57,10 @@ class Submission:
     details: str = ""
     received_at: datetime | None = None  # defaults to now; staff may enter an earlier receipt (a letter)
     changes: dict[str, str] = field(default_factory=dict)
-    in_reply_to: str | None = None
+    in_reply_to: str | None = None  # Message-ID of the subject's email: notices reply in that thread
+    request_id: str | None = None  # reserved beforehand (email intake's exactly-once); default: a new one
+    ticket: str | None = None  # support-desk ticket id, e.g. "zendesk:4521": replies can reference it
+    trusted: bool = False  # the channel authenticated the person (configured per desk): no identity check
 
 
 def new_request_id(received_on: date) -> str:
@@ -106,12 +113,18 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         raise SubmissionError("received time is in the future")
 
     policy: RequestPolicy = settings.policy
+    if submission.trusted:
+        policy = replace(policy, identity=IdentityMethod.TRUSTED)
+    if submission.request_id is not None and not _REQUEST_ID.fullmatch(submission.request_id):
+        raise SubmissionError("request id must look like dsr-2026-11-7KQ3FJ")
+    if submission.ticket is not None and not _TICKET.fullmatch(submission.ticket):
+        raise SubmissionError("ticket must be 1 to 64 letters, digits, ':', '-' or '_'")
     received_on = receipt_date(received_at, policy.timezone)
     deadlines = deadline_schedule(
         DeadlineInput(start=received_on, country=policy.country, subdiv=policy.subdiv, timezone=policy.timezone)
     )
     return RequestInput(
-        request_id=new_request_id(received_on),
+        request_id=submission.request_id or new_request_id(received_on),
         kind=kind,
         subject=Subject(email=email, name=name),
         channel=channel,
@@ -123,6 +136,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         policy=policy,
         changes=dict(submission.changes),
         in_reply_to=submission.in_reply_to,
+        ticket=submission.ticket,
     )
 
 

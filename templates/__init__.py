@@ -270,9 +270,13 @@ def _clean_context(template: NoticeTemplate, context: Mapping[str, str]) -> dict
             value = _EMAIL_LIKE.sub("[address removed]", value)  # belt and braces: errors carry no PII
         if value:
             clean[key] = value
-    for key in ("reference", "kind"):
+    # A message waiting for triage has no kind yet: that is the point of triage.
+    required = ("reference",) if template == NoticeTemplate.OPERATOR_TRIAGE else ("reference", "kind")
+    for key in required:
         if key not in clean:
             raise ValueError(f"notice context must include a non-empty {key!r}")
+    if "kind" not in clean:
+        return clean
     try:
         clean["kind"] = RequestKind(clean["kind"]).value
     except ValueError:

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from dsr import search_attributes as sa
     from dsr.model import (
         AuditEvent,
+        Channel,
         ClockPolicy,
         ClockStart,
         ConnectorOutcome,
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ConnectorTask,
         Deadline,
         Deadlines,
+        DuplicateAttached,
         ExportsDeletion,
         Extension,
         FanOutPlan,
@@ -86,6 +88,8 @@ REPLY_OPTIONS = {
     ),
 }
 
+IDENTITY_DOCUMENTS = "identity-documents"
+"""Patch id: email requests delete the attachments they came with once identity is confirmed."""
 FINAL_REPLIES = "final-replies"
 """Patch id: requests started before final replies existed keep their old, notice-only ending."""
 
@@ -172,14 +176,14 @@ class DataSubjectRequest:
         await self._audit(
             "identity_requested", stage=Stage.AWAITING_IDENTITY, details={"method": policy.identity.value}
         )
-        await self._notify_subject(NoticeTemplate.IDENTITY_REQUEST)
+        await self._notify_subject(NoticeTemplate.IDENTITY_REQUEST, identity=policy.identity.value)
 
         def settled() -> bool:
             return self._identity_confirmed or self._ending()
 
         reminder_after = timedelta(days=policy.identity_reminder_after_days)
         if not await self._wait(settled, reminder_after, "identity reminder"):
-            await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER)
+            await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=policy.identity.value)
             await self._audit("identity_reminder_sent")
             remaining = timedelta(days=policy.identity_timeout_days) - reminder_after
             if not await self._wait(settled, remaining, "identity timeout"):
@@ -187,6 +191,14 @@ class DataSubjectRequest:
                 return False
         if self._ending():
             return False
+        if self._request.channel == Channel.EMAIL and workflow.patched(IDENTITY_DOCUMENTS):
+            # CNIL: a copy of an ID document is kept only as long as needed to check identity.
+            deleted = await workflow.execute_activity(
+                "delete_identity_documents", self._request.request_id, result_type=int,
+                summary="delete identity documents", **LEDGER_OPTIONS,
+            )
+            if deleted:
+                await self._audit("identity_documents_deleted", details={"count": str(deleted)})
 
         if self._clock_suspended:
             # Décret 2019-536: the time limit was suspended; it runs from the confirmation date.
@@ -404,6 +416,29 @@ class DataSubjectRequest:
         self._reject_if_closed()
         if self._identity_confirmed:
             raise RequestRejected(f"identity of {self._request.request_id} is already confirmed")
+        if self._ending():
+            raise RequestRejected(f"{self._request.request_id} is being closed")
+
+    @workflow.update
+    async def attach_duplicate(self, duplicate: DuplicateAttached) -> UpdateResult:
+        """A second submission of the same request: recorded and acknowledged, never a second workflow."""
+        await self._audit("duplicate_attached", actor="subject", details={"channel": duplicate.channel.value})
+        context = self._notice_context()
+        if self._request.subject.name:
+            context["subject_name"] = self._request.subject.name
+        await self._send(Notice(
+            request_id=self._request.request_id,
+            template=NoticeTemplate.DUPLICATE,
+            to=self._request.subject.email,
+            language=self._request.language,
+            context=context,
+            in_reply_to=duplicate.in_reply_to or self._request.in_reply_to,
+        ))
+        return self._result()
+
+    @attach_duplicate.validator
+    def _validate_attach_duplicate(self, duplicate: DuplicateAttached) -> None:
+        self._reject_if_closed()
         if self._ending():
             raise RequestRejected(f"{self._request.request_id} is being closed")
 

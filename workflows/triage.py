@@ -1,0 +1,197 @@
+"""An email the classifier was unsure about, waiting durably for a human to say what it is.
+
+Never guessed, never dropped: the message sits in stage ``needs_attention`` on the dashboards (with the
+deadline it would have as a request, since the month runs from receipt whatever the triage takes), the
+operators get a notice, and the workflow waits for one of two updates:
+
+* ``classify`` (``dsr triage classify``): the request is submitted through the intake service, under the
+  reserved request id and with the email's receipt time, so it is the same request it would have been had
+  the classifier been sure (duplicates of an open request are attached to it as usual);
+* ``dismiss`` (``dsr triage dismiss``): not a request (spam, a newsletter unsubscribe...); the reason is
+  kept in the history as the record of why nothing was done.
+
+A reminder goes to the operators a week before the deadline if nobody has decided by then.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from dsr import search_attributes as sa
+    from dsr.model import (
+        CANONICAL_FIELDS,
+        Notice,
+        NoticeTemplate,
+        RequestKind,
+        TriageDecision,
+        TriageDismissal,
+        TriageInput,
+        TriageMessage,
+        TriageStatus,
+    )
+    from workflows.request import NOTICE_OPTIONS, RequestRejected
+
+SUBMIT_OPTIONS = {
+    # The operator waits on the update: a few quick retries, then a clear refusal they can act on.
+    "start_to_close_timeout": timedelta(minutes=1),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=6,
+        non_retryable_error_types=["SubmissionError"],
+    ),
+}
+
+
+@workflow.defn(name="TriageMessage")
+class TriageMessageWorkflow:
+    @workflow.init
+    def __init__(self, item: TriageInput) -> None:
+        self._item = item
+        self._decision: TriageDecision | None = None
+        self._dismissal: TriageDismissal | None = None
+        self._request_id = ""
+        self._attached = False
+        self._deciding = False  # a classify update is submitting the request
+
+    @workflow.run
+    async def run(self, item: TriageInput) -> TriageStatus:
+        workflow.set_current_details(self._details())
+        await self._notify(reminder=False)
+        remind_at = datetime.combine(item.deadline - timedelta(days=7), time(9), workflow.now().tzinfo)
+        wait = remind_at - workflow.now()
+        decided = await self._wait(wait) if wait > timedelta(0) else False
+        if not decided:
+            await self._notify(reminder=True)
+            await workflow.wait_condition(lambda: self._decision is not None or self._dismissal is not None)
+        workflow.upsert_search_attributes([sa.DSR_STAGE.value_set("closed")])
+        workflow.set_current_details(self._details())
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    async def _wait(self, timeout: timedelta) -> bool:
+        try:
+            await workflow.wait_condition(
+                lambda: self._decision is not None or self._dismissal is not None,
+                timeout=timeout,
+                timeout_summary="triage reminder",
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    async def _notify(self, *, reminder: bool) -> None:
+        reason = self._item.reason + (" (reminder: the deadline is in a week)" if reminder else "")
+        await workflow.execute_activity(
+            "send_notice",
+            Notice(
+                request_id=self._item.triage_id,
+                template=NoticeTemplate.OPERATOR_TRIAGE,
+                to=self._item.policy.operator_email,
+                language=self._item.language,
+                context={
+                    "reference": self._item.triage_id,
+                    "received": self._item.received_on.isoformat(),
+                    "deadline": self._item.deadline.isoformat(),
+                    "error": reason,
+                },
+            ),
+            summary="notice: operator triage",
+            **NOTICE_OPTIONS,
+        )
+
+    # --- updates and queries ---------------------------------------------------------------------
+
+    @workflow.update
+    async def classify(self, decision: TriageDecision) -> TriageStatus:
+        self._deciding = True
+        try:
+            submitted = await workflow.execute_activity(
+                "submit_triaged",
+                args=[self._item, decision],
+                result_type=list,
+                summary=f"submit as {decision.kind.value}",
+                **SUBMIT_OPTIONS,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else "the request could not be started"
+            raise RequestRejected(f"{self._item.triage_id}: {message}") from None
+        finally:
+            self._deciding = False
+        self._request_id, self._attached = str(submitted[0]), bool(submitted[1])
+        self._decision = decision
+        return self.status()
+
+    @classify.validator
+    def _validate_classify(self, decision: TriageDecision) -> None:
+        self._reject_if_decided()
+        RequestKind(decision.kind)
+        if decision.changes and decision.kind != RequestKind.RECTIFICATION:
+            raise RequestRejected("changes are only for rectification requests")
+        unknown = sorted(set(decision.changes) - CANONICAL_FIELDS)
+        if unknown:
+            fields = ", ".join(sorted(CANONICAL_FIELDS))
+            raise RequestRejected(f"cannot rectify {', '.join(unknown)}; fields are {fields}")
+
+    @workflow.update
+    def dismiss(self, dismissal: TriageDismissal) -> TriageStatus:
+        self._dismissal = dismissal
+        return self.status()
+
+    @dismiss.validator
+    def _validate_dismiss(self, dismissal: TriageDismissal) -> None:
+        self._reject_if_decided()
+        if not dismissal.reason.strip():
+            raise RequestRejected("a dismissal needs a reason (kept as the record of why nothing was done)")
+
+    def _reject_if_decided(self) -> None:
+        if self._deciding:
+            raise RequestRejected(f"{self._item.triage_id} is being submitted right now")
+        if self._decision is not None:
+            raise RequestRejected(f"{self._item.triage_id} was already classified as {self._decision.kind.value}")
+        if self._dismissal is not None:
+            raise RequestRejected(f"{self._item.triage_id} was already dismissed")
+
+    @workflow.query
+    def status(self) -> TriageStatus:
+        state = "classified" if self._decision else "dismissed" if self._dismissal else "waiting"
+        return TriageStatus(
+            triage_id=self._item.triage_id,
+            request_id=self._request_id or self._item.request_id,
+            received=self._item.received_on,
+            deadline=self._item.deadline,
+            reason=self._item.reason,
+            state=state,
+            kind=self._decision.kind if self._decision else None,
+            dismissal_reason=self._dismissal.reason if self._dismissal else "",
+            attached_to=self._request_id if self._attached else "",
+        )
+
+    @workflow.query
+    def message(self) -> TriageMessage:
+        return TriageMessage(
+            email=self._item.email,
+            name=self._item.name,
+            subject_line=self._item.subject_line,
+            body=self._item.body,
+            language=self._item.language,
+        )
+
+    def _details(self) -> str:
+        status = self.status()
+        lines = [
+            f"**Triage** {status.triage_id} · {status.state}",
+            f"received {status.received.isoformat()} · deadline if a request {status.deadline.isoformat()}",
+            f"why: {status.reason or '—'}",
+        ]
+        if status.kind:
+            lines.append(f"classified as {status.kind.value}: request {status.request_id}")
+        if status.dismissal_reason:
+            lines.append(f"dismissed: {status.dismissal_reason}")
+        return "\n\n".join(lines)
