@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -443,6 +444,216 @@ def up(
         fail(str(err))
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def intake() -> None:
+    """Run the intake app alone (form, API, webhooks, /verify, downloads; mailbox if configured)."""
+    from dsr.config import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        fail(str(err))
+    from dsr.crypto import KeyRingError
+
+    try:
+        asyncio.run(_serve_intake(settings))
+    except KeyboardInterrupt:
+        return
+    except (KeyRingError, ConfigError, UserError) as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot serve on 127.0.0.1:{settings.intake_port}: {err.strerror or err}")
+
+
+async def _serve_intake(settings) -> None:
+    import signal
+
+    from dsr.codec_server import serve_codec
+    from dsr.crypto import KeyRing
+    from dsr.exports import ExportStore
+    from dsr.ledger import Ledger
+    from intake.server import build_intake_app, run_mailbox
+
+    _, client = await _client()
+    keyring = KeyRing.from_settings(settings)
+    ledger = Ledger(settings.database_url, keyring)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app, service = build_intake_app(settings, keyring, ledger, ExportStore(settings.exports_dir, keyring), client)
+    server = await serve_codec(app, host="127.0.0.1", port=settings.intake_port)
+    typer.echo(f"intake on {settings.intake_url} (Ctrl-C stops)")
+    try:
+        if settings.imap is not None:
+            await run_mailbox(settings, keyring, ledger, service, stop)
+        await stop.wait()
+    finally:
+        await server.stop()
+        ledger.close()
+
+
+triage_app = typer.Typer(help="Emails the classifier was unsure about, waiting for a human.", no_args_is_help=True)
+app.add_typer(triage_app, name="triage")
+TriageId = Annotated[str, typer.Argument(help="The triage reference, e.g. triage-dsr-2026-11-7KQ3FJ.")]
+
+
+def _triage_handle(client, triage_id: str):
+    from workflows.triage import TriageMessageWorkflow
+
+    if not re.fullmatch(r"triage-dsr-\d{4}-\d{2}-[0-9A-Z]{6}", triage_id):
+        raise UserError(f"{triage_id!r} is not a triage reference (they look like triage-dsr-2026-11-7KQ3FJ)")
+    return client.get_workflow_handle_for(TriageMessageWorkflow.run, triage_id)
+
+
+@triage_app.command("list")
+@run
+async def triage_list(as_json: JsonOption = False) -> None:
+    """Messages waiting for a decision, oldest deadline first."""
+    _, client = await _client()
+    rows = []
+    query = "WorkflowType = 'TriageMessage' AND ExecutionStatus = 'Running'"
+    async for execution in client.list_workflows(query):
+        rows.append({"id": execution.id, "since": execution.start_time})
+    rows.sort(key=lambda r: r["id"])
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        typer.echo("nothing to triage")
+    for row in rows:
+        typer.echo(f"{row['id']}  since {row['since']:%Y-%m-%d %H:%M}")
+
+
+@triage_app.command("show")
+@run
+async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
+    """The message itself (personal data: for the operator's eyes) and why it was not classified."""
+    from workflows.triage import TriageMessageWorkflow
+
+    _, client = await _client()
+    handle = _triage_handle(client, triage_id)
+    status = await handle.query(TriageMessageWorkflow.status)
+    message = await handle.query(TriageMessageWorkflow.message)
+    if as_json:
+        emit_json({"status": _plain(status), "message": _plain(message)})
+        return
+    typer.echo(f"{status.triage_id}  {status.state}  received {status.received.isoformat()}, "
+               f"due {status.deadline.isoformat()} if it is a request")
+    typer.echo(f"  why: {status.reason}")
+    typer.echo(f"  from: {message.name} <{message.email}>  ({message.language.value})")
+    typer.echo(f"  subject: {message.subject_line}")
+    typer.echo("")
+    typer.echo(message.body)
+
+
+@triage_app.command("classify")
+@run
+async def triage_classify(
+    triage_id: TriageId,
+    kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
+    language: Annotated[str | None, typer.Option(help="fr or en, if the detected one is wrong.")] = None,
+    change: Annotated[list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")] = None,
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Make the message the request it is; it keeps the email's receipt date."""
+    from dsr.model import Language, RequestKind, TriageDecision
+
+    try:
+        chosen = RequestKind(kind)
+        lang = Language(language) if language else None
+    except ValueError:
+        raise UserError(f"--kind must be one of access, rectification, erasure, portability; --language fr or en"
+                        f" (got {kind!r}, {language!r})") from None
+    decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=_parse_changes(change or []))
+    _, client = await _client()
+    from dsr.model import TriageStatus
+
+    status = await _triage_handle(client, triage_id).execute_update("classify", decision, result_type=TriageStatus)
+    if as_json:
+        emit_json(_plain(status))
+    else:
+        attached = f" (attached to the open request {status.attached_to})" if status.attached_to else ""
+        typer.echo(f"{triage_id}: {chosen.value} request {status.request_id}{attached}")
+
+
+@triage_app.command("dismiss")
+@run
+async def triage_dismiss(
+    triage_id: TriageId,
+    reason: Annotated[str, typer.Option(help="Why it is not a request (kept as the record).")],
+    by: Actor = "operator",
+) -> None:
+    """Not a request (spam, newsletter unsubscribe...): close it with the reason."""
+    from dsr.model import TriageDismissal
+
+    if not reason.strip():
+        raise UserError("--reason must not be empty")
+    _, client = await _client()
+    await _triage_handle(client, triage_id).execute_update("dismiss", TriageDismissal(reason=reason, decided_by=by),
+                                                            result_type=None)
+    typer.echo(f"{triage_id}: dismissed")
+
+
+attachments_app = typer.Typer(help="Files that came with email requests (ID documents).", no_args_is_help=True)
+app.add_typer(attachments_app, name="attachments")
+
+
+def _attachments():
+    from dsr.config import Settings
+    from dsr.crypto import KeyRing
+    from worker import attachment_store
+
+    settings = Settings.from_env()
+    return attachment_store(settings, KeyRing.from_settings(settings))
+
+
+@attachments_app.command("list")
+def attachments_list(request_id: RequestId, as_json: JsonOption = False) -> None:
+    """What a request came with (deleted automatically once identity is confirmed)."""
+    from dsr.config import ConfigError
+    from dsr.crypto import KeyRingError
+
+    try:
+        _check_reference(request_id)
+        found = _attachments().list(request_id)
+    except (UserError, ConfigError, KeyRingError, ValueError) as err:
+        fail(str(err))
+    if as_json:
+        emit_json([_plain(a) for a in found])
+        return
+    if not found:
+        typer.echo(f"{request_id}: no attachments")
+    for item in found:
+        typer.echo(f"  {item.index}  {item.filename}  {item.content_type}  {item.size} bytes")
+
+
+@attachments_app.command("get")
+def attachments_get(
+    request_id: RequestId,
+    index: Annotated[int, typer.Argument(help="The attachment's number (from `dsr attachments list`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write it (created 0600).")],
+) -> None:
+    """Decrypt one attachment to a file, to review a document; delete your copy after."""
+    import os
+
+    from dsr.config import ConfigError
+    from dsr.crypto import KeyRingError
+
+    try:
+        _check_reference(request_id)
+        data = _attachments().read(request_id, index)
+        descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fail(f"{output} exists; choose another path")
+    except (UserError, ConfigError, KeyRingError, ValueError, LookupError, FileNotFoundError) as err:
+        fail(str(err) or f"{request_id} has no attachment {index}")
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data)
+    typer.echo(f"{output}: {len(data)} bytes (delete it once reviewed)")
 
 
 connectors_app = typer.Typer(help="The systems holding personal data (dsr.toml).", no_args_is_help=True)

@@ -86,6 +86,20 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class ImapSettings:
+    """The privacy mailbox that email intake polls (IMAPS, implicit TLS, certificates verified)."""
+
+    host: str
+    port: int = 993
+    username: str = ""
+    folder: str = "INBOX"
+    processed_folder: str = "DSR/Processed"
+    rejected_folder: str = "DSR/Rejected"
+    poll_seconds: int = 60
+    cafile: str | None = None  # a private CA (tests, internal servers); default: the system's
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str
@@ -107,6 +121,15 @@ class Settings:
     intake_port: int = 8235
     public_url: str = ""  # where subjects reach the intake app (download links); default the local one
     link_days: int = 7
+    rate_per_client_hour: int = 20  # submissions per client address per hour (API, form)
+    rate_per_subject_day: int = 5  # submissions per subject address per day (every channel)
+    zendesk_trust_authenticated: bool = False
+    ticket_trust_authenticated: bool = False
+    imap: ImapSettings | None = None  # email intake: None when DSR_IMAP_HOST is unset
+
+    def secret(self, name: str) -> str | None:
+        """A secret from the environment or ``secrets.env`` (webhook secrets, API token, IMAP password)."""
+        return self.connector_environment().get(name) or None
 
     @property
     def outbox(self) -> Path:
@@ -233,4 +256,18 @@ class Settings:
             intake_port=_int(env, "DSR_INTAKE_PORT", 8235, minimum=1),
             public_url=env.get("DSR_PUBLIC_URL", "").rstrip("/"),
             link_days=_int(env, "DSR_LINK_DAYS", 7, minimum=1),
+            rate_per_client_hour=_int(env, "DSR_RATE_PER_CLIENT_HOUR", 20, minimum=1),
+            rate_per_subject_day=_int(env, "DSR_RATE_PER_SUBJECT_DAY", 5, minimum=1),
+            zendesk_trust_authenticated=_bool(env, "DSR_ZENDESK_TRUST_AUTHENTICATED", False),
+            ticket_trust_authenticated=_bool(env, "DSR_TICKET_TRUST_AUTHENTICATED", False),
+            imap=ImapSettings(
+                host=env["DSR_IMAP_HOST"],
+                port=_int(env, "DSR_IMAP_PORT", 993, minimum=1),
+                username=env.get("DSR_IMAP_USERNAME", ""),
+                folder=env.get("DSR_IMAP_FOLDER") or "INBOX",
+                processed_folder=env.get("DSR_IMAP_PROCESSED_FOLDER") or "DSR/Processed",
+                rejected_folder=env.get("DSR_IMAP_REJECTED_FOLDER") or "DSR/Rejected",
+                poll_seconds=_int(env, "DSR_IMAP_POLL_SECONDS", 60, minimum=5),
+                cafile=env.get("DSR_IMAP_CAFILE") or None,
+            ) if env.get("DSR_IMAP_HOST") else None,
         )

@@ -185,13 +185,15 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
     from dsr.exports import ExportStore
     from dsr.ledger import Ledger
     from dsr.outbox import OutboxSink
+    from intake.server import build_intake_app, run_mailbox
     from worker import build_worker
 
     port = temporal_port(settings)
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
     ledger = Ledger(settings.database_url, keyring)
     exports = ExportStore(settings.exports_dir, keyring)
-    intake = await serve_codec(_intake(settings, keyring, ledger, exports), host=LOOPBACK, port=settings.intake_port)
+    intake = None
+    mailbox_task = None
     codec = await serve_codec(
         codec_app(keyring, allowed_origin=settings.ui_url, token=None), host=LOOPBACK, port=settings.codec_port
     )
@@ -202,6 +204,10 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             sink = OutboxSink(settings.outbox)
             await sink.start(host=LOOPBACK, port=settings.smtp.port)
         client = await wait_for_temporal(settings, keyring, server)
+        app, service = build_intake_app(settings, keyring, ledger, exports, client)
+        intake = await serve_codec(app, host=LOOPBACK, port=settings.intake_port)
+        if settings.imap is not None:
+            mailbox_task = asyncio.create_task(run_mailbox(settings, keyring, ledger, service, stop))
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor)
             async with _stopping(stop), worker:
@@ -209,7 +215,11 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
                 await stop.wait()
                 print("\nstopping…", flush=True)
     finally:
-        await intake.stop()
+        if mailbox_task is not None:
+            stop.set()
+            await asyncio.gather(mailbox_task, return_exceptions=True)
+        if intake is not None:
+            await intake.stop()
         ledger.close()
         for connector in connectors:
             await connector.aclose()
@@ -219,35 +229,15 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
         server.stop()
 
 
-def _intake(settings: Settings, keyring, ledger, exports):
-    """The subject-facing app: today the export downloads (`/exports/{token}`)."""
-    import uuid
-    from datetime import UTC, datetime, timedelta
-
-    from dsr.bundle import bundle_path, open_bundle
-    from dsr.links import DownloadLinks
-    from dsr.model import AuditEvent
-    from intake.app import intake_app
-
-    def audit(request_id: str, event: str, details: dict[str, str]) -> None:
-        ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
-                            key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
-
-    def opener(request_id: str):
-        path = bundle_path(exports, request_id)
-        return open_bundle(keyring, path, request_id) if path.exists() else None
-
-    return intake_app(links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)), bundle_opener=opener,
-                      audit=audit, public_url=settings.intake_url, default_language=settings.default_language.value)
-
-
 def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes) -> None:
     lines = [
         "dsr is up.",
         f"  Temporal        {LOOPBACK}:{port} (namespace {settings.temporal_namespace})",
         f"  Temporal UI     {settings.ui_url}",
         f"  codec server    {codec_endpoint} (decodes payloads for the UI)",
-        f"  intake          {settings.intake_url} (export downloads)",
+        f"  intake          {settings.intake_url} (form, /api/requests, webhooks, /verify, downloads)",
+        *([f"  mailbox         imaps://{settings.imap.host}:{settings.imap.port}/{settings.imap.folder} "
+           f"every {settings.imap.poll_seconds}s"] if settings.imap is not None else []),
         f"  ledger          {settings.database_url}",
         f"  outgoing mail   {settings.outbox} (SMTP sink on {LOOPBACK}:{settings.smtp.port})" if sink
         else f"  outgoing mail   SMTP {settings.smtp.host}:{settings.smtp.port}",

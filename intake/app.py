@@ -37,13 +37,14 @@ import html
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from starlette.applications import Starlette
+from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -282,7 +283,8 @@ def intake_app(
     max_attempts: int = MAX_ATTEMPTS,
     lockout: timedelta = LOCKOUT,
     max_form_bytes: int = MAX_FORM_BYTES,
-) -> Starlette:
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
     """The intake app. ``public_url`` is ``DSR_PUBLIC_URL`` (its path, if any, prefixes the form action;
     https turns on HSTS). ``clock`` (default: now in UTC) decides expiry and lockouts.
 
@@ -450,8 +452,15 @@ def intake_app(
             headers["Strict-Transport-Security"] = "max-age=31536000"
         return StreamingResponse(_stream(first, chunks, request_id), media_type="application/zip", headers=headers)
 
+    def wants_json(request: Request) -> bool:
+        return request.url.path.startswith(("/api/", "/webhooks/", "/openapi"))
+
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if wants_json(request):
+            message = {404: "no such endpoint", 405: "method not allowed"}.get(status, "request refused")
+            return JSONResponse({"error": message}, status_code=status if 400 <= status < 600 else 500,
+                                headers=dict(getattr(exc, "headers", None) or {}))
         if status == 405:
             return page(request, 405, "not_allowed_title", extra_headers=dict(getattr(exc, "headers", None) or {}))
         if status == 404:
@@ -459,17 +468,38 @@ def intake_app(
         return page(request, status if 400 <= status < 600 else 500, "error_title", ("error_body",))
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        logger.error("intake: unexpected %s on %s", type(exc).__name__, request.url.path.split("/exports/")[0])
+        # The path only up to a token: tokens never reach the logs.
+        where = re.sub(r"/(exports|verify)/.*", r"/\1/…", request.url.path)
+        logger.error("intake: unexpected %s on %s", type(exc).__name__, where)
+        if wants_json(request):
+            return JSONResponse({"error": "internal error"}, status_code=500)
         return page(request, 500, "error_title", ("error_body",))
 
-    return Starlette(
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        if wants_json(request):
+            return JSONResponse({"error": "the request could not be read"}, status_code=422)
+        return page(request, 400, "bad_form_title", ("retry_body",))
+
+    app = FastAPI(
+        title="DSR intake",
+        summary="Data-subject requests in; export downloads and identity confirmation out.",
+        version="1",
+        docs_url=None,  # the Swagger page loads scripts from a CDN: not on a page the public can reach
+        redoc_url=None,
         routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/exports/{token}", show_form, methods=["GET"]),
-            Route("/exports/{token}", download, methods=["POST"]),
+            Route("/health", health, methods=["GET"], include_in_schema=False),
+            Route("/exports/{token}", show_form, methods=["GET"], include_in_schema=False),
+            Route("/exports/{token}", download, methods=["POST"], include_in_schema=False),
         ],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            RequestValidationError: validation_error,
+            Exception: server_error,
+        },
     )
+    for router in routers:
+        app.include_router(router)
+    return app
 
 
 def _close(chunks: Iterator[bytes]) -> None:

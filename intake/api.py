@@ -1,0 +1,367 @@
+"""The machine doors of the intake app: ``POST /api/requests`` and the support-desk webhooks.
+
+Every route reads the raw body itself (bounded: :data:`MAX_BODY_BYTES`, else 413) because the webhook
+signatures are over the exact bytes received, then validates with pydantic, then hands a
+:class:`~intake.submission.Submission` to the :class:`~intake.service.IntakeSink`. Errors are JSON
+``{"error": "...", "field": "..."}`` with a 4xx status, and nothing is created; Temporal unreachable is
+503 with ``Retry-After``.
+
+Support desks
+-------------
+* **Zendesk** (``POST /webhooks/zendesk``): a webhook called by a trigger (for instance "ticket created
+  with tag dsr_erasure"). ``X-Zendesk-Webhook-Signature`` is ``base64(HMAC-SHA256(secret, timestamp +
+  body))`` with ``X-Zendesk-Webhook-Signature-Timestamp`` (ISO 8601, as Zendesk sends it); a timestamp
+  more than :data:`MAX_SKEW` away is refused, and so is a signature already seen (a replay). The body is
+  the JSON the trigger's webhook action writes with Zendesk placeholders (see the README)::
+
+      {"ticket_id": "{{ticket.id}}", "requester_email": "{{ticket.requester.email}}",
+       "requester_name": "{{ticket.requester.name}}", "requester_locale": "{{ticket.requester.locale}}",
+       "tags": "{{ticket.tags}}", "description": "{{ticket.description}}"}
+
+  The kind comes from a ``kind`` field (a custom ticket field placeholder) or from exactly one tag
+  ``dsr_access``, ``dsr_rectification``, ``dsr_erasure`` or ``dsr_portability``.
+* **Any other desk** (``POST /webhooks/ticket``): ``X-DSR-Timestamp`` (Unix seconds) and
+  ``X-DSR-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``; body
+  ``{"desk", "ticket_id", "email", "name", "kind", "language", "details", "authenticated"}``.
+
+A ticket's request id is derived from the ticket (keyed hash), so a webhook the desk delivers twice
+starts one request. ``authenticated: true`` marks the requester as already identified by the desk (a
+signed-in customer), which skips the email check, but only when the operator turned that on for the desk
+(``DSR_ZENDESK_TRUST_AUTHENTICATED``, ``DSR_TICKET_TRUST_AUTHENTICATED``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dsr.model import WORKFLOW_ID_PREFIX, Language, RequestKind
+from intake.app import _BodyTooLarge, _read_body
+from intake.service import Accepted, IntakeSink, IntakeUnavailable, RateLimited
+from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_SKEW = timedelta(minutes=5)
+_SEEN_SIGNATURES = 10_000
+
+
+def error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+# --- bodies -------------------------------------------------------------------------------------------
+
+
+class RequestBody(BaseModel):
+    """``POST /api/requests``."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=MAX_DETAILS)
+
+    kind: RequestKind
+    email: Annotated[str, Field(max_length=254, description="The subject's email address (checked later).")]
+    name: Annotated[str, Field(max_length=MAX_NAME)] = ""
+    language: Language | None = None
+    details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
+    identifiers: Annotated[
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=200)]],
+        Field(max_length=20, description="Other identifiers the subject gave (customer number...), for staff."),
+    ] = {}
+    changes: Annotated[
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=500)]],
+        Field(max_length=20, description="Rectification: canonical field -> correct value."),
+    ] = {}
+
+
+class AcceptedBody(BaseModel):
+    reference: str
+    kind: RequestKind
+    received: str
+    deadline: str
+    extended_deadline: str
+    attached: bool = Field(description="True when an open request of the same subject and kind took it.")
+
+
+class ZendeskBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_max_length=MAX_DETAILS)
+
+    ticket_id: Annotated[str, Field(min_length=1, max_length=32)]
+    requester_email: Annotated[str, Field(max_length=254)]
+    requester_name: Annotated[str, Field(max_length=MAX_NAME)] = ""
+    requester_locale: Annotated[str, Field(max_length=16)] = ""
+    tags: Annotated[str, Field(max_length=2000)] = ""
+    kind: Annotated[str, Field(max_length=32)] = ""
+    description: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
+    authenticated: bool = False
+
+    @field_validator("ticket_id", mode="before")
+    @classmethod
+    def _ticket_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class TicketBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=MAX_DETAILS)
+
+    desk: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,20}$")] = "ticket"
+    ticket_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
+    email: Annotated[str, Field(max_length=254)]
+    name: Annotated[str, Field(max_length=MAX_NAME)] = ""
+    kind: RequestKind
+    language: Language | None = None
+    details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
+    authenticated: bool = False
+
+
+# --- signatures ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeskSettings:
+    """One desk's webhook secret (None: the endpoint is off) and whether its sign-in is trusted."""
+
+    secret: str | None = None
+    trust_authenticated: bool = False
+
+
+class _ReplayGuard:
+    """Signatures accepted within the skew window; a second delivery of the same one is a replay."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def first_time(self, signature: bytes, now: float) -> bool:
+        horizon = now - 2 * MAX_SKEW.total_seconds()
+        while self._seen and (next(iter(self._seen.values())) < horizon or len(self._seen) > _SEEN_SIGNATURES):
+            self._seen.popitem(last=False)
+        if signature in self._seen:
+            return False
+        self._seen[signature] = now
+        return True
+
+
+def _parse_zendesk_time(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def ticket_request_id(ticket: str, received: datetime, index: Callable[[str], str]) -> str:
+    """A request id derived from the ticket, so a webhook delivered twice starts one request."""
+    digest = bytes.fromhex(index(ticket))
+    code = "".join(_ALPHABET[b % len(_ALPHABET)] for b in digest[:6])
+    return f"{WORKFLOW_ID_PREFIX}{received:%Y-%m}-{code}"
+
+
+def _language(locale: str) -> str | None:
+    primary = locale.strip().lower().replace("_", "-").split("-")[0]
+    return primary if primary in {"fr", "en"} else None
+
+
+def _zendesk_kind(body: ZendeskBody) -> RequestKind | None:
+    if body.kind.strip():
+        value = body.kind.strip().lower().removeprefix("dsr_")
+        return RequestKind(value) if value in {k.value for k in RequestKind} else None
+    found = {tag.removeprefix("dsr_") for tag in body.tags.lower().split() if tag.startswith("dsr_")}
+    kinds = {k for k in found if k in {k.value for k in RequestKind}}
+    return RequestKind(kinds.pop()) if len(kinds) == 1 else None
+
+
+# --- the router -----------------------------------------------------------------------------------------
+
+
+def api_router(
+    sink: IntakeSink,
+    *,
+    ticket_index: Callable[[str], str],
+    zendesk: DeskSettings = DeskSettings(),
+    ticket: DeskSettings = DeskSettings(),
+    api_token: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> APIRouter:
+    """``ticket_index(value)`` is a keyed hash (hex) of a ticket reference (``Ledger.subject_key``'s kind)."""
+    now_fn = clock or (lambda: datetime.now(UTC))
+    replays = _ReplayGuard()
+    router = APIRouter()
+
+    async def read(request: Request) -> bytes | JSONResponse:
+        try:
+            return await _read_body(request, MAX_BODY_BYTES)
+        except _BodyTooLarge:
+            return error(413, f"body larger than {MAX_BODY_BYTES} bytes", headers={"Connection": "close"})
+
+    def parse_json(raw: bytes, model: type[BaseModel]) -> BaseModel | JSONResponse:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return error(400, "body is not valid JSON")
+        if not isinstance(data, dict):
+            return error(400, "body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            first = err.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(p) for p in first["loc"]) or None
+            return error(422, f"{field or 'body'}: {first['msg']}", field)
+
+    async def hand_over(submission: Submission, client: str | None) -> JSONResponse:
+        try:
+            accepted = await sink.submit(submission, client=client)
+        except SubmissionError as err:
+            message = str(err)
+            field = message.split(" ", 1)[0] if message.split(" ", 1)[0] in {
+                "kind", "email", "name", "details", "changes", "language", "ticket"} else None
+            return error(422, message, field)
+        except RateLimited as err:
+            return error(429, str(err), headers={"Retry-After": str(err.retry_after)})
+        except IntakeUnavailable as err:
+            return error(503, str(err), headers={"Retry-After": "30"})
+        return JSONResponse(_accepted(accepted), status_code=202, headers={"Cache-Control": "no-store"})
+
+    def client_of(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    @router.post(
+        "/api/requests",
+        status_code=202,
+        response_model=AcceptedBody,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": RequestBody.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+        responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
+        summary="Submit a data-subject request",
+    )
+    async def submit_request(request: Request) -> JSONResponse:
+        if api_token is not None:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), api_token.encode()):
+                return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if request.headers.get("content-type", "").partition(";")[0].strip().lower() != "application/json":
+            return error(415, "send the request as application/json")
+        raw = await read(request)
+        if isinstance(raw, JSONResponse):
+            return raw
+        body = parse_json(raw, RequestBody)
+        if isinstance(body, JSONResponse):
+            return body
+        assert isinstance(body, RequestBody)
+        details = body.details
+        if body.identifiers:
+            given = "\n".join(f"{k}: {v}" for k, v in sorted(body.identifiers.items()))
+            details = f"{details}\n\nIdentifiers given:\n{given}".strip()[:MAX_DETAILS]
+        return await hand_over(
+            Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
+                       language=body.language.value if body.language else None, details=details,
+                       changes=dict(body.changes)),
+            client_of(request),
+        )
+
+    @router.post("/webhooks/zendesk", status_code=202, response_model=AcceptedBody,
+                 responses={400: {}, 401: {}, 404: {}, 409: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+                 summary="Zendesk trigger webhook")
+    async def zendesk_webhook(request: Request) -> JSONResponse:
+        if zendesk.secret is None:
+            return error(404, "the Zendesk webhook is not configured (DSR_ZENDESK_WEBHOOK_SECRET)")
+        raw = await read(request)
+        if isinstance(raw, JSONResponse):
+            return raw
+        signature = request.headers.get("x-zendesk-webhook-signature", "")
+        stamp = request.headers.get("x-zendesk-webhook-signature-timestamp", "")
+        if not signature or not stamp:
+            return error(401, "missing X-Zendesk-Webhook-Signature or X-Zendesk-Webhook-Signature-Timestamp")
+        sent_at = _parse_zendesk_time(stamp[:64])
+        now = now_fn()
+        if sent_at is None:
+            return error(401, "X-Zendesk-Webhook-Signature-Timestamp is not an ISO 8601 time")
+        expected = base64.b64encode(
+            hmac.new(zendesk.secret.encode(), stamp.encode() + raw, hashlib.sha256).digest()
+        )
+        if not hmac.compare_digest(signature.strip().encode("utf-8", "replace"), expected):
+            return error(401, "the signature does not match the body")
+        if abs(now - sent_at) > MAX_SKEW:
+            return error(401, "the signature timestamp is too old or in the future")
+        if not replays.first_time(expected, time.monotonic()):
+            return error(409, "this delivery was already received (replay)")
+        body = parse_json(raw, ZendeskBody)
+        if isinstance(body, JSONResponse):
+            return body
+        assert isinstance(body, ZendeskBody)
+        kind = _zendesk_kind(body)
+        if kind is None:
+            return error(422, "no request kind: set the kind field or exactly one dsr_<kind> tag", "kind")
+        reference = f"zendesk:{body.ticket_id}"
+        return await hand_over(
+            Submission(kind=kind.value, email=body.requester_email, name=body.requester_name,
+                       channel="support_desk", language=_language(body.requester_locale),
+                       details=body.description, ticket=reference,
+                       trusted=body.authenticated and zendesk.trust_authenticated,
+                       request_id=ticket_request_id(reference, now, ticket_index)),
+            None,  # the desk's address is not the subject's: the per-subject limit still applies
+        )
+
+    @router.post("/webhooks/ticket", status_code=202, response_model=AcceptedBody,
+                 responses={400: {}, 401: {}, 404: {}, 409: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+                 summary="Generic support-desk webhook")
+    async def ticket_webhook(request: Request) -> JSONResponse:
+        if ticket.secret is None:
+            return error(404, "the ticket webhook is not configured (DSR_TICKET_WEBHOOK_SECRET)")
+        raw = await read(request)
+        if isinstance(raw, JSONResponse):
+            return raw
+        signature = request.headers.get("x-dsr-signature", "")
+        stamp = request.headers.get("x-dsr-timestamp", "")
+        if not signature.startswith("sha256=") or not stamp.isdigit() or len(stamp) > 12:
+            return error(401, "missing X-DSR-Signature (sha256=<hex>) or X-DSR-Timestamp (Unix seconds)")
+        expected = hmac.new(ticket.secret.encode(), stamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(signature.removeprefix("sha256=").strip().encode("utf-8", "replace"),
+                                   expected.encode()):
+            return error(401, "the signature does not match the body")
+        now = now_fn()
+        if abs(now.timestamp() - int(stamp)) > MAX_SKEW.total_seconds():
+            return error(401, "the signature timestamp is too old or in the future")
+        if not replays.first_time(expected.encode(), time.monotonic()):
+            return error(409, "this delivery was already received (replay)")
+        body = parse_json(raw, TicketBody)
+        if isinstance(body, JSONResponse):
+            return body
+        assert isinstance(body, TicketBody)
+        reference = f"{body.desk}:{body.ticket_id}"
+        return await hand_over(
+            Submission(kind=body.kind.value, email=body.email, name=body.name, channel="support_desk",
+                       language=body.language.value if body.language else None, details=body.details,
+                       ticket=reference, trusted=body.authenticated and ticket.trust_authenticated,
+                       request_id=ticket_request_id(reference, now, ticket_index)),
+            None,
+        )
+
+    return router
+
+
+def _accepted(accepted: Accepted) -> dict[str, Any]:
+    return {
+        "reference": accepted.reference,
+        "kind": accepted.kind.value,
+        "received": accepted.received_on.isoformat(),
+        "deadline": accepted.deadline.isoformat(),
+        "extended_deadline": accepted.extended_deadline.isoformat(),
+        "attached": accepted.attached,
+    }
+

@@ -1,0 +1,113 @@
+"""Assembling the intake app from the settings: what `dsr up` and `dsr intake` serve."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from dsr.config import ConfigError, Settings
+from dsr.crypto import KeyRing
+from dsr.exports import ExportStore
+from dsr.ledger import Ledger
+from dsr.model import AuditEvent
+from intake.service import IntakeService, RateLimits, confirm_identity
+
+
+def build_intake_app(
+    settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
+) -> tuple[FastAPI, IntakeService]:
+    """The intake app (form, API, webhooks, identity confirmation, downloads) and its service."""
+    from dsr.bundle import bundle_path, open_bundle
+    from dsr.links import DownloadLinks, IdentityLinks
+    from intake.api import DeskSettings, api_router
+    from intake.app import intake_app
+    from intake.form import form_router
+    from intake.verify import verify_router
+
+    service = IntakeService(client, settings, ledger, limits=RateLimits(
+        per_client=settings.rate_per_client_hour, per_subject=settings.rate_per_subject_day))
+
+    def audit(request_id: str, event: str, details: dict[str, str]) -> None:
+        ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
+                            key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
+
+    def opener(request_id: str):
+        path = bundle_path(exports, request_id)
+        return open_bundle(keyring, path, request_id) if path.exists() else None
+
+    async def confirm(request_id: str, proof: str):
+        return await confirm_identity(client, request_id, proof=proof)
+
+    language = settings.default_language.value
+    public_path = settings.intake_url.split("://", 1)[-1].partition("/")[2].rstrip("/")
+    public_path = f"/{public_path}" if public_path else ""
+    routers = [
+        api_router(
+            service,
+            ticket_index=lambda ticket: keyring.blind_index(ticket, purpose="dsr/ticket/v1"),
+            zendesk=DeskSettings(settings.secret("DSR_ZENDESK_WEBHOOK_SECRET"), settings.zendesk_trust_authenticated),
+            ticket=DeskSettings(settings.secret("DSR_TICKET_WEBHOOK_SECRET"), settings.ticket_trust_authenticated),
+            api_token=settings.secret("DSR_API_TOKEN"),
+        ),
+        verify_router(
+            IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
+            confirm,
+            default_language=language,
+            public_path=public_path,
+        ),
+        form_router(
+            service,
+            csrf_key=bytes.fromhex(keyring.blind_index("form-csrf", purpose="dsr/form-csrf/v1")),
+            default_language=language,
+            public_path=public_path,
+            controller_name=settings.controller_name,
+        ),
+    ]
+    app = intake_app(
+        links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),
+        bundle_opener=opener,
+        audit=audit,
+        public_url=settings.intake_url,
+        default_language=language,
+        routers=routers,
+    )
+    return app, service
+
+
+async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, service: IntakeService,
+                      stop: asyncio.Event) -> None:
+    """Email intake until ``stop``: polls ``DSR_IMAP_*`` and hands messages to ``service``."""
+    from pathlib import Path
+
+    from intake.mailbox import Mailbox, MailboxSettings
+    from worker import attachment_store
+
+    imap = settings.imap
+    if imap is None:
+        return
+    password = settings.secret("DSR_IMAP_PASSWORD")
+    if password is None:
+        raise ConfigError("DSR_IMAP_HOST is set but DSR_IMAP_PASSWORD is not (environment or secrets.env)")
+    mailbox = Mailbox(
+        MailboxSettings(
+            host=imap.host,
+            username=imap.username,
+            password=password,
+            port=imap.port,
+            folder=imap.folder,
+            processed_folder=imap.processed_folder,
+            rejected_folder=imap.rejected_folder,
+            poll_interval=float(imap.poll_seconds),
+            cafile=Path(imap.cafile) if imap.cafile else None,
+            timezone=settings.policy.timezone,
+        ),
+        service,
+        engine=ledger.engine,
+        keyring=keyring,
+        attachments=attachment_store(settings, keyring),
+    )
+    await mailbox.run(stop)

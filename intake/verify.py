@@ -1,0 +1,269 @@
+"""Identity confirmation pages: ``/verify/{token}`` (the link) and ``/verify`` (reference + code).
+
+The acknowledgement of a request whose policy is ``email`` carries a signed link and a 6-digit code
+(:class:`dsr.links.IdentityLinks`). Opening the link never confirms by itself: mail scanners and link
+previews open links too. It shows a button; pressing it (a POST carrying a form value bound to the token)
+sends the ``confirm_identity`` update. ``/verify`` is the same without the link: the reference and the
+code, typed. Wrong codes count against the request (:data:`MAX_ATTEMPTS`, then a lockout), comparisons
+are constant-time, and the pages say nothing about whether a reference exists.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
+from intake.app import (
+    _STYLE,
+    CSP,
+    _AttemptLimiter,
+    _BodyTooLarge,
+    _parse_form,
+    _read_body,
+    choose_language,
+)
+from intake.service import IdentityOutcome, IntakeUnavailable
+
+MAX_ATTEMPTS = 5
+LOCKOUT = timedelta(minutes=15)
+_REFERENCE = re.compile(r"^dsr-\d{4}-\d{2}-[0-9A-Z]{6}$")
+
+Confirmer = Callable[[str, str], Awaitable[IdentityOutcome]]
+"""``confirm(request_id, proof)`` with proof ``link`` or ``code``."""
+
+_TEXT = {
+    "en": {
+        "title": "Confirm your request",
+        "intro": "To protect your data, we check that the request really comes from the owner of the email "
+        "address it was sent from. Press the button to confirm that you made request {reference}.",
+        "button": "I confirm this request",
+        "code_title": "Confirm your request with a code",
+        "code_intro": "Enter the reference of your request and the 6-digit code from our email.",
+        "reference": "Request reference",
+        "reference_hint": "For example dsr-2026-11-7KQ3FJ.",
+        "code": "Confirmation code",
+        "code_hint": "6 digits.",
+        "wrong": "This reference and code do not match. Check our email and try again.",
+        "confirmed_title": "Thank you: your request is confirmed",
+        "confirmed_body": "We are now handling it and will reply by {deadline} at the latest.",
+        "already_title": "This request was already confirmed",
+        "already_body": "There is nothing more to do. We will reply by email.",
+        "closed_title": "This request is closed",
+        "closed_body": "It can no longer be confirmed. You can make a new request at any time.",
+        "invalid_title": "This link is not valid",
+        "invalid_body": "Check that you copied the whole link from our email, or enter the code on the "
+        "confirmation page.",
+        "expired_title": "This link has expired",
+        "expired_body": "You can make a new request at any time.",
+        "locked_title": "Too many attempts",
+        "locked_body": "For your security, confirmation is locked for {minutes} minutes. Try again later.",
+        "form_invalid_title": "This form is not valid",
+        "form_invalid_body": "Open the link from our email again.",
+        "error_title": "A temporary problem prevented the confirmation",
+        "error_body": "Please try again in a few minutes.",
+        "bad_form_title": "The form could not be read",
+    },
+    "fr": {
+        "title": "Confirmez votre demande",
+        "intro": "Pour protéger vos données, nous vérifions que la demande vient bien du titulaire de l’adresse "
+        "électronique qui l’a envoyée. Appuyez sur le bouton pour confirmer que vous avez fait la demande "
+        "{reference}.",
+        "button": "Je confirme cette demande",
+        "code_title": "Confirmez votre demande avec un code",
+        "code_intro": "Saisissez la référence de votre demande et le code à 6\u00a0chiffres de notre courriel.",
+        "reference": "Référence de la demande",
+        "reference_hint": "Par exemple dsr-2026-11-7KQ3FJ.",
+        "code": "Code de confirmation",
+        "code_hint": "6\u00a0chiffres.",
+        "wrong": "Cette référence et ce code ne correspondent pas. Vérifiez notre courriel et réessayez.",
+        "confirmed_title": "Merci\u00a0: votre demande est confirmée",
+        "confirmed_body": "Nous la traitons et vous répondrons au plus tard le {deadline}.",
+        "already_title": "Cette demande était déjà confirmée",
+        "already_body": "Vous n’avez plus rien à faire. Nous vous répondrons par courriel.",
+        "closed_title": "Cette demande est clôturée",
+        "closed_body": "Elle ne peut plus être confirmée. Vous pouvez faire une nouvelle demande à tout moment.",
+        "invalid_title": "Ce lien n’est pas valide",
+        "invalid_body": "Vérifiez que vous avez copié le lien complet de notre courriel, ou saisissez le code "
+        "sur la page de confirmation.",
+        "expired_title": "Ce lien a expiré",
+        "expired_body": "Vous pouvez faire une nouvelle demande à tout moment.",
+        "locked_title": "Trop de tentatives",
+        "locked_body": "Pour votre sécurité, la confirmation est bloquée pendant {minutes}\u00a0minutes. "
+        "Réessayez plus tard.",
+        "form_invalid_title": "Ce formulaire n’est pas valide",
+        "form_invalid_body": "Ouvrez de nouveau le lien de notre courriel.",
+        "error_title": "Un problème temporaire a empêché la confirmation",
+        "error_body": "Veuillez réessayer dans quelques minutes.",
+        "bad_form_title": "Le formulaire n’a pas pu être lu",
+    },
+}
+
+
+def _date_words(value, lang: str) -> str:
+    months = {
+        "fr": ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre",
+               "novembre", "décembre"),
+        "en": ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+               "November", "December"),
+    }[lang]
+    return f"{value.day} {months[value.month - 1]} {value.year}"
+
+
+def verify_router(
+    links: IdentityLinks,
+    confirm: Confirmer,
+    *,
+    default_language: str = "fr",
+    public_path: str = "",
+    clock: Callable[[], datetime] | None = None,
+) -> APIRouter:
+    router = APIRouter()
+    now_fn = clock or (lambda: datetime.now(UTC))
+    limiter = _AttemptLimiter(MAX_ATTEMPTS, LOCKOUT)
+
+    def respond(request: Request, status: int, title: str, paragraphs: list[str], body: str = "",
+                headers: dict[str, str] | None = None) -> HTMLResponse:
+        lang = choose_language(request.headers.get("accept-language"), default_language)
+        parts = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+        page = (
+            f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            '<meta name="robots" content="noindex, nofollow">\n'
+            f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
+            f"<body>\n<main>\n<h1>{html.escape(title)}</h1>\n{parts}{body}\n</main>\n</body>\n</html>\n"
+        )
+        return HTMLResponse(page, status_code=status, headers={
+            "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Vary": "Accept-Language",
+            **(headers or {}),
+        })
+
+    def text(request: Request) -> dict[str, str]:
+        return _TEXT[choose_language(request.headers.get("accept-language"), default_language)]
+
+    def message(request: Request, key: str, status: int = 200, **fmt: str) -> HTMLResponse:
+        t = text(request)
+        return respond(request, status, t[f"{key}_title"], [t[f"{key}_body"].format(**fmt)])
+
+    async def outcome_page(request: Request, request_id: str, proof: str) -> HTMLResponse:
+        try:
+            outcome = await confirm(request_id, proof)
+        except IntakeUnavailable:
+            return message(request, "error", 503)
+        lang = choose_language(request.headers.get("accept-language"), default_language)
+        if outcome.state == "confirmed":
+            deadline = _date_words(outcome.deadline, lang) if outcome.deadline else ""
+            return message(request, "confirmed", deadline=deadline)
+        if outcome.state == "already":
+            return message(request, "already")
+        return message(request, "closed", 410)
+
+    def check_token(request: Request, token: str) -> str | HTMLResponse:
+        if len(token) > MAX_TOKEN_LENGTH:
+            return message(request, "invalid", 403)
+        try:
+            return links.verify(token, now=now_fn())
+        except ExpiredLink:
+            return message(request, "expired", 410)
+        except InvalidLink:
+            return message(request, "invalid", 403)
+
+    def locked(request: Request, request_id: str) -> HTMLResponse | None:
+        left = limiter.locked(request_id, now_fn())
+        if left is None:
+            return None
+        seconds = max(1, math.ceil(left.total_seconds()))
+        t = text(request)
+        return respond(request, 429, t["locked_title"], [t["locked_body"].format(minutes=max(1, seconds // 60))],
+                       headers={"Retry-After": str(seconds)})
+
+    async def read_form(request: Request) -> dict[str, str] | HTMLResponse:
+        try:
+            raw = await _read_body(request, 4096)
+        except _BodyTooLarge:
+            return respond(request, 413, text(request)["bad_form_title"], [], headers={"Connection": "close"})
+        if request.headers.get("content-type", "").partition(";")[0].strip().lower() != \
+                "application/x-www-form-urlencoded":
+            return respond(request, 415, text(request)["bad_form_title"], [])
+        try:
+            return _parse_form(raw)
+        except ValueError:
+            return respond(request, 400, text(request)["bad_form_title"], [])
+
+    @router.get("/verify/{token}", response_class=HTMLResponse, include_in_schema=False)
+    async def show_link(request: Request, token: str) -> Response:
+        checked = check_token(request, token)
+        if isinstance(checked, HTMLResponse):
+            return checked
+        t = text(request)
+        action = html.escape(f"{public_path}/verify/{quote(token, safe='')}")
+        body = (
+            f'<form method="post" action="{action}">\n'
+            f'<input type="hidden" name="form" value="{html.escape(links.form_token(token))}">\n'
+            f'<button type="submit">{html.escape(t["button"])}</button>\n</form>'
+        )
+        return respond(request, 200, t["title"], [t["intro"].format(reference=checked)], body)
+
+    @router.post("/verify/{token}", response_class=HTMLResponse, include_in_schema=False)
+    async def confirm_link(request: Request, token: str) -> Response:
+        checked = check_token(request, token)
+        if isinstance(checked, HTMLResponse):
+            return checked
+        fields = await read_form(request)
+        if isinstance(fields, HTMLResponse):
+            return fields
+        if not links.check_form_token(token, fields.get("form")):
+            return message(request, "form_invalid", 403)
+        return await outcome_page(request, checked, "link")
+
+    def code_form(request: Request, *, status: int = 200, wrong: bool = False, reference: str = "") -> HTMLResponse:
+        t = text(request)
+        error = f'<p id="verify-error" class="error" role="alert">{html.escape(t["wrong"])}</p>' if wrong else ""
+        invalid = ' aria-invalid="true"' if wrong else ""
+        described = " verify-error" if wrong else ""
+        body = (
+            f'{error}<form method="post" action="{html.escape(public_path)}/verify">\n'
+            f'<label for="reference">{html.escape(t["reference"])}</label>\n'
+            f'<p id="reference-hint" class="hint">{html.escape(t["reference_hint"])}</p>\n'
+            f'<input type="text" id="reference" name="reference" required maxlength="40" autocomplete="off" '
+            f'value="{html.escape(reference)}" aria-describedby="reference-hint{described}"{invalid}>\n'
+            f'<label for="code">{html.escape(t["code"])}</label>\n'
+            f'<p id="code-hint" class="hint">{html.escape(t["code_hint"])}</p>\n'
+            f'<input type="text" id="code" name="code" required maxlength="12" inputmode="numeric" '
+            f'autocomplete="one-time-code" aria-describedby="code-hint{described}"{invalid}>\n'
+            f'<button type="submit">{html.escape(t["button"])}</button>\n</form>'
+        )
+        return respond(request, status, t["code_title"], [t["code_intro"]], body)
+
+    @router.get("/verify", response_class=HTMLResponse, include_in_schema=False)
+    async def show_code_form(request: Request) -> Response:
+        return code_form(request)
+
+    @router.post("/verify", response_class=HTMLResponse, include_in_schema=False)
+    async def confirm_code(request: Request) -> Response:
+        fields = await read_form(request)
+        if isinstance(fields, HTMLResponse):
+            return fields
+        reference = fields.get("reference", "").strip()[:40]
+        # References are read out on the phone: accept any case; ids are "dsr-" + upper-case digits/letters.
+        request_id = "dsr-" + reference[4:].upper() if reference.lower().startswith("dsr-") else reference
+        if not _REFERENCE.match(request_id):
+            return code_form(request, status=400, wrong=True, reference=reference)
+        lock = locked(request, request_id)
+        if lock is not None:
+            return lock
+        if not links.check_request_code(request_id, fields.get("code", "")):
+            limiter.fail(request_id, now_fn())
+            return code_form(request, status=403, wrong=True, reference=reference)
+        limiter.succeed(request_id)
+        return await outcome_page(request, request_id, "code")
+
+    return router
