@@ -1,0 +1,724 @@
+"""The public request form over real HTTP (uvicorn on 127.0.0.1, an httpx client keeping cookies).
+
+The sink is the tests' own, but its validation is the real one: it runs ``intake.submission.prepare``
+with settings from a temporary ``DSR_HOME``, so a submission the form lets through is one the engine
+accepts. The https cases go through ``httpx.ASGITransport`` (no TLS server needed to see ``Secure``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from dsr.codec_server import serve_codec
+from dsr.config import Settings
+from dsr.model import RequestKind
+from intake.app import CSP
+from intake.form import CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
+from intake.service import Accepted, RateLimited, TriageItem
+from intake.submission import Submission, SubmissionError, prepare
+
+KEY = b"test-form-key-0123456789abcdef!!"
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+HOSTILE = '<script>alert("x")</script>&"\''
+MONTHS = {
+    "fr": [
+        "janvier", "février", "mars", "avril", "mai", "juin",
+        "juillet", "août", "septembre", "octobre", "novembre", "décembre",
+    ],
+    "en": [
+        "January", "February", "March", "April", "May", "June",
+        "July", "August", "September", "October", "November", "December",
+    ],
+}  # fmt: skip
+
+
+def spoken_date(day: date, lang: str) -> str:
+    """How the confirmation must write a date (written independently of the code under test)."""
+    number = "1er" if lang == "fr" and day.day == 1 else str(day.day)
+    return f"{number}\u00a0{MONTHS[lang][day.month - 1]} {day.year}"
+
+
+@dataclass
+class Clock:
+    now: datetime = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class RecordingSink:
+    """An ``IntakeSink`` that validates with the real ``prepare`` and records every call."""
+
+    settings: Settings
+    now: datetime = NOW
+    calls: list[tuple[Submission, str | None]] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
+    fail_with: Exception | None = None  # raised by the next call
+    attached: bool = False
+    fixed: Accepted | None = None  # returned instead of the computed answer
+
+    async def submit(self, submission: Submission, *, client: str | None = None) -> Accepted:
+        self.calls.append((submission, client))
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
+        request = prepare(submission, self.settings, now=self.now)
+        answer = self.fixed or Accepted(
+            reference=request.request_id,
+            kind=request.kind,
+            received_on=request.received_on,
+            deadline=request.deadlines.normal.due,
+            extended_deadline=request.deadlines.extended.due,
+            attached=self.attached,
+        )
+        self.accepted.append(answer)
+        return answer
+
+    async def triage(self, item: TriageItem) -> str:  # pragma: no cover - the form never triages
+        raise AssertionError("the form does not triage")
+
+
+@dataclass
+class Env:
+    sink: RecordingSink
+    clock: Clock
+    http: httpx.AsyncClient
+    base_url: str
+    prefix: str = ""
+
+    async def form(self, lang: str | None = "fr", *, query: str = "") -> tuple[httpx.Response, str]:
+        headers = {"Accept-Language": lang} if lang else {}
+        page = await self.http.get(f"{self.prefix}/{query}", headers=headers)
+        assert page.status_code == 200, page.text
+        return page, csrf_value(page.text)
+
+    async def post(
+        self,
+        fields: dict[str, str] | None = None,
+        *,
+        lang: str = "fr",
+        csrf: str | None = "auto",
+        http: httpx.AsyncClient | None = None,
+        **kw: object,
+    ) -> httpx.Response:
+        """Fill in a fresh form (unless ``csrf`` is given or None) and post it."""
+        data = {"kind": "access", "email": "camille.durand@example.org", "name": "Camille Durand", "details": ""}
+        data.update(fields or {})
+        data["language"] = lang
+        if csrf == "auto":
+            _, csrf = await self.form(lang)
+        if csrf is not None:
+            data["csrf"] = csrf
+        return await (http or self.http).post(f"{self.prefix}/?lang={lang}", data=data, **kw)
+
+
+def csrf_value(page: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match, "the form carries its CSRF field"
+    return match.group(1)
+
+
+def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller: str = "") -> FastAPI:
+    app = FastAPI()
+    app.include_router(
+        form_router(sink, csrf_key=KEY, public_path=prefix, clock=clock, controller_name=controller),
+        prefix=prefix,
+    )
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve_form(home: Path, *, prefix: str = "", controller: str = "Boutique Exemple SAS") -> AsyncIterator[Env]:
+    """The form under uvicorn on 127.0.0.1 (a free port), stopped on exit."""
+    sink = RecordingSink(Settings.from_env({"DSR_HOME": str(home)}))
+    clock = Clock()
+    running = await serve_codec(make_app(sink, clock, prefix=prefix, controller=controller), port=0)
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+            yield Env(sink, clock, http, running.url, prefix)
+    finally:
+        await running.stop()
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with serve_form(tmp_path) as running:
+        yield running
+
+
+_VOID = {"input", "meta", "br", "hr", "img", "link"}
+
+
+class _Elements(HTMLParser):
+    """Every start tag with its attributes, plus the text inside elements that have an id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.text_by_id: dict[str, str] = {}
+        self._open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {k: v or "" for k, v in attrs}
+        self.elements.append((tag, attributes))
+        if tag in _VOID:
+            return
+        if "id" in attributes:
+            self.text_by_id.setdefault(attributes["id"], "")
+            self._open.append(attributes["id"])
+        else:
+            self._open.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in _VOID and self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        for element_id in self._open:
+            if element_id:
+                self.text_by_id[element_id] += data
+
+
+def parse(page: str) -> _Elements:
+    parser = _Elements()
+    parser.feed(page)
+    return parser
+
+
+def by_id(page: str, element_id: str) -> dict[str, str]:
+    for _, attrs in parse(page).elements:
+        if attrs.get("id") == element_id:
+            return attrs
+    raise AssertionError(f"no element with id {element_id!r}")
+
+
+def assert_safe_page(response: httpx.Response) -> None:
+    """Security headers, and not a trace of script (the form must work without JavaScript)."""
+    assert response.headers["content-security-policy"] == CSP
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<script" not in response.text.lower()
+    assert re.search(r"\son[a-z]+\s*=", response.text, re.IGNORECASE) is None  # no inline event handler
+    assert "javascript:" not in response.text.lower()
+
+
+def assert_field_error(page: str, field_id: str, message: str, *, error_id: str | None = None) -> None:
+    """The error is next to the field (described by it, marked invalid) and linked from the summary."""
+    error_id = error_id or f"{field_id.split('-')[0]}-error"
+    parsed = parse(page)
+    assert message in parsed.text_by_id[error_id]
+    control = by_id(page, field_id)
+    assert error_id in control["aria-describedby"].split()
+    assert control["aria-invalid"] == "true"
+    summary = re.search(r'<div class="summary" role="alert".*?</div>', page, re.DOTALL)
+    assert summary, "errors are summarised at the top in an alert"
+    assert f'href="#{field_id}"' in summary.group(0)
+    assert message in summary.group(0)
+
+
+# ------------------------------------------------------------------------------------------- the form page
+
+
+async def test_form_is_french_by_header_with_everything_a_subject_needs(env: Env) -> None:
+    page, csrf = await env.form("fr-FR,fr;q=0.9,en;q=0.5")
+    assert_safe_page(page)
+    text = page.text
+    assert '<html lang="fr">' in text
+    assert "Faire une demande sur vos données personnelles" in text
+    assert "Boutique Exemple SAS détient sur vous" in text  # the controller is named
+    assert "Obtenir une copie de vos données et savoir comment elles sont utilisées." in text
+    assert "ce qui est faux et la bonne valeur" in text
+    assert "confirmer votre adresse électronique" in text
+    assert "un délai d’un mois" in text and "prolongé de deux mois" in text
+    assert "Ce que nous faisons des informations de ce formulaire" in text
+    assert '<input type="hidden" name="language" value="fr">' in text
+    assert 'action="/?lang=fr"' in text
+    assert "Que souhaitez-vous faire\u00a0?" in text  # French typography: non-breaking space before ?
+    assert "'" not in re.sub(r"<[^>]*>", "", text)  # typographic apostrophes only, in the visible text
+    # The language switch is visible and the other language is one link away.
+    assert 'href="/?lang=en" lang="en" hreflang="en">English</a>' in text
+    assert "dsr_form=" in page.headers["set-cookie"]
+    cookie = page.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert "secure" not in cookie  # plain http (loopback): a Secure cookie would never come back
+    assert csrf.count(".") == 1
+
+
+async def test_form_is_english_by_header(env: Env) -> None:
+    page, _ = await env.form("en-GB,en;q=0.9")
+    assert '<html lang="en">' in page.text
+    assert "Make a request about your personal data" in page.text
+    assert "Get a copy of your data and know how it is used." in page.text
+    assert "Tell us what is wrong and the correct value" in page.text
+    assert "within one month" in page.text and "extended by two months" in page.text
+    assert '<input type="hidden" name="language" value="en">' in page.text
+    assert 'href="/?lang=fr" lang="fr" hreflang="fr">Français</a>' in page.text
+
+
+async def test_language_switch_wins_over_the_header(env: Env) -> None:
+    english, _ = await env.form("fr-FR", query="?lang=en")
+    assert '<html lang="en">' in english.text
+    french, _ = await env.form("en-GB", query="?lang=fr")
+    assert '<html lang="fr">' in french.text
+    unknown, _ = await env.form("en-GB", query="?lang=de")  # not offered: the header decides
+    assert '<html lang="en">' in unknown.text
+    nothing, _ = await env.form(None)
+    assert '<html lang="fr">' in nothing.text  # the default
+
+
+async def test_form_without_controller_name_speaks_for_us(tmp_path: Path) -> None:
+    async with serve_form(tmp_path, controller="") as running:
+        page, _ = await running.form("fr")
+        assert "les données personnelles que nous détenons sur vous" in page.text
+
+
+async def test_form_is_accessible(env: Env) -> None:
+    for lang, required in (("fr", "(obligatoire)"), ("en", "(required)")):
+        page, _ = await env.form(lang)
+        parsed = parse(page.text)
+        labels = {attrs["for"] for tag, attrs in parsed.elements if tag == "label"}
+        controls = [
+            attrs
+            for tag, attrs in parsed.elements
+            if tag in ("input", "textarea", "select") and attrs.get("type") != "hidden"
+        ]
+        assert {c["id"] for c in controls} == {
+            "kind-access",
+            "kind-rectification",
+            "kind-erasure",
+            "kind-portability",
+            "email",
+            "name",
+            "details",
+        }
+        for control in controls:
+            assert control["id"] in labels, f"{control['id']} has a <label for>"
+            for described in control.get("aria-describedby", "").split():
+                assert described in parsed.text_by_id, f"{control['id']} is described by an existing element"
+        # The kind choice is a group with a legend, marked required in words.
+        fieldset = re.search(r"<fieldset>\s*<legend>(.*?)</legend>(.*?)</fieldset>", page.text, re.DOTALL)
+        assert fieldset and required in fieldset.group(1)
+        assert fieldset.group(2).count('type="radio"') == 4
+        assert re.search(rf'<label for="email">[^<]*<span class="marker">{re.escape(required)}</span>', page.text)
+        assert 'role="alert"' not in page.text  # no error yet
+        assert 'aria-invalid="true"' not in page.text
+        # Visible focus on every control (no outline removed).
+        assert "input:focus" in page.text and "outline:3px" in page.text and "outline:0" not in page.text
+
+
+# -------------------------------------------------------------------------------------------- success path
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+async def test_submission_redirects_to_a_confirmation_with_reference_and_deadline(env: Env, lang: str) -> None:
+    response = await env.post(
+        {"kind": "rectification", "details": "Mon nom est Durand, pas Durant.\r\nMerci."}, lang=lang
+    )
+    assert response.status_code == 303
+    assert response.headers["cache-control"] == "no-store"
+    location = response.headers["location"]
+    assert location.startswith("/submitted?")
+
+    assert len(env.sink.calls) == 1
+    submission, client = env.sink.calls[0]
+    assert client == "127.0.0.1"
+    assert submission.kind == "rectification"
+    assert submission.email == "camille.durand@example.org"
+    assert submission.name == "Camille Durand"
+    assert submission.details == "Mon nom est Durand, pas Durant.\nMerci."  # a browser's CRLF, one line break
+    assert submission.channel == "form"
+    assert submission.language == lang
+    accepted = env.sink.accepted[0]
+
+    page = await env.http.get(location)
+    assert page.status_code == 200
+    assert_safe_page(page)
+    assert f'<html lang="{lang}">' in page.text
+    assert accepted.reference in page.text
+    assert spoken_date(accepted.deadline, lang) in page.text
+    if lang == "fr":
+        assert "Vérifiez votre boîte de réception pour confirmer votre adresse électronique" in page.text
+        assert "Corriger vos données" in page.text
+    else:
+        assert "Check your inbox to confirm your email address" in page.text
+        assert "Correct your data" in page.text
+    assert "already under way" not in page.text and "déjà en cours" not in page.text
+
+    again = await env.http.get(location)  # a reload shows the page again and submits nothing
+    assert again.status_code == 200
+    assert len(env.sink.calls) == 1
+
+
+async def test_confirmation_dates_in_each_language(env: Env) -> None:
+    env.sink.fixed = Accepted(
+        reference="dsr-2026-11-7KQ3FJ",
+        kind=RequestKind.ERASURE,
+        received_on=date(2026, 11, 1),
+        deadline=date(2026, 12, 1),
+        extended_deadline=date(2027, 2, 1),
+    )
+    location = (await env.post({"kind": "erasure"})).headers["location"]
+    french = await env.http.get(location)
+    assert "1er\u00a0décembre 2026" in french.text
+    assert "Effacer vos données" in french.text
+    english = await env.http.get(location.replace("lang=fr", "lang=en"))  # lang is not signed: a translation
+    assert english.status_code == 200
+    assert "1\u00a0December 2026" in english.text
+    assert "Erase your data" in english.text
+
+
+async def test_confirmation_of_a_request_attached_to_one_under_way(env: Env) -> None:
+    env.sink.attached = True
+    french = await env.http.get((await env.post()).headers["location"])
+    assert "Une demande du même type était déjà en cours" in french.text
+    english = await env.http.get((await env.post(lang="en")).headers["location"])
+    assert "A request of the same kind was already under way" in english.text
+
+
+async def test_form_under_a_path_prefix(tmp_path: Path) -> None:
+    async with serve_form(tmp_path, prefix="/demande") as running:
+        page, _ = await running.form("fr")
+        assert 'action="/demande/?lang=fr"' in page.text
+        assert 'href="/demande/?lang=en"' in page.text
+        response = await running.post()
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/demande/submitted?")
+        assert (await running.http.get(response.headers["location"])).status_code == 200
+
+
+async def test_two_open_tabs_both_submit(env: Env) -> None:
+    _, first = await env.form("fr")
+    _, second = await env.form("fr")  # the second tab keeps the browser's nonce
+    assert (await env.post(csrf=second)).status_code == 303
+    assert (await env.post(csrf=first)).status_code == 303
+    assert len(env.sink.calls) == 2
+
+
+async def test_https_sets_a_secure_cookie_and_hsts(tmp_path: Path) -> None:
+    sink = RecordingSink(Settings.from_env({"DSR_HOME": str(tmp_path)}))
+    transport = httpx.ASGITransport(app=make_app(sink, Clock()))
+    async with httpx.AsyncClient(transport=transport, base_url="https://privacy.example.org") as http:
+        page = await http.get("/", headers={"Accept-Language": "fr"})
+        cookie = page.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+        assert page.headers["strict-transport-security"].startswith("max-age=")
+        data = {"kind": "portability", "email": "ines.moreau@example.fr", "language": "fr"}
+        response = await http.post("/", data={**data, "csrf": csrf_value(page.text)})
+        assert response.status_code == 303
+        assert sink.calls[0][1] == "127.0.0.1"
+
+
+# ------------------------------------------------------------------------------------------------- CSRF
+
+
+def _flip(token: str, index: int) -> str:
+    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
+
+
+async def _assert_refused(response: httpx.Response, env: Env, lang: str = "fr") -> None:
+    assert response.status_code == 403, response.text
+    assert_safe_page(response)
+    assert f'<html lang="{lang}">' in response.text
+    assert ("Rechargez le formulaire" if lang == "fr" else "Reload the form") in response.text
+    assert env.sink.calls == []
+
+
+async def test_csrf_missing_is_refused(env: Env) -> None:
+    await env.form("fr")  # the cookie is there, the field is not
+    await _assert_refused(await env.post(csrf=None), env)
+    await _assert_refused(await env.post(csrf=None, lang="en"), env, "en")
+    await _assert_refused(await env.post(csrf=""), env)
+
+
+async def test_csrf_forged_is_refused(env: Env) -> None:
+    _, csrf = await env.form("fr")
+    await _assert_refused(await env.post(csrf=_flip(csrf, len(csrf) - 5)), env)  # MAC changed
+    await _assert_refused(await env.post(csrf=_flip(csrf, 3)), env)  # issued time changed
+    await _assert_refused(await env.post(csrf="not.a-token"), env)
+    await _assert_refused(await env.post(csrf="é" * 40), env)
+    await _assert_refused(await env.post(csrf=csrf + "." + csrf), env)
+    # A value made with another key (another deployment, or an attacker's guess).
+    other_sink = RecordingSink(env.sink.settings)
+    transport = httpx.ASGITransport(app=FastAPI(routes=form_router(other_sink, csrf_key=b"x" * 32).routes))
+    async with httpx.AsyncClient(transport=transport, base_url="http://other") as other:
+        foreign = csrf_value((await other.get("/")).text)
+    await _assert_refused(await env.post(csrf=foreign), env)
+
+
+async def test_csrf_expired_or_from_the_future_is_refused(env: Env) -> None:
+    _, csrf = await env.form("en")
+    env.clock.now = NOW + CSRF_LIFETIME + timedelta(seconds=1)
+    await _assert_refused(await env.post(csrf=csrf, lang="en"), env, "en")
+
+    env.clock.now = NOW + timedelta(hours=1)
+    _, future = await env.form("fr")
+    env.clock.now = NOW
+    await _assert_refused(await env.post(csrf=future), env)
+
+    _, fresh = await env.form("fr")
+    env.clock.now = NOW + CSRF_LIFETIME - timedelta(seconds=1)  # still valid just before expiry
+    assert (await env.post(csrf=fresh)).status_code == 303
+
+
+async def test_csrf_cookie_must_match(env: Env) -> None:
+    _, csrf = await env.form("fr")
+    env.http.cookies.clear()
+    await _assert_refused(await env.post(csrf=csrf), env)  # no cookie
+
+    # Another browser's cookie: each nonce belongs to its own cookie.
+    async with httpx.AsyncClient(base_url=env.base_url) as other:
+        await other.get("/")
+        await _assert_refused(await env.post(csrf=csrf, http=other), env)
+        other.cookies.set(CSRF_COOKIE, "not base64!")
+        await _assert_refused(await env.post(csrf=csrf, http=other), env)
+
+
+# ---------------------------------------------------------------------------------------- validation errors
+
+
+async def test_each_field_error_is_next_to_its_field(env: Env) -> None:
+    cases = [
+        ({"kind": ""}, "kind-access", "Choisissez ce que vous souhaitez faire."),
+        ({"kind": "admin"}, "kind-access", "Choisissez ce que vous souhaitez faire."),
+        ({"email": ""}, "email", "Saisissez votre adresse électronique."),
+        ({"email": "camille@"}, "email", "Saisissez une adresse électronique valide"),
+        ({"name": "N" * 201}, "name", "Votre nom doit faire au plus 200\u00a0caractères."),
+        ({"name": "Camille\x00Durand"}, "name", "Ce champ contient des caractères non autorisés."),
+        ({"details": "x" * 10_001}, "details", "Les précisions doivent faire au plus 10\u00a0000\u00a0caractères."),
+        ({"kind": "rectification", "details": "  "}, "details", "dites-nous ce qui est faux et la bonne valeur"),
+    ]
+    for fields, field_id, message in cases:
+        response = await env.post(fields)
+        assert response.status_code == 400, fields
+        assert_safe_page(response)
+        assert_field_error(response.text, field_id, message)
+        assert response.text.count('class="error"') == 1
+        assert "<title>Erreur\u00a0: " in response.text
+    assert env.sink.calls == []
+
+
+async def test_errors_in_english_and_all_at_once(env: Env) -> None:
+    response = await env.post({"kind": "rectification", "email": "nope", "details": ""}, lang="en")
+    assert response.status_code == 400
+    assert '<html lang="en">' in response.text
+    assert_field_error(response.text, "email", "Enter a valid email address")
+    assert_field_error(response.text, "details", "For a correction, tell us what is wrong and the correct value.")
+    assert "Your request was not sent" in response.text
+    # The values typed are kept, the choice too.
+    assert 'value="nope"' in response.text
+    assert re.search(r'id="kind-rectification"[^>]*checked', response.text)
+    assert env.sink.calls == []
+
+
+async def test_typed_values_are_kept_and_escaped(env: Env) -> None:
+    response = await env.post(
+        {
+            "email": f"x{HOSTILE}",
+            "name": HOSTILE,
+            "details": f"</textarea>{HOSTILE}<textarea>",
+            "kind": '"><script>',
+        }
+    )
+    assert response.status_code == 400
+    assert_safe_page(response)  # not a single <script in the page
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;&#x27;"
+    assert f'value="{escaped}"' in response.text  # the name
+    assert f'value="x{escaped}"' in response.text  # the email
+    assert f"&lt;/textarea&gt;{escaped}&lt;textarea&gt;</textarea>" in response.text
+    assert response.text.count("</textarea>") == 1
+    assert env.sink.calls == []
+
+
+async def test_sink_validation_errors_are_shown_next_to_their_field(env: Env) -> None:
+    # The sink is the authority: whatever it refuses is shown like the form's own checks.
+    env.sink.fail_with = SubmissionError("name is longer than 200 characters")
+    response = await env.post()
+    assert response.status_code == 400
+    assert_field_error(response.text, "name", "Votre nom doit faire au plus 200")
+
+    env.sink.fail_with = SubmissionError("email is not a valid address")
+    response = await env.post(lang="en")
+    assert_field_error(response.text, "email", "Enter a valid email address")
+
+    env.sink.fail_with = SubmissionError("ticket must be 1 to 64 letters")  # no field of the form: the top
+    response = await env.post({"name": "Camille <b>Durand</b>"})
+    assert response.status_code == 400
+    assert 'role="alert"' in response.text
+    assert "Votre demande n’a pas pu être enregistrée" in response.text
+    assert "ticket" not in response.text  # the engine's English wording is not shown to the public
+    assert 'value="Camille &lt;b&gt;Durand&lt;/b&gt;"' in response.text
+    assert len(env.sink.accepted) == 0
+
+
+# ------------------------------------------------------------------------------------- limits and bad input
+
+
+async def test_rate_limited_is_429_with_retry_after(env: Env) -> None:
+    env.sink.fail_with = RateLimited("client", 120)
+    response = await env.post({"details": "à garder"})
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "120"
+    assert_safe_page(response)
+    assert "Réessayez dans 2\u00a0minutes." in response.text
+    assert "à garder</textarea>" in response.text  # nothing typed is lost
+    assert env.sink.accepted == []
+
+    env.sink.fail_with = RateLimited("subject", 30)
+    response = await env.post(lang="en")
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "30"
+    assert "Try again in 1 minute." in response.text
+
+
+async def test_sink_failure_is_503_and_keeps_the_form(env: Env) -> None:
+    env.sink.fail_with = RuntimeError("temporal unavailable for camille.durand@example.org")
+    response = await env.post({"details": "mes commandes"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "60"
+    assert_safe_page(response)
+    assert "Un problème temporaire" in response.text
+    assert "mes commandes</textarea>" in response.text
+    assert "temporal" not in response.text
+
+
+async def test_too_large_is_413(env: Env) -> None:
+    _, csrf = await env.form("en")
+    body = urlencode({"csrf": csrf, "kind": "access", "email": "a@example.org", "details": "x" * MAX_FORM_BYTES})
+    response = await env.http.post(
+        "/?lang=en", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 413
+    assert_safe_page(response)
+    assert "The form sent is too large" in response.text
+    assert env.sink.calls == []
+
+
+async def test_long_accented_details_fit(env: Env) -> None:
+    # 10,000 accented characters take 60,000 bytes once percent-encoded: still a form, not a 413.
+    response = await env.post({"details": "é" * 10_000})
+    assert response.status_code == 303
+    assert env.sink.calls[0][0].details == "é" * 10_000
+
+
+async def test_other_content_types_are_415(env: Env) -> None:
+    _, csrf = await env.form("fr")
+    as_json = await env.http.post("/?lang=fr", json={"csrf": csrf, "kind": "access", "email": "a@example.org"})
+    assert as_json.status_code == 415
+    assert_safe_page(as_json)
+    multipart = await env.http.post(
+        "/?lang=fr", data={"csrf": csrf, "kind": "access"}, files={"f": ("a.txt", b"x", "text/plain")}
+    )
+    assert multipart.status_code == 415
+    missing = await env.http.post("/?lang=fr", content=b"kind=access")
+    assert missing.status_code == 415
+    assert env.sink.calls == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"kind=access&email=a%40example.org&name=\xff\xfe",  # raw bytes that are not UTF-8
+        b"kind=access&email=a%40example.org&name=%FF%FE",  # percent-encoded ones
+        b"kind=access&name=%ED%A0%80",  # an encoded lone surrogate
+        b"&".join(b"f%d=1" % i for i in range(50)),  # too many fields
+    ],
+)
+async def test_unreadable_bodies_are_400_with_the_form(env: Env, body: bytes) -> None:
+    _, csrf = await env.form("fr")
+    response = await env.http.post(
+        "/?lang=fr",
+        content=body + b"&csrf=" + csrf.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"},
+    )
+    assert response.status_code == 400
+    assert_safe_page(response)
+    assert "Le formulaire n’a pas pu être lu" in response.text
+    assert 'name="csrf"' in response.text  # a fresh form to fill in
+    assert env.sink.calls == []
+
+
+async def test_duplicate_and_missing_fields_are_400(env: Env) -> None:
+    _, csrf = await env.form("fr")
+    duplicate = urlencode(
+        [("csrf", csrf), ("kind", "access"), ("kind", "erasure"), ("email", "a@example.org"), ("language", "fr")]
+    )
+    response = await env.http.post(
+        "/?lang=fr", content=duplicate, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 400
+    assert_field_error(response.text, "kind-access", "Ce champ a été envoyé plusieurs fois")
+
+    twice = urlencode([("csrf", csrf), ("csrf", csrf), ("kind", "access"), ("email", "a@example.org")])
+    response = await env.http.post(
+        "/?lang=fr", content=twice, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 403  # an ambiguous CSRF value is no CSRF value
+
+    response = await env.http.post("/?lang=fr", data={"csrf": csrf})  # nothing but the CSRF value
+    assert response.status_code == 400
+    assert_field_error(response.text, "kind-access", "Choisissez ce que vous souhaitez faire.")
+    assert_field_error(response.text, "email", "Saisissez votre adresse électronique.")
+    assert env.sink.calls == []
+
+
+# ------------------------------------------------------------------------------------------- confirmation
+
+
+async def test_forged_confirmation_is_refused(env: Env) -> None:
+    location = (await env.post()).headers["location"]
+    params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    assert (await env.http.get(location)).status_code == 200
+
+    forgeries = [
+        {**params, "ref": "dsr-2026-11-AAAAAA"},
+        {**params, "kind": "erasure"},
+        {**params, "due": "2030-01-01"},
+        {**params, "attached": "1"},
+        {**params, "sig": params["sig"][:-2] + "AA"},
+        {**params, "ref": "<script>alert(1)</script>"},
+        {k: v for k, v in params.items() if k != "sig"},
+        {"ref": "Votre compte est suspendu", "kind": "access", "due": "2026-12-01", "attached": "0", "sig": ""},
+        {},
+    ]
+    for forged in forgeries:
+        response = await env.http.get(f"/submitted?{urlencode(forged)}")
+        assert response.status_code == 403, forged
+        assert_safe_page(response)
+        assert "Cette page n’est pas valide" in response.text
+        assert "suspendu" not in response.text and "AAAAAA" not in response.text
+    response = await env.http.get("/submitted?ref=%FF&sig=%FF")
+    assert response.status_code == 403
+
+
+async def test_no_page_carries_script(env: Env) -> None:
+    # Every page a subject can meet, in both languages: none has a script, all have the headers.
+    pages = []
+    for lang in ("fr", "en"):
+        pages.append((await env.form(lang))[0])
+        pages.append(await env.post({"email": "bad"}, lang=lang))
+        pages.append(await env.post(csrf=None, lang=lang))
+        location = (await env.post(lang=lang)).headers["location"]
+        pages.append(await env.http.get(location))
+        pages.append(await env.http.get(f"/submitted?lang={lang}&ref=x"))
+        env.sink.fail_with = RateLimited("client", 60)
+        pages.append(await env.post(lang=lang))
+        pages.append(await env.http.post(f"/?lang={lang}", json={}))
+    assert {p.status_code for p in pages} == {200, 400, 403, 415, 429}
+    for page in pages:
+        assert_safe_page(page)

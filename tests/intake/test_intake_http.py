@@ -1,0 +1,420 @@
+"""The intake app over real HTTP against a real Temporal dev server and worker, with a real SMTP sink.
+
+API submissions, duplicates, rate limits, the Zendesk and generic ticket webhooks, identity confirmation
+by link and by code, triage of an unclassified email: what is created is checked in Temporal, in the
+ledger and in the mail the subject receives; what is refused must create nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import hashlib
+import hmac
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+
+from dsr import search_attributes as sa
+from dsr.codec_server import serve_codec
+from dsr.config import Settings, SmtpSettings
+from dsr.crypto import data_converter
+from dsr.exports import ExportStore
+from dsr.ledger import Ledger
+from dsr.model import IdentityMethod, Language, RequestStatus, TriageDecision, TriageStatus
+from intake.server import build_intake_app
+from intake.service import TriageItem
+from tests.harness import TEST_KEYRING, MailSink, binary, free_port
+from worker import build_worker
+from workflows.request import DataSubjectRequest
+
+ZENDESK_SECRET = "zendesk-test-secret"
+TICKET_SECRET = "ticket-test-secret"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"),
+        ip="127.0.0.1",
+        search_attributes=sa.ALL,
+        data_converter=data_converter(TEST_KEYRING),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def mail() -> Iterator[MailSink]:
+    sink = MailSink()
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@dataclass
+class Intake:
+    client: Client
+    http: httpx.AsyncClient
+    url: str
+    settings: Settings
+    ledger: Ledger
+    mail: MailSink
+    service: object
+
+
+@pytest_asyncio.fixture
+async def intake(
+    dev_server: WorkflowEnvironment, mail: MailSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Intake]:
+    port = free_port()
+    monkeypatch.setenv("DSR_ZENDESK_WEBHOOK_SECRET", ZENDESK_SECRET)
+    monkeypatch.setenv("DSR_TICKET_WEBHOOK_SECRET", TICKET_SECRET)
+    settings = Settings.from_env({
+        "DSR_HOME": str(tmp_path), "DSR_OPERATOR_EMAIL": "dpo@example.com", "DSR_MAIL_FROM": "privacy@example.com",
+        "DSR_INTAKE_PORT": str(port), "DSR_RATE_PER_CLIENT_HOUR": "6", "DSR_TICKET_TRUST_AUTHENTICATED": "true",
+    })
+    settings = replace(settings, smtp=SmtpSettings(host="127.0.0.1", port=mail.port),
+                       task_queue=f"intake-{uuid.uuid4()}")
+    ledger = Ledger(settings.database_url, TEST_KEYRING)
+    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    app, service = build_intake_app(settings, TEST_KEYRING, ledger, exports, dev_server.client)
+    server = await serve_codec(app, host="127.0.0.1", port=port)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+            async with build_worker(dev_server.client, settings, ledger, executor=executor, exports=exports), \
+                    httpx.AsyncClient(base_url=settings.intake_url, timeout=30) as http:
+                yield Intake(dev_server.client, http, settings.intake_url, settings, ledger, mail, service)
+    finally:
+        await server.stop()
+        for request in ledger.requests():
+            handle = dev_server.client.get_workflow_handle(request.request_id)
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("test over")
+        ledger.close()
+
+
+async def wait_for_mail(mail: MailSink, count: int, *, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while len(mail.messages) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} emails, got {[m['Subject'] for _, m in mail.messages]}")
+        await asyncio.sleep(0.1)
+
+
+def bodies(mail: MailSink, to: str) -> list[str]:
+    return [m.get_body(("plain",)).get_content() for rcpt, m in mail.messages if to in rcpt]
+
+
+async def status(intake: Intake, request_id: str) -> RequestStatus:
+    return await intake.client.get_workflow_handle_for(DataSubjectRequest.run, request_id).query(
+        DataSubjectRequest.status)
+
+
+async def poll(check, *, seconds: float = 30):
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never met")
+        await asyncio.sleep(0.2)
+
+
+def api_body(**overrides) -> dict:
+    body = {"kind": "access", "email": "camille.durand@example.org", "name": "Camille Durand", "language": "fr"}
+    body.update(overrides)
+    return body
+
+
+# --- the API ---------------------------------------------------------------------------------------------
+
+
+async def test_api_request_is_started_acknowledged_and_confirmed_by_the_link(intake: Intake) -> None:
+    response = await intake.http.post("/api/requests", json=api_body())
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    reference = accepted["reference"]
+    assert re.fullmatch(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", reference)
+    assert accepted["attached"] is False and accepted["deadline"] > accepted["received"]
+    assert intake.ledger.get_request(reference) is not None
+
+    # The acknowledgement and the identity request go to the subject; the latter carries link and code.
+    await wait_for_mail(intake.mail, 2)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    link = re.search(rf"{re.escape(intake.url)}/verify/(\S+)", text)
+    code = re.search(r"\b(\d{6})\b", text.split("code", 1)[-1])
+    assert link and code, text
+    assert (await status(intake, reference)).identity_confirmed is False
+
+    # Opening the link does not confirm (mail scanners open links); the button does.
+    page = await intake.http.get(f"/verify/{link.group(1)}", headers={"Accept-Language": "fr"})
+    assert page.status_code == 200 and reference in page.text and "<script" not in page.text
+    assert (await status(intake, reference)).identity_confirmed is False
+    form = re.search(r'name="form" value="([^"]+)"', page.text).group(1)
+    confirmed = await intake.http.post(f"/verify/{link.group(1)}", data={"form": form})
+    assert confirmed.status_code == 200 and "confirmée" in confirmed.text
+    assert (await status(intake, reference)).identity_confirmed
+    again = await intake.http.post(f"/verify/{link.group(1)}", data={"form": form})
+    assert again.status_code == 200 and "déjà confirmée" in again.text
+
+
+async def test_same_subject_and_kind_is_attached_and_told_not_started_twice(intake: Intake) -> None:
+    first = (await intake.http.post("/api/requests", json=api_body(kind="erasure"))).json()
+    second = await intake.http.post("/api/requests", json=api_body(kind="erasure", email="CAMILLE.Durand@example.org"))
+    assert second.status_code == 202
+    assert second.json()["reference"] == first["reference"] and second.json()["attached"] is True
+    other_kind = (await intake.http.post("/api/requests", json=api_body(kind="access"))).json()
+    assert other_kind["reference"] != first["reference"] and other_kind["attached"] is False
+    assert len(intake.ledger.requests()) == 2
+    events = await poll(lambda: _events(intake, first["reference"], "duplicate_attached"))
+    assert events
+    await poll(lambda: _sent(intake, first["reference"], "duplicate"))
+
+
+async def _events(intake: Intake, request_id: str, name: str):
+    return [e for e in intake.ledger.events(request_id) if e.event == name]
+
+
+async def _sent(intake: Intake, request_id: str, template: str):
+    return [e for e in intake.ledger.events(request_id)
+            if e.event == "notice_sent" and e.details.get("template") == template]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "field"),
+    [
+        (b"{not json", {"Content-Type": "application/json"}, 400, None),
+        (b"[1, 2]", {"Content-Type": "application/json"}, 400, None),
+        (json.dumps(api_body(kind="forget-me")).encode(), {"Content-Type": "application/json"}, 422, "kind"),
+        (json.dumps(api_body(email="not-an-address")).encode(), {"Content-Type": "application/json"}, 422, "email"),
+        (json.dumps(api_body(email="a@b.org\r\nBcc: x@y.org")).encode(), {"Content-Type": "application/json"},
+         422, "email"),
+        (json.dumps(api_body(extra="x")).encode(), {"Content-Type": "application/json"}, 422, "extra"),
+        (json.dumps(api_body(kind="rectification")).encode(), {"Content-Type": "application/json"}, 422, None),
+        (json.dumps(api_body(details="x" * 70_000)).encode(), {"Content-Type": "application/json"}, 413, None),
+        (json.dumps(api_body()).encode(), {"Content-Type": "text/plain"}, 415, None),
+        (b"\xff\xfe", {"Content-Type": "application/json"}, 400, None),
+    ],
+)
+async def test_bad_api_input_is_a_clear_4xx_and_creates_nothing(
+    intake: Intake, content: bytes, headers: dict, status: int, field: str | None
+) -> None:
+    response = await intake.http.post("/api/requests", content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]
+    if field:
+        assert response.json().get("field", "").startswith(field) or field in response.json()["error"]
+    assert intake.ledger.requests() == []
+
+
+async def test_rate_limit_per_client_answers_429_with_retry_after(intake: Intake) -> None:
+    answers = [
+        (await intake.http.post("/api/requests", json=api_body(email=f"p{i}@example.org"))).status_code
+        for i in range(7)
+    ]
+    assert answers[:6] == [202] * 6 and answers[6] == 429
+    refused = await intake.http.post("/api/requests", json=api_body(email="late@example.org"))
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert len(intake.ledger.requests()) == 6
+
+
+async def test_rate_limit_per_subject_counts_every_channel(intake: Intake) -> None:
+    kinds = ["access", "erasure", "portability", "access", "erasure"]
+    for kind in kinds:  # 5 per day for one subject (duplicates count too: they cost a notice each)
+        assert (await intake.http.post("/api/requests", json=api_body(kind=kind))).status_code == 202
+    limited = await intake.http.post("/api/requests", json=api_body(kind="portability"))
+    assert limited.status_code == 429 and "subject" in limited.json()["error"]
+
+
+async def test_openapi_schema_is_served(intake: Intake) -> None:
+    schema = (await intake.http.get("/openapi.json")).json()
+    assert {"/api/requests", "/webhooks/zendesk", "/webhooks/ticket"} <= set(schema["paths"])
+    body = schema["paths"]["/api/requests"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "kind" in json.dumps(body)
+
+
+# --- support desks -----------------------------------------------------------------------------------------
+
+
+def zendesk_headers(body: bytes, *, at: datetime | None = None, secret: str = ZENDESK_SECRET) -> dict[str, str]:
+    stamp = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    signature = base64.b64encode(hmac.new(secret.encode(), stamp.encode() + body, hashlib.sha256).digest())
+    return {"Content-Type": "application/json", "X-Zendesk-Webhook-Signature": signature.decode(),
+            "X-Zendesk-Webhook-Signature-Timestamp": stamp}
+
+
+def zendesk_body(**overrides) -> bytes:
+    body = {"ticket_id": "4521", "requester_email": "lea.petit@example.org", "requester_name": "Léa Petit",
+            "requester_locale": "fr-FR", "tags": "vip dsr_erasure", "description": "Merci de supprimer mon compte."}
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+async def test_zendesk_webhook_starts_a_request_bound_to_its_ticket(intake: Intake) -> None:
+    body = zendesk_body()
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+    assert response.status_code == 202, response.text
+    reference = response.json()["reference"]
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "erasure" and state.channel.value == "support_desk"
+    assert state.language == Language.FR and state.identity == IdentityMethod.EMAIL  # trust is off for Zendesk
+
+    # Zendesk retries a delivery it thinks failed: same ticket, new timestamp, so a new signature.
+    retried = await intake.http.post("/webhooks/zendesk", content=body,
+                                     headers=zendesk_headers(body, at=datetime.now(UTC) + timedelta(seconds=2)))
+    assert retried.status_code == 202 and retried.json()["reference"] == reference
+    assert len(intake.ledger.requests()) == 1
+
+
+async def _status_or_none(intake: Intake, reference: str):
+    try:
+        return await status(intake, reference)
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize("case", ["no_signature", "wrong_secret", "tampered", "stale", "future", "bad_time"])
+async def test_zendesk_webhook_refuses_unsigned_tampered_or_stale_deliveries(intake: Intake, case: str) -> None:
+    body = zendesk_body()
+    headers = {
+        "no_signature": {"Content-Type": "application/json"},
+        "wrong_secret": zendesk_headers(body, secret="guess"),
+        "tampered": zendesk_headers(zendesk_body(requester_email="attacker@example.org")),
+        "stale": zendesk_headers(body, at=datetime.now(UTC) - timedelta(minutes=6)),
+        "future": zendesk_headers(body, at=datetime.now(UTC) + timedelta(minutes=6)),
+        "bad_time": {**zendesk_headers(body), "X-Zendesk-Webhook-Signature-Timestamp": "yesterday"},
+    }[case]
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=headers)
+    assert response.status_code == 401 and response.json()["error"]
+    assert intake.ledger.requests() == []
+
+
+async def test_zendesk_replay_and_missing_kind_are_refused(intake: Intake) -> None:
+    body = zendesk_body(tags="vip", ticket_id="77")
+    headers = zendesk_headers(body)
+    first = await intake.http.post("/webhooks/zendesk", content=body, headers=headers)
+    assert first.status_code == 422 and first.json()["field"] == "kind"
+    replay = await intake.http.post("/webhooks/zendesk", content=body, headers=headers)
+    assert replay.status_code == 409
+    two_kinds = zendesk_body(tags="dsr_access dsr_erasure", ticket_id="78")
+    assert (await intake.http.post("/webhooks/zendesk", content=two_kinds,
+                                   headers=zendesk_headers(two_kinds))).status_code == 422
+    assert intake.ledger.requests() == []
+
+
+def ticket_headers(body: bytes, *, at: int | None = None, secret: str = TICKET_SECRET) -> dict[str, str]:
+    stamp = str(at or int(time.time()))
+    digest = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-DSR-Timestamp": stamp, "X-DSR-Signature": f"sha256={digest}"}
+
+
+async def test_generic_ticket_from_a_signed_in_customer_is_trusted_when_configured(intake: Intake) -> None:
+    body = json.dumps({"desk": "freshdesk", "ticket_id": "FD-1009", "email": "sam.hill@example.com",
+                       "name": "Sam Hill", "kind": "access", "language": "en", "authenticated": True}).encode()
+    response = await intake.http.post("/webhooks/ticket", content=body, headers=ticket_headers(body))
+    assert response.status_code == 202, response.text
+    state = await poll(lambda: _status_or_none(intake, response.json()["reference"]))
+    assert state.identity == IdentityMethod.TRUSTED and state.language == Language.EN
+    bad = await intake.http.post("/webhooks/ticket", content=body, headers=ticket_headers(body, secret="nope"))
+    assert bad.status_code == 401
+
+
+# --- identity by code ----------------------------------------------------------------------------------------
+
+
+async def test_code_confirmation_counts_wrong_codes_then_locks(intake: Intake) -> None:
+    reference = (await intake.http.post("/api/requests", json=api_body(language="en"))).json()["reference"]
+    await wait_for_mail(intake.mail, 2)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    code = re.search(r"confirmation code: (\d{6})", text).group(1)
+    wrong = "000000" if code != "000000" else "111111"
+    for _ in range(4):
+        answer = await intake.http.post("/verify", data={"reference": reference, "code": wrong},
+                                        headers={"Accept-Language": "en"})
+        assert answer.status_code == 403 and "do not match" in answer.text
+    right = await intake.http.post("/verify", data={"reference": reference.lower(), "code": code[:3] + " " + code[3:]},
+                                   headers={"Accept-Language": "en"})
+    assert right.status_code == 200 and "confirmed" in right.text
+    assert (await status(intake, reference)).identity_confirmed
+
+    other = (await intake.http.post("/api/requests", json=api_body(kind="erasure"))).json()["reference"]
+    for _ in range(5):
+        await intake.http.post("/verify", data={"reference": other, "code": wrong})
+    locked = await intake.http.post("/verify", data={"reference": other, "code": wrong})
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+
+
+async def test_verify_link_tampered_is_403(intake: Intake) -> None:
+    answer = await intake.http.get("/verify/v1.AAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB")
+    assert answer.status_code == 403 and "<script" not in answer.text
+
+
+# --- triage ----------------------------------------------------------------------------------------------------
+
+
+async def test_unclassified_email_waits_for_an_operator_then_becomes_the_request(intake: Intake) -> None:
+    from intake.submission import new_request_id
+
+    received = datetime.now(UTC) - timedelta(days=3)
+    reserved = new_request_id(received.date())
+    item = TriageItem(request_id=reserved, received_at=received, email="noa.bernard@example.org", name="Noa Bernard",
+                      language=Language.FR, subject_line="Question", body="Bonjour, que faites-vous de mes infos ?",
+                      in_reply_to="<abc@mail.example.org>", reason="no kind recognised")
+    triage_id = await intake.service.triage(item)
+    assert triage_id == f"triage-{reserved}"
+    assert await intake.service.triage(item) == triage_id  # a re-polled message: the same triage
+    await poll(lambda: _mail_to(intake, "dpo@example.com"))
+    operator_mail = "\n".join(bodies(intake.mail, "dpo@example.com"))
+    assert triage_id in operator_mail and "noa.bernard" not in operator_mail
+
+    handle = intake.client.get_workflow_handle(triage_id)
+    result: TriageStatus = await handle.execute_update("classify", TriageDecision(kind="access"),
+                                                       result_type=TriageStatus)
+    assert result.state == "classified" and result.request_id == reserved
+    state = await status(intake, reserved)
+    assert state.kind.value == "access" and state.channel.value == "email"
+    assert state.received == received.astimezone(UTC).date() or state.received < datetime.now(UTC).date()
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+
+async def _mail_to(intake: Intake, address: str):
+    return [m for rcpt, m in intake.mail.messages if address in rcpt]
+
+
+# --- the web form, through the real service -----------------------------------------------------------------
+
+
+async def test_web_form_submission_starts_the_request_and_confirms_it(intake: Intake) -> None:
+    page = await intake.http.get("/", headers={"Accept-Language": "en-GB,en;q=0.9"})
+    assert page.status_code == 200 and 'lang="en"' in page.text and "<script" not in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    answer = await intake.http.post("/", data={
+        "csrf": csrf, "kind": "portability", "email": "ines.roux@example.org", "name": "Inès Roux",
+        "details": "Please send my order history in a machine-readable format.", "language": "en",
+    })
+    assert answer.status_code == 303, answer.text
+    confirmation = await intake.http.get(answer.headers["location"])
+    reference = re.search(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", confirmation.text).group(0)
+    assert confirmation.status_code == 200
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "portability" and state.channel.value == "form" and state.language == Language.EN
+    assert [r.request_id for r in intake.ledger.requests()] == [reference]
