@@ -323,3 +323,35 @@ class IntakeService:
 
 class IntakeUnavailable(RuntimeError):
     """Temporal could not be reached; nothing was created (HTTP 503, the mailbox retries next poll)."""
+
+
+@dataclass(frozen=True)
+class IdentityOutcome:
+    """What ``/verify`` tells the subject: ``confirmed``, ``already`` (confirmed before), ``closed`` or
+    ``unknown`` (no such request, or its history is gone)."""
+
+    state: str
+    deadline: date | None = None
+
+
+async def confirm_identity(client: Client, request_id: str, *, proof: str) -> IdentityOutcome:
+    """Send the ``confirm_identity`` update for a subject who proved control of their address."""
+    from dsr.model import IdentityConfirmation, IdentityMethod
+
+    handle = client.get_workflow_handle(request_id)
+    try:
+        result: UpdateResult = await handle.execute_update(
+            "confirm_identity",
+            IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", note=f"email {proof}"),
+            result_type=UpdateResult,
+        )
+    except WorkflowUpdateFailedError as err:
+        message = str(getattr(err.cause, "message", "") or err.cause or "")
+        return IdentityOutcome("already" if "already confirmed" in message else "closed")
+    except RPCError as err:
+        from temporalio.service import RPCStatusCode
+
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return IdentityOutcome("unknown")
+        raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
+    return IdentityOutcome("confirmed", result.deadline)
