@@ -1,0 +1,772 @@
+"""Email intake against a real Dovecot over IMAPS (tests/dovecot.py), with a real ledger database.
+
+The sink is the unit's neighbour, so it is a recording fake of ``IntakeSink``: it validates with the real
+``intake.submission.prepare`` and, like ``IntakeService``, is idempotent by request id (a second submit
+with the same id answers with the same request). The classifier is the real ``intake.classify.classify``
+except where a test is about decoding and passes a small deterministic one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlmodel import Session
+
+from dsr.config import Settings
+from dsr.crypto import DecryptionError
+from dsr.ledger import Ledger
+from dsr.model import Language, RequestKind
+from intake.classify import Classification
+from intake.inbox import InboundMessageRow, MessageState
+from intake.mailbox import (
+    AttachmentInfo,
+    AttachmentLimitError,
+    AttachmentStore,
+    Mailbox,
+    MailboxConnectionError,
+    MailboxSettings,
+    PollReport,
+    auto_reply_reason,
+    html_to_text,
+    parse_internaldate,
+    parse_message,
+)
+from intake.service import Accepted, RateLimited, TriageItem
+from intake.submission import Submission, prepare
+from tests.dovecot import CertificateAuthority, Dovecot, ImapUser, dovecot_binary, dovecot_required
+from tests.harness import TEST_KEYRING
+
+PARIS = timezone(timedelta(hours=1))
+RECEIVED = datetime(2026, 3, 2, 9, 30, 15, tzinfo=PARIS)  # what INTERNALDATE says: our server's receipt
+SENT = datetime(2026, 2, 27, 18, 0, tzinfo=UTC)  # the sender's Date header: not the legal receipt
+REQUEST_ID = re.compile(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}")
+
+
+# --- the server ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dovecot() -> Iterator[Dovecot]:
+    binary = dovecot_binary()
+    if binary is None:
+        if dovecot_required():
+            pytest.fail("DSR_REQUIRE_DOVECOT is set but dovecot is not installed: run scripts/ensure-dovecot")
+        pytest.skip("dovecot is not installed (scripts/ensure-dovecot installs it; DSR_REQUIRE_DOVECOT=1 fails)")
+    server = Dovecot(binary)
+    atexit.register(server.stop)  # should the session be torn down abruptly
+    try:
+        server.start()
+    except Exception:
+        server.stop()
+        raise
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def user(dovecot: Dovecot) -> ImapUser:
+    return dovecot.new_user()
+
+
+# --- the neighbours ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordingSink:
+    """``IntakeSink`` that records, validates like the service, and is idempotent by request id."""
+
+    home: Path
+    requests: dict[str, Submission] = field(default_factory=dict)
+    submit_calls: list[str] = field(default_factory=list)
+    triaged: dict[str, TriageItem] = field(default_factory=dict)
+    triage_calls: list[str] = field(default_factory=list)
+    crash_after_start: int = 0  # the next N submits start the request, then fail (the answer is lost)
+    rate_limited: int = 0  # the next N submits are refused with RateLimited
+    block: asyncio.Event | None = None  # submits start the request, then wait on this (to be cancelled)
+    open_request: str | None = None  # the subject has this request open: submissions are attached to it
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def submit(self, submission: Submission, *, client: str | None = None) -> Accepted:
+        self.submit_calls.append(submission.request_id or "")
+        if self.rate_limited:
+            self.rate_limited -= 1
+            raise RateLimited("subject", 3600)
+        request = prepare(submission, Settings(home=self.home, database_url="sqlite://"))
+        if self.open_request is not None:
+            return Accepted(
+                reference=self.open_request,
+                kind=request.kind,
+                received_on=request.received_on,
+                deadline=request.deadlines.normal.due,
+                extended_deadline=request.deadlines.extended.due,
+                attached=True,
+            )
+        self.requests.setdefault(request.request_id, submission)  # a second start with the id: same request
+        self.started.set()
+        if self.block is not None:
+            await self.block.wait()
+        if self.crash_after_start:
+            self.crash_after_start -= 1
+            raise ConnectionResetError("worker lost the answer")
+        return Accepted(
+            reference=request.request_id,
+            kind=request.kind,
+            received_on=request.received_on,
+            deadline=request.deadlines.normal.due,
+            extended_deadline=request.deadlines.extended.due,
+        )
+
+    async def triage(self, item: TriageItem) -> str:
+        self.triage_calls.append(item.request_id)
+        self.triaged.setdefault(item.request_id, item)
+        return f"triage-{item.request_id}"
+
+
+def fixed(kind: RequestKind | None, language: Language | None = Language.FR) -> Callable[[str, str], Any]:
+    """A deterministic classifier that also remembers what it was shown (to check decoding)."""
+    seen: list[tuple[str, str]] = []
+
+    def classify(subject: str, body: str) -> Classification:
+        seen.append((subject, body))
+        return Classification(kind=kind, language=language, confidence=1.0, reason="fixed")
+
+    classify.seen = seen  # type: ignore[attr-defined]
+    return classify
+
+
+class SimulatedCrash(BaseException):
+    """The process dies: nothing in the poller may catch it (BaseException, like a kill or KeyboardInterrupt)."""
+
+
+@dataclass
+class Env:
+    dovecot: Dovecot
+    user: ImapUser
+    tmp: Path
+    ledger: Ledger
+    sink: RecordingSink
+    store: AttachmentStore
+
+    def settings(self, **overrides: Any) -> MailboxSettings:
+        values: dict[str, Any] = {
+            "host": self.dovecot.host,
+            "port": self.dovecot.port,
+            "username": self.user.username,
+            "password": self.user.password,
+            "cafile": self.dovecot.cafile,
+            "timeout": 15.0,
+        }
+        values.update(overrides)
+        return MailboxSettings(**values)
+
+    def mailbox(self, classifier: Callable[[str, str], Any] | None = None, **overrides: Any) -> Mailbox:
+        return Mailbox(
+            self.settings(**overrides),
+            self.sink,
+            engine=self.ledger.engine,
+            keyring=TEST_KEYRING,
+            attachments=self.store,
+            classifier=classifier,
+        )
+
+    def deliver(self, message: EmailMessage | bytes, received_at: datetime = RECEIVED) -> None:
+        raw = message if isinstance(message, bytes) else message.as_bytes()
+        self.dovecot.deliver(self.user, raw, received_at=received_at)
+
+    def count(self, folder: str) -> int:
+        return self.dovecot.count(self.user, folder)
+
+    def rows(self) -> list[InboundMessageRow]:
+        with Session(self.ledger.engine) as session:
+            return list(session.exec(select(InboundMessageRow)).scalars())  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def env(dovecot: Dovecot, user: ImapUser, tmp_path: Path) -> Iterator[Env]:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", TEST_KEYRING)
+    try:
+        yield Env(
+            dovecot=dovecot,
+            user=user,
+            tmp=tmp_path,
+            ledger=ledger,
+            sink=RecordingSink(home=tmp_path),
+            store=AttachmentStore(tmp_path / "attachments", TEST_KEYRING),
+        )
+    finally:
+        ledger.close()
+
+
+# --- messages ------------------------------------------------------------------------------------------
+
+_counter = 0
+
+
+def message(
+    subject: str,
+    body: str,
+    *,
+    sender: str = "jerome.lefevre@example.org",
+    name: str = "Jérôme Lefèvre",
+    message_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> EmailMessage:
+    global _counter
+    _counter += 1
+    msg = EmailMessage()
+    msg["From"] = f"{name} <{sender}>" if name else sender
+    msg["To"] = "privacy@example.com"
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(SENT)
+    msg["Message-ID"] = message_id or f"<test-{_counter}.{os.getpid()}@mail.example.org>"
+    for key, value in (headers or {}).items():
+        msg[key] = value
+    msg.set_content(body)
+    return msg
+
+
+FRENCH_ERASURE = (
+    "Suppression de mes données",
+    "Bonjour,\n\nJe vous demande de supprimer toutes mes données personnelles de vos fichiers, "
+    "conformément à l'article 17 du RGPD.\n\nCordialement,\nJérôme Lefèvre",
+)
+ENGLISH_ACCESS = (
+    "Subject access request",
+    "Hello,\n\nPlease send me a copy of all the personal data you hold about me, under Article 15 of the "
+    "GDPR.\n\nKind regards,\nJane Doe",
+)
+
+
+# --- through Dovecot -----------------------------------------------------------------------------------
+
+
+async def test_french_and_english_requests_become_submissions(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    french = message(*FRENCH_ERASURE)
+    english = message(*ENGLISH_ACCESS, sender="jane.doe@example.net", name="Jane Doe")
+    env.deliver(french)
+    env.deliver(english, received_at=RECEIVED + timedelta(minutes=3))
+
+    with caplog.at_level(logging.DEBUG):  # every logger, aioimaplib's protocol dump included
+        report = await env.mailbox().poll_once()  # the real classifier
+    _assert_no_personal_data(caplog, "jerome", "Jérôme", "jane.doe", "Jane Doe", "Suppression", "access request",
+                             "supprimer", french["Message-ID"].strip("<>"), env.user.password)
+
+    assert report == PollReport(submitted=2)
+    by_sender = {s.email: s for s in env.sink.requests.values()}
+    fr, en = by_sender["jerome.lefevre@example.org"], by_sender["jane.doe@example.net"]
+    assert (fr.kind, fr.language, fr.channel) == ("erasure", "fr", "email")
+    assert (en.kind, en.language, en.channel) == ("access", "en", "email")
+    assert fr.received_at == RECEIVED and en.received_at == RECEIVED + timedelta(minutes=3)  # INTERNALDATE
+    assert fr.in_reply_to == french["Message-ID"] and en.in_reply_to == english["Message-ID"]
+    assert fr.name == "Jérôme Lefèvre" and en.name == "Jane Doe"
+    assert "supprimer toutes mes données" in fr.details
+    assert not fr.trusted and not en.trusted  # a From address is a claim: identity is still checked
+    for request_id, submission in env.sink.requests.items():
+        assert REQUEST_ID.fullmatch(request_id) and submission.request_id == request_id
+        assert request_id.startswith("dsr-2026-03-")  # reserved from the receipt date
+    assert env.count("INBOX") == 0 and env.count("Processed") == 2
+
+    rows = env.rows()
+    assert {r.state for r in rows} == {"moved"} and {r.outcome for r in rows} == {"submitted"}
+    assert {r.request_id for r in rows} == set(env.sink.requests)
+    for row in rows:  # the key is a keyed hash: neither the Message-ID nor the address is stored
+        assert "example" not in row.message_key and len(row.message_key) == 64
+
+    again = await env.mailbox().poll_once()
+    assert again == PollReport()
+    assert len(env.sink.submit_calls) == 2
+
+
+async def test_unclassifiable_message_goes_to_triage_never_a_guess(env: Env) -> None:
+    msg = message("Question", "Hello, where is my parcel? Order 1234 has not arrived yet. Thanks",
+                  sender="sam@example.org", name="Sam")
+    env.deliver(msg)
+
+    report = await env.mailbox().poll_once()
+
+    assert report == PollReport(triaged=1)
+    assert env.sink.requests == {}
+    (item,) = env.sink.triaged.values()
+    assert REQUEST_ID.fullmatch(item.request_id)
+    assert (item.email, item.name, item.language) == ("sam@example.org", "Sam", Language.EN)
+    assert item.subject_line == "Question" and "parcel" in item.body
+    assert item.received_at == RECEIVED and item.in_reply_to == msg["Message-ID"]
+    assert item.reason  # why, without personal data
+    assert env.count("INBOX") == 0 and env.count("Processed") == 1
+    assert (await env.mailbox().poll_once()) == PollReport()
+    assert len(env.sink.triage_calls) == 1
+
+
+async def test_triage_folder_when_configured(env: Env) -> None:
+    env.deliver(message("Hello", "Hi"))
+    report = await env.mailbox(triage_folder="Triage").poll_once()
+    assert report == PollReport(triaged=1)
+    assert env.count("Triage") == 1 and env.count("Processed") == 0
+
+
+async def test_nested_folder_names_follow_the_servers_delimiter(env: Env) -> None:
+    env.deliver(message(*ENGLISH_ACCESS))
+    env.deliver(message(*FRENCH_ERASURE, headers={"Auto-Submitted": "auto-replied"}))
+    mailbox = env.mailbox(processed_folder="DSR/Processed", rejected_folder="DSR/Rejected")
+    assert (await mailbox.poll_once()) == PollReport(submitted=1, rejected=1)
+    # This Dovecot stores maildir++, whose hierarchy delimiter is ".".
+    assert env.count("DSR.Processed") == 1 and env.count("DSR.Rejected") == 1 and env.count("INBOX") == 0
+
+
+async def test_crash_after_the_workflow_started_but_before_the_answer(env: Env) -> None:
+    env.deliver(message(*ENGLISH_ACCESS))
+    env.sink.crash_after_start = 1
+
+    first = await env.mailbox().poll_once()
+
+    assert first == PollReport(deferred=1)
+    assert env.count("INBOX") == 1  # not moved: the next poll retries
+    (row,) = env.rows()
+    assert row.state == "reserved"
+
+    second = await env.mailbox().poll_once()
+
+    assert second == PollReport(submitted=1)
+    assert env.sink.submit_calls == [row.request_id, row.request_id]  # the same reserved id, twice
+    assert list(env.sink.requests) == [row.request_id]  # hence exactly one request
+    assert env.count("INBOX") == 0 and env.count("Processed") == 1
+
+
+async def test_killed_between_submit_and_move(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env.deliver(message(*FRENCH_ERASURE))
+    original_move = Mailbox._move
+
+    async def die(self: Mailbox, client: Any, uid: int, folder: str) -> None:
+        raise SimulatedCrash
+
+    monkeypatch.setattr(Mailbox, "_move", die)
+    with pytest.raises(SimulatedCrash):
+        await env.mailbox().poll_once()
+    (row,) = env.rows()
+    assert row.state == "submitted" and env.count("INBOX") == 1
+
+    monkeypatch.setattr(Mailbox, "_move", original_move)
+    report = await env.mailbox().poll_once()  # a new process: nothing in memory survives
+
+    assert report == PollReport(skipped=1)
+    assert env.sink.submit_calls == [row.request_id]  # not submitted again
+    assert list(env.sink.requests) == [row.request_id]
+    assert env.count("INBOX") == 0 and env.count("Processed") == 1
+    (row,) = env.rows()
+    assert (row.state, row.outcome) == ("moved", "submitted")
+
+
+async def test_poll_cancelled_while_the_request_starts(env: Env) -> None:
+    env.deliver(message(*ENGLISH_ACCESS))
+    env.sink.block = asyncio.Event()
+    poll = asyncio.ensure_future(env.mailbox().poll_once())
+    await asyncio.wait_for(env.sink.started.wait(), 20)
+    poll.cancel()  # stopped (SIGTERM, deploy) while the service was starting the workflow
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+    env.sink.block = None
+
+    report = await env.mailbox().poll_once()
+
+    assert report == PollReport(submitted=1)
+    assert len(env.sink.submit_calls) == 2 and len(set(env.sink.submit_calls)) == 1
+    assert len(env.sink.requests) == 1
+    assert env.count("INBOX") == 0
+
+
+async def test_same_message_delivered_twice_is_one_request(env: Env) -> None:
+    msg = message(*ENGLISH_ACCESS)
+    env.deliver(msg)
+    env.deliver(msg, received_at=RECEIVED + timedelta(seconds=5))  # e.g. two aliases of the privacy address
+
+    report = await env.mailbox().poll_once()
+
+    assert report == PollReport(submitted=1, skipped=1)
+    assert len(env.sink.requests) == 1 and len(env.sink.submit_calls) == 1
+    assert env.count("Processed") == 2
+
+
+async def test_message_without_message_id_gets_a_synthetic_one(env: Env) -> None:
+    msg = message(*ENGLISH_ACCESS)
+    del msg["Message-ID"]
+    env.deliver(msg)
+    env.sink.crash_after_start = 1
+    assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
+    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+    (submission,) = env.sink.requests.values()
+    assert submission.in_reply_to is None  # nothing to thread under
+    assert len(set(env.sink.submit_calls)) == 1
+
+
+@pytest.mark.parametrize(
+    "headers, sender",
+    [
+        ({"Auto-Submitted": "auto-replied"}, "jerome.lefevre@example.org"),
+        ({"Precedence": "bulk"}, "jerome.lefevre@example.org"),
+        ({"X-Autoreply": "yes"}, "jerome.lefevre@example.org"),
+        ({"Return-Path": "<>"}, "jerome.lefevre@example.org"),
+        ({}, "MAILER-DAEMON@mx.example.org"),
+    ],
+    ids=["auto-submitted", "precedence", "x-autoreply", "null-return-path", "mailer-daemon"],
+)
+async def test_automatic_replies_are_rejected_never_acknowledged(
+    env: Env, headers: dict[str, str], sender: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.deliver(message("Absence du bureau : Suppression de mes données", FRENCH_ERASURE[1],
+                        sender=sender, headers=headers))
+    with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
+        report = await env.mailbox().poll_once()
+    assert report == PollReport(rejected=1)
+    assert env.sink.submit_calls == [] and env.sink.triage_calls == []
+    assert env.count("INBOX") == 0 and env.count("Rejected") == 1
+    assert (await env.mailbox().poll_once()) == PollReport()  # no loop
+    _assert_no_personal_data(caplog, sender)
+
+
+async def test_a_human_saying_auto_submitted_no_is_accepted(env: Env) -> None:
+    env.deliver(message(*ENGLISH_ACCESS, headers={"Auto-Submitted": "no"}))
+    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+
+
+async def test_delivery_report_is_rejected(env: Env) -> None:
+    raw = (
+        b"From: Mail Delivery System <mailer-daemon@mx.example.org>\r\n"
+        b"To: privacy@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        b"Message-ID: <bounce-1@mx.example.org>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n\r\n'
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nThis is the mail system. Please delete my data.\r\n"
+        b"--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n"
+        b"Final-Recipient: rfc822; someone@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b1--\r\n"
+    )
+    env.deliver(raw)
+    assert (await env.mailbox().poll_once()) == PollReport(rejected=1)
+    assert env.count("Rejected") == 1
+
+
+async def test_invalid_sender_is_rejected_with_one_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.deliver(message(*ENGLISH_ACCESS, sender="jane@localhost", name="Jane Doe"))
+    ok = message(*ENGLISH_ACCESS, sender="jane.doe@example.net", name="Jane Doe")
+    env.deliver(ok)
+    with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
+        report = await env.mailbox().poll_once()
+    assert report == PollReport(submitted=1, rejected=1)  # one bad message does not block the next
+    assert env.count("Rejected") == 1 and env.count("Processed") == 1
+    rejected = [r for r in caplog.records if "message uid" in r.getMessage() and "rejected" in r.getMessage()]
+    assert len(rejected) == 1 and "invalid_sender" in rejected[0].getMessage()
+    _assert_no_personal_data(caplog, "jane@localhost", "Jane Doe", "Subject access request")
+
+
+async def test_submission_error_from_the_service_is_rejected_and_its_files_deleted(env: Env) -> None:
+    # A rectification with no text at all: the service's validation refuses it (SubmissionError).
+    msg = message("Rectification", "", sender="jane.doe@example.net")
+    msg.add_attachment(b"%PDF-1.4 identity card", maintype="application", subtype="pdf", filename="id.pdf")
+    env.deliver(msg)
+
+    report = await env.mailbox(classifier=fixed(RequestKind.RECTIFICATION)).poll_once()
+
+    assert report == PollReport(rejected=1)
+    assert env.sink.requests == {}
+    (row,) = env.rows()
+    assert (row.state, row.outcome, row.reason) == ("moved", "rejected", "invalid_submission")
+    assert env.store.list(row.request_id) == []  # no request will ever review the ID copy
+    assert env.count("Rejected") == 1
+    assert (await env.mailbox(classifier=fixed(RequestKind.RECTIFICATION)).poll_once()) == PollReport()
+
+
+async def test_rate_limited_message_stays_for_the_next_poll(env: Env) -> None:
+    env.deliver(message(*ENGLISH_ACCESS))
+    env.sink.rate_limited = 1
+    assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
+    assert env.count("INBOX") == 1
+    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+    assert len(set(env.sink.submit_calls)) == 1 and len(env.sink.requests) == 1
+
+
+async def test_id_document_attachment_is_stored_encrypted(env: Env) -> None:
+    scan = b"\xff\xd8\xff\xe0JFIF PASSPORT-NUMBER-12AB34567 " + os.urandom(2048)
+    msg = message(*ENGLISH_ACCESS)
+    msg.add_attachment(scan, maintype="image", subtype="jpeg", filename="passeport Jérôme.jpg")
+    env.deliver(msg)
+
+    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+
+    (request_id,) = env.sink.requests
+    assert env.store.list(request_id) == [AttachmentInfo(1, "passeport Jérôme.jpg", "image/jpeg", len(scan))]
+    assert env.store.read(request_id, 1) == scan
+    directory = env.tmp / "attachments" / request_id
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        on_disk = path.read_bytes()
+        assert b"PASSPORT-NUMBER" not in on_disk and b"passeport" not in on_disk
+        assert scan[:64] not in on_disk
+    # Bound to its request and index: a file copied under another request does not open.
+    other = env.tmp / "attachments" / "dsr-2026-03-ZZZZZZ"
+    other.mkdir(mode=0o700)
+    for path in directory.iterdir():
+        (other / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(DecryptionError):
+        env.store.read("dsr-2026-03-ZZZZZZ", 1)
+
+    assert env.store.delete_all(request_id) == 1  # once identity is confirmed
+    assert env.store.list(request_id) == [] and not directory.exists()
+    assert (await env.mailbox().poll_once()) == PollReport()  # never re-stored
+
+
+async def test_message_attached_to_an_open_request_brings_its_files(env: Env) -> None:
+    env.sink.open_request = "dsr-2026-02-OPEN01"
+    msg = message(*ENGLISH_ACCESS)
+    msg.add_attachment(b"%PDF id card", maintype="application", subtype="pdf", filename="id.pdf")
+    env.deliver(msg)
+
+    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+
+    (row,) = env.rows()
+    assert row.reference == "dsr-2026-02-OPEN01" and row.request_id != row.reference
+    assert env.store.list(row.request_id) == []
+    assert env.store.read("dsr-2026-02-OPEN01", 1) == b"%PDF id card"
+
+
+async def test_attachments_over_the_limits_are_not_kept(env: Env) -> None:
+    msg = message(*ENGLISH_ACCESS)
+    for n in range(3):
+        msg.add_attachment(f"page {n}".encode(), maintype="application", subtype="pdf", filename=f"p{n}.pdf")
+    msg.add_attachment(b"x" * 5000, maintype="image", subtype="png", filename="big.png")
+    env.deliver(msg)
+    report = await env.mailbox(max_attachments=2, max_attachment_bytes=4000).poll_once()
+    assert report == PollReport(submitted=1)
+    (request_id,) = env.sink.requests
+    assert [a.filename for a in env.store.list(request_id)] == ["p0.pdf", "p1.pdf"]
+
+
+async def test_decoding_real_world_mime(env: Env) -> None:
+    quoted_printable = (
+        "From: =?utf-8?q?Ren=C3=A9e_L=C3=A9vesque?= <renee@example.fr>\r\n"
+        "To: privacy@example.com\r\nMessage-ID: <qp-1@example.fr>\r\n"
+        "Subject: =?utf-8?b?RGVtYW5kZSBkJ2FjY8OocyDDoCBtZXMgZG9ubsOpZXM=?=\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        "Bonjour,=0D=0A=0D=0AJe souhaite acc=C3=A9der =C3=A0 mes donn=C3=A9es, o=C3=B9 qu'elles soient =\r\n"
+        "stock=C3=A9es. D=C3=A9j=C3=A0 merci.\r\n"
+    ).encode("ascii")
+    latin1 = (
+        b"From: =?iso-8859-1?q?Fran=E7ois_M=FCller?= <francois@example.fr>\r\n"
+        b"To: privacy@example.com\r\nMessage-ID: <latin1-1@example.fr>\r\nSubject: =?ISO-8859-1?Q?donn=E9es?=\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+        b"Veuillez effacer mes donn\xe9es. Co\xfbt : 0 \x80, \x93merci\x94.\r\n"  # 0x80 0x93 0x94: windows-1252
+    )
+    html_only = (
+        b"From: ana@example.org\r\nTo: privacy@example.com\r\nMessage-ID: <html-1@example.org>\r\n"
+        b"Subject: Access\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=windows-1252\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(
+            "<html><head><style>p{color:red}</style><title>t</title></head><body><p>Hello,</p>"
+            "<p>I want a <b>copy</b> of my data &amp; the r\u00e9sum\u00e9 you hold.<br>Thanks</p>"
+            "<script>alert(1)</script></body></html>".encode("cp1252")
+        ).replace(b"\n", b"\r\n")
+    )
+    alternative = EmailMessage()
+    alternative["From"] = "Zoë <zoe@example.org>"
+    alternative["To"] = "privacy@example.com"
+    alternative["Message-ID"] = "<alt-1@example.org>"
+    alternative["Subject"] = "Accès"
+    alternative.set_content("Texte brut préféré.")
+    alternative.add_alternative("<p>HTML <i>ignoré</i></p>", subtype="html")
+    for n, raw in enumerate([quoted_printable, latin1, html_only, alternative.as_bytes()]):
+        env.deliver(raw, received_at=RECEIVED + timedelta(seconds=n))
+    classifier = fixed(RequestKind.ACCESS)
+
+    assert (await env.mailbox(classifier=classifier).poll_once()) == PollReport(submitted=4)
+
+    by_sender = {s.email: s for s in env.sink.requests.values()}
+    seen = dict(classifier.seen)  # type: ignore[attr-defined]
+    qp = by_sender["renee@example.fr"]
+    assert qp.name == "Renée Lévesque"
+    assert qp.details == "Bonjour,\n\nJe souhaite accéder à mes données, où qu'elles soient stockées. Déjà merci."
+    assert "Demande d'accès à mes données" in seen  # RFC 2047 (base64) subject
+    latin = by_sender["francois@example.fr"]
+    assert latin.name == "François Müller"
+    assert latin.details == "Veuillez effacer mes données. Coût : 0 €, “merci”."
+    assert "données" in seen
+    html = by_sender["ana@example.org"]
+    assert html.details == "Hello,\nI want a copy of my data & the résumé you hold.\nThanks"
+    assert "alert" not in html.details and "color" not in html.details
+    assert by_sender["zoe@example.org"].details == "Texte brut préféré."
+
+
+async def test_message_over_the_size_limit_is_rejected_not_crashing(env: Env) -> None:
+    big = message(*ENGLISH_ACCESS, sender="big@example.org")
+    big.add_attachment(os.urandom(120_000), maintype="application", subtype="octet-stream", filename="dump.bin")
+    env.deliver(big)
+    env.deliver(message(*FRENCH_ERASURE))
+
+    report = await env.mailbox(max_message_bytes=100_000).poll_once()
+
+    assert report == PollReport(submitted=1, rejected=1)
+    assert env.count("Rejected") == 1 and env.count("Processed") == 1 and env.count("INBOX") == 0
+    assert [s.email for s in env.sink.requests.values()] == ["jerome.lefevre@example.org"]
+
+
+async def test_certificate_from_another_ca_fails_the_connection(env: Env) -> None:
+    other = CertificateAuthority(name="someone else's CA")
+    cafile = env.tmp / "other-ca.pem"
+    cafile.write_bytes(other.cert_pem)
+    env.deliver(message(*ENGLISH_ACCESS))
+
+    with pytest.raises(MailboxConnectionError, match=r"certificate .* could not be verified") as info:
+        await env.mailbox(cafile=cafile).poll_once()
+
+    assert f"{env.dovecot.host}:{env.dovecot.port}" in str(info.value)
+    assert env.sink.submit_calls == [] and env.count("INBOX") == 1
+
+
+async def test_wrong_password_is_a_clear_error(env: Env) -> None:
+    # A server of its own: after a failed login Dovecot delays every login from the same IP for a while
+    # (anvil's auth penalty), which would slow the other tests down.
+    with Dovecot(env.dovecot.binary) as other:
+        user = other.new_user()
+        settings = env.settings(port=other.port, username=user.username, password="not-the-password",
+                                cafile=other.cafile)
+        mailbox = Mailbox(settings, env.sink, engine=env.ledger.engine, keyring=TEST_KEYRING, attachments=env.store)
+        with pytest.raises(MailboxConnectionError, match="refused the login"):
+            await mailbox.poll_once()
+
+
+async def test_server_without_move_gets_copy_store_expunge(env: Env) -> None:
+    class OldServer(Mailbox):
+        async def _connect(self):  # type: ignore[no-untyped-def]
+            client = await super()._connect()
+            client.protocol.capabilities -= {"MOVE", "UIDPLUS"}
+            return client
+
+    env.deliver(message(*ENGLISH_ACCESS))
+    env.deliver(message("Hello", "Hi"))
+    mailbox = OldServer(env.settings(), env.sink, engine=env.ledger.engine, keyring=TEST_KEYRING,
+                        attachments=env.store)
+    assert (await mailbox.poll_once()) == PollReport(submitted=1, triaged=1)
+    assert env.count("INBOX") == 0 and env.count("Processed") == 2
+
+
+async def test_run_polls_until_stopped_and_survives_a_bad_connection(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.deliver(message(*ENGLISH_ACCESS))
+    stop = asyncio.Event()
+    with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
+        bad = asyncio.ensure_future(env.mailbox(port=_closed_port(), poll_interval=0.05).run(stop))
+        good = asyncio.ensure_future(env.mailbox(poll_interval=0.05).run(stop))
+        for _ in range(200):
+            if env.sink.requests:
+                break
+            await asyncio.sleep(0.05)
+        env.deliver(message(*FRENCH_ERASURE))
+        for _ in range(200):
+            if len(env.sink.requests) == 2:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(bad, good), 20)
+    assert len(env.sink.requests) == 2
+    assert any("mailbox poll failed" in r.getMessage() for r in caplog.records)
+    _assert_no_personal_data(caplog, "jerome", "Jane", "example.org")
+
+
+async def test_works_on_postgresql_too(dovecot: Dovecot, user: ImapUser, tmp_path: Path, postgres_url: str) -> None:
+    ledger = Ledger(postgres_url, TEST_KEYRING)
+    try:
+        env = Env(dovecot, user, tmp_path, ledger, RecordingSink(home=tmp_path),
+                  AttachmentStore(tmp_path / "attachments", TEST_KEYRING))
+        env.deliver(message(*ENGLISH_ACCESS))
+        env.sink.crash_after_start = 1
+        assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
+        assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+        assert len(env.sink.requests) == 1
+        (row,) = env.rows()
+        assert (row.state, row.outcome) == ("moved", "submitted")
+    finally:
+        ledger.close()
+
+
+def _closed_port() -> int:
+    from tests.harness import free_port
+
+    return free_port()  # nothing listens there
+
+
+def _assert_no_personal_data(caplog: pytest.LogCaptureFixture, *values: str) -> None:
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for value in values:
+        assert value not in text
+
+
+# --- units without a server ----------------------------------------------------------------------------
+
+
+def test_parse_internaldate() -> None:
+    assert parse_internaldate(" 2-Mar-2026 09:30:15 +0100") == RECEIVED
+    assert parse_internaldate("02-Mar-2026 08:30:15 +0000") == RECEIVED
+
+
+def test_html_to_text_keeps_blocks_and_drops_code() -> None:
+    assert html_to_text("<div>a<br/>b</div><ul><li>c</li><li>d &eacute;</li></ul>") == "a\nb\nc\nd é"
+
+
+def test_auto_reply_detection_on_headers() -> None:
+    human = parse_headers("From: a@example.org\r\nSubject: x\r\n\r\n")
+    assert auto_reply_reason(human) is None
+    assert auto_reply_reason(parse_headers("From: a@example.org\r\nPrecedence: junk\r\n\r\n")) == "precedence"
+    assert auto_reply_reason(parse_headers("From: a@example.org\r\nAuto-Submitted: auto-generated\r\n\r\n"))
+
+
+def parse_headers(text: str) -> Any:
+    import email
+    import email.policy
+
+    return email.message_from_bytes(text.encode(), policy=email.policy.default)
+
+
+def test_parse_message_without_from_or_body() -> None:
+    parsed = parse_message(b"Subject: x\r\n\r\n")
+    assert (parsed.sender, parsed.name, parsed.body, parsed.message_id) == ("", "", "", None)
+
+
+def test_attachment_store_limits(tmp_path: Path) -> None:
+    store = AttachmentStore(tmp_path, TEST_KEYRING, max_bytes=10, max_count=2)
+    with pytest.raises(AttachmentLimitError):
+        store.save("dsr-2026-03-AAAAAA", "a.pdf", "application/pdf", b"x" * 11)
+    store.save("dsr-2026-03-AAAAAA", "../../etc/passwd", "not a type", b"1")
+    store.save("dsr-2026-03-AAAAAA", "b.pdf", "application/pdf", b"2")
+    with pytest.raises(AttachmentLimitError):
+        store.save("dsr-2026-03-AAAAAA", "c.pdf", "application/pdf", b"3")
+    assert store.list("dsr-2026-03-AAAAAA") == [
+        AttachmentInfo(1, "passwd", "application/octet-stream", 1),
+        AttachmentInfo(2, "b.pdf", "application/pdf", 1),
+    ]
+    with pytest.raises(ValueError):
+        store.list("../escape")
+    assert store.transfer("dsr-2026-03-AAAAAA", "dsr-2026-03-BBBBBB") == 2
+    assert store.read("dsr-2026-03-BBBBBB", 2) == b"2" and store.list("dsr-2026-03-AAAAAA") == []
+    with pytest.raises(FileNotFoundError):
+        store.read("dsr-2026-03-BBBBBB", 3)
+
+
+def test_message_state_machine_values() -> None:
+    assert [s.value for s in MessageState] == ["reserved", "submitted", "triaged", "rejected", "moved"]
