@@ -418,3 +418,51 @@ async def test_web_form_submission_starts_the_request_and_confirms_it(intake: In
     state = await poll(lambda: _status_or_none(intake, reference))
     assert state.kind.value == "portability" and state.channel.value == "form" and state.language == Language.EN
     assert [r.request_id for r in intake.ledger.requests()] == [reference]
+
+
+# --- email intake, end to end: Dovecot -> classifier -> service -> workflow --------------------------------
+
+from tests.intake.test_mailbox import dovecot  # noqa: E402,F401 - the module's real IMAPS server fixture
+
+
+async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is_deleted(
+    intake: Intake, dovecot  # noqa: F811
+) -> None:
+    from email.message import EmailMessage
+
+    from intake.mailbox import Mailbox, MailboxSettings
+    from worker import attachment_store
+
+    user = dovecot.new_user()
+    message = EmailMessage()
+    message["From"] = "Ruth Evans <ruth.evans@example.co.uk>"
+    message["To"] = "privacy@example.com"
+    message["Subject"] = "Subject access request"
+    message["Message-ID"] = "<sar-2026-11-24.1@mail.example.co.uk>"
+    message.set_content("Hello,\n\nUnder Article 15 GDPR, please send me a copy of all the personal data you "
+                        "hold about me.\n\nKind regards,\nRuth Evans")
+    message.add_attachment(b"%PDF-1.4 passport scan", maintype="application", subtype="pdf", filename="id.pdf")
+    dovecot.deliver(user, message.as_bytes(), received_at=datetime.now(UTC) - timedelta(hours=1))
+
+    store = attachment_store(intake.settings, TEST_KEYRING)
+    mailbox = Mailbox(
+        MailboxSettings(host="127.0.0.1", port=dovecot.port, username=user.username, password=user.password,
+                        ssl_context=dovecot.ssl_context(), processed_folder="DSR/Processed"),
+        intake.service, engine=intake.ledger.engine, keyring=TEST_KEYRING, attachments=store,
+    )
+    report = await mailbox.poll_once()
+    assert report.submitted == 1, report
+    assert (await mailbox.poll_once()).submitted == 0  # moved out: nothing new
+    [request] = intake.ledger.requests()
+    assert request.kind.value == "access" and request.channel.value == "email"
+    assert [a.filename for a in store.list(request.request_id)] == ["id.pdf"]
+
+    await wait_for_mail(intake.mail, 2)
+    for _, sent in intake.mail.messages:
+        assert sent["In-Reply-To"] == "<sar-2026-11-24.1@mail.example.co.uk>"
+    text = "\n".join(bodies(intake.mail, "ruth.evans@example.co.uk"))
+    code = re.search(r"confirmation code: (\d{6})", text).group(1)
+    confirmed = await intake.http.post("/verify", data={"reference": request.request_id, "code": code})
+    assert confirmed.status_code == 200
+    await poll(lambda: _events(intake, request.request_id, "identity_documents_deleted"))
+    assert store.list(request.request_id) == []
