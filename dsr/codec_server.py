@@ -100,7 +100,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """
     too_large = False
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _is_ascii_number(declared) and int(declared) > limit:
         if int(declared) > _DRAIN_LIMIT:
             raise _BodyTooLarge  # not worth reading; the client sees the connection close
         too_large = True
@@ -356,3 +356,8 @@ async def serve_codec(
             raise RuntimeError(f"codec server on {host}:{bound_port} stopped during startup")
         await asyncio.sleep(0.01)
     return RunningCodecServer(server=server, task=task, host=host, port=bound_port)
+
+
+def _is_ascii_number(value: str) -> bool:
+    """``str.isdigit`` alone accepts "²" or "١", which ``int`` then refuses: a header must not cause a 500."""
+    return value.isascii() and value.isdigit()

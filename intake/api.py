@@ -245,7 +245,7 @@ def api_router(
         status_code=202,
         response_model=AcceptedBody,
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": RequestBody.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+            "schema": _inline_schema(RequestBody)}}}},
         responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
         summary="Submit a data-subject request",
     )
@@ -328,7 +328,7 @@ def api_router(
             return raw
         signature = request.headers.get("x-dsr-signature", "")
         stamp = request.headers.get("x-dsr-timestamp", "")
-        if not signature.startswith("sha256=") or not stamp.isdigit() or len(stamp) > 12:
+        if not signature.startswith("sha256=") or not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
             return error(401, "missing X-DSR-Signature (sha256=<hex>) or X-DSR-Timestamp (Unix seconds)")
         expected = hmac.new(ticket.secret.encode(), stamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(signature.removeprefix("sha256=").strip().encode("utf-8", "replace"),
@@ -353,6 +353,25 @@ def api_router(
         )
 
     return router
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` inlined: the body is declared by hand (the route reads
+    raw bytes for signatures), so nothing would register those definitions in the OpenAPI components."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
 
 
 def _accepted(accepted: Accepted) -> dict[str, Any]:

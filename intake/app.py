@@ -246,9 +246,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     413 page instead of a reset connection.
     """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > _DRAIN_LIMIT:
+    if _is_ascii_number(declared) and int(declared) > _DRAIN_LIMIT:
         raise _BodyTooLarge  # not worth reading: the connection is closed after the 413
-    too_large = declared.isdigit() and int(declared) > limit
+    too_large = _is_ascii_number(declared) and int(declared) > limit
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
@@ -525,3 +525,8 @@ async def _stream(first: bytes | None, chunks: Iterator[bytes], request_id: str)
         raise
     finally:
         await run_in_threadpool(_close, chunks)
+
+
+def _is_ascii_number(value: str) -> bool:
+    """``str.isdigit`` alone accepts "²" or "١", which ``int`` then refuses: a header must not cause a 500."""
+    return value.isascii() and value.isdigit()

@@ -367,9 +367,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The body, or _BodyTooLarge past ``limit`` bytes (an oversize body is drained up to a point, so the
     client reads the 413 page instead of a reset connection)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > _DRAIN_LIMIT:
+    if declared.isascii() and declared.isdigit() and int(declared) > _DRAIN_LIMIT:
         raise _BodyTooLarge
-    too_large = declared.isdigit() and int(declared) > limit
+    too_large = declared.isascii() and declared.isdigit() and int(declared) > limit
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
