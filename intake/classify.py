@@ -43,7 +43,7 @@ class Classification:
     confidence: float
     """0..1: how strongly the best-supported kind is backed and how far ahead of the runner-up it is."""
     reason: str
-    """Short and free of personal data, e.g. ``erasure: 'supprimer ... compte' (subject)``."""
+    """Short and free of personal data, e.g. ``erasure: 'supprimer/effacer compte/donnees' (subject)``."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +141,14 @@ PATTERNS: dict[RequestKind, tuple[_Pattern, ...]] = {
            rf"\b(?:mon|ma|mes) {_FIELD_FR}\b(?:\s+[^\s.,;:!?]+){{0,3}}?\s+(?:a|ont) change\b", 2.5, FR),
         _p("mon nom devrait etre", rf"\b{_FIELD_FR}\b.{{0,40}}\b(?:devrait etre|doit etre)\b", 3.0, FR),
         _p("erreur dans mon nom", rf"\berreur (?:dans|sur) (?:mon|ma|mes|le|la) {_FIELD_FR}", 2.5, FR),
-        _p("modifier mon adresse",
+        _p("modifier mes coordonnees",
            rf"\b(?:changer|modifier|corrig\w*|rectifi\w*|modification de|changement de)\b\s+(?:mon|ma|mes) "
            rf"{_FIELD_FR}", 2.5, FR),
         _p("que mon nom soit change",
            rf"\b(?:mon|ma|mes) {_FIELD_FR}\b(?:\s+\S+){{0,2}}?\s+(?:soit|soient) "
            r"(?:change|modifie|corrige|mis a jour|rectifie)", 3.0, FR),
         _p("rectify", r"\brectif\w*", 3.0, EN),
-        _p("correct my address",
+        _p("correct/update my details",
            rf"\b(?:correct|fix|amend|update|change|edit)\b\s+(?:\S+\s+){{0,3}}?{_FIELD_EN}\b", 3.0, EN),
         _p("my name is spelt wrong",
            rf"\b{_FIELD_EN}\b.{{0,40}}\b(?:spelt wrong|spelled wrong|misspel\w*|wrong|incorrect|inaccurate|"
@@ -166,7 +166,7 @@ PATTERNS: dict[RequestKind, tuple[_Pattern, ...]] = {
         _p("article 16", _ARTICLE.format(n="16"), 2.5, None),
     ),
     RequestKind.ERASURE: (
-        _p("supprimer/effacer ... donnees",
+        _p("supprimer/effacer compte/donnees",
            r"\b(?:sup+rim\w*|sup+res+ion|effac\w*|retir\w*|enlev\w*|detrui\w*|destruction)\b(?:\s+\S+){0,5}?\s+"
            rf"(?:compte|{_DATA_FR}|profil|coordonnees|adresse|tout|fichiers?|base|historique)\b", 3.0, FR),
         _p("que mon compte soit supprime",
@@ -180,7 +180,7 @@ PATTERNS: dict[RequestKind, tuple[_Pattern, ...]] = {
         _p("oubliez-moi", r"\boubliez[- ]moi\b", 3.5, FR),
         _p("fermer mon compte", r"\b(?:fermer|fermeture de|cloturer|cloture de) (?:mon |ce )?compte\b", 2.0, FR),
         _p("desinscription totale", r"\bdesinscri\w* (?:totale?|complete?|definitive?|de tout)\b", 2.5, FR),
-        _p("delete my data",
+        _p("delete my account/data",
            r"\b(?:delete|deleting|deletion|erase|erasing|remove|removing|removal|wipe|wiping|purge|purging|"
            r"get rid of|destroy|destroying)\b(?:\s+\S+){0,5}?\s+"
            rf"(?:account|acount|{_DATA_EN}|everything|profile|history|personal)\b", 3.0, EN),

@@ -211,6 +211,15 @@ def test_a_copy_of_an_identity_document_is_not_an_access_request(body: str, expe
     assert classify("", body).kind is expected
 
 
+@pytest.mark.parametrize("body", [
+    "Please remove my phone number from my profile.",
+    "Merci de retirer mon numéro de téléphone de ma fiche client.",
+])
+def test_removing_one_detail_is_not_plain_erasure(body: str) -> None:
+    # Art. 16 or 17? Erasing the whole account for it would be the wrong guess.
+    assert classify("", body).kind is None
+
+
 def test_a_one_megabyte_body_returns() -> None:
     body = "Bonjour, merci de supprimer mon compte. " + ("blah " * 200_000) + "> " * 100_000
     assert len(body) > 1_000_000
