@@ -48,6 +48,7 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payload, Payloads
 
 from dsr.crypto import EncryptionCodec, KeyRing, KeyRingError
+from dsr.http_body import BodyTooLarge, read_limited_body
 
 __all__ = [
     "DEFAULT_CODEC_PORT",
@@ -86,38 +87,6 @@ def _origin_variants(allowed_origin: str) -> frozenset[str]:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, or _BodyTooLarge once it exceeds ``limit`` bytes.
-
-    An oversize body is read to its end (and thrown away, up to a cap) so the client receives the 413
-    instead of a reset connection.
-    """
-    too_large = False
-    declared = request.headers.get("content-length")
-    if declared is not None and _is_ascii_number(declared) and int(declared) > limit:
-        if int(declared) > _DRAIN_LIMIT:
-            raise _BodyTooLarge  # not worth reading; the client sees the connection close
-        too_large = True
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if too_large or total > limit:
-            too_large = True
-            chunks.clear()
-            if total > _DRAIN_LIMIT:
-                break
-            continue
-        chunks.append(chunk)
-    if too_large:
-        raise _BodyTooLarge
-    return b"".join(chunks)
 
 
 def _parse_payloads(body: bytes) -> Payloads:
@@ -229,8 +198,8 @@ def codec_app(
             headers["WWW-Authenticate"] = "Bearer"
             return _error(401, "missing or invalid bearer token", headers)
         try:
-            body = await _read_body(request, max_body_bytes)
-        except _BodyTooLarge:
+            body = await read_limited_body(request, max_body_bytes, drain_limit=_DRAIN_LIMIT)
+        except BodyTooLarge:
             return _error(413, f"body larger than {max_body_bytes} bytes", headers)
         try:
             payloads = _parse_payloads(body)
@@ -357,7 +326,3 @@ async def serve_codec(
         await asyncio.sleep(0.01)
     return RunningCodecServer(server=server, task=task, host=host, port=bound_port)
 
-
-def _is_ascii_number(value: str) -> bool:
-    """``str.isdigit`` alone accepts "²" or "١", which ``int`` then refuses: a header must not cause a 500."""
-    return value.isascii() and value.isdigit()

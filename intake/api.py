@@ -48,8 +48,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.model import WORKFLOW_ID_PREFIX, Language, RequestKind
-from intake.app import _BodyTooLarge, _read_body
 from intake.service import Accepted, IntakeSink, IntakeUnavailable, RateLimited
 from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 
@@ -205,8 +205,8 @@ def api_router(
 
     async def read(request: Request) -> bytes | JSONResponse:
         try:
-            return await _read_body(request, MAX_BODY_BYTES)
-        except _BodyTooLarge:
+            return await read_limited_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge:
             return error(413, f"body larger than {MAX_BODY_BYTES} bytes", headers={"Connection": "close"})
 
     def parse_json(raw: bytes, model: type[BaseModel]) -> BaseModel | JSONResponse:

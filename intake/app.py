@@ -51,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
 
 __all__ = [
@@ -67,8 +68,6 @@ logger = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4 * 1024
 MAX_ATTEMPTS = 5
 LOCKOUT = timedelta(minutes=15)
-_DRAIN_LIMIT = 1024 * 1024
-"""Oversize bodies up to this size are read and thrown away before the 413 (see ``_read_body``)."""
 MAX_TRACKED = 10_000
 """Most requests whose failed attempts are remembered at once (only authentic tokens get an entry)."""
 
@@ -235,36 +234,6 @@ class _AttemptLimiter:
             del self._entries[next(iter(self._entries))]
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or _BodyTooLarge past ``limit`` bytes.
-
-    An oversize body is read on and thrown away (up to :data:`_DRAIN_LIMIT`) so the client receives the
-    413 page instead of a reset connection.
-    """
-    declared = request.headers.get("content-length", "")
-    if _is_ascii_number(declared) and int(declared) > _DRAIN_LIMIT:
-        raise _BodyTooLarge  # not worth reading: the connection is closed after the 413
-    too_large = _is_ascii_number(declared) and int(declared) > limit
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if too_large or total > limit:
-            too_large = True
-            chunks.clear()
-            if total > _DRAIN_LIMIT:
-                break
-            continue
-        chunks.append(chunk)
-    if too_large:
-        raise _BodyTooLarge
-    return b"".join(chunks)
-
-
 def _parse_form(body: bytes) -> dict[str, str]:
     """Fields of an urlencoded body (first value of each); ValueError if it is not one."""
     text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
@@ -401,8 +370,8 @@ def intake_app(
         if left is not None:
             return locked_page(request, left)
         try:
-            body = await _read_body(request, max_form_bytes)
-        except _BodyTooLarge:
+            body = await read_limited_body(request, max_form_bytes)
+        except BodyTooLarge:
             return page(request, 413, "too_large_title", ("retry_body",), extra_headers={"Connection": "close"})
         content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
@@ -526,7 +495,3 @@ async def _stream(first: bytes | None, chunks: Iterator[bytes], request_id: str)
     finally:
         await run_in_threadpool(_close, chunks)
 
-
-def _is_ascii_number(value: str) -> bool:
-    """``str.isdigit`` alone accepts "²" or "١", which ``int`` then refuses: a header must not cause a 500."""
-    return value.isascii() and value.isdigit()

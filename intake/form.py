@@ -53,6 +53,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.model import Channel, RequestKind, is_valid_email
 from intake.app import CSP, choose_language
 from intake.service import Accepted, IntakeSink, RateLimited
@@ -65,7 +66,6 @@ logger = logging.getLogger(__name__)
 # Details may hold MAX_DETAILS characters; percent-encoded, an accented or Cyrillic character takes 6
 # bytes, so 16 KiB would turn a legitimate long message into a 413. 64 KiB fits 10,000 such characters.
 MAX_FORM_BYTES = 64 * 1024
-_DRAIN_LIMIT = 1024 * 1024
 """Oversize bodies up to this size are read and thrown away, so the browser shows our 413 page."""
 _MAX_FIELDS = 20
 CSRF_FIELD = "csrf"
@@ -359,33 +359,6 @@ def _cookie_nonce(request: Request) -> bytes | None:
     return nonce if nonce is not None and len(nonce) == _NONCE_BYTES else None
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or _BodyTooLarge past ``limit`` bytes (an oversize body is drained up to a point, so the
-    client reads the 413 page instead of a reset connection)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > _DRAIN_LIMIT:
-        raise _BodyTooLarge
-    too_large = declared.isascii() and declared.isdigit() and int(declared) > limit
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if too_large or total > limit:
-            too_large = True
-            chunks.clear()
-            if total > _DRAIN_LIMIT:
-                break
-            continue
-        chunks.append(chunk)
-    if too_large:
-        raise _BodyTooLarge
-    return b"".join(chunks)
-
-
 def _parse_form(body: bytes) -> dict[str, list[str]]:
     """Every value of every field of an urlencoded body; ValueError when it is not one (bad UTF-8, raw or
     percent-encoded, or too many fields)."""
@@ -649,8 +622,8 @@ def form_router(
     async def submit(request: Request) -> Response:
         lang = request_language(request)  # the form's action carries ?lang, so even a 413 page is right
         try:
-            body = await _read_body(request, MAX_FORM_BYTES)
-        except _BodyTooLarge:
+            body = await read_limited_body(request, MAX_FORM_BYTES)
+        except BodyTooLarge:
             return message_page(request, lang, 413, "too_large_title", "too_large_body", extra={"Connection": "close"})
         content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":

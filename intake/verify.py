@@ -20,14 +20,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
 from intake.app import (
     _STYLE,
     CSP,
     _AttemptLimiter,
-    _BodyTooLarge,
     _parse_form,
-    _read_body,
     choose_language,
 )
 from intake.service import IdentityOutcome, IntakeUnavailable
@@ -187,8 +186,8 @@ def verify_router(
 
     async def read_form(request: Request) -> dict[str, str] | HTMLResponse:
         try:
-            raw = await _read_body(request, 4096)
-        except _BodyTooLarge:
+            raw = await read_limited_body(request, 4096)
+        except BodyTooLarge:
             return respond(request, 413, text(request)["bad_form_title"], [], headers={"Connection": "close"})
         if request.headers.get("content-type", "").partition(";")[0].strip().lower() != \
                 "application/x-www-form-urlencoded":
