@@ -58,6 +58,7 @@ from dsr.model import Channel, RequestKind, is_valid_email
 from intake.app import CSP, choose_language
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
+from templates import format_date
 
 __all__ = ["CSRF_COOKIE", "CSRF_FIELD", "CSRF_LIFETIME", "MAX_FORM_BYTES", "form_router"]
 
@@ -259,17 +260,6 @@ _TEXT: dict[str, dict[str, str]] = {
     },
 }
 
-_MONTHS = {
-    "fr": (
-        "janvier", "février", "mars", "avril", "mai", "juin",
-        "juillet", "août", "septembre", "octobre", "novembre", "décembre",
-    ),
-    "en": (
-        "January", "February", "March", "April", "May", "June",
-        "July", "August", "September", "October", "November", "December",
-    ),
-}  # fmt: skip
-
 # Contrast: text #1a1a1a, links #1d4ed8 and errors #b00020 on white all exceed WCAG AA (4.5:1). Focus is
 # a thick outline on every control and link, never removed.
 _STYLE = (
@@ -315,8 +305,7 @@ def _unb64(text: str) -> bytes | None:
 
 def _format_date(day: date, lang: str) -> str:
     """``23 décembre 2026`` (``1er`` for the first: French usage) or ``23 December 2026``."""
-    number = "1er" if lang == "fr" and day.day == 1 else str(day.day)
-    return f"{number}\u00a0{_MONTHS[lang][day.month - 1]} {day.year}"
+    return format_date(day, lang).replace(" ", "\u00a0", 1)  # on a page, the day never ends a line
 
 
 def _minutes(count: int, lang: str) -> str:

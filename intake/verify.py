@@ -23,13 +23,14 @@ from fastapi.responses import HTMLResponse, Response
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
 from intake.app import (
-    _STYLE,
     CSP,
     _AttemptLimiter,
+    _page,
     _parse_form,
     choose_language,
 )
 from intake.service import IdentityOutcome, IntakeUnavailable
+from templates import format_date
 
 MAX_ATTEMPTS = 5
 LOCKOUT = timedelta(minutes=15)
@@ -106,16 +107,6 @@ _TEXT = {
 }
 
 
-def _date_words(value, lang: str) -> str:
-    months = {
-        "fr": ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre",
-               "novembre", "décembre"),
-        "en": ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-               "November", "December"),
-    }[lang]
-    return f"{value.day} {months[value.month - 1]} {value.year}"
-
-
 def verify_router(
     links: IdentityLinks,
     confirm: Confirmer,
@@ -131,14 +122,7 @@ def verify_router(
     def respond(request: Request, status: int, title: str, paragraphs: list[str], body: str = "",
                 headers: dict[str, str] | None = None) -> HTMLResponse:
         lang = choose_language(request.headers.get("accept-language"), default_language)
-        parts = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
-        page = (
-            f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            '<meta name="robots" content="noindex, nofollow">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
-            f"<body>\n<main>\n<h1>{html.escape(title)}</h1>\n{parts}{body}\n</main>\n</body>\n</html>\n"
-        )
+        page = _page(lang, title, paragraphs, body)
         return HTMLResponse(page, status_code=status, headers={
             "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Vary": "Accept-Language",
@@ -159,7 +143,7 @@ def verify_router(
             return message(request, "error", 503)
         lang = choose_language(request.headers.get("accept-language"), default_language)
         if outcome.state == "confirmed":
-            deadline = _date_words(outcome.deadline, lang) if outcome.deadline else ""
+            deadline = format_date(outcome.deadline, lang) if outcome.deadline else ""
             return message(request, "confirmed", deadline=deadline)
         if outcome.state == "already":
             return message(request, "already")

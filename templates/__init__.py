@@ -157,7 +157,11 @@ def date_words(ctx: Any, value: str, lang: str | None = None) -> str:
     day = _parse_date(str(value))
     if day is None:
         return str(value)
-    language = _lang(ctx, lang)
+    return format_date(day, _lang(ctx, lang))
+
+
+def format_date(day: date, language: str) -> str:
+    """``1er décembre 2026`` / ``1 December 2026``: dates as the notices and the intake pages write them."""
     month = _MONTHS[language][day.month - 1]
     if language == "fr":
         return f"{'1er' if day.day == 1 else day.day} {month} {day.year}"
