@@ -211,8 +211,6 @@ class IntakeService:
     async def _attach_to_open(self, request: RequestInput, submission: Submission) -> Accepted | None:
         open_ids = await asyncio.to_thread(self._ledger.find_open_by_subject, request.subject.email, request.kind)
         for request_id in open_ids:
-            if request_id == request.request_id:
-                return None  # a retried submission of this very request (email intake's reserved id)
             handle = self._client.get_workflow_handle(request_id)
             try:
                 result: UpdateResult = await handle.execute_update(
