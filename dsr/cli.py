@@ -338,10 +338,24 @@ async def withdraw(
 @app.command()
 @run
 async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOption = False) -> None:
-    """Run the failed connectors of a request in needs_attention again."""
+    """Go on with a request in needs_attention: run its failed connectors again, or write its held reply."""
     from dsr.model import Retry
 
     await _update(request_id, "retry", Retry(requested_by=by), as_json)
+
+
+@app.command("clear-residuals")
+@run
+async def clear_residuals(
+    request_id: RequestId,
+    note: Annotated[str, typer.Option(help="How the data was cleared (no personal data).")] = "",
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Record that the residual data of a request (what a system's API could not erase) was cleared by hand."""
+    from dsr.model import ResidualsCleared
+
+    await _update(request_id, "clear_residuals", ResidualsCleared(cleared_by=by, note=note), as_json)
 
 
 @app.command()

@@ -36,6 +36,11 @@ def in_stage(stage: Stage) -> str:
     return f"{RUNNING} AND {sa.DSR_STAGE.name} = '{stage.value}'"
 
 
+def residual_data() -> str:
+    """Requests answered whose residual data (not erasable through a system's API) waits to be cleared."""
+    return f"WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running' AND {sa.DSR_RESIDUAL.name} = true"
+
+
 def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
     """Temporal UI links pre-filtered for the daily questions of a DPO or an operator on call."""
     queries = {
@@ -43,6 +48,7 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "overdue": overdue(),
         "awaiting identity": in_stage(Stage.AWAITING_IDENTITY),
         "needs attention": in_stage(Stage.NEEDS_ATTENTION),
+        "residual data to clear": residual_data(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"
     return {label: f"{base}?query={urllib.parse.quote(q)}" for label, q in queries.items()}

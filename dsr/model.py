@@ -218,6 +218,14 @@ class Retry:
 
 
 @dataclass
+class ResidualsCleared:
+    """An operator cleared by hand what a system's API could not erase (the report's residual lines)."""
+
+    cleared_by: str = "operator"
+    note: str = ""  # how it was done; kept in the workflow history (encrypted), only its length in the ledger
+
+
+@dataclass
 class DuplicateAttached:
     """A new submission of the same subject and kind, attached to this open request instead of a second one."""
 
@@ -344,6 +352,8 @@ class NoticeTemplate(StrEnum):
     OPERATOR_ATTENTION = "operator_attention"
     OPERATOR_TRIAGE = "operator_triage"
     DUPLICATE = "duplicate"  # a second request of the same kind was attached to the open one
+    OPERATOR_REPLY_HELD = "operator_reply_held"  # the final reply cannot be written (e.g. incomplete profile)
+    OPERATOR_RESIDUAL = "operator_residual"  # data a system's API could not clear: to be cleared by hand
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -351,6 +361,8 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_ESCALATION,
     NoticeTemplate.OPERATOR_ATTENTION,
     NoticeTemplate.OPERATOR_TRIAGE,
+    NoticeTemplate.OPERATOR_REPLY_HELD,
+    NoticeTemplate.OPERATOR_RESIDUAL,
 })
 
 
@@ -451,6 +463,8 @@ class RequestStatus:
     clock_suspended: bool = False
     link_expires_at: datetime | None = None  # access/portability: the download link, then deletion
     exports_deleted: bool = False
+    reply_held: str = ""  # why the final reply waits for an operator (error type and message, no personal data)
+    residuals: list[str] = field(default_factory=list)  # residual lines still to clear by hand, if any
 
 
 # --- triage (email intake) -------------------------------------------------------------------------

@@ -15,8 +15,10 @@ DSR_DEADLINE = SearchAttributeKey.for_datetime("DsrDeadline")
 """The due date at 00:00 UTC, so ``DsrDeadline < "2026-12-24T00:00:00Z"`` means "due by 23 Dec"."""
 DSR_EXTENDED = SearchAttributeKey.for_bool("DsrExtended")
 DSR_OVERDUE = SearchAttributeKey.for_bool("DsrOverdue")
+DSR_RESIDUAL = SearchAttributeKey.for_bool("DsrResidual")
+"""True while data a system's API could not erase waits to be cleared by hand (after the reply)."""
 
-ALL = (DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE)
+ALL = (DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE, DSR_RESIDUAL)
 
 TEMPORAL_TYPE_NAMES = {
     DSR_KIND: "Keyword",
@@ -26,5 +28,6 @@ TEMPORAL_TYPE_NAMES = {
     DSR_DEADLINE: "Datetime",
     DSR_EXTENDED: "Bool",
     DSR_OVERDUE: "Bool",
+    DSR_RESIDUAL: "Bool",
 }
 """Type names as ``temporal server start-dev --search-attribute NAME=TYPE`` spells them."""

@@ -82,6 +82,7 @@ class ScriptedConnector:
     retry_after: float | None = None
     found: int = 3
     leaves_behind: int = 0  # records an erasure forgets (for verification tests)
+    residual: bool = False  # an erasure reports data its API cannot clear (like WooCommerce's order IPs)
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def _fail_if_scripted(self, operation: str, request_id: str) -> None:
@@ -113,6 +114,9 @@ class ScriptedConnector:
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
         self._fail_if_scripted("erase", job.request_id)
         report = [RecordReport("records", f"{self.name}-{i}", RecordAction.DELETED) for i in range(self.found)]
+        if self.residual:
+            report.append(RecordReport("records", "*", RecordAction.RESIDUAL, fields=["ip_address"],
+                                       note="the API cannot clear it"))
         deleted = self.found
         self.found = self.leaves_behind
         return ConnectorOutcome(connector=self.name, found=deleted, counts={"deleted": deleted}, report=report)

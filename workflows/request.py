@@ -39,12 +39,14 @@ with workflow.unsafe.imports_passed_through():
         NoticeTemplate,
         Outcome,
         PlanInput,
+        RecordAction,
         Refusal,
         ReplyInput,
         ReplyResult,
         RequestInput,
         RequestRecordInput,
         RequestStatus,
+        ResidualsCleared,
         Retry,
         Stage,
         UpdateResult,
@@ -88,10 +90,25 @@ REPLY_OPTIONS = {
     ),
 }
 
+REPLY_HELD_TYPES = ("IncompleteProfile", "ReplyInvalid")
+"""Errors of ``send_reply`` only an operator can fix: no blind retries, the request asks for attention."""
+REPLY_UNDELIVERABLE_TYPES = ("NoticeRejected", "NoticeInvalidAddress")
+REPLY_HELD_OPTIONS = {
+    **REPLY_OPTIONS,
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=10),
+        maximum_interval=timedelta(minutes=10),
+        non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES],
+    ),
+}
+
 IDENTITY_DOCUMENTS = "identity-documents"
 """Patch id: email requests delete the attachments they came with once identity is confirmed."""
 FINAL_REPLIES = "final-replies"
 """Patch id: requests started before final replies existed keep their old, notice-only ending."""
+REPLY_ATTENTION = "reply-attention"
+"""Patch id: a reply that cannot be written asks an operator (instead of retrying blindly), and residual
+data a system could not erase is followed up with the operator until cleared."""
 
 
 class RequestRejected(ApplicationError):
@@ -124,6 +141,9 @@ class DataSubjectRequest:
         self._progress: dict[str, ConnectorProgress] = {}
         self._link_expires_at: datetime | None = None
         self._exports_deleted = False
+        self._reply_held = ""
+        self._residuals: list[str] = []  # residual lines still to be cleared by hand
+        self._residuals_cleared: ResidualsCleared | None = None
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -153,18 +173,48 @@ class DataSubjectRequest:
             await self._carry_out()
         await self._close()
         await watcher
-        if self._link_expires_at is not None:
-            # The download link lives past closure; when it expires, what was exported goes with it.
-            await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
-                                 summary="download link expiry")
-            await workflow.execute_activity("delete_exports", ExportsDeletion(request.request_id),
-                                            result_type=bool, summary="delete exports", **LEDGER_OPTIONS)
-            self._exports_deleted = True
-            await self._audit("exports_deleted")
-            self._update_details()
+        # Both outlive closure: the download link until it expires, residual data until an operator clears it.
+        await asyncio.gather(self._expire_link(), self._follow_up_residuals())
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
+
+    async def _expire_link(self) -> None:
+        if self._link_expires_at is None:
+            return
+        # The download link lives past closure; when it expires, what was exported goes with it.
+        await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
+                             summary="download link expiry")
+        await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
+                                        result_type=bool, summary="delete exports", **LEDGER_OPTIONS)
+        self._exports_deleted = True
+        await self._audit("exports_deleted")
+        self._update_details()
+
+    async def _follow_up_residuals(self) -> None:
+        """Data a system's API could not clear: the reply told the subject our team erases it by other means,
+        so the operator is told what and where, and reminded until they confirm it is done."""
+        if not self._residuals:
+            return
+        workflow.upsert_search_attributes([sa.DSR_RESIDUAL.value_set(True)])
+        self._update_details()
+        await self._audit("residuals_reported", details={
+            "connectors": ",".join(sorted({line.split(":", 1)[0] for line in self._residuals})),
+            "lines": str(len(self._residuals)),
+        })
+        listing = "\n".join(f"- {line}" for line in self._residuals)
+        await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing)
+        repeat = timedelta(days=self._request.policy.escalation_repeat_days)
+        while not await self._wait(lambda: self._residuals_cleared is not None, repeat, "residual reminder"):
+            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing, reminder="yes")
+            await self._audit("residuals_reminded")
+        cleared = self._residuals_cleared
+        assert cleared is not None
+        self._residuals = []
+        workflow.upsert_search_attributes([sa.DSR_RESIDUAL.value_set(False)])
+        await self._audit("residuals_cleared", actor=cleared.cleared_by,
+                          details={"note_length": str(len(cleared.note))})
+        self._update_details()
 
     async def _verify_identity(self) -> bool:
         """Art. 12(6): ask only as much as the policy requires; close as unverified after the wait."""
@@ -260,34 +310,83 @@ class DataSubjectRequest:
         self._set_stage(Stage.REPLYING)
         await self._audit("replying", stage=Stage.REPLYING)
         if workflow.patched(FINAL_REPLIES):
-            reply = await workflow.execute_activity(
-                "send_reply",
-                ReplyInput(
-                    request_id=self._request.request_id,
-                    kind=self._request.kind,
-                    language=self._request.language,
-                    subject=self._request.subject,
-                    received=self._request.received_on,
-                    deadline=self._deadline.due,
-                    extended=self._extended,
-                    extension_reason=self._extension_reason,
-                    outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
-                    in_reply_to=self._request.in_reply_to,
-                ),
-                result_type=ReplyResult,
-                summary=f"reply: {self._request.kind.value}",
-                **REPLY_OPTIONS,
-            )
-            self._link_expires_at = reply.link_expires_at
-            await self._audit("reply_sent", details={
-                "no_data": str(reply.no_data).lower(),
-                "recipients_notified": str(len(reply.recipients_notified)),
-                "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
-                "bundle_sha256": reply.bundle_sha256,
-            })
+            held_by_operator = workflow.patched(REPLY_ATTENTION)
+            reply = await self._send_reply(held_by_operator)
+            if reply is not None:
+                self._link_expires_at = reply.link_expires_at
+                await self._audit("reply_sent", details={
+                    "no_data": str(reply.no_data).lower(),
+                    "recipients_notified": str(len(reply.recipients_notified)),
+                    "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
+                    "bundle_sha256": reply.bundle_sha256,
+                })
+            if held_by_operator:
+                self._residuals = self._residual_lines()
         else:
             await self._notify_subject(NoticeTemplate.COMPLETED)
         self._outcome = Outcome.FULFILLED
+
+    async def _send_reply(self, held_by_operator: bool) -> ReplyResult | None:
+        """The final reply. A reply only an operator can unblock (an access reply missing an Art. 15(1) item
+        of the controller profile) puts the request in needs_attention until ``retry``; an address the mail
+        server refuses for good is recorded and the request still closes (None)."""
+        reply_input = ReplyInput(
+            request_id=self._request.request_id,
+            kind=self._request.kind,
+            language=self._request.language,
+            subject=self._request.subject,
+            received=self._request.received_on,
+            deadline=self._deadline.due,
+            extended=self._extended,
+            extension_reason=self._extension_reason,
+            outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
+            in_reply_to=self._request.in_reply_to,
+        )
+        if not held_by_operator:
+            return await workflow.execute_activity(
+                "send_reply", reply_input, result_type=ReplyResult,
+                summary=f"reply: {self._request.kind.value}", **REPLY_OPTIONS,
+            )
+        while True:
+            try:
+                return await workflow.execute_activity(
+                    "send_reply", reply_input, result_type=ReplyResult,
+                    summary=f"reply: {self._request.kind.value}", **REPLY_HELD_OPTIONS,
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if not isinstance(cause, ApplicationError):
+                    raise
+                if cause.type in REPLY_UNDELIVERABLE_TYPES:
+                    await self._audit("notice_failed", details={"template": f"reply_{self._request.kind.value}",
+                                                                "error_type": cause.type})
+                    return None
+                if cause.type not in REPLY_HELD_TYPES:
+                    raise
+                self._reply_held = f"{cause.type}: {cause.message}"
+                self._set_stage(Stage.NEEDS_ATTENTION)
+                await self._audit("reply_held", stage=Stage.NEEDS_ATTENTION, details={"error_type": cause.type})
+                await self._notify_operator(NoticeTemplate.OPERATOR_REPLY_HELD, error=cause.message)
+                await workflow.wait_condition(lambda: self._retry_requested)
+                self._retry_requested = False
+                self._reply_held = ""
+                self._set_stage(Stage.REPLYING)
+                await self._audit("retried", stage=Stage.REPLYING)
+
+    def _residual_lines(self) -> list[str]:
+        """One line per residual report line: system, dataset, record, fields and note; no personal data."""
+        lines = []
+        for progress in self._progress.values():
+            for line in progress.outcome.report if progress.outcome else []:
+                if line.action != RecordAction.RESIDUAL:
+                    continue
+                where = f"{progress.connector}: {line.dataset}"
+                if line.record_id and line.record_id != "*":
+                    where += f" {line.record_id}"
+                if line.fields:
+                    where += f" ({', '.join(line.fields)})"
+                lines.append(where + (f" - {line.note}" if line.note else ""))
+        return lines
 
     async def _run_connector(self, progress: ConnectorProgress) -> None:
         progress.state = ConnectorState.RUNNING
@@ -521,6 +620,20 @@ class DataSubjectRequest:
                 f"{self._request.request_id} is {self._stage.value}, not needs_attention: nothing to retry"
             )
 
+    @workflow.update
+    async def clear_residuals(self, cleared: ResidualsCleared) -> UpdateResult:
+        self._residuals_cleared = cleared
+        await workflow.wait_condition(lambda: not self._residuals)
+        return self._result()
+
+    @clear_residuals.validator
+    def _validate_clear_residuals(self, cleared: ResidualsCleared) -> None:
+        if not self._residuals or self._residuals_cleared is not None:
+            raise RequestRejected(f"{self._request.request_id} has no residual data waiting to be cleared")
+        if self._stage != Stage.CLOSED:
+            raise RequestRejected(f"{self._request.request_id} is {self._stage.value}: residual data is cleared "
+                                  "after the reply")
+
     @workflow.query
     def status(self) -> RequestStatus:
         return RequestStatus(
@@ -542,6 +655,8 @@ class DataSubjectRequest:
             clock_suspended=self._clock_suspended,
             link_expires_at=self._link_expires_at,
             exports_deleted=self._exports_deleted,
+            reply_held=self._reply_held,
+            residuals=list(self._residuals),
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -557,8 +672,9 @@ class DataSubjectRequest:
     def _reject_if_busy(self, verb: str) -> None:
         if self._ending():
             raise RequestRejected(f"{self._request.request_id} is already being closed")
-        # While connectors run, stopping would leave systems half-changed; wait for the outcome.
-        if self._stage in (Stage.PROCESSING, Stage.REPLYING):
+        # While connectors run, stopping would leave systems half-changed; wait for the outcome. Once the
+        # systems have been changed (a held reply), the request can only be answered, not refused.
+        if self._stage in (Stage.PROCESSING, Stage.REPLYING) or self._reply_held:
             raise RequestRejected(
                 f"{self._request.request_id} is {self._stage.value}; it can be {verb} only before processing "
                 "starts or while it needs attention"
@@ -632,6 +748,11 @@ class DataSubjectRequest:
             for p in self._progress.values():
                 note = p.error or (", ".join(f"{k} {v}" for k, v in p.outcome.counts.items()) if p.outcome else "")
                 lines.append(f"| {p.connector} | {p.state.value} | {p.attempts} | {note} |")
+        if self._reply_held:
+            lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
+        if self._residuals:
+            lines += ["", "**residual data to clear by hand** (then the `clear_residuals` update):",
+                      *(f"- {line}" for line in self._residuals)]
         workflow.set_current_details("\n".join(lines))
 
     async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,6 +91,12 @@ def connectors() -> list[ScriptedConnector]:
     return [ScriptedConnector("crm"), ScriptedConnector("billing")]
 
 
+@pytest.fixture
+def profile() -> Callable[[], ControllerProfile | None]:
+    """What the worker reads as the controller profile at each reply (tests may swap it mid-flight)."""
+    return demo_profile
+
+
 @pytest_asyncio.fixture
 async def engine(
     time_skipping: WorkflowEnvironment,
@@ -98,12 +104,13 @@ async def engine(
     ledger: Ledger,
     mail: MailSink,
     connectors: list[ScriptedConnector],
+    profile: Callable[[], ControllerProfile | None],
 ) -> AsyncIterator[Engine]:
     task_queue = f"test-{uuid.uuid4()}"
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         worker: Worker = build_worker(
             time_skipping.client, settings, ledger, connectors, task_queue=task_queue, executor=executor,
-            exports=ExportStore(settings.exports_dir, TEST_KEYRING), profile=demo_profile,
+            exports=ExportStore(settings.exports_dir, TEST_KEYRING), profile=profile,
         )
         async with worker:
             yield Engine(time_skipping, time_skipping.client, task_queue, settings, ledger, mail, connectors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import date, timedelta
 
@@ -20,13 +21,15 @@ from dsr.model import (
     Refusal,
     RequestInput,
     RequestStatus,
+    ResidualsCleared,
     Retry,
     Stage,
     Withdrawal,
 )
+from dsr.profile import ControllerProfile
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, keep_history
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine
+from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
 from workflows.request import DataSubjectRequest
 
 
@@ -326,3 +329,94 @@ async def test_no_personal_data_in_plain_sight(engine: Engine) -> None:
     for secret in (SUBJECT_EMAIL, SUBJECT_NAME, "Martin-Durand", "jeanne"):
         assert secret.lower() not in visible.lower()
     assert date.fromisoformat(request.request_id[4:11] + "-01").month == request.received_on.month
+
+
+class SwitchableProfile:
+    """The demo profile without the controller's legal name until an operator "fixes dsr.toml"."""
+
+    def __init__(self) -> None:
+        self.complete = False
+
+    def __call__(self) -> ControllerProfile | None:
+        profile = demo_profile()
+        assert profile is not None
+        return profile if self.complete else profile.model_copy(update={"legal_name": ""})
+
+
+@pytest.mark.parametrize("profile", [SwitchableProfile()])
+async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
+    engine: Engine, profile: SwitchableProfile
+) -> None:
+    request, handle = await submit(engine, "access")
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    current = await status(handle)
+    assert current.reply_held.startswith("IncompleteProfile:") and "controller.legal_name" in current.reply_held
+    assert {c.state.value for c in current.connectors} == {"done"}, "the systems were processed"
+    for _ in range(50):  # the operator notice follows the stage change
+        if "operator_reply_held" in templates_sent(engine, request):
+            break
+        await asyncio.sleep(0.1)
+    assert templates_sent(engine, request) == ["acknowledgement", "operator_reply_held"], "no reply to the subject"
+    [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"]]
+    text = notice.get_body(("plain",)).get_content()
+    assert "controller.legal_name" in text and f"dsr retry {request.request_id}" in text
+    assert SUBJECT_EMAIL not in notice.as_string() and SUBJECT_NAME not in notice.as_string()
+    # The reply was not retried blindly: one attempt, then the operator was asked.
+    history = await handle.fetch_history()
+    scheduled = [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+                 and e.activity_task_scheduled_event_attributes.activity_type.name == "send_reply"]
+    started = [e for e in history.events if e.HasField("activity_task_started_event_attributes")
+               and e.activity_task_started_event_attributes.scheduled_event_id == scheduled[0].event_id]
+    assert len(scheduled) == 1 and started[0].activity_task_started_event_attributes.attempt == 1
+    # The systems have been changed: the request can be answered, not refused; nor has it residual data.
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(DataSubjectRequest.refuse, Refusal(reason="too late"))
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(DataSubjectRequest.clear_residuals, ResidualsCleared())
+
+    profile.complete = True  # the operator completed dsr.toml
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    final = await handle.result()
+    await keep_history(handle, "reply_held_then_retried")
+    assert final.outcome == Outcome.FULFILLED and final.reply_held == ""
+    assert templates_sent(engine, request)[-1] == "reply_access"
+    trail = events(engine, request)
+    assert trail.index("reply_held") < trail.index("retried") < trail.index("reply_sent")
+
+
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", residual=True), ScriptedConnector("billing")]])
+async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engine: Engine) -> None:
+    request, handle = await submit(engine, "erasure")
+    await wait_for_stage(engine, handle, Stage.CLOSED)
+    current = await status(handle)
+    assert current.outcome == Outcome.FULFILLED
+    assert current.residuals == ["crm: records (ip_address) - the API cannot clear it"]
+    for _ in range(50):
+        if "operator_residual" in templates_sent(engine, request):
+            break
+        await asyncio.sleep(0.1)
+    assert (await handle.describe()).typed_search_attributes.get(sa.DSR_RESIDUAL) is True
+    sent = templates_sent(engine, request)
+    assert sent.index("reply_erasure") < sent.index("operator_residual")
+    reply = engine.mail.to(SUBJECT_EMAIL)[-1].get_body(("plain",)).get_content()
+    # The subject is told what was not erased automatically, and that our team erases it by other means.
+    assert "Non effacé automatiquement : records — données concernées : ip address" in reply
+    assert "Notre équipe en a été informée" in reply
+    [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"]]
+    text = notice.get_body(("plain",)).get_content()
+    assert "crm: records (ip_address)" in text and f"dsr clear-residuals {request.request_id}" in text
+    assert SUBJECT_EMAIL not in notice.as_string() and SUBJECT_NAME not in notice.as_string()
+
+    # Nobody acts for a week: the operator is reminded, and again every week.
+    await engine.env.sleep(timedelta(days=7, hours=1))
+    assert templates_sent(engine, request).count("operator_residual") == 2
+    assert "residuals_reminded" in events(engine, request)
+
+    await handle.execute_update(DataSubjectRequest.clear_residuals,
+                                ResidualsCleared(cleared_by="operator:alice", note="IP column emptied by SQL"))
+    final = await handle.result()
+    await keep_history(handle, "residuals_cleared")
+    assert final.residuals == []
+    [cleared] = [e for e in engine.ledger.events(request.request_id) if e.event == "residuals_cleared"]
+    assert cleared.actor == "operator:alice" and cleared.details == {"note_length": "24"}
+    assert (await handle.describe()).typed_search_attributes.get(sa.DSR_RESIDUAL) is False
