@@ -17,7 +17,7 @@ from activities.connectors import ConnectorActivities
 from activities.deadlines import deadlines_from
 from activities.intake import IntakeActivities
 from activities.ledger import LedgerActivities
-from activities.notices import NoticeActivities
+from activities.notices import Mailer, NoticeActivities
 from activities.replies import ReplyActivities
 from connectors.base import Connector
 from dsr.config import Settings
@@ -80,12 +80,9 @@ def activities_for(
     )
     fan_out = ConnectorActivities(connectors, exports)
     replies = ReplyActivities(
-        settings.smtp,
-        mail_from=settings.mail_from,
-        from_name=settings.controller_name or "Privacy",
-        mail_domain=settings.mail_domain,
+        Mailer(settings.smtp, mail_from=settings.mail_from, from_name=settings.controller_name or "Privacy",
+               mail_domain=settings.mail_domain),
         sent_log=LedgerSentLog(ledger),
-        controller_name=settings.controller_name,
         exports=exports,
         links=DownloadLinks(exports.sealer, ttl=timedelta(days=settings.link_days)),
         public_url=settings.intake_url,

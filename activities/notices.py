@@ -48,9 +48,11 @@ __all__ = [
     "NOTICE_REJECTED",
     "NOTICE_SMTP_ERROR",
     "NOTICE_TEMPLATE_ERROR",
+    "Mailer",
     "NoticeActivities",
     "SentLog",
     "build_message",
+    "compose",
     "is_deliverable_address",
     "notice_key",
 ]
@@ -117,14 +119,22 @@ def _reply_id(value: str | None) -> str | None:
 def build_message(
     notice: Notice, rendered: RenderedNotice, *, mail_from: str, from_name: str, message_id: str
 ) -> EmailMessage:
-    """A multipart/alternative (text, then HTML) UTF-8 email for ``notice``.
+    """A multipart/alternative (text, then HTML) UTF-8 email for ``notice`` (see :func:`compose`)."""
+    return compose(notice.to, Language(notice.language), rendered, mail_from=mail_from, from_name=from_name,
+                   message_id=message_id, in_reply_to=notice.in_reply_to, whose=_whose(notice))
+
+
+def compose(
+    to: str, language: Language, rendered: RenderedNotice, *, mail_from: str, from_name: str, message_id: str,
+    in_reply_to: str | None = None, whose: str = "the subject's address",
+) -> EmailMessage:
+    """A multipart/alternative (text, then HTML) UTF-8 email to ``to``.
 
     Header values are collapsed to one line before use and the SMTP policy refuses CR/LF anyway, so a
-    hostile name or subject can never add a header. ``notice.to`` must be one plain mailbox: anything
-    else raises a non-retryable ``ApplicationError`` of type ``NoticeInvalidAddress``.
+    hostile name or subject can never add a header. ``to`` must be one plain mailbox: anything else raises
+    a non-retryable ``ApplicationError`` of type ``NoticeInvalidAddress`` that names only ``whose`` it is.
     """
-    whose = _whose(notice)
-    if not is_deliverable_address(notice.to):
+    if not is_deliverable_address(to):
         raise _invalid_address(whose)
     if not is_deliverable_address(mail_from):
         raise ValueError("mail_from must be a single valid email address")
@@ -133,11 +143,11 @@ def build_message(
 
     message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = Address(display_name=one_line(from_name), addr_spec=mail_from)
-    message["To"] = Address(addr_spec=notice.to)
+    message["To"] = Address(addr_spec=to)
     message["Subject"] = one_line(rendered.subject)
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = message_id
-    reply_to = _reply_id(notice.in_reply_to)
+    reply_to = _reply_id(in_reply_to)
     if reply_to:
         message["In-Reply-To"] = reply_to
         message["References"] = reply_to
@@ -146,7 +156,7 @@ def build_message(
     # quoted-printable keeps every line 7-bit and short, whatever the relay supports.
     message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     message.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    message["Content-Language"] = Language(notice.language).value  # after set_content, which clears Content-*
+    message["Content-Language"] = language.value  # after set_content, which clears Content-*
     return message
 
 
@@ -158,6 +168,95 @@ def _redact(text: str, recipient: str) -> str:
     """Server replies often quote the recipient (``550 <bob@x>: unknown``): keep the code, drop the address."""
     text = one_line(text).replace(recipient, "<address>")
     return _EMAIL_LIKE.sub("<address>", text)[:200]
+
+
+class Mailer:
+    """The engine's one way to send an email: compose it and hand it to the SMTP relay.
+
+    SMTP failures become ``ApplicationError`` s whose type tells the workflow what to do (see the
+    ``NOTICE_*`` constants) and whose message never names the recipient, only ``whose`` address it is.
+    """
+
+    def __init__(self, smtp: SmtpSettings, *, mail_from: str, from_name: str, mail_domain: str) -> None:
+        if not is_deliverable_address(mail_from):
+            raise ValueError("mail_from must be a single valid email address")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", mail_domain):
+            raise ValueError("mail_domain must be a domain name such as example.com")
+        self._smtp = smtp
+        self.mail_from = mail_from
+        self.from_name = one_line(from_name)
+        self.mail_domain = mail_domain
+
+    def message_id(self, key: str) -> str:
+        """The Message-ID of the email with idempotency key ``key`` (``notice-…``, ``reply-…``)."""
+        return f"<{key.split('-', 1)[-1]}@{self.mail_domain}>"
+
+    def compose(self, to: str, language: Language, rendered: RenderedNotice, *, message_id: str,
+                in_reply_to: str | None = None, whose: str = "the subject's address") -> EmailMessage:
+        return compose(to, language, rendered, mail_from=self.mail_from, from_name=self.from_name,
+                       message_id=message_id, in_reply_to=in_reply_to, whose=whose)
+
+    async def send(self, message: EmailMessage, to: str, *, whose: str, where: str) -> None:
+        """Deliver ``message`` to ``to`` only (never to addresses read from its headers)."""
+        smtp = self._smtp
+        try:
+            await aiosmtplib.send(
+                message,
+                sender=self.mail_from,
+                recipients=[to],  # explicit: never derived from headers
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username,
+                password=smtp.password,
+                use_tls=smtp.use_tls,
+                # A bool, never None: None would try STARTTLS whenever a server advertises it.
+                start_tls=bool(smtp.start_tls) and not smtp.use_tls,
+                timeout=smtp.timeout_seconds,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as err:
+            code = min((r.code for r in err.recipients), default=0)
+            detail = _redact(err.recipients[0].message, to) if err.recipients else ""
+            raise self._refused(where, f"SMTP server refused {whose}", code, detail) from None
+        except aiosmtplib.SMTPRecipientRefused as err:
+            detail = _redact(err.message, to)
+            raise self._refused(where, f"SMTP server refused {whose}", err.code, detail) from None
+        except aiosmtplib.SMTPDataError as err:
+            detail = _redact(err.message, to)
+            raise self._refused(where, "SMTP server refused the message", err.code, detail) from None
+        except (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPSenderRefused) as err:
+            detail = _redact(err.message, to)
+            activity.logger.warning("%s: SMTP configuration problem (%s)", where, err.code)
+            raise ApplicationError(
+                f"{where}: SMTP server refused our login or sender address ({err.code} {detail})",
+                type=NOTICE_SMTP_ERROR,
+            ) from None
+        except aiosmtplib.SMTPResponseException as err:
+            detail = _redact(err.message, to)
+            kind = NOTICE_DEFERRED if 400 <= err.code < 500 else NOTICE_SMTP_ERROR
+            raise ApplicationError(f"{where}: SMTP error {err.code} {detail}", type=kind) from None
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
+                TimeoutError, OSError) as err:
+            activity.logger.warning("%s: SMTP server unreachable (%s)", where, type(err).__name__)
+            raise ApplicationError(
+                f"{where}: SMTP server {smtp.host}:{smtp.port} unreachable ({type(err).__name__})",
+                type=NOTICE_DEFERRED,
+            ) from None
+        except aiosmtplib.SMTPException as err:  # e.g. STARTTLS or AUTH not supported by the server
+            raise ApplicationError(
+                f"{where}: SMTP error ({type(err).__name__}: {_redact(err.message, to)})",
+                type=NOTICE_SMTP_ERROR,
+            ) from None
+
+    @staticmethod
+    def _refused(where: str, what: str, code: int, detail: str) -> ApplicationError:
+        if 500 <= code < 600:
+            activity.logger.warning("%s: %s (%s)", where, what, code)
+            return ApplicationError(
+                f"{where}: {what} permanently ({code} {detail})".rstrip(),
+                type=NOTICE_REJECTED,
+                non_retryable=True,
+            )
+        return ApplicationError(f"{where}: {what} for now ({code} {detail})", type=NOTICE_DEFERRED)
 
 
 class NoticeActivities:
@@ -178,14 +277,7 @@ class NoticeActivities:
     ) -> None:
         """``controller_name`` signs subject notices (templates fall back to a generic team name);
         ``request_link`` maps a request id to its page in the staff UI, for operator notices."""
-        if not is_deliverable_address(mail_from):
-            raise ValueError("mail_from must be a single valid email address")
-        if not re.fullmatch(r"[A-Za-z0-9.-]+", mail_domain):
-            raise ValueError("mail_domain must be a domain name such as example.com")
-        self._smtp = smtp
-        self._mail_from = mail_from
-        self._from_name = one_line(from_name)
-        self._mail_domain = mail_domain
+        self._mailer = Mailer(smtp, mail_from=mail_from, from_name=from_name, mail_domain=mail_domain)
         self._sent_log = sent_log
         self._controller_name = one_line(controller_name)
         self._request_link = request_link
@@ -216,7 +308,7 @@ class NoticeActivities:
         """Render ``notice`` in its language and send it; a retry never sends a recorded notice twice."""
         info = activity.info()
         key = notice_key(info.workflow_id, info.workflow_run_id or info.activity_run_id, info.activity_id)
-        message_id = f"<{key.removeprefix('notice-')}@{self._mail_domain}>"
+        message_id = self._mailer.message_id(key)
         template = NoticeTemplate(notice.template)
         where = f"{template.value} notice for request {notice.request_id}"
 
@@ -233,10 +325,9 @@ class NoticeActivities:
                 f"{where}: template error ({type(err).__name__})", type=NOTICE_TEMPLATE_ERROR
             ) from None
 
-        message = build_message(
-            notice, rendered, mail_from=self._mail_from, from_name=self._from_name, message_id=message_id
-        )
-        await self._send(message, notice, where)
+        message = build_message(notice, rendered, mail_from=self._mailer.mail_from,
+                                from_name=self._mailer.from_name, message_id=message_id)
+        await self._mailer.send(message, notice.to, whose=_whose(notice), where=where)
 
         if self._sent_log is not None:
             await asyncio.to_thread(
@@ -244,65 +335,3 @@ class NoticeActivities:
             )
         activity.logger.info("%s sent", where)
         return SentNotice(message_id=message_id)
-
-    async def _send(self, message: EmailMessage, notice: Notice, where: str) -> None:
-        whose = _whose(notice)
-        smtp = self._smtp
-        try:
-            await aiosmtplib.send(
-                message,
-                sender=self._mail_from,
-                recipients=[notice.to],  # explicit: never derived from headers
-                hostname=smtp.host,
-                port=smtp.port,
-                username=smtp.username,
-                password=smtp.password,
-                use_tls=smtp.use_tls,
-                # A bool, never None: None would try STARTTLS whenever a server advertises it.
-                start_tls=bool(smtp.start_tls) and not smtp.use_tls,
-                timeout=smtp.timeout_seconds,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as err:
-            code = min((r.code for r in err.recipients), default=0)
-            detail = _redact(err.recipients[0].message, notice.to) if err.recipients else ""
-            raise self._refused(where, f"SMTP server refused {whose}", code, detail) from None
-        except aiosmtplib.SMTPRecipientRefused as err:
-            detail = _redact(err.message, notice.to)
-            raise self._refused(where, f"SMTP server refused {whose}", err.code, detail) from None
-        except aiosmtplib.SMTPDataError as err:
-            detail = _redact(err.message, notice.to)
-            raise self._refused(where, "SMTP server refused the message", err.code, detail) from None
-        except (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPSenderRefused) as err:
-            detail = _redact(err.message, notice.to)
-            activity.logger.warning("%s: SMTP configuration problem (%s)", where, err.code)
-            raise ApplicationError(
-                f"{where}: SMTP server refused our login or sender address ({err.code} {detail})",
-                type=NOTICE_SMTP_ERROR,
-            ) from None
-        except aiosmtplib.SMTPResponseException as err:
-            detail = _redact(err.message, notice.to)
-            kind = NOTICE_DEFERRED if 400 <= err.code < 500 else NOTICE_SMTP_ERROR
-            raise ApplicationError(f"{where}: SMTP error {err.code} {detail}", type=kind) from None
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
-                TimeoutError, OSError) as err:
-            activity.logger.warning("%s: SMTP server unreachable (%s)", where, type(err).__name__)
-            raise ApplicationError(
-                f"{where}: SMTP server {smtp.host}:{smtp.port} unreachable ({type(err).__name__})",
-                type=NOTICE_DEFERRED,
-            ) from None
-        except aiosmtplib.SMTPException as err:  # e.g. STARTTLS or AUTH not supported by the server
-            raise ApplicationError(
-                f"{where}: SMTP error ({type(err).__name__}: {_redact(err.message, notice.to)})",
-                type=NOTICE_SMTP_ERROR,
-            ) from None
-
-    @staticmethod
-    def _refused(where: str, what: str, code: int, detail: str) -> ApplicationError:
-        if 500 <= code < 600:
-            activity.logger.warning("%s: %s (%s)", where, what, code)
-            return ApplicationError(
-                f"{where}: {what} permanently ({code} {detail})".rstrip(),
-                type=NOTICE_REJECTED,
-                non_retryable=True,
-            )
-        return ApplicationError(f"{where}: {what} for now ({code} {detail})", type=NOTICE_DEFERRED)

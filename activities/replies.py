@@ -11,15 +11,13 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.notices import NoticeActivities, build_message
+from activities.notices import Mailer, SentLog
 from dsr.bundle import build_bundle, bundle_path
 from dsr.exports import ExportStore
 from dsr.links import DownloadLinks
 from dsr.model import (
     ExportsDeletion,
     Language,
-    Notice,
-    NoticeTemplate,
     RecordAction,
     ReplyInput,
     ReplyResult,
@@ -27,14 +25,16 @@ from dsr.model import (
 )
 from dsr.profile import ControllerProfile
 from dsr.replies import IncompleteProfileError, ReplyContext, render_reply
+from templates import RenderedNotice
 
 
-class ReplyActivities(NoticeActivities):
-    """Shares the notices' SMTP sending and sent-log; adds the export store, links and the profile."""
+class ReplyActivities:
+    """The final reply's activities: the notices' mailer and sent-log, the export store, links and profile."""
 
-    def __init__(self, *args, exports: ExportStore, links: DownloadLinks, public_url: str,
-                 profile: Callable[[], ControllerProfile | None], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, mailer: Mailer, *, sent_log: SentLog | None, exports: ExportStore, links: DownloadLinks,
+                 public_url: str, profile: Callable[[], ControllerProfile | None]) -> None:
+        self._mailer = mailer
+        self._sent_log = sent_log
         self._exports = exports
         self._links = links
         self._public_url = public_url.rstrip("/")
@@ -45,16 +45,15 @@ class ReplyActivities(NoticeActivities):
         raw = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{suffix}"
         return "reply-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
 
-    async def _deliver(self, request_id: str, to: str, language: Language, rendered, key: str,
-                       in_reply_to: str | None, what: str) -> str:
-        message_id = f"<{key.removeprefix('reply-')}@{self._mail_domain}>"
+    async def _deliver(self, request_id: str, to: str, language: Language, rendered: RenderedNotice, key: str,
+                       in_reply_to: str | None, what: str, whose: str) -> str:
+        """Send once per key: a retried activity finds what it already sent in the sent-log."""
+        message_id = self._mailer.message_id(key)
         if self._sent_log is not None and await asyncio.to_thread(self._sent_log.has_event, key):
             return message_id
-        notice = Notice(request_id=request_id, template=NoticeTemplate.COMPLETED, to=to, language=language,
-                        in_reply_to=in_reply_to)
-        message = build_message(notice, rendered, mail_from=self._mail_from, from_name=self._from_name,
-                                message_id=message_id)
-        await self._send(message, notice, f"{what} for request {request_id}")
+        message = self._mailer.compose(to, language, rendered, message_id=message_id, in_reply_to=in_reply_to,
+                                       whose=whose)
+        await self._mailer.send(message, to, whose=whose, where=f"{what} for request {request_id}")
         if self._sent_log is not None:
             await asyncio.to_thread(self._sent_log.record_sent, request_id, key, what, message_id)
         return message_id
@@ -96,9 +95,12 @@ class ReplyActivities(NoticeActivities):
                     subject_email=reply.subject.email, subject_name=reply.subject.name,
                     recipient_name=recipient.name,
                 )
-                rendered = render_reply("art19_notice", reply.language, notice_context)
-                await self._deliver(reply.request_id, str(recipient.email), reply.language, rendered,
-                                    self._key(f"art19-{index}"), None, "art19_notice")
+                # In the recipient's language (a French accountant, an English processor), not the subject's.
+                language = Language(recipient.language)
+                rendered = render_reply("art19_notice", language, notice_context)
+                await self._deliver(reply.request_id, str(recipient.email), language, rendered,
+                                    self._key(f"art19-{index}"), None, "art19_notice",
+                                    whose=f"the address of Art. 19 recipient {index + 1}")
                 result.recipients_notified.append(recipient.name)
             context.recipients_notified = list(result.recipients_notified)
 
@@ -113,7 +115,8 @@ class ReplyActivities(NoticeActivities):
             raise ApplicationError(f"{reply.request_id}: {template} cannot be written ({err})",
                                    type="ReplyInvalid") from None
         result.message_id = await self._deliver(reply.request_id, reply.subject.email, reply.language, rendered,
-                                                self._key(), reply.in_reply_to, template)
+                                                self._key(), reply.in_reply_to, template,
+                                                whose="the subject's address")
         return result
 
     @activity.defn(name="delete_exports")
