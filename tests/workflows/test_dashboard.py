@@ -92,3 +92,53 @@ async def test_due_and_stage_filters_find_the_right_requests(
             assert all(r.request_id in waiting for r in ids.values())
             for request in ids.values():
                 await dev_server.client.get_workflow_handle(request.request_id).terminate("test over")
+
+
+async def test_residual_filter_lists_answered_requests_until_their_residual_data_is_cleared(
+    dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
+) -> None:
+    import asyncio
+
+    from dsr.dashboard import residual_data
+    from dsr.model import ResidualsCleared
+    from tests.harness import ScriptedConnector
+    from workflows.request import DataSubjectRequest
+
+    task_queue = f"dash-{uuid.uuid4()}"
+    settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))
+    connectors = [ScriptedConnector("shop", residual=True)]
+
+    async def listed() -> list[str]:
+        return [wf.id async for wf in dev_server.client.list_workflows(residual_data())]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        async with build_worker(dev_server.client, settings, ledger, connectors, task_queue=task_queue,
+                                executor=executor, exports=ExportStore(settings.exports_dir, TEST_KEYRING)):
+            erasure = prepare(Submission(kind="erasure", email="left.behind@example.org"), settings)
+            plain = prepare(Submission(kind="access", email="nothing.left@example.org"), settings)
+            # The access request first: the erasure empties the scripted system, and an access request with
+            # nothing found would be answered "no data" and end at once. Without a controller profile its
+            # reply is held (needs_attention): still running, never residual.
+            waiting = await start(dev_server.client, plain, task_queue=task_queue)
+            for _ in range(100):
+                if (await waiting.query(DataSubjectRequest.status)).reply_held:
+                    break
+                await asyncio.sleep(0.1)
+            handle = await start(dev_server.client, erasure, task_queue=task_queue)
+            found: list[str] = []
+            for _ in range(100):  # the reply, then the search attribute, then eventual visibility
+                found = await listed()
+                if erasure.request_id in found:
+                    break
+                await asyncio.sleep(0.2)
+            assert erasure.request_id in found and plain.request_id not in found
+
+            await handle.execute_update(DataSubjectRequest.clear_residuals, ResidualsCleared(note="done by hand"))
+            await handle.result()
+            for _ in range(50):
+                found = await listed()
+                if erasure.request_id not in found:
+                    break
+                await asyncio.sleep(0.2)
+            assert erasure.request_id not in found
+            await dev_server.client.get_workflow_handle(plain.request_id).terminate("test over")
