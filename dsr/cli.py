@@ -222,6 +222,14 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
     for c in state.connectors:
         typer.echo(f"  {c.connector}: {c.state.value}" + (f" - {c.error}" if c.error else ""))
+    if state.reply_held:
+        typer.echo(f"  reply held (fix the cause, then `dsr retry {state.request_id}`):")
+        for line in state.reply_held.splitlines():
+            typer.echo(f"    {line}")
+    if state.residuals:
+        typer.echo(f"  residual data to clear by hand (then `dsr clear-residuals {state.request_id}`):")
+        for line in state.residuals:
+            typer.echo(f"    - {line}")
 
 
 def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:

@@ -215,6 +215,19 @@ def test_demo_serves_sample_customers_through_real_connectors(stack: Stack) -> N
     shop = next(c for c in status["connectors"] if c["connector"] == "woocommerce")
     assert shop["outcome"]["counts"]["anonymised"] == 2  # a guest's orders: kept anonymised for accounting
 
+    # The orders' IP address and user agent cannot be cleared through the API: the operator must do it.
+    assert any(line.startswith("woocommerce: orders") for line in status["residuals"])
+    shown = stack.dsr("status", request_id)
+    assert "residual data to clear by hand" in shown.stdout and "customer_ip_address" in shown.stdout
+    cleared = stack.dsr("clear-residuals", request_id, "--note", "IP and user agent emptied in the shop's DB",
+                        "--by", "operator:alice")
+    assert cleared.returncode == 0, cleared.stderr
+    history = json.loads(stack.dsr("history", request_id, "--json").stdout)
+    done = [e for e in history["events"] if e["event"] == "residuals_cleared"]
+    assert len(done) == 1 and done[0]["actor"] == "operator:alice"
+    again = wait_until(lambda: (r := stack.dsr("clear-residuals", request_id)).returncode != 0 and r, "the end")
+    assert again.stderr.startswith("error:") and len(again.stderr.strip().splitlines()) == 1
+
 
 def _free(port: int) -> bool:
     import socket
