@@ -8,6 +8,11 @@ Context values are strings and any key but ``reference`` and ``kind`` may be mis
 optional keys with ``{% if key %}``, and printing a missing key is an error (a typo fails loudly instead
 of sending a blank). Operator notices only ever see :data:`OPERATOR_KEYS`, so the subject's name or
 confirmation link cannot leak into a shared mailbox even if the caller passes them.
+
+Prose shared by a ``.txt`` and an ``.html`` body lives in ``.txt`` macros (``_phrases.txt``,
+``_reply_phrases.txt``...). A macro keeps the escaping of the file that defines it: one from a ``.txt`` file
+returns plain text, which an ``.html`` template that prints it escapes exactly once, context values included
+(see :class:`_ImportedMacro`); an ``.html`` macro cannot be printed into a ``.txt`` template at all.
 """
 
 from __future__ import annotations
@@ -20,7 +25,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateRuntimeError,
+    pass_context,
+    pass_eval_context,
+    select_autoescape,
+)
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Macro
 from markupsafe import Markup, escape
 
 from dsr.model import OPERATOR_TEMPLATES, Language, NoticeTemplate, RequestKind, Stage
@@ -32,16 +48,17 @@ TEMPLATE_DIR = Path(__file__).resolve().parent
 CONTEXT_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "previous_deadline", "reason", "subject_name",
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
-    "connector", "error",
+    "connector", "error", "residuals", "reminder",
 })
 """Every key a template may use; other keys are ignored."""
 
 OPERATOR_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector", "error",
+    "residuals", "reminder",
 })
 """The only keys operator notices receive: nothing that names or reaches the data subject."""
 
-_MULTILINE_KEYS = frozenset({"reason", "error"})
+_MULTILINE_KEYS = frozenset({"reason", "error", "residuals"})
 _URL_KEYS = frozenset({"verify_url", "ui_url"})
 _EMAIL_LIKE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
@@ -216,6 +233,57 @@ def paragraphs(value: str) -> Markup:
     return Markup("\n").join(html)
 
 
+class _ImportedMacro:
+    """A macro reached through ``{% import %}`` / ``{% from %}``: it keeps the escaping of the file defining it.
+
+    Jinja decides a macro's escaping where it is *called*: a macro from a ``.txt`` file (no autoescape) called
+    from an ``.html`` template prints its arguments and context values unescaped, then returns the result as
+    ``Markup``, so it reaches the HTML raw and even ``|escape`` leaves it alone. Here a ``.txt`` macro always
+    renders as plain text, and an HTML caller receives that text escaped once; the ``.txt`` output is untouched.
+    The reverse, HTML printed into plain text, is always a mistake and fails loudly.
+    """
+
+    __slots__ = ("_html", "_macro", "_template")
+
+    def __init__(self, macro: Macro, html: bool, template: str | None) -> None:
+        self._macro = macro
+        self._html = html
+        self._template = template
+
+    @pass_eval_context
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        if not args or not isinstance(args[0], EvalContext):
+            return self._macro(*args, **kwargs)  # called from Python: Jinja's own behaviour
+        caller, *rest = args
+        if caller.autoescape == self._html:
+            return self._macro(caller, *rest, **kwargs)
+        name = f"{self._template}: {self._macro.name}()"
+        if self._html:
+            raise TemplateRuntimeError(f"{name} is an HTML macro: it cannot be printed in a plain-text template")
+        if any(isinstance(value, Markup) for value in (*rest, *kwargs.values())):
+            raise TemplateRuntimeError(f"{name} is a plain-text macro: pass it text, not HTML (Markup)")
+        text = self._macro(EvalContext(caller.environment, self._template), *rest, **kwargs)
+        return escape(text)
+
+    def __getattr__(self, name: str) -> Any:  # name, arguments, caller... as on the macro itself
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._macro, name)
+
+
+class _Template(Template):
+    """Templates whose imported macros are :class:`_ImportedMacro`: ``{% import "x.txt" %}`` is safe in HTML."""
+
+    def make_module(self, vars: Any = None, shared: bool = False, locals: Any = None) -> Any:
+        module = super().make_module(vars, shared, locals)  # also builds the cached module of a plain import
+        autoescape = self.environment.autoescape
+        html = bool(autoescape(self.name) if callable(autoescape) else autoescape)
+        for key, value in list(module.__dict__.items()):
+            if isinstance(value, Macro):
+                setattr(module, key, _ImportedMacro(value, html, self.name))
+        return module
+
+
 def _build_environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
@@ -235,6 +303,7 @@ def _build_environment() -> Environment:
         days_words=days_words,
         paragraphs=paragraphs,
     )
+    env.template_class = _Template
     return env
 
 
