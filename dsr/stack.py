@@ -229,6 +229,20 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
         server.stop()
 
 
+def _profile_state(settings: Settings) -> str:
+    """Said at start, so nobody learns of a missing Art. 15(1) item from the first held access reply."""
+    from dsr.profile import ProfileError, check_profile, load_profile
+
+    try:
+        missing = check_profile(load_profile(settings.config_file))
+    except ProfileError as err:
+        return f"INVALID: {err}"
+    if not missing:
+        return "controller profile complete"
+    return (f"INCOMPLETE: {len(missing)} Art. 15(1) item(s) missing; access replies will wait for them "
+            "(`dsr config check` lists them)")
+
+
 def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes) -> None:
     lines = [
         "dsr is up.",
@@ -242,6 +256,7 @@ def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool
         f"  outgoing mail   {settings.outbox} (SMTP sink on {LOOPBACK}:{settings.smtp.port})" if sink
         else f"  outgoing mail   SMTP {settings.smtp.host}:{settings.smtp.port}",
         f"  DSR_HOME        {settings.home}",
+        f"  profile         {_profile_state(settings)}",
         "",
         "Dashboards:",
         *(f"  {label:<18} {url}" for label, url in dashboard_links(settings).items()),

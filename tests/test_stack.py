@@ -108,6 +108,8 @@ def wait_until(predicate, what: str, timeout: float = 20.0):
 
 def test_request_survives_kill_of_the_whole_stack(stack: Stack) -> None:
     stack.up()
+    # No dsr.toml yet: the operator is told at start that access replies would wait for the profile.
+    assert "profile         INCOMPLETE:" in (stack.home / "up.log").read_text()
     submitted = stack.dsr("submit", "--kind", "access", "--email", EMAIL, "--name", NAME, "--channel", "api",
                           "--json")
     assert submitted.returncode == 0, submitted.stderr
@@ -189,6 +191,7 @@ def test_demo_serves_sample_customers_through_real_connectors(stack: Stack) -> N
         base = free_port()
     stack.env["DSR_DEMO_BASE_PORT"] = str(base)
     stack.up("--demo")
+    assert "profile         controller profile complete" in (stack.home / "up.log").read_text()
     customers = json.loads(stack.dsr("demo", "customers", "--json").stdout)
     heavy = next(c for c in customers if c["email"] == "marie.lefevre@example.com")
     assert heavy["systems"]["woocommerce"]["orders"] == 10_000 and heavy["systems"]["stripe"]["charges"] == 2000
