@@ -51,10 +51,15 @@ BILLING_FIELDS = ("first_name", "last_name", "company", "address_1", "address_2"
 SHIPPING_FIELDS = ("first_name", "last_name", "company", "address_1", "address_2", "city", "state", "postcode",
                    "country", "phone")
 RESIDUAL_FIELDS = ["customer_ip_address", "customer_user_agent"]
+ERASURE_META_KEY = "dsr_erasure"
+"""Order meta set to the request's reference on every order an erasure anonymises, so the orders can be found
+again for what the REST API cannot clear (their billing email, which WooCommerce's own eraser searches by, is
+blank by then)."""
 RESIDUAL_NOTE = (
-    "WooCommerce's REST API cannot clear an order's IP address and user agent (read-only fields): "
-    "run WooCommerce's own eraser (Tools > Erase Personal Data) with the setting 'Remove personal data "
-    "from orders on request' enabled to clear them"
+    "WooCommerce's REST API cannot clear an order's IP address and user agent (read-only fields). The "
+    f"anonymised orders carry the meta {ERASURE_META_KEY} = the request's reference: empty their IP address and "
+    "user agent in the shop's database (HPOS: columns ip_address and user_agent of wp_wc_orders; legacy storage: "
+    "post meta _customer_ip_address and _customer_user_agent)"
 )
 
 # canonical field -> the key it has inside billing/shipping (first/last name and email also exist at top level)
@@ -429,7 +434,8 @@ class WooCommerceConnector:
                 gone = await self._batch("delete", [o["id"] for o in chunk])
             else:
                 pending = {o["id"] for o in chunk if not _is_anonymised(o)}
-                updates = [{"id": o["id"], **blank} for o in chunk if o["id"] in pending]
+                tag = [{"key": ERASURE_META_KEY, "value": job.request_id}]
+                updates = [{"id": o["id"], **blank, "meta_data": tag} for o in chunk if o["id"] in pending]
                 gone = await self._batch("update", updates) if updates else set()
             for order in chunk:
                 if order["id"] in gone:

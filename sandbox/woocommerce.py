@@ -707,7 +707,7 @@ class _Shop:
         _merge_address(customer["billing"], body.get("billing"), BILLING_FIELDS)
         _merge_address(customer["shipping"], body.get("shipping"), SHIPPING_FIELDS)
         if isinstance(body.get("meta_data"), list):
-            customer["meta_data"] = body["meta_data"]
+            _update_meta(customer["meta_data"], body["meta_data"])
         customer["date_modified"] = customer["date_modified_gmt"] = _stamp(self.state._now())
         self.state.version += 1
         return self._json(request, self._render_customer(request, customer))
@@ -766,7 +766,7 @@ class _Shop:
             if key in body and body[key] is not None:
                 order[key] = str(body[key])
         if isinstance(body.get("meta_data"), list):
-            order["meta_data"] = body["meta_data"]
+            _update_meta(order["meta_data"], body["meta_data"])
         # customer_ip_address, customer_user_agent, totals, dates, number...: read-only, ignored.
         self.state.touch_order(order)
 
@@ -901,3 +901,18 @@ def woocommerce_app(
 
 
 __all__ = ["API_PREFIX", "BILLING_FIELDS", "SHIPPING_FIELDS", "WooError", "WooState", "woocommerce_app"]
+
+
+def _update_meta(current: list[dict[str, Any]], updates: list[Any]) -> None:
+    """WooCommerce's ``update_meta_data``: an entry with an ``id`` updates that meta, one with a ``key`` updates
+    the first meta of that key or adds one; meta not named stays (an update never drops other plugins' meta)."""
+    for update in updates:
+        if not isinstance(update, Mapping) or "key" not in update:
+            continue
+        by_id = next((m for m in current if "id" in update and m.get("id") == update["id"]), None)
+        match = by_id or next((m for m in current if m.get("key") == update["key"]), None)
+        if match is not None:
+            match["key"], match["value"] = str(update["key"]), update.get("value")
+        else:
+            current.append({"id": max((int(m.get("id", 0)) for m in current), default=0) + 1,
+                            "key": str(update["key"]), "value": update.get("value")})

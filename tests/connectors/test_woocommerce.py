@@ -207,6 +207,8 @@ async def test_erase_deletes_the_account_and_anonymises_orders(shop: Shop) -> No
     lea = seed_lea(shop.state)
     order_ids = [o["id"] for o in shop.state.orders_billed_to("lea.petit@example.org")]
     decoys = [o for o in shop.state.orders.values() if o["id"] not in order_ids]
+    # Another plugin's meta on an order: tagging the order for the operator must not drop it.
+    shop.state.orders[order_ids[0]]["meta_data"] = [{"id": 7, "key": "_wc_points_earned", "value": "12"}]
     outcome = await shop.connector.erase(OperationJob(REQUEST, LEA))
 
     assert lea["id"] not in shop.state.customers
@@ -215,7 +217,12 @@ async def test_erase_deletes_the_account_and_anonymises_orders(shop: Shop) -> No
         assert not any(order["billing"].values()) and not any(order["shipping"].values())
         assert order["customer_note"] == "" and order["total"] and order["line_items"]
         assert order["customer_ip_address"]  # read-only over REST: reported as residual below
+        # ...so the order is tagged with the request, the only way left to find it (its email is blank).
+        assert {"key": "dsr_erasure", "value": REQUEST} in [
+            {"key": m["key"], "value": m["value"]} for m in order["meta_data"]]
+    assert {"id": 7, "key": "_wc_points_earned", "value": "12"} in shop.state.orders[order_ids[0]]["meta_data"]
     assert all(o["billing"]["email"] for o in decoys)
+    assert not any(m["key"] == "dsr_erasure" for o in decoys for m in o["meta_data"])
 
     by_action: dict[RecordAction, list[Any]] = {}
     for line in outcome.report:
@@ -227,7 +234,7 @@ async def test_erase_deletes_the_account_and_anonymises_orders(shop: Shop) -> No
     assert "L123-22" in leap_day.legal_basis
     [residual] = by_action[RecordAction.RESIDUAL]
     assert residual.fields == ["customer_ip_address", "customer_user_agent"]
-    assert "Remove personal data from orders on request" in residual.note
+    assert "dsr_erasure" in residual.note and "wp_wc_orders" in residual.note
     assert outcome.counts == {"anonymised": 3, "residual": 1, "deleted": 1}
     text = repr(outcome).lower()
     assert "lea.petit" not in text and "petit" not in text and "nantes" not in text
