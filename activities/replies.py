@@ -68,6 +68,9 @@ class ReplyActivities:
             extended=reply.extended, subject_name=reply.subject.name, profile=profile,
             systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
         )
+        if reply.kind in (RequestKind.ACCESS, RequestKind.PORTABILITY) and no_data:
+            # Nothing to deliver, so no link and no expiry timer: the empty export files go now.
+            await asyncio.to_thread(self._exports.delete, reply.request_id)
         if reply.kind in (RequestKind.ACCESS, RequestKind.PORTABILITY) and not no_data:
             info = await asyncio.to_thread(
                 build_bundle, self._exports, reply.request_id, language=reply.language, kind=reply.kind,

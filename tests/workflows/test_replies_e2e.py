@@ -330,6 +330,8 @@ async def test_subject_unknown_to_every_system_gets_the_no_data_reply(world: Wor
         assert all(label(name, "fr") in shown for name in ("hubspot", "stripe", "woocommerce"))
     assert "/exports/" not in reply.everything
     assert not bundle_path(world.exports, request.request_id).exists()
+    # An access export that found nothing still wrote empty dataset files: with no link, they go at once.
+    assert not (world.settings.exports_dir / request.request_id.lower()).exists()
     [sent] = [e for e in world.ledger.events(request.request_id) if e.event == "reply_sent"]
     assert sent.details["no_data"] == "true" and sent.details["recipients_notified"] == "0"
     # Nobody else is written to: no Art. 19 notice when nothing was erased, no operator notice.

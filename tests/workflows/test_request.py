@@ -56,6 +56,13 @@ def templates_sent(engine: Engine, request: RequestInput) -> list[str]:
     return [e.details["template"] for e in engine.ledger.events(request.request_id) if e.event == "notice_sent"]
 
 
+def readable(message) -> str:
+    """Headers and the decoded text and HTML parts: a raw quoted-printable body may split an address."""
+    parts = [message.get_body((kind,)) for kind in ("plain", "html")]
+    return "\n".join([str(message["Subject"]), str(message["To"]),
+                      *(part.get_content() for part in parts if part is not None)])
+
+
 async def status(handle: WorkflowHandle) -> RequestStatus:
     return await handle.query(DataSubjectRequest.status)
 
@@ -191,7 +198,7 @@ async def test_permanent_failure_needs_attention_and_deadline_alarms_fire(engine
     assert labels == ["D-7", "D-2"]
     operator_mail = engine.mail.to(OPERATOR_EMAIL)
     for message in operator_mail:
-        text = message.as_string()
+        text = readable(message)
         assert SUBJECT_EMAIL not in text and SUBJECT_NAME not in text
 
     # The operator fixes the credentials and retries: only the failed connector runs again.
@@ -360,7 +367,7 @@ async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
     [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"]]
     text = notice.get_body(("plain",)).get_content()
     assert "controller.legal_name" in text and f"dsr retry {request.request_id}" in text
-    assert SUBJECT_EMAIL not in notice.as_string() and SUBJECT_NAME not in notice.as_string()
+    assert SUBJECT_EMAIL not in readable(notice) and SUBJECT_NAME not in readable(notice)
     # The reply was not retried blindly: one attempt, then the operator was asked.
     history = await handle.fetch_history()
     scheduled = [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
@@ -405,7 +412,7 @@ async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engi
     [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"]]
     text = notice.get_body(("plain",)).get_content()
     assert "crm: records (ip_address)" in text and f"dsr clear-residuals {request.request_id}" in text
-    assert SUBJECT_EMAIL not in notice.as_string() and SUBJECT_NAME not in notice.as_string()
+    assert SUBJECT_EMAIL not in readable(notice) and SUBJECT_NAME not in readable(notice)
 
     # Nobody acts for a week: the operator is reminded, and again every week.
     await engine.env.sleep(timedelta(days=7, hours=1))
