@@ -96,7 +96,8 @@ def measure(orders: int, runs: int) -> dict[str, float]:
         return {
             "orders": orders, "json_mb": json_size / 2**20, "zip_mb": info.size / 2**20,
             "build_peak_mb": build_peak / 2**20, "stream_peak_mb": stream_peak / 2**20,
-            "build_s": statistics.median(builds), "ratio": statistics.median(b / r for b, r in zip(builds, reads, strict=True)),
+            "build_s": statistics.median(builds),
+            "ratio": statistics.median(b / r for b, r in zip(builds, reads, strict=True)),
         }
 
 
