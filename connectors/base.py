@@ -80,20 +80,59 @@ class ExportJob:
     activity heartbeats it to Temporal, so a crashed worker's retry starts from there."""
 
 
+RECORD_DATE = "record"
+FINANCIAL_YEAR_END = "financial_year_end"
+
+
 @dataclass
 class RetentionRule:
-    """A dataset kept (anonymised or as is) under a legal obligation instead of being deleted."""
+    """A dataset kept (anonymised or as is) under a legal obligation instead of being deleted.
+
+    Accounting records (Code de commerce L123-22) are kept ten years from the close of the financial year
+    they belong to, not from their own date: an order of March 2024 in a year closing on 31 December is kept
+    until 31 December 2034. ``counted_from`` says which; ``financial_year_end`` is the closing day (MM-DD).
+    """
 
     dataset: str  # e.g. "charges", "invoices", "orders"
     legal_basis: str  # e.g. "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting, 10 years)"
     years: int = 10
+    counted_from: str = RECORD_DATE  # or FINANCIAL_YEAR_END
+    financial_year_end: str = "12-31"
+
+    def __post_init__(self) -> None:
+        if self.counted_from not in (RECORD_DATE, FINANCIAL_YEAR_END):
+            raise ValueError(f"counted_from must be {RECORD_DATE} or {FINANCIAL_YEAR_END}")
+        _month_day(self.financial_year_end)  # fails early on a malformed closing day
 
     def until(self, created: date) -> date:
-        """The date until which a record created on ``created`` is kept (same day, ``years`` later)."""
-        try:
-            return created.replace(year=created.year + self.years)
-        except ValueError:  # 29 February
-            return created.replace(year=created.year + self.years, day=28)
+        """The last day a record created on ``created`` is kept: ``years`` after its date, or after the close
+        of its financial year."""
+        start = created if self.counted_from == RECORD_DATE else self.year_closing(created)
+        return _same_day(start, start.year + self.years)
+
+    def year_closing(self, day: date) -> date:
+        """The last day of the financial year that ``day`` belongs to."""
+        month, closing_day = _month_day(self.financial_year_end)
+        canonical = date(2000, month, closing_day)  # 2000: a leap year, so a 29 February closing is allowed
+        closing = _same_day(canonical, day.year)
+        return closing if day <= closing else _same_day(canonical, day.year + 1)
+
+
+def _month_day(value: str) -> tuple[int, int]:
+    try:
+        month, day = (int(part) for part in value.split("-"))
+        date(2000, month, day)
+    except ValueError:
+        raise ValueError(f"financial_year_end must be a day of the year as MM-DD, got {value!r}") from None
+    return month, day
+
+
+def _same_day(day: date, year: int) -> date:
+    """``day`` in ``year``; 29 February becomes 28 February in a common year."""
+    try:
+        return day.replace(year=year)
+    except ValueError:
+        return day.replace(year=year, day=28)
 
 
 @dataclass

@@ -60,7 +60,12 @@ class RetentionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str = Field(min_length=1, description="Dataset kept instead of deleted, e.g. orders.")
     legal_basis: str = Field(min_length=1, description="Why it is kept (told to the subject).")
-    years: int = Field(default=10, ge=1, le=100, description="How long after the record's date.")
+    years: int = Field(default=10, ge=1, le=100, description="How many years it is kept.")
+    counted_from: Literal["record", "financial_year_end"] = Field(
+        default="record", description="From the record's date, or from the close of its financial year "
+                                      "(accounting records, Code de commerce L123-22).")
+    financial_year_end: str = Field(default="12-31", pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
+                                    description="Closing day of the financial year, MM-DD.")
 
 
 class ConnectorConfig(BaseModel):
@@ -171,7 +176,8 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str]) -> Conne
         "timeout": connector.timeout_seconds,
     }
     if connector.retention is not None:  # otherwise each connector's legal default
-        common["retention"] = tuple(RetentionRule(r.dataset, r.legal_basis, r.years) for r in connector.retention)
+        common["retention"] = tuple(RetentionRule(r.dataset, r.legal_basis, r.years, r.counted_from,
+                                                  r.financial_year_end) for r in connector.retention)
     base_url = connector.base_url or DEFAULT_BASE_URL.get(connector.type, "")
     name = connector.display_name
     match connector.type:

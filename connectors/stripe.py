@@ -78,6 +78,7 @@ import stripe
 
 from connectors.base import (
     CANONICAL_FIELDS,
+    FINANCIAL_YEAR_END,
     ConnectorError,
     DatasetWriter,
     ExportJob,
@@ -94,9 +95,9 @@ T = TypeVar("T")
 
 LEGAL_BASIS = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)"
 DEFAULT_RETENTION: tuple[RetentionRule, ...] = (
-    RetentionRule("charges", LEGAL_BASIS, 10),
-    RetentionRule("invoices", LEGAL_BASIS, 10),
-    RetentionRule("payment_intents", LEGAL_BASIS, 10),
+    RetentionRule("charges", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
+    RetentionRule("invoices", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
+    RetentionRule("payment_intents", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
 )
 
 PAGE = 100

@@ -31,6 +31,7 @@ import orjson
 
 from connectors.base import (
     CANONICAL_FIELDS,
+    FINANCIAL_YEAR_END,
     DatasetWriter,
     ExportJob,
     Located,
@@ -71,7 +72,8 @@ _ADDRESS_KEY = {
 _TOP_LEVEL = ("first_name", "last_name", "email")
 
 DEFAULT_RETENTION = (
-    RetentionRule("orders", "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)", 10),
+    RetentionRule("orders", "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)", 10,
+                  counted_from=FINANCIAL_YEAR_END),
 )
 
 

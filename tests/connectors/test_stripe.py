@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,8 @@ async def test_erase_deletes_the_customer_and_retains_payments_with_their_legal_
         line = retained[charge_id]
         assert line.action == RecordAction.RETAINED and line.legal_basis == LEGAL_BASIS
         day = datetime.fromtimestamp(created, UTC).date()
-        assert line.retained_until == day.replace(year=day.year + 10)
+        # L123-22: ten years from the close of the financial year (31 December by default).
+        assert line.retained_until == date(day.year + 10, 12, 31)
     assert [r.action for r in by_dataset["invoices"]] == [RecordAction.RETAINED]
     # localstripe cannot list payment intents by customer: those the charges name are reported
     assert by_dataset["payment_intents"] and all(r.action == RecordAction.RETAINED

@@ -15,15 +15,16 @@ import json
 import re
 import zipfile
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowExecutionStatus
 
+from connectors import woocommerce
 from connectors.base import RetentionRule
-from connectors.stripe import LEGAL_BASIS
+from connectors.stripe import DEFAULT_RETENTION, LEGAL_BASIS
 from dsr import search_attributes as sa
 from dsr.bundle import bundle_path
 from dsr.config import Settings
@@ -177,14 +178,16 @@ async def test_erasure_reply_says_what_each_system_did_and_each_recipient_is_tol
     assert hubspot.splitlines() == ["  - Effacé : fiche contact : 1"]
     stripe = section(reply.text, label("stripe", "fr"))
     assert "  - Effacé : compte client : 1" in stripe.splitlines()
-    assert (f"  - Conservé en l'état : paiements : {CHARGES} — conservé {until_words(charges)} ; "
+    charge_days = [datetime.fromtimestamp(c["created"], UTC).date() for c in charges]
+    assert (f"  - Conservé en l'état : paiements : {CHARGES} — conservé {until_words(charge_days, CHARGES_RULE)} ; "
             f"fondement : {LEGAL_BASIS}") in stripe.splitlines()
     assert "L123-22" in stripe
     woo = section(reply.text, label("woocommerce", "fr")).splitlines()
     assert "  - Effacé : compte client : 1" in woo
     orders = ORDERS + GUEST_ORDERS
     [anonymised] = [line for line in woo if line.startswith("  - Anonymisé")]
-    assert f"commandes : {orders} — conservé jusqu'à une date comprise entre" in anonymised
+    order_days = [date.fromisoformat(world.systems.woo.orders[i]["date_created_gmt"][:10]) for i in mine.woo_orders]
+    assert f"commandes : {orders} — conservé {until_words(order_days, ORDERS_RULE)} ;" in anonymised
     assert "L123-22" in anonymised
     assert (f"  - Non effacé automatiquement : commandes : {orders} — données concernées : adresse IP, "
             "informations sur le navigateur") in woo
@@ -257,10 +260,13 @@ async def test_erasure_residual_data_is_followed_up_with_the_operator_until_clea
     assert cleared.actor == "operator:alice"
 
 
-def until_words(charges: list[dict]) -> str:
-    """When the charges' ten years end, as the French reply says it (one date, or a range across days)."""
-    ends = sorted({RetentionRule("charges", LEGAL_BASIS).until(datetime.fromtimestamp(c["created"], UTC).date())
-                   for c in charges})
+CHARGES_RULE = next(rule for rule in DEFAULT_RETENTION if rule.dataset == "charges")
+ORDERS_RULE = next(rule for rule in woocommerce.DEFAULT_RETENTION if rule.dataset == "orders")
+
+
+def until_words(days: list[date], rule: RetentionRule) -> str:
+    """When records of these days stop being kept, as the French reply says it (one date, or a range)."""
+    ends = sorted({rule.until(day) for day in days})
     if len(ends) == 1:
         return f"jusqu'au {format_date(ends[0], 'fr')}"
     return f"jusqu'à une date comprise entre le {format_date(ends[0], 'fr')} et le {format_date(ends[-1], 'fr')}"
