@@ -237,6 +237,17 @@ class HubSpotConnector:
                 ids.append(object_id)
         return ids, ((page.get("paging") or {}).get("next") or {}).get("after") or None
 
+    async def _count_associated(self, contacts: Sequence[str], to_type: str) -> int:
+        total = 0
+        for contact_id in contacts:
+            after: str | None = None
+            while True:
+                ids, after = await self._association_page(contact_id, to_type, after)
+                total += len(ids)
+                if not after:
+                    break
+        return total
+
     async def _batch_read(self, object_type: str, ids: list[str]) -> list[dict[str, Any]]:
         if not ids:
             return []
@@ -328,8 +339,13 @@ class HubSpotConnector:
             for writer in writers.values():
                 writer.close()
 
-        outcome.datasets = summaries
         outcome.counts = {"exported": sum(s.records for s in summaries)}
+        if job.provided_only:
+            # Counted, not exported: the reply tells the subject what portability leaves out (Art. 20 covers
+            # what they provided) and that an access request gets it.
+            summaries += [DatasetSummary(ds, await self._count_associated(contacts, ds), provided=False)
+                          for ds in ASSOCIATED]
+        outcome.datasets = summaries
         outcome.report = [RecordReport(CONTACT, c, RecordAction.EXPORTED) for c in contacts]
         if resumed:
             outcome.notes.append("export resumed from its last checkpoint")

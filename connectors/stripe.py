@@ -516,8 +516,31 @@ class StripeConnector:
             for writer in writers.values():
                 writer.close()
         total = sum(s.records for s in summaries)
+        if job.provided_only:
+            # Counted, not exported: the reply tells the subject what portability leaves out (Art. 20 covers
+            # what they provided) and that an access request gets it.
+            summaries += [DatasetSummary(d, await self._count(d, customers, email, notes), provided=False)
+                          for d in DATASETS if d not in PROVIDED]
         return ConnectorOutcome(connector=self.name, found=total, counts={"exported": total}, notes=notes,
                                 datasets=summaries)
+
+    async def _count(self, dataset: str, customers: Sequence[str], email: str, notes: list[str]) -> int:
+        """How many records of ``dataset`` the customers have, paging as the export would, writing nothing."""
+        total = 0
+        for step in (_Step(dataset, customer=cid) for cid in customers):
+            after: str | None = None
+            while True:
+                try:
+                    page = await self._page(step, after, email, customers)
+                except _Unsupported as gap:
+                    self._note_unsupported(notes, gap.feature)
+                    break
+                total += len(page.records)
+                if page.has_more and page.last is not None and page.last != after:
+                    after = page.last
+                else:
+                    break
+        return total
 
     @staticmethod
     def _project(dataset: str, record: Mapping[str, Any]) -> dict[str, Any]:

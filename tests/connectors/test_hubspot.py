@@ -166,7 +166,9 @@ async def test_export_streams_every_dataset_to_the_encrypted_store(portal: Porta
 async def test_portability_exports_only_what_the_subject_provided(portal: Portal, store: ExportStore) -> None:
     outcome = await portal.connector().export(ExportJob(
         request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST), provided_only=True))
-    assert [(d.dataset, d.records, d.provided) for d in outcome.datasets] == [("contact", 1, True)]
+    # Only the contact is exported; the associated records are counted so the reply can say what was left out.
+    assert [(d.dataset, d.records, d.provided) for d in outcome.datasets] == [
+        ("contact", 1, True), ("notes", 2, False), ("deals", 1, False), ("tickets", 1, False), ("emails", 2, False)]
     assert [(d.dataset, d.provided) for d in store.datasets(REQUEST)] == [("contact", True)]
     [contact] = store.read(REQUEST, "hubspot", "contact")
     assert contact["properties"]["firstname"] == "Lea" and contact["properties"]["address"] == "12 rue des Lilas"

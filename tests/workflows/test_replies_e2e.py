@@ -100,6 +100,9 @@ async def test_portability_reply_links_to_the_data_the_subject_provided_and_nobo
     states_dates_and_rights(reply, request, "en")
     for shown in (reply.text, reply.html_text):  # Art. 20(2): how the data can go to another controller
         assert "transmit them directly to another controller" in shown and "Article 20(2)" in shown
+        # What portability leaves out is named, with the way to get it (an access request).
+        assert "does not include data you did not provide yourself" in shown
+        assert "(notes from our team: 2)" in shown and "access request (Article 15 GDPR)" in shown
 
     link, code = reply.download_link()
     got = await download(link, code)
