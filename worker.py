@@ -20,6 +20,7 @@ from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
 from activities.replies import ReplyActivities
 from connectors.base import Connector
+from connectors.config import ConfigFileError
 from dsr.config import Settings
 from dsr.exports import ExportStore
 from dsr.ledger import Ledger
@@ -63,13 +64,15 @@ def activities_for(
 ) -> list:
     """Every activity function of the engine, bound to its dependencies."""
     ledger_activities = LedgerActivities(ledger)
+    profile = profile or (lambda: load_profile(settings.config_file))
+    signature = controller_signature(settings, profile)
     notices = NoticeActivities(
         settings.smtp,
         mail_from=settings.mail_from,
-        from_name=settings.controller_name or "Privacy",
+        from_name=signature or "Privacy",
         mail_domain=settings.mail_domain,
         sent_log=LedgerSentLog(ledger),
-        controller_name=settings.controller_name,
+        controller_name=signature,
         request_link=settings.request_link,
         identity_links=IdentityLinks(exports.sealer, ttl=timedelta(days=settings.policy.identity_timeout_days)),
         public_url=settings.intake_url,
@@ -80,13 +83,13 @@ def activities_for(
     )
     fan_out = ConnectorActivities(connectors, exports)
     replies = ReplyActivities(
-        Mailer(settings.smtp, mail_from=settings.mail_from, from_name=settings.controller_name or "Privacy",
+        Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                mail_domain=settings.mail_domain),
         sent_log=LedgerSentLog(ledger),
         exports=exports,
         links=DownloadLinks(exports.sealer, ttl=timedelta(days=settings.link_days)),
         public_url=settings.intake_url,
-        profile=profile or (lambda: load_profile(settings.config_file)),
+        profile=profile,
     )
     return [
         ledger_activities.record_request,
@@ -100,6 +103,18 @@ def activities_for(
         intake.submit_triaged,
         intake.delete_identity_documents,
     ]
+
+
+def controller_signature(settings: Settings, profile: Callable[[], ControllerProfile | None]) -> str:
+    """Who signs notices and names the sender: DSR_CONTROLLER_NAME, else the profile's legal name (read once,
+    at the worker's start), so the acknowledgement and the final reply are signed alike."""
+    if settings.controller_name:
+        return settings.controller_name
+    try:
+        loaded = profile()
+    except ConfigFileError:
+        return ""  # a malformed profile is reported by `dsr config check` and holds access replies
+    return loaded.legal_name if loaded is not None else ""
 
 
 def attachment_store(settings: Settings, keyring):

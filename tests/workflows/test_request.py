@@ -427,3 +427,14 @@ async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engi
     [cleared] = [e for e in engine.ledger.events(request.request_id) if e.event == "residuals_cleared"]
     assert cleared.actor == "operator:alice" and cleared.details == {"note_length": "24"}
     assert (await handle.describe()).typed_search_attributes.get(sa.DSR_RESIDUAL) is False
+
+
+async def test_notices_are_signed_with_the_profiles_legal_name_when_no_controller_name_is_set(
+    engine: Engine,
+) -> None:
+    _, handle = await submit(engine, "access")
+    await handle.result()
+    acknowledgement, reply = engine.mail.to(SUBJECT_EMAIL)
+    for message in (acknowledgement, reply):  # signed alike, the notice by the worker, the reply by the profile
+        assert "Kestio SAS" in message.get_body(("plain",)).get_content()
+        assert message["From"].addresses[0].display_name == "Kestio SAS"
