@@ -2,8 +2,9 @@
 
 ``submit_triaged`` goes through :class:`intake.service.IntakeService`, like every other channel, so a
 message classified by hand is validated, de-duplicated and recorded exactly as if the classifier had
-been sure. ``delete_identity_documents`` removes what an email request came with (an ID copy) once
-identity is confirmed, as the CNIL asks.
+been sure. ``delete_identity_documents`` removes the files stored with a request (an ID copy that came with
+the email request, or by a later reply about any request) once identity is confirmed, as the CNIL asks; it
+answers 0 when there are none, so every channel may call it.
 """
 
 from __future__ import annotations

@@ -21,10 +21,11 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -434,6 +435,35 @@ class Ledger:
         statement = statement.order_by(RequestRow.received_at, RequestRow.request_id)
         with self._session(write=False) as session:
             return list(session.scalars(statement))
+
+    def request_of_sent_email(self, keys: Iterable[str]) -> str | None:
+        """The request an email we sent belongs to, found by the idempotency key of its ``notice_sent`` event.
+
+        Our Message-IDs are derived from those keys (``activities.notices``, ``activities.replies``), so a reply's
+        In-Reply-To leads back to its request through the unique index on ``event_key``, without a scan.
+        """
+        wanted = [key for key in keys if key]
+        if not wanted:
+            return None
+        statement = (
+            select(EventRow.request_id)
+            .where(EventRow.event_key.in_(wanted), EventRow.event == "notice_sent")  # type: ignore[attr-defined]
+            .limit(1)
+        )
+        with self._session(write=False) as session:
+            return session.scalar(statement)
+
+    def request_of_subject(self, request_id: str, email: str) -> LedgerRequest | None:
+        """The request, only when ``email`` (any case) is its subject's address, compared by blind index.
+
+        None when there is no such request or it is someone else's: a caller that only knows a reference
+        (quoted in a Subject line, say) learns nothing about requests that are not the sender's.
+        """
+        with self._session(write=False) as session:
+            row = session.get(RequestRow, request_id)
+            if row is None or not hmac.compare_digest(row.subject_index, self._email_index(email)):
+                return None
+            return self._view(row)
 
     def events(self, request_id: str) -> list[LedgerEvent]:
         """The request's events in time order (ties: the order they were appended)."""

@@ -236,6 +236,21 @@ class DuplicateAttached:
 
 
 @dataclass
+class Correspondence:
+    """The subject wrote again about this open request (a reply to one of our emails), e.g. with an ID copy.
+
+    Deliberately without the text or the sender: the email stays in the privacy mailbox, its attachments in
+    the attachment store under the request's id. ``message_key`` is the mailbox's keyed hash of the
+    message (no personal data): the update is applied once per message, however often it is delivered.
+    """
+
+    message_key: str
+    received_at: datetime  # our server's receipt instant (IMAP INTERNALDATE)
+    attachments: int = 0  # files of this message now stored under the request
+    message_id: str | None = None  # the subject's Message-ID: later notices to them answer in its thread
+
+
+@dataclass
 class UpdateResult:
     """What an update tells its caller: the stage and deadline after it was applied."""
 
@@ -354,6 +369,7 @@ class NoticeTemplate(StrEnum):
     DUPLICATE = "duplicate"  # a second request of the same kind was attached to the open one
     OPERATOR_REPLY_HELD = "operator_reply_held"  # the final reply cannot be written (e.g. incomplete profile)
     OPERATOR_RESIDUAL = "operator_residual"  # data a system's API could not clear: to be cleared by hand
+    OPERATOR_CORRESPONDENCE = "operator_correspondence"  # the subject wrote again (e.g. sent an ID copy)
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -363,6 +379,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_TRIAGE,
     NoticeTemplate.OPERATOR_REPLY_HELD,
     NoticeTemplate.OPERATOR_RESIDUAL,
+    NoticeTemplate.OPERATOR_CORRESPONDENCE,
 })
 
 

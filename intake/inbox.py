@@ -8,6 +8,10 @@ before anything is started, and how far processing got:
 
 ``reserved`` -> ``submitted`` | ``triaged`` | ``rejected`` -> ``moved``
 
+A reply about a request is decided while ``reserved``: ``reason`` becomes ``correspondence`` (an open
+request, ``reference``; then ``submitted`` once the request was told) or ``closed_reply`` (a closed one; then
+``triaged``), before its attachments are stored, so every retry takes the same path.
+
 The table lives in the ledger's database (SQLite or PostgreSQL); :class:`Inbox` creates it on the ledger's
 engine if it is missing. See :mod:`intake.mailbox` for the exactly-once protocol built on it.
 """
@@ -46,8 +50,9 @@ class InboundMessageRow(SQLModel, table=True):
     request_id: str = Field(sa_type=String(100), index=True)
     state: str = Field(sa_type=String(16))
     outcome: str | None = Field(default=None, sa_type=String(16))  # submitted / triaged / rejected
-    reference: str | None = Field(default=None, sa_type=String(100))  # the request it joined, if another
-    reason: str | None = Field(default=None, sa_type=String(64))  # a code, e.g. "invalid_submission"
+    reference: str | None = Field(default=None, sa_type=String(100))  # the request it joined or answers
+    # A code: "invalid_submission" (rejected), "correspondence" / "closed_reply" (a reply about `reference`).
+    reason: str | None = Field(default=None, sa_type=String(64))
     attachments_stored: bool = False
     received_at: datetime = Field(sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)

@@ -29,6 +29,23 @@ A crash before 5 re-submits the same id (idempotent); between 5 and 6 the next p
 moves the message; after the move the message is no longer in the inbox. A message that is delivered
 again with the same Message-ID and sender is moved without a second request.
 
+Replies about a request
+-----------------------
+Before anything is stored or classified (between 2 and 3), a sink that is also a
+:class:`~intake.service.ReplySink` is asked whether the message answers a request: a reference
+(``dsr-2026-11-7KQ3FJ``, any case) in its Subject or one of our Message-IDs in In-Reply-To/References, *and*
+the sender being that request's subject (blind index in the ledger). Otherwise -- no reference, no such
+request, someone else writing -- the steps above apply unchanged. The decision is committed on the row
+(``reason`` ``correspondence`` or ``closed_reply``, ``reference`` the request) before anything else, so a
+retry takes the same path:
+
+* open request: 3') the attachments are stored under the *request's* id, each tagged with the message's key
+  and part, so a retry stores only what is missing and never clears the request's other files;
+  4') the ``record_correspondence`` update, idempotent by the message key (a crash after it and before 5
+  sends it again: the workflow recognises the key and does nothing); 5) ``submitted``; 6) processed folder.
+* closed request (or one that refuses the update because it closed meanwhile, its files then moved back
+  under the reserved id): triage, with the reason "reply about closed request dsr-...", never a new request.
+
 Rejections
 ----------
 Mail that cannot become a request is moved to the rejected folder and logged in one line without personal
@@ -73,9 +90,9 @@ from sqlalchemy import Engine
 
 from dsr.crypto import KeyRing
 from dsr.deadlines import receipt_date
-from dsr.model import Channel, Language, RequestKind, is_valid_email
+from dsr.model import Channel, Correspondence, Language, RequestKind, is_valid_email
 from intake.inbox import InboundMessage, Inbox, MessageState
-from intake.service import IntakeSink, RateLimited, TriageItem
+from intake.service import IntakeSink, RateLimited, ReplySink, RequestClosed, TriageItem
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, new_request_id
 
 log = logging.getLogger("dsr.intake.mailbox")
@@ -142,10 +159,11 @@ class PollReport:
     rejected: int = 0  # moved to the rejected folder
     skipped: int = 0  # already handled (a crash or a redelivery): only moved
     deferred: int = 0  # left in the inbox for the next poll (rate limited, engine unavailable)
+    corresponded: int = 0  # replies recorded on the open request they are about
 
     @property
     def total(self) -> int:
-        return self.submitted + self.triaged + self.rejected + self.skipped + self.deferred
+        return self.submitted + self.triaged + self.rejected + self.skipped + self.deferred + self.corresponded
 
 
 class MailboxError(Exception):
@@ -207,6 +225,11 @@ class AttachmentStore:
     content type, size); both bind the request id and index as authenticated data, so a file moved under
     another request or index does not open. Directories are 0700, files 0600. An attachment exists once its
     ``.meta`` exists (written last).
+
+    Files added to a request that already holds some (a reply about it) carry their ``source`` -- the
+    mailbox's keyed hash of the message -- and ``part`` (its position in the message) in the sealed
+    ``.meta``, so storing the same message again after a crash skips what is already there
+    (:meth:`parts_from`) instead of clearing the request's other files.
     """
 
     def __init__(
@@ -250,8 +273,13 @@ class AttachmentStore:
                 found.append(int(stem))
         return sorted(found)
 
-    def save(self, request_id: str, filename: str, content_type: str, data: bytes) -> AttachmentInfo:
-        """Store one attachment; raises :class:`AttachmentLimitError` over the size or count limit."""
+    def save(
+        self, request_id: str, filename: str, content_type: str, data: bytes, *, source: str = "", part: int = 0
+    ) -> AttachmentInfo:
+        """Store one attachment; raises :class:`AttachmentLimitError` over the size or count limit.
+
+        ``source`` and ``part`` name the message and its part the file came from (see :meth:`parts_from`).
+        """
         directory = self._dir(request_id)
         if len(data) > self.max_bytes:
             raise AttachmentLimitError(f"attachment is larger than {self.max_bytes} bytes")
@@ -272,19 +300,60 @@ class AttachmentStore:
                 break
             except FileExistsError:  # another writer took this index
                 index += 1
-        meta = json.dumps({"filename": info_name, "content_type": info_type, "size": len(data)}).encode()
+        fields: dict[str, Any] = {"filename": info_name, "content_type": info_type, "size": len(data)}
+        if source:
+            fields.update(source=source, part=int(part))
+        meta = json.dumps(fields).encode()
         _write_new_file(directory / f"{index}.meta", self._seal(meta, self._aad(request_id, index, "meta")))
         return AttachmentInfo(index=index, filename=info_name, content_type=info_type, size=len(data))
 
+    def _metas(self, request_id: str) -> builtins.list[tuple[int, dict[str, Any]]]:
+        directory = self._dir(request_id)
+        found = []
+        for index in self._indexes(directory, "meta"):
+            try:
+                sealed = (directory / f"{index}.meta").read_bytes()
+            except FileNotFoundError:  # deleted meanwhile (identity confirmed while a reply was stored)
+                continue
+            found.append((index, json.loads(self._open(sealed, self._aad(request_id, index, "meta")))))
+        return found
+
     def list(self, request_id: str) -> builtins.list[AttachmentInfo]:
         """The request's attachments, oldest first (filenames decrypted)."""
+        return [
+            AttachmentInfo(index, str(meta["filename"]), str(meta["content_type"]), int(meta["size"]))
+            for index, meta in self._metas(request_id)
+        ]
+
+    def parts_from(self, request_id: str, source: str) -> set[int]:
+        """The parts of message ``source`` stored under the request (a retried store skips them)."""
+        if not source:
+            return set()
+        return {int(meta.get("part", 0)) for _, meta in self._metas(request_id) if meta.get("source") == source}
+
+    def delete_from(self, request_id: str, source: str) -> int:
+        """Delete the request's attachments that came from message ``source``; returns how many."""
         directory = self._dir(request_id)
-        infos = []
-        for index in self._indexes(directory, "meta"):
-            raw = self._open((directory / f"{index}.meta").read_bytes(), self._aad(request_id, index, "meta"))
-            meta = json.loads(raw)
-            infos.append(AttachmentInfo(index, str(meta["filename"]), str(meta["content_type"]), int(meta["size"])))
-        return infos
+        deleted = 0
+        for index, meta in self._metas(request_id):
+            if not source or meta.get("source") != source:
+                continue
+            for suffix in ("meta", "bin"):  # the .meta first: without it the attachment no longer exists
+                with contextlib.suppress(FileNotFoundError):
+                    (directory / f"{index}.{suffix}").unlink()
+            deleted += 1
+        return deleted
+
+    def move_from(self, from_request: str, to_request: str, source: str) -> int:
+        """Re-file the attachments of message ``source`` from one request to another; safe to repeat after a
+        crash (copies are skipped by part, then the originals deleted)."""
+        present = self.parts_from(to_request, source)
+        for index, meta in self._metas(from_request):
+            if meta.get("source") != source or int(meta.get("part", 0)) in present:
+                continue
+            self.save(to_request, str(meta["filename"]), str(meta["content_type"]), self.read(from_request, index),
+                      source=source, part=int(meta.get("part", 0)))
+        return self.delete_from(from_request, source)
 
     def read(self, request_id: str, index: int) -> bytes:
         """The decrypted content of one attachment; ``FileNotFoundError`` if there is none."""
@@ -367,6 +436,7 @@ class InboundEmail:
     body: str  # text: text/plain preferred, else HTML reduced to text
     attachments: tuple[Attachment, ...] = ()
     attachments_dropped: int = 0  # over the count or size limit
+    thread_ids: tuple[str, ...] = ()  # In-Reply-To, then References from the most recent: what it answers
 
     def key_id(self, raw: bytes) -> str:
         """The Message-ID, or a synthetic one from a hash of the raw bytes when there is none."""
@@ -434,7 +504,25 @@ def parse_message(
         body=body,
         attachments=tuple(attachments),
         attachments_dropped=dropped,
+        thread_ids=_thread_ids(message),
     )
+
+
+MAX_THREAD_IDS = 50
+
+
+def _thread_ids(message: Message) -> tuple[str, ...]:
+    """The Message-IDs a message answers: In-Reply-To first, then References newest first (RFC 5322 3.6.4
+    lists them oldest first); bounded, since the headers are the sender's to fill."""
+    found: list[str] = []
+    replied = _MSG_ID.findall(_header_text(message, "In-Reply-To"))
+    references = _MSG_ID.findall(_header_text(message, "References"))
+    for message_id in [*replied, *reversed(references)]:
+        if message_id not in found:
+            found.append(message_id)
+        if len(found) >= MAX_THREAD_IDS:
+            break
+    return tuple(found)
 
 
 def _header_text(message: Message, name: str) -> str:
@@ -639,7 +727,14 @@ def _quoted(value: str) -> str:
     return aioimaplib.quoted(value)
 
 
+CORRESPONDENCE = "correspondence"
+"""Inbox reason code: a reply about the open request named in ``reference``."""
+CLOSED_REPLY = "closed_reply"
+"""Inbox reason code: a reply about the closed request named in ``reference``: to triage."""
+
+
 class Outcome(StrEnum):
+    CORRESPONDED = "corresponded"
     SUBMITTED = "submitted"
     TRIAGED = "triaged"
     REJECTED = "rejected"
@@ -666,6 +761,8 @@ class Mailbox:
     ) -> None:
         self.settings = settings
         self._sink = sink
+        # Replies about a request are recognised only by a sink that can look them up (the intake service).
+        self._replies: ReplySink | None = sink if isinstance(sink, ReplySink) else None
         self._inbox = Inbox(engine, keyring)
         self._attachments = attachments
         self._classify: Classifier = classifier or _default_classifier
@@ -787,8 +884,9 @@ class Mailbox:
             await _logout(client)
         if report.total:
             log.info(
-                "mailbox poll: %d submitted, %d triaged, %d rejected, %d skipped, %d deferred",
-                report.submitted, report.triaged, report.rejected, report.skipped, report.deferred,
+                "mailbox poll: %d submitted, %d replies, %d triaged, %d rejected, %d skipped, %d deferred",
+                report.submitted, report.corresponded, report.triaged, report.rejected, report.skipped,
+                report.deferred,
             )
         return report
 
@@ -877,12 +975,22 @@ class Mailbox:
         if not fresh:
             log.info("mailbox: message uid=%d already taken in as %s; moved", uid, row.request_id)
             return Outcome.SKIPPED
-        return Outcome.TRIAGED if outcome == MessageState.TRIAGED else Outcome.SUBMITTED
+        if outcome == MessageState.TRIAGED:
+            return Outcome.TRIAGED
+        return Outcome.CORRESPONDED if row.reason == CORRESPONDENCE else Outcome.SUBMITTED
 
     async def _take_in(
         self, row: InboundMessage, message: InboundEmail, received_at: datetime, uid: int
     ) -> InboundMessage:
         """Steps 3-5 of the protocol for a reserved message; returns the row (still reserved: deferred)."""
+        if row.reason is None and not row.attachments_stored:
+            # Not decided yet (attachments stored means the normal path was taken before a crash: keep it).
+            recognised = await self._recognise_reply(row, message, uid)
+            if recognised is None:
+                return row
+            row = recognised
+        if row.reason == CORRESPONDENCE and row.reference:
+            return await self._correspond(row, message, received_at, uid)
         request_id = row.request_id
         if not row.attachments_stored:
             await asyncio.to_thread(self._store_attachments, request_id, message)
@@ -897,6 +1005,9 @@ class Mailbox:
         except Exception as exc:  # a classifier bug must not block the inbox: a human decides instead
             log.error("mailbox: classifier failed on message uid=%d (%s); sent to triage", uid, type(exc).__name__)
             kind, language_enum, reason = None, None, "classifier failed"
+        if row.reason == CLOSED_REPLY:
+            # Never a new request on its own, whatever it says: a person decides (the language still helps).
+            kind, reason = None, f"reply about closed request {row.reference}"
         language = language_enum.value if language_enum is not None else None
         details = _bounded(message.body, MAX_DETAILS)
         in_reply_to = message.message_id  # None for a synthetic id: there is no thread to answer in
@@ -959,6 +1070,70 @@ class Mailbox:
         return await asyncio.to_thread(
             self._inbox.mark, row.message_key, MessageState.SUBMITTED, reference=accepted.reference
         )
+
+    async def _recognise_reply(self, row: InboundMessage, message: InboundEmail, uid: int) -> InboundMessage | None:
+        """Decide, durably, whether the message answers a request of its sender's; None: try again next poll."""
+        if self._replies is None:
+            return row
+        try:
+            found = await self._replies.find_replied_request(message.sender, message.subject, message.thread_ids)
+        except Exception as exc:  # the ledger unreachable: deciding wrongly would misfile an ID copy
+            log.warning(
+                "mailbox: message uid=%d: could not check whether it answers a request (%s); left in the inbox",
+                uid, type(exc).__name__,
+            )
+            return None
+        if found is None:
+            return row
+        reason = CLOSED_REPLY if found.closed else CORRESPONDENCE
+        return await asyncio.to_thread(
+            self._inbox.mark, row.message_key, MessageState.RESERVED, reason=reason, reference=found.request_id
+        )
+
+    async def _correspond(
+        self, row: InboundMessage, message: InboundEmail, received_at: datetime, uid: int
+    ) -> InboundMessage:
+        """Steps 3'-5 for a reply about an open request: its files under the request, then the update."""
+        assert self._replies is not None and row.reference is not None
+        target, key = row.reference, row.message_key
+        try:
+            if not row.attachments_stored:
+                await asyncio.to_thread(self._store_reply_attachments, target, key, message)
+                await asyncio.to_thread(self._inbox.mark_attachments_stored, key)
+            if message.attachments_dropped:
+                log.warning("mailbox: message uid=%d: %d attachment(s) over the limits not kept", uid,
+                            message.attachments_dropped)
+            kept = len(await asyncio.to_thread(self._attachments.parts_from, target, key))
+            await self._replies.record_correspondence(target, Correspondence(
+                message_key=key, received_at=received_at, attachments=kept, message_id=message.message_id,
+            ))
+        except RequestClosed:
+            # Closed since the ledger was read: the files leave the closed request with the message, and the
+            # message goes to triage like any reply about a closed request (the move is safe to repeat).
+            await asyncio.to_thread(self._attachments.move_from, target, row.request_id, key)
+            row = await asyncio.to_thread(self._inbox.mark, key, MessageState.RESERVED, reason=CLOSED_REPLY)
+            return await self._take_in(row, message, received_at, uid)
+        except Exception as exc:  # engine unavailable, a disk error: the message key makes the retry safe
+            log.warning(
+                "mailbox: message uid=%d could not be recorded on %s (%s); left in the inbox",
+                uid, target, type(exc).__name__,
+            )
+            return row
+        log.info("mailbox: message uid=%d recorded as correspondence on %s (%d attachment(s))", uid, target, kept)
+        return await asyncio.to_thread(self._inbox.mark, key, MessageState.SUBMITTED)
+
+    def _store_reply_attachments(self, request_id: str, source: str, message: InboundEmail) -> None:
+        # Never cleared first (the request has files of its own): parts already stored by an attempt that
+        # died half-way are skipped instead.
+        stored = self._attachments.parts_from(request_id, source)
+        for part, attachment in enumerate(message.attachments, start=1):
+            if part in stored:
+                continue
+            try:
+                self._attachments.save(request_id, attachment.filename, attachment.content_type, attachment.data,
+                                       source=source, part=part)
+            except AttachmentLimitError:
+                log.warning("mailbox: an attachment of request %s is over the store's limits; not kept", request_id)
 
     def _store_attachments(self, request_id: str, message: InboundEmail) -> None:
         # Clear first: an earlier attempt may have died half-way (before attachments_stored was recorded).

@@ -14,19 +14,31 @@ The API, the web form, the support-desk webhooks and the mailbox all hand a :cla
 
 Messages that cannot be classified (email intake) go to :meth:`IntakeService.triage` instead: a
 ``TriageMessage`` workflow waits, in stage ``needs_attention``, for an operator to give the kind.
+
+Emails that answer one of ours about a request (:class:`ReplySink`) are not submissions at all:
+:meth:`IntakeService.find_replied_request` recognises them (a reference in the Subject, or a Message-ID we sent
+in In-Reply-To/References, *and* the sender being the request's subject), and
+:meth:`IntakeService.record_correspondence` tells the request's workflow (update ``record_correspondence``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
+import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -34,7 +46,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from dsr import search_attributes as sa
 from dsr.config import Settings
@@ -42,12 +54,14 @@ from dsr.deadlines import deadline_as_search_value, deadline_schedule, receipt_d
 from dsr.ledger import Ledger
 from dsr.model import (
     TRIAGE_PREFIX,
+    Correspondence,
     DeadlineInput,
     DuplicateAttached,
     Language,
     RequestInput,
     RequestKind,
     RequestRecordInput,
+    Stage,
     TriageInput,
     UpdateResult,
     is_valid_email,
@@ -99,6 +113,70 @@ class IntakeSink(Protocol):
     async def triage(self, item: TriageItem) -> str:
         """Hand an unclassified message to the operators; returns the triage workflow's id."""
         ...
+
+
+@dataclass(frozen=True)
+class RepliedRequest:
+    """The request an email answers, its sender being that request's subject. No personal data."""
+
+    request_id: str
+    closed: bool  # the ledger says closed: the reply goes to triage, never reopening anything
+
+
+class RequestClosed(Exception):
+    """The request refused the correspondence: closed meanwhile, or its history is gone. The message is a
+    reason for the operators (a reference, never personal data)."""
+
+
+@runtime_checkable
+class ReplySink(Protocol):
+    """What email intake needs, besides :class:`IntakeSink`, for replies about a request."""
+
+    async def find_replied_request(
+        self, sender: str, subject_line: str, thread_ids: Sequence[str]
+    ) -> RepliedRequest | None:
+        """The request the email is about, only if ``sender`` is its subject; None: not a reply (normal path)."""
+        ...
+
+    async def record_correspondence(self, request_id: str, correspondence: Correspondence) -> None:
+        """Tell the request; idempotent by ``correspondence.message_key``. Raises :class:`RequestClosed`, or
+        :class:`IntakeUnavailable` (try again later)."""
+        ...
+
+
+# A reference as the subject may type it back (any case), e.g. "Re: Your request dsr-2026-11-7kq3fj".
+_REFERENCE = re.compile(r"(?<![A-Za-z0-9])dsr-(\d{4})-(\d{2})-([0-9A-HJKMNP-TV-Z]{6})(?![A-Za-z0-9])", re.IGNORECASE)
+# Our own Message-IDs: <32 hex digits of a notice_sent event's key @ the mail domain> (activities.notices).
+_OUR_MESSAGE_ID = re.compile(r"<([0-9a-f]{32})@([A-Za-z0-9.-]+)>")
+_SENT_KEY_PREFIXES = ("notice-", "reply-")  # send_notice and send_reply keys: the same hex, another prefix
+MAX_REPLY_CLUES = 10  # per kind of clue: a hostile References header cannot make a poll query without end
+CORRESPONDENCE_WAIT_SECONDS = 20.0
+"""How long the mailbox waits for ``record_correspondence`` to finish (its operator notice may wait on a slow
+mail server); past that it moves on, the update being durable in the request's history once accepted."""
+
+
+def reply_clues(subject_line: str, thread_ids: Sequence[str], mail_domain: str) -> tuple[list[str], list[str]]:
+    """(sent-email keys, request ids) a reply points at, strongest first: In-Reply-To, then References from
+    the most recent, then references quoted in the Subject."""
+    keys: list[str] = []
+    for message_id in list(thread_ids)[: MAX_REPLY_CLUES * 3]:
+        found = _OUR_MESSAGE_ID.fullmatch(message_id.strip())
+        if found is None or found.group(2).lower() != mail_domain.lower():
+            continue
+        for prefix in _SENT_KEY_PREFIXES:
+            key = prefix + found.group(1)
+            if key not in keys:
+                keys.append(key)
+        if len(keys) >= MAX_REPLY_CLUES * len(_SENT_KEY_PREFIXES):
+            break
+    references: list[str] = []
+    for year, month, code in _REFERENCE.findall(subject_line):
+        reference = f"dsr-{year}-{month}-{code.upper()}"
+        if reference not in references:
+            references.append(reference)
+        if len(references) >= MAX_REPLY_CLUES:
+            break
+    return keys, references
 
 
 # --- the implementation ------------------------------------------------------------------------------
@@ -266,6 +344,64 @@ class IntakeService:
             ),
             now=self._clock(),
         )
+
+    async def find_replied_request(
+        self, sender: str, subject_line: str, thread_ids: Sequence[str]
+    ) -> RepliedRequest | None:
+        """See :meth:`ReplySink.find_replied_request`. The reference alone is never enough: otherwise anyone
+        who saw a reference could add files to someone else's request."""
+        sender = sender.strip()
+        if not is_valid_email(sender):
+            return None
+        keys, references = reply_clues(subject_line, thread_ids, self._settings.mail_domain)
+        return await asyncio.to_thread(self._replied_request, sender, keys, references)
+
+    def _replied_request(self, sender: str, keys: list[str], references: list[str]) -> RepliedRequest | None:
+        candidates: list[str] = []
+        # One key pair (notice-/reply-) per Message-ID, in the order of the thread: the closest answer first.
+        for index in range(0, len(keys), len(_SENT_KEY_PREFIXES)):
+            found = self._ledger.request_of_sent_email(keys[index:index + len(_SENT_KEY_PREFIXES)])
+            if found is not None and found not in candidates:
+                candidates.append(found)
+        candidates += [r for r in references if r not in candidates]
+        for request_id in candidates:
+            request = self._ledger.request_of_subject(request_id, sender)
+            if request is not None:
+                return RepliedRequest(request_id=request_id, closed=request.stage == Stage.CLOSED)
+        return None
+
+    async def record_correspondence(self, request_id: str, correspondence: Correspondence) -> None:
+        """See :meth:`ReplySink.record_correspondence`.
+
+        Returns once the update is accepted (durable in the request's history) or done, whichever the wait
+        allows: the operator notice it sends may wait on a slow mail server, the mailbox should not.
+        """
+        handle = self._client.get_workflow_handle(request_id)
+        try:
+            update = await handle.start_update(
+                "record_correspondence",
+                correspondence,
+                # The same message always makes the same update id: the server answers a retry with the first.
+                # Hashed again so the id Temporal shows in clear is not the inbox table's key.
+                id="correspondence-" + hashlib.sha256(correspondence.message_key.encode()).hexdigest()[:32],
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                result_type=UpdateResult,
+            )
+            # A rejection (closed) is known at once; an accepted update is durable even if this wait ends first.
+            await asyncio.wait_for(update.result(), timeout=CORRESPONDENCE_WAIT_SECONDS)
+        except TimeoutError:
+            return
+        except WorkflowUpdateFailedError:
+            raise RequestClosed(f"reply about closed request {request_id}") from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:  # finished, and its history deleted
+                raise RequestClosed(f"reply about closed request {request_id}") from None
+            raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
+        except WorkflowUpdateRPCTimeoutOrCancelledError as err:  # not known to be durable: the mailbox retries
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None  # the SDK turns a cancellation into this: keep it one
+            raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
 
     async def triage(self, item: TriageItem) -> str:
         """Start (idempotently) the triage workflow of an unclassified message; returns its id."""

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         ConnectorProgress,
         ConnectorState,
         ConnectorTask,
+        Correspondence,
         Deadline,
         Deadlines,
         DuplicateAttached,
@@ -104,6 +105,9 @@ REPLY_HELD_OPTIONS = {
 
 IDENTITY_DOCUMENTS = "identity-documents"
 """Patch id: email requests delete the attachments they came with once identity is confirmed."""
+IDENTITY_DOCUMENTS_EVERY_CHANNEL = "identity-documents-every-channel"
+"""Patch id: every request, whatever its channel, deletes its attachments once identity is confirmed; a form
+or API request may hold an ID copy too, sent later by email (``record_correspondence``)."""
 FINAL_REPLIES = "final-replies"
 """Patch id: requests started before final replies existed keep their old, notice-only ending."""
 REPLY_ATTENTION = "reply-attention"
@@ -144,6 +148,9 @@ class DataSubjectRequest:
         self._reply_held = ""
         self._residuals: list[str] = []  # residual lines still to be cleared by hand
         self._residuals_cleared: ResidualsCleared | None = None
+        self._correspondence: set[str] = set()  # message keys already recorded: each message counts once
+        self._thread_id: str | None = None  # the subject's latest Message-ID: our notices answer in its thread
+        self._correspondence_files = False  # attachments came by correspondence since the last deletion
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -241,14 +248,13 @@ class DataSubjectRequest:
                 return False
         if self._ending():
             return False
-        if self._request.channel == Channel.EMAIL and workflow.patched(IDENTITY_DOCUMENTS):
+        # Histories from before the new patch keep their decision (email requests only); the new patch is
+        # asked first so that replaying an old email history still finds the old marker where it was.
+        if workflow.patched(IDENTITY_DOCUMENTS_EVERY_CHANNEL) or (
+            self._request.channel == Channel.EMAIL and workflow.patched(IDENTITY_DOCUMENTS)
+        ):
             # CNIL: a copy of an ID document is kept only as long as needed to check identity.
-            deleted = await workflow.execute_activity(
-                "delete_identity_documents", self._request.request_id, result_type=int,
-                summary="delete identity documents", **LEDGER_OPTIONS,
-            )
-            if deleted:
-                await self._audit("identity_documents_deleted", details={"count": str(deleted)})
+            await self._delete_attachments("identity_documents_deleted")
 
         if self._clock_suspended:
             # Décret 2019-536: the time limit was suspended; it runs from the confirmation date.
@@ -267,6 +273,17 @@ class DataSubjectRequest:
             self._move_deadline(self._deadlines.normal)
             await self._audit("clock_started", deadline=self._deadline.due)
         return True
+
+    async def _delete_attachments(self, event: str) -> None:
+        """Delete the files stored with the request (the activity answers 0 when there are none)."""
+        # Cleared first: files recorded while the activity runs may come after it looked, so they keep the flag.
+        self._correspondence_files = False
+        deleted = await workflow.execute_activity(
+            "delete_identity_documents", self._request.request_id, result_type=int,
+            summary="delete identity documents", **LEDGER_OPTIONS,
+        )
+        if deleted:
+            await self._audit(event, details={"count": str(deleted)})
 
     async def _carry_out(self) -> None:
         """Fan out to every configured system; permanent failures wait for an operator's retry."""
@@ -340,7 +357,7 @@ class DataSubjectRequest:
             extended=self._extended,
             extension_reason=self._extension_reason,
             outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
-            in_reply_to=self._request.in_reply_to,
+            in_reply_to=self._thread(),
         )
         if not held_by_operator:
             return await workflow.execute_activity(
@@ -442,6 +459,11 @@ class DataSubjectRequest:
         assert self._outcome is not None
         self._set_stage(Stage.CLOSED)
         await self._audit("closed", stage=Stage.CLOSED, outcome=self._outcome)
+        if self._correspondence_files:
+            # Files the subject sent after identity was settled (or that nobody confirmed) have no purpose
+            # once the request is closed. Only requests that took correspondence get here, so histories
+            # from before ``record_correspondence`` replay unchanged.
+            await self._delete_attachments("attachments_deleted")
 
     # --- the deadline watcher -------------------------------------------------------------------
 
@@ -540,6 +562,34 @@ class DataSubjectRequest:
         self._reject_if_closed()
         if self._ending():
             raise RequestRejected(f"{self._request.request_id} is being closed")
+
+    @workflow.update
+    async def record_correspondence(self, letter: Correspondence) -> UpdateResult:
+        """The subject wrote again about this request (a reply to one of our emails), perhaps with an ID copy
+        the mailbox stored under the request: recorded, and the operator told to read it.
+
+        Applied once per message (``message_key``): a mailbox retrying after a crash may send it again.
+        """
+        if letter.message_key in self._correspondence:
+            return self._result()
+        self._correspondence.add(letter.message_key)  # before any await: a concurrent copy sees it
+        if letter.message_id:
+            self._thread_id = letter.message_id
+        if letter.attachments > 0:
+            self._correspondence_files = True
+        await self._audit("subject_wrote", actor="subject", details={"attachments": str(letter.attachments)})
+        await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE, attachments=str(letter.attachments))
+        return self._result()
+
+    @record_correspondence.validator
+    def _validate_record_correspondence(self, letter: Correspondence) -> None:
+        if letter.message_key in self._correspondence:
+            return  # a redelivery of a recorded message: accepted, and it changes nothing
+        if not letter.message_key:
+            raise RequestRejected("correspondence needs the key of its message")
+        if letter.attachments < 0:
+            raise RequestRejected("the attachment count cannot be negative")
+        self._reject_if_closed()
 
     @workflow.update
     async def extend_deadline(self, extension: Extension) -> UpdateResult:
@@ -797,9 +847,13 @@ class DataSubjectRequest:
                 to=self._request.subject.email,
                 language=self._request.language,
                 context=context,
-                in_reply_to=self._request.in_reply_to,
+                in_reply_to=self._thread(),
             )
         )
+
+    def _thread(self) -> str | None:
+        """The Message-ID our next email to the subject answers: their latest message, else their first."""
+        return self._thread_id or self._request.in_reply_to
 
     async def _notify_operator(self, template: NoticeTemplate, **extra: str) -> None:
         await self._send(

@@ -33,7 +33,16 @@ from dsr.config import Settings, SmtpSettings
 from dsr.crypto import data_converter
 from dsr.exports import ExportStore
 from dsr.ledger import Ledger
-from dsr.model import IdentityMethod, Language, RequestStatus, TriageDecision, TriageStatus
+from dsr.model import (
+    Correspondence,
+    IdentityConfirmation,
+    IdentityMethod,
+    Language,
+    RequestStatus,
+    TriageDecision,
+    TriageStatus,
+    Withdrawal,
+)
 from intake.server import build_intake_app
 from intake.service import TriageItem
 from tests.harness import TEST_KEYRING, MailSink, binary, free_port
@@ -466,3 +475,203 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
     assert confirmed.status_code == 200
     await poll(lambda: _events(intake, request.request_id, "identity_documents_deleted"))
     assert store.list(request.request_id) == []
+
+
+# --- replies about a request, end to end: Dovecot -> mailbox -> service -> record_correspondence ------------
+
+
+class SimulatedCrash(BaseException):
+    """The intake process dies: nothing in the poller may catch it (like a kill)."""
+
+
+def _privacy_mailbox(intake: Intake, dovecot, user):  # noqa: F811 - the real IMAPS server fixture
+    from intake.mailbox import Mailbox, MailboxSettings
+    from worker import attachment_store
+
+    store = attachment_store(intake.settings, TEST_KEYRING)
+    mailbox = Mailbox(
+        MailboxSettings(host="127.0.0.1", port=dovecot.port, username=user.username, password=user.password,
+                        ssl_context=dovecot.ssl_context(), processed_folder="DSR/Processed",
+                        triage_folder="DSR/Triage"),
+        intake.service, engine=intake.ledger.engine, keyring=TEST_KEYRING, attachments=store,
+    )
+    return mailbox, store
+
+
+def _reply(to_notice, *, sender: str, subject: str | None = None, thread: bool = True,
+           attachment: tuple[str, bytes] | None = ("carte-identite.pdf", b"%PDF-1.4 carte d'identite")):
+    """A reply as a mail client writes it: "Re:" and the notice's subject, In-Reply-To/References its id."""
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "privacy@example.com"
+    message["Subject"] = subject if subject is not None else f"Re: {to_notice['Subject']}"
+    message["Message-ID"] = f"<reply-{uuid.uuid4().hex}@mail.example.org>"
+    if thread:
+        message["In-Reply-To"] = to_notice["Message-ID"]
+        message["References"] = to_notice["Message-ID"]
+    message.set_content("Bonjour,\n\nVoici la copie de ma pièce d'identité demandée.\n\nCamille Durand")
+    if attachment is not None:
+        message.add_attachment(attachment[1], maintype="application", subtype="pdf", filename=attachment[0])
+    return message
+
+
+def _decoded(message) -> str:
+    """Headers and the decoded text and HTML parts: quoted-printable may split an address in the raw body."""
+    parts = [message.get_body((kind,)) for kind in ("plain", "html")]
+    return "\n".join([str(message["Subject"]), str(message["To"]),
+                      *(part.get_content() for part in parts if part is not None)])
+
+
+async def _identity_request_to(intake: Intake, address: str, reference: str):
+    async def found():
+        return [m for rcpt, m in intake.mail.messages
+                if address in rcpt and reference in str(m["Subject"]) and "identit" in str(m["Subject"])]
+    return (await poll(found))[0]
+
+
+async def test_reply_from_the_subject_with_an_id_copy_is_correspondence_not_from_someone_else(
+    intake: Intake, dovecot  # noqa: F811
+) -> None:
+    reference = (await intake.http.post("/api/requests", json=api_body())).json()["reference"]
+    identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
+    user = dovecot.new_user()
+    now = datetime.now(UTC)
+    # The subject answers the identity email with an ID copy (their client capitalises the address).
+    mine = _reply(identity_mail, sender="Camille Durand <Camille.Durand@Example.org>")
+    dovecot.deliver(user, mine.as_bytes(), received_at=now - timedelta(minutes=2))
+    # Someone else sends the very same reply (they saw the reference): never filed under this request.
+    theirs = _reply(identity_mail, sender="Mallory <mallory@example.net>",
+                    attachment=("fake-id.pdf", b"%PDF-1.4 not camille"))
+    dovecot.deliver(user, theirs.as_bytes(), received_at=now - timedelta(minutes=1))
+    mailbox, store = _privacy_mailbox(intake, dovecot, user)
+    mails_before = len(intake.mail.messages)
+
+    report = await mailbox.poll_once()
+
+    assert report.corresponded == 1 and report.submitted + report.triaged == 1, report
+    assert [(a.filename, store.read(reference, a.index)) for a in store.list(reference)] == [
+        ("carte-identite.pdf", b"%PDF-1.4 carte d'identite")]
+    wrote = await _events(intake, reference, "subject_wrote")
+    assert [(e.actor, e.details) for e in wrote] == [("subject", {"attachments": "1"})]
+    assert len(await _sent(intake, reference, "operator_correspondence")) == 1
+    # The subject's reply started nothing new; Mallory's message took the normal path, with its own file.
+    assert [r.request_id for r in intake.ledger.requests() if r.subject.email == "camille.durand@example.org"] \
+        == [reference]
+    others = [r for r in intake.ledger.requests() if r.request_id != reference]
+    assert all(r.subject.email == "mallory@example.net" for r in others)
+    assert dovecot.count(user, "INBOX") == 0 and dovecot.count(user, "DSR.Processed") >= 1
+    assert (await mailbox.poll_once()).total == 0  # moved exactly once
+
+    # The operator is told, without the subject's name or address (decoded parts, not the raw body).
+    await wait_for_mail(intake.mail, mails_before + 1)
+    [notice] = [m for rcpt, m in intake.mail.messages
+                if "dpo@example.com" in rcpt and reference in str(m["Subject"]) and "message du demandeur"
+                in str(m["Subject"])]
+    text = _decoded(notice)
+    for secret in ("camille", "Camille", "Durand", "carte-identite", "mail.example.org", "mallory"):
+        assert secret not in text, secret
+    assert f"dsr attachments list {reference}" in text and f"dsr attachments get {reference}" in text
+    assert f"dsr confirm-identity {reference} --method document" in text  # awaiting identity
+
+    # The operator checks the document and confirms: an API request, yet its ID copy is deleted (new patch).
+    await intake.client.get_workflow_handle(reference).execute_update(
+        "confirm_identity", IdentityConfirmation(method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"))
+    await poll(lambda: _events(intake, reference, "identity_documents_deleted"))
+    assert store.list(reference) == []
+
+
+async def test_reply_about_a_closed_request_goes_to_triage(intake: Intake, dovecot) -> None:  # noqa: F811
+    from intake.service import RequestClosed
+    from workflows.triage import TriageMessageWorkflow
+
+    reference = (await intake.http.post("/api/requests", json=api_body(kind="erasure"))).json()["reference"]
+    identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
+    await intake.client.get_workflow_handle(reference).execute_update("withdraw", Withdrawal(requested_by="subject"))
+    await poll(lambda: _closed(intake, reference))
+    # Were the ledger read before the closure, the workflow itself would refuse the reply.
+    with pytest.raises(RequestClosed, match=f"reply about closed request {reference}"):
+        await intake.service.record_correspondence(reference, Correspondence(
+            message_key="6a" * 32, received_at=datetime.now(UTC), attachments=0))
+    user = dovecot.new_user()
+    # Only the reference, typed back in the Subject (lower case), and no thread headers.
+    reply = _reply(identity_mail, sender="camille.durand@example.org", thread=False,
+                   subject=f"Encore une question sur {reference.lower()}")
+    dovecot.deliver(user, reply.as_bytes(), received_at=datetime.now(UTC) - timedelta(minutes=1))
+    mailbox, store = _privacy_mailbox(intake, dovecot, user)
+
+    report = await mailbox.poll_once()
+
+    assert report.triaged == 1 and report.corresponded == 0 and report.submitted == 0, report
+    assert [r.request_id for r in intake.ledger.requests()] == [reference]  # no new request
+    assert await _events(intake, reference, "subject_wrote") == []
+    assert store.list(reference) == []
+    [row] = _inbox_rows(intake)
+    assert (row.state, row.outcome, row.reason, row.reference) == ("moved", "triaged", "closed_reply", reference)
+    state = await intake.client.get_workflow_handle_for(TriageMessageWorkflow.run, f"triage-{row.request_id}").query(
+        TriageMessageWorkflow.status)
+    assert state.reason == f"reply about closed request {reference}"
+    # Its file waits with the message, under the id it would have if an operator made it a request.
+    assert [a.filename for a in store.list(state.request_id)] == ["carte-identite.pdf"]
+    assert dovecot.count(user, "DSR.Triage") == 1 and dovecot.count(user, "INBOX") == 0
+
+
+async def test_crash_between_storing_and_telling_the_request_and_after_telling_it(
+    intake: Intake, dovecot, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from intake.service import IntakeService
+
+    reference = (await intake.http.post("/api/requests", json=api_body(language="en"))).json()["reference"]
+    identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
+    user = dovecot.new_user()
+    dovecot.deliver(user, _reply(identity_mail, sender="camille.durand@example.org").as_bytes(),
+                    received_at=datetime.now(UTC) - timedelta(minutes=1))
+    original = IntakeService.record_correspondence
+    calls: list[str] = []
+
+    async def crash_before(self, request_id, correspondence):
+        calls.append("before")
+        raise SimulatedCrash
+
+    async def crash_after(self, request_id, correspondence):
+        calls.append("after")
+        await original(self, request_id, correspondence)
+        raise SimulatedCrash  # told, but the row never learns it
+
+    for crash, told in ((crash_before, 0), (crash_after, 1)):
+        monkeypatch.setattr(IntakeService, "record_correspondence", crash)
+        mailbox, store = _privacy_mailbox(intake, dovecot, user)  # a new process each time
+        with pytest.raises(SimulatedCrash):
+            await mailbox.poll_once()
+        assert dovecot.count(user, "INBOX") == 1
+        assert [a.filename for a in store.list(reference)] == ["carte-identite.pdf"]
+        assert len(await _events(intake, reference, "subject_wrote")) == told
+    monkeypatch.setattr(IntakeService, "record_correspondence", original)
+    mailbox, store = _privacy_mailbox(intake, dovecot, user)
+
+    report = await mailbox.poll_once()
+
+    assert calls == ["before", "after"] and report.corresponded == 1, report
+    assert [a.filename for a in store.list(reference)] == ["carte-identite.pdf"]  # stored once
+    assert len(await _events(intake, reference, "subject_wrote")) == 1
+    assert len(await _sent(intake, reference, "operator_correspondence")) == 1
+    await asyncio.sleep(1)  # a second notice, if any, would have been sent by now
+    assert len([m for rcpt, m in intake.mail.messages
+                if "dpo@example.com" in rcpt and "subject wrote" in str(m["Subject"])]) == 1
+    assert dovecot.count(user, "INBOX") == 0 and dovecot.count(user, "DSR.Processed") == 1
+
+
+async def _closed(intake: Intake, reference: str) -> bool:
+    row = intake.ledger.get_request(reference)
+    return row is not None and row.stage.value == "closed"
+
+
+def _inbox_rows(intake: Intake) -> list:
+    from sqlalchemy import select
+    from sqlmodel import Session
+
+    from intake.inbox import InboundMessageRow
+
+    with Session(intake.ledger.engine) as session:
+        return list(session.execute(select(InboundMessageRow)).scalars())

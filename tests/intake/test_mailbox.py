@@ -30,7 +30,7 @@ from sqlmodel import Session
 from dsr.config import Settings
 from dsr.crypto import DecryptionError
 from dsr.ledger import Ledger
-from dsr.model import Language, RequestKind
+from dsr.model import Correspondence, Language, RequestKind
 from intake.classify import Classification
 from intake.inbox import InboundMessageRow, MessageState
 from intake.mailbox import (
@@ -46,7 +46,7 @@ from intake.mailbox import (
     parse_internaldate,
     parse_message,
 )
-from intake.service import Accepted, RateLimited, TriageItem
+from intake.service import Accepted, RateLimited, RepliedRequest, RequestClosed, TriageItem, reply_clues
 from intake.submission import Submission, prepare
 from tests.dovecot import CertificateAuthority, Dovecot, ImapUser, dovecot_binary, dovecot_required
 from tests.harness import TEST_KEYRING
@@ -137,6 +137,40 @@ class RecordingSink:
         self.triage_calls.append(item.request_id)
         self.triaged.setdefault(item.request_id, item)
         return f"triage-{item.request_id}"
+
+
+@dataclass
+class ReplyAwareSink(RecordingSink):
+    """Also a ``ReplySink``: ``request`` is open (or closed) for ``subject_email``; the update is recorded by
+    message key, like the workflow. ``closed_on_update``/``unavailable`` script the service's answers."""
+
+    subject_email: str = "jerome.lefevre@example.org"
+    request: RepliedRequest | None = None
+    lookups: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    lookup_failures: int = 0
+    updates: list[str] = field(default_factory=list)  # message keys, in call order
+    recorded: dict[str, Correspondence] = field(default_factory=dict)
+    closed_on_update: bool = False
+    unavailable: int = 0
+
+    async def find_replied_request(self, sender: str, subject_line: str, thread_ids: Any) -> RepliedRequest | None:
+        self.lookups.append((sender, subject_line, tuple(thread_ids)))
+        if self.lookup_failures:
+            self.lookup_failures -= 1
+            raise ConnectionRefusedError("ledger down")
+        return self.request if sender.lower() == self.subject_email else None
+
+    async def record_correspondence(self, request_id: str, correspondence: Correspondence) -> None:
+        self.updates.append(correspondence.message_key)
+        if self.closed_on_update:
+            raise RequestClosed(f"reply about closed request {request_id}")
+        if self.unavailable:
+            self.unavailable -= 1
+            raise ConnectionResetError("engine unavailable")
+        self.recorded.setdefault(correspondence.message_key, correspondence)
+
+
+OPEN_REQUEST = "dsr-2026-02-7KQ3FJ"
 
 
 def fixed(kind: RequestKind | None, language: Language | None = Language.FR) -> Callable[[str, str], Any]:
@@ -689,6 +723,99 @@ async def test_run_polls_until_stopped_and_survives_a_bad_connection(
     _assert_no_personal_data(caplog, "jerome", "Jane", "example.org")
 
 
+def reply_env(env: Env, *, closed: bool = False) -> ReplyAwareSink:
+    sink = ReplyAwareSink(home=env.tmp, request=RepliedRequest(OPEN_REQUEST, closed=closed))
+    env.sink = sink
+    return sink
+
+
+def reply(subject: str = f"Re: Votre demande (réf. {OPEN_REQUEST})", **kwargs: Any) -> EmailMessage:
+    msg = message(subject, "Bonjour, voici ma pièce d'identité.", **kwargs)
+    msg["In-Reply-To"] = "<" + "ab" * 16 + "@example.com>"
+    msg["References"] = "<" + "ab" * 16 + "@example.com>"
+    msg.add_attachment(b"%PDF-1.4 id card", maintype="application", subtype="pdf", filename="id.pdf")
+    return msg
+
+
+async def test_reply_from_the_subject_is_filed_under_the_open_request_once(env: Env) -> None:
+    sink = reply_env(env)
+    env.store.save(OPEN_REQUEST, "first.pdf", "application/pdf", b"%PDF came with the request")
+    msg = reply()
+    env.deliver(msg)
+    sink.unavailable = 1  # the engine is down at the first poll: the files are stored, the update is not
+
+    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(deferred=1)
+    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(corresponded=1)
+
+    (row,) = env.rows()
+    assert (row.state, row.outcome, row.reason, row.reference) == ("moved", "submitted", "correspondence",
+                                                                    OPEN_REQUEST)
+    # Added beside what the request held, never clearing it; stored once although the update was sent twice.
+    assert [a.filename for a in env.store.list(OPEN_REQUEST)] == ["first.pdf", "id.pdf"]
+    assert env.store.list(row.request_id) == []
+    assert sink.updates == [row.message_key, row.message_key]
+    letter = sink.recorded[row.message_key]
+    assert (letter.attachments, letter.message_id, letter.received_at) == (1, msg["Message-ID"], RECEIVED)
+    assert sink.requests == {} and sink.triaged == {}  # not a submission, not a triage item
+    sender, subject, thread = sink.lookups[0]
+    assert sender == "jerome.lefevre@example.org" and OPEN_REQUEST in subject
+    assert thread == ("<" + "ab" * 16 + "@example.com>",)
+    assert env.count("Processed") == 1 and env.count("INBOX") == 0
+
+
+async def test_reply_from_someone_else_takes_the_normal_path(env: Env) -> None:
+    sink = reply_env(env)
+    env.deliver(reply(sender="mallory@example.net", name="Mallory"))
+
+    assert (await env.mailbox(classifier=fixed(None)).poll_once()) == PollReport(triaged=1)
+
+    assert sink.updates == [] and env.store.list(OPEN_REQUEST) == []
+    (item,) = sink.triaged.values()
+    assert item.reason == "fixed"  # the classifier's reason: nothing about the other request
+    assert [a.filename for a in env.store.list(item.request_id)] == ["id.pdf"]
+
+
+async def test_reply_about_a_closed_request_goes_to_triage_not_a_new_request(env: Env) -> None:
+    sink = reply_env(env, closed=True)
+    env.deliver(reply())
+
+    assert (await env.mailbox(classifier=fixed(RequestKind.ERASURE)).poll_once()) == PollReport(triaged=1)
+
+    assert sink.requests == {} and sink.updates == []
+    (item,) = sink.triaged.values()
+    assert item.reason == f"reply about closed request {OPEN_REQUEST}"
+    assert [a.filename for a in env.store.list(item.request_id)] == ["id.pdf"]
+    assert env.store.list(OPEN_REQUEST) == []
+
+
+async def test_request_closed_between_lookup_and_update_takes_its_files_to_triage(env: Env) -> None:
+    sink = reply_env(env)
+    sink.closed_on_update = True
+    env.deliver(reply())
+
+    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(triaged=1)
+
+    (item,) = sink.triaged.values()
+    assert item.reason == f"reply about closed request {OPEN_REQUEST}"
+    assert env.store.list(OPEN_REQUEST) == []  # moved with the message, not left with a closed request
+    assert [a.filename for a in env.store.list(item.request_id)] == ["id.pdf"]
+    (row,) = env.rows()
+    assert (row.state, row.outcome, row.reason) == ("moved", "triaged", "closed_reply")
+
+
+async def test_failed_reply_lookup_leaves_the_message_for_the_next_poll(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = reply_env(env)
+    sink.lookup_failures = 1
+    env.deliver(reply())
+    with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
+        assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
+        assert env.store.list(OPEN_REQUEST) == [] and env.count("INBOX") == 1
+        assert (await env.mailbox().poll_once()) == PollReport(corresponded=1)
+    _assert_no_personal_data(caplog, "jerome", "Jérôme", "id.pdf", "pièce", "ab" * 16)
+
+
 async def test_works_on_postgresql_too(dovecot: Dovecot, user: ImapUser, tmp_path: Path, postgres_url: str) -> None:
     ledger = Ledger(postgres_url, TEST_KEYRING)
     try:
@@ -766,6 +893,26 @@ def test_attachment_store_limits(tmp_path: Path) -> None:
     assert store.read("dsr-2026-03-BBBBBB", 2) == b"2" and store.list("dsr-2026-03-AAAAAA") == []
     with pytest.raises(FileNotFoundError):
         store.read("dsr-2026-03-BBBBBB", 3)
+
+
+def test_reply_clues_point_at_our_emails_and_references_only() -> None:
+    ours = "<" + "ab" * 16 + "@example.com>"
+    keys, references = reply_clues(
+        "Re: Re: votre demande DSR-2026-02-7kq3fj (et dsr-2026-02-7KQ3FJ, dsr-2026-02-ILLOU1)",
+        [ours, "<" + "cd" * 16 + "@elsewhere.example>", "<not-ours@example.com>"],
+        "Example.com",
+    )
+    assert keys == ["notice-" + "ab" * 16, "reply-" + "ab" * 16]  # another domain or shape: not ours
+    assert references == ["dsr-2026-02-7KQ3FJ"]  # any case, once; I, L, O, U are not in our alphabet
+    many = [f"<{n:032x}@example.com>" for n in range(500)]
+    assert len(reply_clues("", many, "example.com")[0]) <= 20  # a hostile References header stays bounded
+
+
+def test_thread_ids_are_in_reply_to_then_references_newest_first() -> None:
+    raw = (b"From: a@example.org\r\nSubject: Re: x\r\nMessage-ID: <m3@example.org>\r\n"
+           b"In-Reply-To: <m2@example.com>\r\nReferences: <m1@example.com>\r\n <m2@example.com>\r\n\r\nhi\r\n")
+    assert parse_message(raw).thread_ids == ("<m2@example.com>", "<m1@example.com>")
+    assert parse_message(b"Subject: x\r\n\r\n").thread_ids == ()
 
 
 def test_message_state_machine_values() -> None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
+import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 
 from dsr import search_attributes as sa
+from dsr.crypto import data_converter
 from dsr.deadlines import response_deadline
 from dsr.model import (
     ClockPolicy,
+    Correspondence,
     Extension,
     IdentityConfirmation,
     IdentityMethod,
@@ -27,19 +32,42 @@ from dsr.model import (
     Withdrawal,
 )
 from dsr.profile import ControllerProfile
+from dsr.temporal import register_search_attributes
 from intake.submission import Submission, prepare, start
-from tests.harness import ScriptedConnector, keep_history
+from tests.harness import TEST_KEYRING, ScriptedConnector, binary, keep_history
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
-from workflows.request import DataSubjectRequest
+from worker import attachment_store
+from workflows.request import IDENTITY_DOCUMENTS, IDENTITY_DOCUMENTS_EVERY_CHANNEL, DataSubjectRequest
+
+
+@pytest_asyncio.fixture
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server per test, instead of conftest's one per session.
+
+    When a ``handle.result()`` wait ends, the test server now and then skips about ten years (its clock,
+    briefly unlocked and idle, runs to some far timer). Shared by this module's tests, eight such skips took
+    its clock past 2100, where the holidays package has no data, and every later ``submit`` failed. A fresh
+    server starts at today's date, for about a second per test.
+    """
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary("temporal-test-server"),
+        data_converter=data_converter(TEST_KEYRING),
+    )
+    try:
+        await register_search_attributes(env.client)
+        yield env
+    finally:
+        await env.shutdown()
 
 
 async def submit(engine: Engine, kind: str = "access", *, identity: IdentityMethod = IdentityMethod.TRUSTED,
                  clock: ClockPolicy = ClockPolicy.RECEIPT, language: str = "fr",
-                 changes: dict[str, str] | None = None) -> tuple[RequestInput, WorkflowHandle]:
+                 changes: dict[str, str] | None = None, channel: str = "api",
+                 ) -> tuple[RequestInput, WorkflowHandle]:
     settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=identity, clock=clock))
     now = await engine.env.get_current_time()
     request = prepare(
-        Submission(kind=kind, email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel="api", language=language,
+        Submission(kind=kind, email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel=channel, language=language,
                    changes=changes or {}),
         settings,
         now=now,
@@ -61,6 +89,19 @@ def readable(message) -> str:
     parts = [message.get_body((kind,)) for kind in ("plain", "html")]
     return "\n".join([str(message["Subject"]), str(message["To"]),
                       *(part.get_content() for part in parts if part is not None)])
+
+
+async def patches(handle: WorkflowHandle) -> list[str]:
+    """The ``workflow.patched`` ids recorded in the history (core's patch markers carry them as plain JSON)."""
+    import json
+
+    found = []
+    for event in (await handle.fetch_history()).events:
+        if event.HasField("marker_recorded_event_attributes"):
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == "core_patch":
+                found.append(json.loads(marker.details["patch-data"].payloads[0].data)["id"])
+    return found
 
 
 async def status(handle: WorkflowHandle) -> RequestStatus:
@@ -153,6 +194,74 @@ async def test_identity_confirmed_by_update_then_processed(engine: Engine) -> No
     assert described.typed_search_attributes.get(sa.DSR_OUTCOME) == "fulfilled"
     assert described.typed_search_attributes.get(sa.DSR_STAGE) == "closed"
 
+
+async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_deleted_on_confirmation(
+    engine: Engine,
+) -> None:
+    request, handle = await submit(engine, "access", identity=IdentityMethod.DOCUMENT, channel="form",
+                                   language="en")
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    # What the mailbox does for a reply from the subject: the file under the request, then the update.
+    store = attachment_store(engine.settings, TEST_KEYRING)
+    key = "5f" * 32  # the mailbox's keyed hash of the message
+    store.save(request.request_id, "passport.pdf", "application/pdf", b"%PDF-1.4 passport", source=key, part=1)
+    letter = Correspondence(message_key=key, received_at=await engine.env.get_current_time(), attachments=1,
+                            message_id="<reply-1@mail.example.org>")
+    first = await handle.execute_update(DataSubjectRequest.record_correspondence, letter)
+    assert first.stage == Stage.AWAITING_IDENTITY
+    # The mailbox crashed before recording it had told the request, and sends the same message again.
+    await handle.execute_update(DataSubjectRequest.record_correspondence, letter)
+
+    wrote = [e for e in engine.ledger.events(request.request_id) if e.event == "subject_wrote"]
+    assert [(e.actor, e.details) for e in wrote] == [("subject", {"attachments": "1"})]
+    assert templates_sent(engine, request).count("operator_correspondence") == 1
+    [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if "subject wrote" in str(m["Subject"])]
+    text = readable(notice)
+    assert request.request_id in str(notice["Subject"])
+    assert f"dsr attachments list {request.request_id}" in text
+    assert f"dsr confirm-identity {request.request_id} --method document" in text
+    for secret in (SUBJECT_EMAIL, SUBJECT_NAME, "passport.pdf", "reply-1@mail.example.org"):
+        assert secret not in text
+    assert notice["In-Reply-To"] is None  # the subject's Message-ID may name them: not in operator mail
+
+    await handle.execute_update(
+        DataSubjectRequest.confirm_identity,
+        IdentityConfirmation(method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"),
+    )
+    final = await handle.result()
+    await keep_history(handle, "correspondence_form_document_identity")
+    assert final.outcome == Outcome.FULFILLED
+    # A form request, yet its ID copy is deleted once identity is confirmed (the new patch).
+    assert store.list(request.request_id) == []
+    [deleted] = [e for e in engine.ledger.events(request.request_id) if e.event == "identity_documents_deleted"]
+    assert deleted.details == {"count": "1"}
+    assert IDENTITY_DOCUMENTS_EVERY_CHANNEL in await patches(handle)
+    assert IDENTITY_DOCUMENTS not in await patches(handle)
+    # Later mail to the subject (the final reply) answers in the thread of their reply.
+    assert templates_sent(engine, request)[-1] == "reply_access"
+    assert engine.mail.to(SUBJECT_EMAIL)[-1]["In-Reply-To"] == "<reply-1@mail.example.org>"
+
+
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1)]])
+async def test_files_a_reply_brings_after_identity_is_settled_are_deleted_at_closure(engine: Engine) -> None:
+    request, handle = await submit(engine, "erasure")  # trusted: no identity step, no deletion there
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    store = attachment_store(engine.settings, TEST_KEYRING)
+    key = "7c" * 32
+    store.save(request.request_id, "invoice.pdf", "application/pdf", b"%PDF-1.4 invoice", source=key, part=1)
+    await handle.execute_update(DataSubjectRequest.record_correspondence, Correspondence(
+        message_key=key, received_at=await engine.env.get_current_time(), attachments=1))
+    [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if "message du demandeur" in str(m["Subject"])]
+    assert "confirm-identity" not in readable(notice)  # nothing to confirm: identity is settled
+    assert [a.filename for a in store.list(request.request_id)] == ["invoice.pdf"]  # kept for the operator
+
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    final = await handle.result()
+    assert final.outcome == Outcome.FULFILLED
+    trail = events(engine, request)
+    assert trail.index("closed") < trail.index("attachments_deleted")
+    [deleted] = [e for e in engine.ledger.events(request.request_id) if e.event == "attachments_deleted"]
+    assert deleted.details == {"count": "1"} and store.list(request.request_id) == []
 
 async def test_suspended_clock_runs_from_the_confirmation_date(engine: Engine) -> None:
     request, handle = await submit(engine, "access", identity=IdentityMethod.DOCUMENT,
