@@ -118,7 +118,12 @@ def _b64url(data: bytes) -> str:
 
 
 def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
+    data = base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
+    if _b64url(data) != text:
+        # The last character may carry unused bits that decoding ignores: only the one canonical spelling
+        # of a token is genuine, so a tampered one is refused even when it decodes to the same bytes.
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _aware(value: datetime, name: str) -> datetime:

@@ -192,11 +192,18 @@ def _page(lang: str, title: str, paragraphs: list[str] | None = None, body_html:
 @dataclass
 class _Attempts:
     failures: int = 0
+    first_failed: datetime | None = None
     locked_until: datetime | None = None
 
 
 class _AttemptLimiter:
-    """Failed answers per request; :data:`MAX_ATTEMPTS` failures lock it for :data:`LOCKOUT`."""
+    """Failed answers per request; :data:`MAX_ATTEMPTS` failures within :data:`LOCKOUT` lock it for as long.
+
+    A live count or lock is never evicted to make room: a flood of made-up references could otherwise wipe
+    the count (or lift the lock) of a real one. When :data:`MAX_TRACKED` live entries leave no room, an
+    untracked reference is treated as locked (fail closed) until entries expire: a flood can delay honest
+    answers by at most the lockout, never let a guess through.
+    """
 
     def __init__(self, max_attempts: int, lockout: timedelta) -> None:
         self._max = max_attempts
@@ -204,20 +211,30 @@ class _AttemptLimiter:
         self._entries: dict[str, _Attempts] = {}
 
     def locked(self, key: str, now: datetime) -> timedelta | None:
-        """The time left on a lock, or None."""
+        """The time left on a lock (or on a full table, for a reference it cannot track), or None."""
         entry = self._entries.get(key)
-        if entry is None or entry.locked_until is None:
+        if entry is None:
+            if len(self._entries) >= MAX_TRACKED:
+                self._prune(now)
+                if len(self._entries) >= MAX_TRACKED:
+                    return self._lockout
             return None
-        if now >= entry.locked_until:
-            del self._entries[key]  # lock served: a fresh set of attempts
+        if self._expired(entry, now):
+            del self._entries[key]  # lock served, or no failure for a whole window: a fresh set of attempts
             return None
-        return entry.locked_until - now
+        return None if entry.locked_until is None else entry.locked_until - now
 
     def fail(self, key: str, now: datetime) -> bool:
         """Count one failure; True when it locks the request (every later attempt gets 429 until then)."""
-        if key not in self._entries and len(self._entries) >= MAX_TRACKED:
-            self._prune(now)
-        entry = self._entries.setdefault(key, _Attempts())
+        entry = self._entries.get(key)
+        if entry is not None and self._expired(entry, now):
+            entry = None
+        if entry is None:
+            if len(self._entries) >= MAX_TRACKED:
+                self._prune(now)
+                if len(self._entries) >= MAX_TRACKED:
+                    return True  # cannot count it: refused like a locked request (see locked())
+            entry = self._entries[key] = _Attempts(first_failed=now)
         entry.failures += 1
         if entry.failures >= self._max:
             entry.locked_until = now + self._lockout
@@ -227,11 +244,14 @@ class _AttemptLimiter:
     def succeed(self, key: str) -> None:
         self._entries.pop(key, None)
 
+    def _expired(self, entry: _Attempts, now: datetime) -> bool:
+        if entry.locked_until is not None:
+            return now >= entry.locked_until
+        return entry.first_failed is not None and now >= entry.first_failed + self._lockout
+
     def _prune(self, now: datetime) -> None:
-        for key in [k for k, e in self._entries.items() if e.locked_until is None or e.locked_until <= now]:
+        for key in [k for k, e in self._entries.items() if self._expired(e, now)]:
             del self._entries[key]
-        while len(self._entries) >= MAX_TRACKED:  # all locked: drop the oldest lock
-            del self._entries[next(iter(self._entries))]
 
 
 def _parse_form(body: bytes) -> dict[str, str]:
@@ -382,12 +402,19 @@ def intake_app(
             return page(request, 400, "bad_form_title", ("retry_body",))
         if not links.check_form_token(token, fields.get(FORM_FIELD)):
             return page(request, 403, "form_invalid_title", ("form_invalid_body",))
+        # Again, after the body: requests that passed the first check together, sending their bodies slowly,
+        # must not all be judged once the limit is reached.
+        now = now_fn()
+        left = limiter.locked(request_id, now)
+        if left is not None:
+            return locked_page(request, left)
         answer = fields.get(ANSWER_FIELD, "")
         if not links.check_code(token, answer):
             limiter.fail(request_id, now)  # the next attempt gets 429 once the limit is reached
             return form_page(request, token, status=403, wrong=True)
         limiter.succeed(request_id)
-        proof = "code" if re.sub(r"[\s.-]", "", answer).isdigit() else "reference"
+        # The code may be typed with look-alike letters (O for 0): only a reference starts with "dsr".
+        proof = "reference" if answer.strip().lower().startswith("dsr") else "code"
 
         try:
             chunks = await run_in_threadpool(bundle_opener, request_id)

@@ -165,7 +165,8 @@ def verify_router(
             return None
         seconds = max(1, math.ceil(left.total_seconds()))
         t = text(request)
-        return respond(request, 429, t["locked_title"], [t["locked_body"].format(minutes=max(1, seconds // 60))],
+        minutes = max(1, math.ceil(seconds / 60))
+        return respond(request, 429, t["locked_title"], [t["locked_body"].format(minutes=minutes)],
                        headers={"Retry-After": str(seconds)})
 
     async def read_form(request: Request) -> dict[str, str] | HTMLResponse:
