@@ -16,7 +16,8 @@ from dsr.deadlines import deadline_as_search_value
 from dsr.model import Stage
 
 # A closed access request stays Running until its download link expires: not something still due.
-RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running' AND DsrStage != 'closed'"
+REQUESTS_RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running'"
+RUNNING = f"{REQUESTS_RUNNING} AND DsrStage != 'closed'"
 
 
 def _literal(day: date) -> str:
@@ -38,7 +39,7 @@ def in_stage(stage: Stage) -> str:
 
 def residual_data() -> str:
     """Requests answered whose residual data (not erasable through a system's API) waits to be cleared."""
-    return f"WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running' AND {sa.DSR_RESIDUAL.name} = true"
+    return f"{REQUESTS_RUNNING} AND {sa.DSR_RESIDUAL.name} = true"
 
 
 def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:

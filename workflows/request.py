@@ -9,6 +9,7 @@ life of the request, so no reminder or escalation can be forgotten, whatever the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 from temporalio import workflow
@@ -96,10 +97,8 @@ REPLY_HELD_TYPES = ("IncompleteProfile", "ReplyInvalid")
 REPLY_UNDELIVERABLE_TYPES = ("NoticeRejected", "NoticeInvalidAddress")
 REPLY_HELD_OPTIONS = {
     **REPLY_OPTIONS,
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=10),
-        maximum_interval=timedelta(minutes=10),
-        non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES],
+    "retry_policy": dataclasses.replace(
+        REPLY_OPTIONS["retry_policy"], non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES]
     ),
 }
 
@@ -359,20 +358,16 @@ class DataSubjectRequest:
             outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
             in_reply_to=self._thread(),
         )
-        if not held_by_operator:
-            return await workflow.execute_activity(
-                "send_reply", reply_input, result_type=ReplyResult,
-                summary=f"reply: {self._request.kind.value}", **REPLY_OPTIONS,
-            )
+        options = REPLY_HELD_OPTIONS if held_by_operator else REPLY_OPTIONS
         while True:
             try:
                 return await workflow.execute_activity(
                     "send_reply", reply_input, result_type=ReplyResult,
-                    summary=f"reply: {self._request.kind.value}", **REPLY_HELD_OPTIONS,
+                    summary=f"reply: {self._request.kind.value}", **options,
                 )
             except ActivityError as err:
                 cause = err.cause
-                if not isinstance(cause, ApplicationError):
+                if not held_by_operator or not isinstance(cause, ApplicationError):
                     raise
                 if cause.type in REPLY_UNDELIVERABLE_TYPES:
                     await self._audit("notice_failed", details={"template": f"reply_{self._request.kind.value}",
