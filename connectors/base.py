@@ -102,7 +102,7 @@ class RetentionRule:
     def __post_init__(self) -> None:
         if self.counted_from not in (RECORD_DATE, FINANCIAL_YEAR_END):
             raise ValueError(f"counted_from must be {RECORD_DATE} or {FINANCIAL_YEAR_END}")
-        _month_day(self.financial_year_end)  # fails early on a malformed closing day
+        month_day(self.financial_year_end)  # fails early on a malformed closing day
 
     def until(self, created: date) -> date:
         """The last day a record created on ``created`` is kept: ``years`` after its date, or after the close
@@ -112,13 +112,14 @@ class RetentionRule:
 
     def year_closing(self, day: date) -> date:
         """The last day of the financial year that ``day`` belongs to."""
-        month, closing_day = _month_day(self.financial_year_end)
+        month, closing_day = month_day(self.financial_year_end)
         canonical = date(2000, month, closing_day)  # 2000: a leap year, so a 29 February closing is allowed
         closing = _same_day(canonical, day.year)
         return closing if day <= closing else _same_day(canonical, day.year + 1)
 
 
-def _month_day(value: str) -> tuple[int, int]:
+def month_day(value: str) -> tuple[int, int]:
+    """``MM-DD`` as (month, day); ValueError unless it is a day of some year (29 February included)."""
     try:
         month, day = (int(part) for part in value.split("-"))
         date(2000, month, day)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.base import Connector, RetentionRule
+from connectors.base import Connector, RetentionRule, month_day
 from connectors.http import RateLimiter
 from dsr.model import RequestKind
 
@@ -64,8 +64,13 @@ class RetentionConfig(BaseModel):
     counted_from: Literal["record", "financial_year_end"] = Field(
         default="record", description="From the record's date, or from the close of its financial year "
                                       "(accounting records, Code de commerce L123-22).")
-    financial_year_end: str = Field(default="12-31", pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
-                                    description="Closing day of the financial year, MM-DD.")
+    financial_year_end: str = Field(default="12-31", description="Closing day of the financial year, MM-DD.")
+
+    @field_validator("financial_year_end")
+    @classmethod
+    def _a_day_of_the_year(cls, value: str) -> str:
+        month_day(value)  # the rule's own check, so a file that loads builds its connectors
+        return value
 
 
 class ConnectorConfig(BaseModel):

@@ -71,3 +71,14 @@ dataset = "orders"
 legal_basis = "Code de commerce L123-22"
 financial_year_end = "31-12"
 """, source="dsr.toml")
+    with pytest.raises(ConfigFileError, match="financial_year_end"):  # shaped like a date, but no such day
+        parse_config("""
+[[connectors]]
+type = "woocommerce"
+base_url = "https://shop.example.com"
+credentials = { consumer_key = "WOO_KEY", consumer_secret = "WOO_SECRET" }
+[[connectors.retention]]
+dataset = "orders"
+legal_basis = "Code de commerce L123-22"
+financial_year_end = "02-30"
+""", source="dsr.toml")
