@@ -11,9 +11,11 @@ from temporalio.client import Client
 
 from dsr.config import ConfigError, Settings
 from dsr.crypto import KeyRing
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.model import AuditEvent
+from dsr.store import ObjectNotFound
+from dsr.store.attachments import AttachmentStore
+from dsr.store.exports import ExportStore
 from intake.service import IntakeService, RateLimits, confirm_identity
 
 
@@ -21,7 +23,7 @@ def build_intake_app(
     settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
 ) -> tuple[FastAPI, IntakeService]:
     """The intake app (form, API, webhooks, identity confirmation, downloads) and its service."""
-    from dsr.bundle import bundle_path, open_bundle
+    from dsr.bundle import open_bundle
     from dsr.links import DownloadLinks, IdentityLinks
     from intake.api import DeskSettings, api_router
     from intake.app import intake_app
@@ -36,8 +38,10 @@ def build_intake_app(
                             key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
 
     def opener(request_id: str):
-        path = bundle_path(exports, request_id)
-        return open_bundle(keyring, path, request_id) if path.exists() else None
+        try:
+            return open_bundle(keyring, exports.objects, exports.bundle_key(request_id), request_id)
+        except ObjectNotFound:  # deleted (link expired, erasure) or never built: the "gone" page
+            return None
 
     async def confirm(request_id: str, proof: str):
         return await confirm_identity(client, request_id, proof=proof)
@@ -79,12 +83,11 @@ def build_intake_app(
 
 
 async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, service: IntakeService,
-                      stop: asyncio.Event) -> None:
+                      stop: asyncio.Event, attachments: AttachmentStore) -> None:
     """Email intake until ``stop``: polls ``DSR_IMAP_*`` and hands messages to ``service``."""
     from pathlib import Path
 
     from intake.mailbox import Mailbox, MailboxSettings
-    from worker import attachment_store
 
     imap = settings.imap
     if imap is None:
@@ -108,6 +111,6 @@ async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, serv
         service,
         engine=ledger.engine,
         keyring=keyring,
-        attachments=attachment_store(settings, keyring),
+        attachments=attachments,
     )
     await mailbox.run(stop)
