@@ -34,9 +34,8 @@ from dsr.model import (
 from dsr.profile import ControllerProfile
 from dsr.temporal import register_search_attributes
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, ScriptedConnector, binary, keep_history
+from tests.harness import TEST_KEYRING, ScriptedConnector, attachments_of, binary, exports_of, keep_history
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
-from worker import attachment_store
 from workflows.request import IDENTITY_DOCUMENTS, IDENTITY_DOCUMENTS_EVERY_CHANNEL, DataSubjectRequest
 
 
@@ -140,7 +139,7 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     assert events(engine, request)[-3:] == ["reply_sent", "closed", "exports_deleted"]
     assert templates_sent(engine, request) == ["acknowledgement", "reply_access"]
     assert final.exports_deleted and final.link_expires_at is not None
-    assert not (engine.settings.exports_dir / request.request_id.lower()).exists()
+    assert not exports_of(engine.settings).holds(request.request_id)
     row = engine.ledger.get_request(request.request_id)
     assert row is not None and row.stage == Stage.CLOSED and row.outcome == Outcome.FULFILLED
     assert row.subject.email == SUBJECT_EMAIL
@@ -202,7 +201,7 @@ async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_dele
                                    language="en")
     await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
     # What the mailbox does for a reply from the subject: the file under the request, then the update.
-    store = attachment_store(engine.settings, TEST_KEYRING)
+    store = attachments_of(engine.settings)
     key = "5f" * 32  # the mailbox's keyed hash of the message
     store.save(request.request_id, "passport.pdf", "application/pdf", b"%PDF-1.4 passport", source=key, part=1)
     letter = Correspondence(message_key=key, received_at=await engine.env.get_current_time(), attachments=1,
@@ -246,7 +245,7 @@ async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_dele
 async def test_files_a_reply_brings_after_identity_is_settled_are_deleted_at_closure(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")  # trusted: no identity step, no deletion there
     await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
-    store = attachment_store(engine.settings, TEST_KEYRING)
+    store = attachments_of(engine.settings)
     key = "7c" * 32
     store.save(request.request_id, "invoice.pdf", "application/pdf", b"%PDF-1.4 invoice", source=key, part=1)
     await handle.execute_update(DataSubjectRequest.record_correspondence, Correspondence(
