@@ -51,7 +51,8 @@ def test_a_conditional_put_never_overwrites(storage_url: str) -> None:
     assert store.get("attachments/dsr-x/1.bin") == b"first"
 
 
-def test_streamed_put_is_whole_or_nothing(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streamed_put_is_whole_or_nothing(storage_url: str, monkeypatch: pytest.MonkeyPatch,
+                                          request: pytest.FixtureRequest) -> None:
     store = store_at(storage_url)
     if storage_url.startswith("s3:"):
         monkeypatch.setattr("dsr.store.s3.PART_SIZE", 5 << 20)  # S3's smallest part: three parts below
@@ -68,6 +69,10 @@ def test_streamed_put_is_whole_or_nothing(storage_url: str, monkeypatch: pytest.
         store.put_stream("exports/dsr-s/bundle.zip.enc", failing())
     assert store.size("exports/dsr-s/bundle.zip.enc") == 12 << 20, "the previous object stays"
     assert store.list("exports/dsr-s/") == ["exports/dsr-s/bundle.zip.enc"]  # no temporary left behind
+    if storage_url.startswith("s3:"):  # the failed multipart upload was aborted: no parts kept (and billed)
+        server = request.getfixturevalue("s3_server")
+        uploads = server.client().list_multipart_uploads(Bucket=server.bucket, Prefix=storage_url.split("/", 3)[3])
+        assert uploads.get("Uploads", []) == []
 
 
 def test_keys_cannot_leave_the_store(storage_url: str) -> None:
