@@ -149,12 +149,14 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
 
     keyring = KeyRing.from_settings(settings)
     connectors = configured_connectors(settings)
+    objects = open_store(settings)
+    await asyncio.to_thread(objects.check)
     client = await connect(settings, keyring)
     ledger = Ledger(settings.database_url, keyring)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors,
-                                  exports=ExportStore(open_store(settings), keyring), executor=executor)
+                                  exports=ExportStore(objects, keyring), executor=executor)
             async with worker:
                 await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:

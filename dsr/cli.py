@@ -435,12 +435,13 @@ def worker() -> None:
         fail(str(err))
     from connectors.config import ConfigFileError
     from dsr.crypto import KeyRingError
+    from dsr.store import StorageError
 
     try:
         asyncio.run(run_worker(settings))
     except KeyboardInterrupt:
         return
-    except (KeyRingError, ConfigFileError) as err:
+    except (KeyRingError, ConfigFileError, StorageError) as err:
         fail(str(err))
     except RuntimeError as err:
         fail(f"worker stopped: {err}")
@@ -478,12 +479,13 @@ def intake() -> None:
     except ConfigError as err:
         fail(str(err))
     from dsr.crypto import KeyRingError
+    from dsr.store import StorageError
 
     try:
         asyncio.run(_serve_intake(settings))
     except KeyboardInterrupt:
         return
-    except (KeyRingError, ConfigError, UserError) as err:
+    except (KeyRingError, ConfigError, UserError, StorageError) as err:
         fail(str(err))
     except OSError as err:
         fail(f"cannot serve on 127.0.0.1:{settings.intake_port}: {err.strerror or err}")
@@ -500,6 +502,8 @@ async def _serve_intake(settings) -> None:
     from dsr.store.exports import ExportStore
     from intake.server import build_intake_app, run_mailbox
 
+    objects = open_store(settings)
+    await asyncio.to_thread(objects.check)
     _, client = await _client()
     keyring = KeyRing.from_settings(settings)
     ledger = Ledger(settings.database_url, keyring)
@@ -507,7 +511,6 @@ async def _serve_intake(settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    objects = open_store(settings)
     app, service = build_intake_app(settings, keyring, ledger, ExportStore(objects, keyring), client)
     server = await serve_codec(app, host="127.0.0.1", port=settings.intake_port)
     typer.echo(f"intake on {settings.intake_url} (Ctrl-C stops)")

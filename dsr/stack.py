@@ -184,7 +184,7 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
     from dsr.codec_server import codec_app, serve_codec
     from dsr.ledger import Ledger
     from dsr.outbox import OutboxSink
-    from dsr.store import open_store
+    from dsr.store import StorageError, open_store
     from dsr.store.attachments import AttachmentStore
     from dsr.store.exports import ExportStore
     from intake.server import build_intake_app, run_mailbox
@@ -194,6 +194,10 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
     ledger = Ledger(settings.database_url, keyring)
     objects = open_store(settings)
+    try:
+        await asyncio.to_thread(objects.check)
+    except StorageError as err:
+        raise StackError(str(err)) from None
     exports = ExportStore(objects, keyring)
     intake = None
     mailbox_task = None

@@ -80,6 +80,11 @@ class ObjectStore(ABC):
     """Where the objects are, for messages (never holds a credential)."""
 
     @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`StorageError` saying why if the store cannot be used (checked when a process starts,
+        so a wrong bucket or credential stops it at once instead of failing every activity)."""
+
+    @abstractmethod
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         """Write one object atomically, replacing any; ``if_absent``: raise :class:`ObjectExists` instead."""
 
@@ -153,7 +158,14 @@ class FileStore(ObjectStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.url = self.root.as_uri()
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"{self.url}: cannot create the folder ({err.strerror or err})") from None
+
+    def check(self) -> None:
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"{self.url}: not a folder this process can write to")
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

@@ -97,6 +97,10 @@ class S3Store(ObjectStore):
             )
         self._client = client
 
+    @_translated
+    def check(self) -> None:
+        self._client.head_bucket(Bucket=self.bucket)
+
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,28 @@ def test_an_unreachable_bucket_is_a_storage_error(tmp_path: Path, s3_url: str, m
         store.get("a/b")
     with pytest.raises(OSError):  # what the CLI and the activities' retries handle
         store.list("a/")
+
+
+def test_check_names_what_is_wrong(storage_url: str, s3_url: str, tmp_path: Path) -> None:
+    store_at(storage_url).check()  # usable
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket/: check refused \(404\)"):
+        store_at("s3://no-such-bucket").check()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file, not a folder")
+    with pytest.raises(StorageError, match="cannot create the folder"):  # a file in the way
+        FileStore(blocked)
+    gone = FileStore(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()  # e.g. an unmounted volume
+    with pytest.raises(StorageError, match="not a folder this process can write to"):
+        gone.check()
+
+
+@pytest.mark.parametrize("command", [["worker"], ["intake"], ["attachments", "list", "dsr-2026-11-7KQ3FJ"]])
+def test_the_cli_stops_with_one_line_when_the_bucket_is_missing(command: list[str], s3_server, tmp_path: Path) -> None:
+    env = {**os.environ, **s3_server.env, "DSR_HOME": str(tmp_path), "DSR_STORAGE_URL": "s3://no-such-bucket/dsr",
+           "DSR_KEYS": "test-1:" + "A" * 43 + "=", "TEMPORAL_ADDRESS": "127.0.0.1:9"}
+    dsr = Path(sys.executable).parent / "dsr"
+    result = subprocess.run([str(dsr), *command], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: s3://no-such-bucket/dsr/: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr

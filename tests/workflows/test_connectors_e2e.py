@@ -196,11 +196,13 @@ async def _stripe_customer(localstripe: LocalStripe) -> str:
     return email
 
 
-async def test_access_reply_link_downloads_the_bundle(
-    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
+async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_intake_replica(
+    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems,
+    s3_url: str, s3_server,
 ) -> None:
     # Deletion at the link's expiry is checked by test_request (skipped 7 days) and the 410 by tests/intake;
     # waiting for it here stalled the shared test server behind other tests' pending workflows.
+    # The worker and the intake app are given separate stores on the same bucket, as two machines would be.
     import asyncio
     import hashlib
     import io
@@ -215,6 +217,7 @@ async def test_access_reply_link_downloads_the_bundle(
     from intake.app import intake_app
     from intake.server import bundle_opener
 
+    settings = replace(settings, storage_url=s3_url)
     exports = exports_of(settings)
     # Another subject's data must never leak into this subject's bundle.
     systems.woo.add_customer("someone.else@example.org", "Someone", "Else")
@@ -229,8 +232,8 @@ async def test_access_reply_link_downloads_the_bundle(
         ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
                             key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
 
-    app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=bundle_opener(TEST_KEYRING, exports), audit=audit,
-                     public_url=settings.intake_url)
+    app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=bundle_opener(TEST_KEYRING, exports_of(settings)),
+                     audit=audit, public_url=settings.intake_url)
     intake = await serve_codec(app, port=0)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,
@@ -260,6 +263,9 @@ async def test_access_reply_link_downloads_the_bundle(
                 assert len(data["woocommerce"]["orders"]) == 251
                 assert "someone.else" not in bundle.read("data.json").decode()
                 assert "export_downloaded" in [e.event for e in ledger.events(request.request_id)]
+                stored = s3_server.raw_objects(s3_url.split("/", 3)[3])
+                assert any(key.endswith("/bundle.zip.enc") for key in stored)
+                assert all(b"nadia" not in body.lower() and b"haddad" not in body.lower() for body in stored.values())
 
                 await handle.terminate("test over: the download was checked")
                 exports.delete(request.request_id)  # what the workflow's expiry timer does
