@@ -39,6 +39,7 @@ from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
 from dsr.exports import ExportStore
+from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks
 from dsr.model import AuditEvent, IdentityMethod, RequestInput
@@ -289,7 +290,8 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
 
         # The app takes only the scheme and path of its public URL (the port is known once it listens).
         app = intake_app(links=DownloadLinks(TEST_KEYRING, ttl=timedelta(days=settings.link_days)),
-                         bundle_opener=opener, audit=audit, public_url="http://127.0.0.1", clock=clock)
+                         bundle_opener=opener, audit=audit, public_url="http://127.0.0.1", clock=clock,
+                         guards=Guards(ledger.engine, TEST_KEYRING))
         intake = await serve_codec(app, port=0)
         # The download links in the replies point at this intake app: the test follows them as a subject would.
         settings = replace(settings, public_url=intake.url, task_queue=f"e2e-replies-{uuid.uuid4()}",

@@ -23,6 +23,7 @@ from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
 from dsr.exports import ExportStore
+from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.model import IdentityMethod, Outcome, RequestStatus, Stage
 from dsr.temporal import register_search_attributes
@@ -234,7 +235,7 @@ async def test_access_reply_link_downloads_the_bundle(
         return open_bundle(TEST_KEYRING, path, request_id) if path.exists() else None
 
     app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=opener, audit=audit,
-                     public_url=settings.intake_url)
+                     public_url=settings.intake_url, guards=Guards(ledger.engine, TEST_KEYRING))
     intake = await serve_codec(app, port=0)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,
