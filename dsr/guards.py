@@ -182,13 +182,14 @@ class Guards:
             recent: dict[str, list[float]] = {}
             for window in windows:
                 span = window.window.total_seconds()
-                hits = [h for h in json.loads(rows[window.key].hits) if h > moment - span]
+                hits = sorted(h for h in json.loads(rows[window.key].hits) if h > moment - span)
                 if len(hits) >= window.limit:
-                    wait = hits[len(hits) - window.limit] + span - moment
+                    # Replicas' clocks differ a little: a hit "from the future" never makes the wait exceed the window.
+                    wait = min(span, hits[len(hits) - window.limit] + span - moment)
                     return RateRefusal(window.scope, max(1, math.ceil(wait)))
                 recent[window.key] = hits
             for window in windows:
-                hits = (recent[window.key] + [moment])[-window.limit:]
+                hits = sorted([*recent[window.key], moment])[-window.limit:]
                 row = rows[window.key]
                 row.hits = json.dumps(hits)
                 row.expires_at = now + window.window
@@ -303,8 +304,11 @@ class Guards:
                 from sqlalchemy.dialects.postgresql import insert
             else:
                 from sqlalchemy.dialects.sqlite import insert
-            statement = insert(table).values(key=key, **values).on_conflict_do_nothing(index_elements=["key"])
-            return (session.execute(statement).rowcount or 0) > 0  # type: ignore[attr-defined]
+            statement = (
+                insert(table).values(key=key, **values).on_conflict_do_nothing(index_elements=["key"])
+                .returning(table.c.key)  # psycopg reports no rowcount here: the returned row says it
+            )
+            return session.execute(statement).first() is not None
         try:  # another database: a savepoint absorbs the duplicate key
             with session.begin_nested():
                 session.execute(table.insert().values(key=key, **values))
