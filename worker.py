@@ -19,6 +19,7 @@ from activities.intake import IntakeActivities
 from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
 from activities.replies import ReplyActivities
+from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
 from connectors.config import ConfigFileError
 from dsr.config import Settings
@@ -28,9 +29,10 @@ from dsr.links import DownloadLinks, IdentityLinks
 from dsr.profile import ControllerProfile, load_profile
 from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
+from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
-WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow)
+WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue)
 
 
 class LedgerSentLog:
@@ -102,6 +104,8 @@ def activities_for(
         replies.delete_exports,
         intake.submit_triaged,
         intake.delete_identity_documents,
+        ask_subject_turn,
+        subject_request_running,
     ]
 
 

@@ -29,7 +29,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -257,6 +257,8 @@ class IntakeService:
         now = self._clock()
         request = prepare(submission, self._settings, now=now)  # everything is validated first
         subject_key = await asyncio.to_thread(self._ledger.subject_key, request.subject.email)
+        # Names the subject's queue (per-subject order); a blind index, never the address.
+        request = replace(request, subject_key=subject_key)
         moment = now.timestamp()
         if rate_limit:
             for scope, window, key in (("address", self._per_client, client), ("subject", self._per_subject,
