@@ -311,12 +311,12 @@ class DataSubjectRequest:
         await self._audit("processing", stage=Stage.PROCESSING)
         # One subject, one thing at a time: the fan-out runs only while this request holds the person's turn.
         ordered = bool(self._request.subject_key) and workflow.patched(SUBJECT_ORDER)
-        if ordered and not await self._take_turn():
-            return
         try:
+            if ordered and not await self._take_turn():
+                return
             carried_out = await self._fan_out(ordered)
         finally:
-            if ordered:
+            if ordered:  # whatever happens (withdrawn while waiting, cancelled), the turn goes back
                 await self._release_turn()
         if not carried_out:
             return

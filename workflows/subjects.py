@@ -45,10 +45,8 @@ class SubjectQueue:
         self._holder: TurnAsk | None = state.holder
         self._waiting: list[TurnAsk] = list(state.waiting)
         # Requests to tell who holds the turn; a list, never a set: the order of the signals sent must be the
-        # same on every replay. A continued run tells everyone again, in case an ask came in the last moment.
-        self._tell: list[str] = ([state.holder.request_id] if state.holder else []) + [
-            ask.request_id for ask in state.waiting
-        ]
+        # same on every replay. Empty when a run continues as new (it does so only once everyone was told).
+        self._tell: list[str] = []
 
     @workflow.run
     async def run(self, state: SubjectQueueState) -> None:
@@ -68,6 +66,8 @@ class SubjectQueue:
                     return
                 continue
             if self._history_too_long():
+                # Everyone was told (above); an ask arriving with the closing task fails it, and the task runs
+                # again with the ask, which is then told before the next attempt to continue.
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(SubjectQueueState(
                     holder=self._holder, waiting=list(self._waiting),
