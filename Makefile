@@ -25,7 +25,7 @@ test: $(STAMP) lint
 
 # Re-record the saved workflow histories that the replay test checks (after an intended change).
 histories: $(STAMP)
-	DSR_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/workflows/test_request.py
+	DSR_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/workflows/test_request.py tests/workflows/test_subject_order.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -20,6 +20,7 @@ from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
 from activities.replies import ReplyActivities
 from activities.storage import StorageActivities
+from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
 from connectors.config import ConfigFileError
 from dsr.config import Settings
@@ -30,9 +31,10 @@ from dsr.store.attachments import AttachmentStore
 from dsr.store.exports import ExportStore
 from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
+from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
-WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow)
+WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue)
 
 
 class LedgerSentLog:
@@ -106,6 +108,8 @@ def activities_for(
         storage.delete_earlier_exports,
         intake.submit_triaged,
         intake.delete_identity_documents,
+        ask_subject_turn,
+        subject_request_running,
     ]
 
 

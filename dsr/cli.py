@@ -238,6 +238,8 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
     for c in state.connectors:
         typer.echo(f"  {c.connector}: {c.state.value}" + (f" - {c.error}" if c.error else ""))
+    if state.waiting_for:
+        typer.echo(f"  waiting for {state.waiting_for} of the same person (one request at a time in their systems)")
     if state.reply_held:
         typer.echo(f"  reply held (fix the cause, then `dsr retry {state.request_id}`):")
         for line in state.reply_held.splitlines():

@@ -182,6 +182,7 @@ class RequestInput:
     changes: dict[str, str] = field(default_factory=dict)  # rectification: canonical field -> new value
     in_reply_to: str | None = None  # Message-ID of the subject's email, so notices stay in its thread
     ticket: str | None = None  # support-desk ticket ("zendesk:4521"); shown to staff, quoted in replies
+    subject_key: str = ""  # blind index of the subject's email (set at intake): names their queue; "" = none
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------
@@ -482,6 +483,70 @@ class RequestStatus:
     exports_deleted: bool = False
     reply_held: str = ""  # why the final reply waits for an operator (error type and message, no personal data)
     residuals: list[str] = field(default_factory=list)  # residual lines still to clear by hand, if any
+    waiting_for: str = ""  # the request of the same person whose systems work this one waits for
+
+
+# --- per-subject order ----------------------------------------------------------------------------
+
+SUBJECT_QUEUE_PREFIX = "subject-"
+
+
+def subject_queue_id(subject_key: str) -> str:
+    """Workflow id of a subject's queue: the blind index (a keyed HMAC, hex) shortened to 128 bits; it tells
+    requests of one person apart from another's, and nothing about who they are."""
+    return SUBJECT_QUEUE_PREFIX + subject_key[:32]
+
+
+@dataclass
+class TurnAsk:
+    """A request asking for its subject's turn (signal ``ask`` of ``SubjectQueue``). ``round`` counts the
+    request's asks, so answers to an earlier one are told apart (it asks again after a retry)."""
+
+    request_id: str
+    received_at: datetime  # the queue grants the earliest received first (ties: request id)
+    round: int = 1
+
+
+@dataclass
+class TurnRelease:
+    """The request is done with its subject's systems, or no longer waits (signal ``release``)."""
+
+    request_id: str
+    round: int = 1
+
+
+@dataclass
+class SubjectTurn:
+    """The queue tells a request who holds the turn (signal ``subject_turn``): itself means granted."""
+
+    holder: str
+    round: int
+
+
+@dataclass
+class QueueAsk:
+    """Input of the ``ask_subject_turn`` activity: signal-with-start of the subject's queue."""
+
+    queue_id: str
+    ask: TurnAsk
+
+
+@dataclass
+class SubjectQueueState:
+    """Input of ``SubjectQueue`` (empty at first; carried over when it continues as new)."""
+
+    holder: TurnAsk | None = None
+    waiting: list[TurnAsk] = field(default_factory=list)
+    check_every_seconds: int = 3600  # how often a held turn's request is checked to be still running
+    history_limit: int = 2000  # events before it continues as new
+
+
+@dataclass
+class SubjectQueueStatus:
+    """Answer of the queue's ``status`` query: request ids only."""
+
+    holder: str
+    waiting: list[str] = field(default_factory=list)
 
 
 # --- triage (email intake) -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -245,6 +245,9 @@ class IntakeService:
         """
         now = self._clock()
         request = prepare(submission, self._settings, now=now)  # everything is validated first
+        # Names the subject's queue (per-subject order) and keys the per-subject counter: a blind index.
+        request = replace(request, subject_key=await asyncio.to_thread(self._ledger.subject_key,
+                                                                        request.subject.email))
         if rate_limit:
             await self._count(request, client, now)
         if await asyncio.to_thread(self._ledger.has_request, request.request_id):
@@ -255,8 +258,7 @@ class IntakeService:
 
     async def _count(self, request: RequestInput, client: str | None, now: datetime) -> None:
         limits, guards = self._limits, self.guards
-        subject_key = await asyncio.to_thread(self._ledger.subject_key, request.subject.email)
-        windows = [RateWindow("subject", f"subject:{subject_key}", limits.per_subject, limits.subject_window)]
+        windows = [RateWindow("subject", f"subject:{request.subject_key}", limits.per_subject, limits.subject_window)]
         if client is not None:
             windows.insert(0, RateWindow("address", f"address:{guards.client_key(client)}", limits.per_client,
                                          limits.client_window))

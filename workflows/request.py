@@ -9,12 +9,13 @@ life of the request, so no reminder or escalation can be forgotten, whatever the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.connectors import PERMANENT_ERROR
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         NoticeTemplate,
         Outcome,
         PlanInput,
+        QueueAsk,
         RecordAction,
         Refusal,
         ReplyInput,
@@ -52,8 +54,12 @@ with workflow.unsafe.imports_passed_through():
         ResidualsCleared,
         Retry,
         Stage,
+        SubjectTurn,
+        TurnAsk,
+        TurnRelease,
         UpdateResult,
         Withdrawal,
+        subject_queue_id,
     )
 
 LEDGER_OPTIONS = {
@@ -116,6 +122,14 @@ data a system could not erase is followed up with the operator until cleared."""
 STORED_OBJECTS = "stored-objects-deletion"
 """Patch id: a request closed without a reply (refused, withdrawn, unverified) deletes its partial exports and
 attachments; a fulfilled erasure deletes the subject's earlier access and portability exports."""
+SUBJECT_ORDER = "subject-order"
+"""Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
+in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
+
+TURN_ASK_OPTIONS = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
+}
 
 
 class RequestRejected(ApplicationError):
@@ -154,6 +168,13 @@ class DataSubjectRequest:
         self._correspondence: set[str] = set()  # message keys already recorded: each message counts once
         self._thread_id: str | None = None  # the subject's latest Message-ID: our notices answer in its thread
         self._correspondence_files = False  # attachments came by correspondence since the last deletion
+        # The subject's turn (per-subject order): the current ask's number, whether it is out, granted, and
+        # which request of the same person holds the turn while this one waits.
+        self._turn_round = 0
+        self._turn_asked = False
+        self._turn_granted = False
+        self._awaiting_turn = False
+        self._turn_holder = ""
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -292,41 +313,20 @@ class DataSubjectRequest:
         """Fan out to every configured system; permanent failures wait for an operator's retry."""
         self._set_stage(Stage.PROCESSING)
         await self._audit("processing", stage=Stage.PROCESSING)
-        plan = await workflow.execute_activity(
-            "plan_fanout",
-            PlanInput(kind=self._request.kind),
-            result_type=FanOutPlan,
-            start_to_close_timeout=timedelta(seconds=30),
-            summary=f"plan {self._request.kind.value}",
-        )
-        for name in plan.connectors:
-            self._progress.setdefault(name, ConnectorProgress(connector=name))
-        self._update_details()
-
-        while True:
-            pending = [p for p in self._progress.values() if p.state != ConnectorState.DONE]
-            await asyncio.gather(*(self._run_connector(p) for p in pending))
-            failed = [p for p in self._progress.values() if p.state == ConnectorState.FAILED]
-            if not failed:
-                break
-            self._set_stage(Stage.NEEDS_ATTENTION)
-            await self._audit(
-                "needs_attention",
-                stage=Stage.NEEDS_ATTENTION,
-                details={"connectors": ",".join(p.connector for p in failed)},
-            )
-            await self._notify_operator(
-                NoticeTemplate.OPERATOR_ATTENTION,
-                connector=", ".join(p.connector for p in failed),
-                error="; ".join(f"{p.connector}: {p.error}" for p in failed),
-            )
-            await workflow.wait_condition(lambda: self._retry_requested or self._ending())
-            if self._ending():
+        # One subject, one thing at a time: the fan-out and the reply run only while this request holds the
+        # person's turn. The reply too: an access bundle is built from what was exported, which a later erasure of
+        # the same person deletes (with the bundle) when it closes; in turn, the erasure never races the bundle.
+        ordered = bool(self._request.subject_key) and workflow.patched(SUBJECT_ORDER)
+        try:
+            if ordered and not await self._take_turn():
                 return
-            self._retry_requested = False
-            self._set_stage(Stage.PROCESSING)
-            await self._audit("retried", stage=Stage.PROCESSING)
+            if await self._fan_out(ordered):
+                await self._reply()
+        finally:
+            if ordered:  # whatever happens (withdrawn while waiting, cancelled), the turn goes back
+                await self._release_turn()
 
+    async def _reply(self) -> None:
         self._set_stage(Stage.REPLYING)
         await self._audit("replying", stage=Stage.REPLYING)
         if workflow.patched(FINAL_REPLIES):
@@ -345,6 +345,102 @@ class DataSubjectRequest:
         else:
             await self._notify_subject(NoticeTemplate.COMPLETED)
         self._outcome = Outcome.FULFILLED
+
+    async def _fan_out(self, ordered: bool) -> bool:
+        """Every connector done (True), or the request withdrawn or refused meanwhile (False)."""
+        plan = await workflow.execute_activity(
+            "plan_fanout",
+            PlanInput(kind=self._request.kind),
+            result_type=FanOutPlan,
+            start_to_close_timeout=timedelta(seconds=30),
+            summary=f"plan {self._request.kind.value}",
+        )
+        for name in plan.connectors:
+            self._progress.setdefault(name, ConnectorProgress(connector=name))
+        self._update_details()
+
+        while True:
+            pending = [p for p in self._progress.values() if p.state != ConnectorState.DONE]
+            await asyncio.gather(*(self._run_connector(p) for p in pending))
+            failed = [p for p in self._progress.values() if p.state == ConnectorState.FAILED]
+            if not failed:
+                break
+            released = ordered and self._request.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION)
+            if released:
+                # An operator may take days: the person's other requests go on meanwhile (this one asks again
+                # on retry, and takes its place by receipt among those then waiting). An access or portability
+                # request keeps the turn: a later erasure would delete what it exported before its reply is built.
+                await self._release_turn()
+            self._set_stage(Stage.NEEDS_ATTENTION)
+            await self._audit(
+                "needs_attention",
+                stage=Stage.NEEDS_ATTENTION,
+                details={"connectors": ",".join(p.connector for p in failed)},
+            )
+            await self._notify_operator(
+                NoticeTemplate.OPERATOR_ATTENTION,
+                connector=", ".join(p.connector for p in failed),
+                error="; ".join(f"{p.connector}: {p.error}" for p in failed),
+            )
+            await workflow.wait_condition(lambda: self._retry_requested or self._ending())
+            if self._ending():
+                return False
+            self._retry_requested = False
+            self._set_stage(Stage.PROCESSING)
+            await self._audit("retried", stage=Stage.PROCESSING)
+            if released and not await self._take_turn():
+                return False
+        return True
+
+    async def _take_turn(self) -> bool:
+        """Ask the subject's queue for the turn and wait for it (the deadline watcher runs meanwhile); False
+        when the request is withdrawn or refused while it waits."""
+        self._turn_round += 1
+        self._turn_asked = True
+        self._turn_granted = False
+        self._turn_holder = ""
+        self._awaiting_turn = True  # nothing changed yet: a withdrawal or refusal is still welcome
+        self._update_details()
+        try:
+            await workflow.execute_activity(
+                "ask_subject_turn",
+                QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
+                    request_id=self._request.request_id, received_at=self._request.received_at,
+                    round=self._turn_round,
+                )),
+                result_type=bool, summary="subject queue: ask for the turn", **TURN_ASK_OPTIONS,
+            )
+            await workflow.wait_condition(lambda: self._turn_granted or self._ending())
+        finally:
+            self._awaiting_turn = False
+        waited_for, self._turn_holder = self._turn_holder, ""
+        self._update_details()
+        if self._ending():
+            return False
+        await self._audit("turn_taken", details={"waited_for": waited_for})
+        return True
+
+    async def _release_turn(self) -> None:
+        """Give the subject's turn back (or leave the queue, when still waiting); no-op when not asked."""
+        if not self._turn_asked:
+            return
+        self._turn_asked = self._turn_granted = False
+        release = TurnRelease(request_id=self._request.request_id, round=self._turn_round)
+        # A queue that is gone (terminated by hand) holds nothing left to release.
+        with contextlib.suppress(FailureError):
+            await workflow.get_external_workflow_handle(subject_queue_id(self._request.subject_key)).signal(
+                "release", release)
+
+    @workflow.signal
+    def subject_turn(self, turn: SubjectTurn) -> None:
+        """The subject's queue says who holds the turn: this request (granted) or the one it waits for."""
+        if not self._turn_asked or turn.round != self._turn_round:
+            return  # an answer to an earlier ask
+        if turn.holder == self._request.request_id:
+            self._turn_granted = True
+        else:
+            self._turn_holder = turn.holder
+            self._update_details()
 
     async def _send_reply(self, held_by_operator: bool) -> ReplyResult | None:
         """The final reply. A reply only an operator can unblock (an access reply missing an Art. 15(1) item
@@ -726,6 +822,7 @@ class DataSubjectRequest:
             exports_deleted=self._exports_deleted,
             reply_held=self._reply_held,
             residuals=list(self._residuals),
+            waiting_for=self._turn_holder if self._awaiting_turn else "",
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -742,8 +839,9 @@ class DataSubjectRequest:
         if self._ending():
             raise RequestRejected(f"{self._request.request_id} is already being closed")
         # While connectors run, stopping would leave systems half-changed; wait for the outcome. Once the
-        # systems have been changed (a held reply), the request can only be answered, not refused.
-        if self._stage in (Stage.PROCESSING, Stage.REPLYING) or self._reply_held:
+        # systems have been changed (a held reply), the request can only be answered, not refused. Waiting
+        # for the subject's turn, nothing has changed yet.
+        if (self._stage in (Stage.PROCESSING, Stage.REPLYING) and not self._awaiting_turn) or self._reply_held:
             raise RequestRejected(
                 f"{self._request.request_id} is {self._stage.value}; it can be {verb} only before processing "
                 "starts or while it needs attention"
@@ -817,6 +915,10 @@ class DataSubjectRequest:
             for p in self._progress.values():
                 note = p.error or (", ".join(f"{k} {v}" for k, v in p.outcome.counts.items()) if p.outcome else "")
                 lines.append(f"| {p.connector} | {p.state.value} | {p.attempts} | {note} |")
+        if self._awaiting_turn:
+            whom = f"**waiting for {self._turn_holder}** of the same person" if self._turn_holder else \
+                "**waiting for its turn**"
+            lines += ["", f"{whom}: one request at a time in the person's systems"]
         if self._reply_held:
             lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
         if self._residuals:

@@ -16,6 +16,7 @@ from temporalio.worker import Replayer
 from dsr.crypto import data_converter
 from tests.harness import TEST_KEYRING
 from workflows.request import DataSubjectRequest
+from workflows.subjects import SubjectQueue
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -29,6 +30,6 @@ def test_histories_are_saved() -> None:
 async def test_saved_history_replays(path: Path) -> None:
     saved = json.loads(path.read_text())  # noqa: ASYNC240 - a small file, once
     history = WorkflowHistory.from_json(saved["workflow_id"], saved["history"])
-    replayer = Replayer(workflows=[DataSubjectRequest], data_converter=data_converter(TEST_KEYRING))
+    replayer = Replayer(workflows=[DataSubjectRequest, SubjectQueue], data_converter=data_converter(TEST_KEYRING))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None

@@ -1,0 +1,497 @@
+"""One subject, one thing at a time: requests of one person take turns in their systems, in order of receipt.
+
+Real Temporal (the time-skipping test server, fresh per test), the real intake service (which sets the
+subject's blind index), the real worker; the connectors are the neighbours: each call waits at a gate the
+test opens, and records when it started and ended, so overlap and order are observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio import workflow
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from connectors.base import ExportJob, OperationJob
+from dsr.config import Settings
+from dsr.crypto import data_converter
+from dsr.model import (
+    ConnectorOutcome,
+    IdentityMethod,
+    Outcome,
+    RequestStatus,
+    Retry,
+    Stage,
+    SubjectQueueState,
+    SubjectQueueStatus,
+    SubjectTurn,
+    TurnAsk,
+    TurnRelease,
+    Withdrawal,
+    subject_queue_id,
+)
+from dsr.temporal import register_search_attributes
+from intake.service import IntakeService
+from intake.submission import Submission, prepare, start
+from tests.harness import TEST_KEYRING, ScriptedConnector, binary, keep_history
+from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine
+from workflows.request import SUBJECT_ORDER, DataSubjectRequest
+from workflows.subjects import SubjectQueue
+
+OTHER_EMAIL = "paul.durand@example.org"
+
+
+@pytest_asyncio.fixture
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh test server per test (see tests/workflows/test_request.py: its clock may run far ahead)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary("temporal-test-server"),
+        data_converter=data_converter(TEST_KEYRING),
+    )
+    try:
+        await register_search_attributes(env.client)
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@dataclass
+class Span:
+    request_id: str
+    connector: str
+    started: float
+    ended: float | None = None
+
+
+@dataclass
+class GatedConnector(ScriptedConnector):
+    """A scripted connector whose calls wait until the test opens the request's gate (shared by connectors)."""
+
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    spans: list[Span] = field(default_factory=list)
+
+    async def _through_gate(self, request_id: str) -> Span:
+        span = Span(request_id, self.name, time.monotonic())
+        self.spans.append(span)
+        await self.gates.setdefault(request_id, asyncio.Event()).wait()
+        return span
+
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        span = await self._through_gate(job.request_id)
+        try:
+            return await super().export(job)
+        finally:
+            span.ended = time.monotonic()
+
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        span = await self._through_gate(job.request_id)
+        try:
+            return await super().erase(job)
+        finally:
+            span.ended = time.monotonic()
+
+
+@pytest.fixture
+def connectors() -> list[ScriptedConnector]:
+    gates: dict[str, asyncio.Event] = {}
+    return [GatedConnector("crm", gates=gates), GatedConnector("billing", gates=gates)]
+
+
+def gate(engine: Engine, request_id: str) -> asyncio.Event:
+    first = engine.connectors[0]
+    assert isinstance(first, GatedConnector)
+    return first.gates.setdefault(request_id, asyncio.Event())
+
+
+def spans(engine: Engine, request_id: str) -> list[Span]:
+    return [s for c in engine.connectors if isinstance(c, GatedConnector) for s in c.spans
+            if s.request_id == request_id]
+
+
+def trusted(engine: Engine) -> Settings:
+    """The engine's settings, with identity taken as proven (the API's authenticated callers)."""
+    return replace(engine.settings, task_queue=engine.task_queue,
+                   policy=replace(engine.settings.policy, identity=IdentityMethod.TRUSTED))
+
+
+async def intake(engine: Engine, kind: str, *, email: str = SUBJECT_EMAIL,
+                 received_at: datetime | None = None) -> WorkflowHandle:
+    """Submit through the intake service, the one door every channel takes (it sets the subject key)."""
+    service = IntakeService(engine.client, trusted(engine), engine.ledger)
+    accepted = await service.submit(Submission(kind=kind, email=email, name=SUBJECT_NAME, channel="api",
+                                               language="fr", received_at=received_at), rate_limit=False)
+    assert not accepted.attached
+    return engine.client.get_workflow_handle_for(DataSubjectRequest.run, accepted.reference)
+
+
+async def result(engine: Engine, handle: WorkflowHandle) -> RequestStatus:
+    """The request's final status; the test server skips time meanwhile (link expiry, deadlines). Through a
+    plain handle: one from ``start_workflow`` unlocks time skipping by itself, and twice is one too many."""
+    plain = engine.client.get_workflow_handle_for(DataSubjectRequest.run, handle.id)
+    async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        return await plain.result()
+
+
+async def status(handle: WorkflowHandle) -> RequestStatus:
+    return await handle.query(DataSubjectRequest.status)
+
+
+async def eventually(check, what: str, *, tries: int = 200) -> None:
+    """Poll in real time (no time is skipped while the test does not wait on a result)."""
+    for _ in range(tries):
+        try:
+            if await check():
+                return
+        except RPCError:
+            pass  # the workflow's first task has not run yet
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+async def holding(engine: Engine, handle: WorkflowHandle) -> None:
+    """Until every connector of the request has started (it holds the subject's turn)."""
+    async def started() -> bool:
+        return len(spans(engine, handle.id)) == len(engine.connectors)
+    try:
+        await eventually(started, f"{handle.id} in the systems")
+    except AssertionError:
+        for e in (await handle.fetch_history()).events:
+            print("DEBUG", e.event_type, str(e)[:600].replace("\n", " "))
+        raise
+
+
+async def waiting_for(handle: WorkflowHandle, holder: str) -> None:
+    async def says() -> bool:
+        return (await status(handle)).waiting_for == holder
+    await eventually(says, f"{handle.id} waiting for {holder}")
+
+
+def queue_handle(engine: Engine, email: str = SUBJECT_EMAIL) -> WorkflowHandle:
+    return engine.client.get_workflow_handle(subject_queue_id(engine.ledger.subject_key(email)))
+
+
+async def queue_status(engine: Engine, email: str = SUBJECT_EMAIL) -> SubjectQueueStatus:
+    return await queue_handle(engine, email).query(SubjectQueue.status)
+
+
+async def details(handle: WorkflowHandle) -> str:
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return metadata.current_details
+
+
+def one_after_the_other(engine: Engine, first: str, second: str) -> None:
+    done = spans(engine, first)
+    later = spans(engine, second)
+    assert done and later
+    assert all(s.ended is not None for s in done)
+    assert max(s.ended for s in done if s.ended is not None) <= min(s.started for s in later), \
+        "the two requests worked in the person's systems at the same time"
+
+
+async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(engine: Engine) -> None:
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+
+    # While it waits: still processing, nothing done in the systems, and staff are told whom it waits for.
+    waiting = await status(erasure)
+    assert waiting.stage == Stage.PROCESSING and not spans(engine, erasure.id)
+    assert f"waiting for {access.id}** of the same person" in await details(erasure)
+    assert await queue_status(engine) == SubjectQueueStatus(holder=access.id, waiting=[erasure.id])
+    shown = await dsr_status(engine, erasure.id)
+    assert f"waiting for {access.id} of the same person" in shown
+
+    gate(engine, access.id).set()
+    await holding(engine, erasure)
+    gate(engine, erasure.id).set()
+    assert (await result(engine, erasure)).outcome == Outcome.FULFILLED
+    assert (await result(engine, access)).outcome == Outcome.FULFILLED
+    one_after_the_other(engine, access.id, erasure.id)
+    # The export was made before the erasure: it holds the records (the erasure then deleted them).
+    assert all(c.outcome and c.outcome.counts == {"exported": 3} for c in (await status(access)).connectors)
+
+    turns = {r: e.details for r in (access.id, erasure.id) for e in engine.ledger.events(r)
+             if e.event == "turn_taken"}
+    assert turns == {access.id: {"waited_for": ""}, erasure.id: {"waited_for": access.id}}
+    assert SUBJECT_ORDER in await patch_ids(erasure)
+    # Idle again: the queue ended (an ask later starts a new one).
+    assert (await queue_handle(engine).describe()).status == WorkflowExecutionStatus.COMPLETED
+    await keep_history(erasure, "subject_order_waited")
+    await keep_history(queue_handle(engine), "subject_queue_two_turns")
+
+
+async def test_the_earliest_received_goes_first_whatever_asked_first(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    first = await intake(engine, "access")
+    await holding(engine, first)
+    later = await intake(engine, "erasure")
+    await waiting_for(later, first.id)
+    # A letter received an hour before, entered now by staff: it asks last but was received earlier.
+    earlier = await intake(engine, "portability", received_at=now - timedelta(hours=1))
+    await waiting_for(earlier, first.id)
+    assert (await queue_status(engine)).waiting == [earlier.id, later.id]
+
+    gate(engine, first.id).set()
+    await holding(engine, earlier)
+    await waiting_for(later, earlier.id)
+    gate(engine, earlier.id).set()
+    await holding(engine, later)
+    gate(engine, later.id).set()
+    for handle in (first, earlier, later):
+        assert (await result(engine, handle)).outcome == Outcome.FULFILLED
+    one_after_the_other(engine, first.id, earlier.id)
+    one_after_the_other(engine, earlier.id, later.id)
+
+
+async def test_two_people_are_served_at_the_same_time(engine: Engine) -> None:
+    jeanne = await intake(engine, "erasure")
+    paul = await intake(engine, "erasure", email=OTHER_EMAIL)
+    await holding(engine, jeanne)
+    await holding(engine, paul)  # both in the systems while neither gate is open
+    assert queue_handle(engine).id != queue_handle(engine, OTHER_EMAIL).id
+    gate(engine, jeanne.id).set()
+    gate(engine, paul.id).set()
+    assert (await result(engine, jeanne)).outcome == (await result(engine, paul)).outcome == Outcome.FULFILLED
+
+
+async def test_a_request_waiting_for_its_turn_can_be_withdrawn_and_leaves_the_queue(engine: Engine) -> None:
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+
+    await erasure.execute_update(DataSubjectRequest.withdraw, Withdrawal(requested_by="operator"))
+    assert (await result(engine, erasure)).outcome == Outcome.WITHDRAWN
+    async def left() -> bool:
+        return await queue_status(engine) == SubjectQueueStatus(holder=access.id, waiting=[])
+    await eventually(left, "the withdrawn request left the queue")
+    gate(engine, access.id).set()
+    assert (await result(engine, access)).outcome == Outcome.FULFILLED
+    assert not spans(engine, erasure.id), "a withdrawn request never touched the systems"
+
+
+async def test_an_erasure_needing_an_operator_gives_the_turn_back_and_asks_again_on_retry(engine: Engine) -> None:
+    crm = engine.connectors[0]
+    crm.permanent_failures = 1  # the erasure fails in the CRM: needs_attention until an operator retries
+    erasure = await intake(engine, "erasure")
+    gate(engine, erasure.id).set()
+
+    async def needs_attention() -> bool:
+        return (await status(erasure)).stage == Stage.NEEDS_ATTENTION
+    await eventually(needs_attention, "erasure needs attention")
+    # Meanwhile the person's access request is not blocked for the days an operator may take.
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    await erasure.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator"))
+    await waiting_for(erasure, access.id)  # the retry asks again, behind the access now in the systems
+    gate(engine, access.id).set()
+    assert (await result(engine, access)).outcome == Outcome.FULFILLED
+    assert (await result(engine, erasure)).outcome == Outcome.FULFILLED
+    crm_calls = [s for s in spans(engine, erasure.id) if s.connector == "crm"]
+    access_spans = spans(engine, access.id)
+    assert max(s.ended or 0 for s in access_spans) <= crm_calls[-1].started
+
+
+async def test_an_access_needing_an_operator_keeps_the_turn_until_its_reply(engine: Engine) -> None:
+    """A later erasure would delete what the access exported before its bundle is built: it waits."""
+    crm = engine.connectors[0]
+    crm.permanent_failures = 1
+    access = await intake(engine, "access")
+    gate(engine, access.id).set()
+
+    async def needs_attention() -> bool:
+        return (await status(access)).stage == Stage.NEEDS_ATTENTION
+    await eventually(needs_attention, "access needs attention")
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    await access.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator"))
+
+    async def answered() -> bool:
+        return (await status(access)).stage == Stage.CLOSED
+    await eventually(answered, "access answered")
+    await holding(engine, erasure)  # only once the access reply is out
+    gate(engine, erasure.id).set()
+    assert (await result(engine, erasure)).outcome == Outcome.FULFILLED
+    assert (await result(engine, access)).outcome == Outcome.FULFILLED
+    access_spans, erasure_spans = spans(engine, access.id), spans(engine, erasure.id)
+    assert max(s.ended or 0 for s in access_spans) <= min(s.started for s in erasure_spans)
+
+
+async def test_a_cancelled_holder_releases_the_turn(engine: Engine) -> None:
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    await access.cancel()
+    await holding(engine, erasure)
+    gate(engine, erasure.id).set()
+    assert (await result(engine, erasure)).outcome == Outcome.FULFILLED
+    gate(engine, access.id).set()
+
+
+async def test_a_terminated_holder_is_released_by_the_hourly_check(engine: Engine) -> None:
+    # The holder is terminated between two attempts of its connectors (rate limited, retry in 10 minutes):
+    # the test server skips no time while an activity task of a terminated workflow is still out.
+    for connector in engine.connectors:
+        connector.transient_failures, connector.retry_after = 1, 600.0
+    access = await intake(engine, "access")
+    gate(engine, access.id).set()
+
+    async def between_attempts() -> bool:
+        pending = (await access.describe()).raw_description.pending_activities
+        return len(pending) == len(engine.connectors) and all(p.attempt == 2 for p in pending)
+    await eventually(between_attempts, "the access rate limited, between attempts")
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    await access.terminate(reason="test: killed by hand")  # no finally block runs: nothing is released
+
+    await engine.env.sleep(timedelta(minutes=30))
+    assert (await queue_status(engine)).holder == access.id  # not checked yet: the check is hourly
+    assert (await status(erasure)).waiting_for == access.id
+    assert not spans(engine, erasure.id)
+    # Open from now on: its connector calls end at once (time is skipped only while no call is open).
+    gate(engine, erasure.id).set()
+    await engine.env.sleep(timedelta(minutes=45))
+    # The check found the holder gone and granted the next.
+    assert (await result(engine, erasure)).outcome == Outcome.FULFILLED
+    assert len(spans(engine, erasure.id)) == len(engine.connectors)
+    turns = [e.details for e in engine.ledger.events(erasure.id) if e.event == "turn_taken"]
+    assert turns == [{"waited_for": access.id}]
+
+
+async def test_the_queue_carries_no_personal_data(engine: Engine) -> None:
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    queue = queue_handle(engine)
+    described = await queue.describe()
+    key = engine.ledger.subject_key(SUBJECT_EMAIL)
+    assert described.id == f"subject-{key[:32]}"
+    seen = " ".join([described.id, await described.static_summary() or "", str(described.search_attributes),
+                     str(described.typed_search_attributes), described.workflow_type])
+    history = (await queue.fetch_history()).to_json()
+    for personal in (SUBJECT_EMAIL, SUBJECT_NAME, "jeanne", "martin", "example.org"):
+        assert personal.lower() not in seen.lower()
+        assert personal.lower() not in history.lower()  # payloads are encrypted; the rest is ids
+    gate(engine, access.id).set()
+    await result(engine, access)
+
+
+async def test_a_request_without_a_subject_key_does_not_queue(engine: Engine) -> None:
+    # Inputs from before the key existed (and histories started before the patch) carry none.
+    request = prepare(Submission(kind="erasure", email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel="api"),
+                      trusted(engine), now=await engine.env.get_current_time())
+    assert request.subject_key == ""
+    handle = await start(engine.client, request, task_queue=engine.task_queue)
+    await holding(engine, handle)
+    gate(engine, handle.id).set()
+    assert (await result(engine, handle)).outcome == Outcome.FULFILLED
+    assert SUBJECT_ORDER not in await patch_ids(handle)
+    with pytest.raises(RPCError, match="not found"):
+        await queue_handle(engine).describe()
+
+
+# --- the queue alone, with stand-in requests ------------------------------------------------------------
+
+
+@workflow.defn(name="TurnTaker")
+class TurnTaker:
+    """Stands in for a request: records what the queue tells it (runs until the test server goes)."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal
+    def subject_turn(self, turn: SubjectTurn) -> None:
+        self.told.append(f"{turn.holder}#{turn.round}")
+
+    @workflow.query
+    def heard(self) -> list[str]:
+        return self.told
+
+
+async def test_the_queue_continues_as_new_with_its_holder_and_waiting_list(time_skipping: WorkflowEnvironment,
+                                                                           engine: Engine) -> None:
+    client = engine.client
+    queue_id = "subject-" + "ab" * 16
+    # The stand-in lives in this test module, which the sandbox would re-import whole: it runs unsandboxed.
+    async with Worker(client, task_queue="takers", workflows=[TurnTaker], workflow_runner=UnsandboxedWorkflowRunner()):
+        takers = [await client.start_workflow(TurnTaker.run, id=f"taker-{n}", task_queue="takers")
+                  for n in range(3)]
+        t0 = datetime(2026, 1, 5, tzinfo=UTC)
+        asks = [TurnAsk(request_id=t.id, received_at=t0 + timedelta(minutes=n)) for n, t in enumerate(takers)]
+        # Asked in reverse order of receipt; a short history limit makes it continue as new on the way.
+        started = await client.start_workflow(
+            SubjectQueue.run, SubjectQueueState(history_limit=15), id=queue_id, task_queue=engine.task_queue,
+            start_signal="ask", start_signal_args=[asks[2]],
+        )
+        queue = client.get_workflow_handle(queue_id)  # whichever run is current (that one is tied to the first)
+
+        async def heard(taker: WorkflowHandle, expected: list[str]) -> None:
+            async def check() -> bool:
+                return await taker.query(TurnTaker.heard) == expected
+            await eventually(check, f"{taker.id} heard {expected}")
+
+        await heard(takers[2], ["taker-2#1"])  # alone: granted at once
+        await queue.signal(SubjectQueue.ask, asks[1])
+        await queue.signal(SubjectQueue.ask, asks[0])
+        await heard(takers[0], ["taker-2#1"])  # told whom it waits for
+        await queue.signal(SubjectQueue.ask, asks[2])  # the holder asking again (a retried activity): told again
+        await heard(takers[2], ["taker-2#1", "taker-2#1"])
+        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-2", round=0))  # stale: ignored
+        assert (await queue.query(SubjectQueue.status)).holder == "taker-2"
+        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-2"))
+        await heard(takers[0], ["taker-2#1", "taker-0#1"])  # the earliest received goes next
+        await heard(takers[1], ["taker-2#1", "taker-0#1"])
+        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-0"))
+        await heard(takers[1], ["taker-2#1", "taker-0#1", "taker-1#1"])
+
+        first_run = await client.get_workflow_handle(queue_id, run_id=started.result_run_id).describe()
+        assert first_run.status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+        assert await queue.query(SubjectQueue.status) == SubjectQueueStatus(holder="taker-1", waiting=[])
+        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-1"))
+        async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+            await queue.result()  # idle: it ends
+
+
+# --- helpers needing more than the client ---------------------------------------------------------------
+
+
+async def patch_ids(handle: WorkflowHandle) -> list[str]:
+    from tests.workflows.test_request import patches
+
+    return await patches(handle)
+
+
+async def dsr_status(engine: Engine, request_id: str) -> str:
+    """``dsr status`` as an operator runs it, against this test's server and keys (a real subprocess; the
+    event loop keeps serving the in-process worker meanwhile)."""
+    keys = "test-1:" + base64.b64encode(bytes(range(32))).decode()
+    env = {**os.environ, "DSR_KEYS": keys, "DSR_HOME": str(engine.settings.home),
+           "TEMPORAL_ADDRESS": engine.client.service_client.config.target_host}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "dsr"), "status", request_id, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
