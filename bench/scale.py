@@ -131,11 +131,10 @@ HEAVY_EXPORT = textwrap.dedent("""
 
 
 def heavy_export(env: dict[str, str], shop_url: str, email: str) -> float:
-    from tests.cluster import WOO_KEY, WOO_SECRET
-
     from datetime import date
 
     from intake.submission import new_request_id
+    from tests.cluster import WOO_KEY, WOO_SECRET
 
     request_id = new_request_id(date.today())
     done = subprocess.run([sys.executable, "-c", HEAVY_EXPORT, shop_url, email, WOO_KEY, WOO_SECRET, request_id],
