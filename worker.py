@@ -19,13 +19,15 @@ from activities.intake import IntakeActivities
 from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
 from activities.replies import ReplyActivities
+from activities.storage import StorageActivities
 from connectors.base import Connector
 from connectors.config import ConfigFileError
 from dsr.config import Settings
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks, IdentityLinks
 from dsr.profile import ControllerProfile, load_profile
+from dsr.store.attachments import AttachmentStore
+from dsr.store.exports import ExportStore
 from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
 from workflows.triage import TriageMessageWorkflow
@@ -79,7 +81,7 @@ def activities_for(
     )
     intake = IntakeActivities(
         lambda client: IntakeService(client, settings, ledger),
-        delete_documents=lambda request_id: attachment_store(settings, exports.sealer).delete_all(request_id),
+        delete_documents=AttachmentStore(exports.objects, exports.sealer).delete_all,
     )
     fan_out = ConnectorActivities(connectors, exports)
     replies = ReplyActivities(
@@ -91,6 +93,7 @@ def activities_for(
         public_url=settings.intake_url,
         profile=profile,
     )
+    storage = StorageActivities(exports, ledger)
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
@@ -100,6 +103,7 @@ def activities_for(
         deadlines_from,
         replies.send_reply,
         replies.delete_exports,
+        storage.delete_earlier_exports,
         intake.submit_triaged,
         intake.delete_identity_documents,
     ]
@@ -115,13 +119,6 @@ def controller_signature(settings: Settings, profile: Callable[[], ControllerPro
     except ConfigFileError:
         return ""  # a malformed profile is reported by `dsr config check` and holds access replies
     return loaded.legal_name if loaded is not None else ""
-
-
-def attachment_store(settings: Settings, keyring):
-    """Where email attachments (ID documents) are kept, encrypted, until identity is confirmed."""
-    from intake.mailbox import AttachmentStore
-
-    return AttachmentStore(settings.home / "attachments", keyring)
 
 
 def build_worker(
@@ -147,16 +144,19 @@ def build_worker(
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Connect with the settings' key ring and run until ``stop`` is set (or forever)."""
     from dsr.crypto import KeyRing
+    from dsr.store import open_store
     from dsr.temporal import connect
 
     keyring = KeyRing.from_settings(settings)
     connectors = configured_connectors(settings)
+    objects = open_store(settings)
+    await asyncio.to_thread(objects.check)
     client = await connect(settings, keyring)
     ledger = Ledger(settings.database_url, keyring)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors,
-                                  exports=ExportStore(settings.exports_dir, keyring), executor=executor)
+                                  exports=ExportStore(objects, keyring), executor=executor)
             async with worker:
                 await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:

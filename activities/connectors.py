@@ -20,7 +20,6 @@ from connectors.base import (
     TransientConnectorError,
     unexpected_remains,
 )
-from dsr.exports import ExportStore
 from dsr.model import (
     ConnectorOutcome,
     ConnectorTask,
@@ -30,6 +29,7 @@ from dsr.model import (
     RecordReport,
     RequestKind,
 )
+from dsr.store.exports import ExportStore
 
 PERMANENT_ERROR = "PermanentConnectorError"
 """Failure type the workflow's retry policy never retries: an operator must act first."""
@@ -116,7 +116,7 @@ class ConnectorActivities:
 
 
     def _compact(self, task: ConnectorTask, outcome: ConnectorOutcome) -> ConnectorOutcome:
-        """Keep workflow history small: a long per-record report goes to the encrypted export store.
+        """Keep workflow history small: a long per-record report goes to the object store, sealed.
 
         Temporal refuses payloads over ~2 MB; 10,000 anonymised orders would pass it. The history keeps
         one line per (dataset, action, legal basis) with the count and the latest retention date.

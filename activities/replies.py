@@ -12,8 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.notices import Mailer, SentLog
-from dsr.bundle import build_bundle, bundle_path
-from dsr.exports import ExportStore
+from dsr.bundle import build_bundle
 from dsr.links import DownloadLinks
 from dsr.model import (
     ExportsDeletion,
@@ -25,6 +24,7 @@ from dsr.model import (
 )
 from dsr.profile import ControllerProfile
 from dsr.replies import IncompleteProfileError, ReplyContext, render_reply
+from dsr.store.exports import ExportStore
 from templates import RenderedNotice
 
 
@@ -76,7 +76,6 @@ class ReplyActivities:
                 build_bundle, self._exports, reply.request_id, language=reply.language, kind=reply.kind,
                 reference_info={"reference": reply.request_id, "received": reply.received.isoformat(),
                                 **({"controller_name": profile.legal_name} if profile else {})},
-                target=bundle_path(self._exports, reply.request_id),
                 provided_only=reply.kind == RequestKind.PORTABILITY,
             )
             link = self._links.issue(reply.request_id, now=datetime.now(UTC))
@@ -124,5 +123,6 @@ class ReplyActivities:
 
     @activity.defn(name="delete_exports")
     def delete_exports(self, deletion: ExportsDeletion) -> bool:
-        """The link expired: the bundle and every exported record go (idempotent)."""
+        """The link expired (or the request closed without a reply): the bundle and every exported record go
+        (idempotent)."""
         return self._exports.delete(deletion.request_id)

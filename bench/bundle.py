@@ -7,7 +7,8 @@ Prints, for 1,000 / 10,000 / 20,000 orders shaped like WooCommerce's (plus a cus
   bundle must at least do), medians of several runs: the machine is shared and noisy;
 - the zip's size against the records' JSON size.
 
-Run: ``.venv/bin/python bench/bundle.py [--runs 3]``.
+Run: ``.venv/bin/python bench/bundle.py [--runs 3] [--storage s3://bucket/prefix]`` (default: a temporary
+folder; an S3 URL uses the usual ``AWS_*`` variables).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from dsr.bundle import build_bundle, open_bundle  # noqa: E402
 from dsr.crypto import KeyRing  # noqa: E402
-from dsr.exports import ExportStore  # noqa: E402
 from dsr.model import Language, RequestKind  # noqa: E402
+from dsr.store import store_at  # noqa: E402
+from dsr.store.exports import ExportStore  # noqa: E402
 
 REQUEST = "dsr-2026-11-BENCH1"
 
@@ -68,11 +70,12 @@ def read_only(store: ExportStore) -> int:
                for _ in store.read(REQUEST, system, dataset))
 
 
-def measure(orders: int, runs: int) -> dict[str, float]:
+def measure(orders: int, runs: int, storage: str | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        store = ExportStore(Path(tmp) / "exports", KeyRing.load_or_create(Path(tmp) / "keys.json"))
+        objects = store_at(storage or (Path(tmp) / "storage").as_uri())
+        store = ExportStore(objects, KeyRing.load_or_create(Path(tmp) / "keys.json"))
+        store.delete(REQUEST)
         json_size = seed(store, orders)
-        target = Path(tmp) / "bundle.zip.enc"
         reads, builds = [], []
         for _ in range(runs):
             started = time.perf_counter()
@@ -80,19 +83,20 @@ def measure(orders: int, runs: int) -> dict[str, float]:
             reads.append(time.perf_counter() - started)
             started = time.perf_counter()
             info = build_bundle(store, REQUEST, language=Language.FR, kind=RequestKind.ACCESS,
-                                reference_info={"reference": REQUEST}, target=target)
+                                reference_info={"reference": REQUEST})
             builds.append(time.perf_counter() - started)
         tracemalloc.start()
         try:
             build_bundle(store, REQUEST, language=Language.FR, kind=RequestKind.ACCESS,
-                         reference_info={"reference": REQUEST}, target=target)
+                         reference_info={"reference": REQUEST})
             _, build_peak = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
-            streamed = sum(len(chunk) for chunk in open_bundle(store.sealer, target, REQUEST))
+            streamed = sum(len(chunk) for chunk in open_bundle(store.sealer, objects, info.key, REQUEST))
             _, stream_peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
         assert streamed == info.size
+        store.delete(REQUEST)
         return {
             "orders": orders, "json_mb": json_size / 2**20, "zip_mb": info.size / 2**20,
             "build_peak_mb": build_peak / 2**20, "stream_peak_mb": stream_peak / 2**20,
@@ -104,11 +108,12 @@ def measure(orders: int, runs: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--storage", help="DSR_STORAGE_URL to build on (default: a temporary folder)")
     args = parser.parse_args()
     print(f"{'orders':>7} {'records MB':>10} {'zip MB':>7} {'build peak MB':>13} {'stream peak MB':>14} "
           f"{'build s':>8} {'build / read':>12}")
     for orders in (1_000, 10_000, 20_000):
-        m = measure(orders, args.runs)
+        m = measure(orders, args.runs, args.storage)
         print(f"{m['orders']:>7} {m['json_mb']:>10.1f} {m['zip_mb']:>7.1f} {m['build_peak_mb']:>13.1f} "
               f"{m['stream_peak_mb']:>14.1f} {m['build_s']:>8.2f} {m['ratio']:>11.1f}x")
     print("(peak: Python allocations traced while building / streaming the download; ratio: median of runs)")

@@ -6,7 +6,8 @@ Prints two figures the connectors issue sets targets for:
   parallel as the worker runs them, each against the same paging done bare (httpx, no processing).
 
 The sandboxes run in their own processes so their memory and CPU are not counted. Ratios, medians of
-several runs: the machine is shared and noisy. Run: ``.venv/bin/python bench/export_heavy.py [--runs 3]``.
+several runs: the machine is shared and noisy. Run: ``.venv/bin/python bench/export_heavy.py [--runs 3]``
+(``DSR_STORAGE_URL`` chooses where the export is written; default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ EXPORT = textwrap.dedent("""
     from connectors.http import RateLimiter
     from connectors.stripe import StripeConnector
     from connectors.woocommerce import WooCommerceConnector
-    from dsr.exports import ExportStore
+    import os
+    from dsr.store import store_at
+    from dsr.store.exports import ExportStore
     from dsr.model import ConnectorTask, RequestKind, Subject
     from tests.harness import TEST_KEYRING
 
@@ -62,7 +65,8 @@ EXPORT = textwrap.dedent("""
                 return int(line.split()[1])
 
     async def main(shop_url, stripe_url, email):
-        store = ExportStore(Path(tempfile.mkdtemp(prefix="bench-exports-")), TEST_KEYRING)
+        storage = os.environ.get("DSR_STORAGE_URL") or Path(tempfile.mkdtemp(prefix="bench-exports-")).as_uri()
+        store = ExportStore(store_at(storage), TEST_KEYRING)
         connectors = [
             WooCommerceConnector("woocommerce", consumer_key=sys.argv[4], consumer_secret=sys.argv[5],
                                  base_url=shop_url, rate_limit=RateLimiter(1000, 1)),

@@ -9,8 +9,11 @@ A zip holding
 * ``manifest.json`` -- size and SHA-256 of every other file, the request reference, kind, language, time.
 
 Nothing is held whole in memory: records stream from the store into the zip entries (two passes for each
-CSV: column names first, rows second), hashes are computed while writing, and the finished zip is
-encrypted chunk by chunk.
+CSV: column names first, rows second), hashes are computed while writing, and the finished zip -- in a
+private, already unlinked temporary file of the worker, gone with it -- is encrypted chunk by chunk and
+uploaded as it is encrypted (a multipart upload on S3) to the request's bundle object
+(``exports/<request>/bundle.zip.enc``). Downloads read it back a chunk at a time (ranged reads), each
+chunk authenticated before it is sent.
 
 Encrypted file format (``BUNDLE_MAGIC``, version 1), all integers big-endian::
 
@@ -32,23 +35,23 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
-import os
 import re
-import secrets
 import stat
+import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
 
 from dsr.crypto import DecryptionError
-from dsr.exports import ExportStore, StoredDataset
 from dsr.model import Language, RequestKind
+from dsr.store.exports import ExportStore, StoredDataset
+from dsr.store.objects import ObjectNotFound, ObjectStore
 
 __all__ = [
     "BUNDLE_MAGIC",
@@ -59,7 +62,6 @@ __all__ = [
     "BundleInfo",
     "BundleStream",
     "build_bundle",
-    "bundle_path",
     "open_bundle",
 ]
 
@@ -104,17 +106,13 @@ class BundleCipher(Protocol):
 class BundleInfo:
     """What was built. ``size`` and ``sha256`` are those of the decrypted zip (what the subject downloads)."""
 
-    path: Path
+    key: str
+    """The bundle's object (encrypted)."""
     size: int
     sha256: str
     files: list[str]
     records: dict[str, int] = field(default_factory=dict)
     """Records per dataset, keyed ``"<system>/<dataset>"``."""
-
-
-def bundle_path(store: ExportStore, request_id: str) -> Path:
-    """The conventional place of a request's bundle: inside its export folder, so ``store.delete`` removes it."""
-    return store.folder(request_id) / "bundle.zip.enc"
 
 
 # --------------------------------------------------------------------------------------------- values
@@ -325,17 +323,17 @@ def _write_report(zf: zipfile.ZipFile, when: datetime, context: dict[str, Any]) 
 # --------------------------------------------------------------------------------------------- build
 
 
-def _private_file(path: Path) -> IO[bytes]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    if os.name == "posix":
-        os.fchmod(fd, 0o600)  # whatever the umask
-    return os.fdopen(fd, "w+b")
+def _scratch_file() -> IO[bytes]:
+    """The plaintext zip while it is built: 0600, and unlinked at once on POSIX, so nothing is left behind
+    even if the worker is killed (a retried activity builds it again)."""
+    return tempfile.TemporaryFile(prefix="dsr-bundle-")
 
 
 def build_bundle(store: ExportStore, request_id: str, *, language: Language, kind: RequestKind,
-                 reference_info: Mapping[str, str], target: Path, provided_only: bool = False,
+                 reference_info: Mapping[str, str], target: str | None = None, provided_only: bool = False,
                  now: datetime | None = None, keyring: BundleCipher | None = None) -> BundleInfo:
-    """Build the encrypted export bundle of ``request_id`` at ``target`` (replacing it atomically).
+    """Build the encrypted export bundle of ``request_id`` and store it at the object ``target`` (default
+    :meth:`ExportStore.bundle_key`), replacing it atomically.
 
     ``reference_info``: ``reference`` (shown to the subject; default ``request_id``) and optionally
     ``controller_name``, ``contact`` (privacy contact) and ``received`` (ISO date) for the report; every
@@ -350,53 +348,41 @@ def build_bundle(store: ExportStore, request_id: str, *, language: Language, kin
     stored = sorted(store.datasets(request_id), key=lambda d: (d.system, d.dataset))
     summaries = [_DatasetSummary(d) for d in stored if d.provided or not provided_only]
 
-    target = Path(target)
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_hex(6)
-    plain = target.with_name(f".{target.name}.{token}.zip.tmp")
-    sealed = target.with_name(f".{target.name}.{token}.enc.tmp")
-    try:
-        with _private_file(plain) as raw:
-            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                entries = [_write_data_json(zf, when, store, request_id, summaries)]
-                entries += [_write_csv(zf, when, store, request_id, s) for s in summaries]
-                context = _report_context(summaries, language=language, kind=kind, reference=reference,
-                                          info=info, provided_only=provided_only, when=when)
-                entries.append(_write_report(zf, when, context))
-                manifest = {
-                    "format": "dsr-export-bundle/1",
-                    "reference": reference,
-                    "request": info,
-                    "kind": kind.value,
-                    "language": language.value,
-                    "provided_only": provided_only,
-                    "generated_at": when.isoformat().replace("+00:00", "Z"),
-                    "datasets": [
-                        {"system": s.stored.system, "dataset": s.stored.dataset, "records": s.records,
-                         "provided": s.stored.provided, "csv": s.csv_name}
-                        for s in summaries
-                    ],
-                    "files": entries,
-                }
-                with _Entry(zf, MANIFEST_JSON, when, large=False) as out:
-                    out.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-                    out.close()
-            raw.flush()
-            size = os.fstat(raw.fileno()).st_size
-            raw.seek(0)
-            with _private_file(sealed) as dst:
-                digest = _encrypt(cipher, raw, dst, request_id, size)
-                dst.flush()
-                os.fsync(dst.fileno())
-        os.replace(sealed, target)
-    finally:
-        for leftover in (plain, sealed):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+    key = target if target is not None else store.bundle_key(request_id)
+    with _scratch_file() as raw:
+        with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            entries = [_write_data_json(zf, when, store, request_id, summaries)]
+            entries += [_write_csv(zf, when, store, request_id, s) for s in summaries]
+            context = _report_context(summaries, language=language, kind=kind, reference=reference,
+                                      info=info, provided_only=provided_only, when=when)
+            entries.append(_write_report(zf, when, context))
+            manifest = {
+                "format": "dsr-export-bundle/1",
+                "reference": reference,
+                "request": info,
+                "kind": kind.value,
+                "language": language.value,
+                "provided_only": provided_only,
+                "generated_at": when.isoformat().replace("+00:00", "Z"),
+                "datasets": [
+                    {"system": s.stored.system, "dataset": s.stored.dataset, "records": s.records,
+                     "provided": s.stored.provided, "csv": s.csv_name}
+                    for s in summaries
+                ],
+                "files": entries,
+            }
+            with _Entry(zf, MANIFEST_JSON, when, large=False) as out:
+                out.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+                out.close()
+        raw.flush()
+        size = raw.seek(0, io.SEEK_END)
+        raw.seek(0)
+        digest = hashlib.sha256()
+        store.objects.put_stream(key, _encrypt(cipher, raw, request_id, size, digest))
     return BundleInfo(
-        path=target,
+        key=key,
         size=size,
-        sha256=digest,
+        sha256=digest.hexdigest(),
         files=[e["name"] for e in entries] + [MANIFEST_JSON],
         records={s.key: s.records for s in summaries},
     )
@@ -420,22 +406,21 @@ def _chunks(size: int, chunk_size: int) -> int:
     return max(1, -(-size // chunk_size))
 
 
-def _encrypt(cipher: BundleCipher, src: IO[bytes], dst: IO[bytes], request_id: str, size: int) -> str:
-    """Encrypt ``size`` bytes of ``src`` into ``dst``; return the plaintext's SHA-256."""
+def _encrypt(cipher: BundleCipher, src: IO[bytes], request_id: str, size: int, digest: Any) -> Iterator[bytes]:
+    """The encrypted bundle of ``size`` bytes of ``src``: the header, then each chunk as it is encrypted;
+    ``digest`` takes the plaintext on the way."""
     key_id = cipher.current_key_id
     header = _header(key_id, CHUNK_SIZE, size)
-    dst.write(header)
-    digest = hashlib.sha256()
+    yield header
     for index in range(_chunks(size, CHUNK_SIZE)):
         chunk = src.read(CHUNK_SIZE)
         digest.update(chunk)
         used, blob = cipher.encrypt(chunk, aad=_chunk_aad(request_id, header, index))
         if used != key_id:
             raise BundleError(f"key ring changed its current key while encrypting (expected {key_id!r})")
-        dst.write(blob)
+        yield blob
     if src.read(1):
         raise BundleError("the zip grew while it was being encrypted")
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -455,6 +440,9 @@ class _Layout:
     @property
     def file_size(self) -> int:
         return len(self.header) + self.size + self.chunks * _NONCE_TAG
+
+    def offset(self, index: int) -> int:
+        return len(self.header) + index * (self.chunk_size + _NONCE_TAG)
 
 
 def _read_layout(f: IO[bytes]) -> _Layout:
@@ -476,21 +464,30 @@ def _read_layout(f: IO[bytes]) -> _Layout:
     return _Layout(start + rest, key_id, chunk_size, size)
 
 
+_MAX_HEADER = _HEADER_FIXED + 255 + 12
+
+
 class BundleStream(Iterator[bytes]):
     """The decrypted zip of an export bundle, chunk by chunk (at most ``CHUNK_SIZE`` bytes each).
 
-    ``size`` is the zip's size (a ``Content-Length``). Each chunk is authenticated before it is returned;
-    a failure raises :class:`BundleError` / :class:`~dsr.crypto.DecryptionError` (the first chunk is
-    checked by :func:`open_bundle` already, so a wrong request, key or file fails before anything is sent).
+    ``size`` is the zip's size (a ``Content-Length``). Each chunk is one ranged read of the object,
+    authenticated before it is returned; a failure raises :class:`BundleError` /
+    :class:`~dsr.crypto.DecryptionError` (the first chunk is checked by :func:`open_bundle` already, so a
+    wrong request, key or object fails before anything is sent). No connection is held between chunks,
+    however slowly the subject downloads.
     """
 
-    def __init__(self, keyring: BundleCipher, path: Path, request_id: str) -> None:
+    def __init__(self, keyring: BundleCipher, objects: ObjectStore, key: str, request_id: str) -> None:
         self._keyring = keyring
         self._request_id = request_id
-        self._file: IO[bytes] | None = Path(path).open("rb")  # noqa: SIM115 - closed by close()/exhaustion
+        self._objects: ObjectStore | None = objects
+        self._key = key
         try:
-            self._layout = _read_layout(self._file)
-            if os.fstat(self._file.fileno()).st_size != self._layout.file_size:
+            stored = objects.size(key)
+            if stored is None:
+                raise ObjectNotFound(f"no bundle {key}")
+            self._layout = _read_layout(io.BytesIO(objects.read_range(key, 0, min(stored, _MAX_HEADER))))
+            if stored != self._layout.file_size:
                 raise BundleError("export bundle is truncated or has trailing data")
             self._next = 0
             self._first: bytes | None = self._decrypt_next()
@@ -503,10 +500,13 @@ class BundleStream(Iterator[bytes]):
         return self._layout.size
 
     def _decrypt_next(self) -> bytes:
-        assert self._file is not None
+        assert self._objects is not None
         index, layout = self._next, self._layout
         want = layout.plain_length(index) + _NONCE_TAG
-        blob = self._file.read(want)
+        try:
+            blob = self._objects.read_range(self._key, layout.offset(index), want)
+        except ObjectNotFound:  # deleted while being downloaded (the link expired meanwhile)
+            raise BundleError("export bundle was deleted during the download") from None
         if len(blob) != want:
             raise BundleError("export bundle is truncated")
         plain = self._keyring.decrypt(layout.key_id, blob, aad=_chunk_aad(self._request_id, layout.header, index))
@@ -522,7 +522,7 @@ class BundleStream(Iterator[bytes]):
             if self._next >= self._layout.chunks:
                 self.close()
             return first
-        if self._file is None or self._next >= self._layout.chunks:
+        if self._objects is None or self._next >= self._layout.chunks:
             self.close()
             raise StopIteration
         try:
@@ -535,9 +535,7 @@ class BundleStream(Iterator[bytes]):
         return chunk
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._objects = None
 
     def __enter__(self) -> BundleStream:
         return self
@@ -546,12 +544,12 @@ class BundleStream(Iterator[bytes]):
         self.close()
 
 
-def open_bundle(keyring: BundleCipher, path: Path, request_id: str) -> BundleStream:
-    """Stream the decrypted zip of the bundle at ``path``, which must belong to ``request_id``.
+def open_bundle(keyring: BundleCipher, objects: ObjectStore, key: str, request_id: str) -> BundleStream:
+    """Stream the decrypted zip of the bundle object ``key``, which must belong to ``request_id``.
 
     Raises at once (:class:`BundleError`, :class:`~dsr.crypto.UnknownKeyError`,
-    :class:`~dsr.crypto.DecryptionError`, ``FileNotFoundError``) when the file is not a bundle, is
-    truncated, was built for another request, or its first chunk fails authentication; later chunks are
-    authenticated as they are read. Close the stream (or exhaust it) to release the file.
+    :class:`~dsr.crypto.DecryptionError`, :class:`~dsr.store.ObjectNotFound` -- a ``FileNotFoundError``)
+    when there is no such object, it is not a bundle, is truncated, was built for another request, or its
+    first chunk fails authentication; later chunks are authenticated as they are read.
     """
-    return BundleStream(keyring, path, request_id)
+    return BundleStream(keyring, objects, key, request_id)

@@ -435,12 +435,13 @@ def worker() -> None:
         fail(str(err))
     from connectors.config import ConfigFileError
     from dsr.crypto import KeyRingError
+    from dsr.store import StorageError
 
     try:
         asyncio.run(run_worker(settings))
     except KeyboardInterrupt:
         return
-    except (KeyRingError, ConfigFileError) as err:
+    except (KeyRingError, ConfigFileError, StorageError) as err:
         fail(str(err))
     except RuntimeError as err:
         fail(f"worker stopped: {err}")
@@ -478,12 +479,13 @@ def intake() -> None:
     except ConfigError as err:
         fail(str(err))
     from dsr.crypto import KeyRingError
+    from dsr.store import StorageError
 
     try:
         asyncio.run(_serve_intake(settings))
     except KeyboardInterrupt:
         return
-    except (KeyRingError, ConfigError, UserError) as err:
+    except (KeyRingError, ConfigError, UserError, StorageError) as err:
         fail(str(err))
     except OSError as err:
         fail(f"cannot serve on 127.0.0.1:{settings.intake_port}: {err.strerror or err}")
@@ -494,10 +496,14 @@ async def _serve_intake(settings) -> None:
 
     from dsr.codec_server import serve_codec
     from dsr.crypto import KeyRing
-    from dsr.exports import ExportStore
     from dsr.ledger import Ledger
+    from dsr.store import open_store
+    from dsr.store.attachments import AttachmentStore
+    from dsr.store.exports import ExportStore
     from intake.server import build_intake_app, run_mailbox
 
+    objects = open_store(settings)
+    await asyncio.to_thread(objects.check)
     _, client = await _client()
     keyring = KeyRing.from_settings(settings)
     ledger = Ledger(settings.database_url, keyring)
@@ -505,12 +511,12 @@ async def _serve_intake(settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app, service = build_intake_app(settings, keyring, ledger, ExportStore(settings.exports_dir, keyring), client)
+    app, service = build_intake_app(settings, keyring, ledger, ExportStore(objects, keyring), client)
     server = await serve_codec(app, host="127.0.0.1", port=settings.intake_port)
     typer.echo(f"intake on {settings.intake_url} (Ctrl-C stops)")
     try:
         if settings.imap is not None:
-            await run_mailbox(settings, keyring, ledger, service, stop)
+            await run_mailbox(settings, keyring, ledger, service, stop, AttachmentStore(objects, keyring))
         await stop.wait()
     finally:
         await server.stop()
@@ -627,10 +633,11 @@ app.add_typer(attachments_app, name="attachments")
 def _attachments():
     from dsr.config import Settings
     from dsr.crypto import KeyRing
-    from worker import attachment_store
+    from dsr.store import open_store
+    from dsr.store.attachments import AttachmentStore
 
     settings = Settings.from_env()
-    return attachment_store(settings, KeyRing.from_settings(settings))
+    return AttachmentStore(open_store(settings), KeyRing.from_settings(settings))
 
 
 @attachments_app.command("list")
@@ -638,11 +645,12 @@ def attachments_list(request_id: RequestId, as_json: JsonOption = False) -> None
     """What a request came with (deleted automatically once identity is confirmed)."""
     from dsr.config import ConfigError
     from dsr.crypto import KeyRingError
+    from dsr.store import StorageError
 
     try:
         _check_reference(request_id)
         found = _attachments().list(request_id)
-    except (UserError, ConfigError, KeyRingError, ValueError) as err:
+    except (UserError, ConfigError, KeyRingError, ValueError, StorageError) as err:
         fail(str(err))
     if as_json:
         emit_json([_plain(a) for a in found])
@@ -664,6 +672,7 @@ def attachments_get(
 
     from dsr.config import ConfigError
     from dsr.crypto import KeyRingError
+    from dsr.store import StorageError
 
     try:
         _check_reference(request_id)
@@ -671,7 +680,7 @@ def attachments_get(
         descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         fail(f"{output} exists; choose another path")
-    except (UserError, ConfigError, KeyRingError, ValueError, LookupError, FileNotFoundError) as err:
+    except (UserError, ConfigError, KeyRingError, ValueError, LookupError, FileNotFoundError, StorageError) as err:
         fail(str(err) or f"{request_id} has no attachment {index}")
     with os.fdopen(descriptor, "wb") as out:
         out.write(data)

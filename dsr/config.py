@@ -157,6 +157,11 @@ class Settings:
     zendesk_trust_authenticated: bool = False
     ticket_trust_authenticated: bool = False
     imap: ImapSettings | None = None  # email intake: None when DSR_IMAP_HOST is unset
+    storage_url: str = ""  # DSR_STORAGE_URL: file:///path or s3://bucket/prefix; "" = DSR_HOME/storage
+
+    def __post_init__(self) -> None:
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", (Path(self.home).absolute() / "storage").as_uri())
 
     def secret(self, name: str) -> str | None:
         """A secret from the environment or ``secrets.env`` (webhook secrets, API token, IMAP password)."""
@@ -183,10 +188,6 @@ class Settings:
     @property
     def config_file(self) -> Path:
         return self.config_path or self.home / "dsr.toml"
-
-    @property
-    def exports_dir(self) -> Path:
-        return self.home / "exports"
 
     @property
     def key_file(self) -> Path:
@@ -254,6 +255,16 @@ class Settings:
                 f"DSR_COUNTRY/DSR_SUBDIVISION: no public-holiday calendar for {country!r}/{subdiv!r}"
             ) from None
 
+        storage_url = env.get("DSR_STORAGE_URL", "").strip()
+        if storage_url:
+            from dsr.store.location import parse_storage_url
+
+            try:
+                parse_storage_url(storage_url)
+            except ValueError as err:
+                # The value is not echoed: a malformed URL may hold a credential.
+                raise ConfigError(f"DSR_STORAGE_URL: {err}") from None
+
         policy = RequestPolicy(
             identity=_choice(env, "DSR_IDENTITY_METHOD", IdentityMethod, IdentityMethod.EMAIL),
             clock=_choice(env, "DSR_CLOCK", ClockPolicy, ClockPolicy.RECEIPT),
@@ -302,4 +313,5 @@ class Settings:
                 poll_seconds=_int(env, "DSR_IMAP_POLL_SECONDS", 60, minimum=5),
                 cafile=env.get("DSR_IMAP_CAFILE") or None,
             ) if env.get("DSR_IMAP_HOST") else None,
+            storage_url=storage_url,
         )

@@ -485,6 +485,21 @@ class Ledger:
         with self._session(write=False) as session:
             return [self._view(row) for row in session.scalars(statement)]
 
+    def earlier_of_same_subject(self, request_id: str, kinds: Iterable[RequestKind]) -> list[str]:
+        """Ids of the requests of ``kinds`` by the same subject (blind index) received no later than
+        ``request_id``, oldest first, without it: what an erasure must clean up after (their exports)."""
+        with self._session(write=False) as session:
+            row = session.get(RequestRow, request_id)
+            if row is None:
+                return []
+            statement = select(RequestRow.request_id).where(
+                RequestRow.subject_index == row.subject_index,
+                RequestRow.kind.in_([RequestKind(k).value for k in kinds]),  # type: ignore[attr-defined]
+                RequestRow.received_at <= row.received_at,
+                RequestRow.request_id != request_id,
+            ).order_by(RequestRow.received_at, RequestRow.request_id)
+            return list(session.scalars(statement))
+
     # --- internals ---------------------------------------------------------------------------------
 
     def subject_key(self, email: str) -> str:

@@ -182,16 +182,23 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
     import concurrent.futures
 
     from dsr.codec_server import codec_app, serve_codec
-    from dsr.exports import ExportStore
     from dsr.ledger import Ledger
     from dsr.outbox import OutboxSink
+    from dsr.store import StorageError, open_store
+    from dsr.store.attachments import AttachmentStore
+    from dsr.store.exports import ExportStore
     from intake.server import build_intake_app, run_mailbox
     from worker import build_worker
 
     port = temporal_port(settings)
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
     ledger = Ledger(settings.database_url, keyring)
-    exports = ExportStore(settings.exports_dir, keyring)
+    objects = open_store(settings)
+    try:
+        await asyncio.to_thread(objects.check)
+    except StorageError as err:
+        raise StackError(str(err)) from None
+    exports = ExportStore(objects, keyring)
     intake = None
     mailbox_task = None
     codec = await serve_codec(
@@ -207,7 +214,8 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
         app, service = build_intake_app(settings, keyring, ledger, exports, client)
         intake = await serve_codec(app, host=LOOPBACK, port=settings.intake_port)
         if settings.imap is not None:
-            mailbox_task = asyncio.create_task(run_mailbox(settings, keyring, ledger, service, stop))
+            mailbox_task = asyncio.create_task(
+                run_mailbox(settings, keyring, ledger, service, stop, AttachmentStore(objects, keyring)))
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor)
             async with _stopping(stop), worker:
@@ -255,6 +263,7 @@ def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool
         f"  ledger          {settings.database_url}",
         f"  outgoing mail   {settings.outbox} (SMTP sink on {LOOPBACK}:{settings.smtp.port})" if sink
         else f"  outgoing mail   SMTP {settings.smtp.host}:{settings.smtp.port}",
+        f"  storage         {settings.storage_url}",
         f"  DSR_HOME        {settings.home}",
         f"  profile         {_profile_state(settings)}",
         "",

@@ -62,17 +62,14 @@ Logs name IMAP UIDs, request ids and reason codes only: never addresses, names, 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import email
 import email.header
 import email.policy
 import email.utils
 import hashlib
-import json
 import logging
 import mimetypes
-import os
 import re
 import secrets
 import ssl
@@ -91,6 +88,8 @@ from sqlalchemy import Engine
 from dsr.crypto import KeyRing
 from dsr.deadlines import receipt_date
 from dsr.model import Channel, Correspondence, Language, RequestKind, is_valid_email
+from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore  # noqa: F401 - re-exported
+from dsr.store.attachments import safe_filename as _safe_filename
 from intake.inbox import InboundMessage, Inbox, MessageState
 from intake.service import IntakeSink, RateLimited, ReplySink, RequestClosed, TriageItem
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, new_request_id
@@ -174,10 +173,6 @@ class MailboxConnectionError(MailboxError):
     """Connecting, TLS or login failed, or the connection broke: retried with backoff by :meth:`Mailbox.run`."""
 
 
-class AttachmentLimitError(ValueError):
-    """An attachment is too large, or a request already holds the maximum number of attachments."""
-
-
 # --- classification ----------------------------------------------------------------------------------
 
 
@@ -200,219 +195,6 @@ def _default_classifier(subject: str, body: str) -> ClassificationLike:
     from intake.classify import classify  # imported late: the classifier is its own module
 
     return classify(subject, body)
-
-
-# --- attachments -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AttachmentInfo:
-    index: int
-    filename: str
-    content_type: str
-    size: int
-
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
-_FILE_MAGIC = b"DSR-ATTACHMENT-1\n"
-_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
-
-
-class AttachmentStore:
-    """Files sent with a request (typically an ID document), encrypted at rest until deleted.
-
-    ``root/<request_id>/<n>.bin`` holds AES-256-GCM(data) and ``<n>.meta`` AES-256-GCM(JSON filename,
-    content type, size); both bind the request id and index as authenticated data, so a file moved under
-    another request or index does not open. Directories are 0700, files 0600. An attachment exists once its
-    ``.meta`` exists (written last).
-
-    Files added to a request that already holds some (a reply about it) carry their ``source`` -- the
-    mailbox's keyed hash of the message -- and ``part`` (its position in the message) in the sealed
-    ``.meta``, so storing the same message again after a crash skips what is already there
-    (:meth:`parts_from`) instead of clearing the request's other files.
-    """
-
-    def __init__(
-        self, root: Path, keyring: KeyRing, *, max_bytes: int = 10 * 1024 * 1024, max_count: int = 10
-    ) -> None:
-        self.root = Path(root)
-        self._keyring = keyring
-        self.max_bytes = max_bytes
-        self.max_count = max_count
-
-    def _dir(self, request_id: str) -> Path:
-        if not isinstance(request_id, str) or not _SAFE_ID.fullmatch(request_id):
-            raise ValueError("request id must be 1-100 letters, digits, '-' or '_'")
-        return self.root / request_id
-
-    @staticmethod
-    def _aad(request_id: str, index: int, part: str) -> bytes:
-        return f"dsr/attachment/v1\x00{request_id}\x00{index}\x00{part}".encode()
-
-    def _seal(self, data: bytes, aad: bytes) -> bytes:
-        key_id, blob = self._keyring.encrypt(data, aad=aad)
-        return _FILE_MAGIC + key_id.encode("ascii") + b"\n" + blob
-
-    def _open(self, sealed: bytes, aad: bytes) -> bytes:
-        if not sealed.startswith(_FILE_MAGIC):
-            raise ValueError("not an attachment file")
-        key_id, sep, blob = sealed[len(_FILE_MAGIC):].partition(b"\n")
-        if not sep:
-            raise ValueError("attachment file is truncated")
-        return self._keyring.decrypt(key_id.decode("ascii", errors="replace"), blob, aad=aad)
-
-    def _indexes(self, directory: Path, suffix: str) -> builtins.list[int]:
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            stem, dot, ext = name.partition(".")
-            if dot and ext == suffix and stem.isdigit():
-                found.append(int(stem))
-        return sorted(found)
-
-    def save(
-        self, request_id: str, filename: str, content_type: str, data: bytes, *, source: str = "", part: int = 0
-    ) -> AttachmentInfo:
-        """Store one attachment; raises :class:`AttachmentLimitError` over the size or count limit.
-
-        ``source`` and ``part`` name the message and its part the file came from (see :meth:`parts_from`).
-        """
-        directory = self._dir(request_id)
-        if len(data) > self.max_bytes:
-            raise AttachmentLimitError(f"attachment is larger than {self.max_bytes} bytes")
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            self.root.chmod(0o700)
-            directory.chmod(0o700)
-        if len(self._indexes(directory, "meta")) >= self.max_count:
-            raise AttachmentLimitError(f"a request keeps at most {self.max_count} attachments")
-        info_name = _safe_filename(filename)
-        info_type = _safe_content_type(content_type)
-        existing = self._indexes(directory, "bin")
-        index = (existing[-1] + 1) if existing else 1
-        while True:
-            sealed = self._seal(bytes(data), self._aad(request_id, index, "data"))
-            try:
-                _write_new_file(directory / f"{index}.bin", sealed)
-                break
-            except FileExistsError:  # another writer took this index
-                index += 1
-        fields: dict[str, Any] = {"filename": info_name, "content_type": info_type, "size": len(data)}
-        if source:
-            fields.update(source=source, part=int(part))
-        meta = json.dumps(fields).encode()
-        _write_new_file(directory / f"{index}.meta", self._seal(meta, self._aad(request_id, index, "meta")))
-        return AttachmentInfo(index=index, filename=info_name, content_type=info_type, size=len(data))
-
-    def _metas(self, request_id: str) -> builtins.list[tuple[int, dict[str, Any]]]:
-        directory = self._dir(request_id)
-        found = []
-        for index in self._indexes(directory, "meta"):
-            try:
-                sealed = (directory / f"{index}.meta").read_bytes()
-            except FileNotFoundError:  # deleted meanwhile (identity confirmed while a reply was stored)
-                continue
-            found.append((index, json.loads(self._open(sealed, self._aad(request_id, index, "meta")))))
-        return found
-
-    def list(self, request_id: str) -> builtins.list[AttachmentInfo]:
-        """The request's attachments, oldest first (filenames decrypted)."""
-        return [
-            AttachmentInfo(index, str(meta["filename"]), str(meta["content_type"]), int(meta["size"]))
-            for index, meta in self._metas(request_id)
-        ]
-
-    def parts_from(self, request_id: str, source: str) -> set[int]:
-        """The parts of message ``source`` stored under the request (a retried store skips them)."""
-        if not source:
-            return set()
-        return {int(meta.get("part", 0)) for _, meta in self._metas(request_id) if meta.get("source") == source}
-
-    def delete_from(self, request_id: str, source: str) -> int:
-        """Delete the request's attachments that came from message ``source``; returns how many."""
-        directory = self._dir(request_id)
-        deleted = 0
-        for index, meta in self._metas(request_id):
-            if not source or meta.get("source") != source:
-                continue
-            for suffix in ("meta", "bin"):  # the .meta first: without it the attachment no longer exists
-                with contextlib.suppress(FileNotFoundError):
-                    (directory / f"{index}.{suffix}").unlink()
-            deleted += 1
-        return deleted
-
-    def move_from(self, from_request: str, to_request: str, source: str) -> int:
-        """Re-file the attachments of message ``source`` from one request to another; safe to repeat after a
-        crash (copies are skipped by part, then the originals deleted)."""
-        present = self.parts_from(to_request, source)
-        for index, meta in self._metas(from_request):
-            if meta.get("source") != source or int(meta.get("part", 0)) in present:
-                continue
-            self.save(to_request, str(meta["filename"]), str(meta["content_type"]), self.read(from_request, index),
-                      source=source, part=int(meta.get("part", 0)))
-        return self.delete_from(from_request, source)
-
-    def read(self, request_id: str, index: int) -> bytes:
-        """The decrypted content of one attachment; ``FileNotFoundError`` if there is none."""
-        directory = self._dir(request_id)
-        if not (directory / f"{int(index)}.meta").exists():
-            raise FileNotFoundError(f"request {request_id} has no attachment {index}")
-        return self._open((directory / f"{int(index)}.bin").read_bytes(), self._aad(request_id, int(index), "data"))
-
-    def delete_all(self, request_id: str) -> int:
-        """Delete every attachment of the request (e.g. once identity is confirmed); returns how many."""
-        directory = self._dir(request_id)
-        count = len(self._indexes(directory, "meta"))
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return 0
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                (directory / name).unlink()
-        with contextlib.suppress(FileNotFoundError, OSError):
-            directory.rmdir()
-        return count
-
-    def transfer(self, from_request: str, to_request: str) -> int:
-        """Re-file the attachments of one request under another (a message attached to an open request)."""
-        moved = 0
-        for info in self.list(from_request):
-            self.save(to_request, info.filename, info.content_type, self.read(from_request, info.index))
-            moved += 1
-        self.delete_all(from_request)
-        return moved
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Write ``path`` (mode 0600) atomically; FileExistsError if it exists."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(tmp, path)  # fails if the name is taken: no attachment is ever overwritten
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _safe_filename(name: str | None) -> str:
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip().lstrip(".")
-    return name[:200] or "attachment"
-
-
-def _safe_content_type(value: str | None) -> str:
-    value = (value or "").strip().lower()
-    return value if _CONTENT_TYPE.fullmatch(value) else "application/octet-stream"
 
 
 # --- reading a message -------------------------------------------------------------------------------

@@ -4,24 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from temporalio.client import Client
 
 from dsr.config import ConfigError, Settings
 from dsr.crypto import KeyRing
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.model import AuditEvent
+from dsr.store import ObjectNotFound
+from dsr.store.attachments import AttachmentStore
+from dsr.store.exports import ExportStore
 from intake.service import IntakeService, RateLimits, confirm_identity
+
+if TYPE_CHECKING:
+    from dsr.bundle import BundleStream
+
+
+def bundle_opener(keyring: KeyRing, exports: ExportStore) -> Callable[[str], BundleStream | None]:
+    """What a download streams: the request's bundle from the object store (whichever machine built it), or
+    None when it is gone (deleted at the link's expiry, by an erasure, or never built): the "gone" page."""
+    from dsr.bundle import open_bundle
+
+    def opener(request_id: str) -> BundleStream | None:
+        try:
+            return open_bundle(keyring, exports.objects, exports.bundle_key(request_id), request_id)
+        except ObjectNotFound:
+            return None
+
+    return opener
 
 
 def build_intake_app(
     settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
 ) -> tuple[FastAPI, IntakeService]:
     """The intake app (form, API, webhooks, identity confirmation, downloads) and its service."""
-    from dsr.bundle import bundle_path, open_bundle
     from dsr.links import DownloadLinks, IdentityLinks
     from intake.api import DeskSettings, api_router
     from intake.app import intake_app
@@ -34,10 +54,6 @@ def build_intake_app(
     def audit(request_id: str, event: str, details: dict[str, str]) -> None:
         ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
                             key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
-
-    def opener(request_id: str):
-        path = bundle_path(exports, request_id)
-        return open_bundle(keyring, path, request_id) if path.exists() else None
 
     async def confirm(request_id: str, proof: str):
         return await confirm_identity(client, request_id, proof=proof)
@@ -69,7 +85,7 @@ def build_intake_app(
     ]
     app = intake_app(
         links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),
-        bundle_opener=opener,
+        bundle_opener=bundle_opener(keyring, exports),
         audit=audit,
         public_url=settings.intake_url,
         default_language=language,
@@ -79,12 +95,11 @@ def build_intake_app(
 
 
 async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, service: IntakeService,
-                      stop: asyncio.Event) -> None:
+                      stop: asyncio.Event, attachments: AttachmentStore) -> None:
     """Email intake until ``stop``: polls ``DSR_IMAP_*`` and hands messages to ``service``."""
     from pathlib import Path
 
     from intake.mailbox import Mailbox, MailboxSettings
-    from worker import attachment_store
 
     imap = settings.imap
     if imap is None:
@@ -108,6 +123,6 @@ async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, serv
         service,
         engine=ledger.engine,
         keyring=keyring,
-        attachments=attachment_store(settings, keyring),
+        attachments=attachments,
     )
     await mailbox.run(stop)

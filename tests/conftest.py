@@ -10,6 +10,9 @@
 Fixtures: ``postgres_admin_url`` (session: a URL to the server's ``postgres`` database),
 ``postgres_url`` (a fresh, empty database per test, dropped afterwards) and ``database_url``
 (parametrised: every test using it runs once on SQLite, in a temporary file, and once on PostgreSQL).
+
+Object storage: ``s3_server`` (session: moto's S3 server over HTTP on 127.0.0.1, one bucket), ``s3_url``
+(a fresh prefix of it, AWS variables set) and ``storage_url`` (parametrised: ``file://`` and ``s3://``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -224,3 +228,85 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+# --- object storage: a real S3 API over HTTP (moto's server, as a subprocess) ----------------------------
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's S3 server on 127.0.0.1 with one bucket; ``env`` is what a process needs to reach it."""
+
+    endpoint: str
+    bucket: str
+    env: dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint, region_name=self.env["AWS_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def raw_objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object under ``prefix`` as the bucket holds it (what an intruder in the bucket would read)."""
+        client = self.client()
+        found = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                found[item["Key"]] = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+        return found
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server started for the session, listening on 127.0.0.1 on a free port, stopped at the end."""
+    from tests.harness import binary
+
+    port = _free_port()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    process = subprocess.Popen([binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    atexit.register(process.kill)
+    endpoint = f"http://127.0.0.1:{port}"
+    server = S3Server(endpoint, "dsr-test", {
+        "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "eu-west-3",
+        "AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+    })
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                server.client().create_bucket(
+                    Bucket=server.bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"moto's S3 server did not start: {log.read()[-2000:].decode(errors='replace')}")
+                time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``DSR_STORAGE_URL`` of a fresh prefix of the test bucket, with the AWS variables set for this test."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test on both backends: local files (a temporary folder) and S3 (moto over HTTP)."""
+    if request.param == "file":
+        return (tmp_path / "storage").as_uri()
+    return str(request.getfixturevalue("s3_url"))

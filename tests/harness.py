@@ -15,11 +15,36 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from connectors.base import ExportJob, Located, OperationJob, PermanentConnectorError, TransientConnectorError
+from dsr.config import Settings
 from dsr.crypto import KeyRing
 from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+from dsr.store import FileStore, open_store
+from dsr.store.attachments import AttachmentStore
+from dsr.store.exports import ExportStore
 
 # A fixed key so saved histories (tests/workflows/histories) stay decodable by the replay test.
 TEST_KEYRING = KeyRing({"test-1": bytes(range(32))}, current="test-1")
+
+
+def file_exports(root: Path) -> ExportStore:
+    """An export store on local files under ``root``, sealed with the test key ring."""
+    return ExportStore(FileStore(root), TEST_KEYRING)
+
+
+def exports_of(settings: Settings) -> ExportStore:
+    """The export store a worker with these settings uses (``DSR_STORAGE_URL``)."""
+    return ExportStore(open_store(settings), TEST_KEYRING)
+
+
+def attachments_of(settings: Settings) -> AttachmentStore:
+    """The attachment store the mailbox and the worker with these settings use."""
+    return AttachmentStore(open_store(settings), TEST_KEYRING)
+
+
+def raw_dataset(store: ExportStore, request_id: str, system: str, dataset: str) -> list[bytes]:
+    """A dataset's chunk objects as stored (ciphertext), in order."""
+    folder = store.dataset_prefix(request_id, system, dataset)
+    return [store.objects.get(key) for key in store.objects.list(folder) if key.endswith(".chunk")]
 
 
 def binary(name: str) -> str:

@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         ReplyInput,
         ReplyResult,
         RequestInput,
+        RequestKind,
         RequestRecordInput,
         RequestStatus,
         ResidualsCleared,
@@ -112,6 +113,9 @@ FINAL_REPLIES = "final-replies"
 REPLY_ATTENTION = "reply-attention"
 """Patch id: a reply that cannot be written asks an operator (instead of retrying blindly), and residual
 data a system could not erase is followed up with the operator until cleared."""
+STORED_OBJECTS = "stored-objects-deletion"
+"""Patch id: a request closed without a reply (refused, withdrawn, unverified) deletes its partial exports and
+attachments; a fulfilled erasure deletes the subject's earlier access and portability exports."""
 
 
 class RequestRejected(ApplicationError):
@@ -452,6 +456,8 @@ class DataSubjectRequest:
                 NoticeTemplate.UNVERIFIED, days=str(self._request.policy.identity_timeout_days)
             )
         assert self._outcome is not None
+        if workflow.patched(STORED_OBJECTS):
+            await self._delete_stored_objects()
         self._set_stage(Stage.CLOSED)
         await self._audit("closed", stage=Stage.CLOSED, outcome=self._outcome)
         if self._correspondence_files:
@@ -459,6 +465,24 @@ class DataSubjectRequest:
             # once the request is closed. Only requests that took correspondence get here, so histories
             # from before ``record_correspondence`` replay unchanged.
             await self._delete_attachments("attachments_deleted")
+
+    async def _delete_stored_objects(self) -> None:
+        """What closing makes pointless to keep on the object store (both activities are idempotent)."""
+        if self._outcome in (Outcome.REFUSED, Outcome.WITHDRAWN, Outcome.UNVERIFIED):
+            # No reply will deliver them: a half-finished export and the files sent with the request go now.
+            if await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
+                                               result_type=bool, summary="delete partial exports",
+                                               **LEDGER_OPTIONS):
+                await self._audit("exports_deleted")
+            await self._delete_attachments("attachments_deleted")
+        elif self._outcome == Outcome.FULFILLED and self._request.kind == RequestKind.ERASURE:
+            # Erased everywhere else: the copies made for the subject's earlier access requests go too.
+            deleted = await workflow.execute_activity(
+                "delete_earlier_exports", ExportsDeletion(self._request.request_id), result_type=int,
+                summary="delete the subject's earlier exports", **LEDGER_OPTIONS,
+            )
+            if deleted:
+                await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
 
     # --- the deadline watcher -------------------------------------------------------------------
 

@@ -23,11 +23,11 @@ from connectors.base import (
 from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from dsr.codec_server import RunningCodecServer, serve_codec
-from dsr.exports import ExportStore
 from dsr.model import RecordAction, Subject
+from dsr.store.exports import ExportStore
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
-from tests.harness import TEST_KEYRING
+from tests.harness import file_exports, raw_dataset
 
 TOKEN = "pat-eu1-test-token"
 REQUEST = "dsr-2026-11-HUBSPT"
@@ -95,7 +95,7 @@ async def portal() -> AsyncIterator[Portal]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ExportStore:
-    return ExportStore(tmp_path / "exports", TEST_KEYRING)
+    return file_exports(tmp_path / "storage")
 
 
 def searches(state: HubSpotState) -> int:
@@ -155,7 +155,7 @@ async def test_export_streams_every_dataset_to_the_encrypted_store(portal: Porta
     emails = list(store.read(REQUEST, "hubspot", "emails"))
     assert [e["properties"]["hs_email_subject"] for e in emails] == ["Where is my parcel?", "Re: Where is my parcel?"]
     # Encrypted at rest; one checkpoint per page (contact + 4 association pages).
-    raw = (store.folder(REQUEST) / "hubspot" / "contact.jsonl.enc").read_bytes()
+    raw = b"".join(raw_dataset(store, REQUEST, "hubspot", "contact"))
     assert b"lea.petit" not in raw and b"Lyon" not in raw
     assert len(cursors) == 5 and cursors[-1]["written"] == {
         "contact": 1, "notes": 2, "deals": 1, "tickets": 1, "emails": 2}

@@ -30,12 +30,11 @@ from connectors.base import (
 from connectors.http import RateLimiter
 from connectors.stripe import LEGAL_BASIS, StripeConnector
 from dsr.codec_server import serve_codec
-from dsr.exports import ExportStore
 from dsr.model import RecordAction, Subject
 from sandbox.stripe import LocalStripe, seed_customer
-from tests.harness import TEST_KEYRING, free_port
+from tests.harness import file_exports, free_port, raw_dataset
 
-STORE = ExportStore(Path(tempfile.mkdtemp(prefix="dsr-stripe-exports-")), TEST_KEYRING)
+STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-stripe-exports-")))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +153,7 @@ async def test_export_streams_every_record_once_into_the_encrypted_store(
     # a checkpoint after every page, holding ids and counts only
     assert len(cursors) >= 4 and cursors[-1]["written"]["charges"] == 251
     assert email.lower() not in repr(cursors).lower()
-    raw = (STORE.folder(rid) / "stripe" / "customer.jsonl.enc").read_bytes()
+    raw = b"".join(raw_dataset(STORE, rid, "stripe", "customer"))
     assert b"Lea.Petit" not in raw and b"Lyon" not in raw
 
 

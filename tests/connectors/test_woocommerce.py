@@ -22,11 +22,11 @@ from connectors.base import (
 from connectors.http import RateLimiter
 from connectors.woocommerce import WooCommerceConnector
 from dsr.codec_server import RunningCodecServer, serve_codec
-from dsr.exports import ExportStore
 from dsr.model import RecordAction, Subject
+from dsr.store.exports import ExportStore
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING
+from tests.harness import file_exports, raw_dataset
 
 KEY = "ck_" + "4" * 40
 SECRET = "cs_" + "9" * 40
@@ -66,7 +66,7 @@ async def shop() -> AsyncIterator[Shop]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ExportStore:
-    return ExportStore(tmp_path / "exports", TEST_KEYRING)
+    return file_exports(tmp_path / "storage")
 
 
 LEA = Subject(email="Lea.Petit@Example.org", name="Léa Petit")
@@ -148,7 +148,7 @@ async def test_export_streams_every_order_once_into_the_store(shop: Shop, store:
     # a checkpoint for the profile, after each of the 13 pages of orders, and the guest page
     assert len(cursors) == 1 + 13 + 1
     assert cursors[5]["page"] == 5 and cursors[5]["written"] == {"customer": 1, "orders": 500}
-    raw = (store.folder(REQUEST) / "woocommerce" / "orders.jsonl.enc").read_bytes()
+    raw = b"".join(raw_dataset(store, REQUEST, "woocommerce", "orders"))
     assert b"heavy.buyer" not in raw  # encrypted at rest
 
 

@@ -1,4 +1,5 @@
-"""The export bundle: built by streaming from a real export store, encrypted at rest, verifiable."""
+"""The export bundle: built by streaming from a real export store, encrypted at rest, verifiable; stored on
+and streamed back from both object store backends (local files, S3 over HTTP)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from dsr.bundle import (
     BundleError,
     BundleInfo,
     build_bundle,
-    bundle_path,
     open_bundle,
 )
 from dsr.crypto import DecryptionError, KeyRing, UnknownKeyError
-from dsr.exports import ExportStore
 from dsr.model import Language, RequestKind
+from dsr.store import ObjectNotFound, store_at
+from dsr.store.exports import ExportStore
 from tests.harness import TEST_KEYRING
 
 REQUEST = "dsr-2026-11-BNDL01"
@@ -68,23 +69,22 @@ def seed(store: ExportStore, request_id: str = REQUEST, data=SEED) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ExportStore:
-    store = ExportStore(tmp_path / "exports", TEST_KEYRING)
+def store(storage_url: str) -> ExportStore:
+    store = ExportStore(store_at(storage_url), TEST_KEYRING)
     seed(store)
     # another subject's request in the same store must never leak into this bundle
     seed(store, "dsr-2026-11-OTHER9", {("crm", "contacts"): (True, [{"id": "c-9", "email": "other@example.org"}])})
     return store
 
 
-def build(store: ExportStore, tmp_path: Path, **kwargs) -> BundleInfo:
-    options = {"language": Language.EN, "kind": RequestKind.ACCESS, "reference_info": INFO,
-               "target": tmp_path / "out" / "bundle.zip.enc", "now": NOW}
+def build(store: ExportStore, **kwargs) -> BundleInfo:
+    options = {"language": Language.EN, "kind": RequestKind.ACCESS, "reference_info": INFO, "now": NOW}
     options.update(kwargs)
     return build_bundle(store, REQUEST, **options)
 
 
-def unzip(info: BundleInfo, request_id: str = REQUEST) -> zipfile.ZipFile:
-    with open_bundle(TEST_KEYRING, info.path, request_id) as stream:
+def unzip(store: ExportStore, info: BundleInfo, request_id: str = REQUEST) -> zipfile.ZipFile:
+    with open_bundle(TEST_KEYRING, store.objects, info.key, request_id) as stream:
         data = b"".join(stream)
     assert len(data) == info.size and hashlib.sha256(data).hexdigest() == info.sha256
     return zipfile.ZipFile(io.BytesIO(data))
@@ -102,9 +102,10 @@ def csv_rows(zf: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
 
 
-def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore, tmp_path: Path) -> None:
-    info = build(store, tmp_path)
-    zf = unzip(info)
+def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore) -> None:
+    info = build(store)
+    assert info.key == "exports/dsr-2026-11-bndl01/bundle.zip.enc" == store.bundle_key(REQUEST)
+    zf = unzip(store, info)
     names = zf.namelist()
     expected_csv = [f"csv/{s}/{d}.csv" for s, d in sorted(SEED)]
     assert names == ["data.json", *expected_csv, "report.html", "manifest.json"] == info.files
@@ -142,55 +143,73 @@ def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore, t
     assert orders[0]["billing.name"] == "Zoé Roux"
 
 
-def test_encrypted_at_rest_private_and_no_plaintext_left(store: ExportStore, tmp_path: Path) -> None:
-    info = build(store, tmp_path)
-    raw = info.path.read_bytes()
+def test_encrypted_at_rest_private_and_no_plaintext_left(store: ExportStore, storage_url: str, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))  # where the worker's private zip is built
+    info = build(store)
+    raw = store.objects.get(info.key)
     assert raw.startswith(BUNDLE_MAGIC)
-    assert oct(info.path.stat().st_mode & 0o777) == "0o600"
-    assert os.listdir(info.path.parent) == [info.path.name], "the plaintext temp zip is gone"
-    for value in (b"zoe.roux", b"Lyon", b"Merci", b"<script>", b"HYPERLINK", b"PK\x03\x04", b"data.json",
-                  "Zoé".encode(), b"SKU-1"):
-        assert value not in raw
+    if storage_url.startswith("file:"):
+        assert oct((Path(storage_url.removeprefix("file://")) / info.key).stat().st_mode & 0o777) == "0o600"
+    assert os.listdir(scratch) == [], "the plaintext zip was never visible, and is gone"
+    assert [k for k in store.objects.list(store.prefix(REQUEST)) if "/data/" not in k] == [info.key]
+    for key in store.objects.list("exports/"):  # the bundle, and every export chunk it was built from
+        for value in (b"zoe.roux", b"Lyon", b"Merci", b"<script>", b"HYPERLINK", b"PK\x03\x04", b"data.json",
+                      "Zoé".encode(), b"SKU-1"):
+            assert value not in store.objects.get(key), key
 
 
-def test_tampering_truncation_and_another_request_fail(store: ExportStore, tmp_path: Path) -> None:
+def test_tampering_truncation_moving_and_another_request_fail(store: ExportStore) -> None:
     big = {("shop", "orders"): (True, [{"id": i, "pad": os.urandom(300).hex()} for i in range(4000)])}
-    seed(store, "dsr-2026-11-BIG001", big)
-    info = build_bundle(store, "dsr-2026-11-BIG001", language=Language.FR, kind=RequestKind.ACCESS,
-                        reference_info={}, target=tmp_path / "big.enc")
+    request = "dsr-2026-11-BIG001"
+    seed(store, request, big)
+    info = build_bundle(store, request, language=Language.FR, kind=RequestKind.ACCESS, reference_info={})
     assert info.size > 2 * CHUNK_SIZE  # several chunks
-    assert len(b"".join(open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-BIG001"))) == info.size
-    original = info.path.read_bytes()
+    objects = store.objects
+    assert len(b"".join(open_bundle(TEST_KEYRING, objects, info.key, request))) == info.size
+    original = objects.get(info.key)
 
     with pytest.raises(DecryptionError):  # bound to its request
-        open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-OTHER9")
+        open_bundle(TEST_KEYRING, objects, info.key, "dsr-2026-11-OTHER9")
+    objects.put(store.bundle_key("dsr-2026-11-OTHER9"), original)  # moved under another request
+    with pytest.raises(DecryptionError):
+        open_bundle(TEST_KEYRING, objects, store.bundle_key("dsr-2026-11-OTHER9"), "dsr-2026-11-OTHER9")
 
     for offset in (len(original) // 2, len(original) - 1, 20):  # a later chunk, the last one, the header
         tampered = bytearray(original)
         tampered[offset] ^= 0x01
-        info.path.write_bytes(bytes(tampered))
+        objects.put(info.key, bytes(tampered))
         with pytest.raises(DecryptionError):
-            b"".join(open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-BIG001"))
+            b"".join(open_bundle(TEST_KEYRING, objects, info.key, request))
 
     for damaged in (original[:-1], original[: len(original) - CHUNK_SIZE - 28], original + b"\x00", b"PK" + original):
-        info.path.write_bytes(damaged)
+        objects.put(info.key, damaged)
         with pytest.raises(DecryptionError):
-            b"".join(open_bundle(TEST_KEYRING, info.path, "dsr-2026-11-BIG001"))
+            b"".join(open_bundle(TEST_KEYRING, objects, info.key, request))
 
-    info.path.write_bytes(original)
+    objects.put(info.key, original)
     with pytest.raises(UnknownKeyError):
-        open_bundle(KeyRing({"other": bytes(32)}, current="other"), info.path, "dsr-2026-11-BIG001")
+        open_bundle(KeyRing({"other": bytes(32)}, current="other"), objects, info.key, request)
     with pytest.raises(BundleError):  # not a bundle at all
-        open_bundle(TEST_KEYRING, store.folder("dsr-2026-11-BIG001") / "shop" / "orders.meta.json",
-                    "dsr-2026-11-BIG001")
+        open_bundle(TEST_KEYRING, objects, store.dataset_prefix(request, "shop", "orders") + "meta.json", request)
+
+    stream = open_bundle(TEST_KEYRING, objects, info.key, request)
+    next(stream)
+    assert store.delete(request)  # the link expired during the download: the rest is not served
+    with pytest.raises(BundleError, match="deleted during the download"):
+        b"".join(stream)
+    with pytest.raises(ObjectNotFound):  # the intake's "gone" page
+        open_bundle(TEST_KEYRING, objects, info.key, request)
 
 
-def test_report_is_escaped_self_contained_and_in_the_language(store: ExportStore, tmp_path: Path) -> None:
+def test_report_is_escaped_self_contained_and_in_the_language(store: ExportStore) -> None:
     for language, words in ((Language.EN, ("Your personal data", "About these files", "7 more records")),
                             (Language.FR, ("Vos données personnelles", "À propos de ces fichiers",
                                            "7 autres enregistrements", "1er décembre 2026"))):
-        info = build(store, tmp_path, language=language)
-        report = unzip(info).read("report.html").decode("utf-8")
+        info = build(store, language=language)
+        report = unzip(store, info).read("report.html").decode("utf-8")
         assert report.startswith("<!DOCTYPE html>") and f'<html lang="{language.value}"' in report
         for word in words:
             assert word in report
@@ -209,9 +228,9 @@ def test_report_is_escaped_self_contained_and_in_the_language(store: ExportStore
         assert "Transmitting" not in report and "Transmettre" not in report
 
 
-def test_portability_keeps_only_provided_datasets(store: ExportStore, tmp_path: Path) -> None:
-    info = build(store, tmp_path, kind=RequestKind.PORTABILITY, provided_only=True, language=Language.FR)
-    zf = unzip(info)
+def test_portability_keeps_only_provided_datasets(store: ExportStore) -> None:
+    info = build(store, kind=RequestKind.PORTABILITY, provided_only=True, language=Language.FR)
+    zf = unzip(store, info)
     assert zf.namelist() == ["data.json", "csv/crm/contacts.csv", "csv/shop/empty.csv", "csv/shop/orders.csv",
                              "report.html", "manifest.json"]
     data = json.loads(zf.read("data.json"))
@@ -226,32 +245,37 @@ def test_portability_keeps_only_provided_datasets(store: ExportStore, tmp_path: 
     assert csv_rows(zf, "csv/shop/empty.csv") == []
 
 
-def test_no_data_gives_an_empty_but_valid_bundle(tmp_path: Path) -> None:
-    store = ExportStore(tmp_path / "exports", TEST_KEYRING)
-    target = bundle_path(store, "dsr-2026-11-NODATA")
+def test_no_data_gives_an_empty_but_valid_bundle(storage_url: str) -> None:
+    store = ExportStore(store_at(storage_url), TEST_KEYRING)
     info = build_bundle(store, "dsr-2026-11-NODATA", language=Language.EN, kind=RequestKind.ACCESS,
-                        reference_info={}, target=target)
-    zf = unzip(info, "dsr-2026-11-NODATA")
+                        reference_info={})
+    zf = unzip(store, info, "dsr-2026-11-NODATA")
     assert json.loads(zf.read("data.json")) == {}
     assert "holds any record about you" in zf.read("report.html").decode()
     assert json.loads(zf.read("manifest.json"))["reference"] == "dsr-2026-11-NODATA"
-    assert store.delete("dsr-2026-11-NODATA") and not target.exists()  # lives and dies with the exports
+    assert store.delete("dsr-2026-11-NODATA") and not store.objects.exists(info.key)  # dies with the exports
 
 
-def test_a_failed_build_leaves_no_plaintext(store: ExportStore, tmp_path: Path, monkeypatch) -> None:
-    target = tmp_path / "out" / "bundle.zip.enc"
+def test_a_failed_build_leaves_no_plaintext_and_the_previous_bundle(store: ExportStore, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    before = build(store)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
 
     def broken(*args, **kwargs):
+        yield b"DSRBNDL"
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("dsr.bundle._encrypt", broken)
     with pytest.raises(RuntimeError):
-        build(store, tmp_path, target=target)
-    assert os.listdir(target.parent) == []
+        build(store)
+    assert os.listdir(scratch) == []
+    assert unzip(store, before).namelist()[0] == "data.json"  # the retry's failure did not damage it
 
 
-def test_memory_stays_bounded_for_a_large_export(tmp_path: Path) -> None:
-    store = ExportStore(tmp_path / "exports", TEST_KEYRING)
+def test_memory_stays_bounded_for_a_large_export(storage_url: str, tmp_path: Path) -> None:
+    store = ExportStore(store_at(storage_url), TEST_KEYRING)
     records = 20_000
     with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
         for i in range(records):
@@ -260,18 +284,17 @@ def test_memory_stays_bounded_for_a_large_export(tmp_path: Path) -> None:
     limit = 30 * 1024 * 1024
     tracemalloc.start()
     try:
-        info = build_bundle(store, REQUEST, language=Language.EN, kind=RequestKind.ACCESS, reference_info={},
-                            target=tmp_path / "large.enc")
+        info = build_bundle(store, REQUEST, language=Language.EN, kind=RequestKind.ACCESS, reference_info={})
         _, build_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        streamed = sum(len(chunk) for chunk in open_bundle(TEST_KEYRING, info.path, REQUEST))
+        streamed = sum(len(chunk) for chunk in open_bundle(TEST_KEYRING, store.objects, info.key, REQUEST))
         _, read_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert streamed == info.size and info.records == {"shop/orders": records}
     plain = tmp_path / "large.zip"
     with plain.open("wb") as f:
-        for chunk in open_bundle(TEST_KEYRING, info.path, REQUEST):
+        for chunk in open_bundle(TEST_KEYRING, store.objects, info.key, REQUEST):
             f.write(chunk)
     with zipfile.ZipFile(plain) as zf:
         data_json = zf.getinfo("data.json").file_size

@@ -1,67 +1,130 @@
-"""The export store: encrypted at rest, chunked, resumable to any record count."""
+"""The export store: sealed chunk objects, resumable to any record count from another machine."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from dsr.crypto import DecryptionError
-from dsr.exports import ExportStore
+from dsr.store import store_at
+from dsr.store.exports import ExportStore
 from tests.harness import TEST_KEYRING
 
 REQUEST = "dsr-2026-11-EXPRT1"
+PREFIX = "exports/dsr-2026-11-exprt1/data/shop/orders/"
 
 
 def orders(start: int, stop: int) -> list[dict]:
-    return [{"id": i, "billing": {"email": "zoe.roux@example.org"}} for i in range(start, stop)]
+    return [{"id": i, "billing": {"email": "zoe.roux@example.org", "name": "Zoé Roux"}} for i in range(start, stop)]
 
 
-def test_records_round_trip_encrypted_in_chunks(tmp_path: Path) -> None:
-    store = ExportStore(tmp_path, TEST_KEYRING)
+def machine(storage_url: str) -> ExportStore:
+    """A store as another worker builds it from the same settings: nothing shared but the storage."""
+    return ExportStore(store_at(storage_url), TEST_KEYRING)
+
+
+def test_records_round_trip_sealed_in_chunk_objects(storage_url: str) -> None:
+    store = machine(storage_url)
     with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
         for record in orders(0, 250):
             writer.write(record)
         assert writer.count == 250
-    raw = (store.folder(REQUEST) / "shop" / "orders.jsonl.enc").read_bytes()
-    assert b"zoe.roux" not in raw and raw.count(b"\n") == 3  # 100 + 100 + 50
-    assert [r["id"] for r in store.read(REQUEST, "shop", "orders")] == list(range(250))
-    [stored] = store.datasets(REQUEST)
+    assert store.objects.list(PREFIX) == [f"{PREFIX}00000000-100.chunk", f"{PREFIX}00000001-100.chunk",
+                                          f"{PREFIX}00000002-50.chunk", f"{PREFIX}meta.json"]
+    for key in store.objects.list("exports/"):
+        raw = store.objects.get(key)
+        assert b"zoe.roux" not in raw and "Zoé".encode() not in raw
+    assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(250))
+    [stored] = machine(storage_url).datasets(REQUEST)
     assert (stored.system, stored.dataset, stored.records, stored.provided) == ("shop", "orders", 250, True)
-    assert oct((store.folder(REQUEST) / "shop" / "orders.jsonl.enc").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_bucket_holds_only_ciphertext(s3_url: str, s3_server) -> None:
+    store = machine(s3_url)
+    with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
+        for record in orders(0, 120):
+            writer.write(record)
+    raw = s3_server.raw_objects(s3_url.split("/", 3)[3])
+    assert len(raw) == 3  # two chunks and the meta
+    for key, body in raw.items():
+        assert b"zoe.roux" not in body and "Zoé".encode() not in body and b"example.org" not in body, key
+        assert "zoe" not in key.lower()
 
 
 @pytest.mark.parametrize("checkpoint", [0, 100, 150, 249, 250])
-def test_resume_truncates_to_the_checkpoint_then_appends(tmp_path: Path, checkpoint: int) -> None:
-    store = ExportStore(tmp_path, TEST_KEYRING)
-    with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
-        for record in orders(0, 250):  # a crashed attempt wrote past its last checkpoint
-            writer.write(record)
-    with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
-        assert writer.count == 250
-        writer.truncate(checkpoint)
-        assert writer.count == checkpoint
+def test_resume_on_another_machine_truncates_to_the_checkpoint(storage_url: str, checkpoint: int) -> None:
+    first = machine(storage_url)
+    writer = first.for_request(REQUEST).open("shop", "orders", provided=True)
+    for record in orders(0, 250):  # the crashed attempt wrote past its last checkpoint, then died
+        writer.write(record)
+    writer.flush()
+    other = machine(storage_url)  # the retry runs on another worker
+    with other.for_request(REQUEST).open("shop", "orders", provided=True) as resumed:
+        assert resumed.count == 250
+        resumed.truncate(checkpoint)
+        assert resumed.count == checkpoint
         for record in orders(checkpoint, 300):
-            writer.write(record)
-    assert [r["id"] for r in store.read(REQUEST, "shop", "orders")] == list(range(300))
+            resumed.write(record)
+    assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(300))
+    assert machine(storage_url).datasets(REQUEST)[0].records == 300
 
 
-def test_a_dataset_cannot_be_opened_as_another(tmp_path: Path) -> None:
-    store = ExportStore(tmp_path, TEST_KEYRING)
+def test_what_a_crash_during_truncate_leaves_is_a_prefix(storage_url: str) -> None:
+    store = machine(storage_url)
     with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
-        writer.write({"id": 1})
-    other = store.folder("dsr-2026-11-OTHER1") / "shop"
-    other.mkdir(parents=True)
-    for name in ("orders.jsonl.enc", "orders.meta.json"):
-        (other / name).write_bytes((store.folder(REQUEST) / "shop" / name).read_bytes())
+        for record in orders(0, 400):
+            writer.write(record)
+    # A truncation killed after deleting chunk 1 but not yet 2 and 3: what follows the gap is not counted.
+    store.objects.delete(f"{PREFIX}00000001-100.chunk")
+    assert store.datasets(REQUEST)[0].records == 100
+    assert [r["id"] for r in store.read(REQUEST, "shop", "orders")] == list(range(100))
+    with machine(storage_url).for_request(REQUEST).open("shop", "orders", provided=True) as resumed:
+        assert resumed.count == 100  # and the strays are removed before anything is written after them
+        for record in orders(100, 150):
+            resumed.write(record)
+    assert store.objects.list(PREFIX) == [f"{PREFIX}00000000-100.chunk", f"{PREFIX}00000001-50.chunk",
+                                          f"{PREFIX}meta.json"]
+
+
+def test_a_chunk_moved_renamed_or_tampered_with_does_not_open(storage_url: str) -> None:
+    store = machine(storage_url)
+    with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
+        for record in orders(0, 200):
+            writer.write(record)
+    objects = store.objects
+    first, second = f"{PREFIX}00000000-100.chunk", f"{PREFIX}00000001-100.chunk"
+    # copied under another request
+    other = "exports/dsr-2026-11-other1/data/shop/orders/"
+    objects.put(other + "meta.json", objects.get(PREFIX + "meta.json"))
+    objects.put(other + "00000000-100.chunk", objects.get(first))
     with pytest.raises(DecryptionError):
         list(store.read("dsr-2026-11-OTHER1", "shop", "orders"))
+    # swapped in order within its own dataset
+    a, b = objects.get(first), objects.get(second)
+    objects.put(first, b)
+    objects.put(second, a)
+    with pytest.raises(DecryptionError):
+        list(store.read(REQUEST, "shop", "orders"))
+    # a count changed in the name
+    objects.put(first, a)
+    objects.delete(second)
+    objects.put(f"{PREFIX}00000001-99.chunk", b)
+    with pytest.raises(DecryptionError):
+        list(store.read(REQUEST, "shop", "orders"))
+    # a flipped byte
+    objects.delete(f"{PREFIX}00000001-99.chunk")
+    objects.put(first, a[:-3] + (b"A" if a[-3:-2] != b"A" else b"B") + a[-2:])
+    with pytest.raises(DecryptionError):
+        list(store.read(REQUEST, "shop", "orders"))
 
 
-def test_unsafe_names_and_deletion(tmp_path: Path) -> None:
-    store = ExportStore(tmp_path, TEST_KEYRING)
+def test_unsafe_names_and_deletion(storage_url: str) -> None:
+    store = machine(storage_url)
     with pytest.raises(ValueError, match="not a safe file name"):
         store.for_request(REQUEST).open("../etc", "orders", provided=False)
     with store.for_request(REQUEST).open("shop", "orders", provided=False) as writer:
         writer.write({"id": 1})
-    assert store.delete(REQUEST) and not store.folder(REQUEST).exists() and not store.delete(REQUEST)
+    store.objects.put(store.bundle_key(REQUEST), b"sealed bundle")
+    assert store.holds(REQUEST)
+    assert machine(storage_url).delete(REQUEST)  # from another machine
+    assert store.objects.list("exports/") == [] and not store.delete(REQUEST) and not store.holds(REQUEST)
+    assert store.datasets(REQUEST) == [] and list(store.read(REQUEST, "shop", "orders")) == []

@@ -31,7 +31,6 @@ from dsr import search_attributes as sa
 from dsr.codec_server import serve_codec
 from dsr.config import Settings, SmtpSettings
 from dsr.crypto import data_converter
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.model import (
     Correspondence,
@@ -45,7 +44,7 @@ from dsr.model import (
 )
 from intake.server import build_intake_app
 from intake.service import TriageItem
-from tests.harness import TEST_KEYRING, MailSink, binary, free_port
+from tests.harness import TEST_KEYRING, MailSink, attachments_of, binary, exports_of, free_port
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 
@@ -102,7 +101,7 @@ async def intake(
     settings = replace(settings, smtp=SmtpSettings(host="127.0.0.1", port=mail.port),
                        task_queue=f"intake-{uuid.uuid4()}")
     ledger = Ledger(settings.database_url, TEST_KEYRING)
-    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    exports = exports_of(settings)
     app, service = build_intake_app(settings, TEST_KEYRING, ledger, exports, dev_server.client)
     server = await serve_codec(app, host="127.0.0.1", port=port)
     try:
@@ -440,7 +439,6 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
     from email.message import EmailMessage
 
     from intake.mailbox import Mailbox, MailboxSettings
-    from worker import attachment_store
 
     user = dovecot.new_user()
     message = EmailMessage()
@@ -453,7 +451,7 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
     message.add_attachment(b"%PDF-1.4 passport scan", maintype="application", subtype="pdf", filename="id.pdf")
     dovecot.deliver(user, message.as_bytes(), received_at=datetime.now(UTC) - timedelta(hours=1))
 
-    store = attachment_store(intake.settings, TEST_KEYRING)
+    store = attachments_of(intake.settings)
     mailbox = Mailbox(
         MailboxSettings(host="127.0.0.1", port=dovecot.port, username=user.username, password=user.password,
                         ssl_context=dovecot.ssl_context(), processed_folder="DSR/Processed"),
@@ -486,9 +484,8 @@ class SimulatedCrash(BaseException):
 
 def _privacy_mailbox(intake: Intake, dovecot, user):  # noqa: F811 - the real IMAPS server fixture
     from intake.mailbox import Mailbox, MailboxSettings
-    from worker import attachment_store
 
-    store = attachment_store(intake.settings, TEST_KEYRING)
+    store = attachments_of(intake.settings)
     mailbox = Mailbox(
         MailboxSettings(host="127.0.0.1", port=dovecot.port, username=user.username, password=user.password,
                         ssl_context=dovecot.ssl_context(), processed_folder="DSR/Processed",

@@ -31,6 +31,7 @@ from dsr.config import Settings
 from dsr.crypto import DecryptionError
 from dsr.ledger import Ledger
 from dsr.model import Correspondence, Language, RequestKind
+from dsr.store import FileStore, store_at
 from intake.classify import Classification
 from intake.inbox import InboundMessageRow, MessageState
 from intake.mailbox import (
@@ -242,7 +243,7 @@ def env(dovecot: Dovecot, user: ImapUser, tmp_path: Path) -> Iterator[Env]:
             tmp=tmp_path,
             ledger=ledger,
             sink=RecordingSink(home=tmp_path),
-            store=AttachmentStore(tmp_path / "attachments", TEST_KEYRING),
+            store=AttachmentStore(FileStore(tmp_path / "storage"), TEST_KEYRING),
         )
     finally:
         ledger.close()
@@ -544,7 +545,7 @@ async def test_id_document_attachment_is_stored_encrypted(env: Env) -> None:
     (request_id,) = env.sink.requests
     assert env.store.list(request_id) == [AttachmentInfo(1, "passeport Jérôme.jpg", "image/jpeg", len(scan))]
     assert env.store.read(request_id, 1) == scan
-    directory = env.tmp / "attachments" / request_id
+    directory = env.tmp / "storage" / "attachments" / request_id
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for path in directory.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -552,7 +553,7 @@ async def test_id_document_attachment_is_stored_encrypted(env: Env) -> None:
         assert b"PASSPORT-NUMBER" not in on_disk and b"passeport" not in on_disk
         assert scan[:64] not in on_disk
     # Bound to its request and index: a file copied under another request does not open.
-    other = env.tmp / "attachments" / "dsr-2026-03-ZZZZZZ"
+    other = env.tmp / "storage" / "attachments" / "dsr-2026-03-ZZZZZZ"
     other.mkdir(mode=0o700)
     for path in directory.iterdir():
         (other / path.name).write_bytes(path.read_bytes())
@@ -820,7 +821,7 @@ async def test_works_on_postgresql_too(dovecot: Dovecot, user: ImapUser, tmp_pat
     ledger = Ledger(postgres_url, TEST_KEYRING)
     try:
         env = Env(dovecot, user, tmp_path, ledger, RecordingSink(home=tmp_path),
-                  AttachmentStore(tmp_path / "attachments", TEST_KEYRING))
+                  AttachmentStore(FileStore(tmp_path / "storage"), TEST_KEYRING))
         env.deliver(message(*ENGLISH_ACCESS))
         env.sink.crash_after_start = 1
         assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
@@ -875,8 +876,8 @@ def test_parse_message_without_from_or_body() -> None:
     assert (parsed.sender, parsed.name, parsed.body, parsed.message_id) == ("", "", "", None)
 
 
-def test_attachment_store_limits(tmp_path: Path) -> None:
-    store = AttachmentStore(tmp_path, TEST_KEYRING, max_bytes=10, max_count=2)
+def test_attachment_store_limits(storage_url: str) -> None:
+    store = AttachmentStore(store_at(storage_url), TEST_KEYRING, max_bytes=10, max_count=2)
     with pytest.raises(AttachmentLimitError):
         store.save("dsr-2026-03-AAAAAA", "a.pdf", "application/pdf", b"x" * 11)
     store.save("dsr-2026-03-AAAAAA", "../../etc/passwd", "not a type", b"1")

@@ -16,11 +16,10 @@ from temporalio.worker import Worker
 
 from dsr.config import Settings, SmtpSettings
 from dsr.crypto import data_converter
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.profile import ControllerProfile, load_profile
 from dsr.temporal import register_search_attributes
-from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, binary
+from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, binary, exports_of
 from worker import build_worker
 
 
@@ -110,7 +109,7 @@ async def engine(
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         worker: Worker = build_worker(
             time_skipping.client, settings, ledger, connectors, task_queue=task_queue, executor=executor,
-            exports=ExportStore(settings.exports_dir, TEST_KEYRING), profile=profile,
+            exports=exports_of(settings), profile=profile,
         )
         async with worker:
             yield Engine(time_skipping, time_skipping.client, task_queue, settings, ledger, mail, connectors)

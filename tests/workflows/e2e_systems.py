@@ -34,21 +34,21 @@ from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
-from dsr.bundle import bundle_path, open_bundle
 from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks
 from dsr.model import AuditEvent, IdentityMethod, RequestInput
+from dsr.store.exports import ExportStore
 from dsr.temporal import register_search_attributes
 from intake.app import intake_app
+from intake.server import bundle_opener
 from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, binary
+from tests.harness import TEST_KEYRING, MailSink, binary, exports_of
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
 
@@ -275,7 +275,7 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
     localstripe = LocalStripe(api_key=STRIPE_KEY).start()
     try:
         await register_search_attributes(env.client)
-        exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+        exports = exports_of(settings)
         clock = WorldClock()
         await clock.follow(env)
 
@@ -283,13 +283,10 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
             ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
                                 key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
 
-        def opener(request_id: str):
-            path = bundle_path(exports, request_id)
-            return open_bundle(TEST_KEYRING, path, request_id) if path.exists() else None
-
         # The app takes only the scheme and path of its public URL (the port is known once it listens).
         app = intake_app(links=DownloadLinks(TEST_KEYRING, ttl=timedelta(days=settings.link_days)),
-                         bundle_opener=opener, audit=audit, public_url="http://127.0.0.1", clock=clock)
+                         bundle_opener=bundle_opener(TEST_KEYRING, exports), audit=audit,
+                         public_url="http://127.0.0.1", clock=clock)
         intake = await serve_codec(app, port=0)
         # The download links in the replies point at this intake app: the test follows them as a subject would.
         settings = replace(settings, public_url=intake.url, task_queue=f"e2e-replies-{uuid.uuid4()}",

@@ -22,15 +22,15 @@ from connectors.woocommerce import WooCommerceConnector
 from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.model import IdentityMethod, Outcome, RequestStatus, Stage
+from dsr.store.exports import ExportStore
 from dsr.temporal import register_search_attributes
 from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, binary
+from tests.harness import TEST_KEYRING, MailSink, binary, exports_of
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
@@ -125,7 +125,7 @@ async def run_request(env: WorkflowEnvironment, settings: Settings, ledger: Ledg
 async def test_access_exports_every_system_into_the_encrypted_store(
     time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
 ) -> None:
-    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    exports = exports_of(settings)
     final = await run_request(time_skipping, settings, ledger, exports, systems, "access")
     assert final.outcome == Outcome.FULFILLED
     by_system = {c.connector: c for c in final.connectors}
@@ -142,7 +142,7 @@ async def test_access_exports_every_system_into_the_encrypted_store(
 async def test_erasure_deletes_anonymises_retains_and_verifies(
     time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
 ) -> None:
-    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    exports = exports_of(settings)
     final = await run_request(time_skipping, settings, ledger, exports, systems, "erasure")
     assert final.outcome == Outcome.FULFILLED  # verification (locate again) found nothing undeclared
     outcomes = {c.connector: c.outcome for c in final.connectors}
@@ -163,7 +163,7 @@ async def test_stripe_erasure_retains_charges_with_legal_basis(
     time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems,
     localstripe: LocalStripe,
 ) -> None:
-    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    exports = exports_of(settings)
     stripe_email = await _stripe_customer(localstripe)
     final = await run_request(time_skipping, settings, ledger, exports, systems, "erasure", email=stripe_email)
     stripe = next(c.outcome for c in final.connectors if c.connector == "stripe")
@@ -175,7 +175,7 @@ async def test_stripe_erasure_retains_charges_with_legal_basis(
 async def test_rectification_and_portability(
     time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
 ) -> None:
-    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    exports = exports_of(settings)
     final = await run_request(time_skipping, settings, ledger, exports, systems, "rectification",
                               changes={"city": "Roubaix"})
     assert final.outcome == Outcome.FULFILLED
@@ -196,11 +196,13 @@ async def _stripe_customer(localstripe: LocalStripe) -> str:
     return email
 
 
-async def test_access_reply_link_downloads_the_bundle(
-    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
+async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_intake_replica(
+    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems,
+    s3_url: str, s3_server,
 ) -> None:
     # Deletion at the link's expiry is checked by test_request (skipped 7 days) and the 410 by tests/intake;
     # waiting for it here stalled the shared test server behind other tests' pending workflows.
+    # The worker and the intake app are given separate stores on the same bucket, as two machines would be.
     import asyncio
     import hashlib
     import io
@@ -210,12 +212,13 @@ async def test_access_reply_link_downloads_the_bundle(
 
     import httpx
 
-    from dsr.bundle import bundle_path, open_bundle
     from dsr.links import DownloadLinks
     from dsr.model import AuditEvent
     from intake.app import intake_app
+    from intake.server import bundle_opener
 
-    exports = ExportStore(settings.exports_dir, TEST_KEYRING)
+    settings = replace(settings, storage_url=s3_url)
+    exports = exports_of(settings)
     # Another subject's data must never leak into this subject's bundle.
     systems.woo.add_customer("someone.else@example.org", "Someone", "Else")
     task_queue = f"e2e-{uuid.uuid4()}"
@@ -229,12 +232,8 @@ async def test_access_reply_link_downloads_the_bundle(
         ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
                             key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
 
-    def opener(request_id: str):
-        path = bundle_path(exports, request_id)
-        return open_bundle(TEST_KEYRING, path, request_id) if path.exists() else None
-
-    app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=opener, audit=audit,
-                     public_url=settings.intake_url)
+    app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=bundle_opener(TEST_KEYRING, exports_of(settings)),
+                     audit=audit, public_url=settings.intake_url)
     intake = await serve_codec(app, port=0)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,
@@ -264,6 +263,9 @@ async def test_access_reply_link_downloads_the_bundle(
                 assert len(data["woocommerce"]["orders"]) == 251
                 assert "someone.else" not in bundle.read("data.json").decode()
                 assert "export_downloaded" in [e.event for e in ledger.events(request.request_id)]
+                stored = s3_server.raw_objects(s3_url.split("/", 3)[3])
+                assert any(key.endswith("/bundle.zip.enc") for key in stored)
+                assert all(b"nadia" not in body.lower() and b"haddad" not in body.lower() for body in stored.values())
 
                 await handle.terminate("test over: the download was checked")
                 exports.delete(request.request_id)  # what the workflow's expiry timer does

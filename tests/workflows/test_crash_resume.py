@@ -1,5 +1,7 @@
-"""A worker killed (SIGKILL) in the middle of a long export: the next worker resumes from the heartbeated
-cursor, and the export holds every order exactly once. Real processes, a real dev server, real HTTP."""
+"""A worker killed (SIGKILL) in the middle of a long export: the next worker -- on "another machine", with its
+own DSR_HOME, sharing only Temporal, the ledger and the S3 bucket -- resumes from the heartbeated cursor
+against the same objects, and the export holds every order exactly once. Real processes, a real dev server,
+real HTTP, a real S3 API (moto's server)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from dsr import search_attributes as sa
 from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
-from dsr.exports import ExportStore
 from dsr.model import IdentityMethod, Outcome, Stage
+from dsr.store import store_at
+from dsr.store.exports import ExportStore
 from intake.submission import Submission, prepare, start
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
+from tests.conftest import S3Server
 from tests.harness import TEST_KEYRING, MailSink, binary
 from workflows.request import DataSubjectRequest
 
@@ -64,7 +68,9 @@ async def written_orders(handle: WorkflowHandle) -> int:
     return 0
 
 
-async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, mail: MailSink) -> None:
+async def test_killed_worker_resumes_the_export_from_its_cursor_on_another_machine(
+    tmp_path: Path, mail: MailSink, s3_server: S3Server, s3_url: str,
+) -> None:
     shop_state = WooState()
     customer = shop_state.add_customer(EMAIL, "Bulk", "Buyer", billing={"email": EMAIL, "first_name": "Bulk"})
     shop_state.bulk_orders(customer["id"], ORDERS)
@@ -78,17 +84,21 @@ async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, 
     )
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        home = tmp_path / "home"
-        home.mkdir()
-        (home / "dsr.toml").write_text(
-            f'[[connectors]]\ntype = "woocommerce"\nbase_url = "{shop.url}"\n'
-            'credentials = { consumer_key = "SHOP_KEY", consumer_secret = "SHOP_SECRET" }\n'
-            "rate_limit = { requests = 1000, per_seconds = 1 }\n"
-            + DEMO_PROFILE)
+        homes = [tmp_path / "machine-1", tmp_path / "machine-2"]  # no disk shared between the two workers
+        for home in homes:
+            home.mkdir()
+            (home / "dsr.toml").write_text(
+                f'[[connectors]]\ntype = "woocommerce"\nbase_url = "{shop.url}"\n'
+                'credentials = { consumer_key = "SHOP_KEY", consumer_secret = "SHOP_SECRET" }\n'
+                "rate_limit = { requests = 1000, per_seconds = 1 }\n"
+                + DEMO_PROFILE)
         task_queue = f"crash-{uuid.uuid4()}"
         env = {
             **os.environ,
-            "DSR_HOME": str(home),
+            **s3_server.env,
+            "DSR_STORAGE_URL": s3_url,
+            "DSR_DATABASE_URL": f"sqlite:///{tmp_path / 'shared-ledger.sqlite3'}",
+            "DSR_HOME": str(homes[0]),
             "DSR_KEYS": "test-1:" + base64.b64encode(bytes(range(32))).decode(),
             "TEMPORAL_ADDRESS": temporal.client.service_client.config.target_host,
             "DSR_TASK_QUEUE": task_queue,
@@ -115,7 +125,7 @@ async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, 
         pages_before_crash = counted.pages
         assert pages_before_crash < PAGES, "killed too late to prove anything"
 
-        workers.append(start_worker(env, tmp_path / "worker-2.log"))
+        workers.append(start_worker({**env, "DSR_HOME": str(homes[1])}, tmp_path / "worker-2.log"))
         final = None
         for _ in range(600):  # until closed; not result(): the workflow then waits for the link's expiry
             final = await handle.query(DataSubjectRequest.status)
@@ -124,8 +134,8 @@ async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, 
             await asyncio.sleep(0.2)
         assert final is not None and final.outcome == Outcome.FULFILLED, final
 
-        orders = list(ExportStore(settings.exports_dir, TEST_KEYRING).read(request.request_id, "woocommerce",
-                                                                            "orders"))
+        exports = ExportStore(store_at(s3_url), TEST_KEYRING)
+        orders = list(exports.read(request.request_id, "woocommerce", "orders"))
         ids = [o["id"] for o in orders]
         assert len(ids) == ORDERS and len(set(ids)) == ORDERS, "every order exactly once"
         # Resumed, not restarted: the second worker fetched only the pages after the last checkpoint.
@@ -134,6 +144,11 @@ async def test_killed_worker_resumes_the_export_from_its_cursor(tmp_path: Path, 
         attempts = [e.activity_task_started_event_attributes.attempt for e in history.events
                     if e.HasField("activity_task_started_event_attributes")]
         assert max(attempts) >= 2, "the export activity was retried after the crash"
+        # Each worker left nothing on its own disk that the other needed: everything is in the bucket, sealed.
+        for home in homes:
+            assert sorted(p.name for p in home.iterdir()) == ["dsr.toml"], list(home.iterdir())
+        bundle = s3_server.raw_objects(f"{s3_url.split('/', 3)[3]}/{exports.bundle_key(request.request_id)}")
+        assert len(bundle) == 1 and b"bulk.buyer" not in next(iter(bundle.values()))
     finally:
         for worker in workers:
             if worker.poll() is None:

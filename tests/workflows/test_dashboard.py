@@ -16,11 +16,10 @@ from dsr import search_attributes as sa
 from dsr.config import Settings
 from dsr.crypto import data_converter
 from dsr.dashboard import in_stage, list_due
-from dsr.exports import ExportStore
 from dsr.ledger import Ledger
 from dsr.model import IdentityMethod, Stage
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, MailSink, binary
+from tests.harness import TEST_KEYRING, MailSink, binary, exports_of
 from worker import build_worker
 
 
@@ -49,7 +48,7 @@ async def test_due_and_stage_filters_find_the_right_requests(
     ids = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
         async with build_worker(dev_server.client, settings, ledger, task_queue=task_queue, executor=executor,
-                                exports=ExportStore(settings.exports_dir, TEST_KEYRING)):
+                                exports=exports_of(settings)):
             for label, days_ago in (("overdue", 40), ("this_week", 26), ("later", 0)):
                 request = prepare(
                     Submission(kind="access", email=f"{label}@example.org", received_at=now - timedelta(days=days_ago)),
@@ -113,7 +112,7 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
         async with build_worker(dev_server.client, settings, ledger, connectors, task_queue=task_queue,
-                                executor=executor, exports=ExportStore(settings.exports_dir, TEST_KEYRING)):
+                                executor=executor, exports=exports_of(settings)):
             erasure = prepare(Submission(kind="erasure", email="left.behind@example.org"), settings)
             plain = prepare(Submission(kind="access", email="nothing.left@example.org"), settings)
             # The access request first: the erasure empties the scripted system, and an access request with

@@ -26,7 +26,6 @@ from connectors import woocommerce
 from connectors.base import RetentionRule
 from connectors.stripe import DEFAULT_RETENTION, LEGAL_BASIS
 from dsr import search_attributes as sa
-from dsr.bundle import bundle_path
 from dsr.config import Settings
 from dsr.ledger import Ledger
 from dsr.model import Outcome, RequestInput, ResidualsCleared, Stage
@@ -338,9 +337,9 @@ async def test_subject_unknown_to_every_system_gets_the_no_data_reply(world: Wor
         assert "Nous n'avons trouvé aucune donnée personnelle vous concernant" in shown
         assert all(label(name, "fr") in shown for name in ("hubspot", "stripe", "woocommerce"))
     assert "/exports/" not in reply.everything
-    assert not bundle_path(world.exports, request.request_id).exists()
+    assert not world.exports.objects.exists(world.exports.bundle_key(request.request_id))
     # An access export that found nothing still wrote empty dataset files: with no link, they go at once.
-    assert not (world.settings.exports_dir / request.request_id.lower()).exists()
+    assert not world.exports.holds(request.request_id)
     [sent] = [e for e in world.ledger.events(request.request_id) if e.event == "reply_sent"]
     assert sent.details["no_data"] == "true" and sent.details["recipients_notified"] == "0"
     # Nobody else is written to: no Art. 19 notice when nothing was erased, no operator notice.
@@ -356,8 +355,8 @@ async def test_access_link_works_until_it_expires_then_answers_410_and_the_expor
     [reply] = world.sent(request, "reply_access")
     states_dates_and_rights(reply, request, "fr")
     link, code = reply.download_link()
-    bundle = bundle_path(world.exports, request.request_id)
-    assert bundle.exists()
+    bundle = world.exports.bundle_key(request.request_id)
+    assert world.exports.objects.exists(bundle)
 
     form = await open_link(link)
     got = await form.send(code)
@@ -374,7 +373,7 @@ async def test_access_link_works_until_it_expires_then_answers_410_and_the_expor
     final = await handle.result()
     assert final.exports_deleted and final.link_expires_at is not None
     assert "exports_deleted" in world.events(request)
-    assert not bundle.exists() and not world.exports.folder(request.request_id).exists()
+    assert not world.exports.objects.exists(bundle) and not world.exports.holds(request.request_id)
     await world.clock.follow(world.env)
     assert world.clock() >= final.link_expires_at
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, timedelta
@@ -34,10 +35,14 @@ from dsr.model import (
 from dsr.profile import ControllerProfile
 from dsr.temporal import register_search_attributes
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, ScriptedConnector, binary, keep_history
+from tests.harness import TEST_KEYRING, ScriptedConnector, attachments_of, binary, exports_of, keep_history
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
-from worker import attachment_store
-from workflows.request import IDENTITY_DOCUMENTS, IDENTITY_DOCUMENTS_EVERY_CHANNEL, DataSubjectRequest
+from workflows.request import (
+    IDENTITY_DOCUMENTS,
+    IDENTITY_DOCUMENTS_EVERY_CHANNEL,
+    STORED_OBJECTS,
+    DataSubjectRequest,
+)
 
 
 @pytest_asyncio.fixture
@@ -140,7 +145,7 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     assert events(engine, request)[-3:] == ["reply_sent", "closed", "exports_deleted"]
     assert templates_sent(engine, request) == ["acknowledgement", "reply_access"]
     assert final.exports_deleted and final.link_expires_at is not None
-    assert not (engine.settings.exports_dir / request.request_id.lower()).exists()
+    assert not exports_of(engine.settings).holds(request.request_id)
     row = engine.ledger.get_request(request.request_id)
     assert row is not None and row.stage == Stage.CLOSED and row.outcome == Outcome.FULFILLED
     assert row.subject.email == SUBJECT_EMAIL
@@ -202,7 +207,7 @@ async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_dele
                                    language="en")
     await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
     # What the mailbox does for a reply from the subject: the file under the request, then the update.
-    store = attachment_store(engine.settings, TEST_KEYRING)
+    store = attachments_of(engine.settings)
     key = "5f" * 32  # the mailbox's keyed hash of the message
     store.save(request.request_id, "passport.pdf", "application/pdf", b"%PDF-1.4 passport", source=key, part=1)
     letter = Correspondence(message_key=key, received_at=await engine.env.get_current_time(), attachments=1,
@@ -246,7 +251,7 @@ async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_dele
 async def test_files_a_reply_brings_after_identity_is_settled_are_deleted_at_closure(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")  # trusted: no identity step, no deletion there
     await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
-    store = attachment_store(engine.settings, TEST_KEYRING)
+    store = attachments_of(engine.settings)
     key = "7c" * 32
     store.save(request.request_id, "invoice.pdf", "application/pdf", b"%PDF-1.4 invoice", source=key, part=1)
     await handle.execute_update(DataSubjectRequest.record_correspondence, Correspondence(
@@ -547,3 +552,46 @@ async def test_notices_are_signed_with_the_profiles_legal_name_when_no_controlle
     for message in (acknowledgement, reply):  # signed alike, the notice by the worker, the reply by the profile
         assert "Kestio SAS" in message.get_body(("plain",)).get_content()
         assert message["From"].addresses[0].display_name == "Kestio SAS"
+
+
+# --- what a request stored on the object storage, deleted when it no longer has a purpose -------------
+
+
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1), ScriptedConnector("billing")]])
+async def test_a_refused_request_deletes_its_partial_export_and_its_attachments(engine: Engine) -> None:
+    request, handle = await submit(engine, "access")
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    exports, attachments = exports_of(engine.settings), attachments_of(engine.settings)
+    assert [d.system for d in exports.datasets(request.request_id)] == ["billing"]  # half an export
+    attachments.save(request.request_id, "id.pdf", "application/pdf", b"%PDF-1.4 identity card")
+
+    await handle.execute_update(DataSubjectRequest.refuse, Refusal(reason="Demande manifestement infondée."))
+    final = await handle.result()
+    assert final.outcome == Outcome.REFUSED
+    assert not exports.holds(request.request_id) and attachments.list(request.request_id) == []
+    assert events(engine, request)[-3:] == ["exports_deleted", "attachments_deleted", "closed"]
+    assert STORED_OBJECTS in await patches(handle)
+
+
+async def test_a_fulfilled_erasure_deletes_the_subjects_earlier_downloadable_exports(engine: Engine) -> None:
+    access, access_handle = await submit(engine, "access")
+    await wait_for_stage(engine, access_handle, Stage.CLOSED)  # replied; its link works for 7 more days
+    exports = exports_of(engine.settings)
+    assert exports.objects.exists(exports.bundle_key(access.request_id))
+    other, other_handle = await submit(engine, "rectification", changes={"city": "Lyon"})  # not an export: kept
+    await wait_for_stage(engine, other_handle, Stage.CLOSED)
+    exports.for_request(other.request_id).open("crm", "report", provided=False).close()
+
+    erasure, erasure_handle = await submit(engine, "erasure")
+    await wait_for_stage(engine, erasure_handle, Stage.CLOSED)
+    assert not exports.holds(access.request_id), "the bundle and the records went with the erasure"
+    assert exports.holds(other.request_id)
+    assert not (await status(access_handle)).exports_deleted  # its own link had not expired: the erasure did it
+    [deleted] = [e for e in engine.ledger.events(access.request_id) if e.event == "exports_deleted"]
+    assert deleted.details == {"erasure": erasure.request_id}
+    [earlier] = [e for e in engine.ledger.events(erasure.request_id) if e.event == "earlier_exports_deleted"]
+    assert earlier.details == {"requests": "1"}
+    assert STORED_OBJECTS in await patches(erasure_handle)
+    for handle in (access_handle, other_handle):
+        with contextlib.suppress(RPCError):
+            await handle.terminate("test over")

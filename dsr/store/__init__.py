@@ -1,0 +1,48 @@
+"""Object storage: everything kept outside Temporal and the ledger, readable from any machine.
+
+* :mod:`dsr.store.objects` -- the :class:`ObjectStore` interface and the local-files backend;
+* :mod:`dsr.store.s3` -- the S3 backend (any S3-compatible service);
+* :mod:`dsr.store.exports` -- exported records (sealed chunks) and the bundle's object;
+* :mod:`dsr.store.attachments` -- files that came with a request (ID copies), sealed.
+
+``DSR_STORAGE_URL`` chooses the backend (:func:`open_store`). Only ciphertext is ever stored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dsr.store.location import StorageLocation, parse_storage_url
+from dsr.store.objects import FileStore, ObjectExists, ObjectNotFound, ObjectReader, ObjectStore, StorageError
+
+if TYPE_CHECKING:
+    from dsr.config import Settings
+
+__all__ = [
+    "FileStore",
+    "ObjectExists",
+    "ObjectNotFound",
+    "ObjectReader",
+    "ObjectStore",
+    "StorageError",
+    "StorageLocation",
+    "open_store",
+    "parse_storage_url",
+    "store_at",
+]
+
+
+def store_at(url: str) -> ObjectStore:
+    """The object store at ``url`` (``file:///path`` or ``s3://bucket/prefix``)."""
+    location = parse_storage_url(url)
+    if location.scheme == "s3":
+        from dsr.store.s3 import S3Store  # boto3 is imported only by those who use it
+
+        return S3Store(location.bucket, location.prefix, options=location.options)
+    assert location.path is not None
+    return FileStore(location.path)
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The object store the settings name (``DSR_STORAGE_URL``): the one place every process builds it."""
+    return store_at(settings.storage_url)
