@@ -35,14 +35,13 @@ from dsr.ledger import Ledger  # noqa: E402
 from dsr.model import Stage  # noqa: E402
 from tests.cluster import (  # noqa: E402
     Machine,
-    S3Server,
     connectors_toml,
     new_keys,
     seed_person,
     shared_environment,
     start_sandboxes,
 )
-from tests.harness import MailSink, binary  # noqa: E402
+from tests.harness import MailSink, S3Server, binary  # noqa: E402
 
 
 def ledger_url(work: Path) -> tuple[str, object | None]:
@@ -64,7 +63,7 @@ async def throughput(workers: int, requests: int, *, work: Path, temporal, keys:
 
     shared = shared_environment(temporal=temporal.client.service_client.config.target_host,
                                 task_queue=f"bench-{uuid.uuid4()}", keys=keys, database_url=database_url, s3=s3,
-                                mail=mail, public_url="http://127.0.0.1:9")
+                                prefix=f"run-{uuid.uuid4().hex[:8]}", mail=mail, public_url="http://127.0.0.1:9")
     shared["DSR_IDENTITY_METHOD"] = "trusted"
     run = work / f"run-{uuid.uuid4().hex[:8]}"
     run.mkdir()
@@ -155,7 +154,7 @@ async def main(rounds: int, requests: int) -> None:
     keys = new_keys()
     keyring = KeyRing.from_env_value(keys)
     database_url, cluster = ledger_url(work)
-    s3 = S3Server(work)
+    s3 = S3Server(f"bench-{uuid.uuid4().hex[:8]}")
     boxes = await start_sandboxes()
     mail = MailSink()
     mail.start()

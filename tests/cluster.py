@@ -12,11 +12,9 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -25,7 +23,7 @@ from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import MailSink, free_port
+from tests.harness import MailSink, S3Server, free_port
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,60 +32,6 @@ HUBSPOT_TOKEN, WOO_KEY, WOO_SECRET, STRIPE_KEY = "pat-multinode", "ck_multinode"
 
 
 # --- the shared services -----------------------------------------------------------------------------------
-
-
-class S3Server:
-    """moto's S3 server in its own process, over HTTP on 127.0.0.1; the bucket every machine shares."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.bucket = f"dsr-{uuid.uuid4().hex[:12]}"
-        self._log = (root / "s3.log").open("ab")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        self.env = {
-            "AWS_ACCESS_KEY_ID": "multinode", "AWS_SECRET_ACCESS_KEY": "multinode-secret",  # moto takes any
-            "AWS_REGION": "eu-west-3", "AWS_ENDPOINT_URL": self.endpoint,
-        }
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.client().create_bucket(Bucket=self.bucket,
-                                            CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-                return
-            except Exception:
-                if time.monotonic() > deadline or self._process.poll() is not None:
-                    self.stop()
-                    raise
-                time.sleep(0.2)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="eu-west-3",
-                            aws_access_key_id="multinode", aws_secret_access_key="multinode-secret")
-
-    def object_keys(self) -> list[str]:
-        found: list[str] = []
-        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-            found += [item["Key"] for item in page.get("Contents", [])]
-        return found
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-        self._log.close()
 
 
 @dataclass
@@ -231,13 +175,14 @@ class Machine:
 
 
 def shared_environment(*, temporal: str, task_queue: str, keys: str, database_url: str, s3: S3Server,
-                       mail: MailSink, public_url: str) -> dict[str, str]:
+                       prefix: str, mail: MailSink, public_url: str) -> dict[str, str]:
+    """What every machine of the cluster is configured with: the services they share, and the keys."""
     return {
         "TEMPORAL_ADDRESS": temporal,
         "DSR_TASK_QUEUE": task_queue,
         "DSR_KEYS": keys,
         "DSR_DATABASE_URL": database_url,
-        "DSR_STORAGE_URL": f"s3://{s3.bucket}/dsr",
+        "DSR_STORAGE_URL": f"s3://{s3.bucket}/{prefix}",
         **s3.env,
         "DSR_SMTP_HOST": "127.0.0.1",
         "DSR_SMTP_PORT": str(mail.port),

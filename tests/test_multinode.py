@@ -41,7 +41,6 @@ from dsr.model import Outcome, RequestStatus, Stage
 from tests.cluster import (
     Holding,
     Machine,
-    S3Server,
     Sandboxes,
     connectors_toml,
     new_keys,
@@ -49,7 +48,7 @@ from tests.cluster import (
     shared_environment,
     start_sandboxes,
 )
-from tests.harness import MailSink, binary, free_port
+from tests.harness import MailSink, S3Server, binary, free_port
 from workflows.request import DataSubjectRequest
 
 HEAVY_ORDERS = 10_000
@@ -136,6 +135,7 @@ class Cluster:
     client: Client
     keyring: KeyRing
     s3: S3Server
+    prefix: str  # the cluster's folder of the bucket
     boxes: Sandboxes
     mail: MailSink
     a: Machine
@@ -150,10 +150,10 @@ class Cluster:
 
 
 @pytest_asyncio.fixture
-async def cluster(tmp_path: Path, postgres_url: str, mail: MailSink) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, postgres_url: str, mail: MailSink, s3_server: S3Server) -> AsyncIterator[Cluster]:
     keys = new_keys()
     keyring = KeyRing.from_env_value(keys)
-    s3 = S3Server(tmp_path)
+    s3, prefix = s3_server, f"cluster-{uuid.uuid4().hex[:12]}"
     boxes = await start_sandboxes()
     temporal = await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
@@ -165,7 +165,8 @@ async def cluster(tmp_path: Path, postgres_url: str, mail: MailSink) -> AsyncIte
         a_port = free_port()
         shared = shared_environment(
             temporal=temporal.client.service_client.config.target_host, task_queue=f"multinode-{uuid.uuid4()}",
-            keys=keys, database_url=postgres_url, s3=s3, mail=mail, public_url=f"http://127.0.0.1:{a_port}",
+            keys=keys, database_url=postgres_url, s3=s3, prefix=prefix, mail=mail,
+            public_url=f"http://127.0.0.1:{a_port}",
         )
         a = Machine("machine-a", tmp_path, shared, config)
         a.intake_port, a.env["DSR_INTAKE_PORT"] = a_port, str(a_port)  # the public URL points at replica A
@@ -176,13 +177,12 @@ async def cluster(tmp_path: Path, postgres_url: str, mail: MailSink) -> AsyncIte
             machine.start_intake()
         for machine in machines:
             await machine.wait_for_intake()
-        yield Cluster(temporal, temporal.client, keyring, s3, boxes, mail, a, b)
+        yield Cluster(temporal, temporal.client, keyring, s3, prefix, boxes, mail, a, b)
     finally:
         for machine in machines:
             machine.stop()
         await temporal.shutdown()
         await boxes.stop()
-        s3.stop()
 
 
 @pytest.fixture
@@ -328,9 +328,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
             leftovers = [p for p in machine.home.rglob("*") if p.is_file() and p.suffix in (".enc", ".bin", ".chunk")]
             assert leftovers == [], leftovers
         # The bucket only ever holds ciphertext.
-        client = cluster.s3.client()
-        for key in cluster.s3.object_keys():
-            body = client.get_object(Bucket=cluster.s3.bucket, Key=key)["Body"].read()
+        for key, body in cluster.s3.raw_objects(f"{cluster.prefix}/").items():
             for holding in (heavy, both, *subjects["access"][:2]):
                 assert holding.email.encode() not in body and holding.name.encode() not in body, key
 
@@ -371,14 +369,14 @@ async def test_verify_locks_after_the_same_number_of_wrong_codes_on_either_repli
 
 
 async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_deletes(
-    tmp_path: Path, postgres_url: str, mail: MailSink,
+    tmp_path: Path, postgres_url: str, mail: MailSink, s3_server: S3Server,
 ) -> None:
     from dsr.config import Settings
     from intake.submission import Submission, prepare, start
 
     keys = new_keys()
     keyring = KeyRing.from_env_value(keys)
-    s3 = S3Server(tmp_path)
+    s3, prefix = s3_server, f"expiry-{uuid.uuid4().hex[:12]}"
     boxes = await start_sandboxes()
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binary("temporal-test-server"), data_converter=data_converter(keyring))
@@ -391,7 +389,7 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
                                     charges=1)
         shared = shared_environment(
             temporal=env.client.service_client.config.target_host, task_queue=f"expiry-{uuid.uuid4()}", keys=keys,
-            database_url=postgres_url, s3=s3, mail=mail, public_url="http://127.0.0.1:9",
+            database_url=postgres_url, s3=s3, prefix=prefix, mail=mail, public_url="http://127.0.0.1:9",
         )
         shared["DSR_IDENTITY_METHOD"] = "trusted"
         machines = [Machine(name, tmp_path, shared, connectors_toml(boxes)) for name in ("machine-a", "machine-b")]
@@ -403,7 +401,7 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
         request_key = request.request_id.lower()
 
         def objects() -> list[str]:
-            return [key for key in s3.object_keys() if request_key in key.lower()]
+            return [key for key in s3.keys(f"{prefix}/") if request_key in key.lower()]
 
         with env.auto_time_skipping_disabled():
             async def replied() -> RequestStatus | None:
@@ -428,4 +426,3 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
             machine.stop()
         await env.shutdown()
         await boxes.stop()
-        s3.stop()
