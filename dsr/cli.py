@@ -172,24 +172,40 @@ async def submit(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Record a request received by any channel and start its workflow."""
+    """Record a request received by any channel and start its workflow (or attach it to the open request of
+    the same subject and kind, as every channel does)."""
     from dsr.config import Settings
-    from intake.submission import Submission, prepare, start
+    from dsr.crypto import KeyRing
+    from dsr.ledger import Ledger, LedgerUnavailableError
+    from intake.service import IntakeService, IntakeUnavailable
+    from intake.submission import Submission, prepare
 
     # Validate everything before connecting, so bad input never meets Temporal.
     settings = Settings.from_env()
-    request = prepare(
-        Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
-                   received_at=_parse_received(received), changes=_parse_changes(change or [])),
-        settings,
-    )
+    submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
+                            received_at=_parse_received(received), changes=_parse_changes(change or []))
+    prepare(submission, settings)
     settings, client = await _client()
-    await start(client, request, task_queue=settings.task_queue)
+    try:
+        ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
+    except (LedgerUnavailableError, ValueError) as err:
+        raise UserError(str(err)) from None
+    try:
+        # The one door every channel goes through (duplicates decided in the ledger); staff are not rate-limited.
+        accepted = await IntakeService(client, settings, ledger).submit(submission, rate_limit=False)
+    except IntakeUnavailable as err:
+        raise UserError(str(err)) from None
+    finally:
+        ledger.close()
     if as_json:
-        emit_json({"id": request.request_id, "kind": request.kind, "received": request.received_on,
-                   "deadline": request.deadlines.normal.due, "extended_deadline": request.deadlines.extended.due})
+        emit_json({"id": accepted.reference, "kind": accepted.kind, "received": accepted.received_on,
+                   "deadline": accepted.deadline, "extended_deadline": accepted.extended_deadline,
+                   "attached": accepted.attached})
+    elif accepted.attached:
+        typer.echo(f"{accepted.reference}  {accepted.kind.value}  due {accepted.deadline.isoformat()}  "
+                   "(attached: this subject already has an open request of this kind)")
     else:
-        typer.echo(f"{request.request_id}  {request.kind.value}  due {request.deadlines.normal.due.isoformat()}")
+        typer.echo(f"{accepted.reference}  {accepted.kind.value}  due {accepted.deadline.isoformat()}")
 
 
 @app.command()
@@ -488,7 +504,7 @@ def intake() -> None:
     except (KeyRingError, ConfigError, UserError, StorageError) as err:
         fail(str(err))
     except OSError as err:
-        fail(f"cannot serve on 127.0.0.1:{settings.intake_port}: {err.strerror or err}")
+        fail(f"cannot serve on {settings.intake_host}:{settings.intake_port}: {err.strerror or err}")
 
 
 async def _serve_intake(settings) -> None:
@@ -512,7 +528,8 @@ async def _serve_intake(settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app, service = build_intake_app(settings, keyring, ledger, ExportStore(objects, keyring), client)
-    server = await serve_codec(app, host="127.0.0.1", port=settings.intake_port)
+    server = await serve_codec(app, host=settings.intake_host, port=settings.intake_port,
+                               trusted_proxies=settings.trusted_proxies)
     typer.echo(f"intake on {settings.intake_url} (Ctrl-C stops)")
     try:
         if settings.imap is not None:

@@ -283,8 +283,14 @@ async def serve_codec(
     port: int = DEFAULT_CODEC_PORT,
     *,
     log_level: str = "warning",
+    trusted_proxies: Sequence[str] = (),
 ) -> RunningCodecServer:
     """Start ``app`` with uvicorn in the running event loop; return once it accepts connections.
+
+    ``trusted_proxies`` (addresses or CIDR networks): peers whose ``X-Forwarded-For``/``X-Forwarded-Proto``
+    headers are believed. None by default: the client is the socket's peer, whatever headers it sends
+    (uvicorn itself would trust 127.0.0.1, letting any local process, or a proxy forwarding them unchecked,
+    pick the client address).
 
     Binds ``host`` (loopback by default) itself, so a busy port raises ``OSError`` here instead of
     uvicorn's ``sys.exit``; ``port=0`` picks a free port (see ``.port``). No signal handlers are
@@ -309,6 +315,8 @@ async def serve_codec(
         log_config=None,
         log_level=log_level,
         access_log=False,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies) or None,
     )
     server = _EmbeddedServer(config)
 

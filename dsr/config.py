@@ -6,6 +6,7 @@ production. A bad value raises :class:`ConfigError` naming the variable and what
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,37 @@ def read_secrets_file(path: Path) -> dict[str, str]:
             raise ConfigError(f"{path}, line {number}: expected NAME=value")
         values[name.strip()] = value.strip().strip("'\"")
     return values
+
+
+def _proxies(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks (CIDR), normalised; ``*`` is refused: trusting everyone would
+    let any client pick its own address."""
+    found: list[str] = []
+    for item in env.get(name, "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks of your reverse proxies (e.g. 10.0.0.5,10.1.0.0/16), "
+                f"got {item!r}"
+            ) from None
+        found.append(str(network.network_address) if network.num_addresses == 1 else str(network))
+    return tuple(found)
+
+
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return str(ipaddress.ip_address(raw.strip("[]")))
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be an IP address to listen on (e.g. 127.0.0.1 or 10.0.0.7), got {raw!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -150,6 +182,8 @@ class Settings:
     ui_public_url: str = ""  # where staff open the Temporal UI (links in operator notices)
     config_path: Path | None = None  # dsr.toml (connectors); default DSR_HOME/dsr.toml
     intake_port: int = 8235
+    intake_host: str = "127.0.0.1"  # the address `dsr intake` listens on (another one behind a proxy elsewhere)
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed; none by default
     public_url: str = ""  # where subjects reach the intake app (download links); default the local one
     link_days: int = 7
     rate_per_client_hour: int = 20  # submissions per client address per hour (API, form)
@@ -297,6 +331,8 @@ class Settings:
             ui_public_url=env.get("DSR_UI_URL", ""),
             config_path=Path(env["DSR_CONFIG"]).expanduser() if env.get("DSR_CONFIG") else None,
             intake_port=_int(env, "DSR_INTAKE_PORT", 8235, minimum=1),
+            intake_host=_host(env, "DSR_INTAKE_HOST", "127.0.0.1"),
+            trusted_proxies=_proxies(env, "DSR_TRUSTED_PROXIES"),
             public_url=env.get("DSR_PUBLIC_URL", "").rstrip("/"),
             link_days=_int(env, "DSR_LINK_DAYS", 7, minimum=1),
             rate_per_client_hour=_int(env, "DSR_RATE_PER_CLIENT_HOUR", 20, minimum=1),

@@ -16,6 +16,9 @@ Rules:
   request row (stage, outcome, deadline, extended) in the same transaction.
 * Event details never hold the subject's email or name in plaintext; the ledger refuses them.
 * Datetimes are stored and returned as timezone-aware UTC on every backend.
+* One open request per subject and kind: :meth:`Ledger.claim_subject` inserts a claim keyed by the subject's
+  blind index and the kind, and the database's primary key lets only one submission win it, on any number of
+  machines; the event that closes the request releases its claim in the same transaction.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, Engine, String, Text, event, make_url, select
+from sqlalchemy import DateTime, Engine, String, Text, delete, event, inspect, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -127,6 +130,21 @@ class EventRow(SQLModel, table=True):
     details: str = Field(sa_type=Text, default="{}")  # JSON object of strings
 
 
+class SubjectClaimRow(SQLModel, table=True):
+    """The open request of a subject (blind index) and kind: at most one, by the primary key.
+
+    Inserted before the request's workflow starts (so the row may name a request not recorded yet), deleted
+    when that request closes (:meth:`Ledger.append_event`) or by compare-and-delete when its holder is found
+    closed or abandoned (:meth:`Ledger.release_claim`)."""
+
+    __tablename__ = "subject_claims"
+
+    subject_index: str = Field(primary_key=True, sa_type=String(128))
+    kind: str = Field(primary_key=True, sa_type=String(32))
+    request_id: str = Field(sa_type=String(100))
+    claimed_at: datetime = Field(sa_type=UTCDateTime)
+
+
 # --- views -----------------------------------------------------------------------------------------
 
 
@@ -146,6 +164,14 @@ class LedgerRequest:
     subject: Subject
     created_at: datetime  # aware, UTC
     updated_at: datetime  # aware, UTC
+
+
+@dataclass(frozen=True)
+class SubjectClaim:
+    """Who holds the subject and kind: the request and when it claimed them."""
+
+    request_id: str
+    claimed_at: datetime  # aware, UTC
 
 
 @dataclass(frozen=True)
@@ -255,7 +281,11 @@ class Ledger:
         # SQLite: writes take the write lock up front (BEGIN IMMEDIATE), see _sqlite_engine.
         self._write_engine = self._engine.execution_options(dsr_write=True)
         try:
+            had_claims = inspect(self._engine).has_table(SubjectClaimRow.__tablename__)
             SQLModel.metadata.create_all(self._engine)
+            if not had_claims:
+                with contextlib.suppress(IntegrityError):  # another process starting with us did it
+                    self._claim_open_requests()
         except OperationalError as exc:
             self._engine.dispose()
             where = self._url.render_as_string(hide_password=True)
@@ -306,6 +336,11 @@ class Ledger:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def sealer(self) -> Sealer:
+        """The key ring behind the blind indexes (``dsr.guards`` hashes client addresses with it)."""
+        return self._sealer
 
     def close(self) -> None:
         """Release pooled connections; the instance must not be used afterwards."""
@@ -403,6 +438,9 @@ class Ledger:
                 if changed:
                     request.updated_at = max(request.updated_at, at)
                     session.add(request)
+                if stage == Stage.CLOSED.value:
+                    # Closed: the subject may make a new request of this kind (same transaction as the close).
+                    session.execute(self._claim_of(request.subject_index, request.kind, request.request_id))
         except IntegrityError:
             # A concurrent call with the same key won the race; its transaction holds the whole change.
             if self.has_event(key):
@@ -410,7 +448,66 @@ class Ledger:
             raise
         return True
 
+    def claim_subject(self, email: str, kind: RequestKind, request_id: str, *, now: datetime) -> SubjectClaim:
+        """Claim the subject (any case) and kind for ``request_id``, unless another request holds them: the
+        claim that holds them afterwards (``request_id`` is ours only if we won). Atomic on every backend: of
+        two concurrent claims, whatever process makes them, one wins and the other reads the winner."""
+        now = _utc(now, "now")
+        index, kind_value = self._email_index(email), RequestKind(kind).value
+        for _ in range(3):
+            try:
+                with self._session(write=True) as session:
+                    held = session.get(SubjectClaimRow, (index, kind_value))
+                    if held is not None:
+                        return SubjectClaim(held.request_id, held.claimed_at)
+                    session.add(SubjectClaimRow(subject_index=index, kind=kind_value, request_id=request_id,
+                                                claimed_at=now))
+                return SubjectClaim(request_id, now)
+            except IntegrityError:
+                continue  # PostgreSQL: a concurrent claim committed between our look and our insert: read it
+        raise LedgerUnavailableError("the subject claim keeps changing; try again")
+
+    def release_claim(self, email: str, kind: RequestKind, request_id: str) -> bool:
+        """Compare-and-delete: release the subject and kind only if ``request_id`` still holds them."""
+        statement = self._claim_of(self._email_index(email), RequestKind(kind).value, request_id)
+        with self._session(write=True) as session:
+            return (session.execute(statement).rowcount or 0) > 0  # type: ignore[attr-defined]
+
+    def claim_of(self, email: str, kind: RequestKind) -> SubjectClaim | None:
+        """Who holds the subject and kind now, if anyone."""
+        with self._session(write=False) as session:
+            held = session.get(SubjectClaimRow, (self._email_index(email), RequestKind(kind).value))
+            return None if held is None else SubjectClaim(held.request_id, held.claimed_at)
+
+    @staticmethod
+    def _claim_of(subject_index: str, kind: str, request_id: str) -> Any:
+        return delete(SubjectClaimRow).where(
+            SubjectClaimRow.subject_index == subject_index,  # type: ignore[arg-type]
+            SubjectClaimRow.kind == kind,  # type: ignore[arg-type]
+            SubjectClaimRow.request_id == request_id,  # type: ignore[arg-type]
+        )
+
+    def _claim_open_requests(self) -> None:
+        """A ledger from before claims existed: its open requests hold their subject and kind (oldest first),
+        so an upgrade does not let a duplicate of a request already under way start a second workflow."""
+        statement = (
+            select(RequestRow).where(RequestRow.stage != Stage.CLOSED.value)
+            .order_by(RequestRow.received_at, RequestRow.request_id)
+        )
+        with self._session(write=True) as session:
+            taken: set[tuple[str, str]] = {
+                (row.subject_index, row.kind) for row in session.scalars(select(SubjectClaimRow))}
+            for row in list(session.scalars(statement)):
+                if (row.subject_index, row.kind) not in taken:
+                    taken.add((row.subject_index, row.kind))
+                    session.add(SubjectClaimRow(subject_index=row.subject_index, kind=row.kind,
+                                                request_id=row.request_id, claimed_at=row.created_at))
+
     # --- reads -------------------------------------------------------------------------------------
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether the ledger knows the request (no decryption)."""
+        return self._request_exists(request_id)
 
     def has_event(self, key: str) -> bool:
         with self._session(write=False) as session:

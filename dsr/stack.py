@@ -212,7 +212,8 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             await sink.start(host=LOOPBACK, port=settings.smtp.port)
         client = await wait_for_temporal(settings, keyring, server)
         app, service = build_intake_app(settings, keyring, ledger, exports, client)
-        intake = await serve_codec(app, host=LOOPBACK, port=settings.intake_port)
+        intake = await serve_codec(app, host=LOOPBACK, port=settings.intake_port,
+                                   trusted_proxies=settings.trusted_proxies)
         if settings.imap is not None:
             mailbox_task = asyncio.create_task(
                 run_mailbox(settings, keyring, ledger, service, stop, AttachmentStore(objects, keyring)))

@@ -36,8 +36,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,7 +45,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
 
+from dsr.guards import Guards
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.model import WORKFLOW_ID_PREFIX, Language, RequestKind
 from intake.service import Accepted, IntakeSink, IntakeUnavailable, RateLimited
@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_SKEW = timedelta(minutes=5)
-_SEEN_SIGNATURES = 10_000
+REPLAY_WINDOW = 2 * MAX_SKEW
+"""How long an accepted signature is remembered: longer than any timestamp the skew check lets through."""
 
 
 def error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -141,22 +142,6 @@ class DeskSettings:
     trust_authenticated: bool = False
 
 
-class _ReplayGuard:
-    """Signatures accepted within the skew window; a second delivery of the same one is a replay."""
-
-    def __init__(self) -> None:
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
-
-    def first_time(self, signature: bytes, now: float) -> bool:
-        horizon = now - 2 * MAX_SKEW.total_seconds()
-        while self._seen and (next(iter(self._seen.values())) < horizon or len(self._seen) > _SEEN_SIGNATURES):
-            self._seen.popitem(last=False)
-        if signature in self._seen:
-            return False
-        self._seen[signature] = now
-        return True
-
-
 def _parse_zendesk_time(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -193,15 +178,20 @@ def api_router(
     sink: IntakeSink,
     *,
     ticket_index: Callable[[str], str],
+    guards: Guards,
     zendesk: DeskSettings = DeskSettings(),
     ticket: DeskSettings = DeskSettings(),
     api_token: str | None = None,
     clock: Callable[[], datetime] | None = None,
 ) -> APIRouter:
-    """``ticket_index(value)`` is a keyed hash (hex) of a ticket reference (``Ledger.subject_key``'s kind)."""
+    """``ticket_index(value)`` is a keyed hash (hex) of a ticket reference (``Ledger.subject_key``'s kind).
+    ``guards`` remembers the signatures accepted (in the ledger's database: a delivery replayed to another
+    replica is refused too)."""
     now_fn = clock or (lambda: datetime.now(UTC))
-    replays = _ReplayGuard()
     router = APIRouter()
+
+    async def first_delivery(signature: bytes, now: datetime) -> bool:
+        return await run_in_threadpool(guards.first_delivery, signature, now, keep=REPLAY_WINDOW)
 
     async def read(request: Request) -> bytes | JSONResponse:
         try:
@@ -298,7 +288,7 @@ def api_router(
             return error(401, "the signature does not match the body")
         if abs(now - sent_at) > MAX_SKEW:
             return error(401, "the signature timestamp is too old or in the future")
-        if not replays.first_time(expected, time.monotonic()):
+        if not await first_delivery(expected, now):
             return error(409, "this delivery was already received (replay)")
         body = parse_json(raw, ZendeskBody)
         if isinstance(body, JSONResponse):
@@ -337,7 +327,7 @@ def api_router(
         now = now_fn()
         if abs(now.timestamp() - int(stamp)) > MAX_SKEW.total_seconds():
             return error(401, "the signature timestamp is too old or in the future")
-        if not replays.first_time(expected.encode(), time.monotonic()):
+        if not await first_delivery(expected.encode(), now):
             return error(409, "this delivery was already received (replay)")
         body = parse_json(raw, TicketBody)
         if isinstance(body, JSONResponse):

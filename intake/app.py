@@ -10,7 +10,8 @@ Flow
 2. ``POST /exports/{token}`` (``application/x-www-form-urlencoded``, at most 4 KiB, else 413) with fields
    ``answer`` (reference or code) and ``form`` (a stateless CSRF value, HMAC of the token, written into
    the form; missing or wrong: 403). A wrong answer: 403 page with the form again. After
-   :data:`MAX_ATTEMPTS` wrong answers the request is locked for :data:`LOCKOUT` (429, ``Retry-After``).
+   :data:`MAX_ATTEMPTS` wrong answers the request is locked for :data:`LOCKOUT` (429, ``Retry-After``), and
+   so is a client address after :data:`MAX_CLIENT_ATTEMPTS` wrong answers, whatever the links.
    A right answer streams the bundle as ``application/zip`` (``attachment; filename="<reference>.zip"``,
    ``Cache-Control: no-store``, ``X-Content-Type-Options: nosniff``) after recording the audit event
    ``export_downloaded`` with ``{"ip_hash": <keyed hash of the client address>, "proof": "code"|"reference"}``
@@ -24,11 +25,11 @@ public URL is https, ``Strict-Transport-Security``. User input never causes a 50
 
 Deployment notes
 ----------------
-* The attempt counter is kept in memory, per process, keyed by request (so every link of one request
-  shares it). Run one intake process, or accept that each replica counts on its own.
-* The client address is ``request.client.host``: behind a reverse proxy, run uvicorn with
-  ``forwarded_allow_ips`` set to the proxy so ``X-Forwarded-For`` is honoured (uvicorn trusts
-  127.0.0.1 by default).
+* The attempt counters live in the ledger's database (:class:`dsr.guards.Guards`), keyed by request (so
+  every link of one request shares them) and by client address (hashed): every intake replica counts the
+  same attempts, and the check of an answer and its count are one transaction.
+* The client address is ``request.client.host``: the socket's peer, or the ``X-Forwarded-For`` address a
+  trusted proxy gives (``DSR_TRUSTED_PROXIES``; none by default, so a client cannot pick its own address).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -51,12 +51,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dsr.guards import AttemptLimits, Guards
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
 
 __all__ = [
     "LOCKOUT",
     "MAX_ATTEMPTS",
+    "MAX_CLIENT_ATTEMPTS",
     "MAX_FORM_BYTES",
     "AuditHook",
     "BundleOpener",
@@ -68,8 +70,10 @@ logger = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4 * 1024
 MAX_ATTEMPTS = 5
 LOCKOUT = timedelta(minutes=15)
-MAX_TRACKED = 10_000
-"""Most requests whose failed attempts are remembered at once (only authentic tokens get an entry)."""
+MAX_CLIENT_ATTEMPTS = 30
+"""Wrong answers one client address may give per :data:`LOCKOUT` window, whatever the requests (then it is
+locked for :data:`LOCKOUT`): a bound on guesses spread over many links or references."""
+EXPORTS_SCOPE = "exports"
 
 AuditHook = Callable[[str, str, dict[str, str]], None]
 """``audit(request_id, event, details)``; the integrator binds it to ``Ledger.append_event``."""
@@ -189,71 +193,6 @@ def _page(lang: str, title: str, paragraphs: list[str] | None = None, body_html:
     )
 
 
-@dataclass
-class _Attempts:
-    failures: int = 0
-    first_failed: datetime | None = None
-    locked_until: datetime | None = None
-
-
-class _AttemptLimiter:
-    """Failed answers per request; :data:`MAX_ATTEMPTS` failures within :data:`LOCKOUT` lock it for as long.
-
-    A live count or lock is never evicted to make room: a flood of made-up references could otherwise wipe
-    the count (or lift the lock) of a real one. When :data:`MAX_TRACKED` live entries leave no room, an
-    untracked reference is treated as locked (fail closed) until entries expire: a flood can delay honest
-    answers by at most the lockout, never let a guess through.
-    """
-
-    def __init__(self, max_attempts: int, lockout: timedelta) -> None:
-        self._max = max_attempts
-        self._lockout = lockout
-        self._entries: dict[str, _Attempts] = {}
-
-    def locked(self, key: str, now: datetime) -> timedelta | None:
-        """The time left on a lock (or on a full table, for a reference it cannot track), or None."""
-        entry = self._entries.get(key)
-        if entry is None:
-            if len(self._entries) >= MAX_TRACKED:
-                self._prune(now)
-                if len(self._entries) >= MAX_TRACKED:
-                    return self._lockout
-            return None
-        if self._expired(entry, now):
-            del self._entries[key]  # lock served, or no failure for a whole window: a fresh set of attempts
-            return None
-        return None if entry.locked_until is None else entry.locked_until - now
-
-    def fail(self, key: str, now: datetime) -> bool:
-        """Count one failure; True when it locks the request (every later attempt gets 429 until then)."""
-        entry = self._entries.get(key)
-        if entry is not None and self._expired(entry, now):
-            entry = None
-        if entry is None:
-            if len(self._entries) >= MAX_TRACKED:
-                self._prune(now)
-                if len(self._entries) >= MAX_TRACKED:
-                    return True  # cannot count it: refused like a locked request (see locked())
-            entry = self._entries[key] = _Attempts(first_failed=now)
-        entry.failures += 1
-        if entry.failures >= self._max:
-            entry.locked_until = now + self._lockout
-            return True
-        return False
-
-    def succeed(self, key: str) -> None:
-        self._entries.pop(key, None)
-
-    def _expired(self, entry: _Attempts, now: datetime) -> bool:
-        if entry.locked_until is not None:
-            return now >= entry.locked_until
-        return entry.first_failed is not None and now >= entry.first_failed + self._lockout
-
-    def _prune(self, now: datetime) -> None:
-        for key in [k for k, e in self._entries.items() if self._expired(e, now)]:
-            del self._entries[key]
-
-
 def _parse_form(body: bytes) -> dict[str, str]:
     """Fields of an urlencoded body (first value of each); ValueError if it is not one."""
     text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
@@ -267,10 +206,12 @@ def intake_app(
     bundle_opener: BundleOpener,
     audit: AuditHook,
     public_url: str,
+    guards: Guards,
     clock: Callable[[], datetime] | None = None,
     default_language: str = "fr",
     max_attempts: int = MAX_ATTEMPTS,
     lockout: timedelta = LOCKOUT,
+    max_client_attempts: int = MAX_CLIENT_ATTEMPTS,
     max_form_bytes: int = MAX_FORM_BYTES,
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
@@ -278,6 +219,7 @@ def intake_app(
     https turns on HSTS). ``clock`` (default: now in UTC) decides expiry and lockouts.
 
     ``bundle_opener(request_id)`` and ``audit(...)`` are synchronous; they run in a worker thread.
+    ``guards`` counts wrong answers in the ledger's database, shared by every replica.
     """
     parts = urlsplit(public_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -285,7 +227,7 @@ def intake_app(
     prefix = parts.path.rstrip("/")
     hsts = parts.scheme == "https"
     now_fn = clock or (lambda: datetime.now(UTC))
-    limiter = _AttemptLimiter(max_attempts, lockout)
+    limits = AttemptLimits(max_attempts=max_attempts, lockout=lockout, max_client_attempts=max_client_attempts)
 
     def security_headers() -> dict[str, str]:
         headers = {
@@ -385,8 +327,9 @@ def intake_app(
         if isinstance(checked, Response):
             return checked
         token, request_id = checked
-        now = now_fn()
-        left = limiter.locked(request_id, now)
+        client = request.client.host if request.client else None
+        # A cheap look first (a locked request is not worth reading the body of); judge() decides below.
+        left = await run_in_threadpool(guards.wait, EXPORTS_SCOPE, request_id, client, now_fn())
         if left is not None:
             return locked_page(request, left)
         try:
@@ -402,17 +345,15 @@ def intake_app(
             return page(request, 400, "bad_form_title", ("retry_body",))
         if not links.check_form_token(token, fields.get(FORM_FIELD)):
             return page(request, 403, "form_invalid_title", ("form_invalid_body",))
-        # Again, after the body: requests that passed the first check together, sending their bodies slowly,
-        # must not all be judged once the limit is reached.
-        now = now_fn()
-        left = limiter.locked(request_id, now)
-        if left is not None:
-            return locked_page(request, left)
+        # The lock is checked again and the answer counted in one transaction: requests that passed the first
+        # look together (on any replica), sending their bodies slowly, are judged one after the other.
         answer = fields.get(ANSWER_FIELD, "")
-        if not links.check_code(token, answer):
-            limiter.fail(request_id, now)  # the next attempt gets 429 once the limit is reached
+        verdict = await run_in_threadpool(lambda: guards.judge(
+            EXPORTS_SCOPE, request_id, client, now_fn(), right=links.check_code(token, answer), limits=limits))
+        if verdict.wait is not None:
+            return locked_page(request, verdict.wait)
+        if verdict.outcome == "wrong":  # the next attempt gets 429 once the limit is reached
             return form_page(request, token, status=403, wrong=True)
-        limiter.succeed(request_id)
         # The code may be typed with look-alike letters (O for 0): only a reference starts with "dsr".
         proof = "reference" if answer.strip().lower().startswith("dsr") else "code"
 
@@ -427,7 +368,7 @@ def intake_app(
         if chunks is None:
             return page(request, 410, "gone_title", ("gone_body",))
 
-        details = {"ip_hash": links.ip_hash(request.client.host if request.client else None), "proof": proof}
+        details = {"ip_hash": links.ip_hash(client), "proof": proof}
         try:
             await run_in_threadpool(audit, request_id, "export_downloaded", details)
         except Exception:

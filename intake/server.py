@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from dsr.config import ConfigError, Settings
 from dsr.crypto import KeyRing
+from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.model import AuditEvent
 from dsr.store import ObjectNotFound
@@ -48,7 +49,9 @@ def build_intake_app(
     from intake.form import form_router
     from intake.verify import verify_router
 
-    service = IntakeService(client, settings, ledger, limits=RateLimits(
+    # Every counter and guard of the app in the ledger's database: replicas on other machines share them.
+    guards = Guards(ledger.engine, keyring)
+    service = IntakeService(client, settings, ledger, guards=guards, limits=RateLimits(
         per_client=settings.rate_per_client_hour, per_subject=settings.rate_per_subject_day))
 
     def audit(request_id: str, event: str, details: dict[str, str]) -> None:
@@ -65,6 +68,7 @@ def build_intake_app(
         api_router(
             service,
             ticket_index=lambda ticket: keyring.blind_index(ticket, purpose="dsr/ticket/v1"),
+            guards=guards,
             zendesk=DeskSettings(settings.secret("DSR_ZENDESK_WEBHOOK_SECRET"), settings.zendesk_trust_authenticated),
             ticket=DeskSettings(settings.secret("DSR_TICKET_WEBHOOK_SECRET"), settings.ticket_trust_authenticated),
             api_token=settings.secret("DSR_API_TOKEN"),
@@ -72,6 +76,8 @@ def build_intake_app(
         verify_router(
             IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
             confirm,
+            guards=guards,
+            exists=ledger.has_request,
             default_language=language,
             public_path=public_path,
         ),
@@ -88,6 +94,7 @@ def build_intake_app(
         bundle_opener=bundle_opener(keyring, exports),
         audit=audit,
         public_url=settings.intake_url,
+        guards=guards,
         default_language=language,
         routers=routers,
     )

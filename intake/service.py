@@ -3,14 +3,18 @@
 The API, the web form, the support-desk webhooks and the mailbox all hand a :class:`Submission` to
 :meth:`IntakeService.submit`. It validates everything first (:func:`intake.submission.prepare`), then:
 
-* **duplicates**: an open request of the same subject (blind index of the email) and kind already exists:
-  nothing new is started; the open request gets the ``attach_duplicate`` update, which records the event
-  and tells the subject that their new message was attached to the request already under way;
-* **rate limits**: per subject and per client address (sliding window, in memory, per process):
-  :class:`RateLimited`, which the HTTP layer turns into 429 with ``Retry-After``;
-* **record, then start**: the request is written to the ledger before its workflow starts, so a second
-  submission arriving a millisecond later finds it; the start is idempotent by request id (a retried
-  start after a crash, e.g. by the mailbox, answers with the request already started).
+* **rate limits**: per subject and per client address (sliding windows in the ledger's database, shared by
+  every replica, checked and recorded in one transaction: :mod:`dsr.guards`): :class:`RateLimited`, which
+  the HTTP layer turns into 429 with ``Retry-After``;
+* **one open request per subject and kind**, whatever replica receives it: the submission claims the subject
+  (blind index of the email) and kind in the ledger (:meth:`dsr.ledger.Ledger.claim_subject`, a primary key)
+  before it starts anything. The winner starts its workflow; a submission finding the claim held attaches to
+  that request with the ``attach_duplicate`` update, which records the event and tells the subject that
+  their new message was attached to the request already under way. A holder found closed (the update is
+  refused), or never started after :data:`ABANDONED_CLAIM` (its intake crashed), is released by
+  compare-and-delete and the submission claims again. Closing a request releases its claim;
+* **start**: idempotent by request id (a retried start after a crash, e.g. by the mailbox, answers with the
+  request already started), then recorded in the ledger (the workflow records it too).
 
 Messages that cannot be classified (email intake) go to :meth:`IntakeService.triage` instead: a
 ``TriageMessage`` workflow waits, in stage ``needs_attention``, for an operator to give the kind.
@@ -25,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import re
-from collections import deque
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -51,7 +54,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from dsr import search_attributes as sa
 from dsr.config import Settings
 from dsr.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
-from dsr.ledger import Ledger
+from dsr.guards import Guards, RateWindow
+from dsr.ledger import Ledger, SubjectClaim
 from dsr.model import (
     TRIAGE_PREFIX,
     Correspondence,
@@ -192,39 +196,17 @@ class RateLimits:
     subject_window: timedelta = timedelta(days=1)
 
 
-class _SlidingWindow:
-    """Hits per key over a window, in memory (per process: see the README's deployment notes)."""
-
-    MAX_KEYS = 50_000
-
-    def __init__(self, limit: int, window: timedelta) -> None:
-        self._limit = limit
-        self._window = window.total_seconds()
-        self._hits: dict[str, deque[float]] = {}
-
-    def retry_after(self, key: str, now: float) -> int | None:
-        """Seconds until ``key`` may submit again, or None when it may now."""
-        hits = self._hits.get(key)
-        if not hits:
-            return None
-        while hits and hits[0] <= now - self._window:
-            hits.popleft()
-        if len(hits) < self._limit:
-            return None
-        return max(1, math.ceil(hits[0] + self._window - now))
-
-    def hit(self, key: str, now: float) -> None:
-        if key not in self._hits and len(self._hits) >= self.MAX_KEYS:
-            # Forget the keys with no recent hit; a flood of new keys cannot grow memory without bound.
-            for stale in [k for k, h in self._hits.items() if not h or h[-1] <= now - self._window]:
-                del self._hits[stale]
-            while len(self._hits) >= self.MAX_KEYS:
-                del self._hits[next(iter(self._hits))]
-        self._hits.setdefault(key, deque()).append(now)
+ABANDONED_CLAIM = timedelta(minutes=1)
+"""A claim whose workflow is still not started after this long was left by an intake that crashed between
+claiming and starting: the next submission takes it over."""
+CLAIM_WAIT_SECONDS = 10.0
+"""How long a submission waits for the workflow of a fresh claim held by another submission to start."""
+_CLAIM_POLL_SECONDS = 0.2
 
 
 class IntakeService:
-    """:class:`IntakeSink` on a Temporal client and the ledger; one per intake process."""
+    """:class:`IntakeSink` on a Temporal client and the ledger; any number of them, on any number of machines,
+    behave as one (duplicates and rate limits are decided in the ledger's database)."""
 
     def __init__(
         self,
@@ -232,52 +214,121 @@ class IntakeService:
         settings: Settings,
         ledger: Ledger,
         *,
+        guards: Guards | None = None,
         limits: RateLimits | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """``guards``: the shared rate limits (default: on the ledger's engine, made when first needed)."""
         self._client = client
         self._settings = settings
         self._ledger = ledger
-        limits = limits or RateLimits()
-        self._per_client = _SlidingWindow(limits.per_client, limits.client_window)
-        self._per_subject = _SlidingWindow(limits.per_subject, limits.subject_window)
+        self._guards = guards
+        self._limits = limits or RateLimits()
         self._clock = clock or (lambda: datetime.now(UTC))
-        # One submission at a time per process, so two copies of one email sent together still meet as
-        # duplicates (check, start and record are not one transaction otherwise).
-        self._lock = asyncio.Lock()
+
+    @property
+    def guards(self) -> Guards:
+        if self._guards is None:
+            self._guards = Guards(self._ledger.engine, self._ledger.sealer)
+        return self._guards
 
     async def submit(
         self, submission: Submission, *, client: str | None = None, rate_limit: bool = True
     ) -> Accepted:
         """Validate, then attach to an open duplicate or start a new request.
 
+        ``rate_limit=False`` is for staff (``dsr submit``) and for messages an operator classified: they go
+        through the same duplicate check, without the limits meant for the public.
+
         Raises :class:`SubmissionError` (nothing created), :class:`RateLimited`, or
         :class:`IntakeUnavailable` when Temporal cannot be reached (nothing created, try again).
         """
         now = self._clock()
         request = prepare(submission, self._settings, now=now)  # everything is validated first
-        subject_key = await asyncio.to_thread(self._ledger.subject_key, request.subject.email)
-        moment = now.timestamp()
         if rate_limit:
-            for scope, window, key in (("address", self._per_client, client), ("subject", self._per_subject,
-                                                                                subject_key)):
-                if key is None:
-                    continue
-                wait = window.retry_after(key, moment)
-                if wait is not None:
-                    raise RateLimited(scope, wait)
-
-        async with self._lock:
-            if rate_limit:
-                if client is not None:
-                    self._per_client.hit(client, moment)
-                self._per_subject.hit(subject_key, moment)
-            known = await asyncio.to_thread(self._ledger.get_request, request.request_id)
-            if known is None:
-                attached = await self._attach_to_open(request, submission)
-                if attached is not None:
-                    return attached
+            await self._count(request, client, now)
+        if await asyncio.to_thread(self._ledger.has_request, request.request_id):
+            # A retried submission of a reserved id (mailbox, ticket): the request is this one, started or not.
             await self._start(request)
+            return self._accepted(request)
+        return await self._claim_or_attach(request)
+
+    async def _count(self, request: RequestInput, client: str | None, now: datetime) -> None:
+        limits, guards = self._limits, self.guards
+        subject_key = await asyncio.to_thread(self._ledger.subject_key, request.subject.email)
+        windows = [RateWindow("subject", f"subject:{subject_key}", limits.per_subject, limits.subject_window)]
+        if client is not None:
+            windows.insert(0, RateWindow("address", f"address:{guards.client_key(client)}", limits.per_client,
+                                         limits.client_window))
+        refused = await asyncio.to_thread(guards.hit, windows, now)
+        if refused is not None:
+            raise RateLimited(refused.scope, refused.retry_after)
+
+    async def _claim_or_attach(self, request: RequestInput) -> Accepted:
+        """Claim the subject and kind and start, or attach to the request holding them (see the module)."""
+        email, kind = request.subject.email, request.kind
+        waiting_until = time.monotonic() + CLAIM_WAIT_SECONDS
+        for _ in range(50):  # each turn either decides, or releases a dead claim, or waits a moment
+            claim: SubjectClaim = await asyncio.to_thread(
+                self._ledger.claim_subject, email, kind, request.request_id, now=self._clock())
+            if claim.request_id == request.request_id:
+                await self._start(request, claimed=True)
+                return self._accepted(request)
+            attached = await self._attach(claim.request_id, request)
+            if isinstance(attached, Accepted):
+                return attached
+            holder = await asyncio.to_thread(self._ledger.get_request, claim.request_id)
+            closed = attached == "closed" or (holder is not None and holder.stage == Stage.CLOSED)
+            abandoned = attached == "absent" and self._clock() - claim.claimed_at >= ABANDONED_CLAIM
+            if closed or abandoned:
+                await asyncio.to_thread(self._ledger.release_claim, email, kind, claim.request_id)
+                continue  # and claim again
+            if time.monotonic() >= waiting_until:
+                break
+            await asyncio.sleep(_CLAIM_POLL_SECONDS)  # the holder's workflow is about to start
+        raise IntakeUnavailable("the request engine is unavailable; try again in a minute")
+
+    async def _attach(self, request_id: str, request: RequestInput) -> Accepted | str:
+        """Attach ``request`` to the open request ``request_id``: the answer, or ``closed`` (it refused: closed or
+        closing) or ``absent`` (no such workflow: not started yet, or its history is gone)."""
+        handle = self._client.get_workflow_handle(request_id)
+        try:
+            result: UpdateResult = await handle.execute_update(
+                "attach_duplicate",
+                DuplicateAttached(
+                    channel=request.channel,
+                    received_at=request.received_at,
+                    in_reply_to=request.in_reply_to,
+                    ticket=request.ticket,
+                ),
+                result_type=UpdateResult,
+            )
+        except WorkflowUpdateFailedError:
+            return "closed"
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return "absent"
+            raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
+        open_request = await asyncio.to_thread(self._ledger.get_request, request_id)
+        received_on = (
+            receipt_date(open_request.received_at, self._settings.policy.timezone)
+            if open_request is not None else request.received_on
+        )
+        policy = self._settings.policy
+        extended_due = deadline_schedule(DeadlineInput(
+            start=received_on, country=policy.country, subdiv=policy.subdiv, timezone=policy.timezone
+        )).extended.due
+        return Accepted(
+            reference=request_id,
+            kind=request.kind,
+            received_on=received_on,
+            deadline=result.deadline,
+            extended_deadline=result.deadline if result.extended else extended_due,
+            attached=True,
+        )
+
+    @staticmethod
+    def _accepted(request: RequestInput) -> Accepted:
         return Accepted(
             reference=request.request_id,
             kind=request.kind,
@@ -286,51 +337,18 @@ class IntakeService:
             extended_deadline=request.deadlines.extended.due,
         )
 
-    async def _attach_to_open(self, request: RequestInput, submission: Submission) -> Accepted | None:
-        open_ids = await asyncio.to_thread(self._ledger.find_open_by_subject, request.subject.email, request.kind)
-        for request_id in open_ids:
-            handle = self._client.get_workflow_handle(request_id)
-            try:
-                result: UpdateResult = await handle.execute_update(
-                    "attach_duplicate",
-                    DuplicateAttached(
-                        channel=request.channel,
-                        received_at=request.received_at,
-                        in_reply_to=request.in_reply_to,
-                        ticket=request.ticket,
-                    ),
-                    result_type=UpdateResult,
-                )
-            except (WorkflowUpdateFailedError, RPCError):
-                # Closed meanwhile (or its history is gone): this submission is a new request.
-                continue
-            open_request = await asyncio.to_thread(self._ledger.get_request, request_id)
-            received_on = (
-                receipt_date(open_request.received_at, self._settings.policy.timezone)
-                if open_request is not None else request.received_on
-            )
-            policy = self._settings.policy
-            extended_due = deadline_schedule(DeadlineInput(
-                start=received_on, country=policy.country, subdiv=policy.subdiv, timezone=policy.timezone
-            )).extended.due
-            return Accepted(
-                reference=request_id,
-                kind=request.kind,
-                received_on=received_on,
-                deadline=result.deadline,
-                extended_deadline=result.deadline if result.extended else extended_due,
-                attached=True,
-            )
-        return None
-
-    async def _start(self, request: RequestInput) -> None:
+    async def _start(self, request: RequestInput, *, claimed: bool = False) -> None:
         try:
             await start(self._client, request, task_queue=self._settings.task_queue)
         except WorkflowAlreadyStartedError:
             pass  # a retried submission (same reserved id): the request exists, which is what was asked
         except RPCError as err:
+            if claimed and await self._never_started(request.request_id):
+                # Nothing was created: let the next submission of this subject and kind claim at once.
+                await asyncio.to_thread(self._ledger.release_claim, request.subject.email, request.kind,
+                                        request.request_id)
             raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
-        # Recorded here as well as by the workflow, so a duplicate a moment later finds it in the ledger.
+        # Recorded here as well as by the workflow, so the ledger knows it from the first instant.
         await asyncio.to_thread(
             self._ledger.record_request,
             RequestRecordInput(
@@ -344,6 +362,14 @@ class IntakeService:
             ),
             now=self._clock(),
         )
+
+    async def _never_started(self, request_id: str) -> bool:
+        """True only when Temporal says so (a failed start may still have started it: then keep the claim)."""
+        try:
+            await self._client.get_workflow_handle(request_id).describe()
+        except RPCError as err:
+            return err.status == RPCStatusCode.NOT_FOUND
+        return False
 
     async def find_replied_request(
         self, sender: str, subject_line: str, thread_ids: Sequence[str]

@@ -4,8 +4,13 @@ The acknowledgement of a request whose policy is ``email`` carries a signed link
 (:class:`dsr.links.IdentityLinks`). Opening the link never confirms by itself: mail scanners and link
 previews open links too. It shows a button; pressing it (a POST carrying a form value bound to the token)
 sends the ``confirm_identity`` update. ``/verify`` is the same without the link: the reference and the
-code, typed. Wrong codes count against the request (:data:`MAX_ATTEMPTS`, then a lockout), comparisons
-are constant-time, and the pages say nothing about whether a reference exists.
+code, typed. Wrong codes count against the request (:data:`MAX_ATTEMPTS`, then a lockout) and against the
+client address (:data:`intake.app.MAX_CLIENT_ATTEMPTS`), in the ledger's database, so every replica counts
+the same; comparisons are constant-time, and the pages say nothing about whether a reference exists.
+
+Only references the ledger knows are counted per request: a made-up reference is counted for the client that
+typed it (per client and reference, so that client sees the same lock as for a real one), which keeps
+floods of made-up references from filling the table or locking anyone else out.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from dsr.guards import AttemptLimits, Guards, Verdict
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
 from intake.app import (
     CSP,
-    _AttemptLimiter,
+    MAX_CLIENT_ATTEMPTS,
     _page,
     _parse_form,
     choose_language,
@@ -34,10 +41,13 @@ from templates import format_date
 
 MAX_ATTEMPTS = 5
 LOCKOUT = timedelta(minutes=15)
+VERIFY_SCOPE = "verify"
 _REFERENCE = re.compile(r"^dsr-\d{4}-\d{2}-[0-9A-Z]{6}$")
 
 Confirmer = Callable[[str, str], Awaitable[IdentityOutcome]]
 """``confirm(request_id, proof)`` with proof ``link`` or ``code``."""
+Exists = Callable[[str], bool]
+"""``exists(request_id)``: the ledger knows the request (synchronous; runs in a worker thread)."""
 
 _TEXT = {
     "en": {
@@ -111,13 +121,15 @@ def verify_router(
     links: IdentityLinks,
     confirm: Confirmer,
     *,
+    guards: Guards,
+    exists: Exists,
     default_language: str = "fr",
     public_path: str = "",
     clock: Callable[[], datetime] | None = None,
 ) -> APIRouter:
     router = APIRouter()
     now_fn = clock or (lambda: datetime.now(UTC))
-    limiter = _AttemptLimiter(MAX_ATTEMPTS, LOCKOUT)
+    limits = AttemptLimits(max_attempts=MAX_ATTEMPTS, lockout=LOCKOUT, max_client_attempts=MAX_CLIENT_ATTEMPTS)
 
     def respond(request: Request, status: int, title: str, paragraphs: list[str], body: str = "",
                 headers: dict[str, str] | None = None) -> HTMLResponse:
@@ -159,10 +171,7 @@ def verify_router(
         except InvalidLink:
             return message(request, "invalid", 403)
 
-    def locked(request: Request, request_id: str) -> HTMLResponse | None:
-        left = limiter.locked(request_id, now_fn())
-        if left is None:
-            return None
+    def locked(request: Request, left: timedelta) -> HTMLResponse:
         seconds = max(1, math.ceil(left.total_seconds()))
         t = text(request)
         minutes = max(1, math.ceil(seconds / 60))
@@ -241,13 +250,19 @@ def verify_router(
         request_id = "dsr-" + reference[4:].upper() if reference.lower().startswith("dsr-") else reference
         if not _REFERENCE.match(request_id):
             return code_form(request, status=400, wrong=True, reference=reference)
-        lock = locked(request, request_id)
-        if lock is not None:
-            return lock
-        if not links.check_request_code(request_id, fields.get("code", "")):
-            limiter.fail(request_id, now_fn())
+        right = links.check_request_code(request_id, fields.get("code", ""))
+        client = request.client.host if request.client else None
+
+        def judge() -> Verdict:
+            # Whether the request exists decides only where the answer is counted, never what the page says.
+            return guards.judge(VERIFY_SCOPE, request_id, client, now_fn(), right=right, limits=limits,
+                                tracked=exists(request_id))
+
+        verdict = await run_in_threadpool(judge)
+        if verdict.wait is not None:
+            return locked(request, verdict.wait)
+        if verdict.outcome == "wrong":
             return code_form(request, status=403, wrong=True, reference=reference)
-        limiter.succeed(request_id)
         return await outcome_page(request, request_id, "code")
 
     return router

@@ -58,6 +58,22 @@ def binary(name: str) -> str:
     return found
 
 
+def throwaway_guards(ring: KeyRing | None = None):
+    """The intake's shared counters (``dsr.guards.Guards``) on a SQLite ledger database of their own, in a
+    temporary directory removed at exit: for apps built outside a fixture's ``tmp_path``."""
+    import atexit
+    import tempfile
+
+    from dsr.guards import Guards
+    from dsr.ledger import Ledger
+
+    folder = tempfile.mkdtemp(prefix="dsr-guards-")
+    ledger = Ledger(f"sqlite:///{folder}/ledger.sqlite3", ring or TEST_KEYRING)
+    atexit.register(shutil.rmtree, folder, True)
+    atexit.register(ledger.close)
+    return Guards(ledger.engine, ring or TEST_KEYRING)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

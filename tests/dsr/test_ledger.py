@@ -352,6 +352,75 @@ def test_two_ledgers_share_one_database(url: str, sealer: Sealer) -> None:
         assert len(worker.events("dsr-shared")) == len(cli.events("dsr-shared")) == 1 + 4 * per_side
 
 
+# --- one open request per subject and kind ---------------------------------------------------------
+
+
+def test_concurrent_claims_from_two_ledgers_have_one_winner(url: str, sealer: Sealer,
+                                                            raw: Callable[..., list[Any]]) -> None:
+    """Two intake replicas, each with its own Ledger on the same database, claim the same subject and kind at the
+    same instant: one wins, and every one of them reads that winner."""
+    threads = 16
+    barrier = threading.Barrier(threads)
+    with Ledger(url, sealer) as one, Ledger(url, sealer) as other:
+        def claim(i: int) -> str:
+            ledger = one if i % 2 else other
+            barrier.wait()
+            email = EMAIL.upper() if i % 3 else EMAIL  # any case: the same subject
+            return ledger.claim_subject(email, RequestKind.ERASURE, f"dsr-2026-11-CLM{i:03d}", now=T0).request_id
+
+        with ThreadPoolExecutor(threads) as pool:
+            holders = set(pool.map(claim, range(threads)))
+        assert len(holders) == 1
+        [winner] = holders
+        assert one.claim_of(EMAIL, RequestKind.ERASURE) == other.claim_of(EMAIL, RequestKind.ERASURE)
+        assert one.claim_of(EMAIL, RequestKind.ACCESS) is None  # another kind is another claim
+        # The subject is kept as its blind index only.
+        rows = raw("SELECT subject_index, kind, request_id FROM subject_claims")
+        assert rows == [(sealer.blind_index(EMAIL.lower(), purpose="subject.email"), "erasure", winner)]
+
+
+def test_a_claim_is_released_by_its_request_closing_and_only_by_its_holder(ledger: Ledger) -> None:
+    ledger.record_request(record("dsr-2026-11-HOLDER", kind=RequestKind.ERASURE), now=T0)
+    assert ledger.claim_subject(EMAIL, RequestKind.ERASURE, "dsr-2026-11-HOLDER", now=T0).request_id \
+        == "dsr-2026-11-HOLDER"
+    # Compare-and-delete: a stale view (another request id) releases nothing.
+    assert ledger.release_claim(EMAIL, RequestKind.ERASURE, "dsr-2026-11-OTHERR") is False
+    ledger.append_event(AuditEvent("dsr-2026-11-HOLDER", "identity_confirmed", stage=Stage.PROCESSING),
+                        key="k1", at=T0)
+    assert ledger.claim_of(EMAIL, RequestKind.ERASURE) is not None
+    ledger.append_event(AuditEvent("dsr-2026-11-HOLDER", "closed", stage=Stage.CLOSED, outcome=Outcome.FULFILLED),
+                        key="k2", at=T0)
+    assert ledger.claim_of(EMAIL, RequestKind.ERASURE) is None  # released with the close, same transaction
+    # The next request of the subject claims at once; the old one closing again (a retry) does not free it.
+    later = T0 + timedelta(days=1)
+    assert ledger.claim_subject(EMAIL, RequestKind.ERASURE, "dsr-2026-11-NEXTTT", now=later).request_id \
+        == "dsr-2026-11-NEXTTT"
+    ledger.append_event(AuditEvent("dsr-2026-11-HOLDER", "closed", stage=Stage.CLOSED), key="k3", at=later)
+    held = ledger.claim_of(EMAIL, RequestKind.ERASURE)
+    assert held is not None and held.request_id == "dsr-2026-11-NEXTTT" and held.claimed_at == later
+    assert ledger.release_claim(EMAIL, RequestKind.ERASURE, "dsr-2026-11-NEXTTT") is True
+    assert ledger.claim_of(EMAIL, RequestKind.ERASURE) is None
+
+
+def test_a_ledger_from_before_claims_gets_its_open_requests_claimed(url: str, sealer: Sealer) -> None:
+    with Ledger(url, sealer) as old:
+        old.record_request(record("dsr-2026-11-OLDEST", kind=RequestKind.ACCESS), now=T0)
+        old.record_request(record("dsr-2026-11-NEWERR", kind=RequestKind.ACCESS,
+                                  received_at=T0 + timedelta(hours=1)), now=T0)
+        old.record_request(record("dsr-2026-11-CLOSED", kind=RequestKind.ERASURE), now=T0)
+        old.append_event(AuditEvent("dsr-2026-11-CLOSED", "closed", stage=Stage.CLOSED), key="c", at=T0)
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg") if "postgresql" in url else url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE subject_claims"))  # as the ledger was before this version
+    engine.dispose()
+    with Ledger(url, sealer) as upgraded:
+        held = upgraded.claim_of(EMAIL, RequestKind.ACCESS)
+        assert held is not None and held.request_id == "dsr-2026-11-OLDEST"
+        assert upgraded.claim_of(EMAIL, RequestKind.ERASURE) is None
+    with Ledger(url, sealer) as again:  # the table exists now: nothing is claimed twice
+        assert again.claim_of(EMAIL, RequestKind.ACCESS).request_id == "dsr-2026-11-OLDEST"  # type: ignore[union-attr]
+
+
 def test_backend_configuration(url: str, sealer: Sealer, raw: Callable[..., list[Any]]) -> None:
     """SQLite: directory made, WAL, busy timeout. PostgreSQL: UTC out even when the session zone is not."""
     if url.startswith("sqlite"):

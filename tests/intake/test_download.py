@@ -23,6 +23,8 @@ import pytest_asyncio
 
 from dsr.codec_server import serve_codec
 from dsr.crypto import KeyRing
+from dsr.guards import Guards
+from dsr.ledger import Ledger
 from dsr.links import DownloadLinks, ExpiredLink, TamperedLink, download_url
 from intake.app import CSP, MAX_FORM_BYTES, choose_language, intake_app
 
@@ -115,11 +117,13 @@ async def _serve(
     links = DownloadLinks(ring)
     clock = clock or Clock()
     audit = audit or Audit()
+    ledger = Ledger(f"sqlite:///{folder / 'ledger.sqlite3'}", ring)  # the attempt counters' database
     app = intake_app(
         links=links,
         bundle_opener=opener or _opener(ring, folder),
         audit=audit,
         public_url=PUBLIC_URL,
+        guards=Guards(ledger.engine, ring),
         clock=clock,
     )
     running = await serve_codec(app, port=0)
@@ -128,6 +132,7 @@ async def _serve(
             yield Env(ring, links, clock, audit, b"", http)
     finally:
         await running.stop()
+        ledger.close()
 
 
 @pytest_asyncio.fixture

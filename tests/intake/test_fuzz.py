@@ -50,7 +50,7 @@ from intake.api import MAX_BODY_BYTES, DeskSettings, api_router
 from intake.app import intake_app
 from intake.service import Accepted, TriageItem
 from intake.submission import Submission, prepare
-from tests.harness import TEST_KEYRING
+from tests.harness import TEST_KEYRING, throwaway_guards
 
 ZENDESK_SECRET = "zsecret"
 TICKET_SECRET = "tsecret"
@@ -99,15 +99,18 @@ class RecordingSink:
 
 
 def build_app(sink: RecordingSink) -> Any:
+    guards = throwaway_guards()
     return intake_app(
         links=DownloadLinks(TEST_KEYRING),
         bundle_opener=lambda request_id: None,
         audit=lambda request_id, event, details: None,
         public_url="http://127.0.0.1:8235",
+        guards=guards,
         routers=[
             api_router(
                 sink,
                 ticket_index=lambda value: TEST_KEYRING.blind_index(value, purpose="dsr/ticket/v1"),
+                guards=guards,
                 zendesk=DeskSettings(ZENDESK_SECRET),
                 ticket=DeskSettings(TICKET_SECRET),
             )

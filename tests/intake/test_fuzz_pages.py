@@ -11,8 +11,9 @@ What must hold for any input (path, form body, content type, ``Content-Length``,
 * only an authentic, unexpired link with its CSRF field confirms an identity; only the real reference and
   code confirm on ``/verify``; only the right answer with the right link's CSRF field serves a bundle
   (and records exactly one ``export_downloaded`` event); anything else changes no state but the attempt
-  counter, and that one exactly as documented (5 wrong answers lock the request for 15 minutes, the 6th
-  attempt and every later one in the window get 429 with ``Retry-After``, even with the right answer).
+  counters, and those exactly as documented (5 wrong answers lock the request for 15 minutes, the 6th
+  attempt and every later one in the window get 429 with ``Retry-After``, even with the right answer; and
+  30 wrong answers from one client address within 15 minutes lock that client for 15 minutes).
 
 Statuses: 200, 400, 403, 404, 410, 413, 415, 429 as each page documents, plus 405 (a method the route does
 not take) and 307 (Starlette's redirect of a path ending in "/", e.g. ``/verify/``, to the same path without
@@ -23,12 +24,20 @@ answers each request has had, the clock) and compare every answer with it, so th
 exactly where the input is well-formed, and bounded to a documented set where it is not (raw bytes, paths
 that normalise elsewhere). The app is the real one (``intake_app`` + ``verify_router``) in process, with
 ``DownloadLinks`` / ``IdentityLinks`` over ``TEST_KEYRING``, a recording confirm function, bundle opener
-and audit hook, and a clock the tests move (past a lockout, to keep exploring behind it).
+and audit hook, the attempt counters of :mod:`dsr.guards` on a SQLite database of their own, and a clock the
+tests move (past a lockout, to keep exploring behind it).
+
+The counters moved from the process into the ledger's database (shared by every intake replica), and the model
+follows the two ways that design deliberately differs: a per-client limit (:data:`MAX_CLIENT_ATTEMPTS` wrong
+answers per client address per window, whatever the request), and references the ledger does not know (here
+``UNKNOWN``) counted per client and reference instead of per request; with the fuzz's single client address
+that is the same count as per request, so the model's per-request counter stands for both.
 
 Product bugs found on the way (by the fuzz, or by probing what it pointed at), since fixed, each have their
 own regression test at the end of the module: a lockout raced by slow bodies, lockout counts and locks
-evicted by a flood of made-up references, non-canonical token spellings, and the proof recorded for a code
-typed with look-alike letters. Where the oracle stepped around one of them, it says so.
+evicted by a flood of made-up references (now: made-up references are never counted per request, see the
+flood tests), non-canonical token spellings, and the proof recorded for a code typed with look-alike letters.
+Where the oracle stepped around one of them, it says so.
 """
 
 from __future__ import annotations
@@ -53,14 +62,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import intake.app
 from dsr.crypto import KeyRing
+from dsr.guards import AttemptLimitRow, Guards
 from dsr.links import MAX_TOKEN_LENGTH, DownloadLinks, IdentityLinks
-from intake.app import CSP, LOCKOUT, MAX_ATTEMPTS, MAX_FORM_BYTES, intake_app
+from intake.app import CSP, LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS, MAX_FORM_BYTES, intake_app
 from intake.service import IdentityOutcome
 from intake.verify import _TEXT as VERIFY_TEXT
 from intake.verify import verify_router
-from tests.harness import TEST_KEYRING
+from tests.harness import TEST_KEYRING, throwaway_guards
 
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # whole seconds: expiries and Retry-After are exact
 DEADLINE = date(2026, 4, 1)
@@ -68,6 +77,8 @@ HAMMERED = "dsr-2026-03-7KQ3FJ"  # the fuzz's target: mostly near-misses of its 
 ANSWERED = "dsr-2026-03-2BN8TV"  # mostly right codes and answers: confirmed, served
 UNKNOWN = "dsr-2026-03-4HZ9PW"  # authentic links and right codes, but no workflow: "closed" / no bundle
 SURVIVOR = "dsr-2026-03-9XW2HS"  # never sent by the fuzz: must still work afterwards
+EXISTING = frozenset({HAMMERED, ANSWERED, SURVIVOR})  # in the ledger; UNKNOWN is not
+CLIENT = "127.0.0.1"  # the client address of every request the tests send, unless they give another
 IDENTITY_TTL = timedelta(days=30)
 DOWNLOAD_TTL = timedelta(days=7)
 PUBLIC_URL = "http://127.0.0.1:8235"
@@ -126,19 +137,37 @@ def open_bundle(request_id: str) -> Iterator[bytes] | None:
     return iter([ZIP[:10], ZIP[10:]]) if request_id in (HAMMERED, ANSWERED, SURVIVOR) else None
 
 
+def pages_app(downloads: DownloadLinks, audit: Audit, clock: Clock, identity: IdentityLinks | None = None,
+              confirm: Confirmer | None = None, *, guards: Guards | None = None) -> Any:
+    """The app under test: ``intake_app`` (and ``verify_router`` when given its links and confirm function),
+    sharing one set of counters (:class:`dsr.guards.Guards`, a fresh SQLite database unless given)."""
+    guards = guards or throwaway_guards()
+    routers = [] if identity is None or confirm is None else [
+        verify_router(identity, confirm, clock=clock, guards=guards, exists=EXISTING.__contains__)]
+    return intake_app(links=downloads, bundle_opener=open_bundle, audit=audit, public_url=PUBLIC_URL, clock=clock,
+                      guards=guards, routers=routers)
+
+
 class SyncClient:
     """Synchronous calls (Hypothesis tests are sync) to the ASGI app: an ``httpx.AsyncClient`` on its own
     event loop in a thread, so the session loop of pytest-asyncio is left alone."""
 
     def __init__(self, app: Any) -> None:
+        self._app = app
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fuzz-pages-asgi", daemon=True)
         self._thread.start()
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        self._http = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def _client(self, address: str) -> httpx.AsyncClient:
+        """An HTTP client whose requests come from ``address`` (the socket peer the app sees)."""
+        if address not in self._clients:
+            transport = httpx.ASGITransport(app=self._app, raise_app_exceptions=False, client=(address, 123))
+            self._clients[address] = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        return self._clients[address]
 
     def request(self, method: str, path: str, body: Body | None = None,
-                headers: Mapping[str, str | bytes] | None = None) -> httpx.Response:
+                headers: Mapping[str, str | bytes] | None = None, *, client: str = CLIENT) -> httpx.Response:
         sent: dict[str, str | bytes] = dict(headers or {})
         content: Any = None
         if body is not None:
@@ -155,11 +184,12 @@ class SyncClient:
                         yield chunk
 
                 content = stream()  # no Content-Length (unless the body sets an odd one): chunked
-        call = self._http.request(method, path, content=content, headers=sent)
+        call = self._client(client).request(method, path, content=content, headers=sent)
         return asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._http.aclose(), self._loop).result(timeout=10)
+        for http in self._clients.values():
+            asyncio.run_coroutine_threadsafe(http.aclose(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
@@ -167,9 +197,10 @@ class SyncClient:
 
 @dataclass
 class Limiter:
-    """The model of the attempt counter: MAX_ATTEMPTS wrong answers within LOCKOUT (counted from the first)
-    lock a request for LOCKOUT; a count with no lock is forgotten when its window ends."""
+    """The model of one attempt counter: ``maximum`` wrong answers within LOCKOUT (counted from the first)
+    lock a key for LOCKOUT; a count with no lock is forgotten when its window ends."""
 
+    maximum: int = MAX_ATTEMPTS
     failures: dict[str, int] = field(default_factory=dict)
     first: dict[str, datetime] = field(default_factory=dict)
     until: dict[str, datetime] = field(default_factory=dict)
@@ -188,7 +219,7 @@ class Limiter:
         self._forget_if_window_over(key, now)
         self.first.setdefault(key, now)
         self.failures[key] = self.failures.get(key, 0) + 1
-        if self.failures[key] >= MAX_ATTEMPTS:
+        if self.failures[key] >= self.maximum:
             self.until[key] = now + LOCKOUT
 
     def _forget_if_window_over(self, key: str, now: datetime) -> None:
@@ -199,6 +230,30 @@ class Limiter:
         self.failures.pop(key, None)
         self.first.pop(key, None)
         self.until.pop(key, None)
+
+
+@dataclass
+class Limits:
+    """The model of one page's counters: per request (MAX_ATTEMPTS) and per client address (MAX_CLIENT_ATTEMPTS,
+    every wrong answer of the client, whatever the request); a lock of either refuses, for the longer of the
+    two. A right answer starts the request's count again, never the client's."""
+
+    requests: Limiter = field(default_factory=Limiter)
+    clients: Limiter = field(default_factory=lambda: Limiter(MAX_CLIENT_ATTEMPTS))
+
+    def left(self, request_id: str, now: datetime, client: str = CLIENT) -> timedelta | None:
+        waits = [w for w in (self.requests.left(request_id, now), self.clients.left(client, now)) if w is not None]
+        return max(waits) if waits else None
+
+    def locked_until(self, request_id: str, client: str = CLIENT) -> datetime:
+        return max(u for u in (self.requests.until.get(request_id), self.clients.until.get(client)) if u is not None)
+
+    def fail(self, request_id: str, now: datetime, client: str = CLIENT) -> None:
+        self.requests.fail(request_id, now)
+        self.clients.fail(client, now)
+
+    def succeed(self, request_id: str) -> None:
+        self.requests.succeed(request_id)
 
 
 @dataclass(frozen=True)
@@ -233,15 +288,15 @@ class Site:
     foreign_for_downloads: list[str]
     survivor_link: str
     survivor_download: str
-    verify_limits: Limiter = field(default_factory=Limiter)
-    export_limits: Limiter = field(default_factory=Limiter)
+    verify_limits: Limits = field(default_factory=Limits)
+    export_limits: Limits = field(default_factory=Limits)
 
     def __repr__(self) -> str:  # Hypothesis prints the arguments of a failing example: keep it short
         return f"Site(now={self.clock.now.isoformat()}, confirmations={len(self.confirm.calls)})"
 
-    def unlock(self, limits: Limiter, request_id: str) -> None:
+    def unlock(self, limits: Limits, request_id: str) -> None:
         """After a 429 checked against the model: move the clock past the lock, to explore behind it."""
-        until = limits.until[request_id]
+        until = limits.locked_until(request_id)
         self.clock.now = until
         assert limits.left(request_id, self.clock.now) is None
 
@@ -252,8 +307,7 @@ def build_site() -> Site:
     downloads = DownloadLinks(TEST_KEYRING, ttl=DOWNLOAD_TTL)
     confirm = Confirmer(known=frozenset({HAMMERED, ANSWERED, SURVIVOR}))
     audit = Audit()
-    app = intake_app(links=downloads, bundle_opener=open_bundle, audit=audit, public_url=PUBLIC_URL, clock=clock,
-                     routers=[verify_router(identity, confirm, clock=clock)])
+    app = pages_app(downloads, audit, clock, identity, confirm)
 
     def issued(links: DownloadLinks, request_id: str, at: datetime, how: str) -> Token:
         link = links.issue(request_id, now=at)
@@ -1098,8 +1152,7 @@ def lock_site() -> Iterator[LockSite]:
     clock = Clock()
     identity = IdentityLinks(TEST_KEYRING, ttl=IDENTITY_TTL)
     confirm = Confirmer(known=None)
-    app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=open_bundle, audit=Audit(), public_url=PUBLIC_URL,
-                     clock=clock, routers=[verify_router(identity, confirm, clock=clock)])
+    app = pages_app(DownloadLinks(TEST_KEYRING), Audit(), clock, identity, confirm)
     built = LockSite(clock, identity, confirm, SyncClient(app))
     try:
         yield built
@@ -1366,8 +1419,7 @@ def test_a_token_differing_only_in_unused_signature_bits_is_refused() -> None:
     identity = IdentityLinks(TEST_KEYRING, ttl=IDENTITY_TTL)
     downloads = DownloadLinks(TEST_KEYRING)
     confirm = Confirmer(known=None)
-    http = SyncClient(intake_app(links=downloads, bundle_opener=open_bundle, audit=Audit(), public_url=PUBLIC_URL,
-                                 clock=clock, routers=[verify_router(identity, confirm, clock=clock)]))
+    http = SyncClient(pages_app(downloads, Audit(), clock, identity, confirm))
     try:
         for links, prefix in ((identity, "/verify"), (downloads, "/exports")):
             token = links.issue(HAMMERED, now=START).token
@@ -1387,8 +1439,7 @@ def test_a_token_differing_only_in_unused_signature_bits_is_refused() -> None:
 def test_a_download_proved_by_a_code_typed_with_look_alikes_is_audited_as_code() -> None:
     downloads = DownloadLinks(TEST_KEYRING)
     audit = Audit()
-    http = SyncClient(intake_app(links=downloads, bundle_opener=open_bundle, audit=audit, public_url=PUBLIC_URL,
-                                 clock=Clock()))
+    http = SyncClient(pages_app(downloads, audit, Clock()))
     try:
         link = next(link for link in (downloads.issue(HAMMERED, now=START) for _ in range(200))
                     if "0" in link.code or "1" in link.code)
@@ -1403,16 +1454,21 @@ def test_a_download_proved_by_a_code_typed_with_look_alikes_is_audited_as_code()
 
 
 async def test_concurrent_wrong_answers_cannot_exceed_the_attempt_limit() -> None:
+    """30 wrong answers sent together, their bodies slowly: exactly MAX_ATTEMPTS are judged, the rest wait.
+
+    Changed with the shared counters: the right code is sent after the batch, not inside it. Judged in a
+    worker thread, a right code inside the batch may now be judged before the fifth wrong one (and rightly
+    served, starting the count again), so the batch is wrong answers only."""
     downloads = DownloadLinks(TEST_KEYRING)
     audit = Audit()
-    app = intake_app(links=downloads, bundle_opener=open_bundle, audit=audit, public_url=PUBLIC_URL, clock=Clock())
+    app = pages_app(downloads, audit, Clock())
     link = downloads.issue(HAMMERED, now=START)
     csrf = downloads.form_token(link.token)
-    answers = [*[f"{n:06d}" for n in range(40) if f"{n:06d}" != link.code][:30], link.code]
+    answers = [f"{n:06d}" for n in range(40) if f"{n:06d}" != link.code][:30]
     started, gate = asyncio.Event(), asyncio.Event()
     waiting = 0
 
-    async def post(http: httpx.AsyncClient, answer: str) -> httpx.Response:
+    async def post(http: httpx.AsyncClient, answer: str, *, slow: bool = True) -> httpx.Response:
         async def slow_body() -> AsyncIterator[bytes]:  # a client sending its body slowly, as any client may
             nonlocal waiting
             waiting += 1
@@ -1421,69 +1477,116 @@ async def test_concurrent_wrong_answers_cannot_exceed_the_attempt_limit() -> Non
             await gate.wait()
             yield f"form={csrf}&answer={answer}".encode()
 
-        return await http.post(f"/exports/{link.token}", content=slow_body(), headers={"Content-Type": FORM_TYPE})
+        content: Any = slow_body() if slow else f"form={csrf}&answer={answer}"
+        return await http.post(f"/exports/{link.token}", content=content, headers={"Content-Type": FORM_TYPE})
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
         tasks = [asyncio.create_task(post(http, answer)) for answer in answers]
         await asyncio.wait_for(started.wait(), timeout=30)  # every request is past the lock check, reading its body
         gate.set()
         statuses = Counter(r.status_code for r in await asyncio.gather(*tasks))
-    assert statuses[403] <= MAX_ATTEMPTS, f"{statuses[403]} wrong answers assessed in one window: {dict(statuses)}"
-    assert audit.calls == [], "the bundle was served after more than MAX_ATTEMPTS wrong answers"
+        right = await post(http, link.code, slow=False)
+    assert statuses == {403: MAX_ATTEMPTS, 429: len(answers) - MAX_ATTEMPTS}, dict(statuses)
+    assert right.status_code == 429, "the bundle was served after more than MAX_ATTEMPTS wrong answers"
+    assert audit.calls == []
 
 
 def _flood(http: SyncClient, count: int, wrong_each: int) -> None:
-    """Wrong codes for ``count`` made-up (well-formed) references: anyone can send these, no link needed."""
+    """Wrong codes for ``count`` made-up (well-formed) references, each from its own client address: anyone can
+    send these, no link needed, and addresses are cheap (IPv6)."""
     for number in range(count):
         body = Body(encode_pairs([("reference", f"dsr-2026-05-Z{number:05d}"), ("code", "000000")], "plus").encode(),
                     FORM_TYPE.encode())
         for _ in range(wrong_each):
-            assert http.request("POST", "/verify", body).status_code in (403, 429)
+            assert http.request("POST", "/verify", body, client=f"2001:db8::{number + 1:x}").status_code in (403, 429)
 
 
 @pytest.fixture
-def small_tracker(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SyncClient, IdentityLinks, Confirmer]]:
-    """The code form's app with MAX_TRACKED (10,000 requests remembered) lowered to 20, so that a flood of
-    made-up references takes 25 requests instead of 10,000 (or 125 instead of 50,000): same logic, scaled."""
-    monkeypatch.setattr(intake.app, "MAX_TRACKED", 20)
+def flooded() -> Iterator[tuple[SyncClient, IdentityLinks, Confirmer, Guards]]:
+    """The code form's app and its counters. The in-memory table these tests were written against (and its
+    MAX_TRACKED) is gone: made-up references are now counted per client and reference, never per request."""
     clock = Clock()
     identity = IdentityLinks(TEST_KEYRING, ttl=IDENTITY_TTL)
     confirm = Confirmer(known=None)
-    http = SyncClient(intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=open_bundle, audit=Audit(),
-                                 public_url=PUBLIC_URL, clock=clock,
-                                 routers=[verify_router(identity, confirm, clock=clock)]))
+    guards = throwaway_guards()
+    http = SyncClient(pages_app(DownloadLinks(TEST_KEYRING), Audit(), clock, identity, confirm, guards=guards))
     try:
-        yield http, identity, confirm
+        yield http, identity, confirm, guards
     finally:
         http.close()
 
 
-def _code_post(http: SyncClient, reference: str, code: str) -> int:
+def _code_post(http: SyncClient, reference: str, code: str, client: str = CLIENT) -> int:
     body = Body(encode_pairs([("reference", reference), ("code", code)], "plus").encode(), FORM_TYPE.encode())
-    return http.request("POST", "/verify", body).status_code
+    return http.request("POST", "/verify", body, client=client).status_code
+
+
+def _counted_requests(guards: Guards) -> set[str]:
+    """The references counted per request (``verify:ref:<reference>`` rows)."""
+    from sqlalchemy import select
+    from sqlmodel import Session
+
+    with Session(guards._engine) as session:
+        keys = session.scalars(select(AttemptLimitRow.key))
+        return {key.removeprefix("verify:ref:") for key in keys if key.startswith("verify:ref:")}
 
 
 def test_a_flood_of_made_up_references_does_not_reset_the_count_of_a_real_one(
-    small_tracker: tuple[SyncClient, IdentityLinks, Confirmer],
+    flooded: tuple[SyncClient, IdentityLinks, Confirmer, Guards],
 ) -> None:
-    http, identity, confirm = small_tracker
+    http, identity, confirm, guards = flooded
     code = identity.request_code(HAMMERED)
     wrong = "000000" if code != "000000" else "111111"
     assert [_code_post(http, HAMMERED, wrong) for _ in range(MAX_ATTEMPTS - 1)] == [403] * (MAX_ATTEMPTS - 1)
     _flood(http, 25, 1)
+    assert _counted_requests(guards) == {HAMMERED}  # the made-up ones take no per-request row
     assert _code_post(http, HAMMERED, wrong) == 403  # the 5th wrong code for this request...
-    assert _code_post(http, HAMMERED, code) == 429, "more than 5 wrong codes and still not locked"
+    assert _code_post(http, HAMMERED, code, client="192.0.2.80") == 429, "more than 5 wrong codes and still not locked"
     assert confirm.calls == []
 
 
 def test_a_flood_of_made_up_references_does_not_lift_a_lock(
-    small_tracker: tuple[SyncClient, IdentityLinks, Confirmer],
+    flooded: tuple[SyncClient, IdentityLinks, Confirmer, Guards],
 ) -> None:
-    http, identity, confirm = small_tracker
+    http, identity, confirm, guards = flooded
     code = identity.request_code(HAMMERED)
     wrong = "000000" if code != "000000" else "111111"
     assert [_code_post(http, HAMMERED, wrong) for _ in range(MAX_ATTEMPTS)] == [403] * MAX_ATTEMPTS
-    assert _code_post(http, HAMMERED, code) == 429
+    assert _code_post(http, HAMMERED, code, client="192.0.2.80") == 429
     _flood(http, 25, MAX_ATTEMPTS)
-    assert _code_post(http, HAMMERED, code) == 429, "the lock was lifted by other requests' failures"
+    assert _counted_requests(guards) == {HAMMERED}
+    assert _code_post(http, HAMMERED, code, client="192.0.2.81") == 429, "the lock was lifted by others' failures"
     assert confirm.calls == []
+
+
+def test_made_up_references_lock_no_one_else_and_look_like_real_ones(
+    flooded: tuple[SyncClient, IdentityLinks, Confirmer, Guards],
+) -> None:
+    """A client typing a made-up reference sees what it would see for a real one (403 five times, then 429 with
+    the same Retry-After); the lock is that client's alone, and nobody else's answers are affected."""
+    http, identity, confirm, guards = flooded
+    made_up = "dsr-2026-05-ZZZZZZ"
+    real_code = identity.request_code(HAMMERED)
+    wrong = "000000" if real_code != "000000" else "111111"
+    for reference, client in ((made_up, "192.0.2.1"), (HAMMERED, "192.0.2.2")):
+        answers = [_code_post(http, reference, wrong, client=client) for _ in range(MAX_ATTEMPTS + 1)]
+        assert answers == [403] * MAX_ATTEMPTS + [429], (reference, answers)
+    # The made-up reference is locked only for the client that typed it...
+    assert _code_post(http, made_up, wrong, client="192.0.2.3") == 403
+    # ... and the real one for everyone: another client with the right code waits too.
+    assert _code_post(http, HAMMERED, real_code, client="192.0.2.3") == 429
+    assert _counted_requests(guards) == {HAMMERED} and confirm.calls == []
+
+
+def test_one_client_gets_a_bounded_number_of_wrong_answers_whatever_the_references(
+    flooded: tuple[SyncClient, IdentityLinks, Confirmer, Guards],
+) -> None:
+    http, identity, confirm, _ = flooded
+    attacker, honest = "198.51.100.7", "198.51.100.8"
+    answers = [_code_post(http, f"dsr-2026-05-Y{n:05d}", "000000", client=attacker)
+               for n in range(MAX_CLIENT_ATTEMPTS + 1)]
+    assert answers == [403] * MAX_CLIENT_ATTEMPTS + [429]
+    # Locked: even a real reference with its right code waits, for that client only.
+    assert _code_post(http, SURVIVOR, identity.request_code(SURVIVOR), client=attacker) == 429
+    assert _code_post(http, SURVIVOR, identity.request_code(SURVIVOR), client=honest) == 200
+    assert confirm.calls == [(SURVIVOR, "code")]

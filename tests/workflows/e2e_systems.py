@@ -37,6 +37,7 @@ from connectors.woocommerce import WooCommerceConnector
 from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
+from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks
 from dsr.model import AuditEvent, IdentityMethod, RequestInput
@@ -286,7 +287,7 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
         # The app takes only the scheme and path of its public URL (the port is known once it listens).
         app = intake_app(links=DownloadLinks(TEST_KEYRING, ttl=timedelta(days=settings.link_days)),
                          bundle_opener=bundle_opener(TEST_KEYRING, exports), audit=audit,
-                         public_url="http://127.0.0.1", clock=clock)
+                         public_url="http://127.0.0.1", clock=clock, guards=Guards(ledger.engine, TEST_KEYRING))
         intake = await serve_codec(app, port=0)
         # The download links in the replies point at this intake app: the test follows them as a subject would.
         settings = replace(settings, public_url=intake.url, task_queue=f"e2e-replies-{uuid.uuid4()}",

@@ -22,6 +22,7 @@ from connectors.woocommerce import WooCommerceConnector
 from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.crypto import data_converter
+from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.model import IdentityMethod, Outcome, RequestStatus, Stage
 from dsr.store.exports import ExportStore
@@ -233,7 +234,7 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
                             key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
 
     app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=bundle_opener(TEST_KEYRING, exports_of(settings)),
-                     audit=audit, public_url=settings.intake_url)
+                     audit=audit, public_url=settings.intake_url, guards=Guards(ledger.engine, TEST_KEYRING))
     intake = await serve_codec(app, port=0)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,

@@ -1,0 +1,361 @@
+"""Counters and guards every intake replica shares, in the ledger's database (SQLite or PostgreSQL).
+
+N intake replicas on N machines must allow exactly what one does, so nothing the intake counts lives in a
+process: each decision is one transaction that reads *and* records, on rows locked for that transaction
+(SQLite: the write transaction takes the database's write lock at ``BEGIN IMMEDIATE``, see
+:mod:`dsr.ledger`; PostgreSQL: ``INSERT ... ON CONFLICT DO NOTHING`` makes the row exist, ``SELECT ... FOR
+UPDATE`` locks it), so two replicas deciding at the same instant queue on the row, the second seeing what
+the first recorded.
+
+Tables (created on the ledger's engine if missing, like the ledger's own):
+
+``rate_limits``
+    Submissions per client address and per subject in a sliding window: the times of the last hits (at most
+    the limit). :meth:`Guards.hit` checks every window and records the hit in all of them in one step, or
+    records nothing and answers the seconds to wait (``Retry-After``).
+``attempt_limits``
+    Wrong answers on ``/verify`` and ``/exports``: ``max_attempts`` failures within ``lockout`` lock for
+    ``lockout``. Counted per request only for requests that exist (a reference the ledger knows; an
+    ``/exports`` token is signed, so its request exists); per client address for every wrong answer (at
+    most ``max_client_attempts`` per window); and, for a made-up reference, per client *and* reference, so
+    the one who typed it sees the same lock as for a real one while nobody else is affected. A flood of
+    made-up references therefore never locks a real request, nor anyone but the client sending them.
+``seen_signatures``
+    Webhook signatures accepted within the replay window: the second delivery of one is a replay.
+
+Keys are hashes (client addresses through the key ring's blind index, signatures through SHA-256) or
+request references (no personal data); never an address or an email in plaintext. Rows carry an
+``expires_at`` after which they mean nothing; each :class:`Guards` deletes a bounded batch of expired rows
+at most once a minute (:meth:`Guards.purge`), so the tables stay as small as the traffic of one window.
+
+Synchronous, like the ledger: the intake runs these calls in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Engine, String, Text, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel
+
+from dsr.ledger import UTCDateTime
+
+CLIENT_PURPOSE = "intake.client-address"
+PURGE_EVERY = timedelta(minutes=1)
+PURGE_BATCH = 500
+
+
+class Indexer(Protocol):
+    """A keyed hash (``dsr.crypto.KeyRing`` implements it)."""
+
+    def blind_index(self, value: str, *, purpose: str) -> str: ...
+
+
+# --- tables ------------------------------------------------------------------------------------------------
+
+
+class RateLimitRow(SQLModel, table=True):
+    """One rate-limited key (``address:<hash>`` or ``subject:<blind index>``) and its recent hits."""
+
+    __tablename__ = "rate_limits"
+
+    key: str = Field(primary_key=True, sa_type=String(200))
+    hits: str = Field(default="[]", sa_type=Text)  # JSON list of Unix times, oldest first
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class AttemptLimitRow(SQLModel, table=True):
+    """Wrong answers of one key: ``<scope>:ref:<request id>``, ``<scope>:client:<hash>`` or
+    ``<scope>:guess:<hash of client and reference>``."""
+
+    __tablename__ = "attempt_limits"
+
+    key: str = Field(primary_key=True, sa_type=String(200))
+    failures: int = 0
+    first_failed: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class SeenSignatureRow(SQLModel, table=True):
+    """A webhook signature already accepted (SHA-256 of it), until its replay window is over."""
+
+    __tablename__ = "seen_signatures"
+
+    key: str = Field(primary_key=True, sa_type=String(100))
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+_TABLES = [RateLimitRow.__table__, AttemptLimitRow.__table__, SeenSignatureRow.__table__]  # type: ignore[attr-defined]
+_Row = TypeVar("_Row", RateLimitRow, AttemptLimitRow)
+
+
+# --- values ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """At most ``limit`` hits of ``key`` per ``window``; ``scope`` names it in the refusal ("address")."""
+
+    scope: str
+    key: str
+    limit: int
+    window: timedelta
+
+
+@dataclass(frozen=True)
+class RateRefusal:
+    scope: str
+    retry_after: int  # whole seconds, at least 1
+
+
+@dataclass(frozen=True)
+class AttemptLimits:
+    """``max_attempts`` wrong answers per request within ``lockout`` lock it for ``lockout``; a client address
+    gets ``max_client_attempts`` wrong answers per ``lockout`` window, whatever the references."""
+
+    max_attempts: int = 5
+    lockout: timedelta = timedelta(minutes=15)
+    max_client_attempts: int = 30
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :meth:`Guards.judge` decided: ``locked`` (``wait`` left), ``right`` or ``wrong``."""
+
+    outcome: str
+    wait: timedelta | None = None
+
+    @property
+    def locked(self) -> bool:
+        return self.outcome == "locked"
+
+
+# --- the guards --------------------------------------------------------------------------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("guards need timezone-aware times")
+    return value.astimezone(UTC)
+
+
+class Guards:
+    """Rate limits, attempt counters and the replay guard, on the ledger's engine. Thread-safe."""
+
+    def __init__(self, engine: Engine, indexer: Indexer, *, purge_every: timedelta = PURGE_EVERY,
+                 purge_batch: int = PURGE_BATCH) -> None:
+        self._engine = engine
+        # On the ledger's SQLite engine this option makes writes BEGIN IMMEDIATE (see dsr.ledger).
+        self._write_engine = engine.execution_options(dsr_write=True)
+        self._indexer = indexer
+        self._purge_every = purge_every
+        self._purge_batch = purge_batch
+        self._purged_at: datetime | None = None
+        self._purge_lock = threading.Lock()
+        SQLModel.metadata.create_all(engine, tables=_TABLES)
+
+    # --- keys ----------------------------------------------------------------------------------------------
+
+    def client_key(self, address: str | None) -> str:
+        """A keyed hash of a client address (``-`` when unknown): never the address itself."""
+        return self._indexer.blind_index((address or "-").strip().lower(), purpose=CLIENT_PURPOSE)
+
+    # --- rate limits ---------------------------------------------------------------------------------------
+
+    def hit(self, windows: Sequence[RateWindow], now: datetime) -> RateRefusal | None:
+        """Check every window and record one hit in all of them, in one transaction; or, when one is full,
+        record nothing and answer the first full one (in the order given) with the seconds to wait."""
+        now = _utc(now)
+        moment = now.timestamp()
+        with self._session(write=True) as session:
+            rows = self._lock_rows(session, RateLimitRow, [w.key for w in windows], {"hits": "[]", "expires_at": now})
+            recent: dict[str, list[float]] = {}
+            for window in windows:
+                span = window.window.total_seconds()
+                hits = sorted(h for h in json.loads(rows[window.key].hits) if h > moment - span)
+                if len(hits) >= window.limit:
+                    # Replicas' clocks differ a little: a hit "from the future" never makes the wait exceed the window.
+                    wait = min(span, hits[len(hits) - window.limit] + span - moment)
+                    return RateRefusal(window.scope, max(1, math.ceil(wait)))
+                recent[window.key] = hits
+            for window in windows:
+                hits = sorted([*recent[window.key], moment])[-window.limit:]
+                row = rows[window.key]
+                row.hits = json.dumps(hits)
+                row.expires_at = now + window.window
+                session.add(row)
+        self._maybe_purge(now)
+        return None
+
+    # --- wrong answers -------------------------------------------------------------------------------------
+
+    def _attempt_keys(self, scope: str, reference: str, client: str | None, tracked: bool) -> tuple[str, str]:
+        client_hash = self.client_key(client)
+        if tracked:
+            subject = f"{scope}:ref:{reference}"
+        else:
+            guess = self._indexer.blind_index(f"{client_hash}\n{reference}", purpose=CLIENT_PURPOSE)
+            subject = f"{scope}:guess:{guess}"
+        return subject, f"{scope}:client:{client_hash}"
+
+    def wait(self, scope: str, reference: str, client: str | None, now: datetime, *, tracked: bool = True
+             ) -> timedelta | None:
+        """The time left on a lock of this reference or this client, or None. Reads only (a cheap early check:
+        :meth:`judge` decides)."""
+        now = _utc(now)
+        keys = self._attempt_keys(scope, reference, client, tracked)
+        with self._session(write=False) as session:
+            rows = session.scalars(select(AttemptLimitRow).where(AttemptLimitRow.key.in_(keys)))  # type: ignore[attr-defined]
+            return _longest([_left(row, now) for row in rows])
+
+    def judge(self, scope: str, reference: str, client: str | None, now: datetime, *, right: bool,
+              limits: AttemptLimits, tracked: bool = True) -> Verdict:
+        """Decide one answer, checked beforehand (``right``), in one transaction: ``locked`` if the reference or
+        the client is locked (nothing counted; even a right answer waits), else ``right`` (the reference's
+        count starts again) or ``wrong`` (counted for the reference and the client; the last allowed one
+        locks). ``tracked``: the reference exists (else it is counted per client and reference)."""
+        now = _utc(now)
+        subject_key, client_key = self._attempt_keys(scope, reference, client, tracked)
+        with self._session(write=True) as session:
+            rows = self._lock_rows(session, AttemptLimitRow, [subject_key, client_key],
+                                   {"failures": 0, "first_failed": None, "locked_until": None, "expires_at": now})
+            subject, by_client = rows[subject_key], rows[client_key]
+            for row in (subject, by_client):
+                if row.failures and _expired(row, now, limits.lockout):
+                    _reset(row, now)  # lock served, or no failure for a whole window: a fresh set of attempts
+                    session.add(row)
+            wait = _longest([_left(subject, now), _left(by_client, now)])
+            if wait is not None:
+                return Verdict("locked", wait)
+            if right:
+                _reset(subject, now)
+                session.add(subject)
+                return Verdict("right")
+            _fail(subject, now, limits.max_attempts, limits.lockout)
+            _fail(by_client, now, limits.max_client_attempts, limits.lockout)
+            session.add_all([subject, by_client])
+        self._maybe_purge(now)
+        return Verdict("wrong")
+
+    # --- replays -------------------------------------------------------------------------------------------
+
+    def first_delivery(self, signature: bytes, now: datetime, *, keep: timedelta) -> bool:
+        """True the first time ``signature`` is seen within ``keep``; False for a replay. One transaction."""
+        now = _utc(now)
+        key = hashlib.sha256(signature).hexdigest()
+        with self._session(write=True) as session:
+            session.execute(delete(SeenSignatureRow).where(
+                SeenSignatureRow.key == key, SeenSignatureRow.expires_at <= now))  # type: ignore[arg-type]
+            first = self._insert_if_missing(session, SeenSignatureRow, key, {"expires_at": now + keep})
+        self._maybe_purge(now)
+        return first
+
+    # --- expiry --------------------------------------------------------------------------------------------
+
+    def purge(self, now: datetime, *, batch: int | None = None) -> int:
+        """Delete up to ``batch`` expired rows of each table; the number deleted."""
+        now = _utc(now)
+        batch = batch or self._purge_batch
+        deleted = 0
+        for model in (RateLimitRow, AttemptLimitRow, SeenSignatureRow):
+            expired = (
+                select(model.key).where(model.expires_at < now).limit(batch)  # type: ignore[attr-defined]
+                .with_for_update(skip_locked=True)  # PostgreSQL: rows another replica holds are left for later
+            )
+            with self._session(write=True) as session:
+                result = session.execute(delete(model).where(
+                    model.key.in_(expired.scalar_subquery()),  # type: ignore[attr-defined]
+                    model.expires_at < now,  # again: a row renewed meanwhile is kept  # type: ignore[attr-defined]
+                ).execution_options(synchronize_session=False))
+                deleted += max(0, result.rowcount or 0)  # type: ignore[attr-defined]
+        return deleted
+
+    def _maybe_purge(self, now: datetime) -> None:
+        with self._purge_lock:
+            last = self._purged_at
+            if last is not None and last <= now < last + self._purge_every:
+                return
+            self._purged_at = now
+        self.purge(now)
+
+    # --- internals -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _session(self, *, write: bool) -> Iterator[Session]:
+        with Session(self._write_engine if write else self._engine) as session, session.begin():
+            yield session
+
+    def _insert_if_missing(self, session: Session, model: type[SQLModel], key: str, values: dict[str, Any]) -> bool:
+        """Insert ``key`` unless it exists (committed by another transaction included); True if inserted."""
+        table = model.__table__  # type: ignore[attr-defined]
+        dialect = self._engine.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            statement = (
+                insert(table).values(key=key, **values).on_conflict_do_nothing(index_elements=["key"])
+                .returning(table.c.key)  # psycopg reports no rowcount here: the returned row says it
+            )
+            return session.execute(statement).first() is not None
+        try:  # another database: a savepoint absorbs the duplicate key
+            with session.begin_nested():
+                session.execute(table.insert().values(key=key, **values))
+        except IntegrityError:
+            return False
+        return True
+
+    def _lock_rows(self, session: Session, model: type[_Row], keys: Sequence[str], new: dict[str, Any]
+                   ) -> dict[str, _Row]:
+        """The rows of ``keys``, created (with the values ``new``) if missing, and locked until the transaction
+        ends. Always in key order, so two transactions locking the same rows cannot deadlock."""
+        wanted = sorted(set(keys))
+        for key in wanted:
+            self._insert_if_missing(session, model, key, new)
+        statement = (
+            select(model).where(model.key.in_(wanted))  # type: ignore[attr-defined]
+            .order_by(model.key).with_for_update()  # type: ignore[attr-defined]
+        )
+        return {row.key: row for row in session.scalars(statement)}
+
+
+def _expired(row: AttemptLimitRow, now: datetime, lockout: timedelta) -> bool:
+    if row.locked_until is not None:
+        return now >= row.locked_until
+    return row.first_failed is None or now >= row.first_failed + lockout
+
+
+def _left(row: AttemptLimitRow, now: datetime) -> timedelta | None:
+    if row.locked_until is None or now >= row.locked_until:
+        return None
+    return row.locked_until - now
+
+
+def _longest(waits: Sequence[timedelta | None]) -> timedelta | None:
+    found = [w for w in waits if w is not None]
+    return max(found) if found else None
+
+
+def _reset(row: AttemptLimitRow, now: datetime) -> None:
+    row.failures, row.first_failed, row.locked_until, row.expires_at = 0, None, None, now
+
+
+def _fail(row: AttemptLimitRow, now: datetime, limit: int, lockout: timedelta) -> None:
+    if row.failures == 0 or row.first_failed is None:
+        row.failures, row.first_failed, row.locked_until = 0, now, None
+    row.failures += 1
+    row.expires_at = row.first_failed + lockout
+    if row.failures >= limit:
+        row.locked_until = now + lockout
+        row.expires_at = row.locked_until
