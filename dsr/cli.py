@@ -441,6 +441,81 @@ def history(request_id: RequestId, as_json: JsonOption = False) -> None:
                    + (f"  {details}" if details else ""))
 
 
+def _probe_storage(objects) -> None:
+    """Write, read and delete a probe object, and check that a conditional write of an existing key is refused:
+    attachments rely on it (``If-None-Match: *``) so that two mailbox pollers never overwrite each other's file."""
+    import uuid
+
+    from dsr.store import ObjectExists, StorageError
+
+    objects.check()
+    probe = f"setup/probe-{uuid.uuid4().hex}"
+    objects.put(probe, b"dsr setup probe", if_absent=True)
+    try:
+        try:
+            objects.put(probe, b"a second writer", if_absent=True)
+        except ObjectExists:
+            pass
+        else:
+            raise StorageError(f"{objects.url}: the storage ignores conditional writes (If-None-Match: *); use one "
+                               "that honours them (AWS S3, MinIO), or two mailbox pollers may overwrite a file")
+        if objects.get(probe) != b"dsr setup probe":
+            raise StorageError(f"{objects.url}: an object read back differs from what was written")
+    finally:
+        objects.delete(probe)
+
+
+@app.command()
+@run
+async def setup(as_json: JsonOption = False) -> None:
+    """Prepare a new deployment, once, from any machine (it is idempotent): the ledger's tables, Temporal's search
+    attributes, and a check that the object storage is reachable and writable."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from dsr import search_attributes as sa
+    from dsr.guards import Guards
+    from dsr.ledger import Ledger, LedgerUnavailableError
+    from dsr.store import StorageError, open_store
+    from dsr.temporal import register_search_attributes
+
+    settings, client = await _client()
+    from dsr.crypto import KeyRing
+
+    keyring = KeyRing.from_settings(settings)
+    done: dict[str, str] = {}
+    try:
+        ledger = Ledger(settings.database_url, keyring)
+    except (LedgerUnavailableError, ValueError) as err:
+        raise UserError(str(err)) from None
+    try:
+        Guards(ledger.engine, keyring)  # the intake's shared counters live beside the ledger
+        done["ledger"] = f"tables ready in {ledger.url.render_as_string(hide_password=True)}"
+    finally:
+        ledger.close()
+    names = ", ".join(key.name for key in sa.TEMPORAL_TYPE_NAMES)
+    try:
+        await register_search_attributes(client)
+    except RPCError as err:
+        if err.status != RPCStatusCode.PERMISSION_DENIED:
+            raise
+        # Temporal Cloud registers them in its UI or with tcld, not through the API a worker may call.
+        wanted = ", ".join(f"{key.name} ({kind})" for key, kind in sa.TEMPORAL_TYPE_NAMES.items())
+        raise UserError(f"Temporal refused to register the search attributes ({err.message}); create them in the "
+                        f"namespace's settings: {wanted}") from None
+    done["temporal"] = f"search attributes {names} registered in namespace {settings.temporal_namespace}"
+    objects = open_store(settings)
+    try:
+        await asyncio.to_thread(_probe_storage, objects)
+    except StorageError as err:
+        raise UserError(str(err)) from None
+    done["storage"] = f"{objects.url} reachable, writable, with conditional writes"
+    if as_json:
+        emit_json(done)
+        return
+    for part, what in done.items():
+        typer.echo(f"{part}: {what}")
+
+
 @app.command()
 def worker() -> None:
     """Run a worker against TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE (production)."""

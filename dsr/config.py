@@ -132,11 +132,42 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class TemporalTls:
+    """How workers and clients reach a Temporal cluster over TLS: a self-hosted cluster with a private CA, or
+    Temporal Cloud (mTLS with a client certificate, or an API key, which TLS always carries)."""
+
+    client_cert: Path | None = None  # PEM; with client_key: mutual TLS
+    client_key: Path | None = None
+    server_ca: Path | None = None  # PEM of a private CA; default: the system's roots
+    server_name: str | None = None  # the name the server's certificate carries, when not the address's host
+
+
+def _temporal_tls(env: Mapping[str, str]) -> TemporalTls | None:
+    paths: dict[str, Path | None] = {}
+    for name in ("TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_CA"):
+        raw = env.get(name, "").strip()
+        path = Path(raw).expanduser() if raw else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name} must name a readable PEM file, got {raw!r}")
+        paths[name] = path
+    if (paths["TEMPORAL_TLS_CERT"] is None) != (paths["TEMPORAL_TLS_KEY"] is None):
+        raise ConfigError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together (a client certificate and its key)")
+    server_name = env.get("TEMPORAL_TLS_SERVER_NAME", "").strip() or None
+    wanted = _bool(env, "TEMPORAL_TLS", False) or bool(env.get("TEMPORAL_API_KEY", "").strip()) or any(
+        paths.values()) or server_name is not None
+    if not wanted:
+        return None
+    return TemporalTls(client_cert=paths["TEMPORAL_TLS_CERT"], client_key=paths["TEMPORAL_TLS_KEY"],
+                       server_ca=paths["TEMPORAL_TLS_CA"], server_name=server_name)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
+    temporal_tls: TemporalTls | None = None  # None: plaintext (the local dev server, a cluster's private network)
     task_queue: str = TASK_QUEUE
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     smtp_configured: bool = False  # False: `dsr up` runs its own SMTP sink writing to DSR_HOME/outbox
@@ -285,6 +316,7 @@ class Settings:
             database_url=database_url,
             temporal_address=env.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
             temporal_namespace=env.get("TEMPORAL_NAMESPACE", "default"),
+            temporal_tls=_temporal_tls(env),
             task_queue=env.get("DSR_TASK_QUEUE", TASK_QUEUE),
             smtp=smtp,
             smtp_configured=bool(smtp_host),

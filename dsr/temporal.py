@@ -7,19 +7,37 @@ from collections.abc import Mapping
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from dsr import search_attributes as sa
-from dsr.config import Settings
+from dsr.config import Settings, TemporalTls
 from dsr.crypto import KeyRing, data_converter
 
 
 async def connect(settings: Settings, keyring: KeyRing) -> Client:
-    """A client whose payloads (inputs, results, summaries, failures) are encrypted with ``keyring``."""
+    """A client whose payloads (inputs, results, summaries, failures) are encrypted with ``keyring``.
+
+    Over TLS when the settings say so (``TEMPORAL_TLS*``), with Temporal Cloud's API key when one is set
+    (``TEMPORAL_API_KEY``, from the environment or ``secrets.env``).
+    """
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(keyring),
+        tls=tls_config(settings.temporal_tls),
+        api_key=settings.secret("TEMPORAL_API_KEY"),
+    )
+
+
+def tls_config(tls: TemporalTls | None) -> TLSConfig | bool:
+    """The SDK's TLS options from the settings; False: plaintext."""
+    if tls is None:
+        return False
+    return TLSConfig(
+        client_cert=tls.client_cert.read_bytes() if tls.client_cert else None,
+        client_private_key=tls.client_key.read_bytes() if tls.client_key else None,
+        server_root_ca_cert=tls.server_ca.read_bytes() if tls.server_ca else None,
+        domain=tls.server_name,
     )
 
 

@@ -30,12 +30,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
+
+from tests.harness import S3Server
 
 
 def _truthy(name: str) -> bool:
@@ -233,67 +234,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # --- object storage: a real S3 API over HTTP (moto's server, as a subprocess) ----------------------------
 
 
-@dataclass(frozen=True)
-class S3Server:
-    """moto's S3 server on 127.0.0.1 with one bucket; ``env`` is what a process needs to reach it."""
-
-    endpoint: str
-    bucket: str
-    env: dict[str, str]
-
-    def client(self):
-        import boto3
-
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name=self.env["AWS_REGION"],
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-        )
-
-    def raw_objects(self, prefix: str) -> dict[str, bytes]:
-        """Every object under ``prefix`` as the bucket holds it (what an intruder in the bucket would read)."""
-        client = self.client()
-        found = {}
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", ()):
-                found[item["Key"]] = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
-        return found
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server started for the session, listening on 127.0.0.1 on a free port, stopped at the end."""
-    from tests.harness import binary
-
-    port = _free_port()
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-    process = subprocess.Popen([binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT)
-    atexit.register(process.kill)
-    endpoint = f"http://127.0.0.1:{port}"
-    server = S3Server(endpoint, "dsr-test", {
-        "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "eu-west-3",
-        "AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret-key",
-    })
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                server.client().create_bucket(
-                    Bucket=server.bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"moto's S3 server did not start: {log.read()[-2000:].decode(errors='replace')}")
-                time.sleep(0.2)
+        server = S3Server()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    atexit.register(server.stop)
+    try:
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

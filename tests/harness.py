@@ -7,7 +7,10 @@ import email
 import email.policy
 import shutil
 import socket
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -182,3 +185,65 @@ async def keep_history(handle, name: str) -> None:
     history = await handle.fetch_history()
     target = Path(__file__).parent / "workflows" / "histories" / f"{name}.json"
     target.write_text(json.dumps({"workflow_id": handle.id, "history": json.loads(history.to_json())}, indent=1))
+
+
+class S3Server:
+    """moto's S3 server in a process of its own, over HTTP on 127.0.0.1, with one bucket; ``env`` is what a
+    process needs to reach it (the standard AWS variables). ``stop()`` ends it."""
+
+    REGION = "eu-west-3"
+
+    def __init__(self, bucket: str = "dsr-test") -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = bucket
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": self.REGION,
+            "AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+        }
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        self._process = subprocess.Popen([binary("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client().create_bucket(Bucket=bucket,
+                                            CreateBucketConfiguration={"LocationConstraint": self.REGION})
+                return
+            except Exception:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self._log.seek(0)
+                    output = self._log.read()[-2000:].decode(errors="replace")
+                    self.stop()
+                    raise RuntimeError(f"moto's S3 server did not start: {output}") from None
+                time.sleep(0.2)
+
+    def client(self):
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint, region_name=self.REGION,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under ``prefix``."""
+        found: list[str] = []
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            found += [item["Key"] for item in page.get("Contents", ())]
+        return found
+
+    def raw_objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object under ``prefix`` as the bucket holds it (what an intruder in the bucket would read)."""
+        client = self.client()
+        return {key: client.get_object(Bucket=self.bucket, Key=key)["Body"].read() for key in self.keys(prefix)}
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._log.close()

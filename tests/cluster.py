@@ -1,0 +1,202 @@
+"""A small cluster on one machine, for the multi-node test and bench/scale.py: the shared services (an S3 API
+over HTTP, the vendor sandboxes) and "machines" that share no disk, each running ``dsr worker`` and ``dsr intake``
+as processes of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from dsr.codec_server import RunningCodecServer, serve_codec
+from sandbox.faults import Faults
+from sandbox.hubspot import HubSpotState, hubspot_app
+from sandbox.stripe import LocalStripe, seed_customer
+from sandbox.woocommerce import WooState, woocommerce_app
+from tests.harness import MailSink, S3Server, free_port
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_PROFILE = (ROOT / "sandbox" / "demo_profile.toml").read_text(encoding="utf-8")
+HUBSPOT_TOKEN, WOO_KEY, WOO_SECRET, STRIPE_KEY = "pat-multinode", "ck_multinode", "cs_multinode", "sk_test_multinode"
+
+
+# --- the shared services -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Holding:
+    """What one person holds in the sandboxes, as seeded: (system, dataset) -> records."""
+
+    email: str
+    name: str
+    records: dict[tuple[str, str], int]
+
+
+@dataclass
+class Sandboxes:
+    hubspot: HubSpotState
+    woo: WooState
+    faults: Faults
+    servers: list[RunningCodecServer]
+    stripe: LocalStripe
+    people: dict[str, Holding] = field(default_factory=dict)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()
+        await asyncio.to_thread(self.stripe.stop)
+
+
+async def start_sandboxes() -> Sandboxes:
+    hubspot, woo, faults = HubSpotState(), WooState(), Faults()
+    servers = [
+        await serve_codec(hubspot_app(hubspot, token=HUBSPOT_TOKEN), port=0),
+        await serve_codec(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, faults=faults),
+                          port=0),
+    ]
+    stripe = LocalStripe(api_key=STRIPE_KEY)
+    await asyncio.to_thread(stripe.start)
+    return Sandboxes(hubspot, woo, faults, servers, stripe)
+
+
+async def seed_person(boxes: Sandboxes, email: str, name: str, *, notes: int, orders: int, charges: int) -> Holding:
+    first, last = name.split(" ", 1)
+    contact = boxes.hubspot.add_contact(email, firstname=first, lastname=last, city="Lyon")
+    for i in range(notes):
+        boxes.hubspot.add_note(contact, f"Call #{i + 1} about an order.")
+    customer = boxes.woo.add_customer(email, first, last, billing={"email": email, "first_name": first,
+                                                                     "last_name": last, "city": "Lyon"})
+    if orders:
+        boxes.woo.bulk_orders(customer["id"], orders)
+    await seed_customer(boxes.stripe.url, STRIPE_KEY, email=email, name=name, charges=charges)
+    holding = Holding(email, name, {
+        ("hubspot", "contact"): 1, ("hubspot", "notes"): notes,
+        ("woocommerce", "customer"): 1, ("woocommerce", "orders"): orders,
+        ("stripe", "customer"): 1, ("stripe", "charges"): charges,
+    })
+    boxes.people[email] = holding
+    return holding
+
+
+def connectors_toml(boxes: Sandboxes) -> str:
+    hubspot, woo = (server.url for server in boxes.servers)
+    return f"""[[connectors]]
+type = "hubspot"
+base_url = "{hubspot}"
+credentials = {{ token = "MN_HUBSPOT_TOKEN" }}
+rate_limit = {{ requests = 1000, per_seconds = 1 }}
+
+[[connectors]]
+type = "woocommerce"
+base_url = "{woo}"
+credentials = {{ consumer_key = "MN_WOO_KEY", consumer_secret = "MN_WOO_SECRET" }}
+rate_limit = {{ requests = 1000, per_seconds = 1 }}
+
+[[connectors]]
+type = "stripe"
+base_url = "{boxes.stripe.url}"
+credentials = {{ api_key = "MN_STRIPE_KEY" }}
+rate_limit = {{ requests = 1000, per_seconds = 1 }}
+"""
+
+
+# --- the machines -------------------------------------------------------------------------------------------
+
+
+class Machine:
+    """One machine: its own DSR_HOME (its own disk), a ``dsr worker`` and a ``dsr intake`` process."""
+
+    def __init__(self, name: str, root: Path, shared: dict[str, str], config: str) -> None:
+        self.name = name
+        self.home = root / name
+        self.home.mkdir(mode=0o700)
+        # The deployment's files, copied to each machine as configuration management would.
+        (self.home / "dsr.toml").write_text(config + "\n" + DEMO_PROFILE, encoding="utf-8")
+        self.intake_port = free_port()
+        self.env = {**os.environ, **shared, "DSR_HOME": str(self.home), "DSR_INTAKE_PORT": str(self.intake_port)}
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.intake: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.intake_port}"
+
+    def _spawn(self, verb: str) -> subprocess.Popen[bytes]:
+        log = (self.home / f"{verb}.log").open("ab")
+        return subprocess.Popen([str(BIN / "dsr"), verb], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start_worker(self) -> None:
+        self.worker = self._spawn("worker")
+
+    def start_intake(self) -> None:
+        self.intake = self._spawn("intake")
+
+    async def wait_for_intake(self) -> None:
+        async with httpx.AsyncClient(timeout=2) as http:
+            for _ in range(240):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{self.url}/health")).status_code == 200:
+                        return
+                if self.intake is not None and self.intake.poll() is not None:
+                    break
+                await asyncio.sleep(0.25)
+        raise AssertionError(f"intake on {self.name} did not start:\n{self.log('intake')}")
+
+    def log(self, verb: str) -> str:
+        path = self.home / f"{verb}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait()
+
+    def stop(self) -> None:
+        for process in (self.worker, self.intake):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def shared_environment(*, temporal: str, task_queue: str, keys: str, database_url: str, s3: S3Server,
+                       prefix: str, mail: MailSink, public_url: str) -> dict[str, str]:
+    """What every machine of the cluster is configured with: the services they share, and the keys."""
+    return {
+        "TEMPORAL_ADDRESS": temporal,
+        "DSR_TASK_QUEUE": task_queue,
+        "DSR_KEYS": keys,
+        "DSR_DATABASE_URL": database_url,
+        "DSR_STORAGE_URL": f"s3://{s3.bucket}/{prefix}",
+        **s3.env,
+        "DSR_SMTP_HOST": "127.0.0.1",
+        "DSR_SMTP_PORT": str(mail.port),
+        "DSR_MAIL_FROM": "privacy@example.com",
+        "DSR_OPERATOR_EMAIL": "dpo@example.com",
+        "DSR_PUBLIC_URL": public_url,
+        "DSR_IDENTITY_METHOD": "email",
+        "DSR_CONNECTOR_HEARTBEAT_SECONDS": "5",
+        "DSR_RATE_PER_CLIENT_HOUR": "1000",
+        "DSR_RATE_PER_SUBJECT_DAY": "50",
+        "MN_HUBSPOT_TOKEN": HUBSPOT_TOKEN, "MN_WOO_KEY": WOO_KEY, "MN_WOO_SECRET": WOO_SECRET,
+        "MN_STRIPE_KEY": STRIPE_KEY,
+    }
+
+
+def new_keys() -> str:
+    return f"k{uuid.uuid4().hex[:6]}:" + base64.b64encode(secrets.token_bytes(32)).decode()
