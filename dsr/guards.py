@@ -47,7 +47,7 @@ from sqlalchemy import Engine, String, Text, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel
 
-from dsr.ledger import UTCDateTime
+from dsr.ledger import UTCDateTime, create_tables
 
 CLIENT_PURPOSE = "intake.client-address"
 PURGE_EVERY = timedelta(minutes=1)
@@ -162,7 +162,7 @@ class Guards:
         self._purge_batch = purge_batch
         self._purged_at: datetime | None = None
         self._purge_lock = threading.Lock()
-        SQLModel.metadata.create_all(engine, tables=_TABLES)
+        create_tables(engine, _TABLES)
 
     # --- keys ----------------------------------------------------------------------------------------------
 

@@ -253,6 +253,26 @@ def _refuse_personal_data(event: AuditEvent, details: dict[str, str], subject: S
                 raise ValueError(f"{where} contains the subject's name in plaintext; refusing to log it")
 
 
+# --- schema --------------------------------------------------------------------------------------------
+
+SCHEMA_LOCK = 0x64737200
+"""PostgreSQL advisory lock taken while tables are created: machines starting together on a new database."""
+
+
+def create_tables(engine: Engine, tables: list[Any] | None = None) -> None:
+    """Create the missing tables (all of SQLModel's, or ``tables``), one process at a time.
+
+    Several workers and intake replicas may start at once on a new database: PostgreSQL would let two of them
+    create the same table and fail one on its catalogue's unique index, so creation holds an advisory lock (DDL
+    is transactional there: the second sees the first's tables once it gets the lock). SQLite: the ledger's
+    engine takes the write lock up front (``dsr_write``), which serialises creators the same way.
+    """
+    with engine.execution_options(dsr_write=True).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        SQLModel.metadata.create_all(connection, tables=tables)
+
+
 # --- the ledger ------------------------------------------------------------------------------------
 
 
@@ -282,7 +302,7 @@ class Ledger:
         self._write_engine = self._engine.execution_options(dsr_write=True)
         try:
             had_claims = inspect(self._engine).has_table(SubjectClaimRow.__tablename__)
-            SQLModel.metadata.create_all(self._engine)
+            create_tables(self._engine)
             if not had_claims:
                 with contextlib.suppress(IntegrityError):  # another process starting with us did it
                     self._claim_open_requests()

@@ -287,6 +287,10 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
 
         final = await until(all_closed, seconds=600, what="every request closed", logs=cluster.logs)
         assert {ref: s.outcome for ref, s in final.items()} == {ref: Outcome.FULFILLED for ref in references}
+        # Exactly one final reply each, whichever worker sent it (and through a worker's crash).
+        replies = [reference_in(str(m["Subject"])) for _, m in list(cluster.mail.messages) if re.match(
+            r"(Reply to your|Your data in a portable format|No data about you)", str(m["Subject"]).strip())]
+        assert sorted(replies) == sorted(references)  # type: ignore[type-var]
 
         # The copy was made before the erasure ran (one subject, one thing at a time, in order of receipt)...
         copied = {(p.connector, d.dataset): d.records for p in final[copy_ref].connectors if p.outcome

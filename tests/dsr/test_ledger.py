@@ -352,6 +352,27 @@ def test_two_ledgers_share_one_database(url: str, sealer: Sealer) -> None:
         assert len(worker.events("dsr-shared")) == len(cli.events("dsr-shared")) == 1 + 4 * per_side
 
 
+def test_machines_starting_together_on_a_new_database_all_open_it(url: str, sealer: Sealer) -> None:
+    """Workers and intake replicas of a new deployment start at once: each creates the missing tables, and none
+    fails on another's half-created catalogue (PostgreSQL's unique index on type names, SQLite's lock)."""
+    from dsr.guards import Guards
+    from intake.inbox import Inbox
+
+    starting = threading.Barrier(6)
+
+    def start() -> None:
+        starting.wait()
+        with Ledger(url, sealer) as ledger:
+            Guards(ledger.engine, sealer)
+            Inbox(ledger.engine, sealer)
+
+    with ThreadPoolExecutor(6) as pool:
+        for future in [pool.submit(start) for _ in range(6)]:
+            future.result()
+    with Ledger(url, sealer) as ledger:
+        assert ledger.record_request(record("dsr-2026-11-NEWDB1"), now=T0)
+
+
 # --- one open request per subject and kind ---------------------------------------------------------
 
 
