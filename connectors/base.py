@@ -188,12 +188,14 @@ class Connector(Protocol):
         ...
 
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
-        """Delete, anonymise or retain (with legal basis and date) every record (Art. 17). Idempotent:
-        erasing what is already erased reports ``already_gone``."""
+        """Delete, anonymise or retain (with legal basis and date) every record (Art. 17). Idempotent: run again
+        for the same request (its ``job.journal``) it reports what the earlier runs did, asking nothing twice;
+        what was erased before this request reports ``already_gone``."""
         ...
 
     async def rectify(self, job: OperationJob) -> ConnectorOutcome:
-        """Apply ``job.changes`` (canonical fields) to the system's own fields (Art. 16). Idempotent."""
+        """Apply ``job.changes`` (canonical fields) to the system's own fields (Art. 16). Idempotent: a retry
+        reports the fields earlier runs of the request changed (``job.journal``), not "unchanged"."""
         ...
 
     async def aclose(self) -> None:
