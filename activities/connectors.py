@@ -30,6 +30,7 @@ from dsr.model import (
     RequestKind,
 )
 from dsr.store.exports import ExportStore
+from dsr.store.journals import JournalStore
 
 PERMANENT_ERROR = "PermanentConnectorError"
 """Failure type the workflow's retry policy never retries: an operator must act first."""
@@ -38,8 +39,12 @@ PERMANENT_ERROR = "PermanentConnectorError"
 class ConnectorActivities:
     """Holds the configured connectors; the worker builds it once from configuration."""
 
-    def __init__(self, connectors: Iterable[Connector], exports: ExportStore) -> None:
+    def __init__(self, connectors: Iterable[Connector], exports: ExportStore,
+                 journals: JournalStore | None = None) -> None:
         self._exports = exports
+        # Erasure and rectification journals: on the same object store and key ring as the exports, so a
+        # retry on any worker reads what an earlier attempt did.
+        self._journals = journals or JournalStore(exports.objects, exports.sealer)
         self._connectors: dict[str, Connector] = {}
         for connector in connectors:
             if connector.name in self._connectors:
@@ -88,7 +93,8 @@ class ConnectorActivities:
 
 
     async def _run(self, connector: Connector, task: ConnectorTask, progress: _Progress) -> ConnectorOutcome:
-        operation = OperationJob(request_id=task.request_id, subject=task.subject, changes=dict(task.changes))
+        operation = OperationJob(request_id=task.request_id, subject=task.subject, changes=dict(task.changes),
+                                 journal=self._journals.journal(task.request_id, task.connector))
         match task.kind:
             case RequestKind.ACCESS | RequestKind.PORTABILITY:
                 return await connector.export(ExportJob(
@@ -100,9 +106,11 @@ class ConnectorActivities:
                     checkpoint=progress.checkpoint,
                 ))
             case RequestKind.ERASURE:
+                # The outcome merges every attempt (the journal), so it is the same however often this ran.
                 outcome = await connector.erase(operation)
                 # Verify: locate again; anything found that the report does not declare kept is a failure
-                # an operator must see, not a silent success.
+                # an operator must see, not a silent success. A failure here (a 429) leaves the journal:
+                # the retry reports what this attempt did.
                 remains = unexpected_remains(outcome, await connector.locate(task.subject))
                 if remains:
                     datasets = ", ".join(sorted({r.dataset for r in remains}))

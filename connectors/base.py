@@ -14,6 +14,7 @@ from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
 from dsr.model import CANONICAL_FIELDS, ConnectorOutcome, RecordReport, RequestKind, Subject
+from dsr.store.journals import Journal, JournalEntry, JournalState
 
 
 class ConnectorError(Exception):
@@ -138,11 +139,21 @@ def _same_day(day: date, year: int) -> date:
 
 @dataclass
 class OperationJob:
-    """Input of erase and rectify: who, for which request (idempotency keys derive from it)."""
+    """Input of erase and rectify: who, for which request (idempotency keys derive from it).
+
+    ``journal`` remembers, across attempts and machines, what this request already did in the system:
+    a connector writes an intent (:meth:`Journal.intend`) before each mutating call and the line the reply
+    will show (:meth:`Journal.record`) once the vendor confirmed it, then starts every attempt from
+    :meth:`Journal.state`: what is done is not redone and is reported as done by this request; an intent
+    whose record is gone now is done too (the vendor acted, its answer was lost). "Already gone" is left
+    for records gone before this request. The activity gives a journal on the object store; the default
+    lives in memory (a connector called outside an activity).
+    """
 
     request_id: str
     subject: Subject
     changes: dict[str, str] = field(default_factory=dict)  # rectification, canonical fields below
+    journal: Journal = field(default_factory=Journal)
 
 
 @dataclass
@@ -177,12 +188,14 @@ class Connector(Protocol):
         ...
 
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
-        """Delete, anonymise or retain (with legal basis and date) every record (Art. 17). Idempotent:
-        erasing what is already erased reports ``already_gone``."""
+        """Delete, anonymise or retain (with legal basis and date) every record (Art. 17). Idempotent: run again
+        for the same request (its ``job.journal``) it reports what the earlier runs did, asking nothing twice;
+        what was erased before this request reports ``already_gone``."""
         ...
 
     async def rectify(self, job: OperationJob) -> ConnectorOutcome:
-        """Apply ``job.changes`` (canonical fields) to the system's own fields (Art. 16). Idempotent."""
+        """Apply ``job.changes`` (canonical fields) to the system's own fields (Art. 16). Idempotent: a retry
+        reports the fields earlier runs of the request changed (``job.journal``), not "unchanged"."""
         ...
 
     async def aclose(self) -> None:
@@ -197,6 +210,14 @@ def unexpected_remains(outcome: ConnectorOutcome, found_again: list[Located]) ->
     return [loc for loc in found_again if (loc.dataset, loc.record_id) not in kept]
 
 
+def tally(report: list[RecordReport]) -> dict[str, int]:
+    """Lines per action, the outcome's ``counts``."""
+    counts: dict[str, int] = {}
+    for line in report:
+        counts[line.action.value] = counts.get(line.action.value, 0) + 1
+    return counts
+
+
 __all__ = [
     "CANONICAL_FIELDS",
     "Connector",
@@ -204,11 +225,15 @@ __all__ = [
     "DatasetWriter",
     "ExportJob",
     "ExportSink",
+    "Journal",
+    "JournalEntry",
+    "JournalState",
     "Located",
     "OperationJob",
     "PermanentConnectorError",
     "RecordReport",
     "RetentionRule",
     "TransientConnectorError",
+    "tally",
     "unexpected_remains",
 ]

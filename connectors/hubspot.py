@@ -25,10 +25,13 @@ from connectors.base import (
     CANONICAL_FIELDS,
     DatasetWriter,
     ExportJob,
+    JournalEntry,
+    JournalState,
     Located,
     OperationJob,
     PermanentConnectorError,
     RetentionRule,
+    tally,
 )
 from connectors.http import RateLimiter, send
 from dsr.model import (
@@ -359,9 +362,13 @@ class HubSpotConnector:
     # --- erase ---------------------------------------------------------------------------------------
 
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
-        contacts = await self._contacts(job.subject.email)
-        outcome = ConnectorOutcome(connector=self.name, found=len(contacts))
-        if not contacts:
+        journal = await job.journal.state()
+        found_now = {str(c["id"]): c for c in await self._contacts(job.subject.email)}
+        # Contacts this request already erased (an earlier attempt) are no longer found: the journal has them.
+        ids = _by_id({*found_now, *(e.line.record_id for e in journal.done_in(CONTACT)),
+                      *(e.line.record_id for e in journal.pending_in(CONTACT))})
+        outcome = ConnectorOutcome(connector=self.name, found=len(ids))
+        if not ids:
             outcome.report.append(RecordReport(
                 CONTACT, "", RecordAction.ALREADY_GONE,
                 note="no HubSpot contact matches the subject: already erased, or never present",
@@ -369,27 +376,39 @@ class HubSpotConnector:
             outcome.counts = {"already_gone": 1}
             return outcome
         rule = self.retention.get(CONTACT)
-        counts: dict[str, int] = {}
-        for contact in contacts:
-            contact_id = str(contact["id"])
-            if rule is not None:
-                created = _created_on(contact.get("createdAt")) or date.today()
-                report = RecordReport(CONTACT, contact_id, RecordAction.RETAINED, legal_basis=rule.legal_basis,
-                                      retained_until=rule.until(created))
-            else:
-                response = await self._call("POST", "/crm/v3/objects/contacts/gdpr-delete",
-                                            json={"objectId": contact_id}, allow=(404,))
-                if response.status_code == 404:
-                    report = RecordReport(CONTACT, contact_id, RecordAction.ALREADY_GONE,
-                                          note="deleted before this erasure reached it")
-                else:
-                    report = RecordReport(CONTACT, contact_id, RecordAction.DELETED, note=PURGE_NOTE)
-            outcome.report.append(report)
-            counts[report.action.value] = counts.get(report.action.value, 0) + 1
-        outcome.counts = counts
-        if counts.get("deleted"):
+        for contact_id in ids:
+            outcome.report.append(await self._erase_contact(job, journal, contact_id, found_now.get(contact_id), rule))
+        outcome.counts = tally(outcome.report)
+        if outcome.counts.get("deleted"):
             outcome.notes.append(PURGE_NOTE + "; the address is blocklisted from tracking")
         return outcome
+
+    async def _erase_contact(self, job: OperationJob, journal: JournalState, contact_id: str,
+                             contact: Mapping[str, Any] | None, rule: RetentionRule | None) -> RecordReport:
+        done = journal.done.get((CONTACT, contact_id))
+        if done is not None:  # an earlier attempt of this request did it: not redone
+            return done.line
+        intent = journal.pending.get((CONTACT, contact_id))
+        if contact is None and intent is not None:
+            # Asked to delete by an earlier attempt whose answer never came, and gone now: deleted by us.
+            await job.journal.record([intent])
+            return intent.line
+        if rule is not None:
+            created = _created_on((contact or {}).get("createdAt")) or date.today()
+            report = RecordReport(CONTACT, contact_id, RecordAction.RETAINED, legal_basis=rule.legal_basis,
+                                  retained_until=rule.until(created))
+            await job.journal.record([JournalEntry(report, created=created)])
+            return report
+        report = RecordReport(CONTACT, contact_id, RecordAction.DELETED, note=PURGE_NOTE)
+        await job.journal.intend([JournalEntry(report)])
+        response = await self._call("POST", "/crm/v3/objects/contacts/gdpr-delete",
+                                    json={"objectId": contact_id}, allow=(404,))
+        if response.status_code == 404 and intent is None:
+            report = RecordReport(CONTACT, contact_id, RecordAction.ALREADY_GONE,
+                                  note="deleted before this erasure reached it")
+        # (404 after an earlier attempt's intent: that attempt's call took effect, HubSpot's search lagging.)
+        await job.journal.record([JournalEntry(report)])
+        return report
 
     # --- rectify -------------------------------------------------------------------------------------
 
@@ -399,36 +418,53 @@ class HubSpotConnector:
             raise PermanentConnectorError(f"{self.name}: cannot rectify unknown field(s) {', '.join(unknown)}")
         wanted = {FIELD_MAP[f]: (v or "").strip() for f, v in job.changes.items() if f in FIELD_MAP}
         unmapped = sorted(f for f in job.changes if f not in FIELD_MAP)
+        journal = await job.journal.state()
         # After an email change the subject's old address no longer finds the contact: a repeated
-        # rectification looks under the new one too, so it reports "unchanged" instead of nothing.
+        # rectification looks under the new one too, and the journal names what earlier attempts changed.
         emails = [job.subject.email] + ([job.changes["email"]] if job.changes.get("email") else [])
-        contacts = await self._contacts(*emails)
-        outcome = ConnectorOutcome(connector=self.name, found=len(contacts))
+        ids = _by_id({*(str(c["id"]) for c in await self._contacts(*emails)),
+                      *(e.line.record_id for e in journal.done_in(CONTACT)),
+                      *(e.line.record_id for e in journal.pending_in(CONTACT))})
+        outcome = ConnectorOutcome(connector=self.name, found=len(ids))
         if unmapped:
             outcome.notes.append(f"no HubSpot contact property for: {', '.join(unmapped)} (not applied)")
-        if not contacts:
+        if not ids:
             outcome.notes.append("no HubSpot contact matches the subject: nothing to rectify")
             return outcome
         reverse = {prop: canonical for canonical, prop in FIELD_MAP.items()}
-        counts: dict[str, int] = {}
-        for contact in contacts:
-            contact_id = str(contact["id"])
+        for contact_id in ids:
+            done = journal.done.get((CONTACT, contact_id))
+            if done is not None:
+                outcome.report.append(done.line)
+                continue
             response = await self._call("GET", f"/crm/v3/objects/contacts/{contact_id}",
                                         params={"properties": ",".join(sorted(wanted))}, allow=(404,))
             if response.status_code == 404:
                 continue
             current = self._json(response).get("properties") or {}
             diff = {prop: value for prop, value in wanted.items() if not _same(prop, current.get(prop), value)}
+            intent = journal.pending.get((CONTACT, contact_id))
             if diff:
-                await self._call("PATCH", f"/crm/v3/objects/contacts/{contact_id}", json={"properties": diff})
                 report = RecordReport(CONTACT, contact_id, RecordAction.CHANGED,
                                       fields=sorted(reverse[p] for p in diff))
+                if intent is not None:  # an earlier attempt changed some of it: report what it set out to change
+                    report.fields = sorted({*report.fields, *intent.line.fields})
+                await job.journal.intend([JournalEntry(report)])
+                await self._call("PATCH", f"/crm/v3/objects/contacts/{contact_id}", json={"properties": diff})
+                await job.journal.record([JournalEntry(report)])
+            elif intent is not None:  # the earlier attempt's PATCH took effect, its answer was lost
+                report = intent.line
+                await job.journal.record([intent])
             else:
                 report = RecordReport(CONTACT, contact_id, RecordAction.UNCHANGED, note="already up to date")
             outcome.report.append(report)
-            counts[report.action.value] = counts.get(report.action.value, 0) + 1
-        outcome.counts = counts
+        outcome.counts = tally(outcome.report)
         return outcome
+
+
+def _by_id(ids: set[str]) -> list[str]:
+    """HubSpot ids in numeric order (the order contacts are searched and reported in)."""
+    return sorted(ids, key=lambda i: (len(i), i))
 
 
 def _same(prop: str, current: Any, wanted: str) -> bool:

@@ -42,10 +42,12 @@ reported ``retained`` under the configured :class:`RetentionRule` (legal basis, 
 or ``residual`` where no rule covers them. Checkout Sessions and cancelled subscriptions cannot be
 deleted through the API either: ``retained`` when a rule names them, ``residual`` otherwise. The
 deletion carries the idempotency key ``<request id>:erase:<customer id>``. A customer that answers 404
-(``localstripe`` after a deletion) is already gone; a retrieved customer with ``deleted: true`` (real
-Stripe) is skipped. Records are listed *before* the deletion (localstripe refuses to list by a deleted
-customer), so an attempt that dies after deleting is retried as "already gone" without the retained
-list — which the earlier attempt computed but could not return. Verifying locates again: only
+(``localstripe`` after a deletion) is already gone, unless the request's journal shows an earlier attempt
+asked for its deletion (then that call took effect and its answer was lost); a retrieved customer with
+``deleted: true`` (real Stripe) is skipped. Records are listed *before* the deletion (localstripe refuses
+to list by a deleted customer) and their lines journaled before the call, so an attempt that dies after
+deleting is retried with the customer reported deleted and its payments retained, from the journal, and
+nothing is asked twice. Verifying locates again: only
 customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
 successful erasure leaves nothing unexpected.
 
@@ -69,7 +71,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -82,11 +84,13 @@ from connectors.base import (
     ConnectorError,
     DatasetWriter,
     ExportJob,
+    JournalEntry,
     Located,
     OperationJob,
     PermanentConnectorError,
     RetentionRule,
     TransientConnectorError,
+    tally,
 )
 from connectors.http import RateLimiter
 from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
@@ -559,54 +563,82 @@ class StripeConnector:
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
         notes: list[str] = []
         email = job.subject.email
-        customers = await self._find_customers(email, notes)
-        report: list[RecordReport] = []
+        journal = await job.journal.state()
+        found_now = await self._find_customers(email, notes)
+        # The report merges every attempt: what earlier ones did comes from the journal (a deleted customer
+        # is no longer found, and its payments can no longer be listed by customer), the rest from this one.
+        lines: dict[tuple[str, str], RecordReport] = {key: e.line for key, e in journal.done.items()}
+        known = [rid for dataset, rid in journal.seen if dataset == "customer"]
+        customers = known + [cid for cid in found_now if cid not in known]
         for cid in customers:
-            # Listed first: once the customer is deleted its records can no longer be listed by customer
-            # on every server (localstripe answers 404).
-            payments = {d: await self._all(_Step(d, customer=cid), email, customers, notes)
-                        for d in ("charges", "invoices", "payment_intents")}
-            if PI_LIST in self._unsupported:  # the server cannot list them: those the charges name
-                payments["payment_intents"] = list({
-                    c["payment_intent"]: {"id": c["payment_intent"], "created": c.get("created")}
-                    for c in payments["charges"] if c.get("payment_intent")}.values())
-            for dataset, records in payments.items():
-                report += [self._kept(dataset, r, "Stripe keeps payment records; not deletable via API")
-                           for r in records]
-            for record in await self._all(_Step("checkout_sessions", customer=cid), email, customers, notes):
-                report.append(self._kept("checkout_sessions", record,
-                                         "Checkout Sessions cannot be deleted through the Stripe API"))
-            for record in await self._all(_Step("subscriptions", customer=cid), email, customers, notes):
-                report.append(self._kept("subscriptions", record,
-                                         "cancelled with the customer; the cancelled record stays in Stripe"))
-            methods = await self._all(_Step("payment_methods", customer=cid), email, customers, notes)
-            report.append(await self._delete_customer(job, cid))
-            gone = report[-1].action == RecordAction.ALREADY_GONE
-            report += [RecordReport("payment_methods", str(m["id"]),
-                                    RecordAction.ALREADY_GONE if gone else RecordAction.DELETED,
-                                    note="removed with the customer") for m in methods]
+            if journal.is_done("customer", cid):
+                continue
+            intent = journal.pending.get(("customer", cid))
+            if intent is not None and cid not in found_now:
+                # An earlier attempt asked for the deletion, its answer never came, and the customer is gone.
+                took_effect = [e for e in journal.pending.values() if e is intent or e.parent == cid]
+                await job.journal.record(took_effect)
+                lines.update((e.key, e.line) for e in took_effect)
+                continue
+            if cid not in found_now:
+                continue  # journaled as kept, never asked to delete, and no longer found: nothing more to do
+            for entry in await self._erase_customer(job, cid, email, customers, notes, asked_before=intent):
+                lines[entry.key] = entry.line
         for session in await self._guest_sessions(email, customers, notes):
-            report.append(self._kept("checkout_sessions", session,
-                                     "guest Checkout Session: cannot be deleted through the Stripe API"))
+            line = self._kept("checkout_sessions", session,
+                              "guest Checkout Session: cannot be deleted through the Stripe API")
+            lines[(line.dataset, line.record_id)] = line
+        report = list(lines.values())
         if not customers:
             report.append(RecordReport("customer", "-", RecordAction.ALREADY_GONE,
                                        note="no customer with this email address (already erased or never created)"))
-        counts: dict[str, int] = {}
-        for line in report:
-            counts[line.action.value] = counts.get(line.action.value, 0) + 1
         found = sum(1 for line in report if line.record_id != "-")
-        return ConnectorOutcome(connector=self.name, found=found, counts=counts, notes=notes, report=report)
+        return ConnectorOutcome(connector=self.name, found=found, counts=tally(report), notes=notes, report=report)
 
-    async def _delete_customer(self, job: OperationJob, cid: str) -> RecordReport:
+    async def _erase_customer(self, job: OperationJob, cid: str, email: str, customers: Sequence[str],
+                              notes: list[str], *, asked_before: JournalEntry | None) -> list[JournalEntry]:
+        """One customer: its payments reported kept (journaled before the deletion, after which they can no
+        longer be listed by customer), then the deletion, its intent journaled before the call."""
+        payments = {d: await self._all(_Step(d, customer=cid), email, customers, notes)
+                    for d in ("charges", "invoices", "payment_intents")}
+        if PI_LIST in self._unsupported:  # the server cannot list them: those the charges name
+            payments["payment_intents"] = list({
+                c["payment_intent"]: {"id": c["payment_intent"], "created": c.get("created")}
+                for c in payments["charges"] if c.get("payment_intent")}.values())
+        kept: list[RecordReport] = []
+        for dataset, records in payments.items():
+            kept += [self._kept(dataset, r, "Stripe keeps payment records; not deletable via API") for r in records]
+        for record in await self._all(_Step("checkout_sessions", customer=cid), email, customers, notes):
+            kept.append(self._kept("checkout_sessions", record,
+                                   "Checkout Sessions cannot be deleted through the Stripe API"))
+        for record in await self._all(_Step("subscriptions", customer=cid), email, customers, notes):
+            kept.append(self._kept("subscriptions", record,
+                                   "cancelled with the customer; the cancelled record stays in Stripe"))
+        methods = await self._all(_Step("payment_methods", customer=cid), email, customers, notes)
+        entries = [JournalEntry(line, parent=cid) for line in kept]
+        await job.journal.record(entries)
+        deleted = RecordReport("customer", cid, RecordAction.DELETED,
+                               note="subscriptions cancelled and payment methods removed by Stripe")
+        removed = [RecordReport("payment_methods", str(m["id"]), RecordAction.DELETED, note="removed with the customer")
+                   for m in methods]
+        await job.journal.intend([JournalEntry(deleted), *(JournalEntry(m, parent=cid) for m in removed)])
+        if not await self._delete_customer(job, cid) and asked_before is None:
+            deleted = RecordReport("customer", cid, RecordAction.ALREADY_GONE)
+            removed = [replace(m, action=RecordAction.ALREADY_GONE) for m in removed]
+        done = [JournalEntry(deleted), *(JournalEntry(m, parent=cid) for m in removed)]
+        await job.journal.record(done)
+        return entries + done
+
+    async def _delete_customer(self, job: OperationJob, cid: str) -> bool:
+        """Delete the customer (idempotency key ``<request>:erase:<customer>``); False if it was not there."""
         key = self._key(job, "erase", cid)
         result = await self._call_or_missing(
             lambda: self._request("delete", f"/v1/customers/{cid}", idempotency_key=key))
         if result is None:  # localstripe after a deletion; real Stripe: deleted by someone else since
-            return RecordReport("customer", cid, RecordAction.ALREADY_GONE)
+            return False
         if not result.get("deleted"):
             raise PermanentConnectorError(f"{self.name}: customer deletion was not confirmed")
-        return RecordReport("customer", cid, RecordAction.DELETED,
-                            note="subscriptions cancelled and payment methods removed by Stripe")
+        return True
 
     # --- rectification ---------------------------------------------------------------------------
 
@@ -615,30 +647,43 @@ class StripeConnector:
         if unknown:
             raise PermanentConnectorError(f"{self.name}: cannot rectify unknown field(s) {', '.join(unknown)}")
         notes: list[str] = []
+        journal = await job.journal.state()
         customers = await self._find_customers(job.subject.email, notes)
         new_email = job.changes.get("email")
         if new_email and new_email.lower() != job.subject.email.lower():
             # A retry after the email itself was changed finds the customer under the new address.
             customers += [c for c in await self._find_customers(new_email, notes) if c not in customers]
+        known = [rid for dataset, rid in journal.seen if dataset == "customer"]
+        customers = known + [c for c in customers if c not in known]
         report: list[RecordReport] = []
         for cid in customers:
+            done = journal.done.get(("customer", cid))
+            if done is not None:  # changed by an earlier attempt of this request
+                report.append(done.line)
+                continue
             customer = await self._call_or_missing(lambda c=cid: self._request("get", f"/v1/customers/{c}"))
             if customer is None or customer.get("deleted"):
                 continue
             payload, fields = _rectification(customer, job.changes)
-            if not payload:
-                report.append(RecordReport("customer", cid, RecordAction.UNCHANGED))
-                continue
-            key = self._key(job, "rectify", cid, payload)
-            await self._call(lambda c=cid, p=payload, k=key: self._request("post", f"/v1/customers/{c}", p,
-                                                                            idempotency_key=k))
-            report.append(RecordReport("customer", cid, RecordAction.CHANGED, fields=fields))
+            intent = journal.pending.get(("customer", cid))
+            if payload:
+                line = RecordReport("customer", cid, RecordAction.CHANGED,
+                                    fields=list(dict.fromkeys([*(intent.line.fields if intent else []), *fields])))
+                await job.journal.intend([JournalEntry(line)])
+                key = self._key(job, "rectify", cid, payload)
+                await self._call(lambda c=cid, p=payload, k=key: self._request("post", f"/v1/customers/{c}", p,
+                                                                                idempotency_key=k))
+                await job.journal.record([JournalEntry(line)])
+            elif intent is not None:  # the earlier attempt's update took effect, its answer was lost
+                line = intent.line
+                await job.journal.record([intent])
+            else:
+                line = RecordReport("customer", cid, RecordAction.UNCHANGED)
+            report.append(line)
         if not customers:
             notes.append("no customer with this email address")
-        counts: dict[str, int] = {}
-        for line in report:
-            counts[line.action.value] = counts.get(line.action.value, 0) + 1
-        return ConnectorOutcome(connector=self.name, found=len(report), counts=counts, notes=notes, report=report)
+        return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,
+                                report=report)
 
     async def aclose(self) -> None:
         await self._http.close_async()

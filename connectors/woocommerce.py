@@ -34,10 +34,13 @@ from connectors.base import (
     FINANCIAL_YEAR_END,
     DatasetWriter,
     ExportJob,
+    JournalEntry,
+    JournalState,
     Located,
     OperationJob,
     PermanentConnectorError,
     RetentionRule,
+    tally,
 )
 from connectors.http import RateLimiter, send
 from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
@@ -70,6 +73,7 @@ _ADDRESS_KEY = {
     "state": "state", "country": "country",
 }
 _TOP_LEVEL = ("first_name", "last_name", "email")
+ALREADY_ANONYMISED = "already anonymised"
 
 DEFAULT_RETENTION = (
     RetentionRule("orders", "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)", 10,
@@ -392,7 +396,7 @@ class WooCommerceConnector:
         if len(done) <= self._itemise_up_to:
             return [RecordReport("orders", str(order_id), RecordAction.ANONYMISED, legal_basis=rule.legal_basis,
                                  retained_until=rule.until(created) if created else None,
-                                 note="already anonymised" if before else "")
+                                 note=ALREADY_ANONYMISED if before else "")
                     for order_id, created, before in done]
         months: dict[str, list[tuple[int, date | None, bool]]] = {}
         for item in done:
@@ -414,64 +418,109 @@ class WooCommerceConnector:
         return [RecordReport("orders", "*", RecordAction.DELETED, note=f"{len(order_ids)} order(s)")]
 
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        journal = await job.journal.state()
         customers = await self._find_customers(job.subject.email)
         orders = await self._subject_orders(customers, job.subject.email)
         rule = self._rule("orders")
-        report: list[RecordReport] = []
-        counts: dict[str, int] = {}
-        notes: list[str] = []
-
-        def count(action: RecordAction) -> None:
-            counts[action.value] = counts.get(action.value, 0) + 1
+        # Every order's final entry, by id: first what earlier attempts of this request did (an order they
+        # anonymised is no longer found by its email), then what this attempt does.
+        done: dict[int, JournalEntry] = {int(e.line.record_id): e for e in journal.done_in("orders")}
+        by_id = {o["id"]: o for o in orders}
+        took_effect = [e for e in journal.pending_in("orders") if int(e.line.record_id) not in done and (
+            (order := by_id.get(int(e.line.record_id))) is None or (rule is not None and _is_anonymised(order)))]
+        if took_effect:  # asked by an earlier attempt whose answer never came, and done now: done by us
+            await job.journal.record(took_effect)
+            done.update((int(e.line.record_id), e) for e in took_effect)
+        asked_before = {int(e.line.record_id) for e in journal.pending_in("orders")}
 
         blank = {"billing": dict.fromkeys(BILLING_FIELDS, ""), "shipping": dict.fromkeys(SHIPPING_FIELDS, ""),
                  "customer_note": ""}
-        done: list[tuple[int, date | None, bool]] = []  # (order id, created, already anonymised before)
+        todo = [o for o in orders if o["id"] not in done]
         # Orders first: while the account exists, a retried erasure still finds them through it.
-        # In batches of 100 (POST /orders/batch): one call per 100 orders instead of one each.
-        for start in range(0, len(orders), BATCH_SIZE):
-            chunk = orders[start:start + BATCH_SIZE]
-            pending: set[int] = set()  # orders this attempt changes (not anonymised by an earlier one)
+        # In batches of 100 (POST /orders/batch): one call per 100 orders instead of one each; the batch's
+        # intent is journaled before the call and its lines right after the shop confirmed it.
+        for start in range(0, len(todo), BATCH_SIZE):
+            chunk = todo[start:start + BATCH_SIZE]
+            entries = {o["id"]: self._order_entry(o, rule) for o in chunk}
             if rule is None:  # no retention configured for orders: they go
-                gone = await self._batch("delete", [o["id"] for o in chunk])
-            else:
-                pending = {o["id"] for o in chunk if not _is_anonymised(o)}
+                changing = [o["id"] for o in chunk]
+                await job.journal.intend(entries[i] for i in changing)
+                gone = await self._batch("delete", changing)
+            else:  # orders anonymised before this request are reported, not changed again
+                changing = [o["id"] for o in chunk if not _is_anonymised(o)]
+                await job.journal.intend(entries[i] for i in changing)
                 tag = [{"key": ERASURE_META_KEY, "value": job.request_id}]
-                updates = [{"id": o["id"], **blank, "meta_data": tag} for o in chunk if o["id"] in pending]
-                gone = await self._batch("update", updates) if updates else set()
-            for order in chunk:
-                if order["id"] in gone:
-                    report.append(RecordReport("orders", str(order["id"]), RecordAction.ALREADY_GONE))
-                    count(RecordAction.ALREADY_GONE)
-                else:
-                    done.append((order["id"], _order_date(order), rule is not None and order["id"] not in pending))
+                gone = await self._batch("update", [{"id": i, **blank, "meta_data": tag} for i in changing]
+                                         ) if changing else set()
+            for order_id in gone - asked_before:  # gone before this request reached it
+                entries[order_id] = JournalEntry(RecordReport("orders", str(order_id), RecordAction.ALREADY_GONE))
+            await job.journal.record(entries.values())
+            done.update(entries)
+
+        entries_by_id = [done[i] for i in sorted(done)]
+        report = [e.line for e in entries_by_id if e.line.action == RecordAction.ALREADY_GONE]
+        kept = [e for e in entries_by_id if e.line.action != RecordAction.ALREADY_GONE]
+        notes: list[str] = []
+        residual = 0
         if rule is None:
-            report.extend(self._deleted_lines([order_id for order_id, _, _ in done]))
-            if done:
-                counts[RecordAction.DELETED.value] = len(done)
-        elif done:
-            report.extend(self._anonymised_lines(done, rule))
-            already = sum(1 for *_, before in done if before)
-            counts[RecordAction.ANONYMISED.value] = len(done)
-            notes.append(f"{len(done)} order(s) kept anonymised as accounting records ({rule.legal_basis})"
+            report.extend(self._deleted_lines([int(e.line.record_id) for e in kept]))
+        elif kept:
+            items = [(int(e.line.record_id), e.created, e.line.note == ALREADY_ANONYMISED) for e in kept]
+            report.extend(self._anonymised_lines(items, rule))
+            already = sum(1 for *_, before in items if before)
+            notes.append(f"{len(kept)} order(s) kept anonymised as accounting records ({rule.legal_basis})"
                          + (f"; {already} already anonymised earlier" if already else ""))
             report.append(RecordReport("orders", "*", RecordAction.RESIDUAL, fields=list(RESIDUAL_FIELDS),
-                                       note=f"{len(done)} anonymised order(s): {RESIDUAL_NOTE}"))
-            count(RecordAction.RESIDUAL)
+                                       note=f"{len(kept)} anonymised order(s): {RESIDUAL_NOTE}"))
+            residual = 1
             notes.append(RESIDUAL_NOTE)
-        for customer in customers:
-            customer_id = str(customer["id"])
-            response = await self._call("DELETE", f"/customers/{customer_id}", params={"force": "true"},
-                                        allow=(404,))
-            action = RecordAction.ALREADY_GONE if response.status_code == 404 else RecordAction.DELETED
-            report.append(RecordReport("customer", customer_id, action))
-            count(action)
-        if not customers and not orders:
+        counts: dict[str, int] = {}
+        for e in entries_by_id:  # per order, even when the report groups them by month
+            counts[e.line.action.value] = counts.get(e.line.action.value, 0) + 1
+        if residual:
+            counts[RecordAction.RESIDUAL.value] = residual
+
+        found_now = {c["id"] for c in customers}
+        customer_ids = sorted(found_now | {int(e.line.record_id) for e in (*journal.done_in("customer"),
+                                                                             *journal.pending_in("customer"))})
+        for customer_id in customer_ids:
+            line = await self._delete_customer(job, journal, customer_id, customer_id in found_now)
+            report.append(line)
+            counts[line.action.value] = counts.get(line.action.value, 0) + 1
+        if not customer_ids and not done:
             report.append(RecordReport("customer", "", RecordAction.ALREADY_GONE,
                                        note="no customer account or order with this email (already erased)"))
-            count(RecordAction.ALREADY_GONE)
-        return ConnectorOutcome(connector=self.name, found=len(customers) + len(orders), counts=counts,
+            counts[RecordAction.ALREADY_GONE.value] = counts.get(RecordAction.ALREADY_GONE.value, 0) + 1
+        return ConnectorOutcome(connector=self.name, found=len(customer_ids) + len(done), counts=counts,
                                 notes=notes, report=report)
+
+    @staticmethod
+    def _order_entry(order: Mapping[str, Any], rule: RetentionRule | None) -> JournalEntry:
+        """The line an order gets once erased: deleted, or anonymised (kept until the rule's date)."""
+        created = _order_date(order)
+        if rule is None:
+            return JournalEntry(RecordReport("orders", str(order["id"]), RecordAction.DELETED), created=created)
+        return JournalEntry(RecordReport(
+            "orders", str(order["id"]), RecordAction.ANONYMISED, legal_basis=rule.legal_basis,
+            retained_until=rule.until(created) if created else None,
+            note=ALREADY_ANONYMISED if _is_anonymised(order) else ""), created=created)
+
+    async def _delete_customer(self, job: OperationJob, journal: JournalState, customer_id: int,
+                               found: bool) -> RecordReport:
+        key = ("customer", str(customer_id))
+        if key in journal.done:
+            return journal.done[key].line
+        intent = journal.pending.get(key)
+        if intent is not None and not found:  # deleted by an earlier attempt whose answer was lost
+            await job.journal.record([intent])
+            return intent.line
+        line = RecordReport("customer", str(customer_id), RecordAction.DELETED)
+        await job.journal.intend([JournalEntry(line)])
+        response = await self._call("DELETE", f"/customers/{customer_id}", params={"force": "true"}, allow=(404,))
+        if response.status_code == 404 and intent is None:
+            line = RecordReport("customer", str(customer_id), RecordAction.ALREADY_GONE)
+        await job.journal.record([JournalEntry(line)])
+        return line
 
     # --- rectification (Art. 16) ---------------------------------------------------------------
 
@@ -500,30 +549,50 @@ class WooCommerceConnector:
 
     async def rectify(self, job: OperationJob) -> ConnectorOutcome:
         changes = dict(job.changes)
+        journal = await job.journal.state()
         customers = await self._find_customers(job.subject.email)
         if not customers and changes.get("email"):
             customers = await self._find_customers(changes["email"])  # an earlier attempt changed the email
+        by_id: dict[int, Mapping[str, Any] | None] = {c["id"]: c for c in customers}
+        for entry in (*journal.done_in("customer"), *journal.pending_in("customer")):
+            by_id.setdefault(int(entry.line.record_id), None)  # changed (or asked) by an earlier attempt
         report: list[RecordReport] = []
-        counts: dict[str, int] = {}
         notes: list[str] = []
         unknown = sorted(set(changes) - CANONICAL_FIELDS)
         if unknown:
             notes.append(f"ignored field(s) this system does not hold: {', '.join(unknown)}")
-        for customer in customers:
+        for customer_id in sorted(by_id):
+            key = ("customer", str(customer_id))
+            if key in journal.done:
+                report.append(journal.done[key].line)
+                continue
+            customer = by_id[customer_id]
+            if customer is None:
+                response = await self._call("GET", f"/customers/{customer_id}", allow=(404,))
+                if response.status_code == 404:
+                    continue
+                customer = self._json(response)
             body, changed = self._differences(customer, changes)
+            intent = journal.pending.get(key)
             if body:
-                await self._call("PUT", f"/customers/{customer['id']}", json=body)
-                action = RecordAction.CHANGED
+                line = RecordReport("customer", str(customer_id), RecordAction.CHANGED,
+                                    fields=sorted(changed | set(intent.line.fields if intent else ())))
+                await job.journal.intend([JournalEntry(line)])
+                await self._call("PUT", f"/customers/{customer_id}", json=body)
+                await job.journal.record([JournalEntry(line)])
+            elif intent is not None:  # the earlier attempt's PUT took effect, its answer was lost
+                line = intent.line
+                await job.journal.record([intent])
             else:
-                action = RecordAction.UNCHANGED
-                changed = {f for f in changes if f in CANONICAL_FIELDS}
-            report.append(RecordReport("customer", str(customer["id"]), action, fields=sorted(changed),
-                                       note="" if body else "already up to date"))
-            counts[action.value] = counts.get(action.value, 0) + 1
-        if not customers:
+                line = RecordReport("customer", str(customer_id), RecordAction.UNCHANGED,
+                                    fields=sorted(f for f in changes if f in CANONICAL_FIELDS),
+                                    note="already up to date")
+            report.append(line)
+        if not by_id:
             notes.append("no customer account with this email: nothing to rectify")
         notes.append("orders are accounting records and keep the addresses given at purchase")
-        return ConnectorOutcome(connector=self.name, found=len(customers), counts=counts, notes=notes, report=report)
+        return ConnectorOutcome(connector=self.name, found=len(by_id), counts=tally(report), notes=notes,
+                                report=report)
 
     # --- the rest ------------------------------------------------------------------------------
 

@@ -267,7 +267,10 @@ async def test_erase_uses_gdpr_delete_and_is_idempotent(portal: Portal) -> None:
     found_again = await connector.locate(SUBJECT)
     assert found_again == [] and unexpected_remains(outcome, found_again) == []
 
-    again = await connector.erase(job)
+    # Run again for the same request (its journal): the same outcome, nothing asked twice. For a later
+    # request the contact was gone before it: "already gone".
+    assert await connector.erase(job) == outcome
+    again = await connector.erase(OperationJob(request_id=REQUEST + "2", subject=SUBJECT))
     assert [r.action for r in again.report] == [RecordAction.ALREADY_GONE]
     assert again.counts == {"already_gone": 1}
     assert sum(1 for _, p in portal.state.requests if p.endswith("gdpr-delete")) == 1
@@ -326,7 +329,9 @@ async def test_rectify_patches_only_what_differs_and_is_idempotent(portal: Porta
     text = repr(outcome)
     assert not any(value in text for value in ("Léa", "Paris", "75011", "Lyon", "69001", "Bâtiment"))
 
-    again = await connector.rectify(job)
+    assert await connector.rectify(job) == outcome and len(portal.state.patches) == 1  # a retry: its journal
+    # Without the journal (what a later request sees): nothing differs any more.
+    again = await connector.rectify(OperationJob(request_id=REQUEST, subject=SUBJECT, changes=changes))
     assert [(r.record_id, r.action) for r in again.report] == [(contact, RecordAction.UNCHANGED)]
     assert again.counts == {"unchanged": 1} and len(portal.state.patches) == 1
 
@@ -337,7 +342,9 @@ async def test_rectify_email_is_idempotent_under_the_new_address(portal: Portal)
     first = await connector.rectify(job)
     assert [(r.action, r.fields) for r in first.report] == [(RecordAction.CHANGED, ["email"])]
     assert portal.state.find_contacts("lea.dupont@example.org") == [portal.ids["contact"]]
-    second = await connector.rectify(job)  # the old address finds nothing any more; the new one does
+    assert await connector.rectify(job) == first  # a retry, from its journal
+    # Without the journal: the old address finds nothing any more; the new one does.
+    second = await connector.rectify(OperationJob(request_id=REQUEST, subject=SUBJECT, changes=job.changes))
     assert [r.action for r in second.report] == [RecordAction.UNCHANGED]
 
 
