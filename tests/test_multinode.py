@@ -23,14 +23,13 @@ import re
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -183,16 +182,6 @@ async def cluster(tmp_path: Path, postgres_url: str, mail: MailSink, s3_server: 
             machine.stop()
         await temporal.shutdown()
         await boxes.stop()
-
-
-@pytest.fixture
-def mail() -> Iterator[MailSink]:
-    sink = MailSink()
-    sink.start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 # --- the scenario -------------------------------------------------------------------------------------------

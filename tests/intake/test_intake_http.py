@@ -16,7 +16,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,10 +27,8 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from dsr import search_attributes as sa
 from dsr.codec_server import serve_codec
 from dsr.config import Settings, SmtpSettings
-from dsr.crypto import data_converter
 from dsr.ledger import Ledger
 from dsr.model import (
     Correspondence,
@@ -44,36 +42,12 @@ from dsr.model import (
 )
 from intake.server import build_intake_app
 from intake.service import TriageItem
-from tests.harness import TEST_KEYRING, MailSink, attachments_of, binary, exports_of, free_port
+from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 
 ZENDESK_SECRET = "zendesk-test-secret"
 TICKET_SECRET = "ticket-test-secret"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        ip="127.0.0.1",
-        search_attributes=sa.ALL,
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
-
-
-@pytest.fixture
-def mail() -> Iterator[MailSink]:
-    sink = MailSink()
-    sink.start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 @dataclass

@@ -20,7 +20,7 @@ import os
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,6 @@ from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from dsr import search_attributes as sa
 from dsr.codec_server import serve_codec
 from dsr.config import ConfigError, Settings, SmtpSettings
 from dsr.crypto import data_converter
@@ -45,35 +44,11 @@ from intake.app import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
 from intake.server import build_intake_app
 from intake.service import Accepted, IntakeService, RateLimited
 from intake.submission import Submission
-from tests.harness import TEST_KEYRING, MailSink, binary, exports_of, file_exports
+from tests.harness import TEST_KEYRING, MailSink, exports_of, file_exports
 from worker import build_worker
 
 ZENDESK_SECRET = "zendesk-replicas-secret"
 RATE_PER_CLIENT = 6
-
-
-@pytest_asyncio.fixture(scope="module")
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        ip="127.0.0.1",
-        search_attributes=sa.ALL,
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
-
-
-@pytest.fixture
-def mail() -> Iterator[MailSink]:
-    sink = MailSink()
-    sink.start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 @dataclass

@@ -47,16 +47,6 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture
-def mail() -> Iterator[MailSink]:
-    sink = MailSink()
-    sink.start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
-@pytest.fixture
 def settings(tmp_path: Path, mail: MailSink) -> Settings:
     base = Settings.from_env({"DSR_HOME": str(tmp_path), "DSR_OPERATOR_EMAIL": OPERATOR_EMAIL,
                               "DSR_MAIL_FROM": "privacy@example.com"})

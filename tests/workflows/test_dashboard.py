@@ -4,37 +4,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from dsr import search_attributes as sa
 from dsr.config import Settings
-from dsr.crypto import data_converter
 from dsr.dashboard import in_stage, list_due
 from dsr.ledger import Ledger
 from dsr.model import IdentityMethod, Stage
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, MailSink, binary, exports_of
+from tests.harness import MailSink, exports_of
 from worker import build_worker
-
-
-@pytest_asyncio.fixture(scope="module")
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"),
-        ip="127.0.0.1",
-        search_attributes=sa.ALL,
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 async def test_due_and_stage_filters_find_the_right_requests(
