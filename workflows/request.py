@@ -63,12 +63,23 @@ with workflow.unsafe.imports_passed_through():
     )
 
 LEDGER_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=30),
+    # One row in the database: a worker lost mid-write is noticed (and the write retried) within seconds.
+    "start_to_close_timeout": timedelta(seconds=10),
     # The ledger is the proof: keep trying (with backoff) rather than lose an event.
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
 }
+STORAGE_OPTIONS = {
+    # Deleting a request's objects (exports, attachments) may list and delete many; still short.
+    **LEDGER_OPTIONS,
+    "start_to_close_timeout": timedelta(seconds=30),
+}
+STEP_HEARTBEAT = timedelta(seconds=30)
+"""Heartbeat timeout of the mail steps: a worker lost while sending is noticed, and the step retried on
+another worker, within this long (the activities beat every few seconds while they work)."""
 NOTICE_OPTIONS = {
-    "start_to_close_timeout": timedelta(minutes=2),
+    # SMTP has its own per-command timeout (``smtp.timeout_seconds``); liveness is the heartbeat's job.
+    "start_to_close_timeout": timedelta(minutes=5),
+    "heartbeat_timeout": STEP_HEARTBEAT,
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=5),
         maximum_interval=timedelta(minutes=10),
@@ -90,8 +101,10 @@ CONNECTOR_OPTIONS = {
 
 
 REPLY_OPTIONS = {
-    # Building a 10,000-order bundle takes seconds; an incomplete controller profile retries until fixed.
+    # Building a 10,000-order bundle takes seconds to minutes; the activity heartbeats all along, so a lost
+    # worker costs STEP_HEARTBEAT, not this timeout. An incomplete controller profile retries until fixed.
     "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": STEP_HEARTBEAT,
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=10),
         maximum_interval=timedelta(minutes=10),
@@ -127,7 +140,7 @@ SUBJECT_ORDER = "subject-order"
 in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
 
 TURN_ASK_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=30),
+    "start_to_close_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
 }
 
@@ -217,7 +230,7 @@ class DataSubjectRequest:
         await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
                              summary="download link expiry")
         await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
-                                        result_type=bool, summary="delete exports", **LEDGER_OPTIONS)
+                                        result_type=bool, summary="delete exports", **STORAGE_OPTIONS)
         self._exports_deleted = True
         await self._audit("exports_deleted")
         self._update_details()
@@ -304,7 +317,7 @@ class DataSubjectRequest:
         self._correspondence_files = False
         deleted = await workflow.execute_activity(
             "delete_identity_documents", self._request.request_id, result_type=int,
-            summary="delete identity documents", **LEDGER_OPTIONS,
+            summary="delete identity documents", **STORAGE_OPTIONS,
         )
         if deleted:
             await self._audit(event, details={"count": str(deleted)})
@@ -352,7 +365,7 @@ class DataSubjectRequest:
             "plan_fanout",
             PlanInput(kind=self._request.kind),
             result_type=FanOutPlan,
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=timedelta(seconds=10),
             summary=f"plan {self._request.kind.value}",
         )
         for name in plan.connectors:
@@ -568,14 +581,14 @@ class DataSubjectRequest:
             # No reply will deliver them: a half-finished export and the files sent with the request go now.
             if await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
                                                result_type=bool, summary="delete partial exports",
-                                               **LEDGER_OPTIONS):
+                                               **STORAGE_OPTIONS):
                 await self._audit("exports_deleted")
             await self._delete_attachments("attachments_deleted")
         elif self._outcome == Outcome.FULFILLED and self._request.kind == RequestKind.ERASURE:
             # Erased everywhere else: the copies made for the subject's earlier access requests go too.
             deleted = await workflow.execute_activity(
                 "delete_earlier_exports", ExportsDeletion(self._request.request_id), result_type=int,
-                summary="delete the subject's earlier exports", **LEDGER_OPTIONS,
+                summary="delete the subject's earlier exports", **STORAGE_OPTIONS,
             )
             if deleted:
                 await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
