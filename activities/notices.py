@@ -356,7 +356,8 @@ class NoticeActivities:
     async def send_notice(self, notice: Notice) -> SentNotice:
         """Render ``notice`` in its language and send it; a retry never sends a recorded notice twice."""
         info = activity.info()
-        key = notice_key(info.workflow_id, info.workflow_run_id or info.activity_run_id, info.activity_id)
+        key = notice_key(info.workflow_id, info.workflow_run_id or info.activity_run_id,
+                         notice.key or info.activity_id)
         message_id = self._mailer.message_id(key)
         template = NoticeTemplate(notice.template)
         where = f"{template.value} notice for request {notice.request_id}"

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from activities.connectors import PERMANENT_ERROR
@@ -112,6 +112,13 @@ REPLY_OPTIONS = {
     ),
 }
 
+NOTICE_FIRST_TRY_OPTIONS = {
+    # One try, so that a notice the SMTP server does not take at once shows as pending (status, dashboard)
+    # while NOTICE_OPTIONS retries it under the same key (one Message-ID, sent at most once per sent-log).
+    **NOTICE_OPTIONS,
+    "retry_policy": dataclasses.replace(NOTICE_OPTIONS["retry_policy"], maximum_attempts=1),
+}
+
 REPLY_HELD_TYPES = ("IncompleteProfile", "ReplyInvalid")
 """Errors of ``send_reply`` only an operator can fix: no blind retries, the request asks for attention."""
 REPLY_UNDELIVERABLE_TYPES = ("NoticeRejected", "NoticeInvalidAddress")
@@ -138,6 +145,13 @@ attachments; a fulfilled erasure deletes the subject's earlier access and portab
 SUBJECT_ORDER = "subject-order"
 """Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
 in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
+
+ACK_NONBLOCKING = "ack-nonblocking"
+"""Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
+the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
+ACK_LEAD = timedelta(minutes=10)
+"""How long a later email to the subject (identity request, reply, ...) waits for the acknowledgement to go
+first; past that it goes on its own, so an acknowledgement that cannot be sent never holds the others."""
 
 TURN_ASK_OPTIONS = {
     "start_to_close_timeout": timedelta(seconds=10),
@@ -188,6 +202,13 @@ class DataSubjectRequest:
         self._turn_granted = False
         self._awaiting_turn = False
         self._turn_holder = ""
+        # Mail (patch ``ack-nonblocking``): the acknowledgement's task, the notices being retried after a failed
+        # first try (templates), and a counter naming each notice's idempotency key.
+        self._acknowledgement: asyncio.Task[None] | None = None
+        self._mail_tracked = False
+        self._mail_pending: list[str] = []
+        self._mail_count = 0
+        self._mail_pending_flag = False  # the value of DsrMailPending
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -210,7 +231,13 @@ class DataSubjectRequest:
             **LEDGER_OPTIONS,
         )
         await self._audit("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
-        await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT)
+        if workflow.patched(ACK_NONBLOCKING):
+            # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on
+            # while the acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
+            self._mail_tracked = True
+            self._acknowledgement = asyncio.create_task(self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT))
+        else:
+            await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT)
 
         watcher = asyncio.create_task(self._watch_deadline())
         if await self._verify_identity() and not self._ending():
@@ -219,6 +246,8 @@ class DataSubjectRequest:
         await watcher
         # Both outlive closure: the download link until it expires, residual data until an operator clears it.
         await asyncio.gather(self._expire_link(), self._follow_up_residuals())
+        if self._acknowledgement is not None:
+            await self._acknowledgement  # sent, or recorded as failed, before the run ends
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -344,6 +373,7 @@ class DataSubjectRequest:
         await self._audit("replying", stage=Stage.REPLYING)
         if workflow.patched(FINAL_REPLIES):
             held_by_operator = workflow.patched(REPLY_ATTENTION)
+            await self._after_acknowledgement()
             reply = await self._send_reply(held_by_operator)
             if reply is not None:
                 self._link_expires_at = reply.link_expires_at
@@ -836,6 +866,7 @@ class DataSubjectRequest:
             reply_held=self._reply_held,
             residuals=list(self._residuals),
             waiting_for=self._turn_holder if self._awaiting_turn else "",
+            mail_pending=list(self._mail_pending),
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -932,6 +963,9 @@ class DataSubjectRequest:
             whom = f"**waiting for {self._turn_holder}** of the same person" if self._turn_holder else \
                 "**waiting for its turn**"
             lines += ["", f"{whom}: one request at a time in the person's systems"]
+        if self._mail_pending:
+            lines += ["", f"**mail not delivered yet** (retried until the SMTP server takes it): "
+                          f"{', '.join(self._mail_pending)}"]
         if self._reply_held:
             lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
         if self._residuals:
@@ -970,7 +1004,16 @@ class DataSubjectRequest:
         context.update(extra)
         return context
 
+    async def _after_acknowledgement(self) -> None:
+        """Let the acknowledgement reach the subject before a later email, waiting at most ACK_LEAD."""
+        ack = self._acknowledgement
+        if ack is None or ack.done():
+            return
+        await self._wait(ack.done, ACK_LEAD, "acknowledgement first")
+
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
+        if template != NoticeTemplate.ACKNOWLEDGEMENT:
+            await self._after_acknowledgement()
         context = self._notice_context(**extra)
         if self._request.subject.name:
             context["subject_name"] = self._request.subject.name
@@ -1002,12 +1045,45 @@ class DataSubjectRequest:
 
     async def _send(self, notice: Notice) -> None:
         try:
-            await workflow.execute_activity(
-                "send_notice", notice, summary=f"notice: {notice.template.value}", **NOTICE_OPTIONS
-            )
+            if self._mail_tracked:
+                await self._send_tracked(notice)
+            else:
+                await workflow.execute_activity(
+                    "send_notice", notice, summary=f"notice: {notice.template.value}", **NOTICE_OPTIONS
+                )
         except ActivityError:
             # The mail server refused the address for good; the request goes on and the ledger says so.
             await self._audit("notice_failed", details={"template": notice.template.value})
+
+    async def _send_tracked(self, notice: Notice) -> None:
+        """One try; if the mail server did not take it (down, 4xx, a lost worker), the notice shows as pending
+        in the status, the UI and ``DsrMailPending`` while it is retried under the same key."""
+        self._mail_count += 1
+        notice = dataclasses.replace(notice, key=f"mail-{self._mail_count}")
+        summary = f"notice: {notice.template.value}"
+        try:
+            await workflow.execute_activity("send_notice", notice, summary=summary, **NOTICE_FIRST_TRY_OPTIONS)
+            return
+        except ActivityError as err:
+            if err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
+                raise  # refused for good: recorded as failed, not pending
+        template = notice.template.value
+        self._mail_pending.append(template)
+        self._mail_changed()
+        try:
+            await self._audit("notice_deferred", details={"template": template})
+            await workflow.execute_activity("send_notice", notice, summary=summary + " (retried)", **NOTICE_OPTIONS)
+        finally:
+            self._mail_pending.remove(template)
+            self._mail_changed()
+
+    def _mail_changed(self) -> None:
+        """The search attribute follows whether any notice is pending (set on the first, cleared on the last)."""
+        pending = bool(self._mail_pending)
+        if pending != self._mail_pending_flag:
+            self._mail_pending_flag = pending
+            workflow.upsert_search_attributes([sa.DSR_MAIL_PENDING.value_set(pending)])
+        self._update_details()
 
 
 def _search_datetime(deadline: Deadline) -> datetime:
