@@ -1070,12 +1070,18 @@ class DataSubjectRequest:
         template = notice.template.value
         self._mail_pending.append(template)
         self._mail_changed()
+        await self._audit("notice_deferred", details={"template": template})
         try:
-            await self._audit("notice_deferred", details={"template": template})
             await workflow.execute_activity("send_notice", notice, summary=summary + " (retried)", **NOTICE_OPTIONS)
-        finally:
-            self._mail_pending.remove(template)
-            self._mail_changed()
+        except ActivityError:
+            self._mail_done(template)  # refused for good (recorded by the caller)
+            raise
+        self._mail_done(template)
+
+    def _mail_done(self, template: str) -> None:
+        # Not in a ``finally``: a workflow evicted from the worker's cache must not touch its state.
+        self._mail_pending.remove(template)
+        self._mail_changed()
 
     def _mail_changed(self) -> None:
         """The search attribute follows whether any notice is pending (set on the first, cleared on the last)."""
