@@ -44,7 +44,7 @@ def residual_data() -> str:
 
 def mail_not_delivered() -> str:
     """Requests with a notice that could not be sent on its first try and is still being retried."""
-    return f"{REQUESTS_RUNNING} AND {sa.DSR_MAIL_PENDING.name} = true"
+    return f"{REQUESTS_RUNNING} AND {sa.DSR_MAIL_PENDING.name} > 0"
 
 
 def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:

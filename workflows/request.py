@@ -208,7 +208,6 @@ class DataSubjectRequest:
         self._mail_tracked = False
         self._mail_pending: list[str] = []
         self._mail_count = 0
-        self._mail_pending_flag = False  # the value of DsrMailPending
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -1084,11 +1083,8 @@ class DataSubjectRequest:
         self._mail_changed()
 
     def _mail_changed(self) -> None:
-        """The search attribute follows whether any notice is pending (set on the first, cleared on the last)."""
-        pending = bool(self._mail_pending)
-        if pending != self._mail_pending_flag:
-            self._mail_pending_flag = pending
-            workflow.upsert_search_attributes([sa.DSR_MAIL_PENDING.value_set(pending)])
+        """The search attribute counts the notices pending."""
+        workflow.upsert_search_attributes([sa.DSR_MAIL_PENDING.value_set(len(self._mail_pending))])
         self._update_details()
 
 
