@@ -13,9 +13,11 @@ Nothing this module logs or raises names the recipient: failure messages travel 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry, MessageIDHeader
@@ -51,6 +53,7 @@ __all__ = [
     "Mailer",
     "NoticeActivities",
     "SentLog",
+    "beating",
     "build_message",
     "compose",
     "is_deliverable_address",
@@ -75,6 +78,49 @@ MAIL_POLICY = email_policy.SMTP.clone(header_factory=_HEADERS)
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~.-"
 _MSG_ID = re.compile(rf"<[{_ATEXT}]+@[{_ATEXT}\[\]:]+>")
 _EMAIL_LIKE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+log = logging.getLogger(__name__)
+
+_SMTP_DOWN: set[tuple[str, int]] = set()
+"""SMTP servers this process last found unreachable: the worker says so once per outage, not per attempt
+(only a log; whether a notice is delivered lives in Temporal, where every worker sees it)."""
+
+
+def _smtp_reachable(host: str, port: int) -> None:
+    if (host, port) in _SMTP_DOWN:
+        _SMTP_DOWN.discard((host, port))
+        log.warning("SMTP server %s:%s is reachable again: waiting notices and replies go out", host, port)
+
+
+def _smtp_unreachable(host: str, port: int, error: str) -> None:
+    if (host, port) not in _SMTP_DOWN:
+        _SMTP_DOWN.add((host, port))
+        log.error("SMTP server %s:%s is down (%s): notices and replies are kept and retried until it is back; "
+                  "requests go on (see `dsr status`, dashboard 'mail not delivered')", host, port, error)
+
+
+HEARTBEAT_EVERY = 2.0
+"""Seconds between liveness heartbeats of the mail activities (the SDK throttles to the timeout)."""
+
+
+@contextlib.asynccontextmanager
+async def beating() -> AsyncIterator[None]:
+    """Heartbeat while the body runs (a bundle being built in a thread, an SMTP exchange), so that a lost
+    worker is noticed within the activity's heartbeat timeout instead of its start-to-close timeout."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class SentLog(Protocol):
@@ -236,7 +282,8 @@ class Mailer:
             raise ApplicationError(f"{where}: SMTP error {err.code} {detail}", type=kind) from None
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
                 TimeoutError, OSError) as err:
-            activity.logger.warning("%s: SMTP server unreachable (%s)", where, type(err).__name__)
+            _smtp_unreachable(smtp.host, smtp.port, type(err).__name__)
+            activity.logger.info("%s: SMTP server unreachable (%s)", where, type(err).__name__)
             raise ApplicationError(
                 f"{where}: SMTP server {smtp.host}:{smtp.port} unreachable ({type(err).__name__})",
                 type=NOTICE_DEFERRED,
@@ -246,6 +293,8 @@ class Mailer:
                 f"{where}: SMTP error ({type(err).__name__}: {_redact(err.message, to)})",
                 type=NOTICE_SMTP_ERROR,
             ) from None
+        else:
+            _smtp_reachable(smtp.host, smtp.port)
 
     @staticmethod
     def _refused(where: str, what: str, code: int, detail: str) -> ApplicationError:
@@ -307,7 +356,8 @@ class NoticeActivities:
     async def send_notice(self, notice: Notice) -> SentNotice:
         """Render ``notice`` in its language and send it; a retry never sends a recorded notice twice."""
         info = activity.info()
-        key = notice_key(info.workflow_id, info.workflow_run_id or info.activity_run_id, info.activity_id)
+        key = notice_key(info.workflow_id, info.workflow_run_id or info.activity_run_id,
+                         notice.key or info.activity_id)
         message_id = self._mailer.message_id(key)
         template = NoticeTemplate(notice.template)
         where = f"{template.value} notice for request {notice.request_id}"
@@ -327,7 +377,8 @@ class NoticeActivities:
 
         message = build_message(notice, rendered, mail_from=self._mailer.mail_from,
                                 from_name=self._mailer.from_name, message_id=message_id)
-        await self._mailer.send(message, notice.to, whose=_whose(notice), where=where)
+        async with beating():
+            await self._mailer.send(message, notice.to, whose=_whose(notice), where=where)
 
         if self._sent_log is not None:
             await asyncio.to_thread(

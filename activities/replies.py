@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.notices import Mailer, SentLog
+from activities.notices import Mailer, SentLog, beating
 from dsr.bundle import build_bundle
 from dsr.links import DownloadLinks
 from dsr.model import (
@@ -60,6 +60,12 @@ class ReplyActivities:
 
     @activity.defn(name="send_reply")
     async def send_reply(self, reply: ReplyInput) -> ReplyResult:
+        # Building a large bundle and sending by SMTP take a while: heartbeats prove the worker alive, so a
+        # lost one is replaced within the heartbeat timeout (the sent-log keeps every email single).
+        async with beating():
+            return await self._send_reply(reply)
+
+    async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         profile = await asyncio.to_thread(self._profile)
         no_data = all(o.found == 0 for o in reply.outcomes)
         result = ReplyResult(message_id="", no_data=no_data)

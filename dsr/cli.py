@@ -244,6 +244,9 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         typer.echo(f"  reply held (fix the cause, then `dsr retry {state.request_id}`):")
         for line in state.reply_held.splitlines():
             typer.echo(f"    {line}")
+    if state.mail_pending:
+        typer.echo(f"  mail not delivered yet (retried until the SMTP server takes it): "
+                   f"{', '.join(state.mail_pending)}")
     if state.residuals:
         typer.echo(f"  residual data to clear by hand (then `dsr clear-residuals {state.request_id}`):")
         for line in state.residuals:

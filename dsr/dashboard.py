@@ -42,6 +42,11 @@ def residual_data() -> str:
     return f"{REQUESTS_RUNNING} AND {sa.DSR_RESIDUAL.name} = true"
 
 
+def mail_not_delivered() -> str:
+    """Requests with a notice that could not be sent on its first try and is still being retried."""
+    return f"{REQUESTS_RUNNING} AND {sa.DSR_MAIL_PENDING.name} > 0"
+
+
 def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
     """Temporal UI links pre-filtered for the daily questions of a DPO or an operator on call."""
     queries = {
@@ -50,6 +55,7 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "awaiting identity": in_stage(Stage.AWAITING_IDENTITY),
         "needs attention": in_stage(Stage.NEEDS_ATTENTION),
         "residual data to clear": residual_data(),
+        "mail not delivered": mail_not_delivered(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"
     return {label: f"{base}?query={urllib.parse.quote(q)}" for label, q in queries.items()}

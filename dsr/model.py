@@ -394,6 +394,9 @@ class Notice:
     language: Language
     context: dict[str, str] = field(default_factory=dict)  # values for the template; strings only
     in_reply_to: str | None = None  # Message-ID of the subject's email, to reply in the same thread
+    # Idempotency key of this email within its request, when it may take more than one activity (a first try,
+    # then retries): every activity sending it uses the same Message-ID and sent-log key. Empty: the activity's.
+    key: str = ""
 
 
 @dataclass
@@ -484,6 +487,7 @@ class RequestStatus:
     reply_held: str = ""  # why the final reply waits for an operator (error type and message, no personal data)
     residuals: list[str] = field(default_factory=list)  # residual lines still to clear by hand, if any
     waiting_for: str = ""  # the request of the same person whose systems work this one waits for
+    mail_pending: list[str] = field(default_factory=list)  # notices whose first sending failed, still retried
 
 
 # --- per-subject order ----------------------------------------------------------------------------

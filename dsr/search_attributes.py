@@ -18,7 +18,12 @@ DSR_OVERDUE = SearchAttributeKey.for_bool("DsrOverdue")
 DSR_RESIDUAL = SearchAttributeKey.for_bool("DsrResidual")
 """True while data a system's API could not erase waits to be cleared by hand (after the reply)."""
 
-ALL = (DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE, DSR_RESIDUAL)
+DSR_MAIL_PENDING = SearchAttributeKey.for_int("DsrMailPending")
+"""How many notices of the request could not be sent on their first try and are being retried (SMTP down);
+0 when none. An Int, not a Bool: Temporal's SQL visibility (the dev server, PostgreSQL) allows 3 Bools only."""
+
+ALL = (DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE, DSR_RESIDUAL,
+       DSR_MAIL_PENDING)
 
 TEMPORAL_TYPE_NAMES = {
     DSR_KIND: "Keyword",
@@ -29,5 +34,6 @@ TEMPORAL_TYPE_NAMES = {
     DSR_EXTENDED: "Bool",
     DSR_OVERDUE: "Bool",
     DSR_RESIDUAL: "Bool",
+    DSR_MAIL_PENDING: "Int",
 }
 """Type names as ``temporal server start-dev --search-attribute NAME=TYPE`` spells them."""

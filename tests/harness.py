@@ -103,6 +103,9 @@ class MailSink:
         self._controller = Controller(_Collect(self), hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
+        """Start (or start again, after ``stop``: an SMTP outage ends) on the same port."""
+        if self._controller.loop.is_closed():
+            self._controller = Controller(_Collect(self), hostname="127.0.0.1", port=self.port)
         self._controller.start()
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from activities.connectors import PERMANENT_ERROR
@@ -63,12 +63,23 @@ with workflow.unsafe.imports_passed_through():
     )
 
 LEDGER_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=30),
+    # One row in the database: a worker lost mid-write is noticed (and the write retried) within seconds.
+    "start_to_close_timeout": timedelta(seconds=10),
     # The ledger is the proof: keep trying (with backoff) rather than lose an event.
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
 }
+STORAGE_OPTIONS = {
+    # Deleting a request's objects (exports, attachments) may list and delete many; still short.
+    **LEDGER_OPTIONS,
+    "start_to_close_timeout": timedelta(seconds=30),
+}
+STEP_HEARTBEAT = timedelta(seconds=30)
+"""Heartbeat timeout of the mail steps: a worker lost while sending is noticed, and the step retried on
+another worker, within this long (the activities beat every few seconds while they work)."""
 NOTICE_OPTIONS = {
-    "start_to_close_timeout": timedelta(minutes=2),
+    # SMTP has its own per-command timeout (``smtp.timeout_seconds``); liveness is the heartbeat's job.
+    "start_to_close_timeout": timedelta(minutes=5),
+    "heartbeat_timeout": STEP_HEARTBEAT,
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=5),
         maximum_interval=timedelta(minutes=10),
@@ -90,13 +101,22 @@ CONNECTOR_OPTIONS = {
 
 
 REPLY_OPTIONS = {
-    # Building a 10,000-order bundle takes seconds; an incomplete controller profile retries until fixed.
+    # Building a 10,000-order bundle takes seconds to minutes; the activity heartbeats all along, so a lost
+    # worker costs STEP_HEARTBEAT, not this timeout. An incomplete controller profile retries until fixed.
     "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": STEP_HEARTBEAT,
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=10),
         maximum_interval=timedelta(minutes=10),
         non_retryable_error_types=["NoticeRejected", "NoticeInvalidAddress"],
     ),
+}
+
+NOTICE_FIRST_TRY_OPTIONS = {
+    # One try, so that a notice the SMTP server does not take at once shows as pending (status, dashboard)
+    # while NOTICE_OPTIONS retries it under the same key (one Message-ID, sent at most once per sent-log).
+    **NOTICE_OPTIONS,
+    "retry_policy": dataclasses.replace(NOTICE_OPTIONS["retry_policy"], maximum_attempts=1),
 }
 
 REPLY_HELD_TYPES = ("IncompleteProfile", "ReplyInvalid")
@@ -126,8 +146,15 @@ SUBJECT_ORDER = "subject-order"
 """Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
 in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
 
+ACK_NONBLOCKING = "ack-nonblocking"
+"""Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
+the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
+ACK_LEAD = timedelta(minutes=10)
+"""How long a later email to the subject (identity request, reply, ...) waits for the acknowledgement to go
+first; past that it goes on its own, so an acknowledgement that cannot be sent never holds the others."""
+
 TURN_ASK_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=30),
+    "start_to_close_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
 }
 
@@ -175,6 +202,12 @@ class DataSubjectRequest:
         self._turn_granted = False
         self._awaiting_turn = False
         self._turn_holder = ""
+        # Mail (patch ``ack-nonblocking``): the acknowledgement's task, the notices being retried after a failed
+        # first try (templates), and a counter naming each notice's idempotency key.
+        self._acknowledgement: asyncio.Task[None] | None = None
+        self._mail_tracked = False
+        self._mail_pending: list[str] = []
+        self._mail_count = 0
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -197,7 +230,13 @@ class DataSubjectRequest:
             **LEDGER_OPTIONS,
         )
         await self._audit("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
-        await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT)
+        if workflow.patched(ACK_NONBLOCKING):
+            # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on
+            # while the acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
+            self._mail_tracked = True
+            self._acknowledgement = asyncio.create_task(self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT))
+        else:
+            await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT)
 
         watcher = asyncio.create_task(self._watch_deadline())
         if await self._verify_identity() and not self._ending():
@@ -206,6 +245,8 @@ class DataSubjectRequest:
         await watcher
         # Both outlive closure: the download link until it expires, residual data until an operator clears it.
         await asyncio.gather(self._expire_link(), self._follow_up_residuals())
+        if self._acknowledgement is not None:
+            await self._acknowledgement  # sent, or recorded as failed, before the run ends
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -217,7 +258,7 @@ class DataSubjectRequest:
         await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
                              summary="download link expiry")
         await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
-                                        result_type=bool, summary="delete exports", **LEDGER_OPTIONS)
+                                        result_type=bool, summary="delete exports", **STORAGE_OPTIONS)
         self._exports_deleted = True
         await self._audit("exports_deleted")
         self._update_details()
@@ -304,7 +345,7 @@ class DataSubjectRequest:
         self._correspondence_files = False
         deleted = await workflow.execute_activity(
             "delete_identity_documents", self._request.request_id, result_type=int,
-            summary="delete identity documents", **LEDGER_OPTIONS,
+            summary="delete identity documents", **STORAGE_OPTIONS,
         )
         if deleted:
             await self._audit(event, details={"count": str(deleted)})
@@ -331,6 +372,7 @@ class DataSubjectRequest:
         await self._audit("replying", stage=Stage.REPLYING)
         if workflow.patched(FINAL_REPLIES):
             held_by_operator = workflow.patched(REPLY_ATTENTION)
+            await self._after_acknowledgement()
             reply = await self._send_reply(held_by_operator)
             if reply is not None:
                 self._link_expires_at = reply.link_expires_at
@@ -352,7 +394,7 @@ class DataSubjectRequest:
             "plan_fanout",
             PlanInput(kind=self._request.kind),
             result_type=FanOutPlan,
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=timedelta(seconds=10),
             summary=f"plan {self._request.kind.value}",
         )
         for name in plan.connectors:
@@ -568,14 +610,14 @@ class DataSubjectRequest:
             # No reply will deliver them: a half-finished export and the files sent with the request go now.
             if await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
                                                result_type=bool, summary="delete partial exports",
-                                               **LEDGER_OPTIONS):
+                                               **STORAGE_OPTIONS):
                 await self._audit("exports_deleted")
             await self._delete_attachments("attachments_deleted")
         elif self._outcome == Outcome.FULFILLED and self._request.kind == RequestKind.ERASURE:
             # Erased everywhere else: the copies made for the subject's earlier access requests go too.
             deleted = await workflow.execute_activity(
                 "delete_earlier_exports", ExportsDeletion(self._request.request_id), result_type=int,
-                summary="delete the subject's earlier exports", **LEDGER_OPTIONS,
+                summary="delete the subject's earlier exports", **STORAGE_OPTIONS,
             )
             if deleted:
                 await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
@@ -823,6 +865,7 @@ class DataSubjectRequest:
             reply_held=self._reply_held,
             residuals=list(self._residuals),
             waiting_for=self._turn_holder if self._awaiting_turn else "",
+            mail_pending=list(self._mail_pending),
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -919,6 +962,9 @@ class DataSubjectRequest:
             whom = f"**waiting for {self._turn_holder}** of the same person" if self._turn_holder else \
                 "**waiting for its turn**"
             lines += ["", f"{whom}: one request at a time in the person's systems"]
+        if self._mail_pending:
+            lines += ["", f"**mail not delivered yet** (retried until the SMTP server takes it): "
+                          f"{', '.join(self._mail_pending)}"]
         if self._reply_held:
             lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
         if self._residuals:
@@ -957,7 +1003,16 @@ class DataSubjectRequest:
         context.update(extra)
         return context
 
+    async def _after_acknowledgement(self) -> None:
+        """Let the acknowledgement reach the subject before a later email, waiting at most ACK_LEAD."""
+        ack = self._acknowledgement
+        if ack is None or ack.done():
+            return
+        await self._wait(ack.done, ACK_LEAD, "acknowledgement first")
+
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
+        if template != NoticeTemplate.ACKNOWLEDGEMENT:
+            await self._after_acknowledgement()
         context = self._notice_context(**extra)
         if self._request.subject.name:
             context["subject_name"] = self._request.subject.name
@@ -989,12 +1044,48 @@ class DataSubjectRequest:
 
     async def _send(self, notice: Notice) -> None:
         try:
-            await workflow.execute_activity(
-                "send_notice", notice, summary=f"notice: {notice.template.value}", **NOTICE_OPTIONS
-            )
+            if self._mail_tracked:
+                await self._send_tracked(notice)
+            else:
+                await workflow.execute_activity(
+                    "send_notice", notice, summary=f"notice: {notice.template.value}", **NOTICE_OPTIONS
+                )
         except ActivityError:
             # The mail server refused the address for good; the request goes on and the ledger says so.
             await self._audit("notice_failed", details={"template": notice.template.value})
+
+    async def _send_tracked(self, notice: Notice) -> None:
+        """One try; if the mail server did not take it (down, 4xx, a lost worker), the notice shows as pending
+        in the status, the UI and ``DsrMailPending`` while it is retried under the same key."""
+        self._mail_count += 1
+        notice = dataclasses.replace(notice, key=f"mail-{self._mail_count}")
+        summary = f"notice: {notice.template.value}"
+        try:
+            await workflow.execute_activity("send_notice", notice, summary=summary, **NOTICE_FIRST_TRY_OPTIONS)
+            return
+        except ActivityError as err:
+            if err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
+                raise  # refused for good: recorded as failed, not pending
+        template = notice.template.value
+        self._mail_pending.append(template)
+        self._mail_changed()
+        await self._audit("notice_deferred", details={"template": template})
+        try:
+            await workflow.execute_activity("send_notice", notice, summary=summary + " (retried)", **NOTICE_OPTIONS)
+        except ActivityError:
+            self._mail_done(template)  # refused for good (recorded by the caller)
+            raise
+        self._mail_done(template)
+
+    def _mail_done(self, template: str) -> None:
+        # Not in a ``finally``: a workflow evicted from the worker's cache must not touch its state.
+        self._mail_pending.remove(template)
+        self._mail_changed()
+
+    def _mail_changed(self) -> None:
+        """The search attribute counts the notices pending."""
+        workflow.upsert_search_attributes([sa.DSR_MAIL_PENDING.value_set(len(self._mail_pending))])
+        self._update_details()
 
 
 def _search_datetime(deadline: Deadline) -> datetime:

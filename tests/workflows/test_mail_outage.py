@@ -1,0 +1,121 @@
+"""An SMTP outage on the time-skipping server: requests go on without their acknowledgement, which is shown as
+pending and delivered once when the mail server is back; mail steps heartbeat, so a lost worker costs seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import WorkflowHandle
+
+from dsr import search_attributes as sa
+from dsr.model import IdentityMethod, RequestStatus, Stage
+from tests.harness import keep_history
+from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
+from tests.workflows.test_request import events, submit, templates_sent
+from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from workflows.request import STEP_HEARTBEAT
+
+
+async def status(handle: WorkflowHandle) -> RequestStatus:
+    return await handle.query("status", result_type=RequestStatus)
+
+
+async def until(handle: WorkflowHandle, check, what: str, seconds: float = 20) -> RequestStatus:
+    """Poll the status (real time, no time skipping) until ``check`` holds."""
+    last: RequestStatus | None = None
+    for _ in range(int(seconds * 10)):
+        try:
+            last = await status(handle)
+        except Exception:  # the first workflow task may not have run yet
+            last = None
+        if last is not None and check(last):
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never {what}; status: {last}")
+
+
+async def mail_pending_attribute(handle: WorkflowHandle) -> int | None:
+    return (await handle.describe()).typed_search_attributes.get(sa.DSR_MAIL_PENDING)
+
+
+async def test_smtp_down_at_submission_does_not_hold_the_request(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="activities.notices")
+    engine.mail.stop()  # nothing listens on the SMTP port
+    request, handle = await submit(engine, "access")
+
+    # Identity (trusted) and the fan-out run; the reply waits for the acknowledgement to go first.
+    waiting = await until(handle, lambda s: s.stage == Stage.REPLYING and s.mail_pending == ["acknowledgement"],
+                          "replying with the acknowledgement pending")
+    assert [c.state.value for c in waiting.connectors] == ["done", "done"]
+    assert await mail_pending_attribute(handle) == 1
+    assert "notice_deferred" in events(engine, request)
+    assert engine.mail.messages == []
+
+    engine.mail.start()
+    final: RequestStatus = await handle.result()  # time skips: the retry finds the server back
+    await keep_history(handle, "acknowledgement_after_smtp_outage")
+
+    assert final.stage == Stage.CLOSED and final.mail_pending == []
+    assert await mail_pending_attribute(handle) == 0
+    # Delivered once, and before the reply.
+    assert templates_sent(engine, request) == ["acknowledgement", "reply_access"]
+    to_subject = engine.mail.to(SUBJECT_EMAIL)
+    assert len(to_subject) == 2
+    assert to_subject[0]["Message-ID"] != to_subject[1]["Message-ID"]
+    assert request.request_id in to_subject[0]["Subject"] and "bien reçu" in to_subject[0]["Subject"]
+
+    # The worker said it once per outage, whatever the number of attempts, without personal data.
+    down = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]
+    back = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(down) == 1 and len(back) == 1, (down, back)
+    assert f"127.0.0.1:{engine.mail.port}" in down[0]
+    assert SUBJECT_EMAIL not in down[0] and OPERATOR_EMAIL not in down[0]
+
+
+async def test_identity_is_asked_while_the_acknowledgement_waits_for_smtp(engine: Engine) -> None:
+    engine.mail.stop()
+    request, handle = await submit(engine, "erasure", identity=IdentityMethod.EMAIL)
+
+    state = await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY and "acknowledgement" in s.mail_pending,
+                        "awaiting identity with the acknowledgement pending")
+    assert not state.identity_confirmed
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    assert "mail not delivered yet" in metadata.current_details and "acknowledgement" in metadata.current_details
+
+    engine.mail.start()
+    # Skip the retry backoff; both emails go, the acknowledgement first and once.
+    for _ in range(50):
+        await engine.env.sleep(timedelta(minutes=1))
+        if len(engine.mail.to(SUBJECT_EMAIL)) >= 2 and not (await status(handle)).mail_pending:
+            break
+    sent = templates_sent(engine, request)
+    assert sent[:2] == ["acknowledgement", "identity_request"], sent
+    assert sent.count("acknowledgement") == 1
+    assert len(engine.mail.to(SUBJECT_EMAIL)) == 2
+    assert (await status(handle)).mail_pending == []
+    assert await mail_pending_attribute(handle) == 0
+    await handle.terminate("test done")
+
+
+async def test_mail_steps_heartbeat_so_a_lost_worker_costs_seconds(engine: Engine) -> None:
+    _, handle = await submit(engine, "access")
+    await handle.result()
+    history = await handle.fetch_history()
+    scheduled = {}
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = event.activity_task_scheduled_event_attributes
+            scheduled.setdefault(attrs.activity_type.name, []).append(attrs)
+    for name in ("send_reply", "send_notice"):
+        assert scheduled[name], name
+        for attrs in scheduled[name]:
+            assert attrs.heartbeat_timeout.ToTimedelta() == STEP_HEARTBEAT, name
+    for attrs in scheduled["record_event"]:
+        assert attrs.start_to_close_timeout.ToTimedelta() == timedelta(seconds=10)
