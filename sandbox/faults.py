@@ -97,7 +97,9 @@ class Applied:
 
     @property
     def mutating(self) -> bool:
-        return self.request.split(" ", 1)[0] in MUTATING
+        """A write: searches and batch reads are POSTs that change nothing."""
+        method, _, path = self.request.partition(" ")
+        return method in MUTATING and not path.rstrip("/").endswith(("/search", "/read"))
 
 
 @dataclass
