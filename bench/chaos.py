@@ -61,6 +61,7 @@ from tests.cluster import (  # noqa: E402
 from tests.harness import MailSink, S3Server, binary, free_port  # noqa: E402
 
 KINDS = ("access", "portability", "erasure", "rectification")
+MAX_REPLYING_SECONDS = 120  # the bound: no request in `replying` 2 minutes after its worker died
 FINAL_REPLY = re.compile(r"(Reply to your|Your data in a portable format|No data about you)")
 PORTABLE = {("hubspot", "contact"), ("woocommerce", "customer"), ("woocommerce", "orders"), ("stripe", "customer"),
             ("stripe", "charges")}
@@ -84,6 +85,8 @@ class ChaosReport:
     untrue_erasures: list[str] = field(default_factory=list)
     mutated_twice: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    settle_seconds: list[float] = field(default_factory=list)  # from submission to closed or needs_attention
+    replying_seconds: dict[str, float] = field(default_factory=dict)  # reference -> longest seen in `replying`
 
     @property
     def failures(self) -> list[str]:
@@ -94,6 +97,8 @@ class ChaosReport:
         found += [f"incomplete bundle: {line}" for line in self.incomplete_bundles]
         found += [f"untrue erasure reply: {line}" for line in self.untrue_erasures]
         found += [f"written twice: {line}" for line in self.mutated_twice]
+        found += [f"in replying for {s:.0f} s: {ref}" for ref, s in self.replying_seconds.items()
+                  if s > MAX_REPLYING_SECONDS]
         return found
 
     def table(self) -> str:
@@ -111,6 +116,9 @@ class ChaosReport:
             ("bundles complete", f"{self.bundles_checked - len(self.incomplete_bundles)} / {self.bundles_checked}"),
             ("erasure replies true", f"{self.erasures_checked - len(self.untrue_erasures)} / {self.erasures_checked}"),
             ("records written twice", str(len(self.mutated_twice))),
+            ("longest in replying", f"{max(self.replying_seconds.values(), default=0):.0f} s"),
+            ("time to settle (median, max)", f"{_median(self.settle_seconds):.0f} s, "
+                                             f"{max(self.settle_seconds, default=0):.0f} s"),
             ("wall time", f"{self.seconds:.0f} s"),
         ]
         width = max(len(name) for name, _ in rows)
@@ -119,6 +127,11 @@ class ChaosReport:
         lines += [f"FAIL {line}" for line in self.failures]
         lines.append("RESULT: " + ("all checks hold" if not self.failures else f"{len(self.failures)} failure(s)"))
         return "\n".join(lines)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
 
 
 def _reference(text: str) -> str | None:
@@ -226,9 +239,22 @@ async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float
                 references[answer.json()["reference"]] = (kind, holding)
             say(f"{len(references)} requests submitted; killing workers while the sandboxes inject faults…")
 
+            replying_since: dict[str, float] = {}
+            settled_at: dict[str, float] = {}
+
             def settled() -> tuple[set[str], set[str]]:
-                closed = {r.request_id for r in ledger.requests(Stage.CLOSED)} & set(references)
-                waiting = {r.request_id for r in ledger.requests(Stage.NEEDS_ATTENTION)} & set(references)
+                stages = {r.request_id: r.stage for r in ledger.requests() if r.request_id in references}
+                now = time.monotonic()
+                for reference, stage in stages.items():
+                    if stage == Stage.REPLYING:
+                        since = replying_since.setdefault(reference, now)
+                        report.replying_seconds[reference] = now - since
+                    else:
+                        replying_since.pop(reference, None)
+                    if stage in (Stage.CLOSED, Stage.NEEDS_ATTENTION):
+                        settled_at.setdefault(reference, now - begin)
+                closed = {ref for ref, stage in stages.items() if stage == Stage.CLOSED}
+                waiting = {ref for ref, stage in stages.items() if stage == Stage.NEEDS_ATTENTION}
                 return closed, waiting
 
             async def chaos_monkey() -> None:
@@ -241,6 +267,7 @@ async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float
                     victim.start_worker()
 
             monkey = asyncio.create_task(chaos_monkey())
+            next_progress = 30.0
             try:
                 while True:
                     closed, waiting = await asyncio.to_thread(settled)
@@ -248,6 +275,10 @@ async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float
                         break
                     if time.monotonic() - begin > timeout:
                         break
+                    if time.monotonic() - begin > next_progress:
+                        next_progress += 30
+                        say(f"  {time.monotonic() - begin:4.0f} s: {len(closed)} closed, {len(waiting)} waiting "
+                            f"for an operator, {report.kills} kills")
                     await asyncio.sleep(1.0)
             finally:
                 monkey.cancel()
@@ -257,6 +288,7 @@ async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float
                     machine.start_worker()
             boxes.set_rates(FaultRates())  # the checks read the sandboxes without faults
             report.seconds = time.monotonic() - begin
+            report.settle_seconds = list(settled_at.values())
             await _check(report, http, temporal.client, ledger, boxes, mail, entry.url, references, logs)
         for faults in boxes.every_fault.values():
             report.sandbox_calls += len(faults.log)
