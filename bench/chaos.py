@@ -61,6 +61,7 @@ from tests.cluster import (  # noqa: E402
 from tests.harness import MailSink, S3Server, binary, free_port  # noqa: E402
 
 KINDS = ("access", "portability", "erasure", "rectification")
+OPERATOR = "dpo@example.com"  # DSR_OPERATOR_EMAIL of tests/cluster.py
 MAX_REPLYING_SECONDS = 120  # the bound: no request in `replying` 2 minutes after its worker died
 FINAL_REPLY = re.compile(r"(Reply to your|Your data in a portable format|No data about you)")
 PORTABLE = {("hubspot", "contact"), ("woocommerce", "customer"), ("woocommerce", "orders"), ("stripe", "customer"),
@@ -83,6 +84,8 @@ class ChaosReport:
     incomplete_bundles: list[str] = field(default_factory=list)
     erasures_checked: int = 0
     untrue_erasures: list[str] = field(default_factory=list)
+    residuals: int = 0  # erasures that left data an API could not clear
+    residuals_unreported: list[str] = field(default_factory=list)  # ... without the operator told, or the reply
     mutated_twice: list[str] = field(default_factory=list)
     seconds: float = 0.0
     settle_seconds: list[float] = field(default_factory=list)  # from submission to closed or needs_attention
@@ -96,6 +99,7 @@ class ChaosReport:
         found += [f"more than one final reply: {ref}" for ref in self.duplicate_replies]
         found += [f"incomplete bundle: {line}" for line in self.incomplete_bundles]
         found += [f"untrue erasure reply: {line}" for line in self.untrue_erasures]
+        found += [f"residual data not followed up: {line}" for line in self.residuals_unreported]
         found += [f"written twice: {line}" for line in self.mutated_twice]
         found += [f"in replying for {s:.0f} s: {ref}" for ref, s in self.replying_seconds.items()
                   if s > MAX_REPLYING_SECONDS]
@@ -115,6 +119,7 @@ class ChaosReport:
             ("duplicate final replies", str(len(self.duplicate_replies))),
             ("bundles complete", f"{self.bundles_checked - len(self.incomplete_bundles)} / {self.bundles_checked}"),
             ("erasure replies true", f"{self.erasures_checked - len(self.untrue_erasures)} / {self.erasures_checked}"),
+            ("residuals followed up", f"{self.residuals - len(self.residuals_unreported)} / {self.residuals}"),
             ("records written twice", str(len(self.mutated_twice))),
             ("longest in replying", f"{max(self.replying_seconds.values(), default=0):.0f} s"),
             ("time to settle (median, max)", f"{_median(self.settle_seconds):.0f} s, "
@@ -364,6 +369,16 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
                 untrue.append(f"still held in {', '.join(still)}")
             if untrue:
                 report.untrue_erasures.append(f"{reference}: {'; '.join(untrue)}")
+            handle = client.get_workflow_handle_for(DataSubjectRequest.run, reference)
+            status = await handle.query(DataSubjectRequest.status)
+            if status.residuals:
+                report.residuals += 1
+                told = any(reference in str(m["Subject"]) and "data to erase by hand" in str(m["Subject"])
+                           for rcpts, m in list(mail.messages) if OPERATOR in rcpts)
+                if not told or "Not erased automatically" not in text:
+                    report.residuals_unreported.append(
+                        f"{reference}: operator {'told' if told else 'not told'}, reply "
+                        f"{'says' if 'Not erased automatically' in text else 'does not say'} what is left")
     for system, faults in boxes.every_fault.items():
         report.mutated_twice += [f"{system} {request} x{n}" for request, n in faults.mutated_twice()]
 
