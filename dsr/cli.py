@@ -546,6 +546,8 @@ def worker() -> None:
 @app.command()
 def up(
     demo: Annotated[bool, typer.Option(help="Also start the sandboxes with sample customers.")] = False,
+    no_worker: Annotated[bool, typer.Option(
+        "--no-worker", help="Start no worker: run `dsr worker` processes yourself.")] = False,
 ) -> None:
     """Start everything locally: Temporal dev server and UI, codec server, worker, SMTP sink."""
     from dsr.config import ConfigError, Settings
@@ -558,8 +560,8 @@ def up(
     from connectors.config import ConfigFileError
 
     try:
-        asyncio.run(run_stack(settings, demo=demo))
-    except (StackError, ConfigFileError) as err:
+        asyncio.run(run_stack(settings, demo=demo, worker=not no_worker))
+    except (StackError, ConfigFileError, ConfigError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         pass

@@ -149,11 +149,20 @@ def _check_ports(settings: Settings) -> None:
         raise StackError(f"already in use on {LOOPBACK}: {', '.join(busy)} (is another `dsr up` running?)")
 
 
-async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, demo: bool = False) -> None:
-    """Start everything, print where it is, run until Ctrl-C (or ``stop``), then stop everything."""
+async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, demo: bool = False,
+                    worker: bool = True) -> None:
+    """Start everything, print where it is, run until Ctrl-C (or ``stop``), then stop everything.
+
+    ``worker=False`` (``--no-worker``): no worker in this process; ``dsr worker`` processes run the requests
+    (operators who scale them apart, chaos runs that kill them)."""
     from dsr.crypto import KeyRing
     from worker import configured_connectors
 
+    rates = None
+    if demo:
+        from sandbox.faults import fault_rates_from_env
+
+        rates = fault_rates_from_env(os.environ)  # a malformed DSR_DEMO_FAULTS stops here, before anything starts
     _check_ports(settings)
     stop = stop or asyncio.Event()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -167,18 +176,18 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
         try:
             base = int(os.environ.get("DSR_DEMO_BASE_PORT", "8301"))
             ports = {"hubspot": base, "woocommerce": base + 1, "stripe": base + 2}
-            sandboxes = await start_demo(settings.home, settings.config_file, settings.secrets_file, ports)
+            sandboxes = await start_demo(settings.home, settings.config_file, settings.secrets_file, ports, rates)
         except DemoError as err:
             raise StackError(str(err)) from None
     try:
         connectors = configured_connectors(settings)  # a bad dsr.toml stops here, before anything starts
-        await _run_services(settings, keyring, connectors, stop, sandboxes)
+        await _run_services(settings, keyring, connectors, stop, sandboxes, worker)
     finally:
         if sandboxes is not None:
             await sandboxes.stop()
 
 
-async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes) -> None:
+async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes, with_worker: bool) -> None:
     import concurrent.futures
 
     from dsr.codec_server import codec_app, serve_codec
@@ -218,9 +227,10 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             mailbox_task = asyncio.create_task(
                 run_mailbox(settings, keyring, ledger, service, stop, AttachmentStore(objects, keyring)))
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
-            worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor)
+            worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor) \
+                if with_worker else contextlib.nullcontext()
             async with _stopping(stop), worker:
-                _print_banner(settings, port, codec_endpoint, sink is not None, sandboxes)
+                _print_banner(settings, port, codec_endpoint, sink is not None, sandboxes, with_worker)
                 await stop.wait()
                 print("\nstopping…", flush=True)
     finally:
@@ -252,12 +262,15 @@ def _profile_state(settings: Settings) -> str:
             "(`dsr config check` lists them)")
 
 
-def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes) -> None:
+def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes,
+                  with_worker: bool = True) -> None:
     lines = [
         "dsr is up.",
         f"  Temporal        {LOOPBACK}:{port} (namespace {settings.temporal_namespace})",
         f"  Temporal UI     {settings.ui_url}",
         f"  codec server    {codec_endpoint} (decodes payloads for the UI)",
+        f"  worker          {'in this process' if with_worker else 'none (--no-worker): start `dsr worker` processes'}"
+        f" on task queue {settings.task_queue}",
         f"  intake          {settings.intake_url} (form, /api/requests, webhooks, /verify, downloads)",
         *([f"  mailbox         imaps://{settings.imap.host}:{settings.imap.port}/{settings.imap.folder} "
            f"every {settings.imap.poll_seconds}s"] if settings.imap is not None else []),
@@ -274,6 +287,8 @@ def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool
             "",
             f"Demo systems (sandboxes on 127.0.0.1, fresh at every start, see {settings.config_file}):",
             *(f"  {name:<12} http://127.0.0.1:{p}" for name, p in sandboxes.ports.items()),
+            *([f"  faults       {next(iter(sandboxes.faults.values())).rates.describe()} of requests "
+               "(DSR_DEMO_FAULTS)"] if sandboxes.faults and next(iter(sandboxes.faults.values())).rates else []),
             "Demo customers (dsr demo customers --json):",
             *(f"  {c.email:<30} {c.about}" for c in sandboxes.customers),
         ] if sandboxes is not None else []),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsr.codec_server import RunningCodecServer, serve_codec
+from sandbox.faults import FaultRates, Faults, fault_proxy
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
@@ -161,6 +162,7 @@ class Demo:
     stripe: LocalStripe
     customers: list[DemoCustomer]
     ports: dict[str, int]
+    faults: dict[str, Faults] = field(default_factory=dict)  # system -> its faults (DSR_DEMO_FAULTS)
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -177,8 +179,11 @@ def customers_file(home: Path) -> Path:
 
 
 async def start_demo(home: Path, config_file: Path, secrets_file: Path,
-                     ports: dict[str, int] | None = None) -> Demo:
-    """Start and seed the sandboxes, then write ``dsr.toml`` and ``secrets.env`` pointing at them."""
+                     ports: dict[str, int] | None = None, rates: FaultRates | None = None) -> Demo:
+    """Start and seed the sandboxes, then write ``dsr.toml`` and ``secrets.env`` pointing at them.
+
+    ``rates`` (``DSR_DEMO_FAULTS``): every sandbox answers that share of requests with a fault; Stripe's
+    through a fault-injecting proxy on its port, localstripe itself on a free one (seeded directly)."""
     ports = dict(ports or DEFAULT_PORTS)
     if _is_users_own(config_file):
         raise DemoError(f"{config_file} is your own configuration; run the demo with another DSR_HOME "
@@ -192,16 +197,22 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
     for system, seeded in (("hubspot", seed_hubspot(hubspot_state)), ("woocommerce", seed_woocommerce(woo_state))):
         for email, datasets in seeded.items():
             counts.setdefault(email, {})[system] = datasets
+    rates = rates or FaultRates()
+    faults = {system: Faults(rates=rates) for system in ("hubspot", "woocommerce", "stripe")}
     servers = [
-        await serve_codec(hubspot_app(hubspot_state, token=HUBSPOT_TOKEN), port=ports["hubspot"]),
-        await serve_codec(woocommerce_app(woo_state, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET),
+        await serve_codec(hubspot_app(hubspot_state, token=HUBSPOT_TOKEN, faults=faults["hubspot"]),
+                          port=ports["hubspot"]),
+        await serve_codec(woocommerce_app(woo_state, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET,
+                                          faults=faults["woocommerce"]),
                           port=ports["woocommerce"]),
     ]
     stripe = LocalStripe(api_key=STRIPE_KEY)
     try:
-        await asyncio.to_thread(stripe.start, ports["stripe"])
+        await asyncio.to_thread(stripe.start, 0 if rates else ports["stripe"])
         for email, datasets in (await seed_stripe(stripe.url)).items():
             counts.setdefault(email, {})["stripe"] = datasets
+        if rates:
+            servers.append(await serve_codec(fault_proxy(stripe.url, faults["stripe"]), port=ports["stripe"]))
     except BaseException:
         for server in servers:
             await server.stop()
@@ -221,7 +232,7 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
     listing = customers_file(home)
     listing.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(listing, json.dumps([asdict(c) for c in customers], ensure_ascii=False, indent=2))
-    return Demo(servers=servers, stripe=stripe, customers=customers, ports=ports)
+    return Demo(servers=servers, stripe=stripe, customers=customers, ports=ports, faults=faults)
 
 
 def read_secrets(path: Path) -> dict[str, str]:

@@ -1,12 +1,105 @@
 """Fault injection shared by the sandboxes: tests ask for 5xx, slow answers, dropped connections, or answers
-lost after the call took effect."""
+lost after the call took effect, one by one; ``DSR_DEMO_FAULTS`` and bench/chaos.py ask for them at random
+rates (:class:`FaultRates`). :func:`fault_proxy` puts the same faults in front of a server we cannot change
+(localstripe)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dsr.config import ConfigError
+
+FAULTS_VARIABLE = "DSR_DEMO_FAULTS"
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """The share of requests that suffer each fault, drawn independently for every request (at most one
+    fault per request). ``slow`` delays the answer by ``slow_seconds``; ``429`` carries ``Retry-After``."""
+
+    error: float = 0.0  # 500, 502 or 503
+    throttle: float = 0.0  # 429 with Retry-After
+    slow: float = 0.0
+    drop: float = 0.0  # the connection closes before the sandbox sees the request
+    lost: float = 0.0  # the sandbox carries the request out, then the answer is lost
+    slow_seconds: float = 2.0
+    retry_after_seconds: int = 1
+
+    @property
+    def total(self) -> float:
+        return self.error + self.throttle + self.slow + self.drop + self.lost
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {rate:.0%}" for name, rate in (
+            ("5xx", self.error), ("429", self.throttle), ("slow", self.slow), ("dropped", self.drop),
+            ("answer lost", self.lost)) if rate)
+
+    @classmethod
+    def uniform(cls, share: float) -> FaultRates:
+        """``share`` of all requests faulted, spread over the five faults (a third of it 5xx and 429)."""
+        return cls(error=share * 0.3, throttle=share * 0.3, slow=share * 0.2, drop=share * 0.1, lost=share * 0.1)
+
+
+_KEYS = {"5xx": "error", "429": "throttle", "slow": "slow", "drop": "drop", "lost": "lost"}
+
+
+def parse_fault_rates(raw: str, name: str = FAULTS_VARIABLE) -> FaultRates:
+    """``5xx=0.05,429=0.05,slow=0.05,drop=0.02,lost=0.02`` (any subset; rates between 0 and 1, summing to
+    at most 1). Empty: no faults. Anything else is a :class:`ConfigError` naming the variable."""
+    expected = f"{name} must look like 5xx=0.05,429=0.05,slow=0.05,drop=0.02,lost=0.02"
+    rates: dict[str, float] = {}
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in _KEYS or _KEYS[key] in rates:
+            raise ConfigError(f"{expected} (keys 5xx, 429, slow, drop, lost, each once); got {raw!r}")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise ConfigError(f"{expected}; {key} is not a number: {value.strip()!r}") from None
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"{expected}; {key}={rate} is not between 0 and 1")
+        rates[_KEYS[key]] = rate
+    parsed = FaultRates(**rates)
+    if parsed.total > 1.0:
+        raise ConfigError(f"{expected}; the rates add up to {parsed.total:g}, more than 1")
+    return parsed
+
+
+def fault_rates_from_env(env: Mapping[str, str]) -> FaultRates:
+    return parse_fault_rates(env.get(FAULTS_VARIABLE, ""))
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A request the sandbox carried out: what a vendor's write log would show."""
+
+    request: str  # "METHOD /path"
+    body: str  # digest of the request body ("" without one)
+    status: int
+
+    @property
+    def mutating(self) -> bool:
+        """A write: searches and batch reads are POSTs that change nothing."""
+        method, _, path = self.request.partition(" ")
+        return method in MUTATING and not path.rstrip("/").endswith(("/search", "/read"))
 
 
 @dataclass
@@ -22,6 +115,10 @@ class Faults:
     answer is lost (the connection closes mid-response), as when a proxy or the network fails after the
     vendor acted. Consumed in order."""
     log: list[str] = field(default_factory=list)  # "METHOD /path" of every request, as it arrived
+    rates: FaultRates = field(default_factory=FaultRates)  # random faults, after the ones asked for above
+    rng: random.Random = field(default_factory=random.Random)
+    applied: list[Applied] = field(default_factory=list)  # every request the sandbox carried out, with its status
+    injected: dict[str, int] = field(default_factory=dict)  # random faults injected, by kind
 
     def clear(self) -> None:
         self.statuses.clear()
@@ -29,6 +126,27 @@ class Faults:
         self.drop_next = 0
         self.retry_after = None
         self.lose_answers.clear()
+
+    def draw(self) -> str | None:
+        """The random fault the next request suffers, if any: ``5xx``, ``429``, ``slow``, ``drop`` or ``lost``."""
+        if not self.rates:
+            return None
+        roll = self.rng.random()
+        for kind, rate in (("5xx", self.rates.error), ("429", self.rates.throttle), ("slow", self.rates.slow),
+                           ("drop", self.rates.drop), ("lost", self.rates.lost)):
+            if roll < rate:
+                self.injected[kind] = self.injected.get(kind, 0) + 1
+                return kind
+            roll -= rate
+        return None
+
+    def mutated_twice(self) -> list[tuple[str, int]]:
+        """Mutating requests (same method, path and body) the sandbox carried out successfully more than once."""
+        seen: dict[tuple[str, str], int] = {}
+        for entry in self.applied:
+            if entry.mutating and 200 <= entry.status < 300:
+                seen[(entry.request, entry.body)] = seen.get((entry.request, entry.body), 0) + 1
+        return [(request, n) for (request, _), n in seen.items() if n > 1]
 
     def _loses(self, request: str) -> bool:
         method, _, prefix = self.lose_answers[0].partition(" ") if self.lose_answers else ("", "", "")
@@ -51,10 +169,26 @@ class FaultMiddleware:
             return
         request = f"{scope['method']} {scope['path']}"
         self.faults.log.append(request)
-        if self.faults._loses(request):
-            async def swallow(message: dict) -> None:
-                return None
+        drawn = None if (self.faults.statuses or self.faults.drop_next or self.faults.lose_answers) \
+            else self.faults.draw()
+        if drawn == "slow":
+            await asyncio.sleep(self.faults.rates.slow_seconds)
+        elif drawn == "drop":
+            await _drop(send)
+        elif drawn in ("5xx", "429"):
+            status = 429 if drawn == "429" else self.faults.rng.choice((500, 502, 503))
+            headers = [(b"content-type", b"application/json")]
+            if status in (429, 503):
+                headers.append((b"retry-after", str(self.faults.rates.retry_after_seconds).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b'{"message": "injected fault"}'})
+            return
+        if drawn == "lost" or self.faults._loses(request):
+            async def swallow(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    self.faults.applied.append(Applied(request, digest, int(message["status"])))
 
+            receive, digest = await _recorded(receive) if scope["method"] in MUTATING else (receive, "")
             await self.app(scope, receive, swallow)  # the call takes effect...
             # ...and its answer never arrives: a response announced and abandoned makes uvicorn close the
             # connection, which the client sees as a transport error.
@@ -65,12 +199,7 @@ class FaultMiddleware:
             await asyncio.sleep(self.faults.delay_seconds)
         if self.faults.drop_next > 0:
             self.faults.drop_next -= 1
-            # Raising before a response starts makes uvicorn answer 500; starting one and then raising
-            # makes it close the connection mid-response: what a client sees when a proxy drops it.
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": b'{"partial": ', "more_body": True})
-            raise ConnectionAbortedError("sandbox fault: dropped connection")
+            await _drop(send)
         if self.faults.statuses:
             status = self.faults.statuses.pop(0)
             headers = [(b"content-type", b"application/json")]
@@ -79,4 +208,67 @@ class FaultMiddleware:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b'{"message": "injected fault"}'})
             return
-        await self.app(scope, receive, send)
+        receive, digest = await _recorded(receive) if scope["method"] in MUTATING else (receive, "")
+
+        async def logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.faults.applied.append(Applied(request, digest, int(message["status"])))
+            await send(message)
+
+        await self.app(scope, receive, logged)
+
+
+async def _drop(send: Send) -> None:
+    # Raising before a response starts makes uvicorn answer 500; starting one and then raising
+    # makes it close the connection mid-response: what a client sees when a proxy drops it.
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"partial": ', "more_body": True})
+    raise ConnectionAbortedError("sandbox fault: dropped connection")
+
+
+async def _recorded(receive: Receive) -> tuple[Receive, str]:
+    """Read the whole request body (to log its digest), and a ``receive`` that replays it to the app."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay, hashlib.sha256(body).hexdigest()[:16] if body else ""
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+               "content-length", "content-encoding"}
+
+
+def fault_proxy(upstream: str, faults: Faults) -> Starlette:
+    """A reverse proxy to ``upstream`` (localstripe, which has no fault injection of its own) applying
+    ``faults`` as the other sandboxes do: the demo and bench/chaos.py put it in front of Stripe."""
+    client = httpx.AsyncClient(base_url=upstream, timeout=60)  # as long-lived as the sandbox (no lifespan runs)
+
+    async def forward(request: Request) -> Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        answer = await client.request(request.method, request.url.path, params=request.url.query or None,
+                                      headers=headers, content=await request.body())
+        return Response(answer.content, status_code=answer.status_code,
+                        headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP})
+
+    class _Proxy(Starlette):
+        def build_middleware_stack(self) -> ASGIApp:
+            return FaultMiddleware(super().build_middleware_stack(), faults)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    return _Proxy(routes=[Route("/{path:path}", forward, methods=methods)])

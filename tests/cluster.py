@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from dsr.codec_server import RunningCodecServer, serve_codec
-from sandbox.faults import Faults
+from sandbox.faults import FaultRates, Faults, fault_proxy
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
@@ -47,10 +47,28 @@ class Holding:
 class Sandboxes:
     hubspot: HubSpotState
     woo: WooState
-    faults: Faults
-    servers: list[RunningCodecServer]
-    stripe: LocalStripe
+    faults: Faults  # WooCommerce's
+    servers: list[RunningCodecServer]  # HubSpot, WooCommerce, then Stripe's fault proxy
+    stripe: LocalStripe  # seeded directly; the connectors reach it through the proxy
     people: dict[str, Holding] = field(default_factory=dict)
+    hubspot_faults: Faults = field(default_factory=Faults)
+    stripe_faults: Faults = field(default_factory=Faults)
+
+    @property
+    def stripe_url(self) -> str:
+        return self.servers[2].url
+
+    @property
+    def every_fault(self) -> dict[str, Faults]:
+        return {"hubspot": self.hubspot_faults, "woocommerce": self.faults, "stripe": self.stripe_faults}
+
+    def set_rates(self, rates: FaultRates, seed: int | None = None) -> None:
+        """Random faults on every system from now on (seeding is over)."""
+        import random
+
+        for n, faults in enumerate(self.every_fault.values()):
+            faults.rates = rates
+            faults.rng = random.Random(None if seed is None else seed + n)
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -59,15 +77,17 @@ class Sandboxes:
 
 
 async def start_sandboxes() -> Sandboxes:
-    hubspot, woo, faults = HubSpotState(), WooState(), Faults()
+    hubspot, woo, faults, hubspot_faults, stripe_faults = HubSpotState(), WooState(), Faults(), Faults(), Faults()
     servers = [
-        await serve_codec(hubspot_app(hubspot, token=HUBSPOT_TOKEN), port=0),
+        await serve_codec(hubspot_app(hubspot, token=HUBSPOT_TOKEN, faults=hubspot_faults), port=0),
         await serve_codec(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, faults=faults),
                           port=0),
     ]
     stripe = LocalStripe(api_key=STRIPE_KEY)
     await asyncio.to_thread(stripe.start)
-    return Sandboxes(hubspot, woo, faults, servers, stripe)
+    servers.append(await serve_codec(fault_proxy(stripe.url, stripe_faults), port=0))
+    return Sandboxes(hubspot, woo, faults, servers, stripe, hubspot_faults=hubspot_faults,
+                     stripe_faults=stripe_faults)
 
 
 async def seed_person(boxes: Sandboxes, email: str, name: str, *, notes: int, orders: int, charges: int) -> Holding:
@@ -90,7 +110,7 @@ async def seed_person(boxes: Sandboxes, email: str, name: str, *, notes: int, or
 
 
 def connectors_toml(boxes: Sandboxes) -> str:
-    hubspot, woo = (server.url for server in boxes.servers)
+    hubspot, woo = (server.url for server in boxes.servers[:2])
     return f"""[[connectors]]
 type = "hubspot"
 base_url = "{hubspot}"
@@ -105,7 +125,7 @@ rate_limit = {{ requests = 1000, per_seconds = 1 }}
 
 [[connectors]]
 type = "stripe"
-base_url = "{boxes.stripe.url}"
+base_url = "{boxes.stripe_url}"
 credentials = {{ api_key = "MN_STRIPE_KEY" }}
 rate_limit = {{ requests = 1000, per_seconds = 1 }}
 """

@@ -262,3 +262,33 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, args: list[str], mes
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+def test_no_worker_stack_with_demo_faults_waits_for_a_dsr_worker(stack: Stack) -> None:
+    import httpx
+
+    base = free_port()
+    while any(not _free(p) for p in (base + 1, base + 2)):
+        base = free_port()
+    stack.env["DSR_DEMO_BASE_PORT"] = str(base)
+    stack.env["DSR_DEMO_FAULTS"] = "429=1"
+    stack.up("--demo", "--no-worker")
+    banner = (stack.home / "up.log").read_text()
+    assert "none (--no-worker)" in banner and "faults       429 100% of requests" in banner
+    for port in (base, base + 1, base + 2):  # every demo system, Stripe through its fault proxy
+        answer = httpx.get(f"http://127.0.0.1:{port}/v1/customers")
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "1", (port, answer.status_code)
+
+    submitted = json.loads(stack.dsr("submit", "--kind", "access", "--email", EMAIL, "--name", NAME,
+                                     "--json").stdout)
+    time.sleep(3)
+    assert stack.outbox() == []  # no worker: nothing runs the request
+    worker = subprocess.Popen([str(BIN / "dsr"), "worker"], env=stack.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: any(submitted["id"] in str(m["Subject"]) or submitted["id"] in
+                               m.get_body(("plain",)).get_content() for m in stack.outbox()),
+                   "the identity email, sent by the separate worker", timeout=60)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)

@@ -1,0 +1,417 @@
+"""Chaos: requests of every kind through separate ``dsr worker`` processes killed at random (SIGKILL, then
+restarted) while every vendor sandbox injects faults (5xx, 429 with Retry-After, slowness, dropped
+connections, answers lost after the call took effect). Then it checks what a regulator would:
+
+* every request is closed, or in ``needs_attention`` with a reason an operator can act on;
+* exactly one final reply each (reply emails counted by subject; none yet for one waiting for an operator);
+* every access and portability bundle downloads complete through the intake (record counts per dataset
+  equal to what the sandboxes held);
+* every erasure reply is true: no "no data" or "already erased earlier" for a system that held the subject's
+  records, and the sandboxes no longer hold them;
+* no record written twice: no write (same method, path and body) carried out successfully twice, from the
+  sandboxes' own log of what they carried out.
+
+The cluster is tests/cluster.py's: a Temporal dev server, the ledger on PostgreSQL (SQLite when it is not
+installed), moto's S3 server, an SMTP sink, the three sandboxes (Stripe behind a fault proxy) and machines
+with a ``DSR_HOME`` each; machine A also runs ``dsr intake`` (submissions and downloads).
+
+Run: ``.venv/bin/python bench/chaos.py [--requests 100] [--kills 30] [--faults 0.15] [--workers 2]``.
+tests/test_chaos.py runs a bounded one in ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dsr import search_attributes as sa  # noqa: E402
+from dsr.crypto import KeyRing, data_converter  # noqa: E402
+from dsr.ledger import Ledger  # noqa: E402
+from dsr.model import Stage  # noqa: E402
+from sandbox.faults import FaultRates  # noqa: E402
+from tests.cluster import (  # noqa: E402
+    STRIPE_KEY,
+    Holding,
+    Machine,
+    Sandboxes,
+    connectors_toml,
+    new_keys,
+    seed_person,
+    shared_environment,
+    start_sandboxes,
+)
+from tests.harness import MailSink, S3Server, binary, free_port  # noqa: E402
+
+KINDS = ("access", "portability", "erasure", "rectification")
+OPERATOR = "dpo@example.com"  # DSR_OPERATOR_EMAIL of tests/cluster.py
+MAX_REPLYING_SECONDS = 120  # the issue's bound: no request in `replying` 2 minutes after its worker died
+FINAL_REPLY = re.compile(r"(Reply to your|Your data in a portable format|No data about you)")
+PORTABLE = {("hubspot", "contact"), ("woocommerce", "customer"), ("woocommerce", "orders"), ("stripe", "customer"),
+            ("stripe", "charges")}
+
+
+@dataclass
+class ChaosReport:
+    requests: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    kills: int = 0
+    faults: dict[str, int] = field(default_factory=dict)  # injected, by kind
+    sandbox_calls: int = 0
+    closed: int = 0
+    needs_attention: dict[str, str] = field(default_factory=dict)  # reference -> reason
+    unsettled: dict[str, str] = field(default_factory=dict)  # reference -> stage (neither closed nor waiting)
+    missing_replies: list[str] = field(default_factory=list)
+    duplicate_replies: list[str] = field(default_factory=list)
+    bundles_checked: int = 0
+    incomplete_bundles: list[str] = field(default_factory=list)
+    erasures_checked: int = 0
+    untrue_erasures: list[str] = field(default_factory=list)
+    residuals: int = 0  # erasures that left data an API could not clear
+    residuals_unreported: list[str] = field(default_factory=list)  # ... without the operator told, or the reply
+    mutated_twice: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    settle_seconds: list[float] = field(default_factory=list)  # from submission to closed or needs_attention
+    replying_seconds: dict[str, float] = field(default_factory=dict)  # reference -> longest seen in `replying`
+
+    @property
+    def failures(self) -> list[str]:
+        found = [f"not settled: {ref} in {stage}" for ref, stage in self.unsettled.items()]
+        found += [f"needs_attention without a reason: {ref}" for ref, why in self.needs_attention.items() if not why]
+        found += [f"no final reply: {ref}" for ref in self.missing_replies]
+        found += [f"more than one final reply: {ref}" for ref in self.duplicate_replies]
+        found += [f"incomplete bundle: {line}" for line in self.incomplete_bundles]
+        found += [f"untrue erasure reply: {line}" for line in self.untrue_erasures]
+        found += [f"residual data not followed up: {line}" for line in self.residuals_unreported]
+        found += [f"written twice: {line}" for line in self.mutated_twice]
+        found += [f"in replying for {s:.0f} s: {ref}" for ref, s in self.replying_seconds.items()
+                  if s > MAX_REPLYING_SECONDS]
+        return found
+
+    def table(self) -> str:
+        rows = [
+            ("requests", f"{self.requests} ({', '.join(f'{k} {n}' for k, n in self.by_kind.items())})"),
+            ("worker kills (SIGKILL)", str(self.kills)),
+            ("sandbox calls", str(self.sandbox_calls)),
+            ("faults injected", f"{sum(self.faults.values())} ("
+                                + ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())) + ")"),
+            ("closed", str(self.closed)),
+            ("needs_attention (with a reason)", str(sum(1 for why in self.needs_attention.values() if why))),
+            ("lost or stuck", str(len(self.unsettled))),
+            ("final replies missing", str(len(self.missing_replies))),
+            ("duplicate final replies", str(len(self.duplicate_replies))),
+            ("bundles complete", f"{self.bundles_checked - len(self.incomplete_bundles)} / {self.bundles_checked}"),
+            ("erasure replies true", f"{self.erasures_checked - len(self.untrue_erasures)} / {self.erasures_checked}"),
+            ("residuals followed up", f"{self.residuals - len(self.residuals_unreported)} / {self.residuals}"),
+            ("records written twice", str(len(self.mutated_twice))),
+            ("longest in replying", f"{max(self.replying_seconds.values(), default=0):.0f} s"),
+            ("time to settle (median, max)", f"{_median(self.settle_seconds):.0f} s, "
+                                             f"{max(self.settle_seconds, default=0):.0f} s"),
+            ("wall time", f"{self.seconds:.0f} s"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {value}" for name, value in rows]
+        lines += [f"  needs_attention {ref}: {why}" for ref, why in self.needs_attention.items()]
+        lines += [f"FAIL {line}" for line in self.failures]
+        lines.append("RESULT: " + ("all checks hold" if not self.failures else f"{len(self.failures)} failure(s)"))
+        return "\n".join(lines)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
+
+
+def _reference(text: str) -> str | None:
+    found = re.search(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", text)
+    return found.group(0) if found else None
+
+
+def _plain(message) -> str:
+    return message.get_body(("plain",)).get_content()
+
+
+def _manifest_counts(zipped: bytes) -> dict[tuple[str, str], int]:
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        data = json.loads(archive.read("data.json"))
+    counts = {(d["system"], d["dataset"]): d["records"] for d in manifest["datasets"]}
+    really = {(system, dataset): len(records) for system, datasets in data.items()
+              for dataset, records in datasets.items()}
+    if counts != really:
+        raise AssertionError(f"the manifest says {counts}, data.json holds {really}")
+    return counts
+
+
+async def _download(http: httpx.AsyncClient, intake: str, token: str, reference: str) -> httpx.Response:
+    page = await http.get(f"{intake}/exports/{token}")
+    form = re.search(r'name="form" value="([^"]+)"', page.text)
+    if page.status_code != 200 or form is None:
+        return page
+    return await http.post(f"{intake}/exports/{token}", data={"form": form.group(1), "answer": reference})
+
+
+async def _still_held(boxes: Sandboxes, holding: Holding) -> list[str]:
+    """The systems still holding the subject's identifying records after an erasure."""
+    email = holding.email.lower()
+    held = []
+    if any(str(o.properties.get("email", "")).lower() == email for o in boxes.hubspot.objects["contacts"].values()):
+        held.append("hubspot")
+    if any(str(c.get("email", "")).lower() == email for c in boxes.woo.customers.values()):
+        held.append("woocommerce")
+    async with httpx.AsyncClient(base_url=boxes.stripe.url, headers={"Authorization": f"Bearer {STRIPE_KEY}"}) as s:
+        customers = (await s.get("/v1/customers", params={"email": holding.email})).json().get("data", [])
+    if [c for c in customers if not c.get("deleted")]:
+        held.append("stripe")
+    return held
+
+
+async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float, database_url: str,
+                    s3: S3Server, workers: int = 2, seed: int = 11, timeout: float = 900.0,
+                    say: Callable[[str], None] = print) -> ChaosReport:
+    """The whole run, from an empty cluster to the report; raises nothing for a failed check (see
+    ``ChaosReport.failures``)."""
+    from temporalio.testing import WorkflowEnvironment
+
+    rng = random.Random(seed)
+    report = ChaosReport(requests=requests)
+    keys = new_keys()
+    keyring = KeyRing.from_env_value(keys)
+    boxes = await start_sandboxes()
+    mail = MailSink()
+    mail.start()
+    temporal = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
+        data_converter=data_converter(keyring), dev_server_log_level="never")  # killed workers: expected noise
+    machines: list[Machine] = []
+    ledger = Ledger(database_url, keyring)
+    try:
+        people: list[tuple[str, Holding]] = []
+        for n in range(requests):
+            kind = KINDS[n % len(KINDS)]
+            report.by_kind[kind] = report.by_kind.get(kind, 0) + 1
+            holding = await seed_person(boxes, f"chaos.{kind}.{n}@example.org", f"Chaos{n} {kind.capitalize()}",
+                                        notes=n % 3, orders=1 + n % 4, charges=n % 2)
+            people.append((kind, holding))
+        intake_port = free_port()
+        shared = shared_environment(
+            temporal=temporal.client.service_client.config.target_host, task_queue=f"chaos-{uuid.uuid4()}",
+            keys=keys, database_url=database_url, s3=s3, prefix=f"chaos-{uuid.uuid4().hex[:12]}", mail=mail,
+            public_url=f"http://127.0.0.1:{intake_port}")
+        shared["DSR_IDENTITY_METHOD"] = "trusted"
+        shared["DSR_RATE_PER_CLIENT_HOUR"] = str(max(1000, 2 * requests))
+        config = connectors_toml(boxes)
+        machines = [Machine(f"machine-{n}", work, shared, config) for n in range(workers)]
+        entry = machines[0]
+        entry.intake_port, entry.env["DSR_INTAKE_PORT"] = intake_port, str(intake_port)
+        for machine in machines:
+            machine.start_worker()
+        entry.start_intake()
+        await entry.wait_for_intake()
+
+        def logs() -> str:
+            return "\n".join(f"--- {m.name} worker\n{m.log('worker')[-1500:]}" for m in machines)
+
+        boxes.set_rates(FaultRates.uniform(fault_share), seed=seed)
+        begin = time.monotonic()
+        references: dict[str, tuple[str, Holding]] = {}
+        async with httpx.AsyncClient(timeout=60) as http:
+            for kind, holding in people:
+                body: dict[str, object] = {"kind": kind, "email": holding.email, "name": holding.name,
+                                           "language": "en"}
+                if kind == "rectification":
+                    body["changes"] = {"city": "Marseille"}
+                answer = await http.post(f"{entry.url}/api/requests", json=body)
+                if answer.status_code != 202:
+                    raise RuntimeError(f"the intake refused a submission: {answer.status_code} {answer.text[:300]}")
+                references[answer.json()["reference"]] = (kind, holding)
+            say(f"{len(references)} requests submitted; killing workers while the sandboxes inject faults…")
+
+            replying_since: dict[str, float] = {}
+            settled_at: dict[str, float] = {}
+
+            def settled() -> tuple[set[str], set[str]]:
+                stages = {r.request_id: r.stage for r in ledger.requests() if r.request_id in references}
+                now = time.monotonic()
+                for reference, stage in stages.items():
+                    if stage == Stage.REPLYING:
+                        since = replying_since.setdefault(reference, now)
+                        report.replying_seconds[reference] = now - since
+                    else:
+                        replying_since.pop(reference, None)
+                    if stage in (Stage.CLOSED, Stage.NEEDS_ATTENTION):
+                        settled_at.setdefault(reference, now - begin)
+                closed = {ref for ref, stage in stages.items() if stage == Stage.CLOSED}
+                waiting = {ref for ref, stage in stages.items() if stage == Stage.NEEDS_ATTENTION}
+                return closed, waiting
+
+            async def chaos_monkey() -> None:
+                while report.kills < kills:
+                    await asyncio.sleep(rng.uniform(1.0, 4.0))
+                    victim = rng.choice([m for m in machines if m.worker is not None and m.worker.poll() is None])
+                    victim.kill_worker()
+                    report.kills += 1
+                    await asyncio.sleep(rng.uniform(0.5, 2.0))
+                    victim.start_worker()
+
+            monkey = asyncio.create_task(chaos_monkey())
+            next_progress = 30.0
+            try:
+                while True:
+                    closed, waiting = await asyncio.to_thread(settled)
+                    if len(closed | waiting) == len(references) and (monkey.done() or not waiting):
+                        break
+                    if time.monotonic() - begin > timeout:
+                        break
+                    if time.monotonic() - begin > next_progress:
+                        next_progress += 30
+                        say(f"  {time.monotonic() - begin:4.0f} s: {len(closed)} closed, {len(waiting)} waiting "
+                            f"for an operator, {report.kills} kills")
+                    await asyncio.sleep(1.0)
+            finally:
+                monkey.cancel()
+                await asyncio.gather(monkey, return_exceptions=True)
+            for machine in machines:  # every worker up for the queries and the checks
+                if machine.worker is None or machine.worker.poll() is not None:
+                    machine.start_worker()
+            boxes.set_rates(FaultRates())  # the checks read the sandboxes without faults
+            report.seconds = time.monotonic() - begin
+            report.settle_seconds = list(settled_at.values())
+            await _check(report, http, temporal.client, ledger, boxes, mail, entry.url, references, logs)
+        for faults in boxes.every_fault.values():
+            report.sandbox_calls += len(faults.log)
+            for kind, n in faults.injected.items():
+                report.faults[kind] = report.faults.get(kind, 0) + n
+        return report
+    finally:
+        ledger.close()
+        for machine in machines:
+            machine.stop()
+        await temporal.shutdown()
+        await boxes.stop()
+        mail.stop()
+
+
+async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: Ledger, boxes: Sandboxes,
+                 mail: MailSink, intake: str, references: dict[str, tuple[str, Holding]], logs) -> None:
+    from dsr.model import ConnectorState
+    from workflows.request import DataSubjectRequest
+
+    stages = {r.request_id: r.stage for r in await asyncio.to_thread(ledger.requests)}
+    replies: dict[str, list] = {}
+    for _, message in list(mail.messages):
+        subject = str(message["Subject"]).strip()
+        if FINAL_REPLY.match(subject) and (reference := _reference(subject)) in references:
+            replies.setdefault(reference, []).append(message)
+
+    for reference, (kind, holding) in references.items():
+        stage = Stage(stages.get(reference, "missing")) if stages.get(reference) else None
+        sent = replies.get(reference, [])
+        if len(sent) > 1:
+            report.duplicate_replies.append(reference)
+        if stage == Stage.NEEDS_ATTENTION:
+            handle = client.get_workflow_handle_for(DataSubjectRequest.run, reference)
+            status = await handle.query(DataSubjectRequest.status)
+            reasons = [f"{p.connector}: {p.error}" for p in status.connectors
+                       if p.state == ConnectorState.FAILED and p.error]
+            report.needs_attention[reference] = "; ".join(reasons) or status.reply_held
+            continue
+        if stage != Stage.CLOSED:
+            report.unsettled[reference] = str(stage.value if stage else "not in the ledger")
+            continue
+        report.closed += 1
+        if not sent:
+            report.missing_replies.append(reference)
+            continue
+        text = _plain(sent[0])
+        if kind in ("access", "portability"):
+            report.bundles_checked += 1
+            token = re.search(re.escape(intake) + r"/exports/(\S+)", text)
+            if token is None:
+                report.incomplete_bundles.append(f"{reference}: no download link in the reply")
+                continue
+            answer = await _download(http, intake, token.group(1), reference)
+            if answer.status_code != 200:
+                report.incomplete_bundles.append(f"{reference}: download answered {answer.status_code}")
+                continue
+            counts = _manifest_counts(answer.content)
+            expected = {key: n for key, n in holding.records.items() if kind == "access" or key in PORTABLE}
+            got = {key: counts.get(key, 0) for key in expected}
+            if got != expected:
+                wrong = {f"{s}/{d}": (got[(s, d)], n) for (s, d), n in expected.items() if got[(s, d)] != n}
+                report.incomplete_bundles.append(f"{reference}: (bundle, held) {wrong}")
+        elif kind == "erasure":
+            report.erasures_checked += 1
+            untrue = []
+            if str(sent[0]["Subject"]).startswith("No data about you"):
+                untrue.append("a no-data reply")
+            if "No data about you" in text or "Already erased earlier" in text:
+                untrue.append("a system said to hold nothing (or to have been erased before)")
+            still = await _still_held(boxes, holding)
+            if still:
+                untrue.append(f"still held in {', '.join(still)}")
+            if untrue:
+                report.untrue_erasures.append(f"{reference}: {'; '.join(untrue)}")
+            handle = client.get_workflow_handle_for(DataSubjectRequest.run, reference)
+            status = await handle.query(DataSubjectRequest.status)
+            if status.residuals:
+                report.residuals += 1
+                told = any(reference in str(m["Subject"]) and "data to erase by hand" in str(m["Subject"])
+                           for rcpts, m in list(mail.messages) if OPERATOR in rcpts)
+                if not told or "Not erased automatically" not in text:
+                    report.residuals_unreported.append(
+                        f"{reference}: operator {'told' if told else 'not told'}, reply "
+                        f"{'says' if 'Not erased automatically' in text else 'does not say'} what is left")
+    for system, faults in boxes.every_fault.items():
+        report.mutated_twice += [f"{system} {request} x{n}" for request, n in faults.mutated_twice()]
+
+
+async def main(arguments: argparse.Namespace) -> int:
+    import logging
+
+    from bench.scale import ledger_url
+
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # the dropped connections are on purpose
+
+    work = Path(tempfile.mkdtemp(prefix="dsr-bench-chaos-"))
+    database_url, cluster = ledger_url(work)
+    s3 = S3Server(f"chaos-{uuid.uuid4().hex[:8]}")
+    try:
+        report = await run_chaos(work, requests=arguments.requests, kills=arguments.kills,
+                                 fault_share=arguments.faults, database_url=database_url, s3=s3,
+                                 workers=arguments.workers, seed=arguments.seed, timeout=arguments.timeout)
+    finally:
+        s3.stop()
+        if cluster is not None:
+            cluster.stop()  # type: ignore[attr-defined]
+    print(report.table())
+    print(f"(machines' logs under {work})")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100, help="requests, of the four kinds in turn")
+    parser.add_argument("--kills", type=int, default=30, help="SIGKILLs of a worker (each restarted)")
+    parser.add_argument("--faults", type=float, default=0.15, help="share of sandbox calls faulted (0 to 1)")
+    parser.add_argument("--workers", type=int, default=2, help="dsr worker processes, each on a machine of its own")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before unsettled requests count as lost")
+    sys.exit(asyncio.run(main(parser.parse_args())))

@@ -1,0 +1,130 @@
+"""Random fault rates (DSR_DEMO_FAULTS), the write log, and the fault proxy in front of localstripe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from dsr.codec_server import RunningCodecServer, serve_codec
+from dsr.config import ConfigError
+from sandbox.faults import FaultRates, Faults, fault_proxy, parse_fault_rates
+from sandbox.stripe import LocalStripe
+from tests.harness import free_port
+
+BIN = Path(sys.executable).parent
+KEY = "sk_test_faults"
+
+
+def test_rates_parse_every_fault_and_default_to_none() -> None:
+    rates = parse_fault_rates("5xx=0.05, 429=0.04,slow=0.03,drop=0.02,lost=0.01")
+    assert (rates.error, rates.throttle, rates.slow, rates.drop, rates.lost) == (0.05, 0.04, 0.03, 0.02, 0.01)
+    assert not parse_fault_rates("")
+    assert parse_fault_rates("lost=1").lost == 1.0
+
+
+@pytest.mark.parametrize("raw", ["5xx", "oops=0.1", "5xx=lots", "429=1.5", "5xx=0.6,429=0.6", "drop=0.1,drop=0.2"])
+def test_a_malformed_value_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="DSR_DEMO_FAULTS"):
+        parse_fault_rates(raw)
+
+
+def test_dsr_up_refuses_malformed_faults_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "DSR_HOME": str(tmp_path), "DSR_DEMO_FAULTS": "5xx=half",
+           "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+    result = subprocess.run([str(BIN / "dsr"), "up", "--demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: DSR_DEMO_FAULTS"), result.stderr
+
+
+def test_draws_follow_the_rates() -> None:
+    import random
+
+    faults = Faults(rates=FaultRates(error=0.1, throttle=0.1, lost=0.05), rng=random.Random(7))
+    drawn = [faults.draw() for _ in range(4000)]
+    assert 300 < drawn.count("5xx") < 500 and 300 < drawn.count("429") < 500 and 120 < drawn.count("lost") < 280
+    assert drawn.count(None) > 2800 and "slow" not in drawn and "drop" not in drawn
+
+
+@pytest.fixture(scope="module")
+def localstripe() -> LocalStripe:
+    with LocalStripe(api_key=KEY).start() as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def proxied(localstripe: LocalStripe) -> AsyncIterator[tuple[RunningCodecServer, Faults]]:
+    faults = Faults()
+    server = await serve_codec(fault_proxy(localstripe.url, faults), port=0)
+    try:
+        yield server, faults
+    finally:
+        await server.stop()
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+async def test_the_proxy_forwards_to_localstripe_and_logs_what_it_carried_out(
+    proxied: tuple[RunningCodecServer, Faults],
+) -> None:
+    server, faults = proxied
+    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+        created = await http.post("/v1/customers", data={"email": "proxied@example.org"})
+        assert created.status_code == 200, created.text
+        customer = created.json()["id"]
+        listed = await http.get("/v1/customers", params={"email": "proxied@example.org"})
+        assert [c["id"] for c in listed.json()["data"]] == [customer]
+        assert (await http.get("/v1/customers", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert [(a.request, a.status) for a in faults.applied] == [
+        ("POST /v1/customers", 200), ("GET /v1/customers", 200), ("GET /v1/customers", 401)]
+    assert faults.mutated_twice() == []
+
+
+async def test_the_proxy_injects_429_with_retry_after_and_5xx(proxied: tuple[RunningCodecServer, Faults]) -> None:
+    server, faults = proxied
+    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+        faults.rates = FaultRates(throttle=1.0, retry_after_seconds=3)
+        throttled = await http.get("/v1/customers")
+        assert throttled.status_code == 429 and throttled.headers["retry-after"] == "3"
+        faults.rates = FaultRates(error=1.0)
+        assert (await http.get("/v1/customers")).status_code in (500, 502, 503)
+    assert faults.applied == [] and faults.injected == {"429": 1, "5xx": 1}
+
+
+async def test_an_answer_lost_after_the_call_took_effect(
+    proxied: tuple[RunningCodecServer, Faults], localstripe: LocalStripe,
+) -> None:
+    server, faults = proxied
+    faults.rates = FaultRates(lost=1.0)
+    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+        with pytest.raises(httpx.TransportError):
+            await http.post("/v1/customers", data={"email": "lost.answer@example.org"})
+        faults.rates = FaultRates(drop=1.0)
+        with pytest.raises(httpx.TransportError):
+            await http.post("/v1/customers", data={"email": "dropped@example.org"})
+    async with httpx.AsyncClient(base_url=localstripe.url, headers=_auth()) as direct:
+        lost = (await direct.get("/v1/customers", params={"email": "lost.answer@example.org"})).json()["data"]
+        dropped = (await direct.get("/v1/customers", params={"email": "dropped@example.org"})).json()["data"]
+    assert len(lost) == 1 and dropped == []  # the lost answer's call took effect; the dropped one never arrived
+    assert [(a.request, a.status) for a in faults.applied] == [("POST /v1/customers", 200)]
+
+
+async def test_a_repeated_write_is_reported_once_per_body(proxied: tuple[RunningCodecServer, Faults]) -> None:
+    server, faults = proxied
+    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+        customer = (await http.post("/v1/customers", data={"email": "twice@example.org"})).json()["id"]
+        for _ in range(2):
+            assert (await http.post(f"/v1/customers/{customer}", data={"name": "Same"})).status_code == 200
+        assert (await http.post(f"/v1/customers/{customer}", data={"name": "Other"})).status_code == 200
+        await asyncio.sleep(0)
+    assert faults.mutated_twice() == [(f"POST /v1/customers/{customer}", 2)]
