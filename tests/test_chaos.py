@@ -19,7 +19,8 @@ from tests.harness import S3Server
 REQUESTS, KILLS, FAULTS = 20, 5, 0.15
 
 pytestmark = pytest.mark.skipif(os.environ.get("DSR_CHAOS") != "1",
-                                reason="DSR_CHAOS=1: flaky until steps heartbeat (a kill during send_reply stalls)")
+                                reason="DSR_CHAOS=1 runs it: kept out of make test until repeated runs show it steady "
+                                       "(connector retries still back off without regard to progress)")
 
 
 async def test_a_bounded_chaos_run_loses_nothing_and_writes_nothing_twice(
