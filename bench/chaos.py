@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import json
 import random
 import re
 import sys
 import tempfile
 import time
 import uuid
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +45,18 @@ from dsr.ledger import Ledger  # noqa: E402
 from dsr.model import Stage  # noqa: E402
 from sandbox.faults import FaultRates  # noqa: E402
 from tests.cluster import (  # noqa: E402
+    FINAL_REPLY,
     STRIPE_KEY,
     Holding,
     Machine,
     Sandboxes,
     connectors_toml,
+    download,
+    expected_in_bundle,
+    manifest_counts,
     new_keys,
+    plain_text,
+    reference_in,
     seed_person,
     shared_environment,
     start_sandboxes,
@@ -63,9 +66,6 @@ from tests.harness import MailSink, S3Server, binary, free_port  # noqa: E402
 KINDS = ("access", "portability", "erasure", "rectification")
 OPERATOR = "dpo@example.com"  # DSR_OPERATOR_EMAIL of tests/cluster.py
 MAX_REPLYING_SECONDS = 120  # the issue's bound: no request in `replying` 2 minutes after its worker died
-FINAL_REPLY = re.compile(r"(Reply to your|Your data in a portable format|No data about you)")
-PORTABLE = {("hubspot", "contact"), ("woocommerce", "customer"), ("woocommerce", "orders"), ("stripe", "customer"),
-            ("stripe", "charges")}
 
 
 @dataclass
@@ -137,35 +137,6 @@ class ChaosReport:
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else 0.0
-
-
-def _reference(text: str) -> str | None:
-    found = re.search(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", text)
-    return found.group(0) if found else None
-
-
-def _plain(message) -> str:
-    return message.get_body(("plain",)).get_content()
-
-
-def _manifest_counts(zipped: bytes) -> dict[tuple[str, str], int]:
-    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
-        manifest = json.loads(archive.read("manifest.json"))
-        data = json.loads(archive.read("data.json"))
-    counts = {(d["system"], d["dataset"]): d["records"] for d in manifest["datasets"]}
-    really = {(system, dataset): len(records) for system, datasets in data.items()
-              for dataset, records in datasets.items()}
-    if counts != really:
-        raise AssertionError(f"the manifest says {counts}, data.json holds {really}")
-    return counts
-
-
-async def _download(http: httpx.AsyncClient, intake: str, token: str, reference: str) -> httpx.Response:
-    page = await http.get(f"{intake}/exports/{token}")
-    form = re.search(r'name="form" value="([^"]+)"', page.text)
-    if page.status_code != 200 or form is None:
-        return page
-    return await http.post(f"{intake}/exports/{token}", data={"form": form.group(1), "answer": reference})
 
 
 async def _still_held(boxes: Sandboxes, holding: Holding) -> list[str]:
@@ -318,7 +289,7 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
     replies: dict[str, list] = {}
     for _, message in list(mail.messages):
         subject = str(message["Subject"]).strip()
-        if FINAL_REPLY.match(subject) and (reference := _reference(subject)) in references:
+        if FINAL_REPLY.match(subject) and (reference := reference_in(subject)) in references:
             replies.setdefault(reference, []).append(message)
 
     for reference, (kind, holding) in references.items():
@@ -340,19 +311,19 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
         if not sent:
             report.missing_replies.append(reference)
             continue
-        text = _plain(sent[0])
+        text = plain_text(sent[0])
         if kind in ("access", "portability"):
             report.bundles_checked += 1
             token = re.search(re.escape(intake) + r"/exports/(\S+)", text)
             if token is None:
                 report.incomplete_bundles.append(f"{reference}: no download link in the reply")
                 continue
-            answer = await _download(http, intake, token.group(1), reference)
+            answer = await download(http, intake, token.group(1), reference)
             if answer.status_code != 200:
                 report.incomplete_bundles.append(f"{reference}: download answered {answer.status_code}")
                 continue
-            counts = _manifest_counts(answer.content)
-            expected = {key: n for key, n in holding.records.items() if kind == "access" or key in PORTABLE}
+            counts = manifest_counts(answer.content)
+            expected = expected_in_bundle(holding, kind)
             got = {key: counts.get(key, 0) for key in expected}
             if got != expected:
                 wrong = {f"{s}/{d}": (got[(s, d)], n) for (s, d), n in expected.items() if got[(s, d)] != n}

@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
+import json
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import uuid
+import zipfile
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -220,3 +225,62 @@ def shared_environment(*, temporal: str, task_queue: str, keys: str, database_ur
 
 def new_keys() -> str:
     return f"k{uuid.uuid4().hex[:6]}:" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+# --- what a subject receives -------------------------------------------------------------------------------
+
+FINAL_REPLY = re.compile(r"(Reply to your|Your data in a portable format|No data about you)")
+"""The English subject lines of the final replies (``templates/en/reply_*.subject``)."""
+PORTABLE_DATASETS = frozenset({("hubspot", "contact"), ("woocommerce", "customer"), ("woocommerce", "orders"),
+                               ("stripe", "customer"), ("stripe", "charges")})
+"""The seeded datasets a portability bundle holds (what the subject provided)."""
+
+
+def reference_in(text: str) -> str | None:
+    found = re.search(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", text)
+    return found.group(0) if found else None
+
+
+def plain_text(message: EmailMessage) -> str:
+    return message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def plain_bodies(mail: MailSink, to: str) -> list[str]:
+    return [plain_text(m) for rcpt, m in list(mail.messages) if to in rcpt]
+
+
+def final_reply_references(mail: MailSink) -> list[str | None]:
+    """The reference of every final reply sent, once per reply (Python folds a long Subject before its first word,
+    so it is stripped)."""
+    return [reference_in(str(m["Subject"])) for _, m in list(mail.messages)
+            if FINAL_REPLY.match(str(m["Subject"]).strip())]
+
+
+async def download(http: httpx.AsyncClient, intake_url: str, token: str, reference: str) -> httpx.Response:
+    """Fill in the download page as the subject would (the form value, the reference); the page itself when it
+    offers no form (expired, gone)."""
+    page = await http.get(f"{intake_url}/exports/{token}")
+    form = re.search(r'name="form" value="([^"]+)"', page.text)
+    if page.status_code != 200 or form is None:
+        return page
+    return await http.post(f"{intake_url}/exports/{token}", data={"form": form.group(1), "answer": reference})
+
+
+def manifest_counts(zipped: bytes) -> dict[tuple[str, str], int]:
+    """Records per (system, dataset) of a downloaded bundle; AssertionError when the manifest's counts are not
+    those of the records really in data.json."""
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        data = json.loads(archive.read("data.json"))
+    counts = {(d["system"], d["dataset"]): d["records"] for d in manifest["datasets"]}
+    really = {(system, dataset): len(records) for system, datasets in data.items()
+              for dataset, records in datasets.items()}
+    if counts != really:
+        raise AssertionError(f"the manifest says {counts}, data.json holds {really}")
+    return counts
+
+
+def expected_in_bundle(holding: Holding, kind: str) -> dict[tuple[str, str], int]:
+    """What a bundle of ``kind`` must hold for ``holding``: everything for access, what was provided for
+    portability."""
+    return {key: n for key, n in holding.records.items() if kind == "access" or key in PORTABLE_DATASETS}

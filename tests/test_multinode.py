@@ -17,12 +17,9 @@ pass: no object of an expired link remains in the bucket.
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import re
 import time
 import uuid
-import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,7 +39,13 @@ from tests.cluster import (
     Machine,
     Sandboxes,
     connectors_toml,
+    download,
+    expected_in_bundle,
+    final_reply_references,
+    manifest_counts,
     new_keys,
+    plain_bodies,
+    reference_in,
     seed_person,
     shared_environment,
     start_sandboxes,
@@ -69,15 +72,6 @@ async def until(check: Callable[[], Awaitable[T | None]], *, seconds: float, wha
         await asyncio.sleep(0.25)
 
 
-def plain_bodies(mail: MailSink, to: str) -> list[str]:
-    return [m.get_body(("plain",)).get_content() for rcpt, m in list(mail.messages) if to in rcpt]
-
-
-def reference_in(text: str) -> str | None:
-    found = re.search(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", text)
-    return found.group(0) if found else None
-
-
 async def status(client: Client, request_id: str) -> RequestStatus:
     handle: WorkflowHandle = client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
     return await handle.query(DataSubjectRequest.status)
@@ -91,25 +85,6 @@ async def confirm_by_link(http: httpx.AsyncClient, replica: Machine, link_path: 
     assert form is not None
     done = await http.post(replica.url + link_path, data={"form": form.group(1)})
     assert done.status_code == 200, done.text
-
-
-async def download(http: httpx.AsyncClient, replica: Machine, token: str, reference: str) -> httpx.Response:
-    page = await http.get(f"{replica.url}/exports/{token}")
-    assert page.status_code == 200, page.text
-    form = re.search(r'name="form" value="([^"]+)"', page.text)
-    assert form is not None
-    return await http.post(f"{replica.url}/exports/{token}", data={"form": form.group(1), "answer": reference})
-
-
-def manifest_counts(zipped: bytes) -> dict[tuple[str, str], int]:
-    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
-        manifest = json.loads(archive.read("manifest.json"))
-        data = json.loads(archive.read("data.json"))
-    counts = {(d["system"], d["dataset"]): d["records"] for d in manifest["datasets"]}
-    # The manifest's counts are those of the records really in data.json.
-    assert counts == {(system, dataset): len(records) for system, datasets in data.items()
-                      for dataset, records in datasets.items()}
-    return counts
 
 
 async def heartbeated_orders(handle: WorkflowHandle, keyring: KeyRing) -> tuple[int, str]:
@@ -277,8 +252,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
         final = await until(all_closed, seconds=600, what="every request closed", logs=cluster.logs)
         assert {ref: s.outcome for ref, s in final.items()} == {ref: Outcome.FULFILLED for ref in references}
         # Exactly one final reply each, whichever worker sent it (and through a worker's crash).
-        replies = [reference_in(str(m["Subject"])) for _, m in list(cluster.mail.messages) if re.match(
-            r"(Reply to your|Your data in a portable format|No data about you)", str(m["Subject"]).strip())]
+        replies = final_reply_references(cluster.mail)
         assert sorted(replies) == sorted(references)  # type: ignore[type-var]
 
         # The copy was made before the erasure ran (one subject, one thing at a time, in order of receipt)...
@@ -289,7 +263,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
         reply = next(text for text in plain_bodies(cluster.mail, both.email) if "/exports/" in text)
         token = re.search(re.escape(a.url) + r"/exports/(\S+)", reply)
         assert token is not None
-        gone = await download(http, b, token.group(1), copy_ref)
+        gone = await download(http, b.url, token.group(1), copy_ref)
         assert gone.status_code == 410, gone.status_code
 
         # Every other access and portability reply downloads, complete, through either replica.
@@ -301,13 +275,10 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
             token = re.search(re.escape(a.url) + r"/exports/(\S+)", reply)
             assert token is not None, reply
             for replica in cluster.machines:
-                answer = await download(http, replica, token.group(1), reference)
+                answer = await download(http, replica.url, token.group(1), reference)
                 assert answer.status_code == 200, (replica.name, answer.status_code, answer.text[:500])
                 counts = manifest_counts(answer.content)
-                expected = {key: n for key, n in holding.records.items()
-                            if kind == "access" or key in {("hubspot", "contact"), ("woocommerce", "customer"),
-                                                           ("woocommerce", "orders"), ("stripe", "customer"),
-                                                           ("stripe", "charges")}}
+                expected = expected_in_bundle(holding, kind)
                 assert {key: counts.get(key, 0) for key in expected} == expected, (reference, replica.name)
 
         # The heavy export was resumed on the other worker, not restarted: every order exactly once.
