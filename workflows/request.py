@@ -363,6 +363,10 @@ class DataSubjectRequest:
                 return
             if await self._fan_out(ordered):
                 await self._reply()
+                if self._request.kind == RequestKind.ERASURE and workflow.patched(STORED_OBJECTS):
+                    # While this erasure still holds the person's turn, so that no access request of theirs is
+                    # exporting (or building its bundle) while its files are deleted.
+                    await self._delete_earlier_exports()
         finally:
             if ordered:  # whatever happens (withdrawn while waiting, cancelled), the turn goes back
                 await self._release_turn()
@@ -605,7 +609,7 @@ class DataSubjectRequest:
             await self._delete_attachments("attachments_deleted")
 
     async def _delete_stored_objects(self) -> None:
-        """What closing makes pointless to keep on the object store (both activities are idempotent)."""
+        """What closing without a reply makes pointless to keep on the object store (idempotent)."""
         if self._outcome in (Outcome.REFUSED, Outcome.WITHDRAWN, Outcome.UNVERIFIED):
             # No reply will deliver them: a half-finished export and the files sent with the request go now.
             if await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
@@ -613,14 +617,15 @@ class DataSubjectRequest:
                                                **STORAGE_OPTIONS):
                 await self._audit("exports_deleted")
             await self._delete_attachments("attachments_deleted")
-        elif self._outcome == Outcome.FULFILLED and self._request.kind == RequestKind.ERASURE:
-            # Erased everywhere else: the copies made for the subject's earlier access requests go too.
-            deleted = await workflow.execute_activity(
-                "delete_earlier_exports", ExportsDeletion(self._request.request_id), result_type=int,
-                summary="delete the subject's earlier exports", **STORAGE_OPTIONS,
-            )
-            if deleted:
-                await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
+
+    async def _delete_earlier_exports(self) -> None:
+        """Erased everywhere else: the copies made for the subject's earlier access requests go too."""
+        deleted = await workflow.execute_activity(
+            "delete_earlier_exports", ExportsDeletion(self._request.request_id), result_type=int,
+            summary="delete the subject's earlier exports", **STORAGE_OPTIONS,
+        )
+        if deleted:
+            await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
 
     # --- the deadline watcher -------------------------------------------------------------------
 
