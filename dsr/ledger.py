@@ -538,21 +538,6 @@ class Ledger:
             row = session.get(RequestRow, request_id)
             return None if row is None else self._view(row)
 
-    def find_open_by_subject(self, email: str, kind: RequestKind | None) -> list[str]:
-        """Ids of requests for this email (any case) that are not closed, oldest first.
-
-        ``kind=None`` matches every kind.
-        """
-        statement = select(RequestRow.request_id).where(
-            RequestRow.subject_index == self._email_index(email),
-            RequestRow.stage != Stage.CLOSED.value,
-        )
-        if kind is not None:
-            statement = statement.where(RequestRow.kind == RequestKind(kind).value)
-        statement = statement.order_by(RequestRow.received_at, RequestRow.request_id)
-        with self._session(write=False) as session:
-            return list(session.scalars(statement))
-
     def request_of_sent_email(self, keys: Iterable[str]) -> str | None:
         """The request an email we sent belongs to, found by the idempotency key of its ``notice_sent`` event.
 

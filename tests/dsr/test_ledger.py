@@ -305,23 +305,6 @@ def test_details_without_personal_data_are_accepted(ledger: Ledger) -> None:
                             key="k2", at=T0)
 
 
-def test_find_open_by_subject_uses_the_blind_index(ledger: Ledger) -> None:
-    ledger.record_request(record("dsr-a", kind=RequestKind.ACCESS, received_at=T0), now=T0)
-    ledger.record_request(record("dsr-b", email=EMAIL.upper(), kind=RequestKind.ACCESS,
-                                 received_at=T0 + timedelta(days=1)), now=T0)
-    ledger.record_request(record("dsr-c", kind=RequestKind.ERASURE), now=T0)
-    ledger.record_request(record("dsr-closed", kind=RequestKind.ACCESS), now=T0)
-    ledger.record_request(record("dsr-other", email="someone@example.org", kind=RequestKind.ACCESS), now=T0)
-    ledger.append_event(AuditEvent("dsr-closed", "closed", stage=Stage.CLOSED, outcome=Outcome.WITHDRAWN),
-                        key="close", at=T0)
-
-    assert ledger.find_open_by_subject("  jeanne.martin@EXAMPLE.org ", RequestKind.ACCESS) == ["dsr-a", "dsr-b"]
-    assert ledger.find_open_by_subject(EMAIL, RequestKind.ERASURE) == ["dsr-c"]
-    assert ledger.find_open_by_subject(EMAIL, RequestKind.PORTABILITY) == []
-    assert sorted(ledger.find_open_by_subject(EMAIL, None)) == ["dsr-a", "dsr-b", "dsr-c"]
-    assert ledger.find_open_by_subject("nobody@example.org", RequestKind.ACCESS) == []
-
-
 # --- sharing the database --------------------------------------------------------------------------
 
 
