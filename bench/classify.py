@@ -37,6 +37,7 @@ class Row:
     got: str  # a kind, or UNSURE
     got_language: str | None
     result: Classification
+    topic: str | None = None  # triage messages about a right the engine has no kind for (opt-out, a death)
 
     @property
     def wrong(self) -> bool:
@@ -54,7 +55,7 @@ def evaluate(emails: list[dict]) -> list[Row]:
         result = classify(email["subject"], email["body"])
         rows.append(Row(email["id"], email["language"], email["kind"] or TRIAGE,
                         result.kind.value if result.kind else UNSURE,
-                        result.language.value if result.language else None, result))
+                        result.language.value if result.language else None, result, email.get("topic")))
     return rows
 
 
@@ -128,6 +129,15 @@ def main(path: Path, repeat: int) -> None:
     print()
     print(confusion(rows))
     print()
+    topics = sorted({r.topic for r in rows if r.topic})
+    for topic in topics:
+        topical = [r for r in rows if r.topic == topic]
+        given = [r for r in topical if r.got != UNSURE]
+        print(f"triage '{topic}': n={len(topical)}  given a kind {len(given)}"
+              + (f" ({', '.join(f'{r.id}->{r.got}' for r in given)})" if given else "")
+              + f"  reason names it {sum(topic.split()[0][:6] in r.result.reason for r in topical)}/{len(topical)}")
+    if topics:
+        print()
     misses = [r for r in rows if r.wrong or (r.got == UNSURE and r.label != TRIAGE)]
     print(f"wrong or unsure ({len(misses)}):" if misses else "wrong or unsure: none")
     for r in misses:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsr.model import Language, RequestKind
 
-__all__ = ["MAX_BODY_CHARS", "Classification", "classify"]
+__all__ = ["MAX_BODY_CHARS", "OUT_OF_SCOPE", "Classification", "classify"]
 
 # A request is stated in the first lines; the bound keeps a 1 MB email (or a pasted log) as cheap as a short one.
 MAX_BODY_CHARS = 20_000
@@ -179,7 +179,6 @@ PATTERNS: dict[RequestKind, tuple[_Pattern, ...]] = {
         _p("droit a l'oubli", r"\bdroit a l\W*oubli\b", 3.5, FR),
         _p("oubliez-moi", r"\boubliez[- ]moi\b", 3.5, FR),
         _p("fermer mon compte", r"\b(?:fermer|fermeture de|cloturer|cloture de) (?:mon |ce )?compte\b", 2.0, FR),
-        _p("desinscription totale", r"\bdesinscri\w* (?:totale?|complete?|definitive?|de tout)\b", 2.5, FR),
         _p("delete my account/data",
            r"\b(?:delete|deleting|deletion|erase|erasing|remove|removing|removal|wipe|wiping|purge|purging|"
            r"get rid of|destroy|destroying)\b(?:\s+\S+){0,5}?\s+"
@@ -233,6 +232,42 @@ PATTERNS: dict[RequestKind, tuple[_Pattern, ...]] = {
         _p("article 20", _ARTICLE.format(n="20"), 3.5, None),
     ),
 }
+
+# Rights the engine has no kind for yet, whose wording overlaps erasure's: a marketing opt-out or an
+# objection (Art. 21(2)-(3): stop, not delete; a suppression list must outlive any erasure), the withdrawal
+# of consent (Art. 7(3)), and a message about someone who died (the sender is not the data subject; French
+# law gives heirs and post-mortem directives their own rules, art. 85 loi 78-17). Any of these sends the
+# message to triage with a reason, whatever else it asks and whether or not it is negated: "delete my
+# account and stop your newsletters" is two requests, and "don't send me more" is the request itself.
+OUT_OF_SCOPE: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("objection or unsubscribe", re.compile(
+        r"\bdes(?:inscri|abonn)\w*|\bunsubscri\w*|\bopt(?:ing|ed)?[- ]?out\b|"
+        r"\b(?:retir|enlev|supprim|ray|sort)\w*(?: -moi| moi|-moi)? (?:de|des) (?:votre |vos |la |les |cette |ces )?"
+        r"(?:liste|listes|fichiers? (?:clients? |de )?(?:prospection|marketing|publicitaires?)|newsletters?|"
+        r"mailing|envois)\b|"
+        r"\b(?:ne (?:plus|pas)|ne veux plus|ne souhaite plus|n'?\s?(?:envoyez|envoyer) plus)\b.{0,40}"
+        r"\b(?:recevoir|envoyer|solliciter|contacter|appeler|demarcher)\b|"
+        r"\bcessez\b|\barretez de\b|\bstop (?:pub|sms|mails?|e-?mails?|newsletter|appels?)\b|^stop$|"
+        r"\bprospection\b|\bdemarchage\b|\bsollicitations? commerciales?\b|\bnewsletters?\b|"
+        r"\b(?:mails?|e-?mails?|courriels?|sms|messages?|offres) (?:publicitaires|promotionnel\w*|commerciaux|"
+        r"marketing)\b|\bm'?\s?oppose\w*\b|\bopposition\b|\bdroit d'?\s?opposition\b|"
+        r"\b(?:retir\w*|retrait|revoqu\w*|revocation)\b.{0,20}\bconsentement\b|"
+        r"\b(?:mailing|marketing|e-?mail|contact|distribution|subscriber|newsletter) lists?\b|"
+        r"\bstop (?:sending|emailing|e-mailing|contacting|texting|calling|messaging|spamming)\b|"
+        r"\b(?:no longer|not|never) (?:want to |wish to )?(?:receive|get|be sent|be contacted)\b|"
+        r"\bdon'?t (?:want to |wish to )?(?:receive|get|be sent|be contacted)\b|"
+        r"\bmarketing (?:e-?mails?|messages?|communications?|calls?|texts?|material)\b|\bdirect marketing\b|"
+        r"\bpromotional (?:e-?mails?|messages?|offers?|material)\b|"
+        r"\bright to object\b|\bi (?:hereby )?object\b|\bobject(?:ing|ion)? to\b|"
+        r"\b(?:withdraw\w*|revok\w*|revocation of|retract\w*)\b.{0,20}\bconsent\b|"
+        r"\bart(?:icle|\.)?\s*21\b|\bart(?:icle|\.)?\s*7\s*\(?3\)?")),
+    ("about a deceased person", re.compile(
+        r"\bdecede\w*|\bdeces\b|\bdefunte?s?\b|\bfeue?\b|\bnous a quitte\w*|\bsuccession\b|\bheritiers?\b|"
+        r"\bayants?[- ]droits?\b|\bpost[- ]mortem\b|\bacte de deces\b|\bmort(?:e)? (?:le|en|il y a|recemment)\b|"
+        r"\bpassed away\b|\bdeceased\b|\bdied\b|\b(?:his|her|their|the) death\b|\bdeath certificate\b|"
+        r"\blate (?:husband|wife|father|mother|dad|mum|mom|son|daughter|brother|sister|partner|uncle|aunt|"
+        r"grandfather|grandmother)\b|\bbereave\w*|\bexecutor\b|\bestate of\b|\bnext of kin\b")),
+)
 
 # Cue words between the last clause boundary and a match that turn it around: a negation ("je ne veux pas
 # supprimer", "don't delete", "sans supprimer", "instead of deleting"), or a thing already done, thanked
@@ -435,6 +470,11 @@ def classify(subject: str, body: str) -> Classification:
         return Classification(None, language, 0.0, "unsure: empty message")
     if _AUTO_REPLY_SUBJECT.match(subject_text) or _AUTO_REPLY_BODY.search(body_text):
         return Classification(None, language, 0.0, "unsure: automatic reply")
+
+    # Checked on the subject too (even a reply's: "Re: ... désinscription" is still about an opt-out).
+    for label, pattern in OUT_OF_SCOPE:
+        if pattern.search(subject_text) or pattern.search(body_text):
+            return Classification(None, language, 0.0, f"unsure: {label}")
 
     ranked = sorted(evidence.items(), key=lambda kv: kv[1].score, reverse=True)
     # The best-scored kind that beats its own rivals: generic access wording may outscore portability yet

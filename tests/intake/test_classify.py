@@ -17,6 +17,8 @@ from dsr.model import Language, RequestKind
 from intake.classify import MAX_BODY_CHARS, Classification, classify
 
 LABELLED = Path(__file__).parent / "emails" / "labelled.jsonl"
+TOPICS = {"objection": "unsure: objection or unsubscribe", "deceased": "unsure: about a deceased person"}
+"""Rights the engine has no kind for yet: their messages must reach triage, with the reason that says why."""
 
 
 def _load() -> list[dict]:
@@ -45,7 +47,9 @@ def test_the_labelled_set_is_large_balanced_and_well_formed() -> None:
     assert set(kinds) == {None, *(kind.value for kind in RequestKind)}
     assert kinds[None] >= 12
     for email in EMAILS:
-        assert set(email) == {"id", "language", "kind", "subject", "body"}, email["id"]
+        assert set(email) - {"topic"} == {"id", "language", "kind", "subject", "body"}, email["id"]
+        assert email.get("topic") in (None, *TOPICS), email["id"]
+        assert email["kind"] is None or "topic" not in email, email["id"]
 
 
 def test_the_labelled_set_uses_only_example_addresses() -> None:
@@ -68,6 +72,28 @@ def test_no_message_is_assigned_a_wrong_kind() -> None:
              for email in EMAILS
              if RESULTS[email["id"]].kind is not None and _kind(RESULTS[email["id"]]) != email["kind"]}
     assert wrong == {}
+
+
+def test_opt_outs_objections_and_deaths_never_get_a_kind_and_say_why() -> None:
+    topical = [email for email in EMAILS if "topic" in email]
+    assert len(topical) >= 40
+    assert {(email["topic"], email["language"]) for email in topical} == {
+        (topic, language) for topic in TOPICS for language in ("fr", "en")}
+    misread = {email["id"]: RESULTS[email["id"]].reason for email in topical
+               if RESULTS[email["id"]].kind is not None or RESULTS[email["id"]].reason != TOPICS[email["topic"]]}
+    assert misread == {}
+
+
+@pytest.mark.parametrize(("subject", "body"), [
+    ("", "Merci de me retirer de votre liste."),
+    ("Désinscription totale", ""),
+    ("", "Mon père est décédé ... suppression de son compte, s'il vous plaît."),
+    ("Erasure request", "I withdraw my consent and ask you to erase my data under Article 17."),
+    ("Re: Votre demande", "STOP"),
+])
+def test_the_issue_s_examples_go_to_triage(subject: str, body: str) -> None:
+    result = classify(subject, body)
+    assert result.kind is None and result.reason in TOPICS.values(), result.reason
 
 
 def test_recall_on_messages_with_a_kind_is_at_least_85_percent() -> None:
