@@ -45,7 +45,8 @@ NORMAL_MONTHS = 1
 """GDPR Art. 12(3): "within one month of receipt of the request"."""
 
 EXTENDED_MONTHS = 3
-"""GDPR Art. 12(3): "extended by two further months", read as receipt + 3 months (LEGAL.md)."""
+"""GDPR Art. 12(3): "extended by two further months": receipt + 3 months, or 2 months after the first month
+ends, whichever is earlier (see :func:`response_deadline` and LEGAL.md)."""
 
 REMINDER_DAYS_BEFORE = (7, 2)
 """Operator reminders, in calendar days before the due date: D-7 and D-2."""
@@ -137,7 +138,8 @@ def response_deadline(
 ) -> date:
     """The last day on which a reply to a request received on ``received`` is in time.
 
-    GDPR Art. 12(3): one month from receipt, or three when extended. Counted under Regulation 1182/71:
+    GDPR Art. 12(3): one month from receipt; extended, the earlier of three months from receipt and two
+    months from the end of the first month. Counted under Regulation 1182/71:
     the day of receipt is not counted (Art. 3(1)); the period ends on the same date ``months`` later, or
     on the last day of a shorter month (Art. 3(2)(c)); weekends and holidays inside the period count
     (Art. 3(3)); a last day that is a Saturday, Sunday or public holiday of ``country`` (Art. 2(1)) moves
@@ -151,9 +153,16 @@ def response_deadline(
     datetime.date(2025, 2, 28)
     >>> response_deadline(date(2025, 4, 8))  # 8 May 2025 is Victoire 1945
     datetime.date(2025, 5, 9)
+    >>> response_deadline(date(2025, 10, 31), extended=True)  # 30 Nov + 2 months, not 31 Jan -> Mon 2 Feb
+    datetime.date(2026, 1, 30)
     """
     _require_date(received, "received")
-    day = _add_months(received, EXTENDED_MONTHS if extended else NORMAL_MONTHS)
+    day = _add_months(received, NORMAL_MONTHS)
+    if extended:
+        # "Extended by two further months" reads as three months from receipt, or as two months from the
+        # end of the first; at month ends they differ (received 31 October: 31 January, or 30 November + 2
+        # = 30 January). Nothing settles it, so the engine keeps the earlier: never late under either.
+        day = min(_add_months(received, EXTENDED_MONTHS), _add_months(day, EXTENDED_MONTHS - NORMAL_MONTHS))
     while not is_working_day(day, country=country, subdiv=subdiv):
         day += timedelta(days=1)
     return day
