@@ -80,6 +80,7 @@ def activities_for(
         request_link=settings.request_link,
         identity_links=IdentityLinks(exports.sealer, ttl=timedelta(days=settings.policy.identity_timeout_days)),
         public_url=settings.intake_url,
+        profile=profile,
     )
     intake = IntakeActivities(
         lambda client: IntakeService(client, settings, ledger),

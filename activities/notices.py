@@ -30,6 +30,7 @@ from jinja2 import TemplateError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from connectors.config import ConfigFileError
 from dsr.config import SmtpSettings
 from dsr.links import IdentityLinks
 from dsr.model import (
@@ -41,6 +42,7 @@ from dsr.model import (
     SentNotice,
     is_valid_email,
 )
+from dsr.profile import ControllerProfile
 from templates import RenderedNotice, one_line, render_notice
 
 __all__ = [
@@ -323,15 +325,18 @@ class NoticeActivities:
         request_link: Callable[[str], str] | None = None,
         identity_links: IdentityLinks | None = None,
         public_url: str = "",
+        profile: Callable[[], ControllerProfile | None] | None = None,
     ) -> None:
         """``controller_name`` signs subject notices (templates fall back to a generic team name);
-        ``request_link`` maps a request id to its page in the staff UI, for operator notices."""
+        ``request_link`` maps a request id to its page in the staff UI, for operator notices; ``profile``
+        reads the controller profile, whose supervisory authority the notices name."""
         self._mailer = Mailer(smtp, mail_from=mail_from, from_name=from_name, mail_domain=mail_domain)
         self._sent_log = sent_log
         self._controller_name = one_line(controller_name)
         self._request_link = request_link
         self._identity_links = identity_links
         self._public_url = public_url
+        self._profile = profile
 
     def _context(self, notice: Notice) -> dict[str, str]:
         """The workflow's context plus what only the worker knows (its configuration)."""
@@ -340,6 +345,8 @@ class NoticeActivities:
             context.setdefault("controller_name", self._controller_name)
         if self._request_link is not None and notice.template in OPERATOR_TEMPLATES:
             context.setdefault("ui_url", self._request_link(notice.request_id))
+        if notice.template not in OPERATOR_TEMPLATES:
+            context.update(self._authority())
         if (
             self._identity_links is not None
             and self._public_url
@@ -351,6 +358,20 @@ class NoticeActivities:
             context["verify_url"] = self._identity_links.verify_url(self._public_url, link.token)
             context["verify_code"] = self._identity_links.request_code(notice.request_id)
         return context
+
+    def _authority(self) -> dict[str, str]:
+        """Where the subject may complain (Art. 77): the profile's authority, read at each notice so an edited
+        dsr.toml is followed; a missing or unreadable profile leaves the templates' default (the CNIL), and
+        ``dsr config check`` reports the file."""
+        try:
+            loaded = self._profile() if self._profile is not None else None
+        except ConfigFileError:
+            loaded = None
+        if loaded is None:
+            return {}
+        authority = loaded.supervisory_authority
+        return {"authority_name": authority.name, "authority_postal_address": authority.postal_address,
+                "authority_website": authority.website}
 
     @activity.defn(name="send_notice")
     async def send_notice(self, notice: Notice) -> SentNotice:

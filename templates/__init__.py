@@ -40,6 +40,7 @@ from jinja2.runtime import Macro
 from markupsafe import Markup, escape
 
 from dsr.model import OPERATOR_TEMPLATES, Language, NoticeTemplate, RequestKind, Stage
+from dsr.profile import SupervisoryAuthority
 
 __all__ = ["CONTEXT_KEYS", "OPERATOR_KEYS", "RenderedNotice", "render_notice"]
 
@@ -49,6 +50,7 @@ CONTEXT_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "previous_deadline", "reason", "subject_name",
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
     "connector", "error", "residuals", "reminder", "attachments",
+    "authority_name", "authority_postal_address", "authority_website",
 })
 """Every key a template may use; other keys are ignored."""
 
@@ -373,6 +375,12 @@ def render_notice(template: NoticeTemplate, language: Language, context: Mapping
     lang = Language(language).value
     values: dict[str, Any] = _clean_context(template, context)
     values["lang"] = lang
+    if template not in OPERATOR_TEMPLATES and "authority_name" not in values:
+        # The profile's authority is filled in by the worker (activities/notices.py); without one, the
+        # profile's own default (the CNIL) is named, never an empty "the supervisory authority, ."
+        default = SupervisoryAuthority()
+        values.update(authority_name=default.name, authority_postal_address=default.postal_address,
+                      authority_website=default.website)
     name = f"{lang}/{template.value}"
     subject = one_line(ENVIRONMENT.get_template(f"{name}.subject").render(values))
     values["email_subject"] = subject

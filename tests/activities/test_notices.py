@@ -21,9 +21,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.notices import NoticeActivities, build_message, notice_key
+from connectors.config import ConfigFileError
 from dsr.config import SmtpSettings
 from dsr.model import Language, Notice, NoticeTemplate, SentNotice
 from dsr.outbox import OutboxSink
+from dsr.profile import ControllerProfile, SupervisoryAuthority
 from templates import render_notice
 
 SUBJECT_ADDRESS = "zoe.martin@example.com"
@@ -342,3 +344,25 @@ def test_build_message_sanitises_headers_without_smtp() -> None:
     assert parsed["Bcc"] is None
     assert "Bcc: x@evil.test" in parsed["Subject"]  # harmless text on the one Subject line
     assert parsed["From"].addresses[0].display_name == "A B"
+
+
+async def test_subject_notices_name_the_profile_s_supervisory_authority_not_always_the_cnil() -> None:
+    """A Belgian controller's refusal points to the Belgian authority (Art. 77); operators' notices never
+    carry it, and an unreadable profile falls back to the profile's default, the CNIL."""
+    belgian = ControllerProfile(supervisory_authority=SupervisoryAuthority(
+        name="Autorité de protection des données (APD)", postal_address="Rue de la Presse 35, 1000 Bruxelles",
+        website="https://www.autoriteprotectiondonnees.be"))
+    collector = Collector()
+    async with smtp_server(collector) as port:
+        await ActivityEnvironment().run(activities(port, profile=lambda: belgian).send_notice,
+                                        notice(template=NoticeTemplate.REFUSAL, key="refusal"))
+
+        def unreadable() -> ControllerProfile | None:
+            raise ConfigFileError("dsr.toml: broken")
+
+        await ActivityEnvironment().run(activities(port, profile=unreadable).send_notice,
+                                        notice(template=NoticeTemplate.REFUSAL, key="refusal-2"))
+    belgian_refusal, default_refusal = (msg.get_body(("plain",)).get_content() for msg in collector.messages())
+    assert "Autorité de protection des données (APD), Rue de la Presse 35, 1000 Bruxelles" in belgian_refusal
+    assert "CNIL" not in belgian_refusal
+    assert "Commission nationale de l'informatique et des libertés (CNIL)" in default_refusal

@@ -17,7 +17,7 @@ from templates import ENVIRONMENT, render_notice
 
 CNIL = (
     "Commission nationale de l'informatique et des libertés (CNIL), 3 Place de Fontenoy, TSA 80715, "
-    "75334 Paris Cedex 07, www.cnil.fr"
+    "75334 Paris Cedex 07, https://www.cnil.fr"
 )
 HOSTILE_NAME = "<script>alert(1)</script>\r\nBcc: x@evil.test"
 
