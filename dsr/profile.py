@@ -34,6 +34,9 @@ Every text may be one string (used in both languages) or a table with one string
     [[controller.art19_recipients]]          # told of rectifications and erasures (Art. 19)
     name = "Logistics partner"
     email = "dpo@partner.example"
+
+    [controller.legal_bases]                 # wording of a retention basis a connector reports (dsr.toml)
+    "Art. 17(3)(b) GDPR; loi 2006-64 art. 6" = { fr = "...", en = "..." }
 """
 
 from __future__ import annotations
@@ -276,6 +279,10 @@ class ControllerProfile(BaseModel):
     systems: dict[str, Text] = Field(
         default_factory=dict,
         description="Connector name -> how replies name that system, e.g. hubspot = 'our CRM (HubSpot)'.")
+    legal_bases: dict[str, Text] = Field(
+        default_factory=dict,
+        description="A retention basis as connectors report it -> its wording in each language; the engine "
+                    "words GDPR articles and Code de commerce L123-22 itself (dsr.replies.legal_basis_wording).")
 
     @field_validator("legal_name", "postal_address")
     @classmethod

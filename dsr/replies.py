@@ -275,7 +275,40 @@ def _count(lines: Iterable[RecordReport]) -> str:
     return str(total) if total else ""
 
 
-def _groups(lines: list[RecordReport], lang: str) -> list[dict[str, Any]]:
+_GDPR_ARTICLE = re.compile(r"^Art(?:icle|\.)?\s*(\d+)\s*\((\d+)\)(?:\s*\(([a-z])\))?\s*(?:GDPR|RGPD)$", re.I)
+_COMMERCE_CODE = re.compile(r"^(?:Code de commerce|French Commercial Code),?\s*(?:art(?:icle|\.)?\s*)?"
+                            r"L\s?123-22(?:\s*\(accounting(?: records)?(?:,\s*(\d+)\s*years)?\))?$", re.I)
+
+
+def legal_basis_wording(basis: str, lang: str, profile: ControllerProfile | None = None) -> str:
+    """A retention basis as a connector reports it (``"Art. 17(3)(b) GDPR; Code de commerce L123-22
+    (accounting records, 10 years)"``), worded in ``lang``: the profile's ``legal_bases`` entry when it has
+    one, else each ``;``-separated part the engine knows (GDPR articles, Code de commerce L123-22) in the
+    reply's language; a part it does not know is shown as written (a DPO words it in the profile)."""
+    if profile is not None and (own := profile.legal_bases.get(basis)):
+        return own.text(lang)
+    parts = []
+    for part in (p.strip() for p in basis.split(";")):
+        if article := _GDPR_ARTICLE.match(part):
+            number, paragraph, point = article.groups()
+            if lang == "fr":
+                part = f"article {number}, paragraphe {paragraph}" + (f", point {point})" if point else "") \
+                    + ", du RGPD"
+            else:
+                part = f"Article {number}({paragraph})" + (f"({point})" if point else "") + " GDPR"
+        elif code := _COMMERCE_CODE.match(part):
+            years = code.group(1)
+            if lang == "fr":
+                part = "article L123-22 du Code de commerce" + (f" (pièces comptables, {years} ans)" if years else "")
+            else:
+                part = "Article L123-22 of the French Commercial Code" + (
+                    f" (accounting records, {years} years)" if years else "")
+        if part:
+            parts.append(part)
+    return " ; ".join(parts) if lang == "fr" else "; ".join(parts)
+
+
+def _groups(lines: list[RecordReport], lang: str, profile: ControllerProfile | None = None) -> list[dict[str, Any]]:
     """Lines of one action, one entry per (dataset, legal basis): count, fields and the retention dates."""
     grouped: dict[tuple[str, str], list[RecordReport]] = {}
     for line in lines:
@@ -287,7 +320,7 @@ def _groups(lines: list[RecordReport], lang: str) -> list[dict[str, Any]]:
         out.append({
             "dataset": _s(_words(_DATASETS, lang, dataset)),
             "count": _count(members),
-            "legal_basis": _s(legal_basis),
+            "legal_basis": _s(legal_basis_wording(legal_basis, lang, profile)) if legal_basis else "",
             "until_first": _iso(dates[0]) if dates else "",
             "until_last": _iso(dates[-1]) if dates else "",
             "fields": ", ".join(_s(_words(_FIELDS, lang, f)) for f in fields),
@@ -295,27 +328,29 @@ def _groups(lines: list[RecordReport], lang: str) -> list[dict[str, Any]]:
     return out
 
 
-def _erasure_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[str, Any]:
+def _erasure_system(outcome: ConnectorOutcome, label: str, lang: str,
+                    profile: ControllerProfile | None = None) -> dict[str, Any]:
     real = [line for line in outcome.report if line.record_id not in _PLACEHOLDER_IDS]
     by_action = {action: [line for line in real if line.action == action] for action in RecordAction}
     return {
         "label": label,
-        "deleted": _groups(by_action[RecordAction.DELETED], lang),
-        "anonymised": _groups(by_action[RecordAction.ANONYMISED], lang),
-        "retained": _groups(by_action[RecordAction.RETAINED], lang),
-        "residual": _groups(by_action[RecordAction.RESIDUAL], lang),
-        "already_gone": _groups(by_action[RecordAction.ALREADY_GONE], lang),
+        "deleted": _groups(by_action[RecordAction.DELETED], lang, profile),
+        "anonymised": _groups(by_action[RecordAction.ANONYMISED], lang, profile),
+        "retained": _groups(by_action[RecordAction.RETAINED], lang, profile),
+        "residual": _groups(by_action[RecordAction.RESIDUAL], lang, profile),
+        "already_gone": _groups(by_action[RecordAction.ALREADY_GONE], lang, profile),
         "nothing": not real,
     }
 
 
-def _rectification_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[str, Any]:
+def _rectification_system(outcome: ConnectorOutcome, label: str, lang: str,
+                          profile: ControllerProfile | None = None) -> dict[str, Any]:
     changed = [line for line in outcome.report if line.action == RecordAction.CHANGED]
     unchanged = [line for line in outcome.report if line.action == RecordAction.UNCHANGED]
     return {
         "label": label,
-        "changed": _groups(changed, lang),
-        "unchanged": _groups(unchanged, lang),
+        "changed": _groups(changed, lang, profile),
+        "unchanged": _groups(unchanged, lang, profile),
         "nothing": not changed and not unchanged,
     }
 
@@ -396,10 +431,10 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
     elif kind == ReplyKind.PORTABILITY:
         values["systems"] = [_portability_system(o, label, lang) for o, label in pairs]
     elif kind == ReplyKind.ERASURE:
-        values["systems"] = [_erasure_system(o, label, lang) for o, label in pairs]
+        values["systems"] = [_erasure_system(o, label, lang, profile) for o, label in pairs]
         values["residuals"] = any(s["residual"] for s in values["systems"])
     elif kind == ReplyKind.RECTIFICATION:
-        values["systems"] = [_rectification_system(o, label, lang) for o, label in pairs]
+        values["systems"] = [_rectification_system(o, label, lang, profile) for o, label in pairs]
     elif kind == ReplyKind.ART19_NOTICE:
         values["subject_email"] = _s(context.subject_email)
         values["recipient_name"] = _s(context.recipient_name)

@@ -13,7 +13,7 @@ import pytest
 
 from dsr.model import ConnectorOutcome, DatasetSummary, Language, RecordAction, RecordReport, RequestKind
 from dsr.profile import Localized, check_profile, load_profile
-from dsr.replies import IncompleteProfileError, ReplyContext, ReplyKind, render_reply
+from dsr.replies import IncompleteProfileError, ReplyContext, ReplyKind, legal_basis_wording, render_reply
 
 DEMO = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
 PROFILE = load_profile(DEMO)
@@ -207,8 +207,12 @@ def test_portability_reply(language: Language) -> None:
 def test_erasure_reply_says_what_was_kept_why_and_until_when(language: Language) -> None:
     _, text, visible = _parts(ReplyKind.ERASURE, language)
     fr = language == Language.FR
+    worded = ("article 17, paragraphe 3, point b), du RGPD ; article L123-22 du Code de commerce "
+              "(pièces comptables, 10 ans)") if fr else \
+        "Article 17(3)(b) GDPR; Article L123-22 of the French Commercial Code (accounting records, 10 years)"
     for part in (text, visible):
-        assert BASIS in part
+        assert worded in part  # the basis in the letter's language, never the connector's English
+        assert BASIS not in part
         assert ("31 janvier 2035" if fr else "31 January 2035") in part
         assert ("1er mars 2035" if fr else "1 March 2035") in part and ("2 mai 2036" if fr else "2 May 2036") in part
         assert ("Anonymisé" if fr else "Anonymised") in part
@@ -353,3 +357,22 @@ def test_hostile_profile_in_access_reply_is_escaped(language: Language) -> None:
     assert "<script" not in rendered.html
     assert rendered.html.count("&lt;script&gt;") >= 5  # signature, purpose, category, safeguard, system
     assert "<script>alert(1)</script> Bcc: x@evil.test" in rendered.text
+
+
+@pytest.mark.parametrize(("basis", "fr", "en"), [
+    ("Art. 17(3)(b) GDPR", "article 17, paragraphe 3, point b), du RGPD", "Article 17(3)(b) GDPR"),
+    ("Art. 17(3)(e) GDPR; Code de commerce L123-22", "article 17, paragraphe 3, point e), du RGPD ; "
+     "article L123-22 du Code de commerce", "Article 17(3)(e) GDPR; Article L123-22 of the French Commercial Code"),
+    ("LPF L102 B", "LPF L102 B", "LPF L102 B"),  # unknown: shown as written, until the profile words it
+])
+def test_legal_bases_are_worded_in_the_letter_s_language(basis: str, fr: str, en: str) -> None:
+    assert legal_basis_wording(basis, "fr") == fr
+    assert legal_basis_wording(basis, "en") == en
+
+
+def test_the_profile_words_a_basis_the_engine_does_not_know() -> None:
+    profile = PROFILE.model_copy(update={"legal_bases": {
+        "LPF L102 B": Localized(fr="article L102 B du Livre des procédures fiscales (6 ans)",
+                                en="Article L102 B of the French Tax Procedures Book (6 years)")}})
+    assert legal_basis_wording("LPF L102 B", "fr", profile) == "article L102 B du Livre des procédures fiscales (6 ans)"
+    assert legal_basis_wording("LPF L102 B", "en", profile).startswith("Article L102 B of the French Tax")
