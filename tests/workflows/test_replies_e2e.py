@@ -29,6 +29,7 @@ from dsr import search_attributes as sa
 from dsr.config import Settings
 from dsr.ledger import Ledger
 from dsr.model import Outcome, RequestInput, ResidualsCleared, Stage
+from dsr.replies import legal_basis_wording
 from templates import format_date
 from tests.harness import MailSink
 from tests.workflows.conftest import OPERATOR_EMAIL, demo_profile
@@ -182,12 +183,13 @@ async def test_erasure_reply_says_what_each_system_did_and_each_recipient_is_tol
     assert "  - Effacé : compte client : 1" in stripe.splitlines()
     charge_days = [datetime.fromtimestamp(c["created"], UTC).date() for c in charges]
     assert (f"  - Conservé en l'état : paiements : {CHARGES} — conservé {until_words(charge_days, CHARGES_RULE)} ; "
-            f"fondement : {LEGAL_BASIS}") in stripe.splitlines()
+            f"fondement : {legal_basis_wording(LEGAL_BASIS, 'fr')}") in stripe.splitlines()
+    assert "accounting records" not in stripe  # the connector's English basis, worded in French
     assert "L123-22" in stripe
     woo = section(reply.text, label("woocommerce", "fr")).splitlines()
     assert "  - Effacé : compte client : 1" in woo
     orders = ORDERS + GUEST_ORDERS
-    [anonymised] = [line for line in woo if line.startswith("  - Anonymisé")]
+    [anonymised] = [line for line in woo if line.startswith("  - Pseudonymisé")]
     order_days = [date.fromisoformat(world.systems.woo.orders[i]["date_created_gmt"][:10]) for i in mine.woo_orders]
     assert f"commandes : {orders} — conservé {until_words(order_days, ORDERS_RULE)} ;" in anonymised
     assert "L123-22" in anonymised
@@ -334,7 +336,7 @@ async def test_subject_unknown_to_every_system_gets_the_no_data_reply(world: Wor
     [reply] = world.sent(request, "reply_no_data")
     states_dates_and_rights(reply, request, "fr")
     for shown in (reply.text, reply.html_text):
-        assert "Nous n'avons trouvé aucune donnée personnelle vous concernant" in shown
+        assert "Nous n'y avons trouvé aucune donnée personnelle vous concernant" in shown
         assert all(label(name, "fr") in shown for name in ("hubspot", "stripe", "woocommerce"))
     assert "/exports/" not in reply.everything
     assert not world.exports.objects.exists(world.exports.bundle_key(request.request_id))
