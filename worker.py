@@ -100,6 +100,7 @@ def activities_for(
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
+        ledger_activities.record_triage_dismissal,
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.ledger import Ledger
-from dsr.model import AuditEvent, RequestRecordInput
+from dsr.ledger import Ledger, TriageDismissalRecord
+from dsr.model import AuditEvent, RequestRecordInput, TriageDismissed
 
 
 def _idempotency_key() -> str:
@@ -31,3 +31,12 @@ class LedgerActivities:
     def record_event(self, event: AuditEvent) -> bool:
         """Append one audit event (and move the request's stage); a retry writes nothing twice."""
         return self._ledger.append_event(event, key=_idempotency_key(), at=datetime.now(UTC))
+
+    @activity.defn(name="record_triage_dismissal")
+    def record_triage_dismissal(self, dismissed: TriageDismissed) -> bool:
+        """Keep why a triaged email was not a request; a retry finds it kept and changes nothing."""
+        return self._ledger.record_triage_dismissal(TriageDismissalRecord(
+            triage_id=dismissed.triage_id, received_at=dismissed.received_at, deadline=dismissed.deadline,
+            classifier_reason=dismissed.classifier_reason, reason=dismissed.reason,
+            decided_by=dismissed.decided_by, attachments_deleted=dismissed.attachments_deleted,
+            dismissed_at=dismissed.dismissed_at))

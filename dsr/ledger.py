@@ -45,6 +45,7 @@ from dsr.model import AuditEvent, Channel, Language, Outcome, RequestKind, Reque
 
 EMAIL_PURPOSE = "subject.email"
 NAME_PURPOSE = "subject.name"
+DISMISSAL_PURPOSE = "triage.dismissal_reason"
 EMAIL_INDEX_PURPOSE = "subject.email"
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
@@ -145,6 +146,22 @@ class SubjectClaimRow(SQLModel, table=True):
     claimed_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class TriageDismissalRow(SQLModel, table=True):
+    """An email dismissed in triage: not a request, and the record of why nothing was done, kept after
+    Temporal forgets the triage workflow. The operator's reason is sealed (it may quote the message)."""
+
+    __tablename__ = "triage_dismissals"
+
+    triage_id: str = Field(primary_key=True, sa_type=String(100))
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    deadline: date
+    classifier_reason: str = Field(sa_type=Text)  # why it was not classified; no personal data
+    reason_sealed: str = Field(sa_type=Text)
+    decided_by: str = Field(sa_type=Text)
+    attachments_deleted: int = 0
+    dismissed_at: datetime = Field(sa_type=UTCDateTime)
+
+
 # --- views -----------------------------------------------------------------------------------------
 
 
@@ -172,6 +189,20 @@ class SubjectClaim:
 
     request_id: str
     claimed_at: datetime  # aware, UTC
+
+
+@dataclass(frozen=True)
+class TriageDismissalRecord:
+    """A triage dismissal as the ledger keeps it; ``reason`` is the operator's, opened (personal data maybe)."""
+
+    triage_id: str
+    received_at: datetime  # aware, UTC
+    deadline: date
+    classifier_reason: str
+    reason: str
+    decided_by: str
+    attachments_deleted: int
+    dismissed_at: datetime  # aware, UTC
 
 
 @dataclass(frozen=True)
@@ -412,6 +443,42 @@ class Ledger:
                 return False
             raise
         return True
+
+    def record_triage_dismissal(self, record: TriageDismissalRecord) -> bool:
+        """Keep the dismissal of ``record.triage_id``; False (and nothing changed) when it is kept already."""
+        row = TriageDismissalRow(
+            triage_id=record.triage_id,
+            received_at=_utc(record.received_at, "received_at"),
+            deadline=record.deadline,
+            classifier_reason=record.classifier_reason,
+            reason_sealed=self._sealer.seal_text(record.reason, purpose=DISMISSAL_PURPOSE),
+            decided_by=record.decided_by,
+            attachments_deleted=record.attachments_deleted,
+            dismissed_at=_utc(record.dismissed_at, "dismissed_at"),
+        )
+        try:
+            with self._session(write=True) as session:
+                if session.get(TriageDismissalRow, record.triage_id) is not None:
+                    return False
+                session.add(row)
+        except IntegrityError:
+            if self.triage_dismissal(record.triage_id) is not None:
+                return False  # a concurrent retry kept it first
+            raise
+        return True
+
+    def triage_dismissal(self, triage_id: str) -> TriageDismissalRecord | None:
+        """The kept dismissal of ``triage_id``, its reason opened, or None."""
+        with self._session(write=False) as session:
+            row = session.get(TriageDismissalRow, triage_id)
+            if row is None:
+                return None
+            return TriageDismissalRecord(
+                triage_id=row.triage_id, received_at=_utc(row.received_at, "received_at"), deadline=row.deadline,
+                classifier_reason=row.classifier_reason,
+                reason=self._sealer.open_text(row.reason_sealed, purpose=DISMISSAL_PURPOSE),
+                decided_by=row.decided_by, attachments_deleted=row.attachments_deleted,
+                dismissed_at=_utc(row.dismissed_at, "dismissed_at"))
 
     def append_event(self, event: AuditEvent, *, key: str, at: datetime) -> bool:
         """Append one event under an idempotency key; False (nothing written) when the key is known.

@@ -590,6 +590,20 @@ class TriageDismissal:
 
 
 @dataclass
+class TriageDismissed:
+    """What ``record_triage_dismissal`` keeps in the ledger; ``reason`` may quote the message (sealed there)."""
+
+    triage_id: str
+    received_at: datetime
+    deadline: date
+    classifier_reason: str
+    reason: str
+    decided_by: str
+    attachments_deleted: int
+    dismissed_at: datetime
+
+
+@dataclass
 class TriageStatus:
     """The ``status`` query of a triage workflow; no personal data (``dsr triage show`` asks ``message``)."""
 

@@ -7,8 +7,9 @@ operators get a notice, and the workflow waits for one of two updates:
 * ``classify`` (``dsr triage classify``): the request is submitted through the intake service, under the
   reserved request id and with the email's receipt time, so it is the same request it would have been had
   the classifier been sure (duplicates of an open request are attached to it as usual);
-* ``dismiss`` (``dsr triage dismiss``): not a request (spam, a newsletter unsubscribe...); the reason is
-  kept in the history as the record of why nothing was done.
+* ``dismiss`` (``dsr triage dismiss``): not a request (spam, a newsletter unsubscribe...); the files that came
+  with the email are deleted, and the reason is kept in the ledger (sealed) as the record of why nothing was
+  done, after Temporal has forgotten this workflow.
 
 A reminder goes to the operators a week before the deadline if nobody has decided by then.
 """
@@ -30,11 +31,15 @@ with workflow.unsafe.imports_passed_through():
         RequestKind,
         TriageDecision,
         TriageDismissal,
+        TriageDismissed,
         TriageInput,
         TriageMessage,
         TriageStatus,
     )
-    from workflows.request import NOTICE_OPTIONS, RequestRejected
+    from workflows.request import LEDGER_OPTIONS, NOTICE_OPTIONS, STORAGE_OPTIONS, RequestRejected
+
+DISMISSAL_RECORD = "triage-dismissal-record"
+"""Patch id: a dismissal deletes the email's files and is kept in the ledger (before, only in the history)."""
 
 SUBMIT_OPTIONS = {
     # The operator waits on the update: a few quick retries, then a clear refusal they can act on.
@@ -69,6 +74,8 @@ class TriageMessageWorkflow:
         if not decided:
             await self._notify(reminder=True)
             await workflow.wait_condition(lambda: self._decision is not None or self._dismissal is not None)
+        if self._dismissal is not None and workflow.patched(DISMISSAL_RECORD):
+            await self._record_dismissal(self._dismissal)
         workflow.upsert_search_attributes([sa.DSR_STAGE.value_set("closed")])
         workflow.set_current_details(self._details())
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -84,6 +91,19 @@ class TriageMessageWorkflow:
         except TimeoutError:
             return False
         return True
+
+    async def _record_dismissal(self, dismissal: TriageDismissal) -> None:
+        # An ID copy sent with a message that is no request has no purpose left (CNIL: delete once used).
+        deleted = await workflow.execute_activity(
+            "delete_identity_documents", self._item.request_id, result_type=int,
+            summary="delete the email's files", **STORAGE_OPTIONS)
+        await workflow.execute_activity(
+            "record_triage_dismissal",
+            TriageDismissed(
+                triage_id=self._item.triage_id, received_at=self._item.received_at, deadline=self._item.deadline,
+                classifier_reason=self._item.reason, reason=dismissal.reason.strip(),
+                decided_by=dismissal.decided_by, attachments_deleted=deleted, dismissed_at=workflow.now()),
+            result_type=bool, summary="record the dismissal", **LEDGER_OPTIONS)
 
     async def _notify(self, *, reminder: bool) -> None:
         reason = self._item.reason + (" (reminder: the deadline is in a week)" if reminder else "")

@@ -1,0 +1,43 @@
+"""The triage workflow on the time-skipping server: a dismissed email leaves a record and no files."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from dsr.model import TriageDismissal, TriageInput, TriageStatus
+from tests.harness import attachments_of
+from tests.workflows.conftest import OPERATOR_EMAIL, Engine
+
+SENDER = "claire.durand@example.org"
+TODAY = datetime.now(UTC).date()  # the test server's clock starts at the real time
+
+
+async def test_a_dismissed_email_deletes_its_files_and_is_kept_in_the_ledger(engine: Engine) -> None:
+    """Before: the reason lived only in the workflow's history (gone after the retention period) and an ID
+    copy sent with the email stayed on the store for ever."""
+    request_id = "dsr-2026-03-TRIAG1"
+    files = attachments_of(engine.settings)
+    files.save(request_id, "passeport.pdf", "application/pdf", b"%PDF scan of an identity document")
+    item = TriageInput(
+        triage_id=f"triage-{request_id}", request_id=request_id,
+        received_at=datetime.now(UTC), received_on=TODAY, deadline=TODAY + timedelta(days=30),
+        email=SENDER, name="Claire Durand", subject_line="Question",
+        body="Mon père est décédé, que faire de son compte ?", reason="unsure: about a deceased person",
+        policy=engine.settings.policy,
+    )
+    handle = await engine.client.start_workflow(
+        "TriageMessage", item, id=item.triage_id, task_queue=engine.task_queue)
+    await handle.execute_update("dismiss", TriageDismissal("handled by post with the family", "dpo@example.com"),
+                                result_type=TriageStatus)
+    await handle.result()
+    status = await handle.query("status", result_type=TriageStatus)
+
+    assert status.state == "dismissed"
+    kept = engine.ledger.triage_dismissal(item.triage_id)
+    assert kept is not None
+    assert (kept.reason, kept.decided_by, kept.classifier_reason) == (
+        "handled by post with the family", "dpo@example.com", "unsure: about a deceased person")
+    assert kept.attachments_deleted == 1 and kept.deadline == TODAY + timedelta(days=30)
+    assert files.list(request_id) == []
+    # The operator heard of the message once; nothing went to the sender, and the record names nobody.
+    assert len(engine.mail.to(OPERATOR_EMAIL)) == 1 and engine.mail.to(SENDER) == []
