@@ -433,8 +433,8 @@ def history(request_id: RequestId, as_json: JsonOption = False) -> None:
     if as_json:
         emit_json({"id": request_id, "kind": row.kind, "stage": row.stage, "outcome": row.outcome,
                    "deadline": row.deadline, "extended": row.extended,
-                   "events": [{"at": e.at, "event": e.event, "actor": e.actor, "details": e.details}
-                              for e in events]})
+                   "events": [{"at": e.at, "event": e.event, "actor": e.actor, "details": e.details,
+                               "note": e.note} for e in events]})
         return
     typer.echo(f"{request_id}  {row.kind.value}  {row.stage.value}"
                + (f" ({row.outcome.value})" if row.outcome else "") + f"  due {row.deadline.isoformat()}")
@@ -442,6 +442,8 @@ def history(request_id: RequestId, as_json: JsonOption = False) -> None:
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
         typer.echo(f"  {e.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z  {e.event:<20} {e.actor}"
                    + (f"  {details}" if details else ""))
+        if e.note:  # the operator's reason (extension, refusal): the Art. 12(4)-(5) record
+            typer.echo(f"      reason: {' '.join(e.note.split())}")
 
 
 def _probe_storage(objects) -> None:

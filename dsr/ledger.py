@@ -46,6 +46,7 @@ from dsr.model import AuditEvent, Channel, Language, Outcome, RequestKind, Reque
 EMAIL_PURPOSE = "subject.email"
 NAME_PURPOSE = "subject.name"
 DISMISSAL_PURPOSE = "triage.dismissal_reason"
+NOTE_PURPOSE = "event.note"
 EMAIL_INDEX_PURPOSE = "subject.email"
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
@@ -131,6 +132,16 @@ class EventRow(SQLModel, table=True):
     details: str = Field(sa_type=Text, default="{}")  # JSON object of strings
 
 
+class EventNoteRow(SQLModel, table=True):
+    """The sealed note of one event (:attr:`dsr.model.AuditEvent.note`), beside the append-only events table
+    so ledgers created before notes existed gain it as a new table."""
+
+    __tablename__ = "event_notes"
+
+    event_key: str = Field(primary_key=True, sa_type=String(400))
+    note_sealed: str = Field(sa_type=Text)
+
+
 class SubjectClaimRow(SQLModel, table=True):
     """The open request of a subject (blind index) and kind: at most one, by the primary key.
 
@@ -211,6 +222,7 @@ class LedgerEvent:
     event: str
     actor: str
     details: dict[str, str]
+    note: str = ""  # opened; may hold personal data (an operator's reason): for operators' eyes only
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -513,6 +525,9 @@ class Ledger:
                         details=json.dumps(details, ensure_ascii=False),
                     )
                 )
+                if event.note.strip():
+                    session.add(EventNoteRow(event_key=key, note_sealed=self._sealer.seal_text(
+                        event.note.strip(), purpose=NOTE_PURPOSE)))
                 changed = False
                 if stage is not None:
                     request.stage, changed = stage, True
@@ -637,12 +652,16 @@ class Ledger:
     def events(self, request_id: str) -> list[LedgerEvent]:
         """The request's events in time order (ties: the order they were appended)."""
         statement = (
-            select(EventRow).where(EventRow.request_id == request_id).order_by(EventRow.at, EventRow.id)
+            select(EventRow, EventNoteRow.note_sealed)
+            .join(EventNoteRow, EventNoteRow.event_key == EventRow.event_key, isouter=True)
+            .where(EventRow.request_id == request_id)
+            .order_by(EventRow.at, EventRow.id)
         )
         with self._session(write=False) as session:
             return [
-                LedgerEvent(at=row.at, event=row.event, actor=row.actor, details=json.loads(row.details))
-                for row in session.scalars(statement)
+                LedgerEvent(at=row.at, event=row.event, actor=row.actor, details=json.loads(row.details),
+                            note=self._sealer.open_text(sealed, purpose=NOTE_PURPOSE) if sealed else "")
+                for row, sealed in session.execute(statement)
             ]
 
     def requests(self, stage: Stage | None = None) -> list[LedgerRequest]:

@@ -430,6 +430,9 @@ class AuditEvent:
     outcome: Outcome | None = None
     deadline: date | None = None
     extended: bool | None = None
+    note: str = ""
+    """The operator's own words for the record (an extension's or a refusal's reason): they may name people,
+    so the ledger keeps them sealed; the Art. 12(4)-(5) burden of proof outlives Temporal's history."""
 
 
 @dataclass

@@ -765,6 +765,7 @@ class DataSubjectRequest:
             deadline=self._deadline.due,
             extended=True,
             details={"previous_deadline": previous.isoformat()},
+            note=self._extension_reason,
         )
         # Art. 12(3): the subject is told of the extension and its reasons within the first month.
         await self._notify_subject(
@@ -795,7 +796,8 @@ class DataSubjectRequest:
     @workflow.update
     async def refuse(self, refusal: Refusal) -> UpdateResult:
         self._refusal = Refusal(reason=refusal.reason.strip(), requested_by=refusal.requested_by)
-        await self._audit("refused", actor=refusal.requested_by, details={"reason_length": str(len(refusal.reason))})
+        await self._audit("refused", actor=refusal.requested_by, details={"reason_length": str(len(refusal.reason))},
+                          note=refusal.reason)
         await workflow.wait_condition(lambda: self._stage == Stage.CLOSED)
         return self._result()
 
@@ -979,7 +981,7 @@ class DataSubjectRequest:
 
     async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
                      stage: Stage | None = None, outcome: Outcome | None = None,
-                     deadline: date | None = None, extended: bool | None = None) -> None:
+                     deadline: date | None = None, extended: bool | None = None, note: str = "") -> None:
         await workflow.execute_activity(
             "record_event",
             AuditEvent(
@@ -991,6 +993,7 @@ class DataSubjectRequest:
                 outcome=outcome,
                 deadline=deadline,
                 extended=extended,
+                note=note,
             ),
             result_type=bool,
             summary=f"ledger: {event}",

@@ -10,6 +10,8 @@ from datetime import date, timedelta
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
+from sqlmodel import Session
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -345,6 +347,9 @@ async def test_extended_request_is_overdue_only_after_three_months(engine: Engin
     assert [e.details["label"] for e in reminders] == ["D-7", "D-2"], "reminded before the new deadline only"
     overdue = [e for e in engine.ledger.events(request.request_id) if e.event == "overdue"]
     assert [e.details["deadline"] for e in overdue] == [request.deadlines.extended.due.isoformat()]
+    # The reason told to the subject is the ledger's too (Art. 12(3)-(4) proof after Temporal forgets).
+    [extended] = [e for e in engine.ledger.events(request.request_id) if e.event == "extended"]
+    assert extended.note == "Eleven years of orders."
     to_operator = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"]]
     assert len(to_operator) == 4  # needs attention, D-7, D-2, escalation
     # A week later the escalation is repeated, for as long as nobody acts.
@@ -422,6 +427,12 @@ async def test_refusal_records_reason_and_tells_of_the_cnil(engine: Engine) -> N
     body = engine.mail.to(SUBJECT_EMAIL)[-1].get_body(("plain",)).get_content()
     assert reason in body and "CNIL" in body and "Fontenoy" in body
     assert templates_sent(engine, request)[-1] == "refusal"
+    # Art. 12(5): the controller bears the burden of proof; the reason is kept in the ledger, sealed.
+    [refused] = [e for e in engine.ledger.events(request.request_id) if e.event == "refused"]
+    assert refused.note == reason
+    with Session(engine.ledger.engine) as session:
+        stored = session.execute(text("SELECT note_sealed FROM event_notes")).scalars().all()
+    assert stored and not any("Cinquième" in sealed for sealed in stored)
     described = await handle.describe()
     assert described.typed_search_attributes.get(sa.DSR_OUTCOME) == "refused"
 
