@@ -4,8 +4,9 @@ Art. 19 notices to recipients; then, when the link expires, the deletion of what
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
@@ -15,6 +16,7 @@ from activities.notices import Mailer, SentLog, beating
 from dsr.bundle import build_bundle
 from dsr.links import DownloadLinks
 from dsr.model import (
+    ConnectorOutcome,
     ExportsDeletion,
     Language,
     RecordAction,
@@ -22,7 +24,7 @@ from dsr.model import (
     ReplyResult,
     RequestKind,
 )
-from dsr.profile import ControllerProfile
+from dsr.profile import Art19Recipient, ControllerProfile
 from dsr.replies import IncompleteProfileError, ReplyContext, render_reply
 from dsr.store.exports import ExportStore
 from templates import RenderedNotice
@@ -92,14 +94,17 @@ class ReplyActivities:
             result.link_expires_at = link.expires_at
             result.bundle_sha256 = info.sha256
 
-        acted = any(line.action in (RecordAction.CHANGED, RecordAction.DELETED, RecordAction.ANONYMISED)
-                    for outcome in reply.outcomes for line in outcome.report)
-        if reply.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION) and profile and acted:
-            # Art. 19: each recipient the data was disclosed to is told of the rectification or erasure.
+        if reply.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION) and profile:
+            # Art. 19: a recipient is told of the rectification or erasure of what was disclosed to it: only
+            # when records of this subject were changed in a dataset it receives (a recipient never told of
+            # this person learns nothing of them), and of those systems only.
             for index, recipient in enumerate(profile.art19_recipients):
+                systems = _acted_for(recipient, reply.outcomes)
+                if not systems:
+                    continue
                 notice_context = ReplyContext(
                     reference=reply.request_id, received=reply.received, deadline=reply.deadline,
-                    profile=profile, systems=list(reply.outcomes), request_kind=reply.kind,
+                    profile=profile, systems=systems, request_kind=reply.kind,
                     subject_email=reply.subject.email, subject_name=reply.subject.name,
                     recipient_name=recipient.name,
                 )
@@ -132,3 +137,17 @@ class ReplyActivities:
         """The link expired (or the request closed without a reply): the bundle and every exported record go
         (idempotent)."""
         return self._exports.delete(deletion.request_id)
+
+
+_ACTED = (RecordAction.CHANGED, RecordAction.DELETED, RecordAction.ANONYMISED)
+
+
+def _acted_for(recipient: Art19Recipient, outcomes: Iterable[ConnectorOutcome]) -> list[ConnectorOutcome]:
+    """The outcomes, each cut to its lines that changed a dataset disclosed to ``recipient`` (none: not told)."""
+    kept = []
+    for outcome in outcomes:
+        lines = [line for line in outcome.report
+                 if line.action in _ACTED and recipient.received(outcome.connector, line.dataset)]
+        if lines:
+            kept.append(dataclasses.replace(outcome, report=lines))
+    return kept

@@ -34,6 +34,7 @@ Every text may be one string (used in both languages) or a table with one string
     [[controller.art19_recipients]]          # told of rectifications and erasures (Art. 19)
     name = "Logistics partner"
     email = "dpo@partner.example"
+    receives = ["woocommerce.orders"]        # systems or system.dataset it is disclosed
 
     [controller.legal_bases]                 # wording of a retention basis a connector reports (dsr.toml)
     "Art. 17(3)(b) GDPR; loi 2006-64 art. 6" = { fr = "...", en = "..." }
@@ -41,6 +42,7 @@ Every text may be one string (used in both languages) or a table with one string
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -245,6 +247,9 @@ class SupervisoryAuthority(BaseModel):
         return _single_line(value)
 
 
+_RECEIVES = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)?")
+
+
 class Art19Recipient(BaseModel):
     """A recipient told of every rectification and erasure (Art. 19), one email each."""
 
@@ -252,11 +257,27 @@ class Art19Recipient(BaseModel):
     name: str = Field(min_length=1)
     email: str = Field(min_length=1)
     language: Language = Field(default=Language.FR, description="Language of the notice sent to it.")
+    receives: list[str] = Field(
+        min_length=1,
+        description='What it is disclosed: systems ("stripe") or datasets ("woocommerce.orders"). It is told '
+                    "only when records of the subject were erased or rectified there, and named only then.")
 
     @field_validator("email")
     @classmethod
     def _check_email(cls, value: str) -> str:
         return _email(value)
+
+    @field_validator("receives")
+    @classmethod
+    def _check_receives(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _RECEIVES.fullmatch(item):
+                raise ValueError(f'expected "system" or "system.dataset" (e.g. "woocommerce.orders"), got {item!r}')
+        return value
+
+    def received(self, connector: str, dataset: str) -> bool:
+        """Whether ``dataset`` of ``connector`` is disclosed to this recipient."""
+        return connector in self.receives or f"{connector}.{dataset}" in self.receives
 
     @field_validator("name")
     @classmethod

@@ -152,6 +152,11 @@ def test_blanked_supervisory_authority_is_missing() -> None:
          "dsr.toml: controller.art19_recipients[0].email: Field required"),
         ("[[controller.art19_recipients]]\nname = \"Partner\"\nemail = \"not-an-address\"\n",
          "dsr.toml: controller.art19_recipients[0].email: 'not-an-address' is not a valid email address"),
+        # Art. 19: a recipient is told only of what was disclosed to it, so the file must say what that is.
+        ("[[controller.art19_recipients]]\nname = \"Partner\"\nemail = \"p@x.example\"\n",
+         "dsr.toml: controller.art19_recipients[0].receives: Field required"),
+        ("[[controller.art19_recipients]]\nname = \"P\"\nemail = \"p@x.example\"\nreceives = [\"Stripe Invoices\"]\n",
+         "dsr.toml: controller.art19_recipients[0].receives: "),
         ("[controller]\nwebsite = \"www.x.example\"\n",
          "dsr.toml: controller.website: 'www.x.example' is not a web address"),
         ("[controller.systems]\ncrm = 4\n", "dsr.toml: controller.systems.crm: expected a string or a table"),

@@ -308,13 +308,17 @@ async def test_rectification_reply_names_the_fields_changed_never_their_values(w
         assert not mentions(Mail.of(message).everything, SUBJECT.city)
         assert not mentions(Mail.of(message).everything, "Roubaix")
 
-    notices = world.sent(request, "art19_notice")
-    assert len(notices) == len(RECIPIENTS) == 2
-    for recipient in RECIPIENTS:
-        [notice] = world.mails_to(str(recipient.email))
-        assert recipient.language.value == "fr" and "Informations rectifiées : ville" in notice.text
-        assert request.request_id in notice.subject and SUBJECT.email in notice.text
-        assert recipient.name in reply.text and recipient.name in reply.html_text
+    # Art. 19, scoped: the accountant receives Stripe's data (a customer account was corrected there) and is
+    # told; the carrier receives only WooCommerce orders, none of which changed: it learns nothing of this
+    # person, and the reply does not name it as a recipient the data was disclosed to.
+    accountant, carrier = RECIPIENTS
+    assert accountant.receives == ["stripe", "woocommerce.orders"] and carrier.receives == ["woocommerce.orders"]
+    [notice] = world.sent(request, "art19_notice")
+    assert world.mails_to(str(accountant.email)) == [notice] and world.mails_to(str(carrier.email)) == []
+    assert accountant.language.value == "fr" and "Informations rectifiées : ville" in notice.text
+    assert request.request_id in notice.subject and SUBJECT.email in notice.text
+    assert accountant.name in reply.text and accountant.name in reply.html_text
+    assert carrier.name not in reply.text and carrier.name not in reply.html_text
 
     systems, mine = world.systems, world.systems.held[SUBJECT.email]
     assert (systems.hubspot.contact(mine.hubspot_contact) or {})["city"] == "Roubaix"
