@@ -340,14 +340,22 @@ async def extend(
 @run
 async def refuse(
     request_id: RequestId,
-    reason: Annotated[str, typer.Option(help="Why the request is manifestly unfounded or excessive.")],
+    reason: Annotated[str, typer.Option(help="The facts behind the ground, told to the subject and kept.")],
+    ground: Annotated[str, typer.Option(
+        help="excessive (Art. 12(5)), identity (11(2)), others_rights (15(4), 20(4)), "
+             "erasure_exception (17(3)) or legal_restriction (23).")] = "excessive",
     by: Actor = "operator",
     as_json: JsonOption = False,
 ) -> None:
-    """Refuse a request (Art. 12(5)); the subject is told why and of the right to complain."""
-    from dsr.model import Refusal
+    """Refuse a request on a ground of the GDPR; the subject is told which, why, and of the right to complain."""
+    from dsr.model import Refusal, RefusalGround
 
-    await _update(request_id, "refuse", Refusal(reason=reason, requested_by=by), as_json)
+    try:
+        chosen = RefusalGround(ground)
+    except ValueError:
+        raise UserError(f"--ground must be one of {', '.join(g.value for g in RefusalGround)} (got {ground!r})") \
+            from None
+    await _update(request_id, "refuse", Refusal(reason=reason, requested_by=by, ground=chosen), as_json)
 
 
 @app.command()

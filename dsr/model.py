@@ -201,10 +201,21 @@ class Extension:
     requested_by: str = "operator"
 
 
+class RefusalGround(StrEnum):
+    """Why the controller does not act on a request; each has its own wording and article in the letter."""
+
+    EXCESSIVE = "excessive"  # Art. 12(5): manifestly unfounded or excessive
+    IDENTITY = "identity"  # Art. 11(2), 12(2): the subject cannot be identified
+    OTHERS_RIGHTS = "others_rights"  # Art. 15(4), 20(4): a copy would harm the rights of others
+    ERASURE_EXCEPTION = "erasure_exception"  # Art. 17(3): erasure does not apply
+    LEGAL_RESTRICTION = "legal_restriction"  # Art. 23: a restriction laid down by law
+
+
 @dataclass
 class Refusal:
     reason: str  # Art. 12(5): the controller bears the burden of proof, so the reason is kept
     requested_by: str = "operator"
+    ground: RefusalGround = field(default_factory=lambda: RefusalGround.EXCESSIVE)
 
 
 @dataclass

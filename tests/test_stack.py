@@ -251,6 +251,7 @@ def _free(port: int) -> bool:
         (["submit", "--kind", "access", "--email", "not-an-address"], "email is not a valid address"),
         (["status", "not-a-reference"], "is not a request reference"),
         (["extend", "dsr-2026-11-AAAAAA", "--reason", "x"], "no key file"),
+        (["refuse", "dsr-2026-11-AAAAAA", "--reason", "x", "--ground", "whim"], "--ground must be one of"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, args: list[str], message: str) -> None:

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         QueueAsk,
         RecordAction,
         Refusal,
+        RefusalGround,
         ReplyInput,
         ReplyResult,
         RequestInput,
@@ -589,7 +590,8 @@ class DataSubjectRequest:
         if self._refusal is not None:
             self._outcome = Outcome.REFUSED
             self._set_stage(Stage.REPLYING)
-            await self._notify_subject(NoticeTemplate.REFUSAL, reason=self._refusal.reason)
+            await self._notify_subject(NoticeTemplate.REFUSAL, reason=self._refusal.reason,
+                                       ground=RefusalGround(self._refusal.ground).value)
         elif self._withdrawal is not None:
             self._outcome = Outcome.WITHDRAWN
             await self._notify_subject(NoticeTemplate.WITHDRAWN)
@@ -795,8 +797,10 @@ class DataSubjectRequest:
 
     @workflow.update
     async def refuse(self, refusal: Refusal) -> UpdateResult:
-        self._refusal = Refusal(reason=refusal.reason.strip(), requested_by=refusal.requested_by)
-        await self._audit("refused", actor=refusal.requested_by, details={"reason_length": str(len(refusal.reason))},
+        self._refusal = Refusal(reason=refusal.reason.strip(), requested_by=refusal.requested_by,
+                                ground=RefusalGround(refusal.ground))
+        await self._audit("refused", actor=refusal.requested_by,
+                          details={"reason_length": str(len(refusal.reason)), "ground": self._refusal.ground.value},
                           note=refusal.reason)
         await workflow.wait_condition(lambda: self._stage == Stage.CLOSED)
         return self._result()
@@ -806,6 +810,16 @@ class DataSubjectRequest:
         self._reject_if_closed()
         if not refusal.reason.strip():
             raise RequestRejected("a refusal needs a reason: Art. 12(4) requires telling the subject why")
+        try:
+            ground = RefusalGround(refusal.ground)
+        except ValueError:
+            raise RequestRejected(f"unknown ground {refusal.ground!r}; grounds are "
+                                  + ", ".join(g.value for g in RefusalGround)) from None
+        kind = self._request.kind
+        if ground == RefusalGround.OTHERS_RIGHTS and kind not in (RequestKind.ACCESS, RequestKind.PORTABILITY):
+            raise RequestRejected("the rights of others (Art. 15(4), 20(4)) limit a copy: access or portability only")
+        if ground == RefusalGround.ERASURE_EXCEPTION and kind != RequestKind.ERASURE:
+            raise RequestRejected("the exceptions of Art. 17(3) apply to erasure requests only")
         self._reject_if_busy("refused")
 
     @workflow.update

@@ -270,3 +270,20 @@ def test_autoescape_is_on_for_html_only() -> None:
     rendered = render_notice(NoticeTemplate.COMPLETED, Language.FR, {"reference": "<R&D>", "kind": "access"})
     assert "&lt;R&amp;D&gt;" in rendered.html and "<R&D>" not in rendered.html
     assert "<R&D>" in rendered.text and "<R&D>" in rendered.subject
+
+
+@pytest.mark.parametrize(("ground", "kind", "fr", "en"), [
+    ("identity", "access", "article 11, paragraphe 2, et article 12, paragraphe 2", "Articles 11(2) and 12(2)"),
+    ("others_rights", "access", "article 15, paragraphe 4", "Article 15(4)"),
+    ("others_rights", "portability", "article 20, paragraphe 4", "Article 20(4)"),
+    ("erasure_exception", "erasure", "article 17, paragraphe 3", "Article 17(3)"),
+    ("legal_restriction", "erasure", "article 23", "Article 23"),
+])
+def test_each_refusal_ground_has_its_own_words_and_article(ground: str, kind: str, fr: str, en: str) -> None:
+    """Before, every refusal said 'manifestly unfounded or excessive (Art. 12(5))', whatever the ground."""
+    for language, article in ((Language.FR, fr), (Language.EN, en)):
+        context = {**MINIMAL, "kind": kind, "ground": ground, "reason": "Détail du motif."}
+        rendered = render_notice(NoticeTemplate.REFUSAL, language, context)
+        for part in (rendered.text, html.unescape(rendered.html)):
+            assert article in part and "Détail du motif." in part
+            assert "12(5)" not in part and "paragraphe 5" not in part

@@ -27,6 +27,7 @@ from dsr.model import (
     IdentityMethod,
     Outcome,
     Refusal,
+    RefusalGround,
     RequestInput,
     RequestStatus,
     ResidualsCleared,
@@ -429,12 +430,28 @@ async def test_refusal_records_reason_and_tells_of_the_cnil(engine: Engine) -> N
     assert templates_sent(engine, request)[-1] == "refusal"
     # Art. 12(5): the controller bears the burden of proof; the reason is kept in the ledger, sealed.
     [refused] = [e for e in engine.ledger.events(request.request_id) if e.event == "refused"]
-    assert refused.note == reason
+    assert refused.note == reason and refused.details["ground"] == "excessive"
     with Session(engine.ledger.engine) as session:
         stored = session.execute(text("SELECT note_sealed FROM event_notes")).scalars().all()
     assert stored and not any("Cinquième" in sealed for sealed in stored)
     described = await handle.describe()
     assert described.typed_search_attributes.get(sa.DSR_OUTCOME) == "refused"
+
+
+async def test_a_refusal_ground_must_fit_the_request_and_is_told_and_kept(engine: Engine) -> None:
+    request, handle = await submit(engine, "erasure", identity=IdentityMethod.EMAIL)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    with pytest.raises(WorkflowUpdateFailedError):  # Art. 15(4) limits a copy, not an erasure
+        await handle.execute_update(DataSubjectRequest.refuse, Refusal(
+            reason="x", ground=RefusalGround.OTHERS_RIGHTS))
+    reason = "Litige en cours sur la commande 1042 : conservation pour la défense de nos droits."
+    await handle.execute_update(DataSubjectRequest.refuse, Refusal(
+        reason=reason, ground=RefusalGround.ERASURE_EXCEPTION))
+    await handle.result()
+    body = engine.mail.to(SUBJECT_EMAIL)[-1].get_body(("plain",)).get_content()
+    assert "article 17, paragraphe 3" in body and reason in body and "paragraphe 5" not in body
+    [refused] = [e for e in engine.ledger.events(request.request_id) if e.event == "refused"]
+    assert refused.details["ground"] == "erasure_exception" and refused.note == reason
 
 
 async def test_withdrawal_closes_without_touching_systems(engine: Engine) -> None:
