@@ -50,7 +50,7 @@ CONTEXT_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "previous_deadline", "reason", "subject_name",
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
     "connector", "error", "residuals", "reminder", "attachments",
-    "authority_name", "authority_postal_address", "authority_website", "ground",
+    "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
 })
 """Every key a template may use; other keys are ignored."""
 

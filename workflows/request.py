@@ -235,9 +235,10 @@ class DataSubjectRequest:
             # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on
             # while the acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
             self._mail_tracked = True
-            self._acknowledgement = asyncio.create_task(self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT))
+            self._acknowledgement = asyncio.create_task(
+                self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context()))
         else:
-            await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT)
+            await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context())
 
         watcher = asyncio.create_task(self._watch_deadline())
         if await self._verify_identity() and not self._ending():
@@ -1048,6 +1049,14 @@ class DataSubjectRequest:
                 in_reply_to=self._thread(),
             )
         )
+
+    def _acknowledgement_context(self) -> dict[str, str]:
+        """What makes the acknowledgement true: how identity will be checked, and whether the month is already
+        over (a letter recorded late with ``--received``), in which case no date in the future is promised."""
+        context = {"identity": IdentityMethod(self._request.policy.identity).value}
+        if workflow.now() >= self._deadline.overdue_at:
+            context["late"] = "yes"
+        return context
 
     def _thread(self) -> str | None:
         """The Message-ID our next email to the subject answers: their latest message, else their first."""

@@ -287,3 +287,16 @@ def test_each_refusal_ground_has_its_own_words_and_article(ground: str, kind: st
         for part in (rendered.text, html.unescape(rendered.html)):
             assert article in part and "Détail du motif." in part
             assert "12(5)" not in part and "paragraphe 5" not in part
+
+
+@pytest.mark.parametrize(("identity", "fr", "en"), [
+    ("email", "lien de confirmation", "confirmation link"),
+    ("document", "justificatif à nous envoyer", "which document to send us"),
+    ("trusted", "vous n'avez rien à faire de plus", "nothing more for you to do"),
+])
+def test_the_acknowledgement_says_how_identity_will_be_checked(identity: str, fr: str, en: str) -> None:
+    """Before: 'if needed ... we will write to you separately', then the identity request came 0.2 s later."""
+    for language, words in ((Language.FR, fr), (Language.EN, en)):
+        rendered = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, {**FULL, "identity": identity})
+        assert words in rendered.text and words in html.unescape(rendered.html)
+        assert "si nécessaire" not in rendered.text and "only if needed" not in rendered.text

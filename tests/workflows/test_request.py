@@ -70,13 +70,14 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 
 async def submit(engine: Engine, kind: str = "access", *, identity: IdentityMethod = IdentityMethod.TRUSTED,
                  clock: ClockPolicy = ClockPolicy.RECEIPT, language: str = "fr",
-                 changes: dict[str, str] | None = None, channel: str = "api",
+                 changes: dict[str, str] | None = None, channel: str = "api", received_days_ago: int = 0,
                  ) -> tuple[RequestInput, WorkflowHandle]:
     settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=identity, clock=clock))
     now = await engine.env.get_current_time()
     request = prepare(
         Submission(kind=kind, email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel=channel, language=language,
-                   changes=changes or {}),
+                   changes=changes or {},
+                   received_at=now - timedelta(days=received_days_ago) if received_days_ago else None),
         settings,
         now=now,
     )
@@ -452,6 +453,24 @@ async def test_a_refusal_ground_must_fit_the_request_and_is_told_and_kept(engine
     assert "article 17, paragraphe 3" in body and reason in body and "paragraphe 5" not in body
     [refused] = [e for e in engine.ledger.events(request.request_id) if e.event == "refused"]
     assert refused.details["ground"] == "erasure_exception" and refused.note == reason
+
+
+async def test_a_letter_recorded_after_its_month_is_acknowledged_without_a_future_promise(engine: Engine) -> None:
+    """Before: the acknowledgement announced a reply 'by' a date already past and an extension 'before the end of
+    the first month'."""
+    request, handle = await submit(engine, "access", received_days_ago=45, identity=IdentityMethod.EMAIL)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    for _ in range(100):  # the acknowledgement goes beside the identity step (ack-nonblocking)
+        if "acknowledgement" in templates_sent(engine, request):
+            break
+        await asyncio.sleep(0.1)
+    [body] = [m.get_body(("plain",)).get_content() for m in engine.mail.to(SUBJECT_EMAIL)
+              if str(m["Subject"]).startswith("Nous avons bien reçu")]
+    assert "a expiré le" in body and "excuser de ce retard" in body
+    assert "prolongé de deux mois" not in body and "Réponse au plus tard le" not in body
+    # The identity step says what will happen (a link follows), not "if needed ... we will write separately".
+    assert "lien de confirmation" in body and "si nécessaire" not in body
+    await handle.terminate("test over")
 
 
 async def test_withdrawal_closes_without_touching_systems(engine: Engine) -> None:
