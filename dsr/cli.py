@@ -254,6 +254,13 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         typer.echo(f"  {c.connector}: {c.state.value}" + (f" - {c.error}" if c.error else ""))
     if state.waiting_for:
         typer.echo(f"  waiting for {state.waiting_for} of the same person (one request at a time in their systems)")
+    if state.awaiting_changes:
+        # The person's own words (personal data, shown to the operator only): what to correct, in their terms.
+        text = await _handle(client, request_id).query(DataSubjectRequest.subject_text)
+        typer.echo(f"  waiting for the corrections to make (`dsr rectify {state.request_id} --change field=value`);"
+                   " the person wrote:")
+        for line in (text or "(nothing)").splitlines():
+            typer.echo(f"    {line}")
     if state.reply_held:
         typer.echo(f"  reply held (fix the cause, then `dsr retry {state.request_id}`):")
         for line in state.reply_held.splitlines():
@@ -393,6 +400,24 @@ async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOpti
     from dsr.model import Retry
 
     await _update(request_id, "retry", Retry(requested_by=by), as_json)
+
+
+@app.command()
+@run
+async def rectify(
+    request_id: RequestId,
+    change: Annotated[list[str], typer.Option(help="field=value (repeatable): a correction the subject asked for.")],
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Give a rectification that came as free text the corrections to make (read them with `dsr status`)."""
+    from dsr.model import CANONICAL_FIELDS, Rectification
+
+    changes = _parse_changes(change)
+    unknown = sorted(set(changes) - CANONICAL_FIELDS)
+    if unknown:
+        raise UserError(f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}")
+    await _update(request_id, "rectify", Rectification(changes=changes, requested_by=by), as_json)
 
 
 @app.command("clear-residuals")

@@ -230,6 +230,14 @@ class Retry:
 
 
 @dataclass
+class Rectification:
+    """The corrections an operator read in a rectification request that did not state them (``dsr rectify``)."""
+
+    changes: dict[str, str]  # canonical field -> new value; personal data (encrypted payload, never logged)
+    requested_by: str = "operator"
+
+
+@dataclass
 class ResidualsCleared:
     """An operator cleared by hand what a system's API could not erase (the report's residual lines)."""
 
@@ -382,6 +390,7 @@ class NoticeTemplate(StrEnum):
     OPERATOR_REPLY_HELD = "operator_reply_held"  # the final reply cannot be written (e.g. incomplete profile)
     OPERATOR_RESIDUAL = "operator_residual"  # data a system's API could not clear: to be cleared by hand
     OPERATOR_CORRESPONDENCE = "operator_correspondence"  # the subject wrote again (e.g. sent an ID copy)
+    OPERATOR_CHANGES_NEEDED = "operator_changes_needed"  # a rectification that does not say what to correct
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -392,6 +401,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_REPLY_HELD,
     NoticeTemplate.OPERATOR_RESIDUAL,
     NoticeTemplate.OPERATOR_CORRESPONDENCE,
+    NoticeTemplate.OPERATOR_CHANGES_NEEDED,
 })
 
 
@@ -502,6 +512,7 @@ class RequestStatus:
     residuals: list[str] = field(default_factory=list)  # residual lines still to clear by hand, if any
     waiting_for: str = ""  # the request of the same person whose systems work this one waits for
     mail_pending: list[str] = field(default_factory=list)  # notices whose first sending failed, still retried
+    awaiting_changes: bool = False  # a rectification that did not say what to correct waits for ``dsr rectify``
 
 
 # --- per-subject order ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.connectors import PERMANENT_ERROR
     from dsr import search_attributes as sa
     from dsr.model import (
+        CANONICAL_FIELDS,
         AuditEvent,
         Channel,
         ClockPolicy,
@@ -44,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         PlanInput,
         QueueAsk,
         RecordAction,
+        Rectification,
         Refusal,
         RefusalGround,
         ReplyInput,
@@ -143,6 +145,9 @@ data a system could not erase is followed up with the operator until cleared."""
 STORED_OBJECTS = "stored-objects-deletion"
 """Patch id: a request closed without a reply (refused, withdrawn, unverified) deletes its partial exports and
 attachments; a fulfilled erasure deletes the subject's earlier access and portability exports."""
+RECTIFICATION_CHANGES = "rectification-changes"
+"""Patch id: a rectification without structured changes waits for an operator's ``rectify`` in needs_attention
+(before, it ran with no changes and replied "already up to date")."""
 SUBJECT_ORDER = "subject-order"
 """Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
 in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
@@ -187,6 +192,8 @@ class DataSubjectRequest:
         self._refusal: Refusal | None = None
         self._withdrawal: Withdrawal | None = None
         self._retry_requested = False
+        self._awaiting_changes = False
+        self._rectification: Rectification | None = None
         self._progress: dict[str, ConnectorProgress] = {}
         self._link_expires_at: datetime | None = None
         self._exports_deleted = False
@@ -241,7 +248,7 @@ class DataSubjectRequest:
             await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context())
 
         watcher = asyncio.create_task(self._watch_deadline())
-        if await self._verify_identity() and not self._ending():
+        if await self._verify_identity() and not self._ending() and await self._changes_known():
             await self._carry_out()
         await self._close()
         await watcher
@@ -351,6 +358,28 @@ class DataSubjectRequest:
         )
         if deleted:
             await self._audit(event, details={"count": str(deleted)})
+
+    async def _changes_known(self) -> bool:
+        """A rectification names the fields and their new values before any system is touched. One that came
+        as free text (the web form, an API call without ``changes``) waits in needs_attention for an operator
+        to read it and give them (``rectify``): otherwise every system would be found "already up to date"
+        and the reply would say so, having corrected nothing."""
+        if self._request.kind != RequestKind.RECTIFICATION or self._request.changes:
+            return True
+        if not workflow.patched(RECTIFICATION_CHANGES):
+            return True
+        self._awaiting_changes = True
+        self._set_stage(Stage.NEEDS_ATTENTION)
+        await self._audit("changes_needed", stage=Stage.NEEDS_ATTENTION)
+        await self._notify_operator(NoticeTemplate.OPERATOR_CHANGES_NEEDED)
+        await workflow.wait_condition(lambda: self._rectification is not None or self._ending())
+        self._awaiting_changes = False
+        if self._ending() or self._rectification is None:
+            return False
+        self._request = dataclasses.replace(self._request, changes=dict(self._rectification.changes))
+        await self._audit("changes_given", actor=self._rectification.requested_by,
+                          details={"fields": ",".join(sorted(self._request.changes))})
+        return True
 
     async def _carry_out(self) -> None:
         """Fan out to every configured system; permanent failures wait for an operator's retry."""
@@ -844,10 +873,39 @@ class DataSubjectRequest:
     @retry.validator
     def _validate_retry(self, retry: Retry) -> None:
         self._reject_if_closed()
+        if self._awaiting_changes:
+            raise RequestRejected(f"{self._request.request_id} waits for the corrections to make: "
+                                  "give them with rectify (dsr rectify ID --change field=value)")
         if self._stage != Stage.NEEDS_ATTENTION:
             raise RequestRejected(
                 f"{self._request.request_id} is {self._stage.value}, not needs_attention: nothing to retry"
             )
+
+    @workflow.update
+    async def rectify(self, rectification: Rectification) -> UpdateResult:
+        self._rectification = Rectification(changes=dict(rectification.changes),
+                                             requested_by=rectification.requested_by)
+        await workflow.wait_condition(lambda: not self._awaiting_changes)
+        return self._result()
+
+    @rectify.validator
+    def _validate_rectify(self, rectification: Rectification) -> None:
+        self._reject_if_closed()
+        if not self._awaiting_changes:
+            raise RequestRejected(f"{self._request.request_id} is not waiting for corrections")
+        if not rectification.changes:
+            raise RequestRejected("give at least one correction (field=value)")
+        unknown = sorted(set(rectification.changes) - CANONICAL_FIELDS)
+        if unknown:
+            fields = ", ".join(sorted(CANONICAL_FIELDS))
+            raise RequestRejected(f"cannot rectify {', '.join(unknown)}; fields are {fields}")
+        if any(not str(value).strip() for value in rectification.changes.values()):
+            raise RequestRejected("a new value cannot be empty (an erasure of one field is an erasure request)")
+
+    @workflow.query
+    def subject_text(self) -> str:
+        """What the subject wrote with the request (personal data: for the operator, through the codec)."""
+        return self._request.details
 
     @workflow.update
     async def clear_residuals(self, cleared: ResidualsCleared) -> UpdateResult:
@@ -888,6 +946,7 @@ class DataSubjectRequest:
             residuals=list(self._residuals),
             waiting_for=self._turn_holder if self._awaiting_turn else "",
             mail_pending=list(self._mail_pending),
+            awaiting_changes=self._awaiting_changes,
         )
 
     # --- helpers ----------------------------------------------------------------------------------

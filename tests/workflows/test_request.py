@@ -26,6 +26,7 @@ from dsr.model import (
     IdentityConfirmation,
     IdentityMethod,
     Outcome,
+    Rectification,
     Refusal,
     RefusalGround,
     RequestInput,
@@ -71,12 +72,12 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 async def submit(engine: Engine, kind: str = "access", *, identity: IdentityMethod = IdentityMethod.TRUSTED,
                  clock: ClockPolicy = ClockPolicy.RECEIPT, language: str = "fr",
                  changes: dict[str, str] | None = None, channel: str = "api", received_days_ago: int = 0,
-                 ) -> tuple[RequestInput, WorkflowHandle]:
+                 details: str = "") -> tuple[RequestInput, WorkflowHandle]:
     settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=identity, clock=clock))
     now = await engine.env.get_current_time()
     request = prepare(
         Submission(kind=kind, email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel=channel, language=language,
-                   changes=changes or {},
+                   changes=changes or {}, details=details,
                    received_at=now - timedelta(days=received_days_ago) if received_days_ago else None),
         settings,
         now=now,
@@ -483,6 +484,30 @@ async def test_withdrawal_closes_without_touching_systems(engine: Engine) -> Non
     assert templates_sent(engine, request)[-1] == "withdrawn"
     row = engine.ledger.get_request(request.request_id)
     assert row is not None and row.outcome == Outcome.WITHDRAWN
+
+
+async def test_a_rectification_without_corrections_waits_for_an_operator_and_touches_nothing(
+        engine: Engine) -> None:
+    """Before: it ran with no changes, every system was 'already up to date', and the reply said so."""
+    # The form's free text, no structured changes.
+    request, handle = await submit(engine, "rectification", details="J'ai déménagé à Lille, merci de corriger.")
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    current = await status(handle)
+    assert current.awaiting_changes and all(c.calls == [] for c in engine.connectors)
+    assert "changes_needed" in events(engine, request)
+    assert await handle.query(DataSubjectRequest.subject_text) == request.details
+    with pytest.raises(WorkflowUpdateFailedError):  # nothing to retry: corrections are missing
+        await handle.execute_update(DataSubjectRequest.retry, Retry())
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(DataSubjectRequest.rectify, Rectification(changes={"shoe_size": "42"}))
+    await handle.execute_update(DataSubjectRequest.rectify, Rectification(changes={"city": "Lille"},
+                                                                          requested_by="operator:alice"))
+    final = await handle.result()
+    assert final.outcome == Outcome.FULFILLED and not final.awaiting_changes
+    assert all(c.calls == [("rectify", request.request_id)] for c in engine.connectors)
+    [given] = [e for e in engine.ledger.events(request.request_id) if e.event == "changes_given"]
+    assert given.actor == "operator:alice" and given.details == {"fields": "city"}
+    assert "operator_changes_needed" in templates_sent(engine, request)
 
 
 async def test_no_personal_data_in_plain_sight(engine: Engine) -> None:
