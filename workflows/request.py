@@ -145,6 +145,11 @@ data a system could not erase is followed up with the operator until cleared."""
 STORED_OBJECTS = "stored-objects-deletion"
 """Patch id: a request closed without a reply (refused, withdrawn, unverified) deletes its partial exports and
 attachments; a fulfilled erasure deletes the subject's earlier access and portability exports."""
+UNVERIFIED_BY_DEADLINE = "unverified-by-deadline"
+"""Patch id: the identity wait ends by the response deadline (the closure notice is the answer due then);
+before, 30 days from the request could end after a short month's deadline."""
+UNVERIFIED_LEAD = timedelta(hours=15)
+"""How long before the end of the due day the unverified closure goes: 09:00 local, a working hour."""
 RECTIFICATION_CHANGES = "rectification-changes"
 """Patch id: a rectification without structured changes waits for an operator's ``rectify`` in needs_attention
 (before, it ran with no changes and replied "already up to date")."""
@@ -194,6 +199,7 @@ class DataSubjectRequest:
         self._retry_requested = False
         self._awaiting_changes = False
         self._rectification: Rectification | None = None
+        self._identity_waited_days = 0
         self._progress: dict[str, ConnectorProgress] = {}
         self._link_expires_at: datetime | None = None
         self._exports_deleted = False
@@ -313,12 +319,21 @@ class DataSubjectRequest:
             return self._identity_confirmed or self._ending()
 
         reminder_after = timedelta(days=policy.identity_reminder_after_days)
+        limit = timedelta(days=policy.identity_timeout_days)
+        if not self._clock_suspended and workflow.patched(UNVERIFIED_BY_DEADLINE):
+            # Art. 12(3)-(4): the answer, even "not verified, closed", reaches the subject by the deadline: the
+            # wait ends on the due day at 09:00 local (overdue_at is the end of that day) if that comes first.
+            by_deadline = self._deadline.overdue_at - UNVERIFIED_LEAD - workflow.now()
+            limit = max(timedelta(0), min(limit, by_deadline))
+            reminder_after = min(reminder_after, limit / 2)
+        started = workflow.now()
         if not await self._wait(settled, reminder_after, "identity reminder"):
             await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=policy.identity.value)
             await self._audit("identity_reminder_sent")
-            remaining = timedelta(days=policy.identity_timeout_days) - reminder_after
+            remaining = limit - reminder_after
             if not await self._wait(settled, remaining, "identity timeout"):
                 self._outcome = Outcome.UNVERIFIED
+                self._identity_waited_days = max(1, round((workflow.now() - started) / timedelta(days=1)))
                 return False
         if self._ending():
             return False
@@ -626,8 +641,10 @@ class DataSubjectRequest:
             self._outcome = Outcome.WITHDRAWN
             await self._notify_subject(NoticeTemplate.WITHDRAWN)
         elif self._outcome == Outcome.UNVERIFIED:
+            # The wait the subject was actually given (the deadline may have cut the policy's short).
             await self._notify_subject(
-                NoticeTemplate.UNVERIFIED, days=str(self._request.policy.identity_timeout_days)
+                NoticeTemplate.UNVERIFIED,
+                days=str(self._identity_waited_days or self._request.policy.identity_timeout_days),
             )
         assert self._outcome is not None
         if workflow.patched(STORED_OBJECTS):
