@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from dsr.deadlines import deadline_schedule, receipt_date
-from dsr.model import ClockStart, DeadlineInput, Deadlines
+from dsr.model import ClockResume, ClockStart, DeadlineInput, Deadlines, ResumedClock
 
 
 @activity.defn(name="deadlines_from")
@@ -19,3 +19,15 @@ def deadlines_from(start: ClockStart) -> Deadlines:
             timezone=start.timezone,
         )
     )
+
+
+@activity.defn(name="deadlines_resumed")
+def deadlines_resumed(resume: ClockResume) -> ResumedClock:
+    """The deadlines once a suspension ends: every day it lasted (local dates) is added to the period's end."""
+    suspended_on = receipt_date(resume.suspended_at, resume.timezone)
+    resumed_on = receipt_date(resume.resumed_at, resume.timezone)
+    days = resume.suspended_days_before + max(0, (resumed_on - suspended_on).days)
+    deadlines = deadline_schedule(DeadlineInput(start=resume.received_on, country=resume.country,
+                                                subdiv=resume.subdiv, timezone=resume.timezone,
+                                                suspended_days=days))
+    return ResumedClock(suspended_on=suspended_on, resumed_on=resumed_on, suspended_days=days, deadlines=deadlines)

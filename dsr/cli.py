@@ -404,6 +404,21 @@ async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOpti
 
 @app.command()
 @run
+async def doubt(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="What the subject must provide and why (told to them, kept).")],
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Record a reasonable doubt about the requester's identity (Art. 12(6)): the subject is asked for what you
+    need; with DSR_CLOCK=suspend_during_identity the time limit stands still until they provide it."""
+    from dsr.model import Doubt
+
+    await _update(request_id, "doubt", Doubt(reason=reason, requested_by=by), as_json)
+
+
+@app.command()
+@run
 async def rectify(
     request_id: RequestId,
     change: Annotated[list[str], typer.Option(help="field=value (repeatable): a correction the subject asked for.")],

@@ -134,7 +134,8 @@ def _add_months(start: date, months: int) -> date:
 
 
 def response_deadline(
-    received: date, *, extended: bool = False, country: str = "FR", subdiv: str | None = None
+    received: date, *, extended: bool = False, country: str = "FR", subdiv: str | None = None,
+    suspended_days: int = 0,
 ) -> date:
     """The last day on which a reply to a request received on ``received`` is in time.
 
@@ -146,8 +147,9 @@ def response_deadline(
     to the following working day, repeatedly (Art. 3(4)).
 
     ``received`` is the receipt *date* in the controller's time zone (see :func:`receipt_date`), or the
-    date identity was confirmed when the clock was suspended (décret 2019-536). Raises ValueError for an
-    unknown country or subdivision, or a year the holidays package has no data for.
+    date identity was confirmed when the clock was suspended (décret 2019-536, requests started before
+    suspensions resumed the time left); ``suspended_days`` is how long the period was suspended in all.
+    Raises ValueError for an unknown country or subdivision, or a year the holidays package has no data for.
 
     >>> response_deadline(date(2025, 1, 31))
     datetime.date(2025, 2, 28)
@@ -163,6 +165,9 @@ def response_deadline(
         # end of the first; at month ends they differ (received 31 October: 31 January, or 30 November + 2
         # = 30 January). Nothing settles it, so the engine keeps the earlier: never late under either.
         day = min(_add_months(received, EXTENDED_MONTHS), _add_months(day, EXTENDED_MONTHS - NORMAL_MONTHS))
+    # Décret 2019-536: days the period was suspended (a reasonable doubt, until the subject answered) are
+    # added to the last day, before the weekend/holiday rule: the time left resumes, it does not restart.
+    day += timedelta(days=suspended_days)
     while not is_working_day(day, country=country, subdiv=subdiv):
         day += timedelta(days=1)
     return day
@@ -233,8 +238,10 @@ def deadline_schedule(spec: DeadlineInput) -> Deadlines:
     due day ends in ``spec.timezone``; reminders are at 09:00 local time on D-7 and D-2 (calendar days).
     """
     zone = _zone(spec.timezone)
-    normal = response_deadline(spec.start, extended=False, country=spec.country, subdiv=spec.subdiv)
-    extended = response_deadline(spec.start, extended=True, country=spec.country, subdiv=spec.subdiv)
+    normal = response_deadline(spec.start, extended=False, country=spec.country, subdiv=spec.subdiv,
+                               suspended_days=spec.suspended_days)
+    extended = response_deadline(spec.start, extended=True, country=spec.country, subdiv=spec.subdiv,
+                                 suspended_days=spec.suspended_days)
     return Deadlines(normal=_deadline(normal, zone), extended=_deadline(extended, zone))
 
 

@@ -130,6 +130,7 @@ class DeadlineInput:
     country: str = "FR"
     subdiv: str | None = None
     timezone: str = "Europe/Paris"
+    suspended_days: int = 0  # décret 2019-536: days the period stood still, added to its end
 
 
 @dataclass
@@ -140,6 +141,27 @@ class ClockStart:
     country: str = "FR"
     subdiv: str | None = None
     timezone: str = "Europe/Paris"
+
+
+@dataclass
+class ClockResume:
+    """A suspended period resumes (décret 2019-536): how long it stood still, and the deadlines it now has."""
+
+    received_on: date
+    suspended_at: datetime  # UTC instants; their dates are taken in ``timezone``
+    resumed_at: datetime
+    suspended_days_before: int = 0  # earlier suspensions of the same request
+    country: str = "FR"
+    subdiv: str | None = None
+    timezone: str = "Europe/Paris"
+
+
+@dataclass
+class ResumedClock:
+    suspended_on: date
+    resumed_on: date
+    suspended_days: int  # in all, this suspension included
+    deadlines: Deadlines
 
 
 @dataclass
@@ -156,6 +178,7 @@ class RequestPolicy:
     timezone: str = "Europe/Paris"
     escalation_repeat_days: int = 7
     connector_heartbeat_seconds: int = 120  # a crashed worker's connector run is retried after this
+    document_reason: str = ""  # why the document policy asks every requester for one (told to them; suspends)
 
 
 CANONICAL_FIELDS = frozenset({
@@ -193,6 +216,15 @@ class IdentityConfirmation:
     method: IdentityMethod
     confirmed_by: str  # operator login or "subject" (email link); never the subject's address
     note: str = ""
+
+
+@dataclass
+class Doubt:
+    """An operator's reasonable doubt about the requester's identity (Art. 12(6)): what the subject must
+    provide and why, told to them and kept (sealed) in the ledger."""
+
+    reason: str
+    requested_by: str = "operator"
 
 
 @dataclass
@@ -391,6 +423,8 @@ class NoticeTemplate(StrEnum):
     OPERATOR_RESIDUAL = "operator_residual"  # data a system's API could not clear: to be cleared by hand
     OPERATOR_CORRESPONDENCE = "operator_correspondence"  # the subject wrote again (e.g. sent an ID copy)
     OPERATOR_CHANGES_NEEDED = "operator_changes_needed"  # a rectification that does not say what to correct
+    IDENTITY_DOUBT = "identity_doubt"  # a reasonable doubt: what to provide, and the clock suspended meanwhile
+    CLOCK_RESUMED = "clock_resumed"  # the subject provided it: the time left resumes, the new due date
 
 
 OPERATOR_TEMPLATES = frozenset({

@@ -51,6 +51,7 @@ CONTEXT_KEYS = frozenset({
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
     "connector", "error", "residuals", "reminder", "attachments",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
+    "suspended", "suspended_on", "resumed_on", "document_reason",
 })
 """Every key a template may use; other keys are ignored."""
 

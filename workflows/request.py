@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         AuditEvent,
         Channel,
         ClockPolicy,
+        ClockResume,
         ClockStart,
         ConnectorOutcome,
         ConnectorProgress,
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         Correspondence,
         Deadline,
         Deadlines,
+        Doubt,
         DuplicateAttached,
         ExportsDeletion,
         Extension,
@@ -55,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         RequestRecordInput,
         RequestStatus,
         ResidualsCleared,
+        ResumedClock,
         Retry,
         Stage,
         SubjectTurn,
@@ -145,6 +148,11 @@ data a system could not erase is followed up with the operator until cleared."""
 STORED_OBJECTS = "stored-objects-deletion"
 """Patch id: a request closed without a reply (refused, withdrawn, unverified) deletes its partial exports and
 attachments; a fulfilled erasure deletes the subject's earlier access and portability exports."""
+CLOCK_LAWFUL = "clock-suspension-lawful"
+"""Patch id: under ``suspend_during_identity`` the clock stands still only from a recorded reasonable doubt
+(``doubt``), or from the identity request of a document policy that says why, until the subject provides what
+was asked (the link, or a reply with files); the time left then resumes and the subject is told the new date.
+Before, every request was suspended until an operator confirmed identity, and a full month restarted."""
 UNVERIFIED_BY_DEADLINE = "unverified-by-deadline"
 """Patch id: the identity wait ends by the response deadline (the closure notice is the answer due then);
 before, 30 days from the request could end after a short month's deadline."""
@@ -219,6 +227,10 @@ class DataSubjectRequest:
         # Mail (patch ``ack-nonblocking``): the acknowledgement's task, the notices being retried after a failed
         # first try (templates), and a counter naming each notice's idempotency key.
         self._acknowledgement: asyncio.Task[None] | None = None
+        self._lawful_clock = False  # CLOCK_LAWFUL: suspensions from a doubt, resumed with the time left
+        self._suspended_since: datetime | None = None
+        self._suspended_days = 0
+        self._side_mail: list[asyncio.Task[None]] = []  # notices sent from update handlers, awaited at the end
         self._mail_tracked = False
         self._mail_pending: list[str] = []
         self._mail_count = 0
@@ -227,6 +239,14 @@ class DataSubjectRequest:
 
     @workflow.run
     async def run(self, request: RequestInput) -> RequestStatus:
+        if self._clock_suspended and workflow.patched(CLOCK_LAWFUL):
+            # Décret 2019-536 suspends the period only while the controller waits for what it asked, on a
+            # reasonable doubt: not for a mere link, and not for its own review time.
+            self._lawful_clock = True
+            policy = request.policy
+            self._clock_suspended = policy.identity == IdentityMethod.DOCUMENT and bool(policy.document_reason)
+            if self._clock_suspended:
+                self._suspended_since = workflow.now()
         self._publish()
         await workflow.execute_activity(
             "record_request",
@@ -262,6 +282,8 @@ class DataSubjectRequest:
         await asyncio.gather(self._expire_link(), self._follow_up_residuals())
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
+        for mail in self._side_mail:
+            await mail
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -313,11 +335,6 @@ class DataSubjectRequest:
         await self._audit(
             "identity_requested", stage=Stage.AWAITING_IDENTITY, details={"method": policy.identity.value}
         )
-        await self._notify_subject(NoticeTemplate.IDENTITY_REQUEST, identity=policy.identity.value)
-
-        def settled() -> bool:
-            return self._identity_confirmed or self._ending()
-
         reminder_after = timedelta(days=policy.identity_reminder_after_days)
         limit = timedelta(days=policy.identity_timeout_days)
         if not self._clock_suspended and workflow.patched(UNVERIFIED_BY_DEADLINE):
@@ -326,6 +343,19 @@ class DataSubjectRequest:
             by_deadline = self._deadline.overdue_at - UNVERIFIED_LEAD - workflow.now()
             limit = max(timedelta(0), min(limit, by_deadline))
             reminder_after = min(reminder_after, limit / 2)
+        if self._lawful_clock and self._clock_suspended:
+            await self._audit("clock_suspended", details={"why": "document policy"}, note=policy.document_reason)
+        # The subject is told how long they have (whole days, never more than they are given) and, if the
+        # period stands still meanwhile, that it does.
+        await self._notify_subject(
+            NoticeTemplate.IDENTITY_REQUEST, identity=policy.identity.value,
+            days=str(max(1, limit // timedelta(days=1))), document_reason=policy.document_reason,
+            suspended="yes" if self._clock_suspended else "",
+        )
+
+        def settled() -> bool:
+            return self._identity_confirmed or self._ending()
+
         started = workflow.now()
         if not await self._wait(settled, reminder_after, "identity reminder"):
             await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=policy.identity.value)
@@ -345,8 +375,8 @@ class DataSubjectRequest:
             # CNIL: a copy of an ID document is kept only as long as needed to check identity.
             await self._delete_attachments("identity_documents_deleted")
 
-        if self._clock_suspended:
-            # Décret 2019-536: the time limit was suspended; it runs from the confirmation date.
+        if self._clock_suspended and not self._lawful_clock:
+            # Décret 2019-536, as read before CLOCK_LAWFUL: the time limit ran from the confirmation date.
             self._deadlines = await workflow.execute_local_activity(
                 "deadlines_from",
                 ClockStart(
@@ -735,6 +765,9 @@ class DataSubjectRequest:
 
     @workflow.update
     async def confirm_identity(self, confirmation: IdentityConfirmation) -> UpdateResult:
+        # What was asked is provided (the link followed, or the document the operator now accepts): the time
+        # left resumes from now, before anything else can read the deadline.
+        await self._resume_clock()
         self._identity_confirmed = True
         await self._audit(
             "identity_confirmed",
@@ -789,6 +822,9 @@ class DataSubjectRequest:
         if letter.attachments > 0:
             self._correspondence_files = True
         await self._audit("subject_wrote", actor="subject", details={"attachments": str(letter.attachments)})
+        if letter.attachments > 0 and not self._identity_confirmed:
+            # The subject sent what was asked: the suspension ends on receipt, not when staff review it.
+            await self._resume_clock()
         await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE, attachments=str(letter.attachments))
         return self._result()
 
@@ -801,6 +837,58 @@ class DataSubjectRequest:
         if letter.attachments < 0:
             raise RequestRejected("the attachment count cannot be negative")
         self._reject_if_closed()
+
+    @workflow.update
+    async def doubt(self, doubt: Doubt) -> UpdateResult:
+        """Art. 12(6): an operator has a reasonable doubt about who made the request. The subject is told what
+        to provide and why; under ``suspend_during_identity`` the period stands still until they provide it."""
+        suspend = self._lawful_clock and not self._clock_suspended
+        if suspend:
+            self._clock_suspended = True
+            self._suspended_since = workflow.now()
+            self._deadline_version += 1  # the watcher stops alarms while suspended
+        await self._audit("identity_doubt", actor=doubt.requested_by,
+                          details={"clock_suspended": str(self._clock_suspended).lower()}, note=doubt.reason)
+        self._side_mail.append(asyncio.create_task(self._notify_subject(
+            NoticeTemplate.IDENTITY_DOUBT, reason=doubt.reason.strip(),
+            suspended="yes" if self._clock_suspended else "")))
+        self._update_details()
+        return self._result()
+
+    @doubt.validator
+    def _validate_doubt(self, doubt: Doubt) -> None:
+        self._reject_if_closed()
+        if not doubt.reason.strip():
+            raise RequestRejected("a doubt needs a reason: what the subject must provide, and why (Art. 12(6))")
+        if self._identity_confirmed:
+            raise RequestRejected(f"identity of {self._request.request_id} is already confirmed")
+        if self._ending():
+            raise RequestRejected(f"{self._request.request_id} is being closed")
+
+    async def _resume_clock(self) -> None:
+        """The subject provided what was asked: the days the period stood still are added to its end (the
+        time left resumes; nothing restarts), and the subject is told the new due date."""
+        if not (self._lawful_clock and self._clock_suspended and self._suspended_since is not None):
+            return
+        policy = self._request.policy
+        resumed = await workflow.execute_local_activity(
+            "deadlines_resumed",
+            ClockResume(received_on=self._request.received_on, suspended_at=self._suspended_since,
+                        resumed_at=workflow.now(), suspended_days_before=self._suspended_days,
+                        country=policy.country, subdiv=policy.subdiv, timezone=policy.timezone),
+            result_type=ResumedClock,
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        previous = self._deadline.due
+        self._suspended_days = resumed.suspended_days
+        self._deadlines = resumed.deadlines
+        self._clock_suspended, self._suspended_since = False, None
+        self._move_deadline(self._deadlines.extended if self._extended else self._deadlines.normal)
+        await self._audit("clock_resumed", deadline=self._deadline.due, details={
+            "suspended_days": str(resumed.suspended_days), "previous_deadline": previous.isoformat()})
+        self._side_mail.append(asyncio.create_task(self._notify_subject(
+            NoticeTemplate.CLOCK_RESUMED, previous_deadline=previous.isoformat(),
+            suspended_on=resumed.suspended_on.isoformat(), resumed_on=resumed.resumed_on.isoformat())))
 
     @workflow.update
     async def extend_deadline(self, extension: Extension) -> UpdateResult:

@@ -22,6 +22,7 @@ from dsr.deadlines import response_deadline
 from dsr.model import (
     ClockPolicy,
     Correspondence,
+    Doubt,
     Extension,
     IdentityConfirmation,
     IdentityMethod,
@@ -293,23 +294,80 @@ async def test_files_a_reply_brings_after_identity_is_settled_are_deleted_at_clo
     [deleted] = [e for e in engine.ledger.events(request.request_id) if e.event == "attachments_deleted"]
     assert deleted.details == {"count": "1"} and store.list(request.request_id) == []
 
-async def test_suspended_clock_runs_from_the_confirmation_date(engine: Engine) -> None:
-    request, handle = await submit(engine, "access", identity=IdentityMethod.DOCUMENT,
+async def test_a_link_alone_never_suspends_the_clock(engine: Engine) -> None:
+    """Décret 2019-536 suspends the period on a reasonable doubt, not for every request (before: every request
+    under suspend_during_identity stood still until an operator confirmed identity, then a month restarted)."""
+    request, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL,
                                    clock=ClockPolicy.SUSPEND_DURING_IDENTITY)
     await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
-    assert (await status(handle)).clock_suspended
+    assert not (await status(handle)).clock_suspended
     await engine.env.sleep(timedelta(days=10))
-    await handle.execute_update(
-        DataSubjectRequest.confirm_identity,
-        IdentityConfirmation(method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"),
-    )
+    await handle.execute_update(DataSubjectRequest.confirm_identity,
+                                IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject"))
     final = await handle.result()
-    await keep_history(handle, "suspended_clock")
-    confirmed_on = request.received_on + timedelta(days=10)
-    # The server clock moved 10 days (give or take the minutes the test took around midnight).
-    assert final.deadline in {response_deadline(confirmed_on + timedelta(days=d)) for d in (-1, 0, 1)}
-    assert final.deadline > request.deadlines.normal.due
-    assert "clock_started" in events(engine, request)
+    assert final.deadline == request.deadlines.normal.due  # from receipt, as if never suspended
+    assert "clock_started" not in events(engine, request) and "clock_resumed" not in events(engine, request)
+
+
+async def test_a_doubt_suspends_until_the_subject_answers_and_the_time_left_resumes(engine: Engine) -> None:
+    request, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL,
+                                   clock=ClockPolicy.SUSPEND_DURING_IDENTITY)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    await engine.env.sleep(timedelta(days=3))
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(DataSubjectRequest.doubt, Doubt(reason=" "))
+    asked = "Une copie de votre pièce d'identité : le nom du compte diffère de celui de la demande."
+    await handle.execute_update(DataSubjectRequest.doubt, Doubt(reason=asked, requested_by="operator:alice"))
+    assert (await status(handle)).clock_suspended
+    suspended_on = (await engine.env.get_current_time()).date()
+
+    await engine.env.sleep(timedelta(days=10))  # the subject takes ten days to send the document
+    await handle.execute_update(DataSubjectRequest.record_correspondence, Correspondence(
+        message_key="k" * 64, received_at=await engine.env.get_current_time(), attachments=1))
+    resumed = await status(handle)
+    assert not resumed.clock_suspended
+    resumed_on = (await engine.env.get_current_time()).date()
+    days = (resumed_on - suspended_on).days
+    assert 9 <= days <= 11  # the server clock moved ten days, give or take the test's minutes around midnight
+    expected = response_deadline(request.received_on, suspended_days=days)
+    assert resumed.deadline == expected and expected > request.deadlines.normal.due
+
+    await engine.env.sleep(timedelta(days=4))  # the operator's own review time is not the subject's
+    await handle.execute_update(DataSubjectRequest.confirm_identity,
+                                IdentityConfirmation(method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"))
+    final = await handle.result()
+    assert final.deadline == expected
+    trail = engine.ledger.events(request.request_id)
+    [doubt] = [e for e in trail if e.event == "identity_doubt"]
+    assert doubt.note == asked and doubt.actor == "operator:alice" and doubt.details == {"clock_suspended": "true"}
+    [back] = [e for e in trail if e.event == "clock_resumed"]
+    assert back.details["suspended_days"] == str(days)
+    sent = templates_sent(engine, request)
+    assert "identity_doubt" in sent and "clock_resumed" in sent
+    told = [m.get_body(("plain",)).get_content() for m in engine.mail.to(SUBJECT_EMAIL)
+            if str(m["Subject"]).endswith("le délai de réponse reprend")]
+    assert len(told) == 1 and "reprend pour la durée qui restait" in told[0]
+
+
+async def test_a_document_policy_that_says_why_suspends_from_the_identity_request(engine: Engine) -> None:
+    settings = replace(engine.settings, policy=replace(
+        engine.settings.policy, identity=IdentityMethod.DOCUMENT, clock=ClockPolicy.SUSPEND_DURING_IDENTITY,
+        document_reason="nos comptes ne sont liés qu'à une adresse e-mail partagée par plusieurs personnes"))
+    now = await engine.env.get_current_time()
+    request = prepare(Submission(kind="erasure", email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel="api",
+                                 language="fr"), settings, now=now)
+    handle = await start(engine.client, request, task_queue=engine.task_queue)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    assert (await status(handle)).clock_suspended
+    for _ in range(100):
+        if "identity_request" in templates_sent(engine, request):
+            break
+        await asyncio.sleep(0.1)
+    [asked] = [m.get_body(("plain",)).get_content() for m in engine.mail.to(SUBJECT_EMAIL)
+               if "confirmez votre identité" in str(m["Subject"])]
+    assert "en joignant une copie d'un justificatif" in asked and "adresse e-mail partagée" in asked
+    assert "Vous n'avez rien à faire" not in asked and "est suspendu" in asked
+    await handle.terminate("test over")
 
 
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1),
