@@ -34,6 +34,30 @@ AES-GCM authenticates, besides the ciphertext, ``"dsr/v1" NUL key_id NUL aad``: 
 the codec, ``field NUL purpose`` for :meth:`KeyRing.seal_text` (a sealed email cannot be opened as a name).
 Blob layout: 12-byte random nonce, then ciphertext and 16-byte tag.
 
+Payloads bound to their workflow
+--------------------------------
+A payload is bound to the workflow it belongs to, so one copied from a history into another workflow (a new
+start, an update, an activity result) does not open there. The SDK tells the codec which workflow a payload
+is for (``WithSerializationContext``: ``WorkflowSerializationContext.workflow_id`` for workflow inputs,
+results, signals, updates, queries, memos; ``ActivitySerializationContext.workflow_id`` for an activity's
+input, result, heartbeat and failure). The codec server the UI calls has no such context, so the id travels
+with the payload: metadata ``encryption-workflow-id`` names it, and the AAD is ``temporal-payload NUL
+workflow NUL <workflow id>`` (changing the metadata breaks authentication). A codec *with* a context also
+checks that the named workflow is its own (:class:`ForeignPayloadError` otherwise); a codec without one (the
+codec server, a describe) opens any bound payload. Workflow ids are random references or keyed hashes, no
+personal data, and already in plaintext in Temporal.
+
+Versions: a payload without ``encryption-workflow-id`` is of the first scheme (constant AAD
+``temporal-payload``), written before binding (saved histories, requests in flight at the upgrade) or encoded
+with no context at all (the codec server's ``/encode``, for staff holding its token). It still opens
+everywhere: old histories must replay. Such a payload can still be copied between workflows by whoever
+reads a history; no new one is written by a worker or client with a context.
+
+Unencrypted payloads
+--------------------
+The engine encrypts everything it sends, so the engine's codec (``strict``) refuses plain payloads (see
+:class:`EncryptionCodec`); the codec server's does not (the UI sends it every payload it shows).
+
 Errors never contain key material or plaintext; they may name key ids, which are not secret.
 """
 
@@ -60,6 +84,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
+from temporalio.contrib.pydantic import PydanticPayloadConverter
 
 if TYPE_CHECKING:
     from dsr.config import Settings
@@ -67,10 +92,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ENCODING",
     "KEY_ID_METADATA_KEY",
+    "WORKFLOW_ID_METADATA_KEY",
     "DecryptionError",
     "EncryptionCodec",
+    "ForeignPayloadError",
     "KeyRing",
     "KeyRingError",
+    "UnencryptedPayloadError",
     "UnknownKeyError",
     "data_converter",
     "new_key_id",
@@ -85,6 +113,10 @@ ENCODING = b"binary/encrypted"
 """``encoding`` metadata of a payload produced by :class:`EncryptionCodec`."""
 KEY_ID_METADATA_KEY = "encryption-key-id"
 """Metadata key naming the key that encrypted a payload."""
+REFUSED_ENCODING = b"binary/refused-unencrypted"
+"""``encoding`` the strict codec gives an unencrypted payload it refuses (its data dropped)."""
+WORKFLOW_ID_METADATA_KEY = "encryption-workflow-id"
+"""Metadata key naming the workflow a payload is bound to (absent on payloads written before binding)."""
 
 ENV_VAR = "DSR_KEYS"
 TOKEN_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
@@ -486,22 +518,55 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class EncryptionCodec(temporalio.converter.PayloadCodec):
-    """Encrypts every payload with the key ring's current key.
+class UnencryptedPayloadError(DecryptionError):
+    """A payload reached the engine's codec without encryption: refused, it was not sent by the engine."""
 
-    An encoded payload has metadata ``encoding: binary/encrypted`` and ``encryption-key-id: <id>``, and
-    data = nonce + AES-GCM(serialized original ``Payload`` proto). The key id is authenticated (it is part
-    of the AAD, see the module docstring), so relabelling a payload with another key id fails. Decoding
-    passes through payloads that are not ``binary/encrypted`` and raises :class:`UnknownKeyError` /
-    :class:`DecryptionError` (messages name key ids only) when a payload cannot be opened.
+
+class ForeignPayloadError(DecryptionError):
+    """An encrypted payload bound to another workflow than the one it was given to (copied from a history)."""
+
+
+class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.WithSerializationContext):
+    """Encrypts every payload with the key ring's current key, bound to its workflow.
+
+    An encoded payload has metadata ``encoding: binary/encrypted``, ``encryption-key-id: <id>`` and, when
+    the SDK gives a serialization context, ``encryption-workflow-id: <workflow id>``; data = nonce +
+    AES-GCM(serialized original ``Payload`` proto). The key id and the workflow id are authenticated (part
+    of the AAD, see the module docstring), so relabelling a payload with another key or moving it into
+    another workflow fails.
+
+    ``strict`` (the engine's own clients and workers, :func:`data_converter`): a payload that is not
+    ``binary/encrypted`` is refused with :class:`UnencryptedPayloadError`, since nothing the engine sends is
+    ever plain: a hand-made ``temporal workflow start`` / ``update`` / ``activity complete`` with plain
+    JSON is not the engine speaking. Non-strict (the codec server, which the UI also sends plain payloads
+    to, e.g. a termination's details) passes such payloads through. An empty ``Payload`` (no metadata, no
+    data) holds nothing and passes in both modes. Errors name key ids only, never data.
     """
 
-    def __init__(self, keyring: KeyRing) -> None:
+    def __init__(self, keyring: KeyRing, *, strict: bool = False, workflow_id: str | None = None) -> None:
         self._keyring = keyring
+        self._strict = strict
+        self._workflow_id = workflow_id or None
 
     @property
     def keyring(self) -> KeyRing:
         return self._keyring
+
+    @property
+    def workflow_id(self) -> str | None:
+        """The workflow this codec's payloads are bound to (from the serialization context), if any."""
+        return self._workflow_id
+
+    def with_context(self, context: temporalio.converter.SerializationContext) -> EncryptionCodec:
+        workflow_id = None
+        if isinstance(
+            context,
+            temporalio.converter.WorkflowSerializationContext | temporalio.converter.ActivitySerializationContext,
+        ):
+            workflow_id = context.workflow_id
+        if workflow_id == self._workflow_id:
+            return self
+        return EncryptionCodec(self._keyring, strict=self._strict, workflow_id=workflow_id)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._encode_one(p) for p in payloads]
@@ -510,24 +575,106 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         return [self._decode_one(p) for p in payloads]
 
     def _encode_one(self, payload: Payload) -> Payload:
-        key_id, blob = self._keyring.encrypt(payload.SerializeToString(), aad=_PAYLOAD_AAD)
-        return Payload(metadata={"encoding": ENCODING, KEY_ID_METADATA_KEY: key_id.encode("ascii")}, data=blob)
+        metadata = {"encoding": ENCODING}
+        if self._workflow_id is None:
+            aad = _PAYLOAD_AAD
+        else:
+            aad = _workflow_payload_aad(self._workflow_id)
+            metadata[WORKFLOW_ID_METADATA_KEY] = self._workflow_id.encode("utf-8")
+        key_id, blob = self._keyring.encrypt(payload.SerializeToString(), aad=aad)
+        metadata[KEY_ID_METADATA_KEY] = key_id.encode("ascii")
+        return Payload(metadata=metadata, data=blob)
 
     def _decode_one(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
+            if self._strict and (payload.metadata or payload.data):
+                return _refused(_UNENCRYPTED)
             return payload
+        try:
+            return self._open(payload)
+        except UnknownKeyError:
+            raise  # a worker missing a key: fail the task, so a worker holding the whole ring takes it
+        except DecryptionError as err:
+            if self._strict:
+                return _refused(_FOREIGN if isinstance(err, ForeignPayloadError) else _UNAUTHENTIC)
+            raise
+
+    def _open(self, payload: Payload) -> Payload:
         raw_id = payload.metadata.get(KEY_ID_METADATA_KEY)
         if raw_id is None:
             raise DecryptionError(f"encrypted payload has no {KEY_ID_METADATA_KEY} metadata")
         try:
             key_id = raw_id.decode("ascii")
         except UnicodeDecodeError:
-            raise UnknownKeyError("encrypted payload names a malformed key id") from None
-        plaintext = self._keyring.decrypt(key_id, payload.data, aad=_PAYLOAD_AAD)
+            raise DecryptionError("encrypted payload names a malformed key id") from None
+        bound = payload.metadata.get(WORKFLOW_ID_METADATA_KEY)
+        if bound is None:
+            aad = _PAYLOAD_AAD  # v1: written before payloads were bound, or encoded without a context
+        else:
+            try:
+                bound_id = bound.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecryptionError("encrypted payload names a malformed workflow id") from None
+            if self._workflow_id is not None and bound_id != self._workflow_id:
+                raise ForeignPayloadError(
+                    f"encrypted payload under key {key_id!r} belongs to another workflow; refused"
+                )
+            aad = _workflow_payload_aad(bound_id)
+        plaintext = self._keyring.decrypt(key_id, payload.data, aad=aad)
         try:
             return Payload.FromString(plaintext)
         except DecodeError:  # pragma: no cover - authenticated, so only if encrypted by other code
             raise DecryptionError(f"payload under key {key_id!r} does not hold a Payload") from None
+
+
+# Why the strict codec marks a refused payload instead of raising: a codec error fails the whole workflow task,
+# again and again, so one forged signal or update would stall a genuine request. The marker (its data dropped)
+# makes the payload converter raise at the one value instead: the SDK then rejects the update, drops the signal,
+# fails the activity, or fails the tasks of a workflow started with it (which so never runs).
+_UNENCRYPTED = b"unencrypted"
+_FOREIGN = b"other-workflow"
+_UNAUTHENTIC = b"unauthentic"
+_REFUSED_REASON_KEY = "refused"
+_REFUSALS: dict[bytes, tuple[type[DecryptionError], str]] = {
+    _UNENCRYPTED: (
+        UnencryptedPayloadError,
+        "refused an unencrypted payload: the engine encrypts everything it sends to its workflows, updates and "
+        "activities (talk to them with the engine's client, or through its codec)",
+    ),
+    _FOREIGN: (ForeignPayloadError, "refused an encrypted payload that belongs to another workflow"),
+    _UNAUTHENTIC: (DecryptionError, "refused an encrypted payload that failed authentication (tampered, or not ours)"),
+}
+
+
+def _refused(reason: bytes) -> Payload:
+    return Payload(metadata={"encoding": REFUSED_ENCODING, _REFUSED_REASON_KEY: reason})
+
+
+class _RefusedPayloadConverter(temporalio.converter.EncodingPayloadConverter):
+    """Turns the strict codec's marker for a refused payload into a clear error, at the one value."""
+
+    @property
+    def encoding(self) -> str:
+        return REFUSED_ENCODING.decode("ascii")
+
+    def to_payload(self, value: object) -> Payload | None:
+        return None  # never chosen to convert a value: only the codec makes such payloads
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> object:
+        error, message = _REFUSALS.get(payload.metadata.get(_REFUSED_REASON_KEY, b""), _REFUSALS[_UNAUTHENTIC])
+        raise error(message)
+
+
+class EnginePayloadConverter(PydanticPayloadConverter):
+    """Pydantic JSON, plus the refusal of what the strict codec marked as unencrypted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._set_converters(*self.converters.values(), _RefusedPayloadConverter())
+
+
+def _workflow_payload_aad(workflow_id: str) -> bytes:
+    return _PAYLOAD_AAD + b"\x00workflow\x00" + workflow_id.encode("utf-8")
 
 
 def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
@@ -540,10 +687,8 @@ def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
     ``ApplicationError.type``, activity/workflow type names, task queues and headers -- keep
     personal data out of those.
     """
-    from temporalio.contrib.pydantic import PydanticPayloadConverter
-
     return temporalio.converter.DataConverter(
-        payload_converter_class=PydanticPayloadConverter,
-        payload_codec=EncryptionCodec(keyring),
+        payload_converter_class=EnginePayloadConverter,
+        payload_codec=EncryptionCodec(keyring, strict=True),
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
     )
