@@ -921,6 +921,11 @@ def main() -> NoReturn:  # pragma: no cover - console script entry point
     ("PyGILState_Release: thread state must be current", temporalio/sdk-python#300), turning a
     successful `dsr submit` into a crash. Everything is flushed first, so nothing is lost.
     """
+    # Every file a verb creates holds personal data or keys, or may (the SQLite ledger, Temporal's database, logs,
+    # the outbox, decrypted attachments): private to the user whatever the shell's umask, and whether or not
+    # DSR_HOME is 0700 (only `dsr up` makes it so). Set before anything, for every verb: up, intake, worker,
+    # codec-server and the rest; the Temporal dev server started by `dsr up` inherits it.
+    os.umask(0o077)
     code: int = 0
     try:
         app(prog_name="dsr")

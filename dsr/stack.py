@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -230,7 +230,7 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
     server = start_dev_server(settings, port=port, codec_endpoint=None)
     try:
         if not settings.smtp_configured:
-            sink = OutboxSink(settings.outbox)
+            sink = OutboxSink(settings.outbox, retention=timedelta(days=settings.link_days))
             await sink.start(host=LOOPBACK, port=settings.smtp.port)
         client = await wait_for_temporal(settings, keyring, server)
         app, service = build_intake_app(settings, keyring, ledger, exports, client)

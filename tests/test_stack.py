@@ -357,3 +357,41 @@ def test_a_local_user_without_the_token_can_neither_decode_nor_start_requests(st
     stack.up()
     assert (stack.home / "up.log").read_text().count(token) == 1  # printed once, at creation
     assert token_file.read_text().strip() == token
+
+
+def _umask_of(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def test_every_entry_point_keeps_its_files_private_whatever_the_umask(stack: Stack) -> None:
+    """Issue 12 finding 7: the ledger, Temporal's database and the logs were 0644/0755 under a usual umask."""
+    loose = os.umask(0o022)  # what a shell usually has; every process below inherits it
+    try:
+        stack.up()
+        assert stack.process is not None
+        assert _umask_of(stack.process.pid) == 0o077
+        for name in ("ledger.sqlite3", "temporal.sqlite", "logs/temporal.log", "keys.json", "codec-token"):
+            assert stat.S_IMODE((stack.home / name).stat().st_mode) == 0o600, name
+        for name in ("logs", "outbox", "storage"):
+            assert stat.S_IMODE((stack.home / name).stat().st_mode) == 0o700, name
+        env = {**stack.env, "DSR_CODEC_TOKEN": "a-token-for-this-test-only-0123456789abcdef",
+               "DSR_CODEC_PORT": str(free_port()), "DSR_INTAKE_PORT": str(free_port())}
+        for args in (["dsr", "worker"], ["dsr", "intake"], ["dsr", "codec-server"], ["python", "worker.py"]):
+            process = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
+                                       cwd=Path(__file__).resolve().parents[1])
+            try:
+                seen = wait_until(lambda p=process: _umask_of(p.pid) == 0o077 or p.poll() is not None,
+                                  f"{' '.join(args)} to start", timeout=30)
+                assert seen and process.poll() is None and _umask_of(process.pid) == 0o077, args
+            finally:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+    finally:
+        os.umask(loose)
