@@ -31,7 +31,9 @@ Authenticated data
 ------------------
 AES-GCM authenticates, besides the ciphertext, ``"dsr/v1" NUL key_id NUL aad``: the key id is always bound
 (a blob cannot be relabelled with another key id), and ``aad`` separates the uses: ``temporal-payload`` for
-the codec, ``field NUL purpose`` for :meth:`KeyRing.seal_text` (a sealed email cannot be opened as a name).
+the codec, ``field NUL purpose`` for :meth:`KeyRing.seal_text` (a sealed email cannot be opened as a name),
+and for a request-scoped field ``field NUL purpose NUL context NUL request_id`` (token ``v2``: the ledger's
+sealed email and name cannot be moved to another request's row; ``v1`` tokens, sealed before, still open).
 Blob layout: 12-byte random nonce, then ciphertext and 16-byte tag.
 
 Payloads bound to their workflow
@@ -120,6 +122,7 @@ WORKFLOW_ID_METADATA_KEY = "encryption-workflow-id"
 
 ENV_VAR = "DSR_KEYS"
 TOKEN_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
+BOUND_TOKEN_VERSION = "v2"  # noqa: S105 - a sealed field bound to a context (its request id)
 FILE_VERSION = 1
 
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -372,24 +375,41 @@ class KeyRing:
 
     # ------------------------------------------------------------------ ledger fields
 
-    def seal_text(self, plaintext: str, *, purpose: str) -> str:
-        """Encrypt a text field into an ASCII token ``v1.<key_id>.<base64url(nonce+ct)>``.
+    def seal_text(self, plaintext: str, *, purpose: str, context: str | None = None) -> str:
+        """Encrypt a text field into an ASCII token ``v2.<key_id>.<base64url(nonce+ct)>``.
 
-        ``purpose`` (e.g. ``"email"``) is authenticated: the token only opens with the same purpose.
+        ``purpose`` (e.g. ``"subject.email"``) and ``context`` (the request id of a request-scoped field) are
+        authenticated: the token only opens with the same purpose and context, so a sealed email cannot be
+        opened as a name, nor moved to another request's row. Without a context the token is ``v1`` (the
+        first scheme: purpose only).
         """
-        key_id, blob = self.encrypt(plaintext.encode("utf-8"), aad=self._field_aad(purpose))
-        return f"{TOKEN_VERSION}.{key_id}.{_b64url(blob)}"
+        if context is None:
+            key_id, blob = self.encrypt(plaintext.encode("utf-8"), aad=self._field_aad(purpose))
+            return f"{TOKEN_VERSION}.{key_id}.{_b64url(blob)}"
+        key_id, blob = self.encrypt(plaintext.encode("utf-8"), aad=self._field_aad(purpose, context))
+        return f"{BOUND_TOKEN_VERSION}.{key_id}.{_b64url(blob)}"
 
-    def open_text(self, token: str, *, purpose: str) -> str:
-        """Decrypt a token from :meth:`seal_text` sealed with the same ``purpose``."""
+    def open_text(self, token: str, *, purpose: str, context: str | None = None) -> str:
+        """Decrypt a token from :meth:`seal_text` sealed with the same ``purpose`` (and ``context``).
+
+        A ``v1`` token (sealed before fields were bound, or without a context) opens whatever ``context`` is
+        given: rows written before the upgrade stay readable. A ``v2`` token needs its context.
+        """
         parts = token.split(".") if isinstance(token, str) else []
-        if len(parts) != 3 or parts[0] != TOKEN_VERSION or not _KEY_ID_RE.match(parts[1]):
-            raise DecryptionError(f"not a sealed token (expected {TOKEN_VERSION}.<key id>.<data>)")
+        if (len(parts) != 3 or parts[0] not in (TOKEN_VERSION, BOUND_TOKEN_VERSION)
+                or not _KEY_ID_RE.match(parts[1])):
+            raise DecryptionError(f"not a sealed token (expected {BOUND_TOKEN_VERSION}.<key id>.<data>)")
         try:
             blob = _unb64url(parts[2])
         except (binascii.Error, ValueError):
             raise DecryptionError("sealed token data is not base64url") from None
-        plaintext = self.decrypt(parts[1], blob, aad=self._field_aad(purpose))
+        if parts[0] == TOKEN_VERSION:
+            aad = self._field_aad(purpose)
+        elif context is None:
+            raise DecryptionError("this sealed token is bound to a record; open it with its context")
+        else:
+            aad = self._field_aad(purpose, context)
+        plaintext = self.decrypt(parts[1], blob, aad=aad)
         try:
             return plaintext.decode("utf-8")
         except UnicodeDecodeError:  # pragma: no cover - authenticated, so only if sealed by other code
@@ -414,10 +434,14 @@ class KeyRing:
         return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
     @staticmethod
-    def _field_aad(purpose: str) -> bytes:
+    def _field_aad(purpose: str, context: str | None = None) -> bytes:
         if not isinstance(purpose, str) or not purpose:
             raise KeyRingError("purpose must be a non-empty string")
-        return _FIELD_AAD + purpose.encode("utf-8")
+        if context is None:
+            return _FIELD_AAD + purpose.encode("utf-8")
+        if not isinstance(context, str) or not context or "\x00" in context or "\x00" in purpose:
+            raise KeyRingError("context must be a non-empty string without NUL")
+        return _FIELD_AAD + purpose.encode("utf-8") + b"\x00context\x00" + context.encode("utf-8")
 
     # ------------------------------------------------------------------ file format
 
