@@ -74,7 +74,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,6 +130,7 @@ _AAD_PREFIX = b"dsr/v1\x00"
 _PAYLOAD_AAD = b"temporal-payload"
 _FIELD_AAD = b"field\x00"
 _INDEX_INFO = b"dsr/blind-index/v1\x00"
+_DERIVED_INFO = b"dsr/derived/v1\x00"
 
 
 class KeyRingError(ValueError):
@@ -309,9 +310,21 @@ class KeyRing:
         rotated by prepending a new entry to the variable instead.
         """
         path = Path(path)
-        ring = cls.load(path).with_new_key(key_id)
-        _write_key_file(path, ring._to_file_dict(), replace=True)
+        # Two rotations at once must not both read the old ring and the last write drop the other's key (data
+        # encrypted under a dropped key would be lost): one at a time, under an exclusive lock.
+        with _exclusive_lock(path.with_name(f".{path.name}.lock")):
+            ring = cls.load(path).with_new_key(key_id)
+            _write_key_file(path, ring._to_file_dict(), replace=True)
         return ring
+
+    def to_env_value(self) -> str:
+        """This ring as a ``DSR_KEYS`` value: newest first, the current key first and the index key last.
+
+        Holds key material: for the operator's secret store only.
+        """
+        others = [k for k in reversed(self._keys) if k not in (self._current, self._index_key)]
+        order = [self._current, *others] + ([self._index_key] if self._index_key != self._current else [])
+        return ",".join(f"{k}:{base64.b64encode(self._keys[k]).decode('ascii')}" for k in order)
 
     def with_new_key(self, key_id: str | None = None) -> KeyRing:
         """A copy of this ring with a new random key, made current. The index key is kept."""
@@ -433,6 +446,22 @@ class KeyRing:
             self._index_cache[purpose] = key
         return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
+    def derive_key(self, label: str, key_id: str | None = None) -> bytes:
+        """A 32-byte key for one use (``label``, e.g. ``"dsr/download-link/v2"``), derived with HKDF-SHA256
+        from the ring's key ``key_id`` (by default the current key).
+
+        Unlike :meth:`blind_index`, these keys rotate with the ring: signers derive from the current key and
+        name its id in what they sign, verifiers derive from the key named, so what was signed before a
+        rotation verifies until it expires (see :mod:`dsr.links`).
+        """
+        key_id = self._current if key_id is None else key_id
+        if key_id not in self._keys:
+            raise UnknownKeyError(f"no key {_safe_id(key_id)} in this key ring")
+        if not isinstance(label, str) or not label:
+            raise KeyRingError("derive_key: label must be a non-empty string")
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=_DERIVED_INFO + label.encode("utf-8")).derive(self._keys[key_id])
+
     @staticmethod
     def _field_aad(purpose: str, context: str | None = None) -> bytes:
         if not isinstance(purpose, str) or not purpose:
@@ -483,6 +512,20 @@ class KeyRing:
         if index_key is not None and index_key not in keys:
             raise KeyRingError(f'{where}: "index" must name one of its keys')
         return cls(keys, current, index_key=index_key)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock on ``path`` (created 0600), held for the block; other lockers wait."""
+    import fcntl
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_key_file(path: Path, doc: Mapping[str, object], *, replace: bool) -> None:
