@@ -180,6 +180,9 @@ def configured_connectors(settings: Settings, env: Mapping[str, str] | None = No
 
 
 def main() -> None:
+    import os
+
+    os.umask(0o077)  # what this process creates (a SQLite ledger, logs) is its user's alone; see dsr.cli.main
     asyncio.run(run_worker(Settings.from_env()))
 
 

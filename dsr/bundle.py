@@ -40,6 +40,7 @@ import json
 import re
 import stat
 import tempfile
+import unicodedata
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ _HEADER_FIXED = len(BUNDLE_MAGIC) + 1
 _NONCE_TAG = 12 + 16
 _WRITE_BUFFER = 64 * 1024
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_SIGNS = frozenset("=+-@")
+_BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 
 DATA_JSON = "data.json"
@@ -147,8 +150,20 @@ def _flatten(record: Any) -> dict[str, str]:
 
 
 def _csv_safe(text: str) -> str:
-    """Neutralise spreadsheet formulas (OWASP CSV injection): ``=HYPERLINK(..)`` is shown, not run."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    """Neutralise spreadsheet formulas (OWASP CSV injection): ``=HYPERLINK(..)`` is shown, not run.
+
+    Spreadsheets skip leading blanks and read full-width signs as formula signs, so the first character
+    after any leading whitespace, control or format characters (`` =``, ``\n=``, U+200B then ``=``) is what
+    counts, compared after NFKC (``＝``, ``＋``, ``－``, ``＠`` and the small forms ``﹦``, ``﹢``, ``﹣``
+    are ``=``, ``+``, ``-``, ``@``).
+    """
+    if text.startswith(_FORMULA_START):
+        return "'" + text
+    for char in text:
+        if char.isspace() or unicodedata.category(char) in _BLANK_CATEGORIES:
+            continue
+        return "'" + text if unicodedata.normalize("NFKC", char)[:1] in _FORMULA_SIGNS else text
+    return text
 
 
 def _preview(text: str) -> str:

@@ -10,14 +10,17 @@ the CLI's ``--codec-endpoint http://127.0.0.1:8234/{namespace}`` produces) both 
 
 How clients call it
 -------------------
-* The Web UI (``temporal server start-dev --ui-codec-endpoint http://127.0.0.1:8234``) calls it *from the
-  browser*: ``fetch(endpoint + "/decode", {method: "POST", headers: {"Content-Type": "application/json",
-  "X-Namespace": ns}})``, so a CORS preflight comes first and the response needs
-  ``Access-Control-Allow-Origin`` set to the UI's origin (both ``127.0.0.1`` and ``localhost`` spellings of
-  the configured origin are accepted). The UI adds ``Authorization: Bearer <its OIDC access token>`` only
-  when "pass access token" is enabled *and* the endpoint is https; it cannot send a static token. So the
-  local stack runs this server on loopback with ``token=None``; set a token when something else (the CLI
-  with ``--codec-auth "Bearer TOKEN"``, a proxy) calls it.
+* The Web UI calls it *from the browser*: ``fetch(endpoint + "/decode", {method: "POST", headers:
+  {"Content-Type": "application/json", "X-Namespace": ns}})``, so a CORS preflight comes first and the
+  response needs ``Access-Control-Allow-Origin`` set to the UI's origin (both ``127.0.0.1`` and
+  ``localhost`` spellings of the configured origin are accepted). The UI adds ``Authorization: Bearer <its
+  OIDC access token>`` only when "pass access token" is enabled *and* the endpoint is https; it cannot send
+  a static token. So the token is also accepted as the first path segment: the UI's endpoint is
+  ``http://127.0.0.1:8234/<token>`` (it then calls ``/<token>/decode``). ``dsr up`` makes a random token
+  (``DSR_HOME/codec-token``, mode 0600) and prints that endpoint once, for the UI's "Codec Server" setting
+  (kept in the browser). It is never given to the UI server on its command line, which every local user
+  can read (``ps``), nor served by the UI's settings API. The CLI sends it as a header (``--codec-auth
+  "Bearer TOKEN"``).
 * Requests carrying an ``Origin`` other than the allowed one are refused (403) even though CORS alone
   would only hide the answer from the page.
 
@@ -33,9 +36,13 @@ import contextlib
 import hmac
 import json
 import logging
+import os
+import re
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,8 +60,10 @@ from dsr.http_body import BodyTooLarge, read_limited_body
 __all__ = [
     "DEFAULT_CODEC_PORT",
     "MAX_BODY_BYTES",
+    "CodecTokenError",
     "RunningCodecServer",
     "codec_app",
+    "load_or_create_token",
     "serve_codec",
 ]
 
@@ -70,6 +79,50 @@ ALLOW_HEADERS = "content-type, x-namespace, authorization"
 _ALLOWED_HEADER_SET = frozenset(h.strip() for h in ALLOW_HEADERS.split(","))
 _DRAIN_LIMIT = 64 * 1024 * 1024  # bytes read and thrown away from an oversize body before giving up
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+
+
+class CodecTokenError(ValueError):
+    """The codec token file is unsafe or malformed; the message never contains the token."""
+
+
+def load_or_create_token(path: Path) -> tuple[str, bool]:
+    """The codec server's token kept in ``path``, made if absent; returns ``(token, created)``.
+
+    A new token is 32 random bytes, URL-safe (it travels in a URL path for the UI), written with mode 0600
+    (O_EXCL: of two starters, one writes it and the other reads it). An existing file readable by group or
+    others is refused, like the key file.
+    """
+    path = Path(path)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, (token + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return token, True
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o077:
+            raise CodecTokenError(
+                f"codec token file {path} is readable or writable by group or others (mode {mode & 0o777:o}); "
+                f"refusing to use it. Run: chmod 600 {path}")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            text = handle.read(4096).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not _TOKEN_RE.match(text):
+        raise CodecTokenError(f"codec token file {path} is malformed; delete it and start `dsr up` again")
+    return text, False
 
 
 def _origin_variants(allowed_origin: str) -> frozenset[str]:
@@ -148,13 +201,14 @@ def codec_app(
             "Vary": "Origin",
         }
 
-    def authorised(request: Request) -> bool:
+    def authorised(request: Request, segments: list[str]) -> bool:
         if expected is None:
             return True
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(credentials.strip().encode("utf-8"), expected)
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode("utf-8"), expected):
+            return True
+        # The token as the first path segment: what the Web UI can send (it has no static header).
+        return len(segments) >= 2 and hmac.compare_digest(segments[0].encode("utf-8"), expected)
 
     def preflight(request: Request, origin: str | None) -> Response:
         if origin is None or origin not in origins:
@@ -182,7 +236,8 @@ def codec_app(
 
     async def codec_endpoint(request: Request) -> Response:
         origin = request.headers.get("origin")
-        action = request.path_params.get("path", "").rstrip("/").rpartition("/")[2]
+        segments = [part for part in request.path_params.get("path", "").split("/") if part]
+        action = segments[-1] if segments else ""
         handler = actions.get(action)
         if handler is None:
             return _error(404, "not found; use POST /encode or POST /decode", cors_headers(origin))
@@ -194,7 +249,7 @@ def codec_app(
         headers = cors_headers(origin)
         if origin is not None and origin not in origins:
             return _error(403, "origin not allowed", headers)
-        if not authorised(request):
+        if not authorised(request, segments):
             headers["WWW-Authenticate"] = "Bearer"
             return _error(401, "missing or invalid bearer token", headers)
         try:

@@ -206,6 +206,11 @@ class Settings:
         return self.home / "outbox"
 
     @property
+    def codec_token_file(self) -> Path:
+        """The token `dsr up` gives its codec server (mode 0600), when ``DSR_CODEC_TOKEN`` is not set."""
+        return self.home / "codec-token"
+
+    @property
     def secrets_file(self) -> Path:
         return self.home / "secrets.env"
 

@@ -31,8 +31,34 @@ Authenticated data
 ------------------
 AES-GCM authenticates, besides the ciphertext, ``"dsr/v1" NUL key_id NUL aad``: the key id is always bound
 (a blob cannot be relabelled with another key id), and ``aad`` separates the uses: ``temporal-payload`` for
-the codec, ``field NUL purpose`` for :meth:`KeyRing.seal_text` (a sealed email cannot be opened as a name).
+the codec, ``field NUL purpose`` for :meth:`KeyRing.seal_text` (a sealed email cannot be opened as a name),
+and for a request-scoped field ``field NUL purpose NUL context NUL request_id`` (token ``v2``: the ledger's
+sealed email and name cannot be moved to another request's row; ``v1`` tokens, sealed before, still open).
 Blob layout: 12-byte random nonce, then ciphertext and 16-byte tag.
+
+Payloads bound to their workflow
+--------------------------------
+A payload is bound to the workflow it belongs to, so one copied from a history into another workflow (a new
+start, an update, an activity result) does not open there. The SDK tells the codec which workflow a payload
+is for (``WithSerializationContext``: ``WorkflowSerializationContext.workflow_id`` for workflow inputs,
+results, signals, updates, queries, memos; ``ActivitySerializationContext.workflow_id`` for an activity's
+input, result, heartbeat and failure). The codec server the UI calls has no such context, so the id travels
+with the payload: metadata ``encryption-workflow-id`` names it, and the AAD is ``temporal-payload NUL
+workflow NUL <workflow id>`` (changing the metadata breaks authentication). A codec *with* a context also
+checks that the named workflow is its own (:class:`ForeignPayloadError` otherwise); a codec without one (the
+codec server, a describe) opens any bound payload. Workflow ids are random references or keyed hashes, no
+personal data, and already in plaintext in Temporal.
+
+Versions: a payload without ``encryption-workflow-id`` is of the first scheme (constant AAD
+``temporal-payload``), written before binding (saved histories, requests in flight at the upgrade) or encoded
+with no context at all (the codec server's ``/encode``, for staff holding its token). It still opens
+everywhere: old histories must replay. Such a payload can still be copied between workflows by whoever
+reads a history; no new one is written by a worker or client with a context.
+
+Unencrypted payloads
+--------------------
+The engine encrypts everything it sends, so the engine's codec (``strict``) refuses plain payloads (see
+:class:`EncryptionCodec`); the codec server's does not (the UI sends it every payload it shows).
 
 Errors never contain key material or plaintext; they may name key ids, which are not secret.
 """
@@ -48,7 +74,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +86,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
+from temporalio.contrib.pydantic import PydanticPayloadConverter
 
 if TYPE_CHECKING:
     from dsr.config import Settings
@@ -67,10 +94,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ENCODING",
     "KEY_ID_METADATA_KEY",
+    "WORKFLOW_ID_METADATA_KEY",
     "DecryptionError",
     "EncryptionCodec",
+    "ForeignPayloadError",
     "KeyRing",
     "KeyRingError",
+    "UnencryptedPayloadError",
     "UnknownKeyError",
     "data_converter",
     "new_key_id",
@@ -85,9 +115,14 @@ ENCODING = b"binary/encrypted"
 """``encoding`` metadata of a payload produced by :class:`EncryptionCodec`."""
 KEY_ID_METADATA_KEY = "encryption-key-id"
 """Metadata key naming the key that encrypted a payload."""
+REFUSED_ENCODING = b"binary/refused-unencrypted"
+"""``encoding`` the strict codec gives an unencrypted payload it refuses (its data dropped)."""
+WORKFLOW_ID_METADATA_KEY = "encryption-workflow-id"
+"""Metadata key naming the workflow a payload is bound to (absent on payloads written before binding)."""
 
 ENV_VAR = "DSR_KEYS"
 TOKEN_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
+BOUND_TOKEN_VERSION = "v2"  # noqa: S105 - a sealed field bound to a context (its request id)
 FILE_VERSION = 1
 
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -95,6 +130,7 @@ _AAD_PREFIX = b"dsr/v1\x00"
 _PAYLOAD_AAD = b"temporal-payload"
 _FIELD_AAD = b"field\x00"
 _INDEX_INFO = b"dsr/blind-index/v1\x00"
+_DERIVED_INFO = b"dsr/derived/v1\x00"
 
 
 class KeyRingError(ValueError):
@@ -274,9 +310,21 @@ class KeyRing:
         rotated by prepending a new entry to the variable instead.
         """
         path = Path(path)
-        ring = cls.load(path).with_new_key(key_id)
-        _write_key_file(path, ring._to_file_dict(), replace=True)
+        # Two rotations at once must not both read the old ring and the last write drop the other's key (data
+        # encrypted under a dropped key would be lost): one at a time, under an exclusive lock.
+        with _exclusive_lock(path.with_name(f".{path.name}.lock")):
+            ring = cls.load(path).with_new_key(key_id)
+            _write_key_file(path, ring._to_file_dict(), replace=True)
         return ring
+
+    def to_env_value(self) -> str:
+        """This ring as a ``DSR_KEYS`` value: newest first, the current key first and the index key last.
+
+        Holds key material: for the operator's secret store only.
+        """
+        others = [k for k in reversed(self._keys) if k not in (self._current, self._index_key)]
+        order = [self._current, *others] + ([self._index_key] if self._index_key != self._current else [])
+        return ",".join(f"{k}:{base64.b64encode(self._keys[k]).decode('ascii')}" for k in order)
 
     def with_new_key(self, key_id: str | None = None) -> KeyRing:
         """A copy of this ring with a new random key, made current. The index key is kept."""
@@ -340,24 +388,41 @@ class KeyRing:
 
     # ------------------------------------------------------------------ ledger fields
 
-    def seal_text(self, plaintext: str, *, purpose: str) -> str:
-        """Encrypt a text field into an ASCII token ``v1.<key_id>.<base64url(nonce+ct)>``.
+    def seal_text(self, plaintext: str, *, purpose: str, context: str | None = None) -> str:
+        """Encrypt a text field into an ASCII token ``v2.<key_id>.<base64url(nonce+ct)>``.
 
-        ``purpose`` (e.g. ``"email"``) is authenticated: the token only opens with the same purpose.
+        ``purpose`` (e.g. ``"subject.email"``) and ``context`` (the request id of a request-scoped field) are
+        authenticated: the token only opens with the same purpose and context, so a sealed email cannot be
+        opened as a name, nor moved to another request's row. Without a context the token is ``v1`` (the
+        first scheme: purpose only).
         """
-        key_id, blob = self.encrypt(plaintext.encode("utf-8"), aad=self._field_aad(purpose))
-        return f"{TOKEN_VERSION}.{key_id}.{_b64url(blob)}"
+        if context is None:
+            key_id, blob = self.encrypt(plaintext.encode("utf-8"), aad=self._field_aad(purpose))
+            return f"{TOKEN_VERSION}.{key_id}.{_b64url(blob)}"
+        key_id, blob = self.encrypt(plaintext.encode("utf-8"), aad=self._field_aad(purpose, context))
+        return f"{BOUND_TOKEN_VERSION}.{key_id}.{_b64url(blob)}"
 
-    def open_text(self, token: str, *, purpose: str) -> str:
-        """Decrypt a token from :meth:`seal_text` sealed with the same ``purpose``."""
+    def open_text(self, token: str, *, purpose: str, context: str | None = None) -> str:
+        """Decrypt a token from :meth:`seal_text` sealed with the same ``purpose`` (and ``context``).
+
+        A ``v1`` token (sealed before fields were bound, or without a context) opens whatever ``context`` is
+        given: rows written before the upgrade stay readable. A ``v2`` token needs its context.
+        """
         parts = token.split(".") if isinstance(token, str) else []
-        if len(parts) != 3 or parts[0] != TOKEN_VERSION or not _KEY_ID_RE.match(parts[1]):
-            raise DecryptionError(f"not a sealed token (expected {TOKEN_VERSION}.<key id>.<data>)")
+        if (len(parts) != 3 or parts[0] not in (TOKEN_VERSION, BOUND_TOKEN_VERSION)
+                or not _KEY_ID_RE.match(parts[1])):
+            raise DecryptionError(f"not a sealed token (expected {BOUND_TOKEN_VERSION}.<key id>.<data>)")
         try:
             blob = _unb64url(parts[2])
         except (binascii.Error, ValueError):
             raise DecryptionError("sealed token data is not base64url") from None
-        plaintext = self.decrypt(parts[1], blob, aad=self._field_aad(purpose))
+        if parts[0] == TOKEN_VERSION:
+            aad = self._field_aad(purpose)
+        elif context is None:
+            raise DecryptionError("this sealed token is bound to a record; open it with its context")
+        else:
+            aad = self._field_aad(purpose, context)
+        plaintext = self.decrypt(parts[1], blob, aad=aad)
         try:
             return plaintext.decode("utf-8")
         except UnicodeDecodeError:  # pragma: no cover - authenticated, so only if sealed by other code
@@ -381,11 +446,31 @@ class KeyRing:
             self._index_cache[purpose] = key
         return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
+    def derive_key(self, label: str, key_id: str | None = None) -> bytes:
+        """A 32-byte key for one use (``label``, e.g. ``"dsr/download-link/v2"``), derived with HKDF-SHA256
+        from the ring's key ``key_id`` (by default the current key).
+
+        Unlike :meth:`blind_index`, these keys rotate with the ring: signers derive from the current key and
+        name its id in what they sign, verifiers derive from the key named, so what was signed before a
+        rotation verifies until it expires (see :mod:`dsr.links`).
+        """
+        key_id = self._current if key_id is None else key_id
+        if key_id not in self._keys:
+            raise UnknownKeyError(f"no key {_safe_id(key_id)} in this key ring")
+        if not isinstance(label, str) or not label:
+            raise KeyRingError("derive_key: label must be a non-empty string")
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=_DERIVED_INFO + label.encode("utf-8")).derive(self._keys[key_id])
+
     @staticmethod
-    def _field_aad(purpose: str) -> bytes:
+    def _field_aad(purpose: str, context: str | None = None) -> bytes:
         if not isinstance(purpose, str) or not purpose:
             raise KeyRingError("purpose must be a non-empty string")
-        return _FIELD_AAD + purpose.encode("utf-8")
+        if context is None:
+            return _FIELD_AAD + purpose.encode("utf-8")
+        if not isinstance(context, str) or not context or "\x00" in context or "\x00" in purpose:
+            raise KeyRingError("context must be a non-empty string without NUL")
+        return _FIELD_AAD + purpose.encode("utf-8") + b"\x00context\x00" + context.encode("utf-8")
 
     # ------------------------------------------------------------------ file format
 
@@ -427,6 +512,20 @@ class KeyRing:
         if index_key is not None and index_key not in keys:
             raise KeyRingError(f'{where}: "index" must name one of its keys')
         return cls(keys, current, index_key=index_key)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock on ``path`` (created 0600), held for the block; other lockers wait."""
+    import fcntl
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_key_file(path: Path, doc: Mapping[str, object], *, replace: bool) -> None:
@@ -486,22 +585,55 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class EncryptionCodec(temporalio.converter.PayloadCodec):
-    """Encrypts every payload with the key ring's current key.
+class UnencryptedPayloadError(DecryptionError):
+    """A payload reached the engine's codec without encryption: refused, it was not sent by the engine."""
 
-    An encoded payload has metadata ``encoding: binary/encrypted`` and ``encryption-key-id: <id>``, and
-    data = nonce + AES-GCM(serialized original ``Payload`` proto). The key id is authenticated (it is part
-    of the AAD, see the module docstring), so relabelling a payload with another key id fails. Decoding
-    passes through payloads that are not ``binary/encrypted`` and raises :class:`UnknownKeyError` /
-    :class:`DecryptionError` (messages name key ids only) when a payload cannot be opened.
+
+class ForeignPayloadError(DecryptionError):
+    """An encrypted payload bound to another workflow than the one it was given to (copied from a history)."""
+
+
+class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.WithSerializationContext):
+    """Encrypts every payload with the key ring's current key, bound to its workflow.
+
+    An encoded payload has metadata ``encoding: binary/encrypted``, ``encryption-key-id: <id>`` and, when
+    the SDK gives a serialization context, ``encryption-workflow-id: <workflow id>``; data = nonce +
+    AES-GCM(serialized original ``Payload`` proto). The key id and the workflow id are authenticated (part
+    of the AAD, see the module docstring), so relabelling a payload with another key or moving it into
+    another workflow fails.
+
+    ``strict`` (the engine's own clients and workers, :func:`data_converter`): a payload that is not
+    ``binary/encrypted`` is refused with :class:`UnencryptedPayloadError`, since nothing the engine sends is
+    ever plain: a hand-made ``temporal workflow start`` / ``update`` / ``activity complete`` with plain
+    JSON is not the engine speaking. Non-strict (the codec server, which the UI also sends plain payloads
+    to, e.g. a termination's details) passes such payloads through. An empty ``Payload`` (no metadata, no
+    data) holds nothing and passes in both modes. Errors name key ids only, never data.
     """
 
-    def __init__(self, keyring: KeyRing) -> None:
+    def __init__(self, keyring: KeyRing, *, strict: bool = False, workflow_id: str | None = None) -> None:
         self._keyring = keyring
+        self._strict = strict
+        self._workflow_id = workflow_id or None
 
     @property
     def keyring(self) -> KeyRing:
         return self._keyring
+
+    @property
+    def workflow_id(self) -> str | None:
+        """The workflow this codec's payloads are bound to (from the serialization context), if any."""
+        return self._workflow_id
+
+    def with_context(self, context: temporalio.converter.SerializationContext) -> EncryptionCodec:
+        workflow_id = None
+        if isinstance(
+            context,
+            temporalio.converter.WorkflowSerializationContext | temporalio.converter.ActivitySerializationContext,
+        ):
+            workflow_id = context.workflow_id
+        if workflow_id == self._workflow_id:
+            return self
+        return EncryptionCodec(self._keyring, strict=self._strict, workflow_id=workflow_id)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._encode_one(p) for p in payloads]
@@ -510,24 +642,106 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         return [self._decode_one(p) for p in payloads]
 
     def _encode_one(self, payload: Payload) -> Payload:
-        key_id, blob = self._keyring.encrypt(payload.SerializeToString(), aad=_PAYLOAD_AAD)
-        return Payload(metadata={"encoding": ENCODING, KEY_ID_METADATA_KEY: key_id.encode("ascii")}, data=blob)
+        metadata = {"encoding": ENCODING}
+        if self._workflow_id is None:
+            aad = _PAYLOAD_AAD
+        else:
+            aad = _workflow_payload_aad(self._workflow_id)
+            metadata[WORKFLOW_ID_METADATA_KEY] = self._workflow_id.encode("utf-8")
+        key_id, blob = self._keyring.encrypt(payload.SerializeToString(), aad=aad)
+        metadata[KEY_ID_METADATA_KEY] = key_id.encode("ascii")
+        return Payload(metadata=metadata, data=blob)
 
     def _decode_one(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
+            if self._strict and (payload.metadata or payload.data):
+                return _refused(_UNENCRYPTED)
             return payload
+        try:
+            return self._open(payload)
+        except UnknownKeyError:
+            raise  # a worker missing a key: fail the task, so a worker holding the whole ring takes it
+        except DecryptionError as err:
+            if self._strict:
+                return _refused(_FOREIGN if isinstance(err, ForeignPayloadError) else _UNAUTHENTIC)
+            raise
+
+    def _open(self, payload: Payload) -> Payload:
         raw_id = payload.metadata.get(KEY_ID_METADATA_KEY)
         if raw_id is None:
             raise DecryptionError(f"encrypted payload has no {KEY_ID_METADATA_KEY} metadata")
         try:
             key_id = raw_id.decode("ascii")
         except UnicodeDecodeError:
-            raise UnknownKeyError("encrypted payload names a malformed key id") from None
-        plaintext = self._keyring.decrypt(key_id, payload.data, aad=_PAYLOAD_AAD)
+            raise DecryptionError("encrypted payload names a malformed key id") from None
+        bound = payload.metadata.get(WORKFLOW_ID_METADATA_KEY)
+        if bound is None:
+            aad = _PAYLOAD_AAD  # v1: written before payloads were bound, or encoded without a context
+        else:
+            try:
+                bound_id = bound.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecryptionError("encrypted payload names a malformed workflow id") from None
+            if self._workflow_id is not None and bound_id != self._workflow_id:
+                raise ForeignPayloadError(
+                    f"encrypted payload under key {key_id!r} belongs to another workflow; refused"
+                )
+            aad = _workflow_payload_aad(bound_id)
+        plaintext = self._keyring.decrypt(key_id, payload.data, aad=aad)
         try:
             return Payload.FromString(plaintext)
         except DecodeError:  # pragma: no cover - authenticated, so only if encrypted by other code
             raise DecryptionError(f"payload under key {key_id!r} does not hold a Payload") from None
+
+
+# Why the strict codec marks a refused payload instead of raising: a codec error fails the whole workflow task,
+# again and again, so one forged signal or update would stall a genuine request. The marker (its data dropped)
+# makes the payload converter raise at the one value instead: the SDK then rejects the update, drops the signal,
+# fails the activity, or fails the tasks of a workflow started with it (which so never runs).
+_UNENCRYPTED = b"unencrypted"
+_FOREIGN = b"other-workflow"
+_UNAUTHENTIC = b"unauthentic"
+_REFUSED_REASON_KEY = "refused"
+_REFUSALS: dict[bytes, tuple[type[DecryptionError], str]] = {
+    _UNENCRYPTED: (
+        UnencryptedPayloadError,
+        "refused an unencrypted payload: the engine encrypts everything it sends to its workflows, updates and "
+        "activities (talk to them with the engine's client, or through its codec)",
+    ),
+    _FOREIGN: (ForeignPayloadError, "refused an encrypted payload that belongs to another workflow"),
+    _UNAUTHENTIC: (DecryptionError, "refused an encrypted payload that failed authentication (tampered, or not ours)"),
+}
+
+
+def _refused(reason: bytes) -> Payload:
+    return Payload(metadata={"encoding": REFUSED_ENCODING, _REFUSED_REASON_KEY: reason})
+
+
+class _RefusedPayloadConverter(temporalio.converter.EncodingPayloadConverter):
+    """Turns the strict codec's marker for a refused payload into a clear error, at the one value."""
+
+    @property
+    def encoding(self) -> str:
+        return REFUSED_ENCODING.decode("ascii")
+
+    def to_payload(self, value: object) -> Payload | None:
+        return None  # never chosen to convert a value: only the codec makes such payloads
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> object:
+        error, message = _REFUSALS.get(payload.metadata.get(_REFUSED_REASON_KEY, b""), _REFUSALS[_UNAUTHENTIC])
+        raise error(message)
+
+
+class EnginePayloadConverter(PydanticPayloadConverter):
+    """Pydantic JSON, plus the refusal of what the strict codec marked as unencrypted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._set_converters(*self.converters.values(), _RefusedPayloadConverter())
+
+
+def _workflow_payload_aad(workflow_id: str) -> bytes:
+    return _PAYLOAD_AAD + b"\x00workflow\x00" + workflow_id.encode("utf-8")
 
 
 def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
@@ -540,10 +754,8 @@ def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
     ``ApplicationError.type``, activity/workflow type names, task queues and headers -- keep
     personal data out of those.
     """
-    from temporalio.contrib.pydantic import PydanticPayloadConverter
-
     return temporalio.converter.DataConverter(
-        payload_converter_class=PydanticPayloadConverter,
-        payload_codec=EncryptionCodec(keyring),
+        payload_converter_class=EnginePayloadConverter,
+        payload_codec=EncryptionCodec(keyring, strict=True),
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
     )

@@ -7,8 +7,9 @@ from the worker's thread pool, and the CLI reads it directly.
 
 Rules:
 
-* The subject's email and name are stored sealed (encrypted) by a :class:`Sealer`; a keyed blind index of
-  the lower-cased email lets duplicates be found without decrypting anything.
+* The subject's email and name are stored sealed (encrypted) by a :class:`Sealer`, bound to the request id
+  (rows written before that binding hold ``v1`` tokens, which still open); a keyed blind index of the
+  lower-cased email lets duplicates be found without decrypting anything.
 * Every write is idempotent. :meth:`Ledger.record_request` is keyed by the request id and
   :meth:`Ledger.append_event` by a caller-chosen idempotency key (an activity's retries re-use the key),
   so a retried activity never writes twice. Both survive a race of concurrent calls.
@@ -55,9 +56,9 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 class Sealer(Protocol):
     """Encrypts personal data at rest; ``dsr.crypto.KeyRing`` implements it."""
 
-    def seal_text(self, plaintext: str, *, purpose: str) -> str: ...
+    def seal_text(self, plaintext: str, *, purpose: str, context: str | None = None) -> str: ...
 
-    def open_text(self, token: str, *, purpose: str) -> str: ...
+    def open_text(self, token: str, *, purpose: str, context: str | None = None) -> str: ...
 
     def blind_index(self, value: str, *, purpose: str) -> str: ...
 
@@ -438,8 +439,11 @@ class Ledger:
             extended=False,
             stage=Stage.RECEIVED.value,
             outcome=None,
-            subject_email_sealed=self._sealer.seal_text(rec.subject.email, purpose=EMAIL_PURPOSE),
-            subject_name_sealed=self._sealer.seal_text(rec.subject.name, purpose=NAME_PURPOSE),
+            # Bound to the request id: a sealed address copied into another request's row does not open there.
+            subject_email_sealed=self._sealer.seal_text(rec.subject.email, purpose=EMAIL_PURPOSE,
+                                                        context=rec.request_id),
+            subject_name_sealed=self._sealer.seal_text(rec.subject.name, purpose=NAME_PURPOSE,
+                                                       context=rec.request_id),
             subject_index=self._email_index(rec.subject.email),
             created_at=now,
             updated_at=now,
@@ -707,8 +711,8 @@ class Ledger:
 
     def _subject(self, row: RequestRow) -> Subject:
         return Subject(
-            email=self._sealer.open_text(row.subject_email_sealed, purpose=EMAIL_PURPOSE),
-            name=self._sealer.open_text(row.subject_name_sealed, purpose=NAME_PURPOSE),
+            email=self._sealer.open_text(row.subject_email_sealed, purpose=EMAIL_PURPOSE, context=row.request_id),
+            name=self._sealer.open_text(row.subject_name_sealed, purpose=NAME_PURPOSE, context=row.request_id),
         )
 
     def _view(self, row: RequestRow) -> LedgerRequest:

@@ -4,35 +4,42 @@ The reply to an access/portability request links to ``{DSR_PUBLIC_URL}/exports/{
 link is not enough to download: the page asks for the request reference or the 6-digit code sent in the
 same email, so a link forwarded (or leaked through a proxy log) alone does not disclose the data.
 
-Token format (``v1``)
+Token format (``v2``)
 ---------------------
 ::
 
-    v1.<base64url(body)>.<base64url(mac)>
+    v2.<key id>.<base64url(body)>.<base64url(mac)>
     body = expiry (8 bytes, big-endian Unix seconds)
          || nonce (12 bytes)
          || AES-256-GCM(enc_key, nonce, request_id, aad = "dsr/download-link/v1" NUL expiry)
-    mac  = HMAC-SHA256(mac_key, "v1." + base64url(body))        (32 bytes)
+    mac  = HMAC-SHA256(mac_key, "v2.<key id>." + base64url(body))        (32 bytes)
 
-All of it is URL-safe (``A-Z a-z 0-9 - _ .``), about 120 characters. The request id is *encrypted*: it is
+All of it is URL-safe (``A-Z a-z 0-9 - _ .``), about 140 characters. The request id is *encrypted*: it is
 not personal data, but it is one of the two accepted answers to the download challenge, so it must not be
 readable from the link itself. Verification checks the HMAC first (constant time), then decrypts, then
-compares the expiry; a bad signature, a bad format or a wrong version all raise :class:`TamperedLink`,
-an authentic token past its expiry raises :class:`ExpiredLink`.
+compares the expiry; a bad signature, a bad format, an unknown key id or a wrong version all raise
+:class:`TamperedLink`, an authentic token past its expiry raises :class:`ExpiredLink`.
 
-Keys
-----
-Every key used here is derived from the key ring's *index key* (see :mod:`dsr.crypto`), which rotation
-never changes, so a link issued before a rotation still verifies after it (like the blind index). The
-derivation uses only the public :meth:`KeyRing.blind_index` (itself HKDF-SHA256 of the index key with
-its own per-purpose info label), then HKDF-SHA256 again with one info label per use:
-``dsr/download-link/v1 NUL {enc|mac|code|form|ip}``. So the link key never equals the raw AES key nor any
-stored blind index.
+Keys, and their rotation
+------------------------
+The keys of a token are derived from the key ring's key it names (:meth:`KeyRing.derive_key`, HKDF-SHA256
+with the label ``dsr/{purpose}/v2``), then HKDF-SHA256 again with one info label per use:
+``dsr/download-link/v1 NUL {enc|mac|code|form}``. New tokens name the *current* key, so after `dsr keys
+rotate` (and a restart) links, their codes and form fields are signed under the new key; a token names its
+key id, so one issued before the rotation still verifies (its key stays in the ring) until it expires.
 
-* the 6-digit ``code`` is ``HMAC(code_key, token)`` reduced to 6 decimal digits: the worker (which puts it
-  in the email) and the intake app (which checks it) agree without storing anything;
-* :meth:`DownloadLinks.form_token` is ``HMAC(form_key, token)``, the stateless CSRF field of the form;
-* :meth:`DownloadLinks.ip_hash` is a short keyed hash of a client address for the audit trail.
+``v1`` tokens (issued before keys rotated, no key id) were derived from the ring's *index key*, which never
+rotates; they are still accepted until they expire, under those keys.
+
+* the ``code`` is ``HMAC(code_key, token)`` reduced to 6 decimal digits: the worker (which puts it in the
+  email) and the intake app (which checks it) agree without storing anything;
+* :meth:`IdentityLinks.request_code` is derived from the request id under the current key; a code is typed
+  without its link, so :meth:`IdentityLinks.check_request_code` accepts the code of any key of the ring
+  (and of the index-key scheme), each compared in constant time;
+* :meth:`DownloadLinks.form_token` is ``HMAC(form_key, token)`` under the token's key, the stateless CSRF
+  field of the form;
+* :meth:`DownloadLinks.ip_hash` is a short keyed hash of a client address for the audit trail; it stays on
+  the index key (like the blind index), so one address has one hash across rotations.
 """
 
 from __future__ import annotations
@@ -69,7 +76,8 @@ __all__ = [
 
 DEFAULT_LINK_TTL = timedelta(days=7)
 CODE_DIGITS = 6
-LINK_VERSION = "v1"
+LINK_VERSION = "v2"
+LEGACY_LINK_VERSION = "v1"
 MAX_TOKEN_LENGTH = 512
 """Anything longer is rejected before any decoding (request ids are short)."""
 
@@ -77,7 +85,7 @@ _NONCE = 12
 _TAG = 16
 _MAC = 32
 _EXPIRY = struct.Struct(">Q")
-_TOKEN_RE = re.compile(r"^v[0-9]{1,3}\.[A-Za-z0-9_-]{1,400}\.[A-Za-z0-9_-]{43}$")
+_TOKEN_RE = re.compile(r"^v[0-9]{1,3}\.(?:[A-Za-z0-9_-]{1,40}\.)?[A-Za-z0-9_-]{1,400}\.[A-Za-z0-9_-]{43}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CODE_SEPARATORS = str.maketrans("", "", " -.\u00a0\u202f\t")
 # Crockford base32 look-alikes, as read out on the phone: O -> 0, I/L -> 1 (references never hold them).
@@ -136,10 +144,20 @@ def _normalise_answer(value: str) -> str:
     return value.strip().upper().translate(_CODE_SEPARATORS)
 
 
+@dataclass(frozen=True)
+class _LinkKeys:
+    """The keys of one token family under one key of the ring."""
+
+    aead: AESGCM
+    mac: bytes
+    code: bytes
+    form: bytes
+
+
 class DownloadLinks:
     """Issues and checks download tokens; stateless, so every process with the same key ring agrees."""
 
-    __slots__ = ("_aead", "_code_key", "_form_key", "_info", "_ip_key", "_mac_key", "_ttl")
+    __slots__ = ("_current", "_info", "_ip_key", "_keys", "_legacy", "_ttl")
 
     def __init__(self, keyring: KeyRing, *, ttl: timedelta = DEFAULT_LINK_TTL, purpose: str = "download-link") -> None:
         """``purpose`` separates families of links (``identity-link`` for :class:`IdentityLinks`): a token
@@ -150,18 +168,22 @@ class DownloadLinks:
             raise ValueError("purpose must be lower-case letters and dashes")
         self._ttl = ttl
         self._info = f"dsr/{purpose}/v1\x00".encode("ascii")
-        root_purpose = f"dsr/{purpose}/v1"
-        root = bytes.fromhex(keyring.blind_index(f"{purpose}-root", purpose=root_purpose))
         info = self._info
 
-        def derive(label: bytes) -> bytes:
+        def derive(root: bytes, label: bytes) -> bytes:
             return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info + label).derive(root)
 
-        self._aead = AESGCM(derive(b"enc"))
-        self._mac_key = derive(b"mac")
-        self._code_key = derive(b"code")
-        self._form_key = derive(b"form")
-        self._ip_key = derive(b"ip")
+        def family(root: bytes) -> _LinkKeys:
+            return _LinkKeys(AESGCM(derive(root, b"enc")), derive(root, b"mac"), derive(root, b"code"),
+                             derive(root, b"form"))
+
+        # v1: from the index key, which never rotates (tokens issued before keys rotated, until they expire).
+        legacy_root = bytes.fromhex(keyring.blind_index(f"{purpose}-root", purpose=f"dsr/{purpose}/v1"))
+        self._legacy = family(legacy_root)
+        self._ip_key = derive(legacy_root, b"ip")
+        # v2: one family per key of the ring; new tokens use the current key's.
+        self._keys = {key_id: family(keyring.derive_key(f"dsr/{purpose}/v2", key_id)) for key_id in keyring.key_ids}
+        self._current = keyring.current_key_id
 
     @property
     def ttl(self) -> timedelta:
@@ -179,14 +201,15 @@ class DownloadLinks:
         expires = int((_aware(now, "now") + ttl).timestamp())
         header = _EXPIRY.pack(expires)
         nonce = os.urandom(_NONCE)
-        sealed = self._aead.encrypt(nonce, request_id.encode("ascii"), self._aad(header))
-        signed = f"{LINK_VERSION}.{_b64url(header + nonce + sealed)}"
-        token = f"{signed}.{_b64url(self._mac(signed))}"
+        keys = self._keys[self._current]
+        sealed = keys.aead.encrypt(nonce, request_id.encode("ascii"), self._aad(header))
+        signed = f"{LINK_VERSION}.{self._current}.{_b64url(header + nonce + sealed)}"
+        token = f"{signed}.{_b64url(self._mac(keys, signed))}"
         return DownloadLink(token=token, code=self.code(token), expires_at=datetime.fromtimestamp(expires, UTC))
 
     def code(self, token: str) -> str:
-        """The 6-digit code that goes with ``token`` (deterministic; no storage)."""
-        digest = hmac.new(self._code_key, token.encode("utf-8"), hashlib.sha256).digest()
+        """The 6-digit code that goes with ``token`` (deterministic; no storage), under the token's key."""
+        digest = hmac.new(self._keys_of(token).code, token.encode("utf-8"), hashlib.sha256).digest()
         return f"{int.from_bytes(digest[:8], 'big') % 10**CODE_DIGITS:0{CODE_DIGITS}d}"
 
     # ------------------------------------------------------------------ checking
@@ -225,7 +248,7 @@ class DownloadLinks:
 
     def form_token(self, token: str) -> str:
         """The hidden CSRF field of the download form for ``token`` (stateless, bound to the token)."""
-        return _b64url(hmac.new(self._form_key, token.encode("utf-8"), hashlib.sha256).digest()[:24])
+        return _b64url(hmac.new(self._keys_of(token).form, token.encode("utf-8"), hashlib.sha256).digest()[:24])
 
     def check_form_token(self, token: str, value: object) -> bool:
         if not isinstance(value, str):
@@ -239,8 +262,19 @@ class DownloadLinks:
 
     # ------------------------------------------------------------------ internals
 
-    def _mac(self, signed: str) -> bytes:
-        return hmac.new(self._mac_key, signed.encode("ascii"), hashlib.sha256).digest()
+    def _keys_of(self, token: str) -> _LinkKeys:
+        """The key family a token names (v2), the index-key family for v1 and anything unreadable.
+
+        Only a choice of keys: whoever calls this on an unauthentic token gets values nobody can match to it.
+        """
+        version, _, rest = token.partition(".") if isinstance(token, str) else ("", "", "")
+        if version == LINK_VERSION:
+            return self._keys.get(rest.partition(".")[0], self._legacy)
+        return self._legacy
+
+    @staticmethod
+    def _mac(keys: _LinkKeys, signed: str) -> bytes:
+        return hmac.new(keys.mac, signed.encode("ascii"), hashlib.sha256).digest()
 
     def _aad(self, header: bytes) -> bytes:
         return self._info + header
@@ -249,20 +283,29 @@ class DownloadLinks:
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not _TOKEN_RE.match(token):
             raise TamperedLink("this download link is not valid")
         signed, _, mac_text = token.rpartition(".")
+        version, _, rest = signed.partition(".")
+        if version == LINK_VERSION:
+            key_id, _, body_text = rest.partition(".")
+            keys = self._keys.get(key_id)
+        elif version == LEGACY_LINK_VERSION and "." not in rest:
+            body_text, keys = rest, self._legacy
+        else:
+            keys = None
+        if keys is None or not body_text:
+            raise TamperedLink("this download link is not valid")
         try:
             mac = _unb64url(mac_text)
-            body = _unb64url(signed.partition(".")[2])
+            body = _unb64url(body_text)
         except (binascii.Error, ValueError):
             raise TamperedLink("this download link is not valid") from None
-        # Check the signature before looking at the version: an unknown version is just as invalid.
-        if not hmac.compare_digest(mac, self._mac(signed)) or not signed.startswith(LINK_VERSION + "."):
+        if not hmac.compare_digest(mac, self._mac(keys, signed)):
             raise TamperedLink("this download link is not valid")
         if len(body) < _EXPIRY.size + _NONCE + _TAG + 1:
             raise TamperedLink("this download link is not valid")
         header = body[: _EXPIRY.size]
         nonce = body[_EXPIRY.size : _EXPIRY.size + _NONCE]
         try:
-            request_id = self._aead.decrypt(nonce, body[_EXPIRY.size + _NONCE :], self._aad(header)).decode("ascii")
+            request_id = keys.aead.decrypt(nonce, body[_EXPIRY.size + _NONCE :], self._aad(header)).decode("ascii")
         except (InvalidTag, UnicodeDecodeError):
             raise TamperedLink("this download link is not valid") from None
         (expires,) = _EXPIRY.unpack(header)
@@ -289,16 +332,28 @@ class IdentityLinks(DownloadLinks):
         super().__init__(keyring, ttl=ttl, purpose="identity-link")
 
     def request_code(self, request_id: str) -> str:
-        """The 6-digit code of ``request_id`` (deterministic; nothing stored)."""
-        digest = hmac.new(self._code_key, b"request\x00" + request_id.encode("utf-8"), hashlib.sha256).digest()
+        """The 6-digit code of ``request_id`` under the current key (deterministic; nothing stored)."""
+        return self._request_code(self._keys[self._current], request_id)
+
+    @staticmethod
+    def _request_code(keys: _LinkKeys, request_id: str) -> str:
+        digest = hmac.new(keys.code, b"request\x00" + request_id.encode("utf-8"), hashlib.sha256).digest()
         return f"{int.from_bytes(digest[:8], 'big') % 10**CODE_DIGITS:0{CODE_DIGITS}d}"
 
     def check_request_code(self, request_id: str, code: object) -> bool:
-        """Constant-time check of a typed code (spaces and dashes tolerated)."""
+        """Constant-time check of a typed code (spaces and dashes tolerated).
+
+        A code is typed without its link, so it cannot say which key made it: the code of every key of the
+        ring (one sent before a rotation is still good) and of the index-key scheme is compared, each in
+        constant time, all of them always.
+        """
         if not isinstance(code, str) or len(code) > 50:
             return False
         typed = _normalise_answer(code).translate(_LOOKALIKES).encode("utf-8")
-        return hmac.compare_digest(typed, self.request_code(request_id).encode("ascii"))
+        families = [*self._keys.values(), self._legacy]
+        matches = [hmac.compare_digest(typed, self._request_code(keys, request_id).encode("ascii"))
+                   for keys in families]
+        return any(matches)
 
     def verify_url(self, public_url: str, token: str) -> str:
         return f"{public_url.rstrip('/')}/verify/{quote(token, safe='')}"

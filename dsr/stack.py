@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -190,7 +190,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
 async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes, with_worker: bool) -> None:
     import concurrent.futures
 
-    from dsr.codec_server import codec_app, serve_codec
+    from dsr.codec_server import CodecTokenError, codec_app, load_or_create_token, serve_codec
     from dsr.ledger import Ledger
     from dsr.outbox import OutboxSink
     from dsr.store import StorageError, open_store
@@ -201,6 +201,17 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
 
     port = temporal_port(settings)
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
+    # Any local user reaches loopback: the codec server answers only with the token (a random one kept in
+    # DSR_HOME/codec-token unless DSR_CODEC_TOKEN is set), or /decode would show anyone every payload and
+    # /encode would let anyone forge the engine's input.
+    created = False
+    if settings.codec_token:
+        codec_token = settings.codec_token
+    else:
+        try:
+            codec_token, created = load_or_create_token(settings.codec_token_file)
+        except CodecTokenError as err:
+            raise StackError(str(err)) from None
     ledger = Ledger(settings.database_url, keyring)
     objects = open_store(settings)
     try:
@@ -211,13 +222,15 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
     intake = None
     mailbox_task = None
     codec = await serve_codec(
-        codec_app(keyring, allowed_origin=settings.ui_url, token=None), host=LOOPBACK, port=settings.codec_port
+        codec_app(keyring, allowed_origin=settings.ui_url, token=codec_token), host=LOOPBACK, port=settings.codec_port
     )
     sink = None
-    server = start_dev_server(settings, port=port, codec_endpoint=codec_endpoint)
+    # The UI server is not given the endpoint: its token would be on the command line (`ps`) and in the UI's
+    # settings API, both open to every local user. Each staff member enters it once in the UI's browser.
+    server = start_dev_server(settings, port=port, codec_endpoint=None)
     try:
         if not settings.smtp_configured:
-            sink = OutboxSink(settings.outbox)
+            sink = OutboxSink(settings.outbox, retention=timedelta(days=settings.link_days))
             await sink.start(host=LOOPBACK, port=settings.smtp.port)
         client = await wait_for_temporal(settings, keyring, server)
         app, service = build_intake_app(settings, keyring, ledger, exports, client)
@@ -230,7 +243,8 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor) \
                 if with_worker else contextlib.nullcontext()
             async with _stopping(stop), worker:
-                _print_banner(settings, port, codec_endpoint, sink is not None, sandboxes, with_worker)
+                _print_banner(settings, port, codec_endpoint, sink is not None, sandboxes, with_worker,
+                              codec_token=codec_token if created else None)
                 await stop.wait()
                 print("\nstopping…", flush=True)
     finally:
@@ -262,13 +276,29 @@ def _profile_state(settings: Settings) -> str:
             "(`dsr config check` lists them)")
 
 
+def _codec_lines(settings: Settings, codec_endpoint: str, codec_token: str | None) -> list[str]:
+    """Where the UI's codec endpoint is; the token itself only on the start that created it."""
+    if codec_token is not None:
+        return [
+            f"  codec server    {codec_endpoint} (decodes payloads for the UI; needs its token)",
+            f"                  once, in the UI's Codec Server setting (kept by your browser): {codec_endpoint}/"
+            f"{codec_token}",
+            f"                  the token is kept in {settings.codec_token_file} (0600); it is printed only now",
+        ]
+    where = "DSR_CODEC_TOKEN" if settings.codec_token else str(settings.codec_token_file)
+    return [f"  codec server    {codec_endpoint} (decodes payloads for the UI: endpoint {codec_endpoint}/TOKEN, "
+            f"the token in {where})"]
+
+
 def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes,
-                  with_worker: bool = True) -> None:
+                  with_worker: bool = True, *, codec_token: str | None = None) -> None:
     lines = [
         "dsr is up.",
+        "  A single-user development stack: every local user reaches its Temporal server and UI; use it only on",
+        "  a machine you alone log in to, never for real requests (see README, Security).",
         f"  Temporal        {LOOPBACK}:{port} (namespace {settings.temporal_namespace})",
         f"  Temporal UI     {settings.ui_url}",
-        f"  codec server    {codec_endpoint} (decodes payloads for the UI)",
+        *_codec_lines(settings, codec_endpoint, codec_token),
         f"  worker          {'in this process' if with_worker else 'none (--no-worker): start `dsr worker` processes'}"
         f" on task queue {settings.task_queue}",
         f"  intake          {settings.intake_url} (form, /api/requests, webhooks, /verify, downloads)",

@@ -83,7 +83,9 @@ def build_intake_app(
         ),
         form_router(
             service,
-            csrf_key=bytes.fromhex(keyring.blind_index("form-csrf", purpose="dsr/form-csrf/v1")),
+            # From the current key: rotates with the ring (forms are good for two hours; one opened before a
+            # rotation is simply filled in again).
+            csrf_key=keyring.derive_key("dsr/form-csrf/v2"),
             default_language=language,
             public_path=public_path,
             controller_name=settings.controller_name,

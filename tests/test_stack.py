@@ -7,6 +7,7 @@ import email.policy
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -294,3 +295,104 @@ def test_no_worker_stack_with_demo_faults_waits_for_a_dsr_worker(stack: Stack) -
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
+
+
+def _plain_trusted_erasure_input(stack: Stack, request_id: str) -> str:
+    """The JSON a local user would hand to `temporal workflow start`: a trusted erasure, no key needed."""
+    from dataclasses import replace
+
+    from temporalio.contrib.pydantic import PydanticPayloadConverter
+
+    from dsr.config import Settings
+    from dsr.model import IdentityMethod
+    from intake.submission import Submission, prepare
+
+    settings = Settings.from_env(stack.env)
+    settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))
+    request = prepare(Submission(kind="erasure", email=EMAIL, name=NAME, channel="api"), settings)
+    request = replace(request, request_id=request_id)
+    return PydanticPayloadConverter().to_payloads([request])[0].data.decode()
+
+
+def test_a_local_user_without_the_token_can_neither_decode_nor_start_requests(stack: Stack) -> None:
+    """Issue 12 finding 3: `dsr up` no longer trusts loopback."""
+    import httpx
+
+    stack.up()
+    token_file = stack.home / "codec-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    codec = f"http://127.0.0.1:{stack.env['DSR_CODEC_PORT']}"
+    banner = (stack.home / "up.log").read_text()
+    assert f"{codec}/{token}" in banner and "single-user development stack" in banner
+    nothing = json.dumps({"payloads": []})
+    for path in ("/decode", "/default/decode", "/encode", "/not-the-token/decode"):
+        refused = httpx.post(codec + path, content=nothing)
+        assert refused.status_code == 401 and refused.json() == {"error": "missing or invalid bearer token"}, path
+    assert httpx.post(f"{codec}/{token}/decode", content=nothing).status_code == 200  # the UI's endpoint
+    assert httpx.post(f"{codec}/decode", content=nothing, headers={"Authorization": f"Bearer {token}"}
+                      ).status_code == 200  # the CLI's --codec-auth
+    # The UI server is not handed the token (its command line is readable by every local user).
+    assert token not in subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+
+    # A hand-made start with plain JSON: refused by the worker, so no erasure and no mail.
+    forged = "dsr-2026-12-PLA1N0"
+    started = stack.temporal("workflow", "start", "--type", "DataSubjectRequest", "--task-queue", "dsr-requests",
+                             "--workflow-id", forged, "--input", _plain_trusted_erasure_input(stack, forged))
+    assert started.returncode == 0, started.stderr
+
+    def task_failures() -> list[dict]:
+        shown = stack.temporal("workflow", "show", "-w", forged, "-o", "json")
+        events = json.loads(shown.stdout)["events"] if shown.returncode == 0 else []
+        return [e for e in events if "workflowTaskFailedEventAttributes" in e]
+
+    failures = wait_until(task_failures, "the worker's refusal")
+    shown = stack.temporal("workflow", "show", "-w", forged, "-o", "json").stdout
+    assert "UnencryptedPayloadError" in shown or "RuntimeError" in shown
+    assert "activityTaskScheduledEventAttributes" not in shown and failures
+    assert stack.dsr("history", forged, "--json").returncode != 0  # never recorded in the ledger
+    assert stack.outbox() == []
+    stack.temporal("workflow", "terminate", "-w", forged, "--reason", "test over")
+
+    stack.stop()
+    stack.up()
+    assert (stack.home / "up.log").read_text().count(token) == 1  # printed once, at creation
+    assert token_file.read_text().strip() == token
+
+
+def _umask_of(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def test_every_entry_point_keeps_its_files_private_whatever_the_umask(stack: Stack) -> None:
+    """Issue 12 finding 7: the ledger, Temporal's database and the logs were 0644/0755 under a usual umask."""
+    loose = os.umask(0o022)  # what a shell usually has; every process below inherits it
+    try:
+        stack.up()
+        assert stack.process is not None
+        assert _umask_of(stack.process.pid) == 0o077
+        for name in ("ledger.sqlite3", "temporal.sqlite", "logs/temporal.log", "keys.json", "codec-token"):
+            assert stat.S_IMODE((stack.home / name).stat().st_mode) == 0o600, name
+        for name in ("logs", "outbox", "storage"):
+            assert stat.S_IMODE((stack.home / name).stat().st_mode) == 0o700, name
+        env = {**stack.env, "DSR_CODEC_TOKEN": "a-token-for-this-test-only-0123456789abcdef",
+               "DSR_CODEC_PORT": str(free_port()), "DSR_INTAKE_PORT": str(free_port())}
+        for args in (["dsr", "worker"], ["dsr", "intake"], ["dsr", "codec-server"], ["python", "worker.py"]):
+            process = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
+                                       cwd=Path(__file__).resolve().parents[1])
+            try:
+                seen = wait_until(lambda p=process: _umask_of(p.pid) == 0o077 or p.poll() is not None,
+                                  f"{' '.join(args)} to start", timeout=30)
+                assert seen and process.poll() is None and _umask_of(process.pid) == 0o077, args
+            finally:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+    finally:
+        os.umask(loose)

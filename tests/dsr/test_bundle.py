@@ -303,3 +303,22 @@ def test_memory_stays_bounded_for_a_large_export(storage_url: str, tmp_path: Pat
     assert data_json > limit, "data.json must be larger than the memory allowed, or the test proves nothing"
     assert build_peak < limit, f"peak traced memory while building: {build_peak / 2**20:.1f} MiB"
     assert read_peak < limit, f"peak traced memory while streaming: {read_peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("cell", [
+    "=SUM(A1)", "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1",
+    " =HYPERLINK(\"http://evil.example\")", "\n=1", "  \n\t+1", "\u00a0=1", "\u200b=1", "\u3000@x",
+    "\uff1dHYPERLINK(\"http://evil.example\")", "\uff0b1", "\uff0d1", "\uff20SUM(A1)", "\ufe66 1", "\x00=1",
+])
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted(cell: str) -> None:
+    """Issue 12 finding 9: leading blanks, newlines, controls and full-width signs no longer slip through."""
+    from dsr.bundle import _csv_safe
+
+    assert _csv_safe(cell) == "'" + cell
+
+
+@pytest.mark.parametrize("cell", ["Lyon", "a=b", " Lyon", "", "   ", "1-2", "\u00e9=1", "order #4521 (+33)"])
+def test_csv_cells_that_are_not_formulas_stay_as_they_are(cell: str) -> None:
+    from dsr.bundle import _csv_safe
+
+    assert _csv_safe(cell) == cell

@@ -242,3 +242,45 @@ def test_bad_configuration_is_refused(ring: KeyRing) -> None:
         codec_app(ring, allowed_origin="127.0.0.1:8233", token=None)
     with pytest.raises(ValueError, match="empty"):
         codec_app(ring, allowed_origin=UI, token="")
+
+
+async def test_the_token_as_first_path_segment_is_the_uis_endpoint(ring: KeyRing, http: httpx.AsyncClient) -> None:
+    """The Web UI cannot send a static header: its endpoint is http://host:port/<token>."""
+    body = _body(await _encrypted(ring, EMAIL))
+    for path in (f"/{TOKEN}/decode", f"/{TOKEN}/default/decode"):
+        response = await http.post(path, content=body, headers={"Origin": UI})
+        assert response.status_code == 200, path
+        assert DataConverter.default.payload_converter.from_payloads(_payloads(response)) == [EMAIL]
+    for path in ("/decode", "/wrong/decode", f"/{TOKEN}x/decode", f"/x/{TOKEN}/decode", f"/{TOKEN}"):
+        response = await http.post(path, content=body, headers={"Origin": UI})
+        assert response.status_code in (401, 404), path
+        assert EMAIL not in response.text
+    # the browser's preflight carries no credentials and needs none
+    preflight = await http.options(f"/{TOKEN}/decode", headers={
+        "Origin": UI, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status_code == 204
+
+
+def test_the_local_stacks_token_is_made_once_private_and_reused(tmp_path) -> None:
+    import os
+    import stat
+
+    from dsr.codec_server import CodecTokenError, load_or_create_token
+
+    path = tmp_path / "codec-token"
+    old = os.umask(0)
+    try:
+        token, created = load_or_create_token(path)
+    finally:
+        os.umask(old)
+    assert created and len(token) >= 43 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_token(path) == (token, False)
+    assert load_or_create_token(tmp_path / "other")[0] != token
+    path.chmod(0o644)
+    with pytest.raises(CodecTokenError, match="chmod 600") as err:
+        load_or_create_token(path)
+    assert token not in str(err.value)
+    path.chmod(0o600)
+    path.write_text("short\n")
+    with pytest.raises(CodecTokenError, match="malformed"):
+        load_or_create_token(path)

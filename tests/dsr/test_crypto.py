@@ -19,7 +19,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
-from temporalio.converter import DataConverter
+from temporalio.converter import ActivitySerializationContext, DataConverter, WorkflowSerializationContext
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -30,10 +30,14 @@ with workflow.unsafe.imports_passed_through():
     from dsr.crypto import (
         ENCODING,
         KEY_ID_METADATA_KEY,
+        REFUSED_ENCODING,
+        WORKFLOW_ID_METADATA_KEY,
         DecryptionError,
         EncryptionCodec,
+        ForeignPayloadError,
         KeyRing,
         KeyRingError,
+        UnencryptedPayloadError,
         UnknownKeyError,
         data_converter,
     )
@@ -80,6 +84,70 @@ async def test_data_converter_round_trip_hides_the_email() -> None:
 async def test_codec_passes_through_payloads_it_did_not_encrypt() -> None:
     plain = (await DataConverter.default.encode(["hello"]))[0]
     assert await EncryptionCodec(KeyRing.generate()).decode([plain]) == [plain]
+
+
+async def test_the_engine_converter_refuses_unencrypted_payloads_without_their_data() -> None:
+    """Issue 12 finding 3: a plain payload sent by hand (no key) is refused, at the one value, saying why."""
+    plain = (await DataConverter.default.encode([{"email": EMAIL, "identity": "trusted"}]))[0]
+    codec = EncryptionCodec(KeyRing.generate(), strict=True)
+    [marked] = await codec.decode([plain])
+    assert marked.metadata["encoding"] == REFUSED_ENCODING and not marked.data  # the plaintext is dropped
+    with pytest.raises(Exception) as err:
+        await data_converter(KeyRing.generate()).decode([plain])
+    refusal = err.value if isinstance(err.value, UnencryptedPayloadError) else err.value.__cause__
+    assert isinstance(refusal, UnencryptedPayloadError) and "unencrypted payload" in str(refusal)
+    assert EMAIL not in str(err.value) and EMAIL not in str(refusal)
+    # nothing in a list, or an empty payload, holds data: nothing to refuse
+    assert await codec.decode([]) == []
+    assert await codec.decode([Payload()]) == [Payload()]
+
+
+def _context(workflow_id: str) -> WorkflowSerializationContext:
+    return WorkflowSerializationContext(namespace="default", workflow_id=workflow_id)
+
+
+async def test_payloads_are_bound_to_their_workflow() -> None:
+    """Issue 12 finding 9: a payload copied into another workflow does not open there."""
+    ring = KeyRing.generate()
+    converter = data_converter(ring)
+    payloads = await converter.with_context(_context("dsr-2026-11-AAAAAA")).encode([Person(EMAIL, "A")])
+    assert payloads[0].metadata[WORKFLOW_ID_METADATA_KEY] == b"dsr-2026-11-AAAAAA"
+    # the same workflow (or an activity of it) opens it
+    assert await converter.with_context(_context("dsr-2026-11-AAAAAA")).decode(payloads, [Person]) == [
+        Person(EMAIL, "A")]
+    activity = ActivitySerializationContext(namespace="default", activity_id="1", activity_type="x",
+                                            activity_task_queue="q", workflow_id="dsr-2026-11-AAAAAA",
+                                            workflow_type="DataSubjectRequest", is_local=False)
+    assert await converter.with_context(activity).decode(payloads, [Person]) == [Person(EMAIL, "A")]
+    # the codec server has no context: the id in the metadata is what the AAD binds
+    assert await EncryptionCodec(ring).decode(payloads) == await converter.payload_codec.with_context(
+        _context("dsr-2026-11-AAAAAA")).decode(payloads)
+    # another workflow refuses it, and relabelling the metadata breaks authentication
+    with pytest.raises(ForeignPayloadError):
+        await EncryptionCodec(ring).with_context(_context("dsr-2026-11-BBBBBB")).decode(payloads)
+    relabelled = Payload(metadata={**payloads[0].metadata, WORKFLOW_ID_METADATA_KEY: b"dsr-2026-11-BBBBBB"},
+                         data=payloads[0].data)
+    with pytest.raises(DecryptionError):
+        await EncryptionCodec(ring).with_context(_context("dsr-2026-11-BBBBBB")).decode([relabelled])
+    with pytest.raises(DecryptionError):
+        await EncryptionCodec(ring).decode([relabelled])
+    unbound = Payload(metadata={k: v for k, v in payloads[0].metadata.items() if k != WORKFLOW_ID_METADATA_KEY},
+                      data=payloads[0].data)
+    with pytest.raises(DecryptionError):
+        await EncryptionCodec(ring).decode([unbound])
+    # in the engine's converter, a foreign payload is refused at the value (no workflow task stalls on it)
+    with pytest.raises(Exception) as err:
+        await converter.with_context(_context("dsr-2026-11-BBBBBB")).decode(payloads, [Person])
+    assert isinstance(err.value.__cause__ or err.value, ForeignPayloadError)
+
+
+async def test_payloads_written_before_binding_still_open() -> None:
+    """Histories and stored payloads of the first scheme (constant AAD, no workflow id) stay readable."""
+    ring = KeyRing.generate()
+    legacy = (await EncryptionCodec(ring).encode([Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')]))[0]
+    assert WORKFLOW_ID_METADATA_KEY not in legacy.metadata
+    opened = await EncryptionCodec(ring, strict=True).with_context(_context("dsr-2026-11-AAAAAA")).decode([legacy])
+    assert opened[0].data == b'"x"'
 
 
 async def test_rotation_keeps_old_data_readable_and_encrypts_with_the_new_key(tmp_path: Path) -> None:

@@ -55,8 +55,9 @@ def raw(url: str) -> Iterator[Callable[..., list[Any]]]:
     engine = create_engine(make_url(url).set(drivername="postgresql+psycopg") if "postgresql" in url else url)
 
     def query(sql: str, **params: Any) -> list[Any]:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql), params))
+        with engine.begin() as conn:  # committed: tests also tamper with rows
+            result = conn.execute(text(sql), params)
+            return list(result) if result.returns_rows else []
 
     yield query
     engine.dispose()
@@ -258,9 +259,40 @@ def test_subject_is_sealed_at_rest(ledger: Ledger, sealer: Sealer, raw: Callable
     [(email_sealed, name_sealed, index)] = raw(
         "SELECT subject_email_sealed, subject_name_sealed, subject_index FROM requests"
     )
-    assert sealer.open_text(email_sealed, purpose="subject.email") == EMAIL
-    assert sealer.open_text(name_sealed, purpose="subject.name") == NAME
+    assert sealer.open_text(email_sealed, purpose="subject.email", context="dsr-2026-11-AAAAAA") == EMAIL
+    assert sealer.open_text(name_sealed, purpose="subject.name", context="dsr-2026-11-AAAAAA") == NAME
     assert index == sealer.blind_index(EMAIL.lower(), purpose="subject.email")
+
+
+def test_sealed_fields_are_bound_to_their_request(ledger: Ledger, sealer: Sealer,
+                                                  raw: Callable[..., list[Any]]) -> None:
+    """Issue 12 finding 9: whoever can write the database cannot move a sealed address to another request."""
+    from dsr.crypto import DecryptionError
+
+    ledger.record_request(record("dsr-2026-11-AAAAAA"), now=T0)
+    ledger.record_request(record("dsr-2026-11-BBBBBB", email="someone.else@example.net", name="Someone Else"),
+                          now=T0)
+    [(email_sealed, name_sealed)] = raw(
+        "SELECT subject_email_sealed, subject_name_sealed FROM requests WHERE request_id = :r",
+        r="dsr-2026-11-AAAAAA")
+    with pytest.raises(DecryptionError):
+        sealer.open_text(email_sealed, purpose="subject.email", context="dsr-2026-11-BBBBBB")
+    with pytest.raises(DecryptionError):
+        sealer.open_text(email_sealed, purpose="subject.email")  # the context is needed
+    raw("UPDATE requests SET subject_email_sealed = :e, subject_name_sealed = :n WHERE request_id = :r",
+        e=email_sealed, n=name_sealed, r="dsr-2026-11-BBBBBB")
+    with pytest.raises(DecryptionError):
+        ledger.get_request("dsr-2026-11-BBBBBB")
+    assert ledger.get_request("dsr-2026-11-AAAAAA").subject.email == EMAIL  # type: ignore[union-attr]
+
+
+def test_rows_sealed_before_the_binding_still_open(ledger: Ledger, sealer: Sealer,
+                                                   raw: Callable[..., list[Any]]) -> None:
+    ledger.record_request(record("dsr-2026-11-OLD000"), now=T0)
+    raw("UPDATE requests SET subject_email_sealed = :e, subject_name_sealed = :n",
+        e=sealer.seal_text(EMAIL, purpose="subject.email"), n=sealer.seal_text(NAME, purpose="subject.name"))
+    assert raw("SELECT subject_email_sealed FROM requests")[0][0].startswith("v1.")
+    assert ledger.get_request("dsr-2026-11-OLD000").subject == Subject(EMAIL, NAME)  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

@@ -411,11 +411,12 @@ async def test_unreadable_forms_are_4xx_not_500(env: Env) -> None:
 
 
 def test_tokens_carry_no_personal_data_and_are_url_safe() -> None:
-    links = DownloadLinks(KeyRing.generate())
+    ring = KeyRing.generate()
+    links = DownloadLinks(ring)
     link = links.issue(REFERENCE, now=START)
-    assert re.fullmatch(r"v1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}", link.token)
+    assert re.fullmatch(rf"v2\.{ring.current_key_id}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{{43}}", link.token)
     assert re.fullmatch(r"[0-9]{6}", link.code)
-    decoded = b"".join(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in link.token.split(".")[1:])
+    decoded = b"".join(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in link.token.split(".")[2:])
     for needle in (REFERENCE, REFERENCE.upper(), "7KQ3FJ"):
         assert needle.lower() not in link.token.lower()
         assert needle.encode() not in decoded
@@ -473,3 +474,68 @@ def test_check_code_rules() -> None:
         links.issue("jeanne.martin@example.org", now=START)
     with pytest.raises(ValueError):
         links.issue(REFERENCE, now=datetime(2026, 3, 2))  # naive
+
+
+def test_link_code_and_form_keys_rotate_with_the_key_ring() -> None:
+    """Issue 12 finding 9: they derived from the index key, which never rotates; now from the current key."""
+    from dsr.links import IdentityLinks
+
+    ring = KeyRing.generate("k1")
+    rotated = ring.with_new_key("k2")
+    before, after = DownloadLinks(ring), DownloadLinks(rotated)
+    old = before.issue(REFERENCE, now=START)
+    new = after.issue(REFERENCE, now=START)
+    assert old.token.startswith("v2.k1.") and new.token.startswith("v2.k2.")
+    # signed under the new key: a process holding only the old ring (or another deployment's) cannot verify it
+    with pytest.raises(TamperedLink):
+        before.verify(new.token, now=START)
+    # a link signed before the rotation keeps working, with its code and form field, until it expires
+    assert after.verify(old.token, now=START) == REFERENCE
+    assert after.check_code(old.token, old.code) and after.form_token(old.token) == before.form_token(old.token)
+    with pytest.raises(ExpiredLink):
+        after.verify(old.token, now=START + timedelta(days=8))
+    # the keys really changed: the same body re-signed under k1's label but claiming k2 is refused
+    forged = "v2.k2." + old.token.split(".", 2)[2]
+    with pytest.raises(TamperedLink):
+        after.verify(forged, now=START)
+    # identity codes: issued under the current key; one sent before the rotation still confirms
+    identity_before = IdentityLinks(ring, ttl=timedelta(days=30))
+    identity_after = IdentityLinks(rotated, ttl=timedelta(days=30))
+    assert identity_after.request_code(REFERENCE) != identity_before.request_code(REFERENCE)
+    assert identity_after.check_request_code(REFERENCE, identity_before.request_code(REFERENCE))
+    assert identity_after.check_request_code(REFERENCE, identity_after.request_code(REFERENCE))
+    assert not identity_before.check_request_code(REFERENCE, identity_after.request_code(REFERENCE))
+
+
+def test_links_issued_before_keys_rotated_still_verify_until_they_expire() -> None:
+    """A v1 token (no key id, keys from the index key), as every link issued before this change."""
+    import hashlib
+    import hmac as hmac_
+    import os
+    import struct
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    ring = KeyRing.generate("k1").with_new_key("k2")
+    info = b"dsr/download-link/v1\x00"
+    root = bytes.fromhex(ring.blind_index("download-link-root", purpose="dsr/download-link/v1"))
+
+    def derive(label: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info + label).derive(root)
+
+    header = struct.pack(">Q", int((START + timedelta(days=7)).timestamp()))
+    nonce = os.urandom(12)
+    body = header + nonce + AESGCM(derive(b"enc")).encrypt(nonce, REFERENCE.encode(), info + header)
+    b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()  # noqa: E731
+    signed = f"v1.{b64(body)}"
+    token = f"{signed}.{b64(hmac_.new(derive(b'mac'), signed.encode(), hashlib.sha256).digest())}"
+    digest = hmac_.new(derive(b"code"), token.encode(), hashlib.sha256).digest()
+    code = f"{int.from_bytes(digest[:8], 'big') % 10**6:06d}"
+
+    links = DownloadLinks(ring)
+    assert links.verify(token, now=START) == REFERENCE
+    assert links.check_code(token, code)
+    with pytest.raises(ExpiredLink):
+        links.verify(token, now=START + timedelta(days=7))
