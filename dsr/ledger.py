@@ -467,7 +467,8 @@ class Ledger:
             received_at=_utc(record.received_at, "received_at"),
             deadline=record.deadline,
             classifier_reason=record.classifier_reason,
-            reason_sealed=self._sealer.seal_text(record.reason, purpose=DISMISSAL_PURPOSE),
+            reason_sealed=self._sealer.seal_text(record.reason, purpose=DISMISSAL_PURPOSE,
+                                                context=record.triage_id),
             decided_by=record.decided_by,
             attachments_deleted=record.attachments_deleted,
             dismissed_at=_utc(record.dismissed_at, "dismissed_at"),
@@ -492,7 +493,7 @@ class Ledger:
             return TriageDismissalRecord(
                 triage_id=row.triage_id, received_at=_utc(row.received_at, "received_at"), deadline=row.deadline,
                 classifier_reason=row.classifier_reason,
-                reason=self._sealer.open_text(row.reason_sealed, purpose=DISMISSAL_PURPOSE),
+                reason=self._sealer.open_text(row.reason_sealed, purpose=DISMISSAL_PURPOSE, context=row.triage_id),
                 decided_by=row.decided_by, attachments_deleted=row.attachments_deleted,
                 dismissed_at=_utc(row.dismissed_at, "dismissed_at"))
 
@@ -530,8 +531,9 @@ class Ledger:
                     )
                 )
                 if event.note.strip():
+                    # Bound to its event (key names the request's workflow): it opens there and nowhere else.
                     session.add(EventNoteRow(event_key=key, note_sealed=self._sealer.seal_text(
-                        event.note.strip(), purpose=NOTE_PURPOSE)))
+                        event.note.strip(), purpose=NOTE_PURPOSE, context=key)))
                 changed = False
                 if stage is not None:
                     request.stage, changed = stage, True
@@ -664,7 +666,8 @@ class Ledger:
         with self._session(write=False) as session:
             return [
                 LedgerEvent(at=row.at, event=row.event, actor=row.actor, details=json.loads(row.details),
-                            note=self._sealer.open_text(sealed, purpose=NOTE_PURPOSE) if sealed else "")
+                            note=self._sealer.open_text(sealed, purpose=NOTE_PURPOSE, context=row.event_key)
+                            if sealed else "")
                 for row, sealed in session.execute(statement)
             ]
 
