@@ -39,4 +39,4 @@ class LedgerActivities:
             triage_id=dismissed.triage_id, received_at=dismissed.received_at, deadline=dismissed.deadline,
             classifier_reason=dismissed.classifier_reason, reason=dismissed.reason,
             decided_by=dismissed.decided_by, attachments_deleted=dismissed.attachments_deleted,
-            dismissed_at=dismissed.dismissed_at))
+            dismissed_at=dismissed.dismissed_at, refused_as=dismissed.refused_as, ground=dismissed.ground))

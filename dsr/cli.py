@@ -775,18 +775,31 @@ async def triage_classify(
 @run
 async def triage_dismiss(
     triage_id: TriageId,
-    reason: Annotated[str, typer.Option(help="Why it is not a request (kept as the record).")],
+    reason: Annotated[str, typer.Option(help="Why nothing is done (kept as the record; told to the sender "
+                                                 "with --refuse).")],
+    refuse: Annotated[str | None, typer.Option(
+        help="It is a request of this kind (access, rectification, erasure, portability) that is refused: the "
+             "sender is told why and of the right to complain (Art. 12(4)).")] = None,
+    ground: Annotated[str, typer.Option(help="With --refuse: the ground, as for `dsr refuse`.")] = "excessive",
     by: Actor = "operator",
 ) -> None:
-    """Not a request (spam, newsletter unsubscribe...): close it with the reason."""
-    from dsr.model import TriageDismissal
+    """Not a request (spam...): close it with the reason; or a request refused (--refuse KIND): the sender is told."""
+    from dsr.model import RefusalGround, RequestKind, TriageDismissal
 
     if not reason.strip():
         raise UserError("--reason must not be empty")
+    try:
+        refused_as = RequestKind(refuse) if refuse else None
+        chosen = RefusalGround(ground)
+    except ValueError:
+        raise UserError(f"--refuse must be one of access, rectification, erasure, portability and --ground one of "
+                        f"{', '.join(g.value for g in RefusalGround)} (got {refuse!r}, {ground!r})") from None
     _, client = await _client()
-    await _triage_handle(client, triage_id).execute_update("dismiss", TriageDismissal(reason=reason, decided_by=by),
-                                                            result_type=None)
-    typer.echo(f"{triage_id}: dismissed")
+    await _triage_handle(client, triage_id).execute_update(
+        "dismiss", TriageDismissal(reason=reason, decided_by=by, refused_as=refused_as, ground=chosen),
+        result_type=None)
+    typer.echo(f"{triage_id}: dismissed" + (f"; the sender is told the {refused_as.value} request is refused"
+                                           if refused_as else ""))
 
 
 attachments_app = typer.Typer(help="Files that came with email requests (ID documents).", no_args_is_help=True)

@@ -172,6 +172,8 @@ class TriageDismissalRow(SQLModel, table=True):
     decided_by: str = Field(sa_type=Text)
     attachments_deleted: int = 0
     dismissed_at: datetime = Field(sa_type=UTCDateTime)
+    refused_as: str = Field(default="", sa_type=String(32))  # a request refused (sender told); "": none
+    ground: str = Field(default="", sa_type=String(32))
 
 
 # --- views -----------------------------------------------------------------------------------------
@@ -215,6 +217,8 @@ class TriageDismissalRecord:
     decided_by: str
     attachments_deleted: int
     dismissed_at: datetime  # aware, UTC
+    refused_as: str = ""
+    ground: str = ""
 
 
 @dataclass(frozen=True)
@@ -472,6 +476,8 @@ class Ledger:
             decided_by=record.decided_by,
             attachments_deleted=record.attachments_deleted,
             dismissed_at=_utc(record.dismissed_at, "dismissed_at"),
+            refused_as=record.refused_as,
+            ground=record.ground,
         )
         try:
             with self._session(write=True) as session:
@@ -495,7 +501,7 @@ class Ledger:
                 classifier_reason=row.classifier_reason,
                 reason=self._sealer.open_text(row.reason_sealed, purpose=DISMISSAL_PURPOSE, context=row.triage_id),
                 decided_by=row.decided_by, attachments_deleted=row.attachments_deleted,
-                dismissed_at=_utc(row.dismissed_at, "dismissed_at"))
+                dismissed_at=_utc(row.dismissed_at, "dismissed_at"), refused_as=row.refused_as, ground=row.ground)
 
     def append_event(self, event: AuditEvent, *, key: str, at: datetime) -> bool:
         """Append one event under an idempotency key; False (nothing written) when the key is known.

@@ -646,6 +646,10 @@ class TriageDecision:
 class TriageDismissal:
     reason: str  # e.g. "spam", "newsletter unsubscribe": kept as the record of why nothing was done
     decided_by: str = "operator"
+    # A request the controller will not act on (Art. 12(4)): the sender is told why, on this ground, as the
+    # request of this kind it was; None: not a request at all, nobody is answered.
+    refused_as: RequestKind | None = None
+    ground: RefusalGround = field(default_factory=lambda: RefusalGround.EXCESSIVE)
 
 
 @dataclass
@@ -660,6 +664,8 @@ class TriageDismissed:
     decided_by: str
     attachments_deleted: int
     dismissed_at: datetime
+    refused_as: str = ""  # a request of this kind refused (the sender was told); "": not a request
+    ground: str = ""
 
 
 @dataclass

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         CANONICAL_FIELDS,
         Notice,
         NoticeTemplate,
+        RefusalGround,
         RequestKind,
         TriageDecision,
         TriageDismissal,
@@ -76,6 +77,8 @@ class TriageMessageWorkflow:
             await workflow.wait_condition(lambda: self._decision is not None or self._dismissal is not None)
         if self._dismissal is not None and workflow.patched(DISMISSAL_RECORD):
             await self._record_dismissal(self._dismissal)
+            if self._dismissal.refused_as is not None:
+                await self._tell_refusal(self._dismissal)
         workflow.upsert_search_attributes([sa.DSR_STAGE.value_set("closed")])
         workflow.set_current_details(self._details())
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -102,8 +105,34 @@ class TriageMessageWorkflow:
             TriageDismissed(
                 triage_id=self._item.triage_id, received_at=self._item.received_at, deadline=self._item.deadline,
                 classifier_reason=self._item.reason, reason=dismissal.reason.strip(),
-                decided_by=dismissal.decided_by, attachments_deleted=deleted, dismissed_at=workflow.now()),
+                decided_by=dismissal.decided_by, attachments_deleted=deleted, dismissed_at=workflow.now(),
+                refused_as=RequestKind(dismissal.refused_as).value if dismissal.refused_as else "",
+                ground=RefusalGround(dismissal.ground).value if dismissal.refused_as else ""),
             result_type=bool, summary="record the dismissal", **LEDGER_OPTIONS)
+
+    async def _tell_refusal(self, dismissal: TriageDismissal) -> None:
+        """Art. 12(4): a request the controller does not act on is answered, with the reasons and remedies."""
+        kind = RequestKind(dismissal.refused_as or RequestKind.ACCESS)
+        await workflow.execute_activity(
+            "send_notice",
+            Notice(
+                # Under the triage id: the reserved request id has no ledger row to log the notice against.
+                request_id=self._item.triage_id,
+                template=NoticeTemplate.REFUSAL,
+                to=self._item.email,
+                language=self._item.language,
+                context={
+                    "reference": self._item.request_id,
+                    "kind": kind.value,
+                    "received": self._item.received_on.isoformat(),
+                    "reason": dismissal.reason.strip(),
+                    "ground": RefusalGround(dismissal.ground).value,
+                },
+                in_reply_to=self._item.in_reply_to,
+            ),
+            summary="notice: refusal to the sender",
+            **NOTICE_OPTIONS,
+        )
 
     async def _notify(self, *, reminder: bool) -> None:
         reason = self._item.reason + (" (reminder: the deadline is in a week)" if reminder else "")
@@ -169,6 +198,12 @@ class TriageMessageWorkflow:
         self._reject_if_decided()
         if not dismissal.reason.strip():
             raise RequestRejected("a dismissal needs a reason (kept as the record of why nothing was done)")
+        if dismissal.refused_as is not None:
+            kind, ground = RequestKind(dismissal.refused_as), RefusalGround(dismissal.ground)
+            if ground == RefusalGround.OTHERS_RIGHTS and kind not in (RequestKind.ACCESS, RequestKind.PORTABILITY):
+                raise RequestRejected("the rights of others (Art. 15(4), 20(4)) limit a copy: access or portability")
+            if ground == RefusalGround.ERASURE_EXCEPTION and kind != RequestKind.ERASURE:
+                raise RequestRejected("the exceptions of Art. 17(3) apply to erasure requests only")
 
     def _reject_if_decided(self) -> None:
         if self._deciding:

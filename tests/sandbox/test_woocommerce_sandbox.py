@@ -179,19 +179,16 @@ async def test_per_page_out_of_range_is_rejected(shop: Sandbox, per_page: str) -
     assert "per_page" in response.json()["data"]["params"]
 
 
-async def test_paging_ten_thousand_orders_is_linear(shop: Sandbox) -> None:
+async def test_paging_ten_thousand_orders_sees_each_once(shop: Sandbox) -> None:
+    # How fast is bench/export_heavy.py's question (timed assertions fail on a loaded machine, not on a bug).
     customer = shop.state.add_customer("heavy@example.org")
-    started = time.perf_counter()
     shop.state.bulk_orders(customer["id"], 10_000)
-    assert time.perf_counter() - started < 2.0
-    started = time.perf_counter()
     seen = 0
     for page in range(1, 101):
         response = await shop.get("/orders", {"customer": customer["id"], "per_page": 100, "page": page,
                                               "orderby": "id", "order": "asc"})
         seen += len(response.json())
     assert seen == 10_000 and response.headers["X-WP-TotalPages"] == "100"
-    assert time.perf_counter() - started < 20.0
 
 
 async def test_fields_selects_nested_fields(shop: Sandbox) -> None:

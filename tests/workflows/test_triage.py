@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dsr.model import TriageDismissal, TriageInput, TriageStatus
+from dsr.model import RefusalGround, RequestKind, TriageDismissal, TriageInput, TriageStatus
 from tests.harness import attachments_of
 from tests.workflows.conftest import OPERATOR_EMAIL, Engine
 
@@ -41,3 +41,26 @@ async def test_a_dismissed_email_deletes_its_files_and_is_kept_in_the_ledger(eng
     assert files.list(request_id) == []
     # The operator heard of the message once; nothing went to the sender, and the record names nobody.
     assert len(engine.mail.to(OPERATOR_EMAIL)) == 1 and engine.mail.to(SENDER) == []
+
+
+async def test_a_refusal_from_triage_answers_the_sender_with_the_ground_and_the_remedies(engine: Engine) -> None:
+    """Before: a dismissal answered nobody, even when it was a request the controller would not act on."""
+    request_id = "dsr-2026-03-TRIAG2"
+    item = TriageInput(
+        triage_id=f"triage-{request_id}", request_id=request_id,
+        received_at=datetime.now(UTC), received_on=TODAY, deadline=TODAY + timedelta(days=30),
+        email=SENDER, name="Claire Durand", subject_line="Encore", body="Envoyez-moi tout, encore.",
+        reason="unsure: no clear request", policy=engine.settings.policy,
+    )
+    handle = await engine.client.start_workflow(
+        "TriageMessage", item, id=item.triage_id, task_queue=engine.task_queue)
+    reason = "Sixième demande identique ce mois-ci ; la copie vous a été envoyée le 2 mars."
+    await handle.execute_update("dismiss", TriageDismissal(
+        reason, "dpo@example.com", refused_as=RequestKind.ACCESS, ground=RefusalGround.EXCESSIVE),
+        result_type=TriageStatus)
+    await handle.result()
+    [answer] = engine.mail.to(SENDER)
+    body = answer.get_body(("plain",)).get_content()
+    assert reason in body and "article 12, paragraphe 5" in body and "réclamation" in body
+    kept = engine.ledger.triage_dismissal(item.triage_id)
+    assert kept is not None and (kept.refused_as, kept.ground) == ("access", "excessive")
