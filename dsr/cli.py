@@ -244,6 +244,8 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         typer.echo(f"  reply held (fix the cause, then `dsr retry {state.request_id}`):")
         for line in state.reply_held.splitlines():
             typer.echo(f"    {line}")
+    for line in state.correspondence:
+        typer.echo(f"  the subject wrote: {line}")
     if state.mail_pending:
         typer.echo(f"  mail not delivered yet (retried until the SMTP server takes it): "
                    f"{', '.join(state.mail_pending)}")
@@ -758,6 +760,8 @@ def attachments_list(request_id: RequestId, as_json: JsonOption = False) -> None
         typer.echo(f"{request_id}: no attachments")
     for item in found:
         typer.echo(f"  {item.index}  {item.filename}  {item.content_type}  {item.size} bytes")
+        if item.sender_check:  # what our mail server said of the email's sender: a forged From shows here
+            typer.echo(f"     sender: {item.sender_check}")
 
 
 @attachments_app.command("get")

@@ -249,6 +249,9 @@ class Correspondence:
     received_at: datetime  # our server's receipt instant (IMAP INTERNALDATE)
     attachments: int = 0  # files of this message now stored under the request
     message_id: str | None = None  # the subject's Message-ID: later notices to them answer in its thread
+    # What the receiving mail server said of the sender (DMARC, DKIM, SPF results, no domains), e.g.
+    # "dmarc=pass dkim=pass spf=pass (mx.example.com)"; shown to operators beside the attachments.
+    sender_check: str = ""
 
 
 @dataclass
@@ -488,6 +491,8 @@ class RequestStatus:
     residuals: list[str] = field(default_factory=list)  # residual lines still to clear by hand, if any
     waiting_for: str = ""  # the request of the same person whose systems work this one waits for
     mail_pending: list[str] = field(default_factory=list)  # notices whose first sending failed, still retried
+    # Each reply of the subject recorded on the request: when, files kept, what our mail server said of the sender.
+    correspondence: list[str] = field(default_factory=list)
 
 
 # --- per-subject order ----------------------------------------------------------------------------

@@ -90,6 +90,7 @@ from dsr.deadlines import receipt_date
 from dsr.model import Channel, Correspondence, Language, RequestKind, is_valid_email
 from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore  # noqa: F401 - re-exported
 from dsr.store.attachments import safe_filename as _safe_filename
+from intake.authresults import UNCHECKED, SenderCheck, sender_check
 from intake.inbox import InboundMessage, Inbox, MessageState
 from intake.service import IntakeSink, RateLimited, ReplySink, RequestClosed, TriageItem
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, new_request_id
@@ -138,6 +139,9 @@ class MailboxSettings:
     timeout: float = 60.0  # per IMAP command
     timezone: str = "Europe/Paris"  # the controller's: the month in the reserved request id
     max_backoff: float = 300.0  # seconds, between reconnection attempts
+    # The authserv-id of the server that receives mail for this mailbox: only its Authentication-Results
+    # headers are believed (RFC 8601); None: no sender is checked (operators are told so).
+    authserv_id: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("folder", "processed_folder", "rejected_folder", "triage_folder"):
@@ -219,6 +223,7 @@ class InboundEmail:
     attachments: tuple[Attachment, ...] = ()
     attachments_dropped: int = 0  # over the count or size limit
     thread_ids: tuple[str, ...] = ()  # In-Reply-To, then References from the most recent: what it answers
+    sender_check: SenderCheck = UNCHECKED  # what our mail server said of the From
 
     def key_id(self, raw: bytes) -> str:
         """The Message-ID, or a synthetic one from a hash of the raw bytes when there is none."""
@@ -254,7 +259,11 @@ def auto_reply_reason(headers: Message) -> str | None:
 
 
 def parse_message(
-    raw: bytes, *, max_attachments: int = 5, max_attachment_bytes: int = 10 * 1024 * 1024
+    raw: bytes,
+    *,
+    max_attachments: int = 5,
+    max_attachment_bytes: int = 10 * 1024 * 1024,
+    authserv_id: str | None = None,
 ) -> InboundEmail:
     """Decode a raw RFC 5322 message: MIME structure, transfer encodings, charsets, RFC 2047 words."""
     message = email.message_from_bytes(raw, policy=email.policy.default)
@@ -287,6 +296,7 @@ def parse_message(
         attachments=tuple(attachments),
         attachments_dropped=dropped,
         thread_ids=_thread_ids(message),
+        sender_check=sender_check(message.raw_items(), authserv_id),
     )
 
 
@@ -513,6 +523,8 @@ CORRESPONDENCE = "correspondence"
 """Inbox reason code: a reply about the open request named in ``reference``."""
 CLOSED_REPLY = "closed_reply"
 """Inbox reason code: a reply about the closed request named in ``reference``: to triage."""
+FORGED_REPLY = "dmarc_fail_reply"
+"""Inbox reason code: a reply naming the open request ``reference`` whose sender failed DMARC: to triage."""
 
 
 class Outcome(StrEnum):
@@ -726,6 +738,7 @@ class Mailbox:
                 raw,
                 max_attachments=settings.max_attachments,
                 max_attachment_bytes=settings.max_attachment_bytes,
+                authserv_id=settings.authserv_id,
             )
         except Exception:  # the stdlib parser is lenient; a crash here must not block the inbox forever
             return await self._reject(client, uid, "unparseable")
@@ -790,6 +803,16 @@ class Mailbox:
         if row.reason == CLOSED_REPLY:
             # Never a new request on its own, whatever it says: a person decides (the language still helps).
             kind, reason = None, f"reply about closed request {row.reference}"
+        elif row.reason == FORGED_REPLY:
+            kind, reason = None, f"reply about {row.reference} from a sender that failed DMARC"
+        if message.sender_check.dmarc_failed:
+            # The From domain publishes a DMARC policy and this message fails it: the address is likely forged.
+            # A person looks before anything is asked of or sent to whoever really owns that address.
+            kind = None
+            if row.reason != FORGED_REPLY:
+                reason = f"{reason}; " if row.reason == CLOSED_REPLY else ""
+                reason += "sender failed DMARC"
+            reason += f": the From address may be forged ({message.sender_check.summary()})"
         language = language_enum.value if language_enum is not None else None
         details = _bounded(message.body, MAX_DETAILS)
         in_reply_to = message.message_id  # None for a synthetic id: there is no thread to answer in
@@ -867,7 +890,13 @@ class Mailbox:
             return None
         if found is None:
             return row
-        reason = CLOSED_REPLY if found.closed else CORRESPONDENCE
+        if found.closed:
+            reason = CLOSED_REPLY
+        elif message.sender_check.dmarc_failed:
+            # Whoever forged the subject's address must not add files to their request: triage, never the request.
+            reason = FORGED_REPLY
+        else:
+            reason = CORRESPONDENCE
         return await asyncio.to_thread(
             self._inbox.mark, row.message_key, MessageState.RESERVED, reason=reason, reference=found.request_id
         )
@@ -888,6 +917,7 @@ class Mailbox:
             kept = len(await asyncio.to_thread(self._attachments.parts_from, target, key))
             await self._replies.record_correspondence(target, Correspondence(
                 message_key=key, received_at=received_at, attachments=kept, message_id=message.message_id,
+                sender_check=message.sender_check.summary(),
             ))
         except RequestClosed:
             # Closed since the ledger was read: the files leave the closed request with the message, and the
@@ -913,7 +943,7 @@ class Mailbox:
                 continue
             try:
                 self._attachments.save(request_id, attachment.filename, attachment.content_type, attachment.data,
-                                       source=source, part=part)
+                                       source=source, part=part, sender_check=message.sender_check.summary())
             except AttachmentLimitError:
                 log.warning("mailbox: an attachment of request %s is over the store's limits; not kept", request_id)
 
@@ -922,7 +952,8 @@ class Mailbox:
         self._attachments.delete_all(request_id)
         for attachment in message.attachments:
             try:
-                self._attachments.save(request_id, attachment.filename, attachment.content_type, attachment.data)
+                self._attachments.save(request_id, attachment.filename, attachment.content_type, attachment.data,
+                                       sender_check=message.sender_check.summary())
             except AttachmentLimitError:
                 log.warning("mailbox: an attachment of request %s is over the store's limits; not kept", request_id)
 

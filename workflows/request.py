@@ -195,6 +195,7 @@ class DataSubjectRequest:
         self._correspondence: set[str] = set()  # message keys already recorded: each message counts once
         self._thread_id: str | None = None  # the subject's latest Message-ID: our notices answer in its thread
         self._correspondence_files = False  # attachments came by correspondence since the last deletion
+        self._letters: list[str] = []  # each recorded reply, for the status and the UI (no personal data)
         # The subject's turn (per-subject order): the current ask's number, whether it is out, granted, and
         # which request of the same person holds the turn while this one waits.
         self._turn_round = 0
@@ -739,8 +740,17 @@ class DataSubjectRequest:
             self._thread_id = letter.message_id
         if letter.attachments > 0:
             self._correspondence_files = True
-        await self._audit("subject_wrote", actor="subject", details={"attachments": str(letter.attachments)})
-        await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE, attachments=str(letter.attachments))
+        details = {"attachments": str(letter.attachments)}
+        extra = {"attachments": str(letter.attachments)}
+        if letter.sender_check:  # only mailboxes that record it: older updates replay with the same inputs
+            details["sender_check"] = extra["sender_check"] = letter.sender_check[:300]
+        self._letters.append(
+            f"{letter.received_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {letter.attachments} file(s) kept"
+            + (f"; {letter.sender_check[:300]}" if letter.sender_check else "")
+        )
+        self._update_details()
+        await self._audit("subject_wrote", actor="subject", details=details)
+        await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE, **extra)
         return self._result()
 
     @record_correspondence.validator
@@ -871,6 +881,7 @@ class DataSubjectRequest:
             residuals=list(self._residuals),
             waiting_for=self._turn_holder if self._awaiting_turn else "",
             mail_pending=list(self._mail_pending),
+            correspondence=list(self._letters),
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -970,6 +981,9 @@ class DataSubjectRequest:
         if self._mail_pending:
             lines += ["", f"**mail not delivered yet** (retried until the SMTP server takes it): "
                           f"{', '.join(self._mail_pending)}"]
+        if self._letters:
+            lines += ["", "**the subject wrote** (files: `dsr attachments list`; sender as our mail server "
+                          "checked it):", *(f"- {line}" for line in self._letters)]
         if self._reply_held:
             lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
         if self._residuals:
