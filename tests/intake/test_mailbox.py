@@ -1035,3 +1035,90 @@ def test_authserv_id_setting(tmp_path: Path) -> None:
     assert Settings.from_env({**base, "DSR_MAIL_AUTHSERV_ID": " mx.example.com "}).imap.authserv_id == "mx.example.com"
     with pytest.raises(ConfigError, match="DSR_MAIL_AUTHSERV_ID"):
         Settings.from_env({**base, "DSR_MAIL_AUTHSERV_ID": "mx.example.com; dmarc=pass"})
+
+
+# --- MIME bombs: caps checked before the parser sees the message ---------------------------------------------
+
+
+def many_parts(parts: int, *, sender: str = "jerome.lefevre@example.org") -> bytes:
+    """The review's probe: 40,000 tiny parts (3.6 MB) took a minute to read before the caps."""
+    head = (f"From: Jérôme <{sender}>\r\nTo: privacy@example.com\r\nSubject: Suppression de mes données\r\n"
+            f"Message-ID: <bomb-{parts}.{os.getpid()}@example.org>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n").encode()
+    part = b"--B\r\nContent-Type: text/plain\r\n\r\nhello there, this is one part of a message of many parts\r\n"
+    return head + part * parts + b"--B--\r\n"
+
+
+async def test_forty_thousand_parts_go_to_triage_unread_by_the_cap(env: Env) -> None:
+    env.deliver(many_parts(40_000))
+    env.deliver(message(*ENGLISH_ACCESS))  # the next message is read as usual in the same poll
+
+    report = await env.mailbox(triage_folder="Triage").poll_once()
+
+    assert report == PollReport(submitted=1, triaged=1)
+    (item,) = env.sink.triaged.values()
+    assert item.reason == "message not read: more than 100 MIME parts; the email is in the mailbox's triage folder"
+    assert (item.email, item.subject_line, item.body) == ("jerome.lefevre@example.org",
+                                                          "Suppression de mes données", "")
+    assert env.store.list(item.request_id) == []  # nothing of its body taken in: never half-ingested
+    assert env.count("Triage") == 1 and env.count("INBOX") == 0
+    assert {(r.outcome, r.reason) for r in env.rows()} == {("triaged", None), ("submitted", None)}
+
+
+async def test_a_message_that_takes_too_long_to_read_goes_to_triage_unread(env: Env) -> None:
+    msg = message(*FRENCH_ERASURE)
+    msg.add_attachment(b"%PDF id", maintype="application", subtype="pdf", filename="id.pdf")
+    env.deliver(msg)
+
+    report = await env.mailbox(parse_timeout=0).poll_once()  # no time at all: the bound, not the caps
+
+    assert report == PollReport(triaged=1)
+    (item,) = env.sink.triaged.values()
+    assert item.reason.startswith("message not read: reading it took over 0 s")
+    assert env.store.list(item.request_id) == [] and env.sink.requests == {}
+
+
+def test_mime_scan_counts_what_the_parser_would_split() -> None:
+    from intake.mimescan import MessageTooComplex, check_mime_caps, mime_shape
+
+    assert mime_shape(many_parts(40_000), stop_at_parts=100).parts == 101  # stops counting past the cap
+    assert mime_shape(many_parts(3)).parts == 3 and mime_shape(many_parts(3)).depth == 1
+    check_mime_caps(many_parts(100))
+    with pytest.raises(MessageTooComplex, match="more than 100 MIME parts"):
+        parse_message(many_parts(101))
+    # Bare CRs end lines for the parser too: they cannot hide parts from the scan.
+    with pytest.raises(MessageTooComplex):
+        check_mime_caps(many_parts(101).replace(b"\r\n", b"\r"))
+    # A boundary written as RFC 2231 continuations (which the scan does not assemble): every "--" line counts.
+    continued = many_parts(101).replace(b'boundary="B"', b'boundary*0="B"')
+    assert email_parts(continued) > 100 and mime_shape(continued).parts > 100
+    # Nesting: eleven multiparts one in another.
+    nested = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n"
+    for level in range(1, 12):
+        nested += f"--b{level - 1}\r\nContent-Type: multipart/mixed; boundary=\"b{level}\"\r\n\r\n".encode()
+    nested += b"--b11\r\nContent-Type: text/plain\r\n\r\nhi\r\n" + b"".join(
+        f"--b{level}--\r\n".encode() for level in range(11, -1, -1))
+    assert mime_shape(nested).depth == 12 == email_depth(nested)
+    with pytest.raises(MessageTooComplex, match="nested more than 10 deep"):
+        check_mime_caps(nested)
+    # An ordinary message with an attachment is measured, not refused.
+    ordinary = message(*ENGLISH_ACCESS)
+    ordinary.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename="id.pdf")
+    assert mime_shape(ordinary.as_bytes()).parts == email_parts(ordinary.as_bytes()) == 2
+
+
+def email_parts(raw: bytes) -> int:
+    import email
+    import email.policy
+
+    return sum(1 for _ in email.message_from_bytes(raw, policy=email.policy.default).walk()) - 1
+
+
+def email_depth(raw: bytes) -> int:
+    import email
+    import email.policy
+
+    def depth(part: Any) -> int:
+        return 1 + max((depth(p) for p in part.iter_parts()), default=0) if part.is_multipart() else 0
+
+    return depth(email.message_from_bytes(raw, policy=email.policy.default))
