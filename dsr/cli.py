@@ -660,6 +660,7 @@ async def triage_list(as_json: JsonOption = False) -> None:
 @run
 async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
     """The message itself (personal data: for the operator's eyes) and why it was not classified."""
+    from dsr.model import display_name
     from workflows.triage import TriageMessageWorkflow
 
     _, client = await _client()
@@ -672,7 +673,7 @@ async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
     typer.echo(f"{status.triage_id}  {status.state}  received {status.received.isoformat()}, "
                f"due {status.deadline.isoformat()} if it is a request")
     typer.echo(f"  why: {status.reason}")
-    typer.echo(f"  from: {message.name} <{message.email}>  ({message.language.value})")
+    typer.echo(f"  from: {display_name(message.name)} <{message.email}>  ({message.language.value})")
     typer.echo(f"  subject: {message.subject_line}")
     typer.echo("")
     typer.echo(message.body)

@@ -8,6 +8,7 @@ dataclass so fields can be added later without breaking running workflows (new f
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -87,6 +88,35 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9
 def is_valid_email(address: str) -> bool:
     """True when ``address`` is a plausible single mailbox (no display name, no CR/LF, <= 254 chars)."""
     return len(address) <= 254 and _EMAIL.fullmatch(address) is not None
+
+
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+"""Embeddings, overrides, isolates and marks: they make text read in another order than it is (U+202E turns
+"moc.elpmaxe" into "example.com")."""
+_JOINERS = frozenset("\u200c\u200d")  # ZWNJ/ZWJ: part of how Persian, Indic names and emoji are written
+
+
+def strip_controls(value: str) -> str:
+    """``value`` without bidi controls, control characters or other invisible format characters (ZWNJ and
+    ZWJ kept); line and paragraph breaks become spaces. For text strangers type that others will read."""
+    out = []
+    for char in value:
+        if char in _JOINERS:
+            out.append(char)
+            continue
+        category = unicodedata.category(char)
+        if char in BIDI_CONTROLS or category in ("Cf", "Cs"):
+            continue
+        if category == "Cc" or category in ("Zl", "Zp"):
+            out.append(" ")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def display_name(value: str) -> str:
+    """A person's name as it may be shown or written anywhere: one line, no controls, spaces collapsed."""
+    return " ".join(strip_controls(value).split())
 
 
 @dataclass

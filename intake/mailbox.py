@@ -87,7 +87,7 @@ from sqlalchemy import Engine
 
 from dsr.crypto import KeyRing
 from dsr.deadlines import receipt_date
-from dsr.model import Channel, Correspondence, Language, RequestKind, is_valid_email
+from dsr.model import Channel, Correspondence, Language, RequestKind, display_name, is_valid_email
 from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore  # noqa: F401 - re-exported
 from dsr.store.attachments import safe_filename as _safe_filename
 from intake.authresults import UNCHECKED, SenderCheck, sender_check
@@ -304,7 +304,7 @@ def parse_message(
     return InboundEmail(
         message_id=_message_id(message),
         sender=sender,
-        name=" ".join(name.split())[:MAX_NAME],
+        name=display_name(name)[:MAX_NAME],
         subject=" ".join(_header_text(message, "Subject").split())[:MAX_SUBJECT],
         body=body,
         attachments=tuple(attachments),
@@ -320,7 +320,7 @@ def unread_message(headers: Message, why: str, *, authserv_id: str | None = None
     return InboundEmail(
         message_id=_message_id(headers),
         sender=sender,
-        name=" ".join(name.split())[:MAX_NAME],
+        name=display_name(name)[:MAX_NAME],
         subject=" ".join(_header_text(headers, "Subject").split())[:MAX_SUBJECT],
         body="",
         thread_ids=_thread_ids(headers),

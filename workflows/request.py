@@ -149,6 +149,9 @@ in their systems at the same time; requests without a ``subject_key`` (older inp
 ACK_NONBLOCKING = "ack-nonblocking"
 """Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
 the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
+NAME_AFTER_IDENTITY = "name-after-identity"
+"""Patch id: emails to the subject greet them by the name given with the request only once identity is confirmed
+(or the channel vouched for it); before, anyone could have typed that name beside someone else's address."""
 ACK_LEAD = timedelta(minutes=10)
 """How long a later email to the subject (identity request, reply, ...) waits for the acknowledgement to go
 first; past that it goes on its own, so an acknowledgement that cannot be sent never holds the others."""
@@ -708,8 +711,8 @@ class DataSubjectRequest:
         """A second submission of the same request: recorded and acknowledged, never a second workflow."""
         await self._audit("duplicate_attached", actor="subject", details={"channel": duplicate.channel.value})
         context = self._notice_context()
-        if self._request.subject.name:
-            context["subject_name"] = self._request.subject.name
+        if name := self._greeting_name():
+            context["subject_name"] = name
         await self._send(Notice(
             request_id=self._request.request_id,
             template=NoticeTemplate.DUPLICATE,
@@ -1029,12 +1032,19 @@ class DataSubjectRequest:
             return
         await self._wait(ack.done, ACK_LEAD, "acknowledgement first")
 
+    def _greeting_name(self) -> str:
+        """The name to greet the subject by: the one given with the request, once identity is confirmed."""
+        name = self._request.subject.name
+        if not name or self._identity_confirmed:
+            return name
+        return "" if workflow.patched(NAME_AFTER_IDENTITY) else name
+
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
         if template != NoticeTemplate.ACKNOWLEDGEMENT:
             await self._after_acknowledgement()
         context = self._notice_context(**extra)
-        if self._request.subject.name:
-            context["subject_name"] = self._request.subject.name
+        if name := self._greeting_name():
+            context["subject_name"] = name
         await self._send(
             Notice(
                 request_id=self._request.request_id,

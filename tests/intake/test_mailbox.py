@@ -1122,3 +1122,9 @@ def email_depth(raw: bytes) -> int:
         return 1 + max((depth(p) for p in part.iter_parts()), default=0) if part.is_multipart() else 0
 
     return depth(email.message_from_bytes(raw, policy=email.policy.default))
+
+
+def test_display_name_of_an_email_loses_bidi_and_control_characters() -> None:
+    raw = ("From: =?utf-8?b?" + base64.b64encode("Zoé \u202eMartin\u202c\u200b".encode()).decode()
+           + "?= <zoe@example.org>\r\nSubject: x\r\n\r\nhi\r\n").encode()
+    assert parse_message(raw).name == "Zoé Martin"
