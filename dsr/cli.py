@@ -265,6 +265,8 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         typer.echo(f"  reply held (fix the cause, then `dsr retry {state.request_id}`):")
         for line in state.reply_held.splitlines():
             typer.echo(f"    {line}")
+    for line in state.correspondence:
+        typer.echo(f"  the subject wrote: {line}")
     if state.mail_pending:
         typer.echo(f"  mail not delivered yet (retried until the SMTP server takes it): "
                    f"{', '.join(state.mail_pending)}")
@@ -722,6 +724,7 @@ async def triage_list(as_json: JsonOption = False) -> None:
 @run
 async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
     """The message itself (personal data: for the operator's eyes) and why it was not classified."""
+    from dsr.model import display_name
     from workflows.triage import TriageMessageWorkflow
 
     _, client = await _client()
@@ -734,7 +737,7 @@ async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
     typer.echo(f"{status.triage_id}  {status.state}  received {status.received.isoformat()}, "
                f"due {status.deadline.isoformat()} if it is a request")
     typer.echo(f"  why: {status.reason}")
-    typer.echo(f"  from: {message.name} <{message.email}>  ({message.language.value})")
+    typer.echo(f"  from: {display_name(message.name)} <{message.email}>  ({message.language.value})")
     typer.echo(f"  subject: {message.subject_line}")
     typer.echo("")
     typer.echo(message.body)
@@ -835,6 +838,8 @@ def attachments_list(request_id: RequestId, as_json: JsonOption = False) -> None
         typer.echo(f"{request_id}: no attachments")
     for item in found:
         typer.echo(f"  {item.index}  {item.filename}  {item.content_type}  {item.size} bytes")
+        if item.sender_check:  # what our mail server said of the email's sender: a forged From shows here
+            typer.echo(f"     sender: {item.sender_check}")
 
 
 @attachments_app.command("get")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,20 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+_AUTHSERV_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def _authserv_id(env: Mapping[str, str]) -> str | None:
+    """``DSR_MAIL_AUTHSERV_ID``: a host name-like token (RFC 8601 authserv-id as servers write it)."""
+    raw = (env.get("DSR_MAIL_AUTHSERV_ID") or "").strip()
+    if not raw:
+        return None
+    if not _AUTHSERV_ID.fullmatch(raw):
+        raise ConfigError(f"DSR_MAIL_AUTHSERV_ID must be the authserv-id your mail server writes in "
+                          f"Authentication-Results (e.g. mx.example.com), got {raw!r}")
+    return raw
 
 
 def _choice(env: Mapping[str, str], name: str, enum: type[E], default: E) -> E:
@@ -129,6 +144,9 @@ class ImapSettings:
     rejected_folder: str = "DSR/Rejected"
     poll_seconds: int = 60
     cafile: str | None = None  # a private CA (tests, internal servers); default: the system's
+    # The authserv-id of the server that receives the privacy mailbox's mail: only its Authentication-Results
+    # headers (RFC 8601) are believed; None: senders are not checked, and operators are told so.
+    authserv_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +372,7 @@ class Settings:
                 rejected_folder=env.get("DSR_IMAP_REJECTED_FOLDER") or "DSR/Rejected",
                 poll_seconds=_int(env, "DSR_IMAP_POLL_SECONDS", 60, minimum=5),
                 cafile=env.get("DSR_IMAP_CAFILE") or None,
+                authserv_id=_authserv_id(env),
             ) if env.get("DSR_IMAP_HOST") else None,
             storage_url=storage_url,
         )

@@ -8,6 +8,7 @@ dataclass so fields can be added later without breaking running workflows (new f
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -87,6 +88,35 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9
 def is_valid_email(address: str) -> bool:
     """True when ``address`` is a plausible single mailbox (no display name, no CR/LF, <= 254 chars)."""
     return len(address) <= 254 and _EMAIL.fullmatch(address) is not None
+
+
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+"""Embeddings, overrides, isolates and marks: they make text read in another order than it is (U+202E turns
+"moc.elpmaxe" into "example.com")."""
+_JOINERS = frozenset("\u200c\u200d")  # ZWNJ/ZWJ: part of how Persian, Indic names and emoji are written
+
+
+def strip_controls(value: str) -> str:
+    """``value`` without bidi controls, control characters or other invisible format characters (ZWNJ and
+    ZWJ kept); line and paragraph breaks become spaces. For text strangers type that others will read."""
+    out = []
+    for char in value:
+        if char in _JOINERS:
+            out.append(char)
+            continue
+        category = unicodedata.category(char)
+        if char in BIDI_CONTROLS or category in ("Cf", "Cs"):
+            continue
+        if category == "Cc" or category in ("Zl", "Zp"):
+            out.append(" ")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def display_name(value: str) -> str:
+    """A person's name as it may be shown or written anywhere: one line, no controls, spaces collapsed."""
+    return " ".join(strip_controls(value).split())
 
 
 @dataclass
@@ -300,6 +330,9 @@ class Correspondence:
     received_at: datetime  # our server's receipt instant (IMAP INTERNALDATE)
     attachments: int = 0  # files of this message now stored under the request
     message_id: str | None = None  # the subject's Message-ID: later notices to them answer in its thread
+    # What the receiving mail server said of the sender (DMARC, DKIM, SPF results, no domains), e.g.
+    # "dmarc=pass dkim=pass spf=pass (mx.example.com)"; shown to operators beside the attachments.
+    sender_check: str = ""
 
 
 @dataclass
@@ -547,6 +580,8 @@ class RequestStatus:
     waiting_for: str = ""  # the request of the same person whose systems work this one waits for
     mail_pending: list[str] = field(default_factory=list)  # notices whose first sending failed, still retried
     awaiting_changes: bool = False  # a rectification that did not say what to correct waits for ``dsr rectify``
+    # Each reply of the subject recorded on the request: when, files kept, what our mail server said of the sender.
+    correspondence: list[str] = field(default_factory=list)
 
 
 # --- per-subject order ----------------------------------------------------------------------------

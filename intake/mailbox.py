@@ -87,10 +87,12 @@ from sqlalchemy import Engine
 
 from dsr.crypto import KeyRing
 from dsr.deadlines import receipt_date
-from dsr.model import Channel, Correspondence, Language, RequestKind, is_valid_email
+from dsr.model import Channel, Correspondence, Language, RequestKind, display_name, is_valid_email
 from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore  # noqa: F401 - re-exported
 from dsr.store.attachments import safe_filename as _safe_filename
+from intake.authresults import UNCHECKED, SenderCheck, sender_check
 from intake.inbox import InboundMessage, Inbox, MessageState
+from intake.mimescan import MAX_DEPTH, MAX_PARTS, MessageTooComplex, check_mime_caps
 from intake.service import IntakeSink, RateLimited, ReplySink, RequestClosed, TriageItem
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, new_request_id
 
@@ -138,6 +140,14 @@ class MailboxSettings:
     timeout: float = 60.0  # per IMAP command
     timezone: str = "Europe/Paris"  # the controller's: the month in the reserved request id
     max_backoff: float = 300.0  # seconds, between reconnection attempts
+    # The authserv-id of the server that receives mail for this mailbox: only its Authentication-Results
+    # headers are believed (RFC 8601); None: no sender is checked (operators are told so).
+    authserv_id: str | None = None
+    # MIME caps, checked by a linear scan before the stdlib parser (whose cost grows with the parts) sees the
+    # message; over them, or when parsing takes longer than parse_timeout, the message goes to triage unread.
+    max_parts: int = MAX_PARTS
+    max_depth: int = MAX_DEPTH
+    parse_timeout: float = 30.0  # seconds
 
     def __post_init__(self) -> None:
         for name in ("folder", "processed_folder", "rejected_folder", "triage_folder"):
@@ -219,6 +229,8 @@ class InboundEmail:
     attachments: tuple[Attachment, ...] = ()
     attachments_dropped: int = 0  # over the count or size limit
     thread_ids: tuple[str, ...] = ()  # In-Reply-To, then References from the most recent: what it answers
+    sender_check: SenderCheck = UNCHECKED  # what our mail server said of the From
+    unread: str = ""  # why the body and attachments were not read (over the MIME caps): triage, from headers only
 
     def key_id(self, raw: bytes) -> str:
         """The Message-ID, or a synthetic one from a hash of the raw bytes when there is none."""
@@ -254,9 +266,20 @@ def auto_reply_reason(headers: Message) -> str | None:
 
 
 def parse_message(
-    raw: bytes, *, max_attachments: int = 5, max_attachment_bytes: int = 10 * 1024 * 1024
+    raw: bytes,
+    *,
+    max_attachments: int = 5,
+    max_attachment_bytes: int = 10 * 1024 * 1024,
+    authserv_id: str | None = None,
+    max_parts: int = MAX_PARTS,
+    max_depth: int = MAX_DEPTH,
 ) -> InboundEmail:
-    """Decode a raw RFC 5322 message: MIME structure, transfer encodings, charsets, RFC 2047 words."""
+    """Decode a raw RFC 5322 message: MIME structure, transfer encodings, charsets, RFC 2047 words.
+
+    Raises :class:`~intake.mimescan.MessageTooComplex` (before any parsing) over ``max_parts`` parts or
+    ``max_depth`` levels of nesting.
+    """
+    check_mime_caps(raw, max_parts=max_parts, max_depth=max_depth)
     message = email.message_from_bytes(raw, policy=email.policy.default)
     sender, name = _sender(message)
     body_part = _body_part(message)
@@ -281,12 +304,28 @@ def parse_message(
     return InboundEmail(
         message_id=_message_id(message),
         sender=sender,
-        name=" ".join(name.split())[:MAX_NAME],
+        name=display_name(name)[:MAX_NAME],
         subject=" ".join(_header_text(message, "Subject").split())[:MAX_SUBJECT],
         body=body,
         attachments=tuple(attachments),
         attachments_dropped=dropped,
         thread_ids=_thread_ids(message),
+        sender_check=sender_check(message.raw_items(), authserv_id),
+    )
+
+
+def unread_message(headers: Message, why: str, *, authserv_id: str | None = None) -> InboundEmail:
+    """A message known by its headers only (``why`` says why its body was not read): for triage."""
+    sender, name = _sender(headers)
+    return InboundEmail(
+        message_id=_message_id(headers),
+        sender=sender,
+        name=display_name(name)[:MAX_NAME],
+        subject=" ".join(_header_text(headers, "Subject").split())[:MAX_SUBJECT],
+        body="",
+        thread_ids=_thread_ids(headers),
+        sender_check=sender_check(headers.raw_items(), authserv_id),
+        unread=why,
     )
 
 
@@ -513,6 +552,8 @@ CORRESPONDENCE = "correspondence"
 """Inbox reason code: a reply about the open request named in ``reference``."""
 CLOSED_REPLY = "closed_reply"
 """Inbox reason code: a reply about the closed request named in ``reference``: to triage."""
+FORGED_REPLY = "dmarc_fail_reply"
+"""Inbox reason code: a reply naming the open request ``reference`` whose sender failed DMARC: to triage."""
 
 
 class Outcome(StrEnum):
@@ -721,11 +762,26 @@ class Mailbox:
             log.warning("mailbox: message uid=%d has an unreadable INTERNALDATE; using the current time", uid)
             received_at = datetime.now(UTC)
         try:  # in a thread: decoding 25 MB of base64 must not stall the intake app sharing this event loop
-            message = await asyncio.to_thread(
+            message = await asyncio.wait_for(asyncio.to_thread(
                 parse_message,
                 raw,
                 max_attachments=settings.max_attachments,
                 max_attachment_bytes=settings.max_attachment_bytes,
+                authserv_id=settings.authserv_id,
+                max_parts=settings.max_parts,
+                max_depth=settings.max_depth,
+            ), settings.parse_timeout)
+        except MessageTooComplex as exc:  # found by the pre-scan, before any parsing: a person looks at it
+            log.warning("mailbox: message uid=%d not read (%s); sent to triage", uid, exc)
+            message = unread_message(headers, f"message not read: {exc}", authserv_id=settings.authserv_id)
+        except TimeoutError:
+            # A shape the caps did not foresee. The thread cannot be stopped and finishes in the background,
+            # but the poll goes on and nothing of the message was taken in: it goes to triage unread.
+            log.warning("mailbox: message uid=%d took over %.0f s to read; sent to triage unread", uid,
+                        settings.parse_timeout)
+            message = unread_message(
+                headers, f"message not read: reading it took over {settings.parse_timeout:.0f} s",
+                authserv_id=settings.authserv_id,
             )
         except Exception:  # the stdlib parser is lenient; a crash here must not block the inbox forever
             return await self._reject(client, uid, "unparseable")
@@ -765,7 +821,7 @@ class Mailbox:
         self, row: InboundMessage, message: InboundEmail, received_at: datetime, uid: int
     ) -> InboundMessage:
         """Steps 3-5 of the protocol for a reserved message; returns the row (still reserved: deferred)."""
-        if row.reason is None and not row.attachments_stored:
+        if row.reason is None and not row.attachments_stored and not message.unread:
             # Not decided yet (attachments stored means the normal path was taken before a crash: keep it).
             recognised = await self._recognise_reply(row, message, uid)
             if recognised is None:
@@ -787,9 +843,21 @@ class Mailbox:
         except Exception as exc:  # a classifier bug must not block the inbox: a human decides instead
             log.error("mailbox: classifier failed on message uid=%d (%s); sent to triage", uid, type(exc).__name__)
             kind, language_enum, reason = None, None, "classifier failed"
+        if message.unread:
+            kind, reason = None, f"{message.unread}; the email is in the mailbox's triage folder"
         if row.reason == CLOSED_REPLY:
             # Never a new request on its own, whatever it says: a person decides (the language still helps).
             kind, reason = None, f"reply about closed request {row.reference}"
+        elif row.reason == FORGED_REPLY:
+            kind, reason = None, f"reply about {row.reference} from a sender that failed DMARC"
+        if message.sender_check.dmarc_failed:
+            # The From domain publishes a DMARC policy and this message fails it: the address is likely forged.
+            # A person looks before anything is asked of or sent to whoever really owns that address.
+            kind = None
+            if row.reason != FORGED_REPLY:
+                reason = f"{reason}; " if row.reason == CLOSED_REPLY or message.unread else ""
+                reason += "sender failed DMARC"
+            reason += f": the From address may be forged ({message.sender_check.summary()})"
         language = language_enum.value if language_enum is not None else None
         details = _bounded(message.body, MAX_DETAILS)
         in_reply_to = message.message_id  # None for a synthetic id: there is no thread to answer in
@@ -867,7 +935,13 @@ class Mailbox:
             return None
         if found is None:
             return row
-        reason = CLOSED_REPLY if found.closed else CORRESPONDENCE
+        if found.closed:
+            reason = CLOSED_REPLY
+        elif message.sender_check.dmarc_failed:
+            # Whoever forged the subject's address must not add files to their request: triage, never the request.
+            reason = FORGED_REPLY
+        else:
+            reason = CORRESPONDENCE
         return await asyncio.to_thread(
             self._inbox.mark, row.message_key, MessageState.RESERVED, reason=reason, reference=found.request_id
         )
@@ -888,6 +962,7 @@ class Mailbox:
             kept = len(await asyncio.to_thread(self._attachments.parts_from, target, key))
             await self._replies.record_correspondence(target, Correspondence(
                 message_key=key, received_at=received_at, attachments=kept, message_id=message.message_id,
+                sender_check=message.sender_check.summary(),
             ))
         except RequestClosed:
             # Closed since the ledger was read: the files leave the closed request with the message, and the
@@ -913,7 +988,7 @@ class Mailbox:
                 continue
             try:
                 self._attachments.save(request_id, attachment.filename, attachment.content_type, attachment.data,
-                                       source=source, part=part)
+                                       source=source, part=part, sender_check=message.sender_check.summary())
             except AttachmentLimitError:
                 log.warning("mailbox: an attachment of request %s is over the store's limits; not kept", request_id)
 
@@ -922,7 +997,8 @@ class Mailbox:
         self._attachments.delete_all(request_id)
         for attachment in message.attachments:
             try:
-                self._attachments.save(request_id, attachment.filename, attachment.content_type, attachment.data)
+                self._attachments.save(request_id, attachment.filename, attachment.content_type, attachment.data,
+                                       sender_check=message.sender_check.summary())
             except AttachmentLimitError:
                 log.warning("mailbox: an attachment of request %s is over the store's limits; not kept", request_id)
 

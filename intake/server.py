@@ -125,6 +125,7 @@ async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, serv
             folder=imap.folder,
             processed_folder=imap.processed_folder,
             rejected_folder=imap.rejected_folder,
+            authserv_id=imap.authserv_id,
             poll_interval=float(imap.poll_seconds),
             cafile=Path(imap.cafile) if imap.cafile else None,
             timezone=settings.policy.timezone,

@@ -32,6 +32,7 @@ from dsr.model import (
     RequestKind,
     RequestPolicy,
     Subject,
+    display_name,
     is_valid_email,
 )
 
@@ -88,7 +89,8 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     email = submission.email.strip()
     if not is_valid_email(email):
         raise SubmissionError("email is not a valid address")
-    name = " ".join(submission.name.split())
+    # Bidi overrides and invisible characters removed, whatever the channel: the name is written into emails.
+    name = display_name(submission.name)
     if len(name) > MAX_NAME:
         raise SubmissionError(f"name is longer than {MAX_NAME} characters")
     if len(submission.details) > MAX_DETAILS:

@@ -39,17 +39,17 @@ from jinja2.nodes import EvalContext
 from jinja2.runtime import Macro
 from markupsafe import Markup, escape
 
-from dsr.model import OPERATOR_TEMPLATES, Language, NoticeTemplate, RequestKind, Stage
+from dsr.model import OPERATOR_TEMPLATES, Language, NoticeTemplate, RequestKind, Stage, strip_controls
 from dsr.profile import SupervisoryAuthority
 
-__all__ = ["CONTEXT_KEYS", "OPERATOR_KEYS", "RenderedNotice", "render_notice"]
+__all__ = ["CONTEXT_KEYS", "OPERATOR_KEYS", "PRE_IDENTITY_TEMPLATES", "RenderedNotice", "render_notice"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 
 CONTEXT_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "previous_deadline", "reason", "subject_name",
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
-    "connector", "error", "residuals", "reminder", "attachments",
+    "connector", "error", "residuals", "reminder", "attachments", "sender_check",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
     "suspended", "suspended_on", "resumed_on", "document_reason",
 })
@@ -57,9 +57,16 @@ CONTEXT_KEYS = frozenset({
 
 OPERATOR_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector", "error",
-    "residuals", "reminder", "attachments",
+    "residuals", "reminder", "attachments", "sender_check",
 })
 """The only keys operator notices receive: nothing that names or reaches the data subject."""
+
+PRE_IDENTITY_TEMPLATES = frozenset({
+    NoticeTemplate.ACKNOWLEDGEMENT, NoticeTemplate.IDENTITY_REQUEST, NoticeTemplate.IDENTITY_REMINDER,
+    NoticeTemplate.UNVERIFIED, NoticeTemplate.DUPLICATE, NoticeTemplate.IDENTITY_DOUBT,
+})
+"""Notices that go out before identity is confirmed, to an address anyone may have typed: they never carry the
+name given with the request (the workflow also leaves it out of every other notice until identity is confirmed)."""
 
 _MULTILINE_KEYS = frozenset({"reason", "error", "residuals"})
 _URL_KEYS = frozenset({"verify_url", "ui_url"})
@@ -318,8 +325,9 @@ ENVIRONMENT = _build_environment()
 
 
 def one_line(value: str) -> str:
-    """Collapse every run of whitespace or control characters (CR, LF, U+2028...) to one space."""
-    return _SPACES.sub(" ", value).strip()
+    """Collapse every run of whitespace or control characters (CR, LF, U+2028...) to one space; bidi controls
+    and other invisible format characters are dropped (a U+202E would make the text read backwards)."""
+    return _SPACES.sub(" ", strip_controls(value)).strip()
 
 
 def _is_http_url(value: str) -> bool:
@@ -336,8 +344,11 @@ def _clean_context(template: NoticeTemplate, context: Mapping[str, str]) -> dict
         if key not in allowed or raw is None:
             continue
         value = str(raw)
+        if key == "subject_name" and template in PRE_IDENTITY_TEMPLATES:
+            continue  # whoever typed the name may not be the owner of the address: greet without it
         if key in _MULTILINE_KEYS:
-            value = _CONTROL.sub("", value.replace("\r\n", "\n").replace("\r", "\n")).strip()
+            text = value.replace("\r\n", "\n").replace("\r", "\n")
+            value = "\n".join(strip_controls(line) for line in _CONTROL.sub("", text).split("\n")).strip()
         else:
             value = one_line(value)
         if key in _URL_KEYS and not _is_http_url(value):

@@ -168,6 +168,9 @@ in their systems at the same time; requests without a ``subject_key`` (older inp
 ACK_NONBLOCKING = "ack-nonblocking"
 """Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
 the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
+NAME_AFTER_IDENTITY = "name-after-identity"
+"""Patch id: emails to the subject greet them by the name given with the request only once identity is confirmed
+(or the channel vouched for it); before, anyone could have typed that name beside someone else's address."""
 ACK_LEAD = timedelta(minutes=10)
 """How long a later email to the subject (identity request, reply, ...) waits for the acknowledgement to go
 first; past that it goes on its own, so an acknowledgement that cannot be sent never holds the others."""
@@ -217,6 +220,7 @@ class DataSubjectRequest:
         self._correspondence: set[str] = set()  # message keys already recorded: each message counts once
         self._thread_id: str | None = None  # the subject's latest Message-ID: our notices answer in its thread
         self._correspondence_files = False  # attachments came by correspondence since the last deletion
+        self._letters: list[str] = []  # each recorded reply, for the status and the UI (no personal data)
         # The subject's turn (per-subject order): the current ask's number, whether it is out, granted, and
         # which request of the same person holds the turn while this one waits.
         self._turn_round = 0
@@ -789,8 +793,8 @@ class DataSubjectRequest:
         """A second submission of the same request: recorded and acknowledged, never a second workflow."""
         await self._audit("duplicate_attached", actor="subject", details={"channel": duplicate.channel.value})
         context = self._notice_context()
-        if self._request.subject.name:
-            context["subject_name"] = self._request.subject.name
+        if name := self._greeting_name():
+            context["subject_name"] = name
         await self._send(Notice(
             request_id=self._request.request_id,
             template=NoticeTemplate.DUPLICATE,
@@ -821,11 +825,20 @@ class DataSubjectRequest:
             self._thread_id = letter.message_id
         if letter.attachments > 0:
             self._correspondence_files = True
-        await self._audit("subject_wrote", actor="subject", details={"attachments": str(letter.attachments)})
+        details = {"attachments": str(letter.attachments)}
+        extra = {"attachments": str(letter.attachments)}
+        if letter.sender_check:  # only mailboxes that record it: older updates replay with the same inputs
+            details["sender_check"] = extra["sender_check"] = letter.sender_check[:300]
+        self._letters.append(
+            f"{letter.received_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {letter.attachments} file(s) kept"
+            + (f"; {letter.sender_check[:300]}" if letter.sender_check else "")
+        )
+        self._update_details()
+        await self._audit("subject_wrote", actor="subject", details=details)
         if letter.attachments > 0 and not self._identity_confirmed:
             # The subject sent what was asked: the suspension ends on receipt, not when staff review it.
             await self._resume_clock()
-        await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE, attachments=str(letter.attachments))
+        await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE, **extra)
         return self._result()
 
     @record_correspondence.validator
@@ -1052,6 +1065,7 @@ class DataSubjectRequest:
             waiting_for=self._turn_holder if self._awaiting_turn else "",
             mail_pending=list(self._mail_pending),
             awaiting_changes=self._awaiting_changes,
+            correspondence=list(self._letters),
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -1151,6 +1165,9 @@ class DataSubjectRequest:
         if self._mail_pending:
             lines += ["", f"**mail not delivered yet** (retried until the SMTP server takes it): "
                           f"{', '.join(self._mail_pending)}"]
+        if self._letters:
+            lines += ["", "**the subject wrote** (files: `dsr attachments list`; sender as our mail server "
+                          "checked it):", *(f"- {line}" for line in self._letters)]
         if self._reply_held:
             lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
         if self._residuals:
@@ -1197,12 +1214,19 @@ class DataSubjectRequest:
             return
         await self._wait(ack.done, ACK_LEAD, "acknowledgement first")
 
+    def _greeting_name(self) -> str:
+        """The name to greet the subject by: the one given with the request, once identity is confirmed."""
+        name = self._request.subject.name
+        if not name or self._identity_confirmed:
+            return name
+        return "" if workflow.patched(NAME_AFTER_IDENTITY) else name
+
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
         if template != NoticeTemplate.ACKNOWLEDGEMENT:
             await self._after_acknowledgement()
         context = self._notice_context(**extra)
-        if self._request.subject.name:
-            context["subject_name"] = self._request.subject.name
+        if name := self._greeting_name():
+            context["subject_name"] = name
         await self._send(
             Notice(
                 request_id=self._request.request_id,

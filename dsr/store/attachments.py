@@ -31,6 +31,9 @@ class AttachmentInfo:
     filename: str
     content_type: str
     size: int
+    # What the receiving mail server said of the sender of the email it came with (DMARC, DKIM, SPF), as
+    # intake.authresults words it; "" for files stored before it was recorded.
+    sender_check: str = ""
 
 
 class AttachmentLimitError(ValueError):
@@ -97,11 +100,20 @@ class AttachmentStore:
         return sorted(found)
 
     def save(
-        self, request_id: str, filename: str, content_type: str, data: bytes, *, source: str = "", part: int = 0
+        self,
+        request_id: str,
+        filename: str,
+        content_type: str,
+        data: bytes,
+        *,
+        source: str = "",
+        part: int = 0,
+        sender_check: str = "",
     ) -> AttachmentInfo:
         """Store one attachment; raises :class:`AttachmentLimitError` over the size or count limit.
 
-        ``source`` and ``part`` name the message and its part the file came from (see :meth:`parts_from`).
+        ``source`` and ``part`` name the message and its part the file came from (see :meth:`parts_from`);
+        ``sender_check`` what the receiving mail server said of its sender, shown beside the file.
         """
         prefix = self.prefix(request_id)
         if len(data) > self.max_bytes:
@@ -122,10 +134,13 @@ class AttachmentStore:
         fields: dict[str, Any] = {"filename": info_name, "content_type": info_type, "size": len(data)}
         if source:
             fields.update(source=source, part=int(part))
+        if sender_check:
+            fields["sender_check"] = str(sender_check)[:300]
         meta = json.dumps(fields).encode()
         self.objects.put(f"{prefix}{index}.meta", self._seal(meta, self._aad(request_id, index, "meta")),
                          if_absent=True)
-        return AttachmentInfo(index=index, filename=info_name, content_type=info_type, size=len(data))
+        return AttachmentInfo(index=index, filename=info_name, content_type=info_type, size=len(data),
+                              sender_check=str(fields.get("sender_check", "")))
 
     def _metas(self, request_id: str) -> builtins.list[tuple[int, dict[str, Any]]]:
         prefix = self.prefix(request_id)
@@ -141,7 +156,8 @@ class AttachmentStore:
     def list(self, request_id: str) -> builtins.list[AttachmentInfo]:
         """The request's attachments, oldest first (filenames decrypted)."""
         return [
-            AttachmentInfo(index, str(meta["filename"]), str(meta["content_type"]), int(meta["size"]))
+            AttachmentInfo(index, str(meta["filename"]), str(meta["content_type"]), int(meta["size"]),
+                           str(meta.get("sender_check", "")))
             for index, meta in self._metas(request_id)
         ]
 
@@ -171,7 +187,7 @@ class AttachmentStore:
             if meta.get("source") != source or int(meta.get("part", 0)) in present:
                 continue
             self.save(to_request, str(meta["filename"]), str(meta["content_type"]), self.read(from_request, index),
-                      source=source, part=int(meta.get("part", 0)))
+                      source=source, part=int(meta.get("part", 0)), sender_check=str(meta.get("sender_check", "")))
         return self.delete_from(from_request, source)
 
     def read(self, request_id: str, index: int) -> bytes:
@@ -191,7 +207,8 @@ class AttachmentStore:
         """Re-file the attachments of one request under another (a message attached to an open request)."""
         moved = 0
         for info in self.list(from_request):
-            self.save(to_request, info.filename, info.content_type, self.read(from_request, info.index))
+            self.save(to_request, info.filename, info.content_type, self.read(from_request, info.index),
+                      sender_check=info.sender_check)
             moved += 1
         self.delete_all(from_request)
         return moved

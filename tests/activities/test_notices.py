@@ -210,7 +210,9 @@ async def test_hostile_name_and_display_name_cannot_add_headers() -> None:
     async with smtp_server(collector) as port:
         acts = activities(port, from_name=HOSTILE)
         await ActivityEnvironment().run(
-            acts.send_notice, notice(context=hostile_context, in_reply_to="<a@b.example>\r\nBcc: x@evil.test")
+            # A notice sent after identity is confirmed: those before it never carry the name at all.
+            acts.send_notice, notice(template=NoticeTemplate.COMPLETED, context=hostile_context,
+                                     in_reply_to="<a@b.example>\r\nBcc: x@evil.test")
         )
 
     [(_, rcpt_tos, raw)] = collector.envelopes

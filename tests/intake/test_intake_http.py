@@ -456,14 +456,14 @@ class SimulatedCrash(BaseException):
     """The intake process dies: nothing in the poller may catch it (like a kill)."""
 
 
-def _privacy_mailbox(intake: Intake, dovecot, user):  # noqa: F811 - the real IMAPS server fixture
+def _privacy_mailbox(intake: Intake, dovecot, user, authserv_id: str | None = None):  # noqa: F811
     from intake.mailbox import Mailbox, MailboxSettings
 
     store = attachments_of(intake.settings)
     mailbox = Mailbox(
         MailboxSettings(host="127.0.0.1", port=dovecot.port, username=user.username, password=user.password,
                         ssl_context=dovecot.ssl_context(), processed_folder="DSR/Processed",
-                        triage_folder="DSR/Triage"),
+                        triage_folder="DSR/Triage", authserv_id=authserv_id),
         intake.service, engine=intake.ledger.engine, keyring=TEST_KEYRING, attachments=store,
     )
     return mailbox, store
@@ -525,7 +525,8 @@ async def test_reply_from_the_subject_with_an_id_copy_is_correspondence_not_from
     assert [(a.filename, store.read(reference, a.index)) for a in store.list(reference)] == [
         ("carte-identite.pdf", b"%PDF-1.4 carte d'identite")]
     wrote = await _events(intake, reference, "subject_wrote")
-    assert [(e.actor, e.details) for e in wrote] == [("subject", {"attachments": "1"})]
+    assert [(e.actor, e.details) for e in wrote] == [
+        ("subject", {"attachments": "1", "sender_check": "sender not checked (DSR_MAIL_AUTHSERV_ID is not set)"})]
     assert len(await _sent(intake, reference, "operator_correspondence")) == 1
     # The subject's reply started nothing new; Mallory's message took the normal path, with its own file.
     assert [r.request_id for r in intake.ledger.requests() if r.subject.email == "camille.durand@example.org"] \
@@ -551,6 +552,58 @@ async def test_reply_from_the_subject_with_an_id_copy_is_correspondence_not_from
         "confirm_identity", IdentityConfirmation(method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"))
     await poll(lambda: _events(intake, reference, "identity_documents_deleted"))
     assert store.list(reference) == []
+
+
+async def test_forged_reply_failing_dmarc_is_triaged_and_the_genuine_ones_verdict_shown_to_the_operator(
+    intake: Intake, dovecot  # noqa: F811
+) -> None:
+    from workflows.request import DataSubjectRequest
+    from workflows.triage import TriageMessageWorkflow
+
+    reference = (await intake.http.post("/api/requests", json=api_body())).json()["reference"]
+    identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
+    user = dovecot.new_user()
+    now = datetime.now(UTC)
+    # What our receiving server (authserv-id mx.privacy.example.com) wrote on top of each message.
+    verdict = "Authentication-Results: mx.privacy.example.com; dmarc={} header.from=example.org; dkim={}; spf={}\r\n"
+    forged = _reply(identity_mail, sender="Camille Durand <camille.durand@example.org>",
+                    attachment=("fake-id.pdf", b"%PDF-1.4 not camille"))
+    dovecot.deliver(user, verdict.format("fail", "none", "fail").encode() + forged.as_bytes(),
+                    received_at=now - timedelta(minutes=2))
+    genuine = _reply(identity_mail, sender="Camille Durand <camille.durand@example.org>")
+    dovecot.deliver(user, verdict.format("pass", "pass", "pass").encode() + genuine.as_bytes(),
+                    received_at=now - timedelta(minutes=1))
+    mailbox, store = _privacy_mailbox(intake, dovecot, user, authserv_id="mx.privacy.example.com")
+    mails_before = len(intake.mail.messages)
+
+    report = await mailbox.poll_once()
+
+    assert report.corresponded == 1 and report.triaged == 1 and report.submitted == 0, report
+    checked = "dmarc=pass dkim=pass spf=pass (mx.privacy.example.com)"
+    # Only the genuine file is under the request, with the verdict beside it (what `dsr attachments list` shows).
+    assert [(a.filename, a.sender_check) for a in store.list(reference)] == [("carte-identite.pdf", checked)]
+    wrote = await _events(intake, reference, "subject_wrote")
+    assert [e.details for e in wrote] == [{"attachments": "1", "sender_check": checked}]  # `dsr history`
+    handle = intake.client.get_workflow_handle(reference)
+    state = await handle.query(DataSubjectRequest.status)  # `dsr status`
+    assert len(state.correspondence) == 1 and state.correspondence[0].endswith(f"1 file(s) kept; {checked}")
+    from temporalio.api.sdk.v1 import WorkflowMetadata
+
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)  # the UI's details
+    assert "the subject wrote" in metadata.current_details and checked in metadata.current_details
+    await wait_for_mail(intake.mail, mails_before + 1)
+    [notice] = [m for rcpt, m in intake.mail.messages
+                if "dpo@example.com" in rcpt and reference in str(m["Subject"]) and "message du demandeur"
+                in str(m["Subject"])]
+    assert checked in _decoded(notice)
+    # The forged one waits in triage, its file with it, never under the request.
+    [row] = [r for r in _inbox_rows(intake) if r.outcome == "triaged"]
+    assert (row.reason, row.reference) == ("dmarc_fail_reply", reference)
+    triage = await intake.client.get_workflow_handle_for(
+        TriageMessageWorkflow.run, f"triage-{row.request_id}").query(TriageMessageWorkflow.status)
+    assert triage.reason.startswith(f"reply about {reference} from a sender that failed DMARC")
+    assert [a.filename for a in store.list(row.request_id)] == ["fake-id.pdf"]
+    assert [r.request_id for r in intake.ledger.requests()] == [reference]  # nothing new started
 
 
 async def test_reply_about_a_closed_request_goes_to_triage(intake: Intake, dovecot) -> None:  # noqa: F811

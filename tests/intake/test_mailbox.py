@@ -543,7 +543,8 @@ async def test_id_document_attachment_is_stored_encrypted(env: Env) -> None:
     assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
 
     (request_id,) = env.sink.requests
-    assert env.store.list(request_id) == [AttachmentInfo(1, "passeport Jérôme.jpg", "image/jpeg", len(scan))]
+    assert env.store.list(request_id) == [AttachmentInfo(1, "passeport Jérôme.jpg", "image/jpeg", len(scan),
+                                                         "sender not checked (DSR_MAIL_AUTHSERV_ID is not set)")]
     assert env.store.read(request_id, 1) == scan
     directory = env.tmp / "storage" / "attachments" / request_id
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
@@ -918,3 +919,212 @@ def test_thread_ids_are_in_reply_to_then_references_newest_first() -> None:
 
 def test_message_state_machine_values() -> None:
     assert [s.value for s in MessageState] == ["reserved", "submitted", "triaged", "rejected", "moved"]
+
+
+# --- the sender as our mail server checked it (Authentication-Results, RFC 8601) ---------------------------
+
+AUTHSERV = "mx.privacy.example.com"
+
+
+def authenticated(msg: EmailMessage, *results: str) -> bytes:
+    """The message as our receiving server hands it to the mailbox: its verdict headers on top, in order."""
+    on_top = b"".join(f"Authentication-Results: {AUTHSERV};\r\n\t{r}\r\n".encode() for r in results)
+    return on_top + msg.as_bytes().replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
+
+
+DMARC_FAIL = "dmarc=fail (p=reject dis=reject) header.from=example.org; dkim=none; spf=fail smtp.mailfrom=example.org"
+DMARC_PASS = "dmarc=pass (p=quarantine) header.from=example.org; dkim=pass header.d=example.org; spf=pass"
+
+
+async def test_forged_reply_failing_dmarc_goes_to_triage_not_to_the_request(env: Env) -> None:
+    sink = reply_env(env)
+    forged = reply()  # the subject's address in From, the reference in Subject, an "ID copy" attached
+    # The forger also wrote an Authentication-Results claiming our server and a pass, below our server's.
+    forged["Authentication-Results"] = f"{AUTHSERV}; dmarc=pass header.from=example.org; dkim=pass; spf=pass"
+    env.deliver(authenticated(forged, DMARC_FAIL))
+
+    report = await env.mailbox(classifier=fixed(RequestKind.ACCESS), authserv_id=AUTHSERV).poll_once()
+
+    assert report == PollReport(triaged=1)
+    assert sink.updates == [] and sink.recorded == {}  # the request is not told
+    assert env.store.list(OPEN_REQUEST) == []  # and holds none of the forger's files
+    (item,) = sink.triaged.values()
+    assert item.reason == (f"reply about {OPEN_REQUEST} from a sender that failed DMARC: the From address may be "
+                           f"forged (dmarc=fail dkim=none spf=fail ({AUTHSERV}))")
+    (kept,) = env.store.list(item.request_id)  # the file waits with the message, for a person to look at
+    assert kept.filename == "id.pdf" and kept.sender_check.startswith("dmarc=fail")
+    (row,) = env.rows()
+    assert (row.outcome, row.reason, row.reference) == ("triaged", "dmarc_fail_reply", OPEN_REQUEST)
+
+
+async def test_reply_passing_dmarc_is_recorded_with_the_verdict_beside_its_files(env: Env) -> None:
+    sink = reply_env(env)
+    # A verdict of another server (the sender's own, say) sits between ours and anything lower: not believed.
+    genuine = reply()
+    genuine["Authentication-Results"] = "mail.example.org; dmarc=fail"
+    env.deliver(authenticated(genuine, DMARC_PASS))
+
+    report = await env.mailbox(classifier=fixed(RequestKind.ACCESS), authserv_id=AUTHSERV).poll_once()
+
+    assert report == PollReport(corresponded=1)
+    (letter,) = sink.recorded.values()
+    assert letter.sender_check == f"dmarc=pass dkim=pass spf=pass ({AUTHSERV})"
+    (kept,) = env.store.list(OPEN_REQUEST)
+    assert (kept.filename, kept.sender_check) == ("id.pdf", letter.sender_check)
+
+
+async def test_without_a_trusted_server_nothing_is_believed_and_operators_are_told(env: Env) -> None:
+    sink = reply_env(env)
+    env.deliver(authenticated(reply(), DMARC_PASS))  # headers anyone could have written
+
+    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(corresponded=1)
+
+    (letter,) = sink.recorded.values()
+    assert letter.sender_check == "sender not checked (DSR_MAIL_AUTHSERV_ID is not set)"
+    assert env.store.list(OPEN_REQUEST)[0].sender_check == letter.sender_check
+
+
+async def test_new_request_failing_dmarc_goes_to_triage_with_the_reason(env: Env) -> None:
+    env.deliver(authenticated(message(*FRENCH_ERASURE), DMARC_FAIL))
+    env.deliver(authenticated(message(*ENGLISH_ACCESS, sender="jane.doe@example.net", name="Jane Doe"),
+                              "dmarc=none header.from=example.net; dkim=none; spf=neutral"))
+
+    report = await env.mailbox(authserv_id=AUTHSERV).poll_once()  # the real classifier: both are clear
+
+    assert report == PollReport(submitted=1, triaged=1)
+    (item,) = env.sink.triaged.values()
+    assert item.email == "jerome.lefevre@example.org"
+    assert item.reason == f"sender failed DMARC: the From address may be forged (dmarc=fail dkim=none spf=fail " \
+                          f"({AUTHSERV}))"
+    # No published policy (dmarc=none) proves nothing either way: that one is a request as before.
+    (submission,) = env.sink.requests.values()
+    assert submission.email == "jane.doe@example.net"
+
+
+def test_sender_check_believes_only_the_top_run_of_the_trusted_server() -> None:
+    from intake.authresults import sender_check
+
+    def check(*headers: tuple[str, str], authserv_id: str | None = "mx.example.com") -> str:
+        return sender_check(headers, authserv_id).summary()
+
+    ar = "Authentication-Results"
+    # Comments, quoted strings, folded lines, a method version, several signatures (one passing is DKIM's pass).
+    assert check((ar, 'MX.example.com 1; dkim/1=fail (bad "sig; x") header.d=a.example;\r\n\tdkim=pass '
+                      'header.d=b.example; spf=softfail (x (nested) y) smtp.mailfrom="a;b@c"; dmarc=pass')) == \
+        "dmarc=pass dkim=pass spf=softfail (mx.example.com)"
+    # Our server split its verdicts over two headers (milters): both count; a lower one after another
+    # server's header is the sender's own writing.
+    assert check((ar, "mx.example.com; dmarc=fail"), ("Received", "by mx.example.com"),
+                 (ar, "mx.example.com; spf=pass; dkim=pass"), (ar, "relay.example.net; dmarc=pass"),
+                 (ar, "mx.example.com; dmarc=pass")) == "dmarc=fail dkim=pass spf=pass (mx.example.com)"
+    assert check((ar, "mx.example.com; none")) == "dmarc=unknown dkim=unknown spf=unknown (mx.example.com)"
+    assert check((ar, "evil.example; dmarc=pass")) == \
+        "sender not checked (no Authentication-Results from mx.example.com)"
+    assert check((ar, "mx.example.com; dmarc=pass"), authserv_id=None) == \
+        "sender not checked (DSR_MAIL_AUTHSERV_ID is not set)"
+    assert check((ar, "mx.example.com.evil.example; dmarc=pass")).startswith("sender not checked")
+    assert sender_check([(ar, "mx.example.com; dmarc=FAIL")], "mx.example.com").dmarc_failed
+    assert not sender_check([(ar, "mx.example.com; dmarc=none")], "mx.example.com").dmarc_failed
+
+
+def test_authserv_id_setting(tmp_path: Path) -> None:
+    from dsr.config import ConfigError
+
+    base = {"DSR_HOME": str(tmp_path), "DSR_IMAP_HOST": "imap.example.com"}
+    assert Settings.from_env(base).imap.authserv_id is None
+    assert Settings.from_env({**base, "DSR_MAIL_AUTHSERV_ID": " mx.example.com "}).imap.authserv_id == "mx.example.com"
+    with pytest.raises(ConfigError, match="DSR_MAIL_AUTHSERV_ID"):
+        Settings.from_env({**base, "DSR_MAIL_AUTHSERV_ID": "mx.example.com; dmarc=pass"})
+
+
+# --- MIME bombs: caps checked before the parser sees the message ---------------------------------------------
+
+
+def many_parts(parts: int, *, sender: str = "jerome.lefevre@example.org") -> bytes:
+    """The review's probe: 40,000 tiny parts (3.6 MB) took a minute to read before the caps."""
+    head = (f"From: Jérôme <{sender}>\r\nTo: privacy@example.com\r\nSubject: Suppression de mes données\r\n"
+            f"Message-ID: <bomb-{parts}.{os.getpid()}@example.org>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n").encode()
+    part = b"--B\r\nContent-Type: text/plain\r\n\r\nhello there, this is one part of a message of many parts\r\n"
+    return head + part * parts + b"--B--\r\n"
+
+
+async def test_forty_thousand_parts_go_to_triage_unread_by_the_cap(env: Env) -> None:
+    env.deliver(many_parts(40_000))
+    env.deliver(message(*ENGLISH_ACCESS))  # the next message is read as usual in the same poll
+
+    report = await env.mailbox(triage_folder="Triage").poll_once()
+
+    assert report == PollReport(submitted=1, triaged=1)
+    (item,) = env.sink.triaged.values()
+    assert item.reason == "message not read: more than 100 MIME parts; the email is in the mailbox's triage folder"
+    assert (item.email, item.subject_line, item.body) == ("jerome.lefevre@example.org",
+                                                          "Suppression de mes données", "")
+    assert env.store.list(item.request_id) == []  # nothing of its body taken in: never half-ingested
+    assert env.count("Triage") == 1 and env.count("INBOX") == 0
+    assert {(r.outcome, r.reason) for r in env.rows()} == {("triaged", None), ("submitted", None)}
+
+
+async def test_a_message_that_takes_too_long_to_read_goes_to_triage_unread(env: Env) -> None:
+    msg = message(*FRENCH_ERASURE)
+    msg.add_attachment(b"%PDF id", maintype="application", subtype="pdf", filename="id.pdf")
+    env.deliver(msg)
+
+    report = await env.mailbox(parse_timeout=0).poll_once()  # no time at all: the bound, not the caps
+
+    assert report == PollReport(triaged=1)
+    (item,) = env.sink.triaged.values()
+    assert item.reason.startswith("message not read: reading it took over 0 s")
+    assert env.store.list(item.request_id) == [] and env.sink.requests == {}
+
+
+def test_mime_scan_counts_what_the_parser_would_split() -> None:
+    from intake.mimescan import MessageTooComplex, check_mime_caps, mime_shape
+
+    assert mime_shape(many_parts(40_000), stop_at_parts=100).parts == 101  # stops counting past the cap
+    assert mime_shape(many_parts(3)).parts == 3 and mime_shape(many_parts(3)).depth == 1
+    check_mime_caps(many_parts(100))
+    with pytest.raises(MessageTooComplex, match="more than 100 MIME parts"):
+        parse_message(many_parts(101))
+    # Bare CRs end lines for the parser too: they cannot hide parts from the scan.
+    with pytest.raises(MessageTooComplex):
+        check_mime_caps(many_parts(101).replace(b"\r\n", b"\r"))
+    # A boundary written as RFC 2231 continuations (which the scan does not assemble): every "--" line counts.
+    continued = many_parts(101).replace(b'boundary="B"', b'boundary*0="B"')
+    assert email_parts(continued) > 100 and mime_shape(continued).parts > 100
+    # Nesting: eleven multiparts one in another.
+    nested = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n"
+    for level in range(1, 12):
+        nested += f"--b{level - 1}\r\nContent-Type: multipart/mixed; boundary=\"b{level}\"\r\n\r\n".encode()
+    nested += b"--b11\r\nContent-Type: text/plain\r\n\r\nhi\r\n" + b"".join(
+        f"--b{level}--\r\n".encode() for level in range(11, -1, -1))
+    assert mime_shape(nested).depth == 12 == email_depth(nested)
+    with pytest.raises(MessageTooComplex, match="nested more than 10 deep"):
+        check_mime_caps(nested)
+    # An ordinary message with an attachment is measured, not refused.
+    ordinary = message(*ENGLISH_ACCESS)
+    ordinary.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename="id.pdf")
+    assert mime_shape(ordinary.as_bytes()).parts == email_parts(ordinary.as_bytes()) == 2
+
+
+def email_parts(raw: bytes) -> int:
+    import email
+    import email.policy
+
+    return sum(1 for _ in email.message_from_bytes(raw, policy=email.policy.default).walk()) - 1
+
+
+def email_depth(raw: bytes) -> int:
+    import email
+    import email.policy
+
+    def depth(part: Any) -> int:
+        return 1 + max((depth(p) for p in part.iter_parts()), default=0) if part.is_multipart() else 0
+
+    return depth(email.message_from_bytes(raw, policy=email.policy.default))
+
+
+def test_display_name_of_an_email_loses_bidi_and_control_characters() -> None:
+    raw = ("From: =?utf-8?b?" + base64.b64encode("Zoé \u202eMartin\u202c\u200b".encode()).decode()
+           + "?= <zoe@example.org>\r\nSubject: x\r\n\r\nhi\r\n").encode()
+    assert parse_message(raw).name == "Zoé Martin"

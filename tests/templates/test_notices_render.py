@@ -13,7 +13,7 @@ from jinja2 import UndefinedError
 
 from activities.notices import build_message
 from dsr.model import OPERATOR_TEMPLATES, Language, Notice, NoticeTemplate, RequestKind
-from templates import ENVIRONMENT, render_notice
+from templates import ENVIRONMENT, PRE_IDENTITY_TEMPLATES, render_notice
 
 CNIL = (
     "Commission nationale de l'informatique et des libertés (CNIL), 3 Place de Fontenoy, TSA 80715, "
@@ -125,7 +125,8 @@ def test_acknowledgement_golden(language: Language, received: str, deadline: str
         assert received in part
         assert deadline in part
         assert "12(6)" in part or "article 12, paragraphe 6" in part  # identity only on reasonable doubt
-        assert "Zoé Martin" in part
+        assert "Zoé Martin" not in part  # sent before identity is confirmed: whoever typed the name is unknown
+    assert rendered.text.startswith("Bonjour,\n" if language is Language.FR else "Hello,\n")
     assert "2026-12-23" not in rendered.text
 
 
@@ -204,7 +205,7 @@ def test_hostile_name_is_escaped_and_cannot_inject_headers(case: tuple[NoticeTem
     rendered = render_notice(template, language, {**FULL, "subject_name": HOSTILE_NAME})
     assert "<script" not in rendered.html
     assert "\r" not in rendered.subject and "\n" not in rendered.subject
-    if template not in OPERATOR_TEMPLATES:
+    if template not in OPERATOR_TEMPLATES | PRE_IDENTITY_TEMPLATES:  # those never show the name at all
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered.html
         assert "\r" not in rendered.text
 
@@ -300,3 +301,50 @@ def test_the_acknowledgement_says_how_identity_will_be_checked(identity: str, fr
         rendered = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, {**FULL, "identity": identity})
         assert words in rendered.text and words in html.unescape(rendered.html)
         assert "si nécessaire" not in rendered.text and "only if needed" not in rendered.text
+
+
+# --- what a stranger types: the name ---------------------------------------------------------------------
+
+# Up to 200 characters on the form: a link, and U+202E turning the rest around ("moc.evil" reads "live.com").
+STRANGER_NAME = "Zoé Martin \u202eMoc.evil.www//:sptth\u202c call +33 1 23 45 67 89 http://evil.example/x"
+PRE_IDENTITY = [NoticeTemplate.ACKNOWLEDGEMENT, NoticeTemplate.IDENTITY_REQUEST, NoticeTemplate.IDENTITY_REMINDER,
+                NoticeTemplate.UNVERIFIED, NoticeTemplate.DUPLICATE]
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f"
+
+
+@pytest.mark.parametrize("template", PRE_IDENTITY)
+@pytest.mark.parametrize(("language", "greeting", "html_greeting"), [
+    (Language.FR, "Bonjour,\n", ">Bonjour,</p>"), (Language.EN, "Hello,\n", ">Hello,</p>"),
+])
+def test_notices_before_identity_greet_without_the_name(
+    template: NoticeTemplate, language: Language, greeting: str, html_greeting: str
+) -> None:
+    rendered = render_notice(template, language, {**FULL, "subject_name": STRANGER_NAME})
+    assert rendered.text.startswith(greeting)
+    assert html_greeting in rendered.html
+    for part in (rendered.subject, rendered.text, html.unescape(rendered.html)):
+        assert "Zoé" not in part and "evil" not in part and "\u202e" not in part
+
+
+@pytest.mark.parametrize(("language", "greeting", "html_greeting"), [
+    (Language.FR, "Bonjour Zoé Martin,\n", ">Bonjour Zoé Martin,</p>"),
+    (Language.EN, "Dear Zoé Martin,\n", ">Dear Zoé Martin,</p>"),
+])
+def test_a_confirmed_subjects_name_is_written_without_bidi_or_control_characters(
+    language: Language, greeting: str, html_greeting: str
+) -> None:
+    name = "\u202eZo\u200bé\u2066\x07Martin\u2069\u200f"  # a control character parts words, as a space
+    for template in (NoticeTemplate.COMPLETED, NoticeTemplate.EXTENSION, NoticeTemplate.WITHDRAWN):
+        rendered = render_notice(template, language, {**FULL, "subject_name": name})
+        assert rendered.text.startswith(greeting), template
+        assert html_greeting in html.unescape(rendered.html)
+        for part in (rendered.text, rendered.html):
+            assert not set(BIDI + "\u200b\x07") & set(part)
+
+
+def test_display_name_strips_bidi_and_control_characters_and_keeps_joiners() -> None:
+    from dsr.model import display_name
+
+    assert display_name(f"  Zoé{BIDI}\u00ad\ufeff\U000e0041 \r\n\u2028 Martin\x00 ") == "Zoé Martin"
+    assert display_name("\u0645\u06cc\u200c\u0631\u0636\u0627") == "\u0645\u06cc\u200c\u0631\u0636\u0627"
+    assert display_name("Ελένη Παπαδοπούλου-Ōsaka 李") == "Ελένη Παπαδοπούλου-Ōsaka 李"

@@ -74,11 +74,11 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 async def submit(engine: Engine, kind: str = "access", *, identity: IdentityMethod = IdentityMethod.TRUSTED,
                  clock: ClockPolicy = ClockPolicy.RECEIPT, language: str = "fr",
                  changes: dict[str, str] | None = None, channel: str = "api", received_days_ago: int = 0,
-                 details: str = "") -> tuple[RequestInput, WorkflowHandle]:
+                 details: str = "", name: str = SUBJECT_NAME) -> tuple[RequestInput, WorkflowHandle]:
     settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=identity, clock=clock))
     now = await engine.env.get_current_time()
     request = prepare(
-        Submission(kind=kind, email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel=channel, language=language,
+        Submission(kind=kind, email=SUBJECT_EMAIL, name=name, channel=channel, language=language,
                    changes=changes or {}, details=details,
                    received_at=now - timedelta(days=received_days_ago) if received_days_ago else None),
         settings,
@@ -491,6 +491,32 @@ async def test_extension_refused_after_the_first_month(engine: Engine) -> None:
     assert "first month" in str(late.value.cause) and "ended" in str(late.value.cause)
     assert not (await status(handle)).extended
     await handle.terminate("test over")
+
+
+async def test_the_name_typed_on_the_form_is_written_only_once_identity_is_confirmed(engine: Engine) -> None:
+    # Anyone can type any name beside someone else's address: a link, and U+202E to turn text around.
+    typed = "Jeanne \u202eMartin\u202c http://evil.example/x"
+    request, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL, name=typed)
+    assert request.subject.name == "Jeanne Martin http://evil.example/x"  # bidi controls never even stored
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    # An extension is no pre-identity template: the workflow itself leaves the name out until confirmation.
+    await handle.execute_update(DataSubjectRequest.extend_deadline, Extension(reason="Six systems to search."))
+    before = engine.mail.to(SUBJECT_EMAIL)
+    assert len(before) == 3 and "extension" in templates_sent(engine, request)  # ack, identity, extension
+    for message in before:
+        text = readable(message)
+        assert "Jeanne" not in text and "evil.example" not in text
+        assert message.get_body(("plain",)).get_content().startswith("Bonjour,\r\n")
+
+    await handle.execute_update(DataSubjectRequest.confirm_identity,
+                                IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject"))
+    final = await handle.result()
+
+    assert final.outcome == Outcome.FULFILLED
+    after = engine.mail.to(SUBJECT_EMAIL)[len(before):]
+    assert after and all(
+        m.get_body(("plain",)).get_content().startswith("Bonjour Jeanne Martin http://evil.example/x,") for m in after)
+    assert "name-after-identity" in await patches(handle)
 
 
 async def test_refusal_records_reason_and_tells_of_the_cnil(engine: Engine) -> None:
