@@ -61,10 +61,10 @@ class Planned:
         return self.closed_at.date() if self.closed_at else None
 
 
-def reference(i: int) -> str:
+def reference(i: int, year: int) -> str:
     alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
     code = "".join(alphabet[(i >> (5 * k)) & 31] for k in range(6))
-    return f"dsr-2026-01-{code}"
+    return f"dsr-{year}-01-{code}"
 
 
 def plan_year(n: int, year: int, *, seed: int = 18, as_of: date | None = None) -> list[Planned]:
@@ -113,7 +113,7 @@ def plan_year(n: int, year: int, *, seed: int = 18, as_of: date | None = None) -
                 closed_at = received_at + timedelta(minutes=5)
             if closed_at.date() > as_of:
                 outcome, ground, closed_at = None, None, None
-        plans.append(Planned(reference(i), kind, channel, received_at, deadline, extended, outcome, ground,
+        plans.append(Planned(reference(i, year), kind, channel, received_at, deadline, extended, outcome, ground,
                              closed_at))
     return plans
 
