@@ -211,7 +211,7 @@ def chart_days(stats: Statistics, language: Language) -> Markup:
     if top > 2 * ONE_MONTH_DAYS:
         axes.axvline(EXTENDED_DAYS, color="#111827", linestyle=":", linewidth=1)
         axes.annotate(words["three_months"], (EXTENDED_DAYS, 1), xycoords=("data", "axes fraction"),
-                      xytext=(3, -12), textcoords="offset points", fontsize=9)
+                      xytext=(-3, -12), textcoords="offset points", fontsize=9, ha="right")  # clear of the legend
     axes.set_xlim(0, max(top, EXTENDED_DAYS + 8 if top > 2 * ONE_MONTH_DAYS else top))
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel(words["x_days"])
