@@ -14,7 +14,9 @@ Definitions (the README says the same):
 * *days taken* counts calendar days from the receipt date to the closing date;
 * *on time*: closed on or before the deadline in force (the ledger's, so an extension or a suspended clock
   is already in it);
-* an open request whose deadline has passed is *overdue*;
+* an open request whose deadline has passed is *overdue*, unless its period stands still (``DSR_CLOCK=
+  suspend_during_identity``: the deadline moves when the subject answers, ``clock_resumed``) and stood still before
+  the deadline passed; a request closed while its period stood still, stopped in time, is on time;
 * *answered* requests are the closed ones except those the subject withdrew: the share on time, the median
   and the 90th percentile of days are computed over them (a withdrawal calls for no answer).
 
@@ -38,8 +40,10 @@ from sqlalchemy import select
 from dsr.ledger import EventRow, Ledger, RequestRow
 from dsr.model import Language, Outcome, RefusalGround, RequestKind, Stage
 
-REGISTER_EVENTS = ("closed", "refused")
-"""The only events the register reads: when a request closed, and on what ground it was refused."""
+REGISTER_EVENTS = ("closed", "refused", "clock_suspended", "identity_doubt", "clock_resumed")
+"""The only events the register reads: when a request closed, on what ground it was refused, and when its period
+stood still (décret 2019-536: from a document policy's identity request or a reasonable doubt, to the subject's
+answer)."""
 
 ANSWERED_BUT = frozenset({Outcome.WITHDRAWN.value})
 """Closed requests that were not answered: the subject withdrew (no answer was due)."""
@@ -80,6 +84,7 @@ class RegisterEntry:
     days_taken: int | None
     on_time: bool | None  # None while open
     overdue: bool  # open and past its deadline
+    suspended_since: date | None = None  # open, or closed, while its period stands still: since that day
     email: str | None = None
     name: str | None = None
 
@@ -126,12 +131,18 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
 
     closed_at: dict[str, datetime] = {}
     grounds: dict[str, str] = {}
+    suspended: dict[str, datetime] = {}  # the request's period stands still since then
     entries: list[RegisterEntry] = []
     with ledger.reading() as session:
         for request_id, event, at, details in session.execute(events):
             if event == "closed":
                 closed_at.setdefault(request_id, at)  # the first close; a replayed activity cannot add a second
-            else:
+            elif event == "clock_resumed":
+                suspended.pop(request_id, None)
+            elif event == "clock_suspended" or (
+                    event == "identity_doubt" and json.loads(details).get("clock_suspended") == "true"):
+                suspended.setdefault(request_id, at)
+            elif event == "refused":
                 # Refusals recorded before grounds existed were all Art. 12(5) (manifestly unfounded or excessive).
                 grounds[request_id] = json.loads(details).get("ground") or RefusalGround.EXCESSIVE.value
         for found in session.execute(requests):
@@ -144,6 +155,9 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
             request_id, kind, channel, language, received_at, deadline, extended, stage, outcome, updated = values
             received = _local(received_at, zone)
             closed = None
+            stood_still = _local(suspended[request_id], zone) if request_id in suspended else None
+            # Stopped before the deadline passed, the period cannot run out while it stands still.
+            stopped_in_time = stood_still is not None and stood_still <= deadline
             if stage == Stage.CLOSED.value:
                 # A ledger row closed without its event (written by hand, or by a very old engine): its last change.
                 closed = _local(closed_at.get(request_id, updated), zone)
@@ -153,11 +167,14 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
                 refusal_ground=grounds.get(request_id) if outcome == Outcome.REFUSED.value else None,
                 closed_on=closed,
                 days_taken=(closed - received).days if closed is not None else None,
-                on_time=(closed <= deadline) if closed is not None else None,
-                overdue=closed is None and today > deadline,
+                on_time=(closed <= deadline or stopped_in_time) if closed is not None else None,
+                overdue=closed is None and today > deadline and not stopped_in_time,
+                suspended_since=stood_still,
                 email=subject.email if subject else None,
                 name=subject.name if subject else None,
             ))
+    if filters.overdue:  # the query keeps open requests past their deadline; some of them stand still
+        entries = [e for e in entries if e.overdue]
     return entries
 
 
@@ -319,20 +336,22 @@ def label(value: str | None, language: Language) -> str:
     return LABELS[Language(language)].get(value, value)
 
 
-COLUMNS = ("reference", "kind", "channel", "received", "deadline", "extended", "stage", "outcome",
+COLUMNS = ("reference", "kind", "channel", "received", "deadline", "extended", "suspended_since", "stage", "outcome",
            "refusal_ground", "closed_on", "days_taken", "on_time", "overdue")
 SUBJECT_COLUMNS = ("email", "name")
 
 HEADERS: dict[Language, dict[str, str]] = {
     Language.FR: {
         "reference": "référence", "kind": "type", "channel": "canal", "received": "reçue le",
-        "deadline": "échéance", "extended": "prolongée", "stage": "étape", "outcome": "issue",
+        "deadline": "échéance", "extended": "prolongée", "suspended_since": "délai suspendu depuis",
+        "stage": "étape", "outcome": "issue",
         "refusal_ground": "motif du refus", "closed_on": "close le", "days_taken": "jours",
         "on_time": "dans les délais", "overdue": "en retard", "email": "e-mail", "name": "nom",
     },
     Language.EN: {
         "reference": "reference", "kind": "kind", "channel": "channel", "received": "received",
-        "deadline": "deadline", "extended": "extended", "stage": "stage", "outcome": "outcome",
+        "deadline": "deadline", "extended": "extended", "suspended_since": "clock stopped since",
+        "stage": "stage", "outcome": "outcome",
         "refusal_ground": "refusal ground", "closed_on": "closed on", "days_taken": "days taken",
         "on_time": "on time", "overdue": "overdue", "email": "email", "name": "name",
     },
@@ -348,7 +367,8 @@ def entry_cells(entry: RegisterEntry, language: Language, *, with_subject: bool 
 
     cells = [
         entry.reference, label(entry.kind, language), label(entry.channel, language), entry.received.isoformat(),
-        entry.deadline.isoformat(), flag(entry.extended), label(entry.stage, language),
+        entry.deadline.isoformat(), flag(entry.extended),
+        entry.suspended_since.isoformat() if entry.suspended_since else "", label(entry.stage, language),
         label(entry.outcome, language), label(entry.refusal_ground, language),
         entry.closed_on.isoformat() if entry.closed_on else "",
         "" if entry.days_taken is None else str(entry.days_taken), flag(entry.on_time),
@@ -364,7 +384,9 @@ def entry_json(entry: RegisterEntry, *, with_subject: bool = False) -> dict[str,
     out: dict[str, object] = {
         "reference": entry.reference, "kind": entry.kind, "channel": entry.channel, "language": entry.language,
         "received": entry.received.isoformat(), "deadline": entry.deadline.isoformat(),
-        "extended": entry.extended, "stage": entry.stage, "outcome": entry.outcome,
+        "extended": entry.extended,
+        "suspended_since": entry.suspended_since.isoformat() if entry.suspended_since else None,
+        "stage": entry.stage, "outcome": entry.outcome,
         "refusal_ground": entry.refusal_ground,
         "closed_on": entry.closed_on.isoformat() if entry.closed_on else None,
         "days_taken": entry.days_taken, "on_time": entry.on_time, "overdue": entry.overdue,

@@ -169,6 +169,43 @@ def test_the_register_filters_by_state_kind_receipt_day_in_the_controllers_zone_
     assert [e.reference for e in utc] == ["dsr-2026-01-AAAAAA"]
 
 
+def test_a_period_that_stands_still_is_neither_overdue_nor_late(ledger: Ledger) -> None:
+    """Décret 2019-536 (DSR_CLOCK=suspend_during_identity): from a doubt or a document policy's identity request
+    to the subject's answer, the period stands still; the ledger's deadline moves only when it resumes."""
+    b = Book(ledger)
+    # A doubt that stopped the clock before the deadline; no answer from the subject by June: not overdue.
+    b.request("dsr-2026-03-HHHHHH", RequestKind.ACCESS, local(2026, 3, 2), date(2026, 4, 2))
+    b.event("dsr-2026-03-HHHHHH", "identity_doubt", local(2026, 3, 20), details={"clock_suspended": "true"})
+    # Stopped, resumed (the deadline moved ten days), answered before the new deadline.
+    b.request("dsr-2026-02-IIIIII", RequestKind.ACCESS, local(2026, 2, 2), date(2026, 3, 2))
+    b.event("dsr-2026-02-IIIIII", "clock_suspended", local(2026, 2, 10), details={"why": "document policy"})
+    b.event("dsr-2026-02-IIIIII", "clock_resumed", local(2026, 2, 20), deadline=date(2026, 3, 12),
+            details={"suspended_days": "10", "previous_deadline": "2026-03-02"})
+    b.close("dsr-2026-02-IIIIII", local(2026, 3, 10), Outcome.FULFILLED)
+    # A doubt under the receipt clock stops nothing: overdue.
+    b.request("dsr-2026-03-JJJJJJ", RequestKind.ERASURE, local(2026, 3, 3), date(2026, 4, 3))
+    b.event("dsr-2026-03-JJJJJJ", "identity_doubt", local(2026, 3, 4), details={"clock_suspended": "false"})
+    # Closed as unverified while the clock stood still, after the deadline it had when it stopped: on time.
+    b.request("dsr-2026-01-KKKKKK", RequestKind.ACCESS, local(2026, 1, 15), date(2026, 2, 16))
+    b.event("dsr-2026-01-KKKKKK", "clock_suspended", local(2026, 1, 16))
+    b.close("dsr-2026-01-KKKKKK", local(2026, 2, 20), Outcome.UNVERIFIED)
+    # Stopped only after its deadline had passed: late all the same.
+    b.request("dsr-2026-01-LLLLLL", RequestKind.ACCESS, local(2026, 1, 5), date(2026, 2, 5))
+    b.event("dsr-2026-01-LLLLLL", "identity_doubt", local(2026, 2, 9), details={"clock_suspended": "true"})
+
+    e = by_ref(read_register(ledger, timezone=TIMEZONE, today=TODAY))
+    h, i, j, k, late = (e[f"dsr-2026-0{m}-{c * 6}"] for m, c in
+                        (("3", "H"), ("2", "I"), ("3", "J"), ("1", "K"), ("1", "L")))
+    assert (h.overdue, h.suspended_since, h.on_time) == (False, date(2026, 3, 20), None)
+    assert (i.deadline, i.on_time, i.suspended_since, i.days_taken) == (date(2026, 3, 12), True, None, 36)
+    assert (j.overdue, j.suspended_since) == (True, None)
+    assert (k.on_time, k.suspended_since, k.outcome) == (True, date(2026, 1, 16), "unverified")
+    assert (late.overdue, late.suspended_since) == (True, date(2026, 2, 9))
+    assert [x.reference for x in read_register(ledger, timezone=TIMEZONE, today=TODAY,
+                                               filters=RegisterFilter(overdue=True))] == [
+        "dsr-2026-01-LLLLLL", "dsr-2026-03-JJJJJJ"]
+
+
 def test_the_subject_is_decrypted_only_when_asked(book: Book) -> None:
     entries = by_ref(read_register(book.ledger, timezone=TIMEZONE, today=TODAY, with_subject=True))
     assert (entries["dsr-2026-01-AAAAAA"].email, entries["dsr-2026-01-AAAAAA"].name) == (
