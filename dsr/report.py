@@ -8,6 +8,7 @@ sharp and can be searched. Words come in French or English; the figures come fro
 from __future__ import annotations
 
 import io
+import math
 import re
 from datetime import date, datetime
 from typing import Any
@@ -56,6 +57,7 @@ WORDS: dict[Language, dict[str, str]] = {
         "distribution_text": "{answered} réponses ; {late} après l'échéance (prolongée le cas échéant). "
                              "Les lignes marquent un mois et trois mois (délai prolongé).",
         "no_answers": "Aucune demande de la période n'a encore reçu de réponse.",
+        "no_requests": "Aucune demande reçue sur la période.",
         "x_days": "jours entre la réception et la réponse", "y_requests": "demandes",
         "in_time": "dans les délais", "late": "en retard",
         "one_month": "1 mois", "three_months": "3 mois (prolongé)",
@@ -90,6 +92,7 @@ WORDS: dict[Language, dict[str, str]] = {
         "distribution_text": "{answered} answers; {late} after the deadline (as extended, if it was). "
                              "The lines mark one month and three months (extended deadline).",
         "no_answers": "No request of the period has been answered yet.",
+        "no_requests": "No request was received in the period.",
         "x_days": "days from receipt to answer", "y_requests": "requests",
         "in_time": "on time", "late": "late",
         "one_month": "1 month", "three_months": "3 months (extended)",
@@ -182,9 +185,11 @@ def chart_per_month(stats: Statistics, language: Language) -> Markup:
         axes.bar(positions, heights, bottom=bottom, width=0.7, label=label(kind, language),
                  color=KIND_COLOURS.get(kind, OTHER_COLOUR), edgecolor="white", linewidth=0.5)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    axes.set_xticks(positions, [month_label(m, language, with_year=with_year) for m in months],
+    step = math.ceil(len(months) / 24)  # a long period: every other month's name (or fewer), still legible
+    axes.set_xticks(positions[::step], [month_label(m, language, with_year=with_year) for m in months][::step],
                     rotation=45 if len(months) > 12 else 0, ha="right" if len(months) > 12 else "center")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylim(bottom=0)
     axes.set_ylabel(WORDS[language]["y_requests"])
     _style(axes)
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
@@ -263,7 +268,7 @@ def render_html(stats: Statistics, language: Language, *, timezone: str, generat
         by_channel=[(label(k, language), n) for k, n in stats.by_channel.items()],
         by_outcome=[(label(k, language), n) for k, n in stats.by_outcome.items()],
         refusals=[(label(k, language), n) for k, n in stats.refusals.items() if n],
-        chart_months=chart_per_month(stats, language) if stats.months else None,
+        chart_months=chart_per_month(stats, language) if stats.received else None,
         chart_days=chart_days(stats, language) if stats.days_taken else None,
         distribution=words["distribution_text"].format(answered=stats.answered, late=stats.answered_late),
     ).strip() + "\n"

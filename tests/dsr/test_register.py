@@ -302,6 +302,10 @@ def test_statistics_of_a_period_without_answers_have_no_median() -> None:
     html = render_html(stats, Language.EN, timezone=TIMEZONE, generated_at=datetime(2026, 6, 1, tzinfo=UTC))
     assert "No request of the period has been answered yet." in html and 'id="chart-days"' not in html
     assert 'id="chart-months"' in html
+    nothing = compute_statistics([], since=date(2026, 1, 1), until=date(2026, 12, 31), as_of=date(2026, 6, 1))
+    html = render_html(nothing, Language.FR, timezone=TIMEZONE, generated_at=datetime(2026, 6, 1, tzinfo=UTC))
+    assert "Aucune demande reçue sur la période." in html and "<svg" not in html
+    assert html.count('<tr><td>') >= 12  # the months are still listed, at zero
 
 
 def test_statistics_from_the_ledger_on_every_backend(book: Book) -> None:
