@@ -555,14 +555,19 @@ CSV_SEPARATORS = {",": ",", ";": ";", "tab": "\t", "\\t": "\t"}
 def list_requests(
     open_only: Annotated[bool, typer.Option("--open", help="Open requests only.")] = False,
     closed_only: Annotated[bool, typer.Option("--closed", help="Closed requests only.")] = False,
-    kind: Annotated[str | None, typer.Option(help="access, rectification, erasure or portability.")] = None,
-    since: Annotated[str | None, typer.Option(help="Received on or after this date (YYYY-MM-DD).")] = None,
-    until: Annotated[str | None, typer.Option(help="Received on or before this date (YYYY-MM-DD).")] = None,
+    kind: Annotated[str | None, typer.Option(metavar="KIND",
+                                             help="access, rectification, erasure or portability.")] = None,
+    since: Annotated[str | None, typer.Option(metavar="DATE",
+                                              help="Received on or after this date (YYYY-MM-DD).")] = None,
+    until: Annotated[str | None, typer.Option(metavar="DATE",
+                                              help="Received on or before this date (YYYY-MM-DD).")] = None,
     overdue: Annotated[bool, typer.Option("--overdue", help="Open requests past their deadline only.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV for a spreadsheet (UTF-8 with BOM).")] = False,
     sep: Annotated[str | None, typer.Option(
-        "--sep", help="CSV separator: ';', ',' or 'tab' (default ';' when DSR_LANGUAGE is fr, else ',').")] = None,
-    language: Annotated[str | None, typer.Option(help="Words of the table and CSV: fr or en (DSR_LANGUAGE).")] = None,
+        "--sep", metavar="SEP",
+        help="CSV separator: ';', ',' or 'tab' (default ';' when DSR_LANGUAGE is fr, else ',').")] = None,
+    language: Annotated[str | None, typer.Option(
+        metavar="fr|en", help="Words of the table and CSV: fr or en (DSR_LANGUAGE).")] = None,
     with_subject: Annotated[bool, typer.Option(
         "--with-subject", help="Add the subject's email and name, decrypted (for the DPO; personal data).")] = False,
     as_json: JsonOption = False,
@@ -640,14 +645,16 @@ def list_requests(
 
 @app.command()
 def report(
-    year: Annotated[str | None, typer.Option(help="Requests received in this calendar year (default: this year).")]
-    = None,
-    since: Annotated[str | None, typer.Option(help="Received on or after this date (YYYY-MM-DD).")] = None,
-    until: Annotated[str | None, typer.Option(help="Received on or before this date (YYYY-MM-DD; default today).")]
-    = None,
+    year: Annotated[str | None, typer.Option(
+        metavar="YEAR", help="Requests received in this calendar year (default: this year).")] = None,
+    since: Annotated[str | None, typer.Option(
+        metavar="DATE", help="Received on or after this date (YYYY-MM-DD).")] = None,
+    until: Annotated[str | None, typer.Option(
+        metavar="DATE", help="Received on or before this date (YYYY-MM-DD; default today).")] = None,
     html: Annotated[Path | None, typer.Option(
-        "--html", help="Also write the report with its charts as one self-contained HTML page to FILE.")] = None,
-    language: Annotated[str | None, typer.Option(help="fr or en (default DSR_LANGUAGE).")] = None,
+        "--html", metavar="FILE",
+        help="Also write the report with its charts as one self-contained HTML page to FILE.")] = None,
+    language: Annotated[str | None, typer.Option(metavar="fr|en", help="fr or en (default DSR_LANGUAGE).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Statistics of the register: counts per kind, channel, outcome and month, time to answer, share on time,

@@ -99,7 +99,8 @@ def _start_of(day: date, zone: ZoneInfo) -> datetime:
 
 def read_register(ledger: Ledger, *, timezone: str, today: date, filters: RegisterFilter | None = None,
                   with_subject: bool = False) -> list[RegisterEntry]:
-    """The register, oldest receipt first: one query for the requests, one for their closing and refusal events."""
+    """The register, oldest receipt first: one query for the requests, one for the events of
+    :data:`REGISTER_EVENTS` of those requests (their close, refusal ground and any period standing still)."""
     filters = filters or RegisterFilter()
     zone = ZoneInfo(timezone)
     conditions = []
@@ -126,8 +127,9 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
                EventRow.request_id.in_(wanted))  # type: ignore[attr-defined]
         .order_by(EventRow.at, EventRow.id)
     )
-    requests = select(RequestRow if with_subject else columns[0], *([] if with_subject else columns[1:]))
-    requests = requests.where(*conditions).order_by(RequestRow.received_at, RequestRow.request_id)
+    # The sealed subject columns are read only when asked for: nothing else decrypts them.
+    requests = (select(RequestRow) if with_subject else select(*columns)).where(*conditions).order_by(
+        RequestRow.received_at, RequestRow.request_id)
 
     closed_at: dict[str, datetime] = {}
     grounds: dict[str, str] = {}
