@@ -701,6 +701,17 @@ class Ledger:
             ).order_by(RequestRow.received_at, RequestRow.request_id)
             return list(session.scalars(statement))
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only session, for reports that select many rows in one query (``dsr.register``) instead of
+        one call per request."""
+        with self._session(write=False) as session:
+            yield session
+
+    def subject_of(self, row: RequestRow) -> Subject:
+        """The subject of a request row read through :meth:`reading`, decrypted (personal data)."""
+        return self._subject(row)
+
     # --- internals ---------------------------------------------------------------------------------
 
     def subject_key(self, email: str) -> str:

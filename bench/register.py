@@ -1,0 +1,114 @@
+"""Benchmark: the register (`dsr list`) and the statistics report (`dsr report`) of N requests.
+
+Fills a ledger with N requests of a simulated year (tests/dsr/simulated_register.py: receipt, extension, refusal
+and closing events, about four per request) in one transaction, then prints the time of:
+- reading the register (two queries), without and with the subjects decrypted;
+- computing the statistics;
+- rendering the HTML report with its charts;
+- the installed `dsr list --csv` and `dsr report --json`, end to end (a new Python process each).
+
+Run: ``.venv/bin/python bench/register.py [--requests 10000] [--database postgresql://...]`` (default: a SQLite
+file in a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlmodel import Session  # noqa: E402
+
+from dsr.crypto import KeyRing  # noqa: E402
+from dsr.ledger import EMAIL_PURPOSE, NAME_PURPOSE, EventRow, Ledger, RequestRow  # noqa: E402
+from dsr.register import compute_statistics, read_register  # noqa: E402
+from dsr.report import render_html  # noqa: E402
+from tests.dsr.simulated_register import TIMEZONE, plan_year  # noqa: E402
+
+YEAR = 2025
+T = TypeVar("T")
+
+
+def bulk_fill(ledger: Ledger, keyring: KeyRing, n: int) -> None:
+    """The rows and events the engine would write, in one transaction (the engine writes them one by one)."""
+    plans = plan_year(n, YEAR, as_of=date(YEAR + 1, 2, 15))
+    with Session(ledger.engine) as session, session.begin():
+        for i, p in enumerate(plans):
+            received = p.received_at.astimezone(UTC)
+            email, name = f"person{i}@example.org", f"Person {i}"
+            session.add(RequestRow(
+                request_id=p.reference, kind=p.kind.value, channel=p.channel.value, language="fr",
+                received_at=received, deadline=p.deadline, extended=p.extended,
+                stage="closed" if p.outcome else "processing", outcome=p.outcome.value if p.outcome else None,
+                subject_email_sealed=keyring.seal_text(email, purpose=EMAIL_PURPOSE, context=p.reference),
+                subject_name_sealed=keyring.seal_text(name, purpose=NAME_PURPOSE, context=p.reference),
+                subject_index=keyring.blind_index(email, purpose=EMAIL_PURPOSE), created_at=received,
+                updated_at=received))
+        session.flush()
+        for p in plans:
+            events = [("received", p.received_at, "{}")]
+            if p.extended:
+                events.append(("extended", p.received_at + timedelta(days=3), "{}"))
+            if p.ground:
+                events.append(("refused", p.closed_at, f'{{"ground": "{p.ground.value}"}}'))
+            if p.closed_at:
+                events.append(("closed", p.closed_at, "{}"))
+            for event, at, details in events:
+                session.add(EventRow(event_key=f"{p.reference}/{event}", request_id=p.reference,
+                                     at=at.astimezone(UTC), event=event, actor="engine", details=details))
+
+
+def timed(what: str, fn: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    result = fn()
+    print(f"{what:<44} {time.perf_counter() - started:7.2f} s")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--database", default="", help="a SQLAlchemy URL (default: SQLite in a temporary folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dsr-bench-register-") as folder:
+        home = Path(folder)
+        keyring = KeyRing.load_or_create(home / "keys.json")
+        url = args.database or f"sqlite:///{home / 'ledger.sqlite3'}"
+        ledger = Ledger(url, keyring)
+        try:
+            timed(f"fill {args.requests} requests (one transaction)", lambda: bulk_fill(ledger, keyring, args.requests))
+            today = date(YEAR + 1, 2, 15)
+            entries = timed("read the register", lambda: read_register(ledger, timezone=TIMEZONE, today=today))
+            timed("read the register with the subjects",
+                  lambda: read_register(ledger, timezone=TIMEZONE, today=today, with_subject=True))
+            stats = timed("compute the statistics", lambda: compute_statistics(
+                entries, since=date(YEAR, 1, 1), until=date(YEAR, 12, 31), as_of=today))
+            timed("render the HTML report (two charts)", lambda: render_html(
+                stats, "fr", timezone=TIMEZONE, generated_at=datetime.now(UTC)))
+        finally:
+            ledger.close()
+        env = {**os.environ, "DSR_HOME": str(home), "DSR_DATABASE_URL": url}
+        env.pop("DSR_KEYS", None)
+        dsr = str(Path(sys.executable).parent / "dsr")
+        outputs = {}
+        for verb in (["list", "--csv"], ["report", "--year", str(YEAR), "--json"]):
+            done = timed(f"dsr {' '.join(verb)} (a new process)",
+                         lambda verb=verb: subprocess.run([dsr, *verb], env=env, capture_output=True, timeout=600))
+            if done.returncode != 0:
+                sys.exit(f"dsr {' '.join(verb)} failed: {done.stderr.decode().strip()}")
+            outputs[verb[0]] = done.stdout
+        lines = outputs["list"].count(b"\r\n") - 1
+        print(f"{len(entries)} requests; the CSV has {lines} lines besides its header")
+
+if __name__ == "__main__":
+    main()
