@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 TASK_QUEUE = "dsr-requests"
 """The one task queue every worker polls; scale by running more workers on it."""
@@ -156,6 +157,7 @@ class RequestPolicy:
     timezone: str = "Europe/Paris"
     escalation_repeat_days: int = 7
     connector_heartbeat_seconds: int = 120  # a crashed worker's connector run is retried after this
+    connector_degraded_minutes: int = 60  # a connector failing this long (no success, no progress) is degraded
 
 
 CANONICAL_FIELDS = frozenset({
@@ -279,6 +281,23 @@ class ConnectorTask:
     kind: RequestKind
     subject: Subject
     changes: dict[str, str] = field(default_factory=dict)
+    resume: dict[str, Any] | None = None  # the checkpoint a fresh schedule starts from (a progressed failure)
+    schedule: int = 0
+    """The workflow's number for this schedule of the connector (patch ``connector-progress``); 0 = a workflow
+    from before it, whose activity neither reports progress as a failure type nor tells the workflow of
+    failures."""
+
+
+@dataclass
+class ConnectorHealth:
+    """Signal ``connector_health`` from a connector's activity to its request: the schedule it belongs to
+    began failing (``failing``, with the error's class and hint, no personal data) or, failing, advanced its
+    checkpoint again (``failing`` False)."""
+
+    connector: str
+    schedule: int
+    failing: bool
+    error: str = ""
 
 
 class RecordAction(StrEnum):
@@ -335,6 +354,12 @@ class ConnectorProgress:
     attempts: int = 0
     error: str = ""  # class and hint, no personal data
     outcome: ConnectorOutcome | None = None
+    # Patch ``connector-progress``: since when the current schedule fails without success or progress, whether
+    # that has lasted past the policy's ``connector_degraded_minutes``, and how often a failure after progress
+    # was resumed at once from its checkpoint (attempts and backoff reset).
+    failing_since: datetime | None = None
+    degraded: bool = False
+    resumed: int = 0
 
 
 @dataclass
@@ -371,6 +396,7 @@ class NoticeTemplate(StrEnum):
     OPERATOR_REPLY_HELD = "operator_reply_held"  # the final reply cannot be written (e.g. incomplete profile)
     OPERATOR_RESIDUAL = "operator_residual"  # data a system's API could not clear: to be cleared by hand
     OPERATOR_CORRESPONDENCE = "operator_correspondence"  # the subject wrote again (e.g. sent an ID copy)
+    OPERATOR_DEGRADED = "operator_degraded"  # a connector has been failing (retried) for longer than the policy allows
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -381,6 +407,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_REPLY_HELD,
     NoticeTemplate.OPERATOR_RESIDUAL,
     NoticeTemplate.OPERATOR_CORRESPONDENCE,
+    NoticeTemplate.OPERATOR_DEGRADED,
 })
 
 
@@ -488,6 +515,7 @@ class RequestStatus:
     residuals: list[str] = field(default_factory=list)  # residual lines still to clear by hand, if any
     waiting_for: str = ""  # the request of the same person whose systems work this one waits for
     mail_pending: list[str] = field(default_factory=list)  # notices whose first sending failed, still retried
+    degraded: list[str] = field(default_factory=list)  # connectors failing longer than the policy allows
 
 
 # --- per-subject order ----------------------------------------------------------------------------

@@ -48,13 +48,13 @@ TEMPLATE_DIR = Path(__file__).resolve().parent
 CONTEXT_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "previous_deadline", "reason", "subject_name",
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
-    "connector", "error", "residuals", "reminder", "attachments",
+    "connector", "error", "residuals", "reminder", "attachments", "failing_minutes",
 })
 """Every key a template may use; other keys are ignored."""
 
 OPERATOR_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector", "error",
-    "residuals", "reminder", "attachments",
+    "residuals", "reminder", "attachments", "failing_minutes",
 })
 """The only keys operator notices receive: nothing that names or reaches the data subject."""
 
