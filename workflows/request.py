@@ -567,6 +567,7 @@ class DataSubjectRequest:
         progress.state = ConnectorState.RUNNING
         progress.error = ""
         progress.attempts += 1
+        progress.failing_since = None  # an operator's retry starts a new run: no failing episode yet
         self._update_details()
         watched = workflow.patched(CONNECTOR_PROGRESS)
         # Beside the activity: a connector failing too long (the activity tells when it starts failing) is
@@ -590,6 +591,7 @@ class DataSubjectRequest:
             progress.error = str(cause.message if isinstance(cause, ApplicationError) else err.message)
             if isinstance(cause, ApplicationError) and cause.type == PROGRESSED:
                 progress.error += f"; resumed {progress.resumed} times and still failing"
+            progress.failing_since = None
             if watcher is not None:
                 await watcher
             await self._audit(
@@ -603,6 +605,7 @@ class DataSubjectRequest:
             progress.state = ConnectorState.DONE
             progress.outcome = outcome
             progress.error = ""
+            progress.failing_since = None
             if watcher is not None:
                 await watcher
             details = {"connector": progress.connector, "found": str(outcome.found)}

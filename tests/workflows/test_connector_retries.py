@@ -30,6 +30,7 @@ from dsr.model import (
     RequestInput,
     RequestKind,
     RequestStatus,
+    Retry,
     Stage,
     Subject,
 )
@@ -40,6 +41,7 @@ from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
 from tests.workflows.test_mail_outage import until
 from tests.workflows.test_request import events, readable, templates_sent
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from workflows.request import DataSubjectRequest
 
 INITIAL_BACKOFF = timedelta(seconds=5)  # CONNECTOR_OPTIONS' initial interval
 
@@ -294,3 +296,32 @@ async def test_a_connector_failing_past_the_setting_is_degraded_told_once_and_cl
     assert [(e.details["connector"], e.details["by"]) for e in cleared] == [("crm", "success")]
     assert templates_sent(engine, request).count("operator_degraded") == 1
     assert "needs_attention" not in [e.event for e in ledger]
+
+
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", transient_failures=50)]])
+async def test_a_connector_that_never_progresses_asks_an_operator_after_about_a_day_and_a_retry_starts_afresh(
+    engine: Engine,
+) -> None:
+    request, handle = await submit(engine, "erasure")
+    started = await engine.env.get_current_time()
+    # 50 attempts on the growing backoff, as before progress-aware retries: about 21 hours, then an operator.
+    for _ in range(60):
+        await engine.env.sleep(timedelta(hours=1))
+        if (await status(handle)).stage == Stage.NEEDS_ATTENTION:
+            break
+    waited = await engine.env.get_current_time() - started
+    assert timedelta(hours=20) < waited < timedelta(hours=23), waited
+    assert len(engine.connectors[0].calls) == 50 and await connector_schedules(handle) == 1
+    attention = await status(handle)
+    assert attention.degraded == [] and attention.connectors[0].state.value == "failed"
+    assert [(e.event, e.details.get("by")) for e in engine.ledger.events(request.request_id)
+            if e.event.startswith("connector_degraded")] == [("connector_degraded", None),
+                                                            ("connector_degraded_cleared", "needs_attention")]
+    assert await degraded_attribute(handle) == 0
+
+    # The operator's retry starts a new run: not degraded at once for the old episode, and it succeeds.
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    final: RequestStatus = await handle.result()
+    assert final.outcome is not None and final.outcome.value == "fulfilled"
+    assert events(engine, request).count("connector_degraded") == 1
+    assert templates_sent(engine, request).count("operator_degraded") == 1
