@@ -70,6 +70,7 @@ class PagingShop:
     pages: int = 10
     per_page: int = 7
     pages_per_call: int = 2
+    retry_after: float | None = None  # the vendor's Retry-After on its 503
     calls: list[Call] = field(default_factory=list)
     served: Counter[int] = field(default_factory=Counter)  # page -> times fetched from the vendor
 
@@ -95,7 +96,7 @@ class PagingShop:
                 page += 1
                 job.checkpoint({"page": page})
             if page < self.pages:
-                raise TransientConnectorError("service unavailable (503)")
+                raise TransientConnectorError("service unavailable (503)", retry_after=self.retry_after)
         finally:
             orders.close()
         total = self.pages * self.per_page
@@ -325,3 +326,24 @@ async def test_a_connector_that_never_progresses_asks_an_operator_after_about_a_
     assert final.outcome is not None and final.outcome.value == "fulfilled"
     assert events(engine, request).count("connector_degraded") == 1
     assert templates_sent(engine, request).count("operator_degraded") == 1
+
+
+@pytest.mark.parametrize("connectors", [[PagingShop(pages=40, pages_per_call=1, retry_after=3600)]])
+async def test_a_connector_progressing_forever_is_resumed_for_a_day_at_most(engine: Engine) -> None:
+    """One page per call, each followed by a 503 asking for an hour's pause (honoured before the fresh
+    activity): resumed for a day (RESUME_WINDOW), then an operator is asked instead of looping on."""
+    shop: PagingShop = engine.connectors[0]  # type: ignore[assignment]
+    request, handle = await submit(engine, "access")
+    for _ in range(40):
+        await engine.env.sleep(timedelta(hours=1))
+        if (await status(handle)).stage == Stage.NEEDS_ATTENTION:
+            break
+    state = await status(handle)
+    assert state.stage == Stage.NEEDS_ATTENTION
+    assert len(shop.calls) == 25 and [c.attempt for c in shop.calls] == [1] * 25  # 24 resumptions in 24 hours
+    gaps = {b.started - a.started for a, b in zip(shop.calls, shop.calls[1:], strict=False)}
+    assert all(timedelta(hours=1) <= gap < timedelta(hours=1, seconds=5) for gap in gaps), gaps  # Retry-After
+    [crm] = state.connectors
+    assert crm.state.value == "failed" and crm.resumed == 24 and "resumed 24 times and still failing" in crm.error
+    assert "needs_attention" in events(engine, request)
+    await handle.terminate("test over")
