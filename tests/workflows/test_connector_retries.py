@@ -71,6 +71,7 @@ class PagingShop:
     per_page: int = 7
     pages_per_call: int = 2
     retry_after: float | None = None  # the vendor's Retry-After on its 503
+    down_for: int = 0  # the first calls fail at once, before any page (no progress)
     calls: list[Call] = field(default_factory=list)
     served: Counter[int] = field(default_factory=Counter)  # page -> times fetched from the vendor
 
@@ -82,6 +83,9 @@ class PagingShop:
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         record_call(self.calls)
+        if self.down_for > 0:
+            self.down_for -= 1
+            raise TransientConnectorError("service unavailable (503)")
         orders = job.sink.open(self.name, "orders", provided=True)
         try:
             page = int(job.resume["page"]) if job.resume else 0
@@ -347,3 +351,23 @@ async def test_a_connector_progressing_forever_is_resumed_for_a_day_at_most(engi
     assert crm.state.value == "failed" and crm.resumed == 24 and "resumed 24 times and still failing" in crm.error
     assert "needs_attention" in events(engine, request)
     await handle.terminate("test over")
+
+
+@pytest.mark.parametrize("connectors", [[PagingShop(pages=4, pages_per_call=1, down_for=6)]])
+async def test_a_degraded_connector_is_cleared_when_it_progresses(engine: Engine) -> None:
+    """Down for six attempts (5 s, 10 s, ... 160 s of backoff: past the 2-minute setting), then a page per call:
+    the first page clears the episode, before the export is done."""
+    shop: PagingShop = engine.connectors[0]  # type: ignore[assignment]
+    request, handle = await submit(engine, "access", degraded_minutes=2)
+    await engine.env.sleep(timedelta(minutes=3))
+    assert (await status(handle)).degraded == ["shop"]
+    await engine.env.sleep(timedelta(minutes=3))  # the seventh attempt, at 315 s, writes a page
+    final = await until(handle, lambda s: s.stage == Stage.CLOSED, "closed")
+    assert final.degraded == [] and final.connectors[0].resumed == 3
+    assert [c.attempt for c in shop.calls] == [1, 2, 3, 4, 5, 6, 7, 1, 1, 1]
+    trail = engine.ledger.events(request.request_id)
+    assert [(e.event, e.details.get("by")) for e in trail if e.event.startswith("connector_degraded")] == [
+        ("connector_degraded", None), ("connector_degraded_cleared", "progress")]
+    assert templates_sent(engine, request).count("operator_degraded") == 1
+    assert [e.event for e in trail].index("connector_degraded_cleared") < [e.event for e in trail].index(
+        "connector_done")
