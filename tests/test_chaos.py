@@ -5,7 +5,7 @@ every erasure reply true, no record written twice.
 Off in ``make test``; ``DSR_CHAOS=1`` runs it. Steps heartbeat now (issue 11, point 2) and connector retries are
 progress-aware (point 3). A request stuck in ``processing`` past the run's 240 s was Stripe retried on a grown
 backoff: its fault proxy answered injected 429s in a shape the SDK cannot read, losing Retry-After (fixed in
-sandbox/faults.py). After that fix 6 runs of 6 passed; before it, 5 of 6 with this branch, and the baseline
+sandbox/faults.py). After that fix 8 runs of 8 passed; before it, 5 of 6 with this branch, and the baseline
 failed 1 of 2 the same way. One failed run also counted a final reply twice, cause not yet known: the report
 now says how many Message-IDs the copies carry and what the ledger saw, and what an unsettled request waits
 on."""
