@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from connectors.base import (
     unexpected_remains,
 )
 from dsr.model import (
+    ConnectorHealth,
     ConnectorOutcome,
     ConnectorTask,
     FanOutPlan,
@@ -30,7 +31,7 @@ from dsr.model import (
     RequestKind,
 )
 from dsr.store.exports import ExportStore
-from dsr.store.journals import JournalStore
+from dsr.store.journals import Journal, JournalEntry, JournalState, JournalStore
 
 PERMANENT_ERROR = "PermanentConnectorError"
 """Failure type the workflow's retry policy never retries: an operator must act first."""
@@ -65,36 +66,63 @@ class ConnectorActivities:
                 type=PERMANENT_ERROR,
                 non_retryable=True,
             )
+        info = activity.info()
+        watched = task.schedule > 0  # the workflow resumes progressed failures and watches for degraded
         # A crashed worker is noticed within the heartbeat timeout, however long the connector runs;
         # connectors that page through large exports heartbeat their own cursor on top of this.
-        progress = _Progress(activity.info().heartbeat_details)
+        progress = _Progress(info.heartbeat_details, task.resume)
+        if watched and info.attempt > 1:
+            if progress.predecessor_advanced:
+                # The previous attempt advanced its checkpoint, then its worker died: resume at once, with
+                # attempts and backoff reset, rather than after a backoff grown by failures before the progress.
+                raise _progressed(task, "the previous attempt's worker was lost", progress.cursor, None)
+            if info.attempt == 2:  # the first attempt told, unless its worker was lost: tell again, once
+                await _tell(task, failing=True, error="the previous attempt failed")
         beating = asyncio.create_task(progress.beat_while_running())
+        if watched and info.attempt > 1:
+            progress.on_first_advance = lambda: _tell_soon(task, failing=False)
         try:
             outcome = await self._run(connector, task, progress)
             return self._compact(task, outcome)
         except TransientConnectorError as err:
+            retry_after = None if err.retry_after is None else max(0.0, err.retry_after)
+            if watched and progress.advanced:
+                raise _progressed(task, str(err), progress.cursor, retry_after) from None
+            if watched and info.attempt == 1:
+                await _tell(task, failing=True, error=f"{task.connector}: {err}")
             # Retry-After from the vendor wins over the workflow's backoff.
             raise ApplicationError(
                 f"{task.connector}: {err}",
                 type="TransientConnectorError",
-                next_retry_delay=None if err.retry_after is None else timedelta(seconds=max(0.0, err.retry_after)),
+                next_retry_delay=None if retry_after is None else timedelta(seconds=retry_after),
             ) from None
         except PermanentConnectorError as err:
             raise ApplicationError(f"{task.connector}: {err}", type=PERMANENT_ERROR, non_retryable=True) from None
         except ConnectorError as err:
+            if watched and progress.advanced:
+                raise _progressed(task, str(err), progress.cursor, None) from None
+            if watched and info.attempt == 1:
+                await _tell(task, failing=True, error=f"{task.connector}: {err}")
             raise ApplicationError(f"{task.connector}: {err}", type="ConnectorError") from None
         except Exception as err:
             # An unexpected error's text may quote a URL or a record (personal data): keep its type only.
-            raise ApplicationError(
-                f"{task.connector}: unexpected {type(err).__name__}", type="ConnectorError"
-            ) from None
+            message = f"unexpected {type(err).__name__}"
+            if watched and progress.advanced:
+                raise _progressed(task, message, progress.cursor, None) from None
+            if watched and info.attempt == 1:
+                await _tell(task, failing=True, error=f"{task.connector}: {message}")
+            raise ApplicationError(f"{task.connector}: {message}", type="ConnectorError") from None
         finally:
             beating.cancel()
 
-
     async def _run(self, connector: Connector, task: ConnectorTask, progress: _Progress) -> ConnectorOutcome:
+        journal = self._journals.journal(task.request_id, task.connector)
+        if task.schedule > 0:
+            # Each confirmed write is progress: an erasure of thousands of records that fails after some is
+            # resumed at once (from its journal), like an export from its checkpoint.
+            journal = _ProgressJournal(journal, progress)
         operation = OperationJob(request_id=task.request_id, subject=task.subject, changes=dict(task.changes),
-                                 journal=self._journals.journal(task.request_id, task.connector))
+                                 journal=journal)
         match task.kind:
             case RequestKind.ACCESS | RequestKind.PORTABILITY:
                 return await connector.export(ExportJob(
@@ -162,16 +190,76 @@ HEARTBEAT_EVERY = 2.0
 """Seconds between liveness heartbeats; the SDK throttles what it sends to a fraction of the timeout."""
 
 
-class _Progress:
-    """The connector's latest checkpoint, heartbeated to Temporal so a retry resumes from it."""
+PROGRESSED = "ConnectorProgressed"
+"""Failure type of an attempt that failed after advancing its checkpoint (patch ``connector-progress``): not
+retried by Temporal; the workflow schedules a fresh activity from the checkpoint (its details) at once, so
+attempts and backoff start again. Details: the checkpoint, and the vendor's Retry-After in seconds or None."""
 
-    def __init__(self, details: Sequence[Any]) -> None:
-        # A retried attempt (e.g. after a worker crash) starts from the last heartbeated cursor.
-        self.cursor: Mapping[str, Any] | None = details[0] if details else None
+
+def _progressed(task: ConnectorTask, error: str, cursor: Mapping[str, Any] | None,
+                retry_after: float | None) -> ApplicationError:
+    return ApplicationError(f"{task.connector}: {error} (after progress)", dict(cursor) if cursor else None,
+                            retry_after, type=PROGRESSED, non_retryable=True)
+
+
+HEALTH_SIGNAL = "connector_health"
+TELL_TIMEOUT = 10.0
+"""Seconds a connector attempt spends at most telling its request that it fails (best effort)."""
+
+
+async def _tell(task: ConnectorTask, *, failing: bool, error: str = "") -> None:
+    """Signal the request that this schedule of the connector began failing, or progressed again: the workflow
+    cannot see attempt failures Temporal retries, and shows a connector failing too long as degraded. Best
+    effort: a lost signal is sent again by the next attempt (``failing``) or ends with the schedule."""
+    info = activity.info()
+    try:
+        handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        await asyncio.wait_for(handle.signal(HEALTH_SIGNAL, ConnectorHealth(
+            connector=task.connector, schedule=task.schedule, failing=failing, error=error[:300])),
+            timeout=TELL_TIMEOUT)
+    except Exception as err:  # never fail a connector for its report
+        activity.logger.warning("could not tell the request that %s %s: %s", task.connector,
+                                "fails" if failing else "progresses", type(err).__name__)
+
+
+def _tell_soon(task: ConnectorTask, *, failing: bool) -> None:
+    # Called from a checkpoint (synchronous code): the signal goes beside the connector's work.
+    telling = asyncio.create_task(_tell(task, failing=failing))
+    _telling.add(telling)
+    telling.add_done_callback(_telling.discard)
+
+
+_telling: set[asyncio.Task[None]] = set()  # a task only weakly referenced by the loop could be collected
+
+
+class _Progress:
+    """The connector's latest checkpoint, heartbeated to Temporal so a retry resumes from it.
+
+    Heartbeat details: ``[cursor, started_from]``, the second being where the attempt began, so that the next
+    attempt knows whether its predecessor advanced before its worker died.
+    """
+
+    def __init__(self, details: Sequence[Any], resume: Mapping[str, Any] | None = None) -> None:
+        # A retried attempt (e.g. after a worker crash) starts from the last heartbeated cursor; a fresh
+        # schedule from the checkpoint the workflow passed.
+        self.cursor: Mapping[str, Any] | None = details[0] if details else resume
+        self.predecessor_advanced = (
+            len(details) > 1 and details[0] is not None and details[0] != details[1]
+        )
+        self.started_from = self.cursor
+        self.on_first_advance: Callable[[], None] | None = None
+
+    @property
+    def advanced(self) -> bool:
+        """Whether this attempt moved the checkpoint on."""
+        return self.cursor is not None and self.cursor != self.started_from
 
     def checkpoint(self, cursor: Mapping[str, Any]) -> None:
         self.cursor = dict(cursor)
-        activity.heartbeat(self.cursor)
+        activity.heartbeat(self.cursor, self.started_from)
+        if self.on_first_advance is not None and self.advanced:
+            callback, self.on_first_advance = self.on_first_advance, None
+            callback()
 
     async def beat_while_running(self) -> None:
         # Liveness between checkpoints; always re-sends the cursor, since a heartbeat replaces details.
@@ -179,5 +267,29 @@ class _Progress:
             if self.cursor is None:
                 activity.heartbeat()
             else:
-                activity.heartbeat(self.cursor)
+                activity.heartbeat(self.cursor, self.started_from)
             await asyncio.sleep(HEARTBEAT_EVERY)
+
+
+class _ProgressJournal(Journal):
+    """A journal whose confirmed writes of records not confirmed before count as the attempt's progress
+    (cursor ``{"journaled": n}``); what earlier attempts did is read back by the connector through ``state``."""
+
+    def __init__(self, journal: Journal, progress: _Progress) -> None:
+        super().__init__(journal.backend)
+        self._progress = progress
+        self._known: set[tuple[str, str]] = set()
+
+    async def state(self) -> JournalState:
+        state = await super().state()
+        self._known.update(state.done)
+        return state
+
+    async def record(self, entries: Iterable[JournalEntry]) -> None:
+        entries = list(entries)
+        await super().record(entries)
+        new = {e.key for e in entries} - self._known
+        if new:
+            self._known |= new
+            done = int((self._progress.cursor or {}).get("journaled", 0))
+            self._progress.checkpoint({"journaled": done + len(new)})

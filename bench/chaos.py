@@ -296,7 +296,11 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
         stage = Stage(stages.get(reference, "missing")) if stages.get(reference) else None
         sent = replies.get(reference, [])
         if len(sent) > 1:
-            report.duplicate_replies.append(reference)
+            # The same Message-ID twice is one reply delivered again (a worker lost between the SMTP server's
+            # acceptance and the sent-log); different ones are two replies. Either fails the check; the ids say which.
+            ids = {str(m["Message-ID"]) for m in sent}
+            report.duplicate_replies.append(f"{reference} ({len(sent)} emails, {len(ids)} Message-ID(s), "
+                                            f"{_replying_story(ledger, reference)})")
         if stage == Stage.NEEDS_ATTENTION:
             handle = client.get_workflow_handle_for(DataSubjectRequest.run, reference)
             status = await handle.query(DataSubjectRequest.status)
@@ -305,7 +309,8 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
             report.needs_attention[reference] = "; ".join(reasons) or status.reply_held
             continue
         if stage != Stage.CLOSED:
-            report.unsettled[reference] = str(stage.value if stage else "not in the ledger")
+            where = str(stage.value if stage else "not in the ledger")
+            report.unsettled[reference] = f"{where} ({await _stuck_on(client, reference)})"
             continue
         report.closed += 1
         if not sent:
@@ -352,6 +357,34 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
                         f"{'says' if 'Not erased automatically' in text else 'does not say'} what is left")
     for system, faults in boxes.every_fault.items():
         report.mutated_twice += [f"{system} {request} x{n}" for request, n in faults.mutated_twice()]
+
+
+def _replying_story(ledger: Ledger, reference: str) -> str:
+    """The ledger events of a request around its reply, in order (no personal data)."""
+    wanted = ("replying", "reply_sent", "notice_sent", "notice_failed", "closed")
+    return " > ".join(e.event + (f":{e.details.get('template', '')}" if e.event == "notice_sent" else "")
+                      for e in ledger.events(reference) if e.event in wanted)
+
+
+async def _stuck_on(client, reference: str) -> str:
+    """What an unsettled request waits on, so that a failed run says why: each connector's state, and each
+    pending activity's type and attempt (a connector deep in its backoff, a step that never ends...)."""
+    from workflows.request import DataSubjectRequest
+
+    try:
+        handle = client.get_workflow_handle_for(DataSubjectRequest.run, reference)
+        status = await handle.query(DataSubjectRequest.status)
+        described = await handle.describe()
+    except Exception as err:  # the workflow itself may be what is missing
+        return f"not queryable: {type(err).__name__}"
+    connectors = ", ".join(
+        f"{p.connector} {p.state.value}" + (" degraded" if p.degraded else "")
+        + (f" resumed {p.resumed}" if p.resumed else "") + (f" failing: {p.error}" if p.error else "")
+        for p in status.connectors)
+    pending = ", ".join(f"{a.activity_type.name} attempt {a.attempt}"
+                        for a in described.raw_description.pending_activities)
+    return f"connectors: {connectors or 'none'}; pending: {pending or 'none'}" + (
+        f"; waiting for {status.waiting_for}" if status.waiting_for else "")
 
 
 async def main(arguments: argparse.Namespace) -> int:

@@ -251,7 +251,15 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
                + (f" [{', '.join(flags)}]" if flags else ""))
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
     for c in state.connectors:
-        typer.echo(f"  {c.connector}: {c.state.value}" + (f" - {c.error}" if c.error else ""))
+        shown = "degraded" if c.degraded else c.state.value
+        if c.failing_since is not None and c.state.value == "running":
+            shown += f", failing since {c.failing_since:%Y-%m-%d %H:%M} UTC (retried)"
+        if c.resumed:
+            shown += f", resumed {c.resumed} times after progress"
+        typer.echo(f"  {c.connector}: {shown}" + (f" - {c.error}" if c.error else ""))
+    if state.degraded:
+        typer.echo(f"  connector degraded (failing too long, still retried; the operator was told): "
+                   f"{', '.join(state.degraded)}")
     if state.waiting_for:
         typer.echo(f"  waiting for {state.waiting_for} of the same person (one request at a time in their systems)")
     if state.awaiting_changes:

@@ -334,6 +334,7 @@ class Settings:
             escalation_repeat_days=_int(env, "DSR_ESCALATION_REPEAT_DAYS", 7, minimum=1),
             connector_heartbeat_seconds=_int(env, "DSR_CONNECTOR_HEARTBEAT_SECONDS", 120, minimum=5),
             document_reason=" ".join(env.get("DSR_IDENTITY_DOCUMENT_REASON", "").split())[:500],
+            connector_degraded_minutes=_int(env, "DSR_CONNECTOR_DEGRADED_MINUTES", 60, minimum=1),
         )
         return cls(
             home=home,

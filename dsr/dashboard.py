@@ -47,6 +47,11 @@ def mail_not_delivered() -> str:
     return f"{REQUESTS_RUNNING} AND {sa.DSR_MAIL_PENDING.name} > 0"
 
 
+def connectors_degraded() -> str:
+    """Requests with a connector failing (retried, neither succeeding nor progressing) past the policy's limit."""
+    return f"{RUNNING} AND {sa.DSR_DEGRADED.name} > 0"
+
+
 def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
     """Temporal UI links pre-filtered for the daily questions of a DPO or an operator on call."""
     queries = {
@@ -56,6 +61,7 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "needs attention": in_stage(Stage.NEEDS_ATTENTION),
         "residual data to clear": residual_data(),
         "mail not delivered": mail_not_delivered(),
+        "connector degraded": connectors_degraded(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"
     return {label: f"{base}?query={urllib.parse.quote(q)}" for label, q in queries.items()}

@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 TASK_QUEUE = "dsr-requests"
 """The one task queue every worker polls; scale by running more workers on it."""
@@ -209,6 +210,7 @@ class RequestPolicy:
     escalation_repeat_days: int = 7
     connector_heartbeat_seconds: int = 120  # a crashed worker's connector run is retried after this
     document_reason: str = ""  # why the document policy asks every requester for one (told to them; suspends)
+    connector_degraded_minutes: int = 60  # a connector failing this long (no success, no progress) is degraded
 
 
 CANONICAL_FIELDS = frozenset({
@@ -363,6 +365,23 @@ class ConnectorTask:
     kind: RequestKind
     subject: Subject
     changes: dict[str, str] = field(default_factory=dict)
+    resume: dict[str, Any] | None = None  # the checkpoint a fresh schedule starts from (a progressed failure)
+    schedule: int = 0
+    """The workflow's number for this schedule of the connector (patch ``connector-progress``); 0 = a workflow
+    from before it, whose activity neither reports progress as a failure type nor tells the workflow of
+    failures."""
+
+
+@dataclass
+class ConnectorHealth:
+    """Signal ``connector_health`` from a connector's activity to its request: the schedule it belongs to
+    began failing (``failing``, with the error's class and hint, no personal data) or, failing, advanced its
+    checkpoint again (``failing`` False)."""
+
+    connector: str
+    schedule: int
+    failing: bool
+    error: str = ""
 
 
 class RecordAction(StrEnum):
@@ -419,6 +438,12 @@ class ConnectorProgress:
     attempts: int = 0
     error: str = ""  # class and hint, no personal data
     outcome: ConnectorOutcome | None = None
+    # Patch ``connector-progress``: since when the current schedule fails without success or progress, whether
+    # that has lasted past the policy's ``connector_degraded_minutes``, and how often a failure after progress
+    # was resumed at once from its checkpoint (attempts and backoff reset).
+    failing_since: datetime | None = None
+    degraded: bool = False
+    resumed: int = 0
 
 
 @dataclass
@@ -458,6 +483,7 @@ class NoticeTemplate(StrEnum):
     OPERATOR_CHANGES_NEEDED = "operator_changes_needed"  # a rectification that does not say what to correct
     IDENTITY_DOUBT = "identity_doubt"  # a reasonable doubt: what to provide, and the clock suspended meanwhile
     CLOCK_RESUMED = "clock_resumed"  # the subject provided it: the time left resumes, the new due date
+    OPERATOR_DEGRADED = "operator_degraded"  # a connector has been failing (retried) for longer than the policy allows
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -469,6 +495,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_RESIDUAL,
     NoticeTemplate.OPERATOR_CORRESPONDENCE,
     NoticeTemplate.OPERATOR_CHANGES_NEEDED,
+    NoticeTemplate.OPERATOR_DEGRADED,
 })
 
 
@@ -582,6 +609,7 @@ class RequestStatus:
     awaiting_changes: bool = False  # a rectification that did not say what to correct waits for ``dsr rectify``
     # Each reply of the subject recorded on the request: when, files kept, what our mail server said of the sender.
     correspondence: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)  # connectors failing longer than the policy allows
 
 
 # --- per-subject order ----------------------------------------------------------------------------

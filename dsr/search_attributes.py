@@ -22,8 +22,12 @@ DSR_MAIL_PENDING = SearchAttributeKey.for_int("DsrMailPending")
 """How many notices of the request could not be sent on their first try and are being retried (SMTP down);
 0 when none. An Int, not a Bool: Temporal's SQL visibility (the dev server, PostgreSQL) allows 3 Bools only."""
 
+DSR_DEGRADED = SearchAttributeKey.for_int("DsrDegraded")
+"""How many of the request's connectors have been failing (retried, no success, no progress) for longer than
+the policy's ``connector_degraded_minutes``; 0 when none. An Int for the same reason as ``DsrMailPending``."""
+
 ALL = (DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE, DSR_RESIDUAL,
-       DSR_MAIL_PENDING)
+       DSR_MAIL_PENDING, DSR_DEGRADED)
 
 TEMPORAL_TYPE_NAMES = {
     DSR_KIND: "Keyword",
@@ -35,5 +39,6 @@ TEMPORAL_TYPE_NAMES = {
     DSR_OVERDUE: "Bool",
     DSR_RESIDUAL: "Bool",
     DSR_MAIL_PENDING: "Int",
+    DSR_DEGRADED: "Int",
 }
 """Type names as ``temporal server start-dev --search-attribute NAME=TYPE`` spells them."""

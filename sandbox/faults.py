@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -159,9 +160,11 @@ class Faults:
 class FaultMiddleware:
     """ASGI middleware applying :class:`Faults` before the sandbox sees the request."""
 
-    def __init__(self, app: ASGIApp, faults: Faults) -> None:
+    def __init__(self, app: ASGIApp, faults: Faults, error_body: Callable[[int], bytes] | None = None) -> None:
         self.app = app
         self.faults = faults
+        # The body of an injected error, in the vendor's own shape (a client SDK may read nothing else).
+        self.error_body = error_body or (lambda status: b'{"message": "injected fault"}')
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -181,7 +184,7 @@ class FaultMiddleware:
             if status in (429, 503):
                 headers.append((b"retry-after", str(self.faults.rates.retry_after_seconds).encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": b'{"message": "injected fault"}'})
+            await send({"type": "http.response.body", "body": self.error_body(status)})
             return
         if drawn == "lost" or self.faults._loses(request):
             async def swallow(message: Message) -> None:
@@ -206,7 +209,7 @@ class FaultMiddleware:
             if self.faults.retry_after is not None:
                 headers.append((b"retry-after", self.faults.retry_after.encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": b'{"message": "injected fault"}'})
+            await send({"type": "http.response.body", "body": self.error_body(status)})
             return
         receive, digest = await _recorded(receive) if scope["method"] in MUTATING else (receive, "")
 
@@ -254,6 +257,18 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
                "content-length", "content-encoding"}
 
 
+def stripe_error(status: int) -> bytes:
+    """An injected error as Stripe answers one (``{"error": {...}}``): the official SDK reads the status and
+    the ``Retry-After`` header of such an answer only; any other body becomes an "invalid response" whose
+    headers are lost, so a connector could not honour Retry-After."""
+    if status == 429:
+        error = {"type": "invalid_request_error", "code": "rate_limit",
+                 "message": "Too many requests hit the API too quickly (injected fault)."}
+    else:
+        error = {"type": "api_error", "message": "An error occurred with our connection to Stripe (injected fault)."}
+    return json.dumps({"error": error}).encode()
+
+
 def fault_proxy(upstream: str, faults: Faults) -> Starlette:
     """A reverse proxy to ``upstream`` (localstripe, which has no fault injection of its own) applying
     ``faults`` as the other sandboxes do: the demo and bench/chaos.py put it in front of Stripe."""
@@ -268,7 +283,7 @@ def fault_proxy(upstream: str, faults: Faults) -> Starlette:
 
     class _Proxy(Starlette):
         def build_middleware_stack(self) -> ASGIApp:
-            return FaultMiddleware(super().build_middleware_stack(), faults)
+            return FaultMiddleware(super().build_middleware_stack(), faults, error_body=stripe_error)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return _Proxy(routes=[Route("/{path:path}", forward, methods=methods)])

@@ -49,7 +49,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent
 CONTEXT_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "previous_deadline", "reason", "subject_name",
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
-    "connector", "error", "residuals", "reminder", "attachments", "sender_check",
+    "connector", "error", "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
     "suspended", "suspended_on", "resumed_on", "document_reason",
 })
@@ -57,7 +57,7 @@ CONTEXT_KEYS = frozenset({
 
 OPERATOR_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector", "error",
-    "residuals", "reminder", "attachments", "sender_check",
+    "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
 })
 """The only keys operator notices receive: nothing that names or reaches the data subject."""
 

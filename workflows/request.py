@@ -18,7 +18,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
-    from activities.connectors import PERMANENT_ERROR
+    from activities.connectors import HEALTH_SIGNAL, PERMANENT_ERROR, PROGRESSED
     from dsr import search_attributes as sa
     from dsr.model import (
         CANONICAL_FIELDS,
@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         ClockPolicy,
         ClockResume,
         ClockStart,
+        ConnectorHealth,
         ConnectorOutcome,
         ConnectorProgress,
         ConnectorState,
@@ -175,6 +176,18 @@ ACK_LEAD = timedelta(minutes=10)
 """How long a later email to the subject (identity request, reply, ...) waits for the acknowledgement to go
 first; past that it goes on its own, so an acknowledgement that cannot be sent never holds the others."""
 
+CONNECTOR_PROGRESS = "connector-progress"
+"""Patch id: a connector attempt that fails after advancing its checkpoint (or its journal) is resumed at once
+from it by a fresh activity, its attempts and backoff reset (``ConnectorProgressed``); a connector failing for
+longer than the policy's ``connector_degraded_minutes`` shows as degraded (status, UI, ``DsrDegraded``) and the
+operator is told once per episode."""
+RESUMES_MAX = 1000
+"""At most this many fresh schedules after progress in one run of a connector (until it ends or an operator
+retries it), so a connector that progresses forever cannot loop without bound; past it, an operator is asked."""
+RESUME_WINDOW = timedelta(days=1)
+"""No fresh schedule after progress once a connector's run has lasted this long: the last schedule's own retry
+budget (CONNECTOR_OPTIONS, about a day) then runs out and an operator is asked."""
+
 TURN_ASK_OPTIONS = {
     "start_to_close_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
@@ -238,6 +251,10 @@ class DataSubjectRequest:
         self._mail_tracked = False
         self._mail_pending: list[str] = []
         self._mail_count = 0
+        # Connectors (patch ``connector-progress``): each connector's latest schedule number (signals of an
+        # earlier schedule are stale) and the checkpoint a fresh schedule resumes from.
+        self._schedules: dict[str, int] = {}
+        self._cursors: dict[str, dict | None] = {}
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -630,26 +647,33 @@ class DataSubjectRequest:
         progress.state = ConnectorState.RUNNING
         progress.error = ""
         progress.attempts += 1
+        progress.failing_since = None  # an operator's retry starts a new run: no failing episode yet
         self._update_details()
+        watched = workflow.patched(CONNECTOR_PROGRESS)
+        # Beside the activity: a connector failing too long (the activity tells when it starts failing) is
+        # shown as degraded and the operator told, until it succeeds, progresses or an operator is asked.
+        watcher = asyncio.create_task(self._watch_failing(progress)) if watched else None
         try:
-            outcome = await workflow.execute_activity(
-                "run_connector",
-                ConnectorTask(
-                    request_id=self._request.request_id,
-                    connector=progress.connector,
-                    kind=self._request.kind,
-                    subject=self._request.subject,
-                    changes=self._request.changes,
-                ),
-                result_type=ConnectorOutcome,
-                summary=f"{progress.connector}: {self._request.kind.value}",
-                heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
-                **CONNECTOR_OPTIONS,
-            )
+            if watched:
+                outcome = await self._run_resuming(progress)
+            else:
+                outcome = await workflow.execute_activity(
+                    "run_connector",
+                    self._connector_task(progress.connector),
+                    result_type=ConnectorOutcome,
+                    summary=f"{progress.connector}: {self._request.kind.value}",
+                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
+                    **CONNECTOR_OPTIONS,
+                )
         except ActivityError as err:
             cause = err.cause
             progress.state = ConnectorState.FAILED
             progress.error = str(cause.message if isinstance(cause, ApplicationError) else err.message)
+            if isinstance(cause, ApplicationError) and cause.type == PROGRESSED:
+                progress.error += f"; resumed {progress.resumed} times and still failing"
+            progress.failing_since = None
+            if watcher is not None:
+                await watcher
             await self._audit(
                 "connector_failed",
                 details={
@@ -660,9 +684,123 @@ class DataSubjectRequest:
         else:
             progress.state = ConnectorState.DONE
             progress.outcome = outcome
+            progress.error = ""
+            progress.failing_since = None
+            if watcher is not None:
+                await watcher
             details = {"connector": progress.connector, "found": str(outcome.found)}
             details.update({k: str(v) for k, v in sorted(outcome.counts.items())})
             await self._audit("connector_done", details=details)
+        self._update_details()
+
+    def _connector_task(self, connector: str, *, schedule: int = 0) -> ConnectorTask:
+        return ConnectorTask(
+            request_id=self._request.request_id,
+            connector=connector,
+            kind=self._request.kind,
+            subject=self._request.subject,
+            changes=self._request.changes,
+            resume=self._cursors.get(connector) if schedule else None,
+            schedule=schedule,
+        )
+
+    async def _run_resuming(self, progress: ConnectorProgress) -> ConnectorOutcome:
+        """Schedule the connector until it succeeds; an attempt that failed after advancing its checkpoint comes
+        back as ``ConnectorProgressed`` and is followed at once (after the vendor's Retry-After, if any) by a
+        fresh activity from that checkpoint, with attempts and backoff reset. Within bounds: RESUMES_MAX and
+        RESUME_WINDOW; a connector that never progresses keeps CONNECTOR_OPTIONS' budget (about a day)."""
+        name = progress.connector
+        started = workflow.now()
+        resumed = 0
+        while True:
+            self._schedules[name] = schedule = self._schedules.get(name, 0) + 1
+            try:
+                return await workflow.execute_activity(
+                    "run_connector",
+                    self._connector_task(name, schedule=schedule),
+                    result_type=ConnectorOutcome,
+                    summary=f"{name}: {self._request.kind.value}" + (f" (resumed {resumed})" if resumed else ""),
+                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
+                    **CONNECTOR_OPTIONS,
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if not isinstance(cause, ApplicationError) or cause.type != PROGRESSED:
+                    raise
+                details = list(cause.details)
+                cursor = details[0] if details else None
+                retry_after = details[1] if len(details) > 1 else None
+                if isinstance(cursor, dict):
+                    self._cursors[name] = cursor
+                if resumed >= RESUMES_MAX or workflow.now() - started >= RESUME_WINDOW:
+                    raise
+                resumed += 1
+                progress.resumed += 1
+                progress.failing_since = None  # it progressed: a failing episode, if any, is over
+                progress.error = ""
+                self._update_details()
+                if isinstance(retry_after, int | float) and retry_after > 0:
+                    await workflow.sleep(timedelta(seconds=retry_after), summary=f"{name}: Retry-After")
+
+    @workflow.signal(name=HEALTH_SIGNAL)
+    def connector_health(self, health: ConnectorHealth) -> None:
+        """A connector's activity says its schedule began failing (Temporal retries it, unseen here), or that it
+        advanced its checkpoint again. Signals of an earlier schedule are stale and ignored."""
+        progress = self._progress.get(health.connector)
+        if (progress is None or progress.state != ConnectorState.RUNNING
+                or health.schedule != self._schedules.get(health.connector)):
+            return
+        if health.failing:
+            if progress.failing_since is None:
+                progress.failing_since = workflow.now()
+                progress.error = health.error
+        else:
+            progress.failing_since = None
+            progress.error = ""
+        self._update_details()
+
+    async def _watch_failing(self, progress: ConnectorProgress) -> None:
+        """Degraded: failing (no success, no progress) for longer than the policy allows. Told once per episode:
+        status, UI details, ``DsrDegraded``, a ledger event and an operator alert; cleared when the connector
+        succeeds or progresses, or when it fails for good (the operator is then asked anyway)."""
+        limit = timedelta(minutes=self._request.policy.connector_degraded_minutes)
+
+        def running() -> bool:
+            return progress.state == ConnectorState.RUNNING
+
+        while True:
+            await workflow.wait_condition(lambda: progress.failing_since is not None or not running())
+            since = progress.failing_since
+            if not running() or since is None:
+                return
+
+            def episode_over(since: datetime = since) -> bool:
+                return progress.failing_since != since or not running()
+
+            if await self._wait(episode_over, since + limit - workflow.now(), f"{progress.connector}: degraded?"):
+                continue
+            progress.degraded = True
+            self._degraded_changed()
+            await self._audit("connector_degraded", details={
+                "connector": progress.connector, "failing_since": since.isoformat(),
+                "minutes": str(self._request.policy.connector_degraded_minutes),
+            })
+            await self._notify_operator(
+                NoticeTemplate.OPERATOR_DEGRADED, connector=progress.connector, error=progress.error,
+                failing_minutes=str(self._request.policy.connector_degraded_minutes),
+            )
+            await workflow.wait_condition(episode_over)
+            progress.degraded = False
+            self._degraded_changed()
+            cleared_by = {ConnectorState.DONE: "success", ConnectorState.FAILED: "needs_attention"}.get(
+                progress.state, "progress")
+            await self._audit("connector_degraded_cleared",
+                              details={"connector": progress.connector, "by": cleared_by})
+
+    def _degraded_changed(self) -> None:
+        """The search attribute counts the connectors degraded."""
+        count = sum(1 for p in self._progress.values() if p.degraded)
+        workflow.upsert_search_attributes([sa.DSR_DEGRADED.value_set(count)])
         self._update_details()
 
     async def _close(self) -> None:
@@ -1066,6 +1204,7 @@ class DataSubjectRequest:
             mail_pending=list(self._mail_pending),
             awaiting_changes=self._awaiting_changes,
             correspondence=list(self._letters),
+            degraded=[p.connector for p in self._progress.values() if p.degraded],
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -1157,11 +1296,21 @@ class DataSubjectRequest:
             lines += ["", "| system | state | attempts | note |", "|---|---|---|---|"]
             for p in self._progress.values():
                 note = p.error or (", ".join(f"{k} {v}" for k, v in p.outcome.counts.items()) if p.outcome else "")
-                lines.append(f"| {p.connector} | {p.state.value} | {p.attempts} | {note} |")
+                if p.failing_since is not None and p.state == ConnectorState.RUNNING:
+                    note = f"failing since {p.failing_since:%Y-%m-%d %H:%M} UTC, retried: {note}"
+                if p.resumed:
+                    note = f"{note} (resumed {p.resumed}× after progress)".strip()
+                state = "**degraded**" if p.degraded else p.state.value
+                lines.append(f"| {p.connector} | {state} | {p.attempts} | {note} |")
         if self._awaiting_turn:
             whom = f"**waiting for {self._turn_holder}** of the same person" if self._turn_holder else \
                 "**waiting for its turn**"
             lines += ["", f"{whom}: one request at a time in the person's systems"]
+        degraded = [p.connector for p in self._progress.values() if p.degraded]
+        if degraded:
+            lines += ["", f"**connector degraded** (failing for over "
+                          f"{self._request.policy.connector_degraded_minutes} min, still retried; the operator was "
+                          f"told): {', '.join(degraded)}"]
         if self._mail_pending:
             lines += ["", f"**mail not delivered yet** (retried until the SMTP server takes it): "
                           f"{', '.join(self._mail_pending)}"]

@@ -137,6 +137,10 @@ class Journal:
     def __init__(self, backend: JournalBackend | None = None) -> None:
         self._backend = backend or MemoryBackend()
 
+    @property
+    def backend(self) -> JournalBackend:
+        return self._backend
+
     async def entries(self) -> list[JournalEntry]:
         return await asyncio.to_thread(self._backend.read)
 

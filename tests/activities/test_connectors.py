@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import activities.connectors as fan_out
-from activities.connectors import PERMANENT_ERROR, ConnectorActivities
+from activities.connectors import PERMANENT_ERROR, PROGRESSED, ConnectorActivities
 from connectors.base import ExportJob, OperationJob
 from dsr.model import ConnectorOutcome, ConnectorTask, PlanInput, RecordAction, RecordReport, RequestKind, Subject
 from tests.harness import ScriptedConnector, file_exports, raw_dataset
@@ -136,3 +137,44 @@ async def test_a_long_report_is_stored_encrypted_and_summarised_in_history() -> 
     ]
     stored = list(STORE.read(request_id, "shop", "report"))
     assert len(stored) == 1001 and stored[0]["record_id"] == "o0"
+
+
+async def test_an_attempt_after_a_lost_worker_that_had_progressed_asks_for_a_fresh_schedule_at_once() -> None:
+    """The previous attempt advanced its checkpoint (heartbeat ``[cursor, started_from]``) and its worker died:
+    the next attempt gives its cursor back at once, without calling the vendor, so the workflow resumes from
+    it with attempts and backoff reset (patch ``connector-progress``)."""
+    crm = ScriptedConnector("crm")
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=3, heartbeat_details=[{"page": 9}, {"page": 4}])
+    watched = dataclasses.replace(task("crm", RequestKind.ACCESS), schedule=2, resume={"page": 4})
+    with pytest.raises(ApplicationError) as raised:
+        await env.run(fan_out_with([crm]).run_connector, watched)
+    assert raised.value.type == PROGRESSED and raised.value.non_retryable
+    assert list(raised.value.details) == [{"page": 9}, None]
+    assert crm.calls == []
+
+
+async def test_an_attempt_after_a_lost_worker_that_had_not_progressed_runs_normally() -> None:
+    crm = ScriptedConnector("crm")
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=3, heartbeat_details=[{"page": 4}, {"page": 4}])
+    watched = dataclasses.replace(task("crm", RequestKind.ACCESS), schedule=2, resume={"page": 4})
+    outcome = await env.run(fan_out_with([crm]).run_connector, watched)
+    assert outcome.counts == {"exported": 3} and len(crm.calls) == 1
+
+
+async def test_before_the_patch_a_failure_after_progress_is_an_ordinary_retryable_one() -> None:
+    """Workflows from before ``connector-progress`` (schedule 0) cannot handle ``ConnectorProgressed``."""
+
+    class Paging(ScriptedConnector):
+        async def export(self, job: ExportJob) -> ConnectorOutcome:
+            job.checkpoint({"page": 1})
+            raise fan_out.TransientConnectorError("service unavailable (503)")
+
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(fan_out_with([Paging("crm")]).run_connector, task("crm", RequestKind.ACCESS))
+    assert raised.value.type == "TransientConnectorError" and not raised.value.non_retryable
+    watched = dataclasses.replace(task("crm", RequestKind.ACCESS), schedule=1)
+    with pytest.raises(ApplicationError) as progressed:
+        await ActivityEnvironment().run(fan_out_with([Paging("crm")]).run_connector, watched)
+    assert progressed.value.type == PROGRESSED and list(progressed.value.details) == [{"page": 1}, None]

@@ -101,6 +101,31 @@ async def test_the_proxy_injects_429_with_retry_after_and_5xx(proxied: tuple[Run
     assert faults.applied == [] and faults.injected == {"429": 1, "5xx": 1}
 
 
+async def test_the_stripe_connector_honours_the_proxys_retry_after(
+    proxied: tuple[RunningCodecServer, Faults],
+) -> None:
+    """Injected errors carry Stripe's error shape: the official SDK exposes the status and ``Retry-After`` of
+    such an answer only (a bare ``{"message": ...}`` became an "invalid response" without headers, so every
+    injected 429 was retried on Temporal's growing backoff instead of after one second)."""
+    from connectors.base import TransientConnectorError
+    from connectors.stripe import StripeConnector
+    from dsr.model import Subject
+
+    server, faults = proxied
+    connector = StripeConnector(api_key=KEY, base_url=server.url)
+    try:
+        for rates, status in ((FaultRates(throttle=1.0, retry_after_seconds=3), "HTTP 429 rate_limit"),
+                              (FaultRates(error=1.0, retry_after_seconds=3), "HTTP 5")):
+            faults.rates = rates
+            with pytest.raises(TransientConnectorError) as raised:
+                await connector.locate(Subject(email="limited@example.org"))
+            assert status in str(raised.value)
+            if "429" in status or "503" in str(raised.value):
+                assert raised.value.retry_after == 3.0
+    finally:
+        await connector.aclose()
+
+
 async def test_an_answer_lost_after_the_call_took_effect(
     proxied: tuple[RunningCodecServer, Faults], localstripe: LocalStripe,
 ) -> None:

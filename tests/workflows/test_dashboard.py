@@ -124,3 +124,38 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
                 await asyncio.sleep(0.2)
             assert erasure.request_id not in found
             await dev_server.client.get_workflow_handle(plain.request_id).terminate("test over")
+
+
+async def test_degraded_filter_lists_requests_whose_connector_fails_too_long(
+    dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
+) -> None:
+    import asyncio
+
+    from dsr.dashboard import connectors_degraded, ui_links
+    from tests.harness import ScriptedConnector
+
+    task_queue = f"dash-{uuid.uuid4()}"
+    # Degraded from the first failure (0 minutes), so that the dev server, without time skipping, shows it
+    # at once; the scripted connector then keeps failing (5 s backoff) well past the test.
+    policy = replace(settings.policy, identity=IdentityMethod.TRUSTED, connector_degraded_minutes=0)
+    settings = replace(settings, policy=policy)
+    connectors = [ScriptedConnector("crm", transient_failures=100)]
+
+    async def listed() -> list[str]:
+        return [wf.id async for wf in dev_server.client.list_workflows(connectors_degraded())]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        async with build_worker(dev_server.client, settings, ledger, connectors, task_queue=task_queue,
+                                executor=executor, exports=exports_of(settings)):
+            failing = prepare(Submission(kind="erasure", email="stuck@example.org"), settings)
+            handle = await start(dev_server.client, failing, task_queue=task_queue)
+            found: list[str] = []
+            for _ in range(100):  # the failure, the signal, the search attribute, then eventual visibility
+                found = await listed()
+                if failing.request_id in found:
+                    break
+                await asyncio.sleep(0.2)
+            assert failing.request_id in found
+            assert (await handle.describe()).typed_search_attributes.get(sa.DSR_DEGRADED) == 1
+            await handle.terminate("test over")
+    assert "connector degraded" in ui_links("http://127.0.0.1:8233", "default", datetime.now(UTC).date())
