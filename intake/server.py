@@ -15,7 +15,7 @@ from dsr.config import ConfigError, Settings
 from dsr.crypto import KeyRing
 from dsr.guards import Guards
 from dsr.ledger import Ledger
-from dsr.model import AuditEvent
+from dsr.model import LINK_ONLY_KINDS, AuditEvent
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
 from dsr.store.exports import ExportStore
@@ -37,6 +37,12 @@ def bundle_opener(keyring: KeyRing, exports: ExportStore) -> Callable[[str], Bun
             return None
 
     return opener
+
+
+def _link_only(ledger: Ledger, request_id: str) -> bool:
+    """No code was offered for this request (an erasure or a rectification): ``/verify`` takes none."""
+    found = ledger.get_request(request_id)
+    return found is not None and found.kind in LINK_ONLY_KINDS
 
 
 def build_intake_app(
@@ -78,6 +84,7 @@ def build_intake_app(
             confirm,
             guards=guards,
             exists=ledger.has_request,
+            link_only=lambda request_id: _link_only(ledger, request_id),
             default_language=language,
             public_path=public_path,
         ),

@@ -489,25 +489,30 @@ class IntakeUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class IdentityOutcome:
-    """What ``/verify`` tells the subject: ``confirmed``, ``already`` (confirmed before), ``closed`` or
-    ``unknown`` (no such request, or its history is gone)."""
+    """What ``/verify`` tells the subject: ``confirmed``, ``already`` (confirmed before), ``closed``,
+    ``unknown`` (no such request, or its history is gone) or ``refused`` (the request's identity policy does
+    not take this proof: ``/verify`` answers it like a wrong code)."""
 
     state: str
     deadline: date | None = None
 
 
 async def confirm_identity(client: Client, request_id: str, *, proof: str) -> IdentityOutcome:
-    """Send the ``confirm_identity`` update for a subject who proved control of their address."""
-    from dsr.model import IdentityConfirmation, IdentityMethod
+    """Send the ``confirm_identity`` update for a subject who proved control of their address (``proof`` is
+    ``link`` or ``code``); the workflow checks that the request's policy takes that proof."""
+    from dsr.model import IdentityConfirmation, IdentityMethod, IdentityProof
 
     handle = client.get_workflow_handle(request_id)
     try:
         result: UpdateResult = await handle.execute_update(
             "confirm_identity",
-            IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", note=f"email {proof}"),
+            IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", note=f"email {proof}",
+                                 proof=IdentityProof(proof)),
             result_type=UpdateResult,
         )
     except WorkflowUpdateFailedError as err:
+        if getattr(err.cause, "type", None) == "IdentityNotAllowed":
+            return IdentityOutcome("refused")
         message = str(getattr(err.cause, "message", "") or err.cause or "")
         return IdentityOutcome("already" if "already confirmed" in message else "closed")
     except RPCError as err:

@@ -48,6 +48,9 @@ Confirmer = Callable[[str, str], Awaitable[IdentityOutcome]]
 """``confirm(request_id, proof)`` with proof ``link`` or ``code``."""
 Exists = Callable[[str], bool]
 """``exists(request_id)``: the ledger knows the request (synchronous; runs in a worker thread)."""
+LinkOnly = Callable[[str], bool]
+"""``link_only(request_id)``: no code was offered for the request (an erasure or a rectification,
+:data:`dsr.model.LINK_ONLY_KINDS`): a code typed for it is wrong, whatever it is (synchronous)."""
 
 _TEXT = {
     "en": {
@@ -123,6 +126,7 @@ def verify_router(
     *,
     guards: Guards,
     exists: Exists,
+    link_only: LinkOnly = lambda _request_id: False,
     default_language: str = "fr",
     public_path: str = "",
     clock: Callable[[], datetime] | None = None,
@@ -148,11 +152,17 @@ def verify_router(
         t = text(request)
         return respond(request, status, t[f"{key}_title"], [t[f"{key}_body"].format(**fmt)])
 
-    async def outcome_page(request: Request, request_id: str, proof: str) -> HTMLResponse:
+    async def outcome_page(request: Request, request_id: str, proof: str, reference: str = "") -> HTMLResponse:
         try:
             outcome = await confirm(request_id, proof)
         except IntakeUnavailable:
             return message(request, "error", 503)
+        if outcome.state == "refused":
+            # The request's policy takes no such proof (a document request, an erasure typed by code): the same
+            # answer as a wrong code or a bad link, so the page tells nothing about the request.
+            if proof == "code":
+                return code_form(request, status=403, wrong=True, reference=reference)
+            return message(request, "invalid", 403)
         lang = choose_language(request.headers.get("accept-language"), default_language)
         if outcome.state == "confirmed":
             deadline = format_date(outcome.deadline, lang) if outcome.deadline else ""
@@ -250,19 +260,22 @@ def verify_router(
         request_id = "dsr-" + reference[4:].upper() if reference.lower().startswith("dsr-") else reference
         if not _REFERENCE.match(request_id):
             return code_form(request, status=400, wrong=True, reference=reference)
-        right = links.check_request_code(request_id, fields.get("code", ""))
+        typed_right = links.check_request_code(request_id, fields.get("code", ""))
         client = request.client.host if request.client else None
 
         def judge() -> Verdict:
-            # Whether the request exists decides only where the answer is counted, never what the page says.
+            # Whether the request exists decides only where the answer is counted, never what the page says; a
+            # request no code was offered for takes none (the right one included: it can only have been guessed).
+            tracked = exists(request_id)
+            right = typed_right and not (tracked and link_only(request_id))
             return guards.judge(VERIFY_SCOPE, request_id, client, now_fn(), right=right, limits=limits,
-                                tracked=exists(request_id))
+                                tracked=tracked)
 
         verdict = await run_in_threadpool(judge)
         if verdict.wait is not None:
             return locked(request, verdict.wait)
         if verdict.outcome == "wrong":
             return code_form(request, status=403, wrong=True, reference=reference)
-        return await outcome_page(request, request_id, "code")
+        return await outcome_page(request, request_id, "code", reference)
 
     return router

@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         TurnRelease,
         UpdateResult,
         Withdrawal,
+        confirmation_refused,
         subject_queue_id,
     )
 
@@ -164,6 +165,17 @@ class RequestRejected(ApplicationError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, type="RequestRejected", non_retryable=True)
+
+
+IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
+
+
+class IdentityNotAllowed(ApplicationError):
+    """A confirmation of identity whose method or proof the request's policy does not allow. Its own type, so
+    that ``/verify`` can answer it exactly like a wrong code (no oracle)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=IDENTITY_NOT_ALLOWED, non_retryable=True)
 
 
 @workflow.defn(name="DataSubjectRequest")
@@ -690,17 +702,23 @@ class DataSubjectRequest:
         await self._audit(
             "identity_confirmed",
             actor=confirmation.confirmed_by,
-            details={"method": confirmation.method.value},
+            details={"method": confirmation.method.value, "proof": confirmation.proof.value},
         )
         return self._result()
 
     @confirm_identity.validator
     def _validate_confirm_identity(self, confirmation: IdentityConfirmation) -> None:
+        # Validators do not run on replay: a stricter check here changes no saved history.
         self._reject_if_closed()
         if self._identity_confirmed:
             raise RequestRejected(f"identity of {self._request.request_id} is already confirmed")
         if self._ending():
             raise RequestRejected(f"{self._request.request_id} is being closed")
+        # The policy frozen into the request decides which proofs count: a document request is never confirmed
+        # by a link or a code (none was sent), an erasure or rectification never by a code.
+        refused = confirmation_refused(self._request.policy.identity, self._request.kind, confirmation)
+        if refused is not None:
+            raise IdentityNotAllowed(f"{self._request.request_id} cannot be confirmed this way: {refused}")
 
     @workflow.update
     async def attach_duplicate(self, duplicate: DuplicateAttached) -> UpdateResult:

@@ -61,9 +61,16 @@ class Intake:
     service: object
 
 
+@pytest.fixture
+def identity_method() -> str:
+    """``DSR_IDENTITY_METHOD`` of the intake under test (a test parametrizes it to change it)."""
+    return "email"
+
+
 @pytest_asyncio.fixture
 async def intake(
-    dev_server: WorkflowEnvironment, mail: MailSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dev_server: WorkflowEnvironment, mail: MailSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    identity_method: str,
 ) -> AsyncIterator[Intake]:
     port = free_port()
     monkeypatch.setenv("DSR_ZENDESK_WEBHOOK_SECRET", ZENDESK_SECRET)
@@ -71,6 +78,7 @@ async def intake(
     settings = Settings.from_env({
         "DSR_HOME": str(tmp_path), "DSR_OPERATOR_EMAIL": "dpo@example.com", "DSR_MAIL_FROM": "privacy@example.com",
         "DSR_INTAKE_PORT": str(port), "DSR_RATE_PER_CLIENT_HOUR": "6", "DSR_TICKET_TRUST_AUTHENTICATED": "true",
+        "DSR_IDENTITY_METHOD": identity_method,
     })
     settings = replace(settings, smtp=SmtpSettings(host="127.0.0.1", port=mail.port),
                        task_queue=f"intake-{uuid.uuid4()}")
@@ -343,6 +351,24 @@ async def test_code_confirmation_counts_wrong_codes_then_locks(intake: Intake) -
         await intake.http.post("/verify", data={"reference": other, "code": wrong})
     locked = await intake.http.post("/verify", data={"reference": other, "code": wrong})
     assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize("identity_method", ["document"])
+async def test_a_document_request_is_not_confirmed_by_the_right_code(intake: Intake) -> None:
+    """Issue 12 finding 1: no code is sent under the document policy, and the right one (derived with the
+    key, as an attacker who guessed it would type it) gets the same page as a wrong one: no confirmation."""
+    from dsr.links import IdentityLinks
+
+    reference = (await intake.http.post("/api/requests", json=api_body(language="en"))).json()["reference"]
+    await wait_for_mail(intake.mail, 2)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    assert "/verify" not in text and "confirmation code" not in text
+    code = IdentityLinks(TEST_KEYRING, ttl=timedelta(days=30)).request_code(reference)
+    answer = await intake.http.post("/verify", data={"reference": reference, "code": code},
+                                    headers={"Accept-Language": "en"})
+    assert answer.status_code == 403 and "do not match" in answer.text
+    assert (await status(intake, reference)).identity_confirmed is False
+    assert not await _events(intake, reference, "identity_confirmed")
 
 
 async def test_verify_link_tampered_is_403(intake: Intake) -> None:
