@@ -31,7 +31,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dsr.config import SmtpSettings
-from dsr.links import IdentityLinks
+from dsr.links import IdentityLinks, format_code
 from dsr.model import (
     LINK_ONLY_KINDS,
     OPERATOR_TEMPLATES,
@@ -352,7 +352,7 @@ class NoticeActivities:
             context["verify_url"] = self._identity_links.verify_url(self._public_url, link.token)
             if context.get("kind") not in {kind.value for kind in LINK_ONLY_KINDS}:
                 # An erasure or rectification is confirmed by the signed link only: a code could be guessed.
-                context["verify_code"] = self._identity_links.request_code(notice.request_id)
+                context["verify_code"] = format_code(self._identity_links.request_code(notice.request_id))
         return context
 
     @activity.defn(name="send_notice")

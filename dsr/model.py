@@ -238,6 +238,15 @@ def confirmation_refused(identity: IdentityMethod, kind: RequestKind, confirmati
 
 
 @dataclass
+class CodeLocked:
+    """Signal ``code_locked``: the lasting cap of wrong codes of this request was reached on a page (``verify``
+    or ``exports``); its code path is closed and the operator is told. No client address, nothing typed."""
+
+    page: str
+    wrong: int
+
+
+@dataclass
 class Extension:
     reason: str  # Art. 12(3): the reasons are told to the subject
     requested_by: str = "operator"
@@ -413,6 +422,7 @@ class NoticeTemplate(StrEnum):
     OPERATOR_REPLY_HELD = "operator_reply_held"  # the final reply cannot be written (e.g. incomplete profile)
     OPERATOR_RESIDUAL = "operator_residual"  # data a system's API could not clear: to be cleared by hand
     OPERATOR_CORRESPONDENCE = "operator_correspondence"  # the subject wrote again (e.g. sent an ID copy)
+    OPERATOR_CODE_LOCKED = "operator_code_locked"  # too many wrong codes: the request's code path is closed
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -423,6 +433,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_REPLY_HELD,
     NoticeTemplate.OPERATOR_RESIDUAL,
     NoticeTemplate.OPERATOR_CORRESPONDENCE,
+    NoticeTemplate.OPERATOR_CODE_LOCKED,
 })
 
 

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         Channel,
         ClockPolicy,
         ClockStart,
+        CodeLocked,
         ConnectorOutcome,
         ConnectorProgress,
         ConnectorState,
@@ -147,6 +148,9 @@ SUBJECT_ORDER = "subject-order"
 """Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
 in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
 
+CODE_LOCKED_ALERT = "code-locked-alert"
+"""Patch id: the ``code_locked`` signal (too many wrong codes for a request) tells the operator."""
+
 ACK_NONBLOCKING = "ack-nonblocking"
 """Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
 the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
@@ -192,6 +196,7 @@ class DataSubjectRequest:
         self._extension_reason = ""
         self._overdue = False
         self._identity_confirmed = request.policy.identity == IdentityMethod.TRUSTED
+        self._codes_locked: set[str] = set()  # pages ("verify", "exports") whose code the intake closed
         self._clock_suspended = (
             request.policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
         )
@@ -719,6 +724,15 @@ class DataSubjectRequest:
         refused = confirmation_refused(self._request.policy.identity, self._request.kind, confirmation)
         if refused is not None:
             raise IdentityNotAllowed(f"{self._request.request_id} cannot be confirmed this way: {refused}")
+
+    @workflow.signal
+    async def code_locked(self, locked: CodeLocked) -> None:
+        """The intake closed this request's code after too many wrong answers (and recorded it in the ledger):
+        the operator is told, once per page (the intake signals only the answer that reached the cap)."""
+        if not workflow.patched(CODE_LOCKED_ALERT) or locked.page in self._codes_locked:
+            return
+        self._codes_locked.add(locked.page)
+        await self._notify_operator(NoticeTemplate.OPERATOR_CODE_LOCKED, page=locked.page, wrong=str(locked.wrong))
 
     @workflow.update
     async def attach_duplicate(self, duplicate: DuplicateAttached) -> UpdateResult:

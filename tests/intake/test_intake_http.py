@@ -150,7 +150,7 @@ async def test_api_request_is_started_acknowledged_and_confirmed_by_the_link(int
     await wait_for_mail(intake.mail, 2)
     text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
     link = re.search(rf"{re.escape(intake.url)}/verify/(\S+)", text)
-    code = re.search(r"\b(\d{6})\b", text.split("code", 1)[-1])
+    code = re.search(r"\b([2-9A-Z]{4}-[2-9A-Z]{4})\b", text.split("code", 1)[-1])
     assert link and code, text
     assert (await status(intake, reference)).identity_confirmed is False
 
@@ -335,13 +335,14 @@ async def test_code_confirmation_counts_wrong_codes_then_locks(intake: Intake) -
     reference = (await intake.http.post("/api/requests", json=api_body(language="en"))).json()["reference"]
     await wait_for_mail(intake.mail, 2)
     text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
-    code = re.search(r"confirmation code: (\d{6})", text).group(1)
-    wrong = "000000" if code != "000000" else "111111"
+    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
+    wrong = "2222-2222" if code != "2222-2222" else "3333-3333"
     for _ in range(4):
         answer = await intake.http.post("/verify", data={"reference": reference, "code": wrong},
                                         headers={"Accept-Language": "en"})
         assert answer.status_code == 403 and "do not match" in answer.text
-    right = await intake.http.post("/verify", data={"reference": reference.lower(), "code": code[:3] + " " + code[3:]},
+    typed = code.replace("-", "").lower()  # any case, with or without the dash
+    right = await intake.http.post("/verify", data={"reference": reference.lower(), "code": typed},
                                    headers={"Accept-Language": "en"})
     assert right.status_code == 200 and "confirmed" in right.text
     assert (await status(intake, reference)).identity_confirmed
@@ -369,6 +370,57 @@ async def test_a_document_request_is_not_confirmed_by_the_right_code(intake: Int
     assert answer.status_code == 403 and "do not match" in answer.text
     assert (await status(intake, reference)).identity_confirmed is False
     assert not await _events(intake, reference, "identity_confirmed")
+
+
+async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once(intake: Intake) -> None:
+    """Issue 12 finding 2: 10 wrong codes in all (whatever the lockouts' windows) close the request's code, even
+    the right one then answers "do not match"; the ledger records it and the operator gets one alert; the
+    emailed link still confirms. An erasure is sent no code, and its right code is refused."""
+    reference = (await intake.http.post("/api/requests", json=api_body(language="en"))).json()["reference"]
+    await wait_for_mail(intake.mail, 2)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
+    link = re.search(rf"{re.escape(intake.url)}/verify/(\S+)", text).group(1)
+    wrong = "2222-2222" if code != "2222-2222" else "3333-3333"
+    guards = intake.service.guards
+    for attempt in range(10):
+        if attempt == 5:  # the lockout of the first five is served: a day later, five more
+            with intake.ledger.engine.begin() as connection:
+                connection.exec_driver_sql("UPDATE attempt_limits SET locked_until = NULL, failures = 0")
+        answer = await intake.http.post("/verify", data={"reference": reference, "code": wrong},
+                                        headers={"Accept-Language": "en"})
+        assert answer.status_code == 403 and "do not match" in answer.text, attempt
+    assert guards.wrong_answers("verify", reference) == (10, True)
+    with intake.ledger.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE attempt_limits SET locked_until = NULL, failures = 0")
+    right = await intake.http.post("/verify", data={"reference": reference, "code": code},
+                                   headers={"Accept-Language": "en"})
+    assert right.status_code == 403 and "do not match" in right.text
+    assert (await status(intake, reference)).identity_confirmed is False
+    [locked] = await poll(lambda: _events(intake, reference, "code_locked"))
+    assert locked.details == {"page": "verify", "wrong": "10"}
+    await poll(lambda: _sent(intake, reference, "operator_code_locked"))
+    alert = [m for rcpt, m in intake.mail.messages if "dpo@example.com" in rcpt and "wrong codes" in str(m["Subject"])]
+    assert len(alert) == 1 and "camille" not in alert[0].as_string().lower()
+    # The link still works.
+    page = await intake.http.get(f"/verify/{link}")
+    form = re.search(r'name="form" value="([^"]+)"', page.text).group(1)
+    assert (await intake.http.post(f"/verify/{link}", data={"form": form})).status_code == 200
+    assert (await status(intake, reference)).identity_confirmed
+
+    # An erasure: the link only.
+    erasure = (await intake.http.post("/api/requests", json=api_body(kind="erasure", language="en"))).json()
+    await wait_for_mail(intake.mail, 5)  # 2 for the first request, the alert, 2 for the erasure
+    mails = [m for _, m in intake.mail.messages if erasure["reference"] in str(m["Subject"])]
+    told = "\n".join(m.get_body(("plain",)).get_content() for m in mails)
+    assert "/verify/" in told and "confirmation code" not in told
+    from dsr.links import IdentityLinks
+
+    erasure_code = IdentityLinks(TEST_KEYRING, ttl=timedelta(days=30)).request_code(erasure["reference"])
+    refused = await intake.http.post("/verify", data={"reference": erasure["reference"], "code": erasure_code},
+                                     headers={"Accept-Language": "en"})
+    assert refused.status_code == 403 and "do not match" in refused.text
+    assert (await status(intake, erasure["reference"])).identity_confirmed is False
 
 
 async def test_verify_link_tampered_is_403(intake: Intake) -> None:
@@ -468,7 +520,7 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
     for _, sent in intake.mail.messages:
         assert sent["In-Reply-To"] == "<sar-2026-11-24.1@mail.example.co.uk>"
     text = "\n".join(bodies(intake.mail, "ruth.evans@example.co.uk"))
-    code = re.search(r"confirmation code: (\d{6})", text).group(1)
+    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
     confirmed = await intake.http.post("/verify", data={"reference": request.request_id, "code": code})
     assert confirmed.status_code == 200
     await poll(lambda: _events(intake, request.request_id, "identity_documents_deleted"))
