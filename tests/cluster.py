@@ -241,6 +241,16 @@ def reference_in(text: str) -> str | None:
     return found.group(0) if found else None
 
 
+def acknowledged_reference(mail: MailSink, email: str, kind: str) -> str | None:
+    """The reference our (English) acknowledgement of ``email``'s ``kind`` request gave them, or None yet: the
+    intake's receipt carries none (issue 12), the subject reads it in our emails."""
+    for rcpt, message in list(mail.messages):
+        subject = str(message["Subject"])
+        if email in rcpt and f"received your {kind} request" in subject:
+            return reference_in(subject)
+    return None
+
+
 def plain_text(message: EmailMessage) -> str:
     return message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
 
