@@ -52,6 +52,7 @@ from tests.cluster import (  # noqa: E402
     Sandboxes,
     connectors_toml,
     download,
+    download_code_in,
     expected_in_bundle,
     manifest_counts,
     new_keys,
@@ -322,7 +323,7 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
             if token is None:
                 report.incomplete_bundles.append(f"{reference}: no download link in the reply")
                 continue
-            answer = await download(http, intake, token.group(1), reference)
+            answer = await download(http, intake, token.group(1), download_code_in(text))
             if answer.status_code != 200:
                 report.incomplete_bundles.append(f"{reference}: download answered {answer.status_code}")
                 continue

@@ -268,7 +268,7 @@ class Guards:
               limits: AttemptLimits, tracked: bool = True) -> Verdict:
         """Decide one answer, checked beforehand (``right``), in one transaction: ``locked`` if the reference or
         the client is locked (nothing counted; even a right answer waits); ``closed`` if the reference's lasting
-        cap is reached (counted for the client; even a right answer is refused); else ``right`` (the
+        cap is reached (counted for the lockouts; even a right answer is refused); else ``right`` (the
         reference's lockout count starts again, its lasting count does not) or ``wrong`` (counted for the
         reference, for good too, and the client; the last allowed one locks, the ``max_wrong``-th closes).
         ``tracked``: the reference exists (else it is counted per client and reference, never capped)."""
@@ -292,9 +292,11 @@ class Guards:
             if wait is not None:
                 return Verdict("locked", wait)
             if cap is not None and cap.closed_at is not None:
-                # Closed for good: whatever is typed is refused, and still costs the client one of its answers.
+                # Closed for good: whatever is typed is refused, and still counts for the lockouts (of the request
+                # and the client), so that hammering a closed code stays as slow as hammering an open one.
+                _fail(subject, now, limits.max_attempts, limits.lockout)
                 _fail(by_client, now, limits.max_client_attempts, limits.lockout)
-                session.add(by_client)
+                session.add_all([subject, by_client])
                 return Verdict("closed")
             if right:
                 _reset(subject, now)

@@ -284,9 +284,10 @@ def verify_router(
 
         def judge() -> Verdict:
             # Whether the request exists decides only where the answer is counted, never what the page says; a
-            # request no code was offered for takes none (the right one included: it can only have been guessed).
+            # request no code was offered for takes none (the right one included: it can only have been guessed),
+            # and neither does a reference the ledger does not know (nothing to confirm: the same page).
             tracked = exists(request_id)
-            right = typed_right and not (tracked and link_only(request_id))
+            right = typed_right and tracked and not link_only(request_id)
             return guards.judge(VERIFY_SCOPE, request_id, client, now_fn(), right=right, limits=limits,
                                 tracked=tracked)
 

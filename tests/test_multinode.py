@@ -41,6 +41,7 @@ from tests.cluster import (
     acknowledged_reference,
     connectors_toml,
     download,
+    download_code_in,
     expected_in_bundle,
     final_reply_references,
     manifest_counts,
@@ -273,7 +274,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
         reply = next(text for text in plain_bodies(cluster.mail, both.email) if "/exports/" in text)
         token = re.search(re.escape(a.url) + r"/exports/(\S+)", reply)
         assert token is not None
-        gone = await download(http, b.url, token.group(1), copy_ref)
+        gone = await download(http, b.url, token.group(1), download_code_in(reply))
         assert gone.status_code == 410, gone.status_code
 
         # Every other access and portability reply downloads, complete, through either replica.
@@ -285,7 +286,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
             token = re.search(re.escape(a.url) + r"/exports/(\S+)", reply)
             assert token is not None, reply
             for replica in cluster.machines:
-                answer = await download(http, replica.url, token.group(1), reference)
+                answer = await download(http, replica.url, token.group(1), download_code_in(reply))
                 assert answer.status_code == 200, (replica.name, answer.status_code, answer.text[:500])
                 counts = manifest_counts(answer.content)
                 expected = expected_in_bundle(holding, kind)
