@@ -270,7 +270,7 @@ def final_reply_references(mail: MailSink) -> list[str | None]:
 
 def download_code_in(text: str) -> str:
     """The download code a reply gives (``K7QM-4XPD``); "" when it has none."""
-    found = re.search(r"code\W{0,20}([2-9A-Z]{4}-[2-9A-Z]{4})\b", text)
+    found = re.search(r"code\D{0,20}?([2-9A-Z]{4}-[2-9A-Z]{4})\b", text)
     return found.group(1) if found else ""
 
 
