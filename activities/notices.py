@@ -32,8 +32,9 @@ from temporalio.exceptions import ApplicationError
 
 from connectors.config import ConfigFileError
 from dsr.config import SmtpSettings
-from dsr.links import IdentityLinks
+from dsr.links import IdentityLinks, format_code
 from dsr.model import (
+    LINK_ONLY_KINDS,
     OPERATOR_TEMPLATES,
     IdentityMethod,
     Language,
@@ -356,7 +357,9 @@ class NoticeActivities:
             # Made here, not in the workflow: the link and code are secrets and stay out of its history.
             link = self._identity_links.issue(notice.request_id, now=datetime.now(UTC))
             context["verify_url"] = self._identity_links.verify_url(self._public_url, link.token)
-            context["verify_code"] = self._identity_links.request_code(notice.request_id)
+            if context.get("kind") not in {kind.value for kind in LINK_ONLY_KINDS}:
+                # An erasure or rectification is confirmed by the signed link only: a code could be guessed.
+                context["verify_code"] = format_code(self._identity_links.request_code(notice.request_id))
         return context
 
     def _authority(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.notices import Mailer, SentLog, beating
 from dsr.bundle import build_bundle
-from dsr.links import DownloadLinks
+from dsr.links import DownloadLinks, format_code
 from dsr.model import (
     ConnectorOutcome,
     ExportsDeletion,
@@ -88,7 +88,7 @@ class ReplyActivities:
             )
             link = self._links.issue(reply.request_id, now=datetime.now(UTC))
             context.download_url = link.url(self._public_url)
-            context.download_code = link.code
+            context.download_code = format_code(link.code)
             # The reply promises the link "until <date> inclusive": name the last full day it works.
             context.link_expires = (link.expires_at - timedelta(days=1)).date()
             result.link_expires_at = link.expires_at

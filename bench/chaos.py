@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 from dsr import search_attributes as sa  # noqa: E402
 from dsr.crypto import KeyRing, data_converter  # noqa: E402
 from dsr.ledger import Ledger  # noqa: E402
-from dsr.model import Stage  # noqa: E402
+from dsr.model import RequestKind, Stage  # noqa: E402
 from sandbox.faults import FaultRates  # noqa: E402
 from tests.cluster import (  # noqa: E402
     FINAL_REPLY,
@@ -52,6 +52,7 @@ from tests.cluster import (  # noqa: E402
     Sandboxes,
     connectors_toml,
     download,
+    download_code_in,
     expected_in_bundle,
     manifest_counts,
     new_keys,
@@ -212,7 +213,11 @@ async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float
                 answer = await http.post(f"{entry.url}/api/requests", json=body)
                 if answer.status_code != 202:
                     raise RuntimeError(f"the intake refused a submission: {answer.status_code} {answer.text[:300]}")
-                references[answer.json()["reference"]] = (kind, holding)
+                # The receipt carries no reference (issue 12): the subject's open request of this kind holds it.
+                claim = ledger.claim_of(holding.email, RequestKind(kind))
+                if claim is None:
+                    raise RuntimeError(f"no open {kind} request after a 202 for {holding.email}")
+                references[claim.request_id] = (kind, holding)
             say(f"{len(references)} requests submitted; killing workers while the sandboxes inject faults…")
 
             replying_since: dict[str, float] = {}
@@ -323,7 +328,7 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
             if token is None:
                 report.incomplete_bundles.append(f"{reference}: no download link in the reply")
                 continue
-            answer = await download(http, intake, token.group(1), reference)
+            answer = await download(http, intake, token.group(1), download_code_in(text))
             if answer.status_code != 200:
                 report.incomplete_bundles.append(f"{reference}: download answered {answer.status_code}")
                 continue

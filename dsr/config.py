@@ -206,6 +206,9 @@ class Settings:
     link_days: int = 7
     rate_per_client_hour: int = 20  # submissions per client address per hour (API, form)
     rate_per_subject_day: int = 5  # submissions per subject address per day (every channel)
+    code_max_wrong: int = 10  # wrong codes a request takes in all (/verify, /exports each), then its code is closed
+    answers_per_client_hour: int = 30  # answers on /verify and on /exports per client address per hour
+    answers_per_hour: int = 1000  # answers on /verify and on /exports per hour, from everyone
     zendesk_trust_authenticated: bool = False
     ticket_trust_authenticated: bool = False
     imap: ImapSettings | None = None  # email intake: None when DSR_IMAP_HOST is unset
@@ -362,6 +365,9 @@ class Settings:
             link_days=_int(env, "DSR_LINK_DAYS", 7, minimum=1),
             rate_per_client_hour=_int(env, "DSR_RATE_PER_CLIENT_HOUR", 20, minimum=1),
             rate_per_subject_day=_int(env, "DSR_RATE_PER_SUBJECT_DAY", 5, minimum=1),
+            code_max_wrong=_int(env, "DSR_CODE_MAX_WRONG", 10, minimum=1),
+            answers_per_client_hour=_int(env, "DSR_ANSWERS_PER_CLIENT_HOUR", 30, minimum=1),
+            answers_per_hour=_int(env, "DSR_ANSWERS_PER_HOUR", 1000, minimum=1),
             zendesk_trust_authenticated=_bool(env, "DSR_ZENDESK_TRUST_AUTHENTICATED", False),
             ticket_trust_authenticated=_bool(env, "DSR_TICKET_TRUST_AUTHENTICATED", False),
             imap=ImapSettings(

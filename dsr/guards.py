@@ -20,6 +20,12 @@ Tables (created on the ledger's engine if missing, like the ledger's own):
     most ``max_client_attempts`` per window); and, for a made-up reference, per client *and* reference, so
     the one who typed it sees the same lock as for a real one while nobody else is affected. A flood of
     made-up references therefore never locks a real request, nor anyone but the client sending them.
+``answer_caps``
+    Wrong answers of one request on ``/verify`` or ``/exports``, for good (never reset by a right answer, kept
+    :attr:`AttemptLimits.cap_keep`): at ``max_wrong`` the code path of that request is closed (every answer,
+    the right one included, is then ``closed``), and the one wrong answer that closed it says so
+    (:attr:`Verdict.capped_now`) so that the operator is told once. The lockouts above slow guessing down;
+    this cap bounds it, however slow.
 ``seen_signatures``
     Webhook signatures accepted within the replay window: the second delivery of one is a replay.
 
@@ -95,8 +101,20 @@ class SeenSignatureRow(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
-_TABLES = [RateLimitRow.__table__, AttemptLimitRow.__table__, SeenSignatureRow.__table__]  # type: ignore[attr-defined]
-_Row = TypeVar("_Row", RateLimitRow, AttemptLimitRow)
+class AnswerCapRow(SQLModel, table=True):
+    """Wrong answers of one request, for good: ``<scope>:<request id>``; ``closed_at`` once the cap is reached."""
+
+    __tablename__ = "answer_caps"
+
+    key: str = Field(primary_key=True, sa_type=String(200))
+    wrong: int = 0
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+_TABLES = [RateLimitRow.__table__, AttemptLimitRow.__table__, AnswerCapRow.__table__,  # type: ignore[attr-defined]
+           SeenSignatureRow.__table__]  # type: ignore[attr-defined]
+_Row = TypeVar("_Row", RateLimitRow, AttemptLimitRow, AnswerCapRow)
 
 
 # --- values ------------------------------------------------------------------------------------------------
@@ -118,22 +136,50 @@ class RateRefusal:
     retry_after: int  # whole seconds, at least 1
 
 
+MAX_WRONG_ANSWERS = 10
+"""Wrong answers a request's code takes in all (``DSR_CODE_MAX_WRONG``), then its code path is closed."""
+CAP_KEEP = timedelta(days=400)
+"""How long a request's count of wrong answers is kept after the last one: longer than any code lives."""
+
+
 @dataclass(frozen=True)
 class AttemptLimits:
     """``max_attempts`` wrong answers per request within ``lockout`` lock it for ``lockout``; a client address
-    gets ``max_client_attempts`` wrong answers per ``lockout`` window, whatever the references."""
+    gets ``max_client_attempts`` wrong answers per ``lockout`` window, whatever the references; a request
+    takes ``max_wrong`` wrong answers in all (None: no lasting cap), then its code path is closed."""
 
     max_attempts: int = 5
     lockout: timedelta = timedelta(minutes=15)
     max_client_attempts: int = 30
+    max_wrong: int | None = None
+    cap_keep: timedelta = CAP_KEEP
+
+
+@dataclass(frozen=True)
+class AnswerThrottle:
+    """Answers (right or wrong) to one page: ``per_client`` per client address and ``overall`` from everyone,
+    per ``window``; beyond, 429. Bounds guessing spread over many requests and many addresses."""
+
+    per_client: int = 30
+    overall: int = 1000
+    window: timedelta = timedelta(hours=1)
+
+    def windows(self, scope: str, client_hash: str) -> list[RateWindow]:
+        return [RateWindow("address", f"{scope}-answers:client:{client_hash}", self.per_client, self.window),
+                RateWindow("everyone", f"{scope}-answers:all", self.overall, self.window)]
+
+
+DEFAULT_THROTTLE = AnswerThrottle()
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What :meth:`Guards.judge` decided: ``locked`` (``wait`` left), ``right`` or ``wrong``."""
+    """What :meth:`Guards.judge` decided: ``locked`` (``wait`` left), ``right``, ``wrong`` or ``closed`` (the
+    request's lasting cap is reached: no answer counts any more). ``capped_now``: this wrong answer reached it."""
 
     outcome: str
     wait: timedelta | None = None
+    capped_now: bool = False
 
     @property
     def locked(self) -> bool:
@@ -221,15 +267,23 @@ class Guards:
     def judge(self, scope: str, reference: str, client: str | None, now: datetime, *, right: bool,
               limits: AttemptLimits, tracked: bool = True) -> Verdict:
         """Decide one answer, checked beforehand (``right``), in one transaction: ``locked`` if the reference or
-        the client is locked (nothing counted; even a right answer waits), else ``right`` (the reference's
-        count starts again) or ``wrong`` (counted for the reference and the client; the last allowed one
-        locks). ``tracked``: the reference exists (else it is counted per client and reference)."""
+        the client is locked (nothing counted; even a right answer waits); ``closed`` if the reference's lasting
+        cap is reached (counted for the lockouts; even a right answer is refused); else ``right`` (the
+        reference's lockout count starts again, its lasting count does not) or ``wrong`` (counted for the
+        reference, for good too, and the client; the last allowed one locks, the ``max_wrong``-th closes).
+        ``tracked``: the reference exists (else it is counted per client and reference, never capped)."""
         now = _utc(now)
         subject_key, client_key = self._attempt_keys(scope, reference, client, tracked)
+        capped_now = False
         with self._session(write=True) as session:
             rows = self._lock_rows(session, AttemptLimitRow, [subject_key, client_key],
                                    {"failures": 0, "first_failed": None, "locked_until": None, "expires_at": now})
             subject, by_client = rows[subject_key], rows[client_key]
+            cap: AnswerCapRow | None = None
+            if tracked and limits.max_wrong is not None:
+                cap_key = f"{scope}:{reference}"
+                cap = self._lock_rows(session, AnswerCapRow, [cap_key],
+                                      {"wrong": 0, "closed_at": None, "expires_at": now + limits.cap_keep})[cap_key]
             for row in (subject, by_client):
                 if row.failures and _expired(row, now, limits.lockout):
                     _reset(row, now)  # lock served, or no failure for a whole window: a fresh set of attempts
@@ -237,6 +291,13 @@ class Guards:
             wait = _longest([_left(subject, now), _left(by_client, now)])
             if wait is not None:
                 return Verdict("locked", wait)
+            if cap is not None and cap.closed_at is not None:
+                # Closed for good: whatever is typed is refused, and still counts for the lockouts (of the request
+                # and the client), so that hammering a closed code stays as slow as hammering an open one.
+                _fail(subject, now, limits.max_attempts, limits.lockout)
+                _fail(by_client, now, limits.max_client_attempts, limits.lockout)
+                session.add_all([subject, by_client])
+                return Verdict("closed")
             if right:
                 _reset(subject, now)
                 session.add(subject)
@@ -244,8 +305,20 @@ class Guards:
             _fail(subject, now, limits.max_attempts, limits.lockout)
             _fail(by_client, now, limits.max_client_attempts, limits.lockout)
             session.add_all([subject, by_client])
+            if cap is not None and limits.max_wrong is not None:
+                cap.wrong += 1
+                cap.expires_at = now + limits.cap_keep
+                if cap.wrong >= limits.max_wrong:
+                    cap.closed_at, capped_now = now, True
+                session.add(cap)
         self._maybe_purge(now)
-        return Verdict("wrong")
+        return Verdict("wrong", capped_now=capped_now)
+
+    def wrong_answers(self, scope: str, reference: str) -> tuple[int, bool]:
+        """The lasting count of wrong answers of ``reference`` on ``scope``, and whether its code path is closed."""
+        with self._session(write=False) as session:
+            row = session.get(AnswerCapRow, f"{scope}:{reference}")
+            return (0, False) if row is None else (row.wrong, row.closed_at is not None)
 
     # --- replays -------------------------------------------------------------------------------------------
 
@@ -267,7 +340,7 @@ class Guards:
         now = _utc(now)
         batch = batch or self._purge_batch
         deleted = 0
-        for model in (RateLimitRow, AttemptLimitRow, SeenSignatureRow):
+        for model in (RateLimitRow, AttemptLimitRow, AnswerCapRow, SeenSignatureRow):
             expired = (
                 select(model.key).where(model.expires_at < now).limit(batch)  # type: ignore[attr-defined]
                 .with_for_update(skip_locked=True)  # PostgreSQL: rows another replica holds are left for later

@@ -1,8 +1,9 @@
 """Signed, expiring download links for export bundles, and the code that goes with them.
 
 The reply to an access/portability request links to ``{DSR_PUBLIC_URL}/exports/{token}``. Opening the
-link is not enough to download: the page asks for the request reference or the 6-digit code sent in the
-same email, so a link forwarded (or leaked through a proxy log) alone does not disclose the data.
+link is not enough to download: the page asks for the code sent in the same email (8 characters, e.g.
+``K7QM-4XPD``; never the request reference, which is in every email subject and in Temporal ids), so a link
+forwarded (or leaked through a proxy log) alone does not disclose the data.
 
 Token format (``v2``)
 ---------------------
@@ -15,10 +16,10 @@ Token format (``v2``)
     mac  = HMAC-SHA256(mac_key, "v2.<key id>." + base64url(body))        (32 bytes)
 
 All of it is URL-safe (``A-Z a-z 0-9 - _ .``), about 140 characters. The request id is *encrypted*: it is
-not personal data, but it is one of the two accepted answers to the download challenge, so it must not be
-readable from the link itself. Verification checks the HMAC first (constant time), then decrypts, then
-compares the expiry; a bad signature, a bad format, an unknown key id or a wrong version all raise
-:class:`TamperedLink`, an authentic token past its expiry raises :class:`ExpiredLink`.
+not personal data, but it names the request, so it is not readable from the link itself. Verification
+checks the HMAC first (constant time), then decrypts, then compares the expiry; a bad signature, a bad
+format, an unknown key id or a wrong version all raise :class:`TamperedLink`, an authentic token past its
+expiry raises :class:`ExpiredLink`.
 
 Keys, and their rotation
 ------------------------
@@ -31,9 +32,12 @@ key id, so one issued before the rotation still verifies (its key stays in the r
 ``v1`` tokens (issued before keys rotated, no key id) were derived from the ring's *index key*, which never
 rotates; they are still accepted until they expire, under those keys.
 
-* the ``code`` is ``HMAC(code_key, token)`` reduced to 6 decimal digits: the worker (which puts it in the
-  email) and the intake app (which checks it) agree without storing anything;
-* :meth:`IdentityLinks.request_code` is derived from the request id under the current key; a code is typed
+* the ``code`` is ``HMAC(code_key, token)`` written as :data:`CODE_LENGTH` characters of
+  :data:`CODE_ALPHABET` (no 0/O, 1/I/L: about 40 bits): the worker (which puts it in the email) and the
+  intake app (which checks it) agree without storing anything. It is shown grouped (``K7QM-4XPD``) and typed
+  in any case, with or without the dash or spaces;
+* :meth:`IdentityLinks.request_code` is derived from the request id under the current key (same alphabet and
+  length); a code is typed
   without its link, so :meth:`IdentityLinks.check_request_code` accepts the code of any key of the ring
   (and of the index-key scheme), each compared in constant time;
 * :meth:`DownloadLinks.form_token` is ``HMAC(form_key, token)`` under the token's key, the stateless CSRF
@@ -63,7 +67,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from dsr.crypto import KeyRing
 
 __all__ = [
-    "CODE_DIGITS",
+    "CODE_ALPHABET",
+    "CODE_LENGTH",
     "DEFAULT_LINK_TTL",
     "DownloadLink",
     "DownloadLinks",
@@ -72,10 +77,14 @@ __all__ = [
     "InvalidLink",
     "TamperedLink",
     "download_url",
+    "format_code",
 ]
 
 DEFAULT_LINK_TTL = timedelta(days=7)
-CODE_DIGITS = 6
+CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+"""Digits and upper-case letters without the ones read alike (0 O, 1 I L): 31 symbols."""
+CODE_LENGTH = 8
+"""31**8 is about 8.5e11 codes (40 bits): with a lasting cap of wrong answers per request, out of reach."""
 LINK_VERSION = "v2"
 LEGACY_LINK_VERSION = "v1"
 MAX_TOKEN_LENGTH = 512
@@ -88,8 +97,6 @@ _EXPIRY = struct.Struct(">Q")
 _TOKEN_RE = re.compile(r"^v[0-9]{1,3}\.(?:[A-Za-z0-9_-]{1,40}\.)?[A-Za-z0-9_-]{1,400}\.[A-Za-z0-9_-]{43}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CODE_SEPARATORS = str.maketrans("", "", " -.\u00a0\u202f\t")
-# Crockford base32 look-alikes, as read out on the phone: O -> 0, I/L -> 1 (references never hold them).
-_LOOKALIKES = str.maketrans({"O": "0", "I": "1", "L": "1"})
 
 
 class InvalidLink(ValueError):
@@ -142,6 +149,29 @@ def _aware(value: datetime, name: str) -> datetime:
 
 def _normalise_answer(value: str) -> str:
     return value.strip().upper().translate(_CODE_SEPARATORS)
+
+
+def _code_of(digest: bytes) -> str:
+    """:data:`CODE_LENGTH` symbols of :data:`CODE_ALPHABET` from a MAC (128 bits in: no visible bias)."""
+    number = int.from_bytes(digest[:16], "big")
+    symbols = []
+    for _ in range(CODE_LENGTH):
+        number, index = divmod(number, len(CODE_ALPHABET))
+        symbols.append(CODE_ALPHABET[index])
+    return "".join(symbols)
+
+
+def format_code(code: str) -> str:
+    """A code as it is shown in emails: two groups of four, ``K7QM-4XPD``."""
+    half = len(code) // 2
+    return f"{code[:half]}-{code[half:]}"
+
+
+def _same_code(typed: object, code: str) -> bool:
+    """Constant-time check of a typed code: any case, dashes and spaces anywhere, surrounding blanks."""
+    if not isinstance(typed, str) or len(typed) > 50:
+        return False
+    return hmac.compare_digest(_normalise_answer(typed).encode("utf-8"), code.encode("ascii"))
 
 
 @dataclass(frozen=True)
@@ -208,9 +238,9 @@ class DownloadLinks:
         return DownloadLink(token=token, code=self.code(token), expires_at=datetime.fromtimestamp(expires, UTC))
 
     def code(self, token: str) -> str:
-        """The 6-digit code that goes with ``token`` (deterministic; no storage), under the token's key."""
-        digest = hmac.new(self._keys_of(token).code, token.encode("utf-8"), hashlib.sha256).digest()
-        return f"{int.from_bytes(digest[:8], 'big') % 10**CODE_DIGITS:0{CODE_DIGITS}d}"
+        """The code that goes with ``token`` (deterministic; no storage), under the token's key, ungrouped: see
+        :func:`format_code`."""
+        return _code_of(hmac.new(self._keys_of(token).code, token.encode("utf-8"), hashlib.sha256).digest())
 
     # ------------------------------------------------------------------ checking
 
@@ -225,26 +255,15 @@ class DownloadLinks:
         """The expiry of an authentic token (expired or not); :class:`TamperedLink` otherwise."""
         return self._open(token)[1]
 
-    def check_code(self, token: str, code_or_reference: str) -> bool:
-        """Whether the answer is the token's 6-digit code or its request reference.
-
-        Case-insensitive; spaces and dashes inside a code, surrounding blanks and the Crockford look-alikes
-        (O for 0, I/L for 1) are tolerated. Both comparisons always run, in constant time. An unauthentic
-        token gives False (expiry is not checked here: :meth:`verify` does that).
-        """
+    def check_code(self, token: str, code: object) -> bool:
+        """Whether ``code`` is the token's code (any case, with or without the dash; constant time). The request
+        reference is no answer: it is in every email subject and in Temporal ids. An unauthentic token gives
+        False (expiry is not checked here: :meth:`verify` does that)."""
         try:
-            request_id, _ = self._open(token)
+            self._open(token)
         except InvalidLink:
             return False
-        if not isinstance(code_or_reference, str) or len(code_or_reference) > 200:
-            return False
-        as_reference = code_or_reference.strip().upper().translate(_LOOKALIKES).encode("utf-8")
-        as_code = _normalise_answer(code_or_reference).translate(_LOOKALIKES).encode("utf-8")
-        matches = (
-            hmac.compare_digest(as_reference, request_id.upper().translate(_LOOKALIKES).encode("ascii")),
-            hmac.compare_digest(as_code, self.code(token).encode("ascii")),
-        )
-        return any(matches)
+        return _same_code(code, self.code(token))
 
     def form_token(self, token: str) -> str:
         """The hidden CSRF field of the download form for ``token`` (stateless, bound to the token)."""
@@ -321,9 +340,11 @@ class IdentityLinks(DownloadLinks):
 
     The acknowledgement asks the subject to prove control of the address the request came from: either
     open the link (signed, bound to the request, expiring with the identity wait) and press the button, or
-    enter the reference and the 6-digit code on ``/verify``. The code is derived from the request id, not
-    the token, so it works without the link (read out on the phone, typed on another device). One-time:
-    the workflow refuses a second confirmation, and the page then says it is already confirmed.
+    enter the reference and the code on ``/verify`` (only for the kinds :func:`dsr.model.code_offered` names: an
+    erasure or a rectification gets the link only). The code is derived from the request id, not the token,
+    so it works without the link (typed on another device). One-time: the workflow refuses a second
+    confirmation, and the page then says it is already confirmed. Wrong codes are capped for good per request
+    (:mod:`dsr.guards`), after which only the link works.
     """
 
     __slots__ = ()
@@ -332,13 +353,12 @@ class IdentityLinks(DownloadLinks):
         super().__init__(keyring, ttl=ttl, purpose="identity-link")
 
     def request_code(self, request_id: str) -> str:
-        """The 6-digit code of ``request_id`` under the current key (deterministic; nothing stored)."""
+        """The code of ``request_id`` under the current key (deterministic; nothing stored), ungrouped."""
         return self._request_code(self._keys[self._current], request_id)
 
     @staticmethod
     def _request_code(keys: _LinkKeys, request_id: str) -> str:
-        digest = hmac.new(keys.code, b"request\x00" + request_id.encode("utf-8"), hashlib.sha256).digest()
-        return f"{int.from_bytes(digest[:8], 'big') % 10**CODE_DIGITS:0{CODE_DIGITS}d}"
+        return _code_of(hmac.new(keys.code, b"request\x00" + request_id.encode("utf-8"), hashlib.sha256).digest())
 
     def check_request_code(self, request_id: str, code: object) -> bool:
         """Constant-time check of a typed code (spaces and dashes tolerated).
@@ -349,7 +369,7 @@ class IdentityLinks(DownloadLinks):
         """
         if not isinstance(code, str) or len(code) > 50:
             return False
-        typed = _normalise_answer(code).translate(_LOOKALIKES).encode("utf-8")
+        typed = _normalise_answer(code).encode("utf-8")
         families = [*self._keys.values(), self._legacy]
         matches = [hmac.compare_digest(typed, self._request_code(keys, request_id).encode("ascii"))
                    for keys in families]

@@ -243,11 +243,62 @@ class RequestInput:
 # --- updates (one dataclass each) ---------------------------------------------------------------
 
 
+class IdentityProof(StrEnum):
+    """How a confirmation of identity was obtained (beside its :class:`IdentityMethod`)."""
+
+    LINK = "link"  # the subject pressed the button behind the signed link we emailed (``/verify/{token}``)
+    CODE = "code"  # the subject typed the reference and the emailed code (``/verify``)
+    REVIEW = "review"  # an operator checked (``dsr confirm-identity``); older callers sent no proof: the same
+
+
+LINK_ONLY_KINDS = frozenset({RequestKind.ERASURE, RequestKind.RECTIFICATION})
+"""Requests that change or delete the person's data: the email check is the signed link only, never a typed
+code (a code can be guessed; a link cannot), so no code is sent for them and ``/verify`` refuses one."""
+
+
+def code_offered(identity: IdentityMethod, kind: RequestKind) -> bool:
+    """Whether the identity email of such a request carries a code (typed on ``/verify``)."""
+    return identity == IdentityMethod.EMAIL and kind not in LINK_ONLY_KINDS
+
+
 @dataclass
 class IdentityConfirmation:
     method: IdentityMethod
     confirmed_by: str  # operator login or "subject" (email link); never the subject's address
     note: str = ""
+    proof: IdentityProof = IdentityProof.REVIEW
+
+
+def confirmation_refused(identity: IdentityMethod, kind: RequestKind, confirmation: IdentityConfirmation
+                         ) -> str | None:
+    """Why the request's identity policy does not allow ``confirmation`` (a sentence for the operator), or None.
+
+    ``email`` takes the subject's link, their code (unless :data:`LINK_ONLY_KINDS`), or an operator's review
+    (by email or of a document: at least as strong); ``document`` takes only an operator's review of a document;
+    ``trusted`` is settled at the start and takes no confirmation."""
+    by_subject = confirmation.proof in (IdentityProof.LINK, IdentityProof.CODE)
+    if identity == IdentityMethod.DOCUMENT:
+        if by_subject or confirmation.method != IdentityMethod.DOCUMENT:
+            return "its policy requires an operator's review of a document (--method document)"
+        return None
+    if identity == IdentityMethod.EMAIL:
+        if confirmation.method == IdentityMethod.TRUSTED:
+            return "its policy is email: a trusted confirmation is only given by the channel at the start"
+        if by_subject and confirmation.method != IdentityMethod.EMAIL:
+            return "a link or code proves control of the address, which is the email method"
+        if confirmation.proof == IdentityProof.CODE and not code_offered(identity, kind):
+            return f"a {kind.value} request is confirmed by the signed link only, never by a code"
+        return None
+    return f"its policy is {identity.value}: nothing to confirm"
+
+
+@dataclass
+class CodeLocked:
+    """Signal ``code_locked``: the lasting cap of wrong codes of this request was reached on a page (``verify``
+    or ``exports``); its code path is closed and the operator is told. No client address, nothing typed."""
+
+    page: str
+    wrong: int
 
 
 @dataclass
@@ -484,6 +535,7 @@ class NoticeTemplate(StrEnum):
     IDENTITY_DOUBT = "identity_doubt"  # a reasonable doubt: what to provide, and the clock suspended meanwhile
     CLOCK_RESUMED = "clock_resumed"  # the subject provided it: the time left resumes, the new due date
     OPERATOR_DEGRADED = "operator_degraded"  # a connector has been failing (retried) for longer than the policy allows
+    OPERATOR_CODE_LOCKED = "operator_code_locked"  # too many wrong codes: the request's code path is closed
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -496,6 +548,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_CORRESPONDENCE,
     NoticeTemplate.OPERATOR_CHANGES_NEEDED,
     NoticeTemplate.OPERATOR_DEGRADED,
+    NoticeTemplate.OPERATOR_CODE_LOCKED,
 })
 
 

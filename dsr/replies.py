@@ -74,7 +74,7 @@ class ReplyContext:
     profile: ControllerProfile | None = None
     systems: list[ConnectorOutcome] = field(default_factory=list)  # one per connector that took part
     download_url: str = ""  # access/portability: GET /exports/{token}
-    download_code: str = ""  # asked at download; when empty the subject types the request reference
+    download_code: str = ""  # asked at download (grouped, e.g. K7QM-4XPD); never the request reference
     link_expires: date | None = None  # last day the link works
     recipients_notified: list[str] = field(default_factory=list)  # Art. 19 recipients told (names)
     extension_reason: str = ""  # recalled when ``extended``

@@ -4,7 +4,9 @@ Every route reads the raw body itself (bounded: :data:`MAX_BODY_BYTES`, else 413
 signatures are over the exact bytes received, then validates with pydantic, then hands a
 :class:`~intake.submission.Submission` to the :class:`~intake.service.IntakeSink`. Errors are JSON
 ``{"error": "...", "field": "..."}`` with a 4xx status, and nothing is created; Temporal unreachable is
-503 with ``Retry-After``.
+503 with ``Retry-After``. A submission taken is answered 202 with the same neutral receipt whatever happened
+(:func:`intake.service.receipt`: no reference, no "attached"), so that nobody learns from it whether another
+person has a request under way; the subject learns the reference, or the attachment, by email.
 
 Support desks
 -------------
@@ -50,7 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from dsr.guards import Guards
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.model import WORKFLOW_ID_PREFIX, Language, RequestKind
-from intake.service import Accepted, IntakeSink, IntakeUnavailable, RateLimited
+from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
 from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 
 logger = logging.getLogger(__name__)
@@ -92,12 +94,14 @@ class RequestBody(BaseModel):
 
 
 class AcceptedBody(BaseModel):
-    reference: str
+    """The same neutral receipt for every submission (issue 12): no reference (it goes to the subject's address
+    by email), nothing saying whether an open request of the same subject and kind took it."""
+
+    status: str = Field(description='Always "received".')
     kind: RequestKind
-    received: str
-    deadline: str
+    received: str = Field(description="The day this submission was received.")
+    deadline: str = Field(description="The answer is due by this day, counted from this submission.")
     extended_deadline: str
-    attached: bool = Field(description="True when an open request of the same subject and kind took it.")
 
 
 class ZendeskBody(BaseModel):
@@ -225,7 +229,7 @@ def api_router(
             return error(429, str(err), headers={"Retry-After": str(err.retry_after)})
         except IntakeUnavailable as err:
             return error(503, str(err), headers={"Retry-After": "30"})
-        return JSONResponse(_accepted(accepted), status_code=202, headers={"Cache-Control": "no-store"})
+        return JSONResponse(receipt(accepted), status_code=202, headers={"Cache-Control": "no-store"})
 
     def client_of(request: Request) -> str | None:
         return request.client.host if request.client else None
@@ -362,15 +366,3 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
         return node
 
     return resolve(schema)
-
-
-def _accepted(accepted: Accepted) -> dict[str, Any]:
-    return {
-        "reference": accepted.reference,
-        "kind": accepted.kind.value,
-        "received": accepted.received_on.isoformat(),
-        "deadline": accepted.deadline.isoformat(),
-        "extended_deadline": accepted.extended_deadline.isoformat(),
-        "attached": accepted.attached,
-    }
-

@@ -5,16 +5,20 @@ Flow
 1. ``GET /exports/{token}``: the token is checked (:class:`dsr.links.DownloadLinks`). Tampered: 403 page
    "This link is not valid"; expired: 410 page "This link has expired; ask for a new one". Neither page
    says anything else (no reference, no expiry, no hint which check failed). A valid token gets a small
-   form (French or English by ``Accept-Language``) asking for the request reference or the 6-digit code
-   sent in the same email: a forwarded link alone is not enough.
+   form (French or English by ``Accept-Language``) asking for the code sent in the same email (8 characters,
+   ``K7QM-4XPD``; never the request reference, which is in every email subject): a forwarded link alone is
+   not enough.
 2. ``POST /exports/{token}`` (``application/x-www-form-urlencoded``, at most 4 KiB, else 413) with fields
-   ``answer`` (reference or code) and ``form`` (a stateless CSRF value, HMAC of the token, written into
+   ``answer`` (the code) and ``form`` (a stateless CSRF value, HMAC of the token, written into
    the form; missing or wrong: 403). A wrong answer: 403 page with the form again. After
    :data:`MAX_ATTEMPTS` wrong answers the request is locked for :data:`LOCKOUT` (429, ``Retry-After``), and
-   so is a client address after :data:`MAX_CLIENT_ATTEMPTS` wrong answers, whatever the links.
+   so is a client address after :data:`MAX_CLIENT_ATTEMPTS` wrong answers, whatever the links; after
+   ``max_wrong`` wrong answers in all the request's download is closed for good (403 page "ask for a new
+   copy"; the operator is told once through ``on_locked``). Every answer is throttled per client address and
+   overall (``throttle``, 429) before it is read.
    A right answer streams the bundle as ``application/zip`` (``attachment; filename="<reference>.zip"``,
    ``Cache-Control: no-store``, ``X-Content-Type-Options: nosniff``) after recording the audit event
-   ``export_downloaded`` with ``{"ip_hash": <keyed hash of the client address>, "proof": "code"|"reference"}``
+   ``export_downloaded`` with ``{"ip_hash": <keyed hash of the client address>, "proof": "code"}``
    (never the address itself). A bundle already deleted: 410 page.
 3. ``GET /health``: ``{"status": "ok"}``.
 
@@ -38,7 +42,7 @@ import html
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -51,7 +55,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dsr.guards import AttemptLimits, Guards
+from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
 
@@ -75,6 +79,8 @@ MAX_CLIENT_ATTEMPTS = 30
 locked for :data:`LOCKOUT`): a bound on guesses spread over many links or references."""
 EXPORTS_SCOPE = "exports"
 
+CodeLockedHook = Callable[[str, str, int], Awaitable[None]]
+"""``on_locked(request_id, page, wrong)``: the answer just counted closed the request's code for good."""
 AuditHook = Callable[[str, str, dict[str, str]], None]
 """``audit(request_id, event, details)``; the integrator binds it to ``Ledger.append_event``."""
 BundleOpener = Callable[[str], Iterator[bytes] | None]
@@ -91,14 +97,13 @@ _TEXT: dict[str, dict[str, str]] = {
     "en": {
         "form_title": "Download your data",
         "form_intro": (
-            "Your data is ready. To protect it, enter the 6-digit code from the email we sent you, "
-            "or the reference of your request (it starts with DSR-)."
+            "Your data is ready. To protect it, enter the code from the email we sent you with this link."
         ),
-        "form_label": "Code or request reference",
-        "form_hint": "For example 123456 or DSR-2026-01-ABC123.",
+        "form_label": "Download code",
+        "form_hint": "Letters and digits, for example K7QM-4XPD, with or without the dash.",
         "form_button": "Download (ZIP file)",
         "form_expiry": "This link is valid until {expiry} (UTC).",
-        "wrong_answer": "This code or reference is not correct. Check the email we sent you and try again.",
+        "wrong_answer": "This code is not correct. Check the email we sent you and try again.",
         "invalid_title": "This link is not valid",
         "invalid_body": "Check that you copied the whole link from our email.",
         "expired_title": "This link has expired; ask for a new one",
@@ -108,6 +113,9 @@ _TEXT: dict[str, dict[str, str]] = {
         "gone_body": "The files were deleted. Reply to our email to get a new copy of your data.",
         "locked_title": "Too many attempts",
         "locked_body": "For your security, this download is locked for {minutes} minutes. Try again later.",
+        "closed_title": "This download is locked after too many wrong codes",
+        "closed_body": "For your security, this link no longer works. Reply to our email to get a new copy of "
+        "your data.",
         "form_invalid_title": "This form is not valid",
         "form_invalid_body": "Open the link from our email again and fill in the form on that page.",
         "too_large_title": "The form sent is too large",
@@ -121,14 +129,13 @@ _TEXT: dict[str, dict[str, str]] = {
     "fr": {
         "form_title": "Télécharger vos données",
         "form_intro": (
-            "Vos données sont prêtes. Pour les protéger, saisissez le code à 6 chiffres reçu dans notre "
-            "courriel, ou la référence de votre demande (elle commence par DSR-)."
+            "Vos données sont prêtes. Pour les protéger, saisissez le code reçu avec ce lien dans notre courriel."
         ),
-        "form_label": "Code ou référence de la demande",
-        "form_hint": "Par exemple 123456 ou DSR-2026-01-ABC123.",
+        "form_label": "Code de téléchargement",
+        "form_hint": "Lettres et chiffres, par exemple K7QM-4XPD, avec ou sans le tiret.",
         "form_button": "Télécharger (fichier ZIP)",
         "form_expiry": "Ce lien est valable jusqu’au {expiry} (UTC).",
-        "wrong_answer": "Ce code ou cette référence n’est pas correct. Vérifiez notre courriel et réessayez.",
+        "wrong_answer": "Ce code n’est pas correct. Vérifiez notre courriel et réessayez.",
         "invalid_title": "Ce lien n’est pas valide",
         "invalid_body": "Vérifiez que vous avez copié le lien complet depuis notre courriel.",
         "expired_title": "Ce lien a expiré\u00a0; demandez-en un nouveau",
@@ -140,6 +147,9 @@ _TEXT: dict[str, dict[str, str]] = {
         "locked_title": "Trop de tentatives",
         "locked_body": "Pour votre sécurité, ce téléchargement est bloqué pendant {minutes}\u00a0minutes. "
         "Réessayez plus tard.",
+        "closed_title": "Ce téléchargement est bloqué après trop de codes erronés",
+        "closed_body": "Pour votre sécurité, ce lien ne fonctionne plus. Répondez à notre courriel pour obtenir une "
+        "nouvelle copie de vos données.",
         "form_invalid_title": "Ce formulaire n’est pas valide",
         "form_invalid_body": "Ouvrez de nouveau le lien de notre courriel et remplissez le formulaire de cette page.",
         "too_large_title": "Le formulaire envoyé est trop volumineux",
@@ -212,6 +222,9 @@ def intake_app(
     max_attempts: int = MAX_ATTEMPTS,
     lockout: timedelta = LOCKOUT,
     max_client_attempts: int = MAX_CLIENT_ATTEMPTS,
+    max_wrong: int = MAX_WRONG_ANSWERS,
+    throttle: AnswerThrottle = DEFAULT_THROTTLE,
+    on_locked: CodeLockedHook | None = None,
     max_form_bytes: int = MAX_FORM_BYTES,
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
@@ -227,7 +240,8 @@ def intake_app(
     prefix = parts.path.rstrip("/")
     hsts = parts.scheme == "https"
     now_fn = clock or (lambda: datetime.now(UTC))
-    limits = AttemptLimits(max_attempts=max_attempts, lockout=lockout, max_client_attempts=max_client_attempts)
+    limits = AttemptLimits(max_attempts=max_attempts, lockout=lockout, max_client_attempts=max_client_attempts,
+                           max_wrong=max_wrong)
 
     def security_headers() -> dict[str, str]:
         headers = {
@@ -278,7 +292,7 @@ def intake_app(
             f'<input type="hidden" name="{FORM_FIELD}" value="{html.escape(links.form_token(token))}">\n'
             f'<label for="answer">{html.escape(text["form_label"])}</label>\n'
             f'<p id="answer-hint" class="hint">{html.escape(text["form_hint"])}</p>\n'
-            f'<input type="text" id="answer" name="{ANSWER_FIELD}" required maxlength="64" autocomplete="off" '
+            f'<input type="text" id="answer" name="{ANSWER_FIELD}" required maxlength="20" autocomplete="off" '
             f'autocapitalize="characters" spellcheck="false" autofocus aria-describedby="{described}"{invalid}>\n'
             f'<button type="submit">{html.escape(text["form_button"])}</button>\n'
             "</form>\n"
@@ -328,6 +342,10 @@ def intake_app(
             return checked
         token, request_id = checked
         client = request.client.host if request.client else None
+        refused = await run_in_threadpool(
+            guards.hit, throttle.windows(EXPORTS_SCOPE, guards.client_key(client)), now_fn())
+        if refused is not None:
+            return locked_page(request, timedelta(seconds=refused.retry_after))
         # A cheap look first (a locked request is not worth reading the body of); judge() decides below.
         left = await run_in_threadpool(guards.wait, EXPORTS_SCOPE, request_id, client, now_fn())
         if left is not None:
@@ -352,10 +370,13 @@ def intake_app(
             EXPORTS_SCOPE, request_id, client, now_fn(), right=links.check_code(token, answer), limits=limits))
         if verdict.wait is not None:
             return locked_page(request, verdict.wait)
+        if verdict.capped_now and on_locked is not None:
+            await on_locked(request_id, EXPORTS_SCOPE, max_wrong)
+        if verdict.outcome == "closed":
+            return page(request, 403, "closed_title", ("closed_body",))
         if verdict.outcome == "wrong":  # the next attempt gets 429 once the limit is reached
             return form_page(request, token, status=403, wrong=True)
-        # The code may be typed with look-alike letters (O for 0): only a reference starts with "dsr".
-        proof = "reference" if answer.strip().lower().startswith("dsr") else "code"
+        proof = "code"
 
         try:
             chunks = await run_in_threadpool(bundle_opener, request_id)

@@ -13,10 +13,13 @@ Flow
    (it is the authority: a :class:`~intake.submission.SubmissionError` it raises is shown the same way).
    :class:`~intake.service.RateLimited` gives 429 with ``Retry-After``; any other failure of the sink 503,
    with the form and its values kept so nothing typed is lost.
-3. Success: ``303 See Other`` to ``GET /submitted?ref=…&kind=…&due=…&attached=…&sig=…&lang=…``
-   (Post/Redirect/Get: reloading the confirmation never submits twice). The parameters are signed with
-   ``csrf_key`` so nobody can make this site display a confirmation of their own wording; ``lang`` is
-   not signed (it only picks one of our two translations).
+3. Success: ``303 See Other`` to ``GET /submitted?kind=…&due=…&sig=…&lang=…`` (Post/Redirect/Get: reloading
+   the confirmation never submits twice). The parameters are signed with ``csrf_key`` so nobody can make this
+   site display a confirmation of their own wording; ``lang`` is not signed (it only picks one of our two
+   translations). The confirmation is the same neutral receipt for every submission: no reference (it goes
+   to the address given, by email) and the deadline of this submission's own receipt, so that typing someone
+   else's address never reveals whether they have a request under way (it is attached to theirs, and they are
+   told by email).
 
 CSRF, stateless and without JavaScript
 --------------------------------------
@@ -77,7 +80,6 @@ _NONCE_BYTES = 16
 _CSRF_CONTEXT = b"dsr/intake-form/csrf/v1\x00"
 _CONFIRMATION_CONTEXT = b"dsr/intake-form/confirmation/v1\x00"
 _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
-_REFERENCE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")  # signed anyway; a sanity bound
 # C0 controls (tab, line feed and carriage return excepted) and DEL: never typed by a person, and NUL
 # cannot even be stored in PostgreSQL text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -162,17 +164,15 @@ _TEXT: dict[str, dict[str, str]] = {
         "unsupported_body": "Envoyez votre demande depuis le formulaire de cette page\u00a0: rien n’a été enregistré.",
         "back_to_form": "Revenir au formulaire",
         "confirm_title": "Votre demande a bien été reçue",
-        "confirm_reference": "Référence de votre demande\u00a0:",
-        "confirm_reference_hint": "Notez-la\u00a0: elle vous sera utile si vous nous contactez.",
+        "confirm_reference": "La référence de votre demande figure dans le courriel que nous envoyons à l’adresse "
+        "indiquée\u00a0: rappelez-la si vous nous contactez.",
         "confirm_kind": "Votre demande\u00a0:",
         "confirm_deadline": "Réponse au plus tard le\u00a0:",
-        "confirm_inbox": "Vérifiez votre boîte de réception pour confirmer votre adresse électronique\u00a0: "
-        "nous venons de vous envoyer un courriel avec un lien. Nous ne pouvons traiter votre demande "
-        "qu’après cette confirmation. Pensez à regarder dans vos courriels indésirables.",
+        "confirm_inbox": "Vérifiez votre boîte de réception\u00a0: nous venons de vous écrire. Si nous devons "
+        "confirmer votre adresse électronique, le courriel contient un lien, et nous ne pouvons traiter votre "
+        "demande qu’après cette confirmation. Pensez à regarder dans vos courriels indésirables.",
         "confirm_extension": "Si votre demande est complexe, ce délai peut être prolongé de deux mois\u00a0; "
         "nous vous le dirions avant cette date, en expliquant pourquoi.",
-        "confirm_attached": "Une demande du même type était déjà en cours pour vous\u00a0: nous y avons ajouté "
-        "celle-ci. La référence et la date ci-dessus sont celles de cette demande.",
         "invalid_confirmation_title": "Cette page n’est pas valide",
         "invalid_confirmation_body": "Si vous venez d’envoyer une demande, vérifiez votre boîte de réception"
         "\u00a0: nous vous avons écrit. Sinon, remplissez le formulaire.",
@@ -244,16 +244,15 @@ _TEXT: dict[str, dict[str, str]] = {
         "unsupported_body": "Send your request from the form on this page: nothing was recorded.",
         "back_to_form": "Back to the form",
         "confirm_title": "We have received your request",
-        "confirm_reference": "Your request’s reference:",
-        "confirm_reference_hint": "Write it down: it helps if you contact us.",
+        "confirm_reference": "Your request’s reference is in the email we send to the address you gave: quote it "
+        "if you contact us.",
         "confirm_kind": "Your request:",
         "confirm_deadline": "Answer by:",
-        "confirm_inbox": "Check your inbox to confirm your email address: we have just sent you an email with a "
-        "link. We can only handle your request once you confirm it. Look in your spam folder too.",
+        "confirm_inbox": "Check your inbox: we have just written to you. If we need to confirm your email address, "
+        "the email has a link, and we can only handle your request once you confirm it. Look in your spam folder "
+        "too.",
         "confirm_extension": "If your request is complex, this can be extended by two months; we would tell "
         "you so, and why, before that date.",
-        "confirm_attached": "A request of the same kind was already under way for you: we added this one to it. "
-        "The reference and date above are those of that request.",
         "invalid_confirmation_title": "This page is not valid",
         "invalid_confirmation_body": "If you have just sent a request, check your inbox: we have written to "
         "you. Otherwise, fill in the form.",
@@ -588,18 +587,15 @@ def form_router(
         )
         return response
 
-    def confirmation_signature(reference: str, kind: str, due: str, attached: str) -> str:
-        message = "\x00".join((reference, kind, due, attached)).encode()
+    def confirmation_signature(kind: str, due: str) -> str:
+        message = "\x00".join((kind, due)).encode()
         return _b64(hmac.new(csrf_key, _CONFIRMATION_CONTEXT + message, hashlib.sha256).digest())
 
     def confirmation_query(accepted: Accepted, lang: str) -> dict[str, str]:
-        params = {
-            "ref": accepted.reference,
-            "kind": RequestKind(accepted.kind).value,
-            "due": accepted.deadline.isoformat(),
-            "attached": "1" if accepted.attached else "0",
-        }
-        params["sig"] = confirmation_signature(params["ref"], params["kind"], params["due"], params["attached"])
+        # The neutral receipt: never the reference, nor whether the submission was attached to a request under
+        # way (``accepted`` dates are the submission's own either way).
+        params = {"kind": RequestKind(accepted.kind).value, "due": accepted.deadline.isoformat()}
+        params["sig"] = confirmation_signature(params["kind"], params["due"])
         params["lang"] = lang
         return params
 
@@ -678,9 +674,9 @@ def form_router(
     async def confirmation(request: Request) -> Response:
         lang = request_language(request)
         query = request.query_params
-        reference, kind, due, attached = (query.get(k, "") for k in ("ref", "kind", "due", "attached"))
+        kind, due = (query.get(k, "") for k in ("kind", "due"))
         signature = query.get("sig", "")
-        expected = confirmation_signature(reference, kind, due, attached)
+        expected = confirmation_signature(kind, due)
         try:
             deadline = date.fromisoformat(due)
         except ValueError:
@@ -689,28 +685,24 @@ def form_router(
             not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode("ascii"))
             or deadline is None
             or kind not in _KINDS
-            or not _REFERENCE.match(reference)
         ):
             return message_page(request, lang, 403, "invalid_confirmation_title", "invalid_confirmation_body")
 
         text = _TEXT[lang]
         esc = html.escape
-        attached_note = f"<p>{esc(text['confirm_attached'])}</p>\n" if attached == "1" else ""
         body = (
             f"<h1>{esc(text['confirm_title'])}</h1>\n"
             "<dl>\n"
-            f"<dt>{esc(text['confirm_reference'])}</dt>\n"
-            f'<dd><strong class="ref">{esc(reference)}</strong><br>{esc(text["confirm_reference_hint"])}</dd>\n'
             f"<dt>{esc(text['confirm_kind'])}</dt>\n<dd>{esc(text[f'kind_{kind}'])}</dd>\n"
             f"<dt>{esc(text['confirm_deadline'])}</dt>\n<dd>{esc(_format_date(deadline, lang))}</dd>\n"
             "</dl>\n"
-            f"{attached_note}"
             f"<p><strong>{esc(text['confirm_inbox'])}</strong></p>\n"
+            f"<p>{esc(text['confirm_reference'])}</p>\n"
             f"<p>{esc(text['confirm_extension'])}</p>"
         )
 
         def same_page(other: str) -> str:
-            params = {k: query.get(k, "") for k in ("ref", "kind", "due", "attached", "sig")}
+            params = {k: query.get(k, "") for k in ("kind", "due", "sig")}
             return f"{prefix}/submitted?{urlencode({**params, 'lang': other})}"
 
         content = document(lang, text["confirm_title"], body, nav=switch(lang, same_page))

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from dsr.config import ConfigError, Settings
 from dsr.crypto import KeyRing
-from dsr.guards import Guards
+from dsr.guards import AnswerThrottle, Guards
 from dsr.ledger import Ledger
-from dsr.model import AuditEvent
+from dsr.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
 from dsr.store.exports import ExportStore
@@ -23,6 +25,8 @@ from intake.service import IntakeService, RateLimits, confirm_identity
 
 if TYPE_CHECKING:
     from dsr.bundle import BundleStream
+
+logger = logging.getLogger(__name__)
 
 
 def bundle_opener(keyring: KeyRing, exports: ExportStore) -> Callable[[str], BundleStream | None]:
@@ -37,6 +41,31 @@ def bundle_opener(keyring: KeyRing, exports: ExportStore) -> Callable[[str], Bun
             return None
 
     return opener
+
+
+def code_locked_hook(ledger: Ledger, client: Client) -> Callable[[str, str, int], Awaitable[None]]:
+    """What the pages call when a request's code is closed for good: a ledger event (once: keyed by request and
+    page), then the ``code_locked`` signal, on which the request's workflow tells the operator."""
+
+    async def on_locked(request_id: str, page: str, wrong: int) -> None:
+        event = AuditEvent(request_id=request_id, event="code_locked", actor="intake",
+                           details={"page": page, "wrong": str(wrong)})
+        await asyncio.to_thread(ledger.append_event, event, key=f"code-locked-{page}-{request_id}",
+                                at=datetime.now(UTC))
+        try:
+            await client.get_workflow_handle(request_id).signal("code_locked", CodeLocked(page=page, wrong=wrong))
+        except RPCError as err:
+            # A request already over (its download link outlives nothing) or Temporal away: the ledger has it.
+            logger.warning("intake: could not tell request %s that its %s code is closed (%s)",
+                           request_id, page, err.status.name if err.status else "error")
+
+    return on_locked
+
+
+def _link_only(ledger: Ledger, request_id: str) -> bool:
+    """No code was offered for this request (an erasure or a rectification): ``/verify`` takes none."""
+    found = ledger.get_request(request_id)
+    return found is not None and found.kind in LINK_ONLY_KINDS
 
 
 def build_intake_app(
@@ -61,6 +90,9 @@ def build_intake_app(
     async def confirm(request_id: str, proof: str):
         return await confirm_identity(client, request_id, proof=proof)
 
+    on_locked = code_locked_hook(ledger, client)
+    throttle = AnswerThrottle(per_client=settings.answers_per_client_hour, overall=settings.answers_per_hour)
+
     language = settings.default_language.value
     public_path = settings.intake_url.split("://", 1)[-1].partition("/")[2].rstrip("/")
     public_path = f"/{public_path}" if public_path else ""
@@ -78,6 +110,10 @@ def build_intake_app(
             confirm,
             guards=guards,
             exists=ledger.has_request,
+            link_only=lambda request_id: _link_only(ledger, request_id),
+            max_wrong=settings.code_max_wrong,
+            throttle=throttle,
+            on_locked=on_locked,
             default_language=language,
             public_path=public_path,
         ),
@@ -98,6 +134,9 @@ def build_intake_app(
         public_url=settings.intake_url,
         guards=guards,
         default_language=language,
+        max_wrong=settings.code_max_wrong,
+        throttle=throttle,
+        on_locked=on_locked,
         routers=routers,
     )
     return app, service

@@ -75,7 +75,10 @@ from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 
 @dataclass(frozen=True)
 class Accepted:
-    """What the submitter is told: the reference and deadline (of the open request, when attached)."""
+    """A submission taken: ``reference`` is the request that holds it (a new one, or the open request of the same
+    subject and kind it was ``attached`` to) for the engine's own use (mailbox, staff CLI); the dates are this
+    submission's own either way. The public channels show only :func:`receipt` (no reference, no ``attached``):
+    someone typing another person's address must not learn whether that person has a request under way."""
 
     reference: str
     kind: RequestKind
@@ -83,6 +86,18 @@ class Accepted:
     deadline: date
     extended_deadline: date
     attached: bool = False  # an open request of the same subject and kind existed: attached to it
+
+
+def receipt(accepted: Accepted) -> dict[str, str]:
+    """What a public channel answers to any submission: the same fields whatever happened (new request or
+    attached to one under way), with this submission's own dates; the reference goes to the subject by email."""
+    return {
+        "status": "received",
+        "kind": accepted.kind.value,
+        "received": accepted.received_on.isoformat(),
+        "deadline": accepted.deadline.isoformat(),
+        "extended_deadline": accepted.extended_deadline.isoformat(),
+    }
 
 
 @dataclass(frozen=True)
@@ -295,7 +310,7 @@ class IntakeService:
         closing) or ``absent`` (no such workflow: not started yet, or its history is gone)."""
         handle = self._client.get_workflow_handle(request_id)
         try:
-            result: UpdateResult = await handle.execute_update(
+            await handle.execute_update(
                 "attach_duplicate",
                 DuplicateAttached(
                     channel=request.channel,
@@ -311,23 +326,9 @@ class IntakeService:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return "absent"
             raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
-        open_request = await asyncio.to_thread(self._ledger.get_request, request_id)
-        received_on = (
-            receipt_date(open_request.received_at, self._settings.policy.timezone)
-            if open_request is not None else request.received_on
-        )
-        policy = self._settings.policy
-        extended_due = deadline_schedule(DeadlineInput(
-            start=received_on, country=policy.country, subdiv=policy.subdiv, timezone=policy.timezone
-        )).extended.due
-        return Accepted(
-            reference=request_id,
-            kind=request.kind,
-            received_on=received_on,
-            deadline=result.deadline,
-            extended_deadline=result.deadline if result.extended else extended_due,
-            attached=True,
-        )
+        # The subject is told by email (the workflow's duplicate notice); the submitter gets the receipt of their
+        # own submission, exactly as for a new request: not the other request's reference nor its deadline.
+        return replace(self._accepted(request), reference=request_id, attached=True)
 
     @staticmethod
     def _accepted(request: RequestInput) -> Accepted:
@@ -489,25 +490,30 @@ class IntakeUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class IdentityOutcome:
-    """What ``/verify`` tells the subject: ``confirmed``, ``already`` (confirmed before), ``closed`` or
-    ``unknown`` (no such request, or its history is gone)."""
+    """What ``/verify`` tells the subject: ``confirmed``, ``already`` (confirmed before), ``closed``,
+    ``unknown`` (no such request, or its history is gone) or ``refused`` (the request's identity policy does
+    not take this proof: ``/verify`` answers it like a wrong code)."""
 
     state: str
     deadline: date | None = None
 
 
 async def confirm_identity(client: Client, request_id: str, *, proof: str) -> IdentityOutcome:
-    """Send the ``confirm_identity`` update for a subject who proved control of their address."""
-    from dsr.model import IdentityConfirmation, IdentityMethod
+    """Send the ``confirm_identity`` update for a subject who proved control of their address (``proof`` is
+    ``link`` or ``code``); the workflow checks that the request's policy takes that proof."""
+    from dsr.model import IdentityConfirmation, IdentityMethod, IdentityProof
 
     handle = client.get_workflow_handle(request_id)
     try:
         result: UpdateResult = await handle.execute_update(
             "confirm_identity",
-            IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", note=f"email {proof}"),
+            IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", note=f"email {proof}",
+                                 proof=IdentityProof(proof)),
             result_type=UpdateResult,
         )
     except WorkflowUpdateFailedError as err:
+        if getattr(err.cause, "type", None) == "IdentityNotAllowed":
+            return IdentityOutcome("refused")
         message = str(getattr(err.cause, "message", "") or err.cause or "")
         return IdentityOutcome("already" if "already confirmed" in message else "closed")
     except RPCError as err:

@@ -1,12 +1,17 @@
 """Identity confirmation pages: ``/verify/{token}`` (the link) and ``/verify`` (reference + code).
 
-The acknowledgement of a request whose policy is ``email`` carries a signed link and a 6-digit code
-(:class:`dsr.links.IdentityLinks`). Opening the link never confirms by itself: mail scanners and link
+The identity email of a request whose policy is ``email`` carries a signed link and, unless the request is an
+erasure or a rectification (link only: :data:`dsr.model.LINK_ONLY_KINDS`), an 8-character code such as
+``K7QM-4XPD`` (:class:`dsr.links.IdentityLinks`). Opening the link never confirms by itself: mail scanners and link
 previews open links too. It shows a button; pressing it (a POST carrying a form value bound to the token)
 sends the ``confirm_identity`` update. ``/verify`` is the same without the link: the reference and the
-code, typed. Wrong codes count against the request (:data:`MAX_ATTEMPTS`, then a lockout) and against the
-client address (:data:`intake.app.MAX_CLIENT_ATTEMPTS`), in the ledger's database, so every replica counts
-the same; comparisons are constant-time, and the pages say nothing about whether a reference exists.
+code, typed. Wrong codes count against the request (:data:`MAX_ATTEMPTS`, then a lockout; and
+``max_wrong`` in all, :data:`dsr.guards.MAX_WRONG_ANSWERS` by default, after which the request's code is
+closed for good, only the link works, and the operator is told once through ``on_locked``) and against the
+client address (:data:`intake.app.MAX_CLIENT_ATTEMPTS`); every answer, right or wrong, is throttled per client
+and overall (:class:`dsr.guards.AnswerThrottle`). All of it in the ledger's database, so every replica counts
+the same; comparisons are constant-time, and the pages say nothing about whether a reference exists, whether
+a code was offered for it, or whether its code is closed: all of those answer "does not match".
 
 Only references the ledger knows are counted per request: a made-up reference is counted for the client that
 typed it (per client and reference, so that client sees the same lock as for a real one), which keeps
@@ -26,7 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from dsr.guards import AttemptLimits, Guards, Verdict
+from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards, Verdict
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
 from intake.app import (
@@ -44,10 +49,16 @@ LOCKOUT = timedelta(minutes=15)
 VERIFY_SCOPE = "verify"
 _REFERENCE = re.compile(r"^dsr-\d{4}-\d{2}-[0-9A-Z]{6}$")
 
+CodeLockedHook = Callable[[str, str, int], Awaitable[None]]
+"""``on_locked(request_id, page, wrong)``: the answer just counted closed the request's code for good (called once
+per request and page): record it and tell the operator."""
 Confirmer = Callable[[str, str], Awaitable[IdentityOutcome]]
 """``confirm(request_id, proof)`` with proof ``link`` or ``code``."""
 Exists = Callable[[str], bool]
 """``exists(request_id)``: the ledger knows the request (synchronous; runs in a worker thread)."""
+LinkOnly = Callable[[str], bool]
+"""``link_only(request_id)``: no code was offered for the request (an erasure or a rectification,
+:data:`dsr.model.LINK_ONLY_KINDS`): a code typed for it is wrong, whatever it is (synchronous)."""
 
 _TEXT = {
     "en": {
@@ -56,12 +67,12 @@ _TEXT = {
         "address it was sent from. Press the button to confirm that you made request {reference}.",
         "button": "I confirm this request",
         "code_title": "Confirm your request with a code",
-        "code_intro": "Enter the reference of your request and the 6-digit code from our email.",
+        "code_intro": "Enter the reference of your request and the 8-character code from our email.",
         "reference": "Request reference",
         "reference_hint": "For example dsr-2026-11-7KQ3FJ.",
         "code": "Confirmation code",
-        "code_hint": "6 digits.",
-        "wrong": "This reference and code do not match. Check our email and try again.",
+        "code_hint": "Letters and digits, for example K7QM-4XPD, with or without the dash.",
+        "wrong": "This reference and code do not match. Check our email and try again, or use the link in it.",
         "confirmed_title": "Thank you: your request is confirmed",
         "confirmed_body": "We are now handling it and will reply by {deadline} at the latest.",
         "already_title": "This request was already confirmed",
@@ -88,12 +99,13 @@ _TEXT = {
         "{reference}.",
         "button": "Je confirme cette demande",
         "code_title": "Confirmez votre demande avec un code",
-        "code_intro": "Saisissez la référence de votre demande et le code à 6\u00a0chiffres de notre courriel.",
+        "code_intro": "Saisissez la référence de votre demande et le code de 8\u00a0caractères de notre courriel.",
         "reference": "Référence de la demande",
         "reference_hint": "Par exemple dsr-2026-11-7KQ3FJ.",
         "code": "Code de confirmation",
-        "code_hint": "6\u00a0chiffres.",
-        "wrong": "Cette référence et ce code ne correspondent pas. Vérifiez notre courriel et réessayez.",
+        "code_hint": "Lettres et chiffres, par exemple K7QM-4XPD, avec ou sans le tiret.",
+        "wrong": "Cette référence et ce code ne correspondent pas. Vérifiez notre courriel et réessayez, ou "
+        "utilisez le lien qu’il contient.",
         "confirmed_title": "Merci\u00a0: votre demande est confirmée",
         "confirmed_body": "Nous la traitons et vous répondrons au plus tard le {deadline}.",
         "already_title": "Cette demande était déjà confirmée",
@@ -123,13 +135,18 @@ def verify_router(
     *,
     guards: Guards,
     exists: Exists,
+    link_only: LinkOnly = lambda _request_id: False,
+    max_wrong: int = MAX_WRONG_ANSWERS,
+    throttle: AnswerThrottle = DEFAULT_THROTTLE,
+    on_locked: CodeLockedHook | None = None,
     default_language: str = "fr",
     public_path: str = "",
     clock: Callable[[], datetime] | None = None,
 ) -> APIRouter:
     router = APIRouter()
     now_fn = clock or (lambda: datetime.now(UTC))
-    limits = AttemptLimits(max_attempts=MAX_ATTEMPTS, lockout=LOCKOUT, max_client_attempts=MAX_CLIENT_ATTEMPTS)
+    limits = AttemptLimits(max_attempts=MAX_ATTEMPTS, lockout=LOCKOUT, max_client_attempts=MAX_CLIENT_ATTEMPTS,
+                           max_wrong=max_wrong)
 
     def respond(request: Request, status: int, title: str, paragraphs: list[str], body: str = "",
                 headers: dict[str, str] | None = None) -> HTMLResponse:
@@ -148,11 +165,17 @@ def verify_router(
         t = text(request)
         return respond(request, status, t[f"{key}_title"], [t[f"{key}_body"].format(**fmt)])
 
-    async def outcome_page(request: Request, request_id: str, proof: str) -> HTMLResponse:
+    async def outcome_page(request: Request, request_id: str, proof: str, reference: str = "") -> HTMLResponse:
         try:
             outcome = await confirm(request_id, proof)
         except IntakeUnavailable:
             return message(request, "error", 503)
+        if outcome.state == "refused":
+            # The request's policy takes no such proof (a document request, an erasure typed by code): the same
+            # answer as a wrong code or a bad link, so the page tells nothing about the request.
+            if proof == "code":
+                return code_form(request, status=403, wrong=True, reference=reference)
+            return message(request, "invalid", 403)
         lang = choose_language(request.headers.get("accept-language"), default_language)
         if outcome.state == "confirmed":
             deadline = format_date(outcome.deadline, lang) if outcome.deadline else ""
@@ -230,8 +253,8 @@ def verify_router(
             f'value="{html.escape(reference)}" aria-describedby="reference-hint{described}"{invalid}>\n'
             f'<label for="code">{html.escape(t["code"])}</label>\n'
             f'<p id="code-hint" class="hint">{html.escape(t["code_hint"])}</p>\n'
-            f'<input type="text" id="code" name="code" required maxlength="12" inputmode="numeric" '
-            f'autocomplete="one-time-code" aria-describedby="code-hint{described}"{invalid}>\n'
+            f'<input type="text" id="code" name="code" required maxlength="20" autocapitalize="characters" '
+            f'spellcheck="false" autocomplete="one-time-code" aria-describedby="code-hint{described}"{invalid}>\n'
             f'<button type="submit">{html.escape(t["button"])}</button>\n</form>'
         )
         return respond(request, status, t["code_title"], [t["code_intro"]], body)
@@ -242,6 +265,13 @@ def verify_router(
 
     @router.post("/verify", response_class=HTMLResponse, include_in_schema=False)
     async def confirm_code(request: Request) -> Response:
+        client = request.client.host if request.client else None
+        # Every answer counts against this client and against everyone, before it is even read: guesses spread
+        # over many references or many addresses are bounded too.
+        refused = await run_in_threadpool(
+            guards.hit, throttle.windows(VERIFY_SCOPE, guards.client_key(client)), now_fn())
+        if refused is not None:
+            return locked(request, timedelta(seconds=refused.retry_after))
         fields = await read_form(request)
         if isinstance(fields, HTMLResponse):
             return fields
@@ -250,19 +280,24 @@ def verify_router(
         request_id = "dsr-" + reference[4:].upper() if reference.lower().startswith("dsr-") else reference
         if not _REFERENCE.match(request_id):
             return code_form(request, status=400, wrong=True, reference=reference)
-        right = links.check_request_code(request_id, fields.get("code", ""))
-        client = request.client.host if request.client else None
+        typed_right = links.check_request_code(request_id, fields.get("code", ""))
 
         def judge() -> Verdict:
-            # Whether the request exists decides only where the answer is counted, never what the page says.
+            # Whether the request exists decides only where the answer is counted, never what the page says; a
+            # request no code was offered for takes none (the right one included: it can only have been guessed),
+            # and neither does a reference the ledger does not know (nothing to confirm: the same page).
+            tracked = exists(request_id)
+            right = typed_right and tracked and not link_only(request_id)
             return guards.judge(VERIFY_SCOPE, request_id, client, now_fn(), right=right, limits=limits,
-                                tracked=exists(request_id))
+                                tracked=tracked)
 
         verdict = await run_in_threadpool(judge)
         if verdict.wait is not None:
             return locked(request, verdict.wait)
-        if verdict.outcome == "wrong":
+        if verdict.capped_now and on_locked is not None:
+            await on_locked(request_id, VERIFY_SCOPE, max_wrong)
+        if verdict.outcome in ("wrong", "closed"):  # a closed code answers like a wrong one: the link still works
             return code_form(request, status=403, wrong=True, reference=reference)
-        return await outcome_page(request, request_id, "code")
+        return await outcome_page(request, request_id, "code", reference)
 
     return router

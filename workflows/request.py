@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         ClockPolicy,
         ClockResume,
         ClockStart,
+        CodeLocked,
         ConnectorHealth,
         ConnectorOutcome,
         ConnectorProgress,
@@ -66,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         TurnRelease,
         UpdateResult,
         Withdrawal,
+        confirmation_refused,
         subject_queue_id,
     )
 
@@ -166,6 +168,9 @@ SUBJECT_ORDER = "subject-order"
 """Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
 in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
 
+CODE_LOCKED_ALERT = "code-locked-alert"
+"""Patch id: the ``code_locked`` signal (too many wrong codes for a request) tells the operator."""
+
 ACK_NONBLOCKING = "ack-nonblocking"
 """Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
 the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
@@ -201,6 +206,17 @@ class RequestRejected(ApplicationError):
         super().__init__(message, type="RequestRejected", non_retryable=True)
 
 
+IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
+
+
+class IdentityNotAllowed(ApplicationError):
+    """A confirmation of identity whose method or proof the request's policy does not allow. Its own type, so
+    that ``/verify`` can answer it exactly like a wrong code (no oracle)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=IDENTITY_NOT_ALLOWED, non_retryable=True)
+
+
 @workflow.defn(name="DataSubjectRequest")
 class DataSubjectRequest:
     @workflow.init
@@ -215,6 +231,7 @@ class DataSubjectRequest:
         self._extension_reason = ""
         self._overdue = False
         self._identity_confirmed = request.policy.identity == IdentityMethod.TRUSTED
+        self._codes_locked: set[str] = set()  # pages ("verify", "exports") whose code the intake closed
         self._clock_suspended = (
             request.policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
         )
@@ -914,17 +931,32 @@ class DataSubjectRequest:
         await self._audit(
             "identity_confirmed",
             actor=confirmation.confirmed_by,
-            details={"method": confirmation.method.value},
+            details={"method": confirmation.method.value, "proof": confirmation.proof.value},
         )
         return self._result()
 
     @confirm_identity.validator
     def _validate_confirm_identity(self, confirmation: IdentityConfirmation) -> None:
+        # Validators do not run on replay: a stricter check here changes no saved history.
         self._reject_if_closed()
         if self._identity_confirmed:
             raise RequestRejected(f"identity of {self._request.request_id} is already confirmed")
         if self._ending():
             raise RequestRejected(f"{self._request.request_id} is being closed")
+        # The policy frozen into the request decides which proofs count: a document request is never confirmed
+        # by a link or a code (none was sent), an erasure or rectification never by a code.
+        refused = confirmation_refused(self._request.policy.identity, self._request.kind, confirmation)
+        if refused is not None:
+            raise IdentityNotAllowed(f"{self._request.request_id} cannot be confirmed this way: {refused}")
+
+    @workflow.signal
+    async def code_locked(self, locked: CodeLocked) -> None:
+        """The intake closed this request's code after too many wrong answers (and recorded it in the ledger):
+        the operator is told, once per page (the intake signals only the answer that reached the cap)."""
+        if not workflow.patched(CODE_LOCKED_ALERT) or locked.page in self._codes_locked:
+            return
+        self._codes_locked.add(locked.page)
+        await self._notify_operator(NoticeTemplate.OPERATOR_CODE_LOCKED, page=locked.page, wrong=str(locked.wrong))
 
     @workflow.update
     async def attach_duplicate(self, duplicate: DuplicateAttached) -> UpdateResult:

@@ -172,3 +172,44 @@ def test_client_addresses_are_stored_hashed(ring: KeyRing, tmp_path: Path) -> No
         key = guards.client_key("203.0.113.7")
         assert "203.0.113" not in key and key == guards.client_key(" 203.0.113.7 ")
         assert key != Guards(ledger.engine, KeyRing.generate()).client_key("203.0.113.7")  # keyed
+
+
+def test_the_lasting_cap_closes_a_request_once_under_concurrency_whatever_the_lockouts(
+    replicas: tuple[Guards, Guards],
+) -> None:
+    """Issue 12: 20 wrong answers at once on two replicas, from many clients, with a cap of 10: exactly 10 are
+    judged (the others wait on the lockout or find the request closed), exactly one of them closes it, and from
+    then on even the right answer is refused, days later, on either replica; a right answer never resets it."""
+    limits = AttemptLimits(max_attempts=1000, lockout=timedelta(minutes=15), max_client_attempts=1000, max_wrong=10)
+    verdicts = together(20, lambda i: replicas[i % 2].judge(
+        "verify", "dsr-2026-11-CAPPED", f"192.0.2.{i}", T0, right=False, limits=limits))
+    outcomes = Counter(v.outcome for v in verdicts)
+    assert outcomes == {"wrong": 10, "closed": 10}, outcomes
+    assert sum(v.capped_now for v in verdicts) == 1
+    assert replicas[0].wrong_answers("verify", "dsr-2026-11-CAPPED") == (10, True)
+    later = T0 + timedelta(days=20)
+    for guards in replicas:
+        verdict = guards.judge("verify", "dsr-2026-11-CAPPED", "198.51.100.1", later, right=True, limits=limits)
+        assert verdict.outcome == "closed" and not verdict.capped_now
+    # Another page of the same request, and another request, are not affected; a right answer does not reset.
+    assert replicas[1].wrong_answers("exports", "dsr-2026-11-CAPPED") == (0, False)
+    for _ in range(9):
+        replicas[0].judge("verify", "dsr-2026-11-OTHERR", "198.51.100.2", T0, right=False, limits=limits)
+    assert replicas[0].judge("verify", "dsr-2026-11-OTHERR", "198.51.100.2", T0, right=True,
+                             limits=limits).outcome == "right"
+    last = replicas[1].judge("verify", "dsr-2026-11-OTHERR", "198.51.100.3", T0, right=False, limits=limits)
+    assert last.outcome == "wrong" and last.capped_now
+
+
+def test_the_throttle_bounds_answers_per_client_and_overall(replicas: tuple[Guards, Guards]) -> None:
+    from dsr.guards import AnswerThrottle
+
+    throttle = AnswerThrottle(per_client=3, overall=5, window=timedelta(hours=1))
+    client = [replicas[0].client_key(f"192.0.2.{n}") for n in range(3)]
+    let = [replicas[n % 2].hit(throttle.windows("verify", client[0]), T0) is None for n in range(5)]
+    assert let == [True, True, True, False, False]  # per client
+    others = [replicas[n % 2].hit(throttle.windows("verify", client[1 + n % 2]), T0) for n in range(4)]
+    assert [o is None for o in others] == [True, True, False, False]  # overall: 3 + 2 = 5
+    assert others[2].scope == "everyone"
+    assert replicas[0].hit(throttle.windows("exports", client[0]), T0) is None  # each page counted apart
+    assert replicas[1].hit(throttle.windows("verify", client[2]), T0 + timedelta(hours=1, seconds=1)) is None

@@ -169,7 +169,7 @@ def _flip(token: str, index: int) -> str:
 # ---------------------------------------------------------------------------------------------- happy path
 
 
-async def test_form_then_wrong_code_then_reference_downloads_the_bundle(env: Env) -> None:
+async def test_form_then_wrong_code_then_the_reference_is_refused_and_the_code_downloads(env: Env) -> None:
     link = env.links.issue(REFERENCE, now=START)
 
     form = await env.http.get(env.path(link.token), headers={"Accept-Language": "en-GB,en;q=0.9"})
@@ -183,16 +183,23 @@ async def test_form_then_wrong_code_then_reference_downloads_the_bundle(env: Env
     csrf = _csrf_value(form.text)
     assert csrf == env.links.form_token(link.token)
 
-    wrong = await env.http.post(env.path(link.token), data={"answer": "000000", "form": csrf})
-    if link.code == "000000":  # pragma: no cover - one chance in a million
-        pytest.skip("the random code happened to be 000000")
+    wrong = await env.http.post(env.path(link.token), data={"answer": "2222-2222", "form": csrf})
+    if link.code == "22222222":  # pragma: no cover - one chance in 8.5e11
+        pytest.skip("the random code happened to be 2222-2222")
     assert wrong.status_code == 403
     _assert_page_headers(wrong)
     assert 'role="alert"' in wrong.text
     assert REFERENCE.lower() not in wrong.text.lower()
     assert env.audit.calls == []
 
-    ok = await env.http.post(env.path(link.token), data={"answer": f"  {REFERENCE.lower()} ", "form": csrf})
+    # The reference is in every email subject and in Temporal ids: no longer an answer (issue 12).
+    for reference in (REFERENCE, REFERENCE.upper(), f"  {REFERENCE.lower()} "):
+        refused = await env.http.post(env.path(link.token), data={"answer": reference, "form": csrf})
+        assert refused.status_code == 403 and 'role="alert"' in refused.text
+    assert env.audit.calls == []
+
+    ok = await env.http.post(env.path(link.token), data={"answer": f"  {link.code[:4].lower()}-{link.code[4:]} ",
+                                                         "form": csrf})
     assert ok.status_code == 200
     assert ok.content == env.zip
     assert ok.headers["content-type"] == "application/zip"
@@ -207,7 +214,7 @@ async def test_form_then_wrong_code_then_reference_downloads_the_bundle(env: Env
     assert len(env.audit.calls) == 1
     request_id, event, details = env.audit.calls[0]
     assert (request_id, event) == (REFERENCE, "export_downloaded")
-    assert details["proof"] == "reference"
+    assert details["proof"] == "code"
     assert re.fullmatch(r"[0-9a-f]{16}", details["ip_hash"])
     assert details["ip_hash"] == env.links.ip_hash("127.0.0.1")
     assert all("127.0.0.1" not in value for value in details.values())
@@ -308,7 +315,7 @@ async def test_link_expires_exactly_at_its_expiry(env: Env) -> None:
 
 async def test_missing_bundle_is_410(env: Env) -> None:
     link = env.links.issue(OTHER_REFERENCE, now=START)  # nothing was ever written for it
-    response = await env.post(link.token, OTHER_REFERENCE, headers={"Accept-Language": "en"})
+    response = await env.post(link.token, link.code, headers={"Accept-Language": "en"})
     assert response.status_code == 410
     _assert_page_headers(response)
     assert "no longer available" in response.text
@@ -415,7 +422,7 @@ def test_tokens_carry_no_personal_data_and_are_url_safe() -> None:
     links = DownloadLinks(ring)
     link = links.issue(REFERENCE, now=START)
     assert re.fullmatch(rf"v2\.{ring.current_key_id}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{{43}}", link.token)
-    assert re.fullmatch(r"[0-9]{6}", link.code)
+    assert re.fullmatch(r"[23456789ABCDEFGHJKMNPQRSTUVWXYZ]{8}", link.code)
     decoded = b"".join(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in link.token.split(".")[2:])
     for needle in (REFERENCE, REFERENCE.upper(), "7KQ3FJ"):
         assert needle.lower() not in link.token.lower()
@@ -460,9 +467,11 @@ def test_check_code_rules() -> None:
     assert link.expires_at == START + timedelta(hours=1)
     assert links.check_code(link.token, link.code)
     assert links.check_code(link.token, f" {link.code[:3]}-{link.code[3:]} ")
-    assert links.check_code(link.token, REFERENCE.upper())
-    assert links.check_code(link.token, REFERENCE.lower())
-    assert links.check_code(link.token, REFERENCE.replace("7KQ3FJ", "7kq3fj"))
+    assert links.check_code(link.token, link.code.lower())
+    assert links.check_code(link.token, f"{link.code[:4]} {link.code[4:]}")
+    assert not links.check_code(link.token, REFERENCE.upper())  # the reference is no answer any more
+    assert not links.check_code(link.token, REFERENCE)
+    assert not links.check_code(link.token, link.code[:-1])
     assert not links.check_code(link.token, "")
     assert not links.check_code(link.token, OTHER_REFERENCE)
     assert not links.check_code(link.token, REFERENCE + "X")

@@ -187,8 +187,11 @@ def check_outcome(status: int, content_type: str, content: bytes, created: list[
         assert len(created) == 1, f"a 202 must create exactly one request, created {len(created)}"
         answer = json.loads(content)
         made = created[0]
-        assert answer["reference"] == made.accepted.reference == made.request.request_id
+        assert made.accepted.reference == made.request.request_id
+        # The neutral receipt (issue 12): never the reference, always this submission's own dates.
+        assert set(answer) == {"status", "kind", "received", "deadline", "extended_deadline"}
         assert answer["kind"] == made.request.kind.value
+        assert answer["deadline"] == made.request.deadlines.normal.due.isoformat()
         # By construction ``prepare`` accepted it; check again that it still does (no hidden state).
         again = prepare(made.submission, Settings.from_env({"DSR_HOME": tempfile.gettempdir()}))
         assert again.kind == made.request.kind and again.subject == made.request.subject

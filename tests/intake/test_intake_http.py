@@ -61,9 +61,16 @@ class Intake:
     service: object
 
 
+@pytest.fixture
+def identity_method() -> str:
+    """``DSR_IDENTITY_METHOD`` of the intake under test (a test parametrizes it to change it)."""
+    return "email"
+
+
 @pytest_asyncio.fixture
 async def intake(
-    dev_server: WorkflowEnvironment, mail: MailSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dev_server: WorkflowEnvironment, mail: MailSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    identity_method: str,
 ) -> AsyncIterator[Intake]:
     port = free_port()
     monkeypatch.setenv("DSR_ZENDESK_WEBHOOK_SECRET", ZENDESK_SECRET)
@@ -71,6 +78,7 @@ async def intake(
     settings = Settings.from_env({
         "DSR_HOME": str(tmp_path), "DSR_OPERATOR_EMAIL": "dpo@example.com", "DSR_MAIL_FROM": "privacy@example.com",
         "DSR_INTAKE_PORT": str(port), "DSR_RATE_PER_CLIENT_HOUR": "6", "DSR_TICKET_TRUST_AUTHENTICATED": "true",
+        "DSR_IDENTITY_METHOD": identity_method,
     })
     settings = replace(settings, smtp=SmtpSettings(host="127.0.0.1", port=mail.port),
                        task_queue=f"intake-{uuid.uuid4()}")
@@ -120,6 +128,24 @@ async def poll(check, *, seconds: float = 30):
         await asyncio.sleep(0.2)
 
 
+def reference_of(intake: Intake, email: str, kind: str) -> str:
+    """The reference of the subject's open request of ``kind``: the API no longer tells it (issue 12, finding 4);
+    the subject reads it in our emails, a test in the ledger."""
+    from dsr.model import RequestKind
+
+    claim = intake.ledger.claim_of(email, RequestKind(kind))
+    assert claim is not None, f"no open {kind} request for {email}"
+    return claim.request_id
+
+
+async def submit_api(intake: Intake, **overrides) -> str:
+    """POST /api/requests (202 expected) and the reference of the request that holds the submission."""
+    body = api_body(**overrides)
+    response = await intake.http.post("/api/requests", json=body)
+    assert response.status_code == 202, response.text
+    return reference_of(intake, body["email"], body["kind"])
+
+
 def api_body(**overrides) -> dict:
     body = {"kind": "access", "email": "camille.durand@example.org", "name": "Camille Durand", "language": "fr"}
     body.update(overrides)
@@ -133,16 +159,17 @@ async def test_api_request_is_started_acknowledged_and_confirmed_by_the_link(int
     response = await intake.http.post("/api/requests", json=api_body())
     assert response.status_code == 202, response.text
     accepted = response.json()
-    reference = accepted["reference"]
+    assert set(accepted) == {"status", "kind", "received", "deadline", "extended_deadline"}  # no reference
+    assert accepted["deadline"] > accepted["received"]
+    reference = reference_of(intake, "camille.durand@example.org", "access")
     assert re.fullmatch(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", reference)
-    assert accepted["attached"] is False and accepted["deadline"] > accepted["received"]
     assert intake.ledger.get_request(reference) is not None
 
     # The acknowledgement and the identity request go to the subject; the latter carries link and code.
     await wait_for_mail(intake.mail, 2)
     text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
     link = re.search(rf"{re.escape(intake.url)}/verify/(\S+)", text)
-    code = re.search(r"\b(\d{6})\b", text.split("code", 1)[-1])
+    code = re.search(r"\b([2-9A-Z]{4}-[2-9A-Z]{4})\b", text.split("code", 1)[-1])
     assert link and code, text
     assert (await status(intake, reference)).identity_confirmed is False
 
@@ -159,16 +186,21 @@ async def test_api_request_is_started_acknowledged_and_confirmed_by_the_link(int
 
 
 async def test_same_subject_and_kind_is_attached_and_told_not_started_twice(intake: Intake) -> None:
-    first = (await intake.http.post("/api/requests", json=api_body(kind="erasure"))).json()
+    """Issue 12 finding 4: the second submission gets the very receipt a new request gets (no reference, no
+    "attached", its own dates); the subject is told of the attachment by email only."""
+    first = await intake.http.post("/api/requests", json=api_body(kind="erasure"))
     second = await intake.http.post("/api/requests", json=api_body(kind="erasure", email="CAMILLE.Durand@example.org"))
-    assert second.status_code == 202
-    assert second.json()["reference"] == first["reference"] and second.json()["attached"] is True
-    other_kind = (await intake.http.post("/api/requests", json=api_body(kind="access"))).json()
-    assert other_kind["reference"] != first["reference"] and other_kind["attached"] is False
+    assert first.status_code == second.status_code == 202
+    assert second.json() == first.json()
+    assert set(second.json()) == {"status", "kind", "received", "deadline", "extended_deadline"}
+    reference = reference_of(intake, "camille.durand@example.org", "erasure")
+    assert reference not in second.text
+    other_kind = await submit_api(intake, kind="access")
+    assert other_kind != reference
     assert len(intake.ledger.requests()) == 2
-    events = await poll(lambda: _events(intake, first["reference"], "duplicate_attached"))
+    events = await poll(lambda: _events(intake, reference, "duplicate_attached"))
     assert events
-    await poll(lambda: _sent(intake, first["reference"], "duplicate"))
+    await poll(lambda: _sent(intake, reference, "duplicate"))
 
 
 async def _events(intake: Intake, request_id: str, name: str):
@@ -255,7 +287,8 @@ async def test_zendesk_webhook_starts_a_request_bound_to_its_ticket(intake: Inta
     body = zendesk_body()
     response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
     assert response.status_code == 202, response.text
-    reference = response.json()["reference"]
+    reference = reference_of(intake, "lea.petit@example.org", "erasure")
+    assert reference not in response.text
     state = await poll(lambda: _status_or_none(intake, reference))
     assert state.kind.value == "erasure" and state.channel.value == "support_desk"
     assert state.language == Language.FR and state.identity == IdentityMethod.EMAIL  # trust is off for Zendesk
@@ -263,7 +296,7 @@ async def test_zendesk_webhook_starts_a_request_bound_to_its_ticket(intake: Inta
     # Zendesk retries a delivery it thinks failed: same ticket, new timestamp, so a new signature.
     retried = await intake.http.post("/webhooks/zendesk", content=body,
                                      headers=zendesk_headers(body, at=datetime.now(UTC) + timedelta(seconds=2)))
-    assert retried.status_code == 202 and retried.json()["reference"] == reference
+    assert retried.status_code == 202 and retried.json() == response.json()
     assert len(intake.ledger.requests()) == 1
 
 
@@ -314,7 +347,7 @@ async def test_generic_ticket_from_a_signed_in_customer_is_trusted_when_configur
                        "name": "Sam Hill", "kind": "access", "language": "en", "authenticated": True}).encode()
     response = await intake.http.post("/webhooks/ticket", content=body, headers=ticket_headers(body))
     assert response.status_code == 202, response.text
-    state = await poll(lambda: _status_or_none(intake, response.json()["reference"]))
+    state = await poll(lambda: _status_or_none(intake, reference_of(intake, "sam.hill@example.com", "access")))
     assert state.identity == IdentityMethod.TRUSTED and state.language == Language.EN
     bad = await intake.http.post("/webhooks/ticket", content=body, headers=ticket_headers(body, secret="nope"))
     assert bad.status_code == 401
@@ -324,25 +357,95 @@ async def test_generic_ticket_from_a_signed_in_customer_is_trusted_when_configur
 
 
 async def test_code_confirmation_counts_wrong_codes_then_locks(intake: Intake) -> None:
-    reference = (await intake.http.post("/api/requests", json=api_body(language="en"))).json()["reference"]
+    reference = await submit_api(intake, language="en")
     await wait_for_mail(intake.mail, 2)
     text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
-    code = re.search(r"confirmation code: (\d{6})", text).group(1)
-    wrong = "000000" if code != "000000" else "111111"
+    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
+    wrong = "2222-2222" if code != "2222-2222" else "3333-3333"
     for _ in range(4):
         answer = await intake.http.post("/verify", data={"reference": reference, "code": wrong},
                                         headers={"Accept-Language": "en"})
         assert answer.status_code == 403 and "do not match" in answer.text
-    right = await intake.http.post("/verify", data={"reference": reference.lower(), "code": code[:3] + " " + code[3:]},
+    typed = code.replace("-", "").lower()  # any case, with or without the dash
+    right = await intake.http.post("/verify", data={"reference": reference.lower(), "code": typed},
                                    headers={"Accept-Language": "en"})
     assert right.status_code == 200 and "confirmed" in right.text
     assert (await status(intake, reference)).identity_confirmed
 
-    other = (await intake.http.post("/api/requests", json=api_body(kind="erasure"))).json()["reference"]
+    other = await submit_api(intake, kind="erasure")
     for _ in range(5):
         await intake.http.post("/verify", data={"reference": other, "code": wrong})
     locked = await intake.http.post("/verify", data={"reference": other, "code": wrong})
     assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize("identity_method", ["document"])
+async def test_a_document_request_is_not_confirmed_by_the_right_code(intake: Intake) -> None:
+    """Issue 12 finding 1: no code is sent under the document policy, and the right one (derived with the
+    key, as an attacker who guessed it would type it) gets the same page as a wrong one: no confirmation."""
+    from dsr.links import IdentityLinks
+
+    reference = await submit_api(intake, language="en")
+    await wait_for_mail(intake.mail, 2)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    assert "/verify" not in text and "confirmation code" not in text
+    code = IdentityLinks(TEST_KEYRING, ttl=timedelta(days=30)).request_code(reference)
+    answer = await intake.http.post("/verify", data={"reference": reference, "code": code},
+                                    headers={"Accept-Language": "en"})
+    assert answer.status_code == 403 and "do not match" in answer.text
+    assert (await status(intake, reference)).identity_confirmed is False
+    assert not await _events(intake, reference, "identity_confirmed")
+
+
+async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once(intake: Intake) -> None:
+    """Issue 12 finding 2: 10 wrong codes in all (whatever the lockouts' windows) close the request's code, even
+    the right one then answers "do not match"; the ledger records it and the operator gets one alert; the
+    emailed link still confirms. An erasure is sent no code, and its right code is refused."""
+    reference = await submit_api(intake, language="en")
+    await wait_for_mail(intake.mail, 2)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
+    link = re.search(rf"{re.escape(intake.url)}/verify/(\S+)", text).group(1)
+    wrong = "2222-2222" if code != "2222-2222" else "3333-3333"
+    guards = intake.service.guards
+    for attempt in range(10):
+        if attempt == 5:  # the lockout of the first five is served: a day later, five more
+            with intake.ledger.engine.begin() as connection:
+                connection.exec_driver_sql("UPDATE attempt_limits SET locked_until = NULL, failures = 0")
+        answer = await intake.http.post("/verify", data={"reference": reference, "code": wrong},
+                                        headers={"Accept-Language": "en"})
+        assert answer.status_code == 403 and "do not match" in answer.text, attempt
+    assert guards.wrong_answers("verify", reference) == (10, True)
+    with intake.ledger.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE attempt_limits SET locked_until = NULL, failures = 0")
+    right = await intake.http.post("/verify", data={"reference": reference, "code": code},
+                                   headers={"Accept-Language": "en"})
+    assert right.status_code == 403 and "do not match" in right.text
+    assert (await status(intake, reference)).identity_confirmed is False
+    [locked] = await poll(lambda: _events(intake, reference, "code_locked"))
+    assert locked.details == {"page": "verify", "wrong": "10"}
+    await poll(lambda: _sent(intake, reference, "operator_code_locked"))
+    alert = [m for rcpt, m in intake.mail.messages if "dpo@example.com" in rcpt and "wrong codes" in str(m["Subject"])]
+    assert len(alert) == 1 and "camille" not in alert[0].as_string().lower()
+    # The link still works.
+    page = await intake.http.get(f"/verify/{link}")
+    form = re.search(r'name="form" value="([^"]+)"', page.text).group(1)
+    assert (await intake.http.post(f"/verify/{link}", data={"form": form})).status_code == 200
+    assert (await status(intake, reference)).identity_confirmed
+
+    # An erasure: the link only.
+    erasure = {"reference": await submit_api(intake, kind="erasure", language="en")}
+    await wait_for_mail(intake.mail, 5)  # 2 for the first request, the alert, 2 for the erasure
+    mails = [m for _, m in intake.mail.messages if erasure["reference"] in str(m["Subject"])]
+    told = "\n".join(m.get_body(("plain",)).get_content() for m in mails)
+    assert "/verify/" in told and "confirmation code" not in told
+    from dsr.links import IdentityLinks
+
+    erasure_code = IdentityLinks(TEST_KEYRING, ttl=timedelta(days=30)).request_code(erasure["reference"])
+    refused = await intake.http.post("/verify", data={"reference": erasure["reference"], "code": erasure_code},
+                                     headers={"Accept-Language": "en"})
+    assert refused.status_code == 403 and "do not match" in refused.text
+    assert (await status(intake, erasure["reference"])).identity_confirmed is False
 
 
 async def test_verify_link_tampered_is_403(intake: Intake) -> None:
@@ -395,8 +498,9 @@ async def test_web_form_submission_starts_the_request_and_confirms_it(intake: In
     })
     assert answer.status_code == 303, answer.text
     confirmation = await intake.http.get(answer.headers["location"])
-    reference = re.search(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", confirmation.text).group(0)
     assert confirmation.status_code == 200
+    assert not re.search(r"dsr-\d{4}-\d{2}-[0-9A-Z]{6}", confirmation.text)  # the reference goes by email
+    reference = reference_of(intake, "ines.roux@example.org", "portability")
     state = await poll(lambda: _status_or_none(intake, reference))
     assert state.kind.value == "portability" and state.channel.value == "form" and state.language == Language.EN
     assert [r.request_id for r in intake.ledger.requests()] == [reference]
@@ -442,7 +546,7 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
     for _, sent in intake.mail.messages:
         assert sent["In-Reply-To"] == "<sar-2026-11-24.1@mail.example.co.uk>"
     text = "\n".join(bodies(intake.mail, "ruth.evans@example.co.uk"))
-    code = re.search(r"confirmation code: (\d{6})", text).group(1)
+    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
     confirmed = await intake.http.post("/verify", data={"reference": request.request_id, "code": code})
     assert confirmed.status_code == 200
     await poll(lambda: _events(intake, request.request_id, "identity_documents_deleted"))
@@ -505,7 +609,7 @@ async def _identity_request_to(intake: Intake, address: str, reference: str):
 async def test_reply_from_the_subject_with_an_id_copy_is_correspondence_not_from_someone_else(
     intake: Intake, dovecot  # noqa: F811
 ) -> None:
-    reference = (await intake.http.post("/api/requests", json=api_body())).json()["reference"]
+    reference = await submit_api(intake)
     identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
     user = dovecot.new_user()
     now = datetime.now(UTC)
@@ -610,7 +714,7 @@ async def test_reply_about_a_closed_request_goes_to_triage(intake: Intake, dovec
     from intake.service import RequestClosed
     from workflows.triage import TriageMessageWorkflow
 
-    reference = (await intake.http.post("/api/requests", json=api_body(kind="erasure"))).json()["reference"]
+    reference = await submit_api(intake, kind="erasure")
     identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
     await intake.client.get_workflow_handle(reference).execute_update("withdraw", Withdrawal(requested_by="subject"))
     await poll(lambda: _closed(intake, reference))
@@ -646,7 +750,7 @@ async def test_crash_between_storing_and_telling_the_request_and_after_telling_i
 ) -> None:
     from intake.service import IntakeService
 
-    reference = (await intake.http.post("/api/requests", json=api_body(language="en"))).json()["reference"]
+    reference = await submit_api(intake, language="en")
     identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
     user = dovecot.new_user()
     dovecot.deliver(user, _reply(identity_mail, sender="camille.durand@example.org").as_bytes(),

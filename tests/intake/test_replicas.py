@@ -36,7 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 from dsr.codec_server import serve_codec
 from dsr.config import ConfigError, Settings, SmtpSettings
 from dsr.crypto import data_converter
-from dsr.guards import AttemptLimitRow
+from dsr.guards import AttemptLimitRow, RateLimitRow
 from dsr.ledger import Ledger
 from dsr.links import IdentityLinks
 from dsr.model import Channel, Language, RequestKind, RequestRecordInput, Subject
@@ -327,8 +327,9 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
             finally:
                 await server.stop()
             assert answers == [403] * MAX_CLIENT_ATTEMPTS + [429], trusted
-            with Session(ledger.engine) as session:  # a fresh count for the next server
+            with Session(ledger.engine) as session:  # a fresh count (and throttle) for the next server
                 session.execute(AttemptLimitRow.__table__.delete())  # type: ignore[attr-defined]
+                session.execute(RateLimitRow.__table__.delete())  # type: ignore[attr-defined]
                 session.commit()
         # 127.0.0.1 is the trusted proxy: each forwarded address is its own client.
         server = await serve_codec(app, port=0, trusted_proxies=("127.0.0.1",))

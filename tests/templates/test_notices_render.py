@@ -31,7 +31,7 @@ FULL = {
     "subject_name": "Zoé Martin",
     "controller_name": "Kestio SAS",
     "verify_url": "https://privacy.example.com/verify?token=abc&x=1",
-    "verify_code": "482913",
+    "verify_code": "K7QM-4XPD",
     "days": "30",
     "label": "D-7",
     "days_left": "7",
@@ -185,8 +185,8 @@ def test_identity_request_ways_to_confirm(language: Language) -> None:
     assert FULL["verify_url"] in link_only.text
     assert 'href="https://privacy.example.com/verify?token=abc&amp;x=1"' in link_only.html
 
-    code_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_code": "482913"})
-    assert "482913" in code_only.text and "482913" in code_only.html
+    code_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_code": "K7QM-4XPD"})
+    assert "K7QM-4XPD" in code_only.text and "K7QM-4XPD" in code_only.html
 
     neither = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, MINIMAL)
     contact = "vous contactera" if language is Language.FR else "will contact you"
@@ -227,7 +227,7 @@ def test_operator_notices_carry_no_personal_data(template: NoticeTemplate, langu
     for part in (rendered.subject, rendered.text, rendered.html):
         assert "Zoé" not in part and "Martin" not in part
         assert "zoe@example.com" not in part
-        assert "privacy.example.com/verify" not in part and "482913" not in part
+        assert "privacy.example.com/verify" not in part and "K7QM-4XPD" not in part
     # bilingual: both languages, the notice's own first
     first, second = ("[FR]", "[EN]") if language is Language.FR else ("[EN]", "[FR]")
     assert rendered.text.index(first) < rendered.text.index(second)

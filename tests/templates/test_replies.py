@@ -58,7 +58,7 @@ def _context(**changes: object) -> ReplyContext:
     base = ReplyContext(
         reference="dsr-2026-11-7KQ3FJ", received=date(2026, 11, 23), deadline=date(2026, 12, 23),
         subject_name="Zoé Martin", profile=PROFILE, systems=ACCESS_SYSTEMS, download_url=URL,
-        download_code="482913", link_expires=date(2026, 12, 1),
+        download_code="K7QM-4XPD", link_expires=date(2026, 12, 1),
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -176,18 +176,20 @@ def test_access_reply_carries_article_15_information(language: Language) -> None
         assert ("décision d'adéquation" if lang == "fr" else "adequacy decision") in part
         assert ("États-Unis" if lang == "fr" else "the United States") in part
         assert ("l'exécution d'un contrat" if lang == "fr" else "performance of a contract") in part  # Art. 6
-        assert URL in part and "482913" in part and WORDS[language]["expires"] in part
+        assert URL in part and "K7QM-4XPD" in part and WORDS[language]["expires"] in part
         assert ("commandes : 2" if lang == "fr" else "orders: 2") in part
         assert "privacy@kestio.example" in part
     assert f'href="{html.escape(URL)}"' in render_reply("reply_access", language, CONTEXTS[ReplyKind.ACCESS]).html
 
 
 @pytest.mark.parametrize("language", list(Language))
-def test_download_without_code_asks_for_the_reference(language: Language) -> None:
-    _, text, _ = _parts(ReplyKind.ACCESS, language, _context(download_code=""))
-    expected = ("la référence de votre demande : dsr-2026-11-7KQ3FJ" if language == Language.FR
-                else "your request reference: dsr-2026-11-7KQ3FJ")
-    assert expected in text
+def test_download_never_asks_for_the_reference(language: Language) -> None:
+    # The reference is in every email subject: the download page takes only the code (issue 12).
+    for code in ("", "K7QM-4XPD"):
+        _, text, _ = _parts(ReplyKind.ACCESS, language, _context(download_code=code))
+        assert "demandé la référence" not in text and "asked for your request reference" not in text
+        without = "le code envoyé avec ce lien" if language == Language.FR else "the code sent with this link"
+        assert (code or without) in text
 
 
 @pytest.mark.parametrize("language", list(Language))

@@ -248,11 +248,12 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
             body = reply.get_body(("plain",)).get_content()
             assert request.request_id in body and "CNIL" in body
             token = re.search(r"/exports/([A-Za-z0-9._~-]+)", body).group(1)  # type: ignore[union-attr]
-            code = re.search(r"\b(\d{3} ?\d{3})\b", body).group(1).replace(" ", "")  # type: ignore[union-attr]
+            code = re.search(r"\b([2-9A-Z]{4}-[2-9A-Z]{4})\b", body).group(1)  # type: ignore[union-attr]
             links = DownloadLinks(TEST_KEYRING)
             async with httpx.AsyncClient(base_url=intake.url) as http:
                 assert (await http.get(f"/exports/{token}")).status_code == 200  # the form
-                wrong = await http.post(f"/exports/{token}", data={"answer": "000000", "form": links.form_token(token)})
+                wrong = await http.post(f"/exports/{token}",
+                                        data={"answer": request.request_id, "form": links.form_token(token)})
                 assert wrong.status_code == 403
                 got = await http.post(f"/exports/{token}", data={"answer": code, "form": links.form_token(token)})
                 assert got.status_code == 200 and got.headers["content-type"] == "application/zip"

@@ -771,3 +771,43 @@ async def test_a_fulfilled_erasure_deletes_the_subjects_earlier_downloadable_exp
     for handle in (access_handle, other_handle):
         with contextlib.suppress(RPCError):
             await handle.terminate("test over")
+
+
+async def test_confirmation_must_be_one_the_identity_policy_allows(engine: Engine) -> None:
+    """Issue 12 finding 1: a document request is never confirmed by the emailed link or code (none was sent),
+    an erasure never by a code; the operator's review (``dsr confirm-identity``) still confirms."""
+    from dsr.model import IdentityProof
+
+    def by_subject(proof: IdentityProof) -> IdentityConfirmation:
+        return IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", proof=proof)
+
+    request, handle = await submit(engine, "erasure", identity=IdentityMethod.DOCUMENT)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    for refused in (by_subject(IdentityProof.CODE), by_subject(IdentityProof.LINK),
+                    IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="operator:alice"),
+                    IdentityConfirmation(method=IdentityMethod.TRUSTED, confirmed_by="operator:alice")):
+        with pytest.raises(WorkflowUpdateFailedError) as caught:
+            await handle.execute_update(DataSubjectRequest.confirm_identity, refused)
+        assert caught.value.cause.type == "IdentityNotAllowed", refused
+    assert not (await status(handle)).identity_confirmed
+    await handle.execute_update(DataSubjectRequest.confirm_identity, IdentityConfirmation(
+        method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"))
+    assert (await status(handle)).identity_confirmed
+    await handle.result()
+    [confirmed] = [e for e in engine.ledger.events(request.request_id) if e.event == "identity_confirmed"]
+    assert confirmed.details == {"method": "document", "proof": "review"} and confirmed.actor == "operator:alice"
+
+    # An erasure under the email policy: the link confirms, a code never does.
+    _, handle = await submit(engine, "erasure", identity=IdentityMethod.EMAIL)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    with pytest.raises(WorkflowUpdateFailedError) as caught:
+        await handle.execute_update(DataSubjectRequest.confirm_identity, by_subject(IdentityProof.CODE))
+    assert "signed link only" in str(caught.value.cause)
+    await handle.execute_update(DataSubjectRequest.confirm_identity, by_subject(IdentityProof.LINK))
+    assert (await handle.result()).identity_confirmed
+
+    # An access request under the email policy takes the code.
+    _, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    await handle.execute_update(DataSubjectRequest.confirm_identity, by_subject(IdentityProof.CODE))
+    assert (await status(handle)).identity_confirmed
