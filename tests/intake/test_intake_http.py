@@ -664,7 +664,7 @@ async def test_forged_reply_failing_dmarc_is_triaged_and_the_genuine_ones_verdic
     from workflows.request import DataSubjectRequest
     from workflows.triage import TriageMessageWorkflow
 
-    reference = (await intake.http.post("/api/requests", json=api_body())).json()["reference"]
+    reference = await submit_api(intake)
     identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
     user = dovecot.new_user()
     now = datetime.now(UTC)
