@@ -112,7 +112,8 @@ class TriageMessageWorkflow:
 
     async def _tell_refusal(self, dismissal: TriageDismissal) -> None:
         """Art. 12(4): a request the controller does not act on is answered, with the reasons and remedies."""
-        kind = RequestKind(dismissal.refused_as or RequestKind.ACCESS)
+        assert dismissal.refused_as is not None  # only refusals are told (see run)
+        kind = RequestKind(dismissal.refused_as)
         await workflow.execute_activity(
             "send_notice",
             Notice(
