@@ -146,8 +146,11 @@ class HubSpotConnector:
 
     # --- plumbing ------------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, *, allow: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
-        return await send(self._client, self._limiter, self.name, method, path, allow=allow, **kwargs)
+    async def _call(self, method: str, path: str, *, allow: tuple[int, ...] = (), safe: bool | None = None,
+                    search: bool = False, **kwargs: Any) -> httpx.Response:
+        # A search counts against the search limit as well as the general one, on every try.
+        limits = (self._limiter, self._search_limiter) if search else self._limiter
+        return await send(self._client, limits, self.name, method, path, allow=allow, safe=safe, **kwargs)
 
     def _json(self, response: httpx.Response) -> Any:
         try:
@@ -182,8 +185,8 @@ class HubSpotConnector:
             }
             if after is not None:
                 body["after"] = after
-            await self._search_limiter.acquire()
-            page = self._json(await self._call("POST", "/crm/v3/objects/contacts/search", json=body))
+            page = self._json(await self._call("POST", "/crm/v3/objects/contacts/search", json=body, safe=True,
+                                               search=True))
             found.extend(r for r in page.get("results", []) if isinstance(r, dict) and r.get("id"))
             after = ((page.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -254,7 +257,7 @@ class HubSpotConnector:
     async def _batch_read(self, object_type: str, ids: list[str]) -> list[dict[str, Any]]:
         if not ids:
             return []
-        response = await self._call("POST", f"/crm/v3/objects/{object_type}/batch/read", json={
+        response = await self._call("POST", f"/crm/v3/objects/{object_type}/batch/read", safe=True, json={
             "properties": list(ASSOCIATED_PROPERTIES[object_type]),
             "inputs": [{"id": i} for i in ids],
         })

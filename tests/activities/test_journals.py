@@ -123,17 +123,18 @@ async def test_woocommerce_429_on_the_verifying_search(shops: tuple[Shop, Shop],
     clean = await run(storage_url.rstrip("/") + "-clean/", woo(clean_shop), erasure("woocommerce", LEA))
 
     class LimitedWhileVerifying(WooCommerceConnector):
-        """The shop answers 429 (with Retry-After) to the first call of the verification, once."""
+        """The shop answers 429 to the first call of the verification, once, with a Retry-After too long to
+        wait in place (READ_WAIT_MAX): the attempt fails after the erasure took effect."""
 
         async def locate(self, subject: Subject) -> Any:
             shop.faults.statuses.append(429)
-            shop.faults.retry_after = "3"
+            shop.faults.retry_after = "30"
             return await super().locate(subject)
 
     limited = LimitedWhileVerifying(consumer_key=KEY, consumer_secret=SECRET, base_url=shop.server.url)
     with pytest.raises(ApplicationError) as failed:
         await run(storage_url, limited, erasure("woocommerce", LEA))
-    assert failed.value.next_retry_delay is not None and failed.value.next_retry_delay.total_seconds() == 3
+    assert failed.value.next_retry_delay is not None and failed.value.next_retry_delay.total_seconds() == 30
     await limited.aclose()
     shop.faults.clear()
 

@@ -20,7 +20,7 @@ from connectors.base import (
     TransientConnectorError,
     unexpected_remains,
 )
-from connectors.http import RateLimiter
+from connectors.http import READ_TRIES, RateLimiter
 from connectors.hubspot import HubSpotConnector
 from dsr.codec_server import RunningCodecServer, serve_codec
 from dsr.model import RecordAction, Subject
@@ -96,6 +96,11 @@ async def portal() -> AsyncIterator[Portal]:
 @pytest.fixture
 def store(tmp_path: Path) -> ExportStore:
     return file_exports(tmp_path / "storage")
+
+
+def searches_sent(portal: Portal) -> int:
+    """Searches that reached the fault layer, whether or not it let them through."""
+    return sum(1 for line in portal.faults.log if line.endswith("/search"))
 
 
 def searches(state: HubSpotState) -> int:
@@ -369,25 +374,55 @@ async def test_bad_credentials_are_permanent(portal: Portal) -> None:
 
 
 async def test_injected_429_honours_retry_after(portal: Portal) -> None:
+    # A wait longer than READ_WAIT_MAX is not spent in place: the attempt fails with the vendor's wait,
+    # which Temporal honours.
     portal.faults.statuses.append(429)
-    portal.faults.retry_after = "7"
+    portal.faults.retry_after = "30"
     with pytest.raises(TransientConnectorError) as raised:
         await portal.connector().locate(SUBJECT)
-    assert raised.value.retry_after == 7.0
+    assert raised.value.retry_after == 30.0
     assert "lea" not in str(raised.value).lower()
+    assert searches(portal.state) == 0  # the 429 was answered by the fault layer; no second try
+
+
+async def test_a_short_retry_after_on_a_read_is_waited_out_in_place(portal: Portal) -> None:
+    connector = portal.connector()
+    assert len(await connector.locate(SUBJECT)) == 1
+    clean = searches_sent(portal)
+    portal.faults.statuses.append(429)
+    portal.faults.retry_after = "1"
+    found = await connector.locate(SUBJECT)
+    assert [f.dataset for f in found] == ["contact"]
+    assert searches_sent(portal) == 2 * clean + 1  # the throttled try, then the one that passed
 
 
 async def test_server_errors_and_dropped_connections_are_transient(portal: Portal, store: ExportStore) -> None:
     connector = portal.connector()
-    portal.faults.statuses.append(503)
+    portal.faults.statuses.extend([503] * READ_TRIES)  # a read fails the attempt once every try failed
     with pytest.raises(TransientConnectorError, match="HTTP 503"):
         await connector.erase(OperationJob(request_id=REQUEST, subject=SUBJECT))
-    portal.faults.drop_next = 1
+    portal.faults.drop_next = READ_TRIES
     with pytest.raises(TransientConnectorError, match="connection failed"):
         await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST)))
     assert portal.state.gdpr_deleted == set()
     # The same connector works again once the fault is gone.
     assert len(await connector.locate(SUBJECT)) == 1
+
+
+async def test_one_failed_read_is_retried_in_place_but_a_write_never_is(portal: Portal) -> None:
+    connector = portal.connector()
+    assert len(await connector.locate(SUBJECT)) == 1
+    clean = searches_sent(portal)
+    portal.faults.statuses.append(503)
+    portal.faults.drop_next = 1  # the second try is dropped too; the third passes
+    assert len(await connector.locate(SUBJECT)) == 1
+    assert searches_sent(portal) == 2 * clean + 2
+    # A write whose answer is lost may have taken effect: it fails the attempt (the journal and the
+    # activity's retry decide what it did), and is sent once.
+    portal.faults.lose_answers.append("POST /crm/v3/objects/contacts/gdpr-delete")
+    with pytest.raises(TransientConnectorError, match="connection failed"):
+        await connector.erase(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    assert sum(1 for line in portal.faults.log if line.endswith("/gdpr-delete")) == 1
 
 
 async def test_timeouts_are_transient(portal: Portal) -> None:
@@ -404,9 +439,10 @@ async def test_the_sandbox_rate_limit_answers_429_to_a_burst() -> None:
     try:
         connector = portal.connector(rate_limit=RateLimiter(1000, 1.0))  # effectively unlimited
         results = await asyncio.gather(*(connector.check() for _ in range(15)), return_exceptions=True)
-        limited = [r for r in results if isinstance(r, TransientConnectorError)]
-        assert len(limited) == 5 and portal.state.rate_limited == 5
-        assert all("HTTP 429" in str(r) and r.retry_after is not None and r.retry_after >= 1 for r in limited)
+        # Five calls over the limit got 429 with a Retry-After of at least a second, which a read waits out
+        # in place: every check answers in the end.
+        assert portal.state.rate_limited >= 5
+        assert all(isinstance(r, str) and r.startswith("auth OK") for r in results), results
     finally:
         await stop_portal(portal)
 

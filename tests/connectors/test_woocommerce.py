@@ -19,7 +19,7 @@ from connectors.base import (
     TransientConnectorError,
     unexpected_remains,
 )
-from connectors.http import RateLimiter
+from connectors.http import READ_TRIES, RateLimiter
 from connectors.woocommerce import WooCommerceConnector
 from dsr.codec_server import RunningCodecServer, serve_codec
 from dsr.model import RecordAction, Subject
@@ -341,19 +341,26 @@ async def test_injected_429_is_transient_with_retry_after(shop: Shop) -> None:
     assert err.value.retry_after == 17
 
 
-async def test_the_shops_own_rate_limit_is_transient_and_the_connector_limit_avoids_it() -> None:
+async def test_the_shops_own_rate_limit_is_waited_out_and_the_connector_limit_avoids_it() -> None:
     shop = await start_shop(rate_limit=(5, 1.0))
     try:
         seed_lea(shop.state)
-        with pytest.raises(TransientConnectorError, match="HTTP 429 rate_limit_exceeded") as err:
-            for _ in range(3):  # 5 calls each
-                await shop.connector.locate(LEA)
-        assert err.value.retry_after is not None and 0 < err.value.retry_after <= 1
+        calls = len(shop.faults.log)
+        assert len(await shop.connector.locate(LEA)) == 4
+        per_locate = len(shop.faults.log) - calls
+        # Without a limit of its own, the connector bursts into the shop's 429s (Retry-After under a second),
+        # which a read waits out in place: every locate still answers, with more calls than it needs.
+        calls = len(shop.faults.log)
+        for _ in range(3):
+            assert len(await shop.connector.locate(LEA)) == 4
+        assert len(shop.faults.log) - calls > 3 * per_locate
         polite = shop.connect(rate_limit=RateLimiter(4, 1.0))
         try:
             await asyncio.sleep(1.0)
+            calls = len(shop.faults.log)
             for _ in range(3):
                 assert len(await polite.locate(LEA)) == 4
+            assert len(shop.faults.log) - calls == 3 * per_locate  # never throttled
         finally:
             await polite.aclose()
     finally:
@@ -361,18 +368,33 @@ async def test_the_shops_own_rate_limit_is_transient_and_the_connector_limit_avo
         await shop.server.stop()
 
 
+async def test_a_429_that_outlasts_the_tries_is_transient_with_its_retry_after(shop: Shop) -> None:
+    shop.faults.statuses.extend([429] * READ_TRIES)
+    shop.faults.retry_after = "0"
+    with pytest.raises(TransientConnectorError, match="HTTP 429") as err:
+        await shop.connector.locate(LEA)
+    assert err.value.retry_after == 0
+    assert len(shop.faults.log) == READ_TRIES
+
+
 @pytest.mark.parametrize("status", [500, 502, 503])
 async def test_server_errors_are_transient(shop: Shop, status: int) -> None:
-    shop.faults.statuses.append(status)
+    shop.faults.statuses.extend([status] * READ_TRIES)  # the first call is a read: tried READ_TRIES times
     with pytest.raises(TransientConnectorError, match=f"HTTP {status}"):
         await shop.connector.erase(OperationJob(REQUEST, LEA))
 
 
 async def test_a_dropped_connection_is_transient(shop: Shop) -> None:
-    shop.faults.drop_next = 1
+    shop.faults.drop_next = READ_TRIES
     with pytest.raises(TransientConnectorError, match="connection failed"):
         await shop.connector.locate(LEA)
     assert await shop.connector.locate(Subject(email="nobody@example.org")) == []  # and then it works again
+
+
+async def test_one_dropped_read_is_retried_in_place(shop: Shop) -> None:
+    seed_lea(shop.state)
+    shop.faults.drop_next = READ_TRIES - 1
+    assert len(await shop.connector.locate(LEA)) == 4
 
 
 async def test_a_slow_shop_times_out_as_transient(shop: Shop) -> None:
