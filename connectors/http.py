@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from connectors.base import PermanentConnectorError, TransientConnectorError
+
+T = TypeVar("T")
 
 
 class RateLimiter:
@@ -124,18 +126,27 @@ async def send(
 
     A read (``GET``, or a ``POST`` the caller marks ``safe``, such as a search) is retried in place on a
     transient error, after the vendor's Retry-After when it names one (see :data:`READ_TRIES`)."""
-    tries = READ_TRIES if (method.upper() in SAFE_METHODS if safe is None else safe) else 1
+    read = method.upper() in SAFE_METHODS if safe is None else safe
+    return await tried_in_place(
+        lambda: _send_once(client, limiter, system, method, url, allow=allow, **kwargs),
+        tries=READ_TRIES if read else 1)
+
+
+async def tried_in_place(call: Callable[[], Awaitable[T]], *, tries: int = READ_TRIES) -> T:
+    """``call()``, called again on a transient error up to ``tries`` times in all, after the vendor's
+    Retry-After when it names one no longer than :data:`READ_WAIT_MAX`, else after a short jittered backoff.
+    Only for calls that change nothing (see :data:`READ_TRIES`)."""
     for attempt in range(1, tries + 1):
         try:
-            return await _send_once(client, limiter, system, method, url, allow=allow, **kwargs)
+            return await call()
         except TransientConnectorError as err:
             wait = err.retry_after
             if wait is None:
                 wait = READ_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.75, 1.25)
-            if attempt == tries or wait > READ_WAIT_MAX:
+            if attempt >= tries or wait > READ_WAIT_MAX:
                 raise
             await asyncio.sleep(wait)
-    raise AssertionError("unreachable: the last try returns or raises")
+    raise ValueError("tries must be at least 1")
 
 
 async def _send_once(

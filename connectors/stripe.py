@@ -92,7 +92,7 @@ from connectors.base import (
     TransientConnectorError,
     tally,
 )
-from connectors.http import RateLimiter
+from connectors.http import READ_TRIES, RateLimiter, tried_in_place
 from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 T = TypeVar("T")
@@ -232,17 +232,25 @@ class StripeConnector:
         data = response.data
         return data if isinstance(data, dict) else {}
 
-    async def _call(self, factory: Callable[[], Awaitable[T]], *, optional: str | None = None) -> T:
+    async def _call(self, factory: Callable[[], Awaitable[T]], *, optional: str | None = None,
+                    write: bool = False) -> T:
         """One API call through the rate limiter, its errors turned into connector errors.
 
         With ``optional`` (a feature name), a 400/404 means the server lacks the endpoint (or the
-        parameter): :class:`_Unsupported` is raised for the caller to note and skip.
+        parameter): :class:`_Unsupported` is raised for the caller to note and skip. A read is tried again
+        in place on a transient error (:func:`~connectors.http.tried_in_place`); a ``write`` never is.
         """
-        return await self._call_or_missing(factory, optional=optional, missing_ok=False)  # type: ignore[return-value]
+        return await self._call_or_missing(factory, optional=optional, missing_ok=False,  # type: ignore[return-value]
+                                           write=write)
 
     async def _call_or_missing(self, factory: Callable[[], Awaitable[T]], *, optional: str | None = None,
-                               missing_ok: bool = True) -> T | None:
+                               missing_ok: bool = True, write: bool = False) -> T | None:
         """:meth:`_call`, answering None when the object is not there (404)."""
+        return await tried_in_place(lambda: self._call_once(factory, optional=optional, missing_ok=missing_ok),
+                                    tries=1 if write else READ_TRIES)
+
+    async def _call_once(self, factory: Callable[[], Awaitable[T]], *, optional: str | None,
+                         missing_ok: bool) -> T | None:
         if optional is not None and optional in self._unsupported:
             raise _Unsupported(optional, None)
         if self._limiter is not None:
@@ -633,7 +641,7 @@ class StripeConnector:
         """Delete the customer (idempotency key ``<request>:erase:<customer>``); False if it was not there."""
         key = self._key(job, "erase", cid)
         result = await self._call_or_missing(
-            lambda: self._request("delete", f"/v1/customers/{cid}", idempotency_key=key))
+            lambda: self._request("delete", f"/v1/customers/{cid}", idempotency_key=key), write=True)
         if result is None:  # localstripe after a deletion; real Stripe: deleted by someone else since
             return False
         if not result.get("deleted"):
@@ -672,7 +680,7 @@ class StripeConnector:
                 await job.journal.intend([JournalEntry(line)])
                 key = self._key(job, "rectify", cid, payload)
                 await self._call(lambda c=cid, p=payload, k=key: self._request("post", f"/v1/customers/{c}", p,
-                                                                                idempotency_key=k))
+                                                                                idempotency_key=k), write=True)
                 await job.journal.record([JournalEntry(line)])
             elif intent is not None:  # the earlier attempt's update took effect, its answer was lost
                 line = intent.line

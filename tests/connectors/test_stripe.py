@@ -27,7 +27,7 @@ from connectors.base import (
     TransientConnectorError,
     unexpected_remains,
 )
-from connectors.http import RateLimiter
+from connectors.http import READ_TRIES, RateLimiter
 from connectors.stripe import LEGAL_BASIS, StripeConnector
 from dsr.codec_server import serve_codec
 from dsr.model import RecordAction, Subject
@@ -413,15 +413,18 @@ async def scripted_connector(script: Scripted) -> tuple[Any, StripeConnector, Co
     return running, StripeConnector("stripe-eu", api_key="sk_test_x", base_url=running.url, rate_limit=limiter), limiter
 
 
-@pytest.mark.parametrize(("answer", "retry_after"), [
-    (lambda r: stripe_error(429, "rate_limit", headers={"Retry-After": "7"}), 7.0),
-    (lambda r: Response("Too Many Requests", status_code=429, headers={"Retry-After": "3"}), 3.0),
-    (lambda r: stripe_error(503, None), None),
-    (lambda r: Response("upstream down", status_code=502), None),
-    (lambda r: stripe_error(409, "lock_timeout"), None),
+@pytest.mark.parametrize(("answer", "retry_after", "tries"), [
+    # A Retry-After longer than READ_WAIT_MAX fails the attempt at once, for Temporal to wait it out.
+    (lambda r: stripe_error(429, "rate_limit", headers={"Retry-After": "70"}), 70.0, 1),
+    (lambda r: Response("Too Many Requests", status_code=429, headers={"Retry-After": "30"}), 30.0, 1),
+    # Without one, a read is tried READ_TRIES times in place before the attempt fails.
+    (lambda r: stripe_error(503, None), None, READ_TRIES),
+    (lambda r: Response("upstream down", status_code=502), None, READ_TRIES),
+    (lambda r: stripe_error(409, "lock_timeout"), None, READ_TRIES),
 ])
-async def test_rate_limits_and_server_errors_are_transient(answer: Callable, retry_after: float | None) -> None:
-    script = Scripted(answer)
+async def test_rate_limits_and_server_errors_are_transient(answer: Callable, retry_after: float | None,
+                                                           tries: int) -> None:
+    script = Scripted(*[answer] * READ_TRIES)
     running, connector, limiter = await scripted_connector(script)
     try:
         with pytest.raises(TransientConnectorError) as raised:
@@ -430,8 +433,22 @@ async def test_rate_limits_and_server_errors_are_transient(answer: Callable, ret
         await connector.aclose()
         await running.stop()
     assert raised.value.retry_after == retry_after
-    assert len(script.requests) == 1 and limiter.acquired == 1  # no retry by the SDK: Temporal owns retrying
+    # No retry by the SDK: every try is the connector's own, through the rate limiter.
+    assert len(script.requests) == tries and limiter.acquired == tries
     assert "lea.petit" not in str(raised.value)
+
+
+async def test_a_read_that_fails_once_is_tried_again_in_place() -> None:
+    script = Scripted(lambda r: stripe_error(503, None),
+                      lambda r: Response('{"object": "list", "data": [], "has_more": false}',
+                                         media_type="application/json"))
+    running, connector, limiter = await scripted_connector(script)
+    try:
+        assert await connector.check() == "auth OK"
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert len(script.requests) == 2 and limiter.acquired == 2 and not script.answers
 
 
 @pytest.mark.parametrize(("answer", "message"), [
@@ -474,7 +491,7 @@ async def test_a_server_error_in_the_middle_of_an_export_is_transient(
         nonlocal calls
         if request.url.path == "/v1/charges" and "starting_after" in request.url.params:
             calls += 1
-            if calls == 1:
+            if calls <= READ_TRIES:  # every try in place fails: the attempt does
                 raise httpx.ConnectError("connection reset by peer")
 
     stripe_._http._client_async.event_hooks["request"].append(fail_the_second_charges_page)
