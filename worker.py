@@ -23,7 +23,9 @@ from activities.storage import StorageActivities
 from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
 from connectors.config import ConfigFileError
+from connectors.http import SharedWindows
 from dsr.config import Settings
+from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks, IdentityLinks
 from dsr.profile import ControllerProfile, load_profile
@@ -155,12 +157,15 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     from dsr.temporal import connect
 
     keyring = KeyRing.from_settings(settings)
-    connectors = configured_connectors(settings)
-    objects = open_store(settings)
-    await asyncio.to_thread(objects.check)
-    client = await connect(settings, keyring)
     ledger = Ledger(settings.database_url, keyring)
+    connectors: list[Connector] = []
     try:
+        # The vendors' rate limits are per account: every worker counts in the same windows, in the ledger's
+        # database, so two workers never send more than one may.
+        connectors = configured_connectors(settings, shared=Guards(ledger.engine, keyring))
+        objects = open_store(settings)
+        await asyncio.to_thread(objects.check)
+        client = await connect(settings, keyring)
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors,
                                   exports=ExportStore(objects, keyring), executor=executor)
@@ -172,11 +177,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             await connector.aclose()
 
 
-def configured_connectors(settings: Settings, env: Mapping[str, str] | None = None) -> list[Connector]:
-    """The connectors of ``dsr.toml``, with their secrets from the environment."""
+def configured_connectors(settings: Settings, env: Mapping[str, str] | None = None, *,
+                          shared: SharedWindows | None = None) -> list[Connector]:
+    """The connectors of ``dsr.toml``, with their secrets from the environment; ``shared`` keeps their rate
+    limits in windows every worker shares."""
     from connectors.config import build_connectors, load_config
 
-    return build_connectors(load_config(settings.config_file), settings.connector_environment(env))
+    return build_connectors(load_config(settings.config_file), settings.connector_environment(env), shared=shared)
 
 
 def main() -> None:

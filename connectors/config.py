@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.base import Connector, RetentionRule, month_day
-from connectors.http import RateLimiter
+from connectors.http import RateLimiter, SharedWindows
 from dsr.model import RequestKind
 
 ConnectorType = Literal["hubspot", "stripe", "woocommerce"]
@@ -44,6 +44,8 @@ CREDENTIALS: dict[str, dict[str, str]] = {
 DEFAULT_BASE_URL = {"hubspot": "https://api.hubapi.com", "stripe": "https://api.stripe.com"}
 # The vendors' documented limits: HubSpot 100 per 10 s (Free/Starter), Stripe 25/s in test mode.
 DEFAULT_RATE = {"hubspot": (100, 10.0), "stripe": (25, 1.0), "woocommerce": (20, 1.0)}
+HUBSPOT_SEARCH_RATE = (4, 1.25)
+"""HubSpot's CRM search allows 5 requests per second per account: 4 per 1.25 s leaves the margin."""
 
 
 class ConfigFileError(ValueError):
@@ -166,8 +168,12 @@ def _secrets(connector: ConnectorConfig, env: Mapping[str, str]) -> dict[str, st
     return values
 
 
-def build_connector(connector: ConnectorConfig, env: Mapping[str, str]) -> Connector:
-    """A live connector from its configuration and the secrets in ``env``."""
+def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
+                    shared: SharedWindows | None = None) -> Connector:
+    """A live connector from its configuration and the secrets in ``env``.
+
+    With ``shared`` (the worker passes the ledger database's windows), its rate limits are kept across every
+    worker: the vendor's limit is per account, not per process."""
     secrets = _secrets(connector, env)
     requests, per_seconds = (
         (connector.rate_limit.requests, connector.rate_limit.per_seconds)
@@ -177,7 +183,7 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str]) -> Conne
         "kinds": frozenset(connector.kinds),
         # 10% margin: the limiter stamps a call when it leaves, the vendor counts it when it arrives, so
         # a warm burst can land in the same vendor window as a slower first one.
-        "rate_limit": RateLimiter(requests, per_seconds * 1.1),
+        "rate_limit": RateLimiter(requests, per_seconds * 1.1, shared=shared, key=connector.display_name),
         "timeout": connector.timeout_seconds,
     }
     if connector.retention is not None:  # otherwise each connector's legal default
@@ -189,7 +195,10 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str]) -> Conne
         case "hubspot":
             from connectors.hubspot import HubSpotConnector
 
-            return HubSpotConnector(name, token=secrets["token"], base_url=base_url, **common)
+            # HubSpot's search endpoints have their own, lower limit, per account too.
+            search = RateLimiter(*HUBSPOT_SEARCH_RATE, shared=shared, key=f"{connector.display_name}:search")
+            return HubSpotConnector(name, token=secrets["token"], base_url=base_url, search_rate_limit=search,
+                                    **common)
         case "stripe":
             from connectors.stripe import StripeConnector
 
@@ -202,5 +211,6 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str]) -> Conne
     raise ConfigFileError(f"unknown connector type {connector.type!r}")  # pragma: no cover - Literal guards it
 
 
-def build_connectors(config: EngineConfig, env: Mapping[str, str]) -> list[Connector]:
-    return [build_connector(c, env) for c in config.connectors]
+def build_connectors(config: EngineConfig, env: Mapping[str, str], *,
+                     shared: SharedWindows | None = None) -> list[Connector]:
+    return [build_connector(c, env, shared=shared) for c in config.connectors]

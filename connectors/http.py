@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -20,19 +20,44 @@ from connectors.base import PermanentConnectorError, TransientConnectorError
 T = TypeVar("T")
 
 
-class RateLimiter:
-    """At most ``requests`` calls per ``per_seconds`` (a sliding window), shared by all calls of a connector."""
+class SharedWindows(Protocol):
+    """Sliding windows that every worker shares (``dsr.guards.Guards``, on the ledger's database)."""
 
-    def __init__(self, requests: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def reserve(self, key: str, limit: int, span: float) -> float:
+        """Take the earliest slot in the window ``key`` (at most ``limit`` per ``span`` seconds) and answer the
+        seconds to wait until it; one transaction, so two workers never take the same slot."""
+        ...
+
+
+class RateLimiter:
+    """At most ``requests`` calls per ``per_seconds`` (a sliding window), shared by all calls of a connector.
+
+    With ``shared`` (and a ``key`` naming the vendor account's limit), the window lives in a store every
+    worker shares: N workers on N machines together stay under the vendor's limit, as one does. Without it,
+    the window is this process's (tests, a single worker)."""
+
+    def __init__(self, requests: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic,
+                 shared: SharedWindows | None = None, key: str = "") -> None:
         if requests < 1 or per_seconds <= 0:
             raise ValueError("a rate limit needs requests >= 1 and per_seconds > 0")
+        if shared is not None and not key:
+            raise ValueError("a shared rate limit needs the key of its window")
         self.requests = requests
         self.per_seconds = per_seconds
         self._clock = clock
+        self._shared = shared
+        self._key = key
         self._sent: list[float] = []
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
+        if self._shared is not None:
+            # The slot is reserved at once (a database transaction in a thread), then waited for here: callers
+            # on every worker queue in the order they reserved, none holding a lock while it sleeps.
+            wait = await asyncio.to_thread(self._shared.reserve, self._key, self.requests, self.per_seconds)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            return
         async with self._lock:
             while True:
                 now = self._clock()

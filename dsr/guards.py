@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -210,6 +211,10 @@ class Guards:
         self._purge_lock = threading.Lock()
         create_tables(engine, _TABLES)
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     # --- keys ----------------------------------------------------------------------------------------------
 
     def client_key(self, address: str | None) -> str:
@@ -242,6 +247,30 @@ class Guards:
                 session.add(row)
         self._maybe_purge(now)
         return None
+
+    # --- vendors' rate limits --------------------------------------------------------------------------------
+
+    def reserve(self, key: str, limit: int, span: float, *, now: float | None = None) -> float:
+        """Take the earliest slot of the window ``key`` that keeps at most ``limit`` slots in any ``span``
+        seconds, record it, and answer the seconds from ``now`` until it (0 when free now).
+
+        The connectors' shared rate limits (``connectors.http.RateLimiter(shared=...)``): every worker reserves
+        in the same row, so N workers together make no more calls than one may. A slot is a reservation, taken
+        whether or not the caller then sends (a cancelled call wastes one: the safe side). Times are the
+        callers' clocks, which NTP keeps within milliseconds; the connectors' 10% margin covers that."""
+        moment = time.time() if now is None else now
+        when = datetime.fromtimestamp(moment, UTC)
+        with self._session(write=True) as session:
+            row = self._lock_rows(session, RateLimitRow, [f"vendor:{key}"], {"hits": "[]", "expires_at": when})[
+                f"vendor:{key}"]
+            slots = sorted(t for t in json.loads(row.hits) if t > moment - span)  # later ones are reservations
+            slot = moment if len(slots) < limit else max(moment, slots[-limit] + span)
+            slots = sorted([*slots, slot])[-limit:]
+            row.hits = json.dumps(slots)
+            row.expires_at = datetime.fromtimestamp(max(slots) + span, UTC)
+            session.add(row)
+        self._maybe_purge(when)
+        return slot - moment
 
     # --- wrong answers -------------------------------------------------------------------------------------
 

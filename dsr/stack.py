@@ -156,6 +156,8 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
     ``worker=False`` (``--no-worker``): no worker in this process; ``dsr worker`` processes run the requests
     (operators who scale them apart, chaos runs that kill them)."""
     from dsr.crypto import KeyRing
+    from dsr.guards import Guards
+    from dsr.ledger import Ledger
     from worker import configured_connectors
 
     rates = None
@@ -180,18 +182,24 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
         except DemoError as err:
             raise StackError(str(err)) from None
     try:
-        connectors = configured_connectors(settings)  # a bad dsr.toml stops here, before anything starts
-        await _run_services(settings, keyring, connectors, stop, sandboxes, worker)
+        ledger = Ledger(settings.database_url, keyring)
+        try:
+            # A bad dsr.toml stops here, before anything starts. The connectors' rate limits are counted in the
+            # ledger's database, shared with every `dsr worker` of the deployment.
+            connectors = configured_connectors(settings, shared=Guards(ledger.engine, keyring))
+            await _run_services(settings, keyring, ledger, connectors, stop, sandboxes, worker)
+        finally:
+            ledger.close()
     finally:
         if sandboxes is not None:
             await sandboxes.stop()
 
 
-async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes, with_worker: bool) -> None:
+async def _run_services(settings: Settings, keyring, ledger, connectors, stop, sandboxes,
+                        with_worker: bool) -> None:
     import concurrent.futures
 
     from dsr.codec_server import CodecTokenError, codec_app, load_or_create_token, serve_codec
-    from dsr.ledger import Ledger
     from dsr.outbox import OutboxSink
     from dsr.store import StorageError, open_store
     from dsr.store.attachments import AttachmentStore
@@ -212,7 +220,6 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             codec_token, created = load_or_create_token(settings.codec_token_file)
         except CodecTokenError as err:
             raise StackError(str(err)) from None
-    ledger = Ledger(settings.database_url, keyring)
     objects = open_store(settings)
     try:
         await asyncio.to_thread(objects.check)
@@ -253,7 +260,6 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             await asyncio.gather(mailbox_task, return_exceptions=True)
         if intake is not None:
             await intake.stop()
-        ledger.close()
         for connector in connectors:
             await connector.aclose()
         if sink is not None:

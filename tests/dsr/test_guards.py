@@ -213,3 +213,31 @@ def test_the_throttle_bounds_answers_per_client_and_overall(replicas: tuple[Guar
     assert others[2].scope == "everyone"
     assert replicas[0].hit(throttle.windows("exports", client[0]), T0) is None  # each page counted apart
     assert replicas[1].hit(throttle.windows("verify", client[2]), T0 + timedelta(hours=1, seconds=1)) is None
+
+
+# --- vendors' rate limits, shared by every worker ----------------------------------------------------------
+
+
+def test_vendor_slots_are_shared_by_two_workers_and_never_exceed_the_limit(replicas: tuple[Guards, Guards]) -> None:
+    # 5 calls per 10 s; 12 callers on two workers at the same instant: 5 go now, 5 at +10 s, 2 at +20 s.
+    now = 1_000_000.0
+    waits = sorted(together(12, lambda i: replicas[i % 2].reserve("hubspot", 5, 10.0, now=now)))
+    assert waits == [0.0] * 5 + [10.0] * 5 + [20.0] * 2
+    # Whatever the order, no 10-second window holds more than 5 slots.
+    slots = [now + w for w in waits]
+    assert all(sum(1 for s in slots if start <= s < start + 10.0) <= 5 for start in slots)
+
+
+def test_vendor_slots_slide_and_keys_are_separate(replicas: tuple[Guards, Guards]) -> None:
+    one, other = replicas
+    now = 2_000_000.0
+    assert [one.reserve("woo", 2, 1.0, now=now) for _ in range(2)] == [0.0, 0.0]
+    assert other.reserve("woo", 2, 1.0, now=now + 0.25) == pytest.approx(0.75)  # the first slot leaves at +1 s
+    assert other.reserve("woo:search", 2, 1.0, now=now + 0.25) == 0.0  # another limit of the same account
+    assert one.reserve("woo", 2, 1.0, now=now + 5.0) == 0.0  # the window has slid past every slot
+
+
+def test_vendor_windows_are_kept_by_key_only(replicas: tuple[Guards, Guards], raw: Callable[..., list[Any]]) -> None:
+    replicas[0].reserve("stripe-eu", 3, 1.0, now=3_000_000.0)
+    rows = raw("SELECT key, hits FROM rate_limits WHERE key LIKE 'vendor:%'")
+    assert [row[0] for row in rows] == ["vendor:stripe-eu"] and "3000000" in rows[0][1]

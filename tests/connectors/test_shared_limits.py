@@ -1,0 +1,104 @@
+"""A vendor's rate limit is per account: connectors on two workers count in one window, in the ledger's
+database (``dsr.guards.Guards.reserve``), wired by ``build_connectors(..., shared=...)``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import ClassVar
+
+import pytest
+from sqlalchemy import text
+
+from connectors.config import build_connectors, parse_config
+from connectors.woocommerce import WooCommerceConnector
+from dsr.crypto import KeyRing
+from dsr.guards import Guards
+from dsr.ledger import Ledger
+from tests.connectors.test_woocommerce import KEY, SECRET, Shop, seed_lea, start_shop
+
+LIMIT = 4
+"""Calls per second of the shop's account in dsr.toml."""
+
+
+def configuration(url: str) -> str:
+    return f"""
+[[connectors]]
+type = "woocommerce"
+name = "shop"
+base_url = "{url}"
+credentials = {{ consumer_key = "WOO_KEY", consumer_secret = "WOO_SECRET" }}
+rate_limit = {{ requests = {LIMIT}, per_seconds = 1 }}
+"""
+
+
+@pytest.fixture
+def workers(database_url: str) -> Iterator[tuple[Guards, Guards]]:
+    """Two workers' windows: two ledgers (two engines, two connection pools) on one database."""
+    ring = KeyRing.generate()
+    with Ledger(database_url, ring) as one, Ledger(database_url, ring) as other:
+        yield Recording(one.engine, ring), Recording(other.engine, ring)
+
+
+class Recording(Guards):
+    """Guards that remember the slot each reservation got (as the database decided it, whatever the load)."""
+
+    slots: ClassVar[list[float]] = []
+
+    def reserve(self, key: str, limit: int, span: float, *, now: float | None = None) -> float:
+        moment = time.time() if now is None else now
+        wait = super().reserve(key, limit, span, now=moment)
+        Recording.slots.append(moment + wait)
+        return wait
+
+
+@pytest.fixture
+async def shop() -> AsyncIterator[Shop]:
+    running = await start_shop()
+    seed_lea(running.state)
+    try:
+        yield running
+    finally:
+        await running.connector.aclose()
+        await running.server.stop()
+
+
+async def test_two_workers_count_in_one_window(shop: Shop, workers: tuple[Guards, Guards]) -> None:
+    env = {"WOO_KEY": KEY, "WOO_SECRET": SECRET}
+    config = parse_config(configuration(shop.server.url))
+    Recording.slots = []
+    built = [build_connectors(config, env, shared=guards)[0] for guards in workers]
+    try:
+        assert all(isinstance(c, WooCommerceConnector) for c in built)
+        calls = len(shop.faults.log)
+        # Three calls on each worker at once: one account, so only LIMIT may go in the first window.
+        answers = await asyncio.gather(*(c.check() for c in built for _ in range(3)))
+        assert all(a.startswith("auth OK") for a in answers)
+        assert len(shop.faults.log) - calls == 6
+    finally:
+        for connector in built:
+            await connector.aclose()
+    # Both workers' slots together: any LIMIT + 1 of them span at least the window (1.1 s: the 10% margin).
+    slots = sorted(Recording.slots)
+    assert len(slots) == 6
+    assert all(later - earlier >= 1.1 - 1e-6 for earlier, later in zip(slots, slots[LIMIT:], strict=False))
+    assert recorded_slots(workers[0], "vendor:shop") == slots[-LIMIT:]  # the database's window holds the last ones
+
+
+def recorded_slots(guards: Guards, key: str) -> list[float]:
+    with guards.engine.connect() as connection:
+        hits = connection.execute(text("SELECT hits FROM rate_limits WHERE key = :key"), {"key": key}).scalar_one()
+    return sorted(json.loads(hits))
+
+
+async def test_without_shared_windows_nothing_is_recorded(shop: Shop, workers: tuple[Guards, Guards]) -> None:
+    config = parse_config(configuration(shop.server.url))
+    connector = build_connectors(config, {"WOO_KEY": KEY, "WOO_SECRET": SECRET})[0]
+    try:
+        assert (await connector.check()).startswith("auth OK")
+    finally:
+        await connector.aclose()
+    with workers[0].engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM rate_limits WHERE key LIKE 'vendor:%'")).scalar_one() == 0
