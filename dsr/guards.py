@@ -258,11 +258,13 @@ class Guards:
         in the same row, so N workers together make no more calls than one may. A slot is a reservation, taken
         whether or not the caller then sends (a cancelled call wastes one: the safe side). Times are the
         callers' clocks, which NTP keeps within milliseconds; the connectors' 10% margin covers that."""
-        moment = time.time() if now is None else now
-        when = datetime.fromtimestamp(moment, UTC)
+        when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         with self._session(write=True) as session:
             row = self._lock_rows(session, RateLimitRow, [f"vendor:{key}"], {"hits": "[]", "expires_at": when})[
                 f"vendor:{key}"]
+            # The time is read once the row is ours: a reservation that queued behind others for the lock must
+            # not take a slot in the past, or its call would leave late and crowd the next window.
+            moment = time.time() if now is None else now
             slots = sorted(t for t in json.loads(row.hits) if t > moment - span)  # later ones are reservations
             slot = moment if len(slots) < limit else max(moment, slots[-limit] + span)
             slots = sorted([*slots, slot])[-limit:]

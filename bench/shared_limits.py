@@ -1,0 +1,98 @@
+"""Benchmark: two workers against one vendor account, with the rate limit per process and shared.
+
+Two worker processes (each its own ledger engine on one database, its own HubSpot connector) read contacts
+from the HubSpot sandbox as fast as the connector's rate limit lets them. The sandbox enforces the account's
+limit (the real one, scaled down so a round takes seconds: ``--limit`` calls per ``--per`` seconds) and counts
+the 429s it answers. Printed per mode: calls the sandbox refused with 429 per 100 calls sent, and the calls
+per second that went through, as a ratio of the account's limit (the machine is shared: a ratio, not a rate).
+
+    .venv/bin/python bench/shared_limits.py [--calls 60] [--limit 20] [--per 2] [--database URL]
+
+Each worker's limiter is configured with the account's limit, as dsr.toml says it (plus the 10% margin the
+configuration adds). Per process, two workers may together send twice that; shared, they queue in one window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from connectors.http import RateLimiter  # noqa: E402
+from connectors.hubspot import HubSpotConnector  # noqa: E402
+from dsr.codec_server import serve_codec  # noqa: E402
+from dsr.crypto import KeyRing  # noqa: E402
+from dsr.guards import Guards  # noqa: E402
+from dsr.ledger import Ledger  # noqa: E402
+from sandbox.hubspot import HubSpotState, hubspot_app  # noqa: E402
+
+TOKEN = "pat-bench"
+
+
+def worker(url: str, database: str, shared: bool, calls: int, limit: int, per: float, start: float) -> None:
+    async def run() -> None:
+        ring = KeyRing.generate()
+        with Ledger(database, ring) as ledger:
+            windows = Guards(ledger.engine, ring) if shared else None
+            limiter = RateLimiter(limit, per * 1.1, shared=windows, key="crm" if shared else "")
+            connector = HubSpotConnector("crm", token=TOKEN, base_url=url, rate_limit=limiter)
+            try:
+                await asyncio.sleep(max(0.0, start - time.time()))
+                results = await asyncio.gather(*(connector.check() for _ in range(calls)), return_exceptions=True)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    print(f"  a worker: {len(failed)} calls failed after their tries ({type(failed[0]).__name__})")
+            finally:
+                await connector.aclose()
+
+    asyncio.run(run())
+
+
+async def round_(mode: str, args: argparse.Namespace, database: str) -> tuple[float, float]:
+    state = HubSpotState()
+    server = await serve_codec(hubspot_app(state, token=TOKEN, rate_limit=(args.limit, args.per)),
+                               host="127.0.0.1", port=0)
+    try:
+        start = time.time() + 2.0  # both processes begin together
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=worker, args=(server.url, database, mode == "shared", args.calls,
+                                                            args.limit, args.per, start)) for _ in range(2)]
+        for process in processes:
+            process.start()
+        await asyncio.gather(*(asyncio.to_thread(process.join) for process in processes))
+        elapsed = time.time() - start
+    finally:
+        await server.stop()
+    sent = len(state.requests) + state.rate_limited
+    through = 2 * args.calls / elapsed
+    return 100 * state.rate_limited / max(1, sent), through / (args.limit / args.per)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=60, help="calls per worker and round")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--per", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--database", help="ledger database URL (default: a SQLite file both workers share)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        database = args.database or f"sqlite:///{Path(folder) / 'ledger.sqlite3'}"
+        print(f"two workers, {args.calls} calls each, account limit {args.limit} per {args.per:g} s, "
+              f"database {database.split(':', 1)[0]}")
+        for number in range(args.rounds):
+            for mode in ("per-process", "shared"):  # interleaved: the machine's noise hits both
+                refused, share = await round_(mode, args, database)
+                print(f"round {number + 1} {mode:11}: 429s {refused:5.1f} per 100 calls sent, "
+                      f"throughput {share:4.2f}x the account's limit")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
