@@ -247,7 +247,12 @@ class WooCommerceConnector:
 
     @staticmethod
     def _guest_query(email: str) -> dict[str, Any]:
-        # Guest orders have customer_id 0; search is a substring match over the address index: filter exactly.
+        # Every parameter here is in the REST API docs' list for GET /orders ("customer: limit result set to
+        # orders assigned a specific customer"; "search: limit results to those matching a string"); what the
+        # docs do not state is their meaning for guests: WooCommerce stores a guest order with customer_id 0,
+        # and its search (wc_order_search) is a substring match over the billing/shipping address index, so the
+        # connector asks for customer 0 and keeps only orders whose billing email equals the subject's.
+        # `_fields` (used beside this) is the WordPress REST API's global parameter, not WooCommerce's.
         return {"customer": 0, "search": email}
 
     async def locate(self, subject: Subject) -> list[Located]:

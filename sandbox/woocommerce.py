@@ -4,7 +4,9 @@ It serves the endpoints the connector uses, the way a WordPress + WooCommerce si
 
 * authentication as ``WC_REST_Authentication``: OAuth 1.0a one-legged (HMAC-SHA1 / HMAC-SHA256, the
   parameters in the query string or an ``Authorization: OAuth`` header, a 15-minute timestamp window,
-  nonces remembered) and HTTP Basic / ``consumer_key`` + ``consumer_secret`` query parameters;
+  nonces remembered), and — only when the shop is served over HTTPS (``https=True``: WordPress's ``is_ssl()``)
+  — HTTP Basic / ``consumer_key`` + ``consumer_secret`` query parameters; over plain HTTP those are not even
+  looked at (the request is anonymous), as the docs' "Authentication over HTTP" and the plugin's code say;
 * ``GET /customers`` (``email`` exact, ``search``, ``role``), ``GET|PUT|DELETE /customers/{id}``
   (``DELETE`` without ``force=true``: 501 ``woocommerce_rest_trash_not_supported``);
 * ``GET /orders`` (``customer``, ``search`` — a case-insensitive substring over the billing and shipping
@@ -431,8 +433,9 @@ class _Shop:
     """Request handling over one :class:`WooState`."""
 
     def __init__(self, state: WooState, consumer_key: str, consumer_secret: str, permissions: str,
-                 rate_limit: tuple[int, float] | None) -> None:
+                 rate_limit: tuple[int, float] | None, https: bool = False) -> None:
         self.state = state
+        self.https = https
         self.consumer_key = consumer_key
         self.consumer_secret = consumer_secret
         self.permissions = permissions  # read | write | read_write
@@ -445,14 +448,16 @@ class _Shop:
     async def authenticate(self, request: Request) -> bool:
         """True for a valid key, False when no credentials were sent; raises on invalid credentials."""
         header = request.headers.get("authorization", "")
-        if header[:6].lower() == "basic ":
+        # WC_REST_Authentication::authenticate tries Basic (header or query parameters) only when is_ssl():
+        # over plain HTTP the secret would travel in clear, so the plugin ignores it and expects OAuth 1.0a.
+        if self.https and header[:6].lower() == "basic ":
             try:
                 key, _, secret = base64.b64decode(header[6:].strip()).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise WooError(401, "woocommerce_rest_authentication_error", "Consumer key is invalid.") from None
             return self._check_key_secret(key, secret)
         query = request.query_params
-        if query.get("consumer_key") or query.get("consumer_secret"):
+        if self.https and (query.get("consumer_key") or query.get("consumer_secret")):
             return self._check_key_secret(query.get("consumer_key", ""), query.get("consumer_secret", ""))
         params = await self._oauth_params(request)
         if params is None:
@@ -876,15 +881,19 @@ def woocommerce_app(
     rate_limit: tuple[int, float] | None = None,
     faults: Faults | None = None,
     permissions: str = "read_write",
+    https: bool = False,
 ) -> Starlette:
     """A WooCommerce REST API v3 over ``state``; ``rate_limit=(requests, per_seconds)`` answers 429 above it.
+
+    ``https``: the site is served over TLS (a TLS-terminating proxy in front of it sets WordPress's ``HTTPS``
+    flag), so HTTP Basic and the ``consumer_key`` query parameters are accepted; otherwise only OAuth 1.0a.
 
     ``permissions`` is the key's (``read``, ``write`` or ``read_write``), as in WooCommerce > Settings >
     Advanced > REST API. The shop itself is ``app.state.shop`` (its nonces, its limiter).
     """
     if permissions not in ("read", "write", "read_write"):
         raise ValueError("permissions is one of read, write, read_write")
-    shop = _Shop(state, consumer_key, consumer_secret, permissions, rate_limit)
+    shop = _Shop(state, consumer_key, consumer_secret, permissions, rate_limit, https)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
     async def not_found(request: Request) -> Response:

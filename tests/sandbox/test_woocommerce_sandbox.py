@@ -44,11 +44,13 @@ class Sandbox:
         return await self.client.get(self.api + path, params=params, auth=(KEY, SECRET), **kwargs)
 
 
-async def start(rate_limit: tuple[int, float] | None = None, permissions: str = "read_write") -> Sandbox:
+async def start(rate_limit: tuple[int, float] | None = None, permissions: str = "read_write",
+                https: bool = True) -> Sandbox:
+    """The shop as served behind TLS (so this module's helpers may use Basic), unless ``https=False``."""
     state = WooState()
     faults = Faults()
     app = woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET, rate_limit=rate_limit, faults=faults,
-                          permissions=permissions)
+                          permissions=permissions, https=https)
     server = await serve_codec(app, port=0)
     return Sandbox(state, faults, server, httpx.AsyncClient(timeout=10))
 
@@ -132,6 +134,23 @@ async def test_basic_auth_and_anonymous_requests(shop: Sandbox) -> None:
     assert error(anonymous) == (401, "woocommerce_rest_cannot_view")
     anonymous_delete = await shop.client.delete(shop.api + "/customers/1", params={"force": "true"})
     assert error(anonymous_delete) == (401, "woocommerce_rest_cannot_delete")
+
+
+async def test_over_plain_http_only_oauth_authenticates() -> None:
+    shop = await start(https=False)
+    try:
+        shop.state.add_customer("ana@example.org")
+        # The right key and secret, in a Basic header or in the query, are not even read over plain HTTP: the
+        # request is anonymous (WC_REST_Authentication only tries Basic when is_ssl()).
+        basic = await shop.client.get(shop.api + "/customers", auth=(KEY, SECRET))
+        assert error(basic) == (401, "woocommerce_rest_cannot_view")
+        query = await shop.client.get(shop.api + "/customers", params={"consumer_key": KEY, "consumer_secret": SECRET})
+        assert error(query) == (401, "woocommerce_rest_cannot_view")
+        signed = await shop.client.get(shop.api + "/customers", params=shop.oauth("GET", "/customers"))
+        assert signed.status_code == 200 and [c["email"] for c in signed.json()] == ["ana@example.org"]
+    finally:
+        await shop.client.aclose()
+        await shop.server.stop()
 
 
 async def test_a_read_only_key_cannot_write() -> None:
