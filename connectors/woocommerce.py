@@ -42,7 +42,7 @@ from connectors.base import (
     RetentionRule,
     tally,
 )
-from connectors.http import RateLimiter, send
+from connectors.http import READ_TRIES, SAFE_METHODS, RateLimiter, send, tried_in_place
 from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 API_PATH = "/wp-json/wc/v3"
@@ -177,10 +177,16 @@ class WooCommerceConnector:
     async def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                     json: Mapping[str, Any] | None = None, allow: tuple[int, ...] = ()) -> httpx.Response:
         url = self._api + path
-        query = {k: str(v) for k, v in (params or {}).items()}
-        if self._oauth:
-            query = self._signed(method, url, query)
-        return await send(self._client, self._limiter, self.name, method, url, params=query, json=json, allow=allow)
+        unsigned = {k: str(v) for k, v in (params or {}).items()}
+
+        async def once() -> httpx.Response:
+            # Signed on every try: a shop that took a request whose answer was then lost remembers its OAuth
+            # nonce, and refuses the same signed request again as a replay (401).
+            query = self._signed(method, url, unsigned) if self._oauth else unsigned
+            return await send(self._client, self._limiter, self.name, method, url, params=query, json=json,
+                              allow=allow, safe=False)
+
+        return await tried_in_place(once, tries=READ_TRIES if method.upper() in SAFE_METHODS else 1)
 
     def _json(self, response: httpx.Response) -> Any:
         try:

@@ -415,3 +415,12 @@ async def test_a_base_url_that_is_not_a_shop_is_permanent(shop: Shop) -> None:
             await connector.check()
     finally:
         await connector.aclose()
+
+
+async def test_a_read_whose_answer_was_lost_is_signed_anew_when_tried_again(shop: Shop) -> None:
+    # The shop took the request (and its OAuth nonce) before the answer was lost: the same signed request sent
+    # again is a replay it refuses (401), so each try carries a fresh nonce and timestamp.
+    seed_lea(shop.state)
+    shop.faults.lose_answers.append("GET /wp-json/wc/v3/customers")
+    assert len(await shop.connector.locate(LEA)) == 4
+    assert shop.faults.log.count("GET /wp-json/wc/v3/customers") >= 2
