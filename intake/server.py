@@ -73,10 +73,10 @@ def build_intake_app(
 ) -> tuple[FastAPI, IntakeService]:
     """The intake app (form, API, webhooks, identity confirmation, downloads) and its service."""
     from dsr.links import DownloadLinks, IdentityLinks
-    from intake.api import DeskSettings, api_router
-    from intake.app import intake_app
-    from intake.form import form_router
-    from intake.verify import verify_router
+    from intake.web.api import DeskSettings, api_router
+    from intake.web.app import intake_app
+    from intake.web.form import form_router
+    from intake.web.verify import verify_router
 
     # Every counter and guard of the app in the ledger's database: replicas on other machines share them.
     guards = Guards(ledger.engine, keyring)
@@ -147,7 +147,7 @@ async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, serv
     """Email intake until ``stop``: polls ``DSR_IMAP_*`` and hands messages to ``service``."""
     from pathlib import Path
 
-    from intake.mailbox import Mailbox, MailboxSettings
+    from intake.email.poller import Mailbox, MailboxSettings
 
     imap = settings.imap
     if imap is None:

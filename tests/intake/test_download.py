@@ -26,7 +26,7 @@ from dsr.crypto import KeyRing
 from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks, ExpiredLink, TamperedLink, _code_of, download_url, format_code
-from intake.app import CSP, MAX_FORM_BYTES, choose_language, intake_app
+from intake.web.app import CSP, MAX_FORM_BYTES, choose_language, intake_app
 
 REFERENCE = "dsr-2026-03-7KQ3FJ"
 OTHER_REFERENCE = "dsr-2026-03-AB12CD"

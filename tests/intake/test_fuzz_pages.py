@@ -65,10 +65,10 @@ from hypothesis import strategies as st
 from dsr.crypto import KeyRing
 from dsr.guards import AnswerThrottle, AttemptLimitRow, Guards
 from dsr.links import CODE_ALPHABET, MAX_TOKEN_LENGTH, DownloadLinks, IdentityLinks
-from intake.app import CSP, LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS, MAX_FORM_BYTES, intake_app
 from intake.service import IdentityOutcome
-from intake.verify import _TEXT as VERIFY_TEXT
-from intake.verify import verify_router
+from intake.web.app import CSP, LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS, MAX_FORM_BYTES, intake_app
+from intake.web.verify import _TEXT as VERIFY_TEXT
+from intake.web.verify import verify_router
 from tests.harness import TEST_KEYRING, throwaway_guards
 
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # whole seconds: expiries and Retry-After are exact

@@ -11,7 +11,7 @@ Exactly once
 ------------
 A poll may die at any instant (crash, kill, lost connection) and the next poll must neither lose the
 message nor start a second request for it. Each message goes through these steps, each durable before the
-next begins (table ``inbound_messages``, :mod:`intake.inbox`, in the ledger's database):
+next begins (table ``inbound_messages``, :mod:`intake.email.inbox`, in the ledger's database):
 
 1. **look up** the message by a keyed hash of its Message-ID and sender (a message without Message-ID gets
    a synthetic one from a hash of its raw bytes);
@@ -90,9 +90,9 @@ from dsr.deadlines import receipt_date
 from dsr.model import Channel, Correspondence, Language, RequestKind, display_name, is_valid_email
 from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore  # noqa: F401 - re-exported
 from dsr.store.attachments import safe_filename as _safe_filename
-from intake.authresults import UNCHECKED, SenderCheck, sender_check
-from intake.inbox import InboundMessage, Inbox, MessageState
-from intake.mimescan import MAX_DEPTH, MAX_PARTS, MessageTooComplex, check_mime_caps
+from intake.email.authresults import UNCHECKED, SenderCheck, sender_check
+from intake.email.inbox import InboundMessage, Inbox, MessageState
+from intake.email.mimescan import MAX_DEPTH, MAX_PARTS, MessageTooComplex, check_mime_caps
 from intake.service import IntakeSink, RateLimited, ReplySink, RequestClosed, TriageItem
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, new_request_id
 
@@ -202,7 +202,7 @@ Classifier = Callable[[str, str], ClassificationLike]
 
 
 def _default_classifier(subject: str, body: str) -> ClassificationLike:
-    from intake.classify import classify  # imported late: the classifier is its own module
+    from intake.email.classify import classify  # imported late: the classifier is its own module
 
     return classify(subject, body)
 
@@ -276,7 +276,7 @@ def parse_message(
 ) -> InboundEmail:
     """Decode a raw RFC 5322 message: MIME structure, transfer encodings, charsets, RFC 2047 words.
 
-    Raises :class:`~intake.mimescan.MessageTooComplex` (before any parsing) over ``max_parts`` parts or
+    Raises :class:`~intake.email.mimescan.MessageTooComplex` (before any parsing) over ``max_parts`` parts or
     ``max_depth`` levels of nesting.
     """
     check_mime_caps(raw, max_parts=max_parts, max_depth=max_depth)
@@ -569,7 +569,7 @@ class Mailbox:
     """Polls the privacy mailbox and turns each message into a request, exactly once.
 
     ``engine`` is the ledger's SQLAlchemy engine (``Ledger.engine``): the ``inbound_messages`` table is
-    created there. ``classifier`` defaults to :func:`intake.classify.classify`.
+    created there. ``classifier`` defaults to :func:`intake.email.classify.classify`.
     """
 
     def __init__(

@@ -8,7 +8,7 @@ sends the ``confirm_identity`` update. ``/verify`` is the same without the link:
 code, typed. Wrong codes count against the request (:data:`MAX_ATTEMPTS`, then a lockout; and
 ``max_wrong`` in all, :data:`dsr.guards.MAX_WRONG_ANSWERS` by default, after which the request's code is
 closed for good, only the link works, and the operator is told once through ``on_locked``) and against the
-client address (:data:`intake.app.MAX_CLIENT_ATTEMPTS`); every answer, right or wrong, is throttled per client
+client address (:data:`intake.web.app.MAX_CLIENT_ATTEMPTS`); every answer, right or wrong, is throttled per client
 and overall (:class:`dsr.guards.AnswerThrottle`). All of it in the ledger's database, so every replica counts
 the same; comparisons are constant-time, and the pages say nothing about whether a reference exists, whether
 a code was offered for it, or whether its code is closed: all of those answer "does not match".
@@ -34,14 +34,14 @@ from starlette.concurrency import run_in_threadpool
 from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards, Verdict
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
-from intake.app import (
+from intake.service import IdentityOutcome, IntakeUnavailable
+from intake.web.app import (
     CSP,
     MAX_CLIENT_ATTEMPTS,
     _page,
     _parse_form,
     choose_language,
 )
-from intake.service import IdentityOutcome, IntakeUnavailable
 from templates import format_date
 
 MAX_ATTEMPTS = 5

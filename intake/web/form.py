@@ -5,7 +5,7 @@ Flow
 1. ``GET /`` (``?lang=fr|en`` wins over ``Accept-Language``): the form. It asks for the kind of request
    (radio buttons, each right explained in plain words), the email address, the name and details; the
    language of the replies is the page's (hidden field). Every page carries the same security headers
-   as the download pages of :mod:`intake.app` and no script at all.
+   as the download pages of :mod:`intake.web.app` and no script at all.
 2. ``POST /`` (``application/x-www-form-urlencoded``, at most :data:`MAX_FORM_BYTES`, else 413; any other
    content type 415): the CSRF value is checked first (403 page, nothing created), then every field
    (all errors at once, each next to its field and summarised at the top: 400, typed values kept), then
@@ -58,9 +58,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from dsr.http_body import BodyTooLarge, read_limited_body
 from dsr.model import Channel, RequestKind, is_valid_email
-from intake.app import CSP, choose_language
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
+from intake.web.app import CSP, choose_language
 from templates import format_date
 
 __all__ = ["CSRF_COOKIE", "CSRF_FIELD", "CSRF_LIFETIME", "MAX_FORM_BYTES", "form_router"]
