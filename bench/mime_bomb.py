@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from intake.email.mime import parse_message  # noqa: E402
 from intake.email.mimescan import MAX_PARTS, MessageTooComplex, mime_shape  # noqa: E402
-from intake.email.poller import parse_message  # noqa: E402
 
 HEAD = (b"From: a@example.org\r\nTo: privacy@example.com\r\nSubject: bomb\r\nMessage-ID: <bomb@example.org>\r\n"
         b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n")

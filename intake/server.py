@@ -147,7 +147,8 @@ async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, serv
     """Email intake until ``stop``: polls ``DSR_IMAP_*`` and hands messages to ``service``."""
     from pathlib import Path
 
-    from intake.email.poller import Mailbox, MailboxSettings
+    from intake.email.poller import Mailbox
+    from intake.email.settings import MailboxSettings
 
     imap = settings.imap
     if imap is None:

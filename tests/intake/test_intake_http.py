@@ -516,7 +516,8 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
 ) -> None:
     from email.message import EmailMessage
 
-    from intake.email.poller import Mailbox, MailboxSettings
+    from intake.email.poller import Mailbox
+    from intake.email.settings import MailboxSettings
 
     user = dovecot.new_user()
     message = EmailMessage()
@@ -561,7 +562,8 @@ class SimulatedCrash(BaseException):
 
 
 def _privacy_mailbox(intake: Intake, dovecot, user, authserv_id: str | None = None):  # noqa: F811
-    from intake.email.poller import Mailbox, MailboxSettings
+    from intake.email.poller import Mailbox
+    from intake.email.settings import MailboxSettings
 
     store = attachments_of(intake.settings)
     mailbox = Mailbox(

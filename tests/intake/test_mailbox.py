@@ -32,21 +32,13 @@ from dsr.crypto import DecryptionError
 from dsr.ledger import Ledger
 from dsr.model import Correspondence, Language, RequestKind
 from dsr.store import FileStore, store_at
+from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore
 from intake.email.classify import Classification
+from intake.email.imap import parse_internaldate
 from intake.email.inbox import InboundMessageRow, MessageState
-from intake.email.poller import (
-    AttachmentInfo,
-    AttachmentLimitError,
-    AttachmentStore,
-    Mailbox,
-    MailboxConnectionError,
-    MailboxSettings,
-    PollReport,
-    auto_reply_reason,
-    html_to_text,
-    parse_internaldate,
-    parse_message,
-)
+from intake.email.mime import auto_reply_reason, html_to_text, parse_message
+from intake.email.poller import Mailbox
+from intake.email.settings import MailboxConnectionError, MailboxSettings, PollReport
 from intake.service import Accepted, RateLimited, RepliedRequest, RequestClosed, TriageItem, reply_clues
 from intake.submission import Submission, prepare
 from tests.dovecot import CertificateAuthority, Dovecot, ImapUser, dovecot_binary, dovecot_required
