@@ -20,7 +20,7 @@ import mimetypes
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import EmailMessage, Message, MIMEPart
 from html.parser import HTMLParser
 from typing import Any
 
@@ -210,7 +210,7 @@ def _filename(part: Message) -> str | None:
         return None
 
 
-def _body_part(message: EmailMessage) -> EmailMessage | None:
+def _body_part(message: EmailMessage) -> MIMEPart | None:
     try:
         found = message.get_body(preferencelist=("plain", "html"))
     except Exception:
@@ -222,7 +222,7 @@ def _body_part(message: EmailMessage) -> EmailMessage | None:
     return None
 
 
-def _attachment_parts(message: EmailMessage, body_part: EmailMessage | None) -> Iterable[EmailMessage]:
+def _attachment_parts(message: EmailMessage, body_part: MIMEPart | None) -> Iterable[EmailMessage]:
     """Every leaf that is a file: named or declared attachment, or any non-text part (an inline scan)."""
     for part in message.walk():
         if part is body_part or part.is_multipart() or part.get_content_maintype() == "message":

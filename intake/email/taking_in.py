@@ -20,8 +20,8 @@ next begins (table ``inbound_messages``, :mod:`intake.email.inbox`, in the ledge
 4. **submit** with ``request_id=`` the reserved id (or **triage** with it). The service starts workflows
    idempotently by id, so re-submitting after a crash here answers with the same request, never a second;
 5. mark ``submitted`` / ``triaged``;
-6. **move** the message to the processed folder (UID MOVE, or COPY + STORE \\Deleted + EXPUNGE on servers
-   without MOVE), then mark ``moved``.
+6. the poller **moves** the message to the processed folder (UID MOVE, or COPY + STORE \\Deleted + EXPUNGE on
+   servers without MOVE), then :meth:`MessageIntake.moved` marks it ``moved``.
 
 A crash before 5 re-submits the same id (idempotent); between 5 and 6 the next poll finds the row and only
 moves the message; after the move the message is no longer in the inbox. A message that is delivered

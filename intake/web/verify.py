@@ -5,13 +5,14 @@ erasure or a rectification (link only: :data:`dsr.model.LINK_ONLY_KINDS`), an 8-
 ``K7QM-4XPD`` (:class:`dsr.links.IdentityLinks`). Opening the link never confirms by itself: mail scanners and link
 previews open links too. It shows a button; pressing it (a POST carrying a form value bound to the token)
 sends the ``confirm_identity`` update. ``/verify`` is the same without the link: the reference and the
-code, typed. Wrong codes count against the request (:data:`MAX_ATTEMPTS`, then a lockout; and
-``max_wrong`` in all, :data:`dsr.guards.MAX_WRONG_ANSWERS` by default, after which the request's code is
-closed for good, only the link works, and the operator is told once through ``on_locked``) and against the
-client address (:data:`intake.web.app.MAX_CLIENT_ATTEMPTS`); every answer, right or wrong, is throttled per client
-and overall (:class:`dsr.guards.AnswerThrottle`). All of it in the ledger's database, so every replica counts
-the same; comparisons are constant-time, and the pages say nothing about whether a reference exists, whether
-a code was offered for it, or whether its code is closed: all of those answer "does not match".
+code, typed. Wrong codes count as on the download page (:class:`intake.web.attempts.Attempts`): against the
+request (:data:`~intake.web.attempts.MAX_ATTEMPTS`, then a lockout; and ``max_wrong`` in all,
+:data:`dsr.guards.MAX_WRONG_ANSWERS` by default, after which the request's code is closed for good, only the
+link works, and the operator is told once through ``on_locked``) and against the client address; every
+answer, right or wrong, is throttled per client and overall. All of it in the ledger's database, so every
+replica counts the same; comparisons are constant-time, and the pages say nothing about whether a reference
+exists, whether a code was offered for it, or whether its code is closed: all of those answer "does not
+match".
 
 Only references the ledger knows are counted per request: a made-up reference is counted for the client that
 typed it (per client and reference, so that client sees the same lock as for a real one), which keeps
@@ -20,38 +21,30 @@ floods of made-up references from filling the table or locking anyone else out.
 
 from __future__ import annotations
 
-import html
-import math
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from starlette.concurrency import run_in_threadpool
 
-from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards, Verdict
-from dsr.http_body import BodyTooLarge, read_limited_body
+from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
 from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
 from intake.service import IdentityOutcome, IntakeUnavailable
-from intake.web.app import (
-    CSP,
-    MAX_CLIENT_ATTEMPTS,
-    _page,
-    _parse_form,
-    choose_language,
-)
+from intake.web.attempts import LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS, Attempts, CodeLockedHook, wait_in_minutes
+from intake.web.pages import FormRefused, choose_language, first_values, read_form, render, security_headers
+from intake.web.wording import VERIFY
 from templates import format_date
 
-MAX_ATTEMPTS = 5
-LOCKOUT = timedelta(minutes=15)
+__all__ = ["VERIFY_SCOPE", "verify_router"]
+
 VERIFY_SCOPE = "verify"
+MAX_FORM_BYTES = 4096
+_MAX_FIELDS = 10
 _REFERENCE = re.compile(r"^dsr-\d{4}-\d{2}-[0-9A-Z]{6}$")
 
-CodeLockedHook = Callable[[str, str, int], Awaitable[None]]
-"""``on_locked(request_id, page, wrong)``: the answer just counted closed the request's code for good (called once
-per request and page): record it and tell the operator."""
 Confirmer = Callable[[str, str], Awaitable[IdentityOutcome]]
 """``confirm(request_id, proof)`` with proof ``link`` or ``code``."""
 Exists = Callable[[str], bool]
@@ -59,74 +52,6 @@ Exists = Callable[[str], bool]
 LinkOnly = Callable[[str], bool]
 """``link_only(request_id)``: no code was offered for the request (an erasure or a rectification,
 :data:`dsr.model.LINK_ONLY_KINDS`): a code typed for it is wrong, whatever it is (synchronous)."""
-
-_TEXT = {
-    "en": {
-        "title": "Confirm your request",
-        "intro": "To protect your data, we check that the request really comes from the owner of the email "
-        "address it was sent from. Press the button to confirm that you made request {reference}.",
-        "button": "I confirm this request",
-        "code_title": "Confirm your request with a code",
-        "code_intro": "Enter the reference of your request and the 8-character code from our email.",
-        "reference": "Request reference",
-        "reference_hint": "For example dsr-2026-11-7KQ3FJ.",
-        "code": "Confirmation code",
-        "code_hint": "Letters and digits, for example K7QM-4XPD, with or without the dash.",
-        "wrong": "This reference and code do not match. Check our email and try again, or use the link in it.",
-        "confirmed_title": "Thank you: your request is confirmed",
-        "confirmed_body": "We are now handling it and will reply by {deadline} at the latest.",
-        "already_title": "This request was already confirmed",
-        "already_body": "There is nothing more to do. We will reply by email.",
-        "closed_title": "This request is closed",
-        "closed_body": "It can no longer be confirmed. You can make a new request at any time.",
-        "invalid_title": "This link is not valid",
-        "invalid_body": "Check that you copied the whole link from our email, or enter the code on the "
-        "confirmation page.",
-        "expired_title": "This link has expired",
-        "expired_body": "You can make a new request at any time.",
-        "locked_title": "Too many attempts",
-        "locked_body": "For your security, confirmation is locked for {minutes} minutes. Try again later.",
-        "form_invalid_title": "This form is not valid",
-        "form_invalid_body": "Open the link from our email again.",
-        "error_title": "A temporary problem prevented the confirmation",
-        "error_body": "Please try again in a few minutes.",
-        "bad_form_title": "The form could not be read",
-    },
-    "fr": {
-        "title": "Confirmez votre demande",
-        "intro": "Pour protéger vos données, nous vérifions que la demande vient bien du titulaire de l’adresse "
-        "électronique qui l’a envoyée. Appuyez sur le bouton pour confirmer que vous avez fait la demande "
-        "{reference}.",
-        "button": "Je confirme cette demande",
-        "code_title": "Confirmez votre demande avec un code",
-        "code_intro": "Saisissez la référence de votre demande et le code de 8\u00a0caractères de notre courriel.",
-        "reference": "Référence de la demande",
-        "reference_hint": "Par exemple dsr-2026-11-7KQ3FJ.",
-        "code": "Code de confirmation",
-        "code_hint": "Lettres et chiffres, par exemple K7QM-4XPD, avec ou sans le tiret.",
-        "wrong": "Cette référence et ce code ne correspondent pas. Vérifiez notre courriel et réessayez, ou "
-        "utilisez le lien qu’il contient.",
-        "confirmed_title": "Merci\u00a0: votre demande est confirmée",
-        "confirmed_body": "Nous la traitons et vous répondrons au plus tard le {deadline}.",
-        "already_title": "Cette demande était déjà confirmée",
-        "already_body": "Vous n’avez plus rien à faire. Nous vous répondrons par courriel.",
-        "closed_title": "Cette demande est clôturée",
-        "closed_body": "Elle ne peut plus être confirmée. Vous pouvez faire une nouvelle demande à tout moment.",
-        "invalid_title": "Ce lien n’est pas valide",
-        "invalid_body": "Vérifiez que vous avez copié le lien complet de notre courriel, ou saisissez le code "
-        "sur la page de confirmation.",
-        "expired_title": "Ce lien a expiré",
-        "expired_body": "Vous pouvez faire une nouvelle demande à tout moment.",
-        "locked_title": "Trop de tentatives",
-        "locked_body": "Pour votre sécurité, la confirmation est bloquée pendant {minutes}\u00a0minutes. "
-        "Réessayez plus tard.",
-        "form_invalid_title": "Ce formulaire n’est pas valide",
-        "form_invalid_body": "Ouvrez de nouveau le lien de notre courriel.",
-        "error_title": "Un problème temporaire a empêché la confirmation",
-        "error_body": "Veuillez réessayer dans quelques minutes.",
-        "bad_form_title": "Le formulaire n’a pas pu être lu",
-    },
-}
 
 
 def verify_router(
@@ -145,25 +70,32 @@ def verify_router(
 ) -> APIRouter:
     router = APIRouter()
     now_fn = clock or (lambda: datetime.now(UTC))
-    limits = AttemptLimits(max_attempts=MAX_ATTEMPTS, lockout=LOCKOUT, max_client_attempts=MAX_CLIENT_ATTEMPTS,
-                           max_wrong=max_wrong)
+    attempts = Attempts(
+        scope=VERIFY_SCOPE,
+        guards=guards,
+        limits=AttemptLimits(max_attempts=MAX_ATTEMPTS, lockout=LOCKOUT, max_client_attempts=MAX_CLIENT_ATTEMPTS,
+                             max_wrong=max_wrong),
+        throttle=throttle,
+        clock=now_fn,
+        on_locked=on_locked,
+    )
 
-    def respond(request: Request, status: int, title: str, paragraphs: list[str], body: str = "",
+    def language(request: Request) -> str:
+        return choose_language(request.headers.get("accept-language"), default_language)
+
+    def respond(request: Request, status: int, template: str, context: dict[str, Any],
                 headers: dict[str, str] | None = None) -> HTMLResponse:
-        lang = choose_language(request.headers.get("accept-language"), default_language)
-        page = _page(lang, title, paragraphs, body)
-        return HTMLResponse(page, status_code=status, headers={
-            "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Vary": "Accept-Language",
-            **(headers or {}),
-        })
-
-    def text(request: Request) -> dict[str, str]:
-        return _TEXT[choose_language(request.headers.get("accept-language"), default_language)]
+        lang = language(request)
+        return render(request, template, {"lang": lang, "text": VERIFY[lang], "paragraphs": [], **context},
+                      status=status, headers=security_headers(extra=headers))
 
     def message(request: Request, key: str, status: int = 200, **fmt: str) -> HTMLResponse:
-        t = text(request)
-        return respond(request, status, t[f"{key}_title"], [t[f"{key}_body"].format(**fmt)])
+        text = VERIFY[language(request)]
+        return respond(request, status, "message.html", {
+            "title": text[f"{key}_title"], "paragraphs": [text[f"{key}_body"].format(**fmt)]})
+
+    def title_only(request: Request, status: int, key: str, headers: dict[str, str] | None = None) -> HTMLResponse:
+        return respond(request, status, "message.html", {"title": VERIFY[language(request)][key]}, headers)
 
     async def outcome_page(request: Request, request_id: str, proof: str, reference: str = "") -> HTMLResponse:
         try:
@@ -176,9 +108,8 @@ def verify_router(
             if proof == "code":
                 return code_form(request, status=403, wrong=True, reference=reference)
             return message(request, "invalid", 403)
-        lang = choose_language(request.headers.get("accept-language"), default_language)
         if outcome.state == "confirmed":
-            deadline = format_date(outcome.deadline, lang) if outcome.deadline else ""
+            deadline = format_date(outcome.deadline, language(request)) if outcome.deadline else ""
             return message(request, "confirmed", deadline=deadline)
         if outcome.state == "already":
             return message(request, "already")
@@ -195,45 +126,38 @@ def verify_router(
             return message(request, "invalid", 403)
 
     def locked(request: Request, left: timedelta) -> HTMLResponse:
-        seconds = max(1, math.ceil(left.total_seconds()))
-        t = text(request)
-        minutes = max(1, math.ceil(seconds / 60))
-        return respond(request, 429, t["locked_title"], [t["locked_body"].format(minutes=minutes)],
-                       headers={"Retry-After": str(seconds)})
+        seconds, minutes = wait_in_minutes(left)
+        text = VERIFY[language(request)]
+        return respond(request, 429, "message.html", {
+            "title": text["locked_title"], "paragraphs": [text["locked_body"].format(minutes=minutes)],
+        }, headers={"Retry-After": str(seconds)})
 
-    async def read_form(request: Request) -> dict[str, str] | HTMLResponse:
+    async def posted_form(request: Request) -> dict[str, str] | HTMLResponse:
         try:
-            raw = await read_limited_body(request, 4096)
-        except BodyTooLarge:
-            return respond(request, 413, text(request)["bad_form_title"], [], headers={"Connection": "close"})
-        if request.headers.get("content-type", "").partition(";")[0].strip().lower() != \
-                "application/x-www-form-urlencoded":
-            return respond(request, 415, text(request)["bad_form_title"], [])
-        try:
-            return _parse_form(raw)
-        except ValueError:
-            return respond(request, 400, text(request)["bad_form_title"], [])
+            return first_values(await read_form(request, max_bytes=MAX_FORM_BYTES, max_fields=_MAX_FIELDS))
+        except FormRefused as refused:
+            return title_only(request, refused.status, "bad_form_title",
+                              {"Connection": "close"} if refused.status == 413 else None)
 
     @router.get("/verify/{token}", response_class=HTMLResponse, include_in_schema=False)
     async def show_link(request: Request, token: str) -> Response:
         checked = check_token(request, token)
         if isinstance(checked, HTMLResponse):
             return checked
-        t = text(request)
-        action = html.escape(f"{public_path}/verify/{quote(token, safe='')}")
-        body = (
-            f'<form method="post" action="{action}">\n'
-            f'<input type="hidden" name="form" value="{html.escape(links.form_token(token))}">\n'
-            f'<button type="submit">{html.escape(t["button"])}</button>\n</form>'
-        )
-        return respond(request, 200, t["title"], [t["intro"].format(reference=checked)], body)
+        text = VERIFY[language(request)]
+        return respond(request, 200, "verify_link.html", {
+            "title": text["title"],
+            "paragraphs": [text["intro"].format(reference=checked)],
+            "action": f"{public_path}/verify/{quote(token, safe='')}",
+            "form_token": links.form_token(token),
+        })
 
     @router.post("/verify/{token}", response_class=HTMLResponse, include_in_schema=False)
     async def confirm_link(request: Request, token: str) -> Response:
         checked = check_token(request, token)
         if isinstance(checked, HTMLResponse):
             return checked
-        fields = await read_form(request)
+        fields = await posted_form(request)
         if isinstance(fields, HTMLResponse):
             return fields
         if not links.check_form_token(token, fields.get("form")):
@@ -241,23 +165,14 @@ def verify_router(
         return await outcome_page(request, checked, "link")
 
     def code_form(request: Request, *, status: int = 200, wrong: bool = False, reference: str = "") -> HTMLResponse:
-        t = text(request)
-        error = f'<p id="verify-error" class="error" role="alert">{html.escape(t["wrong"])}</p>' if wrong else ""
-        invalid = ' aria-invalid="true"' if wrong else ""
-        described = " verify-error" if wrong else ""
-        body = (
-            f'{error}<form method="post" action="{html.escape(public_path)}/verify">\n'
-            f'<label for="reference">{html.escape(t["reference"])}</label>\n'
-            f'<p id="reference-hint" class="hint">{html.escape(t["reference_hint"])}</p>\n'
-            f'<input type="text" id="reference" name="reference" required maxlength="40" autocomplete="off" '
-            f'value="{html.escape(reference)}" aria-describedby="reference-hint{described}"{invalid}>\n'
-            f'<label for="code">{html.escape(t["code"])}</label>\n'
-            f'<p id="code-hint" class="hint">{html.escape(t["code_hint"])}</p>\n'
-            f'<input type="text" id="code" name="code" required maxlength="20" autocapitalize="characters" '
-            f'spellcheck="false" autocomplete="one-time-code" aria-describedby="code-hint{described}"{invalid}>\n'
-            f'<button type="submit">{html.escape(t["button"])}</button>\n</form>'
-        )
-        return respond(request, status, t["code_title"], [t["code_intro"]], body)
+        text = VERIFY[language(request)]
+        return respond(request, status, "verify_code.html", {
+            "title": text["code_title"],
+            "paragraphs": [text["code_intro"]],
+            "wrong": wrong,
+            "reference": reference,
+            "public_path": public_path,
+        })
 
     @router.get("/verify", response_class=HTMLResponse, include_in_schema=False)
     async def show_code_form(request: Request) -> Response:
@@ -268,11 +183,10 @@ def verify_router(
         client = request.client.host if request.client else None
         # Every answer counts against this client and against everyone, before it is even read: guesses spread
         # over many references or many addresses are bounded too.
-        refused = await run_in_threadpool(
-            guards.hit, throttle.windows(VERIFY_SCOPE, guards.client_key(client)), now_fn())
-        if refused is not None:
-            return locked(request, timedelta(seconds=refused.retry_after))
-        fields = await read_form(request)
+        left = await attempts.throttled(client)
+        if left is not None:
+            return locked(request, left)
+        fields = await posted_form(request)
         if isinstance(fields, HTMLResponse):
             return fields
         reference = fields.get("reference", "").strip()[:40]
@@ -282,20 +196,16 @@ def verify_router(
             return code_form(request, status=400, wrong=True, reference=reference)
         typed_right = links.check_request_code(request_id, fields.get("code", ""))
 
-        def judge() -> Verdict:
+        def answer() -> tuple[bool, bool]:
             # Whether the request exists decides only where the answer is counted, never what the page says; a
             # request no code was offered for takes none (the right one included: it can only have been guessed),
             # and neither does a reference the ledger does not know (nothing to confirm: the same page).
             tracked = exists(request_id)
-            right = typed_right and tracked and not link_only(request_id)
-            return guards.judge(VERIFY_SCOPE, request_id, client, now_fn(), right=right, limits=limits,
-                                tracked=tracked)
+            return typed_right and tracked and not link_only(request_id), tracked
 
-        verdict = await run_in_threadpool(judge)
+        verdict = await attempts.judge(request_id, client, answer)
         if verdict.wait is not None:
             return locked(request, verdict.wait)
-        if verdict.capped_now and on_locked is not None:
-            await on_locked(request_id, VERIFY_SCOPE, max_wrong)
         if verdict.outcome in ("wrong", "closed"):  # a closed code answers like a wrong one: the link still works
             return code_form(request, status=403, wrong=True, reference=reference)
         return await outcome_page(request, request_id, "code", reference)

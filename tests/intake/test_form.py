@@ -26,8 +26,8 @@ from dsr.config import Settings
 from dsr.model import RequestKind
 from intake.service import Accepted, RateLimited, TriageItem
 from intake.submission import Submission, SubmissionError, prepare
-from intake.web.app import CSP
 from intake.web.form import CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
+from intake.web.pages import CSP
 
 KEY = b"test-form-key-0123456789abcdef!!"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

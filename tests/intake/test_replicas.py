@@ -43,7 +43,7 @@ from dsr.model import Channel, Language, RequestKind, RequestRecordInput, Subjec
 from intake.server import build_intake_app
 from intake.service import Accepted, IntakeService, RateLimited
 from intake.submission import Submission
-from intake.web.app import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
+from intake.web.attempts import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
 from tests.harness import TEST_KEYRING, MailSink, exports_of, file_exports
 from worker import build_worker
 
