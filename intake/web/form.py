@@ -5,7 +5,7 @@ Flow
 1. ``GET /`` (``?lang=fr|en`` wins over ``Accept-Language``): the form. It asks for the kind of request
    (radio buttons, each right explained in plain words), the email address, the name and details; the
    language of the replies is the page's (hidden field). Every page carries the same security headers
-   as the download pages of :mod:`intake.web.app` and no script at all.
+   as every page of the app (:mod:`intake.web.pages`) and no script at all.
 2. ``POST /`` (``application/x-www-form-urlencoded``, at most :data:`MAX_FORM_BYTES`, else 413; any other
    content type 415): the CSRF value is checked first (403 page, nothing created), then every field
    (all errors at once, each next to its field and summarised at the top: 400, typed values kept), then
