@@ -1,4 +1,4 @@
-"""Benchmark: the email classifier (``intake.classify``) on the labelled set of request emails.
+"""Benchmark: the email classifier (``intake.email.classify``) on the labelled set of request emails.
 
 Prints, overall, per language and per kind: precision, recall, how many went to triage unsure, how many got
 a wrong kind (the figure that must stay at zero: a wrong kind starts the wrong workflow, an unsure one only
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dsr.model import RequestKind  # noqa: E402
-from intake.classify import Classification, classify  # noqa: E402
+from intake.email.classify import Classification, classify  # noqa: E402
 
 LABELLED = ROOT / "tests" / "intake" / "emails" / "labelled.jsonl"
 UNSURE = "unsure"

@@ -2,7 +2,7 @@
 
 "Before" is what the intake did until the caps: the stdlib parser and ``parse_message`` over every part
 (``parse_message`` with the caps lifted). "After" is what it does now: the linear pre-scan
-(``intake.mimescan``) finds more parts than ``MAX_PARTS`` and the message goes to triage unread, without the
+(``intake.email.mimescan``) finds more parts than ``MAX_PARTS`` and the message goes to triage unread, without the
 parser ever seeing it. Also printed: the pre-scan and the whole read of an ordinary large message (an ID scan
 of 8 MB and a letter), which the caps must not slow down. Figures, not targets: the machine is shared.
 Run: ``.venv/bin/python bench/mime_bomb.py [--parts 5000 10000 40000] [--skip-before]``.
@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from intake.mailbox import parse_message  # noqa: E402
-from intake.mimescan import MAX_PARTS, MessageTooComplex, mime_shape  # noqa: E402
+from intake.email.mime import parse_message  # noqa: E402
+from intake.email.mimescan import MAX_PARTS, MessageTooComplex, mime_shape  # noqa: E402
 
 HEAD = (b"From: a@example.org\r\nTo: privacy@example.com\r\nSubject: bomb\r\nMessage-ID: <bomb@example.org>\r\n"
         b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n")

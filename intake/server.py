@@ -7,24 +7,29 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from dsr.bundle import BundleStream, open_bundle
 from dsr.config import ConfigError, Settings
 from dsr.crypto import KeyRing
 from dsr.guards import AnswerThrottle, Guards
 from dsr.ledger import Ledger
+from dsr.links import DownloadLinks, IdentityLinks
 from dsr.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
 from dsr.store.exports import ExportStore
-from intake.service import IntakeService, RateLimits, confirm_identity
-
-if TYPE_CHECKING:
-    from dsr.bundle import BundleStream
+from intake.email.poller import Mailbox
+from intake.email.settings import MailboxSettings
+from intake.service import IdentityOutcome, IntakeService, RateLimits, confirm_identity
+from intake.web.api import DeskSettings, api_router
+from intake.web.app import intake_app
+from intake.web.form import form_router
+from intake.web.verify import verify_router
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,6 @@ logger = logging.getLogger(__name__)
 def bundle_opener(keyring: KeyRing, exports: ExportStore) -> Callable[[str], BundleStream | None]:
     """What a download streams: the request's bundle from the object store (whichever machine built it), or
     None when it is gone (deleted at the link's expiry, by an erasure, or never built): the "gone" page."""
-    from dsr.bundle import open_bundle
 
     def opener(request_id: str) -> BundleStream | None:
         try:
@@ -72,12 +76,6 @@ def build_intake_app(
     settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
 ) -> tuple[FastAPI, IntakeService]:
     """The intake app (form, API, webhooks, identity confirmation, downloads) and its service."""
-    from dsr.links import DownloadLinks, IdentityLinks
-    from intake.api import DeskSettings, api_router
-    from intake.app import intake_app
-    from intake.form import form_router
-    from intake.verify import verify_router
-
     # Every counter and guard of the app in the ledger's database: replicas on other machines share them.
     guards = Guards(ledger.engine, keyring)
     service = IntakeService(client, settings, ledger, guards=guards, limits=RateLimits(
@@ -87,7 +85,7 @@ def build_intake_app(
         ledger.append_event(AuditEvent(request_id=request_id, event=event, actor="subject", details=details),
                             key=f"download-{uuid.uuid4()}", at=datetime.now(UTC))
 
-    async def confirm(request_id: str, proof: str):
+    async def confirm(request_id: str, proof: str) -> IdentityOutcome:
         return await confirm_identity(client, request_id, proof=proof)
 
     on_locked = code_locked_hook(ledger, client)
@@ -145,10 +143,6 @@ def build_intake_app(
 async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, service: IntakeService,
                       stop: asyncio.Event, attachments: AttachmentStore) -> None:
     """Email intake until ``stop``: polls ``DSR_IMAP_*`` and hands messages to ``service``."""
-    from pathlib import Path
-
-    from intake.mailbox import Mailbox, MailboxSettings
-
     imap = settings.imap
     if imap is None:
         return

@@ -9,6 +9,8 @@ import re
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import TypeVar
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
@@ -70,7 +72,10 @@ def new_request_id(received_on: date) -> str:
     return f"{WORKFLOW_ID_PREFIX}{received_on:%Y-%m}-{code}"
 
 
-def _enum(value: str, enum: type, field_name: str):
+_Choice = TypeVar("_Choice", bound=StrEnum)
+
+
+def _enum(value: str, enum: type[_Choice], field_name: str) -> _Choice:
     try:
         return enum(value.strip().lower())
     except ValueError:

@@ -309,7 +309,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
 
 
 async def test_verify_locks_after_the_same_number_of_wrong_codes_on_either_replica(cluster: Cluster) -> None:
-    from intake.verify import MAX_ATTEMPTS
+    from intake.web.attempts import MAX_ATTEMPTS
 
     holding = await seed_person(cluster.boxes, "guesser.target@example.org", "Target Person", notes=0, orders=1,
                                 charges=0)

@@ -32,7 +32,7 @@ class AttachmentInfo:
     content_type: str
     size: int
     # What the receiving mail server said of the sender of the email it came with (DMARC, DKIM, SPF), as
-    # intake.authresults words it; "" for files stored before it was recorded.
+    # intake.email.authresults words it; "" for files stored before it was recorded.
     sender_check: str = ""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dsr.model import Language, RequestKind
-from intake.classify import MAX_BODY_CHARS, Classification, classify
+from intake.email.classify import MAX_BODY_CHARS, Classification, classify
 
 LABELLED = Path(__file__).parent / "emails" / "labelled.jsonl"
 TOPICS = {"objection": "unsure: objection or unsubscribe", "deceased": "unsure: about a deceased person"}

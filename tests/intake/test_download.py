@@ -26,7 +26,9 @@ from dsr.crypto import KeyRing
 from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks, ExpiredLink, TamperedLink, _code_of, download_url, format_code
-from intake.app import CSP, MAX_FORM_BYTES, choose_language, intake_app
+from intake.web.app import intake_app
+from intake.web.exports import MAX_FORM_BYTES
+from intake.web.pages import CSP, choose_language
 
 REFERENCE = "dsr-2026-03-7KQ3FJ"
 OTHER_REFERENCE = "dsr-2026-03-AB12CD"

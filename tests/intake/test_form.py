@@ -24,10 +24,10 @@ from fastapi import FastAPI
 from dsr.codec_server import serve_codec
 from dsr.config import Settings
 from dsr.model import RequestKind
-from intake.app import CSP
-from intake.form import CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
 from intake.service import Accepted, RateLimited, TriageItem
 from intake.submission import Submission, SubmissionError, prepare
+from intake.web.form import CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
+from intake.web.pages import CSP
 
 KEY = b"test-form-key-0123456789abcdef!!"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -46,10 +46,10 @@ from schemathesis.specs.openapi.checks import (
 from dsr.config import Settings
 from dsr.links import DownloadLinks
 from dsr.model import IdentityMethod, RequestInput, RequestKind
-from intake.api import MAX_BODY_BYTES, DeskSettings, api_router
-from intake.app import intake_app
 from intake.service import Accepted, TriageItem
 from intake.submission import Submission, prepare
+from intake.web.api import MAX_BODY_BYTES, DeskSettings, api_router
+from intake.web.app import intake_app
 from tests.harness import TEST_KEYRING, throwaway_guards
 
 ZENDESK_SECRET = "zsecret"

@@ -65,10 +65,13 @@ from hypothesis import strategies as st
 from dsr.crypto import KeyRing
 from dsr.guards import AnswerThrottle, AttemptLimitRow, Guards
 from dsr.links import CODE_ALPHABET, MAX_TOKEN_LENGTH, DownloadLinks, IdentityLinks
-from intake.app import CSP, LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS, MAX_FORM_BYTES, intake_app
 from intake.service import IdentityOutcome
-from intake.verify import _TEXT as VERIFY_TEXT
-from intake.verify import verify_router
+from intake.web.app import intake_app
+from intake.web.attempts import LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
+from intake.web.exports import MAX_FORM_BYTES
+from intake.web.pages import CSP
+from intake.web.verify import verify_router
+from intake.web.wording import VERIFY as VERIFY_TEXT
 from tests.harness import TEST_KEYRING, throwaway_guards
 
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # whole seconds: expiries and Retry-After are exact

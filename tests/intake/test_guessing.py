@@ -43,9 +43,9 @@ from hypothesis import strategies as st
 from dsr.guards import AnswerThrottle, Guards
 from dsr.ledger import Ledger
 from dsr.links import CODE_ALPHABET, DownloadLinks, IdentityLinks, format_code
-from intake.app import intake_app
 from intake.service import IdentityOutcome
-from intake.verify import verify_router
+from intake.web.app import intake_app
+from intake.web.verify import verify_router
 from tests.harness import TEST_KEYRING
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")

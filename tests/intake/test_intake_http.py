@@ -516,7 +516,8 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
 ) -> None:
     from email.message import EmailMessage
 
-    from intake.mailbox import Mailbox, MailboxSettings
+    from intake.email.poller import Mailbox
+    from intake.email.settings import MailboxSettings
 
     user = dovecot.new_user()
     message = EmailMessage()
@@ -561,7 +562,8 @@ class SimulatedCrash(BaseException):
 
 
 def _privacy_mailbox(intake: Intake, dovecot, user, authserv_id: str | None = None):  # noqa: F811
-    from intake.mailbox import Mailbox, MailboxSettings
+    from intake.email.poller import Mailbox
+    from intake.email.settings import MailboxSettings
 
     store = attachments_of(intake.settings)
     mailbox = Mailbox(
@@ -799,7 +801,7 @@ def _inbox_rows(intake: Intake) -> list:
     from sqlalchemy import select
     from sqlmodel import Session
 
-    from intake.inbox import InboundMessageRow
+    from intake.email.inbox import InboundMessageRow
 
     with Session(intake.ledger.engine) as session:
         return list(session.execute(select(InboundMessageRow)).scalars())

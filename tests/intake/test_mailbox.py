@@ -2,7 +2,7 @@
 
 The sink is the unit's neighbour, so it is a recording fake of ``IntakeSink``: it validates with the real
 ``intake.submission.prepare`` and, like ``IntakeService``, is idempotent by request id (a second submit
-with the same id answers with the same request). The classifier is the real ``intake.classify.classify``
+with the same id answers with the same request). The classifier is the real ``intake.email.classify.classify``
 except where a test is about decoding and passes a small deterministic one.
 """
 
@@ -32,21 +32,13 @@ from dsr.crypto import DecryptionError
 from dsr.ledger import Ledger
 from dsr.model import Correspondence, Language, RequestKind
 from dsr.store import FileStore, store_at
-from intake.classify import Classification
-from intake.inbox import InboundMessageRow, MessageState
-from intake.mailbox import (
-    AttachmentInfo,
-    AttachmentLimitError,
-    AttachmentStore,
-    Mailbox,
-    MailboxConnectionError,
-    MailboxSettings,
-    PollReport,
-    auto_reply_reason,
-    html_to_text,
-    parse_internaldate,
-    parse_message,
-)
+from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore
+from intake.email.classify import Classification
+from intake.email.imap import parse_internaldate
+from intake.email.inbox import InboundMessageRow, MessageState
+from intake.email.mime import auto_reply_reason, html_to_text, parse_message
+from intake.email.poller import Mailbox
+from intake.email.settings import MailboxConnectionError, MailboxSettings, PollReport
 from intake.service import Accepted, RateLimited, RepliedRequest, RequestClosed, TriageItem, reply_clues
 from intake.submission import Submission, prepare
 from tests.dovecot import CertificateAuthority, Dovecot, ImapUser, dovecot_binary, dovecot_required
@@ -1002,7 +994,7 @@ async def test_new_request_failing_dmarc_goes_to_triage_with_the_reason(env: Env
 
 
 def test_sender_check_believes_only_the_top_run_of_the_trusted_server() -> None:
-    from intake.authresults import sender_check
+    from intake.email.authresults import sender_check
 
     def check(*headers: tuple[str, str], authserv_id: str | None = "mx.example.com") -> str:
         return sender_check(headers, authserv_id).summary()
@@ -1079,7 +1071,7 @@ async def test_a_message_that_takes_too_long_to_read_goes_to_triage_unread(env: 
 
 
 def test_mime_scan_counts_what_the_parser_would_split() -> None:
-    from intake.mimescan import MessageTooComplex, check_mime_caps, mime_shape
+    from intake.email.mimescan import MessageTooComplex, check_mime_caps, mime_shape
 
     assert mime_shape(many_parts(40_000), stop_at_parts=100).parts == 101  # stops counting past the cap
     assert mime_shape(many_parts(3)).parts == 3 and mime_shape(many_parts(3)).depth == 1

@@ -40,10 +40,10 @@ from dsr.guards import AttemptLimitRow, RateLimitRow
 from dsr.ledger import Ledger
 from dsr.links import IdentityLinks
 from dsr.model import Channel, Language, RequestKind, RequestRecordInput, Subject
-from intake.app import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
 from intake.server import build_intake_app
 from intake.service import Accepted, IntakeService, RateLimited
 from intake.submission import Submission
+from intake.web.attempts import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
 from tests.harness import TEST_KEYRING, MailSink, exports_of, file_exports
 from worker import build_worker
 

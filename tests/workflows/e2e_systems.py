@@ -43,9 +43,9 @@ from dsr.links import DownloadLinks
 from dsr.model import AuditEvent, IdentityMethod, RequestInput
 from dsr.store.exports import ExportStore
 from dsr.temporal import register_search_attributes
-from intake.app import intake_app
 from intake.server import bundle_opener
 from intake.submission import Submission, prepare, start
+from intake.web.app import intake_app
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app

@@ -215,8 +215,8 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
 
     from dsr.links import DownloadLinks
     from dsr.model import AuditEvent
-    from intake.app import intake_app
     from intake.server import bundle_opener
+    from intake.web.app import intake_app
 
     settings = replace(settings, storage_url=s3_url)
     exports = exports_of(settings)

@@ -472,8 +472,8 @@ def classify(subject: str, body: str) -> Classification:
         return Classification(None, language, 0.0, "unsure: automatic reply")
 
     # Checked on the subject too (even a reply's: "Re: ... désinscription" is still about an opt-out).
-    for label, pattern in OUT_OF_SCOPE:
-        if pattern.search(subject_text) or pattern.search(body_text):
+    for label, regex in OUT_OF_SCOPE:
+        if regex.search(subject_text) or regex.search(body_text):
             return Classification(None, language, 0.0, f"unsure: {label}")
 
     ranked = sorted(evidence.items(), key=lambda kv: kv[1].score, reverse=True)

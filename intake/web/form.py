@@ -1,0 +1,397 @@
+"""The public web form through which data subjects send their requests (French or English, no JavaScript).
+
+Flow
+----
+1. ``GET /`` (``?lang=fr|en`` wins over ``Accept-Language``): the form. It asks for the kind of request
+   (radio buttons, each right explained in plain words), the email address, the name and details; the
+   language of the replies is the page's (hidden field). Every page carries the same security headers
+   as every page of the app (:mod:`intake.web.pages`) and no script at all.
+2. ``POST /`` (``application/x-www-form-urlencoded``, at most :data:`MAX_FORM_BYTES`, else 413; any other
+   content type 415): the CSRF value is checked first (403 page, nothing created), then every field
+   (all errors at once, each next to its field and summarised at the top: 400, typed values kept), then
+   the :class:`~intake.submission.Submission` goes to :meth:`IntakeSink.submit`, which validates again
+   (it is the authority: a :class:`~intake.submission.SubmissionError` it raises is shown the same way).
+   :class:`~intake.service.RateLimited` gives 429 with ``Retry-After``; any other failure of the sink 503,
+   with the form and its values kept so nothing typed is lost.
+3. Success: ``303 See Other`` to ``GET /submitted?kind=…&due=…&sig=…&lang=…`` (Post/Redirect/Get: reloading
+   the confirmation never submits twice). The parameters are signed with ``csrf_key`` so nobody can make this
+   site display a confirmation of their own wording; ``lang`` is not signed (it only picks one of our two
+   translations). The confirmation is the same neutral receipt for every submission: no reference (it goes
+   to the address given, by email) and the deadline of this submission's own receipt, so that typing someone
+   else's address never reveals whether they have a request under way (it is attached to theirs, and they are
+   told by email).
+
+CSRF, stateless and without JavaScript
+--------------------------------------
+The form carries ``csrf = b64url(issued_at ‖ nonce) "." b64url(HMAC-SHA256(csrf_key, …))`` and the
+response sets the cookie :data:`CSRF_COOKIE` ``= b64url(nonce)`` (``HttpOnly; SameSite=Strict; Path=/``,
+``Secure`` over https). A POST is accepted only when the MAC is right, the value is younger than
+:data:`CSRF_LIFETIME`, and its nonce equals the cookie's (double submit): a page on another site can
+neither read the value nor, thanks to ``SameSite=Strict``, make the browser send the cookie. A browser
+that already holds a well-formed cookie keeps its nonce, so two tabs of the form both work.
+
+Mounting
+--------
+``app.include_router(form_router(sink, csrf_key=…, public_path="/demande"), prefix="/demande")``:
+``public_path`` is the path at which browsers reach the router (reverse-proxy prefix included); it
+prefixes the form action, the language links and the redirect.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from dsr.model import Channel, RequestKind, is_valid_email
+from intake.service import Accepted, IntakeSink, RateLimited
+from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
+from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers
+from intake.web.wording import FORM, LANGUAGES
+from templates import format_date
+
+__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "CSRF_LIFETIME", "MAX_FORM_BYTES", "form_router"]
+
+logger = logging.getLogger(__name__)
+
+# Details may hold MAX_DETAILS characters; percent-encoded, an accented or Cyrillic character takes 6
+# bytes, so 16 KiB would turn a legitimate long message into a 413. 64 KiB fits 10,000 such characters.
+MAX_FORM_BYTES = 64 * 1024
+"""Oversize bodies up to this size are read and thrown away, so the browser shows our 413 page."""
+_MAX_FIELDS = 20
+CSRF_FIELD = "csrf"
+CSRF_COOKIE = "dsr_form"
+CSRF_LIFETIME = timedelta(hours=2)
+_CLOCK_SKEW = timedelta(minutes=5)
+_NONCE_BYTES = 16
+_CSRF_CONTEXT = b"dsr/intake-form/csrf/v1\x00"
+_CONFIRMATION_CONTEXT = b"dsr/intake-form/confirmation/v1\x00"
+_B64 = re.compile(r"^[A-Za-z0-9_-]+$")
+# C0 controls (tab, line feed and carriage return excepted) and DEL: never typed by a person, and NUL
+# cannot even be stored in PostgreSQL text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FIELDS = ("kind", "email", "name", "details")
+_KINDS = tuple(kind.value for kind in RequestKind)
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes | None:
+    if not text or len(text) > 256 or not _B64.match(text):
+        return None
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+
+
+def _format_date(day: date, lang: str) -> str:
+    """``23 décembre 2026`` (``1er`` for the first: French usage) or ``23 December 2026``."""
+    return format_date(day, lang).replace(" ", "\u00a0", 1)  # on a page, the day never ends a line
+
+
+def _minutes(count: int, lang: str) -> str:
+    """``1 minute``, ``2 minutes`` (a non-breaking space in French)."""
+    space = "\u00a0" if lang == "fr" else " "
+    return f"{count}{space}minute{'s' if count > 1 else ''}"
+
+
+@dataclass(frozen=True)
+class _Csrf:
+    """The stateless double-submit CSRF value (see the module docstring)."""
+
+    key: bytes
+
+    def issue(self, now: datetime, nonce: bytes) -> str:
+        payload = int(now.timestamp()).to_bytes(8, "big") + nonce
+        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+
+    def check(self, value: str | None, cookie: str | None, now: datetime) -> bool:
+        if not value or not cookie or value.count(".") != 1:
+            return False
+        encoded, _, mac_text = value.partition(".")
+        payload, mac = _unb64(encoded), _unb64(mac_text)
+        if payload is None or mac is None or len(payload) != 8 + _NONCE_BYTES:
+            return False
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return False
+        issued = datetime.fromtimestamp(int.from_bytes(payload[:8], "big"), UTC)
+        if not now - CSRF_LIFETIME <= issued <= now + _CLOCK_SKEW:
+            return False
+        return hmac.compare_digest(cookie.encode("ascii", "replace"), _b64(payload[8:]).encode("ascii"))
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self.key, _CSRF_CONTEXT + payload, hashlib.sha256).digest()
+
+
+def _cookie_nonce(request: Request) -> bytes | None:
+    """The nonce of a well-formed cookie already held by the browser (reused, so several tabs work)."""
+    nonce = _unb64(request.cookies.get(CSRF_COOKIE, ""))
+    return nonce if nonce is not None and len(nonce) == _NONCE_BYTES else None
+
+
+def _field_for(error: SubmissionError, values: dict[str, str]) -> tuple[str, str]:
+    """``(field, text key)`` for an error message of :func:`intake.submission.prepare`; field ``""`` is the
+    top of the form."""
+    message = str(error)
+    if message.startswith("kind"):
+        return "kind", "err_kind"
+    if message.startswith(("email", "the new email")):
+        return "email", "err_email_invalid" if values["email"].strip() else "err_email_missing"
+    if message.startswith("name"):
+        return "name", "err_name_long"
+    if message.startswith("details"):
+        return "details", "err_details_long"
+    if message.startswith("a rectification request"):
+        return "details", "err_details_rectification"
+    return "", "err_rejected"
+
+
+def _check(values: dict[str, str]) -> dict[str, str]:
+    """Every error at once (field -> text key), by the rules of ``prepare``, so the person fixes the form in
+    one go; the sink checks again and stays the authority."""
+    errors: dict[str, str] = {}
+    if values["kind"] not in _KINDS:
+        errors["kind"] = "err_kind"
+    email = values["email"].strip()
+    if not email:
+        errors["email"] = "err_email_missing"
+    elif not is_valid_email(email):
+        errors["email"] = "err_email_invalid"
+    if _CONTROL.search(values["name"]):
+        errors["name"] = "err_control"
+    elif len(" ".join(values["name"].split())) > MAX_NAME:
+        errors["name"] = "err_name_long"
+    if _CONTROL.search(values["details"]):
+        errors["details"] = "err_control"
+    elif len(values["details"]) > MAX_DETAILS:
+        errors["details"] = "err_details_long"
+    elif values["kind"] == RequestKind.RECTIFICATION.value and not values["details"].strip():
+        errors["details"] = "err_details_rectification"
+    return errors
+
+
+def form_router(
+    sink: IntakeSink,
+    *,
+    csrf_key: bytes,
+    default_language: str = "fr",
+    public_path: str = "",
+    clock: Callable[[], datetime] | None = None,
+    controller_name: str = "",
+) -> APIRouter:
+    """The public form: ``GET /``, ``POST /`` and ``GET /submitted`` (see the module docstring).
+
+    ``csrf_key`` (at least 16 random bytes) signs the CSRF values and the confirmation links; keep it
+    stable across restarts and replicas, or forms opened before a restart are refused. ``clock`` (default:
+    now in UTC) dates and expires the CSRF values.
+    """
+    if len(csrf_key) < 16:
+        raise ValueError("csrf_key must be at least 16 random bytes")
+    if public_path and not public_path.startswith("/"):
+        raise ValueError(f"public_path must start with '/', got {public_path!r}")
+    prefix = public_path.rstrip("/")
+    default = default_language if default_language in LANGUAGES else "fr"
+    now_fn = clock or (lambda: datetime.now(UTC))
+    csrf = _Csrf(csrf_key)
+    router = APIRouter()
+
+    def form_url(lang: str) -> str:
+        return f"{prefix}/?lang={lang}"
+
+    def request_language(request: Request, posted: str | None = None) -> str:
+        """The posted page language, else ``?lang``, else ``Accept-Language``, else the default."""
+        if posted is not None and posted in LANGUAGES:
+            return posted
+        asked = request.query_params.get("lang", "")
+        if asked in LANGUAGES:
+            return asked
+        return choose_language(request.headers.get("accept-language"), default)
+
+    def headers_for(request: Request, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return security_headers(vary="Accept-Language, Cookie", hsts=request.url.scheme == "https", extra=extra)
+
+    def page(request: Request, lang: str, template: str, context: dict[str, Any], *, status: int = 200,
+             href: Callable[[str], str] = form_url, extra: dict[str, str] | None = None) -> HTMLResponse:
+        """A page of the form in ``lang``, with the language switch (``href(other)``: the same page in another)."""
+        switch = [{"lang": other, "name": FORM[other]["language_name"], "url": href(other)} for other in LANGUAGES]
+        return render(request, template, {"lang": lang, "text": FORM[lang], "switch": switch, **context},
+                      status=status, headers=headers_for(request, extra))
+
+    def message_page(
+        request: Request, lang: str, status: int, title_key: str, body_key: str, *, extra: dict[str, str] | None = None
+    ) -> HTMLResponse:
+        text = FORM[lang]
+        return page(request, lang, "form_message.html", {
+            "title": text[title_key], "paragraph": text[body_key], "form_url": form_url(lang),
+        }, status=status, extra=extra)
+
+    def form_page(
+        request: Request,
+        lang: str,
+        *,
+        status: int = 200,
+        values: dict[str, str] | None = None,
+        errors: dict[str, str] | None = None,
+        top: str = "",
+        extra: dict[str, str] | None = None,
+        **fmt: object,
+    ) -> HTMLResponse:
+        text = FORM[lang]
+        errors = errors or {}
+        summary = [{"target": None, "text": text[top].format(**fmt)}] if top else []
+        summary += [  # in the order of the page
+            {"target": "kind-access" if name == "kind" else name, "text": text[errors[name]]}
+            for name in _FIELDS if name in errors
+        ]
+        controller = controller_name.strip()
+        nonce = _cookie_nonce(request) or secrets.token_bytes(_NONCE_BYTES)
+        response = page(request, lang, "form.html", {
+            "title": text["error_prefix"] + text["title"] if summary else text["title"],
+            "summary": summary,
+            "errors": errors,
+            "values": values or dict.fromkeys(_FIELDS, ""),
+            "intro": text["intro_named"].format(controller=controller) if controller else text["intro_generic"],
+            "form_url": form_url(lang),
+            "csrf_token": csrf.issue(now_fn(), nonce),
+            "kinds": _KINDS,
+            "max_name": MAX_NAME,
+            "max_details": MAX_DETAILS,
+        }, status=status, extra=extra)
+        response.set_cookie(
+            CSRF_COOKIE,
+            _b64(nonce),
+            max_age=int(CSRF_LIFETIME.total_seconds()),
+            path="/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    def confirmation_signature(kind: str, due: str) -> str:
+        message = "\x00".join((kind, due)).encode()
+        return _b64(hmac.new(csrf_key, _CONFIRMATION_CONTEXT + message, hashlib.sha256).digest())
+
+    def confirmation_query(accepted: Accepted, lang: str) -> dict[str, str]:
+        # The neutral receipt: never the reference, nor whether the submission was attached to a request under
+        # way (``accepted`` dates are the submission's own either way).
+        params = {"kind": RequestKind(accepted.kind).value, "due": accepted.deadline.isoformat()}
+        params["sig"] = confirmation_signature(params["kind"], params["due"])
+        params["lang"] = lang
+        return params
+
+    @router.get("/", include_in_schema=False)
+    async def show_form(request: Request) -> Response:
+        return form_page(request, request_language(request))
+
+    @router.post("/", include_in_schema=False)
+    async def submit(request: Request) -> Response:
+        lang = request_language(request)  # the form's action carries ?lang, so even a 413 page is right
+        try:
+            fields = await read_form(request, max_bytes=MAX_FORM_BYTES, max_fields=_MAX_FIELDS)
+        except FormRefused as refused:
+            if refused.status == 413:
+                return message_page(request, lang, 413, "too_large_title", "too_large_body",
+                                    extra={"Connection": "close"})
+            if refused.status == 415:
+                return message_page(request, lang, 415, "bad_form_title", "unsupported_body")
+            return form_page(request, lang, status=400, top="err_unreadable")
+
+        posted_language = fields.get("language", [""])
+        lang = request_language(request, posted_language[0] if len(posted_language) == 1 else None)
+        token = fields.get(CSRF_FIELD, [])
+        if len(token) != 1 or not csrf.check(token[0], request.cookies.get(CSRF_COOKIE), now_fn()):
+            return message_page(request, lang, 403, "csrf_title", "csrf_body")
+
+        values = {name: (fields.get(name) or [""])[0] for name in _FIELDS}
+        # Browsers send a textarea's line breaks as CRLF; one character each is what maxlength counted.
+        values["details"] = values["details"].replace("\r\n", "\n")
+        errors = {name: "err_duplicate" for name in _FIELDS if len(fields.get(name, [])) > 1}
+        for name, key in _check(values).items():
+            errors.setdefault(name, key)
+        if errors:
+            return form_page(request, lang, status=400, values=values, errors=errors)
+
+        submission = Submission(
+            kind=values["kind"],
+            email=values["email"],
+            name=values["name"],
+            details=values["details"],
+            channel=Channel.FORM.value,
+            language=lang,
+        )
+        try:
+            accepted = await sink.submit(submission, client=request.client.host if request.client else None)
+        except SubmissionError as exc:
+            field, key = _field_for(exc, values)
+            if not field:
+                return form_page(request, lang, status=400, values=values, top=key)
+            return form_page(request, lang, status=400, values=values, errors={field: key})
+        except RateLimited as exc:
+            seconds = max(1, int(exc.retry_after))
+            return form_page(
+                request,
+                lang,
+                status=429,
+                values=values,
+                top="err_rate_limited",
+                extra={"Retry-After": str(seconds)},
+                duration=_minutes(max(1, math.ceil(seconds / 60)), lang),
+            )
+        except Exception as exc:
+            # No message: it could carry what the person typed. The traceback is for debug logs only.
+            logger.error("intake form: the request could not be recorded (%s)", type(exc).__name__)
+            logger.debug("intake form: sink failure", exc_info=True)
+            return form_page(
+                request, lang, status=503, values=values, top="err_unavailable", extra={"Retry-After": "60"}
+            )
+
+        location = f"{prefix}/submitted?{urlencode(confirmation_query(accepted, lang))}"
+        return RedirectResponse(location, status_code=303, headers=headers_for(request))
+
+    @router.get("/submitted", include_in_schema=False)
+    async def confirmation(request: Request) -> Response:
+        lang = request_language(request)
+        query = request.query_params
+        kind, due = (query.get(k, "") for k in ("kind", "due"))
+        signature = query.get("sig", "")
+        expected = confirmation_signature(kind, due)
+        try:
+            deadline = date.fromisoformat(due)
+        except ValueError:
+            deadline = None
+        if (
+            not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode("ascii"))
+            or deadline is None
+            or kind not in _KINDS
+        ):
+            return message_page(request, lang, 403, "invalid_confirmation_title", "invalid_confirmation_body")
+
+        text = FORM[lang]
+
+        def same_page(other: str) -> str:
+            params = {k: query.get(k, "") for k in ("kind", "due", "sig")}
+            return f"{prefix}/submitted?{urlencode({**params, 'lang': other})}"
+
+        return page(request, lang, "submitted.html", {
+            "title": text["confirm_title"],
+            "kind_label": text[f"kind_{kind}"],
+            "deadline": _format_date(deadline, lang),
+        }, href=same_page)
+
+    return router

@@ -1,0 +1,328 @@
+"""The words of the intake's web pages, in French and English: one table per page, over the words they share.
+
+Each table maps a language to its texts by key; a key ending in ``_title`` is a page's ``<h1>`` and ``<title>``,
+``_body`` its paragraph. Some texts hold ``{placeholders}`` filled by the page (``str.format``) before the
+template escapes them. The texts are the page's visible words: keep French typography (non-breaking spaces
+before ``:;?!`` and inside ``« »``) and say nothing a stranger could learn about someone else's request.
+"""
+
+from __future__ import annotations
+
+from intake.submission import MAX_DETAILS, MAX_NAME
+
+__all__ = ["COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "VERIFY"]
+
+LANGUAGES = ("fr", "en")
+"""The languages of the pages, the default first."""
+
+COMMON: dict[str, dict[str, str]] = {
+    "en": {
+        "bad_form_title": "The form could not be read",
+        "form_invalid_title": "This form is not valid",
+        "invalid_title": "This link is not valid",
+        "locked_title": "Too many attempts",
+        "too_large_title": "The form sent is too large",
+        "code_hint": "Letters and digits, for example K7QM-4XPD, with or without the dash.",
+    },
+    "fr": {
+        "bad_form_title": "Le formulaire n’a pas pu être lu",
+        "form_invalid_title": "Ce formulaire n’est pas valide",
+        "invalid_title": "Ce lien n’est pas valide",
+        "locked_title": "Trop de tentatives",
+        "too_large_title": "Le formulaire envoyé est trop volumineux",
+        "code_hint": "Lettres et chiffres, par exemple K7QM-4XPD, avec ou sans le tiret.",
+    },
+}
+"""Words every page uses alike."""
+
+
+DOWNLOAD: dict[str, dict[str, str]] = {
+    "en": {
+        **COMMON["en"],
+        "form_title": "Download your data",
+        "form_intro": "Your data is ready. To protect it, enter the code from the email we sent you with this link.",
+        "form_label": "Download code",
+        "form_button": "Download (ZIP file)",
+        "form_expiry": "This link is valid until {expiry} (UTC).",
+        "wrong_answer": "This code is not correct. Check the email we sent you and try again.",
+        "invalid_body": "Check that you copied the whole link from our email.",
+        "expired_title": "This link has expired; ask for a new one",
+        "expired_body": "For your security, download links only work for a limited time. Reply to our email to get "
+        "a new one.",
+        "gone_title": "This download is no longer available; ask for a new one",
+        "gone_body": "The files were deleted. Reply to our email to get a new copy of your data.",
+        "locked_body": "For your security, this download is locked for {minutes} minutes. Try again later.",
+        "closed_title": "This download is locked after too many wrong codes",
+        "closed_body": "For your security, this link no longer works. Reply to our email to get a new copy of your "
+        "data.",
+        "form_invalid_body": "Open the link from our email again and fill in the form on that page.",
+        "retry_body": "Open the link from our email again and try once more.",
+        "not_found_title": "Page not found",
+        "not_allowed_title": "Method not allowed",
+        "error_title": "A temporary problem prevented the download",
+        "error_body": "Please try again later.",
+    },
+    "fr": {
+        **COMMON["fr"],
+        "form_title": "Télécharger vos données",
+        "form_intro": "Vos données sont prêtes. Pour les protéger, saisissez le code reçu avec ce lien dans notre "
+        "courriel.",
+        "form_label": "Code de téléchargement",
+        "form_button": "Télécharger (fichier ZIP)",
+        "form_expiry": "Ce lien est valable jusqu’au {expiry} (UTC).",
+        "wrong_answer": "Ce code n’est pas correct. Vérifiez notre courriel et réessayez.",
+        "invalid_body": "Vérifiez que vous avez copié le lien complet depuis notre courriel.",
+        "expired_title": "Ce lien a expiré\u00a0; demandez-en un nouveau",
+        "expired_body": "Pour votre sécurité, les liens de téléchargement ne fonctionnent qu’un temps limité. "
+        "Répondez à notre courriel pour en obtenir un nouveau.",
+        "gone_title": "Ce téléchargement n’est plus disponible\u00a0; demandez-en un nouveau",
+        "gone_body": "Les fichiers ont été supprimés. Répondez à notre courriel pour obtenir une nouvelle copie de "
+        "vos données.",
+        "locked_body": "Pour votre sécurité, ce téléchargement est bloqué pendant {minutes}\u00a0minutes. Réessayez "
+        "plus tard.",
+        "closed_title": "Ce téléchargement est bloqué après trop de codes erronés",
+        "closed_body": "Pour votre sécurité, ce lien ne fonctionne plus. Répondez à notre courriel pour obtenir une "
+        "nouvelle copie de vos données.",
+        "form_invalid_body": "Ouvrez de nouveau le lien de notre courriel et remplissez le formulaire de cette page.",
+        "retry_body": "Ouvrez de nouveau le lien de notre courriel et réessayez.",
+        "not_found_title": "Page introuvable",
+        "not_allowed_title": "Méthode non autorisée",
+        "error_title": "Un problème temporaire a empêché le téléchargement",
+        "error_body": "Veuillez réessayer plus tard.",
+    },
+}
+"""``/exports/{token}``, and the app's own error pages (404, 405, 500)."""
+
+
+VERIFY: dict[str, dict[str, str]] = {
+    "en": {
+        **COMMON["en"],
+        "title": "Confirm your request",
+        "intro": "To protect your data, we check that the request really comes from the owner of the email address "
+        "it was sent from. Press the button to confirm that you made request {reference}.",
+        "button": "I confirm this request",
+        "code_title": "Confirm your request with a code",
+        "code_intro": "Enter the reference of your request and the 8-character code from our email.",
+        "reference": "Request reference",
+        "reference_hint": "For example dsr-2026-11-7KQ3FJ.",
+        "code": "Confirmation code",
+        "wrong": "This reference and code do not match. Check our email and try again, or use the link in it.",
+        "confirmed_title": "Thank you: your request is confirmed",
+        "confirmed_body": "We are now handling it and will reply by {deadline} at the latest.",
+        "already_title": "This request was already confirmed",
+        "already_body": "There is nothing more to do. We will reply by email.",
+        "closed_title": "This request is closed",
+        "closed_body": "It can no longer be confirmed. You can make a new request at any time.",
+        "invalid_body": "Check that you copied the whole link from our email, or enter the code on the confirmation "
+        "page.",
+        "expired_title": "This link has expired",
+        "expired_body": "You can make a new request at any time.",
+        "locked_body": "For your security, confirmation is locked for {minutes} minutes. Try again later.",
+        "form_invalid_body": "Open the link from our email again.",
+        "error_title": "A temporary problem prevented the confirmation",
+        "error_body": "Please try again in a few minutes.",
+    },
+    "fr": {
+        **COMMON["fr"],
+        "title": "Confirmez votre demande",
+        "intro": "Pour protéger vos données, nous vérifions que la demande vient bien du titulaire de l’adresse "
+        "électronique qui l’a envoyée. Appuyez sur le bouton pour confirmer que vous avez fait la demande "
+        "{reference}.",
+        "button": "Je confirme cette demande",
+        "code_title": "Confirmez votre demande avec un code",
+        "code_intro": "Saisissez la référence de votre demande et le code de 8\u00a0caractères de notre courriel.",
+        "reference": "Référence de la demande",
+        "reference_hint": "Par exemple dsr-2026-11-7KQ3FJ.",
+        "code": "Code de confirmation",
+        "wrong": "Cette référence et ce code ne correspondent pas. Vérifiez notre courriel et réessayez, ou "
+        "utilisez le lien qu’il contient.",
+        "confirmed_title": "Merci\u00a0: votre demande est confirmée",
+        "confirmed_body": "Nous la traitons et vous répondrons au plus tard le {deadline}.",
+        "already_title": "Cette demande était déjà confirmée",
+        "already_body": "Vous n’avez plus rien à faire. Nous vous répondrons par courriel.",
+        "closed_title": "Cette demande est clôturée",
+        "closed_body": "Elle ne peut plus être confirmée. Vous pouvez faire une nouvelle demande à tout moment.",
+        "invalid_body": "Vérifiez que vous avez copié le lien complet de notre courriel, ou saisissez le code sur "
+        "la page de confirmation.",
+        "expired_title": "Ce lien a expiré",
+        "expired_body": "Vous pouvez faire une nouvelle demande à tout moment.",
+        "locked_body": "Pour votre sécurité, la confirmation est bloquée pendant {minutes}\u00a0minutes. Réessayez "
+        "plus tard.",
+        "form_invalid_body": "Ouvrez de nouveau le lien de notre courriel.",
+        "error_title": "Un problème temporaire a empêché la confirmation",
+        "error_body": "Veuillez réessayer dans quelques minutes.",
+    },
+}
+"""``/verify/{token}`` and ``/verify``."""
+
+
+FORM: dict[str, dict[str, str]] = {
+    "en": {
+        **COMMON["en"],
+        "language_name": "English",
+        "switch_label": "Language",
+        "title": "Make a request about your personal data",
+        "error_prefix": "Error: ",
+        "intro_named": "Use this form to exercise your rights over the personal data {controller} holds about you, "
+        "as the General Data Protection Regulation (GDPR) provides. It is free of charge.",
+        "intro_generic": "Use this form to exercise your rights over the personal data we hold about you, as the "
+        "General Data Protection Regulation (GDPR) provides. It is free of charge.",
+        "required_note": "Fields marked “required” must be filled in.",
+        "required": "required",
+        "optional": "optional",
+        "kind_legend": "What would you like to do?",
+        "kind_access": "See your data",
+        "kind_access_hint": "Get a copy of your data and know how it is used.",
+        "kind_rectification": "Correct your data",
+        "kind_rectification_hint": "Have wrong or incomplete data corrected. Tell us what is wrong and the correct "
+        "value in the “Details” box.",
+        "kind_erasure": "Erase your data",
+        "kind_erasure_hint": "Have your data deleted. We keep only what the law requires us to keep (invoices, for "
+        "example), and we will tell you what and until when.",
+        "kind_portability": "Take your data elsewhere",
+        "kind_portability_hint": "Receive the data you gave us in a format a computer can read, to pass it on to "
+        "another service.",
+        "email_label": "Your email address",
+        "email_hint": "We will write to this address to check that it is yours, then to answer you. Use the one you "
+        "use with us.",
+        "name_label": "Your full name",
+        "name_hint": "It helps us find your data, for example if you changed your email address.",
+        "details_label": "Details",
+        "details_hint": "For a correction, tell us what is wrong and the correct value (required in that case). "
+        "Otherwise you may say which services or accounts are concerned.",
+        "reply_language": "We will reply in English.",
+        "submit": "Send my request",
+        "next_title": "What happens next?",
+        "next_confirm": "We send you an email to confirm your email address: click the link in it.",
+        "next_deadline": "We reply within one month of receiving your request. If it is complex, this can be "
+        "extended by two months; we would tell you so, and why, before the first month ends.",
+        "privacy_title": "What we do with the information in this form",
+        "privacy_body": "We use it only to handle your request and to be able to prove that we answered it, as the "
+        "law requires. We do not use it for anything else, such as marketing. The IP address of your connection is "
+        "used only to prevent abuse (too many requests). This form sets a single cookie, needed for its security: "
+        "it holds no personal data and expires after two hours.",
+        "summary_title": "Your request was not sent",
+        "err_kind": "Choose what you would like to do.",
+        "err_email_missing": "Enter your email address.",
+        "err_email_invalid": "Enter a valid email address, like name@example.com.",
+        "err_name_long": f"Your name must be {MAX_NAME} characters or fewer.",
+        "err_details_long": f"Details must be {MAX_DETAILS:,} characters or fewer.",
+        "err_details_rectification": "For a correction, tell us what is wrong and the correct value.",
+        "err_control": "This field contains characters that are not allowed.",
+        "err_duplicate": "This field was sent more than once. Fill it in again.",
+        "err_unreadable": "The form could not be read. Fill it in again.",
+        "err_rejected": "Your request could not be recorded. Check your answers and try again.",
+        "err_rate_limited": "Too many requests were sent from your connection or for this address. Try again in "
+        "{duration}.",
+        "err_unavailable": "A temporary problem prevented us from recording your request. Your answers are kept "
+        "below; try again in a few minutes.",
+        "csrf_title": "This form has expired",
+        "csrf_body": "For your security, the form is valid for two hours and only in the browser where it was "
+        "opened. Reload the form and send your request again: nothing was recorded.",
+        "too_large_body": "Shorten your details and send your request again: nothing was recorded.",
+        "unsupported_body": "Send your request from the form on this page: nothing was recorded.",
+        "back_to_form": "Back to the form",
+        "confirm_title": "We have received your request",
+        "confirm_reference": "Your request’s reference is in the email we send to the address you gave: quote it if "
+        "you contact us.",
+        "confirm_kind": "Your request:",
+        "confirm_deadline": "Answer by:",
+        "confirm_inbox": "Check your inbox: we have just written to you. If we need to confirm your email address, "
+        "the email has a link, and we can only handle your request once you confirm it. Look in your spam folder "
+        "too.",
+        "confirm_extension": "If your request is complex, this can be extended by two months; we would tell you so, "
+        "and why, before that date.",
+        "invalid_confirmation_title": "This page is not valid",
+        "invalid_confirmation_body": "If you have just sent a request, check your inbox: we have written to you. "
+        "Otherwise, fill in the form.",
+    },
+    "fr": {
+        **COMMON["fr"],
+        "language_name": "Français",
+        "switch_label": "Langue",
+        "title": "Faire une demande sur vos données personnelles",
+        "error_prefix": "Erreur\u00a0: ",
+        "intro_named": "Ce formulaire vous permet d’exercer vos droits sur les données personnelles que "
+        "{controller} détient sur vous, comme le prévoit le Règlement général sur la protection des données (RGPD). "
+        "C’est gratuit.",
+        "intro_generic": "Ce formulaire vous permet d’exercer vos droits sur les données personnelles que nous "
+        "détenons sur vous, comme le prévoit le Règlement général sur la protection des données (RGPD). C’est "
+        "gratuit.",
+        "required_note": "Les champs marqués «\u00a0obligatoire\u00a0» doivent être remplis.",
+        "required": "obligatoire",
+        "optional": "facultatif",
+        "kind_legend": "Que souhaitez-vous faire\u00a0?",
+        "kind_access": "Accéder à vos données",
+        "kind_access_hint": "Obtenir une copie de vos données et savoir comment elles sont utilisées.",
+        "kind_rectification": "Corriger vos données",
+        "kind_rectification_hint": "Faire corriger des données fausses ou incomplètes. Dites-nous ce qui est faux "
+        "et la bonne valeur dans le champ «\u00a0Précisions\u00a0».",
+        "kind_erasure": "Effacer vos données",
+        "kind_erasure_hint": "Faire supprimer vos données. Nous ne gardons que ce que la loi nous oblige à "
+        "conserver (les factures, par exemple), et nous vous dirons quoi et jusqu’à quand.",
+        "kind_portability": "Récupérer vos données pour les réutiliser ailleurs",
+        "kind_portability_hint": "Recevoir les données que vous nous avez fournies dans un format lisible par un "
+        "ordinateur, pour les transmettre à un autre service.",
+        "email_label": "Votre adresse électronique",
+        "email_hint": "Nous vous écrirons à cette adresse pour vérifier qu’elle est bien la vôtre, puis pour vous "
+        "répondre. Utilisez celle que vous utilisez chez nous.",
+        "name_label": "Vos prénom et nom",
+        "name_hint": "Ils nous aident à retrouver vos données, par exemple si vous avez changé d’adresse.",
+        "details_label": "Précisions",
+        "details_hint": "Pour une correction, dites-nous ce qui est faux et la bonne valeur (obligatoire dans ce "
+        "cas). Sinon, vous pouvez préciser les services ou les comptes concernés.",
+        "reply_language": "Nous vous répondrons en français.",
+        "submit": "Envoyer ma demande",
+        "next_title": "Et ensuite\u00a0?",
+        "next_confirm": "Nous vous envoyons un courriel pour confirmer votre adresse électronique\u00a0: cliquez "
+        "sur le lien qu’il contient.",
+        "next_deadline": "Nous vous répondons dans un délai d’un mois à compter de la réception de votre demande. "
+        "Si elle est complexe, ce délai peut être prolongé de deux mois\u00a0; nous vous le dirions alors avant la "
+        "fin du premier mois, en expliquant pourquoi.",
+        "privacy_title": "Ce que nous faisons des informations de ce formulaire",
+        "privacy_body": "Nous les utilisons uniquement pour traiter votre demande et pouvoir prouver que nous y "
+        "avons répondu, comme la loi nous y oblige. Nous ne les utilisons pas à d’autres fins, par exemple "
+        "commerciales. L’adresse IP de votre connexion sert seulement à empêcher les abus (trop de demandes "
+        "envoyées). Ce formulaire dépose un seul cookie, nécessaire à sa sécurité\u00a0: il ne contient aucune "
+        "donnée personnelle et expire après deux heures.",
+        "summary_title": "Votre demande n’a pas été envoyée",
+        "err_kind": "Choisissez ce que vous souhaitez faire.",
+        "err_email_missing": "Saisissez votre adresse électronique.",
+        "err_email_invalid": "Saisissez une adresse électronique valide, par exemple nom@exemple.fr.",
+        "err_name_long": f"Votre nom doit faire au plus {MAX_NAME}\u00a0caractères.",
+        "err_details_long": f"Les précisions doivent faire au plus {MAX_DETAILS:,}\u00a0caractères.".replace(
+            ",", "\u00a0"
+        ),
+        "err_details_rectification": "Pour une correction, dites-nous ce qui est faux et la bonne valeur.",
+        "err_control": "Ce champ contient des caractères non autorisés.",
+        "err_duplicate": "Ce champ a été envoyé plusieurs fois. Remplissez-le de nouveau.",
+        "err_unreadable": "Le formulaire n’a pas pu être lu. Remplissez-le de nouveau.",
+        "err_rejected": "Votre demande n’a pas pu être enregistrée. Vérifiez vos réponses et réessayez.",
+        "err_rate_limited": "Trop de demandes ont été envoyées depuis votre connexion ou pour cette adresse. "
+        "Réessayez dans {duration}.",
+        "err_unavailable": "Un problème temporaire nous a empêchés d’enregistrer votre demande. Vos réponses sont "
+        "conservées ci-dessous\u00a0; réessayez dans quelques minutes.",
+        "csrf_title": "Ce formulaire a expiré",
+        "csrf_body": "Pour votre sécurité, le formulaire n’est valable que deux heures et seulement dans le "
+        "navigateur où il a été ouvert. Rechargez le formulaire et envoyez votre demande de nouveau\u00a0: rien n’a "
+        "été enregistré.",
+        "too_large_body": "Raccourcissez vos précisions et envoyez votre demande de nouveau\u00a0: rien n’a été "
+        "enregistré.",
+        "unsupported_body": "Envoyez votre demande depuis le formulaire de cette page\u00a0: rien n’a été enregistré.",
+        "back_to_form": "Revenir au formulaire",
+        "confirm_title": "Votre demande a bien été reçue",
+        "confirm_reference": "La référence de votre demande figure dans le courriel que nous envoyons à l’adresse "
+        "indiquée\u00a0: rappelez-la si vous nous contactez.",
+        "confirm_kind": "Votre demande\u00a0:",
+        "confirm_deadline": "Réponse au plus tard le\u00a0:",
+        "confirm_inbox": "Vérifiez votre boîte de réception\u00a0: nous venons de vous écrire. Si nous devons "
+        "confirmer votre adresse électronique, le courriel contient un lien, et nous ne pouvons traiter votre "
+        "demande qu’après cette confirmation. Pensez à regarder dans vos courriels indésirables.",
+        "confirm_extension": "Si votre demande est complexe, ce délai peut être prolongé de deux mois\u00a0; nous "
+        "vous le dirions avant cette date, en expliquant pourquoi.",
+        "invalid_confirmation_title": "Cette page n’est pas valide",
+        "invalid_confirmation_body": "Si vous venez d’envoyer une demande, vérifiez votre boîte de réception\u00a0: "
+        "nous vous avons écrit. Sinon, remplissez le formulaire.",
+    },
+}
+"""The public form: ``/`` and ``/submitted``."""
