@@ -22,13 +22,13 @@ from activities.replies import ReplyActivities
 from activities.storage import StorageActivities
 from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
-from connectors.config import ConfigFileError
-from dsr.config import Settings
-from dsr.ledger import Ledger
-from dsr.links import DownloadLinks, IdentityLinks
-from dsr.profile import ControllerProfile, load_profile
+from dsr.config.profile import ControllerProfile, load_profile
+from dsr.config.settings import Settings
+from dsr.errors import ConfigurationError
 from dsr.store.attachments import AttachmentStore
 from dsr.store.exports import ExportStore
+from dsr.store.ledger import Ledger
+from dsr.store.links import DownloadLinks, IdentityLinks
 from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
@@ -49,7 +49,7 @@ class LedgerSentLog:
     def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None:
         from datetime import UTC, datetime
 
-        from dsr.model import TRIAGE_PREFIX, AuditEvent
+        from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
 
         if request_id.startswith(TRIAGE_PREFIX):
             return  # an unclassified email is not a request (yet): the ledger has no row to attach it to
@@ -123,7 +123,7 @@ def controller_signature(settings: Settings, profile: Callable[[], ControllerPro
         return settings.controller_name
     try:
         loaded = profile()
-    except ConfigFileError:
+    except ConfigurationError:
         return ""  # a malformed profile is reported by `dsr config check` and holds access replies
     return loaded.legal_name if loaded is not None else ""
 
@@ -150,9 +150,9 @@ def build_worker(
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Connect with the settings' key ring and run until ``stop`` is set (or forever)."""
-    from dsr.crypto import KeyRing
+    from dsr.runtime.temporal import connect
     from dsr.store import open_store
-    from dsr.temporal import connect
+    from dsr.store.crypto import KeyRing
 
     keyring = KeyRing.from_settings(settings)
     connectors = configured_connectors(settings)

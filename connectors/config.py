@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import Connector, RetentionRule, month_day
 from connectors.http import RateLimiter
-from dsr.model import RequestKind
+from dsr.domain.model import RequestKind
+from dsr.errors import ConfigurationError
 
 ConnectorType = Literal["hubspot", "stripe", "woocommerce"]
 
@@ -46,7 +47,7 @@ DEFAULT_BASE_URL = {"hubspot": "https://api.hubapi.com", "stripe": "https://api.
 DEFAULT_RATE = {"hubspot": (100, 10.0), "stripe": (25, 1.0), "woocommerce": (20, 1.0)}
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigurationError, ValueError):
     """The configuration file is missing, unreadable or malformed; the message says where and why."""
 
 
@@ -102,7 +103,7 @@ class ConnectorConfig(BaseModel):
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connectors: list[ConnectorConfig] = Field(default_factory=list)
-    controller: dict[str, Any] | None = None  # the controller profile, validated by dsr.profile
+    controller: dict[str, Any] | None = None  # the controller profile, validated by dsr.config.profile
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -2,7 +2,7 @@
 
 Flow
 ----
-1. ``GET /exports/{token}``: the token is checked (:class:`dsr.links.DownloadLinks`). Tampered: 403 page
+1. ``GET /exports/{token}``: the token is checked (:class:`dsr.store.links.DownloadLinks`). Tampered: 403 page
    "This link is not valid"; expired: 410 page "This link has expired; ask for a new one". Neither page
    says anything else (no reference, no expiry, no hint which check failed). A valid token gets a small
    form (French or English by ``Accept-Language``) asking for the code sent in the same email (8 characters,
@@ -29,7 +29,7 @@ public URL is https, ``Strict-Transport-Security``. User input never causes a 50
 
 Deployment notes
 ----------------
-* The attempt counters live in the ledger's database (:class:`dsr.guards.Guards`), keyed by request (so
+* The attempt counters live in the ledger's database (:class:`dsr.store.guards.Guards`), keyed by request (so
   every link of one request shares them) and by client address (hashed): every intake replica counts the
   same attempts, and the check of an answer and its count are one transaction.
 * The client address is ``request.client.host``: the socket's peer, or the ``X-Forwarded-For`` address a
@@ -55,9 +55,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
-from dsr.http_body import BodyTooLarge, read_limited_body
-from dsr.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
+from dsr.store.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
+from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
+from dsr.web.body import BodyTooLarge, read_limited_body
 
 __all__ = [
     "LOCKOUT",

@@ -56,8 +56,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dsr.http_body import BodyTooLarge, read_limited_body
-from dsr.model import Channel, RequestKind, is_valid_email
+from dsr.domain.model import Channel, RequestKind, is_valid_email
+from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.app import CSP, choose_language
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError

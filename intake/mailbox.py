@@ -85,11 +85,11 @@ from typing import Any, Protocol
 import aioimaplib
 from sqlalchemy import Engine
 
-from dsr.crypto import KeyRing
-from dsr.deadlines import receipt_date
-from dsr.model import Channel, Correspondence, Language, RequestKind, display_name, is_valid_email
+from dsr.domain.deadlines import receipt_date
+from dsr.domain.model import Channel, Correspondence, Language, RequestKind, display_name, is_valid_email
 from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore  # noqa: F401 - re-exported
 from dsr.store.attachments import safe_filename as _safe_filename
+from dsr.store.crypto import KeyRing
 from intake.authresults import UNCHECKED, SenderCheck, sender_check
 from intake.inbox import InboundMessage, Inbox, MessageState
 from intake.mimescan import MAX_DEPTH, MAX_PARTS, MessageTooComplex, check_mime_caps

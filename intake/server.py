@@ -13,18 +13,18 @@ from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from dsr.config import ConfigError, Settings
-from dsr.crypto import KeyRing
-from dsr.guards import AnswerThrottle, Guards
-from dsr.ledger import Ledger
-from dsr.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
+from dsr.config.settings import ConfigError, Settings
+from dsr.domain.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
+from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
+from dsr.store.guards import AnswerThrottle, Guards
+from dsr.store.ledger import Ledger
 from intake.service import IntakeService, RateLimits, confirm_identity
 
 if TYPE_CHECKING:
-    from dsr.bundle import BundleStream
+    from dsr.mail.bundle import BundleStream
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 def bundle_opener(keyring: KeyRing, exports: ExportStore) -> Callable[[str], BundleStream | None]:
     """What a download streams: the request's bundle from the object store (whichever machine built it), or
     None when it is gone (deleted at the link's expiry, by an erasure, or never built): the "gone" page."""
-    from dsr.bundle import open_bundle
+    from dsr.mail.bundle import open_bundle
 
     def opener(request_id: str) -> BundleStream | None:
         try:
@@ -72,7 +72,7 @@ def build_intake_app(
     settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
 ) -> tuple[FastAPI, IntakeService]:
     """The intake app (form, API, webhooks, identity confirmation, downloads) and its service."""
-    from dsr.links import DownloadLinks, IdentityLinks
+    from dsr.store.links import DownloadLinks, IdentityLinks
     from intake.api import DeskSettings, api_router
     from intake.app import intake_app
     from intake.form import form_router

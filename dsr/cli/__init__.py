@@ -22,6 +22,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from dsr.errors import InvalidInputError
+
 app = typer.Typer(
     name="dsr",
     help="A durable engine for GDPR data-subject requests, on Temporal.",
@@ -37,7 +39,7 @@ RequestId = Annotated[str, typer.Argument(help="The request reference, e.g. dsr-
 Actor = Annotated[str, typer.Option("--by", help="Who acts (an operator login), kept in the ledger.")]
 
 
-class UserError(Exception):
+class UserError(InvalidInputError):
     """A problem the operator can fix; printed as one line."""
 
 
@@ -74,8 +76,8 @@ def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
         from temporalio.service import RPCError, RPCStatusCode
 
         from connectors.config import ConfigFileError
-        from dsr.config import ConfigError
-        from dsr.crypto import KeyRingError
+        from dsr.config.settings import ConfigError
+        from dsr.store.crypto import KeyRingError
         from intake.submission import SubmissionError
 
         try:
@@ -102,9 +104,9 @@ def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
 
 
 async def _client():
-    from dsr.config import Settings
-    from dsr.crypto import KeyRing
-    from dsr.temporal import connect
+    from dsr.config.settings import Settings
+    from dsr.runtime.temporal import connect
+    from dsr.store.crypto import KeyRing
 
     settings = Settings.from_env()
     keyring = KeyRing.from_settings(settings)
@@ -138,7 +140,7 @@ def _parse_received(value: str | None) -> datetime | None:
     if parsed.tzinfo is None:
         from zoneinfo import ZoneInfo
 
-        from dsr.config import Settings
+        from dsr.config.settings import Settings
 
         # A bare date or time is the controller's local time: that is how a letter's stamp reads.
         parsed = parsed.replace(tzinfo=ZoneInfo(Settings.from_env().policy.timezone))
@@ -174,9 +176,9 @@ async def submit(
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
     the same subject and kind, as every channel does)."""
-    from dsr.config import Settings
-    from dsr.crypto import KeyRing
-    from dsr.ledger import Ledger, LedgerUnavailableError
+    from dsr.config.settings import Settings
+    from dsr.store.crypto import KeyRing
+    from dsr.store.ledger import Ledger, LedgerUnavailableError
     from intake.service import IntakeService, IntakeUnavailable
     from intake.submission import Submission, prepare
 
@@ -287,8 +289,8 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
 def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
     from zoneinfo import ZoneInfo
 
-    from dsr.crypto import KeyRing
-    from dsr.ledger import Ledger
+    from dsr.store.crypto import KeyRing
+    from dsr.store.ledger import Ledger
 
     ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
     try:
@@ -314,8 +316,8 @@ def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
 async def _update(request_id: str, update: str, argument: Any, as_json: bool) -> None:
     from temporalio.client import WorkflowExecutionStatus
 
-    from dsr import search_attributes as sa
-    from dsr.model import UpdateResult
+    from dsr.domain.model import UpdateResult
+    from workflows import search_attributes as sa
 
     _check_reference(request_id)
     _, client = await _client()
@@ -343,7 +345,7 @@ async def confirm_identity(
     as_json: JsonOption = False,
 ) -> None:
     """Confirm the subject's identity (e.g. after reviewing a document, which is then deleted)."""
-    from dsr.model import IdentityConfirmation, IdentityMethod
+    from dsr.domain.model import IdentityConfirmation, IdentityMethod
 
     try:
         chosen = IdentityMethod(method)
@@ -364,7 +366,7 @@ async def extend(
     as_json: JsonOption = False,
 ) -> None:
     """Extend the deadline by two months, once, within the first month; the subject is told why."""
-    from dsr.model import Extension
+    from dsr.domain.model import Extension
 
     await _update(request_id, "extend_deadline", Extension(reason=reason, requested_by=by), as_json)
 
@@ -381,7 +383,7 @@ async def refuse(
     as_json: JsonOption = False,
 ) -> None:
     """Refuse a request on a ground of the GDPR; the subject is told which, why, and of the right to complain."""
-    from dsr.model import Refusal, RefusalGround
+    from dsr.domain.model import Refusal, RefusalGround
 
     try:
         chosen = RefusalGround(ground)
@@ -400,7 +402,7 @@ async def withdraw(
     as_json: JsonOption = False,
 ) -> None:
     """Close a request the subject withdrew."""
-    from dsr.model import Withdrawal
+    from dsr.domain.model import Withdrawal
 
     await _update(request_id, "withdraw", Withdrawal(requested_by=by, reason=reason), as_json)
 
@@ -409,7 +411,7 @@ async def withdraw(
 @run
 async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOption = False) -> None:
     """Go on with a request in needs_attention: run its failed connectors again, or write its held reply."""
-    from dsr.model import Retry
+    from dsr.domain.model import Retry
 
     await _update(request_id, "retry", Retry(requested_by=by), as_json)
 
@@ -424,7 +426,7 @@ async def doubt(
 ) -> None:
     """Record a reasonable doubt about the requester's identity (Art. 12(6)): the subject is asked for what you
     need; with DSR_CLOCK=suspend_during_identity the time limit stands still until they provide it."""
-    from dsr.model import Doubt
+    from dsr.domain.model import Doubt
 
     await _update(request_id, "doubt", Doubt(reason=reason, requested_by=by), as_json)
 
@@ -438,7 +440,7 @@ async def rectify(
     as_json: JsonOption = False,
 ) -> None:
     """Give a rectification that came as free text the corrections to make (read them with `dsr status`)."""
-    from dsr.model import CANONICAL_FIELDS, Rectification
+    from dsr.domain.model import CANONICAL_FIELDS, Rectification
 
     changes = _parse_changes(change)
     unknown = sorted(set(changes) - CANONICAL_FIELDS)
@@ -456,7 +458,7 @@ async def clear_residuals(
     as_json: JsonOption = False,
 ) -> None:
     """Record that the residual data of a request (what a system's API could not erase) was cleared by hand."""
-    from dsr.model import ResidualsCleared
+    from dsr.domain.model import ResidualsCleared
 
     await _update(request_id, "clear_residuals", ResidualsCleared(cleared_by=by, note=note), as_json)
 
@@ -470,7 +472,7 @@ async def due(
     """Open requests due within DAYS, overdue first."""
     from zoneinfo import ZoneInfo
 
-    from dsr.dashboard import list_due
+    from dsr.runtime.dashboard import list_due
 
     settings, client = await _client()
     today = datetime.now(ZoneInfo(settings.policy.timezone)).date()
@@ -488,9 +490,9 @@ async def due(
 @app.command()
 def history(request_id: RequestId, as_json: JsonOption = False) -> None:
     """The request's audit trail from the ledger (kept after Temporal forgets the workflow)."""
-    from dsr.config import ConfigError, Settings
-    from dsr.crypto import KeyRing
-    from dsr.ledger import Ledger, LedgerUnavailableError
+    from dsr.config.settings import ConfigError, Settings
+    from dsr.store.crypto import KeyRing
+    from dsr.store.ledger import Ledger, LedgerUnavailableError
 
     try:
         settings = Settings.from_env()
@@ -522,9 +524,9 @@ def history(request_id: RequestId, as_json: JsonOption = False) -> None:
 
 def _open_ledger():
     """Settings and the ledger, for the verbs that read the ledger alone (no Temporal needed)."""
-    from dsr.config import ConfigError, Settings
-    from dsr.crypto import KeyRing, KeyRingError
-    from dsr.ledger import Ledger, LedgerUnavailableError
+    from dsr.config.settings import ConfigError, Settings
+    from dsr.store.crypto import KeyRing, KeyRingError
+    from dsr.store.ledger import Ledger, LedgerUnavailableError
 
     try:
         settings = Settings.from_env()
@@ -543,7 +545,7 @@ def _parse_day(value: str | None, option: str) -> date | None:
 
 
 def _parse_language(value: str | None, default: Any) -> Any:
-    from dsr.model import Language
+    from dsr.domain.model import Language
 
     if value is None:
         return default
@@ -589,9 +591,8 @@ def list_requests(
     import io
     from zoneinfo import ZoneInfo
 
-    from dsr.bundle import _csv_safe
-    from dsr.model import Language, RequestKind
-    from dsr.register import (
+    from dsr.domain.model import Language, RequestKind
+    from dsr.dpo.register import (
         COLUMNS,
         HEADERS,
         SUBJECT_COLUMNS,
@@ -601,6 +602,7 @@ def list_requests(
         entry_json,
         read_register,
     )
+    from dsr.mail.bundle import _csv_safe
 
     if open_only and closed_only:
         fail("--open and --closed exclude each other")
@@ -673,9 +675,9 @@ def report(
     extensions, refusals and their grounds."""
     from zoneinfo import ZoneInfo
 
-    from dsr.profile import ProfileError, load_profile
-    from dsr.register import compute_statistics, read_register
-    from dsr.report import render_html, statistics_json, summary_lines, year_period
+    from dsr.config.profile import ProfileError, load_profile
+    from dsr.dpo.register import compute_statistics, read_register
+    from dsr.dpo.report import render_html, statistics_json, summary_lines, year_period
 
     first, last = _parse_period(since, until)
     if year is not None and (first is not None or last is not None):
@@ -754,14 +756,14 @@ async def setup(as_json: JsonOption = False) -> None:
     attributes, and a check that the object storage is reachable and writable."""
     from temporalio.service import RPCError, RPCStatusCode
 
-    from dsr import search_attributes as sa
-    from dsr.guards import Guards
-    from dsr.ledger import Ledger, LedgerUnavailableError
+    from dsr.runtime.temporal import register_search_attributes
     from dsr.store import StorageError, open_store
-    from dsr.temporal import register_search_attributes
+    from dsr.store.guards import Guards
+    from dsr.store.ledger import Ledger, LedgerUnavailableError
+    from workflows import search_attributes as sa
 
     settings, client = await _client()
-    from dsr.crypto import KeyRing
+    from dsr.store.crypto import KeyRing
 
     keyring = KeyRing.from_settings(settings)
     done: dict[str, str] = {}
@@ -801,7 +803,7 @@ async def setup(as_json: JsonOption = False) -> None:
 @app.command()
 def worker() -> None:
     """Run a worker against TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE (production)."""
-    from dsr.config import ConfigError, Settings
+    from dsr.config.settings import ConfigError, Settings
     from worker import run_worker
 
     try:
@@ -809,8 +811,8 @@ def worker() -> None:
     except ConfigError as err:
         fail(str(err))
     from connectors.config import ConfigFileError
-    from dsr.crypto import KeyRingError
     from dsr.store import StorageError
+    from dsr.store.crypto import KeyRingError
 
     try:
         asyncio.run(run_worker(settings))
@@ -829,8 +831,8 @@ def up(
         "--no-worker", help="Start no worker: run `dsr worker` processes yourself.")] = False,
 ) -> None:
     """Start everything locally: Temporal dev server and UI, codec server, worker, SMTP sink."""
-    from dsr.config import ConfigError, Settings
-    from dsr.stack import StackError, run_stack
+    from dsr.config.settings import ConfigError, Settings
+    from dsr.runtime.stack import StackError, run_stack
 
     try:
         settings = Settings.from_env()
@@ -849,14 +851,14 @@ def up(
 @app.command()
 def intake() -> None:
     """Run the intake app alone (form, API, webhooks, /verify, downloads; mailbox if configured)."""
-    from dsr.config import ConfigError, Settings
+    from dsr.config.settings import ConfigError, Settings
 
     try:
         settings = Settings.from_env()
     except ConfigError as err:
         fail(str(err))
-    from dsr.crypto import KeyRingError
     from dsr.store import StorageError
+    from dsr.store.crypto import KeyRingError
 
     try:
         asyncio.run(_serve_intake(settings))
@@ -871,12 +873,12 @@ def intake() -> None:
 async def _serve_intake(settings) -> None:
     import signal
 
-    from dsr.codec_server import serve_codec
-    from dsr.crypto import KeyRing
-    from dsr.ledger import Ledger
     from dsr.store import open_store
     from dsr.store.attachments import AttachmentStore
+    from dsr.store.crypto import KeyRing
     from dsr.store.exports import ExportStore
+    from dsr.store.ledger import Ledger
+    from dsr.web.serve import serve_app
     from intake.server import build_intake_app, run_mailbox
 
     objects = open_store(settings)
@@ -889,7 +891,7 @@ async def _serve_intake(settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app, service = build_intake_app(settings, keyring, ledger, ExportStore(objects, keyring), client)
-    server = await serve_codec(app, host=settings.intake_host, port=settings.intake_port,
+    server = await serve_app(app, host=settings.intake_host, port=settings.intake_port,
                                trusted_proxies=settings.trusted_proxies)
     typer.echo(f"intake on {settings.intake_url} (Ctrl-C stops)")
     try:
@@ -937,7 +939,7 @@ async def triage_list(as_json: JsonOption = False) -> None:
 @run
 async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
     """The message itself (personal data: for the operator's eyes) and why it was not classified."""
-    from dsr.model import display_name
+    from dsr.domain.model import display_name
     from workflows.triage import TriageMessageWorkflow
 
     _, client = await _client()
@@ -967,7 +969,7 @@ async def triage_classify(
     as_json: JsonOption = False,
 ) -> None:
     """Make the message the request it is; it keeps the email's receipt date."""
-    from dsr.model import Language, RequestKind, TriageDecision
+    from dsr.domain.model import Language, RequestKind, TriageDecision
 
     try:
         chosen = RequestKind(kind)
@@ -977,7 +979,7 @@ async def triage_classify(
                         f" (got {kind!r}, {language!r})") from None
     decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=_parse_changes(change or []))
     _, client = await _client()
-    from dsr.model import TriageStatus
+    from dsr.domain.model import TriageStatus
 
     status = await _triage_handle(client, triage_id).execute_update("classify", decision, result_type=TriageStatus)
     if as_json:
@@ -1000,7 +1002,7 @@ async def triage_dismiss(
     by: Actor = "operator",
 ) -> None:
     """Not a request (spam...): close it with the reason; or a request refused (--refuse KIND): the sender is told."""
-    from dsr.model import RefusalGround, RequestKind, TriageDismissal
+    from dsr.domain.model import RefusalGround, RequestKind, TriageDismissal
 
     if not reason.strip():
         raise UserError("--reason must not be empty")
@@ -1023,10 +1025,10 @@ app.add_typer(attachments_app, name="attachments")
 
 
 def _attachments():
-    from dsr.config import Settings
-    from dsr.crypto import KeyRing
+    from dsr.config.settings import Settings
     from dsr.store import open_store
     from dsr.store.attachments import AttachmentStore
+    from dsr.store.crypto import KeyRing
 
     settings = Settings.from_env()
     return AttachmentStore(open_store(settings), KeyRing.from_settings(settings))
@@ -1035,9 +1037,9 @@ def _attachments():
 @attachments_app.command("list")
 def attachments_list(request_id: RequestId, as_json: JsonOption = False) -> None:
     """What a request came with (deleted automatically once identity is confirmed)."""
-    from dsr.config import ConfigError
-    from dsr.crypto import KeyRingError
+    from dsr.config.settings import ConfigError
     from dsr.store import StorageError
+    from dsr.store.crypto import KeyRingError
 
     try:
         _check_reference(request_id)
@@ -1064,9 +1066,9 @@ def attachments_get(
     """Decrypt one attachment to a file, to review a document; delete your copy after."""
     import os
 
-    from dsr.config import ConfigError
-    from dsr.crypto import KeyRingError
+    from dsr.config.settings import ConfigError
     from dsr.store import StorageError
+    from dsr.store.crypto import KeyRingError
 
     try:
         _check_reference(request_id)
@@ -1091,7 +1093,7 @@ async def connectors_check(as_json: JsonOption = False) -> None:
     """Call each configured system once: reachable, credentials accepted; non-zero exit on any failure."""
     from connectors.base import ConnectorError
     from connectors.config import build_connector, load_config
-    from dsr.config import Settings
+    from dsr.config.settings import Settings
 
     settings = Settings.from_env()
     config = load_config(settings.config_file)
@@ -1133,15 +1135,16 @@ app.add_typer(config_app, name="config")
 @config_app.command("check")
 def config_check(as_json: JsonOption = False) -> None:
     """Check dsr.toml: connectors and the controller profile (every Art. 15(1) item); exit 1 if incomplete."""
-    from connectors.config import ConfigFileError, load_config
-    from dsr.config import ConfigError, Settings
-    from dsr.profile import check_profile, load_profile
+    from connectors.config import load_config
+    from dsr.config.profile import check_profile, load_profile
+    from dsr.config.settings import Settings
+    from dsr.errors import ConfigurationError
 
     try:
         settings = Settings.from_env()
         config = load_config(settings.config_file)
         profile = load_profile(settings.config_file)
-    except (ConfigError, ConfigFileError) as err:
+    except ConfigurationError as err:  # the settings, the connectors or the profile of dsr.toml
         fail(str(err))
     missing = check_profile(profile)
     if as_json:
@@ -1168,8 +1171,8 @@ app.add_typer(keys_app, name="keys")
 @keys_app.command("rotate")
 def keys_rotate(as_json: JsonOption = False) -> None:
     """Add a new current key; old keys keep decrypting. Restart every process afterwards."""
-    from dsr.config import ConfigError, Settings
-    from dsr.crypto import ENV_VAR, KeyRing, KeyRingError
+    from dsr.config.settings import ConfigError, Settings
+    from dsr.store.crypto import ENV_VAR, KeyRing, KeyRingError
 
     try:
         settings = Settings.from_env()
@@ -1203,8 +1206,8 @@ def keys_rotate(as_json: JsonOption = False) -> None:
 @keys_app.command("list")
 def keys_list(as_json: JsonOption = False) -> None:
     """The key ids (never the keys): which is current, which the blind index uses."""
-    from dsr.config import ConfigError, Settings
-    from dsr.crypto import KeyRing, KeyRingError
+    from dsr.config.settings import ConfigError, Settings
+    from dsr.store.crypto import KeyRing, KeyRingError
 
     try:
         ring = KeyRing.from_settings(Settings.from_env())
@@ -1226,7 +1229,7 @@ app.add_typer(demo_app, name="demo")
 @demo_app.command("customers")
 def demo_customers(as_json: JsonOption = False) -> None:
     """The sample customers of the demo: email, the systems holding each, record counts."""
-    from dsr.config import ConfigError, Settings
+    from dsr.config.settings import ConfigError, Settings
     from sandbox.demo import DemoError, load_customers
 
     try:
@@ -1247,9 +1250,10 @@ def codec_server(
     origin: Annotated[str | None, typer.Option(help="The Temporal UI's origin allowed by CORS.")] = None,
 ) -> None:
     """Decode payloads for the Temporal UI, for staff holding DSR_CODEC_TOKEN."""
-    from dsr.codec_server import codec_app, serve_codec
-    from dsr.config import ConfigError, Settings
-    from dsr.crypto import KeyRing
+    from dsr.config.settings import ConfigError, Settings
+    from dsr.runtime.codec_server import codec_app
+    from dsr.store.crypto import KeyRing
+    from dsr.web.serve import serve_app
 
     try:
         settings = Settings.from_env()
@@ -1261,7 +1265,7 @@ def codec_server(
     application = codec_app(keyring, allowed_origin=origin or settings.ui_url, token=settings.codec_token)
 
     async def serve() -> None:
-        server = await serve_codec(application, port=port or settings.codec_port)
+        server = await serve_app(application, port=port or settings.codec_port)
         await server.wait()
 
     with contextlib.suppress(KeyboardInterrupt):

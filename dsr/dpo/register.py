@@ -37,8 +37,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from dsr.ledger import EventRow, Ledger, RequestRow
-from dsr.model import Language, Outcome, RefusalGround, RequestKind, Stage
+from dsr.domain.model import Language, Outcome, RefusalGround, RequestKind, Stage
+from dsr.store.ledger import EventRow, Ledger, RequestRow
 
 REGISTER_EVENTS = ("closed", "refused", "clock_suspended", "identity_doubt", "clock_resumed")
 """The only events the register reads: when a request closed, on what ground it was refused, and when its period

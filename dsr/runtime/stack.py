@@ -22,14 +22,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from dsr import search_attributes as sa
-from dsr.config import Settings
-from dsr.dashboard import ui_links
+from dsr.config.settings import Settings
+from dsr.errors import ConfigurationError
+from dsr.runtime.dashboard import ui_links
+from workflows import search_attributes as sa
 
 LOOPBACK = "127.0.0.1"
 
 
-class StackError(RuntimeError):
+class StackError(ConfigurationError, RuntimeError):
     """The stack cannot start; the message says what to do."""
 
 
@@ -111,7 +112,7 @@ def start_dev_server(settings: Settings, *, port: int, codec_endpoint: str | Non
 
 async def wait_for_temporal(settings: Settings, keyring, server: DevServer, *, timeout: float = 60.0):
     """Connect once the dev server answers (it needs a few seconds, more on first start)."""
-    from dsr.temporal import connect
+    from dsr.runtime.temporal import connect
 
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -155,7 +156,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
 
     ``worker=False`` (``--no-worker``): no worker in this process; ``dsr worker`` processes run the requests
     (operators who scale them apart, chaos runs that kill them)."""
-    from dsr.crypto import KeyRing
+    from dsr.store.crypto import KeyRing
     from worker import configured_connectors
 
     rates = None
@@ -190,12 +191,13 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
 async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes, with_worker: bool) -> None:
     import concurrent.futures
 
-    from dsr.codec_server import CodecTokenError, codec_app, load_or_create_token, serve_codec
-    from dsr.ledger import Ledger
-    from dsr.outbox import OutboxSink
+    from dsr.mail.outbox import OutboxSink
+    from dsr.runtime.codec_server import CodecTokenError, codec_app, load_or_create_token
     from dsr.store import StorageError, open_store
     from dsr.store.attachments import AttachmentStore
     from dsr.store.exports import ExportStore
+    from dsr.store.ledger import Ledger
+    from dsr.web.serve import serve_app
     from intake.server import build_intake_app, run_mailbox
     from worker import build_worker
 
@@ -221,7 +223,7 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
     exports = ExportStore(objects, keyring)
     intake = None
     mailbox_task = None
-    codec = await serve_codec(
+    codec = await serve_app(
         codec_app(keyring, allowed_origin=settings.ui_url, token=codec_token), host=LOOPBACK, port=settings.codec_port
     )
     sink = None
@@ -234,7 +236,7 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             await sink.start(host=LOOPBACK, port=settings.smtp.port)
         client = await wait_for_temporal(settings, keyring, server)
         app, service = build_intake_app(settings, keyring, ledger, exports, client)
-        intake = await serve_codec(app, host=LOOPBACK, port=settings.intake_port,
+        intake = await serve_app(app, host=LOOPBACK, port=settings.intake_port,
                                    trusted_proxies=settings.trusted_proxies)
         if settings.imap is not None:
             mailbox_task = asyncio.create_task(
@@ -264,7 +266,7 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
 
 def _profile_state(settings: Settings) -> str:
     """Said at start, so nobody learns of a missing Art. 15(1) item from the first held access reply."""
-    from dsr.profile import ProfileError, check_profile, load_profile
+    from dsr.config.profile import ProfileError, check_profile, load_profile
 
     try:
         missing = check_profile(load_profile(settings.config_file))

@@ -10,13 +10,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dsr.store.location import StorageLocation, parse_storage_url
 from dsr.store.objects import FileStore, ObjectExists, ObjectNotFound, ObjectReader, ObjectStore, StorageError
 
-if TYPE_CHECKING:
-    from dsr.config import Settings
+
+class StorageSettings(Protocol):
+    """What :func:`open_store` reads of the settings (:class:`dsr.config.settings.Settings` has it): the store
+    layer sits below the configuration and knows it by this shape only."""
+
+    @property
+    def storage_url(self) -> str: ...
 
 __all__ = [
     "FileStore",
@@ -43,6 +48,6 @@ def store_at(url: str) -> ObjectStore:
     return FileStore(location.path)
 
 
-def open_store(settings: Settings) -> ObjectStore:
+def open_store(settings: StorageSettings) -> ObjectStore:
     """The object store the settings name (``DSR_STORAGE_URL``): the one place every process builds it."""
     return store_at(settings.storage_url)

@@ -4,7 +4,7 @@ Key layout, under ``exports/<request_id>/`` (so that one prefix deletion removes
 
     data/<system>/<dataset>/meta.json              {"provided": true|false} (Art. 20); no personal data
     data/<system>/<dataset>/<seq:08d>-<n>.chunk    one sealed JSON list of n records (one vendor page)
-    bundle.zip.enc                                 the encrypted bundle (dsr.bundle), what the subject downloads
+    bundle.zip.enc                                 the encrypted bundle (dsr.mail.bundle), what the subject downloads
 
 An object store cannot append, so each sealed chunk is its own object, numbered from 0. A chunk's record
 count is in its name: counting an export lists names and decrypts nothing. Each chunk is AES-GCM through

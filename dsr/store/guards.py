@@ -3,7 +3,7 @@
 N intake replicas on N machines must allow exactly what one does, so nothing the intake counts lives in a
 process: each decision is one transaction that reads *and* records, on rows locked for that transaction
 (SQLite: the write transaction takes the database's write lock at ``BEGIN IMMEDIATE``, see
-:mod:`dsr.ledger`; PostgreSQL: ``INSERT ... ON CONFLICT DO NOTHING`` makes the row exist, ``SELECT ... FOR
+:mod:`dsr.store.ledger`; PostgreSQL: ``INSERT ... ON CONFLICT DO NOTHING`` makes the row exist, ``SELECT ... FOR
 UPDATE`` locks it), so two replicas deciding at the same instant queue on the row, the second seeing what
 the first recorded.
 
@@ -53,7 +53,7 @@ from sqlalchemy import Engine, String, Text, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel
 
-from dsr.ledger import UTCDateTime, create_tables
+from dsr.store.ledger import UTCDateTime, create_tables
 
 CLIENT_PURPOSE = "intake.client-address"
 PURGE_EVERY = timedelta(minutes=1)
@@ -61,7 +61,7 @@ PURGE_BATCH = 500
 
 
 class Indexer(Protocol):
-    """A keyed hash (``dsr.crypto.KeyRing`` implements it)."""
+    """A keyed hash (``dsr.store.crypto.KeyRing`` implements it)."""
 
     def blind_index(self, value: str, *, purpose: str) -> str: ...
 
@@ -201,7 +201,7 @@ class Guards:
     def __init__(self, engine: Engine, indexer: Indexer, *, purge_every: timedelta = PURGE_EVERY,
                  purge_batch: int = PURGE_BATCH) -> None:
         self._engine = engine
-        # On the ledger's SQLite engine this option makes writes BEGIN IMMEDIATE (see dsr.ledger).
+        # On the ledger's SQLite engine this option makes writes BEGIN IMMEDIATE (see dsr.store.ledger).
         self._write_engine = engine.execution_options(dsr_write=True)
         self._indexer = indexer
         self._purge_every = purge_every

@@ -42,7 +42,8 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
 
-from dsr.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
+from dsr.domain.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
+from dsr.errors import NotFoundError, StoreError
 
 EMAIL_PURPOSE = "subject.email"
 NAME_PURPOSE = "subject.name"
@@ -54,7 +55,7 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class Sealer(Protocol):
-    """Encrypts personal data at rest; ``dsr.crypto.KeyRing`` implements it."""
+    """Encrypts personal data at rest; ``dsr.store.crypto.KeyRing`` implements it."""
 
     def seal_text(self, plaintext: str, *, purpose: str, context: str | None = None) -> str: ...
 
@@ -63,11 +64,11 @@ class Sealer(Protocol):
     def blind_index(self, value: str, *, purpose: str) -> str: ...
 
 
-class LedgerUnavailableError(RuntimeError):
+class LedgerUnavailableError(StoreError, RuntimeError):
     """The ledger's database cannot be reached or prepared; the message carries no password."""
 
 
-class UnknownRequestError(LookupError):
+class UnknownRequestError(NotFoundError, LookupError):
     """An event names a request that has no row in the ledger (``record_request`` was not called)."""
 
 
@@ -134,7 +135,7 @@ class EventRow(SQLModel, table=True):
 
 
 class EventNoteRow(SQLModel, table=True):
-    """The sealed note of one event (:attr:`dsr.model.AuditEvent.note`), beside the append-only events table
+    """The sealed note of one event (:attr:`dsr.domain.model.AuditEvent.note`), beside the append-only events table
     so ledgers created before notes existed gain it as a new table."""
 
     __tablename__ = "event_notes"
@@ -407,7 +408,7 @@ class Ledger:
 
     @property
     def sealer(self) -> Sealer:
-        """The key ring behind the blind indexes (``dsr.guards`` hashes client addresses with it)."""
+        """The key ring behind the blind indexes (``dsr.store.guards`` hashes client addresses with it)."""
         return self._sealer
 
     def close(self) -> None:
@@ -703,7 +704,7 @@ class Ledger:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
-        """A read-only session, for reports that select many rows in one query (``dsr.register``) instead of
+        """A read-only session, for reports that select many rows in one query (``dsr.dpo.register``) instead of
         one call per request."""
         with self._session(write=False) as session:
             yield session
