@@ -288,7 +288,7 @@ def _write_csv(zf: zipfile.ZipFile, when: datetime, store: ExportStore, request_
 def _report_context(summaries: list[_DatasetSummary], *, language: Language, kind: RequestKind,
                     reference: str, info: Mapping[str, str], provided_only: bool,
                     when: datetime) -> dict[str, Any]:
-    datasets = []
+    datasets: list[dict[str, Any]] = []
     for n, s in enumerate(summaries, 1):
         columns = list(dict.fromkeys(c for row in s.preview for c in row))
         datasets.append({

@@ -226,7 +226,7 @@ def _purposes(profile: ControllerProfile | None, lang: str) -> tuple[list[dict[s
         recipients = []
         for recipient in purpose.recipients or []:
             third = is_third_country(recipient.country)
-            view = {
+            view: dict[str, Any] = {
                 "name": _text(recipient.name, lang),
                 "role": _text(recipient.role, lang),
                 "country": _words(_COUNTRIES, lang, recipient.country) if recipient.country else "",

@@ -40,7 +40,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel import Field, Session, SQLModel, col, create_engine
 
 from dsr.domain.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
 from dsr.errors import NotFoundError, StoreError
@@ -606,8 +606,8 @@ class Ledger:
         """A ledger from before claims existed: its open requests hold their subject and kind (oldest first),
         so an upgrade does not let a duplicate of a request already under way start a second workflow."""
         statement = (
-            select(RequestRow).where(RequestRow.stage != Stage.CLOSED.value)
-            .order_by(RequestRow.received_at, RequestRow.request_id)
+            select(RequestRow).where(col(RequestRow.stage) != Stage.CLOSED.value)
+            .order_by(col(RequestRow.received_at), col(RequestRow.request_id))
         )
         with self._session(write=True) as session:
             taken: set[tuple[str, str]] = {
@@ -643,8 +643,8 @@ class Ledger:
         if not wanted:
             return None
         statement = (
-            select(EventRow.request_id)
-            .where(EventRow.event_key.in_(wanted), EventRow.event == "notice_sent")  # type: ignore[attr-defined]
+            select(col(EventRow.request_id))
+            .where(col(EventRow.event_key).in_(wanted), col(EventRow.event) == "notice_sent")
             .limit(1)
         )
         with self._session(write=False) as session:
@@ -665,10 +665,10 @@ class Ledger:
     def events(self, request_id: str) -> list[LedgerEvent]:
         """The request's events in time order (ties: the order they were appended)."""
         statement = (
-            select(EventRow, EventNoteRow.note_sealed)
-            .join(EventNoteRow, EventNoteRow.event_key == EventRow.event_key, isouter=True)
-            .where(EventRow.request_id == request_id)
-            .order_by(EventRow.at, EventRow.id)
+            select(EventRow, col(EventNoteRow.note_sealed))
+            .join(EventNoteRow, col(EventNoteRow.event_key) == col(EventRow.event_key), isouter=True)
+            .where(col(EventRow.request_id) == request_id)
+            .order_by(col(EventRow.at), col(EventRow.id))
         )
         with self._session(write=False) as session:
             return [
@@ -682,8 +682,8 @@ class Ledger:
         """Every request (or those in ``stage``), oldest first."""
         statement = select(RequestRow)
         if stage is not None:
-            statement = statement.where(RequestRow.stage == Stage(stage).value)
-        statement = statement.order_by(RequestRow.received_at, RequestRow.request_id)
+            statement = statement.where(col(RequestRow.stage) == Stage(stage).value)
+        statement = statement.order_by(col(RequestRow.received_at), col(RequestRow.request_id))
         with self._session(write=False) as session:
             return [self._view(row) for row in session.scalars(statement)]
 
@@ -694,12 +694,12 @@ class Ledger:
             row = session.get(RequestRow, request_id)
             if row is None:
                 return []
-            statement = select(RequestRow.request_id).where(
-                RequestRow.subject_index == row.subject_index,
-                RequestRow.kind.in_([RequestKind(k).value for k in kinds]),  # type: ignore[attr-defined]
-                RequestRow.received_at <= row.received_at,
-                RequestRow.request_id != request_id,
-            ).order_by(RequestRow.received_at, RequestRow.request_id)
+            statement = select(col(RequestRow.request_id)).where(
+                col(RequestRow.subject_index) == row.subject_index,
+                col(RequestRow.kind).in_([RequestKind(k).value for k in kinds]),
+                col(RequestRow.received_at) <= row.received_at,
+                col(RequestRow.request_id) != request_id,
+            ).order_by(col(RequestRow.received_at), col(RequestRow.request_id))
             return list(session.scalars(statement))
 
     @contextlib.contextmanager
@@ -728,7 +728,7 @@ class Ledger:
 
     @staticmethod
     def _event_exists(session: Session, key: str) -> bool:
-        return session.scalar(select(EventRow.id).where(EventRow.event_key == key)) is not None
+        return session.scalar(select(col(EventRow.id)).where(col(EventRow.event_key) == key)) is not None
 
     def _subject(self, row: RequestRow) -> Subject:
         return Subject(
