@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -150,33 +150,22 @@ def build_worker(
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Connect with the settings' key ring and run until ``stop`` is set (or forever)."""
-    from dsr.runtime.temporal import connect
-    from dsr.store import open_store
-    from dsr.store.crypto import KeyRing
+    from dsr.runtime.bootstrap import Deployment
 
-    keyring = KeyRing.from_settings(settings)
-    connectors = configured_connectors(settings)
-    objects = open_store(settings)
-    await asyncio.to_thread(objects.check)
-    client = await connect(settings, keyring)
-    ledger = Ledger(settings.database_url, keyring)
+    deployment = Deployment.from_settings(settings)
+    connectors = deployment.connectors()
+    await deployment.check_storage()
+    client = await deployment.client()
+    ledger = deployment.ledger
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
-            worker = build_worker(client, settings, ledger, connectors,
-                                  exports=ExportStore(objects, keyring), executor=executor)
+            worker = build_worker(client, settings, ledger, connectors, exports=deployment.exports, executor=executor)
             async with worker:
                 await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:
-        ledger.close()
+        deployment.close()
         for connector in connectors:
             await connector.aclose()
-
-
-def configured_connectors(settings: Settings, env: Mapping[str, str] | None = None) -> list[Connector]:
-    """The connectors of ``dsr.toml``, with their secrets from the environment."""
-    from connectors.config import build_connectors, load_config
-
-    return build_connectors(load_config(settings.config_file), settings.connector_environment(env))
 
 
 def main() -> None:

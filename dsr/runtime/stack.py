@@ -20,12 +20,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from dsr.config.settings import Settings
 from dsr.errors import ConfigurationError
 from dsr.runtime.dashboard import ui_links
 from workflows import search_attributes as sa
+
+if TYPE_CHECKING:
+    from connectors.base import Connector
+    from dsr.runtime.bootstrap import Deployment
+    from sandbox.demo import Demo
 
 LOOPBACK = "127.0.0.1"
 
@@ -156,8 +162,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
 
     ``worker=False`` (``--no-worker``): no worker in this process; ``dsr worker`` processes run the requests
     (operators who scale them apart, chaos runs that kill them)."""
-    from dsr.store.crypto import KeyRing
-    from worker import configured_connectors
+    from dsr.runtime.bootstrap import Deployment
 
     rates = None
     if demo:
@@ -168,7 +173,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
     stop = stop or asyncio.Event()
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)  # keys, ledger and outbox hold personal data
-    keyring = KeyRing.from_settings(settings, create=True)
+    deployment = Deployment.from_settings(settings, create_keys=True)
     sandboxes = None
     if demo:
         from sandbox.demo import DemoError, start_demo
@@ -181,26 +186,25 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
         except DemoError as err:
             raise StackError(str(err)) from None
     try:
-        connectors = configured_connectors(settings)  # a bad dsr.toml stops here, before anything starts
-        await _run_services(settings, keyring, connectors, stop, sandboxes, worker)
+        connectors = deployment.connectors()  # a bad dsr.toml stops here, before anything starts
+        await _run_services(deployment, connectors, stop, sandboxes, worker)
     finally:
         if sandboxes is not None:
             await sandboxes.stop()
 
 
-async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes, with_worker: bool) -> None:
+async def _run_services(deployment: Deployment, connectors: list[Connector], stop: asyncio.Event,
+                        sandboxes: Demo | None, with_worker: bool) -> None:
     import concurrent.futures
 
     from dsr.mail.outbox import OutboxSink
     from dsr.runtime.codec_server import CodecTokenError, codec_app, load_or_create_token
-    from dsr.store import StorageError, open_store
-    from dsr.store.attachments import AttachmentStore
-    from dsr.store.exports import ExportStore
-    from dsr.store.ledger import Ledger
+    from dsr.store import StorageError
     from dsr.web.serve import serve_app
     from intake.server import build_intake_app, run_mailbox
     from worker import build_worker
 
+    settings, keyring = deployment.settings, deployment.keyring
     port = temporal_port(settings)
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
     # Any local user reaches loopback: the codec server answers only with the token (a random one kept in
@@ -214,13 +218,12 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             codec_token, created = load_or_create_token(settings.codec_token_file)
         except CodecTokenError as err:
             raise StackError(str(err)) from None
-    ledger = Ledger(settings.database_url, keyring)
-    objects = open_store(settings)
+    ledger = deployment.ledger
     try:
-        await asyncio.to_thread(objects.check)
+        await deployment.check_storage()
     except StorageError as err:
         raise StackError(str(err)) from None
-    exports = ExportStore(objects, keyring)
+    exports = deployment.exports
     intake = None
     mailbox_task = None
     codec = await serve_app(
@@ -240,7 +243,7 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
                                    trusted_proxies=settings.trusted_proxies)
         if settings.imap is not None:
             mailbox_task = asyncio.create_task(
-                run_mailbox(settings, keyring, ledger, service, stop, AttachmentStore(objects, keyring)))
+                run_mailbox(settings, keyring, ledger, service, stop, deployment.attachments))
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor) \
                 if with_worker else contextlib.nullcontext()
@@ -255,7 +258,7 @@ async def _run_services(settings: Settings, keyring, connectors, stop, sandboxes
             await asyncio.gather(mailbox_task, return_exceptions=True)
         if intake is not None:
             await intake.stop()
-        ledger.close()
+        deployment.close()
         for connector in connectors:
             await connector.aclose()
         if sink is not None:
