@@ -39,7 +39,7 @@ SHOP = textwrap.dedent(f"""
         c = state.add_customer({EMAIL!r}, "Marie", "Lefevre", billing={{"email": {EMAIL!r}, "first_name": "Marie"}})
         state.bulk_orders(c["id"], 10_000)
         server = await serve_app(woocommerce_app(state, consumer_key={WOO_KEY!r}, consumer_secret={WOO_SECRET!r}),
-                                   port=0)
+                                 port=0)
         print(server.port, flush=True)
         await server.wait()
     asyncio.run(main())

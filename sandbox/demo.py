@@ -202,7 +202,7 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
     faults = {system: Faults(rates=rates) for system in ("hubspot", "woocommerce", "stripe")}
     servers = [
         await serve_app(hubspot_app(hubspot_state, token=HUBSPOT_TOKEN, faults=faults["hubspot"]),
-                          port=ports["hubspot"]),
+                        port=ports["hubspot"]),
         await serve_app(woocommerce_app(woo_state, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET,
                                           faults=faults["woocommerce"]),
                           port=ports["woocommerce"]),

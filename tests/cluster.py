@@ -86,7 +86,7 @@ async def start_sandboxes() -> Sandboxes:
     servers = [
         await serve_app(hubspot_app(hubspot, token=HUBSPOT_TOKEN, faults=hubspot_faults), port=0),
         await serve_app(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, faults=faults),
-                          port=0),
+                        port=0),
     ]
     stripe = LocalStripe(api_key=STRIPE_KEY)
     await asyncio.to_thread(stripe.start)

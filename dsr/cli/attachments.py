@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from dsr.store.attachments import AttachmentStore
 
 from dsr.cli.common import (
     JsonOption,
@@ -21,16 +24,10 @@ from dsr.cli.common import (
 app = typer.Typer(help="Files that came with email requests (ID documents).", no_args_is_help=True)
 
 
+def _attachments() -> AttachmentStore:
+    from dsr.runtime.bootstrap import Deployment
 
-def _attachments():
-    from dsr.config.settings import Settings
-    from dsr.store import open_store
-    from dsr.store.attachments import AttachmentStore
-    from dsr.store.crypto import KeyRing
-
-    settings = Settings.from_env()
-    return AttachmentStore(open_store(settings), KeyRing.from_settings(settings))
-
+    return Deployment.from_env().attachments
 
 
 @app.command("list")
@@ -54,7 +51,6 @@ def attachments_list(request_id: RequestId, as_json: JsonOption = False) -> None
         typer.echo(f"  {item.index}  {item.filename}  {item.content_type}  {item.size} bytes")
         if item.sender_check:  # what our mail server said of the email's sender: a forged From shows here
             typer.echo(f"     sender: {item.sender_check}")
-
 
 
 @app.command("get")

@@ -11,37 +11,38 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, is_dataclass
 from datetime import date, datetime
 from enum import Enum
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from dsr.config.settings import Settings
+    from dsr.runtime.bootstrap import Deployment
+    from dsr.store.ledger import Ledger
 
 from dsr.errors import InvalidInputError
 
 T = TypeVar("T")
 
 
-
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
 
 
 RequestId = Annotated[str, typer.Argument(help="The request reference, e.g. dsr-2026-11-7KQ3FJ.")]
 
 
-
 Actor = Annotated[str, typer.Option("--by", help="Who acts (an operator login), kept in the ledger.")]
-
 
 
 class UserError(InvalidInputError):
     """A problem the operator can fix; printed as one line."""
 
 
-
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
-
 
 
 def plain(value: Any) -> Any:
@@ -59,10 +60,8 @@ def plain(value: Any) -> Any:
     return value
 
 
-
 def emit_json(value: Any) -> None:
     typer.echo(json.dumps(plain(value), ensure_ascii=False, indent=2, sort_keys=True))
-
 
 
 def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
@@ -101,21 +100,23 @@ def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
     return wrapper
 
 
+async def connect_deployment() -> tuple[Deployment, Client]:
+    """The deployment of the environment's settings, and its Temporal client (one line if it cannot be reached)."""
+    from dsr.runtime.bootstrap import Deployment
 
-async def temporal_client():
-    from dsr.config.settings import Settings
-    from dsr.runtime.temporal import connect
-    from dsr.store.crypto import KeyRing
-
-    settings = Settings.from_env()
-    keyring = KeyRing.from_settings(settings)
+    deployment = Deployment.from_env()
     try:
-        return settings, await connect(settings, keyring)
+        return deployment, await deployment.client()
     except RuntimeError as err:
         raise UserError(
-            f"cannot reach Temporal at {settings.temporal_address}: is `dsr up` running?"
+            f"cannot reach Temporal at {deployment.settings.temporal_address}: is `dsr up` running?"
         ) from err
 
+
+async def temporal_client() -> tuple[Settings, Client]:
+    """The settings and the Temporal client, for the verbs that need nothing else."""
+    deployment, client = await connect_deployment()
+    return deployment.settings, client
 
 
 def check_reference(request_id: str) -> None:
@@ -123,13 +124,11 @@ def check_reference(request_id: str) -> None:
         raise UserError(f"{request_id!r} is not a request reference (they look like dsr-2026-11-7KQ3FJ)")
 
 
-
 def request_handle(client, request_id: str):
     from workflows.request import DataSubjectRequest
 
     check_reference(request_id)
     return client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
-
 
 
 def parse_changes(values: list[str]) -> dict[str, str]:
@@ -142,19 +141,19 @@ def parse_changes(values: list[str]) -> dict[str, str]:
     return changes
 
 
-
-def open_ledger():
-    """Settings and the ledger, for the verbs that read the ledger alone (no Temporal needed)."""
-    from dsr.config.settings import ConfigError, Settings
-    from dsr.store.crypto import KeyRing, KeyRingError
-    from dsr.store.ledger import Ledger, LedgerUnavailableError
+def open_ledger() -> tuple[Settings, Ledger]:
+    """Settings and the ledger, for the verbs that read the ledger alone (no Temporal needed); the caller closes
+    the ledger."""
+    from dsr.config.settings import ConfigError
+    from dsr.runtime.bootstrap import Deployment
+    from dsr.store.crypto import KeyRingError
+    from dsr.store.ledger import LedgerUnavailableError
 
     try:
-        settings = Settings.from_env()
-        return settings, Ledger(settings.database_url, KeyRing.from_settings(settings))
+        deployment = Deployment.from_env()
+        return deployment.settings, deployment.ledger
     except (ConfigError, KeyRingError, ValueError, LedgerUnavailableError) as err:
         fail(str(err))
-
 
 
 def parse_day(value: str | None, option: str) -> date | None:
@@ -166,7 +165,6 @@ def parse_day(value: str | None, option: str) -> date | None:
         fail(f"{option} must be a date YYYY-MM-DD, got {value!r}")
 
 
-
 def parse_language(value: str | None, default: Any) -> Any:
     from dsr.domain.model import Language
 
@@ -176,7 +174,6 @@ def parse_language(value: str | None, default: Any) -> Any:
         return Language(value.strip().lower())
     except ValueError:
         fail(f"--language must be fr or en, got {value!r}")
-
 
 
 def parse_period(since: str | None, until: str | None) -> tuple[date | None, date | None]:

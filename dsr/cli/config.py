@@ -13,7 +13,6 @@ from dsr.cli.common import (
 app = typer.Typer(help="The configuration file (dsr.toml).", no_args_is_help=True)
 
 
-
 @app.command("check")
 def config_check(as_json: JsonOption = False) -> None:
     """Check dsr.toml: connectors and the controller profile (every Art. 15(1) item); exit 1 if incomplete."""

@@ -16,7 +16,6 @@ from dsr.cli.common import (
 app = typer.Typer(help="The systems holding personal data (dsr.toml).", no_args_is_help=True)
 
 
-
 @app.command("check")
 @run
 async def connectors_check(as_json: JsonOption = False) -> None:

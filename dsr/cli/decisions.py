@@ -44,7 +44,6 @@ async def _update(request_id: str, update: str, argument: Any, as_json: bool) ->
                    + (" (extended)" if result.extended else ""))
 
 
-
 @run
 async def confirm_identity(
     request_id: RequestId,
@@ -66,7 +65,6 @@ async def confirm_identity(
                   IdentityConfirmation(method=chosen, confirmed_by=by, note=note), as_json)
 
 
-
 @run
 async def extend(
     request_id: RequestId,
@@ -78,7 +76,6 @@ async def extend(
     from dsr.domain.model import Extension
 
     await _update(request_id, "extend_deadline", Extension(reason=reason, requested_by=by), as_json)
-
 
 
 @run
@@ -102,7 +99,6 @@ async def refuse(
     await _update(request_id, "refuse", Refusal(reason=reason, requested_by=by, ground=chosen), as_json)
 
 
-
 @run
 async def withdraw(
     request_id: RequestId,
@@ -116,14 +112,12 @@ async def withdraw(
     await _update(request_id, "withdraw", Withdrawal(requested_by=by, reason=reason), as_json)
 
 
-
 @run
 async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOption = False) -> None:
     """Go on with a request in needs_attention: run its failed connectors again, or write its held reply."""
     from dsr.domain.model import Retry
 
     await _update(request_id, "retry", Retry(requested_by=by), as_json)
-
 
 
 @run
@@ -138,7 +132,6 @@ async def doubt(
     from dsr.domain.model import Doubt
 
     await _update(request_id, "doubt", Doubt(reason=reason, requested_by=by), as_json)
-
 
 
 @run
@@ -156,7 +149,6 @@ async def rectify(
     if unknown:
         raise UserError(f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}")
     await _update(request_id, "rectify", Rectification(changes=changes, requested_by=by), as_json)
-
 
 
 @run

@@ -13,7 +13,6 @@ from dsr.cli.common import (
 app = typer.Typer(help="The demo started by `dsr up --demo`.", no_args_is_help=True)
 
 
-
 @app.command("customers")
 def demo_customers(as_json: JsonOption = False) -> None:
     """The sample customers of the demo: email, the systems holding each, record counts."""

@@ -16,7 +16,6 @@ app = typer.Typer(help="The key ring: what encrypts payloads, ledger fields and 
                        no_args_is_help=True)
 
 
-
 @app.command("rotate")
 def keys_rotate(as_json: JsonOption = False) -> None:
     """Add a new current key; old keys keep decrypting. Restart every process afterwards."""
@@ -52,15 +51,15 @@ def keys_rotate(as_json: JsonOption = False) -> None:
                    "restart `dsr up` (and any `dsr worker` / `dsr intake` using this DSR_HOME)")
 
 
-
 @app.command("list")
 def keys_list(as_json: JsonOption = False) -> None:
     """The key ids (never the keys): which is current, which the blind index uses."""
-    from dsr.config.settings import ConfigError, Settings
-    from dsr.store.crypto import KeyRing, KeyRingError
+    from dsr.config.settings import ConfigError
+    from dsr.runtime.bootstrap import Deployment
+    from dsr.store.crypto import KeyRingError
 
     try:
-        ring = KeyRing.from_settings(Settings.from_env())
+        ring = Deployment.from_env().keyring
     except (ConfigError, KeyRingError) as err:
         fail(str(err))
     if as_json:

@@ -73,6 +73,5 @@ def main() -> NoReturn:  # pragma: no cover - console script entry point
     os._exit(code)
 
 
-
 if __name__ == "__main__":  # pragma: no cover
     main()

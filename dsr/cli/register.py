@@ -24,7 +24,6 @@ from dsr.cli.common import (
 CSV_SEPARATORS = {",": ",", ";": ";", "tab": "\t", "\\t": "\t"}
 
 
-
 def list_requests(
     open_only: Annotated[bool, typer.Option("--open", help="Open requests only.")] = False,
     closed_only: Annotated[bool, typer.Option("--closed", help="Closed requests only.")] = False,
@@ -114,7 +113,6 @@ def list_requests(
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for line in [headers, *rows]:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
-
 
 
 def report(

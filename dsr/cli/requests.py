@@ -12,6 +12,7 @@ from dsr.cli.common import (
     RequestId,
     UserError,
     check_reference,
+    connect_deployment,
     emit_json,
     fail,
     parse_changes,
@@ -39,7 +40,6 @@ def _parse_received(value: str | None) -> datetime | None:
     return parsed
 
 
-
 @run
 async def submit(
     kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
@@ -59,8 +59,7 @@ async def submit(
     """Record a request received by any channel and start its workflow (or attach it to the open request of
     the same subject and kind, as every channel does)."""
     from dsr.config.settings import Settings
-    from dsr.store.crypto import KeyRing
-    from dsr.store.ledger import Ledger, LedgerUnavailableError
+    from dsr.store.ledger import LedgerUnavailableError
     from intake.service import IntakeService, IntakeUnavailable
     from intake.submission import Submission, prepare
 
@@ -69,9 +68,10 @@ async def submit(
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                             received_at=_parse_received(received), changes=parse_changes(change or []))
     prepare(submission, settings)
-    settings, client = await temporal_client()
+    deployment, client = await connect_deployment()
+    settings = deployment.settings
     try:
-        ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
+        ledger = deployment.ledger
     except (LedgerUnavailableError, ValueError) as err:
         raise UserError(str(err)) from None
     try:
@@ -80,7 +80,7 @@ async def submit(
     except IntakeUnavailable as err:
         raise UserError(str(err)) from None
     finally:
-        ledger.close()
+        deployment.close()
     if as_json:
         emit_json({"id": accepted.reference, "kind": accepted.kind, "received": accepted.received_on,
                    "deadline": accepted.deadline, "extended_deadline": accepted.extended_deadline,
@@ -91,7 +91,6 @@ async def submit(
     else:
         typer.echo(f"{accepted.reference}  {accepted.kind.value}  due {accepted.deadline.isoformat()}")
     _warn_if_late(accepted.deadline, settings.policy.timezone)
-
 
 
 def _warn_if_late(deadline: date, timezone: str) -> None:
@@ -105,7 +104,6 @@ def _warn_if_late(deadline: date, timezone: str) -> None:
     elif (deadline - today).days < 7:
         typer.echo(f"warning: only {(deadline - today).days} day(s) left before the deadline "
                    f"({deadline.isoformat()}); an extension must be decided and told before then", err=True)
-
 
 
 @run
@@ -169,18 +167,16 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
             typer.echo(f"    - {line}")
 
 
-
 def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
     from zoneinfo import ZoneInfo
 
-    from dsr.store.crypto import KeyRing
-    from dsr.store.ledger import Ledger
+    from dsr.runtime.bootstrap import Deployment
 
-    ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
+    deployment = Deployment.from_settings(settings)
     try:
-        row = ledger.get_request(request_id)
+        row = deployment.ledger.get_request(request_id)
     finally:
-        ledger.close()
+        deployment.close()
     if row is None:
         return False
     received = row.received_at.astimezone(ZoneInfo(settings.policy.timezone)).date()
@@ -195,7 +191,6 @@ def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
         typer.echo(f"  received {received.isoformat()}, due {row.deadline.isoformat()}"
                    + (" [extended]" if row.extended else ""))
     return True
-
 
 
 @run
@@ -221,16 +216,14 @@ async def due(
                    + ("  OVERDUE" if r.overdue else "") + ("  (extended)" if r.extended else ""))
 
 
-
 def history(request_id: RequestId, as_json: JsonOption = False) -> None:
     """The request's audit trail from the ledger (kept after Temporal forgets the workflow)."""
-    from dsr.config.settings import ConfigError, Settings
-    from dsr.store.crypto import KeyRing
-    from dsr.store.ledger import Ledger, LedgerUnavailableError
+    from dsr.config.settings import ConfigError
+    from dsr.runtime.bootstrap import Deployment
+    from dsr.store.ledger import LedgerUnavailableError
 
     try:
-        settings = Settings.from_env()
-        ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
+        ledger = Deployment.from_env().ledger  # closed below
     except (ConfigError, ValueError, LedgerUnavailableError) as err:
         fail(str(err))
     try:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from dsr.config.settings import Settings
 
 from dsr.cli.common import (
     JsonOption,
     UserError,
+    connect_deployment,
     emit_json,
     fail,
     run,
-    temporal_client,
 )
 
 
@@ -42,7 +45,6 @@ def _probe_storage(objects) -> None:
         objects.delete(probe)
 
 
-
 @run
 async def setup(as_json: JsonOption = False) -> None:
     """Prepare a new deployment, once, from any machine (it is idempotent): the ledger's tables, Temporal's search
@@ -50,25 +52,23 @@ async def setup(as_json: JsonOption = False) -> None:
     from temporalio.service import RPCError, RPCStatusCode
 
     from dsr.runtime.temporal import register_search_attributes
-    from dsr.store import StorageError, open_store
+    from dsr.store import StorageError
     from dsr.store.guards import Guards
-    from dsr.store.ledger import Ledger, LedgerUnavailableError
+    from dsr.store.ledger import LedgerUnavailableError
     from workflows import search_attributes as sa
 
-    settings, client = await temporal_client()
-    from dsr.store.crypto import KeyRing
-
-    keyring = KeyRing.from_settings(settings)
+    deployment, client = await connect_deployment()
+    settings = deployment.settings
     done: dict[str, str] = {}
     try:
-        ledger = Ledger(settings.database_url, keyring)
+        ledger = deployment.ledger
     except (LedgerUnavailableError, ValueError) as err:
         raise UserError(str(err)) from None
     try:
-        Guards(ledger.engine, keyring)  # the intake's shared counters live beside the ledger
+        Guards(ledger.engine, deployment.keyring)  # the intake's shared counters live beside the ledger
         done["ledger"] = f"tables ready in {ledger.url.render_as_string(hide_password=True)}"
     finally:
-        ledger.close()
+        deployment.close()
     names = ", ".join(key.name for key in sa.TEMPORAL_TYPE_NAMES)
     try:
         await register_search_attributes(client)
@@ -80,7 +80,7 @@ async def setup(as_json: JsonOption = False) -> None:
         raise UserError(f"Temporal refused to register the search attributes ({err.message}); create them in the "
                         f"namespace's settings: {wanted}") from None
     done["temporal"] = f"search attributes {names} registered in namespace {settings.temporal_namespace}"
-    objects = open_store(settings)
+    objects = deployment.objects
     try:
         await asyncio.to_thread(_probe_storage, objects)
     except StorageError as err:
@@ -91,7 +91,6 @@ async def setup(as_json: JsonOption = False) -> None:
         return
     for part, what in done.items():
         typer.echo(f"{part}: {what}")
-
 
 
 def worker() -> None:
@@ -117,7 +116,6 @@ def worker() -> None:
         fail(f"worker stopped: {err}")
 
 
-
 def up(
     demo: Annotated[bool, typer.Option(help="Also start the sandboxes with sample customers.")] = False,
     no_worker: Annotated[bool, typer.Option(
@@ -141,7 +139,6 @@ def up(
         pass
 
 
-
 def intake() -> None:
     """Run the intake app alone (form, API, webhooks, /verify, downloads; mailbox if configured)."""
     from dsr.config.settings import ConfigError, Settings
@@ -163,39 +160,35 @@ def intake() -> None:
         fail(f"cannot serve on {settings.intake_host}:{settings.intake_port}: {err.strerror or err}")
 
 
-
-async def _serve_intake(settings) -> None:
+async def _serve_intake(settings: Settings) -> None:
     import signal
 
-    from dsr.store import open_store
-    from dsr.store.attachments import AttachmentStore
-    from dsr.store.crypto import KeyRing
-    from dsr.store.exports import ExportStore
-    from dsr.store.ledger import Ledger
+    from dsr.runtime.bootstrap import Deployment
     from dsr.web.serve import serve_app
     from intake.server import build_intake_app, run_mailbox
 
-    objects = open_store(settings)
-    await asyncio.to_thread(objects.check)
-    _, client = await temporal_client()
-    keyring = KeyRing.from_settings(settings)
-    ledger = Ledger(settings.database_url, keyring)
+    deployment = Deployment.from_settings(settings)
+    await deployment.check_storage()
+    try:
+        client = await deployment.client()
+    except RuntimeError as err:
+        raise UserError(f"cannot reach Temporal at {settings.temporal_address}: is `dsr up` running?") from err
+    keyring, ledger = deployment.keyring, deployment.ledger
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app, service = build_intake_app(settings, keyring, ledger, ExportStore(objects, keyring), client)
+    app, service = build_intake_app(settings, keyring, ledger, deployment.exports, client)
     server = await serve_app(app, host=settings.intake_host, port=settings.intake_port,
-                               trusted_proxies=settings.trusted_proxies)
+                             trusted_proxies=settings.trusted_proxies)
     typer.echo(f"intake on {settings.intake_url} (Ctrl-C stops)")
     try:
         if settings.imap is not None:
-            await run_mailbox(settings, keyring, ledger, service, stop, AttachmentStore(objects, keyring))
+            await run_mailbox(settings, keyring, ledger, service, stop, deployment.attachments)
         await stop.wait()
     finally:
         await server.stop()
-        ledger.close()
-
+        deployment.close()
 
 
 def codec_server(
@@ -203,14 +196,14 @@ def codec_server(
     origin: Annotated[str | None, typer.Option(help="The Temporal UI's origin allowed by CORS.")] = None,
 ) -> None:
     """Decode payloads for the Temporal UI, for staff holding DSR_CODEC_TOKEN."""
-    from dsr.config.settings import ConfigError, Settings
+    from dsr.config.settings import ConfigError
+    from dsr.runtime.bootstrap import Deployment
     from dsr.runtime.codec_server import codec_app
-    from dsr.store.crypto import KeyRing
     from dsr.web.serve import serve_app
 
     try:
-        settings = Settings.from_env()
-        keyring = KeyRing.from_settings(settings)
+        deployment = Deployment.from_env()
+        settings, keyring = deployment.settings, deployment.keyring
     except (ConfigError, ValueError) as err:
         fail(str(err))
     if not settings.codec_token:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,9 +21,7 @@ from dsr.cli.common import (
 app = typer.Typer(help="Emails the classifier was unsure about, waiting for a human.", no_args_is_help=True)
 
 
-
 TriageId = Annotated[str, typer.Argument(help="The triage reference, e.g. triage-dsr-2026-11-7KQ3FJ.")]
-
 
 
 def _triage_handle(client, triage_id: str):
@@ -34,13 +32,12 @@ def _triage_handle(client, triage_id: str):
     return client.get_workflow_handle_for(TriageMessageWorkflow.run, triage_id)
 
 
-
 @app.command("list")
 @run
 async def triage_list(as_json: JsonOption = False) -> None:
     """Messages waiting for a decision, oldest deadline first."""
     _, client = await temporal_client()
-    rows = []
+    rows: list[dict[str, Any]] = []
     query = "WorkflowType = 'TriageMessage' AND ExecutionStatus = 'Running'"
     async for execution in client.list_workflows(query):
         rows.append({"id": execution.id, "since": execution.start_time})
@@ -52,7 +49,6 @@ async def triage_list(as_json: JsonOption = False) -> None:
         typer.echo("nothing to triage")
     for row in rows:
         typer.echo(f"{row['id']}  since {row['since']:%Y-%m-%d %H:%M}")
-
 
 
 @app.command("show")
@@ -76,7 +72,6 @@ async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
     typer.echo(f"  subject: {message.subject_line}")
     typer.echo("")
     typer.echo(message.body)
-
 
 
 @app.command("classify")
@@ -108,7 +103,6 @@ async def triage_classify(
     else:
         attached = f" (attached to the open request {status.attached_to})" if status.attached_to else ""
         typer.echo(f"{triage_id}: {chosen.value} request {status.request_id}{attached}")
-
 
 
 @app.command("dismiss")

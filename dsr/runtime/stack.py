@@ -240,7 +240,7 @@ async def _run_services(deployment: Deployment, connectors: list[Connector], sto
         client = await wait_for_temporal(settings, keyring, server)
         app, service = build_intake_app(settings, keyring, ledger, exports, client)
         intake = await serve_app(app, host=LOOPBACK, port=settings.intake_port,
-                                   trusted_proxies=settings.trusted_proxies)
+                                 trusted_proxies=settings.trusted_proxies)
         if settings.imap is not None:
             mailbox_task = asyncio.create_task(
                 run_mailbox(settings, keyring, ledger, service, stop, deployment.attachments))

@@ -52,7 +52,7 @@ class Portal:
 async def start_portal(state: HubSpotState, **app_kwargs: Any) -> Portal:
     faults = Faults()
     server = await serve_app(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs),
-                               host="127.0.0.1", port=0)
+                             host="127.0.0.1", port=0)
     return Portal(state, faults, server)
 
 

@@ -33,7 +33,7 @@ async def _start(**kwargs: object) -> Running:
     state.seed_activity(lea, notes=7, deals=1)
     faults = Faults()
     server = await serve_app(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
-                               host="127.0.0.1", port=0)
+                             host="127.0.0.1", port=0)
     return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea)
 
 
