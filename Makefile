@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint histories clean
+.PHONY: install run test lint typecheck histories clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+# mypy on the core (dsr/); joins `lint` once the other rooms are clean too.
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	$(BIN)/pytest

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -22,15 +22,13 @@ from activities.replies import ReplyActivities
 from activities.storage import StorageActivities
 from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
-from connectors.config import ConfigFileError
-from connectors.http import SharedWindows
-from dsr.config import Settings
-from dsr.guards import Guards
-from dsr.ledger import Ledger
-from dsr.links import DownloadLinks, IdentityLinks
-from dsr.profile import ControllerProfile, load_profile
+from dsr.config.profile import ControllerProfile, load_profile
+from dsr.config.settings import Settings
+from dsr.errors import ConfigurationError
 from dsr.store.attachments import AttachmentStore
 from dsr.store.exports import ExportStore
+from dsr.store.ledger import Ledger
+from dsr.store.links import DownloadLinks, IdentityLinks
 from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
@@ -51,7 +49,7 @@ class LedgerSentLog:
     def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None:
         from datetime import UTC, datetime
 
-        from dsr.model import TRIAGE_PREFIX, AuditEvent
+        from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
 
         if request_id.startswith(TRIAGE_PREFIX):
             return  # an unclassified email is not a request (yet): the ledger has no row to attach it to
@@ -125,7 +123,7 @@ def controller_signature(settings: Settings, profile: Callable[[], ControllerPro
         return settings.controller_name
     try:
         loaded = profile()
-    except ConfigFileError:
+    except ConfigurationError:
         return ""  # a malformed profile is reported by `dsr config check` and holds access replies
     return loaded.legal_name if loaded is not None else ""
 
@@ -152,38 +150,22 @@ def build_worker(
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Connect with the settings' key ring and run until ``stop`` is set (or forever)."""
-    from dsr.crypto import KeyRing
-    from dsr.store import open_store
-    from dsr.temporal import connect
+    from dsr.runtime.bootstrap import Deployment
 
-    keyring = KeyRing.from_settings(settings)
-    ledger = Ledger(settings.database_url, keyring)
-    connectors: list[Connector] = []
+    deployment = Deployment.from_settings(settings)
+    connectors = deployment.connectors()
+    await deployment.check_storage()
+    client = await deployment.client()
+    ledger = deployment.ledger
     try:
-        # The vendors' rate limits are per account: every worker counts in the same windows, in the ledger's
-        # database, so two workers never send more than one may.
-        connectors = configured_connectors(settings, shared=Guards(ledger.engine, keyring))
-        objects = open_store(settings)
-        await asyncio.to_thread(objects.check)
-        client = await connect(settings, keyring)
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
-            worker = build_worker(client, settings, ledger, connectors,
-                                  exports=ExportStore(objects, keyring), executor=executor)
+            worker = build_worker(client, settings, ledger, connectors, exports=deployment.exports, executor=executor)
             async with worker:
                 await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:
-        ledger.close()
+        deployment.close()
         for connector in connectors:
             await connector.aclose()
-
-
-def configured_connectors(settings: Settings, env: Mapping[str, str] | None = None, *,
-                          shared: SharedWindows | None = None) -> list[Connector]:
-    """The connectors of ``dsr.toml``, with their secrets from the environment; ``shared`` keeps their rate
-    limits in windows every worker shares."""
-    from connectors.config import build_connectors, load_config
-
-    return build_connectors(load_config(settings.config_file), settings.connector_environment(env), shared=shared)
 
 
 def main() -> None:

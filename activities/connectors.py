@@ -20,7 +20,7 @@ from connectors.base import (
     TransientConnectorError,
     unexpected_remains,
 )
-from dsr.model import (
+from dsr.domain.model import (
     ConnectorHealth,
     ConnectorOutcome,
     ConnectorTask,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from dsr.deadlines import deadline_schedule, receipt_date
-from dsr.model import ClockResume, ClockStart, DeadlineInput, Deadlines, ResumedClock
+from dsr.domain.deadlines import deadline_schedule, receipt_date
+from dsr.domain.model import ClockResume, ClockStart, DeadlineInput, Deadlines, ResumedClock
 
 
 @activity.defn(name="deadlines_from")

@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from dsr.model import TriageDecision, TriageInput
+from dsr.domain.model import TriageDecision, TriageInput
 from intake.service import IntakeService, IntakeUnavailable
 from intake.submission import Submission, SubmissionError
 

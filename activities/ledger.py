@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.ledger import Ledger, TriageDismissalRecord
-from dsr.model import AuditEvent, RequestRecordInput, TriageDismissed
+from dsr.domain.model import AuditEvent, RequestRecordInput, TriageDismissed
+from dsr.store.ledger import Ledger, TriageDismissalRecord
 
 
 def _idempotency_key() -> str:

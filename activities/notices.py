@@ -30,10 +30,9 @@ from jinja2 import TemplateError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from connectors.config import ConfigFileError
-from dsr.config import SmtpSettings
-from dsr.links import IdentityLinks, format_code
-from dsr.model import (
+from dsr.config.profile import ControllerProfile
+from dsr.config.settings import SmtpSettings
+from dsr.domain.model import (
     LINK_ONLY_KINDS,
     OPERATOR_TEMPLATES,
     IdentityMethod,
@@ -43,7 +42,8 @@ from dsr.model import (
     SentNotice,
     is_valid_email,
 )
-from dsr.profile import ControllerProfile
+from dsr.errors import ConfigurationError
+from dsr.store.links import IdentityLinks, format_code
 from templates import RenderedNotice, one_line, render_notice
 
 __all__ = [
@@ -368,7 +368,7 @@ class NoticeActivities:
         ``dsr config check`` reports the file."""
         try:
             loaded = self._profile() if self._profile is not None else None
-        except ConfigFileError:
+        except ConfigurationError:
             loaded = None
         if loaded is None:
             return {}

@@ -13,9 +13,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.notices import Mailer, SentLog, beating
-from dsr.bundle import build_bundle
-from dsr.links import DownloadLinks, format_code
-from dsr.model import (
+from dsr.config.profile import Art19Recipient, ControllerProfile
+from dsr.domain.model import (
     ConnectorOutcome,
     ExportsDeletion,
     Language,
@@ -24,9 +23,10 @@ from dsr.model import (
     ReplyResult,
     RequestKind,
 )
-from dsr.profile import Art19Recipient, ControllerProfile
-from dsr.replies import IncompleteProfileError, ReplyContext, render_reply
+from dsr.mail.bundle import build_bundle
+from dsr.mail.replies import IncompleteProfileError, ReplyContext, render_reply
 from dsr.store.exports import ExportStore
+from dsr.store.links import DownloadLinks, format_code
 from templates import RenderedNotice
 
 

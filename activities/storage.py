@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.ledger import Ledger
-from dsr.model import AuditEvent, ExportsDeletion, RequestKind
+from dsr.domain.model import AuditEvent, ExportsDeletion, RequestKind
 from dsr.store.exports import ExportStore
+from dsr.store.ledger import Ledger
 
 DOWNLOADABLE_KINDS = (RequestKind.ACCESS, RequestKind.PORTABILITY)
 

@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from dsr.model import QueueAsk, SubjectQueueState
+from dsr.domain.model import QueueAsk, SubjectQueueState
 
 QUEUE_WORKFLOW = "SubjectQueue"
 

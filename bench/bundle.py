@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsr.bundle import build_bundle, open_bundle  # noqa: E402
-from dsr.crypto import KeyRing  # noqa: E402
-from dsr.model import Language, RequestKind  # noqa: E402
+from dsr.domain.model import Language, RequestKind  # noqa: E402
+from dsr.mail.bundle import build_bundle, open_bundle  # noqa: E402
 from dsr.store import store_at  # noqa: E402
+from dsr.store.crypto import KeyRing  # noqa: E402
 from dsr.store.exports import ExportStore  # noqa: E402
 
 REQUEST = "dsr-2026-11-BENCH1"

@@ -39,10 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dsr import search_attributes as sa  # noqa: E402
-from dsr.crypto import KeyRing, data_converter  # noqa: E402
-from dsr.ledger import Ledger  # noqa: E402
-from dsr.model import RequestKind, Stage  # noqa: E402
+from dsr.domain.model import RequestKind, Stage  # noqa: E402
+from dsr.store.crypto import KeyRing, data_converter  # noqa: E402
+from dsr.store.ledger import Ledger  # noqa: E402
 from sandbox.faults import FaultRates  # noqa: E402
 from tests.cluster import (  # noqa: E402
     FINAL_REPLY,
@@ -63,6 +62,7 @@ from tests.cluster import (  # noqa: E402
     start_sandboxes,
 )
 from tests.harness import MailSink, S3Server, binary, free_port  # noqa: E402
+from workflows import search_attributes as sa  # noqa: E402
 
 KINDS = ("access", "portability", "erasure", "rectification")
 OPERATOR = "dpo@example.com"  # DSR_OPERATOR_EMAIL of tests/cluster.py
@@ -287,7 +287,7 @@ async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float
 
 async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: Ledger, boxes: Sandboxes,
                  mail: MailSink, intake: str, references: dict[str, tuple[str, Holding]], logs) -> None:
-    from dsr.model import ConnectorState
+    from dsr.domain.model import ConnectorState
     from workflows.request import DataSubjectRequest
 
     stages = {r.request_id: r.stage for r in await asyncio.to_thread(ledger.requests)}

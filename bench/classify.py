@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsr.model import RequestKind  # noqa: E402
+from dsr.domain.model import RequestKind  # noqa: E402
 from intake.email.classify import Classification, classify  # noqa: E402
 
 LABELLED = ROOT / "tests" / "intake" / "emails" / "labelled.jsonl"

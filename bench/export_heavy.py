@@ -32,14 +32,14 @@ WOO_KEY, WOO_SECRET, STRIPE_KEY = "ck_bench", "cs_bench", "sk_test_bench"
 
 SHOP = textwrap.dedent(f"""
     import asyncio, sys
-    from dsr.codec_server import serve_codec
+    from dsr.web.serve import serve_app
     from sandbox.woocommerce import WooState, woocommerce_app
     async def main():
         state = WooState()
         c = state.add_customer({EMAIL!r}, "Marie", "Lefevre", billing={{"email": {EMAIL!r}, "first_name": "Marie"}})
         state.bulk_orders(c["id"], 10_000)
-        server = await serve_codec(woocommerce_app(state, consumer_key={WOO_KEY!r}, consumer_secret={WOO_SECRET!r}),
-                                   port=0)
+        server = await serve_app(woocommerce_app(state, consumer_key={WOO_KEY!r}, consumer_secret={WOO_SECRET!r}),
+                                 port=0)
         print(server.port, flush=True)
         await server.wait()
     asyncio.run(main())
@@ -56,7 +56,7 @@ EXPORT = textwrap.dedent("""
     import os
     from dsr.store import store_at
     from dsr.store.exports import ExportStore
-    from dsr.model import ConnectorTask, RequestKind, Subject
+    from dsr.domain.model import ConnectorTask, RequestKind, Subject
     from tests.harness import TEST_KEYRING
 
     def rss_kb():

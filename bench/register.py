@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from sqlmodel import Session  # noqa: E402
 
-from dsr.crypto import KeyRing  # noqa: E402
-from dsr.ledger import EMAIL_PURPOSE, NAME_PURPOSE, EventRow, Ledger, RequestRow  # noqa: E402
-from dsr.register import compute_statistics, read_register  # noqa: E402
-from dsr.report import render_html  # noqa: E402
+from dsr.dpo.register import compute_statistics, read_register  # noqa: E402
+from dsr.dpo.report import render_html  # noqa: E402
+from dsr.store.crypto import KeyRing  # noqa: E402
+from dsr.store.ledger import EMAIL_PURPOSE, NAME_PURPOSE, EventRow, Ledger, RequestRow  # noqa: E402
 from tests.dsr.simulated_register import TIMEZONE, plan_year  # noqa: E402
 
 YEAR = 2025

@@ -28,11 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsr import search_attributes as sa  # noqa: E402
-from dsr.config import Settings  # noqa: E402
-from dsr.crypto import KeyRing, data_converter  # noqa: E402
-from dsr.ledger import Ledger  # noqa: E402
-from dsr.model import Stage  # noqa: E402
+from dsr.config.settings import Settings  # noqa: E402
+from dsr.domain.model import Stage  # noqa: E402
+from dsr.store.crypto import KeyRing, data_converter  # noqa: E402
+from dsr.store.ledger import Ledger  # noqa: E402
 from tests.cluster import (  # noqa: E402
     Machine,
     connectors_toml,
@@ -42,6 +41,7 @@ from tests.cluster import (  # noqa: E402
     start_sandboxes,
 )
 from tests.harness import MailSink, S3Server, binary  # noqa: E402
+from workflows import search_attributes as sa  # noqa: E402
 
 
 def ledger_url(work: Path) -> tuple[str, object | None]:
@@ -105,9 +105,9 @@ HEAVY_EXPORT = textwrap.dedent("""
     from activities.connectors import ConnectorActivities
     from connectors.http import RateLimiter
     from connectors.woocommerce import WooCommerceConnector
-    from dsr.config import Settings
-    from dsr.crypto import KeyRing
-    from dsr.model import ConnectorTask, RequestKind, Subject
+    from dsr.config.settings import Settings
+    from dsr.store.crypto import KeyRing
+    from dsr.domain.model import ConnectorTask, RequestKind, Subject
     from dsr.store import open_store
     from dsr.store.exports import ExportStore
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from connectors.http import RateLimiter  # noqa: E402
 from connectors.hubspot import HubSpotConnector  # noqa: E402
-from dsr.codec_server import serve_codec  # noqa: E402
-from dsr.crypto import KeyRing  # noqa: E402
-from dsr.guards import Guards  # noqa: E402
-from dsr.ledger import Ledger  # noqa: E402
+from dsr.runtime.codec_server import serve_codec  # noqa: E402
+from dsr.store.crypto import KeyRing  # noqa: E402
+from dsr.store.guards import Guards  # noqa: E402
+from dsr.store.ledger import Ledger  # noqa: E402
 from sandbox.hubspot import HubSpotState, hubspot_app  # noqa: E402
 
 TOKEN = "pat-bench"

@@ -13,28 +13,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
-from dsr.model import CANONICAL_FIELDS, ConnectorOutcome, RecordReport, RequestKind, Subject
+from dsr.domain.model import CANONICAL_FIELDS, ConnectorOutcome, RecordReport, RequestKind, Subject
+
+# The connector errors are part of the engine's one exception tree (dsr.errors); re-exported here.
+from dsr.errors import ConnectorError, PermanentConnectorError, TransientConnectorError
 from dsr.store.journals import Journal, JournalEntry, JournalState
-
-
-class ConnectorError(Exception):
-    """Base of connector errors. The message is shown to operators: no personal data in it."""
-
-
-class TransientConnectorError(ConnectorError):
-    """Worth retrying (429, 5xx, timeouts, dropped connections). ``retry_after`` honours Retry-After."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PermanentConnectorError(ConnectorError):
-    """Retrying will not help until a person acts (bad credentials, unknown configuration).
-
-    The request moves to ``needs_attention`` and waits for an operator's ``retry``.
-    """
-
 
 # --- the export store, as connectors see it ----------------------------------------------------
 

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import Connector, RetentionRule, month_day
 from connectors.http import RateLimiter, SharedWindows
-from dsr.model import RequestKind
+from dsr.domain.model import RequestKind
+from dsr.errors import ConfigurationError
 
 ConnectorType = Literal["hubspot", "stripe", "woocommerce"]
 
@@ -48,7 +49,7 @@ HUBSPOT_SEARCH_RATE = (4, 1.25)
 """HubSpot's CRM search allows 5 requests per second per account: 4 per 1.25 s leaves the margin."""
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigurationError, ValueError):
     """The configuration file is missing, unreadable or malformed; the message says where and why."""
 
 
@@ -104,7 +105,7 @@ class ConnectorConfig(BaseModel):
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connectors: list[ConnectorConfig] = Field(default_factory=list)
-    controller: dict[str, Any] | None = None  # the controller profile, validated by dsr.profile
+    controller: dict[str, Any] | None = None  # the controller profile, validated by dsr.config.profile
 
 
 def _location(loc: tuple[Any, ...]) -> str:

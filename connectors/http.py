@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 
 class SharedWindows(Protocol):
-    """Sliding windows that every worker shares (``dsr.guards.Guards``, on the ledger's database)."""
+    """Sliding windows that every worker shares (``dsr.store.guards.Guards``, on the ledger's database)."""
 
     def reserve(self, key: str, limit: int, span: float) -> float:
         """Take the earliest slot in the window ``key`` (at most ``limit`` per ``span`` seconds) and answer the

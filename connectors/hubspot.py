@@ -34,7 +34,7 @@ from connectors.base import (
     tally,
 )
 from connectors.http import RateLimiter, send
-from dsr.model import (
+from dsr.domain.model import (
     ConnectorOutcome,
     DatasetSummary,
     RecordAction,

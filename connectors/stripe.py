@@ -93,7 +93,7 @@ from connectors.base import (
     tally,
 )
 from connectors.http import READ_TRIES, RateLimiter, tried_in_place
-from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 T = TypeVar("T")
 

@@ -43,7 +43,7 @@ from connectors.base import (
     tally,
 )
 from connectors.http import READ_TRIES, SAFE_METHODS, RateLimiter, send, tried_in_place
-from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 API_PATH = "/wp-json/wc/v3"
 PAGE_SIZE = 100  # the API's maximum per_page

@@ -13,16 +13,16 @@ from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from dsr.bundle import BundleStream, open_bundle
-from dsr.config import ConfigError, Settings
-from dsr.crypto import KeyRing
-from dsr.guards import AnswerThrottle, Guards
-from dsr.ledger import Ledger
-from dsr.links import DownloadLinks, IdentityLinks
-from dsr.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
+from dsr.config.settings import ConfigError, Settings
+from dsr.domain.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
+from dsr.mail.bundle import BundleStream, open_bundle
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
+from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
+from dsr.store.guards import AnswerThrottle, Guards
+from dsr.store.ledger import Ledger
+from dsr.store.links import DownloadLinks, IdentityLinks
 from intake.email.poller import Mailbox
 from intake.email.settings import MailboxSettings
 from intake.service import IdentityOutcome, IntakeService, RateLimits, confirm_identity

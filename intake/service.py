@@ -4,10 +4,10 @@ The API, the web form, the support-desk webhooks and the mailbox all hand a :cla
 :meth:`IntakeService.submit`. It validates everything first (:func:`intake.submission.prepare`), then:
 
 * **rate limits**: per subject and per client address (sliding windows in the ledger's database, shared by
-  every replica, checked and recorded in one transaction: :mod:`dsr.guards`): :class:`RateLimited`, which
+  every replica, checked and recorded in one transaction: :mod:`dsr.store.guards`): :class:`RateLimited`, which
   the HTTP layer turns into 429 with ``Retry-After``;
 * **one open request per subject and kind**, whatever replica receives it: the submission claims the subject
-  (blind index of the email) and kind in the ledger (:meth:`dsr.ledger.Ledger.claim_subject`, a primary key)
+  (blind index of the email) and kind in the ledger (:meth:`dsr.store.ledger.Ledger.claim_subject`, a primary key)
   before it starts anything. The winner starts its workflow; a submission finding the claim held attaches to
   that request with the ``attach_duplicate`` update, which records the event and tells the subject that
   their new message was attached to the request already under way. A holder found closed (the update is
@@ -51,12 +51,9 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dsr import search_attributes as sa
-from dsr.config import Settings
-from dsr.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
-from dsr.guards import Guards, RateWindow
-from dsr.ledger import Ledger, SubjectClaim
-from dsr.model import (
+from dsr.config.settings import Settings
+from dsr.domain.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
+from dsr.domain.model import (
     TRIAGE_PREFIX,
     Correspondence,
     DeadlineInput,
@@ -70,7 +67,10 @@ from dsr.model import (
     UpdateResult,
     is_valid_email,
 )
+from dsr.store.guards import Guards, RateWindow
+from dsr.store.ledger import Ledger, SubjectClaim
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, prepare, start
+from workflows import search_attributes as sa
 
 
 @dataclass(frozen=True)
@@ -501,7 +501,7 @@ class IdentityOutcome:
 async def confirm_identity(client: Client, request_id: str, *, proof: str) -> IdentityOutcome:
     """Send the ``confirm_identity`` update for a subject who proved control of their address (``proof`` is
     ``link`` or ``code``); the workflow checks that the request's policy takes that proof."""
-    from dsr.model import IdentityConfirmation, IdentityMethod, IdentityProof
+    from dsr.domain.model import IdentityConfirmation, IdentityMethod, IdentityProof
 
     handle = client.get_workflow_handle(request_id)
     try:

@@ -20,10 +20,9 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 
-from dsr import search_attributes as sa
-from dsr.config import Settings
-from dsr.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
-from dsr.model import (
+from dsr.config.settings import Settings
+from dsr.domain.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
+from dsr.domain.model import (
     CANONICAL_FIELDS,
     WORKFLOW_ID_PREFIX,
     Channel,
@@ -37,6 +36,7 @@ from dsr.model import (
     display_name,
     is_valid_email,
 )
+from workflows import search_attributes as sa
 
 MAX_NAME = 200
 MAX_DETAILS = 10_000

@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dsr.codec_server import RunningCodecServer, serve_codec
+from dsr.errors import ConfigurationError
+from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import FaultRates, Faults, fault_proxy
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
@@ -31,7 +32,7 @@ STRIPE_KEY = "sk_test_dsr_demo"
 DEFAULT_PORTS = {"hubspot": 8301, "woocommerce": 8302, "stripe": 8303}
 
 
-class DemoError(RuntimeError):
+class DemoError(ConfigurationError, RuntimeError):
     """The demo cannot start; the message says why."""
 
 
@@ -158,7 +159,7 @@ def _write_private(path: Path, text: str) -> None:
 class Demo:
     """The running sandboxes; ``stop()`` shuts them down."""
 
-    servers: list[RunningCodecServer]
+    servers: list[RunningServer]
     stripe: LocalStripe
     customers: list[DemoCustomer]
     ports: dict[str, int]
@@ -200,9 +201,9 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
     rates = rates or FaultRates()
     faults = {system: Faults(rates=rates) for system in ("hubspot", "woocommerce", "stripe")}
     servers = [
-        await serve_codec(hubspot_app(hubspot_state, token=HUBSPOT_TOKEN, faults=faults["hubspot"]),
-                          port=ports["hubspot"]),
-        await serve_codec(woocommerce_app(woo_state, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET,
+        await serve_app(hubspot_app(hubspot_state, token=HUBSPOT_TOKEN, faults=faults["hubspot"]),
+                        port=ports["hubspot"]),
+        await serve_app(woocommerce_app(woo_state, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET,
                                           faults=faults["woocommerce"]),
                           port=ports["woocommerce"]),
     ]
@@ -212,7 +213,7 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
         for email, datasets in (await seed_stripe(stripe.url)).items():
             counts.setdefault(email, {})["stripe"] = datasets
         if rates:
-            servers.append(await serve_codec(fault_proxy(stripe.url, faults["stripe"]), port=ports["stripe"]))
+            servers.append(await serve_app(fault_proxy(stripe.url, faults["stripe"]), port=ports["stripe"]))
     except BaseException:
         for server in servers:
             await server.stop()
@@ -236,7 +237,7 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
 
 
 def read_secrets(path: Path) -> dict[str, str]:
-    from dsr.config import read_secrets_file
+    from dsr.config.settings import read_secrets_file
 
     return read_secrets_file(path)
 

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dsr.config import ConfigError
+from dsr.config.settings import ConfigError
 
 FAULTS_VARIABLE = "DSR_DEMO_FAULTS"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

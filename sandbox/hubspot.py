@@ -10,7 +10,7 @@ What it reproduces from the real API (see ../shared/APIS.md):
 * ``gdpr-delete`` deletes permanently (and blocklists the address); plain ``DELETE`` only archives, and an
   archived contact stays restorable (``restore``) and is still in the state, which tests can inspect.
 
-Serve it with ``dsr.codec_server.serve_codec(hubspot_app(state, token=...), host="127.0.0.1", port=0)``.
+Serve it with ``dsr.web.serve.serve_app(hubspot_app(state, token=...), host="127.0.0.1", port=0)``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Notice emails, one folder per language (``fr/``, ``en/``), rendered with Jinja2.
 
-Each :class:`~dsr.model.NoticeTemplate` has three files per language: ``<name>.subject`` (one line),
+Each :class:`~dsr.domain.model.NoticeTemplate` has three files per language: ``<name>.subject`` (one line),
 ``<name>.txt`` and ``<name>.html``. Shared layout and macros live in ``_shared/``; files whose name starts
 with ``_`` are partials, never rendered on their own.
 
@@ -39,8 +39,8 @@ from jinja2.nodes import EvalContext
 from jinja2.runtime import Macro
 from markupsafe import Markup, escape
 
-from dsr.model import OPERATOR_TEMPLATES, Language, NoticeTemplate, RequestKind, Stage, strip_controls
-from dsr.profile import SupervisoryAuthority
+from dsr.config.profile import SupervisoryAuthority
+from dsr.domain.model import OPERATOR_TEMPLATES, Language, NoticeTemplate, RequestKind, Stage, strip_controls
 
 __all__ = ["CONTEXT_KEYS", "OPERATOR_KEYS", "PRE_IDENTITY_TEMPLATES", "RenderedNotice", "render_notice"]
 
@@ -381,7 +381,7 @@ def render_notice(template: NoticeTemplate, language: Language, context: Mapping
     """Render one notice in ``language``.
 
     Raises ``ValueError`` when ``reference`` or ``kind`` is missing or ``kind`` is not a
-    :class:`~dsr.model.RequestKind`, and ``jinja2.TemplateError`` when a template is broken.
+    :class:`~dsr.domain.model.RequestKind`, and ``jinja2.TemplateError`` when a template is broken.
     """
     template = NoticeTemplate(template)
     lang = Language(language).value

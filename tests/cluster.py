@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from dsr.codec_server import RunningCodecServer, serve_codec
+from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import FaultRates, Faults, fault_proxy
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
@@ -53,7 +53,7 @@ class Sandboxes:
     hubspot: HubSpotState
     woo: WooState
     faults: Faults  # WooCommerce's
-    servers: list[RunningCodecServer]  # HubSpot, WooCommerce, then Stripe's fault proxy
+    servers: list[RunningServer]  # HubSpot, WooCommerce, then Stripe's fault proxy
     stripe: LocalStripe  # seeded directly; the connectors reach it through the proxy
     people: dict[str, Holding] = field(default_factory=dict)
     hubspot_faults: Faults = field(default_factory=Faults)
@@ -84,13 +84,13 @@ class Sandboxes:
 async def start_sandboxes() -> Sandboxes:
     hubspot, woo, faults, hubspot_faults, stripe_faults = HubSpotState(), WooState(), Faults(), Faults(), Faults()
     servers = [
-        await serve_codec(hubspot_app(hubspot, token=HUBSPOT_TOKEN, faults=hubspot_faults), port=0),
-        await serve_codec(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, faults=faults),
-                          port=0),
+        await serve_app(hubspot_app(hubspot, token=HUBSPOT_TOKEN, faults=hubspot_faults), port=0),
+        await serve_app(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, faults=faults),
+                        port=0),
     ]
     stripe = LocalStripe(api_key=STRIPE_KEY)
     await asyncio.to_thread(stripe.start)
-    servers.append(await serve_codec(fault_proxy(stripe.url, stripe_faults), port=0))
+    servers.append(await serve_app(fault_proxy(stripe.url, stripe_faults), port=0))
     return Sandboxes(hubspot, woo, faults, servers, stripe, hubspot_faults=hubspot_faults,
                      stripe_faults=stripe_faults)
 

@@ -278,9 +278,9 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     search attributes and encryption codec."""
     from temporalio.testing import WorkflowEnvironment
 
-    from dsr import search_attributes as sa
-    from dsr.crypto import data_converter
+    from dsr.store.crypto import data_converter
     from tests.harness import TEST_KEYRING, binary
+    from workflows import search_attributes as sa
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,

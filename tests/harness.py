@@ -18,11 +18,11 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from connectors.base import ExportJob, Located, OperationJob, PermanentConnectorError, TransientConnectorError
-from dsr.config import Settings
-from dsr.crypto import KeyRing
-from dsr.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+from dsr.config.settings import Settings
+from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 from dsr.store import FileStore, open_store
 from dsr.store.attachments import AttachmentStore
+from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 
 # A fixed key so saved histories (tests/workflows/histories) stay decodable by the replay test.
@@ -59,13 +59,13 @@ def binary(name: str) -> str:
 
 
 def throwaway_guards(ring: KeyRing | None = None):
-    """The intake's shared counters (``dsr.guards.Guards``) on a SQLite ledger database of their own, in a
+    """The intake's shared counters (``dsr.store.guards.Guards``) on a SQLite ledger database of their own, in a
     temporary directory removed at exit: for apps built outside a fixture's ``tmp_path``."""
     import atexit
     import tempfile
 
-    from dsr.guards import Guards
-    from dsr.ledger import Ledger
+    from dsr.store.guards import Guards
+    from dsr.store.ledger import Ledger
 
     folder = tempfile.mkdtemp(prefix="dsr-guards-")
     ledger = Ledger(f"sqlite:///{folder}/ledger.sqlite3", ring or TEST_KEYRING)

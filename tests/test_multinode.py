@@ -31,9 +31,8 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from dsr import search_attributes as sa
-from dsr.crypto import KeyRing, data_converter
-from dsr.model import Outcome, RequestStatus, Stage
+from dsr.domain.model import Outcome, RequestStatus, Stage
+from dsr.store.crypto import KeyRing, data_converter
 from tests.cluster import (
     Holding,
     Machine,
@@ -53,6 +52,7 @@ from tests.cluster import (
     start_sandboxes,
 )
 from tests.harness import MailSink, S3Server, binary, free_port
+from workflows import search_attributes as sa
 from workflows.request import DataSubjectRequest
 
 HEAVY_ORDERS = 10_000
@@ -350,7 +350,7 @@ async def test_verify_locks_after_the_same_number_of_wrong_codes_on_either_repli
 async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_deletes(
     tmp_path: Path, postgres_url: str, mail: MailSink, s3_server: S3Server,
 ) -> None:
-    from dsr.config import Settings
+    from dsr.config.settings import Settings
     from intake.submission import Submission, prepare, start
 
     keys = new_keys()
@@ -361,7 +361,7 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
         test_server_existing_path=binary("temporal-test-server"), data_converter=data_converter(keyring))
     machines: list[Machine] = []
     try:
-        from dsr.temporal import register_search_attributes
+        from dsr.runtime.temporal import register_search_attributes
 
         await register_search_attributes(env.client)
         holding = await seed_person(boxes, "expiry.subject@example.org", "Expiry Subject", notes=1, orders=3,

@@ -168,10 +168,10 @@ def test_request_survives_kill_of_the_whole_stack(stack: Stack) -> None:
     old_id = "dsr-2025-01-OLD0AA"
     subprocess.run([str(BIN / "python"), "-c", f"""
 from datetime import UTC, date, datetime
-from dsr.config import Settings
-from dsr.crypto import KeyRing
-from dsr.ledger import Ledger
-from dsr.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
+from dsr.config.settings import Settings
+from dsr.store.crypto import KeyRing
+from dsr.store.ledger import Ledger
+from dsr.domain.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
 settings = Settings.from_env()
 ledger = Ledger(settings.database_url, KeyRing.from_settings(settings))
 ledger.record_request(RequestRecordInput("{old_id}", RequestKind.ERASURE, Channel.EMAIL, Subject("o@example.org"),
@@ -259,7 +259,7 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, args: list[str], mes
     env = {**os.environ, "DSR_HOME": str(tmp_path), "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
     env.pop("DSR_KEYS", None)
     if "no key file" not in message:  # input errors are found before keys or Temporal are needed
-        subprocess.run([str(BIN / "python"), "-c", "from dsr.crypto import KeyRing; from pathlib import Path; "
+        subprocess.run([str(BIN / "python"), "-c", "from dsr.store.crypto import KeyRing; from pathlib import Path; "
                         f"KeyRing.load_or_create(Path({str(tmp_path / 'keys.json')!r}))"], check=True)
     result = subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
@@ -303,8 +303,8 @@ def _plain_trusted_erasure_input(stack: Stack, request_id: str) -> str:
 
     from temporalio.contrib.pydantic import PydanticPayloadConverter
 
-    from dsr.config import Settings
-    from dsr.model import IdentityMethod
+    from dsr.config.settings import Settings
+    from dsr.domain.model import IdentityMethod
     from intake.submission import Submission, prepare
 
     settings = Settings.from_env(stack.env)

@@ -19,8 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError,
 
 with workflow.unsafe.imports_passed_through():
     from activities.connectors import HEALTH_SIGNAL, PERMANENT_ERROR, PROGRESSED
-    from dsr import search_attributes as sa
-    from dsr.model import (
+    from dsr.domain.model import (
         CANONICAL_FIELDS,
         AuditEvent,
         Channel,
@@ -70,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
         confirmation_refused,
         subject_queue_id,
     )
+    from workflows import search_attributes as sa
 
 LEDGER_OPTIONS = {
     # One row in the database: a worker lost mid-write is noticed (and the write retried) within seconds.
@@ -1489,5 +1489,5 @@ class DataSubjectRequest:
 
 
 def _search_datetime(deadline: Deadline) -> datetime:
-    """The due date at 00:00 UTC (see ``dsr.search_attributes.DSR_DEADLINE``)."""
+    """The due date at 00:00 UTC (see ``workflows.search_attributes.DSR_DEADLINE``)."""
     return datetime(deadline.due.year, deadline.due.month, deadline.due.day, tzinfo=UTC)

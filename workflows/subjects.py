@@ -1,6 +1,6 @@
 """One subject, one thing at a time: the queue of a person's requests wanting their systems.
 
-``SubjectQueue`` (id ``subject-<blind index of the email>``, see :func:`dsr.model.subject_queue_id`) grants
+``SubjectQueue`` (id ``subject-<blind index of the email>``, see :func:`dsr.domain.model.subject_queue_id`) grants
 the turn to one request at a time; a request runs its fan-out (connector work) only while it holds it, so an
 export never races an erasure of the same person. Among the requests waiting, the earliest received goes
 first (ties: the request id). A request still waiting for identity is not waiting here, and does not hold
@@ -29,7 +29,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from dsr.model import SubjectQueueState, SubjectQueueStatus, SubjectTurn, TurnAsk, TurnRelease
+    from dsr.domain.model import SubjectQueueState, SubjectQueueStatus, SubjectTurn, TurnAsk, TurnRelease
 
 CHECK_OPTIONS = {
     "start_to_close_timeout": timedelta(seconds=30),

@@ -23,8 +23,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from dsr import search_attributes as sa
-    from dsr.model import (
+    from dsr.domain.model import (
         CANONICAL_FIELDS,
         Notice,
         NoticeTemplate,
@@ -37,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         TriageMessage,
         TriageStatus,
     )
+    from workflows import search_attributes as sa
     from workflows.request import LEDGER_OPTIONS, NOTICE_OPTIONS, STORAGE_OPTIONS, RequestRejected
 
 DISMISSAL_RECORD = "triage-dismissal-record"

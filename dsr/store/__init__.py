@@ -1,22 +1,32 @@
-"""Object storage: everything kept outside Temporal and the ledger, readable from any machine.
+"""Everything that persists: the ledger's database and the object storage, and the keys that seal what they hold.
 
+* :mod:`dsr.store.ledger` -- requests, append-only audit events, subject claims (SQLite or PostgreSQL);
+* :mod:`dsr.store.guards` -- the intake's shared counters, lockouts and replay guards, beside the ledger;
+* :mod:`dsr.store.crypto` -- the key ring, the payload codec, sealing and blind indexes;
+* :mod:`dsr.store.links` -- signed download and identity links, and their codes;
 * :mod:`dsr.store.objects` -- the :class:`ObjectStore` interface and the local-files backend;
 * :mod:`dsr.store.s3` -- the S3 backend (any S3-compatible service);
 * :mod:`dsr.store.exports` -- exported records (sealed chunks) and the bundle's object;
-* :mod:`dsr.store.attachments` -- files that came with a request (ID copies), sealed.
+* :mod:`dsr.store.attachments` -- files that came with a request (ID copies), sealed;
+* :mod:`dsr.store.journals` -- what erasures and rectifications did, across attempts.
 
-``DSR_STORAGE_URL`` chooses the backend (:func:`open_store`). Only ciphertext is ever stored.
+``DSR_STORAGE_URL`` chooses the object storage's backend (:func:`open_store`). Only ciphertext is ever stored.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dsr.store.location import StorageLocation, parse_storage_url
 from dsr.store.objects import FileStore, ObjectExists, ObjectNotFound, ObjectReader, ObjectStore, StorageError
 
-if TYPE_CHECKING:
-    from dsr.config import Settings
+
+class StorageSettings(Protocol):
+    """What :func:`open_store` reads of the settings (:class:`dsr.config.settings.Settings` has it): the store
+    layer sits below the configuration and knows it by this shape only."""
+
+    @property
+    def storage_url(self) -> str: ...
 
 __all__ = [
     "FileStore",
@@ -43,6 +53,6 @@ def store_at(url: str) -> ObjectStore:
     return FileStore(location.path)
 
 
-def open_store(settings: Settings) -> ObjectStore:
+def open_store(settings: StorageSettings) -> ObjectStore:
     """The object store the settings name (``DSR_STORAGE_URL``): the one place every process builds it."""
     return store_at(settings.storage_url)

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from dsr.crypto import KeyRing
+from dsr.errors import InvalidInputError
+from dsr.store.crypto import KeyRing
 from dsr.store.objects import ObjectExists, ObjectNotFound, ObjectStore
 
 ATTACHMENTS = "attachments/"
@@ -36,7 +37,7 @@ class AttachmentInfo:
     sender_check: str = ""
 
 
-class AttachmentLimitError(ValueError):
+class AttachmentLimitError(InvalidInputError, ValueError):
     """An attachment is too large, or a request already holds the maximum number of attachments."""
 
 

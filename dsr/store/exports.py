@@ -4,7 +4,7 @@ Key layout, under ``exports/<request_id>/`` (so that one prefix deletion removes
 
     data/<system>/<dataset>/meta.json              {"provided": true|false} (Art. 20); no personal data
     data/<system>/<dataset>/<seq:08d>-<n>.chunk    one sealed JSON list of n records (one vendor page)
-    bundle.zip.enc                                 the encrypted bundle (dsr.bundle), what the subject downloads
+    bundle.zip.enc                                 the encrypted bundle (dsr.mail.bundle), what the subject downloads
 
 An object store cannot append, so each sealed chunk is its own object, numbered from 0. A chunk's record
 count is in its name: counting an export lists names and decrypts nothing. Each chunk is AES-GCM through
@@ -61,7 +61,7 @@ class StoredDataset:
 
 class _Chunk(NamedTuple):
     seq: int
-    count: int
+    records: int  # not `count`: a tuple has a count() method
     key: str
 
 
@@ -104,7 +104,7 @@ class DatasetFile:
         self._chunks, strays = _scan(objects.list(folder), folder)
         for key in sorted(strays, reverse=True):
             objects.delete(key)
-        self._stored = sum(c.count for c in self._chunks)
+        self._stored = sum(c.records for c in self._chunks)
 
     @property
     def count(self) -> int:
@@ -135,8 +135,8 @@ class DatasetFile:
             raise ValueError(f"cannot truncate {self.count} records to {count}")
         self.flush()
         kept, index = 0, 0
-        while index < len(self._chunks) and kept + self._chunks[index].count <= count:
-            kept += self._chunks[index].count
+        while index < len(self._chunks) and kept + self._chunks[index].records <= count:
+            kept += self._chunks[index].records
             index += 1
         partial: list[Any] = []
         if kept < count:  # the checkpoint falls inside this chunk: keep its first records
@@ -172,9 +172,9 @@ def chunk_purpose(purpose: str, seq: int, count: int) -> str:
 
 def open_chunk(objects: ObjectStore, sealer: Sealer, purpose: str, chunk: _Chunk) -> list[Any]:
     token = objects.get(chunk.key).decode("ascii", errors="replace")
-    records = json.loads(sealer.open_text(token, purpose=chunk_purpose(purpose, chunk.seq, chunk.count)))
-    if not isinstance(records, list) or len(records) != chunk.count:
-        raise ValueError(f"export chunk {chunk.key} does not hold {chunk.count} records")
+    records = json.loads(sealer.open_text(token, purpose=chunk_purpose(purpose, chunk.seq, chunk.records)))
+    if not isinstance(records, list) or len(records) != chunk.records:
+        raise ValueError(f"export chunk {chunk.key} does not hold {chunk.records} records")
     return records
 
 
@@ -235,7 +235,7 @@ class ExportStore:
             except ObjectNotFound:
                 continue
             chunks, _ = _scan(keys, folder)
-            found.append(StoredDataset(system, dataset, sum(c.count for c in chunks), bool(meta.get("provided"))))
+            found.append(StoredDataset(system, dataset, sum(c.records for c in chunks), bool(meta.get("provided"))))
         return found
 
     def read(self, request_id: str, system: str, dataset: str) -> Iterator[dict[str, Any]]:

@@ -4,7 +4,7 @@ An erasure that dies after the vendor acted (a killed worker, a 429 on the verif
 after the call took effect) is retried by Temporal, perhaps on another machine; without a memory the retry
 finds nothing left and would report "no data about you" for a system it erased. So each connector writes,
 as close as it can to each mutating call, what it is about to do (an *intent*) and what the vendor
-confirmed (*done*), one line per record (the :class:`~dsr.model.RecordReport` of the reply); a retry reads
+confirmed (*done*), one line per record (the :class:`~dsr.domain.model.RecordReport` of the reply); a retry reads
 the journal back, does not redo what is done, and reports it as done by this request.
 
 Key layout, one folder per request and system, outside ``exports/`` so that no deletion of exports (link
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from typing import Any, Protocol
 
-from dsr.model import RecordAction, RecordReport
+from dsr.domain.model import RecordAction, RecordReport
 from dsr.store.objects import ObjectExists, ObjectNotFound, ObjectStore
 
 JOURNALS = "journals/"

@@ -21,20 +21,22 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from dsr.errors import ConflictError, NotFoundError, StoreError
+
 _KEY = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _PREFIX = re.compile(r"([A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]*")
 _TEMP_SUFFIX = ".tmp"
 
 
-class StorageError(OSError):
+class StorageError(StoreError, OSError):
     """The object storage could not be reached or refused an operation (credentials, network, bucket)."""
 
 
-class ObjectNotFound(FileNotFoundError):
+class ObjectNotFound(NotFoundError, FileNotFoundError):
     """No object under this key (never written, or deleted: a download link's "gone")."""
 
 
-class ObjectExists(FileExistsError):
+class ObjectExists(ConflictError, FileExistsError):
     """A conditional put found the key already taken."""
 
 

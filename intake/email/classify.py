@@ -14,7 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from dsr.model import Language, RequestKind
+from dsr.domain.model import Language, RequestKind
 
 __all__ = ["MAX_BODY_CHARS", "OUT_OF_SCOPE", "Classification", "classify"]
 

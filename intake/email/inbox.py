@@ -1,6 +1,6 @@
 """What the mailbox poller remembers about each email it has taken in: the ``inbound_messages`` table.
 
-One row per inbound message, keyed by a keyed hash (:meth:`dsr.crypto.KeyRing.blind_index`) of its
+One row per inbound message, keyed by a keyed hash (:meth:`dsr.store.crypto.KeyRing.blind_index`) of its
 Message-ID and sender address -- Message-IDs often embed the sender's address, so they are never stored
 in plaintext, and binding the sender means a stranger who learnt someone's Message-ID cannot make their
 message look like an already-handled duplicate. The row holds the request id reserved for the message
@@ -28,7 +28,7 @@ from sqlalchemy import Engine, String
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel
 
-from dsr.ledger import Sealer, UTCDateTime, create_tables
+from dsr.store.ledger import Sealer, UTCDateTime, create_tables
 
 MESSAGE_KEY_PURPOSE = "inbound.message-id"
 
@@ -89,7 +89,7 @@ class Inbox:
 
     def __init__(self, engine: Engine, indexer: Sealer) -> None:
         self._engine = engine
-        # On the ledger's SQLite engine this option makes writes BEGIN IMMEDIATE (see dsr.ledger), so two
+        # On the ledger's SQLite engine this option makes writes BEGIN IMMEDIATE (see dsr.store.ledger), so two
         # pollers queue on the lock instead of failing; other engines ignore it.
         self._write_engine = engine.execution_options(dsr_write=True)
         self._indexer = indexer

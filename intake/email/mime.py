@@ -24,7 +24,7 @@ from email.message import EmailMessage, Message, MIMEPart
 from html.parser import HTMLParser
 from typing import Any
 
-from dsr.model import display_name
+from dsr.domain.model import display_name
 from dsr.store.attachments import safe_filename as _safe_filename
 from intake.email.authresults import UNCHECKED, SenderCheck, sender_check
 from intake.email.mimescan import MAX_DEPTH, MAX_PARTS, check_mime_caps

@@ -37,9 +37,9 @@ from datetime import UTC, datetime
 import aioimaplib
 from sqlalchemy import Engine
 
-from dsr.crypto import KeyRing
-from dsr.model import is_valid_email
+from dsr.domain.model import is_valid_email
 from dsr.store.attachments import AttachmentStore
+from dsr.store.crypto import KeyRing
 from intake.email.imap import ImapSession, connect, parse_internaldate
 from intake.email.inbox import Inbox, MessageState
 from intake.email.mime import auto_reply_reason, parse_message, unread_message

@@ -60,8 +60,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from dsr.deadlines import receipt_date
-from dsr.model import Channel, Correspondence, Language, RequestKind
+from dsr.domain.deadlines import receipt_date
+from dsr.domain.model import Channel, Correspondence, Language, RequestKind
 from dsr.store.attachments import AttachmentLimitError, AttachmentStore
 from intake.email.inbox import InboundMessage, Inbox, MessageState
 from intake.email.mime import InboundEmail

@@ -49,9 +49,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from dsr.guards import Guards
-from dsr.http_body import BodyTooLarge, read_limited_body
-from dsr.model import WORKFLOW_ID_PREFIX, Language, RequestKind
+from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, RequestKind
+from dsr.store.guards import Guards
+from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
 from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 

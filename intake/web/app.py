@@ -14,7 +14,7 @@ never reach the logs) and answered with a 500 page that says nothing more.
 
 Deployment notes
 ----------------
-* The attempt counters live in the ledger's database (:class:`dsr.guards.Guards`), keyed by request (so
+* The attempt counters live in the ledger's database (:class:`dsr.store.guards.Guards`), keyed by request (so
   every link of one request shares them) and by client address (hashed): every intake replica counts the
   same attempts, and the check of an answer and its count are one transaction.
 * The client address is ``request.client.host``: the socket's peer, or the ``X-Forwarded-For`` address a
@@ -36,8 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
-from dsr.links import DownloadLinks
+from dsr.store.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
+from dsr.store.links import DownloadLinks
 from intake.web.attempts import LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS, Attempts, CodeLockedHook
 from intake.web.exports import EXPORTS_SCOPE, MAX_FORM_BYTES, AuditHook, BundleOpener, DownloadPages, exports_router
 

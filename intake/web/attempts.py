@@ -1,9 +1,9 @@
 """How many answers a code page takes: the one attempt limiter of ``/verify`` and ``/exports/{token}``.
 
 Both pages ask for a code a stranger could try to guess, so both count the same way, in the ledger's database
-(:class:`dsr.guards.Guards`: every replica counts the same attempts, a check and its count are one
+(:class:`dsr.store.guards.Guards`: every replica counts the same attempts, a check and its count are one
 transaction). Every answer, right or wrong, is first throttled per client address and overall
-(:class:`dsr.guards.AnswerThrottle`); then each wrong answer counts against the request (:data:`MAX_ATTEMPTS`
+(:class:`dsr.store.guards.AnswerThrottle`); then each wrong answer counts against the request (:data:`MAX_ATTEMPTS`
 within :data:`LOCKOUT` lock it for :data:`LOCKOUT`, and ``max_wrong`` in all close its code for good) and
 against the client address (:data:`MAX_CLIENT_ATTEMPTS` per :data:`LOCKOUT` window, whatever the requests).
 The two pages count apart (their ``scope``).
@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from starlette.concurrency import run_in_threadpool
 
-from dsr.guards import AnswerThrottle, AttemptLimits, Guards, Verdict
+from dsr.store.guards import AnswerThrottle, AttemptLimits, Guards, Verdict
 
 __all__ = ["LOCKOUT", "MAX_ATTEMPTS", "MAX_CLIENT_ATTEMPTS", "Attempts", "CodeLockedHook", "wait_in_minutes"]
 

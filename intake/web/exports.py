@@ -2,7 +2,7 @@
 
 Flow
 ----
-1. ``GET /exports/{token}``: the token is checked (:class:`dsr.links.DownloadLinks`). Tampered: 403 page
+1. ``GET /exports/{token}``: the token is checked (:class:`dsr.store.links.DownloadLinks`). Tampered: 403 page
    "This link is not valid"; expired: 410 page "This link has expired; ask for a new one". Neither page
    says anything else (no reference, no expiry, no hint which check failed). A valid token gets a small
    form (French or English by ``Accept-Language``) asking for the code sent in the same email (8 characters,
@@ -37,7 +37,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
-from dsr.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
+from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
 from intake.web.attempts import Attempts, wait_in_minutes
 from intake.web.pages import FormRefused, choose_language, first_values, read_form, render, security_headers
 from intake.web.wording import DOWNLOAD

@@ -56,7 +56,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dsr.model import Channel, RequestKind, is_valid_email
+from dsr.domain.model import Channel, RequestKind, is_valid_email
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers

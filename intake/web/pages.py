@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
-from dsr.http_body import BodyTooLarge, read_limited_body
+from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.web.wording import LANGUAGES
 from templates import TEMPLATE_DIR
 

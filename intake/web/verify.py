@@ -1,13 +1,13 @@
 """Identity confirmation pages: ``/verify/{token}`` (the link) and ``/verify`` (reference + code).
 
 The identity email of a request whose policy is ``email`` carries a signed link and, unless the request is an
-erasure or a rectification (link only: :data:`dsr.model.LINK_ONLY_KINDS`), an 8-character code such as
-``K7QM-4XPD`` (:class:`dsr.links.IdentityLinks`). Opening the link never confirms by itself: mail scanners and link
-previews open links too. It shows a button; pressing it (a POST carrying a form value bound to the token)
+erasure or a rectification (link only: :data:`dsr.domain.model.LINK_ONLY_KINDS`), an 8-character code such as
+``K7QM-4XPD`` (:class:`dsr.store.links.IdentityLinks`). Opening the link never confirms by itself: mail scanners and
+link previews open links too. It shows a button; pressing it (a POST carrying a form value bound to the token)
 sends the ``confirm_identity`` update. ``/verify`` is the same without the link: the reference and the
 code, typed. Wrong codes count as on the download page (:class:`intake.web.attempts.Attempts`): against the
 request (:data:`~intake.web.attempts.MAX_ATTEMPTS`, then a lockout; and ``max_wrong`` in all,
-:data:`dsr.guards.MAX_WRONG_ANSWERS` by default, after which the request's code is closed for good, only the
+:data:`dsr.store.guards.MAX_WRONG_ANSWERS` by default, after which the request's code is closed for good, only the
 link works, and the operator is told once through ``on_locked``) and against the client address; every
 answer, right or wrong, is throttled per client and overall. All of it in the ledger's database, so every
 replica counts the same; comparisons are constant-time, and the pages say nothing about whether a reference
@@ -30,8 +30,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from dsr.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
-from dsr.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
+from dsr.store.guards import DEFAULT_THROTTLE, MAX_WRONG_ANSWERS, AnswerThrottle, AttemptLimits, Guards
+from dsr.store.links import MAX_TOKEN_LENGTH, ExpiredLink, IdentityLinks, InvalidLink
 from intake.service import IdentityOutcome, IntakeUnavailable
 from intake.web.attempts import LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS, Attempts, CodeLockedHook, wait_in_minutes
 from intake.web.pages import FormRefused, choose_language, first_values, read_form, render, security_headers
@@ -51,7 +51,7 @@ Exists = Callable[[str], bool]
 """``exists(request_id)``: the ledger knows the request (synchronous; runs in a worker thread)."""
 LinkOnly = Callable[[str], bool]
 """``link_only(request_id)``: no code was offered for the request (an erasure or a rectification,
-:data:`dsr.model.LINK_ONLY_KINDS`): a code typed for it is wrong, whatever it is (synchronous)."""
+:data:`dsr.domain.model.LINK_ONLY_KINDS`): a code typed for it is wrong, whatever it is (synchronous)."""
 
 
 def verify_router(

@@ -15,7 +15,15 @@ from temporalio.testing import ActivityEnvironment
 import activities.connectors as fan_out
 from activities.connectors import PERMANENT_ERROR, PROGRESSED, ConnectorActivities
 from connectors.base import ExportJob, OperationJob
-from dsr.model import ConnectorOutcome, ConnectorTask, PlanInput, RecordAction, RecordReport, RequestKind, Subject
+from dsr.domain.model import (
+    ConnectorOutcome,
+    ConnectorTask,
+    PlanInput,
+    RecordAction,
+    RecordReport,
+    RequestKind,
+    Subject,
+)
 from tests.harness import ScriptedConnector, file_exports, raw_dataset
 
 STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-exports-")))

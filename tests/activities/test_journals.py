@@ -25,9 +25,9 @@ from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
-from dsr.crypto import DecryptionError
-from dsr.model import ConnectorOutcome, ConnectorTask, RecordAction, RecordReport, RequestKind, Subject
+from dsr.domain.model import ConnectorOutcome, ConnectorTask, RecordAction, RecordReport, RequestKind, Subject
 from dsr.store import store_at
+from dsr.store.crypto import DecryptionError
 from dsr.store.exports import ExportStore
 from dsr.store.journals import JournalEntry, JournalStore
 from sandbox.stripe import LocalStripe, seed_customer

@@ -22,10 +22,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.notices import NoticeActivities, build_message, notice_key
 from connectors.config import ConfigFileError
-from dsr.config import SmtpSettings
-from dsr.model import Language, Notice, NoticeTemplate, SentNotice
-from dsr.outbox import OutboxSink
-from dsr.profile import ControllerProfile, SupervisoryAuthority
+from dsr.config.profile import ControllerProfile, SupervisoryAuthority
+from dsr.config.settings import SmtpSettings
+from dsr.domain.model import Language, Notice, NoticeTemplate, SentNotice
+from dsr.mail.outbox import OutboxSink
 from templates import render_notice
 
 SUBJECT_ADDRESS = "zoe.martin@example.com"

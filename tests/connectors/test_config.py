@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectors.config import ConfigFileError, load_config, parse_config
-from dsr.model import RequestKind
+from dsr.domain.model import RequestKind
 
 GOOD = """
 [[connectors]]
@@ -99,7 +99,7 @@ def test_a_broken_file_stops_the_cli_with_one_line(tmp_path: Path) -> None:
 
 
 def test_secrets_file_fills_missing_variables_and_must_be_private(tmp_path: Path) -> None:
-    from dsr.config import ConfigError, Settings
+    from dsr.config.settings import ConfigError, Settings
 
     settings = Settings.from_env({"DSR_HOME": str(tmp_path)})
     settings.secrets_file.write_text("# demo\nHUBSPOT_TOKEN='from-file'\nexport WC_KEY=k\n")
@@ -117,10 +117,10 @@ def test_secrets_file_fills_missing_variables_and_must_be_private(tmp_path: Path
 async def test_connectors_check_over_real_http(tmp_path: Path) -> None:
     import asyncio
 
-    from dsr.codec_server import serve_codec
+    from dsr.web.serve import serve_app
     from sandbox.hubspot import HubSpotState, hubspot_app
 
-    crm = await serve_codec(hubspot_app(HubSpotState(), token="pat-right"), port=0)
+    crm = await serve_app(hubspot_app(HubSpotState(), token="pat-right"), port=0)
     try:
         (tmp_path / "dsr.toml").write_text(
             f'[[connectors]]\ntype = "hubspot"\nname = "crm"\nbase_url = "{crm.url}"\n'

@@ -22,9 +22,9 @@ from connectors.base import (
 )
 from connectors.http import READ_TRIES, RateLimiter
 from connectors.hubspot import HubSpotConnector
-from dsr.codec_server import RunningCodecServer, serve_codec
-from dsr.model import RecordAction, Subject
+from dsr.domain.model import RecordAction, Subject
 from dsr.store.exports import ExportStore
+from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from tests.harness import file_exports, raw_dataset
@@ -39,7 +39,7 @@ SUBJECT = Subject(email="Lea.Petit@Example.ORG", name="Léa Petit")
 class Portal:
     state: HubSpotState
     faults: Faults
-    server: RunningCodecServer
+    server: RunningServer
     connectors: list[HubSpotConnector] = field(default_factory=list)
 
     def connector(self, **kwargs: Any) -> HubSpotConnector:
@@ -51,8 +51,8 @@ class Portal:
 
 async def start_portal(state: HubSpotState, **app_kwargs: Any) -> Portal:
     faults = Faults()
-    server = await serve_codec(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs),
-                               host="127.0.0.1", port=0)
+    server = await serve_app(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs),
+                             host="127.0.0.1", port=0)
     return Portal(state, faults, server)
 
 

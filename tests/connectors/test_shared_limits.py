@@ -1,5 +1,5 @@
 """A vendor's rate limit is per account: connectors on two workers count in one window, in the ledger's
-database (``dsr.guards.Guards.reserve``), wired by ``build_connectors(..., shared=...)``."""
+database (``dsr.store.guards.Guards.reserve``), wired by ``build_connectors(..., shared=...)``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from sqlalchemy import text
 
 from connectors.config import build_connectors, parse_config
 from connectors.woocommerce import WooCommerceConnector
-from dsr.crypto import KeyRing
-from dsr.guards import Guards
-from dsr.ledger import Ledger
+from dsr.store.crypto import KeyRing
+from dsr.store.guards import Guards
+from dsr.store.ledger import Ledger
 from tests.connectors.test_woocommerce import KEY, SECRET, Shop, seed_lea, start_shop
 
 LIMIT = 4

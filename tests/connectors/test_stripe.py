@@ -29,8 +29,8 @@ from connectors.base import (
 )
 from connectors.http import READ_TRIES, RateLimiter
 from connectors.stripe import LEGAL_BASIS, StripeConnector
-from dsr.codec_server import serve_codec
-from dsr.model import RecordAction, Subject
+from dsr.domain.model import RecordAction, Subject
+from dsr.web.serve import serve_app
 from sandbox.stripe import LocalStripe, seed_customer
 from tests.harness import file_exports, free_port, raw_dataset
 
@@ -408,7 +408,7 @@ class CountingLimiter(RateLimiter):
 
 
 async def scripted_connector(script: Scripted) -> tuple[Any, StripeConnector, CountingLimiter]:
-    running = await serve_codec(script.app(), port=0)
+    running = await serve_app(script.app(), port=0)
     limiter = CountingLimiter()
     return running, StripeConnector("stripe-eu", api_key="sk_test_x", base_url=running.url, rate_limit=limiter), limiter
 

@@ -21,9 +21,9 @@ from connectors.base import (
 )
 from connectors.http import READ_TRIES, RateLimiter
 from connectors.woocommerce import WooCommerceConnector
-from dsr.codec_server import RunningCodecServer, serve_codec
-from dsr.model import RecordAction, Subject
+from dsr.domain.model import RecordAction, Subject
 from dsr.store.exports import ExportStore
+from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import file_exports, raw_dataset
@@ -37,7 +37,7 @@ REQUEST = "dsr-2026-11-WOOCOM"
 class Shop:
     state: WooState
     faults: Faults
-    server: RunningCodecServer
+    server: RunningServer
     connector: WooCommerceConnector
 
     def connect(self, **kwargs: Any) -> WooCommerceConnector:
@@ -49,7 +49,7 @@ async def start_shop(rate_limit: tuple[int, float] | None = None) -> Shop:
     state = WooState(now=lambda: datetime(2025, 6, 1, 12, 0, 0))
     faults = Faults()
     app = woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET, rate_limit=rate_limit, faults=faults)
-    server = await serve_codec(app, port=0)
+    server = await serve_app(app, port=0)
     connector = WooCommerceConnector(consumer_key=KEY, consumer_secret=SECRET, base_url=server.url)
     return Shop(state, faults, server, connector)
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from dsr.deadlines import DeadlineInput, deadline_schedule
-from dsr.ledger import Ledger
-from dsr.model import (
+from dsr.domain.deadlines import DeadlineInput, deadline_schedule
+from dsr.domain.model import (
     AuditEvent,
     Channel,
     Language,
@@ -26,6 +25,7 @@ from dsr.model import (
     Stage,
     Subject,
 )
+from dsr.store.ledger import Ledger
 
 TIMEZONE = "Europe/Paris"
 ZONE = ZoneInfo(TIMEZONE)

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from dsr.crypto import DecryptionError
 from dsr.store import store_at
 from dsr.store.attachments import AttachmentInfo, AttachmentStore
+from dsr.store.crypto import DecryptionError
 from tests.harness import TEST_KEYRING
 
 REQUEST = "dsr-2026-03-ATTACH"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dsr.bundle import (
+from dsr.domain.model import Language, RequestKind
+from dsr.mail.bundle import (
     BUNDLE_MAGIC,
     CHUNK_SIZE,
     PREVIEW_ROWS,
@@ -26,9 +27,8 @@ from dsr.bundle import (
     build_bundle,
     open_bundle,
 )
-from dsr.crypto import DecryptionError, KeyRing, UnknownKeyError
-from dsr.model import Language, RequestKind
 from dsr.store import ObjectNotFound, store_at
+from dsr.store.crypto import DecryptionError, KeyRing, UnknownKeyError
 from dsr.store.exports import ExportStore
 from tests.harness import TEST_KEYRING
 
@@ -267,7 +267,7 @@ def test_a_failed_build_leaves_no_plaintext_and_the_previous_bundle(store: Expor
         yield b"DSRBNDL"
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("dsr.bundle._encrypt", broken)
+    monkeypatch.setattr("dsr.mail.bundle._encrypt", broken)
     with pytest.raises(RuntimeError):
         build(store)
     assert os.listdir(scratch) == []
@@ -312,13 +312,13 @@ def test_memory_stays_bounded_for_a_large_export(storage_url: str, tmp_path: Pat
 ])
 def test_csv_cells_that_a_spreadsheet_would_run_are_quoted(cell: str) -> None:
     """Issue 12 finding 9: leading blanks, newlines, controls and full-width signs no longer slip through."""
-    from dsr.bundle import _csv_safe
+    from dsr.mail.bundle import _csv_safe
 
     assert _csv_safe(cell) == "'" + cell
 
 
 @pytest.mark.parametrize("cell", ["Lyon", "a=b", " Lyon", "", "   ", "1-2", "\u00e9=1", "order #4521 (+33)"])
 def test_csv_cells_that_are_not_formulas_stay_as_they_are(cell: str) -> None:
-    from dsr.bundle import _csv_safe
+    from dsr.mail.bundle import _csv_safe
 
     assert _csv_safe(cell) == cell

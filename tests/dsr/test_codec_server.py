@@ -12,8 +12,9 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import DataConverter
 
-from dsr.codec_server import MAX_BODY_BYTES, RunningCodecServer, codec_app, serve_codec
-from dsr.crypto import ENCODING, KEY_ID_METADATA_KEY, EncryptionCodec, KeyRing
+from dsr.runtime.codec_server import MAX_BODY_BYTES, codec_app
+from dsr.store.crypto import ENCODING, KEY_ID_METADATA_KEY, EncryptionCodec, KeyRing
+from dsr.web.serve import RunningServer, serve_app
 
 EMAIL = "jeanne.martin@example.org"
 UI = "http://127.0.0.1:8233"
@@ -27,8 +28,8 @@ def ring() -> KeyRing:
 
 
 @pytest_asyncio.fixture
-async def server(ring: KeyRing) -> AsyncIterator[RunningCodecServer]:
-    running = await serve_codec(codec_app(ring, allowed_origin=UI, token=TOKEN), port=0)
+async def server(ring: KeyRing) -> AsyncIterator[RunningServer]:
+    running = await serve_app(codec_app(ring, allowed_origin=UI, token=TOKEN), port=0)
     try:
         yield running
     finally:
@@ -36,7 +37,7 @@ async def server(ring: KeyRing) -> AsyncIterator[RunningCodecServer]:
 
 
 @pytest_asyncio.fixture
-async def http(server: RunningCodecServer) -> AsyncIterator[httpx.AsyncClient]:
+async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         yield client
 
@@ -54,7 +55,7 @@ async def _encrypted(ring: KeyRing, value: object) -> list[Payload]:
     return await EncryptionCodec(ring).encode(plain)
 
 
-async def test_serves_on_loopback_and_answers_health(server: RunningCodecServer, http: httpx.AsyncClient) -> None:
+async def test_serves_on_loopback_and_answers_health(server: RunningServer, http: httpx.AsyncClient) -> None:
     assert server.host == "127.0.0.1"
     assert server.url == f"http://127.0.0.1:{server.port}"
     response = await http.get("/health")
@@ -216,7 +217,7 @@ async def test_unknown_paths_and_methods(http: httpx.AsyncClient) -> None:
 
 async def test_without_a_token_no_authorization_is_needed(ring: KeyRing) -> None:
     async with (
-        await serve_codec(codec_app(ring, allowed_origin=UI, token=None), port=0) as running,
+        await serve_app(codec_app(ring, allowed_origin=UI, token=None), port=0) as running,
         httpx.AsyncClient(base_url=running.url) as client,
     ):
         response = await client.post("/decode", content=_body(await _encrypted(ring, EMAIL)))
@@ -227,13 +228,13 @@ async def test_without_a_token_no_authorization_is_needed(ring: KeyRing) -> None
 
 async def test_stop_frees_the_port_and_a_busy_port_raises(ring: KeyRing) -> None:
     app = codec_app(ring, allowed_origin=UI, token=TOKEN)
-    first = await serve_codec(app, port=0)
+    first = await serve_app(app, port=0)
     try:
         with pytest.raises(OSError, match="cannot listen"):
-            await serve_codec(app, port=first.port)
+            await serve_app(app, port=first.port)
     finally:
         await first.stop()
-    again = await serve_codec(app, port=first.port)
+    again = await serve_app(app, port=first.port)
     await again.stop()
 
 
@@ -265,7 +266,7 @@ def test_the_local_stacks_token_is_made_once_private_and_reused(tmp_path) -> Non
     import os
     import stat
 
-    from dsr.codec_server import CodecTokenError, load_or_create_token
+    from dsr.runtime.codec_server import CodecTokenError, load_or_create_token
 
     path = tmp_path / "codec-token"
     old = os.umask(0)

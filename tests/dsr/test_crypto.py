@@ -26,8 +26,8 @@ from temporalio.worker import Worker
 
 # This module defines a workflow, so the sandbox re-imports it: pass the native-code imports through.
 with workflow.unsafe.imports_passed_through():
-    from dsr.config import Settings
-    from dsr.crypto import (
+    from dsr.config.settings import Settings
+    from dsr.store.crypto import (
         ENCODING,
         KEY_ID_METADATA_KEY,
         REFUSED_ENCODING,

@@ -1,7 +1,7 @@
 """Deadlines under GDPR Art. 12(3) counted with Regulation 1182/71 (see LEGAL.md, "Counting a month").
 
 Expected dates are written out by hand from a calendar; the property tests check the rules against an
-oracle built independently of ``dsr.deadlines`` (calendar.monthrange + a fresh ``holidays`` calendar).
+oracle built independently of ``dsr.domain.deadlines`` (calendar.monthrange + a fresh ``holidays`` calendar).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsr import deadlines
-from dsr.deadlines import (
+from dsr.domain import deadlines
+from dsr.domain.deadlines import (
     deadline_as_search_value,
     deadline_schedule,
     is_working_day,
     receipt_date,
     response_deadline,
 )
-from dsr.model import Deadline, DeadlineInput, Deadlines, Reminder
+from dsr.domain.model import Deadline, DeadlineInput, Deadlines, Reminder
 
 PARIS = ZoneInfo("Europe/Paris")
 

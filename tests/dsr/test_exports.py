@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dsr.crypto import DecryptionError
 from dsr.store import store_at
+from dsr.store.crypto import DecryptionError
 from dsr.store.exports import ExportStore
 from tests.harness import TEST_KEYRING
 

@@ -1,4 +1,4 @@
-"""The intake's shared counters (``dsr.guards``) on SQLite (a file) and PostgreSQL (a real server): two
+"""The intake's shared counters (``dsr.store.guards``) on SQLite (a file) and PostgreSQL (a real server): two
 ``Guards``, each on its own ``Ledger`` engine like two intake replicas, decide concurrently and allow exactly
 what one would."""
 
@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from dsr.crypto import KeyRing
-from dsr.guards import AttemptLimits, Guards, RateWindow
-from dsr.ledger import Ledger
+from dsr.store.crypto import KeyRing
+from dsr.store.guards import AttemptLimits, Guards, RateWindow
+from dsr.store.ledger import Ledger
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 LIMITS = AttemptLimits(max_attempts=5, lockout=timedelta(minutes=15), max_client_attempts=30)
@@ -202,7 +202,7 @@ def test_the_lasting_cap_closes_a_request_once_under_concurrency_whatever_the_lo
 
 
 def test_the_throttle_bounds_answers_per_client_and_overall(replicas: tuple[Guards, Guards]) -> None:
-    from dsr.guards import AnswerThrottle
+    from dsr.store.guards import AnswerThrottle
 
     throttle = AnswerThrottle(per_client=3, overall=5, window=timedelta(hours=1))
     client = [replicas[0].client_key(f"192.0.2.{n}") for n in range(3)]

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dsr.crypto import KeyRing, data_converter
-from dsr.ledger import Ledger
-from dsr.links import DownloadLinks
-from dsr.model import Channel, Language, RequestKind, RequestRecordInput, Subject
+from dsr.domain.model import Channel, Language, RequestKind, RequestRecordInput, Subject
+from dsr.store.crypto import KeyRing, data_converter
+from dsr.store.ledger import Ledger
+from dsr.store.links import DownloadLinks
 
 BIN = Path(sys.executable).parent
 EMAIL = "jeanne.martin@example.org"

@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from dsr.crypto import KeyRing
-from dsr.ledger import Ledger, LedgerEvent, LedgerUnavailableError, Sealer, UnknownRequestError
-from dsr.model import (
+from dsr.domain.model import (
     AuditEvent,
     Channel,
     Language,
@@ -24,6 +22,8 @@ from dsr.model import (
     Stage,
     Subject,
 )
+from dsr.store.crypto import KeyRing
+from dsr.store.ledger import Ledger, LedgerEvent, LedgerUnavailableError, Sealer, UnknownRequestError
 
 EMAIL = "Jeanne.Martin@Example.org"
 NAME = "Jeanne Martin"
@@ -267,7 +267,7 @@ def test_subject_is_sealed_at_rest(ledger: Ledger, sealer: Sealer, raw: Callable
 def test_sealed_fields_are_bound_to_their_request(ledger: Ledger, sealer: Sealer,
                                                   raw: Callable[..., list[Any]]) -> None:
     """Issue 12 finding 9: whoever can write the database cannot move a sealed address to another request."""
-    from dsr.crypto import DecryptionError
+    from dsr.store.crypto import DecryptionError
 
     ledger.record_request(record("dsr-2026-11-AAAAAA"), now=T0)
     ledger.record_request(record("dsr-2026-11-BBBBBB", email="someone.else@example.net", name="Someone Else"),
@@ -370,7 +370,7 @@ def test_two_ledgers_share_one_database(url: str, sealer: Sealer) -> None:
 def test_machines_starting_together_on_a_new_database_all_open_it(url: str, sealer: Sealer) -> None:
     """Workers and intake replicas of a new deployment start at once: each creates the missing tables, and none
     fails on another's half-created catalogue (PostgreSQL's unique index on type names, SQLite's lock)."""
-    from dsr.guards import Guards
+    from dsr.store.guards import Guards
     from intake.email.inbox import Inbox
 
     starting = threading.Barrier(6)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsr.outbox import OutboxSink
+from dsr.mail.outbox import OutboxSink
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 

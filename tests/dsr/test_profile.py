@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from connectors.config import ConfigFileError
-from dsr.model import Language
-from dsr.profile import (
+from dsr.config.profile import (
     CNIL_ADDRESS,
     ControllerProfile,
     ProfileError,
@@ -17,6 +16,8 @@ from dsr.profile import (
     load_profile,
     parse_profile,
 )
+from dsr.domain.model import Language
+from dsr.errors import ConfigurationError
 
 DEMO = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
 
@@ -168,7 +169,9 @@ def test_malformed_profile_names_the_key_path(snippet: str, expected: str) -> No
     with pytest.raises(ProfileError) as caught:
         parse_profile(snippet)
     assert str(caught.value).startswith(expected), str(caught.value)
-    assert isinstance(caught.value, ConfigFileError)  # `dsr config check` reports both the same way
+    # Not a connector error any more, but the same family as one: `dsr config check` reports both the same way.
+    assert isinstance(caught.value, ConfigurationError)
+    assert not isinstance(caught.value, ConfigFileError)
 
 
 def test_load_profile_names_the_file(tmp_path: Path) -> None:

@@ -22,9 +22,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import event
 
-from dsr.crypto import KeyRing
-from dsr.ledger import Ledger
-from dsr.model import (
+from dsr.domain.model import (
     AuditEvent,
     Channel,
     Language,
@@ -35,7 +33,7 @@ from dsr.model import (
     Stage,
     Subject,
 )
-from dsr.register import (
+from dsr.dpo.register import (
     RegisterEntry,
     RegisterFilter,
     RequestState,
@@ -43,7 +41,9 @@ from dsr.register import (
     percentile,
     read_register,
 )
-from dsr.report import render_html
+from dsr.dpo.report import render_html
+from dsr.store.crypto import KeyRing
+from dsr.store.ledger import Ledger
 from tests.dsr.simulated_register import TIMEZONE, Planned, fill, plan_year
 
 PARIS = ZoneInfo(TIMEZONE)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from dsr.crypto import KeyRing
-from dsr.ledger import Ledger
-from dsr.model import Language
-from dsr.register import Statistics, compute_statistics, read_register
-from dsr.report import render_html
+from dsr.domain.model import Language
+from dsr.dpo.register import Statistics, compute_statistics, read_register
+from dsr.dpo.report import render_html
+from dsr.store.crypto import KeyRing
+from dsr.store.ledger import Ledger
 from tests.dsr.simulated_register import TIMEZONE, fill, plan_year
 
 CHROMIUM = Path(os.environ.get("DSR_CHROMIUM", "/usr/bin/chromium"))

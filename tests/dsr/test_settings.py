@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dsr.config import ConfigError, Settings
+from dsr.config.settings import ConfigError, Settings
 
 
 def test_connector_degraded_minutes_default_and_override(tmp_path: Path) -> None:

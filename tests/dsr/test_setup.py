@@ -15,8 +15,8 @@ import pytest_asyncio
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from dsr import search_attributes as sa
 from tests.harness import S3Server, binary, free_port
+from workflows import search_attributes as sa
 
 BIN = Path(sys.executable).parent
 

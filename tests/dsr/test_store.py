@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsr.config import ConfigError, Settings
+from dsr.config.settings import ConfigError, Settings
 from dsr.store import FileStore, ObjectExists, ObjectNotFound, StorageError, open_store, parse_storage_url, store_at
 
 

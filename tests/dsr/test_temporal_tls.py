@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from temporalio.testing import WorkflowEnvironment
 
-from dsr.config import ConfigError, Settings
-from dsr.temporal import connect
+from dsr.config.settings import ConfigError, Settings
+from dsr.runtime.temporal import connect
 from tests.harness import TEST_KEYRING, binary
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dsr.model import Language, RequestKind
+from dsr.domain.model import Language, RequestKind
 from intake.email.classify import MAX_BODY_CHARS, Classification, classify
 
 LABELLED = Path(__file__).parent / "emails" / "labelled.jsonl"

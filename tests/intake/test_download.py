@@ -1,7 +1,7 @@
 """The download page of export bundles over real HTTP: uvicorn on 127.0.0.1, an httpx client.
 
 The bundle opener is the tests' own (a zip encrypted with ``KeyRing.encrypt``), so these tests do not
-depend on how ``dsr.bundle`` lays its files out.
+depend on how ``dsr.mail.bundle`` lays its files out.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from dsr.codec_server import serve_codec
-from dsr.crypto import KeyRing
-from dsr.guards import Guards
-from dsr.ledger import Ledger
-from dsr.links import DownloadLinks, ExpiredLink, TamperedLink, _code_of, download_url, format_code
+from dsr.store.crypto import KeyRing
+from dsr.store.guards import Guards
+from dsr.store.ledger import Ledger
+from dsr.store.links import DownloadLinks, ExpiredLink, TamperedLink, _code_of, download_url, format_code
+from dsr.web.serve import serve_app
 from intake.web.app import intake_app
 from intake.web.exports import MAX_FORM_BYTES
 from intake.web.pages import CSP, choose_language
@@ -71,7 +71,7 @@ def _write_bundle(ring: KeyRing, folder: Path, request_id: str, plain: bytes) ->
 
 
 def _opener(ring: KeyRing, folder: Path) -> Callable[[str], Iterator[bytes] | None]:
-    """Like ``dsr.bundle.open_bundle``: raises FileNotFoundError at once when the bundle is gone."""
+    """Like ``dsr.mail.bundle.open_bundle``: raises FileNotFoundError at once when the bundle is gone."""
 
     def open_bundle(request_id: str) -> Iterator[bytes]:
         key_id, _, blob = (folder / f"{request_id}.bundle").read_bytes().partition(b"\n")
@@ -128,7 +128,7 @@ async def _serve(
         guards=Guards(ledger.engine, ring),
         clock=clock,
     )
-    running = await serve_codec(app, port=0)
+    running = await serve_app(app, port=0)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
             yield Env(ring, links, clock, audit, b"", http)
@@ -489,7 +489,7 @@ def test_check_code_rules() -> None:
 
 def test_link_code_and_form_keys_rotate_with_the_key_ring() -> None:
     """Issue 12 finding 9: they derived from the index key, which never rotates; now from the current key."""
-    from dsr.links import IdentityLinks
+    from dsr.store.links import IdentityLinks
 
     ring = KeyRing.generate("k1")
     rotated = ring.with_new_key("k2")

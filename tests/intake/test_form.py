@@ -21,9 +21,9 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from dsr.codec_server import serve_codec
-from dsr.config import Settings
-from dsr.model import RequestKind
+from dsr.config.settings import Settings
+from dsr.domain.model import RequestKind
+from dsr.web.serve import serve_app
 from intake.service import Accepted, RateLimited, TriageItem
 from intake.submission import Submission, SubmissionError, prepare
 from intake.web.form import CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
@@ -145,7 +145,7 @@ async def serve_form(home: Path, *, prefix: str = "", controller: str = "Boutiqu
     """The form under uvicorn on 127.0.0.1 (a free port), stopped on exit."""
     sink = RecordingSink(Settings.from_env({"DSR_HOME": str(home)}))
     clock = Clock()
-    running = await serve_codec(make_app(sink, clock, prefix=prefix, controller=controller), port=0)
+    running = await serve_app(make_app(sink, clock, prefix=prefix, controller=controller), port=0)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
             yield Env(sink, clock, http, running.url, prefix)

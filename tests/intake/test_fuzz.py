@@ -43,9 +43,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from dsr.config import Settings
-from dsr.links import DownloadLinks
-from dsr.model import IdentityMethod, RequestInput, RequestKind
+from dsr.config.settings import Settings
+from dsr.domain.model import IdentityMethod, RequestInput, RequestKind
+from dsr.store.links import DownloadLinks
 from intake.service import Accepted, TriageItem
 from intake.submission import Submission, prepare
 from intake.web.api import MAX_BODY_BYTES, DeskSettings, api_router

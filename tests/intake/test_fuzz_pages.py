@@ -24,7 +24,7 @@ answers each request has had, the clock) and compare every answer with it, so th
 exactly where the input is well-formed, and bounded to a documented set where it is not (raw bytes, paths
 that normalise elsewhere). The app is the real one (``intake_app`` + ``verify_router``) in process, with
 ``DownloadLinks`` / ``IdentityLinks`` over ``TEST_KEYRING``, a recording confirm function, bundle opener
-and audit hook, the attempt counters of :mod:`dsr.guards` on a SQLite database of their own, and a clock the
+and audit hook, the attempt counters of :mod:`dsr.store.guards` on a SQLite database of their own, and a clock the
 tests move (past a lockout, to keep exploring behind it).
 
 The counters moved from the process into the ledger's database (shared by every intake replica), and the model
@@ -62,9 +62,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsr.crypto import KeyRing
-from dsr.guards import AnswerThrottle, AttemptLimitRow, Guards
-from dsr.links import CODE_ALPHABET, MAX_TOKEN_LENGTH, DownloadLinks, IdentityLinks
+from dsr.store.crypto import KeyRing
+from dsr.store.guards import AnswerThrottle, AttemptLimitRow, Guards
+from dsr.store.links import CODE_ALPHABET, MAX_TOKEN_LENGTH, DownloadLinks, IdentityLinks
 from intake.service import IdentityOutcome
 from intake.web.app import intake_app
 from intake.web.attempts import LOCKOUT, MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
@@ -144,7 +144,7 @@ def pages_app(downloads: DownloadLinks, audit: Audit, clock: Clock, identity: Id
               confirm: Confirmer | None = None, *, guards: Guards | None = None,
               exists: Callable[[str], bool] = EXISTING.__contains__) -> Any:
     """The app under test: ``intake_app`` (and ``verify_router`` when given its links and confirm function),
-    sharing one set of counters (:class:`dsr.guards.Guards`, a fresh SQLite database unless given)."""
+    sharing one set of counters (:class:`dsr.store.guards.Guards`, a fresh SQLite database unless given)."""
     guards = guards or throwaway_guards()
     # The throttles and the lasting cap of wrong codes are left out here (far above what a run sends): this file
     # checks the pages and their lockouts; tests/intake/test_guessing.py models caps and throttles.

@@ -2,7 +2,7 @@
 
 A model of what ``/verify`` (reference + identity code) and ``/exports/{token}`` (download code) must allow,
 checked against the real pages (``intake_app`` + ``verify_router``) of two replicas, each with its own
-:class:`dsr.guards.Guards` on its own engine over the same database (SQLite file, PostgreSQL server): what they
+:class:`dsr.store.guards.Guards` on its own engine over the same database (SQLite file, PostgreSQL server): what they
 agree on was agreed in the database. Hypothesis draws sequences of answers sent to either replica from a few
 client addresses, by an attacker (random codes, the reference, the codes of his own request and download, the
 codes of another family, in every spelling) and by the subject (the real code), with the clock moved between
@@ -40,9 +40,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from dsr.guards import AnswerThrottle, Guards
-from dsr.ledger import Ledger
-from dsr.links import CODE_ALPHABET, DownloadLinks, IdentityLinks, format_code
+from dsr.store.guards import AnswerThrottle, Guards
+from dsr.store.ledger import Ledger
+from dsr.store.links import CODE_ALPHABET, DownloadLinks, IdentityLinks, format_code
 from intake.service import IdentityOutcome
 from intake.web.app import intake_app
 from intake.web.verify import verify_router

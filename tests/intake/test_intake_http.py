@@ -27,10 +27,8 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from dsr.codec_server import serve_codec
-from dsr.config import Settings, SmtpSettings
-from dsr.ledger import Ledger
-from dsr.model import (
+from dsr.config.settings import Settings, SmtpSettings
+from dsr.domain.model import (
     Correspondence,
     IdentityConfirmation,
     IdentityMethod,
@@ -40,6 +38,8 @@ from dsr.model import (
     TriageStatus,
     Withdrawal,
 )
+from dsr.store.ledger import Ledger
+from dsr.web.serve import serve_app
 from intake.server import build_intake_app
 from intake.service import TriageItem
 from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port
@@ -85,7 +85,7 @@ async def intake(
     ledger = Ledger(settings.database_url, TEST_KEYRING)
     exports = exports_of(settings)
     app, service = build_intake_app(settings, TEST_KEYRING, ledger, exports, dev_server.client)
-    server = await serve_codec(app, host="127.0.0.1", port=port)
+    server = await serve_app(app, host="127.0.0.1", port=port)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
             async with build_worker(dev_server.client, settings, ledger, executor=executor, exports=exports), \
@@ -131,7 +131,7 @@ async def poll(check, *, seconds: float = 30):
 def reference_of(intake: Intake, email: str, kind: str) -> str:
     """The reference of the subject's open request of ``kind``: the API no longer tells it (issue 12, finding 4);
     the subject reads it in our emails, a test in the ledger."""
-    from dsr.model import RequestKind
+    from dsr.domain.model import RequestKind
 
     claim = intake.ledger.claim_of(email, RequestKind(kind))
     assert claim is not None, f"no open {kind} request for {email}"
@@ -383,7 +383,7 @@ async def test_code_confirmation_counts_wrong_codes_then_locks(intake: Intake) -
 async def test_a_document_request_is_not_confirmed_by_the_right_code(intake: Intake) -> None:
     """Issue 12 finding 1: no code is sent under the document policy, and the right one (derived with the
     key, as an attacker who guessed it would type it) gets the same page as a wrong one: no confirmation."""
-    from dsr.links import IdentityLinks
+    from dsr.store.links import IdentityLinks
 
     reference = await submit_api(intake, language="en")
     await wait_for_mail(intake.mail, 2)
@@ -439,7 +439,7 @@ async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once
     mails = [m for _, m in intake.mail.messages if erasure["reference"] in str(m["Subject"])]
     told = "\n".join(m.get_body(("plain",)).get_content() for m in mails)
     assert "/verify/" in told and "confirmation code" not in told
-    from dsr.links import IdentityLinks
+    from dsr.store.links import IdentityLinks
 
     erasure_code = IdentityLinks(TEST_KEYRING, ttl=timedelta(days=30)).request_code(erasure["reference"])
     refused = await intake.http.post("/verify", data={"reference": erasure["reference"], "code": erasure_code},

@@ -27,12 +27,12 @@ import pytest
 from sqlalchemy import select
 from sqlmodel import Session
 
-from dsr.config import Settings
-from dsr.crypto import DecryptionError
-from dsr.ledger import Ledger
-from dsr.model import Correspondence, Language, RequestKind
+from dsr.config.settings import Settings
+from dsr.domain.model import Correspondence, Language, RequestKind
 from dsr.store import FileStore, store_at
 from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore
+from dsr.store.crypto import DecryptionError
+from dsr.store.ledger import Ledger
 from intake.email.classify import Classification
 from intake.email.imap import parse_internaldate
 from intake.email.inbox import InboundMessageRow, MessageState
@@ -1020,7 +1020,7 @@ def test_sender_check_believes_only_the_top_run_of_the_trusted_server() -> None:
 
 
 def test_authserv_id_setting(tmp_path: Path) -> None:
-    from dsr.config import ConfigError
+    from dsr.config.settings import ConfigError
 
     base = {"DSR_HOME": str(tmp_path), "DSR_IMAP_HOST": "imap.example.com"}
     assert Settings.from_env(base).imap.authserv_id is None

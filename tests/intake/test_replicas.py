@@ -33,13 +33,13 @@ from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from dsr.codec_server import serve_codec
-from dsr.config import ConfigError, Settings, SmtpSettings
-from dsr.crypto import data_converter
-from dsr.guards import AttemptLimitRow, RateLimitRow
-from dsr.ledger import Ledger
-from dsr.links import IdentityLinks
-from dsr.model import Channel, Language, RequestKind, RequestRecordInput, Subject
+from dsr.config.settings import ConfigError, Settings, SmtpSettings
+from dsr.domain.model import Channel, Language, RequestKind, RequestRecordInput, Subject
+from dsr.store.crypto import data_converter
+from dsr.store.guards import AttemptLimitRow, RateLimitRow
+from dsr.store.ledger import Ledger
+from dsr.store.links import IdentityLinks
+from dsr.web.serve import serve_app
 from intake.server import build_intake_app
 from intake.service import Accepted, IntakeService, RateLimited
 from intake.submission import Submission
@@ -94,7 +94,7 @@ async def cluster(dev_server: WorkflowEnvironment, database_url: str, mail: Mail
                                           data_converter=data_converter(TEST_KEYRING))
             exports = file_exports(tmp_path / "bucket")  # what every machine shares
             app, service = build_intake_app(settings, TEST_KEYRING, ledger, exports, client)
-            server = await serve_codec(app, port=0)
+            server = await serve_app(app, port=0)
             stack.push_async_callback(server.stop)
             http = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=30))
             replicas.append(Replica(name, service, ledger, http))
@@ -163,7 +163,7 @@ async def test_the_same_subject_and_kind_at_two_replicas_at_once_make_one_workfl
 
 
 async def test_a_closed_request_frees_its_subject_and_kind_for_either_replica(cluster: Cluster) -> None:
-    from dsr.model import Withdrawal
+    from dsr.domain.model import Withdrawal
 
     first = await cluster.a.service.submit(submission("lea.petit@example.org"))
     await cluster.temporal.get_workflow_handle(first.reference).execute_update(
@@ -321,7 +321,7 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
         # No trusted proxy (the default), or a trusted network the peer is not in: the header is ignored, so the
         # per-client limit counts all these answers as 127.0.0.1's, and locks it.
         for trusted in ((), ("10.0.0.0/8",)):
-            server = await serve_codec(app, port=0, trusted_proxies=trusted)
+            server = await serve_app(app, port=0, trusted_proxies=trusted)
             try:
                 answers = await _wrong_codes_from(server.url, spoofed)
             finally:
@@ -332,7 +332,7 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
                 session.execute(RateLimitRow.__table__.delete())  # type: ignore[attr-defined]
                 session.commit()
         # 127.0.0.1 is the trusted proxy: each forwarded address is its own client.
-        server = await serve_codec(app, port=0, trusted_proxies=("127.0.0.1",))
+        server = await serve_app(app, port=0, trusted_proxies=("127.0.0.1",))
         try:
             answers = await _wrong_codes_from(server.url, spoofed)
         finally:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dsr.ledger import Ledger
-from dsr.model import RequestKind
+from dsr.domain.model import RequestKind
 from dsr.store import FileStore
 from dsr.store.attachments import AttachmentStore
+from dsr.store.ledger import Ledger
 from intake.email.inbox import Inbox, MessageState
 from intake.email.mime import parse_message
 from intake.email.settings import Outcome

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from dsr.codec_server import RunningCodecServer, serve_codec
-from dsr.config import ConfigError
+from dsr.config.settings import ConfigError
+from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import FaultRates, Faults, fault_proxy, parse_fault_rates
 from sandbox.stripe import LocalStripe
 from tests.harness import free_port
@@ -61,9 +61,9 @@ def localstripe() -> LocalStripe:
 
 
 @pytest_asyncio.fixture
-async def proxied(localstripe: LocalStripe) -> AsyncIterator[tuple[RunningCodecServer, Faults]]:
+async def proxied(localstripe: LocalStripe) -> AsyncIterator[tuple[RunningServer, Faults]]:
     faults = Faults()
-    server = await serve_codec(fault_proxy(localstripe.url, faults), port=0)
+    server = await serve_app(fault_proxy(localstripe.url, faults), port=0)
     try:
         yield server, faults
     finally:
@@ -75,7 +75,7 @@ def _auth() -> dict[str, str]:
 
 
 async def test_the_proxy_forwards_to_localstripe_and_logs_what_it_carried_out(
-    proxied: tuple[RunningCodecServer, Faults],
+    proxied: tuple[RunningServer, Faults],
 ) -> None:
     server, faults = proxied
     async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
@@ -90,7 +90,7 @@ async def test_the_proxy_forwards_to_localstripe_and_logs_what_it_carried_out(
     assert faults.mutated_twice() == []
 
 
-async def test_the_proxy_injects_429_with_retry_after_and_5xx(proxied: tuple[RunningCodecServer, Faults]) -> None:
+async def test_the_proxy_injects_429_with_retry_after_and_5xx(proxied: tuple[RunningServer, Faults]) -> None:
     server, faults = proxied
     async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
         faults.rates = FaultRates(throttle=1.0, retry_after_seconds=3)
@@ -102,14 +102,14 @@ async def test_the_proxy_injects_429_with_retry_after_and_5xx(proxied: tuple[Run
 
 
 async def test_the_stripe_connector_honours_the_proxys_retry_after(
-    proxied: tuple[RunningCodecServer, Faults],
+    proxied: tuple[RunningServer, Faults],
 ) -> None:
     """Injected errors carry Stripe's error shape: the official SDK exposes the status and ``Retry-After`` of
     such an answer only (a bare ``{"message": ...}`` became an "invalid response" without headers, so every
     injected 429 was retried on Temporal's growing backoff instead of after one second)."""
     from connectors.base import TransientConnectorError
     from connectors.stripe import StripeConnector
-    from dsr.model import Subject
+    from dsr.domain.model import Subject
 
     server, faults = proxied
     connector = StripeConnector(api_key=KEY, base_url=server.url)
@@ -127,7 +127,7 @@ async def test_the_stripe_connector_honours_the_proxys_retry_after(
 
 
 async def test_an_answer_lost_after_the_call_took_effect(
-    proxied: tuple[RunningCodecServer, Faults], localstripe: LocalStripe,
+    proxied: tuple[RunningServer, Faults], localstripe: LocalStripe,
 ) -> None:
     server, faults = proxied
     faults.rates = FaultRates(lost=1.0)
@@ -144,7 +144,7 @@ async def test_an_answer_lost_after_the_call_took_effect(
     assert [(a.request, a.status) for a in faults.applied] == [("POST /v1/customers", 200)]
 
 
-async def test_a_repeated_write_is_reported_once_per_body(proxied: tuple[RunningCodecServer, Faults]) -> None:
+async def test_a_repeated_write_is_reported_once_per_body(proxied: tuple[RunningServer, Faults]) -> None:
     server, faults = proxied
     async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
         customer = (await http.post("/v1/customers", data={"email": "twice@example.org"})).json()["id"]

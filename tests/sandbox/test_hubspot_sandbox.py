@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from dsr.codec_server import RunningCodecServer, serve_codec
+from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 
@@ -20,7 +20,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class Running:
     state: HubSpotState
     faults: Faults
-    server: RunningCodecServer
+    server: RunningServer
     http: httpx.AsyncClient
     lea: str
 
@@ -32,8 +32,8 @@ async def _start(**kwargs: object) -> Running:
         state.add_contact(f"customer{i}@example.org", firstname=f"C{i}")
     state.seed_activity(lea, notes=7, deals=1)
     faults = Faults()
-    server = await serve_codec(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
-                               host="127.0.0.1", port=0)
+    server = await serve_app(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
+                             host="127.0.0.1", port=0)
     return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea)
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from connectors.woocommerce import oauth_signature
-from dsr.codec_server import RunningCodecServer, serve_codec
+from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
 
@@ -24,7 +24,7 @@ SECRET = "cs_" + "2" * 40
 class Sandbox:
     state: WooState
     faults: Faults
-    server: RunningCodecServer
+    server: RunningServer
     client: httpx.AsyncClient
 
     @property
@@ -51,7 +51,7 @@ async def start(rate_limit: tuple[int, float] | None = None, permissions: str = 
     faults = Faults()
     app = woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET, rate_limit=rate_limit, faults=faults,
                           permissions=permissions, https=https)
-    server = await serve_codec(app, port=0)
+    server = await serve_app(app, port=0)
     return Sandbox(state, faults, server, httpx.AsyncClient(timeout=10))
 
 

@@ -16,9 +16,9 @@ import pytest
 from jinja2 import ChoiceLoader, DictLoader, Environment, TemplateRuntimeError
 from pydantic import BaseModel
 
-from dsr.model import ConnectorOutcome, DatasetSummary, Language, NoticeTemplate, RecordAction, RecordReport
-from dsr.profile import ControllerProfile, Localized
-from dsr.replies import ReplyContext, ReplyKind, render_reply
+from dsr.config.profile import ControllerProfile, Localized
+from dsr.domain.model import ConnectorOutcome, DatasetSummary, Language, NoticeTemplate, RecordAction, RecordReport
+from dsr.mail.replies import ReplyContext, ReplyKind, render_reply
 from templates import CONTEXT_KEYS, ENVIRONMENT, TEMPLATE_DIR, render_notice
 from tests.templates.test_replies import CONTEXTS, PROFILE
 

@@ -12,7 +12,7 @@ import pytest
 from jinja2 import UndefinedError
 
 from activities.notices import build_message
-from dsr.model import OPERATOR_TEMPLATES, Language, Notice, NoticeTemplate, RequestKind
+from dsr.domain.model import OPERATOR_TEMPLATES, Language, Notice, NoticeTemplate, RequestKind
 from templates import ENVIRONMENT, PRE_IDENTITY_TEMPLATES, render_notice
 
 CNIL = (
@@ -343,7 +343,7 @@ def test_a_confirmed_subjects_name_is_written_without_bidi_or_control_characters
 
 
 def test_display_name_strips_bidi_and_control_characters_and_keeps_joiners() -> None:
-    from dsr.model import display_name
+    from dsr.domain.model import display_name
 
     assert display_name(f"  Zoé{BIDI}\u00ad\ufeff\U000e0041 \r\n\u2028 Martin\x00 ") == "Zoé Martin"
     assert display_name("\u0645\u06cc\u200c\u0631\u0636\u0627") == "\u0645\u06cc\u200c\u0631\u0636\u0627"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dsr.model import ConnectorOutcome, DatasetSummary, Language, RecordAction, RecordReport, RequestKind
-from dsr.profile import Localized, check_profile, load_profile
-from dsr.replies import IncompleteProfileError, ReplyContext, ReplyKind, legal_basis_wording, render_reply
+from dsr.config.profile import Localized, check_profile, load_profile
+from dsr.domain.model import ConnectorOutcome, DatasetSummary, Language, RecordAction, RecordReport, RequestKind
+from dsr.mail.replies import IncompleteProfileError, ReplyContext, ReplyKind, legal_basis_wording, render_reply
 
 DEMO = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
 PROFILE = load_profile(DEMO)

@@ -14,11 +14,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from dsr.config import Settings, SmtpSettings
-from dsr.crypto import data_converter
-from dsr.ledger import Ledger
-from dsr.profile import ControllerProfile, load_profile
-from dsr.temporal import register_search_attributes
+from dsr.config.profile import ControllerProfile, load_profile
+from dsr.config.settings import Settings, SmtpSettings
+from dsr.runtime.temporal import register_search_attributes
+from dsr.store.crypto import data_converter
+from dsr.store.ledger import Ledger
 from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, binary, exports_of
 from worker import build_worker
 

@@ -34,15 +34,15 @@ from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
-from dsr.codec_server import serve_codec
-from dsr.config import Settings
-from dsr.crypto import data_converter
-from dsr.guards import Guards
-from dsr.ledger import Ledger
-from dsr.links import DownloadLinks
-from dsr.model import AuditEvent, IdentityMethod, RequestInput
+from dsr.config.settings import Settings
+from dsr.domain.model import AuditEvent, IdentityMethod, RequestInput
+from dsr.runtime.temporal import register_search_attributes
+from dsr.store.crypto import data_converter
 from dsr.store.exports import ExportStore
-from dsr.temporal import register_search_attributes
+from dsr.store.guards import Guards
+from dsr.store.ledger import Ledger
+from dsr.store.links import DownloadLinks
+from dsr.web.serve import serve_app
 from intake.server import bundle_opener
 from intake.submission import Submission, prepare, start
 from intake.web.app import intake_app
@@ -252,8 +252,8 @@ class World:
 @contextlib.asynccontextmanager
 async def open_sandboxes(localstripe: LocalStripe) -> AsyncIterator[Sandboxes]:
     hubspot, woo = HubSpotState(), WooState()
-    crm = await serve_codec(hubspot_app(hubspot, token=HUBSPOT_TOKEN), port=0)
-    shop = await serve_codec(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET), port=0)
+    crm = await serve_app(hubspot_app(hubspot, token=HUBSPOT_TOKEN), port=0)
+    shop = await serve_app(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET), port=0)
     connectors = [
         HubSpotConnector("hubspot", token=HUBSPOT_TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
         StripeConnector("stripe", api_key=STRIPE_KEY, base_url=localstripe.url, rate_limit=RateLimiter(25, 1.1)),
@@ -288,7 +288,7 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
         app = intake_app(links=DownloadLinks(TEST_KEYRING, ttl=timedelta(days=settings.link_days)),
                          bundle_opener=bundle_opener(TEST_KEYRING, exports), audit=audit,
                          public_url="http://127.0.0.1", clock=clock, guards=Guards(ledger.engine, TEST_KEYRING))
-        intake = await serve_codec(app, port=0)
+        intake = await serve_app(app, port=0)
         # The download links in the replies point at this intake app: the test follows them as a subject would.
         settings = replace(settings, public_url=intake.url, task_queue=f"e2e-replies-{uuid.uuid4()}",
                            policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))

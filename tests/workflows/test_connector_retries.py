@@ -20,8 +20,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle
 
 from connectors.base import ExportJob, Located, OperationJob, TransientConnectorError, tally
-from dsr import search_attributes as sa
-from dsr.model import (
+from dsr.domain.model import (
     ConnectorOutcome,
     DatasetSummary,
     IdentityMethod,
@@ -41,6 +40,7 @@ from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
 from tests.workflows.test_mail_outage import until
 from tests.workflows.test_request import events, readable, templates_sent
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from workflows import search_attributes as sa
 from workflows.request import DataSubjectRequest
 
 INITIAL_BACKOFF = timedelta(seconds=5)  # CONNECTOR_OPTIONS' initial interval

@@ -19,14 +19,14 @@ from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
-from dsr.codec_server import serve_codec
-from dsr.config import Settings
-from dsr.crypto import data_converter
-from dsr.guards import Guards
-from dsr.ledger import Ledger
-from dsr.model import IdentityMethod, Outcome, RequestStatus, Stage
+from dsr.config.settings import Settings
+from dsr.domain.model import IdentityMethod, Outcome, RequestStatus, Stage
+from dsr.runtime.temporal import register_search_attributes
+from dsr.store.crypto import data_converter
 from dsr.store.exports import ExportStore
-from dsr.temporal import register_search_attributes
+from dsr.store.guards import Guards
+from dsr.store.ledger import Ledger
+from dsr.web.serve import serve_app
 from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
@@ -83,8 +83,8 @@ async def systems(localstripe: LocalStripe) -> AsyncIterator[Systems]:
     # A fresh address per test: localstripe is shared by the module.
     # The Stripe customer carries the subject's address too (fresh per test: localstripe is shared).
     await seed_customer(localstripe.url, STRIPE_KEY, email=EMAIL.lower(), name="Nadia Haddad", charges=120)
-    crm = await serve_codec(hubspot_app(hubspot, token=TOKEN), port=0)
-    shop = await serve_codec(woocommerce_app(woo, consumer_key=KEY, consumer_secret=SECRET), port=0)
+    crm = await serve_app(hubspot_app(hubspot, token=TOKEN), port=0)
+    shop = await serve_app(woocommerce_app(woo, consumer_key=KEY, consumer_secret=SECRET), port=0)
     connectors = [
         HubSpotConnector("hubspot", token=TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
         StripeConnector("stripe", api_key=STRIPE_KEY, base_url=localstripe.url, rate_limit=RateLimiter(25, 1.1)),
@@ -213,8 +213,8 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
 
     import httpx
 
-    from dsr.links import DownloadLinks
-    from dsr.model import AuditEvent
+    from dsr.domain.model import AuditEvent
+    from dsr.store.links import DownloadLinks
     from intake.server import bundle_opener
     from intake.web.app import intake_app
 
@@ -235,7 +235,7 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
 
     app = intake_app(links=DownloadLinks(TEST_KEYRING), bundle_opener=bundle_opener(TEST_KEYRING, exports_of(settings)),
                      audit=audit, public_url=settings.intake_url, guards=Guards(ledger.engine, TEST_KEYRING))
-    intake = await serve_codec(app, port=0)
+    intake = await serve_app(app, port=0)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,
                                 profile=demo_profile, task_queue=task_queue, executor=executor):

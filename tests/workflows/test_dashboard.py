@@ -10,14 +10,14 @@ from zoneinfo import ZoneInfo
 
 from temporalio.testing import WorkflowEnvironment
 
-from dsr import search_attributes as sa
-from dsr.config import Settings
-from dsr.dashboard import in_stage, list_due
-from dsr.ledger import Ledger
-from dsr.model import IdentityMethod, Stage
+from dsr.config.settings import Settings
+from dsr.domain.model import IdentityMethod, Stage
+from dsr.runtime.dashboard import in_stage, list_due
+from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare, start
 from tests.harness import MailSink, exports_of
 from worker import build_worker
+from workflows import search_attributes as sa
 
 
 async def test_due_and_stage_filters_find_the_right_requests(
@@ -81,8 +81,8 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
 ) -> None:
     import asyncio
 
-    from dsr.dashboard import residual_data
-    from dsr.model import ResidualsCleared
+    from dsr.domain.model import ResidualsCleared
+    from dsr.runtime.dashboard import residual_data
     from tests.harness import ScriptedConnector
     from workflows.request import DataSubjectRequest
 
@@ -131,7 +131,7 @@ async def test_degraded_filter_lists_requests_whose_connector_fails_too_long(
 ) -> None:
     import asyncio
 
-    from dsr.dashboard import connectors_degraded, ui_links
+    from dsr.runtime.dashboard import connectors_degraded, ui_links
     from tests.harness import ScriptedConnector
 
     task_queue = f"dash-{uuid.uuid4()}"

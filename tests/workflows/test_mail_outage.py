@@ -12,12 +12,12 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle
 
-from dsr import search_attributes as sa
-from dsr.model import IdentityMethod, RequestStatus, Stage
+from dsr.domain.model import IdentityMethod, RequestStatus, Stage
 from tests.harness import keep_history
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
 from tests.workflows.test_request import events, submit, templates_sent
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from workflows import search_attributes as sa
 from workflows.request import STEP_HEARTBEAT
 
 

@@ -17,8 +17,8 @@ from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError, FailureError
 
-from dsr.crypto import data_converter
-from dsr.model import IdentityConfirmation, IdentityMethod, RequestKind, Stage
+from dsr.domain.model import IdentityConfirmation, IdentityMethod, RequestKind, Stage
+from dsr.store.crypto import data_converter
 from intake.submission import Submission, prepare
 from tests.harness import TEST_KEYRING
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine

@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from dsr.crypto import data_converter
+from dsr.store.crypto import data_converter
 from tests.harness import TEST_KEYRING
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue

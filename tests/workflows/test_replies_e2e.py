@@ -25,11 +25,10 @@ from temporalio.client import WorkflowExecutionStatus
 from connectors import woocommerce
 from connectors.base import RetentionRule
 from connectors.stripe import DEFAULT_RETENTION, LEGAL_BASIS
-from dsr import search_attributes as sa
-from dsr.config import Settings
-from dsr.ledger import Ledger
-from dsr.model import Outcome, RequestInput, ResidualsCleared, Stage
-from dsr.replies import legal_basis_wording
+from dsr.config.settings import Settings
+from dsr.domain.model import Outcome, RequestInput, ResidualsCleared, Stage
+from dsr.mail.replies import legal_basis_wording
+from dsr.store.ledger import Ledger
 from templates import format_date
 from tests.harness import MailSink
 from tests.workflows.conftest import OPERATOR_EMAIL, demo_profile
@@ -46,6 +45,7 @@ from tests.workflows.e2e_systems import (
     open_world,
     seed,
 )
+from workflows import search_attributes as sa
 from workflows.request import DataSubjectRequest
 
 PROFILE = demo_profile()

@@ -24,12 +24,12 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from dsr import search_attributes as sa
-from dsr.config import Settings
-from dsr.crypto import data_converter
-from dsr.model import IdentityMethod, Outcome, Stage
+from dsr.config.settings import Settings
+from dsr.domain.model import IdentityMethod, Outcome, Stage
+from dsr.store.crypto import data_converter
 from intake.submission import Submission, prepare, start
 from tests.harness import TEST_KEYRING, binary, free_port
+from workflows import search_attributes as sa
 from workflows.request import STEP_HEARTBEAT, DataSubjectRequest
 
 DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()

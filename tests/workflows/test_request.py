@@ -16,10 +16,9 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from dsr import search_attributes as sa
-from dsr.crypto import data_converter
-from dsr.deadlines import response_deadline
-from dsr.model import (
+from dsr.config.profile import ControllerProfile
+from dsr.domain.deadlines import response_deadline
+from dsr.domain.model import (
     ClockPolicy,
     Correspondence,
     Doubt,
@@ -37,11 +36,12 @@ from dsr.model import (
     Stage,
     Withdrawal,
 )
-from dsr.profile import ControllerProfile
-from dsr.temporal import register_search_attributes
+from dsr.runtime.temporal import register_search_attributes
+from dsr.store.crypto import data_converter
 from intake.submission import Submission, prepare, start
 from tests.harness import TEST_KEYRING, ScriptedConnector, attachments_of, binary, exports_of, keep_history
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
+from workflows import search_attributes as sa
 from workflows.request import (
     IDENTITY_DOCUMENTS,
     IDENTITY_DOCUMENTS_EVERY_CHANNEL,
@@ -776,7 +776,7 @@ async def test_a_fulfilled_erasure_deletes_the_subjects_earlier_downloadable_exp
 async def test_confirmation_must_be_one_the_identity_policy_allows(engine: Engine) -> None:
     """Issue 12 finding 1: a document request is never confirmed by the emailed link or code (none was sent),
     an erasure never by a code; the operator's review (``dsr confirm-identity``) still confirms."""
-    from dsr.model import IdentityProof
+    from dsr.domain.model import IdentityProof
 
     def by_subject(proof: IdentityProof) -> IdentityConfirmation:
         return IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", proof=proof)

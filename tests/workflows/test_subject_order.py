@@ -27,9 +27,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from connectors.base import ExportJob, OperationJob
-from dsr.config import Settings
-from dsr.crypto import data_converter
-from dsr.model import (
+from dsr.config.settings import Settings
+from dsr.domain.model import (
     ConnectorOutcome,
     IdentityMethod,
     Outcome,
@@ -44,7 +43,8 @@ from dsr.model import (
     Withdrawal,
     subject_queue_id,
 )
-from dsr.temporal import register_search_attributes
+from dsr.runtime.temporal import register_search_attributes
+from dsr.store.crypto import data_converter
 from intake.service import IntakeService
 from intake.submission import Submission, prepare, start
 from tests.harness import TEST_KEYRING, ScriptedConnector, binary, keep_history

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dsr.model import RefusalGround, RequestKind, TriageDismissal, TriageInput, TriageStatus
+from dsr.domain.model import RefusalGround, RequestKind, TriageDismissal, TriageInput, TriageStatus
 from tests.harness import attachments_of
 from tests.workflows.conftest import OPERATOR_EMAIL, Engine
 

@@ -5,6 +5,8 @@ Values never carry personal data: they are stored in plaintext in Temporal's vis
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.common import SearchAttributeKey
 
 DSR_KIND = SearchAttributeKey.for_keyword("DsrKind")
@@ -26,10 +28,12 @@ DSR_DEGRADED = SearchAttributeKey.for_int("DsrDegraded")
 """How many of the request's connectors have been failing (retried, no success, no progress) for longer than
 the policy's ``connector_degraded_minutes``; 0 when none. An Int for the same reason as ``DsrMailPending``."""
 
-ALL = (DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE, DSR_RESIDUAL,
-       DSR_MAIL_PENDING, DSR_DEGRADED)
+ALL: tuple[SearchAttributeKey[Any], ...] = (
+    DSR_KIND, DSR_STAGE, DSR_OUTCOME, DSR_CHANNEL, DSR_DEADLINE, DSR_EXTENDED, DSR_OVERDUE, DSR_RESIDUAL,
+    DSR_MAIL_PENDING, DSR_DEGRADED,
+)
 
-TEMPORAL_TYPE_NAMES = {
+TEMPORAL_TYPE_NAMES: dict[SearchAttributeKey[Any], str] = {
     DSR_KIND: "Keyword",
     DSR_STAGE: "Keyword",
     DSR_OUTCOME: "Keyword",

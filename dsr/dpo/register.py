@@ -29,16 +29,18 @@ import json
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
+from sqlmodel import Session, col
 
-from dsr.ledger import EventRow, Ledger, RequestRow
-from dsr.model import Language, Outcome, RefusalGround, RequestKind, Stage
+from dsr.domain.model import Language, Outcome, RefusalGround, RequestKind, Stage, Subject
+from dsr.store.ledger import EventRow, Ledger, RequestRow
 
 REGISTER_EVENTS = ("closed", "refused", "clock_suspended", "identity_doubt", "clock_resumed")
 """The only events the register reads: when a request closed, on what ground it was refused, and when its period
@@ -103,33 +105,40 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
     :data:`REGISTER_EVENTS` of those requests (their close, refusal ground and any period standing still)."""
     filters = filters or RegisterFilter()
     zone = ZoneInfo(timezone)
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if filters.kind is not None:
-        conditions.append(RequestRow.kind == RequestKind(filters.kind).value)
+        conditions.append(col(RequestRow.kind) == RequestKind(filters.kind).value)
     if filters.since is not None:
-        conditions.append(RequestRow.received_at >= _start_of(filters.since, zone))
+        conditions.append(col(RequestRow.received_at) >= _start_of(filters.since, zone))
     if filters.until is not None:
-        conditions.append(RequestRow.received_at < _start_of(filters.until + timedelta(days=1), zone))
+        conditions.append(col(RequestRow.received_at) < _start_of(filters.until + timedelta(days=1), zone))
     if filters.state == RequestState.OPEN or filters.overdue:
-        conditions.append(RequestRow.stage != Stage.CLOSED.value)
+        conditions.append(col(RequestRow.stage) != Stage.CLOSED.value)
     elif filters.state == RequestState.CLOSED:
-        conditions.append(RequestRow.stage == Stage.CLOSED.value)
+        conditions.append(col(RequestRow.stage) == Stage.CLOSED.value)
     if filters.overdue:
-        conditions.append(RequestRow.deadline < today)
+        conditions.append(col(RequestRow.deadline) < today)
 
-    columns = [RequestRow.request_id, RequestRow.kind, RequestRow.channel, RequestRow.language,
-               RequestRow.received_at, RequestRow.deadline, RequestRow.extended, RequestRow.stage,
-               RequestRow.outcome, RequestRow.updated_at]
-    wanted = select(RequestRow.request_id).where(*conditions)
+    names = ("request_id", "kind", "channel", "language", "received_at", "deadline", "extended", "stage", "outcome",
+             "updated_at")
+    columns = [col(getattr(RequestRow, name)) for name in names]
+    wanted = select(col(RequestRow.request_id)).where(*conditions)
     events = (
-        select(EventRow.request_id, EventRow.event, EventRow.at, EventRow.details)
-        .where(EventRow.event.in_(REGISTER_EVENTS),  # type: ignore[attr-defined]
-               EventRow.request_id.in_(wanted))  # type: ignore[attr-defined]
-        .order_by(EventRow.at, EventRow.id)
+        select(col(EventRow.request_id), col(EventRow.event), col(EventRow.at), col(EventRow.details))
+        .where(col(EventRow.event).in_(REGISTER_EVENTS), col(EventRow.request_id).in_(wanted))
+        .order_by(col(EventRow.at), col(EventRow.id))
     )
-    # The sealed subject columns are read only when asked for: nothing else decrypts them.
-    requests = (select(RequestRow) if with_subject else select(*columns)).where(*conditions).order_by(
-        RequestRow.received_at, RequestRow.request_id)
+    ordering = (col(RequestRow.received_at), col(RequestRow.request_id))
+
+    def request_values(session: Session) -> Iterator[tuple[Subject | None, list[Any]]]:
+        """Each request's subject (only ``with_subject``) and the values of ``columns``, in the register's order."""
+        if with_subject:
+            # The sealed subject columns are read only when asked for: nothing else decrypts them.
+            for (row,) in session.execute(select(RequestRow).where(*conditions).order_by(*ordering)):
+                yield ledger.subject_of(row), [getattr(row, name) for name in names]
+        else:
+            for found in session.execute(select(*columns).where(*conditions).order_by(*ordering)):
+                yield None, list(found)
 
     closed_at: dict[str, datetime] = {}
     grounds: dict[str, str] = {}
@@ -147,13 +156,7 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
             elif event == "refused":
                 # Refusals recorded before grounds existed were all Art. 12(5) (manifestly unfounded or excessive).
                 grounds[request_id] = json.loads(details).get("ground") or RefusalGround.EXCESSIVE.value
-        for found in session.execute(requests):
-            if with_subject:
-                row = found[0]
-                subject = ledger.subject_of(row)
-                values = [getattr(row, column.key) for column in columns]
-            else:
-                subject, values = None, list(found)
+        for subject, values in request_values(session):
             request_id, kind, channel, language, received_at, deadline, extended, stage, outcome, updated = values
             received = _local(received_at, zone)
             closed = None

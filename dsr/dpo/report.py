@@ -2,7 +2,7 @@
 
 The charts are drawn by matplotlib (its SVG backend, no display needed) and embedded inline, so the page
 needs nothing else to open, mail or print. Text in the SVGs stays text (``svg.fonttype = none``): it prints
-sharp and can be searched. Words come in French or English; the figures come from :mod:`dsr.register`.
+sharp and can be searched. Words come in French or English; the figures come from :mod:`dsr.dpo.register`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from dsr.model import Language, RequestKind
-from dsr.register import Statistics, label
+from dsr.domain.model import Language, RequestKind
+from dsr.dpo.register import Statistics, label
 from templates import ENVIRONMENT, format_date
 
 KIND_COLOURS = {  # Okabe-Ito: told apart with every common colour-vision deficiency, and in grey print

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from dsr.model import TASK_QUEUE, ClockPolicy, IdentityMethod, Language, RequestPolicy, is_valid_email
+from dsr.domain.model import TASK_QUEUE, ClockPolicy, IdentityMethod, Language, RequestPolicy, is_valid_email
+from dsr.errors import ConfigurationError
 
 E = TypeVar("E")
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     """A setting is missing or malformed; the message names the variable and the expected value."""
 
 

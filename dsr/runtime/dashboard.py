@@ -11,9 +11,9 @@ from datetime import date, timedelta
 
 from temporalio.client import Client
 
-from dsr import search_attributes as sa
-from dsr.deadlines import deadline_as_search_value
-from dsr.model import Stage
+from dsr.domain.deadlines import deadline_as_search_value
+from dsr.domain.model import Stage
+from workflows import search_attributes as sa
 
 # A closed access request stays Running until its download link expires: not something still due.
 REQUESTS_RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running'"

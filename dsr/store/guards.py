@@ -3,7 +3,7 @@
 N intake replicas on N machines must allow exactly what one does, so nothing the intake counts lives in a
 process: each decision is one transaction that reads *and* records, on rows locked for that transaction
 (SQLite: the write transaction takes the database's write lock at ``BEGIN IMMEDIATE``, see
-:mod:`dsr.ledger`; PostgreSQL: ``INSERT ... ON CONFLICT DO NOTHING`` makes the row exist, ``SELECT ... FOR
+:mod:`dsr.store.ledger`; PostgreSQL: ``INSERT ... ON CONFLICT DO NOTHING`` makes the row exist, ``SELECT ... FOR
 UPDATE`` locks it), so two replicas deciding at the same instant queue on the row, the second seeing what
 the first recorded.
 
@@ -45,16 +45,16 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, String, Text, delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col
 
-from dsr.ledger import UTCDateTime, create_tables
+from dsr.store.ledger import UTCDateTime, create_tables
 
 CLIENT_PURPOSE = "intake.client-address"
 PURGE_EVERY = timedelta(minutes=1)
@@ -62,7 +62,7 @@ PURGE_BATCH = 500
 
 
 class Indexer(Protocol):
-    """A keyed hash (``dsr.crypto.KeyRing`` implements it)."""
+    """A keyed hash (``dsr.store.crypto.KeyRing`` implements it)."""
 
     def blind_index(self, value: str, *, purpose: str) -> str: ...
 
@@ -202,7 +202,7 @@ class Guards:
     def __init__(self, engine: Engine, indexer: Indexer, *, purge_every: timedelta = PURGE_EVERY,
                  purge_batch: int = PURGE_BATCH) -> None:
         self._engine = engine
-        # On the ledger's SQLite engine this option makes writes BEGIN IMMEDIATE (see dsr.ledger).
+        # On the ledger's SQLite engine this option makes writes BEGIN IMMEDIATE (see dsr.store.ledger).
         self._write_engine = engine.execution_options(dsr_write=True)
         self._indexer = indexer
         self._purge_every = purge_every
@@ -373,13 +373,13 @@ class Guards:
         deleted = 0
         for model in (RateLimitRow, AttemptLimitRow, AnswerCapRow, SeenSignatureRow):
             expired = (
-                select(model.key).where(model.expires_at < now).limit(batch)  # type: ignore[attr-defined]
+                select(col(model.key)).where(col(model.expires_at) < now).limit(batch)
                 .with_for_update(skip_locked=True)  # PostgreSQL: rows another replica holds are left for later
             )
             with self._session(write=True) as session:
                 result = session.execute(delete(model).where(
-                    model.key.in_(expired.scalar_subquery()),  # type: ignore[attr-defined]
-                    model.expires_at < now,  # again: a row renewed meanwhile is kept  # type: ignore[attr-defined]
+                    col(model.key).in_(expired.scalar_subquery()),
+                    col(model.expires_at) < now,  # again: a row renewed meanwhile is kept
                 ).execution_options(synchronize_session=False))
                 deleted += max(0, result.rowcount or 0)  # type: ignore[attr-defined]
         return deleted
@@ -404,10 +404,10 @@ class Guards:
         table = model.__table__  # type: ignore[attr-defined]
         dialect = self._engine.dialect.name
         if dialect in ("postgresql", "sqlite"):
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            # Both dialects' INSERT ... ON CONFLICT DO NOTHING, with the same methods but unrelated types.
+            insert: Callable[[Any], Any] = postgresql.insert if dialect == "postgresql" else sqlite.insert
             statement = (
                 insert(table).values(key=key, **values).on_conflict_do_nothing(index_elements=["key"])
                 .returning(table.c.key)  # psycopg reports no rowcount here: the returned row says it
@@ -428,8 +428,8 @@ class Guards:
         for key in wanted:
             self._insert_if_missing(session, model, key, new)
         statement = (
-            select(model).where(model.key.in_(wanted))  # type: ignore[attr-defined]
-            .order_by(model.key).with_for_update()  # type: ignore[attr-defined]
+            select(model).where(col(model.key).in_(wanted))
+            .order_by(col(model.key)).with_for_update()
         )
         return {row.key: row for row in session.scalars(statement)}
 

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
-from dsr.model import Deadline, DeadlineInput, Deadlines, Reminder
+from dsr.domain.model import Deadline, DeadlineInput, Deadlines, Reminder
 
 __all__ = [
     "EXTENDED_MONTHS",

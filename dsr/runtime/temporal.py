@@ -9,9 +9,9 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from dsr import search_attributes as sa
-from dsr.config import Settings, TemporalTls
-from dsr.crypto import KeyRing, data_converter
+from dsr.config.settings import Settings, TemporalTls
+from dsr.store.crypto import KeyRing, data_converter
+from workflows import search_attributes as sa
 
 
 async def connect(settings: Settings, keyring: KeyRing) -> Client:

@@ -40,9 +40,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel import Field, Session, SQLModel, col, create_engine
 
-from dsr.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
+from dsr.domain.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
+from dsr.errors import NotFoundError, StoreError
 
 EMAIL_PURPOSE = "subject.email"
 NAME_PURPOSE = "subject.name"
@@ -54,7 +55,7 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class Sealer(Protocol):
-    """Encrypts personal data at rest; ``dsr.crypto.KeyRing`` implements it."""
+    """Encrypts personal data at rest; ``dsr.store.crypto.KeyRing`` implements it."""
 
     def seal_text(self, plaintext: str, *, purpose: str, context: str | None = None) -> str: ...
 
@@ -63,11 +64,11 @@ class Sealer(Protocol):
     def blind_index(self, value: str, *, purpose: str) -> str: ...
 
 
-class LedgerUnavailableError(RuntimeError):
+class LedgerUnavailableError(StoreError, RuntimeError):
     """The ledger's database cannot be reached or prepared; the message carries no password."""
 
 
-class UnknownRequestError(LookupError):
+class UnknownRequestError(NotFoundError, LookupError):
     """An event names a request that has no row in the ledger (``record_request`` was not called)."""
 
 
@@ -134,7 +135,7 @@ class EventRow(SQLModel, table=True):
 
 
 class EventNoteRow(SQLModel, table=True):
-    """The sealed note of one event (:attr:`dsr.model.AuditEvent.note`), beside the append-only events table
+    """The sealed note of one event (:attr:`dsr.domain.model.AuditEvent.note`), beside the append-only events table
     so ledgers created before notes existed gain it as a new table."""
 
     __tablename__ = "event_notes"
@@ -407,7 +408,7 @@ class Ledger:
 
     @property
     def sealer(self) -> Sealer:
-        """The key ring behind the blind indexes (``dsr.guards`` hashes client addresses with it)."""
+        """The key ring behind the blind indexes (``dsr.store.guards`` hashes client addresses with it)."""
         return self._sealer
 
     def close(self) -> None:
@@ -605,8 +606,8 @@ class Ledger:
         """A ledger from before claims existed: its open requests hold their subject and kind (oldest first),
         so an upgrade does not let a duplicate of a request already under way start a second workflow."""
         statement = (
-            select(RequestRow).where(RequestRow.stage != Stage.CLOSED.value)
-            .order_by(RequestRow.received_at, RequestRow.request_id)
+            select(RequestRow).where(col(RequestRow.stage) != Stage.CLOSED.value)
+            .order_by(col(RequestRow.received_at), col(RequestRow.request_id))
         )
         with self._session(write=True) as session:
             taken: set[tuple[str, str]] = {
@@ -642,8 +643,8 @@ class Ledger:
         if not wanted:
             return None
         statement = (
-            select(EventRow.request_id)
-            .where(EventRow.event_key.in_(wanted), EventRow.event == "notice_sent")  # type: ignore[attr-defined]
+            select(col(EventRow.request_id))
+            .where(col(EventRow.event_key).in_(wanted), col(EventRow.event) == "notice_sent")
             .limit(1)
         )
         with self._session(write=False) as session:
@@ -664,10 +665,10 @@ class Ledger:
     def events(self, request_id: str) -> list[LedgerEvent]:
         """The request's events in time order (ties: the order they were appended)."""
         statement = (
-            select(EventRow, EventNoteRow.note_sealed)
-            .join(EventNoteRow, EventNoteRow.event_key == EventRow.event_key, isouter=True)
-            .where(EventRow.request_id == request_id)
-            .order_by(EventRow.at, EventRow.id)
+            select(EventRow, col(EventNoteRow.note_sealed))
+            .join(EventNoteRow, col(EventNoteRow.event_key) == col(EventRow.event_key), isouter=True)
+            .where(col(EventRow.request_id) == request_id)
+            .order_by(col(EventRow.at), col(EventRow.id))
         )
         with self._session(write=False) as session:
             return [
@@ -681,8 +682,8 @@ class Ledger:
         """Every request (or those in ``stage``), oldest first."""
         statement = select(RequestRow)
         if stage is not None:
-            statement = statement.where(RequestRow.stage == Stage(stage).value)
-        statement = statement.order_by(RequestRow.received_at, RequestRow.request_id)
+            statement = statement.where(col(RequestRow.stage) == Stage(stage).value)
+        statement = statement.order_by(col(RequestRow.received_at), col(RequestRow.request_id))
         with self._session(write=False) as session:
             return [self._view(row) for row in session.scalars(statement)]
 
@@ -693,17 +694,17 @@ class Ledger:
             row = session.get(RequestRow, request_id)
             if row is None:
                 return []
-            statement = select(RequestRow.request_id).where(
-                RequestRow.subject_index == row.subject_index,
-                RequestRow.kind.in_([RequestKind(k).value for k in kinds]),  # type: ignore[attr-defined]
-                RequestRow.received_at <= row.received_at,
-                RequestRow.request_id != request_id,
-            ).order_by(RequestRow.received_at, RequestRow.request_id)
+            statement = select(col(RequestRow.request_id)).where(
+                col(RequestRow.subject_index) == row.subject_index,
+                col(RequestRow.kind).in_([RequestKind(k).value for k in kinds]),
+                col(RequestRow.received_at) <= row.received_at,
+                col(RequestRow.request_id) != request_id,
+            ).order_by(col(RequestRow.received_at), col(RequestRow.request_id))
             return list(session.scalars(statement))
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
-        """A read-only session, for reports that select many rows in one query (``dsr.register``) instead of
+        """A read-only session, for reports that select many rows in one query (``dsr.dpo.register``) instead of
         one call per request."""
         with self._session(write=False) as session:
             yield session
@@ -727,7 +728,7 @@ class Ledger:
 
     @staticmethod
     def _event_exists(session: Session, key: str) -> bool:
-        return session.scalar(select(EventRow.id).where(EventRow.event_key == key)) is not None
+        return session.scalar(select(col(EventRow.id)).where(col(EventRow.event_key) == key)) is not None
 
     def _subject(self, row: RequestRow) -> Subject:
         return Subject(

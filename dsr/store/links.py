@@ -64,7 +64,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from dsr.crypto import KeyRing
+from dsr.errors import InvalidInputError
+from dsr.store.crypto import KeyRing
 
 __all__ = [
     "CODE_ALPHABET",
@@ -99,7 +100,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CODE_SEPARATORS = str.maketrans("", "", " -.\u00a0\u202f\t")
 
 
-class InvalidLink(ValueError):
+class InvalidLink(InvalidInputError, ValueError):
     """A download token that cannot be used. Messages never contain the token or the request id."""
 
 
@@ -340,11 +341,11 @@ class IdentityLinks(DownloadLinks):
 
     The acknowledgement asks the subject to prove control of the address the request came from: either
     open the link (signed, bound to the request, expiring with the identity wait) and press the button, or
-    enter the reference and the code on ``/verify`` (only for the kinds :func:`dsr.model.code_offered` names: an
+    enter the reference and the code on ``/verify`` (only for the kinds :func:`dsr.domain.model.code_offered` names: an
     erasure or a rectification gets the link only). The code is derived from the request id, not the token,
     so it works without the link (typed on another device). One-time: the workflow refuses a second
     confirmation, and the page then says it is already confirmed. Wrong codes are capped for good per request
-    (:mod:`dsr.guards`), after which only the link works.
+    (:mod:`dsr.store.guards`), after which only the link works.
     """
 
     __slots__ = ()

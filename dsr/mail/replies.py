@@ -8,7 +8,7 @@ collapsed to one line first, so a CR/LF can neither add a header nor forge a lin
 
 Choices a DPO may want to know about:
 
-* An access reply is refused (:class:`IncompleteProfileError`) while :func:`dsr.profile.check_profile`
+* An access reply is refused (:class:`IncompleteProfileError`) while :func:`dsr.config.profile.check_profile`
   reports a missing Art. 15(1)/15(2) item: better late than silently incomplete.
 * Replies name data by system, dataset and field, never by value: a rectification reply lists the fields
   changed, not their old (or new) values, since an email may be read by someone else.
@@ -29,8 +29,9 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from dsr.model import ConnectorOutcome, Language, RecordAction, RecordReport, RequestKind, is_valid_email
-from dsr.profile import ControllerProfile, Localized, SupervisoryAuthority, check_profile, is_third_country
+from dsr.config.profile import ControllerProfile, Localized, SupervisoryAuthority, check_profile, is_third_country
+from dsr.domain.model import ConnectorOutcome, Language, RecordAction, RecordReport, RequestKind, is_valid_email
+from dsr.errors import ConfigurationError
 from templates import ENVIRONMENT, RenderedNotice, one_line
 
 __all__ = ["IncompleteProfileError", "ReplyContext", "ReplyKind", "render_reply"]
@@ -53,7 +54,7 @@ _REQUEST_KIND = {
 }
 
 
-class IncompleteProfileError(ValueError):
+class IncompleteProfileError(ConfigurationError, ValueError):
     """The controller profile lacks an item the access reply must contain; ``missing`` lists them."""
 
     def __init__(self, missing: list[str]) -> None:
@@ -225,7 +226,7 @@ def _purposes(profile: ControllerProfile | None, lang: str) -> tuple[list[dict[s
         recipients = []
         for recipient in purpose.recipients or []:
             third = is_third_country(recipient.country)
-            view = {
+            view: dict[str, Any] = {
                 "name": _text(recipient.name, lang),
                 "role": _text(recipient.role, lang),
                 "country": _words(_COUNTRIES, lang, recipient.country) if recipient.country else "",

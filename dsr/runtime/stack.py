@@ -20,16 +20,23 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from dsr import search_attributes as sa
-from dsr.config import Settings
-from dsr.dashboard import ui_links
+from dsr.config.settings import Settings
+from dsr.errors import ConfigurationError
+from dsr.runtime.dashboard import ui_links
+from workflows import search_attributes as sa
+
+if TYPE_CHECKING:
+    from connectors.base import Connector
+    from dsr.runtime.bootstrap import Deployment
+    from sandbox.demo import Demo
 
 LOOPBACK = "127.0.0.1"
 
 
-class StackError(RuntimeError):
+class StackError(ConfigurationError, RuntimeError):
     """The stack cannot start; the message says what to do."""
 
 
@@ -111,7 +118,7 @@ def start_dev_server(settings: Settings, *, port: int, codec_endpoint: str | Non
 
 async def wait_for_temporal(settings: Settings, keyring, server: DevServer, *, timeout: float = 60.0):
     """Connect once the dev server answers (it needs a few seconds, more on first start)."""
-    from dsr.temporal import connect
+    from dsr.runtime.temporal import connect
 
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -155,10 +162,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
 
     ``worker=False`` (``--no-worker``): no worker in this process; ``dsr worker`` processes run the requests
     (operators who scale them apart, chaos runs that kill them)."""
-    from dsr.crypto import KeyRing
-    from dsr.guards import Guards
-    from dsr.ledger import Ledger
-    from worker import configured_connectors
+    from dsr.runtime.bootstrap import Deployment
 
     rates = None
     if demo:
@@ -169,7 +173,7 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
     stop = stop or asyncio.Event()
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)  # keys, ledger and outbox hold personal data
-    keyring = KeyRing.from_settings(settings, create=True)
+    deployment = Deployment.from_settings(settings, create_keys=True)
     sandboxes = None
     if demo:
         from sandbox.demo import DemoError, start_demo
@@ -182,31 +186,25 @@ async def run_stack(settings: Settings, *, stop: asyncio.Event | None = None, de
         except DemoError as err:
             raise StackError(str(err)) from None
     try:
-        ledger = Ledger(settings.database_url, keyring)
-        try:
-            # A bad dsr.toml stops here, before anything starts. The connectors' rate limits are counted in the
-            # ledger's database, shared with every `dsr worker` of the deployment.
-            connectors = configured_connectors(settings, shared=Guards(ledger.engine, keyring))
-            await _run_services(settings, keyring, ledger, connectors, stop, sandboxes, worker)
-        finally:
-            ledger.close()
+        connectors = deployment.connectors()  # a bad dsr.toml stops here, before anything starts
+        await _run_services(deployment, connectors, stop, sandboxes, worker)
     finally:
         if sandboxes is not None:
             await sandboxes.stop()
 
 
-async def _run_services(settings: Settings, keyring, ledger, connectors, stop, sandboxes,
-                        with_worker: bool) -> None:
+async def _run_services(deployment: Deployment, connectors: list[Connector], stop: asyncio.Event,
+                        sandboxes: Demo | None, with_worker: bool) -> None:
     import concurrent.futures
 
-    from dsr.codec_server import CodecTokenError, codec_app, load_or_create_token, serve_codec
-    from dsr.outbox import OutboxSink
-    from dsr.store import StorageError, open_store
-    from dsr.store.attachments import AttachmentStore
-    from dsr.store.exports import ExportStore
+    from dsr.mail.outbox import OutboxSink
+    from dsr.runtime.codec_server import CodecTokenError, codec_app, load_or_create_token
+    from dsr.store import StorageError
+    from dsr.web.serve import serve_app
     from intake.server import build_intake_app, run_mailbox
     from worker import build_worker
 
+    settings, keyring = deployment.settings, deployment.keyring
     port = temporal_port(settings)
     codec_endpoint = f"http://{LOOPBACK}:{settings.codec_port}"
     # Any local user reaches loopback: the codec server answers only with the token (a random one kept in
@@ -220,15 +218,15 @@ async def _run_services(settings: Settings, keyring, ledger, connectors, stop, s
             codec_token, created = load_or_create_token(settings.codec_token_file)
         except CodecTokenError as err:
             raise StackError(str(err)) from None
-    objects = open_store(settings)
+    ledger = deployment.ledger
     try:
-        await asyncio.to_thread(objects.check)
+        await deployment.check_storage()
     except StorageError as err:
         raise StackError(str(err)) from None
-    exports = ExportStore(objects, keyring)
+    exports = deployment.exports
     intake = None
     mailbox_task = None
-    codec = await serve_codec(
+    codec = await serve_app(
         codec_app(keyring, allowed_origin=settings.ui_url, token=codec_token), host=LOOPBACK, port=settings.codec_port
     )
     sink = None
@@ -241,11 +239,11 @@ async def _run_services(settings: Settings, keyring, ledger, connectors, stop, s
             await sink.start(host=LOOPBACK, port=settings.smtp.port)
         client = await wait_for_temporal(settings, keyring, server)
         app, service = build_intake_app(settings, keyring, ledger, exports, client)
-        intake = await serve_codec(app, host=LOOPBACK, port=settings.intake_port,
-                                   trusted_proxies=settings.trusted_proxies)
+        intake = await serve_app(app, host=LOOPBACK, port=settings.intake_port,
+                                 trusted_proxies=settings.trusted_proxies)
         if settings.imap is not None:
             mailbox_task = asyncio.create_task(
-                run_mailbox(settings, keyring, ledger, service, stop, AttachmentStore(objects, keyring)))
+                run_mailbox(settings, keyring, ledger, service, stop, deployment.attachments))
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor) \
                 if with_worker else contextlib.nullcontext()
@@ -260,6 +258,7 @@ async def _run_services(settings: Settings, keyring, ledger, connectors, stop, s
             await asyncio.gather(mailbox_task, return_exceptions=True)
         if intake is not None:
             await intake.stop()
+        deployment.close()
         for connector in connectors:
             await connector.aclose()
         if sink is not None:
@@ -270,7 +269,7 @@ async def _run_services(settings: Settings, keyring, ledger, connectors, stop, s
 
 def _profile_state(settings: Settings) -> str:
     """Said at start, so nobody learns of a missing Art. 15(1) item from the first held access reply."""
-    from dsr.profile import ProfileError, check_profile, load_profile
+    from dsr.config.profile import ProfileError, check_profile, load_profile
 
     try:
         missing = check_profile(load_profile(settings.config_file))

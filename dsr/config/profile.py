@@ -49,8 +49,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.config import ConfigFileError
-from dsr.model import Language, is_valid_email
+from dsr.domain.model import Language, is_valid_email
+from dsr.errors import ConfigurationError
 
 __all__ = [
     "EEA",
@@ -83,7 +83,7 @@ Safeguard = Literal["adequacy", "scc", "bcr", "derogation"]
 Art. 49 derogation."""
 
 
-class ProfileError(ConfigFileError):
+class ProfileError(ConfigurationError, ValueError):
     """The ``[controller]`` table is malformed; the message names the file and the key path."""
 
 
@@ -303,7 +303,7 @@ class ControllerProfile(BaseModel):
     legal_bases: dict[str, Text] = Field(
         default_factory=dict,
         description="A retention basis as connectors report it -> its wording in each language; the engine "
-                    "words GDPR articles and Code de commerce L123-22 itself (dsr.replies.legal_basis_wording).")
+                    "words GDPR articles and Code de commerce L123-22 itself (dsr.mail.replies.legal_basis_wording).")
 
     @field_validator("legal_name", "postal_address")
     @classmethod
@@ -333,7 +333,7 @@ def _location(loc: tuple[Any, ...]) -> str:
 def parse_profile(text: str, source: str = "dsr.toml") -> ControllerProfile | None:
     """The profile in the ``[controller]`` table of a dsr.toml text; ``None`` when there is no such table.
 
-    Raises :class:`ProfileError` (a :class:`~connectors.config.ConfigFileError`) naming the key path.
+    Raises :class:`ProfileError` (a :class:`~dsr.errors.ConfigurationError`) naming the key path.
     """
     try:
         raw = tomllib.loads(text)

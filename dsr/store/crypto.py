@@ -77,7 +77,7 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import temporalio.converter
 from cryptography.exceptions import InvalidTag
@@ -88,8 +88,15 @@ from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import PydanticPayloadConverter
 
-if TYPE_CHECKING:
-    from dsr.config import Settings
+from dsr.errors import CryptoError
+
+
+class KeyFileSettings(Protocol):
+    """What :meth:`KeyRing.from_settings` reads of the settings (:class:`dsr.config.settings.Settings` has it):
+    the store layer sits below the configuration and knows it by this shape only."""
+
+    @property
+    def key_file(self) -> Path: ...
 
 __all__ = [
     "ENCODING",
@@ -133,7 +140,7 @@ _INDEX_INFO = b"dsr/blind-index/v1\x00"
 _DERIVED_INFO = b"dsr/derived/v1\x00"
 
 
-class KeyRingError(ValueError):
+class KeyRingError(CryptoError, ValueError):
     """A key ring cannot be built, loaded or used. The message never contains key material."""
 
 
@@ -283,7 +290,7 @@ class KeyRing:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, env: Mapping[str, str] | None = None, *, create: bool = False
+        cls, settings: KeyFileSettings, env: Mapping[str, str] | None = None, *, create: bool = False
     ) -> KeyRing:
         """``DSR_KEYS`` if set (production), else the key file ``settings.key_file``.
 
@@ -452,7 +459,7 @@ class KeyRing:
 
         Unlike :meth:`blind_index`, these keys rotate with the ring: signers derive from the current key and
         name its id in what they sign, verifiers derive from the key named, so what was signed before a
-        rotation verifies until it expires (see :mod:`dsr.links`).
+        rotation verifies until it expires (see :mod:`dsr.store.links`).
         """
         key_id = self._current if key_id is None else key_id
         if key_id not in self._keys:

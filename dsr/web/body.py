@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from dsr.errors import InvalidInputError
+
 DEFAULT_DRAIN_LIMIT = 1024 * 1024
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(InvalidInputError):
     """The body is longer than the limit; answer 413 (with ``Connection: close``)."""
 
 

@@ -49,8 +49,8 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from dsr.crypto import DecryptionError
-from dsr.model import Language, RequestKind
+from dsr.domain.model import Language, RequestKind
+from dsr.store.crypto import DecryptionError
 from dsr.store.exports import ExportStore, StoredDataset
 from dsr.store.objects import ObjectNotFound, ObjectStore
 
@@ -97,7 +97,7 @@ class BundleError(DecryptionError):
 
 
 class BundleCipher(Protocol):
-    """What the bundle needs of :class:`dsr.crypto.KeyRing`."""
+    """What the bundle needs of :class:`dsr.store.crypto.KeyRing`."""
 
     @property
     def current_key_id(self) -> str: ...
@@ -288,7 +288,7 @@ def _write_csv(zf: zipfile.ZipFile, when: datetime, store: ExportStore, request_
 def _report_context(summaries: list[_DatasetSummary], *, language: Language, kind: RequestKind,
                     reference: str, info: Mapping[str, str], provided_only: bool,
                     when: datetime) -> dict[str, Any]:
-    datasets = []
+    datasets: list[dict[str, Any]] = []
     for n, s in enumerate(summaries, 1):
         columns = list(dict.fromkeys(c for row in s.preview for c in row))
         datasets.append({
@@ -487,7 +487,7 @@ class BundleStream(Iterator[bytes]):
 
     ``size`` is the zip's size (a ``Content-Length``). Each chunk is one ranged read of the object,
     authenticated before it is returned; a failure raises :class:`BundleError` /
-    :class:`~dsr.crypto.DecryptionError` (the first chunk is checked by :func:`open_bundle` already, so a
+    :class:`~dsr.store.crypto.DecryptionError` (the first chunk is checked by :func:`open_bundle` already, so a
     wrong request, key or object fails before anything is sent). No connection is held between chunks,
     however slowly the subject downloads.
     """
@@ -562,8 +562,8 @@ class BundleStream(Iterator[bytes]):
 def open_bundle(keyring: BundleCipher, objects: ObjectStore, key: str, request_id: str) -> BundleStream:
     """Stream the decrypted zip of the bundle object ``key``, which must belong to ``request_id``.
 
-    Raises at once (:class:`BundleError`, :class:`~dsr.crypto.UnknownKeyError`,
-    :class:`~dsr.crypto.DecryptionError`, :class:`~dsr.store.ObjectNotFound` -- a ``FileNotFoundError``)
+    Raises at once (:class:`BundleError`, :class:`~dsr.store.crypto.UnknownKeyError`,
+    :class:`~dsr.store.crypto.DecryptionError`, :class:`~dsr.store.ObjectNotFound` -- a ``FileNotFoundError``)
     when there is no such object, it is not a bundle, is truncated, was built for another request, or its
     first chunk fails authentication; later chunks are authenticated as they are read.
     """

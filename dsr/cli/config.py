@@ -1,0 +1,45 @@
+"""`dsr config`: the configuration file (dsr.toml)."""
+
+from __future__ import annotations
+
+import typer
+
+from dsr.cli.common import (
+    JsonOption,
+    emit_json,
+    fail,
+)
+
+app = typer.Typer(help="The configuration file (dsr.toml).", no_args_is_help=True)
+
+
+@app.command("check")
+def config_check(as_json: JsonOption = False) -> None:
+    """Check dsr.toml: connectors and the controller profile (every Art. 15(1) item); exit 1 if incomplete."""
+    from connectors.config import load_config
+    from dsr.config.profile import check_profile, load_profile
+    from dsr.config.settings import Settings
+    from dsr.errors import ConfigurationError
+
+    try:
+        settings = Settings.from_env()
+        config = load_config(settings.config_file)
+        profile = load_profile(settings.config_file)
+    except ConfigurationError as err:  # the settings, the connectors or the profile of dsr.toml
+        fail(str(err))
+    missing = check_profile(profile)
+    if as_json:
+        emit_json({"file": str(settings.config_file), "connectors": [c.display_name for c in config.connectors],
+                   "profile_complete": not missing, "missing": missing})
+    else:
+        typer.echo(f"{settings.config_file}: {len(config.connectors)} connector(s)"
+                   + (f" ({', '.join(c.display_name for c in config.connectors)})" if config.connectors else ""))
+        if missing:
+            typer.echo("controller profile incomplete; access replies are held until it is complete:")
+            for line in missing:
+                typer.echo(f"  {line}")
+        else:
+            typer.echo("controller profile complete (Art. 15(1)(a)-(h), 15(2))")
+    if missing:
+        raise typer.Exit(1)
+

@@ -1,0 +1,165 @@
+"""An operator's decisions on an open request, each a workflow update: confirm identity, extend, refuse,
+withdraw, retry, doubt, rectify, clear residual data."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from dsr.cli.common import (
+    Actor,
+    JsonOption,
+    RequestId,
+    UserError,
+    check_reference,
+    emit_json,
+    parse_changes,
+    plain,
+    request_handle,
+    run,
+    temporal_client,
+)
+
+
+async def _update(request_id: str, update: str, argument: Any, as_json: bool) -> None:
+    from temporalio.client import WorkflowExecutionStatus
+
+    from dsr.domain.model import UpdateResult
+    from workflows import search_attributes as sa
+
+    check_reference(request_id)
+    _, client = await temporal_client()
+    handle = request_handle(client, request_id)
+    # A clear "no such request" or "closed" before any update is attempted: a closed workflow takes none.
+    described = await handle.describe()
+    if described.status != WorkflowExecutionStatus.RUNNING:
+        outcome = described.typed_search_attributes.get(sa.DSR_OUTCOME) or described.status.name.lower()
+        raise UserError(f"{request_id} is closed ({outcome})")
+    result = await handle.execute_update(update, argument, result_type=UpdateResult)
+    if as_json:
+        emit_json({"id": request_id, **plain(result)})
+    else:
+        typer.echo(f"{request_id}: {result.stage.value}, due {result.deadline.isoformat()}"
+                   + (" (extended)" if result.extended else ""))
+
+
+@run
+async def confirm_identity(
+    request_id: RequestId,
+    method: Annotated[str, typer.Option(help="How identity was checked: email or document.")] = "document",
+    by: Actor = "operator",
+    note: Annotated[str, typer.Option(help="What was checked (no copy of the document).")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Confirm the subject's identity (e.g. after reviewing a document, which is then deleted)."""
+    from dsr.domain.model import IdentityConfirmation, IdentityMethod
+
+    try:
+        chosen = IdentityMethod(method)
+    except ValueError:
+        chosen = IdentityMethod.TRUSTED
+    if chosen == IdentityMethod.TRUSTED:  # only the channel, at the start, makes a request trusted
+        raise UserError(f"--method must be email or document, got {method!r}")
+    await _update(request_id, "confirm_identity",
+                  IdentityConfirmation(method=chosen, confirmed_by=by, note=note), as_json)
+
+
+@run
+async def extend(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why (told to the subject, Art. 12(3)).")],
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Extend the deadline by two months, once, within the first month; the subject is told why."""
+    from dsr.domain.model import Extension
+
+    await _update(request_id, "extend_deadline", Extension(reason=reason, requested_by=by), as_json)
+
+
+@run
+async def refuse(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="The facts behind the ground, told to the subject and kept.")],
+    ground: Annotated[str, typer.Option(
+        help="excessive (Art. 12(5)), identity (11(2)), others_rights (15(4), 20(4)), "
+             "erasure_exception (17(3)) or legal_restriction (23).")] = "excessive",
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Refuse a request on a ground of the GDPR; the subject is told which, why, and of the right to complain."""
+    from dsr.domain.model import Refusal, RefusalGround
+
+    try:
+        chosen = RefusalGround(ground)
+    except ValueError:
+        raise UserError(f"--ground must be one of {', '.join(g.value for g in RefusalGround)} (got {ground!r})") \
+            from None
+    await _update(request_id, "refuse", Refusal(reason=reason, requested_by=by, ground=chosen), as_json)
+
+
+@run
+async def withdraw(
+    request_id: RequestId,
+    by: Actor = "subject",
+    reason: Annotated[str, typer.Option(help="Optional note.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Close a request the subject withdrew."""
+    from dsr.domain.model import Withdrawal
+
+    await _update(request_id, "withdraw", Withdrawal(requested_by=by, reason=reason), as_json)
+
+
+@run
+async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOption = False) -> None:
+    """Go on with a request in needs_attention: run its failed connectors again, or write its held reply."""
+    from dsr.domain.model import Retry
+
+    await _update(request_id, "retry", Retry(requested_by=by), as_json)
+
+
+@run
+async def doubt(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="What the subject must provide and why (told to them, kept).")],
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Record a reasonable doubt about the requester's identity (Art. 12(6)): the subject is asked for what you
+    need; with DSR_CLOCK=suspend_during_identity the time limit stands still until they provide it."""
+    from dsr.domain.model import Doubt
+
+    await _update(request_id, "doubt", Doubt(reason=reason, requested_by=by), as_json)
+
+
+@run
+async def rectify(
+    request_id: RequestId,
+    change: Annotated[list[str], typer.Option(help="field=value (repeatable): a correction the subject asked for.")],
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Give a rectification that came as free text the corrections to make (read them with `dsr status`)."""
+    from dsr.domain.model import CANONICAL_FIELDS, Rectification
+
+    changes = parse_changes(change)
+    unknown = sorted(set(changes) - CANONICAL_FIELDS)
+    if unknown:
+        raise UserError(f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}")
+    await _update(request_id, "rectify", Rectification(changes=changes, requested_by=by), as_json)
+
+
+@run
+async def clear_residuals(
+    request_id: RequestId,
+    note: Annotated[str, typer.Option(help="How the data was cleared (no personal data).")] = "",
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Record that the residual data of a request (what a system's API could not erase) was cleared by hand."""
+    from dsr.domain.model import ResidualsCleared
+
+    await _update(request_id, "clear_residuals", ResidualsCleared(cleared_by=by, note=note), as_json)
+

@@ -1,0 +1,250 @@
+"""Verbs about requests: submit one, see where it stands, what is due, its audit trail."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+import typer
+
+from dsr.cli.common import (
+    JsonOption,
+    RequestId,
+    UserError,
+    check_reference,
+    connect_deployment,
+    emit_json,
+    fail,
+    parse_changes,
+    plain,
+    request_handle,
+    run,
+    temporal_client,
+)
+
+
+def _parse_received(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"--received must be a date (2026-11-20) or an ISO time, got {value!r}") from None
+    if parsed.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        from dsr.config.settings import Settings
+
+        # A bare date or time is the controller's local time: that is how a letter's stamp reads.
+        parsed = parsed.replace(tzinfo=ZoneInfo(Settings.from_env().policy.timezone))
+    return parsed
+
+
+@run
+async def submit(
+    kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
+    email: Annotated[str, typer.Option(help="The subject's email address.")],
+    name: Annotated[str, typer.Option(help="The subject's name.")] = "",
+    channel: Annotated[str, typer.Option(help="api, email, form, support_desk or operator.")] = "operator",
+    language: Annotated[str | None, typer.Option(help="fr or en (default: DSR_LANGUAGE).")] = None,
+    details: Annotated[str, typer.Option(help="What the subject wrote.")] = "",
+    received: Annotated[
+        str | None, typer.Option(help="When it was received, if earlier than now (YYYY-MM-DD or ISO time).")
+    ] = None,
+    change: Annotated[
+        list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record a request received by any channel and start its workflow (or attach it to the open request of
+    the same subject and kind, as every channel does)."""
+    from dsr.config.settings import Settings
+    from dsr.store.ledger import LedgerUnavailableError
+    from intake.service import IntakeService, IntakeUnavailable
+    from intake.submission import Submission, prepare
+
+    # Validate everything before connecting, so bad input never meets Temporal.
+    settings = Settings.from_env()
+    submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
+                            received_at=_parse_received(received), changes=parse_changes(change or []))
+    prepare(submission, settings)
+    deployment, client = await connect_deployment()
+    settings = deployment.settings
+    try:
+        ledger = deployment.ledger
+    except (LedgerUnavailableError, ValueError) as err:
+        raise UserError(str(err)) from None
+    try:
+        # The one door every channel goes through (duplicates decided in the ledger); staff are not rate-limited.
+        accepted = await IntakeService(client, settings, ledger).submit(submission, rate_limit=False)
+    except IntakeUnavailable as err:
+        raise UserError(str(err)) from None
+    finally:
+        deployment.close()
+    if as_json:
+        emit_json({"id": accepted.reference, "kind": accepted.kind, "received": accepted.received_on,
+                   "deadline": accepted.deadline, "extended_deadline": accepted.extended_deadline,
+                   "attached": accepted.attached})
+    elif accepted.attached:
+        typer.echo(f"{accepted.reference}  {accepted.kind.value}  due {accepted.deadline.isoformat()}  "
+                   "(attached: this subject already has an open request of this kind)")
+    else:
+        typer.echo(f"{accepted.reference}  {accepted.kind.value}  due {accepted.deadline.isoformat()}")
+    _warn_if_late(accepted.deadline, settings.policy.timezone)
+
+
+def _warn_if_late(deadline: date, timezone: str) -> None:
+    """A letter recorded late (``--received``) may have little or no time left: say so at once, on stderr."""
+    from zoneinfo import ZoneInfo
+
+    today = datetime.now(ZoneInfo(timezone)).date()
+    if deadline < today:
+        typer.echo(f"warning: the one-month deadline passed on {deadline.isoformat()}: reply at once and record "
+                   "the reasons for the delay; it can no longer be extended (Art. 12(3))", err=True)
+    elif (deadline - today).days < 7:
+        typer.echo(f"warning: only {(deadline - today).days} day(s) left before the deadline "
+                   f"({deadline.isoformat()}); an extension must be decided and told before then", err=True)
+
+
+@run
+async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
+    """Where a request stands: stage, deadline, connectors."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows.request import DataSubjectRequest
+
+    check_reference(request_id)
+    settings, client = await temporal_client()
+    try:
+        state = await request_handle(client, request_id).query(DataSubjectRequest.status)
+    except RPCError as err:
+        # Temporal forgets closed workflows after its retention period; the ledger does not.
+        if err.status != RPCStatusCode.NOT_FOUND or not _status_from_ledger(settings, request_id, as_json):
+            raise
+        return
+    if as_json:
+        data = plain(state)
+        data["id"] = data.pop("request_id")
+        emit_json(data)
+        return
+    flags = [f for f, on in (("extended", state.extended), ("OVERDUE", state.overdue)) if on]
+    typer.echo(f"{state.request_id}  {state.kind.value}  {state.stage.value}"
+               + (f" ({state.outcome.value})" if state.outcome else ""))
+    typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"
+               + (f" [{', '.join(flags)}]" if flags else ""))
+    typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
+    for c in state.connectors:
+        shown = "degraded" if c.degraded else c.state.value
+        if c.failing_since is not None and c.state.value == "running":
+            shown += f", failing since {c.failing_since:%Y-%m-%d %H:%M} UTC (retried)"
+        if c.resumed:
+            shown += f", resumed {c.resumed} times after progress"
+        typer.echo(f"  {c.connector}: {shown}" + (f" - {c.error}" if c.error else ""))
+    if state.degraded:
+        typer.echo(f"  connector degraded (failing too long, still retried; the operator was told): "
+                   f"{', '.join(state.degraded)}")
+    if state.waiting_for:
+        typer.echo(f"  waiting for {state.waiting_for} of the same person (one request at a time in their systems)")
+    if state.awaiting_changes:
+        # The person's own words (personal data, shown to the operator only): what to correct, in their terms.
+        text = await request_handle(client, request_id).query(DataSubjectRequest.subject_text)
+        typer.echo(f"  waiting for the corrections to make (`dsr rectify {state.request_id} --change field=value`);"
+                   " the person wrote:")
+        for line in (text or "(nothing)").splitlines():
+            typer.echo(f"    {line}")
+    if state.reply_held:
+        typer.echo(f"  reply held (fix the cause, then `dsr retry {state.request_id}`):")
+        for line in state.reply_held.splitlines():
+            typer.echo(f"    {line}")
+    for line in state.correspondence:
+        typer.echo(f"  the subject wrote: {line}")
+    if state.mail_pending:
+        typer.echo(f"  mail not delivered yet (retried until the SMTP server takes it): "
+                   f"{', '.join(state.mail_pending)}")
+    if state.residuals:
+        typer.echo(f"  residual data to clear by hand (then `dsr clear-residuals {state.request_id}`):")
+        for line in state.residuals:
+            typer.echo(f"    - {line}")
+
+
+def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
+    from zoneinfo import ZoneInfo
+
+    from dsr.runtime.bootstrap import Deployment
+
+    deployment = Deployment.from_settings(settings)
+    try:
+        row = deployment.ledger.get_request(request_id)
+    finally:
+        deployment.close()
+    if row is None:
+        return False
+    received = row.received_at.astimezone(ZoneInfo(settings.policy.timezone)).date()
+    data = {"id": request_id, "kind": row.kind, "stage": row.stage, "outcome": row.outcome,
+            "channel": row.channel, "received": received, "deadline": row.deadline, "extended": row.extended,
+            "source": "ledger"}
+    if as_json:
+        emit_json(data)
+    else:
+        typer.echo(f"{request_id}  {row.kind.value}  {row.stage.value}"
+                   + (f" ({row.outcome.value})" if row.outcome else "") + "  [from the ledger]")
+        typer.echo(f"  received {received.isoformat()}, due {row.deadline.isoformat()}"
+                   + (" [extended]" if row.extended else ""))
+    return True
+
+
+@run
+async def due(
+    within: Annotated[int, typer.Option(help="Days ahead (0: today and overdue).", min=0)] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Open requests due within DAYS, overdue first."""
+    from zoneinfo import ZoneInfo
+
+    from dsr.runtime.dashboard import list_due
+
+    settings, client = await temporal_client()
+    today = datetime.now(ZoneInfo(settings.policy.timezone)).date()
+    rows = await list_due(client, today, within)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        typer.echo(f"nothing due within {within} days")
+    for r in rows:
+        typer.echo(f"{r.deadline.isoformat()}  {r.id}  {r.kind:<13} {r.stage}"
+                   + ("  OVERDUE" if r.overdue else "") + ("  (extended)" if r.extended else ""))
+
+
+def history(request_id: RequestId, as_json: JsonOption = False) -> None:
+    """The request's audit trail from the ledger (kept after Temporal forgets the workflow)."""
+    from dsr.config.settings import ConfigError
+    from dsr.runtime.bootstrap import Deployment
+    from dsr.store.ledger import LedgerUnavailableError
+
+    try:
+        ledger = Deployment.from_env().ledger  # closed below
+    except (ConfigError, ValueError, LedgerUnavailableError) as err:
+        fail(str(err))
+    try:
+        row = ledger.get_request(request_id)
+        if row is None:
+            fail(f"no request {request_id!r} in the ledger")
+        events = ledger.events(request_id)
+    finally:
+        ledger.close()
+    if as_json:
+        emit_json({"id": request_id, "kind": row.kind, "stage": row.stage, "outcome": row.outcome,
+                   "deadline": row.deadline, "extended": row.extended,
+                   "events": [{"at": e.at, "event": e.event, "actor": e.actor, "details": e.details,
+                               "note": e.note} for e in events]})
+        return
+    typer.echo(f"{request_id}  {row.kind.value}  {row.stage.value}"
+               + (f" ({row.outcome.value})" if row.outcome else "") + f"  due {row.deadline.isoformat()}")
+    for e in events:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
+        typer.echo(f"  {e.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z  {e.event:<20} {e.actor}"
+                   + (f"  {details}" if details else ""))
+        if e.note:  # the operator's reason (extension, refusal): the Art. 12(4)-(5) record
+            typer.echo(f"      reason: {' '.join(e.note.split())}")
+

@@ -1,0 +1,1 @@
+"""For the DPO: the register of requests and its statistics, read from the ledger."""
