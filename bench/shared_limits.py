@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from connectors.http import RateLimiter  # noqa: E402
 from connectors.hubspot import HubSpotConnector  # noqa: E402
-from dsr.runtime.codec_server import serve_codec  # noqa: E402
 from dsr.store.crypto import KeyRing  # noqa: E402
 from dsr.store.guards import Guards  # noqa: E402
 from dsr.store.ledger import Ledger  # noqa: E402
+from dsr.web.serve import serve_app  # noqa: E402
 from sandbox.hubspot import HubSpotState, hubspot_app  # noqa: E402
 
 TOKEN = "pat-bench"
@@ -57,7 +57,7 @@ def worker(url: str, database: str, shared: bool, calls: int, limit: int, per: f
 
 async def round_(mode: str, args: argparse.Namespace, database: str) -> tuple[float, float]:
     state = HubSpotState()
-    server = await serve_codec(hubspot_app(state, token=TOKEN, rate_limit=(args.limit, args.per)),
+    server = await serve_app(hubspot_app(state, token=TOKEN, rate_limit=(args.limit, args.per)),
                                host="127.0.0.1", port=0)
     try:
         start = time.time() + 2.0  # both processes begin together
