@@ -24,6 +24,7 @@ from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
 from connectors.config import ConfigFileError
 from dsr.config import Settings
+from dsr.crypto import KeyRing
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks, IdentityLinks
 from dsr.profile import ControllerProfile, load_profile
@@ -67,6 +68,10 @@ def activities_for(
     profile: Callable[[], ControllerProfile | None] | None = None,
 ) -> list:
     """Every activity function of the engine, bound to its dependencies."""
+    keyring = exports.sealer
+    if not isinstance(keyring, KeyRing):
+        # Identity and download links, and the attachment store, derive their own keys from the ring itself.
+        raise TypeError("the export store must be sealed with the settings' key ring (dsr.crypto.KeyRing)")
     ledger_activities = LedgerActivities(ledger)
     profile = profile or (lambda: load_profile(settings.config_file))
     signature = controller_signature(settings, profile)
@@ -78,13 +83,13 @@ def activities_for(
         sent_log=LedgerSentLog(ledger),
         controller_name=signature,
         request_link=settings.request_link,
-        identity_links=IdentityLinks(exports.sealer, ttl=timedelta(days=settings.policy.identity_timeout_days)),
+        identity_links=IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
         public_url=settings.intake_url,
         profile=profile,
     )
     intake = IntakeActivities(
         lambda client: IntakeService(client, settings, ledger),
-        delete_documents=AttachmentStore(exports.objects, exports.sealer).delete_all,
+        delete_documents=AttachmentStore(exports.objects, keyring).delete_all,
     )
     fan_out = ConnectorActivities(connectors, exports)
     replies = ReplyActivities(
@@ -92,7 +97,7 @@ def activities_for(
                mail_domain=settings.mail_domain),
         sent_log=LedgerSentLog(ledger),
         exports=exports,
-        links=DownloadLinks(exports.sealer, ttl=timedelta(days=settings.link_days)),
+        links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),
         public_url=settings.intake_url,
         profile=profile,
     )

@@ -212,6 +212,8 @@ async def _tell(task: ConnectorTask, *, failing: bool, error: str = "") -> None:
     cannot see attempt failures Temporal retries, and shows a connector failing too long as degraded. Best
     effort: a lost signal is sent again by the next attempt (``failing``) or ends with the schedule."""
     info = activity.info()
+    if info.workflow_id is None:
+        return  # not run by a workflow (a standalone activity): nobody to tell
     try:
         handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
         await asyncio.wait_for(handle.signal(HEALTH_SIGNAL, ConnectorHealth(

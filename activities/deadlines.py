@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time
+from zoneinfo import ZoneInfo
+
 from temporalio import activity
 
 from dsr.deadlines import deadline_schedule, receipt_date
-from dsr.model import ClockResume, ClockStart, DeadlineInput, Deadlines, ResumedClock
+from dsr.model import ClockResume, ClockStart, DeadlineInput, Deadlines, LocalMoment, ResumedClock
 
 
 @activity.defn(name="deadlines_from")
@@ -31,3 +34,10 @@ def deadlines_resumed(resume: ClockResume) -> ResumedClock:
                                                 subdiv=resume.subdiv, timezone=resume.timezone,
                                                 suspended_days=days))
     return ResumedClock(suspended_on=suspended_on, resumed_on=resumed_on, suspended_days=days, deadlines=deadlines)
+
+
+@activity.defn(name="local_instant")
+def local_instant(moment: LocalMoment) -> datetime:
+    """The instant (UTC) of ``moment.hour``:00 on ``moment.day`` in the controller's zone: reminders go at a
+    working hour there, whatever the worker's or the server's clock."""
+    return datetime.combine(moment.day, time(moment.hour), ZoneInfo(moment.timezone)).astimezone(UTC)

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
@@ -311,7 +311,8 @@ def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
     return True
 
 
-async def _update(request_id: str, update: str, argument: Any, as_json: bool) -> None:
+async def _update(request_id: str, update: Callable[..., Awaitable[Any]], argument: Any, as_json: bool) -> None:
+    """Send ``update`` (a ``DataSubjectRequest`` update method) with ``argument``; print the result."""
     from temporalio.client import WorkflowExecutionStatus
 
     from dsr import search_attributes as sa
@@ -344,6 +345,7 @@ async def confirm_identity(
 ) -> None:
     """Confirm the subject's identity (e.g. after reviewing a document, which is then deleted)."""
     from dsr.model import IdentityConfirmation, IdentityMethod
+    from workflows.request import DataSubjectRequest
 
     try:
         chosen = IdentityMethod(method)
@@ -351,7 +353,7 @@ async def confirm_identity(
         chosen = IdentityMethod.TRUSTED
     if chosen == IdentityMethod.TRUSTED:  # only the channel, at the start, makes a request trusted
         raise UserError(f"--method must be email or document, got {method!r}")
-    await _update(request_id, "confirm_identity",
+    await _update(request_id, DataSubjectRequest.confirm_identity,
                   IdentityConfirmation(method=chosen, confirmed_by=by, note=note), as_json)
 
 
@@ -365,8 +367,9 @@ async def extend(
 ) -> None:
     """Extend the deadline by two months, once, within the first month; the subject is told why."""
     from dsr.model import Extension
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "extend_deadline", Extension(reason=reason, requested_by=by), as_json)
+    await _update(request_id, DataSubjectRequest.extend_deadline, Extension(reason=reason, requested_by=by), as_json)
 
 
 @app.command()
@@ -382,13 +385,15 @@ async def refuse(
 ) -> None:
     """Refuse a request on a ground of the GDPR; the subject is told which, why, and of the right to complain."""
     from dsr.model import Refusal, RefusalGround
+    from workflows.request import DataSubjectRequest
 
     try:
         chosen = RefusalGround(ground)
     except ValueError:
         raise UserError(f"--ground must be one of {', '.join(g.value for g in RefusalGround)} (got {ground!r})") \
             from None
-    await _update(request_id, "refuse", Refusal(reason=reason, requested_by=by, ground=chosen), as_json)
+    await _update(request_id, DataSubjectRequest.refuse, Refusal(reason=reason, requested_by=by, ground=chosen),
+                  as_json)
 
 
 @app.command()
@@ -401,8 +406,9 @@ async def withdraw(
 ) -> None:
     """Close a request the subject withdrew."""
     from dsr.model import Withdrawal
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "withdraw", Withdrawal(requested_by=by, reason=reason), as_json)
+    await _update(request_id, DataSubjectRequest.withdraw, Withdrawal(requested_by=by, reason=reason), as_json)
 
 
 @app.command()
@@ -410,8 +416,9 @@ async def withdraw(
 async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOption = False) -> None:
     """Go on with a request in needs_attention: run its failed connectors again, or write its held reply."""
     from dsr.model import Retry
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "retry", Retry(requested_by=by), as_json)
+    await _update(request_id, DataSubjectRequest.retry, Retry(requested_by=by), as_json)
 
 
 @app.command()
@@ -425,8 +432,9 @@ async def doubt(
     """Record a reasonable doubt about the requester's identity (Art. 12(6)): the subject is asked for what you
     need; with DSR_CLOCK=suspend_during_identity the time limit stands still until they provide it."""
     from dsr.model import Doubt
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "doubt", Doubt(reason=reason, requested_by=by), as_json)
+    await _update(request_id, DataSubjectRequest.doubt, Doubt(reason=reason, requested_by=by), as_json)
 
 
 @app.command()
@@ -439,12 +447,13 @@ async def rectify(
 ) -> None:
     """Give a rectification that came as free text the corrections to make (read them with `dsr status`)."""
     from dsr.model import CANONICAL_FIELDS, Rectification
+    from workflows.request import DataSubjectRequest
 
     changes = _parse_changes(change)
     unknown = sorted(set(changes) - CANONICAL_FIELDS)
     if unknown:
         raise UserError(f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}")
-    await _update(request_id, "rectify", Rectification(changes=changes, requested_by=by), as_json)
+    await _update(request_id, DataSubjectRequest.rectify, Rectification(changes=changes, requested_by=by), as_json)
 
 
 @app.command("clear-residuals")
@@ -457,8 +466,9 @@ async def clear_residuals(
 ) -> None:
     """Record that the residual data of a request (what a system's API could not erase) was cleared by hand."""
     from dsr.model import ResidualsCleared
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "clear_residuals", ResidualsCleared(cleared_by=by, note=note), as_json)
+    await _update(request_id, DataSubjectRequest.clear_residuals, ResidualsCleared(cleared_by=by, note=note), as_json)
 
 
 @app.command()
@@ -977,9 +987,9 @@ async def triage_classify(
                         f" (got {kind!r}, {language!r})") from None
     decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=_parse_changes(change or []))
     _, client = await _client()
-    from dsr.model import TriageStatus
+    from workflows.triage import TriageMessageWorkflow
 
-    status = await _triage_handle(client, triage_id).execute_update("classify", decision, result_type=TriageStatus)
+    status = await _triage_handle(client, triage_id).execute_update(TriageMessageWorkflow.classify, decision)
     if as_json:
         emit_json(_plain(status))
     else:
@@ -1001,6 +1011,7 @@ async def triage_dismiss(
 ) -> None:
     """Not a request (spam...): close it with the reason; or a request refused (--refuse KIND): the sender is told."""
     from dsr.model import RefusalGround, RequestKind, TriageDismissal
+    from workflows.triage import TriageMessageWorkflow
 
     if not reason.strip():
         raise UserError("--reason must not be empty")
@@ -1012,8 +1023,8 @@ async def triage_dismiss(
                         f"{', '.join(g.value for g in RefusalGround)} (got {refuse!r}, {ground!r})") from None
     _, client = await _client()
     await _triage_handle(client, triage_id).execute_update(
-        "dismiss", TriageDismissal(reason=reason, decided_by=by, refused_as=refused_as, ground=chosen),
-        result_type=None)
+        TriageMessageWorkflow.dismiss,
+        TriageDismissal(reason=reason, decided_by=by, refused_as=refused_as, ground=chosen))
     typer.echo(f"{triage_id}: dismissed" + (f"; the sender is told the {refused_as.value} request is refused"
                                            if refused_as else ""))
 

@@ -785,6 +785,24 @@ class TriageDismissed:
 
 
 @dataclass
+class TriageSubmitted:
+    """What ``submit_triaged`` answers: the request a classified email became."""
+
+    request_id: str
+    attached: bool  # it duplicated an open request and was attached to it (no new workflow)
+
+
+@dataclass
+class LocalMoment:
+    """A day and an hour on the controller's clock (``09:00`` local), made an instant by a local activity: the
+    time zone rules (tzdata) may change between a run and its replay, the recorded instant does not."""
+
+    day: date
+    hour: int
+    timezone: str
+
+
+@dataclass
 class TriageStatus:
     """The ``status`` query of a triage workflow; no personal data (``dsr triage show`` asks ``message``)."""
 

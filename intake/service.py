@@ -67,7 +67,6 @@ from dsr.model import (
     RequestRecordInput,
     Stage,
     TriageInput,
-    UpdateResult,
     is_valid_email,
 )
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, prepare, start
@@ -308,17 +307,18 @@ class IntakeService:
     async def _attach(self, request_id: str, request: RequestInput) -> Accepted | str:
         """Attach ``request`` to the open request ``request_id``: the answer, or ``closed`` (it refused: closed or
         closing) or ``absent`` (no such workflow: not started yet, or its history is gone)."""
-        handle = self._client.get_workflow_handle(request_id)
+        from workflows.request import DataSubjectRequest
+
+        handle = self._client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
         try:
             await handle.execute_update(
-                "attach_duplicate",
+                DataSubjectRequest.attach_duplicate,
                 DuplicateAttached(
                     channel=request.channel,
                     received_at=request.received_at,
                     in_reply_to=request.in_reply_to,
                     ticket=request.ticket,
                 ),
-                result_type=UpdateResult,
             )
         except WorkflowUpdateFailedError:
             return "closed"
@@ -405,16 +405,17 @@ class IntakeService:
         Returns once the update is accepted (durable in the request's history) or done, whichever the wait
         allows: the operator notice it sends may wait on a slow mail server, the mailbox should not.
         """
-        handle = self._client.get_workflow_handle(request_id)
+        from workflows.request import DataSubjectRequest
+
+        handle = self._client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
         try:
             update = await handle.start_update(
-                "record_correspondence",
+                DataSubjectRequest.record_correspondence,
                 correspondence,
                 # The same message always makes the same update id: the server answers a retry with the first.
                 # Hashed again so the id Temporal shows in clear is not the inbox table's key.
                 id="correspondence-" + hashlib.sha256(correspondence.message_key.encode()).hexdigest()[:32],
                 wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                result_type=UpdateResult,
             )
             # A rejection (closed) is known at once; an accepted update is durable even if this wait ends first.
             await asyncio.wait_for(update.result(), timeout=CORRESPONDENCE_WAIT_SECONDS)
@@ -461,9 +462,11 @@ class IntakeService:
             reason=item.reason,
             policy=policy,
         )
+        from workflows.triage import TriageMessageWorkflow
+
         try:
             await self._client.start_workflow(
-                "TriageMessage",
+                TriageMessageWorkflow.run,
                 triage_input,
                 id=triage_id,
                 task_queue=self._settings.task_queue,
@@ -502,17 +505,18 @@ async def confirm_identity(client: Client, request_id: str, *, proof: str) -> Id
     """Send the ``confirm_identity`` update for a subject who proved control of their address (``proof`` is
     ``link`` or ``code``); the workflow checks that the request's policy takes that proof."""
     from dsr.model import IdentityConfirmation, IdentityMethod, IdentityProof
+    from workflows.contract import IDENTITY_NOT_ALLOWED
+    from workflows.request import DataSubjectRequest
 
-    handle = client.get_workflow_handle(request_id)
+    handle = client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
     try:
-        result: UpdateResult = await handle.execute_update(
-            "confirm_identity",
+        result = await handle.execute_update(
+            DataSubjectRequest.confirm_identity,
             IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", note=f"email {proof}",
                                  proof=IdentityProof(proof)),
-            result_type=UpdateResult,
         )
     except WorkflowUpdateFailedError as err:
-        if getattr(err.cause, "type", None) == "IdentityNotAllowed":
+        if getattr(err.cause, "type", None) == IDENTITY_NOT_ALLOWED:
             return IdentityOutcome("refused")
         message = str(getattr(err.cause, "message", "") or err.cause or "")
         return IdentityOutcome("already" if "already confirmed" in message else "closed")

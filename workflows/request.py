@@ -14,11 +14,9 @@ import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
-    from activities.connectors import HEALTH_SIGNAL, PERMANENT_ERROR, PROGRESSED
     from dsr import search_attributes as sa
     from dsr.model import (
         CANONICAL_FIELDS,
@@ -40,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
         DuplicateAttached,
         ExportsDeletion,
         Extension,
-        FanOutPlan,
         IdentityConfirmation,
         IdentityMethod,
         Notice,
@@ -59,7 +56,6 @@ with workflow.unsafe.imports_passed_through():
         RequestRecordInput,
         RequestStatus,
         ResidualsCleared,
-        ResumedClock,
         Retry,
         Stage,
         SubjectTurn,
@@ -70,73 +66,36 @@ with workflow.unsafe.imports_passed_through():
         confirmation_refused,
         subject_queue_id,
     )
-
-LEDGER_OPTIONS = {
-    # One row in the database: a worker lost mid-write is noticed (and the write retried) within seconds.
-    "start_to_close_timeout": timedelta(seconds=10),
-    # The ledger is the proof: keep trying (with backoff) rather than lose an event.
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
-}
-STORAGE_OPTIONS = {
-    # Deleting a request's objects (exports, attachments) may list and delete many; still short.
-    **LEDGER_OPTIONS,
-    "start_to_close_timeout": timedelta(seconds=30),
-}
-STEP_HEARTBEAT = timedelta(seconds=30)
-"""Heartbeat timeout of the mail steps: a worker lost while sending is noticed, and the step retried on
-another worker, within this long (the activities beat every few seconds while they work)."""
-NOTICE_OPTIONS = {
-    # SMTP has its own per-command timeout (``smtp.timeout_seconds``); liveness is the heartbeat's job.
-    "start_to_close_timeout": timedelta(minutes=5),
-    "heartbeat_timeout": STEP_HEARTBEAT,
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=5),
-        maximum_interval=timedelta(minutes=10),
-        non_retryable_error_types=["NoticeRejected"],
-    ),
-}
-CONNECTOR_OPTIONS = {
-    # Long exports (10,000 orders) page for minutes; liveness is the heartbeat's job, not this one's.
-    "start_to_close_timeout": timedelta(hours=2),
-    # Transient errors (429, 5xx) retry with backoff for about a day, then an operator is asked.
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=5),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=30),
-        maximum_attempts=50,
-        non_retryable_error_types=[PERMANENT_ERROR],
-    ),
-}
-
-
-REPLY_OPTIONS = {
-    # Building a 10,000-order bundle takes seconds to minutes; the activity heartbeats all along, so a lost
-    # worker costs STEP_HEARTBEAT, not this timeout. An incomplete controller profile retries until fixed.
-    "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": STEP_HEARTBEAT,
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=10),
-        maximum_interval=timedelta(minutes=10),
-        non_retryable_error_types=["NoticeRejected", "NoticeInvalidAddress"],
-    ),
-}
-
-NOTICE_FIRST_TRY_OPTIONS = {
-    # One try, so that a notice the SMTP server does not take at once shows as pending (status, dashboard)
-    # while NOTICE_OPTIONS retries it under the same key (one Message-ID, sent at most once per sent-log).
-    **NOTICE_OPTIONS,
-    "retry_policy": dataclasses.replace(NOTICE_OPTIONS["retry_policy"], maximum_attempts=1),
-}
-
-REPLY_HELD_TYPES = ("IncompleteProfile", "ReplyInvalid")
-"""Errors of ``send_reply`` only an operator can fix: no blind retries, the request asks for attention."""
-REPLY_UNDELIVERABLE_TYPES = ("NoticeRejected", "NoticeInvalidAddress")
-REPLY_HELD_OPTIONS = {
-    **REPLY_OPTIONS,
-    "retry_policy": dataclasses.replace(
-        REPLY_OPTIONS["retry_policy"], non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES]
-    ),
-}
+from workflows.contract import (
+    CONNECTOR,
+    DEADLINES,
+    HEALTH_SIGNAL,
+    IDENTITY_NOT_ALLOWED,
+    LEDGER,
+    NOTICE,
+    NOTICE_FIRST_TRY,
+    PLAN,
+    PROGRESSED,
+    REPLY,
+    REPLY_HELD,
+    REPLY_HELD_TYPES,
+    REPLY_UNDELIVERABLE_TYPES,
+    REQUEST_REJECTED,
+    STORAGE,
+    SUBJECT_TURN_SIGNAL,
+    TURN_ASK,
+    ConnectorActivities,
+    IntakeActivities,
+    LedgerActivities,
+    NoticeActivities,
+    ReplyActivities,
+    StorageActivities,
+    ask_subject_turn,
+    deadlines_from,
+    deadlines_resumed,
+    summarised,
+)
+from workflows.subjects import SubjectQueue
 
 IDENTITY_DOCUMENTS = "identity-documents"
 """Patch id: email requests delete the attachments they came with once identity is confirmed."""
@@ -191,22 +150,13 @@ RESUMES_MAX = 1000
 retries it), so a connector that progresses forever cannot loop without bound; past it, an operator is asked."""
 RESUME_WINDOW = timedelta(days=1)
 """No fresh schedule after progress once a connector's run has lasted this long: the last schedule's own retry
-budget (CONNECTOR_OPTIONS, about a day) then runs out and an operator is asked."""
-
-TURN_ASK_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=10),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
-}
-
+budget (CONNECTOR, about a day) then runs out and an operator is asked."""
 
 class RequestRejected(ApplicationError):
     """An update that the request's state does not allow; the message is shown to the operator."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, type="RequestRejected", non_retryable=True)
-
-
-IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
+        super().__init__(message, type=REQUEST_REJECTED, non_retryable=True)
 
 
 class IdentityNotAllowed(ApplicationError):
@@ -286,8 +236,8 @@ class DataSubjectRequest:
             if self._clock_suspended:
                 self._suspended_since = workflow.now()
         self._publish()
-        await workflow.execute_activity(
-            "record_request",
+        await workflow.execute_activity_method(
+            LedgerActivities.record_request,
             RequestRecordInput(
                 request_id=request.request_id,
                 kind=request.kind,
@@ -297,9 +247,7 @@ class DataSubjectRequest:
                 deadline=self._deadline.due,
                 language=request.language,
             ),
-            result_type=bool,
-            summary="ledger: request recorded",
-            **LEDGER_OPTIONS,
+            **summarised(LEDGER, "ledger: request recorded"),
         )
         await self._audit("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
         if workflow.patched(ACK_NONBLOCKING):
@@ -332,8 +280,9 @@ class DataSubjectRequest:
         # The download link lives past closure; when it expires, what was exported goes with it.
         await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
                              summary="download link expiry")
-        await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
-                                        result_type=bool, summary="delete exports", **STORAGE_OPTIONS)
+        await workflow.execute_activity_method(
+            ReplyActivities.delete_exports, ExportsDeletion(self._request.request_id),
+            **summarised(STORAGE, "delete exports"))
         self._exports_deleted = True
         await self._audit("exports_deleted")
         self._update_details()
@@ -416,15 +365,14 @@ class DataSubjectRequest:
         if self._clock_suspended and not self._lawful_clock:
             # Décret 2019-536, as read before CLOCK_LAWFUL: the time limit ran from the confirmation date.
             self._deadlines = await workflow.execute_local_activity(
-                "deadlines_from",
+                deadlines_from,
                 ClockStart(
                     at=workflow.now(),
                     country=policy.country,
                     subdiv=policy.subdiv,
                     timezone=policy.timezone,
                 ),
-                result_type=Deadlines,
-                start_to_close_timeout=timedelta(seconds=10),
+                **DEADLINES,
             )
             self._clock_suspended = False
             self._move_deadline(self._deadlines.normal)
@@ -435,9 +383,9 @@ class DataSubjectRequest:
         """Delete the files stored with the request (the activity answers 0 when there are none)."""
         # Cleared first: files recorded while the activity runs may come after it looked, so they keep the flag.
         self._correspondence_files = False
-        deleted = await workflow.execute_activity(
-            "delete_identity_documents", self._request.request_id, result_type=int,
-            summary="delete identity documents", **STORAGE_OPTIONS,
+        deleted = await workflow.execute_activity_method(
+            IntakeActivities.delete_identity_documents, self._request.request_id,
+            **summarised(STORAGE, "delete identity documents"),
         )
         if deleted:
             await self._audit(event, details={"count": str(deleted)})
@@ -508,12 +456,10 @@ class DataSubjectRequest:
 
     async def _fan_out(self, ordered: bool) -> bool:
         """Every connector done (True), or the request withdrawn or refused meanwhile (False)."""
-        plan = await workflow.execute_activity(
-            "plan_fanout",
+        plan = await workflow.execute_activity_method(
+            ConnectorActivities.plan_fanout,
             PlanInput(kind=self._request.kind),
-            result_type=FanOutPlan,
-            start_to_close_timeout=timedelta(seconds=10),
-            summary=f"plan {self._request.kind.value}",
+            **summarised(PLAN, f"plan {self._request.kind.value}"),
         )
         for name in plan.connectors:
             self._progress.setdefault(name, ConnectorProgress(connector=name))
@@ -563,12 +509,12 @@ class DataSubjectRequest:
         self._update_details()
         try:
             await workflow.execute_activity(
-                "ask_subject_turn",
+                ask_subject_turn,
                 QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
                     request_id=self._request.request_id, received_at=self._request.received_at,
                     round=self._turn_round,
                 )),
-                result_type=bool, summary="subject queue: ask for the turn", **TURN_ASK_OPTIONS,
+                **summarised(TURN_ASK, "subject queue: ask for the turn"),
             )
             await workflow.wait_condition(lambda: self._turn_granted or self._ending())
         finally:
@@ -588,10 +534,10 @@ class DataSubjectRequest:
         release = TurnRelease(request_id=self._request.request_id, round=self._turn_round)
         # A queue that is gone (terminated by hand) holds nothing left to release.
         with contextlib.suppress(FailureError):
-            await workflow.get_external_workflow_handle(subject_queue_id(self._request.subject_key)).signal(
-                "release", release)
+            await workflow.get_external_workflow_handle_for(
+                SubjectQueue.run, subject_queue_id(self._request.subject_key)).signal(SubjectQueue.release, release)
 
-    @workflow.signal
+    @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
         """The subject's queue says who holds the turn: this request (granted) or the one it waits for."""
         if not self._turn_asked or turn.round != self._turn_round:
@@ -618,12 +564,12 @@ class DataSubjectRequest:
             outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
             in_reply_to=self._thread(),
         )
-        options = REPLY_HELD_OPTIONS if held_by_operator else REPLY_OPTIONS
+        options = REPLY_HELD if held_by_operator else REPLY
         while True:
             try:
-                return await workflow.execute_activity(
-                    "send_reply", reply_input, result_type=ReplyResult,
-                    summary=f"reply: {self._request.kind.value}", **options,
+                return await workflow.execute_activity_method(
+                    ReplyActivities.send_reply, reply_input,
+                    **summarised(options, f"reply: {self._request.kind.value}"),
                 )
             except ActivityError as err:
                 cause = err.cause
@@ -674,13 +620,11 @@ class DataSubjectRequest:
             if watched:
                 outcome = await self._run_resuming(progress)
             else:
-                outcome = await workflow.execute_activity(
-                    "run_connector",
+                outcome = await workflow.execute_activity_method(
+                    ConnectorActivities.run_connector,
                     self._connector_task(progress.connector),
-                    result_type=ConnectorOutcome,
-                    summary=f"{progress.connector}: {self._request.kind.value}",
-                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
-                    **CONNECTOR_OPTIONS,
+                    **summarised(CONNECTOR, f"{progress.connector}: {self._request.kind.value}",
+                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds)),
                 )
         except ActivityError as err:
             cause = err.cause
@@ -725,20 +669,19 @@ class DataSubjectRequest:
         """Schedule the connector until it succeeds; an attempt that failed after advancing its checkpoint comes
         back as ``ConnectorProgressed`` and is followed at once (after the vendor's Retry-After, if any) by a
         fresh activity from that checkpoint, with attempts and backoff reset. Within bounds: RESUMES_MAX and
-        RESUME_WINDOW; a connector that never progresses keeps CONNECTOR_OPTIONS' budget (about a day)."""
+        RESUME_WINDOW; a connector that never progresses keeps CONNECTOR' budget (about a day)."""
         name = progress.connector
         started = workflow.now()
         resumed = 0
         while True:
             self._schedules[name] = schedule = self._schedules.get(name, 0) + 1
             try:
-                return await workflow.execute_activity(
-                    "run_connector",
+                return await workflow.execute_activity_method(
+                    ConnectorActivities.run_connector,
                     self._connector_task(name, schedule=schedule),
-                    result_type=ConnectorOutcome,
-                    summary=f"{name}: {self._request.kind.value}" + (f" (resumed {resumed})" if resumed else ""),
-                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
-                    **CONNECTOR_OPTIONS,
+                    **summarised(CONNECTOR,
+                                 f"{name}: {self._request.kind.value}" + (f" (resumed {resumed})" if resumed else ""),
+                                 heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds)),
                 )
             except ActivityError as err:
                 cause = err.cause
@@ -850,17 +793,17 @@ class DataSubjectRequest:
         """What closing without a reply makes pointless to keep on the object store (idempotent)."""
         if self._outcome in (Outcome.REFUSED, Outcome.WITHDRAWN, Outcome.UNVERIFIED):
             # No reply will deliver them: a half-finished export and the files sent with the request go now.
-            if await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
-                                               result_type=bool, summary="delete partial exports",
-                                               **STORAGE_OPTIONS):
+            if await workflow.execute_activity_method(ReplyActivities.delete_exports,
+                                                      ExportsDeletion(self._request.request_id),
+                                                      **summarised(STORAGE, "delete partial exports")):
                 await self._audit("exports_deleted")
             await self._delete_attachments("attachments_deleted")
 
     async def _delete_earlier_exports(self) -> None:
         """Erased everywhere else: the copies made for the subject's earlier access requests go too."""
-        deleted = await workflow.execute_activity(
-            "delete_earlier_exports", ExportsDeletion(self._request.request_id), result_type=int,
-            summary="delete the subject's earlier exports", **STORAGE_OPTIONS,
+        deleted = await workflow.execute_activity_method(
+            StorageActivities.delete_earlier_exports, ExportsDeletion(self._request.request_id),
+            **summarised(STORAGE, "delete the subject's earlier exports"),
         )
         if deleted:
             await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
@@ -1055,12 +998,11 @@ class DataSubjectRequest:
             return
         policy = self._request.policy
         resumed = await workflow.execute_local_activity(
-            "deadlines_resumed",
+            deadlines_resumed,
             ClockResume(received_on=self._request.received_on, suspended_at=self._suspended_since,
                         resumed_at=workflow.now(), suspended_days_before=self._suspended_days,
                         country=policy.country, subdiv=policy.subdiv, timezone=policy.timezone),
-            result_type=ResumedClock,
-            start_to_close_timeout=timedelta(seconds=10),
+            **DEADLINES,
         )
         previous = self._deadline.due
         self._suspended_days = resumed.suspended_days
@@ -1359,8 +1301,8 @@ class DataSubjectRequest:
     async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
                      stage: Stage | None = None, outcome: Outcome | None = None,
                      deadline: date | None = None, extended: bool | None = None, note: str = "") -> None:
-        await workflow.execute_activity(
-            "record_event",
+        await workflow.execute_activity_method(
+            LedgerActivities.record_event,
             AuditEvent(
                 request_id=self._request.request_id,
                 event=event,
@@ -1372,9 +1314,7 @@ class DataSubjectRequest:
                 extended=extended,
                 note=note,
             ),
-            result_type=bool,
-            summary=f"ledger: {event}",
-            **LEDGER_OPTIONS,
+            **summarised(LEDGER, f"ledger: {event}"),
         )
 
     def _notice_context(self, **extra: str) -> dict[str, str]:
@@ -1447,8 +1387,8 @@ class DataSubjectRequest:
             if self._mail_tracked:
                 await self._send_tracked(notice)
             else:
-                await workflow.execute_activity(
-                    "send_notice", notice, summary=f"notice: {notice.template.value}", **NOTICE_OPTIONS
+                await workflow.execute_activity_method(
+                    NoticeActivities.send_notice, notice, **summarised(NOTICE, f"notice: {notice.template.value}")
                 )
         except ActivityError:
             # The mail server refused the address for good; the request goes on and the ledger says so.
@@ -1461,7 +1401,8 @@ class DataSubjectRequest:
         notice = dataclasses.replace(notice, key=f"mail-{self._mail_count}")
         summary = f"notice: {notice.template.value}"
         try:
-            await workflow.execute_activity("send_notice", notice, summary=summary, **NOTICE_FIRST_TRY_OPTIONS)
+            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
+                                                   **summarised(NOTICE_FIRST_TRY, summary))
             return
         except ActivityError as err:
             if err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
@@ -1471,7 +1412,8 @@ class DataSubjectRequest:
         self._mail_changed()
         await self._audit("notice_deferred", details={"template": template})
         try:
-            await workflow.execute_activity("send_notice", notice, summary=summary + " (retried)", **NOTICE_OPTIONS)
+            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
+                                                   **summarised(NOTICE, summary + " (retried)"))
         except ActivityError:
             self._mail_done(template)  # refused for good (recorded by the caller)
             raise

@@ -19,7 +19,6 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -30,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         NoticeTemplate,
         RefusalGround,
         RequestKind,
+        Stage,
         TriageDecision,
         TriageDismissal,
         TriageDismissed,
@@ -37,22 +37,20 @@ with workflow.unsafe.imports_passed_through():
         TriageMessage,
         TriageStatus,
     )
-    from workflows.request import LEDGER_OPTIONS, NOTICE_OPTIONS, STORAGE_OPTIONS, RequestRejected
+from workflows.contract import (
+    LEDGER,
+    NOTICE,
+    STORAGE,
+    SUBMIT,
+    IntakeActivities,
+    LedgerActivities,
+    NoticeActivities,
+    summarised,
+)
+from workflows.request import RequestRejected
 
 DISMISSAL_RECORD = "triage-dismissal-record"
 """Patch id: a dismissal deletes the email's files and is kept in the ledger (before, only in the history)."""
-
-SUBMIT_OPTIONS = {
-    # The operator waits on the update: a few quick retries, then a clear refusal they can act on.
-    "start_to_close_timeout": timedelta(minutes=1),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        maximum_interval=timedelta(seconds=10),
-        maximum_attempts=6,
-        non_retryable_error_types=["SubmissionError"],
-    ),
-}
-
 
 @workflow.defn(name="TriageMessage")
 class TriageMessageWorkflow:
@@ -79,7 +77,7 @@ class TriageMessageWorkflow:
             await self._record_dismissal(self._dismissal)
             if self._dismissal.refused_as is not None:
                 await self._tell_refusal(self._dismissal)
-        workflow.upsert_search_attributes([sa.DSR_STAGE.value_set("closed")])
+        workflow.upsert_search_attributes([sa.DSR_STAGE.value_set(Stage.CLOSED.value)])
         workflow.set_current_details(self._details())
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -97,25 +95,25 @@ class TriageMessageWorkflow:
 
     async def _record_dismissal(self, dismissal: TriageDismissal) -> None:
         # An ID copy sent with a message that is no request has no purpose left (CNIL: delete once used).
-        deleted = await workflow.execute_activity(
-            "delete_identity_documents", self._item.request_id, result_type=int,
-            summary="delete the email's files", **STORAGE_OPTIONS)
-        await workflow.execute_activity(
-            "record_triage_dismissal",
+        deleted = await workflow.execute_activity_method(
+            IntakeActivities.delete_identity_documents, self._item.request_id,
+            **summarised(STORAGE, "delete the email's files"))
+        await workflow.execute_activity_method(
+            LedgerActivities.record_triage_dismissal,
             TriageDismissed(
                 triage_id=self._item.triage_id, received_at=self._item.received_at, deadline=self._item.deadline,
                 classifier_reason=self._item.reason, reason=dismissal.reason.strip(),
                 decided_by=dismissal.decided_by, attachments_deleted=deleted, dismissed_at=workflow.now(),
                 refused_as=RequestKind(dismissal.refused_as).value if dismissal.refused_as else "",
                 ground=RefusalGround(dismissal.ground).value if dismissal.refused_as else ""),
-            result_type=bool, summary="record the dismissal", **LEDGER_OPTIONS)
+            **summarised(LEDGER, "record the dismissal"))
 
     async def _tell_refusal(self, dismissal: TriageDismissal) -> None:
         """Art. 12(4): a request the controller does not act on is answered, with the reasons and remedies."""
         assert dismissal.refused_as is not None  # only refusals are told (see run)
         kind = RequestKind(dismissal.refused_as)
-        await workflow.execute_activity(
-            "send_notice",
+        await workflow.execute_activity_method(
+            NoticeActivities.send_notice,
             Notice(
                 # Under the triage id: the reserved request id has no ledger row to log the notice against.
                 request_id=self._item.triage_id,
@@ -131,14 +129,13 @@ class TriageMessageWorkflow:
                 },
                 in_reply_to=self._item.in_reply_to,
             ),
-            summary="notice: refusal to the sender",
-            **NOTICE_OPTIONS,
+            **summarised(NOTICE, "notice: refusal to the sender"),
         )
 
     async def _notify(self, *, reminder: bool) -> None:
         reason = self._item.reason + (" (reminder: the deadline is in a week)" if reminder else "")
-        await workflow.execute_activity(
-            "send_notice",
+        await workflow.execute_activity_method(
+            NoticeActivities.send_notice,
             Notice(
                 request_id=self._item.triage_id,
                 template=NoticeTemplate.OPERATOR_TRIAGE,
@@ -151,8 +148,7 @@ class TriageMessageWorkflow:
                     "error": reason,
                 },
             ),
-            summary="notice: operator triage",
-            **NOTICE_OPTIONS,
+            **summarised(NOTICE, "notice: operator triage"),
         )
 
     # --- updates and queries ---------------------------------------------------------------------
@@ -161,12 +157,10 @@ class TriageMessageWorkflow:
     async def classify(self, decision: TriageDecision) -> TriageStatus:
         self._deciding = True
         try:
-            submitted = await workflow.execute_activity(
-                "submit_triaged",
+            submitted = await workflow.execute_activity_method(
+                IntakeActivities.submit_triaged,
                 args=[self._item, decision],
-                result_type=list,
-                summary=f"submit as {decision.kind.value}",
-                **SUBMIT_OPTIONS,
+                **summarised(SUBMIT, f"submit as {decision.kind.value}"),
             )
         except ActivityError as err:
             cause = err.cause
@@ -174,7 +168,7 @@ class TriageMessageWorkflow:
             raise RequestRejected(f"{self._item.triage_id}: {message}") from None
         finally:
             self._deciding = False
-        self._request_id, self._attached = str(submitted[0]), bool(submitted[1])
+        self._request_id, self._attached = submitted.request_id, submitted.attached
         self._decision = decision
         return self.status()
 

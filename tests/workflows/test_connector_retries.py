@@ -43,7 +43,7 @@ from tests.workflows.test_request import events, readable, templates_sent
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
 from workflows.request import DataSubjectRequest
 
-INITIAL_BACKOFF = timedelta(seconds=5)  # CONNECTOR_OPTIONS' initial interval
+INITIAL_BACKOFF = timedelta(seconds=5)  # contract.CONNECTOR's initial interval
 
 
 @dataclass
@@ -192,7 +192,7 @@ async def connector_schedules(handle: WorkflowHandle) -> int:
 
 
 async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query("status", result_type=RequestStatus)
+    return await handle.query(DataSubjectRequest.status)
 
 
 async def degraded_attribute(handle: WorkflowHandle) -> int | None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dsr.model import RefusalGround, RequestKind, TriageDismissal, TriageInput, TriageStatus
+from dsr.model import RefusalGround, RequestKind, TriageDismissal, TriageInput
 from tests.harness import attachments_of
 from tests.workflows.conftest import OPERATOR_EMAIL, Engine
+from workflows.triage import TriageMessageWorkflow
 
 SENDER = "claire.durand@example.org"
 TODAY = datetime.now(UTC).date()  # the test server's clock starts at the real time
@@ -26,11 +27,11 @@ async def test_a_dismissed_email_deletes_its_files_and_is_kept_in_the_ledger(eng
         policy=engine.settings.policy,
     )
     handle = await engine.client.start_workflow(
-        "TriageMessage", item, id=item.triage_id, task_queue=engine.task_queue)
-    await handle.execute_update("dismiss", TriageDismissal("handled by post with the family", "dpo@example.com"),
-                                result_type=TriageStatus)
+        TriageMessageWorkflow.run, item, id=item.triage_id, task_queue=engine.task_queue)
+    await handle.execute_update(TriageMessageWorkflow.dismiss,
+                                TriageDismissal("handled by post with the family", "dpo@example.com"))
     await handle.result()
-    status = await handle.query("status", result_type=TriageStatus)
+    status = await handle.query(TriageMessageWorkflow.status)
 
     assert status.state == "dismissed"
     kept = engine.ledger.triage_dismissal(item.triage_id)
@@ -53,11 +54,10 @@ async def test_a_refusal_from_triage_answers_the_sender_with_the_ground_and_the_
         reason="unsure: no clear request", policy=engine.settings.policy,
     )
     handle = await engine.client.start_workflow(
-        "TriageMessage", item, id=item.triage_id, task_queue=engine.task_queue)
+        TriageMessageWorkflow.run, item, id=item.triage_id, task_queue=engine.task_queue)
     reason = "Sixième demande identique ce mois-ci ; la copie vous a été envoyée le 2 mars."
-    await handle.execute_update("dismiss", TriageDismissal(
-        reason, "dpo@example.com", refused_as=RequestKind.ACCESS, ground=RefusalGround.EXCESSIVE),
-        result_type=TriageStatus)
+    await handle.execute_update(TriageMessageWorkflow.dismiss, TriageDismissal(
+        reason, "dpo@example.com", refused_as=RequestKind.ACCESS, ground=RefusalGround.EXCESSIVE))
     await handle.result()
     [answer] = engine.mail.to(SENDER)
     body = answer.get_body(("plain",)).get_content()
