@@ -14,7 +14,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.connectors import ConnectorActivities
-from activities.deadlines import deadlines_from, deadlines_resumed
+from activities.deadlines import deadlines_resumed, local_instant
 from activities.intake import IntakeActivities
 from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
@@ -109,8 +109,8 @@ def activities_for(
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,
-        deadlines_from,
         deadlines_resumed,
+        local_instant,
         replies.send_reply,
         replies.delete_exports,
         storage.delete_earlier_exports,

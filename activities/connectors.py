@@ -191,7 +191,7 @@ HEARTBEAT_EVERY = 2.0
 
 
 PROGRESSED = "ConnectorProgressed"
-"""Failure type of an attempt that failed after advancing its checkpoint (patch ``connector-progress``): not
+"""Failure type of an attempt that failed after advancing its checkpoint: not
 retried by Temporal; the workflow schedules a fresh activity from the checkpoint (its details) at once, so
 attempts and backoff start again. Details: the checkpoint, and the vendor's Retry-After in seconds or None."""
 

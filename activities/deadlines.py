@@ -8,20 +8,7 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 
 from dsr.deadlines import deadline_schedule, receipt_date
-from dsr.model import ClockResume, ClockStart, DeadlineInput, Deadlines, LocalMoment, ResumedClock
-
-
-@activity.defn(name="deadlines_from")
-def deadlines_from(start: ClockStart) -> Deadlines:
-    """The deadlines of a clock that starts at ``start.at`` (e.g. when identity was confirmed)."""
-    return deadline_schedule(
-        DeadlineInput(
-            start=receipt_date(start.at, start.timezone),
-            country=start.country,
-            subdiv=start.subdiv,
-            timezone=start.timezone,
-        )
-    )
+from dsr.model import ClockResume, DeadlineInput, LocalMoment, ResumedClock
 
 
 @activity.defn(name="deadlines_resumed")

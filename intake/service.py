@@ -1,4 +1,4 @@
-"""The one door every channel goes through: validate, de-duplicate, rate-limit, record, start.
+"""The one door every channel goes through: validate, de-duplicate, rate-limit, start, record.
 
 The API, the web form, the support-desk webhooks and the mailbox all hand a :class:`Submission` to
 :meth:`IntakeService.submit`. It validates everything first (:func:`intake.submission.prepare`), then:
@@ -14,7 +14,8 @@ The API, the web form, the support-desk webhooks and the mailbox all hand a :cla
   refused), or never started after :data:`ABANDONED_CLAIM` (its intake crashed), is released by
   compare-and-delete and the submission claims again. Closing a request releases its claim;
 * **start**: idempotent by request id (a retried start after a crash, e.g. by the mailbox, answers with the
-  request already started), then recorded in the ledger (the workflow records it too).
+  request already started), then recorded in the ledger; the workflow records it too, as its first step, so an
+  intake that dies between the two loses nothing.
 
 Messages that cannot be classified (email intake) go to :meth:`IntakeService.triage` instead: a
 ``TriageMessage`` workflow waits, in stage ``needs_attention``, for an operator to give the kind.
@@ -43,7 +44,6 @@ from temporalio.client import (
     WorkflowUpdateStage,
 )
 from temporalio.common import (
-    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -53,11 +53,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dsr import search_attributes as sa
 from dsr.config import Settings
-from dsr.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
+from dsr.deadlines import deadline_schedule, receipt_date
 from dsr.guards import Guards, RateWindow
 from dsr.ledger import Ledger, SubjectClaim
 from dsr.model import (
     TRIAGE_PREFIX,
+    Channel,
     Correspondence,
     DeadlineInput,
     DuplicateAttached,
@@ -473,12 +474,7 @@ class IntakeService:
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 static_summary=f"triage · received {received_on.isoformat()} · due {deadline.isoformat()}",
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(sa.DSR_STAGE, "needs_attention"),
-                    SearchAttributePair(sa.DSR_CHANNEL, "email"),
-                    SearchAttributePair(sa.DSR_DEADLINE, deadline_as_search_value(deadline)),
-                    SearchAttributePair(sa.DSR_OVERDUE, False),
-                ]),
+                search_attributes=TypedSearchAttributes(sa.dashboard(Stage.NEEDS_ATTENTION, Channel.EMAIL, deadline)),
             )
         except WorkflowAlreadyStartedError:
             pass  # a retried poll: the message is already waiting for a human

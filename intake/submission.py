@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime, timedelta
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
-    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -20,7 +19,7 @@ from temporalio.common import (
 
 from dsr import search_attributes as sa
 from dsr.config import Settings
-from dsr.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
+from dsr.deadlines import deadline_schedule, receipt_date
 from dsr.model import (
     CANONICAL_FIELDS,
     WORKFLOW_ID_PREFIX,
@@ -31,6 +30,7 @@ from dsr.model import (
     RequestInput,
     RequestKind,
     RequestPolicy,
+    Stage,
     Subject,
     display_name,
     is_valid_email,
@@ -154,14 +154,6 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> Wo
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         static_summary=f"{request.kind.value} · due {request.deadlines.normal.due.isoformat()}",
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.DSR_KIND, request.kind.value),
-                SearchAttributePair(sa.DSR_STAGE, "received"),
-                SearchAttributePair(sa.DSR_CHANNEL, request.channel.value),
-                SearchAttributePair(sa.DSR_DEADLINE, deadline_as_search_value(request.deadlines.normal.due)),
-                SearchAttributePair(sa.DSR_EXTENDED, False),
-                SearchAttributePair(sa.DSR_OVERDUE, False),
-            ]
-        ),
+        search_attributes=TypedSearchAttributes(sa.dashboard(
+            Stage.RECEIVED, request.channel, request.deadlines.normal.due, kind=request.kind, extended=False)),
     )

@@ -21,7 +21,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.connectors import HEALTH_SIGNAL, PERMANENT_ERROR, PROGRESSED, ConnectorActivities
-    from activities.deadlines import deadlines_from, deadlines_resumed, local_instant
+    from activities.deadlines import deadlines_resumed, local_instant
     from activities.intake import SUBMISSION_ERROR, IntakeActivities
     from activities.ledger import LedgerActivities
     from activities.notices import NOTICE_INVALID_ADDRESS, NOTICE_REJECTED, NoticeActivities
@@ -45,7 +45,6 @@ __all__ = [
     "PLAN",
     "PROGRESSED",
     "REPLY",
-    "REPLY_HELD",
     "REPLY_HELD_TYPES",
     "REPLY_INVALID",
     "REPLY_UNDELIVERABLE_TYPES",
@@ -63,7 +62,6 @@ __all__ = [
     "ReplyActivities",
     "StorageActivities",
     "ask_subject_turn",
-    "deadlines_from",
     "deadlines_resumed",
     "local_instant",
     "subject_request_running",
@@ -147,24 +145,17 @@ NOTICE_FIRST_TRY = workflow.ActivityConfig(
     retry_policy=dataclasses.replace(_NOTICE_RETRY, maximum_attempts=1),
 )
 
-_REPLY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=10),
-    maximum_interval=timedelta(minutes=10),
-    non_retryable_error_types=list(REPLY_UNDELIVERABLE_TYPES),
-)
 REPLY = workflow.ActivityConfig(
     # Building a 10,000-order bundle takes seconds to minutes; the activity heartbeats all along, so a lost
-    # worker costs STEP_HEARTBEAT, not this timeout.
+    # worker costs STEP_HEARTBEAT, not this timeout. What only an operator can fix (REPLY_HELD_TYPES) is not
+    # retried blindly: the request asks them.
     start_to_close_timeout=timedelta(minutes=30),
     heartbeat_timeout=STEP_HEARTBEAT,
-    retry_policy=_REPLY_RETRY,
-)
-REPLY_HELD = workflow.ActivityConfig(
-    # As REPLY, but what only an operator can fix (REPLY_HELD_TYPES) is not retried: the request asks them.
-    start_to_close_timeout=timedelta(minutes=30),
-    heartbeat_timeout=STEP_HEARTBEAT,
-    retry_policy=dataclasses.replace(
-        _REPLY_RETRY, non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES]),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=10),
+        maximum_interval=timedelta(minutes=10),
+        non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES],
+    ),
 )
 
 CONNECTOR = workflow.ActivityConfig(

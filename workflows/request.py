@@ -18,13 +18,12 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError,
 
 with workflow.unsafe.imports_passed_through():
     from dsr import search_attributes as sa
+    from dsr.deadlines import deadline_as_search_value
     from dsr.model import (
         CANONICAL_FIELDS,
         AuditEvent,
-        Channel,
         ClockPolicy,
         ClockResume,
-        ClockStart,
         CodeLocked,
         ConnectorHealth,
         ConnectorOutcome,
@@ -77,7 +76,6 @@ from workflows.contract import (
     PLAN,
     PROGRESSED,
     REPLY,
-    REPLY_HELD,
     REPLY_HELD_TYPES,
     REPLY_UNDELIVERABLE_TYPES,
     REQUEST_REJECTED,
@@ -91,60 +89,17 @@ from workflows.contract import (
     ReplyActivities,
     StorageActivities,
     ask_subject_turn,
-    deadlines_from,
     deadlines_resumed,
     summarised,
 )
 from workflows.subjects import SubjectQueue
 
-IDENTITY_DOCUMENTS = "identity-documents"
-"""Patch id: email requests delete the attachments they came with once identity is confirmed."""
-IDENTITY_DOCUMENTS_EVERY_CHANNEL = "identity-documents-every-channel"
-"""Patch id: every request, whatever its channel, deletes its attachments once identity is confirmed; a form
-or API request may hold an ID copy too, sent later by email (``record_correspondence``)."""
-FINAL_REPLIES = "final-replies"
-"""Patch id: requests started before final replies existed keep their old, notice-only ending."""
-REPLY_ATTENTION = "reply-attention"
-"""Patch id: a reply that cannot be written asks an operator (instead of retrying blindly), and residual
-data a system could not erase is followed up with the operator until cleared."""
-STORED_OBJECTS = "stored-objects-deletion"
-"""Patch id: a request closed without a reply (refused, withdrawn, unverified) deletes its partial exports and
-attachments; a fulfilled erasure deletes the subject's earlier access and portability exports."""
-CLOCK_LAWFUL = "clock-suspension-lawful"
-"""Patch id: under ``suspend_during_identity`` the clock stands still only from a recorded reasonable doubt
-(``doubt``), or from the identity request of a document policy that says why, until the subject provides what
-was asked (the link, or a reply with files); the time left then resumes and the subject is told the new date.
-Before, every request was suspended until an operator confirmed identity, and a full month restarted."""
-UNVERIFIED_BY_DEADLINE = "unverified-by-deadline"
-"""Patch id: the identity wait ends by the response deadline (the closure notice is the answer due then);
-before, 30 days from the request could end after a short month's deadline."""
 UNVERIFIED_LEAD = timedelta(hours=15)
 """How long before the end of the due day the unverified closure goes: 09:00 local, a working hour."""
-RECTIFICATION_CHANGES = "rectification-changes"
-"""Patch id: a rectification without structured changes waits for an operator's ``rectify`` in needs_attention
-(before, it ran with no changes and replied "already up to date")."""
-SUBJECT_ORDER = "subject-order"
-"""Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
-in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
-
-CODE_LOCKED_ALERT = "code-locked-alert"
-"""Patch id: the ``code_locked`` signal (too many wrong codes for a request) tells the operator."""
-
-ACK_NONBLOCKING = "ack-nonblocking"
-"""Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
-the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
-NAME_AFTER_IDENTITY = "name-after-identity"
-"""Patch id: emails to the subject greet them by the name given with the request only once identity is confirmed
-(or the channel vouched for it); before, anyone could have typed that name beside someone else's address."""
 ACK_LEAD = timedelta(minutes=10)
 """How long a later email to the subject (identity request, reply, ...) waits for the acknowledgement to go
 first; past that it goes on its own, so an acknowledgement that cannot be sent never holds the others."""
 
-CONNECTOR_PROGRESS = "connector-progress"
-"""Patch id: a connector attempt that fails after advancing its checkpoint (or its journal) is resumed at once
-from it by a fresh activity, its attempts and backoff reset (``ConnectorProgressed``); a connector failing for
-longer than the policy's ``connector_degraded_minutes`` shows as degraded (status, UI, ``DsrDegraded``) and the
-operator is told once per episode."""
 RESUMES_MAX = 1000
 """At most this many fresh schedules after progress in one run of a connector (until it ends or an operator
 retries it), so a connector that progresses forever cannot loop without bound; past it, an operator is asked."""
@@ -182,8 +137,13 @@ class DataSubjectRequest:
         self._overdue = False
         self._identity_confirmed = request.policy.identity == IdentityMethod.TRUSTED
         self._codes_locked: set[str] = set()  # pages ("verify", "exports") whose code the intake closed
+        # Décret 2019-536 suspends the period only while the controller waits for what it asked, on a reasonable
+        # doubt: not for a mere link, and not for its own review time. From the start, only for a document policy
+        # that says why; later, from a recorded ``doubt``, until the subject provides what was asked.
+        policy = request.policy
         self._clock_suspended = (
-            request.policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
+            policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
+            and policy.identity == IdentityMethod.DOCUMENT and bool(policy.document_reason)
         )
         self._refusal: Refusal | None = None
         self._withdrawal: Withdrawal | None = None
@@ -208,17 +168,15 @@ class DataSubjectRequest:
         self._turn_granted = False
         self._awaiting_turn = False
         self._turn_holder = ""
-        # Mail (patch ``ack-nonblocking``): the acknowledgement's task, the notices being retried after a failed
-        # first try (templates), and a counter naming each notice's idempotency key.
+        # Mail: the acknowledgement's task, the notices being retried after a failed first try (templates), and a
+        # counter naming each notice's idempotency key.
         self._acknowledgement: asyncio.Task[None] | None = None
-        self._lawful_clock = False  # CLOCK_LAWFUL: suspensions from a doubt, resumed with the time left
         self._suspended_since: datetime | None = None
         self._suspended_days = 0
         self._side_mail: list[asyncio.Task[None]] = []  # notices sent from update handlers, awaited at the end
-        self._mail_tracked = False
         self._mail_pending: list[str] = []
         self._mail_count = 0
-        # Connectors (patch ``connector-progress``): each connector's latest schedule number (signals of an
+        # Connectors: each connector's latest schedule number (signals of an
         # earlier schedule are stale) and the checkpoint a fresh schedule resumes from.
         self._schedules: dict[str, int] = {}
         self._cursors: dict[str, dict | None] = {}
@@ -227,14 +185,8 @@ class DataSubjectRequest:
 
     @workflow.run
     async def run(self, request: RequestInput) -> RequestStatus:
-        if self._clock_suspended and workflow.patched(CLOCK_LAWFUL):
-            # Décret 2019-536 suspends the period only while the controller waits for what it asked, on a
-            # reasonable doubt: not for a mere link, and not for its own review time.
-            self._lawful_clock = True
-            policy = request.policy
-            self._clock_suspended = policy.identity == IdentityMethod.DOCUMENT and bool(policy.document_reason)
-            if self._clock_suspended:
-                self._suspended_since = workflow.now()
+        if self._clock_suspended:
+            self._suspended_since = workflow.now()
         self._publish()
         await workflow.execute_activity_method(
             LedgerActivities.record_request,
@@ -250,14 +202,10 @@ class DataSubjectRequest:
             **summarised(LEDGER, "ledger: request recorded"),
         )
         await self._audit("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
-        if workflow.patched(ACK_NONBLOCKING):
-            # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on
-            # while the acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
-            self._mail_tracked = True
-            self._acknowledgement = asyncio.create_task(
-                self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context()))
-        else:
-            await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context())
+        # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on while the
+        # acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
+        self._acknowledgement = asyncio.create_task(
+            self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context()))
 
         watcher = asyncio.create_task(self._watch_deadline())
         if await self._verify_identity() and not self._ending() and await self._changes_known():
@@ -324,13 +272,13 @@ class DataSubjectRequest:
         )
         reminder_after = timedelta(days=policy.identity_reminder_after_days)
         limit = timedelta(days=policy.identity_timeout_days)
-        if not self._clock_suspended and workflow.patched(UNVERIFIED_BY_DEADLINE):
+        if not self._clock_suspended:
             # Art. 12(3)-(4): the answer, even "not verified, closed", reaches the subject by the deadline: the
             # wait ends on the due day at 09:00 local (overdue_at is the end of that day) if that comes first.
             by_deadline = self._deadline.overdue_at - UNVERIFIED_LEAD - workflow.now()
             limit = max(timedelta(0), min(limit, by_deadline))
             reminder_after = min(reminder_after, limit / 2)
-        if self._lawful_clock and self._clock_suspended:
+        if self._clock_suspended:
             await self._audit("clock_suspended", details={"why": "document policy"}, note=policy.document_reason)
         # The subject is told how long they have (whole days, never more than they are given) and, if the
         # period stands still meanwhile, that it does.
@@ -354,29 +302,9 @@ class DataSubjectRequest:
                 return False
         if self._ending():
             return False
-        # Histories from before the new patch keep their decision (email requests only); the new patch is
-        # asked first so that replaying an old email history still finds the old marker where it was.
-        if workflow.patched(IDENTITY_DOCUMENTS_EVERY_CHANNEL) or (
-            self._request.channel == Channel.EMAIL and workflow.patched(IDENTITY_DOCUMENTS)
-        ):
-            # CNIL: a copy of an ID document is kept only as long as needed to check identity.
-            await self._delete_attachments("identity_documents_deleted")
-
-        if self._clock_suspended and not self._lawful_clock:
-            # Décret 2019-536, as read before CLOCK_LAWFUL: the time limit ran from the confirmation date.
-            self._deadlines = await workflow.execute_local_activity(
-                deadlines_from,
-                ClockStart(
-                    at=workflow.now(),
-                    country=policy.country,
-                    subdiv=policy.subdiv,
-                    timezone=policy.timezone,
-                ),
-                **DEADLINES,
-            )
-            self._clock_suspended = False
-            self._move_deadline(self._deadlines.normal)
-            await self._audit("clock_started", deadline=self._deadline.due)
+        # CNIL: a copy of an ID document is kept only as long as needed to check identity. Whatever the channel:
+        # a form or API request may hold an ID copy too, sent later by email (``record_correspondence``).
+        await self._delete_attachments("identity_documents_deleted")
         return True
 
     async def _delete_attachments(self, event: str) -> None:
@@ -396,8 +324,6 @@ class DataSubjectRequest:
         to read it and give them (``rectify``): otherwise every system would be found "already up to date"
         and the reply would say so, having corrected nothing."""
         if self._request.kind != RequestKind.RECTIFICATION or self._request.changes:
-            return True
-        if not workflow.patched(RECTIFICATION_CHANGES):
             return True
         self._awaiting_changes = True
         self._set_stage(Stage.NEEDS_ATTENTION)
@@ -419,13 +345,14 @@ class DataSubjectRequest:
         # One subject, one thing at a time: the fan-out and the reply run only while this request holds the
         # person's turn. The reply too: an access bundle is built from what was exported, which a later erasure of
         # the same person deletes (with the bundle) when it closes; in turn, the erasure never races the bundle.
-        ordered = bool(self._request.subject_key) and workflow.patched(SUBJECT_ORDER)
+        # Requests without a ``subject_key`` (inputs made without the ledger's blind index) do not queue.
+        ordered = bool(self._request.subject_key)
         try:
             if ordered and not await self._take_turn():
                 return
             if await self._fan_out(ordered):
                 await self._reply()
-                if self._request.kind == RequestKind.ERASURE and workflow.patched(STORED_OBJECTS):
+                if self._request.kind == RequestKind.ERASURE:
                     # While this erasure still holds the person's turn, so that no access request of theirs is
                     # exporting (or building its bundle) while its files are deleted.
                     await self._delete_earlier_exports()
@@ -436,22 +363,17 @@ class DataSubjectRequest:
     async def _reply(self) -> None:
         self._set_stage(Stage.REPLYING)
         await self._audit("replying", stage=Stage.REPLYING)
-        if workflow.patched(FINAL_REPLIES):
-            held_by_operator = workflow.patched(REPLY_ATTENTION)
-            await self._after_acknowledgement()
-            reply = await self._send_reply(held_by_operator)
-            if reply is not None:
-                self._link_expires_at = reply.link_expires_at
-                await self._audit("reply_sent", details={
-                    "no_data": str(reply.no_data).lower(),
-                    "recipients_notified": str(len(reply.recipients_notified)),
-                    "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
-                    "bundle_sha256": reply.bundle_sha256,
-                })
-            if held_by_operator:
-                self._residuals = self._residual_lines()
-        else:
-            await self._notify_subject(NoticeTemplate.COMPLETED)
+        await self._after_acknowledgement()
+        reply = await self._send_reply()
+        if reply is not None:
+            self._link_expires_at = reply.link_expires_at
+            await self._audit("reply_sent", details={
+                "no_data": str(reply.no_data).lower(),
+                "recipients_notified": str(len(reply.recipients_notified)),
+                "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
+                "bundle_sha256": reply.bundle_sha256,
+            })
+        self._residuals = self._residual_lines()
         self._outcome = Outcome.FULFILLED
 
     async def _fan_out(self, ordered: bool) -> bool:
@@ -548,7 +470,7 @@ class DataSubjectRequest:
             self._turn_holder = turn.holder
             self._update_details()
 
-    async def _send_reply(self, held_by_operator: bool) -> ReplyResult | None:
+    async def _send_reply(self) -> ReplyResult | None:
         """The final reply. A reply only an operator can unblock (an access reply missing an Art. 15(1) item
         of the controller profile) puts the request in needs_attention until ``retry``; an address the mail
         server refuses for good is recorded and the request still closes (None)."""
@@ -564,16 +486,15 @@ class DataSubjectRequest:
             outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
             in_reply_to=self._thread(),
         )
-        options = REPLY_HELD if held_by_operator else REPLY
         while True:
             try:
                 return await workflow.execute_activity_method(
                     ReplyActivities.send_reply, reply_input,
-                    **summarised(options, f"reply: {self._request.kind.value}"),
+                    **summarised(REPLY, f"reply: {self._request.kind.value}"),
                 )
             except ActivityError as err:
                 cause = err.cause
-                if not held_by_operator or not isinstance(cause, ApplicationError):
+                if not isinstance(cause, ApplicationError):
                     raise
                 if cause.type in REPLY_UNDELIVERABLE_TYPES:
                     await self._audit("notice_failed", details={"template": f"reply_{self._request.kind.value}",
@@ -612,20 +533,11 @@ class DataSubjectRequest:
         progress.attempts += 1
         progress.failing_since = None  # an operator's retry starts a new run: no failing episode yet
         self._update_details()
-        watched = workflow.patched(CONNECTOR_PROGRESS)
         # Beside the activity: a connector failing too long (the activity tells when it starts failing) is
         # shown as degraded and the operator told, until it succeeds, progresses or an operator is asked.
-        watcher = asyncio.create_task(self._watch_failing(progress)) if watched else None
+        watcher = asyncio.create_task(self._watch_failing(progress))
         try:
-            if watched:
-                outcome = await self._run_resuming(progress)
-            else:
-                outcome = await workflow.execute_activity_method(
-                    ConnectorActivities.run_connector,
-                    self._connector_task(progress.connector),
-                    **summarised(CONNECTOR, f"{progress.connector}: {self._request.kind.value}",
-                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds)),
-                )
+            outcome = await self._run_resuming(progress)
         except ActivityError as err:
             cause = err.cause
             progress.state = ConnectorState.FAILED
@@ -633,8 +545,7 @@ class DataSubjectRequest:
             if isinstance(cause, ApplicationError) and cause.type == PROGRESSED:
                 progress.error += f"; resumed {progress.resumed} times and still failing"
             progress.failing_since = None
-            if watcher is not None:
-                await watcher
+            await watcher
             await self._audit(
                 "connector_failed",
                 details={
@@ -647,8 +558,7 @@ class DataSubjectRequest:
             progress.outcome = outcome
             progress.error = ""
             progress.failing_since = None
-            if watcher is not None:
-                await watcher
+            await watcher
             details = {"connector": progress.connector, "found": str(outcome.found)}
             details.update({k: str(v) for k, v in sorted(outcome.counts.items())})
             await self._audit("connector_done", details=details)
@@ -779,8 +689,7 @@ class DataSubjectRequest:
                 days=str(self._identity_waited_days or self._request.policy.identity_timeout_days),
             )
         assert self._outcome is not None
-        if workflow.patched(STORED_OBJECTS):
-            await self._delete_stored_objects()
+        await self._delete_stored_objects()
         self._set_stage(Stage.CLOSED)
         await self._audit("closed", stage=Stage.CLOSED, outcome=self._outcome)
         if self._correspondence_files:
@@ -896,7 +805,7 @@ class DataSubjectRequest:
     async def code_locked(self, locked: CodeLocked) -> None:
         """The intake closed this request's code after too many wrong answers (and recorded it in the ledger):
         the operator is told, once per page (the intake signals only the answer that reached the cap)."""
-        if not workflow.patched(CODE_LOCKED_ALERT) or locked.page in self._codes_locked:
+        if locked.page in self._codes_locked:
             return
         self._codes_locked.add(locked.page)
         await self._notify_operator(NoticeTemplate.OPERATOR_CODE_LOCKED, page=locked.page, wrong=str(locked.wrong))
@@ -968,7 +877,8 @@ class DataSubjectRequest:
     async def doubt(self, doubt: Doubt) -> UpdateResult:
         """Art. 12(6): an operator has a reasonable doubt about who made the request. The subject is told what
         to provide and why; under ``suspend_during_identity`` the period stands still until they provide it."""
-        suspend = self._lawful_clock and not self._clock_suspended
+        suspend = (self._request.policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY
+                   and not self._clock_suspended)
         if suspend:
             self._clock_suspended = True
             self._suspended_since = workflow.now()
@@ -994,7 +904,7 @@ class DataSubjectRequest:
     async def _resume_clock(self) -> None:
         """The subject provided what was asked: the days the period stood still are added to its end (the
         time left resumes; nothing restarts), and the subject is told the new due date."""
-        if not (self._lawful_clock and self._clock_suspended and self._suspended_since is not None):
+        if not (self._clock_suspended and self._suspended_since is not None):
             return
         policy = self._request.policy
         resumed = await workflow.execute_local_activity(
@@ -1229,7 +1139,7 @@ class DataSubjectRequest:
         self._deadline_version += 1
         workflow.upsert_search_attributes(
             [
-                sa.DSR_DEADLINE.value_set(_search_datetime(deadline)),
+                sa.DSR_DEADLINE.value_set(deadline_as_search_value(deadline.due)),
                 sa.DSR_EXTENDED.value_set(self._extended),
             ]
         )
@@ -1237,16 +1147,9 @@ class DataSubjectRequest:
 
     def _publish(self) -> None:
         """Search attributes for the dashboard (set at start too, repeated here for resets)."""
-        workflow.upsert_search_attributes(
-            [
-                sa.DSR_KIND.value_set(self._request.kind.value),
-                sa.DSR_STAGE.value_set(self._stage.value),
-                sa.DSR_CHANNEL.value_set(self._request.channel.value),
-                sa.DSR_DEADLINE.value_set(_search_datetime(self._deadline)),
-                sa.DSR_EXTENDED.value_set(self._extended),
-                sa.DSR_OVERDUE.value_set(self._overdue),
-            ]
-        )
+        workflow.upsert_search_attributes(sa.as_updates(sa.dashboard(
+            self._stage, self._request.channel, self._deadline.due, kind=self._request.kind,
+            extended=self._extended, overdue=self._overdue)))
         self._update_details()
 
     def _update_details(self) -> None:
@@ -1340,7 +1243,8 @@ class DataSubjectRequest:
         name = self._request.subject.name
         if not name or self._identity_confirmed:
             return name
-        return "" if workflow.patched(NAME_AFTER_IDENTITY) else name
+        # Before that, anyone could have typed that name beside someone else's address.
+        return ""
 
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
         if template != NoticeTemplate.ACKNOWLEDGEMENT:
@@ -1384,12 +1288,7 @@ class DataSubjectRequest:
 
     async def _send(self, notice: Notice) -> None:
         try:
-            if self._mail_tracked:
-                await self._send_tracked(notice)
-            else:
-                await workflow.execute_activity_method(
-                    NoticeActivities.send_notice, notice, **summarised(NOTICE, f"notice: {notice.template.value}")
-                )
+            await self._send_tracked(notice)
         except ActivityError:
             # The mail server refused the address for good; the request goes on and the ledger says so.
             await self._audit("notice_failed", details={"template": notice.template.value})
@@ -1429,7 +1328,3 @@ class DataSubjectRequest:
         workflow.upsert_search_attributes([sa.DSR_MAIL_PENDING.value_set(len(self._mail_pending))])
         self._update_details()
 
-
-def _search_datetime(deadline: Deadline) -> datetime:
-    """The due date at 00:00 UTC (see ``dsr.search_attributes.DSR_DEADLINE``)."""
-    return datetime(deadline.due.year, deadline.due.month, deadline.due.day, tzinfo=UTC)

@@ -11,12 +11,13 @@ operators get a notice, and the workflow waits for one of two updates:
   with the email are deleted, and the reason is kept in the ledger (sealed) as the record of why nothing was
   done, after Temporal has forgotten this workflow.
 
-A reminder goes to the operators a week before the deadline if nobody has decided by then.
+A reminder goes to the operators a week before the deadline (09:00 in the controller's zone) if nobody has decided
+by then.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from dsr import search_attributes as sa
     from dsr.model import (
         CANONICAL_FIELDS,
+        LocalMoment,
         Notice,
         NoticeTemplate,
         RefusalGround,
@@ -38,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         TriageStatus,
     )
 from workflows.contract import (
+    DEADLINES,
     LEDGER,
     NOTICE,
     STORAGE,
@@ -45,12 +48,11 @@ from workflows.contract import (
     IntakeActivities,
     LedgerActivities,
     NoticeActivities,
+    local_instant,
     summarised,
 )
 from workflows.request import RequestRejected
 
-DISMISSAL_RECORD = "triage-dismissal-record"
-"""Patch id: a dismissal deletes the email's files and is kept in the ledger (before, only in the history)."""
 
 @workflow.defn(name="TriageMessage")
 class TriageMessageWorkflow:
@@ -67,13 +69,17 @@ class TriageMessageWorkflow:
     async def run(self, item: TriageInput) -> TriageStatus:
         workflow.set_current_details(self._details())
         await self._notify(reminder=False)
-        remind_at = datetime.combine(item.deadline - timedelta(days=7), time(9), workflow.now().tzinfo)
+        # A week before the deadline, at 09:00 in the controller's zone: a local activity, so that tzdata never
+        # changes a replayed history.
+        remind_at = await workflow.execute_local_activity(
+            local_instant, LocalMoment(day=item.deadline - timedelta(days=7), hour=9, timezone=item.policy.timezone),
+            **DEADLINES)
         wait = remind_at - workflow.now()
         decided = await self._wait(wait) if wait > timedelta(0) else False
         if not decided:
             await self._notify(reminder=True)
             await workflow.wait_condition(lambda: self._decision is not None or self._dismissal is not None)
-        if self._dismissal is not None and workflow.patched(DISMISSAL_RECORD):
+        if self._dismissal is not None:
             await self._record_dismissal(self._dismissal)
             if self._dismissal.refused_as is not None:
                 await self._tell_refusal(self._dismissal)

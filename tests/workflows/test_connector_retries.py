@@ -1,4 +1,4 @@
-"""Progress-aware retries and degraded connectors (patch ``connector-progress``), on the time-skipping server.
+"""Progress-aware retries and degraded connectors, on the time-skipping server.
 
 A connector attempt that fails after advancing its checkpoint (an export's page, an erasure's journal) is
 resumed at once by a fresh activity from that checkpoint, its attempts and backoff reset; each record is still
