@@ -371,6 +371,7 @@ async def test_a_terminated_holder_is_released_by_the_hourly_check(engine: Engin
     assert len(spans(engine, erasure.id)) == len(engine.connectors)
     turns = [e.details for e in engine.ledger.events(erasure.id) if e.event == "turn_taken"]
     assert turns == [{"waited_for": access.id}]
+    await keep_history(queue_handle(engine), "holder_terminated_freed_by_the_check")
 
 
 async def test_the_queue_carries_no_personal_data(engine: Engine) -> None:
@@ -463,12 +464,14 @@ async def test_the_queue_continues_as_new_with_its_holder_and_waiting_list(time_
         await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-0"))
         await heard(takers[1], ["taker-2#1", "taker-0#1", "taker-1#1"])
 
-        first_run = await client.get_workflow_handle(queue_id, run_id=started.result_run_id).describe()
-        assert first_run.status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+        first_run = client.get_workflow_handle(queue_id, run_id=started.result_run_id)
+        assert (await first_run.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+        await keep_history(first_run, "continued_as_new")
         assert await queue.query(SubjectQueue.status) == SubjectQueueStatus(holder="taker-1", waiting=[])
         await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-1"))
         async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
             await queue.result()  # idle: it ends
+        await keep_history(queue, "continued_then_idle")
 
 
 # --- helpers needing more than the client ---------------------------------------------------------------
