@@ -326,7 +326,7 @@ async def _update(request_id: str, update: Callable[..., Awaitable[Any]], argume
     if described.status != WorkflowExecutionStatus.RUNNING:
         outcome = described.typed_search_attributes.get(sa.DSR_OUTCOME) or described.status.name.lower()
         raise UserError(f"{request_id} is closed ({outcome})")
-    result = await handle.execute_update(update, argument, result_type=UpdateResult)
+    result: UpdateResult = await handle.execute_update(update, argument)
     if as_json:
         emit_json({"id": request_id, **_plain(result)})
     else:
