@@ -28,9 +28,17 @@ typecheck: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest
 
-# Re-record the saved workflow histories that the replay test checks (after an intended change).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+HISTORY_TESTS := tests/workflows/test_request.py tests/workflows/test_subject_order.py \
+	tests/workflows/test_mail_outage.py tests/workflows/test_connector_retries.py tests/workflows/test_triage.py
+
+# Record this release's saved histories (tests/workflows/histories/<workflow>/$(VERSION)/), which the replay test
+# replays with every earlier release's; a released version (git tag v$(VERSION)) is frozen: see VERSIONING.md.
 histories: $(STAMP)
-	DSR_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/workflows/test_request.py tests/workflows/test_subject_order.py
+	@if git rev-parse -q --verify "refs/tags/v$(VERSION)" >/dev/null; then \
+		echo "error: v$(VERSION) is released and its histories are frozen; bump the version in pyproject.toml" >&2; \
+		exit 1; fi
+	DSR_RECORD_HISTORIES=1 $(BIN)/pytest -q $(HISTORY_TESTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -14,7 +14,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.connectors import ConnectorActivities
-from activities.deadlines import deadlines_from, deadlines_resumed
+from activities.deadlines import deadlines_resumed, local_instant
 from activities.intake import IntakeActivities
 from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
@@ -26,6 +26,7 @@ from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings
 from dsr.errors import ConfigurationError
 from dsr.store.attachments import AttachmentStore
+from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks
@@ -67,6 +68,10 @@ def activities_for(
     profile: Callable[[], ControllerProfile | None] | None = None,
 ) -> list:
     """Every activity function of the engine, bound to its dependencies."""
+    keyring = exports.sealer
+    if not isinstance(keyring, KeyRing):
+        # Identity and download links, and the attachment store, derive their own keys from the ring itself.
+        raise TypeError("the export store must be sealed with the settings' key ring (dsr.store.crypto.KeyRing)")
     ledger_activities = LedgerActivities(ledger)
     profile = profile or (lambda: load_profile(settings.config_file))
     signature = controller_signature(settings, profile)
@@ -78,13 +83,13 @@ def activities_for(
         sent_log=LedgerSentLog(ledger),
         controller_name=signature,
         request_link=settings.request_link,
-        identity_links=IdentityLinks(exports.sealer, ttl=timedelta(days=settings.policy.identity_timeout_days)),
+        identity_links=IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
         public_url=settings.intake_url,
         profile=profile,
     )
     intake = IntakeActivities(
         lambda client: IntakeService(client, settings, ledger),
-        delete_documents=AttachmentStore(exports.objects, exports.sealer).delete_all,
+        delete_documents=AttachmentStore(exports.objects, keyring).delete_all,
     )
     fan_out = ConnectorActivities(connectors, exports)
     replies = ReplyActivities(
@@ -92,7 +97,7 @@ def activities_for(
                mail_domain=settings.mail_domain),
         sent_log=LedgerSentLog(ledger),
         exports=exports,
-        links=DownloadLinks(exports.sealer, ttl=timedelta(days=settings.link_days)),
+        links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),
         public_url=settings.intake_url,
         profile=profile,
     )
@@ -104,8 +109,8 @@ def activities_for(
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,
-        deadlines_from,
         deadlines_resumed,
+        local_instant,
         replies.send_reply,
         replies.delete_exports,
         storage.delete_earlier_exports,

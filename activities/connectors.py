@@ -35,6 +35,10 @@ from dsr.store.journals import Journal, JournalEntry, JournalState, JournalStore
 
 PERMANENT_ERROR = "PermanentConnectorError"
 """Failure type the workflow's retry policy never retries: an operator must act first."""
+TRANSIENT_ERROR = "TransientConnectorError"
+"""Failure type of a vendor's 429 or 5xx: retried with backoff, after the vendor's Retry-After if it gave one."""
+CONNECTOR_ERROR = "ConnectorError"
+"""Failure type of any other connector failure (a network error, an unexpected answer): retried with backoff."""
 
 
 class ConnectorActivities:
@@ -93,7 +97,7 @@ class ConnectorActivities:
             # Retry-After from the vendor wins over the workflow's backoff.
             raise ApplicationError(
                 f"{task.connector}: {err}",
-                type="TransientConnectorError",
+                type=TRANSIENT_ERROR,
                 next_retry_delay=None if retry_after is None else timedelta(seconds=retry_after),
             ) from None
         except PermanentConnectorError as err:
@@ -103,7 +107,7 @@ class ConnectorActivities:
                 raise _progressed(task, str(err), progress.cursor, None) from None
             if watched and info.attempt == 1:
                 await _tell(task, failing=True, error=f"{task.connector}: {err}")
-            raise ApplicationError(f"{task.connector}: {err}", type="ConnectorError") from None
+            raise ApplicationError(f"{task.connector}: {err}", type=CONNECTOR_ERROR) from None
         except Exception as err:
             # An unexpected error's text may quote a URL or a record (personal data): keep its type only.
             message = f"unexpected {type(err).__name__}"
@@ -111,7 +115,7 @@ class ConnectorActivities:
                 raise _progressed(task, message, progress.cursor, None) from None
             if watched and info.attempt == 1:
                 await _tell(task, failing=True, error=f"{task.connector}: {message}")
-            raise ApplicationError(f"{task.connector}: {message}", type="ConnectorError") from None
+            raise ApplicationError(f"{task.connector}: {message}", type=CONNECTOR_ERROR) from None
         finally:
             beating.cancel()
 
@@ -191,7 +195,7 @@ HEARTBEAT_EVERY = 2.0
 
 
 PROGRESSED = "ConnectorProgressed"
-"""Failure type of an attempt that failed after advancing its checkpoint (patch ``connector-progress``): not
+"""Failure type of an attempt that failed after advancing its checkpoint: not
 retried by Temporal; the workflow schedules a fresh activity from the checkpoint (its details) at once, so
 attempts and backoff start again. Details: the checkpoint, and the vendor's Retry-After in seconds or None."""
 
@@ -212,6 +216,8 @@ async def _tell(task: ConnectorTask, *, failing: bool, error: str = "") -> None:
     cannot see attempt failures Temporal retries, and shows a connector failing too long as degraded. Best
     effort: a lost signal is sent again by the next attempt (``failing``) or ends with the schedule."""
     info = activity.info()
+    if info.workflow_id is None:
+        return  # not run by a workflow (a standalone activity): nobody to tell
     try:
         handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
         await asyncio.wait_for(handle.signal(HEALTH_SIGNAL, ConnectorHealth(

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time
+from zoneinfo import ZoneInfo
+
 from temporalio import activity
 
 from dsr.domain.deadlines import deadline_schedule, receipt_date
-from dsr.domain.model import ClockResume, ClockStart, DeadlineInput, Deadlines, ResumedClock
-
-
-@activity.defn(name="deadlines_from")
-def deadlines_from(start: ClockStart) -> Deadlines:
-    """The deadlines of a clock that starts at ``start.at`` (e.g. when identity was confirmed)."""
-    return deadline_schedule(
-        DeadlineInput(
-            start=receipt_date(start.at, start.timezone),
-            country=start.country,
-            subdiv=start.subdiv,
-            timezone=start.timezone,
-        )
-    )
+from dsr.domain.model import ClockResume, DeadlineInput, LocalMoment, ResumedClock
 
 
 @activity.defn(name="deadlines_resumed")
@@ -31,3 +21,10 @@ def deadlines_resumed(resume: ClockResume) -> ResumedClock:
                                                 subdiv=resume.subdiv, timezone=resume.timezone,
                                                 suspended_days=days))
     return ResumedClock(suspended_on=suspended_on, resumed_on=resumed_on, suspended_days=days, deadlines=deadlines)
+
+
+@activity.defn(name="local_instant")
+def local_instant(moment: LocalMoment) -> datetime:
+    """The instant (UTC) of ``moment.hour``:00 on ``moment.day`` in the controller's zone: reminders go at a
+    working hour there, whatever the worker's or the server's clock."""
+    return datetime.combine(moment.day, time(moment.hour), ZoneInfo(moment.timezone)).astimezone(UTC)

@@ -16,11 +16,13 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from dsr.domain.model import TriageDecision, TriageInput
+from dsr.domain.model import TriageDecision, TriageInput, TriageSubmitted
 from intake.service import IntakeService, IntakeUnavailable
 from intake.submission import Submission, SubmissionError
 
 SUBMISSION_ERROR = "SubmissionError"
+"""Failure type of a triaged email the intake refuses as a request (not retried: the operator is told why)."""
+INTAKE_UNAVAILABLE = "IntakeUnavailable"
 
 
 class IntakeActivities:
@@ -35,8 +37,8 @@ class IntakeActivities:
         self._delete_documents = delete_documents
 
     @activity.defn(name="submit_triaged")
-    async def submit_triaged(self, item: TriageInput, decision: TriageDecision) -> list:
-        """``[request_id, attached]`` of the request the message became."""
+    async def submit_triaged(self, item: TriageInput, decision: TriageDecision) -> TriageSubmitted:
+        """The request the message became (a new one, or the open request it was attached to)."""
         submission = Submission(
             kind=decision.kind.value,
             email=item.email,
@@ -54,8 +56,8 @@ class IntakeActivities:
         except SubmissionError as err:
             raise ApplicationError(str(err), type=SUBMISSION_ERROR, non_retryable=True) from None
         except IntakeUnavailable as err:
-            raise ApplicationError(str(err), type="IntakeUnavailable") from None
-        return [accepted.reference, accepted.attached]
+            raise ApplicationError(str(err), type=INTAKE_UNAVAILABLE) from None
+        return TriageSubmitted(request_id=accepted.reference, attached=accepted.attached)
 
     @activity.defn(name="delete_identity_documents")
     async def delete_identity_documents(self, request_id: str) -> int:

@@ -74,8 +74,9 @@ NOTICE_TEMPLATE_ERROR = "NoticeTemplateError"  # a broken template; fixed by a d
 # Long Message-IDs in In-Reply-To/References must not be folded into RFC 2047 encoded words (which breaks
 # threading); parsing them as msg-id makes the generator keep them intact whatever policy flattens them.
 _HEADERS = HeaderRegistry()
-_HEADERS.map_to_type("in-reply-to", MessageIDHeader)
-_HEADERS.map_to_type("references", MessageIDHeader)
+# typeshed wants a BaseHeader subclass; the registry itself mixes BaseHeader into the class it is given.
+_HEADERS.map_to_type("in-reply-to", MessageIDHeader)  # type: ignore[arg-type]
+_HEADERS.map_to_type("references", MessageIDHeader)  # type: ignore[arg-type]
 MAIL_POLICY = email_policy.SMTP.clone(header_factory=_HEADERS)
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~.-"

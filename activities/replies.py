@@ -29,6 +29,10 @@ from dsr.store.exports import ExportStore
 from dsr.store.links import DownloadLinks, format_code
 from templates import RenderedNotice
 
+# ApplicationError types raised by send_reply that only an operator can fix (the workflow asks them).
+INCOMPLETE_PROFILE = "IncompleteProfile"  # an access reply lacks an Art. 15(1) item of the controller profile
+REPLY_INVALID = "ReplyInvalid"  # a reply that cannot be written truthfully (e.g. an inconsistent outcome)
+
 
 class ReplyActivities:
     """The final reply's activities: the notices' mailer and sent-log, the export store, links and profile."""
@@ -122,11 +126,11 @@ class ReplyActivities:
             rendered = render_reply(template, reply.language, context)
         except IncompleteProfileError as err:
             # Art. 15(1): an access reply may not omit an item; an operator must complete the profile.
-            raise ApplicationError(f"{reply.request_id}: {err}", type="IncompleteProfile") from None
+            raise ApplicationError(f"{reply.request_id}: {err}", type=INCOMPLETE_PROFILE) from None
         except ValueError as err:
             # A reply that cannot be made truthfully: retried after an operator fixes the cause.
             raise ApplicationError(f"{reply.request_id}: {template} cannot be written ({err})",
-                                   type="ReplyInvalid") from None
+                                   type=REPLY_INVALID) from None
         result.message_id = await self._deliver(reply.request_id, reply.subject.email, reply.language, rendered,
                                                 self._key(), reply.in_reply_to, template,
                                                 whose="the subject's address")

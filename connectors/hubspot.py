@@ -285,8 +285,8 @@ class HubSpotConnector:
         state = self._start(job, datasets)
         resumed = state is not None
         if state is None:
-            contacts = [loc.record_id for loc in await self.locate(job.subject)]
-            state = {"contacts": contacts, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
+            found = [loc.record_id for loc in await self.locate(job.subject)]
+            state = {"contacts": found, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
         contacts: list[str] = state["contacts"]
         outcome = ConnectorOutcome(connector=self.name, found=len(contacts))
         if not contacts:

@@ -74,6 +74,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import stripe
@@ -334,7 +335,7 @@ class StripeConnector:
                 params: dict[str, Any] = {"email": variant, "limit": PAGE}
                 if after:
                     params["starting_after"] = after
-                page = _Page.of(await self._call(lambda p=params: self._request("get", "/v1/customers", p)),
+                page = _Page.of(await self._call(partial(self._request, "get", "/v1/customers", params)),
                                 lambda c: _email_of(c) == wanted)
                 found.update(dict.fromkeys(c["id"] for c in page.records))
                 if not page.has_more or page.last == after:
@@ -351,7 +352,7 @@ class StripeConnector:
             params: dict[str, Any] = {"query": f"email:'{quoted}'", "limit": PAGE}
             if page_token:
                 params["page"] = page_token
-            result = await self._call(lambda p=params: self._request("get", "/v1/customers/search", p),
+            result = await self._call(partial(self._request, "get", "/v1/customers/search", params),
                                       optional=SEARCH)
             ids += [c["id"] for c in result.get("data") or [] if _email_of(c) == wanted]
             page_token = result.get("next_page")
@@ -366,7 +367,7 @@ class StripeConnector:
             params: dict[str, Any] = {"limit": PAGE}
             if after:
                 params["starting_after"] = after
-            page = _Page.of(await self._call(lambda p=params: self._request("get", "/v1/customers", p)),
+            page = _Page.of(await self._call(partial(self._request, "get", "/v1/customers", params)),
                             lambda c: _email_of(c) == wanted)
             ids += [c["id"] for c in page.records]
             if not page.has_more or page.last == after:
@@ -669,7 +670,7 @@ class StripeConnector:
             if done is not None:  # changed by an earlier attempt of this request
                 report.append(done.line)
                 continue
-            customer = await self._call_or_missing(lambda c=cid: self._request("get", f"/v1/customers/{c}"))
+            customer = await self._call_or_missing(partial(self._request, "get", f"/v1/customers/{cid}"))
             if customer is None or customer.get("deleted"):
                 continue
             payload, fields = _rectification(customer, job.changes)
@@ -679,8 +680,7 @@ class StripeConnector:
                                     fields=list(dict.fromkeys([*(intent.line.fields if intent else []), *fields])))
                 await job.journal.intend([JournalEntry(line)])
                 key = self._key(job, "rectify", cid, payload)
-                await self._call(lambda c=cid, p=payload, k=key: self._request("post", f"/v1/customers/{c}", p,
-                                                                                idempotency_key=k), write=True)
+                await self._call(partial(self._request, "post", f"/v1/customers/{cid}", payload, idempotency_key=key))
                 await job.journal.record([JournalEntry(line)])
             elif intent is not None:  # the earlier attempt's update took effect, its answer was lost
                 line = intent.line

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import date
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -209,7 +209,7 @@ class WooCommerceConnector:
         return pages, items
 
     async def _pages(self, path: str, params: Mapping[str, Any], *, first_page: int = 1,
-                     ) -> AsyncIterator[tuple[int, int, list[dict[str, Any]]]]:
+                     ) -> AsyncGenerator[tuple[int, int, list[dict[str, Any]]]]:
         """(page, total pages, items) for each page, in ascending id order, until ``X-WP-TotalPages``.
 
         The next page is fetched while the caller handles the current one (two pages in memory at most), so
@@ -232,7 +232,7 @@ class WooCommerceConnector:
                 ahead.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     def _listing(self, path: str, params: Mapping[str, Any], *, first_page: int = 1,
-                 ) -> contextlib.aclosing[AsyncIterator[tuple[int, int, list[dict[str, Any]]]]]:
+                 ) -> contextlib.aclosing[AsyncGenerator[tuple[int, int, list[dict[str, Any]]]]]:
         return contextlib.aclosing(self._pages(path, params, first_page=first_page))
 
     # --- finding the subject -------------------------------------------------------------------

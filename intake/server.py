@@ -51,13 +51,16 @@ def code_locked_hook(ledger: Ledger, client: Client) -> Callable[[str, str, int]
     """What the pages call when a request's code is closed for good: a ledger event (once: keyed by request and
     page), then the ``code_locked`` signal, on which the request's workflow tells the operator."""
 
+    from workflows.request import DataSubjectRequest
+
     async def on_locked(request_id: str, page: str, wrong: int) -> None:
         event = AuditEvent(request_id=request_id, event="code_locked", actor="intake",
                            details={"page": page, "wrong": str(wrong)})
         await asyncio.to_thread(ledger.append_event, event, key=f"code-locked-{page}-{request_id}",
                                 at=datetime.now(UTC))
         try:
-            await client.get_workflow_handle(request_id).signal("code_locked", CodeLocked(page=page, wrong=wrong))
+            await client.get_workflow_handle_for(DataSubjectRequest.run, request_id).signal(
+                DataSubjectRequest.code_locked, CodeLocked(page=page, wrong=wrong))
         except RPCError as err:
             # A request already over (its download link outlives nothing) or Temporal away: the ledger has it.
             logger.warning("intake: could not tell request %s that its %s code is closed (%s)",

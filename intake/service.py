@@ -1,4 +1,4 @@
-"""The one door every channel goes through: validate, de-duplicate, rate-limit, record, start.
+"""The one door every channel goes through: validate, de-duplicate, rate-limit, start, record.
 
 The API, the web form, the support-desk webhooks and the mailbox all hand a :class:`Submission` to
 :meth:`IntakeService.submit`. It validates everything first (:func:`intake.submission.prepare`), then:
@@ -14,7 +14,8 @@ The API, the web form, the support-desk webhooks and the mailbox all hand a :cla
   refused), or never started after :data:`ABANDONED_CLAIM` (its intake crashed), is released by
   compare-and-delete and the submission claims again. Closing a request releases its claim;
 * **start**: idempotent by request id (a retried start after a crash, e.g. by the mailbox, answers with the
-  request already started), then recorded in the ledger (the workflow records it too).
+  request already started), then recorded in the ledger; the workflow records it too, as its first step, so an
+  intake that dies between the two loses nothing.
 
 Messages that cannot be classified (email intake) go to :meth:`IntakeService.triage` instead: a
 ``TriageMessage`` workflow waits, in stage ``needs_attention``, for an operator to give the kind.
@@ -43,7 +44,6 @@ from temporalio.client import (
     WorkflowUpdateStage,
 )
 from temporalio.common import (
-    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -52,9 +52,10 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dsr.config.settings import Settings
-from dsr.domain.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
+from dsr.domain.deadlines import deadline_schedule, receipt_date
 from dsr.domain.model import (
     TRIAGE_PREFIX,
+    Channel,
     Correspondence,
     DeadlineInput,
     DuplicateAttached,
@@ -64,7 +65,6 @@ from dsr.domain.model import (
     RequestRecordInput,
     Stage,
     TriageInput,
-    UpdateResult,
     is_valid_email,
 )
 from dsr.store.guards import Guards, RateWindow
@@ -308,17 +308,18 @@ class IntakeService:
     async def _attach(self, request_id: str, request: RequestInput) -> Accepted | str:
         """Attach ``request`` to the open request ``request_id``: the answer, or ``closed`` (it refused: closed or
         closing) or ``absent`` (no such workflow: not started yet, or its history is gone)."""
-        handle = self._client.get_workflow_handle(request_id)
+        from workflows.request import DataSubjectRequest
+
+        handle = self._client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
         try:
             await handle.execute_update(
-                "attach_duplicate",
+                DataSubjectRequest.attach_duplicate,
                 DuplicateAttached(
                     channel=request.channel,
                     received_at=request.received_at,
                     in_reply_to=request.in_reply_to,
                     ticket=request.ticket,
                 ),
-                result_type=UpdateResult,
             )
         except WorkflowUpdateFailedError:
             return "closed"
@@ -405,16 +406,17 @@ class IntakeService:
         Returns once the update is accepted (durable in the request's history) or done, whichever the wait
         allows: the operator notice it sends may wait on a slow mail server, the mailbox should not.
         """
-        handle = self._client.get_workflow_handle(request_id)
+        from workflows.request import DataSubjectRequest
+
+        handle = self._client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
         try:
             update = await handle.start_update(
-                "record_correspondence",
+                DataSubjectRequest.record_correspondence,
                 correspondence,
                 # The same message always makes the same update id: the server answers a retry with the first.
                 # Hashed again so the id Temporal shows in clear is not the inbox table's key.
                 id="correspondence-" + hashlib.sha256(correspondence.message_key.encode()).hexdigest()[:32],
                 wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                result_type=UpdateResult,
             )
             # A rejection (closed) is known at once; an accepted update is durable even if this wait ends first.
             await asyncio.wait_for(update.result(), timeout=CORRESPONDENCE_WAIT_SECONDS)
@@ -461,21 +463,18 @@ class IntakeService:
             reason=item.reason,
             policy=policy,
         )
+        from workflows.triage import TriageMessageWorkflow
+
         try:
             await self._client.start_workflow(
-                "TriageMessage",
+                TriageMessageWorkflow.run,
                 triage_input,
                 id=triage_id,
                 task_queue=self._settings.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 static_summary=f"triage · received {received_on.isoformat()} · due {deadline.isoformat()}",
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(sa.DSR_STAGE, "needs_attention"),
-                    SearchAttributePair(sa.DSR_CHANNEL, "email"),
-                    SearchAttributePair(sa.DSR_DEADLINE, deadline_as_search_value(deadline)),
-                    SearchAttributePair(sa.DSR_OVERDUE, False),
-                ]),
+                search_attributes=TypedSearchAttributes(sa.dashboard(Stage.NEEDS_ATTENTION, Channel.EMAIL, deadline)),
             )
         except WorkflowAlreadyStartedError:
             pass  # a retried poll: the message is already waiting for a human
@@ -502,17 +501,18 @@ async def confirm_identity(client: Client, request_id: str, *, proof: str) -> Id
     """Send the ``confirm_identity`` update for a subject who proved control of their address (``proof`` is
     ``link`` or ``code``); the workflow checks that the request's policy takes that proof."""
     from dsr.domain.model import IdentityConfirmation, IdentityMethod, IdentityProof
+    from workflows.contract import IDENTITY_NOT_ALLOWED
+    from workflows.request import DataSubjectRequest
 
-    handle = client.get_workflow_handle(request_id)
+    handle = client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
     try:
-        result: UpdateResult = await handle.execute_update(
-            "confirm_identity",
+        result = await handle.execute_update(
+            DataSubjectRequest.confirm_identity,
             IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="subject", note=f"email {proof}",
                                  proof=IdentityProof(proof)),
-            result_type=UpdateResult,
         )
     except WorkflowUpdateFailedError as err:
-        if getattr(err.cause, "type", None) == "IdentityNotAllowed":
+        if getattr(err.cause, "type", None) == IDENTITY_NOT_ALLOWED:
             return IdentityOutcome("refused")
         message = str(getattr(err.cause, "message", "") or err.cause or "")
         return IdentityOutcome("already" if "already confirmed" in message else "closed")

@@ -14,14 +14,13 @@ from typing import TypeVar
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
-    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
 
 from dsr.config.settings import Settings
-from dsr.domain.deadlines import deadline_as_search_value, deadline_schedule, receipt_date
+from dsr.domain.deadlines import deadline_schedule, receipt_date
 from dsr.domain.model import (
     CANONICAL_FIELDS,
     WORKFLOW_ID_PREFIX,
@@ -32,6 +31,7 @@ from dsr.domain.model import (
     RequestInput,
     RequestKind,
     RequestPolicy,
+    Stage,
     Subject,
     display_name,
     is_valid_email,
@@ -159,14 +159,6 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> Wo
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         static_summary=f"{request.kind.value} · due {request.deadlines.normal.due.isoformat()}",
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.DSR_KIND, request.kind.value),
-                SearchAttributePair(sa.DSR_STAGE, "received"),
-                SearchAttributePair(sa.DSR_CHANNEL, request.channel.value),
-                SearchAttributePair(sa.DSR_DEADLINE, deadline_as_search_value(request.deadlines.normal.due)),
-                SearchAttributePair(sa.DSR_EXTENDED, False),
-                SearchAttributePair(sa.DSR_OVERDUE, False),
-            ]
-        ),
+        search_attributes=TypedSearchAttributes(sa.dashboard(
+            Stage.RECEIVED, request.channel, request.deadlines.normal.due, kind=request.kind, extended=False)),
     )

@@ -179,15 +179,31 @@ class ScriptedConnector:
 
 
 async def keep_history(handle, name: str) -> None:
-    """Save the workflow's history for the replay test when DSR_RECORD_HISTORIES=1 (``make histories``)."""
+    """Save the workflow's history for the replay test when DSR_RECORD_HISTORIES=1 (``make histories``), as
+    ``tests/workflows/histories/<workflow type>/<project version>/<name>.json`` (see VERSIONING.md)."""
     import json
     import os
 
     if os.environ.get("DSR_RECORD_HISTORIES") != "1":
         return
     history = await handle.fetch_history()
-    target = Path(__file__).parent / "workflows" / "histories" / f"{name}.json"
-    target.write_text(json.dumps({"workflow_id": handle.id, "history": json.loads(history.to_json())}, indent=1))
+    workflow_type = history.events[0].workflow_execution_started_event_attributes.workflow_type.name
+    _save_history(workflow_type, name, {"workflow_id": handle.id, "history": json.loads(history.to_json())})
+
+
+def project_version() -> str:
+    """The version in pyproject.toml: the release whose saved histories are being recorded."""
+    import tomllib
+
+    return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+
+
+def _save_history(workflow_type: str, name: str, saved: dict) -> None:
+    import json
+
+    target = Path(__file__).parent / "workflows" / "histories" / workflow_type / project_version() / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(saved, indent=1))
 
 
 class S3Server:

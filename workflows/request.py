@@ -14,18 +14,15 @@ import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
-    from activities.connectors import HEALTH_SIGNAL, PERMANENT_ERROR, PROGRESSED
+    from dsr.domain.deadlines import deadline_as_search_value
     from dsr.domain.model import (
         CANONICAL_FIELDS,
         AuditEvent,
-        Channel,
         ClockPolicy,
         ClockResume,
-        ClockStart,
         CodeLocked,
         ConnectorHealth,
         ConnectorOutcome,
@@ -39,7 +36,6 @@ with workflow.unsafe.imports_passed_through():
         DuplicateAttached,
         ExportsDeletion,
         Extension,
-        FanOutPlan,
         IdentityConfirmation,
         IdentityMethod,
         Notice,
@@ -58,7 +54,6 @@ with workflow.unsafe.imports_passed_through():
         RequestRecordInput,
         RequestStatus,
         ResidualsCleared,
-        ResumedClock,
         Retry,
         Stage,
         SubjectTurn,
@@ -70,143 +65,53 @@ with workflow.unsafe.imports_passed_through():
         subject_queue_id,
     )
     from workflows import search_attributes as sa
+from workflows.contract import (
+    CONNECTOR,
+    DEADLINES,
+    HEALTH_SIGNAL,
+    IDENTITY_NOT_ALLOWED,
+    LEDGER,
+    NOTICE,
+    NOTICE_FIRST_TRY,
+    PLAN,
+    PROGRESSED,
+    REPLY,
+    REPLY_HELD_TYPES,
+    REPLY_UNDELIVERABLE_TYPES,
+    REQUEST_REJECTED,
+    STORAGE,
+    SUBJECT_TURN_SIGNAL,
+    TURN_ASK,
+    ConnectorActivities,
+    IntakeActivities,
+    LedgerActivities,
+    NoticeActivities,
+    ReplyActivities,
+    StorageActivities,
+    ask_subject_turn,
+    deadlines_resumed,
+    summarised,
+)
+from workflows.subjects import SubjectQueue
 
-LEDGER_OPTIONS = {
-    # One row in the database: a worker lost mid-write is noticed (and the write retried) within seconds.
-    "start_to_close_timeout": timedelta(seconds=10),
-    # The ledger is the proof: keep trying (with backoff) rather than lose an event.
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
-}
-STORAGE_OPTIONS = {
-    # Deleting a request's objects (exports, attachments) may list and delete many; still short.
-    **LEDGER_OPTIONS,
-    "start_to_close_timeout": timedelta(seconds=30),
-}
-STEP_HEARTBEAT = timedelta(seconds=30)
-"""Heartbeat timeout of the mail steps: a worker lost while sending is noticed, and the step retried on
-another worker, within this long (the activities beat every few seconds while they work)."""
-NOTICE_OPTIONS = {
-    # SMTP has its own per-command timeout (``smtp.timeout_seconds``); liveness is the heartbeat's job.
-    "start_to_close_timeout": timedelta(minutes=5),
-    "heartbeat_timeout": STEP_HEARTBEAT,
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=5),
-        maximum_interval=timedelta(minutes=10),
-        non_retryable_error_types=["NoticeRejected"],
-    ),
-}
-CONNECTOR_OPTIONS = {
-    # Long exports (10,000 orders) page for minutes; liveness is the heartbeat's job, not this one's.
-    "start_to_close_timeout": timedelta(hours=2),
-    # Transient errors (429, 5xx) retry with backoff for about a day, then an operator is asked.
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=5),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=30),
-        maximum_attempts=50,
-        non_retryable_error_types=[PERMANENT_ERROR],
-    ),
-}
-
-
-REPLY_OPTIONS = {
-    # Building a 10,000-order bundle takes seconds to minutes; the activity heartbeats all along, so a lost
-    # worker costs STEP_HEARTBEAT, not this timeout. An incomplete controller profile retries until fixed.
-    "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": STEP_HEARTBEAT,
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=10),
-        maximum_interval=timedelta(minutes=10),
-        non_retryable_error_types=["NoticeRejected", "NoticeInvalidAddress"],
-    ),
-}
-
-NOTICE_FIRST_TRY_OPTIONS = {
-    # One try, so that a notice the SMTP server does not take at once shows as pending (status, dashboard)
-    # while NOTICE_OPTIONS retries it under the same key (one Message-ID, sent at most once per sent-log).
-    **NOTICE_OPTIONS,
-    "retry_policy": dataclasses.replace(NOTICE_OPTIONS["retry_policy"], maximum_attempts=1),
-}
-
-REPLY_HELD_TYPES = ("IncompleteProfile", "ReplyInvalid")
-"""Errors of ``send_reply`` only an operator can fix: no blind retries, the request asks for attention."""
-REPLY_UNDELIVERABLE_TYPES = ("NoticeRejected", "NoticeInvalidAddress")
-REPLY_HELD_OPTIONS = {
-    **REPLY_OPTIONS,
-    "retry_policy": dataclasses.replace(
-        REPLY_OPTIONS["retry_policy"], non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES]
-    ),
-}
-
-IDENTITY_DOCUMENTS = "identity-documents"
-"""Patch id: email requests delete the attachments they came with once identity is confirmed."""
-IDENTITY_DOCUMENTS_EVERY_CHANNEL = "identity-documents-every-channel"
-"""Patch id: every request, whatever its channel, deletes its attachments once identity is confirmed; a form
-or API request may hold an ID copy too, sent later by email (``record_correspondence``)."""
-FINAL_REPLIES = "final-replies"
-"""Patch id: requests started before final replies existed keep their old, notice-only ending."""
-REPLY_ATTENTION = "reply-attention"
-"""Patch id: a reply that cannot be written asks an operator (instead of retrying blindly), and residual
-data a system could not erase is followed up with the operator until cleared."""
-STORED_OBJECTS = "stored-objects-deletion"
-"""Patch id: a request closed without a reply (refused, withdrawn, unverified) deletes its partial exports and
-attachments; a fulfilled erasure deletes the subject's earlier access and portability exports."""
-CLOCK_LAWFUL = "clock-suspension-lawful"
-"""Patch id: under ``suspend_during_identity`` the clock stands still only from a recorded reasonable doubt
-(``doubt``), or from the identity request of a document policy that says why, until the subject provides what
-was asked (the link, or a reply with files); the time left then resumes and the subject is told the new date.
-Before, every request was suspended until an operator confirmed identity, and a full month restarted."""
-UNVERIFIED_BY_DEADLINE = "unverified-by-deadline"
-"""Patch id: the identity wait ends by the response deadline (the closure notice is the answer due then);
-before, 30 days from the request could end after a short month's deadline."""
 UNVERIFIED_LEAD = timedelta(hours=15)
 """How long before the end of the due day the unverified closure goes: 09:00 local, a working hour."""
-RECTIFICATION_CHANGES = "rectification-changes"
-"""Patch id: a rectification without structured changes waits for an operator's ``rectify`` in needs_attention
-(before, it ran with no changes and replied "already up to date")."""
-SUBJECT_ORDER = "subject-order"
-"""Patch id: the fan-out waits for the subject's turn (``SubjectQueue``), so requests of one person never work
-in their systems at the same time; requests without a ``subject_key`` (older inputs) do not queue."""
-
-CODE_LOCKED_ALERT = "code-locked-alert"
-"""Patch id: the ``code_locked`` signal (too many wrong codes for a request) tells the operator."""
-
-ACK_NONBLOCKING = "ack-nonblocking"
-"""Patch id: the acknowledgement is sent beside the main flow (an SMTP outage no longer holds identity and
-the fan-out at ``received``); notices whose first try fails show as pending (status, ``DsrMailPending``)."""
-NAME_AFTER_IDENTITY = "name-after-identity"
-"""Patch id: emails to the subject greet them by the name given with the request only once identity is confirmed
-(or the channel vouched for it); before, anyone could have typed that name beside someone else's address."""
 ACK_LEAD = timedelta(minutes=10)
 """How long a later email to the subject (identity request, reply, ...) waits for the acknowledgement to go
 first; past that it goes on its own, so an acknowledgement that cannot be sent never holds the others."""
 
-CONNECTOR_PROGRESS = "connector-progress"
-"""Patch id: a connector attempt that fails after advancing its checkpoint (or its journal) is resumed at once
-from it by a fresh activity, its attempts and backoff reset (``ConnectorProgressed``); a connector failing for
-longer than the policy's ``connector_degraded_minutes`` shows as degraded (status, UI, ``DsrDegraded``) and the
-operator is told once per episode."""
 RESUMES_MAX = 1000
 """At most this many fresh schedules after progress in one run of a connector (until it ends or an operator
 retries it), so a connector that progresses forever cannot loop without bound; past it, an operator is asked."""
 RESUME_WINDOW = timedelta(days=1)
 """No fresh schedule after progress once a connector's run has lasted this long: the last schedule's own retry
-budget (CONNECTOR_OPTIONS, about a day) then runs out and an operator is asked."""
-
-TURN_ASK_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=10),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
-}
-
+budget (CONNECTOR, about a day) then runs out and an operator is asked."""
 
 class RequestRejected(ApplicationError):
     """An update that the request's state does not allow; the message is shown to the operator."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, type="RequestRejected", non_retryable=True)
-
-
-IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
+        super().__init__(message, type=REQUEST_REJECTED, non_retryable=True)
 
 
 class IdentityNotAllowed(ApplicationError):
@@ -232,8 +137,13 @@ class DataSubjectRequest:
         self._overdue = False
         self._identity_confirmed = request.policy.identity == IdentityMethod.TRUSTED
         self._codes_locked: set[str] = set()  # pages ("verify", "exports") whose code the intake closed
+        # Décret 2019-536 suspends the period only while the controller waits for what it asked, on a reasonable
+        # doubt: not for a mere link, and not for its own review time. From the start, only for a document policy
+        # that says why; later, from a recorded ``doubt``, until the subject provides what was asked.
+        policy = request.policy
         self._clock_suspended = (
-            request.policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
+            policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
+            and policy.identity == IdentityMethod.DOCUMENT and bool(policy.document_reason)
         )
         self._refusal: Refusal | None = None
         self._withdrawal: Withdrawal | None = None
@@ -258,17 +168,15 @@ class DataSubjectRequest:
         self._turn_granted = False
         self._awaiting_turn = False
         self._turn_holder = ""
-        # Mail (patch ``ack-nonblocking``): the acknowledgement's task, the notices being retried after a failed
-        # first try (templates), and a counter naming each notice's idempotency key.
+        # Mail: the acknowledgement's task, the notices being retried after a failed first try (templates), and a
+        # counter naming each notice's idempotency key.
         self._acknowledgement: asyncio.Task[None] | None = None
-        self._lawful_clock = False  # CLOCK_LAWFUL: suspensions from a doubt, resumed with the time left
         self._suspended_since: datetime | None = None
         self._suspended_days = 0
         self._side_mail: list[asyncio.Task[None]] = []  # notices sent from update handlers, awaited at the end
-        self._mail_tracked = False
         self._mail_pending: list[str] = []
         self._mail_count = 0
-        # Connectors (patch ``connector-progress``): each connector's latest schedule number (signals of an
+        # Connectors: each connector's latest schedule number (signals of an
         # earlier schedule are stale) and the checkpoint a fresh schedule resumes from.
         self._schedules: dict[str, int] = {}
         self._cursors: dict[str, dict | None] = {}
@@ -277,17 +185,11 @@ class DataSubjectRequest:
 
     @workflow.run
     async def run(self, request: RequestInput) -> RequestStatus:
-        if self._clock_suspended and workflow.patched(CLOCK_LAWFUL):
-            # Décret 2019-536 suspends the period only while the controller waits for what it asked, on a
-            # reasonable doubt: not for a mere link, and not for its own review time.
-            self._lawful_clock = True
-            policy = request.policy
-            self._clock_suspended = policy.identity == IdentityMethod.DOCUMENT and bool(policy.document_reason)
-            if self._clock_suspended:
-                self._suspended_since = workflow.now()
+        if self._clock_suspended:
+            self._suspended_since = workflow.now()
         self._publish()
-        await workflow.execute_activity(
-            "record_request",
+        await workflow.execute_activity_method(
+            LedgerActivities.record_request,
             RequestRecordInput(
                 request_id=request.request_id,
                 kind=request.kind,
@@ -297,19 +199,13 @@ class DataSubjectRequest:
                 deadline=self._deadline.due,
                 language=request.language,
             ),
-            result_type=bool,
-            summary="ledger: request recorded",
-            **LEDGER_OPTIONS,
+            **summarised(LEDGER, "ledger: request recorded"),
         )
         await self._audit("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
-        if workflow.patched(ACK_NONBLOCKING):
-            # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on
-            # while the acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
-            self._mail_tracked = True
-            self._acknowledgement = asyncio.create_task(
-                self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context()))
-        else:
-            await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context())
+        # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on while the
+        # acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
+        self._acknowledgement = asyncio.create_task(
+            self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context()))
 
         watcher = asyncio.create_task(self._watch_deadline())
         if await self._verify_identity() and not self._ending() and await self._changes_known():
@@ -332,8 +228,9 @@ class DataSubjectRequest:
         # The download link lives past closure; when it expires, what was exported goes with it.
         await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
                              summary="download link expiry")
-        await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
-                                        result_type=bool, summary="delete exports", **STORAGE_OPTIONS)
+        await workflow.execute_activity_method(
+            ReplyActivities.delete_exports, ExportsDeletion(self._request.request_id),
+            **summarised(STORAGE, "delete exports"))
         self._exports_deleted = True
         await self._audit("exports_deleted")
         self._update_details()
@@ -375,13 +272,13 @@ class DataSubjectRequest:
         )
         reminder_after = timedelta(days=policy.identity_reminder_after_days)
         limit = timedelta(days=policy.identity_timeout_days)
-        if not self._clock_suspended and workflow.patched(UNVERIFIED_BY_DEADLINE):
+        if not self._clock_suspended:
             # Art. 12(3)-(4): the answer, even "not verified, closed", reaches the subject by the deadline: the
             # wait ends on the due day at 09:00 local (overdue_at is the end of that day) if that comes first.
             by_deadline = self._deadline.overdue_at - UNVERIFIED_LEAD - workflow.now()
             limit = max(timedelta(0), min(limit, by_deadline))
             reminder_after = min(reminder_after, limit / 2)
-        if self._lawful_clock and self._clock_suspended:
+        if self._clock_suspended:
             await self._audit("clock_suspended", details={"why": "document policy"}, note=policy.document_reason)
         # The subject is told how long they have (whole days, never more than they are given) and, if the
         # period stands still meanwhile, that it does.
@@ -405,39 +302,18 @@ class DataSubjectRequest:
                 return False
         if self._ending():
             return False
-        # Histories from before the new patch keep their decision (email requests only); the new patch is
-        # asked first so that replaying an old email history still finds the old marker where it was.
-        if workflow.patched(IDENTITY_DOCUMENTS_EVERY_CHANNEL) or (
-            self._request.channel == Channel.EMAIL and workflow.patched(IDENTITY_DOCUMENTS)
-        ):
-            # CNIL: a copy of an ID document is kept only as long as needed to check identity.
-            await self._delete_attachments("identity_documents_deleted")
-
-        if self._clock_suspended and not self._lawful_clock:
-            # Décret 2019-536, as read before CLOCK_LAWFUL: the time limit ran from the confirmation date.
-            self._deadlines = await workflow.execute_local_activity(
-                "deadlines_from",
-                ClockStart(
-                    at=workflow.now(),
-                    country=policy.country,
-                    subdiv=policy.subdiv,
-                    timezone=policy.timezone,
-                ),
-                result_type=Deadlines,
-                start_to_close_timeout=timedelta(seconds=10),
-            )
-            self._clock_suspended = False
-            self._move_deadline(self._deadlines.normal)
-            await self._audit("clock_started", deadline=self._deadline.due)
+        # CNIL: a copy of an ID document is kept only as long as needed to check identity. Whatever the channel:
+        # a form or API request may hold an ID copy too, sent later by email (``record_correspondence``).
+        await self._delete_attachments("identity_documents_deleted")
         return True
 
     async def _delete_attachments(self, event: str) -> None:
         """Delete the files stored with the request (the activity answers 0 when there are none)."""
         # Cleared first: files recorded while the activity runs may come after it looked, so they keep the flag.
         self._correspondence_files = False
-        deleted = await workflow.execute_activity(
-            "delete_identity_documents", self._request.request_id, result_type=int,
-            summary="delete identity documents", **STORAGE_OPTIONS,
+        deleted = await workflow.execute_activity_method(
+            IntakeActivities.delete_identity_documents, self._request.request_id,
+            **summarised(STORAGE, "delete identity documents"),
         )
         if deleted:
             await self._audit(event, details={"count": str(deleted)})
@@ -448,8 +324,6 @@ class DataSubjectRequest:
         to read it and give them (``rectify``): otherwise every system would be found "already up to date"
         and the reply would say so, having corrected nothing."""
         if self._request.kind != RequestKind.RECTIFICATION or self._request.changes:
-            return True
-        if not workflow.patched(RECTIFICATION_CHANGES):
             return True
         self._awaiting_changes = True
         self._set_stage(Stage.NEEDS_ATTENTION)
@@ -471,13 +345,14 @@ class DataSubjectRequest:
         # One subject, one thing at a time: the fan-out and the reply run only while this request holds the
         # person's turn. The reply too: an access bundle is built from what was exported, which a later erasure of
         # the same person deletes (with the bundle) when it closes; in turn, the erasure never races the bundle.
-        ordered = bool(self._request.subject_key) and workflow.patched(SUBJECT_ORDER)
+        # Requests without a ``subject_key`` (inputs made without the ledger's blind index) do not queue.
+        ordered = bool(self._request.subject_key)
         try:
             if ordered and not await self._take_turn():
                 return
             if await self._fan_out(ordered):
                 await self._reply()
-                if self._request.kind == RequestKind.ERASURE and workflow.patched(STORED_OBJECTS):
+                if self._request.kind == RequestKind.ERASURE:
                     # While this erasure still holds the person's turn, so that no access request of theirs is
                     # exporting (or building its bundle) while its files are deleted.
                     await self._delete_earlier_exports()
@@ -488,32 +363,25 @@ class DataSubjectRequest:
     async def _reply(self) -> None:
         self._set_stage(Stage.REPLYING)
         await self._audit("replying", stage=Stage.REPLYING)
-        if workflow.patched(FINAL_REPLIES):
-            held_by_operator = workflow.patched(REPLY_ATTENTION)
-            await self._after_acknowledgement()
-            reply = await self._send_reply(held_by_operator)
-            if reply is not None:
-                self._link_expires_at = reply.link_expires_at
-                await self._audit("reply_sent", details={
-                    "no_data": str(reply.no_data).lower(),
-                    "recipients_notified": str(len(reply.recipients_notified)),
-                    "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
-                    "bundle_sha256": reply.bundle_sha256,
-                })
-            if held_by_operator:
-                self._residuals = self._residual_lines()
-        else:
-            await self._notify_subject(NoticeTemplate.COMPLETED)
+        await self._after_acknowledgement()
+        reply = await self._send_reply()
+        if reply is not None:
+            self._link_expires_at = reply.link_expires_at
+            await self._audit("reply_sent", details={
+                "no_data": str(reply.no_data).lower(),
+                "recipients_notified": str(len(reply.recipients_notified)),
+                "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
+                "bundle_sha256": reply.bundle_sha256,
+            })
+        self._residuals = self._residual_lines()
         self._outcome = Outcome.FULFILLED
 
     async def _fan_out(self, ordered: bool) -> bool:
         """Every connector done (True), or the request withdrawn or refused meanwhile (False)."""
-        plan = await workflow.execute_activity(
-            "plan_fanout",
+        plan = await workflow.execute_activity_method(
+            ConnectorActivities.plan_fanout,
             PlanInput(kind=self._request.kind),
-            result_type=FanOutPlan,
-            start_to_close_timeout=timedelta(seconds=10),
-            summary=f"plan {self._request.kind.value}",
+            **summarised(PLAN, f"plan {self._request.kind.value}"),
         )
         for name in plan.connectors:
             self._progress.setdefault(name, ConnectorProgress(connector=name))
@@ -563,12 +431,12 @@ class DataSubjectRequest:
         self._update_details()
         try:
             await workflow.execute_activity(
-                "ask_subject_turn",
+                ask_subject_turn,
                 QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
                     request_id=self._request.request_id, received_at=self._request.received_at,
                     round=self._turn_round,
                 )),
-                result_type=bool, summary="subject queue: ask for the turn", **TURN_ASK_OPTIONS,
+                **summarised(TURN_ASK, "subject queue: ask for the turn"),
             )
             await workflow.wait_condition(lambda: self._turn_granted or self._ending())
         finally:
@@ -588,10 +456,10 @@ class DataSubjectRequest:
         release = TurnRelease(request_id=self._request.request_id, round=self._turn_round)
         # A queue that is gone (terminated by hand) holds nothing left to release.
         with contextlib.suppress(FailureError):
-            await workflow.get_external_workflow_handle(subject_queue_id(self._request.subject_key)).signal(
-                "release", release)
+            await workflow.get_external_workflow_handle_for(
+                SubjectQueue.run, subject_queue_id(self._request.subject_key)).signal(SubjectQueue.release, release)
 
-    @workflow.signal
+    @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
         """The subject's queue says who holds the turn: this request (granted) or the one it waits for."""
         if not self._turn_asked or turn.round != self._turn_round:
@@ -602,7 +470,7 @@ class DataSubjectRequest:
             self._turn_holder = turn.holder
             self._update_details()
 
-    async def _send_reply(self, held_by_operator: bool) -> ReplyResult | None:
+    async def _send_reply(self) -> ReplyResult | None:
         """The final reply. A reply only an operator can unblock (an access reply missing an Art. 15(1) item
         of the controller profile) puts the request in needs_attention until ``retry``; an address the mail
         server refuses for good is recorded and the request still closes (None)."""
@@ -618,16 +486,15 @@ class DataSubjectRequest:
             outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
             in_reply_to=self._thread(),
         )
-        options = REPLY_HELD_OPTIONS if held_by_operator else REPLY_OPTIONS
         while True:
             try:
-                return await workflow.execute_activity(
-                    "send_reply", reply_input, result_type=ReplyResult,
-                    summary=f"reply: {self._request.kind.value}", **options,
+                return await workflow.execute_activity_method(
+                    ReplyActivities.send_reply, reply_input,
+                    **summarised(REPLY, f"reply: {self._request.kind.value}"),
                 )
             except ActivityError as err:
                 cause = err.cause
-                if not held_by_operator or not isinstance(cause, ApplicationError):
+                if not isinstance(cause, ApplicationError):
                     raise
                 if cause.type in REPLY_UNDELIVERABLE_TYPES:
                     await self._audit("notice_failed", details={"template": f"reply_{self._request.kind.value}",
@@ -666,22 +533,11 @@ class DataSubjectRequest:
         progress.attempts += 1
         progress.failing_since = None  # an operator's retry starts a new run: no failing episode yet
         self._update_details()
-        watched = workflow.patched(CONNECTOR_PROGRESS)
         # Beside the activity: a connector failing too long (the activity tells when it starts failing) is
         # shown as degraded and the operator told, until it succeeds, progresses or an operator is asked.
-        watcher = asyncio.create_task(self._watch_failing(progress)) if watched else None
+        watcher = asyncio.create_task(self._watch_failing(progress))
         try:
-            if watched:
-                outcome = await self._run_resuming(progress)
-            else:
-                outcome = await workflow.execute_activity(
-                    "run_connector",
-                    self._connector_task(progress.connector),
-                    result_type=ConnectorOutcome,
-                    summary=f"{progress.connector}: {self._request.kind.value}",
-                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
-                    **CONNECTOR_OPTIONS,
-                )
+            outcome = await self._run_resuming(progress)
         except ActivityError as err:
             cause = err.cause
             progress.state = ConnectorState.FAILED
@@ -689,8 +545,7 @@ class DataSubjectRequest:
             if isinstance(cause, ApplicationError) and cause.type == PROGRESSED:
                 progress.error += f"; resumed {progress.resumed} times and still failing"
             progress.failing_since = None
-            if watcher is not None:
-                await watcher
+            await watcher
             await self._audit(
                 "connector_failed",
                 details={
@@ -703,8 +558,7 @@ class DataSubjectRequest:
             progress.outcome = outcome
             progress.error = ""
             progress.failing_since = None
-            if watcher is not None:
-                await watcher
+            await watcher
             details = {"connector": progress.connector, "found": str(outcome.found)}
             details.update({k: str(v) for k, v in sorted(outcome.counts.items())})
             await self._audit("connector_done", details=details)
@@ -725,20 +579,19 @@ class DataSubjectRequest:
         """Schedule the connector until it succeeds; an attempt that failed after advancing its checkpoint comes
         back as ``ConnectorProgressed`` and is followed at once (after the vendor's Retry-After, if any) by a
         fresh activity from that checkpoint, with attempts and backoff reset. Within bounds: RESUMES_MAX and
-        RESUME_WINDOW; a connector that never progresses keeps CONNECTOR_OPTIONS' budget (about a day)."""
+        RESUME_WINDOW; a connector that never progresses keeps CONNECTOR' budget (about a day)."""
         name = progress.connector
         started = workflow.now()
         resumed = 0
         while True:
             self._schedules[name] = schedule = self._schedules.get(name, 0) + 1
             try:
-                return await workflow.execute_activity(
-                    "run_connector",
+                return await workflow.execute_activity_method(
+                    ConnectorActivities.run_connector,
                     self._connector_task(name, schedule=schedule),
-                    result_type=ConnectorOutcome,
-                    summary=f"{name}: {self._request.kind.value}" + (f" (resumed {resumed})" if resumed else ""),
-                    heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds),
-                    **CONNECTOR_OPTIONS,
+                    **summarised(CONNECTOR,
+                                 f"{name}: {self._request.kind.value}" + (f" (resumed {resumed})" if resumed else ""),
+                                 heartbeat_timeout=timedelta(seconds=self._request.policy.connector_heartbeat_seconds)),
                 )
             except ActivityError as err:
                 cause = err.cause
@@ -836,8 +689,7 @@ class DataSubjectRequest:
                 days=str(self._identity_waited_days or self._request.policy.identity_timeout_days),
             )
         assert self._outcome is not None
-        if workflow.patched(STORED_OBJECTS):
-            await self._delete_stored_objects()
+        await self._delete_stored_objects()
         self._set_stage(Stage.CLOSED)
         await self._audit("closed", stage=Stage.CLOSED, outcome=self._outcome)
         if self._correspondence_files:
@@ -850,17 +702,17 @@ class DataSubjectRequest:
         """What closing without a reply makes pointless to keep on the object store (idempotent)."""
         if self._outcome in (Outcome.REFUSED, Outcome.WITHDRAWN, Outcome.UNVERIFIED):
             # No reply will deliver them: a half-finished export and the files sent with the request go now.
-            if await workflow.execute_activity("delete_exports", ExportsDeletion(self._request.request_id),
-                                               result_type=bool, summary="delete partial exports",
-                                               **STORAGE_OPTIONS):
+            if await workflow.execute_activity_method(ReplyActivities.delete_exports,
+                                                      ExportsDeletion(self._request.request_id),
+                                                      **summarised(STORAGE, "delete partial exports")):
                 await self._audit("exports_deleted")
             await self._delete_attachments("attachments_deleted")
 
     async def _delete_earlier_exports(self) -> None:
         """Erased everywhere else: the copies made for the subject's earlier access requests go too."""
-        deleted = await workflow.execute_activity(
-            "delete_earlier_exports", ExportsDeletion(self._request.request_id), result_type=int,
-            summary="delete the subject's earlier exports", **STORAGE_OPTIONS,
+        deleted = await workflow.execute_activity_method(
+            StorageActivities.delete_earlier_exports, ExportsDeletion(self._request.request_id),
+            **summarised(STORAGE, "delete the subject's earlier exports"),
         )
         if deleted:
             await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
@@ -953,7 +805,7 @@ class DataSubjectRequest:
     async def code_locked(self, locked: CodeLocked) -> None:
         """The intake closed this request's code after too many wrong answers (and recorded it in the ledger):
         the operator is told, once per page (the intake signals only the answer that reached the cap)."""
-        if not workflow.patched(CODE_LOCKED_ALERT) or locked.page in self._codes_locked:
+        if locked.page in self._codes_locked:
             return
         self._codes_locked.add(locked.page)
         await self._notify_operator(NoticeTemplate.OPERATOR_CODE_LOCKED, page=locked.page, wrong=str(locked.wrong))
@@ -1025,7 +877,8 @@ class DataSubjectRequest:
     async def doubt(self, doubt: Doubt) -> UpdateResult:
         """Art. 12(6): an operator has a reasonable doubt about who made the request. The subject is told what
         to provide and why; under ``suspend_during_identity`` the period stands still until they provide it."""
-        suspend = self._lawful_clock and not self._clock_suspended
+        suspend = (self._request.policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY
+                   and not self._clock_suspended)
         if suspend:
             self._clock_suspended = True
             self._suspended_since = workflow.now()
@@ -1051,16 +904,15 @@ class DataSubjectRequest:
     async def _resume_clock(self) -> None:
         """The subject provided what was asked: the days the period stood still are added to its end (the
         time left resumes; nothing restarts), and the subject is told the new due date."""
-        if not (self._lawful_clock and self._clock_suspended and self._suspended_since is not None):
+        if not (self._clock_suspended and self._suspended_since is not None):
             return
         policy = self._request.policy
         resumed = await workflow.execute_local_activity(
-            "deadlines_resumed",
+            deadlines_resumed,
             ClockResume(received_on=self._request.received_on, suspended_at=self._suspended_since,
                         resumed_at=workflow.now(), suspended_days_before=self._suspended_days,
                         country=policy.country, subdiv=policy.subdiv, timezone=policy.timezone),
-            result_type=ResumedClock,
-            start_to_close_timeout=timedelta(seconds=10),
+            **DEADLINES,
         )
         previous = self._deadline.due
         self._suspended_days = resumed.suspended_days
@@ -1287,7 +1139,7 @@ class DataSubjectRequest:
         self._deadline_version += 1
         workflow.upsert_search_attributes(
             [
-                sa.DSR_DEADLINE.value_set(_search_datetime(deadline)),
+                sa.DSR_DEADLINE.value_set(deadline_as_search_value(deadline.due)),
                 sa.DSR_EXTENDED.value_set(self._extended),
             ]
         )
@@ -1295,16 +1147,9 @@ class DataSubjectRequest:
 
     def _publish(self) -> None:
         """Search attributes for the dashboard (set at start too, repeated here for resets)."""
-        workflow.upsert_search_attributes(
-            [
-                sa.DSR_KIND.value_set(self._request.kind.value),
-                sa.DSR_STAGE.value_set(self._stage.value),
-                sa.DSR_CHANNEL.value_set(self._request.channel.value),
-                sa.DSR_DEADLINE.value_set(_search_datetime(self._deadline)),
-                sa.DSR_EXTENDED.value_set(self._extended),
-                sa.DSR_OVERDUE.value_set(self._overdue),
-            ]
-        )
+        workflow.upsert_search_attributes(sa.as_updates(sa.dashboard(
+            self._stage, self._request.channel, self._deadline.due, kind=self._request.kind,
+            extended=self._extended, overdue=self._overdue)))
         self._update_details()
 
     def _update_details(self) -> None:
@@ -1359,8 +1204,8 @@ class DataSubjectRequest:
     async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
                      stage: Stage | None = None, outcome: Outcome | None = None,
                      deadline: date | None = None, extended: bool | None = None, note: str = "") -> None:
-        await workflow.execute_activity(
-            "record_event",
+        await workflow.execute_activity_method(
+            LedgerActivities.record_event,
             AuditEvent(
                 request_id=self._request.request_id,
                 event=event,
@@ -1372,9 +1217,7 @@ class DataSubjectRequest:
                 extended=extended,
                 note=note,
             ),
-            result_type=bool,
-            summary=f"ledger: {event}",
-            **LEDGER_OPTIONS,
+            **summarised(LEDGER, f"ledger: {event}"),
         )
 
     def _notice_context(self, **extra: str) -> dict[str, str]:
@@ -1400,7 +1243,8 @@ class DataSubjectRequest:
         name = self._request.subject.name
         if not name or self._identity_confirmed:
             return name
-        return "" if workflow.patched(NAME_AFTER_IDENTITY) else name
+        # Before that, anyone could have typed that name beside someone else's address.
+        return ""
 
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
         if template != NoticeTemplate.ACKNOWLEDGEMENT:
@@ -1444,12 +1288,7 @@ class DataSubjectRequest:
 
     async def _send(self, notice: Notice) -> None:
         try:
-            if self._mail_tracked:
-                await self._send_tracked(notice)
-            else:
-                await workflow.execute_activity(
-                    "send_notice", notice, summary=f"notice: {notice.template.value}", **NOTICE_OPTIONS
-                )
+            await self._send_tracked(notice)
         except ActivityError:
             # The mail server refused the address for good; the request goes on and the ledger says so.
             await self._audit("notice_failed", details={"template": notice.template.value})
@@ -1461,7 +1300,8 @@ class DataSubjectRequest:
         notice = dataclasses.replace(notice, key=f"mail-{self._mail_count}")
         summary = f"notice: {notice.template.value}"
         try:
-            await workflow.execute_activity("send_notice", notice, summary=summary, **NOTICE_FIRST_TRY_OPTIONS)
+            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
+                                                   **summarised(NOTICE_FIRST_TRY, summary))
             return
         except ActivityError as err:
             if err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
@@ -1471,7 +1311,8 @@ class DataSubjectRequest:
         self._mail_changed()
         await self._audit("notice_deferred", details={"template": template})
         try:
-            await workflow.execute_activity("send_notice", notice, summary=summary + " (retried)", **NOTICE_OPTIONS)
+            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
+                                                   **summarised(NOTICE, summary + " (retried)"))
         except ActivityError:
             self._mail_done(template)  # refused for good (recorded by the caller)
             raise
@@ -1487,7 +1328,3 @@ class DataSubjectRequest:
         workflow.upsert_search_attributes([sa.DSR_MAIL_PENDING.value_set(len(self._mail_pending))])
         self._update_details()
 
-
-def _search_datetime(deadline: Deadline) -> datetime:
-    """The due date at 00:00 UTC (see ``workflows.search_attributes.DSR_DEADLINE``)."""
-    return datetime(deadline.due.year, deadline.due.month, deadline.due.day, tzinfo=UTC)

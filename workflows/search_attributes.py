@@ -5,9 +5,13 @@ Values never carry personal data: they are stored in plaintext in Temporal's vis
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, SearchAttributeUpdate
+
+from dsr.domain.deadlines import deadline_as_search_value
+from dsr.domain.model import Channel, RequestKind, Stage
 
 DSR_KIND = SearchAttributeKey.for_keyword("DsrKind")
 DSR_STAGE = SearchAttributeKey.for_keyword("DsrStage")
@@ -46,3 +50,29 @@ TEMPORAL_TYPE_NAMES: dict[SearchAttributeKey[Any], str] = {
     DSR_DEGRADED: "Int",
 }
 """Type names as ``temporal server start-dev --search-attribute NAME=TYPE`` spells them."""
+
+
+def dashboard(stage: Stage, channel: Channel, due: date, *, kind: RequestKind | None = None,
+              extended: bool | None = None, overdue: bool = False) -> list[SearchAttributePair[Any]]:
+    """The attributes the dashboard filters on, as a workflow starts with them (the intake sets them on start,
+    so a request is visible from its first instant) and as a request publishes them again (after a reset).
+
+    A request has a ``kind`` and an ``extended`` flag; a triaged email has neither (it is not a request yet).
+    """
+    pairs: list[SearchAttributePair[Any]] = []
+    if kind is not None:
+        pairs.append(SearchAttributePair(DSR_KIND, kind.value))
+    pairs += [
+        SearchAttributePair(DSR_STAGE, stage.value),
+        SearchAttributePair(DSR_CHANNEL, channel.value),
+        SearchAttributePair(DSR_DEADLINE, deadline_as_search_value(due)),
+    ]
+    if extended is not None:
+        pairs.append(SearchAttributePair(DSR_EXTENDED, extended))
+    pairs.append(SearchAttributePair(DSR_OVERDUE, overdue))
+    return pairs
+
+
+def as_updates(pairs: list[SearchAttributePair[Any]]) -> list[SearchAttributeUpdate[Any]]:
+    """The same attributes, as a workflow upserts them."""
+    return [pair.key.value_set(pair.value) for pair in pairs]

@@ -25,16 +25,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import SubjectQueueState, SubjectQueueStatus, SubjectTurn, TurnAsk, TurnRelease
-
-CHECK_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5)),
-}
+from workflows.contract import CHECK, SUBJECT_TURN_SIGNAL, subject_request_running, summarised
 
 
 @workflow.defn(name="SubjectQueue")
@@ -74,13 +69,15 @@ class SubjectQueue:
                     check_every_seconds=state.check_every_seconds, history_limit=state.history_limit,
                 ))
             holder = self._holder
+
+            def changed(holder: TurnAsk = holder) -> bool:
+                return self._holder is not holder or bool(self._tell)
+
             try:
-                await workflow.wait_condition(lambda h=holder: self._holder is not h or bool(self._tell),
-                                              timeout=check_every, timeout_summary="holder check")
+                await workflow.wait_condition(changed, timeout=check_every, timeout_summary="holder check")
             except TimeoutError:
                 running = await workflow.execute_activity(
-                    "subject_request_running", holder.request_id, result_type=bool,
-                    summary=f"is {holder.request_id} running", **CHECK_OPTIONS,
+                    subject_request_running, holder.request_id, **summarised(CHECK, f"is {holder.request_id} running"),
                 )
                 if not running and self._holder is holder:
                     workflow.logger.warning("turn freed: %s ended without releasing it", holder.request_id)
@@ -127,6 +124,7 @@ class SubjectQueue:
     async def _tell_requests(self) -> None:
         while self._tell:
             request_id = self._tell.pop(0)
+            entry: TurnAsk | None
             if self._holder is not None and self._holder.request_id == request_id:
                 entry = self._holder
             else:
@@ -135,7 +133,7 @@ class SubjectQueue:
                 continue  # released meanwhile
             turn = SubjectTurn(holder=self._holder.request_id if self._holder else "", round=entry.round)
             try:
-                await workflow.get_external_workflow_handle(request_id).signal("subject_turn", turn)
+                await workflow.get_external_workflow_handle(request_id).signal(SUBJECT_TURN_SIGNAL, turn)
             except FailureError:
                 # The request is gone (ended, terminated): it neither holds nor waits any longer.
                 if self._holder is entry:

@@ -11,24 +11,26 @@ operators get a notice, and the workflow waits for one of two updates:
   with the email are deleted, and the reason is kept in the ledger (sealed) as the record of why nothing was
   done, after Temporal has forgotten this workflow.
 
-A reminder goes to the operators a week before the deadline if nobody has decided by then.
+A reminder goes to the operators a week before the deadline (09:00 in the controller's zone) if nobody has decided
+by then.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
         CANONICAL_FIELDS,
+        LocalMoment,
         Notice,
         NoticeTemplate,
         RefusalGround,
         RequestKind,
+        Stage,
         TriageDecision,
         TriageDismissal,
         TriageDismissed,
@@ -37,21 +39,19 @@ with workflow.unsafe.imports_passed_through():
         TriageStatus,
     )
     from workflows import search_attributes as sa
-    from workflows.request import LEDGER_OPTIONS, NOTICE_OPTIONS, STORAGE_OPTIONS, RequestRejected
-
-DISMISSAL_RECORD = "triage-dismissal-record"
-"""Patch id: a dismissal deletes the email's files and is kept in the ledger (before, only in the history)."""
-
-SUBMIT_OPTIONS = {
-    # The operator waits on the update: a few quick retries, then a clear refusal they can act on.
-    "start_to_close_timeout": timedelta(minutes=1),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        maximum_interval=timedelta(seconds=10),
-        maximum_attempts=6,
-        non_retryable_error_types=["SubmissionError"],
-    ),
-}
+from workflows.contract import (
+    DEADLINES,
+    LEDGER,
+    NOTICE,
+    STORAGE,
+    SUBMIT,
+    IntakeActivities,
+    LedgerActivities,
+    NoticeActivities,
+    local_instant,
+    summarised,
+)
+from workflows.request import RequestRejected
 
 
 @workflow.defn(name="TriageMessage")
@@ -69,17 +69,21 @@ class TriageMessageWorkflow:
     async def run(self, item: TriageInput) -> TriageStatus:
         workflow.set_current_details(self._details())
         await self._notify(reminder=False)
-        remind_at = datetime.combine(item.deadline - timedelta(days=7), time(9), workflow.now().tzinfo)
+        # A week before the deadline, at 09:00 in the controller's zone: a local activity, so that tzdata never
+        # changes a replayed history.
+        remind_at = await workflow.execute_local_activity(
+            local_instant, LocalMoment(day=item.deadline - timedelta(days=7), hour=9, timezone=item.policy.timezone),
+            **DEADLINES)
         wait = remind_at - workflow.now()
         decided = await self._wait(wait) if wait > timedelta(0) else False
         if not decided:
             await self._notify(reminder=True)
             await workflow.wait_condition(lambda: self._decision is not None or self._dismissal is not None)
-        if self._dismissal is not None and workflow.patched(DISMISSAL_RECORD):
+        if self._dismissal is not None:
             await self._record_dismissal(self._dismissal)
             if self._dismissal.refused_as is not None:
                 await self._tell_refusal(self._dismissal)
-        workflow.upsert_search_attributes([sa.DSR_STAGE.value_set("closed")])
+        workflow.upsert_search_attributes([sa.DSR_STAGE.value_set(Stage.CLOSED.value)])
         workflow.set_current_details(self._details())
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -97,25 +101,25 @@ class TriageMessageWorkflow:
 
     async def _record_dismissal(self, dismissal: TriageDismissal) -> None:
         # An ID copy sent with a message that is no request has no purpose left (CNIL: delete once used).
-        deleted = await workflow.execute_activity(
-            "delete_identity_documents", self._item.request_id, result_type=int,
-            summary="delete the email's files", **STORAGE_OPTIONS)
-        await workflow.execute_activity(
-            "record_triage_dismissal",
+        deleted = await workflow.execute_activity_method(
+            IntakeActivities.delete_identity_documents, self._item.request_id,
+            **summarised(STORAGE, "delete the email's files"))
+        await workflow.execute_activity_method(
+            LedgerActivities.record_triage_dismissal,
             TriageDismissed(
                 triage_id=self._item.triage_id, received_at=self._item.received_at, deadline=self._item.deadline,
                 classifier_reason=self._item.reason, reason=dismissal.reason.strip(),
                 decided_by=dismissal.decided_by, attachments_deleted=deleted, dismissed_at=workflow.now(),
                 refused_as=RequestKind(dismissal.refused_as).value if dismissal.refused_as else "",
                 ground=RefusalGround(dismissal.ground).value if dismissal.refused_as else ""),
-            result_type=bool, summary="record the dismissal", **LEDGER_OPTIONS)
+            **summarised(LEDGER, "record the dismissal"))
 
     async def _tell_refusal(self, dismissal: TriageDismissal) -> None:
         """Art. 12(4): a request the controller does not act on is answered, with the reasons and remedies."""
         assert dismissal.refused_as is not None  # only refusals are told (see run)
         kind = RequestKind(dismissal.refused_as)
-        await workflow.execute_activity(
-            "send_notice",
+        await workflow.execute_activity_method(
+            NoticeActivities.send_notice,
             Notice(
                 # Under the triage id: the reserved request id has no ledger row to log the notice against.
                 request_id=self._item.triage_id,
@@ -131,14 +135,13 @@ class TriageMessageWorkflow:
                 },
                 in_reply_to=self._item.in_reply_to,
             ),
-            summary="notice: refusal to the sender",
-            **NOTICE_OPTIONS,
+            **summarised(NOTICE, "notice: refusal to the sender"),
         )
 
     async def _notify(self, *, reminder: bool) -> None:
         reason = self._item.reason + (" (reminder: the deadline is in a week)" if reminder else "")
-        await workflow.execute_activity(
-            "send_notice",
+        await workflow.execute_activity_method(
+            NoticeActivities.send_notice,
             Notice(
                 request_id=self._item.triage_id,
                 template=NoticeTemplate.OPERATOR_TRIAGE,
@@ -151,8 +154,7 @@ class TriageMessageWorkflow:
                     "error": reason,
                 },
             ),
-            summary="notice: operator triage",
-            **NOTICE_OPTIONS,
+            **summarised(NOTICE, "notice: operator triage"),
         )
 
     # --- updates and queries ---------------------------------------------------------------------
@@ -161,12 +163,10 @@ class TriageMessageWorkflow:
     async def classify(self, decision: TriageDecision) -> TriageStatus:
         self._deciding = True
         try:
-            submitted = await workflow.execute_activity(
-                "submit_triaged",
+            submitted = await workflow.execute_activity_method(
+                IntakeActivities.submit_triaged,
                 args=[self._item, decision],
-                result_type=list,
-                summary=f"submit as {decision.kind.value}",
-                **SUBMIT_OPTIONS,
+                **summarised(SUBMIT, f"submit as {decision.kind.value}"),
             )
         except ActivityError as err:
             cause = err.cause
@@ -174,7 +174,7 @@ class TriageMessageWorkflow:
             raise RequestRejected(f"{self._item.triage_id}: {message}") from None
         finally:
             self._deciding = False
-        self._request_id, self._attached = str(submitted[0]), bool(submitted[1])
+        self._request_id, self._attached = submitted.request_id, submitted.attached
         self._decision = decision
         return self.status()
 

@@ -3,6 +3,7 @@ withdraw, retry, doubt, rectify, clear residual data."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
@@ -22,7 +23,8 @@ from dsr.cli.common import (
 )
 
 
-async def _update(request_id: str, update: str, argument: Any, as_json: bool) -> None:
+async def _update(request_id: str, update: Callable[..., Awaitable[Any]], argument: Any, as_json: bool) -> None:
+    """Send ``update`` (a ``DataSubjectRequest`` update method) with ``argument``; print the result."""
     from temporalio.client import WorkflowExecutionStatus
 
     from dsr.domain.model import UpdateResult
@@ -36,7 +38,7 @@ async def _update(request_id: str, update: str, argument: Any, as_json: bool) ->
     if described.status != WorkflowExecutionStatus.RUNNING:
         outcome = described.typed_search_attributes.get(sa.DSR_OUTCOME) or described.status.name.lower()
         raise UserError(f"{request_id} is closed ({outcome})")
-    result = await handle.execute_update(update, argument, result_type=UpdateResult)
+    result: UpdateResult = await handle.execute_update(update, argument)
     if as_json:
         emit_json({"id": request_id, **plain(result)})
     else:
@@ -61,7 +63,9 @@ async def confirm_identity(
         chosen = IdentityMethod.TRUSTED
     if chosen == IdentityMethod.TRUSTED:  # only the channel, at the start, makes a request trusted
         raise UserError(f"--method must be email or document, got {method!r}")
-    await _update(request_id, "confirm_identity",
+    from workflows.request import DataSubjectRequest
+
+    await _update(request_id, DataSubjectRequest.confirm_identity,
                   IdentityConfirmation(method=chosen, confirmed_by=by, note=note), as_json)
 
 
@@ -74,8 +78,10 @@ async def extend(
 ) -> None:
     """Extend the deadline by two months, once, within the first month; the subject is told why."""
     from dsr.domain.model import Extension
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "extend_deadline", Extension(reason=reason, requested_by=by), as_json)
+
+    await _update(request_id, DataSubjectRequest.extend_deadline, Extension(reason=reason, requested_by=by), as_json)
 
 
 @run
@@ -96,7 +102,10 @@ async def refuse(
     except ValueError:
         raise UserError(f"--ground must be one of {', '.join(g.value for g in RefusalGround)} (got {ground!r})") \
             from None
-    await _update(request_id, "refuse", Refusal(reason=reason, requested_by=by, ground=chosen), as_json)
+    from workflows.request import DataSubjectRequest
+
+    await _update(request_id, DataSubjectRequest.refuse, Refusal(reason=reason, requested_by=by, ground=chosen),
+                  as_json)
 
 
 @run
@@ -108,16 +117,20 @@ async def withdraw(
 ) -> None:
     """Close a request the subject withdrew."""
     from dsr.domain.model import Withdrawal
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "withdraw", Withdrawal(requested_by=by, reason=reason), as_json)
+
+    await _update(request_id, DataSubjectRequest.withdraw, Withdrawal(requested_by=by, reason=reason), as_json)
 
 
 @run
 async def retry(request_id: RequestId, by: Actor = "operator", as_json: JsonOption = False) -> None:
     """Go on with a request in needs_attention: run its failed connectors again, or write its held reply."""
     from dsr.domain.model import Retry
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "retry", Retry(requested_by=by), as_json)
+
+    await _update(request_id, DataSubjectRequest.retry, Retry(requested_by=by), as_json)
 
 
 @run
@@ -130,8 +143,10 @@ async def doubt(
     """Record a reasonable doubt about the requester's identity (Art. 12(6)): the subject is asked for what you
     need; with DSR_CLOCK=suspend_during_identity the time limit stands still until they provide it."""
     from dsr.domain.model import Doubt
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "doubt", Doubt(reason=reason, requested_by=by), as_json)
+
+    await _update(request_id, DataSubjectRequest.doubt, Doubt(reason=reason, requested_by=by), as_json)
 
 
 @run
@@ -148,7 +163,9 @@ async def rectify(
     unknown = sorted(set(changes) - CANONICAL_FIELDS)
     if unknown:
         raise UserError(f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}")
-    await _update(request_id, "rectify", Rectification(changes=changes, requested_by=by), as_json)
+    from workflows.request import DataSubjectRequest
+
+    await _update(request_id, DataSubjectRequest.rectify, Rectification(changes=changes, requested_by=by), as_json)
 
 
 @run
@@ -160,6 +177,8 @@ async def clear_residuals(
 ) -> None:
     """Record that the residual data of a request (what a system's API could not erase) was cleared by hand."""
     from dsr.domain.model import ResidualsCleared
+    from workflows.request import DataSubjectRequest
 
-    await _update(request_id, "clear_residuals", ResidualsCleared(cleared_by=by, note=note), as_json)
+
+    await _update(request_id, DataSubjectRequest.clear_residuals, ResidualsCleared(cleared_by=by, note=note), as_json)
 

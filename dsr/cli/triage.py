@@ -95,9 +95,9 @@ async def triage_classify(
                         f" (got {kind!r}, {language!r})") from None
     decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=parse_changes(change or []))
     _, client = await temporal_client()
-    from dsr.domain.model import TriageStatus
+    from workflows.triage import TriageMessageWorkflow
 
-    status = await _triage_handle(client, triage_id).execute_update("classify", decision, result_type=TriageStatus)
+    status = await _triage_handle(client, triage_id).execute_update(TriageMessageWorkflow.classify, decision)
     if as_json:
         emit_json(plain(status))
     else:
@@ -129,9 +129,11 @@ async def triage_dismiss(
         raise UserError(f"--refuse must be one of access, rectification, erasure, portability and --ground one of "
                         f"{', '.join(g.value for g in RefusalGround)} (got {refuse!r}, {ground!r})") from None
     _, client = await temporal_client()
+    from workflows.triage import TriageMessageWorkflow
+
     await _triage_handle(client, triage_id).execute_update(
-        "dismiss", TriageDismissal(reason=reason, decided_by=by, refused_as=refused_as, ground=chosen),
-        result_type=None)
+        TriageMessageWorkflow.dismiss,
+        TriageDismissal(reason=reason, decided_by=by, refused_as=refused_as, ground=chosen))
     typer.echo(f"{triage_id}: dismissed" + (f"; the sender is told the {refused_as.value} request is refused"
                                            if refused_as else ""))
 

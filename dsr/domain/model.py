@@ -165,16 +165,6 @@ class DeadlineInput:
 
 
 @dataclass
-class ClockStart:
-    """Restart the clock at an instant (identity confirmed while the clock was suspended)."""
-
-    at: datetime  # UTC instant; its date is taken in ``timezone``
-    country: str = "FR"
-    subdiv: str | None = None
-    timezone: str = "Europe/Paris"
-
-
-@dataclass
 class ClockResume:
     """A suspended period resumes (décret 2019-536): how long it stood still, and the deadlines it now has."""
 
@@ -418,8 +408,8 @@ class ConnectorTask:
     changes: dict[str, str] = field(default_factory=dict)
     resume: dict[str, Any] | None = None  # the checkpoint a fresh schedule starts from (a progressed failure)
     schedule: int = 0
-    """The workflow's number for this schedule of the connector (patch ``connector-progress``); 0 = a workflow
-    from before it, whose activity neither reports progress as a failure type nor tells the workflow of
+    """The workflow's number for this schedule of the connector; 0 = a task no workflow watches (the activity
+    called on its own), whose activity neither reports progress as a failure type nor tells the workflow of
     failures."""
 
 
@@ -489,7 +479,7 @@ class ConnectorProgress:
     attempts: int = 0
     error: str = ""  # class and hint, no personal data
     outcome: ConnectorOutcome | None = None
-    # Patch ``connector-progress``: since when the current schedule fails without success or progress, whether
+    # Since when the current schedule fails without success or progress, whether
     # that has lasted past the policy's ``connector_degraded_minutes``, and how often a failure after progress
     # was resumed at once from its checkpoint (attempts and backoff reset).
     failing_since: datetime | None = None
@@ -782,6 +772,24 @@ class TriageDismissed:
     dismissed_at: datetime
     refused_as: str = ""  # a request of this kind refused (the sender was told); "": not a request
     ground: str = ""
+
+
+@dataclass
+class TriageSubmitted:
+    """What ``submit_triaged`` answers: the request a classified email became."""
+
+    request_id: str
+    attached: bool  # it duplicated an open request and was attached to it (no new workflow)
+
+
+@dataclass
+class LocalMoment:
+    """A day and an hour on the controller's clock (``09:00`` local), made an instant by a local activity: the
+    time zone rules (tzdata) may change between a run and its replay, the recorded instant does not."""
+
+    day: date
+    hour: int
+    timezone: str
 
 
 @dataclass

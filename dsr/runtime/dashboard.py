@@ -17,7 +17,7 @@ from workflows import search_attributes as sa
 
 # A closed access request stays Running until its download link expires: not something still due.
 REQUESTS_RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running'"
-RUNNING = f"{REQUESTS_RUNNING} AND DsrStage != 'closed'"
+RUNNING = f"{REQUESTS_RUNNING} AND DsrStage != '{Stage.CLOSED.value}'"
 
 
 def _literal(day: date) -> str:

@@ -35,7 +35,6 @@ from dsr.domain.model import (
     Language,
     RequestStatus,
     TriageDecision,
-    TriageStatus,
     Withdrawal,
 )
 from dsr.store.ledger import Ledger
@@ -458,6 +457,7 @@ async def test_verify_link_tampered_is_403(intake: Intake) -> None:
 
 async def test_unclassified_email_waits_for_an_operator_then_becomes_the_request(intake: Intake) -> None:
     from intake.submission import new_request_id
+    from workflows.triage import TriageMessageWorkflow
 
     received = datetime.now(UTC) - timedelta(days=3)
     reserved = new_request_id(received.date())
@@ -471,9 +471,8 @@ async def test_unclassified_email_waits_for_an_operator_then_becomes_the_request
     operator_mail = "\n".join(bodies(intake.mail, "dpo@example.com"))
     assert triage_id in operator_mail and "noa.bernard" not in operator_mail
 
-    handle = intake.client.get_workflow_handle(triage_id)
-    result: TriageStatus = await handle.execute_update("classify", TriageDecision(kind="access"),
-                                                       result_type=TriageStatus)
+    handle = intake.client.get_workflow_handle_for(TriageMessageWorkflow.run, triage_id)
+    result = await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(kind="access"))
     assert result.state == "classified" and result.request_id == reserved
     state = await status(intake, reserved)
     assert state.kind.value == "access" and state.channel.value == "email"
@@ -655,7 +654,8 @@ async def test_reply_from_the_subject_with_an_id_copy_is_correspondence_not_from
 
     # The operator checks the document and confirms: an API request, yet its ID copy is deleted (new patch).
     await intake.client.get_workflow_handle(reference).execute_update(
-        "confirm_identity", IdentityConfirmation(method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"))
+        DataSubjectRequest.confirm_identity,
+        IdentityConfirmation(method=IdentityMethod.DOCUMENT, confirmed_by="operator:alice"))
     await poll(lambda: _events(intake, reference, "identity_documents_deleted"))
     assert store.list(reference) == []
 
@@ -718,7 +718,8 @@ async def test_reply_about_a_closed_request_goes_to_triage(intake: Intake, dovec
 
     reference = await submit_api(intake, kind="erasure")
     identity_mail = await _identity_request_to(intake, "camille.durand@example.org", reference)
-    await intake.client.get_workflow_handle(reference).execute_update("withdraw", Withdrawal(requested_by="subject"))
+    await intake.client.get_workflow_handle(reference).execute_update(DataSubjectRequest.withdraw,
+                                                                      Withdrawal(requested_by="subject"))
     await poll(lambda: _closed(intake, reference))
     # Were the ledger read before the closure, the workflow itself would refuse the reply.
     with pytest.raises(RequestClosed, match=f"reply about closed request {reference}"):

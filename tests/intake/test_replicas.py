@@ -164,10 +164,11 @@ async def test_the_same_subject_and_kind_at_two_replicas_at_once_make_one_workfl
 
 async def test_a_closed_request_frees_its_subject_and_kind_for_either_replica(cluster: Cluster) -> None:
     from dsr.domain.model import Withdrawal
+    from workflows.request import DataSubjectRequest
 
     first = await cluster.a.service.submit(submission("lea.petit@example.org"))
     await cluster.temporal.get_workflow_handle(first.reference).execute_update(
-        "withdraw", Withdrawal(requested_by="subject"))
+        DataSubjectRequest.withdraw, Withdrawal(requested_by="subject"))
     for _ in range(150):
         if cluster.a.ledger.claim_of("lea.petit@example.org", RequestKind.ERASURE) is None:
             break

@@ -1,4 +1,4 @@
-"""Progress-aware retries and degraded connectors (patch ``connector-progress``), on the time-skipping server.
+"""Progress-aware retries and degraded connectors, on the time-skipping server.
 
 A connector attempt that fails after advancing its checkpoint (an export's page, an erasure's journal) is
 resumed at once by a fresh activity from that checkpoint, its attempts and backoff reset; each record is still
@@ -43,7 +43,7 @@ from tests.workflows.test_request import time_skipping as time_skipping  # a fre
 from workflows import search_attributes as sa
 from workflows.request import DataSubjectRequest
 
-INITIAL_BACKOFF = timedelta(seconds=5)  # CONNECTOR_OPTIONS' initial interval
+INITIAL_BACKOFF = timedelta(seconds=5)  # contract.CONNECTOR's initial interval
 
 
 @dataclass
@@ -192,7 +192,7 @@ async def connector_schedules(handle: WorkflowHandle) -> int:
 
 
 async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query("status", result_type=RequestStatus)
+    return await handle.query(DataSubjectRequest.status)
 
 
 async def degraded_attribute(handle: WorkflowHandle) -> int | None:

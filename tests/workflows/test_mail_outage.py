@@ -18,11 +18,12 @@ from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
 from tests.workflows.test_request import events, submit, templates_sent
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
 from workflows import search_attributes as sa
-from workflows.request import STEP_HEARTBEAT
+from workflows.contract import STEP_HEARTBEAT
+from workflows.request import DataSubjectRequest
 
 
 async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query("status", result_type=RequestStatus)
+    return await handle.query(DataSubjectRequest.status)
 
 
 async def until(handle: WorkflowHandle, check, what: str, seconds: float = 20) -> RequestStatus:

@@ -30,7 +30,8 @@ from dsr.store.crypto import data_converter
 from intake.submission import Submission, prepare, start
 from tests.harness import TEST_KEYRING, binary, free_port
 from workflows import search_attributes as sa
-from workflows.request import STEP_HEARTBEAT, DataSubjectRequest
+from workflows.contract import STEP_HEARTBEAT
+from workflows.request import DataSubjectRequest
 
 DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
 EMAIL = "late.reader@example.org"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
-from dsr.domain.model import RefusalGround, RequestKind, TriageDismissal, TriageInput, TriageStatus
-from tests.harness import attachments_of
+from dsr.domain.model import RefusalGround, RequestKind, TriageDecision, TriageDismissal, TriageInput
+from intake.submission import new_request_id
+from tests.harness import attachments_of, keep_history
 from tests.workflows.conftest import OPERATOR_EMAIL, Engine
+from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test: real time
+from workflows.triage import TriageMessageWorkflow
 
 SENDER = "claire.durand@example.org"
 TODAY = datetime.now(UTC).date()  # the test server's clock starts at the real time
@@ -26,11 +30,12 @@ async def test_a_dismissed_email_deletes_its_files_and_is_kept_in_the_ledger(eng
         policy=engine.settings.policy,
     )
     handle = await engine.client.start_workflow(
-        "TriageMessage", item, id=item.triage_id, task_queue=engine.task_queue)
-    await handle.execute_update("dismiss", TriageDismissal("handled by post with the family", "dpo@example.com"),
-                                result_type=TriageStatus)
+        TriageMessageWorkflow.run, item, id=item.triage_id, task_queue=engine.task_queue)
+    await handle.execute_update(TriageMessageWorkflow.dismiss,
+                                TriageDismissal("handled by post with the family", "dpo@example.com"))
     await handle.result()
-    status = await handle.query("status", result_type=TriageStatus)
+    await keep_history(handle, "dismissed")
+    status = await handle.query(TriageMessageWorkflow.status)
 
     assert status.state == "dismissed"
     kept = engine.ledger.triage_dismissal(item.triage_id)
@@ -53,14 +58,51 @@ async def test_a_refusal_from_triage_answers_the_sender_with_the_ground_and_the_
         reason="unsure: no clear request", policy=engine.settings.policy,
     )
     handle = await engine.client.start_workflow(
-        "TriageMessage", item, id=item.triage_id, task_queue=engine.task_queue)
+        TriageMessageWorkflow.run, item, id=item.triage_id, task_queue=engine.task_queue)
     reason = "Sixième demande identique ce mois-ci ; la copie vous a été envoyée le 2 mars."
-    await handle.execute_update("dismiss", TriageDismissal(
-        reason, "dpo@example.com", refused_as=RequestKind.ACCESS, ground=RefusalGround.EXCESSIVE),
-        result_type=TriageStatus)
+    await handle.execute_update(TriageMessageWorkflow.dismiss, TriageDismissal(
+        reason, "dpo@example.com", refused_as=RequestKind.ACCESS, ground=RefusalGround.EXCESSIVE))
     await handle.result()
+    await keep_history(handle, "dismissed_as_refused_request")
     [answer] = engine.mail.to(SENDER)
     body = answer.get_body(("plain",)).get_content()
     assert reason in body and "article 12, paragraphe 5" in body and "réclamation" in body
     kept = engine.ledger.triage_dismissal(item.triage_id)
     assert kept is not None and (kept.refused_as, kept.ground) == ("access", "excessive")
+
+
+async def test_a_classified_email_becomes_the_request_it_would_have_been(engine: Engine) -> None:
+    """``dsr triage classify``: the request is submitted under the reserved id, with the email's receipt time;
+    the operator was reminded at 09:00 in the controller's zone a week before the deadline."""
+    zone = ZoneInfo(engine.settings.policy.timezone)
+    # The intake refuses a receipt time in the future of its own (real) clock: a fresh server starts at it.
+    received = datetime.now(UTC)
+    today = received.astimezone(zone).date()
+    request_id = new_request_id(today)  # reserved by the mailbox when the email came in
+    item = TriageInput(
+        triage_id=f"triage-{request_id}", request_id=request_id,
+        received_at=received, received_on=today, deadline=today + timedelta(days=8),
+        email=SENDER, name="Claire Durand", subject_line="Mes données",
+        body="Que savez-vous de moi ?", reason="unsure: no clear request", policy=engine.settings.policy,
+    )
+    handle = await engine.client.start_workflow(
+        TriageMessageWorkflow.run, item, id=item.triage_id, task_queue=engine.task_queue)
+    # Past the reminder (09:00 local on deadline - 7, tomorrow) with nobody deciding.
+    await engine.env.sleep(timedelta(days=2))
+    reminded = [m for m in engine.mail.to(OPERATOR_EMAIL) if "reminder" in m.get_body(("plain",)).get_content()]
+    assert len(reminded) == 1
+
+    status = await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(kind=RequestKind.ACCESS))
+    assert (status.state, status.request_id, status.kind) == ("classified", request_id, RequestKind.ACCESS)
+    await handle.result()
+    await keep_history(handle, "classified_after_reminder")
+    row = engine.ledger.get_request(request_id)
+    assert row is not None and row.kind == RequestKind.ACCESS and row.channel.value == "email"
+    # The reminder's instant came from the local activity: 09:00 in the policy's zone, not 09:00 UTC.
+    history = await handle.fetch_history()
+    [timer] = [e.timer_started_event_attributes for e in history.events if e.HasField("timer_started_event_attributes")]
+    [set_at] = [e.event_time.ToDatetime(tzinfo=UTC) for e in history.events
+                if e.HasField("timer_started_event_attributes")]
+    fires = set_at + timer.start_to_fire_timeout.ToTimedelta()
+    nine_local = datetime.combine(today + timedelta(days=1), time(9), zone)
+    assert abs(fires - nine_local) < timedelta(seconds=5)  # (at 09:00 UTC it would be an hour or two off)

@@ -1,0 +1,184 @@
+"""The typed contract between the workflows and the activities they call: references, options, failure types.
+
+Activities are called by reference (``workflow.execute_activity_method(LedgerActivities.record_event, ...)``),
+never by a name string, so an activity's name, input and result type cannot drift apart from its callers: mypy
+sees a renamed activity or a changed signature. The references are imported through
+``imports_passed_through``: the activity modules (database, SMTP, HTTP clients) are loaded once by the worker,
+never inside the workflow sandbox, and no workflow code runs them.
+
+Options are ``workflow.ActivityConfig`` typed dicts, spread into each call (``**LEDGER``). Failure types
+(``ApplicationError.type``) are defined where they are raised, in the activity modules, and gathered here so
+that workflow code matches on one name each. Stages are :class:`dsr.domain.model.Stage`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.connectors import HEALTH_SIGNAL, PERMANENT_ERROR, PROGRESSED, ConnectorActivities
+    from activities.deadlines import deadlines_resumed, local_instant
+    from activities.intake import SUBMISSION_ERROR, IntakeActivities
+    from activities.ledger import LedgerActivities
+    from activities.notices import NOTICE_INVALID_ADDRESS, NOTICE_REJECTED, NoticeActivities
+    from activities.replies import INCOMPLETE_PROFILE, REPLY_INVALID, ReplyActivities
+    from activities.storage import StorageActivities
+    from activities.subjects import ask_subject_turn, subject_request_running
+
+__all__ = [
+    "CHECK",
+    "CONNECTOR",
+    "DEADLINES",
+    "HEALTH_SIGNAL",
+    "IDENTITY_NOT_ALLOWED",
+    "INCOMPLETE_PROFILE",
+    "LEDGER",
+    "NOTICE",
+    "NOTICE_FIRST_TRY",
+    "NOTICE_INVALID_ADDRESS",
+    "NOTICE_REJECTED",
+    "PERMANENT_ERROR",
+    "PLAN",
+    "PROGRESSED",
+    "REPLY",
+    "REPLY_HELD_TYPES",
+    "REPLY_INVALID",
+    "REPLY_UNDELIVERABLE_TYPES",
+    "REQUEST_REJECTED",
+    "STEP_HEARTBEAT",
+    "STORAGE",
+    "SUBJECT_TURN_SIGNAL",
+    "SUBMISSION_ERROR",
+    "SUBMIT",
+    "TURN_ASK",
+    "ConnectorActivities",
+    "IntakeActivities",
+    "LedgerActivities",
+    "NoticeActivities",
+    "ReplyActivities",
+    "StorageActivities",
+    "ask_subject_turn",
+    "deadlines_resumed",
+    "local_instant",
+    "subject_request_running",
+    "summarised",
+]
+
+# --- failure types -------------------------------------------------------------------------------------
+
+REQUEST_REJECTED = "RequestRejected"
+"""An update the request's state does not allow (raised by the workflows' validators)."""
+IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
+"""A confirmation of identity whose method or proof the request's policy does not allow; ``/verify`` answers it
+exactly like a wrong code (no oracle)."""
+REPLY_HELD_TYPES = (INCOMPLETE_PROFILE, REPLY_INVALID)
+"""Errors of ``send_reply`` only an operator can fix: no blind retries, the request asks for attention."""
+REPLY_UNDELIVERABLE_TYPES = (NOTICE_REJECTED, NOTICE_INVALID_ADDRESS)
+"""The mail server refused the address for good: recorded, and the request goes on."""
+
+# --- signals between workflows ---------------------------------------------------------------------------
+
+SUBJECT_TURN_SIGNAL = "subject_turn"
+"""The request's signal by which a subject's queue names who holds the turn. ``SubjectQueue`` signals it by this
+name: the request workflow imports the queue's module, so the queue cannot import the request's."""
+
+# --- options ------------------------------------------------------------------------------------------------
+
+_PATIENT = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
+
+LEDGER = workflow.ActivityConfig(
+    # One row in the database: a worker lost mid-write is noticed (and the write retried) within seconds.
+    start_to_close_timeout=timedelta(seconds=10),
+    # The ledger is the proof: keep trying (with backoff) rather than lose an event.
+    retry_policy=_PATIENT,
+)
+STORAGE = workflow.ActivityConfig(
+    # Deleting a request's objects (exports, attachments) may list and delete many; still short.
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=_PATIENT,
+)
+PLAN = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=10))
+TURN_ASK = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
+CHECK = workflow.ActivityConfig(
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5)),
+)
+
+
+def summarised(config: workflow.ActivityConfig, summary: str, *,
+               heartbeat_timeout: timedelta | None = None) -> workflow.ActivityConfig:
+    """``config`` for one call: with the summary the UI shows for it (no personal data: summaries are stored in
+    plaintext), and the heartbeat timeout a request's policy sets, if any."""
+    options: workflow.ActivityConfig = {**config, "summary": summary}
+    if heartbeat_timeout is not None:
+        options["heartbeat_timeout"] = heartbeat_timeout
+    return options
+
+
+DEADLINES = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10))
+"""Deadline arithmetic: a local activity, so new holiday data never changes a replayed history."""
+
+STEP_HEARTBEAT = timedelta(seconds=30)
+"""Heartbeat timeout of the mail steps: a worker lost while sending is noticed, and the step retried on
+another worker, within this long (the activities beat every few seconds while they work)."""
+
+_NOTICE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    maximum_interval=timedelta(minutes=10),
+    non_retryable_error_types=[NOTICE_REJECTED],
+)
+NOTICE = workflow.ActivityConfig(
+    # SMTP has its own per-command timeout (``smtp.timeout_seconds``); liveness is the heartbeat's job.
+    start_to_close_timeout=timedelta(minutes=5),
+    heartbeat_timeout=STEP_HEARTBEAT,
+    retry_policy=_NOTICE_RETRY,
+)
+NOTICE_FIRST_TRY = workflow.ActivityConfig(
+    # One try, so that a notice the SMTP server does not take at once shows as pending (status, dashboard)
+    # while NOTICE retries it under the same key (one Message-ID, sent at most once per sent-log).
+    start_to_close_timeout=timedelta(minutes=5),
+    heartbeat_timeout=STEP_HEARTBEAT,
+    retry_policy=dataclasses.replace(_NOTICE_RETRY, maximum_attempts=1),
+)
+
+REPLY = workflow.ActivityConfig(
+    # Building a 10,000-order bundle takes seconds to minutes; the activity heartbeats all along, so a lost
+    # worker costs STEP_HEARTBEAT, not this timeout. What only an operator can fix (REPLY_HELD_TYPES) is not
+    # retried blindly: the request asks them.
+    start_to_close_timeout=timedelta(minutes=30),
+    heartbeat_timeout=STEP_HEARTBEAT,
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=10),
+        maximum_interval=timedelta(minutes=10),
+        non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES],
+    ),
+)
+
+CONNECTOR = workflow.ActivityConfig(
+    # Long exports (10,000 orders) page for minutes; liveness is the heartbeat's job (the policy's
+    # ``connector_heartbeat_seconds``, given per call), not this one's.
+    start_to_close_timeout=timedelta(hours=2),
+    # Transient errors (429, 5xx) retry with backoff for about a day, then an operator is asked.
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=5),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=30),
+        maximum_attempts=50,
+        non_retryable_error_types=[PERMANENT_ERROR],
+    ),
+)
+
+SUBMIT = workflow.ActivityConfig(
+    # The operator waits on the update: a few quick retries, then a clear refusal they can act on.
+    start_to_close_timeout=timedelta(minutes=1),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=6,
+        non_retryable_error_types=[SUBMISSION_ERROR],
+    ),
+)
