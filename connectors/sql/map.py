@@ -274,7 +274,8 @@ def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: dict[str
                               "with one subject (use null, mask, hash or keep)")
         if t.link.child and other.deletes and not t.always_deleted:
             link_column = t.column(t.link.column)
-            if link_column is None or link_column.strategy != "null":
+            # A foreign key must be set NULL; a link by value (an email) may also be hashed or masked.
+            if link_column is None or link_column.strategy not in MODIFYING:
                 raise SqlMapError(f"tables[{index}].columns.{t.link.column}", f"rows of {t.name} outlive the "
                                   f"{other.name} rows they reference, which are deleted: give "
                                   f"{t.name}.{t.link.column} erase = \"null\" (or delete {t.name}'s rows too)")
