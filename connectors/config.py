@@ -97,7 +97,8 @@ class ConnectorConfig(BaseModel):
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Rows per fetch, per erasure transaction.")
     subject: SubjectConfig | None = None
     tables: list[TableConfig] | None = None
-    rectify: dict[str, str] = Field(default_factory=dict, description="Canonical field -> table.column.")
+    rectify: dict[str, str | list[str]] = Field(default_factory=dict,
+                                                description="Canonical field -> table.column (or a list).")
 
     @field_validator("credentials")
     @classmethod

@@ -104,7 +104,12 @@ name = "app"
 url_env = "{URL_ENV}"
 hash_key_env = "{HASH_KEY_ENV}"
 subject = {{ table = "users", email = "email" }}
-rectify = {{ email = "users.email", first_name = "users.first_name", last_name = "users.last_name", phone = "users.phone" }}
+
+[connectors.rectify]                       # canonical field -> table.column (or several)
+email = ["users.email", "newsletter_subscriptions.email"]
+first_name = "users.first_name"
+last_name = "users.last_name"
+phone = "users.phone"
 
 [[connectors.tables]]
 name = "users"
@@ -154,23 +159,30 @@ columns.saved_at = {{ personal = false }}
 [[connectors.tables]]
 name = "invoices"
 link = "user_id = users.id"
-retention = {{ legal_basis = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)", years = 10, date_column = "issued_on", counted_from = "financial_year_end" }}
 columns.id = {{ personal = false }}
 columns.user_id = {{ category = "identity", erase = "null" }}
 columns.billing_name = {{ category = "identity", erase = "keep" }}
 columns.billing_address = {{ category = "contact", erase = "keep" }}
 columns.amount_cents = {{ personal = false }}
 columns.issued_on = {{ personal = false }}
+[connectors.tables.retention]              # of the kept columns
+legal_basis = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)"
+years = 10
+date_column = "issued_on"
+counted_from = "financial_year_end"
 
 [[connectors.tables]]
 name = "login_events"
 link = "user_id = users.id"
-retention = {{ legal_basis = "LCEN art. 6-II; décret 2021-1362 (connection data, 1 year)", years = 1, date_column = "at" }}
 columns.id = {{ personal = false }}
 columns.user_id = {{ category = "identity", erase = "null" }}
 columns.ip_address = {{ category = "connection data", erase = "keep" }}
 columns.user_agent = {{ category = "connection data", erase = "keep" }}
 columns.at = {{ personal = false }}
+[connectors.tables.retention]              # then (once over): delete, the default
+legal_basis = "LCEN art. 6-II; décret 2021-1362 (connection data, 1 year)"
+years = 1
+date_column = "at"
 
 [[connectors.tables]]
 name = "newsletter_subscriptions"          # by address, no foreign key: the hash stays as a suppression list
@@ -249,18 +261,21 @@ def _rows(people: list[Person], today: date, rng: random.Random, organisations_c
                 yield document_versions, {"id": ids("document_versions"), "document_id": document_id,
                                           "body": BODY[: 200 + version], "saved_at": written + timedelta(hours=1)}
         for number in range(person.invoices):
-            # Spread over 15 years: the oldest are past their ten years and go, the others are kept.
+            # Spread over 15 years: the oldest are past their ten years and go, the others (the first always) are
+            # kept.
             yield invoices, {"id": ids("invoices"), "user_id": user_id,
                              "billing_name": f"{person.first_name} {person.last_name}",
                              "billing_address": f"{number % 90 + 1} rue de la Paix, 75002 Paris",
                              "amount_cents": rng.randint(500, 50_000),
-                             "issued_on": today - timedelta(days=rng.randint(30, 15 * 365))}
+                             "issued_on": today - timedelta(days=rng.randint(30, 300) if number == 0
+                                                            else rng.randint(30, 15 * 365))}
         for number in range(person.logins):
-            # Over two years: those older than one year go, the others are kept.
+            # Over two years: those older than one year go, the others are kept (each person has both).
             yield login_events, {"id": ids("login_events"), "user_id": user_id,
                                  "ip_address": f"203.0.113.{number % 250 + 1}",
                                  "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
-                                 "at": now - timedelta(days=rng.randint(1, 730), seconds=number)}
+                                 "at": now - timedelta(days=rng.randint(*(1, 300) if number == 0 else (400, 730)
+                                                                        if number == 1 else (1, 730)), seconds=number)}
         if person.newsletter:
             yield newsletter_subscriptions, {"id": ids("newsletter_subscriptions"), "email": person.email.lower(),
                                              "subscribed_at": created}

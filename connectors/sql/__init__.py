@@ -479,8 +479,7 @@ class SqlConnector:
                  ) -> list[RecordReport]:
         targets: dict[str, dict[str, tuple[str, str]]] = {}  # table -> column -> (canonical, value)
         for canonical, value in changes.items():
-            if canonical in self.map.rectify:
-                table_name, column_name = self.map.rectify[canonical]
+            for table_name, column_name in self.map.rectify.get(canonical, ()):
                 targets.setdefault(table_name, {})[column_name] = (canonical, value)
         anchor = self.map.table(self.map.subject_table)
         with self._engine.connect() as conn:

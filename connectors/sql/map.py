@@ -12,6 +12,7 @@ the live schema.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -152,7 +153,8 @@ class SqlMap:
     subject_table: str
     email_column: str
     tables: tuple[Table, ...]  # in path order: the subject's table first, each after the one it links to
-    rectify: dict[str, tuple[str, str]] = field(default_factory=dict)  # canonical field -> (table, column)
+    # canonical field -> the (table, column) pairs holding it (an address may sit in several tables)
+    rectify: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
@@ -169,7 +171,7 @@ class SqlMap:
             t.then == "hash" and any(c.strategy == "keep" for c in t.personal) for t in self.tables)
 
 
-def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: dict[str, str]) -> SqlMap:
+def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: Mapping[str, str | list[str]]) -> SqlMap:
     """The map checked and resolved; :class:`SqlMapError` names the first problem and where it is."""
     by_name: dict[str, int] = {}
     for index, table in enumerate(tables):
@@ -280,17 +282,21 @@ def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: dict[str
                                   f"{other.name} rows they reference, which are deleted: give "
                                   f"{t.name}.{t.link.column} erase = \"null\" (or delete {t.name}'s rows too)")
 
-    targets: dict[str, tuple[str, str]] = {}
-    for canonical, target in rectify.items():
+    targets: dict[str, tuple[tuple[str, str], ...]] = {}
+    for canonical, given in rectify.items():
         if canonical not in CANONICAL_FIELDS:
             raise SqlMapError(f"rectify.{canonical}", f"not a field a rectification names; expected one of "
                                                       f"{', '.join(sorted(CANONICAL_FIELDS))}")
-        match = _TARGET.match(target)
-        if not match or match[1] not in resolved or resolved[match[1]].column(match[2]) is None:
-            raise SqlMapError(f"rectify.{canonical}", "expected \"table.column\" of a mapped column")
-        if match[2] == resolved[match[1]].key:
-            raise SqlMapError(f"rectify.{canonical}", "a primary key is not rectified")
-        targets[canonical] = (match[1], match[2])
+        found = []
+        for target in [given] if isinstance(given, str) else given:
+            match = _TARGET.match(target)
+            if not match or match[1] not in resolved or resolved[match[1]].column(match[2]) is None:
+                raise SqlMapError(f"rectify.{canonical}", "expected \"table.column\" of a mapped column (or a "
+                                                          "list of them)")
+            if match[2] == resolved[match[1]].key:
+                raise SqlMapError(f"rectify.{canonical}", "a primary key is not rectified")
+            found.append((match[1], match[2]))
+        targets[canonical] = tuple(found)
     ordered = tuple(sorted(resolved.values(), key=lambda t: (t.depth, by_name[t.name])))
     return SqlMap(subject.table, subject.email, ordered, targets)
 
