@@ -97,13 +97,19 @@ newsletter_subscriptions = Table(
 HASH_KEY_ENV = "APP_HASH_KEY"
 URL_ENV = "APP_DATABASE_URL"
 
-DEMO_MAP = f'''
+
+def app_map(url_env: str = URL_ENV, hash_key_env: str = HASH_KEY_ENV) -> str:
+    """The map of this schema, one ``[[connectors]]`` entry of ``dsr.toml`` naming these environment variables."""
+    return _MAP.replace("{URL_ENV}", url_env).replace("{HASH_KEY_ENV}", hash_key_env)
+
+
+_MAP = '''
 [[connectors]]
 type = "sql"
 name = "app"
 url_env = "{URL_ENV}"
 hash_key_env = "{HASH_KEY_ENV}"
-subject = {{ table = "users", email = "email" }}
+subject = { table = "users", email = "email" }
 
 [connectors.rectify]                       # canonical field -> table.column (or several)
 email = ["users.email", "newsletter_subscriptions.email"]
@@ -114,57 +120,57 @@ phone = "users.phone"
 [[connectors.tables]]
 name = "users"
 erase = "delete"
-columns.id = {{ personal = false }}
-columns.email = {{ category = "contact", provided = true }}
-columns.first_name = {{ category = "identity", provided = true }}
-columns.last_name = {{ category = "identity", provided = true }}
-columns.phone = {{ category = "contact", provided = true }}
-columns.created_at = {{ personal = false }}
+columns.id = { personal = false }
+columns.email = { category = "contact", provided = true }
+columns.first_name = { category = "identity", provided = true }
+columns.last_name = { category = "identity", provided = true }
+columns.phone = { category = "contact", provided = true }
+columns.created_at = { personal = false }
 
 [[connectors.tables]]
 name = "memberships"
 link = "user_id = users.id"
 erase = "delete"
-columns.id = {{ personal = false }}
-columns.user_id = {{ category = "identity" }}
-columns.organisation_id = {{ personal = false }}
-columns.role = {{ category = "professional life" }}
+columns.id = { personal = false }
+columns.user_id = { category = "identity" }
+columns.organisation_id = { personal = false }
+columns.role = { category = "professional life" }
 
 [[connectors.tables]]
 name = "organisations"                    # reached through the memberships: shared, never deleted
 link = "id = memberships.organisation_id"
-columns.id = {{ personal = false }}
-columns.name = {{ personal = false }}
-columns.plan = {{ personal = false }}
+columns.id = { personal = false }
+columns.name = { personal = false }
+columns.plan = { personal = false }
 
 [[connectors.tables]]
 name = "documents"
 link = "owner_id = users.id"
 erase = "delete"
-columns.id = {{ personal = false }}
-columns.owner_id = {{ category = "identity" }}
-columns.title = {{ category = "content", provided = true }}
-columns.body = {{ category = "content", provided = true }}
-columns.created_at = {{ personal = false }}
+columns.id = { personal = false }
+columns.owner_id = { category = "identity" }
+columns.title = { category = "content", provided = true }
+columns.body = { category = "content", provided = true }
+columns.created_at = { personal = false }
 
 [[connectors.tables]]
 name = "document_versions"
 link = "document_id = documents.id"
 erase = "delete"
-columns.id = {{ personal = false }}
-columns.document_id = {{ personal = false }}
-columns.body = {{ category = "content", provided = true }}
-columns.saved_at = {{ personal = false }}
+columns.id = { personal = false }
+columns.document_id = { personal = false }
+columns.body = { category = "content", provided = true }
+columns.saved_at = { personal = false }
 
 [[connectors.tables]]
 name = "invoices"
 link = "user_id = users.id"
-columns.id = {{ personal = false }}
-columns.user_id = {{ category = "identity", erase = "null" }}
-columns.billing_name = {{ category = "identity", erase = "keep" }}
-columns.billing_address = {{ category = "contact", erase = "keep" }}
-columns.amount_cents = {{ personal = false }}
-columns.issued_on = {{ personal = false }}
+columns.id = { personal = false }
+columns.user_id = { category = "identity", erase = "null" }
+columns.billing_name = { category = "identity", erase = "keep" }
+columns.billing_address = { category = "contact", erase = "keep" }
+columns.amount_cents = { personal = false }
+columns.issued_on = { personal = false }
 [connectors.tables.retention]              # of the kept columns
 legal_basis = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)"
 years = 10
@@ -174,11 +180,11 @@ counted_from = "financial_year_end"
 [[connectors.tables]]
 name = "login_events"
 link = "user_id = users.id"
-columns.id = {{ personal = false }}
-columns.user_id = {{ category = "identity", erase = "null" }}
-columns.ip_address = {{ category = "connection data", erase = "keep" }}
-columns.user_agent = {{ category = "connection data", erase = "keep" }}
-columns.at = {{ personal = false }}
+columns.id = { personal = false }
+columns.user_id = { category = "identity", erase = "null" }
+columns.ip_address = { category = "connection data", erase = "keep" }
+columns.user_agent = { category = "connection data", erase = "keep" }
+columns.at = { personal = false }
 [connectors.tables.retention]              # then (once over): delete, the default
 legal_basis = "LCEN art. 6-II; décret 2021-1362 (connection data, 1 year)"
 years = 1
@@ -187,10 +193,11 @@ date_column = "at"
 [[connectors.tables]]
 name = "newsletter_subscriptions"          # by address, no foreign key: the hash stays as a suppression list
 link = "email = users.email"
-columns.id = {{ personal = false }}
-columns.email = {{ category = "contact", provided = true, erase = "hash" }}
-columns.subscribed_at = {{ personal = false }}
+columns.id = { personal = false }
+columns.email = { category = "contact", provided = true, erase = "hash" }
+columns.subscribed_at = { personal = false }
 '''
+DEMO_MAP = app_map()
 """The map of this schema, one ``[[connectors]]`` entry of ``dsr.toml``."""
 
 
@@ -218,6 +225,14 @@ a subscription: 10,002 rows, about 20 MB of document text."""
 
 BODY = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et "
         "dolore magna aliqua. ") * 12  # about 1.4 kB, so a heavy export is tens of megabytes
+
+
+def datasets_of(person: Person) -> dict[str, int]:
+    """Rows per table of one person (the organisations they belong to are not theirs)."""
+    counts = {"users": 1, "memberships": 2, "documents": person.documents,
+              "document_versions": person.documents * person.versions_per_document, "invoices": person.invoices,
+              "login_events": person.logins, "newsletter_subscriptions": 1 if person.newsletter else 0}
+    return {table_name: rows for table_name, rows in counts.items() if rows}
 
 
 def rows_of(person: Person) -> int:
@@ -312,4 +327,5 @@ def seed(engine: Engine, *, fillers: int = 0, heavy: bool = True, today: date | 
     return counts
 
 
-__all__ = ["DEMO_MAP", "HASH_KEY_ENV", "HEAVY", "PEOPLE", "URL_ENV", "metadata", "rows_of", "seed"]
+__all__ = ["DEMO_MAP", "HASH_KEY_ENV", "HEAVY", "PEOPLE", "URL_ENV", "app_map", "datasets_of", "metadata", "rows_of",
+           "seed"]
