@@ -5,7 +5,7 @@ reported with the file, the key and what was expected.
 
 ```toml
 [[connectors]]
-type = "hubspot"                       # hubspot | stripe | woocommerce
+type = "hubspot"                       # hubspot | stripe | woocommerce | sql (connectors/sql/map.py)
 name = "crm"                           # unique, shown to operators (default: the type)
 base_url = "https://api.hubapi.com"    # default: the vendor's real API (required for woocommerce)
 kinds = ["access", "erasure", "rectification", "portability"]   # default: all four
@@ -31,20 +31,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import Connector, RetentionRule, month_day
 from connectors.http import RateLimiter, SharedWindows
+from connectors.sql.map import SqlMap, SqlMapError, SubjectConfig, TableConfig, resolve
 from dsr.domain.model import RequestKind
 from dsr.errors import ConfigurationError
 
-ConnectorType = Literal["hubspot", "stripe", "woocommerce"]
+ConnectorType = Literal["hubspot", "stripe", "woocommerce", "sql"]
 
 CREDENTIALS: dict[str, dict[str, str]] = {
     "hubspot": {"token": "the HubSpot private-app token"},
     "stripe": {"api_key": "the Stripe secret key"},
     "woocommerce": {"consumer_key": "the WooCommerce consumer key",
                     "consumer_secret": "the WooCommerce consumer secret"},
+    "sql": {},  # url_env and hash_key_env name its secrets
 }
 DEFAULT_BASE_URL = {"hubspot": "https://api.hubapi.com", "stripe": "https://api.stripe.com"}
 # The vendors' documented limits: HubSpot 100 per 10 s (Free/Starter), Stripe 25/s in test mode.
-DEFAULT_RATE = {"hubspot": (100, 10.0), "stripe": (25, 1.0), "woocommerce": (20, 1.0)}
+DEFAULT_RATE = {"hubspot": (100, 10.0), "stripe": (25, 1.0), "woocommerce": (20, 1.0), "sql": (1000, 1.0)}
 HUBSPOT_SEARCH_RATE = (4, 1.25)
 """HubSpot's CRM search allows 5 requests per second per account: 4 per 1.25 s leaves the margin."""
 
@@ -88,6 +90,16 @@ class ConnectorConfig(BaseModel):
     rate_limit: RateLimitConfig | None = None
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     retention: list[RetentionConfig] | None = None
+    # type = "sql" only: the application database and its map (connectors/sql/map.py)
+    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+                                description="Environment variable holding the database URL (SQLAlchemy).")
+    hash_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+                                     description="Environment variable holding the key of hashed columns.")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Rows per fetch, per erasure transaction.")
+    subject: SubjectConfig | None = None
+    tables: list[TableConfig] | None = None
+    rectify: dict[str, str | list[str]] = Field(default_factory=dict,
+                                                description="Canonical field -> table.column (or a list).")
 
     @field_validator("credentials")
     @classmethod
@@ -144,7 +156,35 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
                                   f"expected {', '.join(expected)}")
         if connector.type == "woocommerce" and not connector.base_url:
             raise ConfigFileError(f"{where}.base_url: required for woocommerce (the shop's address)")
+        sql_keys = [k for k in ("url_env", "hash_key_env", "subject", "tables") if getattr(connector, k)]
+        sql_keys += ["rectify"] if connector.rectify else []
+        if connector.type != "sql":
+            if sql_keys:
+                raise ConfigFileError(f"{where}.{sql_keys[0]}: only for type = \"sql\"")
+            continue
+        if connector.retention is not None:
+            raise ConfigFileError(f"{where}.retention: a sql table gives its own retention (tables[i].retention)")
+        sql_map = sql_map_of(connector, where)
+        if sql_map.uses_hash and not connector.hash_key_env:
+            raise ConfigFileError(f"{where}.hash_key_env: required when a column is hashed; expected the name of "
+                                  "the environment variable holding the hash key")
     return config
+
+
+def sql_map_of(connector: ConnectorConfig, where: str = "") -> SqlMap:
+    """The resolved map of a ``type = "sql"`` connector; :class:`ConfigFileError` says where it is wrong."""
+    where = where or f"connector {connector.display_name}"
+    if not connector.url_env:
+        raise ConfigFileError(f"{where}.url_env: missing; expected the name of the environment variable holding "
+                              "the database URL")
+    if connector.subject is None:
+        raise ConfigFileError(f"{where}.subject: missing; expected {{ table = \"users\", email = \"email\" }}")
+    if not connector.tables:
+        raise ConfigFileError(f"{where}.tables: missing; map at least the subject's table")
+    try:
+        return resolve(connector.subject, connector.tables, connector.rectify)
+    except SqlMapError as err:
+        raise ConfigFileError(f"{where}.{err.key}: {err}") from None
 
 
 def load_config(path: Path) -> EngineConfig:
@@ -160,6 +200,15 @@ def load_config(path: Path) -> EngineConfig:
 
 def _secrets(connector: ConnectorConfig, env: Mapping[str, str]) -> dict[str, str]:
     values: dict[str, str] = {}
+    if connector.type == "sql":
+        for key, env_name, what in (("url", connector.url_env, "the database URL"),
+                                    ("hash_key", connector.hash_key_env, "the hash key")):
+            if env_name:
+                if not env.get(env_name, ""):
+                    raise ConfigFileError(f"connector {connector.display_name}: environment variable {env_name} "
+                                          f"({what}) is not set")
+                values[key] = env[env_name]
+        return values
     for key, env_name in connector.credentials.items():
         value = env.get(env_name, "")
         if not value:
@@ -204,6 +253,12 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
             from connectors.stripe import StripeConnector
 
             return StripeConnector(name, api_key=secrets["api_key"], base_url=base_url, **common)
+        case "sql":
+            from connectors.sql import SqlConnector
+
+            return SqlConnector(name, url=secrets["url"], sql_map=sql_map_of(connector),
+                                hash_key=secrets.get("hash_key", ""), kinds=frozenset(connector.kinds),
+                                batch_size=connector.batch_size)
         case "woocommerce":
             from connectors.woocommerce import WooCommerceConnector
 

@@ -1,4 +1,5 @@
-"""``dsr up --demo``: the three sandboxes, sample customers, and a ``dsr.toml`` pointing at them.
+"""``dsr up --demo``: the three sandboxes, the application database (SQLite), sample customers, and a ``dsr.toml``
+pointing at them.
 
 The sandboxes keep their data in memory, so the demo systems start afresh at every ``dsr up --demo``
 (the requests themselves live in Temporal and the ledger, and survive). Customers are the same every
@@ -14,10 +15,12 @@ import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 from dsr.errors import ConfigurationError
 from dsr.web.serve import RunningServer, serve_app
+from sandbox import appdb
 from sandbox.faults import FaultRates, Faults, fault_proxy
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
@@ -30,6 +33,7 @@ WOO_KEY = "ck_demo_sandbox"
 WOO_SECRET = "cs_demo_sandbox"  # noqa: S105
 STRIPE_KEY = "sk_test_dsr_demo"
 DEFAULT_PORTS = {"hubspot": 8301, "woocommerce": 8302, "stripe": 8303}
+APP_URL_ENV, APP_HASH_KEY_ENV = "DSR_DEMO_APP_DATABASE_URL", "DSR_DEMO_APP_HASH_KEY"
 
 
 class DemoError(ConfigurationError, RuntimeError):
@@ -112,11 +116,11 @@ async def seed_stripe(url: str) -> dict[str, dict[str, int]]:
 
 
 ABOUT = {
-    "camille.durand@example.org": "in all three systems",
+    "camille.durand@example.org": "in all four systems",
     "hugo.bernard@example.net": "a WooCommerce guest buyer (orders, no account)",
-    "marie.lefevre@example.com": "the heavy customer: 10,000 orders and 2,000 charges",
+    "marie.lefevre@example.com": "the heavy customer: 10,000 orders, 2,000 charges, 10,002 rows in the app",
     "ines.moreau@example.fr": "a CRM lead only",
-    "lucas.petit@example.org": "a Stripe customer registered with a capitalised address",
+    "lucas.petit@example.org": "a Stripe customer and app user registered with a capitalised address",
 }
 NAMES = {
     "camille.durand@example.org": "Camille Durand", "hugo.bernard@example.net": "Hugo Bernard",
@@ -144,6 +148,9 @@ type = "woocommerce"
 name = "woocommerce"
 base_url = "http://127.0.0.1:{ports['woocommerce']}"
 credentials = {{ consumer_key = "DSR_DEMO_WOO_KEY", consumer_secret = "DSR_DEMO_WOO_SECRET" }}
+
+# The application database of the SaaS (SQLite in DSR_HOME/demo/app.sqlite3) and its map.
+{appdb.app_map(APP_URL_ENV, APP_HASH_KEY_ENV).strip()}
 """
 
 
@@ -175,6 +182,22 @@ def _is_users_own(config_file: Path) -> bool:
     return config_file.exists() and not config_file.read_text(encoding="utf-8").startswith(CONFIG_MARKER)
 
 
+def seed_app(home: Path) -> tuple[str, dict[str, dict[str, int]]]:
+    """The application database, afresh: its URL and rows per table of each sample person."""
+    from sqlalchemy import create_engine
+
+    path = home / "demo" / "app.sqlite3"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    try:
+        appdb.seed(engine)
+    finally:
+        engine.dispose()
+    return url, {p.email.lower(): appdb.datasets_of(p) for p in (*appdb.PEOPLE, appdb.HEAVY)}
+
+
 def customers_file(home: Path) -> Path:
     return home / "demo" / "customers.json"
 
@@ -198,6 +221,9 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
     for system, seeded in (("hubspot", seed_hubspot(hubspot_state)), ("woocommerce", seed_woocommerce(woo_state))):
         for email, datasets in seeded.items():
             counts.setdefault(email, {})[system] = datasets
+    app_url, app_counts = await asyncio.to_thread(seed_app, home)
+    for email, datasets in app_counts.items():
+        counts.setdefault(email, {})["app"] = datasets
     rates = rates or FaultRates()
     faults = {system: Faults(rates=rates) for system in ("hubspot", "woocommerce", "stripe")}
     servers = [
@@ -228,7 +254,8 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
                    + "\n# The controller profile (Art. 15 replies), modelled on a seed company.\n" + profile)
     secrets = read_secrets(secrets_file)
     secrets.update({"DSR_DEMO_HUBSPOT_TOKEN": HUBSPOT_TOKEN, "DSR_DEMO_STRIPE_KEY": STRIPE_KEY,
-                    "DSR_DEMO_WOO_KEY": WOO_KEY, "DSR_DEMO_WOO_SECRET": WOO_SECRET})
+                    "DSR_DEMO_WOO_KEY": WOO_KEY, "DSR_DEMO_WOO_SECRET": WOO_SECRET, APP_URL_ENV: app_url})
+    secrets.setdefault(APP_HASH_KEY_ENV, token_urlsafe(32))  # kept across starts: the same address, the same hash
     _write_private(secrets_file, "".join(f"{k}={v}\n" for k, v in sorted(secrets.items())))
     listing = customers_file(home)
     listing.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -198,12 +198,13 @@ def test_demo_serves_sample_customers_through_real_connectors(stack: Stack) -> N
     heavy = next(c for c in customers if c["email"] == "marie.lefevre@example.com")
     assert heavy["systems"]["woocommerce"]["orders"] == 10_000 and heavy["systems"]["stripe"]["charges"] == 2000
     everywhere = next(c for c in customers if c["email"] == "camille.durand@example.org")
-    assert set(everywhere["systems"]) == {"hubspot", "stripe", "woocommerce"}
+    assert set(everywhere["systems"]) == {"app", "hubspot", "stripe", "woocommerce"}
+    assert sum(heavy["systems"]["app"].values()) == 10_002  # the application database (sql connector)
 
     check = stack.dsr("connectors", "check", "--json")
     assert check.returncode == 0, check.stdout + check.stderr
     assert {(r["name"], r["ok"]) for r in json.loads(check.stdout)} == {
-        ("hubspot", True), ("stripe", True), ("woocommerce", True)}
+        ("app", True), ("hubspot", True), ("stripe", True), ("woocommerce", True)}
 
     submitted = json.loads(stack.dsr("submit", "--kind", "erasure", "--email", "hugo.bernard@example.net",
                                      "--json").stdout)

@@ -1,0 +1,609 @@
+"""The company's own application database (PostgreSQL, MySQL/MariaDB, SQLite), through SQLAlchemy Core.
+
+Driven by the map of ``dsr.toml`` (:mod:`connectors.sql.map`): the subject is the row of the subject's table whose
+email column equals the request's address (case-insensitively); every other table's rows are those reached from it
+by the map's links, written as nested ``IN`` sub-queries, so the database does the joining.
+
+* Export: one dataset per table, streamed with a server-side cursor (``stream_results``/``yield_per``: a batch of
+  rows in memory at a time), in primary-key order; a checkpoint after each batch (table index, last key, records
+  written), so a resumed export continues after the last key without duplicates.
+* Erasure: every row to change is planned first and journaled (intents) before the first write, so a retry after
+  a killed worker finds even the rows no longer reachable (their parent already changed). Rows are changed in
+  transactions of ``batch_size`` rows, deepest table first and the subject's row last (children before parents),
+  and each transaction's lines are recorded once it committed. A retry redoes nothing: a row whose intent it
+  finds is re-read, and is done when it is gone (deleted) or already holds its erased values (NULL, the masked
+  form, a 64-hex-digit hash). Kept rows are reported with their legal basis and date.
+* Database errors never carry their text (it may quote a row): only the table and the kind of error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    bindparam,
+    column,
+    create_engine,
+    delete,
+    func,
+    inspect,
+    select,
+    table,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.sql.expression import TableClause
+
+from connectors.base import (
+    ConnectorError,
+    DatasetWriter,
+    ExportJob,
+    JournalEntry,
+    JournalState,
+    Located,
+    OperationJob,
+    PermanentConnectorError,
+    TransientConnectorError,
+    tally,
+)
+from connectors.sql.map import MODIFYING, SqlMap, Table
+from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+
+CURSOR_VERSION = 1
+HASH_LENGTH = 64
+_HASHED = re.compile(r"^[0-9a-f]{64}$")
+ALREADY_ANONYMISED = "already anonymised"
+RETENTION_OVER = "retention period over"
+_T = TypeVar("_T")
+
+# --- erased values ------------------------------------------------------------------------------------------
+
+
+def _mask_word(word: str) -> str:
+    return word[:1] + "*" * (len(word) - 1)
+
+
+def mask(value: str) -> str:
+    """The first character kept, the rest starred; an email keeps its top-level domain
+    (``camille@example.org`` -> ``c******@*******.org``). Masking a masked value changes nothing."""
+    if "@" in value:
+        local, _, domain = value.rpartition("@")
+        labels = domain.split(".")
+        masked = ".".join([*("*" * len(label) for label in labels[:-1]), labels[-1]]) if len(labels) > 1 \
+            else "*" * len(domain)
+        return f"{_mask_word(local)}@{masked}"
+    return _mask_word(value)
+
+
+def keyed_hash(key: str, value: Any) -> str:
+    """HMAC-SHA256 of the trimmed, case-folded value: the same address gives the same hash (to recognise a
+    returning person without holding their address), and no one without the key can compute it."""
+    return hmac.new(key.encode(), str(value).strip().casefold().encode(), hashlib.sha256).hexdigest()
+
+
+def is_erased(strategy: str, value: Any) -> bool:
+    """Whether ``value`` already is what ``strategy`` leaves (so a retry knows the write took effect)."""
+    if value is None:
+        return True
+    if strategy == "mask":
+        return isinstance(value, str) and mask(value) == value
+    if strategy == "hash":
+        return isinstance(value, str) and bool(_HASHED.match(value))
+    return False  # null: only None
+
+
+def _erased_value(strategy: str, value: Any, key: str) -> Any:
+    if value is None or strategy == "null":
+        return None
+    if strategy == "mask":
+        return mask(str(value))
+    return keyed_hash(key, value)
+
+
+def _as_date(value: Any) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    return None
+
+
+def jsonable(value: Any) -> Any:
+    """A column's value as the export writes it (JSON)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID | timedelta):
+        return str(value)
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _key_order(record_id: str) -> tuple[int, int, str]:
+    return (0, int(record_id), "") if record_id.lstrip("-").isdigit() else (1, 0, record_id)
+
+
+def engine_url(url: str) -> str:
+    """The URL with the driver this project ships: psycopg for PostgreSQL, PyMySQL for MySQL/MariaDB."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
+    return parsed.render_as_string(hide_password=False)
+
+
+class SqlConnector:
+    """One application database, reached through its map."""
+
+    def __init__(
+        self,
+        name: str = "app",
+        *,
+        url: str,
+        sql_map: SqlMap,
+        hash_key: str = "",
+        kinds: frozenset[RequestKind] = frozenset(RequestKind),
+        batch_size: int = 500,
+    ) -> None:
+        if sql_map.uses_hash and not hash_key:
+            raise ValueError(f"connector {name}: a column is hashed but no hash key was given")
+        self.name = name
+        self.kinds = frozenset(kinds)
+        self.map = sql_map
+        self._hash_key = hash_key
+        self._batch = batch_size
+        try:
+            target = engine_url(url)
+            connect_args = {"check_same_thread": False} if target.startswith("sqlite") else {}
+            self._engine: Engine = create_engine(target, pool_pre_ping=True, connect_args=connect_args)
+        except (ArgumentError, NoSuchModuleError, ValueError):
+            raise ValueError(f"connector {name}: the database URL is not a SQLAlchemy URL of a known database"
+                             ) from None
+        self._tables: dict[str, TableClause] = {
+            t.name: table(t.name, *(column(c.name) for c in t.columns)) for t in sql_map.tables}
+
+    # --- database access --------------------------------------------------------------------------------
+
+    async def _db(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking database work in a thread; its errors become connector errors without their text."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except ConnectorError:
+            raise
+        except IntegrityError:
+            raise PermanentConnectorError(f"{self.name}: the database refused to {what} (an integrity constraint: "
+                                          "a foreign key from a table the map does not cover?)") from None
+        except OperationalError as err:
+            if getattr(err, "connection_invalidated", False) or _transient(err):
+                raise TransientConnectorError(f"{self.name}: database unavailable while trying to {what}") from None
+            raise PermanentConnectorError(f"{self.name}: the database refused to {what} "
+                                          f"({type(err.orig).__name__}); check the map against the schema "
+                                          "(dsr connectors check)") from None
+        except DBAPIError as err:
+            if err.connection_invalidated:
+                raise TransientConnectorError(f"{self.name}: connection lost while trying to {what}") from None
+            raise PermanentConnectorError(f"{self.name}: the database refused to {what} "
+                                          f"({type(err.orig).__name__}); check the map against the schema "
+                                          "(dsr connectors check)") from None
+
+    def _t(self, t: Table) -> TableClause:
+        return self._tables[t.name]
+
+    def _where(self, t: Table, email: str) -> ColumnElement[bool]:
+        """The rows of ``t`` that belong to the subject: the subject's row by email, the others along the links."""
+        clause = self._t(t)
+        if t.link is None:
+            return func.lower(clause.c[self.map.email_column]) == email.strip().lower()
+        other = self.map.table(t.link.other)
+        through = select(self._t(other).c[t.link.other_column]).where(self._where(other, email))
+        return clause.c[t.link.column].in_(through)
+
+    def _select(self, t: Table, email: str, columns: Sequence[str]) -> Select[Any]:
+        clause = self._t(t)
+        return select(*(clause.c[c] for c in columns)).where(self._where(t, email)).order_by(clause.c[t.key])
+
+    # --- locate -----------------------------------------------------------------------------------------
+
+    async def locate(self, subject: Subject) -> list[Located]:
+        def run() -> list[Located]:
+            found: list[Located] = []
+            with self._engine.connect() as conn:
+                for t in self.map.tables:
+                    if t.personal:
+                        found.extend(Located(t.name, str(row[0]))
+                                     for row in conn.execute(self._select(t, subject.email, [t.key])))
+            return found
+
+        return await self._db("find the subject's rows", run)
+
+    # --- export (Art. 15, 20) ---------------------------------------------------------------------------
+
+    async def _stream(self, stmt: Select[Any]) -> AsyncIterator[Sequence[Any]]:
+        """Batches of rows from a server-side cursor: at most ``batch_size`` rows are held at a time."""
+        conn = await self._db("connect", self._engine.connect)
+        try:
+            result = await self._db("read rows", lambda: conn.execution_options(
+                stream_results=True, yield_per=self._batch).execute(stmt))
+            while True:
+                rows = await self._db("read rows", result.fetchmany, self._batch)
+                if not rows:
+                    break
+                yield rows
+        finally:
+            await asyncio.to_thread(conn.close)
+
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        tables = [t for t in self.map.tables if t.provided or not job.provided_only]
+        writers: dict[str, DatasetWriter] = {}
+        try:
+            for t in tables:
+                writers[t.name] = job.sink.open(self.name, t.name, provided=bool(t.provided))
+            await self._export(job, tables, writers)
+            total = sum(w.count for w in writers.values())
+            held = sorted({c.category for t in tables for c in t.personal if c.category})
+            return ConnectorOutcome(
+                connector=self.name, found=total, counts={"exported": total},
+                datasets=[DatasetSummary(t.name, writers[t.name].count, provided=bool(t.provided)) for t in tables],
+                notes=[f"categories of data: {', '.join(held)}"] if held else [])
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+    @staticmethod
+    def _resumable(resume: Mapping[str, Any] | None, writers: dict[str, DatasetWriter]) -> dict[str, Any] | None:
+        if not resume or resume.get("v") != CURSOR_VERSION:
+            return None
+        try:
+            written = {name: int(resume["written"][name]) for name in writers}
+            cursor = {"v": CURSOR_VERSION, "table": int(resume["table"]), "last": resume["last"],
+                      "written": written}
+        except (KeyError, TypeError, ValueError):
+            return None
+        if cursor["last"] is not None and not isinstance(cursor["last"], int | str):
+            return None
+        if not all(0 <= written[name] <= w.count for name, w in writers.items()):
+            return None  # the store lost records since the checkpoint: start again
+        for name, w in writers.items():
+            w.truncate(written[name])  # drop what was written after the checkpoint
+        return cursor
+
+    @staticmethod
+    def _checkpoint(job: ExportJob, cursor: dict[str, Any], writers: dict[str, DatasetWriter]) -> None:
+        for w in writers.values():
+            w.flush()  # records durable before the cursor that counts them is heartbeated
+        cursor["written"] = {name: w.count for name, w in writers.items()}
+        job.checkpoint(dict(cursor, written=dict(cursor["written"])))
+
+    async def _export(self, job: ExportJob, tables: list[Table], writers: dict[str, DatasetWriter]) -> None:
+        cursor = self._resumable(job.resume, writers)
+        if cursor is None:
+            for w in writers.values():
+                w.truncate(0)  # records of an attempt that died before its first checkpoint
+            cursor = {"v": CURSOR_VERSION, "table": 0, "last": None, "written": {}}
+        for index in range(cursor["table"], len(tables)):
+            t = tables[index]
+            if index != cursor["table"]:
+                cursor.update(table=index, last=None)
+            columns = [c.name for c in t.columns if c.provided or not job.provided_only]
+            key_at = None
+            if t.key not in columns:  # the key orders and resumes the stream; it is not exported then
+                key_at = len(columns)
+                columns = [*columns, t.key]
+            stmt = self._select(t, job.subject.email, columns)
+            if cursor["last"] is not None:
+                stmt = stmt.where(self._t(t).c[t.key] > cursor["last"])
+            writer = writers[t.name]
+            key_index = columns.index(t.key)
+            async for rows in self._stream(stmt):
+                for row in rows:
+                    values = row[:key_at] if key_at is not None else row
+                    writer.write({name: jsonable(value) for name, value in zip(columns, values, strict=False)})
+                last = rows[-1][key_index]
+                cursor["last"] = last if isinstance(last, int | str) else str(last)
+                self._checkpoint(job, cursor, writers)
+            cursor.update(table=index + 1, last=None)
+            self._checkpoint(job, cursor, writers)
+
+    # --- erasure (Art. 17) ------------------------------------------------------------------------------
+
+    def _read(self, t: Table, email: str, keys: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(rows reached from the subject, rows with these keys), each with its key and the columns erasure reads."""
+        names = list(dict.fromkeys([t.key, *(c.name for c in t.personal), *([t.date_column] if t.date_column
+                                                                            else [])]))
+        clause = self._t(t)
+        wanted = list(keys)
+        with self._engine.connect() as conn:
+            reached = [dict(row._mapping) for row in conn.execute(self._select(t, email, names))]
+            by_key = []
+            for start in range(0, len(wanted), self._batch):
+                chunk = [_key_value(k) for k in wanted[start:start + self._batch]]
+                by_key.extend(dict(row._mapping) for row in conn.execute(
+                    select(*(clause.c[n] for n in names)).where(clause.c[t.key].in_(chunk))))
+        return reached, by_key
+
+    def _decide(self, t: Table, row: Mapping[str, Any], today: date) -> tuple[RecordReport, date | None, str | None]:
+        """The row's line, its date, and what to do: "delete", "update" or None (nothing to write)."""
+        record_id = str(row[t.key])
+        created = _as_date(row.get(t.date_column)) if t.date_column else None
+        kept = [c for c in t.personal if c.strategy == "keep"]
+        in_force = False
+        until = None
+        if kept and t.retention is not None:
+            until = t.retention.until(created) if created else None
+            in_force = until is None or until >= today  # no date: kept (the safe side), said in the line
+        strategies = {c.name: (c.strategy if c.strategy != "keep" else (None if in_force else t.then))
+                      for c in t.personal}
+        expired = bool(kept) and not in_force
+        if "delete" in strategies.values():
+            return (RecordReport(t.name, record_id, RecordAction.DELETED, note=RETENTION_OVER if expired else ""),
+                    created, "delete")
+        changing = [n for n, s in strategies.items() if s in MODIFYING and not is_erased(s, row.get(n))]
+        modifying = any(s in MODIFYING for s in strategies.values())
+        action = "update" if changing else None
+        if in_force and t.retention is not None:
+            line = RecordReport(t.name, record_id, RecordAction.ANONYMISED if modifying else RecordAction.RETAINED,
+                                legal_basis=t.retention.legal_basis, retained_until=until,
+                                fields=sorted(c.name for c in kept),
+                                note="" if created else "kept: the row has no date to count the period from")
+            return line, created, action
+        note = RETENTION_OVER if expired else ("" if changing else ALREADY_ANONYMISED)
+        return RecordReport(t.name, record_id, RecordAction.ANONYMISED, note=note), created, action
+
+    def _plan(self, email: str, journal: JournalState, today: date,
+              ) -> tuple[list[tuple[Table, JournalEntry, str | None, bool]], list[JournalEntry]]:
+        """Per row still to settle: (table, entry, action, intended before); and the intents whose row is gone."""
+        plan: list[tuple[Table, JournalEntry, str | None, bool]] = []
+        gone: list[JournalEntry] = []
+        for t in self.map.erase_order:
+            if not t.personal:
+                continue
+            pending = {e.line.record_id: e for e in journal.pending_in(t.name)}
+            reached, again = self._read(t, email, pending)
+            rows = {str(r[t.key]): r for r in (*reached, *again)}
+            for record_id, row in rows.items():
+                if journal.is_done(t.name, record_id):
+                    continue
+                line, created, action = self._decide(t, row, today)
+                intent = pending.get(record_id)
+                if intent is not None:
+                    # Asked by an earlier attempt: if nothing is left to write, that write took effect.
+                    entry = intent if action is None else JournalEntry(line, created=created)
+                    plan.append((t, entry, action, True))
+                else:
+                    plan.append((t, JournalEntry(line, created=created), action, False))
+            for record_id, intent in pending.items():
+                if record_id not in rows:  # deleted by the earlier attempt (or by someone meanwhile)
+                    gone.append(intent if intent.line.action == RecordAction.DELETED else JournalEntry(
+                        RecordReport(t.name, record_id, RecordAction.ALREADY_GONE)))
+        return plan, gone
+
+    def _apply(self, t: Table, batch: list[tuple[JournalEntry, str]]) -> None:
+        """One transaction: the batch's deletions and updates, values recomputed from the rows as locked."""
+        clause = self._t(t)
+        key = clause.c[t.key]
+        deleting = [_key_value(e.line.record_id) for e, action in batch if action == "delete"]
+        updating = [_key_value(e.line.record_id) for e, action in batch if action == "update"]
+        today = date.today()
+        with self._engine.begin() as conn:
+            if deleting:
+                conn.execute(delete(clause).where(key.in_(deleting)))
+            if updating:
+                names = [t.key, *(c.name for c in t.personal), *([t.date_column] if t.date_column else [])]
+                rows = conn.execute(select(*(clause.c[n] for n in dict.fromkeys(names))).where(key.in_(updating))
+                                    .with_for_update()).mappings().all()
+                groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                for row in rows:
+                    values = self._erased(t, row, today)
+                    if values:
+                        groups.setdefault(tuple(sorted(values)), []).append({"_key": row[t.key], **values})
+                for names_changed, params in groups.items():
+                    stmt = update(clause).where(key == bindparam("_key")).values(
+                        {n: bindparam(n) for n in names_changed})
+                    conn.execute(stmt, params)
+
+    def _erased(self, t: Table, row: Mapping[str, Any], today: date) -> dict[str, Any]:
+        """The new values of the row's columns that an erasure changes (nothing when already erased)."""
+        created = _as_date(row.get(t.date_column)) if t.date_column else None
+        in_force = True
+        if t.retention is not None and created is not None:
+            in_force = t.retention.until(created) >= today
+        values: dict[str, Any] = {}
+        for c in t.personal:
+            strategy = c.strategy if c.strategy != "keep" else (None if in_force else t.then)
+            if strategy in MODIFYING and not is_erased(strategy, row[c.name]):
+                values[c.name] = _erased_value(strategy, row[c.name], self._hash_key)
+        return values
+
+    async def erase(self, job: OperationJob) -> ConnectorOutcome:
+        journal = await job.journal.state()
+        today = date.today()
+        plan, gone = await self._db("find the subject's rows", self._plan, job.subject.email, journal, today)
+        # Before the first write, every row to change is an intent (so a retry finds rows whose parent is gone by
+        # then) and every row to leave as it is (kept, already anonymised) is recorded.
+        settled = [*gone, *(e for _, e, action, before in plan if action is None)]
+        await job.journal.record(settled)
+        await job.journal.intend(e for _, e, action, before in plan if action is not None and not before)
+        for t in self.map.erase_order:
+            todo = [(e, action) for table_, e, action, _ in plan if table_ is t and action is not None]
+            for start in range(0, len(todo), self._batch):
+                batch = todo[start:start + self._batch]
+                await self._db(f"erase rows of {t.name}", self._apply, t, batch)
+                await job.journal.record(e for e, _ in batch)
+        final = await job.journal.state()
+        order = {t.name: i for i, t in enumerate(self.map.tables)}
+        entries = sorted(final.done.values(), key=lambda e: (order.get(e.line.dataset, len(order)),
+                                                             _key_order(e.line.record_id)))
+        report = [e.line for e in entries]
+        notes: list[str] = []
+        if not report:
+            report.append(RecordReport(self.map.subject_table, "", RecordAction.ALREADY_GONE,
+                                       note="no row with this email (already erased)"))
+        kept = [line for line in report if line.legal_basis]
+        if kept:
+            bases = sorted({line.legal_basis for line in kept})
+            notes.append(f"{len(kept)} row(s) kept under a legal obligation ({'; '.join(bases)})")
+        return ConnectorOutcome(connector=self.name, found=len(entries), counts=tally(report), notes=notes,
+                                report=report)
+
+    # --- rectification (Art. 16) ------------------------------------------------------------------------
+
+    def _rectify(self, email: str, changes: Mapping[str, str], journal: JournalState,
+                 intend: Callable[[list[JournalEntry]], None], record: Callable[[list[JournalEntry]], None],
+                 ) -> list[RecordReport]:
+        targets: dict[str, dict[str, tuple[str, str]]] = {}  # table -> column -> (canonical, value)
+        for canonical, value in changes.items():
+            for table_name, column_name in self.map.rectify.get(canonical, ()):
+                targets.setdefault(table_name, {})[column_name] = (canonical, value)
+        anchor = self.map.table(self.map.subject_table)
+        with self._engine.connect() as conn:
+            found = conn.execute(self._select(anchor, email, [anchor.key])).first()
+        if found is None and changes.get("email"):
+            email = changes["email"]  # an earlier attempt changed the address
+        report: list[RecordReport] = []
+        for t in self.map.erase_order:  # the subject's row last: it is how the others are found
+            if t.name not in targets:
+                continue
+            columns = targets[t.name]
+            clause = self._t(t)
+            with self._engine.connect() as conn:
+                rows = conn.execute(self._select(t, email, [t.key, *columns])).mappings().all()
+            for row in rows:
+                record_id = str(row[t.key])
+                if journal.is_done(t.name, record_id):
+                    report.append(journal.done[(t.name, record_id)].line)
+                    continue
+                differ = {name: value for name, (_, value) in columns.items()
+                          if row[name] is None or str(row[name]) != value}
+                intent = journal.pending.get((t.name, record_id))
+                if differ:
+                    fields = sorted({columns[n][0] for n in differ} | set(intent.line.fields if intent else ()))
+                    entry = JournalEntry(RecordReport(t.name, record_id, RecordAction.CHANGED, fields=fields))
+                    intend([entry])
+                    with self._engine.begin() as conn:
+                        conn.execute(update(clause).where(clause.c[t.key] == row[t.key]).values(differ))
+                    record([entry])
+                    report.append(entry.line)
+                elif intent is not None:  # the earlier attempt's write took effect, its record was lost
+                    record([intent])
+                    report.append(intent.line)
+                else:
+                    report.append(RecordReport(t.name, record_id, RecordAction.UNCHANGED,
+                                               fields=sorted(c for c, _ in columns.values()),
+                                               note="already up to date"))
+        return report
+
+    async def rectify(self, job: OperationJob) -> ConnectorOutcome:
+        journal = await job.journal.state()
+        loop = asyncio.get_running_loop()
+
+        def sync(step: Callable[[list[JournalEntry]], Any]) -> Callable[[list[JournalEntry]], None]:
+            # The journal is async; the rectification runs in a thread: each write waits for its durable record.
+            return lambda entries: asyncio.run_coroutine_threadsafe(step(entries), loop).result()
+
+        report = await self._db("rectify the subject's rows", self._rectify, job.subject.email, job.changes,
+                                journal, sync(job.journal.intend), sync(job.journal.record))
+        notes = []
+        ignored = sorted(set(job.changes) - set(self.map.rectify))
+        if ignored:
+            notes.append(f"ignored field(s) this database does not hold: {', '.join(ignored)}")
+        if not report:
+            notes.append("no row with this email: nothing to rectify")
+        return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,
+                                report=report)
+
+    # --- the rest ---------------------------------------------------------------------------------------
+
+    def _check(self) -> str:
+        inspector = inspect(self._engine)
+        problems: list[str] = []
+        mapped = 0
+        for t in self.map.tables:
+            if not inspector.has_table(t.name):
+                problems.append(f"table {t.name} does not exist")
+                continue
+            live = {c["name"]: c for c in inspector.get_columns(t.name)}
+            for c in t.columns:
+                if c.name not in live:
+                    problems.append(f"column {t.name}.{c.name} does not exist")
+                    continue
+                mapped += 1
+                strategies = {c.strategy, t.then if c.strategy == "keep" else None}
+                kind = live[c.name]["type"]
+                python_type = _python_type(kind)
+                if strategies & {"mask", "hash"} and python_type is not str:
+                    problems.append(f"column {t.name}.{c.name} is masked or hashed but does not hold text")
+                length = getattr(kind, "length", None)
+                if "hash" in strategies and length is not None and length < HASH_LENGTH:
+                    problems.append(f"column {t.name}.{c.name} is hashed but holds {length} characters "
+                                    f"(a hash needs {HASH_LENGTH})")
+                if strategies & {"null"} and not live[c.name].get("nullable", True):
+                    problems.append(f"column {t.name}.{c.name} is set NULL by an erasure but is NOT NULL")
+            unmapped = sorted(set(live) - {c.name for c in t.columns})
+            if unmapped:
+                problems.append(f"table {t.name}: column(s) not in the map: {', '.join(unmapped)} (map each one; "
+                                "personal = false if it is not personal)")
+        if problems:
+            raise PermanentConnectorError(f"{self.name}: the map does not match the database: "
+                                          + "; ".join(problems[:10])
+                                          + (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+        return f"connected ({self._engine.dialect.name}), {len(self.map.tables)} tables and {mapped} columns mapped"
+
+    async def check(self) -> str:
+        return await self._db("read the schema", self._check)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._engine.dispose)
+
+
+def _python_type(kind: Any) -> type | None:
+    try:
+        return kind.python_type
+    except NotImplementedError:
+        return None
+
+
+def _transient(err: OperationalError) -> bool:
+    """Lost or refused connections, timeouts, deadlocks: worth retrying; anything else (no such table) is not."""
+    orig = err.orig
+    code = getattr(orig, "sqlstate", None) or ""
+    if code.startswith(("08", "40", "57P", "53")):
+        return True  # PostgreSQL: connection exception, rollback (serialization, deadlock), shutdown, resources
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # MySQL/MariaDB error numbers
+        return args[0] in {1205, 1213, 2002, 2003, 2006, 2013, 1040, 1053}
+    text = type(orig).__name__
+    return text in ("OperationalError",) and "locked" in str(orig).lower()  # SQLite: database is locked
+
+
+def _key_value(record_id: str) -> Any:
+    return int(record_id) if record_id.lstrip("-").isdigit() else record_id
+
+
+__all__ = ["SqlConnector", "engine_url", "is_erased", "jsonable", "keyed_hash", "mask"]

@@ -1,0 +1,548 @@
+"""The ``sql`` connector on real SQLite, PostgreSQL and MariaDB, on the demo SaaS schema of ``sandbox/appdb.py``.
+
+The big schema (more than 100,000 rows, one subject with 10,002) is seeded once per database; tests that change
+data seed their own copies. A worker killed mid-erasure is a real process, SIGKILLed while it erases, its journal
+on file storage; the retry's report and the database it leaves are compared with a clean run's on an identical
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, event, select, text
+from sqlalchemy.engine import URL
+
+from connectors.base import ExportJob, OperationJob, PermanentConnectorError, unexpected_remains
+from connectors.config import ConfigFileError, build_connector, parse_config
+from connectors.sql import SqlConnector, is_erased, keyed_hash, mask
+from dsr.domain.model import RecordAction, Subject
+from dsr.store import store_at
+from dsr.store.journals import Journal, JournalStore
+from sandbox import appdb
+from sandbox.appdb import DEMO_MAP, HEAVY, PEOPLE, seed
+from tests.harness import TEST_KEYRING
+from tests.mariadb import mariadb_admin_url, mariadb_url  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parents[2]
+HASH_KEY = "test-hash-key"
+BIG_FILLERS = 4300  # with the heavy subject: more than 100,000 rows
+CAMILLE = Subject(PEOPLE[0].email)
+
+
+def connector(url: str, *, batch_size: int = 500, name: str = "app") -> SqlConnector:
+    config = parse_config(DEMO_MAP.replace('name = "app"', f'name = "{name}"\nbatch_size = {batch_size}'))
+    built = build_connector(config.connectors[0], {appdb.URL_ENV: url, appdb.HASH_KEY_ENV: HASH_KEY})
+    assert isinstance(built, SqlConnector)
+    return built
+
+
+# --- databases ----------------------------------------------------------------------------------------------
+
+
+def _fresh(request: pytest.FixtureRequest, backend: str, tmp: Path) -> Iterator[str]:
+    """A new empty database on ``backend``, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp / f'app-{uuid.uuid4().hex[:8]}.sqlite3'}"
+        return
+    admin_url: URL = request.getfixturevalue("postgres_admin_url" if backend == "postgresql"
+                                             else "mariadb_admin_url")
+    name = f"dsr_app_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    quoted = f'"{name}"' if backend == "postgresql" else f"`{name}`"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {quoted}"))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}" + (" WITH (FORCE)" if backend == "postgresql"
+                                                                      else "")))
+        admin.dispose()
+
+
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def big_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The big schema, seeded once per database (read-only for the tests using it)."""
+    for url in _fresh(request, request.param, tmp_path_factory.mktemp("big")):
+        engine = create_engine(url)
+        counts = seed(engine, fillers=BIG_FILLERS)
+        engine.dispose()
+        assert sum(counts.values()) > 100_000
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def fresh_db(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[Any]:
+    """A factory of new empty databases on the test's backend."""
+    made: list[Iterator[str]] = []
+
+    def make() -> str:
+        gen = _fresh(request, backend, tmp_path)
+        made.append(gen)
+        return next(gen)
+
+    yield make
+    for gen in made:
+        for _ in gen:
+            pass
+
+
+def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in key order: two databases that went through the same erasure compare equal."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {t.name: [tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key.columns))]
+                    for t in appdb.metadata.sorted_tables}
+    finally:
+        engine.dispose()
+
+
+# --- a sink that keeps what the export wrote, or only counts it ----------------------------------------------
+
+
+class Writer:
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.records: list[Mapping[str, Any]] = []
+        self.written = 0
+        self.bytes = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.records) if self.keep else self.written
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.bytes += len(json.dumps(record))
+        if self.keep:
+            self.records.append(record)
+        else:
+            self.written += 1
+
+    def truncate(self, count: int) -> None:
+        if self.keep:
+            del self.records[count:]
+        else:
+            self.written = min(self.written, count)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Sink:
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+        self.writers: dict[str, Writer] = {}
+        self.provided: dict[str, bool] = {}
+
+    def open(self, system: str, dataset: str, *, provided: bool) -> Writer:
+        self.provided[dataset] = provided
+        return self.writers.setdefault(dataset, Writer(self.keep))
+
+
+class Killed(Exception):
+    """The worker dies here."""
+
+
+# --- the map, when dsr.toml is loaded ------------------------------------------------------------------------
+
+
+def _map_with(*replacements: tuple[str, str]) -> str:
+    text_ = DEMO_MAP
+    for old, new in replacements:
+        assert old in text_, old
+        text_ = text_.replace(old, new)
+    return text_
+
+
+@pytest.mark.parametrize(("replacements", "where", "says"), [
+    ((('link = "document_id = documents.id"\n', ""),), "connectors[0].tables[4].link",
+     "document_versions' has no path to the subject's table"),
+    ((('link = "document_id = documents.id"', 'link = "document_id = ghosts.id"'),), "tables[4].link",
+     "'ghosts' is not mapped"),
+    ((('link = "user_id = users.id"\nerase = "delete"\ncolumns.id = { personal = false }\ncolumns.user_id',
+       'link = "user_id = documents.id"\nerase = "delete"\ncolumns.id = { personal = false }\ncolumns.user_id'),
+      ('link = "owner_id = users.id"', 'link = "owner_id = memberships.id"')),
+     "tables[1].link", "links go round"),
+    ((('columns.role = { category = "professional life" }', 'columns.role = { personal = true, category = "x", '
+       'erase = "delete" }\ncolumns.extra = { category = "contact" }'), ('name = "memberships"\nlink = "user_id = '
+       'users.id"\nerase = "delete"', 'name = "memberships"\nlink = "user_id = users.id"')),
+     "tables[1].columns.user_id", "has no erasure strategy"),
+    ((('columns.phone = { category = "contact", provided = true }', 'columns.phone = { provided = true }'),),
+     "tables[0].columns.phone.category", "Art. 15 category"),
+    ((('[connectors.tables.retention]              # then (once over): delete, the default\n', ""),
+      ('legal_basis = "LCEN art. 6-II; décret 2021-1362 (connection data, 1 year)"\nyears = 1\ndate_column = "at"\n',
+       "")), "tables[6].retention", "keeps columns: give its retention"),
+    ((('columns.plan = { personal = false }', 'columns.plan = { category = "x", erase = "delete" }'),),
+     "tables[2].erase", "never deleted with one subject"),
+    ((('columns.user_id = { category = "identity", erase = "null" }\ncolumns.billing_name',
+       'columns.user_id = { category = "identity", erase = "keep" }\ncolumns.billing_name'),),
+     "tables[5].columns.user_id", "outlive the users rows"),
+    ((('phone = "users.phone"', 'phone = "users.mobile"'),), "rectify.phone", "table.column"),
+    ((('hash_key_env = "APP_HASH_KEY"\n', ""),), "connectors[0].hash_key_env", "required when a column is hashed"),
+    ((('columns.created_at = { personal = false }\n\n[[connectors.tables]]\nname = "memberships"',
+       'columns.created_at = { personal = false }\n\n[[connectors.tables]]\nname = "users"'),),
+     "tables[1].name", "mapped twice"),
+])
+def test_a_map_that_cannot_work_stops_the_load_with_where_and_why(
+        replacements: tuple[tuple[str, str], ...], where: str, says: str) -> None:
+    with pytest.raises(ConfigFileError) as err:
+        parse_config(_map_with(*replacements), source="/etc/dsr/dsr.toml")
+    message = str(err.value)
+    assert message.startswith("/etc/dsr/dsr.toml: ") and where in message and says in message, message
+    assert "\n" not in message
+
+
+def test_sql_keys_belong_to_sql_connectors_and_the_url_comes_from_the_environment() -> None:
+    with pytest.raises(ConfigFileError, match=r"connectors\[0\]\.url_env: only for type = \"sql\""):
+        parse_config('[[connectors]]\ntype = "stripe"\ncredentials = { api_key = "K" }\nurl_env = "X"\n')
+    with pytest.raises(ConfigFileError, match=r"connectors\[0\]\.url_env: missing"):
+        parse_config(DEMO_MAP.replace('url_env = "APP_DATABASE_URL"\n', ""))
+    config = parse_config(DEMO_MAP)
+    with pytest.raises(ConfigFileError, match=r"APP_DATABASE_URL \(the database URL\) is not set"):
+        build_connector(config.connectors[0], {appdb.HASH_KEY_ENV: HASH_KEY})
+    with pytest.raises(ConfigFileError, match=r"APP_HASH_KEY \(the hash key\) is not set"):
+        build_connector(config.connectors[0], {appdb.URL_ENV: "sqlite://"})
+
+
+def test_dsr_config_check_stops_on_a_bad_map_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "dsr.toml"
+    path.write_text(_map_with(('link = "document_id = documents.id"\n', "")))
+    dsr = str(Path(sys.executable).with_name("dsr"))
+    result = subprocess.run([dsr, "config", "check"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False,
+                            env={**os.environ, "DSR_HOME": str(tmp_path), "DSR_CONFIG": str(path)})
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "no path to the subject" in lines[0] and "Traceback" not in lines[0], lines
+
+
+def test_erased_values_are_recognised_so_a_retry_never_erases_twice() -> None:
+    assert mask("camille.durand@example.org") == "c*************@*******.org"
+    assert mask(mask("camille.durand@example.org")) == mask("camille.durand@example.org")
+    assert mask("Camille") == "C******" and is_erased("mask", "C******") and not is_erased("mask", "Camille")
+    digest = keyed_hash("k", " Camille.Durand@Example.org ")
+    assert digest == keyed_hash("k", "camille.durand@example.org") != keyed_hash("other", "camille.durand@example.org")
+    assert is_erased("hash", digest) and not is_erased("hash", "camille.durand@example.org")
+    assert is_erased("null", None) and not is_erased("null", "x")
+
+
+# --- check() against the live schema -------------------------------------------------------------------------
+
+
+async def test_check_compares_the_map_with_the_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    engine = create_engine(url)
+    seed(engine, heavy=False)
+    app = connector(url)
+    try:
+        assert await app.check() == "connected (sqlite), 8 tables and 36 columns mapped"
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE users ADD COLUMN birth_date DATE"))
+            conn.execute(text("ALTER TABLE newsletter_subscriptions RENAME COLUMN email TO address"))
+        with pytest.raises(PermanentConnectorError) as err:
+            await app.check()
+        assert "column newsletter_subscriptions.email does not exist" in str(err.value)
+        assert "table users: column(s) not in the map: birth_date" in str(err.value)
+    finally:
+        await app.aclose()
+        engine.dispose()
+    unreachable = connector(f"sqlite:///{tmp_path / 'missing' / 'app.sqlite3'}")
+    with pytest.raises(PermanentConnectorError, match="app: the database refused to read the schema"):
+        await unreachable.check()
+
+
+# --- the big schema: locate, export ---------------------------------------------------------------------------
+
+
+async def test_locate_finds_every_row_of_the_subject_by_email_in_any_case(big_db: str) -> None:
+    app = connector(big_db)
+    try:
+        found = await app.locate(Subject(HEAVY.email.upper()))
+        assert len(found) == appdb.rows_of(HEAVY)
+        by_table: dict[str, int] = {}
+        for loc in found:
+            by_table[loc.dataset] = by_table.get(loc.dataset, 0) + 1
+        assert by_table == {"users": 1, "memberships": 2, "documents": 2000, "document_versions": 4000,
+                            "invoices": 998, "login_events": 3000, "newsletter_subscriptions": 1}
+        assert await app.locate(Subject("nobody@example.org")) == []
+    finally:
+        await app.aclose()
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+async def test_the_heavy_export_streams_in_batches_in_bounded_memory(big_db: str) -> None:
+    app = connector(big_db, batch_size=100)
+    server_side: list[bool] = []
+
+    @event.listens_for(app._engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            server_side.append(bool(getattr(context, "_is_server_side", False)))  # SQLAlchemy sets it per cursor
+
+    sink = Sink(keep=False)
+    checkpoints: list[dict[str, Any]] = []
+    tracemalloc.start()
+    rss_before = _rss()
+    try:
+        outcome = await app.export(ExportJob("dsr-2026-12-SQLEXP", Subject(HEAVY.email), sink,
+                                             checkpoint=lambda c: checkpoints.append(dict(c))))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await app.aclose()
+    rss_growth = _rss() - rss_before
+    exported = sum(w.bytes for w in sink.writers.values())
+    assert outcome.counts == {"exported": appdb.rows_of(HEAVY) + 2}  # and the two organisations
+    assert exported > 15_000_000
+    # Python holds one batch at a time: far less than the export (all rows at once would exceed it).
+    assert peak < exported / 4, (peak, exported)
+    assert rss_growth < exported / 2, (rss_growth, exported)
+    # A checkpoint after every batch of 100 rows, and one at each table's end.
+    assert len(checkpoints) == sum(-(-w.count // 100) for w in sink.writers.values()) + len(sink.writers)
+    if app._engine.dialect.supports_server_side_cursors:  # PostgreSQL, MariaDB: a server-side cursor
+        assert server_side and all(server_side)
+
+
+async def test_an_export_resumed_from_its_checkpoint_writes_each_row_once(big_db: str) -> None:
+    subject = Subject(HEAVY.email)
+    clean = Sink()
+    app = connector(big_db, batch_size=700)
+    try:
+        await app.export(ExportJob("dsr-2026-12-SQLRES", subject, clean))
+        sink = Sink()
+        checkpoints: list[dict[str, Any]] = []
+
+        def dies_at_the_ninth(cursor: Mapping[str, Any]) -> None:
+            checkpoints.append(json.loads(json.dumps(cursor)))  # as Temporal's heartbeat details carry it
+            if len(checkpoints) == 9:
+                sink.writers["document_versions"].write({"half": "written after the checkpoint"})
+                raise Killed
+
+        with pytest.raises(Killed):
+            await app.export(ExportJob("dsr-2026-12-SQLRES", subject, sink, checkpoint=dies_at_the_ninth))
+        resumed = await app.export(ExportJob("dsr-2026-12-SQLRES", subject, sink, resume=checkpoints[-1]))
+    finally:
+        await app.aclose()
+    assert {name: w.records for name, w in sink.writers.items()} == {
+        name: w.records for name, w in clean.writers.items()}
+    assert resumed.counts == {"exported": appdb.rows_of(HEAVY) + 2}
+    ids = [r["id"] for r in sink.writers["document_versions"].records]
+    assert len(ids) == len(set(ids)) == 4000
+
+
+async def test_portability_exports_only_what_the_subject_provided(big_db: str) -> None:
+    sink = Sink()
+    app = connector(big_db)
+    try:
+        outcome = await app.export(ExportJob("dsr-2026-12-SQLPOR", CAMILLE, sink, provided_only=True))
+    finally:
+        await app.aclose()
+    assert set(sink.writers) == {"users", "documents", "document_versions", "newsletter_subscriptions"}
+    [user] = sink.writers["users"].records
+    assert user == {"email": CAMILLE.email, "first_name": "Camille", "last_name": "Durand", "phone": user["phone"]}
+    assert set(sink.writers["documents"].records[0]) == {"title", "body"}
+    assert all(sink.provided.values())
+    assert [d.dataset for d in outcome.datasets] == ["users", "documents", "newsletter_subscriptions",
+                                                     "document_versions"]
+
+
+# --- erasure ------------------------------------------------------------------------------------------------
+
+
+async def test_erasure_deletes_anonymises_keeps_and_verifies(fresh_db: Any) -> None:
+    url = fresh_db()
+    engine = create_engine(url)
+    seed(engine, fillers=30, heavy=False)
+    before = dump(url)
+    app = connector(url)
+    try:
+        outcome = await app.erase(OperationJob("dsr-2026-12-SQLERA", CAMILLE))
+        remains = await app.locate(CAMILLE)
+        assert unexpected_remains(outcome, remains) == []
+        again = await app.erase(OperationJob("dsr-2026-12-SQLER2", CAMILLE))  # a later request: nothing left
+    finally:
+        await app.aclose()
+    after = dump(url)
+    actions = {(line.dataset, line.record_id): line for line in outcome.report}
+    assert {line.action for line in outcome.report} <= {RecordAction.DELETED, RecordAction.ANONYMISED}
+    assert actions[("users", "1")].action == RecordAction.DELETED and after["users"][0][0] != 1
+    # Invoices: unlinked, the billing name and address kept under their legal basis, until the year's close + 10.
+    invoice = before["invoices"][0]  # of this year: kept
+    line = actions[("invoices", str(invoice[0]))]
+    row = next(r for r in after["invoices"] if r[0] == invoice[0])
+    assert row[1] is None and row[2:] == invoice[2:]
+    assert line.action == RecordAction.ANONYMISED and "L123-22" in line.legal_basis
+    assert line.retained_until is not None and (line.retained_until.month, line.retained_until.day) == (12, 31)
+    assert line.retained_until.year >= date.today().year + 9
+    # Login events: those of the last year kept unlinked, the older ones deleted (their year is over).
+    recent, old = before["login_events"][:2]
+    line = actions[("login_events", str(recent[0]))]
+    assert line.action == RecordAction.ANONYMISED and line.legal_basis.startswith("LCEN")
+    assert line.retained_until is not None and line.retained_until > date.today()
+    assert next(r for r in after["login_events"] if r[0] == recent[0])[1:] == (None, *recent[2:])
+    line = actions[("login_events", str(old[0]))]
+    assert (line.action, line.note) == (RecordAction.DELETED, "retention period over")
+    assert all(r[0] != old[0] for r in after["login_events"])
+    # The subscription stays as a keyed hash (a suppression list).
+    assert after["newsletter_subscriptions"][0][1] == keyed_hash(HASH_KEY, CAMILLE.email)
+    assert actions[("newsletter_subscriptions", "1")].action == RecordAction.ANONYMISED
+    assert after["organisations"] == before["organisations"]
+    others = [r for r in before["documents"] if r[1] != 1]
+    assert [r for r in after["documents"] if r[1] != 1] == others  # nobody else's rows touched
+    assert again.counts == {"already_gone": 1}
+    engine.dispose()
+
+
+async def test_an_erasure_whose_journal_record_is_lost_after_the_commit_redoes_nothing(
+        fresh_db: Any, tmp_path: Path) -> None:
+    """Each transaction commits, then the worker dies before journaling it (here at the third batch): the retry
+    sees the rows gone or already erased and reports them as this request's, as a clean run does."""
+    clean_url, url = fresh_db(), fresh_db()
+    for target in (clean_url, url):
+        engine = create_engine(target)
+        seed(engine, fillers=10)
+        engine.dispose()
+    subject = Subject(HEAVY.email)
+    clean_app = connector(clean_url, batch_size=1000)
+    clean = await clean_app.erase(OperationJob("dsr-2026-12-SQLJNL", subject))
+    await clean_app.aclose()
+
+    journals = JournalStore(store_at(f"file://{tmp_path / 'storage'}"), TEST_KEYRING)
+    applied: list[int] = []
+
+    class DiesAfterTheThirdCommit(SqlConnector):
+        def _apply(self, t: Any, batch: Any) -> None:
+            super()._apply(t, batch)
+            applied.append(len(batch))
+            if len(applied) == 3:
+                raise Killed
+
+    first = connector(url, batch_size=1000)
+    first.__class__ = DiesAfterTheThirdCommit
+    with pytest.raises(Killed):
+        await first.erase(OperationJob("dsr-2026-12-SQLJNL", subject,
+                                       journal=journals.journal("dsr-2026-12-SQLJNL", "app")))
+    await first.aclose()
+    state = await journals.journal("dsr-2026-12-SQLJNL", "app").state()
+    assert len(state.done) < appdb.rows_of(HEAVY) and len(state.pending) > 1000  # died half-way
+
+    retry = connector(url, batch_size=1000)
+    retried = await retry.erase(OperationJob("dsr-2026-12-SQLJNL", subject,
+                                             journal=journals.journal("dsr-2026-12-SQLJNL", "app")))
+    assert unexpected_remains(retried, await retry.locate(subject)) == []
+    await retry.aclose()
+    assert retried.report == clean.report and retried.counts == clean.counts
+    assert "already_gone" not in retried.counts
+    assert dump(url) == dump(clean_url)  # nothing hashed twice, nothing left half-erased
+
+
+KILLED_WORKER = """
+import asyncio, sys
+from connectors.base import OperationJob
+from dsr.domain.model import Subject
+from dsr.store import store_at
+from dsr.store.journals import JournalStore
+from tests.connectors.test_sql import connector
+from tests.harness import TEST_KEYRING
+
+url, storage, email = sys.argv[1:4]
+journal = JournalStore(store_at(storage), TEST_KEYRING).journal("dsr-2026-12-SQLKIL", "app")
+asyncio.run(connector(url, batch_size=100).erase(OperationJob("dsr-2026-12-SQLKIL", Subject(email), journal=journal)))
+print("finished")
+"""
+
+
+async def test_a_worker_killed_mid_erasure_leaves_nothing_half_erased_after_the_retry(
+        fresh_db: Any, tmp_path: Path) -> None:
+    clean_url, url = fresh_db(), fresh_db()
+    for target in (clean_url, url):
+        engine = create_engine(target)
+        seed(engine, fillers=10)
+        engine.dispose()
+    subject = Subject(HEAVY.email)
+    clean_app = connector(clean_url, batch_size=100)
+    clean = await clean_app.erase(OperationJob("dsr-2026-12-SQLKIL", subject))
+    await clean_app.aclose()
+
+    storage = f"file://{tmp_path / 'storage'}"
+    folder = tmp_path / "storage" / "journals" / "dsr-2026-12-sqlkil" / "app"
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-c", KILLED_WORKER, url, storage, subject.email,
+                                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and worker.returncode is None:  # the plan, then some 20 batches
+        if folder.is_dir() and len(list(folder.glob("*.entry"))) >= 22:
+            break
+        await asyncio.sleep(0.005)
+    assert worker.returncode is None, await worker.communicate()  # still erasing: killed in the middle
+    worker.send_signal(signal.SIGKILL)
+    await worker.wait()
+    journals = JournalStore(store_at(storage), TEST_KEYRING)
+    state = await journals.journal("dsr-2026-12-SQLKIL", "app").state()
+    assert state.pending and state.done  # part done, part still to do
+
+    retry = connector(url, batch_size=100)
+    retried = await retry.erase(OperationJob("dsr-2026-12-SQLKIL", subject,
+                                             journal=journals.journal("dsr-2026-12-SQLKIL", "app")))
+    assert unexpected_remains(retried, await retry.locate(subject)) == []
+    await retry.aclose()
+    assert retried.report == clean.report and retried.counts == clean.counts
+    assert dump(url) == dump(clean_url)
+
+
+# --- rectification ------------------------------------------------------------------------------------------
+
+
+async def test_rectification_changes_the_mapped_columns_once(fresh_db: Any) -> None:
+    url = fresh_db()
+    engine = create_engine(url)
+    seed(engine, heavy=False)
+    engine.dispose()
+    app = connector(url)
+    journal = Journal()
+    changes = {"email": "camille.martin@example.org", "last_name": "Martin", "postcode": "75002"}
+    try:
+        done = await app.rectify(OperationJob("dsr-2026-12-SQLREC", CAMILLE, changes=changes, journal=journal))
+        retried = await app.rectify(OperationJob("dsr-2026-12-SQLREC", CAMILLE, changes=changes, journal=journal))
+        later = await app.rectify(OperationJob("dsr-2026-12-SQLRE2", Subject("camille.martin@example.org"),
+                                               changes=changes))
+        found = await app.locate(Subject("CAMILLE.MARTIN@example.org"))
+    finally:
+        await app.aclose()
+    assert [(line.dataset, line.record_id, line.action, line.fields) for line in done.report] == [
+        ("newsletter_subscriptions", "1", RecordAction.CHANGED, ["email"]),
+        ("users", "1", RecordAction.CHANGED, ["email", "last_name"])]
+    assert retried.report == done.report  # the journal: reported as changed by this request
+    assert later.counts == {"unchanged": 2}
+    assert done.notes == ["ignored field(s) this database does not hold: postcode"]
+    assert len(found) == appdb.rows_of(PEOPLE[0])
+    assert dump(url)["users"][0][1:4] == ("camille.martin@example.org", "Camille", "Martin")
