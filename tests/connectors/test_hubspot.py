@@ -27,6 +27,7 @@ from dsr.model import RecordAction, Subject
 from dsr.store.exports import ExportStore
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
+from tests.apispec import SpecCheck, Tally, hubspot_contract
 from tests.harness import file_exports, raw_dataset
 
 TOKEN = "pat-eu1-test-token"
@@ -40,6 +41,7 @@ class Portal:
     state: HubSpotState
     faults: Faults
     server: RunningCodecServer
+    spec: Tally  # every request and answer, checked against HubSpot's OpenAPI descriptions
     connectors: list[HubSpotConnector] = field(default_factory=list)
 
     def connector(self, **kwargs: Any) -> HubSpotConnector:
@@ -51,15 +53,16 @@ class Portal:
 
 async def start_portal(state: HubSpotState, **app_kwargs: Any) -> Portal:
     faults = Faults()
-    server = await serve_codec(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs),
-                               host="127.0.0.1", port=0)
-    return Portal(state, faults, server)
+    checked = SpecCheck(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs), hubspot_contract())
+    server = await serve_codec(checked, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    return Portal(state, faults, server, checked.tally)
 
 
 async def stop_portal(portal: Portal) -> None:
     for connector in portal.connectors:
         await connector.aclose()
     await portal.server.stop()
+    portal.spec.assert_clean()  # what crossed the wire fits HubSpot's descriptions (or a listed exception)
 
 
 def seeded() -> tuple[HubSpotState, dict[str, Any]]:
