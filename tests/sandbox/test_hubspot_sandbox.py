@@ -121,7 +121,9 @@ async def test_read_with_associations_and_v4_association_paging(hub: Running) ->
     url = f"/crm/v4/objects/contacts/{hub.lea}/associations/notes"
     first = (await hub.http.get(url, params={"limit": 5})).json()
     assert [r["associationTypes"][0]["typeId"] for r in first["results"]] == [202] * 5
-    assert all(isinstance(r["toObjectId"], int) for r in first["results"])
+    # HubSpot's v4 description: toObjectId a string; an unlabelled association carries no label (never null).
+    assert all(isinstance(r["toObjectId"], str) for r in first["results"])
+    assert all("label" not in t for r in first["results"] for t in r["associationTypes"])
     after = first["paging"]["next"]["after"]
     assert not after.isdigit()  # opaque token, as HubSpot's v4 gives
     second = (await hub.http.get(url, params={"limit": 5, "after": after})).json()
@@ -266,3 +268,33 @@ def test_seeding_rejects_duplicates_and_unknown_properties() -> None:
         state.add_contact("b@example.org", shoe_size="42")
     with pytest.raises(KeyError):
         state.add_note("999", "orphan")
+
+
+async def test_unset_properties_are_left_out_never_null(hub: Running) -> None:
+    read = await hub.http.get(f"/crm/v3/objects/contacts/{hub.lea}", params={"properties": "firstname,phone,fax"})
+    assert read.json()["properties"] == {"firstname": "Lea"}  # phone and fax unset: absent, not null
+    found = (await hub.http.post("/crm/v3/objects/contacts/search",
+                                 json=search_body("lea.petit@example.org", properties=["email", "jobtitle"]))).json()
+    assert all(value is not None for r in found["results"] for value in r["properties"].values())
+    assert "jobtitle" not in found["results"][0]["properties"]
+
+
+async def test_secondary_addresses_are_tokens_and_sorts_order_results(hub: Running) -> None:
+    other = hub.state.add_contact("paul@example.org", hs_additional_emails="Lea.Old@Example.org;pm@example.org")
+    by_token = {"filterGroups": [{"filters": [
+        {"propertyName": "hs_additional_emails", "operator": "CONTAINS_TOKEN", "value": "lea.old@example.org"}]}]}
+    found = (await hub.http.post("/crm/v3/objects/contacts/search", json=by_token)).json()
+    assert [r["id"] for r in found["results"]] == [other]
+    partial = {"filterGroups": [{"filters": [
+        {"propertyName": "hs_additional_emails", "operator": "CONTAINS_TOKEN", "value": "old@example.org"}]}]}
+    assert (await hub.http.post("/crm/v3/objects/contacts/search", json=partial)).json()["results"] == []
+
+    everyone = {"filterGroups": [{"filters": [{"propertyName": "email", "operator": "HAS_PROPERTY"}]}],
+                "sorts": [{"propertyName": "hs_object_id", "direction": "DESCENDING"}], "after": "0", "limit": 100}
+    ids = [r["id"] for r in (await hub.http.post("/crm/v3/objects/contacts/search", json=everyone)).json()["results"]]
+    assert ids == sorted(ids, key=int, reverse=True) and len(ids) == 6
+
+    deleted = await hub.http.post("/crm/v3/objects/contacts/gdpr-delete", json={"objectId": other})
+    assert deleted.status_code == 204
+    # HubSpot blocklists a deleted contact's addresses, primary and additional.
+    assert all(hub.state.is_blocklisted(a) for a in ("paul@example.org", "lea.old@example.org", "pm@example.org"))
