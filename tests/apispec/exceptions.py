@@ -12,9 +12,10 @@ from __future__ import annotations
 # so a new one still fails; when the new sandbox lands, these lines go.
 LOCALSTRIPE_OMITS = ("localstripe leaves out fields Stripe's description requires (and real Stripe always "
                      "sends); the connector does not depend on them")
-LOCALSTRIPE_SHAPE = ("localstripe answers a value of a shape the description does not allow here (an "
-                     "expandable field that is neither an id, an expanded object nor null; an unexpected enum "
-                     "value or null): localstripe's own modelling")
+LOCALSTRIPE_SHAPE = ("localstripe answers a value the description does not allow here: null where it allows "
+                     "none (a subscription's billing_cycle_anchor, an invoice's billing_reason), or an object "
+                     "that is not a whole one (an invoice's charge embedded unasked, a retrieved customer), "
+                     "missing required fields, so no branch of the anyOf fits")
 LOCALSTRIPE_BILLING = ("localstripe's charges carry no billing_details, which real charges always do: the "
                        "connector exports the field when present, so exports tested on localstripe lack it "
                        "(issue 17 point 2: a Stripe sandbox with charges' billing details)")
@@ -32,17 +33,12 @@ EXCEPTIONS: dict[str, str] = {
     "stripe response GET /v1/charges 200 data[].amount_captured: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/charges 200 data[].billing_details: required": LOCALSTRIPE_BILLING,
     "stripe response GET /v1/charges 200 data[].disputed: required": LOCALSTRIPE_OMITS,
-    "stripe response GET /v1/charges 200 data[].invoice: anyOf": LOCALSTRIPE_SHAPE,
-    "stripe response GET /v1/charges 200 data[].payment_intent: anyOf": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/checkout/sessions 404 (whole): DataValidationError": LOCALSTRIPE_LACKS,
-    "stripe response GET /v1/customers 200 data[].default_source: anyOf": LOCALSTRIPE_SHAPE,
-    "stripe response GET /v1/customers 200 data[].discount: anyOf": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/customers 200 data[].subscriptions.data[].automatic_tax: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/customers 200"
     " data[].subscriptions.data[].billing_cycle_anchor: type (null)": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/customers 200 data[].subscriptions.data[].collection_method: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/customers 200 data[].subscriptions.data[].currency: required": LOCALSTRIPE_OMITS,
-    "stripe response GET /v1/customers 200 data[].subscriptions.data[].discount: anyOf": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/customers 200 data[].subscriptions.data[].items.data[].price: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/customers 200"
     " data[].subscriptions.data[].items.data[].subscription: required": LOCALSTRIPE_OMITS,
@@ -53,7 +49,6 @@ EXCEPTIONS: dict[str, str] = {
     "stripe response GET /v1/invoices 200 data[].automatic_tax: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/invoices 200 data[].billing_reason: enum": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/invoices 200 data[].charge: anyOf": LOCALSTRIPE_SHAPE,
-    "stripe response GET /v1/invoices 200 data[].discount: anyOf": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/invoices 200 data[].lines.data[].discountable: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/invoices 200 data[].paid: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/invoices 200 data[].paid_out_of_band: required": LOCALSTRIPE_OMITS,
@@ -64,9 +59,6 @@ EXCEPTIONS: dict[str, str] = {
     "stripe response GET /v1/subscriptions 200 data[].billing_cycle_anchor: type (null)": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/subscriptions 200 data[].collection_method: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/subscriptions 200 data[].currency: required": LOCALSTRIPE_OMITS,
-    "stripe response GET /v1/subscriptions 200 data[].discount: anyOf": LOCALSTRIPE_SHAPE,
     "stripe response GET /v1/subscriptions 200 data[].items.data[].price: required": LOCALSTRIPE_OMITS,
     "stripe response GET /v1/subscriptions 200 data[].items.data[].subscription: required": LOCALSTRIPE_OMITS,
-    "stripe response POST /v1/customers/{customer} 200 default_source: anyOf": LOCALSTRIPE_SHAPE,
-    "stripe response POST /v1/customers/{customer} 200 discount: anyOf": LOCALSTRIPE_SHAPE,
 }

@@ -154,3 +154,19 @@ def test_the_summary_counts_and_names_new_rules() -> None:
     assert line.startswith("hubspot: 3 requests and 2 responses checked")
     assert "2 violation(s) of 1 new rule(s), 1 excused by 1 documented exception(s)" in line
     assert detail.strip() == f"NEW     2 x {new.rule}"
+
+
+def test_stripes_nullable_beside_any_of_allows_null_and_nothing_more() -> None:
+    """Stripe writes nullable expandable fields as ``anyOf`` + ``nullable`` without ``type``; read as meant."""
+    from openapi_schema_validator import OAS30Validator
+
+    from tests.apispec import _null_in_any_of
+
+    schema = {"properties": {"invoice": {"anyOf": [{"type": "string", "maxLength": 5000},
+                                                   {"type": "object", "required": ["id"]}], "nullable": True}}}
+    assert not OAS30Validator(schema).is_valid({"invoice": None})  # the strict OpenAPI 3.0.3 reading
+    _null_in_any_of(schema)
+    validator = OAS30Validator(schema)
+    assert validator.is_valid({"invoice": None}) and validator.is_valid({"invoice": "in_1"})
+    assert validator.is_valid({"invoice": {"id": "in_1"}})
+    assert not validator.is_valid({"invoice": 5}) and not validator.is_valid({"invoice": {}})
