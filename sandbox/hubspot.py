@@ -534,6 +534,8 @@ class _HubSpotApi:
                 "message": f"Could not get some {_SINGULAR[object_type].upper()} objects, they may be deleted "
                            "or not exist. Check that ids are valid.",
                 "context": {"ids": missing},
+                "errors": [],  # the description's StandardError requires both, empty when there is nothing more
+                "links": {},
             }]
             return JSONResponse(answer, status_code=207)
         return JSONResponse(answer)

@@ -401,11 +401,12 @@ class SpecCheck:
     A connection dropped or an answer lost on purpose (sandbox faults) leaves the answer unchecked."""
 
     def __init__(self, app: ASGIApp, contract: Contract, tally: Tally | None = None, *,
-                 answers: bool = True) -> None:
+                 answers: bool = True, requests: bool = True) -> None:
         self.app = app
         self.contract = contract
         self.tally = tally or Tally(contract.vendor)
         self.answers = answers  # False in front of a test's scripted stand-in: its answers are not a sandbox's
+        self.requests = requests  # False where a test sends malformed requests on purpose (the sandbox's own)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -451,12 +452,16 @@ class SpecCheck:
         try:
             await self.app(scope, replay, watching)
         except BaseException:
-            self.tally.record(self.contract.check(*args)[0], False)
+            self.tally.record(self._kept(self.contract.check(*args)[0]), False)
             raise
         if self.answers and complete and status is not None and _announced_whole(answer_headers, answer):
-            self.tally.record(*self.contract.check(*args, status, answer_headers, b"".join(answer)))
+            violations, answered = self.contract.check(*args, status, answer_headers, b"".join(answer))
+            self.tally.record(self._kept(violations), answered)
         else:
-            self.tally.record(self.contract.check(*args)[0], False)
+            self.tally.record(self._kept(self.contract.check(*args)[0]), False)
+
+    def _kept(self, violations: list[Violation]) -> list[Violation]:
+        return violations if self.requests else [v for v in violations if v.side != "request"]
 
 
 def _announced_whole(headers: Headers, body: list[bytes]) -> bool:

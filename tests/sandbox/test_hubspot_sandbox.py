@@ -11,6 +11,7 @@ import pytest
 from dsr.codec_server import RunningCodecServer, serve_codec
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
+from tests.apispec import SpecCheck, Tally, hubspot_contract
 
 TOKEN = "pat-eu1-sandbox"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,6 +24,7 @@ class Running:
     server: RunningCodecServer
     http: httpx.AsyncClient
     lea: str
+    spec: Tally  # every answer, checked against HubSpot's OpenAPI descriptions
 
 
 async def _start(**kwargs: object) -> Running:
@@ -32,14 +34,17 @@ async def _start(**kwargs: object) -> Running:
         state.add_contact(f"customer{i}@example.org", firstname=f"C{i}")
     state.seed_activity(lea, notes=7, deals=1)
     faults = Faults()
-    server = await serve_codec(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
-                               host="127.0.0.1", port=0)
-    return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea)
+    # These tests send malformed requests on purpose: only the sandbox's answers are checked.
+    checked = SpecCheck(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
+                        hubspot_contract(), requests=False)
+    server = await serve_codec(checked, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea, checked.tally)
 
 
 async def _stop(running: Running) -> None:
     await running.http.aclose()
     await running.server.stop()
+    running.spec.assert_clean()  # every answer fits HubSpot's descriptions (or a listed exception)
 
 
 @pytest.fixture
