@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -336,21 +336,48 @@ def excuse(rule: str) -> str | None:
 
 @dataclass
 class Tally:
-    """What one checked server saw; the session's totals add up every tally (:data:`SESSION`)."""
+    """What one checked server saw; the session's totals add up every tally (:data:`SESSION`).
+
+    Exchanges are kept as they happen and validated when first asked about (``settle``): validating costs
+    milliseconds a call, which inside the server would change the timing that rate-limit tests measure."""
 
     vendor: str
-    requests: int = 0
-    responses: int = 0
-    violations: list[Violation] = field(default_factory=list)
     session: bool = True  # False for the validator's own tests, whose planted faults are not the session's
+    _requests: int = 0
+    _responses: int = 0
+    _violations: list[Violation] = field(default_factory=list)
+    _pending: list[Callable[[], tuple[list[Violation], bool]]] = field(default_factory=list)
 
-    def record(self, violations: Iterable[Violation], answered: bool) -> None:
-        violations = list(violations)
-        self.requests += 1
-        self.responses += answered
-        self.violations.extend(violations)
+    def __post_init__(self) -> None:
         if self.session:
-            SESSION.add(self.vendor, 1, int(answered), violations)
+            SESSION.tallies.append(self)
+
+    def keep(self, check: Callable[[], tuple[list[Violation], bool]]) -> None:
+        self._pending.append(check)
+
+    def settle(self) -> None:
+        while self._pending:
+            violations, answered = self._pending.pop(0)()
+            self._requests += 1
+            self._responses += answered
+            self._violations.extend(violations)
+            if self.session:
+                SESSION.add(self.vendor, 1, int(answered), violations)
+
+    @property
+    def requests(self) -> int:
+        self.settle()
+        return self._requests
+
+    @property
+    def responses(self) -> int:
+        self.settle()
+        return self._responses
+
+    @property
+    def violations(self) -> list[Violation]:
+        self.settle()
+        return self._violations
 
     def unexcused(self, since: int = 0) -> list[Violation]:
         return [v for v in self.violations[since:] if excuse(v.rule) is None]
@@ -371,6 +398,7 @@ class Session:
     requests: Counter[str] = field(default_factory=Counter)
     responses: Counter[str] = field(default_factory=Counter)
     rules: Counter[str] = field(default_factory=Counter)
+    tallies: list[Tally] = field(default_factory=list)
 
     def add(self, vendor: str, requests: int, responses: int, violations: Iterable[Violation]) -> None:
         self.requests[vendor] += requests
@@ -379,6 +407,8 @@ class Session:
             self.rules[violation.rule] += 1
 
     def summary(self) -> list[str]:
+        for tally in self.tallies:
+            tally.settle()
         lines = []
         for vendor in sorted(self.requests):
             mine = {rule: n for rule, n in self.rules.items() if rule.startswith(vendor + " ")}
@@ -452,16 +482,17 @@ class SpecCheck:
         try:
             await self.app(scope, replay, watching)
         except BaseException:
-            self.tally.record(self._kept(self.contract.check(*args)[0]), False)
+            self.tally.keep(lambda: self._kept(self.contract.check(*args)))
             raise
         if self.answers and complete and status is not None and _announced_whole(answer_headers, answer):
-            violations, answered = self.contract.check(*args, status, answer_headers, b"".join(answer))
-            self.tally.record(self._kept(violations), answered)
+            whole = b"".join(answer)
+            self.tally.keep(lambda: self._kept(self.contract.check(*args, status, answer_headers, whole)))
         else:
-            self.tally.record(self._kept(self.contract.check(*args)[0]), False)
+            self.tally.keep(lambda: self._kept(self.contract.check(*args)))
 
-    def _kept(self, violations: list[Violation]) -> list[Violation]:
-        return violations if self.requests else [v for v in violations if v.side != "request"]
+    def _kept(self, checked: tuple[list[Violation], bool]) -> tuple[list[Violation], bool]:
+        violations, answered = checked
+        return (violations if self.requests else [v for v in violations if v.side != "request"]), answered
 
 
 def _announced_whole(headers: Headers, body: list[bytes]) -> bool:
