@@ -1,13 +1,21 @@
 """HubSpot CRM (v3 objects, v4 associations) behind the :class:`~connectors.base.Connector` protocol.
 
-* locate: ``POST /crm/v3/objects/contacts/search`` with ``email EQ`` (the address as given, and
-  lower-cased when different), de-duplicated; contacts only (associated objects follow their contact).
+* locate: ``POST /crm/v3/objects/contacts/search``, two filter groups (OR): ``email EQ`` the address and
+  ``hs_additional_emails CONTAINS_TOKEN`` it (a contact's secondary addresses, e.g. after a merge), the
+  address as given and lower-cased when different; each hit is confirmed on the client (the primary
+  address, or one of the ``;``-separated secondary ones, equal ignoring case), de-duplicated; contacts
+  only (associated objects follow their contact). Sorted by ``hs_object_id``, paged with ``after``
+  (``"0"`` first), both of which HubSpot's description requires.
 * export: the contact's documented personal properties (``GET /crm/v3/objects/contacts/{id}``), then
   for each of notes, deals, tickets, emails: association pages (``GET /crm/v4/.../associations/{type}``,
   100 per page) read with ``POST /crm/v3/objects/{type}/batch/read``. A checkpoint after every page.
 * erase: ``POST /crm/v3/objects/contacts/gdpr-delete`` by object id — permanent — never the plain
-  ``DELETE``, which only archives (restorable for 90 days).
-* rectify: ``PATCH /crm/v3/objects/contacts/{id}`` with only the properties that differ.
+  ``DELETE``, which only archives (restorable for 90 days). A contact found by a secondary address is
+  deleted whole (HubSpot has no deletion of one address; its knowledge base says the primary and the
+  additional addresses are then blocklisted), and the outcome says so.
+* rectify: ``PATCH /crm/v3/objects/contacts/{id}`` with only the properties that differ; an email change
+  on a contact found by a secondary address replaces that address in ``hs_additional_emails`` (the
+  primary address is someone's other address, not the one being corrected).
 
 No personal data in errors or notes: ids, counts and field names only.
 """
@@ -90,6 +98,10 @@ FIELD_MAP = {
 """Canonical fields (connectors.base.CANONICAL_FIELDS) -> HubSpot contact properties."""
 
 SEARCH_PAGE = 100  # search allows up to 200; 100 keeps responses small
+SEARCH_SORTS = [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+"""A stable order while paging (HubSpot's default order is unspecified). HubSpot's guide and clients send
+sorts as objects; its OpenAPI description types them as strings (see tests/apispec/exceptions.py)."""
+SECONDARY = "hs_additional_emails"
 ASSOCIATION_PAGE = 100  # = the batch-read maximum, so one association page is one batch read
 CURSOR_VERSION = 1
 
@@ -174,20 +186,25 @@ class HubSpotConnector:
     # --- locate --------------------------------------------------------------------------------------
 
     async def _search(self, email: str) -> list[dict[str, Any]]:
-        """Every contact whose email equals ``email`` (HubSpot compares case-insensitively)."""
+        """Every contact whose email or one of whose secondary emails equals ``email`` (HubSpot compares
+        case-insensitively; the match is confirmed here, since a token search is looser than equality)."""
         found: list[dict[str, Any]] = []
-        after: str | None = None
+        after = "0"
         while True:
             body: dict[str, Any] = {
-                "filterGroups": [{"filters": [{"propertyName": "email", "operator": "EQ", "value": email}]}],
-                "properties": ["email"],
+                "filterGroups": [
+                    {"filters": [{"propertyName": "email", "operator": "EQ", "value": email}]},
+                    {"filters": [{"propertyName": SECONDARY, "operator": "CONTAINS_TOKEN", "value": email}]},
+                ],
+                "properties": ["email", SECONDARY],
+                "sorts": SEARCH_SORTS,
                 "limit": SEARCH_PAGE,
+                "after": after,
             }
-            if after is not None:
-                body["after"] = after
             page = self._json(await self._call("POST", "/crm/v3/objects/contacts/search", json=body, safe=True,
                                                search=True))
-            found.extend(r for r in page.get("results", []) if isinstance(r, dict) and r.get("id"))
+            found.extend(r for r in page.get("results", [])
+                         if isinstance(r, dict) and r.get("id") and _holds(r, email) is not None)
             after = ((page.get("paging") or {}).get("next") or {}).get("after")
             if not after:
                 return found
@@ -207,6 +224,13 @@ class HubSpotConnector:
 
     async def locate(self, subject: Subject) -> list[Located]:
         return [Located(CONTACT, str(c["id"])) for c in await self._contacts(subject.email)]
+
+    @staticmethod
+    def _secondary_note(contacts: Sequence[Mapping[str, Any]], email: str, doing: str) -> list[str]:
+        by_secondary = sum(1 for c in contacts if _holds(c, email) == SECONDARY)
+        if not by_secondary:
+            return []
+        return [f"{by_secondary} contact(s) found by a secondary address (hs_additional_emails); {doing}"]
 
     # --- export --------------------------------------------------------------------------------------
 
@@ -259,6 +283,7 @@ class HubSpotConnector:
             return []
         response = await self._call("POST", f"/crm/v3/objects/{object_type}/batch/read", safe=True, json={
             "properties": list(ASSOCIATED_PROPERTIES[object_type]),
+            "propertiesWithHistory": [],  # required by HubSpot's description; no history is exported
             "inputs": [{"id": i} for i in ids],
         })
         # 207: some objects were deleted between listing and reading; they are simply no longer there.
@@ -284,11 +309,14 @@ class HubSpotConnector:
         datasets = (CONTACT,) if job.provided_only else DATASETS
         state = self._start(job, datasets)
         resumed = state is not None
+        notes: list[str] = []
         if state is None:
-            found = [loc.record_id for loc in await self.locate(job.subject)]
-            state = {"contacts": found, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
+            located = await self._contacts(job.subject.email)
+            notes = self._secondary_note(located, job.subject.email, "exported with everything they hold")
+            contacts = [str(c["id"]) for c in located]
+            state = {"contacts": contacts, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
         contacts: list[str] = state["contacts"]
-        outcome = ConnectorOutcome(connector=self.name, found=len(contacts))
+        outcome = ConnectorOutcome(connector=self.name, found=len(contacts), notes=notes)
         if not contacts:
             outcome.counts = {"exported": 0}
             outcome.notes.append("no HubSpot contact matches the subject")
@@ -384,6 +412,9 @@ class HubSpotConnector:
         outcome.counts = tally(outcome.report)
         if outcome.counts.get("deleted"):
             outcome.notes.append(PURGE_NOTE + "; the address is blocklisted from tracking")
+            outcome.notes += self._secondary_note(
+                list(found_now.values()), job.subject.email,
+                "each was deleted whole with its primary address, which HubSpot blocklists as well")
         return outcome
 
     async def _erase_contact(self, job: OperationJob, journal: JournalState, contact_id: str,
@@ -435,17 +466,28 @@ class HubSpotConnector:
             outcome.notes.append("no HubSpot contact matches the subject: nothing to rectify")
             return outcome
         reverse = {prop: canonical for canonical, prop in FIELD_MAP.items()}
+        reverse[SECONDARY] = "email"
         for contact_id in ids:
             done = journal.done.get((CONTACT, contact_id))
             if done is not None:
                 outcome.report.append(done.line)
                 continue
             response = await self._call("GET", f"/crm/v3/objects/contacts/{contact_id}",
-                                        params={"properties": ",".join(sorted(wanted))}, allow=(404,))
+                                        params={"properties": ",".join(sorted({*wanted, "email", SECONDARY}))},
+                                        allow=(404,))
             if response.status_code == 404:
                 continue
             current = self._json(response).get("properties") or {}
-            diff = {prop: value for prop, value in wanted.items() if not _same(prop, current.get(prop), value)}
+            target = dict(wanted)
+            if "email" in target and _holds({"properties": current}, job.subject.email) == SECONDARY:
+                # The subject's address is a secondary one here: correct that one, leave the primary.
+                target[SECONDARY] = ";".join(
+                    target["email"] if a.lower() == job.subject.email.strip().lower() else a
+                    for a in _addresses(current.get(SECONDARY)))
+                del target["email"]
+            elif "email" in target and _holds({"properties": current}, target["email"]) == SECONDARY:
+                del target["email"]  # corrected there already (an earlier attempt whose journal is gone)
+            diff = {prop: value for prop, value in target.items() if not _same(prop, current.get(prop), value)}
             intent = journal.pending.get((CONTACT, contact_id))
             if diff:
                 report = RecordReport(CONTACT, contact_id, RecordAction.CHANGED,
@@ -470,9 +512,25 @@ def _by_id(ids: set[str]) -> list[str]:
     return sorted(ids, key=lambda i: (len(i), i))
 
 
+def _addresses(value: Any) -> list[str]:
+    return [a.strip() for a in str(value or "").split(";") if a.strip()]
+
+
+def _holds(contact: Mapping[str, Any], email: str) -> str | None:
+    """``"email"`` when ``email`` is the contact's primary address, ``hs_additional_emails`` when it is one
+    of its secondary ones, None when neither (ignoring case, as HubSpot does)."""
+    wanted = email.strip().lower()
+    properties = contact.get("properties") or {}
+    if str(properties.get("email") or "").strip().lower() == wanted:
+        return "email"
+    if any(a.lower() == wanted for a in _addresses(properties.get(SECONDARY))):
+        return SECONDARY
+    return None
+
+
 def _same(prop: str, current: Any, wanted: str) -> bool:
     have = "" if current is None else str(current).strip()
-    if prop == "email":  # HubSpot stores addresses lower-cased and matches them case-insensitively
+    if prop in ("email", SECONDARY):  # HubSpot stores addresses lower-cased and matches them case-insensitively
         return have.lower() == wanted.lower()
     return have == wanted
 

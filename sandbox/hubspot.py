@@ -6,7 +6,13 @@ What it reproduces from the real API (see ../shared/APIS.md):
 * Rate limits per token: N requests per rolling window (HubSpot: 100 per 10 s) -> 429 with ``policyName``
   and the ``X-HubSpot-RateLimit-*`` headers; the search endpoint has its own, lower limit (4/s by default).
 * Paging: ``paging.next.after`` (search and list: an offset as a string; v4 associations: opaque token).
-* Error bodies ``{"status": "error", "message", "correlationId", "category", ...}``.
+* Error bodies ``{"status": "error", "message", "correlationId", "category", ...}`` (injected faults too).
+* Shapes as HubSpot's OpenAPI descriptions give them (tests/apispec checks every answer): property values
+  are strings and an unset property is left out (never ``null``); v4 associations carry ``toObjectId`` as a
+  string and an unlabelled association no ``label``.
+* Search: ``after`` (an offset, as a string), ``sorts`` (``{"propertyName", "direction"}`` objects, as
+  HubSpot's guide and clients send them), ``EQ``/``NEQ``/``IN``/``CONTAINS_TOKEN``/``HAS_PROPERTY`` filters;
+  ``hs_additional_emails`` holds secondary addresses separated by ``;``.
 * ``gdpr-delete`` deletes permanently (and blocklists the address); plain ``DELETE`` only archives, and an
   archived contact stays restorable (``restore``) and is still in the state, which tests can inspect.
 
@@ -101,12 +107,14 @@ class HubObject:
     archived: bool = False
 
     def view(self, names: Iterable[str] | None, *, always: Iterable[str] = ()) -> dict[str, Any]:
-        """The object as the API returns it: requested properties (null when unset, unknown ones omitted)."""
+        """The object as the API returns it: the requested properties that have a value (HubSpot's
+        description types every value as a string: an unset or unknown property is left out)."""
         wanted = list(DEFAULT_PROPERTIES[self.type] if names is None else names) + list(always)
-        props: dict[str, str | None] = {}
+        props: dict[str, str] = {}
         for name in wanted:
-            if name in KNOWN_PROPERTIES[self.type] and name not in props:
-                props[name] = self.properties.get(name)
+            value = self.properties.get(name)
+            if name in KNOWN_PROPERTIES[self.type] and value is not None:
+                props[name] = value
         return {
             "id": self.id,
             "properties": props,
@@ -279,8 +287,10 @@ class HubSpotState:
     def gdpr_delete(self, contact_id: str) -> None:
         obj = self.objects["contacts"].pop(contact_id)
         self.gdpr_deleted.add(contact_id)
-        if obj.properties.get("email"):
-            self.blocklist.add(obj.properties["email"].lower())
+        # HubSpot blocklists the contact's addresses, "primary or additional" (its knowledge base).
+        for address in [obj.properties.get("email") or "", *_additional(obj.properties)]:
+            if address:
+                self.blocklist.add(address.lower())
         for object_type, ids in self.associations.pop(contact_id, {}).items():
             for object_id in ids:
                 still_linked = any(object_id in links.get(object_type, []) for links in self.associations.values())
@@ -294,6 +304,18 @@ class HubSpotState:
 
 
 # --- HTTP ----------------------------------------------------------------------------------------------
+
+
+def _additional(properties: dict[str, str]) -> list[str]:
+    """A contact's secondary addresses (``hs_additional_emails``, separated by semicolons)."""
+    return [a.strip() for a in (properties.get("hs_additional_emails") or "").split(";") if a.strip()]
+
+
+def _fault_body(status: int) -> bytes:
+    """An injected fault in HubSpot's error shape (the description requires category and correlationId)."""
+    category = "RATE_LIMITS" if status == 429 else "INTERNAL_ERROR"
+    return json.dumps({"status": "error", "message": "injected fault", "correlationId": str(uuid.uuid4()),
+                       "category": category}).encode()
 
 
 def _error(status: int, message: str, category: str | None, *, headers: dict[str, str] | None = None,
@@ -411,6 +433,7 @@ class _HubSpotApi:
                         "status": "error",
                         "message": f"You have reached your {policy.lower().replace('_', '-')} limit.",
                         "errorType": "RATE_LIMIT",
+                        "category": "RATE_LIMITS",
                         "correlationId": str(uuid.uuid4()),
                         "policyName": policy,
                         "groupName": "publicapi-crm-search" if search else "publicapi",
@@ -511,6 +534,8 @@ class _HubSpotApi:
                 "message": f"Could not get some {_SINGULAR[object_type].upper()} objects, they may be deleted "
                            "or not exist. Check that ids are valid.",
                 "context": {"ids": missing},
+                "errors": [],  # the description's StandardError requires both, empty when there is nothing more
+                "links": {},
             }]
             return JSONResponse(answer, status_code=207)
         return JSONResponse(answer)
@@ -592,7 +617,17 @@ class _HubSpotApi:
             return _validation("at most 18 filters in total")
         objects = [o for o in self.state.objects[object_type].values() if not o.archived]
         matched = [o for o in objects if not groups or any(self._matches(o, g.get("filters") or []) for g in groups)]
-        matched.sort(key=lambda o: int(o.id))
+        matched.sort(key=lambda o: int(o.id))  # HubSpot's order without sorts is unspecified; ids here
+        sorts = body.get("sorts") or []
+        if not isinstance(sorts, list) or len(sorts) > 1:
+            return _validation("sorts: at most one sort")
+        for sort in sorts:
+            if not isinstance(sort, dict) or not isinstance(sort.get("propertyName"), str):
+                return _validation("sorts: each sort is {\"propertyName\": ..., \"direction\": ...}")
+            name = sort["propertyName"]
+            numeric = name == "hs_object_id"
+            matched.sort(key=lambda o, n=name, num=numeric: (int(o.id) if num else (o.properties.get(n) or "")),
+                         reverse=sort.get("direction", "ASCENDING") == "DESCENDING")
         page = matched[offset:offset + limit]
         properties = body.get("properties") or None
         always = ("hs_object_id", _CREATED.get(object_type, "hs_createdate"),
@@ -616,6 +651,10 @@ class _HubSpotApi:
                 ok = folded != str(spec["value"]).lower()
             elif operator == "IN":
                 ok = folded is not None and folded in {str(v).lower() for v in spec["values"]}
+            elif operator == "CONTAINS_TOKEN":
+                # Tokens of a multi-valued text such as hs_additional_emails (one address per ";").
+                tokens = {t.strip().lower() for t in (actual or "").replace(";", " ").split()}
+                ok = str(spec["value"]).strip().lower() in tokens
             elif operator == "HAS_PROPERTY":
                 ok = actual is not None
             elif operator == "NOT_HAS_PROPERTY":
@@ -641,10 +680,10 @@ class _HubSpotApi:
         offset = _decode_after(after) if after else 0
         ids = self.state.associated(object_id, to_type)
         page = ids[offset:offset + limit]
+        # toObjectId a string, no label on an unlabelled association: the v4 description's shape.
         body: dict[str, Any] = {"results": [{
-            "toObjectId": int(i),
-            "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": ASSOCIATION_TYPE_IDS[to_type],
-                                  "label": None}],
+            "toObjectId": i,
+            "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": ASSOCIATION_TYPE_IDS[to_type]}],
         } for i in page]}
         if offset + limit < len(ids):
             token = _encode_after(offset + limit)
@@ -723,13 +762,14 @@ class HubSpotSandbox(Starlette):
         self.add_exception_handler(405, self._not_allowed)
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
-        return _error(404, "Resource not found", None)
+        return _error(404, "Resource not found", "OBJECT_NOT_FOUND")
 
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
-        return _error(405, f"Method {request.method} not allowed", None)
+        return _error(405, f"Method {request.method} not allowed", "VALIDATION_ERROR")
 
     def build_middleware_stack(self) -> ASGIApp:
-        return _DropConnections(FaultMiddleware(_KnownTypes(super().build_middleware_stack()), self.faults))
+        return _DropConnections(FaultMiddleware(_KnownTypes(super().build_middleware_stack()), self.faults,
+                                                error_body=_fault_body))
 
 
 def hubspot_app(

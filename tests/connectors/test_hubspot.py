@@ -27,6 +27,7 @@ from dsr.store.exports import ExportStore
 from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
+from tests.apispec import SpecCheck, Tally, hubspot_contract
 from tests.harness import file_exports, raw_dataset
 
 TOKEN = "pat-eu1-test-token"
@@ -40,6 +41,7 @@ class Portal:
     state: HubSpotState
     faults: Faults
     server: RunningServer
+    spec: Tally  # every request and answer, checked against HubSpot's OpenAPI descriptions
     connectors: list[HubSpotConnector] = field(default_factory=list)
 
     def connector(self, **kwargs: Any) -> HubSpotConnector:
@@ -51,15 +53,16 @@ class Portal:
 
 async def start_portal(state: HubSpotState, **app_kwargs: Any) -> Portal:
     faults = Faults()
-    server = await serve_app(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs),
-                             host="127.0.0.1", port=0)
-    return Portal(state, faults, server)
+    checked = SpecCheck(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs), hubspot_contract())
+    server = await serve_app(checked, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    return Portal(state, faults, server, checked.tally)
 
 
 async def stop_portal(portal: Portal) -> None:
     for connector in portal.connectors:
         await connector.aclose()
     await portal.server.stop()
+    portal.spec.assert_clean()  # what crossed the wire fits HubSpot's descriptions (or a listed exception)
 
 
 def seeded() -> tuple[HubSpotState, dict[str, Any]]:
@@ -465,3 +468,58 @@ async def test_searches_stay_under_the_search_limit(portal: Portal) -> None:
     results = await asyncio.gather(*(connector.locate(Subject(email=EMAIL)) for _ in range(6)))
     assert all(len(found) == 1 for found in results)
     assert portal.state.rate_limited == 0 and searches(portal.state) == 6
+
+
+# --- secondary addresses (hs_additional_emails) -----------------------------------------------------
+
+
+async def test_a_contact_with_the_subjects_address_as_a_secondary_one_is_located_exported_and_erased(
+        portal: Portal, store: ExportStore) -> None:
+    merged = portal.state.add_contact("l.petit@work.example", firstname="Léa", lastname="Petit",
+                                      hs_additional_emails=f"old@example.org;{EMAIL.upper()}")
+    note = portal.state.add_note(merged, "Merged from an old record.")
+    portal.state.add_contact("someone@example.org", hs_additional_emails="not.lea.petit@example.org")
+    connector = portal.connector()
+
+    found = await connector.locate(SUBJECT)
+    assert [loc.record_id for loc in found] == [portal.ids["contact"], merged]
+
+    outcome = await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST)))
+    assert outcome.found == 2
+    assert [c["id"] for c in store.read(REQUEST, "hubspot", "contact")] == [portal.ids["contact"], merged]
+    assert note in [n["id"] for n in store.read(REQUEST, "hubspot", "notes")]
+    assert any("1 contact(s) found by a secondary address" in n for n in outcome.notes)
+
+    erased = await connector.erase(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    assert [(r.record_id, r.action) for r in erased.report] == [
+        (portal.ids["contact"], RecordAction.DELETED), (merged, RecordAction.DELETED)]
+    assert portal.state.was_gdpr_deleted(merged)
+    assert any("deleted whole with its primary address" in n for n in erased.notes)
+    assert "lea" not in repr(erased).lower() and "petit" not in repr(outcome).lower()
+    # HubSpot blocklists the deleted contact's addresses, primary and secondary.
+    assert portal.state.is_blocklisted("l.petit@work.example") and portal.state.is_blocklisted(EMAIL)
+    assert await connector.locate(SUBJECT) == []
+    assert portal.state.find_contacts("someone@example.org")  # a token of another address is no match
+
+
+async def test_rectifying_the_email_of_a_secondary_match_corrects_that_address_only(portal: Portal) -> None:
+    portal.state.gdpr_delete(portal.ids["contact"])
+    merged = portal.state.add_contact("l.petit@work.example", hs_additional_emails=f"old@example.org;{EMAIL}")
+    connector = portal.connector()
+    job = OperationJob(request_id=REQUEST, subject=SUBJECT, changes={"email": "lea.new@example.org"})
+    outcome = await connector.rectify(job)
+    assert [(r.record_id, r.action, r.fields) for r in outcome.report] == [(merged, RecordAction.CHANGED, ["email"])]
+    props = portal.state.contact(merged) or {}
+    assert props["email"] == "l.petit@work.example"  # the primary address is not the one being corrected
+    assert props["hs_additional_emails"] == "old@example.org;lea.new@example.org"
+    # Without the journal (a later request): found under the new address, nothing left to change.
+    again = await connector.rectify(OperationJob(request_id=REQUEST + "2", subject=SUBJECT, changes=job.changes))
+    assert [r.action for r in again.report] == [RecordAction.UNCHANGED]
+    assert len(portal.state.patches) == 1
+
+
+async def test_searches_send_what_hubspots_description_requires(portal: Portal) -> None:
+    await portal.connector().locate(SUBJECT)
+    # Every request and answer passed the description (checked at teardown); the search's own shape:
+    assert portal.spec.requests >= 2 and portal.spec.unexcused() == []
+    assert {v.where for v in portal.spec.violations} <= {"sorts[]"}  # the one listed exception

@@ -32,6 +32,7 @@ from connectors.stripe import LEGAL_BASIS, StripeConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.web.serve import serve_app
 from sandbox.stripe import LocalStripe, seed_customer
+from tests.apispec import SpecCheck, Tally, checked_proxy, stripe_contract
 from tests.harness import file_exports, free_port, raw_dataset
 
 STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-stripe-exports-")))
@@ -43,9 +44,29 @@ def server() -> Iterator[LocalStripe]:
         yield running
 
 
+@pytest.fixture(scope="module")
+async def checked(server: LocalStripe) -> AsyncIterator[tuple[str, Tally]]:
+    """localstripe behind a proxy checking every request and answer against Stripe's OpenAPI description:
+    the connectors talk to this URL (the seeding helpers go straight to localstripe)."""
+    proxy = checked_proxy(server.url, stripe_contract())
+    running = await serve_app(proxy, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    try:
+        yield running.url, proxy.tally
+    finally:
+        await running.stop()
+
+
 @pytest.fixture
-async def stripe_(server: LocalStripe) -> AsyncIterator[StripeConnector]:
-    connector = StripeConnector(api_key=server.api_key, base_url=server.url, rate_limit=RateLimiter(1000, 1.0))
+async def stripe_url(checked: tuple[str, Tally]) -> AsyncIterator[str]:
+    url, tally = checked
+    before = len(tally.violations)
+    yield url
+    tally.assert_clean(since=before)  # this test's traffic fits Stripe's description (or a listed exception)
+
+
+@pytest.fixture
+async def stripe_(server: LocalStripe, stripe_url: str) -> AsyncIterator[StripeConnector]:
+    connector = StripeConnector(api_key=server.api_key, base_url=stripe_url, rate_limit=RateLimiter(1000, 1.0))
     yield connector
     await connector.aclose()
 
@@ -83,8 +104,8 @@ async def test_check_reports_auth_ok(stripe_: StripeConnector) -> None:
     assert await stripe_.check() == "auth OK"
 
 
-async def test_wrong_api_key_asks_to_check_the_credentials(server: LocalStripe) -> None:
-    connector = StripeConnector("stripe-eu", api_key="not-a-secret-key", base_url=server.url)
+async def test_wrong_api_key_asks_to_check_the_credentials(stripe_url: str) -> None:
+    connector = StripeConnector("stripe-eu", api_key="not-a-secret-key", base_url=stripe_url)
     try:
         with pytest.raises(PermanentConnectorError, match="check the credentials of connector stripe-eu"):
             await connector.check()
@@ -305,8 +326,8 @@ async def test_a_customer_deleted_meanwhile_is_already_gone(server: LocalStripe,
     assert await stripe_._delete_customer(job, customer) is False  # between locating and deleting
 
 
-async def test_retention_rules_are_configuration(server: LocalStripe) -> None:
-    connector = StripeConnector(api_key=server.api_key, base_url=server.url,
+async def test_retention_rules_are_configuration(server: LocalStripe, stripe_url: str) -> None:
+    connector = StripeConnector(api_key=server.api_key, base_url=stripe_url,
                                 retention=(RetentionRule("charges", "Art. 17(3)(e) GDPR: legal claims", 5),))
     email = unique_email()
     try:
@@ -397,6 +418,16 @@ class Scripted:
         return Starlette(routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "DELETE"])])
 
 
+SCRIPTED = Tally("stripe")
+
+
+@pytest.fixture(autouse=True)
+def _scripted_requests_fit() -> Iterator[None]:
+    before = len(SCRIPTED.violations)
+    yield
+    SCRIPTED.assert_clean(since=before)
+
+
 class CountingLimiter(RateLimiter):
     def __init__(self) -> None:
         super().__init__(100, 1.0)
@@ -408,7 +439,10 @@ class CountingLimiter(RateLimiter):
 
 
 async def scripted_connector(script: Scripted) -> tuple[Any, StripeConnector, CountingLimiter]:
-    running = await serve_app(script.app(), port=0)
+    # The connector's requests are checked against Stripe's description; the scripted answers are not a
+    # sandbox's (partial objects and error bodies made up for one test), so they are not.
+    running = await serve_app(SpecCheck(script.app(), stripe_contract(), SCRIPTED, answers=False),  # type: ignore[arg-type]
+                                port=0)
     limiter = CountingLimiter()
     return running, StripeConnector("stripe-eu", api_key="sk_test_x", base_url=running.url, rate_limit=limiter), limiter
 

@@ -11,6 +11,7 @@ import pytest
 from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
+from tests.apispec import SpecCheck, Tally, hubspot_contract
 
 TOKEN = "pat-eu1-sandbox"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,6 +24,7 @@ class Running:
     server: RunningServer
     http: httpx.AsyncClient
     lea: str
+    spec: Tally  # every answer, checked against HubSpot's OpenAPI descriptions
 
 
 async def _start(**kwargs: object) -> Running:
@@ -32,14 +34,17 @@ async def _start(**kwargs: object) -> Running:
         state.add_contact(f"customer{i}@example.org", firstname=f"C{i}")
     state.seed_activity(lea, notes=7, deals=1)
     faults = Faults()
-    server = await serve_app(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
-                             host="127.0.0.1", port=0)
-    return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea)
+    # These tests send malformed requests on purpose: only the sandbox's answers are checked.
+    checked = SpecCheck(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
+                        hubspot_contract(), requests=False)
+    server = await serve_app(checked, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea, checked.tally)
 
 
 async def _stop(running: Running) -> None:
     await running.http.aclose()
     await running.server.stop()
+    running.spec.assert_clean()  # every answer fits HubSpot's descriptions (or a listed exception)
 
 
 @pytest.fixture
@@ -121,7 +126,9 @@ async def test_read_with_associations_and_v4_association_paging(hub: Running) ->
     url = f"/crm/v4/objects/contacts/{hub.lea}/associations/notes"
     first = (await hub.http.get(url, params={"limit": 5})).json()
     assert [r["associationTypes"][0]["typeId"] for r in first["results"]] == [202] * 5
-    assert all(isinstance(r["toObjectId"], int) for r in first["results"])
+    # HubSpot's v4 description: toObjectId a string; an unlabelled association carries no label (never null).
+    assert all(isinstance(r["toObjectId"], str) for r in first["results"])
+    assert all("label" not in t for r in first["results"] for t in r["associationTypes"])
     after = first["paging"]["next"]["after"]
     assert not after.isdigit()  # opaque token, as HubSpot's v4 gives
     second = (await hub.http.get(url, params={"limit": 5, "after": after})).json()
@@ -266,3 +273,33 @@ def test_seeding_rejects_duplicates_and_unknown_properties() -> None:
         state.add_contact("b@example.org", shoe_size="42")
     with pytest.raises(KeyError):
         state.add_note("999", "orphan")
+
+
+async def test_unset_properties_are_left_out_never_null(hub: Running) -> None:
+    read = await hub.http.get(f"/crm/v3/objects/contacts/{hub.lea}", params={"properties": "firstname,phone,fax"})
+    assert read.json()["properties"] == {"firstname": "Lea"}  # phone and fax unset: absent, not null
+    found = (await hub.http.post("/crm/v3/objects/contacts/search",
+                                 json=search_body("lea.petit@example.org", properties=["email", "jobtitle"]))).json()
+    assert all(value is not None for r in found["results"] for value in r["properties"].values())
+    assert "jobtitle" not in found["results"][0]["properties"]
+
+
+async def test_secondary_addresses_are_tokens_and_sorts_order_results(hub: Running) -> None:
+    other = hub.state.add_contact("paul@example.org", hs_additional_emails="Lea.Old@Example.org;pm@example.org")
+    by_token = {"filterGroups": [{"filters": [
+        {"propertyName": "hs_additional_emails", "operator": "CONTAINS_TOKEN", "value": "lea.old@example.org"}]}]}
+    found = (await hub.http.post("/crm/v3/objects/contacts/search", json=by_token)).json()
+    assert [r["id"] for r in found["results"]] == [other]
+    partial = {"filterGroups": [{"filters": [
+        {"propertyName": "hs_additional_emails", "operator": "CONTAINS_TOKEN", "value": "old@example.org"}]}]}
+    assert (await hub.http.post("/crm/v3/objects/contacts/search", json=partial)).json()["results"] == []
+
+    everyone = {"filterGroups": [{"filters": [{"propertyName": "email", "operator": "HAS_PROPERTY"}]}],
+                "sorts": [{"propertyName": "hs_object_id", "direction": "DESCENDING"}], "after": "0", "limit": 100}
+    ids = [r["id"] for r in (await hub.http.post("/crm/v3/objects/contacts/search", json=everyone)).json()["results"]]
+    assert ids == sorted(ids, key=int, reverse=True) and len(ids) == 6
+
+    deleted = await hub.http.post("/crm/v3/objects/contacts/gdpr-delete", json={"objectId": other})
+    assert deleted.status_code == 204
+    # HubSpot blocklists a deleted contact's addresses, primary and additional.
+    assert all(hub.state.is_blocklisted(a) for a in ("paul@example.org", "lea.old@example.org", "pm@example.org"))
