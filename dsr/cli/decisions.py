@@ -3,7 +3,7 @@ withdraw, retry, doubt, rectify, clear residual data."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -23,7 +23,7 @@ from dsr.cli.common import (
 )
 
 
-async def _update(request_id: str, update: Callable[..., Awaitable[Any]], argument: Any, as_json: bool) -> None:
+async def _update(request_id: str, update: Callable[..., Any], argument: Any, as_json: bool) -> None:
     """Send ``update`` (a ``DataSubjectRequest`` update method) with ``argument``; print the result."""
     from temporalio.client import WorkflowExecutionStatus
 
