@@ -189,7 +189,7 @@ class HubSpotConnector:
         """Every contact whose email or one of whose secondary emails equals ``email`` (HubSpot compares
         case-insensitively; the match is confirmed here, since a token search is looser than equality)."""
         found: list[dict[str, Any]] = []
-        after = "0"
+        after: Any = "0"  # the paging cursor HubSpot returns (a string), "0" for the first page
         while True:
             body: dict[str, Any] = {
                 "filterGroups": [
@@ -313,8 +313,8 @@ class HubSpotConnector:
         if state is None:
             located = await self._contacts(job.subject.email)
             notes = self._secondary_note(located, job.subject.email, "exported with everything they hold")
-            contacts = [str(c["id"]) for c in located]
-            state = {"contacts": contacts, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
+            state = {"contacts": [str(c["id"]) for c in located], "step": 0, "after": None,
+                     "written": dict.fromkeys(datasets, 0)}
         contacts: list[str] = state["contacts"]
         outcome = ConnectorOutcome(connector=self.name, found=len(contacts), notes=notes)
         if not contacts:

@@ -78,7 +78,7 @@ def parse_fault_rates(raw: str, name: str = FAULTS_VARIABLE) -> FaultRates:
         if not 0.0 <= rate <= 1.0:
             raise ConfigError(f"{expected}; {key}={rate} is not between 0 and 1")
         rates[_KEYS[key]] = rate
-    parsed = FaultRates(**rates)
+    parsed = FaultRates(**rates)  # type: ignore[arg-type]  # keys checked against _KEYS: the float fields only
     if parsed.total > 1.0:
         raise ConfigError(f"{expected}; the rates add up to {parsed.total:g}, more than 1")
     return parsed

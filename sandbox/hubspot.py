@@ -626,7 +626,10 @@ class _HubSpotApi:
                 return _validation("sorts: each sort is {\"propertyName\": ..., \"direction\": ...}")
             name = sort["propertyName"]
             numeric = name == "hs_object_id"
-            matched.sort(key=lambda o, n=name, num=numeric: (int(o.id) if num else (o.properties.get(n) or "")),
+            def sort_key(record: Any, n: str = name, num: bool = numeric) -> Any:
+                return int(record.id) if num else (record.properties.get(n) or "")
+
+            matched.sort(key=sort_key,
                          reverse=sort.get("direction", "ASCENDING") == "DESCENDING")
         page = matched[offset:offset + limit]
         properties = body.get("properties") or None

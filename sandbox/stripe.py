@@ -105,12 +105,12 @@ def configure_persistence(state_file: Path | None, *, save_every: float = 1.0) -
     from localstripe.resources import Store
 
     if state_file is None:
-        Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
-        Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+        Store.dump_to_disk = lambda self: None
+        Store.try_load_from_disk = lambda self: None
         return None
     state = _StateFile(Path(state_file), save_every)
-    Store.dump_to_disk = lambda self: state.mark_dirty(self)  # type: ignore[method-assign]
-    Store.try_load_from_disk = lambda self: state.load(self)  # type: ignore[method-assign]
+    Store.dump_to_disk = lambda self: state.mark_dirty(self)
+    Store.try_load_from_disk = lambda self: state.load(self)
     return state
 
 
@@ -161,12 +161,12 @@ def index_store() -> None:
         li._list = list(index.get(cls.object, {}).values())
         return li
 
-    Store.__setitem__ = setitem  # type: ignore[method-assign,assignment]
-    Store.__delitem__ = delitem  # type: ignore[method-assign,assignment]
-    Store.clear = clear  # type: ignore[method-assign,assignment]
-    Store._dsr_reindex = reindex  # type: ignore[attr-defined]
-    Store._dsr_indexed = True  # type: ignore[attr-defined]
-    StripeObject._api_list_all = classmethod(list_all)  # type: ignore[method-assign,assignment]
+    Store.__setitem__ = setitem
+    Store.__delitem__ = delitem
+    Store.clear = clear
+    Store._dsr_reindex = reindex
+    Store._dsr_indexed = True
+    StripeObject._api_list_all = classmethod(list_all)
     reindex(resources.store)
 
 

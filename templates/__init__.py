@@ -87,7 +87,7 @@ class RenderedNotice:
 class _OptionalUndefined(StrictUndefined):
     """A missing key is falsy, so ``{% if key %}`` works, but printing it is an error."""
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> bool:  # type: ignore[override]  # jinja2 types it as returning Never
         return False
 
 

@@ -767,7 +767,7 @@ class DataSubjectRequest:
                     last_escalation = workflow.now()
                     continue
             await self._wait(
-                lambda v=version: self._stage == Stage.CLOSED or self._deadline_version != v,  # type: ignore[misc]
+                lambda v=version: self._stage == Stage.CLOSED or self._deadline_version != v,
                 next_at - now,
                 "deadline watch",
             )

@@ -341,7 +341,7 @@ class SqlConnector:
         wanted = list(keys)
         with self._engine.connect() as conn:
             reached = [dict(row._mapping) for row in conn.execute(self._select(t, email, names))]
-            by_key = []
+            by_key: list[Any] = []
             for start in range(0, len(wanted), self._batch):
                 chunk = [_key_value(k) for k in wanted[start:start + self._batch]]
                 by_key.extend(dict(row._mapping) for row in conn.execute(
@@ -420,7 +420,7 @@ class SqlConnector:
                                     .with_for_update()).mappings().all()
                 groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                 for row in rows:
-                    values = self._erased(t, row, today)
+                    values = self._erased(t, dict(row), today)
                     if values:
                         groups.setdefault(tuple(sorted(values)), []).append({"_key": row[t.key], **values})
                 for names_changed, params in groups.items():

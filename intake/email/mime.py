@@ -230,7 +230,7 @@ def _attachment_parts(message: EmailMessage, body_part: MIMEPart | None) -> Iter
         disposition = (part.get_content_disposition() or "").lower()
         named = _filename(part) is not None
         if disposition == "attachment" or named or part.get_content_maintype() != "text":
-            yield part  # type: ignore[misc]
+            yield part
 
 
 _LATIN1 = {"iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "iso_8859-1", "cp819"}
