@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint histories clean
+.PHONY: install run test lint histories migration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP) lint
 # Re-record the saved workflow histories that the replay test checks (after an intended change).
 histories: $(STAMP)
 	DSR_RECORD_HISTORIES=1 $(BIN)/pytest -q tests/workflows/test_request.py tests/workflows/test_subject_order.py
+
+# Write the next ledger migration from the models: make migration MESSAGE="add requests.closed_at"
+migration: $(STAMP)
+	$(BIN)/python scripts/new-migration "$(MESSAGE)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1268,6 +1268,12 @@ def codec_server(
         asyncio.run(serve())
 
 
+# `dsr db` lives in its own module, which uses this one's helpers: imported once they exist.
+from dsr.cli_db import db_app  # noqa: E402
+
+app.add_typer(db_app, name="db")
+
+
 def main() -> NoReturn:  # pragma: no cover - console script entry point
     """Run a verb, then leave without interpreter teardown.
 
