@@ -21,17 +21,16 @@ from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
 from dsr.codec_server import serve_codec
 from dsr.config import Settings
-from dsr.crypto import data_converter
 from dsr.guards import Guards
 from dsr.ledger import Ledger
 from dsr.model import IdentityMethod, Outcome, RequestStatus, Stage
 from dsr.store.exports import ExportStore
-from dsr.temporal import register_search_attributes
 from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, binary, exports_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of
+from tests.servers import time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
@@ -52,13 +51,8 @@ class Systems:
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     """This module's own test server: its workflows (waiting on download links) must not keep the shared
     one from skipping time for the lifecycle tests."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"), data_converter=data_converter(TEST_KEYRING))
-    try:
-        await register_search_attributes(env.client)
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture(scope="module")

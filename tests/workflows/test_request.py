@@ -17,7 +17,6 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from dsr import search_attributes as sa
-from dsr.crypto import data_converter
 from dsr.deadlines import response_deadline
 from dsr.model import (
     ClockPolicy,
@@ -38,9 +37,9 @@ from dsr.model import (
     Withdrawal,
 )
 from dsr.profile import ControllerProfile
-from dsr.temporal import register_search_attributes
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, ScriptedConnector, attachments_of, binary, exports_of, keep_history
+from tests.harness import ScriptedConnector, attachments_of, exports_of, keep_history
+from tests.servers import time_skipping_server
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
 from workflows.request import (
     IDENTITY_DOCUMENTS,
@@ -60,15 +59,8 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     its clock past 2100, where the holidays package has no data, and every later ``submit`` failed. A fresh
     server starts at today's date, for about a second per test.
     """
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"),
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        await register_search_attributes(env.client)
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 async def submit(engine: Engine, kind: str = "access", *, identity: IdentityMethod = IdentityMethod.TRUSTED,
