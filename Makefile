@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint histories migration clean
+.PHONY: install run test test-fast lint histories migration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest
+
+# The inner loop: leaves out what needs PostgreSQL, Dovecot or Chromium and the tests marked slow (whole stacks,
+# killed workers, fuzzing); `make test` (and CI) still runs everything.
+FAST := not slow and not postgres and not imap and not browser and not chaos
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "$(FAST)"
 
 # Re-record the saved workflow histories that the replay test checks (after an intended change).
 histories: $(STAMP)
