@@ -57,6 +57,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)  # database_url asks for PostgreSQL only when run
         if callspec is not None and callspec.params.get("database_url") == "postgresql":
             item.add_marker("postgres")
+        if callspec is not None and callspec.params.get("storage_url") == "s3":
+            item.add_marker("slow")  # over HTTP to moto, seconds a test; its file:// twin stays in the fast loop
 
 
 def _truthy(name: str) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -54,6 +55,8 @@ from tests.cluster import (
 from tests.harness import MailSink, S3Server, free_port
 from tests.servers import start_dev_server, start_time_skipping_server
 from workflows.request import DataSubjectRequest
+
+pytestmark = pytest.mark.slow  # a cluster of processes
 
 HEAVY_ORDERS = 10_000
 PER_KIND = 8

@@ -21,8 +21,6 @@ from temporalio.converter import ActivitySerializationContext, DataConverter, Wo
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
-from tests.servers import start_time_skipping_server
-
 # This module defines a workflow, so the sandbox re-imports it: pass the native-code imports through.
 with workflow.unsafe.imports_passed_through():
     from dsr.config import Settings
@@ -40,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         UnknownKeyError,
         data_converter,
     )
+    from tests.servers import start_time_skipping_server
 
 EMAIL = "jeanne.martin@example.org"
 

@@ -11,10 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from dsr.crypto import KeyRing, data_converter
 from dsr.ledger import Ledger
 from dsr.links import DownloadLinks
 from dsr.model import Channel, Language, RequestKind, RequestRecordInput, Subject
+
+pytestmark = pytest.mark.slow  # the verbs as processes
 
 BIN = Path(sys.executable).parent
 EMAIL = "jeanne.martin@example.org"

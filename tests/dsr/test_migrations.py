@@ -191,6 +191,7 @@ def dsr(home: Path, *args: str, url: str | None = None) -> subprocess.CompletedP
     return subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_dsr_db_status_and_upgrade(tmp_path: Path, database_url: str) -> None:
     build_previous_release(database_url)

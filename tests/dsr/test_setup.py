@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
@@ -18,6 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 from dsr import search_attributes as sa
 from tests.harness import S3Server, free_port
 from tests.servers import dev_server_running
+
+pytestmark = pytest.mark.slow  # dsr setup as a process against a dev server
 
 BIN = Path(sys.executable).parent
 

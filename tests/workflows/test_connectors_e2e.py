@@ -35,6 +35,8 @@ from tests.workflows.conftest import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 
+pytestmark = pytest.mark.slow  # every system end to end
+
 EMAIL = "Nadia.Haddad@example.org"  # the subject writes it capitalised; every system must still match
 TOKEN, KEY, SECRET, STRIPE_KEY = "pat-test", "ck_test", "cs_test", "sk_test_e2e"
 

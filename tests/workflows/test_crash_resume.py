@@ -15,6 +15,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import WorkflowHandle
 
@@ -31,6 +32,8 @@ from tests.conftest import S3Server
 from tests.harness import TEST_KEYRING, MailSink
 from tests.servers import start_dev_server
 from workflows.request import DataSubjectRequest
+
+pytestmark = pytest.mark.slow  # workers killed and restarted
 
 DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
 ORDERS = 4000

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.service import RPCError
@@ -29,6 +30,8 @@ from intake.submission import Submission, prepare, start
 from tests.harness import free_port
 from tests.servers import start_dev_server
 from workflows.request import STEP_HEARTBEAT, DataSubjectRequest
+
+pytestmark = pytest.mark.slow  # workers killed and restarted
 
 DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
 EMAIL = "late.reader@example.org"
