@@ -452,6 +452,9 @@ class Ledger:
         except OperationalError as exc:
             self._engine.dispose()
             raise _unavailable(self._engine, exc) from None
+        except LedgerUnavailableError:
+            self._engine.dispose()
+            raise
 
     def _require_head(self) -> None:
         with self._engine.connect() as connection:
