@@ -28,7 +28,9 @@ import contextlib
 import hmac
 import json
 import re
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -371,7 +373,7 @@ def _sqlite_engine(url: URL) -> Engine:
             cursor.execute("PRAGMA foreign_keys = ON")
             if not _is_sqlite_memory(url):
                 # WAL: readers never block the writer, so the worker's threads and the CLI can share it.
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor)
         finally:
             cursor.close()
 
@@ -384,6 +386,23 @@ def _sqlite_engine(url: URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the database to WAL, waiting while another connection holds it locked.
+
+    A new database is switched by the first connection; one opening it while another process migrates it (the
+    write lock held) is refused at once, without SQLite's busy handler: retried here for the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _open_engine(url: str | URL) -> Engine:
