@@ -24,11 +24,11 @@ test: $(STAMP) lint
 	$(BIN)/pytest
 
 # The inner loop: leaves out what needs PostgreSQL, Dovecot or Chromium and the tests marked slow (whole stacks,
-# killed workers, fuzzing); `make test` (and CI) still runs everything.
+# killed workers, fuzzing), in two processes (pytest-xdist); `make test` (and CI) still runs everything, in one.
 FAST := not slow and not postgres and not imap and not browser and not chaos
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "$(FAST)"
+	$(BIN)/pytest -q -n 2 -m "$(FAST)"
 
 # Re-record the saved workflow histories that the replay test checks (after an intended change).
 histories: $(STAMP)
