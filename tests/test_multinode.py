@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -51,9 +52,11 @@ from tests.cluster import (
     shared_environment,
     start_sandboxes,
 )
-from tests.harness import MailSink, S3Server, binary, free_port
-from workflows import search_attributes as sa
+from tests.harness import MailSink, S3Server, free_port
+from tests.servers import start_dev_server, start_time_skipping_server
 from workflows.request import DataSubjectRequest
+
+pytestmark = pytest.mark.slow  # a cluster of processes
 
 HEAVY_ORDERS = 10_000
 PER_KIND = 8
@@ -131,10 +134,7 @@ async def cluster(tmp_path: Path, postgres_url: str, mail: MailSink, s3_server: 
     keyring = KeyRing.from_env_value(keys)
     s3, prefix = s3_server, f"cluster-{uuid.uuid4().hex[:12]}"
     boxes = await start_sandboxes()
-    temporal = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
-        data_converter=data_converter(keyring),
-    )
+    temporal = await start_dev_server(keyring)
     machines: list[Machine] = []
     try:
         config = connectors_toml(boxes)
@@ -357,13 +357,9 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
     keyring = KeyRing.from_env_value(keys)
     s3, prefix = s3_server, f"expiry-{uuid.uuid4().hex[:12]}"
     boxes = await start_sandboxes()
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"), data_converter=data_converter(keyring))
+    env = await start_time_skipping_server(keyring)
     machines: list[Machine] = []
     try:
-        from dsr.runtime.temporal import register_search_attributes
-
-        await register_search_attributes(env.client)
         holding = await seed_person(boxes, "expiry.subject@example.org", "Expiry Subject", notes=1, orders=3,
                                     charges=1)
         shared = shared_environment(

@@ -19,6 +19,8 @@ import pytest
 
 from tests.harness import binary, free_port
 
+pytestmark = pytest.mark.slow  # the whole `dsr up` stack, as processes
+
 BIN = Path(sys.executable).parent
 EMAIL = "camille.durand@example.org"
 NAME = "Camille Durand"

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import typer
 
-from dsr.cli import attachments, config, connectors, decisions, demo, keys, register, requests, services, triage
+from dsr.cli import attachments, config, connectors, db, decisions, demo, keys, register, requests, services, triage
 
 app = typer.Typer(
     name="dsr",
@@ -49,6 +49,7 @@ app.add_typer(connectors.app, name="connectors")
 app.add_typer(config.app, name="config")
 app.add_typer(keys.app, name="keys")
 app.add_typer(demo.app, name="demo")
+app.add_typer(db.db_app, name="db")
 
 
 def main() -> NoReturn:  # pragma: no cover - console script entry point

@@ -47,13 +47,13 @@ def _probe_storage(objects) -> None:
 
 @run
 async def setup(as_json: JsonOption = False) -> None:
-    """Prepare a new deployment, once, from any machine (it is idempotent): the ledger's tables, Temporal's search
+    """Prepare a new deployment, once, from any machine (it is idempotent): the ledger's schema, Temporal's search
     attributes, and a check that the object storage is reachable and writable."""
     from temporalio.service import RPCError, RPCStatusCode
 
+    from dsr import migrations
     from dsr.runtime.temporal import register_search_attributes
     from dsr.store import StorageError
-    from dsr.store.guards import Guards
     from dsr.store.ledger import LedgerUnavailableError
     from workflows import search_attributes as sa
 
@@ -64,11 +64,9 @@ async def setup(as_json: JsonOption = False) -> None:
         ledger = deployment.ledger
     except (LedgerUnavailableError, ValueError) as err:
         raise UserError(str(err)) from None
-    try:
-        Guards(ledger.engine, deployment.keyring)  # the intake's shared counters live beside the ledger
-        done["ledger"] = f"tables ready in {ledger.url.render_as_string(hide_password=True)}"
-    finally:
-        deployment.close()
+    # Opening the ledger upgraded its database (the intake's shared counters included) to this release's schema.
+    done["ledger"] = f"schema {migrations.head()} in {ledger.url.render_as_string(hide_password=True)}"
+    deployment.close()
     names = ", ".join(key.name for key in sa.TEMPORAL_TYPE_NAMES)
     try:
         await register_search_attributes(client)

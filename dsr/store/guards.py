@@ -7,7 +7,7 @@ process: each decision is one transaction that reads *and* records, on rows lock
 UPDATE`` locks it), so two replicas deciding at the same instant queue on the row, the second seeing what
 the first recorded.
 
-Tables (created on the ledger's engine if missing, like the ledger's own):
+Tables (made by the ledger's migrations, :mod:`dsr.migrations`, like the ledger's own):
 
 ``rate_limits``
     Submissions per client address and per subject in a sliding window: the times of the last hits (at most
@@ -54,7 +54,7 @@ from sqlalchemy import Engine, String, Text, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 
-from dsr.store.ledger import UTCDateTime, create_tables
+from dsr.store.ledger import UTCDateTime, prepare_schema
 
 CLIENT_PURPOSE = "intake.client-address"
 PURGE_EVERY = timedelta(minutes=1)
@@ -113,8 +113,6 @@ class AnswerCapRow(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
-_TABLES = [RateLimitRow.__table__, AttemptLimitRow.__table__, AnswerCapRow.__table__,  # type: ignore[attr-defined]
-           SeenSignatureRow.__table__]  # type: ignore[attr-defined]
 _Row = TypeVar("_Row", RateLimitRow, AttemptLimitRow, AnswerCapRow)
 
 
@@ -209,7 +207,7 @@ class Guards:
         self._purge_batch = purge_batch
         self._purged_at: datetime | None = None
         self._purge_lock = threading.Lock()
-        create_tables(engine, _TABLES)
+        prepare_schema(engine)
 
     @property
     def engine(self) -> Engine:

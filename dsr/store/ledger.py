@@ -28,20 +28,24 @@ import contextlib
 import hmac
 import json
 import re
+import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, Engine, String, Text, delete, event, inspect, make_url, select
+from sqlalchemy import DateTime, Engine, String, Text, delete, event, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, create_engine
 
+from dsr import migrations
 from dsr.domain.model import AuditEvent, Channel, Language, Outcome, RequestKind, RequestRecordInput, Stage, Subject
 from dsr.errors import NotFoundError, StoreError
 
@@ -304,22 +308,136 @@ def _refuse_personal_data(event: AuditEvent, details: dict[str, str], subject: S
 
 # --- schema --------------------------------------------------------------------------------------------
 
-SCHEMA_LOCK = 0x64737200
-"""PostgreSQL advisory lock taken while tables are created: machines starting together on a new database."""
 
+def prepare_schema(engine: Engine) -> None:
+    """Bring the database behind ``engine`` to this release's schema (:func:`dsr.migrations.upgrade`).
 
-def create_tables(engine: Engine, tables: list[Any] | None = None) -> None:
-    """Create the missing tables (all of SQLModel's, or ``tables``), one process at a time.
-
-    Several workers and intake replicas may start at once on a new database: PostgreSQL would let two of them
-    create the same table and fail one on its catalogue's unique index, so creation holds an advisory lock (DDL
-    is transactional there: the second sees the first's tables once it gets the lock). SQLite: the ledger's
-    engine takes the write lock up front (``dsr_write``), which serialises creators the same way.
+    Every table of the ledger's database is made by the migrations, so the ledger, :class:`dsr.store.guards.Guards`
+    and the intake's inbox each call this on the engine they are given; on an engine already at head (this
+    process did it, or another process did) it costs one short transaction.
     """
-    with engine.execution_options(dsr_write=True).begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-        SQLModel.metadata.create_all(connection, tables=tables)
+    if engine in _UPGRADED:
+        return
+    try:
+        migrations.upgrade(engine)
+    except migrations.SchemaError as exc:
+        raise LedgerUnavailableError(str(exc)) from None
+    _UPGRADED.add(engine)
+
+
+_UPGRADED: weakref.WeakSet[Engine] = weakref.WeakSet()
+"""Engines this process has brought to head: a schema does not go back while the engine lives."""
+
+
+def schema_revision(url: str | URL) -> str | None:
+    """The schema revision of the database at ``url``, read without upgrading it; ``None`` before any.
+
+    Raises ``ValueError`` for an unusable URL and :class:`LedgerUnavailableError` when it cannot be reached.
+    """
+    try:
+        parsed = _normalise_url(url)
+        engine = create_engine(parsed)
+    except ArgumentError as exc:
+        raise ValueError(f"database URL is not usable: {exc}") from None
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and not _is_sqlite_memory(parsed) and not database.startswith("file:") \
+            and not Path(database).expanduser().exists():
+        return None  # not created yet (and not created by looking)
+    try:
+        with engine.connect() as connection:
+            return migrations.current(connection)
+    except OperationalError as exc:
+        raise _unavailable(engine, exc) from None
+    finally:
+        engine.dispose()
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if _is_sqlite_memory(url):
+        # One shared in-memory database, so every thread sees the same tables; the ledger serialises them.
+        engine = create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        database = url.database or ""
+        if not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (below) instead of sqlite3's legacy transaction control.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not _is_sqlite_memory(url):
+                # WAL: readers never block the writer, so the worker's threads and the CLI can share it.
+                _enable_wal(cursor)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A write transaction that starts deferred and upgrades later fails at once with
+        # SQLITE_BUSY if another connection wrote meanwhile (the busy timeout does not apply);
+        # taking the write lock at BEGIN makes writers queue on the busy timeout instead.
+        write = conn.get_execution_options().get("dsr_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the database to WAL, waiting while another connection holds it locked.
+
+    A new database is switched by the first connection; one opening it while another process migrates it (the
+    write lock held) is refused at once, without SQLite's busy handler: retried here for the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _open_engine(url: str | URL) -> Engine:
+    """The engine of the ledger's database at ``url``; ``ValueError`` for a malformed URL or unknown driver."""
+    try:
+        parsed = _normalise_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        return create_engine(parsed, pool_pre_ping=True)
+    except ArgumentError as exc:
+        raise ValueError(f"database URL is not usable: {exc}") from None
+
+
+def _unavailable(engine: Engine, exc: OperationalError) -> LedgerUnavailableError:
+    where = engine.url.render_as_string(hide_password=True)
+    reason = " ".join(str(exc.orig or exc).split())  # one line
+    return LedgerUnavailableError(f"cannot open the ledger database {where}: {reason}")
+
+
+def upgrade_database(url: str | URL) -> str:
+    """Upgrade the database at ``url`` to this release's schema (``dsr db upgrade``); answer its revision.
+
+    Needs no keys: the schema holds no personal data. Raises ``ValueError`` for an unusable URL and
+    :class:`LedgerUnavailableError` when the database cannot be reached or its schema is not usable.
+    """
+    engine = _open_engine(url)
+    try:
+        return migrations.upgrade(engine)
+    except OperationalError as exc:
+        raise _unavailable(engine, exc) from None
+    except migrations.SchemaError as exc:
+        raise LedgerUnavailableError(str(exc)) from None
+    finally:
+        engine.dispose()
 
 
 # --- the ledger ------------------------------------------------------------------------------------
@@ -331,72 +449,42 @@ class Ledger:
     Several processes (the worker, the CLI) may open the same database, SQLite file included.
     """
 
-    def __init__(self, url: str | URL, sealer: Sealer) -> None:
-        """Open the ledger at a SQLAlchemy ``url`` and create its tables if they are missing.
+    def __init__(self, url: str | URL, sealer: Sealer, *, upgrade: bool = True) -> None:
+        """Open the ledger at a SQLAlchemy ``url`` and upgrade its schema to this release's (see
+        :mod:`dsr.migrations`); with ``upgrade=False`` a database not at that schema is refused instead.
 
         Raises ``ValueError`` for a malformed URL or an unknown driver and
-        :class:`LedgerUnavailableError` when the database cannot be reached.
+        :class:`LedgerUnavailableError` when the database cannot be reached or its schema is not usable.
         """
         self._sealer = sealer
         self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        try:
-            self._url = _normalise_url(url)
-            if self._url.get_backend_name() == "sqlite":
-                self._engine = self._sqlite_engine(self._url)
-            else:
-                self._engine = create_engine(self._url, pool_pre_ping=True)
-        except ArgumentError as exc:
-            raise ValueError(f"database URL is not usable: {exc}") from None
+        self._engine = _open_engine(url)
+        self._url = self._engine.url
+        if self._url.get_backend_name() == "sqlite" and _is_sqlite_memory(self._url):
+            self._lock = threading.RLock()  # one shared connection: one thread at a time
         # SQLite: writes take the write lock up front (BEGIN IMMEDIATE), see _sqlite_engine.
         self._write_engine = self._engine.execution_options(dsr_write=True)
         try:
-            had_claims = inspect(self._engine).has_table(SubjectClaimRow.__tablename__)
-            create_tables(self._engine)
-            if not had_claims:
-                with contextlib.suppress(IntegrityError):  # another process starting with us did it
-                    self._claim_open_requests()
+            if upgrade:
+                prepare_schema(self._engine)
+            else:
+                self._require_head()
         except OperationalError as exc:
             self._engine.dispose()
+            raise _unavailable(self._engine, exc) from None
+        except LedgerUnavailableError:
+            self._engine.dispose()
+            raise
+
+    def _require_head(self) -> None:
+        with self._engine.connect() as connection:
+            found = migrations.current(connection)
+        if found != migrations.head():
             where = self._url.render_as_string(hide_password=True)
-            reason = " ".join(str(exc.orig or exc).split())  # one line
-            raise LedgerUnavailableError(f"cannot open the ledger database {where}: {reason}") from None
+            raise LedgerUnavailableError(
+                f"the ledger database {where} is at schema revision {found or 'none'}, this release needs "
+                f"{migrations.head()}: run `dsr db upgrade`")
 
-    def _sqlite_engine(self, url: URL) -> Engine:
-        if _is_sqlite_memory(url):
-            # One shared in-memory database, so every thread sees the same tables; serialised by a lock.
-            engine = create_engine(
-                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
-            self._lock = threading.RLock()
-        else:
-            database = url.database or ""
-            if not database.startswith("file:"):
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy emit BEGIN itself (below) instead of sqlite3's legacy transaction control.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
-                cursor.execute("PRAGMA foreign_keys = ON")
-                if not _is_sqlite_memory(url):
-                    # WAL: readers never block the writer, so the worker's threads and the CLI can share it.
-                    cursor.execute("PRAGMA journal_mode = WAL")
-            finally:
-                cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            # A write transaction that starts deferred and upgrades later fails at once with
-            # SQLITE_BUSY if another connection wrote meanwhile (the busy timeout does not apply);
-            # taking the write lock at BEGIN makes writers queue on the busy timeout instead.
-            write = conn.get_execution_options().get("dsr_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
 
     @property
     def url(self) -> URL:
@@ -601,22 +689,6 @@ class Ledger:
             SubjectClaimRow.kind == kind,  # type: ignore[arg-type]
             SubjectClaimRow.request_id == request_id,  # type: ignore[arg-type]
         )
-
-    def _claim_open_requests(self) -> None:
-        """A ledger from before claims existed: its open requests hold their subject and kind (oldest first),
-        so an upgrade does not let a duplicate of a request already under way start a second workflow."""
-        statement = (
-            select(RequestRow).where(col(RequestRow.stage) != Stage.CLOSED.value)
-            .order_by(col(RequestRow.received_at), col(RequestRow.request_id))
-        )
-        with self._session(write=True) as session:
-            taken: set[tuple[str, str]] = {
-                (row.subject_index, row.kind) for row in session.scalars(select(SubjectClaimRow))}
-            for row in list(session.scalars(statement)):
-                if (row.subject_index, row.kind) not in taken:
-                    taken.add((row.subject_index, row.kind))
-                    session.add(SubjectClaimRow(subject_index=row.subject_index, kind=row.kind,
-                                                request_id=row.request_id, claimed_at=row.created_at))
 
     # --- reads -------------------------------------------------------------------------------------
 

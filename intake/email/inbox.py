@@ -28,7 +28,7 @@ from sqlalchemy import Engine, String
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel
 
-from dsr.store.ledger import Sealer, UTCDateTime, create_tables
+from dsr.store.ledger import Sealer, UTCDateTime, prepare_schema
 
 MESSAGE_KEY_PURPOSE = "inbound.message-id"
 
@@ -93,7 +93,7 @@ class Inbox:
         # pollers queue on the lock instead of failing; other engines ignore it.
         self._write_engine = engine.execution_options(dsr_write=True)
         self._indexer = indexer
-        create_tables(engine, [InboundMessageRow.__table__])  # type: ignore[attr-defined]
+        prepare_schema(engine)
 
     def key_for(self, message_id: str, sender: str) -> str:
         """The row key of a message: keyed hash of its Message-ID and lower-cased sender address."""

@@ -114,6 +114,7 @@ def test_secrets_file_fills_missing_variables_and_must_be_private(tmp_path: Path
         settings.connector_environment({})
 
 
+@pytest.mark.slow
 async def test_connectors_check_over_real_http(tmp_path: Path) -> None:
     import asyncio
 
@@ -143,6 +144,7 @@ async def test_connectors_check_over_real_http(tmp_path: Path) -> None:
         await crm.stop()
 
 
+@pytest.mark.slow
 def test_config_check_lists_what_the_profile_misses(tmp_path: Path) -> None:
     dsr = Path(sys.executable).parent / "dsr"
     env = {**os.environ, "DSR_HOME": str(tmp_path)}

@@ -341,6 +341,7 @@ async def test_injected_429_is_transient_with_retry_after(shop: Shop) -> None:
     assert err.value.retry_after == 17
 
 
+@pytest.mark.slow
 async def test_the_shops_own_rate_limit_is_waited_out_and_the_connector_limit_avoids_it() -> None:
     shop = await start_shop(rate_limit=(5, 1.0))
     try:

@@ -37,6 +37,7 @@ def test_saved_on_one_machine_read_and_deleted_on_another(storage_url: str) -> N
         operator.read(REQUEST, 1)
 
 
+@pytest.mark.slow
 def test_the_bucket_holds_only_ciphertext(s3_url: str, s3_server) -> None:
     machine(s3_url).save(REQUEST, "passeport Jérôme.pdf", "application/pdf", SCAN)
     raw = s3_server.raw_objects(s3_url.split("/", 3)[3])

@@ -274,6 +274,7 @@ def test_a_failed_build_leaves_no_plaintext_and_the_previous_bundle(store: Expor
     assert unzip(store, before).namelist()[0] == "data.json"  # the retry's failure did not damage it
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_for_a_large_export(storage_url: str, tmp_path: Path) -> None:
     store = ExportStore(store_at(storage_url), TEST_KEYRING)
     records = 20_000

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import stat
-import sys
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,7 +19,6 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.converter import ActivitySerializationContext, DataConverter, WorkflowSerializationContext
 from temporalio.exceptions import ActivityError, ApplicationError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 # This module defines a workflow, so the sandbox re-imports it: pass the native-code imports through.
@@ -41,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         UnknownKeyError,
         data_converter,
     )
+    from tests.servers import start_time_skipping_server
 
 EMAIL = "jeanne.martin@example.org"
 
@@ -416,21 +414,10 @@ class ContactWorkflow:
         )
 
 
-def _test_server() -> str:
-    found = shutil.which("temporal-test-server") or shutil.which(
-        "temporal-test-server", path=str(Path(sys.executable).parent)
-    )
-    if found is None:
-        pytest.fail("temporal-test-server not found: install the test extras")
-    return found
-
-
 async def test_temporal_history_holds_no_plaintext_email() -> None:
     ring = KeyRing.generate()
     converter = data_converter(ring)
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=_test_server(), data_converter=converter
-    )
+    env = await start_time_skipping_server(ring, search_attributes=False)
     try:
         task_queue = f"crypto-{uuid.uuid4()}"
         workflow_id = f"crypto-test-{uuid.uuid4()}"

@@ -11,10 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from dsr.domain.model import Channel, Language, RequestKind, RequestRecordInput, Subject
 from dsr.store.crypto import KeyRing, data_converter
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks
+
+pytestmark = pytest.mark.slow  # the verbs as processes
 
 BIN = Path(sys.executable).parent
 EMAIL = "jeanne.martin@example.org"

@@ -46,6 +46,8 @@ from dsr.store.crypto import KeyRing
 from dsr.store.ledger import Ledger
 from tests.dsr.simulated_register import TIMEZONE, Planned, fill, plan_year
 
+pytestmark = pytest.mark.slow  # a simulated year, and the verbs as processes
+
 PARIS = ZoneInfo(TIMEZONE)
 TODAY = date(2026, 6, 1)
 BIN = Path(sys.executable).parent

@@ -11,12 +11,16 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.harness import S3Server, binary, free_port
+from tests.harness import S3Server, free_port
+from tests.servers import dev_server_running
 from workflows import search_attributes as sa
+
+pytestmark = pytest.mark.slow  # dsr setup as a process against a dev server
 
 BIN = Path(sys.executable).parent
 
@@ -24,11 +28,8 @@ BIN = Path(sys.executable).parent
 @pytest_asyncio.fixture
 async def bare_cluster() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server as a new cluster comes: none of the engine's search attributes."""
-    env = await WorkflowEnvironment.start_local(dev_server_existing_path=binary("temporal"), ip="127.0.0.1")
-    try:
+    async with dev_server_running(None, search_attributes=False) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 def _setup(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -116,6 +116,7 @@ def test_storage_url_setting(tmp_path: Path, s3_url: str) -> None:
         assert "secret" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_an_unreachable_bucket_is_a_storage_error(tmp_path: Path, s3_url: str, monkeypatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
@@ -140,6 +141,7 @@ def test_check_names_what_is_wrong(storage_url: str, s3_url: str, tmp_path: Path
         gone.check()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["worker"], ["intake"], ["attachments", "list", "dsr-2026-11-7KQ3FJ"]])
 def test_the_cli_stops_with_one_line_when_the_bucket_is_missing(command: list[str], s3_server, tmp_path: Path) -> None:
     env = {**os.environ, **s3_server.env, "DSR_HOME": str(tmp_path), "DSR_STORAGE_URL": "s3://no-such-bucket/dsr",

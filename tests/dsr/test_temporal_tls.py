@@ -20,11 +20,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import ConfigError, Settings
 from dsr.runtime.temporal import connect
-from tests.harness import TEST_KEYRING, binary
+from tests.harness import TEST_KEYRING
+from tests.servers import start_time_skipping_server
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -119,7 +119,7 @@ class TlsFront:
 
 @pytest_asyncio.fixture
 async def tls_front(tmp_path: Path) -> AsyncIterator[tuple[TlsFront, int]]:
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=binary("temporal-test-server"))
+    env = await start_time_skipping_server(None, search_attributes=False)
     front = TlsFront(tmp_path, env.client.service_client.config.target_host)
     try:
         yield front, await front.start()

@@ -82,7 +82,7 @@ def _opener(ring: KeyRing, folder: Path) -> Callable[[str], Iterator[bytes] | No
 
 
 @dataclass
-class Env:
+class DownloadApp:
     ring: KeyRing
     links: DownloadLinks
     clock: Clock
@@ -115,7 +115,7 @@ async def _serve(
     opener: Callable[[str], Iterator[bytes] | None] | None = None,
     audit: Audit | None = None,
     clock: Clock | None = None,
-) -> AsyncIterator[Env]:
+) -> AsyncIterator[DownloadApp]:
     links = DownloadLinks(ring)
     clock = clock or Clock()
     audit = audit or Audit()
@@ -131,14 +131,14 @@ async def _serve(
     running = await serve_app(app, port=0)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
-            yield Env(ring, links, clock, audit, b"", http)
+            yield DownloadApp(ring, links, clock, audit, b"", http)
     finally:
         await running.stop()
         ledger.close()
 
 
 @pytest_asyncio.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+async def download_app(tmp_path: Path) -> AsyncIterator[DownloadApp]:
     ring = KeyRing.generate()
     plain = _zip_bytes()
     _write_bundle(ring, tmp_path, REFERENCE, plain)
@@ -171,10 +171,12 @@ def _flip(token: str, index: int) -> str:
 # ---------------------------------------------------------------------------------------------- happy path
 
 
-async def test_form_then_wrong_code_then_the_reference_is_refused_and_the_code_downloads(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
+async def test_form_then_wrong_code_then_the_reference_is_refused_and_the_code_downloads(
+    download_app: DownloadApp,
+) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
 
-    form = await env.http.get(env.path(link.token), headers={"Accept-Language": "en-GB,en;q=0.9"})
+    form = await download_app.http.get(download_app.path(link.token), headers={"Accept-Language": "en-GB,en;q=0.9"})
     assert form.status_code == 200
     _assert_page_headers(form)
     assert '<html lang="en">' in form.text
@@ -183,27 +185,28 @@ async def test_form_then_wrong_code_then_the_reference_is_refused_and_the_code_d
     assert REFERENCE.lower() not in form.text.lower()  # the page never gives the answer away
     assert f'action="/exports/{link.token}"' in form.text
     csrf = _csrf_value(form.text)
-    assert csrf == env.links.form_token(link.token)
+    assert csrf == download_app.links.form_token(link.token)
 
-    wrong = await env.http.post(env.path(link.token), data={"answer": "2222-2222", "form": csrf})
+    wrong = await download_app.http.post(download_app.path(link.token), data={"answer": "2222-2222", "form": csrf})
     if link.code == "22222222":  # pragma: no cover - one chance in 8.5e11
         pytest.skip("the random code happened to be 2222-2222")
     assert wrong.status_code == 403
     _assert_page_headers(wrong)
     assert 'role="alert"' in wrong.text
     assert REFERENCE.lower() not in wrong.text.lower()
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
 
     # The reference is in every email subject and in Temporal ids: no longer an answer (issue 12).
     for reference in (REFERENCE, REFERENCE.upper(), f"  {REFERENCE.lower()} "):
-        refused = await env.http.post(env.path(link.token), data={"answer": reference, "form": csrf})
+        refused = await download_app.http.post(download_app.path(link.token), data={"answer": reference, "form": csrf})
         assert refused.status_code == 403 and 'role="alert"' in refused.text
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
 
-    ok = await env.http.post(env.path(link.token), data={"answer": f"  {link.code[:4].lower()}-{link.code[4:]} ",
-                                                         "form": csrf})
+    ok = await download_app.http.post(download_app.path(link.token),
+                                      data={"answer": f"  {link.code[:4].lower()}-{link.code[4:]} ",
+                                            "form": csrf})
     assert ok.status_code == 200
-    assert ok.content == env.zip
+    assert ok.content == download_app.zip
     assert ok.headers["content-type"] == "application/zip"
     assert ok.headers["content-disposition"] == f'attachment; filename="{REFERENCE}.zip"'
     assert ok.headers["cache-control"] == "no-store"
@@ -213,41 +216,43 @@ async def test_form_then_wrong_code_then_the_reference_is_refused_and_the_code_d
         assert zf.testzip() is None
         assert sorted(zf.namelist()) == ["blob.bin", "data.json", "manifest.json"]
 
-    assert len(env.audit.calls) == 1
-    request_id, event, details = env.audit.calls[0]
+    assert len(download_app.audit.calls) == 1
+    request_id, event, details = download_app.audit.calls[0]
     assert (request_id, event) == (REFERENCE, "export_downloaded")
     assert details["proof"] == "code"
     assert re.fullmatch(r"[0-9a-f]{16}", details["ip_hash"])
-    assert details["ip_hash"] == env.links.ip_hash("127.0.0.1")
+    assert details["ip_hash"] == download_app.links.ip_hash("127.0.0.1")
     assert all("127.0.0.1" not in value for value in details.values())
 
 
-async def test_the_code_from_the_email_works_too_and_every_download_is_audited(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
+async def test_the_code_from_the_email_works_too_and_every_download_is_audited(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
     spaced = f"{link.code[:3]} {link.code[3:]}"
     for answer in (link.code, spaced):
-        response = await env.post(link.token, answer)
+        response = await download_app.post(link.token, answer)
         assert response.status_code == 200
-        assert response.content == env.zip
-    assert [call[1] for call in env.audit.calls] == ["export_downloaded", "export_downloaded"]
-    assert {call[2]["proof"] for call in env.audit.calls} == {"code"}
+        assert response.content == download_app.zip
+    assert [call[1] for call in download_app.audit.calls] == ["export_downloaded", "export_downloaded"]
+    assert {call[2]["proof"] for call in download_app.audit.calls} == {"code"}
 
 
-async def test_language_follows_accept_language(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
-    french = await env.http.get(env.path(link.token), headers={"Accept-Language": "fr-FR,fr;q=0.9,en;q=0.8"})
+async def test_language_follows_accept_language(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
+    french = await download_app.http.get(download_app.path(link.token),
+                                         headers={"Accept-Language": "fr-FR,fr;q=0.9,en;q=0.8"})
     assert '<html lang="fr">' in french.text and "Télécharger vos données" in french.text
-    default = await env.http.get(env.path(link.token), headers={"Accept-Language": "de-DE"})
+    default = await download_app.http.get(download_app.path(link.token), headers={"Accept-Language": "de-DE"})
     assert '<html lang="fr">' in default.text
-    english = await env.http.get(env.path(link.token), headers={"Accept-Language": "de, en;q=0.5, fr;q=0.4"})
+    english = await download_app.http.get(download_app.path(link.token),
+                                          headers={"Accept-Language": "de, en;q=0.5, fr;q=0.4"})
     assert '<html lang="en">' in english.text
     assert choose_language("en;q=0.2, fr;q=0.9") == "fr"
     assert choose_language("garbage;;;q=x, ,") == "fr"
     assert choose_language(None, "en") == "en"
 
 
-async def test_health(env: Env) -> None:
-    response = await env.http.get("/health")
+async def test_health(download_app: DownloadApp) -> None:
+    response = await download_app.http.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
@@ -255,16 +260,16 @@ async def test_health(env: Env) -> None:
 # ---------------------------------------------------------------------------------------------- bad links
 
 
-async def test_tampered_token_is_403_and_leaks_nothing(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
+async def test_tampered_token_is_403_and_leaks_nothing(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
     # the version, the expiry, the encrypted reference, the signature
     positions = [1, 4, 10, 20, 40, len(link.token) - 30, len(link.token) - 2]
     for index in positions:
         tampered = _flip(link.token, index)
         assert tampered != link.token
         for response in (
-            await env.http.get(env.path(tampered), headers={"Accept-Language": "en"}),
-            await env.post(tampered, REFERENCE, headers={"Accept-Language": "en"}),
+            await download_app.http.get(download_app.path(tampered), headers={"Accept-Language": "en"}),
+            await download_app.post(tampered, REFERENCE, headers={"Accept-Language": "en"}),
         ):
             assert response.status_code == 403, index
             _assert_page_headers(response)
@@ -272,73 +277,73 @@ async def test_tampered_token_is_403_and_leaks_nothing(env: Env) -> None:
             assert REFERENCE.lower() not in response.text.lower()
             assert tampered not in response.text
             assert "expire" not in response.text.lower()
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
 
 
-async def test_garbage_tokens_and_paths_never_give_a_500(env: Env) -> None:
+async def test_garbage_tokens_and_paths_never_give_a_500(download_app: DownloadApp) -> None:
     for token in ("x", "v1..", "v1.AAAA.BBBB", "v9." + "A" * 80 + "." + "B" * 43, "%C3%A9%00", "A" * 5000):
-        response = await env.http.get(f"/exports/{token}")
+        response = await download_app.http.get(f"/exports/{token}")
         assert response.status_code == 403, token
         _assert_page_headers(response)
-        response = await env.http.post(f"/exports/{token}", data={"answer": "1"})
+        response = await download_app.http.post(f"/exports/{token}", data={"answer": "1"})
         assert response.status_code == 403, token
-    missing = await env.http.get("/nowhere")
+    missing = await download_app.http.get("/nowhere")
     assert missing.status_code == 404
     _assert_page_headers(missing)
-    link = env.links.issue(REFERENCE, now=START)
-    not_allowed = await env.http.put(env.path(link.token))
+    link = download_app.links.issue(REFERENCE, now=START)
+    not_allowed = await download_app.http.put(download_app.path(link.token))
     assert not_allowed.status_code == 405
     assert "GET" in not_allowed.headers["allow"]
 
 
-async def test_expired_token_is_410(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START - timedelta(days=8))
+async def test_expired_token_is_410(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START - timedelta(days=8))
     for response in (
-        await env.http.get(env.path(link.token), headers={"Accept-Language": "en"}),
-        await env.post(link.token, link.code, headers={"Accept-Language": "en"}),
+        await download_app.http.get(download_app.path(link.token), headers={"Accept-Language": "en"}),
+        await download_app.post(link.token, link.code, headers={"Accept-Language": "en"}),
     ):
         assert response.status_code == 410
         _assert_page_headers(response)
         assert "This link has expired; ask for a new one" in response.text
         assert REFERENCE.lower() not in response.text.lower()
-    french = await env.http.get(env.path(link.token), headers={"Accept-Language": "fr"})
+    french = await download_app.http.get(download_app.path(link.token), headers={"Accept-Language": "fr"})
     assert "Ce lien a expiré" in french.text
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
 
 
-async def test_link_expires_exactly_at_its_expiry(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
+async def test_link_expires_exactly_at_its_expiry(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
     assert link.expires_at == START + timedelta(days=7)
-    env.clock.now = link.expires_at - timedelta(seconds=1)
-    assert (await env.http.get(env.path(link.token))).status_code == 200
-    env.clock.now = link.expires_at
-    assert (await env.http.get(env.path(link.token))).status_code == 410
+    download_app.clock.now = link.expires_at - timedelta(seconds=1)
+    assert (await download_app.http.get(download_app.path(link.token))).status_code == 200
+    download_app.clock.now = link.expires_at
+    assert (await download_app.http.get(download_app.path(link.token))).status_code == 410
 
 
-async def test_missing_bundle_is_410(env: Env) -> None:
-    link = env.links.issue(OTHER_REFERENCE, now=START)  # nothing was ever written for it
-    response = await env.post(link.token, link.code, headers={"Accept-Language": "en"})
+async def test_missing_bundle_is_410(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(OTHER_REFERENCE, now=START)  # nothing was ever written for it
+    response = await download_app.post(link.token, link.code, headers={"Accept-Language": "en"})
     assert response.status_code == 410
     _assert_page_headers(response)
     assert "no longer available" in response.text
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
 
 
 async def test_opener_returning_none_is_410_too(tmp_path: Path) -> None:
     ring = KeyRing.generate()
-    async with _serve(ring, tmp_path, opener=lambda request_id: None) as env:
-        link = env.links.issue(REFERENCE, now=START)
-        response = await env.post(link.token, link.code)
+    async with _serve(ring, tmp_path, opener=lambda request_id: None) as download_app:
+        link = download_app.links.issue(REFERENCE, now=START)
+        response = await download_app.post(link.token, link.code)
         assert response.status_code == 410
-        assert env.audit.calls == []
+        assert download_app.audit.calls == []
 
 
 async def test_a_download_that_cannot_be_audited_does_not_happen(tmp_path: Path) -> None:
     ring = KeyRing.generate()
     _write_bundle(ring, tmp_path, REFERENCE, b"PK-zip-bytes")
-    async with _serve(ring, tmp_path, audit=Audit(fail=True)) as env:
-        link = env.links.issue(REFERENCE, now=START)
-        response = await env.post(link.token, link.code)
+    async with _serve(ring, tmp_path, audit=Audit(fail=True)) as download_app:
+        link = download_app.links.issue(REFERENCE, now=START)
+        response = await download_app.post(link.token, link.code)
         assert response.status_code == 503
         assert b"PK-zip-bytes" not in response.content
 
@@ -346,45 +351,45 @@ async def test_a_download_that_cannot_be_audited_does_not_happen(tmp_path: Path)
 # ---------------------------------------------------------------------------------------------- the form
 
 
-async def test_six_wrong_attempts_lock_the_download_for_15_minutes(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
+async def test_six_wrong_attempts_lock_the_download_for_15_minutes(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
     wrong = "999999" if link.code != "999999" else "111111"
-    statuses = [(await env.post(link.token, wrong)).status_code for _ in range(6)]
+    statuses = [(await download_app.post(link.token, wrong)).status_code for _ in range(6)]
     assert statuses == [403, 403, 403, 403, 403, 429]
 
-    locked = await env.post(link.token, link.code, headers={"Accept-Language": "en"})
+    locked = await download_app.post(link.token, link.code, headers={"Accept-Language": "en"})
     assert locked.status_code == 429  # even the right answer waits
     assert 0 < int(locked.headers["retry-after"]) <= 15 * 60
     _assert_page_headers(locked)
     assert "Too many attempts" in locked.text
     # a second link to the same request shares the counter
-    other = env.links.issue(REFERENCE, now=START)
-    assert (await env.post(other.token, other.code)).status_code == 429
-    assert env.audit.calls == []
+    other = download_app.links.issue(REFERENCE, now=START)
+    assert (await download_app.post(other.token, other.code)).status_code == 429
+    assert download_app.audit.calls == []
 
-    env.clock.now = START + timedelta(minutes=15)
-    unlocked = await env.post(link.token, link.code)
+    download_app.clock.now = START + timedelta(minutes=15)
+    unlocked = await download_app.post(link.token, link.code)
     assert unlocked.status_code == 200
-    assert unlocked.content == env.zip
+    assert unlocked.content == download_app.zip
 
 
-async def test_missing_or_wrong_csrf_field_is_403(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
-    other = env.links.issue(REFERENCE, now=START)
-    for csrf in (None, "", "x" * 32, env.links.form_token(other.token)):
-        response = await env.post(link.token, link.code, csrf=csrf, headers={"Accept-Language": "en"})
+async def test_missing_or_wrong_csrf_field_is_403(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
+    other = download_app.links.issue(REFERENCE, now=START)
+    for csrf in (None, "", "x" * 32, download_app.links.form_token(other.token)):
+        response = await download_app.post(link.token, link.code, csrf=csrf, headers={"Accept-Language": "en"})
         assert response.status_code == 403, csrf
         _assert_page_headers(response)
         assert "This form is not valid" in response.text
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
     # a CSRF failure is not a wrong answer: the right answer still works afterwards
-    assert (await env.post(link.token, link.code)).status_code == 200
+    assert (await download_app.post(link.token, link.code)).status_code == 200
 
 
-async def test_oversize_post_is_413(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
-    data = env.form(link.token, link.code) | {"padding": "x" * MAX_FORM_BYTES}
-    response = await env.http.post(env.path(link.token), data=data)
+async def test_oversize_post_is_413(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
+    data = download_app.form(link.token, link.code) | {"padding": "x" * MAX_FORM_BYTES}
+    response = await download_app.http.post(download_app.path(link.token), data=data)
     assert response.status_code == 413
     _assert_page_headers(response)
 
@@ -392,28 +397,29 @@ async def test_oversize_post_is_413(env: Env) -> None:
         for _ in range(50):
             yield b"x" * 4096
 
-    streamed = await env.http.post(
-        env.path(link.token), content=chunked(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    streamed = await download_app.http.post(
+        download_app.path(link.token), content=chunked(), headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert streamed.status_code == 413
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
 
 
-async def test_unreadable_forms_are_4xx_not_500(env: Env) -> None:
-    link = env.links.issue(REFERENCE, now=START)
-    path = env.path(link.token)
-    as_json = await env.http.post(path, json={"answer": link.code})
+async def test_unreadable_forms_are_4xx_not_500(download_app: DownloadApp) -> None:
+    link = download_app.links.issue(REFERENCE, now=START)
+    path = download_app.path(link.token)
+    as_json = await download_app.http.post(path, json={"answer": link.code})
     assert as_json.status_code == 415
-    not_utf8 = await env.http.post(
+    not_utf8 = await download_app.http.post(
         path, content=b"answer=\xff\xfe", headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert not_utf8.status_code == 400
     many = "&".join(f"f{i}=1" for i in range(50))
-    too_many = await env.http.post(path, content=many, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    too_many = await download_app.http.post(path, content=many,
+                                            headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert too_many.status_code == 400
-    no_answer = await env.post(link.token, None)
+    no_answer = await download_app.post(link.token, None)
     assert no_answer.status_code == 403
-    assert env.audit.calls == []
+    assert download_app.audit.calls == []
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -456,9 +462,9 @@ async def test_a_rotated_ring_still_serves_old_links(tmp_path: Path) -> None:
     link = DownloadLinks(ring).issue(REFERENCE, now=START)
     rotated = ring.with_new_key()
     _write_bundle(rotated, tmp_path, REFERENCE, b"zip after rotation")
-    async with _serve(rotated, tmp_path) as env:
-        assert (await env.http.get(env.path(link.token))).status_code == 200
-        response = await env.post(link.token, link.code)
+    async with _serve(rotated, tmp_path) as download_app:
+        assert (await download_app.http.get(download_app.path(link.token))).status_code == 200
+        response = await download_app.post(link.token, link.code)
         assert response.status_code == 200
         assert response.content == b"zip after rotation"
 

@@ -18,7 +18,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-import pytest_asyncio
 from fastapi import FastAPI
 
 from dsr.config.settings import Settings
@@ -92,7 +91,7 @@ class RecordingSink:
 
 
 @dataclass
-class Env:
+class FormApp:
     sink: RecordingSink
     clock: Clock
     http: httpx.AsyncClient
@@ -141,22 +140,18 @@ def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller:
 
 
 @contextlib.asynccontextmanager
-async def serve_form(home: Path, *, prefix: str = "", controller: str = "Boutique Exemple SAS") -> AsyncIterator[Env]:
+async def serve_form(
+    home: Path, *, prefix: str = "", controller: str = "Boutique Exemple SAS",
+) -> AsyncIterator[FormApp]:
     """The form under uvicorn on 127.0.0.1 (a free port), stopped on exit."""
     sink = RecordingSink(Settings.from_env({"DSR_HOME": str(home)}))
     clock = Clock()
     running = await serve_app(make_app(sink, clock, prefix=prefix, controller=controller), port=0)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
-            yield Env(sink, clock, http, running.url, prefix)
+            yield FormApp(sink, clock, http, running.url, prefix)
     finally:
         await running.stop()
-
-
-@pytest_asyncio.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with serve_form(tmp_path) as running:
-        yield running
 
 
 _VOID = {"input", "meta", "br", "hr", "img", "link"}
@@ -235,8 +230,8 @@ def assert_field_error(page: str, field_id: str, message: str, *, error_id: str 
 # ------------------------------------------------------------------------------------------- the form page
 
 
-async def test_form_is_french_by_header_with_everything_a_subject_needs(env: Env) -> None:
-    page, csrf = await env.form("fr-FR,fr;q=0.9,en;q=0.5")
+async def test_form_is_french_by_header_with_everything_a_subject_needs(form_app: FormApp) -> None:
+    page, csrf = await form_app.form("fr-FR,fr;q=0.9,en;q=0.5")
     assert_safe_page(page)
     text = page.text
     assert '<html lang="fr">' in text
@@ -260,8 +255,8 @@ async def test_form_is_french_by_header_with_everything_a_subject_needs(env: Env
     assert csrf.count(".") == 1
 
 
-async def test_form_is_english_by_header(env: Env) -> None:
-    page, _ = await env.form("en-GB,en;q=0.9")
+async def test_form_is_english_by_header(form_app: FormApp) -> None:
+    page, _ = await form_app.form("en-GB,en;q=0.9")
     assert '<html lang="en">' in page.text
     assert "Make a request about your personal data" in page.text
     assert "Get a copy of your data and know how it is used." in page.text
@@ -271,14 +266,14 @@ async def test_form_is_english_by_header(env: Env) -> None:
     assert 'href="/?lang=fr" lang="fr" hreflang="fr">Français</a>' in page.text
 
 
-async def test_language_switch_wins_over_the_header(env: Env) -> None:
-    english, _ = await env.form("fr-FR", query="?lang=en")
+async def test_language_switch_wins_over_the_header(form_app: FormApp) -> None:
+    english, _ = await form_app.form("fr-FR", query="?lang=en")
     assert '<html lang="en">' in english.text
-    french, _ = await env.form("en-GB", query="?lang=fr")
+    french, _ = await form_app.form("en-GB", query="?lang=fr")
     assert '<html lang="fr">' in french.text
-    unknown, _ = await env.form("en-GB", query="?lang=de")  # not offered: the header decides
+    unknown, _ = await form_app.form("en-GB", query="?lang=de")  # not offered: the header decides
     assert '<html lang="en">' in unknown.text
-    nothing, _ = await env.form(None)
+    nothing, _ = await form_app.form(None)
     assert '<html lang="fr">' in nothing.text  # the default
 
 
@@ -288,9 +283,9 @@ async def test_form_without_controller_name_speaks_for_us(tmp_path: Path) -> Non
         assert "les données personnelles que nous détenons sur vous" in page.text
 
 
-async def test_form_is_accessible(env: Env) -> None:
+async def test_form_is_accessible(form_app: FormApp) -> None:
     for lang, required in (("fr", "(obligatoire)"), ("en", "(required)")):
-        page, _ = await env.form(lang)
+        page, _ = await form_app.form(lang)
         parsed = parse(page.text)
         labels = {attrs["for"] for tag, attrs in parsed.elements if tag == "label"}
         controls = [
@@ -326,8 +321,10 @@ async def test_form_is_accessible(env: Env) -> None:
 
 
 @pytest.mark.parametrize("lang", ["fr", "en"])
-async def test_submission_redirects_to_a_confirmation_with_the_deadline_and_no_reference(env: Env, lang: str) -> None:
-    response = await env.post(
+async def test_submission_redirects_to_a_confirmation_with_the_deadline_and_no_reference(
+    form_app: FormApp, lang: str,
+) -> None:
+    response = await form_app.post(
         {"kind": "rectification", "details": "Mon nom est Durand, pas Durant.\r\nMerci."}, lang=lang
     )
     assert response.status_code == 303
@@ -335,8 +332,8 @@ async def test_submission_redirects_to_a_confirmation_with_the_deadline_and_no_r
     location = response.headers["location"]
     assert location.startswith("/submitted?")
 
-    assert len(env.sink.calls) == 1
-    submission, client = env.sink.calls[0]
+    assert len(form_app.sink.calls) == 1
+    submission, client = form_app.sink.calls[0]
     assert client == "127.0.0.1"
     assert submission.kind == "rectification"
     assert submission.email == "camille.durand@example.org"
@@ -344,9 +341,9 @@ async def test_submission_redirects_to_a_confirmation_with_the_deadline_and_no_r
     assert submission.details == "Mon nom est Durand, pas Durant.\nMerci."  # a browser's CRLF, one line break
     assert submission.channel == "form"
     assert submission.language == lang
-    accepted = env.sink.accepted[0]
+    accepted = form_app.sink.accepted[0]
 
-    page = await env.http.get(location)
+    page = await form_app.http.get(location)
     assert page.status_code == 200
     assert_safe_page(page)
     assert f'<html lang="{lang}">' in page.text
@@ -362,39 +359,39 @@ async def test_submission_redirects_to_a_confirmation_with_the_deadline_and_no_r
         assert "Correct your data" in page.text
     assert "already under way" not in page.text and "déjà en cours" not in page.text
 
-    again = await env.http.get(location)  # a reload shows the page again and submits nothing
+    again = await form_app.http.get(location)  # a reload shows the page again and submits nothing
     assert again.status_code == 200
-    assert len(env.sink.calls) == 1
+    assert len(form_app.sink.calls) == 1
 
 
-async def test_confirmation_dates_in_each_language(env: Env) -> None:
-    env.sink.fixed = Accepted(
+async def test_confirmation_dates_in_each_language(form_app: FormApp) -> None:
+    form_app.sink.fixed = Accepted(
         reference="dsr-2026-11-7KQ3FJ",
         kind=RequestKind.ERASURE,
         received_on=date(2026, 11, 1),
         deadline=date(2026, 12, 1),
         extended_deadline=date(2027, 2, 1),
     )
-    location = (await env.post({"kind": "erasure"})).headers["location"]
-    french = await env.http.get(location)
+    location = (await form_app.post({"kind": "erasure"})).headers["location"]
+    french = await form_app.http.get(location)
     assert "1er\u00a0décembre 2026" in french.text
     assert "Effacer vos données" in french.text
-    english = await env.http.get(location.replace("lang=fr", "lang=en"))  # lang is not signed: a translation
+    english = await form_app.http.get(location.replace("lang=fr", "lang=en"))  # lang is not signed: a translation
     assert english.status_code == 200
     assert "1\u00a0December 2026" in english.text
     assert "Erase your data" in english.text
 
 
-async def test_a_submission_attached_to_one_under_way_gets_the_same_neutral_confirmation(env: Env) -> None:
+async def test_a_submission_attached_to_one_under_way_gets_the_same_neutral_confirmation(form_app: FormApp) -> None:
     """Issue 12 finding 4: typing someone else's address must not tell whether they have a request under way."""
     for lang in ("fr", "en"):
-        env.sink.attached = False
-        new = await env.post(lang=lang)
-        env.sink.attached = True
-        attached = await env.post(lang=lang)
+        form_app.sink.attached = False
+        new = await form_app.post(lang=lang)
+        form_app.sink.attached = True
+        attached = await form_app.post(lang=lang)
         assert new.headers["location"] == attached.headers["location"]
-        assert (await env.http.get(new.headers["location"])).text == \
-            (await env.http.get(attached.headers["location"])).text
+        assert (await form_app.http.get(new.headers["location"])).text == \
+            (await form_app.http.get(attached.headers["location"])).text
 
 
 async def test_form_under_a_path_prefix(tmp_path: Path) -> None:
@@ -408,12 +405,12 @@ async def test_form_under_a_path_prefix(tmp_path: Path) -> None:
         assert (await running.http.get(response.headers["location"])).status_code == 200
 
 
-async def test_two_open_tabs_both_submit(env: Env) -> None:
-    _, first = await env.form("fr")
-    _, second = await env.form("fr")  # the second tab keeps the browser's nonce
-    assert (await env.post(csrf=second)).status_code == 303
-    assert (await env.post(csrf=first)).status_code == 303
-    assert len(env.sink.calls) == 2
+async def test_two_open_tabs_both_submit(form_app: FormApp) -> None:
+    _, first = await form_app.form("fr")
+    _, second = await form_app.form("fr")  # the second tab keeps the browser's nonce
+    assert (await form_app.post(csrf=second)).status_code == 303
+    assert (await form_app.post(csrf=first)).status_code == 303
+    assert len(form_app.sink.calls) == 2
 
 
 async def test_https_sets_a_secure_cookie_and_hsts(tmp_path: Path) -> None:
@@ -437,68 +434,68 @@ def _flip(token: str, index: int) -> str:
     return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
 
 
-async def _assert_refused(response: httpx.Response, env: Env, lang: str = "fr") -> None:
+async def _assert_refused(response: httpx.Response, form_app: FormApp, lang: str = "fr") -> None:
     assert response.status_code == 403, response.text
     assert_safe_page(response)
     assert f'<html lang="{lang}">' in response.text
     assert ("Rechargez le formulaire" if lang == "fr" else "Reload the form") in response.text
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
-async def test_csrf_missing_is_refused(env: Env) -> None:
-    await env.form("fr")  # the cookie is there, the field is not
-    await _assert_refused(await env.post(csrf=None), env)
-    await _assert_refused(await env.post(csrf=None, lang="en"), env, "en")
-    await _assert_refused(await env.post(csrf=""), env)
+async def test_csrf_missing_is_refused(form_app: FormApp) -> None:
+    await form_app.form("fr")  # the cookie is there, the field is not
+    await _assert_refused(await form_app.post(csrf=None), form_app)
+    await _assert_refused(await form_app.post(csrf=None, lang="en"), form_app, "en")
+    await _assert_refused(await form_app.post(csrf=""), form_app)
 
 
-async def test_csrf_forged_is_refused(env: Env) -> None:
-    _, csrf = await env.form("fr")
-    await _assert_refused(await env.post(csrf=_flip(csrf, len(csrf) - 5)), env)  # MAC changed
-    await _assert_refused(await env.post(csrf=_flip(csrf, 3)), env)  # issued time changed
-    await _assert_refused(await env.post(csrf="not.a-token"), env)
-    await _assert_refused(await env.post(csrf="é" * 40), env)
-    await _assert_refused(await env.post(csrf=csrf + "." + csrf), env)
+async def test_csrf_forged_is_refused(form_app: FormApp) -> None:
+    _, csrf = await form_app.form("fr")
+    await _assert_refused(await form_app.post(csrf=_flip(csrf, len(csrf) - 5)), form_app)  # MAC changed
+    await _assert_refused(await form_app.post(csrf=_flip(csrf, 3)), form_app)  # issued time changed
+    await _assert_refused(await form_app.post(csrf="not.a-token"), form_app)
+    await _assert_refused(await form_app.post(csrf="é" * 40), form_app)
+    await _assert_refused(await form_app.post(csrf=csrf + "." + csrf), form_app)
     # A value made with another key (another deployment, or an attacker's guess).
-    other_sink = RecordingSink(env.sink.settings)
+    other_sink = RecordingSink(form_app.sink.settings)
     transport = httpx.ASGITransport(app=FastAPI(routes=form_router(other_sink, csrf_key=b"x" * 32).routes))
     async with httpx.AsyncClient(transport=transport, base_url="http://other") as other:
         foreign = csrf_value((await other.get("/")).text)
-    await _assert_refused(await env.post(csrf=foreign), env)
+    await _assert_refused(await form_app.post(csrf=foreign), form_app)
 
 
-async def test_csrf_expired_or_from_the_future_is_refused(env: Env) -> None:
-    _, csrf = await env.form("en")
-    env.clock.now = NOW + CSRF_LIFETIME + timedelta(seconds=1)
-    await _assert_refused(await env.post(csrf=csrf, lang="en"), env, "en")
+async def test_csrf_expired_or_from_the_future_is_refused(form_app: FormApp) -> None:
+    _, csrf = await form_app.form("en")
+    form_app.clock.now = NOW + CSRF_LIFETIME + timedelta(seconds=1)
+    await _assert_refused(await form_app.post(csrf=csrf, lang="en"), form_app, "en")
 
-    env.clock.now = NOW + timedelta(hours=1)
-    _, future = await env.form("fr")
-    env.clock.now = NOW
-    await _assert_refused(await env.post(csrf=future), env)
+    form_app.clock.now = NOW + timedelta(hours=1)
+    _, future = await form_app.form("fr")
+    form_app.clock.now = NOW
+    await _assert_refused(await form_app.post(csrf=future), form_app)
 
-    _, fresh = await env.form("fr")
-    env.clock.now = NOW + CSRF_LIFETIME - timedelta(seconds=1)  # still valid just before expiry
-    assert (await env.post(csrf=fresh)).status_code == 303
+    _, fresh = await form_app.form("fr")
+    form_app.clock.now = NOW + CSRF_LIFETIME - timedelta(seconds=1)  # still valid just before expiry
+    assert (await form_app.post(csrf=fresh)).status_code == 303
 
 
-async def test_csrf_cookie_must_match(env: Env) -> None:
-    _, csrf = await env.form("fr")
-    env.http.cookies.clear()
-    await _assert_refused(await env.post(csrf=csrf), env)  # no cookie
+async def test_csrf_cookie_must_match(form_app: FormApp) -> None:
+    _, csrf = await form_app.form("fr")
+    form_app.http.cookies.clear()
+    await _assert_refused(await form_app.post(csrf=csrf), form_app)  # no cookie
 
     # Another browser's cookie: each nonce belongs to its own cookie.
-    async with httpx.AsyncClient(base_url=env.base_url) as other:
+    async with httpx.AsyncClient(base_url=form_app.base_url) as other:
         await other.get("/")
-        await _assert_refused(await env.post(csrf=csrf, http=other), env)
+        await _assert_refused(await form_app.post(csrf=csrf, http=other), form_app)
         other.cookies.set(CSRF_COOKIE, "not base64!")
-        await _assert_refused(await env.post(csrf=csrf, http=other), env)
+        await _assert_refused(await form_app.post(csrf=csrf, http=other), form_app)
 
 
 # ---------------------------------------------------------------------------------------- validation errors
 
 
-async def test_each_field_error_is_next_to_its_field(env: Env) -> None:
+async def test_each_field_error_is_next_to_its_field(form_app: FormApp) -> None:
     cases = [
         ({"kind": ""}, "kind-access", "Choisissez ce que vous souhaitez faire."),
         ({"kind": "admin"}, "kind-access", "Choisissez ce que vous souhaitez faire."),
@@ -510,17 +507,17 @@ async def test_each_field_error_is_next_to_its_field(env: Env) -> None:
         ({"kind": "rectification", "details": "  "}, "details", "dites-nous ce qui est faux et la bonne valeur"),
     ]
     for fields, field_id, message in cases:
-        response = await env.post(fields)
+        response = await form_app.post(fields)
         assert response.status_code == 400, fields
         assert_safe_page(response)
         assert_field_error(response.text, field_id, message)
         assert response.text.count('class="error"') == 1
         assert "<title>Erreur\u00a0: " in response.text
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
-async def test_errors_in_english_and_all_at_once(env: Env) -> None:
-    response = await env.post({"kind": "rectification", "email": "nope", "details": ""}, lang="en")
+async def test_errors_in_english_and_all_at_once(form_app: FormApp) -> None:
+    response = await form_app.post({"kind": "rectification", "email": "nope", "details": ""}, lang="en")
     assert response.status_code == 400
     assert '<html lang="en">' in response.text
     assert_field_error(response.text, "email", "Enter a valid email address")
@@ -529,11 +526,11 @@ async def test_errors_in_english_and_all_at_once(env: Env) -> None:
     # The values typed are kept, the choice too.
     assert 'value="nope"' in response.text
     assert re.search(r'id="kind-rectification"[^>]*checked', response.text)
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
-async def test_typed_values_are_kept_and_escaped(env: Env) -> None:
-    response = await env.post(
+async def test_typed_values_are_kept_and_escaped(form_app: FormApp) -> None:
+    response = await form_app.post(
         {
             "email": f"x{HOSTILE}",
             "name": HOSTILE,
@@ -548,53 +545,53 @@ async def test_typed_values_are_kept_and_escaped(env: Env) -> None:
     assert f'value="x{escaped}"' in response.text  # the email
     assert f"&lt;/textarea&gt;{escaped}&lt;textarea&gt;</textarea>" in response.text
     assert response.text.count("</textarea>") == 1
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
-async def test_sink_validation_errors_are_shown_next_to_their_field(env: Env) -> None:
+async def test_sink_validation_errors_are_shown_next_to_their_field(form_app: FormApp) -> None:
     # The sink is the authority: whatever it refuses is shown like the form's own checks.
-    env.sink.fail_with = SubmissionError("name is longer than 200 characters")
-    response = await env.post()
+    form_app.sink.fail_with = SubmissionError("name is longer than 200 characters")
+    response = await form_app.post()
     assert response.status_code == 400
     assert_field_error(response.text, "name", "Votre nom doit faire au plus 200")
 
-    env.sink.fail_with = SubmissionError("email is not a valid address")
-    response = await env.post(lang="en")
+    form_app.sink.fail_with = SubmissionError("email is not a valid address")
+    response = await form_app.post(lang="en")
     assert_field_error(response.text, "email", "Enter a valid email address")
 
-    env.sink.fail_with = SubmissionError("ticket must be 1 to 64 letters")  # no field of the form: the top
-    response = await env.post({"name": "Camille <b>Durand</b>"})
+    form_app.sink.fail_with = SubmissionError("ticket must be 1 to 64 letters")  # no field of the form: the top
+    response = await form_app.post({"name": "Camille <b>Durand</b>"})
     assert response.status_code == 400
     assert 'role="alert"' in response.text
     assert "Votre demande n’a pas pu être enregistrée" in response.text
     assert "ticket" not in response.text  # the engine's English wording is not shown to the public
     assert 'value="Camille &lt;b&gt;Durand&lt;/b&gt;"' in response.text
-    assert len(env.sink.accepted) == 0
+    assert len(form_app.sink.accepted) == 0
 
 
 # ------------------------------------------------------------------------------------- limits and bad input
 
 
-async def test_rate_limited_is_429_with_retry_after(env: Env) -> None:
-    env.sink.fail_with = RateLimited("client", 120)
-    response = await env.post({"details": "à garder"})
+async def test_rate_limited_is_429_with_retry_after(form_app: FormApp) -> None:
+    form_app.sink.fail_with = RateLimited("client", 120)
+    response = await form_app.post({"details": "à garder"})
     assert response.status_code == 429
     assert response.headers["retry-after"] == "120"
     assert_safe_page(response)
     assert "Réessayez dans 2\u00a0minutes." in response.text
     assert "à garder</textarea>" in response.text  # nothing typed is lost
-    assert env.sink.accepted == []
+    assert form_app.sink.accepted == []
 
-    env.sink.fail_with = RateLimited("subject", 30)
-    response = await env.post(lang="en")
+    form_app.sink.fail_with = RateLimited("subject", 30)
+    response = await form_app.post(lang="en")
     assert response.status_code == 429
     assert response.headers["retry-after"] == "30"
     assert "Try again in 1 minute." in response.text
 
 
-async def test_sink_failure_is_503_and_keeps_the_form(env: Env) -> None:
-    env.sink.fail_with = RuntimeError("temporal unavailable for camille.durand@example.org")
-    response = await env.post({"details": "mes commandes"})
+async def test_sink_failure_is_503_and_keeps_the_form(form_app: FormApp) -> None:
+    form_app.sink.fail_with = RuntimeError("temporal unavailable for camille.durand@example.org")
+    response = await form_app.post({"details": "mes commandes"})
     assert response.status_code == 503
     assert response.headers["retry-after"] == "60"
     assert_safe_page(response)
@@ -603,37 +600,37 @@ async def test_sink_failure_is_503_and_keeps_the_form(env: Env) -> None:
     assert "temporal" not in response.text
 
 
-async def test_too_large_is_413(env: Env) -> None:
-    _, csrf = await env.form("en")
+async def test_too_large_is_413(form_app: FormApp) -> None:
+    _, csrf = await form_app.form("en")
     body = urlencode({"csrf": csrf, "kind": "access", "email": "a@example.org", "details": "x" * MAX_FORM_BYTES})
-    response = await env.http.post(
+    response = await form_app.http.post(
         "/?lang=en", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert response.status_code == 413
     assert_safe_page(response)
     assert "The form sent is too large" in response.text
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
-async def test_long_accented_details_fit(env: Env) -> None:
+async def test_long_accented_details_fit(form_app: FormApp) -> None:
     # 10,000 accented characters take 60,000 bytes once percent-encoded: still a form, not a 413.
-    response = await env.post({"details": "é" * 10_000})
+    response = await form_app.post({"details": "é" * 10_000})
     assert response.status_code == 303
-    assert env.sink.calls[0][0].details == "é" * 10_000
+    assert form_app.sink.calls[0][0].details == "é" * 10_000
 
 
-async def test_other_content_types_are_415(env: Env) -> None:
-    _, csrf = await env.form("fr")
-    as_json = await env.http.post("/?lang=fr", json={"csrf": csrf, "kind": "access", "email": "a@example.org"})
+async def test_other_content_types_are_415(form_app: FormApp) -> None:
+    _, csrf = await form_app.form("fr")
+    as_json = await form_app.http.post("/?lang=fr", json={"csrf": csrf, "kind": "access", "email": "a@example.org"})
     assert as_json.status_code == 415
     assert_safe_page(as_json)
-    multipart = await env.http.post(
+    multipart = await form_app.http.post(
         "/?lang=fr", data={"csrf": csrf, "kind": "access"}, files={"f": ("a.txt", b"x", "text/plain")}
     )
     assert multipart.status_code == 415
-    missing = await env.http.post("/?lang=fr", content=b"kind=access")
+    missing = await form_app.http.post("/?lang=fr", content=b"kind=access")
     assert missing.status_code == 415
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
 @pytest.mark.parametrize(
@@ -645,9 +642,9 @@ async def test_other_content_types_are_415(env: Env) -> None:
         b"&".join(b"f%d=1" % i for i in range(50)),  # too many fields
     ],
 )
-async def test_unreadable_bodies_are_400_with_the_form(env: Env, body: bytes) -> None:
-    _, csrf = await env.form("fr")
-    response = await env.http.post(
+async def test_unreadable_bodies_are_400_with_the_form(form_app: FormApp, body: bytes) -> None:
+    _, csrf = await form_app.form("fr")
+    response = await form_app.http.post(
         "/?lang=fr",
         content=body + b"&csrf=" + csrf.encode(),
         headers={"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"},
@@ -656,40 +653,40 @@ async def test_unreadable_bodies_are_400_with_the_form(env: Env, body: bytes) ->
     assert_safe_page(response)
     assert "Le formulaire n’a pas pu être lu" in response.text
     assert 'name="csrf"' in response.text  # a fresh form to fill in
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
-async def test_duplicate_and_missing_fields_are_400(env: Env) -> None:
-    _, csrf = await env.form("fr")
+async def test_duplicate_and_missing_fields_are_400(form_app: FormApp) -> None:
+    _, csrf = await form_app.form("fr")
     duplicate = urlencode(
         [("csrf", csrf), ("kind", "access"), ("kind", "erasure"), ("email", "a@example.org"), ("language", "fr")]
     )
-    response = await env.http.post(
+    response = await form_app.http.post(
         "/?lang=fr", content=duplicate, headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert response.status_code == 400
     assert_field_error(response.text, "kind-access", "Ce champ a été envoyé plusieurs fois")
 
     twice = urlencode([("csrf", csrf), ("csrf", csrf), ("kind", "access"), ("email", "a@example.org")])
-    response = await env.http.post(
+    response = await form_app.http.post(
         "/?lang=fr", content=twice, headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert response.status_code == 403  # an ambiguous CSRF value is no CSRF value
 
-    response = await env.http.post("/?lang=fr", data={"csrf": csrf})  # nothing but the CSRF value
+    response = await form_app.http.post("/?lang=fr", data={"csrf": csrf})  # nothing but the CSRF value
     assert response.status_code == 400
     assert_field_error(response.text, "kind-access", "Choisissez ce que vous souhaitez faire.")
     assert_field_error(response.text, "email", "Saisissez votre adresse électronique.")
-    assert env.sink.calls == []
+    assert form_app.sink.calls == []
 
 
 # ------------------------------------------------------------------------------------------- confirmation
 
 
-async def test_forged_confirmation_is_refused(env: Env) -> None:
-    location = (await env.post()).headers["location"]
+async def test_forged_confirmation_is_refused(form_app: FormApp) -> None:
+    location = (await form_app.post()).headers["location"]
     params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-    assert (await env.http.get(location)).status_code == 200
+    assert (await form_app.http.get(location)).status_code == 200
 
     forgeries = [
         {**params, "kind": "erasure"},
@@ -701,28 +698,28 @@ async def test_forged_confirmation_is_refused(env: Env) -> None:
         {},
     ]
     for forged in forgeries:
-        response = await env.http.get(f"/submitted?{urlencode(forged)}")
+        response = await form_app.http.get(f"/submitted?{urlencode(forged)}")
         assert response.status_code == 403, forged
         assert_safe_page(response)
         assert "Cette page n’est pas valide" in response.text
         assert "suspendu" not in response.text and "AAAAAA" not in response.text
-    response = await env.http.get("/submitted?ref=%FF&sig=%FF")
+    response = await form_app.http.get("/submitted?ref=%FF&sig=%FF")
     assert response.status_code == 403
 
 
-async def test_no_page_carries_script(env: Env) -> None:
+async def test_no_page_carries_script(form_app: FormApp) -> None:
     # Every page a subject can meet, in both languages: none has a script, all have the headers.
     pages = []
     for lang in ("fr", "en"):
-        pages.append((await env.form(lang))[0])
-        pages.append(await env.post({"email": "bad"}, lang=lang))
-        pages.append(await env.post(csrf=None, lang=lang))
-        location = (await env.post(lang=lang)).headers["location"]
-        pages.append(await env.http.get(location))
-        pages.append(await env.http.get(f"/submitted?lang={lang}&ref=x"))
-        env.sink.fail_with = RateLimited("client", 60)
-        pages.append(await env.post(lang=lang))
-        pages.append(await env.http.post(f"/?lang={lang}", json={}))
+        pages.append((await form_app.form(lang))[0])
+        pages.append(await form_app.post({"email": "bad"}, lang=lang))
+        pages.append(await form_app.post(csrf=None, lang=lang))
+        location = (await form_app.post(lang=lang)).headers["location"]
+        pages.append(await form_app.http.get(location))
+        pages.append(await form_app.http.get(f"/submitted?lang={lang}&ref=x"))
+        form_app.sink.fail_with = RateLimited("client", 60)
+        pages.append(await form_app.post(lang=lang))
+        pages.append(await form_app.http.post(f"/?lang={lang}", json={}))
     assert {p.status_code for p in pages} == {200, 400, 403, 415, 429}
     for page in pages:
         assert_safe_page(page)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.intake.test_form import Env, serve_form, spoken_date
+from tests.intake.test_form import FormApp, spoken_date
 
 CHROMIUM = Path(os.environ.get("DSR_CHROMIUM", "/usr/bin/chromium"))
 HAVE_CHROMIUM = CHROMIUM.exists()
@@ -44,12 +44,6 @@ async def browser() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
-
-
-@pytest_asyncio.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with serve_form(tmp_path) as running:
-        yield running
 
 
 async def _page(browser: Browser, lang: str):
@@ -82,11 +76,11 @@ TEXT = {
 
 
 @pytest.mark.parametrize("lang", ["fr", "en"])
-async def test_fill_in_and_send_without_javascript(browser: Browser, env: Env, lang: str) -> None:
+async def test_fill_in_and_send_without_javascript(browser: Browser, form_app: FormApp, lang: str) -> None:
     text = TEXT[lang]
     context, page = await _page(browser, lang)
     try:
-        await page.goto(f"{env.base_url}/")
+        await page.goto(f"{form_app.base_url}/")
         await expect(page.locator("html")).to_have_attribute("lang", lang)  # chosen by the browser's language
         assert await page.locator("script").count() == 0
         # Fields are found by their labels: the labels are tied to them.
@@ -98,9 +92,9 @@ async def test_fill_in_and_send_without_javascript(browser: Browser, env: Env, l
 
         await page.wait_for_url(re.compile(r"/submitted\?"))
         await expect(page.get_by_role("heading", level=1)).to_have_text(text["title"])
-        assert len(env.sink.accepted) == 1
-        accepted = env.sink.accepted[0]
-        submission, _ = env.sink.calls[0]
+        assert len(form_app.sink.accepted) == 1
+        accepted = form_app.sink.accepted[0]
+        submission, _ = form_app.sink.calls[0]
         assert (submission.kind, submission.language, submission.channel) == ("rectification", lang, "form")
         assert submission.details == "Nom\u00a0: Durant → Durand"
         body = page.locator("main")
@@ -110,17 +104,17 @@ async def test_fill_in_and_send_without_javascript(browser: Browser, env: Env, l
 
         await page.reload()  # Post/Redirect/Get: a reload shows the page, it does not send again
         await expect(page.locator("main")).to_contain_text(spoken_date(accepted.deadline, lang))
-        assert len(env.sink.calls) == 1
+        assert len(form_app.sink.calls) == 1
     finally:
         await context.close()
 
 
 @pytest.mark.parametrize("lang", ["fr", "en"])
-async def test_invalid_email_shows_the_error_next_to_the_field(browser: Browser, env: Env, lang: str) -> None:
+async def test_invalid_email_shows_the_error_next_to_the_field(browser: Browser, form_app: FormApp, lang: str) -> None:
     text = TEXT[lang]
     context, page = await _page(browser, lang)
     try:
-        await page.goto(f"{env.base_url}/")
+        await page.goto(f"{form_app.base_url}/")
         await page.get_by_label(text["kind"]).check()
         await page.get_by_label(text["email"]).fill("camille.durand@")
         await page.get_by_label(text["details"]).fill("<b>pas du HTML</b>")
@@ -140,21 +134,21 @@ async def test_invalid_email_shows_the_error_next_to_the_field(browser: Browser,
         await expect(alert).to_contain_text(text["bad_email"])
         await alert.get_by_role("link").first.click()
         assert page.url.endswith("#email")
-        assert env.sink.calls == []
+        assert form_app.sink.calls == []
 
         # Corrected, the same page sends the request.
         await email.fill("camille.durand@example.org")
         await page.get_by_role("button", name=text["submit"]).click()
         await page.wait_for_url(re.compile(r"/submitted\?"))
-        assert len(env.sink.accepted) == 1
+        assert len(form_app.sink.accepted) == 1
     finally:
         await context.close()
 
 
-async def test_language_switch_in_the_browser(browser: Browser, env: Env) -> None:
+async def test_language_switch_in_the_browser(browser: Browser, form_app: FormApp) -> None:
     context, page = await _page(browser, "fr")
     try:
-        await page.goto(f"{env.base_url}/")
+        await page.goto(f"{form_app.base_url}/")
         await page.get_by_role("link", name="English").click()
         await expect(page.locator("html")).to_have_attribute("lang", "en")
         await page.get_by_label("See your data").check()
@@ -162,6 +156,6 @@ async def test_language_switch_in_the_browser(browser: Browser, env: Env) -> Non
         await page.get_by_role("button", name="Send my request").click()
         await page.wait_for_url(re.compile(r"/submitted\?"))
         await expect(page.locator("main")).to_contain_text("We have received your request")
-        assert env.sink.calls[0][0].language == "en"  # replies in the language the page was read in
+        assert form_app.sink.calls[0][0].language == "en"  # replies in the language the page was read in
     finally:
         await context.close()

@@ -55,7 +55,10 @@ from tests.harness import TEST_KEYRING, throwaway_guards
 ZENDESK_SECRET = "zsecret"
 TICKET_SECRET = "tsecret"
 KINDS = frozenset(k.value for k in RequestKind)
-pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # 70 kB bodies, on purpose
+pytestmark = [
+    pytest.mark.slow,  # fuzzing the API and webhooks
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),  # 70 kB bodies, on purpose
+]
 FUZZ = settings(
     max_examples=200,
     deadline=None,

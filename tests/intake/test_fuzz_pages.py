@@ -92,7 +92,10 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
-pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+pytestmark = [
+    pytest.mark.slow,  # fuzzing the pages
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+]
 
 
 # --- the app under test ---------------------------------------------------------------------------------------

@@ -48,7 +48,10 @@ from intake.web.app import intake_app
 from intake.web.verify import verify_router
 from tests.harness import TEST_KEYRING
 
-pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+pytestmark = [
+    pytest.mark.slow,  # stateful fuzzing of two replicas
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+]
 
 MAX_WRONG = 10
 THROTTLE = AnswerThrottle(per_client=30, overall=70, window=timedelta(hours=1))

@@ -183,7 +183,7 @@ class SimulatedCrash(BaseException):
 
 
 @dataclass
-class Env:
+class MailIntake:
     dovecot: Dovecot
     user: ImapUser
     tmp: Path
@@ -226,10 +226,10 @@ class Env:
 
 
 @pytest.fixture
-def env(dovecot: Dovecot, user: ImapUser, tmp_path: Path) -> Iterator[Env]:
+def mail_intake(dovecot: Dovecot, user: ImapUser, tmp_path: Path) -> Iterator[MailIntake]:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", TEST_KEYRING)
     try:
-        yield Env(
+        yield MailIntake(
             dovecot=dovecot,
             user=user,
             tmp=tmp_path,
@@ -284,19 +284,21 @@ ENGLISH_ACCESS = (
 # --- through Dovecot -----------------------------------------------------------------------------------
 
 
-async def test_french_and_english_requests_become_submissions(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+async def test_french_and_english_requests_become_submissions(
+    mail_intake: MailIntake, caplog: pytest.LogCaptureFixture,
+) -> None:
     french = message(*FRENCH_ERASURE)
     english = message(*ENGLISH_ACCESS, sender="jane.doe@example.net", name="Jane Doe")
-    env.deliver(french)
-    env.deliver(english, received_at=RECEIVED + timedelta(minutes=3))
+    mail_intake.deliver(french)
+    mail_intake.deliver(english, received_at=RECEIVED + timedelta(minutes=3))
 
     with caplog.at_level(logging.DEBUG):  # every logger, aioimaplib's protocol dump included
-        report = await env.mailbox().poll_once()  # the real classifier
+        report = await mail_intake.mailbox().poll_once()  # the real classifier
     _assert_no_personal_data(caplog, "jerome", "Jérôme", "jane.doe", "Jane Doe", "Suppression", "access request",
-                             "supprimer", french["Message-ID"].strip("<>"), env.user.password)
+                             "supprimer", french["Message-ID"].strip("<>"), mail_intake.user.password)
 
     assert report == PollReport(submitted=2)
-    by_sender = {s.email: s for s in env.sink.requests.values()}
+    by_sender = {s.email: s for s in mail_intake.sink.requests.values()}
     fr, en = by_sender["jerome.lefevre@example.org"], by_sender["jane.doe@example.net"]
     assert (fr.kind, fr.language, fr.channel) == ("erasure", "fr", "email")
     assert (en.kind, en.language, en.channel) == ("access", "en", "email")
@@ -305,79 +307,80 @@ async def test_french_and_english_requests_become_submissions(env: Env, caplog: 
     assert fr.name == "Jérôme Lefèvre" and en.name == "Jane Doe"
     assert "supprimer toutes mes données" in fr.details
     assert not fr.trusted and not en.trusted  # a From address is a claim: identity is still checked
-    for request_id, submission in env.sink.requests.items():
+    for request_id, submission in mail_intake.sink.requests.items():
         assert REQUEST_ID.fullmatch(request_id) and submission.request_id == request_id
         assert request_id.startswith("dsr-2026-03-")  # reserved from the receipt date
-    assert env.count("INBOX") == 0 and env.count("Processed") == 2
+    assert mail_intake.count("INBOX") == 0 and mail_intake.count("Processed") == 2
 
-    rows = env.rows()
+    rows = mail_intake.rows()
     assert {r.state for r in rows} == {"moved"} and {r.outcome for r in rows} == {"submitted"}
-    assert {r.request_id for r in rows} == set(env.sink.requests)
+    assert {r.request_id for r in rows} == set(mail_intake.sink.requests)
     for row in rows:  # the key is a keyed hash: neither the Message-ID nor the address is stored
         assert "example" not in row.message_key and len(row.message_key) == 64
 
-    again = await env.mailbox().poll_once()
+    again = await mail_intake.mailbox().poll_once()
     assert again == PollReport()
-    assert len(env.sink.submit_calls) == 2
+    assert len(mail_intake.sink.submit_calls) == 2
 
 
-async def test_unclassifiable_message_goes_to_triage_never_a_guess(env: Env) -> None:
+async def test_unclassifiable_message_goes_to_triage_never_a_guess(mail_intake: MailIntake) -> None:
     msg = message("Question", "Hello, where is my parcel? Order 1234 has not arrived yet. Thanks",
                   sender="sam@example.org", name="Sam")
-    env.deliver(msg)
+    mail_intake.deliver(msg)
 
-    report = await env.mailbox().poll_once()
+    report = await mail_intake.mailbox().poll_once()
 
     assert report == PollReport(triaged=1)
-    assert env.sink.requests == {}
-    (item,) = env.sink.triaged.values()
+    assert mail_intake.sink.requests == {}
+    (item,) = mail_intake.sink.triaged.values()
     assert REQUEST_ID.fullmatch(item.request_id)
     assert (item.email, item.name, item.language) == ("sam@example.org", "Sam", Language.EN)
     assert item.subject_line == "Question" and "parcel" in item.body
     assert item.received_at == RECEIVED and item.in_reply_to == msg["Message-ID"]
     assert item.reason  # why, without personal data
-    assert env.count("INBOX") == 0 and env.count("Processed") == 1
-    assert (await env.mailbox().poll_once()) == PollReport()
-    assert len(env.sink.triage_calls) == 1
+    assert mail_intake.count("INBOX") == 0 and mail_intake.count("Processed") == 1
+    assert (await mail_intake.mailbox().poll_once()) == PollReport()
+    assert len(mail_intake.sink.triage_calls) == 1
 
 
-async def test_triage_folder_when_configured(env: Env) -> None:
-    env.deliver(message("Hello", "Hi"))
-    report = await env.mailbox(triage_folder="Triage").poll_once()
+async def test_triage_folder_when_configured(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(message("Hello", "Hi"))
+    report = await mail_intake.mailbox(triage_folder="Triage").poll_once()
     assert report == PollReport(triaged=1)
-    assert env.count("Triage") == 1 and env.count("Processed") == 0
+    assert mail_intake.count("Triage") == 1 and mail_intake.count("Processed") == 0
 
 
-async def test_nested_folder_names_follow_the_servers_delimiter(env: Env) -> None:
-    env.deliver(message(*ENGLISH_ACCESS))
-    env.deliver(message(*FRENCH_ERASURE, headers={"Auto-Submitted": "auto-replied"}))
-    mailbox = env.mailbox(processed_folder="DSR/Processed", rejected_folder="DSR/Rejected")
+async def test_nested_folder_names_follow_the_servers_delimiter(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(message(*ENGLISH_ACCESS))
+    mail_intake.deliver(message(*FRENCH_ERASURE, headers={"Auto-Submitted": "auto-replied"}))
+    mailbox = mail_intake.mailbox(processed_folder="DSR/Processed", rejected_folder="DSR/Rejected")
     assert (await mailbox.poll_once()) == PollReport(submitted=1, rejected=1)
     # This Dovecot stores maildir++, whose hierarchy delimiter is ".".
-    assert env.count("DSR.Processed") == 1 and env.count("DSR.Rejected") == 1 and env.count("INBOX") == 0
+    assert mail_intake.count("DSR.Processed") == 1 and mail_intake.count("DSR.Rejected") == 1
+    assert mail_intake.count("INBOX") == 0
 
 
-async def test_crash_after_the_workflow_started_but_before_the_answer(env: Env) -> None:
-    env.deliver(message(*ENGLISH_ACCESS))
-    env.sink.crash_after_start = 1
+async def test_crash_after_the_workflow_started_but_before_the_answer(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(message(*ENGLISH_ACCESS))
+    mail_intake.sink.crash_after_start = 1
 
-    first = await env.mailbox().poll_once()
+    first = await mail_intake.mailbox().poll_once()
 
     assert first == PollReport(deferred=1)
-    assert env.count("INBOX") == 1  # not moved: the next poll retries
-    (row,) = env.rows()
+    assert mail_intake.count("INBOX") == 1  # not moved: the next poll retries
+    (row,) = mail_intake.rows()
     assert row.state == "reserved"
 
-    second = await env.mailbox().poll_once()
+    second = await mail_intake.mailbox().poll_once()
 
     assert second == PollReport(submitted=1)
-    assert env.sink.submit_calls == [row.request_id, row.request_id]  # the same reserved id, twice
-    assert list(env.sink.requests) == [row.request_id]  # hence exactly one request
-    assert env.count("INBOX") == 0 and env.count("Processed") == 1
+    assert mail_intake.sink.submit_calls == [row.request_id, row.request_id]  # the same reserved id, twice
+    assert list(mail_intake.sink.requests) == [row.request_id]  # hence exactly one request
+    assert mail_intake.count("INBOX") == 0 and mail_intake.count("Processed") == 1
 
 
-async def test_killed_between_submit_and_move(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    env.deliver(message(*FRENCH_ERASURE))
+async def test_killed_between_submit_and_move(mail_intake: MailIntake, monkeypatch: pytest.MonkeyPatch) -> None:
+    mail_intake.deliver(message(*FRENCH_ERASURE))
     original_move = Mailbox._move
 
     async def die(self: Mailbox, client: Any, uid: int, folder: str) -> None:
@@ -385,61 +388,61 @@ async def test_killed_between_submit_and_move(env: Env, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(Mailbox, "_move", die)
     with pytest.raises(SimulatedCrash):
-        await env.mailbox().poll_once()
-    (row,) = env.rows()
-    assert row.state == "submitted" and env.count("INBOX") == 1
+        await mail_intake.mailbox().poll_once()
+    (row,) = mail_intake.rows()
+    assert row.state == "submitted" and mail_intake.count("INBOX") == 1
 
     monkeypatch.setattr(Mailbox, "_move", original_move)
-    report = await env.mailbox().poll_once()  # a new process: nothing in memory survives
+    report = await mail_intake.mailbox().poll_once()  # a new process: nothing in memory survives
 
     assert report == PollReport(skipped=1)
-    assert env.sink.submit_calls == [row.request_id]  # not submitted again
-    assert list(env.sink.requests) == [row.request_id]
-    assert env.count("INBOX") == 0 and env.count("Processed") == 1
-    (row,) = env.rows()
+    assert mail_intake.sink.submit_calls == [row.request_id]  # not submitted again
+    assert list(mail_intake.sink.requests) == [row.request_id]
+    assert mail_intake.count("INBOX") == 0 and mail_intake.count("Processed") == 1
+    (row,) = mail_intake.rows()
     assert (row.state, row.outcome) == ("moved", "submitted")
 
 
-async def test_poll_cancelled_while_the_request_starts(env: Env) -> None:
-    env.deliver(message(*ENGLISH_ACCESS))
-    env.sink.block = asyncio.Event()
-    poll = asyncio.ensure_future(env.mailbox().poll_once())
-    await asyncio.wait_for(env.sink.started.wait(), 20)
+async def test_poll_cancelled_while_the_request_starts(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(message(*ENGLISH_ACCESS))
+    mail_intake.sink.block = asyncio.Event()
+    poll = asyncio.ensure_future(mail_intake.mailbox().poll_once())
+    await asyncio.wait_for(mail_intake.sink.started.wait(), 20)
     poll.cancel()  # stopped (SIGTERM, deploy) while the service was starting the workflow
     with pytest.raises(asyncio.CancelledError):
         await poll
-    env.sink.block = None
+    mail_intake.sink.block = None
 
-    report = await env.mailbox().poll_once()
+    report = await mail_intake.mailbox().poll_once()
 
     assert report == PollReport(submitted=1)
-    assert len(env.sink.submit_calls) == 2 and len(set(env.sink.submit_calls)) == 1
-    assert len(env.sink.requests) == 1
-    assert env.count("INBOX") == 0
+    assert len(mail_intake.sink.submit_calls) == 2 and len(set(mail_intake.sink.submit_calls)) == 1
+    assert len(mail_intake.sink.requests) == 1
+    assert mail_intake.count("INBOX") == 0
 
 
-async def test_same_message_delivered_twice_is_one_request(env: Env) -> None:
+async def test_same_message_delivered_twice_is_one_request(mail_intake: MailIntake) -> None:
     msg = message(*ENGLISH_ACCESS)
-    env.deliver(msg)
-    env.deliver(msg, received_at=RECEIVED + timedelta(seconds=5))  # e.g. two aliases of the privacy address
+    mail_intake.deliver(msg)
+    mail_intake.deliver(msg, received_at=RECEIVED + timedelta(seconds=5))  # e.g. two aliases of the privacy address
 
-    report = await env.mailbox().poll_once()
+    report = await mail_intake.mailbox().poll_once()
 
     assert report == PollReport(submitted=1, skipped=1)
-    assert len(env.sink.requests) == 1 and len(env.sink.submit_calls) == 1
-    assert env.count("Processed") == 2
+    assert len(mail_intake.sink.requests) == 1 and len(mail_intake.sink.submit_calls) == 1
+    assert mail_intake.count("Processed") == 2
 
 
-async def test_message_without_message_id_gets_a_synthetic_one(env: Env) -> None:
+async def test_message_without_message_id_gets_a_synthetic_one(mail_intake: MailIntake) -> None:
     msg = message(*ENGLISH_ACCESS)
     del msg["Message-ID"]
-    env.deliver(msg)
-    env.sink.crash_after_start = 1
-    assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
-    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
-    (submission,) = env.sink.requests.values()
+    mail_intake.deliver(msg)
+    mail_intake.sink.crash_after_start = 1
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(deferred=1)
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(submitted=1)
+    (submission,) = mail_intake.sink.requests.values()
     assert submission.in_reply_to is None  # nothing to thread under
-    assert len(set(env.sink.submit_calls)) == 1
+    assert len(set(mail_intake.sink.submit_calls)) == 1
 
 
 @pytest.mark.parametrize(
@@ -454,25 +457,25 @@ async def test_message_without_message_id_gets_a_synthetic_one(env: Env) -> None
     ids=["auto-submitted", "precedence", "x-autoreply", "null-return-path", "mailer-daemon"],
 )
 async def test_automatic_replies_are_rejected_never_acknowledged(
-    env: Env, headers: dict[str, str], sender: str, caplog: pytest.LogCaptureFixture
+    mail_intake: MailIntake, headers: dict[str, str], sender: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    env.deliver(message("Absence du bureau : Suppression de mes données", FRENCH_ERASURE[1],
+    mail_intake.deliver(message("Absence du bureau : Suppression de mes données", FRENCH_ERASURE[1],
                         sender=sender, headers=headers))
     with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
-        report = await env.mailbox().poll_once()
+        report = await mail_intake.mailbox().poll_once()
     assert report == PollReport(rejected=1)
-    assert env.sink.submit_calls == [] and env.sink.triage_calls == []
-    assert env.count("INBOX") == 0 and env.count("Rejected") == 1
-    assert (await env.mailbox().poll_once()) == PollReport()  # no loop
+    assert mail_intake.sink.submit_calls == [] and mail_intake.sink.triage_calls == []
+    assert mail_intake.count("INBOX") == 0 and mail_intake.count("Rejected") == 1
+    assert (await mail_intake.mailbox().poll_once()) == PollReport()  # no loop
     _assert_no_personal_data(caplog, sender)
 
 
-async def test_a_human_saying_auto_submitted_no_is_accepted(env: Env) -> None:
-    env.deliver(message(*ENGLISH_ACCESS, headers={"Auto-Submitted": "no"}))
-    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+async def test_a_human_saying_auto_submitted_no_is_accepted(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(message(*ENGLISH_ACCESS, headers={"Auto-Submitted": "no"}))
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(submitted=1)
 
 
-async def test_delivery_report_is_rejected(env: Env) -> None:
+async def test_delivery_report_is_rejected(mail_intake: MailIntake) -> None:
     raw = (
         b"From: Mail Delivery System <mailer-daemon@mx.example.org>\r\n"
         b"To: privacy@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n"
@@ -482,63 +485,65 @@ async def test_delivery_report_is_rejected(env: Env) -> None:
         b"--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n"
         b"Final-Recipient: rfc822; someone@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b1--\r\n"
     )
-    env.deliver(raw)
-    assert (await env.mailbox().poll_once()) == PollReport(rejected=1)
-    assert env.count("Rejected") == 1
+    mail_intake.deliver(raw)
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(rejected=1)
+    assert mail_intake.count("Rejected") == 1
 
 
-async def test_invalid_sender_is_rejected_with_one_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    env.deliver(message(*ENGLISH_ACCESS, sender="jane@localhost", name="Jane Doe"))
+async def test_invalid_sender_is_rejected_with_one_log_line(
+    mail_intake: MailIntake, caplog: pytest.LogCaptureFixture,
+) -> None:
+    mail_intake.deliver(message(*ENGLISH_ACCESS, sender="jane@localhost", name="Jane Doe"))
     ok = message(*ENGLISH_ACCESS, sender="jane.doe@example.net", name="Jane Doe")
-    env.deliver(ok)
+    mail_intake.deliver(ok)
     with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
-        report = await env.mailbox().poll_once()
+        report = await mail_intake.mailbox().poll_once()
     assert report == PollReport(submitted=1, rejected=1)  # one bad message does not block the next
-    assert env.count("Rejected") == 1 and env.count("Processed") == 1
+    assert mail_intake.count("Rejected") == 1 and mail_intake.count("Processed") == 1
     rejected = [r for r in caplog.records if "message uid" in r.getMessage() and "rejected" in r.getMessage()]
     assert len(rejected) == 1 and "invalid_sender" in rejected[0].getMessage()
     _assert_no_personal_data(caplog, "jane@localhost", "Jane Doe", "Subject access request")
 
 
-async def test_submission_error_from_the_service_is_rejected_and_its_files_deleted(env: Env) -> None:
+async def test_submission_error_from_the_service_is_rejected_and_its_files_deleted(mail_intake: MailIntake) -> None:
     # A rectification with no text at all: the service's validation refuses it (SubmissionError).
     msg = message("Rectification", "", sender="jane.doe@example.net")
     msg.add_attachment(b"%PDF-1.4 identity card", maintype="application", subtype="pdf", filename="id.pdf")
-    env.deliver(msg)
+    mail_intake.deliver(msg)
 
-    report = await env.mailbox(classifier=fixed(RequestKind.RECTIFICATION)).poll_once()
+    report = await mail_intake.mailbox(classifier=fixed(RequestKind.RECTIFICATION)).poll_once()
 
     assert report == PollReport(rejected=1)
-    assert env.sink.requests == {}
-    (row,) = env.rows()
+    assert mail_intake.sink.requests == {}
+    (row,) = mail_intake.rows()
     assert (row.state, row.outcome, row.reason) == ("moved", "rejected", "invalid_submission")
-    assert env.store.list(row.request_id) == []  # no request will ever review the ID copy
-    assert env.count("Rejected") == 1
-    assert (await env.mailbox(classifier=fixed(RequestKind.RECTIFICATION)).poll_once()) == PollReport()
+    assert mail_intake.store.list(row.request_id) == []  # no request will ever review the ID copy
+    assert mail_intake.count("Rejected") == 1
+    assert (await mail_intake.mailbox(classifier=fixed(RequestKind.RECTIFICATION)).poll_once()) == PollReport()
 
 
-async def test_rate_limited_message_stays_for_the_next_poll(env: Env) -> None:
-    env.deliver(message(*ENGLISH_ACCESS))
-    env.sink.rate_limited = 1
-    assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
-    assert env.count("INBOX") == 1
-    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
-    assert len(set(env.sink.submit_calls)) == 1 and len(env.sink.requests) == 1
+async def test_rate_limited_message_stays_for_the_next_poll(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(message(*ENGLISH_ACCESS))
+    mail_intake.sink.rate_limited = 1
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(deferred=1)
+    assert mail_intake.count("INBOX") == 1
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(submitted=1)
+    assert len(set(mail_intake.sink.submit_calls)) == 1 and len(mail_intake.sink.requests) == 1
 
 
-async def test_id_document_attachment_is_stored_encrypted(env: Env) -> None:
+async def test_id_document_attachment_is_stored_encrypted(mail_intake: MailIntake) -> None:
     scan = b"\xff\xd8\xff\xe0JFIF PASSPORT-NUMBER-12AB34567 " + os.urandom(2048)
     msg = message(*ENGLISH_ACCESS)
     msg.add_attachment(scan, maintype="image", subtype="jpeg", filename="passeport Jérôme.jpg")
-    env.deliver(msg)
+    mail_intake.deliver(msg)
 
-    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(submitted=1)
 
-    (request_id,) = env.sink.requests
-    assert env.store.list(request_id) == [AttachmentInfo(1, "passeport Jérôme.jpg", "image/jpeg", len(scan),
+    (request_id,) = mail_intake.sink.requests
+    assert mail_intake.store.list(request_id) == [AttachmentInfo(1, "passeport Jérôme.jpg", "image/jpeg", len(scan),
                                                          "sender not checked (DSR_MAIL_AUTHSERV_ID is not set)")]
-    assert env.store.read(request_id, 1) == scan
-    directory = env.tmp / "storage" / "attachments" / request_id
+    assert mail_intake.store.read(request_id, 1) == scan
+    directory = mail_intake.tmp / "storage" / "attachments" / request_id
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for path in directory.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -546,45 +551,45 @@ async def test_id_document_attachment_is_stored_encrypted(env: Env) -> None:
         assert b"PASSPORT-NUMBER" not in on_disk and b"passeport" not in on_disk
         assert scan[:64] not in on_disk
     # Bound to its request and index: a file copied under another request does not open.
-    other = env.tmp / "storage" / "attachments" / "dsr-2026-03-ZZZZZZ"
+    other = mail_intake.tmp / "storage" / "attachments" / "dsr-2026-03-ZZZZZZ"
     other.mkdir(mode=0o700)
     for path in directory.iterdir():
         (other / path.name).write_bytes(path.read_bytes())
     with pytest.raises(DecryptionError):
-        env.store.read("dsr-2026-03-ZZZZZZ", 1)
+        mail_intake.store.read("dsr-2026-03-ZZZZZZ", 1)
 
-    assert env.store.delete_all(request_id) == 1  # once identity is confirmed
-    assert env.store.list(request_id) == [] and not directory.exists()
-    assert (await env.mailbox().poll_once()) == PollReport()  # never re-stored
+    assert mail_intake.store.delete_all(request_id) == 1  # once identity is confirmed
+    assert mail_intake.store.list(request_id) == [] and not directory.exists()
+    assert (await mail_intake.mailbox().poll_once()) == PollReport()  # never re-stored
 
 
-async def test_message_attached_to_an_open_request_brings_its_files(env: Env) -> None:
-    env.sink.open_request = "dsr-2026-02-OPEN01"
+async def test_message_attached_to_an_open_request_brings_its_files(mail_intake: MailIntake) -> None:
+    mail_intake.sink.open_request = "dsr-2026-02-OPEN01"
     msg = message(*ENGLISH_ACCESS)
     msg.add_attachment(b"%PDF id card", maintype="application", subtype="pdf", filename="id.pdf")
-    env.deliver(msg)
+    mail_intake.deliver(msg)
 
-    assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
+    assert (await mail_intake.mailbox().poll_once()) == PollReport(submitted=1)
 
-    (row,) = env.rows()
+    (row,) = mail_intake.rows()
     assert row.reference == "dsr-2026-02-OPEN01" and row.request_id != row.reference
-    assert env.store.list(row.request_id) == []
-    assert env.store.read("dsr-2026-02-OPEN01", 1) == b"%PDF id card"
+    assert mail_intake.store.list(row.request_id) == []
+    assert mail_intake.store.read("dsr-2026-02-OPEN01", 1) == b"%PDF id card"
 
 
-async def test_attachments_over_the_limits_are_not_kept(env: Env) -> None:
+async def test_attachments_over_the_limits_are_not_kept(mail_intake: MailIntake) -> None:
     msg = message(*ENGLISH_ACCESS)
     for n in range(3):
         msg.add_attachment(f"page {n}".encode(), maintype="application", subtype="pdf", filename=f"p{n}.pdf")
     msg.add_attachment(b"x" * 5000, maintype="image", subtype="png", filename="big.png")
-    env.deliver(msg)
-    report = await env.mailbox(max_attachments=2, max_attachment_bytes=4000).poll_once()
+    mail_intake.deliver(msg)
+    report = await mail_intake.mailbox(max_attachments=2, max_attachment_bytes=4000).poll_once()
     assert report == PollReport(submitted=1)
-    (request_id,) = env.sink.requests
-    assert [a.filename for a in env.store.list(request_id)] == ["p0.pdf", "p1.pdf"]
+    (request_id,) = mail_intake.sink.requests
+    assert [a.filename for a in mail_intake.store.list(request_id)] == ["p0.pdf", "p1.pdf"]
 
 
-async def test_decoding_real_world_mime(env: Env) -> None:
+async def test_decoding_real_world_mime(mail_intake: MailIntake) -> None:
     quoted_printable = (
         "From: =?utf-8?q?Ren=C3=A9e_L=C3=A9vesque?= <renee@example.fr>\r\n"
         "To: privacy@example.com\r\nMessage-ID: <qp-1@example.fr>\r\n"
@@ -619,12 +624,12 @@ async def test_decoding_real_world_mime(env: Env) -> None:
     alternative.set_content("Texte brut préféré.")
     alternative.add_alternative("<p>HTML <i>ignoré</i></p>", subtype="html")
     for n, raw in enumerate([quoted_printable, latin1, html_only, alternative.as_bytes()]):
-        env.deliver(raw, received_at=RECEIVED + timedelta(seconds=n))
+        mail_intake.deliver(raw, received_at=RECEIVED + timedelta(seconds=n))
     classifier = fixed(RequestKind.ACCESS)
 
-    assert (await env.mailbox(classifier=classifier).poll_once()) == PollReport(submitted=4)
+    assert (await mail_intake.mailbox(classifier=classifier).poll_once()) == PollReport(submitted=4)
 
-    by_sender = {s.email: s for s in env.sink.requests.values()}
+    by_sender = {s.email: s for s in mail_intake.sink.requests.values()}
     seen = dict(classifier.seen)  # type: ignore[attr-defined]
     qp = by_sender["renee@example.fr"]
     assert qp.name == "Renée Lévesque"
@@ -640,86 +645,88 @@ async def test_decoding_real_world_mime(env: Env) -> None:
     assert by_sender["zoe@example.org"].details == "Texte brut préféré."
 
 
-async def test_message_over_the_size_limit_is_rejected_not_crashing(env: Env) -> None:
+async def test_message_over_the_size_limit_is_rejected_not_crashing(mail_intake: MailIntake) -> None:
     big = message(*ENGLISH_ACCESS, sender="big@example.org")
     big.add_attachment(os.urandom(120_000), maintype="application", subtype="octet-stream", filename="dump.bin")
-    env.deliver(big)
-    env.deliver(message(*FRENCH_ERASURE))
+    mail_intake.deliver(big)
+    mail_intake.deliver(message(*FRENCH_ERASURE))
 
-    report = await env.mailbox(max_message_bytes=100_000).poll_once()
+    report = await mail_intake.mailbox(max_message_bytes=100_000).poll_once()
 
     assert report == PollReport(submitted=1, rejected=1)
-    assert env.count("Rejected") == 1 and env.count("Processed") == 1 and env.count("INBOX") == 0
-    assert [s.email for s in env.sink.requests.values()] == ["jerome.lefevre@example.org"]
+    assert mail_intake.count("Rejected") == 1 and mail_intake.count("Processed") == 1
+    assert mail_intake.count("INBOX") == 0
+    assert [s.email for s in mail_intake.sink.requests.values()] == ["jerome.lefevre@example.org"]
 
 
-async def test_certificate_from_another_ca_fails_the_connection(env: Env) -> None:
+async def test_certificate_from_another_ca_fails_the_connection(mail_intake: MailIntake) -> None:
     other = CertificateAuthority(name="someone else's CA")
-    cafile = env.tmp / "other-ca.pem"
+    cafile = mail_intake.tmp / "other-ca.pem"
     cafile.write_bytes(other.cert_pem)
-    env.deliver(message(*ENGLISH_ACCESS))
+    mail_intake.deliver(message(*ENGLISH_ACCESS))
 
     with pytest.raises(MailboxConnectionError, match=r"certificate .* could not be verified") as info:
-        await env.mailbox(cafile=cafile).poll_once()
+        await mail_intake.mailbox(cafile=cafile).poll_once()
 
-    assert f"{env.dovecot.host}:{env.dovecot.port}" in str(info.value)
-    assert env.sink.submit_calls == [] and env.count("INBOX") == 1
+    assert f"{mail_intake.dovecot.host}:{mail_intake.dovecot.port}" in str(info.value)
+    assert mail_intake.sink.submit_calls == [] and mail_intake.count("INBOX") == 1
 
 
-async def test_wrong_password_is_a_clear_error(env: Env) -> None:
+async def test_wrong_password_is_a_clear_error(mail_intake: MailIntake) -> None:
     # A server of its own: after a failed login Dovecot delays every login from the same IP for a while
     # (anvil's auth penalty), which would slow the other tests down.
-    with Dovecot(env.dovecot.binary) as other:
+    with Dovecot(mail_intake.dovecot.binary) as other:
         user = other.new_user()
-        settings = env.settings(port=other.port, username=user.username, password="not-the-password",
+        settings = mail_intake.settings(port=other.port, username=user.username, password="not-the-password",
                                 cafile=other.cafile)
-        mailbox = Mailbox(settings, env.sink, engine=env.ledger.engine, keyring=TEST_KEYRING, attachments=env.store)
+        mailbox = Mailbox(settings, mail_intake.sink, engine=mail_intake.ledger.engine, keyring=TEST_KEYRING,
+                          attachments=mail_intake.store)
         with pytest.raises(MailboxConnectionError, match="refused the login"):
             await mailbox.poll_once()
 
 
-async def test_server_without_move_gets_copy_store_expunge(env: Env) -> None:
+async def test_server_without_move_gets_copy_store_expunge(mail_intake: MailIntake) -> None:
     class OldServer(Mailbox):
         async def _connect(self):  # type: ignore[no-untyped-def]
             client = await super()._connect()
             client.protocol.capabilities -= {"MOVE", "UIDPLUS"}
             return client
 
-    env.deliver(message(*ENGLISH_ACCESS))
-    env.deliver(message("Hello", "Hi"))
-    mailbox = OldServer(env.settings(), env.sink, engine=env.ledger.engine, keyring=TEST_KEYRING,
-                        attachments=env.store)
+    mail_intake.deliver(message(*ENGLISH_ACCESS))
+    mail_intake.deliver(message("Hello", "Hi"))
+    mailbox = OldServer(mail_intake.settings(), mail_intake.sink, engine=mail_intake.ledger.engine,
+                        keyring=TEST_KEYRING, attachments=mail_intake.store)
     assert (await mailbox.poll_once()) == PollReport(submitted=1, triaged=1)
-    assert env.count("INBOX") == 0 and env.count("Processed") == 2
+    assert mail_intake.count("INBOX") == 0 and mail_intake.count("Processed") == 2
 
 
 async def test_run_polls_until_stopped_and_survives_a_bad_connection(
-    env: Env, caplog: pytest.LogCaptureFixture
+    mail_intake: MailIntake, caplog: pytest.LogCaptureFixture
 ) -> None:
-    env.deliver(message(*ENGLISH_ACCESS))
+    mail_intake.deliver(message(*ENGLISH_ACCESS))
     stop = asyncio.Event()
     with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
-        bad = asyncio.ensure_future(env.mailbox(port=_closed_port(), poll_interval=0.05).run(stop))
-        good = asyncio.ensure_future(env.mailbox(poll_interval=0.05).run(stop))
+        bad = asyncio.ensure_future(mail_intake.mailbox(port=_closed_port(), poll_interval=0.05).run(stop))
+        good = asyncio.ensure_future(mail_intake.mailbox(poll_interval=0.05).run(stop))
         for _ in range(200):
-            if env.sink.requests:
+            if mail_intake.sink.requests:
                 break
             await asyncio.sleep(0.05)
-        env.deliver(message(*FRENCH_ERASURE))
+        mail_intake.deliver(message(*FRENCH_ERASURE))
         for _ in range(200):
-            if len(env.sink.requests) == 2:
+            if len(mail_intake.sink.requests) == 2:
                 break
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.wait_for(asyncio.gather(bad, good), 20)
-    assert len(env.sink.requests) == 2
+    assert len(mail_intake.sink.requests) == 2
     assert any("mailbox poll failed" in r.getMessage() for r in caplog.records)
     _assert_no_personal_data(caplog, "jerome", "Jane", "example.org")
 
 
-def reply_env(env: Env, *, closed: bool = False) -> ReplyAwareSink:
-    sink = ReplyAwareSink(home=env.tmp, request=RepliedRequest(OPEN_REQUEST, closed=closed))
-    env.sink = sink
+def reply_env(mail_intake: MailIntake, *, closed: bool = False) -> ReplyAwareSink:
+    sink = ReplyAwareSink(home=mail_intake.tmp, request=RepliedRequest(OPEN_REQUEST, closed=closed))
+    mail_intake.sink = sink
     return sink
 
 
@@ -731,22 +738,22 @@ def reply(subject: str = f"Re: Votre demande (réf. {OPEN_REQUEST})", **kwargs: 
     return msg
 
 
-async def test_reply_from_the_subject_is_filed_under_the_open_request_once(env: Env) -> None:
-    sink = reply_env(env)
-    env.store.save(OPEN_REQUEST, "first.pdf", "application/pdf", b"%PDF came with the request")
+async def test_reply_from_the_subject_is_filed_under_the_open_request_once(mail_intake: MailIntake) -> None:
+    sink = reply_env(mail_intake)
+    mail_intake.store.save(OPEN_REQUEST, "first.pdf", "application/pdf", b"%PDF came with the request")
     msg = reply()
-    env.deliver(msg)
+    mail_intake.deliver(msg)
     sink.unavailable = 1  # the engine is down at the first poll: the files are stored, the update is not
 
-    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(deferred=1)
-    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(corresponded=1)
+    assert (await mail_intake.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(deferred=1)
+    assert (await mail_intake.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(corresponded=1)
 
-    (row,) = env.rows()
+    (row,) = mail_intake.rows()
     assert (row.state, row.outcome, row.reason, row.reference) == ("moved", "submitted", "correspondence",
                                                                     OPEN_REQUEST)
     # Added beside what the request held, never clearing it; stored once although the update was sent twice.
-    assert [a.filename for a in env.store.list(OPEN_REQUEST)] == ["first.pdf", "id.pdf"]
-    assert env.store.list(row.request_id) == []
+    assert [a.filename for a in mail_intake.store.list(OPEN_REQUEST)] == ["first.pdf", "id.pdf"]
+    assert mail_intake.store.list(row.request_id) == []
     assert sink.updates == [row.message_key, row.message_key]
     letter = sink.recorded[row.message_key]
     assert (letter.attachments, letter.message_id, letter.received_at) == (1, msg["Message-ID"], RECEIVED)
@@ -754,73 +761,73 @@ async def test_reply_from_the_subject_is_filed_under_the_open_request_once(env: 
     sender, subject, thread = sink.lookups[0]
     assert sender == "jerome.lefevre@example.org" and OPEN_REQUEST in subject
     assert thread == ("<" + "ab" * 16 + "@example.com>",)
-    assert env.count("Processed") == 1 and env.count("INBOX") == 0
+    assert mail_intake.count("Processed") == 1 and mail_intake.count("INBOX") == 0
 
 
-async def test_reply_from_someone_else_takes_the_normal_path(env: Env) -> None:
-    sink = reply_env(env)
-    env.deliver(reply(sender="mallory@example.net", name="Mallory"))
+async def test_reply_from_someone_else_takes_the_normal_path(mail_intake: MailIntake) -> None:
+    sink = reply_env(mail_intake)
+    mail_intake.deliver(reply(sender="mallory@example.net", name="Mallory"))
 
-    assert (await env.mailbox(classifier=fixed(None)).poll_once()) == PollReport(triaged=1)
+    assert (await mail_intake.mailbox(classifier=fixed(None)).poll_once()) == PollReport(triaged=1)
 
-    assert sink.updates == [] and env.store.list(OPEN_REQUEST) == []
+    assert sink.updates == [] and mail_intake.store.list(OPEN_REQUEST) == []
     (item,) = sink.triaged.values()
     assert item.reason == "fixed"  # the classifier's reason: nothing about the other request
-    assert [a.filename for a in env.store.list(item.request_id)] == ["id.pdf"]
+    assert [a.filename for a in mail_intake.store.list(item.request_id)] == ["id.pdf"]
 
 
-async def test_reply_about_a_closed_request_goes_to_triage_not_a_new_request(env: Env) -> None:
-    sink = reply_env(env, closed=True)
-    env.deliver(reply())
+async def test_reply_about_a_closed_request_goes_to_triage_not_a_new_request(mail_intake: MailIntake) -> None:
+    sink = reply_env(mail_intake, closed=True)
+    mail_intake.deliver(reply())
 
-    assert (await env.mailbox(classifier=fixed(RequestKind.ERASURE)).poll_once()) == PollReport(triaged=1)
+    assert (await mail_intake.mailbox(classifier=fixed(RequestKind.ERASURE)).poll_once()) == PollReport(triaged=1)
 
     assert sink.requests == {} and sink.updates == []
     (item,) = sink.triaged.values()
     assert item.reason == f"reply about closed request {OPEN_REQUEST}"
-    assert [a.filename for a in env.store.list(item.request_id)] == ["id.pdf"]
-    assert env.store.list(OPEN_REQUEST) == []
+    assert [a.filename for a in mail_intake.store.list(item.request_id)] == ["id.pdf"]
+    assert mail_intake.store.list(OPEN_REQUEST) == []
 
 
-async def test_request_closed_between_lookup_and_update_takes_its_files_to_triage(env: Env) -> None:
-    sink = reply_env(env)
+async def test_request_closed_between_lookup_and_update_takes_its_files_to_triage(mail_intake: MailIntake) -> None:
+    sink = reply_env(mail_intake)
     sink.closed_on_update = True
-    env.deliver(reply())
+    mail_intake.deliver(reply())
 
-    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(triaged=1)
+    assert (await mail_intake.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(triaged=1)
 
     (item,) = sink.triaged.values()
     assert item.reason == f"reply about closed request {OPEN_REQUEST}"
-    assert env.store.list(OPEN_REQUEST) == []  # moved with the message, not left with a closed request
-    assert [a.filename for a in env.store.list(item.request_id)] == ["id.pdf"]
-    (row,) = env.rows()
+    assert mail_intake.store.list(OPEN_REQUEST) == []  # moved with the message, not left with a closed request
+    assert [a.filename for a in mail_intake.store.list(item.request_id)] == ["id.pdf"]
+    (row,) = mail_intake.rows()
     assert (row.state, row.outcome, row.reason) == ("moved", "triaged", "closed_reply")
 
 
 async def test_failed_reply_lookup_leaves_the_message_for_the_next_poll(
-    env: Env, caplog: pytest.LogCaptureFixture
+    mail_intake: MailIntake, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sink = reply_env(env)
+    sink = reply_env(mail_intake)
     sink.lookup_failures = 1
-    env.deliver(reply())
+    mail_intake.deliver(reply())
     with caplog.at_level(logging.INFO, logger="dsr.intake.mailbox"):
-        assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
-        assert env.store.list(OPEN_REQUEST) == [] and env.count("INBOX") == 1
-        assert (await env.mailbox().poll_once()) == PollReport(corresponded=1)
+        assert (await mail_intake.mailbox().poll_once()) == PollReport(deferred=1)
+        assert mail_intake.store.list(OPEN_REQUEST) == [] and mail_intake.count("INBOX") == 1
+        assert (await mail_intake.mailbox().poll_once()) == PollReport(corresponded=1)
     _assert_no_personal_data(caplog, "jerome", "Jérôme", "id.pdf", "pièce", "ab" * 16)
 
 
 async def test_works_on_postgresql_too(dovecot: Dovecot, user: ImapUser, tmp_path: Path, postgres_url: str) -> None:
     ledger = Ledger(postgres_url, TEST_KEYRING)
     try:
-        env = Env(dovecot, user, tmp_path, ledger, RecordingSink(home=tmp_path),
+        mail_intake = MailIntake(dovecot, user, tmp_path, ledger, RecordingSink(home=tmp_path),
                   AttachmentStore(FileStore(tmp_path / "storage"), TEST_KEYRING))
-        env.deliver(message(*ENGLISH_ACCESS))
-        env.sink.crash_after_start = 1
-        assert (await env.mailbox().poll_once()) == PollReport(deferred=1)
-        assert (await env.mailbox().poll_once()) == PollReport(submitted=1)
-        assert len(env.sink.requests) == 1
-        (row,) = env.rows()
+        mail_intake.deliver(message(*ENGLISH_ACCESS))
+        mail_intake.sink.crash_after_start = 1
+        assert (await mail_intake.mailbox().poll_once()) == PollReport(deferred=1)
+        assert (await mail_intake.mailbox().poll_once()) == PollReport(submitted=1)
+        assert len(mail_intake.sink.requests) == 1
+        (row,) = mail_intake.rows()
         assert (row.state, row.outcome) == ("moved", "submitted")
     finally:
         ledger.close()
@@ -928,68 +935,68 @@ DMARC_FAIL = "dmarc=fail (p=reject dis=reject) header.from=example.org; dkim=non
 DMARC_PASS = "dmarc=pass (p=quarantine) header.from=example.org; dkim=pass header.d=example.org; spf=pass"
 
 
-async def test_forged_reply_failing_dmarc_goes_to_triage_not_to_the_request(env: Env) -> None:
-    sink = reply_env(env)
+async def test_forged_reply_failing_dmarc_goes_to_triage_not_to_the_request(mail_intake: MailIntake) -> None:
+    sink = reply_env(mail_intake)
     forged = reply()  # the subject's address in From, the reference in Subject, an "ID copy" attached
     # The forger also wrote an Authentication-Results claiming our server and a pass, below our server's.
     forged["Authentication-Results"] = f"{AUTHSERV}; dmarc=pass header.from=example.org; dkim=pass; spf=pass"
-    env.deliver(authenticated(forged, DMARC_FAIL))
+    mail_intake.deliver(authenticated(forged, DMARC_FAIL))
 
-    report = await env.mailbox(classifier=fixed(RequestKind.ACCESS), authserv_id=AUTHSERV).poll_once()
+    report = await mail_intake.mailbox(classifier=fixed(RequestKind.ACCESS), authserv_id=AUTHSERV).poll_once()
 
     assert report == PollReport(triaged=1)
     assert sink.updates == [] and sink.recorded == {}  # the request is not told
-    assert env.store.list(OPEN_REQUEST) == []  # and holds none of the forger's files
+    assert mail_intake.store.list(OPEN_REQUEST) == []  # and holds none of the forger's files
     (item,) = sink.triaged.values()
     assert item.reason == (f"reply about {OPEN_REQUEST} from a sender that failed DMARC: the From address may be "
                            f"forged (dmarc=fail dkim=none spf=fail ({AUTHSERV}))")
-    (kept,) = env.store.list(item.request_id)  # the file waits with the message, for a person to look at
+    (kept,) = mail_intake.store.list(item.request_id)  # the file waits with the message, for a person to look at
     assert kept.filename == "id.pdf" and kept.sender_check.startswith("dmarc=fail")
-    (row,) = env.rows()
+    (row,) = mail_intake.rows()
     assert (row.outcome, row.reason, row.reference) == ("triaged", "dmarc_fail_reply", OPEN_REQUEST)
 
 
-async def test_reply_passing_dmarc_is_recorded_with_the_verdict_beside_its_files(env: Env) -> None:
-    sink = reply_env(env)
+async def test_reply_passing_dmarc_is_recorded_with_the_verdict_beside_its_files(mail_intake: MailIntake) -> None:
+    sink = reply_env(mail_intake)
     # A verdict of another server (the sender's own, say) sits between ours and anything lower: not believed.
     genuine = reply()
     genuine["Authentication-Results"] = "mail.example.org; dmarc=fail"
-    env.deliver(authenticated(genuine, DMARC_PASS))
+    mail_intake.deliver(authenticated(genuine, DMARC_PASS))
 
-    report = await env.mailbox(classifier=fixed(RequestKind.ACCESS), authserv_id=AUTHSERV).poll_once()
+    report = await mail_intake.mailbox(classifier=fixed(RequestKind.ACCESS), authserv_id=AUTHSERV).poll_once()
 
     assert report == PollReport(corresponded=1)
     (letter,) = sink.recorded.values()
     assert letter.sender_check == f"dmarc=pass dkim=pass spf=pass ({AUTHSERV})"
-    (kept,) = env.store.list(OPEN_REQUEST)
+    (kept,) = mail_intake.store.list(OPEN_REQUEST)
     assert (kept.filename, kept.sender_check) == ("id.pdf", letter.sender_check)
 
 
-async def test_without_a_trusted_server_nothing_is_believed_and_operators_are_told(env: Env) -> None:
-    sink = reply_env(env)
-    env.deliver(authenticated(reply(), DMARC_PASS))  # headers anyone could have written
+async def test_without_a_trusted_server_nothing_is_believed_and_operators_are_told(mail_intake: MailIntake) -> None:
+    sink = reply_env(mail_intake)
+    mail_intake.deliver(authenticated(reply(), DMARC_PASS))  # headers anyone could have written
 
-    assert (await env.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(corresponded=1)
+    assert (await mail_intake.mailbox(classifier=fixed(RequestKind.ACCESS)).poll_once()) == PollReport(corresponded=1)
 
     (letter,) = sink.recorded.values()
     assert letter.sender_check == "sender not checked (DSR_MAIL_AUTHSERV_ID is not set)"
-    assert env.store.list(OPEN_REQUEST)[0].sender_check == letter.sender_check
+    assert mail_intake.store.list(OPEN_REQUEST)[0].sender_check == letter.sender_check
 
 
-async def test_new_request_failing_dmarc_goes_to_triage_with_the_reason(env: Env) -> None:
-    env.deliver(authenticated(message(*FRENCH_ERASURE), DMARC_FAIL))
-    env.deliver(authenticated(message(*ENGLISH_ACCESS, sender="jane.doe@example.net", name="Jane Doe"),
+async def test_new_request_failing_dmarc_goes_to_triage_with_the_reason(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(authenticated(message(*FRENCH_ERASURE), DMARC_FAIL))
+    mail_intake.deliver(authenticated(message(*ENGLISH_ACCESS, sender="jane.doe@example.net", name="Jane Doe"),
                               "dmarc=none header.from=example.net; dkim=none; spf=neutral"))
 
-    report = await env.mailbox(authserv_id=AUTHSERV).poll_once()  # the real classifier: both are clear
+    report = await mail_intake.mailbox(authserv_id=AUTHSERV).poll_once()  # the real classifier: both are clear
 
     assert report == PollReport(submitted=1, triaged=1)
-    (item,) = env.sink.triaged.values()
+    (item,) = mail_intake.sink.triaged.values()
     assert item.email == "jerome.lefevre@example.org"
     assert item.reason == f"sender failed DMARC: the From address may be forged (dmarc=fail dkim=none spf=fail " \
                           f"({AUTHSERV}))"
     # No published policy (dmarc=none) proves nothing either way: that one is a request as before.
-    (submission,) = env.sink.requests.values()
+    (submission,) = mail_intake.sink.requests.values()
     assert submission.email == "jane.doe@example.net"
 
 
@@ -1041,33 +1048,33 @@ def many_parts(parts: int, *, sender: str = "jerome.lefevre@example.org") -> byt
     return head + part * parts + b"--B--\r\n"
 
 
-async def test_forty_thousand_parts_go_to_triage_unread_by_the_cap(env: Env) -> None:
-    env.deliver(many_parts(40_000))
-    env.deliver(message(*ENGLISH_ACCESS))  # the next message is read as usual in the same poll
+async def test_forty_thousand_parts_go_to_triage_unread_by_the_cap(mail_intake: MailIntake) -> None:
+    mail_intake.deliver(many_parts(40_000))
+    mail_intake.deliver(message(*ENGLISH_ACCESS))  # the next message is read as usual in the same poll
 
-    report = await env.mailbox(triage_folder="Triage").poll_once()
+    report = await mail_intake.mailbox(triage_folder="Triage").poll_once()
 
     assert report == PollReport(submitted=1, triaged=1)
-    (item,) = env.sink.triaged.values()
+    (item,) = mail_intake.sink.triaged.values()
     assert item.reason == "message not read: more than 100 MIME parts; the email is in the mailbox's triage folder"
     assert (item.email, item.subject_line, item.body) == ("jerome.lefevre@example.org",
                                                           "Suppression de mes données", "")
-    assert env.store.list(item.request_id) == []  # nothing of its body taken in: never half-ingested
-    assert env.count("Triage") == 1 and env.count("INBOX") == 0
-    assert {(r.outcome, r.reason) for r in env.rows()} == {("triaged", None), ("submitted", None)}
+    assert mail_intake.store.list(item.request_id) == []  # nothing of its body taken in: never half-ingested
+    assert mail_intake.count("Triage") == 1 and mail_intake.count("INBOX") == 0
+    assert {(r.outcome, r.reason) for r in mail_intake.rows()} == {("triaged", None), ("submitted", None)}
 
 
-async def test_a_message_that_takes_too_long_to_read_goes_to_triage_unread(env: Env) -> None:
+async def test_a_message_that_takes_too_long_to_read_goes_to_triage_unread(mail_intake: MailIntake) -> None:
     msg = message(*FRENCH_ERASURE)
     msg.add_attachment(b"%PDF id", maintype="application", subtype="pdf", filename="id.pdf")
-    env.deliver(msg)
+    mail_intake.deliver(msg)
 
-    report = await env.mailbox(parse_timeout=0).poll_once()  # no time at all: the bound, not the caps
+    report = await mail_intake.mailbox(parse_timeout=0).poll_once()  # no time at all: the bound, not the caps
 
     assert report == PollReport(triaged=1)
-    (item,) = env.sink.triaged.values()
+    (item,) = mail_intake.sink.triaged.values()
     assert item.reason.startswith("message not read: reading it took over 0 s")
-    assert env.store.list(item.request_id) == [] and env.sink.requests == {}
+    assert mail_intake.store.list(item.request_id) == [] and mail_intake.sink.requests == {}
 
 
 def test_mime_scan_counts_what_the_parser_would_split() -> None:

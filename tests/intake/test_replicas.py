@@ -47,6 +47,8 @@ from intake.web.attempts import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
 from tests.harness import TEST_KEYRING, MailSink, exports_of, file_exports
 from worker import build_worker
 
+pytestmark = pytest.mark.slow  # two intake replicas with their Temporal servers
+
 ZENDESK_SECRET = "zendesk-replicas-secret"
 RATE_PER_CLIENT = 6
 

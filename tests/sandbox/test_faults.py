@@ -36,6 +36,7 @@ def test_a_malformed_value_names_the_variable(raw: str) -> None:
         parse_fault_rates(raw)
 
 
+@pytest.mark.slow
 def test_dsr_up_refuses_malformed_faults_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "DSR_HOME": str(tmp_path), "DSR_DEMO_FAULTS": "5xx=half",
            "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}

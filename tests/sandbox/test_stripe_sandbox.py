@@ -78,6 +78,7 @@ def test_ephemeral_server_leaves_no_pickle_behind(server: LocalStripe) -> None:
     assert after == before
 
 
+@pytest.mark.slow
 async def test_state_file_survives_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "stripe" / "state.pickle"
     email = f"kept-{uuid.uuid4().hex[:8]}@example.org"
@@ -126,6 +127,7 @@ async def test_listing_pages_are_the_same_with_the_index(server: LocalStripe) ->
     assert len(seen) == len(set(seen)) == 23
 
 
+@pytest.mark.slow
 def test_stop_ends_the_process() -> None:
     server = LocalStripe().start()
     pid = server.pid

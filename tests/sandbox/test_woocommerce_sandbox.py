@@ -198,6 +198,7 @@ async def test_per_page_out_of_range_is_rejected(shop: Sandbox, per_page: str) -
     assert "per_page" in response.json()["data"]["params"]
 
 
+@pytest.mark.slow
 async def test_paging_ten_thousand_orders_sees_each_once(shop: Sandbox) -> None:
     # How fast is bench/export_heavy.py's question (timed assertions fail on a loaded machine, not on a bug).
     customer = shop.state.add_customer("heavy@example.org")

@@ -1,4 +1,5 @@
-"""A real Temporal for workflow tests: the time-skipping test server (months in seconds)."""
+"""A real Temporal for workflow tests: the time-skipping test server (months in seconds), ``time_skipping`` of
+tests/servers.py."""
 
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ from temporalio.worker import Worker
 
 from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings, SmtpSettings
-from dsr.runtime.temporal import register_search_attributes
-from dsr.store.crypto import data_converter
 from dsr.store.ledger import Ledger
-from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, binary, exports_of
+from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, exports_of
 from worker import build_worker
 
 
@@ -31,19 +30,6 @@ def demo_profile() -> ControllerProfile | None:
 SUBJECT_EMAIL = "jeanne.martin@example.org"
 SUBJECT_NAME = "Jeanne Martin"
 OPERATOR_EMAIL = "dpo@example.com"
-
-
-@pytest_asyncio.fixture(scope="session")
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"),
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture

@@ -36,8 +36,6 @@ from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
 from dsr.config.settings import Settings
 from dsr.domain.model import AuditEvent, IdentityMethod, RequestInput
-from dsr.runtime.temporal import register_search_attributes
-from dsr.store.crypto import data_converter
 from dsr.store.exports import ExportStore
 from dsr.store.guards import Guards
 from dsr.store.ledger import Ledger
@@ -49,7 +47,8 @@ from intake.web.app import intake_app
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, binary, exports_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of
+from tests.servers import start_time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
 
@@ -271,11 +270,9 @@ async def open_sandboxes(localstripe: LocalStripe) -> AsyncIterator[Sandboxes]:
 @contextlib.asynccontextmanager
 async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> AsyncIterator[World]:
     """A whole controller: its own Temporal test server, the sandboxes, the intake app and a worker."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"), data_converter=data_converter(TEST_KEYRING))
+    env = await start_time_skipping_server()
     localstripe = LocalStripe(api_key=STRIPE_KEY).start()
     try:
-        await register_search_attributes(env.client)
         exports = exports_of(settings)
         clock = WorldClock()
         await clock.follow(env)

@@ -21,8 +21,6 @@ from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
 from dsr.config.settings import Settings
 from dsr.domain.model import IdentityMethod, Outcome, RequestStatus, Stage
-from dsr.runtime.temporal import register_search_attributes
-from dsr.store.crypto import data_converter
 from dsr.store.exports import ExportStore
 from dsr.store.guards import Guards
 from dsr.store.ledger import Ledger
@@ -31,10 +29,13 @@ from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import LocalStripe, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, binary, exports_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of
+from tests.servers import time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
+
+pytestmark = pytest.mark.slow  # every system end to end
 
 EMAIL = "Nadia.Haddad@example.org"  # the subject writes it capitalised; every system must still match
 TOKEN, KEY, SECRET, STRIPE_KEY = "pat-test", "ck_test", "cs_test", "sk_test_e2e"
@@ -52,13 +53,8 @@ class Systems:
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     """This module's own test server: its workflows (waiting on download links) must not keep the shared
     one from skipping time for the lifecycle tests."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"), data_converter=data_converter(TEST_KEYRING))
-    try:
-        await register_search_attributes(env.client)
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture(scope="module")

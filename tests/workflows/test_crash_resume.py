@@ -15,9 +15,9 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import Settings
 from dsr.domain.model import IdentityMethod, Outcome, Stage
@@ -29,9 +29,11 @@ from intake.submission import Submission, prepare, start
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.conftest import S3Server
-from tests.harness import TEST_KEYRING, MailSink, binary
-from workflows import search_attributes as sa
+from tests.harness import TEST_KEYRING, MailSink
+from tests.servers import start_dev_server
 from workflows.request import DataSubjectRequest
+
+pytestmark = pytest.mark.slow  # workers killed and restarted
 
 DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
 ORDERS = 4000
@@ -78,10 +80,7 @@ async def test_killed_worker_resumes_the_export_from_its_cursor_on_another_machi
     counted = CountOrderPages(woocommerce_app(shop_state, consumer_key="ck_x", consumer_secret="cs_x",
                                               faults=faults))
     shop = await serve_app(counted, port=0)  # type: ignore[arg-type]
-    temporal = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
-        data_converter=data_converter(TEST_KEYRING),
-    )
+    temporal = await start_dev_server()
     workers: list[subprocess.Popen[bytes]] = []
     try:
         homes = [tmp_path / "machine-1", tmp_path / "machine-2"]  # no disk shared between the two workers

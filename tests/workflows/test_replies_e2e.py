@@ -48,6 +48,8 @@ from tests.workflows.e2e_systems import (
 from workflows import search_attributes as sa
 from workflows.request import DataSubjectRequest
 
+pytestmark = pytest.mark.slow  # every reply end to end, seconds each
+
 PROFILE = demo_profile()
 assert PROFILE is not None
 RECIPIENTS = PROFILE.art19_recipients  # [[controller.art19_recipients]] of sandbox/demo_profile.toml

@@ -19,19 +19,19 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import Settings
 from dsr.domain.model import IdentityMethod, Outcome, Stage
-from dsr.store.crypto import data_converter
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, binary, free_port
-from workflows import search_attributes as sa
-from workflows.contract import STEP_HEARTBEAT
-from workflows.request import DataSubjectRequest
+from tests.harness import free_port
+from tests.servers import start_dev_server
+from workflows.request import STEP_HEARTBEAT, DataSubjectRequest
+
+pytestmark = pytest.mark.slow  # workers killed and restarted
 
 DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
 EMAIL = "late.reader@example.org"
@@ -66,10 +66,7 @@ async def test_reply_of_a_killed_worker_is_sent_by_another_within_seconds(tmp_pa
     relay = HoldsTheFirstReply()
     smtp = Controller(relay, hostname="127.0.0.1", port=free_port())
     smtp.start()
-    temporal = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
-        data_converter=data_converter(TEST_KEYRING),
-    )
+    temporal = await start_dev_server()
     workers: list[subprocess.Popen[bytes]] = []
     try:
         (tmp_path / "dsr.toml").write_text(DEMO_PROFILE)  # no systems: an erasure answers "no data"

@@ -36,10 +36,9 @@ from dsr.domain.model import (
     Stage,
     Withdrawal,
 )
-from dsr.runtime.temporal import register_search_attributes
-from dsr.store.crypto import data_converter
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, ScriptedConnector, attachments_of, binary, exports_of, keep_history
+from tests.harness import ScriptedConnector, attachments_of, exports_of, keep_history
+from tests.servers import time_skipping_server
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
 from workflows import search_attributes as sa
 from workflows.request import UNVERIFIED_LEAD, DataSubjectRequest
@@ -54,15 +53,8 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     its clock past 2100, where the holidays package has no data, and every later ``submit`` failed. A fresh
     server starts at today's date, for about a second per test.
     """
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"),
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        await register_search_attributes(env.client)
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 async def submit(engine: Engine, kind: str = "access", *, identity: IdentityMethod = IdentityMethod.TRUSTED,

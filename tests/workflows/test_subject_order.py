@@ -43,11 +43,10 @@ from dsr.domain.model import (
     Withdrawal,
     subject_queue_id,
 )
-from dsr.runtime.temporal import register_search_attributes
-from dsr.store.crypto import data_converter
 from intake.service import IntakeService
 from intake.submission import Submission, prepare, start
-from tests.harness import TEST_KEYRING, ScriptedConnector, binary, keep_history
+from tests.harness import ScriptedConnector, keep_history
+from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
@@ -58,15 +57,8 @@ OTHER_EMAIL = "paul.durand@example.org"
 @pytest_asyncio.fixture
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     """A fresh test server per test (see tests/workflows/test_request.py: its clock may run far ahead)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server"),
-        data_converter=data_converter(TEST_KEYRING),
-    )
-    try:
-        await register_search_attributes(env.client)
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @dataclass

@@ -1,0 +1,116 @@
+"""Schema migrations of the ledger's database (Alembic), on SQLite and PostgreSQL.
+
+Every table of the ledger's database (the ledger's own, :mod:`dsr.store.guards`' counters, the intake's inbox) is
+created and changed here, by the revisions of ``versions/``, never by ``create_all``. :func:`upgrade` brings a
+database to the newest revision (``head``); the ledger calls it when it opens a database, and ``dsr db upgrade``
+runs it on its own (before a rollout, say).
+
+* Replicas starting together on one database migrate one at a time: the upgrade runs in one transaction holding
+  PostgreSQL's advisory lock :data:`SCHEMA_LOCK` (DDL is transactional there), or SQLite's write lock (``BEGIN
+  IMMEDIATE``); whoever gets it second finds the database at head and does nothing.
+* A database made by a release before migrations (0.1.0, ``create_all``: tables, no ``alembic_version``) is
+  recognised: the baseline revision creates only the tables it lacks, so its rows stay where they are, and the
+  database is stamped at the baseline, then upgraded like any other.
+* A database at a revision this release does not know (written by a newer release) is refused, not touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, MetaData, inspect
+
+SCRIPTS = Path(__file__).resolve().parent
+BASELINE = "0001"
+"""The schema of release 0.1.0 (the last made by ``create_all``)."""
+
+SCHEMA_LOCK = 0x64737200
+"""PostgreSQL advisory lock held while the schema is upgraded: machines starting together on one database."""
+
+MODEL_MODULES = ("dsr.store.ledger", "dsr.store.guards", "intake.email.inbox")
+"""The modules declaring tables of this database. Imported by name only when models and migrations are compared
+(``make migration``, the test that they agree), never when the engine runs."""
+
+log = logging.getLogger(__name__)
+
+
+class SchemaError(RuntimeError):
+    """The database's schema cannot be brought to this release's head (unknown or newer revision)."""
+
+
+def config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration, built in code: no ``alembic.ini`` to find, whatever the working directory."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(SCRIPTS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head() -> str:
+    """The newest revision this release knows."""
+    revision = ScriptDirectory.from_config(config()).get_current_head()
+    assert revision is not None, "dsr/migrations/versions holds no revision"
+    return revision
+
+
+def current(connection: Connection) -> str | None:
+    """The database's revision; ``None`` when it has none (new, or made by a release before migrations)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def models_metadata() -> MetaData:
+    """SQLModel's metadata with every table of this database declared (see :data:`MODEL_MODULES`)."""
+    from sqlmodel import SQLModel
+
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
+    return SQLModel.metadata
+
+
+def upgrade(engine: Engine, *, revision: str = "heads") -> str:
+    """Bring the database to ``revision`` (the newest by default), one process at a time; answer the revision.
+
+    Raises :class:`SchemaError` when the database holds a revision this release does not know.
+    """
+    # The ledger's SQLite engine takes the write lock at BEGIN with this option (see dsr.store.ledger); others
+    # ignore it.
+    with engine.execution_options(dsr_write=True).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        found = current(connection)
+        target = head()
+        if found == target:
+            return found
+        if found is None and _holds_tables(connection):
+            log.info("the ledger's database predates migrations: stamping it at the baseline %s", BASELINE)
+        try:
+            command.upgrade(config(connection), revision)
+        except CommandError as exc:
+            raise SchemaError(
+                f"the ledger's database is at schema revision {found!r}, which this release does not know "
+                f"(its newest is {target!r}): it was upgraded by a newer release; run that release ({exc})"
+            ) from None
+        return current(connection) or target
+
+
+def _holds_tables(connection: Connection) -> bool:
+    return bool(set(inspect(connection).get_table_names()) - {"alembic_version"})
+
+
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
+    """Autogenerate writes the engine's own column types as their SQL types: a migration must not import the
+    models it migrates (they change after it is written)."""
+    if type_ == "type" and obj.__class__.__name__ == "UTCDateTime":
+        return "sa.DateTime(timezone=True)"
+    if type_ == "type" and obj.__class__.__name__ == "AutoString":
+        return f"sa.String(length={obj.length})" if obj.length else "sa.String()"
+    return False
