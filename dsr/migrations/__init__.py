@@ -28,6 +28,8 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, MetaData, inspect
 
+from dsr.errors import StoreError
+
 SCRIPTS = Path(__file__).resolve().parent
 BASELINE = "0001"
 """The schema of release 0.1.0 (the last made by ``create_all``)."""
@@ -42,7 +44,7 @@ MODEL_MODULES = ("dsr.store.ledger", "dsr.store.guards", "intake.email.inbox")
 log = logging.getLogger(__name__)
 
 
-class SchemaError(RuntimeError):
+class SchemaError(StoreError, RuntimeError):
     """The database's schema cannot be brought to this release's head (unknown or newer revision)."""
 
 

@@ -29,7 +29,8 @@ from dsr.domain.model import IdentityMethod, Outcome, Stage
 from intake.submission import Submission, prepare, start
 from tests.harness import free_port
 from tests.servers import start_dev_server
-from workflows.request import STEP_HEARTBEAT, DataSubjectRequest
+from workflows.contract import STEP_HEARTBEAT
+from workflows.request import DataSubjectRequest
 
 pytestmark = pytest.mark.slow  # workers killed and restarted
 
