@@ -88,6 +88,11 @@ class StoreError(DsrError):
     credential); check that it is reachable and that this process may write to it. Usually worth retrying."""
 
 
+class UnavailableError(DsrError):
+    """A service the engine needs (Temporal, the mail server) cannot be reached now; nothing was done. Retry later:
+    the HTTP apps answer 503, the mailbox tries again at its next poll."""
+
+
 class CryptoError(DsrError):
     """Keys, and data sealed with them: a key ring that cannot be loaded, or data that does not open with it."""
 

@@ -67,6 +67,7 @@ from dsr.domain.model import (
     TriageInput,
     is_valid_email,
 )
+from dsr.errors import ConflictError, UnavailableError
 from dsr.store.guards import Guards, RateWindow
 from dsr.store.ledger import Ledger, SubjectClaim
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, prepare, start
@@ -115,7 +116,7 @@ class TriageItem:
     reason: str = ""  # why it was not classified (no personal data): e.g. "no kind recognised"
 
 
-class RateLimited(Exception):
+class RateLimited(ConflictError):
     """Too many submissions from one subject or one client address."""
 
     def __init__(self, scope: str, retry_after: int) -> None:
@@ -142,7 +143,7 @@ class RepliedRequest:
     closed: bool  # the ledger says closed: the reply goes to triage, never reopening anything
 
 
-class RequestClosed(Exception):
+class RequestClosed(ConflictError):
     """The request refused the correspondence: closed meanwhile, or its history is gone. The message is a
     reason for the operators (a reference, never personal data)."""
 
@@ -483,7 +484,7 @@ class IntakeService:
         return triage_id
 
 
-class IntakeUnavailable(RuntimeError):
+class IntakeUnavailable(UnavailableError, RuntimeError):
     """Temporal could not be reached; nothing was created (HTTP 503, the mailbox retries next poll)."""
 
 

@@ -36,6 +36,7 @@ from dsr.domain.model import (
     display_name,
     is_valid_email,
 )
+from dsr.errors import InvalidInputError
 from workflows import search_attributes as sa
 
 MAX_NAME = 200
@@ -46,7 +47,7 @@ _REQUEST_ID = re.compile(rf"{WORKFLOW_ID_PREFIX}\d{{4}}-\d{{2}}-[{_ALPHABET}]{{6
 _TICKET = re.compile(r"[A-Za-z0-9:_-]{1,64}")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(InvalidInputError, ValueError):
     """The submission is invalid; the message says which field and why (no personal data echoed)."""
 
 

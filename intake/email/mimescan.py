@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dsr.errors import InvalidInputError
+
 MAX_PARTS = 100
 """Parts a message may have (every body part, at any depth); an ID copy and a letter need a handful."""
 MAX_DEPTH = 10
@@ -32,7 +34,7 @@ class MimeShape:
     depth: int  # deepest nesting of multiparts (0: not multipart)
 
 
-class MessageTooComplex(ValueError):
+class MessageTooComplex(InvalidInputError, ValueError):
     """The message has more parts or deeper nesting than allowed; the message says which (no content)."""
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from dsr.errors import UnavailableError
 from intake.email.mimescan import MAX_DEPTH, MAX_PARTS
 
 
@@ -68,7 +69,7 @@ class PollReport:
         return self.submitted + self.triaged + self.rejected + self.skipped + self.deferred + self.corresponded
 
 
-class MailboxError(Exception):
+class MailboxError(UnavailableError):
     """The mailbox could not be polled; the message says why (host and port, never mail content)."""
 
 

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from dsr.errors import InvalidInputError
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.web.wording import LANGUAGES
 from templates import TEMPLATE_DIR
@@ -99,7 +100,7 @@ def render(request: Request, template: str, context: dict[str, Any], *, status: 
     return PAGES.TemplateResponse(request, template, context, status_code=status, headers=headers)
 
 
-class FormRefused(Exception):
+class FormRefused(InvalidInputError):
     """A form body the page cannot read: ``status`` 413 (too large), 415 (not a form) or 400 (not urlencoded
     UTF-8, or too many fields). Nothing in it was used."""
 

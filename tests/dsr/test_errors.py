@@ -11,6 +11,7 @@ import pytest
 
 import connectors
 import dsr
+import intake
 from connectors.base import ConnectorError as ReExported
 from connectors.config import ConfigFileError
 from dsr.cli.common import UserError
@@ -27,6 +28,7 @@ from dsr.errors import (
     PermanentConnectorError,
     StoreError,
     TransientConnectorError,
+    UnavailableError,
 )
 from dsr.mail.bundle import BundleError
 from dsr.mail.replies import IncompleteProfileError
@@ -44,6 +46,11 @@ from dsr.store.crypto import (
 from dsr.store.ledger import LedgerUnavailableError, UnknownRequestError
 from dsr.store.links import InvalidLink
 from dsr.web.body import BodyTooLarge
+from intake.email.mimescan import MessageTooComplex
+from intake.email.settings import MailboxConnectionError, MailboxError
+from intake.service import IntakeUnavailable, RateLimited, RequestClosed
+from intake.submission import SubmissionError
+from intake.web.pages import FormRefused
 from sandbox.demo import DemoError
 
 TREE = [
@@ -72,6 +79,14 @@ TREE = [
     (BundleError, DecryptionError, ValueError),
     (TransientConnectorError, ConnectorError, None),
     (PermanentConnectorError, ConnectorError, None),
+    (SubmissionError, InvalidInputError, ValueError),
+    (MessageTooComplex, InvalidInputError, ValueError),
+    (RateLimited, ConflictError, None),
+    (RequestClosed, ConflictError, None),
+    (IntakeUnavailable, UnavailableError, RuntimeError),
+    (MailboxError, UnavailableError, None),
+    (MailboxConnectionError, MailboxError, None),
+    (FormRefused, InvalidInputError, None),
 ]
 
 
@@ -85,7 +100,7 @@ def test_each_error_sits_in_its_family_and_keeps_its_builtin(error: type, family
 
 def test_the_families_are_apart() -> None:
     families = [ConfigurationError, InvalidInputError, NotFoundError, ConflictError, StoreError, CryptoError,
-                ConnectorError]
+                ConnectorError, UnavailableError]
     for family in families:
         assert family.__bases__ == (DsrError,)
     # The profile is configuration, not a connector's file: catching one no longer catches the other.
@@ -100,9 +115,9 @@ def test_connectors_reexport_the_trees_connector_errors() -> None:
 
 
 def test_every_error_class_of_the_core_and_the_connectors_is_in_the_tree() -> None:
-    """A new exception class in dsr/ or connectors/ must join the tree (or be listed here with a reason)."""
+    """A new exception class in dsr/, connectors/ or intake/ must join the tree (or be listed here with a reason)."""
     outside: list[str] = []
-    for package in (dsr, connectors):
+    for package in (dsr, connectors, intake):
         for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
             if info.name == "dsr.cli.main":
                 continue  # the Typer app; nothing of its own
