@@ -55,8 +55,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if fixture in needs:
                 item.add_marker(marker)
         callspec = getattr(item, "callspec", None)  # database_url asks for PostgreSQL only when run
-        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+        params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec is not None else set()
+        # A database parametrised by name (database_url, the sql connector's backends) asks for its server only
+        # when it runs: marked by the parameter's value.
+        if "postgresql" in params:
             item.add_marker("postgres")
+        if "mariadb" in params:
+            item.add_marker("mariadb")
         if callspec is not None and callspec.params.get("storage_url") == "s3":
             item.add_marker("slow")  # over HTTP to moto, seconds a test; its file:// twin stays in the fast loop
 
