@@ -232,6 +232,13 @@ async def _drop(send: Send) -> None:
 
 async def _recorded(receive: Receive) -> tuple[Receive, str]:
     """Read the whole request body (to log its digest), and a ``receive`` that replays it to the app."""
+    replay, body = await buffered_body(receive)
+    return replay, hashlib.sha256(body).hexdigest()[:16] if body else ""
+
+
+async def buffered_body(receive: Receive) -> tuple[Receive, bytes]:
+    """Read the whole request body, and a ``receive`` that replays it to the app behind (middleware that must see
+    the body first: the fault log, the tests' API-description checks)."""
     chunks: list[bytes] = []
     while True:
         message = await receive()
@@ -250,7 +257,7 @@ async def _recorded(receive: Receive) -> tuple[Receive, str]:
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return replay, hashlib.sha256(body).hexdigest()[:16] if body else ""
+    return replay, body
 
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",

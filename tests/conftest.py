@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
-from tests.harness import MailSink, S3Server
+from tests.harness import MailSink, S3Server, wait_for_database
 from tests.servers import dev_server, time_skipping  # noqa: F401  (fixtures: the Temporal servers)
 
 if TYPE_CHECKING:
@@ -185,23 +184,6 @@ class _Cluster:
         )
 
 
-def _wait_for(url: URL, timeout: float = 30.0) -> None:
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                with engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[URL]:
     """A URL to a PostgreSQL server on which the test session may create databases."""
@@ -210,7 +192,7 @@ def postgres_admin_url() -> Iterator[URL]:
         url = make_url(given)
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg")
-        _wait_for(url)
+        wait_for_database(url)
         yield url
         return
     bindir = _postgres_bindir()
@@ -225,7 +207,7 @@ def postgres_admin_url() -> Iterator[URL]:
     atexit.register(cluster.stop)  # in case the session is torn down abruptly
     try:
         cluster.start()
-        _wait_for(cluster.url())
+        wait_for_database(cluster.url())
     except Exception as exc:
         cluster.stop()
         pytest.fail(f"could not start a throwaway PostgreSQL cluster from {bindir}: {exc}")

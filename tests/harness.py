@@ -16,6 +16,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
 
 from connectors.base import ExportJob, Located, OperationJob, PermanentConnectorError, TransientConnectorError
 from dsr.config.settings import Settings
@@ -266,3 +268,21 @@ class S3Server:
                 self._process.kill()
                 self._process.wait()
         self._log.close()
+
+
+def wait_for_database(url: str | URL, timeout: float = 30.0) -> None:
+    """Until a freshly started database server (PostgreSQL, MariaDB) answers ``SELECT 1`` at ``url``, or raise."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        engine.dispose()

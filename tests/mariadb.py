@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
-from tests.harness import free_port
+from tests.harness import free_port, wait_for_database
 
 
 def _binary(*names: str) -> Path | None:
@@ -114,23 +114,6 @@ class _Server:
                           port=self.port, query={"charset": "utf8mb4"})
 
 
-def _wait_for(url: URL, timeout: float = 30.0) -> None:
-    engine = create_engine(url)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                with engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def mariadb_admin_url() -> Iterator[URL]:
     """A URL to a MariaDB server on which the test session may create databases."""
@@ -139,7 +122,7 @@ def mariadb_admin_url() -> Iterator[URL]:
         url = make_url(given)
         if url.drivername in ("mysql", "mariadb"):
             url = url.set(drivername="mysql+pymysql")
-        _wait_for(url)
+        wait_for_database(url)
         yield url
         return
     server, install = _binary("mariadbd", "mysqld"), _binary("mariadb-install-db", "mysql_install_db")
@@ -152,7 +135,7 @@ def mariadb_admin_url() -> Iterator[URL]:
     atexit.register(instance.stop)  # in case the session is torn down abruptly
     try:
         instance.start()
-        _wait_for(instance.url())
+        wait_for_database(instance.url())
     except Exception as exc:
         instance.stop()
         pytest.fail(f"could not start a throwaway MariaDB server from {server}: {exc}")

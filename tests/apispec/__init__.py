@@ -29,6 +29,7 @@ from openapi_core.validation.response.validators import V30ResponseDataValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from sandbox.faults import buffered_body
 from tests.apispec.exceptions import EXCEPTIONS
 
 SPECS = Path(__file__).parent / "specs"
@@ -442,24 +443,7 @@ class SpecCheck:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
+        replay, body = await buffered_body(receive)
         status: int | None = None
         answer_headers = Headers()
         answer: list[bytes] = []
