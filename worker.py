@@ -30,7 +30,7 @@ from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks
-from intake.service import IntakeService
+from intake.service import TriagedSubmission
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
@@ -88,7 +88,7 @@ def activities_for(
         profile=profile,
     )
     intake = IntakeActivities(
-        lambda client: IntakeService(client, settings, ledger),
+        TriagedSubmission(settings, ledger),
         delete_documents=AttachmentStore(exports.objects, keyring).delete_all,
     )
     fan_out = ConnectorActivities(connectors, exports)

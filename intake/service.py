@@ -64,7 +64,9 @@ from dsr.domain.model import (
     RequestKind,
     RequestRecordInput,
     Stage,
+    TriageDecision,
     TriageInput,
+    TriageSubmitted,
     is_valid_email,
 )
 from dsr.errors import ConflictError, UnavailableError
@@ -482,6 +484,32 @@ class IntakeService:
         except RPCError as err:
             raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
         return triage_id
+
+
+class TriagedSubmission:
+    """The door for an email an operator has classified (the ``submit_triaged`` activity's
+    :class:`activities.intake.TriagedSubmitter`): the same validation, de-duplication and record as every
+    other channel, without the rate limit (the message was already counted when it arrived)."""
+
+    def __init__(self, settings: Settings, ledger: Ledger) -> None:
+        self._settings = settings
+        self._ledger = ledger
+
+    async def __call__(self, client: Client, item: TriageInput, decision: TriageDecision) -> TriageSubmitted:
+        submission = Submission(
+            kind=decision.kind.value,
+            email=item.email,
+            name=item.name,
+            channel="email",
+            language=(decision.language or item.language).value,
+            details=item.body,
+            received_at=item.received_at,
+            changes=dict(decision.changes),
+            in_reply_to=item.in_reply_to,
+            request_id=item.request_id,
+        )
+        accepted = await IntakeService(client, self._settings, self._ledger).submit(submission, rate_limit=False)
+        return TriageSubmitted(request_id=accepted.reference, attached=accepted.attached)
 
 
 class IntakeUnavailable(UnavailableError, RuntimeError):
