@@ -40,8 +40,8 @@ from sqlalchemy import Engine
 from dsr.domain.model import is_valid_email
 from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
+from dsr.store.inbox import Inbox, MessageState
 from intake.email.imap import ImapSession, connect, parse_internaldate
-from intake.email.inbox import Inbox, MessageState
 from intake.email.mime import auto_reply_reason, parse_message, unread_message
 from intake.email.mimescan import MessageTooComplex
 from intake.email.settings import MailboxError, MailboxSettings, Outcome, PollReport

@@ -3,13 +3,13 @@
 The poller (:mod:`intake.email.poller`) reads a message and hands it here with its receipt instant; what comes
 back says where the message goes (the processed, triage or rejected folder) or that it stays in the inbox for
 the next poll. No IMAP here: the only state is the message's row in the ledger's database
-(:mod:`intake.email.inbox`), so any poller on any machine resumes where another one died.
+(:mod:`dsr.store.inbox`), so any poller on any machine resumes where another one died.
 
 Exactly once
 ------------
 A poll may die at any instant (crash, kill, lost connection) and the next poll must neither lose the
 message nor start a second request for it. Each message goes through these steps, each durable before the
-next begins (table ``inbound_messages``, :mod:`intake.email.inbox`, in the ledger's database):
+next begins (table ``inbound_messages``, :mod:`dsr.store.inbox`, in the ledger's database):
 
 1. **look up** the message by a keyed hash of its Message-ID and sender (a message without Message-ID gets
    a synthetic one from a hash of its raw bytes);
@@ -63,7 +63,7 @@ from typing import Protocol
 from dsr.domain.deadlines import receipt_date
 from dsr.domain.model import Channel, Correspondence, Language, RequestKind
 from dsr.store.attachments import AttachmentLimitError, AttachmentStore
-from intake.email.inbox import InboundMessage, Inbox, MessageState
+from dsr.store.inbox import InboundMessage, Inbox, MessageState
 from intake.email.mime import InboundEmail
 from intake.email.settings import Outcome
 from intake.service import IntakeSink, RateLimited, ReplySink, RequestClosed, TriageItem

@@ -371,7 +371,7 @@ def test_machines_starting_together_on_a_new_database_all_open_it(url: str, seal
     """Workers and intake replicas of a new deployment start at once: each creates the missing tables, and none
     fails on another's half-created catalogue (PostgreSQL's unique index on type names, SQLite's lock)."""
     from dsr.store.guards import Guards
-    from intake.email.inbox import Inbox
+    from dsr.store.inbox import Inbox
 
     starting = threading.Barrier(6)
 

@@ -802,7 +802,7 @@ def _inbox_rows(intake: Intake) -> list:
     from sqlalchemy import select
     from sqlmodel import Session
 
-    from intake.email.inbox import InboundMessageRow
+    from dsr.store.inbox import InboundMessageRow
 
     with Session(intake.ledger.engine) as session:
         return list(session.execute(select(InboundMessageRow)).scalars())

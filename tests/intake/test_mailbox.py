@@ -32,10 +32,10 @@ from dsr.domain.model import Correspondence, Language, RequestKind
 from dsr.store import FileStore, store_at
 from dsr.store.attachments import AttachmentInfo, AttachmentLimitError, AttachmentStore
 from dsr.store.crypto import DecryptionError
+from dsr.store.inbox import InboundMessageRow, MessageState
 from dsr.store.ledger import Ledger
 from intake.email.classify import Classification
 from intake.email.imap import parse_internaldate
-from intake.email.inbox import InboundMessageRow, MessageState
 from intake.email.mime import auto_reply_reason, html_to_text, parse_message
 from intake.email.poller import Mailbox
 from intake.email.settings import MailboxConnectionError, MailboxSettings, PollReport

@@ -17,8 +17,8 @@ import pytest
 from dsr.domain.model import RequestKind
 from dsr.store import FileStore
 from dsr.store.attachments import AttachmentStore
+from dsr.store.inbox import Inbox, MessageState
 from dsr.store.ledger import Ledger
-from intake.email.inbox import Inbox, MessageState
 from intake.email.mime import parse_message
 from intake.email.settings import Outcome
 from intake.email.taking_in import MessageIntake

@@ -13,7 +13,7 @@ request, ``reference``; then ``submitted`` once the request was told) or ``close
 ``triaged``), before its attachments are stored, so every retry takes the same path.
 
 The table lives in the ledger's database (SQLite or PostgreSQL); :class:`Inbox` creates it on the ledger's
-engine if it is missing. See :mod:`intake.email.taking_in` for the exactly-once protocol built on it.
+engine if it is missing. The mailbox poller (``intake.email.taking_in``) builds its exactly-once protocol on it.
 """
 
 from __future__ import annotations
