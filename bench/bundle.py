@@ -73,7 +73,8 @@ def read_only(store: ExportStore) -> int:
 def measure(orders: int, runs: int, storage: str | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         objects = store_at(storage or (Path(tmp) / "storage").as_uri())
-        store = ExportStore(objects, KeyRing.load_or_create(Path(tmp) / "keys.json"))
+        keyring = KeyRing.load_or_create(Path(tmp) / "keys.json")
+        store = ExportStore(objects, keyring)
         store.delete(REQUEST)
         json_size = seed(store, orders)
         reads, builds = [], []
@@ -91,7 +92,7 @@ def measure(orders: int, runs: int, storage: str | None) -> dict[str, float]:
                          reference_info={"reference": REQUEST})
             _, build_peak = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
-            streamed = sum(len(chunk) for chunk in open_bundle(store.sealer, objects, info.key, REQUEST))
+            streamed = sum(len(chunk) for chunk in open_bundle(keyring, objects, info.key, REQUEST))
             _, stream_peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

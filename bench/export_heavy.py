@@ -111,7 +111,9 @@ async def bare_paging(shop_url: str, stripe_url: str, stripe_customer: str) -> f
         async with httpx.AsyncClient(base_url=stripe_url, headers=headers, timeout=60) as client:
             after = None
             while True:
-                params = {"customer": stripe_customer, "limit": 100, **({"starting_after": after} if after else {})}
+                params: dict[str, str | int] = {"customer": stripe_customer, "limit": 100}
+                if after:
+                    params["starting_after"] = after
                 body = (await client.get("/v1/charges", params=params)).json()
                 if not body["data"]:
                     break

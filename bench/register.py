@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlmodel import Session  # noqa: E402
 
+from dsr.domain.model import Language  # noqa: E402
 from dsr.dpo.register import compute_statistics, read_register  # noqa: E402
 from dsr.dpo.report import render_html  # noqa: E402
 from dsr.store.crypto import KeyRing  # noqa: E402
@@ -56,10 +58,10 @@ def bulk_fill(ledger: Ledger, keyring: KeyRing, n: int) -> None:
                 updated_at=received))
         session.flush()
         for p in plans:
-            events = [("received", p.received_at, "{}")]
+            events: list[tuple[str, datetime, str]] = [("received", p.received_at, "{}")]
             if p.extended:
                 events.append(("extended", p.received_at + timedelta(days=3), "{}"))
-            if p.ground:
+            if p.ground and p.closed_at:  # a refusal is a closure
                 events.append(("refused", p.closed_at, f'{{"ground": "{p.ground.value}"}}'))
             if p.closed_at:
                 events.append(("closed", p.closed_at, "{}"))
@@ -94,16 +96,19 @@ def main() -> None:
             stats = timed("compute the statistics", lambda: compute_statistics(
                 entries, since=date(YEAR, 1, 1), until=date(YEAR, 12, 31), as_of=today))
             timed("render the HTML report (two charts)", lambda: render_html(
-                stats, "fr", timezone=TIMEZONE, generated_at=datetime.now(UTC)))
+                stats, Language.FR, timezone=TIMEZONE, generated_at=datetime.now(UTC)))
         finally:
             ledger.close()
         env = {**os.environ, "DSR_HOME": str(home), "DSR_DATABASE_URL": url}
         env.pop("DSR_KEYS", None)
         dsr = str(Path(sys.executable).parent / "dsr")
         outputs = {}
+
+        def run(verb: list[str]) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run([dsr, *verb], env=env, capture_output=True, timeout=600)
+
         for verb in (["list", "--csv"], ["report", "--year", str(YEAR), "--json"]):
-            done = timed(f"dsr {' '.join(verb)} (a new process)",
-                         lambda verb=verb: subprocess.run([dsr, *verb], env=env, capture_output=True, timeout=600))
+            done = timed(f"dsr {' '.join(verb)} (a new process)", partial(run, verb))
             if done.returncode != 0:
                 sys.exit(f"dsr {' '.join(verb)} failed: {done.stderr.decode().strip()}")
             outputs[verb[0]] = done.stdout

@@ -171,7 +171,8 @@ async def main(rounds: int, requests: int) -> None:
         heavy = "bench.heavy@example.com"
         await seed_person(boxes, heavy, "Heavy Bench", notes=0, orders=10_000, charges=0)
 
-        one, two = [], []
+        one: list[float] = []
+        two: list[float] = []
         for n in range(rounds):  # interleaved: a slow minute of the shared machine hits both
             for workers, figures in ((1, one), (2, two)) if n % 2 == 0 else ((2, two), (1, one)):
                 rate = await throughput(workers, requests, work=work, temporal=temporal, keys=keys,
@@ -186,7 +187,8 @@ async def main(rounds: int, requests: int) -> None:
         base = {**os.environ, "PYTHONPATH": str(ROOT), "DSR_KEYS": keys, **s3.env}
         file_env = {**base, "DSR_HOME": str(work / "file-home"), "DSR_STORAGE_URL": f"file://{work / 'objects'}"}
         s3_env = {**base, "DSR_HOME": str(work / "s3-home"), "DSR_STORAGE_URL": f"s3://{s3.bucket}/bench"}
-        on_file, on_s3 = [], []
+        on_file: list[float] = []
+        on_s3: list[float] = []
         for n in range(rounds):
             for name, env, figures in (("file", file_env, on_file), ("s3", s3_env, on_s3)) if n % 2 == 0 else (
                     ("s3", s3_env, on_s3), ("file", file_env, on_file)):

@@ -49,7 +49,8 @@ def postgres() -> Iterator[URL]:
         url = make_url(given)
         yield url.set(drivername="postgresql+psycopg") if url.drivername in ("postgresql", "postgres") else url
         return
-    from tests.conftest import _Cluster, _postgres_bindir, _wait_for
+    from tests.conftest import _Cluster, _postgres_bindir
+    from tests.harness import wait_for_database
 
     bindir = _postgres_bindir()
     if bindir is None:
@@ -57,7 +58,7 @@ def postgres() -> Iterator[URL]:
     cluster = _Cluster(bindir)
     try:
         cluster.start()
-        _wait_for(cluster.url())
+        wait_for_database(cluster.url())
         yield cluster.url()
     finally:
         cluster.stop()
