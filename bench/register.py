@@ -14,6 +14,7 @@ file in a temporary folder).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,14 +25,16 @@ from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlmodel import Session  # noqa: E402
+from sqlalchemy import select, update  # noqa: E402
+from sqlmodel import Session, col  # noqa: E402
 
 from dsr.domain.model import Language  # noqa: E402
-from dsr.dpo.register import compute_statistics, read_register  # noqa: E402
+from dsr.dpo.register import RegisterFilter, compute_statistics, read_register  # noqa: E402
 from dsr.dpo.report import render_html  # noqa: E402
 from dsr.store.crypto import KeyRing  # noqa: E402
 from dsr.store.ledger import EMAIL_PURPOSE, NAME_PURPOSE, EventRow, Ledger, RequestRow  # noqa: E402
@@ -114,6 +117,24 @@ def main() -> None:
             outputs[verb[0]] = done.stdout
         lines = outputs["list"].count(b"\r\n") - 1
         print(f"{len(entries)} requests; the CSV has {lines} lines besides its header")
+
+        # `dsr due` at its worst: every request open, every deadline within the window asked for.
+        ledger = Ledger(url, keyring)
+        try:
+            real_today = datetime.now(ZoneInfo(TIMEZONE)).date()
+            with Session(ledger.engine) as session, session.begin():
+                for i, (request_id,) in enumerate(session.execute(select(col(RequestRow.request_id)))):
+                    session.execute(update(RequestRow).where(col(RequestRow.request_id) == request_id).values(
+                        stage="processing", outcome=None, deadline=real_today + timedelta(days=i % 40 - 5)))
+            due = timed(f"read what is due ({args.requests} open requests)", lambda: read_register(
+                ledger, timezone=TIMEZONE, today=real_today, filters=RegisterFilter(due_by=real_today
+                                                                                     + timedelta(days=40))))
+        finally:
+            ledger.close()
+        done = timed("dsr due --within 40 --json (a new process)", partial(run, ["due", "--within", "40", "--json"]))
+        if done.returncode != 0:
+            sys.exit(f"dsr due failed: {done.stderr.decode().strip()}")
+        print(f"{len(due)} requests due; dsr due listed {len(json.loads(done.stdout))}")
 
 if __name__ == "__main__":
     main()

@@ -193,27 +193,46 @@ def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
     return True
 
 
-@run
-async def due(
+def due(
     within: Annotated[int, typer.Option(help="Days ahead (0: today and overdue).", min=0)] = 7,
     as_json: JsonOption = False,
 ) -> None:
     """Open requests due within DAYS, overdue first."""
+    from datetime import timedelta
     from zoneinfo import ZoneInfo
 
-    from dsr.runtime.dashboard import list_due
+    from dsr.config.settings import ConfigError
+    from dsr.dpo.register import RegisterFilter, read_register
+    from dsr.runtime.bootstrap import Deployment
+    from dsr.store.ledger import LedgerUnavailableError
 
-    settings, client = await temporal_client()
-    today = datetime.now(ZoneInfo(settings.policy.timezone)).date()
-    rows = await list_due(client, today, within)
+    # From the ledger, not Temporal's visibility: one indexed query whatever the number of open requests (a
+    # visibility listing took 8.6 s at 10,000), and the answer does not depend on Temporal being up. The
+    # ledger's request row takes each event's stage and deadline in the event's own transaction.
+    try:
+        deployment = Deployment.from_env()
+        ledger = deployment.ledger  # closed below
+    except (ConfigError, ValueError, LedgerUnavailableError) as err:
+        fail(str(err))
+    timezone = deployment.settings.policy.timezone
+    today = datetime.now(ZoneInfo(timezone)).date()
+    try:
+        entries = read_register(ledger, timezone=timezone, today=today,
+                                filters=RegisterFilter(due_by=today + timedelta(days=within)))
+    finally:
+        ledger.close()
+    entries.sort(key=lambda e: (e.deadline, e.reference))
     if as_json:
-        emit_json(rows)
+        emit_json([{"id": e.reference, "kind": e.kind, "stage": e.stage, "deadline": e.deadline,
+                    "extended": e.extended, "overdue": e.overdue, "suspended_since": e.suspended_since}
+                   for e in entries])
         return
-    if not rows:
+    if not entries:
         typer.echo(f"nothing due within {within} days")
-    for r in rows:
-        typer.echo(f"{r.deadline.isoformat()}  {r.id}  {r.kind:<13} {r.stage}"
-                   + ("  OVERDUE" if r.overdue else "") + ("  (extended)" if r.extended else ""))
+    for e in entries:
+        typer.echo(f"{e.deadline.isoformat()}  {e.reference}  {e.kind:<13} {e.stage}"
+                   + ("  OVERDUE" if e.overdue else "") + ("  (extended)" if e.extended else "")
+                   + (f"  (clock stopped since {e.suspended_since.isoformat()})" if e.suspended_since else ""))
 
 
 def history(request_id: RequestId, as_json: JsonOption = False) -> None:

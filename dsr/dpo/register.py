@@ -66,6 +66,7 @@ class RegisterFilter:
     since: date | None = None
     until: date | None = None
     overdue: bool = False  # open requests past their deadline only
+    due_by: date | None = None  # open requests whose deadline is this day or earlier (`dsr due`)
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,14 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
         conditions.append(col(RequestRow.received_at) >= _start_of(filters.since, zone))
     if filters.until is not None:
         conditions.append(col(RequestRow.received_at) < _start_of(filters.until + timedelta(days=1), zone))
-    if filters.state == RequestState.OPEN or filters.overdue:
+    if filters.state == RequestState.OPEN or filters.overdue or filters.due_by is not None:
         conditions.append(col(RequestRow.stage) != Stage.CLOSED.value)
     elif filters.state == RequestState.CLOSED:
         conditions.append(col(RequestRow.stage) == Stage.CLOSED.value)
     if filters.overdue:
         conditions.append(col(RequestRow.deadline) < today)
+    if filters.due_by is not None:
+        conditions.append(col(RequestRow.deadline) <= filters.due_by)
 
     names = ("request_id", "kind", "channel", "language", "received_at", "deadline", "extended", "stage", "outcome",
              "updated_at")

@@ -13,20 +13,22 @@ import asyncio
 from collections.abc import Mapping
 from functools import cached_property
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from temporalio.client import Client
-
-from connectors.base import Connector
-from connectors.config import build_connectors, load_config
-from connectors.http import SharedWindows
 from dsr.config.settings import Settings
-from dsr.runtime.temporal import connect
-from dsr.store import ObjectStore, open_store
-from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
-from dsr.store.exports import ExportStore
-from dsr.store.guards import Guards
-from dsr.store.ledger import Ledger
+
+# Imported where first used, not here: a verb that reads the ledger (`dsr due`, `dsr history`) starts in a
+# fraction of the time when it does not load the Temporal SDK, the connectors and the object storage's clients.
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from connectors.base import Connector
+    from connectors.http import SharedWindows
+    from dsr.store import ObjectStore
+    from dsr.store.attachments import AttachmentStore
+    from dsr.store.exports import ExportStore
+    from dsr.store.ledger import Ledger
 
 __all__ = ["Deployment", "configured_connectors"]
 
@@ -35,6 +37,8 @@ def configured_connectors(settings: Settings, env: Mapping[str, str] | None = No
                           shared: SharedWindows | None = None) -> list[Connector]:
     """The connectors of ``dsr.toml``, with their secrets from the environment (or ``secrets.env``); ``shared``
     keeps their rate limits in windows every worker shares."""
+    from connectors.config import build_connectors, load_config
+
     return build_connectors(load_config(settings.config_file), settings.connector_environment(env), shared=shared)
 
 
@@ -66,21 +70,29 @@ class Deployment:
     @cached_property
     def ledger(self) -> Ledger:
         """The ledger (requests, audit events, the intake's shared counters), its tables created if missing."""
+        from dsr.store.ledger import Ledger
+
         return Ledger(self.settings.database_url, self.keyring)
 
     @cached_property
     def objects(self) -> ObjectStore:
         """The object storage of ``DSR_STORAGE_URL`` (not yet checked: see :meth:`check_storage`)."""
+        from dsr.store import open_store
+
         return open_store(self.settings)
 
     @cached_property
     def exports(self) -> ExportStore:
         """Exported records and bundles, sealed with the key ring."""
+        from dsr.store.exports import ExportStore
+
         return ExportStore(self.objects, self.keyring)
 
     @cached_property
     def attachments(self) -> AttachmentStore:
         """Files that came with email requests (ID copies), sealed with the key ring."""
+        from dsr.store.attachments import AttachmentStore
+
         return AttachmentStore(self.objects, self.keyring)
 
     async def check_storage(self) -> None:
@@ -91,6 +103,8 @@ class Deployment:
     async def client(self) -> Client:
         """The Temporal client of the settings, every payload encrypted with the key ring; connected once."""
         if self._client is None:
+            from dsr.runtime.temporal import connect
+
             self._client = await connect(self.settings, self.keyring)
         return self._client
 
@@ -99,6 +113,8 @@ class Deployment:
 
         The vendors' rate limits are per account: every worker counts in the same windows, in the ledger's
         database (:meth:`~dsr.store.guards.Guards.reserve`), so two workers never send more than one may."""
+        from dsr.store.guards import Guards
+
         return configured_connectors(self.settings, env, shared=Guards(self.ledger.engine, self.keyring))
 
     def close(self) -> None:

@@ -539,3 +539,41 @@ def test_report_html_of_a_simulated_year(year_home: tuple[Path, list[Planned]], 
     assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/", "")  # nothing fetched
     assert "Requests received per month, by kind" in html and "Days from receipt to answer" in html
     assert "<td>Total</td>" in html and f'<td class="n">{len(plans)}</td>' in html
+
+
+def test_due_lists_open_requests_from_the_ledger_soonest_first_without_temporal(tmp_path: Path) -> None:
+    """`dsr due` reads the ledger: it answers with Temporal unreachable (the address below is a closed port), and
+    lists open requests whose deadline falls within the window, overdue first; a period standing still is due
+    but not overdue; closed requests and later deadlines are left out."""
+    today = datetime.now(PARIS).date()
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", KeyRing.load_or_create(tmp_path / "keys.json")) as ledger:
+        b = Book(ledger)
+        now = datetime.now(PARIS) - timedelta(days=40)
+        b.request("dsr-2026-01-OVERDU", RequestKind.ERASURE, now, today - timedelta(days=3))
+        b.event("dsr-2026-01-OVERDU", "processing", now, stage=Stage.PROCESSING)
+        b.request("dsr-2026-01-STILLS", RequestKind.ACCESS, now, today - timedelta(days=1))
+        b.event("dsr-2026-01-STILLS", "clock_suspended", now + timedelta(days=2))
+        b.request("dsr-2026-01-SOONAA", RequestKind.ACCESS, now, today + timedelta(days=5))
+        b.event("dsr-2026-01-SOONAA", "extended", now + timedelta(days=1), deadline=today + timedelta(days=5),
+                extended=True)
+        b.request("dsr-2026-01-LATERA", RequestKind.ACCESS, now, today + timedelta(days=20))
+        b.request("dsr-2026-01-CLOSED", RequestKind.ACCESS, now, today + timedelta(days=2))
+        b.close("dsr-2026-01-CLOSED", now + timedelta(days=3), Outcome.FULFILLED)
+    env = {**os.environ, "DSR_HOME": str(tmp_path), "DSR_TIMEZONE": TIMEZONE, "TEMPORAL_ADDRESS": "127.0.0.1:9",
+           "DSR_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"}
+    for name in ("DSR_KEYS", "DSR_CONFIG"):
+        env.pop(name, None)
+    listed = subprocess.run([str(BIN / "dsr"), "due", "--within", "7", "--json"], env=env, capture_output=True,
+                            timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["stage"], r["overdue"], r["extended"]) for r in rows] == [
+        ("dsr-2026-01-OVERDU", "processing", True, False),
+        ("dsr-2026-01-STILLS", "received", False, False),
+        ("dsr-2026-01-SOONAA", "received", False, True),
+    ]
+    assert rows[1]["suspended_since"] == (now + timedelta(days=2)).date().isoformat()
+    table = subprocess.run([str(BIN / "dsr"), "due", "--within", "0"], env=env, capture_output=True, timeout=120)
+    lines = table.stdout.decode().splitlines()
+    assert len(lines) == 2 and "dsr-2026-01-OVERDU" in lines[0] and "OVERDUE" in lines[0]
+    assert "clock stopped since" in lines[1] and "OVERDUE" not in lines[1]
