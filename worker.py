@@ -150,6 +150,7 @@ def build_worker(
         workflows=list(WORKFLOWS),
         activities=activities_for(settings, ledger, connectors, exports, profile),
         activity_executor=executor or concurrent.futures.ThreadPoolExecutor(max_workers=16),
+        max_cached_workflows=settings.workflow_cache,
     )
 
 
