@@ -58,7 +58,8 @@ class Channel(StrEnum):
     EMAIL = "email"
     FORM = "form"
     SUPPORT_DESK = "support_desk"
-    OPERATOR = "operator"  # typed in by staff, e.g. from a letter
+    OPERATOR = "operator"  # typed in by staff
+    LETTER = "letter"  # a paper letter, typed in by staff with the day it was received
 
 
 class IdentityMethod(StrEnum):
