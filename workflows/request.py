@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         Extension,
         IdentityConfirmation,
         IdentityMethod,
+        IdentityResend,
         Notice,
         NoticeTemplate,
         Outcome,
@@ -815,6 +816,23 @@ class DataSubjectRequest:
             return
         self._codes_locked.add(locked.page)
         await self._notify_operator(NoticeTemplate.OPERATOR_CODE_LOCKED, page=locked.page, wrong=str(locked.wrong))
+
+    @workflow.update
+    async def resend_identity_email(self, resend: IdentityResend) -> UpdateResult:
+        """The subject, on their status page, asked for the identity email again (lost, or its link expired): the
+        reminder goes out with a fresh link; the page's rate limits bound how often."""
+        await self._audit("identity_email_resent", actor="subject", details={"via": resend.via[:40]})
+        await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=self._request.policy.identity.value)
+        return self._result()
+
+    @resend_identity_email.validator
+    def _validate_resend_identity_email(self, resend: IdentityResend) -> None:
+        self._reject_if_closed()
+        if self._identity_confirmed or self._stage != Stage.AWAITING_IDENTITY or self._ending():
+            raise RequestRejected(f"{self._request.request_id} is not waiting for its identity to be confirmed")
+        if self._request.policy.identity != IdentityMethod.EMAIL:
+            raise RequestRejected(f"the identity of {self._request.request_id} is checked on a document: "
+                                  "there is no email to send again")
 
     @workflow.update
     async def attach_duplicate(self, duplicate: DuplicateAttached) -> UpdateResult:

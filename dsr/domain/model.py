@@ -302,6 +302,13 @@ class Doubt:
 
 
 @dataclass
+class IdentityResend:
+    """The subject asked, from their status page, for the identity email again (a new link, the same code)."""
+
+    via: str = "status_page"
+
+
+@dataclass
 class Extension:
     reason: str  # Art. 12(3): the reasons are told to the subject
     requested_by: str = "operator"
