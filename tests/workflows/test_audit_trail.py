@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -26,6 +27,7 @@ from dsr.domain.model import (
     IdentityConfirmation,
     IdentityMethod,
     IdentityProof,
+    IdentityResend,
     Language,
     Outcome,
     Rectification,
@@ -40,9 +42,10 @@ from dsr.domain.model import (
     TriageInput,
     Withdrawal,
 )
+from dsr.store.links import StatusLinks
 from intake.submission import new_request_id
-from tests.harness import ScriptedConnector
-from tests.workflows.conftest import Engine
+from tests.harness import TEST_KEYRING, ScriptedConnector
+from tests.workflows.conftest import SUBJECT_EMAIL, Engine
 from tests.workflows.test_request import submit, wait_for_stage
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
 from workflows.audit import instant
@@ -124,6 +127,14 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
     await update("attach_duplicate", DuplicateAttached(
         channel=Channel.FORM, received_at=now - timedelta(hours=2), in_reply_to="<dup-77@mail.example.net>",
         ticket="zendesk:98765"))
+    # The subject, on the status page the acknowledgement links to, asks for the identity email again.
+    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL) if "/status/" in m.get_body(("plain",)).get_content()]
+    found = re.search(r"/status/(\S+)", acknowledgement.get_body(("plain",)).get_content())
+    assert found is not None
+    assert StatusLinks(TEST_KEYRING).verify(found.group(1), now=datetime.now(UTC)) == erasure.request_id
+    await update("resend_identity_email", IdentityResend(via="status_page"))
+    assert len([e for e in engine.ledger.events(erasure.request_id) if e.event == "notice_sent"
+                and e.details.get("template") == "identity_reminder"]) == 1
     extended = await update("extend_deadline", Extension(reason="Dix ans de commandes", requested_by="op:extend"))
     confirmed = await update("confirm_identity", IdentityConfirmation(
         method=IdentityMethod.DOCUMENT, confirmed_by="op:confirm", note="Passeport vu au guichet",
