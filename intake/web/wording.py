@@ -397,33 +397,33 @@ STATUS: dict[str, dict[str, str]] = {
         "kind_portability": "Portabilité de vos données personnelles (article 20 du RGPD)",
         "stage_received": "Reçue",
         "stage_awaiting_identity": "En attente de la confirmation de votre identité",
-        "stage_processing": "En cours : nous consultons nos systèmes",
-        "stage_needs_attention": "En cours : notre équipe l’examine",
+        "stage_processing": "En cours : nous consultons nos systèmes",
+        "stage_needs_attention": "En cours : notre équipe l’examine",
         "stage_replying": "Notre réponse est en préparation",
         "stage_closed": "Close",
-        "outcome_fulfilled": "Traitée : réponse envoyée",
-        "outcome_refused": "Close : refusée (les motifs sont dans notre e-mail)",
-        "outcome_unverified": "Close : identité non confirmée à temps",
-        "outcome_withdrawn": "Close : retirée",
+        "outcome_fulfilled": "Traitée : réponse envoyée",
+        "outcome_refused": "Close : refusée (les motifs sont dans notre e-mail)",
+        "outcome_unverified": "Close : identité non confirmée à temps",
+        "outcome_withdrawn": "Close : retirée",
         "extension_heading": "Prolongation",
         "extended_body": "Le délai de réponse a été prolongé de deux mois (l’échéance était le {previous}), comme le "
-        "permet l’article 12, paragraphe 3, du RGPD. Notre motif :",
+        "permet l’article 12, paragraphe 3, du RGPD. Notre motif :",
         "extended_plain": "Le délai de réponse a été prolongé de deux mois, comme le permet l’article 12, "
-        "paragraphe 3, du RGPD. Notre motif :",
+        "paragraphe 3, du RGPD. Notre motif :",
         "waiting_heading": "Ce que nous attendons",
-        "waiting_identity_email": "Votre confirmation que la demande est bien la vôtre : ouvrez le lien de l’e-mail "
-        "que nous vous avons envoyé au sujet de votre identité. Introuvable ? Nous pouvons vous le renvoyer.",
+        "waiting_identity_email": "Votre confirmation que la demande est bien la vôtre : ouvrez le lien de l’e-mail "
+        "que nous vous avons envoyé au sujet de votre identité. Introuvable ? Nous pouvons vous le renvoyer.",
         "waiting_identity_document": "Le justificatif demandé dans notre e-mail, pour confirmer que la demande est "
         "bien la vôtre. Répondez à cet e-mail en le joignant.",
-        "waiting_team": "Rien de votre part : notre équipe traite un point de votre demande. Nous vous écrirons dès "
+        "waiting_team": "Rien de votre part : notre équipe traite un point de votre demande. Nous vous écrirons dès "
         "qu’il sera réglé.",
-        "waiting_us": "Rien de votre part : nous traitons votre demande et vous répondrons au plus tard à la date "
+        "waiting_us": "Rien de votre part : nous traitons votre demande et vous répondrons au plus tard à la date "
         "ci-dessus.",
         "closed_fulfilled": "Nous vous avons répondu par e-mail. Répondez-y s’il manque quelque chose.",
         "closed_refused": "Nous vous avons écrit nos motifs et comment introduire une réclamation.",
-        "closed_unverified": "Votre identité n’a pas été confirmée à temps ; vous pouvez faire une nouvelle demande "
+        "closed_unverified": "Votre identité n’a pas été confirmée à temps ; vous pouvez faire une nouvelle demande "
         "à tout moment.",
-        "closed_withdrawn": "La demande a été retirée ; vous pouvez en faire une nouvelle à tout moment.",
+        "closed_withdrawn": "La demande a été retirée ; vous pouvez en faire une nouvelle à tout moment.",
         "resend_button": "Renvoyer l’e-mail de confirmation d’identité",
         "resent": "Si votre demande attend toujours la confirmation de votre identité, nous avons renvoyé l’e-mail à "
         "l’adresse d’où elle venait. Il peut mettre quelques minutes à arriver.",
@@ -431,9 +431,9 @@ STATUS: dict[str, dict[str, str]] = {
         "Gardez ce lien pour vous.",
         "invalid_body": "Vérifiez que vous avez copié le lien complet de notre e-mail.",
         "expired_title": "Ce lien a expiré",
-        "expired_body": "Répondez à l’un de nos e-mails au sujet de votre demande : nous vous dirons où elle en est.",
+        "expired_body": "Répondez à l’un de nos e-mails au sujet de votre demande : nous vous dirons où elle en est.",
         "unknown_title": "Cette demande est introuvable",
-        "unknown_body": "Répondez à l’un de nos e-mails au sujet de votre demande : nous vous dirons où elle en est.",
+        "unknown_body": "Répondez à l’un de nos e-mails au sujet de votre demande : nous vous dirons où elle en est.",
         "bad_form_body": "Ouvrez de nouveau le lien de notre e-mail et réessayez.",
         "form_invalid_body": "Ouvrez de nouveau le lien de notre e-mail et réessayez.",
         "locked_title": "L’e-mail vient d’être renvoyé",
