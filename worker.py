@@ -29,7 +29,7 @@ from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
-from dsr.store.links import DownloadLinks, IdentityLinks
+from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
 from intake.service import TriagedSubmission
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
@@ -84,6 +84,7 @@ def activities_for(
         controller_name=signature,
         request_link=settings.request_link,
         identity_links=IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
+        status_links=StatusLinks(keyring),
         public_url=settings.intake_url,
         profile=profile,
     )

@@ -43,7 +43,7 @@ from dsr.domain.model import (
     is_valid_email,
 )
 from dsr.errors import ConfigurationError
-from dsr.store.links import IdentityLinks, format_code
+from dsr.store.links import IdentityLinks, StatusLinks, format_code
 from templates import RenderedNotice, one_line, render_notice
 
 __all__ = [
@@ -326,6 +326,7 @@ class NoticeActivities:
         controller_name: str = "",
         request_link: Callable[[str], str] | None = None,
         identity_links: IdentityLinks | None = None,
+        status_links: StatusLinks | None = None,
         public_url: str = "",
         profile: Callable[[], ControllerProfile | None] | None = None,
     ) -> None:
@@ -337,6 +338,7 @@ class NoticeActivities:
         self._controller_name = one_line(controller_name)
         self._request_link = request_link
         self._identity_links = identity_links
+        self._status_links = status_links
         self._public_url = public_url
         self._profile = profile
 
@@ -361,6 +363,11 @@ class NoticeActivities:
             if context.get("kind") not in {kind.value for kind in LINK_ONLY_KINDS}:
                 # An erasure or rectification is confirmed by the signed link only: a code could be guessed.
                 context["verify_code"] = format_code(self._identity_links.request_code(notice.request_id))
+        if (self._status_links is not None and self._public_url
+                and notice.template == NoticeTemplate.ACKNOWLEDGEMENT):
+            # Where the subject can see how their request stands, all along (signed; made here, out of history).
+            link = self._status_links.issue(notice.request_id, now=datetime.now(UTC))
+            context["status_url"] = self._status_links.status_url(self._public_url, link.token)
         return context
 
     def _authority(self) -> dict[str, str]:

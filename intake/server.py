@@ -22,13 +22,14 @@ from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.guards import AnswerThrottle, Guards
 from dsr.store.ledger import Ledger
-from dsr.store.links import DownloadLinks, IdentityLinks
+from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
 from intake.email.poller import Mailbox
 from intake.email.settings import MailboxSettings
-from intake.service import IdentityOutcome, IntakeService, RateLimits, confirm_identity
+from intake.service import IdentityOutcome, IntakeService, RateLimits, confirm_identity, resend_identity_email
 from intake.web.api import DeskSettings, api_router
 from intake.web.app import intake_app
 from intake.web.form import form_router
+from intake.web.status import status_router, status_view
 from intake.web.verify import verify_router
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,15 @@ def build_intake_app(
             max_wrong=settings.code_max_wrong,
             throttle=throttle,
             on_locked=on_locked,
+            default_language=language,
+            public_path=public_path,
+        ),
+        status_router(
+            StatusLinks(keyring),
+            lambda request_id: status_view(ledger, request_id, settings.policy.timezone),
+            lambda request_id: resend_identity_email(client, request_id),
+            guards=guards,
+            throttle=throttle,
             default_language=language,
             public_path=public_path,
         ),

@@ -552,3 +552,21 @@ async def confirm_identity(client: Client, request_id: str, *, proof: str) -> Id
             return IdentityOutcome("unknown")
         raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
     return IdentityOutcome("confirmed", result.deadline)
+
+
+async def resend_identity_email(client: Client, request_id: str) -> bool:
+    """Send the ``resend_identity_email`` update (the subject asked on their status page); False when the request
+    takes none now (identity confirmed, checked on a document, closed). Raises :class:`IntakeUnavailable`."""
+    from dsr.domain.model import IdentityResend
+    from workflows.request import DataSubjectRequest
+
+    handle = client.get_workflow_handle_for(DataSubjectRequest.run, request_id)
+    try:
+        await handle.execute_update(DataSubjectRequest.resend_identity_email, IdentityResend(via="status_page"))
+    except WorkflowUpdateFailedError:
+        return False
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:  # closed and forgotten: nothing to send
+            return False
+        raise IntakeUnavailable("the request engine is unavailable; try again in a minute") from err
+    return True

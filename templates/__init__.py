@@ -51,7 +51,7 @@ CONTEXT_KEYS = frozenset({
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
     "connector", "error", "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
-    "suspended", "suspended_on", "resumed_on", "document_reason",
+    "suspended", "suspended_on", "resumed_on", "document_reason", "status_url",
 })
 """Every key a template may use; other keys are ignored."""
 
@@ -69,7 +69,7 @@ PRE_IDENTITY_TEMPLATES = frozenset({
 name given with the request (the workflow also leaves it out of every other notice until identity is confirmed)."""
 
 _MULTILINE_KEYS = frozenset({"reason", "error", "residuals"})
-_URL_KEYS = frozenset({"verify_url", "ui_url"})
+_URL_KEYS = frozenset({"verify_url", "ui_url", "status_url"})
 _EMAIL_LIKE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")

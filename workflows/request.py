@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         Extension,
         IdentityConfirmation,
         IdentityMethod,
+        IdentityResend,
         Notice,
         NoticeTemplate,
         Outcome,
@@ -65,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         subject_queue_id,
     )
     from workflows import search_attributes as sa
+from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.contract import (
     CONNECTOR,
     DEADLINES,
@@ -148,6 +150,7 @@ class DataSubjectRequest:
         self._refusal: Refusal | None = None
         self._withdrawal: Withdrawal | None = None
         self._retry_requested = False
+        self._retry_by = "operator"
         self._awaiting_changes = False
         self._rectification: Rectification | None = None
         self._identity_waited_days = 0
@@ -257,7 +260,7 @@ class DataSubjectRequest:
         self._residuals = []
         workflow.upsert_search_attributes([sa.DSR_RESIDUAL.value_set(False)])
         await self._audit("residuals_cleared", actor=cleared.cleared_by,
-                          details={"note_length": str(len(cleared.note))})
+                          details={"note_length": str(len(cleared.note))}, note=cleared.note)
         self._update_details()
 
     async def _verify_identity(self) -> bool:
@@ -335,7 +338,8 @@ class DataSubjectRequest:
             return False
         self._request = dataclasses.replace(self._request, changes=dict(self._rectification.changes))
         await self._audit("changes_given", actor=self._rectification.requested_by,
-                          details={"fields": ",".join(sorted(self._request.changes))})
+                          details={"fields": ",".join(sorted(self._request.changes))},
+                          note=changes_note(self._request.changes))  # the new values: personal, sealed
         return True
 
     async def _carry_out(self) -> None:
@@ -415,7 +419,7 @@ class DataSubjectRequest:
                 return False
             self._retry_requested = False
             self._set_stage(Stage.PROCESSING)
-            await self._audit("retried", stage=Stage.PROCESSING)
+            await self._audit("retried", stage=Stage.PROCESSING, actor=self._retry_by)
             if released and not await self._take_turn():
                 return False
         return True
@@ -510,7 +514,7 @@ class DataSubjectRequest:
                 self._retry_requested = False
                 self._reply_held = ""
                 self._set_stage(Stage.REPLYING)
-                await self._audit("retried", stage=Stage.REPLYING)
+                await self._audit("retried", stage=Stage.REPLYING, actor=self._retry_by)
 
     def _residual_lines(self) -> list[str]:
         """One line per residual report line: system, dataset, record, fields and note; no personal data."""
@@ -784,7 +788,10 @@ class DataSubjectRequest:
             "identity_confirmed",
             actor=confirmation.confirmed_by,
             details={"method": confirmation.method.value, "proof": confirmation.proof.value},
+            note=confirmation.note,  # what was checked: the operator's words, sealed
         )
+        # The caller is told the stage the confirmation led to (processing, closed...), not the one it ended.
+        await workflow.wait_condition(lambda: self._stage not in (Stage.RECEIVED, Stage.AWAITING_IDENTITY))
         return self._result()
 
     @confirm_identity.validator
@@ -811,9 +818,27 @@ class DataSubjectRequest:
         await self._notify_operator(NoticeTemplate.OPERATOR_CODE_LOCKED, page=locked.page, wrong=str(locked.wrong))
 
     @workflow.update
+    async def resend_identity_email(self, resend: IdentityResend) -> UpdateResult:
+        """The subject, on their status page, asked for the identity email again (lost, or its link expired): the
+        reminder goes out with a fresh link; the page's rate limits bound how often."""
+        await self._audit("identity_email_resent", actor="subject", details={"via": resend.via[:40]})
+        await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=self._request.policy.identity.value)
+        return self._result()
+
+    @resend_identity_email.validator
+    def _validate_resend_identity_email(self, resend: IdentityResend) -> None:
+        self._reject_if_closed()
+        if self._identity_confirmed or self._stage != Stage.AWAITING_IDENTITY or self._ending():
+            raise RequestRejected(f"{self._request.request_id} is not waiting for its identity to be confirmed")
+        if self._request.policy.identity != IdentityMethod.EMAIL:
+            raise RequestRejected(f"the identity of {self._request.request_id} is checked on a document: "
+                                  "there is no email to send again")
+
+    @workflow.update
     async def attach_duplicate(self, duplicate: DuplicateAttached) -> UpdateResult:
         """A second submission of the same request: recorded and acknowledged, never a second workflow."""
-        await self._audit("duplicate_attached", actor="subject", details={"channel": duplicate.channel.value})
+        await self._audit("duplicate_attached", actor="subject", details=duplicate_details(duplicate),
+                          note=message_note(duplicate.in_reply_to))
         context = self._notice_context()
         if name := self._greeting_name():
             context["subject_name"] = name
@@ -847,7 +872,7 @@ class DataSubjectRequest:
             self._thread_id = letter.message_id
         if letter.attachments > 0:
             self._correspondence_files = True
-        details = {"attachments": str(letter.attachments)}
+        details = {"attachments": str(letter.attachments), **correspondence_details(letter)}
         extra = {"attachments": str(letter.attachments)}
         if letter.sender_check:  # only mailboxes that record it: older updates replay with the same inputs
             details["sender_check"] = extra["sender_check"] = letter.sender_check[:300]
@@ -856,7 +881,7 @@ class DataSubjectRequest:
             + (f"; {letter.sender_check[:300]}" if letter.sender_check else "")
         )
         self._update_details()
-        await self._audit("subject_wrote", actor="subject", details=details)
+        await self._audit("subject_wrote", actor="subject", details=details, note=message_note(letter.message_id))
         if letter.attachments > 0 and not self._identity_confirmed:
             # The subject sent what was asked: the suspension ends on receipt, not when staff review it.
             await self._resume_clock()
@@ -936,7 +961,7 @@ class DataSubjectRequest:
             actor=extension.requested_by,
             deadline=self._deadline.due,
             extended=True,
-            details={"previous_deadline": previous.isoformat()},
+            details={"previous_deadline": previous.isoformat(), "deadline": self._deadline.due.isoformat()},
             note=self._extension_reason,
         )
         # Art. 12(3): the subject is told of the extension and its reasons within the first month.
@@ -995,7 +1020,7 @@ class DataSubjectRequest:
     @workflow.update
     async def withdraw(self, withdrawal: Withdrawal) -> UpdateResult:
         self._withdrawal = withdrawal
-        await self._audit("withdrawn", actor=withdrawal.requested_by)
+        await self._audit("withdrawn", actor=withdrawal.requested_by, note=withdrawal.reason)
         await workflow.wait_condition(lambda: self._stage == Stage.CLOSED)
         return self._result()
 
@@ -1007,6 +1032,7 @@ class DataSubjectRequest:
     @workflow.update
     async def retry(self, retry: Retry) -> UpdateResult:
         self._retry_requested = True
+        self._retry_by = retry.requested_by  # the actor of the `retried` event the run records
         await workflow.wait_condition(lambda: self._stage != Stage.NEEDS_ATTENTION)
         return self._result()
 

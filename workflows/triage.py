@@ -25,6 +25,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
         CANONICAL_FIELDS,
+        AuditEvent,
         LocalMoment,
         Notice,
         NoticeTemplate,
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         TriageStatus,
     )
     from workflows import search_attributes as sa
+from workflows.audit import changes_note, triage_details
 from workflows.contract import (
     DEADLINES,
     LEDGER,
@@ -176,6 +178,14 @@ class TriageMessageWorkflow:
             self._deciding = False
         self._request_id, self._attached = submitted.request_id, submitted.attached
         self._decision = decision
+        # Who decided what the email was, on the request it became: the record outlives this workflow. (A new
+        # request records itself first; until then the ledger refuses the event and the activity retries.)
+        await workflow.execute_activity_method(
+            LedgerActivities.record_event,
+            AuditEvent(request_id=submitted.request_id, event="triage_classified", actor=decision.decided_by,
+                       details=triage_details(self._item.triage_id, decision, submitted.attached),
+                       note=changes_note(decision.changes)),
+            **summarised(LEDGER, "ledger: triage_classified"))
         return self.status()
 
     @classify.validator

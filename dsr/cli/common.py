@@ -30,7 +30,21 @@ T = TypeVar("T")
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-RequestId = Annotated[str, typer.Argument(help="The request reference, e.g. dsr-2026-11-7KQ3FJ.")]
+def normalise_reference(value: str) -> str:
+    """A reference as people type it back: any case (``DSR-2026-12-7kq3fj``, the download page's form), spaces
+    around it; anything else is left as given, for :func:`check_reference` to refuse in one line."""
+    found = _ANY_CASE_REFERENCE.fullmatch(value or "")
+    if found is None:
+        return value
+    triage, year, month, code = found.groups()
+    return f"{'triage-' if triage else ''}dsr-{year}-{month}-{code.upper()}"
+
+
+_ANY_CASE_REFERENCE = re.compile(r"\s*(triage-)?dsr-(\d{4})-(\d{2})-([0-9a-z]{6})\s*", re.IGNORECASE)
+
+
+RequestId = Annotated[str, typer.Argument(help="The request reference, e.g. dsr-2026-11-7KQ3FJ (any case).",
+                                          callback=normalise_reference)]
 
 
 Actor = Annotated[str, typer.Option("--by", help="Who acts (an operator login), kept in the ledger.")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -17,7 +17,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help, as click writes it: the rich panels of recent typer label every flag `<bool>`.
+    rich_markup_mode=None,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"dsr {version('dsr-engine')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("dsr (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True, callback=_print_version)] = False,
+) -> None:
+    """A durable engine for GDPR data-subject requests, on Temporal."""
 
 
 # One request: record it, see where it stands, decide on it.

@@ -45,7 +45,8 @@ async def submit(
     kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
     email: Annotated[str, typer.Option(help="The subject's email address.")],
     name: Annotated[str, typer.Option(help="The subject's name.")] = "",
-    channel: Annotated[str, typer.Option(help="api, email, form, support_desk or operator.")] = "operator",
+    channel: Annotated[str, typer.Option(
+        help="api, email, form, support_desk, operator or letter (a letter needs --received).")] = "operator",
     language: Annotated[str | None, typer.Option(help="fr or en (default: DSR_LANGUAGE).")] = None,
     details: Annotated[str, typer.Option(help="What the subject wrote.")] = "",
     received: Annotated[
@@ -64,6 +65,9 @@ async def submit(
     from intake.submission import Submission, prepare
 
     # Validate everything before connecting, so bad input never meets Temporal.
+    if channel.strip().lower() == "letter" and received is None:
+        # The month runs from the day the letter arrived, not from the day it is typed in.
+        raise UserError("--channel letter needs --received: the day the letter arrived (YYYY-MM-DD)")
     settings = Settings.from_env()
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                             received_at=_parse_received(received), changes=parse_changes(change or []))
@@ -264,6 +268,17 @@ def history(request_id: RequestId, as_json: JsonOption = False) -> None:
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
         typer.echo(f"  {e.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z  {e.event:<20} {e.actor}"
                    + (f"  {details}" if details else ""))
-        if e.note:  # the operator's reason (extension, refusal): the Art. 12(4)-(5) record
-            typer.echo(f"      reason: {' '.join(e.note.split())}")
+        if e.note:  # the sealed words of the record: a reason, a note, the new values, for operators' eyes
+            label = _NOTE_LABELS.get(e.event, "note")
+            lines = [line.strip() for line in e.note.splitlines() if line.strip()]
+            typer.echo(f"      {label}: {lines[0] if lines else ''}")
+            for line in lines[1:]:
+                typer.echo(f"      {' ' * len(label)}  {line}")
+
+
+# What an event's sealed note is, as `dsr history` names it (other events: "note").
+_NOTE_LABELS = {
+    "extended": "reason", "refused": "reason", "withdrawn": "reason", "identity_doubt": "reason",
+    "clock_suspended": "reason", "changes_given": "changes", "triage_classified": "changes",
+}
 

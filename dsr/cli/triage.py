@@ -12,6 +12,7 @@ from dsr.cli.common import (
     JsonOption,
     UserError,
     emit_json,
+    normalise_reference,
     parse_changes,
     plain,
     run,
@@ -21,7 +22,8 @@ from dsr.cli.common import (
 app = typer.Typer(help="Emails the classifier was unsure about, waiting for a human.", no_args_is_help=True)
 
 
-TriageId = Annotated[str, typer.Argument(help="The triage reference, e.g. triage-dsr-2026-11-7KQ3FJ.")]
+TriageId = Annotated[str, typer.Argument(help="The triage reference, e.g. triage-dsr-2026-11-7KQ3FJ (any case).",
+                                         callback=normalise_reference)]
 
 
 def _triage_handle(client, triage_id: str):

@@ -58,7 +58,8 @@ class Channel(StrEnum):
     EMAIL = "email"
     FORM = "form"
     SUPPORT_DESK = "support_desk"
-    OPERATOR = "operator"  # typed in by staff, e.g. from a letter
+    OPERATOR = "operator"  # typed in by staff
+    LETTER = "letter"  # a paper letter, typed in by staff with the day it was received
 
 
 class IdentityMethod(StrEnum):
@@ -298,6 +299,13 @@ class Doubt:
 
     reason: str
     requested_by: str = "operator"
+
+
+@dataclass
+class IdentityResend:
+    """The subject asked, from their status page, for the identity email again (a new link, the same code)."""
+
+    via: str = "status_page"
 
 
 @dataclass

@@ -76,6 +76,7 @@ __all__ = [
     "ExpiredLink",
     "IdentityLinks",
     "InvalidLink",
+    "StatusLinks",
     "TamperedLink",
     "download_url",
     "format_code",
@@ -378,3 +379,24 @@ class IdentityLinks(DownloadLinks):
 
     def verify_url(self, public_url: str, token: str) -> str:
         return f"{public_url.rstrip('/')}/verify/{quote(token, safe='')}"
+
+
+STATUS_LINK_TTL = timedelta(days=200)
+"""How long the status link of an acknowledgement works: longer than any request stays open (three months when
+extended, plus the time identity and a suspended clock may take), so it still shows the outcome once closed."""
+
+
+class StatusLinks(DownloadLinks):
+    """The subject's link to their request's status page (``/status/{token}``), sent in the acknowledgement.
+
+    A family of its own (``status-link``): a status token never opens a download or confirms identity, nor the
+    reverse. It names the request only encrypted, like every link; the page it opens shows no personal data.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, keyring: KeyRing, *, ttl: timedelta = STATUS_LINK_TTL) -> None:
+        super().__init__(keyring, ttl=ttl, purpose="status-link")
+
+    def status_url(self, public_url: str, token: str) -> str:
+        return f"{public_url.rstrip('/')}/status/{quote(token, safe='')}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from intake.submission import MAX_DETAILS, MAX_NAME
 
-__all__ = ["COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "VERIFY"]
+__all__ = ["COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "STATUS", "VERIFY"]
 
 LANGUAGES = ("fr", "en")
 """The languages of the pages, the default first."""
@@ -326,3 +326,120 @@ FORM: dict[str, dict[str, str]] = {
     },
 }
 """The public form: ``/`` and ``/submitted``."""
+
+
+STATUS: dict[str, dict[str, str]] = {
+    "en": {
+        **COMMON["en"],
+        "title": "Your request {reference}",
+        "reference": "Reference",
+        "request": "Request",
+        "received": "Received on",
+        "stage": "Where it stands",
+        "deadline": "Reply by",
+        "kind_access": "Access to your personal data (Article 15 GDPR)",
+        "kind_rectification": "Rectification of your personal data (Article 16 GDPR)",
+        "kind_erasure": "Erasure of your personal data (Article 17 GDPR)",
+        "kind_portability": "Your personal data in a portable format (Article 20 GDPR)",
+        "stage_received": "Received",
+        "stage_awaiting_identity": "Waiting for your identity to be confirmed",
+        "stage_processing": "In progress: we are searching our systems",
+        "stage_needs_attention": "In progress: our team is looking into it",
+        "stage_replying": "Our reply is being prepared",
+        "stage_closed": "Closed",
+        "outcome_fulfilled": "Answered",
+        "outcome_refused": "Closed: refused (the reasons are in our email)",
+        "outcome_unverified": "Closed: identity not confirmed in time",
+        "outcome_withdrawn": "Closed: withdrawn",
+        "extension_heading": "Extension",
+        "extended_body": "The time to reply was extended by two months (it was due on {previous}), as Article 12(3) "
+        "GDPR allows. Our reason:",
+        "extended_plain": "The time to reply was extended by two months, as Article 12(3) GDPR allows. Our reason:",
+        "waiting_heading": "What we are waiting for",
+        "waiting_identity_email": "Your confirmation that the request is yours: open the link in the email we sent "
+        "you about your identity. Cannot find it? We can send it again.",
+        "waiting_identity_document": "The document we asked you for in our email, to confirm that the request is "
+        "yours. Reply to that email with it.",
+        "waiting_team": "Nothing from you: our team is dealing with a point of your request. We will write to you "
+        "when it is answered.",
+        "waiting_us": "Nothing from you: we are working on your request and will write to you by the date above.",
+        "closed_fulfilled": "We sent you our reply by email. Reply to it if anything is missing.",
+        "closed_refused": "We wrote to you with our reasons and how to lodge a complaint.",
+        "closed_unverified": "Your identity was not confirmed in time; you may make a new request at any time.",
+        "closed_withdrawn": "The request was withdrawn; you may make a new one at any time.",
+        "resend_button": "Send the identity email again",
+        "resent": "If your request still waits for your identity, we have sent the email again to the address it "
+        "came from. It may take a few minutes to arrive.",
+        "privacy_note": "This page shows no personal data, only your request's reference. Keep the link to yourself.",
+        "invalid_body": "Check that you copied the whole link from our email.",
+        "expired_title": "This link has expired",
+        "expired_body": "Reply to one of our emails about your request and we will tell you where it stands.",
+        "unknown_title": "This request cannot be found",
+        "unknown_body": "Reply to one of our emails about your request and we will tell you where it stands.",
+        "bad_form_body": "Open the link from our email again and try once more.",
+        "form_invalid_body": "Open the link from our email again and try once more.",
+        "locked_title": "The email was just sent again",
+        "locked_body": "The email was sent again not long ago. Please wait {minutes} minutes before asking again.",
+        "error_title": "This cannot be done right now",
+        "error_body": "Please try again in a few minutes.",
+    },
+    "fr": {
+        **COMMON["fr"],
+        "title": "Votre demande {reference}",
+        "reference": "Référence",
+        "request": "Demande",
+        "received": "Reçue le",
+        "stage": "Où elle en est",
+        "deadline": "Réponse au plus tard le",
+        "kind_access": "Accès à vos données personnelles (article 15 du RGPD)",
+        "kind_rectification": "Rectification de vos données personnelles (article 16 du RGPD)",
+        "kind_erasure": "Effacement de vos données personnelles (article 17 du RGPD)",
+        "kind_portability": "Portabilité de vos données personnelles (article 20 du RGPD)",
+        "stage_received": "Reçue",
+        "stage_awaiting_identity": "En attente de la confirmation de votre identité",
+        "stage_processing": "En cours : nous consultons nos systèmes",
+        "stage_needs_attention": "En cours : notre équipe l’examine",
+        "stage_replying": "Notre réponse est en préparation",
+        "stage_closed": "Close",
+        "outcome_fulfilled": "Traitée : réponse envoyée",
+        "outcome_refused": "Close : refusée (les motifs sont dans notre e-mail)",
+        "outcome_unverified": "Close : identité non confirmée à temps",
+        "outcome_withdrawn": "Close : retirée",
+        "extension_heading": "Prolongation",
+        "extended_body": "Le délai de réponse a été prolongé de deux mois (l’échéance était le {previous}), comme le "
+        "permet l’article 12, paragraphe 3, du RGPD. Notre motif :",
+        "extended_plain": "Le délai de réponse a été prolongé de deux mois, comme le permet l’article 12, "
+        "paragraphe 3, du RGPD. Notre motif :",
+        "waiting_heading": "Ce que nous attendons",
+        "waiting_identity_email": "Votre confirmation que la demande est bien la vôtre : ouvrez le lien de l’e-mail "
+        "que nous vous avons envoyé au sujet de votre identité. Introuvable ? Nous pouvons vous le renvoyer.",
+        "waiting_identity_document": "Le justificatif demandé dans notre e-mail, pour confirmer que la demande est "
+        "bien la vôtre. Répondez à cet e-mail en le joignant.",
+        "waiting_team": "Rien de votre part : notre équipe traite un point de votre demande. Nous vous écrirons dès "
+        "qu’il sera réglé.",
+        "waiting_us": "Rien de votre part : nous traitons votre demande et vous répondrons au plus tard à la date "
+        "ci-dessus.",
+        "closed_fulfilled": "Nous vous avons répondu par e-mail. Répondez-y s’il manque quelque chose.",
+        "closed_refused": "Nous vous avons écrit nos motifs et comment introduire une réclamation.",
+        "closed_unverified": "Votre identité n’a pas été confirmée à temps ; vous pouvez faire une nouvelle demande "
+        "à tout moment.",
+        "closed_withdrawn": "La demande a été retirée ; vous pouvez en faire une nouvelle à tout moment.",
+        "resend_button": "Renvoyer l’e-mail de confirmation d’identité",
+        "resent": "Si votre demande attend toujours la confirmation de votre identité, nous avons renvoyé l’e-mail à "
+        "l’adresse d’où elle venait. Il peut mettre quelques minutes à arriver.",
+        "privacy_note": "Cette page ne montre aucune donnée personnelle, seulement la référence de votre demande. "
+        "Gardez ce lien pour vous.",
+        "invalid_body": "Vérifiez que vous avez copié le lien complet de notre e-mail.",
+        "expired_title": "Ce lien a expiré",
+        "expired_body": "Répondez à l’un de nos e-mails au sujet de votre demande : nous vous dirons où elle en est.",
+        "unknown_title": "Cette demande est introuvable",
+        "unknown_body": "Répondez à l’un de nos e-mails au sujet de votre demande : nous vous dirons où elle en est.",
+        "bad_form_body": "Ouvrez de nouveau le lien de notre e-mail et réessayez.",
+        "form_invalid_body": "Ouvrez de nouveau le lien de notre e-mail et réessayez.",
+        "locked_title": "L’e-mail vient d’être renvoyé",
+        "locked_body": "L’e-mail vient d’être renvoyé. Merci d’attendre {minutes} minutes avant de le redemander.",
+        "error_title": "Impossible pour le moment",
+        "error_body": "Merci de réessayer dans quelques minutes.",
+    },
+}
+"""The subject's status page (``/status/{token}``): no word on it names the subject."""

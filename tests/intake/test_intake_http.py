@@ -630,8 +630,10 @@ async def test_reply_from_the_subject_with_an_id_copy_is_correspondence_not_from
     assert [(a.filename, store.read(reference, a.index)) for a in store.list(reference)] == [
         ("carte-identite.pdf", b"%PDF-1.4 carte d'identite")]
     wrote = await _events(intake, reference, "subject_wrote")
-    assert [(e.actor, e.details) for e in wrote] == [
+    # Besides these, the message's key and receipt time (workflows.audit.correspondence_details).
+    assert [(e.actor, {k: e.details[k] for k in ("attachments", "sender_check")}) for e in wrote] == [
         ("subject", {"attachments": "1", "sender_check": "sender not checked (DSR_MAIL_AUTHSERV_ID is not set)"})]
+    assert set(wrote[0].details) == {"attachments", "sender_check", "message_key", "received_at"}
     assert len(await _sent(intake, reference, "operator_correspondence")) == 1
     # The subject's reply started nothing new; Mallory's message took the normal path, with its own file.
     assert [r.request_id for r in intake.ledger.requests() if r.subject.email == "camille.durand@example.org"] \
@@ -689,7 +691,7 @@ async def test_forged_reply_failing_dmarc_is_triaged_and_the_genuine_ones_verdic
     # Only the genuine file is under the request, with the verdict beside it (what `dsr attachments list` shows).
     assert [(a.filename, a.sender_check) for a in store.list(reference)] == [("carte-identite.pdf", checked)]
     wrote = await _events(intake, reference, "subject_wrote")
-    assert [e.details for e in wrote] == [{"attachments": "1", "sender_check": checked}]  # `dsr history`
+    assert [(e.details["attachments"], e.details["sender_check"]) for e in wrote] == [("1", checked)]  # `dsr history`
     handle = intake.client.get_workflow_handle(reference)
     state = await handle.query(DataSubjectRequest.status)  # `dsr status`
     assert len(state.correspondence) == 1 and state.correspondence[0].endswith(f"1 file(s) kept; {checked}")

@@ -130,6 +130,22 @@ def test_acknowledgement_golden(language: Language, received: str, deadline: str
     assert "2026-12-23" not in rendered.text
 
 
+@pytest.mark.parametrize(("language", "text_words", "button"), [
+    (Language.FR, "Suivez votre demande à tout moment (son étape, son échéance, ce que nous attendons) :",
+     "Voir où en est votre demande"),
+    (Language.EN, "Follow your request at any time (its stage, its deadline, what we are waiting for):",
+     "See where your request stands"),
+])
+def test_the_acknowledgement_links_to_the_status_page(language: Language, text_words: str, button: str) -> None:
+    url = "https://privacy.example.com/status/v2.k1.abc.def"
+    rendered = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, {**FULL, "status_url": url})
+    assert f"{text_words}\n{url}\n" in rendered.text
+    assert f'<a href="{url}"' in rendered.html and f">{button}</a>" in rendered.html
+    # Without a public URL (no intake), no link and no sentence about one.
+    bare = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, FULL)
+    assert "/status/" not in bare.text and text_words not in bare.text and button not in bare.html
+
+
 def test_dates_in_words() -> None:
     fr = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {**MINIMAL, "deadline": "2027-02-01"})
     en = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.EN, {**MINIMAL, "deadline": "2027-02-01"})

@@ -41,6 +41,7 @@ from tests.harness import ScriptedConnector, attachments_of, exports_of, keep_hi
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
 from workflows import search_attributes as sa
+from workflows.audit import instant
 from workflows.request import UNVERIFIED_LEAD, DataSubjectRequest
 
 
@@ -217,7 +218,9 @@ async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_dele
     await handle.execute_update(DataSubjectRequest.record_correspondence, letter)
 
     wrote = [e for e in engine.ledger.events(request.request_id) if e.event == "subject_wrote"]
-    assert [(e.actor, e.details) for e in wrote] == [("subject", {"attachments": "1"})]
+    assert [(e.actor, e.details, e.note) for e in wrote] == [(
+        "subject", {"attachments": "1", "message_key": key, "received_at": instant(letter.received_at)},
+        "message-id: <reply-1@mail.example.org>")]
     assert templates_sent(engine, request).count("operator_correspondence") == 1
     [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if "subject wrote" in str(m["Subject"])]
     text = readable(notice)

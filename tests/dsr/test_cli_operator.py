@@ -1,0 +1,140 @@
+"""Issue 18, point 5: the CLI as an operator meets it (`--version`, help, references in any case, letters) and
+`dsr history` showing every sealed word of the audit trail; the installed `dsr` run as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from dsr.cli.common import normalise_reference
+from dsr.cli.main import app
+from dsr.config.settings import Settings
+from dsr.domain.model import AuditEvent, Channel, Language, RequestKind, RequestRecordInput, Stage, Subject
+from dsr.store.crypto import KeyRing
+from dsr.store.ledger import Ledger
+from intake.submission import Submission, prepare
+
+BIN = Path(sys.executable).parent
+REFERENCE = "dsr-2026-11-7KQ3FJ"
+
+
+def dsr(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}",
+           "TEMPORAL_ADDRESS": "127.0.0.1:9"}  # nothing listens there: a verb needing Temporal says so
+    for name in ("DSR_KEYS", "DSR_CONFIG"):
+        env.pop(name, None)
+    return subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_version_is_the_installed_distributions(tmp_path: Path) -> None:
+    result = dsr(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"dsr {version('dsr-engine')}"
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every verb and sub-verb (typer's groups: its own copy of click's, hence no isinstance)."""
+    found = []
+    for name, command in group.commands.items():
+        found.append((*prefix, name))
+        if hasattr(command, "commands"):
+            found += _commands(command, (*prefix, name))
+    return found
+
+
+def test_no_help_page_labels_a_flag_bool() -> None:
+    from typer.testing import CliRunner
+
+    root = typer.main.get_command(app)
+    commands = _commands(root)
+    assert ("confirm-identity",) in commands and ("triage", "classify") in commands  # the walk finds them all
+    runner = CliRunner()
+    for path in [(), *commands]:
+        shown = runner.invoke(app, [*path, "--help"], prog_name="dsr")
+        assert shown.exit_code == 0, (path, shown.output)
+        assert "<bool>" not in shown.output, f"dsr {' '.join(path)} --help:\n{shown.output}"
+        if path == ("status",):
+            assert "--json" in shown.output and "Machine-readable output." in shown.output
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    ("dsr-2026-11-7KQ3FJ", "dsr-2026-11-7KQ3FJ"),
+    ("DSR-2026-11-7KQ3FJ", "dsr-2026-11-7KQ3FJ"),  # as the download page and the emails' subjects write it
+    ("dsr-2026-11-7kq3fj", "dsr-2026-11-7KQ3FJ"),
+    ("  Dsr-2026-11-7Kq3fJ ", "dsr-2026-11-7KQ3FJ"),
+    ("TRIAGE-DSR-2026-11-7kq3fj", "triage-dsr-2026-11-7KQ3FJ"),
+    ("dsr-2026-11-7KQ3F", "dsr-2026-11-7KQ3F"),  # not a reference: left for the check to refuse
+    ("7KQ3FJ", "7KQ3FJ"),
+])
+def test_a_reference_is_read_in_any_case(typed: str, meant: str) -> None:
+    assert normalise_reference(typed) == meant
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A DSR_HOME whose ledger holds one request and what operators wrote about it."""
+    received = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", KeyRing.load_or_create(tmp_path / "keys.json")) as led:
+        led.record_request(RequestRecordInput(
+            request_id=REFERENCE, kind=RequestKind.RECTIFICATION, channel=Channel.LETTER,
+            subject=Subject("camille.durand@example.org", "Camille Durand"), received_at=received,
+            deadline=date(2026, 12, 21), language=Language.FR), now=received)
+        for n, (event, actor, details, note) in enumerate([
+            ("received", "engine", {"channel": "letter"}, ""),
+            ("identity_confirmed", "alice", {"method": "document", "proof": "review"},
+             "Passport checked at the front desk"),
+            ("changes_given", "bob", {"fields": "city,last_name"}, "city=Lille\nlast_name=Durand-Morel"),
+            ("withdrawn", "subject", {}, "Changed her mind by phone"),
+        ]):
+            led.append_event(AuditEvent(REFERENCE, event, actor=actor, details=details, note=note,
+                                        stage=Stage.RECEIVED if n == 0 else None),
+                             key=f"{REFERENCE}/{n}", at=received.replace(minute=n))
+    return tmp_path
+
+
+def test_history_takes_an_upper_case_reference_and_shows_what_operators_wrote(home: Path) -> None:
+    shown = dsr(home, "history", "DSR-2026-11-7kq3fj")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"{REFERENCE}  rectification  received")
+    text = shown.stdout
+    assert "identity_confirmed   alice  method=document, proof=review" in text
+    assert "      note: Passport checked at the front desk" in text
+    # New values of a rectification, one a line; a withdrawal's reason.
+    assert "      changes: city=Lille\n               last_name=Durand-Morel" in text
+    assert "      reason: Changed her mind by phone" in text
+
+
+def test_every_verb_taking_a_reference_takes_it_in_any_case(home: Path) -> None:
+    """Upper case gets as far as Temporal (here: not running), where a malformed reference never would."""
+    for args in (["status", "DSR-2026-11-7kq3fj"], ["retry", "DSR-2026-11-7KQ3FJ"],
+                 ["confirm-identity", "DSR-2026-11-7KQ3FJ", "--method", "email"]):
+        result = dsr(home, *args)
+        assert result.returncode != 0
+        assert "cannot reach Temporal" in result.stderr and "not a request reference" not in result.stderr, args
+    listed = dsr(home, "attachments", "list", "DSR-2026-11-7kq3fj")
+    assert listed.returncode == 0 and listed.stdout.strip() == f"{REFERENCE}: no attachments", listed.stderr
+    refused = dsr(home, "status", "DSR-2026-11-7KQ3F")
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines() == [
+        "error: 'DSR-2026-11-7KQ3F' is not a request reference (they look like dsr-2026-11-7KQ3FJ)"]
+
+
+def test_a_letter_is_a_channel_and_needs_the_day_it_arrived(home: Path) -> None:
+    missing = dsr(home, "submit", "--kind", "access", "--email", "camille.durand@example.org", "--channel", "letter")
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines() == [
+        "error: --channel letter needs --received: the day the letter arrived (YYYY-MM-DD)"]
+    settings = Settings.from_env({"DSR_HOME": str(home)})
+    request = prepare(Submission(kind="access", email="camille.durand@example.org", channel="letter",
+                                 received_at=datetime(2026, 11, 20, 9, tzinfo=UTC)), settings,
+                      now=datetime(2026, 11, 23, 9, tzinfo=UTC))
+    assert request.channel == Channel.LETTER and request.deadlines.normal.due == date(2026, 12, 21)
+    # The walk of a letter through the engine, with its receipt day, is tests/workflows/test_audit_trail.py's.

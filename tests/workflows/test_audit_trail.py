@@ -1,0 +1,207 @@
+"""Issue 18, point 5: the audit trail keeps every field an operator (or a channel) gives with an update.
+
+The test walks the contract itself: every update of every workflow must have been sent below, and every field of
+what was sent must be found in the ledger (who and which choice in plain sight, the words sealed in the event's
+note). A new update, or a new field, that never reaches the ledger fails here."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+import pytest
+from temporalio import workflow
+
+from dsr.domain.model import (
+    Channel,
+    ClockPolicy,
+    Correspondence,
+    Doubt,
+    DuplicateAttached,
+    Extension,
+    IdentityConfirmation,
+    IdentityMethod,
+    IdentityProof,
+    IdentityResend,
+    Language,
+    Outcome,
+    Rectification,
+    Refusal,
+    RefusalGround,
+    RequestKind,
+    ResidualsCleared,
+    Retry,
+    Stage,
+    TriageDecision,
+    TriageDismissal,
+    TriageInput,
+    Withdrawal,
+)
+from dsr.store.links import StatusLinks
+from intake.submission import new_request_id
+from tests.harness import TEST_KEYRING, ScriptedConnector
+from tests.workflows.conftest import SUBJECT_EMAIL, Engine
+from tests.workflows.test_request import submit, wait_for_stage
+from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from workflows.audit import instant
+from workflows.request import DataSubjectRequest
+from workflows.triage import TriageMessageWorkflow
+
+WORKFLOWS = (DataSubjectRequest, TriageMessageWorkflow)
+
+
+@dataclasses.dataclass
+class Trail:
+    """What the ledger kept where an update's fields should be: plain values (actors, details) and texts."""
+
+    exact: set[str]
+    texts: list[str]
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, str):  # free text: in a note (sealed) or a detail
+            return any(value in text for text in self.texts)
+        if isinstance(value, dict):  # corrections: every field=value, sealed
+            return all(any(f"{k}={v}" in text for text in self.texts) for k, v in value.items())
+        if isinstance(value, Enum):
+            return value.value in self.exact
+        if isinstance(value, datetime):
+            return instant(value) in self.exact
+        if isinstance(value, bool | int):
+            return str(value) in self.exact
+        raise AssertionError(f"no rule for a {type(value).__name__} field: add one")
+
+
+def request_trail(engine: Engine, request_id: str) -> Callable[[], Trail]:
+    def read() -> Trail:
+        events = engine.ledger.events(request_id)
+        exact = {e.actor for e in events} | {v for e in events for v in e.details.values()}
+        return Trail(exact, [e.actor for e in events] + [v for e in events for v in e.details.values()]
+                     + [e.note for e in events if e.note])
+    return read
+
+
+def dismissal_trail(engine: Engine, triage_id: str) -> Callable[[], Trail]:
+    def read() -> Trail:
+        kept = engine.ledger.triage_dismissal(triage_id)
+        assert kept is not None
+        values = {str(v) for v in dataclasses.asdict(kept).values()}
+        return Trail(values, list(values))
+    return read
+
+
+def triage_item(engine: Engine, sender: str, reason: str) -> TriageInput:
+    received = datetime.now(UTC).replace(microsecond=0)  # the intake refuses a receipt in its own future
+    today = received.date()
+    request_id = new_request_id(today)
+    return TriageInput(
+        triage_id=f"triage-{request_id}", request_id=request_id, received_at=received, received_on=today,
+        deadline=today + timedelta(days=30), email=sender, name="Claire Durand", subject_line="Mes données",
+        body="Bonjour, je voudrais corriger mon nom.", reason=reason, policy=engine.settings.policy)
+
+
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1, residual=True),
+                                         ScriptedConnector("billing")]])
+async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) -> None:
+    sent: dict[tuple[str, str], tuple[Any, Callable[[], Trail]]] = {}
+    now = (await engine.env.get_current_time()).replace(microsecond=0)
+
+    # An erasure, identity by email: the operator doubts, the subject writes and submits again, the deadline is
+    # extended, identity confirmed by a document; a system fails, is retried, leaves data to clear by hand.
+    erasure, handle = await submit(engine, "erasure", identity=IdentityMethod.EMAIL, clock=ClockPolicy.RECEIPT)
+    trail = request_trail(engine, erasure.request_id)
+
+    async def update(name: str, argument: Any) -> Any:
+        sent["DataSubjectRequest", name] = (argument, trail)
+        return await handle.execute_update(getattr(DataSubjectRequest, name), argument)
+
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    await update("doubt", Doubt(reason="Le nom ne correspond pas au compte", requested_by="op:doubt"))
+    await update("record_correspondence", Correspondence(
+        message_key="mk-3f9a1c", received_at=now - timedelta(hours=3), attachments=7,
+        message_id="<CAF=reply-42@mail.example.net>", sender_check="dmarc=pass dkim=pass (mx.example.com)"))
+    await update("attach_duplicate", DuplicateAttached(
+        channel=Channel.FORM, received_at=now - timedelta(hours=2), in_reply_to="<dup-77@mail.example.net>",
+        ticket="zendesk:98765"))
+    # The subject, on the status page the acknowledgement links to, asks for the identity email again.
+    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL) if "/status/" in m.get_body(("plain",)).get_content()]
+    found = re.search(r"/status/(\S+)", acknowledgement.get_body(("plain",)).get_content())
+    assert found is not None
+    assert StatusLinks(TEST_KEYRING).verify(found.group(1), now=datetime.now(UTC)) == erasure.request_id
+    await update("resend_identity_email", IdentityResend(via="status_page"))
+    assert len([e for e in engine.ledger.events(erasure.request_id) if e.event == "notice_sent"
+                and e.details.get("template") == "identity_reminder"]) == 1
+    extended = await update("extend_deadline", Extension(reason="Dix ans de commandes", requested_by="op:extend"))
+    confirmed = await update("confirm_identity", IdentityConfirmation(
+        method=IdentityMethod.DOCUMENT, confirmed_by="op:confirm", note="Passeport vu au guichet",
+        proof=IdentityProof.REVIEW))
+    # `dsr confirm-identity` prints the stage the confirmation led to, never the one it ended.
+    assert confirmed.stage not in (Stage.RECEIVED, Stage.AWAITING_IDENTITY)
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    await update("retry", Retry(requested_by="op:retry"))
+    await wait_for_stage(engine, handle, Stage.CLOSED)
+    for _ in range(50):  # the follow-up of residual data starts after closure
+        if (await handle.query(DataSubjectRequest.status)).residuals:
+            break
+        await asyncio.sleep(0.1)
+    await update("clear_residuals", ResidualsCleared(cleared_by="op:clear", note="Colonne IP vidée en SQL"))
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+    [extension] = [e for e in engine.ledger.events(erasure.request_id) if e.event == "extended"]
+    assert extension.details["deadline"] == extended.deadline.isoformat()  # the new date, beside the old
+    assert [e.actor for e in engine.ledger.events(erasure.request_id) if e.event == "retried"] == ["op:retry"]
+
+    # A rectification that came as free text: the operator gives the corrections.
+    rectification, handle = await submit(engine, "rectification", details="J'ai déménagé à Lille.")
+    trail = request_trail(engine, rectification.request_id)
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    await update("rectify", Rectification(changes={"city": "Lille"}, requested_by="op:rectify"))
+    await handle.result()
+
+    # Refused, and withdrawn, while identity is awaited.
+    refused, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL)
+    trail = request_trail(engine, refused.request_id)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    await update("refuse", Refusal(reason="Les données d'un tiers", requested_by="op:refuse",
+                                   ground=RefusalGround.OTHERS_RIGHTS))
+    withdrawn, handle = await submit(engine, "portability", identity=IdentityMethod.EMAIL)
+    trail = request_trail(engine, withdrawn.request_id)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    await update("withdraw", Withdrawal(requested_by="op:withdraw", reason="Retirée par téléphone"))
+
+    # Triage: one email classified by hand, one dismissed as a refused request.
+    item = triage_item(engine, "claire.durand@example.org", "unsure: no clear request")
+    triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
+                                                task_queue=engine.task_queue)
+    decision = TriageDecision(kind=RequestKind.RECTIFICATION, decided_by="op:classify", language=Language.EN,
+                              changes={"last_name": "Durand-Morel"})
+    sent["TriageMessage", "classify"] = (decision, request_trail(engine, item.request_id))
+    await triage.execute_update(TriageMessageWorkflow.classify, decision)
+    item = triage_item(engine, "paul.roux@example.org", "unsure: about a deceased person")
+    triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
+                                                task_queue=engine.task_queue)
+    dismissal = TriageDismissal(reason="Sixième demande identique", decided_by="op:dismiss",
+                                refused_as=RequestKind.ACCESS, ground=RefusalGround.EXCESSIVE)
+    sent["TriageMessage", "dismiss"] = (dismissal, dismissal_trail(engine, item.triage_id))
+    await triage.execute_update(TriageMessageWorkflow.dismiss, dismissal)
+    await triage.result()
+
+    # The walk: every update of the contract was sent, and every field of what was sent is in the ledger.
+    missing: list[str] = []
+    for cls in WORKFLOWS:
+        definition = workflow._Definition.must_from_class(cls)
+        for name, update in definition.updates.items():
+            key = (definition.name or cls.__name__, name)
+            assert key in sent, f"{key}: no scenario above sends this update; add one"
+            argument, read = sent[key]
+            assert update.arg_types is not None and isinstance(argument, update.arg_types[0])
+            kept = read()
+            for f in dataclasses.fields(argument):
+                value = getattr(argument, f.name)
+                assert value not in (None, "", {}), f"{key}.{f.name}: give the field a value to look for"
+                if not kept.holds(value):
+                    missing.append(f"{key[0]}.{name}: {f.name}")
+    assert missing == [], "fields that never reach the ledger:\n" + "\n".join(missing)
