@@ -5,7 +5,7 @@ reported with the file, the key and what was expected.
 
 ```toml
 [[connectors]]
-type = "hubspot"                       # hubspot | stripe | woocommerce | sql (connectors/sql/map.py) | processor | manual
+type = "hubspot"                       # hubspot | stripe | woocommerce | sql | processor | manual
 name = "crm"                           # unique, shown to operators (default: the type)
 base_url = "https://api.hubapi.com"    # default: the vendor's real API (required for woocommerce)
 kinds = ["access", "erasure", "rectification", "portability"]   # default: all four

@@ -84,7 +84,7 @@ class OutsideTasks:
                 session.commit()
         except IntegrityError:
             with self._session() as session:
-                session.exec(update(OutsideTaskRow)  # type: ignore[call-overload]
+                session.exec(update(OutsideTaskRow)
                              .where(col(OutsideTaskRow.request_id) == request_id,
                                     col(OutsideTaskRow.system) == system,
                                     col(OutsideTaskRow.status).is_(None),
@@ -105,7 +105,7 @@ class OutsideTasks:
             "export_records": answer.export_records,
         }), purpose=ANSWER_PURPOSE, context=f"{request_id}/{system}")
         with self._session() as session:
-            result = session.exec(update(OutsideTaskRow)  # type: ignore[call-overload]
+            result = session.exec(update(OutsideTaskRow)
                                   .where(col(OutsideTaskRow.request_id) == request_id,
                                          col(OutsideTaskRow.system) == system,
                                          col(OutsideTaskRow.status).is_(None))
