@@ -78,16 +78,16 @@ class OutsideActivities:
         """The task in the ledger, created or asked again; its answer if one was recorded already (a retry after
         a late answer), else the answer-by instant and the reminders still ahead."""
         system = self._system(task.system)
-        now = datetime.now(UTC)
+        now = task.now or datetime.now(UTC)
         answer_by = _end_of(answer_by_date(now.date(), system.answer_within_days, task.deadline))
         opened = await asyncio.to_thread(self._tasks.open, task.request_id, task.system, system.type,
                                          answer_by=answer_by, now=now)
         if opened.answer is not None:
-            return OutsideTaskOpened(answer=opened.answer, asked_on=opened.asked_on)
+            return OutsideTaskOpened(answer=opened.answer, asked_on=opened.asked_on, system_type=system.type)
         reminders = sorted(at for at in (opened.answer_by - timedelta(days=d) for d in system.reminder_days)
                            if at > now)
         return OutsideTaskOpened(answer=None, answer_by=opened.answer_by, reminders=reminders,
-                                 asked_on=opened.asked_on)
+                                 asked_on=opened.asked_on, system_type=system.type)
 
     @activity.defn(name="send_outside_mail")
     async def send_outside_mail(self, mail: OutsideMail) -> None:

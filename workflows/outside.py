@@ -60,8 +60,8 @@ class OutsideSystemTask:
                                        type=NO_ANSWER_ERROR, non_retryable=True)
             answer = self._answer
         assert answer is not None
-        if answer.asked_on is None:
-            answer.asked_on = opened.asked_on
+        answer.asked_on = answer.asked_on or opened.asked_on
+        answer.system_type = opened.system_type
         return answer_outcome(task.system, task.kind, answer, changes=task.changes)
 
     async def _answered_before(self, at: datetime, summary: str) -> bool:

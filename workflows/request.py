@@ -588,7 +588,8 @@ class DataSubjectRequest:
         if name in self._outside:
             return await run_outside_task(OutsideTaskInput(
                 request_id=self._request.request_id, system=name, kind=self._request.kind,
-                subject=self._request.subject, deadline=self._deadline.due, changes=dict(self._request.changes)))
+                subject=self._request.subject, deadline=self._deadline.due, changes=dict(self._request.changes),
+                now=workflow.now()))
         started = workflow.now()
         resumed = 0
         while True:

@@ -485,6 +485,7 @@ class OutsideAnswer:
     answered_at: datetime | None = None
     export_records: int = 0  # records of an uploaded export file, stored encrypted with the request's exports
     asked_on: date | None = None  # when the request was first sent to them
+    system_type: str = ""  # "processor" or "manual": the reply says who acted
 
 
 @dataclass

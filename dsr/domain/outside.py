@@ -72,6 +72,7 @@ class OutsideTaskInput:
     subject: Subject
     deadline: date  # the request's own deadline: the answer-by date comes before it
     changes: dict[str, str] = field(default_factory=dict)  # rectification: the corrected values
+    now: datetime | None = None  # the workflow's time when it asked: the answer-by date counts from it
 
 
 @dataclass
@@ -80,6 +81,7 @@ class OutsideTaskOpened:
     date the answer is needed by and when to remind (computed by the activity, never in workflow code)."""
 
     answer: OutsideAnswer | None
+    system_type: str = ""  # processor | manual
     answer_by: datetime | None = None
     reminders: list[datetime] = field(default_factory=list)
     asked_on: date | None = None
