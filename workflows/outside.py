@@ -85,7 +85,7 @@ class OutsideSystemTask:
             **summarised(NOTICE, f"{task.system}: " + (f"reminder {reminder}" if reminder else "request sent")))
 
     @workflow.update(name=ANSWER_UPDATE)
-    async def answer(self, answer: OutsideAnswer) -> None:
+    def answer(self, answer: OutsideAnswer) -> None:
         """The answer, already recorded in the ledger by whoever took it."""
         self._answer = answer
 
