@@ -5,9 +5,13 @@ the answer page and ``dsr tasks complete`` use (intake/answers.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -192,3 +196,55 @@ async def test_an_uploaded_export_is_stored_encrypted_and_reaches_the_access_bun
     assert chat.outcome is not None and chat.outcome.datasets[0].records == 1
     sent = templates_sent(engine, request)
     assert "reply_access" in sent
+
+
+@pytest.mark.slow  # the verbs as processes
+@pytest.mark.parametrize("connectors", [[chat_tool()]])
+async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answer(engine: Engine) -> None:
+    env = {**os.environ, "DSR_HOME": str(engine.settings.home), "DSR_KEYS": TEST_KEYRING.to_env_value(),
+           "TEMPORAL_ADDRESS": engine.client.service_client.config.target_host}
+
+    async def dsr(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "dsr"), *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+        return process.returncode or 0, out.decode(), err.decode()
+
+    request, handle = await submit(engine, "erasure", language="en")
+    await mail_to(engine, PROCESSOR, 1)
+    code, out, err = await dsr("tasks", "list", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)
+    assert (row["request"], row["system"], row["type"], row["answer"]) == (request.request_id, "chat-tool",
+                                                                           "processor", "")
+    assert SUBJECT_EMAIL not in out
+
+    for args, message in [
+        (["--kept"], "error: --kept needs --basis (the legal basis) and --until (YYYY-MM-DD)"),
+        (["--done", "--cannot"], "error: give exactly one of --done, --no-data, --kept, --cannot, --no-answer"),
+        (["--kept", "--basis", "Art. 17(3)(b) GDPR", "--until", "31/12/2036"],
+         "error: --until must be a date YYYY-MM-DD, got '31/12/2036'"),
+    ]:
+        code, out, err = await dsr("tasks", "complete", request.request_id, "chat-tool", *args)
+        assert code == 1 and err.strip() == message and "Traceback" not in err
+    code, _, err = await dsr("tasks", "complete", request.request_id, "nowhere", "--done")
+    assert code == 1 and "has no task for system 'nowhere'" in err
+
+    code, out, err = await dsr("tasks", "complete", request.request_id, "chat-tool", "--no-answer",
+                               "--by", "operator:alice")
+    assert code == 0, err
+    assert out.strip() == f"{request.request_id} chat-tool: no_answer recorded"
+    await wait_for_stage(engine, handle, Stage.CLOSED)
+    current = await status(handle)
+    assert current.outcome == Outcome.FULFILLED
+    assert current.residuals == ["chat-tool: answer chat-tool - no answer yet"]
+    reply = readable(engine.mail.to(SUBJECT_EMAIL)[-1])
+    assert "No answer yet from this processor" in reply
+    code, _, err = await dsr("tasks", "complete", request.request_id, "chat-tool", "--done")
+    assert code == 1 and err.strip() == f"error: chat-tool of {request.request_id} was already answered"
+    code, out, _ = await dsr("tasks", "list")
+    assert code == 0 and out.strip() == "no task waits for an answer"
+    await handle.execute_update(DataSubjectRequest.clear_residuals,
+                                ResidualsCleared(cleared_by="operator:alice", note="asked again by phone"))
+    await handle.result()
