@@ -22,6 +22,7 @@ from dsr.domain.model import (
     RequestKind,
     Subject,
 )
+from dsr.errors import InvalidInputError
 
 __all__ = [
     "ANSWER_UPDATE",
@@ -51,7 +52,7 @@ UPLOAD_DATASET = "upload"
 _SYSTEM = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
-class AnswerRefused(ValueError):
+class AnswerRefused(InvalidInputError, ValueError):
     """An answer that cannot be recorded as given (kept without basis or date, cannot without reason)."""
 
 
