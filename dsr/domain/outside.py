@@ -143,10 +143,10 @@ def answer_outcome(system: str, kind: RequestKind, answer: OutsideAnswer, *,
                                        legal_basis=answer.legal_basis, retained_until=answer.kept_until,
                                        note="kept by them"))
         case AnswerStatus.CANNOT:
-            report.append(RecordReport(dataset=OUTSIDE_DATASET, record_id=system, action=RecordAction.RESIDUAL,
+            report.append(RecordReport(dataset=OUTSIDE_DATASET, record_id="*", action=RecordAction.RESIDUAL,
                                        note="they cannot carry it out"))
         case AnswerStatus.NO_ANSWER:
-            report.append(RecordReport(dataset=OUTSIDE_DATASET, record_id=system, action=RecordAction.RESIDUAL,
+            report.append(RecordReport(dataset=OUTSIDE_DATASET, record_id="*", action=RecordAction.RESIDUAL,
                                        note="no answer yet"))
         case AnswerStatus.NO_DATA:
             notes.append("no data about the subject")

@@ -99,6 +99,8 @@ async def test_a_processor_is_asked_by_email_and_its_answer_kept_with_basis_clos
     assert result.state == "recorded" and result.delivered
     final = await handle.result()
     await keep_history(handle, "processor_answered_kept")
+    await keep_history(engine.client.get_workflow_handle(outside_workflow_id(request.request_id, "chat-tool")),
+                       "processor_answered_kept")
     assert final.outcome == Outcome.FULFILLED
     chat = next(c for c in final.connectors if c.connector == "chat-tool")
     assert chat.outcome is not None and chat.outcome.answer is not None
@@ -134,6 +136,8 @@ async def test_reminders_go_before_the_date_then_the_answer_is_taken(engine: Eng
     assert result.delivered
     final = await handle.result()
     await keep_history(handle, "processor_reminded_then_done")
+    await keep_history(engine.client.get_workflow_handle(outside_workflow_id(request.request_id, "chat-tool")),
+                       "processor_reminded_then_done")
     assert final.outcome == Outcome.FULFILLED
     assert len(engine.mail.to(PROCESSOR)) == 2  # no reminder after the answer
     [line] = final.connectors[0].outcome.report  # type: ignore[union-attr]
@@ -167,13 +171,16 @@ async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_is_taken_
     assert line.action == RecordAction.RESIDUAL
     assert len(engine.mail.to(OWNER)) == 2  # the retry found the answer: nobody asked again
     # "Cannot" is followed up with the operator like residual data, and the reply says it is not done yet.
-    assert current.residuals == ["backups: answer backups - they cannot carry it out"]
+    assert current.residuals == ["backups: answer - they cannot carry it out"]
     reply = readable(engine.mail.to(SUBJECT_EMAIL)[-1])
     assert "Pas encore fait : notre équipe n'a pas encore pu le faire" in reply
     await handle.execute_update(DataSubjectRequest.clear_residuals,
                                 ResidualsCleared(cleared_by="operator:alice", note="tape erased"))
     await handle.result()
     await keep_history(handle, "manual_no_answer_then_retried")
+    # The retry's run of the task: it found the late answer in the ledger.
+    await keep_history(engine.client.get_workflow_handle(outside_workflow_id(request.request_id, "backups")),
+                       "manual_answer_found_on_retry")
 
 
 @pytest.mark.parametrize("connectors", [[chat_tool(language=Language.FR)]])
@@ -238,7 +245,7 @@ async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answ
     await wait_for_stage(engine, handle, Stage.CLOSED)
     current = await status(handle)
     assert current.outcome == Outcome.FULFILLED
-    assert current.residuals == ["chat-tool: answer chat-tool - no answer yet"]
+    assert current.residuals == ["chat-tool: answer - no answer yet"]
     reply = readable(engine.mail.to(SUBJECT_EMAIL)[-1])
     assert "No answer yet from this processor" in reply
     code, _, err = await dsr("tasks", "complete", request.request_id, "chat-tool", "--done")
