@@ -16,8 +16,8 @@ from temporalio.worker import Replayer
 
 from dsr.store.crypto import data_converter
 from tests.harness import TEST_KEYRING, project_version
-from workflows.request import DataSubjectRequest
 from workflows.outside import OutsideSystemTask
+from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
