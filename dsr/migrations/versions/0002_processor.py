@@ -17,6 +17,8 @@ UTC_DATETIME = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    if "outside_tasks" in sa.inspect(op.get_bind()).get_table_names():
+        return  # a database that lost its revision stamp (see 0001): its tables stay as they are
     op.create_table(
         "outside_tasks",
         sa.Column("request_id", sa.String(length=100), nullable=False),
