@@ -18,6 +18,7 @@ from activities.deadlines import deadlines_resumed, local_instant
 from activities.intake import IntakeActivities
 from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
+from activities.outside import ANSWER_LINK_PURPOSE, OutsideActivities
 from activities.replies import ReplyActivities
 from activities.storage import StorageActivities
 from activities.subjects import ask_subject_turn, subject_request_running
@@ -30,12 +31,14 @@ from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
+from dsr.store.tasks import OutsideTasks
 from intake.service import TriagedSubmission
+from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
-WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue)
+WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue, OutsideSystemTask)
 
 
 class LedgerSentLog:
@@ -92,7 +95,14 @@ def activities_for(
         TriagedSubmission(settings, ledger),
         delete_documents=AttachmentStore(exports.objects, keyring).delete_all,
     )
+    connectors = list(connectors)
     fan_out = ConnectorActivities(connectors, exports)
+    outside = OutsideActivities(
+        connectors, OutsideTasks(ledger.engine, keyring),
+        Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
+               mail_domain=settings.mail_domain),
+        DownloadLinks(keyring, purpose=ANSWER_LINK_PURPOSE), public_url=settings.intake_url,
+        controller_name=signature, sent_log=LedgerSentLog(ledger))
     replies = ReplyActivities(
         Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                mail_domain=settings.mail_domain),
@@ -110,6 +120,8 @@ def activities_for(
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,
+        outside.open_outside_task,
+        outside.send_outside_mail,
         deadlines_resumed,
         local_instant,
         replies.send_reply,

@@ -20,6 +20,7 @@ from connectors.base import (
     TransientConnectorError,
     unexpected_remains,
 )
+from connectors.outside import OutsideSystem
 from dsr.domain.model import (
     ConnectorHealth,
     ConnectorOutcome,
@@ -59,7 +60,9 @@ class ConnectorActivities:
     @activity.defn(name="plan_fanout")
     async def plan_fanout(self, plan: PlanInput) -> FanOutPlan:
         """Which connectors take part in a request of this kind, in a stable order."""
-        return FanOutPlan(connectors=sorted(n for n, c in self._connectors.items() if plan.kind in c.kinds))
+        names = sorted(n for n, c in self._connectors.items() if plan.kind in c.kinds)
+        return FanOutPlan(connectors=names,
+                          outside=[n for n in names if isinstance(self._connectors[n], OutsideSystem)])
 
     @activity.defn(name="run_connector")
     async def run_connector(self, task: ConnectorTask) -> ConnectorOutcome:

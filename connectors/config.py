@@ -5,7 +5,7 @@ reported with the file, the key and what was expected.
 
 ```toml
 [[connectors]]
-type = "hubspot"                       # hubspot | stripe | woocommerce | sql (connectors/sql/map.py)
+type = "hubspot"                       # hubspot | stripe | woocommerce | sql | processor | manual
 name = "crm"                           # unique, shown to operators (default: the type)
 base_url = "https://api.hubapi.com"    # default: the vendor's real API (required for woocommerce)
 kinds = ["access", "erasure", "rectification", "portability"]   # default: all four
@@ -17,6 +17,23 @@ timeout_seconds = 30
 dataset = "orders"
 legal_basis = "Art. 17(3)(b) GDPR; Code de commerce L123-22"
 years = 10
+```
+
+A processor reached by email, and a system only a person acts on (connectors/outside.py):
+
+```toml
+[[connectors]]
+type = "processor"
+name = "chat-tool"
+contact = "privacy@chat-tool.example"  # its privacy contact (Art. 28(3)(e))
+language = "en"                        # of the emails to it: fr | en
+answer_within_days = 10                # the date we need the answer by (before our own deadline)
+reminder_days = [3, 1]                 # reminders, days before that date
+
+[[connectors]]
+type = "manual"
+name = "backups"
+owner = "backup-admin@company.example" # the internal owner who answers
 ```
 """
 
@@ -31,11 +48,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import Connector, RetentionRule, month_day
 from connectors.http import RateLimiter, SharedWindows
+from connectors.outside import OutsideSystem
 from connectors.sql.map import SqlMap, SqlMapError, SubjectConfig, TableConfig, resolve
-from dsr.domain.model import RequestKind
+from dsr.domain.model import Language, RequestKind, is_valid_email
+from dsr.domain.outside import OUTSIDE_TYPES
 from dsr.errors import ConfigurationError
 
-ConnectorType = Literal["hubspot", "stripe", "woocommerce", "sql"]
+ConnectorType = Literal["hubspot", "stripe", "woocommerce", "sql", "processor", "manual"]
 
 CREDENTIALS: dict[str, dict[str, str]] = {
     "hubspot": {"token": "the HubSpot private-app token"},
@@ -43,10 +62,13 @@ CREDENTIALS: dict[str, dict[str, str]] = {
     "woocommerce": {"consumer_key": "the WooCommerce consumer key",
                     "consumer_secret": "the WooCommerce consumer secret"},
     "sql": {},  # url_env and hash_key_env name its secrets
+    "processor": {},  # no secret: answered through the signed answer page
+    "manual": {},
 }
 DEFAULT_BASE_URL = {"hubspot": "https://api.hubapi.com", "stripe": "https://api.stripe.com"}
 # The vendors' documented limits: HubSpot 100 per 10 s (Free/Starter), Stripe 25/s in test mode.
-DEFAULT_RATE = {"hubspot": (100, 10.0), "stripe": (25, 1.0), "woocommerce": (20, 1.0), "sql": (1000, 1.0)}
+DEFAULT_RATE = {"hubspot": (100, 10.0), "stripe": (25, 1.0), "woocommerce": (20, 1.0), "sql": (1000, 1.0),
+                "processor": (1000, 1.0), "manual": (1000, 1.0)}
 HUBSPOT_SEARCH_RATE = (4, 1.25)
 """HubSpot's CRM search allows 5 requests per second per account: 4 per 1.25 s leaves the margin."""
 
@@ -100,6 +122,15 @@ class ConnectorConfig(BaseModel):
     tables: list[TableConfig] | None = None
     rectify: dict[str, str | list[str]] = Field(default_factory=dict,
                                                 description="Canonical field -> table.column (or a list).")
+    # type = "processor" / "manual" only: who answers, in which language, by when (connectors/outside.py)
+    contact: str | None = Field(default=None, description="processor: its privacy contact's email address.")
+    owner: str | None = Field(default=None, description="manual: the internal owner's email address.")
+    language: Language | None = Field(default=None, description="Language of the emails to them (fr | en).")
+    answer_within_days: int | None = Field(default=None, ge=1, le=60,
+                                           description="Days from the first email to the answer-by date.")
+    reminder_days: list[int] | None = Field(default=None, max_length=5,
+                                            description="Reminders, days before the answer-by date.")
+    label: str | None = Field(default=None, max_length=80, description="How the emails name the system.")
 
     @field_validator("credentials")
     @classmethod
@@ -156,6 +187,11 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
                                   f"expected {', '.join(expected)}")
         if connector.type == "woocommerce" and not connector.base_url:
             raise ConfigFileError(f"{where}.base_url: required for woocommerce (the shop's address)")
+        outside_keys = [k for k in OUTSIDE_KEYS if getattr(connector, k) is not None]
+        if connector.type in OUTSIDE_TYPES:
+            _check_outside(connector, where)
+        elif outside_keys:
+            raise ConfigFileError(f"{where}.{outside_keys[0]}: only for type = \"processor\" or \"manual\"")
         sql_keys = [k for k in ("url_env", "hash_key_env", "subject", "tables") if getattr(connector, k)]
         sql_keys += ["rectify"] if connector.rectify else []
         if connector.type != "sql":
@@ -169,6 +205,48 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
             raise ConfigFileError(f"{where}.hash_key_env: required when a column is hashed; expected the name of "
                                   "the environment variable holding the hash key")
     return config
+
+
+OUTSIDE_KEYS = ("contact", "owner", "language", "answer_within_days", "reminder_days", "label")
+OUTSIDE_DEFAULTS = {"processor": (10, (3, 1)), "manual": (7, (2,))}
+"""Per type: days to answer, and reminders (days before the answer-by date)."""
+
+
+def _check_outside(connector: ConnectorConfig, where: str) -> None:
+    """A processor names its contact, a manual system its owner; each a valid address, reminders inside the
+    answering period."""
+    key, other = ("contact", "owner") if connector.type == "processor" else ("owner", "contact")
+    address = getattr(connector, key)
+    if getattr(connector, other) is not None:
+        raise ConfigFileError(f"{where}.{other}: not for type = \"{connector.type}\" (it takes {key})")
+    if not address:
+        raise ConfigFileError(f"{where}.{key}: missing; expected the email address that answers for "
+                              f"{connector.display_name}")
+    if not (is_valid_email(address) or is_valid_email(address.removesuffix("@localhost") + "@localhost.localdomain")):
+        raise ConfigFileError(f"{where}.{key}: not a valid email address")
+    for k in ("rate_limit", "retention", "base_url"):
+        if getattr(connector, k) is not None:
+            raise ConfigFileError(f"{where}.{k}: not for type = \"{connector.type}\"")
+    within, _ = OUTSIDE_DEFAULTS[connector.type]
+    within = connector.answer_within_days or within
+    for day in connector.reminder_days or ():
+        if not 1 <= day < within:
+            raise ConfigFileError(f"{where}.reminder_days: {day} is not between 1 and answer_within_days - 1 "
+                                  f"({within - 1})")
+
+
+def outside_system_of(connector: ConnectorConfig) -> OutsideSystem:
+    """The ``processor`` / ``manual`` system of a checked configuration."""
+    within, reminders = OUTSIDE_DEFAULTS[connector.type]
+    contact = connector.contact if connector.type == "processor" else connector.owner
+    assert contact is not None  # parse_config checked it
+    return OutsideSystem(
+        name=connector.display_name, type=connector.type, contact=contact,
+        language=connector.language or Language.EN,
+        answer_within_days=connector.answer_within_days or within,
+        reminder_days=tuple(sorted(set(connector.reminder_days), reverse=True))
+        if connector.reminder_days is not None else reminders,
+        label=connector.label or "", kinds=frozenset(connector.kinds))
 
 
 def sql_map_of(connector: ConnectorConfig, where: str = "") -> SqlMap:
@@ -224,6 +302,8 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
 
     With ``shared`` (the worker passes the ledger database's windows), its rate limits are kept across every
     worker: the vendor's limit is per account, not per process."""
+    if connector.type in OUTSIDE_TYPES:
+        return outside_system_of(connector)
     secrets = _secrets(connector, env)
     requests, per_seconds = (
         (connector.rate_limit.requests, connector.rate_limit.per_seconds)

@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from activities.outside import ANSWER_LINK_PURPOSE
 from dsr.config.settings import ConfigError, Settings
-from dsr.domain.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
+from dsr.domain.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked, OutsideAnswer, RequestKind
 from dsr.mail.bundle import BundleStream, open_bundle
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
@@ -23,9 +24,12 @@ from dsr.store.exports import ExportStore
 from dsr.store.guards import AnswerThrottle, Guards
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
+from dsr.store.tasks import OutsideTasks
+from intake.answers import AnswerResult, ExportFile, record_answer
 from intake.email.poller import Mailbox
 from intake.email.settings import MailboxSettings
 from intake.service import IdentityOutcome, IntakeService, RateLimits, confirm_identity, resend_identity_email
+from intake.web.answers import answers_router
 from intake.web.api import DeskSettings, api_router
 from intake.web.app import intake_app
 from intake.web.form import form_router
@@ -74,6 +78,23 @@ def _link_only(ledger: Ledger, request_id: str) -> bool:
     """No code was offered for this request (an erasure or a rectification): ``/verify`` takes none."""
     found = ledger.get_request(request_id)
     return found is not None and found.kind in LINK_ONLY_KINDS
+
+
+def outside_answers_router(keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client, *,
+                           default_language: str, public_path: str,
+                           clock: Callable[[], datetime] | None = None) -> APIRouter:
+    """``/answer/{token}``: the answers of processors and internal owners, into the ledger and their tasks."""
+    tasks = OutsideTasks(ledger.engine, keyring)
+
+    def kind_of(request_id: str) -> RequestKind | None:
+        found = ledger.get_request(request_id)
+        return found.kind if found is not None else None
+
+    async def take(request_id: str, system: str, answer: OutsideAnswer, upload: ExportFile | None) -> AnswerResult:
+        return await record_answer(tasks, client, request_id, system, answer, exports=exports, upload=upload)
+
+    return answers_router(DownloadLinks(keyring, purpose=ANSWER_LINK_PURPOSE), task_of=tasks.get, kind_of=kind_of,
+                          take=take, default_language=default_language, public_path=public_path, clock=clock)
 
 
 def build_intake_app(
@@ -137,6 +158,8 @@ def build_intake_app(
             public_path=public_path,
             controller_name=settings.controller_name,
         ),
+        outside_answers_router(keyring, ledger, exports, client, default_language=language,
+                               public_path=public_path),
     ]
     app = intake_app(
         links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),

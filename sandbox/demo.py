@@ -151,6 +151,24 @@ credentials = {{ consumer_key = "DSR_DEMO_WOO_KEY", consumer_secret = "DSR_DEMO_
 
 # The application database of the SaaS (SQLite in DSR_HOME/demo/app.sqlite3) and its map.
 {appdb.app_map(APP_URL_ENV, APP_HASH_KEY_ENV).strip()}
+
+# A processor with no erasure API, reached by email (its answer page is on the intake; the email lands in the
+# local SMTP sink), and the backups, which only their administrator can act on. `dsr tasks list` shows them.
+[[connectors]]
+type = "processor"
+name = "support-chat"
+contact = "privacy@support-chat.example"
+language = "en"
+answer_within_days = 10
+reminder_days = [3, 1]
+
+[[connectors]]
+type = "manual"
+name = "backups"
+owner = "backup-admin@example.com"
+language = "fr"
+answer_within_days = 7
+reminder_days = [2]
 """
 
 

@@ -206,13 +206,24 @@ def test_demo_serves_sample_customers_through_real_connectors(stack: Stack) -> N
     check = stack.dsr("connectors", "check", "--json")
     assert check.returncode == 0, check.stdout + check.stderr
     assert {(r["name"], r["ok"]) for r in json.loads(check.stdout)} == {
-        ("app", True), ("hubspot", True), ("stripe", True), ("woocommerce", True)}
+        ("app", True), ("hubspot", True), ("stripe", True), ("woocommerce", True), ("support-chat", True),
+        ("backups", True)}
 
     submitted = json.loads(stack.dsr("submit", "--kind", "erasure", "--email", "hugo.bernard@example.net",
                                      "--json").stdout)
     request_id = submitted["id"]
     wait_until(lambda: stack.dsr("confirm-identity", request_id, "--method", "email").returncode == 0,
                "the identity step")
+    # The processor (by email) and the backups (a person) answer: here through `dsr tasks complete`.
+    waiting = wait_until(lambda: len(rows := json.loads(stack.dsr("tasks", "list", "--json").stdout)) == 2 and rows,
+                         "the processor's and the owner's tasks")
+    assert {(r["system"], r["type"]) for r in waiting} == {("support-chat", "processor"), ("backups", "manual")}
+    wait_until(lambda: any(m["To"] == "privacy@support-chat.example" and request_id in str(m["Subject"])
+                           for m in stack.outbox()), "the email to the processor, with its answer link")
+    for args in (["support-chat", "--done"],
+                 ["backups", "--kept", "--basis", "Art. 17(3)(b) GDPR", "--until", "2027-06-30"]):
+        answered = stack.dsr("tasks", "complete", request_id, *args, "--by", "operator:alice")
+        assert answered.returncode == 0, answered.stderr
 
     def closed() -> dict | None:
         status = json.loads(stack.dsr("status", request_id, "--json").stdout)

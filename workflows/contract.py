@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.intake import SUBMISSION_ERROR, IntakeActivities
     from activities.ledger import LedgerActivities
     from activities.notices import NOTICE_INVALID_ADDRESS, NOTICE_REJECTED, NoticeActivities
+    from activities.outside import OutsideActivities
     from activities.replies import INCOMPLETE_PROFILE, REPLY_INVALID, ReplyActivities
     from activities.storage import StorageActivities
     from activities.subjects import ask_subject_turn, subject_request_running
@@ -59,6 +60,7 @@ __all__ = [
     "IntakeActivities",
     "LedgerActivities",
     "NoticeActivities",
+    "OutsideActivities",
     "ReplyActivities",
     "StorageActivities",
     "ask_subject_turn",

@@ -14,7 +14,7 @@ import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.deadlines import deadline_as_search_value
@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         confirmation_refused,
         subject_queue_id,
     )
+    from dsr.domain.outside import OutsideTaskInput
     from workflows import search_attributes as sa
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.contract import (
@@ -94,6 +95,7 @@ from workflows.contract import (
     deadlines_resumed,
     summarised,
 )
+from workflows.outside import run_outside_task
 from workflows.subjects import SubjectQueue
 
 UNVERIFIED_LEAD = timedelta(hours=15)
@@ -183,6 +185,7 @@ class DataSubjectRequest:
         # earlier schedule are stale) and the checkpoint a fresh schedule resumes from.
         self._schedules: dict[str, int] = {}
         self._cursors: dict[str, dict | None] = {}
+        self._outside: set[str] = set()  # systems answered by a person: a child workflow each (workflows/outside.py)
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -389,6 +392,7 @@ class DataSubjectRequest:
         )
         for name in plan.connectors:
             self._progress.setdefault(name, ConnectorProgress(connector=name))
+        self._outside = set(plan.outside)
         self._update_details()
 
         while True:
@@ -542,7 +546,7 @@ class DataSubjectRequest:
         watcher = asyncio.create_task(self._watch_failing(progress))
         try:
             outcome = await self._run_resuming(progress)
-        except ActivityError as err:
+        except (ActivityError, ChildWorkflowError) as err:
             cause = err.cause
             progress.state = ConnectorState.FAILED
             progress.error = str(cause.message if isinstance(cause, ApplicationError) else err.message)
@@ -585,6 +589,11 @@ class DataSubjectRequest:
         fresh activity from that checkpoint, with attempts and backoff reset. Within bounds: RESUMES_MAX and
         RESUME_WINDOW; a connector that never progresses keeps CONNECTOR' budget (about a day)."""
         name = progress.connector
+        if name in self._outside:
+            return await run_outside_task(OutsideTaskInput(
+                request_id=self._request.request_id, system=name, kind=self._request.kind,
+                subject=self._request.subject, deadline=self._deadline.due, changes=dict(self._request.changes),
+                now=workflow.now()))
         started = workflow.now()
         resumed = 0
         while True:

@@ -9,7 +9,20 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from dsr.cli import attachments, config, connectors, db, decisions, demo, keys, register, requests, services, triage
+from dsr.cli import (
+    attachments,
+    config,
+    connectors,
+    db,
+    decisions,
+    demo,
+    keys,
+    register,
+    requests,
+    services,
+    tasks,
+    triage,
+)
 
 app = typer.Typer(
     name="dsr",
@@ -65,6 +78,7 @@ app.command("intake")(services.intake)
 app.command("codec-server")(services.codec_server)
 # Sub-apps.
 app.add_typer(triage.app, name="triage")
+app.add_typer(tasks.app, name="tasks")
 app.add_typer(attachments.app, name="attachments")
 app.add_typer(connectors.app, name="connectors")
 app.add_typer(config.app, name="config")

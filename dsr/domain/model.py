@@ -468,6 +468,34 @@ class DatasetSummary:
     provided: bool  # Art. 20: data the subject provided (profile, addresses, orders), not derived data
 
 
+class AnswerStatus(StrEnum):
+    """What a processor (by email) or an internal owner (a task) answered for one request."""
+
+    DONE = "done"  # carried out (erased, exported, corrected) by them
+    NO_DATA = "no_data"  # they hold nothing about the subject
+    KEPT = "kept"  # kept under a legal basis, until a date
+    CANNOT = "cannot"  # they cannot carry it out (reason given)
+    NO_ANSWER = "no_answer"  # recorded by an operator: the reply goes without their answer (told as such)
+
+
+@dataclass
+class OutsideAnswer:
+    """The answer of a system reached by a person (``processor`` by email, ``manual`` task), as recorded.
+
+    ``reason`` and ``legal_basis`` are typed by a person: they travel only in encrypted payloads and the sealed
+    ledger row, never in ids, summaries or failure messages."""
+
+    status: AnswerStatus
+    legal_basis: str = ""  # kept
+    kept_until: date | None = None  # kept
+    reason: str = ""  # cannot
+    answered_by: str = ""  # "processor" (the link), "owner" (the link), or the operator's name (CLI)
+    answered_at: datetime | None = None
+    export_records: int = 0  # records of an uploaded export file, stored encrypted with the request's exports
+    asked_on: date | None = None  # when the request was first sent to them
+    system_type: str = ""  # "processor" or "manual": the reply says who acted
+
+
 @dataclass
 class ConnectorOutcome:
     """What one connector did. Counts and ids only: record contents go to the export store, never history."""
@@ -478,6 +506,7 @@ class ConnectorOutcome:
     notes: list[str] = field(default_factory=list)  # human-readable, no personal data
     report: list[RecordReport] = field(default_factory=list)
     datasets: list[DatasetSummary] = field(default_factory=list)
+    answer: OutsideAnswer | None = None  # a system reached by a person: what they answered (the reply says so)
 
 
 @dataclass
@@ -500,6 +529,9 @@ class FanOutPlan:
     """Which connectors take part in a request of a given kind (from the worker's configuration)."""
 
     connectors: list[str]
+    outside: list[str] = field(default_factory=list)
+    """Those of ``connectors`` reached by a person (``processor``, ``manual``): each runs as an
+    ``OutsideSystemTask`` child workflow instead of the connector activity."""
 
 
 @dataclass

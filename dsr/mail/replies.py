@@ -30,7 +30,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dsr.config.profile import ControllerProfile, Localized, SupervisoryAuthority, check_profile, is_third_country
-from dsr.domain.model import ConnectorOutcome, Language, RecordAction, RecordReport, RequestKind, is_valid_email
+from dsr.domain.model import (
+    AnswerStatus,
+    ConnectorOutcome,
+    Language,
+    RecordAction,
+    RecordReport,
+    RequestKind,
+    is_valid_email,
+)
 from dsr.errors import ConfigurationError
 from templates import ENVIRONMENT, RenderedNotice, one_line
 
@@ -329,8 +337,26 @@ def _groups(lines: list[RecordReport], lang: str, profile: ControllerProfile | N
     return out
 
 
+def _outside(outcome: ConnectorOutcome, lang: str, profile: ControllerProfile | None) -> dict[str, Any] | None:
+    """What a processor or our own team answered for a system no API reaches (the reply says who acted)."""
+    answer = outcome.answer
+    if answer is None:
+        return None
+    return {
+        "status": AnswerStatus(answer.status).value,
+        "processor": answer.system_type != "manual",
+        "legal_basis": _s(legal_basis_wording(answer.legal_basis, lang, profile)) if answer.legal_basis else "",
+        "until": _iso(answer.kept_until),
+        "asked_on": _iso(answer.asked_on),
+        "records": str(answer.export_records) if answer.export_records else "",
+    }
+
+
 def _erasure_system(outcome: ConnectorOutcome, label: str, lang: str,
                     profile: ControllerProfile | None = None) -> dict[str, Any]:
+    if outcome.answer is not None:  # one answer, not records: told by the ``outside`` lines
+        return {"label": label, "deleted": [], "anonymised": [], "retained": [], "residual": [], "already_gone": [],
+                "nothing": False, "outside": _outside(outcome, lang, profile)}
     real = [line for line in outcome.report if line.record_id not in _PLACEHOLDER_IDS]
     by_action = {action: [line for line in real if line.action == action] for action in RecordAction}
     return {
@@ -341,11 +367,15 @@ def _erasure_system(outcome: ConnectorOutcome, label: str, lang: str,
         "residual": _groups(by_action[RecordAction.RESIDUAL], lang, profile),
         "already_gone": _groups(by_action[RecordAction.ALREADY_GONE], lang, profile),
         "nothing": not real,
+        "outside": None,
     }
 
 
 def _rectification_system(outcome: ConnectorOutcome, label: str, lang: str,
                           profile: ControllerProfile | None = None) -> dict[str, Any]:
+    if outcome.answer is not None:
+        return {"label": label, "changed": [], "unchanged": [], "nothing": False,
+                "outside": _outside(outcome, lang, profile)}
     changed = [line for line in outcome.report if line.action == RecordAction.CHANGED]
     unchanged = [line for line in outcome.report if line.action == RecordAction.UNCHANGED]
     return {
@@ -353,6 +383,7 @@ def _rectification_system(outcome: ConnectorOutcome, label: str, lang: str,
         "changed": _groups(changed, lang, profile),
         "unchanged": _groups(unchanged, lang, profile),
         "nothing": not changed and not unchanged,
+        "outside": None,
     }
 
 
@@ -361,17 +392,25 @@ def _dataset_lines(outcome: ConnectorOutcome, lang: str, *, provided: bool | Non
             for d in outcome.datasets if provided is None or d.provided == provided]
 
 
-def _data_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[str, Any]:
+def _data_system(outcome: ConnectorOutcome, label: str, lang: str,
+                 profile: ControllerProfile | None = None) -> dict[str, Any]:
+    if outcome.answer is not None:
+        return {"label": label, "datasets": [], "nothing": False, "outside": _outside(outcome, lang, profile)}
     datasets = [d for d in _dataset_lines(outcome, lang, provided=None) if d["count"] != "0"]
     if not datasets and outcome.found:
         datasets = [{"dataset": _RECORDS[lang], "count": str(outcome.found)}]
-    return {"label": label, "datasets": datasets, "nothing": not datasets}
+    return {"label": label, "datasets": datasets, "nothing": not datasets, "outside": None}
 
 
-def _portability_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[str, Any]:
+def _portability_system(outcome: ConnectorOutcome, label: str, lang: str,
+                        profile: ControllerProfile | None = None) -> dict[str, Any]:
+    if outcome.answer is not None:
+        # What a processor sent is not data the subject provided to us: the archive keeps it for access only.
+        return {"label": label, "datasets": [], "excluded": [], "nothing": False,
+                "outside": _outside(outcome, lang, profile)}
     provided = [d for d in _dataset_lines(outcome, lang, provided=True) if d["count"] != "0"]
     excluded = [d for d in _dataset_lines(outcome, lang, provided=False) if d["count"] != "0"]
-    return {"label": label, "datasets": provided, "excluded": excluded, "nothing": not provided}
+    return {"label": label, "datasets": provided, "excluded": excluded, "nothing": not provided, "outside": None}
 
 
 def _changed_fields(systems: list[ConnectorOutcome], lang: str) -> list[str]:
@@ -428,12 +467,13 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
     }
     pairs = list(zip(context.systems, labels, strict=True))
     if kind == ReplyKind.ACCESS:
-        values["systems"] = [_data_system(o, label, lang) for o, label in pairs]
+        values["systems"] = [_data_system(o, label, lang, profile) for o, label in pairs]
     elif kind == ReplyKind.PORTABILITY:
-        values["systems"] = [_portability_system(o, label, lang) for o, label in pairs]
+        values["systems"] = [_portability_system(o, label, lang, profile) for o, label in pairs]
     elif kind == ReplyKind.ERASURE:
         values["systems"] = [_erasure_system(o, label, lang, profile) for o, label in pairs]
-        values["residuals"] = any(s["residual"] for s in values["systems"])
+        values["residuals"] = any(s["residual"] or (s["outside"] and s["outside"]["status"] in ("cannot", "no_answer"))
+                                  for s in values["systems"])
     elif kind == ReplyKind.RECTIFICATION:
         values["systems"] = [_rectification_system(o, label, lang, profile) for o, label in pairs]
     elif kind == ReplyKind.ART19_NOTICE:

@@ -107,7 +107,7 @@ def intake_app(
 
     async def server_error(request: Request, exc: Exception) -> Response:
         # The path only up to a token: tokens never reach the logs.
-        where = re.sub(r"/(exports|verify)/.*", r"/\1/…", request.url.path)
+        where = re.sub(r"/(exports|verify|answer)/.*", r"/\1/…", request.url.path)
         logger.error("intake: unexpected %s on %s", type(exc).__name__, where)
         if wants_json(request):
             return JSONResponse({"error": "internal error"}, status_code=500)

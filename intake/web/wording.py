@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from intake.submission import MAX_DETAILS, MAX_NAME
 
-__all__ = ["COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "STATUS", "VERIFY"]
+__all__ = ["ANSWER", "COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "STATUS", "VERIFY"]
 
 LANGUAGES = ("fr", "en")
 """The languages of the pages, the default first."""
@@ -326,6 +326,76 @@ FORM: dict[str, dict[str, str]] = {
     },
 }
 """The public form: ``/`` and ``/submitted``."""
+
+
+ANSWER: dict[str, dict[str, str]] = {
+    "en": {
+        **COMMON["en"],
+        "title": "Answer a data-subject request",
+        "intro": "Request {reference} ({kind}) concerns {system}. We need your answer by {answer_by}. Say what you "
+        "did; the answer is recorded once.",
+        "status": "Your answer",
+        "done": "Done: carried out as asked",
+        "no_data": "No data about this person",
+        "kept": "Kept: a legal obligation requires keeping the data",
+        "cannot": "Cannot be carried out",
+        "legal_basis": "Legal basis for keeping it",
+        "legal_basis_hint": "For example: Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting, 10 years).",
+        "until": "Kept until (date)",
+        "reason": "Why it cannot be carried out",
+        "file": "Export file (optional: CSV, JSON or any other file, up to 10 MB)",
+        "submit": "Send the answer",
+        "missing_status": "Choose an answer.",
+        "missing_basis": "Give the legal basis for keeping the data.",
+        "missing_until": "Give the date until which the data is kept (after today).",
+        "missing_reason": "Say why it cannot be carried out.",
+        "file_refused": "The file could not be taken (at most 10 MB).",
+        "thanks_title": "Thank you: your answer is recorded",
+        "thanks_body": "Request {reference}: nothing more is needed from you.",
+        "already_title": "This request was already answered",
+        "already_body": "An answer was recorded on {answered_on}. If it must change, reply to our email.",
+        "invalid_body": "Check that you copied the whole link from our email.",
+        "expired_title": "This link has expired",
+        "expired_body": "Reply to our email and we will send a new link.",
+        "form_invalid_body": "Open the link from our email again.",
+        "error_title": "A temporary problem prevented the answer",
+        "error_body": "Please try again in a few minutes.",
+    },
+    "fr": {
+        **COMMON["fr"],
+        "title": "Répondre à une demande d’exercice de droits",
+        "intro": "La demande {reference} ({kind}) concerne {system}. Nous avons besoin de votre réponse avant le "
+        "{answer_by}. Indiquez ce que vous avez fait\u00a0; la réponse n’est enregistrée qu’une fois.",
+        "status": "Votre réponse",
+        "done": "Fait\u00a0: réalisé comme demandé",
+        "no_data": "Aucune donnée sur cette personne",
+        "kept": "Conservé\u00a0: une obligation légale impose de garder les données",
+        "cannot": "Impossible à réaliser",
+        "legal_basis": "Base légale de la conservation",
+        "legal_basis_hint": "Par exemple\u00a0: art. 17(3)(b) RGPD\u00a0; Code de commerce L123-22 (comptabilité, "
+        "10\u00a0ans).",
+        "until": "Conservé jusqu’au (date)",
+        "reason": "Pourquoi ce n’est pas possible",
+        "file": "Fichier d’export (facultatif\u00a0: CSV, JSON ou autre, 10\u00a0Mo au plus)",
+        "submit": "Envoyer la réponse",
+        "missing_status": "Choisissez une réponse.",
+        "missing_basis": "Indiquez la base légale de la conservation.",
+        "missing_until": "Indiquez la date de fin de conservation (postérieure à aujourd’hui).",
+        "missing_reason": "Indiquez pourquoi ce n’est pas possible.",
+        "file_refused": "Le fichier n’a pas pu être pris (10\u00a0Mo au plus).",
+        "thanks_title": "Merci\u00a0: votre réponse est enregistrée",
+        "thanks_body": "Demande {reference}\u00a0: nous n’avons besoin de rien d’autre.",
+        "already_title": "Une réponse a déjà été donnée à cette demande",
+        "already_body": "Une réponse a été enregistrée le {answered_on}. Pour la modifier, répondez à notre courriel.",
+        "invalid_body": "Vérifiez que vous avez copié le lien complet depuis notre courriel.",
+        "expired_title": "Ce lien a expiré",
+        "expired_body": "Répondez à notre courriel et nous vous enverrons un nouveau lien.",
+        "form_invalid_body": "Ouvrez de nouveau le lien de notre courriel.",
+        "error_title": "Un problème temporaire a empêché l’enregistrement de la réponse",
+        "error_body": "Veuillez réessayer dans quelques minutes.",
+    },
+}
+"""``/answer/{token}``: a processor's or an internal owner's answer to a request."""
 
 
 STATUS: dict[str, dict[str, str]] = {

@@ -159,3 +159,59 @@ def test_config_check_lists_what_the_profile_misses(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["profile_complete"] and report["connectors"] == ["crm", "woocommerce"]
+
+
+OUTSIDE = """
+[[connectors]]
+type = "processor"
+name = "chat-tool"
+contact = "privacy@chat-tool.example"
+language = "fr"
+answer_within_days = 12
+reminder_days = [1, 4]
+kinds = ["erasure", "access"]
+
+[[connectors]]
+type = "manual"
+name = "backups"
+owner = "backup-admin@example.com"
+"""
+
+
+def test_processor_and_manual_systems_build_with_their_contact_language_and_dates() -> None:
+    from connectors.config import build_connectors
+    from connectors.outside import OutsideSystem
+    from dsr.domain.model import Language
+
+    chat, backups = build_connectors(parse_config(OUTSIDE), env={})  # no secret: answered through a page
+    assert isinstance(chat, OutsideSystem) and isinstance(backups, OutsideSystem)
+    assert (chat.type, chat.contact, chat.language, chat.answer_within_days, chat.reminder_days, chat.kinds) == (
+        "processor", "privacy@chat-tool.example", Language.FR, 12, (4, 1),
+        frozenset({RequestKind.ERASURE, RequestKind.ACCESS}))
+    # A manual system's defaults: a week to answer, a reminder two days before, emails in English.
+    assert (backups.type, backups.contact, backups.language, backups.answer_within_days, backups.reminder_days) == (
+        "manual", "backup-admin@example.com", Language.EN, 7, (2,))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[connectors]]\ntype = 'processor'\nname = 'chat'",
+         "connectors[0].contact: missing; expected the email address that answers for chat"),
+        ("[[connectors]]\ntype = 'manual'\nname = 'backups'\ncontact = 'a@example.com'",
+         "connectors[0].contact: not for type = \"manual\" (it takes owner)"),
+        ("[[connectors]]\ntype = 'processor'\ncontact = 'not an address'", "connectors[0].contact: not a valid email"),
+        ("[[connectors]]\ntype = 'processor'\ncontact = 'a@example.com'\nanswer_within_days = 5\n"
+         "reminder_days = [5]", "connectors[0].reminder_days: 5 is not between 1 and answer_within_days - 1 (4)"),
+        ("[[connectors]]\ntype = 'processor'\ncontact = 'a@example.com'\nlanguage = 'de'",
+         "connectors[0].language: Input should be 'fr' or 'en'"),
+        ("[[connectors]]\ntype = 'processor'\ncontact = 'a@example.com'\nbase_url = 'https://x.example'",
+         "connectors[0].base_url: not for type = \"processor\""),
+        ("[[connectors]]\ntype = 'stripe'\ncredentials = { api_key = 'K' }\nowner = 'a@example.com'",
+         "connectors[0].owner: only for type = \"processor\" or \"manual\""),
+    ],
+)
+def test_processor_and_manual_mistakes_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigFileError) as raised:
+        parse_config(text)
+    assert message in str(raised.value)

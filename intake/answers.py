@@ -1,0 +1,136 @@
+"""Taking the answer of a system reached by a person: from the answer page, or from ``dsr tasks complete``.
+
+One way for both: the answer is checked (kept -> basis and date, cannot -> reason), an uploaded export file is
+stored encrypted with the request's exports (dataset ``upload`` of the system), the answer is recorded in the
+ledger once (:meth:`dsr.store.tasks.OutsideTasks.record_answer`: a second answer, on any replica, is refused),
+then handed to the waiting ``OutsideSystemTask`` workflow (the ``answer`` update). The ledger is the record: when
+the workflow no longer waits (no answer came by the date, and the request asks for attention), the answer stays
+there, and the operator's retry of the request takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from dsr.domain.model import OutsideAnswer
+from dsr.domain.outside import UPLOAD_DATASET, AnswerRefused, check_answer, outside_workflow_id
+from dsr.errors import InvalidInputError
+from dsr.store.exports import ExportStore
+from dsr.store.tasks import OutsideTasks, UnknownTask
+
+__all__ = ["MAX_UPLOAD_BYTES", "AnswerResult", "ExportFile", "UploadRefused", "record_answer", "upload_records"]
+
+logger = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+"""An export file uploaded with an answer: at most 10 MiB."""
+_PART = 48 * 1024
+"""A file neither CSV nor JSON is stored in base64 parts of this many bytes, one record each."""
+
+
+class UploadRefused(InvalidInputError, ValueError):
+    """An export file that cannot be taken (too large, empty)."""
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    name: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    state: Literal["recorded", "already", "unknown"]
+    delivered: bool = False  # the waiting workflow took it (False: kept in the ledger for the operator's retry)
+
+
+def upload_records(upload: ExportFile) -> Iterator[dict[str, Any]]:
+    """The records of an uploaded export: a CSV's rows, a JSON array's objects (or the one object), else the
+    file itself in base64 parts, so the subject's bundle holds whatever the processor sent."""
+    name = upload.name.lower()
+    if name.endswith(".csv") or upload.content_type == "text/csv":
+        try:
+            text = upload.data.decode("utf-8-sig")
+            rows = list(csv.DictReader(io.StringIO(text)))
+            if rows:
+                yield from ({str(k): v for k, v in row.items() if k is not None} for row in rows)
+                return
+        except (UnicodeDecodeError, csv.Error):
+            pass
+    if name.endswith(".json") or upload.content_type == "application/json":
+        try:
+            value = json.loads(upload.data)
+        except ValueError:
+            value = None
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            yield from value
+            return
+        if isinstance(value, dict):
+            yield value
+            return
+    for part, start in enumerate(range(0, len(upload.data), _PART)):
+        yield {"file": upload.name, "content_type": upload.content_type, "part": part,
+               "base64": base64.b64encode(upload.data[start:start + _PART]).decode("ascii")}
+
+
+def _store_upload(exports: ExportStore, request_id: str, system: str, upload: ExportFile) -> int:
+    writer = exports.for_request(request_id).open(system, UPLOAD_DATASET, provided=False)
+    try:
+        writer.truncate(0)
+        for record in upload_records(upload):
+            writer.write(record)
+        writer.flush()
+        return writer.count
+    finally:
+        writer.close()
+
+
+async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, system: str, answer: OutsideAnswer,
+                        *, exports: ExportStore | None = None, upload: ExportFile | None = None) -> AnswerResult:
+    """Record ``answer`` (:class:`AnswerRefused` when it does not say what the reply needs), then hand it to the
+    task's workflow."""
+    check_answer(answer)
+    found = await asyncio.to_thread(tasks.get, request_id, system)
+    if found is None:
+        return AnswerResult("unknown")
+    if found.answer is not None:
+        return AnswerResult("already")
+    if upload is not None and upload.data:
+        if exports is None:
+            raise UploadRefused("this answer takes no file")
+        if len(upload.data) > MAX_UPLOAD_BYTES:
+            raise UploadRefused(f"the file is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB")
+        answer.export_records = await asyncio.to_thread(_store_upload, exports, request_id, system, upload)
+    try:
+        recorded = await asyncio.to_thread(tasks.record_answer, request_id, system, answer)
+    except UnknownTask:
+        return AnswerResult("unknown")
+    if not recorded:
+        return AnswerResult("already")
+    from workflows.outside import OutsideSystemTask
+
+    try:
+        handle = client.get_workflow_handle_for(OutsideSystemTask.run, outside_workflow_id(request_id, system))
+        await handle.execute_update(OutsideSystemTask.answer, answer)
+    except (RPCError, WorkflowUpdateFailedError) as err:
+        # Not waiting any more (no answer by the date: the request asks for attention) or Temporal away: the
+        # ledger has the answer, and the operator's retry takes it.
+        logger.warning("answer of %s for %s recorded; its task was not waiting (%s)", system, request_id,
+                       type(err).__name__)
+        return AnswerResult("recorded", delivered=False)
+    return AnswerResult("recorded", delivered=True)
+
+
+__all__ += ["AnswerRefused"]
