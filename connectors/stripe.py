@@ -101,11 +101,12 @@ DEFAULT_RETENTION: tuple[RetentionRule, ...] = (
     RetentionRule("charges", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
     RetentionRule("invoices", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
     RetentionRule("payment_intents", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
+    RetentionRule("credit_notes", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
 )
 
 PAGE = 100
-DATASETS = ("customer", "charges", "payment_intents", "invoices", "subscriptions", "payment_methods",
-            "checkout_sessions")
+DATASETS = ("customer", "charges", "payment_intents", "invoices", "credit_notes", "quotes", "subscriptions",
+            "payment_methods", "setup_intents", "checkout_sessions")
 PROVIDED = frozenset({"customer", "payment_methods", "charges", "subscriptions", "checkout_sessions"})
 PORTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "customer": ("id", "object", "created", "email", "name", "phone", "address", "shipping",
@@ -124,14 +125,34 @@ SEARCH = "customer search"
 PI_LIST = "payment intent listing by customer"
 SESSIONS = "checkout sessions"
 CUSTOMER_PMS = "/v1/customers/{id}/payment_methods"
+SETUP_INTENTS = "setup intents"
+CREDIT_NOTES = "credit notes"
+QUOTES = "quotes"
+# Listings by ``customer=``: dataset -> (path, optional feature name or None when every server has it).
+_BY_CUSTOMER: dict[str, tuple[str, str | None]] = {
+    "charges": ("/v1/charges", None),
+    "payment_intents": ("/v1/payment_intents", PI_LIST),
+    "invoices": ("/v1/invoices", None),
+    "credit_notes": ("/v1/credit_notes", CREDIT_NOTES),
+    "quotes": ("/v1/quotes", QUOTES),
+    "setup_intents": ("/v1/setup_intents", SETUP_INTENTS),
+}
+_BILLING_FIELDS = ("address", "email", "name", "phone")
+
+SEARCH_LAG = "Stripe's search index lags changes by up to a minute"
 
 _CODE = re.compile(r"^[a-z0-9_.-]{1,80}$")
-_CURSOR_VERSION = 1
+_CURSOR_VERSION = 2  # 2: credit notes, quotes and setup intents joined the plan
 
 
 def _variants(email: str) -> list[str]:
     """The address as given, then lower-cased (Stripe's list filter is exact and case-sensitive)."""
     return list(dict.fromkeys([email, email.lower()]))
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
 
 
 def _email_of(record: Mapping[str, Any]) -> str:
@@ -305,17 +326,50 @@ class StripeConnector:
     # --- finding the subject ---------------------------------------------------------------------
 
     async def _find_customers(self, email: str, notes: list[str] | None = None) -> list[str]:
-        """Ids of the customers whose email matches ``email`` case-insensitively, in a stable order."""
+        """Ids of the customers whose email matches ``email`` case-insensitively, in a stable order.
+
+        Customer search first (Stripe's only case-insensitive lookup), with the exact ``email=`` listings (as
+        given and lower-cased) beside it: those are strongly consistent, so a customer created or changed in
+        the minute the search index lags behind is still found under its exact address. A search hit the exact
+        listings did not confirm is read back, because the index may still hold a customer deleted or
+        re-addressed since. Without search, a sandbox's customers are scanned; on api.stripe.com only the
+        exact listings remain, and the notes say so.
+        """
         notes = notes if notes is not None else []
         wanted = email.lower()
-        found: dict[str, None] = {}
         try:
-            found.update(dict.fromkeys(await self._search_customers(email)))
+            searched = await self._search_customers(email)
         except _Unsupported:
             self._note_unsupported(notes, SEARCH)
             if self._scan_without_search:
-                found.update(dict.fromkeys(await self._scan_customers(wanted)))
-                return list(found)
+                _note(notes, "customers located by listing every customer instead (a server without search; "
+                             "never done against api.stripe.com)")
+                return await self._scan_customers(wanted)
+            _note(notes, "customers located by their exact email only (as given and lower-cased): one "
+                         "registered with other capitals is not found")
+            return await self._exact_customers(email)
+        exact = await self._exact_customers(email)
+        confirmed: list[str] = []
+        for cid in searched:
+            if cid in exact:
+                confirmed.append(cid)
+                continue
+            record = await self._call_or_missing(partial(self._request, "get", f"/v1/customers/{cid}"))
+            if record is not None and not record.get("deleted") and _email_of(record) == wanted:
+                confirmed.append(cid)
+        lagging = [cid for cid in exact if cid not in searched]
+        if lagging:
+            _note(notes, f"customer search had not yet indexed {len(lagging)} customer(s) found by the exact "
+                         f"email lookup ({SEARCH_LAG})")
+        elif not searched:
+            _note(notes, f"customer search found no one; {SEARCH_LAG}, so a customer created or re-addressed "
+                         "with other capitals within it is not found yet (the exact email lookup was made too)")
+        return list(dict.fromkeys([*confirmed, *exact]))
+
+    async def _exact_customers(self, email: str) -> list[str]:
+        """The ``email=`` listing (exact, case-sensitive) for the address as given and lower-cased."""
+        wanted = email.lower()
+        found: dict[str, None] = {}
         for variant in _variants(email):
             after: str | None = None
             while True:
@@ -419,12 +473,9 @@ class StripeConnector:
                 if record is None or record.get("deleted"):
                     return _Page([], False, gone=True)
                 return _Page([record], False)
-            case "charges":
-                result = await get("/v1/charges", {"customer": cid})
-            case "payment_intents":
-                result = await get("/v1/payment_intents", {"customer": cid}, PI_LIST)
-            case "invoices":
-                result = await get("/v1/invoices", {"customer": cid})
+            case dataset if dataset in _BY_CUSTOMER:
+                path, feature = _BY_CUSTOMER[dataset]
+                result = await get(path, {"customer": cid}, feature)
             case "subscriptions":
                 result = await get("/v1/subscriptions", {"customer": cid, "status": "all"})
             case "payment_methods":
@@ -545,7 +596,7 @@ class StripeConnector:
         rule = self.retention.get(dataset)
         if rule is not None:
             return RecordReport(dataset, str(record["id"]), RecordAction.RETAINED, legal_basis=rule.legal_basis,
-                                retained_until=rule.until(_created(record)))
+                                retained_until=rule.until(_created(record)), note=note)
         return RecordReport(dataset, str(record["id"]), RecordAction.RESIDUAL, note=note)
 
     @staticmethod
@@ -596,14 +647,18 @@ class StripeConnector:
         """One customer: its payments reported kept (journaled before the deletion, after which they can no
         longer be listed by customer), then the deletion, its intent journaled before the call."""
         payments = {d: await self._all(_Step(d, customer=cid), email, customers, notes)
-                    for d in ("charges", "invoices", "payment_intents")}
+                    for d in ("charges", "invoices", "payment_intents", "credit_notes")}
         if PI_LIST in self._unsupported:  # the server cannot list them: those the charges name
             payments["payment_intents"] = list({
                 c["payment_intent"]: {"id": c["payment_intent"], "created": c.get("created")}
                 for c in payments["charges"] if c.get("payment_intent")}.values())
         kept: list[RecordReport] = []
         for dataset, records in payments.items():
-            kept += [self._kept(dataset, r, "Stripe keeps payment records; not deletable via API") for r in records]
+            kept += [self._kept(dataset, r, _KEPT_NOTES.get(dataset, "Stripe keeps payment records; not deletable "
+                                                                      "via API")) for r in records]
+        for dataset in ("quotes", "setup_intents"):
+            kept += [self._kept(dataset, r, _KEPT_NOTES[dataset])
+                     for r in await self._all(_Step(dataset, customer=cid), email, customers, notes)]
         for record in await self._all(_Step("checkout_sessions", customer=cid), email, customers, notes):
             kept.append(self._kept("checkout_sessions", record,
                                    "Checkout Sessions cannot be deleted through the Stripe API"))
@@ -613,9 +668,14 @@ class StripeConnector:
         methods = await self._all(_Step("payment_methods", customer=cid), email, customers, notes)
         entries = [JournalEntry(line, parent=cid) for line in kept]
         await job.journal.record(entries)
+        # A detached payment method keeps its billing details, and Stripe updates only attached ones: blank them
+        # first (the same blanking again is harmless, so a retry simply repeats it under the same key).
+        blanked = {str(m["id"]) for m in methods if await self._blank_billing_details(job, m)}
         deleted = RecordReport("customer", cid, RecordAction.DELETED,
                                note="subscriptions cancelled and payment methods removed by Stripe")
-        removed = [RecordReport("payment_methods", str(m["id"]), RecordAction.DELETED, note="removed with the customer")
+        removed = [RecordReport("payment_methods", str(m["id"]), RecordAction.DELETED,
+                                note=("billing details blanked, then " if str(m["id"]) in blanked else "")
+                                + "detached by the customer's deletion")
                    for m in methods]
         await job.journal.intend([JournalEntry(deleted), *(JournalEntry(m, parent=cid) for m in removed)])
         if not await self._delete_customer(job, cid) and asked_before is None:
@@ -624,6 +684,22 @@ class StripeConnector:
         done = [JournalEntry(deleted), *(JournalEntry(m, parent=cid) for m in removed)]
         await job.journal.record(done)
         return entries + done
+
+    async def _blank_billing_details(self, job: OperationJob, method: Mapping[str, Any]) -> bool:
+        """Unset a payment method's billing name, email, phone and address; False when it held none."""
+        details = method.get("billing_details")
+        if not isinstance(details, Mapping):
+            return False
+        address = details.get("address")
+        held = [f for f in _BILLING_FIELDS if details.get(f) and (
+            f != "address" or any(v for v in (address.values() if isinstance(address, Mapping) else ())))]
+        if not held:
+            return False
+        payload = {"billing_details": dict.fromkeys(held, "")}
+        key = self._key(job, "redact", str(method["id"]))
+        await self._call(partial(self._request, "post", f"/v1/payment_methods/{method['id']}", payload,
+                                 idempotency_key=key), write=True)
+        return True
 
     async def _delete_customer(self, job: OperationJob, cid: str) -> bool:
         """Delete the customer (idempotency key ``<request>:erase:<customer>``); False if it was not there."""
@@ -683,6 +759,15 @@ class StripeConnector:
     async def aclose(self) -> None:
         await self._http.close_async()
 
+
+_KEPT_NOTES = {
+    "charges": "payment record kept for accounting, with its billing_details and shipping (Stripe cannot clear "
+               "them on a charge)",
+    "credit_notes": "accounting document; Stripe cannot delete credit notes",
+    "quotes": "quotes cannot be deleted through the Stripe API",
+    "setup_intents": "holds no personal data of its own (customer and payment method ids); cannot be deleted "
+                     "through the Stripe API",
+}
 
 _ADDRESS = {"address_line1": "line1", "address_line2": "line2", "city": "city", "postcode": "postal_code",
             "state": "state", "country": "country"}
