@@ -1,67 +1,71 @@
 """Stripe: customers, their payments and payment methods (Art. 15, 16, 17, 20).
 
 Transport: the official ``stripe`` SDK — a ``StripeClient`` with its httpx-based async client, pointed at
-``base_url`` through ``base_addresses={"api": base_url}`` (how tests and the demo reach ``localstripe``
-on 127.0.0.1). The SDK does authentication, form encoding of nested parameters, the
-``Idempotency-Key`` header and the parsing of Stripe's error bodies; calls go through its
-``raw_request_async`` rather than the typed ``*.list_async`` services, which build a typed object per
-record only for the connector to turn it back into JSON: that cost 1.6 s of CPU for 2,000 charges
-(blocking the worker's event loop), while an export through ``raw_request_async`` runs at the
-server's own paging speed. The SDK's own retries are off (``max_network_retries=0``): Temporal owns
-retrying, and the SDK would not retry a plain 429 anyway. Every call goes through the connector's
-:class:`~connectors.http.RateLimiter`.
+``base_url`` through ``base_addresses={"api": base_url}`` (how tests and the demo reach the Stripe sandbox on
+127.0.0.1). The SDK does authentication, form encoding of nested parameters, the ``Idempotency-Key`` header
+and the parsing of Stripe's error bodies; calls go through its ``raw_request_async`` rather than the typed
+``*.list_async`` services, which build a typed object per record only for the connector to turn it back into
+JSON: that cost 1.6 s of CPU for 2,000 charges (blocking the worker's event loop), while an export through
+``raw_request_async`` runs at the server's own paging speed. The SDK's own retries are off
+(``max_network_retries=0``): Temporal owns retrying, and the SDK would not retry a plain 429 anyway. Every
+call goes through the connector's :class:`~connectors.http.RateLimiter`.
 
-Finding the subject. ``GET /v1/customers?email=`` is exact and case-sensitive, so the connector asks
-for the address as given and lower-cased, and also uses ``/v1/customers/search`` (``email:'...'``,
-case-insensitive, eventually consistent: a customer created in the last minute may be missing from
-it). A server without search (``localstripe``) gets a client-side scan of its customer list instead —
-affordable on a sandbox, never done against ``api.stripe.com`` (where only the exact lookups remain if
-search is refused). Guest payments have no customer: Checkout Sessions are looked up by
-``customer_details[email]`` (as given and lower-cased).
+Finding the subject. ``/v1/customers/search`` (``email:'...'``) is Stripe's only case-insensitive lookup, but
+its index lags changes by up to a minute; ``GET /v1/customers?email=`` is exact and case-sensitive but
+strongly consistent. So the connector searches, and also lists with ``email=`` for the address as given and
+lower-cased; a search hit the listings did not confirm is read back (the index may still hold a customer
+deleted or re-addressed since). The outcome's notes say when the search lagged or found no one. A server
+without search gets a client-side scan of its customer list instead — affordable on a sandbox, never done
+against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that misses). Guest
+payments have no customer: Checkout Sessions are looked up by ``customer_details[email]`` (as given and
+lower-cased).
 
-Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page
-into the export sink, with a checkpoint after every page: ``customer``, ``charges``,
-``payment_intents``, ``invoices``, ``subscriptions`` (``status=all``, so cancelled ones too),
-``payment_methods`` and ``checkout_sessions`` (the customer's, then guest sessions for the address).
-The checkpoint holds ids only (customer ids, the step, the last record id, per-dataset counts); a
-resumed export truncates every dataset to its checkpointed count and continues after the saved
-record, so nothing is written twice.
+Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page into the
+export sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
+``shipping``), ``payment_intents``, ``invoices``, ``credit_notes``, ``quotes``, ``subscriptions``
+(``status=all``, so cancelled ones too), ``payment_methods``, ``setup_intents`` and ``checkout_sessions`` (the
+customer's, then guest sessions for the address). The checkpoint holds ids only (customer ids, the step, the
+last record id, per-dataset counts); a resumed export truncates every dataset to its checkpointed count and
+continues after the saved record, so nothing is written twice.
 
-Portability (Art. 20), decided here: the data the subject *provided* — including what they provided
-by their own activity (EDPB WP242 rev.01: "observed" data), as with a shop's orders — is the
-``customer`` profile and addresses, the ``payment_methods``' billing details, the ``charges``
-(payments made), ``subscriptions`` (plans subscribed to) and ``checkout_sessions`` (what was typed at
-checkout). ``invoices`` (documents the controller issues) and ``payment_intents`` (Stripe's internal
-state of a payment, duplicating the charges) are derived. A portability export writes only provided
-datasets, each projected onto the fields the subject provided: Stripe's own assessments (risk
-``outcome``, ``fraud_details``), fees and balance transactions are left out.
+Portability (Art. 20), decided here: the data the subject *provided* — including what they provided by their
+own activity (EDPB WP242 rev.01: "observed" data), as with a shop's orders — is the ``customer`` profile and
+addresses, the ``payment_methods``' billing details, the ``charges`` (payments made), ``subscriptions`` (plans
+subscribed to) and ``checkout_sessions`` (what was typed at checkout). ``invoices``, ``credit_notes`` and
+``quotes`` (documents the controller issues), ``payment_intents`` and ``setup_intents`` (Stripe's internal
+state of a payment or of saving a card) are derived. A portability export writes only provided datasets, each
+projected onto the fields the subject provided: Stripe's own assessments (risk ``outcome``,
+``fraud_details``), fees and balance transactions are left out.
 
-Erasure. ``DELETE /v1/customers/{id}``: permanent; Stripe cancels the customer's subscriptions and
-removes its payment methods. Charges, invoices and payment intents stay (Stripe cannot delete them):
-reported ``retained`` under the configured :class:`RetentionRule` (legal basis, created date + years),
-or ``residual`` where no rule covers them. Checkout Sessions and cancelled subscriptions cannot be
-deleted through the API either: ``retained`` when a rule names them, ``residual`` otherwise. The
-deletion carries the idempotency key ``<request id>:erase:<customer id>``. A customer that answers 404
-(``localstripe`` after a deletion) is already gone, unless the request's journal shows an earlier attempt
-asked for its deletion (then that call took effect and its answer was lost); a retrieved customer with
-``deleted: true`` (real Stripe) is skipped. Records are listed *before* the deletion (localstripe refuses
-to list by a deleted customer) and their lines journaled before the call, so an attempt that dies after
-deleting is retried with the customer reported deleted and its payments retained, from the journal, and
-nothing is asked twice. Verifying locates again: only
-customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
+Erasure. Each payment method's billing name, email, phone and address are unset first
+(``POST /v1/payment_methods/{id}``: Stripe updates only an attached method, and a detached one keeps them),
+then ``DELETE /v1/customers/{id}``: permanent; Stripe cancels the customer's subscriptions and detaches its
+payment methods. Charges (with their billing details and shipping, which Stripe cannot clear on a charge),
+invoices, payment intents and credit notes stay: reported ``retained`` under the configured
+:class:`RetentionRule` (legal basis, created date + years), or ``residual`` where no rule covers them. Quotes,
+setup intents, Checkout Sessions and cancelled subscriptions cannot be deleted through the API either:
+``retained`` when a rule names them, ``residual`` otherwise. Stripe's Redaction Jobs are not used (see the
+README: they redact the accounting records too, are a preview API, and run asynchronously). The deletion
+carries the idempotency key ``<request id>:erase:<customer id>``, each blanking
+``<request id>:redact:<payment method id>``. A customer that answers 404 is already gone, unless the
+request's journal shows an earlier attempt asked for its deletion (then that call took effect and its answer
+was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion and
+their lines journaled before the call, so an attempt that dies after deleting is retried with the customer
+reported deleted and its payments retained, from the journal, and nothing is asked twice. Verifying locates
+again: only customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
 successful erasure leaves nothing unexpected.
 
-Rectification. Canonical fields map onto the customer's ``name`` (first and last name joined; the
-current name is split at its first space), ``email``, ``phone`` and ``address``; ``shipping`` follows
-where it held the same name, phone or address. Only differing fields are sent, with the idempotency
-key ``<request id>:rectify:<customer id>:<hash of the update>``; a changed email is looked up again
-under the new address, so a retry reports "unchanged".
+Rectification. Canonical fields map onto the customer's ``name`` (first and last name joined; the current
+name is split at its first space), ``email``, ``phone`` and ``address``; ``shipping`` follows where it held the
+same name, phone or address. Only differing fields are sent, with the idempotency key
+``<request id>:rectify:<customer id>:<hash of the update>``; a changed email is looked up again under the new
+address, so a retry reports "unchanged".
 
 Errors. 429 (or ``rate_limit``), 409 (lock timeout), 5xx and connection failures are transient (with
-``Retry-After``); 401/403 ask the operator to check the credentials; other refusals are permanent and
-carry the HTTP status and Stripe's error *code* only — never its message, which can quote an email.
-Endpoints a server does not implement (``localstripe``: customer search, payment-intent listing by
-customer, Checkout Sessions, ``/v1/customers/{id}/payment_methods``) are noted, not fatal.
+``Retry-After``); 401/403 ask the operator to check the credentials; other refusals are permanent and carry the
+HTTP status and Stripe's error *code* only — never its message, which can quote an email. Endpoints a server
+does not implement (customer search where Stripe does not offer it, or an older Stripe-like server) are noted,
+not fatal.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ PORTABLE_FIELDS: dict[str, tuple[str, ...]] = {
                           "customer_details", "shipping_details", "collected_information", "line_items"),
 }
 
-# Optional endpoints: real Stripe has them, other servers (localstripe) may not.
+# Optional endpoints: real Stripe has them, a Stripe-like server (or an account without search) may not.
 SEARCH = "customer search"
 PI_LIST = "payment intent listing by customer"
 SESSIONS = "checkout sessions"
@@ -202,7 +206,7 @@ class _Unsupported(Exception):  # internal control flow, never leaves the module
 
 
 class StripeConnector:
-    """Customers, payments and payment methods in Stripe (or ``localstripe``), through the official SDK."""
+    """Customers, payments and payment methods in Stripe (or its sandbox), through the official SDK."""
 
     def __init__(
         self,
@@ -481,7 +485,7 @@ class StripeConnector:
             case "payment_methods":
                 try:  # every type of payment method (real Stripe)
                     result = await get(f"/v1/customers/{cid}/payment_methods", {}, CUSTOMER_PMS)
-                except _Unsupported:  # localstripe: the older listing, cards only
+                except _Unsupported:  # an older Stripe-like server: the older listing, cards only
                     result = await get("/v1/payment_methods", {"customer": cid, "type": "card"})
             case "checkout_sessions" if cid is not None:
                 result = await get("/v1/checkout/sessions", {"customer": cid}, SESSIONS)
@@ -706,7 +710,7 @@ class StripeConnector:
         key = self._key(job, "erase", cid)
         result = await self._call_or_missing(
             lambda: self._request("delete", f"/v1/customers/{cid}", idempotency_key=key), write=True)
-        if result is None:  # localstripe after a deletion; real Stripe: deleted by someone else since
+        if result is None:  # deleted by someone else since it was located (Stripe: 404 on a second deletion)
             return False
         if not result.get("deleted"):
             raise PermanentConnectorError(f"{self.name}: customer deletion was not confirmed")

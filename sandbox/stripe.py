@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -1014,11 +1015,12 @@ class StripeSandbox:
 # --- seeding over HTTP -----------------------------------------------------------------------------
 
 
-async def _post(session: Any, path: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    async with session.post(path, data=_form(data)) as response:
-        if response.status >= 400:
-            raise RuntimeError(f"seeding Stripe: POST /v1/{path.split('/')[1]} answered HTTP {response.status}")
-        return await response.json()
+async def _post(client: httpx.AsyncClient, path: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    response = await client.post(path, data=_form(data))
+    if response.status_code >= 400:
+        raise RuntimeError(f"seeding Stripe: POST /v1/{path.split('/')[2]} answered HTTP {response.status_code}")
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 def _form(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -1058,20 +1060,16 @@ async def seed_customer(
     card's billing details and the customer's shipping), and with ``subscription`` a monthly subscription —
     which also creates and pays an invoice. Works against this sandbox and Stripe's test mode alike.
     """
-    import aiohttp
-
     address = dict(address or SAMPLE_ADDRESS)
-    connector = aiohttp.TCPConnector(limit=max(1, concurrency))
-    async with aiohttp.ClientSession(
-        base_url.rstrip("/") + "/", connector=connector, headers={"Authorization": f"Bearer {api_key}"},
-        timeout=aiohttp.ClientTimeout(total=timeout),
-    ) as client:
-        card = await _post(client, "v1/payment_methods", {
+    limits = httpx.Limits(max_connections=max(1, concurrency))
+    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"},
+                                 timeout=timeout, limits=limits) as client:
+        card = await _post(client, "/v1/payment_methods", {
             "type": "card",
             "card": {"number": card_number, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
             "billing_details": {"name": name, "email": email, "phone": phone, "address": address},
         })
-        customer = await _post(client, "v1/customers", {
+        customer = await _post(client, "/v1/customers", {
             "email": email, "name": name, "phone": phone, "address": address,
             "shipping": {"name": name, "phone": phone, "address": address},
             "payment_method": card["id"],
@@ -1083,7 +1081,7 @@ async def seed_customer(
 
         async def charge(i: int) -> None:
             async with gate:
-                await _post(client, "v1/charges", {
+                await _post(client, "/v1/charges", {
                     "customer": customer_id, "amount": amount + i % 100, "currency": currency,
                     "description": f"Order {i + 1}",
                 })
@@ -1092,16 +1090,15 @@ async def seed_customer(
 
         if subscription:
             await _ensure_plan(client, amount, currency)
-            await _post(client, "v1/subscriptions", {"customer": customer_id, "items": [{"plan": PLAN_ID}]})
+            await _post(client, "/v1/subscriptions", {"customer": customer_id, "items": [{"plan": PLAN_ID}]})
     return customer_id
 
 
-async def _ensure_plan(client: Any, amount: int, currency: str) -> None:
-    async with client.get(f"v1/plans/{PLAN_ID}") as response:
-        if response.status == 200:
-            return
+async def _ensure_plan(client: httpx.AsyncClient, amount: int, currency: str) -> None:
+    if (await client.get(f"/v1/plans/{PLAN_ID}")).status_code == 200:
+        return
     with contextlib.suppress(RuntimeError):  # created concurrently by another seeding call: 400
-        await _post(client, "v1/plans", {
+        await _post(client, "/v1/plans", {
             "id": PLAN_ID, "amount": amount, "currency": currency, "interval": "month",
             "product": {"name": "DSR demo subscription"},
         })

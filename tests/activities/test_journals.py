@@ -273,9 +273,9 @@ async def test_stripe_two_customers_first_deletion_answer_lost(stripe_sandbox: S
     counted = connector(LosesFirstDeletionAnswer)
     retried = await run(storage_url, counted, erasure("stripe", Subject(email=email)))
     assert _normalised(retried) == _normalised(clean)
-    # Two customers and their payment methods deleted, the three charges retained (listed before the deletion,
-    # so the first customer's come from the journal).
-    assert retried.counts == clean.counts == {"retained": 3, "deleted": 4}
+    # Two customers and their payment methods deleted, the three charges and their payment intents retained
+    # (listed before the deletion, so the first customer's come from the journal).
+    assert retried.counts == clean.counts == {"retained": 6, "deleted": 4}
     assert [r.action for r in retried.report if r.dataset == "customer"] == [RecordAction.DELETED] * 2
     assert "already_gone" not in retried.counts
     assert LosesFirstDeletionAnswer.deletions == 2  # the first customer was not asked again
