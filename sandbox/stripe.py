@@ -146,14 +146,14 @@ class StripeState:
         kind = record["object"]
         self.objects[kind][record["id"]] = record
         if kind == "customer":
-            self._indexed(record)
+            self._indexed(record, at=record["created"])  # a customer seeded in the past was indexed then
         return record
 
-    def _indexed(self, customer: Record | None, cid: str | None = None) -> None:
+    def _indexed(self, customer: Record | None, cid: str | None = None, *, at: float | None = None) -> None:
         key = cid if customer is None else customer["id"]
         assert key is not None
         self.search_history.setdefault(key, []).append(
-            (self.now(), None if customer is None else json.loads(json.dumps(customer))))
+            (self.now() if at is None else at, None if customer is None else json.loads(json.dumps(customer))))
 
     def _created(self, created: float | None) -> int:
         return int(self.now() if created is None else created)
@@ -430,7 +430,7 @@ class StripeState:
                                 metadata={"seeded_by": "dsr-sandbox"}, created=created)
         method = self.add_payment_method(cid, billing_details=details, created=created)
         self.objects["customer"][cid]["invoice_settings"]["default_payment_method"] = method
-        self._indexed(self.objects["customer"][cid])
+        self._indexed(self.objects["customer"][cid], at=self.objects["customer"][cid]["created"])
         for i in range(charges):
             self.add_charge(cid, amount + i % 100, currency, description=f"Order {i + 1}", created=created)
         if subscription:

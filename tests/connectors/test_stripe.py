@@ -33,6 +33,7 @@ from connectors.http import READ_TRIES, RateLimiter
 from connectors.stripe import LEGAL_BASIS, StripeConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.web.serve import serve_app
+from sandbox.demo import seed_stripe
 from sandbox.stripe import StripeSandbox, StripeState, seed_customer, stripe_app
 from tests.apispec import SpecCheck, Tally, stripe_contract
 from tests.harness import file_exports, free_port, raw_dataset
@@ -154,39 +155,45 @@ def scanned(state: StripeState) -> int:
     return state.scans
 
 
-async def test_the_demo_customer_registered_with_capitals_is_found_by_search(
-        server: StripeSandbox, stripe_: StripeConnector) -> None:
-    # As the demo registers Lucas Petit; the request gives the address in lower case.
-    registered = f"Lucas.Petit+{uuid.uuid4().hex[:8]}@example.org"
-    customer = server.state.seed_customer(registered, "Lucas Petit", charges=1)
-    before_search, before_scan = searched(server.state), scanned(server.state)
-    rid = request_id()
-    outcome = await stripe_.export(ExportJob(rid, Subject(email=registered.lower()), STORE.for_request(rid)))
-    assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]
-    assert searched(server.state) > before_search and scanned(server.state) == before_scan  # search, no scan
+def demo_stripe() -> tuple[StripeState, str]:
+    """The demo's Stripe, seeded as ``dsr up --demo`` seeds it, and the id of Lucas Petit, registered as
+    ``Lucas.Petit@example.org``."""
+    state = StripeState(search_delay=60)  # as the demo's (DSR_DEMO_STRIPE_SEARCH_DELAY); seeded an hour back
+    seed_stripe(state)
+    [lucas] = [c["id"] for c in state.objects["customer"].values() if c["email"] == "Lucas.Petit@example.org"]
+    return state, lucas
+
+
+async def test_the_demo_customer_registered_with_capitals_is_found_by_search() -> None:
+    state, lucas = demo_stripe()
+    async with another_sandbox(state) as connector:
+        rid = request_id()
+        outcome = await connector.export(ExportJob(rid, Subject(email="lucas.petit@example.org"),
+                                                   STORE.for_request(rid)))
+    assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [lucas]
+    assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 1
+    assert searched(state) == 1 and scanned(state) == 0  # found by the search, no scan
     assert not any("search" in note for note in outcome.notes)
 
 
 async def test_without_search_the_listing_path_finds_it_and_says_so() -> None:
-    state = StripeState()
-    registered = f"Lucas.Petit+{uuid.uuid4().hex[:8]}@example.org"
-    customer = state.seed_customer(registered, "Lucas Petit", charges=1)
+    state, lucas = demo_stripe()
     async with another_sandbox(state, search=False) as connector:
-        outcome = await connector.export(ExportJob(rid := request_id(), Subject(email=registered.lower()),
+        outcome = await connector.export(ExportJob(rid := request_id(), Subject(email="lucas.petit@example.org"),
                                                    STORE.for_request(rid)))
-        assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]
+        assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [lucas]
         assert "customer search: not supported by this server" in outcome.notes
         assert any("by listing every customer instead" in note for note in outcome.notes)
         assert searched(state) == 1 and scanned(state) >= 1  # asked once, then remembered as unsupported
         # Against api.stripe.com a scan is never made: only the exact lookups remain, and the notes say what
         # that misses.
         connector._scan_without_search = False
-        outcome = await connector.export(ExportJob(rid := request_id(), Subject(email=registered.lower()),
+        outcome = await connector.export(ExportJob(rid := request_id(), Subject(email="lucas.petit@example.org"),
                                                    STORE.for_request(rid)))
         assert outcome.counts == {"exported": 0}
         assert any("exact email only" in note and "other capitals" in note for note in outcome.notes)
-        located = await connector.locate(Subject(email=registered.upper()))  # lower-cased: not the registered
-        assert located == []
+        assert [loc.record_id for loc in await connector.locate(Subject(email="Lucas.Petit@example.org"))] == [
+            lucas]  # as registered: the exact lookup finds it
         lower = f"lea.petit+{uuid.uuid4().hex[:8]}@example.org"
         other = state.seed_customer(lower, "Léa Petit")
         assert [loc.record_id for loc in await connector.locate(Subject(email=lower.upper()))] == [other]

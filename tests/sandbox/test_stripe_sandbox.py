@@ -246,3 +246,11 @@ def test_stop_ends_the_server() -> None:
         httpx.get(f"{url}/v1/customers", timeout=2)
     with pytest.raises(RuntimeError):
         _ = server.url
+
+
+def test_a_rate_limit_answers_429_as_stripe_does() -> None:
+    with StripeSandbox(rate_limit=(2, 60.0)).start() as limited, _api(limited) as api:
+        assert [api.get("/v1/customers").status_code for _ in range(2)] == [200, 200]
+        throttled = api.get("/v1/customers")
+    assert throttled.status_code == 429 and throttled.headers["retry-after"] == "1"
+    assert throttled.json()["error"]["code"] == "rate_limit"  # what the SDK and the connector read
