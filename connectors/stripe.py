@@ -144,6 +144,8 @@ _BY_CUSTOMER: dict[str, tuple[str, str | None]] = {
 _BILLING_FIELDS = ("address", "email", "name", "phone")
 
 SEARCH_LAG = "Stripe's search index lags changes by up to a minute"
+NOBODY_SEARCHED = (f"customer search found no one; {SEARCH_LAG}, so a customer created or re-addressed with other "
+                   "capitals within it is not found yet (the exact email lookup was made too)")
 
 _CODE = re.compile(r"^[a-z0-9_.-]{1,80}$")
 _CURSOR_VERSION = 2  # 2: credit notes, quotes and setup intents joined the plan
@@ -157,6 +159,13 @@ def _variants(email: str) -> list[str]:
 def _note(notes: list[str], note: str) -> None:
     if note not in notes:
         notes.append(note)
+
+
+def _forget_nobody(notes: list[str], customers: Sequence[str]) -> None:
+    """Drop the "search found no one" note where the request knows customers after all (its journal: a retry
+    after the address was erased or changed)."""
+    if customers and NOBODY_SEARCHED in notes:
+        notes.remove(NOBODY_SEARCHED)
 
 
 def _email_of(record: Mapping[str, Any]) -> str:
@@ -366,8 +375,7 @@ class StripeConnector:
             _note(notes, f"customer search had not yet indexed {len(lagging)} customer(s) found by the exact "
                          f"email lookup ({SEARCH_LAG})")
         elif not searched:
-            _note(notes, f"customer search found no one; {SEARCH_LAG}, so a customer created or re-addressed "
-                         "with other capitals within it is not found yet (the exact email lookup was made too)")
+            _note(notes, NOBODY_SEARCHED)
         return list(dict.fromkeys([*confirmed, *exact]))
 
     async def _exact_customers(self, email: str) -> list[str]:
@@ -621,6 +629,7 @@ class StripeConnector:
         lines: dict[tuple[str, str], RecordReport] = {key: e.line for key, e in journal.done.items()}
         known = [rid for dataset, rid in journal.seen if dataset == "customer"]
         customers = known + [cid for cid in found_now if cid not in known]
+        _forget_nobody(notes, customers)
         for cid in customers:
             if journal.is_done("customer", cid):
                 continue
@@ -728,9 +737,11 @@ class StripeConnector:
         new_email = job.changes.get("email")
         if new_email and new_email.lower() != job.subject.email.lower():
             # A retry after the email itself was changed finds the customer under the new address.
-            customers += [c for c in await self._find_customers(new_email, notes) if c not in customers]
+            # (its notes are left out: finding no one there is the usual case, not news)
+            customers += [c for c in await self._find_customers(new_email) if c not in customers]
         known = [rid for dataset, rid in journal.seen if dataset == "customer"]
         customers = known + [c for c in customers if c not in known]
+        _forget_nobody(notes, customers)
         report: list[RecordReport] = []
         for cid in customers:
             done = journal.done.get(("customer", cid))

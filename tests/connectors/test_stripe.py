@@ -199,6 +199,18 @@ async def test_without_search_the_listing_path_finds_it_and_says_so() -> None:
         assert [loc.record_id for loc in await connector.locate(Subject(email=lower.upper()))] == [other]
 
 
+async def test_search_and_listing_follow_their_pages() -> None:
+    """More than a page of customers under one address (a shop that creates one per guest checkout): the
+    search's ``next_page`` and the listing's ``starting_after`` are both followed to the end."""
+    state = StripeState()
+    made = [state.add_customer("Many.Times@example.org", f"Guest {i}") for i in range(130)]
+    made += [state.add_customer("many.times@example.org", "Lower") for _ in range(3)]
+    async with another_sandbox(state) as connector:
+        located = await connector.locate(Subject(email="many.times@example.org"))
+    assert sorted(loc.record_id for loc in located) == sorted(made)
+    assert searched(state) == 2  # two pages of 100
+
+
 async def test_search_lags_and_the_connector_says_so() -> None:
     """Stripe's search is eventually consistent: the sandbox's search sees customers as they were a minute
     ago. The exact lookups made beside it still find an exact address; a customer registered with other
