@@ -254,3 +254,12 @@ def test_a_rate_limit_answers_429_as_stripe_does() -> None:
         throttled = api.get("/v1/customers")
     assert throttled.status_code == 429 and throttled.headers["retry-after"] == "1"
     assert throttled.json()["error"]["code"] == "rate_limit"  # what the SDK and the connector read
+
+
+def test_the_demo_search_delay_is_a_setting() -> None:
+    from sandbox.demo import DemoError, stripe_search_delay
+
+    assert stripe_search_delay({}) == 60.0 and stripe_search_delay({"DSR_DEMO_STRIPE_SEARCH_DELAY": "0"}) == 0.0
+    for bad in ("soon", "-1", "7200", "nan"):
+        with pytest.raises(DemoError, match="DSR_DEMO_STRIPE_SEARCH_DELAY must be a number of seconds"):
+            stripe_search_delay({"DSR_DEMO_STRIPE_SEARCH_DELAY": bad})
