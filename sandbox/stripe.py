@@ -502,19 +502,20 @@ def _matches(record: Record, join: str, clauses: list[tuple[str, str, str]]) -> 
 
 
 def _nest(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Stripe's form encoding ``a[b][0]=c`` as ``{"a": {"b": ["c"]}}`` (lists from numeric or empty keys)."""
+    """Stripe's form encoding ``a[b][0]=c`` as ``{"a": {"b": ["c"]}}`` (lists from numeric or empty keys:
+    ``expand[]=x&expand[]=y`` is a list of two)."""
     root: dict[str, Any] = {}
     for key, value in pairs:
         names = [key.split("[", 1)[0], *re.findall(r"\[([^\]]*)\]", key)]
         node: Any = root
         for i, name in enumerate(names):
-            last = i == len(names) - 1
-            if isinstance(node, dict):
-                if last:
-                    node[name] = value
-                else:
-                    node = node.setdefault(name, {})
-        # numeric keys were kept as dict keys; lists are made below
+            if not isinstance(node, dict):
+                break  # ``a=1&a[b]=2``: the scalar stays, as a form parser keeps the first shape
+            name = name or str(len(node))  # ``[]`` appends
+            if i == len(names) - 1:
+                node[name] = value
+            else:
+                node = node.setdefault(name, {})
     return _lists(root)
 
 
