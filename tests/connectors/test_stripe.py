@@ -230,6 +230,7 @@ async def test_search_lags_and_the_connector_says_so() -> None:
         outcome = await connector.export(ExportJob(rid, Subject(email=registered), STORE.for_request(rid)))
         assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]  # the exact lookup
         assert any("had not yet indexed 1 customer(s)" in note for note in outcome.notes)
+        assert not any("@" in note or "lucas" in note.lower() for note in outcome.notes)  # no one named
         clock[0] += 61  # the index has caught up
         assert [loc.record_id for loc in await connector.locate(Subject(email="lucas.petit@example.org"))] == [
             customer]
