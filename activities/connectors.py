@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import timedelta
@@ -181,13 +182,24 @@ class ConnectorActivities:
             until = [line.retained_until for line in lines if line.retained_until]
             fields = sorted({f for line in lines for f in line.fields})
             notes = sorted({line.note for line in lines if line.note})
+            # A summary line ("*") leads its note with the records it stands for: the replies count them from it
+            # (dsr/mail/replies.py); an id such as "110 records" was counted as one record.
             summary.append(RecordReport(
-                dataset=dataset, record_id=f"{len(lines)} records", action=RecordAction(action),
+                dataset=dataset, record_id="*", action=RecordAction(action),
                 legal_basis=basis, retained_until=max(until) if until else None, fields=fields,
-                note="; ".join(notes)[:500],
+                note="; ".join([f"{_records(lines)} records", *notes])[:500],
             ))
         return replace(outcome, report=summary,
                        notes=[*outcome.notes, f"full report of {len(outcome.report)} records in the export store"])
+
+
+def _records(lines: list[RecordReport]) -> int:
+    """The records report lines stand for: one each, or the count leading a summary line's note."""
+    total = 0
+    for line in lines:
+        count = re.match(r"\s*(\d+)\b", line.note) if line.record_id == "*" else None
+        total += int(count.group(1)) if count else 1
+    return total
 
 
 REPORT_LINES_IN_HISTORY = 200

@@ -12,7 +12,7 @@ connections, answers lost after the call took effect). Then it checks what a reg
   sandboxes' own log of what they carried out.
 
 The cluster is tests/cluster.py's: a Temporal dev server, the ledger on PostgreSQL (SQLite when it is not
-installed), moto's S3 server, an SMTP sink, the three sandboxes (Stripe behind a fault proxy) and machines
+installed), moto's S3 server, an SMTP sink, the three sandboxes (each with its fault injection) and machines
 with a ``DSR_HOME`` each; machine A also runs ``dsr intake`` (submissions and downloads).
 
 Run: ``.venv/bin/python bench/chaos.py [--requests 100] [--kills 30] [--faults 0.15] [--workers 2]``.

@@ -127,11 +127,11 @@ async def bare_paging(shop_url: str, stripe_url: str, stripe_customer: str) -> f
 
 
 async def main(runs: int) -> None:
-    from sandbox.stripe import LocalStripe, seed_customer
+    from sandbox.stripe import StripeSandbox, seed_customer
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     shop = subprocess.Popen([sys.executable, "-c", SHOP], env=env, stdout=subprocess.PIPE, cwd=ROOT)
-    stripe = LocalStripe(api_key=STRIPE_KEY).start()
+    stripe = StripeSandbox(api_key=STRIPE_KEY).start()
     try:
         assert shop.stdout is not None
         shop_url = f"http://127.0.0.1:{int(shop.stdout.readline())}"

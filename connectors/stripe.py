@@ -1,67 +1,71 @@
 """Stripe: customers, their payments and payment methods (Art. 15, 16, 17, 20).
 
 Transport: the official ``stripe`` SDK — a ``StripeClient`` with its httpx-based async client, pointed at
-``base_url`` through ``base_addresses={"api": base_url}`` (how tests and the demo reach ``localstripe``
-on 127.0.0.1). The SDK does authentication, form encoding of nested parameters, the
-``Idempotency-Key`` header and the parsing of Stripe's error bodies; calls go through its
-``raw_request_async`` rather than the typed ``*.list_async`` services, which build a typed object per
-record only for the connector to turn it back into JSON: that cost 1.6 s of CPU for 2,000 charges
-(blocking the worker's event loop), while an export through ``raw_request_async`` runs at the
-server's own paging speed. The SDK's own retries are off (``max_network_retries=0``): Temporal owns
-retrying, and the SDK would not retry a plain 429 anyway. Every call goes through the connector's
-:class:`~connectors.http.RateLimiter`.
+``base_url`` through ``base_addresses={"api": base_url}`` (how tests and the demo reach the Stripe sandbox on
+127.0.0.1). The SDK does authentication, form encoding of nested parameters, the ``Idempotency-Key`` header
+and the parsing of Stripe's error bodies; calls go through its ``raw_request_async`` rather than the typed
+``*.list_async`` services, which build a typed object per record only for the connector to turn it back into
+JSON: that cost 1.6 s of CPU for 2,000 charges (blocking the worker's event loop), while an export through
+``raw_request_async`` runs at the server's own paging speed. The SDK's own retries are off
+(``max_network_retries=0``): Temporal owns retrying, and the SDK would not retry a plain 429 anyway. Every
+call goes through the connector's :class:`~connectors.http.RateLimiter`.
 
-Finding the subject. ``GET /v1/customers?email=`` is exact and case-sensitive, so the connector asks
-for the address as given and lower-cased, and also uses ``/v1/customers/search`` (``email:'...'``,
-case-insensitive, eventually consistent: a customer created in the last minute may be missing from
-it). A server without search (``localstripe``) gets a client-side scan of its customer list instead —
-affordable on a sandbox, never done against ``api.stripe.com`` (where only the exact lookups remain if
-search is refused). Guest payments have no customer: Checkout Sessions are looked up by
-``customer_details[email]`` (as given and lower-cased).
+Finding the subject. ``/v1/customers/search`` (``email:'...'``) is Stripe's only case-insensitive lookup, but
+its index lags changes by up to a minute; ``GET /v1/customers?email=`` is exact and case-sensitive but
+strongly consistent. So the connector searches, and also lists with ``email=`` for the address as given and
+lower-cased; a search hit the listings did not confirm is read back (the index may still hold a customer
+deleted or re-addressed since). The outcome's notes say when the search lagged or found no one. A server
+without search gets a client-side scan of its customer list instead — affordable on a sandbox, never done
+against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that misses). Guest
+payments have no customer: Checkout Sessions are looked up by ``customer_details[email]`` (as given and
+lower-cased).
 
-Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page
-into the export sink, with a checkpoint after every page: ``customer``, ``charges``,
-``payment_intents``, ``invoices``, ``subscriptions`` (``status=all``, so cancelled ones too),
-``payment_methods`` and ``checkout_sessions`` (the customer's, then guest sessions for the address).
-The checkpoint holds ids only (customer ids, the step, the last record id, per-dataset counts); a
-resumed export truncates every dataset to its checkpointed count and continues after the saved
-record, so nothing is written twice.
+Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page into the
+export sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
+``shipping``), ``payment_intents``, ``invoices``, ``credit_notes``, ``quotes``, ``subscriptions``
+(``status=all``, so cancelled ones too), ``payment_methods``, ``setup_intents`` and ``checkout_sessions`` (the
+customer's, then guest sessions for the address). The checkpoint holds ids only (customer ids, the step, the
+last record id, per-dataset counts); a resumed export truncates every dataset to its checkpointed count and
+continues after the saved record, so nothing is written twice.
 
-Portability (Art. 20), decided here: the data the subject *provided* — including what they provided
-by their own activity (EDPB WP242 rev.01: "observed" data), as with a shop's orders — is the
-``customer`` profile and addresses, the ``payment_methods``' billing details, the ``charges``
-(payments made), ``subscriptions`` (plans subscribed to) and ``checkout_sessions`` (what was typed at
-checkout). ``invoices`` (documents the controller issues) and ``payment_intents`` (Stripe's internal
-state of a payment, duplicating the charges) are derived. A portability export writes only provided
-datasets, each projected onto the fields the subject provided: Stripe's own assessments (risk
-``outcome``, ``fraud_details``), fees and balance transactions are left out.
+Portability (Art. 20), decided here: the data the subject *provided* — including what they provided by their
+own activity (EDPB WP242 rev.01: "observed" data), as with a shop's orders — is the ``customer`` profile and
+addresses, the ``payment_methods``' billing details, the ``charges`` (payments made), ``subscriptions`` (plans
+subscribed to) and ``checkout_sessions`` (what was typed at checkout). ``invoices``, ``credit_notes`` and
+``quotes`` (documents the controller issues), ``payment_intents`` and ``setup_intents`` (Stripe's internal
+state of a payment or of saving a card) are derived. A portability export writes only provided datasets, each
+projected onto the fields the subject provided: Stripe's own assessments (risk ``outcome``,
+``fraud_details``), fees and balance transactions are left out.
 
-Erasure. ``DELETE /v1/customers/{id}``: permanent; Stripe cancels the customer's subscriptions and
-removes its payment methods. Charges, invoices and payment intents stay (Stripe cannot delete them):
-reported ``retained`` under the configured :class:`RetentionRule` (legal basis, created date + years),
-or ``residual`` where no rule covers them. Checkout Sessions and cancelled subscriptions cannot be
-deleted through the API either: ``retained`` when a rule names them, ``residual`` otherwise. The
-deletion carries the idempotency key ``<request id>:erase:<customer id>``. A customer that answers 404
-(``localstripe`` after a deletion) is already gone, unless the request's journal shows an earlier attempt
-asked for its deletion (then that call took effect and its answer was lost); a retrieved customer with
-``deleted: true`` (real Stripe) is skipped. Records are listed *before* the deletion (localstripe refuses
-to list by a deleted customer) and their lines journaled before the call, so an attempt that dies after
-deleting is retried with the customer reported deleted and its payments retained, from the journal, and
-nothing is asked twice. Verifying locates again: only
-customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
+Erasure. Each payment method's billing name, email, phone and address are unset first
+(``POST /v1/payment_methods/{id}``: Stripe updates only an attached method, and a detached one keeps them),
+then ``DELETE /v1/customers/{id}``: permanent; Stripe cancels the customer's subscriptions and detaches its
+payment methods. Charges (with their billing details and shipping, which Stripe cannot clear on a charge),
+invoices, payment intents and credit notes stay: reported ``retained`` under the configured
+:class:`RetentionRule` (legal basis, created date + years), or ``residual`` where no rule covers them. Quotes,
+setup intents, Checkout Sessions and cancelled subscriptions cannot be deleted through the API either:
+``retained`` when a rule names them, ``residual`` otherwise. Stripe's Redaction Jobs are not used (see the
+README: they redact the accounting records too, are a preview API, and run asynchronously). The deletion
+carries the idempotency key ``<request id>:erase:<customer id>``, each blanking
+``<request id>:redact:<payment method id>``. A customer that answers 404 is already gone, unless the
+request's journal shows an earlier attempt asked for its deletion (then that call took effect and its answer
+was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion and
+their lines journaled before the call, so an attempt that dies after deleting is retried with the customer
+reported deleted and its payments retained, from the journal, and nothing is asked twice. Verifying locates
+again: only customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
 successful erasure leaves nothing unexpected.
 
-Rectification. Canonical fields map onto the customer's ``name`` (first and last name joined; the
-current name is split at its first space), ``email``, ``phone`` and ``address``; ``shipping`` follows
-where it held the same name, phone or address. Only differing fields are sent, with the idempotency
-key ``<request id>:rectify:<customer id>:<hash of the update>``; a changed email is looked up again
-under the new address, so a retry reports "unchanged".
+Rectification. Canonical fields map onto the customer's ``name`` (first and last name joined; the current
+name is split at its first space), ``email``, ``phone`` and ``address``; ``shipping`` follows where it held the
+same name, phone or address. Only differing fields are sent, with the idempotency key
+``<request id>:rectify:<customer id>:<hash of the update>``; a changed email is looked up again under the new
+address, so a retry reports "unchanged".
 
 Errors. 429 (or ``rate_limit``), 409 (lock timeout), 5xx and connection failures are transient (with
-``Retry-After``); 401/403 ask the operator to check the credentials; other refusals are permanent and
-carry the HTTP status and Stripe's error *code* only — never its message, which can quote an email.
-Endpoints a server does not implement (``localstripe``: customer search, payment-intent listing by
-customer, Checkout Sessions, ``/v1/customers/{id}/payment_methods``) are noted, not fatal.
+``Retry-After``); 401/403 ask the operator to check the credentials; other refusals are permanent and carry the
+HTTP status and Stripe's error *code* only — never its message, which can quote an email. Endpoints a server
+does not implement (customer search where Stripe does not offer it, or an older Stripe-like server) are noted,
+not fatal.
 """
 
 from __future__ import annotations
@@ -101,11 +105,12 @@ DEFAULT_RETENTION: tuple[RetentionRule, ...] = (
     RetentionRule("charges", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
     RetentionRule("invoices", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
     RetentionRule("payment_intents", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
+    RetentionRule("credit_notes", LEGAL_BASIS, 10, counted_from=FINANCIAL_YEAR_END),
 )
 
 PAGE = 100
-DATASETS = ("customer", "charges", "payment_intents", "invoices", "subscriptions", "payment_methods",
-            "checkout_sessions")
+DATASETS = ("customer", "charges", "payment_intents", "invoices", "credit_notes", "quotes", "subscriptions",
+            "payment_methods", "setup_intents", "checkout_sessions")
 PROVIDED = frozenset({"customer", "payment_methods", "charges", "subscriptions", "checkout_sessions"})
 PORTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "customer": ("id", "object", "created", "email", "name", "phone", "address", "shipping",
@@ -119,19 +124,48 @@ PORTABLE_FIELDS: dict[str, tuple[str, ...]] = {
                           "customer_details", "shipping_details", "collected_information", "line_items"),
 }
 
-# Optional endpoints: real Stripe has them, other servers (localstripe) may not.
+# Optional endpoints: real Stripe has them, a Stripe-like server (or an account without search) may not.
 SEARCH = "customer search"
 PI_LIST = "payment intent listing by customer"
 SESSIONS = "checkout sessions"
 CUSTOMER_PMS = "/v1/customers/{id}/payment_methods"
+SETUP_INTENTS = "setup intents"
+CREDIT_NOTES = "credit notes"
+QUOTES = "quotes"
+# Listings by ``customer=``: dataset -> (path, optional feature name or None when every server has it).
+_BY_CUSTOMER: dict[str, tuple[str, str | None]] = {
+    "charges": ("/v1/charges", None),
+    "payment_intents": ("/v1/payment_intents", PI_LIST),
+    "invoices": ("/v1/invoices", None),
+    "credit_notes": ("/v1/credit_notes", CREDIT_NOTES),
+    "quotes": ("/v1/quotes", QUOTES),
+    "setup_intents": ("/v1/setup_intents", SETUP_INTENTS),
+}
+_BILLING_FIELDS = ("address", "email", "name", "phone")
+
+SEARCH_LAG = "Stripe's search index lags changes by up to a minute"
+NOBODY_SEARCHED = (f"customer search found no one; {SEARCH_LAG}, so a customer created or re-addressed with other "
+                   "capitals within it is not found yet (the exact email lookup was made too)")
 
 _CODE = re.compile(r"^[a-z0-9_.-]{1,80}$")
-_CURSOR_VERSION = 1
+_CURSOR_VERSION = 2  # 2: credit notes, quotes and setup intents joined the plan
 
 
 def _variants(email: str) -> list[str]:
     """The address as given, then lower-cased (Stripe's list filter is exact and case-sensitive)."""
     return list(dict.fromkeys([email, email.lower()]))
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
+
+
+def _forget_nobody(notes: list[str], customers: Sequence[str]) -> None:
+    """Drop the "search found no one" note where the request knows customers after all (its journal: a retry
+    after the address was erased or changed)."""
+    if customers and NOBODY_SEARCHED in notes:
+        notes.remove(NOBODY_SEARCHED)
 
 
 def _email_of(record: Mapping[str, Any]) -> str:
@@ -181,7 +215,7 @@ class _Unsupported(Exception):  # internal control flow, never leaves the module
 
 
 class StripeConnector:
-    """Customers, payments and payment methods in Stripe (or ``localstripe``), through the official SDK."""
+    """Customers, payments and payment methods in Stripe (or its sandbox), through the official SDK."""
 
     def __init__(
         self,
@@ -305,17 +339,49 @@ class StripeConnector:
     # --- finding the subject ---------------------------------------------------------------------
 
     async def _find_customers(self, email: str, notes: list[str] | None = None) -> list[str]:
-        """Ids of the customers whose email matches ``email`` case-insensitively, in a stable order."""
+        """Ids of the customers whose email matches ``email`` case-insensitively, in a stable order.
+
+        Customer search first (Stripe's only case-insensitive lookup), with the exact ``email=`` listings (as
+        given and lower-cased) beside it: those are strongly consistent, so a customer created or changed in
+        the minute the search index lags behind is still found under its exact address. A search hit the exact
+        listings did not confirm is read back, because the index may still hold a customer deleted or
+        re-addressed since. Without search, a sandbox's customers are scanned; on api.stripe.com only the
+        exact listings remain, and the notes say so.
+        """
         notes = notes if notes is not None else []
         wanted = email.lower()
-        found: dict[str, None] = {}
         try:
-            found.update(dict.fromkeys(await self._search_customers(email)))
+            searched = await self._search_customers(email)
         except _Unsupported:
             self._note_unsupported(notes, SEARCH)
             if self._scan_without_search:
-                found.update(dict.fromkeys(await self._scan_customers(wanted)))
-                return list(found)
+                _note(notes, "customers located by listing every customer instead (a server without search; "
+                             "never done against api.stripe.com)")
+                return await self._scan_customers(wanted)
+            _note(notes, "customers located by their exact email only (as given and lower-cased): one "
+                         "registered with other capitals is not found")
+            return await self._exact_customers(email)
+        exact = await self._exact_customers(email)
+        confirmed: list[str] = []
+        for cid in searched:
+            if cid in exact:
+                confirmed.append(cid)
+                continue
+            record = await self._call_or_missing(partial(self._request, "get", f"/v1/customers/{cid}"))
+            if record is not None and not record.get("deleted") and _email_of(record) == wanted:
+                confirmed.append(cid)
+        lagging = [cid for cid in exact if cid not in searched]
+        if lagging:
+            _note(notes, f"customer search had not yet indexed {len(lagging)} customer(s) found by the exact "
+                         f"email lookup ({SEARCH_LAG})")
+        elif not searched:
+            _note(notes, NOBODY_SEARCHED)
+        return list(dict.fromkeys([*confirmed, *exact]))
+
+    async def _exact_customers(self, email: str) -> list[str]:
+        """The ``email=`` listing (exact, case-sensitive) for the address as given and lower-cased."""
+        wanted = email.lower()
+        found: dict[str, None] = {}
         for variant in _variants(email):
             after: str | None = None
             while True:
@@ -419,18 +485,15 @@ class StripeConnector:
                 if record is None or record.get("deleted"):
                     return _Page([], False, gone=True)
                 return _Page([record], False)
-            case "charges":
-                result = await get("/v1/charges", {"customer": cid})
-            case "payment_intents":
-                result = await get("/v1/payment_intents", {"customer": cid}, PI_LIST)
-            case "invoices":
-                result = await get("/v1/invoices", {"customer": cid})
+            case dataset if dataset in _BY_CUSTOMER:
+                path, feature = _BY_CUSTOMER[dataset]
+                result = await get(path, {"customer": cid}, feature)
             case "subscriptions":
                 result = await get("/v1/subscriptions", {"customer": cid, "status": "all"})
             case "payment_methods":
                 try:  # every type of payment method (real Stripe)
                     result = await get(f"/v1/customers/{cid}/payment_methods", {}, CUSTOMER_PMS)
-                except _Unsupported:  # localstripe: the older listing, cards only
+                except _Unsupported:  # an older Stripe-like server: the older listing, cards only
                     result = await get("/v1/payment_methods", {"customer": cid, "type": "card"})
             case "checkout_sessions" if cid is not None:
                 result = await get("/v1/checkout/sessions", {"customer": cid}, SESSIONS)
@@ -545,7 +608,7 @@ class StripeConnector:
         rule = self.retention.get(dataset)
         if rule is not None:
             return RecordReport(dataset, str(record["id"]), RecordAction.RETAINED, legal_basis=rule.legal_basis,
-                                retained_until=rule.until(_created(record)))
+                                retained_until=rule.until(_created(record)), note=note)
         return RecordReport(dataset, str(record["id"]), RecordAction.RESIDUAL, note=note)
 
     @staticmethod
@@ -566,6 +629,7 @@ class StripeConnector:
         lines: dict[tuple[str, str], RecordReport] = {key: e.line for key, e in journal.done.items()}
         known = [rid for dataset, rid in journal.seen if dataset == "customer"]
         customers = known + [cid for cid in found_now if cid not in known]
+        _forget_nobody(notes, customers)
         for cid in customers:
             if journal.is_done("customer", cid):
                 continue
@@ -596,14 +660,18 @@ class StripeConnector:
         """One customer: its payments reported kept (journaled before the deletion, after which they can no
         longer be listed by customer), then the deletion, its intent journaled before the call."""
         payments = {d: await self._all(_Step(d, customer=cid), email, customers, notes)
-                    for d in ("charges", "invoices", "payment_intents")}
+                    for d in ("charges", "invoices", "payment_intents", "credit_notes")}
         if PI_LIST in self._unsupported:  # the server cannot list them: those the charges name
             payments["payment_intents"] = list({
                 c["payment_intent"]: {"id": c["payment_intent"], "created": c.get("created")}
                 for c in payments["charges"] if c.get("payment_intent")}.values())
         kept: list[RecordReport] = []
         for dataset, records in payments.items():
-            kept += [self._kept(dataset, r, "Stripe keeps payment records; not deletable via API") for r in records]
+            kept += [self._kept(dataset, r, _KEPT_NOTES.get(dataset, "Stripe keeps payment records; not deletable "
+                                                                      "via API")) for r in records]
+        for dataset in ("quotes", "setup_intents"):
+            kept += [self._kept(dataset, r, _KEPT_NOTES[dataset])
+                     for r in await self._all(_Step(dataset, customer=cid), email, customers, notes)]
         for record in await self._all(_Step("checkout_sessions", customer=cid), email, customers, notes):
             kept.append(self._kept("checkout_sessions", record,
                                    "Checkout Sessions cannot be deleted through the Stripe API"))
@@ -613,9 +681,14 @@ class StripeConnector:
         methods = await self._all(_Step("payment_methods", customer=cid), email, customers, notes)
         entries = [JournalEntry(line, parent=cid) for line in kept]
         await job.journal.record(entries)
+        # A detached payment method keeps its billing details, and Stripe updates only attached ones: blank them
+        # first (the same blanking again is harmless, so a retry simply repeats it under the same key).
+        blanked = {str(m["id"]) for m in methods if await self._blank_billing_details(job, m)}
         deleted = RecordReport("customer", cid, RecordAction.DELETED,
                                note="subscriptions cancelled and payment methods removed by Stripe")
-        removed = [RecordReport("payment_methods", str(m["id"]), RecordAction.DELETED, note="removed with the customer")
+        removed = [RecordReport("payment_methods", str(m["id"]), RecordAction.DELETED,
+                                note=("billing details blanked, then " if str(m["id"]) in blanked else "")
+                                + "detached by the customer's deletion")
                    for m in methods]
         await job.journal.intend([JournalEntry(deleted), *(JournalEntry(m, parent=cid) for m in removed)])
         if not await self._delete_customer(job, cid) and asked_before is None:
@@ -625,12 +698,28 @@ class StripeConnector:
         await job.journal.record(done)
         return entries + done
 
+    async def _blank_billing_details(self, job: OperationJob, method: Mapping[str, Any]) -> bool:
+        """Unset a payment method's billing name, email, phone and address; False when it held none."""
+        details = method.get("billing_details")
+        if not isinstance(details, Mapping):
+            return False
+        address = details.get("address")
+        held = [f for f in _BILLING_FIELDS if details.get(f) and (
+            f != "address" or any(v for v in (address.values() if isinstance(address, Mapping) else ())))]
+        if not held:
+            return False
+        payload = {"billing_details": dict.fromkeys(held, "")}
+        key = self._key(job, "redact", str(method["id"]))
+        await self._call(partial(self._request, "post", f"/v1/payment_methods/{method['id']}", payload,
+                                 idempotency_key=key), write=True)
+        return True
+
     async def _delete_customer(self, job: OperationJob, cid: str) -> bool:
         """Delete the customer (idempotency key ``<request>:erase:<customer>``); False if it was not there."""
         key = self._key(job, "erase", cid)
         result = await self._call_or_missing(
             lambda: self._request("delete", f"/v1/customers/{cid}", idempotency_key=key), write=True)
-        if result is None:  # localstripe after a deletion; real Stripe: deleted by someone else since
+        if result is None:  # deleted by someone else since it was located (Stripe: 404 on a second deletion)
             return False
         if not result.get("deleted"):
             raise PermanentConnectorError(f"{self.name}: customer deletion was not confirmed")
@@ -648,9 +737,11 @@ class StripeConnector:
         new_email = job.changes.get("email")
         if new_email and new_email.lower() != job.subject.email.lower():
             # A retry after the email itself was changed finds the customer under the new address.
-            customers += [c for c in await self._find_customers(new_email, notes) if c not in customers]
+            # (its notes are left out: finding no one there is the usual case, not news)
+            customers += [c for c in await self._find_customers(new_email) if c not in customers]
         known = [rid for dataset, rid in journal.seen if dataset == "customer"]
         customers = known + [c for c in customers if c not in known]
+        _forget_nobody(notes, customers)
         report: list[RecordReport] = []
         for cid in customers:
             done = journal.done.get(("customer", cid))
@@ -683,6 +774,15 @@ class StripeConnector:
     async def aclose(self) -> None:
         await self._http.close_async()
 
+
+_KEPT_NOTES = {
+    "charges": "payment record kept for accounting, with its billing_details and shipping (Stripe cannot clear "
+               "them on a charge)",
+    "credit_notes": "accounting document; Stripe cannot delete credit notes",
+    "quotes": "quotes cannot be deleted through the Stripe API",
+    "setup_intents": "holds no personal data of its own (customer and payment method ids); cannot be deleted "
+                     "through the Stripe API",
+}
 
 _ADDRESS = {"address_line1": "line1", "address_line2": "line2", "city": "city", "postcode": "postal_code",
             "state": "state", "country": "country"}

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,9 +22,9 @@ from typing import Any
 from dsr.errors import ConfigurationError
 from dsr.web.serve import RunningServer, serve_app
 from sandbox import appdb
-from sandbox.faults import FaultRates, Faults, fault_proxy
+from sandbox.faults import FaultRates, Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
-from sandbox.stripe import LocalStripe, seed_customer
+from sandbox.stripe import StripeState, stripe_app
 from sandbox.woocommerce import WooState, woocommerce_app
 
 CONFIG_MARKER = "# written by `dsr up --demo`"
@@ -32,6 +33,7 @@ HUBSPOT_TOKEN = "pat-demo-hubspot-sandbox"  # noqa: S105
 WOO_KEY = "ck_demo_sandbox"
 WOO_SECRET = "cs_demo_sandbox"  # noqa: S105
 STRIPE_KEY = "sk_test_dsr_demo"
+STRIPE_SEARCH_DELAY_VARIABLE, DEFAULT_STRIPE_SEARCH_DELAY = "DSR_DEMO_STRIPE_SEARCH_DELAY", 60.0
 DEFAULT_PORTS = {"hubspot": 8301, "woocommerce": 8302, "stripe": 8303}
 APP_URL_ENV, APP_HASH_KEY_ENV = "DSR_DEMO_APP_DATABASE_URL", "DSR_DEMO_APP_HASH_KEY"
 
@@ -103,15 +105,37 @@ def seed_woocommerce(state: WooState) -> dict[str, dict[str, int]]:
     return counts
 
 
-async def seed_stripe(url: str) -> dict[str, dict[str, int]]:
-    await seed_customer(url, STRIPE_KEY, email="camille.durand@example.org", name="Camille Durand",
-                        charges=2, subscription=True)
-    await seed_customer(url, STRIPE_KEY, email="marie.lefevre@example.com", name="Marie Lefèvre", charges=2000)
-    await seed_customer(url, STRIPE_KEY, email="Lucas.Petit@example.org", name="Lucas Petit", charges=1)
+def stripe_search_delay(env: Mapping[str, str]) -> float:
+    """``DSR_DEMO_STRIPE_SEARCH_DELAY``: seconds the demo Stripe's customer search lags behind changes (Stripe: up
+    to about a minute)."""
+    raw = env.get(STRIPE_SEARCH_DELAY_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_STRIPE_SEARCH_DELAY
+    try:
+        delay = float(raw)
+    except ValueError:
+        delay = -1.0
+    if not 0 <= delay <= 3600:
+        raise DemoError(f"{STRIPE_SEARCH_DELAY_VARIABLE} must be a number of seconds from 0 to 3600")
+    return delay
+
+
+def seed_stripe(state: StripeState) -> dict[str, dict[str, int]]:
+    # Seeded an hour ago: the sandbox's customer search (which lags as Stripe's does) already sees them.
+    an_hour_ago = state.now() - 3600
+    state.seed_customer("camille.durand@example.org", "Camille Durand", charges=2, subscription=True, extras=True,
+                        created=an_hour_ago)
+    state.add_checkout_session(email="camille.durand@example.org", name="Camille Durand",
+                               address={"line1": "12 rue des Lilas", "city": "Lyon", "postal_code": "69003",
+                                        "country": "FR"}, created=an_hour_ago)  # a purchase as a guest
+    state.seed_customer("marie.lefevre@example.com", "Marie Lefèvre", charges=2000, created=an_hour_ago)
+    state.seed_customer("Lucas.Petit@example.org", "Lucas Petit", charges=1, created=an_hour_ago)
     return {
-        "camille.durand@example.org": {"customer": 1, "charges": 2, "subscriptions": 1, "invoices": 1},
-        "marie.lefevre@example.com": {"customer": 1, "charges": 2000},
-        "lucas.petit@example.org": {"customer": 1, "charges": 1},
+        "camille.durand@example.org": {
+            "customer": 1, "charges": 4, "payment_intents": 4, "subscriptions": 1, "invoices": 1, "credit_notes": 1,
+            "quotes": 1, "payment_methods": 1, "setup_intents": 1, "checkout_sessions": 2},
+        "marie.lefevre@example.com": {"customer": 1, "charges": 2000, "payment_intents": 2000, "payment_methods": 1},
+        "lucas.petit@example.org": {"customer": 1, "charges": 1, "payment_intents": 1, "payment_methods": 1},
     }
 
 
@@ -185,7 +209,7 @@ class Demo:
     """The running sandboxes; ``stop()`` shuts them down."""
 
     servers: list[RunningServer]
-    stripe: LocalStripe
+    stripe: StripeState
     customers: list[DemoCustomer]
     ports: dict[str, int]
     faults: dict[str, Faults] = field(default_factory=dict)  # system -> its faults (DSR_DEMO_FAULTS)
@@ -193,7 +217,6 @@ class Demo:
     async def stop(self) -> None:
         for server in self.servers:
             await server.stop()
-        await asyncio.to_thread(self.stripe.stop)
 
 
 def _is_users_own(config_file: Path) -> bool:
@@ -224,8 +247,7 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
                      ports: dict[str, int] | None = None, rates: FaultRates | None = None) -> Demo:
     """Start and seed the sandboxes, then write ``dsr.toml`` and ``secrets.env`` pointing at them.
 
-    ``rates`` (``DSR_DEMO_FAULTS``): every sandbox answers that share of requests with a fault; Stripe's
-    through a fault-injecting proxy on its port, localstripe itself on a free one (seeded directly)."""
+    ``rates`` (``DSR_DEMO_FAULTS``): every sandbox answers that share of requests with a fault."""
     ports = dict(ports or DEFAULT_PORTS)
     if _is_users_own(config_file):
         raise DemoError(f"{config_file} is your own configuration; run the demo with another DSR_HOME "
@@ -235,8 +257,10 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
         raise DemoError(f"already in use on 127.0.0.1: {', '.join(busy)}")
 
     hubspot_state, woo_state = HubSpotState(), WooState()
+    stripe = StripeState(search_delay=stripe_search_delay(os.environ))
     counts: dict[str, dict[str, dict[str, int]]] = {}
-    for system, seeded in (("hubspot", seed_hubspot(hubspot_state)), ("woocommerce", seed_woocommerce(woo_state))):
+    for system, seeded in (("hubspot", seed_hubspot(hubspot_state)), ("woocommerce", seed_woocommerce(woo_state)),
+                           ("stripe", seed_stripe(stripe))):
         for email, datasets in seeded.items():
             counts.setdefault(email, {})[system] = datasets
     app_url, app_counts = await asyncio.to_thread(seed_app, home)
@@ -251,17 +275,12 @@ async def start_demo(home: Path, config_file: Path, secrets_file: Path,
                                           faults=faults["woocommerce"]),
                           port=ports["woocommerce"]),
     ]
-    stripe = LocalStripe(api_key=STRIPE_KEY)
     try:
-        await asyncio.to_thread(stripe.start, 0 if rates else ports["stripe"])
-        for email, datasets in (await seed_stripe(stripe.url)).items():
-            counts.setdefault(email, {})["stripe"] = datasets
-        if rates:
-            servers.append(await serve_app(fault_proxy(stripe.url, faults["stripe"]), port=ports["stripe"]))
+        servers.append(await serve_app(stripe_app(stripe, api_key=STRIPE_KEY, faults=faults["stripe"]),
+                                       port=ports["stripe"]))
     except BaseException:
         for server in servers:
             await server.stop()
-        await asyncio.to_thread(stripe.stop)
         raise
 
     customers = [DemoCustomer(email=email, name=NAMES[email], systems=systems, about=ABOUT[email])

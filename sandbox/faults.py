@@ -1,7 +1,7 @@
 """Fault injection shared by the sandboxes: tests ask for 5xx, slow answers, dropped connections, or answers
 lost after the call took effect, one by one; ``DSR_DEMO_FAULTS`` and bench/chaos.py ask for them at random
-rates (:class:`FaultRates`). :func:`fault_proxy` puts the same faults in front of a server we cannot change
-(localstripe)."""
+rates (:class:`FaultRates`). Each sandbox puts :class:`FaultMiddleware` outermost, with injected errors in its
+vendor's own error shape (:func:`stripe_error` for Stripe)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,6 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dsr.config.settings import ConfigError
@@ -260,10 +255,6 @@ async def buffered_body(receive: Receive) -> tuple[Receive, bytes]:
     return replay, body
 
 
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
-               "content-length", "content-encoding"}
-
-
 def stripe_error(status: int) -> bytes:
     """An injected error as Stripe answers one (``{"error": {...}}``): the official SDK reads the status and
     the ``Retry-After`` header of such an answer only; any other body becomes an "invalid response" whose
@@ -274,23 +265,3 @@ def stripe_error(status: int) -> bytes:
     else:
         error = {"type": "api_error", "message": "An error occurred with our connection to Stripe (injected fault)."}
     return json.dumps({"error": error}).encode()
-
-
-def fault_proxy(upstream: str, faults: Faults) -> Starlette:
-    """A reverse proxy to ``upstream`` (localstripe, which has no fault injection of its own) applying
-    ``faults`` as the other sandboxes do: the demo and bench/chaos.py put it in front of Stripe."""
-    client = httpx.AsyncClient(base_url=upstream, timeout=60)  # as long-lived as the sandbox (no lifespan runs)
-
-    async def forward(request: Request) -> Response:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        answer = await client.request(request.method, request.url.path, params=request.url.query or None,
-                                      headers=headers, content=await request.body())
-        return Response(answer.content, status_code=answer.status_code,
-                        headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP})
-
-    class _Proxy(Starlette):
-        def build_middleware_stack(self) -> ASGIApp:
-            return FaultMiddleware(super().build_middleware_stack(), faults, error_body=stripe_error)
-
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return _Proxy(routes=[Route("/{path:path}", forward, methods=methods)])

@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 
 from dsr.web.serve import RunningServer, serve_app
-from sandbox.faults import FaultRates, Faults, fault_proxy
+from sandbox.faults import FaultRates, Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
-from sandbox.stripe import LocalStripe, seed_customer
+from sandbox.stripe import StripeSandbox, seed_customer, stripe_app
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import MailSink, S3Server, free_port
 
@@ -53,8 +53,8 @@ class Sandboxes:
     hubspot: HubSpotState
     woo: WooState
     faults: Faults  # WooCommerce's
-    servers: list[RunningServer]  # HubSpot, WooCommerce, then Stripe's fault proxy
-    stripe: LocalStripe  # seeded directly; the connectors reach it through the proxy
+    servers: list[RunningServer]  # HubSpot, WooCommerce, then Stripe with its faults
+    stripe: StripeSandbox  # seeded directly, without faults; the connectors reach its state through servers[2]
     people: dict[str, Holding] = field(default_factory=dict)
     hubspot_faults: Faults = field(default_factory=Faults)
     stripe_faults: Faults = field(default_factory=Faults)
@@ -88,9 +88,9 @@ async def start_sandboxes() -> Sandboxes:
         await serve_app(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, faults=faults),
                         port=0),
     ]
-    stripe = LocalStripe(api_key=STRIPE_KEY)
+    stripe = StripeSandbox(api_key=STRIPE_KEY)
     await asyncio.to_thread(stripe.start)
-    servers.append(await serve_app(fault_proxy(stripe.url, stripe_faults), port=0))
+    servers.append(await serve_app(stripe_app(stripe.state, api_key=STRIPE_KEY, faults=stripe_faults), port=0))
     return Sandboxes(hubspot, woo, faults, servers, stripe, hubspot_faults=hubspot_faults,
                      stripe_faults=stripe_faults)
 

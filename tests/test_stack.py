@@ -292,7 +292,7 @@ def test_no_worker_stack_with_demo_faults_waits_for_a_dsr_worker(stack: Stack) -
     stack.up("--demo", "--no-worker")
     banner = (stack.home / "up.log").read_text()
     assert "none (--no-worker)" in banner and "faults       429 100% of requests" in banner
-    for port in (base, base + 1, base + 2):  # every demo system, Stripe through its fault proxy
+    for port in (base, base + 1, base + 2):  # every demo system, each with its faults
         answer = httpx.get(f"http://127.0.0.1:{port}/v1/customers")
         assert answer.status_code == 429 and answer.headers["retry-after"] == "1", (port, answer.status_code)
 

@@ -147,13 +147,15 @@ _DATASETS = {
            "checkout_sessions": "sessions de paiement", "subscriptions": "abonnements",
            "payment_methods": "moyens de paiement enregistrés", "notes": "notes de notre équipe",
            "deals": "propositions commerciales", "tickets": "demandes d'assistance", "emails": "courriels",
-           "addresses": "adresses"},
+           "addresses": "adresses", "credit_notes": "avoirs", "quotes": "devis",
+           "setup_intents": "enregistrements de moyens de paiement"},
     "en": {"customer": "customer account", "contact": "contact record", "orders": "orders",
            "charges": "payments", "invoices": "invoices", "payment_intents": "payment attempts",
            "checkout_sessions": "checkout sessions", "subscriptions": "subscriptions",
            "payment_methods": "saved payment methods", "notes": "notes from our team",
            "deals": "commercial offers", "tickets": "support requests", "emails": "emails",
-           "addresses": "addresses"},
+           "addresses": "addresses", "credit_notes": "credit notes", "quotes": "quotes",
+           "setup_intents": "payment method setups"},
 }
 _FIELDS = {
     "fr": {"first_name": "prénom", "last_name": "nom", "email": "adresse électronique", "phone": "téléphone",

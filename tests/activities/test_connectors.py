@@ -24,6 +24,7 @@ from dsr.domain.model import (
     RequestKind,
     Subject,
 )
+from dsr.mail.replies import _count
 from tests.harness import ScriptedConnector, file_exports, raw_dataset
 
 STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-exports-")))
@@ -139,10 +140,12 @@ async def test_a_long_report_is_stored_encrypted_and_summarised_in_history() -> 
         fan_out_with([Bulky("shop")]).run_connector,
         ConnectorTask(request_id=request_id, connector="shop", kind=RequestKind.ERASURE, subject=SUBJECT),
     )
-    assert [(r.dataset, r.record_id, r.action, r.retained_until) for r in outcome.report] == [
-        ("orders", "1000 records", "anonymised", date(2035, 1, 28)),
-        ("customer", "1 records", "deleted", None),
+    # Summary lines ("*") lead their note with the records they stand for, as the replies count them.
+    assert [(r.dataset, r.record_id, r.action, r.retained_until, r.note) for r in outcome.report] == [
+        ("orders", "*", "anonymised", date(2035, 1, 28), "1000 records"),
+        ("customer", "*", "deleted", None, "1 records"),
     ]
+    assert [_count([line]) for line in outcome.report] == ["1000", "1"]
     stored = list(STORE.read(request_id, "shop", "report"))
     assert len(stored) == 1001 and stored[0]["record_id"] == "o0"
 

@@ -2,7 +2,7 @@
 worker, reports exactly what a clean run reports, and nothing is done twice.
 
 Real components: the fan-out activity (Temporal's activity environment), the sandboxes over HTTP (HubSpot,
-WooCommerce with their fault injection; localstripe), and the object storage on files and on S3 over HTTP.
+WooCommerce with their fault injection; Stripe), and the object storage on files and on S3 over HTTP.
 Each retry builds a new connector and a new activity holder on a new store object from the same URL: what it
 knows of the first attempt comes from the object storage only, as on another machine.
 """
@@ -30,7 +30,7 @@ from dsr.store import store_at
 from dsr.store.crypto import DecryptionError
 from dsr.store.exports import ExportStore
 from dsr.store.journals import JournalEntry, JournalStore
-from sandbox.stripe import LocalStripe, seed_customer
+from sandbox.stripe import StripeSandbox, seed_customer
 from tests.connectors.test_hubspot import EMAIL as HUBSPOT_EMAIL
 from tests.connectors.test_hubspot import TOKEN, Portal, seeded, start_portal, stop_portal
 from tests.connectors.test_woocommerce import KEY, LEA, SECRET, Shop, seed_lea, start_shop
@@ -226,12 +226,12 @@ async def test_hubspot_rectification_whose_answer_is_lost(portals: list[Portal],
     assert retried.report[0].fields == ["city", "postcode"] and len(portal.state.patches) == 1
 
 
-# --- Stripe (localstripe: the answer is lost in the client, after localstripe acted) ---------------------
+# --- Stripe (the sandbox: the answer is lost in the client, after the sandbox acted) ------------------------
 
 
 @pytest.fixture(scope="module")
-def localstripe() -> Iterator[LocalStripe]:
-    with LocalStripe().start() as running:
+def stripe_sandbox() -> Iterator[StripeSandbox]:
+    with StripeSandbox().start() as running:
         yield running
 
 
@@ -255,15 +255,15 @@ class LosesFirstDeletionAnswer(StripeConnector):
         return answer
 
 
-async def test_stripe_two_customers_first_deletion_answer_lost(localstripe: LocalStripe, storage_url: str) -> None:
+async def test_stripe_two_customers_first_deletion_answer_lost(stripe_sandbox: StripeSandbox, storage_url: str) -> None:
     async def seed() -> str:
         email = f"lea.petit+{uuid.uuid4().hex[:8]}@example.org"
-        await seed_customer(localstripe.url, localstripe.api_key, email=email, name="Léa Petit", charges=2)
-        await seed_customer(localstripe.url, localstripe.api_key, email=email, name="Léa Petit", charges=1)
+        await seed_customer(stripe_sandbox.url, stripe_sandbox.api_key, email=email, name="Léa Petit", charges=2)
+        await seed_customer(stripe_sandbox.url, stripe_sandbox.api_key, email=email, name="Léa Petit", charges=1)
         return email
 
     def connector(cls: type[StripeConnector] = StripeConnector) -> StripeConnector:
-        return cls(api_key=localstripe.api_key, base_url=localstripe.url, rate_limit=RateLimiter(1000, 1.0))
+        return cls(api_key=stripe_sandbox.api_key, base_url=stripe_sandbox.url, rate_limit=RateLimiter(1000, 1.0))
 
     LosesFirstDeletionAnswer.deletions = 0
     clean_email, email = await seed(), await seed()
@@ -273,9 +273,9 @@ async def test_stripe_two_customers_first_deletion_answer_lost(localstripe: Loca
     counted = connector(LosesFirstDeletionAnswer)
     retried = await run(storage_url, counted, erasure("stripe", Subject(email=email)))
     assert _normalised(retried) == _normalised(clean)
-    # Two customers and their payment methods deleted, the three charges retained (listed before the deletion,
-    # so the first customer's come from the journal).
-    assert retried.counts == clean.counts == {"retained": 3, "deleted": 4}
+    # Two customers and their payment methods deleted, the three charges and their payment intents retained
+    # (listed before the deletion, so the first customer's come from the journal).
+    assert retried.counts == clean.counts == {"retained": 6, "deleted": 4}
     assert [r.action for r in retried.report if r.dataset == "customer"] == [RecordAction.DELETED] * 2
     assert "already_gone" not in retried.counts
     assert LosesFirstDeletionAnswer.deletions == 2  # the first customer was not asked again

@@ -1,7 +1,6 @@
 """The vendors' own API descriptions, checked against what really crosses the wire in the connector tests.
 
-:class:`SpecCheck` is ASGI middleware put outermost in front of a sandbox (or of :func:`checked_proxy`, a
-reverse proxy to a server we cannot wrap, such as localstripe): every request a connector sends and every
+:class:`SpecCheck` is ASGI middleware put outermost in front of a sandbox: every request a connector sends and every
 answer it gets back is validated with ``openapi-core`` against the vendored descriptions in ``specs/``
 (sources and licences in SOURCES.md). What does not fit is a :class:`Violation`, named by a stable
 :attr:`~Violation.rule` (vendor, side, operation, status, field, JSON-schema keyword); a rule listed in
@@ -497,12 +496,5 @@ def stripe_contract() -> Contract:
     return Contract("stripe", STRIPE_SPECS)
 
 
-def checked_proxy(upstream: str, contract: Contract, tally: Tally | None = None) -> SpecCheck:
-    """A reverse proxy to ``upstream`` (a server we cannot wrap: localstripe) behind :class:`SpecCheck`."""
-    from sandbox.faults import Faults, fault_proxy
-
-    return SpecCheck(fault_proxy(upstream, Faults()), contract, tally)
-
-
-__all__ = ["SESSION", "Contract", "SpecCheck", "Tally", "Violation", "checked_proxy", "excuse",
+__all__ = ["SESSION", "Contract", "SpecCheck", "Tally", "Violation", "excuse",
            "hubspot_contract", "stripe_contract"]

@@ -1,9 +1,11 @@
-"""The Stripe connector over real HTTP: against localstripe (started on 127.0.0.1 by sandbox.stripe) for
-access, portability, erasure and verification, rectification; against tiny local servers for what
-localstripe cannot do (429/5xx, Stripe's search and Checkout Sessions)."""
+"""The Stripe connector over real HTTP: against the Stripe sandbox (sandbox.stripe, on 127.0.0.1) for locating
+by search and by listing, access, portability, erasure and verification, rectification; against tiny local
+servers for scripted failures (429/5xx, refusals). Every request and sandbox answer is checked against Stripe's
+OpenAPI description (tests/apispec)."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -31,27 +33,29 @@ from connectors.http import READ_TRIES, RateLimiter
 from connectors.stripe import LEGAL_BASIS, StripeConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.web.serve import serve_app
-from sandbox.stripe import LocalStripe, seed_customer
-from tests.apispec import SpecCheck, Tally, checked_proxy, stripe_contract
+from sandbox.demo import seed_stripe
+from sandbox.stripe import StripeSandbox, StripeState, seed_customer, stripe_app
+from tests.apispec import SpecCheck, Tally, stripe_contract
 from tests.harness import file_exports, free_port, raw_dataset
 
+KEY = "sk_test_dsr_sandbox"
 STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-stripe-exports-")))
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LocalStripe]:
-    with LocalStripe().start() as running:  # ephemeral, 127.0.0.1 only
+def server() -> Iterator[StripeSandbox]:
+    with StripeSandbox().start() as running:  # in memory, 127.0.0.1 only
         yield running
 
 
 @pytest.fixture(scope="module")
-async def checked(server: LocalStripe) -> AsyncIterator[tuple[str, Tally]]:
-    """localstripe behind a proxy checking every request and answer against Stripe's OpenAPI description:
-    the connectors talk to this URL (the seeding helpers go straight to localstripe)."""
-    proxy = checked_proxy(server.url, stripe_contract())
-    running = await serve_app(proxy, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+async def checked(server: StripeSandbox) -> AsyncIterator[tuple[str, Tally]]:
+    """The same sandbox behind middleware checking every request and answer against Stripe's OpenAPI
+    description: the connectors talk to this URL (the seeding helpers go straight to the sandbox)."""
+    app = SpecCheck(server.app, stripe_contract())
+    running = await serve_app(app, host="127.0.0.1", port=0)  # type: ignore[arg-type]
     try:
-        yield running.url, proxy.tally
+        yield running.url, app.tally
     finally:
         await running.stop()
 
@@ -65,7 +69,7 @@ async def stripe_url(checked: tuple[str, Tally]) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def stripe_(server: LocalStripe, stripe_url: str) -> AsyncIterator[StripeConnector]:
+async def stripe_(server: StripeSandbox, stripe_url: str) -> AsyncIterator[StripeConnector]:
     connector = StripeConnector(api_key=server.api_key, base_url=stripe_url, rate_limit=RateLimiter(1000, 1.0))
     yield connector
     await connector.aclose()
@@ -79,11 +83,11 @@ def request_id() -> str:
     return f"dsr-2026-11-{uuid.uuid4().hex[:6]}"
 
 
-def api(server: LocalStripe) -> httpx.Client:
+def api(server: StripeSandbox) -> httpx.Client:
     return httpx.Client(base_url=server.url, auth=(server.api_key, ""), timeout=10)
 
 
-def charge_ids(server: LocalStripe, customer: str) -> list[str]:
+def charge_ids(server: StripeSandbox, customer: str) -> list[str]:
     ids: list[str] = []
     after: str | None = None
     with api(server) as client:
@@ -118,7 +122,7 @@ async def test_wrong_api_key_asks_to_check_the_credentials(stripe_url: str) -> N
 # --- locate ---------------------------------------------------------------------------------------
 
 
-async def test_locate_matches_the_email_case_insensitively(server: LocalStripe, stripe_: StripeConnector) -> None:
+async def test_locate_matches_the_email_case_insensitively(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()  # stored with capitals
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit")
     await seed_customer(server.url, server.api_key, email=unique_email("someone.else"), name="Other")
@@ -127,14 +131,113 @@ async def test_locate_matches_the_email_case_insensitively(server: LocalStripe, 
         assert [(loc.dataset, loc.record_id) for loc in located] == [("customer", customer)]
 
 
-async def test_without_search_the_exact_filter_is_tried_as_given_and_lower_cased(
-        server: LocalStripe, stripe_: StripeConnector) -> None:
-    # What remains against real Stripe if search is refused: exact lookups, as given and lower-cased.
-    stripe_._scan_without_search = False
-    email = unique_email().lower()
-    customer = await seed_customer(server.url, server.api_key, email=email, name="Lower Case")
-    assert [loc.record_id for loc in await stripe_.locate(Subject(email=email.upper()))] == [customer]
-    assert [loc.record_id for loc in await stripe_.locate(Subject(email=email))] == [customer]
+@contextlib.asynccontextmanager
+async def another_sandbox(state: StripeState, *, search: bool = True) -> AsyncIterator[StripeConnector]:
+    """A connector to a sandbox of its own over ``state`` (e.g. without search, or with a search delay),
+    checked against Stripe's description like the module's."""
+    app = SpecCheck(stripe_app(state, api_key=KEY, search=search), stripe_contract())
+    running = await serve_app(app, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    connector = StripeConnector(api_key=KEY, base_url=running.url)
+    try:
+        yield connector
+    finally:
+        await connector.aclose()
+        await running.stop()
+    app.tally.assert_clean()
+
+
+def searched(state: StripeState) -> int:
+    return sum(1 for method, path in state.requests if path == "/v1/customers/search")
+
+
+def scanned(state: StripeState) -> int:
+    """Customer listings without an email filter: the scan a server without search gets."""
+    return state.scans
+
+
+def demo_stripe() -> tuple[StripeState, str]:
+    """The demo's Stripe, seeded as ``dsr up --demo`` seeds it, and the id of Lucas Petit, registered as
+    ``Lucas.Petit@example.org``."""
+    state = StripeState(search_delay=60)  # as the demo's (DSR_DEMO_STRIPE_SEARCH_DELAY); seeded an hour back
+    seed_stripe(state)
+    [lucas] = [c["id"] for c in state.objects["customer"].values() if c["email"] == "Lucas.Petit@example.org"]
+    return state, lucas
+
+
+async def test_the_demo_customer_registered_with_capitals_is_found_by_search() -> None:
+    state, lucas = demo_stripe()
+    async with another_sandbox(state) as connector:
+        rid = request_id()
+        outcome = await connector.export(ExportJob(rid, Subject(email="lucas.petit@example.org"),
+                                                   STORE.for_request(rid)))
+    assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [lucas]
+    assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 1
+    assert searched(state) == 1 and scanned(state) == 0  # found by the search, no scan
+    assert not any("search" in note for note in outcome.notes)
+
+
+async def test_without_search_the_listing_path_finds_it_and_says_so() -> None:
+    state, lucas = demo_stripe()
+    async with another_sandbox(state, search=False) as connector:
+        outcome = await connector.export(ExportJob(rid := request_id(), Subject(email="lucas.petit@example.org"),
+                                                   STORE.for_request(rid)))
+        assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [lucas]
+        assert "customer search: not supported by this server" in outcome.notes
+        assert any("by listing every customer instead" in note for note in outcome.notes)
+        assert searched(state) == 1 and scanned(state) >= 1  # asked once, then remembered as unsupported
+        # Against api.stripe.com a scan is never made: only the exact lookups remain, and the notes say what
+        # that misses.
+        connector._scan_without_search = False
+        outcome = await connector.export(ExportJob(rid := request_id(), Subject(email="lucas.petit@example.org"),
+                                                   STORE.for_request(rid)))
+        assert outcome.counts == {"exported": 0}
+        assert any("exact email only" in note and "other capitals" in note for note in outcome.notes)
+        assert [loc.record_id for loc in await connector.locate(Subject(email="Lucas.Petit@example.org"))] == [
+            lucas]  # as registered: the exact lookup finds it
+        lower = f"lea.petit+{uuid.uuid4().hex[:8]}@example.org"
+        other = state.seed_customer(lower, "Léa Petit")
+        assert [loc.record_id for loc in await connector.locate(Subject(email=lower.upper()))] == [other]
+
+
+async def test_search_and_listing_follow_their_pages() -> None:
+    """More than a page of customers under one address (a shop that creates one per guest checkout): the
+    search's ``next_page`` and the listing's ``starting_after`` are both followed to the end."""
+    state = StripeState()
+    made = [state.add_customer("Many.Times@example.org", f"Guest {i}") for i in range(130)]
+    made += [state.add_customer("many.times@example.org", "Lower") for _ in range(3)]
+    async with another_sandbox(state) as connector:
+        located = await connector.locate(Subject(email="many.times@example.org"))
+    assert sorted(loc.record_id for loc in located) == sorted(made)
+    assert searched(state) == 2  # two pages of 100
+
+
+async def test_search_lags_and_the_connector_says_so() -> None:
+    """Stripe's search is eventually consistent: the sandbox's search sees customers as they were a minute
+    ago. The exact lookups made beside it still find an exact address; a customer registered with other
+    capitals is found once the index has caught up, and until then the outcome says the search found no one."""
+    clock = [1_800_000_000.0]
+    state = StripeState(search_delay=60, now=lambda: clock[0])
+    registered = "Lucas.Petit@example.org"
+    customer = state.seed_customer(registered, "Lucas Petit", charges=1)
+    async with another_sandbox(state) as connector:
+        rid = request_id()
+        outcome = await connector.export(ExportJob(rid, Subject(email="lucas.petit@example.org"),
+                                                   STORE.for_request(rid)))
+        assert outcome.counts == {"exported": 0}
+        assert any(note.startswith("customer search found no one") and "a minute" in note
+                   for note in outcome.notes)
+        rid = request_id()
+        outcome = await connector.export(ExportJob(rid, Subject(email=registered), STORE.for_request(rid)))
+        assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]  # the exact lookup
+        assert any("had not yet indexed 1 customer(s)" in note for note in outcome.notes)
+        assert not any("@" in note or "lucas" in note.lower() for note in outcome.notes)  # no one named
+        clock[0] += 61  # the index has caught up
+        assert [loc.record_id for loc in await connector.locate(Subject(email="lucas.petit@example.org"))] == [
+            customer]
+        # A deletion reaches the index a minute late too: the hit is read back, and the stub says deleted.
+        state.delete_customer(customer)
+        assert state.search_view(customer) is not None
+        assert await connector.locate(Subject(email="lucas.petit@example.org")) == []
 
 
 async def test_locate_finds_nothing_for_an_unknown_address(stripe_: StripeConnector) -> None:
@@ -145,7 +248,7 @@ async def test_locate_finds_nothing_for_an_unknown_address(stripe_: StripeConnec
 
 
 async def test_export_streams_every_record_once_into_the_encrypted_store(
-        server: LocalStripe, stripe_: StripeConnector) -> None:
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250,
                                    subscription=True)
@@ -159,16 +262,16 @@ async def test_export_streams_every_record_once_into_the_encrypted_store(
     assert sorted(exported) == sorted(expected) and len(set(exported)) == 251
     by_name = {d.dataset: d for d in outcome.datasets}
     assert {name: d.records for name, d in by_name.items()} == {
-        "customer": 1, "charges": 251, "payment_intents": 0, "invoices": 1, "subscriptions": 1,
-        "payment_methods": 1, "checkout_sessions": 0,
+        "customer": 1, "charges": 251, "payment_intents": 251, "invoices": 1, "credit_notes": 0, "quotes": 0,
+        "subscriptions": 1, "payment_methods": 1, "setup_intents": 0, "checkout_sessions": 0,
     }
     assert by_name["customer"].provided and by_name["payment_methods"].provided
     assert not by_name["invoices"].provided and not by_name["payment_intents"].provided
-    assert outcome.counts == {"exported": 255}
-    # localstripe's gaps are noted, not fatal, and name no one
-    assert "payment intent listing by customer: not supported by this server" in outcome.notes
-    assert "checkout sessions: not supported by this server" in outcome.notes
+    assert outcome.counts == {"exported": 506}
+    assert not any("not supported" in note for note in outcome.notes)  # every endpoint answered
     assert not any("@" in note for note in outcome.notes)
+    charge = next(iter(STORE.read(rid, "stripe", "charges")))
+    assert charge["billing_details"]["name"] == "Léa Petit" and charge["shipping"]["address"]["city"] == "Lyon"
     [record] = STORE.read(rid, "stripe", "customer")
     assert record["id"] == customer and record["shipping"]["address"]["city"] == "Lyon"
     # a checkpoint after every page, holding ids and counts only
@@ -178,7 +281,7 @@ async def test_export_streams_every_record_once_into_the_encrypted_store(
     assert b"Lea.Petit" not in raw and b"Lyon" not in raw
 
 
-async def test_a_crashed_export_resumes_without_duplicates(server: LocalStripe, stripe_: StripeConnector) -> None:
+async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250)
     rid = request_id()
@@ -207,7 +310,7 @@ async def test_a_crashed_export_resumes_without_duplicates(server: LocalStripe, 
 
 
 async def test_a_fresh_export_replaces_what_a_crashed_attempt_left(
-        server: LocalStripe, stripe_: StripeConnector) -> None:
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=120)
     rid = request_id()
@@ -224,19 +327,21 @@ async def test_a_fresh_export_replaces_what_a_crashed_attempt_left(
 
 
 async def test_a_customer_deleted_before_a_resumed_export_is_skipped_with_a_note(
-        server: LocalStripe, stripe_: StripeConnector) -> None:
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=3)
     with api(server) as client:
         assert client.delete(f"/v1/customers/{customer}").status_code == 200
     rid = request_id()
-    cursor = {"v": 1, "provided_only": False, "customers": [customer], "step": 0, "after": None, "written": {}}
+    cursor = {"v": 2, "provided_only": False, "customers": [customer], "step": 0, "after": None, "written": {}}
     outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), resume=cursor))
-    assert outcome.counts == {"exported": 0}
+    # The customer is gone; its payments stay in Stripe (accounting records), so they are still the subject's data.
+    counts = {d.dataset: d.records for d in outcome.datasets}
+    assert counts["customer"] == 0 and counts["charges"] == counts["payment_intents"] == 3
     assert any("deleted in Stripe while this request ran" in note for note in outcome.notes)
 
 
-async def test_portability_exports_what_the_subject_provided(server: LocalStripe, stripe_: StripeConnector) -> None:
+async def test_portability_exports_what_the_subject_provided(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=3, subscription=True)
     rid = request_id()
@@ -245,7 +350,8 @@ async def test_portability_exports_what_the_subject_provided(server: LocalStripe
         "customer", "charges", "subscriptions", "payment_methods", "checkout_sessions"}
     # Invoices and payment intents are Stripe's records, not the subject's: counted for the reply, not exported.
     excluded = {d.dataset: d.records for d in outcome.datasets if not d.provided}
-    assert set(excluded) == {"invoices", "payment_intents"} and excluded["invoices"] >= 1
+    assert set(excluded) == {"invoices", "payment_intents", "credit_notes", "quotes", "setup_intents"}
+    assert excluded["invoices"] >= 1 and excluded["payment_intents"] == 4
     assert {d.dataset for d in STORE.datasets(rid)} == {
         "customer", "charges", "subscriptions", "payment_methods", "checkout_sessions"}
     [method] = STORE.read(rid, "stripe", "payment_methods")
@@ -261,7 +367,7 @@ async def test_portability_exports_what_the_subject_provided(server: LocalStripe
 
 
 async def test_erase_deletes_the_customer_and_retains_payments_with_their_legal_basis(
-        server: LocalStripe, stripe_: StripeConnector) -> None:
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=12,
                                    subscription=True)
@@ -291,23 +397,24 @@ async def test_erase_deletes_the_customer_and_retains_payments_with_their_legal_
         # L123-22: ten years from the close of the financial year (31 December by default).
         assert line.retained_until == date(day.year + 10, 12, 31)
     assert [r.action for r in by_dataset["invoices"]] == [RecordAction.RETAINED]
-    # localstripe cannot list payment intents by customer: those the charges name are reported
-    assert by_dataset["payment_intents"] and all(r.action == RecordAction.RETAINED
-                                                 for r in by_dataset["payment_intents"])
+    assert len(by_dataset["payment_intents"]) == 13 and all(r.action == RecordAction.RETAINED
+                                                            for r in by_dataset["payment_intents"])
     assert [r.action for r in by_dataset["payment_methods"]] == [RecordAction.DELETED]
     assert [r.action for r in by_dataset["subscriptions"]] == [RecordAction.RESIDUAL]
-    assert outcome.counts["deleted"] == 2 and outcome.counts["retained"] == 13 + 1 + len(by_dataset["payment_intents"])
+    assert outcome.counts["deleted"] == 2 and outcome.counts["retained"] == 13 + 1 + 13
     # the deletion carries an idempotency key derived from the request, operation and customer
     assert ("DELETE", f"/v1/customers/{customer}", f"{rid}:erase:{customer}") in sent
     # verification: nothing is found again but what the report declares kept
     found_again = await stripe_.locate(subject)
     assert found_again == [] and unexpected_remains(outcome, found_again) == []
     with api(server) as client:
-        assert client.get(f"/v1/customers/{customer}").status_code == 404  # localstripe: gone (Stripe: deleted)
-        assert client.get(f"/v1/charges/{next(iter(charges))}").status_code == 200  # the charge is kept
+        assert client.get(f"/v1/customers/{customer}").json() == {"id": customer, "object": "customer",
+                                                                  "deleted": True}
+        charge = client.get(f"/v1/charges/{next(iter(charges))}").json()  # the charge is kept, as it was
+        assert charge["billing_details"]["name"] == "Léa Petit"
 
 
-async def test_a_repeated_erase_is_already_done(server: LocalStripe, stripe_: StripeConnector) -> None:
+async def test_a_repeated_erase_is_already_done(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=1)
     rid = request_id()
@@ -317,7 +424,7 @@ async def test_a_repeated_erase_is_already_done(server: LocalStripe, stripe_: St
     assert again.counts == {"already_gone": 1} and again.found == 0
 
 
-async def test_a_customer_deleted_meanwhile_is_already_gone(server: LocalStripe, stripe_: StripeConnector) -> None:
+async def test_a_customer_deleted_meanwhile_is_already_gone(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit")
     job = OperationJob(request_id(), Subject(email=email))
@@ -326,7 +433,7 @@ async def test_a_customer_deleted_meanwhile_is_already_gone(server: LocalStripe,
     assert await stripe_._delete_customer(job, customer) is False  # between locating and deleting
 
 
-async def test_retention_rules_are_configuration(server: LocalStripe, stripe_url: str) -> None:
+async def test_retention_rules_are_configuration(server: StripeSandbox, stripe_url: str) -> None:
     connector = StripeConnector(api_key=server.api_key, base_url=stripe_url,
                                 retention=(RetentionRule("charges", "Art. 17(3)(e) GDPR: legal claims", 5),))
     email = unique_email()
@@ -346,7 +453,7 @@ async def test_retention_rules_are_configuration(server: LocalStripe, stripe_url
 # --- rectify --------------------------------------------------------------------------------------
 
 
-async def test_rectify_changes_only_what_differs(server: LocalStripe, stripe_: StripeConnector) -> None:
+async def test_rectify_changes_only_what_differs(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", phone="+33611111111")
     rid = request_id()
@@ -367,15 +474,15 @@ async def test_rectify_changes_only_what_differs(server: LocalStripe, stripe_: S
     with api(server) as client:
         record = client.get(f"/v1/customers/{customer}").json()
     assert record["name"] == "Léa Martin" and record["phone"] == "+33611111111"
-    assert record["address"] == {"line1": "12 rue des Lilas", "city": "Paris", "postal_code": "75011",
-                                 "country": "FR"}
+    assert record["address"] == {"line1": "12 rue des Lilas", "line2": None, "city": "Paris", "postal_code": "75011",
+                                 "state": None, "country": "FR"}
     assert record["shipping"]["name"] == "Léa Martin" and record["shipping"]["address"]["city"] == "Paris"
     again = await stripe_.rectify(OperationJob(rid, Subject(email=email), changes))
     assert [r.action for r in again.report] == [RecordAction.UNCHANGED] and again.counts == {"unchanged": 1}
     assert len(keys) == 1  # nothing sent the second time
 
 
-async def test_rectifying_the_email_is_idempotent(server: LocalStripe, stripe_: StripeConnector) -> None:
+async def test_rectifying_the_email_is_idempotent(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email, new_email = unique_email(), unique_email("lea.martin").lower()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit")
     job = OperationJob(request_id(), Subject(email=email), {"email": new_email})
@@ -392,7 +499,7 @@ async def test_rectify_refuses_unknown_fields(stripe_: StripeConnector) -> None:
         await stripe_.rectify(OperationJob(request_id(), Subject(email="lea@example.org"), {"iban": "FR76"}))
 
 
-# --- what localstripe cannot do: faults, search, Checkout Sessions ------------------------------------
+# --- scripted answers: faults and refusals --------------------------------------------------------------
 
 
 def stripe_error(status: int, code: str | None, *, headers: Mapping[str, str] | None = None) -> Response:
@@ -513,7 +620,7 @@ async def test_an_unreachable_server_is_transient() -> None:
 
 
 async def test_a_server_error_in_the_middle_of_an_export_is_transient(
-        server: LocalStripe, stripe_: StripeConnector) -> None:
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
     # An export interrupted by a 503 raises transiently; its checkpoints let the retry resume.
     email = unique_email()
     await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=150)
@@ -536,8 +643,8 @@ async def test_a_server_error_in_the_middle_of_an_export_is_transient(
     assert len(exported) == len(set(exported)) == 150
 
 
-async def test_search_and_guest_checkout_sessions_where_the_server_has_them() -> None:
-    """Real Stripe's search (case-insensitive) and guest sessions, which localstripe lacks."""
+async def test_search_quotes_the_address_and_reads_back_what_only_the_search_found() -> None:
+    """Stripe's query language quoting, and a search hit the exact lookup did not confirm read back."""
     empty_list = {"object": "list", "data": [], "has_more": False, "url": "/v1/customers"}
 
     def search(request: Request) -> Response:
@@ -552,6 +659,10 @@ async def test_search_and_guest_checkout_sessions_where_the_server_has_them() ->
         assert request.url.path == "/v1/customers" and request.query_params["email"] == "lea.o'brien@example.org"
         return JSONResponse(empty_list)
 
+    def retrieve(request: Request) -> Response:
+        assert request.url.path == "/v1/customers/cus_1"
+        return JSONResponse({"id": "cus_1", "object": "customer", "email": "Lea.O'Brien@Example.org"})
+
     def sessions(request: Request) -> Response:
         assert request.url.path == "/v1/checkout/sessions"
         assert request.query_params["customer_details[email]"] == "lea.o'brien@example.org"
@@ -560,7 +671,7 @@ async def test_search_and_guest_checkout_sessions_where_the_server_has_them() ->
             {"id": "cs_known", "object": "checkout.session", "customer": "cus_1", "created": 1700000000},
         ]})
 
-    script = Scripted(search, customers, sessions)
+    script = Scripted(search, customers, retrieve, sessions)
     running, connector, limiter = await scripted_connector(script)
     try:
         located = await connector.locate(Subject(email="lea.o'brien@example.org"))
@@ -569,4 +680,89 @@ async def test_search_and_guest_checkout_sessions_where_the_server_has_them() ->
         await running.stop()
     assert [(loc.dataset, loc.record_id) for loc in located] == [("customer", "cus_1"),
                                                                  ("checkout_sessions", "cs_guest")]
-    assert limiter.acquired == len(script.requests) == 3
+    assert limiter.acquired == len(script.requests) == 4
+
+
+# --- every dataset: exported, and accounted for on erasure --------------------------------------------
+
+
+async def test_every_dataset_is_exported_with_billing_details_and_shipping(
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = server.state.seed_customer(email, "Léa Petit", charges=2, subscription=True, extras=True)
+    guest = server.state.add_checkout_session(email=email.lower(), name="Léa Petit",
+                                              address={"line1": "3 rue Neuve", "city": "Lille", "country": "FR"})
+    server.state.add_checkout_session(email=unique_email("someone.else"), name="Someone Else")
+    rid = request_id()
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email.lower()), STORE.for_request(rid)))
+    counts = {d.dataset: d.records for d in outcome.datasets}
+    assert counts == {"customer": 1, "charges": 4, "payment_intents": 4, "invoices": 1, "credit_notes": 1,
+                      "quotes": 1, "subscriptions": 1, "payment_methods": 1, "setup_intents": 1,
+                      "checkout_sessions": 2}
+    sessions = {r["id"]: r for r in STORE.read(rid, "stripe", "checkout_sessions")}
+    assert guest in sessions and sessions[guest]["customer"] is None
+    assert sessions[guest]["customer_details"]["address"]["city"] == "Lille"
+    assert {s["customer"] for s in sessions.values()} == {None, customer}
+    charges = list(STORE.read(rid, "stripe", "charges"))
+    assert all(c["billing_details"]["email"] == email for c in charges if c["customer"] == customer)
+    assert all(c["shipping"]["name"] == "Léa Petit" for c in charges)
+    [note] = STORE.read(rid, "stripe", "credit_notes")
+    [quote] = STORE.read(rid, "stripe", "quotes")
+    [setup] = STORE.read(rid, "stripe", "setup_intents")
+    assert note["customer"] == quote["customer"] == setup["customer"] == customer
+
+
+async def test_erasure_blanks_payment_methods_and_reports_every_dataset_kept_with_why(
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = server.state.seed_customer(email, "Léa Petit", charges=1, subscription=True, extras=True)
+    guest = server.state.add_checkout_session(email=email.lower(), name="Léa Petit")  # typed at checkout
+    [method] = [m for m in server.state.objects["payment_method"].values() if m["customer"] == customer]
+    rid = request_id()
+    subject = Subject(email=email.lower())
+    outcome = await stripe_.erase(OperationJob(rid, subject))
+    lines = {(r.dataset, r.record_id): r for r in outcome.report}
+    by_dataset: dict[str, list[Any]] = {}
+    for line in outcome.report:
+        by_dataset.setdefault(line.dataset, []).append(line)
+    assert lines[("customer", customer)].action == RecordAction.DELETED
+    pm_line = lines[("payment_methods", method["id"])]
+    assert pm_line.action == RecordAction.DELETED and pm_line.note.startswith("billing details blanked")
+    # Stripe updates only an attached method, and a detached one keeps its billing details: blanked first.
+    assert method["customer"] is None and method["billing_details"] == {
+        "address": dict.fromkeys(("city", "country", "line1", "line2", "postal_code", "state")),
+        "email": None, "name": None, "phone": None}
+    for dataset in ("charges", "invoices", "payment_intents", "credit_notes"):
+        assert by_dataset[dataset] and all(r.action == RecordAction.RETAINED and r.legal_basis == LEGAL_BASIS
+                                           for r in by_dataset[dataset]), dataset
+    assert all("billing_details and shipping" in r.note for r in by_dataset["charges"])
+    for dataset in ("quotes", "setup_intents", "subscriptions", "checkout_sessions"):
+        assert by_dataset[dataset] and all(r.action == RecordAction.RESIDUAL and r.note
+                                           for r in by_dataset[dataset]), dataset
+    assert ("checkout_sessions", guest) in lines
+    # Verification: the guest session is still found by its email, and the report declared it.
+    found_again = await stripe_.locate(subject)
+    assert [(loc.dataset, loc.record_id) for loc in found_again] == [("checkout_sessions", guest)]
+    assert unexpected_remains(outcome, found_again) == []
+
+
+async def test_a_planted_fault_in_a_sandbox_answer_is_reported() -> None:
+    """The check really runs over the sandbox: a charge stripped of a required field is a violation."""
+    state = StripeState()
+    customer = state.seed_customer("planted@example.org", "Planted Fault", charges=1)
+    [charge] = [c for c in state.objects["charge"].values() if c["customer"] == customer]
+    del charge["billing_details"]
+    tally = Tally("stripe", session=False)
+    app = SpecCheck(stripe_app(state, api_key=KEY), stripe_contract(), tally)
+    running = await serve_app(app, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    connector = StripeConnector(api_key=KEY, base_url=running.url)
+    try:
+        await connector.locate(Subject(email="planted@example.org"))
+        await connector.export(ExportJob(rid := request_id(), Subject(email="planted@example.org"),
+                                         STORE.for_request(rid)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert tally.requests >= 10 and tally.responses == tally.requests
+    assert [v.rule for v in tally.unexcused()] == [
+        "stripe response GET /v1/charges 200 data[].billing_details: required"]

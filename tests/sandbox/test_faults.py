@@ -1,4 +1,4 @@
-"""Random fault rates (DSR_DEMO_FAULTS), the write log, and the fault proxy in front of localstripe."""
+"""Random fault rates (DSR_DEMO_FAULTS), the write log, and the faults attached to the Stripe sandbox."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest_asyncio
 
 from dsr.config.settings import ConfigError
 from dsr.web.serve import RunningServer, serve_app
-from sandbox.faults import FaultRates, Faults, fault_proxy, parse_fault_rates
-from sandbox.stripe import LocalStripe
+from sandbox.faults import FaultRates, Faults, parse_fault_rates
+from sandbox.stripe import StripeSandbox, stripe_app
 from tests.harness import free_port
 
 BIN = Path(sys.executable).parent
@@ -56,15 +56,17 @@ def test_draws_follow_the_rates() -> None:
 
 
 @pytest.fixture(scope="module")
-def localstripe() -> LocalStripe:
-    with LocalStripe(api_key=KEY).start() as running:
+def sandbox() -> StripeSandbox:
+    with StripeSandbox(api_key=KEY).start() as running:
         yield running
 
 
 @pytest_asyncio.fixture
-async def proxied(localstripe: LocalStripe) -> AsyncIterator[tuple[RunningServer, Faults]]:
+async def proxied(sandbox: StripeSandbox) -> AsyncIterator[tuple[RunningServer, Faults]]:
+    """The Stripe sandbox's state served again with faults attached, as the demo and tests/cluster.py do (the
+    unfaulted server beside it is how seeding and checks reach the same state)."""
     faults = Faults()
-    server = await serve_app(fault_proxy(localstripe.url, faults), port=0)
+    server = await serve_app(stripe_app(sandbox.state, api_key=KEY, faults=faults), port=0)
     try:
         yield server, faults
     finally:
@@ -75,7 +77,7 @@ def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}"}
 
 
-async def test_the_proxy_forwards_to_localstripe_and_logs_what_it_carried_out(
+async def test_the_faulted_sandbox_answers_and_logs_what_it_carried_out(
     proxied: tuple[RunningServer, Faults],
 ) -> None:
     server, faults = proxied
@@ -91,7 +93,7 @@ async def test_the_proxy_forwards_to_localstripe_and_logs_what_it_carried_out(
     assert faults.mutated_twice() == []
 
 
-async def test_the_proxy_injects_429_with_retry_after_and_5xx(proxied: tuple[RunningServer, Faults]) -> None:
+async def test_the_sandbox_injects_429_with_retry_after_and_5xx(proxied: tuple[RunningServer, Faults]) -> None:
     server, faults = proxied
     async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
         faults.rates = FaultRates(throttle=1.0, retry_after_seconds=3)
@@ -102,7 +104,7 @@ async def test_the_proxy_injects_429_with_retry_after_and_5xx(proxied: tuple[Run
     assert faults.applied == [] and faults.injected == {"429": 1, "5xx": 1}
 
 
-async def test_the_stripe_connector_honours_the_proxys_retry_after(
+async def test_the_stripe_connector_honours_an_injected_retry_after(
     proxied: tuple[RunningServer, Faults],
 ) -> None:
     """Injected errors carry Stripe's error shape: the official SDK exposes the status and ``Retry-After`` of
@@ -128,7 +130,7 @@ async def test_the_stripe_connector_honours_the_proxys_retry_after(
 
 
 async def test_an_answer_lost_after_the_call_took_effect(
-    proxied: tuple[RunningServer, Faults], localstripe: LocalStripe,
+    proxied: tuple[RunningServer, Faults], sandbox: StripeSandbox,
 ) -> None:
     server, faults = proxied
     faults.rates = FaultRates(lost=1.0)
@@ -138,7 +140,7 @@ async def test_an_answer_lost_after_the_call_took_effect(
         faults.rates = FaultRates(drop=1.0)
         with pytest.raises(httpx.TransportError):
             await http.post("/v1/customers", data={"email": "dropped@example.org"})
-    async with httpx.AsyncClient(base_url=localstripe.url, headers=_auth()) as direct:
+    async with httpx.AsyncClient(base_url=sandbox.url, headers=_auth()) as direct:
         lost = (await direct.get("/v1/customers", params={"email": "lost.answer@example.org"})).json()["data"]
         dropped = (await direct.get("/v1/customers", params={"email": "dropped@example.org"})).json()["data"]
     assert len(lost) == 1 and dropped == []  # the lost answer's call took effect; the dropped one never arrived

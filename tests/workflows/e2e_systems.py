@@ -1,9 +1,9 @@
 """The world an end-to-end request runs in, for tests/workflows/test_replies_e2e.py.
 
 Everything is real and local: the time-skipping Temporal test server, the HubSpot and WooCommerce
-sandboxes over HTTP, localstripe, the SMTP sink of the test's ``mail`` fixture, the intake app (download
+sandboxes over HTTP, the Stripe sandbox, the SMTP sink of the test's ``mail`` fixture, the intake app (download
 pages) under uvicorn, and one worker running every workflow and activity. Each :func:`open_world` has its
-own Temporal test server and its own localstripe: a workflow left waiting on a timer by one test can never
+own Temporal test server and its own Stripe sandbox: a workflow left waiting on a timer by one test can never
 keep another test's server from skipping time, and no test sees another's Stripe customers.
 
 Two people are seeded in each of the three systems: the subject of the requests and another customer,
@@ -45,7 +45,7 @@ from intake.server import bundle_opener
 from intake.submission import Submission, prepare, start
 from intake.web.app import intake_app
 from sandbox.hubspot import HubSpotState, hubspot_app
-from sandbox.stripe import LocalStripe, seed_customer
+from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink, exports_of
 from tests.servers import start_time_skipping_server
@@ -84,7 +84,7 @@ UNKNOWN = Person("Zoé", "Inconnue", "zoe.inconnue@example.com", "", "", "", "")
 
 @dataclass
 class Holdings:
-    """The records one person has in the sandboxes, by id, as seeded (Stripe's as localstripe lists them)."""
+    """The records one person has in the sandboxes, by id, as seeded (Stripe's as the sandbox lists them)."""
 
     hubspot_contact: str
     hubspot_notes: list[str]
@@ -108,7 +108,7 @@ class Sandboxes:
     held: dict[str, Holdings] = field(default_factory=dict)  # by email
 
     async def stripe_list(self, path: str, **params: str) -> list[dict[str, Any]]:
-        """Every object of a localstripe listing (the sandbox's own answer, not the connector's)."""
+        """Every object of a Stripe sandbox listing (the sandbox's own answer, not the connector's)."""
         found: list[dict[str, Any]] = []
         async with httpx.AsyncClient(base_url=self.stripe_url, headers=STRIPE_AUTH) as http:
             while True:
@@ -249,17 +249,17 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def open_sandboxes(localstripe: LocalStripe) -> AsyncIterator[Sandboxes]:
+async def open_sandboxes(stripe_sandbox: StripeSandbox) -> AsyncIterator[Sandboxes]:
     hubspot, woo = HubSpotState(), WooState()
     crm = await serve_app(hubspot_app(hubspot, token=HUBSPOT_TOKEN), port=0)
     shop = await serve_app(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET), port=0)
     connectors = [
         HubSpotConnector("hubspot", token=HUBSPOT_TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
-        StripeConnector("stripe", api_key=STRIPE_KEY, base_url=localstripe.url, rate_limit=RateLimiter(25, 1.1)),
+        StripeConnector("stripe", api_key=STRIPE_KEY, base_url=stripe_sandbox.url, rate_limit=RateLimiter(25, 1.1)),
         WooCommerceConnector("woocommerce", consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, base_url=shop.url),
     ]
     try:
-        yield Sandboxes(hubspot, woo, localstripe.url, connectors)
+        yield Sandboxes(hubspot, woo, stripe_sandbox.url, connectors)
     finally:
         for connector in connectors:
             await connector.aclose()
@@ -271,7 +271,7 @@ async def open_sandboxes(localstripe: LocalStripe) -> AsyncIterator[Sandboxes]:
 async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> AsyncIterator[World]:
     """A whole controller: its own Temporal test server, the sandboxes, the intake app and a worker."""
     env = await start_time_skipping_server()
-    localstripe = LocalStripe(api_key=STRIPE_KEY).start()
+    stripe_sandbox = StripeSandbox(api_key=STRIPE_KEY).start()
     try:
         exports = exports_of(settings)
         clock = WorldClock()
@@ -290,7 +290,7 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
         settings = replace(settings, public_url=intake.url, task_queue=f"e2e-replies-{uuid.uuid4()}",
                            policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))
         try:
-            async with open_sandboxes(localstripe) as systems:
+            async with open_sandboxes(stripe_sandbox) as systems:
                 with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
                     async with build_worker(env.client, settings, ledger, systems.connectors, exports=exports,
                                             profile=demo_profile, task_queue=settings.task_queue,
@@ -303,7 +303,7 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
         finally:
             await intake.stop()
     finally:
-        localstripe.stop()
+        stripe_sandbox.stop()
         await env.shutdown()
 
 

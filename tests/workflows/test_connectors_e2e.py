@@ -1,5 +1,5 @@
 """A request of each kind, end to end: the workflow on the time-skipping server, the three real
-connectors over real HTTP to the HubSpot and WooCommerce sandboxes and to localstripe."""
+connectors over real HTTP to the HubSpot, WooCommerce and Stripe sandboxes."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dsr.store.ledger import Ledger
 from dsr.web.serve import serve_app
 from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
-from sandbox.stripe import LocalStripe, seed_customer
+from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink, exports_of
 from tests.servers import time_skipping_server
@@ -58,8 +58,8 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="module")
-def localstripe() -> Iterator[LocalStripe]:
-    server = LocalStripe(api_key=STRIPE_KEY).start()
+def stripe_sandbox() -> Iterator[StripeSandbox]:
+    server = StripeSandbox(api_key=STRIPE_KEY).start()
     try:
         yield server
     finally:
@@ -67,7 +67,7 @@ def localstripe() -> Iterator[LocalStripe]:
 
 
 @pytest_asyncio.fixture
-async def systems(localstripe: LocalStripe) -> AsyncIterator[Systems]:
+async def systems(stripe_sandbox: StripeSandbox) -> AsyncIterator[Systems]:
     hubspot, woo = HubSpotState(), WooState()
     contact = hubspot.add_contact(EMAIL.lower(), firstname="Nadia", lastname="Haddad", city="Lille")
     hubspot.add_note(contact, "Asked for a refund.")
@@ -76,18 +76,17 @@ async def systems(localstripe: LocalStripe) -> AsyncIterator[Systems]:
                                          "address_1": "3 rue Nationale", "city": "Lille", "postcode": "59000"})
     woo.bulk_orders(customer["id"], 250)
     woo.add_guest_order(EMAIL.lower(), "Nadia", "Haddad")
-    # A fresh address per test: localstripe is shared by the module.
-    # The Stripe customer carries the subject's address too (fresh per test: localstripe is shared).
-    await seed_customer(localstripe.url, STRIPE_KEY, email=EMAIL.lower(), name="Nadia Haddad", charges=120)
+    # The Stripe customer carries the subject's address too (the Stripe sandbox is shared by the module).
+    await seed_customer(stripe_sandbox.url, STRIPE_KEY, email=EMAIL.lower(), name="Nadia Haddad", charges=120)
     crm = await serve_app(hubspot_app(hubspot, token=TOKEN), port=0)
     shop = await serve_app(woocommerce_app(woo, consumer_key=KEY, consumer_secret=SECRET), port=0)
     connectors = [
         HubSpotConnector("hubspot", token=TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
-        StripeConnector("stripe", api_key=STRIPE_KEY, base_url=localstripe.url, rate_limit=RateLimiter(25, 1.1)),
+        StripeConnector("stripe", api_key=STRIPE_KEY, base_url=stripe_sandbox.url, rate_limit=RateLimiter(25, 1.1)),
         WooCommerceConnector("woocommerce", consumer_key=KEY, consumer_secret=SECRET, base_url=shop.url),
     ]
     try:
-        yield Systems(hubspot, woo, localstripe.url, connectors)
+        yield Systems(hubspot, woo, stripe_sandbox.url, connectors)
     finally:
         for connector in connectors:
             await connector.aclose()
@@ -158,13 +157,14 @@ async def test_erasure_deletes_anonymises_retains_and_verifies(
 
 async def test_stripe_erasure_retains_charges_with_legal_basis(
     time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems,
-    localstripe: LocalStripe,
+    stripe_sandbox: StripeSandbox,
 ) -> None:
     exports = exports_of(settings)
-    stripe_email = await _stripe_customer(localstripe)
+    stripe_email = await _stripe_customer(stripe_sandbox)
     final = await run_request(time_skipping, settings, ledger, exports, systems, "erasure", email=stripe_email)
     stripe = next(c.outcome for c in final.connectors if c.connector == "stripe")
-    assert stripe is not None and stripe.counts.get("deleted", 0) >= 1 and stripe.counts.get("retained") == 30
+    # 30 charges and the 30 payment intents that made them
+    assert stripe is not None and stripe.counts.get("deleted", 0) >= 1 and stripe.counts.get("retained") == 60
     retained = [r for r in stripe.report if r.action == "retained"]
     assert all("L123-22" in r.legal_basis and r.retained_until is not None for r in retained)
 
@@ -187,9 +187,9 @@ async def test_rectification_and_portability(
     assert ("hubspot", "notes") not in datasets, "derived CRM activity is not portable data"
 
 
-async def _stripe_customer(localstripe: LocalStripe) -> str:
+async def _stripe_customer(stripe_sandbox: StripeSandbox) -> str:
     email = f"nadia.stripe+{uuid.uuid4().hex[:8]}@example.org"
-    await seed_customer(localstripe.url, STRIPE_KEY, email=email, name="Nadia Haddad", charges=30)
+    await seed_customer(stripe_sandbox.url, STRIPE_KEY, email=email, name="Nadia Haddad", charges=30)
     return email
 
 

@@ -1,9 +1,9 @@
 """Final replies, end to end, one test per kind: a request goes through the three connectors (HubSpot and
-WooCommerce sandboxes over HTTP, localstripe), the reply reaches the SMTP sink, the subject follows the
+WooCommerce sandboxes over HTTP, the Stripe sandbox), the reply reaches the SMTP sink, the subject follows the
 link in it to download the bundle, and recipients and operators get what is theirs.
 
 Every test runs in its own world (tests/workflows/e2e_systems.py): its own time-skipping Temporal server,
-localstripe and sandboxes, holding the subject and another customer in each of the three systems.
+the sandboxes, holding the subject and another customer in each of the three systems.
 """
 
 from __future__ import annotations
