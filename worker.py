@@ -106,6 +106,7 @@ def activities_for(
         ledger_activities.record_request,
         ledger_activities.record_event,
         ledger_activities.record_triage_dismissal,
+        ledger_activities.suppress_marketing,
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,

@@ -73,12 +73,14 @@ class ReplyActivities:
 
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         profile = await asyncio.to_thread(self._profile)
-        no_data = all(o.found == 0 for o in reply.outcomes)
+        # An objection is answered with what was done or decided, data found or not.
+        no_data = reply.kind != RequestKind.OBJECTION and all(o.found == 0 for o in reply.outcomes)
         result = ReplyResult(message_id="", no_data=no_data)
         context = ReplyContext(
             reference=reply.request_id, received=reply.received, deadline=reply.deadline,
             extended=reply.extended, subject_name=reply.subject.name, profile=profile,
             systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
+            scope=reply.scope, decision=reply.decision, grounds=reply.grounds, suppressed_until=reply.suppressed_until,
         )
         if reply.kind in (RequestKind.ACCESS, RequestKind.PORTABILITY) and no_data:
             # Nothing to deliver, so no link and no expiry timer: the empty export files go now.

@@ -9,7 +9,20 @@ from typing import NoReturn
 
 import typer
 
-from dsr.cli import attachments, config, connectors, db, decisions, demo, keys, register, requests, services, triage
+from dsr.cli import (
+    attachments,
+    config,
+    connectors,
+    db,
+    decisions,
+    demo,
+    keys,
+    register,
+    requests,
+    services,
+    suppression,
+    triage,
+)
 
 app = typer.Typer(
     name="dsr",
@@ -31,6 +44,7 @@ app.command("retry")(decisions.retry)
 app.command("doubt")(decisions.doubt)
 app.command("rectify")(decisions.rectify)
 app.command("clear-residuals")(decisions.clear_residuals)
+app.command("decide")(decisions.decide)
 # All requests: what is due, the audit trail, the register and its statistics.
 app.command("due")(requests.due)
 app.command("history")(requests.history)
@@ -50,6 +64,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(keys.app, name="keys")
 app.add_typer(demo.app, name="demo")
 app.add_typer(db.db_app, name="db")
+app.add_typer(suppression.app, name="suppression")
 
 
 def main() -> NoReturn:  # pragma: no cover - console script entry point

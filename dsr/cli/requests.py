@@ -42,7 +42,7 @@ def _parse_received(value: str | None) -> datetime | None:
 
 @run
 async def submit(
-    kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
+    kind: Annotated[str, typer.Option(help="access, rectification, erasure, portability or objection.")],
     email: Annotated[str, typer.Option(help="The subject's email address.")],
     name: Annotated[str, typer.Option(help="The subject's name.")] = "",
     channel: Annotated[str, typer.Option(help="api, email, form, support_desk or operator.")] = "operator",
@@ -54,6 +54,8 @@ async def submit(
     change: Annotated[
         list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")
     ] = None,
+    scope: Annotated[str, typer.Option(
+        help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides).")] = "",
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
@@ -66,7 +68,8 @@ async def submit(
     # Validate everything before connecting, so bad input never meets Temporal.
     settings = Settings.from_env()
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
-                            received_at=_parse_received(received), changes=parse_changes(change or []))
+                            received_at=_parse_received(received), changes=parse_changes(change or []),
+                            scope=scope)
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings

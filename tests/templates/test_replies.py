@@ -69,6 +69,12 @@ CONTEXTS = {
     ReplyKind.ERASURE: _context(systems=ERASURE_SYSTEMS,
                                 recipients_notified=["Cabinet comptable Exemple", "Logistique Exemple SARL"]),
     ReplyKind.RECTIFICATION: _context(systems=RECTIFICATION_SYSTEMS, recipients_notified=["Cabinet comptable Exemple"]),
+    ReplyKind.OBJECTION: _context(systems=[
+        ConnectorOutcome("hubspot", found=2, report=[
+            RecordReport("subscriptions", "7001", RecordAction.UNSUBSCRIBED, note="Newsletter"),
+            RecordReport("subscriptions", "7002", RecordAction.UNCHANGED, note="Offers: already unsubscribed")]),
+        ConnectorOutcome("stripe", report=[RecordReport("marketing", "*", RecordAction.RESIDUAL)]),
+    ], scope="marketing", suppressed_until=date(2029, 11, 23)),
     ReplyKind.NO_DATA: _context(systems=[ConnectorOutcome(n) for n in ("woocommerce", "stripe", "hubspot")],
                                 request_kind=RequestKind.ERASURE),
     ReplyKind.ART19_NOTICE: _context(systems=RECTIFICATION_SYSTEMS, request_kind=RequestKind.RECTIFICATION,
