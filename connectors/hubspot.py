@@ -457,7 +457,8 @@ class HubSpotConnector:
         communication-preferences API (v3), each change with its legal basis: never by editing a contact
         property, which HubSpot's own sending ignores. Idempotent: a type the address is already off is reported
         unchanged, and an address HubSpot never heard of is unsubscribed all the same (HubSpot keeps statuses per
-        address, so a later import or form does not opt it back in silently)."""
+        address, so a later import or form does not opt it back in silently). A type the address has no status on
+        yet is opted out explicitly too: HubSpot's own subscribe then refuses to opt it back in."""
         email = job.subject.email.strip().lower()
         definitions = self._json(await self._call("GET", "/communication-preferences/v3/definitions"))
         active = [d for d in definitions.get("subscriptionDefinitions", [])

@@ -733,19 +733,15 @@ class _HubSpotApi:
         return JSONResponse({"subscriptionDefinitions": self.state.subscription_definitions})
 
     def _statuses(self, email: str) -> list[dict[str, Any]]:
-        """Every subscription type with the address's status on it, in HubSpot's shape."""
+        """The address's statuses, in HubSpot's shape: one per subscription type it has a status on (a type it
+        never opted in to or out of has none, and is not listed)."""
         known = self.state.subscriptions.get(email, {})
-        statuses = []
-        for definition in self.state.subscription_definitions:
-            entry = known.get(definition["id"])
-            status: dict[str, Any] = {
-                "id": definition["id"], "name": definition["name"], "description": definition["description"],
-                "status": entry["status"] if entry else "NOT_SUBSCRIBED", "sourceOfStatus": "SUBSCRIPTION_STATUS"}
-            if entry:
-                status["legalBasis"] = entry["legalBasis"]
-                status["legalBasisExplanation"] = entry["legalBasisExplanation"]
-            statuses.append(status)
-        return statuses
+        return [{
+            "id": definition["id"], "name": definition["name"], "description": definition["description"],
+            "status": known[definition["id"]]["status"], "sourceOfStatus": "SUBSCRIPTION_STATUS",
+            "legalBasis": known[definition["id"]]["legalBasis"],
+            "legalBasisExplanation": known[definition["id"]]["legalBasisExplanation"],
+        } for definition in self.state.subscription_definitions if definition["id"] in known]
 
     async def subscription_status(self, request: Request) -> Response:
         email = request.path_params["email"].strip().lower()
