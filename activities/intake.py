@@ -48,6 +48,7 @@ class IntakeActivities:
             details=item.body,
             received_at=item.received_at,
             changes=dict(decision.changes),
+            scope=decision.scope,
             in_reply_to=item.in_reply_to,
             request_id=item.request_id,
         )

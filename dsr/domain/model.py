@@ -794,6 +794,7 @@ class TriageDecision:
     decided_by: str = "operator"
     language: Language | None = None  # overrides the detected language
     changes: dict[str, str] = field(default_factory=dict)  # rectification, read from the email by staff
+    scope: str = ""  # objection: marketing or other (the default), as staff read it
 
 
 @dataclass
