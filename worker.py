@@ -30,6 +30,7 @@ from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks
+from dsr.store.suppressions import SuppressionList
 from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
@@ -73,6 +74,7 @@ def activities_for(
         # Identity and download links, and the attachment store, derive their own keys from the ring itself.
         raise TypeError("the export store must be sealed with the settings' key ring (dsr.store.crypto.KeyRing)")
     ledger_activities = LedgerActivities(ledger)
+    suppressions = SuppressionList(ledger)
     profile = profile or (lambda: load_profile(settings.config_file))
     signature = controller_signature(settings, profile)
     notices = NoticeActivities(
@@ -100,6 +102,7 @@ def activities_for(
         links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),
         public_url=settings.intake_url,
         profile=profile,
+        suppressed_until=lambda email: (entry.until.date() if (entry := suppressions.entry(email)) else None),
     )
     storage = StorageActivities(exports, ledger)
     return [

@@ -455,6 +455,7 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
     elif kind == ReplyKind.ERASURE:
         values["systems"] = [_erasure_system(o, label, lang, profile) for o, label in pairs]
         values["residuals"] = any(s["residual"] for s in values["systems"])
+        values["suppressed_until"] = _iso(context.suppressed_until)
     elif kind == ReplyKind.RECTIFICATION:
         values["systems"] = [_rectification_system(o, label, lang, profile) for o, label in pairs]
     elif kind == ReplyKind.OBJECTION:

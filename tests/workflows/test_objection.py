@@ -133,10 +133,15 @@ async def test_a_marketing_objection_stops_marketing_at_once_and_outlives_an_era
     await keep_history(handle, f"objection_marketing_{language}")
 
     # The person then has everything erased: the suppression list keeps the objection.
-    erasure, erasure_handle = await submit(engine, "erasure", identity=IdentityMethod.TRUSTED)
+    erasure, erasure_handle = await submit(engine, "erasure", identity=IdentityMethod.TRUSTED, language=language)
     final = await erasure_handle.result()
     assert final.outcome == Outcome.FULFILLED and "closed" in events(engine, erasure)
     assert suppressions.is_suppressed(SUBJECT_EMAIL)
+    # ...and the erasure reply says what it keeps of the objection, and until when.
+    subject, erased = bodies(engine, SUBJECT_EMAIL)[-1]
+    assert erasure.request_id in subject
+    kept = "liste d'opposition conserve une empreinte" if language == "fr" else "suppression list keeps a fingerprint"
+    assert kept in " ".join(erased.split()) and entry.until.strftime("%Y") in erased
 
 
 @pytest.mark.parametrize(("language", "decision_words", "remedies"), [
