@@ -60,12 +60,14 @@ from dsr.domain.model import (
     DeadlineInput,
     DuplicateAttached,
     Language,
+    ObjectionScope,
     RequestInput,
     RequestKind,
     RequestRecordInput,
     Stage,
     TriageInput,
     is_valid_email,
+    objection_scope,
 )
 from dsr.errors import ConflictError, UnavailableError
 from dsr.store.guards import Guards, RateWindow
@@ -268,6 +270,12 @@ class IntakeService:
             await self._count(request, client, now)
         if await asyncio.to_thread(self._ledger.has_request, request.request_id):
             # A retried submission of a reserved id (mailbox, ticket): the request is this one, started or not.
+            await self._start(request)
+            return self._accepted(request)
+        if objection_scope(request.kind, request.scope) == ObjectionScope.MARKETING:
+            # Never attached to an open objection to other processing, whose decision may take weeks: this one
+            # is absolute and immediate. A repeated one is harmless (opt-outs and the suppression list are
+            # idempotent), and the per-subject rate limit bounds them.
             await self._start(request)
             return self._accepted(request)
         return await self._claim_or_attach(request)
