@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from dsr.store.crypto import KeyRing
 from dsr.store.ledger import Ledger
 from dsr.store.suppressions import SuppressionList
 from tests.harness import TEST_KEYRING
@@ -58,3 +63,49 @@ def test_a_shorter_later_setting_never_shortens_an_entry(ledger: Ledger) -> None
     assert suppressions.suppress(EMAIL, years=1, now=T0 + timedelta(days=1)) == first
     with pytest.raises(ValueError):
         suppressions.suppress(EMAIL, years=0, now=T0)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def dsr(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}"}
+    for name in ("DSR_KEYS", "DSR_CONFIG"):
+        env.pop(name, None)
+    return subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, timeout=120)
+
+
+def test_suppression_check_and_list_show_dates_and_counts_never_an_address(tmp_path: Path) -> None:
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", KeyRing.load_or_create(tmp_path / "keys.json")) as ledger:
+        now = datetime.now(UTC)
+        SuppressionList(ledger).suppress(EMAIL, years=3, now=now)
+        SuppressionList(ledger).suppress("hugo.bernard@example.com", years=3, now=now)
+    checked = dsr(tmp_path, "suppression", "check", "camille.durand@example.org", "--json")
+    assert checked.returncode == 0, checked.stderr
+    answer = json.loads(checked.stdout)
+    assert answer["suppressed"] is True and answer["until"] == str(now.date().replace(year=now.year + 3))
+    assert dsr(tmp_path, "suppression", "check", "nobody@example.org").stdout.decode().strip() == "not suppressed"
+    listed = dsr(tmp_path, "suppression", "list", "--json")
+    assert json.loads(listed.stdout)["count"] == 2
+    text = dsr(tmp_path, "suppression", "list").stdout.decode()
+    assert text.startswith("2 address(es)") and "@" not in text
+    bad = dsr(tmp_path, "suppression", "check", "not-an-address")
+    assert bad.returncode != 0 and bad.stderr.decode().startswith("error: ") and bad.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["decide", "dsr-2026-11-AAAAAA", "--uphold", "--reject", "--grounds", "x"],
+    ["decide", "dsr-2026-11-AAAAAA"],
+    ["decide", "dsr-2026-11-AAAAAA", "--reject"],
+    ["decide", "dsr-2026-11-AAAAAA", "--uphold", "--grounds", "because"],
+    ["submit", "--kind", "access", "--email", "a@example.org", "--scope", "marketing"],
+    ["submit", "--kind", "objection", "--email", "a@example.org", "--scope", "everything"],
+])
+def test_objection_verbs_refuse_bad_input_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    KeyRing.load_or_create(tmp_path / "keys.json")
+    result = dsr(tmp_path, *args)
+    err = result.stderr.decode()
+    assert result.returncode != 0 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
