@@ -131,8 +131,9 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         emit_json(data)
         return
     flags = [f for f, on in (("extended", state.extended), ("OVERDUE", state.overdue)) if on]
-    typer.echo(f"{state.request_id}  {state.kind.value}  {state.stage.value}"
-               + (f" ({state.outcome.value})" if state.outcome else ""))
+    typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({state.scope})" if state.scope else "")
+               + f"  {state.stage.value}" + (f" ({state.outcome.value})" if state.outcome else "")
+               + (f", objection {state.decision}" if state.decision else ""))
     typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"
                + (f" [{', '.join(flags)}]" if flags else ""))
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
@@ -153,6 +154,13 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         text = await request_handle(client, request_id).query(DataSubjectRequest.subject_text)
         typer.echo(f"  waiting for the corrections to make (`dsr rectify {state.request_id} --change field=value`);"
                    " the person wrote:")
+        for line in (text or "(nothing)").splitlines():
+            typer.echo(f"    {line}")
+    if state.awaiting_decision:
+        # What the person objects to, in their words (personal data, shown to the operator only).
+        text = await request_handle(client, request_id).query(DataSubjectRequest.subject_text)
+        typer.echo(f"  waiting for a decision on the objection (`dsr decide {state.request_id} --uphold`, or "
+                   "`--reject --grounds \"...\"`); the person wrote:")
         for line in (text or "(nothing)").splitlines():
             typer.echo(f"    {line}")
     if state.reply_held:
