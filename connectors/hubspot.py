@@ -127,8 +127,8 @@ def _created_on(created_at: str | None) -> date | None:
 
 
 class HubSpotConnector:
-    """A HubSpot portal reached with a private-app token (scopes: crm.objects.contacts.read/write and
-    the read scopes of deals, tickets and engagements)."""
+    """A HubSpot portal reached with a private-app token (scopes: crm.objects.contacts.read/write, the read
+    scopes of deals, tickets and engagements, and communication_preferences.read_write for objections)."""
 
     def __init__(
         self,
