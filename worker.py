@@ -31,6 +31,7 @@ from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
+from dsr.store.suppressions import SuppressionList
 from dsr.store.tasks import OutsideTasks
 from intake.service import TriagedSubmission
 from workflows.outside import OutsideSystemTask
@@ -76,6 +77,7 @@ def activities_for(
         # Identity and download links, and the attachment store, derive their own keys from the ring itself.
         raise TypeError("the export store must be sealed with the settings' key ring (dsr.store.crypto.KeyRing)")
     ledger_activities = LedgerActivities(ledger)
+    suppressions = SuppressionList(ledger)
     profile = profile or (lambda: load_profile(settings.config_file))
     signature = controller_signature(settings, profile)
     notices = NoticeActivities(
@@ -111,12 +113,14 @@ def activities_for(
         links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),
         public_url=settings.intake_url,
         profile=profile,
+        suppressed_until=lambda email: (entry.until.date() if (entry := suppressions.entry(email)) else None),
     )
     storage = StorageActivities(exports, ledger)
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
         ledger_activities.record_triage_dismissal,
+        ledger_activities.suppress_marketing,
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,

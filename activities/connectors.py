@@ -18,7 +18,9 @@ from connectors.base import (
     ExportJob,
     OperationJob,
     PermanentConnectorError,
+    StopsMarketing,
     TransientConnectorError,
+    no_marketing_control,
     unexpected_remains,
 )
 from connectors.outside import OutsideSystem
@@ -156,6 +158,12 @@ class ConnectorActivities:
                 return outcome
             case RequestKind.RECTIFICATION:
                 return await connector.rectify(operation)
+            case RequestKind.OBJECTION:
+                # Only objections to direct marketing reach the systems (one to other processing is decided by
+                # an operator); a system with no opt-out of its own leaves a residual line for the operator.
+                if isinstance(connector, StopsMarketing):
+                    return await connector.stop_marketing(operation)
+                return no_marketing_control(connector.name)
         raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {task.kind}")
 
 

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.domain.model import AuditEvent, RequestRecordInput, TriageDismissed
+from dsr.domain.model import AuditEvent, RequestRecordInput, Suppression, TriageDismissed
 from dsr.store.ledger import Ledger, TriageDismissalRecord
+from dsr.store.suppressions import SuppressionList
 
 
 def _idempotency_key() -> str:
@@ -21,6 +22,7 @@ class LedgerActivities:
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
+        self._suppressions = SuppressionList(ledger)
 
     @activity.defn(name="record_request")
     def record_request(self, record: RequestRecordInput) -> bool:
@@ -40,3 +42,10 @@ class LedgerActivities:
             classifier_reason=dismissed.classifier_reason, reason=dismissed.reason,
             decided_by=dismissed.decided_by, attachments_deleted=dismissed.attachments_deleted,
             dismissed_at=dismissed.dismissed_at, refused_as=dismissed.refused_as, ground=dismissed.ground))
+
+    @activity.defn(name="suppress_marketing")
+    def suppress_marketing(self, suppression: Suppression) -> datetime:
+        """Put the subject on the suppression list (blind index only); answers until when. A retry extends
+        nothing twice that matters: the entry runs from the latest call, a few seconds apart at most."""
+        return self._suppressions.suppress(suppression.subject.email, years=suppression.years,
+                                           now=datetime.now(UTC)).until

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -38,8 +38,11 @@ class ReplyActivities:
     """The final reply's activities: the notices' mailer and sent-log, the export store, links and profile."""
 
     def __init__(self, mailer: Mailer, *, sent_log: SentLog | None, exports: ExportStore, links: DownloadLinks,
-                 public_url: str, profile: Callable[[], ControllerProfile | None]) -> None:
+                 public_url: str, profile: Callable[[], ControllerProfile | None],
+                 suppressed_until: Callable[[str], date | None] | None = None) -> None:
         self._mailer = mailer
+        # The suppression list (dsr.store.suppressions): an erasure reply says what it keeps of an objection.
+        self._suppressed_until = suppressed_until or (lambda email: None)
         self._sent_log = sent_log
         self._exports = exports
         self._links = links
@@ -73,13 +76,18 @@ class ReplyActivities:
 
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         profile = await asyncio.to_thread(self._profile)
-        no_data = all(o.found == 0 for o in reply.outcomes)
+        # An objection is answered with what was done or decided, data found or not.
+        no_data = reply.kind != RequestKind.OBJECTION and all(o.found == 0 for o in reply.outcomes)
         result = ReplyResult(message_id="", no_data=no_data)
         context = ReplyContext(
             reference=reply.request_id, received=reply.received, deadline=reply.deadline,
             extended=reply.extended, subject_name=reply.subject.name, profile=profile,
             systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
+            scope=reply.scope, decision=reply.decision, grounds=reply.grounds, suppressed_until=reply.suppressed_until,
         )
+        if reply.kind == RequestKind.ERASURE:
+            # Kept whatever is erased (the legal reason to keep that one fact): the subject is told so.
+            context.suppressed_until = await asyncio.to_thread(self._suppressed_until, reply.subject.email)
         if reply.kind in (RequestKind.ACCESS, RequestKind.PORTABILITY) and no_data:
             # Nothing to deliver, so no link and no expiry timer: the empty export files go now.
             await asyncio.to_thread(self._exports.delete, reply.request_id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
-from dsr.domain.model import CANONICAL_FIELDS, ConnectorOutcome, RecordReport, RequestKind, Subject
+from dsr.domain.model import CANONICAL_FIELDS, ConnectorOutcome, RecordAction, RecordReport, RequestKind, Subject
 
 # The connector errors are part of the engine's one exception tree (dsr.errors); re-exported here.
 from dsr.errors import ConnectorError, PermanentConnectorError, TransientConnectorError
@@ -186,6 +186,28 @@ class Connector(Protocol):
         ...
 
 
+@runtime_checkable
+class StopsMarketing(Protocol):
+    """A system that sends (or feeds) direct marketing and can stop it for one person through its API."""
+
+    async def stop_marketing(self, job: OperationJob) -> ConnectorOutcome:
+        """Art. 21(3): stop every marketing communication to the subject (unsubscribe from every type), the
+        vendor's own opt-out, never an edited property. Idempotent: what is already stopped is reported
+        ``unchanged``."""
+        ...
+
+
+def no_marketing_control(connector: str) -> ConnectorOutcome:
+    """The outcome of an objection to marketing in a system whose API offers no opt-out: one residual line for
+    the operator (the workflow follows it up until someone confirms), said as it is."""
+    line = RecordReport(
+        "marketing", "*", RecordAction.RESIDUAL,
+        note="this system's API offers no marketing opt-out to set: check that no campaign or export to a "
+             "marketing tool uses its data for this person (the suppression list holds the objection)",
+    )
+    return ConnectorOutcome(connector=connector, report=[line], counts=tally([line]))
+
+
 def unexpected_remains(outcome: ConnectorOutcome, found_again: list[Located]) -> list[Located]:
     """Records found after an erasure that the erasure report did not declare kept."""
     kept = {(r.dataset, r.record_id) for r in outcome.report
@@ -216,7 +238,9 @@ __all__ = [
     "PermanentConnectorError",
     "RecordReport",
     "RetentionRule",
+    "StopsMarketing",
     "TransientConnectorError",
+    "no_marketing_control",
     "tally",
     "unexpected_remains",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -97,6 +98,11 @@ FIELD_MAP = {
 }
 """Canonical fields (connectors.base.CANONICAL_FIELDS) -> HubSpot contact properties."""
 
+SUBSCRIPTIONS = "subscriptions"
+OBJECTION_LEGAL_BASIS = "LEGITIMATE_INTEREST_OTHER"
+"""The legal basis HubSpot records with an unsubscription made on an objection (one of its fixed values; the
+explanation beside it names Art. 21 and the request)."""
+
 SEARCH_PAGE = 100  # search allows up to 200; 100 keeps responses small
 SEARCH_SORTS = [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
 """A stable order while paging (HubSpot's default order is unspecified). HubSpot's guide and clients send
@@ -121,8 +127,8 @@ def _created_on(created_at: str | None) -> date | None:
 
 
 class HubSpotConnector:
-    """A HubSpot portal reached with a private-app token (scopes: crm.objects.contacts.read/write and
-    the read scopes of deals, tickets and engagements)."""
+    """A HubSpot portal reached with a private-app token (scopes: crm.objects.contacts.read/write, the read
+    scopes of deals, tickets and engagements, and communication_preferences.read_write for objections)."""
 
     def __init__(
         self,
@@ -443,6 +449,44 @@ class HubSpotConnector:
         # (404 after an earlier attempt's intent: that attempt's call took effect, HubSpot's search lagging.)
         await job.journal.record([JournalEntry(report)])
         return report
+
+    # --- objection to direct marketing ------------------------------------------------------------------
+
+    async def stop_marketing(self, job: OperationJob) -> ConnectorOutcome:
+        """Art. 21(3): the address is unsubscribed from every email subscription type of the portal through the
+        communication-preferences API (v3), each change with its legal basis: never by editing a contact
+        property, which HubSpot's own sending ignores. Idempotent: a type the address is already off is reported
+        unchanged, and an address HubSpot never heard of is unsubscribed all the same (HubSpot keeps statuses per
+        address, so a later import or form does not opt it back in silently). A type the address has no status on
+        yet is opted out explicitly too: HubSpot's own subscribe then refuses to opt it back in."""
+        email = job.subject.email.strip().lower()
+        definitions = self._json(await self._call("GET", "/communication-preferences/v3/definitions"))
+        active = [d for d in definitions.get("subscriptionDefinitions", [])
+                  if isinstance(d, dict) and d.get("id") and d.get("isActive", True)]
+        statuses = self._json(await self._call(
+            "GET", f"/communication-preferences/v3/status/email/{quote(email, safe='@')}"))
+        status_of = {str(s.get("id")): s.get("status") for s in statuses.get("subscriptionStatuses", [])
+                     if isinstance(s, dict)}
+        outcome = ConnectorOutcome(connector=self.name, found=len(active))
+        for definition in sorted(active, key=lambda d: str(d["id"])):
+            sub_id, name = str(definition["id"]), str(definition.get("name", ""))[:80]
+            if status_of.get(sub_id) == "NOT_SUBSCRIBED":
+                outcome.report.append(RecordReport(SUBSCRIPTIONS, sub_id, RecordAction.UNCHANGED,
+                                                   note=f"{name}: already unsubscribed"))
+                continue
+            response = await self._call("POST", "/communication-preferences/v3/unsubscribe", json={
+                "emailAddress": email, "subscriptionId": sub_id, "legalBasis": OBJECTION_LEGAL_BASIS,
+                "legalBasisExplanation": f"Objection to direct marketing, Art. 21(2)-(3) GDPR ({job.request_id})",
+            }, allow=(400,))
+            # A 400 "already unsubscribed": an earlier attempt's call took effect and its answer was lost.
+            if response.status_code == 400 and "already unsubscribed" not in str(
+                    self._json(response).get("message", "")):
+                raise PermanentConnectorError(f"{self.name}: unsubscribe refused (HTTP 400)")
+            outcome.report.append(RecordReport(SUBSCRIPTIONS, sub_id, RecordAction.UNSUBSCRIBED, note=name))
+        outcome.counts = tally(outcome.report)
+        if not active:
+            outcome.notes.append("the portal has no active email subscription type: nothing to unsubscribe from")
+        return outcome
 
     # --- rectify -------------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from dsr.domain.model import (
     DeadlineInput,
     DuplicateAttached,
     Language,
+    ObjectionScope,
     RequestInput,
     RequestKind,
     RequestRecordInput,
@@ -68,6 +69,7 @@ from dsr.domain.model import (
     TriageInput,
     TriageSubmitted,
     is_valid_email,
+    objection_scope,
 )
 from dsr.errors import ConflictError, UnavailableError
 from dsr.store.guards import Guards, RateWindow
@@ -270,6 +272,12 @@ class IntakeService:
             await self._count(request, client, now)
         if await asyncio.to_thread(self._ledger.has_request, request.request_id):
             # A retried submission of a reserved id (mailbox, ticket): the request is this one, started or not.
+            await self._start(request)
+            return self._accepted(request)
+        if objection_scope(request.kind, request.scope) == ObjectionScope.MARKETING:
+            # Never attached to an open objection to other processing, whose decision may take weeks: this one
+            # is absolute and immediate. A repeated one is harmless (opt-outs and the suppression list are
+            # idempotent), and the per-subject rate limit bounds them.
             await self._start(request)
             return self._accepted(request)
         return await self._claim_or_attach(request)
@@ -505,6 +513,7 @@ class TriagedSubmission:
             details=item.body,
             received_at=item.received_at,
             changes=dict(decision.changes),
+            scope=decision.scope,
             in_reply_to=item.in_reply_to,
             request_id=item.request_id,
         )

@@ -28,6 +28,7 @@ from dsr.domain.model import (
     DeadlineInput,
     IdentityMethod,
     Language,
+    ObjectionScope,
     RequestInput,
     RequestKind,
     RequestPolicy,
@@ -65,6 +66,7 @@ class Submission:
     request_id: str | None = None  # reserved beforehand (email intake's exactly-once); default: a new one
     ticket: str | None = None  # support-desk ticket id, e.g. "zendesk:4521": replies can reference it
     trusted: bool = False  # the channel authenticated the person (configured per desk): no identity check
+    scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default)
 
 
 def new_request_id(received_on: date) -> str:
@@ -112,6 +114,12 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         raise SubmissionError("changes are only for rectification requests")
     if "email" in submission.changes and not is_valid_email(submission.changes["email"].strip()):
         raise SubmissionError("the new email is not a valid address")
+    scope = ""
+    if submission.scope.strip() and kind != RequestKind.OBJECTION:
+        raise SubmissionError("scope is only for objection requests")
+    if kind == RequestKind.OBJECTION:
+        # Without a scope a person decides (21(1)): never an absolute stop the subject did not ask for.
+        scope = _enum(submission.scope or ObjectionScope.OTHER.value, ObjectionScope, "scope").value
 
     received_at = submission.received_at or now
     if received_at.tzinfo is None:
@@ -145,6 +153,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         changes=dict(submission.changes),
         in_reply_to=submission.in_reply_to,
         ticket=submission.ticket,
+        scope=scope,
     )
 
 
@@ -159,7 +168,8 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> Wo
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        static_summary=f"{request.kind.value} · due {request.deadlines.normal.due.isoformat()}",
+        static_summary=f"{request.kind.value}{f' ({request.scope})' if request.scope else ''} · due "
+                       f"{request.deadlines.normal.due.isoformat()}",
         search_attributes=TypedSearchAttributes(sa.dashboard(
             Stage.RECEIVED, request.channel, request.deadlines.normal.due, kind=request.kind, extended=False)),
     )

@@ -80,6 +80,11 @@ def seed_hubspot(state: HubSpotState) -> dict[str, dict[str, int]]:
     ines = state.add_contact("ines.moreau@example.fr", firstname="Inès", lastname="Moreau", company="Atelier Moreau")
     state.add_note(ines, "Met at the Lyon trade fair; interested in wholesale prices.")
     counts["ines.moreau@example.fr"] = {"contact": 1, "notes": 1}
+    # Marketing consents (email subscription types), for trying objections: `dsr submit --kind objection
+    # --scope marketing` unsubscribes them through the communication-preferences API.
+    state.subscribe("camille.durand@example.org", "7001")
+    state.subscribe("camille.durand@example.org", "7002")
+    state.subscribe("ines.moreau@example.fr", "7001")
     return counts
 
 

@@ -146,6 +146,15 @@ class HubSpotState:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every authenticated request
         self.patches: list[tuple[str, dict[str, Any]]] = []  # (contact id, properties) of every PATCH
         self.rate_limited: int = 0  # how many 429s the sandbox's own limits answered
+        # Communication preferences (v3): the portal's email subscription types, and per address (lower-cased,
+        # contact or not, as in HubSpot) each type's status with the legal basis it was last set under.
+        self.subscription_definitions: list[dict[str, Any]] = [
+            {"id": sub_id, "name": name, "description": description, "purpose": "Marketing",
+             "communicationMethod": "Email", "isActive": True, "isDefault": sub_id == "7001",
+             "isInternal": False, "createdAt": "2024-01-15T09:00:00Z", "updatedAt": "2024-01-15T09:00:00Z"}
+            for sub_id, name, description in DEFAULT_SUBSCRIPTION_TYPES
+        ]
+        self.subscriptions: dict[str, dict[str, dict[str, str]]] = {}
 
     # --- seeding -----------------------------------------------------------------------------------
 
@@ -258,6 +267,18 @@ class HubSpotState:
         obj = self.objects["contacts"].get(contact_id)
         return obj is not None and obj.archived
 
+    def subscribe(self, email: str, subscription_id: str, *, legal_basis: str = "CONSENT_WITH_NOTICE") -> None:
+        """Seed: the address opted in to a subscription type (as a form with consent would)."""
+        if subscription_id not in {d["id"] for d in self.subscription_definitions}:
+            raise ValueError(f"unknown subscription type {subscription_id}")
+        self.subscriptions.setdefault(email.strip().lower(), {})[subscription_id] = {
+            "status": "SUBSCRIBED", "legalBasis": legal_basis, "legalBasisExplanation": "opted in"}
+
+    def subscription_status(self, email: str, subscription_id: str) -> str:
+        """SUBSCRIBED, NOT_SUBSCRIBED, or NOT_SPECIFIED (never set) for the address and type."""
+        entry = self.subscriptions.get(email.strip().lower(), {}).get(subscription_id)
+        return entry["status"] if entry else "NOT_SPECIFIED"
+
     def is_blocklisted(self, email: str) -> bool:
         return email.strip().lower() in self.blocklist
 
@@ -309,6 +330,19 @@ class HubSpotState:
 def _additional(properties: dict[str, str]) -> list[str]:
     """A contact's secondary addresses (``hs_additional_emails``, separated by semicolons)."""
     return [a.strip() for a in (properties.get("hs_additional_emails") or "").split(";") if a.strip()]
+
+
+DEFAULT_SUBSCRIPTION_TYPES = (
+    ("7001", "Newsletter", "Our monthly newsletter"),
+    ("7002", "Offers", "Promotions and offers"),
+    ("7003", "Partner offers", "Offers from our partners"),
+)
+"""The portal's email subscription types (ids as HubSpot gives them: numeric strings)."""
+
+UNSUBSCRIBE_LEGAL_BASES = frozenset({
+    "LEGITIMATE_INTEREST_PQL", "LEGITIMATE_INTEREST_CLIENT", "PERFORMANCE_OF_CONTRACT", "CONSENT_WITH_NOTICE",
+    "NON_GDPR", "PROCESS_AND_STORE", "LEGITIMATE_INTEREST_OTHER",
+})
 
 
 def _fault_body(status: int) -> bytes:
@@ -693,6 +727,46 @@ class _HubSpotApi:
             body["paging"] = {"next": {"after": token, "link": f"{request.url.path}?limit={limit}&after={token}"}}
         return JSONResponse(body)
 
+    # --- communication preferences (v3) -------------------------------------------------------------
+
+    async def subscription_definitions(self, request: Request) -> Response:
+        return JSONResponse({"subscriptionDefinitions": self.state.subscription_definitions})
+
+    def _statuses(self, email: str) -> list[dict[str, Any]]:
+        """The address's statuses, in HubSpot's shape: one per subscription type it has a status on (a type it
+        never opted in to or out of has none, and is not listed)."""
+        known = self.state.subscriptions.get(email, {})
+        return [{
+            "id": definition["id"], "name": definition["name"], "description": definition["description"],
+            "status": known[definition["id"]]["status"], "sourceOfStatus": "SUBSCRIPTION_STATUS",
+            "legalBasis": known[definition["id"]]["legalBasis"],
+            "legalBasisExplanation": known[definition["id"]]["legalBasisExplanation"],
+        } for definition in self.state.subscription_definitions if definition["id"] in known]
+
+    async def subscription_status(self, request: Request) -> Response:
+        email = request.path_params["email"].strip().lower()
+        return JSONResponse({"recipient": email, "subscriptionStatuses": self._statuses(email)})
+
+    async def unsubscribe(self, request: Request) -> Response:
+        """One address off one subscription type; HubSpot refuses one already off it, and, in a portal with
+        GDPR features on (as ours is), a change without a legal basis and its explanation."""
+        body = await self._json(request)
+        email, sub_id = str(body.get("emailAddress", "")).strip().lower(), str(body.get("subscriptionId", ""))
+        if "@" not in email or not sub_id:
+            return _validation("emailAddress and subscriptionId are required.")
+        if sub_id not in {d["id"] for d in self.state.subscription_definitions}:
+            return _error(404, f"Subscription {sub_id} not found.", "OBJECT_NOT_FOUND")
+        basis = body.get("legalBasis")
+        if basis not in UNSUBSCRIBE_LEGAL_BASES or not str(body.get("legalBasisExplanation", "")).strip():
+            return _validation("A legal basis and its explanation are required for a portal with GDPR enabled.")
+        entries = self.state.subscriptions.setdefault(email, {})
+        entry = entries.get(sub_id)
+        if entry is not None and entry["status"] == "NOT_SUBSCRIBED":
+            return _validation(f"{email} is already unsubscribed from subscription {sub_id}")
+        entries[sub_id] = {"status": "NOT_SUBSCRIBED", "legalBasis": str(basis),
+                           "legalBasisExplanation": str(body["legalBasisExplanation"])}
+        return JSONResponse(next(s for s in self._statuses(email) if s["id"] == sub_id))
+
     def routes(self) -> list[Route]:
         types = "{object_type:str}"
         g = self.guarded
@@ -706,6 +780,10 @@ class _HubSpotApi:
             Route("/crm/v3/objects/contacts/{object_id:str}", g(self.archive_contact), methods=["DELETE"]),
             Route(f"/crm/v4/objects/{types}/{{object_id:str}}/associations/{{to_type:str}}",
                   g(self.associations_v4), methods=["GET"]),
+            Route("/communication-preferences/v3/definitions", g(self.subscription_definitions), methods=["GET"]),
+            Route("/communication-preferences/v3/status/email/{email:str}", g(self.subscription_status),
+                  methods=["GET"]),
+            Route("/communication-preferences/v3/unsubscribe", g(self.unsubscribe), methods=["POST"]),
         ]
 
 

@@ -107,12 +107,14 @@ _KIND_WORDS = {
         RequestKind.RECTIFICATION: "demande de rectification de vos données personnelles (article 16 du RGPD)",
         RequestKind.ERASURE: "demande d'effacement de vos données personnelles (article 17 du RGPD)",
         RequestKind.PORTABILITY: "demande de portabilité de vos données personnelles (article 20 du RGPD)",
+        RequestKind.OBJECTION: "opposition au traitement de vos données personnelles (article 21 du RGPD)",
     },
     "en": {
         RequestKind.ACCESS: "request for access to your personal data (Article 15 GDPR)",
         RequestKind.RECTIFICATION: "request to rectify your personal data (Article 16 GDPR)",
         RequestKind.ERASURE: "request to erase your personal data (Article 17 GDPR)",
         RequestKind.PORTABILITY: "request to receive your personal data in a portable format (Article 20 GDPR)",
+        RequestKind.OBJECTION: "objection to the processing of your personal data (Article 21 GDPR)",
     },
 }
 _KIND_SHORT = {
@@ -121,12 +123,14 @@ _KIND_SHORT = {
         RequestKind.RECTIFICATION: "demande de rectification",
         RequestKind.ERASURE: "demande d'effacement",
         RequestKind.PORTABILITY: "demande de portabilité",
+        RequestKind.OBJECTION: "opposition",
     },
     "en": {
         RequestKind.ACCESS: "access request",
         RequestKind.RECTIFICATION: "rectification request",
         RequestKind.ERASURE: "erasure request",
         RequestKind.PORTABILITY: "portability request",
+        RequestKind.OBJECTION: "objection",
     },
 }
 _KIND_LABEL = {
@@ -135,12 +139,14 @@ _KIND_LABEL = {
         RequestKind.RECTIFICATION: "Rectification (art. 16)",
         RequestKind.ERASURE: "Effacement (art. 17)",
         RequestKind.PORTABILITY: "Portabilité (art. 20)",
+        RequestKind.OBJECTION: "Opposition (art. 21)",
     },
     "en": {
         RequestKind.ACCESS: "Access (Art. 15)",
         RequestKind.RECTIFICATION: "Rectification (Art. 16)",
         RequestKind.ERASURE: "Erasure (Art. 17)",
         RequestKind.PORTABILITY: "Portability (Art. 20)",
+        RequestKind.OBJECTION: "Objection (Art. 21)",
     },
 }
 _STAGE_WORDS = {

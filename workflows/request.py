@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         IdentityResend,
         Notice,
         NoticeTemplate,
+        ObjectionDecision,
         Outcome,
         PlanInput,
         QueueAsk,
@@ -67,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dsr.domain.outside import OutsideTaskInput
     from workflows import search_attributes as sa
+from workflows import objection
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.contract import (
     CONNECTOR,
@@ -186,6 +188,11 @@ class DataSubjectRequest:
         self._schedules: dict[str, int] = {}
         self._cursors: dict[str, dict | None] = {}
         self._outside: set[str] = set()  # systems answered by a person: a child workflow each (workflows/outside.py)
+        # Objections (workflows/objection.py): the operator's decision on one to other processing, whether it
+        # is awaited, and until when a marketing objection is on the suppression list.
+        self._decision: ObjectionDecision | None = None
+        self._awaiting_decision = False
+        self._suppressed_until: datetime | None = None
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -271,6 +278,12 @@ class DataSubjectRequest:
         if self._identity_confirmed:
             await self._audit("identity_confirmed", details={"method": IdentityMethod.TRUSTED.value})
             return True
+        if objection.is_marketing_objection(self):
+            # Art. 21(3): whoever asks, marketing to this address stops; asking for proof first would only let
+            # campaigns go on meanwhile. Nothing is disclosed (the reply lists opt-outs, no data), and the subject
+            # is greeted without the name, as before any confirmation.
+            await self._audit("identity_not_required", details={"why": "objection to direct marketing"})
+            return True
         policy = self._request.policy
         self._set_stage(Stage.AWAITING_IDENTITY)
         await self._audit(
@@ -347,6 +360,9 @@ class DataSubjectRequest:
 
     async def _carry_out(self) -> None:
         """Fan out to every configured system; permanent failures wait for an operator's retry."""
+        if self._request.kind == RequestKind.OBJECTION:
+            await objection.carry_out(self)
+            return
         self._set_stage(Stage.PROCESSING)
         await self._audit("processing", stage=Stage.PROCESSING)
         # One subject, one thing at a time: the fan-out and the reply run only while this request holds the
@@ -486,13 +502,18 @@ class DataSubjectRequest:
             request_id=self._request.request_id,
             kind=self._request.kind,
             language=self._request.language,
-            subject=self._request.subject,
+            # A reply sent without confirmed identity (an objection to marketing) greets without the name.
+            subject=dataclasses.replace(self._request.subject, name=self._greeting_name()),
             received=self._request.received_on,
             deadline=self._deadline.due,
             extended=self._extended,
             extension_reason=self._extension_reason,
             outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
             in_reply_to=self._thread(),
+            scope=self._request.scope,
+            decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
+            grounds=self._decision.grounds if self._decision else "",
+            suppressed_until=self._suppressed_until.date() if self._suppressed_until else None,
         )
         while True:
             try:
@@ -1051,6 +1072,9 @@ class DataSubjectRequest:
         if self._awaiting_changes:
             raise RequestRejected(f"{self._request.request_id} waits for the corrections to make: "
                                   "give them with rectify (dsr rectify ID --change field=value)")
+        if self._awaiting_decision:
+            raise RequestRejected(f"{self._request.request_id} waits for a decision on the objection: "
+                                  "dsr decide ID --uphold, or --reject --grounds")
         if self._stage != Stage.NEEDS_ATTENTION:
             raise RequestRejected(
                 f"{self._request.request_id} is {self._stage.value}, not needs_attention: nothing to retry"
@@ -1076,6 +1100,23 @@ class DataSubjectRequest:
             raise RequestRejected(f"cannot rectify {', '.join(unknown)}; fields are {fields}")
         if any(not str(value).strip() for value in rectification.changes.values()):
             raise RequestRejected("a new value cannot be empty (an erasure of one field is an erasure request)")
+
+    @workflow.update
+    async def decide(self, decision: ObjectionDecision) -> UpdateResult:
+        """An operator's decision on an objection to processing other than marketing (Art. 21(1))."""
+        self._decision = ObjectionDecision(uphold=decision.uphold, grounds=decision.grounds.strip(),
+                                           decided_by=decision.decided_by)
+        await workflow.wait_condition(lambda: self._stage != Stage.NEEDS_ATTENTION)
+        return self._result()
+
+    @decide.validator
+    def _validate_decide(self, decision: ObjectionDecision) -> None:
+        self._reject_if_closed()
+        if self._ending():
+            raise RequestRejected(f"{self._request.request_id} is being closed")
+        refused = objection.decision_refused(self, decision.uphold, decision.grounds)
+        if refused is not None:
+            raise RequestRejected(refused)
 
     @workflow.query
     def subject_text(self) -> str:
@@ -1124,6 +1165,9 @@ class DataSubjectRequest:
             awaiting_changes=self._awaiting_changes,
             correspondence=list(self._letters),
             degraded=[p.connector for p in self._progress.values() if p.degraded],
+            scope=self._request.scope,
+            awaiting_decision=self._awaiting_decision,
+            decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -1197,7 +1241,8 @@ class DataSubjectRequest:
         if self._clock_suspended:
             flags.append("clock suspended until identity is confirmed")
         lines = [
-            f"**{self._request.kind.value}** · stage `{self._stage.value}`"
+            f"**{self._request.kind.value}**" + (f" ({self._request.scope})" if self._request.scope else "")
+            + f" · stage `{self._stage.value}`"
             + (f" · outcome `{self._outcome.value}`" if self._stage == Stage.CLOSED and self._outcome else ""),
             f"received {self._request.received_on.isoformat()} · due **{self._deadline.due.isoformat()}**"
             + (f" ({', '.join(flags)})" if flags else ""),
@@ -1229,6 +1274,9 @@ class DataSubjectRequest:
         if self._letters:
             lines += ["", "**the subject wrote** (files: `dsr attachments list`; sender as our mail server "
                           "checked it):", *(f"- {line}" for line in self._letters)]
+        if self._awaiting_decision:
+            lines += ["", "**objection waiting for a decision**: `dsr decide ID --uphold` or "
+                          "`--reject --grounds \"…\"` (Art. 21(1))"]
         if self._reply_held:
             lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
         if self._residuals:
@@ -1301,7 +1349,10 @@ class DataSubjectRequest:
     def _acknowledgement_context(self) -> dict[str, str]:
         """What makes the acknowledgement true: how identity will be checked, and whether the month is already
         over (a letter recorded late with ``--received``), in which case no date in the future is promised."""
-        context = {"identity": IdentityMethod(self._request.policy.identity).value}
+        identity = IdentityMethod(self._request.policy.identity).value
+        if objection.is_marketing_objection(self):
+            identity = "none"  # no check is asked: see _verify_identity
+        context = {"identity": identity}
         if workflow.now() >= self._deadline.overdue_at:
             context["late"] = "yes"
         return context

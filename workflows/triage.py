@@ -194,6 +194,8 @@ class TriageMessageWorkflow:
         RequestKind(decision.kind)
         if decision.changes and decision.kind != RequestKind.RECTIFICATION:
             raise RequestRejected("changes are only for rectification requests")
+        if decision.scope and (decision.kind != RequestKind.OBJECTION or decision.scope not in ("marketing", "other")):
+            raise RequestRejected("a scope (marketing or other) is only for objections")
         unknown = sorted(set(decision.changes) - CANONICAL_FIELDS)
         if unknown:
             fields = ", ".join(sorted(CANONICAL_FIELDS))

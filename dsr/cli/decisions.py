@@ -182,3 +182,30 @@ async def clear_residuals(
 
     await _update(request_id, DataSubjectRequest.clear_residuals, ResidualsCleared(cleared_by=by, note=note), as_json)
 
+
+
+@run
+async def decide(
+    request_id: RequestId,
+    uphold: Annotated[bool, typer.Option("--uphold", help="Accept the objection: the processing stops.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Reject it on compelling legitimate grounds.")] = False,
+    grounds: Annotated[str, typer.Option(
+        help="With --reject: the compelling legitimate grounds (Art. 21(1)), told to the subject and kept sealed.")
+    ] = "",
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Decide an objection to processing other than direct marketing (Art. 21(1)); the subject gets the decision,
+    its reasons and the remedies."""
+    from dsr.domain.model import ObjectionDecision
+
+    if uphold == reject:
+        raise UserError("give exactly one of --uphold or --reject")
+    if reject and not grounds.strip():
+        raise UserError("--reject needs --grounds: the subject is told the compelling legitimate grounds")
+    if uphold and grounds.strip():
+        raise UserError("--grounds goes with --reject (an upheld objection needs no grounds)")
+    from workflows.request import DataSubjectRequest
+
+    await _update(request_id, DataSubjectRequest.decide,
+                  ObjectionDecision(uphold=uphold, grounds=grounds, decided_by=by), as_json)

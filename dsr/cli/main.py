@@ -20,6 +20,7 @@ from dsr.cli import (
     register,
     requests,
     services,
+    suppression,
     tasks,
     triage,
 )
@@ -65,6 +66,7 @@ app.command("retry")(decisions.retry)
 app.command("doubt")(decisions.doubt)
 app.command("rectify")(decisions.rectify)
 app.command("clear-residuals")(decisions.clear_residuals)
+app.command("decide")(decisions.decide)
 # All requests: what is due, the audit trail, the register and its statistics.
 app.command("due")(requests.due)
 app.command("history")(requests.history)
@@ -85,6 +87,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(keys.app, name="keys")
 app.add_typer(demo.app, name="demo")
 app.add_typer(db.db_app, name="db")
+app.add_typer(suppression.app, name="suppression")
 
 
 def main() -> NoReturn:  # pragma: no cover - console script entry point

@@ -28,7 +28,7 @@ def list_requests(
     open_only: Annotated[bool, typer.Option("--open", help="Open requests only.")] = False,
     closed_only: Annotated[bool, typer.Option("--closed", help="Closed requests only.")] = False,
     kind: Annotated[str | None, typer.Option(metavar="KIND",
-                                             help="access, rectification, erasure or portability.")] = None,
+                                             help="access, rectification, erasure, portability or objection.")] = None,
     since: Annotated[str | None, typer.Option(metavar="DATE",
                                               help="Received on or after this date (YYYY-MM-DD).")] = None,
     until: Annotated[str | None, typer.Option(metavar="DATE",
@@ -77,7 +77,7 @@ def list_requests(
         try:
             wanted_kind = RequestKind(kind.strip().lower())
         except ValueError:
-            fail(f"unknown kind {kind!r}: access, rectification, erasure or portability")
+            fail(f"unknown kind {kind!r}: {', '.join(k.value for k in RequestKind)}")
     first, last = parse_period(since, until)
     settings, ledger = open_ledger()
     words = parse_language(language, settings.default_language)

@@ -42,7 +42,7 @@ def _parse_received(value: str | None) -> datetime | None:
 
 @run
 async def submit(
-    kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
+    kind: Annotated[str, typer.Option(help="access, rectification, erasure, portability or objection.")],
     email: Annotated[str, typer.Option(help="The subject's email address.")],
     name: Annotated[str, typer.Option(help="The subject's name.")] = "",
     channel: Annotated[str, typer.Option(
@@ -55,6 +55,8 @@ async def submit(
     change: Annotated[
         list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")
     ] = None,
+    scope: Annotated[str, typer.Option(
+        help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides).")] = "",
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
@@ -70,7 +72,8 @@ async def submit(
         raise UserError("--channel letter needs --received: the day the letter arrived (YYYY-MM-DD)")
     settings = Settings.from_env()
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
-                            received_at=_parse_received(received), changes=parse_changes(change or []))
+                            received_at=_parse_received(received), changes=parse_changes(change or []),
+                            scope=scope)
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings
@@ -132,8 +135,9 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         emit_json(data)
         return
     flags = [f for f, on in (("extended", state.extended), ("OVERDUE", state.overdue)) if on]
-    typer.echo(f"{state.request_id}  {state.kind.value}  {state.stage.value}"
-               + (f" ({state.outcome.value})" if state.outcome else ""))
+    typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({state.scope})" if state.scope else "")
+               + f"  {state.stage.value}" + (f" ({state.outcome.value})" if state.outcome else "")
+               + (f", objection {state.decision}" if state.decision else ""))
     typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"
                + (f" [{', '.join(flags)}]" if flags else ""))
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
@@ -154,6 +158,13 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         text = await request_handle(client, request_id).query(DataSubjectRequest.subject_text)
         typer.echo(f"  waiting for the corrections to make (`dsr rectify {state.request_id} --change field=value`);"
                    " the person wrote:")
+        for line in (text or "(nothing)").splitlines():
+            typer.echo(f"    {line}")
+    if state.awaiting_decision:
+        # What the person objects to, in their words (personal data, shown to the operator only).
+        text = await request_handle(client, request_id).query(DataSubjectRequest.subject_text)
+        typer.echo(f"  waiting for a decision on the objection (`dsr decide {state.request_id} --uphold`, or "
+                   "`--reject --grounds \"...\"`); the person wrote:")
         for line in (text or "(nothing)").splitlines():
             typer.echo(f"    {line}")
     if state.reply_held:

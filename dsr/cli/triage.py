@@ -80,9 +80,10 @@ async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
 @run
 async def triage_classify(
     triage_id: TriageId,
-    kind: Annotated[str, typer.Option(help="access, rectification, erasure or portability.")],
+    kind: Annotated[str, typer.Option(help="access, rectification, erasure, portability or objection.")],
     language: Annotated[str | None, typer.Option(help="fr or en, if the detected one is wrong.")] = None,
     change: Annotated[list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")] = None,
+    scope: Annotated[str, typer.Option(help="Objection: marketing or other (the default).")] = "",
     by: Actor = "operator",
     as_json: JsonOption = False,
 ) -> None:
@@ -93,9 +94,12 @@ async def triage_classify(
         chosen = RequestKind(kind)
         lang = Language(language) if language else None
     except ValueError:
-        raise UserError(f"--kind must be one of access, rectification, erasure, portability; --language fr or en"
+        raise UserError(f"--kind must be one of {', '.join(k.value for k in RequestKind)}; --language fr or en"
                         f" (got {kind!r}, {language!r})") from None
-    decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=parse_changes(change or []))
+    if scope and (chosen != RequestKind.OBJECTION or scope not in ("marketing", "other")):
+        raise UserError("--scope is marketing or other, for --kind objection only")
+    decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=parse_changes(change or []),
+                              scope=scope)
     _, client = await temporal_client()
     from workflows.triage import TriageMessageWorkflow
 

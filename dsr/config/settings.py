@@ -349,6 +349,7 @@ class Settings:
             connector_heartbeat_seconds=_int(env, "DSR_CONNECTOR_HEARTBEAT_SECONDS", 120, minimum=5),
             document_reason=" ".join(env.get("DSR_IDENTITY_DOCUMENT_REASON", "").split())[:500],
             connector_degraded_minutes=_int(env, "DSR_CONNECTOR_DEGRADED_MINUTES", 60, minimum=1),
+            suppression_years=_int(env, "DSR_SUPPRESSION_YEARS", 3, minimum=1),
         )
         return cls(
             home=home,

@@ -23,12 +23,28 @@ TRIAGE_PREFIX = "triage-"  # + the reserved request id: an email waiting for an 
 
 
 class RequestKind(StrEnum):
-    """The right the subject exercises (GDPR articles 15, 16, 17, 20)."""
+    """The right the subject exercises (GDPR articles 15, 16, 17, 20, 21)."""
 
     ACCESS = "access"
     RECTIFICATION = "rectification"
     ERASURE = "erasure"
     PORTABILITY = "portability"
+    OBJECTION = "objection"
+
+
+class ObjectionScope(StrEnum):
+    """What an objection (Art. 21) is to: it decides whether the controller may weigh it at all."""
+
+    MARKETING = "marketing"  # 21(2)-(3): direct marketing; absolute, carried out at once, no balancing
+    OTHER = "other"  # 21(1): processing on legitimate interests or a public task; an operator decides
+
+
+def objection_scope(kind: RequestKind, scope: str) -> ObjectionScope | None:
+    """The scope of an objection (``other`` when none was given: the one that asks a person to look), or None
+    for any other kind."""
+    if kind != RequestKind.OBJECTION:
+        return None
+    return ObjectionScope(scope) if scope else ObjectionScope.OTHER
 
 
 class Stage(StrEnum):
@@ -202,6 +218,7 @@ class RequestPolicy:
     connector_heartbeat_seconds: int = 120  # a crashed worker's connector run is retried after this
     document_reason: str = ""  # why the document policy asks every requester for one (told to them; suspends)
     connector_degraded_minutes: int = 60  # a connector failing this long (no success, no progress) is degraded
+    suppression_years: int = 3  # CNIL: a marketing objection is remembered (blind index only) this long
 
 
 CANONICAL_FIELDS = frozenset({
@@ -229,6 +246,7 @@ class RequestInput:
     in_reply_to: str | None = None  # Message-ID of the subject's email, so notices stay in its thread
     ticket: str | None = None  # support-desk ticket ("zendesk:4521"); shown to staff, quoted in replies
     subject_key: str = ""  # blind index of the subject's email (set at intake): names their queue; "" = none
+    scope: str = ""  # objection: an ObjectionScope value ("" for other kinds)
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------
@@ -351,6 +369,26 @@ class Rectification:
 
 
 @dataclass
+class ObjectionDecision:
+    """An operator's decision on an objection to processing other than marketing (Art. 21(1)): uphold it (the
+    processing stops), or reject it on compelling legitimate grounds, told to the subject with the 12(4)
+    remedies and kept sealed in the ledger (the controller bears the burden of proof)."""
+
+    uphold: bool
+    grounds: str = ""
+    decided_by: str = "operator"
+
+
+@dataclass
+class Suppression:
+    """Input of the ``suppress_marketing`` activity: put the subject on the suppression list."""
+
+    request_id: str
+    subject: Subject
+    years: int = 3
+
+
+@dataclass
 class ResidualsCleared:
     """An operator cleared by hand what a system's API could not erase (the report's residual lines)."""
 
@@ -444,6 +482,7 @@ class RecordAction(StrEnum):
     CHANGED = "changed"  # rectification applied
     UNCHANGED = "unchanged"  # rectification already applied (idempotent)
     RESIDUAL = "residual"  # could not be cleared through the API (told to the subject)
+    UNSUBSCRIBED = "unsubscribed"  # objection to marketing: the subscription is ended in the system
 
 
 @dataclass
@@ -566,6 +605,7 @@ class NoticeTemplate(StrEnum):
     CLOCK_RESUMED = "clock_resumed"  # the subject provided it: the time left resumes, the new due date
     OPERATOR_DEGRADED = "operator_degraded"  # a connector has been failing (retried) for longer than the policy allows
     OPERATOR_CODE_LOCKED = "operator_code_locked"  # too many wrong codes: the request's code path is closed
+    OPERATOR_DECISION_NEEDED = "operator_decision_needed"  # an objection (21(1)) waits for ``dsr decide``
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -579,6 +619,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_CHANGES_NEEDED,
     NoticeTemplate.OPERATOR_DEGRADED,
     NoticeTemplate.OPERATOR_CODE_LOCKED,
+    NoticeTemplate.OPERATOR_DECISION_NEEDED,
 })
 
 
@@ -647,6 +688,10 @@ class ReplyInput:
     extension_reason: str = ""
     outcomes: list[ConnectorOutcome] = field(default_factory=list)
     in_reply_to: str | None = None
+    scope: str = ""  # objection: marketing or other
+    decision: str = ""  # objection (other): "upheld" or "rejected"
+    grounds: str = ""  # a rejected objection: the compelling legitimate grounds, told to the subject
+    suppressed_until: date | None = None  # a marketing objection: how long the suppression list remembers it
 
 
 @dataclass
@@ -693,6 +738,9 @@ class RequestStatus:
     # Each reply of the subject recorded on the request: when, files kept, what our mail server said of the sender.
     correspondence: list[str] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)  # connectors failing longer than the policy allows
+    scope: str = ""  # objection: marketing or other
+    awaiting_decision: bool = False  # an objection (21(1)) waits for ``dsr decide``
+    decision: str = ""  # "upheld" or "rejected", once decided
 
 
 # --- per-subject order ----------------------------------------------------------------------------
@@ -786,6 +834,7 @@ class TriageDecision:
     decided_by: str = "operator"
     language: Language | None = None  # overrides the detected language
     changes: dict[str, str] = field(default_factory=dict)  # rectification, read from the email by staff
+    scope: str = ""  # objection: marketing or other (the default), as staff read it
 
 
 @dataclass

@@ -24,6 +24,7 @@ KIND_COLOURS = {  # Okabe-Ito: told apart with every common colour-vision defici
     RequestKind.RECTIFICATION.value: "#E69F00",
     RequestKind.ERASURE.value: "#D55E00",
     RequestKind.PORTABILITY.value: "#009E73",
+    RequestKind.OBJECTION.value: "#CC79A7",
 }
 OTHER_COLOUR = "#999999"
 ON_TIME_COLOUR = "#009E73"

@@ -50,6 +50,7 @@ class ReplyKind(StrEnum):
     PORTABILITY = "reply_portability"
     ERASURE = "reply_erasure"
     RECTIFICATION = "reply_rectification"
+    OBJECTION = "reply_objection"
     NO_DATA = "reply_no_data"
     ART19_NOTICE = "art19_notice"
 
@@ -59,6 +60,7 @@ _REQUEST_KIND = {
     ReplyKind.PORTABILITY: RequestKind.PORTABILITY,
     ReplyKind.ERASURE: RequestKind.ERASURE,
     ReplyKind.RECTIFICATION: RequestKind.RECTIFICATION,
+    ReplyKind.OBJECTION: RequestKind.OBJECTION,
 }
 
 
@@ -90,6 +92,10 @@ class ReplyContext:
     request_kind: RequestKind | None = None  # reply_no_data and art19_notice: the request's kind
     subject_email: str = ""  # art19_notice only: identifies the person to the recipient
     recipient_name: str = ""  # art19_notice only: the recipient addressed
+    scope: str = ""  # reply_objection: "marketing" or "other"
+    decision: str = ""  # reply_objection (other): "upheld" or "rejected"
+    grounds: str = ""  # a rejected objection: the compelling legitimate grounds (Art. 21(1)), in the operator's words
+    suppressed_until: date | None = None  # a marketing objection: the suppression list's entry ends then
 
 
 # --- words per language ---------------------------------------------------------------------------------
@@ -415,6 +421,21 @@ def _portability_system(outcome: ConnectorOutcome, label: str, lang: str,
     return {"label": label, "datasets": provided, "excluded": excluded, "nothing": not provided, "outside": None}
 
 
+def _objection_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[str, Any]:
+    """What one system did on an objection to marketing: subscriptions ended, already ended, or nothing it can
+    set (the operator checks by hand: a residual)."""
+    ended = [line for line in outcome.report if line.action == RecordAction.UNSUBSCRIBED]
+    already = [line for line in outcome.report if line.action == RecordAction.UNCHANGED]
+    residual = any(line.action == RecordAction.RESIDUAL for line in outcome.report)
+    return {
+        "label": label,
+        "unsubscribed": [_s(line.note) or _s(line.record_id) for line in ended],
+        "already": [_s(line.note.split(":", 1)[0]) or _s(line.record_id) for line in already],
+        "by_hand": residual,
+        "nothing": not ended and not already and not residual,
+    }
+
+
 def _changed_fields(systems: list[ConnectorOutcome], lang: str) -> list[str]:
     fields = sorted({f for o in systems for line in o.report if line.action == RecordAction.CHANGED
                      for f in line.fields})
@@ -476,8 +497,23 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         values["systems"] = [_erasure_system(o, label, lang, profile) for o, label in pairs]
         values["residuals"] = any(s["residual"] or (s["outside"] and s["outside"]["status"] in ("cannot", "no_answer"))
                                   for s in values["systems"])
+        values["suppressed_until"] = _iso(context.suppressed_until)
     elif kind == ReplyKind.RECTIFICATION:
         values["systems"] = [_rectification_system(o, label, lang, profile) for o, label in pairs]
+    elif kind == ReplyKind.OBJECTION:
+        scope = context.scope or "other"
+        if scope not in ("marketing", "other"):
+            raise ValueError(f"an objection's scope is marketing or other, not {scope!r}")
+        if scope == "other" and context.decision not in ("upheld", "rejected"):
+            raise ValueError("an objection to other processing is answered with its decision (upheld or rejected)")
+        if context.decision == "rejected" and not _s(context.grounds):
+            raise ValueError("a rejected objection needs its grounds (Art. 21(1)): the subject is told them")
+        values["scope"] = scope
+        values["decision"] = context.decision
+        values["grounds"] = _s(context.grounds)
+        values["suppressed_until"] = _iso(context.suppressed_until)
+        values["systems"] = [_objection_system(o, label, lang) for o, label in pairs]
+        values["by_hand"] = any(s["by_hand"] for s in values["systems"])
     elif kind == ReplyKind.ART19_NOTICE:
         values["subject_email"] = _s(context.subject_email)
         values["recipient_name"] = _s(context.recipient_name)

@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from temporalio.client import Client
 
 from dsr.domain.deadlines import deadline_as_search_value
-from dsr.domain.model import Stage
+from dsr.domain.model import RequestKind, Stage
 from workflows import search_attributes as sa
 
 # A closed access request stays Running until its download link expires: not something still due.
@@ -52,6 +52,16 @@ def connectors_degraded() -> str:
     return f"{RUNNING} AND {sa.DSR_DEGRADED.name} > 0"
 
 
+def of_kind(kind: RequestKind) -> str:
+    """Open requests of one kind (``DsrKind``), e.g. every objection under way."""
+    return f"{RUNNING} AND {sa.DSR_KIND.name} = '{RequestKind(kind).value}'"
+
+
+def decisions_needed() -> str:
+    """Objections to processing other than marketing (Art. 21(1)) waiting for ``dsr decide``."""
+    return f"{of_kind(RequestKind.OBJECTION)} AND {sa.DSR_STAGE.name} = '{Stage.NEEDS_ATTENTION.value}'"
+
+
 def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
     """Temporal UI links pre-filtered for the daily questions of a DPO or an operator on call."""
     queries = {
@@ -62,6 +72,8 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "residual data to clear": residual_data(),
         "mail not delivered": mail_not_delivered(),
         "connector degraded": connectors_degraded(),
+        "objections under way": of_kind(RequestKind.OBJECTION),
+        "objections to decide": decisions_needed(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"
     return {label: f"{base}?query={urllib.parse.quote(q)}" for label, q in queries.items()}

@@ -44,6 +44,8 @@ class Classification:
     """0..1: how strongly the best-supported kind is backed and how far ahead of the runner-up it is."""
     reason: str
     """Short and free of personal data, e.g. ``erasure: 'supprimer/effacer compte/donnees' (subject)``."""
+    scope: str = ""
+    """An objection's scope: ``marketing`` when it speaks of newsletters, emails, offers, calls..., else ``other``."""
 
 
 @dataclass(frozen=True)
@@ -233,41 +235,61 @@ PATTERNS: dict[RequestKind, tuple[_Pattern, ...]] = {
     ),
 }
 
-# Rights the engine has no kind for yet, whose wording overlaps erasure's: a marketing opt-out or an
-# objection (Art. 21(2)-(3): stop, not delete; a suppression list must outlive any erasure), the withdrawal
-# of consent (Art. 7(3)), and a message about someone who died (the sender is not the data subject; French
-# law gives heirs and post-mortem directives their own rules, art. 85 loi 78-17). Any of these sends the
-# message to triage with a reason, whatever else it asks and whether or not it is negated: "delete my
-# account and stop your newsletters" is two requests, and "don't send me more" is the request itself.
+# A message about someone who died goes to triage, whatever else it says: the sender is not the data subject
+# (French law gives heirs and post-mortem directives their own rules, art. 85 loi 78-17). So does a withdrawal
+# of consent (Art. 7(3)), a right the engine has no kind for yet. Either is checked before anything else.
 OUT_OF_SCOPE: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("objection or unsubscribe", re.compile(
-        r"\bdes(?:inscri|abonn)\w*|\bunsubscri\w*|\bopt(?:ing|ed)?[- ]?out\b|"
-        r"\b(?:retir|enlev|supprim|ray|sort)\w*(?: -moi| moi|-moi)? (?:de|des) (?:votre |vos |la |les |cette |ces )?"
-        r"(?:liste|listes|fichiers? (?:clients? |de )?(?:prospection|marketing|publicitaires?)|newsletters?|"
-        r"mailing|envois)\b|"
-        r"\b(?:ne (?:plus|pas)|ne veux plus|ne souhaite plus|n'?\s?(?:envoyez|envoyer) plus)\b.{0,40}"
-        r"\b(?:recevoir|envoyer|solliciter|contacter|appeler|demarcher)\b|"
-        r"\bcessez\b|\barretez de\b|\bstop (?:pub|sms|mails?|e-?mails?|newsletter|appels?)\b|^stop$|"
-        r"\bprospection\b|\bdemarchage\b|\bsollicitations? commerciales?\b|\bnewsletters?\b|"
-        r"\b(?:mails?|e-?mails?|courriels?|sms|messages?|offres) (?:publicitaires|promotionnel\w*|commerciaux|"
-        r"marketing)\b|\bm'?\s?oppose\w*\b|\bopposition\b|\bdroit d'?\s?opposition\b|"
-        r"\b(?:retir\w*|retrait|revoqu\w*|revocation)\b.{0,20}\bconsentement\b|"
-        r"\b(?:mailing|marketing|e-?mail|contact|distribution|subscriber|newsletter) lists?\b|"
-        r"\bstop (?:sending|emailing|e-mailing|contacting|texting|calling|messaging|spamming)\b|"
-        r"\b(?:no longer|not|never) (?:want to |wish to )?(?:receive|get|be sent|be contacted)\b|"
-        r"\bdon'?t (?:want to |wish to )?(?:receive|get|be sent|be contacted)\b|"
-        r"\bmarketing (?:e-?mails?|messages?|communications?|calls?|texts?|material)\b|\bdirect marketing\b|"
-        r"\bpromotional (?:e-?mails?|messages?|offers?|material)\b|"
-        r"\bright to object\b|\bi (?:hereby )?object\b|\bobject(?:ing|ion)? to\b|"
-        r"\b(?:withdraw\w*|revok\w*|revocation of|retract\w*)\b.{0,20}\bconsent\b|"
-        r"\bart(?:icle|\.)?\s*21\b|\bart(?:icle|\.)?\s*7\s*\(?3\)?")),
     ("about a deceased person", re.compile(
         r"\bdecede\w*|\bdeces\b|\bdefunte?s?\b|\bfeue?\b|\bnous a quitte\w*|\bsuccession\b|\bheritiers?\b|"
         r"\bayants?[- ]droits?\b|\bpost[- ]mortem\b|\bacte de deces\b|\bmort(?:e)? (?:le|en|il y a|recemment)\b|"
         r"\bpassed away\b|\bdeceased\b|\bdied\b|\b(?:his|her|their|the) death\b|\bdeath certificate\b|"
         r"\blate (?:husband|wife|father|mother|dad|mum|mom|son|daughter|brother|sister|partner|uncle|aunt|"
         r"grandfather|grandmother)\b|\bbereave\w*|\bexecutor\b|\bestate of\b|\bnext of kin\b")),
+    ("withdrawal of consent", re.compile(
+        r"\b(?:retir\w*|retrait|revoqu\w*|revocation)\b.{0,20}\bconsentement\b|"
+        r"\b(?:withdraw\w*|revok\w*|revocation of|retract\w*)\b.{0,20}\bconsent\b|"
+        r"\bart(?:icle|\.)?\s*7\s*\(?3\)?")),
 )
+
+# An objection (Art. 21) or a marketing opt-out: stop, not delete. It is the request whether or not it is
+# negated ("don't send me more" is the request itself), so it is read before the other kinds; when another
+# kind is asked as well ("delete my account and stop your newsletters": two requests), a person sorts it out.
+OBJECTION = re.compile(
+    r"\bdes(?:inscri|abonn)\w*|\bunsubscri\w*|\bopt(?:ing|ed)?[- ]?out\b|"
+    r"\b(?:retir|enlev|supprim|ray|sort)\w*(?: -moi| moi|-moi)? (?:de|des) (?:votre |vos |la |les |cette |ces )?"
+    r"(?:liste|listes|fichiers? (?:clients? |de )?(?:prospection|marketing|publicitaires?)|newsletters?|"
+    r"mailing|envois)\b|"
+    r"\b(?:ne (?:plus|pas)|ne veux plus|ne souhaite plus|n'?\s?(?:envoyez|envoyer) plus)\b.{0,40}"
+    r"\b(?:recevoir|envoyer|solliciter|contacter|appeler|demarcher)\b|"
+    r"\bcessez\b|\barretez de\b|\bstop (?:pub|sms|mails?|e-?mails?|newsletter|appels?)\b|^stop$|"
+    r"\b(?:retir|enlev|supprim|ray|sort|eff?ac)\w*.{0,30}\b(?:de|des) (?:votre |vos |la |les )?"
+    r"(?:liste|listes|newsletters?|mailing|fichiers? de prospection)\b|"
+    r"\bprospection\b|\bdemarchage\b|\bsollicitations? commerciales?\b|"
+    r"\b(?:mails?|e-?mails?|courriels?|sms|messages?|offres) (?:publicitaires|promotionnel\w*|commerciaux|"
+    r"marketing)\b|\bm'?\s?oppose\w*\b|\bopposition\b|\bdroit d'?\s?opposition\b|"
+    r"\b(?:mailing|marketing|e-?mail|contact|distribution|subscriber|newsletter) lists?\b|"
+    r"\bstop (?:sending|emailing|e-mailing|contacting|texting|calling|messaging|spamming)\b|"
+    r"\b(?:no longer|not|never) (?:want to |wish to )?(?:receive|get|be sent|be contacted)\b|"
+    r"\bdon'?t (?:want to |wish to )?(?:receive|get|be sent|be contacted)\b|"
+    r"\bmarketing (?:e-?mails?|messages?|communications?|calls?|texts?|material)\b|\bdirect marketing\b|"
+    r"\bpromotional (?:e-?mails?|messages?|offers?|material)\b|"
+    r"\bright to object\b|\bi (?:hereby )?object\b|\bobject(?:ing|ion)? to\b|\bart(?:icle|\.)?\s*21\b")
+# How a mass mailing tells its reader to opt out ("pour ne plus recevoir nos messages, répondez STOP"): in a
+# message we received, that is someone else's marketing (spam), not a request to us.
+OPT_OUT_FOOTER = re.compile(
+    r"\bpour ne plus (?:recevoir|etre contacte)\w*|\brepondez stop\b|\breply stop\b|\bto stop receiving\b|"
+    r"\bclick (?:here )?(?:to )?unsubscribe\b|\bto unsubscribe\b|\bpour vous desinscrire\b|"
+    r"\bpour vous desabonner\b|\bif you no longer wish\b|\bsi vous ne souhaitez plus\b")
+
+# What makes an objection one to direct marketing (21(2)-(3), absolute); without any of it, to other processing
+# (21(1)), which an operator decides.
+MARKETING = re.compile(
+    r"\bdes(?:inscri|abonn)\w*|\bunsubscri\w*|\bopt(?:ing|ed)?[- ]?out\b|\bnewsletters?\b|\bmailing\b|"
+    r"\bprospection\b|\bdemarchage\b|\bcommerci\w*|\bpublicit\w*|\bpromotion\w*|\boffres?\b|\bpub\b|"
+    r"\bsms\b|\bmails?\b|\be-?mails?\b|\bcourriels?\b|\bappels?\b|\bliste\b|\blistes\b|\benvois?\b|"
+    r"\bmarketing\b|\badvertis\w*|\bpromotional\b|\boffers?\b|\btexts?\b|\btexting\b|\bcalls?\b|"
+    r"\bcalling\b|\blists?\b|\bspam\w*|\bsollicit\w*|\bcampaigns?\b|\bcampagnes?\b|\bart(?:icle|\.)?\s*21\s*"
+    r"\(?[23]\)?|^stop$")
 
 # Cue words between the last clause boundary and a match that turn it around: a negation ("je ne veux pas
 # supprimer", "don't delete", "sans supprimer", "instead of deleting"), or a thing already done, thanked
@@ -420,6 +442,17 @@ def _confidence(top: float, runner_up: float) -> float:
     return round(strength * (top - runner_up) / top, 3) if top > 0 else 0.0
 
 
+def _objection(subject_text: str, body_text: str, language: Language | None,
+               evidence: dict[RequestKind, _Evidence]) -> Classification:
+    """An objection, unless another kind is clearly asked too (then triage: two requests)."""
+    asked = [kind for kind, found in evidence.items() if found.specific_score >= THRESHOLD]
+    if asked:
+        return Classification(None, language, 0.0, f"unsure: objection and {asked[0].value} both asked")
+    marketing = bool(MARKETING.search(subject_text) or MARKETING.search(body_text))
+    scope = "marketing" if marketing else "other"
+    return Classification(RequestKind.OBJECTION, language, 0.5, f"objection ({scope})", scope=scope)
+
+
 def classify(subject: str, body: str) -> Classification:
     """The request kind and language of an email, or ``kind=None`` when it is not clearly one request."""
     subject_text = _normalise(subject[:MAX_SUBJECT_CHARS].replace("\n", " "))
@@ -475,6 +508,11 @@ def classify(subject: str, body: str) -> Classification:
     for label, regex in OUT_OF_SCOPE:
         if regex.search(subject_text) or regex.search(body_text):
             return Classification(None, language, 0.0, f"unsure: {label}")
+    if OBJECTION.search(subject_text) or OBJECTION.search(body_text):
+        if OPT_OUT_FOOTER.search(body_text):
+            return Classification(None, language, 0.0, "unsure: objection or unsubscribe (an opt-out footer: "
+                                                        "someone else's mailing?)")
+        return _objection(subject_text, body_text, language, evidence)
 
     ranked = sorted(evidence.items(), key=lambda kv: kv[1].score, reverse=True)
     # The best-scored kind that beats its own rivals: generic access wording may outscore portability yet

@@ -191,9 +191,11 @@ class MessageIntake:
         try:
             classification = self._classify(message.subject, message.body)
             kind, language_enum, reason = classification.kind, classification.language, classification.reason
+            # An objection's scope (classifiers before objections had none: the default asks a person).
+            scope = str(getattr(classification, "scope", "") or "") if kind == RequestKind.OBJECTION else ""
         except Exception as exc:  # a classifier bug must not block the inbox: a human decides instead
             log.error("mailbox: classifier failed on message uid=%d (%s); sent to triage", uid, type(exc).__name__)
-            kind, language_enum, reason = None, None, "classifier failed"
+            kind, language_enum, reason, scope = None, None, "classifier failed", ""
         if message.unread:
             kind, reason = None, f"{message.unread}; the email is in the mailbox's triage folder"
         if row.reason == CLOSED_REPLY:
@@ -241,6 +243,7 @@ class MessageIntake:
                     in_reply_to=in_reply_to,
                     request_id=request_id,
                     trusted=False,  # a From address is a claim, not proof: identity is still checked
+                    scope=scope,
                 )
             )
         except RateLimited:

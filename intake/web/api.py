@@ -21,10 +21,11 @@ Support desks
        "tags": "{{ticket.tags}}", "description": "{{ticket.description}}"}
 
   The kind comes from a ``kind`` field (a custom ticket field placeholder) or from exactly one tag
-  ``dsr_access``, ``dsr_rectification``, ``dsr_erasure`` or ``dsr_portability``.
+  ``dsr_access``, ``dsr_rectification``, ``dsr_erasure``, ``dsr_portability`` or ``dsr_objection`` (with the
+  tag ``dsr_marketing`` an objection is to direct marketing; without it, to other processing).
 * **Any other desk** (``POST /webhooks/ticket``): ``X-DSR-Timestamp`` (Unix seconds) and
   ``X-DSR-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``; body
-  ``{"desk", "ticket_id", "email", "name", "kind", "language", "details", "authenticated"}``.
+  ``{"desk", "ticket_id", "email", "name", "kind", "scope", "language", "details", "authenticated"}``.
 
 A ticket's request id is derived from the ticket (keyed hash), so a webhook the desk delivers twice
 starts one request. ``authenticated: true`` marks the requester as already identified by the desk (a
@@ -49,7 +50,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, RequestKind
+from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, ObjectionScope, RequestKind
 from dsr.store.guards import Guards
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
@@ -91,6 +92,9 @@ class RequestBody(BaseModel):
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=500)]],
         Field(max_length=20, description="Rectification: canonical field -> correct value."),
     ] = {}
+    scope: ObjectionScope | None = Field(
+        default=None, description="Objection: marketing (direct marketing, stopped at once) or other (the default: "
+                                  "processing on legitimate interests, decided by the controller).")
 
 
 class AcceptedBody(BaseModel):
@@ -130,6 +134,7 @@ class TicketBody(BaseModel):
     email: Annotated[str, Field(max_length=254)]
     name: Annotated[str, Field(max_length=MAX_NAME)] = ""
     kind: RequestKind
+    scope: ObjectionScope | None = None
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
@@ -164,6 +169,14 @@ def ticket_request_id(ticket: str, received: datetime, index: Callable[[str], st
 def _language(locale: str) -> str | None:
     primary = locale.strip().lower().replace("_", "-").split("-")[0]
     return primary if primary in {"fr", "en"} else None
+
+
+def _zendesk_scope(body: ZendeskBody, kind: RequestKind) -> str:
+    """An objection's scope from the tags: ``dsr_marketing`` for direct marketing, else other processing."""
+    if kind != RequestKind.OBJECTION:
+        return ""
+    marketing = "dsr_marketing" in body.tags.lower().split()
+    return (ObjectionScope.MARKETING if marketing else ObjectionScope.OTHER).value
 
 
 def _zendesk_kind(body: ZendeskBody) -> RequestKind | None:
@@ -223,7 +236,7 @@ def api_router(
         except SubmissionError as err:
             message = str(err)
             field = message.split(" ", 1)[0] if message.split(" ", 1)[0] in {
-                "kind", "email", "name", "details", "changes", "language", "ticket"} else None
+                "kind", "email", "name", "details", "changes", "language", "ticket", "scope"} else None
             return error(422, message, field)
         except RateLimited as err:
             return error(429, str(err), headers={"Retry-After": str(err.retry_after)})
@@ -264,7 +277,7 @@ def api_router(
         return await hand_over(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
                        language=body.language.value if body.language else None, details=details,
-                       changes=dict(body.changes)),
+                       changes=dict(body.changes), scope=body.scope.value if body.scope else ""),
             client_of(request),
         )
 
@@ -305,7 +318,7 @@ def api_router(
         return await hand_over(
             Submission(kind=kind.value, email=body.requester_email, name=body.requester_name,
                        channel="support_desk", language=_language(body.requester_locale),
-                       details=body.description, ticket=reference,
+                       details=body.description, ticket=reference, scope=_zendesk_scope(body, kind),
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,  # the desk's address is not the subject's: the per-subject limit still applies
@@ -342,6 +355,7 @@ def api_router(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="support_desk",
                        language=body.language.value if body.language else None, details=body.details,
                        ticket=reference, trusted=body.authenticated and ticket.trust_authenticated,
+                       scope=body.scope.value if body.scope else "",
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,
         )

@@ -56,7 +56,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dsr.domain.model import Channel, RequestKind, is_valid_email
+from dsr.domain.model import Channel, ObjectionScope, RequestKind, is_valid_email
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers
@@ -85,6 +85,11 @@ _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FIELDS = ("kind", "email", "name", "details")
 _KINDS = tuple(kind.value for kind in RequestKind)
+STOP_MARKETING = "stop_marketing"
+"""The form's own choice for an objection to direct marketing (kind objection, scope marketing): a person who
+wants no more newsletters does not think "objection", and a choice of its own makes the absolute case one click."""
+_CHOICES = (*(k for k in _KINDS if k != RequestKind.OBJECTION.value), STOP_MARKETING, RequestKind.OBJECTION.value)
+"""The choices the form offers, in its order: the objection to other processing last."""
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -165,7 +170,7 @@ def _check(values: dict[str, str]) -> dict[str, str]:
     """Every error at once (field -> text key), by the rules of ``prepare``, so the person fixes the form in
     one go; the sink checks again and stays the authority."""
     errors: dict[str, str] = {}
-    if values["kind"] not in _KINDS:
+    if values["kind"] not in _CHOICES:
         errors["kind"] = "err_kind"
     email = values["email"].strip()
     if not email:
@@ -268,7 +273,7 @@ def form_router(
             "intro": text["intro_named"].format(controller=controller) if controller else text["intro_generic"],
             "form_url": form_url(lang),
             "csrf_token": csrf.issue(now_fn(), nonce),
-            "kinds": _KINDS,
+            "kinds": _CHOICES,
             "max_name": MAX_NAME,
             "max_details": MAX_DETAILS,
         }, status=status, extra=extra)
@@ -287,10 +292,11 @@ def form_router(
         message = "\x00".join((kind, due)).encode()
         return _b64(hmac.new(csrf_key, _CONFIRMATION_CONTEXT + message, hashlib.sha256).digest())
 
-    def confirmation_query(accepted: Accepted, lang: str) -> dict[str, str]:
+    def confirmation_query(accepted: Accepted, lang: str, choice: str = "") -> dict[str, str]:
         # The neutral receipt: never the reference, nor whether the submission was attached to a request under
-        # way (``accepted`` dates are the submission's own either way).
-        params = {"kind": RequestKind(accepted.kind).value, "due": accepted.deadline.isoformat()}
+        # way (``accepted`` dates are the submission's own either way). Named as the person chose it.
+        kind = choice if choice == STOP_MARKETING else RequestKind(accepted.kind).value
+        params = {"kind": kind, "due": accepted.deadline.isoformat()}
         params["sig"] = confirmation_signature(params["kind"], params["due"])
         params["lang"] = lang
         return params
@@ -327,8 +333,10 @@ def form_router(
         if errors:
             return form_page(request, lang, status=400, values=values, errors=errors)
 
+        marketing = values["kind"] == STOP_MARKETING
         submission = Submission(
-            kind=values["kind"],
+            kind=RequestKind.OBJECTION.value if marketing else values["kind"],
+            scope=ObjectionScope.MARKETING.value if marketing else "",
             email=values["email"],
             name=values["name"],
             details=values["details"],
@@ -361,7 +369,7 @@ def form_router(
                 request, lang, status=503, values=values, top="err_unavailable", extra={"Retry-After": "60"}
             )
 
-        location = f"{prefix}/submitted?{urlencode(confirmation_query(accepted, lang))}"
+        location = f"{prefix}/submitted?{urlencode(confirmation_query(accepted, lang, values['kind']))}"
         return RedirectResponse(location, status_code=303, headers=headers_for(request))
 
     @router.get("/submitted", include_in_schema=False)
@@ -378,7 +386,7 @@ def form_router(
         if (
             not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode("ascii"))
             or deadline is None
-            or kind not in _KINDS
+            or kind not in _CHOICES
         ):
             return message_page(request, lang, 403, "invalid_confirmation_title", "invalid_confirmation_body")
 

@@ -182,6 +182,13 @@ FORM: dict[str, dict[str, str]] = {
         "kind_portability": "Take your data elsewhere",
         "kind_portability_hint": "Receive the data you gave us in a format a computer can read, to pass it on to "
         "another service.",
+        "kind_stop_marketing": "Stop receiving our marketing",
+        "kind_stop_marketing_hint": "No more newsletters, offers, promotional calls or messages, from any of our "
+        "services. This is done at once, without any question or proof asked, and your address is never added back.",
+        "kind_objection": "Object to another use of your data",
+        "kind_objection_hint": "We use some data on the basis of our legitimate interests (statistics, fraud "
+        "prevention, for example). Tell us in the “Details” box which use you object to and, if you wish, why: we stop "
+        "unless we have compelling reasons, which we would explain to you.",
         "email_label": "Your email address",
         "email_hint": "We will write to this address to check that it is yours, then to answer you. Use the one you "
         "use with us.",
@@ -263,6 +270,15 @@ FORM: dict[str, dict[str, str]] = {
         "kind_portability": "Récupérer vos données pour les réutiliser ailleurs",
         "kind_portability_hint": "Recevoir les données que vous nous avez fournies dans un format lisible par un "
         "ordinateur, pour les transmettre à un autre service.",
+        "kind_stop_marketing": "Ne plus recevoir nos messages commerciaux",
+        "kind_stop_marketing_hint": "Plus de lettres d’information, d’offres, d’appels ni de messages promotionnels, "
+        "d’aucun de nos services. C’est fait tout de suite, sans question ni justificatif, et votre adresse n’est "
+        "jamais réinscrite.",
+        "kind_objection": "Vous opposer à un autre usage de vos données",
+        "kind_objection_hint": "Nous utilisons certaines données sur le fondement de notre intérêt légitime "
+        "(statistiques, prévention de la fraude, par exemple). Indiquez dans le champ «\u00a0Précisions\u00a0» "
+        "l’usage auquel vous vous opposez et, si vous le souhaitez, pourquoi\u00a0: nous l’arrêtons, sauf motifs "
+        "impérieux que nous vous expliquerions.",
         "email_label": "Votre adresse électronique",
         "email_hint": "Nous vous écrirons à cette adresse pour vérifier qu’elle est bien la vôtre, puis pour vous "
         "répondre. Utilisez celle que vous utilisez chez nous.",

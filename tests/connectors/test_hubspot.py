@@ -523,3 +523,66 @@ async def test_searches_send_what_hubspots_description_requires(portal: Portal) 
     # Every request and answer passed the description (checked at teardown); the search's own shape:
     assert portal.spec.requests >= 2 and portal.spec.unexcused() == []
     assert {v.where for v in portal.spec.violations} <= {"sorts[]"}  # the one listed exception
+
+
+# --- objection to direct marketing (communication preferences) --------------------------------------------
+
+
+async def test_stop_marketing_unsubscribes_from_every_type_with_a_legal_basis_and_never_patches(
+    portal: Portal,
+) -> None:
+    portal.state.subscribe(EMAIL, "7001")
+    portal.state.subscribe(EMAIL, "7002")
+    portal.state.subscriptions[EMAIL]["7003"] = {"status": "NOT_SUBSCRIBED", "legalBasis": "CONSENT_WITH_NOTICE",
+                                                 "legalBasisExplanation": "opted out in 2024"}
+    connector = portal.connector()
+    outcome = await connector.stop_marketing(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    assert [(r.dataset, r.record_id, r.action) for r in outcome.report] == [
+        ("subscriptions", "7001", RecordAction.UNSUBSCRIBED),
+        ("subscriptions", "7002", RecordAction.UNSUBSCRIBED),
+        ("subscriptions", "7003", RecordAction.UNCHANGED),
+    ]
+    assert outcome.counts == {"unsubscribed": 2, "unchanged": 1}
+    for sub_id in ("7001", "7002", "7003"):
+        assert portal.state.subscription_status(EMAIL, sub_id) == "NOT_SUBSCRIBED"
+    newsletter = portal.state.subscriptions[EMAIL]["7001"]
+    assert newsletter["legalBasis"] == "LEGITIMATE_INTEREST_OTHER"
+    assert "Art. 21" in newsletter["legalBasisExplanation"] and REQUEST in newsletter["legalBasisExplanation"]
+    assert portal.state.patches == []  # never by editing a contact property
+    assert all(EMAIL not in note for note in outcome.notes) and all(EMAIL not in r.note for r in outcome.report)
+
+    again = await connector.stop_marketing(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    assert again.counts == {"unchanged": 3}  # idempotent: a retry asks nothing twice
+
+
+async def test_stop_marketing_covers_an_address_that_is_no_contact(portal: Portal) -> None:
+    # HubSpot keeps statuses per address: an address it has no contact for is opted out all the same, so a
+    # later import or form cannot bring it back into a campaign silently.
+    stranger = "nobody.yet@example.net"
+    outcome = await portal.connector().stop_marketing(
+        OperationJob(request_id=REQUEST, subject=Subject(email=stranger)))
+    assert outcome.counts == {"unsubscribed": 3}
+    assert portal.state.subscription_status(stranger, "7002") == "NOT_SUBSCRIBED"
+
+
+async def test_stop_marketing_takes_an_unsubscription_whose_answer_was_lost(portal: Portal) -> None:
+    portal.state.subscribe(EMAIL, "7001")
+    connector = portal.connector()
+    real_call = connector._call
+
+    async def status_read_before_a_lost_answer(method: str, path: str, **kwargs: Any) -> Any:
+        response = await real_call(method, path, **kwargs)
+        if path.startswith("/communication-preferences/v3/status/"):
+            # An earlier attempt's unsubscribe took effect after this read; its answer never came back.
+            portal.state.subscriptions[EMAIL]["7001"]["status"] = "NOT_SUBSCRIBED"
+        return response
+
+    connector._call = status_read_before_a_lost_answer  # type: ignore[method-assign]
+    outcome = await connector.stop_marketing(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    assert ("7001", RecordAction.UNSUBSCRIBED) in [(r.record_id, r.action) for r in outcome.report]
+
+
+async def test_stop_marketing_with_bad_credentials_is_permanent(portal: Portal) -> None:
+    with pytest.raises(PermanentConnectorError, match="credentials") as raised:
+        await portal.connector(token="wrong").stop_marketing(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    assert EMAIL not in str(raised.value).lower()

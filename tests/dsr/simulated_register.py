@@ -73,7 +73,7 @@ def plan_year(n: int, year: int, *, seed: int = 18, as_of: date | None = None) -
     as_of = as_of or date(year + 1, 3, 31)
     start = datetime(year, 1, 1, tzinfo=ZONE)
     seconds = int((datetime(year + 1, 1, 1, tzinfo=ZONE) - start).total_seconds())
-    kinds = list(RequestKind)
+    kinds = [RequestKind.ACCESS, RequestKind.RECTIFICATION, RequestKind.ERASURE, RequestKind.PORTABILITY]
     channels = [Channel.FORM, Channel.EMAIL, Channel.API, Channel.SUPPORT_DESK, Channel.OPERATOR]
     plans: list[Planned] = []
     for i in range(n):

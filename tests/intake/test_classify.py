@@ -17,8 +17,11 @@ from dsr.domain.model import Language, RequestKind
 from intake.email.classify import MAX_BODY_CHARS, Classification, classify
 
 LABELLED = Path(__file__).parent / "emails" / "labelled.jsonl"
-TOPICS = {"objection": "unsure: objection or unsubscribe", "deceased": "unsure: about a deceased person"}
-"""Rights the engine has no kind for yet: their messages must reach triage, with the reason that says why."""
+TOPICS = {"consent": "unsure: withdrawal of consent", "deceased": "unsure: about a deceased person",
+          "mixed": "unsure: objection and erasure both asked"}
+"""Messages that must reach triage with the reason that says why: rights the engine has no kind for yet (consent
+withdrawal; a deceased person, whatever else the message asks), and an opt-out worded with a deletion (two
+requests, or one: a person decides)."""
 
 
 def _load() -> list[dict]:
@@ -47,9 +50,13 @@ def test_the_labelled_set_is_large_balanced_and_well_formed() -> None:
     assert set(kinds) == {None, *(kind.value for kind in RequestKind)}
     assert kinds[None] >= 12
     for email in EMAILS:
-        assert set(email) - {"topic"} == {"id", "language", "kind", "subject", "body"}, email["id"]
+        assert set(email) - {"topic", "scope"} == {"id", "language", "kind", "subject", "body"}, email["id"]
         assert email.get("topic") in (None, *TOPICS), email["id"]
         assert email["kind"] is None or "topic" not in email, email["id"]
+        assert ("scope" in email) == (email["kind"] == "objection"), email["id"]
+        assert email.get("scope") in (None, "marketing", "other"), email["id"]
+    scopes = Counter((email["scope"], email["language"]) for email in EMAILS if "scope" in email)
+    assert set(scopes) == {(scope, language) for scope in ("marketing", "other") for language in ("fr", "en")}
 
 
 def test_the_labelled_set_uses_only_example_addresses() -> None:
@@ -74,9 +81,9 @@ def test_no_message_is_assigned_a_wrong_kind() -> None:
     assert wrong == {}
 
 
-def test_opt_outs_objections_and_deaths_never_get_a_kind_and_say_why() -> None:
+def test_withdrawals_mixed_opt_outs_and_deaths_never_get_a_kind_and_say_why() -> None:
     topical = [email for email in EMAILS if "topic" in email]
-    assert len(topical) >= 40
+    assert len(topical) >= 25
     assert {(email["topic"], email["language"]) for email in topical} == {
         (topic, language) for topic in TOPICS for language in ("fr", "en")}
     misread = {email["id"]: RESULTS[email["id"]].reason for email in topical
@@ -84,16 +91,35 @@ def test_opt_outs_objections_and_deaths_never_get_a_kind_and_say_why() -> None:
     assert misread == {}
 
 
+def test_an_objection_is_read_with_its_scope() -> None:
+    classified = {email["id"]: RESULTS[email["id"]] for email in EMAILS if email["kind"] == "objection"}
+    wrong = {key: (email["scope"], classified[key].scope) for key, email in
+             ((e["id"], e) for e in EMAILS if e["kind"] == "objection")
+             if classified[key].kind == RequestKind.OBJECTION and classified[key].scope != email["scope"]}
+    assert wrong == {}
+    assert all(RESULTS[e["id"]].scope == "" for e in EMAILS if RESULTS[e["id"]].kind != RequestKind.OBJECTION)
+
+
 @pytest.mark.parametrize(("subject", "body"), [
     ("", "Merci de me retirer de votre liste."),
     ("Désinscription totale", ""),
-    ("", "Mon père est décédé ... suppression de son compte, s'il vous plaît."),
-    ("Erasure request", "I withdraw my consent and ask you to erase my data under Article 17."),
     ("Re: Votre demande", "STOP"),
+    ("", "Please take me off your mailing list."),
 ])
-def test_the_issue_s_examples_go_to_triage(subject: str, body: str) -> None:
+def test_the_issue_s_opt_outs_are_marketing_objections(subject: str, body: str) -> None:
     result = classify(subject, body)
-    assert result.kind is None and result.reason in TOPICS.values(), result.reason
+    assert (result.kind, result.scope) == (RequestKind.OBJECTION, "marketing"), result.reason
+
+
+@pytest.mark.parametrize(("subject", "body"), [
+    ("", "Mon père est décédé ... suppression de son compte, s'il vous plaît."),
+    ("", "Mon père est décédé, merci de ne plus lui envoyer vos offres."),
+    ("Erasure request", "I withdraw my consent and ask you to erase my data under Article 17."),
+    ("Offre spéciale", "Profitez de -50 % ! Pour ne plus recevoir nos messages, répondez STOP."),
+])
+def test_deaths_withdrawals_and_others_mailings_go_to_triage(subject: str, body: str) -> None:
+    result = classify(subject, body)
+    assert result.kind is None and result.reason.startswith("unsure:"), result.reason
 
 
 def test_recall_on_messages_with_a_kind_is_at_least_85_percent() -> None:

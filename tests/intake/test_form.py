@@ -298,6 +298,8 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
             "kind-rectification",
             "kind-erasure",
             "kind-portability",
+            "kind-stop_marketing",
+            "kind-objection",
             "email",
             "name",
             "details",
@@ -309,7 +311,7 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
         # The kind choice is a group with a legend, marked required in words.
         fieldset = re.search(r"<fieldset>\s*<legend>(.*?)</legend>(.*?)</fieldset>", page.text, re.DOTALL)
         assert fieldset and required in fieldset.group(1)
-        assert fieldset.group(2).count('type="radio"') == 4
+        assert fieldset.group(2).count('type="radio"') == 6
         assert re.search(rf'<label for="email">[^<]*<span class="marker">{re.escape(required)}</span>', page.text)
         assert 'role="alert"' not in page.text  # no error yet
         assert 'aria-invalid="true"' not in page.text
@@ -723,3 +725,29 @@ async def test_no_page_carries_script(form_app: FormApp) -> None:
     assert {p.status_code for p in pages} == {200, 400, 403, 415, 429}
     for page in pages:
         assert_safe_page(page)
+
+
+@pytest.mark.parametrize(("lang", "header", "marketing", "other"), [
+    ("fr", "fr-FR", "Ne plus recevoir nos messages commerciaux", "Vous opposer à un autre usage de vos données"),
+    ("en", "en-GB", "Stop receiving our marketing", "Object to another use of your data"),
+])
+async def test_objections_have_their_own_choices(
+    form_app: FormApp, lang: str, header: str, marketing: str, other: str,
+) -> None:
+    page, _ = await form_app.form(header)
+    assert marketing in page.text and other in page.text
+    assert 'value="stop_marketing"' in page.text and 'value="objection"' in page.text
+
+    response = await form_app.post({"kind": "stop_marketing"}, lang=lang)
+    assert response.status_code == 303
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.scope) == ("objection", "marketing")
+    confirmation = await form_app.http.get(response.headers["location"])
+    assert confirmation.status_code == 200 and marketing in confirmation.text
+
+    response = await form_app.post({"kind": "objection", "details": "Vos statistiques d'usage."}, lang=lang)
+    assert response.status_code == 303
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.scope) == ("objection", "")  # other processing: an operator decides
+    confirmation = await form_app.http.get(response.headers["location"])
+    assert other in confirmation.text

@@ -808,3 +808,42 @@ def _inbox_rows(intake: Intake) -> list:
 
     with Session(intake.ledger.engine) as session:
         return list(session.execute(select(InboundMessageRow)).scalars())
+
+
+# --- objections ---------------------------------------------------------------------------------------------
+
+
+async def test_api_objection_takes_its_scope_and_refuses_a_scope_elsewhere(intake: Intake) -> None:
+    response = await intake.http.post("/api/requests", json=api_body(kind="objection", scope="marketing"))
+    assert response.status_code == 202, response.text
+    [reference] = [r.request_id for r in intake.ledger.requests()]  # a marketing objection claims nothing
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "objection" and state.scope == "marketing"
+    for bad in ({"kind": "objection", "scope": "everything"}, {"kind": "access", "scope": "marketing"}):
+        response = await intake.http.post("/api/requests", json=api_body(email="other@example.org", **bad))
+        assert response.status_code == 422 and response.json()["field"] == "scope", response.text
+    assert [r.kind for r in intake.ledger.requests()] == ["objection"]
+
+
+async def test_zendesk_objection_tag_and_marketing_tag(intake: Intake) -> None:
+    body = zendesk_body(tags="dsr_objection dsr_marketing", ticket_id="90",
+                        description="Je ne veux plus recevoir vos offres.")
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+    assert response.status_code == 202, response.text
+    [reference] = [r.request_id for r in intake.ledger.requests()]
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "objection" and state.scope == "marketing"
+
+
+async def test_a_marketing_objection_is_never_attached_to_an_objection_waiting_for_a_decision(
+    intake: Intake,
+) -> None:
+    other = await submit_api(intake, kind="objection", scope="other", details="Stop your usage statistics.")
+    response = await intake.http.post("/api/requests", json=api_body(kind="objection", scope="marketing"))
+    assert response.status_code == 202, response.text
+    requests = intake.ledger.requests()
+    assert len(requests) == 2
+    [marketing] = [r.request_id for r in requests if r.request_id != other]
+    state = await poll(lambda: _status_or_none(intake, marketing))
+    assert state.scope == "marketing"
+    assert (await status(intake, other)).scope == "other"

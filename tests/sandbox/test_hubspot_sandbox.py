@@ -303,3 +303,35 @@ async def test_secondary_addresses_are_tokens_and_sorts_order_results(hub: Runni
     assert deleted.status_code == 204
     # HubSpot blocklists a deleted contact's addresses, primary and additional.
     assert all(hub.state.is_blocklisted(a) for a in ("paul@example.org", "lea.old@example.org", "pm@example.org"))
+
+
+# --- communication preferences (v3) ------------------------------------------------------------------------
+
+
+async def test_subscription_definitions_and_statuses_in_hubspots_shape(hub: Running) -> None:
+    definitions = (await hub.http.get("/communication-preferences/v3/definitions")).json()["subscriptionDefinitions"]
+    assert [d["id"] for d in definitions] == ["7001", "7002", "7003"]
+    for definition in definitions:  # the description's required fields
+        assert {"createdAt", "description", "id", "isActive", "isDefault", "isInternal", "name",
+                "updatedAt"} <= set(definition)
+    hub.state.subscribe("Lea.Petit@Example.org", "7001")
+    answer = (await hub.http.get("/communication-preferences/v3/status/email/lea.petit@example.org")).json()
+    assert answer["recipient"] == "lea.petit@example.org"
+    assert [(s["id"], s["status"]) for s in answer["subscriptionStatuses"]] == [("7001", "SUBSCRIBED")]
+
+
+async def test_unsubscribe_needs_a_legal_basis_and_refuses_a_second_time(hub: Running) -> None:
+    hub.state.subscribe("lea.petit@example.org", "7002")
+    body = {"emailAddress": "Lea.Petit@example.org", "subscriptionId": "7002"}
+    assert_hubspot_error(await hub.http.post("/communication-preferences/v3/unsubscribe", json=body), 400,
+                         "VALIDATION_ERROR")
+    assert hub.state.subscription_status("lea.petit@example.org", "7002") == "SUBSCRIBED"
+    body |= {"legalBasis": "LEGITIMATE_INTEREST_OTHER", "legalBasisExplanation": "Objection, Art. 21 GDPR"}
+    done = await hub.http.post("/communication-preferences/v3/unsubscribe", json=body)
+    assert done.status_code == 200 and done.json()["status"] == "NOT_SUBSCRIBED"
+    assert hub.state.subscription_status("lea.petit@example.org", "7002") == "NOT_SUBSCRIBED"
+    again = assert_hubspot_error(await hub.http.post("/communication-preferences/v3/unsubscribe", json=body), 400,
+                                 "VALIDATION_ERROR")
+    assert "already unsubscribed" in str(again["message"])
+    unknown = await hub.http.post("/communication-preferences/v3/unsubscribe", json=body | {"subscriptionId": "9"})
+    assert_hubspot_error(unknown, 404, "OBJECT_NOT_FOUND")

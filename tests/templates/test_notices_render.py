@@ -109,6 +109,8 @@ def test_kind_is_rendered_in_words(kind: RequestKind, language: Language) -> Non
         (Language.EN, RequestKind.RECTIFICATION): "rectification request",
         (Language.EN, RequestKind.ERASURE): "erasure request",
         (Language.EN, RequestKind.PORTABILITY): "portability request",
+        (Language.FR, RequestKind.OBJECTION): "opposition",
+        (Language.EN, RequestKind.OBJECTION): "objection",
     }[(language, kind)]
     assert words in rendered.subject
     assert words in rendered.text.lower()
@@ -273,7 +275,7 @@ def test_required_keys_and_kind_are_checked() -> None:
     with pytest.raises(ValueError, match="kind"):
         render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {"reference": "R"})
     with pytest.raises(ValueError, match="kind"):
-        render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {"reference": "R", "kind": "objection"})
+        render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {"reference": "R", "kind": "complaint"})
 
 
 def test_printing_a_missing_key_fails_but_testing_it_does_not() -> None:

@@ -69,6 +69,12 @@ CONTEXTS = {
     ReplyKind.ERASURE: _context(systems=ERASURE_SYSTEMS,
                                 recipients_notified=["Cabinet comptable Exemple", "Logistique Exemple SARL"]),
     ReplyKind.RECTIFICATION: _context(systems=RECTIFICATION_SYSTEMS, recipients_notified=["Cabinet comptable Exemple"]),
+    ReplyKind.OBJECTION: _context(systems=[
+        ConnectorOutcome("hubspot", found=2, report=[
+            RecordReport("subscriptions", "7001", RecordAction.UNSUBSCRIBED, note="Newsletter"),
+            RecordReport("subscriptions", "7002", RecordAction.UNCHANGED, note="Offers: already unsubscribed")]),
+        ConnectorOutcome("stripe", report=[RecordReport("marketing", "*", RecordAction.RESIDUAL)]),
+    ], scope="marketing", suppressed_until=date(2029, 11, 23)),
     ReplyKind.NO_DATA: _context(systems=[ConnectorOutcome(n) for n in ("woocommerce", "stripe", "hubspot")],
                                 request_kind=RequestKind.ERASURE),
     ReplyKind.ART19_NOTICE: _context(systems=RECTIFICATION_SYSTEMS, request_kind=RequestKind.RECTIFICATION,
@@ -383,3 +389,52 @@ def test_the_profile_words_a_basis_the_engine_does_not_know() -> None:
                                 en="Article L102 B of the French Tax Procedures Book (6 years)")}})
     assert legal_basis_wording("LPF L102 B", "fr", profile) == "article L102 B du Livre des procédures fiscales (6 ans)"
     assert legal_basis_wording("LPF L102 B", "en", profile).startswith("Article L102 B of the French Tax")
+
+
+@pytest.mark.parametrize(("language", "kept"), [
+    (Language.FR, "notre liste d'opposition conserve une empreinte de votre adresse électronique"),
+    (Language.EN, "our suppression list keeps a fingerprint of your email address"),
+])
+def test_an_erasure_reply_says_what_it_keeps_of_a_marketing_objection(language: Language, kept: str) -> None:
+    _, text, visible = _parts(ReplyKind.ERASURE, language,
+                              replace(CONTEXTS[ReplyKind.ERASURE], suppressed_until=date(2029, 11, 23)))
+    for part in (text, visible):
+        assert kept in part and ("23 novembre 2029" if language == Language.FR else "23 November 2029") in part
+    _, text, _ = _parts(ReplyKind.ERASURE, language)
+    assert kept not in text  # no objection, nothing said
+
+
+@pytest.mark.parametrize(("language", "words"), [
+    (Language.FR, ["Désabonnement effectué — Newsletter", "Déjà désabonné — Offers", "vérifie à la main",
+                   "jusqu'au 23 novembre 2029", "article 21, paragraphes 2 et 3"]),
+    (Language.EN, ["Unsubscribed — Newsletter", "Already unsubscribed — Offers", "checks by hand",
+                   "until 23 November 2029", "Article 21(2) and (3)"]),
+])
+def test_marketing_objection_reply_golden(language: Language, words: list[str]) -> None:
+    subject, text, visible = _parts(ReplyKind.OBJECTION, language)
+    assert subject.startswith("Réponse à votre opposition à la prospection" if language == Language.FR
+                              else "Reply to your objection to direct marketing")
+    for part in (text, visible):
+        for word in words:
+            assert word in part
+
+
+@pytest.mark.parametrize(("language", "decision", "remedy"), [
+    (Language.FR, "Opposition non retenue", "comme le prévoit l'article 12, paragraphe 4, du RGPD"),
+    (Language.EN, "Objection not accepted", "as Article 12(4) GDPR provides"),
+])
+def test_rejected_objection_reply_golden(language: Language, decision: str, remedy: str) -> None:
+    context = _context(systems=[], scope="other", decision="rejected",
+                       grounds="Fraud checks protect every customer.\r\nBcc: x@evil.test")
+    subject, text, visible = _parts(ReplyKind.OBJECTION, language, context)
+    assert subject.startswith("Notre décision sur votre opposition" if language == Language.FR
+                              else "Our decision on your objection")
+    for part in (text, visible):
+        assert decision in part and remedy in part and CNIL in part
+        assert "Fraud checks protect every customer. Bcc: x@evil.test" in part  # one line: no header forged
+    with pytest.raises(ValueError, match="grounds"):
+        render_reply("reply_objection", language, replace(context, grounds=" "))
+    with pytest.raises(ValueError, match="decision"):
+        render_reply("reply_objection", language, replace(context, decision=""))
+    _, upheld, _ = _parts(ReplyKind.OBJECTION, language, replace(context, decision="upheld", grounds=""))
+    assert ("Opposition acceptée" if language == Language.FR else "Objection accepted") in upheld

@@ -96,11 +96,11 @@ async def systems(stripe_sandbox: StripeSandbox) -> AsyncIterator[Systems]:
 
 async def run_request(env: WorkflowEnvironment, settings: Settings, ledger: Ledger, exports: ExportStore,
                       systems: Systems, kind: str, *, email: str = EMAIL,
-                      changes: dict[str, str] | None = None) -> RequestStatus:
+                      changes: dict[str, str] | None = None, scope: str = "") -> RequestStatus:
     task_queue = f"e2e-{uuid.uuid4()}"
     settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))
-    request = prepare(Submission(kind=kind, email=email, name="Nadia Haddad", changes=changes or {}), settings,
-                      now=await env.get_current_time())
+    request = prepare(Submission(kind=kind, email=email, name="Nadia Haddad", changes=changes or {}, scope=scope),
+                      settings, now=await env.get_current_time())
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(env.client, settings, ledger, systems.connectors, exports=exports,
                                 profile=demo_profile, task_queue=task_queue, executor=executor):
@@ -270,3 +270,29 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
                 gone = await http.post(f"/exports/{token}", data={"answer": code, "form": links.form_token(token)})
                 assert gone.status_code == 410
     await intake.stop()
+
+
+async def test_marketing_objection_unsubscribes_in_hubspot_and_leaves_the_others_to_the_operator(
+    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
+) -> None:
+    from dsr.store.suppressions import SuppressionList
+
+    exports = exports_of(settings)
+    systems.hubspot.subscribe(EMAIL, "7001")
+    systems.hubspot.subscribe(EMAIL, "7003")
+    final = await run_request(time_skipping, settings, ledger, exports, systems, "objection", scope="marketing")
+    assert final.outcome == Outcome.FULFILLED and final.scope == "marketing"
+    outcomes = {c.connector: c.outcome for c in final.connectors}
+    assert outcomes["hubspot"] is not None and outcomes["hubspot"].counts == {"unsubscribed": 3}
+    for sub_id in ("7001", "7002", "7003"):  # every type, the ones never opted in to included
+        assert systems.hubspot.subscription_status(EMAIL, sub_id) == "NOT_SUBSCRIBED"
+    assert systems.hubspot.patches == []  # never by editing a property
+    assert sorted(line.split(":")[0] for line in final.residuals) == ["stripe", "woocommerce"]
+    suppressions = SuppressionList(ledger)
+    assert suppressions.is_suppressed(EMAIL)
+
+    # The person then has everything erased: the contact goes, the objection stays, HubSpot's statuses too.
+    erased = await run_request(time_skipping, settings, ledger, exports, systems, "erasure")
+    assert erased.outcome == Outcome.FULFILLED
+    assert suppressions.is_suppressed(EMAIL.lower())
+    assert systems.hubspot.subscription_status(EMAIL, "7001") == "NOT_SUBSCRIBED"

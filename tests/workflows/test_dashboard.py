@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from zoneinfo import ZoneInfo
 from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import Settings
-from dsr.domain.model import IdentityMethod, Stage
+from dsr.domain.model import IdentityMethod, RequestKind, Stage
 from dsr.runtime.dashboard import in_stage, list_due
 from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare, start
@@ -159,3 +160,38 @@ async def test_degraded_filter_lists_requests_whose_connector_fails_too_long(
             assert (await handle.describe()).typed_search_attributes.get(sa.DSR_DEGRADED) == 1
             await handle.terminate("test over")
     assert "connector degraded" in ui_links("http://127.0.0.1:8233", "default", datetime.now(UTC).date())
+
+
+async def test_objection_filters_find_objections_and_those_waiting_for_a_decision(
+    dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
+) -> None:
+    import asyncio
+
+    from dsr.runtime.dashboard import decisions_needed, of_kind, ui_links
+
+    task_queue = f"dash-{uuid.uuid4()}"
+    settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))
+
+    async def listed(query: str) -> set[str]:
+        return {wf.id async for wf in dev_server.client.list_workflows(query)}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        async with build_worker(dev_server.client, settings, ledger, [], task_queue=task_queue,
+                                executor=executor, exports=exports_of(settings)):
+            objection = prepare(Submission(kind="objection", scope="other", email="objects@example.org"), settings)
+            access = prepare(Submission(kind="access", email="reads@example.org",
+                                        received_at=datetime.now(UTC) - timedelta(days=1)), settings)
+            handles = [await start(dev_server.client, r, task_queue=task_queue) for r in (objection, access)]
+            deciding: set[str] = set()
+            for _ in range(100):  # the stage, then eventual visibility
+                deciding = await listed(decisions_needed())
+                if objection.request_id in deciding:
+                    break
+                await asyncio.sleep(0.2)
+            assert objection.request_id in deciding and access.request_id not in deciding
+            objections = await listed(of_kind(RequestKind.OBJECTION))
+            assert objection.request_id in objections and access.request_id not in objections
+            for handle in handles:
+                with contextlib.suppress(Exception):  # the access request may have ended already
+                    await handle.terminate("test over")
+    assert "objections to decide" in ui_links("http://127.0.0.1:8233", "default", datetime.now(UTC).date())
