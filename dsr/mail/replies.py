@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from dsr.config.profile import ControllerProfile, Localized, SupervisoryAuthority, check_profile, is_third_country
 from dsr.domain.model import ConnectorOutcome, Language, RecordAction, RecordReport, RequestKind, is_valid_email
 from dsr.errors import ConfigurationError
+from dsr.mail.readable import DATASET_WORDS
 from templates import ENVIRONMENT, RenderedNotice, one_line
 
 __all__ = ["IncompleteProfileError", "ReplyContext", "ReplyKind", "render_reply"]
@@ -133,20 +134,7 @@ _COUNTRIES = {
            "GB": "the United Kingdom", "CH": "Switzerland", "CA": "Canada", "JP": "Japan", "IN": "India",
            "AU": "Australia", "SG": "Singapore", "IL": "Israel", "KR": "South Korea"},
 }
-_DATASETS = {
-    "fr": {"customer": "compte client", "contact": "fiche contact", "orders": "commandes",
-           "charges": "paiements", "invoices": "factures", "payment_intents": "tentatives de paiement",
-           "checkout_sessions": "sessions de paiement", "subscriptions": "abonnements",
-           "payment_methods": "moyens de paiement enregistrés", "notes": "notes de notre équipe",
-           "deals": "propositions commerciales", "tickets": "demandes d'assistance", "emails": "courriels",
-           "addresses": "adresses"},
-    "en": {"customer": "customer account", "contact": "contact record", "orders": "orders",
-           "charges": "payments", "invoices": "invoices", "payment_intents": "payment attempts",
-           "checkout_sessions": "checkout sessions", "subscriptions": "subscriptions",
-           "payment_methods": "saved payment methods", "notes": "notes from our team",
-           "deals": "commercial offers", "tickets": "support requests", "emails": "emails",
-           "addresses": "addresses"},
-}
+_DATASETS = DATASET_WORDS  # the export bundle names datasets with the same words
 _FIELDS = {
     "fr": {"first_name": "prénom", "last_name": "nom", "email": "adresse électronique", "phone": "téléphone",
            "address_line1": "adresse (ligne 1)", "address_line2": "adresse (ligne 2)", "city": "ville",
