@@ -100,6 +100,7 @@ def activities_for(
         links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),
         public_url=settings.intake_url,
         profile=profile,
+        timezone=settings.policy.timezone,
     )
     storage = StorageActivities(exports, ledger)
     return [

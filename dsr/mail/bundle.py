@@ -168,8 +168,13 @@ class _View:
     def value(self, key: str, value: Any, parent: dict[str, Any], record: dict[str, Any], *, csv: bool) -> str:
         return self.readable.value(self.kind, key, value, parent, record, csv=csv)
 
-    def label(self, path: str) -> str:
-        return self.readable.field(self.kind, path)
+    def labels(self, paths: list[str]) -> list[str]:
+        """The columns' labels, each once: a label two paths share is followed by the path (« Créé le
+        (hs_createdate) »), so no two columns read alike."""
+        labels = [self.readable.field(self.kind, p) for p in paths]
+        shared = {label for label in labels if labels.count(label) > 1}
+        return [f"{label} ({path.rsplit('.', 1)[-1]})" if label in shared else label
+                for label, path in zip(labels, paths, strict=True)]
 
 
 def _csv_safe(text: str) -> str:
@@ -295,6 +300,11 @@ def _data_json_body(entry: _Entry, store: ExportStore, request_id: str,
     return entry.close()
 
 
+def _leading_id(columns: list[str]) -> list[str]:
+    """The record's identifier first (the systems' JSON comes with sorted keys), the rest as they came."""
+    return [c for c in columns if c == "id"] + [c for c in columns if c != "id"]
+
+
 CSV_DELIMITERS = {Language.FR: ";", Language.EN: ","}
 """Per language, the separator its spreadsheets split a CSV on (a French Excel expects ``;``)."""
 
@@ -305,10 +315,10 @@ def _write_csv(zf: zipfile.ZipFile, when: datetime, store: ExportStore, request_
     assert summary.csv_name is not None
     with _Entry(zf, summary.csv_name, when) as entry:
         entry.write("\ufeff")
-        columns = list(summary.columns)
+        columns = _leading_id(list(summary.columns))
         writer = csv.writer(entry, delimiter=delimiter, lineterminator="\r\n")
         if columns:
-            writer.writerow([_csv_safe(summary.view.label(c)) for c in columns])
+            writer.writerow([_csv_safe(label) for label in summary.view.labels(columns)])
         for record in store.read(request_id, summary.stored.system, summary.stored.dataset):
             row = _flatten(record, summary.view, csv=True)
             writer.writerow([_csv_safe(row.get(c, "")) for c in columns])
@@ -320,7 +330,9 @@ def _report_context(summaries: list[_DatasetSummary], *, language: Language, kin
                     when: datetime, readable: Readable, system_labels: Mapping[str, str]) -> dict[str, Any]:
     datasets: list[dict[str, Any]] = []
     for n, s in enumerate(summaries, 1):
-        columns = list(dict.fromkeys(c for row in s.preview for c in row))
+        columns = _leading_id(list(dict.fromkeys(c for row in s.preview for c in row)))
+        labels = s.view.labels(columns)
+        named = dict(zip(columns, labels, strict=True))
         datasets.append({
             "anchor": f"d{n}",
             "system": system_labels.get(s.stored.system) or s.stored.system,
@@ -330,9 +342,9 @@ def _report_context(summaries: list[_DatasetSummary], *, language: Language, kin
             "provided": s.stored.provided,
             "csv": s.csv_name,
             "wide": len(columns) > WIDE_TABLE,
-            "columns": [s.view.label(c) for c in columns],
+            "columns": labels,
             "rows": [[row.get(c, "") for c in columns] for row in s.preview],
-            "fields": [[(s.view.label(c), v) for c, v in row.items() if v != ""] for row in s.preview],
+            "fields": [[(named[c], v) for c, v in row.items() if v != ""] for row in s.preview],
             "shown": len(s.preview),
             "more": s.records - len(s.preview),
         })

@@ -145,6 +145,8 @@ class Readable:
             return ""
         if isinstance(value, bool):
             return _YES_NO[self.lang][0 if value else 1]
+        if key == "currency" and isinstance(value, str) and _CURRENCY.match(value):
+            return value.upper()  # Stripe writes "eur"
         if isinstance(value, int | float | str) and _AMOUNT_NAME.search(key):
             amount = self._amount(kind, value, parent, root)
             if amount is not None:

@@ -31,16 +31,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
-from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
+from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink, last_valid_day
 from intake.web.attempts import Attempts, wait_in_minutes
 from intake.web.pages import FormRefused, choose_language, first_values, read_form, render, security_headers
-from intake.web.wording import DOWNLOAD
+from intake.web.wording import DOWNLOAD, zone_words
+from templates import format_date
 
 __all__ = ["EXPORTS_SCOPE", "MAX_FORM_BYTES", "AuditHook", "BundleOpener", "exports_router"]
 
@@ -60,11 +62,16 @@ BundleOpener = Callable[[str], Iterator[bytes] | None]
 
 
 class DownloadPages:
-    """The pages of ``/exports``, and the app's own error pages, in the visitor's language."""
+    """The pages of ``/exports``, and the app's own error pages, in the visitor's language, headed by the
+    controller's name; dates in the controller's ``timezone`` (the reply email's)."""
 
-    def __init__(self, *, default_language: str, hsts: bool) -> None:
+    def __init__(self, *, default_language: str, hsts: bool, controller_name: str = "",
+                 timezone: str = "UTC") -> None:
         self._default_language = default_language
         self._hsts = hsts
+        self.controller_name = controller_name
+        ZoneInfo(timezone)  # a wrong zone fails at start, not on a subject's page
+        self.timezone = timezone
 
     def language(self, request: Request) -> str:
         return choose_language(request.headers.get("accept-language"), self._default_language)
@@ -78,6 +85,7 @@ class DownloadPages:
         text = DOWNLOAD[lang]
         return render(request, "message.html", {
             "lang": lang, "title": text[title_key], "paragraphs": [text[k].format(**fmt) for k in body_keys],
+            "controller_name": self.controller_name,
         }, status=status, headers=self.headers(extra_headers))
 
     def locked(self, request: Request, left: timedelta) -> HTMLResponse:
@@ -111,7 +119,8 @@ def exports_router(
         lang = pages.language(request)
         text = DOWNLOAD[lang]
         try:
-            expiry = links.expires_at(token).strftime("%Y-%m-%d %H:%M")
+            # The last day it works, in the controller's time zone: the very words of the reply email.
+            expiry = format_date(last_valid_day(links.expires_at(token), pages.timezone), lang)
         except InvalidLink:  # pragma: no cover - the token was verified just before
             expiry = ""
         return render(request, "download.html", {
@@ -122,7 +131,8 @@ def exports_router(
             "wrong": wrong,
             "action": f"{public_path}/exports/{quote(token, safe='')}",
             "form_token": links.form_token(token),
-            "expiry_note": text["form_expiry"].format(expiry=expiry),
+            "expiry_note": text["form_expiry"].format(expiry=expiry, zone=zone_words(pages.timezone, lang)),
+            "controller_name": pages.controller_name,
         }, status=status, headers=pages.headers())
 
     def check_token(request: Request, token: str) -> str | HTMLResponse:

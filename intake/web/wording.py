@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from intake.submission import MAX_DETAILS, MAX_NAME
 
-__all__ = ["COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "VERIFY"]
+__all__ = ["COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "VERIFY", "zone_words"]
 
 LANGUAGES = ("fr", "en")
 """The languages of the pages, the default first."""
+
+
+def zone_words(timezone: str, lang: str) -> str:
+    """``Europe/Paris`` -> « heure de Paris » / "Paris time"; ``UTC`` as is."""
+    if "/" not in timezone:
+        return timezone
+    city = timezone.rsplit("/", 1)[-1].replace("_", " ")
+    return f"heure de {city}" if lang == "fr" else f"{city} time"
 
 COMMON: dict[str, dict[str, str]] = {
     "en": {
@@ -43,7 +51,7 @@ DOWNLOAD: dict[str, dict[str, str]] = {
         "form_intro": "Your data is ready. To protect it, enter the code from the email we sent you with this link.",
         "form_label": "Download code",
         "form_button": "Download (ZIP file)",
-        "form_expiry": "This link is valid until {expiry} (UTC).",
+        "form_expiry": "This link works until {expiry} inclusive ({zone}).",
         "wrong_answer": "This code is not correct. Check the email we sent you and try again.",
         "invalid_body": "Check that you copied the whole link from our email.",
         "expired_title": "This link has expired; ask for a new one",
@@ -69,7 +77,7 @@ DOWNLOAD: dict[str, dict[str, str]] = {
         "courriel.",
         "form_label": "Code de téléchargement",
         "form_button": "Télécharger (fichier ZIP)",
-        "form_expiry": "Ce lien est valable jusqu’au {expiry} (UTC).",
+        "form_expiry": "Ce lien est valable jusqu’au {expiry} inclus ({zone}).",
         "wrong_answer": "Ce code n’est pas correct. Vérifiez notre courriel et réessayez.",
         "invalid_body": "Vérifiez que vous avez copié le lien complet depuis notre courriel.",
         "expired_title": "Ce lien a expiré\u00a0; demandez-en un nouveau",
