@@ -235,6 +235,9 @@ FORM: dict[str, dict[str, str]] = {
         "you contact us.",
         "confirm_kind": "Your request:",
         "confirm_deadline": "Answer by:",
+        "confirm_address": "We write to:",
+        "confirm_typo": "Is this address wrong? Then our emails cannot reach you: send the form again with the right "
+        "address.",
         "confirm_inbox": "Check your inbox: we have just written to you. If we need to confirm your email address, "
         "the email has a link, and we can only handle your request once you confirm it. Look in your spam folder "
         "too.",
@@ -323,6 +326,9 @@ FORM: dict[str, dict[str, str]] = {
         "indiquée\u00a0: rappelez-la si vous nous contactez.",
         "confirm_kind": "Votre demande\u00a0:",
         "confirm_deadline": "Réponse au plus tard le\u00a0:",
+        "confirm_address": "Nous vous écrivons à\u00a0:",
+        "confirm_typo": "Cette adresse est-elle erronée\u00a0? Nos courriels ne pourront alors pas vous "
+        "parvenir\u00a0: envoyez de nouveau le formulaire avec la bonne adresse.",
         "confirm_inbox": "Vérifiez votre boîte de réception\u00a0: nous venons de vous écrire. Si nous devons "
         "confirmer votre adresse électronique, le courriel contient un lien, et nous ne pouvons traiter votre "
         "demande qu’après cette confirmation. Pensez à regarder dans vos courriels indésirables.",
