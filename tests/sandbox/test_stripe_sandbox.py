@@ -138,3 +138,21 @@ def test_stop_ends_the_process() -> None:
         os.kill(pid, 0)
     with pytest.raises(RuntimeError):
         _ = server.url
+
+
+async def test_demo_counts_are_what_the_stripe_connector_exports() -> None:
+    """Issue 18: `dsr demo customers` said stripe (5) for a customer whose reply listed 7 records: the listing
+    now reads the counts back through the connector, so it counts what the reply lists."""
+    from sandbox.demo import STRIPE_KEY, stripe_counts
+
+    with LocalStripe(api_key=STRIPE_KEY).start() as running:
+        customer = await seed_customer(running.url, STRIPE_KEY, email="camille.durand@example.org",
+                                       name="Camille Durand", charges=2, subscription=True)
+        counts = await stripe_counts(running.url, ["camille.durand@example.org"])
+        async with httpx.AsyncClient(base_url=running.url, auth=(STRIPE_KEY, ""), timeout=10) as api:
+            charges = (await api.get("/v1/charges", params={"customer": customer, "limit": 100})).json()["data"]
+    # Two charges seeded, and the one paying the subscription's first invoice; the card is a saved method.
+    assert len(charges) == 3
+    assert counts == {"camille.durand@example.org": {"customer": 1, "charges": 3, "invoices": 1,
+                                                     "subscriptions": 1, "payment_methods": 1}}
+    assert sum(counts["camille.durand@example.org"].values()) == 7
