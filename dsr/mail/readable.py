@@ -141,8 +141,8 @@ class Readable:
               root: Mapping[str, Any] | None, *, csv: bool) -> str:
         """A leaf as text: a date in the controller's zone, an amount with its currency, yes/no; else as given
         (strings) or in JSON spelling (numbers, lists)."""
-        if value is None:
-            return ""
+        if value is None or (isinstance(value, dict | list) and not value):
+            return ""  # an empty object or list says nothing to a reader (data.json keeps it)
         if isinstance(value, bool):
             return _YES_NO[self.lang][0 if value else 1]
         if key == "currency" and isinstance(value, str) and _CURRENCY.match(value):
