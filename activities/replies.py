@@ -99,7 +99,8 @@ class ReplyActivities:
             now = datetime.now(UTC)
             expiry = day_end_expiry(now, self._links.ttl, self._timezone)
             link = self._links.issue(reply.request_id, now=now, ttl=expiry - now)
-            context.download_url = link.url(self._public_url)
+            # ?lang: the download page speaks the reply's language, whatever the browser's.
+            context.download_url = f"{link.url(self._public_url)}?lang={Language(reply.language).value}"
             context.download_code = format_code(link.code)
             context.link_expires = last_valid_day(link.expires_at, self._timezone)
             result.link_expires_at = link.expires_at

@@ -5,9 +5,10 @@ Flow
 1. ``GET /exports/{token}``: the token is checked (:class:`dsr.store.links.DownloadLinks`). Tampered: 403 page
    "This link is not valid"; expired: 410 page "This link has expired; ask for a new one". Neither page
    says anything else (no reference, no expiry, no hint which check failed). A valid token gets a small
-   form (French or English by ``Accept-Language``) asking for the code sent in the same email (8 characters,
-   ``K7QM-4XPD``; never the request reference, which is in every email subject): a forwarded link alone is
-   not enough.
+   form (French or English by ``?lang``, which the reply's link carries, else ``Accept-Language``), headed by
+   the company's name and naming the link's last day as the email does (in the controller's time zone),
+   asking for the code sent in the same email (8 characters, ``K7QM-4XPD``; never the request reference,
+   which is in every email subject): a forwarded link alone is not enough.
 2. ``POST /exports/{token}`` (``application/x-www-form-urlencoded``, at most 4 KiB, else 413) with fields
    ``answer`` (the code) and ``form`` (a stateless CSRF value, HMAC of the token, written into
    the form; missing or wrong: 403). A wrong answer: 403 page with the form again. The answers are counted
@@ -41,7 +42,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink, last_valid_day
 from intake.web.attempts import Attempts, wait_in_minutes
 from intake.web.pages import FormRefused, choose_language, first_values, read_form, render, security_headers
-from intake.web.wording import DOWNLOAD, zone_words
+from intake.web.wording import DOWNLOAD, LANGUAGES, zone_words
 from templates import format_date
 
 __all__ = ["EXPORTS_SCOPE", "MAX_FORM_BYTES", "AuditHook", "BundleOpener", "exports_router"]
@@ -74,6 +75,10 @@ class DownloadPages:
         self.timezone = timezone
 
     def language(self, request: Request) -> str:
+        """The reply's language when the link says it (``?lang=fr``: the email's link does), else the browser's."""
+        asked = request.query_params.get("lang", "")
+        if asked in LANGUAGES:
+            return asked
         return choose_language(request.headers.get("accept-language"), self._default_language)
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -129,7 +134,7 @@ def exports_router(
             "title": text["form_title"],
             "paragraphs": [text["form_intro"]],
             "wrong": wrong,
-            "action": f"{public_path}/exports/{quote(token, safe='')}",
+            "action": f"{public_path}/exports/{quote(token, safe='')}?lang={lang}",
             "form_token": links.form_token(token),
             "expiry_note": text["form_expiry"].format(expiry=expiry, zone=zone_words(pages.timezone, lang)),
             "controller_name": pages.controller_name,

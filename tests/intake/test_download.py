@@ -194,7 +194,7 @@ async def test_form_then_wrong_code_then_the_reference_is_refused_and_the_code_d
     assert "Download your data" in form.text
     assert '<label for="answer">' in form.text
     assert REFERENCE.lower() not in form.text.lower()  # the page never gives the answer away
-    assert f'action="/exports/{link.token}"' in form.text
+    assert f'action="/exports/{link.token}?lang=en"' in form.text
     csrf = _csrf_value(form.text)
     assert csrf == download_app.links.form_token(link.token)
 
@@ -614,6 +614,10 @@ async def test_the_page_names_the_last_day_as_the_email_does_and_the_company(tmp
         assert '<p class="org">Kestio SAS</p>' in page.text and "UTC" not in page.text
         english = await app.http.get(app.path(link.token), headers={"Accept-Language": "en"})
         assert "This link works until 9 December 2026 inclusive (Paris time)." in english.text
+        # The email's link says the reply's language: a French subject with an English browser reads French.
+        asked = await app.http.get(app.path(link.token) + "?lang=fr", headers={"Accept-Language": "en"})
+        assert "Ce lien est valable jusqu’au 9 décembre 2026 inclus" in asked.text
+        assert f'action="/exports/{link.token}?lang=fr"' in asked.text
 
         clock.now = datetime(2026, 12, 9, 22, 59, 59, tzinfo=UTC)  # 23:59:59 on 9 December in Paris: still valid
         assert (await app.http.get(app.path(link.token))).status_code == 200
