@@ -624,3 +624,46 @@ async def test_the_page_names_the_last_day_as_the_email_does_and_the_company(tmp
         clock.now = datetime(2026, 12, 9, 23, 0, tzinfo=UTC)  # midnight in Paris: gone, as the email said
         gone = await app.http.get(app.path(link.token))
         assert gone.status_code == 410 and "Kestio SAS" in gone.text
+
+
+async def test_every_intake_page_is_headed_by_the_company(tmp_path: Path) -> None:
+    """Issue 18: no page named the company. The download pages, the app's own error pages and /verify do."""
+    from dsr.store.links import IdentityLinks
+    from intake.web.verify import verify_router
+
+    ring = KeyRing.generate()
+
+    async def confirm(request_id: str, proof: str) -> object:  # pragma: no cover - nothing is confirmed here
+        raise AssertionError("no confirmation in this test")
+
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", ring) as ledger:
+        guards = Guards(ledger.engine, ring)
+        app = intake_app(
+            links=DownloadLinks(ring), bundle_opener=_opener(ring, tmp_path), audit=Audit(), public_url=PUBLIC_URL,
+            guards=guards, controller_name="Kestio SAS", timezone="Europe/Paris",
+            routers=[verify_router(IdentityLinks(ring, ttl=timedelta(days=30)), confirm,  # type: ignore[arg-type]
+                                   guards=guards, exists=lambda _: False, controller_name="Kestio SAS")],
+        )
+        running = await serve_app(app, port=0)
+        try:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                pages = [await http.get("/verify"), await http.get("/exports/not-a-token"),
+                         await http.get("/no-such-page")]
+        finally:
+            await running.stop()
+    assert [p.status_code for p in pages] == [200, 403, 404]
+    for page in pages:
+        assert '<p class="org">Kestio SAS</p>' in page.text, page.url
+
+
+def test_the_intake_names_the_company_as_the_worker_signs(tmp_path: Path) -> None:
+    from dsr.config.settings import Settings
+    from intake.server import controller_name
+
+    home = {"DSR_HOME": str(tmp_path)}
+    assert controller_name(Settings.from_env(home)) == ""  # no profile: nobody named
+    (tmp_path / "dsr.toml").write_text('[controller]\nlegal_name = "Kestio SAS"\n', encoding="utf-8")
+    assert controller_name(Settings.from_env(home)) == "Kestio SAS"  # the profile's legal name
+    assert controller_name(Settings.from_env({**home, "DSR_CONTROLLER_NAME": "Kestio"})) == "Kestio"
+    (tmp_path / "dsr.toml").write_text("[controller\n", encoding="utf-8")  # malformed: reported elsewhere
+    assert controller_name(Settings.from_env(home)) == ""
