@@ -154,7 +154,8 @@ def _flatten(record: Any, view: _View | None = None, *, csv: bool = False) -> di
             stack.extend((f"{prefix}.{k}" if prefix else str(k), str(k), item, value)
                          for k, item in reversed(value.items()))
         elif prefix not in out:
-            out[prefix] = _cell(value) if view is None else view.value(key, value, parent, record, csv=csv)
+            out[prefix] = _cell(value) if view is None else view.readable.value(view.kind, key, value, parent,
+                                                                                 record, csv=csv)
     return out
 
 
@@ -164,9 +165,6 @@ class _View:
 
     readable: Readable
     kind: str | None
-
-    def value(self, key: str, value: Any, parent: dict[str, Any], record: dict[str, Any], *, csv: bool) -> str:
-        return self.readable.value(self.kind, key, value, parent, record, csv=csv)
 
     def labels(self, paths: list[str]) -> list[str]:
         """The columns' labels, each once: a label two paths share is followed by the path (« Créé le

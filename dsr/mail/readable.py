@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, tzinfo
@@ -65,6 +66,12 @@ _ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga
 _THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 _SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥"}
 _NBSP, _NNBSP = "\u00a0", "\u202f"
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_roles(key: str) -> tuple[bool, bool]:
+    """Whether a field named ``key`` may hold an amount, a date: decided once per name, not per value."""
+    return bool(_AMOUNT_NAME.search(key)), bool(_DATE_NAME.search(key))
 
 
 def dataset_words(dataset: str, lang: str) -> str:
@@ -145,18 +152,21 @@ class Readable:
             return ""  # an empty object or list says nothing to a reader (data.json keeps it)
         if isinstance(value, bool):
             return _YES_NO[self.lang][0 if value else 1]
+        amount_name, date_name = _key_roles(key)
         if key == "currency" and isinstance(value, str) and _CURRENCY.match(value):
             return value.upper()  # Stripe writes "eur"
-        if isinstance(value, int | float | str) and _AMOUNT_NAME.search(key):
+        if amount_name and isinstance(value, int | float | str):
             amount = self._amount(kind, value, parent, root)
             if amount is not None:
                 return amount
-        if isinstance(value, int | float) and _DATE_NAME.search(key):
+        if date_name and isinstance(value, int | float):
             moment = self._unix(value)
             if moment is not None:
                 return self._moment(moment, csv=csv)
         if isinstance(value, str):
             text = value.strip()
+            if len(text) < 10 or text[4:5] != "-":  # the cheap look first: most strings are not dates
+                return value
             if _ISO_DATETIME.match(text):
                 moment = self._iso(text, utc=key.lower().endswith("_gmt"))
                 if moment is not None:
