@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 from temporalio import activity
@@ -36,10 +36,12 @@ REPLY_INVALID = "ReplyInvalid"  # a reply that cannot be written truthfully (e.g
 
 class ReplyActivities:
     """The final reply's activities: the notices' mailer and sent-log, the export store, links and profile;
-    ``timezone`` (the controller's, ``DSR_TIMEZONE``) dates the export's contents and the link's last day."""
+    ``timezone`` (the controller's, ``DSR_TIMEZONE``) dates the export's contents and the link's last day;
+    ``system_types`` (connector name -> type, from dsr.toml) picks the export's field labels."""
 
     def __init__(self, mailer: Mailer, *, sent_log: SentLog | None, exports: ExportStore, links: DownloadLinks,
-                 public_url: str, profile: Callable[[], ControllerProfile | None], timezone: str = "UTC") -> None:
+                 public_url: str, profile: Callable[[], ControllerProfile | None], timezone: str = "UTC",
+                 system_types: Mapping[str, str] | None = None) -> None:
         self._mailer = mailer
         self._sent_log = sent_log
         self._exports = exports
@@ -47,6 +49,7 @@ class ReplyActivities:
         self._public_url = public_url.rstrip("/")
         self._profile = profile
         self._timezone = timezone
+        self._system_types = dict(system_types or {})
 
     def _key(self, suffix: str = "") -> str:
         info = activity.info()
@@ -91,6 +94,7 @@ class ReplyActivities:
                 reference_info={"reference": reply.request_id, "received": reply.received.isoformat(),
                                 **({"controller_name": profile.legal_name} if profile else {})},
                 provided_only=reply.kind == RequestKind.PORTABILITY, timezone=self._timezone,
+                system_types=self._system_types,
                 system_labels={o.connector: profile.system_label(o.connector, reply.language)
                                for o in reply.outcomes} if profile else None,
             )

@@ -389,7 +389,8 @@ def _scratch_file() -> IO[bytes]:
 def build_bundle(store: ExportStore, request_id: str, *, language: Language, kind: RequestKind,
                  reference_info: Mapping[str, str], target: str | None = None, provided_only: bool = False,
                  now: datetime | None = None, keyring: BundleCipher | None = None, timezone: str = "UTC",
-                 system_labels: Mapping[str, str] | None = None) -> BundleInfo:
+                 system_labels: Mapping[str, str] | None = None,
+                 system_types: Mapping[str, str] | None = None) -> BundleInfo:
     """Build the encrypted export bundle of ``request_id`` and store it at the object ``target`` (default
     :meth:`ExportStore.bundle_key`), replacing it atomically.
 
@@ -398,7 +399,9 @@ def build_bundle(store: ExportStore, request_id: str, *, language: Language, kin
     key is recorded in the manifest. ``provided_only`` (portability, Art. 20) keeps only the datasets the
     subject provided. ``keyring`` defaults to the store's key ring; ``now`` to the current time.
     ``timezone`` (the controller's, ``DSR_TIMEZONE``) is the zone dates are written in; ``system_labels`` names
-    each system as the reply email does (the profile's ``[controller.systems]``; default: the system's name).
+    each system as the reply email does (the profile's ``[controller.systems]``; default: the system's name);
+    ``system_types`` (name -> connector type, from dsr.toml) picks each system's field labels and amount
+    convention (default: guessed from the name or the datasets, see :meth:`Readable.connector_type`).
     """
     language, kind = Language(language), RequestKind(kind)
     cipher: BundleCipher = keyring if keyring is not None else store.sealer  # type: ignore[assignment]
@@ -408,7 +411,7 @@ def build_bundle(store: ExportStore, request_id: str, *, language: Language, kin
     stored = sorted(store.datasets(request_id), key=lambda d: (d.system, d.dataset))
     readable = Readable(language.value, timezone)
     labels = {str(k): _one_line(v) for k, v in (system_labels or {}).items() if v}
-    summaries = [_DatasetSummary(d, _View(readable, readable.connector_type(d.system, d.dataset)))
+    summaries = [_DatasetSummary(d, _View(readable, readable.connector_type(d.system, d.dataset, system_types)))
                  for d in stored if d.provided or not provided_only]
 
     key = target if target is not None else store.bundle_key(request_id)

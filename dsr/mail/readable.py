@@ -115,11 +115,15 @@ class Readable:
     # ------------------------------------------------------------------ names
 
     @staticmethod
-    def connector_type(system: str, dataset: str) -> str | None:
-        """The connector a system is: its name when it is a type (the default), else the one with the dataset."""
+    def connector_type(system: str, dataset: str, types: Mapping[str, str] | None = None) -> str | None:
+        """The connector a system is: as configured (``types``: name -> type, from dsr.toml), else its name when
+        it is a type (the default name), else the only connector with such a dataset."""
+        if types and system in types:
+            return types[system]
         if system in FIELD_LABELS:
             return system
-        return next((kind for kind, names in CONNECTOR_DATASETS.items() if dataset in names), None)
+        owners = [kind for kind, names in CONNECTOR_DATASETS.items() if dataset in names]
+        return owners[0] if len(owners) == 1 else None
 
     def dataset(self, dataset: str) -> str:
         words = dataset_words(dataset, self.lang)

@@ -179,3 +179,34 @@ def test_labels_per_connector_then_common_words_then_humanised() -> None:
     assert humanise("hs_first_visit") == "First visit" and humanise("lastSeenAt") == "Last seen at"
     assert Readable.connector_type("crm", "notes") == "hubspot"  # a system named otherwise, known by its datasets
     assert Readable.connector_type("app", "sessions") is None
+    assert Readable.connector_type("app", "customer") is None  # Stripe's or WooCommerce's? Neither is assumed
+    assert Readable.connector_type("app", "charges", {"app": "sql"}) == "sql"  # as configured: no guess
+
+
+def test_an_application_database_is_not_read_as_stripe(tmp_path) -> None:
+    """A `sql` system's integer amounts are not cents, even in a dataset named like Stripe's: dsr.toml says so."""
+    store = ExportStore(store_at(f"file://{tmp_path}"), TEST_KEYRING)
+    with store.for_request(REQUEST).open("app", "charges", provided=True) as writer:
+        writer.write({"id": 1, "amount": 1250, "currency": "EUR"})
+    for types, amount in (({"app": "sql"}, "1\u202f250,00\u00a0€"), ({"app": "stripe"}, "12,50\u00a0€")):
+        info = build_bundle(store, REQUEST, language=Language.FR, kind=RequestKind.ACCESS, reference_info=INFO,
+                            now=NOW, timezone="Europe/Paris", system_types=types)
+        with open_bundle(TEST_KEYRING, store.objects, info.key, REQUEST) as stream:
+            zf = zipfile.ZipFile(io.BytesIO(b"".join(stream)))
+        [header, row] = table(zf, "csv/app/charges.csv", ";")
+        assert dict(zip(header, row, strict=True))["Montant"] == amount, types
+
+
+def test_the_worker_reads_the_connector_types_from_dsr_toml(tmp_path) -> None:
+    from dsr.config.settings import Settings
+    from worker import connector_types
+
+    settings = Settings.from_env({"DSR_HOME": str(tmp_path)})
+    assert connector_types(settings) == {}  # a fresh install: no connectors
+    settings.config_file.write_text('[[connectors]]\ntype = "hubspot"\nname = "crm"\n'
+                                    'credentials = { token = "HUBSPOT_TOKEN" }\n\n'
+                                    '[[connectors]]\ntype = "stripe"\ncredentials = { api_key = "STRIPE_KEY" }\n',
+                                    encoding="utf-8")
+    assert connector_types(settings) == {"crm": "hubspot", "stripe": "stripe"}
+    settings.config_file.write_text("[[connectors]\n", encoding="utf-8")
+    assert connector_types(settings) == {}  # unreadable: labels are guessed, `dsr config check` tells why
