@@ -114,6 +114,8 @@ def activities_for(
         public_url=settings.intake_url,
         profile=profile,
         suppressed_until=lambda email: (entry.until.date() if (entry := suppressions.entry(email)) else None),
+        timezone=settings.policy.timezone,
+        system_types=connector_types(settings),
     )
     storage = StorageActivities(exports, ledger)
     return [
@@ -136,6 +138,17 @@ def activities_for(
         ask_subject_turn,
         subject_request_running,
     ]
+
+
+def connector_types(settings: Settings) -> dict[str, str]:
+    """Each configured connector's name -> type (the export's field labels follow the type); a configuration
+    that cannot be read gives none (the labels are then guessed; `dsr config check` reports the file)."""
+    from connectors.config import load_config
+
+    try:
+        return {c.display_name: c.type for c in load_config(settings.config_file).connectors}
+    except ConfigurationError:
+        return {}
 
 
 def controller_signature(settings: Settings, profile: Callable[[], ControllerProfile | None]) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -26,7 +26,7 @@ from dsr.domain.model import (
 from dsr.mail.bundle import build_bundle
 from dsr.mail.replies import IncompleteProfileError, ReplyContext, render_reply
 from dsr.store.exports import ExportStore
-from dsr.store.links import DownloadLinks, format_code
+from dsr.store.links import DownloadLinks, day_end_expiry, format_code, last_valid_day
 from templates import RenderedNotice
 
 # ApplicationError types raised by send_reply that only an operator can fix (the workflow asks them).
@@ -35,11 +35,14 @@ REPLY_INVALID = "ReplyInvalid"  # a reply that cannot be written truthfully (e.g
 
 
 class ReplyActivities:
-    """The final reply's activities: the notices' mailer and sent-log, the export store, links and profile."""
+    """The final reply's activities: the notices' mailer and sent-log, the export store, links and profile;
+    ``timezone`` (the controller's, ``DSR_TIMEZONE``) dates the export's contents and the link's last day;
+    ``system_types`` (connector name -> type, from dsr.toml) picks the export's field labels."""
 
     def __init__(self, mailer: Mailer, *, sent_log: SentLog | None, exports: ExportStore, links: DownloadLinks,
                  public_url: str, profile: Callable[[], ControllerProfile | None],
-                 suppressed_until: Callable[[str], date | None] | None = None) -> None:
+                 suppressed_until: Callable[[str], date | None] | None = None, timezone: str = "UTC",
+                 system_types: Mapping[str, str] | None = None) -> None:
         self._mailer = mailer
         # The suppression list (dsr.store.suppressions): an erasure reply says what it keeps of an objection.
         self._suppressed_until = suppressed_until or (lambda email: None)
@@ -48,6 +51,8 @@ class ReplyActivities:
         self._links = links
         self._public_url = public_url.rstrip("/")
         self._profile = profile
+        self._timezone = timezone
+        self._system_types = dict(system_types or {})
 
     def _key(self, suffix: str = "") -> str:
         info = activity.info()
@@ -96,13 +101,20 @@ class ReplyActivities:
                 build_bundle, self._exports, reply.request_id, language=reply.language, kind=reply.kind,
                 reference_info={"reference": reply.request_id, "received": reply.received.isoformat(),
                                 **({"controller_name": profile.legal_name} if profile else {})},
-                provided_only=reply.kind == RequestKind.PORTABILITY,
+                provided_only=reply.kind == RequestKind.PORTABILITY, timezone=self._timezone,
+                system_types=self._system_types,
+                system_labels={o.connector: profile.system_label(o.connector, reply.language)
+                               for o in reply.outcomes} if profile else None,
             )
-            link = self._links.issue(reply.request_id, now=datetime.now(UTC))
-            context.download_url = link.url(self._public_url)
+            # The reply promises the link "until <day> inclusive" and the download page says the same: the link
+            # expires at the midnight ending that day in the controller's time zone, so both are exact.
+            now = datetime.now(UTC)
+            expiry = day_end_expiry(now, self._links.ttl, self._timezone)
+            link = self._links.issue(reply.request_id, now=now, ttl=expiry - now)
+            # ?lang: the download page speaks the reply's language, whatever the browser's.
+            context.download_url = f"{link.url(self._public_url)}?lang={Language(reply.language).value}"
             context.download_code = format_code(link.code)
-            # The reply promises the link "until <date> inclusive": name the last full day it works.
-            context.link_expires = (link.expires_at - timedelta(days=1)).date()
+            context.link_expires = last_valid_day(link.expires_at, self._timezone)
             result.link_expires_at = link.expires_at
             result.bundle_sha256 = info.sha256
 

@@ -84,12 +84,12 @@ def measure(orders: int, runs: int, storage: str | None) -> dict[str, float]:
             reads.append(time.perf_counter() - started)
             started = time.perf_counter()
             info = build_bundle(store, REQUEST, language=Language.FR, kind=RequestKind.ACCESS,
-                                reference_info={"reference": REQUEST})
+                                reference_info={"reference": REQUEST}, timezone="Europe/Paris")
             builds.append(time.perf_counter() - started)
         tracemalloc.start()
         try:
-            build_bundle(store, REQUEST, language=Language.FR, kind=RequestKind.ACCESS,
-                         reference_info={"reference": REQUEST})
+            info = build_bundle(store, REQUEST, language=Language.FR, kind=RequestKind.ACCESS,
+                                reference_info={"reference": REQUEST}, timezone="Europe/Paris")
             _, build_peak = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
             streamed = sum(len(chunk) for chunk in open_bundle(keyring, objects, info.key, REQUEST))

@@ -14,8 +14,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.outside import ANSWER_LINK_PURPOSE
+from dsr.config.profile import load_profile
 from dsr.config.settings import ConfigError, Settings
 from dsr.domain.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked, OutsideAnswer, RequestKind
+from dsr.errors import ConfigurationError
 from dsr.mail.bundle import BundleStream, open_bundle
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
@@ -97,6 +99,18 @@ def outside_answers_router(keyring: KeyRing, ledger: Ledger, exports: ExportStor
                           take=take, default_language=default_language, public_path=public_path, clock=clock)
 
 
+def controller_name(settings: Settings) -> str:
+    """The name the pages show: ``DSR_CONTROLLER_NAME``, else the profile's legal name (as the worker signs
+    notices, worker.controller_signature); a malformed profile names nobody (``dsr config check`` reports it)."""
+    if settings.controller_name:
+        return settings.controller_name
+    try:
+        profile = load_profile(settings.config_file)
+    except ConfigurationError:
+        return ""
+    return profile.legal_name if profile is not None else ""
+
+
 def build_intake_app(
     settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
 ) -> tuple[FastAPI, IntakeService]:
@@ -117,6 +131,7 @@ def build_intake_app(
     throttle = AnswerThrottle(per_client=settings.answers_per_client_hour, overall=settings.answers_per_hour)
 
     language = settings.default_language.value
+    company = controller_name(settings)
     public_path = settings.intake_url.split("://", 1)[-1].partition("/")[2].rstrip("/")
     public_path = f"/{public_path}" if public_path else ""
     routers = [
@@ -139,6 +154,7 @@ def build_intake_app(
             on_locked=on_locked,
             default_language=language,
             public_path=public_path,
+            controller_name=company,
         ),
         status_router(
             StatusLinks(keyring),
@@ -156,7 +172,7 @@ def build_intake_app(
             csrf_key=keyring.derive_key("dsr/form-csrf/v2"),
             default_language=language,
             public_path=public_path,
-            controller_name=settings.controller_name,
+            controller_name=company,
         ),
         outside_answers_router(keyring, ledger, exports, client, default_language=language,
                                public_path=public_path),
@@ -172,6 +188,8 @@ def build_intake_app(
         throttle=throttle,
         on_locked=on_locked,
         routers=routers,
+        controller_name=company,
+        timezone=settings.policy.timezone,
     )
     return app, service
 

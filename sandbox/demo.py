@@ -142,6 +142,47 @@ def seed_stripe(state: StripeState) -> dict[str, dict[str, int]]:
         "marie.lefevre@example.com": {"customer": 1, "charges": 2000, "payment_intents": 2000, "payment_methods": 1},
         "lucas.petit@example.org": {"customer": 1, "charges": 1, "payment_intents": 1, "payment_methods": 1},
     }
+class _Tally:
+    """An export sink that only counts (the demo's listing needs numbers, not records)."""
+
+    class _Writer:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def write(self, record: Any) -> None:
+            self.count += 1
+
+        def truncate(self, count: int) -> None:
+            self.count = count
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    def open(self, system: str, dataset: str, *, provided: bool) -> _Tally._Writer:
+        return self._Writer()
+
+
+async def stripe_counts(url: str, emails: list[str]) -> dict[str, dict[str, int]]:
+    """Per address, the records the Stripe connector exports, as the reply will list them: read back from the
+    sandbox rather than predicted, since Stripe adds its own (the subscription's invoice is paid by a charge,
+    the card is a saved payment method), and ``dsr demo customers`` said 5 where the reply listed 7."""
+    from connectors.base import ExportJob
+    from connectors.stripe import StripeConnector
+    from dsr.domain.model import Subject
+
+    connector = StripeConnector(api_key=STRIPE_KEY, base_url=url)
+    counts: dict[str, dict[str, int]] = {}
+    try:
+        for email in emails:
+            outcome = await connector.export(ExportJob(request_id="dsr-2000-01-DEMO00", subject=Subject(email=email),
+                                                       sink=_Tally()))
+            counts[email] = {d.dataset: d.records for d in outcome.datasets if d.records}
+    finally:
+        await connector.aclose()
+    return counts
 
 
 ABOUT = {

@@ -201,6 +201,9 @@ def test_demo_serves_sample_customers_through_real_connectors(stack: Stack) -> N
     assert heavy["systems"]["woocommerce"]["orders"] == 10_000 and heavy["systems"]["stripe"]["charges"] == 2000
     everywhere = next(c for c in customers if c["email"] == "camille.durand@example.org")
     assert set(everywhere["systems"]) == {"app", "hubspot", "stripe", "woocommerce"}
+    # What the Stripe connector exports, as the reply lists it (issue 18: the listing said 5, the reply 7).
+    assert everywhere["systems"]["stripe"] == {"customer": 1, "charges": 3, "invoices": 1, "subscriptions": 1,
+                                               "payment_methods": 1}
     assert sum(heavy["systems"]["app"].values()) == 10_002  # the application database (sql connector)
 
     check = stack.dsr("connectors", "check", "--json")

@@ -3,9 +3,13 @@
 A zip holding
 
 * ``data.json`` -- every record, ``{"<system>": {"<dataset>": [record, ...]}}``, keys sorted at every level;
-* ``csv/<system>/<dataset>.csv`` -- one per dataset, nested objects flattened into dotted columns, lists as
-  JSON text, UTF-8 with BOM (Excel), CRLF line ends;
-* ``report.html`` -- a self-contained, printable report in the request's language (no external assets);
+* ``csv/<system>/<dataset>.csv`` -- one per dataset holding records (an empty dataset is listed as empty in the
+  report and the manifest, with no file), nested objects flattened into columns, lists as JSON text, UTF-8
+  with BOM, CRLF line ends; written for a person and a spreadsheet in the request's language: column labels
+  and values as :mod:`dsr.mail.readable` words them (dates in the controller's time zone, amounts with their
+  currency), ``;`` between cells in French (what a French spreadsheet splits on), ``,`` in English;
+* ``report.html`` -- a self-contained, printable report in the request's language (no external assets), with
+  the same labels and values;
 * ``manifest.json`` -- size and SHA-256 of every other file, the request reference, kind, language, time.
 
 Nothing is held whole in memory: records stream from the store into the zip entries (two passes for each
@@ -50,6 +54,7 @@ from typing import IO, Any, Protocol
 import orjson
 
 from dsr.domain.model import Language, RequestKind
+from dsr.mail.readable import Readable
 from dsr.store.crypto import DecryptionError
 from dsr.store.exports import ExportStore, StoredDataset
 from dsr.store.objects import ObjectNotFound, ObjectStore
@@ -57,6 +62,7 @@ from dsr.store.objects import ObjectNotFound, ObjectStore
 __all__ = [
     "BUNDLE_MAGIC",
     "CHUNK_SIZE",
+    "CSV_DELIMITERS",
     "PREVIEW_ROWS",
     "BundleCipher",
     "BundleError",
@@ -132,21 +138,41 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _flatten(record: Any) -> dict[str, str]:
-    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": "1", "c": "[1,2]"}``; the first spelling of a column wins."""
+def _flatten(record: Any, view: _View | None = None, *, csv: bool = False) -> dict[str, str]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": "1", "c": "[1,2]"}``; the first spelling of a column wins.
+
+    With ``view``, leaves are worded for reading (:meth:`Readable.value`); column keys stay the paths."""
     out: dict[str, str] = {}
     if not isinstance(record, dict):
         out["value"] = _cell(record)
         return out
-    stack: list[tuple[str, Any]] = [("", record)]
+    stack: list[tuple[str, str, Any, dict[str, Any]]] = [("", "", record, record)]
     while stack:
-        prefix, value = stack.pop()
+        prefix, key, value, parent = stack.pop()
         if isinstance(value, dict) and (value or not prefix):
             # reversed + LIFO stack = the record's own key order
-            stack.extend((f"{prefix}.{key}" if prefix else str(key), item) for key, item in reversed(value.items()))
+            stack.extend((f"{prefix}.{k}" if prefix else str(k), str(k), item, value)
+                         for k, item in reversed(value.items()))
         elif prefix not in out:
-            out[prefix] = _cell(value)
+            out[prefix] = _cell(value) if view is None else view.readable.value(view.kind, key, value, parent,
+                                                                                 record, csv=csv)
     return out
+
+
+@dataclass(frozen=True)
+class _View:
+    """How one dataset is worded: the bundle's :class:`Readable` and the dataset's connector type."""
+
+    readable: Readable
+    kind: str | None
+
+    def labels(self, paths: list[str]) -> list[str]:
+        """The columns' labels, each once: a label two paths share is followed by the path (« Créé le
+        (hs_createdate) »), so no two columns read alike."""
+        labels = [self.readable.field(self.kind, p) for p in paths]
+        shared = {label for label in labels if labels.count(label) > 1}
+        return [f"{label} ({path.rsplit('.', 1)[-1]})" if label in shared else label
+                for label, path in zip(labels, paths, strict=True)]
 
 
 def _csv_safe(text: str) -> str:
@@ -219,6 +245,7 @@ class _Entry:
 @dataclass
 class _DatasetSummary:
     stored: StoredDataset
+    view: _View
     records: int = 0
     columns: dict[str, None] = field(default_factory=dict)  # an ordered set
     preview: list[dict[str, str]] = field(default_factory=list)
@@ -228,8 +255,9 @@ class _DatasetSummary:
         return f"{self.stored.system}/{self.stored.dataset}"
 
     @property
-    def csv_name(self) -> str:
-        return f"csv/{self.stored.system}/{self.stored.dataset}.csv"
+    def csv_name(self) -> str | None:
+        """The dataset's CSV; none for a dataset without records (no empty file: the report says it is empty)."""
+        return f"csv/{self.stored.system}/{self.stored.dataset}.csv" if self.records else None
 
 
 def _dump_record(record: Any) -> bytes:
@@ -261,47 +289,60 @@ def _data_json_body(entry: _Entry, store: ExportStore, request_id: str,
         for record in store.read(request_id, summary.stored.system, summary.stored.dataset):
             entry.write((b",\n" if summary.records else b"\n") + _dump_record(record))
             summary.records += 1
-            row = _flatten(record)
-            summary.columns.update(dict.fromkeys(row))
             if len(summary.preview) < PREVIEW_ROWS:
+                row = _flatten(record, summary.view)
                 summary.preview.append({k: _preview(v) for k, v in row.items()})
+            summary.columns.update(dict.fromkeys(_flatten(record)))
         entry.write(b"\n    ]" if summary.records else b"]")
     entry.write(b"\n  }\n}\n" if system is not None else b"}\n")
     return entry.close()
 
 
+def _leading_id(columns: list[str]) -> list[str]:
+    """The record's identifier first (the systems' JSON comes with sorted keys), the rest as they came."""
+    return [c for c in columns if c == "id"] + [c for c in columns if c != "id"]
+
+
+CSV_DELIMITERS = {Language.FR: ";", Language.EN: ","}
+"""Per language, the separator its spreadsheets split a CSV on (a French Excel expects ``;``)."""
+
+
 def _write_csv(zf: zipfile.ZipFile, when: datetime, store: ExportStore, request_id: str,
-               summary: _DatasetSummary) -> dict[str, Any]:
-    """Second pass over one dataset: its rows, under the columns the first pass found."""
+               summary: _DatasetSummary, delimiter: str) -> dict[str, Any]:
+    """Second pass over one dataset: its rows, under the columns the first pass found, labelled and worded."""
+    assert summary.csv_name is not None
     with _Entry(zf, summary.csv_name, when) as entry:
         entry.write("\ufeff")
-        columns = list(summary.columns)
-        writer = csv.writer(entry, lineterminator="\r\n")
+        columns = _leading_id(list(summary.columns))
+        writer = csv.writer(entry, delimiter=delimiter, lineterminator="\r\n")
         if columns:
-            writer.writerow([_csv_safe(c) for c in columns])
+            writer.writerow([_csv_safe(label) for label in summary.view.labels(columns)])
         for record in store.read(request_id, summary.stored.system, summary.stored.dataset):
-            row = _flatten(record)
+            row = _flatten(record, summary.view, csv=True)
             writer.writerow([_csv_safe(row.get(c, "")) for c in columns])
         return entry.close()
 
 
 def _report_context(summaries: list[_DatasetSummary], *, language: Language, kind: RequestKind,
                     reference: str, info: Mapping[str, str], provided_only: bool,
-                    when: datetime) -> dict[str, Any]:
+                    when: datetime, readable: Readable, system_labels: Mapping[str, str]) -> dict[str, Any]:
     datasets: list[dict[str, Any]] = []
     for n, s in enumerate(summaries, 1):
-        columns = list(dict.fromkeys(c for row in s.preview for c in row))
+        columns = _leading_id(list(dict.fromkeys(c for row in s.preview for c in row)))
+        labels = s.view.labels(columns)
+        named = dict(zip(columns, labels, strict=True))
         datasets.append({
             "anchor": f"d{n}",
-            "system": s.stored.system,
-            "dataset": s.stored.dataset,
+            "system": system_labels.get(s.stored.system) or s.stored.system,
+            "dataset": readable.dataset(s.stored.dataset),
+            "name": f"{s.stored.system}/{s.stored.dataset}",
             "records": s.records,
             "provided": s.stored.provided,
             "csv": s.csv_name,
             "wide": len(columns) > WIDE_TABLE,
-            "columns": columns,
+            "columns": labels,
             "rows": [[row.get(c, "") for c in columns] for row in s.preview],
-            "fields": [[(c, v) for c, v in row.items() if v != ""] for row in s.preview],
+            "fields": [[(named[c], v) for c, v in row.items() if v != ""] for row in s.preview],
             "shown": len(s.preview),
             "more": s.records - len(s.preview),
         })
@@ -315,8 +356,9 @@ def _report_context(summaries: list[_DatasetSummary], *, language: Language, kin
         "controller_name": info.get("controller_name", ""),
         "contact": info.get("contact", ""),
         "received": info.get("received", ""),
-        "generated_date": when.date().isoformat(),
-        "generated_time": when.strftime("%H:%M"),
+        "generated_date": readable.now(when).date().isoformat(),
+        "generated_time": readable.now(when).strftime("%H:%M"),
+        "timezone": readable.timezone,
         "provided_only": provided_only,
         "systems": systems,
         "datasets": datasets,
@@ -346,7 +388,9 @@ def _scratch_file() -> IO[bytes]:
 
 def build_bundle(store: ExportStore, request_id: str, *, language: Language, kind: RequestKind,
                  reference_info: Mapping[str, str], target: str | None = None, provided_only: bool = False,
-                 now: datetime | None = None, keyring: BundleCipher | None = None) -> BundleInfo:
+                 now: datetime | None = None, keyring: BundleCipher | None = None, timezone: str = "UTC",
+                 system_labels: Mapping[str, str] | None = None,
+                 system_types: Mapping[str, str] | None = None) -> BundleInfo:
     """Build the encrypted export bundle of ``request_id`` and store it at the object ``target`` (default
     :meth:`ExportStore.bundle_key`), replacing it atomically.
 
@@ -354,6 +398,10 @@ def build_bundle(store: ExportStore, request_id: str, *, language: Language, kin
     ``controller_name``, ``contact`` (privacy contact) and ``received`` (ISO date) for the report; every
     key is recorded in the manifest. ``provided_only`` (portability, Art. 20) keeps only the datasets the
     subject provided. ``keyring`` defaults to the store's key ring; ``now`` to the current time.
+    ``timezone`` (the controller's, ``DSR_TIMEZONE``) is the zone dates are written in; ``system_labels`` names
+    each system as the reply email does (the profile's ``[controller.systems]``; default: the system's name);
+    ``system_types`` (name -> connector type, from dsr.toml) picks each system's field labels and amount
+    convention (default: guessed from the name or the datasets, see :meth:`Readable.connector_type`).
     """
     language, kind = Language(language), RequestKind(kind)
     cipher: BundleCipher = keyring if keyring is not None else store.sealer  # type: ignore[assignment]
@@ -361,15 +409,20 @@ def build_bundle(store: ExportStore, request_id: str, *, language: Language, kin
     info = {str(k): _one_line(v) for k, v in reference_info.items() if v is not None}
     reference = info.get("reference") or request_id
     stored = sorted(store.datasets(request_id), key=lambda d: (d.system, d.dataset))
-    summaries = [_DatasetSummary(d) for d in stored if d.provided or not provided_only]
+    readable = Readable(language.value, timezone)
+    labels = {str(k): _one_line(v) for k, v in (system_labels or {}).items() if v}
+    summaries = [_DatasetSummary(d, _View(readable, readable.connector_type(d.system, d.dataset, system_types)))
+                 for d in stored if d.provided or not provided_only]
 
     key = target if target is not None else store.bundle_key(request_id)
     with _scratch_file() as raw:
         with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             entries = [_write_data_json(zf, when, store, request_id, summaries)]
-            entries += [_write_csv(zf, when, store, request_id, s) for s in summaries]
+            delimiter = CSV_DELIMITERS[language]
+            entries += [_write_csv(zf, when, store, request_id, s, delimiter) for s in summaries if s.records]
             context = _report_context(summaries, language=language, kind=kind, reference=reference,
-                                      info=info, provided_only=provided_only, when=when)
+                                      info=info, provided_only=provided_only, when=when, readable=readable,
+                                      system_labels=labels)
             entries.append(_write_report(zf, when, context))
             manifest = {
                 "format": "dsr-export-bundle/1",
@@ -377,6 +430,8 @@ def build_bundle(store: ExportStore, request_id: str, *, language: Language, kin
                 "request": info,
                 "kind": kind.value,
                 "language": language.value,
+                "timezone": readable.timezone,
+                "csv_delimiter": delimiter,
                 "provided_only": provided_only,
                 "generated_at": when.isoformat().replace("+00:00", "Z"),
                 "datasets": [

@@ -40,6 +40,7 @@ from dsr.domain.model import (
     is_valid_email,
 )
 from dsr.errors import ConfigurationError
+from dsr.mail.readable import DATASET_WORDS
 from templates import ENVIRONMENT, RenderedNotice, one_line
 
 __all__ = ["IncompleteProfileError", "ReplyContext", "ReplyKind", "render_reply"]
@@ -147,22 +148,7 @@ _COUNTRIES = {
            "GB": "the United Kingdom", "CH": "Switzerland", "CA": "Canada", "JP": "Japan", "IN": "India",
            "AU": "Australia", "SG": "Singapore", "IL": "Israel", "KR": "South Korea"},
 }
-_DATASETS = {
-    "fr": {"customer": "compte client", "contact": "fiche contact", "orders": "commandes",
-           "charges": "paiements", "invoices": "factures", "payment_intents": "tentatives de paiement",
-           "checkout_sessions": "sessions de paiement", "subscriptions": "abonnements",
-           "payment_methods": "moyens de paiement enregistrés", "notes": "notes de notre équipe",
-           "deals": "propositions commerciales", "tickets": "demandes d'assistance", "emails": "courriels",
-           "addresses": "adresses", "credit_notes": "avoirs", "quotes": "devis",
-           "setup_intents": "enregistrements de moyens de paiement"},
-    "en": {"customer": "customer account", "contact": "contact record", "orders": "orders",
-           "charges": "payments", "invoices": "invoices", "payment_intents": "payment attempts",
-           "checkout_sessions": "checkout sessions", "subscriptions": "subscriptions",
-           "payment_methods": "saved payment methods", "notes": "notes from our team",
-           "deals": "commercial offers", "tickets": "support requests", "emails": "emails",
-           "addresses": "addresses", "credit_notes": "credit notes", "quotes": "quotes",
-           "setup_intents": "payment method setups"},
-}
+_DATASETS = DATASET_WORDS  # the export bundle names datasets with the same words
 _FIELDS = {
     "fr": {"first_name": "prénom", "last_name": "nom", "email": "adresse électronique", "phone": "téléphone",
            "address_line1": "adresse (ligne 1)", "address_line2": "adresse (ligne 2)", "city": "ville",

@@ -56,8 +56,9 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -78,8 +79,10 @@ __all__ = [
     "InvalidLink",
     "StatusLinks",
     "TamperedLink",
+    "day_end_expiry",
     "download_url",
     "format_code",
+    "last_valid_day",
 ]
 
 DEFAULT_LINK_TTL = timedelta(days=7)
@@ -123,6 +126,22 @@ class DownloadLink:
 
     def url(self, public_url: str) -> str:
         return download_url(public_url, self.token)
+
+
+def day_end_expiry(now: datetime, ttl: timedelta, timezone: str) -> datetime:
+    """When a link issued at ``now`` for ``ttl`` should expire so that the reply can say "until <day>
+    inclusive" and be exact: the midnight (in the controller's ``timezone``) that ends the last whole day
+    before ``now + ttl``. The link works at least ``ttl`` minus one day; never less than until tonight."""
+    zone = ZoneInfo(timezone)
+    local_now = _aware(now, "now").astimezone(zone)
+    last = max((local_now + ttl).date() - timedelta(days=1), local_now.date())
+    return datetime.combine(last + timedelta(days=1), time(0), zone).astimezone(UTC)
+
+
+def last_valid_day(expires_at: datetime, timezone: str) -> date:
+    """The last calendar day (in ``timezone``) on which a link expiring at ``expires_at`` works: what the reply
+    email and the download page both name."""
+    return (_aware(expires_at, "expires_at").astimezone(ZoneInfo(timezone)) - timedelta(microseconds=1)).date()
 
 
 def download_url(public_url: str, token: str) -> str:

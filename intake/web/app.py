@@ -63,19 +63,23 @@ def intake_app(
     on_locked: CodeLockedHook | None = None,
     max_form_bytes: int = MAX_FORM_BYTES,
     routers: Sequence[APIRouter] = (),
+    controller_name: str = "",
+    timezone: str = "UTC",
 ) -> FastAPI:
     """The intake app. ``public_url`` is ``DSR_PUBLIC_URL`` (its path, if any, prefixes the form action;
     https turns on HSTS). ``clock`` (default: now in UTC) decides expiry and lockouts.
 
     The download page's parts: ``links``, ``bundle_opener(request_id)`` and ``audit(...)`` (synchronous; they
     run in a worker thread); ``guards`` counts its wrong answers in the ledger's database, shared by every
-    replica, under the limits given.
+    replica, under the limits given. ``controller_name`` heads the pages; ``timezone`` (``DSR_TIMEZONE``)
+    dates the link's last day as the reply email does.
     """
     parts = urlsplit(public_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"public_url must look like https://privacy.example.org, got {public_url!r}")
     hsts = parts.scheme == "https"
-    pages = DownloadPages(default_language=default_language, hsts=hsts)
+    pages = DownloadPages(default_language=default_language, hsts=hsts, controller_name=controller_name,
+                          timezone=timezone)
     attempts = Attempts(
         scope=EXPORTS_SCOPE,
         guards=guards,

@@ -5,9 +5,10 @@ Flow
 1. ``GET /exports/{token}``: the token is checked (:class:`dsr.store.links.DownloadLinks`). Tampered: 403 page
    "This link is not valid"; expired: 410 page "This link has expired; ask for a new one". Neither page
    says anything else (no reference, no expiry, no hint which check failed). A valid token gets a small
-   form (French or English by ``Accept-Language``) asking for the code sent in the same email (8 characters,
-   ``K7QM-4XPD``; never the request reference, which is in every email subject): a forwarded link alone is
-   not enough.
+   form (French or English by ``?lang``, which the reply's link carries, else ``Accept-Language``), headed by
+   the company's name and naming the link's last day as the email does (in the controller's time zone),
+   asking for the code sent in the same email (8 characters, ``K7QM-4XPD``; never the request reference,
+   which is in every email subject): a forwarded link alone is not enough.
 2. ``POST /exports/{token}`` (``application/x-www-form-urlencoded``, at most 4 KiB, else 413) with fields
    ``answer`` (the code) and ``form`` (a stateless CSRF value, HMAC of the token, written into
    the form; missing or wrong: 403). A wrong answer: 403 page with the form again. The answers are counted
@@ -31,16 +32,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
-from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
+from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink, last_valid_day
 from intake.web.attempts import Attempts, wait_in_minutes
 from intake.web.pages import FormRefused, choose_language, first_values, read_form, render, security_headers
-from intake.web.wording import DOWNLOAD
+from intake.web.wording import DOWNLOAD, LANGUAGES, zone_words
+from templates import format_date
 
 __all__ = ["EXPORTS_SCOPE", "MAX_FORM_BYTES", "AuditHook", "BundleOpener", "exports_router"]
 
@@ -60,13 +63,22 @@ BundleOpener = Callable[[str], Iterator[bytes] | None]
 
 
 class DownloadPages:
-    """The pages of ``/exports``, and the app's own error pages, in the visitor's language."""
+    """The pages of ``/exports``, and the app's own error pages, in the visitor's language, headed by the
+    controller's name; dates in the controller's ``timezone`` (the reply email's)."""
 
-    def __init__(self, *, default_language: str, hsts: bool) -> None:
+    def __init__(self, *, default_language: str, hsts: bool, controller_name: str = "",
+                 timezone: str = "UTC") -> None:
         self._default_language = default_language
         self._hsts = hsts
+        self.controller_name = controller_name
+        ZoneInfo(timezone)  # a wrong zone fails at start, not on a subject's page
+        self.timezone = timezone
 
     def language(self, request: Request) -> str:
+        """The reply's language when the link says it (``?lang=fr``: the email's link does), else the browser's."""
+        asked = request.query_params.get("lang", "")
+        if asked in LANGUAGES:
+            return asked
         return choose_language(request.headers.get("accept-language"), self._default_language)
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -78,6 +90,7 @@ class DownloadPages:
         text = DOWNLOAD[lang]
         return render(request, "message.html", {
             "lang": lang, "title": text[title_key], "paragraphs": [text[k].format(**fmt) for k in body_keys],
+            "controller_name": self.controller_name,
         }, status=status, headers=self.headers(extra_headers))
 
     def locked(self, request: Request, left: timedelta) -> HTMLResponse:
@@ -111,7 +124,8 @@ def exports_router(
         lang = pages.language(request)
         text = DOWNLOAD[lang]
         try:
-            expiry = links.expires_at(token).strftime("%Y-%m-%d %H:%M")
+            # The last day it works, in the controller's time zone: the very words of the reply email.
+            expiry = format_date(last_valid_day(links.expires_at(token), pages.timezone), lang)
         except InvalidLink:  # pragma: no cover - the token was verified just before
             expiry = ""
         return render(request, "download.html", {
@@ -120,9 +134,10 @@ def exports_router(
             "title": text["form_title"],
             "paragraphs": [text["form_intro"]],
             "wrong": wrong,
-            "action": f"{public_path}/exports/{quote(token, safe='')}",
+            "action": f"{public_path}/exports/{quote(token, safe='')}?lang={lang}",
             "form_token": links.form_token(token),
-            "expiry_note": text["form_expiry"].format(expiry=expiry),
+            "expiry_note": text["form_expiry"].format(expiry=expiry, zone=zone_words(pages.timezone, lang)),
+            "controller_name": pages.controller_name,
         }, status=status, headers=pages.headers())
 
     def check_token(request: Request, token: str) -> str | HTMLResponse:

@@ -19,7 +19,10 @@ Flow
    translations). The confirmation is the same neutral receipt for every submission: no reference (it goes
    to the address given, by email) and the deadline of this submission's own receipt, so that typing someone
    else's address never reveals whether they have a request under way (it is attached to theirs, and they are
-   told by email).
+   told by email). It repeats the address given, so a typo is seen while the person can still send the form
+   again: the address travels in the redirect as ``to``, sealed (AES-GCM under a key derived from
+   ``csrf_key``, never readable in a URL, a proxy's log or the history) and shown for
+   :data:`ADDRESS_SHOWN_FOR` only; after that, or if it does not open, the page shows the rest without it.
 
 CSRF, stateless and without JavaScript
 --------------------------------------
@@ -52,6 +55,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -63,7 +68,7 @@ from intake.web.pages import FormRefused, choose_language, read_form, render, se
 from intake.web.wording import FORM, LANGUAGES
 from templates import format_date
 
-__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "CSRF_LIFETIME", "MAX_FORM_BYTES", "form_router"]
+__all__ = ["ADDRESS_SHOWN_FOR", "CSRF_COOKIE", "CSRF_FIELD", "CSRF_LIFETIME", "MAX_FORM_BYTES", "form_router"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,10 @@ _CLOCK_SKEW = timedelta(minutes=5)
 _NONCE_BYTES = 16
 _CSRF_CONTEXT = b"dsr/intake-form/csrf/v1\x00"
 _CONFIRMATION_CONTEXT = b"dsr/intake-form/confirmation/v1\x00"
+_ADDRESS_CONTEXT = b"dsr/intake-form/confirmation-address/v1\x00"
+ADDRESS_SHOWN_FOR = timedelta(hours=1)
+"""How long the confirmation page repeats the address given (a reload later shows the page without it)."""
+_MAX_SEALED = 512
 _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
 # C0 controls (tab, line feed and carriage return excepted) and DEL: never typed by a person, and NUL
 # cannot even be stored in PostgreSQL text.
@@ -113,6 +122,34 @@ def _minutes(count: int, lang: str) -> str:
     """``1 minute``, ``2 minutes`` (a non-breaking space in French)."""
     space = "\u00a0" if lang == "fr" else " "
     return f"{count}{space}minute{'s' if count > 1 else ''}"
+
+
+class _AddressSeal:
+    """The address given, sealed for the confirmation page's URL: ``b64url(nonce ‖ AES-GCM(issued_at ‖ email))``."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(hmac.new(key, _ADDRESS_CONTEXT + b"enc", hashlib.sha256).digest())
+        self._nonce_key = hmac.new(key, _ADDRESS_CONTEXT + b"nonce", hashlib.sha256).digest()
+
+    def seal(self, email: str, now: datetime) -> str:
+        plain = int(now.timestamp()).to_bytes(8, "big") + email.encode("utf-8")
+        # Synthetic nonce (keyed hash of the plaintext): the same submission gives the same URL whatever the
+        # outcome, so the redirect never tells a new request from one attached to a request under way.
+        nonce = hmac.new(self._nonce_key, plain, hashlib.sha256).digest()[:12]
+        return _b64(nonce + self._aead.encrypt(nonce, plain, _ADDRESS_CONTEXT))
+
+    def open(self, sealed: str, now: datetime) -> str | None:
+        """The address, while :data:`ADDRESS_SHOWN_FOR` lasts; None for anything else."""
+        if not sealed or len(sealed) > _MAX_SEALED or not _B64.match(sealed):
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+            plain = self._aead.decrypt(raw[:12], raw[12:], _ADDRESS_CONTEXT)
+            issued = datetime.fromtimestamp(int.from_bytes(plain[:8], "big"), UTC)
+            email = plain[8:].decode("utf-8")
+        except (ValueError, InvalidTag, OverflowError):
+            return None
+        return email if timedelta(0) - _CLOCK_SKEW <= now - issued <= ADDRESS_SHOWN_FOR else None
 
 
 @dataclass(frozen=True)
@@ -213,6 +250,7 @@ def form_router(
     default = default_language if default_language in LANGUAGES else "fr"
     now_fn = clock or (lambda: datetime.now(UTC))
     csrf = _Csrf(csrf_key)
+    address_seal = _AddressSeal(csrf_key)
     router = APIRouter()
 
     def form_url(lang: str) -> str:
@@ -292,11 +330,12 @@ def form_router(
         message = "\x00".join((kind, due)).encode()
         return _b64(hmac.new(csrf_key, _CONFIRMATION_CONTEXT + message, hashlib.sha256).digest())
 
-    def confirmation_query(accepted: Accepted, lang: str, choice: str = "") -> dict[str, str]:
+    def confirmation_query(accepted: Accepted, lang: str, email: str, choice: str = "") -> dict[str, str]:
         # The neutral receipt: never the reference, nor whether the submission was attached to a request under
-        # way (``accepted`` dates are the submission's own either way). Named as the person chose it.
+        # way (``accepted`` dates are the submission's own either way); the address given, sealed. Named as the
+        # person chose it.
         kind = choice if choice == STOP_MARKETING else RequestKind(accepted.kind).value
-        params = {"kind": kind, "due": accepted.deadline.isoformat()}
+        params = {"kind": kind, "due": accepted.deadline.isoformat(), "to": address_seal.seal(email, now_fn())}
         params["sig"] = confirmation_signature(params["kind"], params["due"])
         params["lang"] = lang
         return params
@@ -369,7 +408,8 @@ def form_router(
                 request, lang, status=503, values=values, top="err_unavailable", extra={"Retry-After": "60"}
             )
 
-        location = f"{prefix}/submitted?{urlencode(confirmation_query(accepted, lang, values['kind']))}"
+        query = confirmation_query(accepted, lang, submission.email, values["kind"])
+        location = f"{prefix}/submitted?{urlencode(query)}"
         return RedirectResponse(location, status_code=303, headers=headers_for(request))
 
     @router.get("/submitted", include_in_schema=False)
@@ -393,13 +433,15 @@ def form_router(
         text = FORM[lang]
 
         def same_page(other: str) -> str:
-            params = {k: query.get(k, "") for k in ("kind", "due", "sig")}
+            params = {k: query.get(k, "") for k in ("kind", "due", "to", "sig")}
             return f"{prefix}/submitted?{urlencode({**params, 'lang': other})}"
 
         return page(request, lang, "submitted.html", {
             "title": text["confirm_title"],
             "kind_label": text[f"kind_{kind}"],
             "deadline": _format_date(deadline, lang),
+            "address": address_seal.open(query.get("to", ""), now_fn()) or "",
+            "controller_name": controller_name.strip(),
         }, href=same_page)
 
     return router

@@ -67,7 +67,9 @@ def verify_router(
     default_language: str = "fr",
     public_path: str = "",
     clock: Callable[[], datetime] | None = None,
+    controller_name: str = "",
 ) -> APIRouter:
+    """``/verify`` pages; ``controller_name`` (the profile's legal name) heads every page."""
     router = APIRouter()
     now_fn = clock or (lambda: datetime.now(UTC))
     attempts = Attempts(
@@ -86,7 +88,8 @@ def verify_router(
     def respond(request: Request, status: int, template: str, context: dict[str, Any],
                 headers: dict[str, str] | None = None) -> HTMLResponse:
         lang = language(request)
-        return render(request, template, {"lang": lang, "text": VERIFY[lang], "paragraphs": [], **context},
+        return render(request, template, {"lang": lang, "text": VERIFY[lang], "paragraphs": [],
+                                          "controller_name": controller_name, **context},
                       status=status, headers=security_headers(extra=headers))
 
     def message(request: Request, key: str, status: int = 200, **fmt: str) -> HTMLResponse:

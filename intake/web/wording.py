@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from intake.submission import MAX_DETAILS, MAX_NAME
 
-__all__ = ["ANSWER", "COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "STATUS", "VERIFY"]
+__all__ = ["ANSWER", "COMMON", "DOWNLOAD", "FORM", "LANGUAGES", "STATUS", "VERIFY", "zone_words"]
 
 LANGUAGES = ("fr", "en")
 """The languages of the pages, the default first."""
+
+
+def zone_words(timezone: str, lang: str) -> str:
+    """``Europe/Paris`` -> « heure de Paris » / "Paris time"; ``UTC`` as is."""
+    if "/" not in timezone:
+        return timezone
+    city = timezone.rsplit("/", 1)[-1].replace("_", " ")
+    return f"heure de {city}" if lang == "fr" else f"{city} time"
 
 COMMON: dict[str, dict[str, str]] = {
     "en": {
@@ -43,7 +51,7 @@ DOWNLOAD: dict[str, dict[str, str]] = {
         "form_intro": "Your data is ready. To protect it, enter the code from the email we sent you with this link.",
         "form_label": "Download code",
         "form_button": "Download (ZIP file)",
-        "form_expiry": "This link is valid until {expiry} (UTC).",
+        "form_expiry": "This link works until {expiry} inclusive ({zone}).",
         "wrong_answer": "This code is not correct. Check the email we sent you and try again.",
         "invalid_body": "Check that you copied the whole link from our email.",
         "expired_title": "This link has expired; ask for a new one",
@@ -69,7 +77,7 @@ DOWNLOAD: dict[str, dict[str, str]] = {
         "courriel.",
         "form_label": "Code de téléchargement",
         "form_button": "Télécharger (fichier ZIP)",
-        "form_expiry": "Ce lien est valable jusqu’au {expiry} (UTC).",
+        "form_expiry": "Ce lien est valable jusqu’au {expiry} inclus ({zone}).",
         "wrong_answer": "Ce code n’est pas correct. Vérifiez notre courriel et réessayez.",
         "invalid_body": "Vérifiez que vous avez copié le lien complet depuis notre courriel.",
         "expired_title": "Ce lien a expiré\u00a0; demandez-en un nouveau",
@@ -234,6 +242,9 @@ FORM: dict[str, dict[str, str]] = {
         "you contact us.",
         "confirm_kind": "Your request:",
         "confirm_deadline": "Answer by:",
+        "confirm_address": "We write to:",
+        "confirm_typo": "Is this address wrong? Then our emails cannot reach you: send the form again with the right "
+        "address.",
         "confirm_inbox": "Check your inbox: we have just written to you. If we need to confirm your email address, "
         "the email has a link, and we can only handle your request once you confirm it. Look in your spam folder "
         "too.",
@@ -331,6 +342,9 @@ FORM: dict[str, dict[str, str]] = {
         "indiquée\u00a0: rappelez-la si vous nous contactez.",
         "confirm_kind": "Votre demande\u00a0:",
         "confirm_deadline": "Réponse au plus tard le\u00a0:",
+        "confirm_address": "Nous vous écrivons à\u00a0:",
+        "confirm_typo": "Cette adresse est-elle erronée\u00a0? Nos courriels ne pourront alors pas vous "
+        "parvenir\u00a0: envoyez de nouveau le formulaire avec la bonne adresse.",
         "confirm_inbox": "Vérifiez votre boîte de réception\u00a0: nous venons de vous écrire. Si nous devons "
         "confirmer votre adresse électronique, le courriel contient un lien, et nous ne pouvons traiter votre "
         "demande qu’après cette confirmation. Pensez à regarder dans vos courriels indésirables.",

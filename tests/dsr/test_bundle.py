@@ -96,10 +96,10 @@ def sorted_pairs(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
-def csv_rows(zf: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
+def csv_rows(zf: zipfile.ZipFile, name: str, delimiter: str = ",") -> list[dict[str, str]]:
     raw = zf.read(name)
     assert raw.startswith(b"\xef\xbb\xbf"), "UTF-8 BOM for Excel"
-    return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+    return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline=""), delimiter=delimiter))
 
 
 def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore) -> None:
@@ -107,7 +107,7 @@ def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore) -
     assert info.key == "exports/dsr-2026-11-bndl01/bundle.zip.enc" == store.bundle_key(REQUEST)
     zf = unzip(store, info)
     names = zf.namelist()
-    expected_csv = [f"csv/{s}/{d}.csv" for s, d in sorted(SEED)]
+    expected_csv = [f"csv/{s}/{d}.csv" for (s, d), (_, records) in sorted(SEED.items()) if records]
     assert names == ["data.json", *expected_csv, "report.html", "manifest.json"] == info.files
     assert info.records == {f"{s}/{d}": len(records) for (s, d), (_, records) in SEED.items()}
 
@@ -119,6 +119,8 @@ def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore) -
     assert manifest["reference"] == INFO["reference"] and manifest["request"] == INFO
     assert (manifest["kind"], manifest["language"], manifest["provided_only"]) == ("access", "en", False)
     assert manifest["generated_at"] == "2026-12-01T09:30:00Z"
+    empty = next(d for d in manifest["datasets"] if d["dataset"] == "empty")
+    assert empty == {"system": "shop", "dataset": "empty", "records": 0, "provided": True, "csv": None}
 
     data = json.loads(zf.read("data.json"), object_pairs_hook=sorted_pairs)
     expected: dict = {}
@@ -128,19 +130,22 @@ def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore) -
     assert b"other@example.org" not in zf.read("data.json")
 
     for (system, dataset), (_, records) in SEED.items():
-        rows = csv_rows(zf, f"csv/{system}/{dataset}.csv")
-        assert len(rows) == len(records)
+        if records:
+            rows = csv_rows(zf, f"csv/{system}/{dataset}.csv")
+            assert len(rows) == len(records)
+    # Columns are labelled (nested ones segment by segment), values worded for a reader.
     [contact] = csv_rows(zf, "csv/crm/contacts.csv")
-    assert contact["name"] == HOSTILE  # CRLF kept inside a quoted field
-    assert contact["address.geo.lat"] == "45.76" and contact["address.city"] == "Lyon"
-    assert json.loads(contact["tags"]) == ["vip", "newsletter"]
-    assert (contact["opt_in"], contact["phone"]) == ("true", "")
+    assert contact["Name"] == HOSTILE  # CRLF kept inside a quoted field
+    assert contact["Address › Geo › Lat"] == "45.76" and contact["Address › City"] == "Lyon"
+    assert json.loads(contact["Tags"]) == ["vip", "newsletter"]
+    assert (contact["Opt in"], contact["Phone"]) == ("yes", "")
     notes = csv_rows(zf, "csv/crm/notes.csv")
-    assert notes[-1]["body"].startswith("'=HYPERLINK") and notes[-1]["extra.deep.er"] == "1"
-    assert notes[0]["extra.deep.er"] == ""  # columns are the union over every record
+    assert notes[-1]["Body"].startswith("'=HYPERLINK") and notes[-1]["Extra › Deep › Er"] == "1"
+    assert notes[0]["Extra › Deep › Er"] == ""  # columns are the union over every record
     orders = csv_rows(zf, "csv/shop/orders.csv")
-    assert [int(r["id"]) for r in orders] == [r["id"] for r in SEED["shop", "orders"][1]]
-    assert orders[0]["billing.name"] == "Zoé Roux"
+    assert [int(r["Identifier"]) for r in orders] == [r["id"] for r in SEED["shop", "orders"][1]]
+    assert orders[0]["Billing › Name"] == "Zoé Roux"
+    assert [r["Total"] for r in orders[:2]] == ["€19.90", "€20.90"]
 
 
 def test_encrypted_at_rest_private_and_no_plaintext_left(store: ExportStore, storage_url: str, tmp_path: Path,
@@ -224,15 +229,16 @@ def test_report_is_escaped_self_contained_and_in_the_language(store: ExportStore
         assert report.count('<tr><td>') == PREVIEW_ROWS + 4 + 1  # orders capped + notes + tickets rows
         assert html.unescape(report).count("Called about order") == 3
         # 'contacts' has more than WIDE_TABLE columns: one field/value table per record
-        assert 'class="record"' in report and "address.geo.lat" in report
+        label = "Address › Geo › Lat" if language == Language.EN else "Adresse › Geo › Lat"
+        assert 'class="record"' in report and label in report
         assert "Transmitting" not in report and "Transmettre" not in report
 
 
 def test_portability_keeps_only_provided_datasets(store: ExportStore) -> None:
     info = build(store, kind=RequestKind.PORTABILITY, provided_only=True, language=Language.FR)
     zf = unzip(store, info)
-    assert zf.namelist() == ["data.json", "csv/crm/contacts.csv", "csv/shop/empty.csv", "csv/shop/orders.csv",
-                             "report.html", "manifest.json"]
+    assert zf.namelist() == ["data.json", "csv/crm/contacts.csv", "csv/shop/orders.csv", "report.html",
+                             "manifest.json"]
     data = json.loads(zf.read("data.json"))
     assert data == {"crm": {"contacts": SEED["crm", "contacts"][1]},
                     "shop": {"empty": [], "orders": SEED["shop", "orders"][1]}}
@@ -242,7 +248,9 @@ def test_portability_keeps_only_provided_datasets(store: ExportStore) -> None:
     report = zf.read("report.html").decode()
     assert "Transmettre vos données à un autre responsable du traitement" in report
     assert "notes" not in report and "tickets" not in report and "Called about" not in report
-    assert csv_rows(zf, "csv/shop/empty.csv") == []
+    assert "Vide : aucun enregistrement dans ce jeu de données (donc pas de fichier CSV)." in report
+    assert "csv/shop/empty.csv" not in report
+    assert csv_rows(zf, "csv/crm/contacts.csv", ";")[0]["Adresse › Ville"] == "Lyon"
 
 
 def test_no_data_gives_an_empty_but_valid_bundle(storage_url: str) -> None:

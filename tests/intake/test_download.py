@@ -14,7 +14,7 @@ import re
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -24,7 +24,16 @@ import pytest_asyncio
 from dsr.store.crypto import KeyRing
 from dsr.store.guards import Guards
 from dsr.store.ledger import Ledger
-from dsr.store.links import DownloadLinks, ExpiredLink, TamperedLink, _code_of, download_url, format_code
+from dsr.store.links import (
+    DownloadLinks,
+    ExpiredLink,
+    TamperedLink,
+    _code_of,
+    day_end_expiry,
+    download_url,
+    format_code,
+    last_valid_day,
+)
 from dsr.web.serve import serve_app
 from intake.web.app import intake_app
 from intake.web.exports import MAX_FORM_BYTES
@@ -115,6 +124,7 @@ async def _serve(
     opener: Callable[[str], Iterator[bytes] | None] | None = None,
     audit: Audit | None = None,
     clock: Clock | None = None,
+    **options: str,
 ) -> AsyncIterator[DownloadApp]:
     links = DownloadLinks(ring)
     clock = clock or Clock()
@@ -127,6 +137,7 @@ async def _serve(
         public_url=PUBLIC_URL,
         guards=Guards(ledger.engine, ring),
         clock=clock,
+        **options,  # type: ignore[arg-type]
     )
     running = await serve_app(app, port=0)
     try:
@@ -183,7 +194,7 @@ async def test_form_then_wrong_code_then_the_reference_is_refused_and_the_code_d
     assert "Download your data" in form.text
     assert '<label for="answer">' in form.text
     assert REFERENCE.lower() not in form.text.lower()  # the page never gives the answer away
-    assert f'action="/exports/{link.token}"' in form.text
+    assert f'action="/exports/{link.token}?lang=en"' in form.text
     csrf = _csrf_value(form.text)
     assert csrf == download_app.links.form_token(link.token)
 
@@ -559,3 +570,100 @@ def test_links_issued_before_keys_rotated_still_verify_until_they_expire() -> No
     assert links.check_code(token, code) and not links.check_code(token, six_digits)
     with pytest.raises(ExpiredLink):
         links.verify(token, now=START + timedelta(days=7))
+
+
+# ---------------------------------------------------------------------------------------------- one truth
+
+
+def test_a_link_ends_at_midnight_in_the_controllers_zone_after_its_last_whole_day() -> None:
+    """Issue 18: the email said « jusqu'au 9 décembre 2026 inclus », the page « 2026-12-10 06:53 (UTC) »."""
+    issued = datetime(2026, 11, 10, 6, 53, tzinfo=UTC)
+    expiry = day_end_expiry(issued, timedelta(days=30), "Europe/Paris")
+    assert expiry == datetime(2026, 12, 9, 23, 0, tzinfo=UTC)  # midnight in Paris (UTC+1) ending 9 December
+    assert last_valid_day(expiry, "Europe/Paris") == date(2026, 12, 9)
+    assert expiry - issued >= timedelta(days=29)
+    # Summer time: Paris is UTC+2; and a zone ahead of UTC's date.
+    summer = day_end_expiry(datetime(2026, 6, 1, 12, tzinfo=UTC), timedelta(days=7), "Europe/Paris")
+    assert summer == datetime(2026, 6, 7, 22, 0, tzinfo=UTC)
+    assert last_valid_day(summer, "Europe/Paris") == date(2026, 6, 7)
+    tokyo = day_end_expiry(datetime(2026, 6, 1, 20, tzinfo=UTC), timedelta(days=7), "Asia/Tokyo")
+    assert tokyo == datetime(2026, 6, 8, 15, 0, tzinfo=UTC) and last_valid_day(tokyo, "Asia/Tokyo") == date(2026, 6, 8)
+    # However short the time to live, the link works until tonight at least.
+    tonight = day_end_expiry(datetime(2026, 6, 1, 12, tzinfo=UTC), timedelta(hours=1), "Europe/Paris")
+    assert tonight == datetime(2026, 6, 1, 22, 0, tzinfo=UTC)
+
+
+async def test_the_page_names_the_last_day_as_the_email_does_and_the_company(tmp_path: Path) -> None:
+    from dsr.mail.replies import render_reply
+    from tests.templates.test_replies import _context
+
+    ring = KeyRing.generate()
+    _write_bundle(ring, tmp_path, REFERENCE, _zip_bytes())
+    issued = datetime(2026, 11, 10, 6, 53, tzinfo=UTC)
+    clock = Clock(issued)
+    async with _serve(ring, tmp_path, clock=clock, controller_name="Kestio SAS", timezone="Europe/Paris") as app:
+        expiry = day_end_expiry(issued, timedelta(days=30), "Europe/Paris")
+        link = app.links.issue(REFERENCE, now=issued, ttl=expiry - issued)
+        email = render_reply("reply_access", "fr", _context(link_expires=last_valid_day(link.expires_at,
+                                                                                       "Europe/Paris")))
+        assert "Ce lien est valable jusqu'au 9 décembre 2026 inclus." in email.text
+
+        page = await app.http.get(app.path(link.token), headers={"Accept-Language": "fr"})
+        assert page.status_code == 200
+        assert "Ce lien est valable jusqu’au 9 décembre 2026 inclus (heure de Paris)." in page.text
+        assert '<p class="org">Kestio SAS</p>' in page.text and "UTC" not in page.text
+        english = await app.http.get(app.path(link.token), headers={"Accept-Language": "en"})
+        assert "This link works until 9 December 2026 inclusive (Paris time)." in english.text
+        # The email's link says the reply's language: a French subject with an English browser reads French.
+        asked = await app.http.get(app.path(link.token) + "?lang=fr", headers={"Accept-Language": "en"})
+        assert "Ce lien est valable jusqu’au 9 décembre 2026 inclus" in asked.text
+        assert f'action="/exports/{link.token}?lang=fr"' in asked.text
+
+        clock.now = datetime(2026, 12, 9, 22, 59, 59, tzinfo=UTC)  # 23:59:59 on 9 December in Paris: still valid
+        assert (await app.http.get(app.path(link.token))).status_code == 200
+        clock.now = datetime(2026, 12, 9, 23, 0, tzinfo=UTC)  # midnight in Paris: gone, as the email said
+        gone = await app.http.get(app.path(link.token))
+        assert gone.status_code == 410 and "Kestio SAS" in gone.text
+
+
+async def test_every_intake_page_is_headed_by_the_company(tmp_path: Path) -> None:
+    """Issue 18: no page named the company. The download pages, the app's own error pages and /verify do."""
+    from dsr.store.links import IdentityLinks
+    from intake.web.verify import verify_router
+
+    ring = KeyRing.generate()
+
+    async def confirm(request_id: str, proof: str) -> object:  # pragma: no cover - nothing is confirmed here
+        raise AssertionError("no confirmation in this test")
+
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", ring) as ledger:
+        guards = Guards(ledger.engine, ring)
+        app = intake_app(
+            links=DownloadLinks(ring), bundle_opener=_opener(ring, tmp_path), audit=Audit(), public_url=PUBLIC_URL,
+            guards=guards, controller_name="Kestio SAS", timezone="Europe/Paris",
+            routers=[verify_router(IdentityLinks(ring, ttl=timedelta(days=30)), confirm,  # type: ignore[arg-type]
+                                   guards=guards, exists=lambda _: False, controller_name="Kestio SAS")],
+        )
+        running = await serve_app(app, port=0)
+        try:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+                pages = [await http.get("/verify"), await http.get("/exports/not-a-token"),
+                         await http.get("/no-such-page")]
+        finally:
+            await running.stop()
+    assert [p.status_code for p in pages] == [200, 403, 404]
+    for page in pages:
+        assert '<p class="org">Kestio SAS</p>' in page.text, page.url
+
+
+def test_the_intake_names_the_company_as_the_worker_signs(tmp_path: Path) -> None:
+    from dsr.config.settings import Settings
+    from intake.server import controller_name
+
+    home = {"DSR_HOME": str(tmp_path)}
+    assert controller_name(Settings.from_env(home)) == ""  # no profile: nobody named
+    (tmp_path / "dsr.toml").write_text('[controller]\nlegal_name = "Kestio SAS"\n', encoding="utf-8")
+    assert controller_name(Settings.from_env(home)) == "Kestio SAS"  # the profile's legal name
+    assert controller_name(Settings.from_env({**home, "DSR_CONTROLLER_NAME": "Kestio"})) == "Kestio"
+    (tmp_path / "dsr.toml").write_text("[controller\n", encoding="utf-8")  # malformed: reported elsewhere
+    assert controller_name(Settings.from_env(home)) == ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -25,7 +25,7 @@ from dsr.domain.model import RequestKind
 from dsr.web.serve import serve_app
 from intake.service import Accepted, RateLimited, TriageItem
 from intake.submission import Submission, SubmissionError, prepare
-from intake.web.form import CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
+from intake.web.form import ADDRESS_SHOWN_FOR, CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
 from intake.web.pages import CSP
 
 KEY = b"test-form-key-0123456789abcdef!!"
@@ -360,6 +360,10 @@ async def test_submission_redirects_to_a_confirmation_with_the_deadline_and_no_r
         assert "Your request’s reference is in the email" in page.text
         assert "Correct your data" in page.text
     assert "already under way" not in page.text and "déjà en cours" not in page.text
+    # The address given is repeated (a typo is seen), the company named; the URL holds neither in clear.
+    assert '<dd id="address" class="ref">camille.durand@example.org</dd>' in page.text
+    assert '<p class="org">Boutique Exemple SAS</p>' in page.text
+    assert "camille" not in location.lower() and "example.org" not in location
 
     again = await form_app.http.get(location)  # a reload shows the page again and submits nothing
     assert again.status_code == 200
@@ -751,3 +755,23 @@ async def test_objections_have_their_own_choices(
     assert (submission.kind, submission.scope) == ("objection", "")  # other processing: an operator decides
     confirmation = await form_app.http.get(response.headers["location"])
     assert other in confirmation.text
+
+
+async def test_confirmation_repeats_the_address_for_an_hour_and_only_a_sealed_one(form_app: FormApp) -> None:
+    """Issue 18: a typo in the address went unseen; the confirmation now shows the address given."""
+    response = await form_app.post({"email": "camile.durand@exmaple.org"}, lang="en")
+    location = response.headers["location"]
+    params = dict(parse_qsl(urlsplit(location).query))
+    page = await form_app.http.get(location)
+    assert page.status_code == 200 and "camile.durand@exmaple.org" in page.text
+    assert "Is this address wrong?" in page.text
+
+    # Tampered or foreign sealed values show no address (and nothing of their own), the rest of the page stays.
+    for to in (params["to"][:-2] + "AA", "Y2FtaWxlQGV4YW1wbGUub3Jn", "x" * 600, ""):
+        other = await form_app.http.get(f"/submitted?{urlencode({**params, 'to': to})}")
+        assert other.status_code == 200 and "@" not in other.text.replace("@media", ""), to
+        assert "We have received your request" in other.text and "Is this address wrong?" not in other.text
+
+    form_app.clock.now = form_app.clock.now + ADDRESS_SHOWN_FOR + timedelta(seconds=1)  # a bookmark, later
+    later = await form_app.http.get(location)
+    assert later.status_code == 200 and "camile.durand" not in later.text

@@ -263,3 +263,14 @@ def test_the_demo_search_delay_is_a_setting() -> None:
     for bad in ("soon", "-1", "7200", "nan"):
         with pytest.raises(DemoError, match="DSR_DEMO_STRIPE_SEARCH_DELAY must be a number of seconds"):
             stripe_search_delay({"DSR_DEMO_STRIPE_SEARCH_DELAY": bad})
+
+
+async def test_demo_counts_are_what_the_stripe_connector_exports() -> None:
+    """Issue 18: `dsr demo customers` said stripe (5) for a customer whose reply listed 7 records: the counts the
+    demo states for each seeded customer are what the Stripe connector exports, dataset by dataset."""
+    from sandbox.demo import STRIPE_KEY, seed_stripe, stripe_counts
+
+    with StripeSandbox(api_key=STRIPE_KEY).start() as running:
+        stated = seed_stripe(running.state)
+        read_back = await stripe_counts(running.url, list(stated))
+    assert read_back == stated

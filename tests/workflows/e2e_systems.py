@@ -333,7 +333,7 @@ class Mail:
 
     def download_link(self) -> tuple[str, str]:
         """The link and the code (``K7QM-4XPD``) the reply gives, read from the text part (the HTML part must agree)."""
-        link = re.search(r"https?://\S+/exports/[A-Za-z0-9._~%-]+", self.text)
+        link = re.search(r"https?://\S+/exports/[A-Za-z0-9._~%-]+(?:\?lang=(?:fr|en))?", self.text)
         code = re.search(r"code\D{0,20}?([2-9A-Z]{4}-[2-9A-Z]{4})\b", self.text)
         assert link is not None and code is not None, "the reply has no download link and code"
         assert f'href="{link.group(0)}"' in self.html and code.group(1) in self.html_text
