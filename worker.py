@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -24,12 +24,14 @@ from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
 from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings
+from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
 from dsr.errors import ConfigurationError
 from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks
+from dsr.store.mail_sends import MailSends, SendIntent
 from intake.service import IntakeService
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
@@ -39,25 +41,34 @@ WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQ
 
 
 class LedgerSentLog:
-    """Lets the notice activity ask the ledger whether a notice already went out (retries)."""
+    """Lets the mail activities ask the ledger whether an email already went out (retries), and keep its send
+    intent (``dsr.store.mail_sends``) around each SMTP transaction."""
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
+        self._sends = MailSends(ledger.engine)
 
     def has_event(self, key: str) -> bool:
         return self._ledger.has_event(key)
 
-    def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None:
-        from datetime import UTC, datetime
+    def begin_send(self, key: str, *, request_id: str, template: str, message_id: str, digest: str) -> SendIntent:
+        return self._sends.begin(key, request_id=request_id, template=template, message_id=message_id,
+                                 digest=digest, now=datetime.now(UTC))
 
-        from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
+    def end_send(self, key: str, *, sent: bool) -> None:
+        self._sends.end(key, sent=sent, now=datetime.now(UTC))
 
+    def record_sent(self, request_id: str, key: str, template: str, message_id: str, *,
+                    possible_duplicate: bool = False) -> None:
         if request_id.startswith(TRIAGE_PREFIX):
             return  # an unclassified email is not a request (yet): the ledger has no row to attach it to
 
+        details = {"template": template, "message_id": message_id}
+        if possible_duplicate:
+            # For the operator: this email may have reached its recipient twice (same Message-ID).
+            details["possible_duplicate"] = "true"
         self._ledger.append_event(
-            AuditEvent(request_id=request_id, event="notice_sent",
-                       details={"template": template, "message_id": message_id}),
+            AuditEvent(request_id=request_id, event="notice_sent", details=details),
             key=key,
             at=datetime.now(UTC),
         )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.notices import Mailer, SentLog, beating
+from activities.notices import Mailer, SentLog, beating, content_digest, deliver_once
 from dsr.config.profile import Art19Recipient, ControllerProfile
 from dsr.domain.model import (
     ConnectorOutcome,
@@ -53,15 +53,15 @@ class ReplyActivities:
 
     async def _deliver(self, request_id: str, to: str, language: Language, rendered: RenderedNotice, key: str,
                        in_reply_to: str | None, what: str, whose: str) -> str:
-        """Send once per key: a retried activity finds what it already sent in the sent-log."""
+        """Send once per key: a retried activity finds what it already sent in the sent-log, and one retried
+        after a worker lost between the server's 250 and the sent-log sends the same Message-ID again, recorded
+        as a possible duplicate (``deliver_once``)."""
         message_id = self._mailer.message_id(key)
-        if self._sent_log is not None and await asyncio.to_thread(self._sent_log.has_event, key):
-            return message_id
         message = self._mailer.compose(to, language, rendered, message_id=message_id, in_reply_to=in_reply_to,
                                        whose=whose)
-        await self._mailer.send(message, to, whose=whose, where=f"{what} for request {request_id}")
-        if self._sent_log is not None:
-            await asyncio.to_thread(self._sent_log.record_sent, request_id, key, what, message_id)
+        await deliver_once(self._mailer, self._sent_log, message, to=to, key=key, request_id=request_id,
+                           template=what, digest=content_digest(rendered), whose=whose,
+                           where=f"{what} for request {request_id}")
         return message_id
 
     @activity.defn(name="send_reply")
