@@ -60,6 +60,7 @@ __all__ = [
     "Mailer",
     "MaybeDelivered",
     "NoticeActivities",
+    "SentCopies",
     "SentLog",
     "beating",
     "build_message",
@@ -140,15 +141,15 @@ class SentLog(Protocol):
     def has_event(self, key: str) -> bool: ...
 
     def record_sent(self, request_id: str, key: str, template: str, message_id: str, *,
-                    possible_duplicate: bool = False) -> None: ...
+                    possible_duplicate: bool = False, found_in_sent_folder: bool = False) -> None: ...
 
     def begin_send(self, key: str, *, request_id: str, template: str, message_id: str,
                    digest: str) -> SendIntent:
         """Record, durably, that an SMTP transaction of ``key`` starts (see :mod:`dsr.store.mail_sends`)."""
         ...
 
-    def end_send(self, key: str, *, sent: bool) -> None:
-        """The transaction ended: accepted, or certainly not accepted."""
+    def end_send(self, key: str, *, sent: bool, possible_duplicate: bool = False) -> None:
+        """The transaction ended: accepted (perhaps a second time), or certainly not accepted."""
         ...
 
 
@@ -160,11 +161,20 @@ class MaybeDelivered(ApplicationError):
         super().__init__(message, type=NOTICE_DEFERRED)
 
 
+class SentCopies(Protocol):
+    """Where the SMTP relay files a copy of every message it accepts (an IMAP Sent folder), when configured."""
+
+    async def holds(self, message_id: str) -> bool:
+        """Whether a message with this Message-ID is there (raises when the folder cannot be read)."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Delivery:
     message_id: str
     already_sent: bool = False
     possible_duplicate: bool = False
+    found_in_sent_folder: bool = False  # an earlier attempt's copy was found: not sent again
 
 
 def content_digest(rendered: RenderedNotice) -> str:
@@ -177,7 +187,8 @@ def content_digest(rendered: RenderedNotice) -> str:
 
 
 async def deliver_once(mailer: Mailer, sent_log: SentLog | None, message: EmailMessage, *, to: str, key: str,
-                       request_id: str, template: str, digest: str, whose: str, where: str) -> Delivery:
+                       request_id: str, template: str, digest: str, whose: str, where: str,
+                       sent_copies: SentCopies | None = None) -> Delivery:
     """Send ``message`` (Message-ID derived from ``key``) unless the sent-log has it; the send intent is written
     before the SMTP transaction and closed after it.
 
@@ -185,7 +196,8 @@ async def deliver_once(mailer: Mailer, sent_log: SentLog | None, message: EmailM
     them leaves the intent open; the retry then sends again with the same Message-ID (clients de-duplicate on
     it) and records the email as a possible duplicate. Every other failure is told apart: a transaction that
     certainly did not deliver (refused connection, a 4xx/5xx answer) closes the intent as unsent, so retries
-    through an SMTP outage are ordinary retries."""
+    through an SMTP outage are ordinary retries. With ``sent_copies`` (the relay's Sent folder), an open intent is
+    first looked up there: a copy found means the server accepted the earlier attempt, and nothing is sent again."""
     message_id = str(message["Message-ID"])
     if sent_log is None:
         async with beating():
@@ -197,6 +209,18 @@ async def deliver_once(mailer: Mailer, sent_log: SentLog | None, message: EmailM
         sent_log.begin_send, key, request_id=request_id, template=template, message_id=message_id, digest=digest))
     if intent.already_sent:
         return Delivery(message_id, already_sent=True)
+    if intent.possible_duplicate and sent_copies is not None:
+        try:
+            found = await sent_copies.holds(message_id)
+        except Exception as err:  # the folder cannot be read: the reply must still go (flagged)
+            log.warning("%s: the Sent folder could not be searched (%s)", where, type(err).__name__)
+            found = False
+        if found:
+            log.info("%s: the earlier attempt's copy is in the Sent folder: not sending again", where)
+            await asyncio.to_thread(functools.partial(sent_log.record_sent, request_id, key, template, message_id,
+                                                      found_in_sent_folder=True))
+            await asyncio.to_thread(functools.partial(sent_log.end_send, key, sent=True))
+            return Delivery(message_id, found_in_sent_folder=True)
     if intent.possible_duplicate:
         log.warning("%s: an earlier attempt may have been accepted by the SMTP server (worker lost after the DATA): "
                     "sending again with the same Message-ID, recorded as a possible duplicate%s", where,
@@ -211,7 +235,8 @@ async def deliver_once(mailer: Mailer, sent_log: SentLog | None, message: EmailM
         raise
     await asyncio.to_thread(functools.partial(sent_log.record_sent, request_id, key, template, message_id,
                                               possible_duplicate=intent.possible_duplicate))
-    await asyncio.to_thread(functools.partial(sent_log.end_send, key, sent=True))
+    await asyncio.to_thread(functools.partial(sent_log.end_send, key, sent=True,
+                                              possible_duplicate=intent.possible_duplicate))
     return Delivery(message_id, possible_duplicate=intent.possible_duplicate)
 
 
@@ -414,12 +439,14 @@ class NoticeActivities:
         identity_links: IdentityLinks | None = None,
         public_url: str = "",
         profile: Callable[[], ControllerProfile | None] | None = None,
+        sent_copies: SentCopies | None = None,
     ) -> None:
         """``controller_name`` signs subject notices (templates fall back to a generic team name);
         ``request_link`` maps a request id to its page in the staff UI, for operator notices; ``profile``
         reads the controller profile, whose supervisory authority the notices name."""
         self._mailer = Mailer(smtp, mail_from=mail_from, from_name=from_name, mail_domain=mail_domain)
         self._sent_log = sent_log
+        self._sent_copies = sent_copies
         self._controller_name = one_line(controller_name)
         self._request_link = request_link
         self._identity_links = identity_links
@@ -490,7 +517,8 @@ class NoticeActivities:
                                 from_name=self._mailer.from_name, message_id=message_id)
         delivery = await deliver_once(self._mailer, self._sent_log, message, to=notice.to, key=key,
                                       request_id=notice.request_id, template=template.value,
-                                      digest=content_digest(rendered), whose=_whose(notice), where=where)
+                                      digest=content_digest(rendered), whose=_whose(notice), where=where,
+                                      sent_copies=self._sent_copies)
         if delivery.already_sent:
             return SentNotice(message_id=message_id, already_sent=True)
         activity.logger.info("%s sent", where)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.notices import Mailer, SentLog, beating, content_digest, deliver_once
+from activities.notices import Mailer, SentCopies, SentLog, beating, content_digest, deliver_once
 from dsr.config.profile import Art19Recipient, ControllerProfile
 from dsr.domain.model import (
     ConnectorOutcome,
@@ -38,9 +38,11 @@ class ReplyActivities:
     """The final reply's activities: the notices' mailer and sent-log, the export store, links and profile."""
 
     def __init__(self, mailer: Mailer, *, sent_log: SentLog | None, exports: ExportStore, links: DownloadLinks,
-                 public_url: str, profile: Callable[[], ControllerProfile | None]) -> None:
+                 public_url: str, profile: Callable[[], ControllerProfile | None],
+                 sent_copies: SentCopies | None = None) -> None:
         self._mailer = mailer
         self._sent_log = sent_log
+        self._sent_copies = sent_copies
         self._exports = exports
         self._links = links
         self._public_url = public_url.rstrip("/")
@@ -61,7 +63,7 @@ class ReplyActivities:
                                        whose=whose)
         await deliver_once(self._mailer, self._sent_log, message, to=to, key=key, request_id=request_id,
                            template=what, digest=content_digest(rendered), whose=whose,
-                           where=f"{what} for request {request_id}")
+                           where=f"{what} for request {request_id}", sent_copies=self._sent_copies)
         return message_id
 
     @activity.defn(name="send_reply")

@@ -9,7 +9,8 @@ transaction, with the Message-ID and a digest of what is sent.
 * ``begin`` before each SMTP transaction: a row found still ``sending`` means an earlier attempt of this email
   may have been accepted by the server (the worker died, or the connection broke, after the DATA went out); the
   retry sends again with the same Message-ID (mail clients thread and de-duplicate on it) and the row is marked
-  ``possible_duplicate`` for the operator.
+  ``possible_duplicate`` for the operator (unless the relay's Sent folder, when configured, shows the earlier
+  attempt was accepted: then nothing is sent again).
 * ``end(sent=False)`` when the server certainly did not take the message (connection refused, a 4xx/5xx answer
   before or to the DATA): the next attempt is an ordinary one, not a possible duplicate.
 * ``end(sent=True)`` after the sent-log write.
@@ -97,7 +98,6 @@ class MailSends:
                     row.attempts += 1
                     row.state = SENDING
                     row.digest = digest
-                    row.possible_duplicate = row.possible_duplicate or unknown
                     row.updated_at = now
                     session.add(row)
                     return SendIntent(attempts=row.attempts, possible_duplicate=unknown, same_content=same)
@@ -105,14 +105,16 @@ class MailSends:
                 continue  # a concurrent first attempt inserted the row between our look and our insert: read it
         raise RuntimeError(f"the send intent {key} keeps changing; try again")
 
-    def end(self, key: str, *, sent: bool, now: datetime) -> None:
-        """The transaction ended: accepted (``sent``) or certainly not accepted."""
+    def end(self, key: str, *, sent: bool, now: datetime, possible_duplicate: bool = False) -> None:
+        """The transaction ended: accepted (``sent``; ``possible_duplicate`` when an earlier transaction may have
+        been accepted too) or certainly not accepted."""
         now = _utc(now, "now")
         with self._session(write=True) as session:
             row = session.get(MailSendRow, key)
             if row is None or row.state == SENT:
                 return
             row.state = SENT if sent else UNSENT
+            row.possible_duplicate = row.possible_duplicate or (sent and possible_duplicate)
             row.updated_at = now
             session.add(row)
 

@@ -110,14 +110,14 @@ class MemorySentLog:
         return key in self.keys
 
     def record_sent(self, request_id: str, key: str, template: str, message_id: str, *,
-                    possible_duplicate: bool = False) -> None:
+                    possible_duplicate: bool = False, found_in_sent_folder: bool = False) -> None:
         self.keys.add(key)
         self.records.append((request_id, key, template, message_id))
 
     def begin_send(self, key: str, *, request_id: str, template: str, message_id: str, digest: str) -> SendIntent:
         return SendIntent(attempts=1, possible_duplicate=False, same_content=True)
 
-    def end_send(self, key: str, *, sent: bool) -> None:
+    def end_send(self, key: str, *, sent: bool, possible_duplicate: bool = False) -> None:
         pass
 
 

@@ -9,6 +9,7 @@ the attempt runs after it, as with a SIGKILL.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,12 @@ from dsr.domain.model import (
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks
 from dsr.store.mail_sends import SENDING, SENT, MailSends
+from intake.email.settings import MailboxSettings
 from tests.activities.test_notices import Collector, free_port, smtp_server
+from tests.dovecot import Dovecot
 from tests.harness import TEST_KEYRING, file_exports
-from worker import LedgerSentLog
+from tests.intake.test_mailbox import dovecot  # noqa: F401  (fixture: a real IMAP server)
+from worker import ImapSentCopies, LedgerSentLog
 
 REQUEST = "dsr-2026-12-REPLY1"
 SUBJECT = Subject(email="zoe.martin@example.com", name="Zoé Martin")
@@ -59,22 +63,28 @@ class LostAfterAccepted(LedgerSentLog):
         super().record_sent(*args, **kwargs)
 
 
+def opened_ledger(url: str) -> Ledger:
+    opened = Ledger(url, TEST_KEYRING)
+    opened.record_request(RequestRecordInput(
+        request_id=REQUEST, kind=RequestKind.ERASURE, channel=Channel.FORM, subject=SUBJECT,
+        received_at=datetime(2026, 12, 1, 9, tzinfo=UTC), deadline=date(2027, 1, 1), language=Language.EN,
+    ), now=datetime(2026, 12, 1, 9, tzinfo=UTC))
+    return opened
+
+
 @pytest.fixture
-def ledger(database_url: str) -> Any:
-    with Ledger(database_url, TEST_KEYRING) as opened:
-        opened.record_request(RequestRecordInput(
-            request_id=REQUEST, kind=RequestKind.ERASURE, channel=Channel.FORM, subject=SUBJECT,
-            received_at=datetime(2026, 12, 1, 9, tzinfo=UTC), deadline=date(2027, 1, 1), language=Language.EN,
-        ), now=datetime(2026, 12, 1, 9, tzinfo=UTC))
+def ledger(database_url: str) -> Iterator[Ledger]:
+    with opened_ledger(database_url) as opened:
         yield opened
 
 
-def replies(port: int, ledger: Ledger, tmp_path: Path, sent_log: LedgerSentLog) -> ReplyActivities:
+def replies(port: int, ledger: Ledger, tmp_path: Path, sent_log: LedgerSentLog,
+            sent_copies: ImapSentCopies | None = None) -> ReplyActivities:
     mailer = Mailer(SmtpSettings(host="127.0.0.1", port=port, timeout_seconds=5), mail_from="privacy@example.com",
                     from_name="Privacy", mail_domain="example.com")
     return ReplyActivities(mailer, sent_log=sent_log, exports=file_exports(tmp_path / "exports"),
                            links=DownloadLinks(TEST_KEYRING), public_url="http://127.0.0.1:8000",
-                           profile=lambda: None)
+                           profile=lambda: None, sent_copies=sent_copies)
 
 
 def reply_input() -> ReplyInput:
@@ -163,3 +173,49 @@ async def test_a_connection_lost_after_the_data_leaves_the_intent_open(ledger: L
     assert len(collector.envelopes) == 1
     [event] = sent_events(ledger)
     assert event.get("possible_duplicate") == "true"
+
+
+class FilesInSent:
+    """A relay like Gmail's or Microsoft 365's: each message it accepts is filed in the account's Sent folder (a
+    real IMAP server, Dovecot) before the 250."""
+
+    def __init__(self, server: Dovecot, user: Any) -> None:
+        self.dovecot, self.user = server, user
+        self.envelopes: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.original_content, bytes)
+        self.envelopes.append(envelope.original_content)
+        await asyncio.to_thread(self.dovecot.deliver, self.user, envelope.original_content,
+                                received_at=datetime.now(UTC), folder="Sent")
+        return "250 OK"
+
+
+@pytest.mark.parametrize("files_a_copy", [True, False])
+async def test_with_a_sent_folder_a_lost_worker_s_accepted_reply_is_not_sent_again(
+    dovecot: Dovecot, tmp_path: Path, files_a_copy: bool,  # noqa: F811
+) -> None:
+    """DSR_IMAP_SENT_FOLDER: the retry finds the earlier attempt's copy and sends nothing (exactly one email); a
+    relay that files no copy (or not yet) leaves the retry to send again, flagged as before."""
+    user = dovecot.new_user()
+    with dovecot.imap(user) as client:
+        client.create("Sent")
+    relay = FilesInSent(dovecot, user) if files_a_copy else Collector()
+    copies = ImapSentCopies(MailboxSettings(host=dovecot.host, port=dovecot.port, username=user.username,
+                                            password=user.password, cafile=dovecot.cafile, timeout=15.0), "Sent")
+    with opened_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}") as ledger:
+        async with smtp_server(relay) as port:
+            activities = replies(port, ledger, tmp_path, LostAfterAccepted(ledger), copies)
+            with pytest.raises(WorkerLost):
+                await ActivityEnvironment().run(activities.send_reply, reply_input())
+            result = await ActivityEnvironment().run(activities.send_reply, reply_input())
+        [event] = sent_events(ledger)
+        duplicates = MailSends(ledger.engine).possible_duplicates(REQUEST)
+    delivered = relay.envelopes
+    if files_a_copy:
+        assert len(delivered) == 1 and dovecot.message_ids(user, "Sent") == [result.message_id]
+        assert event == {"template": "reply_no_data", "message_id": result.message_id, "found_in_sent_folder": "true"}
+        assert duplicates == []
+    else:
+        assert len(delivered) == 2
+        assert event.get("possible_duplicate") == "true" and [d.message_id for d in duplicates] == [result.message_id]
