@@ -48,9 +48,9 @@ class ReplyActivities:
         self._public_url = public_url.rstrip("/")
         self._profile = profile
 
-    def _key(self, suffix: str = "") -> str:
+    def _key(self, step: str, suffix: str = "") -> str:
         info = activity.info()
-        raw = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{suffix}"
+        raw = f"{info.workflow_id}/{info.workflow_run_id}/{step or info.activity_id}/{suffix}"
         return "reply-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     async def _deliver(self, request_id: str, to: str, language: Language, rendered: RenderedNotice, key: str,
@@ -118,7 +118,7 @@ class ReplyActivities:
                 language = Language(recipient.language)
                 rendered = render_reply("art19_notice", language, notice_context)
                 await self._deliver(reply.request_id, str(recipient.email), language, rendered,
-                                    self._key(f"art19-{index}"), None, "art19_notice",
+                                    self._key(reply.key, f"art19-{index}"), None, "art19_notice",
                                     whose=f"the address of Art. 19 recipient {index + 1}")
                 result.recipients_notified.append(recipient.name)
             context.recipients_notified = list(result.recipients_notified)
@@ -134,7 +134,7 @@ class ReplyActivities:
             raise ApplicationError(f"{reply.request_id}: {template} cannot be written ({err})",
                                    type=REPLY_INVALID) from None
         result.message_id = await self._deliver(reply.request_id, reply.subject.email, reply.language, rendered,
-                                                self._key(), reply.in_reply_to, template,
+                                                self._key(reply.key), reply.in_reply_to, template,
                                                 whose="the subject's address")
         return result
 

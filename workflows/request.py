@@ -76,6 +76,7 @@ from workflows.contract import (
     PLAN,
     PROGRESSED,
     REPLY,
+    REPLY_FIRST_TRY,
     REPLY_HELD_TYPES,
     REPLY_UNDELIVERABLE_TYPES,
     REQUEST_REJECTED,
@@ -485,13 +486,11 @@ class DataSubjectRequest:
             extension_reason=self._extension_reason,
             outcomes=[p.outcome for p in self._progress.values() if p.outcome is not None],
             in_reply_to=self._thread(),
+            key="final-reply",
         )
         while True:
             try:
-                return await workflow.execute_activity_method(
-                    ReplyActivities.send_reply, reply_input,
-                    **summarised(REPLY, f"reply: {self._request.kind.value}"),
-                )
+                return await self._send_reply_tracked(reply_input)
             except ActivityError as err:
                 cause = err.cause
                 if not isinstance(cause, ApplicationError):
@@ -511,6 +510,29 @@ class DataSubjectRequest:
                 self._reply_held = ""
                 self._set_stage(Stage.REPLYING)
                 await self._audit("retried", stage=Stage.REPLYING)
+
+    async def _send_reply_tracked(self, reply_input: ReplyInput) -> ReplyResult:
+        """One try; if the mail server did not take the reply (down, 4xx, a lost worker), it counts as pending mail
+        (status, UI, ``DsrMailPending``) like a notice, while it is retried under the same key (one Message-ID)."""
+        summary = f"reply: {self._request.kind.value}"
+        try:
+            return await workflow.execute_activity_method(ReplyActivities.send_reply, reply_input,
+                                                          **summarised(REPLY_FIRST_TRY, summary))
+        except ActivityError as err:
+            if err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
+                raise  # refused for good, or held for an operator: the caller decides
+        template = f"reply_{self._request.kind.value}"
+        self._mail_pending.append(template)
+        self._mail_changed()
+        await self._audit("notice_deferred", details={"template": template})
+        try:
+            result = await workflow.execute_activity_method(ReplyActivities.send_reply, reply_input,
+                                                            **summarised(REPLY, summary + " (retried)"))
+        except ActivityError:
+            self._mail_done(template)
+            raise
+        self._mail_done(template)
+        return result
 
     def _residual_lines(self) -> list[str]:
         """One line per residual report line: system, dataset, record, fields and note; no personal data."""

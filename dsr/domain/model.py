@@ -607,6 +607,9 @@ class ReplyInput:
     extension_reason: str = ""
     outcomes: list[ConnectorOutcome] = field(default_factory=list)
     in_reply_to: str | None = None
+    # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
+    # so both send one Message-ID. "": the activity's id (histories from before it).
+    key: str = ""
 
 
 @dataclass
