@@ -20,7 +20,8 @@ import pytest
 from bench.chaos import ChaosReport, run_chaos
 from tests.harness import S3Server
 
-REQUESTS, KILLS, FAULTS = 20, 5, 0.15
+REQUESTS, KILLS, FAULTS = 20, 6, 0.15
+BLACKOUTS, SMTP_OUTAGES, LEDGER_OUTAGES = 1, 1, 1  # every worker killed at once; SMTP and the database cut 5-15 s
 
 pytestmark = [
     pytest.mark.chaos,
@@ -35,11 +36,14 @@ async def test_a_bounded_chaos_run_loses_nothing_and_writes_nothing_twice(
     tmp_path: Path, postgres_url: str, s3_server: S3Server,
 ) -> None:
     report: ChaosReport = await run_chaos(tmp_path, requests=REQUESTS, kills=KILLS, fault_share=FAULTS,
-                                          database_url=postgres_url, s3=s3_server, timeout=240)
+                                          database_url=postgres_url, s3=s3_server, timeout=240,
+                                          blackouts=BLACKOUTS, smtp_outages=SMTP_OUTAGES,
+                                          ledger_outages=LEDGER_OUTAGES)
     print(report.table())
     assert report.failures == [], report.table()
     # The run proved something: workers died, faults of every kind were injected, every request was checked.
-    assert report.kills == KILLS
+    assert report.kills == KILLS and report.blackouts == BLACKOUTS
+    assert (report.smtp_outages, report.ledger_outages) == (SMTP_OUTAGES, LEDGER_OUTAGES)
     assert set(report.faults) == {"5xx", "429", "slow", "drop", "lost"}, report.faults
     assert report.closed + len(report.needs_attention) == REQUESTS
     waiting = len(report.needs_attention)  # an operator's to act on: no reply yet, nothing to check
