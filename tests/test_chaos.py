@@ -1,14 +1,15 @@
 """A bounded chaos run (bench/chaos.py): requests of every kind through two ``dsr worker`` processes killed at
-random while every sandbox injects about 15% faults; nothing lost, one final reply each, every bundle complete,
-every erasure reply true, no record written twice.
+random, once all at once, while the SMTP server and the ledger's database are cut for a few seconds each and every
+sandbox injects about 15% faults; nothing lost, one final reply each, every bundle complete, every erasure reply
+true, no record written twice, no request in ``replying`` over 2 minutes outside the outages.
 
-Off in ``make test``; ``DSR_CHAOS=1`` runs it. Steps heartbeat now (issue 11, point 2) and connector retries are
-progress-aware (point 3). A request stuck in ``processing`` past the run's 240 s was Stripe retried on a grown
-backoff: its fault proxy answered injected 429s in a shape the SDK cannot read, losing Retry-After (fixed in
-sandbox/faults.py). After that fix 8 runs of 8 passed; before it, 5 of 6 with this branch, and the baseline
-failed 1 of 2 the same way. One failed run also counted a final reply twice, cause not yet known: the report
-now says how many Message-IDs the copies carry and what the ledger saw, and what an unsettled request waits
-on."""
+Part of ``make test`` (issue 11), left out of ``make test-fast`` (slow); ``DSR_CHAOS=0`` skips it. With these
+outages and kills, 4 runs of 4 passed in 117-159 s on the 2-core machine under the load of eight sessions (and
+2 of 2 of ``bench/chaos.py --requests 20`` with 6 and 10 kills). Earlier notes: a request stuck in ``processing``
+was Stripe retried on a grown backoff (its fault proxy lost Retry-After; fixed in sandbox/faults.py); a final
+reply counted twice had no known cause (likely: a worker killed between the SMTP server's 250 and the sent-log,
+which re-sends one Message-ID; now written down first, ``mail_sends``, and flagged in the ledger, which the check
+accepts; two Message-IDs, or an unflagged copy, still fail it)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,7 @@ BLACKOUTS, SMTP_OUTAGES, LEDGER_OUTAGES = 1, 1, 1  # every worker killed at once
 pytestmark = [
     pytest.mark.chaos,
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("DSR_CHAOS") != "1",
-                       reason="DSR_CHAOS=1 runs it: kept out of make test until the lead decides it is steady "
-                              "(see the module's notes)"),
+    pytest.mark.skipif(os.environ.get("DSR_CHAOS") == "0", reason="DSR_CHAOS=0 skips the chaos run"),
 ]
 
 
