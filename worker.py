@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -25,14 +26,19 @@ from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
 from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings
+from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
 from dsr.errors import ConfigurationError
 from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
+from dsr.store.mail_sends import MailSends, SendIntent
 from dsr.store.suppressions import SuppressionList
 from dsr.store.tasks import OutsideTasks
+from intake.email.imap import ImapSession
+from intake.email.imap import connect as imap_connect
+from intake.email.settings import MailboxSettings
 from intake.service import TriagedSubmission
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
@@ -43,28 +49,73 @@ WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQ
 
 
 class LedgerSentLog:
-    """Lets the notice activity ask the ledger whether a notice already went out (retries)."""
+    """Lets the mail activities ask the ledger whether an email already went out (retries), and keep its send
+    intent (``dsr.store.mail_sends``) around each SMTP transaction."""
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
+        self._sends = MailSends(ledger.engine)
 
     def has_event(self, key: str) -> bool:
         return self._ledger.has_event(key)
 
-    def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None:
-        from datetime import UTC, datetime
+    def begin_send(self, key: str, *, request_id: str, template: str, message_id: str, digest: str) -> SendIntent:
+        return self._sends.begin(key, request_id=request_id, template=template, message_id=message_id,
+                                 digest=digest, now=datetime.now(UTC))
 
-        from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
+    def end_send(self, key: str, *, sent: bool, possible_duplicate: bool = False) -> None:
+        self._sends.end(key, sent=sent, now=datetime.now(UTC), possible_duplicate=possible_duplicate)
 
+    def record_sent(self, request_id: str, key: str, template: str, message_id: str, *,
+                    possible_duplicate: bool = False, found_in_sent_folder: bool = False) -> None:
         if request_id.startswith(TRIAGE_PREFIX):
             return  # an unclassified email is not a request (yet): the ledger has no row to attach it to
 
+        details = {"template": template, "message_id": message_id}
+        if possible_duplicate:
+            # For the operator: this email may have reached its recipient twice (same Message-ID).
+            details["possible_duplicate"] = "true"
+        if found_in_sent_folder:
+            # A worker was lost after the server's 250; its copy in the Sent folder proved the send.
+            details["found_in_sent_folder"] = "true"
         self._ledger.append_event(
-            AuditEvent(request_id=request_id, event="notice_sent",
-                       details={"template": template, "message_id": message_id}),
+            AuditEvent(request_id=request_id, event="notice_sent", details=details),
             key=key,
             at=datetime.now(UTC),
         )
+
+
+class ImapSentCopies:
+    """The Sent folder (``DSR_IMAP_SENT_FOLDER``) of the ``DSR_IMAP_*`` account, where the SMTP relay files a copy
+    of every message it accepts (Gmail and Microsoft 365 do, for the account that logs in to send): searched by
+    Message-ID, it tells whether an attempt whose worker was lost after the DATA was accepted."""
+
+    def __init__(self, mailbox: MailboxSettings, folder: str) -> None:
+        self._mailbox = mailbox
+        self._folder = folder
+
+    async def holds(self, message_id: str) -> bool:
+        session = ImapSession(await imap_connect(self._mailbox), timeout=self._mailbox.timeout)
+        try:
+            await session.learn_delimiter()
+            await session.select(self._folder)
+            return bool(await session.uids_with_message_id(message_id))
+        finally:
+            await session.logout()
+
+
+def sent_copies_of(settings: Settings) -> ImapSentCopies | None:
+    """The Sent folder to search when ``DSR_IMAP_SENT_FOLDER`` is set (with the intake's IMAP account)."""
+    imap = settings.imap
+    if imap is None or not imap.sent_folder:
+        return None
+    password = settings.secret("DSR_IMAP_PASSWORD")
+    if password is None:
+        raise ConfigurationError("DSR_IMAP_SENT_FOLDER is set but DSR_IMAP_PASSWORD is not (environment or "
+                                 "secrets.env)")
+    mailbox = MailboxSettings(host=imap.host, username=imap.username, password=password, port=imap.port,
+                              cafile=Path(imap.cafile) if imap.cafile else None, timeout=30.0)
+    return ImapSentCopies(mailbox, imap.sent_folder)
 
 
 def activities_for(
@@ -80,6 +131,7 @@ def activities_for(
     suppressions = SuppressionList(ledger)
     profile = profile or (lambda: load_profile(settings.config_file))
     signature = controller_signature(settings, profile)
+    sent_copies = sent_copies_of(settings)
     notices = NoticeActivities(
         settings.smtp,
         mail_from=settings.mail_from,
@@ -92,6 +144,7 @@ def activities_for(
         status_links=StatusLinks(keyring),
         public_url=settings.intake_url,
         profile=profile,
+        sent_copies=sent_copies,
     )
     intake = IntakeActivities(
         TriagedSubmission(settings, ledger),
@@ -116,6 +169,7 @@ def activities_for(
         suppressed_until=lambda email: (entry.until.date() if (entry := suppressions.entry(email)) else None),
         timezone=settings.policy.timezone,
         system_types=connector_types(settings),
+        sent_copies=sent_copies,
     )
     storage = StorageActivities(exports, ledger)
     return [

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -44,6 +46,7 @@ from dsr.domain.model import (
 )
 from dsr.errors import ConfigurationError
 from dsr.store.links import IdentityLinks, StatusLinks, format_code
+from dsr.store.mail_sends import SendIntent
 from templates import RenderedNotice, one_line, render_notice
 
 __all__ = [
@@ -53,12 +56,17 @@ __all__ = [
     "NOTICE_REJECTED",
     "NOTICE_SMTP_ERROR",
     "NOTICE_TEMPLATE_ERROR",
+    "Delivery",
     "Mailer",
+    "MaybeDelivered",
     "NoticeActivities",
+    "SentCopies",
     "SentLog",
     "beating",
     "build_message",
     "compose",
+    "content_digest",
+    "deliver_once",
     "is_deliverable_address",
     "notice_key",
 ]
@@ -132,7 +140,104 @@ class SentLog(Protocol):
 
     def has_event(self, key: str) -> bool: ...
 
-    def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None: ...
+    def record_sent(self, request_id: str, key: str, template: str, message_id: str, *,
+                    possible_duplicate: bool = False, found_in_sent_folder: bool = False) -> None: ...
+
+    def begin_send(self, key: str, *, request_id: str, template: str, message_id: str,
+                   digest: str) -> SendIntent:
+        """Record, durably, that an SMTP transaction of ``key`` starts (see :mod:`dsr.store.mail_sends`)."""
+        ...
+
+    def end_send(self, key: str, *, sent: bool, possible_duplicate: bool = False) -> None:
+        """The transaction ended: accepted (perhaps a second time), or certainly not accepted."""
+        ...
+
+
+class MaybeDelivered(ApplicationError):
+    """The connection broke or timed out while the message may already have been accepted (after the DATA went
+    out): the send intent stays open, so the retry knows it may send a duplicate."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=NOTICE_DEFERRED)
+
+
+class SentCopies(Protocol):
+    """Where the SMTP relay files a copy of every message it accepts (an IMAP Sent folder), when configured."""
+
+    async def holds(self, message_id: str) -> bool:
+        """Whether a message with this Message-ID is there (raises when the folder cannot be read)."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    message_id: str
+    already_sent: bool = False
+    possible_duplicate: bool = False
+    found_in_sent_folder: bool = False  # an earlier attempt's copy was found: not sent again
+
+
+def content_digest(rendered: RenderedNotice) -> str:
+    """What an email says (subject and both bodies), as a digest: no personal data in the send intent."""
+    digest = hashlib.sha256()
+    for part in (rendered.subject, rendered.text, rendered.html):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+async def deliver_once(mailer: Mailer, sent_log: SentLog | None, message: EmailMessage, *, to: str, key: str,
+                       request_id: str, template: str, digest: str, whose: str, where: str,
+                       sent_copies: SentCopies | None = None) -> Delivery:
+    """Send ``message`` (Message-ID derived from ``key``) unless the sent-log has it; the send intent is written
+    before the SMTP transaction and closed after it.
+
+    What SMTP allows, no more: the server's 250 and our sent-log write cannot be one step. A worker lost between
+    them leaves the intent open; the retry then sends again with the same Message-ID (clients de-duplicate on
+    it) and records the email as a possible duplicate. Every other failure is told apart: a transaction that
+    certainly did not deliver (refused connection, a 4xx/5xx answer) closes the intent as unsent, so retries
+    through an SMTP outage are ordinary retries. With ``sent_copies`` (the relay's Sent folder), an open intent is
+    first looked up there: a copy found means the server accepted the earlier attempt, and nothing is sent again."""
+    message_id = str(message["Message-ID"])
+    if sent_log is None:
+        async with beating():
+            await mailer.send(message, to, whose=whose, where=where)
+        return Delivery(message_id)
+    if await asyncio.to_thread(sent_log.has_event, key):
+        return Delivery(message_id, already_sent=True)
+    intent = await asyncio.to_thread(functools.partial(
+        sent_log.begin_send, key, request_id=request_id, template=template, message_id=message_id, digest=digest))
+    if intent.already_sent:
+        return Delivery(message_id, already_sent=True)
+    if intent.possible_duplicate and sent_copies is not None:
+        try:
+            found = await sent_copies.holds(message_id)
+        except Exception as err:  # the folder cannot be read: the reply must still go (flagged)
+            log.warning("%s: the Sent folder could not be searched (%s)", where, type(err).__name__)
+            found = False
+        if found:
+            log.info("%s: the earlier attempt's copy is in the Sent folder: not sending again", where)
+            await asyncio.to_thread(functools.partial(sent_log.record_sent, request_id, key, template, message_id,
+                                                      found_in_sent_folder=True))
+            await asyncio.to_thread(functools.partial(sent_log.end_send, key, sent=True))
+            return Delivery(message_id, found_in_sent_folder=True)
+    if intent.possible_duplicate:
+        log.warning("%s: an earlier attempt may have been accepted by the SMTP server (worker lost after the DATA): "
+                    "sending again with the same Message-ID, recorded as a possible duplicate%s", where,
+                    "" if intent.same_content else " (its content differs: a new download link or code)")
+    try:
+        async with beating():
+            await mailer.send(message, to, whose=whose, where=where)
+    except MaybeDelivered:
+        raise  # the intent stays open: the retry knows
+    except ApplicationError:
+        await asyncio.to_thread(functools.partial(sent_log.end_send, key, sent=False))
+        raise
+    await asyncio.to_thread(functools.partial(sent_log.record_sent, request_id, key, template, message_id,
+                                              possible_duplicate=intent.possible_duplicate))
+    await asyncio.to_thread(functools.partial(sent_log.end_send, key, sent=True,
+                                              possible_duplicate=intent.possible_duplicate))
+    return Delivery(message_id, possible_duplicate=intent.possible_duplicate)
 
 
 def notice_key(workflow_id: str | None, run_id: str | None, activity_id: str) -> str:
@@ -284,13 +389,19 @@ class Mailer:
             detail = _redact(err.message, to)
             kind = NOTICE_DEFERRED if 400 <= err.code < 500 else NOTICE_SMTP_ERROR
             raise ApplicationError(f"{where}: SMTP error {err.code} {detail}", type=kind) from None
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
-                TimeoutError, OSError) as err:
+        except (aiosmtplib.SMTPConnectError, ConnectionRefusedError) as err:  # never reached: nothing sent
             _smtp_unreachable(smtp.host, smtp.port, type(err).__name__)
             activity.logger.info("%s: SMTP server unreachable (%s)", where, type(err).__name__)
             raise ApplicationError(
                 f"{where}: SMTP server {smtp.host}:{smtp.port} unreachable ({type(err).__name__})",
                 type=NOTICE_DEFERRED,
+            ) from None
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError, OSError) as err:
+            # Lost mid-transaction: perhaps after the server took the DATA. The retry must know (deliver_once).
+            _smtp_unreachable(smtp.host, smtp.port, type(err).__name__)
+            activity.logger.info("%s: SMTP connection lost (%s)", where, type(err).__name__)
+            raise MaybeDelivered(
+                f"{where}: SMTP server {smtp.host}:{smtp.port} unreachable ({type(err).__name__})",
             ) from None
         except aiosmtplib.SMTPException as err:  # e.g. STARTTLS or AUTH not supported by the server
             raise ApplicationError(
@@ -329,12 +440,14 @@ class NoticeActivities:
         status_links: StatusLinks | None = None,
         public_url: str = "",
         profile: Callable[[], ControllerProfile | None] | None = None,
+        sent_copies: SentCopies | None = None,
     ) -> None:
         """``controller_name`` signs subject notices (templates fall back to a generic team name);
         ``request_link`` maps a request id to its page in the staff UI, for operator notices; ``profile``
         reads the controller profile, whose supervisory authority the notices name."""
         self._mailer = Mailer(smtp, mail_from=mail_from, from_name=from_name, mail_domain=mail_domain)
         self._sent_log = sent_log
+        self._sent_copies = sent_copies
         self._controller_name = one_line(controller_name)
         self._request_link = request_link
         self._identity_links = identity_links
@@ -409,12 +522,11 @@ class NoticeActivities:
 
         message = build_message(notice, rendered, mail_from=self._mailer.mail_from,
                                 from_name=self._mailer.from_name, message_id=message_id)
-        async with beating():
-            await self._mailer.send(message, notice.to, whose=_whose(notice), where=where)
-
-        if self._sent_log is not None:
-            await asyncio.to_thread(
-                self._sent_log.record_sent, notice.request_id, key, template.value, message_id
-            )
+        delivery = await deliver_once(self._mailer, self._sent_log, message, to=notice.to, key=key,
+                                      request_id=notice.request_id, template=template.value,
+                                      digest=content_digest(rendered), whose=_whose(notice), where=where,
+                                      sent_copies=self._sent_copies)
+        if delivery.already_sent:
+            return SentNotice(message_id=message_id, already_sent=True)
         activity.logger.info("%s sent", where)
         return SentNotice(message_id=message_id)

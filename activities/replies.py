@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.notices import Mailer, SentLog, beating
+from activities.notices import Mailer, SentCopies, SentLog, beating, content_digest, deliver_once
 from dsr.config.profile import Art19Recipient, ControllerProfile
 from dsr.domain.model import (
     ConnectorOutcome,
@@ -42,11 +42,13 @@ class ReplyActivities:
     def __init__(self, mailer: Mailer, *, sent_log: SentLog | None, exports: ExportStore, links: DownloadLinks,
                  public_url: str, profile: Callable[[], ControllerProfile | None],
                  suppressed_until: Callable[[str], date | None] | None = None, timezone: str = "UTC",
-                 system_types: Mapping[str, str] | None = None) -> None:
+                 system_types: Mapping[str, str] | None = None,
+                 sent_copies: SentCopies | None = None) -> None:
         self._mailer = mailer
         # The suppression list (dsr.store.suppressions): an erasure reply says what it keeps of an objection.
         self._suppressed_until = suppressed_until or (lambda email: None)
         self._sent_log = sent_log
+        self._sent_copies = sent_copies
         self._exports = exports
         self._links = links
         self._public_url = public_url.rstrip("/")
@@ -54,22 +56,22 @@ class ReplyActivities:
         self._timezone = timezone
         self._system_types = dict(system_types or {})
 
-    def _key(self, suffix: str = "") -> str:
+    def _key(self, step: str, suffix: str = "") -> str:
         info = activity.info()
-        raw = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{suffix}"
+        raw = f"{info.workflow_id}/{info.workflow_run_id}/{step or info.activity_id}/{suffix}"
         return "reply-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     async def _deliver(self, request_id: str, to: str, language: Language, rendered: RenderedNotice, key: str,
                        in_reply_to: str | None, what: str, whose: str) -> str:
-        """Send once per key: a retried activity finds what it already sent in the sent-log."""
+        """Send once per key: a retried activity finds what it already sent in the sent-log, and one retried
+        after a worker lost between the server's 250 and the sent-log sends the same Message-ID again, recorded
+        as a possible duplicate (``deliver_once``)."""
         message_id = self._mailer.message_id(key)
-        if self._sent_log is not None and await asyncio.to_thread(self._sent_log.has_event, key):
-            return message_id
         message = self._mailer.compose(to, language, rendered, message_id=message_id, in_reply_to=in_reply_to,
                                        whose=whose)
-        await self._mailer.send(message, to, whose=whose, where=f"{what} for request {request_id}")
-        if self._sent_log is not None:
-            await asyncio.to_thread(self._sent_log.record_sent, request_id, key, what, message_id)
+        await deliver_once(self._mailer, self._sent_log, message, to=to, key=key, request_id=request_id,
+                           template=what, digest=content_digest(rendered), whose=whose,
+                           where=f"{what} for request {request_id}", sent_copies=self._sent_copies)
         return message_id
 
     @activity.defn(name="send_reply")
@@ -136,7 +138,7 @@ class ReplyActivities:
                 language = Language(recipient.language)
                 rendered = render_reply("art19_notice", language, notice_context)
                 await self._deliver(reply.request_id, str(recipient.email), language, rendered,
-                                    self._key(f"art19-{index}"), None, "art19_notice",
+                                    self._key(reply.key, f"art19-{index}"), None, "art19_notice",
                                     whose=f"the address of Art. 19 recipient {index + 1}")
                 result.recipients_notified.append(recipient.name)
             context.recipients_notified = list(result.recipients_notified)
@@ -152,7 +154,7 @@ class ReplyActivities:
             raise ApplicationError(f"{reply.request_id}: {template} cannot be written ({err})",
                                    type=REPLY_INVALID) from None
         result.message_id = await self._deliver(reply.request_id, reply.subject.email, reply.language, rendered,
-                                                self._key(), reply.in_reply_to, template,
+                                                self._key(reply.key), reply.in_reply_to, template,
                                                 whose="the subject's address")
         return result
 

@@ -46,6 +46,7 @@ __all__ = [
     "PLAN",
     "PROGRESSED",
     "REPLY",
+    "REPLY_FIRST_TRY",
     "REPLY_HELD_TYPES",
     "REPLY_INVALID",
     "REPLY_UNDELIVERABLE_TYPES",
@@ -90,7 +91,9 @@ name: the request workflow imports the queue's module, so the queue cannot impor
 
 # --- options ------------------------------------------------------------------------------------------------
 
-_PATIENT = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
+_PATIENT = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+"""Ledger, storage and queue steps: a lost worker's step runs again within seconds, and never more than 30 s
+after the step's own timeout however often it failed before (a database outage: a connection try every 30 s)."""
 
 LEDGER = workflow.ActivityConfig(
     # One row in the database: a worker lost mid-write is noticed (and the write retried) within seconds.
@@ -124,9 +127,10 @@ def summarised(config: workflow.ActivityConfig, summary: str, *,
 DEADLINES = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10))
 """Deadline arithmetic: a local activity, so new holiday data never changes a replayed history."""
 
-STEP_HEARTBEAT = timedelta(seconds=30)
+STEP_HEARTBEAT = timedelta(seconds=15)
 """Heartbeat timeout of the mail steps: a worker lost while sending is noticed, and the step retried on
-another worker, within this long (the activities beat every few seconds while they work)."""
+another worker, within this long (the activities beat every 2 s; the SDK sends at most one per 0.8 x 15 = 12 s,
+which leaves 3 s for a busy machine)."""
 
 _NOTICE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=5),
@@ -147,17 +151,33 @@ NOTICE_FIRST_TRY = workflow.ActivityConfig(
     retry_policy=dataclasses.replace(_NOTICE_RETRY, maximum_attempts=1),
 )
 
-REPLY = workflow.ActivityConfig(
+_REPLY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES],
+)
+REPLY_FIRST_TRY = workflow.ActivityConfig(
     # Building a 10,000-order bundle takes seconds to minutes; the activity heartbeats all along, so a lost
-    # worker costs STEP_HEARTBEAT, not this timeout. What only an operator can fix (REPLY_HELD_TYPES) is not
-    # retried blindly: the request asks them.
+    # worker costs STEP_HEARTBEAT, not this timeout. One try, so that a reply the SMTP server does not take at once
+    # (or whose worker was lost) shows as pending mail (DsrMailPending) while REPLY retries it under the same key
+    # (``ReplyInput.key``: one Message-ID). What only an operator can fix (REPLY_HELD_TYPES) is not retried
+    # blindly: the request asks them.
     start_to_close_timeout=timedelta(minutes=30),
     heartbeat_timeout=STEP_HEARTBEAT,
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=10),
-        maximum_interval=timedelta(minutes=10),
-        non_retryable_error_types=[*REPLY_UNDELIVERABLE_TYPES, *REPLY_HELD_TYPES],
-    ),
+    retry_policy=dataclasses.replace(_REPLY_RETRY, maximum_attempts=1),
+)
+REPLY = workflow.ActivityConfig(
+    # The reply after a failed first try. The time a request stays in `replying` after its worker dies is
+    # bounded by construction: the server sees the worker lost within STEP_HEARTBEAT (15 s) and schedules the
+    # next attempt after the backoff, at most 30 s (_REPLY_RETRY); a live worker polls it at once. The workflow
+    # task the dead worker held comes back within 10 s (the SDK's sticky schedule-to-start and the workflow task
+    # timeout, both 10 s). The ledger writes around the reply (`replying`, `reply_sent`, `closed`) and an
+    # erasure's deletion of earlier exports cost at most their start-to-close (10 s, 30 s) plus 30 s of backoff
+    # (_PATIENT). So one death at the worst moment costs at most 10 + max(15 + 30, 10 + 30, 30 + 30) = 70 s of
+    # `replying`, under the 120 s rule; a first-try death (the common case) costs 15 s + 10 s.
+    start_to_close_timeout=timedelta(minutes=30),
+    heartbeat_timeout=STEP_HEARTBEAT,
+    retry_policy=_REPLY_RETRY,
 )
 
 CONNECTOR = workflow.ActivityConfig(

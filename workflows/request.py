@@ -81,6 +81,7 @@ from workflows.contract import (
     PLAN,
     PROGRESSED,
     REPLY,
+    REPLY_FIRST_TRY,
     REPLY_HELD_TYPES,
     REPLY_UNDELIVERABLE_TYPES,
     REQUEST_REJECTED,
@@ -514,13 +515,11 @@ class DataSubjectRequest:
             decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
             grounds=self._decision.grounds if self._decision else "",
             suppressed_until=self._suppressed_until.date() if self._suppressed_until else None,
+            key="final-reply",
         )
         while True:
             try:
-                return await workflow.execute_activity_method(
-                    ReplyActivities.send_reply, reply_input,
-                    **summarised(REPLY, f"reply: {self._request.kind.value}"),
-                )
+                return await self._send_reply_tracked(reply_input)
             except ActivityError as err:
                 cause = err.cause
                 if not isinstance(cause, ApplicationError):
@@ -540,6 +539,29 @@ class DataSubjectRequest:
                 self._reply_held = ""
                 self._set_stage(Stage.REPLYING)
                 await self._audit("retried", stage=Stage.REPLYING, actor=self._retry_by)
+
+    async def _send_reply_tracked(self, reply_input: ReplyInput) -> ReplyResult:
+        """One try; if the mail server did not take the reply (down, 4xx, a lost worker), it counts as pending mail
+        (status, UI, ``DsrMailPending``) like a notice, while it is retried under the same key (one Message-ID)."""
+        summary = f"reply: {self._request.kind.value}"
+        try:
+            return await workflow.execute_activity_method(ReplyActivities.send_reply, reply_input,
+                                                          **summarised(REPLY_FIRST_TRY, summary))
+        except ActivityError as err:
+            if err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
+                raise  # refused for good, or held for an operator: the caller decides
+        template = f"reply_{self._request.kind.value}"
+        self._mail_pending.append(template)
+        self._mail_changed()
+        await self._audit("notice_deferred", details={"template": template})
+        try:
+            result = await workflow.execute_activity_method(ReplyActivities.send_reply, reply_input,
+                                                            **summarised(REPLY, summary + " (retried)"))
+        except ActivityError:
+            self._mail_done(template)
+            raise
+        self._mail_done(template)
+        return result
 
     def _residual_lines(self) -> list[str]:
         """One line per residual report line: system, dataset, record, fields and note; no personal data."""

@@ -25,7 +25,8 @@ DSR_RESIDUAL = SearchAttributeKey.for_bool("DsrResidual")
 """True while data a system's API could not erase waits to be cleared by hand (after the reply)."""
 
 DSR_MAIL_PENDING = SearchAttributeKey.for_int("DsrMailPending")
-"""How many notices of the request could not be sent on their first try and are being retried (SMTP down);
+"""How many emails of the request (notices, the final reply) could not be sent on their first try and are being
+retried (SMTP down, a lost worker);
 0 when none. An Int, not a Bool: Temporal's SQL visibility (the dev server, PostgreSQL) allows 3 Bools only."""
 
 DSR_DEGRADED = SearchAttributeKey.for_int("DsrDegraded")

@@ -155,6 +155,9 @@ class ImapSettings:
     # The authserv-id of the server that receives the privacy mailbox's mail: only its Authentication-Results
     # headers (RFC 8601) are believed; None: senders are not checked, and operators are told so.
     authserv_id: str | None = None
+    # Where the SMTP relay files a copy of every message it accepts (Gmail, Microsoft 365: the sending account's
+    # Sent folder); searched by Message-ID when a worker was lost after the DATA. None: not searched.
+    sent_folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,7 @@ class Settings:
                 poll_seconds=_int(env, "DSR_IMAP_POLL_SECONDS", 60, minimum=5),
                 cafile=env.get("DSR_IMAP_CAFILE") or None,
                 authserv_id=_authserv_id(env),
+                sent_folder=env.get("DSR_IMAP_SENT_FOLDER") or None,
             ) if env.get("DSR_IMAP_HOST") else None,
             storage_url=storage_url,
         )

@@ -692,6 +692,9 @@ class ReplyInput:
     decision: str = ""  # objection (other): "upheld" or "rejected"
     grounds: str = ""  # a rejected objection: the compelling legitimate grounds, told to the subject
     suppressed_until: date | None = None  # a marketing objection: how long the suppression list remembers it
+    # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
+    # so both send one Message-ID. "": the activity's id (histories from before it).
+    key: str = ""
 
 
 @dataclass

@@ -45,6 +45,7 @@ _MONTHS = {
 _INTERNALDATE = re.compile(r"\s?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})")
 _FETCH_START = re.compile(rb"^\d+ FETCH \(")
 _LIST_DELIMITER = re.compile(rb'^(?:LIST )?\([^)]*\) (?:"((?:\\.|[^"\\])*)"|NIL)')
+_MESSAGE_ID = re.compile(r"<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.\[\]:-]+>")
 
 
 def parse_internaldate(value: str) -> datetime:
@@ -204,6 +205,14 @@ class ImapSession:
     async def uids(self) -> list[int]:
         """Every message of the selected folder, by UID, in ascending order."""
         search = await self._command("UID SEARCH", self.client.uid_search("ALL", charset=None))
+        return _search_uids(search)
+
+    async def uids_with_message_id(self, message_id: str) -> list[int]:
+        """The messages of the selected folder whose Message-ID header holds ``message_id`` (``<id@domain>``)."""
+        if not _MESSAGE_ID.fullmatch(message_id):
+            raise ValueError("not a Message-ID of the form <id@domain>")
+        search = await self._command("UID SEARCH", self.client.uid_search(
+            "HEADER", "Message-ID", _quoted(message_id), charset=None))
         return _search_uids(search)
 
     async def fetch(self, uid: int, items: str) -> Fetched | None:

@@ -26,6 +26,7 @@ from dsr.config.profile import ControllerProfile, SupervisoryAuthority
 from dsr.config.settings import SmtpSettings
 from dsr.domain.model import Language, Notice, NoticeTemplate, SentNotice
 from dsr.mail.outbox import OutboxSink
+from dsr.store.mail_sends import SendIntent
 from templates import render_notice
 
 SUBJECT_ADDRESS = "zoe.martin@example.com"
@@ -108,9 +109,16 @@ class MemorySentLog:
     def has_event(self, key: str) -> bool:
         return key in self.keys
 
-    def record_sent(self, request_id: str, key: str, template: str, message_id: str) -> None:
+    def record_sent(self, request_id: str, key: str, template: str, message_id: str, *,
+                    possible_duplicate: bool = False, found_in_sent_folder: bool = False) -> None:
         self.keys.add(key)
         self.records.append((request_id, key, template, message_id))
+
+    def begin_send(self, key: str, *, request_id: str, template: str, message_id: str, digest: str) -> SendIntent:
+        return SendIntent(attempts=1, possible_duplicate=False, same_content=True)
+
+    def end_send(self, key: str, *, sent: bool, possible_duplicate: bool = False) -> None:
+        pass
 
 
 async def test_sends_multipart_text_and_html_with_the_right_headers() -> None:

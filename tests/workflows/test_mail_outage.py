@@ -19,7 +19,7 @@ from tests.workflows.test_request import events, submit, templates_sent
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
 from workflows import search_attributes as sa
 from workflows.contract import STEP_HEARTBEAT
-from workflows.request import DataSubjectRequest
+from workflows.request import ACK_LEAD, DataSubjectRequest
 
 
 async def status(handle: WorkflowHandle) -> RequestStatus:
@@ -120,3 +120,26 @@ async def test_mail_steps_heartbeat_so_a_lost_worker_costs_seconds(engine: Engin
             assert attrs.heartbeat_timeout.ToTimedelta() == STEP_HEARTBEAT, name
     for attrs in scheduled["record_event"]:
         assert attrs.start_to_close_timeout.ToTimedelta() == timedelta(seconds=10)
+
+
+async def test_the_final_reply_counts_as_pending_mail_until_the_smtp_server_takes_it(engine: Engine) -> None:
+    engine.mail.stop()
+    request, handle = await submit(engine, "access")
+    await until(handle, lambda s: s.stage == Stage.REPLYING and s.mail_pending == ["acknowledgement"],
+                "replying with the acknowledgement pending")
+    # Past ACK_LEAD the reply goes on its own; its first try fails too, so it counts like a notice.
+    await engine.env.sleep(ACK_LEAD + timedelta(minutes=1))
+    state = await until(handle, lambda s: sorted(s.mail_pending) == ["acknowledgement", "reply_access"],
+                        "the reply pending beside the acknowledgement")
+    assert state.stage == Stage.REPLYING
+    assert await mail_pending_attribute(handle) == 2
+    deferred = [e.details["template"] for e in engine.ledger.events(request.request_id) if e.event == "notice_deferred"]
+    assert sorted(deferred) == ["acknowledgement", "reply_access"]
+
+    engine.mail.start()
+    final: RequestStatus = await handle.result()
+    assert final.stage == Stage.CLOSED and final.mail_pending == []
+    assert await mail_pending_attribute(handle) == 0
+    # Once each: the retried reply is the same email (one key, one Message-ID).
+    assert sorted(templates_sent(engine, request)) == ["acknowledgement", "reply_access"]
+    assert len(engine.mail.to(SUBJECT_EMAIL)) == 2
