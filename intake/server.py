@@ -105,6 +105,7 @@ def build_intake_app(
             zendesk=DeskSettings(settings.secret("DSR_ZENDESK_WEBHOOK_SECRET"), settings.zendesk_trust_authenticated),
             ticket=DeskSettings(settings.secret("DSR_TICKET_WEBHOOK_SECRET"), settings.ticket_trust_authenticated),
             api_token=settings.secret("DSR_API_TOKEN"),
+            timezone=settings.policy.timezone,
         ),
         verify_router(
             IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),

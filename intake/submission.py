@@ -67,6 +67,18 @@ class Submission:
     trusted: bool = False  # the channel authenticated the person (configured per desk): no identity check
 
 
+def late_receipt_warning(deadline: date, today: date) -> str | None:
+    """What staff must hear at once when a submission is recorded late (a letter typed in, or an API or webhook
+    submission with an earlier ``received_at``): the month is over, or nearly so. No personal data."""
+    if deadline < today:
+        return (f"the one-month deadline passed on {deadline.isoformat()}: reply at once and record the reasons "
+                "for the delay; it can no longer be extended (Art. 12(3))")
+    if (deadline - today).days < 7:
+        return (f"only {(deadline - today).days} day(s) left before the deadline ({deadline.isoformat()}); "
+                "an extension must be decided and told before then")
+    return None
+
+
 def new_request_id(received_on: date) -> str:
     """``dsr-2026-11-7KQ3FJ``: month of receipt plus 30 random bits; no personal data."""
     code = "".join(secrets.choice(_ALPHABET) for _ in range(6))
@@ -108,6 +120,9 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         raise SubmissionError(
             f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}"
         )
+    empty = sorted(f for f, value in submission.changes.items() if not value.strip())
+    if empty:  # "correct my city to nothing" is not a correction the engine can apply without a person
+        raise SubmissionError(f"changes: no correct value given for {', '.join(empty)}")
     if submission.changes and kind != RequestKind.RECTIFICATION:
         raise SubmissionError("changes are only for rectification requests")
     if "email" in submission.changes and not is_valid_email(submission.changes["email"].strip()):
@@ -142,7 +157,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         language=language,
         details=submission.details,
         policy=policy,
-        changes=dict(submission.changes),
+        changes={f: value.strip() for f, value in submission.changes.items()},
         in_reply_to=submission.in_reply_to,
         ticket=submission.ticket,
     )

@@ -42,18 +42,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, RequestKind
 from dsr.store.guards import Guards
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
-from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError
+from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError, late_receipt_warning
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ class RequestBody(BaseModel):
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=500)]],
         Field(max_length=20, description="Rectification: canonical field -> correct value."),
     ] = {}
+    received_at: AwareDatetime | None = Field(
+        default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
+        "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
 
 class AcceptedBody(BaseModel):
@@ -102,6 +106,8 @@ class AcceptedBody(BaseModel):
     received: str = Field(description="The day this submission was received.")
     deadline: str = Field(description="The answer is due by this day, counted from this submission.")
     extended_deadline: str
+    warning: str | None = Field(default=None, description="Only for a submission received long ago (received_at):"
+                                " the deadline has passed or is less than 7 days away.")
 
 
 class ZendeskBody(BaseModel):
@@ -115,6 +121,9 @@ class ZendeskBody(BaseModel):
     kind: Annotated[str, Field(max_length=32)] = ""
     description: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
+    received_at: AwareDatetime | None = Field(
+        default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
+        "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
     @field_validator("ticket_id", mode="before")
     @classmethod
@@ -133,6 +142,9 @@ class TicketBody(BaseModel):
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
+    received_at: AwareDatetime | None = Field(
+        default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
+        "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
 
 # --- signatures ---------------------------------------------------------------------------------------
@@ -187,6 +199,7 @@ def api_router(
     ticket: DeskSettings = DeskSettings(),
     api_token: str | None = None,
     clock: Callable[[], datetime] | None = None,
+    timezone: str = "Europe/Paris",
 ) -> APIRouter:
     """``ticket_index(value)`` is a keyed hash (hex) of a ticket reference (``Ledger.subject_key``'s kind).
     ``guards`` remembers the signatures accepted (in the ledger's database: a delivery replayed to another
@@ -222,14 +235,24 @@ def api_router(
             accepted = await sink.submit(submission, client=client)
         except SubmissionError as err:
             message = str(err)
-            field = message.split(" ", 1)[0] if message.split(" ", 1)[0] in {
-                "kind", "email", "name", "details", "changes", "language", "ticket"} else None
+            first = message.split(" ", 1)[0].rstrip(":")
+            # "cannot rectify iban", "the new email is not...": the changes; "received time...": received_at.
+            fields = {"received": "received_at", "cannot": "changes", "the": "changes",
+                      **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket")}}
+            field = fields.get(first)
             return error(422, message, field)
         except RateLimited as err:
             return error(429, str(err), headers={"Retry-After": str(err.retry_after)})
         except IntakeUnavailable as err:
             return error(503, str(err), headers={"Retry-After": "30"})
-        return JSONResponse(receipt(accepted), status_code=202, headers={"Cache-Control": "no-store"})
+        answer: dict[str, Any] = dict(receipt(accepted))
+        # A submission recorded after the fact (received_at) may have little or no time left: the caller is told at
+        # once, as `dsr submit` tells staff, and so are the operators' logs (the reference only: no personal data).
+        warning = late_receipt_warning(accepted.deadline, now_fn().astimezone(ZoneInfo(timezone)).date())
+        if warning:
+            answer["warning"] = warning
+            logger.warning("intake: %s recorded late: %s", accepted.reference, warning)
+        return JSONResponse(answer, status_code=202, headers={"Cache-Control": "no-store"})
 
     def client_of(request: Request) -> str | None:
         return request.client.host if request.client else None
@@ -264,7 +287,7 @@ def api_router(
         return await hand_over(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
                        language=body.language.value if body.language else None, details=details,
-                       changes=dict(body.changes)),
+                       changes=dict(body.changes), received_at=body.received_at),
             client_of(request),
         )
 
@@ -305,7 +328,7 @@ def api_router(
         return await hand_over(
             Submission(kind=kind.value, email=body.requester_email, name=body.requester_name,
                        channel="support_desk", language=_language(body.requester_locale),
-                       details=body.description, ticket=reference,
+                       details=body.description, ticket=reference, received_at=body.received_at,
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,  # the desk's address is not the subject's: the per-subject limit still applies
@@ -342,6 +365,7 @@ def api_router(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="support_desk",
                        language=body.language.value if body.language else None, details=body.details,
                        ticket=reference, trusted=body.authenticated and ticket.trust_authenticated,
+                       received_at=body.received_at,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,
         )

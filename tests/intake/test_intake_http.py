@@ -239,6 +239,71 @@ async def test_bad_api_input_is_a_clear_4xx_and_creates_nothing(
     assert intake.ledger.requests() == []
 
 
+async def test_api_rectification_with_changes_runs_and_with_text_only_waits_for_staff(intake: Intake) -> None:
+    paired = await submit_api(intake, kind="rectification", changes={"city": " Lyon "})
+    text_only = await submit_api(intake, kind="rectification", email="noa.bernard@example.org",
+                                 details="Mon adresse a changé, je vis à Lyon maintenant.")
+    for reference in (paired, text_only):
+        await intake.client.get_workflow_handle(reference).execute_update(
+            DataSubjectRequest.confirm_identity, IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="t"))
+    waiting = await poll(lambda: _status_if(intake, text_only, lambda s: s.awaiting_changes))
+    assert waiting.stage.value == "needs_attention"
+    done = await poll(lambda: _status_if(intake, paired, lambda s: s.outcome is not None))
+    assert done.outcome.value == "fulfilled" and not done.awaiting_changes
+
+
+async def _status_if(intake: Intake, reference: str, check) -> RequestStatus | None:
+    state = await status(intake, reference)
+    return state if check(state) else None
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"city": "   "}, "no correct value given for city"),
+    ({"iban": "FR76"}, "cannot rectify iban"),
+    ({"email": "camille@"}, "the new email is not a valid address"),
+])
+async def test_api_changes_that_cannot_be_applied_are_422_on_changes(intake: Intake, changes: dict,
+                                                                       message: str) -> None:
+    response = await intake.http.post("/api/requests", json=api_body(kind="rectification", changes=changes))
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"] and response.json()["field"] == "changes"
+    assert intake.ledger.requests() == []
+
+
+async def test_api_submission_received_long_ago_is_warned_and_acknowledged_with_an_apology(intake: Intake) -> None:
+    # A request received by a partner desk 40 days ago and passed on only now: the month is over.
+    received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    response = await intake.http.post("/api/requests", json=api_body(received_at=received))
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert "deadline passed" in accepted["warning"] and accepted["deadline"] in accepted["warning"]
+    assert "camille" not in accepted["warning"].lower()
+    await wait_for_mail(intake.mail, 1)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    assert "a expiré le" in text and "excuser de ce retard" in text, text  # no date in the past promised
+
+    # Received yesterday: plenty of time, no warning; in the future, or without its offset: refused.
+    fresh = await intake.http.post("/api/requests", json=api_body(
+        kind="erasure", received_at=(datetime.now(UTC) - timedelta(days=1)).isoformat()))
+    assert fresh.status_code == 202 and "warning" not in fresh.json()
+    future = await intake.http.post("/api/requests", json=api_body(
+        kind="portability", received_at=(datetime.now(UTC) + timedelta(days=2)).isoformat()))
+    assert future.status_code == 422 and future.json()["field"] == "received_at"
+    naive = await intake.http.post("/api/requests",
+                                   json=api_body(kind="portability", received_at="2026-01-05T10:00:00"))
+    assert naive.status_code == 422 and naive.json()["field"] == "received_at"
+    assert len(intake.ledger.requests()) == 2
+
+
+async def test_ticket_webhook_received_long_ago_is_warned(intake: Intake) -> None:
+    received = (datetime.now(UTC) - timedelta(days=45)).isoformat()
+    body = json.dumps({"ticket_id": "T-77", "email": "sam.roux@example.org", "kind": "access",
+                       "received_at": received}).encode()
+    response = await intake.http.post("/webhooks/ticket", content=body, headers=ticket_headers(body))
+    assert response.status_code == 202, response.text
+    assert "deadline passed" in response.json()["warning"]
+
+
 async def test_rate_limit_per_client_answers_429_with_retry_after(intake: Intake) -> None:
     answers = [
         (await intake.http.post("/api/requests", json=api_body(email=f"p{i}@example.org"))).status_code
