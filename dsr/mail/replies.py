@@ -352,7 +352,10 @@ def _rectification_system(outcome: ConnectorOutcome, label: str, lang: str,
         "label": label,
         "changed": _groups(changed, lang, profile),
         "unchanged": _groups(unchanged, lang, profile),
-        "nothing": not changed and not unchanged,
+        # Records of the subject were found, but none holds what is to be corrected (a field this system has no
+        # place for): neither "corrected" nor "already up to date", and not "no data about you" either.
+        "not_held": not changed and not unchanged and outcome.found > 0,
+        "nothing": not changed and not unchanged and outcome.found == 0,
     }
 
 

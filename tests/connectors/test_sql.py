@@ -549,3 +549,28 @@ async def test_rectification_changes_the_mapped_columns_once(fresh_db: Any) -> N
     assert done.notes == ["ignored field(s) this database does not hold: postcode"]
     assert len(found) == appdb.rows_of(PEOPLE[0])
     assert dump(url)["users"][0][1:4] == ("camille.martin@example.org", "Camille", "Martin")
+
+
+async def test_already_up_to_date_only_when_the_row_holds_exactly_the_new_value(fresh_db: Any) -> None:
+    url = fresh_db()
+    engine = create_engine(url)
+    seed(engine, heavy=False)
+    with engine.begin() as conn:  # a stray space kept by the application
+        conn.execute(text("UPDATE users SET last_name = 'Durand ' WHERE email = 'camille.durand@example.org'"))
+    engine.dispose()
+    app = connector(url)
+    try:
+        spaced = await app.rectify(OperationJob("dsr-2026-12-SQLSP1", CAMILLE, changes={"last_name": "Durand"}))
+        equal = await app.rectify(OperationJob("dsr-2026-12-SQLSP2", CAMILLE,
+                                               changes={"last_name": "Durand", "first_name": "Camille"}))
+        cased = await app.rectify(OperationJob("dsr-2026-12-SQLSP3", CAMILLE, changes={"first_name": "CAMILLE"}))
+    finally:
+        await app.aclose()
+    assert [(line.dataset, line.action, line.fields) for line in spaced.report] == [
+        ("users", RecordAction.CHANGED, ["last_name"])]
+    assert [(line.dataset, line.action, line.fields) for line in equal.report] == [
+        ("users", RecordAction.UNCHANGED, ["first_name", "last_name"])]
+    assert [(line.dataset, line.action, line.fields) for line in cased.report] == [
+        ("users", RecordAction.CHANGED, ["first_name"])]
+    assert dump(url)["users"][0][1:4] == ("camille.durand@example.org", "CAMILLE", "Durand")
+

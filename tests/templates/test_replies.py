@@ -243,6 +243,37 @@ def test_rectification_reply_names_fields_never_values(language: Language) -> No
 
 
 @pytest.mark.parametrize("language", list(Language))
+def test_rectification_reply_says_up_to_date_only_for_what_was_read_equal(language: Language) -> None:
+    # HubSpot found the contact but holds none of the fields to correct; Stripe found nothing at all.
+    systems = [
+        ConnectorOutcome("woocommerce", found=1, report=[
+            RecordReport("customer", "7", RecordAction.UNCHANGED, fields=["city"])]),
+        ConnectorOutcome("hubspot", found=1, notes=["no HubSpot contact property for: address_line2"]),
+        ConnectorOutcome("stripe", found=0),
+    ]
+    _, text, visible = _parts(ReplyKind.RECTIFICATION, language, _context(systems=systems))
+    fr = language == Language.FR
+    for part in (text, visible):
+        blocks = _system_blocks(part, ["WooCommerce", "HubSpot", "Stripe"])
+        assert ("Déjà à jour, aucune modification nécessaire — compte client : ville" if fr
+                else "Already up to date, no change needed — customer account: city") in blocks[0]
+        assert ("Ce système ne contient pas les informations à corriger : rien n" if fr
+                else "The information to correct is not held in this system: nothing was changed there.") in blocks[1]
+        assert ("Déjà à jour" if fr else "Already up to date") not in blocks[1]
+        assert ("Aucune donnée vous concernant" if fr else "No data about you") not in blocks[1]
+        assert ("Aucune donnée vous concernant dans ce système : rien à corriger." if fr
+                else "No data about you in this system: nothing to correct.") in blocks[2]
+
+
+def _system_blocks(text: str, labels: list[str]) -> list[str]:
+    """The text of each system's part of the system-by-system section, in order."""
+    section = re.split(r"Ce que nous avons corrigé, système par système|What we corrected, system by system",
+                       text)[1]
+    starts = [section.index(f"({label})") for label in labels]
+    return [section[start:end] for start, end in zip(starts, [*starts[1:], len(section)], strict=True)]
+
+
+@pytest.mark.parametrize("language", list(Language))
 @pytest.mark.parametrize("request_kind", list(RequestKind))
 def test_no_data_reply(language: Language, request_kind: RequestKind) -> None:
     subject, text, visible = _parts(ReplyKind.NO_DATA, language, replace(CONTEXTS[ReplyKind.NO_DATA],
