@@ -228,7 +228,34 @@ def test_erasure_reply_says_what_was_kept_why_and_until_when(language: Language)
         assert ("article 17, paragraphe 3" if fr else "Article 17(3)") in part
         assert "Cabinet comptable Exemple" in part and "Logistique Exemple SARL" in part
         assert ("article 19" if fr else "Article 19") in part
-        assert ("déjà effacée, ou jamais enregistrée" if fr else "already erased, or never recorded") in part
+        # HubSpot found nothing: said as such, without guessing why (the journal knows what this request did).
+        assert ("Aucune donnée vous concernant n'a été trouvée dans ce système." if fr
+                else "No data about you was found in this system.") in part
+        assert ("jamais enregistrée" if fr else "never recorded") not in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_erasure_reply_tells_erased_by_this_request_from_gone_before_it(language: Language) -> None:
+    systems = [
+        # An earlier attempt of this request deleted the account; its retry found it gone: the journal says "deleted".
+        ConnectorOutcome("woocommerce", found=1, report=[RecordReport("customer", "7", RecordAction.DELETED)]),
+        # Found when the request searched, deleted by someone else before the request reached it.
+        ConnectorOutcome("hubspot", found=1, report=[RecordReport("contact", "501", RecordAction.ALREADY_GONE)]),
+        ConnectorOutcome("stripe", found=0, report=[RecordReport("customer", "-", RecordAction.ALREADY_GONE)]),
+    ]
+    _, text, visible = _parts(ReplyKind.ERASURE, language, _context(systems=systems))
+    fr = language == Language.FR
+    for part in (text, visible):
+        section = re.split(r"Ce que nous avons fait, système par système|What we did, system by system", part)[1]
+        woo, hubspot, stripe = (section[section.index(f"({n})"):] for n in ("WooCommerce", "HubSpot", "Stripe"))
+        assert woo.split("(HubSpot)")[0].count("Effacé : compte client : 1" if fr
+                                                else "Erased: customer account: 1") == 1
+        assert ("Déjà supprimé avant que cette demande ne l'atteigne (pas par cette demande) : fiche contact : 1"
+                if fr else "Already deleted before this request reached it (not by this request): contact record: 1"
+                ) in hubspot.split("(Stripe)")[0]
+        assert ("Aucune donnée vous concernant n'a été trouvée dans ce système." if fr
+                else "No data about you was found in this system.") in stripe
+        assert ("Effacé :" if fr else "Erased:") not in hubspot
 
 
 @pytest.mark.parametrize("language", list(Language))
