@@ -159,3 +159,25 @@ def test_config_check_lists_what_the_profile_misses(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["profile_complete"] and report["connectors"] == ["crm", "woocommerce"]
+
+
+@pytest.mark.slow
+def test_config_check_names_the_systems_outside_the_engine_and_refuses_one_also_connected(tmp_path: Path) -> None:
+    dsr = Path(sys.executable).parent / "dsr"
+    env = {**os.environ, "DSR_HOME": str(tmp_path)}
+    demo = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
+    (tmp_path / "dsr.toml").write_text(GOOD + "\n" + demo)
+    result = subprocess.run([str(dsr), "config", "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("1 system(s) outside the engine, named in every reply: The customer service mailbox "
+            "(staff: our customer service team)") in result.stdout
+    report = json.loads(subprocess.run([str(dsr), "config", "check", "--json"], env=env, capture_output=True,
+                                       text=True, timeout=60).stdout)
+    assert report["other_systems"] == ["The customer service mailbox (staff: our customer service team)"]
+    # The CRM both connected and declared outside the engine: the replies would contradict each other.
+    clash = demo + '\n[[controller.other_systems]]\nname = "CRM"\nholds = "contacts"\nhandling = "staff"\nby = "x"\n'
+    (tmp_path / "dsr.toml").write_text(GOOD + "\n" + clash)
+    result = subprocess.run([str(dsr), "config", "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "other_systems[1].name: 'CRM' is also a connector" in result.stderr
+

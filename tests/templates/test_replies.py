@@ -329,6 +329,48 @@ def test_art19_notice(language: Language, request_kind: RequestKind) -> None:
             assert ("effac" if fr else "erase") in part
 
 
+OTHER_STAFF = {
+    Language.FR: "La messagerie du service client (les courriels échangés avec vous) : notre outil n'y fait pas de "
+                 "recherche ; votre demande y est traitée par notre service client.",
+    Language.EN: "The customer service mailbox (emails exchanged with you): not searched by that tool; your request "
+                 "is handled there by our customer service team.",
+}
+
+
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("kind", SUBJECT_REPLIES)
+def test_every_reply_names_the_systems_outside_the_search(language: Language, kind: ReplyKind) -> None:
+    _, text, visible = _parts(kind, language)
+    fr = language == Language.FR
+    for part in (text, visible):
+        assert ("Systèmes en dehors de cette recherche" if fr else "Systems outside this search") in part
+        assert OTHER_STAFF[language] in part
+    # A system left out of the replies altogether says so, with why; a profile without any has no such section.
+    from dsr.config.profile import OtherSystem
+
+    backups = OtherSystem.model_validate({
+        "name": {"fr": "Les sauvegardes", "en": "Backups"}, "holds": {"fr": "une copie des bases", "en": "a copy of "
+                                                                     "the databases"},
+        "handling": "not_covered", "how": {"fr": "effacées d'elles-mêmes après 30 jours",
+                                           "en": "overwritten after 30 days"}})
+    profile = PROFILE.model_copy(update={"other_systems": [backups]})
+    _, text, visible = _parts(kind, language, replace(CONTEXTS[kind], profile=profile))
+    for part in (text, visible):
+        assert ("Les sauvegardes (une copie des bases) : hors du champ de cette réponse : effacées d'elles-mêmes "
+                "après 30 jours." if fr else "Backups (a copy of the databases): outside the scope of this reply: "
+                "overwritten after 30 days.") in part
+        assert OTHER_STAFF[language] not in part
+    bare = PROFILE.model_copy(update={"other_systems": []})
+    _, text, _ = _parts(kind, language, replace(CONTEXTS[kind], profile=bare))
+    assert ("Systèmes en dehors" if fr else "Systems outside") not in text
+
+
+def test_the_art19_notice_does_not_list_other_systems() -> None:
+    for language in Language:
+        _, text, _ = _parts(ReplyKind.ART19_NOTICE, language)
+        assert "Systems outside" not in text and "Systèmes en dehors" not in text
+
+
 def test_art19_notice_needs_kind_email_and_a_change() -> None:
     base = CONTEXTS[ReplyKind.ART19_NOTICE]
     with pytest.raises(ValueError, match="rectification or an erasure"):
