@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from connectors.config import load_config, rectifiable_fields
 from dsr.config.settings import ConfigError, Settings
-from dsr.domain.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked
+from dsr.domain.model import CANONICAL_FIELDS, LINK_ONLY_KINDS, AuditEvent, CodeLocked
+from dsr.errors import ConfigurationError
 from dsr.mail.bundle import BundleStream, open_bundle
 from dsr.store import ObjectNotFound
 from dsr.store.attachments import AttachmentStore
@@ -75,6 +77,16 @@ def _link_only(ledger: Ledger, request_id: str) -> bool:
     return found is not None and found.kind in LINK_ONLY_KINDS
 
 
+def _rectifiable(settings: Settings) -> frozenset[str]:
+    """The fields the form offers to correct: those the configured connectors can correct. A dsr.toml that does
+    not load stops the worker anyway; the form then offers every field (staff apply what no connector can)."""
+    try:
+        return rectifiable_fields(load_config(settings.config_file))
+    except ConfigurationError as err:
+        logger.warning("intake: dsr.toml does not load (%s); the form offers every field to correct", err)
+        return CANONICAL_FIELDS
+
+
 def build_intake_app(
     settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
 ) -> tuple[FastAPI, IntakeService]:
@@ -127,6 +139,7 @@ def build_intake_app(
             default_language=language,
             public_path=public_path,
             controller_name=settings.controller_name,
+            rectifiable=_rectifiable(settings),
         ),
     ]
     app = intake_app(

@@ -46,7 +46,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -195,14 +195,14 @@ def _changes(values: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _check_changes(values: dict[str, str]) -> dict[str, str]:
+def _check_changes(values: dict[str, str], offered: Collection[str]) -> dict[str, str]:
     """Each correction row is empty, or a field of the list with a value (a valid address for the email)."""
     errors: dict[str, str] = {}
     seen: set[str] = set()
     for row in range(1, CHANGE_ROWS + 1):
         field, value = values[f"change_field_{row}"], values[f"change_value_{row}"]
         field_key, value_key = f"change_field_{row}", f"change_value_{row}"
-        if field and field not in CANONICAL_FIELDS:
+        if field and field not in offered:
             errors[field_key] = "err_change_field"
         elif field in seen:
             errors[field_key] = "err_change_twice"
@@ -221,7 +221,7 @@ def _check_changes(values: dict[str, str]) -> dict[str, str]:
     return errors
 
 
-def _check(values: dict[str, str]) -> dict[str, str]:
+def _check(values: dict[str, str], offered: Collection[str] = CANONICAL_FIELDS) -> dict[str, str]:
     """Every error at once (field -> text key), by the rules of ``prepare``, so the person fixes the form in
     one go; the sink checks again and stays the authority."""
     errors: dict[str, str] = {}
@@ -241,7 +241,7 @@ def _check(values: dict[str, str]) -> dict[str, str]:
     elif len(values["details"]) > MAX_DETAILS:
         errors["details"] = "err_details_long"
     if values["kind"] == RequestKind.RECTIFICATION.value:
-        row_errors = _check_changes(values)
+        row_errors = _check_changes(values, offered)
         errors.update(row_errors)
         if not row_errors and not _changes(values) and not values["details"].strip() and "details" not in errors:
             errors["details"] = "err_details_rectification"
@@ -256,12 +256,14 @@ def form_router(
     public_path: str = "",
     clock: Callable[[], datetime] | None = None,
     controller_name: str = "",
+    rectifiable: Collection[str] = CANONICAL_FIELDS,
 ) -> APIRouter:
     """The public form: ``GET /``, ``POST /`` and ``GET /submitted`` (see the module docstring).
 
     ``csrf_key`` (at least 16 random bytes) signs the CSRF values and the confirmation links; keep it
     stable across restarts and replicas, or forms opened before a restart are refused. ``clock`` (default:
-    now in UTC) dates and expires the CSRF values.
+    now in UTC) dates and expires the CSRF values. ``rectifiable``: the fields a correction may name, those the
+    connectors can correct (:func:`connectors.config.rectifiable_fields`); the form offers only these.
     """
     if len(csrf_key) < 16:
         raise ValueError("csrf_key must be at least 16 random bytes")
@@ -271,6 +273,7 @@ def form_router(
     default = default_language if default_language in LANGUAGES else "fr"
     now_fn = clock or (lambda: datetime.now(UTC))
     csrf = _Csrf(csrf_key)
+    offered = [f for f in RECTIFIABLE_FIELDS if f in rectifiable]
     router = APIRouter()
 
     def form_url(lang: str) -> str:
@@ -335,7 +338,7 @@ def form_router(
             "max_name": MAX_NAME,
             "max_details": MAX_DETAILS,
             "change_rows": range(1, CHANGE_ROWS + 1),
-            "rectifiable": [{"value": f, "label": text[f"field_{f}"]} for f in RECTIFIABLE_FIELDS],
+            "rectifiable": [{"value": f, "label": text[f"field_{f}"]} for f in offered],
             "max_change_value": MAX_CHANGE_VALUE,
         }, status=status, extra=extra)
         response.set_cookie(
@@ -388,7 +391,7 @@ def form_router(
         # Browsers send a textarea's line breaks as CRLF; one character each is what maxlength counted.
         values["details"] = values["details"].replace("\r\n", "\n")
         errors = {name: "err_duplicate" for name in _FIELDS if len(fields.get(name, [])) > 1}
-        for name, key in _check(values).items():
+        for name, key in _check(values, offered).items():
             errors.setdefault(name, key)
         if errors:
             return form_page(request, lang, status=400, values=values, errors=errors)

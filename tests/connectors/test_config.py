@@ -181,3 +181,20 @@ def test_config_check_names_the_systems_outside_the_engine_and_refuses_one_also_
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and "other_systems[1].name: 'CRM' is also a connector" in result.stderr
 
+
+def test_rectifiable_fields_are_those_a_connector_taking_rectifications_can_correct() -> None:
+    from connectors.config import rectifiable_fields
+    from connectors.hubspot import FIELD_MAP
+    from dsr.domain.model import CANONICAL_FIELDS
+    from sandbox.appdb import DEMO_MAP
+
+    hubspot = parse_config('[[connectors]]\ntype = "hubspot"\ncredentials = { token = "T" }\n')
+    assert rectifiable_fields(hubspot) == frozenset(FIELD_MAP) and "address_line2" not in FIELD_MAP
+    app = parse_config(DEMO_MAP)
+    assert rectifiable_fields(app) == frozenset(app.connectors[0].rectify) < CANONICAL_FIELDS
+    both = parse_config(DEMO_MAP + '\n[[connectors]]\ntype = "stripe"\ncredentials = { api_key = "K" }\n')
+    assert rectifiable_fields(both) == CANONICAL_FIELDS  # Stripe holds every field
+    not_taking = parse_config('[[connectors]]\ntype = "stripe"\nkinds = ["access"]\ncredentials = { api_key = "K" }\n')
+    assert rectifiable_fields(not_taking) == CANONICAL_FIELDS  # nothing corrects automatically: staff do
+    assert rectifiable_fields(parse_config("")) == CANONICAL_FIELDS
+

@@ -130,10 +130,12 @@ def csrf_value(page: str) -> str:
     return match.group(1)
 
 
-def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller: str = "") -> FastAPI:
+def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller: str = "",
+             **options: object) -> FastAPI:
     app = FastAPI()
     app.include_router(
-        form_router(sink, csrf_key=KEY, public_path=prefix, clock=clock, controller_name=controller),
+        form_router(sink, csrf_key=KEY, public_path=prefix, clock=clock, controller_name=controller,
+                    **options),  # type: ignore[arg-type]
         prefix=prefix,
     )
     return app
@@ -141,12 +143,12 @@ def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller:
 
 @contextlib.asynccontextmanager
 async def serve_form(
-    home: Path, *, prefix: str = "", controller: str = "Boutique Exemple SAS",
+    home: Path, *, prefix: str = "", controller: str = "Boutique Exemple SAS", **options: object,
 ) -> AsyncIterator[FormApp]:
     """The form under uvicorn on 127.0.0.1 (a free port), stopped on exit."""
     sink = RecordingSink(Settings.from_env({"DSR_HOME": str(home)}))
     clock = Clock()
-    running = await serve_app(make_app(sink, clock, prefix=prefix, controller=controller), port=0)
+    running = await serve_app(make_app(sink, clock, prefix=prefix, controller=controller, **options), port=0)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
             yield FormApp(sink, clock, http, running.url, prefix)
@@ -813,3 +815,18 @@ async def test_the_engine_refusing_the_new_address_is_shown_on_its_row(form_app:
     assert response.status_code == 400
     assert_field_error(response.text, "change_value_2", "Type the correct email address in full",
                        error_id="change_value_2-error")
+
+
+async def test_the_form_offers_only_the_fields_the_connectors_can_correct(tmp_path: Path) -> None:
+    async with serve_form(tmp_path, rectifiable=frozenset({"postcode", "city"})) as running:
+        page, _ = await running.form("en")
+        select = page.text.split('id="change_field_2"', 1)[1].split("</select>", 1)[0]
+        assert re.findall(r'<option value="([a-z_0-9]*)"', select) == ["", "postcode", "city"]
+        # A field no connector can correct, posted anyway (a forged form): refused on its row, nothing sent.
+        response = await running.post({"kind": "rectification", "change_field_1": "email",
+                                       "change_value_1": "camille@example.net"}, lang="en")
+        assert response.status_code == 400
+        assert_field_error(response.text, "change_field_1", "Choose a piece of information from the list.",
+                           error_id="change_field_1-error")
+        assert running.sink.calls == []
+
