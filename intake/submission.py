@@ -40,6 +40,8 @@ from dsr.errors import InvalidInputError
 from workflows import search_attributes as sa
 
 MAX_NAME = 200
+GDPR_APPLIES = datetime(2018, 5, 25, tzinfo=UTC)
+"""Art. 99(2): no request received before this falls under the GDPR."""
 MAX_DETAILS = 10_000
 # Crockford's base32 without look-alikes: references are read out on the phone.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -134,6 +136,8 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     received_at = received_at.astimezone(UTC)
     if received_at > now + timedelta(minutes=5):
         raise SubmissionError("received time is in the future")
+    if received_at < GDPR_APPLIES:  # no deadline to compute (nor holidays known) for what no GDPR right governed
+        raise SubmissionError(f"received time is before {GDPR_APPLIES:%Y-%m-%d}, when the GDPR began to apply")
 
     policy: RequestPolicy = settings.policy
     if submission.trusted:

@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, RequestKind
@@ -71,6 +71,16 @@ def error(status: int, message: str, field: str | None = None, headers: dict[str
     return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
+def _iso_text(value: Any) -> Any:
+    """A time is ISO 8601 text, as the schema says: not a number of seconds (which pydantic would take)."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date and time with its offset, e.g. 2026-11-23T10:00:00+01:00")
+    return value
+
+
+ReceivedAt = Annotated[AwareDatetime | None, BeforeValidator(_iso_text)]
+
+
 # --- bodies -------------------------------------------------------------------------------------------
 
 
@@ -92,7 +102,7 @@ class RequestBody(BaseModel):
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=500)]],
         Field(max_length=20, description="Rectification: canonical field -> correct value."),
     ] = {}
-    received_at: AwareDatetime | None = Field(
+    received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
@@ -121,7 +131,7 @@ class ZendeskBody(BaseModel):
     kind: Annotated[str, Field(max_length=32)] = ""
     description: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
-    received_at: AwareDatetime | None = Field(
+    received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
@@ -142,7 +152,7 @@ class TicketBody(BaseModel):
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
-    received_at: AwareDatetime | None = Field(
+    received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
