@@ -3,8 +3,10 @@
 Flow
 ----
 1. ``GET /`` (``?lang=fr|en`` wins over ``Accept-Language``): the form. It asks for the kind of request
-   (radio buttons, each right explained in plain words), the email address, the name and details; the
-   language of the replies is the page's (hidden field). Every page carries the same security headers
+   (radio buttons, each right explained in plain words), the email address, the name, for a rectification up
+   to :data:`CHANGE_ROWS` corrections (a field from the list of those the connectors can correct, and its
+   correct value: the request's ``changes``, with which it runs without staff), and details; the language of
+   the replies is the page's (hidden field). Every page carries the same security headers
    as every page of the app (:mod:`intake.web.pages`) and no script at all.
 2. ``POST /`` (``application/x-www-form-urlencoded``, at most :data:`MAX_FORM_BYTES`, else 413; any other
    content type 415): the CSRF value is checked first (403 page, nothing created), then every field
