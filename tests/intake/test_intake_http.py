@@ -282,6 +282,10 @@ async def test_api_submission_received_long_ago_is_warned_and_acknowledged_with_
     await wait_for_mail(intake.mail, 1)
     text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
     assert "a expiré le" in text and "excuser de ce retard" in text, text  # no date in the past promised
+    # The operators hear of it at once too: the ledger records the request overdue, and they are sent the escalation.
+    late = reference_of(intake, "camille.durand@example.org", "access")
+    assert await poll(lambda: _events(intake, late, "overdue"))
+    assert await poll(lambda: _sent(intake, late, "operator_escalation"))
 
     # Received yesterday: plenty of time, no warning; in the future, or without its offset: refused.
     fresh = await intake.http.post("/api/requests", json=api_body(
