@@ -306,12 +306,18 @@ async def test_api_submission_received_long_ago_is_warned_and_acknowledged_with_
 
 
 async def test_ticket_webhook_received_long_ago_is_warned(intake: Intake) -> None:
-    received = (datetime.now(UTC) - timedelta(days=45)).isoformat()
+    received = (datetime.now(UTC) - timedelta(days=45)).replace(hour=12, minute=0).isoformat()  # same day in Paris
     body = json.dumps({"ticket_id": "T-77", "email": "sam.roux@example.org", "kind": "access",
                        "received_at": received}).encode()
     response = await intake.http.post("/webhooks/ticket", content=body, headers=ticket_headers(body))
     assert response.status_code == 202, response.text
     assert "deadline passed" in response.json()["warning"]
+    # Zendesk too (the trigger may send the ticket's creation time).
+    body = zendesk_body(ticket_id="4522", received_at=received)
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+    assert response.status_code == 202, response.text
+    assert "deadline passed" in response.json()["warning"]
+    assert response.json()["received"] == received[:10]
 
 
 async def test_rate_limit_per_client_answers_429_with_retry_after(intake: Intake) -> None:
