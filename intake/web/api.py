@@ -290,6 +290,10 @@ def api_router(
         if isinstance(body, JSONResponse):
             return body
         assert isinstance(body, RequestBody)
+        if body.received_at is not None and api_token is None:
+            # The receipt date is the controller's evidence of its deadline: an anonymous caller does not set it.
+            return error(422, "received_at is taken only from an authenticated caller (set DSR_API_TOKEN)",
+                         "received_at")
         details = body.details
         if body.identifiers:
             given = "\n".join(f"{k}: {v}" for k, v in sorted(body.identifiers.items()))

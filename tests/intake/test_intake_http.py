@@ -66,12 +66,22 @@ def identity_method() -> str:
     return "email"
 
 
+@pytest.fixture
+def api_token() -> str | None:
+    """``DSR_API_TOKEN`` of the intake under test (none: the API is open; a test parametrizes it to set one)."""
+    return None
+
+
 @pytest_asyncio.fixture
 async def intake(
     dev_server: WorkflowEnvironment, mail: MailSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    identity_method: str,
+    identity_method: str, api_token: str | None,
 ) -> AsyncIterator[Intake]:
     port = free_port()
+    if api_token:
+        monkeypatch.setenv("DSR_API_TOKEN", api_token)
+    else:
+        monkeypatch.delenv("DSR_API_TOKEN", raising=False)
     monkeypatch.setenv("DSR_ZENDESK_WEBHOOK_SECRET", ZENDESK_SECRET)
     monkeypatch.setenv("DSR_TICKET_WEBHOOK_SECRET", TICKET_SECRET)
     settings = Settings.from_env({
@@ -271,7 +281,9 @@ async def test_api_changes_that_cannot_be_applied_are_422_on_changes(intake: Int
     assert intake.ledger.requests() == []
 
 
+@pytest.mark.parametrize("api_token", ["partner-token"])
 async def test_api_submission_received_long_ago_is_warned_and_acknowledged_with_an_apology(intake: Intake) -> None:
+    intake.http.headers["Authorization"] = "Bearer partner-token"
     # A request received by a partner desk 40 days ago and passed on only now: the month is over.
     received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     response = await intake.http.post("/api/requests", json=api_body(received_at=received))
@@ -303,6 +315,15 @@ async def test_api_submission_received_long_ago_is_warned_and_acknowledged_with_
                                    json=api_body(kind="portability", received_at="2026-01-05T10:00:00"))
     assert naive.status_code == 422 and naive.json()["field"] == "received_at"
     assert len(intake.ledger.requests()) == 2
+
+
+async def test_an_open_api_does_not_take_a_receipt_date(intake: Intake) -> None:
+    # Without DSR_API_TOKEN anyone may call the API: the receipt date, the controller's evidence, is not theirs to set.
+    received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    response = await intake.http.post("/api/requests", json=api_body(received_at=received))
+    assert response.status_code == 422 and response.json()["field"] == "received_at"
+    assert "DSR_API_TOKEN" in response.json()["error"]
+    assert intake.ledger.requests() == []
 
 
 async def test_ticket_webhook_received_long_ago_is_warned(intake: Intake) -> None:
