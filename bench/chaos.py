@@ -6,8 +6,8 @@ connections, answers lost after the call took effect). Then it checks what a reg
 * exactly one final reply each (reply emails counted by subject; none yet for one waiting for an operator);
 * every access and portability bundle downloads complete through the intake (record counts per dataset
   equal to what the sandboxes held);
-* every erasure reply is true: no "no data" or "already erased earlier" for a system that held the subject's
-  records, and the sandboxes no longer hold them;
+* every erasure reply is true: no "no data" or "already deleted before this request" for a system that held the
+  subject's records, and the sandboxes no longer hold them;
 * no record written twice: no write (same method, path and body) carried out successfully twice, from the
   sandboxes' own log of what they carried out.
 
@@ -491,7 +491,8 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
             untrue = []
             if str(sent[0]["Subject"]).startswith("No data about you"):
                 untrue.append("a no-data reply")
-            if "No data about you" in text or "Already erased earlier" in text:
+            if ("No data about you" in text
+                    or "Already deleted before this request reached it (not by this request)" in text):
                 untrue.append("a system said to hold nothing (or to have been erased before)")
             still = await _still_held(boxes, holding)
             if still:

@@ -50,7 +50,7 @@ from connectors.base import Connector, RetentionRule, month_day
 from connectors.http import RateLimiter, SharedWindows
 from connectors.outside import OutsideSystem
 from connectors.sql.map import SqlMap, SqlMapError, SubjectConfig, TableConfig, resolve
-from dsr.domain.model import Language, RequestKind, is_valid_email
+from dsr.domain.model import CANONICAL_FIELDS, Language, RequestKind, is_valid_email
 from dsr.domain.outside import OUTSIDE_TYPES
 from dsr.errors import ConfigurationError
 
@@ -345,6 +345,28 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
             return WooCommerceConnector(name, consumer_key=secrets["consumer_key"],
                                         consumer_secret=secrets["consumer_secret"], base_url=base_url, **common)
     raise ConfigFileError(f"unknown connector type {connector.type!r}")  # pragma: no cover - Literal guards it
+
+
+def rectifiable_fields(config: EngineConfig) -> frozenset[str]:
+    """The canonical fields (:data:`~dsr.domain.model.CANONICAL_FIELDS`) that at least one connector taking
+    rectifications can correct: what the web form offers. HubSpot has no property for some (``FIELD_MAP``), an
+    application database only its map's ``rectify``; Stripe and WooCommerce hold them all, and so does any
+    system a person handles. No connector configured (or none taking rectifications): all of them, so that the
+    form still takes a correction for staff to apply."""
+    from connectors.hubspot import FIELD_MAP
+
+    takers = [c for c in config.connectors if RequestKind.RECTIFICATION in c.kinds]
+    if not takers:
+        return CANONICAL_FIELDS
+    fields: set[str] = set()
+    for connector in takers:
+        if connector.type == "hubspot":
+            fields |= set(FIELD_MAP)
+        elif connector.type == "sql":
+            fields |= set(connector.rectify)
+        else:
+            fields |= CANONICAL_FIELDS
+    return frozenset(fields & CANONICAL_FIELDS)
 
 
 def build_connectors(config: EngineConfig, env: Mapping[str, str], *,

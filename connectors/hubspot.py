@@ -523,14 +523,23 @@ class HubSpotConnector:
                 continue
             current = self._json(response).get("properties") or {}
             target = dict(wanted)
+            settled: set[str] = set()  # canonical fields found held exactly without a property to compare
             if "email" in target and _holds({"properties": current}, job.subject.email) == SECONDARY:
                 # The subject's address is a secondary one here: correct that one, leave the primary.
                 target[SECONDARY] = ";".join(
                     target["email"] if a.lower() == job.subject.email.strip().lower() else a
                     for a in _addresses(current.get(SECONDARY)))
                 del target["email"]
-            elif "email" in target and _holds({"properties": current}, target["email"]) == SECONDARY:
-                del target["email"]  # corrected there already (an earlier attempt whose journal is gone)
+            elif ("email" in target and _holds({"properties": current}, target["email"]) == SECONDARY
+                  and _holds({"properties": current}, job.subject.email) is None):
+                # Corrected there already (an earlier attempt whose journal is gone): the old address is gone.
+                # While the old one is still held (the primary, say), the new one as a secondary is not enough.
+                del target["email"]
+                settled.add("email")
+            if not target and not settled:
+                # Only fields HubSpot has no property for (noted above): this contact holds none of what is to be
+                # corrected, so it is neither corrected nor "already up to date".
+                continue
             diff = {prop: value for prop, value in target.items() if not _same(prop, current.get(prop), value)}
             intent = journal.pending.get((CONTACT, contact_id))
             if diff:
@@ -545,7 +554,10 @@ class HubSpotConnector:
                 report = intent.line
                 await job.journal.record([intent])
             else:
-                report = RecordReport(CONTACT, contact_id, RecordAction.UNCHANGED, note="already up to date")
+                # Read just now and equal, property by property: the fields named are exactly those compared.
+                report = RecordReport(CONTACT, contact_id, RecordAction.UNCHANGED,
+                                      fields=sorted({*(reverse[p] for p in target), *settled}),
+                                      note="already up to date")
             outcome.report.append(report)
         outcome.counts = tally(outcome.report)
         return outcome
@@ -573,9 +585,12 @@ def _holds(contact: Mapping[str, Any], email: str) -> str | None:
 
 
 def _same(prop: str, current: Any, wanted: str) -> bool:
-    have = "" if current is None else str(current).strip()
-    if prop in ("email", SECONDARY):  # HubSpot stores addresses lower-cased and matches them case-insensitively
-        return have.lower() == wanted.lower()
+    """Whether the contact already holds exactly ``wanted``: a value differing only by spaces or case differs
+    (it is corrected). Addresses alone compare without case: HubSpot stores them lower-cased, so a case-only
+    difference is one HubSpot cannot hold (writing it again would change nothing)."""
+    have = "" if current is None else str(current)
+    if prop in ("email", SECONDARY):
+        return have.strip().lower() == wanted.lower()
     return have == wanted
 
 

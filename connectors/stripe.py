@@ -764,7 +764,10 @@ class StripeConnector:
                 line = intent.line
                 await job.journal.record([intent])
             else:
-                line = RecordReport("customer", cid, RecordAction.UNCHANGED)
+                # Read just now, every field equal (exactly: spaces and case count); Stripe holds each canonical
+                # field (the name split at its first space), so the line names them all.
+                line = RecordReport("customer", cid, RecordAction.UNCHANGED, fields=sorted(job.changes),
+                                    note="already up to date")
             report.append(line)
         if not customers:
             notes.append("no customer with this email address")

@@ -536,16 +536,23 @@ class WooCommerceConnector:
     # --- rectification (Art. 16) ---------------------------------------------------------------
 
     @staticmethod
-    def _differences(customer: Mapping[str, Any], changes: Mapping[str, str]) -> tuple[dict[str, Any], set[str]]:
-        """The PUT body holding only the fields that differ, and the canonical fields it changes."""
+    def _differences(
+        customer: Mapping[str, Any], changes: Mapping[str, str]
+    ) -> tuple[dict[str, Any], set[str], set[str]]:
+        """The PUT body holding only the fields that differ, the canonical fields it changes, and those compared
+        (held by the customer record: only these can be "already up to date"). Values compare exactly: one
+        differing by spaces or case is corrected."""
         body: dict[str, Any] = {}
         changed: set[str] = set()
+        compared: set[str] = set()
         for field, value in changes.items():
             if field not in CANONICAL_FIELDS:
                 continue
-            if field in _TOP_LEVEL and customer.get(field) != value:
-                body[field] = value
-                changed.add(field)
+            if field in _TOP_LEVEL:
+                compared.add(field)
+                if customer.get(field) != value:
+                    body[field] = value
+                    changed.add(field)
             key = _ADDRESS_KEY[field]
             for part in ("billing", "shipping"):
                 current = customer.get(part) or {}
@@ -553,10 +560,11 @@ class WooCommerceConnector:
                     continue
                 if part == "shipping" and not current.get(key):
                     continue  # correct the delivery address where it says something, never invent one
+                compared.add(field)
                 if current.get(key) != value:
                     body.setdefault(part, {})[key] = value
                     changed.add(field)
-        return body, changed
+        return body, changed, compared
 
     async def rectify(self, job: OperationJob) -> ConnectorOutcome:
         changes = dict(job.changes)
@@ -583,7 +591,7 @@ class WooCommerceConnector:
                 if response.status_code == 404:
                     continue
                 customer = self._json(response)
-            body, changed = self._differences(customer, changes)
+            body, changed, compared = self._differences(customer, changes)
             intent = journal.pending.get(key)
             if body:
                 line = RecordReport("customer", str(customer_id), RecordAction.CHANGED,
@@ -594,10 +602,11 @@ class WooCommerceConnector:
             elif intent is not None:  # the earlier attempt's PUT took effect, its answer was lost
                 line = intent.line
                 await job.journal.record([intent])
-            else:
-                line = RecordReport("customer", str(customer_id), RecordAction.UNCHANGED,
-                                    fields=sorted(f for f in changes if f in CANONICAL_FIELDS),
+            elif compared:  # read just now, and every field it holds equal to the correct value
+                line = RecordReport("customer", str(customer_id), RecordAction.UNCHANGED, fields=sorted(compared),
                                     note="already up to date")
+            else:  # holds none of the fields to correct: neither corrected nor "up to date"
+                continue
             report.append(line)
         if not by_id:
             notes.append("no customer account with this email: nothing to rectify")

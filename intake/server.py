@@ -14,9 +14,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.outside import ANSWER_LINK_PURPOSE
+from connectors.config import load_config, rectifiable_fields
 from dsr.config.profile import load_profile
 from dsr.config.settings import ConfigError, Settings
-from dsr.domain.model import LINK_ONLY_KINDS, AuditEvent, CodeLocked, OutsideAnswer, RequestKind
+from dsr.domain.model import CANONICAL_FIELDS, LINK_ONLY_KINDS, AuditEvent, CodeLocked, OutsideAnswer, RequestKind
 from dsr.errors import ConfigurationError
 from dsr.mail.bundle import BundleStream, open_bundle
 from dsr.store import ObjectNotFound
@@ -111,6 +112,16 @@ def controller_name(settings: Settings) -> str:
     return profile.legal_name if profile is not None else ""
 
 
+def _rectifiable(settings: Settings) -> frozenset[str]:
+    """The fields the form offers to correct: those the configured connectors can correct. A dsr.toml that does
+    not load stops the worker anyway; the form then offers every field (staff apply what no connector can)."""
+    try:
+        return rectifiable_fields(load_config(settings.config_file))
+    except ConfigurationError as err:
+        logger.warning("intake: dsr.toml does not load (%s); the form offers every field to correct", err)
+        return CANONICAL_FIELDS
+
+
 def build_intake_app(
     settings: Settings, keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client
 ) -> tuple[FastAPI, IntakeService]:
@@ -142,6 +153,7 @@ def build_intake_app(
             zendesk=DeskSettings(settings.secret("DSR_ZENDESK_WEBHOOK_SECRET"), settings.zendesk_trust_authenticated),
             ticket=DeskSettings(settings.secret("DSR_TICKET_WEBHOOK_SECRET"), settings.ticket_trust_authenticated),
             api_token=settings.secret("DSR_API_TOKEN"),
+            timezone=settings.policy.timezone,
         ),
         verify_router(
             IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
@@ -173,6 +185,7 @@ def build_intake_app(
             default_language=language,
             public_path=public_path,
             controller_name=company,
+            rectifiable=_rectifiable(settings),
         ),
         outside_answers_router(keyring, ledger, exports, client, default_language=language,
                                public_path=public_path),

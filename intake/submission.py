@@ -41,6 +41,8 @@ from dsr.errors import InvalidInputError
 from workflows import search_attributes as sa
 
 MAX_NAME = 200
+GDPR_APPLIES = datetime(2018, 5, 25, tzinfo=UTC)
+"""Art. 99(2): no request received before this falls under the GDPR."""
 MAX_DETAILS = 10_000
 # Crockford's base32 without look-alikes: references are read out on the phone.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -67,6 +69,18 @@ class Submission:
     ticket: str | None = None  # support-desk ticket id, e.g. "zendesk:4521": replies can reference it
     trusted: bool = False  # the channel authenticated the person (configured per desk): no identity check
     scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default)
+
+
+def late_receipt_warning(deadline: date, today: date) -> str | None:
+    """What staff must hear at once when a submission is recorded late (a letter typed in, or an API or webhook
+    submission with an earlier ``received_at``): the month is over, or nearly so. No personal data."""
+    if deadline < today:
+        return (f"the one-month deadline passed on {deadline.isoformat()}: reply at once and record the reasons "
+                "for the delay; it can no longer be extended (Art. 12(3))")
+    if (deadline - today).days < 7:
+        return (f"only {(deadline - today).days} day(s) left before the deadline ({deadline.isoformat()}); "
+                "an extension must be decided and told before then")
+    return None
 
 
 def new_request_id(received_on: date) -> str:
@@ -110,6 +124,9 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         raise SubmissionError(
             f"cannot rectify {', '.join(unknown)}; fields are {', '.join(sorted(CANONICAL_FIELDS))}"
         )
+    empty = sorted(f for f, value in submission.changes.items() if not value.strip())
+    if empty:  # "correct my city to nothing" is not a correction the engine can apply without a person
+        raise SubmissionError(f"changes: no correct value given for {', '.join(empty)}")
     if submission.changes and kind != RequestKind.RECTIFICATION:
         raise SubmissionError("changes are only for rectification requests")
     if "email" in submission.changes and not is_valid_email(submission.changes["email"].strip()):
@@ -127,6 +144,8 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     received_at = received_at.astimezone(UTC)
     if received_at > now + timedelta(minutes=5):
         raise SubmissionError("received time is in the future")
+    if received_at < GDPR_APPLIES:  # no deadline to compute (nor holidays known) for what no GDPR right governed
+        raise SubmissionError(f"received time is before {GDPR_APPLIES:%Y-%m-%d}, when the GDPR began to apply")
 
     policy: RequestPolicy = settings.policy
     if submission.trusted:
@@ -150,7 +169,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         language=language,
         details=submission.details,
         policy=policy,
-        changes=dict(submission.changes),
+        changes={f: value.strip() for f, value in submission.changes.items()},
         in_reply_to=submission.in_reply_to,
         ticket=submission.ticket,
         scope=scope,

@@ -399,9 +399,14 @@ class SqlConnector:
                 else:
                     plan.append((t, JournalEntry(line, created=created), action, False))
             for record_id, intent in pending.items():
-                if record_id not in rows:  # deleted by the earlier attempt (or by someone meanwhile)
+                if record_id not in rows:
+                    # An earlier attempt of this request set out to erase this row and it is gone now: erased by
+                    # this request (deleted by that attempt, or with the row it belonged to), not "gone before
+                    # the request reached it", which is only for rows this request never touched.
                     gone.append(intent if intent.line.action == RecordAction.DELETED else JournalEntry(
-                        RecordReport(t.name, record_id, RecordAction.ALREADY_GONE)))
+                        RecordReport(t.name, record_id, RecordAction.DELETED,
+                                     note="gone after an earlier attempt of this request erased it"),
+                        created=intent.created))
         return plan, gone
 
     def _apply(self, t: Table, batch: list[tuple[JournalEntry, str]]) -> None:

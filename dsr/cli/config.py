@@ -28,12 +28,24 @@ def config_check(as_json: JsonOption = False) -> None:
     except ConfigurationError as err:  # the settings, the connectors or the profile of dsr.toml
         fail(str(err))
     missing = check_profile(profile)
+    others = profile.other_systems if profile else []
+    connected = {name.lower() for c in config.connectors for name in (c.name, c.display_name) if name}
+    for i, other in enumerate(others):
+        # A system cannot be both searched by a connector and declared outside the engine: the replies would
+        # name it twice, once as searched and once as not.
+        if {other.name.fr.strip().lower(), other.name.en.strip().lower()} - {""} & connected:
+            fail(f"{settings.config_file}: controller.other_systems[{i}].name: {other.name.text('en')!r} is also a "
+                 "connector: list it in one place only")
+    outside = [f"{o.name.text('en')} ({'staff: ' + o.by.text('en') if o.handling == 'staff' else 'not covered'})"
+               for o in others]
     if as_json:
         emit_json({"file": str(settings.config_file), "connectors": [c.display_name for c in config.connectors],
-                   "profile_complete": not missing, "missing": missing})
+                   "other_systems": outside, "profile_complete": not missing, "missing": missing})
     else:
         typer.echo(f"{settings.config_file}: {len(config.connectors)} connector(s)"
                    + (f" ({', '.join(c.display_name for c in config.connectors)})" if config.connectors else ""))
+        if outside:
+            typer.echo(f"{len(outside)} system(s) outside the engine, named in every reply: {'; '.join(outside)}")
         if missing:
             typer.echo("controller profile incomplete; access replies are held until it is complete:")
             for line in missing:

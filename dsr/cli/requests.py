@@ -104,13 +104,11 @@ def _warn_if_late(deadline: date, timezone: str) -> None:
     """A letter recorded late (``--received``) may have little or no time left: say so at once, on stderr."""
     from zoneinfo import ZoneInfo
 
-    today = datetime.now(ZoneInfo(timezone)).date()
-    if deadline < today:
-        typer.echo(f"warning: the one-month deadline passed on {deadline.isoformat()}: reply at once and record "
-                   "the reasons for the delay; it can no longer be extended (Art. 12(3))", err=True)
-    elif (deadline - today).days < 7:
-        typer.echo(f"warning: only {(deadline - today).days} day(s) left before the deadline "
-                   f"({deadline.isoformat()}); an extension must be decided and told before then", err=True)
+    from intake.submission import late_receipt_warning
+
+    warning = late_receipt_warning(deadline, datetime.now(ZoneInfo(timezone)).date())
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @run

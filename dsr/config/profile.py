@@ -36,6 +36,12 @@ Every text may be one string (used in both languages) or a table with one string
     email = "dpo@partner.example"
     receives = ["woocommerce.orders"]        # systems or system.dataset it is disclosed
 
+    [[controller.other_systems]]             # systems no connector reaches: named in every reply
+    name = { fr = "Archives papier", en = "Paper archives" }
+    holds = { fr = "bons de commande signés", en = "signed order forms" }
+    handling = "staff"                       # staff: a person handles the request there (who: by) |
+    by = { fr = "notre service client", en = "our customer service" }   # not_covered: out of the replies (why: how)
+
     [controller.legal_bases]                 # wording of a retention basis a connector reports (dsr.toml)
     "Art. 17(3)(b) GDPR; loi 2006-64 art. 6" = { fr = "...", en = "..." }
 """
@@ -47,7 +53,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsr.domain.model import Language, is_valid_email
 from dsr.errors import ConfigurationError
@@ -57,6 +63,7 @@ __all__ = [
     "Art19Recipient",
     "ControllerProfile",
     "Localized",
+    "OtherSystem",
     "PrivacyContact",
     "ProfileError",
     "Purpose",
@@ -285,6 +292,38 @@ class Art19Recipient(BaseModel):
         return _single_line(value)
 
 
+Handling = Literal["staff", "not_covered"]
+"""How a system outside the engine is dealt with: ``staff``, a person handles each request there (searches,
+exports, corrects or erases by hand); ``not_covered``, requests are not carried out there (backups overwritten
+on a cycle, say), and the replies say so with the reason."""
+
+
+class OtherSystem(BaseModel):
+    """A system holding personal data that no connector reaches, so that replies never pass the systems searched
+    off as all of them: each reply names it, what it may hold, and how it is dealt with."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(description="e.g. 'Paper archives' or 'Accounting software (Sage)'.")
+    holds: Text = Field(description="What of a person's data it may hold, e.g. 'signed order forms'.")
+    handling: Handling
+    by: Text = Field(default_factory=Localized,
+                     description="Who handles requests there (handling = staff), e.g. 'our customer service'.")
+    how: Text = Field(default_factory=Localized,
+                      description="Required for not_covered: why requests are not carried out there and what "
+                                  "becomes of the data (e.g. 'backups, overwritten after 30 days'); optional "
+                                  "for staff.")
+
+    @model_validator(mode="after")
+    def _says_who_or_why(self) -> OtherSystem:
+        if not self.name or not self.holds:
+            raise ValueError("name and holds must not be empty")
+        if self.handling == "staff" and not self.by:
+            raise ValueError('handling = "staff" needs by: who handles requests there')
+        if self.handling == "not_covered" and not self.how:
+            raise ValueError('handling = "not_covered" needs how: why requests are not carried out there')
+        return self
+
+
 class ControllerProfile(BaseModel):
     """The ``[controller]`` table of dsr.toml."""
 
@@ -297,6 +336,9 @@ class ControllerProfile(BaseModel):
     supervisory_authority: SupervisoryAuthority = Field(default_factory=SupervisoryAuthority)
     purposes: list[Purpose] = Field(default_factory=list)
     art19_recipients: list[Art19Recipient] = Field(default_factory=list)
+    other_systems: list[OtherSystem] = Field(
+        default_factory=list, description="Systems no connector reaches, named in every reply with how they are "
+                                          "dealt with.")
     systems: dict[str, Text] = Field(
         default_factory=dict,
         description="Connector name -> how replies name that system, e.g. hubspot = 'our CRM (HubSpot)'.")

@@ -221,6 +221,12 @@ def _controller(profile: ControllerProfile | None, lang: str) -> dict[str, Any]:
     }
 
 
+def _other_systems(profile: ControllerProfile | None, lang: str) -> list[dict[str, str]]:
+    """The systems no connector reaches (``[[controller.other_systems]]``), as every reply names them."""
+    return [{"name": _text(o.name, lang), "holds": _text(o.holds, lang), "handling": o.handling,
+             "by": _text(o.by, lang), "how": _text(o.how, lang)} for o in (profile.other_systems if profile else [])]
+
+
 def _purposes(profile: ControllerProfile | None, lang: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     purposes: list[dict[str, Any]] = []
     transfers: dict[tuple[str, str, str], dict[str, str]] = {}
@@ -376,7 +382,10 @@ def _rectification_system(outcome: ConnectorOutcome, label: str, lang: str,
         "label": label,
         "changed": _groups(changed, lang, profile),
         "unchanged": _groups(unchanged, lang, profile),
-        "nothing": not changed and not unchanged,
+        # Records of the subject were found, but none holds what is to be corrected (a field this system has no
+        # place for): neither "corrected" nor "already up to date", and not "no data about you" either.
+        "not_held": not changed and not unchanged and outcome.found > 0,
+        "nothing": not changed and not unchanged and outcome.found == 0,
         "outside": None,
     }
 
@@ -473,6 +482,7 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         "download_code": _s(context.download_code),
         "link_expires": _iso(context.link_expires),
         "recipients_notified": [n for n in (_s(r) for r in context.recipients_notified) if n],
+        "other_systems": _other_systems(profile, lang),
     }
     pairs = list(zip(context.systems, labels, strict=True))
     if kind == ReplyKind.ACCESS:

@@ -43,18 +43,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, ObjectionScope, RequestKind
 from dsr.store.guards import Guards
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
-from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError
+from intake.submission import _ALPHABET, MAX_DETAILS, MAX_NAME, Submission, SubmissionError, late_receipt_warning
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,16 @@ def error(status: int, message: str, field: str | None = None, headers: dict[str
     if field:
         body["field"] = field
     return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _iso_text(value: Any) -> Any:
+    """A time is ISO 8601 text, as the schema says: not a number of seconds (which pydantic would take)."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date and time with its offset, e.g. 2026-11-23T10:00:00+01:00")
+    return value
+
+
+ReceivedAt = Annotated[AwareDatetime | None, BeforeValidator(_iso_text)]
 
 
 # --- bodies -------------------------------------------------------------------------------------------
@@ -95,6 +106,9 @@ class RequestBody(BaseModel):
     scope: ObjectionScope | None = Field(
         default=None, description="Objection: marketing (direct marketing, stopped at once) or other (the default: "
                                   "processing on legitimate interests, decided by the controller).")
+    received_at: ReceivedAt = Field(
+        default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
+        "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
 
 class AcceptedBody(BaseModel):
@@ -106,6 +120,8 @@ class AcceptedBody(BaseModel):
     received: str = Field(description="The day this submission was received.")
     deadline: str = Field(description="The answer is due by this day, counted from this submission.")
     extended_deadline: str
+    warning: str | None = Field(default=None, description="Only for a submission received long ago (received_at):"
+                                " the deadline has passed or is less than 7 days away.")
 
 
 class ZendeskBody(BaseModel):
@@ -119,6 +135,9 @@ class ZendeskBody(BaseModel):
     kind: Annotated[str, Field(max_length=32)] = ""
     description: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
+    received_at: ReceivedAt = Field(
+        default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
+        "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
     @field_validator("ticket_id", mode="before")
     @classmethod
@@ -138,6 +157,9 @@ class TicketBody(BaseModel):
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
+    received_at: ReceivedAt = Field(
+        default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
+        "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
 
 
 # --- signatures ---------------------------------------------------------------------------------------
@@ -200,6 +222,7 @@ def api_router(
     ticket: DeskSettings = DeskSettings(),
     api_token: str | None = None,
     clock: Callable[[], datetime] | None = None,
+    timezone: str = "Europe/Paris",
 ) -> APIRouter:
     """``ticket_index(value)`` is a keyed hash (hex) of a ticket reference (``Ledger.subject_key``'s kind).
     ``guards`` remembers the signatures accepted (in the ledger's database: a delivery replayed to another
@@ -235,14 +258,24 @@ def api_router(
             accepted = await sink.submit(submission, client=client)
         except SubmissionError as err:
             message = str(err)
-            field = message.split(" ", 1)[0] if message.split(" ", 1)[0] in {
-                "kind", "email", "name", "details", "changes", "language", "ticket", "scope"} else None
+            first = message.split(" ", 1)[0].rstrip(":")
+            # "cannot rectify iban", "the new email is not...": the changes; "received time...": received_at.
+            fields = {"received": "received_at", "cannot": "changes", "the": "changes",
+                      **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope")}}
+            field = fields.get(first)
             return error(422, message, field)
         except RateLimited as err:
             return error(429, str(err), headers={"Retry-After": str(err.retry_after)})
         except IntakeUnavailable as err:
             return error(503, str(err), headers={"Retry-After": "30"})
-        return JSONResponse(receipt(accepted), status_code=202, headers={"Cache-Control": "no-store"})
+        answer: dict[str, Any] = dict(receipt(accepted))
+        # A submission recorded after the fact (received_at) may have little or no time left: the caller is told at
+        # once, as `dsr submit` tells staff, and so are the operators' logs (the reference only: no personal data).
+        warning = late_receipt_warning(accepted.deadline, now_fn().astimezone(ZoneInfo(timezone)).date())
+        if warning:
+            answer["warning"] = warning
+            logger.warning("intake: %s recorded late: %s", accepted.reference, warning)
+        return JSONResponse(answer, status_code=202, headers={"Cache-Control": "no-store"})
 
     def client_of(request: Request) -> str | None:
         return request.client.host if request.client else None
@@ -270,6 +303,10 @@ def api_router(
         if isinstance(body, JSONResponse):
             return body
         assert isinstance(body, RequestBody)
+        if body.received_at is not None and api_token is None:
+            # The receipt date is the controller's evidence of its deadline: an anonymous caller does not set it.
+            return error(422, "received_at is taken only from an authenticated caller (set DSR_API_TOKEN)",
+                         "received_at")
         details = body.details
         if body.identifiers:
             given = "\n".join(f"{k}: {v}" for k, v in sorted(body.identifiers.items()))
@@ -277,7 +314,8 @@ def api_router(
         return await hand_over(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
                        language=body.language.value if body.language else None, details=details,
-                       changes=dict(body.changes), scope=body.scope.value if body.scope else ""),
+                       changes=dict(body.changes), scope=body.scope.value if body.scope else "",
+                       received_at=body.received_at),
             client_of(request),
         )
 
@@ -319,6 +357,7 @@ def api_router(
             Submission(kind=kind.value, email=body.requester_email, name=body.requester_name,
                        channel="support_desk", language=_language(body.requester_locale),
                        details=body.description, ticket=reference, scope=_zendesk_scope(body, kind),
+                       received_at=body.received_at,
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,  # the desk's address is not the subject's: the per-subject limit still applies
@@ -356,6 +395,7 @@ def api_router(
                        language=body.language.value if body.language else None, details=body.details,
                        ticket=reference, trusted=body.authenticated and ticket.trust_authenticated,
                        scope=body.scope.value if body.scope else "",
+                       received_at=body.received_at,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,
         )

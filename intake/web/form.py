@@ -3,8 +3,10 @@
 Flow
 ----
 1. ``GET /`` (``?lang=fr|en`` wins over ``Accept-Language``): the form. It asks for the kind of request
-   (radio buttons, each right explained in plain words), the email address, the name and details; the
-   language of the replies is the page's (hidden field). Every page carries the same security headers
+   (radio buttons, each right explained in plain words), the email address, the name, for a rectification up
+   to :data:`CHANGE_ROWS` corrections (a field from the list of those the connectors can correct, and its
+   correct value: the request's ``changes``, with which it runs without staff), and details; the language of
+   the replies is the page's (hidden field). Every page carries the same security headers
    as every page of the app (:mod:`intake.web.pages`) and no script at all.
 2. ``POST /`` (``application/x-www-form-urlencoded``, at most :data:`MAX_FORM_BYTES`, else 413; any other
    content type 415): the CSRF value is checked first (403 page, nothing created), then every field
@@ -49,7 +51,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -61,7 +63,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dsr.domain.model import Channel, ObjectionScope, RequestKind, is_valid_email
+from dsr.domain.model import CANONICAL_FIELDS, Channel, ObjectionScope, RequestKind, is_valid_email
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers
@@ -92,7 +94,17 @@ _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
 # C0 controls (tab, line feed and carriage return excepted) and DEL: never typed by a person, and NUL
 # cannot even be stored in PostgreSQL text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_FIELDS = ("kind", "email", "name", "details")
+CHANGE_ROWS = 3
+"""Corrections the form offers at once (field + correct value each); more go in the details, or in a second
+request, or staff add them with ``dsr rectify``."""
+RECTIFIABLE_FIELDS = (
+    "first_name", "last_name", "email", "phone",
+    "address_line1", "address_line2", "postcode", "city", "state", "country",
+)
+"""The canonical fields (:data:`dsr.domain.model.CANONICAL_FIELDS`) in the order a person reads an address."""
+MAX_CHANGE_VALUE = 500  # as the API's ``changes``
+_CHANGE_FIELDS = tuple(f"change_{part}_{row}" for row in range(1, CHANGE_ROWS + 1) for part in ("field", "value"))
+_FIELDS = ("kind", "email", "name", *_CHANGE_FIELDS, "details")
 _KINDS = tuple(kind.value for kind in RequestKind)
 STOP_MARKETING = "stop_marketing"
 """The form's own choice for an objection to direct marketing (kind objection, scope marketing): a person who
@@ -192,7 +204,11 @@ def _field_for(error: SubmissionError, values: dict[str, str]) -> tuple[str, str
     message = str(error)
     if message.startswith("kind"):
         return "kind", "err_kind"
-    if message.startswith(("email", "the new email")):
+    if message.startswith("the new email"):
+        return _row_of(values, "email"), "err_change_email"
+    if message.startswith("changes:"):
+        return "", "err_rejected"
+    if message.startswith("email"):
         return "email", "err_email_invalid" if values["email"].strip() else "err_email_missing"
     if message.startswith("name"):
         return "name", "err_name_long"
@@ -203,7 +219,53 @@ def _field_for(error: SubmissionError, values: dict[str, str]) -> tuple[str, str
     return "", "err_rejected"
 
 
-def _check(values: dict[str, str]) -> dict[str, str]:
+def _row_of(values: dict[str, str], field: str) -> str:
+    """The value box of the correction row that names ``field`` (else the top of the form)."""
+    for row in range(1, CHANGE_ROWS + 1):
+        if values[f"change_field_{row}"] == field:
+            return f"change_value_{row}"
+    return ""
+
+
+def _changes(values: dict[str, str]) -> dict[str, str]:
+    """The corrections asked for, ``{canonical field: correct value}`` (rows left empty are skipped); only for a
+    rectification: values typed before the person chose another kind are not sent anywhere."""
+    if values["kind"] != RequestKind.RECTIFICATION.value:
+        return {}
+    return {
+        values[f"change_field_{row}"]: values[f"change_value_{row}"].strip()
+        for row in range(1, CHANGE_ROWS + 1)
+        if values[f"change_field_{row}"]
+    }
+
+
+def _check_changes(values: dict[str, str], offered: Collection[str]) -> dict[str, str]:
+    """Each correction row is empty, or a field of the list with a value (a valid address for the email)."""
+    errors: dict[str, str] = {}
+    seen: set[str] = set()
+    for row in range(1, CHANGE_ROWS + 1):
+        field, value = values[f"change_field_{row}"], values[f"change_value_{row}"]
+        field_key, value_key = f"change_field_{row}", f"change_value_{row}"
+        if field and field not in offered:
+            errors[field_key] = "err_change_field"
+        elif field in seen:
+            errors[field_key] = "err_change_twice"
+        elif value.strip() and not field:
+            errors[field_key] = "err_change_field_missing"
+        elif field and not value.strip():
+            errors[value_key] = "err_change_value_missing"
+        elif _CONTROL.search(value):
+            errors[value_key] = "err_control"
+        elif len(value.strip()) > MAX_CHANGE_VALUE:
+            errors[value_key] = "err_change_value_long"
+        elif field == "email" and not is_valid_email(value.strip()):
+            errors[value_key] = "err_change_email"
+        if field:
+            seen.add(field)
+    return errors
+
+
+def _check(values: dict[str, str], offered: Collection[str] = CANONICAL_FIELDS) -> dict[str, str]:
     """Every error at once (field -> text key), by the rules of ``prepare``, so the person fixes the form in
     one go; the sink checks again and stays the authority."""
     errors: dict[str, str] = {}
@@ -222,8 +284,11 @@ def _check(values: dict[str, str]) -> dict[str, str]:
         errors["details"] = "err_control"
     elif len(values["details"]) > MAX_DETAILS:
         errors["details"] = "err_details_long"
-    elif values["kind"] == RequestKind.RECTIFICATION.value and not values["details"].strip():
-        errors["details"] = "err_details_rectification"
+    if values["kind"] == RequestKind.RECTIFICATION.value:
+        row_errors = _check_changes(values, offered)
+        errors.update(row_errors)
+        if not row_errors and not _changes(values) and not values["details"].strip() and "details" not in errors:
+            errors["details"] = "err_details_rectification"
     return errors
 
 
@@ -235,12 +300,14 @@ def form_router(
     public_path: str = "",
     clock: Callable[[], datetime] | None = None,
     controller_name: str = "",
+    rectifiable: Collection[str] = CANONICAL_FIELDS,
 ) -> APIRouter:
     """The public form: ``GET /``, ``POST /`` and ``GET /submitted`` (see the module docstring).
 
     ``csrf_key`` (at least 16 random bytes) signs the CSRF values and the confirmation links; keep it
     stable across restarts and replicas, or forms opened before a restart are refused. ``clock`` (default:
-    now in UTC) dates and expires the CSRF values.
+    now in UTC) dates and expires the CSRF values. ``rectifiable``: the fields a correction may name, those the
+    connectors can correct (:func:`connectors.config.rectifiable_fields`); the form offers only these.
     """
     if len(csrf_key) < 16:
         raise ValueError("csrf_key must be at least 16 random bytes")
@@ -251,6 +318,7 @@ def form_router(
     now_fn = clock or (lambda: datetime.now(UTC))
     csrf = _Csrf(csrf_key)
     address_seal = _AddressSeal(csrf_key)
+    offered = [f for f in RECTIFIABLE_FIELDS if f in rectifiable]
     router = APIRouter()
 
     def form_url(lang: str) -> str:
@@ -314,6 +382,9 @@ def form_router(
             "kinds": _CHOICES,
             "max_name": MAX_NAME,
             "max_details": MAX_DETAILS,
+            "change_rows": range(1, CHANGE_ROWS + 1),
+            "rectifiable": [{"value": f, "label": text[f"field_{f}"]} for f in offered],
+            "max_change_value": MAX_CHANGE_VALUE,
         }, status=status, extra=extra)
         response.set_cookie(
             CSRF_COOKIE,
@@ -367,7 +438,7 @@ def form_router(
         # Browsers send a textarea's line breaks as CRLF; one character each is what maxlength counted.
         values["details"] = values["details"].replace("\r\n", "\n")
         errors = {name: "err_duplicate" for name in _FIELDS if len(fields.get(name, [])) > 1}
-        for name, key in _check(values).items():
+        for name, key in _check(values, offered).items():
             errors.setdefault(name, key)
         if errors:
             return form_page(request, lang, status=400, values=values, errors=errors)
@@ -379,6 +450,7 @@ def form_router(
             email=values["email"],
             name=values["name"],
             details=values["details"],
+            changes=_changes(values),
             channel=Channel.FORM.value,
             language=lang,
         )

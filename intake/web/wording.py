@@ -182,8 +182,9 @@ FORM: dict[str, dict[str, str]] = {
         "kind_access": "See your data",
         "kind_access_hint": "Get a copy of your data and know how it is used.",
         "kind_rectification": "Correct your data",
-        "kind_rectification_hint": "Have wrong or incomplete data corrected. Tell us what is wrong and the correct "
-        "value in the “Details” box.",
+        "kind_rectification_hint": "Have wrong or incomplete data corrected. Under “Corrections”, choose each "
+        "piece of information to correct and give the correct value; for anything else, describe it in the "
+        "“Details” box.",
         "kind_erasure": "Erase your data",
         "kind_erasure_hint": "Have your data deleted. We keep only what the law requires us to keep (invoices, for "
         "example), and we will tell you what and until when.",
@@ -203,8 +204,25 @@ FORM: dict[str, dict[str, str]] = {
         "name_label": "Your full name",
         "name_hint": "It helps us find your data, for example if you changed your email address.",
         "details_label": "Details",
-        "details_hint": "For a correction, tell us what is wrong and the correct value (required in that case). "
-        "Otherwise you may say which services or accounts are concerned.",
+        "details_hint": "For a correction not listed under “Corrections”, tell us what is wrong and the correct "
+        "value. Otherwise you may say which services or accounts are concerned.",
+        "changes_legend": "Corrections (only to correct your data)",
+        "changes_hint": "For each piece of information to correct, choose it and type the correct value. We then "
+        "correct it in our systems without further exchange; whatever is described only in the “Details” box is "
+        "handled by a member of our staff, which can take longer.",
+        "change_field_label": "Information to correct",
+        "change_value_label": "Correct value",
+        "change_none": "(choose)",
+        "field_first_name": "First name",
+        "field_last_name": "Last name",
+        "field_email": "Email address",
+        "field_phone": "Telephone number",
+        "field_address_line1": "Address (line 1)",
+        "field_address_line2": "Address (line 2)",
+        "field_postcode": "Postcode",
+        "field_city": "City",
+        "field_state": "State or region",
+        "field_country": "Country",
         "reply_language": "We will reply in English.",
         "submit": "Send my request",
         "next_title": "What happens next?",
@@ -222,7 +240,14 @@ FORM: dict[str, dict[str, str]] = {
         "err_email_invalid": "Enter a valid email address, like name@example.com.",
         "err_name_long": f"Your name must be {MAX_NAME} characters or fewer.",
         "err_details_long": f"Details must be {MAX_DETAILS:,} characters or fewer.",
-        "err_details_rectification": "For a correction, tell us what is wrong and the correct value.",
+        "err_details_rectification": "For a correction, choose the information to correct and give the correct "
+        "value, or tell us what is wrong and the correct value in the “Details” box.",
+        "err_change_field": "Choose a piece of information from the list.",
+        "err_change_field_missing": "Choose the information this correct value is for.",
+        "err_change_twice": "This information is already chosen above: give its correct value once.",
+        "err_change_value_missing": "Type the correct value.",
+        "err_change_value_long": "The correct value must be 500 characters or fewer.",
+        "err_change_email": "Type the correct email address in full, like name@example.com.",
         "err_control": "This field contains characters that are not allowed.",
         "err_duplicate": "This field was sent more than once. Fill it in again.",
         "err_unreadable": "The form could not be read. Fill it in again.",
@@ -273,8 +298,9 @@ FORM: dict[str, dict[str, str]] = {
         "kind_access": "Accéder à vos données",
         "kind_access_hint": "Obtenir une copie de vos données et savoir comment elles sont utilisées.",
         "kind_rectification": "Corriger vos données",
-        "kind_rectification_hint": "Faire corriger des données fausses ou incomplètes. Dites-nous ce qui est faux "
-        "et la bonne valeur dans le champ «\u00a0Précisions\u00a0».",
+        "kind_rectification_hint": "Faire corriger des données fausses ou incomplètes. Sous «\u00a0Corrections\u00a0»,"
+        " choisissez chaque information à corriger et donnez la bonne valeur\u00a0; pour le reste, décrivez-le "
+        "dans le champ «\u00a0Précisions\u00a0».",
         "kind_erasure": "Effacer vos données",
         "kind_erasure_hint": "Faire supprimer vos données. Nous ne gardons que ce que la loi nous oblige à "
         "conserver (les factures, par exemple), et nous vous dirons quoi et jusqu’à quand.",
@@ -296,8 +322,25 @@ FORM: dict[str, dict[str, str]] = {
         "name_label": "Vos prénom et nom",
         "name_hint": "Ils nous aident à retrouver vos données, par exemple si vous avez changé d’adresse.",
         "details_label": "Précisions",
-        "details_hint": "Pour une correction, dites-nous ce qui est faux et la bonne valeur (obligatoire dans ce "
-        "cas). Sinon, vous pouvez préciser les services ou les comptes concernés.",
+        "details_hint": "Pour une correction absente de la liste des «\u00a0Corrections\u00a0», dites-nous ce qui "
+        "est faux et la bonne valeur. Sinon, vous pouvez préciser les services ou les comptes concernés.",
+        "changes_legend": "Corrections (seulement pour corriger vos données)",
+        "changes_hint": "Pour chaque information à corriger, choisissez-la et saisissez la bonne valeur. Nous la "
+        "corrigeons alors dans nos systèmes sans autre échange\u00a0; ce qui est décrit seulement dans le champ "
+        "«\u00a0Précisions\u00a0» est traité par un membre de notre équipe, ce qui peut prendre plus de temps.",
+        "change_field_label": "Information à corriger",
+        "change_value_label": "Bonne valeur",
+        "change_none": "(choisir)",
+        "field_first_name": "Prénom",
+        "field_last_name": "Nom",
+        "field_email": "Adresse électronique",
+        "field_phone": "Téléphone",
+        "field_address_line1": "Adresse (ligne\u00a01)",
+        "field_address_line2": "Adresse (ligne\u00a02)",
+        "field_postcode": "Code postal",
+        "field_city": "Ville",
+        "field_state": "Région",
+        "field_country": "Pays",
         "reply_language": "Nous vous répondrons en français.",
         "submit": "Envoyer ma demande",
         "next_title": "Et ensuite\u00a0?",
@@ -320,7 +363,15 @@ FORM: dict[str, dict[str, str]] = {
         "err_details_long": f"Les précisions doivent faire au plus {MAX_DETAILS:,}\u00a0caractères.".replace(
             ",", "\u00a0"
         ),
-        "err_details_rectification": "Pour une correction, dites-nous ce qui est faux et la bonne valeur.",
+        "err_details_rectification": "Pour une correction, choisissez l’information à corriger et donnez la bonne "
+        "valeur, ou dites-nous ce qui est faux et la bonne valeur dans le champ «\u00a0Précisions\u00a0».",
+        "err_change_field": "Choisissez une information dans la liste.",
+        "err_change_field_missing": "Choisissez l’information à laquelle correspond cette bonne valeur.",
+        "err_change_twice": "Cette information est déjà choisie plus haut\u00a0: donnez sa bonne valeur une seule "
+        "fois.",
+        "err_change_value_missing": "Saisissez la bonne valeur.",
+        "err_change_value_long": "La bonne valeur doit faire au plus 500\u00a0caractères.",
+        "err_change_email": "Saisissez la bonne adresse électronique en entier, par exemple nom@exemple.fr.",
         "err_control": "Ce champ contient des caractères non autorisés.",
         "err_duplicate": "Ce champ a été envoyé plusieurs fois. Remplissez-le de nouveau.",
         "err_unreadable": "Le formulaire n’a pas pu être lu. Remplissez-le de nouveau.",

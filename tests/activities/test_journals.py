@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import date
 from typing import Any
 
 import pytest
@@ -25,7 +26,15 @@ from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
-from dsr.domain.model import ConnectorOutcome, ConnectorTask, RecordAction, RecordReport, RequestKind, Subject
+from dsr.domain.model import (
+    ConnectorOutcome,
+    ConnectorTask,
+    Language,
+    RecordAction,
+    RecordReport,
+    RequestKind,
+    Subject,
+)
 from dsr.store import store_at
 from dsr.store.crypto import DecryptionError
 from dsr.store.exports import ExportStore
@@ -116,6 +125,60 @@ async def test_woocommerce_customer_deletion_whose_answer_is_lost(shops: tuple[S
     [residual] = [r for r in retried.report if r.action == RecordAction.RESIDUAL]
     assert residual.fields == ["customer_ip_address", "customer_user_agent"]
     assert writes(shop) == writes(clean_shop)  # one batch, one deletion: nothing asked twice
+
+
+def erasure_reply(outcome: ConnectorOutcome, language: Language) -> str:
+    """The erasure reply's text (whitespace folded) for this one system, as the subject would read it."""
+    from dsr.config.profile import load_profile
+    from dsr.mail.replies import ReplyContext, ReplyKind, render_reply
+    from tests.templates.test_replies import DEMO
+
+    context = ReplyContext(reference=REQUEST, received=date(2026, 11, 23), deadline=date(2026, 12, 23),
+                           profile=load_profile(DEMO), systems=[outcome])
+    return " ".join(render_reply(ReplyKind.ERASURE, language, context).text.split())
+
+
+@pytest.mark.parametrize("language", list(Language))
+async def test_the_reply_says_erased_for_what_an_earlier_attempt_erased_and_no_data_for_what_was_never_there(
+    shops: tuple[Shop, Shop], storage_url: str, language: Language
+) -> None:
+    clean_shop, shop = shops
+    fr = language == Language.FR
+    erased, gone_before, nothing = (("Effacé : compte client : 1", "Déjà supprimé avant que cette demande",
+                                     "Aucune donnée vous concernant n'a été trouvée dans ce système.") if fr else
+                                    ("Erased: customer account: 1", "Already deleted before this request",
+                                     "No data about you was found in this system."))
+    # The account's deletion took effect, its answer was lost; the retry (another worker) finds it gone.
+    shop.faults.lose_answers.append("DELETE /wp-json/wc/v3/customers/")
+    with pytest.raises(ApplicationError):
+        await run(storage_url, woo(shop), erasure("woocommerce", LEA))
+    retried = erasure_reply(await run(storage_url, woo(shop), erasure("woocommerce", LEA)), language)
+    assert erased in retried and gone_before not in retried and nothing not in retried
+
+    # A later request of the same person: nothing of hers is left in the shop but the pseudonymised orders,
+    # and her account was never there for that request: it is not "erased" by it, nor "deleted before it".
+    later = erasure_reply(await run(storage_url, woo(shop), erasure("woocommerce", LEA, "dsr-2026-12-JRNL02")),
+                          language)
+    assert erased not in later and gone_before not in later
+
+    # Someone else deletes the account between this request's search and its deletion: gone before it reached it.
+    class DeletedMeanwhile(WooCommerceConnector):
+        async def _delete_customer(self, job: OperationJob, journal: Any, customer_id: int, found: bool) -> Any:
+            clean_shop.state.customers.pop(customer_id, None)
+            return await super()._delete_customer(job, journal, customer_id, found)
+
+    meanwhile = DeletedMeanwhile(consumer_key=KEY, consumer_secret=SECRET, base_url=clean_shop.server.url)
+    try:
+        text = erasure_reply(await run(storage_url, meanwhile, erasure("woocommerce", LEA, "dsr-2026-12-JRNL03")),
+                             language)
+    finally:
+        await meanwhile.aclose()
+    assert gone_before in text and erased not in text and nothing not in text
+
+    # Never in the shop: found nothing, said as such.
+    absent = erasure_reply(await run(storage_url, woo(clean_shop), erasure(
+        "woocommerce", Subject(email="nobody@example.org"), "dsr-2026-12-JRNL04")), language)
+    assert nothing in absent and erased not in absent and gone_before not in absent
 
 
 async def test_woocommerce_429_on_the_verifying_search(shops: tuple[Shop, Shop], storage_url: str) -> None:

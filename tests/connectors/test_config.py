@@ -215,3 +215,40 @@ def test_processor_and_manual_mistakes_name_the_key(text: str, message: str) -> 
     with pytest.raises(ConfigFileError) as raised:
         parse_config(text)
     assert message in str(raised.value)
+@pytest.mark.slow
+def test_config_check_names_the_systems_outside_the_engine_and_refuses_one_also_connected(tmp_path: Path) -> None:
+    dsr = Path(sys.executable).parent / "dsr"
+    env = {**os.environ, "DSR_HOME": str(tmp_path)}
+    demo = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml").read_text()
+    (tmp_path / "dsr.toml").write_text(GOOD + "\n" + demo)
+    result = subprocess.run([str(dsr), "config", "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("1 system(s) outside the engine, named in every reply: The customer service mailbox "
+            "(staff: our customer service team)") in result.stdout
+    report = json.loads(subprocess.run([str(dsr), "config", "check", "--json"], env=env, capture_output=True,
+                                       text=True, timeout=60).stdout)
+    assert report["other_systems"] == ["The customer service mailbox (staff: our customer service team)"]
+    # The CRM both connected and declared outside the engine: the replies would contradict each other.
+    clash = demo + '\n[[controller.other_systems]]\nname = "CRM"\nholds = "contacts"\nhandling = "staff"\nby = "x"\n'
+    (tmp_path / "dsr.toml").write_text(GOOD + "\n" + clash)
+    result = subprocess.run([str(dsr), "config", "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "other_systems[1].name: 'CRM' is also a connector" in result.stderr
+
+
+def test_rectifiable_fields_are_those_a_connector_taking_rectifications_can_correct() -> None:
+    from connectors.config import rectifiable_fields
+    from connectors.hubspot import FIELD_MAP
+    from dsr.domain.model import CANONICAL_FIELDS
+    from sandbox.appdb import DEMO_MAP
+
+    hubspot = parse_config('[[connectors]]\ntype = "hubspot"\ncredentials = { token = "T" }\n')
+    assert rectifiable_fields(hubspot) == frozenset(FIELD_MAP) and "address_line2" not in FIELD_MAP
+    app = parse_config(DEMO_MAP)
+    assert rectifiable_fields(app) == frozenset(app.connectors[0].rectify) < CANONICAL_FIELDS
+    both = parse_config(DEMO_MAP + '\n[[connectors]]\ntype = "stripe"\ncredentials = { api_key = "K" }\n')
+    assert rectifiable_fields(both) == CANONICAL_FIELDS  # Stripe holds every field
+    not_taking = parse_config('[[connectors]]\ntype = "stripe"\nkinds = ["access"]\ncredentials = { api_key = "K" }\n')
+    assert rectifiable_fields(not_taking) == CANONICAL_FIELDS  # nothing corrects automatically: staff do
+    assert rectifiable_fields(parse_config("")) == CANONICAL_FIELDS
+

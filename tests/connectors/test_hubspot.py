@@ -21,7 +21,7 @@ from connectors.base import (
     unexpected_remains,
 )
 from connectors.http import READ_TRIES, RateLimiter
-from connectors.hubspot import HubSpotConnector
+from connectors.hubspot import SECONDARY, HubSpotConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.store.exports import ExportStore
 from dsr.web.serve import RunningServer, serve_app
@@ -354,6 +354,36 @@ async def test_rectify_email_is_idempotent_under_the_new_address(portal: Portal)
     # Without the journal: the old address finds nothing any more; the new one does.
     second = await connector.rectify(OperationJob(request_id=REQUEST, subject=SUBJECT, changes=job.changes))
     assert [r.action for r in second.report] == [RecordAction.UNCHANGED]
+
+
+async def test_already_up_to_date_only_for_what_hubspot_holds_exactly(portal: Portal) -> None:
+    connector = portal.connector()
+    contact = portal.ids["contact"]
+    # HubSpot has no property for the second address line: this contact is neither corrected nor "up to date".
+    only_unmapped = await connector.rectify(OperationJob(request_id=REQUEST, subject=SUBJECT,
+                                                         changes={"address_line2": "Bâtiment B"}))
+    assert only_unmapped.report == [] and any("address_line2" in note for note in only_unmapped.notes)
+    # Read and equal: the line names the fields compared, and only those (not the unmapped one).
+    equal = await connector.rectify(OperationJob(request_id=REQUEST + "2", subject=SUBJECT,
+                                                 changes={"city": "Lyon", "address_line2": "Bâtiment B"}))
+    assert [(r.record_id, r.action, r.fields) for r in equal.report] == [(contact, RecordAction.UNCHANGED, ["city"])]
+    # A value differing only by spaces or case differs: it is corrected, not "already up to date".
+    portal.state.objects["contacts"][contact].properties["city"] = "Lyon "
+    spaced = await connector.rectify(OperationJob(request_id=REQUEST + "3", subject=SUBJECT, changes={"city": "Lyon"}))
+    assert [(r.action, r.fields) for r in spaced.report] == [(RecordAction.CHANGED, ["city"])]
+    cased = await connector.rectify(OperationJob(request_id=REQUEST + "4", subject=SUBJECT, changes={"city": "LYON"}))
+    assert [(r.action, r.fields) for r in cased.report] == [(RecordAction.CHANGED, ["city"])]
+    assert (portal.state.contact(contact) or {})["city"] == "LYON"
+    assert len(portal.state.patches) == 2
+
+
+async def test_the_new_address_as_a_secondary_is_not_up_to_date_while_the_old_one_is_primary(portal: Portal) -> None:
+    contact = portal.ids["contact"]
+    portal.state.objects["contacts"][contact].properties[SECONDARY] = "lea.new@example.org"
+    outcome = await portal.connector().rectify(OperationJob(request_id=REQUEST, subject=SUBJECT,
+                                                            changes={"email": "lea.new@example.org"}))
+    assert [(r.action, r.fields) for r in outcome.report] == [(RecordAction.CHANGED, ["email"])]
+    assert (portal.state.contact(contact) or {})["email"] == "lea.new@example.org"
 
 
 async def test_rectify_refuses_unknown_fields_without_calling_hubspot(portal: Portal) -> None:

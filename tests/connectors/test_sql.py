@@ -549,3 +549,57 @@ async def test_rectification_changes_the_mapped_columns_once(fresh_db: Any) -> N
     assert done.notes == ["ignored field(s) this database does not hold: postcode"]
     assert len(found) == appdb.rows_of(PEOPLE[0])
     assert dump(url)["users"][0][1:4] == ("camille.martin@example.org", "Camille", "Martin")
+
+
+async def test_already_up_to_date_only_when_the_row_holds_exactly_the_new_value(fresh_db: Any) -> None:
+    url = fresh_db()
+    engine = create_engine(url)
+    seed(engine, heavy=False)
+    with engine.begin() as conn:  # a stray space kept by the application
+        conn.execute(text("UPDATE users SET last_name = 'Durand ' WHERE email = 'camille.durand@example.org'"))
+    engine.dispose()
+    app = connector(url)
+    try:
+        spaced = await app.rectify(OperationJob("dsr-2026-12-SQLSP1", CAMILLE, changes={"last_name": "Durand"}))
+        equal = await app.rectify(OperationJob("dsr-2026-12-SQLSP2", CAMILLE,
+                                               changes={"last_name": "Durand", "first_name": "Camille"}))
+        cased = await app.rectify(OperationJob("dsr-2026-12-SQLSP3", CAMILLE, changes={"first_name": "CAMILLE"}))
+    finally:
+        await app.aclose()
+    assert [(line.dataset, line.action, line.fields) for line in spaced.report] == [
+        ("users", RecordAction.CHANGED, ["last_name"])]
+    assert [(line.dataset, line.action, line.fields) for line in equal.report] == [
+        ("users", RecordAction.UNCHANGED, ["first_name", "last_name"])]
+    assert [(line.dataset, line.action, line.fields) for line in cased.report] == [
+        ("users", RecordAction.CHANGED, ["first_name"])]
+    assert dump(url)["users"][0][1:4] == ("camille.durand@example.org", "CAMILLE", "Durand")
+
+
+async def test_a_row_an_earlier_attempt_erased_and_now_gone_is_reported_erased_by_this_request(
+    fresh_db: Any, storage_url: str
+) -> None:
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.connectors import ConnectorActivities
+    from dsr.domain.model import ConnectorTask, RecordReport, RequestKind
+    from dsr.store.exports import ExportStore
+    from dsr.store.journals import JournalEntry
+
+    url = fresh_db()
+    engine = create_engine(url)
+    seed(engine, heavy=False)
+    request = "dsr-2026-12-SQLJRN"
+    # The journal of an earlier attempt of this request: it set out to anonymise Camille's invoice 1, and died.
+    journals = JournalStore(store_at(storage_url), TEST_KEYRING)
+    await journals.journal(request, "app").intend([JournalEntry(RecordReport(
+        "invoices", "1", RecordAction.ANONYMISED, legal_basis="Code de commerce L123-22"))])
+    with engine.begin() as conn:  # since then the row went; invoice 2 went without this request ever touching it
+        conn.execute(text("DELETE FROM invoices WHERE id IN (1, 2)"))
+    engine.dispose()
+    activities = ConnectorActivities([connector(url)], ExportStore(store_at(storage_url), TEST_KEYRING))
+    outcome = await ActivityEnvironment().run(activities.run_connector, ConnectorTask(
+        request_id=request, connector="app", kind=RequestKind.ERASURE, subject=CAMILLE))
+    invoices = [(line.record_id, line.action) for line in outcome.report if line.dataset == "invoices"]
+    assert invoices == [("1", RecordAction.DELETED)]  # erased by this request; invoice 2 was never its business
+    assert "already_gone" not in outcome.counts
+

@@ -494,6 +494,21 @@ async def test_rectifying_the_email_is_idempotent(server: StripeSandbox, stripe_
     assert [(r.record_id, r.action) for r in again.report] == [(customer, RecordAction.UNCHANGED)]
 
 
+async def test_already_up_to_date_only_when_stripe_holds_exactly_the_new_value(
+    server: StripeSandbox, stripe_: StripeConnector
+) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", phone="+33611111111")
+    subject = Subject(email=email)
+    equal = await stripe_.rectify(OperationJob(request_id(), subject, {"first_name": "Léa", "city": "Lyon"}))
+    assert [(r.record_id, r.action, r.fields) for r in equal.report] == [
+        (customer, RecordAction.UNCHANGED, ["city", "first_name"])]
+    spaced = await stripe_.rectify(OperationJob(request_id(), subject, {"phone": "+33 6 11 11 11 11"}))
+    assert [(r.action, r.fields) for r in spaced.report] == [(RecordAction.CHANGED, ["phone"])]
+    cased = await stripe_.rectify(OperationJob(request_id(), subject, {"city": "LYON"}))
+    assert [(r.action, r.fields) for r in cased.report] == [(RecordAction.CHANGED, ["city"])]
+
+
 async def test_rectify_refuses_unknown_fields(stripe_: StripeConnector) -> None:
     with pytest.raises(PermanentConnectorError, match="unknown field"):
         await stripe_.rectify(OperationJob(request_id(), Subject(email="lea@example.org"), {"iban": "FR76"}))

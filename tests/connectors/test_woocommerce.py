@@ -310,6 +310,22 @@ async def test_rectify_changes_only_differing_fields_and_reports_names_not_value
     assert [r.action for r in again.report] == [RecordAction.UNCHANGED] and again.counts == {"unchanged": 1}
 
 
+async def test_already_up_to_date_only_for_fields_the_account_holds_exactly(shop: Shop) -> None:
+    lea = seed_lea(shop.state)
+    equal = await shop.connector.rectify(OperationJob(REQUEST, LEA, changes={"city": "Nantes", "last_name": "Petit"}))
+    assert [(r.action, r.fields) for r in equal.report] == [(RecordAction.UNCHANGED, ["city", "last_name"])]
+    # Spaces and case count: a value differing only by them is corrected.
+    spaced = await shop.connector.rectify(OperationJob(REQUEST + "2", LEA, changes={"city": "Nantes "}))
+    cased = await shop.connector.rectify(OperationJob(REQUEST + "3", LEA, changes={"last_name": "PETIT"}))
+    assert [(r.action, r.fields) for r in (*spaced.report, *cased.report)] == [
+        (RecordAction.CHANGED, ["city"]), (RecordAction.CHANGED, ["last_name"])]
+    # A field the account does not hold at all is neither corrected nor "already up to date".
+    for part in ("billing", "shipping"):
+        shop.state.customers[lea["id"]][part].pop("phone", None)
+    missing = await shop.connector.rectify(OperationJob(REQUEST + "4", LEA, changes={"phone": "+33 6 00 00 00 00"}))
+    assert missing.report == []
+
+
 async def test_rectifying_the_email_is_idempotent(shop: Shop) -> None:
     lea = seed_lea(shop.state)
     job = OperationJob(REQUEST, LEA, changes={"email": "lea.martin@example.org"})

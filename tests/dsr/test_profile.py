@@ -45,6 +45,7 @@ def test_demo_profile_is_complete() -> None:
     assert len(profile.purposes) >= 3
     assert {"hubspot", "stripe", "woocommerce"} <= set(profile.systems)
     assert profile.art19_recipients and all(r.email.endswith(".example") for r in profile.art19_recipients)
+    assert [(o.handling, o.by.text("en")) for o in profile.other_systems] == [("staff", "our customer service team")]
     transfers = [r for p in profile.purposes for r in p.recipients or [] if is_third_country(r.country)]
     assert transfers and all(r.safeguard for r in transfers)
 
@@ -161,6 +162,15 @@ def test_blanked_supervisory_authority_is_missing() -> None:
         ("[controller]\nwebsite = \"www.x.example\"\n",
          "dsr.toml: controller.website: 'www.x.example' is not a web address"),
         ("[controller.systems]\ncrm = 4\n", "dsr.toml: controller.systems.crm: expected a string or a table"),
+        # Systems outside the engine: who handles them, or why they are not covered, is said.
+        ("[[controller.other_systems]]\nname = \"Archives\"\nholds = \"forms\"\nhandling = \"staff\"\n",
+         'dsr.toml: controller.other_systems[0]: handling = "staff" needs by'),
+        ("[[controller.other_systems]]\nname = \"Backups\"\nholds = \"copies\"\nhandling = \"not_covered\"\n",
+         'dsr.toml: controller.other_systems[0]: handling = "not_covered" needs how'),
+        ("[[controller.other_systems]]\nname = \"A\"\nholds = \"b\"\nhandling = \"later\"\nby = \"c\"\n",
+         "dsr.toml: controller.other_systems[0].handling: Input should be 'staff' or 'not_covered'"),
+        ("[[controller.other_systems]]\nname = \"A\"\nhandling = \"staff\"\nby = \"c\"\n",
+         "dsr.toml: controller.other_systems[0].holds: Field required"),
         ("controller = 3\n", "dsr.toml: controller: expected a table ([controller])"),
         ("[controller\n", "dsr.toml: not valid TOML"),
     ],

@@ -130,10 +130,12 @@ def csrf_value(page: str) -> str:
     return match.group(1)
 
 
-def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller: str = "") -> FastAPI:
+def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller: str = "",
+             **options: object) -> FastAPI:
     app = FastAPI()
     app.include_router(
-        form_router(sink, csrf_key=KEY, public_path=prefix, clock=clock, controller_name=controller),
+        form_router(sink, csrf_key=KEY, public_path=prefix, clock=clock, controller_name=controller,
+                    **options),  # type: ignore[arg-type]
         prefix=prefix,
     )
     return app
@@ -141,12 +143,12 @@ def make_app(sink: RecordingSink, clock: Clock, *, prefix: str = "", controller:
 
 @contextlib.asynccontextmanager
 async def serve_form(
-    home: Path, *, prefix: str = "", controller: str = "Boutique Exemple SAS",
+    home: Path, *, prefix: str = "", controller: str = "Boutique Exemple SAS", **options: object,
 ) -> AsyncIterator[FormApp]:
     """The form under uvicorn on 127.0.0.1 (a free port), stopped on exit."""
     sink = RecordingSink(Settings.from_env({"DSR_HOME": str(home)}))
     clock = Clock()
-    running = await serve_app(make_app(sink, clock, prefix=prefix, controller=controller), port=0)
+    running = await serve_app(make_app(sink, clock, prefix=prefix, controller=controller, **options), port=0)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
             yield FormApp(sink, clock, http, running.url, prefix)
@@ -260,7 +262,7 @@ async def test_form_is_english_by_header(form_app: FormApp) -> None:
     assert '<html lang="en">' in page.text
     assert "Make a request about your personal data" in page.text
     assert "Get a copy of your data and know how it is used." in page.text
-    assert "Tell us what is wrong and the correct value" in page.text
+    assert "choose each piece of information to correct and give the correct value" in page.text
     assert "within one month" in page.text and "extended by two months" in page.text
     assert '<input type="hidden" name="language" value="en">' in page.text
     assert 'href="/?lang=fr" lang="fr" hreflang="fr">Français</a>' in page.text
@@ -302,6 +304,7 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
             "kind-objection",
             "email",
             "name",
+            *(f"change_{part}_{row}" for row in (1, 2, 3) for part in ("field", "value")),
             "details",
         }
         for control in controls:
@@ -510,7 +513,8 @@ async def test_each_field_error_is_next_to_its_field(form_app: FormApp) -> None:
         ({"name": "N" * 201}, "name", "Votre nom doit faire au plus 200\u00a0caractères."),
         ({"name": "Camille\x00Durand"}, "name", "Ce champ contient des caractères non autorisés."),
         ({"details": "x" * 10_001}, "details", "Les précisions doivent faire au plus 10\u00a0000\u00a0caractères."),
-        ({"kind": "rectification", "details": "  "}, "details", "dites-nous ce qui est faux et la bonne valeur"),
+        ({"kind": "rectification", "details": "  "}, "details", "choisissez l’information à corriger et donnez la "
+         "bonne valeur, ou dites-nous ce qui est faux et la bonne valeur"),
     ]
     for fields, field_id, message in cases:
         response = await form_app.post(fields)
@@ -527,7 +531,8 @@ async def test_errors_in_english_and_all_at_once(form_app: FormApp) -> None:
     assert response.status_code == 400
     assert '<html lang="en">' in response.text
     assert_field_error(response.text, "email", "Enter a valid email address")
-    assert_field_error(response.text, "details", "For a correction, tell us what is wrong and the correct value.")
+    assert_field_error(response.text, "details", "For a correction, choose the information to correct and give "
+                       "the correct value, or tell us what is wrong and the correct value")
     assert "Your request was not sent" in response.text
     # The values typed are kept, the choice too.
     assert 'value="nope"' in response.text
@@ -775,3 +780,103 @@ async def test_confirmation_repeats_the_address_for_an_hour_and_only_a_sealed_on
     form_app.clock.now = form_app.clock.now + ADDRESS_SHOWN_FOR + timedelta(seconds=1)  # a bookmark, later
     later = await form_app.http.get(location)
     assert later.status_code == 200 and "camile.durand" not in later.text
+# ----------------------------------------------------------------------------- rectification: field and value
+
+
+@pytest.mark.parametrize(("lang", "legend", "city"), [("fr", "Corrections (seulement", "Ville"),
+                                                      ("en", "Corrections (only", "City")])
+async def test_form_offers_the_fields_a_rectification_can_correct(form_app: FormApp, lang: str, legend: str,
+                                                                  city: str) -> None:
+    page, _ = await form_app.form(lang)
+    assert legend in page.text
+    options = re.findall(r'<option value="([a-z_0-9]*)"[^>]*>([^<]*)</option>',
+                         page.text.split('id="change_field_1"', 1)[1].split("</select>", 1)[0])
+    assert [value for value, _ in options] == ["", "first_name", "last_name", "email", "phone", "address_line1",
+                                               "address_line2", "postcode", "city", "state", "country"]
+    assert (("city", city)) in options
+    assert page.text.count("<select ") == 3
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+async def test_rectification_with_field_and_value_pairs_is_sent_with_its_changes(form_app: FormApp,
+                                                                                 lang: str) -> None:
+    response = await form_app.post({
+        "kind": "rectification", "change_field_1": "city", "change_value_1": "  Lyon ",
+        "change_field_2": "", "change_value_2": "",
+        "change_field_3": "email", "change_value_3": "camille.d@example.net", "details": "",
+    }, lang=lang)
+    assert response.status_code == 303, response.text
+    submission, _ = form_app.sink.calls[0]
+    assert submission.kind == "rectification" and submission.details == ""
+    assert submission.changes == {"city": "Lyon", "email": "camille.d@example.net"}
+    # Free text alongside the pairs travels too.
+    response = await form_app.post({"kind": "rectification", "change_field_1": "last_name",
+                                    "change_value_1": "Durand", "details": "Et mon ancien nom aussi."}, lang=lang)
+    assert response.status_code == 303
+    assert form_app.sink.calls[1][0].changes == {"last_name": "Durand"}
+    assert form_app.sink.calls[1][0].details == "Et mon ancien nom aussi."
+
+
+async def test_correction_rows_are_not_sent_with_another_kind(form_app: FormApp) -> None:
+    # Typed, then the person chose an erasure: the correct value is no business of an erasure.
+    response = await form_app.post({"kind": "erasure", "change_field_1": "city", "change_value_1": "Lyon"})
+    assert response.status_code == 303
+    assert form_app.sink.calls[0][0].changes == {}
+
+
+@pytest.mark.parametrize(("lang", "fields", "field_id", "message"), [
+    ("fr", {"change_field_1": "city"}, "change_value_1", "Saisissez la bonne valeur."),
+    ("en", {"change_field_2": "city", "change_value_2": " "}, "change_value_2", "Type the correct value."),
+    ("fr", {"change_value_1": "Lyon"}, "change_field_1", "Choisissez l’information à laquelle correspond"),
+    ("en", {"change_value_3": "Lyon"}, "change_field_3", "Choose the information this correct value is for."),
+    ("fr", {"change_field_1": "iban", "change_value_1": "FR76"}, "change_field_1",
+     "Choisissez une information dans la liste."),
+    ("en", {"change_field_1": "city", "change_value_1": "Lyon", "change_field_2": "city", "change_value_2": "Paris"},
+     "change_field_2", "This information is already chosen above"),
+    ("fr", {"change_field_1": "email", "change_value_1": "camille@"}, "change_value_1",
+     "Saisissez la bonne adresse électronique en entier"),
+    ("en", {"change_field_1": "city", "change_value_1": "L" * 501}, "change_value_1",
+     "The correct value must be 500 characters or fewer."),
+    ("fr", {"change_field_1": "city", "change_value_1": "Ly\x00on"}, "change_value_1",
+     "Ce champ contient des caractères non autorisés."),
+])
+async def test_each_correction_error_is_next_to_its_row(form_app: FormApp, lang: str, fields: dict[str, str],
+                                                        field_id: str, message: str) -> None:
+    response = await form_app.post({"kind": "rectification", **fields}, lang=lang)
+    assert response.status_code == 400
+    assert_safe_page(response)
+    assert f'<html lang="{lang}">' in response.text
+    assert_field_error(response.text, field_id, message, error_id=f"{field_id}-error")
+    assert response.text.count('class="error"') == 1
+    # What was typed is kept, the choice too.
+    for name, value in fields.items():
+        if name.startswith("change_value") and "\x00" not in value:
+            assert f'value="{value}"' in response.text
+        elif name.startswith("change_field") and value in ("city", "email"):
+            assert re.search(rf'<select id="{name}"[^>]*>.*?<option value="{value}" selected>', response.text,
+                             re.DOTALL)
+    assert form_app.sink.calls == []
+
+
+async def test_the_engine_refusing_the_new_address_is_shown_on_its_row(form_app: FormApp) -> None:
+    form_app.sink.fail_with = SubmissionError("the new email is not a valid address")
+    response = await form_app.post({"kind": "rectification", "change_field_1": "city", "change_value_1": "Lyon",
+                                    "change_field_2": "email", "change_value_2": "c@example.org"}, lang="en")
+    assert response.status_code == 400
+    assert_field_error(response.text, "change_value_2", "Type the correct email address in full",
+                       error_id="change_value_2-error")
+
+
+async def test_the_form_offers_only_the_fields_the_connectors_can_correct(tmp_path: Path) -> None:
+    async with serve_form(tmp_path, rectifiable=frozenset({"postcode", "city"})) as running:
+        page, _ = await running.form("en")
+        select = page.text.split('id="change_field_2"', 1)[1].split("</select>", 1)[0]
+        assert re.findall(r'<option value="([a-z_0-9]*)"', select) == ["", "postcode", "city"]
+        # A field no connector can correct, posted anyway (a forged form): refused on its row, nothing sent.
+        response = await running.post({"kind": "rectification", "change_field_1": "email",
+                                       "change_value_1": "camille@example.net"}, lang="en")
+        assert response.status_code == 400
+        assert_field_error(response.text, "change_field_1", "Choose a piece of information from the list.",
+                           error_id="change_field_1-error")
+        assert running.sink.calls == []
+

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -192,7 +193,12 @@ def check_outcome(status: int, content_type: str, content: bytes, created: list[
         made = created[0]
         assert made.accepted.reference == made.request.request_id
         # The neutral receipt (issue 12): never the reference, always this submission's own dates.
-        assert set(answer) == {"status", "kind", "received", "deadline", "extended_deadline"}
+        receipt = {"status", "kind", "received", "deadline", "extended_deadline"}
+        assert set(answer) in (receipt, receipt | {"warning"})
+        # A warning only for a submission received long ago (received_at): its month over or nearly.
+        due = made.request.deadlines.normal.due
+        today = datetime.now(ZoneInfo(made.request.policy.timezone)).date()
+        assert ("warning" in answer) == ((due - today).days < 7), answer
         assert answer["kind"] == made.request.kind.value
         assert answer["deadline"] == made.request.deadlines.normal.due.isoformat()
         # By construction ``prepare`` accepted it; check again that it still does (no hidden state).

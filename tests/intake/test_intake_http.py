@@ -66,12 +66,22 @@ def identity_method() -> str:
     return "email"
 
 
+@pytest.fixture
+def api_token() -> str | None:
+    """``DSR_API_TOKEN`` of the intake under test (none: the API is open; a test parametrizes it to set one)."""
+    return None
+
+
 @pytest_asyncio.fixture
 async def intake(
     dev_server: WorkflowEnvironment, mail: MailSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    identity_method: str,
+    identity_method: str, api_token: str | None,
 ) -> AsyncIterator[Intake]:
     port = free_port()
+    if api_token:
+        monkeypatch.setenv("DSR_API_TOKEN", api_token)
+    else:
+        monkeypatch.delenv("DSR_API_TOKEN", raising=False)
     monkeypatch.setenv("DSR_ZENDESK_WEBHOOK_SECRET", ZENDESK_SECRET)
     monkeypatch.setenv("DSR_TICKET_WEBHOOK_SECRET", TICKET_SECRET)
     settings = Settings.from_env({
@@ -237,6 +247,98 @@ async def test_bad_api_input_is_a_clear_4xx_and_creates_nothing(
     if field:
         assert response.json().get("field", "").startswith(field) or field in response.json()["error"]
     assert intake.ledger.requests() == []
+
+
+async def test_api_rectification_with_changes_runs_and_with_text_only_waits_for_staff(intake: Intake) -> None:
+    # Subjects of their own: earlier tests' requests of Camille, on the same server, are no business of these.
+    paired = await submit_api(intake, kind="rectification", email="lina.roux@example.org", changes={"city": " Lyon "})
+    text_only = await submit_api(intake, kind="rectification", email="noa.bernard@example.org",
+                                 details="Mon adresse a changé, je vis à Lyon maintenant.")
+    for reference in (paired, text_only):
+        await intake.client.get_workflow_handle(reference).execute_update(
+            DataSubjectRequest.confirm_identity, IdentityConfirmation(method=IdentityMethod.EMAIL, confirmed_by="t"))
+    waiting = await poll(lambda: _status_if(intake, text_only, lambda s: s.awaiting_changes))
+    assert waiting.stage.value == "needs_attention"
+    done = await poll(lambda: _status_if(intake, paired, lambda s: s.outcome is not None))
+    assert done.outcome.value == "fulfilled" and not done.awaiting_changes
+
+
+async def _status_if(intake: Intake, reference: str, check) -> RequestStatus | None:
+    state = await status(intake, reference)
+    return state if check(state) else None
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"city": "   "}, "no correct value given for city"),
+    ({"iban": "FR76"}, "cannot rectify iban"),
+    ({"email": "camille@"}, "the new email is not a valid address"),
+])
+async def test_api_changes_that_cannot_be_applied_are_422_on_changes(intake: Intake, changes: dict,
+                                                                       message: str) -> None:
+    response = await intake.http.post("/api/requests", json=api_body(kind="rectification", changes=changes))
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"] and response.json()["field"] == "changes"
+    assert intake.ledger.requests() == []
+
+
+@pytest.mark.parametrize("api_token", ["partner-token"])
+async def test_api_submission_received_long_ago_is_warned_and_acknowledged_with_an_apology(intake: Intake) -> None:
+    intake.http.headers["Authorization"] = "Bearer partner-token"
+    # A request received by a partner desk 40 days ago and passed on only now: the month is over.
+    received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    response = await intake.http.post("/api/requests", json=api_body(received_at=received))
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert "deadline passed" in accepted["warning"] and accepted["deadline"] in accepted["warning"]
+    assert "camille" not in accepted["warning"].lower()
+    await wait_for_mail(intake.mail, 1)
+    text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
+    assert "a expiré le" in text and "excuser de ce retard" in text, text  # no date in the past promised
+    # The operators hear of it at once too: the ledger records the request overdue, and they are sent the escalation.
+    late = reference_of(intake, "camille.durand@example.org", "access")
+    assert await poll(lambda: _events(intake, late, "overdue"))
+    assert await poll(lambda: _sent(intake, late, "operator_escalation"))
+
+    # Received yesterday: plenty of time, no warning; in the future, or without its offset: refused.
+    fresh = await intake.http.post("/api/requests", json=api_body(
+        kind="erasure", received_at=(datetime.now(UTC) - timedelta(days=1)).isoformat()))
+    assert fresh.status_code == 202 and "warning" not in fresh.json()
+    future = await intake.http.post("/api/requests", json=api_body(
+        kind="portability", received_at=(datetime.now(UTC) + timedelta(days=2)).isoformat()))
+    assert future.status_code == 422 and future.json()["field"] == "received_at"
+    ancient = await intake.http.post("/api/requests", json=api_body(kind="portability",
+                                                                  received_at="1802-01-01T00:00:00Z"))
+    assert ancient.status_code == 422 and ancient.json()["field"] == "received_at"
+    seconds = await intake.http.post("/api/requests", json=api_body(kind="portability", received_at=0))
+    assert seconds.status_code == 422 and seconds.json()["field"] == "received_at"
+    naive = await intake.http.post("/api/requests",
+                                   json=api_body(kind="portability", received_at="2026-01-05T10:00:00"))
+    assert naive.status_code == 422 and naive.json()["field"] == "received_at"
+    assert len(intake.ledger.requests()) == 2
+
+
+async def test_an_open_api_does_not_take_a_receipt_date(intake: Intake) -> None:
+    # Without DSR_API_TOKEN anyone may call the API: the receipt date, the controller's evidence, is not theirs to set.
+    received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    response = await intake.http.post("/api/requests", json=api_body(received_at=received))
+    assert response.status_code == 422 and response.json()["field"] == "received_at"
+    assert "DSR_API_TOKEN" in response.json()["error"]
+    assert intake.ledger.requests() == []
+
+
+async def test_ticket_webhook_received_long_ago_is_warned(intake: Intake) -> None:
+    received = (datetime.now(UTC) - timedelta(days=45)).replace(hour=12, minute=0).isoformat()  # same day in Paris
+    body = json.dumps({"ticket_id": "T-77", "email": "sam.roux@example.org", "kind": "access",
+                       "received_at": received}).encode()
+    response = await intake.http.post("/webhooks/ticket", content=body, headers=ticket_headers(body))
+    assert response.status_code == 202, response.text
+    assert "deadline passed" in response.json()["warning"]
+    # Zendesk too (the trigger may send the ticket's creation time).
+    body = zendesk_body(ticket_id="4522", received_at=received)
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+    assert response.status_code == 202, response.text
+    assert "deadline passed" in response.json()["warning"]
+    assert response.json()["received"] == received[:10]
 
 
 async def test_rate_limit_per_client_answers_429_with_retry_after(intake: Intake) -> None:

@@ -234,7 +234,34 @@ def test_erasure_reply_says_what_was_kept_why_and_until_when(language: Language)
         assert ("article 17, paragraphe 3" if fr else "Article 17(3)") in part
         assert "Cabinet comptable Exemple" in part and "Logistique Exemple SARL" in part
         assert ("article 19" if fr else "Article 19") in part
-        assert ("déjà effacée, ou jamais enregistrée" if fr else "already erased, or never recorded") in part
+        # HubSpot found nothing: said as such, without guessing why (the journal knows what this request did).
+        assert ("Aucune donnée vous concernant n'a été trouvée dans ce système." if fr
+                else "No data about you was found in this system.") in part
+        assert ("jamais enregistrée" if fr else "never recorded") not in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_erasure_reply_tells_erased_by_this_request_from_gone_before_it(language: Language) -> None:
+    systems = [
+        # An earlier attempt of this request deleted the account; its retry found it gone: the journal says "deleted".
+        ConnectorOutcome("woocommerce", found=1, report=[RecordReport("customer", "7", RecordAction.DELETED)]),
+        # Found when the request searched, deleted by someone else before the request reached it.
+        ConnectorOutcome("hubspot", found=1, report=[RecordReport("contact", "501", RecordAction.ALREADY_GONE)]),
+        ConnectorOutcome("stripe", found=0, report=[RecordReport("customer", "-", RecordAction.ALREADY_GONE)]),
+    ]
+    _, text, visible = _parts(ReplyKind.ERASURE, language, _context(systems=systems))
+    fr = language == Language.FR
+    for part in (text, visible):
+        section = re.split(r"Ce que nous avons fait, système par système|What we did, system by system", part)[1]
+        woo, hubspot, stripe = (section[section.index(f"({n})"):] for n in ("WooCommerce", "HubSpot", "Stripe"))
+        assert woo.split("(HubSpot)")[0].count("Effacé : compte client : 1" if fr
+                                                else "Erased: customer account: 1") == 1
+        assert ("Déjà supprimé avant que cette demande ne l'atteigne (pas par cette demande) : fiche contact : 1"
+                if fr else "Already deleted before this request reached it (not by this request): contact record: 1"
+                ) in hubspot.split("(Stripe)")[0]
+        assert ("Aucune donnée vous concernant n'a été trouvée dans ce système." if fr
+                else "No data about you was found in this system.") in stripe
+        assert ("Effacé :" if fr else "Erased:") not in hubspot
 
 
 @pytest.mark.parametrize("language", list(Language))
@@ -246,6 +273,37 @@ def test_rectification_reply_names_fields_never_values(language: Language) -> No
         assert ("Déjà à jour" if fr else "Already up to date") in part
         assert "Durand" not in part and "Lyon" not in part
         assert "Cabinet comptable Exemple" in part
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_rectification_reply_says_up_to_date_only_for_what_was_read_equal(language: Language) -> None:
+    # HubSpot found the contact but holds none of the fields to correct; Stripe found nothing at all.
+    systems = [
+        ConnectorOutcome("woocommerce", found=1, report=[
+            RecordReport("customer", "7", RecordAction.UNCHANGED, fields=["city"])]),
+        ConnectorOutcome("hubspot", found=1, notes=["no HubSpot contact property for: address_line2"]),
+        ConnectorOutcome("stripe", found=0),
+    ]
+    _, text, visible = _parts(ReplyKind.RECTIFICATION, language, _context(systems=systems))
+    fr = language == Language.FR
+    for part in (text, visible):
+        blocks = _system_blocks(part, ["WooCommerce", "HubSpot", "Stripe"])
+        assert ("Déjà à jour, aucune modification nécessaire — compte client : ville" if fr
+                else "Already up to date, no change needed — customer account: city") in blocks[0]
+        assert ("Ce système ne contient pas les informations à corriger : rien n" if fr
+                else "The information to correct is not held in this system: nothing was changed there.") in blocks[1]
+        assert ("Déjà à jour" if fr else "Already up to date") not in blocks[1]
+        assert ("Aucune donnée vous concernant" if fr else "No data about you") not in blocks[1]
+        assert ("Aucune donnée vous concernant dans ce système : rien à corriger." if fr
+                else "No data about you in this system: nothing to correct.") in blocks[2]
+
+
+def _system_blocks(text: str, labels: list[str]) -> list[str]:
+    """The text of each system's part of the system-by-system section, in order."""
+    section = re.split(r"Ce que nous avons corrigé, système par système|What we corrected, system by system",
+                       text)[1]
+    starts = [section.index(f"({label})") for label in labels]
+    return [section[start:end] for start, end in zip(starts, [*starts[1:], len(section)], strict=True)]
 
 
 @pytest.mark.parametrize("language", list(Language))
@@ -275,6 +333,48 @@ def test_art19_notice(language: Language, request_kind: RequestKind) -> None:
             assert ("ville, nom" if fr else "city, last name") in part
         else:
             assert ("effac" if fr else "erase") in part
+
+
+OTHER_STAFF = {
+    Language.FR: "La messagerie du service client (les courriels échangés avec vous) : notre outil n'y fait pas de "
+                 "recherche ; votre demande y est traitée par notre service client.",
+    Language.EN: "The customer service mailbox (emails exchanged with you): not searched by that tool; your request "
+                 "is handled there by our customer service team.",
+}
+
+
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("kind", SUBJECT_REPLIES)
+def test_every_reply_names_the_systems_outside_the_search(language: Language, kind: ReplyKind) -> None:
+    _, text, visible = _parts(kind, language)
+    fr = language == Language.FR
+    for part in (text, visible):
+        assert ("Systèmes en dehors de cette recherche" if fr else "Systems outside this search") in part
+        assert OTHER_STAFF[language] in part
+    # A system left out of the replies altogether says so, with why; a profile without any has no such section.
+    from dsr.config.profile import OtherSystem
+
+    backups = OtherSystem.model_validate({
+        "name": {"fr": "Les sauvegardes", "en": "Backups"}, "holds": {"fr": "une copie des bases", "en": "a copy of "
+                                                                     "the databases"},
+        "handling": "not_covered", "how": {"fr": "effacées d'elles-mêmes après 30 jours",
+                                           "en": "overwritten after 30 days"}})
+    profile = PROFILE.model_copy(update={"other_systems": [backups]})
+    _, text, visible = _parts(kind, language, replace(CONTEXTS[kind], profile=profile))
+    for part in (text, visible):
+        assert ("Les sauvegardes (une copie des bases) : hors du champ de cette réponse : effacées d'elles-mêmes "
+                "après 30 jours." if fr else "Backups (a copy of the databases): outside the scope of this reply: "
+                "overwritten after 30 days.") in part
+        assert OTHER_STAFF[language] not in part
+    bare = PROFILE.model_copy(update={"other_systems": []})
+    _, text, _ = _parts(kind, language, replace(CONTEXTS[kind], profile=bare))
+    assert ("Systèmes en dehors" if fr else "Systems outside") not in text
+
+
+def test_the_art19_notice_does_not_list_other_systems() -> None:
+    for language in Language:
+        _, text, _ = _parts(ReplyKind.ART19_NOTICE, language)
+        assert "Systems outside" not in text and "Systèmes en dehors" not in text
 
 
 def test_art19_notice_needs_kind_email_and_a_change() -> None:
