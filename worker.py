@@ -31,11 +31,12 @@ from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks, IdentityLinks
 from intake.service import IntakeService
+from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
-WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue)
+WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue, RequestAftercare)
 
 
 class LedgerSentLog:

@@ -49,6 +49,9 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # Art. 12(5): manifestly unfounded or excessive, reason recorded
     UNVERIFIED = "unverified"  # identity not confirmed in time
     WITHDRAWN = "withdrawn"
+    # Stopped by hand in Temporal (terminate), which no code of the request can catch: the request was never
+    # answered; ``dsr reconcile`` records it so the ledger and the register say so.
+    TERMINATED = "terminated"
 
 
 class Channel(StrEnum):
@@ -526,6 +529,7 @@ class NoticeTemplate(StrEnum):
     CLOCK_RESUMED = "clock_resumed"  # the subject provided it: the time left resumes, the new due date
     OPERATOR_DEGRADED = "operator_degraded"  # a connector has been failing (retried) for longer than the policy allows
     OPERATOR_CODE_LOCKED = "operator_code_locked"  # too many wrong codes: the request's code path is closed
+    OPERATOR_CANCELLATION = "operator_cancellation"  # a cancellation from the Temporal UI: taken or refused
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -539,6 +543,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_CHANGES_NEEDED,
     NoticeTemplate.OPERATOR_DEGRADED,
     NoticeTemplate.OPERATOR_CODE_LOCKED,
+    NoticeTemplate.OPERATOR_CANCELLATION,
 })
 
 
@@ -653,6 +658,12 @@ class RequestStatus:
     # Each reply of the subject recorded on the request: when, files kept, what our mail server said of the sender.
     correspondence: list[str] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)  # connectors failing longer than the policy allows
+    # The end of the request: the aftercare workflow that follows the link and residual data once it is answered;
+    # why a cancellation from the Temporal UI was refused; what Temporal says of a run that ended without closing
+    # the request (``terminated``: filled in by ``dsr status``, never by the workflow, which cannot see it).
+    aftercare: str = ""
+    cancellation_refused: str = ""
+    temporal_state: str = ""
 
 
 # --- per-subject order ----------------------------------------------------------------------------
