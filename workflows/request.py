@@ -715,7 +715,7 @@ class DataSubjectRequest:
             residuals=list(self._residuals), notice_context=self._notice_context(),
         )
         what = [*(["download link"] if self._link_expires_at else []), *(["residual data"] if self._residuals else [])]
-        attributes = [
+        attributes: list[SearchAttributePair[Any]] = [
             SearchAttributePair(sa.DSR_KIND, self._request.kind.value),
             SearchAttributePair(sa.DSR_STAGE, Stage.CLOSED.value),
             SearchAttributePair(sa.DSR_RESIDUAL, bool(self._residuals)),

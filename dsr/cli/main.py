@@ -9,7 +9,20 @@ from typing import NoReturn
 
 import typer
 
-from dsr.cli import attachments, config, connectors, db, decisions, demo, keys, register, requests, services, triage
+from dsr.cli import (
+    attachments,
+    config,
+    connectors,
+    db,
+    decisions,
+    demo,
+    keys,
+    lifecycle,
+    register,
+    requests,
+    services,
+    triage,
+)
 
 app = typer.Typer(
     name="dsr",
@@ -36,6 +49,8 @@ app.command("due")(requests.due)
 app.command("history")(requests.history)
 app.command("list")(register.list_requests)
 app.command("report")(register.report)
+app.command("reconcile")(lifecycle.reconcile)
+app.command("dashboard")(lifecycle.dashboard)
 # Running the engine.
 app.command("setup")(services.setup)
 app.command("worker")(services.worker)
