@@ -62,6 +62,7 @@ class RequestAftercare:
         self._exports_deleted = False
         self._residuals: list[str] = list(care.residuals)
         self._cleared: ResidualsCleared | None = None
+        self._cleared_recorded = False  # in the ledger: the update answers only then
         self._cancellation_refused = ""
         self._codes_locked: set[str] = set()
 
@@ -114,6 +115,7 @@ class RequestAftercare:
         workflow.upsert_search_attributes([sa.DSR_RESIDUAL.value_set(False)])
         await self._audit("residuals_cleared", actor=cleared.cleared_by,
                           details={"note_length": str(len(cleared.note))})
+        self._cleared_recorded = True
         self._update_details()
 
     # --- updates, signals, queries ------------------------------------------------------------------
@@ -121,7 +123,7 @@ class RequestAftercare:
     @workflow.update
     async def clear_residuals(self, cleared: ResidualsCleared) -> UpdateResult:
         self._cleared = cleared
-        await workflow.wait_condition(lambda: not self._residuals)
+        await workflow.wait_condition(lambda: self._cleared_recorded)
         return UpdateResult(stage=Stage.CLOSED, deadline=self._care.deadline, extended=self._care.extended)
 
     @clear_residuals.validator
@@ -146,7 +148,7 @@ class RequestAftercare:
             link_expires_at=self._care.link_expires_at,
             exports_deleted=self._exports_deleted,
             residuals=list(self._residuals),
-            residuals_cleared=self._cleared is not None and not self._residuals,
+            residuals_cleared=self._cleared_recorded,
             cancellation_refused=self._cancellation_refused,
         )
 

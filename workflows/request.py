@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         subject_queue_id,
     )
     from workflows import search_attributes as sa
+from workflows import details
 from workflows.aftercare import RequestAftercare
 from workflows.cancellation import shielded_from_cancellation
 from workflows.contract import (
@@ -1198,7 +1199,7 @@ class DataSubjectRequest:
             + (" ✓" if self._identity_confirmed else " (waiting)"),
         ]
         if self._progress:
-            lines += ["", "| system | state | attempts | note |", "|---|---|---|---|"]
+            rows: list[list[str]] = []
             for p in self._progress.values():
                 note = p.error or (", ".join(f"{k} {v}" for k, v in p.outcome.counts.items()) if p.outcome else "")
                 if p.failing_since is not None and p.state == ConnectorState.RUNNING:
@@ -1206,7 +1207,8 @@ class DataSubjectRequest:
                 if p.resumed:
                     note = f"{note} (resumed {p.resumed}× after progress)".strip()
                 state = "**degraded**" if p.degraded else p.state.value
-                lines.append(f"| {p.connector} | {state} | {p.attempts} | {note} |")
+                rows.append([p.connector, state, str(p.attempts), note])
+            lines += ["", *details.table(["system", "state", "attempts", "note"], rows, right=[2])]
         if self._awaiting_turn:
             whom = f"**waiting for {self._turn_holder}** of the same person" if self._turn_holder else \
                 "**waiting for its turn**"
