@@ -16,13 +16,14 @@ from temporalio.worker import Replayer
 
 from dsr.store.crypto import data_converter
 from tests.harness import TEST_KEYRING, project_version
+from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
 ROOT = Path(__file__).parent / "histories"
 HISTORIES = sorted(ROOT.glob("*/*/*.json"))
-WORKFLOWS = (DataSubjectRequest, SubjectQueue, TriageMessageWorkflow)
+WORKFLOWS = (DataSubjectRequest, SubjectQueue, TriageMessageWorkflow, RequestAftercare)
 VERSION = project_version()
 
 
