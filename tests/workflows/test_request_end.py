@@ -139,3 +139,15 @@ async def test_a_request_without_a_link_or_residual_data_has_no_aftercare(engine
     final = await handle.result()
     assert final.outcome == Outcome.FULFILLED and final.aftercare == "" and final.link_expires_at is None
     assert "aftercare_started" not in events(engine, request)
+
+
+async def test_a_code_closed_on_the_download_page_reaches_the_aftercare_and_the_operator(engine: Engine) -> None:
+    from intake.server import code_locked_hook
+
+    request, handle = await submit(engine, "access")
+    await ended(handle)  # answered: the request's workflow is over, its aftercare keeps the link
+    await code_locked_hook(engine.ledger, engine.client)(request.request_id, "exports", 5)
+    await until(lambda: "operator_code_locked" in templates_sent(engine, request), "the operator's notice")
+    assert "code_locked" in events(engine, request)
+    [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in str(m["Subject"])]
+    assert "la page de téléchargement" in readable(notice) and SUBJECT_EMAIL not in readable(notice)
