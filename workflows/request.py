@@ -741,6 +741,8 @@ class DataSubjectRequest:
         else refused, with the reason in the details, the ledger and the operator's notice."""
         try:
             self._reject_if_closed()
+            if self._outcome is not None:  # the closing is decided (e.g. unverified): not turned into a withdrawal
+                raise RequestRejected(f"{self._request.request_id} is already being closed ({self._outcome.value})")
             self._reject_if_busy("withdrawn")
         except RequestRejected as err:
             self._cancellation_refused = str(err.message)
