@@ -40,12 +40,14 @@ from intake.email.imap import ImapSession
 from intake.email.imap import connect as imap_connect
 from intake.email.settings import MailboxSettings
 from intake.service import TriagedSubmission
+from workflows.aftercare import RequestAftercare
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
-WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue, OutsideSystemTask)
+WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue, OutsideSystemTask,
+                             RequestAftercare)
 
 
 class LedgerSentLog:

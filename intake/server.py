@@ -11,12 +11,13 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.outside import ANSWER_LINK_PURPOSE
 from connectors.config import load_config, rectifiable_fields
 from dsr.config.profile import load_profile
 from dsr.config.settings import ConfigError, Settings
+from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import CANONICAL_FIELDS, LINK_ONLY_KINDS, AuditEvent, CodeLocked, OutsideAnswer, RequestKind
 from dsr.errors import ConfigurationError
 from dsr.mail.bundle import BundleStream, open_bundle
@@ -59,6 +60,7 @@ def code_locked_hook(ledger: Ledger, client: Client) -> Callable[[str, str, int]
     """What the pages call when a request's code is closed for good: a ledger event (once: keyed by request and
     page), then the ``code_locked`` signal, on which the request's workflow tells the operator."""
 
+    from workflows.aftercare import RequestAftercare
     from workflows.request import DataSubjectRequest
 
     async def on_locked(request_id: str, page: str, wrong: int) -> None:
@@ -66,11 +68,21 @@ def code_locked_hook(ledger: Ledger, client: Client) -> Callable[[str, str, int]
                            details={"page": page, "wrong": str(wrong)})
         await asyncio.to_thread(ledger.append_event, event, key=f"code-locked-{page}-{request_id}",
                                 at=datetime.now(UTC))
+        locked = CodeLocked(page=page, wrong=wrong)
         try:
+            if page == "exports":
+                # A download link comes with the answer, when the request's workflow ends: its aftercare tells.
+                try:
+                    await client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request_id)).signal(
+                        RequestAftercare.code_locked, locked)
+                    return
+                except RPCError as err:
+                    if err.status != RPCStatusCode.NOT_FOUND:
+                        raise
             await client.get_workflow_handle_for(DataSubjectRequest.run, request_id).signal(
-                DataSubjectRequest.code_locked, CodeLocked(page=page, wrong=wrong))
+                DataSubjectRequest.code_locked, locked)
         except RPCError as err:
-            # A request already over (its download link outlives nothing) or Temporal away: the ledger has it.
+            # A request and aftercare already over, or Temporal away: the ledger has it.
             logger.warning("intake: could not tell request %s that its %s code is closed (%s)",
                            request_id, page, err.status.name if err.status else "error")
 

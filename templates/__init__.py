@@ -51,13 +51,13 @@ CONTEXT_KEYS = frozenset({
     "controller_name", "verify_url", "verify_code", "days", "label", "days_left", "stage", "ui_url",
     "connector", "error", "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
-    "suspended", "suspended_on", "resumed_on", "document_reason", "status_url",
+    "suspended", "suspended_on", "resumed_on", "document_reason", "status_url", "by_staff", "refused", "page", "wrong",
 })
 """Every key a template may use; other keys are ignored."""
 
 OPERATOR_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector", "error",
-    "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
+    "residuals", "reminder", "attachments", "sender_check", "failing_minutes", "refused", "page", "wrong",
 })
 """The only keys operator notices receive: nothing that names or reaches the data subject."""
 

@@ -22,16 +22,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import pytest_asyncio
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import Outcome, RequestStatus, Stage
 from dsr.store.crypto import KeyRing, data_converter
 from tests.cluster import (
@@ -54,6 +55,7 @@ from tests.cluster import (
 )
 from tests.harness import MailSink, S3Server, free_port
 from tests.servers import start_dev_server, start_time_skipping_server
+from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest
 
 pytestmark = pytest.mark.slow  # a cluster of processes
@@ -387,14 +389,21 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
                                  logs=lambda: "\n".join(m.log("worker") for m in machines))
         assert closed.link_expires_at is not None
         assert any(key.endswith(".enc") or "bundle" in key for key in objects()), objects()
-        await env.sleep(timedelta(days=8))  # past the link's 7 days: the expiry timer fires on some worker
+        # The request ends with its answer: its aftercare (on some worker) deletes the exports at the expiry.
+        aftercare = env.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
 
-        async def deleted() -> bool:
-            return (await handle.query(DataSubjectRequest.status)).exports_deleted
+        async def started() -> bool:
+            try:
+                return (await aftercare.describe()).status == WorkflowExecutionStatus.RUNNING
+            except RPCError:
+                return False  # not started yet
 
         with env.auto_time_skipping_disabled():
-            await until(deleted, seconds=120, what="the exports deleted",
+            await until(started, seconds=60, what="the aftercare",
                         logs=lambda: "\n".join(m.log("worker") for m in machines))
+        async with env.time_skipping_unlocked():  # past the link's 7 days: the expiry timer fires on some worker
+            care = await aftercare.result()
+        assert care.exports_deleted
         assert objects() == []
     finally:
         for machine in machines:

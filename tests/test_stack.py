@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -413,3 +414,48 @@ def test_every_entry_point_keeps_its_files_private_whatever_the_umask(stack: Sta
                 process.wait(timeout=30)
     finally:
         os.umask(loose)
+
+
+def test_the_ui_cancel_and_terminate_buttons_leave_a_true_record(stack: Stack) -> None:
+    stack.up()
+    banner = (stack.home / "up.log").read_text()
+    # Links that stay true: the dated view is reached through `dsr dashboard`, no date frozen at start.
+    assert "`dsr dashboard due` (opens today's" in banner and "DsrDeadline" not in banner
+    links = json.loads(stack.dsr("dashboard", "--json").stdout)
+    assert "DsrDeadline" in urllib.parse.unquote(links["due within 7 days"])
+    unknown = stack.dsr("dashboard", "nonsense")
+    assert unknown.returncode != 0 and unknown.stderr.startswith("error: view 'nonsense' is unknown")
+
+    def submit() -> str:
+        done = stack.dsr("submit", "--kind", "access", "--email", EMAIL, "--name", NAME, "--channel", "api",
+                         "--json")
+        assert done.returncode == 0, done.stderr
+        request_id = json.loads(done.stdout)["id"]
+        wait_until(lambda: json.loads(stack.dsr("status", request_id, "--json").stdout)["stage"]
+                   == "awaiting_identity", "the identity request")
+        return request_id
+
+    # "Request Cancellation" (the UI's button sends what `temporal workflow cancel` sends): withdrawn by staff.
+    cancelled = submit()
+    assert stack.temporal("workflow", "cancel", "--workflow-id", cancelled).returncode == 0
+    status = wait_until(lambda: (s := json.loads(stack.dsr("status", cancelled, "--json").stdout))["stage"]
+                        == "closed" and s, "the cancellation")
+    assert status["outcome"] == "withdrawn"
+    history = json.loads(stack.dsr("history", cancelled, "--json").stdout)
+    assert [(e["actor"], e["details"]) for e in history["events"] if e["event"] == "withdrawn"] == [
+        ("temporal-cancel", {"via": "cancellation"})]
+    assert history["outcome"] == "withdrawn"
+
+    # "Terminate" runs no code of the request: `dsr status` says so, `dsr reconcile` records it.
+    terminated = submit()
+    assert stack.temporal("workflow", "terminate", "--workflow-id", terminated, "--reason", "test").returncode == 0
+    shown = wait_until(lambda: "TERMINATED" in (s := stack.dsr("status", terminated)).stdout and s, "the status")
+    assert f"dsr reconcile {terminated}" in shown.stdout
+    assert json.loads(stack.dsr("history", terminated, "--json").stdout)["stage"] == "awaiting_identity"
+    reconciled = stack.dsr("reconcile", "--json")
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert json.loads(reconciled.stdout)["reconciled"] == [
+        {"id": terminated, "temporal_state": "terminated", "previous_stage": "awaiting_identity"}]
+    history = json.loads(stack.dsr("history", terminated, "--json").stdout)
+    assert (history["stage"], history["outcome"]) == ("closed", "terminated")
+    assert json.loads(stack.dsr("reconcile", "--json").stdout)["reconciled"] == [], "recorded once"

@@ -11,12 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Coroutine
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError, RetryState
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    RetryState,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
+    from dsr.domain.aftercare import AftercareInput, aftercare_id
     from dsr.domain.deadlines import deadline_as_search_value
     from dsr.domain.model import (
         CANONICAL_FIELDS,
@@ -55,7 +66,6 @@ with workflow.unsafe.imports_passed_through():
         RequestKind,
         RequestRecordInput,
         RequestStatus,
-        ResidualsCleared,
         Retry,
         Stage,
         SubjectTurn,
@@ -68,8 +78,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from dsr.domain.outside import OutsideTaskInput
     from workflows import search_attributes as sa
-from workflows import objection
+from workflows import details, objection
+from workflows.aftercare import RequestAftercare
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
+from workflows.cancellation import shielded_from_cancellation
 from workflows.contract import (
     CONNECTOR,
     DEADLINES,
@@ -113,6 +125,10 @@ retries it), so a connector that progresses forever cannot loop without bound; p
 RESUME_WINDOW = timedelta(days=1)
 """No fresh schedule after progress once a connector's run has lasted this long: the last schedule's own retry
 budget (CONNECTOR, about a day) then runs out and an operator is asked."""
+
+CANCELLED_BY = "temporal-cancel"
+"""The actor of a cancellation requested through Temporal (the UI's button, ``temporal workflow cancel``)."""
+
 
 class RequestRejected(ApplicationError):
     """An update that the request's state does not allow; the message is shown to the operator."""
@@ -161,14 +177,15 @@ class DataSubjectRequest:
         self._identity_waited_days = 0
         self._progress: dict[str, ConnectorProgress] = {}
         self._link_expires_at: datetime | None = None
-        self._exports_deleted = False
         self._reply_held = ""
         self._residuals: list[str] = []  # residual lines still to be cleared by hand
-        self._residuals_cleared: ResidualsCleared | None = None
         self._correspondence: set[str] = set()  # message keys already recorded: each message counts once
         self._thread_id: str | None = None  # the subject's latest Message-ID: our notices answer in its thread
         self._correspondence_files = False  # attachments came by correspondence since the last deletion
         self._letters: list[str] = []  # each recorded reply, for the status and the UI (no personal data)
+        self._aftercare = ""  # the id of the aftercare started at the end (download link, residual data)
+        self._cancelled_by_staff = False  # withdrawn by a cancellation from the Temporal UI
+        self._cancellation_refused = ""  # why a cancellation from the Temporal UI was refused
         # The subject's turn (per-subject order): the current ask's number, whether it is out, granted, and
         # which request of the same person holds the turn while this one waits.
         self._turn_round = 0
@@ -199,6 +216,10 @@ class DataSubjectRequest:
 
     @workflow.run
     async def run(self, request: RequestInput) -> RequestStatus:
+        # A cancellation from the UI is caught and decided (withdrawn by staff, or refused): see _cancel_requested.
+        return await shielded_from_cancellation(self._lifecycle(request), self._cancel_requested)
+
+    async def _lifecycle(self, request: RequestInput) -> RequestStatus:
         if self._clock_suspended:
             self._suspended_since = workflow.now()
         self._publish()
@@ -226,8 +247,8 @@ class DataSubjectRequest:
             await self._carry_out()
         await self._close()
         await watcher
-        # Both outlive closure: the download link until it expires, residual data until an operator clears it.
-        await asyncio.gather(self._expire_link(), self._follow_up_residuals())
+        # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
+        await self._start_aftercare()
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
         for mail in self._side_mail:
@@ -235,44 +256,6 @@ class DataSubjectRequest:
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
-
-    async def _expire_link(self) -> None:
-        if self._link_expires_at is None:
-            return
-        # The download link lives past closure; when it expires, what was exported goes with it.
-        await workflow.sleep(max(self._link_expires_at - workflow.now(), timedelta(0)),
-                             summary="download link expiry")
-        await workflow.execute_activity_method(
-            ReplyActivities.delete_exports, ExportsDeletion(self._request.request_id),
-            **summarised(STORAGE, "delete exports"))
-        self._exports_deleted = True
-        await self._audit("exports_deleted")
-        self._update_details()
-
-    async def _follow_up_residuals(self) -> None:
-        """Data a system's API could not clear: the reply told the subject our team erases it by other means,
-        so the operator is told what and where, and reminded until they confirm it is done."""
-        if not self._residuals:
-            return
-        workflow.upsert_search_attributes([sa.DSR_RESIDUAL.value_set(True)])
-        self._update_details()
-        await self._audit("residuals_reported", details={
-            "connectors": ",".join(sorted({line.split(":", 1)[0] for line in self._residuals})),
-            "lines": str(len(self._residuals)),
-        })
-        listing = "\n".join(f"- {line}" for line in self._residuals)
-        await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing)
-        repeat = timedelta(days=self._request.policy.escalation_repeat_days)
-        while not await self._wait(lambda: self._residuals_cleared is not None, repeat, "residual reminder"):
-            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing, reminder="yes")
-            await self._audit("residuals_reminded")
-        cleared = self._residuals_cleared
-        assert cleared is not None
-        self._residuals = []
-        workflow.upsert_search_attributes([sa.DSR_RESIDUAL.value_set(False)])
-        await self._audit("residuals_cleared", actor=cleared.cleared_by,
-                          details={"note_length": str(len(cleared.note))}, note=cleared.note)
-        self._update_details()
 
     async def _verify_identity(self) -> bool:
         """Art. 12(6): ask only as much as the policy requires; close as unverified after the wait."""
@@ -737,7 +720,7 @@ class DataSubjectRequest:
                                        ground=RefusalGround(self._refusal.ground).value)
         elif self._withdrawal is not None:
             self._outcome = Outcome.WITHDRAWN
-            await self._notify_subject(NoticeTemplate.WITHDRAWN)
+            await self._notify_subject(NoticeTemplate.WITHDRAWN, by_staff="yes" if self._cancelled_by_staff else "")
         elif self._outcome == Outcome.UNVERIFIED:
             # The wait the subject was actually given (the deadline may have cut the policy's short).
             await self._notify_subject(
@@ -772,6 +755,67 @@ class DataSubjectRequest:
         )
         if deleted:
             await self._audit("earlier_exports_deleted", details={"requests": str(deleted)})
+
+    # --- the end of the request: its aftercare, a cancellation from the UI ------------------------------
+
+    async def _start_aftercare(self) -> None:
+        """What outlives the answer (the download link until it expires, residual data until an operator clears
+        it) goes to the request's aftercare: a child workflow that outlives this run (ABANDON), which then ends.
+        The subject's turn was released at the answer: a later request of the person never waits for it."""
+        if self._link_expires_at is None and not self._residuals:
+            return
+        policy = self._request.policy
+        care = AftercareInput(
+            request_id=self._request.request_id, operator_email=policy.operator_email,
+            language=self._request.language, escalation_repeat_days=policy.escalation_repeat_days,
+            deadline=self._deadline.due, extended=self._extended, link_expires_at=self._link_expires_at,
+            residuals=list(self._residuals), notice_context=self._notice_context(),
+        )
+        what = [*(["download link"] if self._link_expires_at else []), *(["residual data"] if self._residuals else [])]
+        attributes: list[SearchAttributePair[Any]] = [
+            SearchAttributePair(sa.DSR_KIND, self._request.kind.value),
+            SearchAttributePair(sa.DSR_STAGE, Stage.CLOSED.value),
+            SearchAttributePair(sa.DSR_RESIDUAL, bool(self._residuals)),
+        ]
+        if self._outcome is not None:
+            attributes.append(SearchAttributePair(sa.DSR_OUTCOME, self._outcome.value))
+        child = aftercare_id(self._request.request_id)
+        # A run reset after the start finds the aftercare already running, with the same answer.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                RequestAftercare.run, care, id=child, parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                static_summary=f"aftercare · {self._request.kind.value} · {', '.join(what)}",
+                search_attributes=TypedSearchAttributes(attributes),
+            )
+        self._aftercare = child
+        self._update_details()
+        await self._audit("aftercare_started", details={"workflow": child, "for": ",".join(what)})
+
+    def _cancel_requested(self, reason: str) -> Coroutine[Any, Any, None]:
+        """A cancellation from the Temporal UI (or ``temporal workflow cancel``): taken as a withdrawal by staff
+        when a withdrawal would be (the subject is told, the ledger records it, the request closes as withdrawn),
+        else refused, with the reason in the details, the ledger and the operator's notice."""
+        try:
+            self._reject_if_closed()
+            if self._outcome is not None:  # the closing is decided (e.g. unverified): not turned into a withdrawal
+                raise RequestRejected(f"{self._request.request_id} is already being closed ({self._outcome.value})")
+            self._reject_if_busy("withdrawn")
+        except RequestRejected as err:
+            self._cancellation_refused = str(err.message)
+        else:
+            self._cancelled_by_staff = True
+            self._withdrawal = Withdrawal(requested_by=CANCELLED_BY, reason=reason)
+        self._update_details()
+        return self._record_cancellation(reason)
+
+    async def _record_cancellation(self, reason: str) -> None:
+        refused = self._cancellation_refused
+        if refused:
+            await self._audit("cancellation_refused", actor=CANCELLED_BY, details={"why": refused[:300]},
+                              note=reason)
+        else:
+            await self._audit("withdrawn", actor=CANCELLED_BY, details={"via": "cancellation"}, note=reason)
+        await self._notify_operator(NoticeTemplate.OPERATOR_CANCELLATION, refused=refused)
 
     # --- the deadline watcher -------------------------------------------------------------------
 
@@ -1145,20 +1189,6 @@ class DataSubjectRequest:
         """What the subject wrote with the request (personal data: for the operator, through the codec)."""
         return self._request.details
 
-    @workflow.update
-    async def clear_residuals(self, cleared: ResidualsCleared) -> UpdateResult:
-        self._residuals_cleared = cleared
-        await workflow.wait_condition(lambda: not self._residuals)
-        return self._result()
-
-    @clear_residuals.validator
-    def _validate_clear_residuals(self, cleared: ResidualsCleared) -> None:
-        if not self._residuals or self._residuals_cleared is not None:
-            raise RequestRejected(f"{self._request.request_id} has no residual data waiting to be cleared")
-        if self._stage != Stage.CLOSED:
-            raise RequestRejected(f"{self._request.request_id} is {self._stage.value}: residual data is cleared "
-                                  "after the reply")
-
     @workflow.query
     def status(self) -> RequestStatus:
         return RequestStatus(
@@ -1179,7 +1209,6 @@ class DataSubjectRequest:
             refusal_reason=self._refusal.reason if self._refusal else "",
             clock_suspended=self._clock_suspended,
             link_expires_at=self._link_expires_at,
-            exports_deleted=self._exports_deleted,
             reply_held=self._reply_held,
             residuals=list(self._residuals),
             waiting_for=self._turn_holder if self._awaiting_turn else "",
@@ -1190,6 +1219,8 @@ class DataSubjectRequest:
             scope=self._request.scope,
             awaiting_decision=self._awaiting_decision,
             decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
+            aftercare=self._aftercare,
+            cancellation_refused=self._cancellation_refused,
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -1272,7 +1303,7 @@ class DataSubjectRequest:
             + (" ✓" if self._identity_confirmed else " (waiting)"),
         ]
         if self._progress:
-            lines += ["", "| system | state | attempts | note |", "|---|---|---|---|"]
+            rows: list[list[str]] = []
             for p in self._progress.values():
                 note = p.error or (", ".join(f"{k} {v}" for k, v in p.outcome.counts.items()) if p.outcome else "")
                 if p.failing_since is not None and p.state == ConnectorState.RUNNING:
@@ -1280,7 +1311,8 @@ class DataSubjectRequest:
                 if p.resumed:
                     note = f"{note} (resumed {p.resumed}× after progress)".strip()
                 state = "**degraded**" if p.degraded else p.state.value
-                lines.append(f"| {p.connector} | {state} | {p.attempts} | {note} |")
+                rows.append([p.connector, state, str(p.attempts), note])
+            lines += ["", *details.table(["system", "state", "attempts", "note"], rows, right=[2])]
         if self._awaiting_turn:
             whom = f"**waiting for {self._turn_holder}** of the same person" if self._turn_holder else \
                 "**waiting for its turn**"
@@ -1302,8 +1334,14 @@ class DataSubjectRequest:
         if self._reply_held:
             lines += ["", f"**reply held** until an operator fixes the cause and retries: {self._reply_held}"]
         if self._residuals:
-            lines += ["", "**residual data to clear by hand** (then the `clear_residuals` update):",
+            lines += ["", "**residual data to clear by hand** (then `dsr clear-residuals`, in the aftercare):",
                       *(f"- {line}" for line in self._residuals)]
+        if self._aftercare:
+            lines += ["", f"answered: the download link and residual data are followed in `{self._aftercare}`"]
+        if self._cancelled_by_staff:
+            lines += ["", "**withdrawn by staff** (cancelled from the Temporal UI); the subject is told"]
+        if self._cancellation_refused:
+            lines += ["", f"**cancellation refused**: {self._cancellation_refused}"]
         workflow.set_current_details("\n".join(lines))
 
     async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,

@@ -176,11 +176,11 @@ async def clear_residuals(
     as_json: JsonOption = False,
 ) -> None:
     """Record that the residual data of a request (what a system's API could not erase) was cleared by hand."""
+    from dsr.cli.lifecycle import clear_residuals_of
     from dsr.domain.model import ResidualsCleared
-    from workflows.request import DataSubjectRequest
 
-
-    await _update(request_id, DataSubjectRequest.clear_residuals, ResidualsCleared(cleared_by=by, note=note), as_json)
+    # The request ended with its answer: its residual data waits in its aftercare.
+    await clear_residuals_of(request_id, ResidualsCleared(cleared_by=by, note=note), as_json)
 
 
 

@@ -17,6 +17,7 @@ from dsr.cli import (
     decisions,
     demo,
     keys,
+    lifecycle,
     register,
     requests,
     services,
@@ -72,6 +73,8 @@ app.command("due")(requests.due)
 app.command("history")(requests.history)
 app.command("list")(register.list_requests)
 app.command("report")(register.report)
+app.command("reconcile")(lifecycle.reconcile)
+app.command("dashboard")(lifecycle.dashboard)
 # Running the engine.
 app.command("setup")(services.setup)
 app.command("worker")(services.worker)

@@ -116,6 +116,7 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     """Where a request stands: stage, deadline, connectors."""
     from temporalio.service import RPCError, RPCStatusCode
 
+    from dsr.cli.lifecycle import temporal_state, with_aftercare
     from workflows.request import DataSubjectRequest
 
     check_reference(request_id)
@@ -127,15 +128,23 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         if err.status != RPCStatusCode.NOT_FOUND or not _status_from_ledger(settings, request_id, as_json):
             raise
         return
+    # Answered: the link and residual data live in the aftercare. Terminated: the run could not say so itself.
+    state = await with_aftercare(client, state)
+    state.temporal_state = await temporal_state(client, request_id)
     if as_json:
         data = plain(state)
         data["id"] = data.pop("request_id")
         emit_json(data)
         return
     flags = [f for f, on in (("extended", state.extended), ("OVERDUE", state.overdue)) if on]
-    typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({state.scope})" if state.scope else "")
-               + f"  {state.stage.value}" + (f" ({state.outcome.value})" if state.outcome else "")
-               + (f", objection {state.decision}" if state.decision else ""))
+    if state.temporal_state:
+        typer.echo(f"{state.request_id}  {state.kind.value}  {state.temporal_state.upper()} in Temporal, "
+                   f"stopped at {state.stage.value}: never closed nor answered (record it: `dsr reconcile "
+                   f"{state.request_id}`)")
+    else:
+        typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({state.scope})" if state.scope else "")
+                   + f"  {state.stage.value}" + (f" ({state.outcome.value})" if state.outcome else "")
+                   + (f", objection {state.decision}" if state.decision else ""))
     typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"
                + (f" [{', '.join(flags)}]" if flags else ""))
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
@@ -178,6 +187,11 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         typer.echo(f"  residual data to clear by hand (then `dsr clear-residuals {state.request_id}`):")
         for line in state.residuals:
             typer.echo(f"    - {line}")
+    if state.link_expires_at is not None:
+        typer.echo(f"  download link {'expired, export deleted' if state.exports_deleted else 'valid until'} "
+                   f"{state.link_expires_at:%Y-%m-%d %H:%M} UTC")
+    if state.cancellation_refused:
+        typer.echo(f"  a cancellation from the Temporal UI was refused: {state.cancellation_refused}")
 
 
 def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:

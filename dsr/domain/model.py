@@ -65,6 +65,9 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # Art. 12(5): manifestly unfounded or excessive, reason recorded
     UNVERIFIED = "unverified"  # identity not confirmed in time
     WITHDRAWN = "withdrawn"
+    # Stopped by hand in Temporal (terminate), which no code of the request can catch: the request was never
+    # answered; ``dsr reconcile`` records it so the ledger and the register say so.
+    TERMINATED = "terminated"
 
 
 class Channel(StrEnum):
@@ -606,6 +609,7 @@ class NoticeTemplate(StrEnum):
     OPERATOR_DEGRADED = "operator_degraded"  # a connector has been failing (retried) for longer than the policy allows
     OPERATOR_CODE_LOCKED = "operator_code_locked"  # too many wrong codes: the request's code path is closed
     OPERATOR_DECISION_NEEDED = "operator_decision_needed"  # an objection (21(1)) waits for ``dsr decide``
+    OPERATOR_CANCELLATION = "operator_cancellation"  # a cancellation from the Temporal UI: taken or refused
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -620,6 +624,7 @@ OPERATOR_TEMPLATES = frozenset({
     NoticeTemplate.OPERATOR_DEGRADED,
     NoticeTemplate.OPERATOR_CODE_LOCKED,
     NoticeTemplate.OPERATOR_DECISION_NEEDED,
+    NoticeTemplate.OPERATOR_CANCELLATION,
 })
 
 
@@ -744,6 +749,12 @@ class RequestStatus:
     scope: str = ""  # objection: marketing or other
     awaiting_decision: bool = False  # an objection (21(1)) waits for ``dsr decide``
     decision: str = ""  # "upheld" or "rejected", once decided
+    # The end of the request: the aftercare workflow that follows the link and residual data once it is answered;
+    # why a cancellation from the Temporal UI was refused; what Temporal says of a run that ended without closing
+    # the request (``terminated``: filled in by ``dsr status``, never by the workflow, which cannot see it).
+    aftercare: str = ""
+    cancellation_refused: str = ""
+    temporal_state: str = ""
 
 
 # --- per-subject order ----------------------------------------------------------------------------

@@ -47,8 +47,9 @@ REGISTER_EVENTS = ("closed", "refused", "clock_suspended", "identity_doubt", "cl
 stood still (décret 2019-536: from a document policy's identity request or a reasonable doubt, to the subject's
 answer)."""
 
-ANSWERED_BUT = frozenset({Outcome.WITHDRAWN.value})
-"""Closed requests that were not answered: the subject withdrew (no answer was due)."""
+ANSWERED_BUT = frozenset({Outcome.WITHDRAWN.value, Outcome.TERMINATED.value})
+"""Closed requests that were not answered: the subject withdrew (no answer was due), or the workflow was terminated
+in Temporal (recorded by ``dsr reconcile``: closed in the ledger, never answered)."""
 
 
 class RequestState(StrEnum):
@@ -311,7 +312,7 @@ LABELS: dict[Language, dict[str, str]] = {
         "received": "reçue", "awaiting_identity": "identité en attente", "processing": "en traitement",
         "needs_attention": "intervention requise", "replying": "réponse en cours", "closed": "close",
         "fulfilled": "satisfaite", "refused": "refusée", "unverified": "identité non vérifiée",
-        "withdrawn": "retirée", "open": "en cours",
+        "withdrawn": "retirée", "terminated": "arrêtée sans réponse", "open": "en cours",
         "excessive": "manifestement infondée ou excessive (art. 12.5)",
         "identity": "identité non établie (art. 11.2)",
         "others_rights": "droits d'autrui (art. 15.4 / 20.4)",
@@ -327,7 +328,7 @@ LABELS: dict[Language, dict[str, str]] = {
         "received": "received", "awaiting_identity": "awaiting identity", "processing": "processing",
         "needs_attention": "needs attention", "replying": "replying", "closed": "closed",
         "fulfilled": "fulfilled", "refused": "refused", "unverified": "identity not verified",
-        "withdrawn": "withdrawn", "open": "open",
+        "withdrawn": "withdrawn", "terminated": "terminated, unanswered", "open": "open",
         "excessive": "manifestly unfounded or excessive (Art. 12(5))",
         "identity": "identity not established (Art. 11(2))",
         "others_rights": "rights of others (Art. 15(4) / 20(4))",

@@ -15,9 +15,11 @@ from dsr.domain.deadlines import deadline_as_search_value
 from dsr.domain.model import RequestKind, Stage
 from workflows import search_attributes as sa
 
-# A closed access request stays Running until its download link expires: not something still due.
+# A request's workflow ends when it is answered (its download link and residual data live on in its aftercare);
+# the few instants between closing and ending are not something still due either.
 REQUESTS_RUNNING = "WorkflowType = 'DataSubjectRequest' AND ExecutionStatus = 'Running'"
 RUNNING = f"{REQUESTS_RUNNING} AND DsrStage != '{Stage.CLOSED.value}'"
+AFTERCARE_RUNNING = "WorkflowType = 'RequestAftercare' AND ExecutionStatus = 'Running'"
 
 
 def _literal(day: date) -> str:
@@ -38,8 +40,9 @@ def in_stage(stage: Stage) -> str:
 
 
 def residual_data() -> str:
-    """Requests answered whose residual data (not erasable through a system's API) waits to be cleared."""
-    return f"{REQUESTS_RUNNING} AND {sa.DSR_RESIDUAL.name} = true"
+    """Answered requests whose residual data (not erasable through a system's API) waits to be cleared: their
+    aftercare workflows (``aftercare-<reference>``)."""
+    return f"{AFTERCARE_RUNNING} AND {sa.DSR_RESIDUAL.name} = true"
 
 
 def mail_not_delivered() -> str:
@@ -62,9 +65,26 @@ def decisions_needed() -> str:
     return f"{of_kind(RequestKind.OBJECTION)} AND {sa.DSR_STAGE.name} = '{Stage.NEEDS_ATTENTION.value}'"
 
 
+def open_requests() -> str:
+    """Every request not yet answered (what the UI's list shows by default, less the other workflow types)."""
+    return RUNNING
+
+
+def ended_by_hand() -> str:
+    """Requests whose workflow was terminated (or otherwise stopped) in Temporal: to record with `dsr reconcile`."""
+    return ("WorkflowType = 'DataSubjectRequest' AND ExecutionStatus IN "
+            "('Terminated', 'Canceled', 'Failed', 'TimedOut')")
+
+
+DATED_VIEWS = frozenset({"due within 7 days"})
+"""Views whose query holds today's date (visibility queries have no "now"): a link to one is true on the day it
+was made; ``dsr dashboard`` makes them afresh."""
+
+
 def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
     """Temporal UI links pre-filtered for the daily questions of a DPO or an operator on call."""
     queries = {
+        "open requests": open_requests(),
         "due within 7 days": due_within(today, 7),
         "overdue": overdue(),
         "awaiting identity": in_stage(Stage.AWAITING_IDENTITY),
@@ -74,6 +94,7 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "connector degraded": connectors_degraded(),
         "objections under way": of_kind(RequestKind.OBJECTION),
         "objections to decide": decisions_needed(),
+        "ended by hand": ended_by_hand(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"
     return {label: f"{base}?query={urllib.parse.quote(q)}" for label, q in queries.items()}

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from dsr.config.settings import Settings
 from dsr.errors import ConfigurationError
-from dsr.runtime.dashboard import ui_links
+from dsr.runtime.dashboard import DATED_VIEWS, ui_links
 from workflows import search_attributes as sa
 
 if TYPE_CHECKING:
@@ -316,8 +316,10 @@ def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool
         f"  DSR_HOME        {settings.home}",
         f"  profile         {_profile_state(settings)}",
         "",
-        "Dashboards:",
-        *(f"  {label:<18} {url}" for label, url in dashboard_links(settings).items()),
+        "Dashboards (they stay true; `dsr dashboard` lists them all as of today):",
+        *(f"  {label:<18} {url}" if label not in DATED_VIEWS else
+          f"  {label:<18} `dsr dashboard {label.split()[0]}` (opens today's: its query holds a date)"
+          for label, url in dashboard_links(settings).items()),
         *([
             "",
             f"Demo systems (sandboxes on 127.0.0.1, fresh at every start, see {settings.config_file}):",

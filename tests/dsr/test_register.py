@@ -280,8 +280,8 @@ def test_statistics_count_answers_on_time_extensions_refusals_and_months() -> No
     assert stats.by_kind == {"access": 2, "rectification": 1, "erasure": 2, "portability": 1, "objection": 0,
                              "complaint": 1}
     assert stats.by_channel == {"form": 5, "email": 1, "letter": 1}
-    assert stats.by_outcome == {"fulfilled": 3, "refused": 1, "unverified": 0, "withdrawn": 1, "open": 1,
-                                "cancelled": 1}
+    assert stats.by_outcome == {"fulfilled": 3, "refused": 1, "unverified": 0, "withdrawn": 1, "terminated": 0,
+                                "open": 1, "cancelled": 1}
     assert (stats.answered, stats.answered_on_time, stats.answered_late) == (5, 4, 1)  # a b c d g
     assert stats.on_time_share == pytest.approx(0.8)
     assert stats.days_taken == [5, 10, 20, 40, 60] and stats.days_taken_late == [40]

@@ -269,6 +269,36 @@ def test_operator_escalation_and_attention_golden() -> None:
     assert "AuthenticationError: token rejected (401)" in attention.text
 
 
+@pytest.mark.parametrize(
+    ("language", "subject", "by_staff", "not_by_staff"),
+    [(Language.FR, "Clôture de votre demande d'effacement par notre équipe (réf. dsr-2026-11-7KQ3FJ)",
+      "retirée par notre personnel", "Comme vous nous l'avez demandé"),
+     (Language.EN, "Your erasure request was withdrawn by our staff (ref. dsr-2026-11-7KQ3FJ)",
+      "withdrawn by our staff", "As you asked")],
+)
+def test_withdrawn_by_staff_golden(language: Language, subject: str, by_staff: str, not_by_staff: str) -> None:
+    # A cancellation from the Temporal UI: the subject is told staff withdrew it, never "as you asked".
+    context = {**FULL, "kind": "erasure"}
+    staff = render_notice(NoticeTemplate.WITHDRAWN, language, {**context, "by_staff": "yes"})
+    assert staff.subject == subject
+    for part in (staff.text, html.unescape(staff.html)):
+        assert by_staff in part and not_by_staff not in part
+        assert "23 novembre 2026" in part or "23 November 2026" in part
+    own = render_notice(NoticeTemplate.WITHDRAWN, language, context)
+    assert not_by_staff in own.text and by_staff not in own.text and own.subject != subject
+
+
+def test_operator_cancellation_golden() -> None:
+    taken = render_notice(NoticeTemplate.OPERATOR_CANCELLATION, Language.EN, FULL)
+    assert taken.subject == "[DSR] dsr-2026-11-7KQ3FJ: cancelled from Temporal, closed as withdrawn"
+    assert "taken as a withdrawal by our staff" in taken.text and "prise comme un retrait" in taken.text
+    why = "dsr-2026-11-7KQ3FJ is processing; it can be withdrawn only before processing starts"
+    refused = render_notice(NoticeTemplate.OPERATOR_CANCELLATION, Language.FR, {**FULL, "refused": why})
+    assert refused.subject == "[DSR] dsr-2026-11-7KQ3FJ : annulation refusée"
+    assert why in refused.text and why in html.unescape(refused.html)
+    assert "It is refused and the request goes on" in refused.text
+
+
 def test_required_keys_and_kind_are_checked() -> None:
     with pytest.raises(ValueError, match="reference"):
         render_notice(NoticeTemplate.ACKNOWLEDGEMENT, Language.FR, {"kind": "access"})

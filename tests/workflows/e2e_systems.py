@@ -35,6 +35,7 @@ from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
 from dsr.config.settings import Settings
+from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import AuditEvent, IdentityMethod, RequestInput
 from dsr.store.exports import ExportStore
 from dsr.store.guards import Guards
@@ -242,10 +243,12 @@ class World:
 
     async def terminate_running(self) -> None:
         """Leave no workflow waiting on a timer (download link, residual reminder) behind the test."""
-        for handle in self.handles:
-            with contextlib.suppress(RPCError):
-                if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                    await handle.terminate("test over")
+        for request in self.handles:
+            # The request, and its aftercare once answered (the link and the residual data outlive it).
+            for handle in (request, self.env.client.get_workflow_handle(aftercare_id(request.id))):
+                with contextlib.suppress(RPCError):
+                    if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                        await handle.terminate("test over")
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
 from connectors.woocommerce import WooCommerceConnector
 from dsr.config.settings import Settings
+from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import IdentityMethod, Outcome, RequestStatus, Stage
 from dsr.store.exports import ExportStore
 from dsr.store.guards import Guards
@@ -235,9 +236,9 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,
                                 profile=demo_profile, task_queue=task_queue, executor=executor):
-            handle = await start(time_skipping.client, request, task_queue=task_queue)
-            for _ in range(200):  # real time, no skipping: until the reply is out
-                if "reply_sent" in [e.event for e in ledger.events(request.request_id)]:
+            await start(time_skipping.client, request, task_queue=task_queue)
+            for _ in range(200):  # real time, no skipping: until the reply is out and the aftercare keeps the link
+                if "aftercare_started" in [e.event for e in ledger.events(request.request_id)]:
                     break
                 await asyncio.sleep(0.1)
             reply = mail.to(EMAIL)[-1]
@@ -265,8 +266,10 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
                 assert any(key.endswith("/bundle.zip.enc") for key in stored)
                 assert all(b"nadia" not in body.lower() and b"haddad" not in body.lower() for body in stored.values())
 
-                await handle.terminate("test over: the download was checked")
-                exports.delete(request.request_id)  # what the workflow's expiry timer does
+                # The request ended with its answer; its aftercare keeps the link until it expires.
+                await time_skipping.client.get_workflow_handle(aftercare_id(request.request_id)).terminate(
+                    "test over: the download was checked")
+                exports.delete(request.request_id)  # what the aftercare's expiry timer does
                 gone = await http.post(f"/exports/{token}", data={"answer": code, "form": links.form_token(token)})
                 assert gone.status_code == 410
     await intake.stop()

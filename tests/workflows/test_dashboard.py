@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import uuid
@@ -13,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import Settings
 from dsr.domain.model import IdentityMethod, RequestKind, Stage
-from dsr.runtime.dashboard import in_stage, list_due
+from dsr.runtime.dashboard import ended_by_hand, in_stage, list_due, open_requests
 from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare, start
 from tests.harness import MailSink, exports_of
@@ -75,16 +76,29 @@ async def test_due_and_stage_filters_find_the_right_requests(
             assert all(r.request_id in waiting for r in ids.values())
             for request in ids.values():
                 await dev_server.client.get_workflow_handle(request.request_id).terminate("test over")
+            # Terminated by hand: listed for `dsr reconcile`, no longer among the open requests.
+            ours = {r.request_id for r in ids.values()}
+            stopped: set[str] = set()
+            for _ in range(50):
+                stopped = {wf.id async for wf in dev_server.client.list_workflows(ended_by_hand())} & ours
+                if stopped == ours:
+                    break
+                await asyncio.sleep(0.2)
+            assert stopped == ours
+            assert not {wf.id async for wf in dev_server.client.list_workflows(open_requests())} & ours
 
 
 async def test_residual_filter_lists_answered_requests_until_their_residual_data_is_cleared(
     dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
 ) -> None:
-    import asyncio
 
+    from temporalio.client import WorkflowExecutionStatus
+
+    from dsr.domain.aftercare import aftercare_id
     from dsr.domain.model import ResidualsCleared
-    from dsr.runtime.dashboard import residual_data
+    from dsr.runtime.dashboard import RUNNING, residual_data
     from tests.harness import ScriptedConnector
+    from workflows.aftercare import RequestAftercare
     from workflows.request import DataSubjectRequest
 
     task_queue = f"dash-{uuid.uuid4()}"
@@ -109,28 +123,32 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
                 await asyncio.sleep(0.1)
             handle = await start(dev_server.client, erasure, task_queue=task_queue)
             found: list[str] = []
-            for _ in range(100):  # the reply, then the search attribute, then eventual visibility
+            for _ in range(100):  # the reply, then the aftercare and its search attribute, then eventual visibility
                 found = await listed()
-                if erasure.request_id in found:
+                if aftercare_id(erasure.request_id) in found:
                     break
                 await asyncio.sleep(0.2)
-            assert erasure.request_id in found and plain.request_id not in found
+            # Listed: the answered erasure's aftercare (the request itself has ended, Completed).
+            assert aftercare_id(erasure.request_id) in found and aftercare_id(plain.request_id) not in found
+            assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+            assert erasure.request_id not in [wf.id async for wf in dev_server.client.list_workflows(RUNNING)]
 
-            await handle.execute_update(DataSubjectRequest.clear_residuals, ResidualsCleared(note="done by hand"))
-            await handle.result()
+            aftercare = dev_server.client.get_workflow_handle_for(RequestAftercare.run,
+                                                                  aftercare_id(erasure.request_id))
+            await aftercare.execute_update(RequestAftercare.clear_residuals, ResidualsCleared(note="done by hand"))
+            await aftercare.result()
             for _ in range(50):
                 found = await listed()
-                if erasure.request_id not in found:
+                if aftercare_id(erasure.request_id) not in found:
                     break
                 await asyncio.sleep(0.2)
-            assert erasure.request_id not in found
+            assert aftercare_id(erasure.request_id) not in found
             await dev_server.client.get_workflow_handle(plain.request_id).terminate("test over")
 
 
 async def test_degraded_filter_lists_requests_whose_connector_fails_too_long(
     dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
 ) -> None:
-    import asyncio
 
     from dsr.runtime.dashboard import connectors_degraded, ui_links
     from tests.harness import ScriptedConnector

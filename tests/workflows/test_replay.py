@@ -16,6 +16,7 @@ from temporalio.worker import Replayer
 
 from dsr.store.crypto import data_converter
 from tests.harness import TEST_KEYRING, project_version
+from workflows.aftercare import RequestAftercare
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
@@ -23,7 +24,7 @@ from workflows.triage import TriageMessageWorkflow
 
 ROOT = Path(__file__).parent / "histories"
 HISTORIES = sorted(ROOT.glob("*/*/*.json"))
-WORKFLOWS = (DataSubjectRequest, SubjectQueue, TriageMessageWorkflow, OutsideSystemTask)
+WORKFLOWS = (DataSubjectRequest, SubjectQueue, TriageMessageWorkflow, OutsideSystemTask, RequestAftercare)
 VERSION = project_version()
 
 

@@ -8,6 +8,7 @@ the sandboxes, holding the subject and another customer in each of the three sys
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -26,6 +27,7 @@ from connectors import woocommerce
 from connectors.base import RetentionRule
 from connectors.stripe import DEFAULT_RETENTION, LEGAL_BASIS
 from dsr.config.settings import Settings
+from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import Outcome, RequestInput, ResidualsCleared, Stage
 from dsr.mail.replies import legal_basis_wording
 from dsr.store.ledger import Ledger
@@ -46,6 +48,7 @@ from tests.workflows.e2e_systems import (
     seed,
 )
 from workflows import search_attributes as sa
+from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest
 
 pytestmark = pytest.mark.slow  # every reply end to end, seconds each
@@ -160,7 +163,13 @@ async def test_portability_reply_links_to_the_data_the_subject_provided_and_nobo
     assert "export_downloaded" in world.events(request)
     assert mails_to_others(world, SUBJECT.email) == []
     assert [i for i in OTHER.identifiers if mentions(reply.everything, i)] == []
-    await handle.terminate("test over: the download was checked (the link's expiry has its own test)")
+    # The request ends with its answer; its aftercare keeps the link until it expires (the world ends it).
+    await world.until_event(request, "aftercare_started")
+    for _ in range(100):
+        if (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED:
+            break
+        await asyncio.sleep(0.05)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
 
 
 def ids(data: dict, system: str, dataset: str) -> list:
@@ -227,16 +236,26 @@ async def test_erasure_reply_says_what_each_system_did_and_each_recipient_is_tol
 
 async def test_erasure_residual_data_is_followed_up_with_the_operator_until_cleared(world: World) -> None:
     request, handle = await world.submit("erasure")
-    # The reply is out, yet the request stays open until WooCommerce's residual data is cleared by hand.
+    # The reply is out and the request has ended (Completed); its aftercare follows WooCommerce's residual data
+    # until it is cleared by hand.
     await world.until_event(request, "residuals_reported")
     await world.until(lambda: len(world.sent(request, "operator_residual")) == 1, "the operator's notice")
     assert world.events(request).index("reply_sent") < world.events(request).index("residuals_reported")
-    described = await handle.describe()
+    await world.until_event(request, "aftercare_started")
+    for _ in range(100):
+        if (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED:
+            break
+        await asyncio.sleep(0.05)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    aftercare = world.env.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
+    described = await aftercare.describe()
     assert described.status == WorkflowExecutionStatus.RUNNING
     assert described.typed_search_attributes.get(sa.DSR_RESIDUAL) is True
     status = await handle.query(DataSubjectRequest.status)
     assert (status.stage, status.outcome) == (Stage.CLOSED, Outcome.FULFILLED)
-    assert [line.split(":")[0] for line in status.residuals] == ["woocommerce"]
+    care = await aftercare.query(RequestAftercare.status)
+    assert [line.split(":")[0] for line in care.residuals] == ["woocommerce"] == \
+        [line.split(":")[0] for line in status.residuals]
     [notice] = world.sent(request, "operator_residual")
     assert world.mails_to(OPERATOR_EMAIL) == [notice]
     assert request.request_id in notice.subject
@@ -256,11 +275,11 @@ async def test_erasure_residual_data_is_followed_up_with_the_operator_until_clea
     [_, reminder] = world.mails_to(OPERATOR_EMAIL)
     assert "Rappel" in reminder.text and no_personal_data(reminder)
 
-    await handle.execute_update(DataSubjectRequest.clear_residuals,
-                                ResidualsCleared(cleared_by="operator:alice", note="eraser run on the orders"))
-    final = await handle.result()
-    assert final.outcome == Outcome.FULFILLED and final.residuals == []
-    described = await handle.describe()
+    await aftercare.execute_update(RequestAftercare.clear_residuals,
+                                   ResidualsCleared(cleared_by="operator:alice", note="eraser run on the orders"))
+    final = await aftercare.result()
+    assert final.residuals_cleared and final.residuals == []
+    described = await aftercare.describe()
     assert described.status == WorkflowExecutionStatus.COMPLETED
     assert described.typed_search_attributes.get(sa.DSR_RESIDUAL) is False
     [cleared] = [e for e in world.ledger.events(request.request_id) if e.event == "residuals_cleared"]
@@ -377,9 +396,13 @@ async def test_access_link_works_until_it_expires_then_answers_410_and_the_expor
     [downloaded] = [e for e in world.ledger.events(request.request_id) if e.event == "export_downloaded"]
     assert downloaded.details["proof"] == "code" and downloaded.actor == "subject"
 
-    # Awaiting the result lets the test server skip to the link's expiry: the durable timer fires and the
-    # bundle and every exported record are deleted; the intake app's clock follows the skip.
-    final = await handle.result()
+    # The request ended with its answer; awaiting its aftercare lets the test server skip to the link's expiry:
+    # the durable timer fires and the bundle and every exported record are deleted; the intake app's clock
+    # follows the skip.
+    answered = await handle.result()
+    aftercare = world.env.client.get_workflow_handle_for(RequestAftercare.run, answered.aftercare)
+    async with world.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        final = await aftercare.result()
     assert final.exports_deleted and final.link_expires_at is not None
     assert "exports_deleted" in world.events(request)
     assert not world.exports.objects.exists(bundle) and not world.exports.holds(request.request_id)

@@ -12,11 +12,12 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlmodel import Session
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.profile import ControllerProfile
+from dsr.domain.aftercare import aftercare_id
 from dsr.domain.deadlines import response_deadline
 from dsr.domain.model import (
     ClockPolicy,
@@ -41,6 +42,7 @@ from tests.harness import ScriptedConnector, attachments_of, exports_of, keep_hi
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
 from workflows import search_attributes as sa
+from workflows.aftercare import RequestAftercare
 from workflows.audit import instant
 from workflows.request import UNVERIFIED_LEAD, DataSubjectRequest
 
@@ -123,10 +125,22 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
         assert connector.calls == [("access", request.request_id)]
     # The acknowledgement goes beside identity and the fan-out (an SMTP outage holds nothing), before the reply.
     assert events(engine, request)[0] == "received" and "identity_confirmed" in events(engine, request)
-    # The reply carries a download link; when it expires (7 days, skipped) the exports are deleted.
-    assert events(engine, request)[-3:] == ["reply_sent", "closed", "exports_deleted"]
+    # The request's workflow ends with the answer (Completed in the UI); its download link lives on in the
+    # aftercare, a workflow of its own, until it expires (7 days, skipped): then the exports are deleted.
+    assert events(engine, request)[-3:] == ["reply_sent", "closed", "aftercare_started"]
     assert templates_sent(engine, request) == ["acknowledgement", "reply_access"]
-    assert final.exports_deleted and final.link_expires_at is not None
+    assert final.aftercare == aftercare_id(request.request_id) and final.link_expires_at is not None
+    answered = await handle.describe()
+    assert answered.status == WorkflowExecutionStatus.COMPLETED
+    assert answered.close_time is not None and answered.close_time < final.link_expires_at - timedelta(days=6)
+    aftercare = engine.client.get_workflow_handle_for(RequestAftercare.run, final.aftercare)
+    async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        care = await aftercare.result()  # the test server skips to the link's expiry
+    await keep_history(aftercare, "link_expired")
+    assert care.exports_deleted and care.link_expires_at == final.link_expires_at
+    expired = await aftercare.describe()
+    assert expired.close_time is not None and expired.close_time >= final.link_expires_at
+    assert events(engine, request)[-1] == "exports_deleted"
     assert not exports_of(engine.settings).holds(request.request_id)
     row = engine.ledger.get_request(request.request_id)
     assert row is not None and row.stage == Stage.CLOSED and row.outcome == Outcome.FULFILLED
@@ -643,8 +657,6 @@ async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
     # The systems have been changed: the request can be answered, not refused; nor has it residual data.
     with pytest.raises(WorkflowUpdateFailedError):
         await handle.execute_update(DataSubjectRequest.refuse, Refusal(reason="too late"))
-    with pytest.raises(WorkflowUpdateFailedError):
-        await handle.execute_update(DataSubjectRequest.clear_residuals, ResidualsCleared())
 
     profile.complete = True  # the operator completed dsr.toml
     await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
@@ -659,15 +671,19 @@ async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", residual=True), ScriptedConnector("billing")]])
 async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")
-    await wait_for_stage(engine, handle, Stage.CLOSED)
-    current = await status(handle)
-    assert current.outcome == Outcome.FULFILLED
-    assert current.residuals == ["crm: records (ip_address) - the API cannot clear it"]
+    answered = await handle.result()  # the request ends with its answer; the residual data goes to its aftercare
+    assert answered.outcome == Outcome.FULFILLED and answered.aftercare == aftercare_id(request.request_id)
+    assert answered.residuals == ["crm: records (ip_address) - the API cannot clear it"]
+    aftercare = engine.client.get_workflow_handle_for(RequestAftercare.run, answered.aftercare)
     for _ in range(50):
         if "operator_residual" in templates_sent(engine, request):
             break
         await asyncio.sleep(0.1)
-    assert (await handle.describe()).typed_search_attributes.get(sa.DSR_RESIDUAL) is True
+    described = await aftercare.describe()
+    assert described.status == WorkflowExecutionStatus.RUNNING
+    assert described.typed_search_attributes.get(sa.DSR_RESIDUAL) is True
+    assert described.typed_search_attributes.get(sa.DSR_KIND) == "erasure"
+    assert (await aftercare.query(RequestAftercare.status)).residuals == answered.residuals
     sent = templates_sent(engine, request)
     assert sent.index("reply_erasure") < sent.index("operator_residual")
     reply = engine.mail.to(SUBJECT_EMAIL)[-1].get_body(("plain",)).get_content()
@@ -684,14 +700,14 @@ async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engi
     assert templates_sent(engine, request).count("operator_residual") == 2
     assert "residuals_reminded" in events(engine, request)
 
-    await handle.execute_update(DataSubjectRequest.clear_residuals,
-                                ResidualsCleared(cleared_by="operator:alice", note="IP column emptied by SQL"))
-    final = await handle.result()
-    await keep_history(handle, "residuals_cleared")
-    assert final.residuals == []
+    await aftercare.execute_update(RequestAftercare.clear_residuals,
+                                   ResidualsCleared(cleared_by="operator:alice", note="IP column emptied by SQL"))
+    final = await aftercare.result()
+    await keep_history(aftercare, "residuals_cleared")
+    assert final.residuals == [] and final.residuals_cleared
     [cleared] = [e for e in engine.ledger.events(request.request_id) if e.event == "residuals_cleared"]
     assert cleared.actor == "operator:alice" and cleared.details == {"note_length": "24"}
-    assert (await handle.describe()).typed_search_attributes.get(sa.DSR_RESIDUAL) is False
+    assert (await aftercare.describe()).typed_search_attributes.get(sa.DSR_RESIDUAL) is False
 
 
 async def test_notices_are_signed_with_the_profiles_legal_name_when_no_controller_name_is_set(

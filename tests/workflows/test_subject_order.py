@@ -323,16 +323,65 @@ async def test_an_access_needing_an_operator_keeps_the_turn_until_its_reply(engi
     assert max(s.ended or 0 for s in access_spans) <= min(s.started for s in erasure_spans)
 
 
-async def test_a_cancelled_holder_releases_the_turn(engine: Engine) -> None:
+async def test_a_cancellation_of_the_holder_at_work_in_the_systems_is_refused_and_it_keeps_the_turn(
+    engine: Engine,
+) -> None:
+    # Cancelling from the UI while connectors run would leave the systems half-changed: refused, so the person's
+    # next request still waits for this one's answer.
     access = await intake(engine, "access")
     await holding(engine, access)
     erasure = await intake(engine, "erasure")
     await waiting_for(erasure, access.id)
     await access.cancel()
+    async def refused() -> bool:
+        return bool((await status(access)).cancellation_refused)
+    await eventually(refused, "the cancellation refused")
+    assert await queue_status(engine) == SubjectQueueStatus(holder=access.id, waiting=[erasure.id])
+    gate(engine, access.id).set()
     await holding(engine, erasure)
     gate(engine, erasure.id).set()
     assert (await result(engine, erasure)).outcome == Outcome.FULFILLED
+    assert (await result(engine, access)).outcome == Outcome.FULFILLED
+    one_after_the_other(engine, access.id, erasure.id)
+
+
+async def test_a_request_waiting_for_its_turn_cancelled_from_the_ui_is_withdrawn_and_leaves_the_queue(
+    engine: Engine,
+) -> None:
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    await erasure.cancel()  # nothing done in the systems yet: taken as a withdrawal by staff
+    assert (await result(engine, erasure)).outcome == Outcome.WITHDRAWN
+    assert (await erasure.describe()).status == WorkflowExecutionStatus.COMPLETED
+    async def left() -> bool:
+        return await queue_status(engine) == SubjectQueueStatus(holder=access.id, waiting=[])
+    await eventually(left, "the withdrawn request left the queue")
     gate(engine, access.id).set()
+    assert (await result(engine, access)).outcome == Outcome.FULFILLED
+    assert not spans(engine, erasure.id)
+
+
+async def test_the_next_request_of_the_person_waits_for_the_answer_not_for_the_download_link(
+    engine: Engine,
+) -> None:
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    gate(engine, access.id).set()
+    gate(engine, erasure.id).set()
+    erased = await result(engine, erasure)
+    answered = await status(access)
+    assert erased.outcome == answered.outcome == Outcome.FULFILLED and answered.link_expires_at is not None
+    # The access request ended with its answer and released the turn; its link (7 days) lives in its aftercare:
+    # the erasure ran and ended long before that link expired.
+    access_run, erasure_run = await access.describe(), await erasure.describe()
+    assert access_run.status == erasure_run.status == WorkflowExecutionStatus.COMPLETED
+    assert erasure_run.close_time is not None
+    assert erasure_run.close_time < answered.link_expires_at - timedelta(days=6)
+    one_after_the_other(engine, access.id, erasure.id)
 
 
 async def test_a_terminated_holder_is_released_by_the_hourly_check(engine: Engine) -> None:
