@@ -76,7 +76,8 @@ async def _decided(flow: DataSubjectRequest) -> bool:
     if flow._ending() or decision is None:
         return False
     await flow._audit("objection_upheld" if decision.uphold else "objection_rejected", actor=decision.decided_by,
-                      details={"grounds_length": str(len(decision.grounds))}, note=decision.grounds)
+                      details={"upheld": str(decision.uphold), "grounds_length": str(len(decision.grounds))},
+                      note=decision.grounds)
     flow._set_stage(Stage.PROCESSING)
     return True
 

@@ -3,7 +3,9 @@ tests/servers.py."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -12,11 +14,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings, SmtpSettings
+from dsr.domain.model import ResidualsCleared
 from dsr.store.ledger import Ledger
 from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, exports_of
 from worker import build_worker
@@ -89,3 +93,18 @@ async def engine(
         )
         async with worker:
             yield Engine(time_skipping, time_skipping.client, task_queue, settings, ledger, mail, connectors)
+
+
+async def clear_residuals(client: Client, request_id: str, cleared: ResidualsCleared) -> None:
+    """`dsr clear-residuals`: once the request is answered its residual data is followed up by its aftercare
+    workflow (workflows/aftercare.py), which takes the update as soon as it holds the residual lines."""
+    from dsr.domain.aftercare import aftercare_id
+    from workflows.aftercare import RequestAftercare
+
+    aftercare = client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request_id))
+    for _ in range(200):
+        with contextlib.suppress(RPCError):
+            if (await aftercare.query(RequestAftercare.status)).residuals:
+                break
+        await asyncio.sleep(0.1)
+    await aftercare.execute_update(RequestAftercare.clear_residuals, cleared)

@@ -32,7 +32,7 @@ from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, keep_history
 from tests.servers import time_skipping_server
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine
+from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from workflows.request import DataSubjectRequest
 
 
@@ -128,7 +128,7 @@ async def test_a_marketing_objection_stops_marketing_at_once_and_outlives_an_era
     assert entry.until.strftime("%Y") in reply and "CNIL" in reply
     assert SUBJECT_NAME not in reply  # greeted without the name: identity was never confirmed
 
-    await handle.execute_update(DataSubjectRequest.clear_residuals, ResidualsCleared(cleared_by="operator:alice"))
+    await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice"))
     await handle.result()
     await keep_history(handle, f"objection_marketing_{language}")
 
@@ -177,7 +177,7 @@ async def test_an_objection_to_other_processing_waits_for_a_reasoned_decision(
     assert final.outcome == Outcome.FULFILLED and final.decision == "rejected" and final.residuals == []
     [rejected] = [e for e in engine.ledger.events(request.request_id) if e.event == "objection_rejected"]
     assert rejected.actor == "operator:alice" and rejected.note == grounds  # sealed, opened for the operator
-    assert rejected.details == {"grounds_length": str(len(grounds))}
+    assert rejected.details == {"upheld": "False", "grounds_length": str(len(grounds))}
     subject, reply = bodies(engine, SUBJECT_EMAIL)[-1]
     assert request.request_id in subject
     assert decision_words in reply and grounds in reply and remedies in reply
@@ -199,7 +199,7 @@ async def test_an_upheld_objection_leaves_the_operator_the_processing_to_stop(en
     assert "Objection accepted: we stop the processing you objected to." in reply
     assert "objection_upheld" in events(engine, request)
     await engine.env.sleep(timedelta(hours=1))
-    await handle.execute_update(DataSubjectRequest.clear_residuals, ResidualsCleared())
+    await clear_residuals(engine.client, handle.id, ResidualsCleared())
     await handle.result()
 
 
@@ -208,5 +208,5 @@ async def test_a_marketing_objection_takes_no_decision(engine: Engine) -> None:
     await until(handle, lambda s: s.stage == Stage.CLOSED)
     with pytest.raises(WorkflowUpdateFailedError):
         await handle.execute_update(DataSubjectRequest.decide, ObjectionDecision(uphold=True))
-    await handle.execute_update(DataSubjectRequest.clear_residuals, ResidualsCleared())
+    await clear_residuals(engine.client, handle.id, ResidualsCleared())
     await handle.result()

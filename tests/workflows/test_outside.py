@@ -33,7 +33,7 @@ from dsr.store.tasks import OutsideTasks
 from intake.answers import ExportFile, record_answer
 from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, keep_history
 from tests.servers import time_skipping_server
-from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine
+from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from tests.workflows.test_request import readable, status, submit, templates_sent, wait_for_stage
 from workflows.request import DataSubjectRequest
 
@@ -174,8 +174,7 @@ async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_is_taken_
     assert current.residuals == ["backups: answer - they cannot carry it out"]
     reply = readable(engine.mail.to(SUBJECT_EMAIL)[-1])
     assert "Pas encore fait : notre équipe n'a pas encore pu le faire" in reply
-    await handle.execute_update(DataSubjectRequest.clear_residuals,
-                                ResidualsCleared(cleared_by="operator:alice", note="tape erased"))
+    await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice", note="tape erased"))
     await handle.result()
     await keep_history(handle, "manual_no_answer_then_retried")
     # The retry's run of the task: it found the late answer in the ledger.
@@ -252,6 +251,6 @@ async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answ
     assert code == 1 and err.strip() == f"error: chat-tool of {request.request_id} was already answered"
     code, out, _ = await dsr("tasks", "list")
     assert code == 0 and out.strip() == "no task waits for an answer"
-    await handle.execute_update(DataSubjectRequest.clear_residuals,
-                                ResidualsCleared(cleared_by="operator:alice", note="asked again by phone"))
+    await clear_residuals(engine.client, handle.id,
+                          ResidualsCleared(cleared_by="operator:alice", note="asked again by phone"))
     await handle.result()
