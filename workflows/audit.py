@@ -46,4 +46,6 @@ def triage_details(triage_id: str, decision: TriageDecision, attached: bool) -> 
         details["language"] = decision.language.value
     if decision.changes:
         details["fields"] = ",".join(sorted(decision.changes))
+    if decision.scope:  # an objection: marketing or other
+        details["scope"] = decision.scope
     return details
