@@ -203,8 +203,10 @@ def test_demo_serves_sample_customers_through_real_connectors(stack: Stack) -> N
     everywhere = next(c for c in customers if c["email"] == "camille.durand@example.org")
     assert set(everywhere["systems"]) == {"app", "hubspot", "stripe", "woocommerce"}
     # What the Stripe connector exports, as the reply lists it (issue 18: the listing said 5, the reply 7).
-    assert everywhere["systems"]["stripe"] == {"customer": 1, "charges": 3, "invoices": 1, "subscriptions": 1,
-                                               "payment_methods": 1}
+    # What the reply lists for Stripe (tests/sandbox/test_stripe_sandbox.py checks these against the connector).
+    assert everywhere["systems"]["stripe"] == {
+        "customer": 1, "charges": 4, "payment_intents": 4, "subscriptions": 1, "invoices": 1, "credit_notes": 1,
+        "quotes": 1, "payment_methods": 1, "setup_intents": 1, "checkout_sessions": 2}
     assert sum(heavy["systems"]["app"].values()) == 10_002  # the application database (sql connector)
 
     check = stack.dsr("connectors", "check", "--json")

@@ -464,7 +464,9 @@ def check_page(response: httpx.Response) -> Markup:
         assert set(attrs) <= PAGE_ATTRIBUTES, (tag, attrs)
         if tag == "form":
             assert attrs.get("method") == "post"
-            assert re.fullmatch(r"/(verify|exports)(/[A-Za-z0-9._~%-]+)?", attrs.get("action") or ""), attrs
+            # The download form keeps the page's language (?lang=, one of two values), never anything echoed.
+            assert re.fullmatch(r"/(verify|exports)(/[A-Za-z0-9._~%-]+)?(\?lang=(fr|en))?",
+                                attrs.get("action") or ""), attrs
         if tag == "meta":
             assert "http-equiv" not in attrs
     return markup
@@ -1303,7 +1305,8 @@ def export_case(site: Site, seen: Counter[str], token: Token, mode: str, method:
     if method == "GET":
         assert response.status_code == 200 and markup is not None and new_audits == []
         assert markup.hidden_form_value() == site.downloads.form_token(token.text)
-        assert markup.action() == f"/exports/{quote(token.text, safe='')}"
+        action, _, query = markup.action().partition("?")  # the page's language kept: ?lang=fr or en, no more
+        assert action == f"/exports/{quote(token.text, safe='')}" and query in ("", "lang=fr", "lang=en")
         return
     assert body is not None and body.fields is not None
     answer = body.fields.get("answer", "")
