@@ -255,6 +255,36 @@ async def buffered_body(receive: Receive) -> tuple[Receive, bytes]:
     return replay, body
 
 
+class DropConnections:
+    """Make :class:`FaultMiddleware`'s dropped connections real ones under uvicorn.
+
+    Raising before a response starts makes uvicorn answer 500 instead of closing the socket; starting
+    the response (with ``partial_body``, the first bytes of the vendor's JSON) and then raising makes it close the
+    connection mid-response, which clients see as a broken connection (httpx: ``RemoteProtocolError``), as a
+    vendor's load balancer dropping it would.
+    """
+
+    def __init__(self, app: ASGIApp, partial_body: bytes) -> None:
+        self.app = app
+        self.partial_body = partial_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ConnectionAbortedError:
+            if not started:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": self.partial_body, "more_body": True})
+            raise
+
 def stripe_error(status: int) -> bytes:
     """An injected error as Stripe answers one (``{"error": {...}}``): the official SDK reads the status and
     the ``Retry-After`` header of such an answer only; any other body becomes an "invalid response" whose

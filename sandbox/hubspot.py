@@ -36,9 +36,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandbox.faults import FaultMiddleware, Faults
+from sandbox.faults import DropConnections, FaultMiddleware, Faults
 
 OBJECT_TYPES = ("contacts", "notes", "deals", "tickets", "emails")
 ASSOCIATED_TYPES = ("notes", "deals", "tickets", "emails")
@@ -803,34 +803,6 @@ class _KnownTypes:
         await self.app(scope, receive, send)
 
 
-class _DropConnections:
-    """Make :class:`FaultMiddleware`'s dropped connections real ones.
-
-    Raising before a response starts makes uvicorn answer 500 instead of closing the socket; starting
-    the response and then raising makes it close the connection mid-response, which clients see as a
-    broken connection (httpx: ``RemoteProtocolError``), as a vendor's load balancer dropping it would.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except ConnectionAbortedError:
-            if not started:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": b'{"results": [', "more_body": True})
-            raise
-
 
 class HubSpotSandbox(Starlette):
     """The Starlette app, with fault injection and connection drops outermost (before auth)."""
@@ -849,8 +821,8 @@ class HubSpotSandbox(Starlette):
         return _error(405, f"Method {request.method} not allowed", "VALIDATION_ERROR")
 
     def build_middleware_stack(self) -> ASGIApp:
-        return _DropConnections(FaultMiddleware(_KnownTypes(super().build_middleware_stack()), self.faults,
-                                                error_body=_fault_body))
+        return DropConnections(FaultMiddleware(_KnownTypes(super().build_middleware_stack()), self.faults,
+                                                error_body=_fault_body), b'{"results": [')
 
 
 def hubspot_app(

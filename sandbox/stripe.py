@@ -52,9 +52,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from sandbox.faults import FaultMiddleware, Faults, stripe_error
+from sandbox.faults import DropConnections, FaultMiddleware, Faults, stripe_error
 
 HOST = "127.0.0.1"
 DEFAULT_API_KEY = "sk_test_dsr_sandbox"
@@ -884,29 +884,6 @@ def _unrecognised(request: Request) -> StripeApiError:
                                "https://stripe.com/docs or we can help at https://support.stripe.com/.")
 
 
-class _DropConnections:
-    """Make :class:`FaultMiddleware`'s dropped connections real ones under uvicorn (see sandbox/hubspot.py)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except ConnectionAbortedError:
-            if not started:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": b'{"object": ', "more_body": True})
-            raise
-
 
 class StripeSandboxApp(Starlette):
     """The Starlette app, with fault injection (Stripe-shaped injected errors) outermost, before auth."""
@@ -922,8 +899,8 @@ class StripeSandboxApp(Starlette):
         return _unrecognised(request).response()
 
     def build_middleware_stack(self) -> ASGIApp:
-        return _DropConnections(FaultMiddleware(super().build_middleware_stack(), self.faults,
-                                                error_body=stripe_error))
+        return DropConnections(FaultMiddleware(super().build_middleware_stack(), self.faults,
+                                                error_body=stripe_error), b'{"object": ')
 
 
 def stripe_app(state: StripeState, *, api_key: str = DEFAULT_API_KEY, search: bool = True,
