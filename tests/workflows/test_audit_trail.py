@@ -7,7 +7,6 @@ note). A new update, or a new field, that never reaches the ledger fails here.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import re
 from collections.abc import Callable
@@ -17,9 +16,7 @@ from typing import Any
 
 import pytest
 from temporalio import workflow
-from temporalio.service import RPCError
 
-from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import (
     Channel,
     ClockPolicy,
@@ -49,7 +46,7 @@ from dsr.domain.model import (
 from dsr.store.links import StatusLinks
 from intake.submission import new_request_id
 from tests.harness import TEST_KEYRING, ScriptedConnector
-from tests.workflows.conftest import SUBJECT_EMAIL, Engine
+from tests.workflows.conftest import SUBJECT_EMAIL, Engine, clear_residuals
 from tests.workflows.test_request import submit, wait_for_stage
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
 from workflows.aftercare import RequestAftercare
@@ -158,15 +155,9 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
             break
         await asyncio.sleep(0.1)
     # Answered, the request's workflow ended: its residual data is followed up by its aftercare.
-    aftercare = engine.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(erasure.request_id))
-    for _ in range(100):
-        with contextlib.suppress(RPCError):
-            if (await aftercare.query(RequestAftercare.status)).residuals:
-                break
-        await asyncio.sleep(0.1)
     cleared = ResidualsCleared(cleared_by="op:clear", note="Colonne IP vidée en SQL")
     sent["RequestAftercare", "clear_residuals"] = [(cleared, trail)]
-    await aftercare.execute_update(RequestAftercare.clear_residuals, cleared)
+    await clear_residuals(engine.client, erasure.request_id, cleared)
     assert (await handle.result()).outcome == Outcome.FULFILLED
     [extension] = [e for e in engine.ledger.events(erasure.request_id) if e.event == "extended"]
     assert extension.details["deadline"] == extended.deadline.isoformat()  # the new date, beside the old
