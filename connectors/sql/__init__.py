@@ -41,6 +41,7 @@ from sqlalchemy import (
     inspect,
     select,
     table,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -222,8 +223,10 @@ class SqlConnector:
         if t.link is None:
             return func.lower(clause.c[self.map.email_column]) == email.strip().lower()
         other = self.map.table(t.link.other)
-        through = select(self._t(other).c[t.link.other_column]).where(self._where(other, email))
-        return clause.c[t.link.column].in_(through)
+        through = select(*(self._t(other).c[c] for c in t.link.other_columns)).where(self._where(other, email))
+        if t.link.composite:  # a row value: (a, b) IN (SELECT c, d ...), on PostgreSQL, MariaDB and SQLite
+            return tuple_(*(clause.c[c] for c in t.link.columns)).in_(through)
+        return clause.c[t.link.columns[0]].in_(through)
 
     def _select(self, t: Table, email: str, columns: Sequence[str]) -> Select[Any]:
         clause = self._t(t)

@@ -30,7 +30,10 @@ trimmed, case-folded value, 64 hex digits), or keep it under the table's retenti
 MODIFYING: frozenset[str] = frozenset({"null", "mask", "hash"})
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
 _IDENT = re.compile(IDENTIFIER)
-_LINK = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_$]*)\s*=\s*([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*)\s*$")
+_NAME = r"[A-Za-z_][A-Za-z0-9_$]*"
+_LINK = re.compile(rf"^\s*({_NAME})\s*=\s*({_NAME})\.({_NAME})\s*$")
+_COLUMNS = rf"\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)"
+_COMPOSITE_LINK = re.compile(rf"^\s*({_COLUMNS})\s*=\s*({_NAME})\s*\.\s*({_COLUMNS})\s*$")
 _TARGET = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*)$")
 
 
@@ -72,8 +75,9 @@ class TableConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=IDENTIFIER)
     key: str = Field(default="id", pattern=IDENTIFIER, description="The single-column primary key.")
-    link: str | None = Field(default=None, description="'this_column = other_table.column': the hop towards "
-                                                       "the subject's table.")
+    link: str | None = Field(default=None, description="'this_column = other_table.column' (or over several "
+                                                       "columns, '(a, b) = other_table.(c, d)'): the hop "
+                                                       "towards the subject's table.")
     erase: Strategy | None = Field(default=None, description="Default strategy of its personal columns.")
     retention: TableRetentionConfig | None = None
     columns: dict[str, ColumnConfig] = Field(default_factory=dict)
@@ -93,6 +97,25 @@ class SubjectConfig(BaseModel):
     email: str = Field(pattern=IDENTIFIER, description="The email column, compared case-insensitively.")
 
 
+def _parse_link(text: str, where: str) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
+    """(columns, other table, its columns) of ``"a = t.b"`` or ``"(a, b) = t.(c, d)"``."""
+    match = _LINK.match(text)
+    if match:
+        return (match[1],), match[2], (match[3],)
+    match = _COMPOSITE_LINK.match(text)
+    if not match:
+        raise SqlMapError(f"{where}.link", "expected \"column = other_table.column\" (or \"(a, b) = "
+                                           "other_table.(c, d)\" over several columns)")
+    columns = tuple(c.strip() for c in match[1].strip("()").split(","))
+    other_columns = tuple(c.strip() for c in match[3].strip("()").split(","))
+    if len(columns) != len(other_columns):
+        raise SqlMapError(f"{where}.link", f"{len(columns)} column(s) on the left, {len(other_columns)} on the "
+                                           "right: a composite link pairs them one to one")
+    if len(set(columns)) != len(columns) or len(set(other_columns)) != len(other_columns):
+        raise SqlMapError(f"{where}.link", "a column is named twice in the link")
+    return columns, match[2], other_columns
+
+
 # --- the map, resolved --------------------------------------------------------------------------
 
 
@@ -107,12 +130,18 @@ class Column:
 
 @dataclass(frozen=True)
 class Link:
-    """``table.column = other.other_column``; ``child`` is True when this table holds the reference."""
+    """``table.columns = other.other_columns`` (one column each, or a composite key: ``(org_id, user_id) =
+    memberships.(org_id, user_id)``, compared as a row value); ``child`` is True when this table holds the
+    reference."""
 
-    column: str
+    columns: tuple[str, ...]
     other: str
-    other_column: str
+    other_columns: tuple[str, ...]
     child: bool
+
+    @property
+    def composite(self) -> bool:
+        return len(self.columns) > 1
 
 
 @dataclass(frozen=True)
@@ -191,19 +220,17 @@ def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: Mapping[
         if not table.link:
             raise SqlMapError(f"{where}.link", f"table {table.name!r} has no path to the subject's table "
                                               f"{subject.table!r}: give link = \"column = other_table.column\"")
-        match = _LINK.match(table.link)
-        if not match:
-            raise SqlMapError(f"{where}.link", "expected \"column = other_table.column\"")
-        column, other, other_column = match.groups()
-        if other not in by_name:
-            raise SqlMapError(f"{where}.link", f"table {other!r} is not mapped")
-        if other == table.name:
+        own, target, target_columns = _parse_link(table.link, where)
+        if target not in by_name:
+            raise SqlMapError(f"{where}.link", f"table {target!r} is not mapped")
+        if target == table.name:
             raise SqlMapError(f"{where}.link", "a table cannot link to itself")
-        other_key = tables[by_name[other]].key
+        other_key = tables[by_name[target]].key
         # The side whose column is not its own key holds the reference (the child); a key-to-key link
-        # (a one-to-one extension table) makes the linking table the child.
-        parent = column == table.key and other_column != other_key
-        links[table.name] = Link(column, other, other_column, child=not parent)
+        # (a one-to-one extension table) makes the linking table the child. A composite link is always the
+        # child's: a table's key is one column.
+        parent = own == (table.key,) and target_columns != (other_key,)
+        links[table.name] = Link(own, target, target_columns, child=not parent)
     depth: dict[str, int] = {subject.table: 0}
     for index, table in enumerate(tables):  # follow each table's links to the subject: no cycle, no dead end
         seen = [table.name]
@@ -238,7 +265,7 @@ def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: Mapping[
                                   "needs its Art. 15 category (identity, contact, content, connection data...)")
             columns.append(Column(name, True, spec.category, spec.provided, strategy))
         names = {c.name for c in columns}
-        needed = {table.key} | ({link.column} if link else set())
+        needed = {table.key} | (set(link.columns) if link else set())
         if table.name == subject.table:
             needed.add(subject.email)
         for name in sorted(needed - names):
@@ -275,13 +302,15 @@ def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: Mapping[
             raise SqlMapError(f"tables[{index}].erase", f"table {t.name} is reached through {other.name}, which "
                               "references its rows: they may be shared with other people and are never deleted "
                               "with one subject (use null, mask, hash or keep)")
-        if t.link.child and other.deletes and not t.always_deleted:
-            link_column = t.column(t.link.column)
-            # A foreign key must be set NULL; a link by value (an email) may also be hashed or masked.
-            if link_column is None or link_column.strategy not in MODIFYING:
-                raise SqlMapError(f"tables[{index}].columns.{t.link.column}", f"rows of {t.name} outlive the "
-                                  f"{other.name} rows they reference, which are deleted: give "
-                                  f"{t.name}.{t.link.column} erase = \"null\" (or delete {t.name}'s rows too)")
+        # A foreign key must be set NULL; a link by value (an email) may also be hashed or masked. A composite
+        # one is undone by setting one of its columns NULL (a row value with a NULL matches nothing, and a
+        # composite foreign key with a NULL column is not checked).
+        if t.link.child and other.deletes and not t.always_deleted and not any(
+                (c := t.column(name)) is not None and c.strategy in MODIFYING for name in t.link.columns):
+            first = t.link.columns[0]
+            raise SqlMapError(f"tables[{index}].columns.{first}", f"rows of {t.name} outlive the "
+                              f"{other.name} rows they reference, which are deleted: give "
+                              f"{t.name}.{first} erase = \"null\" (or delete {t.name}'s rows too)")
 
     targets: dict[str, tuple[tuple[str, str], ...]] = {}
     for canonical, given in rectify.items():
