@@ -96,7 +96,7 @@ def bare_select(app: SqlConnector, email: str) -> int:
     with app._engine.connect() as conn:
         for t in app.map.tables:
             result = conn.execution_options(stream_results=True, yield_per=500).execute(
-                app._select(t, email, [c.name for c in t.columns]))
+                app._select(t, Subject(email), [c.name for c in t.columns]))
             for partition in result.partitions(500):
                 rows += len(partition)
     return rows

@@ -36,6 +36,7 @@ from dsr.domain.model import (
     Subject,
     display_name,
     is_valid_email,
+    strip_controls,
 )
 from dsr.errors import InvalidInputError
 from workflows import search_attributes as sa
@@ -48,6 +49,7 @@ MAX_DETAILS = 10_000
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _REQUEST_ID = re.compile(rf"{WORKFLOW_ID_PREFIX}\d{{4}}-\d{{2}}-[{_ALPHABET}]{{6}}")
 _TICKET = re.compile(r"[A-Za-z0-9:_-]{1,64}")
+_PHONE = re.compile(r"\+?(?:[\s().-]*\d){6,20}[\s().-]*")
 
 
 class SubmissionError(InvalidInputError, ValueError):
@@ -69,6 +71,10 @@ class Submission:
     ticket: str | None = None  # support-desk ticket id, e.g. "zendesk:4521": replies can reference it
     trusted: bool = False  # the channel authenticated the person (configured per desk): no identity check
     scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default)
+    # Identifiers other than the address, vouched for by the channel (an authenticated API caller, staff): an
+    # application database's map may locate the subject by them too.
+    customer_id: str = ""
+    phone: str = ""
 
 
 def late_receipt_warning(deadline: date, today: date) -> str | None:
@@ -138,6 +144,13 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         # Without a scope a person decides (21(1)): never an absolute stop the subject did not ask for.
         scope = _enum(submission.scope or ObjectionScope.OTHER.value, ObjectionScope, "scope").value
 
+    customer_id = strip_controls(submission.customer_id).strip()
+    if len(customer_id) > 64:
+        raise SubmissionError("customer_id is longer than 64 characters")
+    phone = submission.phone.strip()
+    if phone and not _PHONE.fullmatch(phone):
+        raise SubmissionError("phone must be a telephone number: digits, spaces, + ( ) - . (6 to 20 digits)")
+
     received_at = submission.received_at or now
     if received_at.tzinfo is None:
         raise SubmissionError("received time must include a time zone")
@@ -161,7 +174,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     return RequestInput(
         request_id=submission.request_id or new_request_id(received_on),
         kind=kind,
-        subject=Subject(email=email, name=name),
+        subject=Subject(email=email, name=name, customer_id=customer_id, phone=phone),
         channel=channel,
         received_at=received_at,
         received_on=received_on,

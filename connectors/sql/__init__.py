@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -33,12 +34,15 @@ from sqlalchemy import (
     ColumnElement,
     Engine,
     Select,
+    String,
     bindparam,
+    cast,
     column,
     create_engine,
     delete,
     func,
     inspect,
+    or_,
     select,
     table,
     tuple_,
@@ -150,6 +154,43 @@ def _key_order(record_id: str) -> tuple[int, int, str]:
     return (0, int(record_id), "") if record_id.lstrip("-").isdigit() else (1, 0, record_id)
 
 
+_PHONE_NOISE = (" ", "-", ".", "(", ")", "/", "\u00a0")
+_NATIONAL_TRUNK = "0"
+
+
+def phone_forms(value: str, prefix: str = "") -> set[str]:
+    """The forms a telephone number may be stored in, formatting removed (E.164-ish): ``+33 6 12 34 56 78`` ->
+    ``+33612345678``, ``0033612345678``, ``33612345678`` and, with ``prefix`` +33, the national ``0612345678``;
+    a national ``06 12 34 56 78`` with ``prefix`` +33 gives the same set. Nothing for too few digits (a request's
+    stray "0" never matches every row with an empty-ish number)."""
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if len(digits) < 6:
+        return set()
+    stripped = value.strip()
+    if stripped.startswith("+"):
+        international = digits
+    elif digits.startswith("00"):
+        international = digits[2:]
+    elif digits.startswith(_NATIONAL_TRUNK) and prefix:
+        international = prefix.lstrip("+") + digits[1:]
+    else:
+        return {digits}  # national without a known calling code: only as given
+    forms = {f"+{international}", f"00{international}", international}
+    code = prefix.lstrip("+")
+    if code and international.startswith(code):
+        forms.add(_NATIONAL_TRUNK + international[len(code):])
+    return forms
+
+
+def _digits_of(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The column with spaces, dashes, dots, brackets and slashes removed, in SQL (``replace`` exists in
+    PostgreSQL, MySQL/MariaDB and SQLite): compared with :func:`phone_forms`."""
+    expression: ColumnElement[Any] = cast(column, String)
+    for noise in _PHONE_NOISE:
+        expression = func.replace(expression, noise, "")
+    return expression
+
+
 def engine_url(url: str) -> str:
     """The URL with the driver this project ships: psycopg for PostgreSQL, PyMySQL for MySQL/MariaDB."""
     parsed = make_url(url)
@@ -217,20 +258,28 @@ class SqlConnector:
     def _t(self, t: Table) -> TableClause:
         return self._tables[t.name]
 
-    def _where(self, t: Table, email: str) -> ColumnElement[bool]:
-        """The rows of ``t`` that belong to the subject: the subject's row by email, the others along the links."""
+    def _where(self, t: Table, subject: Subject) -> ColumnElement[bool]:
+        """The rows of ``t`` that belong to the subject: the subject's row by email (and by the customer id and
+        the telephone number, when the map names their columns and the request carries them), the others along
+        the links."""
         clause = self._t(t)
         if t.link is None:
-            return func.lower(clause.c[self.map.email_column]) == email.strip().lower()
+            found = [func.lower(clause.c[self.map.email_column]) == subject.email.strip().lower()]
+            if self.map.customer_id_column and subject.customer_id.strip():
+                found.append(cast(clause.c[self.map.customer_id_column], String) == subject.customer_id.strip())
+            forms = phone_forms(subject.phone, self.map.phone_prefix) if self.map.phone_column else set()
+            if forms:
+                found.append(_digits_of(clause.c[self.map.phone_column]).in_(sorted(forms)))
+            return or_(*found) if len(found) > 1 else found[0]
         other = self.map.table(t.link.other)
-        through = select(*(self._t(other).c[c] for c in t.link.other_columns)).where(self._where(other, email))
+        through = select(*(self._t(other).c[c] for c in t.link.other_columns)).where(self._where(other, subject))
         if t.link.composite:  # a row value: (a, b) IN (SELECT c, d ...), on PostgreSQL, MariaDB and SQLite
             return tuple_(*(clause.c[c] for c in t.link.columns)).in_(through)
         return clause.c[t.link.columns[0]].in_(through)
 
-    def _select(self, t: Table, email: str, columns: Sequence[str]) -> Select[Any]:
+    def _select(self, t: Table, subject: Subject, columns: Sequence[str]) -> Select[Any]:
         clause = self._t(t)
-        return select(*(clause.c[c] for c in columns)).where(self._where(t, email)).order_by(clause.c[t.key])
+        return select(*(clause.c[c] for c in columns)).where(self._where(t, subject)).order_by(clause.c[t.key])
 
     # --- locate -----------------------------------------------------------------------------------------
 
@@ -241,7 +290,7 @@ class SqlConnector:
                 for t in self.map.tables:
                     if t.personal:
                         found.extend(Located(t.name, str(row[0]))
-                                     for row in conn.execute(self._select(t, subject.email, [t.key])))
+                                     for row in conn.execute(self._select(t, subject, [t.key])))
             return found
 
         return await self._db("find the subject's rows", run)
@@ -319,7 +368,7 @@ class SqlConnector:
             if t.key not in columns:  # the key orders and resumes the stream; it is not exported then
                 key_at = len(columns)
                 columns = [*columns, t.key]
-            stmt = self._select(t, job.subject.email, columns)
+            stmt = self._select(t, job.subject, columns)
             if cursor["last"] is not None:
                 stmt = stmt.where(self._t(t).c[t.key] > cursor["last"])
             writer = writers[t.name]
@@ -336,14 +385,15 @@ class SqlConnector:
 
     # --- erasure (Art. 17) ------------------------------------------------------------------------------
 
-    def _read(self, t: Table, email: str, keys: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _read(self, t: Table, subject: Subject, keys: Iterable[str],
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(rows reached from the subject, rows with these keys), each with its key and the columns erasure reads."""
         names = list(dict.fromkeys([t.key, *(c.name for c in t.personal), *([t.date_column] if t.date_column
                                                                             else [])]))
         clause = self._t(t)
         wanted = list(keys)
         with self._engine.connect() as conn:
-            reached = [dict(row._mapping) for row in conn.execute(self._select(t, email, names))]
+            reached = [dict(row._mapping) for row in conn.execute(self._select(t, subject, names))]
             by_key: list[Any] = []
             for start in range(0, len(wanted), self._batch):
                 chunk = [_key_value(k) for k in wanted[start:start + self._batch]]
@@ -379,7 +429,7 @@ class SqlConnector:
         note = RETENTION_OVER if expired else ("" if changing else ALREADY_ANONYMISED)
         return RecordReport(t.name, record_id, RecordAction.ANONYMISED, note=note), created, action
 
-    def _plan(self, email: str, journal: JournalState, today: date,
+    def _plan(self, subject: Subject, journal: JournalState, today: date,
               ) -> tuple[list[tuple[Table, JournalEntry, str | None, bool]], list[JournalEntry]]:
         """Per row still to settle: (table, entry, action, intended before); and the intents whose row is gone."""
         plan: list[tuple[Table, JournalEntry, str | None, bool]] = []
@@ -388,7 +438,7 @@ class SqlConnector:
             if not t.personal:
                 continue
             pending = {e.line.record_id: e for e in journal.pending_in(t.name)}
-            reached, again = self._read(t, email, pending)
+            reached, again = self._read(t, subject, pending)
             rows = {str(r[t.key]): r for r in (*reached, *again)}
             for record_id, row in rows.items():
                 if journal.is_done(t.name, record_id):
@@ -452,7 +502,7 @@ class SqlConnector:
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
         journal = await job.journal.state()
         today = date.today()
-        plan, gone = await self._db("find the subject's rows", self._plan, job.subject.email, journal, today)
+        plan, gone = await self._db("find the subject's rows", self._plan, job.subject, journal, today)
         # Before the first write, every row to change is an intent (so a retry finds rows whose parent is gone by
         # then) and every row to leave as it is (kept, already anonymised) is recorded.
         settled = [*gone, *(e for _, e, action, before in plan if action is None)]
@@ -482,7 +532,7 @@ class SqlConnector:
 
     # --- rectification (Art. 16) ------------------------------------------------------------------------
 
-    def _rectify(self, email: str, changes: Mapping[str, str], journal: JournalState,
+    def _rectify(self, subject: Subject, changes: Mapping[str, str], journal: JournalState,
                  intend: Callable[[list[JournalEntry]], None], record: Callable[[list[JournalEntry]], None],
                  ) -> list[RecordReport]:
         targets: dict[str, dict[str, tuple[str, str]]] = {}  # table -> column -> (canonical, value)
@@ -491,9 +541,9 @@ class SqlConnector:
                 targets.setdefault(table_name, {})[column_name] = (canonical, value)
         anchor = self.map.table(self.map.subject_table)
         with self._engine.connect() as conn:
-            found = conn.execute(self._select(anchor, email, [anchor.key])).first()
+            found = conn.execute(self._select(anchor, subject, [anchor.key])).first()
         if found is None and changes.get("email"):
-            email = changes["email"]  # an earlier attempt changed the address
+            subject = dataclasses.replace(subject, email=changes["email"])  # an earlier attempt changed the address
         report: list[RecordReport] = []
         for t in self.map.erase_order:  # the subject's row last: it is how the others are found
             if t.name not in targets:
@@ -501,7 +551,7 @@ class SqlConnector:
             columns = targets[t.name]
             clause = self._t(t)
             with self._engine.connect() as conn:
-                rows = conn.execute(self._select(t, email, [t.key, *columns])).mappings().all()
+                rows = conn.execute(self._select(t, subject, [t.key, *columns])).mappings().all()
             for row in rows:
                 record_id = str(row[t.key])
                 if journal.is_done(t.name, record_id):
@@ -535,7 +585,7 @@ class SqlConnector:
             # The journal is async; the rectification runs in a thread: each write waits for its durable record.
             return lambda entries: asyncio.run_coroutine_threadsafe(step(entries), loop).result()
 
-        report = await self._db("rectify the subject's rows", self._rectify, job.subject.email, job.changes,
+        report = await self._db("rectify the subject's rows", self._rectify, job.subject, job.changes,
                                 journal, sync(job.journal.intend), sync(job.journal.record))
         notes = []
         ignored = sorted(set(job.changes) - set(self.map.rectify))
@@ -614,4 +664,4 @@ def _key_value(record_id: str) -> Any:
     return int(record_id) if record_id.lstrip("-").isdigit() else record_id
 
 
-__all__ = ["SqlConnector", "engine_url", "is_erased", "jsonable", "keyed_hash", "mask"]
+__all__ = ["SqlConnector", "engine_url", "is_erased", "jsonable", "keyed_hash", "mask", "phone_forms"]

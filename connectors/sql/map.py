@@ -95,6 +95,14 @@ class SubjectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     table: str = Field(pattern=IDENTIFIER)
     email: str = Field(pattern=IDENTIFIER, description="The email column, compared case-insensitively.")
+    customer_id: str | None = Field(default=None, pattern=IDENTIFIER,
+                                    description="A column holding the customer id a request may carry (compared "
+                                                "as text, exactly).")
+    phone: str | None = Field(default=None, pattern=IDENTIFIER,
+                              description="A column holding a telephone number, compared by its digits.")
+    phone_prefix: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{0,2}$",
+                                     description="The calling code of national numbers (0…) in this database and "
+                                                 "in requests, e.g. +33.")
 
 
 def _parse_link(text: str, where: str) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
@@ -185,6 +193,9 @@ class SqlMap:
     tables: tuple[Table, ...]  # in path order: the subject's table first, each after the one it links to
     # canonical field -> the (table, column) pairs holding it (an address may sit in several tables)
     rectify: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    customer_id_column: str = ""  # other identifiers of the subject's row, when the request carries them
+    phone_column: str = ""
+    phone_prefix: str = ""
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
@@ -267,7 +278,7 @@ def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: Mapping[
         names = {c.name for c in columns}
         needed = {table.key} | (set(link.columns) if link else set())
         if table.name == subject.table:
-            needed.add(subject.email)
+            needed |= {subject.email} | {c for c in (subject.customer_id, subject.phone) if c}
         for name in sorted(needed - names):
             raise SqlMapError(f"{where}.columns", f"column {table.name}.{name} is used by the map but not mapped "
                                                   "(map it, personal = false if it is not personal)")
@@ -328,7 +339,10 @@ def resolve(subject: SubjectConfig, tables: list[TableConfig], rectify: Mapping[
             found.append((match[1], match[2]))
         targets[canonical] = tuple(found)
     ordered = tuple(sorted(resolved.values(), key=lambda t: (t.depth, by_name[t.name])))
-    return SqlMap(subject.table, subject.email, ordered, targets)
+    if subject.phone_prefix and not subject.phone:
+        raise SqlMapError("subject.phone_prefix", "goes with subject.phone (the column it is about)")
+    return SqlMap(subject.table, subject.email, ordered, targets, subject.customer_id or "", subject.phone or "",
+                  subject.phone_prefix or "")
 
 
 __all__ = ["RECORD_DATE", "ColumnConfig", "SqlMap", "SqlMapError", "SubjectConfig", "Table", "TableConfig",

@@ -57,6 +57,11 @@ async def submit(
     ] = None,
     scope: Annotated[str, typer.Option(
         help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides).")] = "",
+    customer_id: Annotated[str, typer.Option(
+        "--customer-id", help="The subject's customer id, as checked by staff: an application database's map may "
+                              "locate them by it too.")] = "",
+    phone: Annotated[str, typer.Option(
+        help="The subject's telephone number, as checked by staff: compared by its digits (+33 6…, 06…).")] = "",
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
@@ -73,7 +78,7 @@ async def submit(
     settings = Settings.from_env()
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                             received_at=_parse_received(received), changes=parse_changes(change or []),
-                            scope=scope)
+                            scope=scope, customer_id=customer_id, phone=phone)
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings

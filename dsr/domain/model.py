@@ -146,6 +146,10 @@ class Subject:
 
     email: str
     name: str = ""
+    # Other identifiers an authenticated channel vouched for (the company's own app through the API, staff through
+    # `dsr submit`): an application database's map may locate the subject by them too (connectors/sql).
+    customer_id: str = ""
+    phone: str = ""
 
 
 @dataclass

@@ -97,7 +97,9 @@ class RequestBody(BaseModel):
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     identifiers: Annotated[
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=200)]],
-        Field(max_length=20, description="Other identifiers the subject gave (customer number...), for staff."),
+        Field(max_length=20, description="Other identifiers the subject gave, for staff. From an authenticated "
+                                         "caller (DSR_API_TOKEN), customer_id and phone also locate the subject "
+                                         "in an application database whose map names those columns."),
     ] = {}
     changes: Annotated[
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=500)]],
@@ -261,6 +263,7 @@ def api_router(
             first = message.split(" ", 1)[0].rstrip(":")
             # "cannot rectify iban", "the new email is not...": the changes; "received time...": received_at.
             fields = {"received": "received_at", "cannot": "changes", "the": "changes",
+                      "customer_id": "identifiers", "phone": "identifiers",
                       **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope")}}
             field = fields.get(first)
             return error(422, message, field)
@@ -315,7 +318,11 @@ def api_router(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
                        language=body.language.value if body.language else None, details=details,
                        changes=dict(body.changes), scope=body.scope.value if body.scope else "",
-                       received_at=body.received_at),
+                       received_at=body.received_at,
+                       # Vouched for by the company's own app (it authenticated the customer): an anonymous
+                       # caller's identifiers are only read by staff, never used to find someone's rows.
+                       customer_id=body.identifiers.get("customer_id", "") if api_token is not None else "",
+                       phone=body.identifiers.get("phone", "") if api_token is not None else ""),
             client_of(request),
         )
 
