@@ -5,7 +5,8 @@ stored encrypted with the request's exports (dataset ``upload`` of the system), 
 ledger once (:meth:`dsr.store.tasks.OutsideTasks.record_answer`: a second answer, on any replica, is refused),
 then handed to the waiting ``OutsideSystemTask`` workflow (the ``answer`` update). The ledger is the record: when
 the workflow no longer waits (no answer came by the date, and the request asks for attention), the answer stays
-there, and the operator's retry of the request takes it.
+there and the request is told (signal ``outside_answered``): if nothing else waits for an operator, it goes on
+at once, the task's next run taking the answer from the ledger; otherwise the operator's retry takes it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from dsr.domain.model import OutsideAnswer
-from dsr.domain.outside import UPLOAD_DATASET, AnswerRefused, check_answer, outside_workflow_id
+from dsr.domain.outside import (
+    LATE_ANSWER_SIGNAL,
+    UPLOAD_DATASET,
+    AnswerRefused,
+    check_answer,
+    outside_workflow_id,
+)
 from dsr.errors import InvalidInputError
 from dsr.store.exports import ExportStore
 from dsr.store.tasks import OutsideTasks, UnknownTask
@@ -54,6 +61,7 @@ class ExportFile:
 class AnswerResult:
     state: Literal["recorded", "already", "unknown"]
     delivered: bool = False  # the waiting workflow took it (False: kept in the ledger for the operator's retry)
+    resumed: bool = False  # a late answer: the request, waiting for attention, was told and goes on with it
 
 
 def upload_records(upload: ExportFile) -> Iterator[dict[str, Any]]:
@@ -125,11 +133,18 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
         handle = client.get_workflow_handle_for(OutsideSystemTask.run, outside_workflow_id(request_id, system))
         await handle.execute_update(OutsideSystemTask.answer, answer)
     except (RPCError, WorkflowUpdateFailedError) as err:
-        # Not waiting any more (no answer by the date: the request asks for attention) or Temporal away: the
-        # ledger has the answer, and the operator's retry takes it.
+        # Not waiting any more (no answer by the date: the request asks for attention): the ledger has the
+        # answer; the request is told, and goes on with it once nothing else waits for an operator. Temporal
+        # away: the operator's retry takes it.
         logger.warning("answer of %s for %s recorded; its task was not waiting (%s)", system, request_id,
                        type(err).__name__)
-        return AnswerResult("recorded", delivered=False)
+        try:
+            await client.get_workflow_handle(request_id).signal(LATE_ANSWER_SIGNAL, system)
+        except RPCError as signal_err:  # the request is closed, or Temporal away
+            logger.warning("late answer of %s for %s: the request was not told (%s)", system, request_id,
+                           type(signal_err).__name__)
+            return AnswerResult("recorded", delivered=False)
+        return AnswerResult("recorded", delivered=False, resumed=True)
     return AnswerResult("recorded", delivered=True)
 
 

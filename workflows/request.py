@@ -76,7 +76,7 @@ with workflow.unsafe.imports_passed_through():
         confirmation_refused,
         subject_queue_id,
     )
-    from dsr.domain.outside import OutsideTaskInput
+    from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
     from workflows import search_attributes as sa
 from workflows import details, objection
 from workflows.aftercare import RequestAftercare
@@ -125,6 +125,9 @@ retries it), so a connector that progresses forever cannot loop without bound; p
 RESUME_WINDOW = timedelta(days=1)
 """No fresh schedule after progress once a connector's run has lasted this long: the last schedule's own retry
 budget (CONNECTOR, about a day) then runs out and an operator is asked."""
+
+LATE_ANSWER_ACTOR = "late-answer"
+"""The actor of the ``retried`` event when a late answer of a system reached by a person resumed the request."""
 
 CANCELLED_BY = "temporal-cancel"
 """The actor of a cancellation requested through Temporal (the UI's button, ``temporal workflow cancel``)."""
@@ -206,6 +209,7 @@ class DataSubjectRequest:
         self._schedules: dict[str, int] = {}
         self._cursors: dict[str, dict | None] = {}
         self._outside: set[str] = set()  # systems answered by a person: a child workflow each (workflows/outside.py)
+        self._answered_late: set[str] = set()  # of those, answered after their task stopped waiting (in the ledger)
         # Objections (workflows/objection.py): the operator's decision on one to other processing, whether it
         # is awaited, and until when a marketing objection is on the suppression list.
         self._decision: ObjectionDecision | None = None
@@ -418,12 +422,19 @@ class DataSubjectRequest:
                 connector=", ".join(p.connector for p in failed),
                 error="; ".join(f"{p.connector}: {p.error}" for p in failed),
             )
-            await workflow.wait_condition(lambda: self._retry_requested or self._ending())
+            names = {p.connector for p in failed}
+
+            def answered_late(names: set[str] = names) -> bool:
+                # Failed only for want of an answer that has come since (the ledger has it): no one need retry.
+                return names <= self._answered_late
+
+            await workflow.wait_condition(lambda: self._retry_requested or self._ending() or answered_late())
             if self._ending():
                 return False
+            actor = self._retry_by if self._retry_requested else LATE_ANSWER_ACTOR
             self._retry_requested = False
             self._set_stage(Stage.PROCESSING)
-            await self._audit("retried", stage=Stage.PROCESSING, actor=self._retry_by)
+            await self._audit("retried", stage=Stage.PROCESSING, actor=actor)
             if released and not await self._take_turn():
                 return False
         return True
@@ -562,6 +573,7 @@ class DataSubjectRequest:
         return lines
 
     async def _run_connector(self, progress: ConnectorProgress) -> None:
+        self._answered_late.discard(progress.connector)
         progress.state = ConnectorState.RUNNING
         progress.error = ""
         progress.attempts += 1
@@ -650,6 +662,14 @@ class DataSubjectRequest:
                 self._update_details()
                 if isinstance(retry_after, int | float) and retry_after > 0:
                     await workflow.sleep(timedelta(seconds=retry_after), summary=f"{name}: Retry-After")
+
+    @workflow.signal(name=LATE_ANSWER_SIGNAL)
+    def outside_answered(self, system: str) -> None:
+        """A system reached by a person was answered after its task stopped waiting (no answer by its date): the
+        answer is in the ledger, and the task's next run takes it. Only a failed system's answer counts."""
+        progress = self._progress.get(system)
+        if system in self._outside and progress is not None and progress.state == ConnectorState.FAILED:
+            self._answered_late.add(system)
 
     @workflow.signal(name=HEALTH_SIGNAL)
     def connector_health(self, health: ConnectorHealth) -> None:

@@ -106,10 +106,14 @@ async def tasks_complete(
     if result.state == "already":
         fail(f"{system} of {request_id} was already answered")
     if as_json:
-        emit_json({"request": request_id, "system": system, "answer": status.value, "delivered": result.delivered})
+        emit_json({"request": request_id, "system": system, "answer": status.value, "delivered": result.delivered,
+                   "resumed": result.resumed})
         return
     typer.echo(f"{request_id} {system}: {status.value} recorded" + (
-        "" if result.delivered else f"; the request is not waiting for it: `dsr retry {request_id}` takes it"))
+        "" if result.delivered else
+        "; after its date: the request goes on with it (unless another system needs attention: "
+        f"`dsr retry {request_id}` then)" if result.resumed else
+        f"; the request is not waiting for it: `dsr retry {request_id}` takes it"))
 
 
 __all__ = ["app"]

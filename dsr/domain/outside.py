@@ -26,6 +26,7 @@ from dsr.errors import InvalidInputError
 
 __all__ = [
     "ANSWER_UPDATE",
+    "LATE_ANSWER_SIGNAL",
     "NO_ANSWER_ERROR",
     "OUTSIDE_DATASET",
     "OUTSIDE_TYPES",
@@ -42,6 +43,9 @@ OUTSIDE_TYPES = ("processor", "manual")
 """Connector types reached by a person rather than an API."""
 ANSWER_UPDATE = "answer"
 """The update by which the answer page and ``dsr tasks complete`` hand an answer to the waiting workflow."""
+LATE_ANSWER_SIGNAL = "outside_answered"
+"""The signal (the system's name) by which the answer's door tells the request that an answer came after its task
+stopped waiting: a request waiting for attention only because of such systems goes on with it."""
 NO_ANSWER_ERROR = "OutsideNoAnswer"
 """Failure type of a task with no answer by its date: the request goes to needs_attention."""
 OUTSIDE_DATASET = "answer"

@@ -145,7 +145,7 @@ async def test_reminders_go_before_the_date_then_the_answer_is_taken(engine: Eng
 
 
 @pytest.mark.parametrize("connectors", [[backups()]])
-async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_is_taken_on_retry(engine: Engine) -> None:
+async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_resumes_the_request(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")
     [asked] = await mail_to(engine, OWNER, 1)
     assert "Vous êtes désigné comme la personne pouvant agir" in readable(asked)  # the owner's language: French
@@ -159,14 +159,15 @@ async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_is_taken_
     assert "operator_attention" in templates_sent(engine, request)
     assert len(engine.mail.to(OWNER)) == 2  # the request and one reminder
 
-    # The owner answers late: the ledger takes it; the task no longer waits.
+    # The owner answers late: the ledger takes it; the task no longer waits, the request is told and goes on
+    # with it, without an operator's retry.
     late = await record_answer(tasks_of(engine), engine.client, request.request_id, "backups",
                                answer(AnswerStatus.CANNOT, reason="the tape is offsite until March"))
-    assert late.state == "recorded" and not late.delivered
-    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    assert late.state == "recorded" and not late.delivered and late.resumed
     await wait_for_stage(engine, handle, Stage.CLOSED)
     current = await status(handle)
     assert current.outcome == Outcome.FULFILLED
+    assert [e.actor for e in engine.ledger.events(request.request_id) if e.event == "retried"] == ["late-answer"]
     [line] = current.connectors[0].outcome.report  # type: ignore[union-attr]
     assert line.action == RecordAction.RESIDUAL
     assert len(engine.mail.to(OWNER)) == 2  # the retry found the answer: nobody asked again
@@ -176,10 +177,32 @@ async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_is_taken_
     assert "Pas encore fait : notre équipe n'a pas encore pu le faire" in reply
     await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice", note="tape erased"))
     await handle.result()
-    await keep_history(handle, "manual_no_answer_then_retried")
-    # The retry's run of the task: it found the late answer in the ledger.
+    await keep_history(handle, "manual_no_answer_then_answered_late")
+    # The task's next run: it found the late answer in the ledger.
     await keep_history(engine.client.get_workflow_handle(outside_workflow_id(request.request_id, "backups")),
                        "manual_answer_found_on_retry")
+
+
+@pytest.mark.parametrize("connectors", [[backups(), ScriptedConnector("crm", permanent_failures=1)]])
+async def test_a_late_answer_waits_for_the_retry_when_another_system_needs_attention(engine: Engine) -> None:
+    request, handle = await submit(engine, "erasure")
+    await mail_to(engine, OWNER, 1)
+    task = tasks_of(engine).get(request.request_id, "backups")
+    assert task is not None
+    await engine.env.sleep(task.answer_by - await engine.env.get_current_time() + timedelta(hours=1))
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    late = await record_answer(tasks_of(engine), engine.client, request.request_id, "backups",
+                               answer(AnswerStatus.DONE))
+    assert late.state == "recorded" and late.resumed
+    await asyncio.sleep(1)  # the signal is taken: the crm still needs an operator, so the request still waits
+    assert (await status(handle)).stage == Stage.NEEDS_ATTENTION
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    await wait_for_stage(engine, handle, Stage.CLOSED)
+    current = await status(handle)
+    assert current.outcome == Outcome.FULFILLED and all(c.state.value == "done" for c in current.connectors)
+    assert [e.actor for e in engine.ledger.events(request.request_id) if e.event == "retried"] == ["operator:alice"]
+    assert len(engine.mail.to(OWNER)) == 2  # the request and one reminder: the retry found the answer
+    await handle.result()
 
 
 @pytest.mark.parametrize("connectors", [[chat_tool(language=Language.FR)]])
