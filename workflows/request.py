@@ -1331,6 +1331,8 @@ class DataSubjectRequest:
                 if p.resumed:
                     note = f"{note} (resumed {p.resumed}× after progress)".strip()
                 state = "**degraded**" if p.degraded else p.state.value
+                if p.connector in self._outside and p.state == ConnectorState.RUNNING:
+                    state = "waiting for an answer"  # a person answers (dsr tasks list has the date)
                 rows.append([p.connector, state, str(p.attempts), note])
             lines += ["", *details.table(["system", "state", "attempts", "note"], rows, right=[2])]
         if self._awaiting_turn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -136,9 +136,11 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     # Answered: the link and residual data live in the aftercare. Terminated: the run could not say so itself.
     state = await with_aftercare(client, state)
     state.temporal_state = await temporal_state(client, request_id)
+    outside = _outside_tasks(request_id)
     if as_json:
         data = plain(state)
         data["id"] = data.pop("request_id")
+        data["outside"] = [_outside_row(task) for task in outside.values()]
         emit_json(data)
         return
     flags = [f for f, on in (("extended", state.extended), ("OVERDUE", state.overdue)) if on]
@@ -159,6 +161,9 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
             shown += f", failing since {c.failing_since:%Y-%m-%d %H:%M} UTC (retried)"
         if c.resumed:
             shown += f", resumed {c.resumed} times after progress"
+        task = outside.get(c.connector)
+        if task is not None:  # a processor or an owner answers: what they said, or the date they answer by
+            shown = _outside_state(task, c.state.value)
         typer.echo(f"  {c.connector}: {shown}" + (f" - {c.error}" if c.error else ""))
     if state.degraded:
         typer.echo(f"  connector degraded (failing too long, still retried; the operator was told): "
@@ -197,6 +202,49 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
                    f"{state.link_expires_at:%Y-%m-%d %H:%M} UTC")
     if state.cancellation_refused:
         typer.echo(f"  a cancellation from the Temporal UI was refused: {state.cancellation_refused}")
+
+
+def _outside_tasks(request_id: str) -> dict[str, Any]:
+    """The request's tasks of systems reached by a person, by system, from the ledger (their answers unsealed:
+    the operator's CLI only); none when the ledger cannot be read (the status still shows the workflow's view)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dsr.config.settings import ConfigError
+    from dsr.runtime.bootstrap import Deployment
+    from dsr.store.crypto import KeyRingError
+    from dsr.store.ledger import LedgerUnavailableError
+    from dsr.store.tasks import OutsideTasks
+
+    try:
+        deployment = Deployment.from_env()
+        try:
+            return {t.system: t for t in OutsideTasks(deployment.ledger.engine, deployment.keyring)
+                    .tasks(request_id=request_id)}
+        finally:
+            deployment.close()
+    except (ConfigError, KeyRingError, ValueError, LedgerUnavailableError, SQLAlchemyError):
+        return {}  # an added view: the workflow's status is shown anyway
+
+
+def _outside_state(task: Any, state: str) -> str:
+    """``waiting for an answer (due 2026-12-14)``, or the answer: ``cannot: <the reason they gave>``."""
+    from dsr.cli.tasks import answer_text, due_day
+
+    if task.answer is None:
+        if state == "running":
+            return f"waiting for an answer (due {due_day(task).isoformat()})"
+        return f"{state}, no answer (due {due_day(task).isoformat()})"
+    return f"{state}, answered: {answer_text(task.answer)}"
+
+
+def _outside_row(task: Any) -> dict[str, Any]:
+    from dsr.cli.tasks import due_day
+
+    answer = task.answer
+    return {"system": task.system, "type": task.type, "asked_on": task.asked_on, "answer_by": due_day(task),
+            "answer": answer.status.value if answer else "", "reason": answer.reason if answer else "",
+            "legal_basis": answer.legal_basis if answer else "",
+            "kept_until": answer.kept_until if answer and answer.kept_until else None}
 
 
 def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:

@@ -3,12 +3,16 @@ an operator records for them (the same door as the answer page: ledger first, th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dsr.cli.common import Actor, JsonOption, RequestId, UserError, check_reference, emit_json, fail, open_ledger, run
+
+if TYPE_CHECKING:
+    from dsr.domain.model import OutsideAnswer
+    from dsr.store.tasks import OutsideTask
 
 app = typer.Typer(help="Systems reached by a person (processors by email, manual tasks) and their answers.",
                   no_args_is_help=True)
@@ -27,22 +31,42 @@ def tasks_list(
         tasks = OutsideTasks(ledger.engine, ledger.sealer).tasks(open_only=not all_tasks)
     finally:
         ledger.close()
+    # The answers' words (a "cannot" reason, a legal basis) are sealed in the ledger: opened for the operator here.
     rows = [{
         "request": t.request_id, "system": t.system, "type": t.type, "asked_on": t.asked_on.isoformat(),
-        "answer_by": (t.answer_by - timedelta(seconds=1)).date().isoformat(), "rounds": t.rounds,
+        "answer_by": due_day(t).isoformat(), "rounds": t.rounds,
         "answer": t.answer.status.value if t.answer else "",
+        "reason": t.answer.reason if t.answer else "",
+        "legal_basis": t.answer.legal_basis if t.answer else "",
+        "kept_until": t.answer.kept_until.isoformat() if t.answer and t.answer.kept_until else None,
         "overdue": t.answer is None and t.answer_by <= datetime.now(UTC),
+        "text": answer_text(t.answer) if t.answer else "",
     } for t in tasks]
     if as_json:
-        emit_json(rows)
+        emit_json([{k: v for k, v in row.items() if k != "text"} for row in rows])
         return
     if not rows:
         typer.echo("no task waits for an answer" if not all_tasks else "no task")
         return
     for row in rows:
-        state = row["answer"] or ("NO ANSWER (past its date)" if row["overdue"] else "waiting")
+        state = row["text"] or ("NO ANSWER (past its date)" if row["overdue"] else "waiting")
         typer.echo(f"{row['request']}  {row['system']:<20} {row['type']:<9} asked {row['asked_on']}  "
                    f"answer by {row['answer_by']}  {state}")
+
+
+def due_day(task: OutsideTask) -> date:
+    """The last day of the answer-by date (the stored instant is the end of that day)."""
+    return (task.answer_by - timedelta(seconds=1)).date()
+
+
+def answer_text(answer: OutsideAnswer) -> str:
+    """An answer as the operator reads it: ``cannot: <their reason>``, ``kept: <basis> until <date>``, ``done``."""
+    text = answer.status.value
+    if answer.reason:
+        text += f": {answer.reason}"
+    if answer.legal_basis or answer.kept_until:
+        text += f": {answer.legal_basis}" + (f" until {answer.kept_until.isoformat()}" if answer.kept_until else "")
+    return text
 
 
 @app.command("complete")

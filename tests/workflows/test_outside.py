@@ -248,6 +248,12 @@ async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answ
     assert (row["request"], row["system"], row["type"], row["answer"]) == (request.request_id, "chat-tool",
                                                                            "processor", "")
     assert SUBJECT_EMAIL not in out
+    # `dsr status` shows the system waiting for its answer, with its date, not "running".
+    code, out, err = await dsr("status", request.request_id)
+    assert code == 0, err
+    assert f"  chat-tool: waiting for an answer (due {row['answer_by']})" in out.splitlines(), out
+    code, out, err = await dsr("status", request.request_id, "--json")
+    assert code == 0 and json.loads(out)["outside"][0]["answer_by"] == row["answer_by"], err
 
     for args, message in [
         (["--kept"], "error: --kept needs --basis (the legal basis) and --until (YYYY-MM-DD)"),
@@ -276,4 +282,39 @@ async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answ
     assert code == 0 and out.strip() == "no task waits for an answer"
     await clear_residuals(engine.client, handle.id,
                           ResidualsCleared(cleared_by="operator:alice", note="asked again by phone"))
+    await handle.result()
+
+
+@pytest.mark.slow  # the verbs as processes
+@pytest.mark.parametrize("connectors", [[chat_tool()]])
+async def test_a_processors_cannot_reason_is_shown_to_the_operator_by_status_and_tasks_list(engine: Engine) -> None:
+    env = {**os.environ, "DSR_HOME": str(engine.settings.home), "DSR_KEYS": TEST_KEYRING.to_env_value(),
+           "TEMPORAL_ADDRESS": engine.client.service_client.config.target_host}
+
+    async def dsr(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "dsr"), *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+    request, handle = await submit(engine, "erasure", language="en")
+    await mail_to(engine, PROCESSOR, 1)
+    reason = "Our logs are on a legal hold until the audit ends"
+    result = await record_answer(tasks_of(engine), engine.client, request.request_id, "chat-tool",
+                                 answer(AnswerStatus.CANNOT, reason=reason))
+    assert result.delivered
+    await wait_for_stage(engine, handle, Stage.CLOSED)
+    # Sealed in the ledger, opened for the operator's CLI only.
+    row = tasks_of(engine).get(request.request_id, "chat-tool")
+    assert row is not None and row.answer is not None
+    listed = await dsr("tasks", "list", "--all")
+    assert f"cannot: {reason}" in listed, listed
+    [entry] = json.loads(await dsr("tasks", "list", "--all", "--json"))
+    assert (entry["answer"], entry["reason"]) == ("cannot", reason)
+    shown = await dsr("status", request.request_id)
+    assert f"  chat-tool: done, answered: cannot: {reason}" in shown.splitlines(), shown
+    assert json.loads(await dsr("status", request.request_id, "--json"))["outside"][0]["reason"] == reason
+    await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice", note="asked again"))
     await handle.result()
