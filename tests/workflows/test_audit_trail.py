@@ -10,14 +10,16 @@ import asyncio
 import dataclasses
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from typing import Any
 
 import pytest
 from temporalio import workflow
 
+from connectors.outside import OutsideSystem
 from dsr.domain.model import (
+    AnswerStatus,
     Channel,
     ClockPolicy,
     Correspondence,
@@ -31,6 +33,7 @@ from dsr.domain.model import (
     Language,
     ObjectionDecision,
     Outcome,
+    OutsideAnswer,
     Rectification,
     Refusal,
     RefusalGround,
@@ -44,19 +47,24 @@ from dsr.domain.model import (
     Withdrawal,
 )
 from dsr.store.links import StatusLinks
+from dsr.store.tasks import OutsideTasks
+from intake.answers import ExportFile, record_answer
 from intake.submission import new_request_id
-from tests.harness import TEST_KEYRING, ScriptedConnector
+from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of
 from tests.workflows.conftest import SUBJECT_EMAIL, Engine, clear_residuals
 from tests.workflows.test_request import submit, wait_for_stage
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
 from workflows.aftercare import RequestAftercare
 from workflows.audit import instant
+from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
 from workflows.triage import TriageMessageWorkflow
 
-# OutsideSystemTask's `answer` is not walked here: its fields are recorded, sealed, in the outside_tasks table by
-# the one door that takes an answer before the update is sent (intake/answers.py; tests/dsr/test_tasks.py).
-WORKFLOWS = (DataSubjectRequest, TriageMessageWorkflow, RequestAftercare)
+# OutsideSystemTask's `answer`: its fields are recorded in the ledger's outside_tasks row (the words sealed) by the
+# one door that takes an answer before the update is sent (intake/answers.py); the walk reads them back from there.
+WORKFLOWS = (DataSubjectRequest, TriageMessageWorkflow, RequestAftercare, OutsideSystemTask)
+PROCESSOR = OutsideSystem(name="chat-tool", type="processor", contact="privacy@chat-tool.example",
+                          kinds=frozenset({RequestKind.ERASURE}))
 
 
 @dataclasses.dataclass
@@ -75,6 +83,8 @@ class Trail:
             return value.value in self.exact
         if isinstance(value, datetime):
             return instant(value) in self.exact
+        if isinstance(value, date):
+            return value.isoformat() in self.exact
         if isinstance(value, bool | int):
             return str(value) in self.exact
         raise AssertionError(f"no rule for a {type(value).__name__} field: add one")
@@ -86,6 +96,20 @@ def request_trail(engine: Engine, request_id: str) -> Callable[[], Trail]:
         exact = {e.actor for e in events} | {v for e in events for v in e.details.values()}
         return Trail(exact, [e.actor for e in events] + [v for e in events for v in e.details.values()]
                      + [e.note for e in events if e.note])
+    return read
+
+
+def answer_trail(engine: Engine, request_id: str, system: str) -> Callable[[], Trail]:
+    """The task's row in the ledger, its answer unsealed."""
+    def read() -> Trail:
+        task = OutsideTasks(engine.ledger.engine, TEST_KEYRING).get(request_id, system)
+        assert task is not None and task.answer is not None
+        answer = task.answer
+        assert answer.answered_at is not None and answer.kept_until is not None
+        answered_at = answer.answered_at if answer.answered_at.tzinfo else answer.answered_at.replace(tzinfo=UTC)
+        exact = {answer.status.value, answer.answered_by, instant(answered_at), str(answer.export_records),
+                 answer.kept_until.isoformat(), task.asked_on.isoformat(), task.type}
+        return Trail(exact, [*exact, answer.legal_basis, answer.reason])
     return read
 
 
@@ -109,7 +133,7 @@ def triage_item(engine: Engine, sender: str, reason: str) -> TriageInput:
 
 
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1, residual=True),
-                                         ScriptedConnector("billing")]])
+                                         ScriptedConnector("billing"), PROCESSOR]])
 async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) -> None:
     # Each update with what was sent and where to read it back; an update may be sent in several scenarios (a
     # field that belongs to one kind, e.g. an objection's scope, is empty in the others).
@@ -147,6 +171,22 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
         proof=IdentityProof.REVIEW))
     # `dsr confirm-identity` prints the stage the confirmation led to, never the one it ended.
     assert confirmed.stage not in (Stage.RECEIVED, Stage.AWAITING_IDENTITY)
+    # The processor answers on its page, with an export file: the door records it, then sends the update.
+    tasks = OutsideTasks(engine.ledger.engine, TEST_KEYRING)
+    for _ in range(100):
+        if (task := tasks.get(erasure.request_id, PROCESSOR.name)) is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert task is not None
+    answer = OutsideAnswer(status=AnswerStatus.KEPT, legal_basis="Art. 17(3)(e) GDPR; litige en cours",
+                           kept_until=date(2031, 6, 30), reason="Conservé pour le litige prud'homal",
+                           answered_by="processor", answered_at=datetime.now(UTC), asked_on=task.asked_on,
+                           system_type="processor")
+    sent["OutsideSystemTask", "answer"] = [(answer, answer_trail(engine, erasure.request_id, PROCESSOR.name))]
+    delivered = await record_answer(tasks, engine.client, erasure.request_id, PROCESSOR.name, answer,
+                                    exports=exports_of(engine.settings),
+                                    upload=ExportFile("chat.csv", "text/csv", b"message\nbonjour\n"))
+    assert delivered.delivered and answer.export_records == 1
     await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
     await update("retry", Retry(requested_by="op:retry"))
     await wait_for_stage(engine, handle, Stage.CLOSED)
