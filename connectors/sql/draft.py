@@ -350,6 +350,11 @@ def render(schema: Reflected, *, name: str = "app", url_env: str = "APP_DATABASE
             elif not hop.child:
                 comment = "  # shared with other people: exported with the subject's rows, never erased with them"
             lines.append(f"link = {_str(_link(hop))}{comment}")
+            others = [fk for fk in schema.foreign_keys if fk.table == table_name and fk.other == hop.other
+                      and fk.columns != hop.columns] if hop.child else []
+            for fk in others:  # e.g. documents.owner_id and documents.editor_id, both to users
+                comments.append(f"# REVIEW: {table_name} also references {fk.other} through "
+                                f"{', '.join(fk.columns)}: only the link below is followed")
         link_columns = set(hop.columns) if hop is not None else set()
         refs_subject = {c for fk in schema.foreign_keys if fk.table == table_name and fk.other == subject
                         for c in fk.columns}
