@@ -8,8 +8,9 @@ checked against in tests/apispec):
 * Auth: the secret key as ``Authorization: Bearer sk_...`` or as HTTP Basic user; 401 otherwise.
 * Objects in Stripe's shape, every field the description requires: customers, payment methods (per customer
   at ``/v1/customers/{id}/payment_methods`` and the older ``/v1/payment_methods?customer=&type=``), charges
-  with ``billing_details`` and ``shipping``, payment intents, setup intents, invoices, subscriptions,
-  credit notes, quotes and Checkout Sessions (guest ones too, listed by ``customer_details[email]``).
+  with ``billing_details`` and ``shipping``, payment intents (``POST`` unsets their ``shipping``), setup
+  intents, invoices, subscriptions, credit notes, quotes and Checkout Sessions (guest ones too, listed by
+  ``customer_details[email]``).
 * Lists newest first, ``limit`` 1..100, ``starting_after``/``ending_before``, ``has_more``; an unknown
   parameter is refused (400 ``parameter_unknown``), as Stripe does.
 * ``GET /v1/customers?email=``: exact and case-sensitive. ``GET /v1/customers/search`` with Stripe's query
@@ -780,6 +781,21 @@ class _StripeApi:
                                        shipping=params.get("shipping"), receipt_email=params.get("receipt_email"))
         return self.state.objects["charge"][charge]
 
+    async def update_payment_intent(self, request: Request, params: dict[str, Any]) -> Any:
+        """``shipping`` set, or unset with ``""`` (Stripe's description allows both, and names no status that
+        forbids it: the sandbox allows it whatever the status); ``description``, ``receipt_email``, ``metadata``."""
+        _refuse_unknown(params, {"shipping", "description", "receipt_email", "metadata"})
+        intent = self.state.get("payment_intent", request.path_params["intent"])
+        if intent is None:
+            raise _missing("payment_intent", request.path_params["intent"], "intent")
+        if "shipping" in params:
+            intent["shipping"] = None if params["shipping"] == "" else _shipping(params["shipping"])
+        for name in ("description", "receipt_email"):
+            if name in params:
+                intent[name] = params[name] or None
+        intent["metadata"].update(params.get("metadata") or {})
+        return intent
+
     async def retrieve_charge(self, request: Request, params: dict[str, Any]) -> Any:
         charge = self.state.get("charge", request.path_params["charge"])
         if charge is None:
@@ -855,6 +871,7 @@ class _StripeApi:
             Route("/v1/charges/{charge}", e(self.retrieve_charge, allowed=frozenset({"expand"})), methods=["GET"]),
             Route("/v1/payment_intents", e(self._by_customer("payment_intent", "/v1/payment_intents"),
                                            allowed=listed | {"customer"}), methods=["GET"]),
+            Route("/v1/payment_intents/{intent}", e(self.update_payment_intent), methods=["POST"]),
             Route("/v1/setup_intents", e(self._by_customer("setup_intent", "/v1/setup_intents"),
                                          allowed=listed | {"customer"}), methods=["GET"]),
             Route("/v1/invoices", e(self._by_customer("invoice", "/v1/invoices"), allowed=listed | {"customer"}),
