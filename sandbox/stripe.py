@@ -135,6 +135,10 @@ class StripeState:
         self.idempotency: dict[str, tuple[str, int, bytes]] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request to an endpoint
         self.scans = 0  # customer listings without an email filter (what a connector without search falls back on)
+        # ``customer_details[email]`` on Checkout Sessions: exact here, as Stripe's description suggests without
+        # saying (spec3: "Only return the Checkout Sessions for the Customer details specified"); True makes it
+        # ignore case, the other reading, so tests hold the connector to both.
+        self.sessions_email_ignores_case = False
         self._counter = 0
 
     # --- ids and bookkeeping ---------------------------------------------------------------------
@@ -842,9 +846,14 @@ class _StripeApi:
         if details is not None and not email:
             raise StripeApiError(400, "Missing required param: customer_details[email].", code="parameter_missing",
                                  param="customer_details[email]")
+        def typed(session: Record) -> str:
+            held = str((session["customer_details"] or {}).get("email") or "")
+            return held.lower() if self.state.sessions_email_ignores_case else held
+
+        wanted = str(email).lower() if email is not None and self.state.sessions_email_ignores_case else email
         records = [s for s in self._all("checkout.session", customer=self._customer_filter(params),
                                         payment_intent=params.get("payment_intent"))
-                   if email is None or (s["customer_details"] or {}).get("email") == email]
+                   if email is None or typed(s) == wanted]
         return self._page("/v1/checkout/sessions", "checkout.session", records, params)
 
     def routes(self) -> list[Route]:

@@ -888,3 +888,33 @@ async def test_a_refused_write_is_named_by_method_and_path_without_ids(caplog: p
     for text in (str(raised.value), *caplog.messages):
         assert method["id"] not in text and customer not in text and "lea" not in text.lower()
     assert customer not in state.deleted  # nothing deleted after a refused blanking
+
+
+@pytest.mark.parametrize("ignores_case", [False, True])
+async def test_guest_sessions_are_found_once_whatever_case_the_filter_honours(ignores_case: bool) -> None:
+    """``customer_details[email]`` is exact in the sandbox (Stripe's description says nothing of case); a filter
+    that ignored case would answer the connector's two lookups (as given, lower-cased) alike: no session twice."""
+    state = StripeState()
+    state.sessions_email_ignores_case = ignores_case
+    local = f"lea.petit+{uuid.uuid4().hex[:8]}"
+    given, lower, other = f"{local}@Example.org", f"{local}@example.org", f"{local.upper()}@EXAMPLE.ORG"
+    sessions = {spelling: state.add_checkout_session(email=spelling, name="Léa Petit") for spelling in
+                (given, lower, other)}
+    check = SpecCheck(stripe_app(state, api_key=KEY), stripe_contract())
+    running = await serve_app(check, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    connector = StripeConnector(api_key=KEY, base_url=running.url)
+    try:
+        found = await connector.locate(Subject(email=given))
+        rid = request_id()
+        outcome = await connector.export(ExportJob(rid, Subject(email=given), STORE.for_request(rid)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    expected = {sessions[given], sessions[lower]} | ({sessions[other]} if ignores_case else set())
+    assert sorted(loc.record_id for loc in found) == sorted(expected)  # each once
+    exported = [r["id"] for r in STORE.read(rid, "stripe", "checkout_sessions")]
+    assert sorted(exported) == sorted(expected)
+    assert any(n.startswith("guest Checkout Sessions are looked up by the address as given and lower-cased")
+               for n in outcome.notes)
+    assert check.tally.requests > 0
+    check.tally.assert_clean()
