@@ -767,6 +767,11 @@ class _StripeApi:
         return method
 
     async def list_charges(self, request: Request, params: dict[str, Any]) -> Any:
+        # ``customer=`` of a deleted customer still lists its charges here. Stripe documents that deleted customers
+        # stay retrievable "in order to be able to track their history" (API reference, Delete a customer) and
+        # that a charge keeps its ``customer`` id (spec3: "ID of the customer this charge is for if one exists"),
+        # but not whether the list filter takes a deleted id: an assumption. The connector does not rely on it
+        # either way: it lists a customer's payments before deleting it and journals them (connectors/stripe.py).
         records = self._all("charge", customer=self._customer_filter(params),
                             payment_intent=params.get("payment_intent"))
         return self._page("/v1/charges", "charge", records, params)
