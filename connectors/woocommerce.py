@@ -575,7 +575,7 @@ class WooCommerceConnector:
         if foreign:
             return JournalEntry(RecordReport(
                 "orders", str(order["id"]), RecordAction.ANONYMISED,
-                legal_basis=rule.legal_basis if rule else None,
+                legal_basis=rule.legal_basis if rule else "",
                 retained_until=rule.until(created) if rule and created else None, note=OTHER_ACCOUNT),
                 created=created)
         if rule is None:
