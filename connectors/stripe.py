@@ -53,9 +53,9 @@ preview API, and run asynchronously). The deletion carries the idempotency key `
 id>``; every POST carries ``<request id>:<operation>:<object id>:<digest of its parameters>``, because Stripe
 refuses a key sent again with other parameters (HTTP 400 ``idempotency_error``) and what a retried write sends
 depends on what it read first. A refused write is logged and named in the error by its method and path
-template (``POST /v1/payment_methods/{id}``), never its ids. A customer that answers 404 is already gone, unless the
-request's journal shows an earlier attempt asked for its deletion (then that call took effect and its answer
-was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion and
+template (``POST /v1/payment_methods/{id}``), never its ids. A customer that answers 404 is already gone,
+unless the request's journal shows an earlier attempt asked for its deletion (then that call took effect and its
+answer was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion and
 their lines journaled before the call, so an attempt that dies after deleting is retried with the customer
 reported deleted and its payments retained, from the journal, and nothing is asked twice. Verifying locates
 again: only customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
@@ -782,9 +782,8 @@ class StripeConnector:
 
     async def _unset_shipping(self, job: OperationJob, intent: Mapping[str, Any]) -> str:
         """Unset a payment intent's shipping (name, phone, address); the note its kept line gets. The payload
-        never varies (key ``<request>:unship:<intent>:<digest>``). A
-        refusal (Stripe does not say in its description for which statuses it allows it) keeps the shipping and
-        says so."""
+        never varies (key ``<request>:unship:<intent>:<digest>``). A refusal (Stripe's description does not say for
+        which statuses it allows it) keeps the shipping and says so."""
         key = self._key(job, "unship", str(intent["id"]), {"shipping": ""})
         try:
             await self._write("post", "/v1/payment_intents/{id}", str(intent["id"]), {"shipping": ""}, key=key,
