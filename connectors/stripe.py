@@ -555,8 +555,11 @@ class StripeConnector:
                     # both passes would answer the same sessions: each is kept by one pass only (the one for its
                     # own spelling: lower-cased or not), so none is exported twice either way.
                     got = str((session.get("customer_details") or {}).get("email") or "")
-                    return (session.get("customer") not in customers and got.lower() == lower
-                            and (len(variants) == 1 or (got == lower) == (typed == lower)))
+                    if session.get("customer") in customers:
+                        return False
+                    if not got:  # the filter's word alone: kept by the first pass only
+                        return step.variant == 0
+                    return got.lower() == lower and (len(variants) == 1 or (got == lower) == (typed == lower))
 
                 return _Page.of(result, guest)
             case _:  # pragma: no cover - the plan only has the datasets above
