@@ -699,7 +699,8 @@ class _HubSpotApi:
                 # token of the value to be among the property's (a looser match the connector must filter).
                 split = r"[;\s@.]+" if loose else r"[;\s]+"
                 tokens = {t for t in re.split(split, (actual or "").lower()) if t}
-                wanted = {t for t in re.split(split, str(spec["value"]).strip().lower()) if t}
+                value = str(spec["value"]).strip().lower()
+                wanted = {t for t in re.split(split, value) if t} if loose else {value}
                 ok = bool(wanted) and wanted <= tokens
             elif operator == "HAS_PROPERTY":
                 ok = actual is not None
