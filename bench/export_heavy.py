@@ -22,6 +22,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,13 +96,24 @@ async def bare_paging(shop_url: str, stripe_url: str, stripe_customer: str) -> f
     """The sandboxes' own paging time: the same pages fetched bare and in parallel, nothing processed."""
     import httpx
 
+    from connectors.woocommerce import oauth_signature
+
+    def signed(path: str, params: dict[str, str]) -> dict[str, str]:
+        # The shop is served over plain HTTP, where WooCommerce (and its sandbox) take OAuth 1.0a only.
+        oauth = {"oauth_consumer_key": WOO_KEY, "oauth_nonce": uuid.uuid4().hex,
+                 "oauth_signature_method": "HMAC-SHA256", "oauth_timestamp": str(int(time.time()))}
+        query = {**params, **oauth}
+        return {**query, "oauth_signature": oauth_signature("GET", f"{shop_url}{path}", query, WOO_SECRET)}
+
     async def shop() -> None:
-        async with httpx.AsyncClient(base_url=shop_url, auth=(WOO_KEY, WOO_SECRET), timeout=60) as client:
-            customers = (await client.get("/wp-json/wc/v3/customers", params={"email": EMAIL})).json()
+        async with httpx.AsyncClient(base_url=shop_url, timeout=60) as client:
+            customers = (await client.get("/wp-json/wc/v3/customers",
+                                          params=signed("/wp-json/wc/v3/customers", {"email": EMAIL}))).json()
             page, pages = 1, 1
             while page <= pages:
-                r = await client.get("/wp-json/wc/v3/orders", params={
-                    "customer": customers[0]["id"], "per_page": 100, "page": page, "orderby": "id", "order": "asc"})
+                r = await client.get("/wp-json/wc/v3/orders", params=signed("/wp-json/wc/v3/orders", {
+                    "customer": str(customers[0]["id"]), "per_page": "100", "page": str(page), "orderby": "id",
+                    "order": "asc"}))
                 pages = int(r.headers["X-WP-TotalPages"])
                 r.json()
                 page += 1

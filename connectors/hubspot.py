@@ -194,6 +194,12 @@ class HubSpotConnector:
     async def _search(self, email: str) -> list[dict[str, Any]]:
         """Every contact whose email or one of whose secondary emails equals ``email`` (HubSpot compares
         case-insensitively; the match is confirmed here, since a token search is looser than equality)."""
+        # CONTAINS_TOKEN on hs_additional_emails (addresses joined by ";"): HubSpot documents the operator ("contains a
+        # token"; wildcards complete a partial one) but not its tokeniser. Its own example, ``email`` CONTAINS_TOKEN
+        # ``*@hubspot.com`` (developers.hubspot.com/docs/api/crm/search), keeps an address whole, so the full address
+        # is one token. Were it split on "@" and "." as well, the search would answer contacts sharing only the
+        # address's words: every result is checked here to hold the address exactly (:func:`_holds`), so a looser
+        # tokeniser costs pages, never a wrong contact (tests: test_a_looser_token_search_finds_no_one_extra).
         found: list[dict[str, Any]] = []
         after: Any = "0"  # the paging cursor HubSpot returns (a string), "0" for the first page
         while True:

@@ -18,7 +18,8 @@ deleted or re-addressed since). The outcome's notes say when the search lagged o
 without search gets a client-side scan of its customer list instead — affordable on a sandbox, never done
 against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that misses). Guest
 payments have no customer: Checkout Sessions are looked up by ``customer_details[email]`` (as given and
-lower-cased).
+lower-cased; Stripe offers no case-insensitive route for them, so one typed with other capitals is missed, and
+the outcome's notes say so).
 
 Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page into the
 export sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
@@ -37,19 +38,24 @@ state of a payment or of saving a card) are derived. A portability export writes
 projected onto the fields the subject provided: Stripe's own assessments (risk ``outcome``,
 ``fraud_details``), fees and balance transactions are left out.
 
-Erasure. Each payment method's billing name, email, phone and address are unset first
-(``POST /v1/payment_methods/{id}``: Stripe updates only an attached method, and a detached one keeps them),
-then ``DELETE /v1/customers/{id}``: permanent; Stripe cancels the customer's subscriptions and detaches its
-payment methods. Charges (with their billing details and shipping, which Stripe cannot clear on a charge),
-invoices, payment intents and credit notes stay: reported ``retained`` under the configured
-:class:`RetentionRule` (legal basis, created date + years), or ``residual`` where no rule covers them. Quotes,
-setup intents, Checkout Sessions and cancelled subscriptions cannot be deleted through the API either:
-``retained`` when a rule names them, ``residual`` otherwise. Stripe's Redaction Jobs are not used (see the
-README: they redact the accounting records too, are a preview API, and run asynchronously). The deletion
-carries the idempotency key ``<request id>:erase:<customer id>``, each blanking
-``<request id>:redact:<payment method id>``. A customer that answers 404 is already gone, unless the
-request's journal shows an earlier attempt asked for its deletion (then that call took effect and its answer
-was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion and
+Erasure. Each payment intent's ``shipping`` is unset (``POST /v1/payment_intents/{id}`` with ``shipping=""``,
+which Stripe's description allows; a refusal keeps it and the report says so), each payment method's billing
+name, email, phone and address are unset (``POST /v1/payment_methods/{id}``: Stripe updates only an attached
+method, and a detached one keeps them), then ``DELETE /v1/customers/{id}``: permanent; Stripe cancels the
+customer's subscriptions and detaches its payment methods. Charges (with their billing details and shipping,
+which Stripe cannot clear on a charge: ``billing_details`` is no parameter of ``POST /v1/charges/{id}``, and its
+``shipping`` is an object whose name and address are required, with no empty value), invoices, payment intents
+and credit notes stay: reported ``retained`` under the configured :class:`RetentionRule` (legal basis, created
+date + years), or ``residual`` where no rule covers them. Quotes, setup intents, Checkout Sessions and cancelled
+subscriptions cannot be deleted through the API either: ``retained`` when a rule names them, ``residual``
+otherwise. Stripe's Redaction Jobs are not used (see the README: they redact the accounting records too, are a
+preview API, and run asynchronously). The deletion carries the idempotency key ``<request id>:erase:<customer
+id>``; every POST carries ``<request id>:<operation>:<object id>:<digest of its parameters>``, because Stripe
+refuses a key sent again with other parameters (HTTP 400 ``idempotency_error``) and what a retried write sends
+depends on what it read first. A refused write is logged and named in the error by its method and path
+template (``POST /v1/payment_methods/{id}``), never its ids. A customer that answers 404 is already gone,
+unless the request's journal shows an earlier attempt asked for its deletion (then that call took effect and its
+answer was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion and
 their lines journaled before the call, so an attempt that dies after deleting is retried with the customer
 reported deleted and its payments retained, from the journal, and nothing is asked twice. Verifying locates
 again: only customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
@@ -72,6 +78,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -99,6 +106,8 @@ from connectors.http import READ_TRIES, RateLimiter, parse_retry_after, tried_in
 from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 LEGAL_BASIS = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)"
 DEFAULT_RETENTION: tuple[RetentionRule, ...] = (
@@ -146,6 +155,13 @@ _BILLING_FIELDS = ("address", "email", "name", "phone")
 SEARCH_LAG = "Stripe's search index lags changes by up to a minute"
 NOBODY_SEARCHED = (f"customer search found no one; {SEARCH_LAG}, so a customer created or re-addressed with other "
                    "capitals within it is not found yet (the exact email lookup was made too)")
+
+GUEST_CASE = ("guest Checkout Sessions are looked up by the address as given and lower-cased: one typed at checkout "
+              "with other capitals is not found (Stripe offers no case-insensitive lookup of Checkout Sessions)")
+# Stripe's search (the case-insensitive route used for customers) covers charges, customers, invoices, payment
+# intents, prices, products and subscriptions, not Checkout Sessions (https://docs.stripe.com/search); the
+# sessions' list filter ``customer_details[email]`` is described without any case semantics (spec3, GET
+# /v1/checkout/sessions: "Only return the Checkout Sessions for the Customer details specified").
 
 _CODE = re.compile(r"^[a-z0-9_.-]{1,80}$")
 _CURSOR_VERSION = 2  # 2: credit notes, quotes and setup intents joined the plan
@@ -205,6 +221,12 @@ class _Page:
         data: list[dict[str, Any]] = list(result.get("data") or [])
         return cls([r for r in data if keep(r)], bool(result.get("has_more")) and bool(data),
                    str(data[-1]["id"]) if data else None)
+
+
+class _Refused(Exception):  # internal control flow, never leaves the module: a write Stripe declined (400)
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class _Unsupported(Exception):  # internal control flow, never leaves the module
@@ -270,6 +292,29 @@ class StripeConnector:
         """:meth:`_call`, answering None when the object is not there (404)."""
         return await tried_in_place(lambda: self._call_once(factory, optional=optional, missing_ok=missing_ok),
                                     tries=1 if write else READ_TRIES)
+
+    async def _write(self, method: str, template: str, object_id: str, params: Mapping[str, Any] | None, *,
+                     key: str, missing_ok: bool = False, refusal_ok: bool = False) -> dict[str, Any] | None:
+        """One write (never tried again in place: Temporal retries the activity, and the idempotency key makes the
+        retry safe), ``template`` its path with ``{id}`` for ``object_id``. A refused write is logged, and its
+        error names, with the method and the path template only (no id, no personal data): an operator reading
+        "idempotency_error" must know which write it was."""
+        path = template.replace("{id}", object_id)
+
+        async def once() -> dict[str, Any]:
+            try:
+                return await self._request(method, path, params, idempotency_key=key)
+            except stripe.InvalidRequestError as err:
+                if refusal_ok and err.http_status == 400 and self._code(err) != "idempotency_error":
+                    raise _Refused(self._code(err)) from None
+                raise
+
+        try:
+            return await self._call_or_missing(once, missing_ok=missing_ok, write=True)
+        except PermanentConnectorError as err:
+            where = f"{method.upper()} {template}"
+            log.warning("%s: write refused: %s: %s", self.name, where, str(err).removeprefix(f"{self.name}: "))
+            raise PermanentConnectorError(f"{err} on {where}") from None
 
     async def _call_once(self, factory: Callable[[], Awaitable[T]], *, optional: str | None,
                          missing_ok: bool) -> T | None:
@@ -446,6 +491,7 @@ class StripeConnector:
 
     async def _guest_sessions(self, email: str, customers: Sequence[str],
                               notes: list[str]) -> list[dict[str, Any]]:
+        _note(notes, GUEST_CASE)
         sessions: list[dict[str, Any]] = []
         for i in range(len(_variants(email))):
             sessions += await self._all(_Step("checkout_sessions", variant=i), email, customers, notes)
@@ -499,10 +545,23 @@ class StripeConnector:
                 result = await get("/v1/checkout/sessions", {"customer": cid}, SESSIONS)
             case "checkout_sessions":  # guest pass: sessions of located customers were listed with them
                 assert step.variant is not None
-                result = await get("/v1/checkout/sessions",
-                                   {"customer_details": {"email": _variants(email)[step.variant]}}, SESSIONS)
+                variants = _variants(email)
+                typed, lower = variants[step.variant], email.lower()
+                result = await get("/v1/checkout/sessions", {"customer_details": {"email": typed}}, SESSIONS)
                 assert result is not None
-                return _Page.of(result, lambda r: r.get("customer") not in customers)
+
+                def guest(session: dict[str, Any]) -> bool:
+                    # The sandbox's filter is exact, as the spec's ``email`` suggests; should Stripe's ignore case,
+                    # both passes would answer the same sessions: each is kept by one pass only (the one for its
+                    # own spelling: lower-cased or not), so none is exported twice either way.
+                    got = str((session.get("customer_details") or {}).get("email") or "")
+                    if session.get("customer") in customers:
+                        return False
+                    if not got:  # the filter's word alone: kept by the first pass only
+                        return step.variant == 0
+                    return got.lower() == lower and (len(variants) == 1 or (got == lower) == (typed == lower))
+
+                return _Page.of(result, guest)
             case _:  # pragma: no cover - the plan only has the datasets above
                 raise ValueError(step.dataset)
         return _Page([], False, gone=True) if result is None else _Page.of(result)
@@ -533,6 +592,8 @@ class StripeConnector:
         else:
             customers = await self._find_customers(email, notes)
         steps = self._plan(customers, email, job.provided_only)
+        if any(step.variant is not None for step in steps):
+            _note(notes, GUEST_CASE)
         datasets = [d for d in DATASETS if not job.provided_only or d in PROVIDED]
         writers: dict[str, DatasetWriter] = {}
         try:
@@ -665,10 +726,16 @@ class StripeConnector:
             payments["payment_intents"] = list({
                 c["payment_intent"]: {"id": c["payment_intent"], "created": c.get("created")}
                 for c in payments["charges"] if c.get("payment_intent")}.values())
+        # A payment intent's shipping can be unset (``shipping=""``, in Stripe's description of
+        # POST /v1/payment_intents/{intent}); a charge's cannot (there ``shipping`` is an object whose name and
+        # address are required), nor its billing details (not a parameter at all).
+        unshipped = {str(pi["id"]): await self._unset_shipping(job, pi) for pi in payments["payment_intents"]
+                     if pi.get("shipping")}
         kept: list[RecordReport] = []
         for dataset, records in payments.items():
-            kept += [self._kept(dataset, r, _KEPT_NOTES.get(dataset, "Stripe keeps payment records; not deletable "
-                                                                      "via API")) for r in records]
+            note = _KEPT_NOTES.get(dataset, "Stripe keeps payment records; not deletable via API")
+            kept += [self._kept(dataset, r, note + (unshipped.get(str(r["id"]), "") if dataset == "payment_intents"
+                                                    else "")) for r in records]
         for dataset in ("quotes", "setup_intents"):
             kept += [self._kept(dataset, r, _KEPT_NOTES[dataset])
                      for r in await self._all(_Step(dataset, customer=cid), email, customers, notes)]
@@ -709,16 +776,30 @@ class StripeConnector:
         if not held:
             return False
         payload = {"billing_details": dict.fromkeys(held, "")}
-        key = self._key(job, "redact", str(method["id"]))
-        await self._call(partial(self._request, "post", f"/v1/payment_methods/{method['id']}", payload,
-                                 idempotency_key=key), write=True)
+        # The payload follows what the method held when read: a retry that reads it again (its first answer lost,
+        # the method changed meanwhile) sends other parameters, so they go into the key (Stripe refuses one key
+        # with other parameters: HTTP 400 idempotency_error).
+        key = self._key(job, "redact", str(method["id"]), payload)
+        await self._write("post", "/v1/payment_methods/{id}", str(method["id"]), payload, key=key)
         return True
+
+    async def _unset_shipping(self, job: OperationJob, intent: Mapping[str, Any]) -> str:
+        """Unset a payment intent's shipping (name, phone, address); the note its kept line gets. The payload
+        never varies (key ``<request>:unship:<intent>:<digest>``). A refusal (Stripe's description does not say for
+        which statuses it allows it) keeps the shipping and says so."""
+        key = self._key(job, "unship", str(intent["id"]), {"shipping": ""})
+        try:
+            await self._write("post", "/v1/payment_intents/{id}", str(intent["id"]), {"shipping": ""}, key=key,
+                              refusal_ok=True)
+        except _Refused as refused:
+            return "; its shipping details stay (Stripe refused to unset them: HTTP 400" + (
+                f" {refused.code})" if refused.code else ")")
+        return "; its shipping details (name, phone, address) unset"
 
     async def _delete_customer(self, job: OperationJob, cid: str) -> bool:
         """Delete the customer (idempotency key ``<request>:erase:<customer>``); False if it was not there."""
         key = self._key(job, "erase", cid)
-        result = await self._call_or_missing(
-            lambda: self._request("delete", f"/v1/customers/{cid}", idempotency_key=key), write=True)
+        result = await self._write("delete", "/v1/customers/{id}", cid, None, key=key, missing_ok=True)
         if result is None:  # deleted by someone else since it was located (Stripe: 404 on a second deletion)
             return False
         if not result.get("deleted"):
@@ -758,7 +839,7 @@ class StripeConnector:
                                     fields=list(dict.fromkeys([*(intent.line.fields if intent else []), *fields])))
                 await job.journal.intend([JournalEntry(line)])
                 key = self._key(job, "rectify", cid, payload)
-                await self._call(partial(self._request, "post", f"/v1/customers/{cid}", payload, idempotency_key=key))
+                await self._write("post", "/v1/customers/{id}", cid, payload, key=key)
                 await job.journal.record([JournalEntry(line)])
             elif intent is not None:  # the earlier attempt's update took effect, its answer was lost
                 line = intent.line

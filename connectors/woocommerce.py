@@ -3,11 +3,14 @@
 * Authentication: HTTP Basic with the consumer key and secret over HTTPS; OAuth 1.0a one-legged
   (HMAC-SHA256, parameters in the query string as WooCommerce documents) over plain HTTP.
 * Finding the subject: customers by ``email`` (exact on the API, so as given and lower-cased) and by
-  ``search`` filtered on the email case-insensitively; their orders with ``customer=``; guest orders
-  (``customer_id`` 0) with ``customer=0&search=`` — a substring search — filtered on ``billing.email``.
+  ``search`` filtered on the email case-insensitively; their orders with ``customer=``; orders billed to the
+  address by guests (``customer_id`` 0) or from other accounts with ``search=`` — a substring search over
+  every order — kept where ``billing.email`` equals the address, then read whole with ``include=``.
 * Erasure: orders are anonymised, never deleted (Art. 17(3)(b) GDPR, Code de commerce L123-22) unless
   no retention rule covers them; then the customer account is deleted (``force=true``). The order's IP
-  address and user agent are read-only over REST: reported as residual, with what the shop must do.
+  address and user agent are read-only over REST: reported as residual, with what the shop must do. An
+  order placed from another account with the subject's billing address has its billing anonymised only
+  (shipping, note and IP address may be the account holder's), and stays with that account.
 * Every listing is paged with ``per_page=100`` in ascending id order, so a resumed export continues
   exactly after its checkpoint and orders created meanwhile land on later pages.
 """
@@ -74,6 +77,8 @@ _ADDRESS_KEY = {
 }
 _TOP_LEVEL = ("first_name", "last_name", "email")
 ALREADY_ANONYMISED = "already anonymised"
+OTHER_ACCOUNT = ("placed from another customer account with this billing address: its billing details "
+                 "anonymised; the order stays with that account")
 
 DEFAULT_RETENTION = (
     RetentionRule("orders", "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)", 10,
@@ -252,14 +257,46 @@ class WooCommerceConnector:
         return [found[k] for k in sorted(found)]
 
     @staticmethod
-    def _guest_query(email: str) -> dict[str, Any]:
-        # Every parameter here is in the REST API docs' list for GET /orders ("customer: limit result set to
-        # orders assigned a specific customer"; "search: limit results to those matching a string"); what the
-        # docs do not state is their meaning for guests: WooCommerce stores a guest order with customer_id 0,
-        # and its search (wc_order_search) is a substring match over the billing/shipping address index, so the
-        # connector asks for customer 0 and keeps only orders whose billing email equals the subject's.
-        # `_fields` (used beside this) is the WordPress REST API's global parameter, not WooCommerce's.
-        return {"customer": 0, "search": email}
+    def _billed_query(email: str) -> dict[str, Any]:
+        # Orders billed to the address whoever placed them: guests (customer_id 0) and other accounts (a partner
+        # paying from their own account with the subject's billing email). Documented parameters only: GET
+        # /orders "search: limit results to those matching a string" — WooCommerce's order search is a
+        # substring match over each order's billing and shipping address index, email included — with no
+        # `customer` filter, so it spans every account; the connector keeps the orders whose billing email
+        # equals the subject's and that are not of the subject's own accounts (listed with `customer=`).
+        # What it costs: the search also pages through the subject's own orders (slim: `_fields`, the WordPress
+        # REST API's global parameter), and the few other orders are then read whole with `include=` (documented:
+        # "limit result set to specific ids"), 100 at a time.
+        return {"search": email}
+
+    async def _billed_elsewhere(self, email: str, own: Sequence[int], *, fields: str | None = None,
+                                reread: bool = True, first_page: int = 1, after_id: int = 0,
+                                ) -> AsyncGenerator[tuple[int, int, int, list[dict[str, Any]]]]:
+        """Per page of the billed search: (page, pages, last id seen, orders of guests or other accounts billed
+        to ``email``, read whole or with ``fields``; without ``reread``, as the search listed them: id,
+        customer_id and billing email), the page's orders after ``after_id`` only."""
+        slim = {**self._billed_query(email), "_fields": "id,customer_id,billing.email"}
+        async with self._listing("/orders", slim, first_page=first_page) as listing:
+            async for page, pages, items in listing:
+                last_id = after_id
+                wanted: list[int] = []
+                for order in items:
+                    if order["id"] <= after_id:
+                        continue  # already handled (a page shifted between attempts)
+                    last_id = order["id"]
+                    if order.get("customer_id") not in own and _same_email(
+                            (order.get("billing") or {}).get("email"), email):
+                        wanted.append(order["id"])
+                orders: list[dict[str, Any]] = [] if reread else [o for o in items if o["id"] in wanted]
+                for start in range(0, len(wanted) if reread else 0, PAGE_SIZE):
+                    chunk = wanted[start:start + PAGE_SIZE]
+                    query: dict[str, Any] = {"include": ",".join(map(str, chunk))}
+                    if fields:
+                        query["_fields"] = fields
+                    _, read = await self._fetch("/orders", query, 1)
+                    orders += sorted(read, key=lambda o: o["id"])
+                yield page, pages, last_id, orders
+                after_id = last_id
 
     async def locate(self, subject: Subject) -> list[Located]:
         customers = await self._find_customers(subject.email)
@@ -268,11 +305,10 @@ class WooCommerceConnector:
             async with self._listing("/orders", {"customer": customer["id"], "_fields": "id"}) as listing:
                 async for _, _, orders in listing:
                     found.extend(Located("orders", str(o["id"])) for o in orders)
-        guests = {**self._guest_query(subject.email), "_fields": "id,customer_id,billing.email"}
-        async with self._listing("/orders", guests) as listing:
-            async for _, _, orders in listing:
-                found.extend(Located("orders", str(o["id"])) for o in orders
-                             if _same_email((o.get("billing") or {}).get("email"), subject.email))
+        own = [c["id"] for c in customers]
+        async with contextlib.aclosing(self._billed_elsewhere(subject.email, own, reread=False)) as billed:
+            async for *_, orders in billed:
+                found.extend(Located("orders", str(o["id"])) for o in orders)
         return found
 
     # --- export (Art. 15, 20) ------------------------------------------------------------------
@@ -340,23 +376,31 @@ class WooCommerceConnector:
             cursor = {"v": CURSOR_VERSION, "customers": [c["id"] for c in found], "stage": 0, "page": 0,
                       "pages": None, "last_id": 0, "written": {}}
             self._checkpoint(job, cursor, customers, orders)
-        owners: list[int] = [*cursor["customers"], 0]  # each customer's orders, then guest orders (0)
+        # Each customer's orders, then (0) orders billed to the address from guests or other accounts.
+        owners: list[int] = [*cursor["customers"], 0]
         for stage in range(cursor["stage"], len(owners)):
             if stage != cursor["stage"]:
                 cursor.update(stage=stage, page=0, pages=None, last_id=0)
             if cursor["pages"] is not None and cursor["page"] >= cursor["pages"]:
                 continue  # this stage was complete at the checkpoint
             owner = owners[stage]
-            query = self._guest_query(email) if owner == 0 else {"customer": owner}
-            async with self._listing("/orders", query, first_page=cursor["page"] + 1) as listing:
+            if owner == 0:
+                billed = self._billed_elsewhere(email, cursor["customers"], first_page=cursor["page"] + 1,
+                                                after_id=cursor["last_id"])
+                async with contextlib.aclosing(billed) as pages_billed:
+                    async for page, pages, last_id, found in pages_billed:
+                        for order in found:
+                            orders.write(_record(order))
+                        cursor.update(page=page, pages=pages, last_id=last_id)
+                        self._checkpoint(job, cursor, customers, orders)
+                continue
+            async with self._listing("/orders", {"customer": owner}, first_page=cursor["page"] + 1) as listing:
                 async for page, pages, items in listing:
                     last_id = cursor["last_id"]
                     for order in items:
                         if order["id"] <= last_id:
                             continue  # already written (a page shifted between attempts)
                         last_id = order["id"]
-                        if owner == 0 and not _same_email((order.get("billing") or {}).get("email"), email):
-                            continue  # the substring search also matches other addresses
                         orders.write(_record(order))
                     cursor.update(page=page, pages=pages, last_id=last_id)
                     self._checkpoint(job, cursor, customers, orders)
@@ -367,17 +411,19 @@ class WooCommerceConnector:
         return next((r for r in self.retention if r.dataset == dataset), None)
 
     async def _subject_orders(self, customers: list[dict[str, Any]], email: str) -> list[dict[str, Any]]:
-        """Slim views (id, date, billing, shipping, note) of every order of the subject, collected before any
-        change: anonymising a guest order removes it from the search results being paged."""
+        """Slim views (id, customer, date, billing, shipping, note) of every order of the subject: its accounts',
+        then those billed to its address from guests or other accounts, collected before any change
+        (anonymising an order removes it from the search results being paged)."""
         fields = {"_fields": "id,customer_id,date_created,date_created_gmt,billing,shipping,customer_note"}
         found: list[dict[str, Any]] = []
         for customer in customers:
             async with self._listing("/orders", {"customer": customer["id"], **fields}) as listing:
                 async for _, _, items in listing:
                     found.extend(items)
-        async with self._listing("/orders", {**self._guest_query(email), **fields}) as listing:
-            async for _, _, items in listing:
-                found.extend(o for o in items if _same_email((o.get("billing") or {}).get("email"), email))
+        own = [c["id"] for c in customers]
+        async with contextlib.aclosing(self._billed_elsewhere(email, own, fields=fields["_fields"])) as billed:
+            async for *_, orders in billed:
+                found.extend(orders)
         return found
 
     async def _batch(self, operation: str, items: list[Any]) -> set[int]:
@@ -446,23 +492,33 @@ class WooCommerceConnector:
 
         blank = {"billing": dict.fromkeys(BILLING_FIELDS, ""), "shipping": dict.fromkeys(SHIPPING_FIELDS, ""),
                  "customer_note": ""}
+        # An order of another account billed to the subject's address: only its billing (the payer's details) is
+        # the subject's; its shipping, note and account may be the account holder's. It is never deleted: that
+        # would take the order from its account. Its billing is anonymised, whatever the retention rule.
+        own = {c["id"] for c in customers}
+        foreign = {o["id"] for o in orders if o.get("customer_id") and o["customer_id"] not in own}
+        billing_only = {"billing": dict.fromkeys(BILLING_FIELDS, "")}
         todo = [o for o in orders if o["id"] not in done]
         # Orders first: while the account exists, a retried erasure still finds them through it.
         # In batches of 100 (POST /orders/batch): one call per 100 orders instead of one each; the batch's
         # intent is journaled before the call and its lines right after the shop confirmed it.
         for start in range(0, len(todo), BATCH_SIZE):
             chunk = todo[start:start + BATCH_SIZE]
-            entries = {o["id"]: self._order_entry(o, rule) for o in chunk}
-            if rule is None:  # no retention configured for orders: they go
-                changing = [o["id"] for o in chunk]
-                await job.journal.intend(entries[i] for i in changing)
-                gone = await self._batch("delete", changing)
+            entries = {o["id"]: self._order_entry(o, rule, foreign=o["id"] in foreign) for o in chunk}
+            tag = [{"key": ERASURE_META_KEY, "value": job.request_id}]
+            if rule is None:  # no retention configured for orders: they go (another account's: its billing blanked)
+                changing = [o["id"] for o in chunk if o["id"] not in foreign]
+                others = [o["id"] for o in chunk if o["id"] in foreign]
+                await job.journal.intend(entries[i] for i in changing + others)
+                gone = await self._batch("delete", changing) if changing else set()
+                gone |= await self._batch("update", [{"id": i, **billing_only, "meta_data": tag} for i in others]
+                                          ) if others else set()
             else:  # orders anonymised before this request are reported, not changed again
                 changing = [o["id"] for o in chunk if not _is_anonymised(o)]
                 await job.journal.intend(entries[i] for i in changing)
-                tag = [{"key": ERASURE_META_KEY, "value": job.request_id}]
-                gone = await self._batch("update", [{"id": i, **blank, "meta_data": tag} for i in changing]
-                                         ) if changing else set()
+                gone = await self._batch("update", [
+                    {"id": i, **(billing_only if i in foreign else blank), "meta_data": tag} for i in changing]
+                ) if changing else set()
             for order_id in gone - asked_before:  # gone before this request reached it
                 entries[order_id] = JournalEntry(RecordReport("orders", str(order_id), RecordAction.ALREADY_GONE))
             await job.journal.record(entries.values())
@@ -471,7 +527,13 @@ class WooCommerceConnector:
         entries_by_id = [done[i] for i in sorted(done)]
         report = [e.line for e in entries_by_id if e.line.action == RecordAction.ALREADY_GONE]
         kept = [e for e in entries_by_id if e.line.action != RecordAction.ALREADY_GONE]
+        elsewhere = [e for e in kept if e.line.note == OTHER_ACCOUNT]  # reported as they are, one line each
+        kept = [e for e in kept if e.line.note != OTHER_ACCOUNT]
+        report.extend(e.line for e in elsewhere)
         notes: list[str] = []
+        if elsewhere:
+            notes.append(f"{len(elsewhere)} order(s) placed from other customer accounts with this billing address: "
+                         "billing details anonymised, the orders left with their accounts")
         residual = 0
         if rule is None:
             report.extend(self._deleted_lines([int(e.line.record_id) for e in kept]))
@@ -506,9 +568,16 @@ class WooCommerceConnector:
                                 notes=notes, report=report)
 
     @staticmethod
-    def _order_entry(order: Mapping[str, Any], rule: RetentionRule | None) -> JournalEntry:
-        """The line an order gets once erased: deleted, or anonymised (kept until the rule's date)."""
+    def _order_entry(order: Mapping[str, Any], rule: RetentionRule | None, *, foreign: bool = False) -> JournalEntry:
+        """The line an order gets once erased: deleted, or anonymised (kept until the rule's date); an order of
+        another account billed to the subject: its billing anonymised, the order kept with its account."""
         created = _order_date(order)
+        if foreign:
+            return JournalEntry(RecordReport(
+                "orders", str(order["id"]), RecordAction.ANONYMISED,
+                legal_basis=rule.legal_basis if rule else "",
+                retained_until=rule.until(created) if rule and created else None, note=OTHER_ACCOUNT),
+                created=created)
         if rule is None:
             return JournalEntry(RecordReport("orders", str(order["id"]), RecordAction.DELETED), created=created)
         return JournalEntry(RecordReport(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -146,6 +147,7 @@ class HubSpotState:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every authenticated request
         self.patches: list[tuple[str, dict[str, Any]]] = []  # (contact id, properties) of every PATCH
         self.rate_limited: int = 0  # how many 429s the sandbox's own limits answered
+        self.loose_tokens = False  # CONTAINS_TOKEN splitting addresses on "@" and "." too (see _matches)
         # Communication preferences (v3): the portal's email subscription types, and per address (lower-cased,
         # contact or not, as in HubSpot) each type's status with the legal basis it was last set under.
         self.subscription_definitions: list[dict[str, Any]] = [
@@ -650,7 +652,9 @@ class _HubSpotApi:
         if sum(len(g.get("filters") or []) for g in groups) > 18:
             return _validation("at most 18 filters in total")
         objects = [o for o in self.state.objects[object_type].values() if not o.archived]
-        matched = [o for o in objects if not groups or any(self._matches(o, g.get("filters") or []) for g in groups)]
+        loose = self.state.loose_tokens
+        matched = [o for o in objects
+                   if not groups or any(self._matches(o, g.get("filters") or [], loose) for g in groups)]
         matched.sort(key=lambda o: int(o.id))  # HubSpot's order without sorts is unspecified; ids here
         sorts = body.get("sorts") or []
         if not isinstance(sorts, list) or len(sorts) > 1:
@@ -676,7 +680,7 @@ class _HubSpotApi:
         return JSONResponse(answer)
 
     @staticmethod
-    def _matches(obj: HubObject, filters: list[dict[str, Any]]) -> bool:
+    def _matches(obj: HubObject, filters: list[dict[str, Any]], loose: bool = False) -> bool:
         for spec in filters:
             name, operator = spec["propertyName"], spec["operator"]
             actual = obj.properties.get(name)
@@ -689,9 +693,15 @@ class _HubSpotApi:
             elif operator == "IN":
                 ok = folded is not None and folded in {str(v).lower() for v in spec["values"]}
             elif operator == "CONTAINS_TOKEN":
-                # Tokens of a multi-valued text such as hs_additional_emails (one address per ";").
-                tokens = {t.strip().lower() for t in (actual or "").replace(";", " ").split()}
-                ok = str(spec["value"]).strip().lower() in tokens
+                # Tokens of a multi-valued text such as hs_additional_emails (one address per ";"). HubSpot
+                # does not document its tokeniser; its own example (``email`` CONTAINS_TOKEN ``*@hubspot.com``)
+                # keeps an address whole. ``loose``: a full-text tokeniser splitting on "@" and "." too, every
+                # token of the value to be among the property's (a looser match the connector must filter).
+                split = r"[;\s@.]+" if loose else r"[;\s]+"
+                tokens = {t for t in re.split(split, (actual or "").lower()) if t}
+                value = str(spec["value"]).strip().lower()
+                wanted = {t for t in re.split(split, value) if t} if loose else {value}
+                ok = bool(wanted) and wanted <= tokens
             elif operator == "HAS_PROPERTY":
                 ok = actual is not None
             elif operator == "NOT_HAS_PROPERTY":

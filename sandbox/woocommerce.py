@@ -9,7 +9,7 @@ It serves the endpoints the connector uses, the way a WordPress + WooCommerce si
   looked at (the request is anonymous), as the docs' "Authentication over HTTP" and the plugin's code say;
 * ``GET /customers`` (``email`` exact, ``search``, ``role``), ``GET|PUT|DELETE /customers/{id}``
   (``DELETE`` without ``force=true``: 501 ``woocommerce_rest_trash_not_supported``);
-* ``GET /orders`` (``customer``, ``search`` — a case-insensitive substring over the billing and shipping
+* ``GET /orders`` (``customer``, ``include``, ``search`` — a case-insensitive substring over the billing and shipping
   address index and item names, as ``wc_order_search`` —, ``status``, ``orderby``, ``order``),
   ``GET|PUT|DELETE /orders/{id}`` (``customer_ip_address`` / ``customer_user_agent`` are read-only),
   ``POST /orders/batch`` (``update`` and forced ``delete``, 100 items at most);
@@ -369,13 +369,15 @@ class WooState:
         self.version += 1
 
     def order_ids(self, *, customer: int | None, search: str, statuses: frozenset[str] | None,
-                  orderby: str, descending: bool) -> list[int]:
+                  orderby: str, descending: bool, include: frozenset[int] | None = None) -> list[int]:
         """The ids matching a listing, sorted; cached until the next change."""
-        key = (customer, search, statuses, orderby, descending, self.version)
+        key = (customer, search, statuses, orderby, descending, include, self.version)
         cached = self._list_cache.get(key)
         if cached is not None:
             return cached
         ids: list[int] = list(self._by_customer.get(customer, ())) if customer is not None else list(self.orders)
+        if include is not None:
+            ids = [i for i in ids if i in include]
         if search:
             needle = search.lower()
             ids = [i for i in ids if needle in self._search_index[i]]
@@ -736,9 +738,21 @@ class _Shop:
             raise WooError(400, "rest_invalid_param", "Invalid parameter(s): order",
                            params={"order": "order is not one of asc and desc."})
         ids = self.state.order_ids(customer=customer, search=query.get("search", ""), statuses=statuses,
-                                   orderby=orderby, descending=order == "desc")
+                                   orderby=orderby, descending=order == "desc", include=self._ids_param(request))
         orders = self.state.orders
         return self._page(request, ids, lambda i: self._render_order(request, orders[i]))
+
+    @staticmethod
+    def _ids_param(request: Request, name: str = "include") -> frozenset[int] | None:
+        """An array of ids as WordPress reads one: ``include=1,2``, or ``include[]=1&include[]=2``."""
+        raw = [*request.query_params.getlist(name), *request.query_params.getlist(f"{name}[]")]
+        if not raw:
+            return None
+        try:
+            return frozenset(int(part) for value in raw for part in value.split(",") if part.strip())
+        except ValueError:
+            raise WooError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
+                           params={name: f"{name}[0] is not of type integer."}) from None
 
     async def _one_order(self, request: Request, order_id: int) -> Response:
         order = self.state.orders.get(order_id)

@@ -25,6 +25,7 @@ from jsonschema_path import SchemaPath
 from openapi_core.templating.paths.exceptions import PathError
 from openapi_core.validation.request.validators import V30RequestBodyValidator, V30RequestParametersValidator
 from openapi_core.validation.response.validators import V30ResponseDataValidator
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
@@ -442,7 +443,10 @@ class SpecCheck:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        replay, body = await buffered_body(receive)
+        try:
+            replay, body = await buffered_body(receive)
+        except ClientDisconnect:
+            return  # the client left before its request arrived whole: the sandbox never sees it
         status: int | None = None
         answer_headers = Headers()
         answer: list[bytes] = []

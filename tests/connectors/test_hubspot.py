@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from connectors.base import (
@@ -530,6 +531,26 @@ async def test_a_contact_with_the_subjects_address_as_a_secondary_one_is_located
     assert portal.state.is_blocklisted("l.petit@work.example") and portal.state.is_blocklisted(EMAIL)
     assert await connector.locate(SUBJECT) == []
     assert portal.state.find_contacts("someone@example.org")  # a token of another address is no match
+
+
+async def test_a_looser_token_search_finds_no_one_extra(portal: Portal) -> None:
+    """HubSpot does not document how CONTAINS_TOKEN splits ``hs_additional_emails``; a tokeniser splitting on "@"
+    and "." would answer contacts sharing only the address's words. The connector keeps exact holders only."""
+    portal.state.loose_tokens = True
+    merged = portal.state.add_contact("l.petit@work.example", hs_additional_emails=f"old@example.org;{EMAIL}")
+    shuffled = EMAIL.split("@")[0].split(".")
+    lookalike = portal.state.add_contact(  # the same words in another order: every token is there
+        "someone@example.org", hs_additional_emails=f"{'.'.join(reversed(shuffled))}@{EMAIL.split('@')[1]}")
+    connector = portal.connector()
+    found = [loc.record_id for loc in await connector.locate(SUBJECT)]
+    assert found == [portal.ids["contact"], merged]
+    # the loose search did answer the look-alike: only the connector's exact check left it out
+    body = {"filterGroups": [{"filters": [{"propertyName": "hs_additional_emails", "operator": "CONTAINS_TOKEN",
+                                           "value": EMAIL}]}], "properties": ["email"], "limit": 10, "after": "0",
+            "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
+    async with httpx.AsyncClient(base_url=portal.server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        answered = (await http.post("/crm/v3/objects/contacts/search", json=body)).json()["results"]
+    assert {r["id"] for r in answered} == {merged, lookalike}
 
 
 async def test_rectifying_the_email_of_a_secondary_match_corrects_that_address_only(portal: Portal) -> None:

@@ -34,6 +34,7 @@ from connectors.stripe import LEGAL_BASIS, StripeConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.web.serve import serve_app
 from sandbox.demo import seed_stripe
+from sandbox.faults import Faults
 from sandbox.stripe import StripeSandbox, StripeState, seed_customer, stripe_app
 from tests.apispec import SpecCheck, Tally, stripe_contract
 from tests.harness import file_exports, free_port, raw_dataset
@@ -781,3 +782,139 @@ async def test_a_planted_fault_in_a_sandbox_answer_is_reported() -> None:
     assert tally.requests >= 10 and tally.responses == tally.requests
     assert [v.rule for v in tally.unexcused()] == [
         "stripe response GET /v1/charges 200 data[].billing_details: required"]
+
+
+# --- writes: one idempotency key per parameter set, refusals named by method and path ---------------------
+
+
+def refusing(inner: Any, method: str, prefix: str, status: int, code: str) -> Any:
+    """An ASGI app answering ``method`` requests under ``prefix`` with a Stripe error, the rest from ``inner``."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == method and scope["path"].startswith(prefix):
+            await stripe_error(status, code)(scope, receive, send)
+            return
+        await inner(scope, receive, send)
+
+    return app
+
+
+async def test_a_blanking_retried_after_the_method_changed_is_not_refused_for_its_idempotency_key() -> None:
+    """The chaos run's ``idempotency_error``: a write whose parameters follow what it read, retried after its
+    answer was lost, sends other parameters; under the same key Stripe (and the sandbox) refuses it."""
+    faults = Faults()
+    with StripeSandbox(faults=faults).start() as box:
+        email = unique_email()
+        customer = box.state.seed_customer(email, "Léa Petit", charges=1)
+        [method] = [m for m in box.state.objects["payment_method"].values() if m["customer"] == customer]
+        method["billing_details"]["phone"] = None  # the card holds name, email and address
+        connector = StripeConnector(api_key=box.api_key, base_url=box.url)
+        job = OperationJob(request_id(), Subject(email=email))
+        try:
+            faults.lose_answers = ["POST /v1/payment_methods/"]
+            with pytest.raises(TransientConnectorError):
+                await connector.erase(job)  # the blanking took effect, its answer was lost
+            assert method["billing_details"]["name"] is None and method["customer"] == customer
+            method["billing_details"]["phone"] = "+33600000000"  # given meanwhile (e.g. in the customer portal)
+            outcome = await connector.erase(job)
+        finally:
+            await connector.aclose()
+    lines = {(r.dataset, r.record_id): r for r in outcome.report}
+    assert lines[("customer", customer)].action == RecordAction.DELETED
+    assert method["billing_details"]["phone"] is None and method["customer"] is None
+    assert lines[("payment_methods", method["id"])].note.startswith("billing details blanked")
+    sent = [(m, p) for m, p in box.state.requests if m == "POST" and p.startswith("/v1/payment_methods/")]
+    assert len(sent) == 2  # the first blanking, then the phone alone under a key of its own
+    assert not [k for k in box.state.idempotency if k.endswith(f":redact:{method['id']}")]  # digests in keys
+
+
+async def test_erasure_unsets_the_payment_intents_shipping_and_keeps_the_charges(
+        server: StripeSandbox, stripe_: StripeConnector) -> None:
+    email = unique_email()
+    customer = server.state.seed_customer(email, "Léa Petit", charges=2)
+    intents = [pi for pi in server.state.objects["payment_intent"].values() if pi["customer"] == customer]
+    charges = [c for c in server.state.objects["charge"].values() if c["customer"] == customer]
+    assert len(intents) == 2 and all(pi["shipping"]["name"] == "Léa Petit" for pi in intents)
+    outcome = await stripe_.erase(OperationJob(request_id(), Subject(email=email)))
+    lines = {(r.dataset, r.record_id): r for r in outcome.report}
+    for intent in intents:
+        assert intent["shipping"] is None
+        line = lines[("payment_intents", intent["id"])]
+        assert line.action == RecordAction.RETAINED and line.legal_basis == LEGAL_BASIS
+        assert line.note.endswith("its shipping details (name, phone, address) unset")
+    # A charge's shipping and billing details cannot be unset through the API: kept, and the report says so.
+    assert all(c["shipping"]["name"] == "Léa Petit" and c["billing_details"]["email"] == email for c in charges)
+    assert all("billing_details and shipping" in lines[("charges", c["id"])].note for c in charges)
+
+
+async def test_a_refused_unsetting_keeps_the_shipping_and_says_so() -> None:
+    state = StripeState()
+    email = unique_email()
+    customer = state.seed_customer(email, "Léa Petit", charges=1)
+    [intent] = [pi for pi in state.objects["payment_intent"].values() if pi["customer"] == customer]
+    app = refusing(stripe_app(state, api_key=KEY), "POST", "/v1/payment_intents/", 400,
+                   "payment_intent_unexpected_state")
+    running = await serve_app(app, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=KEY, base_url=running.url)
+    try:
+        outcome = await connector.erase(OperationJob(request_id(), Subject(email=email)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    line = {(r.dataset, r.record_id): r for r in outcome.report}[("payment_intents", intent["id"])]
+    assert line.action == RecordAction.RETAINED
+    assert line.note.endswith("its shipping details stay (Stripe refused to unset them: HTTP 400 "
+                              "payment_intent_unexpected_state)")
+    assert intent["shipping"] is not None and customer in state.deleted
+
+
+async def test_a_refused_write_is_named_by_method_and_path_without_ids(caplog: pytest.LogCaptureFixture) -> None:
+    state = StripeState()
+    email = unique_email()
+    customer = state.seed_customer(email, "Léa Petit")
+    [method] = [m for m in state.objects["payment_method"].values() if m["customer"] == customer]
+    app = refusing(stripe_app(state, api_key=KEY), "POST", "/v1/payment_methods/", 400, "idempotency_error")
+    running = await serve_app(app, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=KEY, base_url=running.url)
+    try:
+        with caplog.at_level("WARNING", logger="connectors.stripe"), pytest.raises(PermanentConnectorError) as raised:
+            await connector.erase(OperationJob(request_id(), Subject(email=email)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert str(raised.value) == "stripe: request refused (HTTP 400 idempotency_error) on POST /v1/payment_methods/{id}"
+    assert caplog.messages == ["stripe: write refused: POST /v1/payment_methods/{id}: request refused (HTTP 400 "
+                               "idempotency_error)"]
+    for text in (str(raised.value), *caplog.messages):
+        assert method["id"] not in text and customer not in text and "lea" not in text.lower()
+    assert customer not in state.deleted  # nothing deleted after a refused blanking
+
+
+@pytest.mark.parametrize("ignores_case", [False, True])
+async def test_guest_sessions_are_found_once_whatever_case_the_filter_honours(ignores_case: bool) -> None:
+    """``customer_details[email]`` is exact in the sandbox (Stripe's description says nothing of case); a filter
+    that ignored case would answer the connector's two lookups (as given, lower-cased) alike: no session twice."""
+    state = StripeState()
+    state.sessions_email_ignores_case = ignores_case
+    local = f"lea.petit+{uuid.uuid4().hex[:8]}"
+    given, lower, other = f"{local}@Example.org", f"{local}@example.org", f"{local.upper()}@EXAMPLE.ORG"
+    sessions = {spelling: state.add_checkout_session(email=spelling, name="Léa Petit") for spelling in
+                (given, lower, other)}
+    check = SpecCheck(stripe_app(state, api_key=KEY), stripe_contract())
+    running = await serve_app(check, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    connector = StripeConnector(api_key=KEY, base_url=running.url)
+    try:
+        found = await connector.locate(Subject(email=given))
+        rid = request_id()
+        outcome = await connector.export(ExportJob(rid, Subject(email=given), STORE.for_request(rid)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    expected = {sessions[given], sessions[lower]} | ({sessions[other]} if ignores_case else set())
+    assert sorted(loc.record_id for loc in found) == sorted(expected)  # each once
+    exported = [r["id"] for r in STORE.read(rid, "stripe", "checkout_sessions")]
+    assert sorted(exported) == sorted(expected)
+    assert any(n.startswith("guest Checkout Sessions are looked up by the address as given and lower-cased")
+               for n in outcome.notes)
+    assert check.tally.requests > 0
+    check.tally.assert_clean()

@@ -145,8 +145,9 @@ async def test_export_streams_every_order_once_into_the_store(shop: Shop, store:
     assert [o["id"] for o in stored] == expected and len(set(expected)) == 1235
     assert stored[0]["billing"]["city"] == "Lyon" and "_links" not in stored[0]
     assert [c["id"] for c in store.read(REQUEST, "woocommerce", "customer")] == [customer["id"]]
-    # a checkpoint for the profile, after each of the 13 pages of orders, and the guest page
-    assert len(cursors) == 1 + 13 + 1
+    # a checkpoint for the profile, after each of the 13 pages of her orders, and after each page of the search for
+    # orders billed to her address from guests or other accounts: it pages through her own 1,234 orders too (13)
+    assert len(cursors) == 1 + 13 + 13
     assert cursors[5]["page"] == 5 and cursors[5]["written"] == {"customer": 1, "orders": 500}
     raw = b"".join(raw_dataset(store, REQUEST, "woocommerce", "orders"))
     assert b"heavy.buyer" not in raw  # encrypted at rest
@@ -243,6 +244,57 @@ async def test_erase_deletes_the_account_and_anonymises_orders(shop: Shop) -> No
     # verification (what the fan-out activity does): locating again finds nothing undeclared
     found_again = await shop.connector.locate(LEA)
     assert found_again == [] and unexpected_remains(outcome, found_again) == []
+
+
+def order_billed_from_another_account(state: WooState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Marc's account, an order he placed for Léa: billed to her (her address typed with capitals), shipped
+    to him."""
+    marc = state.add_customer("marc.leblanc@example.org", "Marc", "Leblanc")
+    order = state.add_order(customer_id=marc["id"], billing={
+        "first_name": "Léa", "last_name": "Petit", "email": "Lea.Petit@example.org", "address_1": "12 rue des Lilas",
+        "city": "Nantes", "country": "FR", "phone": "+33 6 12 34 56 78"}, shipping={
+        "first_name": "Marc", "last_name": "Leblanc", "address_1": "4 quai Nord", "city": "Brest", "country": "FR"},
+        customer_note="Gift for Léa")
+    return marc, order
+
+
+async def test_orders_placed_from_another_account_with_the_billing_email_are_found_and_exported(
+        shop: Shop, store: ExportStore) -> None:
+    lea = seed_lea(shop.state)
+    _, order = order_billed_from_another_account(shop.state)
+    found = await shop.connector.locate(LEA)
+    assert Located("orders", str(order["id"])) in found
+    assert Located("customer", str(lea["id"])) in found and len(found) == 1 + 2 + 1 + 1  # the decoys are not
+    outcome = await shop.connector.export(ExportJob(REQUEST, LEA, store.for_request(REQUEST)))
+    stored = {o["id"]: o for o in store.read(REQUEST, "woocommerce", "orders")}
+    assert sorted(stored) == sorted(o["id"] for o in shop.state.orders_billed_to("lea.petit@example.org"))
+    assert stored[order["id"]]["billing"]["city"] == "Nantes" and outcome.counts == {"exported": 1 + 4}
+
+
+@pytest.mark.parametrize("retention", [True, False])
+async def test_erasure_anonymises_the_billing_of_another_accounts_order_and_leaves_it_with_that_account(
+        shop: Shop, retention: bool) -> None:
+    seed_lea(shop.state)
+    marc, order = order_billed_from_another_account(shop.state)
+    if not retention:
+        shop.connector.retention = ()
+    job = OperationJob(REQUEST, LEA)
+    outcome = await shop.connector.erase(job)
+    kept = shop.state.orders[order["id"]]  # never deleted, even where Léa's own orders are
+    assert not any(kept["billing"].values())
+    assert kept["shipping"]["first_name"] == "Marc" and kept["customer_note"] == "Gift for Léa"
+    assert kept["customer_id"] == marc["id"] and marc["id"] in shop.state.customers
+    [line] = [r for r in outcome.report if r.record_id == str(order["id"])]
+    assert line.action == RecordAction.ANONYMISED and line.note.startswith("placed from another customer account")
+    assert ("L123-22" in (line.legal_basis or "")) is retention
+    assert any(n.startswith("1 order(s) placed from other customer accounts") for n in outcome.notes)
+    # Its IP address and user agent are Marc's: the residual line counts only her own and her guest orders.
+    residual = [r.note for r in outcome.report if r.action == RecordAction.RESIDUAL]
+    assert [n.split(":")[0] for n in residual] == (["3 anonymised order(s)"] if retention else [])
+    found_again = await shop.connector.locate(LEA)
+    assert found_again == [] and unexpected_remains(outcome, found_again) == []
+    again = await shop.connector.erase(job)  # a retry (its journal): the same line, nothing redone
+    assert [r for r in again.report if r.record_id == str(order["id"])] == [line]
 
 
 async def test_repeated_erase_is_idempotent(shop: Shop) -> None:

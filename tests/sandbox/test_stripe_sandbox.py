@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.types import Message
 
 from sandbox.faults import Faults
-from sandbox.stripe import StripeSandbox, StripeState, parse_query, seed_customer
+from sandbox.stripe import DEFAULT_API_KEY as KEY
+from sandbox.stripe import StripeSandbox, StripeState, parse_query, seed_customer, stripe_app
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +197,39 @@ def test_faults_attach_as_for_the_other_sandboxes() -> None:
         assert answer.status_code == 503 and answer.json()["error"]["type"] == "api_error"
         assert api.get("/v1/customers").status_code == 200
     assert faults.log == ["GET /v1/customers", "GET /v1/customers"]
+
+
+async def test_a_request_whose_client_left_before_its_body_arrived_is_not_carried_out() -> None:
+    """The chaos run's ``idempotency_error``: uvicorn answers ``http.disconnect`` to a client gone (a killed
+    worker), even for body bytes it had buffered; the fault middleware took what it had read (nothing) for the
+    whole body, the sandbox carried out the POST without its parameters and kept the idempotency key with
+    them, and the worker's retry of the real request was refused."""
+    state = StripeState()
+    customer = state.seed_customer("gone.client@example.org", "Gone Client")
+    [method] = [m for m in state.objects["payment_method"].values() if m["customer"] == customer]
+    app = stripe_app(state, api_key=KEY, faults=Faults())
+    key = f"dsr-2026-12-abcdef:redact:{method['id']}"
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": f"/v1/payment_methods/{method['id']}", "raw_path": f"/v1/payment_methods/{method['id']}".encode(),
+             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"idempotency-key", key.encode()),
+                         (b"content-type", b"application/x-www-form-urlencoded")]}
+    sent: list[Message] = []
+
+    async def gone() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, gone, send)
+    assert sent == [] and key not in state.idempotency  # not carried out, no key kept
+    assert state.requests == []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sandbox") as api:
+        answer = await api.post(f"/v1/payment_methods/{method['id']}", headers={
+            "Authorization": f"Bearer {KEY}", "Idempotency-Key": key}, data={"billing_details[name]": ""})
+    assert answer.status_code == 200, answer.text  # the real request, under its key, is carried out
+    assert method["billing_details"]["name"] is None
 
 
 async def test_seed_customer_creates_a_realistic_customer(server: StripeSandbox) -> None:
