@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.domain.model import AuditEvent, RequestRecordInput, Suppression, TriageDismissed
+from dsr.domain.model import AuditEvent, ConsentRecord, RequestRecordInput, Suppression, TriageDismissed
 from dsr.store.ledger import Ledger, TriageDismissalRecord
 from dsr.store.suppressions import SuppressionList
 
@@ -49,3 +49,11 @@ class LedgerActivities:
         nothing twice that matters: the entry runs from the latest call, a few seconds apart at most."""
         return self._suppressions.suppress(suppression.subject.email, years=suppression.years,
                                            now=datetime.now(UTC)).until
+
+    @activity.defn(name="record_consent_withdrawal")
+    def record_consent_withdrawal(self, record: ConsentRecord) -> list[str]:
+        """Record the purposes withdrawn (blind index only); answers those withdrawn before this request was
+        received (by an earlier one): a retry finds its own rows, dated after the receipt, and answers the same."""
+        dates = self._suppressions.withdraw(record.subject.email, record.purposes, now=datetime.now(UTC))
+        since = record.since or datetime.now(UTC)
+        return sorted(p for p, at in dates.items() if at < since)

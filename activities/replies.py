@@ -84,13 +84,15 @@ class ReplyActivities:
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         profile = await asyncio.to_thread(self._profile)
         # An objection is answered with what was done or decided, data found or not.
-        no_data = reply.kind != RequestKind.OBJECTION and all(o.found == 0 for o in reply.outcomes)
+        no_data = (reply.kind not in (RequestKind.OBJECTION, RequestKind.CONSENT_WITHDRAWAL)
+                   and all(o.found == 0 for o in reply.outcomes))
         result = ReplyResult(message_id="", no_data=no_data)
         context = ReplyContext(
             reference=reply.request_id, received=reply.received, deadline=reply.deadline,
             extended=reply.extended, subject_name=reply.subject.name, profile=profile,
             systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
             scope=reply.scope, decision=reply.decision, grounds=reply.grounds, suppressed_until=reply.suppressed_until,
+            consent_purposes=list(reply.purposes), consent_earlier=list(reply.consent_earlier),
         )
         if reply.kind == RequestKind.ERASURE:
             # Kept whatever is erased (the legal reason to keep that one fact): the subject is told so.

@@ -57,6 +57,9 @@ async def submit(
     ] = None,
     scope: Annotated[str, typer.Option(
         help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides).")] = "",
+    purpose: Annotated[list[str] | None, typer.Option(
+        help="Withdrawal of consent: a purpose's key from the controller profile (repeatable; default: all).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
@@ -73,7 +76,7 @@ async def submit(
     settings = Settings.from_env()
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                             received_at=_parse_received(received), changes=parse_changes(change or []),
-                            scope=scope)
+                            scope=scope, purposes=list(purpose or []))
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings
