@@ -179,6 +179,7 @@ def activities_for(
         ledger_activities.record_event,
         ledger_activities.record_triage_dismissal,
         ledger_activities.suppress_marketing,
+        ledger_activities.consent_already_withdrawn,
         ledger_activities.record_consent_withdrawal,
         notices.send_notice,
         fan_out.plan_fanout,

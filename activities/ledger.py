@@ -50,10 +50,13 @@ class LedgerActivities:
         return self._suppressions.suppress(suppression.subject.email, years=suppression.years,
                                            now=datetime.now(UTC)).until
 
+    @activity.defn(name="consent_already_withdrawn")
+    def consent_already_withdrawn(self, record: ConsentRecord) -> list[str]:
+        """Of ``record.purposes``, those the address withdrew before (read only, so a retry answers the same as
+        long as nothing is recorded: the workflow asks before it records)."""
+        return sorted(set(record.purposes) & set(self._suppressions.withdrawn(record.subject.email)))
+
     @activity.defn(name="record_consent_withdrawal")
-    def record_consent_withdrawal(self, record: ConsentRecord) -> list[str]:
-        """Record the purposes withdrawn (blind index only); answers those withdrawn before this request was
-        received (by an earlier one): a retry finds its own rows, dated after the receipt, and answers the same."""
-        dates = self._suppressions.withdraw(record.subject.email, record.purposes, now=datetime.now(UTC))
-        since = record.since or datetime.now(UTC)
-        return sorted(p for p, at in dates.items() if at < since)
+    def record_consent_withdrawal(self, record: ConsentRecord) -> None:
+        """Record the purposes withdrawn (blind index only); idempotent: a purpose keeps its first date."""
+        self._suppressions.withdraw(record.subject.email, record.purposes, now=datetime.now(UTC))

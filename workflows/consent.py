@@ -45,12 +45,12 @@ async def carry_out(flow: DataSubjectRequest) -> None:
     flow._set_stage(Stage.PROCESSING)
     await flow._audit("processing", stage=Stage.PROCESSING)
     keys = [purpose.key for purpose in request.purposes]
+    record = ConsentRecord(request_id=request.request_id, subject=request.subject, purposes=keys)
+    # Read first, then record: what an earlier request withdrew is told as such, even if the recording is retried.
     earlier = await workflow.execute_activity_method(
-        LedgerActivities.record_consent_withdrawal,
-        ConsentRecord(request_id=request.request_id, subject=request.subject, purposes=keys,
-                      since=request.received_at),
-        **summarised(LEDGER, "consent withdrawals: record"),
-    )
+        LedgerActivities.consent_already_withdrawn, record, **summarised(LEDGER, "consent withdrawals: read"))
+    await workflow.execute_activity_method(
+        LedgerActivities.record_consent_withdrawal, record, **summarised(LEDGER, "consent withdrawals: record"))
     flow._consent_earlier = list(earlier)
     await flow._audit("consent_withdrawn", details={"purposes": ",".join(keys),
                                                     "already_withdrawn": ",".join(earlier)})

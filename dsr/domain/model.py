@@ -422,7 +422,6 @@ class ConsentRecord:
     request_id: str
     subject: Subject
     purposes: list[str] = field(default_factory=list)
-    since: datetime | None = None  # the request's receipt: purposes withdrawn before it are "already withdrawn"
 
 
 @dataclass
