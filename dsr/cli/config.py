@@ -49,7 +49,7 @@ def config_check(as_json: JsonOption = False) -> None:
         if outside:
             typer.echo(f"{len(outside)} system(s) outside the engine, named in every reply: {'; '.join(outside)}")
         if consent:
-            typer.echo("withdrawal of consent (Art. 7(3)) not carried out everywhere:")
+            typer.echo("warning: a withdrawal of consent (Art. 7(3)) would not be carried out everywhere:")
             for line in consent:
                 typer.echo(f"  {line}")
         if missing:
@@ -58,6 +58,6 @@ def config_check(as_json: JsonOption = False) -> None:
                 typer.echo(f"  {line}")
         else:
             typer.echo("controller profile complete (Art. 15(1)(a)-(h), 15(2))")
-    if missing or consent:
+    if missing:
         raise typer.Exit(1)
 
