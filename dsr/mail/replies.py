@@ -103,6 +103,7 @@ class ReplyContext:
     suppressed_until: date | None = None  # a marketing objection: the suppression list's entry ends then
     consent_purposes: list[ConsentPurpose] = field(default_factory=list)  # reply_consent_withdrawal: withdrawn
     consent_earlier: list[str] = field(default_factory=list)  # of those, the keys an earlier request withdrew
+    consent_url: str = ""  # the subject's one-click withdrawal link (/consent/{token}), in every reply's footer
 
 
 # --- words per language ---------------------------------------------------------------------------------
@@ -504,6 +505,7 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         "link_expires": _iso(context.link_expires),
         "recipients_notified": [n for n in (_s(r) for r in context.recipients_notified) if n],
         "other_systems": _other_systems(profile, lang),
+        "consent_url": context.consent_url if _is_http_url(context.consent_url) else "",
     }
     pairs = list(zip(context.systems, labels, strict=True))
     if kind == ReplyKind.ACCESS:
