@@ -52,6 +52,7 @@ CONTEXT_KEYS = frozenset({
     "connector", "error", "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
     "suspended", "suspended_on", "resumed_on", "document_reason", "status_url", "by_staff", "refused", "page", "wrong",
+    "consent_url",
 })
 """Every key a template may use; other keys are ignored."""
 
@@ -69,7 +70,7 @@ PRE_IDENTITY_TEMPLATES = frozenset({
 name given with the request (the workflow also leaves it out of every other notice until identity is confirmed)."""
 
 _MULTILINE_KEYS = frozenset({"reason", "error", "residuals"})
-_URL_KEYS = frozenset({"verify_url", "ui_url", "status_url"})
+_URL_KEYS = frozenset({"verify_url", "ui_url", "status_url", "consent_url"})
 _EMAIL_LIKE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")

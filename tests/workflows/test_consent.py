@@ -4,9 +4,12 @@ same day without an identity check, remembered as a blind index, answered per sy
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import pytest_asyncio
@@ -27,9 +30,10 @@ from dsr.domain.model import (
     ResidualsCleared,
     Stage,
 )
+from dsr.store.links import ConsentLinks
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
-from tests.harness import ScriptedConnector, keep_history
+from tests.harness import TEST_KEYRING, ScriptedConnector, keep_history
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from workflows.request import DataSubjectRequest
@@ -158,6 +162,17 @@ async def test_a_withdrawal_is_carried_out_the_same_day_in_every_mapped_system(
     assert subject.startswith(subject_line) and request.request_id in subject
     assert done in reply and by_hand in reply and lawful in reply
     assert SUBJECT_NAME not in reply  # identity never confirmed: greeted without the name
+    # Every email to the subject carries the one-click link, in its footer and as RFC 8058 headers; it opens for
+    # the subject's address and the email's language.
+    links = ConsentLinks(TEST_KEYRING)
+    for message in engine.mail.to(SUBJECT_EMAIL):
+        header = str(message["List-Unsubscribe"])
+        assert re.fullmatch(r"<https?://[^>]+/consent/[^>]+>", header)
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        url = header[1:-1]
+        assert url in message.get_body(("plain",)).get_content()
+        token = unquote(url.rsplit("/consent/", 1)[1])
+        assert links.open(token, now=datetime.now(UTC)) == (SUBJECT_EMAIL, language)
     await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice"))
     await handle.result()
     await keep_history(handle, f"consent_withdrawal_{language}")
