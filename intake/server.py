@@ -218,6 +218,7 @@ def build_intake_app(
             public_path=public_path,
             controller_name=company,
             rectifiable=_rectifiable(settings),
+            consent_purposes=lambda: _consent_purposes(settings),
         ),
         outside_answers_router(keyring, ledger, exports, client, default_language=language,
                                public_path=public_path),
