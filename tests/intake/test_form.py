@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings
 from dsr.domain.model import RequestKind
 from dsr.web.serve import serve_app
@@ -882,19 +883,24 @@ async def test_the_form_offers_only_the_fields_the_connectors_can_correct(tmp_pa
 
 
 
+@pytest.fixture
+def demo_profile_file(tmp_path: Path) -> ControllerProfile:
+    """The demo's profile, also written as the intake's dsr.toml (the submission reads its consent purposes)."""
+    demo = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
+    (tmp_path / "dsr.toml").write_text(demo.read_text(encoding="utf-8"), encoding="utf-8")
+    profile = load_profile(demo)
+    assert profile is not None
+    return profile
+
+
 @pytest.mark.parametrize(("lang", "choice", "partners"), [
     ("fr", "Retirer un consentement que vous nous avez donné", "Envoi des offres de nos partenaires"),
     ("en", "Withdraw a consent you gave us", "Sending offers from our partners"),
 ])
 async def test_a_withdrawal_of_consent_has_its_choice_and_one_checkbox_per_purpose(
-    tmp_path: Path, lang: str, choice: str, partners: str,
+    tmp_path: Path, demo_profile_file: ControllerProfile, lang: str, choice: str, partners: str,
 ) -> None:
-    from dsr.config.profile import load_profile
-
-    demo = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
-    (tmp_path / "dsr.toml").write_text(demo.read_text(encoding="utf-8"), encoding="utf-8")
-    profile = load_profile(demo)
-    assert profile is not None
+    profile = demo_profile_file
     async with serve_form(tmp_path, consent_purposes=profile.consent_purposes) as form_app:
         page, _ = await form_app.form(lang)
         assert choice in page.text and 'value="consent_withdrawal"' in page.text and partners in page.text
