@@ -1236,6 +1236,7 @@ class DataSubjectRequest:
             scope=self._request.scope,
             awaiting_decision=self._awaiting_decision,
             decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
+            purposes=[purpose.key for purpose in self._request.purposes],
             aftercare=self._aftercare,
             cancellation_refused=self._cancellation_refused,
         )

@@ -146,6 +146,7 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
                    f"{state.request_id}`)")
     else:
         typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({state.scope})" if state.scope else "")
+                   + (f" ({', '.join(state.purposes)})" if state.purposes else "")
                    + f"  {state.stage.value}" + (f" ({state.outcome.value})" if state.outcome else "")
                    + (f", objection {state.decision}" if state.decision else ""))
     typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"

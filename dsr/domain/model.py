@@ -795,6 +795,7 @@ class RequestStatus:
     scope: str = ""  # objection: marketing or other
     awaiting_decision: bool = False  # an objection (21(1)) waits for ``dsr decide``
     decision: str = ""  # "upheld" or "rejected", once decided
+    purposes: list[str] = field(default_factory=list)  # consent_withdrawal: the keys of the purposes withdrawn
     # The end of the request: the aftercare workflow that follows the link and residual data once it is answered;
     # why a cancellation from the Temporal UI was refused; what Temporal says of a run that ended without closing
     # the request (``terminated``: filled in by ``dsr status``, never by the workflow, which cannot see it).

@@ -142,6 +142,7 @@ async def test_a_withdrawal_is_carried_out_the_same_day_in_every_mapped_system(
     assert [p.key for p in request.purposes] == ["newsletter"]
     current = await until(handle, lambda s: s.stage == Stage.CLOSED)
     assert current.outcome == Outcome.FULFILLED and current.identity_confirmed is False
+    assert current.purposes == ["newsletter"]
     crm, billing, shop = engine.connectors
     assert isinstance(crm, ConsentConnector)
     assert [[(a.purpose, a.subscriptions) for a in asked] for asked in crm.asked] == [[("newsletter",
