@@ -1428,8 +1428,10 @@ class DataSubjectRequest:
         """What makes the acknowledgement true: how identity will be checked, and whether the month is already
         over (a letter recorded late with ``--received``), in which case no date in the future is promised."""
         identity = IdentityMethod(self._request.policy.identity).value
-        if objection.is_marketing_objection(self) or consent.is_consent_withdrawal(self):
+        if objection.is_marketing_objection(self):
             identity = "none"  # no check is asked: see _verify_identity
+        elif consent.is_consent_withdrawal(self):
+            identity = "consent"  # none either, and said with its own reason (Art. 7(3))
         context = {"identity": identity}
         if workflow.now() >= self._deadline.overdue_at:
             context["late"] = "yes"

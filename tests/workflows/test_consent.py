@@ -159,6 +159,8 @@ async def test_a_withdrawal_is_carried_out_the_same_day_in_every_mapped_system(
 
     mails = bodies(engine)
     assert len(mails) == 2  # the acknowledgement and the reply: no identity request
+    assert ("aussi simple que de le donner (article 7, paragraphe 3, du RGPD)" if language == "fr"
+            else "as easy as giving it (Article 7(3) GDPR)") in mails[0][1]  # the acknowledgement says why
     subject, reply = mails[-1]
     assert subject.startswith(subject_line) and request.request_id in subject
     assert done in reply and by_hand in reply and lawful in reply
