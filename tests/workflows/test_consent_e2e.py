@@ -189,3 +189,26 @@ async def test_sql_stops_marketing_for_an_objection_as_its_map_says(app_url: str
         assert [r.action for r in again.report] == [RecordAction.UNCHANGED]
     finally:
         await connector.aclose()
+
+
+async def test_sql_withdraws_consent_by_setting_values_and_reads_them_back(app_url: str) -> None:
+    from dsr.domain.model import ConsentAction
+
+    connector = sql_connector(app_url)
+    action = ConsentAction(purpose="profiling", table="users", email_column="email",
+                           set_values={"last_name": "opted-out"})
+    job = OperationJob(request_id="dsr-2026-12-BBBBBB", subject=Subject(EMAIL), consent=[action])
+    try:
+        outcome = await connector.withdraw_consent(job)
+        assert [(r.dataset, r.record_id, r.action, r.note) for r in outcome.report] == [
+            ("consent", "profiling", RecordAction.WITHDRAWN, "users: 1 row(s) set last_name = opted-out")]
+        engine = create_engine(app_url)
+        with engine.connect() as conn:
+            users = appdb.metadata.tables["users"]
+            names = conn.execute(select(users.c.last_name).where(func.lower(users.c.email) == EMAIL.lower()))
+            assert [row[0] for row in names] == ["opted-out"]
+        engine.dispose()
+        again = await connector.withdraw_consent(job)
+        assert [r.action for r in again.report] == [RecordAction.UNCHANGED]
+    finally:
+        await connector.aclose()
