@@ -212,3 +212,20 @@ async def test_sql_withdraws_consent_by_setting_values_and_reads_them_back(app_u
         assert [r.action for r in again.report] == [RecordAction.UNCHANGED]
     finally:
         await connector.aclose()
+
+
+async def test_hubspot_refuses_a_subscription_type_the_portal_does_not_have(systems: Systems) -> None:
+    from connectors.base import PermanentConnectorError
+    from dsr.domain.model import ConsentAction
+
+    hubspot = systems.connectors[0]
+    assert isinstance(hubspot, HubSpotConnector)
+    # By id works as by name; a name the portal does not have is the profile's mistake, told to the operator.
+    done = await hubspot.withdraw_consent(OperationJob(request_id="dsr-2026-12-CCCCCC", subject=Subject(EMAIL),
+                                                       consent=[ConsentAction(purpose="p", subscriptions=["7003"])]))
+    assert [(r.record_id, r.action) for r in done.report] == [("p", RecordAction.WITHDRAWN)]
+    assert systems.hubspot.subscription_status(EMAIL, PARTNERS) == "NOT_SUBSCRIBED"
+    with pytest.raises(PermanentConnectorError, match="not in the portal"):
+        await hubspot.withdraw_consent(OperationJob(request_id="dsr-2026-12-CCCCCC", subject=Subject(EMAIL),
+                                                    consent=[ConsentAction(purpose="p", subscriptions=["Nope"])]))
+    assert systems.hubspot.subscription_status(EMAIL, NEWSLETTER) == "SUBSCRIBED"  # nothing else touched
