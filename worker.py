@@ -32,7 +32,7 @@ from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.ledger import Ledger
-from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
+from dsr.store.links import ConsentLinks, DownloadLinks, IdentityLinks, StatusLinks
 from dsr.store.mail_sends import MailSends, SendIntent
 from dsr.store.suppressions import SuppressionList
 from dsr.store.tasks import OutsideTasks
@@ -144,6 +144,7 @@ def activities_for(
         request_link=settings.request_link,
         identity_links=IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
         status_links=StatusLinks(keyring),
+        consent_links=ConsentLinks(keyring),
         public_url=settings.intake_url,
         profile=profile,
         sent_copies=sent_copies,
@@ -172,6 +173,7 @@ def activities_for(
         timezone=settings.policy.timezone,
         system_types=connector_types(settings),
         sent_copies=sent_copies,
+        consent_links=ConsentLinks(keyring),
     )
     storage = StorageActivities(exports, ledger)
     return [
@@ -179,6 +181,8 @@ def activities_for(
         ledger_activities.record_event,
         ledger_activities.record_triage_dismissal,
         ledger_activities.suppress_marketing,
+        ledger_activities.consent_already_withdrawn,
+        ledger_activities.record_consent_withdrawal,
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,

@@ -20,7 +20,11 @@ from connectors.base import (
     PermanentConnectorError,
     StopsMarketing,
     TransientConnectorError,
+    WithdrawsConsent,
+    no_consent_control,
     no_marketing_control,
+    residual_withdrawal,
+    tally,
     unexpected_remains,
 )
 from connectors.outside import OutsideSystem
@@ -132,7 +136,7 @@ class ConnectorActivities:
             # resumed at once (from its journal), like an export from its checkpoint.
             journal = _ProgressJournal(journal, progress)
         operation = OperationJob(request_id=task.request_id, subject=task.subject, changes=dict(task.changes),
-                                 journal=journal)
+                                 consent=list(task.consent), journal=journal)
         match task.kind:
             case RequestKind.ACCESS | RequestKind.PORTABILITY:
                 return await connector.export(ExportJob(
@@ -164,6 +168,17 @@ class ConnectorActivities:
                 if isinstance(connector, StopsMarketing):
                     return await connector.stop_marketing(operation)
                 return no_marketing_control(connector.name)
+            case RequestKind.CONSENT_WITHDRAWAL:
+                # Art. 7(3): each purpose as the profile maps it here; what the system cannot switch itself (a
+                # residual mapping, or no withdraw_consent at all) is a line for the operator, followed up.
+                done = [a for a in operation.consent if not a.residual]
+                residual = [a for a in operation.consent if a.residual]
+                if not done or not isinstance(connector, WithdrawsConsent):
+                    return no_consent_control(connector.name, operation.consent)
+                outcome = await connector.withdraw_consent(replace(operation, consent=done))
+                outcome.report.extend(residual_withdrawal(a) for a in residual)
+                outcome.counts = tally(outcome.report)
+                return outcome
         raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {task.kind}")
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.domain.model import AuditEvent, RequestRecordInput, Suppression, TriageDismissed
+from dsr.domain.model import AuditEvent, ConsentRecord, RequestRecordInput, Suppression, TriageDismissed
 from dsr.store.ledger import Ledger, TriageDismissalRecord
 from dsr.store.suppressions import SuppressionList
 
@@ -49,3 +49,14 @@ class LedgerActivities:
         nothing twice that matters: the entry runs from the latest call, a few seconds apart at most."""
         return self._suppressions.suppress(suppression.subject.email, years=suppression.years,
                                            now=datetime.now(UTC)).until
+
+    @activity.defn(name="consent_already_withdrawn")
+    def consent_already_withdrawn(self, record: ConsentRecord) -> list[str]:
+        """Of ``record.purposes``, those the address withdrew before (read only, so a retry answers the same as
+        long as nothing is recorded: the workflow asks before it records)."""
+        return sorted(set(record.purposes) & set(self._suppressions.withdrawn(record.subject.email)))
+
+    @activity.defn(name="record_consent_withdrawal")
+    def record_consent_withdrawal(self, record: ConsentRecord) -> None:
+        """Record the purposes withdrawn (blind index only); idempotent: a purpose keeps its first date."""
+        self._suppressions.withdraw(record.subject.email, record.purposes, now=datetime.now(UTC))

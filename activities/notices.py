@@ -45,7 +45,7 @@ from dsr.domain.model import (
     is_valid_email,
 )
 from dsr.errors import ConfigurationError
-from dsr.store.links import IdentityLinks, StatusLinks, format_code
+from dsr.store.links import ConsentLinks, IdentityLinks, StatusLinks, format_code
 from dsr.store.mail_sends import SendIntent
 from templates import RenderedNotice, one_line, render_notice
 
@@ -271,17 +271,34 @@ def _reply_id(value: str | None) -> str | None:
     return candidate
 
 
+def consent_url(links: ConsentLinks | None, public_url: str, profile: Callable[[], ControllerProfile | None] | None,
+                to: str, language: str) -> str:
+    """The subject's one-click withdrawal link (``/consent/{token}``), when the profile has consent purposes to
+    withdraw; made in the activity, never in workflow history (it is a secret bound to the address)."""
+    if links is None or not public_url or profile is None:
+        return ""
+    try:
+        loaded = profile()
+    except ConfigurationError:
+        return ""
+    if loaded is None or not loaded.consent_purposes():
+        return ""
+    return links.consent_url(public_url, links.issue_for(to, str(language), now=datetime.now(UTC)))
+
+
 def build_message(
-    notice: Notice, rendered: RenderedNotice, *, mail_from: str, from_name: str, message_id: str
+    notice: Notice, rendered: RenderedNotice, *, mail_from: str, from_name: str, message_id: str,
+    unsubscribe_url: str = "",
 ) -> EmailMessage:
     """A multipart/alternative (text, then HTML) UTF-8 email for ``notice`` (see :func:`compose`)."""
     return compose(notice.to, Language(notice.language), rendered, mail_from=mail_from, from_name=from_name,
-                   message_id=message_id, in_reply_to=notice.in_reply_to, whose=_whose(notice))
+                   message_id=message_id, in_reply_to=notice.in_reply_to, whose=_whose(notice),
+                   unsubscribe_url=unsubscribe_url)
 
 
 def compose(
     to: str, language: Language, rendered: RenderedNotice, *, mail_from: str, from_name: str, message_id: str,
-    in_reply_to: str | None = None, whose: str = "the subject's address",
+    in_reply_to: str | None = None, whose: str = "the subject's address", unsubscribe_url: str = "",
 ) -> EmailMessage:
     """A multipart/alternative (text, then HTML) UTF-8 email to ``to``.
 
@@ -308,6 +325,11 @@ def compose(
         message["References"] = reply_to
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, no vacation loops
     message["X-Auto-Response-Suppress"] = "All"
+    if unsubscribe_url and re.fullmatch(r"https?://[^\s<>]{1,1900}", unsubscribe_url):
+        # RFC 2369 and RFC 8058: the mail client's own "unsubscribe" button POSTs List-Unsubscribe=One-Click to this
+        # signed URI, which withdraws every marketing consent of the address without further interaction.
+        message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     # quoted-printable keeps every line 7-bit and short, whatever the relay supports.
     message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     message.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
@@ -347,9 +369,10 @@ class Mailer:
         return f"<{key.split('-', 1)[-1]}@{self.mail_domain}>"
 
     def compose(self, to: str, language: Language, rendered: RenderedNotice, *, message_id: str,
-                in_reply_to: str | None = None, whose: str = "the subject's address") -> EmailMessage:
+                in_reply_to: str | None = None, whose: str = "the subject's address",
+                unsubscribe_url: str = "") -> EmailMessage:
         return compose(to, language, rendered, mail_from=self.mail_from, from_name=self.from_name,
-                       message_id=message_id, in_reply_to=in_reply_to, whose=whose)
+                       message_id=message_id, in_reply_to=in_reply_to, whose=whose, unsubscribe_url=unsubscribe_url)
 
     async def send(self, message: EmailMessage, to: str, *, whose: str, where: str) -> None:
         """Deliver ``message`` to ``to`` only (never to addresses read from its headers)."""
@@ -441,6 +464,7 @@ class NoticeActivities:
         public_url: str = "",
         profile: Callable[[], ControllerProfile | None] | None = None,
         sent_copies: SentCopies | None = None,
+        consent_links: ConsentLinks | None = None,
     ) -> None:
         """``controller_name`` signs subject notices (templates fall back to a generic team name);
         ``request_link`` maps a request id to its page in the staff UI, for operator notices; ``profile``
@@ -454,6 +478,7 @@ class NoticeActivities:
         self._status_links = status_links
         self._public_url = public_url
         self._profile = profile
+        self._consent_links = consent_links
 
     def _context(self, notice: Notice) -> dict[str, str]:
         """The workflow's context plus what only the worker knows (its configuration)."""
@@ -481,6 +506,10 @@ class NoticeActivities:
             # Where the subject can see how their request stands, all along (signed; made here, out of history).
             link = self._status_links.issue(notice.request_id, now=datetime.now(UTC))
             context["status_url"] = self._status_links.status_url(self._public_url, link.token)
+        if notice.template not in OPERATOR_TEMPLATES:
+            url = consent_url(self._consent_links, self._public_url, self._profile, notice.to, notice.language)
+            if url:
+                context["consent_url"] = url
         return context
 
     def _authority(self) -> dict[str, str]:
@@ -511,8 +540,9 @@ class NoticeActivities:
             activity.logger.info("%s already sent; not sending again", where)
             return SentNotice(message_id=message_id, already_sent=True)
 
+        context = self._context(notice)
         try:
-            rendered = render_notice(template, Language(notice.language), self._context(notice))
+            rendered = render_notice(template, Language(notice.language), context)
         except ValueError as err:
             raise ApplicationError(f"{where}: {err}", type=NOTICE_INVALID, non_retryable=True) from None
         except TemplateError as err:
@@ -521,7 +551,8 @@ class NoticeActivities:
             ) from None
 
         message = build_message(notice, rendered, mail_from=self._mailer.mail_from,
-                                from_name=self._mailer.from_name, message_id=message_id)
+                                from_name=self._mailer.from_name, message_id=message_id,
+                                unsubscribe_url=context.get("consent_url", ""))
         delivery = await deliver_once(self._mailer, self._sent_log, message, to=notice.to, key=key,
                                       request_id=notice.request_id, template=template.value,
                                       digest=content_digest(rendered), whose=_whose(notice), where=where,

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.notices import Mailer, SentCopies, SentLog, beating, content_digest, deliver_once
+from activities.notices import Mailer, SentCopies, SentLog, beating, consent_url, content_digest, deliver_once
 from dsr.config.profile import Art19Recipient, ControllerProfile
 from dsr.domain.model import (
     ConnectorOutcome,
@@ -26,7 +26,7 @@ from dsr.domain.model import (
 from dsr.mail.bundle import build_bundle
 from dsr.mail.replies import IncompleteProfileError, ReplyContext, render_reply
 from dsr.store.exports import ExportStore
-from dsr.store.links import DownloadLinks, day_end_expiry, format_code, last_valid_day
+from dsr.store.links import ConsentLinks, DownloadLinks, day_end_expiry, format_code, last_valid_day
 from templates import RenderedNotice
 
 # ApplicationError types raised by send_reply that only an operator can fix (the workflow asks them).
@@ -43,8 +43,9 @@ class ReplyActivities:
                  public_url: str, profile: Callable[[], ControllerProfile | None],
                  suppressed_until: Callable[[str], date | None] | None = None, timezone: str = "UTC",
                  system_types: Mapping[str, str] | None = None,
-                 sent_copies: SentCopies | None = None) -> None:
+                 sent_copies: SentCopies | None = None, consent_links: ConsentLinks | None = None) -> None:
         self._mailer = mailer
+        self._consent_links = consent_links
         # The suppression list (dsr.store.suppressions): an erasure reply says what it keeps of an objection.
         self._suppressed_until = suppressed_until or (lambda email: None)
         self._sent_log = sent_log
@@ -62,13 +63,13 @@ class ReplyActivities:
         return "reply-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     async def _deliver(self, request_id: str, to: str, language: Language, rendered: RenderedNotice, key: str,
-                       in_reply_to: str | None, what: str, whose: str) -> str:
+                       in_reply_to: str | None, what: str, whose: str, unsubscribe_url: str = "") -> str:
         """Send once per key: a retried activity finds what it already sent in the sent-log, and one retried
         after a worker lost between the server's 250 and the sent-log sends the same Message-ID again, recorded
         as a possible duplicate (``deliver_once``)."""
         message_id = self._mailer.message_id(key)
         message = self._mailer.compose(to, language, rendered, message_id=message_id, in_reply_to=in_reply_to,
-                                       whose=whose)
+                                       whose=whose, unsubscribe_url=unsubscribe_url)
         await deliver_once(self._mailer, self._sent_log, message, to=to, key=key, request_id=request_id,
                            template=what, digest=content_digest(rendered), whose=whose,
                            where=f"{what} for request {request_id}", sent_copies=self._sent_copies)
@@ -84,13 +85,15 @@ class ReplyActivities:
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         profile = await asyncio.to_thread(self._profile)
         # An objection is answered with what was done or decided, data found or not.
-        no_data = reply.kind != RequestKind.OBJECTION and all(o.found == 0 for o in reply.outcomes)
+        no_data = (reply.kind not in (RequestKind.OBJECTION, RequestKind.CONSENT_WITHDRAWAL)
+                   and all(o.found == 0 for o in reply.outcomes))
         result = ReplyResult(message_id="", no_data=no_data)
         context = ReplyContext(
             reference=reply.request_id, received=reply.received, deadline=reply.deadline,
             extended=reply.extended, subject_name=reply.subject.name, profile=profile,
             systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
             scope=reply.scope, decision=reply.decision, grounds=reply.grounds, suppressed_until=reply.suppressed_until,
+            consent_purposes=list(reply.purposes), consent_earlier=list(reply.consent_earlier),
         )
         if reply.kind == RequestKind.ERASURE:
             # Kept whatever is erased (the legal reason to keep that one fact): the subject is told so.
@@ -144,6 +147,8 @@ class ReplyActivities:
             context.recipients_notified = list(result.recipients_notified)
 
         template = "reply_no_data" if no_data else f"reply_{reply.kind.value}"
+        context.consent_url = consent_url(self._consent_links, self._public_url, lambda: profile, reply.subject.email,
+                                          reply.language.value)
         try:
             rendered = render_reply(template, reply.language, context)
         except IncompleteProfileError as err:
@@ -155,7 +160,7 @@ class ReplyActivities:
                                    type=REPLY_INVALID) from None
         result.message_id = await self._deliver(reply.request_id, reply.subject.email, reply.language, rendered,
                                                 self._key(reply.key), reply.in_reply_to, template,
-                                                whose="the subject's address")
+                                                whose="the subject's address", unsubscribe_url=context.consent_url)
         return result
 
     @activity.defn(name="delete_exports")

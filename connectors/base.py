@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
-from dsr.domain.model import CANONICAL_FIELDS, ConnectorOutcome, RecordAction, RecordReport, RequestKind, Subject
+from dsr.domain.model import (
+    CANONICAL_FIELDS,
+    ConnectorOutcome,
+    ConsentAction,
+    RecordAction,
+    RecordReport,
+    RequestKind,
+    Subject,
+)
 
 # The connector errors are part of the engine's one exception tree (dsr.errors); re-exported here.
 from dsr.errors import ConnectorError, PermanentConnectorError, TransientConnectorError
@@ -136,6 +144,7 @@ class OperationJob:
     request_id: str
     subject: Subject
     changes: dict[str, str] = field(default_factory=dict)  # rectification, canonical fields below
+    consent: list[ConsentAction] = field(default_factory=list)  # consent withdrawal: this system's actions
     journal: Journal = field(default_factory=Journal)
 
 
@@ -197,6 +206,33 @@ class StopsMarketing(Protocol):
         ...
 
 
+CONSENT = "consent"
+"""The dataset of a consent withdrawal's report lines: one per purpose and system (record id: the purpose key)."""
+
+
+@runtime_checkable
+class WithdrawsConsent(Protocol):
+    """A system that can stop processing for a purpose based on consent (Art. 7(3)) through its API or schema."""
+
+    async def withdraw_consent(self, job: OperationJob) -> ConnectorOutcome:
+        """Carry out each of ``job.consent`` (a subscription or table action; residual actions are reported by
+        the caller) and verify it by reading again. Idempotent: what is already withdrawn is ``unchanged``."""
+        ...
+
+
+def residual_withdrawal(action: ConsentAction) -> RecordReport:
+    """The line of a withdrawal this system cannot carry out itself: the operator does it (followed up)."""
+    return RecordReport(CONSENT, action.purpose, RecordAction.RESIDUAL,
+                        note=action.residual or "this system offers no switch the engine can turn for this "
+                                                "purpose: stop using the person's data for it by hand")
+
+
+def no_consent_control(connector: str, actions: list[ConsentAction]) -> ConnectorOutcome:
+    """A system mapped with residual actions only, or one that has no ``withdraw_consent``."""
+    report = [residual_withdrawal(action) for action in actions]
+    return ConnectorOutcome(connector=connector, report=report, counts=tally(report))
+
+
 def no_marketing_control(connector: str) -> ConnectorOutcome:
     """The outcome of an objection to marketing in a system whose API offers no opt-out: one residual line for
     the operator (the workflow follows it up until someone confirms), said as it is."""
@@ -225,6 +261,7 @@ def tally(report: list[RecordReport]) -> dict[str, int]:
 
 __all__ = [
     "CANONICAL_FIELDS",
+    "CONSENT",
     "Connector",
     "ConnectorError",
     "DatasetWriter",
@@ -240,7 +277,10 @@ __all__ = [
     "RetentionRule",
     "StopsMarketing",
     "TransientConnectorError",
+    "WithdrawsConsent",
+    "no_consent_control",
     "no_marketing_control",
+    "residual_withdrawal",
     "tally",
     "unexpected_remains",
 ]

@@ -39,6 +39,7 @@ owner = "backup-admin@company.example" # the internal owner who answers
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,7 +51,7 @@ from connectors.base import Connector, RetentionRule, month_day
 from connectors.http import RateLimiter, SharedWindows
 from connectors.outside import OutsideSystem
 from connectors.sql.map import SqlMap, SqlMapError, SubjectConfig, TableConfig, resolve
-from dsr.domain.model import CANONICAL_FIELDS, Language, RequestKind, is_valid_email
+from dsr.domain.model import CANONICAL_FIELDS, ConsentAction, Language, RequestKind, is_valid_email
 from dsr.domain.outside import OUTSIDE_TYPES
 from dsr.errors import ConfigurationError
 
@@ -100,6 +101,24 @@ class RetentionConfig(BaseModel):
         return value
 
 
+class MarketingAction(BaseModel):
+    """``[connectors.marketing]`` of an sql connector: the rows of ``table`` whose ``email`` column is the address
+    are deleted, or, with ``set``, given those values (``{ marketing_opt_in = "false" }``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+    email: str = Field(default="email", pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+    set: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("set")
+    @classmethod
+    def _columns(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", name):
+                raise ValueError(f"{name!r} is not a column name")
+        return value
+
+
 class ConnectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: ConnectorType
@@ -122,6 +141,9 @@ class ConnectorConfig(BaseModel):
     tables: list[TableConfig] | None = None
     rectify: dict[str, str | list[str]] = Field(default_factory=dict,
                                                 description="Canonical field -> table.column (or a list).")
+    marketing: MarketingAction | None = Field(
+        default=None, description="sql: how an objection to direct marketing stops it in this database (rows of "
+                                  "a table with the address deleted, or given values).")
     # type = "processor" / "manual" only: who answers, in which language, by when (connectors/outside.py)
     contact: str | None = Field(default=None, description="processor: its privacy contact's email address.")
     owner: str | None = Field(default=None, description="manual: the internal owner's email address.")
@@ -194,6 +216,7 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
             raise ConfigFileError(f"{where}.{outside_keys[0]}: only for type = \"processor\" or \"manual\"")
         sql_keys = [k for k in ("url_env", "hash_key_env", "subject", "tables") if getattr(connector, k)]
         sql_keys += ["rectify"] if connector.rectify else []
+        sql_keys += ["marketing"] if connector.marketing else []
         if connector.type != "sql":
             if sql_keys:
                 raise ConfigFileError(f"{where}.{sql_keys[0]}: only for type = \"sql\"")
@@ -336,9 +359,13 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
         case "sql":
             from connectors.sql import SqlConnector
 
+            marketing = connector.marketing
             return SqlConnector(name, url=secrets["url"], sql_map=sql_map_of(connector),
                                 hash_key=secrets.get("hash_key", ""), kinds=frozenset(connector.kinds),
-                                batch_size=connector.batch_size)
+                                batch_size=connector.batch_size,
+                                marketing=None if marketing is None else ConsentAction(
+                                    purpose="marketing", table=marketing.table, email_column=marketing.email,
+                                    set_values=dict(marketing.set)))
         case "woocommerce":
             from connectors.woocommerce import WooCommerceConnector
 

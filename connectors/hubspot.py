@@ -32,6 +32,7 @@ import orjson
 
 from connectors.base import (
     CANONICAL_FIELDS,
+    CONSENT,
     DatasetWriter,
     ExportJob,
     JournalEntry,
@@ -40,6 +41,7 @@ from connectors.base import (
     OperationJob,
     PermanentConnectorError,
     RetentionRule,
+    TransientConnectorError,
     tally,
 )
 from connectors.http import RateLimiter, send
@@ -102,6 +104,10 @@ SUBSCRIPTIONS = "subscriptions"
 OBJECTION_LEGAL_BASIS = "LEGITIMATE_INTEREST_OTHER"
 """The legal basis HubSpot records with an unsubscription made on an objection (one of its fixed values; the
 explanation beside it names Art. 21 and the request)."""
+
+CONSENT_LEGAL_BASIS = "CONSENT_WITH_NOTICE"
+"""The legal basis HubSpot records with an unsubscription made on a withdrawal of consent (the explanation names
+Art. 7(3) and the request)."""
 
 SEARCH_PAGE = 100  # search allows up to 200; 100 keeps responses small
 SEARCH_SORTS = [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
@@ -492,6 +498,60 @@ class HubSpotConnector:
         outcome.counts = tally(outcome.report)
         if not active:
             outcome.notes.append("the portal has no active email subscription type: nothing to unsubscribe from")
+        return outcome
+
+    # --- withdrawal of consent (Art. 7(3)) -----------------------------------------------------------------
+
+    async def withdraw_consent(self, job: OperationJob) -> ConnectorOutcome:
+        """Art. 7(3): the address is unsubscribed, through communication preferences v3 with the legal basis
+        CONSENT_WITH_NOTICE, from the subscription types each purpose names (ids, or names as the portal shows
+        them), and only those: the person's other subscriptions stay. Each type is read back afterwards and must
+        say NOT_SUBSCRIBED. A type the portal does not have is an error for the operator (the profile is wrong),
+        not a silent success."""
+        email = job.subject.email.strip().lower()
+        definitions = self._json(await self._call("GET", "/communication-preferences/v3/definitions"))
+        known = [d for d in definitions.get("subscriptionDefinitions", []) if isinstance(d, dict) and d.get("id")]
+        by_key = {str(d["id"]): d for d in known} | {str(d.get("name", "")).strip().lower(): d for d in known}
+        outcome = ConnectorOutcome(connector=self.name)
+        wanted: list[tuple[str, str, str]] = []  # (purpose, subscription id, name)
+        for action in job.consent:
+            for named in action.subscriptions:
+                definition = by_key.get(named.strip()) or by_key.get(named.strip().lower())
+                if definition is None:
+                    raise PermanentConnectorError(
+                        f"{self.name}: the subscription type {named[:60]!r} of purpose {action.purpose!r} is not "
+                        "in the portal: correct controller.purposes.withdrawal")
+                wanted.append((action.purpose, str(definition["id"]), str(definition.get("name", ""))[:80]))
+        path = f"/communication-preferences/v3/status/email/{quote(email, safe='@')}"
+
+        async def statuses() -> dict[str, object]:
+            answer = self._json(await self._call("GET", path))
+            return {str(s.get("id")): s.get("status") for s in answer.get("subscriptionStatuses", [])
+                    if isinstance(s, dict)}
+
+        before = await statuses()
+        outcome.found = len(wanted)
+        changed: list[tuple[str, str, str]] = []
+        for purpose, sub_id, name in wanted:
+            if before.get(sub_id) == "NOT_SUBSCRIBED" or (purpose, sub_id, name) in changed:
+                outcome.report.append(RecordReport(CONSENT, purpose, RecordAction.UNCHANGED,
+                                                   note=f"{name}: already unsubscribed"))
+                continue
+            response = await self._call("POST", "/communication-preferences/v3/unsubscribe", json={
+                "emailAddress": email, "subscriptionId": sub_id, "legalBasis": CONSENT_LEGAL_BASIS,
+                "legalBasisExplanation": f"Consent withdrawn, Art. 7(3) GDPR ({job.request_id})",
+            }, allow=(400,))
+            if response.status_code == 400 and "already unsubscribed" not in str(
+                    self._json(response).get("message", "")):
+                raise PermanentConnectorError(f"{self.name}: unsubscribe refused (HTTP 400)")
+            changed.append((purpose, sub_id, name))
+        after = await statuses() if changed else before
+        for purpose, sub_id, name in changed:
+            if after.get(sub_id) != "NOT_SUBSCRIBED":
+                raise TransientConnectorError(f"{self.name}: subscription {sub_id} still subscribed after unsubscribe")
+            outcome.report.append(RecordReport(CONSENT, purpose, RecordAction.WITHDRAWN,
+                                               note=f"{name}: unsubscribed"))
+        outcome.counts = tally(outcome.report)
         return outcome
 
     # --- rectify -------------------------------------------------------------------------------------

@@ -18,7 +18,15 @@ from connectors.config import load_config, rectifiable_fields
 from dsr.config.profile import load_profile
 from dsr.config.settings import ConfigError, Settings
 from dsr.domain.aftercare import aftercare_id
-from dsr.domain.model import CANONICAL_FIELDS, LINK_ONLY_KINDS, AuditEvent, CodeLocked, OutsideAnswer, RequestKind
+from dsr.domain.model import (
+    CANONICAL_FIELDS,
+    LINK_ONLY_KINDS,
+    AuditEvent,
+    CodeLocked,
+    ConsentPurpose,
+    OutsideAnswer,
+    RequestKind,
+)
 from dsr.errors import ConfigurationError
 from dsr.mail.bundle import BundleStream, open_bundle
 from dsr.store import ObjectNotFound
@@ -27,7 +35,8 @@ from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
 from dsr.store.guards import AnswerThrottle, Guards
 from dsr.store.ledger import Ledger
-from dsr.store.links import DownloadLinks, IdentityLinks, StatusLinks
+from dsr.store.links import ConsentLinks, DownloadLinks, IdentityLinks, StatusLinks
+from dsr.store.suppressions import SuppressionList
 from dsr.store.tasks import OutsideTasks
 from intake.answers import AnswerResult, ExportFile, record_answer
 from intake.email.poller import Mailbox
@@ -36,6 +45,7 @@ from intake.service import IdentityOutcome, IntakeService, RateLimits, confirm_i
 from intake.web.answers import answers_router
 from intake.web.api import DeskSettings, api_router
 from intake.web.app import intake_app
+from intake.web.consent import consent_router, press_index
 from intake.web.form import form_router
 from intake.web.status import status_router, status_view
 from intake.web.verify import verify_router
@@ -189,6 +199,16 @@ def build_intake_app(
             default_language=language,
             public_path=public_path,
         ),
+        consent_router(
+            ConsentLinks(keyring),
+            service,
+            lambda: _consent_purposes(settings),
+            lambda email: set(SuppressionList(ledger).withdrawn(email)),
+            guards=guards,
+            press_key=press_index(ledger.subject_key),
+            default_language=language,
+            public_path=public_path,
+        ),
         form_router(
             service,
             # From the current key: rotates with the ring (forms are good for two hours; one opened before a
@@ -198,6 +218,7 @@ def build_intake_app(
             public_path=public_path,
             controller_name=company,
             rectifiable=_rectifiable(settings),
+            consent_purposes=lambda: _consent_purposes(settings),
         ),
         outside_answers_router(keyring, ledger, exports, client, default_language=language,
                                public_path=public_path),
@@ -217,6 +238,15 @@ def build_intake_app(
         timezone=settings.policy.timezone,
     )
     return app, service
+
+
+def _consent_purposes(settings: Settings) -> list[ConsentPurpose]:
+    """The profile's consent purposes, read at each press; a malformed profile offers none (config check says)."""
+    try:
+        profile = load_profile(settings.config_file)
+    except ConfigurationError:
+        return []
+    return profile.consent_purposes() if profile is not None else []
 
 
 async def run_mailbox(settings: Settings, keyring: KeyRing, ledger: Ledger, service: IntakeService,

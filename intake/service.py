@@ -274,7 +274,8 @@ class IntakeService:
             # A retried submission of a reserved id (mailbox, ticket): the request is this one, started or not.
             await self._start(request)
             return self._accepted(request)
-        if objection_scope(request.kind, request.scope) == ObjectionScope.MARKETING:
+        if (objection_scope(request.kind, request.scope) == ObjectionScope.MARKETING
+                or request.kind == RequestKind.CONSENT_WITHDRAWAL):  # the same for a withdrawal of consent
             # Never attached to an open objection to other processing, whose decision may take weeks: this one
             # is absolute and immediate. A repeated one is harmless (opt-outs and the suppression list are
             # idempotent), and the per-subject rate limit bounds them.

@@ -25,6 +25,7 @@ from dsr.domain.model import (
     CANONICAL_FIELDS,
     WORKFLOW_ID_PREFIX,
     Channel,
+    ConsentPurpose,
     DeadlineInput,
     IdentityMethod,
     Language,
@@ -75,6 +76,33 @@ class Submission:
     # application database's map may locate the subject by them too.
     customer_id: str = ""
     phone: str = ""
+    purposes: list[str] = field(default_factory=list)  # consent_withdrawal: profile keys; "all" or none: every one
+
+
+def consent_purposes(settings: Settings, asked: list[str], *, marketing_only: bool = False) -> list[ConsentPurpose]:
+    """The consent purposes of the controller profile a withdrawal names (``all``, or none named: every one;
+    ``marketing_only``: every marketing one), frozen into the request; raises :class:`SubmissionError`."""
+    from dsr.config.profile import load_profile  # read at each withdrawal: an edited dsr.toml is followed
+
+    profile = load_profile(settings.config_file)
+    known = profile.consent_purposes() if profile is not None else []
+    if not known:
+        raise SubmissionError("no purpose based on consent is configured (controller.purposes with "
+                              "legal_basis = \"consent\" and a key)")
+    wanted = {p.strip().lower() for p in asked if p.strip()}
+    if marketing_only:
+        chosen = [p for p in known if p.marketing]
+    elif not wanted or "all" in wanted:
+        chosen = known
+    else:
+        unknown = sorted(wanted - {p.key for p in known})
+        if unknown:
+            raise SubmissionError(f"purposes must be among {', '.join(p.key for p in known)} (or all); "
+                                  f"got {', '.join(repr(u[:40]) for u in unknown)}")
+        chosen = [p for p in known if p.key in wanted]
+    if not chosen:
+        raise SubmissionError("no such purpose to withdraw consent from")
+    return chosen
 
 
 def late_receipt_warning(deadline: date, today: date) -> str | None:
@@ -137,6 +165,9 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         raise SubmissionError("changes are only for rectification requests")
     if "email" in submission.changes and not is_valid_email(submission.changes["email"].strip()):
         raise SubmissionError("the new email is not a valid address")
+    if submission.purposes and kind != RequestKind.CONSENT_WITHDRAWAL:
+        raise SubmissionError("purposes are only for consent_withdrawal requests")
+    purposes = consent_purposes(settings, submission.purposes) if kind == RequestKind.CONSENT_WITHDRAWAL else []
     scope = ""
     if submission.scope.strip() and kind != RequestKind.OBJECTION:
         raise SubmissionError("scope is only for objection requests")
@@ -186,6 +217,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         in_reply_to=submission.in_reply_to,
         ticket=submission.ticket,
         scope=scope,
+        purposes=purposes,
     )
 
 
@@ -193,6 +225,7 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> Wo
     """Start the request's workflow, with its dashboard attributes set from the first instant."""
     from workflows.request import DataSubjectRequest
 
+    purposes = ", ".join(p.key for p in request.purposes)
     return await client.start_workflow(
         DataSubjectRequest.run,
         request,
@@ -200,7 +233,8 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> Wo
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        static_summary=f"{request.kind.value}{f' ({request.scope})' if request.scope else ''} · due "
+        static_summary=f"{request.kind.value}{f' ({request.scope})' if request.scope else ''}"
+                       f"{f' ({purposes})' if purposes else ''} · due "
                        f"{request.deadlines.normal.due.isoformat()}",
         search_attributes=TypedSearchAttributes(sa.dashboard(
             Stage.RECEIVED, request.channel, request.deadlines.normal.due, kind=request.kind, extended=False)),

@@ -117,6 +117,10 @@ first_name = "users.first_name"
 last_name = "users.last_name"
 phone = "users.phone"
 
+[connectors.marketing]                     # an objection to direct marketing: the subscription row is deleted
+table = "newsletter_subscriptions"
+email = "email"
+
 [[connectors.tables]]
 name = "users"
 erase = "delete"

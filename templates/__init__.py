@@ -52,6 +52,7 @@ CONTEXT_KEYS = frozenset({
     "connector", "error", "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
     "suspended", "suspended_on", "resumed_on", "document_reason", "status_url", "by_staff", "refused", "page", "wrong",
+    "consent_url",
 })
 """Every key a template may use; other keys are ignored."""
 
@@ -69,7 +70,7 @@ PRE_IDENTITY_TEMPLATES = frozenset({
 name given with the request (the workflow also leaves it out of every other notice until identity is confirmed)."""
 
 _MULTILINE_KEYS = frozenset({"reason", "error", "residuals"})
-_URL_KEYS = frozenset({"verify_url", "ui_url", "status_url"})
+_URL_KEYS = frozenset({"verify_url", "ui_url", "status_url", "consent_url"})
 _EMAIL_LIKE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -108,6 +109,7 @@ _KIND_WORDS = {
         RequestKind.ERASURE: "demande d'effacement de vos données personnelles (article 17 du RGPD)",
         RequestKind.PORTABILITY: "demande de portabilité de vos données personnelles (article 20 du RGPD)",
         RequestKind.OBJECTION: "opposition au traitement de vos données personnelles (article 21 du RGPD)",
+        RequestKind.CONSENT_WITHDRAWAL: "retrait du consentement (article 7, paragraphe 3, du RGPD)",
     },
     "en": {
         RequestKind.ACCESS: "request for access to your personal data (Article 15 GDPR)",
@@ -115,6 +117,7 @@ _KIND_WORDS = {
         RequestKind.ERASURE: "request to erase your personal data (Article 17 GDPR)",
         RequestKind.PORTABILITY: "request to receive your personal data in a portable format (Article 20 GDPR)",
         RequestKind.OBJECTION: "objection to the processing of your personal data (Article 21 GDPR)",
+        RequestKind.CONSENT_WITHDRAWAL: "withdrawal of your consent (Article 7(3) GDPR)",
     },
 }
 _KIND_SHORT = {
@@ -124,6 +127,7 @@ _KIND_SHORT = {
         RequestKind.ERASURE: "demande d'effacement",
         RequestKind.PORTABILITY: "demande de portabilité",
         RequestKind.OBJECTION: "opposition",
+        RequestKind.CONSENT_WITHDRAWAL: "retrait du consentement",
     },
     "en": {
         RequestKind.ACCESS: "access request",
@@ -131,6 +135,7 @@ _KIND_SHORT = {
         RequestKind.ERASURE: "erasure request",
         RequestKind.PORTABILITY: "portability request",
         RequestKind.OBJECTION: "objection",
+        RequestKind.CONSENT_WITHDRAWAL: "withdrawal of consent",
     },
 }
 _KIND_LABEL = {
@@ -140,6 +145,7 @@ _KIND_LABEL = {
         RequestKind.ERASURE: "Effacement (art. 17)",
         RequestKind.PORTABILITY: "Portabilité (art. 20)",
         RequestKind.OBJECTION: "Opposition (art. 21)",
+        RequestKind.CONSENT_WITHDRAWAL: "Retrait du consentement (art. 7(3))",
     },
     "en": {
         RequestKind.ACCESS: "Access (Art. 15)",
@@ -147,6 +153,7 @@ _KIND_LABEL = {
         RequestKind.ERASURE: "Erasure (Art. 17)",
         RequestKind.PORTABILITY: "Portability (Art. 20)",
         RequestKind.OBJECTION: "Objection (Art. 21)",
+        RequestKind.CONSENT_WITHDRAWAL: "Withdrawal of consent (Art. 7(3))",
     },
 }
 _STAGE_WORDS = {

@@ -78,7 +78,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
     from workflows import search_attributes as sa
-from workflows import details, objection
+from workflows import consent, details, objection
 from workflows.aftercare import RequestAftercare
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.cancellation import shielded_from_cancellation
@@ -215,6 +215,8 @@ class DataSubjectRequest:
         self._decision: ObjectionDecision | None = None
         self._awaiting_decision = False
         self._suppressed_until: datetime | None = None
+        # Withdrawals of consent (workflows/consent.py): the purposes an earlier request had already withdrawn.
+        self._consent_earlier: list[str] = []
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -271,6 +273,11 @@ class DataSubjectRequest:
             # campaigns go on meanwhile. Nothing is disclosed (the reply lists opt-outs, no data), and the subject
             # is greeted without the name, as before any confirmation.
             await self._audit("identity_not_required", details={"why": "objection to direct marketing"})
+            return True
+        if consent.is_consent_withdrawal(self):
+            # Art. 7(3): as easy to withdraw as to give; consent is given with an address, so control of the address
+            # (the request came from it) is all that is asked. Nothing is disclosed; no name in the greeting.
+            await self._audit("identity_not_required", details={"why": "withdrawal of consent"})
             return True
         policy = self._request.policy
         self._set_stage(Stage.AWAITING_IDENTITY)
@@ -351,6 +358,9 @@ class DataSubjectRequest:
         if self._request.kind == RequestKind.OBJECTION:
             await objection.carry_out(self)
             return
+        if self._request.kind == RequestKind.CONSENT_WITHDRAWAL:
+            await consent.carry_out(self)
+            return
         self._set_stage(Stage.PROCESSING)
         await self._audit("processing", stage=Stage.PROCESSING)
         # One subject, one thing at a time: the fan-out and the reply run only while this request holds the
@@ -394,6 +404,10 @@ class DataSubjectRequest:
             PlanInput(kind=self._request.kind),
             **summarised(PLAN, f"plan {self._request.kind.value}"),
         )
+        if consent.is_consent_withdrawal(self):
+            # Systems reached by a person (processor, manual) take no part: their emails speak of the four kinds.
+            plan = dataclasses.replace(plan, outside=[], connectors=[
+                n for n in consent.mapped(self, plan.connectors) if n not in plan.outside])
         for name in plan.connectors:
             self._progress.setdefault(name, ConnectorProgress(connector=name))
         self._outside = set(plan.outside)
@@ -509,6 +523,8 @@ class DataSubjectRequest:
             decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
             grounds=self._decision.grounds if self._decision else "",
             suppressed_until=self._suppressed_until.date() if self._suppressed_until else None,
+            purposes=list(self._request.purposes),
+            consent_earlier=list(self._consent_earlier),
             key="final-reply",
         )
         while True:
@@ -617,6 +633,7 @@ class DataSubjectRequest:
             kind=self._request.kind,
             subject=self._request.subject,
             changes=self._request.changes,
+            consent=consent.actions_for(self, connector),
             resume=self._cursors.get(connector) if schedule else None,
             schedule=schedule,
         )
@@ -1239,6 +1256,7 @@ class DataSubjectRequest:
             scope=self._request.scope,
             awaiting_decision=self._awaiting_decision,
             decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
+            purposes=[purpose.key for purpose in self._request.purposes],
             aftercare=self._aftercare,
             cancellation_refused=self._cancellation_refused,
         )
@@ -1434,6 +1452,8 @@ class DataSubjectRequest:
         identity = IdentityMethod(self._request.policy.identity).value
         if objection.is_marketing_objection(self):
             identity = "none"  # no check is asked: see _verify_identity
+        elif consent.is_consent_withdrawal(self):
+            identity = "consent"  # none either, and said with its own reason (Art. 7(3))
         context = {"identity": identity}
         if workflow.now() >= self._deadline.overdue_at:
             context["late"] = "yes"

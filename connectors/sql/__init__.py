@@ -35,6 +35,7 @@ from sqlalchemy import (
     Engine,
     Select,
     String,
+    and_,
     bindparam,
     cast,
     column,
@@ -53,6 +54,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from sqlalchemy.sql.expression import TableClause
 
 from connectors.base import (
+    CONSENT,
     ConnectorError,
     DatasetWriter,
     ExportJob,
@@ -62,10 +64,19 @@ from connectors.base import (
     OperationJob,
     PermanentConnectorError,
     TransientConnectorError,
+    no_marketing_control,
     tally,
 )
 from connectors.sql.map import MODIFYING, SqlMap, Table
-from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
+from dsr.domain.model import (
+    ConnectorOutcome,
+    ConsentAction,
+    DatasetSummary,
+    RecordAction,
+    RecordReport,
+    RequestKind,
+    Subject,
+)
 
 CURSOR_VERSION = 1
 HASH_LENGTH = 64
@@ -213,6 +224,7 @@ class SqlConnector:
         hash_key: str = "",
         kinds: frozenset[RequestKind] = frozenset(RequestKind),
         batch_size: int = 500,
+        marketing: ConsentAction | None = None,
     ) -> None:
         if sql_map.uses_hash and not hash_key:
             raise ValueError(f"connector {name}: a column is hashed but no hash key was given")
@@ -221,6 +233,7 @@ class SqlConnector:
         self.map = sql_map
         self._hash_key = hash_key
         self._batch = batch_size
+        self.marketing = marketing  # [connectors.marketing]: how an objection to direct marketing stops it here
         try:
             target = engine_url(url)
             connect_args = {"check_same_thread": False} if target.startswith("sqlite") else {}
@@ -596,6 +609,47 @@ class SqlConnector:
         return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,
                                 report=report)
 
+    # --- objection to direct marketing, withdrawal of consent ----------------------------------------------
+
+    async def stop_marketing(self, job: OperationJob) -> ConnectorOutcome:
+        """Art. 21(3): the map's ``[connectors.marketing]`` action (rows deleted, or given values), verified by
+        reading again; without one, a residual line for the operator, as for a system with no opt-out."""
+        if self.marketing is None:
+            return no_marketing_control(self.name)
+        line = await self._db("stop marketing", self._switch_off, self.marketing, job.subject.email, "marketing")
+        return ConnectorOutcome(connector=self.name, found=1, report=[line], counts=tally([line]))
+
+    async def withdraw_consent(self, job: OperationJob) -> ConnectorOutcome:
+        """Art. 7(3): each purpose's table action from the controller profile, verified by reading again."""
+        report = [await self._db("withdraw consent", self._switch_off, action, job.subject.email, CONSENT)
+                  for action in job.consent]
+        return ConnectorOutcome(connector=self.name, found=len(report), report=report, counts=tally(report))
+
+    def _switch_off(self, action: ConsentAction, email: str, dataset: str) -> RecordReport:
+        """Delete the rows of ``action.table`` holding the address (any case), or write ``action.set_values`` into
+        them, in one transaction; then count what still holds the address un-switched: anything left is an
+        error, never a success. No row, or rows already switched: ``unchanged``."""
+        values = {name: _typed(value) for name, value in action.set_values.items()}
+        clause = table(action.table, column(action.email_column), *(column(name) for name in values))
+        mine = func.lower(clause.c[action.email_column]) == email.strip().lower()
+        pending = mine if not values else mine & ~and_(*(clause.c[n] == v for n, v in values.items()))
+        what = "deleted" if not values else "set " + ", ".join(f"{n} = {action.set_values[n]}" for n in values)
+        with self._engine.begin() as conn:
+            count = conn.execute(select(func.count()).select_from(clause).where(pending)).scalar_one()
+            if count:
+                conn.execute(delete(clause).where(mine) if not values else update(clause).where(mine).values(values))
+        with self._engine.connect() as conn:
+            left = conn.execute(select(func.count()).select_from(clause).where(pending)).scalar_one()
+        if left:
+            raise PermanentConnectorError(f"{self.name}: {left} row(s) of {action.table} still hold the address "
+                                          f"after the {dataset} action")
+        record = action.purpose or dataset
+        if not count:
+            return RecordReport(dataset, record, RecordAction.UNCHANGED,
+                                note=f"{action.table}: no row to change (already done, or never held)")
+        return RecordReport(dataset, record, RecordAction.WITHDRAWN if dataset == CONSENT
+                            else RecordAction.UNSUBSCRIBED, note=f"{action.table}: {count} row(s) {what}")
+
     # --- the rest ---------------------------------------------------------------------------------------
 
     def _check(self) -> str:
@@ -638,6 +692,16 @@ class SqlConnector:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._engine.dispose)
+
+
+def _typed(value: str) -> Any:
+    """A ``set`` value of the map as the database expects it: true/false as booleans, integers as integers."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if re.fullmatch(r"-?\d{1,18}", value.strip()):
+        return int(value)
+    return value
 
 
 def _python_type(kind: Any) -> type | None:

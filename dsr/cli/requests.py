@@ -62,6 +62,9 @@ async def submit(
                               "locate them by it too.")] = "",
     phone: Annotated[str, typer.Option(
         help="The subject's telephone number, as checked by staff: compared by its digits (+33 6…, 06…).")] = "",
+    purpose: Annotated[list[str] | None, typer.Option(
+        help="Withdrawal of consent: a purpose's key from the controller profile (repeatable; default: all).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
@@ -78,7 +81,8 @@ async def submit(
     settings = Settings.from_env()
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                             received_at=_parse_received(received), changes=parse_changes(change or []),
-                            scope=scope, customer_id=customer_id, phone=phone)
+                            scope=scope, customer_id=customer_id, phone=phone,
+                            purposes=list(purpose or []))
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings
@@ -150,6 +154,7 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
                    f"{state.request_id}`)")
     else:
         typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({state.scope})" if state.scope else "")
+                   + (f" ({', '.join(state.purposes)})" if state.purposes else "")
                    + f"  {state.stage.value}" + (f" ({state.outcome.value})" if state.outcome else "")
                    + (f", objection {state.decision}" if state.decision else ""))
     typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"

@@ -55,7 +55,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dsr.domain.model import Language, is_valid_email
+from dsr.domain.model import ConsentAction, ConsentPurpose, Language, is_valid_email
 from dsr.errors import ConfigurationError
 
 __all__ = [
@@ -69,6 +69,8 @@ __all__ = [
     "Purpose",
     "Recipient",
     "SupervisoryAuthority",
+    "Withdrawal",
+    "check_consent",
     "check_profile",
     "is_third_country",
     "load_profile",
@@ -195,10 +197,54 @@ class Recipient(BaseModel):
                                    description="e.g. 'EU-US Data Privacy Framework' or 'SCC 2021/914'.")
 
 
+_KEY = r"^[a-z][a-z0-9_]{0,39}$"
+_SQL_IDENT = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
+
+
+class Withdrawal(BaseModel):
+    """What withdrawing consent to a purpose means in one connected system (Art. 7(3)); exactly one way:
+
+    * ``subscriptions``: HubSpot subscription types (ids or names) the address is unsubscribed from;
+    * ``table`` (+ ``email``, the column holding the address): an sql connector deletes those rows, or, with
+      ``set``, writes those values into them (``{ marketing_opt_in = "false" }``);
+    * ``residual``: the system offers nothing the engine can switch: a line for the operator, followed up."""
+
+    model_config = ConfigDict(extra="forbid")
+    subscriptions: list[str] = Field(default_factory=list)
+    table: str = Field(default="", pattern=rf"^$|{_SQL_IDENT}")
+    email: str = Field(default="email", pattern=_SQL_IDENT)
+    set: dict[str, str] = Field(default_factory=dict)
+    residual: Text = Field(default_factory=Localized)
+
+    @field_validator("set")
+    @classmethod
+    def _columns(cls, value: dict[str, str]) -> dict[str, str]:
+        for column in value:
+            if not re.fullmatch(_SQL_IDENT, column):
+                raise ValueError(f"{column!r} is not a column name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Withdrawal:
+        ways = [bool(self.subscriptions), bool(self.table), bool(self.residual)]
+        if sum(ways) != 1:
+            raise ValueError("name exactly one of subscriptions, table or residual")
+        if self.set and not self.table:
+            raise ValueError("set needs a table")
+        return self
+
+
 class Purpose(BaseModel):
     """One processing purpose and what Art. 15(1) says about it."""
 
     model_config = ConfigDict(extra="forbid")
+    key: str = Field(default="", pattern=rf"^$|{_KEY}",
+                     description="A stable name (newsletter): how requests, links and the ledger name a consent "
+                                 "purpose.")
+    marketing: bool = Field(default=False, description="Direct marketing: withdrawn by the one-click "
+                                                       "List-Unsubscribe of our emails (RFC 8058).")
+    withdrawal: dict[str, Withdrawal] = Field(
+        default_factory=dict, description="Connector name -> what withdrawing consent means there (Art. 7(3)).")
     name: Text = Field(default_factory=Localized, description="Art. 15(1)(a).")
     categories: TextList = Field(default_factory=list, description="Art. 15(1)(b).")
     legal_basis: LegalBasis | None = Field(default=None, description="Art. 6(1).")
@@ -356,6 +402,25 @@ class ControllerProfile(BaseModel):
         label = self.systems.get(connector)
         return label.text(language) if label else connector
 
+    def consent_purposes(self) -> list[ConsentPurpose]:
+        """Every purpose based on consent that has a key, as requests freeze it (profile order)."""
+        return [ConsentPurpose(
+            key=p.key, name_fr=p.name.text("fr"), name_en=p.name.text("en"), marketing=p.marketing,
+            actions={connector: ConsentAction(
+                purpose=p.key, subscriptions=list(w.subscriptions), table=w.table, email_column=w.email,
+                set_values=dict(w.set), residual=w.residual.text("en")) for connector, w in p.withdrawal.items()},
+        ) for p in self.purposes if p.legal_basis == "consent" and p.key]
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> ControllerProfile:
+        seen: set[str] = set()
+        for i, purpose in enumerate(self.purposes):
+            if purpose.key in seen:
+                raise ValueError(f"purposes[{i}].key: {purpose.key!r} names two purposes")
+            if purpose.key:
+                seen.add(purpose.key)
+        return self
+
 
 # --- reading ------------------------------------------------------------------------------------------
 
@@ -449,3 +514,28 @@ def check_profile(profile: ControllerProfile | None) -> list[str]:
         need(purpose.automated_decisions is not None, f"{at}.automated_decisions",
              'Art. 15(1)(h); write "none" when there is none')
     return missing
+
+
+def check_consent(profile: ControllerProfile | None, connectors: list[str]) -> list[str]:
+    """What a withdrawal of consent (Art. 7(3)) could not carry out: a consent purpose without a key (it cannot be
+    named), or without a mapping to any system, or mapped to a connector that is not configured. A connector a
+    purpose does not map takes no part in its withdrawal (the purpose does not use that system)."""
+    if profile is None:
+        return []
+    problems: list[str] = []
+    for i, purpose in enumerate(profile.purposes):
+        at = f"controller.purposes[{i}]"
+        if purpose.legal_basis != "consent":
+            if purpose.withdrawal or purpose.marketing:
+                problems.append(f"{at}: withdrawal and marketing are only for legal_basis = \"consent\"")
+            continue
+        if not purpose.key:
+            problems.append(f"{at}.key: missing (a consent purpose needs a key to be withdrawn: newsletter...)")
+            continue
+        if not purpose.withdrawal:
+            problems.append(f"{at}.withdrawal: missing: withdrawing consent to {purpose.key!r} changes no system "
+                            "(map each connector: subscriptions, table or residual)")
+        for connector in sorted(purpose.withdrawal):
+            if connector not in connectors:
+                problems.append(f"{at}.withdrawal.{connector}: no connector of that name")
+    return problems

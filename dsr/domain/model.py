@@ -30,6 +30,7 @@ class RequestKind(StrEnum):
     ERASURE = "erasure"
     PORTABILITY = "portability"
     OBJECTION = "objection"
+    CONSENT_WITHDRAWAL = "consent_withdrawal"
 
 
 class ObjectionScope(StrEnum):
@@ -254,6 +255,7 @@ class RequestInput:
     ticket: str | None = None  # support-desk ticket ("zendesk:4521"); shown to staff, quoted in replies
     subject_key: str = ""  # blind index of the subject's email (set at intake): names their queue; "" = none
     scope: str = ""  # objection: an ObjectionScope value ("" for other kinds)
+    purposes: list[ConsentPurpose] = field(default_factory=list)  # consent_withdrawal: frozen from the profile
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------
@@ -387,6 +389,46 @@ class ObjectionDecision:
 
 
 @dataclass
+class ConsentAction:
+    """What withdrawing consent to one purpose means in one system, as the controller profile maps it
+    (``[controller.purposes.withdrawal]``), frozen into the request when it starts. Exactly one way is set:
+    ``subscriptions`` (HubSpot: subscription type ids or names to unsubscribe the address from), ``table``
+    (sql: the rows of ``table`` whose ``email_column`` is the address are deleted, or get ``set_values``),
+    or ``residual`` (a line for the operator: the system offers no switch the engine can turn)."""
+
+    purpose: str = ""  # the purpose's key
+    subscriptions: list[str] = field(default_factory=list)
+    table: str = ""
+    email_column: str = "email"
+    set_values: dict[str, str] = field(default_factory=dict)  # empty: delete the rows
+    residual: str = ""
+
+
+@dataclass
+class ConsentPurpose:
+    """A processing purpose based on consent (Art. 6(1)(a)) whose consent is withdrawn (Art. 7(3))."""
+
+    key: str  # stable, from the profile (``newsletter``): in links, the API, the CLI and the ledger
+    name_fr: str = ""
+    name_en: str = ""
+    marketing: bool = False  # direct marketing: withdrawn by the one-click List-Unsubscribe POST (RFC 8058)
+    actions: dict[str, ConsentAction] = field(default_factory=dict)  # connector name -> its action
+
+    def name(self, language: str) -> str:
+        return (self.name_en if language == "en" else self.name_fr) or self.name_fr or self.name_en or self.key
+
+
+@dataclass
+class ConsentRecord:
+    """Input of the ``record_consent_withdrawal`` activity: the purposes the subject withdrew consent to, kept
+    as the blind index of the address only (like the suppression list), surviving a later erasure."""
+
+    request_id: str
+    subject: Subject
+    purposes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Suppression:
     """Input of the ``suppress_marketing`` activity: put the subject on the suppression list."""
 
@@ -459,6 +501,7 @@ class ConnectorTask:
     kind: RequestKind
     subject: Subject
     changes: dict[str, str] = field(default_factory=dict)
+    consent: list[ConsentAction] = field(default_factory=list)  # consent_withdrawal: this system's actions
     resume: dict[str, Any] | None = None  # the checkpoint a fresh schedule starts from (a progressed failure)
     schedule: int = 0
     """The workflow's number for this schedule of the connector; 0 = a task no workflow watches (the activity
@@ -490,6 +533,7 @@ class RecordAction(StrEnum):
     UNCHANGED = "unchanged"  # rectification already applied (idempotent)
     RESIDUAL = "residual"  # could not be cleared through the API (told to the subject)
     UNSUBSCRIBED = "unsubscribed"  # objection to marketing: the subscription is ended in the system
+    WITHDRAWN = "withdrawn"  # consent withdrawn: the system no longer processes the data for that purpose
 
 
 @dataclass
@@ -701,6 +745,8 @@ class ReplyInput:
     decision: str = ""  # objection (other): "upheld" or "rejected"
     grounds: str = ""  # a rejected objection: the compelling legitimate grounds, told to the subject
     suppressed_until: date | None = None  # a marketing objection: how long the suppression list remembers it
+    purposes: list[ConsentPurpose] = field(default_factory=list)  # consent_withdrawal: the purposes withdrawn
+    consent_earlier: list[str] = field(default_factory=list)  # of those, the ones an earlier request withdrew
     # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
     # so both send one Message-ID. "": the activity's id (histories from before it).
     key: str = ""
@@ -753,6 +799,7 @@ class RequestStatus:
     scope: str = ""  # objection: marketing or other
     awaiting_decision: bool = False  # an objection (21(1)) waits for ``dsr decide``
     decision: str = ""  # "upheld" or "rejected", once decided
+    purposes: list[str] = field(default_factory=list)  # consent_withdrawal: the keys of the purposes withdrawn
     # The end of the request: the aftercare workflow that follows the link and residual data once it is answered;
     # why a cancellation from the Temporal UI was refused; what Temporal says of a run that ended without closing
     # the request (``terminated``: filled in by ``dsr status``, never by the workflow, which cannot see it).

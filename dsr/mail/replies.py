@@ -29,10 +29,12 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from connectors.base import CONSENT as CONSENT_DATASET
 from dsr.config.profile import ControllerProfile, Localized, SupervisoryAuthority, check_profile, is_third_country
 from dsr.domain.model import (
     AnswerStatus,
     ConnectorOutcome,
+    ConsentPurpose,
     Language,
     RecordAction,
     RecordReport,
@@ -52,6 +54,7 @@ class ReplyKind(StrEnum):
     ERASURE = "reply_erasure"
     RECTIFICATION = "reply_rectification"
     OBJECTION = "reply_objection"
+    CONSENT_WITHDRAWAL = "reply_consent_withdrawal"
     NO_DATA = "reply_no_data"
     ART19_NOTICE = "art19_notice"
 
@@ -62,6 +65,7 @@ _REQUEST_KIND = {
     ReplyKind.ERASURE: RequestKind.ERASURE,
     ReplyKind.RECTIFICATION: RequestKind.RECTIFICATION,
     ReplyKind.OBJECTION: RequestKind.OBJECTION,
+    ReplyKind.CONSENT_WITHDRAWAL: RequestKind.CONSENT_WITHDRAWAL,
 }
 
 
@@ -97,6 +101,9 @@ class ReplyContext:
     decision: str = ""  # reply_objection (other): "upheld" or "rejected"
     grounds: str = ""  # a rejected objection: the compelling legitimate grounds (Art. 21(1)), in the operator's words
     suppressed_until: date | None = None  # a marketing objection: the suppression list's entry ends then
+    consent_purposes: list[ConsentPurpose] = field(default_factory=list)  # reply_consent_withdrawal: withdrawn
+    consent_earlier: list[str] = field(default_factory=list)  # of those, the keys an earlier request withdrew
+    consent_url: str = ""  # the subject's one-click withdrawal link (/consent/{token}), in every reply's footer
 
 
 # --- words per language ---------------------------------------------------------------------------------
@@ -431,6 +438,21 @@ def _objection_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[
     }
 
 
+def _consent_system(outcome: ConnectorOutcome, label: str, names: dict[str, str]) -> dict[str, Any]:
+    """What one system did on a withdrawal of consent, per purpose: withdrawn now, already not processed there,
+    or by hand (our team; a residual line followed up until done)."""
+    status: dict[str, str] = {}
+    for line in outcome.report:
+        if line.dataset != CONSENT_DATASET:
+            continue
+        now = {RecordAction.WITHDRAWN: "withdrawn", RecordAction.RESIDUAL: "by_hand"}.get(line.action, "already")
+        rank = ("already", "withdrawn", "by_hand")
+        if rank.index(now) >= rank.index(status.get(line.record_id, "already")):
+            status[line.record_id] = now
+    return {"label": label, "lines": [{"purpose": _s(names.get(key, key)), "status": value}
+                                      for key, value in status.items()]}
+
+
 def _changed_fields(systems: list[ConnectorOutcome], lang: str) -> list[str]:
     fields = sorted({f for o in systems for line in o.report if line.action == RecordAction.CHANGED
                      for f in line.fields})
@@ -483,6 +505,7 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         "link_expires": _iso(context.link_expires),
         "recipients_notified": [n for n in (_s(r) for r in context.recipients_notified) if n],
         "other_systems": _other_systems(profile, lang),
+        "consent_url": context.consent_url if _is_http_url(context.consent_url) else "",
     }
     pairs = list(zip(context.systems, labels, strict=True))
     if kind == ReplyKind.ACCESS:
@@ -510,6 +533,14 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         values["suppressed_until"] = _iso(context.suppressed_until)
         values["systems"] = [_objection_system(o, label, lang) for o, label in pairs]
         values["by_hand"] = any(s["by_hand"] for s in values["systems"])
+    elif kind == ReplyKind.CONSENT_WITHDRAWAL:
+        if not context.consent_purposes:
+            raise ValueError("a withdrawal of consent is answered with the purposes withdrawn")
+        names = {p.key: p.name(lang) for p in context.consent_purposes}
+        values["withdrawn"] = [{"name": _s(p.name(lang)), "earlier": p.key in context.consent_earlier}
+                               for p in context.consent_purposes]
+        values["systems"] = [_consent_system(o, label, names) for o, label in pairs]
+        values["by_hand"] = any(line["status"] == "by_hand" for s in values["systems"] for line in s["lines"])
     elif kind == ReplyKind.ART19_NOTICE:
         values["subject_email"] = _s(context.subject_email)
         values["recipient_name"] = _s(context.recipient_name)

@@ -94,6 +94,7 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "connector degraded": connectors_degraded(),
         "objections under way": of_kind(RequestKind.OBJECTION),
         "objections to decide": decisions_needed(),
+        "withdrawals of consent under way": of_kind(RequestKind.CONSENT_WITHDRAWAL),
         "ended by hand": ended_by_hand(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"

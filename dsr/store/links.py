@@ -72,6 +72,7 @@ __all__ = [
     "CODE_ALPHABET",
     "CODE_LENGTH",
     "DEFAULT_LINK_TTL",
+    "ConsentLinks",
     "DownloadLink",
     "DownloadLinks",
     "ExpiredLink",
@@ -419,3 +420,48 @@ class StatusLinks(DownloadLinks):
 
     def status_url(self, public_url: str, token: str) -> str:
         return f"{public_url.rstrip('/')}/status/{quote(token, safe='')}"
+
+
+CONSENT_LINK_TTL = timedelta(days=400)
+"""How long the consent link of an email works: well beyond any request, so an old email still withdraws."""
+
+
+class ConsentLinks(DownloadLinks):
+    """The subject's one-click link to withdraw consent (``/consent/{token}``, and the ``List-Unsubscribe`` URI of
+    RFC 8058), in every email the engine sends to a subject.
+
+    A family of its own (``consent-link``). The token seals the address and the language of the email, encrypted
+    and signed like every link: only this engine's key ring opens it, and holding it proves what Art. 7(3) asks,
+    control of the address it was sent to. It names no request: it works after the request is forgotten."""
+
+    __slots__ = ()
+
+    def __init__(self, keyring: KeyRing, *, ttl: timedelta = CONSENT_LINK_TTL) -> None:
+        super().__init__(keyring, ttl=ttl, purpose="consent-link")
+
+    def issue_for(self, email: str, language: str, *, now: datetime) -> str:
+        """A token for ``email`` (kept as given, compared case-insensitively later) valid ``ttl`` from ``now``."""
+        expires = int((_aware(now, "now") + self._ttl).timestamp())
+        header = _EXPIRY.pack(expires)
+        nonce = os.urandom(_NONCE)
+        keys = self._keys[self._current]
+        plain = _b64url(f"{language}\x00{email}".encode()).encode("ascii")
+        sealed = keys.aead.encrypt(nonce, plain, self._aad(header))
+        signed = f"{LINK_VERSION}.{self._current}.{_b64url(header + nonce + sealed)}"
+        return f"{signed}.{_b64url(self._mac(keys, signed))}"
+
+    def open(self, token: str, *, now: datetime) -> tuple[str, str]:
+        """``(email, language)`` of a token; raises :class:`TamperedLink` or :class:`ExpiredLink`."""
+        payload, expires_at = self._open(token)
+        if _aware(now, "now") >= expires_at:
+            raise ExpiredLink("this link has expired")
+        try:
+            language, _, email = _unb64url(payload).decode("utf-8").partition("\x00")
+        except (binascii.Error, ValueError):
+            raise TamperedLink("this link is not valid") from None
+        if not email:
+            raise TamperedLink("this link is not valid")
+        return email, language
+
+    def consent_url(self, public_url: str, token: str) -> str:
+        return f"{public_url.rstrip('/')}/consent/{quote(token, safe='')}"

@@ -35,6 +35,18 @@ class SuppressionRow(SQLModel, table=True):
     until: datetime = Field(sa_type=UTCDateTime, index=True)  # then the entry is purged
 
 
+class ConsentWithdrawalRow(SQLModel, table=True):
+    """One purpose an address withdrew its consent to (Art. 7(3)), as the address's blind index only. Like the
+    suppression list it outlives an erasure: it is what keeps a later import or sync from treating the person as
+    consenting again, and it holds nothing that identifies them without the key."""
+
+    __tablename__ = "consent_withdrawals"
+
+    subject_index: str = Field(primary_key=True, sa_type=String(128))
+    purpose: str = Field(primary_key=True, sa_type=String(40))  # the profile's key, e.g. newsletter
+    withdrawn_at: datetime = Field(sa_type=UTCDateTime)  # the first withdrawal
+
+
 @dataclass(frozen=True)
 class SuppressionEntry:
     """What may be shown of an entry: its dates (never the index, which a key holder could test addresses with)."""
@@ -93,6 +105,29 @@ class SuppressionList:
     def is_suppressed(self, email: str, *, now: datetime | None = None) -> bool:
         """Whether marketing must not reach this address (any case): for connectors, exports and campaign tools."""
         return self.entry(email, now=now) is not None
+
+    def withdraw(self, email: str, purposes: list[str], *, now: datetime) -> dict[str, datetime]:
+        """Record the address's withdrawal of consent to ``purposes``; idempotent (a purpose already withdrawn keeps
+        its first date). Answers each purpose's date."""
+        index = self._ledger.subject_key(email)
+        out: dict[str, datetime] = {}
+        with self._session(write=True) as session:
+            for purpose in sorted(set(purposes)):
+                row = session.get(ConsentWithdrawalRow, (index, purpose))
+                if row is None:
+                    row = ConsentWithdrawalRow(subject_index=index, purpose=purpose, withdrawn_at=now.astimezone(UTC))
+                    session.add(row)
+                    session.flush()
+                out[purpose] = row.withdrawn_at
+        return out
+
+    def withdrawn(self, email: str) -> dict[str, datetime]:
+        """The purposes the address withdrew its consent to, with their dates (for the one-click page and
+        connectors: "already withdrawn")."""
+        with self._session(write=False) as session:
+            rows = session.exec(select(ConsentWithdrawalRow).where(
+                col(ConsentWithdrawalRow.subject_index) == self._ledger.subject_key(email))).all()
+            return {row.purpose: row.withdrawn_at for row in rows}
 
     def entries(self, *, now: datetime | None = None) -> list[SuppressionEntry]:
         """Every current entry's dates, oldest first (for ``dsr suppression list``)."""

@@ -235,9 +235,17 @@ PATTERNS: dict[RequestKind, tuple[_Pattern, ...]] = {
     ),
 }
 
+# A withdrawal of consent (Art. 7(3)): the kind consent_withdrawal (every consent purpose of the profile), unless
+# another kind is clearly asked too (two requests: a person sorts it out). An opt-out without the word consent
+# ("désabonnez-moi", "STOP") stays a marketing objection, which also stops every marketing and is remembered.
+CONSENT_WITHDRAWAL = re.compile(
+    r"\b(?:retir\w*|retrait|revoqu\w*|revocation)\b.{0,20}\bconsentement\b|"
+    r"\b(?:withdraw\w*|revok\w*|revocation of|retract\w*)\b.{0,20}\bconsent\b|"
+    r"\bart(?:icle|\.)?\s*7\s*\(?3\)?")
+
 # A message about someone who died goes to triage, whatever else it says: the sender is not the data subject
-# (French law gives heirs and post-mortem directives their own rules, art. 85 loi 78-17). So does a withdrawal
-# of consent (Art. 7(3)), a right the engine has no kind for yet. Either is checked before anything else.
+# (French law gives heirs and post-mortem directives their own rules, art. 85 loi 78-17). It is checked before
+# anything else, the withdrawal of consent next.
 OUT_OF_SCOPE: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("about a deceased person", re.compile(
         r"\bdecede\w*|\bdeces\b|\bdefunte?s?\b|\bfeue?\b|\bnous a quitte\w*|\bsuccession\b|\bheritiers?\b|"
@@ -245,10 +253,7 @@ OUT_OF_SCOPE: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"\bpassed away\b|\bdeceased\b|\bdied\b|\b(?:his|her|their|the) death\b|\bdeath certificate\b|"
         r"\blate (?:husband|wife|father|mother|dad|mum|mom|son|daughter|brother|sister|partner|uncle|aunt|"
         r"grandfather|grandmother)\b|\bbereave\w*|\bexecutor\b|\bestate of\b|\bnext of kin\b")),
-    ("withdrawal of consent", re.compile(
-        r"\b(?:retir\w*|retrait|revoqu\w*|revocation)\b.{0,20}\bconsentement\b|"
-        r"\b(?:withdraw\w*|revok\w*|revocation of|retract\w*)\b.{0,20}\bconsent\b|"
-        r"\bart(?:icle|\.)?\s*7\s*\(?3\)?")),
+    ("withdrawal of consent", CONSENT_WITHDRAWAL),
 )
 
 # An objection (Art. 21) or a marketing opt-out: stop, not delete. It is the request whether or not it is
@@ -442,6 +447,15 @@ def _confidence(top: float, runner_up: float) -> float:
     return round(strength * (top - runner_up) / top, 3) if top > 0 else 0.0
 
 
+def _consent_withdrawal(language: Language | None, evidence: dict[RequestKind, _Evidence]) -> Classification:
+    """A withdrawal of consent, unless another kind is clearly asked too (then triage: two requests)."""
+    asked = [kind for kind, found in evidence.items() if found.specific_score >= THRESHOLD]
+    if asked:
+        return Classification(None, language, 0.0, f"unsure: withdrawal of consent and {asked[0].value} both asked")
+    return Classification(RequestKind.CONSENT_WITHDRAWAL, language, 0.5, "consent_withdrawal: 'retirer/withdraw "
+                                                                         "consent'")
+
+
 def _objection(subject_text: str, body_text: str, language: Language | None,
                evidence: dict[RequestKind, _Evidence]) -> Classification:
     """An objection, unless another kind is clearly asked too (then triage: two requests)."""
@@ -507,6 +521,8 @@ def classify(subject: str, body: str) -> Classification:
     # Checked on the subject too (even a reply's: "Re: ... désinscription" is still about an opt-out).
     for label, regex in OUT_OF_SCOPE:
         if regex.search(subject_text) or regex.search(body_text):
+            if regex is CONSENT_WITHDRAWAL:
+                return _consent_withdrawal(language, evidence)
             return Classification(None, language, 0.0, f"unsure: {label}")
     if OBJECTION.search(subject_text) or OBJECTION.search(body_text):
         if OPT_OUT_FOOTER.search(body_text):

@@ -22,7 +22,8 @@ Support desks
 
   The kind comes from a ``kind`` field (a custom ticket field placeholder) or from exactly one tag
   ``dsr_access``, ``dsr_rectification``, ``dsr_erasure``, ``dsr_portability`` or ``dsr_objection`` (with the
-  tag ``dsr_marketing`` an objection is to direct marketing; without it, to other processing).
+  tag ``dsr_marketing`` an objection is to direct marketing; without it, to other processing), or
+  ``dsr_consent_withdrawal`` (every purpose based on consent).
 * **Any other desk** (``POST /webhooks/ticket``): ``X-DSR-Timestamp`` (Unix seconds) and
   ``X-DSR-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``; body
   ``{"desk", "ticket_id", "email", "name", "kind", "scope", "language", "details", "authenticated"}``.
@@ -108,6 +109,9 @@ class RequestBody(BaseModel):
     scope: ObjectionScope | None = Field(
         default=None, description="Objection: marketing (direct marketing, stopped at once) or other (the default: "
                                   "processing on legitimate interests, decided by the controller).")
+    purposes: Annotated[list[Annotated[str, Field(max_length=40)]], Field(
+        max_length=20, description="Withdrawal of consent: the purposes' keys of the controller profile "
+                                   "(newsletter...); none or \"all\": every purpose based on consent.")] = []
     received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
@@ -156,6 +160,7 @@ class TicketBody(BaseModel):
     name: Annotated[str, Field(max_length=MAX_NAME)] = ""
     kind: RequestKind
     scope: ObjectionScope | None = None
+    purposes: Annotated[list[Annotated[str, Field(max_length=40)]], Field(max_length=20)] = []
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
@@ -264,7 +269,8 @@ def api_router(
             # "cannot rectify iban", "the new email is not...": the changes; "received time...": received_at.
             fields = {"received": "received_at", "cannot": "changes", "the": "changes",
                       "customer_id": "identifiers", "phone": "identifiers",
-                      **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope")}}
+                      **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope",
+                                    "purposes")}}
             field = fields.get(first)
             return error(422, message, field)
         except RateLimited as err:
@@ -318,7 +324,7 @@ def api_router(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
                        language=body.language.value if body.language else None, details=details,
                        changes=dict(body.changes), scope=body.scope.value if body.scope else "",
-                       received_at=body.received_at,
+                       purposes=list(body.purposes), received_at=body.received_at,
                        # Vouched for by the company's own app (it authenticated the customer): an anonymous
                        # caller's identifiers are only read by staff, never used to find someone's rows.
                        customer_id=body.identifiers.get("customer_id", "") if api_token is not None else "",
@@ -401,7 +407,7 @@ def api_router(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="support_desk",
                        language=body.language.value if body.language else None, details=body.details,
                        ticket=reference, trusted=body.authenticated and ticket.trust_authenticated,
-                       scope=body.scope.value if body.scope else "",
+                       scope=body.scope.value if body.scope else "", purposes=list(body.purposes),
                        received_at=body.received_at,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,

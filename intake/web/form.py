@@ -63,7 +63,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dsr.domain.model import CANONICAL_FIELDS, Channel, ObjectionScope, RequestKind, is_valid_email
+from dsr.domain.model import CANONICAL_FIELDS, Channel, ConsentPurpose, ObjectionScope, RequestKind, is_valid_email
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers
@@ -78,7 +78,7 @@ logger = logging.getLogger(__name__)
 # bytes, so 16 KiB would turn a legitimate long message into a 413. 64 KiB fits 10,000 such characters.
 MAX_FORM_BYTES = 64 * 1024
 """Oversize bodies up to this size are read and thrown away, so the browser shows our 413 page."""
-_MAX_FIELDS = 20
+_MAX_FIELDS = 30  # the consent purposes' checkboxes included
 CSRF_FIELD = "csrf"
 CSRF_COOKIE = "dsr_form"
 CSRF_LIFETIME = timedelta(hours=2)
@@ -216,6 +216,8 @@ def _field_for(error: SubmissionError, values: dict[str, str]) -> tuple[str, str
         return "details", "err_details_long"
     if message.startswith("a rectification request"):
         return "details", "err_details_rectification"
+    if message.startswith(("purposes", "no purpose", "no such purpose")):
+        return "kind", "err_kind"
     return "", "err_rejected"
 
 
@@ -301,6 +303,7 @@ def form_router(
     clock: Callable[[], datetime] | None = None,
     controller_name: str = "",
     rectifiable: Collection[str] = CANONICAL_FIELDS,
+    consent_purposes: Callable[[], list[ConsentPurpose]] = list,
 ) -> APIRouter:
     """The public form: ``GET /``, ``POST /`` and ``GET /submitted`` (see the module docstring).
 
@@ -360,10 +363,12 @@ def form_router(
         errors: dict[str, str] | None = None,
         top: str = "",
         extra: dict[str, str] | None = None,
+        ticked: list[str] | None = None,
         **fmt: object,
     ) -> HTMLResponse:
         text = FORM[lang]
         errors = errors or {}
+        purposes = consent_purposes()
         summary = [{"target": None, "text": text[top].format(**fmt)}] if top else []
         summary += [  # in the order of the page
             {"target": "kind-access" if name == "kind" else name, "text": text[errors[name]]}
@@ -379,7 +384,10 @@ def form_router(
             "intro": text["intro_named"].format(controller=controller) if controller else text["intro_generic"],
             "form_url": form_url(lang),
             "csrf_token": csrf.issue(now_fn(), nonce),
-            "kinds": _CHOICES,
+            "kinds": [k for k in _CHOICES if k != RequestKind.CONSENT_WITHDRAWAL.value or purposes],
+            # Withdrawal of consent: one checkbox per consent purpose of the profile (none ticked: all of them).
+            "purposes": [{"key": p.key, "name": p.name(lang)} for p in purposes],
+            "ticked": set(ticked or []),
             "max_name": MAX_NAME,
             "max_details": MAX_DETAILS,
             "change_rows": range(1, CHANGE_ROWS + 1),
@@ -441,7 +449,8 @@ def form_router(
         for name, key in _check(values, offered).items():
             errors.setdefault(name, key)
         if errors:
-            return form_page(request, lang, status=400, values=values, errors=errors)
+            return form_page(request, lang, status=400, values=values, errors=errors,
+                             ticked=fields.get("purpose", []))
 
         marketing = values["kind"] == STOP_MARKETING
         submission = Submission(
@@ -453,14 +462,16 @@ def form_router(
             changes=_changes(values),
             channel=Channel.FORM.value,
             language=lang,
+            purposes=fields.get("purpose", []) if values["kind"] == RequestKind.CONSENT_WITHDRAWAL.value else [],
         )
         try:
             accepted = await sink.submit(submission, client=request.client.host if request.client else None)
         except SubmissionError as exc:
             field, key = _field_for(exc, values)
             if not field:
-                return form_page(request, lang, status=400, values=values, top=key)
-            return form_page(request, lang, status=400, values=values, errors={field: key})
+                return form_page(request, lang, status=400, values=values, top=key, ticked=fields.get("purpose", []))
+            return form_page(request, lang, status=400, values=values, errors={field: key},
+                             ticked=fields.get("purpose", []))
         except RateLimited as exc:
             seconds = max(1, int(exc.retry_after))
             return form_page(

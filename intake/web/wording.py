@@ -195,6 +195,10 @@ FORM: dict[str, dict[str, str]] = {
         "kind_stop_marketing_hint": "No more newsletters, offers, promotional calls or messages, from any of our "
         "services. This is done at once, without any question or proof asked, and your address is never added back.",
         "kind_objection": "Object to another use of your data",
+        "kind_consent_withdrawal": "Withdraw a consent you gave us",
+        "kind_consent_withdrawal_hint": "Tick what you no longer agree to (none ticked: all of them). No other proof "
+        "is asked and it is done today; what was done before stays lawful (Article 7(3) GDPR).",
+        "purposes_legend": "Consents to withdraw",
         "kind_objection_hint": "We use some data on the basis of our legitimate interests (statistics, fraud "
         "prevention, for example). Tell us in the “Details” box which use you object to and, if you wish, why: we stop "
         "unless we have compelling reasons, which we would explain to you.",
@@ -312,6 +316,11 @@ FORM: dict[str, dict[str, str]] = {
         "d’aucun de nos services. C’est fait tout de suite, sans question ni justificatif, et votre adresse n’est "
         "jamais réinscrite.",
         "kind_objection": "Vous opposer à un autre usage de vos données",
+        "kind_consent_withdrawal": "Retirer un consentement que vous nous avez donné",
+        "kind_consent_withdrawal_hint": "Cochez ce que vous n’acceptez plus (rien de coché : tout). Aucun autre "
+        "justificatif n’est demandé et c’est fait aujourd’hui ; ce qui a été fait avant reste licite (article 7, "
+        "paragraphe 3, du RGPD).",
+        "purposes_legend": "Consentements à retirer",
         "kind_objection_hint": "Nous utilisons certaines données sur le fondement de notre intérêt légitime "
         "(statistiques, prévention de la fraude, par exemple). Indiquez dans le champ «\u00a0Précisions\u00a0» "
         "l’usage auquel vous vous opposez et, si vous le souhaitez, pourquoi\u00a0: nous l’arrêtons, sauf motifs "
@@ -492,6 +501,8 @@ STATUS: dict[str, dict[str, str]] = {
         "kind_rectification": "Rectification of your personal data (Article 16 GDPR)",
         "kind_erasure": "Erasure of your personal data (Article 17 GDPR)",
         "kind_portability": "Your personal data in a portable format (Article 20 GDPR)",
+        "kind_objection": "Objection to the processing of your personal data (Article 21 GDPR)",
+        "kind_consent_withdrawal": "Withdrawal of your consent (Article 7(3) GDPR)",
         "stage_received": "Received",
         "stage_awaiting_identity": "Waiting for your identity to be confirmed",
         "stage_processing": "In progress: we are searching our systems",
@@ -546,6 +557,8 @@ STATUS: dict[str, dict[str, str]] = {
         "kind_rectification": "Rectification de vos données personnelles (article 16 du RGPD)",
         "kind_erasure": "Effacement de vos données personnelles (article 17 du RGPD)",
         "kind_portability": "Portabilité de vos données personnelles (article 20 du RGPD)",
+        "kind_objection": "Opposition au traitement de vos données personnelles (article 21 du RGPD)",
+        "kind_consent_withdrawal": "Retrait de votre consentement (article 7, paragraphe 3, du RGPD)",
         "stage_received": "Reçue",
         "stage_awaiting_identity": "En attente de la confirmation de votre identité",
         "stage_processing": "En cours : nous consultons nos systèmes",

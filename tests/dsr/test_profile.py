@@ -201,3 +201,65 @@ def test_third_countries() -> None:
     assert is_third_country("US") and is_third_country("gb") and is_third_country("CH")
     assert not is_third_country("FR") and not is_third_country("IE") and not is_third_country("NO")
     assert not is_third_country("")
+
+
+def test_the_demo_consent_purposes_are_frozen_with_what_withdrawing_means_in_each_system() -> None:
+    from dsr.config.profile import check_consent
+
+    profile = load_profile(DEMO)
+    assert profile is not None
+    purposes = {p.key: p for p in profile.consent_purposes()}
+    assert list(purposes) == ["newsletter", "partner_offers"] and all(p.marketing for p in purposes.values())
+    newsletter = purposes["newsletter"]
+    assert newsletter.name("en") == "Sending our newsletter and promotional offers"
+    assert newsletter.actions["hubspot"].subscriptions == ["Newsletter", "Offers"]
+    assert (newsletter.actions["app"].table, newsletter.actions["app"].email_column) == (
+        "newsletter_subscriptions", "email")
+    assert newsletter.actions["app"].set_values == {} and newsletter.actions["app"].purpose == "newsletter"
+    assert purposes["partner_offers"].actions["woocommerce"].residual.startswith("untick")
+    assert check_consent(profile, ["hubspot", "stripe", "woocommerce", "app"]) == []
+    assert check_consent(profile, ["hubspot"]) == [
+        "controller.purposes[3].withdrawal.app: no connector of that name",
+        "controller.purposes[4].withdrawal.woocommerce: no connector of that name"]
+
+
+@pytest.mark.parametrize(("snippet", "expected"), [
+    ('hubspot = { subscriptions = ["A"], table = "t" }', "exactly one of subscriptions, table or residual"),
+    ("hubspot = {}", "exactly one of subscriptions, table or residual"),
+    ('app = { residual = "x", set = { a = "1" } }', "set needs a table"),
+    ('app = { table = "t; drop" }', "string should match pattern"),
+    ('app = { table = "t", set = { "a b" = "1" } }', "is not a column name"),
+])
+def test_a_withdrawal_mapping_names_exactly_one_way(snippet: str, expected: str) -> None:
+    text = COMPLETE + f'\n[[controller.purposes]]\nkey = "news"\nlegal_basis = "consent"\n' \
+                      f"[controller.purposes.withdrawal]\n{snippet}\n"
+    with pytest.raises(ProfileError) as err:
+        parse_profile(text)
+    assert expected in str(err.value).lower()
+
+
+def test_config_check_warns_of_consent_purposes_it_cannot_withdraw() -> None:
+    from dsr.config.profile import check_consent
+
+    text = COMPLETE + '''
+[[controller.purposes]]
+name = "Newsletter"
+legal_basis = "consent"
+[[controller.purposes]]
+key = "offers"
+legal_basis = "consent"
+[[controller.purposes]]
+key = "stats"
+legal_basis = "legitimate_interests"
+marketing = true
+'''
+    profile = parse_profile(text)
+    assert profile is not None
+    assert check_consent(profile, ["crm"]) == [
+        "controller.purposes[1].key: missing (a consent purpose needs a key to be withdrawn: newsletter...)",
+        "controller.purposes[2].withdrawal: missing: withdrawing consent to 'offers' changes no system (map each "
+        "connector: subscriptions, table or residual)",
+        'controller.purposes[3]: withdrawal and marketing are only for legal_basis = "consent"']
+    assert [p.key for p in profile.consent_purposes()] == ["offers"]  # without a key it cannot be named
+    with pytest.raises(ProfileError, match="names two purposes"):
+        parse_profile(text.replace('key = "stats"', 'key = "offers"'))

@@ -17,11 +17,10 @@ from dsr.domain.model import Language, RequestKind
 from intake.email.classify import MAX_BODY_CHARS, Classification, classify
 
 LABELLED = Path(__file__).parent / "emails" / "labelled.jsonl"
-TOPICS = {"consent": "unsure: withdrawal of consent", "deceased": "unsure: about a deceased person",
-          "mixed": "unsure: objection and erasure both asked"}
-"""Messages that must reach triage with the reason that says why: rights the engine has no kind for yet (consent
-withdrawal; a deceased person, whatever else the message asks), and an opt-out worded with a deletion (two
-requests, or one: a person decides)."""
+TOPICS = {"deceased": "unsure: about a deceased person", "mixed": "unsure: objection and erasure both asked"}
+"""Messages that must reach triage with the reason that says why: a right the engine has no kind for yet (a
+deceased person, whatever else the message asks), and an opt-out worded with a deletion (two requests, or one: a
+person decides). A withdrawal of consent is the kind consent_withdrawal."""
 
 
 def _load() -> list[dict]:
@@ -114,7 +113,7 @@ def test_the_issue_s_opt_outs_are_marketing_objections(subject: str, body: str) 
 @pytest.mark.parametrize(("subject", "body"), [
     ("", "Mon père est décédé ... suppression de son compte, s'il vous plaît."),
     ("", "Mon père est décédé, merci de ne plus lui envoyer vos offres."),
-    ("Erasure request", "I withdraw my consent and ask you to erase my data under Article 17."),
+    ("Erasure request", "I withdraw my consent and ask you to erase my data under Article 17."),  # two requests
     ("Offre spéciale", "Profitez de -50 % ! Pour ne plus recevoir nos messages, répondez STOP."),
 ])
 def test_deaths_withdrawals_and_others_mailings_go_to_triage(subject: str, body: str) -> None:
@@ -309,3 +308,23 @@ def test_language(subject: str, body: str, expected: Language | None) -> None:
 def test_classification_is_deterministic() -> None:
     for email in EMAILS[:20]:
         assert classify(email["subject"], email["body"]) == RESULTS[email["id"]]
+
+
+@pytest.mark.parametrize(("subject", "body", "language"), [
+    ("Retrait du consentement", "Bonjour, je retire mon consentement à l'utilisation de mes données.", Language.FR),
+    ("", "Je révoque le consentement donné lors de mon inscription.", Language.FR),
+    ("Consent", "I withdraw my consent to receiving your newsletters.", Language.EN),
+    ("Withdrawal of consent (Article 7(3) GDPR)", "Please act on it.", Language.EN),
+])
+def test_a_withdrawal_of_consent_is_its_own_kind(subject: str, body: str, language: Language) -> None:
+    result = classify(subject, body)
+    assert result.kind == RequestKind.CONSENT_WITHDRAWAL and result.scope == "", result.reason
+    assert result.language in (language, None)
+
+
+def test_the_labelled_withdrawals_of_consent_are_all_read_as_such() -> None:
+    withdrawals = [e["id"] for e in EMAILS if e["kind"] == "consent_withdrawal"]
+    assert len(withdrawals) >= 4 and {e["language"] for e in EMAILS if e["kind"] == "consent_withdrawal"} == {
+        "fr", "en"}
+    assert {key: RESULTS[key].reason for key in withdrawals
+            if RESULTS[key].kind != RequestKind.CONSENT_WITHDRAWAL} == {}

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings
 from dsr.domain.model import RequestKind
 from dsr.web.serve import serve_app
@@ -880,3 +881,43 @@ async def test_the_form_offers_only_the_fields_the_connectors_can_correct(tmp_pa
                            error_id="change_field_1-error")
         assert running.sink.calls == []
 
+
+
+@pytest.fixture
+def demo_profile_file(tmp_path: Path) -> ControllerProfile:
+    """The demo's profile, also written as the intake's dsr.toml (the submission reads its consent purposes)."""
+    demo = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
+    (tmp_path / "dsr.toml").write_text(demo.read_text(encoding="utf-8"), encoding="utf-8")
+    profile = load_profile(demo)
+    assert profile is not None
+    return profile
+
+
+@pytest.mark.parametrize(("lang", "choice", "partners"), [
+    ("fr", "Retirer un consentement que vous nous avez donné", "Envoi des offres de nos partenaires"),
+    ("en", "Withdraw a consent you gave us", "Sending offers from our partners"),
+])
+async def test_a_withdrawal_of_consent_has_its_choice_and_one_checkbox_per_purpose(
+    tmp_path: Path, demo_profile_file: ControllerProfile, lang: str, choice: str, partners: str,
+) -> None:
+    profile = demo_profile_file
+    async with serve_form(tmp_path, consent_purposes=profile.consent_purposes) as form_app:
+        page, _ = await form_app.form(lang)
+        assert choice in page.text and 'value="consent_withdrawal"' in page.text and partners in page.text
+        assert 'type="checkbox" id="purpose-newsletter" name="purpose" value="newsletter"' in page.text
+        response = await form_app.post({"kind": "consent_withdrawal", "purpose": ["partner_offers"]},  # type: ignore[dict-item]
+                                       lang=lang)
+        assert response.status_code == 303
+        submission, _ = form_app.sink.calls[-1]
+        assert (submission.kind, submission.purposes) == ("consent_withdrawal", ["partner_offers"])
+        confirmation = await form_app.http.get(response.headers["location"])
+        assert confirmation.status_code == 200 and choice in confirmation.text
+        # Nothing ticked: every consent purpose. Ticked with another kind: not sent.
+        await form_app.post({"kind": "consent_withdrawal"}, lang=lang)
+        assert form_app.sink.calls[-1][0].purposes == []
+        await form_app.post({"kind": "access", "purpose": "newsletter"}, lang=lang)
+        assert (form_app.sink.calls[-1][0].kind, form_app.sink.calls[-1][0].purposes) == ("access", [])
+    # Without consent purposes in the profile, the form does not offer the choice.
+    async with serve_form(tmp_path) as form_app:
+        page, _ = await form_app.form(lang)
+        assert 'value="consent_withdrawal"' not in page.text

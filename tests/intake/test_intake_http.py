@@ -949,3 +949,56 @@ async def test_a_marketing_objection_is_never_attached_to_an_objection_waiting_f
     state = await poll(lambda: _status_or_none(intake, marketing))
     assert state.scope == "marketing"
     assert (await status(intake, other)).scope == "other"
+
+
+# --- withdrawal of consent ----------------------------------------------------------------------------------
+
+
+def _consent_profile(intake: Intake) -> None:
+    """The demo's controller profile as dsr.toml: the intake reads the consent purposes from it."""
+    demo = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
+    Path(intake.settings.config_file).write_text(demo.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+async def test_api_consent_withdrawal_takes_its_purposes_and_refuses_unknown_ones(intake: Intake) -> None:
+    await asyncio.to_thread(_consent_profile, intake)
+    response = await intake.http.post("/api/requests", json=api_body(kind="consent_withdrawal",
+                                                                      purposes=["partner_offers"]))
+    assert response.status_code == 202, response.text
+    [reference] = [r.request_id for r in intake.ledger.requests()]  # a withdrawal claims nothing
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "consent_withdrawal"
+    for bad in ({"kind": "consent_withdrawal", "purposes": ["orders"]}, {"kind": "access", "purposes": ["newsletter"]}):
+        response = await intake.http.post("/api/requests", json=api_body(email="other@example.org", **bad))
+        assert response.status_code == 422 and response.json()["field"] == "purposes", response.text
+    assert [r.kind for r in intake.ledger.requests()] == ["consent_withdrawal"]
+
+
+async def test_zendesk_consent_withdrawal_tag_withdraws_every_purpose(intake: Intake) -> None:
+    await asyncio.to_thread(_consent_profile, intake)
+    body = zendesk_body(tags="dsr_consent_withdrawal", ticket_id="91", description="Je retire mon consentement.")
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+    assert response.status_code == 202, response.text
+    [reference] = [r.request_id for r in intake.ledger.requests()]
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "consent_withdrawal"
+
+
+async def test_the_one_click_link_of_an_email_starts_one_withdrawal_on_the_running_intake(intake: Intake) -> None:
+    from dsr.store.links import ConsentLinks
+
+    await asyncio.to_thread(_consent_profile, intake)
+    token = ConsentLinks(TEST_KEYRING).issue_for("camille.durand@example.org", "fr", now=datetime.now(UTC))
+    one_click = {"content": b"List-Unsubscribe=One-Click",
+                 "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+    answer = await intake.http.post(f"/consent/{token}", **one_click)  # type: ignore[arg-type]
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "withdrawn", "purposes": ["newsletter", "partner_offers"]}
+    again = await intake.http.post(f"/consent/{token}", **one_click)  # type: ignore[arg-type]
+    assert again.json()["status"] == "already_withdrawn"
+    [reference] = [r.request_id for r in intake.ledger.requests()]
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "consent_withdrawal"
+    page = await intake.http.get(f"/consent/{token}")
+    assert page.status_code == 200 and "Retirer votre consentement" in page.text
+    assert (await intake.http.get("/consent/nope")).status_code == 403

@@ -111,6 +111,8 @@ def test_kind_is_rendered_in_words(kind: RequestKind, language: Language) -> Non
         (Language.EN, RequestKind.PORTABILITY): "portability request",
         (Language.FR, RequestKind.OBJECTION): "opposition",
         (Language.EN, RequestKind.OBJECTION): "objection",
+        (Language.FR, RequestKind.CONSENT_WITHDRAWAL): "retrait du consentement",
+        (Language.EN, RequestKind.CONSENT_WITHDRAWAL): "withdrawal of consent",
     }[(language, kind)]
     assert words in rendered.subject
     assert words in rendered.text.lower()

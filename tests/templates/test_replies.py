@@ -75,6 +75,15 @@ CONTEXTS = {
             RecordReport("subscriptions", "7002", RecordAction.UNCHANGED, note="Offers: already unsubscribed")]),
         ConnectorOutcome("stripe", report=[RecordReport("marketing", "*", RecordAction.RESIDUAL)]),
     ], scope="marketing", suppressed_until=date(2029, 11, 23)),
+    ReplyKind.CONSENT_WITHDRAWAL: _context(systems=[
+        ConnectorOutcome("hubspot", found=2, report=[
+            RecordReport("consent", "newsletter", RecordAction.WITHDRAWN, note="Newsletter: unsubscribed"),
+            RecordReport("consent", "newsletter", RecordAction.UNCHANGED, note="Offers: already unsubscribed"),
+            RecordReport("consent", "partner_offers", RecordAction.UNCHANGED, note="Partner offers: already")]),
+        ConnectorOutcome("app", found=1, report=[
+            RecordReport("consent", "newsletter", RecordAction.WITHDRAWN, note="newsletter_subscriptions: 1 row")]),
+        ConnectorOutcome("woocommerce", report=[RecordReport("consent", "partner_offers", RecordAction.RESIDUAL)]),
+    ], consent_purposes=PROFILE.consent_purposes() if PROFILE else [], consent_earlier=["partner_offers"]),
     ReplyKind.NO_DATA: _context(systems=[ConnectorOutcome(n) for n in ("woocommerce", "stripe", "hubspot")],
                                 request_kind=RequestKind.ERASURE),
     ReplyKind.ART19_NOTICE: _context(systems=RECTIFICATION_SYSTEMS, request_kind=RequestKind.RECTIFICATION,
@@ -538,3 +547,47 @@ def test_rejected_objection_reply_golden(language: Language, decision: str, reme
         render_reply("reply_objection", language, replace(context, decision=""))
     _, upheld, _ = _parts(ReplyKind.OBJECTION, language, replace(context, decision="upheld", grounds=""))
     assert ("Opposition acceptée" if language == Language.FR else "Objection accepted") in upheld
+
+
+@pytest.mark.parametrize(("language", "subject_line", "words"), [
+    (Language.FR, "Votre consentement est retiré", [
+        "Nous faisons suite à votre retrait du consentement (article 7, paragraphe 3, du RGPD), reçu le "
+        "23 novembre 2026",
+        "aussi simple que de le donner",
+        "Envoi de notre lettre d'information et d'offres promotionnelles",
+        "Envoi des offres de nos partenaires (vous aviez déjà retiré ce consentement avant cette demande)",
+        "Envoi de notre lettre d'information et d'offres promotionnelles : fait, votre consentement est retiré "
+        "dans ce système",
+        "Envoi des offres de nos partenaires : plus rien à faire, ce système n'utilisait plus vos données à cette "
+        "fin",
+        "Envoi des offres de nos partenaires : ce système n'offre pas de réglage que nous puissions modifier "
+        "automatiquement : notre équipe y met fin manuellement",
+        "Le retrait du consentement ne compromet pas la licéité du traitement fondé sur le consentement effectué "
+        "avant ce retrait (article 7, paragraphe 3, du RGPD)",
+        "seulement une empreinte calculée avec une clé secrète",
+    ]),
+    (Language.EN, "Your consent is withdrawn", [
+        "We are replying to your withdrawal of your consent (Article 7(3) GDPR), received on 23 November 2026",
+        "as easy as giving it",
+        "Sending offers from our partners (you had already withdrawn this consent before this request)",
+        "Sending our newsletter and promotional offers: done, your consent is withdrawn in this system",
+        "Sending offers from our partners: nothing left to do, this system no longer used your data for it",
+        "Sending offers from our partners: this system has no setting we can change automatically: our team "
+        "stops it by hand",
+        "Withdrawing consent does not affect the lawfulness of the processing carried out on the basis of that "
+        "consent before its withdrawal (Article 7(3) GDPR)",
+        "only a fingerprint of it computed with a secret key",
+    ]),
+])
+def test_consent_withdrawal_reply_golden(language: Language, subject_line: str, words: list[str]) -> None:
+    subject, text, visible = _parts(ReplyKind.CONSENT_WITHDRAWAL, language)
+    assert subject.startswith(subject_line) and "dsr-2026-11-7KQ3FJ" in subject
+    for part in (text, visible):
+        flat = " ".join(part.split())
+        for word in words:
+            assert word in flat
+    # The newsletter purpose is new here: it is not said to be withdrawn before.
+    assert "Envoi de notre lettre d'information et d'offres promotionnelles (vous aviez" not in text
+    with pytest.raises(ValueError, match="purposes withdrawn"):
+        render_reply("reply_consent_withdrawal", language,
+                     replace(CONTEXTS[ReplyKind.CONSENT_WITHDRAWAL], consent_purposes=[]))

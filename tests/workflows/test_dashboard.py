@@ -213,3 +213,14 @@ async def test_objection_filters_find_objections_and_those_waiting_for_a_decisio
                 with contextlib.suppress(Exception):  # the access request may have ended already
                     await handle.terminate("test over")
     assert "objections to decide" in ui_links("http://127.0.0.1:8233", "default", datetime.now(UTC).date())
+
+
+def test_withdrawals_of_consent_have_their_view() -> None:
+    import urllib.parse
+
+    from dsr.runtime.dashboard import of_kind, ui_links
+
+    links = ui_links("http://127.0.0.1:8233", "default", datetime.now(UTC).date())
+    query = urllib.parse.unquote(links["withdrawals of consent under way"].split("?query=", 1)[1])
+    assert query == of_kind(RequestKind.CONSENT_WITHDRAWAL)
+    assert "DsrKind = 'consent_withdrawal'" in query and "ExecutionStatus = 'Running'" in query
