@@ -179,6 +179,8 @@ def activities_for(
         ledger_activities.record_event,
         ledger_activities.record_triage_dismissal,
         ledger_activities.suppress_marketing,
+        ledger_activities.find_directives,
+        ledger_activities.mark_directives_applied,
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,

@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.domain.model import AuditEvent, RequestRecordInput, Suppression, TriageDismissed
+from dsr.domain.model import (
+    AuditEvent,
+    DirectivesFound,
+    DirectivesLookup,
+    RequestRecordInput,
+    Suppression,
+    TriageDismissed,
+)
+from dsr.store.directives import DirectivesRegister
 from dsr.store.ledger import Ledger, TriageDismissalRecord
 from dsr.store.suppressions import SuppressionList
 
@@ -23,6 +31,7 @@ class LedgerActivities:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
         self._suppressions = SuppressionList(ledger)
+        self._directives = DirectivesRegister(ledger)
 
     @activity.defn(name="record_request")
     def record_request(self, record: RequestRecordInput) -> bool:
@@ -49,3 +58,15 @@ class LedgerActivities:
         nothing twice that matters: the entry runs from the latest call, a few seconds apart at most."""
         return self._suppressions.suppress(suppression.subject.email, years=suppression.years,
                                            now=datetime.now(UTC)).until
+
+    @activity.defn(name="find_directives")
+    def find_directives(self, lookup: DirectivesLookup) -> DirectivesFound:
+        """The deceased person's directives in force (loi 78-17 art. 85-I), without personal data: the instruction,
+        whether they designate someone, and whether the sender is that person (compared by blind index)."""
+        return self._directives.find(lookup.deceased.email, lookup.sender.email)
+
+    @activity.defn(name="mark_directives_applied")
+    def mark_directives_applied(self, lookup: DirectivesLookup) -> bool:
+        """Record that this request applied the directives found (idempotent)."""
+        found = self._directives.find(lookup.deceased.email, lookup.sender.email)
+        return found.found and self._directives.mark_applied(found.directive_id, lookup.request_id)

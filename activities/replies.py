@@ -91,6 +91,7 @@ class ReplyActivities:
             extended=reply.extended, subject_name=reply.subject.name, profile=profile,
             systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
             scope=reply.scope, decision=reply.decision, grounds=reply.grounds, suppressed_until=reply.suppressed_until,
+            quality=reply.quality, action=reply.action, directives=reply.directives,
         )
         if reply.kind == RequestKind.ERASURE:
             # Kept whatever is erased (the legal reason to keep that one fact): the subject is told so.
@@ -143,7 +144,8 @@ class ReplyActivities:
                 result.recipients_notified.append(recipient.name)
             context.recipients_notified = list(result.recipients_notified)
 
-        template = "reply_no_data" if no_data else f"reply_{reply.kind.value}"
+        # A post_mortem reply speaks of the deceased person's data to the sender, found or not: its own wording.
+        template = "reply_no_data" if no_data and reply.kind != RequestKind.POST_MORTEM else f"reply_{reply.kind.value}"
         try:
             rendered = render_reply(template, reply.language, context)
         except IncompleteProfileError as err:
