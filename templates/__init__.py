@@ -108,7 +108,8 @@ _KIND_WORDS = {
         RequestKind.ERASURE: "demande d'effacement de vos données personnelles (article 17 du RGPD)",
         RequestKind.PORTABILITY: "demande de portabilité de vos données personnelles (article 20 du RGPD)",
         RequestKind.OBJECTION: "opposition au traitement de vos données personnelles (article 21 du RGPD)",
-        RequestKind.POST_MORTEM: "demande relative aux données d'une personne décédée (article 85 de la loi Informatique et Libertés)",
+        RequestKind.POST_MORTEM: "demande relative aux données d'une personne décédée "
+                                 "(article 85 de la loi Informatique et Libertés)",
     },
     "en": {
         RequestKind.ACCESS: "request for access to your personal data (Article 15 GDPR)",
@@ -116,7 +117,8 @@ _KIND_WORDS = {
         RequestKind.ERASURE: "request to erase your personal data (Article 17 GDPR)",
         RequestKind.PORTABILITY: "request to receive your personal data in a portable format (Article 20 GDPR)",
         RequestKind.OBJECTION: "objection to the processing of your personal data (Article 21 GDPR)",
-        RequestKind.POST_MORTEM: "request about the data of a deceased person (Article 85 of the French loi Informatique et Libertés)",
+        RequestKind.POST_MORTEM: "request about the data of a deceased person "
+                                 "(Article 85 of the French loi Informatique et Libertés)",
     },
 }
 _KIND_SHORT = {
