@@ -42,8 +42,9 @@ def _parse_received(value: str | None) -> datetime | None:
 
 @run
 async def submit(
-    kind: Annotated[str, typer.Option(help="access, rectification, erasure, portability or objection.")],
-    email: Annotated[str, typer.Option(help="The subject's email address.")],
+    kind: Annotated[str, typer.Option(
+        help="access, rectification, erasure, portability, objection or post_mortem.")],
+    email: Annotated[str, typer.Option(help="The subject's email address (post_mortem: the sender's).")],
     name: Annotated[str, typer.Option(help="The subject's name.")] = "",
     channel: Annotated[str, typer.Option(
         help="api, email, form, support_desk, operator or letter (a letter needs --received).")] = "operator",
@@ -56,7 +57,12 @@ async def submit(
         list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")
     ] = None,
     scope: Annotated[str, typer.Option(
-        help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides).")] = "",
+        help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides). "
+             "Post_mortem: closure (the default: accounts closed) or estate (information for the estate).")] = "",
+    deceased_email: Annotated[str, typer.Option(help="Post_mortem: the deceased person's email address.")] = "",
+    deceased_name: Annotated[str, typer.Option(help="Post_mortem: the deceased person's name.")] = "",
+    quality: Annotated[str, typer.Option(
+        help="Post_mortem: what the sender says they are: heir (default), executor or designated.")] = "",
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
@@ -73,7 +79,8 @@ async def submit(
     settings = Settings.from_env()
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                             received_at=_parse_received(received), changes=parse_changes(change or []),
-                            scope=scope)
+                            scope=scope, deceased_email=deceased_email, deceased_name=deceased_name,
+                            quality=quality)
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings

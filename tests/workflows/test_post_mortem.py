@@ -169,8 +169,9 @@ async def test_a_sender_who_cannot_show_their_quality_is_refused_with_the_remedi
     flat = " ".join(letter.split())
     assert "only the person designated in their directives or, failing that, their heirs" in flat
     assert "The document sent is not a death certificate." in flat
-    assert "seek a judicial remedy" in flat or "judicial remedy" in flat
-    assert "lodge a complaint" in flat
+    assert "judicial remedy" in flat and "lodge a complaint" in flat
+    [refused] = [e for e in engine.ledger.events(request.request_id) if e.event == "refused"]
+    assert refused.details["ground"] == "quality" and "quality_confirmed" not in events(engine, request)
 
 
 async def test_the_quality_ground_is_for_post_mortem_requests_only(engine: Engine) -> None:
