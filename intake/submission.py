@@ -161,7 +161,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         deceased = Subject(email=deceased_email, name=deceased_name)
         quality = _enum(submission.quality or Quality.HEIR.value, Quality, "quality").value
     elif submission.deceased_email.strip() or submission.deceased_name.strip() or submission.quality.strip():
-        raise SubmissionError("deceased_email, deceased_name and quality are only for post_mortem requests")
+        raise SubmissionError("deceased_email (with deceased_name and quality) is only for post_mortem requests")
 
     received_at = submission.received_at or now
     if received_at.tzinfo is None:
