@@ -515,6 +515,9 @@ class TriagedSubmission:
             received_at=item.received_at,
             changes=dict(decision.changes),
             scope=decision.scope,
+            deceased_email=decision.deceased_email,
+            deceased_name=decision.deceased_name,
+            quality=decision.quality,
             in_reply_to=item.in_reply_to,
             request_id=item.request_id,
         )

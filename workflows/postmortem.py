@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         Suppression,
         post_mortem_aim,
     )
+from workflows.audit import deceased_note
 from workflows.contract import LEDGER, LedgerActivities, summarised
 
 if TYPE_CHECKING:
@@ -90,10 +91,12 @@ async def find_directives(flow: DataSubjectRequest) -> None:
         **summarised(LEDGER, "directives: look up"),
     )
     flow._directives = found
+    # The ledger keeps whose data this request is about (the burden of proof outlives Temporal's history): sealed.
+    person = deceased(flow)
     await flow._audit("directives_found" if found.found else "directives_none", details={
         "instruction": found.instruction, "designates": str(found.designates).lower(),
         "sender_designated": str(found.sender_designated).lower(),
-    } if found.found else {})
+    } if found.found else {}, note=deceased_note(person.email, person.name))
 
 
 def quality_refused(flow: DataSubjectRequest, quality: Quality | str) -> str | None:

@@ -922,7 +922,12 @@ class TriageDecision:
     decided_by: str = "operator"
     language: Language | None = None  # overrides the detected language
     changes: dict[str, str] = field(default_factory=dict)  # rectification, read from the email by staff
-    scope: str = ""  # objection: marketing or other (the default), as staff read it
+    scope: str = ""  # objection: marketing or other (the default), as staff read it; post_mortem: closure or estate
+    # post_mortem: the deceased person staff read in the email (personal data: sealed in the ledger's note), and
+    # what the sender says they are (heir, executor, designated).
+    deceased_email: str = ""
+    deceased_name: str = ""
+    quality: str = ""
 
 
 @dataclass
