@@ -470,6 +470,7 @@ def form_router(
             return form_page(request, lang, status=400, values=values, errors=errors)
 
         marketing = values["kind"] == STOP_MARKETING
+        post_mortem = values["kind"] == RequestKind.POST_MORTEM.value
         submission = Submission(
             kind=RequestKind.OBJECTION.value if marketing else values["kind"],
             scope=ObjectionScope.MARKETING.value if marketing else "",
@@ -478,8 +479,9 @@ def form_router(
             details=values["details"],
             changes=_changes(values),
             # Only for a request about a deceased person: what was typed before choosing another kind goes nowhere.
-            **({name: values[name].strip() for name in _DECEASED_FIELDS}
-               if values["kind"] == RequestKind.POST_MORTEM.value else {}),
+            deceased_email=values["deceased_email"].strip() if post_mortem else "",
+            deceased_name=values["deceased_name"].strip() if post_mortem else "",
+            quality=values["quality"].strip() if post_mortem else "",
             channel=Channel.FORM.value,
             language=lang,
         )
