@@ -307,6 +307,7 @@ LABELS: dict[Language, dict[str, str]] = {
     Language.FR: {
         "access": "accès", "rectification": "rectification", "erasure": "effacement",
         "portability": "portabilité", "objection": "opposition",
+        "post_mortem": "personne décédée (art. 85 LIL)",
         "api": "API", "email": "e-mail", "form": "formulaire", "support_desk": "service client",
         "operator": "saisie par l'équipe", "letter": "courrier",
         "received": "reçue", "awaiting_identity": "identité en attente", "processing": "en traitement",
@@ -318,11 +319,13 @@ LABELS: dict[Language, dict[str, str]] = {
         "others_rights": "droits d'autrui (art. 15.4 / 20.4)",
         "erasure_exception": "exception à l'effacement (art. 17.3)",
         "legal_restriction": "limitation légale (art. 23)",
+        "quality": "qualité pour agir non établie (art. 85 LIL)",
         "yes": "oui", "no": "non",
     },
     Language.EN: {
         "access": "access", "rectification": "rectification", "erasure": "erasure", "portability": "portability",
         "objection": "objection",
+        "post_mortem": "deceased person (Art. 85 LIL)",
         "api": "API", "email": "email", "form": "web form", "support_desk": "support desk",
         "operator": "entered by staff", "letter": "letter",
         "received": "received", "awaiting_identity": "awaiting identity", "processing": "processing",
@@ -334,6 +337,7 @@ LABELS: dict[Language, dict[str, str]] = {
         "others_rights": "rights of others (Art. 15(4) / 20(4))",
         "erasure_exception": "erasure exception (Art. 17(3))",
         "legal_restriction": "legal restriction (Art. 23)",
+        "quality": "standing to act not established (Art. 85 LIL)",
         "yes": "yes", "no": "no",
     },
 }
