@@ -155,6 +155,13 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"
                + (f" [{', '.join(flags)}]" if flags else ""))
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
+    if state.kind.value == "post_mortem":
+        # About a deceased person (art. 85): the sender's quality stands for the identity check.
+        typer.echo("  about a deceased person: sender's quality "
+                   + (f"{state.quality} (confirmed)" if state.quality else
+                      f"waiting (`dsr confirm-quality {state.request_id} --quality heir|executor|designated`, or "
+                      f"`dsr refuse {state.request_id} --ground quality --reason \"...\"`)")
+                   + (f"; directives: {state.directives}" if state.directives else "; no directives"))
     for c in state.connectors:
         shown = "degraded" if c.degraded else c.state.value
         if c.failing_since is not None and c.state.value == "running":
