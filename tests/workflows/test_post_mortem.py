@@ -33,7 +33,7 @@ from dsr.domain.model import (
 from dsr.store.directives import DirectivesRegister
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
-from tests.harness import ScriptedConnector
+from tests.harness import ScriptedConnector, keep_history
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from workflows.request import DataSubjectRequest
@@ -153,6 +153,7 @@ async def test_once_the_quality_is_confirmed_the_deceased_persons_data_is_erased
     asked = " ".join(sent[1][1].split())
     assert ("acte de décès" if language == "fr" else "death certificate") in asked
     await handle.result()
+    await keep_history(handle, f"post_mortem_closure_{language}")
 
 
 async def test_a_sender_who_cannot_show_their_quality_is_refused_with_the_remedies(engine: Engine) -> None:
@@ -216,6 +217,7 @@ async def test_directives_recorded_while_alive_decide_who_acts_and_what_is_done(
     assert kept in flat and "Gardez" not in flat  # the directives' words stay sealed, for staff
     await clear_residuals(engine.client, handle.id, ResidualsCleared())
     await handle.result()
+    await keep_history(handle, f"post_mortem_directives_keep_{language}")
 
 
 async def test_directives_naming_someone_else_keep_the_sender_from_acting(engine: Engine) -> None:
@@ -229,6 +231,7 @@ async def test_directives_naming_someone_else_keep_the_sender_from_acting(engine
     await handle.execute_update(DataSubjectRequest.refuse, Refusal(reason="Not the designated person.",
                                                                    ground=RefusalGround.QUALITY))
     assert (await handle.result()).outcome == Outcome.REFUSED
+    await keep_history(handle, "post_mortem_refused_not_designated")
 
 
 @pytest.mark.parametrize(("fields", "error"), [
