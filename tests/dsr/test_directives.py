@@ -74,10 +74,9 @@ def test_directives_that_cannot_be_followed_are_refused(ledger: Ledger, kwargs: 
     assert DirectivesRegister(ledger).count() == 0
 
 
-def test_a_previous_release_database_gains_the_directives_table(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    build_previous_release(url)
-    with Ledger(url, TEST_KEYRING) as ledger:  # upgraded on opening
+def test_a_previous_release_database_gains_the_directives_table(database_url: str) -> None:
+    build_previous_release(database_url)
+    with Ledger(database_url, TEST_KEYRING) as ledger:  # upgraded on opening, on SQLite and PostgreSQL
         assert ledger.get_request("dsr-2026-11-OLDREQ") is not None
         register = DirectivesRegister(ledger)
         register.record(PERSON, instruction="erase", now=T0)
