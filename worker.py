@@ -183,6 +183,8 @@ def activities_for(
         ledger_activities.suppress_marketing,
         ledger_activities.consent_already_withdrawn,
         ledger_activities.record_consent_withdrawal,
+        ledger_activities.find_directives,
+        ledger_activities.mark_directives_applied,
         notices.send_notice,
         fan_out.plan_fanout,
         fan_out.run_connector,

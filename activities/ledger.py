@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from dsr.domain.model import AuditEvent, ConsentRecord, RequestRecordInput, Suppression, TriageDismissed
+from dsr.domain.model import (
+    AuditEvent,
+    ConsentRecord,
+    DirectivesFound,
+    DirectivesLookup,
+    RequestRecordInput,
+    Suppression,
+    TriageDismissed,
+)
+from dsr.store.directives import DirectivesRegister
 from dsr.store.ledger import Ledger, TriageDismissalRecord
 from dsr.store.suppressions import SuppressionList
 
@@ -23,6 +32,7 @@ class LedgerActivities:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
         self._suppressions = SuppressionList(ledger)
+        self._directives = DirectivesRegister(ledger)
 
     @activity.defn(name="record_request")
     def record_request(self, record: RequestRecordInput) -> bool:
@@ -60,3 +70,14 @@ class LedgerActivities:
     def record_consent_withdrawal(self, record: ConsentRecord) -> None:
         """Record the purposes withdrawn (blind index only); idempotent: a purpose keeps its first date."""
         self._suppressions.withdraw(record.subject.email, record.purposes, now=datetime.now(UTC))
+    @activity.defn(name="find_directives")
+    def find_directives(self, lookup: DirectivesLookup) -> DirectivesFound:
+        """The deceased person's directives in force (loi 78-17 art. 85-I), without personal data: the instruction,
+        whether they designate someone, and whether the sender is that person (compared by blind index)."""
+        return self._directives.find(lookup.deceased.email, lookup.sender.email)
+
+    @activity.defn(name="mark_directives_applied")
+    def mark_directives_applied(self, lookup: DirectivesLookup) -> bool:
+        """Record that this request applied the directives found (idempotent)."""
+        found = self._directives.find(lookup.deceased.email, lookup.sender.email)
+        return found.found and self._directives.mark_applied(found.directive_id, lookup.request_id)

@@ -94,6 +94,7 @@ class ReplyActivities:
             systems=list(reply.outcomes), extension_reason=reply.extension_reason, request_kind=reply.kind,
             scope=reply.scope, decision=reply.decision, grounds=reply.grounds, suppressed_until=reply.suppressed_until,
             consent_purposes=list(reply.purposes), consent_earlier=list(reply.consent_earlier),
+            quality=reply.quality, action=reply.action, directives=reply.directives,
         )
         if reply.kind == RequestKind.ERASURE:
             # Kept whatever is erased (the legal reason to keep that one fact): the subject is told so.
@@ -146,7 +147,8 @@ class ReplyActivities:
                 result.recipients_notified.append(recipient.name)
             context.recipients_notified = list(result.recipients_notified)
 
-        template = "reply_no_data" if no_data else f"reply_{reply.kind.value}"
+        # A post_mortem reply speaks of the deceased person's data to the sender, found or not: its own wording.
+        template = "reply_no_data" if no_data and reply.kind != RequestKind.POST_MORTEM else f"reply_{reply.kind.value}"
         context.consent_url = consent_url(self._consent_links, self._public_url, lambda: profile, reply.subject.email,
                                           reply.language.value)
         try:

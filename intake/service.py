@@ -266,8 +266,9 @@ class IntakeService:
         now = self._clock()
         request = prepare(submission, self._settings, now=now)  # everything is validated first
         # Names the subject's queue (per-subject order) and keys the per-subject counter: a blind index.
-        request = replace(request, subject_key=await asyncio.to_thread(self._ledger.subject_key,
-                                                                        request.subject.email))
+        # A post_mortem request queues behind (and before) the deceased person's own requests: it changes their data.
+        queued = request.deceased.email if request.deceased is not None else request.subject.email
+        request = replace(request, subject_key=await asyncio.to_thread(self._ledger.subject_key, queued))
         if rate_limit:
             await self._count(request, client, now)
         if await asyncio.to_thread(self._ledger.has_request, request.request_id):
@@ -515,6 +516,9 @@ class TriagedSubmission:
             received_at=item.received_at,
             changes=dict(decision.changes),
             scope=decision.scope,
+            deceased_email=decision.deceased_email,
+            deceased_name=decision.deceased_name,
+            quality=decision.quality,
             in_reply_to=item.in_reply_to,
             request_id=item.request_id,
         )

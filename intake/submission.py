@@ -30,6 +30,8 @@ from dsr.domain.model import (
     IdentityMethod,
     Language,
     ObjectionScope,
+    PostMortemAim,
+    Quality,
     RequestInput,
     RequestKind,
     RequestPolicy,
@@ -103,6 +105,12 @@ def consent_purposes(settings: Settings, asked: list[str], *, marketing_only: bo
     if not chosen:
         raise SubmissionError("no such purpose to withdraw consent from")
     return chosen
+    scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default); post_mortem: the aim
+    # post_mortem (loi 78-17 art. 85): the sender (``email``) acts for a deceased person, named here, as
+    # ``quality`` (heir, executor, designated); the systems are searched for ``deceased_email``.
+    deceased_email: str = ""
+    deceased_name: str = ""
+    quality: str = ""
 
 
 def late_receipt_warning(deadline: date, today: date) -> str | None:
@@ -169,11 +177,29 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         raise SubmissionError("purposes are only for consent_withdrawal requests")
     purposes = consent_purposes(settings, submission.purposes) if kind == RequestKind.CONSENT_WITHDRAWAL else []
     scope = ""
-    if submission.scope.strip() and kind != RequestKind.OBJECTION:
-        raise SubmissionError("scope is only for objection requests")
+    if submission.scope.strip() and kind not in (RequestKind.OBJECTION, RequestKind.POST_MORTEM):
+        raise SubmissionError("scope is only for objection and post_mortem requests")
     if kind == RequestKind.OBJECTION:
         # Without a scope a person decides (21(1)): never an absolute stop the subject did not ask for.
         scope = _enum(submission.scope or ObjectionScope.OTHER.value, ObjectionScope, "scope").value
+    deceased: Subject | None = None
+    quality = ""
+    if kind == RequestKind.POST_MORTEM:
+        # Art. 85: never the sender's own data; the deceased person is named, and the sender says who they are.
+        scope = _enum(submission.scope or PostMortemAim.CLOSURE.value, PostMortemAim, "scope").value
+        deceased_email = submission.deceased_email.strip()
+        if not is_valid_email(deceased_email):
+            raise SubmissionError("deceased_email is not a valid address (the deceased person's)")
+        if deceased_email.lower() == email.lower():
+            raise SubmissionError("deceased_email is the sender's own address: a request about a deceased person "
+                                  "comes from someone else (an heir, the executor, the person designated)")
+        deceased_name = display_name(submission.deceased_name)
+        if len(deceased_name) > MAX_NAME:
+            raise SubmissionError(f"deceased_name is longer than {MAX_NAME} characters")
+        deceased = Subject(email=deceased_email, name=deceased_name)
+        quality = _enum(submission.quality or Quality.HEIR.value, Quality, "quality").value
+    elif submission.deceased_email.strip() or submission.deceased_name.strip() or submission.quality.strip():
+        raise SubmissionError("deceased_email (with deceased_name and quality) is only for post_mortem requests")
 
     customer_id = strip_controls(submission.customer_id).strip()
     if len(customer_id) > 64:
@@ -218,6 +244,8 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         ticket=submission.ticket,
         scope=scope,
         purposes=purposes,
+        deceased=deceased,
+        quality=quality,
     )
 
 

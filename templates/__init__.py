@@ -110,6 +110,8 @@ _KIND_WORDS = {
         RequestKind.PORTABILITY: "demande de portabilité de vos données personnelles (article 20 du RGPD)",
         RequestKind.OBJECTION: "opposition au traitement de vos données personnelles (article 21 du RGPD)",
         RequestKind.CONSENT_WITHDRAWAL: "retrait du consentement (article 7, paragraphe 3, du RGPD)",
+        RequestKind.POST_MORTEM: "demande relative aux données d'une personne décédée "
+                                 "(article 85 de la loi Informatique et Libertés)",
     },
     "en": {
         RequestKind.ACCESS: "request for access to your personal data (Article 15 GDPR)",
@@ -118,6 +120,8 @@ _KIND_WORDS = {
         RequestKind.PORTABILITY: "request to receive your personal data in a portable format (Article 20 GDPR)",
         RequestKind.OBJECTION: "objection to the processing of your personal data (Article 21 GDPR)",
         RequestKind.CONSENT_WITHDRAWAL: "withdrawal of your consent (Article 7(3) GDPR)",
+        RequestKind.POST_MORTEM: "request about the data of a deceased person "
+                                 "(Article 85 of the French loi Informatique et Libertés)",
     },
 }
 _KIND_SHORT = {
@@ -128,6 +132,7 @@ _KIND_SHORT = {
         RequestKind.PORTABILITY: "demande de portabilité",
         RequestKind.OBJECTION: "opposition",
         RequestKind.CONSENT_WITHDRAWAL: "retrait du consentement",
+        RequestKind.POST_MORTEM: "demande post mortem",
     },
     "en": {
         RequestKind.ACCESS: "access request",
@@ -136,6 +141,7 @@ _KIND_SHORT = {
         RequestKind.PORTABILITY: "portability request",
         RequestKind.OBJECTION: "objection",
         RequestKind.CONSENT_WITHDRAWAL: "withdrawal of consent",
+        RequestKind.POST_MORTEM: "post-mortem request",
     },
 }
 _KIND_LABEL = {
@@ -146,6 +152,7 @@ _KIND_LABEL = {
         RequestKind.PORTABILITY: "Portabilité (art. 20)",
         RequestKind.OBJECTION: "Opposition (art. 21)",
         RequestKind.CONSENT_WITHDRAWAL: "Retrait du consentement (art. 7(3))",
+        RequestKind.POST_MORTEM: "Personne décédée (art. 85 LIL)",
     },
     "en": {
         RequestKind.ACCESS: "Access (Art. 15)",
@@ -154,6 +161,7 @@ _KIND_LABEL = {
         RequestKind.PORTABILITY: "Portability (Art. 20)",
         RequestKind.OBJECTION: "Objection (Art. 21)",
         RequestKind.CONSENT_WITHDRAWAL: "Withdrawal of consent (Art. 7(3))",
+        RequestKind.POST_MORTEM: "Deceased person (Art. 85 LIL)",
     },
 }
 _STAGE_WORDS = {

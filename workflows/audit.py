@@ -46,6 +46,19 @@ def triage_details(triage_id: str, decision: TriageDecision, attached: bool) -> 
         details["language"] = decision.language.value
     if decision.changes:
         details["fields"] = ",".join(sorted(decision.changes))
-    if decision.scope:  # an objection: marketing or other
+    if decision.scope:  # an objection: marketing or other; a post_mortem request: closure or estate
         details["scope"] = decision.scope
+    if decision.quality:  # a post_mortem request: what the sender says they are (no personal data)
+        details["quality"] = decision.quality
     return details
+
+
+def deceased_note(email: str, name: str = "") -> str:
+    """The deceased person a post_mortem request is about (personal data: for the sealed note only)."""
+    return f"deceased: {name} <{email}>".replace(":  <", ": <") if email else ""
+
+
+def triage_note(decision: TriageDecision) -> str:
+    """What staff read in the email and gave with the kind: corrections, the deceased person (sealed)."""
+    return "\n".join(filter(None, (changes_note(decision.changes),
+                                    deceased_note(decision.deceased_email, decision.deceased_name))))

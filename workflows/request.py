@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         Correspondence,
         Deadline,
         Deadlines,
+        DirectivesFound,
         Doubt,
         DuplicateAttached,
         ExportsDeletion,
@@ -55,6 +56,8 @@ with workflow.unsafe.imports_passed_through():
         ObjectionDecision,
         Outcome,
         PlanInput,
+        Quality,
+        QualityConfirmation,
         QueueAsk,
         RecordAction,
         Rectification,
@@ -78,7 +81,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
     from workflows import search_attributes as sa
-from workflows import consent, details, objection
+from workflows import consent, details, objection, postmortem
 from workflows.aftercare import RequestAftercare
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.cancellation import shielded_from_cancellation
@@ -152,6 +155,11 @@ class IdentityNotAllowed(ApplicationError):
 class DataSubjectRequest:
     @workflow.init
     def __init__(self, request: RequestInput) -> None:
+        if request.kind == RequestKind.POST_MORTEM:
+            # Art. 85 loi 78-17: whatever the channel or the policy, the sender proves their quality (and the death)
+            # by a document an operator reviews: an authenticated account proves neither (workflows/postmortem.py).
+            request = dataclasses.replace(
+                request, policy=dataclasses.replace(request.policy, identity=IdentityMethod.DOCUMENT))
         self._request = request
         self._stage = Stage.RECEIVED
         self._outcome: Outcome | None = None
@@ -217,6 +225,11 @@ class DataSubjectRequest:
         self._suppressed_until: datetime | None = None
         # Withdrawals of consent (workflows/consent.py): the purposes an earlier request had already withdrawn.
         self._consent_earlier: list[str] = []
+        # Post-mortem requests (workflows/postmortem.py): the deceased person's directives found in the ledger,
+        # the sender's confirmed quality, and what was done ("closed", "kept", "staff").
+        self._directives: DirectivesFound | None = None
+        self._quality: Quality | None = None
+        self._post_mortem_action = ""
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -265,6 +278,9 @@ class DataSubjectRequest:
 
     async def _verify_identity(self) -> bool:
         """Art. 12(6): ask only as much as the policy requires; close as unverified after the wait."""
+        if postmortem.is_post_mortem(self):
+            # 85-I: the directives decide who may act, so they are known before the sender's quality is reviewed.
+            await postmortem.find_directives(self)
         if self._identity_confirmed:
             await self._audit("identity_confirmed", details={"method": IdentityMethod.TRUSTED.value})
             return True
@@ -284,6 +300,7 @@ class DataSubjectRequest:
         await self._audit(
             "identity_requested", stage=Stage.AWAITING_IDENTITY, details={"method": policy.identity.value}
         )
+        identity = self._identity_word()
         reminder_after = timedelta(days=policy.identity_reminder_after_days)
         limit = timedelta(days=policy.identity_timeout_days)
         if not self._clock_suspended:
@@ -297,7 +314,7 @@ class DataSubjectRequest:
         # The subject is told how long they have (whole days, never more than they are given) and, if the
         # period stands still meanwhile, that it does.
         await self._notify_subject(
-            NoticeTemplate.IDENTITY_REQUEST, identity=policy.identity.value,
+            NoticeTemplate.IDENTITY_REQUEST, identity=identity,
             days=str(max(1, limit // timedelta(days=1))), document_reason=policy.document_reason,
             suspended="yes" if self._clock_suspended else "",
         )
@@ -307,7 +324,7 @@ class DataSubjectRequest:
 
         started = workflow.now()
         if not await self._wait(settled, reminder_after, "identity reminder"):
-            await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=policy.identity.value)
+            await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=identity)
             await self._audit("identity_reminder_sent")
             remaining = limit - reminder_after
             if not await self._wait(settled, remaining, "identity timeout"):
@@ -361,6 +378,13 @@ class DataSubjectRequest:
         if self._request.kind == RequestKind.CONSENT_WITHDRAWAL:
             await consent.carry_out(self)
             return
+        if self._request.kind == RequestKind.POST_MORTEM:
+            await postmortem.carry_out(self)
+            return
+        await self._carry_out_in_systems()
+
+    async def _carry_out_in_systems(self) -> None:
+        """The fan-out and the reply, in the person's turn (a post_mortem request: the deceased person's)."""
         self._set_stage(Stage.PROCESSING)
         await self._audit("processing", stage=Stage.PROCESSING)
         # One subject, one thing at a time: the fan-out and the reply run only while this request holds the
@@ -401,7 +425,7 @@ class DataSubjectRequest:
         """Every connector done (True), or the request withdrawn or refused meanwhile (False)."""
         plan = await workflow.execute_activity_method(
             ConnectorActivities.plan_fanout,
-            PlanInput(kind=self._request.kind),
+            PlanInput(kind=postmortem.work_kind(self)),
             **summarised(PLAN, f"plan {self._request.kind.value}"),
         )
         if consent.is_consent_withdrawal(self):
@@ -419,7 +443,7 @@ class DataSubjectRequest:
             failed = [p for p in self._progress.values() if p.state == ConnectorState.FAILED]
             if not failed:
                 break
-            released = ordered and self._request.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION)
+            released = ordered and postmortem.work_kind(self) in (RequestKind.ERASURE, RequestKind.RECTIFICATION)
             if released:
                 # An operator may take days: the person's other requests go on meanwhile (this one asks again
                 # on retry, and takes its place by receipt among those then waiting). An access or portability
@@ -525,6 +549,9 @@ class DataSubjectRequest:
             suppressed_until=self._suppressed_until.date() if self._suppressed_until else None,
             purposes=list(self._request.purposes),
             consent_earlier=list(self._consent_earlier),
+            quality=self._quality.value if self._quality else "",
+            action=self._post_mortem_action,
+            directives=self._directives.instruction if self._directives else "",
             key="final-reply",
         )
         while True:
@@ -630,8 +657,8 @@ class DataSubjectRequest:
         return ConnectorTask(
             request_id=self._request.request_id,
             connector=connector,
-            kind=self._request.kind,
-            subject=self._request.subject,
+            kind=postmortem.work_kind(self),
+            subject=postmortem.deceased(self),
             changes=self._request.changes,
             consent=consent.actions_for(self, connector),
             resume=self._cursors.get(connector) if schedule else None,
@@ -646,8 +673,8 @@ class DataSubjectRequest:
         name = progress.connector
         if name in self._outside:
             return await run_outside_task(OutsideTaskInput(
-                request_id=self._request.request_id, system=name, kind=self._request.kind,
-                subject=self._request.subject, deadline=self._deadline.due, changes=dict(self._request.changes),
+                request_id=self._request.request_id, system=name, kind=postmortem.work_kind(self),
+                subject=postmortem.deceased(self), deadline=self._deadline.due, changes=dict(self._request.changes),
                 now=workflow.now()))
         started = workflow.now()
         resumed = 0
@@ -935,11 +962,35 @@ class DataSubjectRequest:
             raise RequestRejected(f"identity of {self._request.request_id} is already confirmed")
         if self._ending():
             raise RequestRejected(f"{self._request.request_id} is being closed")
+        if postmortem.is_post_mortem(self):
+            raise RequestRejected(f"{self._request.request_id} is about a deceased person: confirm the sender's "
+                                  "quality instead (dsr confirm-quality ID --quality heir|executor|designated)")
         # The policy frozen into the request decides which proofs count: a document request is never confirmed
         # by a link or a code (none was sent), an erasure or rectification never by a code.
         refused = confirmation_refused(self._request.policy.identity, self._request.kind, confirmation)
         if refused is not None:
             raise IdentityNotAllowed(f"{self._request.request_id} cannot be confirmed this way: {refused}")
+
+    @workflow.update
+    async def confirm_quality(self, confirmation: QualityConfirmation) -> UpdateResult:
+        """An operator reviewed the sender's document (the death, and their quality as heir, executor or the person
+        designated in the directives): the request runs on the deceased person's data (workflows/postmortem.py)."""
+        await self._resume_clock()
+        self._quality = Quality(confirmation.quality)
+        self._identity_confirmed = True
+        await self._audit("quality_confirmed", actor=confirmation.confirmed_by,
+                          details={"quality": self._quality.value}, note=confirmation.note)
+        await workflow.wait_condition(lambda: self._stage not in (Stage.RECEIVED, Stage.AWAITING_IDENTITY))
+        return self._result()
+
+    @confirm_quality.validator
+    def _validate_confirm_quality(self, confirmation: QualityConfirmation) -> None:
+        self._reject_if_closed()
+        if self._ending():
+            raise RequestRejected(f"{self._request.request_id} is being closed")
+        refused = postmortem.quality_refused(self, confirmation.quality)
+        if refused is not None:
+            raise RequestRejected(refused)
 
     @workflow.signal
     async def code_locked(self, locked: CodeLocked) -> None:
@@ -1148,6 +1199,8 @@ class DataSubjectRequest:
             raise RequestRejected("the rights of others (Art. 15(4), 20(4)) limit a copy: access or portability only")
         if ground == RefusalGround.ERASURE_EXCEPTION and kind != RequestKind.ERASURE:
             raise RequestRejected("the exceptions of Art. 17(3) apply to erasure requests only")
+        if ground == RefusalGround.QUALITY and kind != RequestKind.POST_MORTEM:
+            raise RequestRejected("the sender's quality (art. 85 loi 78-17) is a ground for post_mortem requests only")
         self._reject_if_busy("refused")
 
     @workflow.update
@@ -1259,6 +1312,8 @@ class DataSubjectRequest:
             purposes=[purpose.key for purpose in self._request.purposes],
             aftercare=self._aftercare,
             cancellation_refused=self._cancellation_refused,
+            quality=self._quality.value if self._quality else "",
+            directives=self._directives.instruction if self._directives else "",
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -1340,6 +1395,13 @@ class DataSubjectRequest:
             f"identity: {self._request.policy.identity.value}"
             + (" ✓" if self._identity_confirmed else " (waiting)"),
         ]
+        if postmortem.is_post_mortem(self):
+            lines.append("about a deceased person (art. 85): sender's quality "
+                         + (f"**{self._quality.value}** ✓" if self._quality else
+                            "(waiting: `dsr confirm-quality ID --quality heir|executor|designated` or `dsr refuse "
+                            "ID --ground quality`)")
+                         + (f" · directives: {self._directives.instruction}" if self._directives
+                            and self._directives.found else " · no directives"))
         if self._progress:
             rows: list[list[str]] = []
             for p in self._progress.values():
@@ -1449,7 +1511,7 @@ class DataSubjectRequest:
     def _acknowledgement_context(self) -> dict[str, str]:
         """What makes the acknowledgement true: how identity will be checked, and whether the month is already
         over (a letter recorded late with ``--received``), in which case no date in the future is promised."""
-        identity = IdentityMethod(self._request.policy.identity).value
+        identity = self._identity_word()
         if objection.is_marketing_objection(self):
             identity = "none"  # no check is asked: see _verify_identity
         elif consent.is_consent_withdrawal(self):
@@ -1458,6 +1520,13 @@ class DataSubjectRequest:
         if workflow.now() >= self._deadline.overdue_at:
             context["late"] = "yes"
         return context
+
+    def _identity_word(self) -> str:
+        """What the subject's notices say is checked: the policy's method, or, for a post_mortem request, the
+        sender's quality ("quality": a document proving the death and their quality, reviewed by staff)."""
+        if postmortem.is_post_mortem(self):
+            return "quality"
+        return IdentityMethod(self._request.policy.identity).value
 
     def _thread(self) -> str | None:
         """The Message-ID our next email to the subject answers: their latest message, else their first."""

@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
         TriageStatus,
     )
     from workflows import search_attributes as sa
-from workflows.audit import changes_note, triage_details
+from workflows.audit import triage_details, triage_note
 from workflows.contract import (
     DEADLINES,
     LEDGER,
@@ -184,7 +184,7 @@ class TriageMessageWorkflow:
             LedgerActivities.record_event,
             AuditEvent(request_id=submitted.request_id, event="triage_classified", actor=decision.decided_by,
                        details=triage_details(self._item.triage_id, decision, submitted.attached),
-                       note=changes_note(decision.changes)),
+                       note=triage_note(decision)),
             **summarised(LEDGER, "ledger: triage_classified"))
         return self.status()
 
@@ -194,8 +194,13 @@ class TriageMessageWorkflow:
         RequestKind(decision.kind)
         if decision.changes and decision.kind != RequestKind.RECTIFICATION:
             raise RequestRejected("changes are only for rectification requests")
-        if decision.scope and (decision.kind != RequestKind.OBJECTION or decision.scope not in ("marketing", "other")):
-            raise RequestRejected("a scope (marketing or other) is only for objections")
+        if decision.scope and (decision.kind != RequestKind.OBJECTION or decision.scope not in ("marketing", "other")) \
+                and (decision.kind != RequestKind.POST_MORTEM or decision.scope not in ("closure", "estate")):
+            raise RequestRejected("a scope is marketing or other for objections, closure or estate for post_mortem")
+        if decision.kind == RequestKind.POST_MORTEM and not decision.deceased_email.strip():
+            raise RequestRejected("a post_mortem request names the deceased person (their email address)")
+        if decision.kind != RequestKind.POST_MORTEM and (decision.deceased_email or decision.quality):
+            raise RequestRejected("the deceased person and the sender's quality are only for post_mortem requests")
         unknown = sorted(set(decision.changes) - CANONICAL_FIELDS)
         if unknown:
             fields = ", ".join(sorted(CANONICAL_FIELDS))

@@ -209,3 +209,29 @@ async def decide(
 
     await _update(request_id, DataSubjectRequest.decide,
                   ObjectionDecision(uphold=uphold, grounds=grounds, decided_by=by), as_json)
+
+
+@run
+async def confirm_quality(
+    request_id: RequestId,
+    quality: Annotated[str, typer.Option(
+        help="What the documents show the sender to be: heir, executor, or designated (in the deceased person's "
+             "directives).")],
+    by: Actor = "operator",
+    note: Annotated[str, typer.Option(help="What was checked (death certificate, deed...; no copy). Kept sealed.")]
+    = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Confirm the quality of the sender of a request about a deceased person (loi 78-17 art. 85), after
+    reviewing the death certificate and their proof (deleted once reviewed); the request then runs on the
+    deceased person's data. Refuse it instead with: dsr refuse ID --ground quality --reason "..."."""
+    from dsr.domain.model import Quality, QualityConfirmation
+
+    try:
+        chosen = Quality(quality.strip().lower())
+    except ValueError:
+        raise UserError(f"--quality must be one of {', '.join(q.value for q in Quality)}, got {quality!r}") from None
+    from workflows.request import DataSubjectRequest
+
+    await _update(request_id, DataSubjectRequest.confirm_quality,
+                  QualityConfirmation(quality=chosen, confirmed_by=by, note=note), as_json)

@@ -16,6 +16,7 @@ from dsr.cli import (
     db,
     decisions,
     demo,
+    directives,
     keys,
     lifecycle,
     register,
@@ -68,6 +69,7 @@ app.command("doubt")(decisions.doubt)
 app.command("rectify")(decisions.rectify)
 app.command("clear-residuals")(decisions.clear_residuals)
 app.command("decide")(decisions.decide)
+app.command("confirm-quality")(decisions.confirm_quality)
 # All requests: what is due, the audit trail, the register and its statistics.
 app.command("due")(requests.due)
 app.command("history")(requests.history)
@@ -91,6 +93,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(demo.app, name="demo")
 app.add_typer(db.db_app, name="db")
 app.add_typer(suppression.app, name="suppression")
+app.add_typer(directives.app, name="directives")
 
 
 def main() -> NoReturn:  # pragma: no cover - console script entry point

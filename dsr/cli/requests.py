@@ -42,8 +42,9 @@ def _parse_received(value: str | None) -> datetime | None:
 
 @run
 async def submit(
-    kind: Annotated[str, typer.Option(help="access, rectification, erasure, portability or objection.")],
-    email: Annotated[str, typer.Option(help="The subject's email address.")],
+    kind: Annotated[str, typer.Option(
+        help="access, rectification, erasure, portability, objection or post_mortem.")],
+    email: Annotated[str, typer.Option(help="The subject's email address (post_mortem: the sender's).")],
     name: Annotated[str, typer.Option(help="The subject's name.")] = "",
     channel: Annotated[str, typer.Option(
         help="api, email, form, support_desk, operator or letter (a letter needs --received).")] = "operator",
@@ -56,7 +57,12 @@ async def submit(
         list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")
     ] = None,
     scope: Annotated[str, typer.Option(
-        help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides).")] = "",
+        help="Objection: marketing (direct marketing, stopped at once) or other (an operator decides). "
+             "Post_mortem: closure (the default: accounts closed) or estate (information for the estate).")] = "",
+    deceased_email: Annotated[str, typer.Option(help="Post_mortem: the deceased person's email address.")] = "",
+    deceased_name: Annotated[str, typer.Option(help="Post_mortem: the deceased person's name.")] = "",
+    quality: Annotated[str, typer.Option(
+        help="Post_mortem: what the sender says they are: heir (default), executor or designated.")] = "",
     customer_id: Annotated[str, typer.Option(
         "--customer-id", help="The subject's customer id, as checked by staff: an application database's map may "
                               "locate them by it too.")] = "",
@@ -82,7 +88,8 @@ async def submit(
     submission = Submission(kind=kind, email=email, name=name, channel=channel, language=language, details=details,
                             received_at=_parse_received(received), changes=parse_changes(change or []),
                             scope=scope, customer_id=customer_id, phone=phone,
-                            purposes=list(purpose or []))
+                            purposes=list(purpose or []), deceased_email=deceased_email, deceased_name=deceased_name,
+                            quality=quality)
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings
@@ -160,6 +167,13 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     typer.echo(f"  received {state.received.isoformat()}, due {state.deadline.isoformat()}"
                + (f" [{', '.join(flags)}]" if flags else ""))
     typer.echo(f"  identity: {state.identity.value}, {'confirmed' if state.identity_confirmed else 'waiting'}")
+    if state.kind.value == "post_mortem":
+        # About a deceased person (art. 85): the sender's quality stands for the identity check.
+        typer.echo("  about a deceased person: sender's quality "
+                   + (f"{state.quality} (confirmed)" if state.quality else
+                      f"waiting (`dsr confirm-quality {state.request_id} --quality heir|executor|designated`, or "
+                      f"`dsr refuse {state.request_id} --ground quality --reason \"...\"`)")
+                   + (f"; directives: {state.directives}" if state.directives else "; no directives"))
     for c in state.connectors:
         shown = "degraded" if c.degraded else c.state.value
         if c.failing_since is not None and c.state.value == "running":

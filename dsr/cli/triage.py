@@ -80,10 +80,15 @@ async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
 @run
 async def triage_classify(
     triage_id: TriageId,
-    kind: Annotated[str, typer.Option(help="access, rectification, erasure, portability or objection.")],
+    kind: Annotated[str, typer.Option(
+        help="access, rectification, erasure, portability, objection or post_mortem.")],
     language: Annotated[str | None, typer.Option(help="fr or en, if the detected one is wrong.")] = None,
     change: Annotated[list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")] = None,
-    scope: Annotated[str, typer.Option(help="Objection: marketing or other (the default).")] = "",
+    scope: Annotated[str, typer.Option(
+        help="Objection: marketing or other (the default). Post_mortem: closure (the default) or estate.")] = "",
+    deceased_email: Annotated[str, typer.Option(help="Post_mortem: the deceased person's email address.")] = "",
+    deceased_name: Annotated[str, typer.Option(help="Post_mortem: the deceased person's name.")] = "",
+    quality: Annotated[str, typer.Option(help="Post_mortem: heir (default), executor or designated.")] = "",
     by: Actor = "operator",
     as_json: JsonOption = False,
 ) -> None:
@@ -96,10 +101,14 @@ async def triage_classify(
     except ValueError:
         raise UserError(f"--kind must be one of {', '.join(k.value for k in RequestKind)}; --language fr or en"
                         f" (got {kind!r}, {language!r})") from None
-    if scope and (chosen != RequestKind.OBJECTION or scope not in ("marketing", "other")):
-        raise UserError("--scope is marketing or other, for --kind objection only")
+    if scope and (chosen != RequestKind.OBJECTION or scope not in ("marketing", "other")) \
+            and (chosen != RequestKind.POST_MORTEM or scope not in ("closure", "estate")):
+        raise UserError("--scope is marketing or other for --kind objection, closure or estate for post_mortem")
+    if (chosen == RequestKind.POST_MORTEM) != bool(deceased_email.strip()) or (quality and not deceased_email):
+        raise UserError("--kind post_mortem needs --deceased-email (and only it takes --deceased-name, --quality)")
     decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=parse_changes(change or []),
-                              scope=scope)
+                              scope=scope, deceased_email=deceased_email.strip(),
+                              deceased_name=deceased_name.strip(), quality=quality.strip().lower())
     _, client = await temporal_client()
     from workflows.triage import TriageMessageWorkflow
 

@@ -31,6 +31,7 @@ class RequestKind(StrEnum):
     PORTABILITY = "portability"
     OBJECTION = "objection"
     CONSENT_WITHDRAWAL = "consent_withdrawal"
+    POST_MORTEM = "post_mortem"  # loi 78-17 art. 85: the data of a deceased person, asked by an heir or designee
 
 
 class ObjectionScope(StrEnum):
@@ -46,6 +47,36 @@ def objection_scope(kind: RequestKind, scope: str) -> ObjectionScope | None:
     if kind != RequestKind.OBJECTION:
         return None
     return ObjectionScope(scope) if scope else ObjectionScope.OTHER
+
+
+class Quality(StrEnum):
+    """Who may act for a deceased person (loi 78-17 art. 85), as the sender claims and an operator confirms."""
+
+    HEIR = "heir"  # 85-II: an heir, without directives or where they do not say otherwise
+    EXECUTOR = "executor"  # the estate's executor (exécuteur testamentaire / notaire), acting for the heirs
+    DESIGNATED = "designated"  # 85-I: the person the deceased designated in their directives
+
+
+class PostMortemAim(StrEnum):
+    """What the sender of a ``post_mortem`` request asks (the request's ``scope``), within art. 85-II."""
+
+    CLOSURE = "closure"  # 85-II 2°: the death taken into account: accounts closed, processing stopped (default)
+    ESTATE = "estate"  # 85-II 1°: information useful to settle the estate, digital goods, family memories
+
+
+class DirectiveInstruction(StrEnum):
+    """What a person's directives (art. 85-I) say to do with their data after death."""
+
+    ERASE = "erase"  # close the accounts, erase the data
+    KEEP = "keep"  # keep the data as it is (no erasure by the heirs' request: a contrary mention, 85-II)
+    HAND_OVER = "hand_over"  # communicate the data to the designated person
+
+
+def post_mortem_aim(kind: RequestKind, scope: str) -> PostMortemAim | None:
+    """The aim of a post_mortem request (closure when none was given), or None for any other kind."""
+    if kind != RequestKind.POST_MORTEM:
+        return None
+    return PostMortemAim(scope) if scope else PostMortemAim.CLOSURE
 
 
 class Stage(StrEnum):
@@ -254,8 +285,13 @@ class RequestInput:
     in_reply_to: str | None = None  # Message-ID of the subject's email, so notices stay in its thread
     ticket: str | None = None  # support-desk ticket ("zendesk:4521"); shown to staff, quoted in replies
     subject_key: str = ""  # blind index of the subject's email (set at intake): names their queue; "" = none
-    scope: str = ""  # objection: an ObjectionScope value ("" for other kinds)
+    scope: str = ""  # objection: an ObjectionScope value; post_mortem: a PostMortemAim value ("" for other kinds)
     purposes: list[ConsentPurpose] = field(default_factory=list)  # consent_withdrawal: frozen from the profile
+    # post_mortem (loi 78-17 art. 85): ``subject`` is the sender (heir, executor, designee), who gets every
+    # email; ``deceased`` is the person whose data the systems are searched for (personal data: encrypted
+    # payload only); ``quality`` is what the sender says they are (a Quality value), confirmed by an operator.
+    deceased: Subject | None = None
+    quality: str = ""
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------
@@ -349,6 +385,7 @@ class RefusalGround(StrEnum):
     OTHERS_RIGHTS = "others_rights"  # Art. 15(4), 20(4): a copy would harm the rights of others
     ERASURE_EXCEPTION = "erasure_exception"  # Art. 17(3): erasure does not apply
     LEGAL_RESTRICTION = "legal_restriction"  # Art. 23: a restriction laid down by law
+    QUALITY = "quality"  # loi 78-17 art. 85: the sender of a post_mortem request has not shown they may act
 
 
 @dataclass
@@ -426,6 +463,35 @@ class ConsentRecord:
     request_id: str
     subject: Subject
     purposes: list[str] = field(default_factory=list)
+class QualityConfirmation:
+    """An operator checked the document the sender of a ``post_mortem`` request sent (death certificate and proof
+    of their quality: certificate of inheritance, notarial deed, the directives naming them): the request may
+    run on the deceased person's data. Stands for the identity confirmation of the other kinds."""
+
+    quality: Quality
+    confirmed_by: str = "operator"
+    note: str = ""  # what was checked; sealed in the ledger, never logged
+
+
+@dataclass
+class DirectivesLookup:
+    """Input of ``find_directives``: the deceased person and the sender (personal data: encrypted payload)."""
+
+    request_id: str
+    deceased: Subject
+    sender: Subject
+
+
+@dataclass
+class DirectivesFound:
+    """What the ledger holds of the deceased person's directives, without personal data: the instruction, and
+    whether they designate someone, and whether the sender is that person (compared by blind index)."""
+
+    found: bool = False
+    directive_id: str = ""
+    instruction: str = ""  # a DirectiveInstruction value
+    designates: bool = False
+    sender_designated: bool = False
 
 
 @dataclass
@@ -747,6 +813,9 @@ class ReplyInput:
     suppressed_until: date | None = None  # a marketing objection: how long the suppression list remembers it
     purposes: list[ConsentPurpose] = field(default_factory=list)  # consent_withdrawal: the purposes withdrawn
     consent_earlier: list[str] = field(default_factory=list)  # of those, the ones an earlier request withdrew
+    quality: str = ""  # post_mortem: the sender's confirmed quality
+    action: str = ""  # post_mortem: "closed", "kept" (directives), "staff" (estate information, a hand-over)
+    directives: str = ""  # post_mortem: the instruction of the directives applied ("" when none were found)
     # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
     # so both send one Message-ID. "": the activity's id (histories from before it).
     key: str = ""
@@ -798,6 +867,8 @@ class RequestStatus:
     degraded: list[str] = field(default_factory=list)  # connectors failing longer than the policy allows
     scope: str = ""  # objection: marketing or other
     awaiting_decision: bool = False  # an objection (21(1)) waits for ``dsr decide``
+    quality: str = ""  # post_mortem: the sender's confirmed quality (heir, executor, designated)
+    directives: str = ""  # post_mortem: the instruction of the deceased person's directives, "" when none
     decision: str = ""  # "upheld" or "rejected", once decided
     purposes: list[str] = field(default_factory=list)  # consent_withdrawal: the keys of the purposes withdrawn
     # The end of the request: the aftercare workflow that follows the link and residual data once it is answered;
@@ -899,7 +970,12 @@ class TriageDecision:
     decided_by: str = "operator"
     language: Language | None = None  # overrides the detected language
     changes: dict[str, str] = field(default_factory=dict)  # rectification, read from the email by staff
-    scope: str = ""  # objection: marketing or other (the default), as staff read it
+    scope: str = ""  # objection: marketing or other (the default), as staff read it; post_mortem: closure or estate
+    # post_mortem: the deceased person staff read in the email (personal data: sealed in the ledger's note), and
+    # what the sender says they are (heir, executor, designated).
+    deceased_email: str = ""
+    deceased_name: str = ""
+    quality: str = ""
 
 
 @dataclass

@@ -55,6 +55,7 @@ class ReplyKind(StrEnum):
     RECTIFICATION = "reply_rectification"
     OBJECTION = "reply_objection"
     CONSENT_WITHDRAWAL = "reply_consent_withdrawal"
+    POST_MORTEM = "reply_post_mortem"
     NO_DATA = "reply_no_data"
     ART19_NOTICE = "art19_notice"
 
@@ -66,6 +67,7 @@ _REQUEST_KIND = {
     ReplyKind.RECTIFICATION: RequestKind.RECTIFICATION,
     ReplyKind.OBJECTION: RequestKind.OBJECTION,
     ReplyKind.CONSENT_WITHDRAWAL: RequestKind.CONSENT_WITHDRAWAL,
+    ReplyKind.POST_MORTEM: RequestKind.POST_MORTEM,
 }
 
 
@@ -104,6 +106,9 @@ class ReplyContext:
     consent_purposes: list[ConsentPurpose] = field(default_factory=list)  # reply_consent_withdrawal: withdrawn
     consent_earlier: list[str] = field(default_factory=list)  # of those, the keys an earlier request withdrew
     consent_url: str = ""  # the subject's one-click withdrawal link (/consent/{token}), in every reply's footer
+    quality: str = ""  # reply_post_mortem: the sender's confirmed quality (heir, executor, designated)
+    action: str = ""  # reply_post_mortem: "closed", "kept" (the directives) or "staff" (estate, hand-over)
+    directives: str = ""  # reply_post_mortem: the instruction of the directives applied, "" when none
 
 
 # --- words per language ---------------------------------------------------------------------------------
@@ -541,6 +546,23 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
                                for p in context.consent_purposes]
         values["systems"] = [_consent_system(o, label, names) for o, label in pairs]
         values["by_hand"] = any(line["status"] == "by_hand" for s in values["systems"] for line in s["lines"])
+    elif kind == ReplyKind.POST_MORTEM:
+        if context.quality not in ("heir", "executor", "designated"):
+            raise ValueError("a post_mortem reply names the sender's confirmed quality (heir, executor, designated)")
+        if context.action not in ("closed", "kept", "staff"):
+            raise ValueError("a post_mortem reply says what was done (closed, kept or staff)")
+        if context.action == "closed" and not context.systems:
+            raise ValueError("accounts closed, but no system reports what it did")
+        values["quality"] = context.quality
+        values["action"] = context.action
+        values["directives"] = context.directives
+        # What each system did with the deceased person's data: the erasure's own lines (erased, pseudonymised,
+        # kept by law, residual), never a value, never more than the erasure reply would tell the person.
+        values["systems"] = [_erasure_system(o, label, lang, profile) for o, label in pairs] \
+            if context.action == "closed" else []
+        values["residuals"] = any(s["residual"] or (s["outside"] and s["outside"]["status"] in ("cannot", "no_answer"))
+                                  for s in values["systems"])
+        values["suppressed_until"] = _iso(context.suppressed_until)
     elif kind == ReplyKind.ART19_NOTICE:
         values["subject_email"] = _s(context.subject_email)
         values["recipient_name"] = _s(context.recipient_name)

@@ -65,6 +65,12 @@ def decisions_needed() -> str:
     return f"{of_kind(RequestKind.OBJECTION)} AND {sa.DSR_STAGE.name} = '{Stage.NEEDS_ATTENTION.value}'"
 
 
+def quality_to_confirm() -> str:
+    """Requests about a deceased person (loi 78-17 art. 85) waiting for staff to review the sender's documents:
+    ``dsr confirm-quality`` or ``dsr refuse --ground quality``."""
+    return f"{of_kind(RequestKind.POST_MORTEM)} AND {sa.DSR_STAGE.name} = '{Stage.AWAITING_IDENTITY.value}'"
+
+
 def open_requests() -> str:
     """Every request not yet answered (what the UI's list shows by default, less the other workflow types)."""
     return RUNNING
@@ -95,6 +101,8 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "objections under way": of_kind(RequestKind.OBJECTION),
         "objections to decide": decisions_needed(),
         "withdrawals of consent under way": of_kind(RequestKind.CONSENT_WITHDRAWAL),
+        "deceased persons' data": of_kind(RequestKind.POST_MORTEM),
+        "quality to confirm (deceased persons)": quality_to_confirm(),
         "ended by hand": ended_by_hand(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"

@@ -45,7 +45,9 @@ class Classification:
     reason: str
     """Short and free of personal data, e.g. ``erasure: 'supprimer/effacer compte/donnees' (subject)``."""
     scope: str = ""
-    """An objection's scope: ``marketing`` when it speaks of newsletters, emails, offers, calls..., else ``other``."""
+    """An objection's scope: ``marketing`` when it speaks of newsletters, emails, offers, calls..., else ``other``;
+    a post_mortem request's aim: ``estate`` when it asks for the estate's information and closes nothing, else
+    ``closure``."""
 
 
 @dataclass(frozen=True)
@@ -243,11 +245,12 @@ CONSENT_WITHDRAWAL = re.compile(
     r"\b(?:withdraw\w*|revok\w*|revocation of|retract\w*)\b.{0,20}\bconsent\b|"
     r"\bart(?:icle|\.)?\s*7\s*\(?3\)?")
 
-# A message about someone who died goes to triage, whatever else it says: the sender is not the data subject
-# (French law gives heirs and post-mortem directives their own rules, art. 85 loi 78-17). It is checked before
-# anything else, the withdrawal of consent next.
+# A message about someone who died is a post_mortem request, whatever else it says: the sender is not the data
+# subject (French law gives heirs and post-mortem directives their own rules, art. 85 loi 78-17). It is checked
+# before anything else, the withdrawal of consent next.
+DECEASED = "about a deceased person"
 OUT_OF_SCOPE: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("about a deceased person", re.compile(
+    (DECEASED, re.compile(
         r"\bdecede\w*|\bdeces\b|\bdefunte?s?\b|\bfeue?\b|\bnous a quitte\w*|\bsuccession\b|\bheritiers?\b|"
         r"\bayants?[- ]droits?\b|\bpost[- ]mortem\b|\bacte de deces\b|\bmort(?:e)? (?:le|en|il y a|recemment)\b|"
         r"\bpassed away\b|\bdeceased\b|\bdied\b|\b(?:his|her|their|the) death\b|\bdeath certificate\b|"
@@ -255,6 +258,30 @@ OUT_OF_SCOPE: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"grandfather|grandmother)\b|\bbereave\w*|\bexecutor\b|\bestate of\b|\bnext of kin\b")),
     ("withdrawal of consent", CONSENT_WITHDRAWAL),
 )
+
+# A post_mortem request asks the estate's information (85-II 1°) when it speaks of the estate, the notary, papers
+# or memories and asks to close or delete nothing; otherwise it has the death taken into account (closure, 2°).
+ESTATE = re.compile(
+    r"\bsuccession\b|\bnotaire\b|\bsouvenirs?\b|\bphotos?\b|\bfactures?\b|\bcontrats?\b|\bestate\b|\bprobate\b|"
+    r"\bnotary\b|\bsolicitor\b|\bmemories\b|\binvoices?\b|\bcontracts?\b")
+CLOSE = re.compile(
+    r"\bsupprim\w*|\beffac\w*|\bclotur\w*|\bferm\w*|\bresili\w*|\bdesactiv\w*|\bne plus\b|\bstop\w*|\bdelet\w*|"
+    r"\berase\w*|\bclos\w*|\bremov\w*|\bcancel\w*|\bdeactivat\w*|\bno (?:more|longer)\b|\bunsubscri\w*|"
+    r"\bdesabonn\w*|\bdesinscri\w*")
+
+
+# A living person giving directives for after their own death (art. 85-I): not a death reported, and nothing to do
+# to their data now; staff record the directives (``dsr directives record``) once the person's consent is in hand.
+OWN_DIRECTIVES = re.compile(
+    r"\bmes directives\b|\ba mon deces\b|\bapres (?:mon deces|ma mort)\b|\bmy (?:own )?(?:directives|instructions)\b"
+    r"|\b(?:after|upon|on) my (?:own )?death\b|\bwhen i die\b")
+
+
+def _post_mortem(subject_text: str, body_text: str, language: Language | None) -> Classification:
+    text = f"{subject_text}\n{body_text}"
+    aim = "estate" if ESTATE.search(text) and not CLOSE.search(text) else "closure"
+    return Classification(RequestKind.POST_MORTEM, language, 0.5, f"post_mortem ({aim}): {DECEASED}", scope=aim)
+
 
 # An objection (Art. 21) or a marketing opt-out: stop, not delete. It is the request whether or not it is
 # negated ("don't send me more" is the request itself), so it is read before the other kinds; when another
@@ -521,6 +548,11 @@ def classify(subject: str, body: str) -> Classification:
     # Checked on the subject too (even a reply's: "Re: ... désinscription" is still about an opt-out).
     for label, regex in OUT_OF_SCOPE:
         if regex.search(subject_text) or regex.search(body_text):
+            if label == DECEASED:
+                if OWN_DIRECTIVES.search(subject_text) or OWN_DIRECTIVES.search(body_text):
+                    return Classification(None, language, 0.0, "unsure: directives for after their own death "
+                                                                "(dsr directives record)")
+                return _post_mortem(subject_text, body_text, language)
             if regex is CONSENT_WITHDRAWAL:
                 return _consent_withdrawal(language, evidence)
             return Classification(None, language, 0.0, f"unsure: {label}")

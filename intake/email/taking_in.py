@@ -55,13 +55,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from dsr.domain.deadlines import receipt_date
-from dsr.domain.model import Channel, Correspondence, Language, RequestKind
+from dsr.domain.model import Channel, Correspondence, Language, RequestKind, is_valid_email
 from dsr.store.attachments import AttachmentLimitError, AttachmentStore
 from dsr.store.inbox import InboundMessage, Inbox, MessageState
 from intake.email.mime import InboundEmail
@@ -192,7 +193,8 @@ class MessageIntake:
             classification = self._classify(message.subject, message.body)
             kind, language_enum, reason = classification.kind, classification.language, classification.reason
             # An objection's scope (classifiers before objections had none: the default asks a person).
-            scope = str(getattr(classification, "scope", "") or "") if kind == RequestKind.OBJECTION else ""
+            scope = str(getattr(classification, "scope", "") or "") \
+                if kind in (RequestKind.OBJECTION, RequestKind.POST_MORTEM) else ""
         except Exception as exc:  # a classifier bug must not block the inbox: a human decides instead
             log.error("mailbox: classifier failed on message uid=%d (%s); sent to triage", uid, type(exc).__name__)
             kind, language_enum, reason, scope = None, None, "classifier failed", ""
@@ -211,6 +213,14 @@ class MessageIntake:
                 reason = f"{reason}; " if row.reason == CLOSED_REPLY or message.unread else ""
                 reason += "sender failed DMARC"
             reason += f": the From address may be forged ({message.sender_check.summary()})"
+        deceased = ""
+        if kind == RequestKind.POST_MORTEM:
+            # Art. 85: the request is about someone else, whose address the systems know. Taken from the message
+            # only when it names exactly one address besides the sender's; otherwise a person reads it and gives
+            # it at triage (dsr triage classify ID --kind post_mortem --deceased-email ...).
+            deceased = deceased_address(message.body, message.sender)
+            if not deceased:
+                kind, reason = None, f"{reason}; the deceased person's address is not (or not alone) in the message"
         language = language_enum.value if language_enum is not None else None
         details = _bounded(message.body, MAX_DETAILS)
         in_reply_to = message.message_id  # None for a synthetic id: there is no thread to answer in
@@ -244,6 +254,7 @@ class MessageIntake:
                     request_id=request_id,
                     trusted=False,  # a From address is a claim, not proof: identity is still checked
                     scope=scope,
+                    deceased_email=deceased,
                 )
             )
         except RateLimited:
@@ -355,6 +366,16 @@ class MessageIntake:
                                        sender_check=message.sender_check.summary())
             except AttachmentLimitError:
                 log.warning("mailbox: an attachment of request %s is over the store's limits; not kept", request_id)
+
+
+_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+
+
+def deceased_address(body: str, sender: str) -> str:
+    """The one address a message about a deceased person names besides the sender's, or "" (none, or several)."""
+    found = {match.group(0).rstrip(".").lower() for match in _ADDRESS.finditer(body[:MAX_DETAILS])}
+    found.discard(sender.strip().lower())
+    return found.pop() if len(found) == 1 and is_valid_email(next(iter(found))) else ""
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -21,12 +21,16 @@ Support desks
        "tags": "{{ticket.tags}}", "description": "{{ticket.description}}"}
 
   The kind comes from a ``kind`` field (a custom ticket field placeholder) or from exactly one tag
-  ``dsr_access``, ``dsr_rectification``, ``dsr_erasure``, ``dsr_portability`` or ``dsr_objection`` (with the
-  tag ``dsr_marketing`` an objection is to direct marketing; without it, to other processing), or
-  ``dsr_consent_withdrawal`` (every purpose based on consent).
+  ``dsr_access``, ``dsr_rectification``, ``dsr_erasure``, ``dsr_portability``, ``dsr_objection`` (with the
+  tag ``dsr_marketing`` an objection is to direct marketing; without it, to other processing),
+  ``dsr_consent_withdrawal`` (every purpose based on consent) or
+  ``dsr_post_mortem`` (a request about a deceased person: the trigger adds ``deceased_email``, ``deceased_name``
+  and ``quality`` from ticket fields; with the tag ``dsr_estate`` it asks the estate's information, else the
+  accounts' closure).
 * **Any other desk** (``POST /webhooks/ticket``): ``X-DSR-Timestamp`` (Unix seconds) and
   ``X-DSR-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``; body
-  ``{"desk", "ticket_id", "email", "name", "kind", "scope", "language", "details", "authenticated"}``.
+  ``{"desk", "ticket_id", "email", "name", "kind", "scope", "language", "details", "authenticated"}`` (and, for
+  ``post_mortem``, ``deceased_email``, ``deceased_name``, ``quality``).
 
 A ticket's request id is derived from the ticket (keyed hash), so a webhook the desk delivers twice
 starts one request. ``authenticated: true`` marks the requester as already identified by the desk (a
@@ -43,7 +47,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -52,7 +56,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, ObjectionScope, RequestKind
+from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, ObjectionScope, PostMortemAim, Quality, RequestKind
 from dsr.store.guards import Guards
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
@@ -81,6 +85,9 @@ def _iso_text(value: Any) -> Any:
 
 
 ReceivedAt = Annotated[AwareDatetime | None, BeforeValidator(_iso_text)]
+ScopeValue = Literal["marketing", "other", "closure", "estate"]
+"""An objection's scope (ObjectionScope) or a post_mortem request's aim (PostMortemAim); the kind decides which."""
+assert set(get_args(ScopeValue)) == {*ObjectionScope, *PostMortemAim}  # one list of values, checked at import
 
 
 # --- bodies -------------------------------------------------------------------------------------------
@@ -106,9 +113,17 @@ class RequestBody(BaseModel):
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=500)]],
         Field(max_length=20, description="Rectification: canonical field -> correct value."),
     ] = {}
-    scope: ObjectionScope | None = Field(
+    scope: ScopeValue | None = Field(
         default=None, description="Objection: marketing (direct marketing, stopped at once) or other (the default: "
-                                  "processing on legitimate interests, decided by the controller).")
+                                  "processing on legitimate interests, decided by the controller). Post_mortem: "
+                                  "closure (the default: accounts closed, art. 85-II 2°) or estate (information "
+                                  "useful to settle the estate, 85-II 1°).")
+    deceased_email: Annotated[str, Field(max_length=254, description=(
+        "Post_mortem: the deceased person's email address; ``email`` is then the sender's (an heir, the executor, "
+        "the person designated in the directives), to whom every email goes."))] = ""
+    deceased_name: Annotated[str, Field(max_length=MAX_NAME)] = ""
+    quality: Quality | None = Field(default=None, description="Post_mortem: what the sender says they are (heir, "
+                                    "the default; executor; designated). A document proves it, reviewed by staff.")
     purposes: Annotated[list[Annotated[str, Field(max_length=40)]], Field(
         max_length=20, description="Withdrawal of consent: the purposes' keys of the controller profile "
                                    "(newsletter...); none or \"all\": every purpose based on consent.")] = []
@@ -141,6 +156,10 @@ class ZendeskBody(BaseModel):
     kind: Annotated[str, Field(max_length=32)] = ""
     description: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
+    # Tag dsr_post_mortem: the ticket's fields naming the deceased person and the requester's quality.
+    deceased_email: Annotated[str, Field(max_length=254)] = ""
+    deceased_name: Annotated[str, Field(max_length=MAX_NAME)] = ""
+    quality: Annotated[str, Field(max_length=32)] = ""
     received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
@@ -159,8 +178,11 @@ class TicketBody(BaseModel):
     email: Annotated[str, Field(max_length=254)]
     name: Annotated[str, Field(max_length=MAX_NAME)] = ""
     kind: RequestKind
-    scope: ObjectionScope | None = None
+    scope: ScopeValue | None = None
     purposes: Annotated[list[Annotated[str, Field(max_length=40)]], Field(max_length=20)] = []
+    deceased_email: Annotated[str, Field(max_length=254)] = ""
+    deceased_name: Annotated[str, Field(max_length=MAX_NAME)] = ""
+    quality: Quality | None = None
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
@@ -201,7 +223,11 @@ def _language(locale: str) -> str | None:
 
 
 def _zendesk_scope(body: ZendeskBody, kind: RequestKind) -> str:
-    """An objection's scope from the tags: ``dsr_marketing`` for direct marketing, else other processing."""
+    """An objection's scope from the tags: ``dsr_marketing`` for direct marketing, else other processing; a
+    post_mortem request's aim: ``dsr_estate`` for the estate's information, else the accounts' closure."""
+    if kind == RequestKind.POST_MORTEM:
+        estate = "dsr_estate" in body.tags.lower().split()
+        return (PostMortemAim.ESTATE if estate else PostMortemAim.CLOSURE).value
     if kind != RequestKind.OBJECTION:
         return ""
     marketing = "dsr_marketing" in body.tags.lower().split()
@@ -270,7 +296,7 @@ def api_router(
             fields = {"received": "received_at", "cannot": "changes", "the": "changes",
                       "customer_id": "identifiers", "phone": "identifiers",
                       **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope",
-                                    "purposes")}}
+                                        "purposes", "deceased_email", "deceased_name", "quality")}}
             field = fields.get(first)
             return error(422, message, field)
         except RateLimited as err:
@@ -323,8 +349,10 @@ def api_router(
         return await hand_over(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
                        language=body.language.value if body.language else None, details=details,
-                       changes=dict(body.changes), scope=body.scope.value if body.scope else "",
+                       changes=dict(body.changes), scope=body.scope or "",
                        purposes=list(body.purposes), received_at=body.received_at,
+                       deceased_email=body.deceased_email, deceased_name=body.deceased_name,
+                       quality=body.quality.value if body.quality else "",
                        # Vouched for by the company's own app (it authenticated the customer): an anonymous
                        # caller's identifiers are only read by staff, never used to find someone's rows.
                        customer_id=body.identifiers.get("customer_id", "") if api_token is not None else "",
@@ -370,7 +398,8 @@ def api_router(
             Submission(kind=kind.value, email=body.requester_email, name=body.requester_name,
                        channel="support_desk", language=_language(body.requester_locale),
                        details=body.description, ticket=reference, scope=_zendesk_scope(body, kind),
-                       received_at=body.received_at,
+                       deceased_email=body.deceased_email, deceased_name=body.deceased_name,
+                       quality=body.quality, received_at=body.received_at,
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,  # the desk's address is not the subject's: the per-subject limit still applies
@@ -407,7 +436,9 @@ def api_router(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="support_desk",
                        language=body.language.value if body.language else None, details=body.details,
                        ticket=reference, trusted=body.authenticated and ticket.trust_authenticated,
-                       scope=body.scope.value if body.scope else "", purposes=list(body.purposes),
+                       scope=body.scope or "", purposes=list(body.purposes),
+                       deceased_email=body.deceased_email, deceased_name=body.deceased_name,
+                       quality=body.quality.value if body.quality else "",
                        received_at=body.received_at,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,

@@ -63,7 +63,15 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dsr.domain.model import CANONICAL_FIELDS, Channel, ConsentPurpose, ObjectionScope, RequestKind, is_valid_email
+from dsr.domain.model import (
+    CANONICAL_FIELDS,
+    Channel,
+    ConsentPurpose,
+    ObjectionScope,
+    Quality,
+    RequestKind,
+    is_valid_email,
+)
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers
@@ -104,13 +112,18 @@ RECTIFIABLE_FIELDS = (
 """The canonical fields (:data:`dsr.domain.model.CANONICAL_FIELDS`) in the order a person reads an address."""
 MAX_CHANGE_VALUE = 500  # as the API's ``changes``
 _CHANGE_FIELDS = tuple(f"change_{part}_{row}" for row in range(1, CHANGE_ROWS + 1) for part in ("field", "value"))
-_FIELDS = ("kind", "email", "name", *_CHANGE_FIELDS, "details")
+_DECEASED_FIELDS = ("deceased_email", "deceased_name", "quality")
+"""A request about a deceased person (kind post_mortem, art. 85 loi 78-17): who died, and who the sender is."""
+_QUALITIES = tuple(quality.value for quality in Quality)
+_FIELDS = ("kind", "email", "name", *_DECEASED_FIELDS, *_CHANGE_FIELDS, "details")
 _KINDS = tuple(kind.value for kind in RequestKind)
 STOP_MARKETING = "stop_marketing"
 """The form's own choice for an objection to direct marketing (kind objection, scope marketing): a person who
 wants no more newsletters does not think "objection", and a choice of its own makes the absolute case one click."""
-_CHOICES = (*(k for k in _KINDS if k != RequestKind.OBJECTION.value), STOP_MARKETING, RequestKind.OBJECTION.value)
-"""The choices the form offers, in its order: the objection to other processing last."""
+_CHOICES = (*(k for k in _KINDS if k not in (RequestKind.OBJECTION.value, RequestKind.POST_MORTEM.value)),
+            STOP_MARKETING, RequestKind.OBJECTION.value, RequestKind.POST_MORTEM.value)
+"""The choices the form offers, in its order: the objection to other processing, then a deceased person's data,
+last (the one choice about someone else's data)."""
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -218,6 +231,12 @@ def _field_for(error: SubmissionError, values: dict[str, str]) -> tuple[str, str
         return "details", "err_details_rectification"
     if message.startswith(("purposes", "no purpose", "no such purpose")):
         return "kind", "err_kind"
+    if message.startswith("deceased_email is the sender's"):
+        return "deceased_email", "err_deceased_self"
+    if message.startswith("deceased_email"):
+        return "deceased_email", "err_deceased_invalid"
+    if message.startswith("quality"):
+        return "quality", "err_quality"
     return "", "err_rejected"
 
 
@@ -286,6 +305,20 @@ def _check(values: dict[str, str], offered: Collection[str] = CANONICAL_FIELDS) 
         errors["details"] = "err_control"
     elif len(values["details"]) > MAX_DETAILS:
         errors["details"] = "err_details_long"
+    if values["kind"] == RequestKind.POST_MORTEM.value:
+        deceased = values["deceased_email"].strip()
+        if not deceased:
+            errors["deceased_email"] = "err_deceased_missing"
+        elif not is_valid_email(deceased):
+            errors["deceased_email"] = "err_deceased_invalid"
+        elif deceased.lower() == email.lower():
+            errors["deceased_email"] = "err_deceased_self"
+        if _CONTROL.search(values["deceased_name"]):
+            errors["deceased_name"] = "err_control"
+        elif len(" ".join(values["deceased_name"].split())) > MAX_NAME:
+            errors["deceased_name"] = "err_name_long"
+        if values["quality"] not in ("", *_QUALITIES):
+            errors["quality"] = "err_quality"
     if values["kind"] == RequestKind.RECTIFICATION.value:
         row_errors = _check_changes(values, offered)
         errors.update(row_errors)
@@ -393,6 +426,7 @@ def form_router(
             "change_rows": range(1, CHANGE_ROWS + 1),
             "rectifiable": [{"value": f, "label": text[f"field_{f}"]} for f in offered],
             "max_change_value": MAX_CHANGE_VALUE,
+            "qualities": [{"value": q, "label": text[f"quality_{q}"]} for q in _QUALITIES],
         }, status=status, extra=extra)
         response.set_cookie(
             CSRF_COOKIE,
@@ -453,6 +487,7 @@ def form_router(
                              ticked=fields.get("purpose", []))
 
         marketing = values["kind"] == STOP_MARKETING
+        post_mortem = values["kind"] == RequestKind.POST_MORTEM.value
         submission = Submission(
             kind=RequestKind.OBJECTION.value if marketing else values["kind"],
             scope=ObjectionScope.MARKETING.value if marketing else "",
@@ -460,6 +495,10 @@ def form_router(
             name=values["name"],
             details=values["details"],
             changes=_changes(values),
+            # Only for a request about a deceased person: what was typed before choosing another kind goes nowhere.
+            deceased_email=values["deceased_email"].strip() if post_mortem else "",
+            deceased_name=values["deceased_name"].strip() if post_mortem else "",
+            quality=values["quality"].strip() if post_mortem else "",
             channel=Channel.FORM.value,
             language=lang,
             purposes=fields.get("purpose", []) if values["kind"] == RequestKind.CONSENT_WITHDRAWAL.value else [],

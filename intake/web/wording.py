@@ -202,6 +202,24 @@ FORM: dict[str, dict[str, str]] = {
         "kind_objection_hint": "We use some data on the basis of our legitimate interests (statistics, fraud "
         "prevention, for example). Tell us in the “Details” box which use you object to and, if you wish, why: we stop "
         "unless we have compelling reasons, which we would explain to you.",
+        "kind_post_mortem": "The data of a person who has died",
+        "kind_post_mortem_hint": "You are an heir, the executor of the estate, or the person they designated: have "
+        "their accounts closed and their data erased, or ask for the information needed to settle the estate. Fill "
+        "in “A person who has died” below; we will ask you for the death certificate and proof of who you are for "
+        "them (French law, Article 85 of the loi Informatique et Libertés).",
+        "deceased_legend": "A person who has died (only for a request about their data)",
+        "deceased_hint": "The email address they used with us, so that we find their data. Your own address above is "
+        "the one we write to.",
+        "deceased_email_label": "Their email address",
+        "deceased_name_label": "Their full name",
+        "quality_label": "You are",
+        "quality_heir": "an heir",
+        "quality_executor": "the executor of the estate (or the notary)",
+        "quality_designated": "the person they designated in their instructions",
+        "err_deceased_missing": "Enter the email address of the person who has died.",
+        "err_deceased_invalid": "Enter a valid email address for the person who has died, like name@example.com.",
+        "err_deceased_self": "This is your own address: enter the address of the person who has died.",
+        "err_quality": "Choose who you are for the person who has died.",
         "email_label": "Your email address",
         "email_hint": "We will write to this address to check that it is yours, then to answer you. Use the one you "
         "use with us.",
@@ -325,6 +343,25 @@ FORM: dict[str, dict[str, str]] = {
         "(statistiques, prévention de la fraude, par exemple). Indiquez dans le champ «\u00a0Précisions\u00a0» "
         "l’usage auquel vous vous opposez et, si vous le souhaitez, pourquoi\u00a0: nous l’arrêtons, sauf motifs "
         "impérieux que nous vous expliquerions.",
+        "kind_post_mortem": "Les données d’une personne décédée",
+        "kind_post_mortem_hint": "Vous êtes héritier, exécuteur de la succession ou la personne qu’elle a désignée : "
+        "faites clôturer ses comptes et effacer ses données, ou demandez les informations utiles au règlement de la "
+        "succession. Remplissez « Une personne décédée » ci-dessous ; nous vous demanderons l’acte de décès "
+        "et la preuve de votre qualité (article 85 de la loi Informatique et Libertés).",
+        "deceased_legend": "Une personne décédée (seulement pour une demande sur ses données)",
+        "deceased_hint": "L’adresse électronique qu’elle utilisait chez nous, pour retrouver ses données. C’est à "
+        "votre adresse, ci-dessus, que nous écrirons.",
+        "deceased_email_label": "Son adresse électronique",
+        "deceased_name_label": "Ses nom et prénom",
+        "quality_label": "Vous êtes",
+        "quality_heir": "héritier ou héritière",
+        "quality_executor": "exécuteur de la succession (ou notaire)",
+        "quality_designated": "la personne qu’elle a désignée dans ses directives",
+        "err_deceased_missing": "Saisissez l’adresse électronique de la personne décédée.",
+        "err_deceased_invalid": "Saisissez une adresse électronique valide pour la personne décédée, par exemple "
+        "nom@exemple.fr.",
+        "err_deceased_self": "C’est votre propre adresse : saisissez celle de la personne décédée.",
+        "err_quality": "Choisissez votre qualité vis-à-vis de la personne décédée.",
         "email_label": "Votre adresse électronique",
         "email_hint": "Nous vous écrirons à cette adresse pour vérifier qu’elle est bien la vôtre, puis pour vous "
         "répondre. Utilisez celle que vous utilisez chez nous.",

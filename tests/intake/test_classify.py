@@ -17,10 +17,12 @@ from dsr.domain.model import Language, RequestKind
 from intake.email.classify import MAX_BODY_CHARS, Classification, classify
 
 LABELLED = Path(__file__).parent / "emails" / "labelled.jsonl"
-TOPICS = {"deceased": "unsure: about a deceased person", "mixed": "unsure: objection and erasure both asked"}
-"""Messages that must reach triage with the reason that says why: a right the engine has no kind for yet (a
-deceased person, whatever else the message asks), and an opt-out worded with a deletion (two requests, or one: a
-person decides). A withdrawal of consent is the kind consent_withdrawal."""
+TOPICS = {"directives": "unsure: directives for after their own death (dsr directives record)",
+          "mixed": "unsure: objection and erasure both asked"}
+"""Messages that must reach triage with the reason that says why: a living person's directives for after their
+death (recorded by staff, not a request on their data), and an opt-out worded with a deletion (two requests, or
+one: a person decides). A message about a deceased person is a post_mortem request, whatever else it asks; a
+withdrawal of consent is the kind consent_withdrawal."""
 
 
 def _load() -> list[dict]:
@@ -52,10 +54,11 @@ def test_the_labelled_set_is_large_balanced_and_well_formed() -> None:
         assert set(email) - {"topic", "scope"} == {"id", "language", "kind", "subject", "body"}, email["id"]
         assert email.get("topic") in (None, *TOPICS), email["id"]
         assert email["kind"] is None or "topic" not in email, email["id"]
-        assert ("scope" in email) == (email["kind"] == "objection"), email["id"]
-        assert email.get("scope") in (None, "marketing", "other"), email["id"]
+        assert ("scope" in email) == (email["kind"] in ("objection", "post_mortem")), email["id"]
+        assert email.get("scope") in (None, "marketing", "other", "closure", "estate"), email["id"]
     scopes = Counter((email["scope"], email["language"]) for email in EMAILS if "scope" in email)
-    assert set(scopes) == {(scope, language) for scope in ("marketing", "other") for language in ("fr", "en")}
+    assert set(scopes) == {(scope, language) for scope in ("marketing", "other", "closure", "estate")
+                           for language in ("fr", "en")}
 
 
 def test_the_labelled_set_uses_only_example_addresses() -> None:
@@ -80,9 +83,9 @@ def test_no_message_is_assigned_a_wrong_kind() -> None:
     assert wrong == {}
 
 
-def test_withdrawals_mixed_opt_outs_and_deaths_never_get_a_kind_and_say_why() -> None:
+def test_withdrawals_mixed_opt_outs_and_own_directives_never_get_a_kind_and_say_why() -> None:
     topical = [email for email in EMAILS if "topic" in email]
-    assert len(topical) >= 25
+    assert len(topical) >= 12  # messages about a deceased person are post_mortem requests now (their own test)
     assert {(email["topic"], email["language"]) for email in topical} == {
         (topic, language) for topic in TOPICS for language in ("fr", "en")}
     misread = {email["id"]: RESULTS[email["id"]].reason for email in topical
@@ -96,7 +99,16 @@ def test_an_objection_is_read_with_its_scope() -> None:
              ((e["id"], e) for e in EMAILS if e["kind"] == "objection")
              if classified[key].kind == RequestKind.OBJECTION and classified[key].scope != email["scope"]}
     assert wrong == {}
-    assert all(RESULTS[e["id"]].scope == "" for e in EMAILS if RESULTS[e["id"]].kind != RequestKind.OBJECTION)
+    assert all(RESULTS[e["id"]].scope == "" for e in EMAILS
+               if RESULTS[e["id"]].kind not in (RequestKind.OBJECTION, RequestKind.POST_MORTEM))
+
+
+def test_a_message_about_a_deceased_person_is_a_post_mortem_request_with_its_aim() -> None:
+    labelled = [email for email in EMAILS if email["kind"] == "post_mortem"]
+    assert len(labelled) >= 20
+    misread = {email["id"]: (RESULTS[email["id"]].reason, RESULTS[email["id"]].scope) for email in labelled
+               if RESULTS[email["id"]].kind != RequestKind.POST_MORTEM or RESULTS[email["id"]].scope != email["scope"]}
+    assert misread == {}
 
 
 @pytest.mark.parametrize(("subject", "body"), [
@@ -110,9 +122,19 @@ def test_the_issue_s_opt_outs_are_marketing_objections(subject: str, body: str) 
     assert (result.kind, result.scope) == (RequestKind.OBJECTION, "marketing"), result.reason
 
 
+@pytest.mark.parametrize(("subject", "body", "aim"), [
+    ("", "Mon père est décédé ... suppression de son compte, s'il vous plaît.", "closure"),
+    ("", "Mon père est décédé, merci de ne plus lui envoyer vos offres.", "closure"),
+    ("Décès de ma mère", "Pour la succession, j'ai besoin de ses factures et contrats en cours.", "estate"),
+    ("", "My father passed away; for probate we need the contracts in his name.", "estate"),
+])
+def test_a_death_reported_is_never_the_senders_own_erasure_or_objection(subject: str, body: str, aim: str) -> None:
+    result = classify(subject, body)
+    assert (result.kind, result.scope) == (RequestKind.POST_MORTEM, aim), result.reason
+
+
 @pytest.mark.parametrize(("subject", "body"), [
-    ("", "Mon père est décédé ... suppression de son compte, s'il vous plaît."),
-    ("", "Mon père est décédé, merci de ne plus lui envoyer vos offres."),
+    ("", "À mon décès, je veux que mon compte soit effacé : voici mes directives."),
     ("Erasure request", "I withdraw my consent and ask you to erase my data under Article 17."),  # two requests
     ("Offre spéciale", "Profitez de -50 % ! Pour ne plus recevoir nos messages, répondez STOP."),
 ])

@@ -303,8 +303,12 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
             "kind-portability",
             "kind-stop_marketing",
             "kind-objection",
+            "kind-post_mortem",
             "email",
             "name",
+            "deceased_email",
+            "deceased_name",
+            "quality",
             *(f"change_{part}_{row}" for row in (1, 2, 3) for part in ("field", "value")),
             "details",
         }
@@ -315,7 +319,7 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
         # The kind choice is a group with a legend, marked required in words.
         fieldset = re.search(r"<fieldset>\s*<legend>(.*?)</legend>(.*?)</fieldset>", page.text, re.DOTALL)
         assert fieldset and required in fieldset.group(1)
-        assert fieldset.group(2).count('type="radio"') == 6
+        assert fieldset.group(2).count('type="radio"') == 7
         assert re.search(rf'<label for="email">[^<]*<span class="marker">{re.escape(required)}</span>', page.text)
         assert 'role="alert"' not in page.text  # no error yet
         assert 'aria-invalid="true"' not in page.text
@@ -763,6 +767,39 @@ async def test_objections_have_their_own_choices(
     assert other in confirmation.text
 
 
+@pytest.mark.parametrize(("lang", "choice", "error"), [
+    ("fr", "Les données d’une personne décédée", "Saisissez l’adresse électronique de la personne décédée."),
+    ("en", "The data of a person who has died", "Enter the email address of the person who has died."),
+])
+async def test_a_request_about_a_deceased_person_names_them_and_the_senders_quality(
+    form_app: FormApp, lang: str, choice: str, error: str,
+) -> None:
+    page, _ = await form_app.form(lang)
+    assert choice in page.text and 'value="post_mortem"' in page.text and '<select id="quality"' in page.text
+
+    # Without the person's address the form comes back, the error next to the field, and nothing is sent.
+    response = await form_app.post({"kind": "post_mortem", "quality": "executor"}, lang=lang)
+    assert response.status_code == 400 and error in response.text and form_app.sink.calls == []
+    own = await form_app.post({"kind": "post_mortem", "deceased_email": "Camille.Durand@example.org"}, lang=lang)
+    assert own.status_code == 400 and 'id="deceased_email-error"' in own.text and form_app.sink.calls == []
+
+    response = await form_app.post({"kind": "post_mortem", "deceased_email": "henri.dupont@example.org",
+                                    "deceased_name": "Henri Dupont", "quality": "executor"}, lang=lang)
+    assert response.status_code == 303
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.email, submission.deceased_email, submission.deceased_name,
+            submission.quality) == ("post_mortem", "camille.durand@example.org", "henri.dupont@example.org",
+                                    "Henri Dupont", "executor")
+    confirmation = await form_app.http.get(response.headers["location"])
+    assert confirmation.status_code == 200 and choice in confirmation.text
+
+    # Typed, then another kind chosen: the deceased person's fields go nowhere.
+    await form_app.post({"kind": "erasure", "deceased_email": "henri.dupont@example.org", "quality": "heir"},
+                        lang=lang)
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.deceased_email, submission.quality) == ("erasure", "", "")
+
+
 async def test_confirmation_repeats_the_address_for_an_hour_and_only_a_sealed_one(form_app: FormApp) -> None:
     """Issue 18: a typo in the address went unseen; the confirmation now shows the address given."""
     response = await form_app.post({"email": "camile.durand@exmaple.org"}, lang="en")
@@ -795,7 +832,7 @@ async def test_form_offers_the_fields_a_rectification_can_correct(form_app: Form
     assert [value for value, _ in options] == ["", "first_name", "last_name", "email", "phone", "address_line1",
                                                "address_line2", "postcode", "city", "state", "country"]
     assert (("city", city)) in options
-    assert page.text.count("<select ") == 3
+    assert page.text.count("<select ") == 4  # three correction rows, and the quality of a deceased person's heir
 
 
 @pytest.mark.parametrize("lang", ["fr", "en"])

@@ -1002,3 +1002,36 @@ async def test_the_one_click_link_of_an_email_starts_one_withdrawal_on_the_runni
     page = await intake.http.get(f"/consent/{token}")
     assert page.status_code == 200 and "Retirer votre consentement" in page.text
     assert (await intake.http.get("/consent/nope")).status_code == 403
+
+
+# --- requests about a deceased person (loi 78-17 art. 85) -----------------------------------------------------
+
+
+async def test_api_post_mortem_names_the_deceased_person_and_the_senders_quality(intake: Intake) -> None:
+    response = await intake.http.post("/api/requests", json=api_body(
+        kind="post_mortem", deceased_email="henri.dupont@example.org", quality="executor", scope="estate"))
+    assert response.status_code == 202, response.text
+    [reference] = [r.request_id for r in intake.ledger.requests()]
+    state = await poll(lambda: _status_if(intake, reference, lambda s: s.stage.value == "awaiting_identity"))
+    # Whatever the API's identity policy, the sender's quality is checked on a document.
+    assert state.kind.value == "post_mortem" and state.scope == "estate" and state.identity.value == "document"
+    for bad, field in (({"deceased_email": ""}, "deceased_email"), ({"quality": "cousin"}, "quality"),
+                       ({"deceased_email": "x@example.org", "scope": "marketing"}, "scope")):
+        response = await intake.http.post("/api/requests", json=api_body(email="other@example.org",
+                                                                          kind="post_mortem", **bad))
+        assert response.status_code == 422 and response.json()["field"] == field, response.text
+    response = await intake.http.post("/api/requests", json=api_body(email="other@example.org",
+                                                                      deceased_email="x@example.org"))
+    assert response.status_code == 422 and response.json()["field"] == "deceased_email", response.text
+    assert [r.kind for r in intake.ledger.requests()] == ["post_mortem"]
+
+
+async def test_zendesk_post_mortem_tag(intake: Intake) -> None:
+    body = json.dumps({**json.loads(zendesk_body(tags="dsr_post_mortem", ticket_id="91",
+                                                 description="Mon père est décédé.")),
+                       "deceased_email": "henri.dupont@example.org", "quality": "heir"}).encode()
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+    assert response.status_code == 202, response.text
+    [reference] = [r.request_id for r in intake.ledger.requests()]
+    state = await poll(lambda: _status_or_none(intake, reference))
+    assert state.kind.value == "post_mortem" and state.scope == "closure"

@@ -85,3 +85,38 @@ async def test_an_unsure_message_goes_to_triage_never_to_a_request(ledger: Ledge
     taken = await intake_for(ledger, sink, tmp_path, None).take_in(parse_message(raw), raw, RECEIVED, 3)
     assert (taken.done, taken.outcome) == (MessageState.TRIAGED, Outcome.TRIAGED)
     assert sink.submit_calls == [] and list(sink.triaged) == [taken.request_id]
+
+
+def death_intake(ledger: Ledger, sink: RecordingSink, tmp_path: Path) -> MessageIntake:
+    """The real classifier: a message about a deceased person is a post_mortem request."""
+    from intake.email.classify import classify
+
+    return MessageIntake(sink, inbox=Inbox(ledger.engine, TEST_KEYRING),
+                         attachments=AttachmentStore(FileStore(tmp_path / "storage"), TEST_KEYRING),
+                         classifier=classify, timezone="Europe/Paris")
+
+
+async def test_a_death_reported_with_the_persons_address_starts_a_post_mortem_request(
+    ledger: Ledger, tmp_path: Path,
+) -> None:
+    raw = message("Décès de mon père", "Bonjour, mon père Henri Dupont (henri.dupont@example.org) est décédé le "
+                  "2 novembre. Merci de supprimer son compte. Écrivez-moi à claire@example.net.",
+                  sender="claire@example.net", name="Claire Dupont").as_bytes()
+    sink = RecordingSink(home=tmp_path)
+    taken = await death_intake(ledger, sink, tmp_path).take_in(parse_message(raw), raw, RECEIVED, 4)
+    assert (taken.done, taken.outcome) == (MessageState.SUBMITTED, Outcome.SUBMITTED)
+    [submission] = sink.requests.values()
+    assert (submission.kind, submission.email, submission.deceased_email, submission.scope) == (
+        "post_mortem", "claire@example.net", "henri.dupont@example.org", "closure")
+
+
+async def test_a_death_reported_without_the_persons_address_goes_to_triage_saying_so(
+    ledger: Ledger, tmp_path: Path,
+) -> None:
+    raw = message("Décès", "Ma mère est décédée. Merci de fermer son compte.", sender="paul@example.net").as_bytes()
+    sink = RecordingSink(home=tmp_path)
+    taken = await death_intake(ledger, sink, tmp_path).take_in(parse_message(raw), raw, RECEIVED, 5)
+    assert (taken.done, taken.outcome) == (MessageState.TRIAGED, Outcome.TRIAGED)
+    [item] = sink.triaged.values()
+    assert sink.submit_calls == [] and item.reason.startswith("post_mortem (closure): about a deceased person; "
+                                                              "the deceased person's address is not")

@@ -113,6 +113,8 @@ def test_kind_is_rendered_in_words(kind: RequestKind, language: Language) -> Non
         (Language.EN, RequestKind.OBJECTION): "objection",
         (Language.FR, RequestKind.CONSENT_WITHDRAWAL): "retrait du consentement",
         (Language.EN, RequestKind.CONSENT_WITHDRAWAL): "withdrawal of consent",
+        (Language.FR, RequestKind.POST_MORTEM): "demande post mortem",
+        (Language.EN, RequestKind.POST_MORTEM): "post-mortem request",
     }[(language, kind)]
     assert words in rendered.subject
     assert words in rendered.text.lower()
@@ -398,3 +400,32 @@ def test_display_name_strips_bidi_and_control_characters_and_keeps_joiners() -> 
     assert display_name(f"  Zoé{BIDI}\u00ad\ufeff\U000e0041 \r\n\u2028 Martin\x00 ") == "Zoé Martin"
     assert display_name("\u0645\u06cc\u200c\u0631\u0636\u0627") == "\u0645\u06cc\u200c\u0631\u0636\u0627"
     assert display_name("Ελένη Παπαδοπούλου-Ōsaka 李") == "Ελένη Παπαδοπούλου-Ōsaka 李"
+
+
+@pytest.mark.parametrize(("language", "subject", "asked", "ack"), [
+    (Language.FR, "Action requise : envoyez-nous les justificatifs de votre demande post mortem",
+     "une copie de l'acte de décès ; et la preuve de votre qualité",
+     "Vérification de votre qualité : vous agissez pour une personne décédée"),
+    (Language.EN, "Action needed: please send us the documents for your post-mortem request",
+     "a copy of the death certificate; and proof of your quality",
+     "Checking your quality: you act for a deceased person"),
+])
+def test_a_post_mortem_request_asks_for_the_death_and_the_senders_quality_golden(
+    language: Language, subject: str, asked: str, ack: str,
+) -> None:
+    """The sender is never asked to prove they are the person whose data it is: the death and their quality."""
+    context = {"reference": "R", "kind": "post_mortem", "received": "2026-11-23", "deadline": "2026-12-23",
+               "identity": "quality", "days": "30"}
+    rendered = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, context)
+    text = " ".join(rendered.text.split())
+    assert rendered.subject.startswith(subject) and asked in text and "85" in text
+    assert ("confirmer que vous en êtes bien l'auteur" not in text and "really comes from you" not in text)
+    reminder = render_notice(NoticeTemplate.IDENTITY_REMINDER, language, context)
+    assert asked in " ".join(reminder.text.split()) and "<p" in reminder.html
+    acknowledgement = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, context)
+    assert ack in " ".join(acknowledgement.text.split())
+    refusal = render_notice(NoticeTemplate.REFUSAL, language, {**context, "ground": "quality", "reason": "x"})
+    refused = " ".join(refusal.text.split())
+    assert ("seuls la personne désignée dans ses directives" if language == Language.FR
+            else "only the person designated in their directives") in refused
+    assert ("recours juridictionnel" if language == Language.FR else "judicial remedy") in refused

@@ -84,6 +84,8 @@ CONTEXTS = {
             RecordReport("consent", "newsletter", RecordAction.WITHDRAWN, note="newsletter_subscriptions: 1 row")]),
         ConnectorOutcome("woocommerce", report=[RecordReport("consent", "partner_offers", RecordAction.RESIDUAL)]),
     ], consent_purposes=PROFILE.consent_purposes() if PROFILE else [], consent_earlier=["partner_offers"]),
+    ReplyKind.POST_MORTEM: _context(systems=ERASURE_SYSTEMS, quality="heir", action="closed",
+                                    suppressed_until=date(2029, 11, 23)),
     ReplyKind.NO_DATA: _context(systems=[ConnectorOutcome(n) for n in ("woocommerce", "stripe", "hubspot")],
                                 request_kind=RequestKind.ERASURE),
     ReplyKind.ART19_NOTICE: _context(systems=RECTIFICATION_SYSTEMS, request_kind=RequestKind.RECTIFICATION,
@@ -591,3 +593,56 @@ def test_consent_withdrawal_reply_golden(language: Language, subject_line: str, 
     with pytest.raises(ValueError, match="purposes withdrawn"):
         render_reply("reply_consent_withdrawal", language,
                      replace(CONTEXTS[ReplyKind.CONSENT_WITHDRAWAL], consent_purposes=[]))
+
+
+@pytest.mark.parametrize(("language", "words"), [
+    (Language.FR, ["Réponse à votre demande relative aux données d'une personne décédée",
+                   "vous agissez en qualité d'héritier du défunt", "Ces pièces ont été supprimées une fois examinées",
+                   "aucune directive", "article 85, II", "nous avons clôturé les comptes de la personne décédée",
+                   "Effacé", "dix ans (article L123-22 du Code de commerce)", "jusqu'au 23 novembre 2029",
+                   "elle ne montre pas les données de la personne décédée",
+                   "informations utiles au règlement de la succession", CNIL]),
+    (Language.EN, ["Reply to your request about the data of a deceased person",
+                   "you act as an heir of the deceased person", "Those documents were deleted once checked",
+                   "no directives", "Article 85-II", "we have closed the deceased person's accounts", "Erased",
+                   "ten years under French law (Article L123-22", "until 23 November 2029",
+                   "it does not show the deceased person's data", "information useful to settle the estate", CNIL]),
+])
+def test_post_mortem_closure_reply_golden(language: Language, words: list[str]) -> None:
+    subject, text, visible = _parts(ReplyKind.POST_MORTEM, language)
+    assert subject.startswith(words[0]) and "dsr-2026-11-7KQ3FJ" in subject
+    for part in (text, visible):
+        for word in words[1:]:
+            assert word in part, word
+        # The erasure's words for the subject's own data are not the heir's.
+        assert "vos données ont été" not in part and "your data was" not in part
+
+
+@pytest.mark.parametrize(("language", "kept", "hand_over", "estate"), [
+    (Language.FR, "Nous n'avons donc rien effacé", "demandent que ses données vous soient communiquées",
+     "informations utiles à la liquidation et au partage de la succession"),
+    (Language.EN, "We have therefore erased nothing", "ask that their data be handed over to you",
+     "information useful to the settlement and division of the estate"),
+])
+def test_post_mortem_replies_per_directive_golden(language: Language, kept: str, hand_over: str, estate: str) -> None:
+    _, text, visible = _parts(ReplyKind.POST_MORTEM, language, _context(
+        systems=[], quality="designated", action="kept", directives="keep"))
+    assert kept in text and kept in visible
+    assert ("personne désignée par le défunt" if language == Language.FR else "the person the deceased designated") \
+        in text
+    _, text, visible = _parts(ReplyKind.POST_MORTEM, language, _context(
+        systems=[], quality="designated", action="staff", directives="hand_over"))
+    assert hand_over in text and hand_over in visible
+    _, text, visible = _parts(ReplyKind.POST_MORTEM, language, _context(systems=[], quality="executor",
+                                                                       action="staff"))
+    assert estate in text and estate in visible and "Effacé" not in text and "Erased" not in text
+
+
+def test_a_post_mortem_reply_is_only_written_with_what_was_checked_and_done() -> None:
+    base = CONTEXTS[ReplyKind.POST_MORTEM]
+    with pytest.raises(ValueError, match="quality"):
+        render_reply("reply_post_mortem", Language.FR, replace(base, quality=""))
+    with pytest.raises(ValueError, match="what was done"):
+        render_reply("reply_post_mortem", Language.EN, replace(base, action="erased"))
+    with pytest.raises(ValueError, match="no system"):
+        render_reply("reply_post_mortem", Language.EN, replace(base, systems=[]))

@@ -34,6 +34,8 @@ from dsr.domain.model import (
     ObjectionDecision,
     Outcome,
     OutsideAnswer,
+    Quality,
+    QualityConfirmation,
     Rectification,
     Refusal,
     RefusalGround,
@@ -49,7 +51,7 @@ from dsr.domain.model import (
 from dsr.store.links import StatusLinks
 from dsr.store.tasks import OutsideTasks
 from intake.answers import ExportFile, record_answer
-from intake.submission import new_request_id
+from intake.submission import Submission, new_request_id, prepare, start
 from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of
 from tests.workflows.conftest import SUBJECT_EMAIL, Engine, clear_residuals
 from tests.workflows.test_request import submit, wait_for_stage
@@ -218,6 +220,17 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
                                              decided_by="op:decide"))
     await handle.result()
 
+    # A request about a deceased person: the operator confirms the sender's quality.
+    post_mortem = prepare(Submission(kind="post_mortem", email=SUBJECT_EMAIL, deceased_email="henri.roux@example.org",
+                                     quality="heir"), engine.settings, now=await engine.env.get_current_time())
+    handle = await start(engine.client, post_mortem, task_queue=engine.task_queue)
+    trail = request_trail(engine, post_mortem.request_id)
+    await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    await update("confirm_quality", QualityConfirmation(quality=Quality.EXECUTOR, confirmed_by="op:quality",
+                                                        note="Attestation du notaire, acte de décès"))
+    await handle.result()
+    assert any(e.note == "deceased: <henri.roux@example.org>" for e in engine.ledger.events(post_mortem.request_id))
+
     # Refused, and withdrawn, while identity is awaited.
     refused, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL)
     trail = request_trail(engine, refused.request_id)
@@ -243,6 +256,13 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
     objecting = TriageDecision(kind=RequestKind.OBJECTION, decided_by="op:classify-objection", scope="other")
     sent["TriageMessage", "classify"].append((objecting, request_trail(engine, item.request_id)))
     await triage.execute_update(TriageMessageWorkflow.classify, objecting)
+    item = triage_item(engine, "marc.roux@example.org", "unsure: about a deceased person")
+    triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
+                                                task_queue=engine.task_queue)
+    heir = TriageDecision(kind=RequestKind.POST_MORTEM, decided_by="op:classify-death", scope="estate",
+                          deceased_email="anne.roux@example.org", deceased_name="Anne Roux", quality="executor")
+    sent["TriageMessage", "classify"].append((heir, request_trail(engine, item.request_id)))
+    await triage.execute_update(TriageMessageWorkflow.classify, heir)
     item = triage_item(engine, "paul.roux@example.org", "unsure: about a deceased person")
     triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
                                                 task_queue=engine.task_queue)

@@ -299,3 +299,51 @@ async def test_marketing_objection_unsubscribes_in_hubspot_and_leaves_the_others
     assert erased.outcome == Outcome.FULFILLED
     assert suppressions.is_suppressed(EMAIL.lower())
     assert systems.hubspot.subscription_status(EMAIL, "7001") == "NOT_SUBSCRIBED"
+
+
+async def test_a_deceased_persons_accounts_are_closed_in_every_system_once_the_heirs_quality_is_confirmed(
+    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
+) -> None:
+    """Art. 85 loi 78-17: Nadia's daughter writes; the sandboxes' data of Nadia is erased, never the daughter's."""
+    from dsr.domain.model import Quality, QualityConfirmation
+    from dsr.store.suppressions import SuppressionList
+
+    heir = "sofia.haddad@example.org"
+    exports = exports_of(settings)
+    task_queue = f"e2e-{uuid.uuid4()}"
+    request = prepare(Submission(kind="post_mortem", email=heir, name="Sofia Haddad", deceased_email=EMAIL,
+                                 deceased_name="Nadia Haddad", quality="heir"),
+                      settings, now=await time_skipping.get_current_time())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+        async with build_worker(time_skipping.client, settings, ledger, systems.connectors, exports=exports,
+                                profile=demo_profile, task_queue=task_queue, executor=executor):
+            handle = await start(time_skipping.client, request, task_queue=task_queue)
+            with time_skipping.auto_time_skipping_disabled():
+                for _ in range(300):
+                    status = await handle.query(DataSubjectRequest.status)
+                    if status.stage == Stage.AWAITING_IDENTITY:
+                        break
+                    await asyncio.sleep(0.1)
+                assert status.connectors == [] and systems.woo.customer_by_email(EMAIL.lower()) is not None
+                await handle.execute_update(DataSubjectRequest.confirm_quality, QualityConfirmation(
+                    quality=Quality.HEIR, confirmed_by="operator:alice", note="acte de notoriété"))
+                for _ in range(300):
+                    final = await handle.query(DataSubjectRequest.status)
+                    if final.stage == Stage.CLOSED:
+                        break
+                    await asyncio.sleep(0.1)
+                with contextlib.suppress(RPCError):  # an erasure completes at once: nothing to stop
+                    await handle.terminate("test over")
+    assert final.outcome == Outcome.FULFILLED and final.quality == "heir"
+    outcomes = {c.connector: c.outcome for c in final.connectors}
+    assert outcomes["hubspot"] is not None and outcomes["hubspot"].counts.get("deleted") == 1
+    woo = outcomes["woocommerce"]
+    assert woo is not None and woo.counts.get("anonymised") == 251 and woo.counts.get("deleted") == 1
+    assert systems.woo.customer_by_email(EMAIL.lower()) is None
+    assert all(o["billing"]["email"] == "" for o in systems.woo.orders.values())
+    assert SuppressionList(ledger).is_suppressed(EMAIL)
+    [reply] = [m for m in mail.to(heir) if request.request_id in str(m["Subject"])
+               and "personne décédée" in str(m["Subject"]) and "Réponse" in str(m["Subject"])]
+    text = " ".join(reply.get_body(("plain",)).get_content().split())
+    assert "nous avons clôturé les comptes de la personne décédée" in text and EMAIL.lower() not in text.lower()
+    assert mail.to(EMAIL) == [] and mail.to(EMAIL.lower()) == []  # nothing is sent to the deceased person
