@@ -73,7 +73,12 @@ class Submission:
     request_id: str | None = None  # reserved beforehand (email intake's exactly-once); default: a new one
     ticket: str | None = None  # support-desk ticket id, e.g. "zendesk:4521": replies can reference it
     trusted: bool = False  # the channel authenticated the person (configured per desk): no identity check
-    scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default)
+    scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default); post_mortem: the aim
+    # post_mortem (loi 78-17 art. 85): the sender (``email``) acts for a deceased person, named here, as
+    # ``quality`` (heir, executor, designated); the systems are searched for ``deceased_email``.
+    deceased_email: str = ""
+    deceased_name: str = ""
+    quality: str = ""
     # Identifiers other than the address, vouched for by the channel (an authenticated API caller, staff): an
     # application database's map may locate the subject by them too.
     customer_id: str = ""
@@ -105,12 +110,6 @@ def consent_purposes(settings: Settings, asked: list[str], *, marketing_only: bo
     if not chosen:
         raise SubmissionError("no such purpose to withdraw consent from")
     return chosen
-    scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default); post_mortem: the aim
-    # post_mortem (loi 78-17 art. 85): the sender (``email``) acts for a deceased person, named here, as
-    # ``quality`` (heir, executor, designated); the systems are searched for ``deceased_email``.
-    deceased_email: str = ""
-    deceased_name: str = ""
-    quality: str = ""
 
 
 def late_receipt_warning(deadline: date, today: date) -> str | None:

@@ -463,6 +463,9 @@ class ConsentRecord:
     request_id: str
     subject: Subject
     purposes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class QualityConfirmation:
     """An operator checked the document the sender of a ``post_mortem`` request sent (death certificate and proof
     of their quality: certificate of inheritance, notarial deed, the directives naming them): the request may
