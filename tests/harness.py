@@ -88,7 +88,7 @@ class _Collect:
 
     async def handle_DATA(self, server, session, envelope):
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self._sink.messages.append((list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
+        self._sink.messages.append((list(envelope.rcpt_tos), message))
         self._sink.arrived.set()
         return "250 OK"
 
@@ -115,6 +115,13 @@ class MailSink:
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for rcpts, m in self.messages if address in rcpts]
+
+
+def text_of(message: EmailMessage, kind: str = "plain") -> str:
+    """The ``text/<kind>`` body of a received email; fails the test if the email has none."""
+    body = message.get_body((kind,))
+    assert body is not None, f"the email {message['Subject']!r} has no text/{kind} part"
+    return str(body.get_content())
 
 
 @dataclass

@@ -140,7 +140,7 @@ class SyncClient:
                 for chunk in chunks:
                     yield chunk
 
-            content = stream()  # type: ignore[assignment]  # no Content-Length: chunked
+            content = stream()  # no Content-Length: chunked
         call = self._http.post(path, content=content, headers=dict(headers))
         return asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
 

@@ -151,11 +151,12 @@ def pages_app(downloads: DownloadLinks, audit: Audit, clock: Clock, identity: Id
     guards = guards or throwaway_guards()
     # The throttles and the lasting cap of wrong codes are left out here (far above what a run sends): this file
     # checks the pages and their lockouts; tests/intake/test_guessing.py models caps and throttles.
-    unbounded = {"max_wrong": 10**9, "throttle": AnswerThrottle(per_client=10**9, overall=10**9)}
+    max_wrong, throttle = 10**9, AnswerThrottle(per_client=10**9, overall=10**9)
     routers = [] if identity is None or confirm is None else [
-        verify_router(identity, confirm, clock=clock, guards=guards, exists=exists, **unbounded)]
+        verify_router(identity, confirm, clock=clock, guards=guards, exists=exists, max_wrong=max_wrong,
+                      throttle=throttle)]
     return intake_app(links=downloads, bundle_opener=open_bundle, audit=audit, public_url=PUBLIC_URL, clock=clock,
-                      guards=guards, routers=routers, **unbounded)
+                      guards=guards, routers=routers, max_wrong=max_wrong, throttle=throttle)
 
 
 class SyncClient:

@@ -41,7 +41,7 @@ from dsr.store.ledger import Ledger
 from dsr.web.serve import serve_app
 from intake.server import build_intake_app
 from intake.service import TriageItem
-from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port
+from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port, text_of
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 
@@ -118,7 +118,7 @@ async def wait_for_mail(mail: MailSink, count: int, *, seconds: float = 30) -> N
 
 
 def bodies(mail: MailSink, to: str) -> list[str]:
-    return [m.get_body(("plain",)).get_content() for rcpt, m in mail.messages if to in rcpt]
+    return [text_of(m) for rcpt, m in mail.messages if to in rcpt]
 
 
 async def status(intake: Intake, request_id: str) -> RequestStatus:
@@ -538,7 +538,7 @@ async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once
     erasure = {"reference": await submit_api(intake, kind="erasure", language="en")}
     await wait_for_mail(intake.mail, 5)  # 2 for the first request, the alert, 2 for the erasure
     mails = [m for _, m in intake.mail.messages if erasure["reference"] in str(m["Subject"])]
-    told = "\n".join(m.get_body(("plain",)).get_content() for m in mails)
+    told = "\n".join(text_of(m) for m in mails)
     assert "/verify/" in told and "confirmation code" not in told
     from dsr.store.links import IdentityLinks
 

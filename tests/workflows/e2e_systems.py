@@ -48,7 +48,7 @@ from intake.web.app import intake_app
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, exports_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
 from tests.servers import start_time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
@@ -324,9 +324,9 @@ class Mail:
 
     @classmethod
     def of(cls, message: EmailMessage) -> Mail:
-        markup = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        markup = text_of(message, "html")
         readable = html.unescape(re.sub(r"<[^>]+>", " ", markup))
-        return cls(subject=str(message["Subject"]), text=message.get_body(("plain",)).get_content(),  # type: ignore[union-attr]
+        return cls(subject=str(message["Subject"]), text=text_of(message),
                    html_text=" ".join(readable.replace("\xa0", " ").split()), html=markup)
 
     @property

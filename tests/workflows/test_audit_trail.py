@@ -45,7 +45,7 @@ from dsr.domain.model import (
 )
 from dsr.store.links import StatusLinks
 from intake.submission import new_request_id
-from tests.harness import TEST_KEYRING, ScriptedConnector
+from tests.harness import TEST_KEYRING, ScriptedConnector, text_of
 from tests.workflows.conftest import SUBJECT_EMAIL, Engine, clear_residuals
 from tests.workflows.test_request import submit, wait_for_stage
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
@@ -134,8 +134,8 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
         channel=Channel.FORM, received_at=now - timedelta(hours=2), in_reply_to="<dup-77@mail.example.net>",
         ticket="zendesk:98765"))
     # The subject, on the status page the acknowledgement links to, asks for the identity email again.
-    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL) if "/status/" in m.get_body(("plain",)).get_content()]
-    found = re.search(r"/status/(\S+)", acknowledgement.get_body(("plain",)).get_content())
+    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL) if "/status/" in text_of(m)]
+    found = re.search(r"/status/(\S+)", text_of(acknowledgement))
     assert found is not None
     assert StatusLinks(TEST_KEYRING).verify(found.group(1), now=datetime.now(UTC)) == erasure.request_id
     await update("resend_identity_email", IdentityResend(via="status_page"))

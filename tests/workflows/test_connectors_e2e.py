@@ -30,7 +30,7 @@ from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, exports_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
@@ -242,7 +242,7 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
                     break
                 await asyncio.sleep(0.1)
             reply = mail.to(EMAIL)[-1]
-            body = reply.get_body(("plain",)).get_content()
+            body = text_of(reply)
             assert request.request_id in body and "CNIL" in body
             token = re.search(r"/exports/([A-Za-z0-9._~-]+)", body).group(1)  # type: ignore[union-attr]
             code = re.search(r"\b([2-9A-Z]{4}-[2-9A-Z]{4})\b", body).group(1)  # type: ignore[union-attr]

@@ -31,7 +31,7 @@ VERSION = project_version()
 def test_the_current_release_has_histories_of_every_workflow() -> None:
     # Without them the replay test below would pass vacuously, or miss a workflow.
     for workflow in WORKFLOWS:
-        name = workflow.__temporal_workflow_definition.name  # type: ignore[attr-defined]
+        name = workflow.__temporal_workflow_definition.name
         saved = list((ROOT / name / VERSION).glob("*.json"))
         assert saved, f"no saved history of {name} for {VERSION}: run `make histories` and commit them"
 

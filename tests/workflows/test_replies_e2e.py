@@ -400,6 +400,7 @@ async def test_access_link_works_until_it_expires_then_answers_410_and_the_expor
     # the durable timer fires and the bundle and every exported record are deleted; the intake app's clock
     # follows the skip.
     answered = await handle.result()
+    assert answered.aftercare is not None
     aftercare = world.env.client.get_workflow_handle_for(RequestAftercare.run, answered.aftercare)
     async with world.env.time_skipping_unlocked():  # type: ignore[attr-defined]
         final = await aftercare.result()
