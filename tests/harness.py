@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -74,6 +75,12 @@ def throwaway_guards(ring: KeyRing | None = None):
     atexit.register(shutil.rmtree, folder, True)
     atexit.register(ledger.close)
     return Guards(ledger.engine, ring or TEST_KEYRING)
+
+
+def raw_headers(headers: Mapping[str, str | bytes]) -> list[tuple[bytes, bytes]]:
+    """Headers as bytes, a text value encoded as httpx encodes it (ASCII): for fuzzers mixing text and raw values."""
+    return [(name.encode("ascii"), value if isinstance(value, bytes) else value.encode("ascii"))
+            for name, value in headers.items()]
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from dsr.domain.aftercare import aftercare_id
+from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import Outcome, RequestStatus, Stage
 from dsr.store.crypto import KeyRing, data_converter
 from tests.cluster import (
@@ -390,7 +390,8 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
         assert closed.link_expires_at is not None
         assert any(key.endswith(".enc") or "bundle" in key for key in objects()), objects()
         # The request ends with its answer: its aftercare (on some worker) deletes the exports at the expiry.
-        aftercare = env.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
+        aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = env.client.get_workflow_handle_for(
+            RequestAftercare.run, aftercare_id(request.request_id))
 
         async def started() -> bool:
             try:

@@ -30,6 +30,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from connectors.base import Connector
 from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
@@ -105,7 +106,7 @@ class Sandboxes:
     hubspot: HubSpotState
     woo: WooState
     stripe_url: str
-    connectors: list
+    connectors: list[Connector]
     held: dict[str, Holdings] = field(default_factory=dict)  # by email
 
     async def stripe_list(self, path: str, **params: str) -> list[dict[str, Any]]:
@@ -256,7 +257,7 @@ async def open_sandboxes(stripe_sandbox: StripeSandbox) -> AsyncIterator[Sandbox
     hubspot, woo = HubSpotState(), WooState()
     crm = await serve_app(hubspot_app(hubspot, token=HUBSPOT_TOKEN), port=0)
     shop = await serve_app(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET), port=0)
-    connectors = [
+    connectors: list[Connector] = [
         HubSpotConnector("hubspot", token=HUBSPOT_TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
         StripeConnector("stripe", api_key=STRIPE_KEY, base_url=stripe_sandbox.url, rate_limit=RateLimiter(25, 1.1)),
         WooCommerceConnector("woocommerce", consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, base_url=shop.url),

@@ -216,12 +216,12 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
     missing: list[str] = []
     for cls in WORKFLOWS:
         definition = workflow._Definition.must_from_class(cls)
-        for name, update in definition.updates.items():
+        for name, declared in definition.updates.items():
             key = (definition.name or cls.__name__, name)
             assert key in sent, f"{key}: no scenario above sends this update; add one"
             given = [(argument, read()) for argument, read in sent[key]]
-            assert update.arg_types is not None
-            assert all(isinstance(argument, update.arg_types[0]) for argument, _ in given)
+            assert declared.arg_types is not None
+            assert all(isinstance(argument, declared.arg_types[0]) for argument, _ in given)
             for f in dataclasses.fields(given[0][0]):
                 valued = [(getattr(argument, f.name), kept) for argument, kept in given
                           if getattr(argument, f.name) not in (None, "", {})]

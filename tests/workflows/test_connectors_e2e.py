@@ -15,6 +15,7 @@ import pytest_asyncio
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from connectors.base import Connector
 from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
@@ -47,7 +48,7 @@ class Systems:
     hubspot: HubSpotState
     woo: WooState
     stripe_url: str
-    connectors: list
+    connectors: list[Connector]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -81,7 +82,7 @@ async def systems(stripe_sandbox: StripeSandbox) -> AsyncIterator[Systems]:
     await seed_customer(stripe_sandbox.url, STRIPE_KEY, email=EMAIL.lower(), name="Nadia Haddad", charges=120)
     crm = await serve_app(hubspot_app(hubspot, token=TOKEN), port=0)
     shop = await serve_app(woocommerce_app(woo, consumer_key=KEY, consumer_secret=SECRET), port=0)
-    connectors = [
+    connectors: list[Connector] = [
         HubSpotConnector("hubspot", token=TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
         StripeConnector("stripe", api_key=STRIPE_KEY, base_url=stripe_sandbox.url, rate_limit=RateLimiter(25, 1.1)),
         WooCommerceConnector("woocommerce", consumer_key=KEY, consumer_secret=SECRET, base_url=shop.url),

@@ -18,7 +18,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.profile import ControllerProfile
-from dsr.domain.aftercare import aftercare_id
+from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.deadlines import response_deadline
 from dsr.domain.model import (
     ClockPolicy,
@@ -134,7 +134,8 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     answered = await handle.describe()
     assert answered.status == WorkflowExecutionStatus.COMPLETED
     assert answered.close_time is not None and answered.close_time < final.link_expires_at - timedelta(days=6)
-    aftercare = engine.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
+    aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = engine.client.get_workflow_handle_for(
+        RequestAftercare.run, aftercare_id(request.request_id))
     async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
         care = await aftercare.result()  # the test server skips to the link's expiry
     await keep_history(aftercare, "link_expired")
@@ -676,7 +677,8 @@ async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engi
     answered = await handle.result()  # the request ends with its answer; the residual data goes to its aftercare
     assert answered.outcome == Outcome.FULFILLED and answered.aftercare == aftercare_id(request.request_id)
     assert answered.residuals == ["crm: records (ip_address) - the API cannot clear it"]
-    aftercare = engine.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
+    aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = engine.client.get_workflow_handle_for(
+        RequestAftercare.run, aftercare_id(request.request_id))
     for _ in range(50):
         if "operator_residual" in templates_sent(engine, request):
             break
