@@ -10,14 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.outside import ANSWER_LINK_PURPOSE
 from connectors.config import load_config, rectifiable_fields
 from dsr.config.profile import load_profile
 from dsr.config.settings import ConfigError, Settings
-from dsr.domain.aftercare import aftercare_id
+from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import (
     CANONICAL_FIELDS,
     LINK_ONLY_KINDS,
@@ -26,6 +26,7 @@ from dsr.domain.model import (
     ConsentPurpose,
     OutsideAnswer,
     RequestKind,
+    RequestStatus,
 )
 from dsr.errors import ConfigurationError
 from dsr.mail.bundle import BundleStream, open_bundle
@@ -83,14 +84,17 @@ def code_locked_hook(ledger: Ledger, client: Client) -> Callable[[str, str, int]
             if page == "exports":
                 # A download link comes with the answer, when the request's workflow ends: its aftercare tells.
                 try:
-                    await client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request_id)).signal(
-                        RequestAftercare.code_locked, locked)
+                    # Handles annotated: mypy's inference of get_workflow_handle_for alone depends on its order.
+                    aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = client.get_workflow_handle_for(
+                        RequestAftercare.run, aftercare_id(request_id))
+                    await aftercare.signal(RequestAftercare.code_locked, locked)
                     return
                 except RPCError as err:
                     if err.status != RPCStatusCode.NOT_FOUND:
                         raise
-            await client.get_workflow_handle_for(DataSubjectRequest.run, request_id).signal(
-                DataSubjectRequest.code_locked, locked)
+            handle: WorkflowHandle[DataSubjectRequest, RequestStatus] = client.get_workflow_handle_for(
+                DataSubjectRequest.run, request_id)
+            await handle.signal(DataSubjectRequest.code_locked, locked)
         except RPCError as err:
             # A request and aftercare already over, or Temporal away: the ledger has it.
             logger.warning("intake: could not tell request %s that its %s code is closed (%s)",

@@ -28,7 +28,7 @@ from sandbox.faults import FaultRates, Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer, stripe_app
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import MailSink, S3Server, free_port
+from tests.harness import MailSink, S3Server, free_port, text_of
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +254,7 @@ def acknowledged_reference(mail: MailSink, email: str, kind: str) -> str | None:
 
 
 def plain_text(message: EmailMessage) -> str:
-    return message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    return text_of(message)
 
 
 def plain_bodies(mail: MailSink, to: str) -> list[str]:

@@ -479,7 +479,10 @@ class Dovecot:
     def count(self, user: ImapUser, folder: str) -> int:
         with self.imap(user) as client:
             typ, data = client.select(_quote(folder), readonly=True)
-            return int(data[0]) if typ == "OK" else 0
+            if typ != "OK":
+                return 0
+            assert data[0] is not None
+            return int(data[0])
 
 
 def _quote(folder: str) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -76,6 +77,12 @@ def throwaway_guards(ring: KeyRing | None = None):
     return Guards(ledger.engine, ring or TEST_KEYRING)
 
 
+def raw_headers(headers: Mapping[str, str | bytes]) -> list[tuple[bytes, bytes]]:
+    """Headers as bytes, a text value encoded as httpx encodes it (ASCII): for fuzzers mixing text and raw values."""
+    return [(name.encode("ascii"), value if isinstance(value, bytes) else value.encode("ascii"))
+            for name, value in headers.items()]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,7 +95,7 @@ class _Collect:
 
     async def handle_DATA(self, server, session, envelope):
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self._sink.messages.append((list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
+        self._sink.messages.append((list(envelope.rcpt_tos), message))
         self._sink.arrived.set()
         return "250 OK"
 
@@ -115,6 +122,13 @@ class MailSink:
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for rcpts, m in self.messages if address in rcpts]
+
+
+def text_of(message: EmailMessage, kind: str = "plain") -> str:
+    """The ``text/<kind>`` body of a received email; fails the test if the email has none."""
+    body = message.get_body((kind,))
+    assert body is not None, f"the email {message['Subject']!r} has no text/{kind} part"
+    return str(body.get_content())
 
 
 @dataclass

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
+from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
 from dsr.runtime.temporal import register_search_attributes
@@ -31,9 +32,9 @@ async def start_time_skipping_server(keyring: KeyRing | None = TEST_KEYRING, *, 
                                      ) -> WorkflowEnvironment:
     """A time-skipping test server of its own (the caller shuts it down). ``keyring=None``: payloads in plain JSON
     (the SDK's default); ``search_attributes``: the engine's registered."""
-    kwargs = {} if keyring is None else {"data_converter": data_converter(keyring)}
+    converter = DataConverter.default if keyring is None else data_converter(keyring)
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=binary("temporal-test-server"),
-                                                        **kwargs)
+                                                        data_converter=converter)
     if search_attributes:
         try:
             await register_search_attributes(env.client)
@@ -47,10 +48,10 @@ async def start_dev_server(keyring: KeyRing | None = TEST_KEYRING, *, search_att
                            ) -> WorkflowEnvironment:
     """A Temporal dev server of its own (the caller shuts it down); ``search_attributes=False``: as a new cluster
     comes, with none of the engine's."""
-    kwargs = {} if keyring is None else {"data_converter": data_converter(keyring)}
+    converter = DataConverter.default if keyring is None else data_converter(keyring)
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary("temporal"), ip="127.0.0.1",
-        search_attributes=sa.ALL if search_attributes else (), **kwargs,
+        search_attributes=sa.ALL if search_attributes else (), data_converter=converter,
     )
 
 

@@ -32,7 +32,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from dsr.domain.aftercare import aftercare_id
+from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import Outcome, RequestStatus, Stage
 from dsr.store.crypto import KeyRing, data_converter
 from tests.cluster import (
@@ -53,7 +53,7 @@ from tests.cluster import (
     shared_environment,
     start_sandboxes,
 )
-from tests.harness import MailSink, S3Server, free_port
+from tests.harness import MailSink, S3Server, free_port, text_of
 from tests.servers import start_dev_server, start_time_skipping_server
 from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest
@@ -229,7 +229,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
         async def identity_links() -> dict[str, str] | None:
             found: dict[str, str] = {}
             for _, message in list(cluster.mail.messages):
-                text = message.get_body(("plain",)).get_content()
+                text = text_of(message)
                 link = re.search(re.escape(a.url) + r"(/verify/\S+)", text)
                 reference = reference_in(str(message["Subject"])) or reference_in(text)
                 if link and reference in references:
@@ -390,7 +390,8 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
         assert closed.link_expires_at is not None
         assert any(key.endswith(".enc") or "bundle" in key for key in objects()), objects()
         # The request ends with its answer: its aftercare (on some worker) deletes the exports at the expiry.
-        aftercare = env.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
+        aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = env.client.get_workflow_handle_for(
+            RequestAftercare.run, aftercare_id(request.request_id))
 
         async def started() -> bool:
             try:
@@ -401,7 +402,8 @@ async def test_an_expired_link_leaves_no_object_in_the_bucket_whichever_worker_d
         with env.auto_time_skipping_disabled():
             await until(started, seconds=60, what="the aftercare",
                         logs=lambda: "\n".join(m.log("worker") for m in machines))
-        async with env.time_skipping_unlocked():  # past the link's 7 days: the expiry timer fires on some worker
+        # past the link's 7 days: the expiry timer fires on some worker (the test server's own method, private)
+        async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
             care = await aftercare.result()
         assert care.exports_deleted
         assert objects() == []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import binary, free_port
+from tests.harness import binary, free_port, text_of
 
 pytestmark = pytest.mark.slow  # the whole `dsr up` stack, as processes
 
@@ -88,7 +88,7 @@ class Stack:
 
     def outbox(self) -> list[email.message.EmailMessage]:
         files = sorted((self.home / "outbox").glob("*.eml"))
-        return [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files]  # type: ignore[misc]
+        return [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files]
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_request_survives_kill_of_the_whole_stack(stack: Stack) -> None:
     first = stack.dsr("extend", request_id, "--reason", "Three systems and ten years of orders to search.")
     assert first.returncode == 0, first.stderr
     extended = wait_until(
-        lambda: [m for m in stack.outbox() if "Three systems" in m.get_body(("plain",)).get_content()],
+        lambda: [m for m in stack.outbox() if "Three systems" in text_of(m)],
         "the extension notice",
     )
     assert extended[0]["To"] == EMAIL
@@ -310,7 +310,7 @@ def test_no_worker_stack_with_demo_faults_waits_for_a_dsr_worker(stack: Stack) -
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_until(lambda: any(submitted["id"] in str(m["Subject"]) or submitted["id"] in
-                               m.get_body(("plain",)).get_content() for m in stack.outbox()),
+                               text_of(m) for m in stack.outbox()),
                    "the identity email, sent by the separate worker", timeout=60)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)

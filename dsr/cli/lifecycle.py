@@ -24,8 +24,9 @@ from dsr.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from temporalio.client import Client
+    from temporalio.client import Client, WorkflowHandle
 
+    from dsr.domain.aftercare import AftercareStatus
     from dsr.domain.model import RequestStatus
 
 ENDED_BY_HAND = ("TERMINATED", "CANCELED", "FAILED", "TIMED_OUT")
@@ -42,8 +43,11 @@ async def with_aftercare(client: Client, state: RequestStatus) -> RequestStatus:
     if not state.aftercare:
         return state
     try:
-        care = await client.get_workflow_handle_for(RequestAftercare.run, state.aftercare).query(
-            RequestAftercare.status)
+        # Handles are annotated: mypy's inference of get_workflow_handle_for alone depends on the order it checks
+        # modules in, and fails in some.
+        aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = client.get_workflow_handle_for(
+            RequestAftercare.run, state.aftercare)
+        care = await aftercare.query(RequestAftercare.status)
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
@@ -56,7 +60,9 @@ async def temporal_state(client: Client, request_id: str) -> str:
     request itself could not record it); empty while it runs or once it completed."""
     from workflows.request import DataSubjectRequest
 
-    described = await client.get_workflow_handle_for(DataSubjectRequest.run, request_id).describe()
+    handle: WorkflowHandle[DataSubjectRequest, RequestStatus] = client.get_workflow_handle_for(
+        DataSubjectRequest.run, request_id)
+    described = await handle.describe()
     name = described.status.name if described.status is not None else ""
     return name.lower() if name in ENDED_BY_HAND else ""
 
@@ -72,7 +78,8 @@ async def clear_residuals_of(request_id: str, cleared: Any, as_json: bool) -> No
 
     check_reference(request_id)
     _, client = await temporal_client()
-    handle = client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request_id))
+    handle: WorkflowHandle[RequestAftercare, AftercareStatus] = client.get_workflow_handle_for(
+        RequestAftercare.run, aftercare_id(request_id))
     try:
         described = await handle.describe()
     except RPCError as err:

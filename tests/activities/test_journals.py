@@ -244,7 +244,7 @@ async def portals() -> Any:
     for _ in range(2):
         state, ids = seeded()
         portal = await start_portal(state)
-        portal.ids = ids  # type: ignore[attr-defined]
+        portal.ids = ids
         started.append(portal)
     try:
         yield started
@@ -266,7 +266,7 @@ async def test_hubspot_gdpr_delete_whose_answer_is_lost(portals: list[Portal], s
     portal.faults.lose_answers.append("POST /crm/v3/objects/contacts/gdpr-delete")
     with pytest.raises(ApplicationError):
         await run(storage_url, hubspot(portal), erasure("hubspot", SUBJECT))
-    assert portal.state.was_gdpr_deleted(portal.ids["contact"])  # type: ignore[attr-defined]
+    assert portal.state.was_gdpr_deleted(portal.ids["contact"])
 
     retried = await run(storage_url, hubspot(portal), erasure("hubspot", SUBJECT))
     assert retried == clean and retried.counts == {"deleted": 1} and retried.found == 1
@@ -280,7 +280,7 @@ async def test_hubspot_rectification_whose_answer_is_lost(portals: list[Portal],
     task = ConnectorTask(request_id=REQUEST, connector="hubspot", kind=RequestKind.RECTIFICATION,
                          subject=SUBJECT, changes=changes)
     clean = await run(storage_url.rstrip("/") + "-clean/", hubspot(clean_portal), task)
-    contact = portal.ids["contact"]  # type: ignore[attr-defined]
+    contact = portal.ids["contact"]
     portal.faults.lose_answers.append(f"PATCH /crm/v3/objects/contacts/{contact}")
     with pytest.raises(ApplicationError):
         await run(storage_url, hubspot(portal), task)

@@ -28,6 +28,7 @@ from dsr.domain.model import Language, Notice, NoticeTemplate, SentNotice
 from dsr.mail.outbox import OutboxSink
 from dsr.store.mail_sends import SendIntent
 from templates import render_notice
+from tests.harness import text_of
 
 SUBJECT_ADDRESS = "zoe.martin@example.com"
 REQUEST = "dsr-2026-11-7KQ3FJ"
@@ -263,7 +264,7 @@ async def test_localhost_operator_address_is_accepted() -> None:
     [(_, rcpt_tos, raw)] = collector.envelopes
     assert rcpt_tos == ["privacy@localhost"]
     [msg] = collector.messages()
-    assert "Zoé" not in msg.get_body(("plain",)).get_content()
+    assert "Zoé" not in text_of(msg)
     assert b"Zo=C3=A9" not in raw
 
 
@@ -372,7 +373,7 @@ async def test_subject_notices_name_the_profile_s_supervisory_authority_not_alwa
 
         await ActivityEnvironment().run(activities(port, profile=unreadable).send_notice,
                                         notice(template=NoticeTemplate.REFUSAL, key="refusal-2"))
-    belgian_refusal, default_refusal = (msg.get_body(("plain",)).get_content() for msg in collector.messages())
+    belgian_refusal, default_refusal = (text_of(msg) for msg in collector.messages())
     assert "Autorité de protection des données (APD), Rue de la Presse 35, 1000 Bruxelles" in belgian_refusal
     assert "CNIL" not in belgian_refusal
     assert "Commission nationale de l'informatique et des libertés (CNIL)" in default_refusal

@@ -153,7 +153,7 @@ class HangsUpAfterData:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.original_content, bytes)
         self.received.append(envelope.original_content)
-        assert server.transport is not None
+        assert isinstance(server.transport, asyncio.Transport)
         server.transport.abort()
         await asyncio.sleep(0)
         return "250 OK"

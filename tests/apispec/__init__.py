@@ -95,7 +95,7 @@ def _load(vendor: str, name: str) -> _Spec:
     server = raw["servers"][0]["url"].rstrip("/")
     path = SchemaPath.from_dict(raw)
     # HubSpot describes its error bodies as "*/*", which openapi-core leaves undecoded: they are JSON.
-    media = {"*/*": _json_or_bytes}
+    media: dict[str, Callable[[bytes], Any]] = {"*/*": _json_or_bytes}
     return _Spec(name, server, raw, V30RequestParametersValidator(path, base_url=server),
                  V30RequestBodyValidator(path, base_url=server),
                  V30ResponseDataValidator(path, base_url=server, extra_media_type_deserializers=media))

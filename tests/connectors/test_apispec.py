@@ -34,7 +34,7 @@ def good_search(**changes: Any) -> dict[str, Any]:
 @asynccontextmanager
 async def _served(app: Any, contract: Contract) -> AsyncIterator[tuple[httpx.AsyncClient, Tally]]:
     tally = Tally(contract.vendor, session=False)  # planted faults stay out of the session's summary
-    running = await serve_app(SpecCheck(app, contract, tally), host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    running = await serve_app(SpecCheck(app, contract, tally), host="127.0.0.1", port=0)
     try:
         async with httpx.AsyncClient(base_url=running.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             yield http, tally

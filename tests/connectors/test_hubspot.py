@@ -44,6 +44,7 @@ class Portal:
     server: RunningServer
     spec: Tally  # every request and answer, checked against HubSpot's OpenAPI descriptions
     connectors: list[HubSpotConnector] = field(default_factory=list)
+    ids: dict[str, Any] = field(default_factory=dict)  # the records of :func:`seeded`, by dataset
 
     def connector(self, **kwargs: Any) -> HubSpotConnector:
         kwargs.setdefault("token", TOKEN)
@@ -55,7 +56,7 @@ class Portal:
 async def start_portal(state: HubSpotState, **app_kwargs: Any) -> Portal:
     faults = Faults()
     checked = SpecCheck(hubspot_app(state, token=TOKEN, faults=faults, **app_kwargs), hubspot_contract())
-    server = await serve_app(checked, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    server = await serve_app(checked, host="127.0.0.1", port=0)
     return Portal(state, faults, server, checked.tally)
 
 
@@ -90,7 +91,7 @@ def seeded() -> tuple[HubSpotState, dict[str, Any]]:
 async def portal() -> AsyncIterator[Portal]:
     state, ids = seeded()
     running = await start_portal(state)
-    running.ids = ids  # type: ignore[attr-defined]
+    running.ids = ids
     try:
         yield running
     finally:

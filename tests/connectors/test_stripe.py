@@ -54,7 +54,7 @@ async def checked(server: StripeSandbox) -> AsyncIterator[tuple[str, Tally]]:
     """The same sandbox behind middleware checking every request and answer against Stripe's OpenAPI
     description: the connectors talk to this URL (the seeding helpers go straight to the sandbox)."""
     app = SpecCheck(server.app, stripe_contract())
-    running = await serve_app(app, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    running = await serve_app(app, host="127.0.0.1", port=0)
     try:
         yield running.url, app.tally
     finally:
@@ -93,7 +93,8 @@ def charge_ids(server: StripeSandbox, customer: str) -> list[str]:
     after: str | None = None
     with api(server) as client:
         while True:
-            params = {"customer": customer, "limit": 100, **({"starting_after": after} if after else {})}
+            params: dict[str, str | int] = {"customer": customer, "limit": 100,
+                                            **({"starting_after": after} if after else {})}
             page = client.get("/v1/charges", params=params).json()
             ids += [c["id"] for c in page["data"]]
             if not page["has_more"]:
@@ -137,7 +138,7 @@ async def another_sandbox(state: StripeState, *, search: bool = True) -> AsyncIt
     """A connector to a sandbox of its own over ``state`` (e.g. without search, or with a search delay),
     checked against Stripe's description like the module's."""
     app = SpecCheck(stripe_app(state, api_key=KEY, search=search), stripe_contract())
-    running = await serve_app(app, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    running = await serve_app(app, host="127.0.0.1", port=0)
     connector = StripeConnector(api_key=KEY, base_url=running.url)
     try:
         yield connector
@@ -473,11 +474,11 @@ async def test_rectify_changes_only_what_differs(server: StripeSandbox, stripe_:
     assert (line.record_id, line.action) == (customer, RecordAction.CHANGED)
     assert line.fields == ["last_name", "city", "postcode"]  # first name and phone were already right
     with api(server) as client:
-        record = client.get(f"/v1/customers/{customer}").json()
-    assert record["name"] == "Léa Martin" and record["phone"] == "+33611111111"
-    assert record["address"] == {"line1": "12 rue des Lilas", "line2": None, "city": "Paris", "postal_code": "75011",
+        stored = client.get(f"/v1/customers/{customer}").json()
+    assert stored["name"] == "Léa Martin" and stored["phone"] == "+33611111111"
+    assert stored["address"] == {"line1": "12 rue des Lilas", "line2": None, "city": "Paris", "postal_code": "75011",
                                  "state": None, "country": "FR"}
-    assert record["shipping"]["name"] == "Léa Martin" and record["shipping"]["address"]["city"] == "Paris"
+    assert stored["shipping"]["name"] == "Léa Martin" and stored["shipping"]["address"]["city"] == "Paris"
     again = await stripe_.rectify(OperationJob(rid, Subject(email=email), changes))
     assert [r.action for r in again.report] == [RecordAction.UNCHANGED] and again.counts == {"unchanged": 1}
     assert len(keys) == 1  # nothing sent the second time
@@ -564,7 +565,7 @@ class CountingLimiter(RateLimiter):
 async def scripted_connector(script: Scripted) -> tuple[Any, StripeConnector, CountingLimiter]:
     # The connector's requests are checked against Stripe's description; the scripted answers are not a
     # sandbox's (partial objects and error bodies made up for one test), so they are not.
-    running = await serve_app(SpecCheck(script.app(), stripe_contract(), SCRIPTED, answers=False),  # type: ignore[arg-type]
+    running = await serve_app(SpecCheck(script.app(), stripe_contract(), SCRIPTED, answers=False),
                                 port=0)
     limiter = CountingLimiter()
     return running, StripeConnector("stripe-eu", api_key="sk_test_x", base_url=running.url, rate_limit=limiter), limiter
@@ -770,7 +771,7 @@ async def test_a_planted_fault_in_a_sandbox_answer_is_reported() -> None:
     del charge["billing_details"]
     tally = Tally("stripe", session=False)
     app = SpecCheck(stripe_app(state, api_key=KEY), stripe_contract(), tally)
-    running = await serve_app(app, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    running = await serve_app(app, host="127.0.0.1", port=0)
     connector = StripeConnector(api_key=KEY, base_url=running.url)
     try:
         await connector.locate(Subject(email="planted@example.org"))

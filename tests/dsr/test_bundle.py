@@ -14,6 +14,7 @@ import tracemalloc
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,8 @@ SEED: dict[tuple[str, str], tuple[bool, list[dict]]] = {
 }
 
 
-def seed(store: ExportStore, request_id: str = REQUEST, data=SEED) -> None:
+def seed(store: ExportStore, request_id: str = REQUEST,
+         data: dict[tuple[str, str], tuple[bool, list[dict]]] = SEED) -> None:
     exports = store.for_request(request_id)
     for (system, dataset), (provided, records) in data.items():
         with exports.open(system, dataset, provided=provided) as writer:
@@ -77,8 +79,8 @@ def store(storage_url: str) -> ExportStore:
     return store
 
 
-def build(store: ExportStore, **kwargs) -> BundleInfo:
-    options = {"language": Language.EN, "kind": RequestKind.ACCESS, "reference_info": INFO, "now": NOW}
+def build(store: ExportStore, **kwargs: Any) -> BundleInfo:
+    options: dict[str, Any] = {"language": Language.EN, "kind": RequestKind.ACCESS, "reference_info": INFO, "now": NOW}
     options.update(kwargs)
     return build_bundle(store, REQUEST, **options)
 

@@ -118,6 +118,7 @@ async def test_payloads_are_bound_to_their_workflow() -> None:
                                             workflow_type="DataSubjectRequest", is_local=False)
     assert await converter.with_context(activity).decode(payloads, [Person]) == [Person(EMAIL, "A")]
     # the codec server has no context: the id in the metadata is what the AAD binds
+    assert isinstance(converter.payload_codec, EncryptionCodec)
     assert await EncryptionCodec(ring).decode(payloads) == await converter.payload_codec.with_context(
         _context("dsr-2026-11-AAAAAA")).decode(payloads)
     # another workflow refuses it, and relabelling the metadata breaks authentication

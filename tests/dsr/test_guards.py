@@ -210,7 +210,8 @@ def test_the_throttle_bounds_answers_per_client_and_overall(replicas: tuple[Guar
     assert let == [True, True, True, False, False]  # per client
     others = [replicas[n % 2].hit(throttle.windows("verify", client[1 + n % 2]), T0) for n in range(4)]
     assert [o is None for o in others] == [True, True, False, False]  # overall: 3 + 2 = 5
-    assert others[2].scope == "everyone"
+    refused = others[2]
+    assert refused is not None and refused.scope == "everyone"
     assert replicas[0].hit(throttle.windows("exports", client[0]), T0) is None  # each page counted apart
     assert replicas[1].hit(throttle.windows("verify", client[2]), T0 + timedelta(hours=1, seconds=1)) is None
 

@@ -334,7 +334,7 @@ def dsr(home: Path, *args: str, language: str = "fr") -> subprocess.CompletedPro
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
+def home(tmp_path: Path) -> Path:
     """A DSR_HOME with its key file and a small ledger: two requests, one with a name made to look like a formula."""
     with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", KeyRing.load_or_create(tmp_path / "keys.json")) as ledger:
         b = Book(ledger)

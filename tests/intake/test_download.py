@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,7 +113,7 @@ class DownloadApp:
             fields["form"] = csrf
         return fields
 
-    async def post(self, token: str, answer: str | None, *, csrf: str | None = "auto", **kw: object) -> httpx.Response:
+    async def post(self, token: str, answer: str | None, *, csrf: str | None = "auto", **kw: Any) -> httpx.Response:
         return await self.http.post(self.path(token), data=self.form(token, answer, csrf=csrf), **kw)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -112,7 +113,7 @@ class FormApp:
         lang: str = "fr",
         csrf: str | None = "auto",
         http: httpx.AsyncClient | None = None,
-        **kw: object,
+        **kw: Any,
     ) -> httpx.Response:
         """Fill in a fresh form (unless ``csrf`` is given or None) and post it."""
         data = {"kind": "access", "email": "camille.durand@example.org", "name": "Camille Durand", "details": ""}

@@ -51,7 +51,7 @@ from intake.service import Accepted, TriageItem
 from intake.submission import Submission, prepare
 from intake.web.api import MAX_BODY_BYTES, DeskSettings, api_router
 from intake.web.app import intake_app
-from tests.harness import TEST_KEYRING, throwaway_guards
+from tests.harness import TEST_KEYRING, raw_headers, throwaway_guards
 
 ZENDESK_SECRET = "zsecret"
 TICKET_SECRET = "tsecret"
@@ -140,8 +140,8 @@ class SyncClient:
                 for chunk in chunks:
                     yield chunk
 
-            content = stream()  # type: ignore[assignment]  # no Content-Length: chunked
-        call = self._http.post(path, content=content, headers=dict(headers))
+            content = stream()  # no Content-Length: chunked
+        call = self._http.post(path, content=content, headers=raw_headers(headers))
         return asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
 
     def close(self) -> None:
@@ -588,8 +588,10 @@ def test_oversized_bodies_get_413_and_create_nothing(desk: Desk, size: int, chun
     response = desk.post("/api/requests", content, {"Content-Type": "application/json"})
     assert response.status_code == 413, response.text
     now = datetime.now(UTC)
-    for path, headers in [("/webhooks/ticket", ticket_headers(body, str(int(now.timestamp())))),
-                          ("/webhooks/zendesk", zendesk_headers(body, now.strftime("%Y-%m-%dT%H:%M:%SZ")))]:
+    signed: list[tuple[str, Mapping[str, str | bytes]]] = [
+        ("/webhooks/ticket", ticket_headers(body, str(int(now.timestamp())))),
+        ("/webhooks/zendesk", zendesk_headers(body, now.strftime("%Y-%m-%dT%H:%M:%SZ")))]
+    for path, headers in signed:
         content = iter([body[i:i + 16_384] for i in range(0, size, 16_384)]) if chunked else body
         assert desk.post(path, content, headers).status_code == 413
     assert len(desk.sink.calls) == calls
@@ -635,7 +637,7 @@ def test_json_content_types_are_accepted(desk: Desk, content_type: str) -> None:
 def test_odd_content_length_headers_do_not_break_the_app(desk: Desk, path: str, declared: str) -> None:
     """In process nothing checks Content-Length before the app does (uvicorn's h11 refuses these)."""
     calls = len(desk.sink.calls)
-    headers = {"Content-Type": "application/json", "Content-Length": declared.encode("latin-1")}
+    headers: dict[str, str | bytes] = {"Content-Type": "application/json", "Content-Length": declared.encode("latin-1")}
     response = desk.post(path, b"{}", headers)
     assert response.status_code in {400, 401, 413, 422}, response.text
     assert len(desk.sink.calls) == calls

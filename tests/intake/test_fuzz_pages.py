@@ -72,7 +72,7 @@ from intake.web.exports import MAX_FORM_BYTES
 from intake.web.pages import CSP
 from intake.web.verify import verify_router
 from intake.web.wording import VERIFY as VERIFY_TEXT
-from tests.harness import TEST_KEYRING, throwaway_guards
+from tests.harness import TEST_KEYRING, raw_headers, throwaway_guards
 
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # whole seconds: expiries and Retry-After are exact
 DEADLINE = date(2026, 4, 1)
@@ -151,11 +151,12 @@ def pages_app(downloads: DownloadLinks, audit: Audit, clock: Clock, identity: Id
     guards = guards or throwaway_guards()
     # The throttles and the lasting cap of wrong codes are left out here (far above what a run sends): this file
     # checks the pages and their lockouts; tests/intake/test_guessing.py models caps and throttles.
-    unbounded = {"max_wrong": 10**9, "throttle": AnswerThrottle(per_client=10**9, overall=10**9)}
+    max_wrong, throttle = 10**9, AnswerThrottle(per_client=10**9, overall=10**9)
     routers = [] if identity is None or confirm is None else [
-        verify_router(identity, confirm, clock=clock, guards=guards, exists=exists, **unbounded)]
+        verify_router(identity, confirm, clock=clock, guards=guards, exists=exists, max_wrong=max_wrong,
+                      throttle=throttle)]
     return intake_app(links=downloads, bundle_opener=open_bundle, audit=audit, public_url=PUBLIC_URL, clock=clock,
-                      guards=guards, routers=routers, **unbounded)
+                      guards=guards, routers=routers, max_wrong=max_wrong, throttle=throttle)
 
 
 class SyncClient:
@@ -194,7 +195,7 @@ class SyncClient:
                         yield chunk
 
                 content = stream()  # no Content-Length (unless the body sets an odd one): chunked
-        call = self._client(client).request(method, path, content=content, headers=sent)
+        call = self._client(client).request(method, path, content=content, headers=raw_headers(sent))
         return asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
 
     def close(self) -> None:
@@ -1305,7 +1306,7 @@ def export_case(site: Site, seen: Counter[str], token: Token, mode: str, method:
     if method == "GET":
         assert response.status_code == 200 and markup is not None and new_audits == []
         assert markup.hidden_form_value() == site.downloads.form_token(token.text)
-        action, _, query = markup.action().partition("?")  # the page's language kept: ?lang=fr or en, no more
+        action, _, query = (markup.action() or "").partition("?")  # the page's language kept: ?lang=fr or en, no more
         assert action == f"/exports/{quote(token.text, safe='')}" and query in ("", "lang=fr", "lang=en")
         return
     assert body is not None and body.fields is not None
@@ -1535,10 +1536,10 @@ def _code_post(http: SyncClient, reference: str, code: str, client: str = CLIENT
 def _counted_requests(guards: Guards) -> set[str]:
     """The references counted per request (``verify:ref:<reference>`` rows)."""
     from sqlalchemy import select
-    from sqlmodel import Session
+    from sqlmodel import Session, col
 
     with Session(guards._engine) as session:
-        keys = session.scalars(select(AttemptLimitRow.key))
+        keys = session.scalars(select(col(AttemptLimitRow.key)))
         return {key.removeprefix("verify:ref:") for key in keys if key.startswith("verify:ref:")}
 
 

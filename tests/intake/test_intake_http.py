@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import Settings, SmtpSettings
@@ -33,15 +33,17 @@ from dsr.domain.model import (
     IdentityConfirmation,
     IdentityMethod,
     Language,
+    RequestKind,
     RequestStatus,
     TriageDecision,
+    TriageStatus,
     Withdrawal,
 )
 from dsr.store.ledger import Ledger
 from dsr.web.serve import serve_app
 from intake.server import build_intake_app
-from intake.service import TriageItem
-from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port
+from intake.service import IntakeService, TriageItem
+from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port, text_of
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 
@@ -57,7 +59,7 @@ class Intake:
     settings: Settings
     ledger: Ledger
     mail: MailSink
-    service: object
+    service: IntakeService
 
 
 @pytest.fixture
@@ -117,13 +119,21 @@ async def wait_for_mail(mail: MailSink, count: int, *, seconds: float = 30) -> N
         await asyncio.sleep(0.1)
 
 
+def found(pattern: str, text: str) -> str:
+    """The first group of ``pattern`` in ``text``; fails the test when the text does not have it."""
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern!r} not found"
+    return match.group(1)
+
+
 def bodies(mail: MailSink, to: str) -> list[str]:
-    return [m.get_body(("plain",)).get_content() for rcpt, m in mail.messages if to in rcpt]
+    return [text_of(m) for rcpt, m in mail.messages if to in rcpt]
 
 
 async def status(intake: Intake, request_id: str) -> RequestStatus:
-    return await intake.client.get_workflow_handle_for(DataSubjectRequest.run, request_id).query(
-        DataSubjectRequest.status)
+    handle: WorkflowHandle[DataSubjectRequest, RequestStatus] = intake.client.get_workflow_handle_for(
+        DataSubjectRequest.run, request_id)
+    return await handle.query(DataSubjectRequest.status)
 
 
 async def poll(check, *, seconds: float = 30):
@@ -186,7 +196,7 @@ async def test_api_request_is_started_acknowledged_and_confirmed_by_the_link(int
     page = await intake.http.get(f"/verify/{link.group(1)}", headers={"Accept-Language": "fr"})
     assert page.status_code == 200 and reference in page.text and "<script" not in page.text
     assert (await status(intake, reference)).identity_confirmed is False
-    form = re.search(r'name="form" value="([^"]+)"', page.text).group(1)
+    form = found(r'name="form" value="([^"]+)"', page.text)
     confirmed = await intake.http.post(f"/verify/{link.group(1)}", data={"form": form})
     assert confirmed.status_code == 200 and "confirmée" in confirmed.text
     assert (await status(intake, reference)).identity_confirmed
@@ -461,7 +471,7 @@ async def test_code_confirmation_counts_wrong_codes_then_locks(intake: Intake) -
     reference = await submit_api(intake, language="en")
     await wait_for_mail(intake.mail, 2)
     text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
-    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
+    code = found(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text)
     wrong = "2222-2222" if code != "2222-2222" else "3333-3333"
     for _ in range(4):
         answer = await intake.http.post("/verify", data={"reference": reference, "code": wrong},
@@ -505,8 +515,8 @@ async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once
     reference = await submit_api(intake, language="en")
     await wait_for_mail(intake.mail, 2)
     text = "\n".join(bodies(intake.mail, "camille.durand@example.org"))
-    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
-    link = re.search(rf"{re.escape(intake.url)}/verify/(\S+)", text).group(1)
+    code = found(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text)
+    link = found(rf"{re.escape(intake.url)}/verify/(\S+)", text)
     wrong = "2222-2222" if code != "2222-2222" else "3333-3333"
     guards = intake.service.guards
     for attempt in range(10):
@@ -530,7 +540,7 @@ async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once
     assert len(alert) == 1 and "camille" not in alert[0].as_string().lower()
     # The link still works.
     page = await intake.http.get(f"/verify/{link}")
-    form = re.search(r'name="form" value="([^"]+)"', page.text).group(1)
+    form = found(r'name="form" value="([^"]+)"', page.text)
     assert (await intake.http.post(f"/verify/{link}", data={"form": form})).status_code == 200
     assert (await status(intake, reference)).identity_confirmed
 
@@ -538,7 +548,7 @@ async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once
     erasure = {"reference": await submit_api(intake, kind="erasure", language="en")}
     await wait_for_mail(intake.mail, 5)  # 2 for the first request, the alert, 2 for the erasure
     mails = [m for _, m in intake.mail.messages if erasure["reference"] in str(m["Subject"])]
-    told = "\n".join(m.get_body(("plain",)).get_content() for m in mails)
+    told = "\n".join(text_of(m) for m in mails)
     assert "/verify/" in told and "confirmation code" not in told
     from dsr.store.links import IdentityLinks
 
@@ -573,8 +583,9 @@ async def test_unclassified_email_waits_for_an_operator_then_becomes_the_request
     operator_mail = "\n".join(bodies(intake.mail, "dpo@example.com"))
     assert triage_id in operator_mail and "noa.bernard" not in operator_mail
 
-    handle = intake.client.get_workflow_handle_for(TriageMessageWorkflow.run, triage_id)
-    result = await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(kind="access"))
+    handle: WorkflowHandle[TriageMessageWorkflow, TriageStatus] = intake.client.get_workflow_handle_for(
+        TriageMessageWorkflow.run, triage_id)
+    result = await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(kind=RequestKind.ACCESS))
     assert result.state == "classified" and result.request_id == reserved
     state = await status(intake, reserved)
     assert state.kind.value == "access" and state.channel.value == "email"
@@ -592,7 +603,7 @@ async def _mail_to(intake: Intake, address: str):
 async def test_web_form_submission_starts_the_request_and_confirms_it(intake: Intake) -> None:
     page = await intake.http.get("/", headers={"Accept-Language": "en-GB,en;q=0.9"})
     assert page.status_code == 200 and 'lang="en"' in page.text and "<script" not in page.text
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    csrf = found(r'name="csrf" value="([^"]+)"', page.text)
     answer = await intake.http.post("/", data={
         "csrf": csrf, "kind": "portability", "email": "ines.roux@example.org", "name": "Inès Roux",
         "details": "Please send my order history in a machine-readable format.", "language": "en",
@@ -648,7 +659,7 @@ async def test_email_becomes_a_request_answered_in_its_thread_and_its_id_copy_is
     for _, sent in intake.mail.messages:
         assert sent["In-Reply-To"] == "<sar-2026-11-24.1@mail.example.co.uk>"
     text = "\n".join(bodies(intake.mail, "ruth.evans@example.co.uk"))
-    code = re.search(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text).group(1)
+    code = found(r"confirmation code: ([2-9A-Z]{4}-[2-9A-Z]{4})", text)
     confirmed = await intake.http.post("/verify", data={"reference": request.request_id, "code": code})
     assert confirmed.status_code == 200
     await poll(lambda: _events(intake, request.request_id, "identity_documents_deleted"))
@@ -809,8 +820,9 @@ async def test_forged_reply_failing_dmarc_is_triaged_and_the_genuine_ones_verdic
     # The forged one waits in triage, its file with it, never under the request.
     [row] = [r for r in _inbox_rows(intake) if r.outcome == "triaged"]
     assert (row.reason, row.reference) == ("dmarc_fail_reply", reference)
-    triage = await intake.client.get_workflow_handle_for(
-        TriageMessageWorkflow.run, f"triage-{row.request_id}").query(TriageMessageWorkflow.status)
+    triage_handle: WorkflowHandle[TriageMessageWorkflow, TriageStatus] = intake.client.get_workflow_handle_for(
+        TriageMessageWorkflow.run, f"triage-{row.request_id}")
+    triage = await triage_handle.query(TriageMessageWorkflow.status)
     assert triage.reason.startswith(f"reply about {reference} from a sender that failed DMARC")
     assert [a.filename for a in store.list(row.request_id)] == ["fake-id.pdf"]
     assert [r.request_id for r in intake.ledger.requests()] == [reference]  # nothing new started
@@ -844,8 +856,9 @@ async def test_reply_about_a_closed_request_goes_to_triage(intake: Intake, dovec
     assert store.list(reference) == []
     [row] = _inbox_rows(intake)
     assert (row.state, row.outcome, row.reason, row.reference) == ("moved", "triaged", "closed_reply", reference)
-    state = await intake.client.get_workflow_handle_for(TriageMessageWorkflow.run, f"triage-{row.request_id}").query(
-        TriageMessageWorkflow.status)
+    triage_handle: WorkflowHandle[TriageMessageWorkflow, TriageStatus] = intake.client.get_workflow_handle_for(
+        TriageMessageWorkflow.run, f"triage-{row.request_id}")
+    state = await triage_handle.query(TriageMessageWorkflow.status)
     assert state.reason == f"reply about closed request {reference}"
     # Its file waits with the message, under the id it would have if an operator made it a request.
     assert [a.filename for a in store.list(state.request_id)] == ["carte-identite.pdf"]

@@ -23,6 +23,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import aioimaplib
 import pytest
 from sqlalchemy import select
 from sqlmodel import Session
@@ -687,7 +688,7 @@ async def test_wrong_password_is_a_clear_error(mail_intake: MailIntake) -> None:
 
 async def test_server_without_move_gets_copy_store_expunge(mail_intake: MailIntake) -> None:
     class OldServer(Mailbox):
-        async def _connect(self):  # type: ignore[no-untyped-def]
+        async def _connect(self) -> aioimaplib.IMAP4_SSL:
             client = await super()._connect()
             client.protocol.capabilities -= {"MOVE", "UIDPLUS"}
             return client
@@ -1030,8 +1031,10 @@ def test_authserv_id_setting(tmp_path: Path) -> None:
     from dsr.config.settings import ConfigError
 
     base = {"DSR_HOME": str(tmp_path), "DSR_IMAP_HOST": "imap.example.com"}
-    assert Settings.from_env(base).imap.authserv_id is None
-    assert Settings.from_env({**base, "DSR_MAIL_AUTHSERV_ID": " mx.example.com "}).imap.authserv_id == "mx.example.com"
+    plain = Settings.from_env(base).imap
+    given = Settings.from_env({**base, "DSR_MAIL_AUTHSERV_ID": " mx.example.com "}).imap
+    assert plain is not None and plain.authserv_id is None
+    assert given is not None and given.authserv_id == "mx.example.com"
     with pytest.raises(ConfigError, match="DSR_MAIL_AUTHSERV_ID"):
         Settings.from_env({**base, "DSR_MAIL_AUTHSERV_ID": "mx.example.com; dmarc=pass"})
 

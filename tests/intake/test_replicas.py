@@ -29,7 +29,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
@@ -282,7 +282,7 @@ async def test_made_up_references_do_not_lock_a_real_one(cluster: Cluster) -> No
     # The real reference is not locked (a wrong code is judged, not refused), at either replica.
     assert (await _verify(cluster.b, real, "000000")).status_code == 403
     with Session(cluster.a.ledger.engine) as session:
-        keys = list(session.scalars(select(AttemptLimitRow.key)))
+        keys = list(session.scalars(select(col(AttemptLimitRow.key))))
     assert f"verify:ref:{real}" in keys and not any(made_up in key for key in keys)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -56,7 +56,7 @@ def test_draws_follow_the_rates() -> None:
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> StripeSandbox:
+def sandbox() -> Iterator[StripeSandbox]:
     with StripeSandbox(api_key=KEY).start() as running:
         yield running
 

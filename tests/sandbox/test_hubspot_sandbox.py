@@ -37,7 +37,7 @@ async def _start(**kwargs: object) -> Running:
     # These tests send malformed requests on purpose: only the sandbox's answers are checked.
     checked = SpecCheck(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
                         hubspot_contract(), requests=False)
-    server = await serve_app(checked, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    server = await serve_app(checked, host="127.0.0.1", port=0)
     return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea, checked.tally)
 
 

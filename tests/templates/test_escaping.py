@@ -72,6 +72,7 @@ _SMALL = {
 
 @pytest.fixture(scope="module")
 def small() -> Environment:
+    assert ENVIRONMENT.loader is not None
     return ENVIRONMENT.overlay(loader=ChoiceLoader([DictLoader(_SMALL), ENVIRONMENT.loader]))
 
 

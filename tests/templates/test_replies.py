@@ -11,12 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from dsr.config.profile import Localized, check_profile, load_profile
+from dsr.config.profile import ControllerProfile, Localized, check_profile, load_profile
 from dsr.domain.model import ConnectorOutcome, DatasetSummary, Language, RecordAction, RecordReport, RequestKind
 from dsr.mail.replies import IncompleteProfileError, ReplyContext, ReplyKind, legal_basis_wording, render_reply
 
 DEMO = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
-PROFILE = load_profile(DEMO)
+
+
+def _demo_profile() -> ControllerProfile:
+    profile = load_profile(DEMO)
+    assert profile is not None, f"{DEMO} has no [controller] table"
+    return profile
+
+
+PROFILE = _demo_profile()
 BASIS = "Art. 17(3)(b) GDPR; Code de commerce L123-22 (accounting records, 10 years)"
 HOSTILE = "<script>alert(1)</script>\r\nBcc: x@evil.test"
 URL = "https://privacy.example.com/exports/tok123?sig=a&v=1"
@@ -439,7 +447,7 @@ def test_unknown_kind_and_missing_reference() -> None:
         render_reply("reply_no_data", "fr", _context())
 
 
-def _hostile_profile():  # type: ignore[no-untyped-def]
+def _hostile_profile() -> ControllerProfile:
     assert PROFILE is not None
     profile = PROFILE.model_copy(deep=True)
     profile.legal_name = HOSTILE

@@ -30,6 +30,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from connectors.base import Connector
 from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
@@ -48,7 +49,7 @@ from intake.web.app import intake_app
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, exports_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
 from tests.servers import start_time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
@@ -105,7 +106,7 @@ class Sandboxes:
     hubspot: HubSpotState
     woo: WooState
     stripe_url: str
-    connectors: list
+    connectors: list[Connector]
     held: dict[str, Holdings] = field(default_factory=dict)  # by email
 
     async def stripe_list(self, path: str, **params: str) -> list[dict[str, Any]]:
@@ -256,7 +257,7 @@ async def open_sandboxes(stripe_sandbox: StripeSandbox) -> AsyncIterator[Sandbox
     hubspot, woo = HubSpotState(), WooState()
     crm = await serve_app(hubspot_app(hubspot, token=HUBSPOT_TOKEN), port=0)
     shop = await serve_app(woocommerce_app(woo, consumer_key=WOO_KEY, consumer_secret=WOO_SECRET), port=0)
-    connectors = [
+    connectors: list[Connector] = [
         HubSpotConnector("hubspot", token=HUBSPOT_TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
         StripeConnector("stripe", api_key=STRIPE_KEY, base_url=stripe_sandbox.url, rate_limit=RateLimiter(25, 1.1)),
         WooCommerceConnector("woocommerce", consumer_key=WOO_KEY, consumer_secret=WOO_SECRET, base_url=shop.url),
@@ -324,9 +325,9 @@ class Mail:
 
     @classmethod
     def of(cls, message: EmailMessage) -> Mail:
-        markup = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        markup = text_of(message, "html")
         readable = html.unescape(re.sub(r"<[^>]+>", " ", markup))
-        return cls(subject=str(message["Subject"]), text=message.get_body(("plain",)).get_content(),  # type: ignore[union-attr]
+        return cls(subject=str(message["Subject"]), text=text_of(message),
                    html_text=" ".join(readable.replace("\xa0", " ").split()), html=markup)
 
     @property

@@ -52,7 +52,7 @@ from dsr.store.links import StatusLinks
 from dsr.store.tasks import OutsideTasks
 from intake.answers import ExportFile, record_answer
 from intake.submission import Submission, new_request_id, prepare, start
-from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of
+from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, text_of
 from tests.workflows.conftest import SUBJECT_EMAIL, Engine, clear_residuals
 from tests.workflows.test_request import submit, wait_for_stage
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
@@ -160,8 +160,8 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
         channel=Channel.FORM, received_at=now - timedelta(hours=2), in_reply_to="<dup-77@mail.example.net>",
         ticket="zendesk:98765"))
     # The subject, on the status page the acknowledgement links to, asks for the identity email again.
-    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL) if "/status/" in m.get_body(("plain",)).get_content()]
-    found = re.search(r"/status/(\S+)", acknowledgement.get_body(("plain",)).get_content())
+    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL) if "/status/" in text_of(m)]
+    found = re.search(r"/status/(\S+)", text_of(acknowledgement))
     assert found is not None
     assert StatusLinks(TEST_KEYRING).verify(found.group(1), now=datetime.now(UTC)) == erasure.request_id
     await update("resend_identity_email", IdentityResend(via="status_page"))
@@ -276,12 +276,12 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
     missing: list[str] = []
     for cls in WORKFLOWS:
         definition = workflow._Definition.must_from_class(cls)
-        for name, update in definition.updates.items():
+        for name, declared in definition.updates.items():
             key = (definition.name or cls.__name__, name)
             assert key in sent, f"{key}: no scenario above sends this update; add one"
             given = [(argument, read()) for argument, read in sent[key]]
-            assert update.arg_types is not None
-            assert all(isinstance(argument, update.arg_types[0]) for argument, _ in given)
+            assert declared.arg_types is not None
+            assert all(isinstance(argument, declared.arg_types[0]) for argument, _ in given)
             for f in dataclasses.fields(given[0][0]):
                 valued = [(getattr(argument, f.name), kept) for argument, kept in given
                           if getattr(argument, f.name) not in (None, "", {})]

@@ -15,6 +15,7 @@ import pytest_asyncio
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from connectors.base import Connector
 from connectors.http import RateLimiter
 from connectors.hubspot import HubSpotConnector
 from connectors.stripe import StripeConnector
@@ -30,7 +31,7 @@ from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, exports_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
@@ -47,7 +48,7 @@ class Systems:
     hubspot: HubSpotState
     woo: WooState
     stripe_url: str
-    connectors: list
+    connectors: list[Connector]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -81,7 +82,7 @@ async def systems(stripe_sandbox: StripeSandbox) -> AsyncIterator[Systems]:
     await seed_customer(stripe_sandbox.url, STRIPE_KEY, email=EMAIL.lower(), name="Nadia Haddad", charges=120)
     crm = await serve_app(hubspot_app(hubspot, token=TOKEN), port=0)
     shop = await serve_app(woocommerce_app(woo, consumer_key=KEY, consumer_secret=SECRET), port=0)
-    connectors = [
+    connectors: list[Connector] = [
         HubSpotConnector("hubspot", token=TOKEN, base_url=crm.url, rate_limit=RateLimiter(100, 11)),
         StripeConnector("stripe", api_key=STRIPE_KEY, base_url=stripe_sandbox.url, rate_limit=RateLimiter(25, 1.1)),
         WooCommerceConnector("woocommerce", consumer_key=KEY, consumer_secret=SECRET, base_url=shop.url),
@@ -242,7 +243,7 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
                     break
                 await asyncio.sleep(0.1)
             reply = mail.to(EMAIL)[-1]
-            body = reply.get_body(("plain",)).get_content()
+            body = text_of(reply)
             assert request.request_id in body and "CNIL" in body
             token = re.search(r"/exports/([A-Za-z0-9._~-]+)", body).group(1)  # type: ignore[union-attr]
             code = re.search(r"\b([2-9A-Z]{4}-[2-9A-Z]{4})\b", body).group(1)  # type: ignore[union-attr]

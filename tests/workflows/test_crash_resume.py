@@ -79,7 +79,7 @@ async def test_killed_worker_resumes_the_export_from_its_cursor_on_another_machi
     faults = Faults(delay_seconds=0.15)  # slow pages leave time to kill the worker mid-export
     counted = CountOrderPages(woocommerce_app(shop_state, consumer_key="ck_x", consumer_secret="cs_x",
                                               faults=faults))
-    shop = await serve_app(counted, port=0)  # type: ignore[arg-type]
+    shop = await serve_app(counted, port=0)
     temporal = await start_dev_server()
     workers: list[subprocess.Popen[bytes]] = []
     try:

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import ActivityTaskScheduledEventAttributes
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle
 
@@ -109,7 +110,7 @@ async def test_mail_steps_heartbeat_so_a_lost_worker_costs_seconds(engine: Engin
     _, handle = await submit(engine, "access")
     await handle.result()
     history = await handle.fetch_history()
-    scheduled = {}
+    scheduled: dict[str, list[ActivityTaskScheduledEventAttributes]] = {}
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes

@@ -30,7 +30,7 @@ from dsr.domain.model import (
 )
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, prepare, start
-from tests.harness import ScriptedConnector, keep_history
+from tests.harness import ScriptedConnector, keep_history, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from workflows.request import DataSubjectRequest
@@ -91,7 +91,7 @@ def events(engine: Engine, request: RequestInput) -> list[str]:
 
 
 def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:
-    return [(str(m["Subject"]), m.get_body(("plain",)).get_content()) for m in engine.mail.to(to)]
+    return [(str(m["Subject"]), text_of(m)) for m in engine.mail.to(to)]
 
 
 @pytest.mark.parametrize(("language", "subject_line", "unsubscribed", "by_hand"), [

@@ -31,7 +31,7 @@ from dsr.domain.model import (
 from dsr.domain.outside import outside_workflow_id
 from dsr.store.tasks import OutsideTasks
 from intake.answers import ExportFile, record_answer
-from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, keep_history
+from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, keep_history, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from tests.workflows.test_request import readable, status, submit, templates_sent, wait_for_stage
@@ -83,7 +83,7 @@ async def test_a_processor_is_asked_by_email_and_its_answer_kept_with_basis_clos
     # and gets a signed link to the answer page.
     assert request.request_id in str(asked["Subject"]) and SUBJECT_EMAIL in text and SUBJECT_NAME in text
     assert "Article 28(3)(e) GDPR" in text and "Chat Tool" in text
-    link = re.search(r"https?://\S+/answer/(\S+)", asked.get_body(("plain",)).get_content())
+    link = re.search(r"https?://\S+/answer/(\S+)", text_of(asked))
     assert link is not None
     task = tasks_of(engine).get(request.request_id, "chat-tool")
     assert task is not None and task.answer is None and task.type == "processor"
@@ -140,7 +140,7 @@ async def test_reminders_go_before_the_date_then_the_answer_is_taken(engine: Eng
                        "processor_reminded_then_done")
     assert final.outcome == Outcome.FULFILLED
     assert len(engine.mail.to(PROCESSOR)) == 2  # no reminder after the answer
-    [line] = final.connectors[0].outcome.report  # type: ignore[union-attr]
+    [line] = final.connectors[0].outcome.report
     assert line.action == RecordAction.DELETED
 
 

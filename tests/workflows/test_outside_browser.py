@@ -21,7 +21,7 @@ from dsr.store.tasks import OutsideTasks
 from dsr.web.serve import serve_app
 from intake.server import outside_answers_router
 from intake.web.app import intake_app
-from tests.harness import TEST_KEYRING, exports_of
+from tests.harness import TEST_KEYRING, exports_of, text_of
 from tests.intake.test_form_browser import LOCALES, browser  # noqa: F401 - the fixture
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, Engine
@@ -91,7 +91,7 @@ TEXT = {
 
 async def asked_link(engine: Engine, pages: AnswerPages, count: int = 1) -> str:
     message = (await mail_to(engine, PROCESSOR, count))[count - 1]
-    token = re.search(r"/answer/(\S+)", message.get_body(("plain",)).get_content())
+    token = re.search(r"/answer/(\S+)", text_of(message))
     assert token is not None
     return f"{pages.url}/answer/{token.group(1)}"
 
@@ -134,8 +134,8 @@ async def test_a_processor_answers_kept_on_the_page_and_a_second_answer_is_refus
 
         final = await handle.result()
         assert final.outcome == Outcome.FULFILLED
-        [line] = final.connectors[0].outcome.report  # type: ignore[union-attr]
-        assert (line.action, line.legal_basis, line.retained_until.isoformat()) == (  # type: ignore[union-attr]
+        [line] = final.connectors[0].outcome.report
+        assert (line.action, line.legal_basis, line.retained_until.isoformat()) == (
             RecordAction.RETAINED, "Art. 17(3)(b) GDPR; <b>invoices</b>", "2036-12-31")
         task = OutsideTasks(engine.ledger.engine, TEST_KEYRING).get(request.request_id, "chat-tool")
         assert task is not None and task.answer is not None and task.answer.status == AnswerStatus.KEPT
@@ -190,4 +190,4 @@ async def test_an_export_file_uploaded_on_the_page_is_stored_encrypted(
         assert b"hello support" not in exports.objects.get(key)
     final = await handle.result()
     assert final.outcome == Outcome.FULFILLED
-    assert final.connectors[0].outcome.datasets[0].records == 1  # type: ignore[union-attr]
+    assert final.connectors[0].outcome.datasets[0].records == 1

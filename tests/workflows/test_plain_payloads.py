@@ -41,12 +41,12 @@ async def _task_failures(handle: WorkflowHandle, *, at_least: int = 1, tries: in
         failures = [e.workflow_task_failed_event_attributes.failure for e in history.events
                     if e.HasField("workflow_task_failed_event_attributes")]
         if len(failures) >= at_least:
-            found = []
+            found: list[tuple[str, str]] = []
             for failure in failures:
                 assert SUBJECT_EMAIL not in failure.SerializeToString().decode("latin-1")
                 error: BaseException | None = await converter.decode_failure(failure)
                 while error is not None:  # "Failed decoding arguments", caused by the refusal
-                    found.append((type(error).__name__ if not isinstance(error, ApplicationError) else error.type,
+                    found.append((type(error).__name__ if not isinstance(error, ApplicationError) else error.type or "",
                                   str(error)))
                     error = error.cause if isinstance(error, FailureError) else None
             return found

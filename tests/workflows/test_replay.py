@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
+from temporalio.workflow import _Definition
 
 from dsr.store.crypto import data_converter
 from tests.harness import TEST_KEYRING, project_version
@@ -31,7 +32,7 @@ VERSION = project_version()
 def test_the_current_release_has_histories_of_every_workflow() -> None:
     # Without them the replay test below would pass vacuously, or miss a workflow.
     for workflow in WORKFLOWS:
-        name = workflow.__temporal_workflow_definition.name  # type: ignore[attr-defined]
+        name = _Definition.must_from_class(workflow).name or workflow.__name__
         saved = list((ROOT / name / VERSION).glob("*.json"))
         assert saved, f"no saved history of {name} for {VERSION}: run `make histories` and commit them"
 

@@ -21,13 +21,13 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import pytest
 import pytest_asyncio
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
 from connectors import woocommerce
 from connectors.base import RetentionRule
 from connectors.stripe import DEFAULT_RETENTION, LEGAL_BASIS
 from dsr.config.settings import Settings
-from dsr.domain.aftercare import aftercare_id
+from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import Outcome, RequestInput, ResidualsCleared, Stage
 from dsr.mail.replies import legal_basis_wording
 from dsr.store.ledger import Ledger
@@ -247,7 +247,8 @@ async def test_erasure_residual_data_is_followed_up_with_the_operator_until_clea
             break
         await asyncio.sleep(0.05)
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
-    aftercare = world.env.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
+    aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = world.env.client.get_workflow_handle_for(
+        RequestAftercare.run, aftercare_id(request.request_id))
     described = await aftercare.describe()
     assert described.status == WorkflowExecutionStatus.RUNNING
     assert described.typed_search_attributes.get(sa.DSR_RESIDUAL) is True
@@ -400,7 +401,9 @@ async def test_access_link_works_until_it_expires_then_answers_410_and_the_expor
     # the durable timer fires and the bundle and every exported record are deleted; the intake app's clock
     # follows the skip.
     answered = await handle.result()
-    aftercare = world.env.client.get_workflow_handle_for(RequestAftercare.run, answered.aftercare)
+    assert answered.aftercare is not None
+    aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = world.env.client.get_workflow_handle_for(
+        RequestAftercare.run, answered.aftercare)
     async with world.env.time_skipping_unlocked():  # type: ignore[attr-defined]
         final = await aftercare.result()
     assert final.exports_deleted and final.link_expires_at is not None

@@ -12,7 +12,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from dsr.domain.aftercare import aftercare_id
+from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import IdentityMethod, Outcome, Retry, Stage
 from tests.harness import ScriptedConnector, keep_history
 from tests.servers import time_skipping_server
@@ -118,7 +118,8 @@ async def test_the_aftercare_refuses_a_cancellation_and_still_deletes_the_export
     await ended(handle)  # in real time: awaiting the result would let the test server skip past the expiry
     final = await status(handle)
     assert final.link_expires_at is not None
-    aftercare = engine.client.get_workflow_handle_for(RequestAftercare.run, aftercare_id(request.request_id))
+    aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = engine.client.get_workflow_handle_for(
+        RequestAftercare.run, aftercare_id(request.request_id))
     assert (await aftercare.describe()).status == WorkflowExecutionStatus.RUNNING
     await aftercare.cancel()
     await until(lambda: "cancellation_refused" in events(engine, request), "the refusal in the ledger")

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from dsr.domain.model import RefusalGround, RequestKind, TriageDecision, TriageDismissal, TriageInput
 from intake.submission import new_request_id
-from tests.harness import attachments_of, keep_history
+from tests.harness import attachments_of, keep_history, text_of
 from tests.workflows.conftest import OPERATOR_EMAIL, Engine
 from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test: real time
 from workflows.triage import TriageMessageWorkflow
@@ -65,7 +65,7 @@ async def test_a_refusal_from_triage_answers_the_sender_with_the_ground_and_the_
     await handle.result()
     await keep_history(handle, "dismissed_as_refused_request")
     [answer] = engine.mail.to(SENDER)
-    body = answer.get_body(("plain",)).get_content()
+    body = text_of(answer)
     assert reason in body and "article 12, paragraphe 5" in body and "réclamation" in body
     kept = engine.ledger.triage_dismissal(item.triage_id)
     assert kept is not None and (kept.refused_as, kept.ground) == ("access", "excessive")
@@ -89,7 +89,7 @@ async def test_a_classified_email_becomes_the_request_it_would_have_been(engine:
         TriageMessageWorkflow.run, item, id=item.triage_id, task_queue=engine.task_queue)
     # Past the reminder (09:00 local on deadline - 7, tomorrow) with nobody deciding.
     await engine.env.sleep(timedelta(days=2))
-    reminded = [m for m in engine.mail.to(OPERATOR_EMAIL) if "reminder" in m.get_body(("plain",)).get_content()]
+    reminded = [m for m in engine.mail.to(OPERATOR_EMAIL) if "reminder" in text_of(m)]
     assert len(reminded) == 1
 
     status = await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(kind=RequestKind.ACCESS))
