@@ -902,7 +902,7 @@ async def test_guest_sessions_are_found_once_whatever_case_the_filter_honours(ig
     sessions = {spelling: state.add_checkout_session(email=spelling, name="Léa Petit") for spelling in
                 (given, lower, other)}
     check = SpecCheck(stripe_app(state, api_key=KEY), stripe_contract())
-    running = await serve_app(check, host="127.0.0.1", port=0)  # type: ignore[arg-type]
+    running = await serve_app(check, host="127.0.0.1", port=0)
     connector = StripeConnector(api_key=KEY, base_url=running.url)
     try:
         found = await connector.locate(Subject(email=given))

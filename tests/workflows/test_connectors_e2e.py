@@ -345,6 +345,6 @@ async def test_a_deceased_persons_accounts_are_closed_in_every_system_once_the_h
     assert SuppressionList(ledger).is_suppressed(EMAIL)
     [reply] = [m for m in mail.to(heir) if request.request_id in str(m["Subject"])
                and "personne décédée" in str(m["Subject"]) and "Réponse" in str(m["Subject"])]
-    text = " ".join(reply.get_body(("plain",)).get_content().split())
+    text = " ".join(text_of(reply).split())
     assert "nous avons clôturé les comptes de la personne décédée" in text and EMAIL.lower() not in text.lower()
     assert mail.to(EMAIL) == [] and mail.to(EMAIL.lower()) == []  # nothing is sent to the deceased person

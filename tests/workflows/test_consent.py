@@ -33,7 +33,7 @@ from dsr.domain.model import (
 from dsr.store.links import ConsentLinks
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
-from tests.harness import TEST_KEYRING, ScriptedConnector, keep_history
+from tests.harness import TEST_KEYRING, ScriptedConnector, keep_history, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from workflows.request import DataSubjectRequest
@@ -125,7 +125,7 @@ async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], bool], 
 
 
 def bodies(engine: Engine) -> list[tuple[str, str]]:
-    return [(str(m["Subject"]), " ".join(m.get_body(("plain",)).get_content().split()))
+    return [(str(m["Subject"]), " ".join(text_of(m).split()))
             for m in engine.mail.to(SUBJECT_EMAIL)]
 
 
@@ -173,7 +173,7 @@ async def test_a_withdrawal_is_carried_out_the_same_day_in_every_mapped_system(
         assert re.fullmatch(r"<https?://[^>]+/consent/[^>]+>", header)
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         url = header[1:-1]
-        assert url in message.get_body(("plain",)).get_content()
+        assert url in text_of(message)
         token = unquote(url.rsplit("/consent/", 1)[1])
         assert links.open(token, now=datetime.now(UTC)) == (SUBJECT_EMAIL, language)
     await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice"))

@@ -32,7 +32,7 @@ from intake.submission import Submission, prepare, start
 from sandbox import appdb
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import MailSink, exports_of
+from tests.harness import MailSink, exports_of, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
@@ -156,7 +156,7 @@ async def test_a_withdrawal_unsubscribes_the_purposes_types_and_deletes_the_subs
     assert subscriptions(systems.app_url, EMAIL) == 0
     assert subscriptions(systems.app_url) == others
     assert list(SuppressionList(ledger).withdrawn(EMAIL)) == ["newsletter"]
-    reply = " ".join(mail.to(EMAIL)[-1].get_body(("plain",)).get_content().split())
+    reply = " ".join(text_of(mail.to(EMAIL)[-1]).split())
     assert ("our customer relationship management tool (HubSpot) - Sending our newsletter and promotional offers: "
             "done, your consent is withdrawn in this system") in reply
     assert ("our application (its database) - Sending our newsletter and promotional offers: done, your consent "
@@ -169,7 +169,7 @@ async def test_a_withdrawal_unsubscribes_the_purposes_types_and_deletes_the_subs
     assert [line.split(" - ")[0] for line in final.residuals] == ["woocommerce: consent partner_offers"]
     app = next(c.outcome for c in final.connectors if c.connector == "app")
     assert app is not None and [line.action for line in app.report] == [RecordAction.UNCHANGED]
-    reply = " ".join(mail.to(EMAIL)[-1].get_body(("plain",)).get_content().split())
+    reply = " ".join(text_of(mail.to(EMAIL)[-1]).split())
     assert "Sending our newsletter and promotional offers (you had already withdrawn this consent" in reply
     assert "Sending offers from our partners: this system has no setting we can change automatically" in reply
 

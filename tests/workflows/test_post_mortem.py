@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -33,7 +34,7 @@ from dsr.domain.model import (
 from dsr.store.directives import DirectivesRegister
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
-from tests.harness import ScriptedConnector, keep_history
+from tests.harness import ScriptedConnector, keep_history, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from workflows.request import DataSubjectRequest
@@ -96,7 +97,7 @@ def events(engine: Engine, request: RequestInput) -> list[str]:
 
 
 def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:
-    return [(str(m["Subject"]), m.get_body(("plain",)).get_content()) for m in engine.mail.to(to)]
+    return [(str(m["Subject"]), text_of(m)) for m in engine.mail.to(to)]
 
 
 async def mail_to(engine: Engine, to: str, count: int) -> list[tuple[str, str]]:
@@ -240,9 +241,9 @@ async def test_directives_naming_someone_else_keep_the_sender_from_acting(engine
     ({"quality": "cousin"}, "quality must be one of heir, executor, designated"),
     ({"scope": "marketing"}, "scope must be one of closure, estate"),
 ])
-def test_a_post_mortem_submission_names_someone_else(engine: Engine, fields: dict[str, str], error: str) -> None:
-    base = {"kind": "post_mortem", "email": SUBJECT_EMAIL, "deceased_email": DECEASED}
+def test_a_post_mortem_submission_names_someone_else(engine: Engine, fields: dict[str, Any], error: str) -> None:
+    base = Submission(kind="post_mortem", email=SUBJECT_EMAIL, deceased_email=DECEASED)
     with pytest.raises(SubmissionError, match=error):
-        prepare(Submission(**{**base, **fields}), engine.settings)
+        prepare(replace(base, **fields), engine.settings)
     with pytest.raises(SubmissionError, match="only for post_mortem"):
         prepare(Submission(kind="erasure", email=SUBJECT_EMAIL, deceased_email=DECEASED), engine.settings)
