@@ -68,12 +68,12 @@ __all__ = [
     "OtherSystem",
     "PrivacyContact",
     "ProfileError",
+    "ProfileFile",
     "Purpose",
     "Recipient",
     "SupervisoryAuthority",
     "check_profile",
     "is_third_country",
-    "ProfileFile",
     "load_profile",
     "parse_profile",
 ]
