@@ -177,6 +177,7 @@ def activities_for(
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
+        ledger_activities.record_events,
         ledger_activities.record_triage_dismissal,
         ledger_activities.suppress_marketing,
         notices.send_notice,

@@ -34,6 +34,14 @@ class LedgerActivities:
         """Append one audit event (and move the request's stage); a retry writes nothing twice."""
         return self._ledger.append_event(event, key=_idempotency_key(), at=datetime.now(UTC))
 
+    @activity.defn(name="record_events")
+    def record_events(self, events: list[AuditEvent]) -> int:
+        """Append several audit events in order, in one transaction (the workflow's events noted while the
+        previous batch was being written); a retry writes none twice. Answers how many were new."""
+        key = _idempotency_key()
+        return self._ledger.append_events([(event, f"{key}/{n}") for n, event in enumerate(events)],
+                                          at=datetime.now(UTC))
+
     @activity.defn(name="record_triage_dismissal")
     def record_triage_dismissal(self, dismissed: TriageDismissed) -> bool:
         """Keep why a triaged email was not a request; a retry finds it kept and changes nothing."""

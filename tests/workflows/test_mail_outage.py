@@ -118,7 +118,7 @@ async def test_mail_steps_heartbeat_so_a_lost_worker_costs_seconds(engine: Engin
         assert scheduled[name], name
         for attrs in scheduled[name]:
             assert attrs.heartbeat_timeout.ToTimedelta() == STEP_HEARTBEAT, name
-    for attrs in scheduled["record_event"]:
+    for attrs in scheduled["record_events"]:
         assert attrs.start_to_close_timeout.ToTimedelta() == timedelta(seconds=10)
 
 
