@@ -81,7 +81,7 @@ async def test_two_workers_count_in_one_window(shop: Shop, workers: tuple[Guards
     finally:
         for connector in built:
             await connector.aclose()
-    # Both workers' slots together: any LIMIT + 1 of them span at least the window (1.1 s: 1 s with its margin of 5% and 50 ms).
+    # Both workers' slots together: any LIMIT + 1 of them span at least the window (1.1 s: 1 s, 5% and 50 ms).
     slots = sorted(Recording.slots)
     assert len(slots) == 6
     assert all(later - earlier >= 1.1 - 1e-6 for earlier, later in zip(slots, slots[LIMIT:], strict=False))
@@ -126,7 +126,7 @@ async def test_a_call_woken_too_late_for_its_slot_reserves_again(tolerance: floa
 
     async def starve() -> None:
         await asyncio.sleep(0.01)
-        time.sleep(0.3)  # the event loop held: the limiter's sleep ends 0.25 s late
+        time.sleep(0.3)  # noqa: ASYNC251 - the event loop held on purpose: the limiter's sleep ends 0.25 s late
 
     await asyncio.gather(limiter.acquire(), starve())
     if tolerance is None:
