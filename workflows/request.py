@@ -241,10 +241,11 @@ class DataSubjectRequest:
             ),
             **summarised(LEDGER, "ledger: request recorded"),
         )
-        self._note("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
+        # The record_request activity wrote ``received`` with the row (one round trip, first in the ledger).
         # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on while the
         # acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
-        self._acknowledgement = asyncio.create_task(self._acknowledge(self._acknowledgement_context()))
+        self._acknowledgement = asyncio.create_task(
+            self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **self._acknowledgement_context()))
 
         watcher = asyncio.create_task(self._watch_deadline())
         if await self._verify_identity() and not self._ending() and await self._changes_known():
@@ -1427,11 +1428,6 @@ class DataSubjectRequest:
                 in_reply_to=self._thread(),
             )
         )
-
-    async def _acknowledge(self, context: dict[str, str]) -> None:
-        """The acknowledgement, once ``received`` is in the ledger: the ledger tells the story in its order."""
-        await self._ledger_written()
-        await self._notify_subject(NoticeTemplate.ACKNOWLEDGEMENT, **context)
 
     def _acknowledgement_context(self) -> dict[str, str]:
         """What makes the acknowledgement true: how identity will be checked, and whether the month is already
