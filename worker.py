@@ -24,7 +24,7 @@ from activities.replies import ReplyActivities
 from activities.storage import StorageActivities
 from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
-from dsr.config.profile import ControllerProfile, load_profile
+from dsr.config.profile import ControllerProfile, ProfileFile
 from dsr.config.settings import Settings
 from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
 from dsr.errors import ConfigurationError
@@ -131,7 +131,7 @@ def activities_for(
         raise TypeError("the export store must be sealed with the settings' key ring (dsr.store.crypto.KeyRing)")
     ledger_activities = LedgerActivities(ledger)
     suppressions = SuppressionList(ledger)
-    profile = profile or (lambda: load_profile(settings.config_file))
+    profile = profile or ProfileFile(settings.config_file)  # re-read only when the file changes
     signature = controller_signature(settings, profile)
     sent_copies = sent_copies_of(settings)
     notices = NoticeActivities(
@@ -179,6 +179,7 @@ def activities_for(
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
+        ledger_activities.record_events,
         ledger_activities.record_triage_dismissal,
         ledger_activities.suppress_marketing,
         ledger_activities.consent_already_withdrawn,

@@ -94,24 +94,26 @@ EXPORT = textwrap.dedent("""
 
 async def bare_paging(shop_url: str, stripe_url: str, stripe_customer: str) -> float:
     """The sandboxes' own paging time: the same pages fetched bare and in parallel, nothing processed."""
+    import secrets
+
     import httpx
 
     from connectors.woocommerce import oauth_signature
 
     def signed(path: str, params: dict[str, str]) -> dict[str, str]:
-        # The shop is served over plain HTTP, where WooCommerce (and its sandbox) take OAuth 1.0a only.
-        oauth = {"oauth_consumer_key": WOO_KEY, "oauth_nonce": uuid.uuid4().hex,
+        """OAuth 1.0a, as the shop asks over plain HTTP (Basic is for HTTPS only), signed like the connector."""
+        oauth = {**params, "oauth_consumer_key": WOO_KEY, "oauth_nonce": secrets.token_hex(16),
                  "oauth_signature_method": "HMAC-SHA256", "oauth_timestamp": str(int(time.time()))}
-        query = {**params, **oauth}
-        return {**query, "oauth_signature": oauth_signature("GET", f"{shop_url}{path}", query, WOO_SECRET)}
+        return {**oauth, "oauth_signature": oauth_signature("GET", shop_url + path, oauth, WOO_SECRET)}
 
     async def shop() -> None:
         async with httpx.AsyncClient(base_url=shop_url, timeout=60) as client:
-            customers = (await client.get("/wp-json/wc/v3/customers",
-                                          params=signed("/wp-json/wc/v3/customers", {"email": EMAIL}))).json()
+            path = "/wp-json/wc/v3/customers"
+            customers = (await client.get(path, params=signed(path, {"email": EMAIL}))).json()
             page, pages = 1, 1
             while page <= pages:
-                r = await client.get("/wp-json/wc/v3/orders", params=signed("/wp-json/wc/v3/orders", {
+                path = "/wp-json/wc/v3/orders"
+                r = await client.get(path, params=signed(path, {
                     "customer": str(customers[0]["id"]), "per_page": "100", "page": str(page), "orderby": "id",
                     "order": "asc"}))
                 pages = int(r.headers["X-WP-TotalPages"])

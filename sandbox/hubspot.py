@@ -148,6 +148,7 @@ class HubSpotState:
         self.patches: list[tuple[str, dict[str, Any]]] = []  # (contact id, properties) of every PATCH
         self.rate_limited: int = 0  # how many 429s the sandbox's own limits answered
         self.loose_tokens = False  # CONTAINS_TOKEN splitting addresses on "@" and "." too (see _matches)
+        self.accepted_at: list[float] = []  # monotonic arrival time of every request the general limit let through
         # Communication preferences (v3): the portal's email subscription types, and per address (lower-cased,
         # contact or not, as in HubSpot) each type's status with the legal basis it was last set under.
         self.subscription_definitions: list[dict[str, Any]] = [
@@ -454,7 +455,10 @@ class _HubSpotApi:
             if limit is not None:
                 windows = self.search_windows if search else self.windows
                 window = windows.setdefault(token, _Window(*limit))
-                allowed, remaining, wait = window.take(time.monotonic())
+                arrived = time.monotonic()
+                allowed, remaining, wait = window.take(arrived)
+                if allowed and not search:
+                    self.state.accepted_at.append(arrived)
                 if not search:  # HubSpot's search endpoints do not send the rate-limit headers
                     headers = {
                         "X-HubSpot-RateLimit-Max": str(window.max),

@@ -230,6 +230,11 @@ class DataSubjectRequest:
         self._directives: DirectivesFound | None = None
         self._quality: Quality | None = None
         self._post_mortem_action = ""
+        # The ledger's events: noted in order, written in batches by one task at a time (see _note).
+        self._events: list[AuditEvent] = []
+        self._events_noted = 0
+        self._events_written = 0
+        self._ledger_writer: asyncio.Task[None] | None = None
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -255,7 +260,7 @@ class DataSubjectRequest:
             ),
             **summarised(LEDGER, "ledger: request recorded"),
         )
-        await self._audit("received", stage=Stage.RECEIVED, details={"channel": request.channel.value})
+        # The record_request activity wrote ``received`` with the row (one round trip, first in the ledger).
         # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on while the
         # acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
         self._acknowledgement = asyncio.create_task(
@@ -274,6 +279,7 @@ class DataSubjectRequest:
             await mail
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._ledger_written()  # the events noted without waiting (closed, aftercare_started...)
         return self.status()
 
     async def _verify_identity(self) -> bool:
@@ -282,13 +288,13 @@ class DataSubjectRequest:
             # 85-I: the directives decide who may act, so they are known before the sender's quality is reviewed.
             await postmortem.find_directives(self)
         if self._identity_confirmed:
-            await self._audit("identity_confirmed", details={"method": IdentityMethod.TRUSTED.value})
+            self._note("identity_confirmed", details={"method": IdentityMethod.TRUSTED.value})
             return True
         if objection.is_marketing_objection(self):
             # Art. 21(3): whoever asks, marketing to this address stops; asking for proof first would only let
             # campaigns go on meanwhile. Nothing is disclosed (the reply lists opt-outs, no data), and the subject
             # is greeted without the name, as before any confirmation.
-            await self._audit("identity_not_required", details={"why": "objection to direct marketing"})
+            self._note("identity_not_required", details={"why": "objection to direct marketing"})
             return True
         if consent.is_consent_withdrawal(self):
             # Art. 7(3): as easy to withdraw as to give; consent is given with an address, so control of the address
@@ -386,7 +392,7 @@ class DataSubjectRequest:
     async def _carry_out_in_systems(self) -> None:
         """The fan-out and the reply, in the person's turn (a post_mortem request: the deceased person's)."""
         self._set_stage(Stage.PROCESSING)
-        await self._audit("processing", stage=Stage.PROCESSING)
+        self._note("processing", stage=Stage.PROCESSING)
         # One subject, one thing at a time: the fan-out and the reply run only while this request holds the
         # person's turn. The reply too: an access bundle is built from what was exported, which a later erasure of
         # the same person deletes (with the bundle) when it closes; in turn, the erasure never races the bundle.
@@ -407,12 +413,12 @@ class DataSubjectRequest:
 
     async def _reply(self) -> None:
         self._set_stage(Stage.REPLYING)
-        await self._audit("replying", stage=Stage.REPLYING)
+        self._note("replying", stage=Stage.REPLYING)
         await self._after_acknowledgement()
         reply = await self._send_reply()
         if reply is not None:
             self._link_expires_at = reply.link_expires_at
-            await self._audit("reply_sent", details={
+            self._note("reply_sent", details={
                 "no_data": str(reply.no_data).lower(),
                 "recipients_notified": str(len(reply.recipients_notified)),
                 "link_expires": reply.link_expires_at.isoformat() if reply.link_expires_at else "",
@@ -423,11 +429,9 @@ class DataSubjectRequest:
 
     async def _fan_out(self, ordered: bool) -> bool:
         """Every connector done (True), or the request withdrawn or refused meanwhile (False)."""
-        plan = await workflow.execute_activity_method(
-            ConnectorActivities.plan_fanout,
-            PlanInput(kind=postmortem.work_kind(self)),
-            **summarised(PLAN, f"plan {self._request.kind.value}"),
-        )
+        options: workflow.LocalActivityConfig = {**PLAN, "summary": f"plan {self._request.kind.value}"}
+        plan = await workflow.execute_local_activity_method(
+            ConnectorActivities.plan_fanout, PlanInput(kind=postmortem.work_kind(self)), **options)
         if consent.is_consent_withdrawal(self):
             # Systems reached by a person (processor, manual) take no part: their emails speak of the four kinds.
             plan = dataclasses.replace(plan, outside=[], connectors=[
@@ -502,7 +506,7 @@ class DataSubjectRequest:
         self._update_details()
         if self._ending():
             return False
-        await self._audit("turn_taken", details={"waited_for": waited_for})
+        self._note("turn_taken", details={"waited_for": waited_for})
         return True
 
     async def _release_turn(self) -> None:
@@ -650,7 +654,7 @@ class DataSubjectRequest:
             await watcher
             details = {"connector": progress.connector, "found": str(outcome.found)}
             details.update({k: str(v) for k, v in sorted(outcome.counts.items())})
-            await self._audit("connector_done", details=details)
+            self._note("connector_done", details=details)
         self._update_details()
 
     def _connector_task(self, connector: str, *, schedule: int = 0) -> ConnectorTask:
@@ -794,7 +798,7 @@ class DataSubjectRequest:
         assert self._outcome is not None
         await self._delete_stored_objects()
         self._set_stage(Stage.CLOSED)
-        await self._audit("closed", stage=Stage.CLOSED, outcome=self._outcome)
+        self._note("closed", stage=Stage.CLOSED, outcome=self._outcome)
         if self._correspondence_files:
             # Files the subject sent after identity was settled (or that nobody confirmed) have no purpose
             # once the request is closed. Only requests that took correspondence get here, so histories
@@ -853,7 +857,7 @@ class DataSubjectRequest:
             )
         self._aftercare = child
         self._update_details()
-        await self._audit("aftercare_started", details={"workflow": child, "for": ",".join(what)})
+        self._note("aftercare_started", details={"workflow": child, "for": ",".join(what)})
 
     def _cancel_requested(self, reason: str) -> Coroutine[Any, Any, None]:
         """A cancellation from the Temporal UI (or ``temporal workflow cancel``): taken as a withdrawal by staff
@@ -1449,21 +1453,40 @@ class DataSubjectRequest:
     async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
                      stage: Stage | None = None, outcome: Outcome | None = None,
                      deadline: date | None = None, extended: bool | None = None, note: str = "") -> None:
-        await workflow.execute_activity_method(
-            LedgerActivities.record_event,
-            AuditEvent(
-                request_id=self._request.request_id,
-                event=event,
-                actor=actor,
-                details=details or {},
-                stage=stage,
-                outcome=outcome,
-                deadline=deadline,
-                extended=extended,
-                note=note,
-            ),
-            **summarised(LEDGER, f"ledger: {event}"),
-        )
+        """Record an event and wait until the ledger holds it (with whatever was noted before it)."""
+        self._note(event, actor=actor, details=details, stage=stage, outcome=outcome, deadline=deadline,
+                   extended=extended, note=note)
+        noted = self._events_noted
+        await workflow.wait_condition(lambda: self._events_written >= noted)
+
+    def _note(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
+              stage: Stage | None = None, outcome: Outcome | None = None,
+              deadline: date | None = None, extended: bool | None = None, note: str = "") -> None:
+        """Record an event without waiting for the ledger: the events noted meanwhile go in one activity (one
+        transaction, in order) beside the request's next steps, instead of one activity each in its way. Every
+        event is written before the run ends (``_ledger_written``)."""
+        self._events.append(AuditEvent(
+            request_id=self._request.request_id, event=event, actor=actor, details=details or {}, stage=stage,
+            outcome=outcome, deadline=deadline, extended=extended, note=note,
+        ))
+        self._events_noted += 1
+        if self._ledger_writer is None or self._ledger_writer.done():
+            self._ledger_writer = asyncio.create_task(self._write_events())
+
+    async def _write_events(self) -> None:
+        """One batch at a time, in the order noted, until none is left."""
+        while self._events:
+            batch, self._events = self._events, []
+            await workflow.execute_activity_method(
+                LedgerActivities.record_events, batch,
+                **summarised(LEDGER, f"ledger: {', '.join(e.event for e in batch)}"),
+            )
+            self._events_written += len(batch)
+
+    async def _ledger_written(self) -> None:
+        """Every event noted so far is in the ledger."""
+        noted = self._events_noted
+        await workflow.wait_condition(lambda: self._events_written >= noted)
 
     def _notice_context(self, **extra: str) -> dict[str, str]:
         context = {

@@ -59,8 +59,13 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def plain(value: Any) -> Any:
     """JSON-ready form of dataclasses, enums and dates."""
+    if value is None or type(value) in _SCALARS:  # most values: answered before the slower checks (not enums)
+        return value
     if is_dataclass(value) and not isinstance(value, type):
         return {k: plain(v) for k, v in asdict(value).items()}
     if isinstance(value, dict):

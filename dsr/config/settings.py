@@ -24,6 +24,9 @@ class ConfigError(ConfigurationError, ValueError):
     """A setting is missing or malformed; the message names the variable and the expected value."""
 
 
+DEFAULT_COUNTRY = "FR"
+"""Default of ``DSR_COUNTRY``: public holidays (Regulation 1182/71) of France."""
+
 WORKFLOW_CACHE = 1000
 """Default of ``DSR_WORKFLOW_CACHE``, the SDK's own. bench/idle.py, 1,000 requests waiting for identity: the worker
 grew 455 MB with a cache of 1,000 (about 0.45 MB per cached request) and 127 MB with 100, but a request evicted
@@ -318,16 +321,23 @@ class Settings:
             raise ConfigError(
                 f"DSR_TIMEZONE must be an IANA time zone such as Europe/Paris, got {timezone!r}"
             ) from None
-        country = env.get("DSR_COUNTRY", "FR").upper()
+        country = env.get("DSR_COUNTRY", DEFAULT_COUNTRY).upper()
         subdiv = env.get("DSR_SUBDIVISION") or None
-        try:
-            import holidays
+        if (country, subdiv) != (DEFAULT_COUNTRY, None):
+            # The default needs no check; loading a calendar imports every country's (about 0.4 s, much of a
+            # short CLI command), so a country alone is checked against the package's registry of codes.
+            try:
+                import holidays
+                from holidays.registry import EntityLoader
 
-            holidays.country_holidays(country, subdiv=subdiv)
-        except (NotImplementedError, KeyError):
-            raise ConfigError(
-                f"DSR_COUNTRY/DSR_SUBDIVISION: no public-holiday calendar for {country!r}/{subdiv!r}"
-            ) from None
+                if subdiv is not None:
+                    holidays.country_holidays(country, subdiv=subdiv)
+                elif country not in set(EntityLoader.get_country_codes(include_aliases=True)):
+                    raise KeyError(country)
+            except (NotImplementedError, KeyError):
+                raise ConfigError(
+                    f"DSR_COUNTRY/DSR_SUBDIVISION: no public-holiday calendar for {country!r}/{subdiv!r}"
+                ) from None
 
         storage_url = env.get("DSR_STORAGE_URL", "").strip()
         if storage_url:

@@ -16,19 +16,23 @@ runs it on its own (before a rollout, say).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, MetaData, inspect
+from sqlalchemy import Connection, Engine, MetaData, inspect, text
 
 from dsr.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported only to migrate (or to compare models and revisions): a process opening a database already
+# at head reads its revision with one SELECT and the head from the revision files' headers, without Alembic (about
+# half a second of imports, most of a short CLI command such as `dsr due`).
 
 SCRIPTS = Path(__file__).resolve().parent
 BASELINE = "0001"
@@ -51,6 +55,8 @@ class SchemaError(StoreError, RuntimeError):
 
 def config(connection: Connection | None = None) -> Config:
     """Alembic's configuration, built in code: no ``alembic.ini`` to find, whatever the working directory."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPTS))
     if connection is not None:
@@ -60,14 +66,48 @@ def config(connection: Connection | None = None) -> Config:
 
 def head() -> str:
     """The newest revision this release knows."""
+    return _listed_head() or _alembic_head()
+
+
+def _alembic_head() -> str:
+    from alembic.script import ScriptDirectory
+
     revision = ScriptDirectory.from_config(config()).get_current_head()
     assert revision is not None, "dsr/migrations/versions holds no revision"
     return revision
 
 
+_HEADER = re.compile(r'^(revision|down_revision)\s*(?::[^=]*)?=\s*(None|"[^"]*"|\'[^\']*\')\s*$', re.MULTILINE)
+
+
+@functools.cache
+def _listed_head() -> str | None:
+    """The head read from the revision files' ``revision`` / ``down_revision`` lines: the one revision that no
+    other names as its parent. ``None`` (Alembic decides) for anything but one plain chain of such lines: a merge
+    revision (a tuple), a header written otherwise, two heads."""
+    revisions: dict[str, str | None] = {}
+    for path in sorted((SCRIPTS / "versions").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        found = dict(_HEADER.findall(path.read_text(encoding="utf-8")))
+        if set(found) != {"revision", "down_revision"} or found["revision"] == "None":
+            return None
+        parent = found["down_revision"]
+        revisions[found["revision"][1:-1]] = None if parent == "None" else parent[1:-1]
+    heads = set(revisions) - {parent for parent in revisions.values() if parent is not None}
+    return heads.pop() if len(heads) == 1 else None
+
+
 def current(connection: Connection) -> str | None:
     """The database's revision; ``None`` when it has none (new, or made by a release before migrations)."""
-    return MigrationContext.configure(connection).get_current_revision()
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    found = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(found) > 1:  # several heads (never written by this engine): Alembic says what it makes of them
+        from alembic.runtime.migration import MigrationContext
+
+        return MigrationContext.configure(connection).get_current_revision()
+    return found[0] if found else None
 
 
 def models_metadata() -> MetaData:
@@ -84,13 +124,20 @@ def upgrade(engine: Engine, *, revision: str = "heads") -> str:
 
     Raises :class:`SchemaError` when the database holds a revision this release does not know.
     """
+    target = head()
+    # Already at head (every start but the first after a release): one read, no write lock, no Alembic.
+    with engine.connect() as connection:
+        if current(connection) == target:
+            return target
+    from alembic import command
+    from alembic.util.exc import CommandError
+
     # The ledger's SQLite engine takes the write lock at BEGIN with this option (see dsr.store.ledger); others
     # ignore it.
     with engine.execution_options(dsr_write=True).begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
         found = current(connection)
-        target = head()
         if found == target:
             return found
         if found is None and _holds_tables(connection):

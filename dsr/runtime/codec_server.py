@@ -50,7 +50,8 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payload, Payloads
 
 from dsr.errors import ConfigurationError
-from dsr.store.crypto import EncryptionCodec, KeyRing, KeyRingError
+from dsr.store.codec import EncryptionCodec
+from dsr.store.crypto import KeyRing, KeyRingError
 from dsr.web.body import BodyTooLarge, read_limited_body
 
 __all__ = [

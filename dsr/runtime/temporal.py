@@ -10,7 +10,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from dsr.config.settings import Settings, TemporalTls
-from dsr.store.crypto import KeyRing, data_converter
+from dsr.store.codec import data_converter
+from dsr.store.crypto import KeyRing
 from workflows import search_attributes as sa
 
 

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -599,57 +599,75 @@ class Ledger:
         extended flag when they are given. Raises :class:`UnknownRequestError` for an unknown request
         and ``ValueError`` when the details are not strings or hold the subject's email or name.
         """
-        if not key:
+        return self.append_events([(event, key)], at=at) == 1
+
+    def append_events(self, events: Sequence[tuple[AuditEvent, str]], *, at: datetime) -> int:
+        """Append events (each with its idempotency key), in order, in one transaction; answer how many were
+        written (those whose key is known are skipped). What :meth:`append_event` says of one holds for each."""
+        if any(not key for _, key in events):
             raise ValueError("an event needs a non-empty idempotency key")
         at = _utc(at, "at")
-        details = _check_details(event.details)
-        stage = Stage(event.stage).value if event.stage is not None else None
-        outcome = Outcome(event.outcome).value if event.outcome is not None else None
+        checked = [(event, key, _check_details(event.details)) for event, key in events]
+        written = 0
         try:
             with self._session(write=True) as session:
-                if self._event_exists(session, key):
-                    return False
-                request = session.get(RequestRow, event.request_id)
-                if request is None:
-                    raise UnknownRequestError(
-                        f"request {event.request_id!r} is not in the ledger; record it before its events"
-                    )
-                _refuse_personal_data(event, details, self._subject(request))
-                session.add(
-                    EventRow(
-                        event_key=key,
-                        request_id=event.request_id,
-                        at=at,
-                        event=event.event,
-                        actor=event.actor,
-                        details=json.dumps(details, ensure_ascii=False),
-                    )
-                )
-                if event.note.strip():
-                    # Bound to its event (key names the request's workflow): it opens there and nowhere else.
-                    session.add(EventNoteRow(event_key=key, note_sealed=self._sealer.seal_text(
-                        event.note.strip(), purpose=NOTE_PURPOSE, context=key)))
-                changed = False
-                if stage is not None:
-                    request.stage, changed = stage, True
-                if outcome is not None:
-                    request.outcome, changed = outcome, True
-                if event.deadline is not None:
-                    request.deadline, changed = event.deadline, True
-                if event.extended is not None:
-                    request.extended, changed = bool(event.extended), True
-                if changed:
-                    request.updated_at = max(request.updated_at, at)
-                    session.add(request)
-                if stage == Stage.CLOSED.value:
-                    # Closed: the subject may make a new request of this kind (same transaction as the close).
-                    session.execute(self._claim_of(request.subject_index, request.kind, request.request_id))
+                requests: dict[str, RequestRow] = {}
+                for event, key, details in checked:
+                    if self._event_exists(session, key):
+                        continue
+                    request = requests.get(event.request_id) or session.get(RequestRow, event.request_id)
+                    if request is None:
+                        raise UnknownRequestError(
+                            f"request {event.request_id!r} is not in the ledger; record it before its events"
+                        )
+                    requests[event.request_id] = request
+                    self._add_event(session, request, event, key, details, at)
+                    written += 1
         except IntegrityError:
-            # A concurrent call with the same key won the race; its transaction holds the whole change.
-            if self.has_event(key):
-                return False
-            raise
-        return True
+            # A concurrent call with the same key won the race; its transaction holds the whole change. One by one,
+            # each event is then either found written or written now.
+            if len(events) == 1:
+                if self.has_event(events[0][1]):
+                    return 0
+                raise
+            return sum(self.append_event(event, key=key, at=at) for event, key in events)
+        return written
+
+    def _add_event(self, session: Session, request: RequestRow, event: AuditEvent, key: str,
+                   details: dict[str, str], at: datetime) -> None:
+        stage = Stage(event.stage).value if event.stage is not None else None
+        outcome = Outcome(event.outcome).value if event.outcome is not None else None
+        _refuse_personal_data(event, details, self._subject(request))
+        session.add(
+            EventRow(
+                event_key=key,
+                request_id=event.request_id,
+                at=at,
+                event=event.event,
+                actor=event.actor,
+                details=json.dumps(details, ensure_ascii=False),
+            )
+        )
+        if event.note.strip():
+            # Bound to its event (key names the request's workflow): it opens there and nowhere else.
+            session.add(EventNoteRow(event_key=key, note_sealed=self._sealer.seal_text(
+                event.note.strip(), purpose=NOTE_PURPOSE, context=key)))
+        changed = False
+        if stage is not None:
+            request.stage, changed = stage, True
+        if outcome is not None:
+            request.outcome, changed = outcome, True
+        if event.deadline is not None:
+            request.deadline, changed = event.deadline, True
+        if event.extended is not None:
+            request.extended, changed = bool(event.extended), True
+        if changed:
+            request.updated_at = max(request.updated_at, at)
+            session.add(request)
+        if stage == Stage.CLOSED.value:
+            # Closed: the subject may make a new request of this kind (same transaction as the close).
+            session.execute(self._claim_of(request.subject_index, request.kind, request.request_id))
+        session.flush()  # the next event of the batch sees this one (its key, the request's new stage)
 
     def claim_subject(self, email: str, kind: RequestKind, request_id: str, *, now: datetime) -> SubjectClaim:
         """Claim the subject (any case) and kind for ``request_id``, unless another request holds them: the

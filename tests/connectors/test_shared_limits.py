@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from connectors.config import build_connectors, parse_config
+from connectors.http import RateLimiter
 from connectors.woocommerce import WooCommerceConnector
 from dsr.store.crypto import KeyRing
 from dsr.store.guards import Guards
@@ -80,7 +81,7 @@ async def test_two_workers_count_in_one_window(shop: Shop, workers: tuple[Guards
     finally:
         for connector in built:
             await connector.aclose()
-    # Both workers' slots together: any LIMIT + 1 of them span at least the window (1.1 s: the 10% margin).
+    # Both workers' slots together: any LIMIT + 1 of them span at least the window (1.1 s: 1 s, 5% and 50 ms).
     slots = sorted(Recording.slots)
     assert len(slots) == 6
     assert all(later - earlier >= 1.1 - 1e-6 for earlier, later in zip(slots, slots[LIMIT:], strict=False))
@@ -102,3 +103,37 @@ async def test_without_shared_windows_nothing_is_recorded(shop: Shop, workers: t
         await connector.aclose()
     with workers[0].engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM rate_limits WHERE key LIKE 'vendor:%'")).scalar_one() == 0
+
+
+class _Windows:
+    """Shared windows answering a fixed wait, counting the reservations."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.reservations = 0
+
+    def reserve(self, key: str, limit: int, span: float) -> float:
+        self.reservations += 1
+        return self.wait
+
+
+@pytest.mark.parametrize("tolerance", [0.05, None])
+async def test_a_call_woken_too_late_for_its_slot_reserves_again(tolerance: float | None) -> None:
+    """A worker starved of CPU wakes after its slot: its call would leave within a window of the calls reserved one
+    window later, and the vendor would answer 429. It takes a new slot instead (``None``: the slot is kept)."""
+    windows = _Windows(wait=0.05)
+    limiter = RateLimiter(5, 1.0, shared=windows, key="shop", late_tolerance=tolerance)
+
+    async def starve() -> None:
+        await asyncio.sleep(0.01)
+        time.sleep(0.3)  # noqa: ASYNC251 - the event loop held on purpose: the limiter's sleep ends 0.25 s late
+
+    await asyncio.gather(limiter.acquire(), starve())
+    if tolerance is None:
+        assert (windows.reservations, limiter.rereserved) == (1, 0)
+    else:
+        assert (windows.reservations, limiter.rereserved) == (2, 1)
+    # On time: one reservation, nothing taken again.
+    on_time = _Windows(wait=0.0)
+    await RateLimiter(5, 1.0, shared=on_time, key="shop").acquire()
+    assert on_time.reservations == 1

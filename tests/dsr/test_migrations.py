@@ -211,3 +211,27 @@ def test_dsr_db_status_and_upgrade(tmp_path: Path, database_url: str) -> None:
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith("error: cannot open the ledger database") and "hunter2" not in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_head_read_from_the_revision_files_is_alembics() -> None:
+    """Opening a database at head needs no Alembic: the head comes from the revision files' headers, which must
+    name the same revision as Alembic's own reading of them (a new revision, a re-chained one)."""
+    listed = migrations._listed_head()
+    assert listed is not None, "the revision files' headers could not be read: Alembic would be imported each time"
+    assert listed == migrations._alembic_head() == migrations.head()
+
+
+def test_a_process_opening_a_database_at_head_does_not_import_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    assert upgrade_database(url) == migrations.head()
+    script = ("import sys\nfrom dsr.store.ledger import Ledger\nfrom tests.harness import TEST_KEYRING\n"
+              f"Ledger({url!r}, TEST_KEYRING).close()\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n")
+    at_head = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[2])
+    assert at_head.stdout.strip() == "[]"
+    # A new database is migrated: Alembic is loaded then, and only then.
+    fresh = script.replace(str(tmp_path / "ledger.sqlite3"), str(tmp_path / "new.sqlite3"))
+    migrated = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    assert "alembic" in migrated.stdout

