@@ -83,9 +83,11 @@ def test_no_message_is_assigned_a_wrong_kind() -> None:
     assert wrong == {}
 
 
-def test_withdrawals_mixed_opt_outs_and_own_directives_never_get_a_kind_and_say_why() -> None:
+def test_mixed_opt_outs_and_own_directives_never_get_a_kind_and_say_why() -> None:
     topical = [email for email in EMAILS if "topic" in email]
-    assert len(topical) >= 12  # messages about a deceased person are post_mortem requests now (their own test)
+    # Messages about a deceased person are post_mortem requests now, withdrawals of consent consent_withdrawal
+    # requests (their own tests): what is left for triage is an opt-out mixed with a deletion and own directives.
+    assert len(topical) >= 8
     assert {(email["topic"], email["language"]) for email in topical} == {
         (topic, language) for topic in TOPICS for language in ("fr", "en")}
     misread = {email["id"]: RESULTS[email["id"]].reason for email in topical
