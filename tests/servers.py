@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest_asyncio
 from temporalio.converter import DataConverter
@@ -27,6 +28,10 @@ from dsr.store.crypto import KeyRing, data_converter
 from tests.harness import TEST_KEYRING, binary
 from workflows import search_attributes as sa
 
+# The SDK waits 5 s for a server it starts to answer; on a loaded machine (eight test sessions on two cores) the dev
+# server once took longer, and every test of the module using it failed in setup.
+STARTUP_TIMEOUT = timedelta(seconds=60)
+
 
 async def start_time_skipping_server(keyring: KeyRing | None = TEST_KEYRING, *, search_attributes: bool = True
                                      ) -> WorkflowEnvironment:
@@ -34,7 +39,8 @@ async def start_time_skipping_server(keyring: KeyRing | None = TEST_KEYRING, *, 
     (the SDK's default); ``search_attributes``: the engine's registered."""
     converter = DataConverter.default if keyring is None else data_converter(keyring)
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=binary("temporal-test-server"),
-                                                        data_converter=converter)
+                                                        data_converter=converter,
+                                                        test_server_startup_timeout=STARTUP_TIMEOUT)
     if search_attributes:
         try:
             await register_search_attributes(env.client)
@@ -52,6 +58,7 @@ async def start_dev_server(keyring: KeyRing | None = TEST_KEYRING, *, search_att
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary("temporal"), ip="127.0.0.1",
         search_attributes=sa.ALL if search_attributes else (), data_converter=converter,
+        dev_server_startup_timeout=STARTUP_TIMEOUT,
     )
 
 

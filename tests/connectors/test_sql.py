@@ -426,6 +426,7 @@ async def test_erasure_deletes_anonymises_keeps_and_verifies(fresh_db: Any) -> N
     engine.dispose()
 
 
+@pytest.mark.slow  # two whole erasures of the heavy subject, batch by batch
 async def test_an_erasure_whose_journal_record_is_lost_after_the_commit_redoes_nothing(
         fresh_db: Any, tmp_path: Path) -> None:
     """Each transaction commits, then the worker dies before journaling it (here at the third batch): the retry
@@ -485,6 +486,7 @@ print("finished")
 """
 
 
+@pytest.mark.slow  # a worker process killed mid-erasure, and the two whole erasures around it
 async def test_a_worker_killed_mid_erasure_leaves_nothing_half_erased_after_the_retry(
         fresh_db: Any, tmp_path: Path) -> None:
     clean_url, url = fresh_db(), fresh_db()

@@ -1,5 +1,6 @@
 """Issue 18, point 5: the CLI as an operator meets it (`--version`, help, references in any case, letters) and
-`dsr history` showing every sealed word of the audit trail; the installed `dsr` run as a process."""
+`dsr history` showing every sealed word of the audit trail; the installed `dsr` run as a process for
+`--version`, the verbs in the test's process (tests/cli.py)."""
 
 from __future__ import annotations
 
@@ -21,21 +22,26 @@ from dsr.domain.model import AuditEvent, Channel, Language, RequestKind, Request
 from dsr.store.crypto import KeyRing
 from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare
+from tests.cli import run_dsr
 
 BIN = Path(sys.executable).parent
 REFERENCE = "dsr-2026-11-7KQ3FJ"
 
 
+def cli_env(home: Path) -> dict[str, str | None]:
+    return {"DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}",
+            "TEMPORAL_ADDRESS": "127.0.0.1:9",  # nothing listens there: a verb needing Temporal says so
+            "DSR_KEYS": None, "DSR_CONFIG": None}
+
+
 def dsr(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}",
-           "TEMPORAL_ADDRESS": "127.0.0.1:9"}  # nothing listens there: a verb needing Temporal says so
-    for name in ("DSR_KEYS", "DSR_CONFIG"):
-        env.pop(name, None)
-    return subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, text=True, timeout=120)
+    """The verb in this process (tests/cli.py): what it prints and how it exits."""
+    return run_dsr(list(args), cli_env(home))
 
 
 def test_version_is_the_installed_distributions(tmp_path: Path) -> None:
-    result = dsr(tmp_path, "--version")
+    env = {name: value for name, value in {**os.environ, **cli_env(tmp_path)}.items() if value is not None}
+    result = subprocess.run([str(BIN / "dsr"), "--version"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"dsr {version('dsr-engine')}"
 

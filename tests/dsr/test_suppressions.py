@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +14,7 @@ from sqlalchemy import text
 from dsr.store.crypto import KeyRing
 from dsr.store.ledger import Ledger
 from dsr.store.suppressions import SuppressionList
+from tests.cli import run_dsr
 from tests.harness import TEST_KEYRING
 
 EMAIL = "Camille.Durand@example.org"
@@ -67,14 +66,11 @@ def test_a_shorter_later_setting_never_shortens_an_entry(ledger: Ledger) -> None
 
 # --- the CLI ------------------------------------------------------------------------------------------------
 
-BIN = Path(sys.executable).parent
-
-
 def dsr(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}"}
-    for name in ("DSR_KEYS", "DSR_CONFIG"):
-        env.pop(name, None)
-    return subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, timeout=120)
+    """The verb in this process (tests/cli.py), its output as bytes."""
+    result = run_dsr(list(args), {"DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}",
+                                  "DSR_KEYS": None, "DSR_CONFIG": None})
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.encode(), result.stderr.encode())
 
 
 def test_suppression_check_and_list_show_dates_and_counts_never_an_address(tmp_path: Path) -> None:

@@ -1052,7 +1052,8 @@ def test_verify_code_form_never_breaks_and_confirms_only_the_real_pair(site: Sit
     def fuzz(method: str, headers: dict[str, bytes], data: st.DataObject) -> None:
         body = None
         if method != "GET":
-            typed_reference = data.draw(references([HAMMERED, ANSWERED, UNKNOWN]), label="reference")
+            # ANSWERED twice: the only request whose right code confirms (UNKNOWN's is refused since issue 12).
+            typed_reference = data.draw(references([HAMMERED, ANSWERED, ANSWERED, UNKNOWN]), label="reference")
             request_id = request_id_of(typed_reference)
             known = request_id if WELL_FORMED.fullmatch(request_id) else HAMMERED
             real = site.identity.request_code(known)
@@ -1112,7 +1113,7 @@ def test_verify_code_form_never_breaks_and_confirms_only_the_real_pair(site: Sit
     fuzz()
     print(dict(seen))  # shown with -s, or on failure
     # Guard against a vacuous run: right pairs (confirmed, already confirmed, or closed) and the lock were reached.
-    assert seen["confirmed confirmed"] + seen["confirmed already"] + seen["confirmed unknown"] >= 3, dict(seen)
+    assert seen["confirmed confirmed"] + seen["confirmed already"] >= 3, dict(seen)
     assert seen["locked"] >= 1 and seen["POST 403"] >= 10 and seen["POST 400"] >= 10, dict(seen)
     check_survivors(site)
 
@@ -1249,9 +1250,9 @@ def export_case(site: Site, seen: Counter[str], token: Token, mode: str, method:
                                 st.just(site.downloads.code(authentic[1].text)),  # the other link's code
                                 st.just(site.identity.request_code(HAMMERED)),  # the identity code, same request
                                 reference_variants([HAMMERED], NEAR_REFERENCES), references([ANSWERED]))
-        else:  # mostly right: served (or gone)
-            right_reference = reference_variants([target], SAME_REFERENCE)
-            answers = st.one_of(right_codes(own_code), right_codes(own_code), right_reference, right_reference,
+        else:  # mostly the right code: served (or gone); now and then the reference, which is no answer (issue 12)
+            answers = st.one_of(right_codes(own_code), right_codes(own_code), right_codes(own_code),
+                                right_codes(own_code), reference_variants([target], SAME_REFERENCE),
                                 references([target]))
         answer = data.draw(answers, label="answer")
         body = data.draw(form_bodies([("form", csrf), ("answer", answer)]), label="body")
@@ -1351,7 +1352,7 @@ def test_export_pages_refuse_every_token_but_the_issued_ones(site: Site) -> None
 def test_export_pages_with_issued_tokens_and_hostile_requests(site: Site) -> None:
     seen: Counter[str] = Counter()
     # Weighted: the hammered request's valid links (to reach its lock) and the answered one (to be served).
-    weights = {"link": 3, "second link": 3, "link to a request answered right": 3, "link to a deleted bundle": 2}
+    weights = {"link": 3, "second link": 3, "link to a request answered right": 6, "link to a deleted bundle": 2}
     issued = [t for t in site.download_tokens for _ in range(weights.get(t.how, 1))]
 
     @FUZZ
@@ -1362,7 +1363,7 @@ def test_export_pages_with_issued_tokens_and_hostile_requests(site: Site) -> Non
     fuzz()
     print(dict(seen))  # shown with -s
     # Guard against a vacuous run: bundles were served, the lock was reached, and wrong answers refused.
-    assert seen["served by code"] + seen["served by reference"] >= 3 and seen["locked"] >= 1, dict(seen)
+    assert seen["served by code"] >= 3 and seen["locked"] >= 1, dict(seen)
     assert seen["POST 403"] >= 10 and seen["GET 200"] >= 3, dict(seen)
     check_survivors(site)
 

@@ -130,10 +130,12 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
                 await asyncio.sleep(0.2)
             # Listed: the answered erasure's aftercare (the request itself has ended, Completed).
             assert aftercare_id(erasure.request_id) in found and aftercare_id(plain.request_id) not in found
-            await handle.result()  # its last ledger events written (closed, aftercare_started), the run ends
+            # The aftercare (abandoned child) is started, and may be listed, before its parent's last task
+            # completes: wait for the request's result before reading its status.
+            await handle.result()
             assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
             running: list[str] = []
-            for _ in range(50):  # visibility is eventually consistent
+            for _ in range(50):  # visibility follows the close, eventually
                 running = [wf.id async for wf in dev_server.client.list_workflows(RUNNING)]
                 if erasure.request_id not in running:
                     break

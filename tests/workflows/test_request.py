@@ -111,6 +111,31 @@ async def wait_for_stage(engine: Engine, handle: WorkflowHandle, stage: Stage, *
     raise AssertionError(f"request never reached {stage}; it is {(await status(handle)).stage}")
 
 
+async def wait_for_event(engine: Engine, request: RequestInput, event: str, *, tries: int = 100) -> None:
+    """Polls the ledger in real time until ``event`` is recorded. A stage shows in the query as soon as the
+    workflow task that set it completes; the ledger event of the same step is written by an activity after it
+    (start, then record), so a test reading the ledger right after :func:`wait_for_stage` may be early."""
+    import asyncio
+
+    for _ in range(tries):
+        if event in events(engine, request):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{event} never recorded; the ledger holds {events(engine, request)}")
+
+
+async def wait_for_notice(engine: Engine, request: RequestInput, template: str, *, tries: int = 100) -> None:
+    """Polls the ledger until the notice ``template`` was sent: the stage that follows a notice in the workflow
+    may show before the notice's activity ran (see :func:`wait_for_event`)."""
+    import asyncio
+
+    for _ in range(tries):
+        if template in templates_sent(engine, request):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{template} never sent; sent: {templates_sent(engine, request)}")
+
+
 async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: Engine) -> None:
     request, handle = await submit(engine, "access")
     final: RequestStatus = await handle.result()
@@ -447,10 +472,7 @@ async def test_transient_errors_are_retried_without_operator(engine: Engine) -> 
 async def test_extension_once_with_reason_inside_the_first_month(engine: Engine) -> None:
     request, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL, language="en")
     await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
-    for _ in range(100):  # the identity email went (after the acknowledgement): the extension's is the last one
-        if "identity_request" in templates_sent(engine, request):
-            break
-        await asyncio.sleep(0.1)
+    await wait_for_notice(engine, request, "identity_request")  # else the extension may not be the last mail
 
     with pytest.raises(WorkflowUpdateFailedError) as empty:
         await handle.execute_update(DataSubjectRequest.extend_deadline, Extension(reason="   "))
@@ -496,6 +518,7 @@ async def test_the_name_typed_on_the_form_is_written_only_once_identity_is_confi
     request, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL, name=typed)
     assert request.subject.name == "Jeanne Martin http://evil.example/x"  # bidi controls never even stored
     await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
+    await wait_for_notice(engine, request, "identity_request")
     # An extension is no pre-identity template: the workflow itself leaves the name out until confirmation.
     await handle.execute_update(DataSubjectRequest.extend_deadline, Extension(reason="Six systems to search."))
     before = engine.mail.to(SUBJECT_EMAIL)
@@ -593,11 +616,7 @@ async def test_a_rectification_without_corrections_waits_for_an_operator_and_tou
     await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
     current = await status(handle)
     assert current.awaiting_changes and all(c.calls == [] for c in engine.connectors)
-    for _ in range(100):  # the workflow's events reach the ledger in batches, beside its next steps
-        if "changes_needed" in events(engine, request):
-            break
-        await asyncio.sleep(0.1)
-    assert "changes_needed" in events(engine, request)
+    await wait_for_event(engine, request, "changes_needed")
     assert await handle.query(DataSubjectRequest.subject_text) == request.details
     with pytest.raises(WorkflowUpdateFailedError):  # nothing to retry: corrections are missing
         await handle.execute_update(DataSubjectRequest.retry, Retry())
