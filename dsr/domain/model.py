@@ -30,6 +30,16 @@ class RequestKind(StrEnum):
     ERASURE = "erasure"
     PORTABILITY = "portability"
     OBJECTION = "objection"
+    RESTRICTION = "restriction"
+
+
+class RestrictionGround(StrEnum):
+    """The ground of Art. 18(1) a restriction rests on, chosen at intake; it says when the restriction ends."""
+
+    ACCURACY = "a"  # 18(1)(a): accuracy contested, for the period to verify it (ends with the rectification)
+    UNLAWFUL = "b"  # 18(1)(b): unlawful processing, and the subject opposes erasure (lifted by an operator)
+    LEGAL_CLAIMS = "c"  # 18(1)(c): we no longer need the data, the subject needs it for legal claims (idem)
+    OBJECTION = "d"  # 18(1)(d): an objection under 21(1) is being verified (ends with its decision)
 
 
 class ObjectionScope(StrEnum):
@@ -222,6 +232,7 @@ class RequestPolicy:
     document_reason: str = ""  # why the document policy asks every requester for one (told to them; suspends)
     connector_degraded_minutes: int = 60  # a connector failing this long (no success, no progress) is degraded
     suppression_years: int = 3  # CNIL: a marketing objection is remembered (blind index only) this long
+    restriction_lift_notice_days: int = 3  # Art. 18(3): days between telling the subject and lifting a restriction
 
 
 CANONICAL_FIELDS = frozenset({
@@ -250,6 +261,7 @@ class RequestInput:
     ticket: str | None = None  # support-desk ticket ("zendesk:4521"); shown to staff, quoted in replies
     subject_key: str = ""  # blind index of the subject's email (set at intake): names their queue; "" = none
     scope: str = ""  # objection: an ObjectionScope value ("" for other kinds)
+    ground: str = ""  # restriction: a RestrictionGround value ("" for other kinds)
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------
@@ -263,7 +275,7 @@ class IdentityProof(StrEnum):
     REVIEW = "review"  # an operator checked (``dsr confirm-identity``); older callers sent no proof: the same
 
 
-LINK_ONLY_KINDS = frozenset({RequestKind.ERASURE, RequestKind.RECTIFICATION})
+LINK_ONLY_KINDS = frozenset({RequestKind.ERASURE, RequestKind.RECTIFICATION, RequestKind.RESTRICTION})
 """Requests that change or delete the person's data: the email check is the signed link only, never a typed
 code (a code can be guessed; a link cannot), so no code is sent for them and ``/verify`` refuses one."""
 
@@ -456,6 +468,7 @@ class ConnectorTask:
     subject: Subject
     changes: dict[str, str] = field(default_factory=dict)
     resume: dict[str, Any] | None = None  # the checkpoint a fresh schedule starts from (a progressed failure)
+    lift: bool = False  # restriction: remove the mark instead of setting it
     schedule: int = 0
     """The workflow's number for this schedule of the connector; 0 = a task no workflow watches (the activity
     called on its own), whose activity neither reports progress as a failure type nor tells the workflow of
@@ -486,6 +499,8 @@ class RecordAction(StrEnum):
     UNCHANGED = "unchanged"  # rectification already applied (idempotent)
     RESIDUAL = "residual"  # could not be cleared through the API (told to the subject)
     UNSUBSCRIBED = "unsubscribed"  # objection to marketing: the subscription is ended in the system
+    RESTRICTED = "restricted"  # restriction (Art. 18): the record is marked restricted in the system
+    LIFTED = "lifted"  # the restriction's mark is removed (after the subject was told, Art. 18(3))
 
 
 @dataclass
@@ -610,6 +625,7 @@ class NoticeTemplate(StrEnum):
     OPERATOR_CODE_LOCKED = "operator_code_locked"  # too many wrong codes: the request's code path is closed
     OPERATOR_DECISION_NEEDED = "operator_decision_needed"  # an objection (21(1)) waits for ``dsr decide``
     OPERATOR_CANCELLATION = "operator_cancellation"  # a cancellation from the Temporal UI: taken or refused
+    RESTRICTION_LIFT = "restriction_lift"  # Art. 18(3): the subject is told before a restriction is lifted
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -697,6 +713,7 @@ class ReplyInput:
     decision: str = ""  # objection (other): "upheld" or "rejected"
     grounds: str = ""  # a rejected objection: the compelling legitimate grounds, told to the subject
     suppressed_until: date | None = None  # a marketing objection: how long the suppression list remembers it
+    ground: str = ""  # restriction: the Art. 18(1) ground (a RestrictionGround value)
     # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
     # so both send one Message-ID. "": the activity's id (histories from before it).
     key: str = ""
@@ -747,6 +764,7 @@ class RequestStatus:
     correspondence: list[str] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)  # connectors failing longer than the policy allows
     scope: str = ""  # objection: marketing or other
+    ground: str = ""  # restriction: its Art. 18(1) ground
     awaiting_decision: bool = False  # an objection (21(1)) waits for ``dsr decide``
     decision: str = ""  # "upheld" or "rejected", once decided
     # The end of the request: the aftercare workflow that follows the link and residual data once it is answered;
@@ -919,3 +937,62 @@ class TriageMessage:
     subject_line: str
     body: str
     language: Language
+
+
+# --- restriction (Art. 18) ---------------------------------------------------------------------------
+
+
+@dataclass
+class Lift:
+    """``dsr lift``: an operator lifts a restriction (the reason is sealed in the ledger). The subject is told first
+    (Art. 18(3)); the marks are removed after the notice period."""
+
+    reason: str
+    requested_by: str = "operator"
+
+
+@dataclass
+class GroundEnded:
+    """Signal ``ground_ended`` to a restriction in force: the request that ends its ground is done (ground a: a
+    rectification of the same person answered; ground d: their objection decided). Ids only."""
+
+    ground: str
+    by_request: str
+
+
+@dataclass
+class GroundEnd:
+    """Input of the ``end_restriction_grounds`` activity: the request that may end restrictions of its subject."""
+
+    request_id: str
+    subject_key: str
+    ground: str
+
+
+@dataclass
+class RestrictionInput:
+    """What an answered restriction hands to ``RestrictionInForce`` (id ``restriction-<reference>``): who to tell
+    before lifting, which systems hold a mark, and how long to wait between the notice and the lift."""
+
+    request_id: str
+    subject: Subject  # personal data: encrypted payload
+    language: Language
+    ground: str
+    operator_email: str
+    marked: list[str] = field(default_factory=list)  # connectors whose records carry the mark
+    notice_days: int = 3
+    escalation_repeat_days: int = 7
+    in_reply_to: str | None = None
+    notice_context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RestrictionStatus:
+    """Answer of ``RestrictionInForce.status`` (no personal data)."""
+
+    request_id: str
+    ground: str
+    state: str  # "in force", "lift scheduled", "lifted"
+    lift_at: datetime | None = None
+    lifted_by: str = ""  # an operator's login, or "ground_ended:<request>"
+    failed: list[str] = field(default_factory=list)  # connectors whose mark could not be removed (retry)
