@@ -16,11 +16,13 @@ from connectors.base import (
     Connector,
     ConnectorError,
     ExportJob,
+    MarksRestriction,
     OperationJob,
     PermanentConnectorError,
     StopsMarketing,
     TransientConnectorError,
     no_marketing_control,
+    no_restriction_control,
     unexpected_remains,
 )
 from connectors.outside import OutsideSystem
@@ -164,6 +166,14 @@ class ConnectorActivities:
                 if isinstance(connector, StopsMarketing):
                     return await connector.stop_marketing(operation)
                 return no_marketing_control(connector.name)
+            case RequestKind.RESTRICTION:
+                # Art. 18: the records are marked (or unmarked, once the subject was told) where the system allows;
+                # elsewhere a residual line asks the operator to restrict by hand.
+                if isinstance(connector, MarksRestriction):
+                    if task.lift:
+                        return await connector.lift_restriction(operation)
+                    return await connector.restrict(operation)
+                return no_restriction_control(connector.name, lift=task.lift)
         raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {task.kind}")
 
 

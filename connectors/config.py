@@ -122,6 +122,9 @@ class ConnectorConfig(BaseModel):
     tables: list[TableConfig] | None = None
     rectify: dict[str, str | list[str]] = Field(default_factory=dict,
                                                 description="Canonical field -> table.column (or a list).")
+    restriction: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$",
+                                    description="table.column of a nullable timestamp marking a restricted "
+                                                "subject (Art. 18), e.g. users.restricted_at.")
     # type = "processor" / "manual" only: who answers, in which language, by when (connectors/outside.py)
     contact: str | None = Field(default=None, description="processor: its privacy contact's email address.")
     owner: str | None = Field(default=None, description="manual: the internal owner's email address.")
@@ -194,6 +197,7 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
             raise ConfigFileError(f"{where}.{outside_keys[0]}: only for type = \"processor\" or \"manual\"")
         sql_keys = [k for k in ("url_env", "hash_key_env", "subject", "tables") if getattr(connector, k)]
         sql_keys += ["rectify"] if connector.rectify else []
+        sql_keys += ["restriction"] if connector.restriction else []
         if connector.type != "sql":
             if sql_keys:
                 raise ConfigFileError(f"{where}.{sql_keys[0]}: only for type = \"sql\"")
@@ -201,6 +205,9 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
         if connector.retention is not None:
             raise ConfigFileError(f"{where}.retention: a sql table gives its own retention (tables[i].retention)")
         sql_map = sql_map_of(connector, where)
+        if connector.restriction and connector.restriction.split(".")[0] not in {t.name for t in sql_map.tables}:
+            raise ConfigFileError(f"{where}.restriction: table {connector.restriction.split('.')[0]!r} is not mapped "
+                                  "in tables")
         if sql_map.uses_hash and not connector.hash_key_env:
             raise ConfigFileError(f"{where}.hash_key_env: required when a column is hashed; expected the name of "
                                   "the environment variable holding the hash key")
@@ -338,7 +345,7 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
 
             return SqlConnector(name, url=secrets["url"], sql_map=sql_map_of(connector),
                                 hash_key=secrets.get("hash_key", ""), kinds=frozenset(connector.kinds),
-                                batch_size=connector.batch_size)
+                                batch_size=connector.batch_size, restriction=connector.restriction)
         case "woocommerce":
             from connectors.woocommerce import WooCommerceConnector
 
