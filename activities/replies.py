@@ -84,7 +84,9 @@ class ReplyActivities:
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         profile = await asyncio.to_thread(self._profile)
         # An objection is answered with what was done or decided, data found or not.
-        no_data = reply.kind != RequestKind.OBJECTION and all(o.found == 0 for o in reply.outcomes)
+        # A restriction too: its reply says, system by system, what was marked, held nothing or is restricted by hand.
+        no_data = reply.kind not in (RequestKind.OBJECTION, RequestKind.RESTRICTION) and all(
+            o.found == 0 for o in reply.outcomes)
         result = ReplyResult(message_id="", no_data=no_data)
         context = ReplyContext(
             reference=reply.request_id, received=reply.received, deadline=reply.deadline,
@@ -120,7 +122,7 @@ class ReplyActivities:
             result.link_expires_at = link.expires_at
             result.bundle_sha256 = info.sha256
 
-        if reply.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION) and profile:
+        if reply.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION, RequestKind.RESTRICTION) and profile:
             # Art. 19: a recipient is told of the rectification or erasure of what was disclosed to it: only
             # when records of this subject were changed in a dataset it receives (a recipient never told of
             # this person learns nothing of them), and of those systems only.
@@ -165,7 +167,7 @@ class ReplyActivities:
         return self._exports.delete(deletion.request_id)
 
 
-_ACTED = (RecordAction.CHANGED, RecordAction.DELETED, RecordAction.ANONYMISED)
+_ACTED = (RecordAction.CHANGED, RecordAction.DELETED, RecordAction.ANONYMISED, RecordAction.RESTRICTED)
 
 
 def _acted_for(recipient: Art19Recipient, outcomes: Iterable[ConnectorOutcome]) -> list[ConnectorOutcome]:

@@ -108,6 +108,7 @@ _KIND_WORDS = {
         RequestKind.ERASURE: "demande d'effacement de vos données personnelles (article 17 du RGPD)",
         RequestKind.PORTABILITY: "demande de portabilité de vos données personnelles (article 20 du RGPD)",
         RequestKind.OBJECTION: "opposition au traitement de vos données personnelles (article 21 du RGPD)",
+        RequestKind.RESTRICTION: "demande de limitation du traitement de vos données personnelles (article 18 du RGPD)",
     },
     "en": {
         RequestKind.ACCESS: "request for access to your personal data (Article 15 GDPR)",
@@ -115,6 +116,7 @@ _KIND_WORDS = {
         RequestKind.ERASURE: "request to erase your personal data (Article 17 GDPR)",
         RequestKind.PORTABILITY: "request to receive your personal data in a portable format (Article 20 GDPR)",
         RequestKind.OBJECTION: "objection to the processing of your personal data (Article 21 GDPR)",
+        RequestKind.RESTRICTION: "request to restrict the processing of your personal data (Article 18 GDPR)",
     },
 }
 _KIND_SHORT = {
@@ -124,6 +126,7 @@ _KIND_SHORT = {
         RequestKind.ERASURE: "demande d'effacement",
         RequestKind.PORTABILITY: "demande de portabilité",
         RequestKind.OBJECTION: "opposition",
+        RequestKind.RESTRICTION: "demande de limitation du traitement",
     },
     "en": {
         RequestKind.ACCESS: "access request",
@@ -131,6 +134,7 @@ _KIND_SHORT = {
         RequestKind.ERASURE: "erasure request",
         RequestKind.PORTABILITY: "portability request",
         RequestKind.OBJECTION: "objection",
+        RequestKind.RESTRICTION: "restriction request",
     },
 }
 _KIND_LABEL = {
@@ -140,6 +144,7 @@ _KIND_LABEL = {
         RequestKind.ERASURE: "Effacement (art. 17)",
         RequestKind.PORTABILITY: "Portabilité (art. 20)",
         RequestKind.OBJECTION: "Opposition (art. 21)",
+        RequestKind.RESTRICTION: "Limitation (art. 18)",
     },
     "en": {
         RequestKind.ACCESS: "Access (Art. 15)",
@@ -147,6 +152,7 @@ _KIND_LABEL = {
         RequestKind.ERASURE: "Erasure (Art. 17)",
         RequestKind.PORTABILITY: "Portability (Art. 20)",
         RequestKind.OBJECTION: "Objection (Art. 21)",
+        RequestKind.RESTRICTION: "Restriction (Art. 18)",
     },
 }
 _STAGE_WORDS = {

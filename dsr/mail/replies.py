@@ -541,8 +541,8 @@ def render_reply(kind: str, language: Language | str, context: ReplyContext) -> 
     if reply in {ReplyKind.ACCESS, ReplyKind.PORTABILITY}:
         _require_link(context)
     if reply == ReplyKind.ART19_NOTICE:
-        if context.request_kind not in {RequestKind.RECTIFICATION, RequestKind.ERASURE}:
-            raise ValueError("an Art. 19 notice is about a rectification or an erasure (request_kind)")
+        if context.request_kind not in {RequestKind.RECTIFICATION, RequestKind.ERASURE, RequestKind.RESTRICTION}:
+            raise ValueError("an Art. 19 notice is about a rectification, an erasure or a restriction (request_kind)")
         if not is_valid_email(context.subject_email):
             raise ValueError("an Art. 19 notice needs subject_email, a single valid address, to identify "
                              "the person to the recipient")
