@@ -714,6 +714,7 @@ class ReplyInput:
     grounds: str = ""  # a rejected objection: the compelling legitimate grounds, told to the subject
     suppressed_until: date | None = None  # a marketing objection: how long the suppression list remembers it
     ground: str = ""  # restriction: the Art. 18(1) ground (a RestrictionGround value)
+    lift_notice_days: int = 0  # restriction: days between telling the subject and lifting (Art. 18(3))
     # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
     # so both send one Message-ID. "": the activity's id (histories from before it).
     key: str = ""

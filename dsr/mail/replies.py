@@ -52,6 +52,7 @@ class ReplyKind(StrEnum):
     ERASURE = "reply_erasure"
     RECTIFICATION = "reply_rectification"
     OBJECTION = "reply_objection"
+    RESTRICTION = "reply_restriction"
     NO_DATA = "reply_no_data"
     ART19_NOTICE = "art19_notice"
 
@@ -62,6 +63,7 @@ _REQUEST_KIND = {
     ReplyKind.ERASURE: RequestKind.ERASURE,
     ReplyKind.RECTIFICATION: RequestKind.RECTIFICATION,
     ReplyKind.OBJECTION: RequestKind.OBJECTION,
+    ReplyKind.RESTRICTION: RequestKind.RESTRICTION,
 }
 
 
@@ -97,6 +99,8 @@ class ReplyContext:
     decision: str = ""  # reply_objection (other): "upheld" or "rejected"
     grounds: str = ""  # a rejected objection: the compelling legitimate grounds (Art. 21(1)), in the operator's words
     suppressed_until: date | None = None  # a marketing objection: the suppression list's entry ends then
+    ground: str = ""  # reply_restriction: the Art. 18(1) ground, "a" to "d"
+    lift_notice_days: int = 0  # reply_restriction: days between our notice and a lift (Art. 18(3))
 
 
 # --- words per language ---------------------------------------------------------------------------------
@@ -431,6 +435,24 @@ def _objection_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[
     }
 
 
+def _restriction_system(outcome: ConnectorOutcome, label: str, lang: str,
+                         profile: ControllerProfile | None = None) -> dict[str, Any]:
+    """What one system did on a restriction: records marked (now or already), restricted by our team (a residual:
+    the system cannot mark a record), or nothing held."""
+    if outcome.answer is not None:
+        return {"label": label, "marked": [], "by_hand": False, "nothing": False,
+                "outside": _outside(outcome, lang, profile)}
+    marked = [line for line in outcome.report if line.action in (RecordAction.RESTRICTED, RecordAction.UNCHANGED)]
+    residual = any(line.action == RecordAction.RESIDUAL for line in outcome.report)
+    return {
+        "label": label,
+        "marked": _groups(marked, lang, profile),
+        "by_hand": residual,
+        "nothing": not marked and not residual,
+        "outside": None,
+    }
+
+
 def _changed_fields(systems: list[ConnectorOutcome], lang: str) -> list[str]:
     fields = sorted({f for o in systems for line in o.report if line.action == RecordAction.CHANGED
                      for f in line.fields})
@@ -509,6 +531,13 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         values["grounds"] = _s(context.grounds)
         values["suppressed_until"] = _iso(context.suppressed_until)
         values["systems"] = [_objection_system(o, label, lang) for o, label in pairs]
+        values["by_hand"] = any(s["by_hand"] for s in values["systems"])
+    elif kind == ReplyKind.RESTRICTION:
+        if context.ground not in ("a", "b", "c", "d"):
+            raise ValueError(f"a restriction's ground is a, b, c or d (Art. 18(1)), not {context.ground!r}")
+        values["ground"] = context.ground
+        values["lift_notice_days"] = max(1, int(context.lift_notice_days or 1))
+        values["systems"] = [_restriction_system(o, label, lang, profile) for o, label in pairs]
         values["by_hand"] = any(s["by_hand"] for s in values["systems"])
     elif kind == ReplyKind.ART19_NOTICE:
         values["subject_email"] = _s(context.subject_email)
