@@ -52,6 +52,7 @@ CONTEXT_KEYS = frozenset({
     "connector", "error", "residuals", "reminder", "attachments", "sender_check", "failing_minutes",
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
     "suspended", "suspended_on", "resumed_on", "document_reason", "status_url", "by_staff", "refused", "page", "wrong",
+    "lift_on", "lift_why",
 })
 """Every key a template may use; other keys are ignored."""
 
