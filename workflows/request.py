@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         RequestKind,
         RequestRecordInput,
         RequestStatus,
+        RestrictionGround,
         Retry,
         Stage,
         SubjectTurn,
@@ -78,7 +79,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dsr.domain.outside import OutsideTaskInput
     from workflows import search_attributes as sa
-from workflows import details, objection
+from workflows import details, objection, restriction
 from workflows.aftercare import RequestAftercare
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.cancellation import shielded_from_cancellation
@@ -211,6 +212,7 @@ class DataSubjectRequest:
         self._decision: ObjectionDecision | None = None
         self._awaiting_decision = False
         self._suppressed_until: datetime | None = None
+        self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -249,6 +251,7 @@ class DataSubjectRequest:
         await watcher
         # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
         await self._start_aftercare()
+        await restriction.hold(self)  # a restriction stays in force, in its own workflow, until lifted
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
         for mail in self._side_mail:
@@ -359,6 +362,10 @@ class DataSubjectRequest:
                 return
             if await self._fan_out(ordered):
                 await self._reply()
+                if self._request.kind == RequestKind.RECTIFICATION and self._outcome == Outcome.FULFILLED:
+                    # Art. 18(1)(a): the accuracy is verified once the rectification is done; restrictions of the
+                    # person on that ground are told, and lift after telling the subject.
+                    await restriction.end_grounds(self, RestrictionGround.ACCURACY)
                 if self._request.kind == RequestKind.ERASURE:
                     # While this erasure still holds the person's turn, so that no access request of theirs is
                     # exporting (or building its bundle) while its files are deleted.
@@ -498,6 +505,8 @@ class DataSubjectRequest:
             decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
             grounds=self._decision.grounds if self._decision else "",
             suppressed_until=self._suppressed_until.date() if self._suppressed_until else None,
+            ground=self._request.ground,
+            lift_notice_days=self._request.policy.restriction_lift_notice_days,
             key="final-reply",
         )
         while True:
@@ -1221,6 +1230,8 @@ class DataSubjectRequest:
             decision=("upheld" if self._decision.uphold else "rejected") if self._decision else "",
             aftercare=self._aftercare,
             cancellation_refused=self._cancellation_refused,
+            ground=self._request.ground,
+            restriction=self._restriction,
         )
 
     # --- helpers ----------------------------------------------------------------------------------

@@ -765,7 +765,6 @@ class RequestStatus:
     correspondence: list[str] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)  # connectors failing longer than the policy allows
     scope: str = ""  # objection: marketing or other
-    ground: str = ""  # restriction: its Art. 18(1) ground
     awaiting_decision: bool = False  # an objection (21(1)) waits for ``dsr decide``
     decision: str = ""  # "upheld" or "rejected", once decided
     # The end of the request: the aftercare workflow that follows the link and residual data once it is answered;
@@ -774,6 +773,8 @@ class RequestStatus:
     aftercare: str = ""
     cancellation_refused: str = ""
     temporal_state: str = ""
+    ground: str = ""  # restriction: its Art. 18(1) ground
+    restriction: str = ""  # an answered restriction: the workflow holding it in force (``restriction-<reference>``)
 
 
 # --- per-subject order ----------------------------------------------------------------------------
@@ -966,8 +967,15 @@ class GroundEnd:
     """Input of the ``end_restriction_grounds`` activity: the request that may end restrictions of its subject."""
 
     request_id: str
-    subject_key: str
     ground: str
+
+
+RESTRICTION_PREFIX = "restriction-"
+
+
+def restriction_id(request_id: str) -> str:
+    """Workflow id of a restriction in force: derived from the reference alone (no personal data)."""
+    return RESTRICTION_PREFIX + request_id
 
 
 @dataclass
@@ -980,7 +988,9 @@ class RestrictionInput:
     language: Language
     ground: str
     operator_email: str
-    marked: list[str] = field(default_factory=list)  # connectors whose records carry the mark
+    marked: list[str] = field(default_factory=list)  # connectors whose records this request marked
+    by_hand: list[str] = field(default_factory=list)  # systems restricted by a person (residual, processor)
+    timezone: str = "Europe/Paris"
     notice_days: int = 3
     escalation_repeat_days: int = 7
     in_reply_to: str | None = None
