@@ -32,6 +32,7 @@ from dsr.domain.model import (
     RequestInput,
     RequestKind,
     RequestPolicy,
+    RestrictionGround,
     Stage,
     Subject,
     display_name,
@@ -69,6 +70,7 @@ class Submission:
     ticket: str | None = None  # support-desk ticket id, e.g. "zendesk:4521": replies can reference it
     trusted: bool = False  # the channel authenticated the person (configured per desk): no identity check
     scope: str = ""  # objection: "marketing" (Art. 21(2)-(3)) or "other" (21(1), the default)
+    ground: str = ""  # restriction: the Art. 18(1) ground, "a" to "d" (required for a restriction)
 
 
 def late_receipt_warning(deadline: date, today: date) -> str | None:
@@ -137,6 +139,17 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     if kind == RequestKind.OBJECTION:
         # Without a scope a person decides (21(1)): never an absolute stop the subject did not ask for.
         scope = _enum(submission.scope or ObjectionScope.OTHER.value, ObjectionScope, "scope").value
+    ground = ""
+    if submission.ground.strip() and kind != RequestKind.RESTRICTION:
+        raise SubmissionError("ground is only for restriction requests")
+    if kind == RequestKind.RESTRICTION:
+        # The ground decides how long the restriction lasts and what ends it: never guessed for the subject.
+        if not submission.ground.strip():
+            raise SubmissionError("a restriction request needs its ground (Art. 18(1)): a (accuracy contested), "
+                                  "b (unlawful processing, no erasure wanted), c (needed for legal claims) or "
+                                  "d (objection being verified)")
+        ground = _enum(submission.ground.strip().lower().removeprefix("18(1)(").rstrip(")"), RestrictionGround,
+                       "ground").value
 
     received_at = submission.received_at or now
     if received_at.tzinfo is None:
@@ -173,7 +186,14 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         in_reply_to=submission.in_reply_to,
         ticket=submission.ticket,
         scope=scope,
+        ground=ground,
     )
+
+
+def _qualifier(request: RequestInput) -> str:
+    """An objection's scope or a restriction's ground, for the UI's summary (no personal data)."""
+    what = request.scope or request.ground
+    return f" ({what})" if what else ""
 
 
 async def start(client: Client, request: RequestInput, *, task_queue: str) -> WorkflowHandle:
@@ -187,8 +207,7 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> Wo
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        static_summary=f"{request.kind.value}{f' ({request.scope})' if request.scope else ''} · due "
-                       f"{request.deadlines.normal.due.isoformat()}",
+        static_summary=f"{request.kind.value}{_qualifier(request)} · due {request.deadlines.normal.due.isoformat()}",
         search_attributes=TypedSearchAttributes(sa.dashboard(
             Stage.RECEIVED, request.channel, request.deadlines.normal.due, kind=request.kind, extended=False)),
     )
