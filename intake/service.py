@@ -514,6 +514,7 @@ class TriagedSubmission:
             received_at=item.received_at,
             changes=dict(decision.changes),
             scope=decision.scope,
+            ground=decision.ground,
             in_reply_to=item.in_reply_to,
             request_id=item.request_id,
         )

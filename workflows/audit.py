@@ -48,4 +48,6 @@ def triage_details(triage_id: str, decision: TriageDecision, attached: bool) -> 
         details["fields"] = ",".join(sorted(decision.changes))
     if decision.scope:  # an objection: marketing or other
         details["scope"] = decision.scope
+    if decision.ground:  # a restriction: its Art. 18(1) ground
+        details["ground"] = decision.ground
     return details

@@ -196,6 +196,9 @@ class TriageMessageWorkflow:
             raise RequestRejected("changes are only for rectification requests")
         if decision.scope and (decision.kind != RequestKind.OBJECTION or decision.scope not in ("marketing", "other")):
             raise RequestRejected("a scope (marketing or other) is only for objections")
+        if (decision.kind == RequestKind.RESTRICTION) != (decision.ground in ("a", "b", "c", "d")):
+            raise RequestRejected("a restriction needs its Art. 18(1) ground (a, b, c or d), and only a restriction "
+                                  "takes one")
         unknown = sorted(set(decision.changes) - CANONICAL_FIELDS)
         if unknown:
             fields = ", ".join(sorted(CANONICAL_FIELDS))

@@ -68,6 +68,7 @@ app.command("doubt")(decisions.doubt)
 app.command("rectify")(decisions.rectify)
 app.command("clear-residuals")(decisions.clear_residuals)
 app.command("decide")(decisions.decide)
+app.command("lift")(decisions.lift)
 # All requests: what is due, the audit trail, the register and its statistics.
 app.command("due")(requests.due)
 app.command("history")(requests.history)

@@ -84,6 +84,7 @@ async def triage_classify(
     language: Annotated[str | None, typer.Option(help="fr or en, if the detected one is wrong.")] = None,
     change: Annotated[list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")] = None,
     scope: Annotated[str, typer.Option(help="Objection: marketing or other (the default).")] = "",
+    ground: Annotated[str, typer.Option(help="Restriction: its Art. 18(1) ground, a, b, c or d.")] = "",
     by: Actor = "operator",
     as_json: JsonOption = False,
 ) -> None:
@@ -98,8 +99,10 @@ async def triage_classify(
                         f" (got {kind!r}, {language!r})") from None
     if scope and (chosen != RequestKind.OBJECTION or scope not in ("marketing", "other")):
         raise UserError("--scope is marketing or other, for --kind objection only")
+    if (chosen == RequestKind.RESTRICTION) != (ground in ("a", "b", "c", "d")):
+        raise UserError("--ground a, b, c or d (Art. 18(1)) is required for --kind restriction, and only there")
     decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=parse_changes(change or []),
-                              scope=scope)
+                              scope=scope, ground=ground)
     _, client = await temporal_client()
     from workflows.triage import TriageMessageWorkflow
 

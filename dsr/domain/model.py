@@ -869,6 +869,7 @@ class TriageDecision:
     language: Language | None = None  # overrides the detected language
     changes: dict[str, str] = field(default_factory=dict)  # rectification, read from the email by staff
     scope: str = ""  # objection: marketing or other (the default), as staff read it
+    ground: str = ""  # restriction: its Art. 18(1) ground, a to d, as staff read it (required for a restriction)
 
 
 @dataclass

@@ -51,7 +51,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, ObjectionScope, RequestKind
+from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, ObjectionScope, RequestKind, RestrictionGround
 from dsr.store.guards import Guards
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
@@ -106,6 +106,10 @@ class RequestBody(BaseModel):
     scope: ObjectionScope | None = Field(
         default=None, description="Objection: marketing (direct marketing, stopped at once) or other (the default: "
                                   "processing on legitimate interests, decided by the controller).")
+    ground: RestrictionGround | None = Field(
+        default=None, description="Restriction (required): the Art. 18(1) ground: a (accuracy contested), b (unlawful "
+                                  "processing, no erasure wanted), c (needed for legal claims), d (objection being "
+                                  "verified).")
     received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
@@ -154,6 +158,7 @@ class TicketBody(BaseModel):
     name: Annotated[str, Field(max_length=MAX_NAME)] = ""
     kind: RequestKind
     scope: ObjectionScope | None = None
+    ground: RestrictionGround | None = None
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
@@ -199,6 +204,14 @@ def _zendesk_scope(body: ZendeskBody, kind: RequestKind) -> str:
         return ""
     marketing = "dsr_marketing" in body.tags.lower().split()
     return (ObjectionScope.MARKETING if marketing else ObjectionScope.OTHER).value
+
+
+def _zendesk_ground(body: ZendeskBody, kind: RequestKind) -> str:
+    """A restriction's Art. 18(1) ground from the tags ``dsr_ground_a`` to ``dsr_ground_d`` (none: refused, 422)."""
+    if kind != RequestKind.RESTRICTION:
+        return ""
+    grounds = {tag.removeprefix("dsr_ground_") for tag in body.tags.lower().split() if tag.startswith("dsr_ground_")}
+    return grounds.pop() if len(grounds) == 1 else ""
 
 
 def _zendesk_kind(body: ZendeskBody) -> RequestKind | None:
@@ -261,7 +274,8 @@ def api_router(
             first = message.split(" ", 1)[0].rstrip(":")
             # "cannot rectify iban", "the new email is not...": the changes; "received time...": received_at.
             fields = {"received": "received_at", "cannot": "changes", "the": "changes",
-                      **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope")}}
+                      **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope",
+                                        "ground")}}
             field = fields.get(first)
             return error(422, message, field)
         except RateLimited as err:
@@ -315,6 +329,7 @@ def api_router(
             Submission(kind=body.kind.value, email=body.email, name=body.name, channel="api",
                        language=body.language.value if body.language else None, details=details,
                        changes=dict(body.changes), scope=body.scope.value if body.scope else "",
+                       ground=body.ground.value if body.ground else "",
                        received_at=body.received_at),
             client_of(request),
         )
@@ -357,6 +372,7 @@ def api_router(
             Submission(kind=kind.value, email=body.requester_email, name=body.requester_name,
                        channel="support_desk", language=_language(body.requester_locale),
                        details=body.description, ticket=reference, scope=_zendesk_scope(body, kind),
+                       ground=_zendesk_ground(body, kind),
                        received_at=body.received_at,
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
@@ -395,6 +411,7 @@ def api_router(
                        language=body.language.value if body.language else None, details=body.details,
                        ticket=reference, trusted=body.authenticated and ticket.trust_authenticated,
                        scope=body.scope.value if body.scope else "",
+                       ground=body.ground.value if body.ground else "",
                        received_at=body.received_at,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,
