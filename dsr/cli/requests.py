@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 from dsr.cli.common import (
     JsonOption,
@@ -201,7 +204,7 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
         await _show_restriction(client, state.request_id, state.restriction)
 
 
-async def _show_restriction(client, request_id: str, workflow_id: str) -> None:  # type: ignore[no-untyped-def]
+async def _show_restriction(client: Client, request_id: str, workflow_id: str) -> None:
     """An answered restriction: in force, lift scheduled (the subject told, the day), or lifted."""
     from temporalio.service import RPCError
 
