@@ -63,7 +63,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dsr.domain.model import CANONICAL_FIELDS, Channel, ObjectionScope, RequestKind, is_valid_email
+from dsr.domain.model import CANONICAL_FIELDS, Channel, ObjectionScope, RequestKind, RestrictionGround, is_valid_email
 from intake.service import Accepted, IntakeSink, RateLimited
 from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
 from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers
@@ -104,7 +104,9 @@ RECTIFIABLE_FIELDS = (
 """The canonical fields (:data:`dsr.domain.model.CANONICAL_FIELDS`) in the order a person reads an address."""
 MAX_CHANGE_VALUE = 500  # as the API's ``changes``
 _CHANGE_FIELDS = tuple(f"change_{part}_{row}" for row in range(1, CHANGE_ROWS + 1) for part in ("field", "value"))
-_FIELDS = ("kind", "email", "name", *_CHANGE_FIELDS, "details")
+_FIELDS = ("kind", "email", "name", *_CHANGE_FIELDS, "ground", "details")
+GROUNDS = tuple(ground.value for ground in RestrictionGround)
+"""A restriction's Art. 18(1) grounds, each a choice of the form's own (its words in the wording)."""
 _KINDS = tuple(kind.value for kind in RequestKind)
 STOP_MARKETING = "stop_marketing"
 """The form's own choice for an objection to direct marketing (kind objection, scope marketing): a person who
@@ -284,6 +286,8 @@ def _check(values: dict[str, str], offered: Collection[str] = CANONICAL_FIELDS) 
         errors["details"] = "err_control"
     elif len(values["details"]) > MAX_DETAILS:
         errors["details"] = "err_details_long"
+    if values["kind"] == RequestKind.RESTRICTION.value and values["ground"] not in GROUNDS:
+        errors["ground"] = "err_ground"
     if values["kind"] == RequestKind.RECTIFICATION.value:
         row_errors = _check_changes(values, offered)
         errors.update(row_errors)
@@ -380,6 +384,7 @@ def form_router(
             "form_url": form_url(lang),
             "csrf_token": csrf.issue(now_fn(), nonce),
             "kinds": _CHOICES,
+            "grounds": GROUNDS,
             "max_name": MAX_NAME,
             "max_details": MAX_DETAILS,
             "change_rows": range(1, CHANGE_ROWS + 1),
@@ -447,6 +452,8 @@ def form_router(
         submission = Submission(
             kind=RequestKind.OBJECTION.value if marketing else values["kind"],
             scope=ObjectionScope.MARKETING.value if marketing else "",
+            # Chosen for a restriction only: a ground left selected before the person chose another kind goes nowhere.
+            ground=values["ground"] if values["kind"] == RequestKind.RESTRICTION.value else "",
             email=values["email"],
             name=values["name"],
             details=values["details"],

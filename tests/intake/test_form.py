@@ -302,9 +302,11 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
             "kind-portability",
             "kind-stop_marketing",
             "kind-objection",
+            "kind-restriction",
             "email",
             "name",
             *(f"change_{part}_{row}" for row in (1, 2, 3) for part in ("field", "value")),
+            *(f"ground-{ground}" for ground in "abcd"),
             "details",
         }
         for control in controls:
@@ -314,7 +316,7 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
         # The kind choice is a group with a legend, marked required in words.
         fieldset = re.search(r"<fieldset>\s*<legend>(.*?)</legend>(.*?)</fieldset>", page.text, re.DOTALL)
         assert fieldset and required in fieldset.group(1)
-        assert fieldset.group(2).count('type="radio"') == 6
+        assert fieldset.group(2).count('type="radio"') == 7
         assert re.search(rf'<label for="email">[^<]*<span class="marker">{re.escape(required)}</span>', page.text)
         assert 'role="alert"' not in page.text  # no error yet
         assert 'aria-invalid="true"' not in page.text
@@ -760,6 +762,33 @@ async def test_objections_have_their_own_choices(
     assert (submission.kind, submission.scope) == ("objection", "")  # other processing: an operator decides
     confirmation = await form_app.http.get(response.headers["location"])
     assert other in confirmation.text
+
+
+@pytest.mark.parametrize(("lang", "choice", "ground_c", "error"), [
+    ("fr", "Limiter l’utilisation de vos données", "nécessaires pour la constatation",
+     "Pour une limitation, choisissez le motif de votre demande."),
+    ("en", "Restrict the use of your data", "establish, exercise or defend a legal claim",
+     "For a restriction, choose the reason you ask for it."),
+])
+async def test_a_restriction_is_chosen_with_its_ground(
+    form_app: FormApp, lang: str, choice: str, ground_c: str, error: str,
+) -> None:
+    page, _ = await form_app.form(lang)
+    assert choice in page.text and ground_c in page.text and 'value="restriction"' in page.text
+    # Without a ground: the page again, the error beside the grounds, nothing submitted.
+    calls = len(form_app.sink.calls)
+    refused = await form_app.post({"kind": "restriction"}, lang=lang)
+    assert refused.status_code == 400 and error in refused.text and len(form_app.sink.calls) == calls
+    response = await form_app.post({"kind": "restriction", "ground": "c"}, lang=lang)
+    assert response.status_code == 303
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.ground) == ("restriction", "c")
+    confirmation = await form_app.http.get(response.headers["location"])
+    assert confirmation.status_code == 200 and choice in confirmation.text
+    # A ground left selected before choosing another kind goes nowhere.
+    await form_app.post({"kind": "access", "ground": "a"}, lang=lang)
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.ground) == ("access", "")
 
 
 async def test_confirmation_repeats_the_address_for_an_hour_and_only_a_sealed_one(form_app: FormApp) -> None:
