@@ -307,6 +307,7 @@ LABELS: dict[Language, dict[str, str]] = {
     Language.FR: {
         "access": "accès", "rectification": "rectification", "erasure": "effacement",
         "portability": "portabilité", "objection": "opposition",
+        "restriction": "limitation",
         "api": "API", "email": "e-mail", "form": "formulaire", "support_desk": "service client",
         "operator": "saisie par l'équipe", "letter": "courrier",
         "received": "reçue", "awaiting_identity": "identité en attente", "processing": "en traitement",
@@ -323,6 +324,7 @@ LABELS: dict[Language, dict[str, str]] = {
     Language.EN: {
         "access": "access", "rectification": "rectification", "erasure": "erasure", "portability": "portability",
         "objection": "objection",
+        "restriction": "restriction",
         "api": "API", "email": "email", "form": "web form", "support_desk": "support desk",
         "operator": "entered by staff", "letter": "letter",
         "received": "received", "awaiting_identity": "awaiting identity", "processing": "processing",

@@ -25,6 +25,7 @@ KIND_COLOURS = {  # Okabe-Ito: told apart with every common colour-vision defici
     RequestKind.ERASURE.value: "#D55E00",
     RequestKind.PORTABILITY.value: "#009E73",
     RequestKind.OBJECTION.value: "#CC79A7",
+    RequestKind.RESTRICTION.value: "#56B4E9",
 }
 OTHER_COLOUR = "#999999"
 ON_TIME_COLOUR = "#009E73"

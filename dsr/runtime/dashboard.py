@@ -65,6 +65,11 @@ def decisions_needed() -> str:
     return f"{of_kind(RequestKind.OBJECTION)} AND {sa.DSR_STAGE.name} = '{Stage.NEEDS_ATTENTION.value}'"
 
 
+def restrictions_in_force() -> str:
+    """Answered restrictions (Art. 18) not yet lifted, their lift scheduled or not: ``restriction-<reference>``."""
+    return "WorkflowType = 'RestrictionInForce' AND ExecutionStatus = 'Running'"
+
+
 def open_requests() -> str:
     """Every request not yet answered (what the UI's list shows by default, less the other workflow types)."""
     return RUNNING
@@ -94,6 +99,7 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "connector degraded": connectors_degraded(),
         "objections under way": of_kind(RequestKind.OBJECTION),
         "objections to decide": decisions_needed(),
+        "restrictions in force": restrictions_in_force(),
         "ended by hand": ended_by_hand(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"
