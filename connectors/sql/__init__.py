@@ -199,8 +199,13 @@ class SqlConnector:
             if table_name not in self._tables or not column_name:
                 raise ValueError(f"connector {name}: restriction must be table.column of a mapped table")
             mapped = self.map.table(table_name)
-            self._restriction = (mapped, table(table_name, column(mapped.key), column(column_name, DateTime())),
-                                 column_name)
+            if mapped.column(column_name) is not None:
+                raise ValueError(f"connector {name}: the restriction column {restriction} is mapped as data; "
+                                 "leave it out of the table's columns")
+            # The same clause as the table's own (its subject filter refers to it), with the mark's column.
+            self._tables[table_name] = table(table_name, *(column(c.name) for c in mapped.columns),
+                                             column(column_name, DateTime()))
+            self._restriction = (mapped, self._tables[table_name], column_name)
 
     # --- database access --------------------------------------------------------------------------------
 
