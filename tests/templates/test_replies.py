@@ -558,7 +558,8 @@ def test_rejected_objection_reply_golden(language: Language, decision: str, reme
     (Language.EN, ["Article 18(1)(c) GDPR", "Marked as restricted — contact record (1)",
                    "our team restricts the use of your data in it by hand",
                    "No data about you in this system: nothing to restrict", "Article 18(2) GDPR",
-                   "at least 3 days in advance", "of the restriction of processing of your data: Logistique Exemple SARL"]),
+                   "at least 3 days in advance",
+                   "of the restriction of processing of your data: Logistique Exemple SARL"]),
 ])
 def test_restriction_reply_golden(language: Language, words: list[str]) -> None:
     subject, text, visible = _parts(ReplyKind.RESTRICTION, language)
