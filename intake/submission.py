@@ -145,9 +145,9 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     if kind == RequestKind.RESTRICTION:
         # The ground decides how long the restriction lasts and what ends it: never guessed for the subject.
         if not submission.ground.strip():
-            raise SubmissionError("a restriction request needs its ground (Art. 18(1)): a (accuracy contested), "
-                                  "b (unlawful processing, no erasure wanted), c (needed for legal claims) or "
-                                  "d (objection being verified)")
+            raise SubmissionError("ground is required for a restriction request (Art. 18(1)): a (accuracy "
+                                  "contested), b (unlawful processing, no erasure wanted), c (needed for legal claims) "
+                                  "or d (objection being verified)")
         ground = _enum(submission.ground.strip().lower().removeprefix("18(1)(").rstrip(")"), RestrictionGround,
                        "ground").value
 

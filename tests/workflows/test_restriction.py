@@ -127,7 +127,7 @@ def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:
 
 
 def test_a_restriction_needs_its_ground_and_only_a_restriction_takes_one(settings: Settings) -> None:
-    with pytest.raises(SubmissionError, match="needs its ground"):
+    with pytest.raises(SubmissionError, match="ground is required for a restriction"):
         prepare(Submission(kind="restriction", email=SUBJECT_EMAIL), settings)
     with pytest.raises(SubmissionError, match="ground must be one of a, b, c, d"):
         prepare(Submission(kind="restriction", email=SUBJECT_EMAIL, ground="e"), settings)
