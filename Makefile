@@ -44,7 +44,8 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 HISTORY_TESTS := tests/workflows/test_request.py tests/workflows/test_subject_order.py tests/workflows/test_objection.py \
 	tests/workflows/test_post_mortem.py \
 	tests/workflows/test_mail_outage.py tests/workflows/test_connector_retries.py tests/workflows/test_triage.py \
-	tests/workflows/test_outside.py tests/workflows/test_request_end.py tests/workflows/test_consent.py
+	tests/workflows/test_outside.py tests/workflows/test_request_end.py tests/workflows/test_consent.py \
+	tests/workflows/test_restriction.py
 
 # Record this release's saved histories (tests/workflows/histories/<workflow>/$(VERSION)/), which the replay test
 # replays with every earlier release's; a released version (git tag v$(VERSION)) is frozen: see VERSIONING.md.

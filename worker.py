@@ -21,6 +21,7 @@ from activities.ledger import LedgerActivities
 from activities.notices import Mailer, NoticeActivities
 from activities.outside import ANSWER_LINK_PURPOSE, OutsideActivities
 from activities.replies import ReplyActivities
+from activities.restrictions import RestrictionActivities
 from activities.storage import StorageActivities
 from activities.subjects import ask_subject_turn, subject_request_running
 from connectors.base import Connector
@@ -43,11 +44,13 @@ from intake.service import TriagedSubmission
 from workflows.aftercare import RequestAftercare
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
+from workflows.restriction import RestrictionInForce
 from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
 WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue, OutsideSystemTask,
-                             RequestAftercare)
+                             RequestAftercare,
+                             RestrictionInForce)
 
 
 class LedgerSentLog:
@@ -176,6 +179,7 @@ def activities_for(
         consent_links=ConsentLinks(keyring),
     )
     storage = StorageActivities(exports, ledger)
+    restrictions = RestrictionActivities(ledger)
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
@@ -200,6 +204,7 @@ def activities_for(
         intake.delete_identity_documents,
         ask_subject_turn,
         subject_request_running,
+        restrictions.end_restriction_grounds,
     ]
 
 

@@ -16,6 +16,7 @@ from connectors.base import (
     Connector,
     ConnectorError,
     ExportJob,
+    MarksRestriction,
     OperationJob,
     PermanentConnectorError,
     StopsMarketing,
@@ -23,6 +24,7 @@ from connectors.base import (
     WithdrawsConsent,
     no_consent_control,
     no_marketing_control,
+    no_restriction_control,
     residual_withdrawal,
     tally,
     unexpected_remains,
@@ -179,6 +181,14 @@ class ConnectorActivities:
                 outcome.report.extend(residual_withdrawal(a) for a in residual)
                 outcome.counts = tally(outcome.report)
                 return outcome
+            case RequestKind.RESTRICTION:
+                # Art. 18: the records are marked (or unmarked, once the subject was told) where the system allows;
+                # elsewhere a residual line asks the operator to restrict by hand.
+                if isinstance(connector, MarksRestriction):
+                    if task.lift:
+                        return await connector.lift_restriction(operation)
+                    return await connector.restrict(operation)
+                return no_restriction_control(connector.name, lift=task.lift)
         raise PermanentConnectorError(f"connector {connector.name} cannot handle requests of kind {task.kind}")
 
 

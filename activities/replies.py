@@ -85,7 +85,8 @@ class ReplyActivities:
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         profile = await asyncio.to_thread(self._profile)
         # An objection is answered with what was done or decided, data found or not.
-        no_data = (reply.kind not in (RequestKind.OBJECTION, RequestKind.CONSENT_WITHDRAWAL)
+        # A restriction too: its reply says, system by system, what was marked, held nothing or is restricted by hand.
+        no_data = (reply.kind not in (RequestKind.OBJECTION, RequestKind.CONSENT_WITHDRAWAL, RequestKind.RESTRICTION)
                    and all(o.found == 0 for o in reply.outcomes))
         result = ReplyResult(message_id="", no_data=no_data)
         context = ReplyContext(
@@ -95,6 +96,7 @@ class ReplyActivities:
             scope=reply.scope, decision=reply.decision, grounds=reply.grounds, suppressed_until=reply.suppressed_until,
             consent_purposes=list(reply.purposes), consent_earlier=list(reply.consent_earlier),
             quality=reply.quality, action=reply.action, directives=reply.directives,
+            ground=reply.ground, lift_notice_days=reply.lift_notice_days,
         )
         if reply.kind == RequestKind.ERASURE:
             # Kept whatever is erased (the legal reason to keep that one fact): the subject is told so.
@@ -124,7 +126,7 @@ class ReplyActivities:
             result.link_expires_at = link.expires_at
             result.bundle_sha256 = info.sha256
 
-        if reply.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION) and profile:
+        if reply.kind in (RequestKind.ERASURE, RequestKind.RECTIFICATION, RequestKind.RESTRICTION) and profile:
             # Art. 19: a recipient is told of the rectification or erasure of what was disclosed to it: only
             # when records of this subject were changed in a dataset it receives (a recipient never told of
             # this person learns nothing of them), and of those systems only.
@@ -172,7 +174,7 @@ class ReplyActivities:
         return self._exports.delete(deletion.request_id)
 
 
-_ACTED = (RecordAction.CHANGED, RecordAction.DELETED, RecordAction.ANONYMISED)
+_ACTED = (RecordAction.CHANGED, RecordAction.DELETED, RecordAction.ANONYMISED, RecordAction.RESTRICTED)
 
 
 def _acted_for(recipient: Art19Recipient, outcomes: Iterable[ConnectorOutcome]) -> list[ConnectorOutcome]:

@@ -244,6 +244,37 @@ def no_marketing_control(connector: str) -> ConnectorOutcome:
     return ConnectorOutcome(connector=connector, report=[line], counts=tally([line]))
 
 
+@runtime_checkable
+class MarksRestriction(Protocol):
+    """A system where a record can be marked restricted (Art. 18) in a way its operators' tools respect (a contact
+    property, customer metadata, a column), and unmarked when the restriction is lifted."""
+
+    async def restrict(self, job: OperationJob) -> ConnectorOutcome:
+        """Mark every record of the subject restricted (``restricted`` lines), verified by reading it back.
+        Idempotent: a record already marked is reported ``unchanged``."""
+        ...
+
+    async def lift_restriction(self, job: OperationJob) -> ConnectorOutcome:
+        """Remove the mark (``lifted`` lines); a record without it is reported ``unchanged``."""
+        ...
+
+
+RESTRICTION_MARK = "dsr_restricted"
+"""The name of the mark in systems that take a named one (HubSpot contact property, Stripe metadata key,
+WooCommerce customer meta): its value is the reference of the restriction request."""
+
+
+def no_restriction_control(connector: str, *, lift: bool = False) -> ConnectorOutcome:
+    """A system whose API offers no way to mark a record restricted: one residual line for the operator (the
+    reply says our team restricts it by hand)."""
+    note = ("this system cannot mark a record restricted through its API: lift the restriction set by hand"
+            if lift else
+            "this system cannot mark a record restricted through its API: make sure its data on this person is "
+            "only stored, not otherwise used (no campaign, export or change), until the restriction is lifted")
+    line = RecordReport("restriction", "*", RecordAction.RESIDUAL, note=note)
+    return ConnectorOutcome(connector=connector, report=[line], counts=tally([line]))
+
+
 def unexpected_remains(outcome: ConnectorOutcome, found_again: list[Located]) -> list[Located]:
     """Records found after an erasure that the erasure report did not declare kept."""
     kept = {(r.dataset, r.record_id) for r in outcome.report
@@ -262,6 +293,7 @@ def tally(report: list[RecordReport]) -> dict[str, int]:
 __all__ = [
     "CANONICAL_FIELDS",
     "CONSENT",
+    "RESTRICTION_MARK",
     "Connector",
     "ConnectorError",
     "DatasetWriter",
@@ -271,6 +303,7 @@ __all__ = [
     "JournalEntry",
     "JournalState",
     "Located",
+    "MarksRestriction",
     "OperationJob",
     "PermanentConnectorError",
     "RecordReport",
@@ -281,6 +314,7 @@ __all__ = [
     "no_consent_control",
     "no_marketing_control",
     "residual_withdrawal",
+    "no_restriction_control",
     "tally",
     "unexpected_remains",
 ]

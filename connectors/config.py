@@ -144,6 +144,9 @@ class ConnectorConfig(BaseModel):
     marketing: MarketingAction | None = Field(
         default=None, description="sql: how an objection to direct marketing stops it in this database (rows of "
                                   "a table with the address deleted, or given values).")
+    restriction: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$",
+                                    description="table.column of a nullable timestamp marking a restricted "
+                                                "subject (Art. 18), e.g. users.restricted_at.")
     # type = "processor" / "manual" only: who answers, in which language, by when (connectors/outside.py)
     contact: str | None = Field(default=None, description="processor: its privacy contact's email address.")
     owner: str | None = Field(default=None, description="manual: the internal owner's email address.")
@@ -217,6 +220,7 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
         sql_keys = [k for k in ("url_env", "hash_key_env", "subject", "tables") if getattr(connector, k)]
         sql_keys += ["rectify"] if connector.rectify else []
         sql_keys += ["marketing"] if connector.marketing else []
+        sql_keys += ["restriction"] if connector.restriction else []
         if connector.type != "sql":
             if sql_keys:
                 raise ConfigFileError(f"{where}.{sql_keys[0]}: only for type = \"sql\"")
@@ -224,6 +228,9 @@ def parse_config(text: str, *, source: str = "dsr.toml") -> EngineConfig:
         if connector.retention is not None:
             raise ConfigFileError(f"{where}.retention: a sql table gives its own retention (tables[i].retention)")
         sql_map = sql_map_of(connector, where)
+        if connector.restriction and connector.restriction.split(".")[0] not in {t.name for t in sql_map.tables}:
+            raise ConfigFileError(f"{where}.restriction: table {connector.restriction.split('.')[0]!r} is not mapped "
+                                  "in tables")
         if sql_map.uses_hash and not connector.hash_key_env:
             raise ConfigFileError(f"{where}.hash_key_env: required when a column is hashed; expected the name of "
                                   "the environment variable holding the hash key")
@@ -365,7 +372,8 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
                                 batch_size=connector.batch_size,
                                 marketing=None if marketing is None else ConsentAction(
                                     purpose="marketing", table=marketing.table, email_column=marketing.email,
-                                    set_values=dict(marketing.set)))
+                                    set_values=dict(marketing.set)),
+                                restriction=connector.restriction)
         case "woocommerce":
             from connectors.woocommerce import WooCommerceConnector
 

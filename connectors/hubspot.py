@@ -33,6 +33,7 @@ import orjson
 from connectors.base import (
     CANONICAL_FIELDS,
     CONSENT,
+    RESTRICTION_MARK,
     DatasetWriter,
     ExportJob,
     JournalEntry,
@@ -551,6 +552,46 @@ class HubSpotConnector:
                 raise TransientConnectorError(f"{self.name}: subscription {sub_id} still subscribed after unsubscribe")
             outcome.report.append(RecordReport(CONSENT, purpose, RecordAction.WITHDRAWN,
                                                note=f"{name}: unsubscribed"))
+        outcome.counts = tally(outcome.report)
+        return outcome
+
+    # --- restriction (Art. 18) ------------------------------------------------------------------------
+
+    async def restrict(self, job: OperationJob) -> ConnectorOutcome:
+        """Each contact of the subject gets the contact property ``dsr_restricted`` (a single-line text property
+        the portal's admin creates once; README), set to the request's reference: active lists, workflows and
+        sequences exclude contacts where it is known, and staff see it on the record. HubSpot has no native
+        "restricted" state; the property is how the operator's tools respect it. Read back after the PATCH."""
+        return await self._mark(job, job.request_id)
+
+    async def lift_restriction(self, job: OperationJob) -> ConnectorOutcome:
+        """The property is cleared (HubSpot unsets a property written as an empty string)."""
+        return await self._mark(job, "")
+
+    async def _mark(self, job: OperationJob, value: str) -> ConnectorOutcome:
+        ids = _by_id({str(c["id"]) for c in await self._contacts(job.subject.email)})
+        outcome = ConnectorOutcome(connector=self.name, found=len(ids))
+        for contact_id in ids:
+            path = f"/crm/v3/objects/contacts/{contact_id}"
+            response = await self._call("GET", path, params={"properties": RESTRICTION_MARK}, allow=(404,))
+            if response.status_code == 404:
+                continue
+            held = str((self._json(response).get("properties") or {}).get(RESTRICTION_MARK) or "")
+            if bool(held) == bool(value):
+                outcome.report.append(RecordReport(
+                    CONTACT, contact_id, RecordAction.UNCHANGED,
+                    note="already marked restricted" if value else "not marked restricted"))
+                continue
+            await self._call("PATCH", path, json={"properties": {RESTRICTION_MARK: value}})
+            check = await self._call("GET", path, params={"properties": RESTRICTION_MARK})
+            if str((self._json(check).get("properties") or {}).get(RESTRICTION_MARK) or "") != value:
+                raise PermanentConnectorError(f"{self.name}: the contact's restriction property was not "
+                                              f"{'set' if value else 'cleared'}")
+            outcome.report.append(RecordReport(CONTACT, contact_id,
+                                               RecordAction.RESTRICTED if value else RecordAction.LIFTED,
+                                               fields=[RESTRICTION_MARK]))
+        if not ids:
+            outcome.notes.append("no HubSpot contact matches the subject")
         outcome.counts = tally(outcome.report)
         return outcome
 

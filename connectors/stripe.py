@@ -91,6 +91,7 @@ import stripe
 from connectors.base import (
     CANONICAL_FIELDS,
     FINANCIAL_YEAR_END,
+    RESTRICTION_MARK,
     ConnectorError,
     DatasetWriter,
     ExportJob,
@@ -850,6 +851,46 @@ class StripeConnector:
                 line = RecordReport("customer", cid, RecordAction.UNCHANGED, fields=sorted(job.changes),
                                     note="already up to date")
             report.append(line)
+        if not customers:
+            notes.append("no customer with this email address")
+        return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,
+                                report=report)
+
+    # --- restriction (Art. 18) --------------------------------------------------------------------
+
+    async def restrict(self, job: OperationJob) -> ConnectorOutcome:
+        """Each customer of the subject gets the metadata key ``dsr_restricted`` (the request's reference), which
+        the Dashboard shows and search finds (``metadata['dsr_restricted']:...``): staff and integrations leave it
+        alone. Payments are not touched: Stripe keeps them as they are, which is storage."""
+        return await self._mark(job, job.request_id)
+
+    async def lift_restriction(self, job: OperationJob) -> ConnectorOutcome:
+        return await self._mark(job, "")
+
+    async def _mark(self, job: OperationJob, value: str) -> ConnectorOutcome:
+        notes: list[str] = []
+        customers = await self._find_customers(job.subject.email, notes)
+        _forget_nobody(notes, customers)
+        report: list[RecordReport] = []
+        for cid in customers:
+            customer = await self._call_or_missing(partial(self._request, "get", f"/v1/customers/{cid}"))
+            if customer is None or customer.get("deleted"):
+                continue
+            held = str((customer.get("metadata") or {}).get(RESTRICTION_MARK) or "")
+            if (held != "") == bool(value):  # marked already (by this or an earlier restriction), or not marked
+                report.append(RecordReport("customer", cid, RecordAction.UNCHANGED,
+                                           note="already marked restricted" if value else "not marked restricted"))
+                continue
+            payload = {"metadata": {RESTRICTION_MARK: value}}
+            key = self._key(job, "restrict" if value else "lift", cid, payload)
+            answer = await self._call(partial(self._request, "post", f"/v1/customers/{cid}", payload,
+                                              idempotency_key=key), write=True)
+            now = str((answer.get("metadata") or {}).get(RESTRICTION_MARK) or "")
+            if now != value:
+                raise PermanentConnectorError(f"{self.name}: the customer's restriction mark was not "
+                                              f"{'set' if value else 'removed'}")
+            report.append(RecordReport("customer", cid, RecordAction.RESTRICTED if value else RecordAction.LIFTED,
+                                       fields=[f"metadata.{RESTRICTION_MARK}"]))
         if not customers:
             notes.append("no customer with this email address")
         return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,

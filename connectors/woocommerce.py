@@ -35,6 +35,7 @@ import orjson
 from connectors.base import (
     CANONICAL_FIELDS,
     FINANCIAL_YEAR_END,
+    RESTRICTION_MARK,
     DatasetWriter,
     ExportJob,
     JournalEntry,
@@ -683,6 +684,41 @@ class WooCommerceConnector:
         return ConnectorOutcome(connector=self.name, found=len(by_id), counts=tally(report), notes=notes,
                                 report=report)
 
+    # --- restriction (Art. 18) ---------------------------------------------------------------------
+
+    async def restrict(self, job: OperationJob) -> ConnectorOutcome:
+        """The customer account gets the meta ``dsr_restricted`` (the request's reference), which plugins, exports
+        and staff can filter on. Lifting sets it empty: the REST API's ``meta_data`` updates a meta but cannot
+        delete one, so an empty value means "not restricted". Orders are accounting records, only kept."""
+        return await self._mark(job, job.request_id)
+
+    async def lift_restriction(self, job: OperationJob) -> ConnectorOutcome:
+        return await self._mark(job, "")
+
+    async def _mark(self, job: OperationJob, value: str) -> ConnectorOutcome:
+        report: list[RecordReport] = []
+        customers = await self._find_customers(job.subject.email)
+        for customer in sorted(customers, key=lambda c: int(c["id"])):
+            customer_id = str(customer["id"])
+            held = _meta(customer, RESTRICTION_MARK)
+            if bool(held) == bool(value):
+                report.append(RecordReport("customer", customer_id, RecordAction.UNCHANGED,
+                                           note="already marked restricted" if value else "not marked restricted"))
+                continue
+            response = await self._call("PUT", f"/customers/{customer_id}",
+                                        json={"meta_data": [{"key": RESTRICTION_MARK, "value": value}]})
+            if _meta(self._json(response), RESTRICTION_MARK) != value:  # read back from the shop's answer
+                raise PermanentConnectorError(f"{self.name}: the customer's restriction mark was not "
+                                              f"{'set' if value else 'removed'}")
+            report.append(RecordReport("customer", customer_id,
+                                       RecordAction.RESTRICTED if value else RecordAction.LIFTED,
+                                       fields=[f"meta_data.{RESTRICTION_MARK}"]))
+        notes = [] if customers else ["no customer account with this email"]
+        if customers and value:
+            notes.append("orders are accounting records: only kept, as they are, while restricted")
+        return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,
+                                report=report)
+
     # --- the rest ------------------------------------------------------------------------------
 
     async def check(self) -> str:
@@ -694,6 +730,14 @@ class WooCommerceConnector:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _meta(record: Mapping[str, Any], key: str) -> str:
+    """The value of the first meta ``key`` of a WooCommerce record ("" when absent)."""
+    for meta in record.get("meta_data") or []:
+        if isinstance(meta, Mapping) and meta.get("key") == key:
+            return str(meta.get("value") or "")
+    return ""
 
 
 __all__ = ["DEFAULT_RETENTION", "WooCommerceConnector", "oauth_signature"]

@@ -519,6 +519,7 @@ class TriagedSubmission:
             deceased_email=decision.deceased_email,
             deceased_name=decision.deceased_name,
             quality=decision.quality,
+            ground=decision.ground,
             in_reply_to=item.in_reply_to,
             request_id=item.request_id,
         )

@@ -35,6 +35,7 @@ from dsr.domain.model import (
     RequestInput,
     RequestKind,
     RequestPolicy,
+    RestrictionGround,
     Stage,
     Subject,
     display_name,
@@ -79,6 +80,7 @@ class Submission:
     deceased_email: str = ""
     deceased_name: str = ""
     quality: str = ""
+    ground: str = ""  # restriction: the Art. 18(1) ground, "a" to "d" (required for a restriction)
     # Identifiers other than the address, vouched for by the channel (an authenticated API caller, staff): an
     # application database's map may locate the subject by them too.
     customer_id: str = ""
@@ -181,6 +183,18 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     if kind == RequestKind.OBJECTION:
         # Without a scope a person decides (21(1)): never an absolute stop the subject did not ask for.
         scope = _enum(submission.scope or ObjectionScope.OTHER.value, ObjectionScope, "scope").value
+    ground = ""
+    if submission.ground.strip() and kind != RequestKind.RESTRICTION:
+        raise SubmissionError("ground is only for restriction requests")
+    if kind == RequestKind.RESTRICTION:
+        # The ground decides how long the restriction lasts and what ends it: never guessed for the subject.
+        if not submission.ground.strip():
+            raise SubmissionError("ground is required for a restriction request (Art. 18(1)): a (accuracy "
+                                  "contested), b (unlawful processing, no erasure wanted), c (needed for legal claims) "
+                                  "or d (objection being verified)")
+        ground = _enum(submission.ground.strip().lower().removeprefix("18(1)(").rstrip(")"), RestrictionGround,
+                       "ground").value
+
     deceased: Subject | None = None
     quality = ""
     if kind == RequestKind.POST_MORTEM:
@@ -245,7 +259,14 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         purposes=purposes,
         deceased=deceased,
         quality=quality,
+        ground=ground,
     )
+
+
+def _qualifier(request: RequestInput) -> str:
+    """An objection's scope or a restriction's ground, for the UI's summary (no personal data)."""
+    what = request.scope or request.ground
+    return f" ({what})" if what else ""
 
 
 async def start(client: Client, request: RequestInput, *, task_queue: str) -> WorkflowHandle:
@@ -260,7 +281,7 @@ async def start(client: Client, request: RequestInput, *, task_queue: str) -> Wo
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        static_summary=f"{request.kind.value}{f' ({request.scope})' if request.scope else ''}"
+        static_summary=f"{request.kind.value}{_qualifier(request)}"
                        f"{f' ({purposes})' if purposes else ''} · due "
                        f"{request.deadlines.normal.due.isoformat()}",
         search_attributes=TypedSearchAttributes(sa.dashboard(

@@ -57,6 +57,9 @@ KNOWN_PROPERTIES: dict[str, frozenset[str]] = {
         "hs_additional_emails", "lifecyclestage", "hs_lead_status", "hubspot_owner_id", "ip_city",
         "ip_country", "hs_analytics_source", "hs_email_optout", "createdate", "lastmodifieddate",
         "hs_object_id",
+        # A custom property the demo portal defines, as the README asks an admin to (single-line text): the
+        # restriction mark (Art. 18). A portal without it refuses the write (PROPERTY_DOESNT_EXIST), like HubSpot.
+        "dsr_restricted",
     }),
     "notes": frozenset({"hs_note_body", "hs_timestamp", "hubspot_owner_id", "hs_attachment_ids",
                         "hs_createdate", "hs_lastmodifieddate", "hs_object_id"}),

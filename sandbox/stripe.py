@@ -191,7 +191,15 @@ class StripeState:
             elif key == "shipping":
                 customer["shipping"] = _shipping(value) if value != "" else None
             elif key == "metadata":
-                customer["metadata"].update(value or {})
+                # Stripe: "Individual keys can be unset by posting an empty value to them. All keys can be unset by
+                # posting an empty value to metadata."
+                if value == "":
+                    customer["metadata"] = {}
+                for name, item in (value or {}).items():
+                    if item == "":
+                        customer["metadata"].pop(name, None)
+                    else:
+                        customer["metadata"][name] = item
             elif key == "invoice_settings":
                 if "default_payment_method" in (value or {}):
                     customer["invoice_settings"]["default_payment_method"] = value["default_payment_method"] or None

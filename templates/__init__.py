@@ -53,6 +53,7 @@ CONTEXT_KEYS = frozenset({
     "authority_name", "authority_postal_address", "authority_website", "ground", "identity", "late",
     "suspended", "suspended_on", "resumed_on", "document_reason", "status_url", "by_staff", "refused", "page", "wrong",
     "consent_url",
+    "lift_on", "lift_why",
 })
 """Every key a template may use; other keys are ignored."""
 
@@ -112,6 +113,7 @@ _KIND_WORDS = {
         RequestKind.CONSENT_WITHDRAWAL: "retrait du consentement (article 7, paragraphe 3, du RGPD)",
         RequestKind.POST_MORTEM: "demande relative aux données d'une personne décédée "
                                  "(article 85 de la loi Informatique et Libertés)",
+        RequestKind.RESTRICTION: "demande de limitation du traitement de vos données personnelles (article 18 du RGPD)",
     },
     "en": {
         RequestKind.ACCESS: "request for access to your personal data (Article 15 GDPR)",
@@ -122,6 +124,7 @@ _KIND_WORDS = {
         RequestKind.CONSENT_WITHDRAWAL: "withdrawal of your consent (Article 7(3) GDPR)",
         RequestKind.POST_MORTEM: "request about the data of a deceased person "
                                  "(Article 85 of the French loi Informatique et Libertés)",
+        RequestKind.RESTRICTION: "request to restrict the processing of your personal data (Article 18 GDPR)",
     },
 }
 _KIND_SHORT = {
@@ -133,6 +136,7 @@ _KIND_SHORT = {
         RequestKind.OBJECTION: "opposition",
         RequestKind.CONSENT_WITHDRAWAL: "retrait du consentement",
         RequestKind.POST_MORTEM: "demande post mortem",
+        RequestKind.RESTRICTION: "demande de limitation du traitement",
     },
     "en": {
         RequestKind.ACCESS: "access request",
@@ -142,6 +146,7 @@ _KIND_SHORT = {
         RequestKind.OBJECTION: "objection",
         RequestKind.CONSENT_WITHDRAWAL: "withdrawal of consent",
         RequestKind.POST_MORTEM: "post-mortem request",
+        RequestKind.RESTRICTION: "restriction request",
     },
 }
 _KIND_LABEL = {
@@ -153,6 +158,7 @@ _KIND_LABEL = {
         RequestKind.OBJECTION: "Opposition (art. 21)",
         RequestKind.CONSENT_WITHDRAWAL: "Retrait du consentement (art. 7(3))",
         RequestKind.POST_MORTEM: "Personne décédée (art. 85 LIL)",
+        RequestKind.RESTRICTION: "Limitation (art. 18)",
     },
     "en": {
         RequestKind.ACCESS: "Access (Art. 15)",
@@ -162,6 +168,7 @@ _KIND_LABEL = {
         RequestKind.OBJECTION: "Objection (Art. 21)",
         RequestKind.CONSENT_WITHDRAWAL: "Withdrawal of consent (Art. 7(3))",
         RequestKind.POST_MORTEM: "Deceased person (Art. 85 LIL)",
+        RequestKind.RESTRICTION: "Restriction (Art. 18)",
     },
 }
 _STAGE_WORDS = {

@@ -50,6 +50,8 @@ def triage_details(triage_id: str, decision: TriageDecision, attached: bool) -> 
         details["scope"] = decision.scope
     if decision.quality:  # a post_mortem request: what the sender says they are (no personal data)
         details["quality"] = decision.quality
+    if decision.ground:  # a restriction: its Art. 18(1) ground
+        details["ground"] = decision.ground
     return details
 
 

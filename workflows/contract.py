@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notices import NOTICE_INVALID_ADDRESS, NOTICE_REJECTED, NoticeActivities
     from activities.outside import OutsideActivities
     from activities.replies import INCOMPLETE_PROFILE, REPLY_INVALID, ReplyActivities
+    from activities.restrictions import GROUND_ENDED_SIGNAL, RestrictionActivities
     from activities.storage import StorageActivities
     from activities.subjects import ask_subject_turn, subject_request_running
 
@@ -34,6 +35,7 @@ __all__ = [
     "CHECK",
     "CONNECTOR",
     "DEADLINES",
+    "GROUND_ENDED_SIGNAL",
     "HEALTH_SIGNAL",
     "IDENTITY_NOT_ALLOWED",
     "INCOMPLETE_PROFILE",
@@ -63,6 +65,7 @@ __all__ = [
     "NoticeActivities",
     "OutsideActivities",
     "ReplyActivities",
+    "RestrictionActivities",
     "StorageActivities",
     "ask_subject_turn",
     "deadlines_resumed",

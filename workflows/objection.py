@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from dsr.domain.model import NoticeTemplate, ObjectionScope, RequestKind, Stage, Suppression, objection_scope
+    from dsr.domain.model import (
+        NoticeTemplate,
+        ObjectionScope,
+        RequestKind,
+        RestrictionGround,
+        Stage,
+        Suppression,
+        objection_scope,
+    )
+from workflows import restriction
 from workflows.contract import LEDGER, LedgerActivities, summarised
 
 if TYPE_CHECKING:
@@ -46,6 +55,8 @@ async def carry_out(flow: DataSubjectRequest) -> None:
         decision = flow._decision
         if decision is not None and decision.uphold:
             flow._residuals.append(UPHELD_RESIDUAL)
+        # Art. 18(1)(d): a restriction pending the verification of this objection ends with its decision.
+        await restriction.end_grounds(flow, RestrictionGround.OBJECTION)
 
 
 async def _stop_marketing(flow: DataSubjectRequest) -> None:

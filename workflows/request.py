@@ -69,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
         RequestKind,
         RequestRecordInput,
         RequestStatus,
+        RestrictionGround,
         Retry,
         Stage,
         SubjectTurn,
@@ -81,7 +82,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
     from workflows import search_attributes as sa
-from workflows import consent, details, objection, postmortem
+from workflows import consent, details, objection, postmortem, restriction
 from workflows.aftercare import RequestAftercare
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.cancellation import shielded_from_cancellation
@@ -235,6 +236,7 @@ class DataSubjectRequest:
         self._events_noted = 0
         self._events_written = 0
         self._ledger_writer: asyncio.Task[None] | None = None
+        self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -273,6 +275,7 @@ class DataSubjectRequest:
         await watcher
         # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
         await self._start_aftercare()
+        await restriction.hold(self)  # a restriction stays in force, in its own workflow, until lifted
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
         for mail in self._side_mail:
@@ -403,6 +406,10 @@ class DataSubjectRequest:
                 return
             if await self._fan_out(ordered):
                 await self._reply()
+                if self._request.kind == RequestKind.RECTIFICATION and self._outcome == Outcome.FULFILLED:
+                    # Art. 18(1)(a): the accuracy is verified once the rectification is done; restrictions of the
+                    # person on that ground are told, and lift after telling the subject.
+                    await restriction.end_grounds(self, RestrictionGround.ACCURACY)
                 if self._request.kind == RequestKind.ERASURE:
                     # While this erasure still holds the person's turn, so that no access request of theirs is
                     # exporting (or building its bundle) while its files are deleted.
@@ -556,6 +563,8 @@ class DataSubjectRequest:
             quality=self._quality.value if self._quality else "",
             action=self._post_mortem_action,
             directives=self._directives.instruction if self._directives else "",
+            ground=self._request.ground,
+            lift_notice_days=self._request.policy.restriction_lift_notice_days,
             key="final-reply",
         )
         while True:
@@ -1318,6 +1327,8 @@ class DataSubjectRequest:
             cancellation_refused=self._cancellation_refused,
             quality=self._quality.value if self._quality else "",
             directives=self._directives.instruction if self._directives else "",
+            ground=self._request.ground,
+            restriction=self._restriction,
         )
 
     # --- helpers ----------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ import hmac
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Engine,
     Select,
     String,
@@ -65,6 +66,7 @@ from connectors.base import (
     PermanentConnectorError,
     TransientConnectorError,
     no_marketing_control,
+    no_restriction_control,
     tally,
 )
 from connectors.sql.map import MODIFYING, SqlMap, Table
@@ -225,6 +227,7 @@ class SqlConnector:
         kinds: frozenset[RequestKind] = frozenset(RequestKind),
         batch_size: int = 500,
         marketing: ConsentAction | None = None,
+        restriction: str | None = None,
     ) -> None:
         if sql_map.uses_hash and not hash_key:
             raise ValueError(f"connector {name}: a column is hashed but no hash key was given")
@@ -243,6 +246,21 @@ class SqlConnector:
                              ) from None
         self._tables: dict[str, TableClause] = {
             t.name: table(t.name, *(column(c.name) for c in t.columns)) for t in sql_map.tables}
+        # Art. 18: ``table.column`` of a nullable timestamp the application reads as "restricted since" (NULL: not
+        # restricted); set on every row of the subject in that table, cleared when the restriction is lifted.
+        self._restriction: tuple[Table, TableClause, str] | None = None
+        if restriction:
+            table_name, _, column_name = restriction.partition(".")
+            if table_name not in self._tables or not column_name:
+                raise ValueError(f"connector {name}: restriction must be table.column of a mapped table")
+            mapped = self.map.table(table_name)
+            if mapped.column(column_name) is not None:
+                raise ValueError(f"connector {name}: the restriction column {restriction} is mapped as data; "
+                                 "leave it out of the table's columns")
+            # The same clause as the table's own (its subject filter refers to it), with the mark's column.
+            self._tables[table_name] = table(table_name, *(column(c.name) for c in mapped.columns),
+                                             column(column_name, DateTime()))
+            self._restriction = (mapped, self._tables[table_name], column_name)
 
     # --- database access --------------------------------------------------------------------------------
 
@@ -650,6 +668,51 @@ class SqlConnector:
         return RecordReport(dataset, record, RecordAction.WITHDRAWN if dataset == CONSENT
                             else RecordAction.UNSUBSCRIBED, note=f"{action.table}: {count} row(s) {what}")
 
+    # --- restriction (Art. 18) --------------------------------------------------------------------------
+
+    def _mark(self, email: str, restrict: bool) -> list[RecordReport]:
+        assert self._restriction is not None
+        t, clause, name = self._restriction
+        key = clause.c[t.key]
+        subject_rows = self._where(t, email)
+        with self._engine.begin() as conn:
+            rows = conn.execute(select(key, clause.c[name]).where(subject_rows).order_by(key)).all()
+            to_change = [row[0] for row in rows if (row[1] is None) == restrict]
+            if to_change:
+                # Naive UTC: every database takes it (MariaDB's DATETIME has no zone).
+                value = datetime.now(UTC).replace(tzinfo=None, microsecond=0) if restrict else None
+                conn.execute(update(clause).where(key.in_(to_change)).values({name: value}))
+        with self._engine.connect() as conn:  # verified by reading again, after the commit
+            after = {str(row[0]): row[1] for row in
+                     conn.execute(select(key, clause.c[name]).where(subject_rows).order_by(key)).all()}
+        wrong = [rid for rid, value in after.items() if (value is None) == restrict]
+        if wrong:
+            raise PermanentConnectorError(f"{self.name}: {len(wrong)} row(s) of {t.name} kept their restriction "
+                                          f"mark as it was ({name} {'still NULL' if restrict else 'still set'})")
+        changed = {str(v) for v in to_change}
+        return [RecordReport(t.name, rid, (RecordAction.RESTRICTED if restrict else RecordAction.LIFTED)
+                             if rid in changed else RecordAction.UNCHANGED, fields=[name],
+                             note="" if rid in changed else
+                             ("already marked restricted" if restrict else "not marked restricted"))
+                for rid in after]
+
+    async def _restriction_outcome(self, job: OperationJob, restrict: bool) -> ConnectorOutcome:
+        if self._restriction is None:
+            return no_restriction_control(self.name, lift=not restrict)
+        report = await self._db("mark the subject's rows restricted" if restrict else "lift the restriction mark",
+                                self._mark, job.subject.email, restrict)
+        notes = [] if report else ["no row with this email"]
+        return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,
+                                report=report)
+
+    async def restrict(self, job: OperationJob) -> ConnectorOutcome:
+        """Set the map's restriction column on the subject's rows (verified by re-query); without one, a residual
+        line for the operator."""
+        return await self._restriction_outcome(job, True)
+
+    async def lift_restriction(self, job: OperationJob) -> ConnectorOutcome:
+        return await self._restriction_outcome(job, False)
+
     # --- the rest ---------------------------------------------------------------------------------------
 
     def _check(self) -> str:
@@ -677,7 +740,10 @@ class SqlConnector:
                                     f"(a hash needs {HASH_LENGTH})")
                 if strategies & {"null"} and not live[c.name].get("nullable", True):
                     problems.append(f"column {t.name}.{c.name} is set NULL by an erasure but is NOT NULL")
-            unmapped = sorted(set(live) - {c.name for c in t.columns})
+            restriction = {self._restriction[2]} if self._restriction and self._restriction[0] is t else set()
+            if restriction - set(live):
+                problems.append(f"column {t.name}.{next(iter(restriction))} (the restriction mark) does not exist")
+            unmapped = sorted(set(live) - {c.name for c in t.columns} - restriction)
             if unmapped:
                 problems.append(f"table {t.name}: column(s) not in the map: {', '.join(unmapped)} (map each one; "
                                 "personal = false if it is not personal)")

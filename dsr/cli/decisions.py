@@ -235,3 +235,45 @@ async def confirm_quality(
 
     await _update(request_id, DataSubjectRequest.confirm_quality,
                   QualityConfirmation(quality=chosen, confirmed_by=by, note=note), as_json)
+
+
+async def lift(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why the restriction ends (kept sealed in the ledger, told to the "
+                                             "subject).")] = "",
+    retry: Annotated[bool, typer.Option("--retry", help="Retry removing the marks a system refused.")] = False,
+    by: Actor = "operator",
+    as_json: JsonOption = False,
+) -> None:
+    """Lift a restriction of processing (Art. 18): the subject is told first (18(3)), the marks go after
+    DSR_RESTRICTION_LIFT_NOTICE_DAYS days."""
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from dsr.domain.model import Lift, Retry, restriction_id
+    from workflows.restriction import RestrictionInForce
+
+    if retry == bool(reason.strip()):
+        raise UserError("give --reason \"...\" to lift, or --retry alone to retry the marks a system refused")
+    check_reference(request_id)
+    _, client = await temporal_client()
+    handle = client.get_workflow_handle_for(RestrictionInForce.run, restriction_id(request_id))
+    try:
+        described = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise UserError(f"{request_id} holds no restriction in force (not a restriction, not answered yet, "
+                            "or forgotten by Temporal; see `dsr history`)") from None
+        raise
+    if described.status != WorkflowExecutionStatus.RUNNING:
+        raise UserError(f"{request_id}: the restriction was lifted already")
+    if retry:
+        held = await handle.execute_update(RestrictionInForce.retry, Retry(requested_by=by))
+    else:
+        held = await handle.execute_update(RestrictionInForce.lift, Lift(reason=reason, requested_by=by))
+    if as_json:
+        emit_json({"id": request_id, **plain(held)})
+    elif held.lift_at is not None:
+        typer.echo(f"{request_id}: {held.state}, lift on {held.lift_at:%Y-%m-%d %H:%M} UTC (the subject was told)")
+    else:
+        typer.echo(f"{request_id}: {held.state}")

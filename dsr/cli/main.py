@@ -70,6 +70,7 @@ app.command("rectify")(decisions.rectify)
 app.command("clear-residuals")(decisions.clear_residuals)
 app.command("decide")(decisions.decide)
 app.command("confirm-quality")(decisions.confirm_quality)
+app.command("lift")(decisions.lift)
 # All requests: what is due, the audit trail, the register and its statistics.
 app.command("due")(requests.due)
 app.command("history")(requests.history)

@@ -28,8 +28,8 @@ def list_requests(
     open_only: Annotated[bool, typer.Option("--open", help="Open requests only.")] = False,
     closed_only: Annotated[bool, typer.Option("--closed", help="Closed requests only.")] = False,
     kind: Annotated[str | None, typer.Option(
-        metavar="KIND", help="access, rectification, erasure, portability, objection, consent_withdrawal or "
-                             "post_mortem.")] = None,
+        metavar="KIND", help="access, rectification, erasure, portability, objection, consent_withdrawal, "
+                             "post_mortem or restriction.")] = None,
     since: Annotated[str | None, typer.Option(metavar="DATE",
                                               help="Received on or after this date (YYYY-MM-DD).")] = None,
     until: Annotated[str | None, typer.Option(metavar="DATE",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 from dsr.cli.common import (
     JsonOption,
@@ -43,7 +46,8 @@ def _parse_received(value: str | None) -> datetime | None:
 @run
 async def submit(
     kind: Annotated[str, typer.Option(
-        help="access, rectification, erasure, portability, objection or post_mortem.")],
+        help="access, rectification, erasure, portability, objection, consent_withdrawal, post_mortem or "
+             "restriction.")],
     email: Annotated[str, typer.Option(help="The subject's email address (post_mortem: the sender's).")],
     name: Annotated[str, typer.Option(help="The subject's name.")] = "",
     channel: Annotated[str, typer.Option(
@@ -71,6 +75,9 @@ async def submit(
     purpose: Annotated[list[str] | None, typer.Option(
         help="Withdrawal of consent: a purpose's key from the controller profile (repeatable; default: all).")
     ] = None,
+    ground: Annotated[str, typer.Option(
+        help="Restriction, Art. 18(1): a (accuracy contested), b (unlawful, no erasure wanted), c (needed for legal "
+             "claims) or d (objection being verified).")] = "",
     as_json: JsonOption = False,
 ) -> None:
     """Record a request received by any channel and start its workflow (or attach it to the open request of
@@ -89,7 +96,7 @@ async def submit(
                             received_at=_parse_received(received), changes=parse_changes(change or []),
                             scope=scope, customer_id=customer_id, phone=phone,
                             purposes=list(purpose or []), deceased_email=deceased_email, deceased_name=deceased_name,
-                            quality=quality)
+                            quality=quality, ground=ground)
     prepare(submission, settings)
     deployment, client = await connect_deployment()
     settings = deployment.settings
@@ -160,7 +167,8 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
                    f"stopped at {state.stage.value}: never closed nor answered (record it: `dsr reconcile "
                    f"{state.request_id}`)")
     else:
-        typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({state.scope})" if state.scope else "")
+        qualifier = state.scope or (f"Art. 18(1)({state.ground})" if state.ground else "")
+        typer.echo(f"{state.request_id}  {state.kind.value}" + (f" ({qualifier})" if qualifier else "")
                    + (f" ({', '.join(state.purposes)})" if state.purposes else "")
                    + f"  {state.stage.value}" + (f" ({state.outcome.value})" if state.outcome else "")
                    + (f", objection {state.decision}" if state.decision else ""))
@@ -221,6 +229,30 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
                    f"{state.link_expires_at:%Y-%m-%d %H:%M} UTC")
     if state.cancellation_refused:
         typer.echo(f"  a cancellation from the Temporal UI was refused: {state.cancellation_refused}")
+    if state.restriction:
+        await _show_restriction(client, state.request_id, state.restriction)
+
+
+async def _show_restriction(client: Client, request_id: str, workflow_id: str) -> None:
+    """An answered restriction: in force, lift scheduled (the subject told, the day), or lifted."""
+    from temporalio.service import RPCError
+
+    from workflows.restriction import IN_FORCE, RestrictionInForce
+
+    try:
+        held = await client.get_workflow_handle_for(RestrictionInForce.run, workflow_id).query(
+            RestrictionInForce.status)
+    except RPCError:
+        typer.echo("  restriction: its workflow is no longer in Temporal (see `dsr history`)")
+        return
+    line = f"  restriction: {'RESTRICTED, in force' if held.state == IN_FORCE else held.state}"
+    if held.lift_at is not None and held.state != "lifted":
+        line += f", lift on {held.lift_at:%Y-%m-%d %H:%M} UTC (the subject was told; by {held.lifted_by})"
+    typer.echo(line)
+    if held.state == IN_FORCE:
+        typer.echo(f"    lift it with `dsr lift {request_id} --reason \"...\"` (the subject is told first)")
+    if held.failed:
+        typer.echo(f"    mark not removed in {', '.join(held.failed)}: `dsr lift {request_id} --retry`")
 
 
 def _outside_tasks(request_id: str) -> dict[str, Any]:

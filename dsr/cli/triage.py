@@ -89,6 +89,7 @@ async def triage_classify(
     deceased_email: Annotated[str, typer.Option(help="Post_mortem: the deceased person's email address.")] = "",
     deceased_name: Annotated[str, typer.Option(help="Post_mortem: the deceased person's name.")] = "",
     quality: Annotated[str, typer.Option(help="Post_mortem: heir (default), executor or designated.")] = "",
+    ground: Annotated[str, typer.Option(help="Restriction: its Art. 18(1) ground, a, b, c or d.")] = "",
     by: Actor = "operator",
     as_json: JsonOption = False,
 ) -> None:
@@ -106,9 +107,11 @@ async def triage_classify(
         raise UserError("--scope is marketing or other for --kind objection, closure or estate for post_mortem")
     if (chosen == RequestKind.POST_MORTEM) != bool(deceased_email.strip()) or (quality and not deceased_email):
         raise UserError("--kind post_mortem needs --deceased-email (and only it takes --deceased-name, --quality)")
+    if (chosen == RequestKind.RESTRICTION) != (ground in ("a", "b", "c", "d")):
+        raise UserError("--ground a, b, c or d (Art. 18(1)) is required for --kind restriction, and only there")
     decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=parse_changes(change or []),
                               scope=scope, deceased_email=deceased_email.strip(),
-                              deceased_name=deceased_name.strip(), quality=quality.strip().lower())
+                              deceased_name=deceased_name.strip(), quality=quality.strip().lower(), ground=ground)
     _, client = await temporal_client()
     from workflows.triage import TriageMessageWorkflow
 

@@ -363,6 +363,7 @@ class Settings:
             document_reason=" ".join(env.get("DSR_IDENTITY_DOCUMENT_REASON", "").split())[:500],
             connector_degraded_minutes=_int(env, "DSR_CONNECTOR_DEGRADED_MINUTES", 60, minimum=1),
             suppression_years=_int(env, "DSR_SUPPRESSION_YEARS", 3, minimum=1),
+            restriction_lift_notice_days=_int(env, "DSR_RESTRICTION_LIFT_NOTICE_DAYS", 3, minimum=1),
         )
         return cls(
             home=home,

@@ -32,6 +32,16 @@ class RequestKind(StrEnum):
     OBJECTION = "objection"
     CONSENT_WITHDRAWAL = "consent_withdrawal"
     POST_MORTEM = "post_mortem"  # loi 78-17 art. 85: the data of a deceased person, asked by an heir or designee
+    RESTRICTION = "restriction"
+
+
+class RestrictionGround(StrEnum):
+    """The ground of Art. 18(1) a restriction rests on, chosen at intake; it says when the restriction ends."""
+
+    ACCURACY = "a"  # 18(1)(a): accuracy contested, for the period to verify it (ends with the rectification)
+    UNLAWFUL = "b"  # 18(1)(b): unlawful processing, and the subject opposes erasure (lifted by an operator)
+    LEGAL_CLAIMS = "c"  # 18(1)(c): we no longer need the data, the subject needs it for legal claims (idem)
+    OBJECTION = "d"  # 18(1)(d): an objection under 21(1) is being verified (ends with its decision)
 
 
 class ObjectionScope(StrEnum):
@@ -258,6 +268,7 @@ class RequestPolicy:
     document_reason: str = ""  # why the document policy asks every requester for one (told to them; suspends)
     connector_degraded_minutes: int = 60  # a connector failing this long (no success, no progress) is degraded
     suppression_years: int = 3  # CNIL: a marketing objection is remembered (blind index only) this long
+    restriction_lift_notice_days: int = 3  # Art. 18(3): days between telling the subject and lifting a restriction
 
 
 CANONICAL_FIELDS = frozenset({
@@ -292,6 +303,7 @@ class RequestInput:
     # payload only); ``quality`` is what the sender says they are (a Quality value), confirmed by an operator.
     deceased: Subject | None = None
     quality: str = ""
+    ground: str = ""  # restriction: a RestrictionGround value ("" for other kinds)
 
 
 # --- updates (one dataclass each) ---------------------------------------------------------------
@@ -305,7 +317,7 @@ class IdentityProof(StrEnum):
     REVIEW = "review"  # an operator checked (``dsr confirm-identity``); older callers sent no proof: the same
 
 
-LINK_ONLY_KINDS = frozenset({RequestKind.ERASURE, RequestKind.RECTIFICATION})
+LINK_ONLY_KINDS = frozenset({RequestKind.ERASURE, RequestKind.RECTIFICATION, RequestKind.RESTRICTION})
 """Requests that change or delete the person's data: the email check is the signed link only, never a typed
 code (a code can be guessed; a link cannot), so no code is sent for them and ``/verify`` refuses one."""
 
@@ -572,6 +584,7 @@ class ConnectorTask:
     changes: dict[str, str] = field(default_factory=dict)
     consent: list[ConsentAction] = field(default_factory=list)  # consent_withdrawal: this system's actions
     resume: dict[str, Any] | None = None  # the checkpoint a fresh schedule starts from (a progressed failure)
+    lift: bool = False  # restriction: remove the mark instead of setting it
     schedule: int = 0
     """The workflow's number for this schedule of the connector; 0 = a task no workflow watches (the activity
     called on its own), whose activity neither reports progress as a failure type nor tells the workflow of
@@ -603,6 +616,8 @@ class RecordAction(StrEnum):
     RESIDUAL = "residual"  # could not be cleared through the API (told to the subject)
     UNSUBSCRIBED = "unsubscribed"  # objection to marketing: the subscription is ended in the system
     WITHDRAWN = "withdrawn"  # consent withdrawn: the system no longer processes the data for that purpose
+    RESTRICTED = "restricted"  # restriction (Art. 18): the record is marked restricted in the system
+    LIFTED = "lifted"  # the restriction's mark is removed (after the subject was told, Art. 18(3))
 
 
 @dataclass
@@ -727,6 +742,7 @@ class NoticeTemplate(StrEnum):
     OPERATOR_CODE_LOCKED = "operator_code_locked"  # too many wrong codes: the request's code path is closed
     OPERATOR_DECISION_NEEDED = "operator_decision_needed"  # an objection (21(1)) waits for ``dsr decide``
     OPERATOR_CANCELLATION = "operator_cancellation"  # a cancellation from the Temporal UI: taken or refused
+    RESTRICTION_LIFT = "restriction_lift"  # Art. 18(3): the subject is told before a restriction is lifted
 
 
 OPERATOR_TEMPLATES = frozenset({
@@ -819,6 +835,8 @@ class ReplyInput:
     quality: str = ""  # post_mortem: the sender's confirmed quality
     action: str = ""  # post_mortem: "closed", "kept" (directives), "staff" (estate information, a hand-over)
     directives: str = ""  # post_mortem: the instruction of the directives applied ("" when none were found)
+    ground: str = ""  # restriction: the Art. 18(1) ground (a RestrictionGround value)
+    lift_notice_days: int = 0  # restriction: days between telling the subject and lifting (Art. 18(3))
     # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
     # so both send one Message-ID. "": the activity's id (histories from before it).
     key: str = ""
@@ -880,6 +898,8 @@ class RequestStatus:
     aftercare: str = ""
     cancellation_refused: str = ""
     temporal_state: str = ""
+    ground: str = ""  # restriction: its Art. 18(1) ground
+    restriction: str = ""  # an answered restriction: the workflow holding it in force (``restriction-<reference>``)
 
 
 # --- per-subject order ----------------------------------------------------------------------------
@@ -979,6 +999,7 @@ class TriageDecision:
     deceased_email: str = ""
     deceased_name: str = ""
     quality: str = ""
+    ground: str = ""  # restriction: its Art. 18(1) ground, a to d, as staff read it (required for a restriction)
 
 
 @dataclass
@@ -1049,3 +1070,71 @@ class TriageMessage:
     subject_line: str
     body: str
     language: Language
+
+
+# --- restriction (Art. 18) ---------------------------------------------------------------------------
+
+
+@dataclass
+class Lift:
+    """``dsr lift``: an operator lifts a restriction (the reason is sealed in the ledger). The subject is told first
+    (Art. 18(3)); the marks are removed after the notice period."""
+
+    reason: str
+    requested_by: str = "operator"
+
+
+@dataclass
+class GroundEnded:
+    """Signal ``ground_ended`` to a restriction in force: the request that ends its ground is done (ground a: a
+    rectification of the same person answered; ground d: their objection decided). Ids only."""
+
+    ground: str
+    by_request: str
+
+
+@dataclass
+class GroundEnd:
+    """Input of the ``end_restriction_grounds`` activity: the request that may end restrictions of its subject."""
+
+    request_id: str
+    ground: str
+
+
+RESTRICTION_PREFIX = "restriction-"
+
+
+def restriction_id(request_id: str) -> str:
+    """Workflow id of a restriction in force: derived from the reference alone (no personal data)."""
+    return RESTRICTION_PREFIX + request_id
+
+
+@dataclass
+class RestrictionInput:
+    """What an answered restriction hands to ``RestrictionInForce`` (id ``restriction-<reference>``): who to tell
+    before lifting, which systems hold a mark, and how long to wait between the notice and the lift."""
+
+    request_id: str
+    subject: Subject  # personal data: encrypted payload
+    language: Language
+    ground: str
+    operator_email: str
+    marked: list[str] = field(default_factory=list)  # connectors whose records this request marked
+    by_hand: list[str] = field(default_factory=list)  # systems restricted by a person (residual, processor)
+    timezone: str = "Europe/Paris"
+    notice_days: int = 3
+    escalation_repeat_days: int = 7
+    in_reply_to: str | None = None
+    notice_context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RestrictionStatus:
+    """Answer of ``RestrictionInForce.status`` (no personal data)."""
+
+    request_id: str
+    ground: str
+    state: str  # "in force", "lift scheduled", "lifted"
+    lift_at: datetime | None = None
+    lifted_by: str = ""  # an operator's login, or "ground_ended:<request>"
+    failed: list[str] = field(default_factory=list)  # connectors whose mark could not be removed (retry)

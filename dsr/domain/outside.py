@@ -124,6 +124,7 @@ _DONE_ACTION = {
     RequestKind.RECTIFICATION: RecordAction.CHANGED,
     RequestKind.ACCESS: RecordAction.EXPORTED,
     RequestKind.PORTABILITY: RecordAction.EXPORTED,
+    RequestKind.RESTRICTION: RecordAction.RESTRICTED,
 }
 
 

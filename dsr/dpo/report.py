@@ -26,6 +26,7 @@ KIND_COLOURS = {  # Okabe-Ito: told apart with every common colour-vision defici
     RequestKind.PORTABILITY.value: "#009E73",
     RequestKind.OBJECTION.value: "#CC79A7",
     RequestKind.POST_MORTEM.value: "#56B4E9",
+    RequestKind.RESTRICTION.value: "#F0E442",
 }
 OTHER_COLOUR = "#999999"
 ON_TIME_COLOUR = "#009E73"

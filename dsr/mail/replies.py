@@ -56,6 +56,7 @@ class ReplyKind(StrEnum):
     OBJECTION = "reply_objection"
     CONSENT_WITHDRAWAL = "reply_consent_withdrawal"
     POST_MORTEM = "reply_post_mortem"
+    RESTRICTION = "reply_restriction"
     NO_DATA = "reply_no_data"
     ART19_NOTICE = "art19_notice"
 
@@ -68,6 +69,7 @@ _REQUEST_KIND = {
     ReplyKind.OBJECTION: RequestKind.OBJECTION,
     ReplyKind.CONSENT_WITHDRAWAL: RequestKind.CONSENT_WITHDRAWAL,
     ReplyKind.POST_MORTEM: RequestKind.POST_MORTEM,
+    ReplyKind.RESTRICTION: RequestKind.RESTRICTION,
 }
 
 
@@ -109,6 +111,8 @@ class ReplyContext:
     quality: str = ""  # reply_post_mortem: the sender's confirmed quality (heir, executor, designated)
     action: str = ""  # reply_post_mortem: "closed", "kept" (the directives) or "staff" (estate, hand-over)
     directives: str = ""  # reply_post_mortem: the instruction of the directives applied, "" when none
+    ground: str = ""  # reply_restriction: the Art. 18(1) ground, "a" to "d"
+    lift_notice_days: int = 0  # reply_restriction: days between our notice and a lift (Art. 18(3))
 
 
 # --- words per language ---------------------------------------------------------------------------------
@@ -458,6 +462,24 @@ def _consent_system(outcome: ConnectorOutcome, label: str, names: dict[str, str]
                                       for key, value in status.items()]}
 
 
+def _restriction_system(outcome: ConnectorOutcome, label: str, lang: str,
+                         profile: ControllerProfile | None = None) -> dict[str, Any]:
+    """What one system did on a restriction: records marked (now or already), restricted by our team (a residual:
+    the system cannot mark a record), or nothing held."""
+    if outcome.answer is not None:
+        return {"label": label, "marked": [], "by_hand": False, "nothing": False,
+                "outside": _outside(outcome, lang, profile)}
+    marked = [line for line in outcome.report if line.action in (RecordAction.RESTRICTED, RecordAction.UNCHANGED)]
+    residual = any(line.action == RecordAction.RESIDUAL for line in outcome.report)
+    return {
+        "label": label,
+        "marked": _groups(marked, lang, profile),
+        "by_hand": residual,
+        "nothing": not marked and not residual,
+        "outside": None,
+    }
+
+
 def _changed_fields(systems: list[ConnectorOutcome], lang: str) -> list[str]:
     fields = sorted({f for o in systems for line in o.report if line.action == RecordAction.CHANGED
                      for f in line.fields})
@@ -563,6 +585,13 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         values["residuals"] = any(s["residual"] or (s["outside"] and s["outside"]["status"] in ("cannot", "no_answer"))
                                   for s in values["systems"])
         values["suppressed_until"] = _iso(context.suppressed_until)
+    elif kind == ReplyKind.RESTRICTION:
+        if context.ground not in ("a", "b", "c", "d"):
+            raise ValueError(f"a restriction's ground is a, b, c or d (Art. 18(1)), not {context.ground!r}")
+        values["ground"] = context.ground
+        values["lift_notice_days"] = max(1, int(context.lift_notice_days or 1))
+        values["systems"] = [_restriction_system(o, label, lang, profile) for o, label in pairs]
+        values["by_hand"] = any(s["by_hand"] for s in values["systems"])
     elif kind == ReplyKind.ART19_NOTICE:
         values["subject_email"] = _s(context.subject_email)
         values["recipient_name"] = _s(context.recipient_name)
@@ -594,8 +623,8 @@ def render_reply(kind: str, language: Language | str, context: ReplyContext) -> 
     if reply in {ReplyKind.ACCESS, ReplyKind.PORTABILITY}:
         _require_link(context)
     if reply == ReplyKind.ART19_NOTICE:
-        if context.request_kind not in {RequestKind.RECTIFICATION, RequestKind.ERASURE}:
-            raise ValueError("an Art. 19 notice is about a rectification or an erasure (request_kind)")
+        if context.request_kind not in {RequestKind.RECTIFICATION, RequestKind.ERASURE, RequestKind.RESTRICTION}:
+            raise ValueError("an Art. 19 notice is about a rectification, an erasure or a restriction (request_kind)")
         if not is_valid_email(context.subject_email):
             raise ValueError("an Art. 19 notice needs subject_email, a single valid address, to identify "
                              "the person to the recipient")

@@ -71,6 +71,11 @@ def quality_to_confirm() -> str:
     return f"{of_kind(RequestKind.POST_MORTEM)} AND {sa.DSR_STAGE.name} = '{Stage.AWAITING_IDENTITY.value}'"
 
 
+def restrictions_in_force() -> str:
+    """Answered restrictions (Art. 18) not yet lifted, their lift scheduled or not: ``restriction-<reference>``."""
+    return "WorkflowType = 'RestrictionInForce' AND ExecutionStatus = 'Running'"
+
+
 def open_requests() -> str:
     """Every request not yet answered (what the UI's list shows by default, less the other workflow types)."""
     return RUNNING
@@ -103,6 +108,7 @@ def ui_links(ui_url: str, namespace: str, today: date) -> dict[str, str]:
         "withdrawals of consent under way": of_kind(RequestKind.CONSENT_WITHDRAWAL),
         "deceased persons' data": of_kind(RequestKind.POST_MORTEM),
         "quality to confirm (deceased persons)": quality_to_confirm(),
+        "restrictions in force": restrictions_in_force(),
         "ended by hand": ended_by_hand(),
     }
     base = f"{ui_url}/namespaces/{namespace}/workflows"

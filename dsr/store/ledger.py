@@ -792,6 +792,20 @@ class Ledger:
             ).order_by(col(RequestRow.received_at), col(RequestRow.request_id))
             return list(session.scalars(statement))
 
+    def of_same_subject(self, request_id: str, kinds: Iterable[RequestKind]) -> list[str]:
+        """Ids of every request of ``kinds`` by the same subject (blind index) as ``request_id``, whenever received,
+        oldest first, without it: the restrictions a rectification or an objection may end (Art. 18(1)(a), (d))."""
+        with self._session(write=False) as session:
+            row = session.get(RequestRow, request_id)
+            if row is None:
+                return []
+            statement = select(col(RequestRow.request_id)).where(
+                col(RequestRow.subject_index) == row.subject_index,
+                col(RequestRow.kind).in_([RequestKind(k).value for k in kinds]),
+                col(RequestRow.request_id) != request_id,
+            ).order_by(col(RequestRow.received_at), col(RequestRow.request_id))
+            return list(session.scalars(statement))
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only session, for reports that select many rows in one query (``dsr.dpo.register``) instead of

@@ -48,6 +48,8 @@ class Classification:
     """An objection's scope: ``marketing`` when it speaks of newsletters, emails, offers, calls..., else ``other``;
     a post_mortem request's aim: ``estate`` when it asks for the estate's information and closes nothing, else
     ``closure``."""
+    ground: str = ""
+    """A restriction's Art. 18(1) ground, ``a`` to ``d``, when the message states exactly one."""
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,24 @@ OBJECTION = re.compile(
     r"\bmarketing (?:e-?mails?|messages?|communications?|calls?|texts?|material)\b|\bdirect marketing\b|"
     r"\bpromotional (?:e-?mails?|messages?|offers?|material)\b|"
     r"\bright to object\b|\bi (?:hereby )?object\b|\bobject(?:ing|ion)? to\b|\bart(?:icle|\.)?\s*21\b")
+# A restriction of processing (Art. 18): keep the data but stop using it. Read before objections, since a restriction
+# pending an objection names the objection too.
+RESTRICTION = re.compile(
+    r"\blimit(?:er|ez|ation|e)\b.{0,30}\b(?:traitement|utilisation|usage|exploitation)\b|"
+    r"\b(?:geler|gel de|bloquer|blocage de) (?:mes|de mes|des) donnees\b|"
+    r"\brestrict(?:ion|ed|ing)?\b.{0,30}\b(?:processing|use|usage)\b|"
+    r"\b(?:freeze|block) (?:the )?(?:processing|use) of my\b|\bart(?:icle|\.)?\s*18\b")
+# The ground of 18(1), each in the subject's words: (a) accuracy contested, (b) unlawful but kept, (c) legal claims,
+# (d) an objection being verified. A message naming none, or several, goes to triage with its reason.
+RESTRICTION_GROUNDS = {
+    "a": re.compile(r"\binexact\w*|\bexactitude\b|\bconteste\w*|\berron\w*|\binaccura\w*|\baccuracy\b|"
+                    r"\bcontest\w*|\bincorrect\b|\bwrong\b"),
+    "b": re.compile(r"\billicite\w*|\billegal\w*|\bunlawful\w*|\bsans (?:base|fondement) legal\w*"),
+    "c": re.compile(r"\bjustice\b|\btribunal\w*|\bprocedure\w*|\blitige\w*|\bproces\b|\bcontentieux\b|"
+                    r"\blegal (?:claim|action|proceeding)s?\b|\bcourt\b|\blitigation\b|\blawsuit\b"),
+    "d": re.compile(r"\bopposition\b|\bm'?\s?oppose\w*|\bobject(?:ion|ed|ing)?\b|\bart(?:icle|\.)?\s*21\b"),
+}
+
 # How a mass mailing tells its reader to opt out ("pour ne plus recevoir nos messages, répondez STOP"): in a
 # message we received, that is someone else's marketing (spam), not a request to us.
 OPT_OUT_FOOTER = re.compile(
@@ -494,6 +514,16 @@ def _objection(subject_text: str, body_text: str, language: Language | None,
     return Classification(RequestKind.OBJECTION, language, 0.5, f"objection ({scope})", scope=scope)
 
 
+def _restriction(text: str, language: Language | None) -> Classification:
+    """A restriction with the one ground the message states; with none or several, a person reads it (triage)."""
+    grounds = [ground for ground, regex in RESTRICTION_GROUNDS.items() if regex.search(text)]
+    if len(grounds) != 1:
+        stated = "no ground stated" if not grounds else f"grounds {', '.join(grounds)} all named"
+        return Classification(None, language, 0.0, f"unsure: restriction of processing ({stated})")
+    return Classification(RequestKind.RESTRICTION, language, 0.5, f"restriction (ground {grounds[0]})",
+                          ground=grounds[0])
+
+
 def classify(subject: str, body: str) -> Classification:
     """The request kind and language of an email, or ``kind=None`` when it is not clearly one request."""
     subject_text = _normalise(subject[:MAX_SUBJECT_CHARS].replace("\n", " "))
@@ -556,6 +586,8 @@ def classify(subject: str, body: str) -> Classification:
             if regex is CONSENT_WITHDRAWAL:
                 return _consent_withdrawal(language, evidence)
             return Classification(None, language, 0.0, f"unsure: {label}")
+    if RESTRICTION.search(subject_text) or RESTRICTION.search(body_text):
+        return _restriction(f"{subject_text}\n{body_text}", language)
     if OBJECTION.search(subject_text) or OBJECTION.search(body_text):
         if OPT_OUT_FOOTER.search(body_text):
             return Classification(None, language, 0.0, "unsure: objection or unsubscribe (an opt-out footer: "

@@ -195,9 +195,11 @@ class MessageIntake:
             # An objection's scope (classifiers before objections had none: the default asks a person).
             scope = str(getattr(classification, "scope", "") or "") \
                 if kind in (RequestKind.OBJECTION, RequestKind.POST_MORTEM) else ""
+            # A restriction's Art. 18(1) ground (the classifier names one only when the message states it).
+            ground = str(getattr(classification, "ground", "") or "") if kind == RequestKind.RESTRICTION else ""
         except Exception as exc:  # a classifier bug must not block the inbox: a human decides instead
             log.error("mailbox: classifier failed on message uid=%d (%s); sent to triage", uid, type(exc).__name__)
-            kind, language_enum, reason, scope = None, None, "classifier failed", ""
+            kind, language_enum, reason, scope, ground = None, None, "classifier failed", "", ""
         if message.unread:
             kind, reason = None, f"{message.unread}; the email is in the mailbox's triage folder"
         if row.reason == CLOSED_REPLY:
@@ -255,6 +257,7 @@ class MessageIntake:
                     trusted=False,  # a From address is a claim, not proof: identity is still checked
                     scope=scope,
                     deceased_email=deceased,
+                    ground=ground,
                 )
             )
         except RateLimited:

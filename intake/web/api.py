@@ -56,7 +56,15 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from dsr.domain.model import WORKFLOW_ID_PREFIX, Language, ObjectionScope, PostMortemAim, Quality, RequestKind
+from dsr.domain.model import (
+    WORKFLOW_ID_PREFIX,
+    Language,
+    ObjectionScope,
+    PostMortemAim,
+    Quality,
+    RequestKind,
+    RestrictionGround,
+)
 from dsr.store.guards import Guards
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.service import IntakeSink, IntakeUnavailable, RateLimited, receipt
@@ -127,6 +135,10 @@ class RequestBody(BaseModel):
     purposes: Annotated[list[Annotated[str, Field(max_length=40)]], Field(
         max_length=20, description="Withdrawal of consent: the purposes' keys of the controller profile "
                                    "(newsletter...); none or \"all\": every purpose based on consent.")] = []
+    ground: RestrictionGround | None = Field(
+        default=None, description="Restriction (required): the Art. 18(1) ground: a (accuracy contested), b (unlawful "
+                                  "processing, no erasure wanted), c (needed for legal claims), d (objection being "
+                                  "verified).")
     received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
@@ -183,6 +195,7 @@ class TicketBody(BaseModel):
     deceased_email: Annotated[str, Field(max_length=254)] = ""
     deceased_name: Annotated[str, Field(max_length=MAX_NAME)] = ""
     quality: Quality | None = None
+    ground: RestrictionGround | None = None
     language: Language | None = None
     details: Annotated[str, Field(max_length=MAX_DETAILS)] = ""
     authenticated: bool = False
@@ -232,6 +245,14 @@ def _zendesk_scope(body: ZendeskBody, kind: RequestKind) -> str:
         return ""
     marketing = "dsr_marketing" in body.tags.lower().split()
     return (ObjectionScope.MARKETING if marketing else ObjectionScope.OTHER).value
+
+
+def _zendesk_ground(body: ZendeskBody, kind: RequestKind) -> str:
+    """A restriction's Art. 18(1) ground from the tags ``dsr_ground_a`` to ``dsr_ground_d`` (none: refused, 422)."""
+    if kind != RequestKind.RESTRICTION:
+        return ""
+    grounds = {tag.removeprefix("dsr_ground_") for tag in body.tags.lower().split() if tag.startswith("dsr_ground_")}
+    return grounds.pop() if len(grounds) == 1 else ""
 
 
 def _zendesk_kind(body: ZendeskBody) -> RequestKind | None:
@@ -296,7 +317,7 @@ def api_router(
             fields = {"received": "received_at", "cannot": "changes", "the": "changes",
                       "customer_id": "identifiers", "phone": "identifiers",
                       **{f: f for f in ("kind", "email", "name", "details", "changes", "language", "ticket", "scope",
-                                        "purposes", "deceased_email", "deceased_name", "quality")}}
+                                        "purposes", "deceased_email", "deceased_name", "quality", "ground")}}
             field = fields.get(first)
             return error(422, message, field)
         except RateLimited as err:
@@ -351,6 +372,7 @@ def api_router(
                        language=body.language.value if body.language else None, details=details,
                        changes=dict(body.changes), scope=body.scope or "",
                        purposes=list(body.purposes), received_at=body.received_at,
+                       ground=body.ground.value if body.ground else "",
                        deceased_email=body.deceased_email, deceased_name=body.deceased_name,
                        quality=body.quality.value if body.quality else "",
                        # Vouched for by the company's own app (it authenticated the customer): an anonymous
@@ -399,7 +421,8 @@ def api_router(
                        channel="support_desk", language=_language(body.requester_locale),
                        details=body.description, ticket=reference, scope=_zendesk_scope(body, kind),
                        deceased_email=body.deceased_email, deceased_name=body.deceased_name,
-                       quality=body.quality, received_at=body.received_at,
+                       quality=body.quality, ground=_zendesk_ground(body, kind),
+                       received_at=body.received_at,
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,  # the desk's address is not the subject's: the per-subject limit still applies
@@ -439,6 +462,7 @@ def api_router(
                        scope=body.scope or "", purposes=list(body.purposes),
                        deceased_email=body.deceased_email, deceased_name=body.deceased_name,
                        quality=body.quality.value if body.quality else "",
+                       ground=body.ground.value if body.ground else "",
                        received_at=body.received_at,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,

@@ -70,6 +70,7 @@ from dsr.domain.model import (
     ObjectionScope,
     Quality,
     RequestKind,
+    RestrictionGround,
     is_valid_email,
 )
 from intake.service import Accepted, IntakeSink, RateLimited
@@ -115,7 +116,9 @@ _CHANGE_FIELDS = tuple(f"change_{part}_{row}" for row in range(1, CHANGE_ROWS + 
 _DECEASED_FIELDS = ("deceased_email", "deceased_name", "quality")
 """A request about a deceased person (kind post_mortem, art. 85 loi 78-17): who died, and who the sender is."""
 _QUALITIES = tuple(quality.value for quality in Quality)
-_FIELDS = ("kind", "email", "name", *_DECEASED_FIELDS, *_CHANGE_FIELDS, "details")
+_FIELDS = ("kind", "email", "name", *_DECEASED_FIELDS, *_CHANGE_FIELDS, "ground", "details")
+GROUNDS = tuple(ground.value for ground in RestrictionGround)
+"""A restriction's Art. 18(1) grounds, each a choice of the form's own (its words in the wording)."""
 _KINDS = tuple(kind.value for kind in RequestKind)
 STOP_MARKETING = "stop_marketing"
 """The form's own choice for an objection to direct marketing (kind objection, scope marketing): a person who
@@ -319,6 +322,8 @@ def _check(values: dict[str, str], offered: Collection[str] = CANONICAL_FIELDS) 
             errors["deceased_name"] = "err_name_long"
         if values["quality"] not in ("", *_QUALITIES):
             errors["quality"] = "err_quality"
+    if values["kind"] == RequestKind.RESTRICTION.value and values["ground"] not in GROUNDS:
+        errors["ground"] = "err_ground"
     if values["kind"] == RequestKind.RECTIFICATION.value:
         row_errors = _check_changes(values, offered)
         errors.update(row_errors)
@@ -421,6 +426,7 @@ def form_router(
             # Withdrawal of consent: one checkbox per consent purpose of the profile (none ticked: all of them).
             "purposes": [{"key": p.key, "name": p.name(lang)} for p in purposes],
             "ticked": set(ticked or []),
+            "grounds": GROUNDS,
             "max_name": MAX_NAME,
             "max_details": MAX_DETAILS,
             "change_rows": range(1, CHANGE_ROWS + 1),
@@ -491,6 +497,8 @@ def form_router(
         submission = Submission(
             kind=RequestKind.OBJECTION.value if marketing else values["kind"],
             scope=ObjectionScope.MARKETING.value if marketing else "",
+            # Chosen for a restriction only: a ground left selected before the person chose another kind goes nowhere.
+            ground=values["ground"] if values["kind"] == RequestKind.RESTRICTION.value else "",
             email=values["email"],
             name=values["name"],
             details=values["details"],

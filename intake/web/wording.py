@@ -220,6 +220,17 @@ FORM: dict[str, dict[str, str]] = {
         "err_deceased_invalid": "Enter a valid email address for the person who has died, like name@example.com.",
         "err_deceased_self": "This is your own address: enter the address of the person who has died.",
         "err_quality": "Choose who you are for the person who has died.",
+        "kind_restriction": "Restrict the use of your data",
+        "kind_restriction_hint": "Have your data kept but no longer used, for a time: while you contest its "
+        "accuracy, instead of an erasure, while you need it for a legal claim, or while we examine your objection. "
+        "Choose the reason below. We tell you before the restriction ends.",
+        "ground_legend": "Why you ask for a restriction (only to restrict the use of your data)",
+        "ground_hint": "The reason decides how long the restriction lasts (Article 18(1) GDPR).",
+        "ground_a": "You contest the accuracy of your data: restrict it while we verify it",
+        "ground_b": "You consider our use of your data unlawful, but want it kept rather than erased",
+        "ground_c": "We no longer need your data, but you need it to establish, exercise or defend a legal claim",
+        "ground_d": "You objected to our use of your data: restrict it while we examine your objection",
+        "err_ground": "For a restriction, choose the reason you ask for it.",
         "email_label": "Your email address",
         "email_hint": "We will write to this address to check that it is yours, then to answer you. Use the one you "
         "use with us.",
@@ -333,6 +344,21 @@ FORM: dict[str, dict[str, str]] = {
         "kind_stop_marketing_hint": "Plus de lettres d’information, d’offres, d’appels ni de messages promotionnels, "
         "d’aucun de nos services. C’est fait tout de suite, sans question ni justificatif, et votre adresse n’est "
         "jamais réinscrite.",
+        "kind_restriction": "Limiter l’utilisation de vos données",
+        "kind_restriction_hint": "Faire conserver vos données sans plus les utiliser, pour un temps : pendant que vous "
+        "en contestez l’exactitude, à la place d’un effacement, tant qu’elles vous sont nécessaires pour une action en "
+        "justice, ou pendant l’examen de votre opposition. Choisissez le motif ci-dessous. Nous vous prévenons avant "
+        "la fin de la limitation.",
+        "ground_legend": "Pourquoi vous demandez une limitation (seulement pour limiter l’utilisation de vos données)",
+        "ground_hint": "Le motif décide de la durée de la limitation (article 18, paragraphe 1, du RGPD).",
+        "ground_a": "Vous contestez l’exactitude de vos données : les limiter pendant que nous la vérifions",
+        "ground_b": "Vous estimez illicite notre utilisation de vos données, mais voulez qu’elles soient conservées "
+        "plutôt qu’effacées",
+        "ground_c": "Nous n’avons plus besoin de vos données, mais elles vous sont nécessaires pour la constatation, "
+        "l’exercice ou la défense de droits en justice",
+        "ground_d": "Vous vous êtes opposé(e) à notre utilisation de vos données : les limiter pendant l’examen de "
+        "votre opposition",
+        "err_ground": "Pour une limitation, choisissez le motif de votre demande.",
         "kind_objection": "Vous opposer à un autre usage de vos données",
         "kind_consent_withdrawal": "Retirer un consentement que vous nous avez donné",
         "kind_consent_withdrawal_hint": "Cochez ce que vous n’acceptez plus (rien de coché : tout). Aucun autre "
@@ -540,6 +566,8 @@ STATUS: dict[str, dict[str, str]] = {
         "kind_portability": "Your personal data in a portable format (Article 20 GDPR)",
         "kind_objection": "Objection to the processing of your personal data (Article 21 GDPR)",
         "kind_consent_withdrawal": "Withdrawal of your consent (Article 7(3) GDPR)",
+        "kind_post_mortem": "Request about the data of a deceased person (Article 85 of the French loi Informatique et Libertés)",
+        "kind_restriction": "Restriction of the processing of your personal data (Article 18 GDPR)",
         "stage_received": "Received",
         "stage_awaiting_identity": "Waiting for your identity to be confirmed",
         "stage_processing": "In progress: we are searching our systems",
@@ -596,6 +624,8 @@ STATUS: dict[str, dict[str, str]] = {
         "kind_portability": "Portabilité de vos données personnelles (article 20 du RGPD)",
         "kind_objection": "Opposition au traitement de vos données personnelles (article 21 du RGPD)",
         "kind_consent_withdrawal": "Retrait de votre consentement (article 7, paragraphe 3, du RGPD)",
+        "kind_post_mortem": "Demande relative aux données d’une personne décédée (article 85 de la loi Informatique et Libertés)",
+        "kind_restriction": "Limitation du traitement de vos données personnelles (article 18 du RGPD)",
         "stage_received": "Reçue",
         "stage_awaiting_identity": "En attente de la confirmation de votre identité",
         "stage_processing": "En cours : nous consultons nos systèmes",

@@ -638,3 +638,39 @@ async def test_stop_marketing_with_bad_credentials_is_permanent(portal: Portal) 
     with pytest.raises(PermanentConnectorError, match="credentials") as raised:
         await portal.connector(token="wrong").stop_marketing(OperationJob(request_id=REQUEST, subject=SUBJECT))
     assert EMAIL not in str(raised.value).lower()
+
+
+# --- restriction (Art. 18) ---------------------------------------------------------------------------------
+
+
+async def test_restrict_sets_the_contact_property_read_back_and_lifting_clears_it(portal: Portal) -> None:
+    contact = portal.ids["contact"]  # type: ignore[attr-defined]
+    connector = portal.connector()
+    job = OperationJob(request_id=REQUEST, subject=SUBJECT)
+    outcome = await connector.restrict(job)
+    assert [(r.dataset, r.record_id, r.action, r.fields) for r in outcome.report] == [
+        ("contact", contact, RecordAction.RESTRICTED, ["dsr_restricted"])]
+    assert (portal.state.contact(contact) or {})["dsr_restricted"] == REQUEST
+    assert portal.state.patches == [(contact, {"dsr_restricted": REQUEST})]  # that property only
+    assert (await connector.restrict(job)).counts == {"unchanged": 1}  # a retry writes nothing
+    assert len(portal.state.patches) == 1
+    other = portal.state.find_contacts("someone.else@example.org")[0]
+    assert "dsr_restricted" not in (portal.state.contact(other) or {})
+
+    lifted = await connector.lift_restriction(job)
+    assert [(r.record_id, r.action) for r in lifted.report] == [(contact, RecordAction.LIFTED)]
+    assert "dsr_restricted" not in (portal.state.contact(contact) or {})
+    assert (await connector.lift_restriction(job)).counts == {"unchanged": 1}
+
+
+async def test_a_portal_without_the_property_refuses_the_mark_for_good(portal: Portal) -> None:
+    # HubSpot refuses a property its portal does not define (PROPERTY_DOESNT_EXIST): the admin must create it.
+    from sandbox import hubspot as sandbox_hubspot
+
+    known = sandbox_hubspot.KNOWN_PROPERTIES
+    sandbox_hubspot.KNOWN_PROPERTIES = {**known, "contacts": known["contacts"] - {"dsr_restricted"}}
+    try:
+        with pytest.raises(PermanentConnectorError):
+            await portal.connector().restrict(OperationJob(request_id=REQUEST, subject=SUBJECT))
+    finally:
+        sandbox_hubspot.KNOWN_PROPERTIES = known

@@ -605,3 +605,50 @@ async def test_a_row_an_earlier_attempt_erased_and_now_gone_is_reported_erased_b
     assert invoices == [("1", RecordAction.DELETED)]  # erased by this request; invoice 2 was never its business
     assert "already_gone" not in outcome.counts
 
+
+
+# --- restriction (Art. 18) ----------------------------------------------------------------------------------
+
+
+async def test_restriction_sets_the_mapped_column_verified_and_lifting_clears_it(fresh_db: Any) -> None:
+    url = fresh_db()
+    engine = create_engine(url)
+    seed(engine, heavy=False)
+    with engine.begin() as conn:  # the application's own "restricted since" column, NULL when not restricted
+        conn.execute(text("ALTER TABLE users ADD restricted_at TIMESTAMP NULL"))
+    engine.dispose()
+    config = parse_config(DEMO_MAP.replace('subject = { table = "users", email = "email" }',
+                                           'subject = { table = "users", email = "email" }\n'
+                                           'restriction = "users.restricted_at"'))
+    app = build_connector(config.connectors[0], {appdb.URL_ENV: url, appdb.HASH_KEY_ENV: HASH_KEY})
+    assert isinstance(app, SqlConnector)
+    job = OperationJob("dsr-2026-12-SQLRST", Subject(CAMILLE.email.upper()))
+    try:
+        assert "restriction mark" not in await app.check()  # the column is the mark, not an unmapped column
+        marked = await app.restrict(job)
+        again = await app.restrict(job)
+        with create_engine(url).connect() as conn:
+            rows = conn.execute(text("SELECT email, restricted_at FROM users ORDER BY id")).all()
+        exported = await app.locate(CAMILLE)  # storage goes on: the engine still finds and exports the data
+        lifted = await app.lift_restriction(job)
+        with create_engine(url).connect() as conn:
+            after = conn.execute(text("SELECT restricted_at FROM users WHERE id = 1")).scalar()
+    finally:
+        await app.aclose()
+    assert [(r.dataset, r.record_id, r.action, r.fields) for r in marked.report] == [
+        ("users", "1", RecordAction.RESTRICTED, ["restricted_at"])]
+    assert again.counts == {"unchanged": 1}
+    assert rows[0][1] is not None and all(value is None for _, value in rows[1:])  # only the subject's row
+    assert len(exported) == appdb.rows_of(PEOPLE[0])
+    assert [(r.record_id, r.action) for r in lifted.report] == [("1", RecordAction.LIFTED)] and after is None
+
+
+async def test_without_a_restriction_column_the_operator_restricts_by_hand(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    app = connector(url)
+    try:
+        outcome = await app.restrict(OperationJob("dsr-2026-12-SQLRS2", CAMILLE))
+    finally:
+        await app.aclose()
+    assert [(r.action, r.record_id) for r in outcome.report] == [(RecordAction.RESIDUAL, "*")]
+    assert "cannot mark a record restricted" in outcome.report[0].note

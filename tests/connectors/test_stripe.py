@@ -919,3 +919,32 @@ async def test_guest_sessions_are_found_once_whatever_case_the_filter_honours(ig
                for n in outcome.notes)
     assert check.tally.requests > 0
     check.tally.assert_clean()
+
+
+# --- restriction (Art. 18) ---------------------------------------------------------------------------------
+
+
+async def test_restrict_marks_the_customer_metadata_and_lifting_unsets_it(
+    server: StripeSandbox, stripe_: StripeConnector,
+) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit")
+    rid = request_id()
+    job = OperationJob(rid, Subject(email=email))
+    outcome = await stripe_.restrict(job)
+    assert [(r.record_id, r.action, r.fields) for r in outcome.report] == [
+        (customer, RecordAction.RESTRICTED, ["metadata.dsr_restricted"])]
+    with api(server) as client:
+        assert client.get(f"/v1/customers/{customer}").json()["metadata"]["dsr_restricted"] == rid
+    assert (await stripe_.restrict(job)).counts == {"unchanged": 1}  # a retry sets nothing twice
+    # Marked, the engine's own exports still work: storage is what a restriction allows.
+    exported = await stripe_.locate(Subject(email=email))
+    assert ("customer", customer) in [(loc.dataset, loc.record_id) for loc in exported]
+
+    lifted = await stripe_.lift_restriction(job)
+    assert [(r.record_id, r.action) for r in lifted.report] == [(customer, RecordAction.LIFTED)]
+    with api(server) as client:
+        assert "dsr_restricted" not in client.get(f"/v1/customers/{customer}").json()["metadata"]
+    assert (await stripe_.lift_restriction(job)).counts == {"unchanged": 1}
+    nobody = await stripe_.restrict(OperationJob(rid, Subject(email=unique_email("nobody"))))
+    assert nobody.report == [] and nobody.found == 0

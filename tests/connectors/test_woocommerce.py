@@ -493,3 +493,25 @@ async def test_a_read_whose_answer_was_lost_is_signed_anew_when_tried_again(shop
     shop.faults.lose_answers.append("GET /wp-json/wc/v3/customers")
     assert len(await shop.connector.locate(LEA)) == 4
     assert shop.faults.log.count("GET /wp-json/wc/v3/customers") >= 2
+
+
+# --- restriction (Art. 18) ---------------------------------------------------------------------------------
+
+
+async def test_restrict_adds_the_customer_meta_and_lifting_empties_it(shop: Shop) -> None:
+    lea = seed_lea(shop.state)
+    shop.state.customers[lea["id"]]["meta_data"].append({"id": 7, "key": "loyalty_tier", "value": "gold"})
+    outcome = await shop.connector.restrict(OperationJob(REQUEST, LEA))
+    assert [(r.record_id, r.action, r.fields) for r in outcome.report] == [
+        (str(lea["id"]), RecordAction.RESTRICTED, ["meta_data.dsr_restricted"])]
+    meta = {m["key"]: m["value"] for m in shop.state.customers[lea["id"]]["meta_data"]}
+    assert meta == {"loyalty_tier": "gold", "dsr_restricted": REQUEST}  # other plugins' meta untouched
+    assert (await shop.connector.restrict(OperationJob(REQUEST, LEA))).counts == {"unchanged": 1}
+    orders_before = [dict(o) for o in shop.state.orders_of(lea["id"])]
+
+    lifted = await shop.connector.lift_restriction(OperationJob(REQUEST, LEA))
+    assert [(r.record_id, r.action) for r in lifted.report] == [(str(lea["id"]), RecordAction.LIFTED)]
+    meta = {m["key"]: m["value"] for m in shop.state.customers[lea["id"]]["meta_data"]}
+    assert meta == {"loyalty_tier": "gold", "dsr_restricted": ""}  # the REST API cannot delete a meta: emptied
+    assert (await shop.connector.lift_restriction(OperationJob(REQUEST, LEA))).counts == {"unchanged": 1}
+    assert [dict(o) for o in shop.state.orders_of(lea["id"])] == orders_before  # orders only kept

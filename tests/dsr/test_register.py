@@ -278,7 +278,7 @@ def test_statistics_count_answers_on_time_extensions_refusals_and_months() -> No
     stats = compute_statistics(entries, since=date(2026, 1, 1), until=date(2026, 3, 31), as_of=date(2026, 6, 1))
     assert stats.received == 7
     assert stats.by_kind == {"access": 2, "rectification": 1, "erasure": 2, "portability": 1, "objection": 0,
-                             "consent_withdrawal": 0, "post_mortem": 0, "complaint": 1}
+                             "consent_withdrawal": 0, "post_mortem": 0, "restriction": 0, "complaint": 1}
     assert stats.by_channel == {"form": 5, "email": 1, "letter": 1}
     assert stats.by_outcome == {"fulfilled": 3, "refused": 1, "unverified": 0, "withdrawn": 1, "terminated": 0,
                                 "open": 1, "cancelled": 1}
@@ -292,7 +292,7 @@ def test_statistics_count_answers_on_time_extensions_refusals_and_months() -> No
     assert [m.month for m in stats.months] == ["2026-01", "2026-02", "2026-03"]
     january, february, march = stats.months
     assert january.received == {"access": 2, "rectification": 0, "erasure": 1, "portability": 0, "objection": 0,
-                                "consent_withdrawal": 0, "post_mortem": 0}
+                                "consent_withdrawal": 0, "post_mortem": 0, "restriction": 0}
     assert (january.total, january.answered, january.on_time) == (3, 3, 2)
     assert (february.total, february.answered, february.on_time, february.extended, february.refused) == (
         4, 2, 2, 1, 1)

@@ -51,7 +51,8 @@ def test_the_labelled_set_is_large_balanced_and_well_formed() -> None:
     assert set(kinds) == {None, *(kind.value for kind in RequestKind)}
     assert kinds[None] >= 12
     for email in EMAILS:
-        assert set(email) - {"topic", "scope"} == {"id", "language", "kind", "subject", "body"}, email["id"]
+        assert set(email) - {"topic", "scope", "ground"} == {"id", "language", "kind", "subject", "body"}, email["id"]
+        assert ("ground" in email) == (email["kind"] == "restriction"), email["id"]
         assert email.get("topic") in (None, *TOPICS), email["id"]
         assert email["kind"] is None or "topic" not in email, email["id"]
         assert ("scope" in email) == (email["kind"] in ("objection", "post_mortem")), email["id"]
@@ -93,6 +94,18 @@ def test_mixed_opt_outs_and_own_directives_never_get_a_kind_and_say_why() -> Non
     misread = {email["id"]: RESULTS[email["id"]].reason for email in topical
                if RESULTS[email["id"]].kind is not None or RESULTS[email["id"]].reason != TOPICS[email["topic"]]}
     assert misread == {}
+
+
+def test_a_restriction_is_read_with_its_ground() -> None:
+    labelled = [e for e in EMAILS if e["kind"] == "restriction"]
+    assert {(e["ground"], e["language"]) for e in labelled} == {(g, lang) for g in "abcd" for lang in ("fr", "en")}
+    wrong = {e["id"]: (e["ground"], RESULTS[e["id"]].ground, RESULTS[e["id"]].reason) for e in labelled
+             if (RESULTS[e["id"]].kind, RESULTS[e["id"]].ground) != (RequestKind.RESTRICTION, e["ground"])}
+    assert wrong == {}
+    assert all(RESULTS[e["id"]].ground == "" for e in EMAILS if RESULTS[e["id"]].kind != RequestKind.RESTRICTION)
+    # No ground stated: a person reads it.
+    unsure = classify("Limiter le traitement", "Merci de limiter le traitement de mes données.")
+    assert unsure.kind is None and unsure.reason == "unsure: restriction of processing (no ground stated)"
 
 
 def test_an_objection_is_read_with_its_scope() -> None:

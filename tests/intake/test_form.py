@@ -305,12 +305,14 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
             "kind-stop_marketing",
             "kind-objection",
             "kind-post_mortem",
+            "kind-restriction",
             "email",
             "name",
             "deceased_email",
             "deceased_name",
             "quality",
             *(f"change_{part}_{row}" for row in (1, 2, 3) for part in ("field", "value")),
+            *(f"ground-{ground}" for ground in "abcd"),
             "details",
         }
         for control in controls:
@@ -799,6 +801,33 @@ async def test_a_request_about_a_deceased_person_names_them_and_the_senders_qual
                         lang=lang)
     submission, _ = form_app.sink.calls[-1]
     assert (submission.kind, submission.deceased_email, submission.quality) == ("erasure", "", "")
+
+
+@pytest.mark.parametrize(("lang", "choice", "ground_c", "error"), [
+    ("fr", "Limiter l’utilisation de vos données", "nécessaires pour la constatation",
+     "Pour une limitation, choisissez le motif de votre demande."),
+    ("en", "Restrict the use of your data", "establish, exercise or defend a legal claim",
+     "For a restriction, choose the reason you ask for it."),
+])
+async def test_a_restriction_is_chosen_with_its_ground(
+    form_app: FormApp, lang: str, choice: str, ground_c: str, error: str,
+) -> None:
+    page, _ = await form_app.form(lang)
+    assert choice in page.text and ground_c in page.text and 'value="restriction"' in page.text
+    # Without a ground: the page again, the error beside the grounds, nothing submitted.
+    calls = len(form_app.sink.calls)
+    refused = await form_app.post({"kind": "restriction"}, lang=lang)
+    assert refused.status_code == 400 and error in refused.text and len(form_app.sink.calls) == calls
+    response = await form_app.post({"kind": "restriction", "ground": "c"}, lang=lang)
+    assert response.status_code == 303
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.ground) == ("restriction", "c")
+    confirmation = await form_app.http.get(response.headers["location"])
+    assert confirmation.status_code == 200 and choice in confirmation.text
+    # A ground left selected before choosing another kind goes nowhere.
+    await form_app.post({"kind": "access", "ground": "a"}, lang=lang)
+    submission, _ = form_app.sink.calls[-1]
+    assert (submission.kind, submission.ground) == ("access", "")
 
 
 async def test_confirmation_repeats_the_address_for_an_hour_and_only_a_sealed_one(form_app: FormApp) -> None:

@@ -940,6 +940,24 @@ async def test_api_objection_takes_its_scope_and_refuses_a_scope_elsewhere(intak
     assert [r.kind for r in intake.ledger.requests()] == ["objection"]
 
 
+async def test_api_restriction_takes_its_ground_and_a_zendesk_ticket_its_ground_tag(intake: Intake) -> None:
+    for bad in ({"kind": "restriction"}, {"kind": "restriction", "ground": "e"}, {"kind": "access", "ground": "a"}):
+        response = await intake.http.post("/api/requests", json=api_body(email="other@example.org", **bad))
+        assert response.status_code == 422 and response.json()["field"] == "ground", response.text
+    assert intake.ledger.requests() == []
+    response = await intake.http.post("/api/requests", json=api_body(kind="restriction", ground="c"))
+    assert response.status_code == 202, response.text
+    body = zendesk_body(tags="dsr_restriction dsr_ground_a", ticket_id="91", requester_email="zoe.roux@example.org",
+                        description="Mon adresse est fausse : limitez son usage le temps de vérifier.")
+    response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+    assert response.status_code == 202, response.text
+    for request in intake.ledger.requests():
+        state = await poll(lambda request=request: _status_or_none(intake, request.request_id))
+        assert state.kind.value == "restriction"
+    grounds = sorted([(await status(intake, r.request_id)).ground for r in intake.ledger.requests()])
+    assert grounds == ["a", "c"]
+
+
 async def test_zendesk_objection_tag_and_marketing_tag(intake: Intake) -> None:
     body = zendesk_body(tags="dsr_objection dsr_marketing", ticket_id="90",
                         description="Je ne veux plus recevoir vos offres.")

@@ -115,6 +115,8 @@ def test_kind_is_rendered_in_words(kind: RequestKind, language: Language) -> Non
         (Language.EN, RequestKind.CONSENT_WITHDRAWAL): "withdrawal of consent",
         (Language.FR, RequestKind.POST_MORTEM): "demande post mortem",
         (Language.EN, RequestKind.POST_MORTEM): "post-mortem request",
+        (Language.FR, RequestKind.RESTRICTION): "demande de limitation du traitement",
+        (Language.EN, RequestKind.RESTRICTION): "restriction request",
     }[(language, kind)]
     assert words in rendered.subject
     assert words in rendered.text.lower()
@@ -429,3 +431,23 @@ def test_a_post_mortem_request_asks_for_the_death_and_the_senders_quality_golden
     assert ("seuls la personne désignée dans ses directives" if language == Language.FR
             else "only the person designated in their directives") in refused
     assert ("recours juridictionnel" if language == Language.FR else "judicial remedy") in refused
+
+
+@pytest.mark.parametrize(("language", "subject", "why", "day"), [
+    (Language.FR, "La limitation du traitement de vos données sera levée le 20 décembre 2026",
+     "la rectification qu'attendait la limitation est faite", "Limitation levée le: 20 décembre 2026"),
+    (Language.EN, "The restriction of processing of your data will be lifted on 20 December 2026",
+     "the rectification the restriction was waiting for is done", "Restriction lifted on: 20 December 2026"),
+])
+def test_the_subject_is_told_before_a_restriction_is_lifted(
+    language: Language, subject: str, why: str, day: str,
+) -> None:
+    context = {**FULL, "kind": "restriction", "lift_on": "2026-12-20", "lift_why": "rectification", "reason": ""}
+    rendered = render_notice(NoticeTemplate.RESTRICTION_LIFT, language, context)
+    text = " ".join(rendered.text.split())
+    assert rendered.subject.startswith(subject) and why in text and " ".join(day.split()) in text
+    assert ("18, paragraphe 3" if language == Language.FR else "Article 18(3) GDPR") in text
+    assert "CNIL" in text
+    by_operator = render_notice(NoticeTemplate.RESTRICTION_LIFT, language,
+                                {**context, "lift_why": "operator", "reason": "The claim is settled."})
+    assert "The claim is settled." in by_operator.text and why not in " ".join(by_operator.text.split())

@@ -94,6 +94,15 @@ CONTEXTS = {
     ], consent_purposes=PROFILE.consent_purposes() if PROFILE else [], consent_earlier=["partner_offers"]),
     ReplyKind.POST_MORTEM: _context(systems=ERASURE_SYSTEMS, quality="heir", action="closed",
                                     suppressed_until=date(2029, 11, 23)),
+    ReplyKind.RESTRICTION: _context(systems=[
+        ConnectorOutcome("hubspot", found=1, report=[
+            RecordReport("contact", "101", RecordAction.RESTRICTED, fields=["dsr_restricted"])]),
+        ConnectorOutcome("stripe", found=2, report=[
+            RecordReport("customer", "cus_1", RecordAction.RESTRICTED, fields=["metadata.dsr_restricted"]),
+            RecordReport("customer", "cus_2", RecordAction.UNCHANGED, note="already marked restricted")]),
+        ConnectorOutcome("woocommerce", report=[RecordReport("restriction", "*", RecordAction.RESIDUAL)]),
+        ConnectorOutcome("app"),
+    ], ground="c", lift_notice_days=3, recipients_notified=["Logistique Exemple SARL"]),
     ReplyKind.NO_DATA: _context(systems=[ConnectorOutcome(n) for n in ("woocommerce", "stripe", "hubspot")],
                                 request_kind=RequestKind.ERASURE),
     ReplyKind.ART19_NOTICE: _context(systems=RECTIFICATION_SYSTEMS, request_kind=RequestKind.RECTIFICATION,
@@ -398,7 +407,7 @@ def test_the_art19_notice_does_not_list_other_systems() -> None:
 
 def test_art19_notice_needs_kind_email_and_a_change() -> None:
     base = CONTEXTS[ReplyKind.ART19_NOTICE]
-    with pytest.raises(ValueError, match="rectification or an erasure"):
+    with pytest.raises(ValueError, match="a rectification, an erasure or a restriction"):
         render_reply("art19_notice", "en", replace(base, request_kind=RequestKind.ACCESS))
     with pytest.raises(ValueError, match="subject_email"):
         render_reply("art19_notice", "en", replace(base, subject_email="a@b.example\r\nBcc: c@d.example"))
@@ -654,3 +663,54 @@ def test_a_post_mortem_reply_is_only_written_with_what_was_checked_and_done() ->
         render_reply("reply_post_mortem", Language.EN, replace(base, action="erased"))
     with pytest.raises(ValueError, match="no system"):
         render_reply("reply_post_mortem", Language.EN, replace(base, systems=[]))
+
+
+@pytest.mark.parametrize(("language", "words"), [
+    (Language.FR, ["article 18, paragraphe 1, point c), du RGPD", "Marqué comme limité — fiche contact (1)",
+                   "notre équipe y limite à la main", "Aucune donnée vous concernant dans ce système : rien à limiter",
+                   "article 18, paragraphe 2, du RGPD", "au moins 3 jours à l'avance",
+                   "informé de la limitation du traitement de vos données le destinataire suivant",
+                   "Logistique Exemple SARL"]),
+    (Language.EN, ["Article 18(1)(c) GDPR", "Marked as restricted — contact record (1)",
+                   "our team restricts the use of your data in it by hand",
+                   "No data about you in this system: nothing to restrict", "Article 18(2) GDPR",
+                   "at least 3 days in advance",
+                   "of the restriction of processing of your data: Logistique Exemple SARL"]),
+])
+def test_restriction_reply_golden(language: Language, words: list[str]) -> None:
+    subject, text, visible = _parts(ReplyKind.RESTRICTION, language)
+    assert subject.startswith("Réponse à votre demande de limitation du traitement" if language == Language.FR
+                              else "Reply to your request to restrict the processing of your data")
+    for part in (text, visible):
+        for word in words:
+            assert word in part, word
+        assert CNIL in part
+    with pytest.raises(ValueError, match="ground"):
+        render_reply("reply_restriction", language, replace(CONTEXTS[ReplyKind.RESTRICTION], ground=""))
+
+
+@pytest.mark.parametrize(("ground", "fr", "en"), [
+    ("a", "Le temps de la vérifier", "For the time we need to verify it"),
+    ("b", "plutôt que de les effacer", "rather than erase it"),
+    ("d", "jusqu'à notre décision sur votre opposition", "until we have decided on your objection"),
+])
+def test_each_restriction_ground_has_its_words(ground: str, fr: str, en: str) -> None:
+    context = replace(CONTEXTS[ReplyKind.RESTRICTION], ground=ground)
+    assert fr in _parts(ReplyKind.RESTRICTION, Language.FR, context)[1]
+    assert en in _parts(ReplyKind.RESTRICTION, Language.EN, context)[1]
+
+
+@pytest.mark.parametrize(("language", "words"), [
+    (Language.FR, ["limitation du traitement", "article 18 du RGPD", "nous ne faisons que les conserver",
+                   "jusqu'à ce que nous vous informions de la levée"]),
+    (Language.EN, ["restriction of processing", "Article 18 GDPR", "we only store it",
+                   "until we tell you the restriction is lifted"]),
+])
+def test_art19_notice_of_a_restriction(language: Language, words: list[str]) -> None:
+    context = _context(systems=CONTEXTS[ReplyKind.RESTRICTION].systems, request_kind=RequestKind.RESTRICTION,
+                       subject_email="zoe.martin@example.org", recipient_name="Logistique Exemple SARL")
+    subject, text, visible = _parts(ReplyKind.ART19_NOTICE, language, context)
+    assert ("limitation du traitement" if language == Language.FR else "restriction of processing") in subject
+    for part in (text, visible):
+        for word in words:
+            assert word in part, word

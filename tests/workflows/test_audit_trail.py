@@ -263,6 +263,12 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
                           deceased_email="anne.roux@example.org", deceased_name="Anne Roux", quality="executor")
     sent["TriageMessage", "classify"].append((heir, request_trail(engine, item.request_id)))
     await triage.execute_update(TriageMessageWorkflow.classify, heir)
+    item = triage_item(engine, "marc.petit@example.org", "unsure: restriction of processing (no ground stated)")
+    triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
+                                                task_queue=engine.task_queue)
+    restricting = TriageDecision(kind=RequestKind.RESTRICTION, decided_by="op:classify-restriction", ground="c")
+    sent["TriageMessage", "classify"].append((restricting, request_trail(engine, item.request_id)))
+    await triage.execute_update(TriageMessageWorkflow.classify, restricting)
     item = triage_item(engine, "paul.roux@example.org", "unsure: about a deceased person")
     triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
                                                 task_queue=engine.task_queue)

@@ -98,11 +98,11 @@ async def systems(stripe_sandbox: StripeSandbox) -> AsyncIterator[Systems]:
 
 async def run_request(env: WorkflowEnvironment, settings: Settings, ledger: Ledger, exports: ExportStore,
                       systems: Systems, kind: str, *, email: str = EMAIL,
-                      changes: dict[str, str] | None = None, scope: str = "") -> RequestStatus:
+                      changes: dict[str, str] | None = None, scope: str = "", ground: str = "") -> RequestStatus:
     task_queue = f"e2e-{uuid.uuid4()}"
     settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))
-    request = prepare(Submission(kind=kind, email=email, name="Nadia Haddad", changes=changes or {}, scope=scope),
-                      settings, now=await env.get_current_time())
+    request = prepare(Submission(kind=kind, email=email, name="Nadia Haddad", changes=changes or {}, scope=scope,
+                                 ground=ground), settings, now=await env.get_current_time())
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(env.client, settings, ledger, systems.connectors, exports=exports,
                                 profile=demo_profile, task_queue=task_queue, executor=executor):
@@ -348,3 +348,34 @@ async def test_a_deceased_persons_accounts_are_closed_in_every_system_once_the_h
     text = " ".join(text_of(reply).split())
     assert "nous avons clôturé les comptes de la personne décédée" in text and EMAIL.lower() not in text.lower()
     assert mail.to(EMAIL) == [] and mail.to(EMAIL.lower()) == []  # nothing is sent to the deceased person
+
+
+async def test_a_restriction_marks_each_demo_system_and_the_engine_still_exports(
+    time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
+) -> None:
+    import httpx
+
+    from dsr.domain.model import restriction_id
+
+    exports = exports_of(settings)
+    final = await run_request(time_skipping, settings, ledger, exports, systems, "restriction", ground="b")
+    # Its workflow holds the restriction in force, waiting for a lift with no worker here: stopped, so that it does
+    # not hold the module's test server.
+    with contextlib.suppress(RPCError):
+        await time_skipping.client.get_workflow_handle(restriction_id(final.request_id)).terminate("test over")
+    assert final.outcome == Outcome.FULFILLED and final.ground == "b"
+    outcomes = {c.connector: c.outcome for c in final.connectors}
+    assert all(o is not None and o.counts.get("restricted") == 1 for o in outcomes.values()), outcomes
+    [contact] = systems.hubspot.find_contacts(EMAIL)
+    assert (systems.hubspot.contact(contact) or {})["dsr_restricted"] == final.request_id
+    [customer] = [c for c in systems.woo.customers.values() if c["email"] == EMAIL.lower()]
+    assert {m["key"]: m["value"] for m in customer["meta_data"]}["dsr_restricted"] == final.request_id
+    async with httpx.AsyncClient(base_url=systems.stripe_url, auth=(STRIPE_KEY, "")) as client:
+        found = (await client.get("/v1/customers", params={"email": EMAIL.lower()})).json()["data"]
+    assert [c["metadata"].get("dsr_restricted") for c in found] == [final.request_id]
+    [reply] = [m for m in mail.to(EMAIL) if final.request_id in str(m["Subject"])
+               and str(m["Subject"]).startswith("Réponse à votre demande de limitation")]
+    assert "Marqué comme limité" in reply.get_body(("plain",)).get_content()
+    # While restricted, the engine's own exports still work: storage is what a restriction allows.
+    access = await run_request(time_skipping, settings, ledger, exports, systems, "access")
+    assert access.outcome == Outcome.FULFILLED and all(c.outcome and c.outcome.found for c in access.connectors)

@@ -1,0 +1,267 @@
+"""Restriction of processing (Art. 18) on the time-skipping server: marked in every system that can, answered,
+held in force by ``RestrictionInForce``, lifted by an operator or at the end of its ground, the subject told
+before the lift (18(3)) and the marks removed only after the notice period."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.api.testservice.v1 import UnlockTimeSkippingRequest
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from connectors.base import OperationJob
+from dsr.config.settings import Settings
+from dsr.domain.model import (
+    ConnectorOutcome,
+    IdentityMethod,
+    Lift,
+    ObjectionDecision,
+    Outcome,
+    RecordAction,
+    RecordReport,
+    RequestInput,
+    RequestStatus,
+    ResidualsCleared,
+    RestrictionStatus,
+    Stage,
+    restriction_id,
+)
+from intake.submission import Submission, SubmissionError, prepare, start
+from tests.harness import ScriptedConnector, keep_history
+from tests.servers import time_skipping_server
+from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
+from workflows.request import DataSubjectRequest
+from workflows.restriction import IN_FORCE, LIFT_SCHEDULED, LIFTED, RestrictionInForce
+
+
+@dataclass
+class MarkingConnector(ScriptedConnector):
+    """A scripted system that can mark a record restricted (like a HubSpot property or Stripe metadata)."""
+
+    marked: set[str] = field(default_factory=set)
+    lifts: int = 0
+
+    async def restrict(self, job: OperationJob) -> ConnectorOutcome:
+        self._fail_if_scripted("restrict", job.request_id)
+        action = RecordAction.UNCHANGED if job.subject.email in self.marked else RecordAction.RESTRICTED
+        self.marked.add(job.subject.email)
+        report = [RecordReport("contact", "101", action, fields=["dsr_restricted"])]
+        return ConnectorOutcome(connector=self.name, found=1, counts={action.value: 1}, report=report)
+
+    async def lift_restriction(self, job: OperationJob) -> ConnectorOutcome:
+        self._fail_if_scripted("lift", job.request_id)
+        self.lifts += 1
+        self.marked.discard(job.subject.email)
+        report = [RecordReport("contact", "101", RecordAction.LIFTED, fields=["dsr_restricted"])]
+        return ConnectorOutcome(connector=self.name, found=1, counts={"lifted": 1}, report=report)
+
+
+@pytest_asyncio.fixture
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    async with time_skipping_server() as env:  # one per test (see test_request.py)
+        yield env
+
+
+@pytest.fixture
+def connectors() -> list[ScriptedConnector]:
+    return [MarkingConnector("crm"), ScriptedConnector("billing")]
+
+
+async def submit(engine: Engine, kind: str, *, ground: str = "", language: str = "fr",
+                 changes: dict[str, str] | None = None) -> tuple[RequestInput, WorkflowHandle]:
+    settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=IdentityMethod.TRUSTED))
+    now = await engine.env.get_current_time()
+    request = prepare(Submission(kind=kind, email=SUBJECT_EMAIL, name=SUBJECT_NAME, language=language,
+                                 ground=ground, changes=changes or {}), settings, now=now)
+    return request, await start(engine.client, request, task_queue=engine.task_queue)
+
+
+async def eventually(read: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], tries: int = 150) -> Any:
+    last: Any = None
+    for _ in range(tries):
+        try:
+            last = await read()
+            if check(last):
+                return last
+        except RPCError:  # the workflow's first task has not run yet
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never reached the expected state: {last}")
+
+
+async def skipping_again(engine: Engine) -> None:
+    """After an update that ends its workflow (``clear_residuals`` ends the aftercare), the time-skipping test server
+    keeps one time-skipping lock (found here: env.sleep and result() then wait in real time, not server time);
+    giving it back lets the restriction's timer be skipped again."""
+    await engine.client.test_service.unlock_time_skipping(UnlockTimeSkippingRequest())
+
+
+async def time_runs_free(engine: Engine) -> None:
+    """Let the server skip time on its own from here (the restriction's workflow ends at its lift, and an env.sleep
+    across a workflow's end waits in real time on the time-skipping test server)."""
+    await skipping_again(engine)
+
+
+def held(engine: Engine, request: RequestInput) -> WorkflowHandle:
+    return engine.client.get_workflow_handle_for(RestrictionInForce.run, restriction_id(request.request_id))
+
+
+async def restriction_status(handle: WorkflowHandle) -> RestrictionStatus:
+    return await handle.query(RestrictionInForce.status)
+
+
+def events(engine: Engine, request: RequestInput) -> list[str]:
+    return [e.event for e in engine.ledger.events(request.request_id)]
+
+
+def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:
+    return [(str(m["Subject"]), " ".join(m.get_body(("plain",)).get_content().split())) for m in engine.mail.to(to)]
+
+
+def test_a_restriction_needs_its_ground_and_only_a_restriction_takes_one(settings: Settings) -> None:
+    with pytest.raises(SubmissionError, match="ground is required for a restriction"):
+        prepare(Submission(kind="restriction", email=SUBJECT_EMAIL), settings)
+    with pytest.raises(SubmissionError, match="ground must be one of a, b, c, d"):
+        prepare(Submission(kind="restriction", email=SUBJECT_EMAIL, ground="e"), settings)
+    with pytest.raises(SubmissionError, match="only for restriction"):
+        prepare(Submission(kind="erasure", email=SUBJECT_EMAIL, ground="a"), settings)
+    assert prepare(Submission(kind="restriction", email=SUBJECT_EMAIL, ground="C"), settings).ground == "c"
+
+
+@pytest.mark.parametrize(("language", "marked_words", "by_hand_words", "lift_words"), [
+    ("fr", "Marqué comme limité — fiche contact (1)", "notre équipe y limite à la main",
+     "La limitation du traitement de vos données sera levée le"),
+    ("en", "Marked as restricted — contact record (1)", "our team restricts the use of your data in it by hand",
+     "The restriction of processing of your data will be lifted on"),
+])
+async def test_a_restriction_is_marked_answered_then_lifted_only_after_the_subject_was_told(
+    engine: Engine, language: str, marked_words: str, by_hand_words: str, lift_words: str,
+) -> None:
+    request, handle = await submit(engine, "restriction", ground="c", language=language)
+    final: RequestStatus = await handle.result()
+    # Answered within the month; the request's workflow ends, the restriction stays in force in its own.
+    assert final.outcome == Outcome.FULFILLED and final.ground == "c"
+    assert final.restriction == restriction_id(request.request_id)
+    crm, billing = engine.connectors
+    assert isinstance(crm, MarkingConnector) and crm.marked == {SUBJECT_EMAIL}
+    assert billing.calls == []  # it cannot mark: a residual line, nothing called
+    subject, reply = bodies(engine, SUBJECT_EMAIL)[-1]
+    assert request.request_id in subject and marked_words in reply and by_hand_words in reply
+    assert "18(1)(c)" in reply or "paragraphe 1, point c)" in reply
+    await keep_history(handle, f"restriction_answered_{language}")
+
+    restriction = held(engine, request)
+    current = await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    assert current.ground == "c" and current.lift_at is None
+    # Weeks pass: nothing lifts a restriction on ground (c) but an operator. (Slept before any update: the
+    # time-skipping server stops skipping for env.sleep once an update was sent.)
+    await engine.env.sleep(timedelta(days=40))
+    assert (await restriction_status(restriction)).state == IN_FORCE and crm.marked == {SUBJECT_EMAIL}
+    await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice"))
+    await skipping_again(engine)
+    for wrong in (Lift(reason="  "),):
+        with pytest.raises(WorkflowUpdateFailedError):
+            await restriction.execute_update(RestrictionInForce.lift, wrong)
+
+    reason = "The legal proceedings you needed the data for are closed."
+    scheduled = await restriction.execute_update(RestrictionInForce.lift,
+                                                 Lift(reason=reason, requested_by="operator:alice"))
+    assert scheduled.state == LIFT_SCHEDULED and scheduled.lift_at is not None
+    assert scheduled.lifted_by == "operator:alice"
+    with pytest.raises(WorkflowUpdateFailedError):  # one lift
+        await restriction.execute_update(RestrictionInForce.lift, Lift(reason="again"))
+    # Art. 18(3): the subject is told before the lift, with its day and the reason, in their language.
+    subject, notice = bodies(engine, SUBJECT_EMAIL)[-1]
+    assert subject.startswith(lift_words) and request.request_id in subject and reason in notice
+    [entry] = [e for e in engine.ledger.events(request.request_id) if e.event == "restriction_lift_scheduled"]
+    assert entry.actor == "operator:alice" and entry.note == reason  # sealed, opened for the operator
+    assert entry.details["why"] == "operator" and entry.details["reason_length"] == str(len(reason))
+
+    # The durable timer really waits: nothing is unmarked at the notice, and the lift comes only once the
+    # server's clock reached the day the notice named, at least three days on.
+    assert crm.marked == {SUBJECT_EMAIL} and crm.lifts == 0
+    assert scheduled.lift_at - await engine.env.get_current_time() >= timedelta(days=3)
+    await engine.env.sleep(timedelta(days=2))
+    assert (await restriction_status(restriction)).state == LIFT_SCHEDULED and crm.lifts == 0
+    await engine.env.sleep(scheduled.lift_at - await engine.env.get_current_time() - timedelta(minutes=1))
+    assert (await restriction_status(restriction)).state == LIFT_SCHEDULED and crm.lifts == 0
+    await time_runs_free(engine)
+    final = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED)
+    assert final.failed == [] and crm.marked == set() and crm.lifts == 1
+    await restriction.result()
+    await keep_history(restriction, f"restriction_lifted_by_operator_{language}")
+    trail = events(engine, request)
+    assert trail.index("reply_sent") < trail.index("restriction_in_force") < trail.index(
+        "restriction_lift_scheduled") < trail.index("restriction_lifted")
+
+
+async def test_a_restriction_on_contested_accuracy_ends_with_the_rectification(engine: Engine) -> None:
+    request, handle = await submit(engine, "restriction", ground="a", language="en")
+    await handle.result()
+    restriction = held(engine, request)
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    await clear_residuals(engine.client, handle.id, ResidualsCleared())
+    await skipping_again(engine)
+    # The same person's rectification, once answered, ends the ground: the accuracy is verified.
+    rectification, rectification_handle = await submit(engine, "rectification", language="en",
+                                                       changes={"city": "Lyon"})
+    assert (await rectification_handle.result()).outcome == Outcome.FULFILLED
+    scheduled = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFT_SCHEDULED)
+    assert scheduled.lifted_by == f"ground_ended:{rectification.request_id}"
+    assert "restriction_ground_ended" in events(engine, rectification)
+    async def lift_notices() -> list[str]:
+        return [body for subject, body in bodies(engine, SUBJECT_EMAIL) if subject.startswith("The restriction of")]
+
+    notices = await eventually(lift_notices, bool)
+    assert len(notices) == 1 and "the rectification the restriction was waiting for is done" in notices[0]
+    crm = engine.connectors[0]
+    assert isinstance(crm, MarkingConnector) and crm.marked == {SUBJECT_EMAIL} and crm.lifts == 0  # told first
+    assert scheduled.lift_at is not None
+    assert scheduled.lift_at - await engine.env.get_current_time() >= timedelta(days=3)
+    # The durable timer: the lift comes only once the server's clock reached the day the notice named.
+    await engine.env.sleep(scheduled.lift_at - await engine.env.get_current_time() - timedelta(minutes=1))
+    assert (await restriction_status(restriction)).state == LIFT_SCHEDULED and crm.lifts == 0
+    await time_runs_free(engine)
+    final = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED)
+    assert final.failed == [] and crm.marked == set() and crm.lifts == 1
+    await restriction.result()
+    trail = events(engine, request)
+    assert trail.index("restriction_lift_scheduled") < trail.index("restriction_lifted")
+    # The system restricted by hand is the operator's to lift, and they are told so.
+    assert any("billing: restriction - lift it by hand" in body for _, body in bodies(engine, OPERATOR_EMAIL))
+    await keep_history(restriction, "restriction_ended_by_rectification")
+
+
+async def test_a_restriction_pending_an_objection_ends_with_its_decision_and_no_other(engine: Engine) -> None:
+    pending, pending_handle = await submit(engine, "restriction", ground="d", language="fr")
+    accuracy, accuracy_handle = await submit(engine, "restriction", ground="a", language="fr")
+    for handle in (pending_handle, accuracy_handle):
+        await handle.result()
+        await clear_residuals(engine.client, handle.id, ResidualsCleared())
+        await skipping_again(engine)
+    objection, objection_handle = await submit(engine, "objection", language="fr")
+    await eventually(lambda: objection_handle.query(DataSubjectRequest.status),
+                     lambda s: s.awaiting_decision)
+    await objection_handle.execute_update(DataSubjectRequest.decide, ObjectionDecision(uphold=True))
+    decided: RequestStatus = await eventually(lambda: objection_handle.query(DataSubjectRequest.status),
+                                              lambda s: s.stage == Stage.CLOSED)
+    assert decided.decision == "upheld"
+    on_objection = await eventually(lambda: restriction_status(held(engine, pending)),
+                                    lambda s: s.state == LIFT_SCHEDULED)
+    assert on_objection.lifted_by == f"ground_ended:{objection.request_id}"
+    # The restriction on another ground (a) is not ended by an objection's decision.
+    await asyncio.sleep(0.5)
+    assert (await restriction_status(held(engine, accuracy))).state == IN_FORCE
+    async def lift_notices() -> list[str]:
+        return [body for subject, body in bodies(engine, SUBJECT_EMAIL) if subject.startswith("La limitation")]
+
+    [notice] = await eventually(lift_notices, bool)
+    assert "Nous avons statué sur votre opposition" in notice

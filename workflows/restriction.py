@@ -1,0 +1,334 @@
+"""Restriction of processing (Art. 18): the part that outlives the answer, as ``RestrictionInForce``.
+
+A restriction request runs like the other kinds up to its reply: identity (as for a rectification: the signed
+link), the subject's turn, a fan-out where each system marks the person restricted (or leaves a residual line for
+the operator), the reply within the month, Art. 19 notices to recipients. Its workflow then ends, answered, and
+starts this child workflow (id ``restriction-<reference>``, ``ParentClosePolicy.ABANDON``) which holds the
+restriction in force until it is lifted:
+
+- by an operator: the ``lift`` update (``dsr lift REF --reason``), the reason sealed in the ledger;
+- at the end of its ground: the ``ground_ended`` signal, sent when a rectification of the same person is
+  answered (ground a: the accuracy is verified) or their objection decided (ground d); see
+  ``activities/restrictions.py``. Grounds b and c end only by an operator's decision.
+
+Art. 18(3): the subject is told **before** the lift, in their language, with its day; a durable timer of at least
+``notice_days`` days then runs before the marks are removed, system by system (``lift`` connector tasks); a system
+whose mark cannot be removed waits for the operator's ``retry``. Systems restricted by a person are listed to the
+operator at the lift. A cancellation from the UI is refused: lifting without telling the subject is what 18(3)
+forbids.
+
+Deterministic workflow code; ``hold`` and ``end_grounds`` are the request workflow's side of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from dsr.domain.model import (
+        AuditEvent,
+        ConnectorTask,
+        GroundEnd,
+        GroundEnded,
+        Lift,
+        LocalMoment,
+        Notice,
+        NoticeTemplate,
+        Outcome,
+        RecordAction,
+        RequestKind,
+        RestrictionGround,
+        RestrictionInput,
+        RestrictionStatus,
+        Retry,
+        Stage,
+        restriction_id,
+    )
+    from workflows import search_attributes as sa
+from workflows.cancellation import shielded_from_cancellation
+from workflows.contract import (
+    CONNECTOR,
+    DEADLINES,
+    GROUND_ENDED_SIGNAL,
+    LEDGER,
+    NOTICE,
+    REQUEST_REJECTED,
+    ConnectorActivities,
+    LedgerActivities,
+    NoticeActivities,
+    RestrictionActivities,
+    local_instant,
+    summarised,
+)
+
+if TYPE_CHECKING:
+    from workflows.request import DataSubjectRequest
+
+IN_FORCE = "in force"
+LIFT_SCHEDULED = "lift scheduled"
+LIFTED = "lifted"
+
+LIFT_HOUR = 9
+"""The lift happens at 09:00 in the controller's zone, a working hour, on the day the notice names."""
+
+_ENDED_BY = {RestrictionGround.ACCURACY.value: "rectification", RestrictionGround.OBJECTION.value: "objection"}
+"""Grounds that end with another request of the person, and the word the lift notice uses for it."""
+
+
+def _rejected(message: str) -> ApplicationError:
+    return ApplicationError(message, type=REQUEST_REJECTED, non_retryable=True)
+
+
+@workflow.defn(name="RestrictionInForce")
+class RestrictionInForce:
+    @workflow.init
+    def __init__(self, held: RestrictionInput) -> None:
+        self._held = held
+        self._state = IN_FORCE
+        self._lift: Lift | None = None
+        self._ended: GroundEnded | None = None
+        self._lift_at: datetime | None = None
+        self._lifted_by = ""
+        self._scheduled_recorded = False  # the lift is in the ledger and the subject told: the update answers then
+        self._failed: list[str] = []
+        self._retry: Retry | None = None
+        self._cancellation_refused = ""
+
+    @workflow.run
+    async def run(self, held: RestrictionInput) -> RestrictionStatus:
+        self._update_details()
+        await shielded_from_cancellation(self._work(), self._cancel_requested)
+        return self.status()
+
+    async def _work(self) -> None:
+        await self._audit("restriction_in_force", details={
+            "ground": self._held.ground, "marked": ",".join(self._held.marked),
+            "by_hand": ",".join(self._held.by_hand)})
+        await workflow.wait_condition(lambda: self._lift is not None or self._ended is not None)
+        await self._schedule_lift()
+        assert self._lift_at is not None
+        # Art. 18(3): the subject was told; the marks stay until the day the notice named.
+        await workflow.sleep(max(self._lift_at - workflow.now(), timedelta(0)),
+                             summary="restriction: lift after the notice (Art. 18(3))")
+        await self._unmark()
+        self._state = LIFTED
+        self._update_details()
+        await self._audit("restriction_lifted", details={"connectors": ",".join(self._held.marked),
+                                                         "by_hand": ",".join(self._held.by_hand)})
+        if self._held.by_hand:
+            listing = "\n".join(f"- {system}: restriction - lift it by hand (the subject was told on the notice)"
+                                for system in self._held.by_hand)
+            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _schedule_lift(self) -> None:
+        lift, ended = self._lift, self._ended
+        if lift is not None:
+            actor, why, reason, by_request = lift.requested_by, "operator", lift.reason, ""
+        else:
+            assert ended is not None
+            actor, why, reason, by_request = "engine", _ENDED_BY[self._held.ground], "", ended.by_request
+        # At least ``notice_days`` whole days after the notice: 09:00 local on the day after now + notice_days.
+        day = (workflow.now() + timedelta(days=max(1, self._held.notice_days) + 1)).date()
+        self._lift_at = await workflow.execute_local_activity(
+            local_instant, LocalMoment(day=day, hour=LIFT_HOUR, timezone=self._held.timezone), **DEADLINES)
+        self._state = LIFT_SCHEDULED
+        self._lifted_by = actor if lift is not None else f"ground_ended:{by_request}"
+        self._update_details()
+        await self._audit("restriction_lift_scheduled", actor=actor, details={
+            "why": why, "by_request": by_request, "lift_on": day.isoformat(), "reason_length": str(len(reason))},
+            note=reason)
+        await self._notify_subject(NoticeTemplate.RESTRICTION_LIFT, lift_on=day.isoformat(), lift_why=why,
+                                   reason=reason)
+        self._scheduled_recorded = True
+
+    async def _unmark(self) -> None:
+        """Remove the marks this request set; a system that refuses waits for the operator's ``retry``."""
+        pending = list(self._held.marked)
+        while pending:
+            results = await asyncio.gather(*(self._unmark_one(name) for name in pending))
+            self._failed = [name for name, ok in zip(pending, results, strict=True) if not ok]
+            pending = list(self._failed)
+            self._update_details()
+            if not pending:
+                return
+            await self._audit("restriction_lift_failed", details={"connectors": ",".join(pending)})
+            await self._notify_operator(NoticeTemplate.OPERATOR_ATTENTION, connector=", ".join(pending),
+                                        error="the restriction mark could not be removed; retry with dsr retry")
+            await workflow.wait_condition(lambda: self._retry is not None)
+            retry, self._retry = self._retry, None
+            assert retry is not None
+            await self._audit("retried", actor=retry.requested_by)
+
+    async def _unmark_one(self, name: str) -> bool:
+        task = ConnectorTask(request_id=self._held.request_id, connector=name, kind=RequestKind.RESTRICTION,
+                             subject=self._held.subject, lift=True)
+        try:
+            outcome = await workflow.execute_activity_method(
+                ConnectorActivities.run_connector, task, **summarised(CONNECTOR, f"{name}: lift restriction"))
+        except ActivityError:
+            await self._audit("connector_failed", details={"connector": name, "lift": "true"})
+            return False
+        lifted = sum(1 for line in outcome.report if line.action == RecordAction.LIFTED)
+        await self._audit("connector_done", details={"connector": name, "lifted": str(lifted),
+                                                     "found": str(outcome.found)})
+        return True
+
+    # --- updates, signals, queries ----------------------------------------------------------------------
+
+    @workflow.update
+    async def lift(self, lift: Lift) -> RestrictionStatus:
+        """An operator lifts the restriction (``dsr lift``): answered once the subject is told and the lift's day
+        recorded; the marks go on that day."""
+        self._lift = Lift(reason=lift.reason.strip(), requested_by=lift.requested_by)
+        await workflow.wait_condition(lambda: self._scheduled_recorded)
+        return self.status()
+
+    @lift.validator
+    def _validate_lift(self, lift: Lift) -> None:
+        if self._state != IN_FORCE or self._lift is not None or self._ended is not None:
+            raise _rejected(f"{self._held.request_id}: the restriction's lift is already scheduled")
+        if not lift.reason.strip():
+            raise _rejected("a lift needs its reason (--reason): it is kept in the ledger and told to the subject")
+
+    @workflow.signal(name=GROUND_ENDED_SIGNAL)
+    def ground_ended(self, ended: GroundEnded) -> None:
+        """Another request of the person ended this restriction's ground (a rectification for ground a, an
+        objection's decision for ground d); other grounds, or a lift already scheduled, ignore it."""
+        if self._held.ground not in _ENDED_BY or self._state != IN_FORCE or self._lift is not None:
+            return
+        expected = {RestrictionGround.ACCURACY.value: "a", RestrictionGround.OBJECTION.value: "d"}[self._held.ground]
+        if ended.ground == expected and self._ended is None:
+            self._ended = ended
+
+    @workflow.update
+    async def retry(self, retry: Retry) -> RestrictionStatus:
+        self._retry = retry
+        await workflow.wait_condition(lambda: self._retry is None)
+        return self.status()
+
+    @retry.validator
+    def _validate_retry(self, retry: Retry) -> None:
+        if not self._failed or self._retry is not None:
+            raise _rejected(f"{self._held.request_id}: no restriction mark waits for a retry")
+
+    @workflow.query
+    def status(self) -> RestrictionStatus:
+        return RestrictionStatus(request_id=self._held.request_id, ground=self._held.ground, state=self._state,
+                                 lift_at=self._lift_at, lifted_by=self._lifted_by, failed=list(self._failed))
+
+    # --- cancellation ------------------------------------------------------------------------------------
+
+    def _cancel_requested(self, reason: str) -> Coroutine[Any, Any, None]:
+        self._cancellation_refused = (
+            "cancellation refused: a restriction is lifted only after the subject is told (Art. 18(3)); "
+            "use dsr lift REF --reason")
+        self._update_details()
+        return self._audit("cancellation_refused", actor="temporal", details={"workflow": "restriction"},
+                           note=reason)
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    def _update_details(self) -> None:
+        held = self._held
+        lines = [f"restriction of **{held.request_id}** (Art. 18(1)({held.ground})): **{self._state}**"]
+        if self._lift_at is not None and self._state == LIFT_SCHEDULED:
+            lines.append(f"- lift on {self._lift_at:%Y-%m-%d %H:%M} UTC (the subject was told)")
+        if held.marked:
+            lines.append(f"- marked in: {', '.join(held.marked)}")
+        if held.by_hand:
+            lines.append(f"- restricted by hand in: {', '.join(held.by_hand)}")
+        if self._state == IN_FORCE:
+            lines.append("- lift with `dsr lift REF --reason \"...\"`")
+        if self._failed:
+            lines.append(f"- **mark not removed in {', '.join(self._failed)}**: `dsr retry REF`")
+        if self._cancellation_refused:
+            lines += ["", f"**{self._cancellation_refused}**"]
+        workflow.set_current_details("\n".join(lines))
+
+    async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
+                     note: str = "") -> None:
+        await workflow.execute_activity_method(
+            LedgerActivities.record_event,
+            AuditEvent(request_id=self._held.request_id, event=event, actor=actor, details=details or {},
+                       note=note),
+            **summarised(LEDGER, f"ledger: {event}"),
+        )
+
+    async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
+        context = {**self._held.notice_context, **extra}
+        if self._held.subject.name:
+            context["subject_name"] = self._held.subject.name
+        await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.subject.email,
+                                language=self._held.language, context=context, in_reply_to=self._held.in_reply_to,
+                                key=f"restriction-{template.value}"))
+
+    async def _notify_operator(self, template: NoticeTemplate, **extra: str) -> None:
+        await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.operator_email,
+                                language=self._held.language, context={**self._held.notice_context, **extra}))
+
+    async def _send(self, notice: Notice) -> None:
+        try:
+            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
+                                                   **summarised(NOTICE, f"notice: {notice.template.value}"))
+        except ActivityError:
+            await self._audit("notice_failed", details={"template": notice.template.value})
+
+
+# --- the request workflow's side ------------------------------------------------------------------------
+
+
+async def hold(flow: DataSubjectRequest) -> None:
+    """An answered restriction is held in force by its own workflow until it is lifted."""
+    request = flow._request
+    if request.kind != RequestKind.RESTRICTION or flow._outcome != Outcome.FULFILLED:
+        return
+    marked, by_hand = [], []
+    for progress in flow._progress.values():
+        outcome = progress.outcome
+        if outcome is None:
+            continue
+        actions = {line.action for line in outcome.report}
+        if outcome.answer is not None or RecordAction.RESIDUAL in actions:
+            by_hand.append(progress.connector)
+        if RecordAction.RESTRICTED in actions:
+            marked.append(progress.connector)
+    held = RestrictionInput(
+        request_id=request.request_id, subject=request.subject, language=request.language, ground=request.ground,
+        operator_email=request.policy.operator_email, marked=sorted(marked), by_hand=sorted(by_hand),
+        notice_days=request.policy.restriction_lift_notice_days,
+        escalation_repeat_days=request.policy.escalation_repeat_days, in_reply_to=flow._thread(),
+        timezone=request.policy.timezone, notice_context=flow._notice_context(stage=Stage.CLOSED.value),
+    )
+    child = restriction_id(request.request_id)
+    with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start finds it running
+        await workflow.start_child_workflow(
+            RestrictionInForce.run, held, id=child, parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            static_summary=f"restriction in force · Art. 18(1)({request.ground})",
+            search_attributes=TypedSearchAttributes([
+                SearchAttributePair(sa.DSR_KIND, RequestKind.RESTRICTION.value),
+                SearchAttributePair(sa.DSR_STAGE, Stage.CLOSED.value),
+            ]),
+        )
+    flow._restriction = child
+    await flow._audit("restriction_held", details={"workflow": child, "ground": request.ground,
+                                                   "marked": ",".join(sorted(marked))})
+
+
+async def end_grounds(flow: DataSubjectRequest, ground: RestrictionGround) -> None:
+    """This request (a rectification answered, an objection decided) may end restrictions of the same person."""
+    told = await workflow.execute_activity_method(
+        RestrictionActivities.end_restriction_grounds,
+        GroundEnd(request_id=flow._request.request_id, ground=ground.value),
+        **summarised(LEDGER, "restrictions: ground ended"))
+    if told:
+        await flow._audit("restriction_ground_ended", details={"ground": ground.value, "restrictions": str(told)})
+
