@@ -313,8 +313,8 @@ __all__ = [
     "WithdrawsConsent",
     "no_consent_control",
     "no_marketing_control",
-    "residual_withdrawal",
     "no_restriction_control",
+    "residual_withdrawal",
     "tally",
     "unexpected_remains",
 ]

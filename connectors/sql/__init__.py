@@ -670,11 +670,11 @@ class SqlConnector:
 
     # --- restriction (Art. 18) --------------------------------------------------------------------------
 
-    def _mark(self, email: str, restrict: bool) -> list[RecordReport]:
+    def _mark(self, subject: Subject, restrict: bool) -> list[RecordReport]:
         assert self._restriction is not None
         t, clause, name = self._restriction
         key = clause.c[t.key]
-        subject_rows = self._where(t, email)
+        subject_rows = self._where(t, subject)
         with self._engine.begin() as conn:
             rows = conn.execute(select(key, clause.c[name]).where(subject_rows).order_by(key)).all()
             to_change = [row[0] for row in rows if (row[1] is None) == restrict]
@@ -700,7 +700,7 @@ class SqlConnector:
         if self._restriction is None:
             return no_restriction_control(self.name, lift=not restrict)
         report = await self._db("mark the subject's rows restricted" if restrict else "lift the restriction mark",
-                                self._mark, job.subject.email, restrict)
+                                self._mark, job.subject, restrict)
         notes = [] if report else ["no row with this email"]
         return ConnectorOutcome(connector=self.name, found=len(report), counts=tally(report), notes=notes,
                                 report=report)

@@ -247,17 +247,18 @@ async def lift(
 ) -> None:
     """Lift a restriction of processing (Art. 18): the subject is told first (18(3)), the marks go after
     DSR_RESTRICTION_LIFT_NOTICE_DAYS days."""
-    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
     from temporalio.service import RPCError, RPCStatusCode
 
-    from dsr.domain.model import Lift, Retry, restriction_id
+    from dsr.domain.model import Lift, RestrictionStatus, Retry, restriction_id
     from workflows.restriction import RestrictionInForce
 
     if retry == bool(reason.strip()):
         raise UserError("give --reason \"...\" to lift, or --retry alone to retry the marks a system refused")
     check_reference(request_id)
     _, client = await temporal_client()
-    handle = client.get_workflow_handle_for(RestrictionInForce.run, restriction_id(request_id))
+    handle: WorkflowHandle[RestrictionInForce, RestrictionStatus] = client.get_workflow_handle_for(
+        RestrictionInForce.run, restriction_id(request_id))
     try:
         described = await handle.describe()
     except RPCError as err:

@@ -235,13 +235,16 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
 
 async def _show_restriction(client: Client, request_id: str, workflow_id: str) -> None:
     """An answered restriction: in force, lift scheduled (the subject told, the day), or lifted."""
+    from temporalio.client import WorkflowHandle
     from temporalio.service import RPCError
 
+    from dsr.domain.model import RestrictionStatus
     from workflows.restriction import IN_FORCE, RestrictionInForce
 
     try:
-        held = await client.get_workflow_handle_for(RestrictionInForce.run, workflow_id).query(
-            RestrictionInForce.status)
+        handle: WorkflowHandle[RestrictionInForce, RestrictionStatus] = client.get_workflow_handle_for(
+            RestrictionInForce.run, workflow_id)
+        held = await handle.query(RestrictionInForce.status)
     except RPCError:
         typer.echo("  restriction: its workflow is no longer in Temporal (see `dsr history`)")
         return

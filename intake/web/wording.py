@@ -566,7 +566,8 @@ STATUS: dict[str, dict[str, str]] = {
         "kind_portability": "Your personal data in a portable format (Article 20 GDPR)",
         "kind_objection": "Objection to the processing of your personal data (Article 21 GDPR)",
         "kind_consent_withdrawal": "Withdrawal of your consent (Article 7(3) GDPR)",
-        "kind_post_mortem": "Request about the data of a deceased person (Article 85 of the French loi Informatique et Libertés)",
+        "kind_post_mortem": "Request about the data of a deceased person (Article 85 of the French loi Informatique "
+        "et Libertés)",
         "kind_restriction": "Restriction of the processing of your personal data (Article 18 GDPR)",
         "stage_received": "Received",
         "stage_awaiting_identity": "Waiting for your identity to be confirmed",
@@ -624,7 +625,8 @@ STATUS: dict[str, dict[str, str]] = {
         "kind_portability": "Portabilité de vos données personnelles (article 20 du RGPD)",
         "kind_objection": "Opposition au traitement de vos données personnelles (article 21 du RGPD)",
         "kind_consent_withdrawal": "Retrait de votre consentement (article 7, paragraphe 3, du RGPD)",
-        "kind_post_mortem": "Demande relative aux données d’une personne décédée (article 85 de la loi Informatique et Libertés)",
+        "kind_post_mortem": "Demande relative aux données d’une personne décédée (article 85 de la loi "
+        "Informatique et Libertés)",
         "kind_restriction": "Limitation du traitement de vos données personnelles (article 18 du RGPD)",
         "stage_received": "Reçue",
         "stage_awaiting_identity": "En attente de la confirmation de votre identité",

@@ -644,7 +644,7 @@ async def test_stop_marketing_with_bad_credentials_is_permanent(portal: Portal) 
 
 
 async def test_restrict_sets_the_contact_property_read_back_and_lifting_clears_it(portal: Portal) -> None:
-    contact = portal.ids["contact"]  # type: ignore[attr-defined]
+    contact = portal.ids["contact"]
     connector = portal.connector()
     job = OperationJob(request_id=REQUEST, subject=SUBJECT)
     outcome = await connector.restrict(job)

@@ -375,7 +375,7 @@ async def test_a_restriction_marks_each_demo_system_and_the_engine_still_exports
     assert [c["metadata"].get("dsr_restricted") for c in found] == [final.request_id]
     [reply] = [m for m in mail.to(EMAIL) if final.request_id in str(m["Subject"])
                and str(m["Subject"]).startswith("Réponse à votre demande de limitation")]
-    assert "Marqué comme limité" in reply.get_body(("plain",)).get_content()
+    assert "Marqué comme limité" in text_of(reply)
     # While restricted, the engine's own exports still work: storage is what a restriction allows.
     access = await run_request(time_skipping, settings, ledger, exports, systems, "access")
     assert access.outcome == Outcome.FULFILLED and all(c.outcome and c.outcome.found for c in access.connectors)

@@ -35,7 +35,7 @@ from dsr.domain.model import (
     restriction_id,
 )
 from intake.submission import Submission, SubmissionError, prepare, start
-from tests.harness import ScriptedConnector, keep_history
+from tests.harness import ScriptedConnector, keep_history, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
 from workflows.request import DataSubjectRequest
@@ -123,7 +123,7 @@ def events(engine: Engine, request: RequestInput) -> list[str]:
 
 
 def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:
-    return [(str(m["Subject"]), " ".join(m.get_body(("plain",)).get_content().split())) for m in engine.mail.to(to)]
+    return [(str(m["Subject"]), " ".join(text_of(m).split())) for m in engine.mail.to(to)]
 
 
 def test_a_restriction_needs_its_ground_and_only_a_restriction_takes_one(settings: Settings) -> None:
@@ -194,8 +194,8 @@ async def test_a_restriction_is_marked_answered_then_lifted_only_after_the_subje
     await engine.env.sleep(scheduled.lift_at - await engine.env.get_current_time() - timedelta(minutes=1))
     assert (await restriction_status(restriction)).state == LIFT_SCHEDULED and crm.lifts == 0
     await time_runs_free(engine)
-    final = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED)
-    assert final.failed == [] and crm.marked == set() and crm.lifts == 1
+    lifted = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED)
+    assert lifted.failed == [] and crm.marked == set() and crm.lifts == 1
     await restriction.result()
     await keep_history(restriction, f"restriction_lifted_by_operator_{language}")
     trail = events(engine, request)
@@ -230,8 +230,8 @@ async def test_a_restriction_on_contested_accuracy_ends_with_the_rectification(e
     await engine.env.sleep(scheduled.lift_at - await engine.env.get_current_time() - timedelta(minutes=1))
     assert (await restriction_status(restriction)).state == LIFT_SCHEDULED and crm.lifts == 0
     await time_runs_free(engine)
-    final = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED)
-    assert final.failed == [] and crm.marked == set() and crm.lifts == 1
+    lifted = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED)
+    assert lifted.failed == [] and crm.marked == set() and crm.lifts == 1
     await restriction.result()
     trail = events(engine, request)
     assert trail.index("restriction_lift_scheduled") < trail.index("restriction_lifted")
