@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from connectors.sql.map import IDENTIFIER
+from dsr.errors import ConfigurationError
 
 __all__ = ["DraftError", "Reflected", "draft_map", "reflect", "render"]
 
@@ -46,7 +47,7 @@ _IDENT = re.compile(IDENTIFIER)
 _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class DraftError(ValueError):
+class DraftError(ConfigurationError, ValueError):
     """The database cannot be reflected, or has nothing to map; the message is one line, without the URL."""
 
 

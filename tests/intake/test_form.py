@@ -322,7 +322,7 @@ async def test_form_is_accessible(form_app: FormApp) -> None:
         # The kind choice is a group with a legend, marked required in words.
         fieldset = re.search(r"<fieldset>\s*<legend>(.*?)</legend>(.*?)</fieldset>", page.text, re.DOTALL)
         assert fieldset and required in fieldset.group(1)
-        assert fieldset.group(2).count('type="radio"') == 7
+        assert fieldset.group(2).count('type="radio"') == 8
         assert re.search(rf'<label for="email">[^<]*<span class="marker">{re.escape(required)}</span>', page.text)
         assert 'role="alert"' not in page.text  # no error yet
         assert 'aria-invalid="true"' not in page.text

@@ -17,6 +17,8 @@ UTC_DATETIME = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    if "consent_withdrawals" in sa.inspect(op.get_bind()).get_table_names():
+        return  # a database stamped anew at the baseline (its revision table lost) may hold it already
     op.create_table(
         "consent_withdrawals",
         sa.Column("subject_index", sa.String(length=128), nullable=False),
