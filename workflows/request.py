@@ -401,6 +401,7 @@ class DataSubjectRequest:
         # the same person deletes (with the bundle) when it closes; in turn, the erasure never races the bundle.
         # Requests without a ``subject_key`` (inputs made without the ledger's blind index) do not queue.
         ordered = bool(self._request.subject_key)
+        evicted = False
         try:
             if ordered and not await self._take_turn():
                 return
@@ -414,8 +415,13 @@ class DataSubjectRequest:
                     # While this erasure still holds the person's turn, so that no access request of theirs is
                     # exporting (or building its bundle) while its files are deleted.
                     await self._delete_earlier_exports()
+        except GeneratorExit:
+            # The worker dropped this run from its cache: nothing happened in the history, and outside the workflow's
+            # event loop no signal can be sent anyway. The run that replays it later still holds the turn.
+            evicted = True
+            raise
         finally:
-            if ordered:  # whatever happens (withdrawn while waiting, cancelled), the turn goes back
+            if ordered and not evicted:  # whatever happens (withdrawn while waiting, cancelled), the turn goes back
                 await self._release_turn()
 
     async def _reply(self) -> None:

@@ -388,6 +388,9 @@ def zendesk_headers(body: bytes, *, at: datetime | None = None, secret: str = ZE
 
 
 def zendesk_body(**overrides) -> bytes:
+    # A ticket's request id is a keyed hash of the ticket (the same test key ring everywhere) and the dev server is
+    # shared by the module: two tests that accept the same ticket id name one workflow id, and the second finds the
+    # first's closed workflow (its worker gone). Each accepting test therefore gives its own ticket_id.
     body = {"ticket_id": "4521", "requester_email": "lea.petit@example.org", "requester_name": "Léa Petit",
             "requester_locale": "fr-FR", "tags": "vip dsr_erasure", "description": "Merci de supprimer mon compte."}
     body.update(overrides)
@@ -1007,7 +1010,7 @@ async def test_api_consent_withdrawal_takes_its_purposes_and_refuses_unknown_one
 
 async def test_zendesk_consent_withdrawal_tag_withdraws_every_purpose(intake: Intake) -> None:
     await asyncio.to_thread(_consent_profile, intake)
-    body = zendesk_body(tags="dsr_consent_withdrawal", ticket_id="91", description="Je retire mon consentement.")
+    body = zendesk_body(tags="dsr_consent_withdrawal", ticket_id="93", description="Je retire mon consentement.")
     response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
     assert response.status_code == 202, response.text
     [reference] = [r.request_id for r in intake.ledger.requests()]
@@ -1058,7 +1061,7 @@ async def test_api_post_mortem_names_the_deceased_person_and_the_senders_quality
 
 
 async def test_zendesk_post_mortem_tag(intake: Intake) -> None:
-    body = json.dumps({**json.loads(zendesk_body(tags="dsr_post_mortem", ticket_id="91",
+    body = json.dumps({**json.loads(zendesk_body(tags="dsr_post_mortem", ticket_id="94",
                                                  description="Mon père est décédé.")),
                        "deceased_email": "henri.dupont@example.org", "quality": "heir"}).encode()
     response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
