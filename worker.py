@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.connectors import ConnectorActivities
 from activities.deadlines import deadlines_resumed, local_instant
@@ -241,7 +242,10 @@ def build_worker(
     profile: Callable[[], ControllerProfile | None] | None = None,
     task_queue: str | None = None,
     executor: concurrent.futures.Executor | None = None,
+    workflow_runner: WorkflowRunner | None = None,
 ) -> Worker:
+    """The engine's worker. ``workflow_runner`` is a test seam (the tests validate the workflow definitions in
+    the sandbox once per process rather than at every worker start); left out, the SDK's sandbox."""
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -249,6 +253,7 @@ def build_worker(
         activities=activities_for(settings, ledger, connectors, exports, profile),
         activity_executor=executor or concurrent.futures.ThreadPoolExecutor(max_workers=16),
         max_cached_workflows=settings.workflow_cache,
+        workflow_runner=workflow_runner or SandboxedWorkflowRunner(),
     )
 
 

@@ -51,7 +51,7 @@ from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
 from tests.servers import start_time_skipping_server
-from tests.workflows.conftest import demo_profile
+from tests.workflows.support import demo_profile
 from worker import build_worker
 
 HUBSPOT_TOKEN, WOO_KEY, WOO_SECRET, STRIPE_KEY = "pat-e2e", "ck_e2e", "cs_e2e", "sk_test_replies_e2e"

@@ -54,9 +54,7 @@ from dsr.store.tasks import OutsideTasks
 from intake.answers import ExportFile, record_answer
 from intake.submission import Submission, new_request_id, prepare, start
 from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, text_of
-from tests.workflows.conftest import SUBJECT_EMAIL, Engine, clear_residuals
-from tests.workflows.test_request import submit, wait_for_stage
-from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from tests.workflows.support import SUBJECT_EMAIL, Engine, clear_residuals, submit, wait_for_stage
 from workflows.aftercare import RequestAftercare
 from workflows.audit import instant
 from workflows.outside import OutsideSystemTask

@@ -36,10 +36,16 @@ from dsr.domain.model import (
 from dsr.store.journals import JournalEntry
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, exports_of, keep_history
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
-from tests.workflows.test_mail_outage import until
-from tests.workflows.test_request import events, readable, templates_sent
-from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from tests.workflows.support import (
+    OPERATOR_EMAIL,
+    SUBJECT_EMAIL,
+    Engine,
+    events,
+    readable,
+    status,
+    templates_sent,
+    until,
+)
 from workflows import search_attributes as sa
 from workflows.request import DataSubjectRequest
 
@@ -189,10 +195,6 @@ async def connector_schedules(handle: WorkflowHandle) -> int:
     history = await handle.fetch_history()
     return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
                and e.activity_task_scheduled_event_attributes.activity_type.name == "run_connector")
-
-
-async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query(DataSubjectRequest.status)
 
 
 async def degraded_attribute(handle: WorkflowHandle) -> int | None:

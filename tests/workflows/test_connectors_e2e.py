@@ -33,7 +33,7 @@ from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
 from tests.servers import time_skipping_server
-from tests.workflows.conftest import demo_profile
+from tests.workflows.support import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-import pytest_asyncio
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.base import CONSENT, OperationJob
 from dsr.config.settings import Settings
@@ -34,9 +32,7 @@ from dsr.store.links import ConsentLinks
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
 from tests.harness import TEST_KEYRING, ScriptedConnector, keep_history, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
-from tests.workflows.test_request import wait_for_event
+from tests.workflows.support import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals, wait_for_event
 from workflows.request import DataSubjectRequest
 
 PROFILE = '''
@@ -86,12 +82,6 @@ class ConsentConnector(ScriptedConnector):
                                        note=f"{', '.join(action.subscriptions)}: unsubscribed"))
         return ConnectorOutcome(connector=self.name, found=len(report), report=report,
                                 counts={"withdrawn": len(report)})
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:  # one per test (see test_request.py)
-        yield env
 
 
 @pytest.fixture

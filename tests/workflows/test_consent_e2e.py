@@ -33,8 +33,7 @@ from sandbox import appdb
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import MailSink, exports_of, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import demo_profile
+from tests.workflows.support import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 
@@ -49,12 +48,6 @@ class Systems:
     hubspot: HubSpotState
     app_url: str
     connectors: list[HubSpotConnector | WooCommerceConnector | SqlConnector]
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:
-        yield env
 
 
 @pytest.fixture

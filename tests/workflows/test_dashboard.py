@@ -10,16 +10,20 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import Settings
-from dsr.domain.model import IdentityMethod, RequestKind, Stage
-from dsr.runtime.dashboard import ended_by_hand, in_stage, list_due, open_requests
+from dsr.domain.aftercare import aftercare_id
+from dsr.domain.model import IdentityMethod, RequestKind, ResidualsCleared, Stage
+from dsr.runtime.dashboard import RUNNING, ended_by_hand, in_stage, list_due, open_requests, residual_data
 from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare, start
-from tests.harness import MailSink, exports_of
+from tests.harness import MailSink, ScriptedConnector, exports_of
 from worker import build_worker
 from workflows import search_attributes as sa
+from workflows.aftercare import RequestAftercare
+from workflows.request import DataSubjectRequest
 
 
 async def test_due_and_stage_filters_find_the_right_requests(
@@ -91,15 +95,6 @@ async def test_due_and_stage_filters_find_the_right_requests(
 async def test_residual_filter_lists_answered_requests_until_their_residual_data_is_cleared(
     dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
 ) -> None:
-
-    from temporalio.client import WorkflowExecutionStatus
-
-    from dsr.domain.aftercare import aftercare_id
-    from dsr.domain.model import ResidualsCleared
-    from dsr.runtime.dashboard import RUNNING, residual_data
-    from tests.harness import ScriptedConnector
-    from workflows.aftercare import RequestAftercare
-    from workflows.request import DataSubjectRequest
 
     task_queue = f"dash-{uuid.uuid4()}"
     settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.TRUSTED))

@@ -15,30 +15,10 @@ from temporalio.client import WorkflowHandle
 
 from dsr.domain.model import IdentityMethod, RequestStatus, Stage
 from tests.harness import keep_history
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
-from tests.workflows.test_request import events, submit, templates_sent
-from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test
+from tests.workflows.support import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine, events, status, submit, templates_sent, until
 from workflows import search_attributes as sa
 from workflows.contract import STEP_HEARTBEAT
-from workflows.request import ACK_LEAD, DataSubjectRequest
-
-
-async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query(DataSubjectRequest.status)
-
-
-async def until(handle: WorkflowHandle, check, what: str, seconds: float = 20) -> RequestStatus:
-    """Poll the status (real time, no time skipping) until ``check`` holds."""
-    last: RequestStatus | None = None
-    for _ in range(int(seconds * 10)):
-        try:
-            last = await status(handle)
-        except Exception:  # the first workflow task may not have run yet
-            last = None
-        if last is not None and check(last):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never {what}; status: {last}")
+from workflows.request import ACK_LEAD
 
 
 async def mail_pending_attribute(handle: WorkflowHandle) -> int | None:

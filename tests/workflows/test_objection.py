@@ -4,15 +4,12 @@ decided by an operator."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.base import OperationJob
 from dsr.domain.model import (
@@ -31,9 +28,16 @@ from dsr.domain.model import (
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, keep_history, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
-from tests.workflows.test_request import wait_for_event
+from tests.workflows.support import (
+    OPERATOR_EMAIL,
+    SUBJECT_EMAIL,
+    SUBJECT_NAME,
+    Engine,
+    clear_residuals,
+    events,
+    status,
+    wait_for_event,
+)
 from workflows.request import DataSubjectRequest
 
 
@@ -50,12 +54,6 @@ class NewsletterConnector(ScriptedConnector):
         return ConnectorOutcome(connector=self.name, found=1, counts={"unsubscribed": 1}, report=report)
 
 
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:  # one per test (see test_request.py)
-        yield env
-
-
 @pytest.fixture
 def connectors() -> list[ScriptedConnector]:
     return [NewsletterConnector("crm"), ScriptedConnector("billing")]
@@ -70,10 +68,6 @@ async def submit(engine: Engine, kind: str, *, scope: str = "", language: str = 
     return request, await start(engine.client, request, task_queue=engine.task_queue)
 
 
-async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query(DataSubjectRequest.status)
-
-
 async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatus:
     for _ in range(tries):
         try:
@@ -85,10 +79,6 @@ async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatu
             continue
         await asyncio.sleep(0.1)
     raise AssertionError(f"never reached the expected state: {await status(handle)}")
-
-
-def events(engine: Engine, request: RequestInput) -> list[str]:
-    return [e.event for e in engine.ledger.events(request.request_id)]
 
 
 def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:

@@ -9,13 +9,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.outside import OutsideSystem
 from dsr.domain.model import (
@@ -32,19 +29,21 @@ from dsr.domain.outside import outside_workflow_id
 from dsr.store.tasks import OutsideTasks
 from intake.answers import ExportFile, record_answer
 from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, keep_history, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
-from tests.workflows.test_request import readable, status, submit, templates_sent, wait_for_stage
+from tests.workflows.support import (
+    SUBJECT_EMAIL,
+    SUBJECT_NAME,
+    Engine,
+    clear_residuals,
+    readable,
+    status,
+    submit,
+    templates_sent,
+    wait_for_stage,
+)
 from workflows.request import DataSubjectRequest
 
 PROCESSOR = "privacy@chat-tool.example"
 OWNER = "backup-admin@example.com"
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:
-        yield env
 
 
 def chat_tool(**overrides) -> OutsideSystem:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from temporalio.testing import WorkflowEnvironment
 
 from dsr.domain.model import AnswerStatus, Outcome, RecordAction
 from dsr.store.guards import Guards
@@ -23,20 +22,12 @@ from intake.server import outside_answers_router
 from intake.web.app import intake_app
 from tests.harness import TEST_KEYRING, exports_of, text_of
 from tests.intake.test_form_browser import LOCALES, browser  # noqa: F401 - the fixture
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import SUBJECT_EMAIL, Engine
+from tests.workflows.support import SUBJECT_EMAIL, Engine, submit
 from tests.workflows.test_outside import PROCESSOR, chat_tool, mail_to
-from tests.workflows.test_request import submit
 
 pytestmark = pytest.mark.browser
 
 from playwright.async_api import Browser, expect  # noqa: E402
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:
-        yield env
 
 
 @dataclass

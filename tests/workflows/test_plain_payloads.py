@@ -21,8 +21,7 @@ from dsr.domain.model import IdentityConfirmation, IdentityMethod, RequestKind, 
 from dsr.store.crypto import data_converter
 from intake.submission import Submission, prepare
 from tests.harness import TEST_KEYRING
-from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine
-from tests.workflows.test_request import status, submit, wait_for_stage
+from tests.workflows.support import SUBJECT_EMAIL, SUBJECT_NAME, Engine, status, submit, wait_for_stage
 from workflows.request import DataSubjectRequest
 
 

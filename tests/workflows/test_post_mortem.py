@@ -5,15 +5,12 @@ sender's); a refused quality ends with the 12(4) remedies; directives recorded w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.base import OperationJob
 from dsr.domain.model import (
@@ -35,9 +32,7 @@ from dsr.store.directives import DirectivesRegister
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
 from tests.harness import ScriptedConnector, keep_history, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
-from tests.workflows.test_request import wait_for_event
+from tests.workflows.support import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals, events, status, wait_for_event
 from workflows.request import DataSubjectRequest
 
 DECEASED = "henri.dupont@example.org"
@@ -52,12 +47,6 @@ class RecordingConnector(ScriptedConnector):
     async def erase(self, job: OperationJob) -> ConnectorOutcome:
         self.erased_for.append(job.subject.email)
         return await super().erase(job)
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:  # one per test (see test_request.py)
-        yield env
 
 
 @pytest.fixture
@@ -76,10 +65,6 @@ async def submit(engine: Engine, *, language: str = "fr", scope: str = "", quali
     return request, await start(engine.client, request, task_queue=engine.task_queue)
 
 
-async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query(DataSubjectRequest.status)
-
-
 async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatus:
     for _ in range(tries):
         try:
@@ -91,10 +76,6 @@ async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatu
             continue
         await asyncio.sleep(0.1)
     raise AssertionError(f"never reached the expected state: {await status(handle)}")
-
-
-def events(engine: Engine, request: RequestInput) -> list[str]:
-    return [e.event for e in engine.ledger.events(request.request_id)]
 
 
 def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:

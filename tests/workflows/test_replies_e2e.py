@@ -33,7 +33,6 @@ from dsr.mail.replies import legal_basis_wording
 from dsr.store.ledger import Ledger
 from templates import format_date
 from tests.harness import MailSink
-from tests.workflows.conftest import OPERATOR_EMAIL, demo_profile
 from tests.workflows.e2e_systems import (
     OTHER,
     SUBJECT,
@@ -47,6 +46,7 @@ from tests.workflows.e2e_systems import (
     open_world,
     seed,
 )
+from tests.workflows.support import OPERATOR_EMAIL, demo_profile
 from workflows import search_attributes as sa
 from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest

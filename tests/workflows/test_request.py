@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, timedelta
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 from sqlmodel import Session
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
-from dsr.config.profile import ControllerProfile
 from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.deadlines import response_deadline
 from dsr.domain.model import (
@@ -31,7 +27,6 @@ from dsr.domain.model import (
     Rectification,
     Refusal,
     RefusalGround,
-    RequestInput,
     RequestStatus,
     ResidualsCleared,
     Retry,
@@ -40,100 +35,25 @@ from dsr.domain.model import (
 )
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, attachments_of, exports_of, keep_history, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile
+from tests.workflows.support import (
+    OPERATOR_EMAIL,
+    SUBJECT_EMAIL,
+    SUBJECT_NAME,
+    Engine,
+    SwitchableProfile,
+    events,
+    readable,
+    status,
+    submit,
+    templates_sent,
+    wait_for_event,
+    wait_for_notice,
+    wait_for_stage,
+)
 from workflows import search_attributes as sa
 from workflows.aftercare import RequestAftercare
 from workflows.audit import instant
 from workflows.request import UNVERIFIED_LEAD, DataSubjectRequest
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server per test, instead of conftest's one per session.
-
-    When a ``handle.result()`` wait ends, the test server now and then skips about ten years (its clock,
-    briefly unlocked and idle, runs to some far timer). Shared by this module's tests, eight such skips took
-    its clock past 2100, where the holidays package has no data, and every later ``submit`` failed. A fresh
-    server starts at today's date, for about a second per test.
-    """
-    async with time_skipping_server() as env:
-        yield env
-
-
-async def submit(engine: Engine, kind: str = "access", *, identity: IdentityMethod = IdentityMethod.TRUSTED,
-                 clock: ClockPolicy = ClockPolicy.RECEIPT, language: str = "fr",
-                 changes: dict[str, str] | None = None, channel: str = "api", received_days_ago: int = 0,
-                 details: str = "", name: str = SUBJECT_NAME) -> tuple[RequestInput, WorkflowHandle]:
-    settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=identity, clock=clock))
-    now = await engine.env.get_current_time()
-    request = prepare(
-        Submission(kind=kind, email=SUBJECT_EMAIL, name=name, channel=channel, language=language,
-                   changes=changes or {}, details=details,
-                   received_at=now - timedelta(days=received_days_ago) if received_days_ago else None),
-        settings,
-        now=now,
-    )
-    # The handle from start_workflow is the one that lets the test server skip time while awaited.
-    return request, await start(engine.client, request, task_queue=engine.task_queue)
-
-
-def events(engine: Engine, request: RequestInput) -> list[str]:
-    return [e.event for e in engine.ledger.events(request.request_id)]
-
-
-def templates_sent(engine: Engine, request: RequestInput) -> list[str]:
-    return [e.details["template"] for e in engine.ledger.events(request.request_id) if e.event == "notice_sent"]
-
-
-def readable(message) -> str:
-    """Headers and the decoded text and HTML parts: a raw quoted-printable body may split an address."""
-    parts = [message.get_body((kind,)) for kind in ("plain", "html")]
-    return "\n".join([str(message["Subject"]), str(message["To"]),
-                      *(part.get_content() for part in parts if part is not None)])
-
-
-async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query(DataSubjectRequest.status)
-
-
-async def wait_for_stage(engine: Engine, handle: WorkflowHandle, stage: Stage, *, tries: int = 100) -> None:
-    """Polls the query in real time (no time skipped) until the workflow reaches ``stage``."""
-    import asyncio
-
-    for _ in range(tries):
-        try:
-            if (await status(handle)).stage == stage:
-                return
-        except RPCError:
-            pass  # the first workflow task has not run yet
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"request never reached {stage}; it is {(await status(handle)).stage}")
-
-
-async def wait_for_event(engine: Engine, request: RequestInput, event: str, *, tries: int = 100) -> None:
-    """Polls the ledger in real time until ``event`` is recorded. A stage shows in the query as soon as the
-    workflow task that set it completes; the ledger event of the same step is written by an activity after it
-    (start, then record), so a test reading the ledger right after :func:`wait_for_stage` may be early."""
-    import asyncio
-
-    for _ in range(tries):
-        if event in events(engine, request):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{event} never recorded; the ledger holds {events(engine, request)}")
-
-
-async def wait_for_notice(engine: Engine, request: RequestInput, template: str, *, tries: int = 100) -> None:
-    """Polls the ledger until the notice ``template`` was sent: the stage that follows a notice in the workflow
-    may show before the notice's activity ran (see :func:`wait_for_event`)."""
-    import asyncio
-
-    for _ in range(tries):
-        if template in templates_sent(engine, request):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{template} never sent; sent: {templates_sent(engine, request)}")
 
 
 async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: Engine) -> None:
@@ -645,18 +565,6 @@ async def test_no_personal_data_in_plain_sight(engine: Engine) -> None:
     for secret in (SUBJECT_EMAIL, SUBJECT_NAME, "Martin-Durand", "jeanne"):
         assert secret.lower() not in visible.lower()
     assert date.fromisoformat(request.request_id[4:11] + "-01").month == request.received_on.month
-
-
-class SwitchableProfile:
-    """The demo profile without the controller's legal name until an operator "fixes dsr.toml"."""
-
-    def __init__(self) -> None:
-        self.complete = False
-
-    def __call__(self) -> ControllerProfile | None:
-        profile = demo_profile()
-        assert profile is not None
-        return profile if self.complete else profile.model_copy(update={"legal_name": ""})
 
 
 @pytest.mark.parametrize("profile", [SwitchableProfile()])

@@ -4,20 +4,18 @@ aftercare), and a cancellation from the Temporal UI is caught: taken as a withdr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
 
 from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import IdentityMethod, Outcome, Retry, Stage
 from tests.harness import ScriptedConnector, keep_history
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine
-from tests.workflows.test_request import (
+from tests.workflows.support import (
+    OPERATOR_EMAIL,
+    SUBJECT_EMAIL,
+    Engine,
     SwitchableProfile,
     events,
     readable,
@@ -28,13 +26,6 @@ from tests.workflows.test_request import (
 )
 from workflows.aftercare import RequestAftercare
 from workflows.request import CANCELLED_BY, DataSubjectRequest
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """A fresh test server per test (see tests/workflows/test_request.py: its clock may run far ahead)."""
-    async with time_skipping_server() as env:
-        yield env
 
 
 async def details(handle: WorkflowHandle) -> str:

@@ -5,17 +5,15 @@ before the lift (18(3)) and the marks removed only after the notice period."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio.api.testservice.v1 import UnlockTimeSkippingRequest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.base import OperationJob
 from dsr.config.settings import Settings
@@ -36,8 +34,7 @@ from dsr.domain.model import (
 )
 from intake.submission import Submission, SubmissionError, prepare, start
 from tests.harness import ScriptedConnector, keep_history, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
+from tests.workflows.support import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals, events
 from workflows.request import DataSubjectRequest
 from workflows.restriction import IN_FORCE, LIFT_SCHEDULED, LIFTED, RestrictionInForce
 
@@ -62,12 +59,6 @@ class MarkingConnector(ScriptedConnector):
         self.marked.discard(job.subject.email)
         report = [RecordReport("contact", "101", RecordAction.LIFTED, fields=["dsr_restricted"])]
         return ConnectorOutcome(connector=self.name, found=1, counts={"lifted": 1}, report=report)
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:  # one per test (see test_request.py)
-        yield env
 
 
 @pytest.fixture
@@ -116,10 +107,6 @@ def held(engine: Engine, request: RequestInput) -> WorkflowHandle:
 
 async def restriction_status(handle: WorkflowHandle) -> RestrictionStatus:
     return await handle.query(RestrictionInForce.status)
-
-
-def events(engine: Engine, request: RequestInput) -> list[str]:
-    return [e.event for e in engine.ledger.events(request.request_id)]
 
 
 def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:

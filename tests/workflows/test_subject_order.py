@@ -12,13 +12,11 @@ import base64
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from temporalio import workflow
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -46,19 +44,11 @@ from dsr.domain.model import (
 from intake.service import IntakeService
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, keep_history
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine
+from tests.workflows.support import SUBJECT_EMAIL, SUBJECT_NAME, Engine, status
 from workflows.request import DataSubjectRequest
 from workflows.subjects import SubjectQueue
 
 OTHER_EMAIL = "paul.durand@example.org"
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """A fresh test server per test (see tests/workflows/test_request.py: its clock may run far ahead)."""
-    async with time_skipping_server() as env:
-        yield env
 
 
 @dataclass
@@ -136,10 +126,6 @@ async def result(engine: Engine, handle: WorkflowHandle) -> RequestStatus:
     plain = engine.client.get_workflow_handle_for(DataSubjectRequest.run, handle.id)
     async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
         return await plain.result()
-
-
-async def status(handle: WorkflowHandle) -> RequestStatus:
-    return await handle.query(DataSubjectRequest.status)
 
 
 async def eventually(check, what: str, *, tries: int = 200) -> None:

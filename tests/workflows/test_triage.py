@@ -8,8 +8,7 @@ from zoneinfo import ZoneInfo
 from dsr.domain.model import RefusalGround, RequestKind, TriageDecision, TriageDismissal, TriageInput
 from intake.submission import new_request_id
 from tests.harness import attachments_of, keep_history, text_of
-from tests.workflows.conftest import OPERATOR_EMAIL, Engine
-from tests.workflows.test_request import time_skipping as time_skipping  # a fresh server per test: real time
+from tests.workflows.support import OPERATOR_EMAIL, Engine
 from workflows.triage import TriageMessageWorkflow
 
 SENDER = "claire.durand@example.org"
