@@ -37,7 +37,7 @@ test: $(STAMP) lint
 FAST := not slow and not postgres and not mariadb and not imap and not browser and not chaos
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n 4 -m "$(FAST)"
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n 4 -m "$(FAST)"
 
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

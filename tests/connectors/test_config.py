@@ -12,6 +12,7 @@ import pytest
 
 from connectors.config import ConfigFileError, load_config, parse_config
 from dsr.domain.model import RequestKind
+from tests.cli import run_dsr
 
 GOOD = """
 [[connectors]]
@@ -78,11 +79,9 @@ def test_a_missing_file_means_no_connectors(tmp_path: Path) -> None:
 
 def test_connectors_check_reports_a_missing_secret_and_exits_non_zero(tmp_path: Path) -> None:
     (tmp_path / "dsr.toml").write_text(GOOD)
-    env = {**os.environ, "DSR_HOME": str(tmp_path)}
-    for name in ("HUBSPOT_TOKEN", "WC_KEY", "WC_SECRET"):
-        env.pop(name, None)
-    dsr = Path(sys.executable).parent / "dsr"
-    result = subprocess.run([str(dsr), "connectors", "check"], env=env, capture_output=True, text=True, timeout=60)
+    # In this process (tests/cli.py): a process spends seconds of CPU importing the engine.
+    result = run_dsr(["connectors", "check"], {"DSR_HOME": str(tmp_path), "HUBSPOT_TOKEN": None, "WC_KEY": None,
+                                               "WC_SECRET": None})
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("FAIL  crm") and "HUBSPOT_TOKEN" in lines[0]
@@ -91,9 +90,7 @@ def test_connectors_check_reports_a_missing_secret_and_exits_non_zero(tmp_path: 
 
 def test_a_broken_file_stops_the_cli_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "dsr.toml").write_text("[[connectors]]\ntype = 'hubspot'\n")
-    env = {**os.environ, "DSR_HOME": str(tmp_path)}
-    dsr = Path(sys.executable).parent / "dsr"
-    result = subprocess.run([str(dsr), "connectors", "check"], env=env, capture_output=True, text=True, timeout=60)
+    result = run_dsr(["connectors", "check"], {"DSR_HOME": str(tmp_path)})
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "credentials.token: missing" in result.stderr
 

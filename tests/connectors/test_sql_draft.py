@@ -12,9 +12,8 @@ member of the same organisation.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -46,6 +45,7 @@ from connectors.sql.map import SqlMap
 from dsr.domain.model import RecordAction, Subject
 from sandbox import appdb
 from sandbox.appdb import DEMO_MAP, PEOPLE, seed
+from tests.cli import run_dsr
 from tests.connectors.test_sql import BACKENDS, Sink, _fresh
 from tests.mariadb import mariadb_admin_url  # noqa: F401 - fixture
 
@@ -110,9 +110,10 @@ async def test_the_demo_database_drafts_into_its_hand_written_map(empty_db: str)
 
 
 def _dsr(*args: str, home: Path, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DSR_HOME": str(home), "DSR_CONFIG": str(config or home / "dsr.toml")}
-    return subprocess.run([str(Path(sys.executable).with_name("dsr")), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False, env=env)
+    """The verb in this process, from the repository's root (tests/cli.py: a process spends seconds of CPU
+    importing the engine)."""
+    with contextlib.chdir(ROOT):
+        return run_dsr(list(args), {"DSR_HOME": str(home), "DSR_CONFIG": str(config or home / "dsr.toml")})
 
 
 def test_the_cli_writes_a_draft_that_config_check_loads_and_never_overwrites(tmp_path: Path) -> None:

@@ -4,9 +4,7 @@ reported, replaced or revoked at any time; the verbs over the real CLI; the tabl
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,13 +16,13 @@ from dsr.domain.model import DirectiveInstruction, DirectivesFound
 from dsr.store.crypto import KeyRing
 from dsr.store.directives import DirectivesError, DirectivesRegister
 from dsr.store.ledger import Ledger
+from tests.cli import run_dsr
 from tests.dsr.test_migrations import build_previous_release
 from tests.harness import TEST_KEYRING
 
 PERSON = "Henri.Dupont@example.org"
 DAUGHTER = "claire.dupont@example.net"
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -83,11 +81,10 @@ def test_a_previous_release_database_gains_the_directives_table(database_url: st
         assert register.find(PERSON, DAUGHTER).instruction == "erase"
 
 
-def dsr(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}"}
-    for name in ("DSR_KEYS", "DSR_CONFIG"):
-        env.pop(name, None)
-    return subprocess.run([str(BIN / "dsr"), *args], env=env, capture_output=True, timeout=120)
+def dsr(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The verb in this process (tests/cli.py: a process spends seconds of CPU importing the engine)."""
+    return run_dsr(list(args), {"DSR_HOME": str(home), "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}",
+                                "DSR_KEYS": None, "DSR_CONFIG": None})
 
 
 def test_the_directives_verbs_record_show_and_revoke(tmp_path: Path) -> None:
@@ -96,13 +93,13 @@ def test_the_directives_verbs_record_show_and_revoke(tmp_path: Path) -> None:
                    DAUGHTER, "--designee-name", "Claire Dupont", "--text", "Mes photos à Claire.", "--json")
     assert recorded.returncode == 0, recorded.stderr
     directive_id = json.loads(recorded.stdout)["directive_id"]
-    assert directive_id.startswith("dir-") and b"@" not in recorded.stdout
+    assert directive_id.startswith("dir-") and "@" not in recorded.stdout
     shown = dsr(tmp_path, "directives", "show", PERSON.lower())
-    out = shown.stdout.decode()
+    out = shown.stdout
     assert shown.returncode == 0 and out.startswith(f"{directive_id}: hand_over")
     assert f"Claire Dupont <{DAUGHTER}>" in out and "Mes photos à Claire." in out
-    assert dsr(tmp_path, "directives", "revoke", PERSON).stdout.decode().strip() == "revoked"
-    assert dsr(tmp_path, "directives", "show", PERSON).stdout.decode().strip() == "no directives in force"
+    assert dsr(tmp_path, "directives", "revoke", PERSON).stdout.strip() == "revoked"
+    assert dsr(tmp_path, "directives", "show", PERSON).stdout.strip() == "no directives in force"
 
 
 @pytest.mark.parametrize("args", [
@@ -117,6 +114,6 @@ def test_the_directives_verbs_record_show_and_revoke(tmp_path: Path) -> None:
 def test_post_mortem_verbs_refuse_bad_input_in_one_line(tmp_path: Path, args: list[str]) -> None:
     KeyRing.load_or_create(tmp_path / "keys.json")
     result = dsr(tmp_path, *args)
-    err = result.stderr.decode()
+    err = result.stderr
     assert result.returncode != 0 and err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err

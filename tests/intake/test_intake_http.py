@@ -44,6 +44,7 @@ from dsr.web.serve import serve_app
 from intake.server import build_intake_app
 from intake.service import IntakeService, TriageItem
 from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port, text_of
+from tests.servers import validated_once
 from worker import build_worker
 from workflows.request import DataSubjectRequest
 
@@ -99,7 +100,8 @@ async def intake(
     server = await serve_app(app, host="127.0.0.1", port=port)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
-            async with build_worker(dev_server.client, settings, ledger, executor=executor, exports=exports), \
+            async with build_worker(dev_server.client, settings, ledger, executor=executor, exports=exports,
+                                    workflow_runner=validated_once()), \
                     httpx.AsyncClient(base_url=settings.intake_url, timeout=30) as http:
                 yield Intake(dev_server.client, http, settings.intake_url, settings, ledger, mail, service)
     finally:

@@ -45,6 +45,7 @@ from intake.service import Accepted, IntakeService, RateLimited
 from intake.submission import Submission
 from intake.web.attempts import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
 from tests.harness import TEST_KEYRING, MailSink, exports_of, file_exports
+from tests.servers import validated_once
 from worker import build_worker
 
 pytestmark = pytest.mark.slow  # two intake replicas with their Temporal servers
@@ -105,7 +106,7 @@ async def cluster(dev_server: WorkflowEnvironment, database_url: str, mail: Mail
         executor = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=8))
         await stack.enter_async_context(build_worker(
             dev_server.client, settings, worker_ledger, executor=executor,
-            exports=file_exports(tmp_path / "bucket")))
+            exports=file_exports(tmp_path / "bucket"), workflow_runner=validated_once()))
         try:
             yield Cluster(settings, env, dev_server.client, replicas[0], replicas[1])
         finally:

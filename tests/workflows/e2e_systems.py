@@ -50,7 +50,7 @@ from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
-from tests.servers import start_time_skipping_server
+from tests.servers import start_time_skipping_server, validated_once
 from tests.workflows.support import demo_profile
 from worker import build_worker
 
@@ -298,7 +298,7 @@ async def open_world(settings: Settings, ledger: Ledger, mail: MailSink) -> Asyn
                 with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
                     async with build_worker(env.client, settings, ledger, systems.connectors, exports=exports,
                                             profile=demo_profile, task_queue=settings.task_queue,
-                                            executor=executor):
+                                            executor=executor, workflow_runner=validated_once()):
                         world = World(env, settings, ledger, exports, mail, systems, intake.url, clock)
                         try:
                             yield world

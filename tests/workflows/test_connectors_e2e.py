@@ -32,7 +32,7 @@ from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
-from tests.servers import time_skipping_server
+from tests.servers import time_skipping_server, validated_once
 from tests.workflows.support import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
@@ -105,7 +105,8 @@ async def run_request(env: WorkflowEnvironment, settings: Settings, ledger: Ledg
                                  ground=ground), settings, now=await env.get_current_time())
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(env.client, settings, ledger, systems.connectors, exports=exports,
-                                profile=demo_profile, task_queue=task_queue, executor=executor):
+                                profile=demo_profile, task_queue=task_queue, executor=executor,
+                                workflow_runner=validated_once()):
             handle = await start(env.client, request, task_queue=task_queue)
             # Not handle.result(): that would skip to the download link's expiry, which deletes the exports.
             with env.auto_time_skipping_disabled():
@@ -236,7 +237,8 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
     intake = await serve_app(app, port=0)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, trusted, ledger, systems.connectors, exports=exports,
-                                profile=demo_profile, task_queue=task_queue, executor=executor):
+                                profile=demo_profile, task_queue=task_queue, executor=executor,
+                                workflow_runner=validated_once()):
             await start(time_skipping.client, request, task_queue=task_queue)
             for _ in range(200):  # real time, no skipping: until the reply is out and the aftercare keeps the link
                 if "aftercare_started" in [e.event for e in ledger.events(request.request_id)]:
@@ -317,7 +319,8 @@ async def test_a_deceased_persons_accounts_are_closed_in_every_system_once_the_h
                       settings, now=await time_skipping.get_current_time())
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(time_skipping.client, settings, ledger, systems.connectors, exports=exports,
-                                profile=demo_profile, task_queue=task_queue, executor=executor):
+                                profile=demo_profile, task_queue=task_queue, executor=executor,
+                                workflow_runner=validated_once()):
             handle = await start(time_skipping.client, request, task_queue=task_queue)
             with time_skipping.auto_time_skipping_disabled():
                 for _ in range(300):

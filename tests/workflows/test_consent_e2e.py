@@ -33,6 +33,7 @@ from sandbox import appdb
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.woocommerce import WooState, woocommerce_app
 from tests.harness import MailSink, exports_of, text_of
+from tests.servers import validated_once
 from tests.workflows.support import demo_profile
 from worker import build_worker
 from workflows.request import DataSubjectRequest
@@ -117,7 +118,8 @@ async def withdraw(env: WorkflowEnvironment, settings: Settings, ledger: Ledger,
                       settings, now=await env.get_current_time())
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         async with build_worker(env.client, settings, ledger, systems.connectors, exports=exports_of(settings),
-                                profile=demo_profile, task_queue=task_queue, executor=executor):
+                                profile=demo_profile, task_queue=task_queue, executor=executor,
+                                workflow_runner=validated_once()):
             handle = await start(env.client, request, task_queue=task_queue)
             with env.auto_time_skipping_disabled():
                 for _ in range(300):

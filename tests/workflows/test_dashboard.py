@@ -20,6 +20,7 @@ from dsr.runtime.dashboard import RUNNING, ended_by_hand, in_stage, list_due, op
 from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare, start
 from tests.harness import MailSink, ScriptedConnector, exports_of
+from tests.servers import validated_once
 from worker import build_worker
 from workflows import search_attributes as sa
 from workflows.aftercare import RequestAftercare
@@ -37,7 +38,7 @@ async def test_due_and_stage_filters_find_the_right_requests(
     ids = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
         async with build_worker(dev_server.client, settings, ledger, task_queue=task_queue, executor=executor,
-                                exports=exports_of(settings)):
+                                exports=exports_of(settings), workflow_runner=validated_once()):
             for label, days_ago in (("overdue", 40), ("this_week", 26), ("later", 0)):
                 request = prepare(
                     Submission(kind="access", email=f"{label}@example.org", received_at=now - timedelta(days=days_ago)),
@@ -105,7 +106,7 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
         async with build_worker(dev_server.client, settings, ledger, connectors, task_queue=task_queue,
-                                executor=executor, exports=exports_of(settings)):
+                                executor=executor, exports=exports_of(settings), workflow_runner=validated_once()):
             erasure = prepare(Submission(kind="erasure", email="left.behind@example.org"), settings)
             plain = prepare(Submission(kind="access", email="nothing.left@example.org"), settings)
             # The access request first: the erasure empties the scripted system, and an access request with
@@ -169,7 +170,7 @@ async def test_degraded_filter_lists_requests_whose_connector_fails_too_long(
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
         async with build_worker(dev_server.client, settings, ledger, connectors, task_queue=task_queue,
-                                executor=executor, exports=exports_of(settings)):
+                                executor=executor, exports=exports_of(settings), workflow_runner=validated_once()):
             failing = prepare(Submission(kind="erasure", email="stuck@example.org"), settings)
             handle = await start(dev_server.client, failing, task_queue=task_queue)
             found: list[str] = []
@@ -199,7 +200,7 @@ async def test_objection_filters_find_objections_and_those_waiting_for_a_decisio
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
         async with build_worker(dev_server.client, settings, ledger, [], task_queue=task_queue,
-                                executor=executor, exports=exports_of(settings)):
+                                executor=executor, exports=exports_of(settings), workflow_runner=validated_once()):
             objection = prepare(Submission(kind="objection", scope="other", email="objects@example.org"), settings)
             access = prepare(Submission(kind="access", email="reads@example.org",
                                         received_at=datetime.now(UTC) - timedelta(days=1)), settings)
