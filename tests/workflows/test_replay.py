@@ -17,6 +17,7 @@ from temporalio.workflow import _Definition
 
 from dsr.store.crypto import data_converter
 from tests.harness import TEST_KEYRING, project_version
+from tests.servers import validated_once
 from workflows.aftercare import RequestAftercare
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
@@ -50,6 +51,7 @@ def test_histories_are_filed_under_their_workflow_type() -> None:
 async def test_saved_history_replays(path: Path) -> None:
     saved = json.loads(path.read_text())  # noqa: ASYNC240 - a small file, once
     history = WorkflowHistory.from_json(saved["workflow_id"], saved["history"])
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=data_converter(TEST_KEYRING))
+    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=data_converter(TEST_KEYRING),
+                        workflow_runner=validated_once())  # each replay still runs in a sandbox of its own
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
