@@ -10,11 +10,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from dsr.config.settings import Settings
-from dsr.domain.aftercare import aftercare_id
+from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import IdentityMethod, RequestKind, ResidualsCleared, Stage
 from dsr.runtime.dashboard import RUNNING, ended_by_hand, in_stage, list_due, open_requests, residual_data
 from dsr.store.ledger import Ledger
@@ -138,8 +138,8 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
                 await asyncio.sleep(0.2)
             assert erasure.request_id not in running
 
-            aftercare = dev_server.client.get_workflow_handle_for(RequestAftercare.run,
-                                                                  aftercare_id(erasure.request_id))
+            aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = dev_server.client.get_workflow_handle_for(
+                RequestAftercare.run, aftercare_id(erasure.request_id))
             await aftercare.execute_update(RequestAftercare.clear_residuals, ResidualsCleared(note="done by hand"))
             await aftercare.result()
             for _ in range(50):
