@@ -3,7 +3,6 @@ pending and delivered once when the mail server is back; mail steps heartbeat, s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
@@ -15,7 +14,16 @@ from temporalio.client import WorkflowHandle
 
 from dsr.domain.model import IdentityMethod, RequestStatus, Stage
 from tests.harness import keep_history
-from tests.workflows.support import OPERATOR_EMAIL, SUBJECT_EMAIL, Engine, events, status, submit, templates_sent, until
+from tests.workflows.support import (
+    OPERATOR_EMAIL,
+    SUBJECT_EMAIL,
+    Engine,
+    status,
+    submit,
+    templates_sent,
+    until,
+    wait_for_event,
+)
 from workflows import search_attributes as sa
 from workflows.contract import STEP_HEARTBEAT
 from workflows.request import ACK_LEAD
@@ -37,11 +45,7 @@ async def test_smtp_down_at_submission_does_not_hold_the_request(
                           "replying with the acknowledgement pending")
     assert [c.state.value for c in waiting.connectors] == ["done", "done"]
     assert await mail_pending_attribute(handle) == 1
-    for _ in range(100):  # the workflow's events reach the ledger in batches, beside its next steps
-        if "notice_deferred" in events(engine, request):
-            break
-        await asyncio.sleep(0.1)
-    assert "notice_deferred" in events(engine, request)
+    await wait_for_event(engine, request, "notice_deferred")  # the ledger's events trail the workflow's steps
     assert engine.mail.messages == []
 
     engine.mail.start()
