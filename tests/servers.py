@@ -11,8 +11,8 @@ free ports and encrypt payloads with :data:`tests.harness.TEST_KEYRING` unless t
 * :func:`validated_once`: the sandbox runner for the engine's workers in tests (``build_worker(...,
   workflow_runner=validated_once())``).
 * Fixtures (imported by ``tests/conftest.py``): ``time_skipping``, one test server for the whole session, and
-  ``dev_server``, one dev server per test module. A module that needs a server per test (its clock may run far
-  ahead) overrides ``time_skipping`` with a function-scoped fixture using :func:`time_skipping_server`.
+  ``dev_server``, one dev server per test module. The workflow tests need a server per test (its clock may run
+  far ahead): tests/workflows/conftest.py overrides ``time_skipping`` with one using :func:`time_skipping_server`.
 """
 
 from __future__ import annotations
