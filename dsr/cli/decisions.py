@@ -95,7 +95,6 @@ async def extend(
     from dsr.domain.model import Extension
     from workflows.request import DataSubjectRequest
 
-
     await _update(request_id, DataSubjectRequest.extend_deadline, Extension(reason=reason, requested_by=by), as_json)
 
 
