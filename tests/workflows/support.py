@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
@@ -91,7 +92,7 @@ def templates_sent(engine: Engine, request: RequestInput) -> list[str]:
     return [e.details["template"] for e in engine.ledger.events(request.request_id) if e.event == "notice_sent"]
 
 
-def readable(message) -> str:
+def readable(message: EmailMessage) -> str:
     """Headers and the decoded text and HTML parts: a raw quoted-printable body may split an address."""
     parts = [message.get_body((kind,)) for kind in ("plain", "html")]
     return "\n".join([str(message["Subject"]), str(message["To"]),
@@ -136,7 +137,7 @@ async def wait_for_notice(engine: Engine, request: RequestInput, template: str, 
     raise AssertionError(f"{template} never sent; sent: {templates_sent(engine, request)}")
 
 
-async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], bool], what: str, seconds: float = 20
+async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], object], what: str, seconds: float = 20,
                 ) -> RequestStatus:
     """Polls the status until ``check`` holds, for ``seconds`` at most."""
     last: RequestStatus | None = None

@@ -4,6 +4,7 @@ decided by an operator."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -68,7 +69,8 @@ async def submit(engine: Engine, kind: str, *, scope: str = "", language: str = 
     return request, await start(engine.client, request, task_queue=engine.task_queue)
 
 
-async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatus:
+async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], object], tries: int = 150,
+                ) -> RequestStatus:
     for _ in range(tries):
         try:
             current = await status(handle)

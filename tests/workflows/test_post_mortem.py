@@ -5,6 +5,7 @@ sender's); a refused quality ends with the 12(4) remedies; directives recorded w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -65,7 +66,8 @@ async def submit(engine: Engine, *, language: str = "fr", scope: str = "", quali
     return request, await start(engine.client, request, task_queue=engine.task_queue)
 
 
-async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatus:
+async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], object], tries: int = 150,
+                ) -> RequestStatus:
     for _ in range(tries):
         try:
             current = await status(handle)

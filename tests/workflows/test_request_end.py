@@ -4,6 +4,7 @@ aftercare), and a cancellation from the Temporal UI is caught: taken as a withdr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from temporalio.api.sdk.v1 import WorkflowMetadata
@@ -33,7 +34,7 @@ async def details(handle: WorkflowHandle) -> str:
     return metadata.current_details
 
 
-async def until(check, what: str, *, tries: int = 100) -> None:
+async def until(check: Callable[[], object], what: str, *, tries: int = 100) -> None:
     for _ in range(tries):
         if check():
             return

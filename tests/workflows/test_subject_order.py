@@ -12,6 +12,7 @@ import base64
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,7 +129,7 @@ async def result(engine: Engine, handle: WorkflowHandle) -> RequestStatus:
         return await plain.result()
 
 
-async def eventually(check, what: str, *, tries: int = 200) -> None:
+async def eventually(check: Callable[[], Awaitable[object]], what: str, *, tries: int = 200) -> None:
     """Poll in real time (no time is skipped while the test does not wait on a result)."""
     for _ in range(tries):
         try:
