@@ -33,10 +33,10 @@ test: $(STAMP) lint
 # stacks, killed workers, fuzzing), in four processes (pytest-xdist: many tests wait on servers and timers, so four
 # beat two on two cores); `make test` (and CI) still runs everything, in one. Bytecode stays on (an environment with
 # PYTHONDONTWRITEBYTECODE set made every worker assertion-rewrite and compile ~450 modules again: 13.5 s of CPU per
-# collection instead of 4.8 s). 1,600 tests. Measured 2026-12-05 with five other sessions loading the two cores:
-# 220 s wall at load 8-10, 152 s of CPU, against 241 s wall (load 1 rising to 8) and 250 s of CPU before the shared
-# workflow fixtures, the once-per-process sandbox validation and the in-process CLI tests (0.61 of the CPU). The
-# 60 s goal is not met: 152 s of CPU on two cores is 76 s at best, and the rest is the tests' own work.
+# collection instead of 4.8 s). 1,601 tests. Measured 2026-12-05 with five other sessions loading the two cores:
+# 211-220 s wall at load 8-12, 152-169 s of CPU, against 241 s wall (load 1 rising to 8) and 250 s of CPU for 1,598
+# tests before the shared workflow fixtures, the once-per-process sandbox validation and the in-process CLI tests
+# (0.61-0.68 of the CPU). The 60 s goal is not met: 152 s of CPU on two cores is 76 s at best.
 FAST := not slow and not postgres and not mariadb and not imap and not browser and not chaos
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
