@@ -37,6 +37,10 @@ busy), it reserves again. A late call would otherwise leave closer to the calls 
 the window allows, and the vendor, counting arrivals, would answer 429."""
 
 
+FIRST_LEAD = 0.1
+"""Seconds ahead a process's first shared slot is taken, before any reservation has said how long one takes."""
+
+
 def with_margin(per_seconds: float) -> float:
     """The window a limiter keeps for a vendor's ``per_seconds``: 5% longer plus 50 ms. The limiter stamps a call
     when it leaves and the vendor counts it when it arrives, so a fast call after a slow one can land in the vendor's
@@ -70,7 +74,9 @@ class RateLimiter:
         # made sixty transactions wait on the database's write lock (SQLite's busy handler sleeps up to 100 ms at a
         # time), some for a second, and a slot taken then was left late.
         self._reserving = asyncio.Lock()
-        self._lead = 0.0  # how long the last reservation took to answer: the next slot is taken that far ahead
+        # How long the last reservation took to answer: the next slot is taken that far ahead. Before the first
+        # answer, FIRST_LEAD: a process's first call (the row created, the connection opened) was late for its slot.
+        self._lead = FIRST_LEAD
         self._late_tolerance = late_tolerance  # None: a late slot is kept (how it was before; for bench/)
         self.rereserved = 0
         """Slots reserved again because their call would have left too late (shared windows only)."""

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from connectors.config import build_connectors, parse_config
-from connectors.http import RateLimiter
+from connectors.http import FIRST_LEAD, RateLimiter
 from connectors.woocommerce import WooCommerceConnector
 from dsr.store.crypto import KeyRing
 from dsr.store.guards import Guards
@@ -158,5 +158,5 @@ async def test_a_reservation_asks_for_a_slot_as_far_ahead_as_the_last_one_took()
     limiter = RateLimiter(5, 1.0, shared=windows, key="shop")
     await limiter.acquire()
     await limiter.acquire()
-    assert windows.leads[0] == 0.0
+    assert windows.leads[0] == FIRST_LEAD
     assert 0.1 <= windows.leads[-1] <= 0.5  # the first reservation's time (the limiter's cap: half its window)
