@@ -10,8 +10,9 @@ per second that went through, as a ratio of the account's limit (the machine is 
 
 Each worker's limiter is configured with the account's limit, as dsr.toml says it, plus the margin the configuration
 adds (``connectors.http.with_margin``). Per process, two workers may together send twice that; shared, they queue
-in one window. ``shared-0`` is the shared window as it was before (a flat 10% margin, and a call woken late for its
-slot still sent): interleaved with ``shared`` to compare.
+in one window. ``shared-0`` is the shared window with a flat 10% margin and a call woken late for its slot still
+sent (its reservations as ``shared``'s: one at a time per worker, the slot's time answered): interleaved with
+``shared`` to compare. To compare with another checkout's limiter, run its copy of this file in turn.
 
 The share of the limit used is read at the sandbox, from the arrival times of the calls it let through (the first
 window's burst left out, and not the processes' start nor their end): (accepted - limit) / (last - first arrival),
