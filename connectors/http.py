@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -32,18 +32,9 @@ class SharedWindows(Protocol):
 _RESERVE_TRIES = 3
 """At most this many reservations per call: under a long CPU starvation the call then goes (the margin's turn)."""
 LATE_TOLERANCE = 0.05
-"""The least time a shared slot's call may leave after its reserved time (see :func:`lateness_allowed`)."""
-
-
-def lateness_allowed(span: float) -> float:
-    """Seconds a shared slot's call may leave after its reserved time: later (a worker starved of CPU, a slow
-    commit), it reserves again. A call leaving that late is that much closer to the call reserved one window after
-    it, and the vendor, counting arrivals, would answer 429 past the margin :func:`with_margin` added to its window:
-    half of that margin, the other half left for the calls' travel time, at least :data:`LATE_TOLERANCE`. HubSpot's
-    10 s (a window of 10.55 s): 275 ms; 2 s: 75 ms; 1 s: 50 ms. A flat 50 ms re-reserved calls on a loaded machine
-    whose lateness HubSpot's margin covered ten times over, each one a slot lost."""
-    vendor = (span - _MARGIN_SECONDS) / _MARGIN_FACTOR
-    return max(LATE_TOLERANCE, (span - vendor) / 2)
+"""Seconds a shared slot's call may leave after its reserved time: later (a worker starved of CPU, a thread pool
+busy), it reserves again. A late call would otherwise leave closer to the calls reserved one window after it than
+the window allows, and the vendor, counting arrivals, would answer 429."""
 
 
 FIRST_LEAD = 0.1
@@ -53,13 +44,9 @@ FIRST_LEAD = 0.1
 def with_margin(per_seconds: float) -> float:
     """The window a limiter keeps for a vendor's ``per_seconds``: 5% longer plus 50 ms. The limiter stamps a call
     when it leaves and the vendor counts it when it arrives, so a fast call after a slow one can land in the vendor's
-    window early; the margin absorbs that jitter (late departures are re-reserved: lateness_allowed). At most 95% of
+    window early; the margin absorbs that jitter (late departures are re-reserved: LATE_TOLERANCE). At most 95% of
     the vendor's rate can be used (HubSpot, 100 per 10 s: 94.8%; 10% on a 1 s window), where a flat 10% left 90.9%."""
-    return per_seconds * _MARGIN_FACTOR + _MARGIN_SECONDS
-
-
-_MARGIN_FACTOR = 1.05
-_MARGIN_SECONDS = 0.05
+    return per_seconds * 1.05 + 0.05
 
 
 class RateLimiter:
@@ -71,7 +58,7 @@ class RateLimiter:
 
     def __init__(self, requests: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic,
                  shared: SharedWindows | None = None, key: str = "",
-                 late_tolerance: float | Literal["margin"] | None = "margin") -> None:
+                 late_tolerance: float | None = LATE_TOLERANCE) -> None:
         if requests < 1 or per_seconds <= 0:
             raise ValueError("a rate limit needs requests >= 1 and per_seconds > 0")
         if shared is not None and not key:
@@ -90,8 +77,7 @@ class RateLimiter:
         # How long the last reservation took to answer: the next slot is taken that far ahead. Before the first
         # answer, FIRST_LEAD: a process's first call (the row created, the connection opened) was late for its slot.
         self._lead = FIRST_LEAD
-        # "margin": half the margin of the window (lateness_allowed); None: a late slot is kept (for bench/).
-        self._late_tolerance = lateness_allowed(per_seconds) if isinstance(late_tolerance, str) else late_tolerance
+        self._late_tolerance = late_tolerance  # None: a late slot is kept (how it was before; for bench/)
         self.rereserved = 0
         """Slots reserved again because their call would have left too late (shared windows only)."""
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from connectors.config import build_connectors, parse_config
-from connectors.http import FIRST_LEAD, RateLimiter, lateness_allowed, with_margin
+from connectors.http import FIRST_LEAD, RateLimiter
 from connectors.woocommerce import WooCommerceConnector
 from dsr.store.crypto import KeyRing
 from dsr.store.guards import Guards
@@ -160,12 +160,3 @@ async def test_a_reservation_asks_for_a_slot_as_far_ahead_as_the_last_one_took()
     await limiter.acquire()
     assert windows.leads[0] == FIRST_LEAD
     assert 0.1 <= windows.leads[-1] <= 0.5  # the first reservation's time (the limiter's cap: half its window)
-
-
-def test_a_call_may_be_late_by_half_the_margin_of_its_window() -> None:
-    """The margin added to the vendor's window is shared between a call's lateness and its travel time: HubSpot's
-    10 s allows 275 ms, a 1 s window 50 ms (never less)."""
-    assert lateness_allowed(with_margin(10.0)) == pytest.approx(0.275)
-    assert lateness_allowed(with_margin(2.0)) == pytest.approx(0.075)
-    assert lateness_allowed(with_margin(1.0)) == pytest.approx(0.05)
-    assert lateness_allowed(0.5) == 0.05
