@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Coroutine
+import functools
+from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -438,7 +439,8 @@ class DataSubjectRequest:
                 "bundle_sha256": reply.bundle_sha256,
             })
         self._residuals = self._residual_lines()
-        self._outcome = Outcome.FULFILLED
+        rejected = self._decision is not None and not self._decision.uphold
+        self._outcome = Outcome.DECLINED if rejected else Outcome.FULFILLED
 
     async def _fan_out(self, ordered: bool) -> bool:
         """Every connector done (True), or the request withdrawn or refused meanwhile (False)."""
@@ -950,7 +952,7 @@ class DataSubjectRequest:
                     last_escalation = workflow.now()
                     continue
             await self._wait(
-                lambda v=version: self._stage == Stage.CLOSED or self._deadline_version != v,
+                functools.partial(self._closed_or_deadline_moved, version),
                 next_at - now,
                 "deadline watch",
             )
@@ -1362,7 +1364,11 @@ class DataSubjectRequest:
     def _result(self) -> UpdateResult:
         return UpdateResult(stage=self._stage, deadline=self._deadline.due, extended=self._extended)
 
-    async def _wait(self, condition, timeout: timedelta, summary: str) -> bool:
+    def _closed_or_deadline_moved(self, version: int) -> bool:
+        """The deadline watch's wake-up: the request closed, or its deadline moved since ``version``."""
+        return self._stage == Stage.CLOSED or self._deadline_version != version
+
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta, summary: str) -> bool:
         """Wait for ``condition`` at most ``timeout`` (a durable timer); True if it became true."""
         if timeout <= timedelta(0):
             return condition()

@@ -4,7 +4,7 @@ decided by an operator."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -74,7 +74,8 @@ async def status(handle: WorkflowHandle) -> RequestStatus:
     return await handle.query(DataSubjectRequest.status)
 
 
-async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatus:
+async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], object], tries: int = 150,
+                ) -> RequestStatus:
     for _ in range(tries):
         try:
             current = await status(handle)
@@ -176,7 +177,7 @@ async def test_an_objection_to_other_processing_waits_for_a_reasoned_decision(
                                 ObjectionDecision(uphold=False, grounds=grounds, decided_by="operator:alice"))
     final = await handle.result()
     await keep_history(handle, f"objection_rejected_{language}")
-    assert final.outcome == Outcome.FULFILLED and final.decision == "rejected" and final.residuals == []
+    assert final.outcome == Outcome.DECLINED and final.decision == "rejected" and final.residuals == []
     [rejected] = [e for e in engine.ledger.events(request.request_id) if e.event == "objection_rejected"]
     assert rejected.actor == "operator:alice" and rejected.note == grounds  # sealed, opened for the operator
     assert rejected.details == {"upheld": "False", "grounds_length": str(len(grounds))}
