@@ -80,9 +80,14 @@ async def test_two_workers_count_in_one_window(shop: Shop, workers: tuple[Guards
     finally:
         for connector in built:
             await connector.aclose()
-    # Both workers' slots together: any LIMIT + 1 of them span at least the window (1.1 s: 1 s, 5% and 50 ms).
+    # Both workers' slots together: any LIMIT + 1 of them span at least the window (1.1 s: 1 s, 5% and 50 ms). A
+    # call woken more than 50 ms after its slot (the machine loaded) took another: one slot more per such call.
     slots = sorted(Recording.slots)
-    assert len(slots) == 6
+    taken_again = 0
+    for connector in built:
+        assert isinstance(connector, WooCommerceConnector) and connector._limiter is not None
+        taken_again += connector._limiter.rereserved
+    assert len(slots) == 6 + taken_again
     assert all(later - earlier >= 1.1 - 1e-6 for earlier, later in zip(slots, slots[LIMIT:], strict=False))
     assert recorded_slots(workers[0], "vendor:shop") == slots[-LIMIT:]  # the database's window holds the last ones
 
