@@ -23,9 +23,9 @@ T = TypeVar("T")
 class SharedWindows(Protocol):
     """Sliding windows that every worker shares (``dsr.store.guards.Guards``, on the ledger's database)."""
 
-    def reserve(self, key: str, limit: int, span: float) -> float:
-        """Take the earliest slot in the window ``key`` (at most ``limit`` per ``span`` seconds) and answer the
-        seconds to wait until it; one transaction, so two workers never take the same slot."""
+    def reserve(self, key: str, limit: int, span: float, *, lead: float = 0.0) -> float:
+        """Take the earliest slot in the window ``key`` (at most ``limit`` per ``span`` seconds) at least ``lead``
+        seconds away and answer its time (Unix seconds); one transaction, so two workers never take the same slot."""
         ...
 
 
@@ -35,6 +35,10 @@ LATE_TOLERANCE = 0.05
 """Seconds a shared slot's call may leave after its reserved time: later (a worker starved of CPU, a thread pool
 busy), it reserves again. A late call would otherwise leave closer to the calls reserved one window after it than
 the window allows, and the vendor, counting arrivals, would answer 429."""
+
+
+FIRST_LEAD = 0.1
+"""Seconds ahead a process's first shared slot is taken, before any reservation has said how long one takes."""
 
 
 def with_margin(per_seconds: float) -> float:
@@ -66,6 +70,13 @@ class RateLimiter:
         self._key = key
         self._sent: list[float] = []
         self._lock = asyncio.Lock()
+        # Shared: this process's calls reserve one after another. Sixty calls reserving at once in the thread pool
+        # made sixty transactions wait on the database's write lock (SQLite's busy handler sleeps up to 100 ms at a
+        # time), some for a second, and a slot taken then was left late.
+        self._reserving = asyncio.Lock()
+        # How long the last reservation took to answer: the next slot is taken that far ahead. Before the first
+        # answer, FIRST_LEAD: a process's first call (the row created, the connection opened) was late for its slot.
+        self._lead = FIRST_LEAD
         self._late_tolerance = late_tolerance  # None: a late slot is kept (how it was before; for bench/)
         self.rereserved = 0
         """Slots reserved again because their call would have left too late (shared windows only)."""
@@ -75,11 +86,17 @@ class RateLimiter:
             # The slot is reserved at once (a database transaction in a thread), then waited for here: callers
             # on every worker queue in the order they reserved, none holding a lock while it sleeps.
             for _ in range(_RESERVE_TRIES):
-                wait = await asyncio.to_thread(self._shared.reserve, self._key, self.requests, self.per_seconds)
-                due = time.monotonic() + wait
+                async with self._reserving:
+                    asked = time.time()
+                    slot = await asyncio.to_thread(self._shared.reserve, self._key, self.requests, self.per_seconds,
+                                                   lead=self._lead)
+                    self._lead = min(time.time() - asked, self.per_seconds / 2)
+                wait = slot - time.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                if self._late_tolerance is None or time.monotonic() - due <= self._late_tolerance:
+                # Late for the slot itself (the clock the slot was taken on), whatever delayed the call: the
+                # reservation's commit and return, the event loop.
+                if self._late_tolerance is None or time.time() - slot <= self._late_tolerance:
                     return
                 # Woken too late: the slot recorded is in the past, and the calls reserved a window after it may
                 # already be on their way. Its slot stays taken (the safe side); the call takes a new one.

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
+import orjson
 import typer
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def plain(value: Any) -> Any:
     """JSON-ready form of dataclasses, enums and dates."""
     if value is None or type(value) in _SCALARS:  # most values: answered before the slower checks (not enums)
         return value
+    if type(value) is dict:  # the rows of a listing (`dsr due`: 10,000 of them)
+        return {k: v if v is None or type(v) in _SCALARS else plain(v) for k, v in value.items()}
     if is_dataclass(value) and not isinstance(value, type):
         return {k: plain(v) for k, v in asdict(value).items()}
     if isinstance(value, dict):
@@ -82,7 +85,16 @@ def plain(value: Any) -> Any:
 
 
 def emit_json(value: Any) -> None:
-    typer.echo(json.dumps(plain(value), ensure_ascii=False, indent=2, sort_keys=True))
+    """``value`` as indented JSON with sorted keys, UTF-8 as it is (not ``\\u`` escapes)."""
+    ready = plain(value)
+    try:
+        # orjson: the standard encoder writes indented JSON in pure Python, a third of `dsr due`'s time at 10,000
+        # open requests; the same text (two spaces, ", " never at a line's end, ": ").
+        text = orjson.dumps(ready, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+                            ).decode()
+    except TypeError:  # what orjson refuses and the standard encoder writes (an integer past 64 bits)
+        text = json.dumps(ready, ensure_ascii=False, indent=2, sort_keys=True)
+    typer.echo(text)
 
 
 def run(coroutine_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:

@@ -5,37 +5,57 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, NoReturn
+from importlib import import_module
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from dsr.cli import (
-    attachments,
-    config,
-    connectors,
-    db,
-    decisions,
-    demo,
-    directives,
-    keys,
-    lifecycle,
-    register,
-    requests,
-    services,
-    suppression,
-    tasks,
-    triage,
+# Each verb's module is imported only when the verb is asked for (`dsr due` does not load the Temporal SDK of the
+# verbs that signal workflows, nor their modules); `dsr --help`, and `app` (the tests' CliRunner), build them all.
+VERBS: tuple[tuple[str, str, str], ...] = (
+    # One request: record it, see where it stands, decide on it.
+    ("submit", "requests", "submit"),
+    ("status", "requests", "status"),
+    ("confirm-identity", "decisions", "confirm_identity"),
+    ("extend", "decisions", "extend"),
+    ("refuse", "decisions", "refuse"),
+    ("withdraw", "decisions", "withdraw"),
+    ("retry", "decisions", "retry"),
+    ("doubt", "decisions", "doubt"),
+    ("rectify", "decisions", "rectify"),
+    ("clear-residuals", "decisions", "clear_residuals"),
+    ("decide", "decisions", "decide"),
+    ("confirm-quality", "decisions", "confirm_quality"),
+    ("lift", "decisions", "lift"),
+    # All requests: what is due, the audit trail, the register and its statistics.
+    ("due", "requests", "due"),
+    ("history", "requests", "history"),
+    ("list", "register", "list_requests"),
+    ("report", "register", "report"),
+    ("reconcile", "lifecycle", "reconcile"),
+    ("dashboard", "lifecycle", "dashboard"),
+    # Running the engine.
+    ("setup", "services", "setup"),
+    ("worker", "services", "worker"),
+    ("up", "services", "up"),
+    ("intake", "services", "intake"),
+    ("codec-server", "services", "codec_server"),
 )
+"""``dsr NAME``: the module of :mod:`dsr.cli` and the function, in the order `dsr --help` lists them."""
 
-app = typer.Typer(
-    name="dsr",
-    help="A durable engine for GDPR data-subject requests, on Temporal.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Plain help, as click writes it: the rich panels of recent typer label every flag `<bool>`.
-    rich_markup_mode=None,
+SUB_APPS: tuple[tuple[str, str, str], ...] = (
+    ("triage", "triage", "app"),
+    ("tasks", "tasks", "app"),
+    ("attachments", "attachments", "app"),
+    ("connectors", "connectors", "app"),
+    ("config", "config", "app"),
+    ("keys", "keys", "app"),
+    ("demo", "demo", "app"),
+    ("db", "db", "db_app"),
+    ("suppression", "suppression", "app"),
+    ("directives", "directives", "app"),
 )
+"""``dsr NAME VERB``: the module of :mod:`dsr.cli` and its Typer app."""
 
 
 def _print_version(asked: bool) -> None:
@@ -49,7 +69,6 @@ def _print_version(asked: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _options(
     show_version: Annotated[bool, typer.Option(
         "--version", help="Print the version and exit.", is_eager=True, callback=_print_version)] = False,
@@ -57,44 +76,49 @@ def _options(
     """A durable engine for GDPR data-subject requests, on Temporal."""
 
 
-# One request: record it, see where it stands, decide on it.
-app.command("submit")(requests.submit)
-app.command("status")(requests.status)
-app.command("confirm-identity")(decisions.confirm_identity)
-app.command("extend")(decisions.extend)
-app.command("refuse")(decisions.refuse)
-app.command("withdraw")(decisions.withdraw)
-app.command("retry")(decisions.retry)
-app.command("doubt")(decisions.doubt)
-app.command("rectify")(decisions.rectify)
-app.command("clear-residuals")(decisions.clear_residuals)
-app.command("decide")(decisions.decide)
-app.command("confirm-quality")(decisions.confirm_quality)
-app.command("lift")(decisions.lift)
-# All requests: what is due, the audit trail, the register and its statistics.
-app.command("due")(requests.due)
-app.command("history")(requests.history)
-app.command("list")(register.list_requests)
-app.command("report")(register.report)
-app.command("reconcile")(lifecycle.reconcile)
-app.command("dashboard")(lifecycle.dashboard)
-# Running the engine.
-app.command("setup")(services.setup)
-app.command("worker")(services.worker)
-app.command("up")(services.up)
-app.command("intake")(services.intake)
-app.command("codec-server")(services.codec_server)
-# Sub-apps.
-app.add_typer(triage.app, name="triage")
-app.add_typer(tasks.app, name="tasks")
-app.add_typer(attachments.app, name="attachments")
-app.add_typer(connectors.app, name="connectors")
-app.add_typer(config.app, name="config")
-app.add_typer(keys.app, name="keys")
-app.add_typer(demo.app, name="demo")
-app.add_typer(db.db_app, name="db")
-app.add_typer(suppression.app, name="suppression")
-app.add_typer(directives.app, name="directives")
+def build_app(only: str | None = None) -> typer.Typer:
+    """The `dsr` app with every verb and sub-app, or with only the verb or sub-app named ``only`` (and the
+    top-level options), importing only its module."""
+    app = typer.Typer(
+        name="dsr",
+        help="A durable engine for GDPR data-subject requests, on Temporal.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Plain help, as click writes it: the rich panels of recent typer label every flag `<bool>`.
+        rich_markup_mode=None,
+    )
+    app.callback()(_options)
+    for name, module, function in VERBS:
+        if only is None or only == name:
+            app.command(name)(getattr(import_module(f"dsr.cli.{module}"), function))
+    for name, module, attribute in SUB_APPS:
+        if only is None or only == name:
+            app.add_typer(getattr(import_module(f"dsr.cli.{module}"), attribute), name=name)
+    return app
+
+
+def _named(argv: list[str]) -> str | None:
+    """The verb or sub-app the arguments start with, if they start with one (not with an option, such as
+    ``--help`` before the verb, which needs every verb)."""
+    if argv and argv[0] in _NAMES:
+        return argv[0]
+    return None
+
+
+_NAMES = frozenset(name for name, _, _ in (*VERBS, *SUB_APPS))
+
+if TYPE_CHECKING:
+    app: typer.Typer
+    """The whole `dsr` app (every verb and sub-app), built on first use."""
+
+
+def __getattr__(name: str) -> typer.Typer:
+    if name == "app":
+        whole = build_app()
+        globals()["app"] = whole
+        return whole
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> NoReturn:  # pragma: no cover - console script entry point
@@ -111,7 +135,7 @@ def main() -> NoReturn:  # pragma: no cover - console script entry point
     os.umask(0o077)
     code: int = 0
     try:
-        app(prog_name="dsr")
+        build_app(_named(sys.argv[1:]))(prog_name="dsr")
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     sys.stdout.flush()

@@ -365,10 +365,13 @@ def due(
         return
     if not entries:
         typer.echo(f"nothing due within {within} days")
-    for e in entries:
-        typer.echo(f"{e.deadline.isoformat()}  {e.reference}  {e.kind:<13} {e.stage}"
-                   + ("  OVERDUE" if e.overdue else "") + ("  (extended)" if e.extended else "")
-                   + (f"  (clock stopped since {e.suspended_since.isoformat()})" if e.suspended_since else ""))
+        return
+    # One write: a line per echo took a third of the verb's time at 10,000 open requests.
+    typer.echo("\n".join(
+        f"{e.deadline.isoformat()}  {e.reference}  {e.kind:<13} {e.stage}"
+        + ("  OVERDUE" if e.overdue else "") + ("  (extended)" if e.extended else "")
+        + (f"  (clock stopped since {e.suspended_since.isoformat()})" if e.suspended_since else "")
+        for e in entries))
 
 
 def history(request_id: RequestId, as_json: JsonOption = False) -> None:

@@ -248,14 +248,21 @@ class Guards:
 
     # --- vendors' rate limits --------------------------------------------------------------------------------
 
-    def reserve(self, key: str, limit: int, span: float, *, now: float | None = None) -> float:
+    def reserve(self, key: str, limit: int, span: float, *, lead: float = 0.0, now: float | None = None) -> float:
         """Take the earliest slot of the window ``key`` that keeps at most ``limit`` slots in any ``span``
-        seconds, record it, and answer the seconds from ``now`` until it (0 when free now).
+        seconds and is at least ``lead`` seconds away, record it, and answer its time (Unix seconds).
+
+        ``lead``: how long the caller expects to take to get the answer (the commit, the thread's return): a
+        free slot taken at the instant the clock is read would be left that much late.
 
         The connectors' shared rate limits (``connectors.http.RateLimiter(shared=...)``): every worker reserves
         in the same row, so N workers together make no more calls than one may. A slot is a reservation, taken
         whether or not the caller then sends (a cancelled call wastes one: the safe side). Times are the
-        callers' clocks, which NTP keeps within milliseconds; the connectors' 10% margin covers that."""
+        callers' clocks, which NTP keeps within milliseconds; the connectors' margin covers that.
+
+        The time, not the wait: the caller measures how late it is for the slot itself. A wait from "now" hid the
+        time between reading the clock and the caller getting the answer (the commit, the thread's return: up to
+        half a second under load), and a call leaving that much after its slot crowded the next window (429s)."""
         when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         with self._session(write=True) as session:
             row = self._lock_rows(session, RateLimitRow, [f"vendor:{key}"], {"hits": "[]", "expires_at": when})[
@@ -264,13 +271,14 @@ class Guards:
             # not take a slot in the past, or its call would leave late and crowd the next window.
             moment = time.time() if now is None else now
             slots = sorted(t for t in json.loads(row.hits) if t > moment - span)  # later ones are reservations
-            slot = moment if len(slots) < limit else max(moment, slots[-limit] + span)
+            earliest = moment + max(0.0, lead)
+            slot = earliest if len(slots) < limit else max(earliest, slots[-limit] + span)
             slots = sorted([*slots, slot])[-limit:]
             row.hits = json.dumps(slots)
             row.expires_at = datetime.fromtimestamp(max(slots) + span, UTC)
             session.add(row)
         self._maybe_purge(when)
-        return slot - moment
+        return slot
 
     # --- wrong answers -------------------------------------------------------------------------------------
 

@@ -77,6 +77,26 @@ def test_no_help_page_labels_a_flag_bool() -> None:
             assert "--json" in shown.output and "Machine-readable output." in shown.output
 
 
+def test_a_verb_builds_only_its_own_module() -> None:
+    """`dsr due` imports its verbs' module, not the others' nor the Temporal SDK they load; the whole app (`dsr
+    --help`, the tests' `app`) has every verb and sub-app, in the order of the tables."""
+    from dsr.cli.main import SUB_APPS, VERBS
+
+    assert [path[0] for path in _commands(typer.main.get_command(app)) if len(path) == 1] == [
+        name for name, _, _ in (*VERBS, *SUB_APPS)]
+    probe = ("import sys; from dsr.cli.main import _named, build_app; "
+             "only = build_app(_named(sys.argv[1:])); import typer; "
+             "print(sorted(typer.main.get_command(only).commands), 'dsr.cli.decisions' in sys.modules, "
+             "'temporalio' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for argv, expected in [(["due", "--within", "3"], "['due'] False False"),
+                           (["triage", "list"], "['triage'] False False"),
+                           (["--help"], f"{sorted(name for name, _, _ in (*VERBS, *SUB_APPS))} True ")]:
+        shown = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=env,
+                               check=True, timeout=120).stdout
+        assert shown.startswith(expected), (argv, shown)
+
+
 @pytest.mark.parametrize(("typed", "meant"), [
     ("dsr-2026-11-7KQ3FJ", "dsr-2026-11-7KQ3FJ"),
     ("DSR-2026-11-7KQ3FJ", "dsr-2026-11-7KQ3FJ"),  # as the download page and the emails' subjects write it

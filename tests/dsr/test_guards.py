@@ -222,20 +222,29 @@ def test_the_throttle_bounds_answers_per_client_and_overall(replicas: tuple[Guar
 def test_vendor_slots_are_shared_by_two_workers_and_never_exceed_the_limit(replicas: tuple[Guards, Guards]) -> None:
     # 5 calls per 10 s; 12 callers on two workers at the same instant: 5 go now, 5 at +10 s, 2 at +20 s.
     now = 1_000_000.0
-    waits = sorted(together(12, lambda i: replicas[i % 2].reserve("hubspot", 5, 10.0, now=now)))
-    assert waits == [0.0] * 5 + [10.0] * 5 + [20.0] * 2
+    slots = sorted(together(12, lambda i: replicas[i % 2].reserve("hubspot", 5, 10.0, now=now)))
+    assert [slot - now for slot in slots] == [0.0] * 5 + [10.0] * 5 + [20.0] * 2
     # Whatever the order, no 10-second window holds more than 5 slots.
-    slots = [now + w for w in waits]
     assert all(sum(1 for s in slots if start <= s < start + 10.0) <= 5 for start in slots)
 
 
 def test_vendor_slots_slide_and_keys_are_separate(replicas: tuple[Guards, Guards]) -> None:
     one, other = replicas
     now = 2_000_000.0
-    assert [one.reserve("woo", 2, 1.0, now=now) for _ in range(2)] == [0.0, 0.0]
-    assert other.reserve("woo", 2, 1.0, now=now + 0.25) == pytest.approx(0.75)  # the first slot leaves at +1 s
-    assert other.reserve("woo:search", 2, 1.0, now=now + 0.25) == 0.0  # another limit of the same account
-    assert one.reserve("woo", 2, 1.0, now=now + 5.0) == 0.0  # the window has slid past every slot
+    assert [one.reserve("woo", 2, 1.0, now=now) for _ in range(2)] == [now, now]
+    assert other.reserve("woo", 2, 1.0, now=now + 0.25) == pytest.approx(now + 1.0)  # the first slot leaves at +1 s
+    assert other.reserve("woo:search", 2, 1.0, now=now + 0.25) == now + 0.25  # another limit of the same account
+    assert one.reserve("woo", 2, 1.0, now=now + 5.0) == now + 5.0  # the window has slid past every slot
+
+
+def test_a_vendor_slot_is_taken_at_least_the_callers_lead_away(replicas: tuple[Guards, Guards]) -> None:
+    """A caller that takes 0.2 s to get its answer would leave a slot taken at the instant of the reservation 0.2 s
+    late: a free slot is taken that far ahead; a slot already further away than the lead is not moved."""
+    one, other = replicas
+    now = 2_500_000.0
+    assert one.reserve("shop", 2, 1.0, lead=0.2, now=now) == now + 0.2
+    assert other.reserve("shop", 2, 1.0, lead=0.2, now=now) == now + 0.2
+    assert one.reserve("shop", 2, 1.0, lead=0.2, now=now) == pytest.approx(now + 1.2)  # one window after the first
 
 
 def test_vendor_windows_are_kept_by_key_only(replicas: tuple[Guards, Guards], raw: Callable[..., list[Any]]) -> None:
