@@ -13,8 +13,10 @@ restriction in force until it is lifted:
 
 Art. 18(3): the subject is told **before** the lift, in their language, with its day; a durable timer of at least
 ``notice_days`` days then runs before the marks are removed, system by system (``lift`` connector tasks); a system
-whose mark cannot be removed waits for the operator's ``retry``. Systems restricted by a person are listed to the
-operator at the lift. A cancellation from the UI is refused: lifting without telling the subject is what 18(3)
+whose mark cannot be removed waits for the operator's ``retry``. Once the marks are off, the Art. 19 recipients
+the reply named and the processors and manual systems that did not answer "no data" are told of the lift, each
+once, in its own language (``tell_restriction_lifted``, ledger ``restriction_lift_told``). Systems restricted by a
+person and not told by letter, and whoever could not be told, are listed to the operator at the lift. A cancellation from the UI is refused: lifting without telling the subject is what 18(3)
 forbids.
 
 Deterministic workflow code; ``hold`` and ``end_grounds`` are the request workflow's side of it.
@@ -34,11 +36,13 @@ from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlrea
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
+        AnswerStatus,
         AuditEvent,
         ConnectorTask,
         GroundEnd,
         GroundEnded,
         Lift,
+        LiftTelling,
         LocalMoment,
         Notice,
         NoticeTemplate,
@@ -101,6 +105,8 @@ class RestrictionInForce:
         self._failed: list[str] = []
         self._retry: Retry | None = None
         self._cancellation_refused = ""
+        self._told: list[str] = []  # told of the lift (Art. 19): recipients' and systems' names
+        self._untold: list[str] = []
 
     @workflow.run
     async def run(self, held: RestrictionInput) -> RestrictionStatus:
@@ -123,10 +129,13 @@ class RestrictionInForce:
         self._update_details()
         await self._audit("restriction_lifted", details={"connectors": ",".join(self._held.marked),
                                                          "by_hand": ",".join(self._held.by_hand)})
-        if self._held.by_hand:
-            listing = "\n".join(f"- {system}: restriction - lift it by hand (the subject was told on the notice)"
-                                for system in self._held.by_hand)
-            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing)
+        told, untold = await self._tell_lift()
+        lines = [f"- {system}: restriction - lift it by hand (the subject was told on the notice)"
+                 for system in self._held.by_hand if system not in told]
+        lines += [f"- {name}: could not be told that the restriction is lifted - tell them by hand (Art. 19)"
+                  for name in untold]
+        if lines:
+            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals="\n".join(lines))
         await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _schedule_lift(self) -> None:
@@ -167,6 +176,35 @@ class RestrictionInForce:
             retry, self._retry = self._retry, None
             assert retry is not None
             await self._audit("retried", actor=retry.requested_by)
+
+    async def _tell_lift(self) -> tuple[list[str], list[str]]:
+        """Art. 19, once the marks are off: the recipients the reply named, and the processors and manual systems
+        that did not answer "no data", are told of the lift, each once, in its own language. Answers who was told
+        and who could not be (the operator is told to do it by hand)."""
+        held = self._held
+        targets = [("recipient", name) for name in held.recipients] + [("system", name) for name in held.outside]
+        if not targets:
+            return [], []
+        lifted_at = workflow.now()
+        results = await asyncio.gather(*(self._tell_one(to, name, lifted_at) for to, name in targets))
+        told = [name for (_, name), ok in zip(targets, results, strict=True) if ok]
+        untold = [name for (_, name), ok in zip(targets, results, strict=True) if not ok]
+        self._told, self._untold = told, untold
+        self._update_details()
+        await self._audit("restriction_lift_told", details={"told": str(len(told)), "not_told": str(len(untold))},
+                          note=f"told: {', '.join(told) or '-'}; not told: {', '.join(untold) or '-'}")
+        return told, untold
+
+    async def _tell_one(self, to: str, name: str, lifted_at: datetime) -> bool:
+        telling = LiftTelling(request_id=self._held.request_id, subject=self._held.subject, to=to, name=name,
+                              lifted_at=lifted_at, timezone=self._held.timezone)
+        try:
+            await workflow.execute_activity_method(
+                RestrictionActivities.tell_restriction_lifted, telling,
+                **summarised(NOTICE, f"notice: restriction lifted, to a {to}"))
+        except ActivityError:
+            return False
+        return True
 
     async def _unmark_one(self, name: str) -> bool:
         task = ConnectorTask(request_id=self._held.request_id, connector=name, kind=RequestKind.RESTRICTION,
@@ -250,6 +288,10 @@ class RestrictionInForce:
             lines.append("- lift with `dsr lift REF --reason \"...\"`")
         if self._failed:
             lines.append(f"- **mark not removed in {', '.join(self._failed)}**: `dsr retry REF`")
+        if self._told:
+            lines.append(f"- told of the lift: {', '.join(self._told)}")
+        if self._untold:
+            lines.append(f"- **could not be told of the lift: {', '.join(self._untold)}** (tell them by hand)")
         if self._cancellation_refused:
             lines += ["", f"**{self._cancellation_refused}**"]
         workflow.set_current_details("\n".join(lines))
@@ -291,7 +333,7 @@ async def hold(flow: DataSubjectRequest) -> None:
     request = flow._request
     if request.kind != RequestKind.RESTRICTION or flow._outcome != Outcome.FULFILLED:
         return
-    marked, by_hand = [], []
+    marked, by_hand, outside = [], [], []
     for progress in flow._progress.values():
         outcome = progress.outcome
         if outcome is None:
@@ -299,6 +341,8 @@ async def hold(flow: DataSubjectRequest) -> None:
         actions = {line.action for line in outcome.report}
         if outcome.answer is not None or RecordAction.RESIDUAL in actions:
             by_hand.append(progress.connector)
+        if outcome.answer is not None and outcome.answer.status != AnswerStatus.NO_DATA:
+            outside.append(progress.connector)  # asked to restrict, and holding data: told of the lift
         if RecordAction.RESTRICTED in actions:
             marked.append(progress.connector)
     held = RestrictionInput(
@@ -307,6 +351,7 @@ async def hold(flow: DataSubjectRequest) -> None:
         notice_days=request.policy.restriction_lift_notice_days,
         escalation_repeat_days=request.policy.escalation_repeat_days, in_reply_to=flow._thread(),
         timezone=request.policy.timezone, notice_context=flow._notice_context(stage=Stage.CLOSED.value),
+        recipients=list(flow._recipients_notified), outside=sorted(outside),
     )
     child = restriction_id(request.request_id)
     with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start finds it running

@@ -1126,6 +1126,24 @@ class RestrictionInput:
     escalation_repeat_days: int = 7
     in_reply_to: str | None = None
     notice_context: dict[str, str] = field(default_factory=dict)
+    # Told of the lift (Art. 19), once the marks are off: the recipients the reply named (their names in the
+    # controller profile), and the processors and manual systems that did not answer "no data" (system names).
+    recipients: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LiftTelling:
+    """Input of ``tell_restriction_lifted``: one recipient (``to`` "recipient", its name in the controller profile)
+    or one processor / manual system (``to`` "system", its configured name) to tell that the restriction of
+    ``request_id`` is lifted, in its own language. ``lifted_at`` is the workflow's time, dated in ``timezone``."""
+
+    request_id: str
+    subject: Subject  # personal data: encrypted payload; the letter names the person by this address only
+    to: str
+    name: str
+    lifted_at: datetime
+    timezone: str = "Europe/Paris"
 
 
 @dataclass
