@@ -209,6 +209,7 @@ def activities_for(
         ask_subject_turn,
         subject_request_running,
         restrictions.end_restriction_grounds,
+        restrictions.ground_ended_already,
         restrictions.tell_restriction_lifted,
     ]
 

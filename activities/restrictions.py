@@ -2,9 +2,11 @@
 
 A restriction on ground (a) lasts while the accuracy of the data is verified, one on ground (d) while an objection
 is weighed. When a rectification of the same person is answered, or their objection decided, the request's
-workflow calls ``end_restriction_grounds``: the ledger names the person's restriction requests (blind index, no
-address), and each one's ``RestrictionInForce`` gets the ``ground_ended`` signal; one on another ground, or no
-longer running, ignores it or is not there.
+workflow calls ``end_restriction_grounds``: it writes ``restriction_ground_end`` on that request in the ledger,
+then the ledger names the person's restriction requests (blind index, no address), and each one's
+``RestrictionInForce`` gets the ``ground_ended`` signal; one on another ground, or no longer running, ignores it or
+is not there. One still being answered has no workflow to signal yet: when it comes into force it asks
+``ground_ended_already``, which finds the event (if written no earlier than the restriction was received).
 
 Once a restriction is lifted and its marks are off, ``tell_restriction_lifted`` tells each recipient the reply
 named (Art. 19) and each processor or manual system that did not answer "no data", one email each, in its own
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from temporalio import activity
@@ -26,7 +29,7 @@ from activities.notices import Mailer, SentCopies, SentLog, content_digest, deli
 from connectors.base import Connector
 from connectors.outside import OutsideSystem
 from dsr.config.profile import ControllerProfile
-from dsr.domain.model import GroundEnd, GroundEnded, Language, LiftTelling, RequestKind, restriction_id
+from dsr.domain.model import AuditEvent, GroundEnd, GroundEnded, Language, LiftTelling, RequestKind, restriction_id
 from dsr.mail.lifted import Audience, render_restriction_lifted
 from dsr.store.ledger import Ledger
 
@@ -55,6 +58,12 @@ class RestrictionActivities:
     async def end_restriction_grounds(self, end: GroundEnd) -> int:
         """Signal every restriction of the same person that its ground may have ended; answers how many were
         running. Idempotent: a restriction already lifting ignores a second signal."""
+        # In the ledger first: a restriction still being answered (no workflow to signal yet) reads it when it
+        # comes into force (``ground_ended_already``).
+        await asyncio.to_thread(
+            self._ledger.append_event,
+            AuditEvent(request_id=end.request_id, event="restriction_ground_end", details={"ground": end.ground}),
+            key=f"{end.request_id}/restriction_ground_end/{end.ground}", at=end.at or datetime.now(UTC))
         ids = await asyncio.to_thread(self._ledger.of_same_subject, end.request_id, [RequestKind.RESTRICTION])
         told = 0
         for request_id in ids:
@@ -67,6 +76,16 @@ class RestrictionActivities:
                 raise
             told += 1
         return told
+
+    @activity.defn(name="ground_ended_already")
+    async def ground_ended_already(self, end: GroundEnd) -> GroundEnded | None:
+        """For a restriction coming into force (``end.request_id``): the request of the same person that ended its
+        ground (``end.ground``) while it was being answered, if any (its ``restriction_ground_end`` event, written
+        no earlier than the restriction was received)."""
+        found = await asyncio.to_thread(self._ledger.ground_ended_for, end.request_id, end.ground)
+        if found is None:
+            return None
+        return GroundEnded(ground=end.ground, by_request=found[0])
 
     @activity.defn(name="tell_restriction_lifted")
     async def tell_restriction_lifted(self, telling: LiftTelling) -> None:

@@ -16,8 +16,8 @@ Art. 18(3): the subject is told **before** the lift, in their language, with its
 whose mark cannot be removed waits for the operator's ``retry``. Once the marks are off, the Art. 19 recipients
 the reply named and the processors and manual systems that did not answer "no data" are told of the lift, each
 once, in its own language (``tell_restriction_lifted``, ledger ``restriction_lift_told``). Systems restricted by a
-person and not told by letter, and whoever could not be told, are listed to the operator at the lift. A cancellation from the UI is refused: lifting without telling the subject is what 18(3)
-forbids.
+person and not told by letter, and whoever could not be told, are listed to the operator at the lift. A
+cancellation from the UI is refused: lifting without telling the subject is what 18(3) forbids.
 
 Deterministic workflow code; ``hold`` and ``end_grounds`` are the request workflow's side of it.
 """
@@ -85,6 +85,9 @@ LIFT_HOUR = 9
 
 _ENDED_BY = {RestrictionGround.ACCURACY.value: "rectification", RestrictionGround.OBJECTION.value: "objection"}
 """Grounds that end with another request of the person, and the word the lift notice uses for it."""
+_GROUND_LETTER = {RestrictionGround.ACCURACY.value: RestrictionGround.ACCURACY.value,
+                  RestrictionGround.OBJECTION.value: RestrictionGround.OBJECTION.value}
+"""The ground an ending request names (``GroundEnded.ground``) for each ground that ends with one."""
 
 
 def _rejected(message: str) -> ApplicationError:
@@ -118,6 +121,7 @@ class RestrictionInForce:
         await self._audit("restriction_in_force", details={
             "ground": self._held.ground, "marked": ",".join(self._held.marked),
             "by_hand": ",".join(self._held.by_hand)})
+        await self._ended_while_answered()
         await workflow.wait_condition(lambda: self._lift is not None or self._ended is not None)
         await self._schedule_lift()
         assert self._lift_at is not None
@@ -137,6 +141,18 @@ class RestrictionInForce:
         if lines:
             await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals="\n".join(lines))
         await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _ended_while_answered(self) -> None:
+        """A rectification answered, or an objection decided, while this restriction was still being answered ended
+        its ground too: no workflow was there to signal, the ledger has it (``restriction_ground_end``)."""
+        expected = _GROUND_LETTER.get(self._held.ground)
+        if expected is None or self._ended is not None or self._lift is not None:
+            return
+        ended = await workflow.execute_activity_method(
+            RestrictionActivities.ground_ended_already, GroundEnd(request_id=self._held.request_id, ground=expected),
+            **summarised(LEDGER, "restrictions: ground ended already?"))
+        if ended is not None and self._ended is None and self._lift is None:
+            self._ended = ended
 
     async def _schedule_lift(self) -> None:
         lift, ended = self._lift, self._ended
@@ -241,9 +257,9 @@ class RestrictionInForce:
     def ground_ended(self, ended: GroundEnded) -> None:
         """Another request of the person ended this restriction's ground (a rectification for ground a, an
         objection's decision for ground d); other grounds, or a lift already scheduled, ignore it."""
-        if self._held.ground not in _ENDED_BY or self._state != IN_FORCE or self._lift is not None:
+        expected = _GROUND_LETTER.get(self._held.ground)
+        if expected is None or self._state != IN_FORCE or self._lift is not None:
             return
-        expected = {RestrictionGround.ACCURACY.value: "a", RestrictionGround.OBJECTION.value: "d"}[self._held.ground]
         if ended.ground == expected and self._ended is None:
             self._ended = ended
 
@@ -372,7 +388,7 @@ async def end_grounds(flow: DataSubjectRequest, ground: RestrictionGround) -> No
     """This request (a rectification answered, an objection decided) may end restrictions of the same person."""
     told = await workflow.execute_activity_method(
         RestrictionActivities.end_restriction_grounds,
-        GroundEnd(request_id=flow._request.request_id, ground=ground.value),
+        GroundEnd(request_id=flow._request.request_id, ground=ground.value, at=workflow.now()),
         **summarised(LEDGER, "restrictions: ground ended"))
     if told:
         await flow._audit("restriction_ground_ended", details={"ground": ground.value, "restrictions": str(told)})

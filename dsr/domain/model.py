@@ -1095,10 +1095,12 @@ class GroundEnded:
 
 @dataclass
 class GroundEnd:
-    """Input of the ``end_restriction_grounds`` activity: the request that may end restrictions of its subject."""
+    """Input of the ``end_restriction_grounds`` activity: the request that may end restrictions of its subject, and
+    when (the workflow's time: the end of a ground counts for the restrictions received no later)."""
 
     request_id: str
     ground: str
+    at: datetime | None = None
 
 
 RESTRICTION_PREFIX = "restriction-"

@@ -31,6 +31,7 @@ from dsr.domain.model import (
     RequestStatus,
     ResidualsCleared,
     RestrictionStatus,
+    Retry,
     Stage,
     restriction_id,
 )
@@ -265,3 +266,44 @@ async def test_a_restriction_pending_an_objection_ends_with_its_decision_and_no_
 
     [notice] = await eventually(lift_notices, bool)
     assert "Nous avons statué sur votre opposition" in notice
+
+
+@pytest.mark.parametrize("connectors", [[MarkingConnector("crm", permanent_failures=1), ScriptedConnector("billing")]])
+async def test_a_rectification_answered_while_the_restriction_is_answered_ends_it_once_in_force(
+    engine: Engine,
+) -> None:
+    request, handle = await submit(engine, "restriction", ground="a", language="en")
+    # The CRM refuses the mark: the restriction waits for an operator (and gives the person's turn back).
+    await eventually(lambda: handle.query(DataSubjectRequest.status), lambda s: s.stage == Stage.NEEDS_ATTENTION)
+    rectification, rectification_handle = await submit(engine, "rectification", language="en",
+                                                       changes={"city": "Lyon"})
+    assert (await rectification_handle.result()).outcome == Outcome.FULFILLED
+    # No restriction in force to signal yet: the end of the ground is in the ledger, before any signal.
+    trail = events(engine, rectification)
+    assert "restriction_ground_end" in trail and "restriction_ground_ended" not in trail
+    [end] = [e for e in engine.ledger.events(rectification.request_id) if e.event == "restriction_ground_end"]
+    assert end.details == {"ground": "a"}
+
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+    # In force, it reads the ledger: its ground ended while it was being answered; the subject is told first.
+    scheduled = await eventually(lambda: restriction_status(held(engine, request)),
+                                 lambda s: s.state == LIFT_SCHEDULED)
+    assert scheduled.lifted_by == f"ground_ended:{rectification.request_id}"
+    [entry] = [e for e in engine.ledger.events(request.request_id) if e.event == "restriction_lift_scheduled"]
+    assert entry.details["why"] == "rectification" and entry.details["by_request"] == rectification.request_id
+
+
+async def test_a_rectification_answered_before_the_restriction_was_received_does_not_end_it(engine: Engine) -> None:
+    rectification, rectification_handle = await submit(engine, "rectification", language="fr",
+                                                       changes={"city": "Lyon"})
+    assert (await rectification_handle.result()).outcome == Outcome.FULFILLED
+    assert "restriction_ground_end" in events(engine, rectification)
+    request, handle = await submit(engine, "restriction", ground="a", language="fr")
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+    restriction = held(engine, request)
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    await eventually(lambda: asyncio.sleep(0, events(engine, request)), lambda t: "restriction_in_force" in t)
+    await asyncio.sleep(1.0)  # time for the start's ledger read: it finds nothing that ends it
+    current = await restriction_status(restriction)
+    assert current.state == IN_FORCE and current.lifted_by == "" and current.lift_at is None
