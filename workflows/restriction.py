@@ -12,7 +12,8 @@ restriction in force until it is lifted:
   ``activities/restrictions.py``. Grounds b and c end only by an operator's decision.
 
 Art. 18(3): the subject is told **before** the lift, in their language, with its day; a durable timer of at least
-``notice_days`` days then runs before the marks are removed, system by system (``lift`` connector tasks); a system
+``notice_days`` days then runs before the marks are removed, in the person's turn (``SubjectQueue``: an access
+request of theirs exporting finishes first), system by system (``lift`` connector tasks); a system
 whose mark cannot be removed waits for the operator's ``retry``. Once the marks are off, the Art. 19 recipients
 the reply named and the processors and manual systems that did not answer "no data" are told of the lift, each
 once, in its own language (``tell_restriction_lifted``, ledger ``restriction_lift_told``). Systems restricted by a
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
@@ -47,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         Notice,
         NoticeTemplate,
         Outcome,
+        QueueAsk,
         RecordAction,
         RequestKind,
         RestrictionGround,
@@ -54,7 +56,11 @@ with workflow.unsafe.imports_passed_through():
         RestrictionStatus,
         Retry,
         Stage,
+        SubjectTurn,
+        TurnAsk,
+        TurnRelease,
         restriction_id,
+        subject_queue_id,
     )
     from workflows import search_attributes as sa
 from workflows.cancellation import shielded_from_cancellation
@@ -65,13 +71,17 @@ from workflows.contract import (
     LEDGER,
     NOTICE,
     REQUEST_REJECTED,
+    SUBJECT_TURN_SIGNAL,
+    TURN_ASK,
     ConnectorActivities,
     LedgerActivities,
     NoticeActivities,
     RestrictionActivities,
+    ask_subject_turn,
     local_instant,
     summarised,
 )
+from workflows.subjects import SubjectQueue
 
 if TYPE_CHECKING:
     from workflows.request import DataSubjectRequest
@@ -109,6 +119,10 @@ class RestrictionInForce:
         self._retry: Retry | None = None
         self._cancellation_refused = ""
         self._told: list[str] = []  # told of the lift (Art. 19): recipients' and systems' names
+        self._turn_round = 0  # the person's turn (SubjectQueue), asked before the marks come off
+        self._turn_asked = False
+        self._turn_granted = False
+        self._waiting_for = ""  # the request holding the turn while the lift waits for it
         self._untold: list[str] = []
 
     @workflow.run
@@ -176,10 +190,15 @@ class RestrictionInForce:
         self._scheduled_recorded = True
 
     async def _unmark(self) -> None:
-        """Remove the marks this request set; a system that refuses waits for the operator's ``retry``."""
+        """Remove the marks this request set, in the person's turn (an export of theirs in progress finishes
+        first); a system that refuses waits for the operator's ``retry``, the turn given back meanwhile."""
         pending = list(self._held.marked)
         while pending:
-            results = await asyncio.gather(*(self._unmark_one(name) for name in pending))
+            await self._take_turn()
+            try:
+                results = await asyncio.gather(*(self._unmark_one(name) for name in pending))
+            finally:
+                await self._release_turn()
             self._failed = [name for name, ok in zip(pending, results, strict=True) if not ok]
             pending = list(self._failed)
             self._update_details()
@@ -192,6 +211,44 @@ class RestrictionInForce:
             retry, self._retry = self._retry, None
             assert retry is not None
             await self._audit("retried", actor=retry.requested_by)
+
+    async def _take_turn(self) -> None:
+        """Ask the person's queue (``SubjectQueue``) for the turn, as ``restriction-<reference>``, and wait for it;
+        the request holding it meanwhile shows in the status and the details."""
+        if not self._held.subject_key:
+            return
+        self._turn_round += 1
+        self._turn_asked, self._turn_granted, self._waiting_for = True, False, ""
+        await workflow.execute_activity(
+            ask_subject_turn,
+            QueueAsk(queue_id=subject_queue_id(self._held.subject_key), ask=TurnAsk(
+                request_id=workflow.info().workflow_id, received_at=workflow.now(), round=self._turn_round)),
+            **summarised(TURN_ASK, "subject queue: ask for the turn (lift)"))
+        await workflow.wait_condition(lambda: self._turn_granted)
+        if self._waiting_for:
+            await self._audit("turn_taken", details={"waited_for": self._waiting_for})
+        self._waiting_for = ""
+        self._update_details()
+
+    async def _release_turn(self) -> None:
+        if not self._turn_asked:
+            return
+        self._turn_asked = self._turn_granted = False
+        release = TurnRelease(request_id=workflow.info().workflow_id, round=self._turn_round)
+        with contextlib.suppress(FailureError):  # a queue terminated by hand holds nothing to release
+            await workflow.get_external_workflow_handle_for(
+                SubjectQueue.run, subject_queue_id(self._held.subject_key)).signal(SubjectQueue.release, release)
+
+    @workflow.signal(name=SUBJECT_TURN_SIGNAL)
+    def subject_turn(self, turn: SubjectTurn) -> None:
+        """The person's queue says who holds the turn: this workflow (granted) or the request it waits for."""
+        if not self._turn_asked or turn.round != self._turn_round:
+            return
+        if turn.holder == workflow.info().workflow_id:
+            self._turn_granted = True
+        else:
+            self._waiting_for = turn.holder
+            self._update_details()
 
     async def _tell_lift(self) -> tuple[list[str], list[str]]:
         """Art. 19, once the marks are off: the recipients the reply named, and the processors and manual systems
@@ -277,7 +334,8 @@ class RestrictionInForce:
     @workflow.query
     def status(self) -> RestrictionStatus:
         return RestrictionStatus(request_id=self._held.request_id, ground=self._held.ground, state=self._state,
-                                 lift_at=self._lift_at, lifted_by=self._lifted_by, failed=list(self._failed))
+                                 lift_at=self._lift_at, lifted_by=self._lifted_by, failed=list(self._failed),
+                                 waiting_for=self._waiting_for)
 
     # --- cancellation ------------------------------------------------------------------------------------
 
@@ -302,6 +360,8 @@ class RestrictionInForce:
             lines.append(f"- restricted by hand in: {', '.join(held.by_hand)}")
         if self._state == IN_FORCE:
             lines.append("- lift with `dsr lift REF --reason \"...\"`")
+        if self._waiting_for:
+            lines.append(f"- the lift waits for the person's turn, held by **{self._waiting_for}**")
         if self._failed:
             lines.append(f"- **mark not removed in {', '.join(self._failed)}**: `dsr retry REF`")
         if self._told:
@@ -367,7 +427,7 @@ async def hold(flow: DataSubjectRequest) -> None:
         notice_days=request.policy.restriction_lift_notice_days,
         escalation_repeat_days=request.policy.escalation_repeat_days, in_reply_to=flow._thread(),
         timezone=request.policy.timezone, notice_context=flow._notice_context(stage=Stage.CLOSED.value),
-        recipients=list(flow._recipients_notified), outside=sorted(outside),
+        recipients=list(flow._recipients_notified), outside=sorted(outside), subject_key=request.subject_key,
     )
     child = restriction_id(request.request_id)
     with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start finds it running

@@ -1132,6 +1132,7 @@ class RestrictionInput:
     # controller profile), and the processors and manual systems that did not answer "no data" (system names).
     recipients: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)
+    subject_key: str = ""  # blind index of the subject's email: the marks come off in the person's turn (queue)
 
 
 @dataclass
@@ -1158,3 +1159,4 @@ class RestrictionStatus:
     lift_at: datetime | None = None
     lifted_by: str = ""  # an operator's login, or "ground_ended:<request>"
     failed: list[str] = field(default_factory=list)  # connectors whose mark could not be removed (retry)
+    waiting_for: str = ""  # the lift waits for the person's turn, held by this request (or "" when not waiting)
