@@ -117,6 +117,8 @@ class RestrictionInForce:
         self._scheduled_recorded = False  # the lift is in the ledger and the subject told: the update answers then
         self._failed: list[str] = []
         self._retry: Retry | None = None
+        self._retrying = False  # a retried round runs: the update answers when it ends
+        self._retried_rounds = 0
         self._cancellation_refused = ""
         self._told: list[str] = []  # told of the lift (Art. 19): recipients' and systems' names
         self._turn_round = 0  # the person's turn (SubjectQueue), asked before the marks come off
@@ -201,15 +203,22 @@ class RestrictionInForce:
                 await self._release_turn()
             self._failed = [name for name, ok in zip(pending, results, strict=True) if not ok]
             pending = list(self._failed)
+            if not pending:
+                self._state = LIFTED
+            if self._retrying:  # the operator's ``retry`` answers now, with this round's result
+                self._retrying = False
+                self._retried_rounds += 1
             self._update_details()
             if not pending:
                 return
             await self._audit("restriction_lift_failed", details={"connectors": ",".join(pending)})
             await self._notify_operator(NoticeTemplate.OPERATOR_ATTENTION, connector=", ".join(pending),
-                                        error="the restriction mark could not be removed; retry with dsr retry")
+                                        error="the restriction mark could not be removed; retry with "
+                                              f"dsr lift {self._held.request_id} --retry")
             await workflow.wait_condition(lambda: self._retry is not None)
             retry, self._retry = self._retry, None
             assert retry is not None
+            self._retrying = True
             await self._audit("retried", actor=retry.requested_by)
 
     async def _take_turn(self) -> None:
@@ -322,13 +331,16 @@ class RestrictionInForce:
 
     @workflow.update
     async def retry(self, retry: Retry) -> RestrictionStatus:
+        """``dsr lift REF --retry``: the marks a system refused are removed again; answered after that round, with
+        what it left (``failed``)."""
         self._retry = retry
-        await workflow.wait_condition(lambda: self._retry is None)
+        target = self._retried_rounds + 1
+        await workflow.wait_condition(lambda: self._retried_rounds >= target)
         return self.status()
 
     @retry.validator
     def _validate_retry(self, retry: Retry) -> None:
-        if not self._failed or self._retry is not None:
+        if not self._failed or self._retry is not None or self._retrying:
             raise _rejected(f"{self._held.request_id}: no restriction mark waits for a retry")
 
     @workflow.query
@@ -363,7 +375,7 @@ class RestrictionInForce:
         if self._waiting_for:
             lines.append(f"- the lift waits for the person's turn, held by **{self._waiting_for}**")
         if self._failed:
-            lines.append(f"- **mark not removed in {', '.join(self._failed)}**: `dsr retry REF`")
+            lines.append(f"- **mark not removed in {', '.join(self._failed)}**: `dsr lift REF --retry`")
         if self._told:
             lines.append(f"- told of the lift: {', '.join(self._told)}")
         if self._untold:
