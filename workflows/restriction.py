@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -38,7 +37,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError,
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
         AnswerStatus,
-        AuditEvent,
         ConnectorTask,
         GroundEnd,
         GroundEnded,
@@ -63,7 +61,6 @@ with workflow.unsafe.imports_passed_through():
         subject_queue_id,
     )
     from workflows import search_attributes as sa
-from workflows.cancellation import shielded_from_cancellation
 from workflows.contract import (
     CONNECTOR,
     DEADLINES,
@@ -74,13 +71,12 @@ from workflows.contract import (
     SUBJECT_TURN_SIGNAL,
     TURN_ASK,
     ConnectorActivities,
-    LedgerActivities,
-    NoticeActivities,
     RestrictionActivities,
     ask_subject_turn,
     local_instant,
     summarised,
 )
+from workflows.follow_up import FollowUp
 from workflows.subjects import SubjectQueue
 
 if TYPE_CHECKING:
@@ -105,9 +101,11 @@ def _rejected(message: str) -> ApplicationError:
 
 
 @workflow.defn(name="RestrictionInForce")
-class RestrictionInForce:
+class RestrictionInForce(FollowUp):
     @workflow.init
     def __init__(self, held: RestrictionInput) -> None:
+        self._follow_up(request_id=held.request_id, operator_email=held.operator_email, language=held.language,
+                        notice_context=held.notice_context)
         self._held = held
         self._state = IN_FORCE
         self._lift: Lift | None = None
@@ -119,7 +117,6 @@ class RestrictionInForce:
         self._retry: Retry | None = None
         self._retrying = False  # a retried round runs: the update answers when it ends
         self._retried_rounds = 0
-        self._cancellation_refused = ""
         self._told: list[str] = []  # told of the lift (Art. 19): recipients' and systems' names
         self._turn_round = 0  # the person's turn (SubjectQueue), asked before the marks come off
         self._turn_asked = False
@@ -130,11 +127,13 @@ class RestrictionInForce:
     @workflow.run
     async def run(self, held: RestrictionInput) -> RestrictionStatus:
         self._update_details()
-        await shielded_from_cancellation(self._work(), self._cancel_requested)
+        await self._run_follow_up(self._work, workflow_name="restriction", refusal=(
+            "cancellation refused: a restriction is lifted only after the subject is told (Art. 18(3)); "
+            "use dsr lift REF --reason"))
         return self.status()
 
     async def _work(self) -> None:
-        await self._audit("restriction_in_force", details={
+        self._note("restriction_in_force", details={
             "ground": self._held.ground, "marked": ",".join(self._held.marked),
             "by_hand": ",".join(self._held.by_hand)})
         await self._ended_while_answered()
@@ -156,7 +155,6 @@ class RestrictionInForce:
                   for name in untold]
         if lines:
             await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals="\n".join(lines))
-        await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _ended_while_answered(self) -> None:
         """A rectification answered, or an objection decided, while this restriction was still being answered ended
@@ -235,7 +233,7 @@ class RestrictionInForce:
             **summarised(TURN_ASK, "subject queue: ask for the turn (lift)"))
         await workflow.wait_condition(lambda: self._turn_granted)
         if self._waiting_for:
-            await self._audit("turn_taken", details={"waited_for": self._waiting_for})
+            self._note("turn_taken", details={"waited_for": self._waiting_for})
         self._waiting_for = ""
         self._update_details()
 
@@ -295,10 +293,10 @@ class RestrictionInForce:
             outcome = await workflow.execute_activity_method(
                 ConnectorActivities.run_connector, task, **summarised(CONNECTOR, f"{name}: lift restriction"))
         except ActivityError:
-            await self._audit("connector_failed", details={"connector": name, "lift": "true"})
+            self._note("connector_failed", details={"connector": name, "lift": "true"})
             return False
         lifted = sum(1 for line in outcome.report if line.action == RecordAction.LIFTED)
-        await self._audit("connector_done", details={"connector": name, "lifted": str(lifted),
+        self._note("connector_done", details={"connector": name, "lifted": str(lifted),
                                                      "found": str(outcome.found)})
         return True
 
@@ -349,16 +347,6 @@ class RestrictionInForce:
                                  lift_at=self._lift_at, lifted_by=self._lifted_by, failed=list(self._failed),
                                  waiting_for=self._waiting_for)
 
-    # --- cancellation ------------------------------------------------------------------------------------
-
-    def _cancel_requested(self, reason: str) -> Coroutine[Any, Any, None]:
-        self._cancellation_refused = (
-            "cancellation refused: a restriction is lifted only after the subject is told (Art. 18(3)); "
-            "use dsr lift REF --reason")
-        self._update_details()
-        return self._audit("cancellation_refused", actor="temporal", details={"workflow": "restriction"},
-                           note=reason)
-
     # --- helpers -----------------------------------------------------------------------------------------
 
     def _update_details(self) -> None:
@@ -384,15 +372,6 @@ class RestrictionInForce:
             lines += ["", f"**{self._cancellation_refused}**"]
         workflow.set_current_details("\n".join(lines))
 
-    async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
-                     note: str = "") -> None:
-        await workflow.execute_activity_method(
-            LedgerActivities.record_event,
-            AuditEvent(request_id=self._held.request_id, event=event, actor=actor, details=details or {},
-                       note=note),
-            **summarised(LEDGER, f"ledger: {event}"),
-        )
-
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
         context = {**self._held.notice_context, **extra}
         if self._held.subject.name:
@@ -400,17 +379,6 @@ class RestrictionInForce:
         await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.subject.email,
                                 language=self._held.language, context=context, in_reply_to=self._held.in_reply_to,
                                 key=f"restriction-{template.value}"))
-
-    async def _notify_operator(self, template: NoticeTemplate, **extra: str) -> None:
-        await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.operator_email,
-                                language=self._held.language, context={**self._held.notice_context, **extra}))
-
-    async def _send(self, notice: Notice) -> None:
-        try:
-            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
-                                                   **summarised(NOTICE, f"notice: {notice.template.value}"))
-        except ActivityError:
-            await self._audit("notice_failed", details={"template": notice.template.value})
 
 
 # --- the request workflow's side ------------------------------------------------------------------------

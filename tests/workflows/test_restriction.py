@@ -379,3 +379,22 @@ async def test_the_marks_come_off_in_the_persons_turn_once_their_access_request_
     assert taken[-1].details == {"waited_for": access.id}
     access_trail = [e.event for e in engine.ledger.events(access.id)]
     assert "reply_sent" in access_trail
+
+
+async def test_a_restriction_refuses_a_cancellation_and_writes_its_events_in_batches(engine: Engine) -> None:
+    request, handle = await submit(engine, "restriction", ground="b", language="fr")
+    await handle.result()
+    restriction = held(engine, request)
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    await restriction.cancel()  # the UI's "Request Cancellation": lifting untold is what 18(3) forbids
+    refused = await eventually(
+        lambda: asyncio.sleep(0, [e for e in engine.ledger.events(request.request_id)
+                                  if e.event == "cancellation_refused"]), bool)
+    assert refused[0].actor == "temporal" and refused[0].details == {"workflow": "restriction"}
+    assert (await restriction_status(restriction)).state == IN_FORCE
+    assert "cancellation refused" in await current_details(restriction)
+    # Its events go through the batched record_events (workflows/follow_up.py), as the request's do.
+    history = await restriction.fetch_history()
+    activities = {e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
+                  if e.HasField("activity_task_scheduled_event_attributes")}
+    assert "record_events" in activities and "record_event" not in activities
