@@ -149,7 +149,7 @@ class RestrictionInForce(FollowUp):
         await self._audit("restriction_lifted", details={"connectors": ",".join(self._held.marked),
                                                          "by_hand": ",".join(self._held.by_hand)})
         told, untold = await self._tell_lift()
-        lines = [f"- {system}: restriction - lift it by hand (the subject was told on the notice)"
+        lines = [f"- {system}: restriction - lift it by hand"
                  for system in self._held.by_hand if system not in told]
         lines += [f"- {name}: could not be told that the restriction is lifted - tell them by hand (Art. 19)"
                   for name in untold]
@@ -395,8 +395,9 @@ async def hold(flow: DataSubjectRequest) -> None:
         if outcome is None:
             continue
         actions = {line.action for line in outcome.report}
-        if outcome.answer is not None or RecordAction.RESIDUAL in actions:
-            by_hand.append(progress.connector)
+        held_nothing = outcome.answer is not None and outcome.answer.status == AnswerStatus.NO_DATA
+        if (outcome.answer is not None or RecordAction.RESIDUAL in actions) and not held_nothing:
+            by_hand.append(progress.connector)  # a system answering "no data" restricted nothing: nothing to lift
         if outcome.answer is not None and outcome.answer.status != AnswerStatus.NO_DATA:
             outside.append(progress.connector)  # asked to restrict, and holding data: told of the lift
         if RecordAction.RESTRICTED in actions:
