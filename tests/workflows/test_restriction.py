@@ -350,7 +350,7 @@ async def test_the_marks_come_off_in_the_persons_turn_once_their_access_request_
     # while it is in force: the next event is its 10-year execution timeout).
     answered = await eventually(lambda: handle.query(DataSubjectRequest.status), lambda s: s.stage == Stage.CLOSED)
     assert answered.outcome == Outcome.FULFILLED
-    restriction = engine.client.get_workflow_handle_for(RestrictionInForce.run, restriction_id(handle.id))
+    restriction = engine.client.get_workflow_handle(restriction_id(handle.id))
     await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
     scheduled = await restriction.execute_update(RestrictionInForce.lift,
                                                  Lift(reason="Claim settled.", requested_by="operator:alice"))

@@ -83,7 +83,7 @@ async def test_the_demo_app_database_marks_the_person_restricted_then_clears_it_
     reply = " ".join(text_of(engine.mail.to(PERSON.email)[-1]).split())
     assert "Marqué comme limité" in reply
 
-    restriction = engine.client.get_workflow_handle_for(RestrictionInForce.run, restriction_id(request.request_id))
+    restriction = engine.client.get_workflow_handle(restriction_id(request.request_id))
     await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
     scheduled = await restriction.execute_update(RestrictionInForce.lift,
                                                  Lift(reason="Procédure close.", requested_by="operator:alice"))
