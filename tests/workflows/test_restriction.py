@@ -19,6 +19,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.base import ExportJob, OperationJob, PermanentConnectorError
+from dsr.cli.requests import _show_restriction
 from dsr.config.settings import Settings
 from dsr.domain.model import (
     ConnectorOutcome,
@@ -344,7 +345,9 @@ async def current_details(handle: WorkflowHandle) -> str:
 
 
 @pytest.mark.parametrize("connectors", [[ExportRefusingConnector("crm")]])
-async def test_the_marks_come_off_in_the_persons_turn_once_their_access_request_gives_it_back(engine: Engine) -> None:
+async def test_the_marks_come_off_in_the_persons_turn_once_their_access_request_gives_it_back(
+    engine: Engine, capsys: pytest.CaptureFixture[str],
+) -> None:
     handle = await through_intake(engine, "restriction", ground="c")
     # Polled, not result(): waiting on a result, the server would skip past the restriction's end (no timer runs
     # while it is in force: the next event is its 10-year execution timeout).
@@ -366,6 +369,9 @@ async def test_the_marks_come_off_in_the_persons_turn_once_their_access_request_
     waiting = await eventually(lambda: restriction_status(restriction), lambda s: s.waiting_for == access.id)
     assert waiting.state == LIFT_SCHEDULED and crm.lifts == 0 and crm.marked == {SUBJECT_EMAIL}
     assert f"the lift waits for the person's turn, held by **{access.id}**" in await current_details(restriction)
+    capsys.readouterr()
+    await _show_restriction(engine.client, handle.id, restriction_id(handle.id))  # what `dsr status ID` prints
+    assert f"the lift waits for the person's turn, held by {access.id}" in capsys.readouterr().out
 
     # The operator fixes the credentials: the access request exports, answers, gives the turn back; the marks go.
     crm.refuse_exports = False
