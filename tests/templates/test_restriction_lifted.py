@@ -10,11 +10,12 @@ import pytest
 
 from dsr.domain.model import Language
 from dsr.mail.lifted import AUDIENCES, render_restriction_lifted
+from templates import RenderedNotice
 
 LIFTED_ON = date(2026, 12, 1)
 
 
-def render(language: str, audience: str, label: str = "Chat Tool"):
+def render(language: str, audience: str, label: str = "Chat Tool") -> RenderedNotice:
     return render_restriction_lifted(Language(language), audience=audience,  # type: ignore[arg-type]
                                      reference="DSR-2026-0042", subject_email="jeanne.martin@example.org",
                                      label=label, controller="Komin SAS", lifted_on=LIFTED_ON)
