@@ -180,7 +180,11 @@ def activities_for(
         consent_links=ConsentLinks(keyring),
     )
     storage = StorageActivities(exports, ledger)
-    restrictions = RestrictionActivities(ledger)
+    restrictions = RestrictionActivities(
+        ledger, mailer=Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
+                              mail_domain=settings.mail_domain),
+        sent_log=LedgerSentLog(ledger), profile=profile, connectors=connectors, controller_name=signature,
+        sent_copies=sent_copies)
     return [
         ledger_activities.record_request,
         ledger_activities.record_event,
@@ -206,6 +210,8 @@ def activities_for(
         ask_subject_turn,
         subject_request_running,
         restrictions.end_restriction_grounds,
+        restrictions.ground_ended_already,
+        restrictions.tell_restriction_lifted,
     ]
 
 

@@ -4,8 +4,10 @@ schema, with its ``dsr.toml`` map.
 Users, organisations and their memberships, documents and their versions, invoices (accounting records kept ten
 years from the close of their financial year), login events with IP addresses (connection data kept one year,
 LCEN art. 6 and décret 2021-1362) and newsletter subscriptions (by email, no foreign key: on erasure the address
-is replaced by its keyed hash, a suppression list). :func:`seed` fills it with bulk inserts: the sample people,
-one heavy subject and as many filler users as asked (about 20 rows each), on SQLite, PostgreSQL or MariaDB.
+is replaced by its keyed hash, a suppression list). ``users.restricted_at`` marks a user whose processing is
+restricted (Art. 18): the connector sets it and clears it at the lift. :func:`seed` fills it with bulk inserts:
+the sample people, one heavy subject and as many filler users as asked (about 20 rows each), on SQLite,
+PostgreSQL or MariaDB.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ users = Table(
     Column("last_name", String(100)),
     Column("phone", String(40)),
     Column("created_at", DateTime, nullable=False),
+    # Art. 18: set while the person's processing is restricted ("restricted since"); the application reads it and
+    # only stores such a user's data. The map names it (``restriction``), never as data.
+    Column("restricted_at", DateTime, nullable=True),
 )
 organisations = Table(
     "organisations", metadata,
@@ -110,6 +115,7 @@ name = "app"
 url_env = "{URL_ENV}"
 hash_key_env = "{HASH_KEY_ENV}"
 subject = { table = "users", email = "email" }
+restriction = "users.restricted_at"        # Art. 18: set on the subject's row while restricted, NULL once lifted
 
 [connectors.rectify]                       # canonical field -> table.column (or several)
 email = ["users.email", "newsletter_subscriptions.email"]

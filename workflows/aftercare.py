@@ -14,67 +14,58 @@ the same person never waits for a link to expire.
   ``escalation_repeat_days`` until the ``clear_residuals`` update (``dsr clear-residuals``); ``DsrResidual`` is
   true meanwhile.
 
-Both are obligations, so a cancellation from the UI is refused (the reason in the details and the ledger);
+Both are obligations, so a cancellation from the UI is refused (the reason in the details and the ledger; what
+the two follow-up workflows share is ``workflows/follow_up.py``, events written in batches by ``record_events``);
 ``code_locked`` (the download page closed its code) tells the operator, as the request did while it ran.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.aftercare import AftercareInput, AftercareStatus
     from dsr.domain.model import (
-        AuditEvent,
         CodeLocked,
         ExportsDeletion,
-        Notice,
         NoticeTemplate,
         ResidualsCleared,
         Stage,
         UpdateResult,
     )
     from workflows import search_attributes as sa
-from workflows.cancellation import shielded_from_cancellation
-from workflows.contract import (
-    LEDGER,
-    NOTICE,
-    REQUEST_REJECTED,
-    STORAGE,
-    LedgerActivities,
-    NoticeActivities,
-    ReplyActivities,
-    summarised,
-)
+from workflows.contract import REQUEST_REJECTED, STORAGE, ReplyActivities, summarised
+from workflows.follow_up import FollowUp
 
 
 @workflow.defn(name="RequestAftercare")
-class RequestAftercare:
+class RequestAftercare(FollowUp):
     @workflow.init
     def __init__(self, care: AftercareInput) -> None:
+        self._follow_up(request_id=care.request_id, operator_email=care.operator_email, language=care.language,
+                        notice_context=care.notice_context)
         self._care = care
         self._exports_deleted = False
         self._residuals: list[str] = list(care.residuals)
         self._cleared: ResidualsCleared | None = None
         self._cleared_recorded = False  # in the ledger: the update answers only then
-        self._cancellation_refused = ""
         self._codes_locked: set[str] = set()
 
     @workflow.run
     async def run(self, care: AftercareInput) -> AftercareStatus:
         self._update_details()
-        await shielded_from_cancellation(self._work(), self._cancel_requested)
+        # Refused: the bundle must be deleted when its link expires, residual data cleared by hand.
+        await self._run_follow_up(self._work, workflow_name="aftercare", refusal=(
+            "cancellation refused: the request is answered; this workflow deletes the export when its link "
+            "expires and follows up the residual data, which no one may skip (terminating it would leave them)"))
         return self.status()
 
     async def _work(self) -> None:
         await asyncio.gather(self._expire_link(), self._follow_up_residuals())
-        await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _expire_link(self) -> None:
         expires_at = self._care.link_expires_at
@@ -85,7 +76,7 @@ class RequestAftercare:
             ReplyActivities.delete_exports, ExportsDeletion(self._care.request_id),
             **summarised(STORAGE, "delete exports"))
         self._exports_deleted = True
-        await self._audit("exports_deleted")
+        self._note("exports_deleted")
         self._update_details()
 
     async def _follow_up_residuals(self) -> None:
@@ -94,7 +85,7 @@ class RequestAftercare:
         if not self._residuals:
             return
         workflow.upsert_search_attributes([sa.DSR_RESIDUAL.value_set(True)])
-        await self._audit("residuals_reported", details={
+        self._note("residuals_reported", details={
             "connectors": ",".join(sorted({line.split(":", 1)[0] for line in self._residuals})),
             "lines": str(len(self._residuals)),
         })
@@ -108,7 +99,7 @@ class RequestAftercare:
                 break
             except TimeoutError:
                 await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing, reminder="yes")
-                await self._audit("residuals_reminded")
+                self._note("residuals_reminded")
         cleared = self._cleared
         assert cleared is not None
         self._residuals = []
@@ -152,17 +143,6 @@ class RequestAftercare:
             cancellation_refused=self._cancellation_refused,
         )
 
-    # --- cancellation -------------------------------------------------------------------------------
-
-    def _cancel_requested(self, reason: str) -> Coroutine[Any, Any, None]:
-        """Refused: the bundle must be deleted when its link expires, residual data cleared by hand."""
-        self._cancellation_refused = (
-            "cancellation refused: the request is answered; this workflow deletes the export when its link "
-            "expires and follows up the residual data, which no one may skip (terminating it would leave them)")
-        self._update_details()
-        return self._audit("cancellation_refused", actor="temporal", details={"workflow": "aftercare"},
-                           note=reason)
-
     # --- helpers ---------------------------------------------------------------------------------------
 
     def _update_details(self) -> None:
@@ -181,27 +161,3 @@ class RequestAftercare:
         if self._cancellation_refused:
             lines += ["", f"**{self._cancellation_refused}**"]
         workflow.set_current_details("\n".join(lines))
-
-    async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
-                     note: str = "") -> None:
-        await workflow.execute_activity_method(
-            LedgerActivities.record_event,
-            AuditEvent(request_id=self._care.request_id, event=event, actor=actor, details=details or {},
-                       note=note),
-            **summarised(LEDGER, f"ledger: {event}"),
-        )
-
-    async def _notify_operator(self, template: NoticeTemplate, **extra: str) -> None:
-        notice = Notice(
-            request_id=self._care.request_id,
-            template=template,
-            to=self._care.operator_email,
-            language=self._care.language,
-            context={**self._care.notice_context, **extra},
-        )
-        try:
-            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
-                                                   **summarised(NOTICE, f"notice: {template.value}"))
-        except ActivityError:
-            await self._audit("notice_failed", details={"template": template.value})
-

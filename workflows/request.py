@@ -190,6 +190,7 @@ class DataSubjectRequest:
         self._identity_waited_days = 0
         self._progress: dict[str, ConnectorProgress] = {}
         self._link_expires_at: datetime | None = None
+        self._recipients_notified: list[str] = []  # named in the reply (Art. 19): told of a restriction's lift
         self._reply_held = ""
         self._residuals: list[str] = []  # residual lines still to be cleared by hand
         self._correspondence: set[str] = set()  # message keys already recorded: each message counts once
@@ -432,6 +433,7 @@ class DataSubjectRequest:
         reply = await self._send_reply()
         if reply is not None:
             self._link_expires_at = reply.link_expires_at
+            self._recipients_notified = list(reply.recipients_notified)
             self._note("reply_sent", details={
                 "no_data": str(reply.no_data).lower(),
                 "recipients_notified": str(len(reply.recipients_notified)),

@@ -12,10 +12,13 @@ restriction in force until it is lifted:
   ``activities/restrictions.py``. Grounds b and c end only by an operator's decision.
 
 Art. 18(3): the subject is told **before** the lift, in their language, with its day; a durable timer of at least
-``notice_days`` days then runs before the marks are removed, system by system (``lift`` connector tasks); a system
-whose mark cannot be removed waits for the operator's ``retry``. Systems restricted by a person are listed to the
-operator at the lift. A cancellation from the UI is refused: lifting without telling the subject is what 18(3)
-forbids.
+``notice_days`` days then runs before the marks are removed, in the person's turn (``SubjectQueue``: an access
+request of theirs exporting finishes first), system by system (``lift`` connector tasks); a system
+whose mark cannot be removed waits for the operator's ``retry``. Once the marks are off, the Art. 19 recipients
+the reply named and the processors and manual systems that did not answer "no data" are told of the lift, each
+once, in its own language (``tell_restriction_lifted``, ledger ``restriction_lift_told``). Systems restricted by a
+person and not told by letter, and whoever could not be told, are listed to the operator at the lift. A
+cancellation from the UI is refused: lifting without telling the subject is what 18(3) forbids.
 
 Deterministic workflow code; ``hold`` and ``end_grounds`` are the request workflow's side of it.
 """
@@ -24,25 +27,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
-        AuditEvent,
+        AnswerStatus,
         ConnectorTask,
         GroundEnd,
         GroundEnded,
         Lift,
+        LiftTelling,
         LocalMoment,
         Notice,
         NoticeTemplate,
         Outcome,
+        QueueAsk,
         RecordAction,
         RequestKind,
         RestrictionGround,
@@ -50,10 +54,13 @@ with workflow.unsafe.imports_passed_through():
         RestrictionStatus,
         Retry,
         Stage,
+        SubjectTurn,
+        TurnAsk,
+        TurnRelease,
         restriction_id,
+        subject_queue_id,
     )
     from workflows import search_attributes as sa
-from workflows.cancellation import shielded_from_cancellation
 from workflows.contract import (
     CONNECTOR,
     DEADLINES,
@@ -61,13 +68,16 @@ from workflows.contract import (
     LEDGER,
     NOTICE,
     REQUEST_REJECTED,
+    SUBJECT_TURN_SIGNAL,
+    TURN_ASK,
     ConnectorActivities,
-    LedgerActivities,
-    NoticeActivities,
     RestrictionActivities,
+    ask_subject_turn,
     local_instant,
     summarised,
 )
+from workflows.follow_up import FollowUp
+from workflows.subjects import SubjectQueue
 
 if TYPE_CHECKING:
     from workflows.request import DataSubjectRequest
@@ -81,6 +91,9 @@ LIFT_HOUR = 9
 
 _ENDED_BY = {RestrictionGround.ACCURACY.value: "rectification", RestrictionGround.OBJECTION.value: "objection"}
 """Grounds that end with another request of the person, and the word the lift notice uses for it."""
+_GROUND_LETTER = {RestrictionGround.ACCURACY.value: RestrictionGround.ACCURACY.value,
+                  RestrictionGround.OBJECTION.value: RestrictionGround.OBJECTION.value}
+"""The ground an ending request names (``GroundEnded.ground``) for each ground that ends with one."""
 
 
 def _rejected(message: str) -> ApplicationError:
@@ -88,9 +101,11 @@ def _rejected(message: str) -> ApplicationError:
 
 
 @workflow.defn(name="RestrictionInForce")
-class RestrictionInForce:
+class RestrictionInForce(FollowUp):
     @workflow.init
     def __init__(self, held: RestrictionInput) -> None:
+        self._follow_up(request_id=held.request_id, operator_email=held.operator_email, language=held.language,
+                        notice_context=held.notice_context)
         self._held = held
         self._state = IN_FORCE
         self._lift: Lift | None = None
@@ -100,18 +115,28 @@ class RestrictionInForce:
         self._scheduled_recorded = False  # the lift is in the ledger and the subject told: the update answers then
         self._failed: list[str] = []
         self._retry: Retry | None = None
-        self._cancellation_refused = ""
+        self._retrying = False  # a retried round runs: the update answers when it ends
+        self._retried_rounds = 0
+        self._told: list[str] = []  # told of the lift (Art. 19): recipients' and systems' names
+        self._turn_round = 0  # the person's turn (SubjectQueue), asked before the marks come off
+        self._turn_asked = False
+        self._turn_granted = False
+        self._waiting_for = ""  # the request holding the turn while the lift waits for it
+        self._untold: list[str] = []
 
     @workflow.run
     async def run(self, held: RestrictionInput) -> RestrictionStatus:
         self._update_details()
-        await shielded_from_cancellation(self._work(), self._cancel_requested)
+        await self._run_follow_up(self._work, workflow_name="restriction", refusal=(
+            "cancellation refused: a restriction is lifted only after the subject is told (Art. 18(3)); "
+            "use dsr lift REF --reason"))
         return self.status()
 
     async def _work(self) -> None:
-        await self._audit("restriction_in_force", details={
+        self._note("restriction_in_force", details={
             "ground": self._held.ground, "marked": ",".join(self._held.marked),
             "by_hand": ",".join(self._held.by_hand)})
+        await self._ended_while_answered()
         await workflow.wait_condition(lambda: self._lift is not None or self._ended is not None)
         await self._schedule_lift()
         assert self._lift_at is not None
@@ -123,11 +148,25 @@ class RestrictionInForce:
         self._update_details()
         await self._audit("restriction_lifted", details={"connectors": ",".join(self._held.marked),
                                                          "by_hand": ",".join(self._held.by_hand)})
-        if self._held.by_hand:
-            listing = "\n".join(f"- {system}: restriction - lift it by hand (the subject was told on the notice)"
-                                for system in self._held.by_hand)
-            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=listing)
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        told, untold = await self._tell_lift()
+        lines = [f"- {system}: restriction - lift it by hand"
+                 for system in self._held.by_hand if system not in told]
+        lines += [f"- {name}: could not be told that the restriction is lifted - tell them by hand (Art. 19)"
+                  for name in untold]
+        if lines:
+            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals="\n".join(lines))
+
+    async def _ended_while_answered(self) -> None:
+        """A rectification answered, or an objection decided, while this restriction was still being answered ended
+        its ground too: no workflow was there to signal, the ledger has it (``restriction_ground_end``)."""
+        expected = _GROUND_LETTER.get(self._held.ground)
+        if expected is None or self._ended is not None or self._lift is not None:
+            return
+        ended = await workflow.execute_activity_method(
+            RestrictionActivities.ground_ended_already, GroundEnd(request_id=self._held.request_id, ground=expected),
+            **summarised(LEDGER, "restrictions: ground ended already?"))
+        if ended is not None and self._ended is None and self._lift is None:
+            self._ended = ended
 
     async def _schedule_lift(self) -> None:
         lift, ended = self._lift, self._ended
@@ -151,22 +190,101 @@ class RestrictionInForce:
         self._scheduled_recorded = True
 
     async def _unmark(self) -> None:
-        """Remove the marks this request set; a system that refuses waits for the operator's ``retry``."""
+        """Remove the marks this request set, in the person's turn (an export of theirs in progress finishes
+        first); a system that refuses waits for the operator's ``retry``, the turn given back meanwhile."""
         pending = list(self._held.marked)
         while pending:
+            await self._take_turn()
+            # Each system's failure is caught (False): nothing raises between the turn's taking and its release.
+            # (No ``finally``: a run the worker evicts from its cache must not send a signal on its way out.)
             results = await asyncio.gather(*(self._unmark_one(name) for name in pending))
+            await self._release_turn()
             self._failed = [name for name, ok in zip(pending, results, strict=True) if not ok]
             pending = list(self._failed)
+            if not pending:
+                self._state = LIFTED
+            if self._retrying:  # the operator's ``retry`` answers now, with this round's result
+                self._retrying = False
+                self._retried_rounds += 1
             self._update_details()
             if not pending:
                 return
             await self._audit("restriction_lift_failed", details={"connectors": ",".join(pending)})
             await self._notify_operator(NoticeTemplate.OPERATOR_ATTENTION, connector=", ".join(pending),
-                                        error="the restriction mark could not be removed; retry with dsr retry")
+                                        error="the restriction mark could not be removed; retry with "
+                                              f"dsr lift {self._held.request_id} --retry")
             await workflow.wait_condition(lambda: self._retry is not None)
             retry, self._retry = self._retry, None
             assert retry is not None
+            self._retrying = True
             await self._audit("retried", actor=retry.requested_by)
+
+    async def _take_turn(self) -> None:
+        """Ask the person's queue (``SubjectQueue``) for the turn, as ``restriction-<reference>``, and wait for it;
+        the request holding it meanwhile shows in the status and the details."""
+        if not self._held.subject_key:
+            return
+        self._turn_round += 1
+        self._turn_asked, self._turn_granted, self._waiting_for = True, False, ""
+        await workflow.execute_activity(
+            ask_subject_turn,
+            QueueAsk(queue_id=subject_queue_id(self._held.subject_key), ask=TurnAsk(
+                request_id=workflow.info().workflow_id, received_at=workflow.now(), round=self._turn_round)),
+            **summarised(TURN_ASK, "subject queue: ask for the turn (lift)"))
+        await workflow.wait_condition(lambda: self._turn_granted)
+        if self._waiting_for:
+            self._note("turn_taken", details={"waited_for": self._waiting_for})
+        self._waiting_for = ""
+        self._update_details()
+
+    async def _release_turn(self) -> None:
+        if not self._turn_asked:
+            return
+        self._turn_asked = self._turn_granted = False
+        release = TurnRelease(request_id=workflow.info().workflow_id, round=self._turn_round)
+        with contextlib.suppress(FailureError):  # a queue terminated by hand holds nothing to release
+            await workflow.get_external_workflow_handle_for(
+                SubjectQueue.run, subject_queue_id(self._held.subject_key)).signal(SubjectQueue.release, release)
+
+    @workflow.signal(name=SUBJECT_TURN_SIGNAL)
+    def subject_turn(self, turn: SubjectTurn) -> None:
+        """The person's queue says who holds the turn: this workflow (granted) or the request it waits for."""
+        if not self._turn_asked or turn.round != self._turn_round:
+            return
+        if turn.holder == workflow.info().workflow_id:
+            self._turn_granted = True
+        else:
+            self._waiting_for = turn.holder
+            self._update_details()
+
+    async def _tell_lift(self) -> tuple[list[str], list[str]]:
+        """Art. 19, once the marks are off: the recipients the reply named, and the processors and manual systems
+        that did not answer "no data", are told of the lift, each once, in its own language. Answers who was told
+        and who could not be (the operator is told to do it by hand)."""
+        held = self._held
+        targets = [("recipient", name) for name in held.recipients] + [("system", name) for name in held.outside]
+        if not targets:
+            return [], []
+        lifted_at = workflow.now()
+        results = await asyncio.gather(*(self._tell_one(to, name, lifted_at) for to, name in targets))
+        told = [name for (_, name), ok in zip(targets, results, strict=True) if ok]
+        untold = [name for (_, name), ok in zip(targets, results, strict=True) if not ok]
+        self._told, self._untold = told, untold
+        self._update_details()
+        await self._audit("restriction_lift_told", details={"told": str(len(told)), "not_told": str(len(untold))},
+                          note=f"told: {', '.join(told) or '-'}; not told: {', '.join(untold) or '-'}")
+        return told, untold
+
+    async def _tell_one(self, to: str, name: str, lifted_at: datetime) -> bool:
+        telling = LiftTelling(request_id=self._held.request_id, subject=self._held.subject, to=to, name=name,
+                              lifted_at=lifted_at, timezone=self._held.timezone)
+        try:
+            await workflow.execute_activity_method(
+                RestrictionActivities.tell_restriction_lifted, telling,
+                **summarised(NOTICE, f"notice: restriction lifted, to a {to}"))
+        except ActivityError:
+            return False
+        return True
 
     async def _unmark_one(self, name: str) -> bool:
         task = ConnectorTask(request_id=self._held.request_id, connector=name, kind=RequestKind.RESTRICTION,
@@ -175,10 +293,10 @@ class RestrictionInForce:
             outcome = await workflow.execute_activity_method(
                 ConnectorActivities.run_connector, task, **summarised(CONNECTOR, f"{name}: lift restriction"))
         except ActivityError:
-            await self._audit("connector_failed", details={"connector": name, "lift": "true"})
+            self._note("connector_failed", details={"connector": name, "lift": "true"})
             return False
         lifted = sum(1 for line in outcome.report if line.action == RecordAction.LIFTED)
-        await self._audit("connector_done", details={"connector": name, "lifted": str(lifted),
+        self._note("connector_done", details={"connector": name, "lifted": str(lifted),
                                                      "found": str(outcome.found)})
         return True
 
@@ -203,37 +321,31 @@ class RestrictionInForce:
     def ground_ended(self, ended: GroundEnded) -> None:
         """Another request of the person ended this restriction's ground (a rectification for ground a, an
         objection's decision for ground d); other grounds, or a lift already scheduled, ignore it."""
-        if self._held.ground not in _ENDED_BY or self._state != IN_FORCE or self._lift is not None:
+        expected = _GROUND_LETTER.get(self._held.ground)
+        if expected is None or self._state != IN_FORCE or self._lift is not None:
             return
-        expected = {RestrictionGround.ACCURACY.value: "a", RestrictionGround.OBJECTION.value: "d"}[self._held.ground]
         if ended.ground == expected and self._ended is None:
             self._ended = ended
 
     @workflow.update
     async def retry(self, retry: Retry) -> RestrictionStatus:
+        """``dsr lift REF --retry``: the marks a system refused are removed again; answered after that round, with
+        what it left (``failed``)."""
         self._retry = retry
-        await workflow.wait_condition(lambda: self._retry is None)
+        target = self._retried_rounds + 1
+        await workflow.wait_condition(lambda: self._retried_rounds >= target)
         return self.status()
 
     @retry.validator
     def _validate_retry(self, retry: Retry) -> None:
-        if not self._failed or self._retry is not None:
+        if not self._failed or self._retry is not None or self._retrying:
             raise _rejected(f"{self._held.request_id}: no restriction mark waits for a retry")
 
     @workflow.query
     def status(self) -> RestrictionStatus:
         return RestrictionStatus(request_id=self._held.request_id, ground=self._held.ground, state=self._state,
-                                 lift_at=self._lift_at, lifted_by=self._lifted_by, failed=list(self._failed))
-
-    # --- cancellation ------------------------------------------------------------------------------------
-
-    def _cancel_requested(self, reason: str) -> Coroutine[Any, Any, None]:
-        self._cancellation_refused = (
-            "cancellation refused: a restriction is lifted only after the subject is told (Art. 18(3)); "
-            "use dsr lift REF --reason")
-        self._update_details()
-        return self._audit("cancellation_refused", actor="temporal", details={"workflow": "restriction"},
-                           note=reason)
+                                 lift_at=self._lift_at, lifted_by=self._lifted_by, failed=list(self._failed),
+                                 waiting_for=self._waiting_for)
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -248,20 +360,17 @@ class RestrictionInForce:
             lines.append(f"- restricted by hand in: {', '.join(held.by_hand)}")
         if self._state == IN_FORCE:
             lines.append("- lift with `dsr lift REF --reason \"...\"`")
+        if self._waiting_for:
+            lines.append(f"- the lift waits for the person's turn, held by **{self._waiting_for}**")
         if self._failed:
-            lines.append(f"- **mark not removed in {', '.join(self._failed)}**: `dsr retry REF`")
+            lines.append(f"- **mark not removed in {', '.join(self._failed)}**: `dsr lift REF --retry`")
+        if self._told:
+            lines.append(f"- told of the lift: {', '.join(self._told)}")
+        if self._untold:
+            lines.append(f"- **could not be told of the lift: {', '.join(self._untold)}** (tell them by hand)")
         if self._cancellation_refused:
             lines += ["", f"**{self._cancellation_refused}**"]
         workflow.set_current_details("\n".join(lines))
-
-    async def _audit(self, event: str, *, actor: str = "engine", details: dict[str, str] | None = None,
-                     note: str = "") -> None:
-        await workflow.execute_activity_method(
-            LedgerActivities.record_event,
-            AuditEvent(request_id=self._held.request_id, event=event, actor=actor, details=details or {},
-                       note=note),
-            **summarised(LEDGER, f"ledger: {event}"),
-        )
 
     async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
         context = {**self._held.notice_context, **extra}
@@ -270,17 +379,6 @@ class RestrictionInForce:
         await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.subject.email,
                                 language=self._held.language, context=context, in_reply_to=self._held.in_reply_to,
                                 key=f"restriction-{template.value}"))
-
-    async def _notify_operator(self, template: NoticeTemplate, **extra: str) -> None:
-        await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.operator_email,
-                                language=self._held.language, context={**self._held.notice_context, **extra}))
-
-    async def _send(self, notice: Notice) -> None:
-        try:
-            await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
-                                                   **summarised(NOTICE, f"notice: {notice.template.value}"))
-        except ActivityError:
-            await self._audit("notice_failed", details={"template": notice.template.value})
 
 
 # --- the request workflow's side ------------------------------------------------------------------------
@@ -291,14 +389,17 @@ async def hold(flow: DataSubjectRequest) -> None:
     request = flow._request
     if request.kind != RequestKind.RESTRICTION or flow._outcome != Outcome.FULFILLED:
         return
-    marked, by_hand = [], []
+    marked, by_hand, outside = [], [], []
     for progress in flow._progress.values():
         outcome = progress.outcome
         if outcome is None:
             continue
         actions = {line.action for line in outcome.report}
-        if outcome.answer is not None or RecordAction.RESIDUAL in actions:
-            by_hand.append(progress.connector)
+        held_nothing = outcome.answer is not None and outcome.answer.status == AnswerStatus.NO_DATA
+        if (outcome.answer is not None or RecordAction.RESIDUAL in actions) and not held_nothing:
+            by_hand.append(progress.connector)  # a system answering "no data" restricted nothing: nothing to lift
+        if outcome.answer is not None and outcome.answer.status != AnswerStatus.NO_DATA:
+            outside.append(progress.connector)  # asked to restrict, and holding data: told of the lift
         if RecordAction.RESTRICTED in actions:
             marked.append(progress.connector)
     held = RestrictionInput(
@@ -307,6 +408,7 @@ async def hold(flow: DataSubjectRequest) -> None:
         notice_days=request.policy.restriction_lift_notice_days,
         escalation_repeat_days=request.policy.escalation_repeat_days, in_reply_to=flow._thread(),
         timezone=request.policy.timezone, notice_context=flow._notice_context(stage=Stage.CLOSED.value),
+        recipients=list(flow._recipients_notified), outside=sorted(outside), subject_key=request.subject_key,
     )
     child = restriction_id(request.request_id)
     with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start finds it running
@@ -327,7 +429,7 @@ async def end_grounds(flow: DataSubjectRequest, ground: RestrictionGround) -> No
     """This request (a rectification answered, an objection decided) may end restrictions of the same person."""
     told = await workflow.execute_activity_method(
         RestrictionActivities.end_restriction_grounds,
-        GroundEnd(request_id=flow._request.request_id, ground=ground.value),
+        GroundEnd(request_id=flow._request.request_id, ground=ground.value, at=workflow.now()),
         **summarised(LEDGER, "restrictions: ground ended"))
     if told:
         await flow._audit("restriction_ground_ended", details={"ground": ground.value, "restrictions": str(told)})

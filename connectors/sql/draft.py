@@ -15,6 +15,8 @@ What it guesses, and how (every guess a person must confirm carries a ``# REVIEW
 * **Columns**: named like email, name, phone, address, IP, birth date, content… → personal with a category;
   the key and other columns → ``personal = false``; a foreign key to the subject's table → personal (it says
   whose row it is).
+* **The restriction mark** (Art. 18): a nullable timestamp of the subject's table named like ``restricted_at``
+  becomes the entry's ``restriction`` (not a data column); without one, a commented line proposes adding it.
 * **Strategies**, conservatively: the subject's own rows deleted; tables named like invoices, orders or payments
   kept ten years (accounting records, Code de commerce L123-22) with their personal columns kept and their link
   to the subject set NULL; tables named like logins or sessions holding an IP address kept one year (connection
@@ -324,9 +326,24 @@ class _Plan:
     lines: list[str] = field(default_factory=list)
 
 
+_RESTRICTION_NAMES = ("restricted_at", "restricted_since", "restricted_on", "processing_restricted_at",
+                      "restriction_at")
+"""Names of a subject's column marking a restriction of processing (Art. 18), as a nullable timestamp."""
+
+
+def _restriction_column(t: TableInfo) -> str | None:
+    """The subject table's nullable date/time column named like a restriction mark, if any."""
+    for preferred in _RESTRICTION_NAMES:
+        c = t.column(preferred)
+        if c is not None and c.is_date and c.nullable and c.name not in t.key:
+            return c.name
+    return None
+
+
 def render(schema: Reflected, *, name: str = "app", url_env: str = "APP_DATABASE_URL",
            hash_key_env: str = "APP_HASH_KEY") -> str:
     subject, email = guess_subject(schema)
+    restriction = _restriction_column(schema.tables[subject])
     reached = paths(schema, subject, email)
     order = sorted(reached, key=lambda n: (_depth(reached, n), n != subject, n))
     shared = {n for n, hop in reached.items() if hop is not None and not hop.child}
@@ -393,6 +410,8 @@ def render(schema: Reflected, *, name: str = "app", url_env: str = "APP_DATABASE
         specs: list[tuple[ColumnInfo, dict[str, Any], str]] = []
         fk_columns = {col for fk in schema.foreign_keys if fk.table == table_name for col in fk.columns}
         for c in t.columns:
+            if table_name == subject and c.name == restriction:
+                continue  # the restriction mark (the entry's ``restriction``), never data
             spec: dict[str, Any] = {}
             note = ""
             guessed = _personal(c.name)
@@ -480,6 +499,11 @@ def render(schema: Reflected, *, name: str = "app", url_env: str = "APP_DATABASE
         (f"hash_key_env = {_str(hash_key_env)}" if uses_hash
          else f"# hash_key_env = {_str(hash_key_env)}  # needed once a column is hashed"),
         f"subject = {{ table = {_str(subject)}, email = {_str(email)} }}  # REVIEW: the subject's table, guessed",
+        (f"restriction = {_str(f'{subject}.{restriction}')}  # REVIEW: Art. 18: set on the subject's rows while "
+         "restricted, NULL once lifted; the application must read it" if restriction
+         else f"# restriction = {_str(f'{subject}.restricted_at')}  # Art. 18: add a nullable timestamp column the "
+              "application reads as \"restricted since\", then uncomment; without one, a restriction is a line "
+              "for the operator"),
     ]
     if rectify:
         head += ["", "[connectors.rectify]  # REVIEW: canonical field -> table.column", *rectify]

@@ -256,6 +256,9 @@ async def _show_restriction(client: Client, request_id: str, workflow_id: str) -
     typer.echo(line)
     if held.state == IN_FORCE:
         typer.echo(f"    lift it with `dsr lift {request_id} --reason \"...\"` (the subject is told first)")
+    if held.waiting_for:
+        typer.echo(f"    the lift waits for the person's turn, held by {held.waiting_for} (one thing at a time in "
+                   "their systems)")
     if held.failed:
         typer.echo(f"    mark not removed in {', '.join(held.failed)}: `dsr lift {request_id} --retry`")
 

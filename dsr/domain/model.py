@@ -1098,10 +1098,12 @@ class GroundEnded:
 
 @dataclass
 class GroundEnd:
-    """Input of the ``end_restriction_grounds`` activity: the request that may end restrictions of its subject."""
+    """Input of the ``end_restriction_grounds`` activity: the request that may end restrictions of its subject, and
+    when (the workflow's time: the end of a ground counts for the restrictions received no later)."""
 
     request_id: str
     ground: str
+    at: datetime | None = None
 
 
 RESTRICTION_PREFIX = "restriction-"
@@ -1129,6 +1131,25 @@ class RestrictionInput:
     escalation_repeat_days: int = 7
     in_reply_to: str | None = None
     notice_context: dict[str, str] = field(default_factory=dict)
+    # Told of the lift (Art. 19), once the marks are off: the recipients the reply named (their names in the
+    # controller profile), and the processors and manual systems that did not answer "no data" (system names).
+    recipients: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    subject_key: str = ""  # blind index of the subject's email: the marks come off in the person's turn (queue)
+
+
+@dataclass
+class LiftTelling:
+    """Input of ``tell_restriction_lifted``: one recipient (``to`` "recipient", its name in the controller profile)
+    or one processor / manual system (``to`` "system", its configured name) to tell that the restriction of
+    ``request_id`` is lifted, in its own language. ``lifted_at`` is the workflow's time, dated in ``timezone``."""
+
+    request_id: str
+    subject: Subject  # personal data: encrypted payload; the letter names the person by this address only
+    to: str
+    name: str
+    lifted_at: datetime
+    timezone: str = "Europe/Paris"
 
 
 @dataclass
@@ -1141,3 +1162,4 @@ class RestrictionStatus:
     lift_at: datetime | None = None
     lifted_by: str = ""  # an operator's login, or "ground_ended:<request>"
     failed: list[str] = field(default_factory=list)  # connectors whose mark could not be removed (retry)
+    waiting_for: str = ""  # the lift waits for the person's turn, held by this request (or "" when not waiting)

@@ -806,6 +806,28 @@ class Ledger:
             ).order_by(col(RequestRow.received_at), col(RequestRow.request_id))
             return list(session.scalars(statement))
 
+    def ground_ended_for(self, request_id: str, ground: str) -> tuple[str, datetime] | None:
+        """The first ``restriction_ground_end`` event of ``ground`` written by another request of the same subject
+        (blind index) no earlier than ``request_id`` (a restriction) was received: which request and when. An end
+        of ground recorded before the restriction was received is no end of it."""
+        with self._session(write=False) as session:
+            row = session.get(RequestRow, request_id)
+            if row is None:
+                return None
+            statement = (
+                select(col(EventRow.request_id), col(EventRow.at), col(EventRow.details))
+                .join(RequestRow, col(RequestRow.request_id) == col(EventRow.request_id))
+                .where(col(RequestRow.subject_index) == row.subject_index,
+                       col(EventRow.event) == "restriction_ground_end",
+                       col(EventRow.request_id) != request_id,
+                       col(EventRow.at) >= row.received_at)
+                .order_by(col(EventRow.at), col(EventRow.id))
+            )
+            for ended_by, at, details in session.execute(statement):
+                if json.loads(details).get("ground") == ground:
+                    return ended_by, at
+            return None
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only session, for reports that select many rows in one query (``dsr.dpo.register``) instead of

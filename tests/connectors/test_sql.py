@@ -613,15 +613,9 @@ async def test_a_row_an_earlier_attempt_erased_and_now_gone_is_reported_erased_b
 async def test_restriction_sets_the_mapped_column_verified_and_lifting_clears_it(fresh_db: Any) -> None:
     url = fresh_db()
     engine = create_engine(url)
-    seed(engine, heavy=False)
-    with engine.begin() as conn:  # the application's own "restricted since" column, NULL when not restricted
-        conn.execute(text("ALTER TABLE users ADD restricted_at TIMESTAMP NULL"))
+    seed(engine, heavy=False)  # users.restricted_at: the application's "restricted since", NULL when not restricted
     engine.dispose()
-    config = parse_config(DEMO_MAP.replace('subject = { table = "users", email = "email" }',
-                                           'subject = { table = "users", email = "email" }\n'
-                                           'restriction = "users.restricted_at"'))
-    app = build_connector(config.connectors[0], {appdb.URL_ENV: url, appdb.HASH_KEY_ENV: HASH_KEY})
-    assert isinstance(app, SqlConnector)
+    app = connector(url)  # the demo map names it: restriction = "users.restricted_at"
     job = OperationJob("dsr-2026-12-SQLRST", Subject(CAMILLE.email.upper()))
     try:
         assert "restriction mark" not in await app.check()  # the column is the mark, not an unmapped column
@@ -645,7 +639,9 @@ async def test_restriction_sets_the_mapped_column_verified_and_lifting_clears_it
 
 async def test_without_a_restriction_column_the_operator_restricts_by_hand(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
-    app = connector(url)
+    unmarked = "\n".join(line for line in DEMO_MAP.splitlines() if not line.startswith("restriction = "))
+    app = build_connector(parse_config(unmarked).connectors[0], {appdb.URL_ENV: url, appdb.HASH_KEY_ENV: HASH_KEY})
+    assert isinstance(app, SqlConnector)
     try:
         outcome = await app.restrict(OperationJob("dsr-2026-12-SQLRS2", CAMILLE))
     finally:

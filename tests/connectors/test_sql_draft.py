@@ -90,6 +90,10 @@ async def test_the_demo_database_drafts_into_its_hand_written_map(empty_db: str)
     drafted, written = _essentials(_loaded(draft)), _essentials(_loaded(DEMO_MAP))
     assert drafted["subject"] == written["subject"] == ("users", "email")
     assert drafted["rectify"] == written["rectify"]
+    # The restriction mark (Art. 18) is proposed as the entry's restriction, never as a data column.
+    assert parse_config(draft).connectors[0].restriction == parse_config(DEMO_MAP).connectors[0].restriction \
+        == "users.restricted_at"
+    assert "columns.restricted_at" not in draft
     assert drafted["tables"].keys() == written["tables"].keys()
     for name, table in written["tables"].items():
         assert drafted["tables"][name] == table, name
@@ -176,6 +180,9 @@ def test_a_second_foreign_key_to_the_same_table_is_flagged_and_marked_personal(t
     assert 'link = "editor_id = users.id"' in draft or 'link = "owner_id = users.id"' in draft
     documents = next(t for t in _loaded(draft).tables if t.name == "documents")
     assert {c.name for c in documents.personal} == {"owner_id", "editor_id", "body"}
+    # No restriction mark in this schema: the draft proposes one (Art. 18), commented, and still parses.
+    assert '# restriction = "users.restricted_at"  # Art. 18: add a nullable timestamp column' in draft
+    assert parse_config(draft, source="draft").connectors[0].restriction is None
 
 
 # --- a seed company's schema: composite key, shared tables, unreachable ones ----------------------------------

@@ -32,6 +32,7 @@ from dsr.domain.model import (
     IdentityProof,
     IdentityResend,
     Language,
+    Lift,
     ObjectionDecision,
     Outcome,
     OutsideAnswer,
@@ -55,15 +56,18 @@ from intake.answers import ExportFile, record_answer
 from intake.submission import Submission, new_request_id, prepare, start
 from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, text_of
 from tests.workflows.support import SUBJECT_EMAIL, Engine, clear_residuals, submit, wait_for_stage
+from tests.workflows.test_restriction import MarkingConnector, eventually, held, restriction_status
+from tests.workflows.test_restriction import submit as submit_restriction
 from workflows.aftercare import RequestAftercare
 from workflows.audit import instant
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
+from workflows.restriction import IN_FORCE, LIFTED, RestrictionInForce
 from workflows.triage import TriageMessageWorkflow
 
 # OutsideSystemTask's `answer`: its fields are recorded in the ledger's outside_tasks row (the words sealed) by the
 # one door that takes an answer before the update is sent (intake/answers.py); the walk reads them back from there.
-WORKFLOWS = (DataSubjectRequest, TriageMessageWorkflow, RequestAftercare, OutsideSystemTask)
+WORKFLOWS = (DataSubjectRequest, TriageMessageWorkflow, RequestAftercare, OutsideSystemTask, RestrictionInForce)
 PROCESSOR = OutsideSystem(name="chat-tool", type="processor", contact="privacy@chat-tool.example",
                           kinds=frozenset({RequestKind.ERASURE}))
 
@@ -134,12 +138,37 @@ def triage_item(engine: Engine, sender: str, reason: str) -> TriageInput:
 
 
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1, residual=True),
-                                         ScriptedConnector("billing"), PROCESSOR]])
+                                         ScriptedConnector("billing"), PROCESSOR,
+                                         MarkingConnector("marks", kinds=frozenset({RequestKind.RESTRICTION}))]])
 async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) -> None:
     # Each update with what was sent and where to read it back; an update may be sent in several scenarios (a
     # field that belongs to one kind, e.g. an objection's scope, is empty in the others).
     sent: dict[tuple[str, str], list[tuple[Any, Callable[[], Trail]]]] = {}
     now = (await engine.env.get_current_time()).replace(microsecond=0)
+
+    # A restriction lifted by an operator: one system refuses to remove its mark, and the operator retries. First,
+    # on a fresh server: its timer is skipped by env.sleep, which the time-skipping locks later scenarios leave
+    # (updates that end their workflow) would hold back.
+    restricted, handle = await submit_restriction(engine, "restriction", ground="c")
+    trail = request_trail(engine, restricted.request_id)
+    await wait_for_stage(engine, handle, Stage.CLOSED)
+    restriction = held(engine, restricted)
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    lift = Lift(reason="La procédure judiciaire est close", requested_by="op:lift")
+    sent["RestrictionInForce", "lift"] = [(lift, trail)]
+    scheduled = await restriction.execute_update(RestrictionInForce.lift, lift)
+    assert scheduled.lift_at is not None
+    marks = engine.connectors[-1]
+    assert isinstance(marks, MarkingConnector) and marks.marked == {SUBJECT_EMAIL}
+    marks.permanent_failures = 1  # the system refuses to remove the mark once
+    await engine.env.sleep(scheduled.lift_at - await engine.env.get_current_time() + timedelta(hours=1))
+    await eventually(lambda: restriction_status(restriction), lambda s: s.failed == ["marks"])
+    retry = Retry(requested_by="op:retry-lift")
+    sent["RestrictionInForce", "retry"] = [(retry, trail)]
+    retried = await restriction.execute_update(RestrictionInForce.retry, retry)
+    # Answered after the retried round, with its result; the retry is the operator's, not the engine's.
+    assert retried.failed == [] and retried.state == LIFTED and marks.lifts == 1 and marks.marked == set()
+    assert [e.actor for e in engine.ledger.events(restricted.request_id) if e.event == "retried"] == ["op:retry-lift"]
 
     # An erasure, identity by email: the operator doubts, the subject writes and submits again, the deadline is
     # extended, identity confirmed by a document; a system fails, is retried, leaves data to clear by hand.
@@ -159,7 +188,8 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
         channel=Channel.FORM, received_at=now - timedelta(hours=2), in_reply_to="<dup-77@mail.example.net>",
         ticket="zendesk:98765"))
     # The subject, on the status page the acknowledgement links to, asks for the identity email again.
-    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL) if "/status/" in text_of(m)]
+    [acknowledgement] = [m for m in engine.mail.to(SUBJECT_EMAIL)
+                         if "/status/" in text_of(m) and erasure.request_id in str(m["Subject"])]
     found = re.search(r"/status/(\S+)", text_of(acknowledgement))
     assert found is not None
     assert StatusLinks(TEST_KEYRING).verify(found.group(1), now=datetime.now(UTC)) == erasure.request_id

@@ -11,11 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.api.testservice.v1 import UnlockTimeSkippingRequest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from connectors.base import OperationJob
+from connectors.base import ExportJob, OperationJob, PermanentConnectorError
+from dsr.cli.requests import _show_restriction
 from dsr.config.settings import Settings
 from dsr.domain.model import (
     ConnectorOutcome,
@@ -29,9 +31,11 @@ from dsr.domain.model import (
     RequestStatus,
     ResidualsCleared,
     RestrictionStatus,
+    Retry,
     Stage,
     restriction_id,
 )
+from intake.service import IntakeService
 from intake.submission import Submission, SubmissionError, prepare, start
 from tests.harness import ScriptedConnector, keep_history, text_of
 from tests.workflows.support import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals, events
@@ -252,3 +256,138 @@ async def test_a_restriction_pending_an_objection_ends_with_its_decision_and_no_
 
     [notice] = await eventually(lift_notices, bool)
     assert "Nous avons statué sur votre opposition" in notice
+
+
+@pytest.mark.parametrize("connectors", [[MarkingConnector("crm", permanent_failures=1), ScriptedConnector("billing")]])
+async def test_a_rectification_answered_while_the_restriction_is_answered_ends_it_once_in_force(
+    engine: Engine,
+) -> None:
+    request, handle = await submit(engine, "restriction", ground="a", language="en")
+    # The CRM refuses the mark: the restriction waits for an operator (and gives the person's turn back).
+    await eventually(lambda: handle.query(DataSubjectRequest.status), lambda s: s.stage == Stage.NEEDS_ATTENTION)
+    rectification, rectification_handle = await submit(engine, "rectification", language="en",
+                                                       changes={"city": "Lyon"})
+    assert (await rectification_handle.result()).outcome == Outcome.FULFILLED
+    # No restriction in force to signal yet: the end of the ground is in the ledger, before any signal.
+    trail = events(engine, rectification)
+    assert "restriction_ground_end" in trail and "restriction_ground_ended" not in trail
+    [end] = [e for e in engine.ledger.events(rectification.request_id) if e.event == "restriction_ground_end"]
+    assert end.details == {"ground": "a"}
+
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+    # In force, it reads the ledger: its ground ended while it was being answered; the subject is told first.
+    scheduled = await eventually(lambda: restriction_status(held(engine, request)),
+                                 lambda s: s.state == LIFT_SCHEDULED)
+    assert scheduled.lifted_by == f"ground_ended:{rectification.request_id}"
+    [entry] = await eventually(  # the state is set just before the ledger's write
+        lambda: asyncio.sleep(0, [e for e in engine.ledger.events(request.request_id)
+                                  if e.event == "restriction_lift_scheduled"]), bool)
+    assert entry.details["why"] == "rectification" and entry.details["by_request"] == rectification.request_id
+
+
+async def test_a_rectification_answered_before_the_restriction_was_received_does_not_end_it(engine: Engine) -> None:
+    rectification, rectification_handle = await submit(engine, "rectification", language="fr",
+                                                       changes={"city": "Lyon"})
+    assert (await rectification_handle.result()).outcome == Outcome.FULFILLED
+    assert "restriction_ground_end" in events(engine, rectification)
+    request, handle = await submit(engine, "restriction", ground="a", language="fr")
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+    restriction = held(engine, request)
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    await eventually(lambda: asyncio.sleep(0, events(engine, request)), lambda t: "restriction_in_force" in t)
+    await asyncio.sleep(1.0)  # time for the start's ledger read: it finds nothing that ends it
+    current = await restriction_status(restriction)
+    assert current.state == IN_FORCE and current.lifted_by == "" and current.lift_at is None
+
+
+@dataclass
+class ExportRefusingConnector(MarkingConnector):
+    """A marking system whose exports fail (bad credentials) while ``refuse_exports``: an access request then waits
+    for an operator, and keeps the person's turn (a later erasure must not delete what it exported)."""
+
+    refuse_exports: bool = False
+    exporting: list[str] = field(default_factory=list)
+
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        self.exporting.append(job.request_id)
+        if self.refuse_exports:
+            raise PermanentConnectorError(f"check the credentials of connector {self.name}")
+        return await super().export(job)
+
+
+async def through_intake(engine: Engine, kind: str, *, ground: str = "") -> WorkflowHandle:
+    """Through the intake service, the one door every channel takes: it sets the subject's key (their queue)."""
+    settings = replace(engine.settings, task_queue=engine.task_queue,
+                       policy=replace(engine.settings.policy, identity=IdentityMethod.TRUSTED))
+    accepted = await IntakeService(engine.client, settings, engine.ledger).submit(
+        Submission(kind=kind, email=SUBJECT_EMAIL, name=SUBJECT_NAME, channel="api", language="en", ground=ground),
+        rate_limit=False)
+    return engine.client.get_workflow_handle_for(DataSubjectRequest.run, accepted.reference)
+
+
+async def current_details(handle: WorkflowHandle) -> str:
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return metadata.current_details
+
+
+@pytest.mark.parametrize("connectors", [[ExportRefusingConnector("crm")]])
+async def test_the_marks_come_off_in_the_persons_turn_once_their_access_request_gives_it_back(
+    engine: Engine, capsys: pytest.CaptureFixture[str],
+) -> None:
+    handle = await through_intake(engine, "restriction", ground="c")
+    # Polled, not result(): waiting on a result, the server would skip past the restriction's end (no timer runs
+    # while it is in force: the next event is its 10-year execution timeout).
+    answered = await eventually(lambda: handle.query(DataSubjectRequest.status), lambda s: s.stage == Stage.CLOSED)
+    assert answered.outcome == Outcome.FULFILLED
+    restriction = engine.client.get_workflow_handle(restriction_id(handle.id))
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    scheduled = await restriction.execute_update(RestrictionInForce.lift,
+                                                 Lift(reason="Claim settled.", requested_by="operator:alice"))
+    assert scheduled.lift_at is not None
+    crm = engine.connectors[0]
+    assert isinstance(crm, ExportRefusingConnector) and crm.marked == {SUBJECT_EMAIL}
+
+    # The same person's access request holds their turn (its export waits for an operator) on the lift's day.
+    crm.refuse_exports = True
+    access = await through_intake(engine, "access")
+    await eventually(lambda: access.query(DataSubjectRequest.status), lambda s: s.stage == Stage.NEEDS_ATTENTION)
+    await engine.env.sleep(scheduled.lift_at - await engine.env.get_current_time() + timedelta(hours=1))
+    waiting = await eventually(lambda: restriction_status(restriction), lambda s: s.waiting_for == access.id)
+    assert waiting.state == LIFT_SCHEDULED and crm.lifts == 0 and crm.marked == {SUBJECT_EMAIL}
+    assert f"the lift waits for the person's turn, held by **{access.id}**" in await current_details(restriction)
+    capsys.readouterr()
+    await _show_restriction(engine.client, handle.id, restriction_id(handle.id))  # what `dsr status ID` prints
+    assert f"the lift waits for the person's turn, held by {access.id}" in capsys.readouterr().out
+
+    # The operator fixes the credentials: the access request exports, answers, gives the turn back; the marks go.
+    crm.refuse_exports = False
+    await access.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    lifted = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED)
+    assert lifted.waiting_for == "" and crm.lifts == 1 and crm.marked == set()
+    assert crm.exporting == [access.id, access.id]
+    # The request's own turn (its marks), then the lift's, taken after the access request's.
+    taken = await eventually(lambda: asyncio.sleep(0, [e for e in engine.ledger.events(handle.id)
+                                                       if e.event == "turn_taken"]), lambda t: len(t) == 2)
+    assert taken[-1].details == {"waited_for": access.id}
+    await eventually(lambda: asyncio.sleep(0, [e.event for e in engine.ledger.events(access.id)]),
+                     lambda trail: "reply_sent" in trail)  # answered before the marks came off
+
+
+async def test_a_restriction_refuses_a_cancellation_and_writes_its_events_in_batches(engine: Engine) -> None:
+    request, handle = await submit(engine, "restriction", ground="b", language="fr")
+    await handle.result()
+    restriction = held(engine, request)
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    await restriction.cancel()  # the UI's "Request Cancellation": lifting untold is what 18(3) forbids
+    refused = await eventually(
+        lambda: asyncio.sleep(0, [e for e in engine.ledger.events(request.request_id)
+                                  if e.event == "cancellation_refused"]), bool)
+    assert refused[0].actor == "temporal" and refused[0].details == {"workflow": "restriction"}
+    assert (await restriction_status(restriction)).state == IN_FORCE
+    assert "cancellation refused" in await current_details(restriction)
+    # Its events go through the batched record_events (workflows/follow_up.py), as the request's do.
+    history = await restriction.fetch_history()
+    activities = {e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
+                  if e.HasField("activity_task_scheduled_event_attributes")}
+    assert "record_events" in activities and "record_event" not in activities
