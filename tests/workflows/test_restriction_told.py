@@ -5,12 +5,10 @@ whoever could not be told is listed to the operator. On the time-skipping server
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.outside import OutsideSystem
 from dsr.config.profile import Art19Recipient, ControllerProfile
@@ -18,7 +16,6 @@ from dsr.domain.model import AnswerStatus, Language, Lift, Outcome, Stage
 from dsr.store.tasks import OutsideTasks
 from intake.answers import record_answer
 from tests.harness import TEST_KEYRING, ScriptedConnector
-from tests.servers import time_skipping_server
 from tests.workflows.support import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, demo_profile, readable
 from tests.workflows.test_outside import answer, mail_to
 from tests.workflows.test_restriction import (
@@ -41,12 +38,6 @@ EN_RECIPIENT = Art19Recipient(name="Partner Analytics Ltd", email="privacy@partn
                               receives=["crm.contact"])
 UNRELATED = Art19Recipient(name="Logistique Exemple SARL", email="privacy@logistique.example", language=Language.FR,
                            receives=["woocommerce.orders"])
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:
-        yield env
 
 
 @pytest.fixture
