@@ -1006,6 +1006,7 @@ class TriageDecision:
     deceased_name: str = ""
     quality: str = ""
     ground: str = ""  # restriction: its Art. 18(1) ground, a to d, as staff read it (required for a restriction)
+    purposes: list[str] = field(default_factory=list)  # consent_withdrawal: the profile's keys; none: all of them
 
 
 @dataclass

@@ -172,6 +172,9 @@ class ZendeskBody(BaseModel):
     deceased_email: Annotated[str, Field(max_length=254)] = ""
     deceased_name: Annotated[str, Field(max_length=MAX_NAME)] = ""
     quality: Annotated[str, Field(max_length=32)] = ""
+    # Tag dsr_consent_withdrawal: the consent purposes withdrawn, from a custom field (keys, or a multi-select
+    # field's tags dsr_purpose_<key>, separated by spaces or commas), beside the ticket's dsr_purpose_<key> tags.
+    purposes: Annotated[str, Field(max_length=2000)] = ""
     received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
@@ -253,6 +256,17 @@ def _zendesk_ground(body: ZendeskBody, kind: RequestKind) -> str:
         return ""
     grounds = {tag.removeprefix("dsr_ground_") for tag in body.tags.lower().split() if tag.startswith("dsr_ground_")}
     return grounds.pop() if len(grounds) == 1 else ""
+
+
+def _zendesk_purposes(body: ZendeskBody, kind: RequestKind) -> list[str]:
+    """A withdrawal's consent purposes: the tags ``dsr_purpose_<key>`` and the ``purposes`` field (keys or such
+    tags); none named: every consent purpose. Other kinds take none (a purpose tag left on the ticket is no
+    request of its own). An unknown key is refused by the submission (422, field ``purposes``)."""
+    if kind != RequestKind.CONSENT_WITHDRAWAL:
+        return []
+    named = [tag.removeprefix("dsr_purpose_") for tag in body.tags.lower().split() if tag.startswith("dsr_purpose_")]
+    named += [word.removeprefix("dsr_purpose_") for word in body.purposes.lower().replace(",", " ").split()]
+    return list(dict.fromkeys(named))
 
 
 def _zendesk_kind(body: ZendeskBody) -> RequestKind | None:
@@ -422,7 +436,7 @@ def api_router(
                        details=body.description, ticket=reference, scope=_zendesk_scope(body, kind),
                        deceased_email=body.deceased_email, deceased_name=body.deceased_name,
                        quality=body.quality, ground=_zendesk_ground(body, kind),
-                       received_at=body.received_at,
+                       purposes=_zendesk_purposes(body, kind), received_at=body.received_at,
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,  # the desk's address is not the subject's: the per-subject limit still applies
