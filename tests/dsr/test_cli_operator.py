@@ -144,3 +144,12 @@ def test_a_letter_is_a_channel_and_needs_the_day_it_arrived(home: Path) -> None:
                       now=datetime(2026, 11, 23, 9, tzinfo=UTC))
     assert request.channel == Channel.LETTER and request.deadlines.normal.due == date(2026, 12, 21)
     # The walk of a letter through the engine, with its receipt day, is tests/workflows/test_audit_trail.py's.
+
+
+def test_triage_classify_takes_purposes_only_for_a_withdrawal_of_consent(tmp_path: Path) -> None:
+    """``--purpose`` on another kind is one line, before anything is asked of Temporal."""
+    result = dsr(tmp_path, "triage", "classify", "triage-dsr-2026-12-7KQ3FJ", "--kind", "access",
+                 "--purpose", "newsletter")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--purpose is only for --kind consent_withdrawal" in lines[0], result.stderr
