@@ -23,7 +23,8 @@ Support desks
   The kind comes from a ``kind`` field (a custom ticket field placeholder) or from exactly one tag
   ``dsr_access``, ``dsr_rectification``, ``dsr_erasure``, ``dsr_portability``, ``dsr_objection`` (with the
   tag ``dsr_marketing`` an objection is to direct marketing; without it, to other processing),
-  ``dsr_consent_withdrawal`` (every purpose based on consent) or
+  ``dsr_consent_withdrawal`` (the purposes named by tags ``dsr_purpose_<key>`` and/or a ``purposes`` field from a
+  ticket field; none named: every purpose based on consent; an unknown key: 422) or
   ``dsr_post_mortem`` (a request about a deceased person: the trigger adds ``deceased_email``, ``deceased_name``
   and ``quality`` from ticket fields; with the tag ``dsr_estate`` it asks the estate's information, else the
   accounts' closure).
