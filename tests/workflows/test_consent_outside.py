@@ -215,3 +215,21 @@ async def test_a_system_already_answered_is_told_as_confirmed(engine: Engine) ->
             "withdrawn there") in reply
     assert "Newsletter: nothing left to do, this system no longer used your data for it" in reply
     assert "From today we no longer use your personal data for the purposes below" in reply
+
+
+@pytest.mark.parametrize("connectors", [[ConsentConnector("crm"), mailer(), paper()]])
+async def test_a_system_that_cannot_be_told_is_left_to_our_team_and_said_so(engine: Engine, connectors: list) -> None:
+    """An address the engine will not write to (the contact is no single valid address): the withdrawal goes on,
+    the operator gets a residual line, and the reply says our team stops it by hand, not that it was told."""
+    connectors[1].contact = "not an address"
+    request, handle = await submit(engine, ["newsletter"], language="en")
+    current = await until(handle, lambda s: s.stage == Stage.CLOSED)
+    assert current.outcome == Outcome.FULFILLED
+    assert any(r.startswith("mailer: consent newsletter - could not be told by email") for r in current.residuals)
+    await wait_for_event(engine, request, "reply_sent")
+    failed = [e.details for e in engine.ledger.events(request.request_id) if e.event == "connector_failed"]
+    assert failed == [{"connector": "mailer", "error_type": "NoticeInvalidAddress"}]
+    _, reply = bodies(engine)[-1]
+    assert "Newsletter: this system has no setting we can change automatically: our team stops it by hand" in reply
+    assert "we asked our processor" not in reply
+    assert "we asked the member of our team in charge of this system on " in reply  # paper was told
