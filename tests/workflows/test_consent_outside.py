@@ -10,6 +10,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def tasks_of(engine: Engine) -> OutsideTasks:
     return OutsideTasks(engine.ledger.engine, TEST_KEYRING)
 
 
-async def mail_to(engine: Engine, address: str, count: int) -> list:
+async def mail_to(engine: Engine, address: str, count: int) -> list[EmailMessage]:
     for _ in range(100):
         if len(engine.mail.to(address)) >= count:
             break
@@ -109,7 +110,7 @@ async def mail_to(engine: Engine, address: str, count: int) -> list:
     return engine.mail.to(address)
 
 
-def flat(message) -> str:
+def flat(message: EmailMessage) -> str:
     return " ".join(text_of(message).split())
 
 
