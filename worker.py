@@ -148,7 +148,7 @@ def activities_for(
         request_link=settings.request_link,
         identity_links=IdentityLinks(keyring, ttl=timedelta(days=settings.policy.identity_timeout_days)),
         status_links=StatusLinks(keyring),
-        consent_links=ConsentLinks(keyring),
+        consent_links=ConsentLinks(keyring, ttl=timedelta(days=settings.consent_link_days)),
         public_url=settings.intake_url,
         profile=profile,
         sent_copies=sent_copies,
@@ -177,7 +177,7 @@ def activities_for(
         timezone=settings.policy.timezone,
         system_types=connector_types(settings),
         sent_copies=sent_copies,
-        consent_links=ConsentLinks(keyring),
+        consent_links=ConsentLinks(keyring, ttl=timedelta(days=settings.consent_link_days)),
     )
     storage = StorageActivities(exports, ledger)
     restrictions = RestrictionActivities(

@@ -110,7 +110,7 @@ class OutsideActivities:
             label=system.label or system.name, controller=self._controller,
             processor=system.type == "processor", answer_by=(mail.answer_by - timedelta(seconds=1)).date(),
             answer_url=answer_url(self._public_url, link.token), link_expires=link.expires_at.date(),
-            reminder=mail.reminder, changes=mail.changes)
+            reminder=mail.reminder, changes=mail.changes, purposes=mail.purposes)
         message_id = self._mailer.message_id(key)
         message = self._mailer.compose(system.contact, system.language, rendered, message_id=message_id,
                                        whose=f"the contact of {mail.system}")

@@ -204,7 +204,7 @@ def build_intake_app(
             public_path=public_path,
         ),
         consent_router(
-            ConsentLinks(keyring),
+            ConsentLinks(keyring, ttl=timedelta(days=settings.consent_link_days)),
             service,
             lambda: _consent_purposes(settings),
             lambda email: set(SuppressionList(ledger).withdrawn(email)),

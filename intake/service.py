@@ -520,6 +520,7 @@ class TriagedSubmission:
             deceased_name=decision.deceased_name,
             quality=decision.quality,
             ground=decision.ground,
+            purposes=list(decision.purposes),
             in_reply_to=item.in_reply_to,
             request_id=item.request_id,
         )

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from dsr.domain.model import Correspondence, DuplicateAttached, TriageDecision
+    from dsr.domain.model import Correspondence, DuplicateAttached, RequestKind, TriageDecision
 
 
 def instant(value: datetime) -> str:
@@ -52,6 +52,8 @@ def triage_details(triage_id: str, decision: TriageDecision, attached: bool) -> 
         details["quality"] = decision.quality
     if decision.ground:  # a restriction: its Art. 18(1) ground
         details["ground"] = decision.ground
+    if decision.kind == RequestKind.CONSENT_WITHDRAWAL:  # the purposes staff read in the email; none named: all
+        details["purposes"] = ",".join(decision.purposes) or "all"
     return details
 
 

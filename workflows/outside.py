@@ -12,11 +12,12 @@ again, or takes the answer given meanwhile).
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import ConnectorOutcome, OutsideAnswer
@@ -32,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
     )
 from workflows.contract import LEDGER, NOTICE, REQUEST_REJECTED, OutsideActivities, summarised
 
-__all__ = ["OutsideSystemTask", "run_outside_task"]
+__all__ = ["OutsideSystemTask", "run_outside_task", "start_told_task"]
 
 
 @workflow.defn(name="OutsideSystemTask")
@@ -49,7 +50,7 @@ class OutsideSystemTask:
         answer = opened.answer
         if answer is None:
             assert opened.answer_by is not None
-            if self._answer is None:
+            if self._answer is None and not task.told:
                 await self._mail(opened.answer_by, 0)
             for number, at in enumerate(opened.reminders, start=1):
                 if await self._answered_before(at, f"{task.system}: reminder {number}"):
@@ -62,7 +63,8 @@ class OutsideSystemTask:
         assert answer is not None
         answer.asked_on = answer.asked_on or opened.asked_on
         answer.system_type = opened.system_type
-        return answer_outcome(task.system, task.kind, answer, changes=task.changes)
+        return answer_outcome(task.system, task.kind, answer, changes=task.changes,
+                              purposes=[purpose.key for purpose in task.purposes])
 
     async def _answered_before(self, at: datetime, summary: str) -> bool:
         if self._answer is not None:
@@ -81,7 +83,8 @@ class OutsideSystemTask:
         await workflow.execute_activity_method(
             OutsideActivities.send_outside_mail,
             OutsideMail(request_id=task.request_id, system=task.system, kind=task.kind, subject=task.subject,
-                        answer_by=answer_by, reminder=reminder, changes=dict(task.changes)),
+                        answer_by=answer_by, reminder=reminder, changes=dict(task.changes),
+                        purposes=list(task.purposes)),
             **summarised(NOTICE, f"{task.system}: " + (f"reminder {reminder}" if reminder else "request sent")))
 
     @workflow.update(name=ANSWER_UPDATE)
@@ -108,3 +111,16 @@ async def run_outside_task(task: OutsideTaskInput) -> ConnectorOutcome:
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         static_summary=f"{task.system}: {task.kind.value} (answered by a person)",
     )
+
+
+async def start_told_task(task: OutsideTaskInput) -> None:
+    """Start the task of a system already told (``task.told``: its first email went), to remind its contact and
+    take the answer; it outlives the calling workflow (ABANDON): a withdrawal of consent answers the subject the
+    same day, and the answer, when it comes, is recorded in the ledger (``dsr tasks``)."""
+    with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start: it follows up already
+        await workflow.start_child_workflow(
+            OutsideSystemTask.run, task, id=outside_workflow_id(task.request_id, task.system),
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            static_summary=f"{task.system}: {task.kind.value} (answered by a person)",
+        )

@@ -450,9 +450,12 @@ class DataSubjectRequest:
         plan = await workflow.execute_local_activity_method(
             ConnectorActivities.plan_fanout, PlanInput(kind=postmortem.work_kind(self)), **options)
         if consent.is_consent_withdrawal(self):
-            # Systems reached by a person (processor, manual) take no part: their emails speak of the four kinds.
+            # Systems reached by a person (processor, manual) a purpose maps are told first, the same day, and their
+            # answer followed up by their own task, which outlives this request; the reply says they were told.
+            told = consent.mapped(self, plan.outside)
             plan = dataclasses.replace(plan, outside=[], connectors=[
                 n for n in consent.mapped(self, plan.connectors) if n not in plan.outside])
+            await consent.tell_outside(self, told)
         for name in plan.connectors:
             self._progress.setdefault(name, ConnectorProgress(connector=name))
         self._outside = set(plan.outside)

@@ -201,6 +201,8 @@ class TriageMessageWorkflow:
             raise RequestRejected("a post_mortem request names the deceased person (their email address)")
         if decision.kind != RequestKind.POST_MORTEM and (decision.deceased_email or decision.quality):
             raise RequestRejected("the deceased person and the sender's quality are only for post_mortem requests")
+        if decision.purposes and decision.kind != RequestKind.CONSENT_WITHDRAWAL:
+            raise RequestRejected("purposes are only for consent_withdrawal requests")
         if (decision.kind == RequestKind.RESTRICTION) != (decision.ground in ("a", "b", "c", "d")):
             raise RequestRejected("a restriction needs its Art. 18(1) ground (a, b, c or d), and only a restriction "
                                   "takes one")

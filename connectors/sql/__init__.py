@@ -647,7 +647,7 @@ class SqlConnector:
         """Delete the rows of ``action.table`` holding the address (any case), or write ``action.set_values`` into
         them, in one transaction; then count what still holds the address un-switched: anything left is an
         error, never a success. No row, or rows already switched: ``unchanged``."""
-        values = {name: _typed(value) for name, value in action.set_values.items()}
+        values = self._typed_values(action, dataset) if action.set_values else {}
         clause = table(action.table, column(action.email_column), *(column(name) for name in values))
         mine = func.lower(clause.c[action.email_column]) == email.strip().lower()
         pending = mine if not values else mine & ~and_(*(clause.c[n] == v for n, v in values.items()))
@@ -667,6 +667,31 @@ class SqlConnector:
                                 note=f"{action.table}: no row to change (already done, or never held)")
         return RecordReport(dataset, record, RecordAction.WITHDRAWN if dataset == CONSENT
                             else RecordAction.UNSUBSCRIBED, note=f"{action.table}: {count} row(s) {what}")
+
+    def _typed_values(self, action: ConsentAction, dataset: str) -> dict[str, Any]:
+        """The map's ``set`` values as the columns' own types hold them, read from the database's schema
+        (SQLite, PostgreSQL, MariaDB alike): ``false`` is a boolean in a BOOLEAN column, 0 in MariaDB's TINYINT(1),
+        and the text "false" in a VARCHAR; ``007`` stays "007" in a text column. A missing table or column, or a
+        value the column cannot hold, is an error for the operator (the profile or the map is wrong)."""
+        with self._engine.connect() as conn:
+            inspector = inspect(conn)
+            if not inspector.has_table(action.table):
+                raise PermanentConnectorError(f"{self.name}: the {dataset} action's table {action.table} does not "
+                                              "exist")
+            live = {c["name"]: c["type"] for c in inspector.get_columns(action.table)}
+        missing = sorted(set(action.set_values) - set(live))
+        if missing:
+            raise PermanentConnectorError(f"{self.name}: the {dataset} action sets {', '.join(missing)}, which "
+                                          f"{action.table} does not have")
+        values: dict[str, Any] = {}
+        for name, raw in action.set_values.items():
+            try:
+                values[name] = _column_value(raw, live[name])
+            except ValueError:
+                raise PermanentConnectorError(
+                    f"{self.name}: the {dataset} action sets {action.table}.{name} = {raw!r}, which its type "
+                    f"({live[name]}) cannot hold") from None
+        return values
 
     # --- restriction (Art. 18) --------------------------------------------------------------------------
 
@@ -760,14 +785,35 @@ class SqlConnector:
         await asyncio.to_thread(self._engine.dispose)
 
 
-def _typed(value: str) -> Any:
-    """A ``set`` value of the map as the database expects it: true/false as booleans, integers as integers."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if re.fullmatch(r"-?\d{1,18}", value.strip()):
-        return int(value)
-    return value
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _column_value(raw: str, kind: Any) -> Any:
+    """``raw`` (a ``set`` value of the map) as a column of type ``kind`` (reflected) holds it; ValueError when it
+    cannot. Text, and types SQLAlchemy cannot map to Python (a SQLite column declared without a type), take the
+    value as written."""
+    python_type = _python_type(kind)
+    text = raw.strip()
+    if python_type is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(raw)
+    if python_type is int:  # MariaDB and MySQL hold BOOLEAN as TINYINT(1)
+        if text.lower() in ("true", "false", "yes", "no"):
+            return int(text.lower() in _TRUE)
+        return int(text)
+    if python_type is float:
+        return float(text)
+    if python_type is Decimal:
+        try:
+            return Decimal(text)
+        except ArithmeticError:
+            raise ValueError(raw) from None
+    if python_type is datetime:
+        return datetime.fromisoformat(text)
+    if python_type is date:
+        return date.fromisoformat(text)
+    return raw
 
 
 def _python_type(kind: Any) -> type | None:

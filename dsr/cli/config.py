@@ -36,7 +36,7 @@ def config_check(as_json: JsonOption = False) -> None:
         if {other.name.fr.strip().lower(), other.name.en.strip().lower()} - {""} & connected:
             fail(f"{settings.config_file}: controller.other_systems[{i}].name: {other.name.text('en')!r} is also a "
                  "connector: list it in one place only")
-    consent = check_consent(profile, [c.display_name for c in config.connectors])
+    consent = check_consent(profile, {c.display_name: c.type for c in config.connectors})
     outside = [f"{o.name.text('en')} ({'staff: ' + o.by.text('en') if o.handling == 'staff' else 'not covered'})"
                for o in others]
     if as_json:

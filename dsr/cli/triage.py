@@ -87,7 +87,8 @@ async def triage_show(triage_id: TriageId, as_json: JsonOption = False) -> None:
 async def triage_classify(
     triage_id: TriageId,
     kind: Annotated[str, typer.Option(
-        help="access, rectification, erasure, portability, objection or post_mortem.")],
+        help="access, rectification, erasure, portability, objection, consent_withdrawal, restriction or "
+             "post_mortem.")],
     language: Annotated[str | None, typer.Option(help="fr or en, if the detected one is wrong.")] = None,
     change: Annotated[list[str] | None, typer.Option(help="Rectification: field=value (repeatable).")] = None,
     scope: Annotated[str, typer.Option(
@@ -96,6 +97,8 @@ async def triage_classify(
     deceased_name: Annotated[str, typer.Option(help="Post_mortem: the deceased person's name.")] = "",
     quality: Annotated[str, typer.Option(help="Post_mortem: heir (default), executor or designated.")] = "",
     ground: Annotated[str, typer.Option(help="Restriction: its Art. 18(1) ground, a, b, c or d.")] = "",
+    purpose: Annotated[list[str] | None, typer.Option(
+        help="Consent_withdrawal: a consent purpose's key (repeatable); none: every consent purpose.")] = None,
     by: Actor = "operator",
     as_json: JsonOption = False,
 ) -> None:
@@ -115,9 +118,13 @@ async def triage_classify(
         raise UserError("--kind post_mortem needs --deceased-email (and only it takes --deceased-name, --quality)")
     if (chosen == RequestKind.RESTRICTION) != (ground in ("a", "b", "c", "d")):
         raise UserError("--ground a, b, c or d (Art. 18(1)) is required for --kind restriction, and only there")
+    purposes = [p.strip().lower() for p in purpose or [] if p.strip()]
+    if purposes and chosen != RequestKind.CONSENT_WITHDRAWAL:
+        raise UserError("--purpose is only for --kind consent_withdrawal")
     decision = TriageDecision(kind=chosen, decided_by=by, language=lang, changes=parse_changes(change or []),
                               scope=scope, deceased_email=deceased_email.strip(),
-                              deceased_name=deceased_name.strip(), quality=quality.strip().lower(), ground=ground)
+                              deceased_name=deceased_name.strip(), quality=quality.strip().lower(), ground=ground,
+                              purposes=purposes)
     _, client = await temporal_client()
     from workflows.triage import TriageMessageWorkflow
 

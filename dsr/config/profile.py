@@ -52,12 +52,14 @@ import os
 import re
 import threading
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsr.domain.model import ConsentAction, ConsentPurpose, Language, is_valid_email
+from dsr.domain.outside import OUTSIDE_TYPES
 from dsr.errors import ConfigurationError
 
 __all__ = [
@@ -210,7 +212,10 @@ class Withdrawal(BaseModel):
     * ``subscriptions``: HubSpot subscription types (ids or names) the address is unsubscribed from;
     * ``table`` (+ ``email``, the column holding the address): an sql connector deletes those rows, or, with
       ``set``, writes those values into them (``{ marketing_opt_in = "false" }``);
-    * ``residual``: the system offers nothing the engine can switch: a line for the operator, followed up."""
+    * ``residual``: the system offers nothing the engine can switch: a line for the operator, followed up;
+    * ``task``: a ``processor`` or ``manual`` system (reached by a person): its contact is emailed, the same day, to
+      stop processing the person's data for the purpose, in these words (what to stop, where), and answers on the
+      answer page like any other task (``dsr tasks``)."""
 
     model_config = ConfigDict(extra="forbid")
     subscriptions: list[str] = Field(default_factory=list)
@@ -218,6 +223,7 @@ class Withdrawal(BaseModel):
     email: str = Field(default="email", pattern=_SQL_IDENT)
     set: dict[str, str] = Field(default_factory=dict)
     residual: Text = Field(default_factory=Localized)
+    task: Text = Field(default_factory=Localized)
 
     @field_validator("set")
     @classmethod
@@ -229,9 +235,9 @@ class Withdrawal(BaseModel):
 
     @model_validator(mode="after")
     def _one_way(self) -> Withdrawal:
-        ways = [bool(self.subscriptions), bool(self.table), bool(self.residual)]
+        ways = [bool(self.subscriptions), bool(self.table), bool(self.residual), bool(self.task)]
         if sum(ways) != 1:
-            raise ValueError("name exactly one of subscriptions, table or residual")
+            raise ValueError("name exactly one of subscriptions, table, residual or task")
         if self.set and not self.table:
             raise ValueError("set needs a table")
         return self
@@ -411,7 +417,8 @@ class ControllerProfile(BaseModel):
             key=p.key, name_fr=p.name.text("fr"), name_en=p.name.text("en"), marketing=p.marketing,
             actions={connector: ConsentAction(
                 purpose=p.key, subscriptions=list(w.subscriptions), table=w.table, email_column=w.email,
-                set_values=dict(w.set), residual=w.residual.text("en")) for connector, w in p.withdrawal.items()},
+                set_values=dict(w.set), residual=w.residual.text("en"), task_fr=w.task.text("fr"),
+                task_en=w.task.text("en")) for connector, w in p.withdrawal.items()},
         ) for p in self.purposes if p.legal_basis == "consent" and p.key]
 
     @model_validator(mode="after")
@@ -519,10 +526,12 @@ def check_profile(profile: ControllerProfile | None) -> list[str]:
     return missing
 
 
-def check_consent(profile: ControllerProfile | None, connectors: list[str]) -> list[str]:
+def check_consent(profile: ControllerProfile | None, connectors: Mapping[str, str]) -> list[str]:
     """What a withdrawal of consent (Art. 7(3)) could not carry out: a consent purpose without a key (it cannot be
-    named), or without a mapping to any system, or mapped to a connector that is not configured. A connector a
-    purpose does not map takes no part in its withdrawal (the purpose does not use that system)."""
+    named), or without a mapping to any system, or mapped to a connector that is not configured (``connectors``:
+    name -> type), or mapped in a way its type cannot carry out (a ``processor`` or ``manual`` system is asked by
+    email, ``task``; an API connector never is). A connector a purpose does not map takes no part in its
+    withdrawal (the purpose does not use that system)."""
     if profile is None:
         return []
     problems: list[str] = []
@@ -537,11 +546,21 @@ def check_consent(profile: ControllerProfile | None, connectors: list[str]) -> l
             continue
         if not purpose.withdrawal:
             problems.append(f"{at}.withdrawal: missing: withdrawing consent to {purpose.key!r} changes no system "
-                            "(map each connector: subscriptions, table or residual)")
+                            "(map each connector: subscriptions, table, residual or task)")
         for connector in sorted(purpose.withdrawal):
-            if connector not in connectors:
+            way = purpose.withdrawal[connector]
+            kind = connectors.get(connector)
+            if kind is None:
                 problems.append(f"{at}.withdrawal.{connector}: no connector of that name")
+            elif kind in OUTSIDE_TYPES and not way.task:
+                problems.append(f"{at}.withdrawal.{connector}: a {kind} system is asked by email: map it with "
+                                "task = \"...\" (what to stop there)")
+            elif kind not in OUTSIDE_TYPES and way.task:
+                problems.append(f"{at}.withdrawal.{connector}: task is for processor and manual systems; a {kind} "
+                                "connector takes subscriptions, table or residual")
     return problems
+
+
 class ProfileFile:
     """``load_profile(path)`` read once per change of the file: every notice and reply asks for the profile, and
     parsing it (TOML, then validation) cost about 1% of a worker's CPU per request when re-done each time.

@@ -34,7 +34,7 @@ is replayed from its history when it wakes (querying all 1,000 took 4.2 s agains
 A thousand requests open per worker is a large controller; lower it where memory is the tighter limit."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -44,6 +44,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -221,6 +223,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed; none by default
     public_url: str = ""  # where subjects reach the intake app (download links); default the local one
     link_days: int = 7
+    # How long the one-click withdrawal link of an email works (Art. 7(3)); sealed in each link when it is issued.
+    consent_link_days: int = 400
     rate_per_client_hour: int = 20  # submissions per client address per hour (API, form)
     rate_per_subject_day: int = 5  # submissions per subject address per day (every channel)
     code_max_wrong: int = 10  # wrong codes a request takes in all (/verify, /exports each), then its code is closed
@@ -390,6 +394,7 @@ class Settings:
             trusted_proxies=_proxies(env, "DSR_TRUSTED_PROXIES"),
             public_url=env.get("DSR_PUBLIC_URL", "").rstrip("/"),
             link_days=_int(env, "DSR_LINK_DAYS", 7, minimum=1),
+            consent_link_days=_int(env, "DSR_CONSENT_LINK_DAYS", 400, minimum=1, maximum=3650),
             rate_per_client_hour=_int(env, "DSR_RATE_PER_CLIENT_HOUR", 20, minimum=1),
             rate_per_subject_day=_int(env, "DSR_RATE_PER_SUBJECT_DAY", 5, minimum=1),
             code_max_wrong=_int(env, "DSR_CODE_MAX_WRONG", 10, minimum=1),

@@ -446,7 +446,8 @@ class ConsentAction:
     (``[controller.purposes.withdrawal]``), frozen into the request when it starts. Exactly one way is set:
     ``subscriptions`` (HubSpot: subscription type ids or names to unsubscribe the address from), ``table``
     (sql: the rows of ``table`` whose ``email_column`` is the address are deleted, or get ``set_values``),
-    or ``residual`` (a line for the operator: the system offers no switch the engine can turn)."""
+    ``residual`` (a line for the operator: the system offers no switch the engine can turn), or ``task`` (a
+    ``processor`` or ``manual`` system: its contact is asked by email to stop, in these words)."""
 
     purpose: str = ""  # the purpose's key
     subscriptions: list[str] = field(default_factory=list)
@@ -454,6 +455,11 @@ class ConsentAction:
     email_column: str = "email"
     set_values: dict[str, str] = field(default_factory=dict)  # empty: delete the rows
     residual: str = ""
+    task_fr: str = ""  # processor / manual: what to stop there, in the words of the profile (its contact's language)
+    task_en: str = ""
+
+    def task(self, language: str) -> str:
+        return (self.task_en if language == "en" else self.task_fr) or self.task_fr or self.task_en
 
 
 @dataclass
@@ -1003,6 +1009,7 @@ class TriageDecision:
     deceased_name: str = ""
     quality: str = ""
     ground: str = ""  # restriction: its Art. 18(1) ground, a to d, as staff read it (required for a restriction)
+    purposes: list[str] = field(default_factory=list)  # consent_withdrawal: the profile's keys; none: all of them
 
 
 @dataclass

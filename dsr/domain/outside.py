@@ -15,6 +15,7 @@ from datetime import date, datetime
 from dsr.domain.model import (
     AnswerStatus,
     ConnectorOutcome,
+    ConsentPurpose,
     DatasetSummary,
     OutsideAnswer,
     RecordAction,
@@ -78,6 +79,9 @@ class OutsideTaskInput:
     deadline: date  # the request's own deadline: the answer-by date comes before it
     changes: dict[str, str] = field(default_factory=dict)  # rectification: the corrected values
     now: datetime | None = None  # the workflow's time when it asked: the answer-by date counts from it
+    # consent_withdrawal: the purposes withdrawn that map this system (each with this system's action only)
+    purposes: list[ConsentPurpose] = field(default_factory=list)
+    told: bool = False  # the first email went already (a withdrawal tells the system before its reply)
 
 
 @dataclass
@@ -103,6 +107,7 @@ class OutsideMail:
     answer_by: datetime
     reminder: int = 0
     changes: dict[str, str] = field(default_factory=dict)
+    purposes: list[ConsentPurpose] = field(default_factory=list)  # consent_withdrawal: what to stop processing for
 
 
 def check_answer(answer: OutsideAnswer) -> None:
@@ -129,12 +134,15 @@ _DONE_ACTION = {
 
 
 def answer_outcome(system: str, kind: RequestKind, answer: OutsideAnswer, *,
-                   changes: dict[str, str] | None = None) -> ConnectorOutcome:
+                   changes: dict[str, str] | None = None, purposes: list[str] | None = None) -> ConnectorOutcome:
     """The report of one system from its answer: what the reply tells and the residual follow-up reads.
 
     ``cannot`` and ``no_answer`` are residual lines: the operator is told and reminded until the data is dealt
     with by other means, and the reply says so. An export file uploaded with the answer is its ``upload``
-    dataset."""
+    dataset. A withdrawal of consent has one line per purpose (``purposes``, their keys), as connectors report
+    it."""
+    if kind == RequestKind.CONSENT_WITHDRAWAL:
+        return _consent_outcome(system, answer, purposes or [])
     report: list[RecordReport] = []
     datasets: list[DatasetSummary] = []
     notes: list[str] = []
@@ -161,3 +169,28 @@ def answer_outcome(system: str, kind: RequestKind, answer: OutsideAnswer, *,
     return ConnectorOutcome(connector=system, found=found,
                             counts={line.action.value: 1 for line in report}, notes=notes, report=report,
                             datasets=datasets, answer=answer)
+
+
+CONSENT_DATASET = "consent"
+"""The dataset of a withdrawal's lines (``connectors.base.CONSENT``; the domain does not import connectors)."""
+
+_CONSENT_ACTION = {
+    AnswerStatus.DONE: (RecordAction.WITHDRAWN, "confirmed by them"),
+    # Kept on a legal basis: the data stays, but no longer for the purpose whose consent was withdrawn.
+    AnswerStatus.KEPT: (RecordAction.WITHDRAWN, "confirmed by them (data kept on another basis)"),
+    AnswerStatus.NO_DATA: (RecordAction.UNCHANGED, "they hold no data about the person"),
+    AnswerStatus.CANNOT: (RecordAction.RESIDUAL, "they cannot carry it out: stop it by other means"),
+    AnswerStatus.NO_ANSWER: (RecordAction.RESIDUAL, "told, not confirmed yet: check they stopped (dsr tasks)"),
+}
+
+
+def _consent_outcome(system: str, answer: OutsideAnswer, purposes: list[str]) -> ConnectorOutcome:
+    action, note = _CONSENT_ACTION[answer.status]
+    if answer.status == AnswerStatus.NO_ANSWER and answer.asked_on is not None:
+        note = f"told on {answer.asked_on.isoformat()}, not confirmed yet: check they stopped (dsr tasks)"
+    report = [RecordReport(dataset=CONSENT_DATASET, record_id=key, action=action, note=note) for key in purposes]
+    counts: dict[str, int] = {}
+    for line in report:
+        counts[line.action.value] = counts.get(line.action.value, 0) + 1
+    return ConnectorOutcome(connector=system, found=0 if answer.status == AnswerStatus.NO_DATA else len(report),
+                            counts=counts, report=report, answer=answer)

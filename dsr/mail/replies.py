@@ -450,6 +450,14 @@ def _objection_system(outcome: ConnectorOutcome, label: str, lang: str) -> dict[
 def _consent_system(outcome: ConnectorOutcome, label: str, names: dict[str, str]) -> dict[str, Any]:
     """What one system did on a withdrawal of consent, per purpose: withdrawn now, already not processed there,
     or by hand (our team; a residual line followed up until done)."""
+    answer = outcome.answer
+    if answer is not None:
+        # A system reached by a person (processor, manual): told when this reply is written, or already answered.
+        told = _CONSENT_ANSWER[AnswerStatus(answer.status)]
+        return {"label": label, "lines": [
+            {"purpose": _s(names.get(line.record_id, line.record_id)), "status": told,
+             "processor": answer.system_type != "manual", "asked_on": _iso(answer.asked_on)}
+            for line in outcome.report if line.dataset == CONSENT_DATASET]}
     status: dict[str, str] = {}
     for line in outcome.report:
         if line.dataset != CONSENT_DATASET:
@@ -460,6 +468,15 @@ def _consent_system(outcome: ConnectorOutcome, label: str, names: dict[str, str]
             status[line.record_id] = now
     return {"label": label, "lines": [{"purpose": _s(names.get(key, key)), "status": value}
                                       for key, value in status.items()]}
+
+
+_CONSENT_ANSWER = {
+    AnswerStatus.NO_ANSWER: "told",  # asked on that day; not confirmed yet (followed up)
+    AnswerStatus.DONE: "confirmed",
+    AnswerStatus.KEPT: "confirmed",  # stopped for this purpose; the data itself kept on another basis
+    AnswerStatus.NO_DATA: "already",
+    AnswerStatus.CANNOT: "by_hand",
+}
 
 
 def _restriction_system(outcome: ConnectorOutcome, label: str, lang: str,
@@ -567,6 +584,9 @@ def _values(kind: ReplyKind, lang: str, context: ReplyContext) -> dict[str, Any]
         values["withdrawn"] = [{"name": _s(p.name(lang)), "earlier": p.key in context.consent_earlier}
                                for p in context.consent_purposes]
         values["systems"] = [_consent_system(o, label, names) for o, label in pairs]
+        # Not everywhere done when the reply is written: the intro says it is being stopped, not that it is.
+        values["pending"] = any(line["status"] in ("told", "by_hand")
+                                for system in values["systems"] for line in system["lines"])
         values["by_hand"] = any(line["status"] == "by_hand" for s in values["systems"] for line in s["lines"])
     elif kind == ReplyKind.POST_MORTEM:
         if context.quality not in ("heir", "executor", "designated"):

@@ -423,7 +423,8 @@ class StatusLinks(DownloadLinks):
 
 
 CONSENT_LINK_TTL = timedelta(days=400)
-"""How long the consent link of an email works: well beyond any request, so an old email still withdraws."""
+"""How long the consent link of an email works by default (``DSR_CONSENT_LINK_DAYS``): well beyond any request, so
+an old email still withdraws. Each link seals its own expiry when issued: a changed setting changes new links only."""
 
 
 class ConsentLinks(DownloadLinks):

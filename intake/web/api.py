@@ -23,7 +23,8 @@ Support desks
   The kind comes from a ``kind`` field (a custom ticket field placeholder) or from exactly one tag
   ``dsr_access``, ``dsr_rectification``, ``dsr_erasure``, ``dsr_portability``, ``dsr_objection`` (with the
   tag ``dsr_marketing`` an objection is to direct marketing; without it, to other processing),
-  ``dsr_consent_withdrawal`` (every purpose based on consent) or
+  ``dsr_consent_withdrawal`` (the purposes named by tags ``dsr_purpose_<key>`` and/or a ``purposes`` field from a
+  ticket field; none named: every purpose based on consent; an unknown key: 422) or
   ``dsr_post_mortem`` (a request about a deceased person: the trigger adds ``deceased_email``, ``deceased_name``
   and ``quality`` from ticket fields; with the tag ``dsr_estate`` it asks the estate's information, else the
   accounts' closure).
@@ -172,6 +173,9 @@ class ZendeskBody(BaseModel):
     deceased_email: Annotated[str, Field(max_length=254)] = ""
     deceased_name: Annotated[str, Field(max_length=MAX_NAME)] = ""
     quality: Annotated[str, Field(max_length=32)] = ""
+    # Tag dsr_consent_withdrawal: the consent purposes withdrawn, from a custom field (keys, or a multi-select
+    # field's tags dsr_purpose_<key>, separated by spaces or commas), beside the ticket's dsr_purpose_<key> tags.
+    purposes: Annotated[str, Field(max_length=2000)] = ""
     received_at: ReceivedAt = Field(
         default=None, description="When the subject's request was received, if earlier than now (ISO 8601 with its "
         "offset): the deadline counts from it. One recorded after its month is answered with a warning.")
@@ -253,6 +257,17 @@ def _zendesk_ground(body: ZendeskBody, kind: RequestKind) -> str:
         return ""
     grounds = {tag.removeprefix("dsr_ground_") for tag in body.tags.lower().split() if tag.startswith("dsr_ground_")}
     return grounds.pop() if len(grounds) == 1 else ""
+
+
+def _zendesk_purposes(body: ZendeskBody, kind: RequestKind) -> list[str]:
+    """A withdrawal's consent purposes: the tags ``dsr_purpose_<key>`` and the ``purposes`` field (keys or such
+    tags); none named: every consent purpose. Other kinds take none (a purpose tag left on the ticket is no
+    request of its own). An unknown key is refused by the submission (422, field ``purposes``)."""
+    if kind != RequestKind.CONSENT_WITHDRAWAL:
+        return []
+    named = [tag.removeprefix("dsr_purpose_") for tag in body.tags.lower().split() if tag.startswith("dsr_purpose_")]
+    named += [word.removeprefix("dsr_purpose_") for word in body.purposes.lower().replace(",", " ").split()]
+    return list(dict.fromkeys(named))
 
 
 def _zendesk_kind(body: ZendeskBody) -> RequestKind | None:
@@ -422,7 +437,7 @@ def api_router(
                        details=body.description, ticket=reference, scope=_zendesk_scope(body, kind),
                        deceased_email=body.deceased_email, deceased_name=body.deceased_name,
                        quality=body.quality, ground=_zendesk_ground(body, kind),
-                       received_at=body.received_at,
+                       purposes=_zendesk_purposes(body, kind), received_at=body.received_at,
                        trusted=body.authenticated and zendesk.trust_authenticated,
                        request_id=ticket_request_id(reference, now, ticket_index)),
             None,  # the desk's address is not the subject's: the per-subject limit still applies

@@ -648,3 +648,54 @@ async def test_without_a_restriction_column_the_operator_restricts_by_hand(tmp_p
         await app.aclose()
     assert [(r.action, r.record_id) for r in outcome.report] == [(RecordAction.RESIDUAL, "*")]
     assert "cannot mark a record restricted" in outcome.report[0].note
+
+
+async def test_set_values_take_the_types_the_database_gives_its_columns(fresh_db: Any) -> None:
+    """A withdrawal's ``set`` values are typed from the schema the database reports, not guessed from the text:
+    "false" is a boolean in a BOOLEAN column (0 in MariaDB's TINYINT(1)) and stays the text "false" in a VARCHAR,
+    "007" stays "007" in a VARCHAR, a number in an INTEGER column; a value a column cannot hold, or a column the
+    table lacks, is one error for the operator, with nothing written."""
+    from dsr.domain.model import ConsentAction
+
+    url = fresh_db()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE consent_flags (id INTEGER PRIMARY KEY, email VARCHAR(254) NOT NULL, "
+                          "opt_in BOOLEAN NOT NULL, opt_in_text VARCHAR(10) NOT NULL, code VARCHAR(10) NOT NULL, "
+                          "level INTEGER NOT NULL, since DATE NULL)"))
+        conn.execute(text("INSERT INTO consent_flags (id, email, opt_in, opt_in_text, code, level) VALUES "
+                          "(1, :camille, TRUE, 'true', 'A1', 3), (2, 'someone@example.org', TRUE, 'true', 'A1', 3)"),
+                     {"camille": CAMILLE.email.upper()})
+    app = connector(url)
+    action = ConsentAction(purpose="newsletter", table="consent_flags", email_column="email",
+                           set_values={"opt_in": "false", "opt_in_text": "false", "code": "007", "level": "0",
+                                       "since": "2026-12-05"})
+    job = OperationJob("dsr-2026-12-SQLSET", CAMILLE, consent=[action])
+    try:
+        done = await app.withdraw_consent(job)
+        again = await app.withdraw_consent(job)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT opt_in, opt_in_text, code, level, since FROM consent_flags "
+                                     "ORDER BY id")).all()
+        for bad, said in (({"level": "none"}, "consent_flags.level = 'none', which its type"),
+                          ({"opt_in": "maybe"}, "consent_flags.opt_in = 'maybe', which its type"),
+                          ({"opted": "false"}, "sets opted, which consent_flags does not have")):
+            wrong = ConsentAction(purpose="newsletter", table="consent_flags", set_values=bad)
+            with pytest.raises(PermanentConnectorError, match=said):
+                await app.withdraw_consent(OperationJob("dsr-2026-12-SQLSET", CAMILLE, consent=[wrong]))
+        with pytest.raises(PermanentConnectorError, match="table nope does not exist"):
+            await app.withdraw_consent(OperationJob("dsr-2026-12-SQLSET", CAMILLE, consent=[
+                ConsentAction(purpose="newsletter", table="nope", set_values={"a": "1"})]))
+        with engine.connect() as conn:
+            unchanged = conn.execute(text("SELECT opt_in, level FROM consent_flags WHERE id = 1")).one()
+    finally:
+        await app.aclose()
+        engine.dispose()
+    assert [(r.record_id, r.action) for r in done.report] == [("newsletter", RecordAction.WITHDRAWN)]
+    assert [r.action for r in again.report] == [RecordAction.UNCHANGED]  # compared as the columns hold them
+    # As each database gives them back to plain SQL (SQLite: 0 and the ISO text; MariaDB: 0 from its TINYINT).
+    opt_in, opt_in_text, code, level, since = rows[0]
+    assert (bool(opt_in), opt_in_text, code, level, str(since)) == (False, "false", "007", 0, "2026-12-05")
+    assert opt_in in (False, 0) and not isinstance(opt_in, str)
+    assert (bool(rows[1][0]), *rows[1][1:4]) == (True, "true", "A1", 3)  # another person's row untouched
+    assert (bool(unchanged[0]), unchanged[1]) == (False, 0)  # the refused actions wrote nothing

@@ -172,6 +172,15 @@ def test_a_letter_is_a_channel_and_needs_the_day_it_arrived(home: Path) -> None:
     # The walk of a letter through the engine, with its receipt day, is tests/workflows/test_audit_trail.py's.
 
 
+def test_triage_classify_takes_purposes_only_for_a_withdrawal_of_consent(tmp_path: Path) -> None:
+    """``--purpose`` on another kind is one line, before anything is asked of Temporal."""
+    result = dsr(tmp_path, "triage", "classify", "triage-dsr-2026-12-7KQ3FJ", "--kind", "access",
+                 "--purpose", "newsletter")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--purpose is only for --kind consent_withdrawal" in lines[0], result.stderr
+
+
 async def test_a_decision_on_a_closed_request_says_how_it_ended(home: Path, time_skipping: WorkflowEnvironment
                                                                 ) -> None:
     """The CLI's typed request handle reaches Temporal: a decision on a closed request is refused in one line that

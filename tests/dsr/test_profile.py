@@ -247,15 +247,17 @@ def test_the_demo_consent_purposes_are_frozen_with_what_withdrawing_means_in_eac
         "newsletter_subscriptions", "email")
     assert newsletter.actions["app"].set_values == {} and newsletter.actions["app"].purpose == "newsletter"
     assert purposes["partner_offers"].actions["woocommerce"].residual.startswith("untick")
-    assert check_consent(profile, ["hubspot", "stripe", "woocommerce", "app"]) == []
-    assert check_consent(profile, ["hubspot"]) == [
+    assert check_consent(profile, {"hubspot": "hubspot", "stripe": "stripe", "woocommerce": "woocommerce",
+                                   "app": "sql"}) == []
+    assert check_consent(profile, {"hubspot": "hubspot"}) == [
         "controller.purposes[3].withdrawal.app: no connector of that name",
         "controller.purposes[4].withdrawal.woocommerce: no connector of that name"]
 
 
 @pytest.mark.parametrize(("snippet", "expected"), [
-    ('hubspot = { subscriptions = ["A"], table = "t" }', "exactly one of subscriptions, table or residual"),
-    ("hubspot = {}", "exactly one of subscriptions, table or residual"),
+    ('hubspot = { subscriptions = ["A"], table = "t" }', "exactly one of subscriptions, table, residual or task"),
+    ("hubspot = {}", "exactly one of subscriptions, table, residual or task"),
+    ('chat = { residual = "x", task = "y" }', "exactly one of subscriptions, table, residual or task"),
     ('app = { residual = "x", set = { a = "1" } }', "set needs a table"),
     ('app = { table = "t; drop" }', "string should match pattern"),
     ('app = { table = "t", set = { "a b" = "1" } }', "is not a column name"),
@@ -285,11 +287,37 @@ marketing = true
 '''
     profile = parse_profile(text)
     assert profile is not None
-    assert check_consent(profile, ["crm"]) == [
+    assert check_consent(profile, {"crm": "hubspot"}) == [
         "controller.purposes[1].key: missing (a consent purpose needs a key to be withdrawn: newsletter...)",
         "controller.purposes[2].withdrawal: missing: withdrawing consent to 'offers' changes no system (map each "
-        "connector: subscriptions, table or residual)",
+        "connector: subscriptions, table, residual or task)",
         'controller.purposes[3]: withdrawal and marketing are only for legal_basis = "consent"']
     assert [p.key for p in profile.consent_purposes()] == ["offers"]  # without a key it cannot be named
     with pytest.raises(ProfileError, match="names two purposes"):
         parse_profile(text.replace('key = "stats"', 'key = "offers"'))
+
+
+def test_config_check_says_how_a_processor_or_manual_system_takes_part_in_a_withdrawal() -> None:
+    """A processor or a manual system is asked by email (task = "..."): a mapping an API connector takes is
+    refused there, and a task on an API connector is refused too; a task is frozen in both languages."""
+    from dsr.config.profile import check_consent
+
+    text = COMPLETE + '''
+[[controller.purposes]]
+key = "news"
+legal_basis = "consent"
+[controller.purposes.withdrawal]
+chat = { task = { fr = "retirer l'adresse de l'audience Lettre", en = "remove the address from the Letter audience" } }
+backups = { residual = "nothing" }
+crm = { task = "stop it" }
+'''
+    profile = parse_profile(text)
+    assert profile is not None
+    assert check_consent(profile, {"chat": "processor", "backups": "manual", "crm": "hubspot"}) == [
+        'controller.purposes[1].withdrawal.backups: a manual system is asked by email: map it with task = "..." '
+        "(what to stop there)",
+        "controller.purposes[1].withdrawal.crm: task is for processor and manual systems; a hubspot connector "
+        "takes subscriptions, table or residual"]
+    [news] = profile.consent_purposes()
+    assert news.actions["chat"].task("fr") == "retirer l'adresse de l'audience Lettre"
+    assert news.actions["chat"].task("en") == "remove the address from the Letter audience"

@@ -1087,3 +1087,70 @@ async def test_zendesk_post_mortem_tag(intake: Intake) -> None:
     [reference] = [r.request_id for r in intake.ledger.requests()]
     state = await poll(lambda: _status_or_none(intake, reference))
     assert state.kind.value == "post_mortem" and state.scope == "closure"
+
+
+async def test_zendesk_consent_withdrawal_names_its_purposes_by_tag_or_field(intake: Intake) -> None:
+    """Tags ``dsr_purpose_<key>`` and/or the ``purposes`` custom field (keys or such tags); an unknown key is a
+    422 on ``purposes`` and starts nothing; a purpose tag left on a ticket of another kind is ignored."""
+    await asyncio.to_thread(_consent_profile, intake)
+    bad = zendesk_body(tags="dsr_consent_withdrawal dsr_purpose_orders", ticket_id="9401",
+                       requester_email="zoe.martin@example.org")
+    response = await intake.http.post("/webhooks/zendesk", content=bad, headers=zendesk_headers(bad))
+    assert response.status_code == 422 and response.json()["field"] == "purposes", response.text
+    assert "newsletter, partner_offers" in response.json()["error"]
+    assert intake.ledger.requests() == []
+    for ticket, email, fields, expected in (
+        ("9402", "zoe.martin@example.org", {"tags": "dsr_consent_withdrawal dsr_purpose_partner_offers"},
+         ["partner_offers"]),
+        ("9403", "yann.martin@example.org", {"tags": "dsr_consent_withdrawal", "purposes": "newsletter"},
+         ["newsletter"]),
+        ("9404", "xavier.martin@example.org",
+         {"tags": "dsr_consent_withdrawal dsr_purpose_newsletter", "purposes": "dsr_purpose_partner_offers"},
+         ["newsletter", "partner_offers"]),
+    ):
+        before = {r.request_id for r in intake.ledger.requests()}
+        body = zendesk_body(ticket_id=ticket, requester_email=email, description="Je retire mon consentement.",
+                            **fields)
+        response = await intake.http.post("/webhooks/zendesk", content=body, headers=zendesk_headers(body))
+        assert response.status_code == 202, response.text
+        [reference] = [r.request_id for r in intake.ledger.requests() if r.request_id not in before]
+        state = await poll(functools.partial(_status_or_none, intake, reference))
+        assert state.kind.value == "consent_withdrawal" and state.purposes == expected
+    erasure = zendesk_body(tags="dsr_erasure dsr_purpose_newsletter", ticket_id="9405",
+                           requester_email="willy.martin@example.org")
+    response = await intake.http.post("/webhooks/zendesk", content=erasure, headers=zendesk_headers(erasure))
+    assert response.status_code == 202, response.text
+
+
+async def test_triage_classify_refuses_an_unknown_purpose_and_starts_nothing(intake: Intake) -> None:
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from intake.submission import new_request_id
+    from workflows.triage import TriageMessageWorkflow
+
+    await asyncio.to_thread(_consent_profile, intake)
+    received = datetime.now(UTC) - timedelta(hours=1)
+    reserved = new_request_id(received.date())
+    item = TriageItem(request_id=reserved, received_at=received, email="vera.bernard@example.org", name="Véra",
+                      language=Language.FR, subject_line="Consentement", body="Je retire mon consentement.",
+                      reason="no kind recognised")
+    triage_id = await intake.service.triage(item)
+    handle: WorkflowHandle[TriageMessageWorkflow, TriageStatus] = intake.client.get_workflow_handle_for(
+        TriageMessageWorkflow.run, triage_id)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(
+            kind=RequestKind.CONSENT_WITHDRAWAL, purposes=["orders"]))
+    assert "purposes must be among newsletter, partner_offers" in str(refused.value.cause)
+    assert intake.ledger.get_request(reserved) is None
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(
+            kind=RequestKind.ACCESS, purposes=["newsletter"]))
+    assert "purposes are only for consent_withdrawal requests" in str(refused.value.cause)
+    assert intake.ledger.get_request(reserved) is None
+    result = await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(
+        kind=RequestKind.CONSENT_WITHDRAWAL, purposes=["newsletter"]))
+    assert result.state == "classified" and result.request_id == reserved
+    state = await poll(lambda: _status_or_none(intake, reserved))
+    assert state.purposes == ["newsletter"]
+    [event] = [e for e in intake.ledger.events(reserved) if e.event == "triage_classified"]
+    assert event.details["purposes"] == "newsletter"

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,6 +93,8 @@ class Trail:
             return value.isoformat() in self.exact
         if isinstance(value, bool | int):
             return str(value) in self.exact
+        if isinstance(value, list):  # keys (a withdrawal's purposes): each in a detail
+            return all(any(str(v) in text for text in self.texts) for v in value)
         raise AssertionError(f"no rule for a {type(value).__name__} field: add one")
 
 
@@ -125,6 +128,12 @@ def dismissal_trail(engine: Engine, triage_id: str) -> Callable[[], Trail]:
         values = {str(v) for v in dataclasses.asdict(kept).values()}
         return Trail(values, list(values))
     return read
+
+
+def demo_consent_profile(config_file: str | Path) -> None:
+    """The demo's controller profile as dsr.toml: the intake reads a withdrawal's consent purposes from it."""
+    demo = Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.toml"
+    Path(config_file).write_text(demo.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def triage_item(engine: Engine, sender: str, reason: str) -> TriageInput:
@@ -313,6 +322,14 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
     restricting = TriageDecision(kind=RequestKind.RESTRICTION, decided_by="op:classify-restriction", ground="c")
     sent["TriageMessage", "classify"].append((restricting, request_trail(engine, item.request_id)))
     await triage.execute_update(TriageMessageWorkflow.classify, restricting)
+    demo_consent_profile(engine.settings.config_file)  # the intake's consent purposes
+    item = triage_item(engine, "nina.roux@example.org", "unsure: which consent is withdrawn")
+    triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
+                                                task_queue=engine.task_queue)
+    withdrawing = TriageDecision(kind=RequestKind.CONSENT_WITHDRAWAL, decided_by="op:classify-consent",
+                                 purposes=["partner_offers"])
+    sent["TriageMessage", "classify"].append((withdrawing, request_trail(engine, item.request_id)))
+    await triage.execute_update(TriageMessageWorkflow.classify, withdrawing)
     item = triage_item(engine, "paul.roux@example.org", "unsure: about a deceased person")
     triage = await engine.client.start_workflow(TriageMessageWorkflow.run, item, id=item.triage_id,
                                                 task_queue=engine.task_queue)

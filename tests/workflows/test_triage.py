@@ -105,3 +105,34 @@ async def test_a_classified_email_becomes_the_request_it_would_have_been(engine:
     fires = set_at + timer.start_to_fire_timeout.ToTimedelta()
     nine_local = datetime.combine(today + timedelta(days=1), time(9), zone)
     assert abs(fires - nine_local) < timedelta(seconds=5)  # (at 09:00 UTC it would be an hour or two off)
+
+
+async def test_a_withdrawal_classified_from_triage_names_its_purposes(engine: Engine) -> None:
+    """``dsr triage classify ID --kind consent_withdrawal --purpose KEY``: the request withdraws those purposes
+    only, and the triage_classified event records them."""
+    from tests.workflows.test_audit_trail import demo_consent_profile
+
+    demo_consent_profile(engine.settings.config_file)
+    received = datetime.now(UTC)
+    today = received.astimezone(ZoneInfo(engine.settings.policy.timezone)).date()
+    request_id = new_request_id(today)
+    item = TriageInput(
+        triage_id=f"triage-{request_id}", request_id=request_id,
+        received_at=received, received_on=today, deadline=today + timedelta(days=30),
+        email=SENDER, name="Claire Durand", subject_line="Partenaires",
+        body="Je retire mon consentement aux offres des partenaires.", reason="unsure: which consent",
+        policy=engine.settings.policy,
+    )
+    handle = await engine.client.start_workflow(
+        TriageMessageWorkflow.run, item, id=item.triage_id, task_queue=engine.task_queue)
+    # (Refusals, an unknown key or a purpose on another kind: tests/intake/test_intake_http.py, on a dev server.)
+    await engine.env.sleep(timedelta(minutes=1))  # the operator's notice sent, the triage waits for a decision
+    decided = await handle.execute_update(TriageMessageWorkflow.classify, TriageDecision(
+        kind=RequestKind.CONSENT_WITHDRAWAL, decided_by="op:alice", purposes=["partner_offers"]))
+    assert (decided.state, decided.request_id) == ("classified", request_id)
+    await handle.result()
+    [event] = [e for e in engine.ledger.events(request_id) if e.event == "triage_classified"]
+    assert event.actor == "op:alice" and event.details["purposes"] == "partner_offers"
+    row = engine.ledger.get_request(request_id)
+    assert row is not None and row.kind == RequestKind.CONSENT_WITHDRAWAL
+    # (The request it started withdraws only that purpose: tests/intake/test_intake_http.py, on a dev server.)
