@@ -588,6 +588,23 @@ STATUS: dict[str, dict[str, str]] = {
         "you about your identity. Cannot find it? We can send it again.",
         "waiting_identity_document": "The document we asked you for in our email, to confirm that the request is "
         "yours. Reply to that email with it.",
+        "waiting_identity_review": "Nothing more for now: we received {files} from you and our team is checking "
+        "what you sent. We will write to you if anything is missing.",
+        "waiting_quality_document": "The documents we asked you for in our email, since you act for a person who has "
+        "died: a copy of the death certificate, and the proof that you are their heir, the executor of their estate "
+        "or the person they designated in their directives (Article 85 of the French loi Informatique et Libertés). "
+        "Reply to that email with them.",
+        "waiting_quality_review": "Nothing more for now: we received {files} from you, and our team is checking "
+        "that what you sent proves the death and that you are an heir, the executor of the estate or the person "
+        "designated in the directives. We will write to you if anything is missing.",
+        "stage_awaiting_identity_quality": "Waiting for the documents proving the death and your quality to be "
+        "checked",
+        "outcome_unverified_quality": "Closed: the documents proving the death and your quality did not reach us in "
+        "time",
+        "closed_unverified_quality": "The documents proving the death and your quality did not reach us in time; you "
+        "may make a new request at any time.",
+        "files_one": "one file",
+        "files_many": "{count} files",
         "waiting_team": "Nothing from you: our team is dealing with a point of your request. We will write to you "
         "when it is answered.",
         "waiting_us": "Nothing from you: we are working on your request and will write to you by the date above.",
@@ -648,6 +665,23 @@ STATUS: dict[str, dict[str, str]] = {
         "que nous vous avons envoyé au sujet de votre identité. Introuvable ? Nous pouvons vous le renvoyer.",
         "waiting_identity_document": "Le justificatif demandé dans notre e-mail, pour confirmer que la demande est "
         "bien la vôtre. Répondez à cet e-mail en le joignant.",
+        "waiting_identity_review": "Rien de plus pour le moment : nous avons reçu {files} de votre part et notre "
+        "équipe vérifie ce que vous avez envoyé. Nous vous écrirons s’il manque quelque chose.",
+        "waiting_quality_document": "Les justificatifs demandés dans notre e-mail, puisque vous agissez pour une "
+        "personne décédée : une copie de l’acte de décès, et la preuve que vous êtes son héritier, l’exécuteur de sa "
+        "succession ou la personne qu’elle a désignée dans ses directives (article 85 de la loi Informatique et "
+        "Libertés). Répondez à cet e-mail en les joignant.",
+        "waiting_quality_review": "Rien de plus pour le moment : nous avons reçu {files} de votre part, et notre "
+        "équipe vérifie que ce que vous avez envoyé établit le décès et votre qualité d’héritier, d’exécuteur de la "
+        "succession ou de personne désignée dans les directives. Nous vous écrirons s’il manque quelque chose.",
+        "stage_awaiting_identity_quality": "En attente de la vérification des justificatifs du décès et de votre "
+        "qualité",
+        "outcome_unverified_quality": "Close : les justificatifs du décès et de votre qualité ne nous sont pas "
+        "parvenus à temps",
+        "closed_unverified_quality": "Les justificatifs du décès et de votre qualité ne nous sont pas parvenus à "
+        "temps ; vous pouvez faire une nouvelle demande à tout moment.",
+        "files_one": "un fichier",
+        "files_many": "{count} fichiers",
         "waiting_team": "Rien de votre part : notre équipe traite un point de votre demande. Nous vous écrirons dès "
         "qu’il sera réglé.",
         "waiting_us": "Rien de votre part : nous traitons votre demande et vous répondrons au plus tard à la date "

@@ -204,6 +204,25 @@ def test_unverified_says_how_to_start_again(language: Language) -> None:
 
 
 @pytest.mark.parametrize("language", list(Language))
+def test_unverified_post_mortem_speaks_of_the_quality_documents_not_of_identity(language: Language) -> None:
+    """Art. 85 loi 78-17: the sender proved neither the death nor their quality; the request was never theirs."""
+    rendered = render_notice(NoticeTemplate.UNVERIFIED, language, {**MINIMAL, "kind": "post_mortem", "days": "30"})
+    for text in (rendered.text, html.unescape(re.sub(r"<[^>]+>", "", rendered.html))):
+        flat = " ".join(text.split())
+        if language is Language.FR:
+            assert "les justificatifs du décès et de votre qualité" in flat and "30 jours" in flat
+            assert "aucune donnée de la personne décédée" in flat
+            assert "nous supprimons les documents que vous avez pu nous envoyer" in flat
+            assert "votre identité" not in flat and "vous concernant" not in flat
+        else:
+            assert "the documents proving the death and your quality" in flat and "30 days" in flat
+            assert "none of the deceased person's data" in flat
+            assert "we are deleting the documents you may have sent" in flat
+            assert "your identity" not in flat and "data about you" not in flat
+        assert CNIL in flat
+
+
+@pytest.mark.parametrize("language", list(Language))
 def test_identity_request_ways_to_confirm(language: Language) -> None:
     link_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_url": FULL["verify_url"]})
     assert FULL["verify_url"] in link_only.text
