@@ -78,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         UpdateResult,
         Withdrawal,
         confirmation_refused,
+        post_mortem_aim,
         subject_queue_id,
     )
     from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
@@ -259,6 +260,8 @@ class DataSubjectRequest:
                 received_at=request.received_at,
                 deadline=self._deadline.due,
                 language=request.language,
+                # The register counts post_mortem requests by case: the sender's aim is one of its two sources.
+                scope=aim.value if (aim := post_mortem_aim(request.kind, request.scope)) else "",
             ),
             **summarised(LEDGER, "ledger: request recorded"),
         )

@@ -793,6 +793,7 @@ class RequestRecordInput:
     received_at: datetime
     deadline: date
     language: Language
+    scope: str = ""  # post_mortem: the sender's aim (a PostMortemAim value), kept on ``received`` for the register
 
 
 @dataclass

@@ -144,6 +144,9 @@ async def test_once_the_quality_is_confirmed_the_deceased_persons_data_is_erased
         < trail.index("connector_done") < trail.index("reply_sent")
     [confirmed] = [e for e in engine.ledger.events(request.request_id) if e.event == "quality_confirmed"]
     assert confirmed.details == {"quality": "heir"} and confirmed.note.startswith("acte de notoriété")
+    # The register's case (art. 85): the sender's aim is kept on receipt, with no personal data.
+    [received] = [e for e in engine.ledger.events(request.request_id) if e.event == "received"]
+    assert received.details["scope"] == "closure"
     assert SuppressionList(engine.ledger).is_suppressed(DECEASED)  # the opposition to further processing
 
     sent = await mail_to(engine, SUBJECT_EMAIL, 3)  # acknowledgement, request for documents, reply
