@@ -47,7 +47,8 @@ class LedgerActivities:
         self._ledger.append_event(
             AuditEvent(request_id=record.request_id, event="received", stage=Stage.RECEIVED,
                        details={"channel": Channel(record.channel).value,
-                                **({"scope": record.scope} if record.scope else {})}),
+                                **({"scope": record.scope} if record.scope else {}),
+                                **({"documents": str(record.documents)} if record.documents else {})}),
             key=f"{_idempotency_key()}/received", at=now)
         return created
 

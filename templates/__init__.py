@@ -54,6 +54,7 @@ CONTEXT_KEYS = frozenset({
     "suspended", "suspended_on", "resumed_on", "document_reason", "status_url", "by_staff", "refused", "page", "wrong",
     "consent_url",
     "lift_on", "lift_why",
+    "documents",  # post_mortem: how many files came with the form (a count)
 })
 """Every key a template may use; other keys are ignored."""
 

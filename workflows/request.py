@@ -180,6 +180,7 @@ class DataSubjectRequest:
         self._clock_suspended = (
             policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
             and policy.identity == IdentityMethod.DOCUMENT and bool(policy.document_reason)
+            and not request.documents  # what would be asked came with the request: nothing to wait for
         )
         self._refusal: Refusal | None = None
         self._withdrawal: Withdrawal | None = None
@@ -262,6 +263,7 @@ class DataSubjectRequest:
                 language=request.language,
                 # The register counts post_mortem requests by case: the sender's aim is one of its two sources.
                 scope=aim.value if (aim := post_mortem_aim(request.kind, request.scope)) else "",
+                documents=request.documents,
             ),
             **summarised(LEDGER, "ledger: request recorded"),
         )
@@ -329,6 +331,7 @@ class DataSubjectRequest:
             NoticeTemplate.IDENTITY_REQUEST, identity=identity,
             days=str(max(1, limit // timedelta(days=1))), document_reason=policy.document_reason,
             suspended="yes" if self._clock_suspended else "",
+            **({"documents": str(self._request.documents)} if self._request.documents else {}),
         )
 
         def settled() -> bool:
@@ -336,8 +339,9 @@ class DataSubjectRequest:
 
         started = workflow.now()
         if not await self._wait(settled, reminder_after, "identity reminder"):
-            await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=identity)
-            await self._audit("identity_reminder_sent")
+            if not self._request.documents:  # documents came with the form: nothing to remind the sender of
+                await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=identity)
+                await self._audit("identity_reminder_sent")
             remaining = limit - reminder_after
             if not await self._wait(settled, remaining, "identity timeout"):
                 self._outcome = Outcome.UNVERIFIED

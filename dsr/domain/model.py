@@ -303,6 +303,7 @@ class RequestInput:
     # payload only); ``quality`` is what the sender says they are (a Quality value), confirmed by an operator.
     deceased: Subject | None = None
     quality: str = ""
+    documents: int = 0  # post_mortem: files sent with the web form, stored under the request (no personal data)
     ground: str = ""  # restriction: a RestrictionGround value ("" for other kinds)
 
 
@@ -794,6 +795,7 @@ class RequestRecordInput:
     deadline: date
     language: Language
     scope: str = ""  # post_mortem: the sender's aim (a PostMortemAim value), kept on ``received`` for the register
+    documents: int = 0  # files that came with the submission (the web form's documents), kept on ``received``
 
 
 @dataclass

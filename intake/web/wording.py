@@ -220,6 +220,21 @@ FORM: dict[str, dict[str, str]] = {
         "err_deceased_invalid": "Enter a valid email address for the person who has died, like name@example.com.",
         "err_deceased_self": "This is your own address: enter the address of the person who has died.",
         "err_quality": "Choose who you are for the person who has died.",
+        "documents_label": "Documents",
+        "documents_hint": "You may attach here the death certificate and the proof that you are an heir, the "
+        "executor of the estate or the person designated in their directives: up to 5 files, PDF, JPEG or PNG, 10 MB "
+        "each and 20 MB in all. Otherwise we will ask you for them by email. They are used for this check only and "
+        "deleted once it is done.",
+        "err_file_type": "Each document must be a PDF, JPEG or PNG file. Nothing was recorded: choose your files "
+        "again.",
+        "err_file_large": "Each document must be 10 MB or smaller. Nothing was recorded: choose your files again.",
+        "err_files_count": "Send at most 5 documents. Nothing was recorded: choose your files again.",
+        "err_files_again": "Your request was not sent, so your documents were not kept: choose them again.",
+        "err_documents_off": "Documents cannot be sent with this form: send your request without them and reply to "
+        "our email with them.",
+        "files_too_large_title": "Your documents are too large",
+        "files_too_large_body": "Send at most 20 MB of documents in all (10 MB each); nothing was recorded. You may "
+        "also send your request without them and reply to our email with them.",
         "kind_restriction": "Restrict the use of your data",
         "kind_restriction_hint": "Have your data kept but no longer used, for a time: while you contest its "
         "accuracy, instead of an erasure, while you need it for a legal claim, or while we examine your objection. "
@@ -388,6 +403,25 @@ FORM: dict[str, dict[str, str]] = {
         "nom@exemple.fr.",
         "err_deceased_self": "C’est votre propre adresse : saisissez celle de la personne décédée.",
         "err_quality": "Choisissez votre qualité vis-à-vis de la personne décédée.",
+        "documents_label": "Justificatifs",
+        "documents_hint": "Vous pouvez joindre ici l’acte de décès et la preuve que vous êtes héritier, exécuteur "
+        "de la succession ou la personne désignée dans ses directives : jusqu’à 5 fichiers, PDF, JPEG ou PNG, "
+        "10 Mo chacun et 20 Mo en tout. Sinon, nous vous les demanderons par courriel. Ils servent "
+        "uniquement à cette vérification et sont supprimés dès qu’elle est faite.",
+        "err_file_type": "Chaque justificatif doit être un fichier PDF, JPEG ou PNG. Rien n’a été enregistré : "
+        "choisissez de nouveau vos fichiers.",
+        "err_file_large": "Chaque justificatif doit faire 10 Mo au plus. Rien n’a été enregistré : "
+        "choisissez de nouveau vos fichiers.",
+        "err_files_count": "Envoyez 5 justificatifs au plus. Rien n’a été enregistré : choisissez de nouveau "
+        "vos fichiers.",
+        "err_files_again": "Votre demande n’a pas été envoyée, vos justificatifs n’ont donc pas été conservés : "
+        "choisissez-les de nouveau.",
+        "err_documents_off": "Ce formulaire ne permet pas d’envoyer de justificatifs : envoyez votre demande "
+        "sans eux et répondez à notre courriel en les joignant.",
+        "files_too_large_title": "Vos justificatifs sont trop volumineux",
+        "files_too_large_body": "Envoyez 20 Mo de justificatifs au plus en tout (10 Mo chacun) ; rien "
+        "n’a été enregistré. Vous pouvez aussi envoyer votre demande sans eux et répondre à notre courriel en les "
+        "joignant.",
         "email_label": "Votre adresse électronique",
         "email_hint": "Nous vous écrirons à cette adresse pour vérifier qu’elle est bien la vôtre, puis pour vous "
         "répondre. Utilisez celle que vous utilisez chez nous.",

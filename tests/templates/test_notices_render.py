@@ -222,6 +222,30 @@ def test_unverified_post_mortem_speaks_of_the_quality_documents_not_of_identity(
         assert CNIL in flat
 
 
+@pytest.mark.parametrize(("language", "documents", "words"), [
+    (Language.EN, "2", "With your request, we received 2 files from you. We will check that they include a copy of "
+                       "the death certificate"),
+    (Language.EN, "1", "With your request, we received one file from you. We will check that it includes"),
+    (Language.FR, "2", "Avec votre demande, nous avons reçu 2 fichiers de votre part. Nous vérifierons qu'ils "
+                       "contiennent une copie de l'acte de décès"),
+    (Language.FR, "1", "Avec votre demande, nous avons reçu un fichier de votre part. Nous vérifierons qu'il "
+                       "contient"),
+])
+def test_a_post_mortem_request_sent_with_documents_asks_for_nothing_more(
+        language: Language, documents: str, words: str) -> None:
+    """Documents uploaded with the form: the letter says how many came and asks only for what may be missing."""
+    context = {**MINIMAL, "kind": "post_mortem", "identity": "quality", "days": "30", "documents": documents}
+    rendered = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, context)
+    for text in (rendered.text, html.unescape(re.sub(r"<[^>]+>", "", rendered.html))):
+        flat = " ".join(text.split())
+        assert words in flat
+        assert "Please reply to this message attaching" not in flat and "Répondez à ce message en joignant" not in flat
+        assert "30 days" not in flat and "30 jours" not in flat  # nothing is awaited from the sender
+    without = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**context, "documents": ""})
+    assert ("Please reply to this message attaching" in without.text
+            or "Répondez à ce message en joignant" in without.text)
+
+
 @pytest.mark.parametrize("language", list(Language))
 def test_identity_request_ways_to_confirm(language: Language) -> None:
     link_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_url": FULL["verify_url"]})
