@@ -521,12 +521,12 @@ def form_router(
         content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         uploads: list[Upload] = []
         try:
-            if content_type == MULTIPART_TYPE:
+            if content_type == MULTIPART_TYPE and attachments is not None:  # else 415, as any other type
                 fields, uploads = await read_multipart(request, max_fields=_MAX_FIELDS, max_field_bytes=MAX_FORM_BYTES)
             else:
                 fields = await read_form(request, max_bytes=MAX_FORM_BYTES, max_fields=_MAX_FIELDS)
         except FormRefused as refused:
-            if refused.status == 413 and content_type == MULTIPART_TYPE:
+            if refused.status == 413 and content_type == MULTIPART_TYPE and attachments is not None:
                 return message_page(request, lang, 413, "files_too_large_title", "files_too_large_body",
                                     extra={"Connection": "close"})
             if refused.status == 413:

@@ -59,7 +59,8 @@ async def read_multipart(request: Request, *, max_fields: int, max_field_bytes: 
     """The form's text fields and its files; :class:`FormRefused` 413 past :data:`MAX_BODY_BYTES`, 400 when the
     body is not a readable multipart form (or has more fields or files than a form of ours sends)."""
     try:
-        body = await read_limited_body(request, MAX_BODY_BYTES, drain_limit=MAX_BODY_BYTES + 1024 * 1024)
+        # Up to twice the limit is read on and thrown away, so a browser sending too much sees our 413 page.
+        body = await read_limited_body(request, MAX_BODY_BYTES, drain_limit=2 * MAX_BODY_BYTES)
     except BodyTooLarge:
         raise FormRefused(413) from None
     parser = MultiPartParser(Headers(raw=request.headers.raw), _once(body), max_files=MAX_FILES + 1,
