@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -66,13 +67,15 @@ def connectors() -> list[ScriptedConnector]:
 
 
 async def submit(engine: Engine, *, language: str = "fr", scope: str = "", quality: str = "heir",
-                 identity: IdentityMethod = IdentityMethod.TRUSTED) -> tuple[RequestInput, WorkflowHandle]:
+                 identity: IdentityMethod = IdentityMethod.TRUSTED, documents: int = 0,
+                 ) -> tuple[RequestInput, WorkflowHandle]:
     # Even a channel that authenticated the sender (trusted) does not prove their quality: it is reviewed.
     settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=identity))
     now = await engine.env.get_current_time()
     request = prepare(Submission(kind="post_mortem", email=SUBJECT_EMAIL, name=SUBJECT_NAME, language=language,
                                  scope=scope, deceased_email=DECEASED, deceased_name="Henri Dupont",
-                                 quality=quality, details="Mon père est décédé le 2 novembre."), settings, now=now)
+                                 quality=quality, details="Mon père est décédé le 2 novembre.",
+                                 documents=documents), settings, now=now)
     return request, await start(engine.client, request, task_queue=engine.task_queue)
 
 
@@ -162,6 +165,28 @@ async def test_once_the_quality_is_confirmed_the_deceased_persons_data_is_erased
     await keep_history(handle, f"post_mortem_closure_{language}")
 
 
+@pytest.mark.parametrize(("language", "words"), [
+    ("fr", "Avec votre demande, nous avons reçu 2 fichiers de votre part."),
+    ("en", "With your request, we received 2 files from you."),
+])
+async def test_documents_sent_with_the_form_are_counted_and_not_asked_for_again(
+        engine: Engine, language: str, words: str) -> None:
+    request, handle = await submit(engine, language=language, documents=2)
+    assert request.documents == 2
+    await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY)
+    asked = " ".join((await mail_to(engine, SUBJECT_EMAIL, 2))[1][1].split())
+    assert words in asked
+    assert "Répondez à ce message en joignant" not in asked and "Please reply to this message attaching" not in asked
+    [received] = [e for e in engine.ledger.events(request.request_id) if e.event == "received"]
+    assert received.details["documents"] == "2"
+    # Past the reminder's day: nothing is asked again of a sender who sent the documents.
+    await engine.env.sleep(timedelta(days=engine.settings.policy.identity_reminder_after_days + 1))
+    assert "identity_reminder_sent" not in events(engine, request) and len(bodies(engine, SUBJECT_EMAIL)) == 2
+    await handle.execute_update(DataSubjectRequest.confirm_quality, QualityConfirmation(
+        quality=Quality.HEIR, confirmed_by="operator:alice"))
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+
+
 async def test_a_sender_who_cannot_show_their_quality_is_refused_with_the_remedies(engine: Engine) -> None:
     request, handle = await submit(engine, language="en")
     await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY)
@@ -245,6 +270,7 @@ async def test_directives_naming_someone_else_keep_the_sender_from_acting(engine
     ({"deceased_email": SUBJECT_EMAIL.upper()}, "the sender's own address"),
     ({"quality": "cousin"}, "quality must be one of heir, executor, designated"),
     ({"scope": "marketing"}, "scope must be one of closure, estate"),
+    ({"documents": 6}, "documents: at most 5 files"),
 ])
 def test_a_post_mortem_submission_names_someone_else(engine: Engine, fields: dict[str, Any], error: str) -> None:
     base = Submission(kind="post_mortem", email=SUBJECT_EMAIL, deceased_email=DECEASED)
