@@ -343,7 +343,11 @@ class DataSubjectRequest:
                 await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=identity)
                 await self._audit("identity_reminder_sent")
             remaining = limit - reminder_after
-            if not await self._wait(settled, remaining, "identity timeout"):
+            if self._request.documents:
+                # The sender sent what was asked with the form: the wait is now on our review, never theirs to
+                # lose (the deadline's own reminders and escalation follow the request meanwhile).
+                await workflow.wait_condition(settled)
+            elif not await self._wait(settled, remaining, "identity timeout"):
                 self._outcome = Outcome.UNVERIFIED
                 self._identity_waited_days = max(1, round((workflow.now() - started) / timedelta(days=1)))
                 return False
@@ -1455,6 +1459,9 @@ class DataSubjectRequest:
         if self._mail_pending:
             lines += ["", f"**mail not delivered yet** (retried until the SMTP server takes it): "
                           f"{', '.join(self._mail_pending)}"]
+        if self._request.documents and not self._identity_confirmed:
+            lines += ["", f"**{self._request.documents} document(s) sent with the form** to review "
+                          "(`dsr attachments list`), then `dsr confirm-quality ID` or `dsr refuse ID --ground quality`"]
         if self._letters:
             lines += ["", "**the subject wrote** (files: `dsr attachments list`; sender as our mail server "
                           "checked it):", *(f"- {line}" for line in self._letters)]

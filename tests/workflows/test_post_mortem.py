@@ -179,9 +179,12 @@ async def test_documents_sent_with_the_form_are_counted_and_not_asked_for_again(
     assert "Répondez à ce message en joignant" not in asked and "Please reply to this message attaching" not in asked
     [received] = [e for e in engine.ledger.events(request.request_id) if e.event == "received"]
     assert received.details["documents"] == "2"
-    # Past the reminder's day: nothing is asked again of a sender who sent the documents.
-    await engine.env.sleep(timedelta(days=engine.settings.policy.identity_reminder_after_days + 1))
+    # Past the reminder's day and the identity wait: nothing is asked again of a sender who sent the documents,
+    # and the request is not closed for want of them (our review is what it waits for).
+    await engine.env.sleep(timedelta(days=engine.settings.policy.identity_timeout_days + 1))
     assert "identity_reminder_sent" not in events(engine, request) and len(bodies(engine, SUBJECT_EMAIL)) == 2
+    current = await status(handle)
+    assert current.stage == Stage.AWAITING_IDENTITY and current.outcome is None
     await handle.execute_update(DataSubjectRequest.confirm_quality, QualityConfirmation(
         quality=Quality.HEIR, confirmed_by="operator:alice"))
     assert (await handle.result()).outcome == Outcome.FULFILLED
