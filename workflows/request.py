@@ -1053,6 +1053,14 @@ class DataSubjectRequest:
         """A second submission of the same request: recorded and acknowledged, never a second workflow."""
         await self._audit("duplicate_attached", actor="subject", details=duplicate_details(duplicate),
                           note=message_note(duplicate.in_reply_to))
+        if duplicate.documents > 0:
+            # Files that came with it (the form's documents) are filed under this request: deleted with its others.
+            self._correspondence_files = True
+            self._letters.append(f"{duplicate.received_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, "
+                                 f"{duplicate.documents} file(s) sent with the form")
+            self._update_details()
+            if not self._identity_confirmed:
+                await self._resume_clock()  # what was asked came: the suspension ends on receipt
         context = self._notice_context()
         if name := self._greeting_name():
             context["subject_name"] = name

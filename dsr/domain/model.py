@@ -535,6 +535,7 @@ class DuplicateAttached:
     received_at: datetime
     in_reply_to: str | None = None  # the new email's Message-ID: the notice answers in its thread
     ticket: str | None = None
+    documents: int = 0  # files sent with the new submission (the form's), moved under this request
 
 
 @dataclass

@@ -92,8 +92,9 @@ def _count(value: object) -> int:
 
 
 def documents_received(events: list[Any]) -> int:
-    """Files the sender sent as proof since it was last asked for: uploaded with the form (``received``:
-    ``documents``) or attached to an email (``subject_wrote``: ``attachments``); a doubt asks anew."""
+    """Files the sender sent as proof since it was last asked for: uploaded with the form (``received`` or
+    ``duplicate_attached``: ``documents``) or attached to an email (``subject_wrote``: ``attachments``); a doubt
+    asks anew."""
     count = 0
     for e in events:
         if e.event == "identity_doubt":
@@ -102,6 +103,8 @@ def documents_received(events: list[Any]) -> int:
             count += _count(e.details.get("documents", 0))
         elif e.event == "subject_wrote":
             count += _count(e.details.get("attachments", 0))
+        elif e.event == "duplicate_attached":  # the form's documents of a submission that joined this request
+            count += _count(e.details.get("documents", 0))
     return count
 
 

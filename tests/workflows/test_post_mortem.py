@@ -18,8 +18,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from connectors.base import OperationJob
 from dsr.domain.model import (
+    Channel,
     ConnectorOutcome,
     DirectiveInstruction,
+    DuplicateAttached,
     IdentityConfirmation,
     IdentityMethod,
     Outcome,
@@ -35,6 +37,7 @@ from dsr.domain.model import (
 from dsr.store.directives import DirectivesRegister
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
+from intake.web.status import status_view
 from tests.harness import ScriptedConnector, keep_history, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
@@ -188,6 +191,23 @@ async def test_documents_sent_with_the_form_are_counted_and_not_asked_for_again(
     await handle.execute_update(DataSubjectRequest.confirm_quality, QualityConfirmation(
         quality=Quality.HEIR, confirmed_by="operator:alice"))
     assert (await handle.result()).outcome == Outcome.FULFILLED
+
+
+async def test_documents_of_a_submission_joining_the_request_are_counted_on_it(engine: Engine) -> None:
+    request, handle = await submit(engine, language="en")
+    await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY)
+    await wait_for_event(engine, request, "identity_requested")  # the ledger's events trail the stage
+    asked = status_view(engine.ledger, request.request_id, "Europe/Paris")
+    assert asked is not None and asked.waiting_for == "quality_document"
+    await handle.execute_update(DataSubjectRequest.attach_duplicate, DuplicateAttached(
+        channel=Channel.FORM, received_at=await engine.env.get_current_time(), documents=3))
+    await wait_for_event(engine, request, "duplicate_attached")
+    [joined] = [e for e in engine.ledger.events(request.request_id) if e.event == "duplicate_attached"]
+    assert joined.details["documents"] == "3"
+    view = status_view(engine.ledger, request.request_id, "Europe/Paris")
+    assert view is not None and (view.waiting_for, view.documents) == ("quality_review", 3)
+    await handle.execute_update(DataSubjectRequest.refuse, Refusal(reason="test over", ground=RefusalGround.QUALITY))
+    await handle.result()
 
 
 async def test_a_sender_who_cannot_show_their_quality_is_refused_with_the_remedies(engine: Engine) -> None:
