@@ -1579,6 +1579,8 @@ class DataSubjectRequest:
         elif consent.is_consent_withdrawal(self):
             identity = "consent"  # none either, and said with its own reason (Art. 7(3))
         context = {"identity": identity}
+        if self._request.documents:  # post_mortem: the documents came with the form, nothing more is asked
+            context["documents"] = str(self._request.documents)
         if workflow.now() >= self._deadline.overdue_at:
             context["late"] = "yes"
         return context

@@ -246,6 +246,22 @@ def test_a_post_mortem_request_sent_with_documents_asks_for_nothing_more(
             or "Répondez à ce message en joignant" in without.text)
 
 
+@pytest.mark.parametrize(("language", "documents", "words"), [
+    (Language.EN, "3", "we received 3 files with your request, and our team will check that they prove the death"),
+    (Language.EN, "1", "we received one file with your request, and our team will check that it proves the death"),
+    (Language.FR, "3", "nous avons reçu 3 fichiers avec votre demande, et notre équipe vérifiera qu'ils établissent"),
+    (Language.FR, "1", "nous avons reçu un fichier avec votre demande, et notre équipe vérifiera qu'il établit"),
+])
+def test_the_acknowledgement_of_a_post_mortem_request_with_documents_says_they_came(
+        language: Language, documents: str, words: str) -> None:
+    context = {**MINIMAL, "kind": "post_mortem", "identity": "quality", "documents": documents}
+    rendered = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, context)
+    for text in (rendered.text, html.unescape(re.sub(r"<[^>]+>", "", rendered.html))):
+        flat = " ".join(text.split())
+        assert words in flat
+        assert "which documents to send us" not in flat and "les justificatifs à nous envoyer" not in flat
+
+
 @pytest.mark.parametrize("language", list(Language))
 def test_identity_request_ways_to_confirm(language: Language) -> None:
     link_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_url": FULL["verify_url"]})

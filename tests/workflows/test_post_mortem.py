@@ -177,8 +177,9 @@ async def test_documents_sent_with_the_form_are_counted_and_not_asked_for_again(
     request, handle = await submit(engine, language=language, documents=2)
     assert request.documents == 2
     await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY)
-    asked = " ".join((await mail_to(engine, SUBJECT_EMAIL, 2))[1][1].split())
+    acknowledged, asked = (" ".join(body.split()) for _, body in (await mail_to(engine, SUBJECT_EMAIL, 2))[:2])
     assert words in asked
+    assert ("2 fichiers avec votre demande" if language == "fr" else "2 files with your request") in acknowledged
     assert "Répondez à ce message en joignant" not in asked and "Please reply to this message attaching" not in asked
     [received] = [e for e in engine.ledger.events(request.request_id) if e.event == "received"]
     assert received.details["documents"] == "2"
