@@ -69,6 +69,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -391,6 +392,7 @@ def form_router(
     rectifiable: Collection[str] = CANONICAL_FIELDS,
     consent_purposes: Callable[[], list[ConsentPurpose]] = list,
     attachments: AttachmentStore | None = None,
+    timezone: str = "Europe/Paris",
 ) -> APIRouter:
     """The public form: ``GET /``, ``POST /`` and ``GET /submitted`` (see the module docstring).
 
@@ -399,7 +401,8 @@ def form_router(
     now in UTC) dates and expires the CSRF values. ``rectifiable``: the fields a correction may name, those the
     connectors can correct (:func:`connectors.config.rectifiable_fields`); the form offers only these.
     ``attachments``: where the documents of a request about a deceased person are sealed; without it the form
-    offers no file input and stays urlencoded.
+    offers no file input and stays urlencoded. ``timezone``: the controller's, whose month names a reserved request
+    id (``DSR_TIMEZONE``).
     """
     if len(csrf_key) < 16:
         raise ValueError("csrf_key must be at least 16 random bytes")
@@ -583,7 +586,7 @@ def form_router(
         reserved = ""
         if documents and attachments is not None:
             # Sealed first, under the id the request will have: once it starts, its files are there.
-            reserved = new_request_id(now_fn().date())
+            reserved = new_request_id(now_fn().astimezone(ZoneInfo(timezone)).date())
             try:
                 await run_in_threadpool(_store, attachments, reserved, documents)
             except Exception as exc:
