@@ -449,7 +449,8 @@ class DataSubjectRequest:
                 "bundle_sha256": reply.bundle_sha256,
             })
         self._residuals = self._residual_lines()
-        self._outcome = Outcome.FULFILLED
+        rejected = self._decision is not None and not self._decision.uphold
+        self._outcome = Outcome.DECLINED if rejected else Outcome.FULFILLED
 
     async def _fan_out(self, ordered: bool) -> bool:
         """Every connector done (True), or the request withdrawn or refused meanwhile (False)."""

@@ -105,6 +105,9 @@ class Outcome(StrEnum):
 
     FULFILLED = "fulfilled"
     REFUSED = "refused"  # Art. 12(5): manifestly unfounded or excessive, reason recorded
+    # Art. 21(1): an objection answered and not upheld (the controller's compelling legitimate grounds, told to the
+    # subject with the 12(4) remedies). Not "fulfilled": the register must not count it as a right satisfied.
+    DECLINED = "declined"
     UNVERIFIED = "unverified"  # identity not confirmed in time
     WITHDRAWN = "withdrawn"
     # Stopped by hand in Temporal (terminate), which no code of the request can catch: the request was never

@@ -613,6 +613,8 @@ STATUS: dict[str, dict[str, str]] = {
         "outcome_refused": "Closed: refused (the reasons are in our email)",
         "outcome_unverified": "Closed: identity not confirmed in time",
         "outcome_withdrawn": "Closed: withdrawn",
+        "outcome_declined": "Closed: objection not upheld (our reasons are in our email)",
+        "outcome_terminated": "Closed without our reply",
         "extension_heading": "Extension",
         "extended_body": "The time to reply was extended by two months (it was due on {previous}), as Article 12(3) "
         "GDPR allows. Our reason:",
@@ -644,8 +646,12 @@ STATUS: dict[str, dict[str, str]] = {
         "waiting_us": "Nothing from you: we are working on your request and will write to you by the date above.",
         "closed_fulfilled": "We sent you our reply by email. Reply to it if anything is missing.",
         "closed_refused": "We wrote to you with our reasons and how to lodge a complaint.",
+        "closed_declined": "We wrote to you with our decision on your objection, our reasons and how to lodge a "
+                           "complaint.",
         "closed_unverified": "Your identity was not confirmed in time; you may make a new request at any time.",
         "closed_withdrawn": "The request was withdrawn; you may make a new one at any time.",
+        "closed_terminated": "This request was closed without the reply we owed you. Write to us and we will answer; "
+                             "you may also lodge a complaint with the CNIL.",
         "resend_button": "Send the identity email again",
         "resent": "If your request still waits for your identity, we have sent the email again to the address it "
         "came from. It may take a few minutes to arrive.",
@@ -689,6 +695,8 @@ STATUS: dict[str, dict[str, str]] = {
         "outcome_refused": "Close : refusée (les motifs sont dans notre e-mail)",
         "outcome_unverified": "Close : identité non confirmée à temps",
         "outcome_withdrawn": "Close : retirée",
+        "outcome_declined": "Close : opposition non retenue (nos motifs sont dans notre e-mail)",
+        "outcome_terminated": "Close sans notre réponse",
         "extension_heading": "Prolongation",
         "extended_body": "Le délai de réponse a été prolongé de deux mois (l’échéance était le {previous}), comme le "
         "permet l’article 12, paragraphe 3, du RGPD. Notre motif :",
@@ -722,9 +730,13 @@ STATUS: dict[str, dict[str, str]] = {
         "ci-dessus.",
         "closed_fulfilled": "Nous vous avons répondu par e-mail. Répondez-y s’il manque quelque chose.",
         "closed_refused": "Nous vous avons écrit nos motifs et comment introduire une réclamation.",
+        "closed_declined": "Nous vous avons écrit notre décision sur votre opposition, nos motifs et comment "
+                           "introduire une réclamation.",
         "closed_unverified": "Votre identité n’a pas été confirmée à temps ; vous pouvez faire une nouvelle demande "
         "à tout moment.",
         "closed_withdrawn": "La demande a été retirée ; vous pouvez en faire une nouvelle à tout moment.",
+        "closed_terminated": "Cette demande a été close sans la réponse que nous vous devions. Écrivez-nous et nous "
+                             "vous répondrons ; vous pouvez aussi introduire une réclamation auprès de la CNIL.",
         "resend_button": "Renvoyer l’e-mail de confirmation d’identité",
         "resent": "Si votre demande attend toujours la confirmation de votre identité, nous avons renvoyé l’e-mail à "
         "l’adresse d’où elle venait. Il peut mettre quelques minutes à arriver.",

@@ -392,18 +392,20 @@ def test_statistics_count_answers_on_time_extensions_refusals_and_months() -> No
         entry("f", "rectification", feb, days=None, deadline_days=20),  # open, overdue on 1 June
         entry("g", "complaint", feb, days=10, channel="letter", outcome="cancelled"),  # words a newer engine has
         entry("h", "access", date(2025, 12, 31), days=1),  # outside the period
+        entry("i", "objection", feb, days=12, outcome="declined"),  # answered, not upheld (Art. 21(1))
     ]
     stats = compute_statistics(entries, since=date(2026, 1, 1), until=date(2026, 3, 31), as_of=date(2026, 6, 1))
-    assert stats.received == 7
-    assert stats.by_kind == {"access": 2, "rectification": 1, "erasure": 2, "portability": 1, "objection": 0,
+    assert stats.received == 8
+    assert stats.by_kind == {"access": 2, "rectification": 1, "erasure": 2, "portability": 1, "objection": 1,
                              "consent_withdrawal": 0, "post_mortem": 0, "restriction": 0, "complaint": 1}
-    assert stats.by_channel == {"form": 5, "email": 1, "letter": 1}
-    assert stats.by_outcome == {"fulfilled": 3, "refused": 1, "unverified": 0, "withdrawn": 1, "terminated": 0,
-                                "open": 1, "cancelled": 1}
-    assert (stats.answered, stats.answered_on_time, stats.answered_late) == (5, 4, 1)  # a b c d g
-    assert stats.on_time_share == pytest.approx(0.8)
-    assert stats.days_taken == [5, 10, 20, 40, 60] and stats.days_taken_late == [40]
-    assert (stats.median_days, stats.p90_days) == (20.0, 60)
+    assert stats.by_channel == {"form": 6, "email": 1, "letter": 1}
+    # A declined objection is an answer, in time or not, but neither a right satisfied nor a refusal.
+    assert stats.by_outcome == {"fulfilled": 3, "refused": 1, "declined": 1, "unverified": 0, "withdrawn": 1,
+                                "terminated": 0, "open": 1, "cancelled": 1}
+    assert (stats.answered, stats.answered_on_time, stats.answered_late) == (6, 5, 1)  # a b c d g i
+    assert stats.on_time_share == pytest.approx(5 / 6)
+    assert stats.days_taken == [5, 10, 12, 20, 40, 60] and stats.days_taken_late == [40]
+    assert (stats.median_days, stats.p90_days) == (16.0, 60)
     assert (stats.open, stats.overdue, stats.extended) == (1, 1, 1)
     assert stats.refusals == {"excessive": 0, "identity": 0, "others_rights": 0, "erasure_exception": 1,
                               "legal_restriction": 0, "quality": 0}
@@ -413,7 +415,7 @@ def test_statistics_count_answers_on_time_extensions_refusals_and_months() -> No
                                 "consent_withdrawal": 0, "post_mortem": 0, "restriction": 0}
     assert (january.total, january.answered, january.on_time) == (3, 3, 2)
     assert (february.total, february.answered, february.on_time, february.extended, february.refused) == (
-        4, 2, 2, 1, 1)
+        5, 3, 3, 1, 1)
     assert march.total == 0
 
 

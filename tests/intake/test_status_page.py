@@ -33,6 +33,7 @@ from dsr.web.serve import serve_app
 from intake.service import IntakeUnavailable
 from intake.web.pages import CSP
 from intake.web.status import RESENDS_PER_DAY, status_router, status_view
+from intake.web.wording import STATUS
 
 TIMEZONE = "Europe/Paris"
 EMAIL, NAME = "camille.durand@example.org", "Camille Durand"
@@ -207,6 +208,26 @@ async def test_a_request_about_a_deceased_person_waits_for_the_senders_quality_n
     if ref in (PM_MAILED, PM_UPLOADED, DOCUMENT_SENT):  # documents came: nothing is asked for again
         assert "Reply to that email" not in text and "Répondez à cet e-mail" not in text
     assert "<form" not in page.text
+
+
+@pytest.mark.parametrize("lang", [Language.FR, Language.EN])
+async def test_every_way_a_request_can_close_has_its_words_on_the_page(site: StatusApp, lang: Language) -> None:
+    # The page is read from the ledger: an outcome without words (a declined objection, a request terminated in
+    # Temporal and reconciled) would be a 500 for the subject.
+    received = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    for n, outcome in enumerate(Outcome):
+        ref = f"dsr-2026-11-{lang.value.upper()}{n:04d}"
+        site.ledger.record_request(RequestRecordInput(
+            request_id=ref, kind=RequestKind.OBJECTION, channel=Channel.FORM, subject=Subject(EMAIL, NAME),
+            received_at=received, deadline=date(2026, 12, 21), language=lang), now=received)
+        site.ledger.append_event(AuditEvent(ref, "closed", stage=Stage.CLOSED, outcome=outcome), key=f"{ref}/closed",
+                                 at=received + timedelta(days=3))
+        page = await site.http.get(site.link(ref))
+        assert page.status_code == 200, (outcome, page.text[:200])
+        words = STATUS[lang.value]
+        text = visible(page.text).replace("\u00a0", " ")
+        assert visible(words[f"outcome_{outcome.value}"]) in text
+        assert visible(words[f"closed_{outcome.value}"]) in text
 
 
 async def test_bad_expired_and_foreign_links_are_pages_with_4xx(site: StatusApp) -> None:

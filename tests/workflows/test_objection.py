@@ -176,7 +176,7 @@ async def test_an_objection_to_other_processing_waits_for_a_reasoned_decision(
                                 ObjectionDecision(uphold=False, grounds=grounds, decided_by="operator:alice"))
     final = await handle.result()
     await keep_history(handle, f"objection_rejected_{language}")
-    assert final.outcome == Outcome.FULFILLED and final.decision == "rejected" and final.residuals == []
+    assert final.outcome == Outcome.DECLINED and final.decision == "rejected" and final.residuals == []
     [rejected] = [e for e in engine.ledger.events(request.request_id) if e.event == "objection_rejected"]
     assert rejected.actor == "operator:alice" and rejected.note == grounds  # sealed, opened for the operator
     assert rejected.details == {"upheld": "False", "grounds_length": str(len(grounds))}
