@@ -333,6 +333,9 @@ class DataSubjectRequest:
             suspended="yes" if self._clock_suspended else "",
             **({"documents": str(self._request.documents)} if self._request.documents else {}),
         )
+        if self._request.documents:  # the form's documents are there to review: the operator is told now
+            await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE,
+                                        attachments=str(self._request.documents), source="form")
 
         def settled() -> bool:
             return self._identity_confirmed or self._ending()
@@ -1062,6 +1065,8 @@ class DataSubjectRequest:
             self._update_details()
             if not self._identity_confirmed:
                 await self._resume_clock()  # what was asked came: the suspension ends on receipt
+            await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE,
+                                        attachments=str(duplicate.documents), source="form")
         context = self._notice_context()
         if name := self._greeting_name():
             context["subject_name"] = name

@@ -263,6 +263,20 @@ def test_the_acknowledgement_of_a_post_mortem_request_with_documents_says_they_c
 
 
 @pytest.mark.parametrize("language", list(Language))
+def test_the_operator_is_told_of_form_documents_and_of_the_quality_to_confirm(language: Language) -> None:
+    context = {**MINIMAL, "kind": "post_mortem", "stage": "awaiting_identity", "attachments": "2", "source": "form"}
+    rendered = render_notice(NoticeTemplate.OPERATOR_CORRESPONDENCE, language, context)
+    flat = " ".join(rendered.text.split())
+    assert "The sender of request dsr-2026-11-MIN001 sent documents with the web form." in flat
+    assert "L'expéditeur de la demande dsr-2026-11-MIN001 a envoyé des justificatifs avec le formulaire web." in flat
+    assert "privacy mailbox" not in flat and "boîte de protection" not in flat  # no email to look for
+    assert "dsr confirm-quality dsr-2026-11-MIN001 --quality heir|executor|designated" in flat
+    assert "confirm-identity" not in flat and "confirm-identity" not in rendered.html
+    assert rendered.subject.endswith("2 document(s) sent with the web form to review" if language is Language.EN
+                                     else "2 justificatif(s) envoyé(s) avec le formulaire web à examiner")
+
+
+@pytest.mark.parametrize("language", list(Language))
 def test_identity_request_ways_to_confirm(language: Language) -> None:
     link_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_url": FULL["verify_url"]})
     assert FULL["verify_url"] in link_only.text

@@ -183,6 +183,17 @@ async def test_documents_sent_with_the_form_are_counted_and_not_asked_for_again(
     assert "Répondez à ce message en joignant" not in asked and "Please reply to this message attaching" not in asked
     [received] = [e for e in engine.ledger.events(request.request_id) if e.event == "received"]
     assert received.details["documents"] == "2"
+    # The operator is told there are documents to review, and how to confirm the quality (not the identity).
+    for _ in range(100):
+        told = [m for m in engine.mail.to(engine.settings.policy.operator_email)
+                if " ".join(str(m["Subject"]).split()).endswith((
+                    "2 document(s) sent with the web form to review",
+                    "2 justificatif(s) envoyé(s) avec le formulaire web à examiner"))]
+        if told:
+            break
+        await asyncio.sleep(0.1)
+    assert told, [str(m["Subject"]) for m in engine.mail.to(engine.settings.policy.operator_email)]
+    assert f"dsr confirm-quality {request.request_id}" in text_of(told[0])
     # Past the reminder's day and the identity wait: nothing is asked again of a sender who sent the documents,
     # and the request is not closed for want of them (our review is what it waits for).
     await engine.env.sleep(timedelta(days=engine.settings.policy.identity_timeout_days + 1))
