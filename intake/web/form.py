@@ -626,7 +626,7 @@ def form_router(
             logger.debug("intake form: sink failure", exc_info=True)
             if reserved:
                 # The request may have started (a start whose answer was lost): its files stay where it expects
-                # them; if it never started, staff delete them (dsr attachments delete).
+                # them; if it never started, staff delete them (dsr attachments delete-orphans).
                 logger.warning("intake form: documents kept under %s, whose request may have started", reserved)
             return form_page(
                 request, lang, status=503, values=values, top="err_unavailable", extra={"Retry-After": "60"}
