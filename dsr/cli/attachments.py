@@ -1,4 +1,4 @@
-"""`dsr attachments`: files that came with requests (ID documents by email, a deceased person's documents by the web form)."""
+"""`dsr attachments`: files that came with requests (ID documents by email, documents of the web form)."""
 
 from __future__ import annotations
 
