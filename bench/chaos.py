@@ -39,9 +39,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy import make_url
+
+if TYPE_CHECKING:
+    from temporalio.client import Client, WorkflowHandle
+
+    from dsr.domain.model import RequestStatus
+    from workflows.request import DataSubjectRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -428,8 +435,9 @@ async def run_chaos(work: Path, *, requests: int, kills: int, fault_share: float
         mail.stop()
 
 
-async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: Ledger, boxes: Sandboxes,
-                 mail: MailSink, intake: str, references: dict[str, tuple[str, Holding]], logs) -> None:
+async def _check(report: ChaosReport, http: httpx.AsyncClient, client: Client, ledger: Ledger, boxes: Sandboxes,
+                 mail: MailSink, intake: str, references: dict[str, tuple[str, Holding]],
+                 logs: Callable[[], str]) -> None:
     from dsr.domain.model import ConnectorState
     from workflows.request import DataSubjectRequest
 
@@ -455,7 +463,8 @@ async def _check(report: ChaosReport, http: httpx.AsyncClient, client, ledger: L
                     f"{_replying_story(ledger, reference)})")
             (report.resent_flagged if len(ids) == 1 and flagged else report.duplicate_replies).append(line)
         if stage == Stage.NEEDS_ATTENTION:
-            handle = client.get_workflow_handle_for(DataSubjectRequest.run, reference)
+            handle: WorkflowHandle[DataSubjectRequest, RequestStatus] = client.get_workflow_handle_for(
+                DataSubjectRequest.run, reference)
             status = await handle.query(DataSubjectRequest.status)
             reasons = [f"{p.connector}: {p.error}" for p in status.connectors
                        if p.state == ConnectorState.FAILED and p.error]
@@ -520,13 +529,14 @@ def _replying_story(ledger: Ledger, reference: str) -> str:
                       for e in ledger.events(reference) if e.event in wanted)
 
 
-async def _stuck_on(client, reference: str) -> str:
+async def _stuck_on(client: Client, reference: str) -> str:
     """What an unsettled request waits on, so that a failed run says why: each connector's state, and each
     pending activity's type and attempt (a connector deep in its backoff, a step that never ends...)."""
     from workflows.request import DataSubjectRequest
 
     try:
-        handle = client.get_workflow_handle_for(DataSubjectRequest.run, reference)
+        handle: WorkflowHandle[DataSubjectRequest, RequestStatus] = client.get_workflow_handle_for(
+            DataSubjectRequest.run, reference)
         status = await handle.query(DataSubjectRequest.status)
         described = await handle.describe()
     except Exception as err:  # the workflow itself may be what is missing

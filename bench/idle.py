@@ -26,6 +26,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from temporalio.testing import WorkflowEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,7 +38,14 @@ from dsr.config.settings import Settings  # noqa: E402
 from dsr.domain.model import Stage  # noqa: E402
 from dsr.store.crypto import KeyRing, data_converter  # noqa: E402
 from dsr.store.ledger import Ledger  # noqa: E402
-from tests.cluster import Machine, connectors_toml, new_keys, shared_environment, start_sandboxes  # noqa: E402
+from tests.cluster import (  # noqa: E402
+    Machine,
+    Sandboxes,
+    connectors_toml,
+    new_keys,
+    shared_environment,
+    start_sandboxes,
+)
 from tests.harness import MailSink, S3Server, binary  # noqa: E402
 
 
@@ -46,8 +57,8 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-async def one_round(cache: int, requests: int, *, work: Path, temporal, server_pid: int, keys: str,
-                    database_url: str, s3: S3Server, boxes, mail: MailSink) -> dict[str, float]:
+async def one_round(cache: int, requests: int, *, work: Path, temporal: WorkflowEnvironment, server_pid: int,
+                    keys: str, database_url: str, s3: S3Server, boxes: Sandboxes, mail: MailSink) -> dict[str, float]:
     from intake.submission import Submission, prepare, start
 
     shared = shared_environment(temporal=temporal.client.service_client.config.target_host,

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,7 +43,12 @@ def ordinary(scan_bytes: int) -> bytes:
             b"Content-Transfer-Encoding: base64\r\n\r\n" + scan + b"--B--\r\n")
 
 
-def timed(call) -> tuple[float, object]:
+T = TypeVar("T")
+
+
+def timed(call: Callable[[], T]) -> tuple[float, T | MessageTooComplex]:
+    """Seconds ``call`` took, and what it returned (or the refusal it raised)."""
+    result: T | MessageTooComplex
     start = time.perf_counter()
     try:
         result = call()
@@ -58,8 +66,8 @@ def main() -> None:
     for parts in args.parts:
         raw = bomb(parts)
         before = "skipped" if args.skip_before else \
-            f"{timed(lambda raw=raw: parse_message(raw, max_parts=10**9, max_depth=10**9))[0]:.2f}"
-        after, result = timed(lambda raw=raw: parse_message(raw))
+            f"{timed(functools.partial(parse_message, raw, max_parts=10**9, max_depth=10**9))[0]:.2f}"
+        after, result = timed(functools.partial(parse_message, raw))
         print(f"{parts:>8} {len(raw) / 1e6:>6.1f} {before:>19} {after:>19.4f}  {result}")
     raw = ordinary(8 * 1024 * 1024)
     scan, shape = timed(lambda: mime_shape(raw, stop_at_parts=MAX_PARTS))

@@ -24,6 +24,10 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from temporalio.testing import WorkflowEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,6 +38,7 @@ from dsr.store.crypto import KeyRing, data_converter  # noqa: E402
 from dsr.store.ledger import Ledger  # noqa: E402
 from tests.cluster import (  # noqa: E402
     Machine,
+    Sandboxes,
     connectors_toml,
     new_keys,
     seed_person,
@@ -56,8 +61,8 @@ def ledger_url(work: Path) -> tuple[str, object | None]:
     return cluster.url().render_as_string(hide_password=False), cluster
 
 
-async def throughput(workers: int, requests: int, *, work: Path, temporal, keys: str, database_url: str,
-                     s3: S3Server, boxes, mail: MailSink, emails: list[str]) -> float:
+async def throughput(workers: int, requests: int, *, work: Path, temporal: WorkflowEnvironment, keys: str,
+                     database_url: str, s3: S3Server, boxes: Sandboxes, mail: MailSink, emails: list[str]) -> float:
     """Requests closed per second with ``workers`` worker processes on one task queue."""
     from intake.submission import Submission, prepare, start
 

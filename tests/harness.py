@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
@@ -27,6 +29,11 @@ from dsr.store import FileStore, open_store
 from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
+
+if TYPE_CHECKING:
+    from temporalio.client import WorkflowHandle
+
+    from dsr.store.guards import Guards
 
 # A fixed key so saved histories (tests/workflows/histories) stay decodable by the replay test.
 TEST_KEYRING = KeyRing({"test-1": bytes(range(32))}, current="test-1")
@@ -61,7 +68,7 @@ def binary(name: str) -> str:
     return found
 
 
-def throwaway_guards(ring: KeyRing | None = None):
+def throwaway_guards(ring: KeyRing | None = None) -> Guards:
     """The intake's shared counters (``dsr.store.guards.Guards``) on a SQLite ledger database of their own, in a
     temporary directory removed at exit: for apps built outside a fixture's ``tmp_path``."""
     import atexit
@@ -93,8 +100,10 @@ class _Collect:
     def __init__(self, sink: MailSink) -> None:
         self._sink = sink
 
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes), "the Controller's default (decode_data=False) keeps the data as bytes"
+        message = email.message_from_bytes(content, policy=email.policy.default)
         self._sink.messages.append((list(envelope.rcpt_tos), message))
         self._sink.arrived.set()
         return "250 OK"
@@ -194,7 +203,7 @@ class ScriptedConnector:
         return None
 
 
-async def keep_history(handle, name: str) -> None:
+async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     """Save the workflow's history for the replay test when DSR_RECORD_HISTORIES=1 (``make histories``), as
     ``tests/workflows/histories/<workflow type>/<project version>/<name>.json`` (see VERSIONING.md)."""
     import json
@@ -253,7 +262,8 @@ class S3Server:
                     raise RuntimeError(f"moto's S3 server did not start: {output}") from None
                 time.sleep(0.2)
 
-    def client(self):
+    def client(self) -> Any:
+        """A boto3 S3 client of the server (boto3 ships no types: ``Any``)."""
         import boto3
 
         return boto3.session.Session().client(

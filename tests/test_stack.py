@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import json
 import os
 import signal
@@ -12,9 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import pytest
 
@@ -100,7 +102,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         stack.stop()
 
 
-def wait_until(predicate, what: str, timeout: float = 20.0):
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T | Literal[False] | None], what: str, timeout: float = 20.0) -> T:
+    """The first truthy value of ``predicate``, asked every 0.25 s for at most ``timeout`` seconds."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
@@ -380,6 +386,11 @@ def test_a_local_user_without_the_token_can_neither_decode_nor_start_requests(st
     assert token_file.read_text().strip() == token
 
 
+def _private_or_exited(process: subprocess.Popen[bytes]) -> bool:
+    """The process runs with umask 077, or has exited already."""
+    return _umask_of(process.pid) == 0o077 or process.poll() is not None
+
+
 def _umask_of(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -408,7 +419,7 @@ def test_every_entry_point_keeps_its_files_private_whatever_the_umask(stack: Sta
                                        stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
                                        cwd=Path(__file__).resolve().parents[1])
             try:
-                seen = wait_until(lambda p=process: _umask_of(p.pid) == 0o077 or p.poll() is not None,
+                seen = wait_until(functools.partial(_private_or_exited, process),
                                   f"{' '.join(args)} to start", timeout=30)
                 assert seen and process.poll() is None and _umask_of(process.pid) == 0o077, args
             finally:

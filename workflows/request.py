@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Coroutine
+import functools
+from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -965,7 +966,7 @@ class DataSubjectRequest:
                     last_escalation = workflow.now()
                     continue
             await self._wait(
-                lambda v=version: self._stage == Stage.CLOSED or self._deadline_version != v,
+                functools.partial(self._closed_or_deadline_moved, version),
                 next_at - now,
                 "deadline watch",
             )
@@ -1387,7 +1388,11 @@ class DataSubjectRequest:
     def _result(self) -> UpdateResult:
         return UpdateResult(stage=self._stage, deadline=self._deadline.due, extended=self._extended)
 
-    async def _wait(self, condition, timeout: timedelta, summary: str) -> bool:
+    def _closed_or_deadline_moved(self, version: int) -> bool:
+        """The deadline watch's wake-up: the request closed, or its deadline moved since ``version``."""
+        return self._stage == Stage.CLOSED or self._deadline_version != version
+
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta, summary: str) -> bool:
         """Wait for ``condition`` at most ``timeout`` (a durable timer); True if it became true."""
         if timeout <= timedelta(0):
             return condition()

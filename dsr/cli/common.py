@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from temporalio.client import Client
+    from temporalio.client import Client, WorkflowHandle
 
     from dsr.config.settings import Settings
+    from dsr.domain.model import RequestStatus
     from dsr.runtime.bootstrap import Deployment
     from dsr.store.ledger import Ledger
+    from workflows.request import DataSubjectRequest
 
 from dsr.errors import InvalidInputError
 
@@ -143,7 +145,8 @@ def check_reference(request_id: str) -> None:
         raise UserError(f"{request_id!r} is not a request reference (they look like dsr-2026-11-7KQ3FJ)")
 
 
-def request_handle(client, request_id: str):
+def request_handle(client: Client, request_id: str) -> WorkflowHandle[DataSubjectRequest, RequestStatus]:
+    """The typed handle of the request ``request_id`` (refused in one line if it is not a reference)."""
     from workflows.request import DataSubjectRequest
 
     check_reference(request_id)

@@ -3,10 +3,15 @@ withdraw, retry, doubt, rectify, clear residual data."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from temporalio.workflow import UpdateMethodMultiParam
+
+    from dsr.domain.model import UpdateResult
+    from workflows.request import DataSubjectRequest
 
 from dsr.cli.common import (
     Actor,
@@ -22,12 +27,18 @@ from dsr.cli.common import (
     temporal_client,
 )
 
+Change = TypeVar("Change")
 
-async def _update(request_id: str, update: Callable[..., Any], argument: Any, as_json: bool) -> None:
+
+async def _update(
+    request_id: str,
+    update: UpdateMethodMultiParam[[DataSubjectRequest, Change], UpdateResult],
+    argument: Change,
+    as_json: bool,
+) -> None:
     """Send ``update`` (a ``DataSubjectRequest`` update method) with ``argument``; print the result."""
     from temporalio.client import WorkflowExecutionStatus
 
-    from dsr.domain.model import UpdateResult
     from workflows import search_attributes as sa
 
     check_reference(request_id)
@@ -36,9 +47,13 @@ async def _update(request_id: str, update: Callable[..., Any], argument: Any, as
     # A clear "no such request" or "closed" before any update is attempted: a closed workflow takes none.
     described = await handle.describe()
     if described.status != WorkflowExecutionStatus.RUNNING:
-        outcome = described.typed_search_attributes.get(sa.DSR_OUTCOME) or described.status.name.lower()
-        raise UserError(f"{request_id} is closed ({outcome})")
-    result: UpdateResult = await handle.execute_update(update, argument)
+        outcome = described.typed_search_attributes.get(sa.DSR_OUTCOME)
+        if outcome:
+            raise UserError(f"{request_id} is closed ({outcome})")
+        if described.status is None:  # the SDK's None: Temporal sent no status (unspecified); say so, not guess
+            raise UserError(f"{request_id} is not running (Temporal gave no status)")
+        raise UserError(f"{request_id} is closed ({described.status.name.lower()})")
+    result = await handle.execute_update(update, argument)
     if as_json:
         emit_json({"id": request_id, **plain(result)})
     else:
@@ -79,7 +94,6 @@ async def extend(
     """Extend the deadline by two months, once, within the first month; the subject is told why."""
     from dsr.domain.model import Extension
     from workflows.request import DataSubjectRequest
-
 
     await _update(request_id, DataSubjectRequest.extend_deadline, Extension(reason=reason, requested_by=by), as_json)
 

@@ -10,6 +10,8 @@ import typer
 if TYPE_CHECKING:
     from temporalio.client import Client
 
+    from dsr.config.settings import Settings
+
 from dsr.cli.common import (
     JsonOption,
     RequestId,
@@ -301,7 +303,7 @@ def _outside_row(task: Any) -> dict[str, Any]:
             "kept_until": answer.kept_until if answer and answer.kept_until else None}
 
 
-def _status_from_ledger(settings, request_id: str, as_json: bool) -> bool:
+def _status_from_ledger(settings: Settings, request_id: str, as_json: bool) -> bool:
     from zoneinfo import ZoneInfo
 
     from dsr.runtime.bootstrap import Deployment

@@ -10,6 +10,7 @@ import typer
 
 if TYPE_CHECKING:
     from dsr.config.settings import Settings
+    from dsr.store.objects import ObjectStore
 
 from dsr.cli.common import (
     JsonOption,
@@ -21,7 +22,7 @@ from dsr.cli.common import (
 )
 
 
-def _probe_storage(objects) -> None:
+def _probe_storage(objects: ObjectStore) -> None:
     """Write, read and delete a probe object, and check that a conditional write of an existing key is refused:
     attachments rely on it (``If-None-Match: *``) so that two mailbox pollers never overwrite each other's file."""
     import uuid

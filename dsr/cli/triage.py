@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from temporalio.client import Client, WorkflowHandle
+
+    from dsr.domain.model import TriageStatus
+    from workflows.triage import TriageMessageWorkflow
 
 from dsr.cli.common import (
     Actor,
@@ -26,7 +32,7 @@ TriageId = Annotated[str, typer.Argument(help="The triage reference, e.g. triage
                                          callback=normalise_reference)]
 
 
-def _triage_handle(client, triage_id: str):
+def _triage_handle(client: Client, triage_id: str) -> WorkflowHandle[TriageMessageWorkflow, TriageStatus]:
     from workflows.triage import TriageMessageWorkflow
 
     if not re.fullmatch(r"triage-dsr-\d{4}-\d{2}-[0-9A-Z]{6}", triage_id):

@@ -29,8 +29,11 @@ from dsr.runtime.dashboard import DATED_VIEWS, ui_links
 from workflows import search_attributes as sa
 
 if TYPE_CHECKING:
+    from temporalio.client import Client
+
     from connectors.base import Connector
     from dsr.runtime.bootstrap import Deployment
+    from dsr.store.crypto import KeyRing
     from sandbox.demo import Demo
 
 LOOPBACK = "127.0.0.1"
@@ -116,7 +119,8 @@ def start_dev_server(settings: Settings, *, port: int, codec_endpoint: str | Non
     return DevServer(process, log)
 
 
-async def wait_for_temporal(settings: Settings, keyring, server: DevServer, *, timeout: float = 60.0):
+async def wait_for_temporal(settings: Settings, keyring: KeyRing, server: DevServer, *,
+                            timeout: float = 60.0) -> Client:
     """Connect once the dev server answers (it needs a few seconds, more on first start)."""
     from dsr.runtime.temporal import connect
 
@@ -295,7 +299,7 @@ def _codec_lines(settings: Settings, codec_endpoint: str, codec_token: str | Non
             f"the token in {where})"]
 
 
-def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes,
+def _print_banner(settings: Settings, port: int, codec_endpoint: str, sink: bool, sandboxes: Demo | None,
                   with_worker: bool = True, *, codec_token: str | None = None) -> None:
     lines = [
         "dsr is up.",

@@ -10,7 +10,7 @@ import pytest
 from dsr.store import store_at
 from dsr.store.attachments import AttachmentInfo, AttachmentStore
 from dsr.store.crypto import DecryptionError
-from tests.harness import TEST_KEYRING
+from tests.harness import TEST_KEYRING, S3Server
 
 REQUEST = "dsr-2026-03-ATTACH"
 SCAN = b"%PDF-1.4 PASSPORT-NUMBER 12AB34567 Jerome Martin " + bytes(range(256))
@@ -38,7 +38,7 @@ def test_saved_on_one_machine_read_and_deleted_on_another(storage_url: str) -> N
 
 
 @pytest.mark.slow
-def test_the_bucket_holds_only_ciphertext(s3_url: str, s3_server) -> None:
+def test_the_bucket_holds_only_ciphertext(s3_url: str, s3_server: S3Server) -> None:
     machine(s3_url).save(REQUEST, "passeport Jérôme.pdf", "application/pdf", SCAN)
     raw = s3_server.raw_objects(s3_url.split("/", 3)[3])
     assert len(raw) == 2

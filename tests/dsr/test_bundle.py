@@ -12,6 +12,7 @@ import os
 import re
 import tracemalloc
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def test_bundle_holds_every_record_and_a_matching_manifest(store: ExportStore) -
 
 
 def test_encrypted_at_rest_private_and_no_plaintext_left(store: ExportStore, storage_url: str, tmp_path: Path,
-                                                         monkeypatch) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(scratch))  # where the worker's private zip is built
@@ -267,13 +268,13 @@ def test_no_data_gives_an_empty_but_valid_bundle(storage_url: str) -> None:
 
 
 def test_a_failed_build_leaves_no_plaintext_and_the_previous_bundle(store: ExportStore, tmp_path: Path,
-                                                                    monkeypatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     before = build(store)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(scratch))
 
-    def broken(*args, **kwargs):
+    def broken(*args: object, **kwargs: object) -> Iterator[bytes]:
         yield b"DSRBNDL"
         raise RuntimeError("disk full")
 

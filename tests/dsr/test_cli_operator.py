@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
+import string
 import subprocess
 import sys
 from datetime import UTC, date, datetime
@@ -14,6 +17,8 @@ from typing import Any
 
 import pytest
 import typer
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.testing import WorkflowEnvironment
 
 from dsr.cli.common import normalise_reference
 from dsr.cli.main import app
@@ -23,6 +28,7 @@ from dsr.store.crypto import KeyRing
 from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare
 from tests.cli import run_dsr
+from workflows import search_attributes as sa
 
 BIN = Path(sys.executable).parent
 REFERENCE = "dsr-2026-11-7KQ3FJ"
@@ -162,3 +168,23 @@ def test_a_letter_is_a_channel_and_needs_the_day_it_arrived(home: Path) -> None:
                       now=datetime(2026, 11, 23, 9, tzinfo=UTC))
     assert request.channel == Channel.LETTER and request.deadlines.normal.due == date(2026, 12, 21)
     # The walk of a letter through the engine, with its receipt day, is tests/workflows/test_audit_trail.py's.
+
+
+async def test_a_decision_on_a_closed_request_says_how_it_ended(home: Path, time_skipping: WorkflowEnvironment
+                                                                ) -> None:
+    """The CLI's typed request handle reaches Temporal: a decision on a closed request is refused in one line that
+    says how it ended, the request's outcome when it set one, else how Temporal closed it."""
+    async def closed(outcome: str | None) -> str:
+        reference = "dsr-2026-11-" + "".join(secrets.choice(string.digits + string.ascii_uppercase) for _ in range(6))
+        attributes = TypedSearchAttributes([SearchAttributePair(sa.DSR_OUTCOME, outcome)] if outcome else [])
+        handle = await time_skipping.client.start_workflow(
+            "DataSubjectRequest", id=reference, task_queue=f"no-worker-{reference}", search_attributes=attributes)
+        await handle.terminate("closed for the test")
+        return reference
+
+    env = {**cli_env(home), "TEMPORAL_ADDRESS": time_skipping.client.service_client.config.target_host}
+    for outcome, said in ((None, "terminated"), ("withdrawn", "withdrawn")):
+        reference = await closed(outcome)
+        result = await asyncio.to_thread(run_dsr, ["extend", reference.lower(), "--reason", "a complex case"], env)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [f"error: {reference} is closed ({said})"], result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -262,7 +263,7 @@ async def test_the_token_as_first_path_segment_is_the_uis_endpoint(ring: KeyRing
     assert preflight.status_code == 204
 
 
-def test_the_local_stacks_token_is_made_once_private_and_reused(tmp_path) -> None:
+def test_the_local_stacks_token_is_made_once_private_and_reused(tmp_path: Path) -> None:
     import os
     import stat
 

@@ -7,7 +7,7 @@ import pytest
 from dsr.store import store_at
 from dsr.store.crypto import DecryptionError
 from dsr.store.exports import ExportStore
-from tests.harness import TEST_KEYRING
+from tests.harness import TEST_KEYRING, S3Server
 
 REQUEST = "dsr-2026-11-EXPRT1"
 PREFIX = "exports/dsr-2026-11-exprt1/data/shop/orders/"
@@ -38,7 +38,7 @@ def test_records_round_trip_sealed_in_chunk_objects(storage_url: str) -> None:
     assert (stored.system, stored.dataset, stored.records, stored.provided) == ("shop", "orders", 250, True)
 
 
-def test_the_bucket_holds_only_ciphertext(s3_url: str, s3_server) -> None:
+def test_the_bucket_holds_only_ciphertext(s3_url: str, s3_server: S3Server) -> None:
     store = machine(s3_url)
     with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
         for record in orders(0, 120):

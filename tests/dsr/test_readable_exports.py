@@ -11,6 +11,7 @@ import json
 import zipfile
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ SYSTEMS = {"fr": {"stripe": "Stripe (paiements)", "hubspot": "CRM HubSpot", "woo
 
 
 @pytest.fixture
-def store(tmp_path) -> ExportStore:
+def store(tmp_path: Path) -> ExportStore:
     store = ExportStore(store_at(f"file://{tmp_path}"), TEST_KEYRING)
     exports = store.for_request(REQUEST)
     for (system, dataset), records in SEED.items():
@@ -183,7 +184,7 @@ def test_labels_per_connector_then_common_words_then_humanised() -> None:
     assert Readable.connector_type("app", "charges", {"app": "sql"}) == "sql"  # as configured: no guess
 
 
-def test_an_application_database_is_not_read_as_stripe(tmp_path) -> None:
+def test_an_application_database_is_not_read_as_stripe(tmp_path: Path) -> None:
     """A `sql` system's integer amounts are not cents, even in a dataset named like Stripe's: dsr.toml says so."""
     store = ExportStore(store_at(f"file://{tmp_path}"), TEST_KEYRING)
     with store.for_request(REQUEST).open("app", "charges", provided=True) as writer:
@@ -197,7 +198,7 @@ def test_an_application_database_is_not_read_as_stripe(tmp_path) -> None:
         assert dict(zip(header, row, strict=True))["Montant"] == amount, types
 
 
-def test_the_worker_reads_the_connector_types_from_dsr_toml(tmp_path) -> None:
+def test_the_worker_reads_the_connector_types_from_dsr_toml(tmp_path: Path) -> None:
     from dsr.config.settings import Settings
     from worker import connector_types
 

@@ -6,12 +6,17 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dsr.config.settings import ConfigError, Settings
 from dsr.store import FileStore, ObjectExists, ObjectNotFound, StorageError, open_store, parse_storage_url, store_at
+
+if TYPE_CHECKING:
+    from tests.harness import S3Server
 
 
 def test_put_get_ranges_list_and_delete(storage_url: str) -> None:
@@ -63,7 +68,7 @@ def test_streamed_put_is_whole_or_nothing(storage_url: str, monkeypatch: pytest.
     assert store.size("exports/dsr-s/bundle.zip.enc") == 12 << 20
     assert store.read_range("exports/dsr-s/bundle.zip.enc", (11 << 20) + 5, 10) == piece[5:15]
 
-    def failing():
+    def failing() -> Iterator[bytes]:
         yield piece * 6  # a whole part is uploaded before the failure
         raise RuntimeError("the zip could not be read")
 
@@ -117,7 +122,8 @@ def test_storage_url_setting(tmp_path: Path, s3_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_an_unreachable_bucket_is_a_storage_error(tmp_path: Path, s3_url: str, monkeypatch) -> None:
+def test_an_unreachable_bucket_is_a_storage_error(tmp_path: Path, s3_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                  ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     store = store_at(s3_url)
@@ -143,7 +149,8 @@ def test_check_names_what_is_wrong(storage_url: str, s3_url: str, tmp_path: Path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [["worker"], ["intake"], ["attachments", "list", "dsr-2026-11-7KQ3FJ"]])
-def test_the_cli_stops_with_one_line_when_the_bucket_is_missing(command: list[str], s3_server, tmp_path: Path) -> None:
+def test_the_cli_stops_with_one_line_when_the_bucket_is_missing(command: list[str], s3_server: S3Server,
+                                                                tmp_path: Path) -> None:
     env = {**os.environ, **s3_server.env, "DSR_HOME": str(tmp_path), "DSR_STORAGE_URL": "s3://no-such-bucket/dsr",
            "DSR_KEYS": "test-1:" + "A" * 43 + "=", "TEMPORAL_ADDRESS": "127.0.0.1:9"}
     dsr = Path(sys.executable).parent / "dsr"

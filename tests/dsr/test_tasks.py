@@ -17,8 +17,9 @@ NOW = datetime(2026, 12, 3, 10, tzinfo=UTC)
 REQUEST = "dsr-2026-12-AAAAAA"
 
 
-def answer(status: AnswerStatus, **fields) -> OutsideAnswer:
-    return OutsideAnswer(status=status, answered_by="processor", answered_at=NOW, **fields)
+def answer(status: AnswerStatus, *, legal_basis: str = "", kept_until: date | None = None) -> OutsideAnswer:
+    return OutsideAnswer(status=status, answered_by="processor", answered_at=NOW, legal_basis=legal_basis,
+                         kept_until=kept_until)
 
 
 def test_of_many_racing_answers_exactly_one_is_recorded_and_its_text_is_sealed(database_url: str) -> None:

@@ -132,7 +132,8 @@ def _settings(tmp_path: Path, port: int, **env: str) -> Settings:
     return Settings.from_env({"DSR_HOME": str(tmp_path / "home"), "TEMPORAL_ADDRESS": f"127.0.0.1:{port}", **env})
 
 
-async def test_mutual_tls_with_a_private_ca_reaches_the_cluster(tmp_path: Path, tls_front) -> None:
+async def test_mutual_tls_with_a_private_ca_reaches_the_cluster(tmp_path: Path, tls_front: tuple[TlsFront, int],
+                                                                ) -> None:
     front, port = tls_front
     settings = _settings(tmp_path, port, TEMPORAL_TLS_CA=str(tmp_path / "ca.pem"),
                          TEMPORAL_TLS_CERT=str(tmp_path / "client.pem"), TEMPORAL_TLS_KEY=str(tmp_path / "client.key"))
@@ -141,7 +142,9 @@ async def test_mutual_tls_with_a_private_ca_reaches_the_cluster(tmp_path: Path, 
     assert front.handshakes >= 1
 
 
-async def test_without_the_client_certificate_the_cluster_is_not_reached(tmp_path: Path, tls_front) -> None:
+async def test_without_the_client_certificate_the_cluster_is_not_reached(
+    tmp_path: Path, tls_front: tuple[TlsFront, int]
+) -> None:
     _, port = tls_front
     settings = _settings(tmp_path, port, TEMPORAL_TLS_CA=str(tmp_path / "ca.pem"))
     with pytest.raises(RuntimeError):
@@ -149,7 +152,7 @@ async def test_without_the_client_certificate_the_cluster_is_not_reached(tmp_pat
         await client.service_client.check_health()
 
 
-async def test_plaintext_settings_do_not_speak_tls(tmp_path: Path, tls_front) -> None:
+async def test_plaintext_settings_do_not_speak_tls(tmp_path: Path, tls_front: tuple[TlsFront, int]) -> None:
     _, port = tls_front
     with pytest.raises(RuntimeError):
         client = await asyncio.wait_for(connect(_settings(tmp_path, port), TEST_KEYRING), 30)

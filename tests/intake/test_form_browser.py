@@ -27,7 +27,7 @@ if not HAVE_CHROMIUM and not os.environ.get("DSR_REQUIRE_BROWSER"):
         allow_module_level=True,
     )
 
-from playwright.async_api import Browser, async_playwright, expect  # noqa: E402
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect  # noqa: E402
 
 LOCALES = {"fr": "fr-FR", "en": "en-GB"}
 
@@ -46,7 +46,7 @@ async def browser() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-async def _page(browser: Browser, lang: str):
+async def _page(browser: Browser, lang: str) -> tuple[BrowserContext, Page]:
     context = await browser.new_context(java_script_enabled=False, locale=LOCALES[lang])
     return context, await context.new_page()
 

@@ -165,12 +165,11 @@ class BatchEraser:
         return None
 
 
+@dataclass
 class RecordingScripted(ScriptedConnector):
     """The scripted connector, recording ``activity.info()`` of each call."""
 
-    def __init__(self, name: str, **kwargs) -> None:
-        super().__init__(name, **kwargs)
-        self.infos: list[Call] = []
+    infos: list[Call] = field(default_factory=list)
 
     def _fail_if_scripted(self, operation: str, request_id: str) -> None:
         record_call(self.infos)

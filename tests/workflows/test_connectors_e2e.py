@@ -31,7 +31,7 @@ from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
+from tests.harness import TEST_KEYRING, MailSink, S3Server, exports_of, text_of
 from tests.servers import time_skipping_server
 from tests.workflows.conftest import demo_profile
 from worker import build_worker
@@ -197,7 +197,7 @@ async def _stripe_customer(stripe_sandbox: StripeSandbox) -> str:
 
 async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_intake_replica(
     time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems,
-    s3_url: str, s3_server,
+    s3_url: str, s3_server: S3Server,
 ) -> None:
     # Deletion at the link's expiry is checked by test_request (skipped 7 days) and the 410 by tests/intake;
     # waiting for it here stalled the shared test server behind other tests' pending workflows.

@@ -9,13 +9,17 @@ import os
 import socket
 import subprocess
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
 
 from tests.harness import binary, free_port
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 from workflows import details
 
 CHROMIUM = Path(os.environ.get("DSR_CHROMIUM", "/usr/bin/chromium"))
@@ -60,7 +64,7 @@ def ui_url() -> Iterator[str]:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def browser():
+async def browser() -> AsyncIterator[Browser]:
     if not HAVE_CHROMIUM:
         if os.environ.get("DSR_REQUIRE_BROWSER"):
             pytest.fail(f"DSR_REQUIRE_BROWSER is set but {CHROMIUM} is missing: run scripts/ensure-chromium")
@@ -93,7 +97,7 @@ GAPS = r"""() => [...document.querySelectorAll('tr')].map(tr => {
 })"""
 
 
-async def _rendered_gaps(browser, ui_url: str, markdown: str) -> list[list[float]]:
+async def _rendered_gaps(browser: Browser, ui_url: str, markdown: str) -> list[list[float]]:
     page = await browser.new_page()
     try:
         await page.goto(f"{ui_url}/render?content={urllib.parse.quote(markdown)}&theme=light")
@@ -107,7 +111,7 @@ async def _rendered_gaps(browser, ui_url: str, markdown: str) -> list[list[float
         await page.close()
 
 
-async def test_the_ui_shows_the_details_table_with_its_columns_apart(browser, ui_url: str) -> None:
+async def test_the_ui_shows_the_details_table_with_its_columns_apart(browser: Browser, ui_url: str) -> None:
     lines = details.table(["system", "state", "attempts", "note"], ROWS, right=[2])
     gaps = await _rendered_gaps(browser, ui_url, "\n".join(["**access** · stage `processing`", "", *lines]))
     assert len(gaps) == 3 and all(len(row) == 3 for row in gaps), gaps  # header and two rows, four cells each

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -27,7 +28,8 @@ async def status(handle: WorkflowHandle) -> RequestStatus:
     return await handle.query(DataSubjectRequest.status)
 
 
-async def until(handle: WorkflowHandle, check, what: str, seconds: float = 20) -> RequestStatus:
+async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], object], what: str, seconds: float = 20,
+                ) -> RequestStatus:
     """Poll the status (real time, no time skipping) until ``check`` holds."""
     last: RequestStatus | None = None
     for _ in range(int(seconds * 10)):

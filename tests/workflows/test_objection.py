@@ -4,7 +4,7 @@ decided by an operator."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -74,7 +74,8 @@ async def status(handle: WorkflowHandle) -> RequestStatus:
     return await handle.query(DataSubjectRequest.status)
 
 
-async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatus:
+async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], object], tries: int = 150,
+                ) -> RequestStatus:
     for _ in range(tries):
         try:
             current = await status(handle)

@@ -47,10 +47,9 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
         yield env
 
 
-def chat_tool(**overrides) -> OutsideSystem:
-    return OutsideSystem(**{"name": "chat-tool", "type": "processor", "contact": PROCESSOR,
-                            "language": Language.EN, "answer_within_days": 10, "reminder_days": (3, 1),
-                            "label": "Chat Tool", **overrides})
+def chat_tool(*, language: Language = Language.EN) -> OutsideSystem:
+    return OutsideSystem(name="chat-tool", type="processor", contact=PROCESSOR, language=language,
+                         answer_within_days=10, reminder_days=(3, 1), label="Chat Tool")
 
 
 def backups() -> OutsideSystem:
@@ -70,8 +69,10 @@ async def mail_to(engine: Engine, address: str, count: int) -> list:
     return engine.mail.to(address)
 
 
-def answer(status: AnswerStatus, **fields) -> OutsideAnswer:
-    return OutsideAnswer(status=status, answered_by="processor", answered_at=datetime.now(UTC), **fields)
+def answer(status: AnswerStatus, *, legal_basis: str = "", kept_until: date | None = None, reason: str = "",
+           ) -> OutsideAnswer:
+    return OutsideAnswer(status=status, answered_by="processor", answered_at=datetime.now(UTC),
+                         legal_basis=legal_basis, kept_until=kept_until, reason=reason)
 
 
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm"), chat_tool()]])

@@ -5,7 +5,7 @@ answer recorded in the ledger and handed to the waiting task. Bad token, expired
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from tests.workflows.test_request import submit
 
 pytestmark = pytest.mark.browser
 
-from playwright.async_api import Browser, expect  # noqa: E402
+from playwright.async_api import Browser, BrowserContext, Page, expect  # noqa: E402
 
 
 @pytest_asyncio.fixture
@@ -96,8 +96,8 @@ async def asked_link(engine: Engine, pages: AnswerPages, count: int = 1) -> str:
     return f"{pages.url}/answer/{token.group(1)}"
 
 
-def opened(chromium: Browser, lang: str) -> Callable:
-    async def page():
+def opened(chromium: Browser, lang: str) -> Callable[[], Awaitable[tuple[BrowserContext, Page]]]:
+    async def page() -> tuple[BrowserContext, Page]:
         context = await chromium.new_context(java_script_enabled=False, locale=LOCALES[lang])
         return context, await context.new_page()
     return page

@@ -5,7 +5,7 @@ sender's); a refused quality ends with the 12(4) remedies; directives recorded w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -86,7 +86,8 @@ async def status(handle: WorkflowHandle) -> RequestStatus:
     return await handle.query(DataSubjectRequest.status)
 
 
-async def until(handle: WorkflowHandle, check, tries: int = 150) -> RequestStatus:
+async def until(handle: WorkflowHandle, check: Callable[[RequestStatus], object], tries: int = 150,
+                ) -> RequestStatus:
     for _ in range(tries):
         try:
             current = await status(handle)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.service import RPCError
 
@@ -43,6 +44,12 @@ DEMO_PROFILE = (Path(__file__).resolve().parents[2] / "sandbox" / "demo_profile.
 EMAIL = "late.reader@example.org"
 
 
+def _data(envelope: Envelope) -> bytes:
+    """The message as received: the Controller's default (decode_data=False) keeps it as bytes."""
+    assert isinstance(envelope.content, bytes)
+    return envelope.content
+
+
 class HoldsTheFirstReply:
     """Takes every email, except the subject's second one (the reply; the first is the acknowledgement): that
     one it holds unanswered, as a slow relay would, so the worker can be killed in the middle of sending it."""
@@ -52,14 +59,14 @@ class HoldsTheFirstReply:
         self.holding = threading.Event()
         self._to_subject = 0
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if EMAIL in envelope.rcpt_tos:
             self._to_subject += 1
             if self._to_subject == 2:
                 self.holding.set()
                 await asyncio.sleep(60)  # the sender dies meanwhile: this message was never accepted
                 return "451 too late"
-        self.delivered.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        self.delivered.append(email.message_from_bytes(_data(envelope), policy=email.policy.default))
         return "250 OK"
 
 
@@ -187,8 +194,8 @@ class KillsOnAcceptance:
         self.killed_at = 0.0
         self._to_subject = 0
 
-    async def handle_DATA(self, server, session, envelope):
-        self.delivered.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.delivered.append(email.message_from_bytes(_data(envelope), policy=email.policy.default))
         if EMAIL in envelope.rcpt_tos:
             self._to_subject += 1
             if self._to_subject == 2 and self.kill is not None:

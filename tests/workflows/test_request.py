@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, timedelta
+from email.message import EmailMessage
 
 import pytest
 import pytest_asyncio
@@ -86,7 +87,7 @@ def templates_sent(engine: Engine, request: RequestInput) -> list[str]:
     return [e.details["template"] for e in engine.ledger.events(request.request_id) if e.event == "notice_sent"]
 
 
-def readable(message) -> str:
+def readable(message: EmailMessage) -> str:
     """Headers and the decoded text and HTML parts: a raw quoted-printable body may split an address."""
     parts = [message.get_body((kind,)) for kind in ("plain", "html")]
     return "\n".join([str(message["Subject"]), str(message["To"]),

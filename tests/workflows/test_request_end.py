@@ -4,7 +4,7 @@ aftercare), and a cancellation from the Temporal UI is caught: taken as a withdr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
@@ -42,7 +42,7 @@ async def details(handle: WorkflowHandle) -> str:
     return metadata.current_details
 
 
-async def until(check, what: str, *, tries: int = 100) -> None:
+async def until(check: Callable[[], object], what: str, *, tries: int = 100) -> None:
     for _ in range(tries):
         if check():
             return

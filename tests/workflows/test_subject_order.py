@@ -12,7 +12,7 @@ import base64
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -142,7 +142,7 @@ async def status(handle: WorkflowHandle) -> RequestStatus:
     return await handle.query(DataSubjectRequest.status)
 
 
-async def eventually(check, what: str, *, tries: int = 200) -> None:
+async def eventually(check: Callable[[], Awaitable[object]], what: str, *, tries: int = 200) -> None:
     """Poll in real time (no time is skipped while the test does not wait on a result)."""
     for _ in range(tries):
         try:
