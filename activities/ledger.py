@@ -46,7 +46,9 @@ class LedgerActivities:
         created = self._ledger.record_request(record, now=now)
         self._ledger.append_event(
             AuditEvent(request_id=record.request_id, event="received", stage=Stage.RECEIVED,
-                       details={"channel": Channel(record.channel).value}),
+                       details={"channel": Channel(record.channel).value,
+                                **({"scope": record.scope} if record.scope else {}),
+                                **({"documents": str(record.documents)} if record.documents else {})}),
             key=f"{_idempotency_key()}/received", at=now)
         return created
 

@@ -1,7 +1,9 @@
 """Benchmark: the register (`dsr list`) and the statistics report (`dsr report`) of N requests.
 
 Fills a ledger with N requests of a simulated year (tests/dsr/simulated_register.py: receipt, extension, refusal
-and closing events, about four per request) in one transaction, then prints the time of:
+and closing events, about four per request) in one transaction, a share of them (``--post-mortem``, 2 % by
+default) made requests about a deceased person (their aim on ``received``, directives found for half of them),
+then prints the time of:
 - reading the register (two queries), without and with the subjects decrypted;
 - computing the statistics;
 - rendering the HTML report with its charts;
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select, update  # noqa: E402
 from sqlmodel import Session, col  # noqa: E402
 
-from dsr.domain.model import Language  # noqa: E402
+from dsr.domain.model import Language, RequestKind  # noqa: E402
 from dsr.dpo.register import RegisterFilter, compute_statistics, read_register  # noqa: E402
 from dsr.dpo.report import render_html  # noqa: E402
 from dsr.store.crypto import KeyRing  # noqa: E402
@@ -44,9 +47,12 @@ YEAR = 2025
 T = TypeVar("T")
 
 
-def bulk_fill(ledger: Ledger, keyring: KeyRing, n: int) -> None:
+def bulk_fill(ledger: Ledger, keyring: KeyRing, n: int, post_mortem: float = 0.0) -> None:
     """The rows and events the engine would write, in one transaction (the engine writes them one by one)."""
     plans = plan_year(n, YEAR, as_of=date(YEAR + 1, 2, 15))
+    every = round(1 / post_mortem) if post_mortem > 0 else 0
+    plans = [replace(p, kind=RequestKind.POST_MORTEM) if every and i % every == 0 else p
+             for i, p in enumerate(plans)]
     with Session(ledger.engine) as session, session.begin():
         for i, p in enumerate(plans):
             received = p.received_at.astimezone(UTC)
@@ -60,8 +66,13 @@ def bulk_fill(ledger: Ledger, keyring: KeyRing, n: int) -> None:
                 subject_index=keyring.blind_index(email, purpose=EMAIL_PURPOSE), created_at=received,
                 updated_at=received))
         session.flush()
-        for p in plans:
+        for i, p in enumerate(plans):
             events: list[tuple[str, datetime, str]] = [("received", p.received_at, "{}")]
+            if p.kind == RequestKind.POST_MORTEM:
+                events = [("received", p.received_at, '{"scope": "%s"}' % ("estate" if i % 3 else "closure"))]
+                if i % 2:
+                    events.append(("directives_found", p.received_at + timedelta(minutes=1),
+                                   '{"instruction": "erase", "designates": "false", "sender_designated": "false"}'))
             if p.extended:
                 events.append(("extended", p.received_at + timedelta(days=3), "{}"))
             if p.ground and p.closed_at:  # a refusal is a closure
@@ -83,6 +94,8 @@ def timed(what: str, fn: Callable[[], T]) -> T:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--post-mortem", type=float, default=0.02,
+                        help="the share of requests about a deceased person (0 for none)")
     parser.add_argument("--database", default="", help="a SQLAlchemy URL (default: SQLite in a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dsr-bench-register-") as folder:
@@ -91,7 +104,8 @@ def main() -> None:
         url = args.database or f"sqlite:///{home / 'ledger.sqlite3'}"
         ledger = Ledger(url, keyring)
         try:
-            timed(f"fill {args.requests} requests (one transaction)", lambda: bulk_fill(ledger, keyring, args.requests))
+            timed(f"fill {args.requests} requests (one transaction)", lambda: bulk_fill(ledger, keyring, args.requests,
+                                                                                    args.post_mortem))
             today = date(YEAR + 1, 2, 15)
             entries = timed("read the register", lambda: read_register(ledger, timezone=TIMEZONE, today=today))
             timed("read the register with the subjects",

@@ -223,6 +223,9 @@ def build_intake_app(
             controller_name=company,
             rectifiable=_rectifiable(settings),
             consent_purposes=lambda: _consent_purposes(settings),
+            # A request about a deceased person may come with its documents, sealed like the mailbox's.
+            attachments=AttachmentStore(exports.objects, keyring),
+            timezone=settings.policy.timezone,
         ),
         outside_answers_router(keyring, ledger, exports, client, default_language=language,
                                public_path=public_path),

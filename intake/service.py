@@ -332,6 +332,7 @@ class IntakeService:
                     received_at=request.received_at,
                     in_reply_to=request.in_reply_to,
                     ticket=request.ticket,
+                    documents=request.documents,  # the form moves them under this request once attached
                 ),
             )
         except WorkflowUpdateFailedError:

@@ -86,6 +86,7 @@ class Submission:
     customer_id: str = ""
     phone: str = ""
     purposes: list[str] = field(default_factory=list)  # consent_withdrawal: profile keys; "all" or none: every one
+    documents: int = 0  # post_mortem: files sent with the form, already stored under ``request_id``
 
 
 def consent_purposes(settings: Settings, asked: list[str], *, marketing_only: bool = False) -> list[ConsentPurpose]:
@@ -233,6 +234,8 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
     policy: RequestPolicy = settings.policy
     if submission.trusted:
         policy = replace(policy, identity=IdentityMethod.TRUSTED)
+    if not 0 <= submission.documents <= 5:
+        raise SubmissionError("documents: at most 5 files come with a request")
     if submission.request_id is not None and not _REQUEST_ID.fullmatch(submission.request_id):
         raise SubmissionError("request id must look like dsr-2026-11-7KQ3FJ")
     if submission.ticket is not None and not _TICKET.fullmatch(submission.ticket):
@@ -260,6 +263,7 @@ def prepare(submission: Submission, settings: Settings, *, now: datetime | None 
         deceased=deceased,
         quality=quality,
         ground=ground,
+        documents=submission.documents if kind == RequestKind.POST_MORTEM else 0,
     )
 
 

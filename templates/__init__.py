@@ -54,12 +54,15 @@ CONTEXT_KEYS = frozenset({
     "suspended", "suspended_on", "resumed_on", "document_reason", "status_url", "by_staff", "refused", "page", "wrong",
     "consent_url",
     "lift_on", "lift_why",
+    "documents",  # post_mortem: how many files came with the form (a count)
+    "source",  # operator_correspondence: "form" when the files came with the web form
 })
 """Every key a template may use; other keys are ignored."""
 
 OPERATOR_KEYS = frozenset({
     "reference", "kind", "received", "deadline", "label", "days_left", "stage", "ui_url", "connector", "error",
     "residuals", "reminder", "attachments", "sender_check", "failing_minutes", "refused", "page", "wrong",
+    "source",
 })
 """The only keys operator notices receive: nothing that names or reaches the data subject."""
 

@@ -32,6 +32,8 @@ def duplicate_details(duplicate: DuplicateAttached) -> dict[str, str]:
     details = {"channel": duplicate.channel.value, "received_at": instant(duplicate.received_at)}
     if duplicate.ticket:  # a desk's ticket number ("zendesk:4521"): no personal data
         details["ticket"] = duplicate.ticket
+    if duplicate.documents:  # how many files came with it (the status page counts them)
+        details["documents"] = str(duplicate.documents)
     return details
 
 

@@ -79,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
         UpdateResult,
         Withdrawal,
         confirmation_refused,
+        post_mortem_aim,
         subject_queue_id,
     )
     from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
@@ -180,6 +181,7 @@ class DataSubjectRequest:
         self._clock_suspended = (
             policy.clock == ClockPolicy.SUSPEND_DURING_IDENTITY and not self._identity_confirmed
             and policy.identity == IdentityMethod.DOCUMENT and bool(policy.document_reason)
+            and not request.documents  # what would be asked came with the request: nothing to wait for
         )
         self._refusal: Refusal | None = None
         self._withdrawal: Withdrawal | None = None
@@ -261,6 +263,9 @@ class DataSubjectRequest:
                 received_at=request.received_at,
                 deadline=self._deadline.due,
                 language=request.language,
+                # The register counts post_mortem requests by case: the sender's aim is one of its two sources.
+                scope=aim.value if (aim := post_mortem_aim(request.kind, request.scope)) else "",
+                documents=request.documents,
             ),
             **summarised(LEDGER, "ledger: request recorded"),
         )
@@ -328,17 +333,26 @@ class DataSubjectRequest:
             NoticeTemplate.IDENTITY_REQUEST, identity=identity,
             days=str(max(1, limit // timedelta(days=1))), document_reason=policy.document_reason,
             suspended="yes" if self._clock_suspended else "",
+            **({"documents": str(self._request.documents)} if self._request.documents else {}),
         )
+        if self._request.documents:  # the form's documents are there to review: the operator is told now
+            await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE,
+                                        attachments=str(self._request.documents), source="form")
 
         def settled() -> bool:
             return self._identity_confirmed or self._ending()
 
         started = workflow.now()
         if not await self._wait(settled, reminder_after, "identity reminder"):
-            await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=identity)
-            await self._audit("identity_reminder_sent")
+            if not self._request.documents:  # documents came with the form: nothing to remind the sender of
+                await self._notify_subject(NoticeTemplate.IDENTITY_REMINDER, identity=identity)
+                await self._audit("identity_reminder_sent")
             remaining = limit - reminder_after
-            if not await self._wait(settled, remaining, "identity timeout"):
+            if self._request.documents:
+                # The sender sent what was asked with the form: the wait is now on our review, never theirs to
+                # lose (the deadline's own reminders and escalation follow the request meanwhile).
+                await workflow.wait_condition(settled)
+            elif not await self._wait(settled, remaining, "identity timeout"):
                 self._outcome = Outcome.UNVERIFIED
                 self._identity_waited_days = max(1, round((workflow.now() - started) / timedelta(days=1)))
                 return False
@@ -1049,6 +1063,16 @@ class DataSubjectRequest:
         """A second submission of the same request: recorded and acknowledged, never a second workflow."""
         await self._audit("duplicate_attached", actor="subject", details=duplicate_details(duplicate),
                           note=message_note(duplicate.in_reply_to))
+        if duplicate.documents > 0:
+            # Files that came with it (the form's documents) are filed under this request: deleted with its others.
+            self._correspondence_files = True
+            self._letters.append(f"{duplicate.received_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, "
+                                 f"{duplicate.documents} file(s) sent with the form")
+            self._update_details()
+            if not self._identity_confirmed:
+                await self._resume_clock()  # what was asked came: the suspension ends on receipt
+            await self._notify_operator(NoticeTemplate.OPERATOR_CORRESPONDENCE,
+                                        attachments=str(duplicate.documents), source="form")
         context = self._notice_context()
         if name := self._greeting_name():
             context["subject_name"] = name
@@ -1459,6 +1483,9 @@ class DataSubjectRequest:
         if self._mail_pending:
             lines += ["", f"**mail not delivered yet** (retried until the SMTP server takes it): "
                           f"{', '.join(self._mail_pending)}"]
+        if self._request.documents and not self._identity_confirmed:
+            lines += ["", f"**{self._request.documents} document(s) sent with the form** to review "
+                          "(`dsr attachments list`), then `dsr confirm-quality ID` or `dsr refuse ID --ground quality`"]
         if self._letters:
             lines += ["", "**the subject wrote** (files: `dsr attachments list`; sender as our mail server "
                           "checked it):", *(f"- {line}" for line in self._letters)]
@@ -1568,6 +1595,8 @@ class DataSubjectRequest:
         elif consent.is_consent_withdrawal(self):
             identity = "consent"  # none either, and said with its own reason (Art. 7(3))
         context = {"identity": identity}
+        if self._request.documents:  # post_mortem: the documents came with the form, nothing more is asked
+            context["documents"] = str(self._request.documents)
         if workflow.now() >= self._deadline.overdue_at:
             context["late"] = "yes"
         return context

@@ -1,4 +1,4 @@
-"""`dsr attachments`: files that came with email requests (ID documents)."""
+"""`dsr attachments`: files that came with requests (ID documents by email, documents of the web form)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from dsr.cli.common import (
     check_reference,
     emit_json,
     fail,
+    open_ledger,
     plain,
 )
 
-app = typer.Typer(help="Files that came with email requests (ID documents).", no_args_is_help=True)
+app = typer.Typer(help="Files that came with requests (ID documents, documents of the web form).", no_args_is_help=True)
 
 
 def _attachments() -> AttachmentStore:
@@ -77,3 +78,30 @@ def attachments_get(
         out.write(data)
     typer.echo(f"{output}: {len(data)} bytes (delete it once reviewed)")
 
+
+
+@app.command("delete-orphans")
+def attachments_delete_orphans(request_id: RequestId) -> None:
+    """Delete the documents filed under a reference the ledger has no request for: those the web form kept when the
+    engine could not say whether the request had started (its log names the reference), once it is known that it did
+    not. A request's own documents are never deleted here: its workflow deletes them once reviewed or closed."""
+    from dsr.config.settings import ConfigError
+    from dsr.store import StorageError
+    from dsr.store.crypto import KeyRingError
+
+    try:
+        check_reference(request_id)
+    except UserError as err:
+        fail(str(err))
+    _, ledger = open_ledger()
+    try:
+        known = ledger.has_request(request_id)
+    finally:
+        ledger.close()
+    if known:
+        fail(f"{request_id} is a request: its documents are deleted by the request itself (once reviewed, or closed)")
+    try:
+        deleted = _attachments().delete_all(request_id)
+    except (ConfigError, KeyRingError, ValueError, StorageError) as err:
+        fail(str(err))
+    typer.echo(f"{request_id}: {deleted} orphan document(s) deleted")

@@ -130,12 +130,14 @@ def report(
     as_json: JsonOption = False,
 ) -> None:
     """Statistics of the register: counts per kind, channel, outcome and month, time to answer, share on time,
-    extensions, refusals and their grounds."""
+    extensions, refusals and their grounds; requests about a deceased person per case, and the directives in force
+    (art. 85 loi 78-17)."""
     from zoneinfo import ZoneInfo
 
     from dsr.config.profile import ProfileError, load_profile
-    from dsr.dpo.register import compute_statistics, read_register
+    from dsr.dpo.register import DirectiveCounts, compute_statistics, read_register
     from dsr.dpo.report import render_html, statistics_json, summary_lines, year_period
+    from dsr.store.directives import DirectivesRegister
 
     first, last = parse_period(since, until)
     if year is not None and (first is not None or last is not None):
@@ -159,9 +161,11 @@ def report(
     assert first is not None and last is not None
     try:
         entries = read_register(ledger, timezone=settings.policy.timezone, today=today)
+        in_force, applied = DirectivesRegister(ledger).counts()
     finally:
         ledger.close()
-    stats = compute_statistics(entries, since=first, until=last, as_of=today)
+    stats = compute_statistics(entries, since=first, until=last, as_of=today,
+                               directives=DirectiveCounts(in_force=in_force, applied=applied))
     if html is not None:
         controller = settings.controller_name
         if not controller:

@@ -306,6 +306,7 @@ class RequestInput:
     # payload only); ``quality`` is what the sender says they are (a Quality value), confirmed by an operator.
     deceased: Subject | None = None
     quality: str = ""
+    documents: int = 0  # post_mortem: files sent with the web form, stored under the request (no personal data)
     ground: str = ""  # restriction: a RestrictionGround value ("" for other kinds)
 
 
@@ -543,6 +544,7 @@ class DuplicateAttached:
     received_at: datetime
     in_reply_to: str | None = None  # the new email's Message-ID: the notice answers in its thread
     ticket: str | None = None
+    documents: int = 0  # files sent with the new submission (the form's), moved under this request
 
 
 @dataclass
@@ -802,6 +804,8 @@ class RequestRecordInput:
     received_at: datetime
     deadline: date
     language: Language
+    scope: str = ""  # post_mortem: the sender's aim (a PostMortemAim value), kept on ``received`` for the register
+    documents: int = 0  # files that came with the submission (the web form's documents), kept on ``received``
 
 
 @dataclass

@@ -18,7 +18,13 @@ Definitions (the README says the same):
   suspend_during_identity``: the deadline moves when the subject answers, ``clock_resumed``) and stood still before
   the deadline passed; a request closed while its period stood still, stopped in time, is on time;
 * *answered* requests are the closed ones except those the subject withdrew: the share on time, the median
-  and the 90th percentile of days are computed over them (a withdrawal calls for no answer).
+  and the 90th percentile of days are computed over them (a withdrawal calls for no answer);
+* the *case* of a request about a deceased person (``post_mortem``, art. 85 loi 78-17) is what it does with the
+  deceased person's data: the instruction of the directives found in the ledger (``directives_found``: erase,
+  keep, hand_over; 85-I), else the sender's aim recorded on receipt (``received``: ``scope``; 85-II: closure is
+  ``erase``, the accounts closed and the data erased, estate is ``estate``); a request of an engine that recorded
+  neither is ``erase``, the default aim. Only post_mortem requests' ``received`` and ``directives_found`` events
+  are read for it.
 
 Nothing here decrypts the subject unless asked (``with_subject``: the DPO's register, never a default).
 """
@@ -36,16 +42,41 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlmodel import Session, col
 
-from dsr.domain.model import Language, Outcome, RefusalGround, RequestKind, Stage, Subject
+from dsr.domain.model import (
+    DirectiveInstruction,
+    Language,
+    Outcome,
+    PostMortemAim,
+    RefusalGround,
+    RequestKind,
+    Stage,
+    Subject,
+)
 from dsr.store.ledger import EventRow, Ledger, RequestRow
 
 REGISTER_EVENTS = ("closed", "refused", "clock_suspended", "identity_doubt", "clock_resumed")
 """The only events the register reads: when a request closed, on what ground it was refused, and when its period
 stood still (décret 2019-536: from a document policy's identity request or a reasonable doubt, to the subject's
 answer)."""
+
+POST_MORTEM_EVENTS = ("received", "directives_found")
+"""Read for post_mortem requests only: the sender's aim (``scope``) and the directives' instruction, their case."""
+
+CASES = ("erase", "keep", "hand_over", "estate")
+"""What a post_mortem request does with the deceased person's data: erased (the directives, or the heirs' closure of
+the accounts), kept (the directives), handed over to the person they designated, or the estate's information sent
+to the heirs (85-II 1°)."""
+
+
+def post_mortem_case(instruction: str | None, scope: str | None) -> str:
+    """The case of a post_mortem request: the directives' instruction when some were found, else the sender's aim."""
+    if instruction in {i.value for i in DirectiveInstruction}:
+        return str(instruction)
+    return "estate" if scope == PostMortemAim.ESTATE.value else "erase"
+
 
 ANSWERED_BUT = frozenset({Outcome.WITHDRAWN.value, Outcome.TERMINATED.value})
 """Closed requests that were not answered: the subject withdrew (no answer was due), or the workflow was terminated
@@ -89,6 +120,7 @@ class RegisterEntry:
     on_time: bool | None  # None while open
     overdue: bool  # open and past its deadline
     suspended_since: date | None = None  # open, or closed, while its period stands still: since that day
+    case: str | None = None  # post_mortem only: one of CASES
     email: str | None = None
     name: str | None = None
 
@@ -127,9 +159,15 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
              "updated_at")
     columns = [col(getattr(RequestRow, name)) for name in names]
     wanted = select(col(RequestRow.request_id)).where(*conditions)
+    post_mortem = select(col(RequestRow.request_id)).where(
+        *conditions, col(RequestRow.kind) == RequestKind.POST_MORTEM.value)
     events = (
         select(col(EventRow.request_id), col(EventRow.event), col(EventRow.at), col(EventRow.details))
-        .where(col(EventRow.event).in_(REGISTER_EVENTS), col(EventRow.request_id).in_(wanted))
+        .where(or_(
+            and_(col(EventRow.event).in_(REGISTER_EVENTS), col(EventRow.request_id).in_(wanted)),
+            # A post_mortem request's case: its aim on receipt, its directives' instruction (a few rows a year).
+            and_(col(EventRow.event).in_(POST_MORTEM_EVENTS), col(EventRow.request_id).in_(post_mortem)),
+        ))
         .order_by(col(EventRow.at), col(EventRow.id))
     )
     ordering = (col(RequestRow.received_at), col(RequestRow.request_id))
@@ -147,6 +185,8 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
     closed_at: dict[str, datetime] = {}
     grounds: dict[str, str] = {}
     suspended: dict[str, datetime] = {}  # the request's period stands still since then
+    scopes: dict[str, str] = {}  # post_mortem: the sender's aim
+    instructions: dict[str, str] = {}  # post_mortem: the directives' instruction
     entries: list[RegisterEntry] = []
     with ledger.reading() as session:
         for request_id, event, at, details in session.execute(events):
@@ -160,6 +200,10 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
             elif event == "refused":
                 # Refusals recorded before grounds existed were all Art. 12(5) (manifestly unfounded or excessive).
                 grounds[request_id] = json.loads(details).get("ground") or RefusalGround.EXCESSIVE.value
+            elif event == "received":
+                scopes[request_id] = json.loads(details).get("scope", "")
+            elif event == "directives_found":
+                instructions[request_id] = json.loads(details).get("instruction", "")
         for subject, values in request_values(session):
             request_id, kind, channel, language, received_at, deadline, extended, stage, outcome, updated = values
             received = _local(received_at, zone)
@@ -179,6 +223,8 @@ def read_register(ledger: Ledger, *, timezone: str, today: date, filters: Regist
                 on_time=(closed <= deadline or stopped_in_time) if closed is not None else None,
                 overdue=closed is None and today > deadline and not stopped_in_time,
                 suspended_since=stood_still,
+                case=post_mortem_case(instructions.get(request_id), scopes.get(request_id))
+                if kind == RequestKind.POST_MORTEM.value else None,
                 email=subject.email if subject else None,
                 name=subject.name if subject else None,
             ))
@@ -234,6 +280,25 @@ class Statistics:
     months: list[MonthStatistics]
     days_taken: list[int] = field(repr=False)  # per answered request (the distribution's chart), sorted
     days_taken_late: list[int] = field(repr=False)  # those of the late ones, sorted
+    by_case: dict[str, int] = field(default_factory=dict)  # post_mortem requests per case (CASES)
+    directives: DirectiveCounts | None = None  # the directives table now (not of the period); None: not read
+
+
+@dataclass(frozen=True)
+class DirectiveCounts:
+    """Directives on the fate of data after death (85-I) in force on the day of the report (recorded, not revoked),
+    per instruction, and how many of them a post_mortem request applied."""
+
+    in_force: dict[str, int]
+    applied: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.in_force.values())
+
+    @property
+    def total_applied(self) -> int:
+        return sum(self.applied.values())
 
 
 def percentile(values: Sequence[int], share: float) -> int:
@@ -252,8 +317,10 @@ def months_between(since: date, until: date) -> list[str]:
     return months
 
 
-def compute_statistics(entries: Iterable[RegisterEntry], *, since: date, until: date, as_of: date) -> Statistics:
-    """Statistics of the requests received from ``since`` to ``until`` (both included) among ``entries``."""
+def compute_statistics(entries: Iterable[RegisterEntry], *, since: date, until: date, as_of: date,
+                       directives: DirectiveCounts | None = None) -> Statistics:
+    """Statistics of the requests received from ``since`` to ``until`` (both included) among ``entries``;
+    ``directives``, the directives table's counts, are passed through."""
     chosen = [e for e in entries if since <= e.received <= until]
     answered = [e for e in chosen if e.answered]
     days = sorted(e.days_taken for e in answered if e.days_taken is not None)
@@ -290,6 +357,9 @@ def compute_statistics(entries: Iterable[RegisterEntry], *, since: date, until: 
         months=months,
         days_taken=days,
         days_taken_late=sorted(e.days_taken for e in late if e.days_taken is not None),
+        by_case=_ordered(Counter(e.case for e in chosen if e.kind == RequestKind.POST_MORTEM.value and e.case),
+                         list(CASES)),
+        directives=directives,
     )
 
 
@@ -323,6 +393,8 @@ LABELS: dict[Language, dict[str, str]] = {
         "erasure_exception": "exception à l'effacement (art. 17.3)",
         "legal_restriction": "limitation légale (art. 23)",
         "quality": "qualité pour agir non établie (art. 85 LIL)",
+        "erase": "effacer", "keep": "conserver", "hand_over": "communiquer à la personne désignée",
+        "estate": "informations utiles à la succession",
         "yes": "oui", "no": "non",
     },
     Language.EN: {
@@ -344,6 +416,8 @@ LABELS: dict[Language, dict[str, str]] = {
         "erasure_exception": "erasure exception (Art. 17(3))",
         "legal_restriction": "legal restriction (Art. 23)",
         "quality": "standing to act not established (Art. 85 LIL)",
+        "erase": "erase", "keep": "keep", "hand_over": "hand over to the designated person",
+        "estate": "information for the estate",
         "yes": "yes", "no": "no",
     },
 }
@@ -356,20 +430,21 @@ def label(value: str | None, language: Language) -> str:
     return LABELS[Language(language)].get(value, value)
 
 
-COLUMNS = ("reference", "kind", "channel", "received", "deadline", "extended", "suspended_since", "stage", "outcome",
-           "refusal_ground", "closed_on", "days_taken", "on_time", "overdue")
+COLUMNS = ("reference", "kind", "case", "channel", "received", "deadline", "extended", "suspended_since", "stage",
+           "outcome", "refusal_ground", "closed_on", "days_taken", "on_time", "overdue")
 SUBJECT_COLUMNS = ("email", "name")
 
 HEADERS: dict[Language, dict[str, str]] = {
     Language.FR: {
-        "reference": "référence", "kind": "type", "channel": "canal", "received": "reçue le",
+        "reference": "référence", "kind": "type", "case": "cas (art. 85)", "channel": "canal", "received": "reçue le",
         "deadline": "échéance", "extended": "prolongée", "suspended_since": "délai suspendu depuis",
         "stage": "étape", "outcome": "issue",
         "refusal_ground": "motif du refus", "closed_on": "close le", "days_taken": "jours",
         "on_time": "dans les délais", "overdue": "en retard", "email": "e-mail", "name": "nom",
     },
     Language.EN: {
-        "reference": "reference", "kind": "kind", "channel": "channel", "received": "received",
+        "reference": "reference", "kind": "kind", "case": "case (Art. 85)", "channel": "channel",
+        "received": "received",
         "deadline": "deadline", "extended": "extended", "suspended_since": "clock stopped since",
         "stage": "stage", "outcome": "outcome",
         "refusal_ground": "refusal ground", "closed_on": "closed on", "days_taken": "days taken",
@@ -386,7 +461,8 @@ def entry_cells(entry: RegisterEntry, language: Language, *, with_subject: bool 
         return "" if value is None else label("yes" if value else "no", language)
 
     cells = [
-        entry.reference, label(entry.kind, language), label(entry.channel, language), entry.received.isoformat(),
+        entry.reference, label(entry.kind, language), label(entry.case, language), label(entry.channel, language),
+        entry.received.isoformat(),
         entry.deadline.isoformat(), flag(entry.extended),
         entry.suspended_since.isoformat() if entry.suspended_since else "", label(entry.stage, language),
         label(entry.outcome, language), label(entry.refusal_ground, language),
@@ -402,7 +478,8 @@ def entry_cells(entry: RegisterEntry, language: Language, *, with_subject: bool 
 def entry_json(entry: RegisterEntry, *, with_subject: bool = False) -> dict[str, object]:
     """One register line with codes, for scripts."""
     out: dict[str, object] = {
-        "reference": entry.reference, "kind": entry.kind, "channel": entry.channel, "language": entry.language,
+        "reference": entry.reference, "kind": entry.kind, "case": entry.case, "channel": entry.channel,
+        "language": entry.language,
         "received": entry.received.isoformat(), "deadline": entry.deadline.isoformat(),
         "extended": entry.extended,
         "suspended_since": entry.suspended_since.isoformat() if entry.suspended_since else None,

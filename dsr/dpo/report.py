@@ -66,6 +66,15 @@ WORDS: dict[Language, dict[str, str]] = {
         "one_month": "1 mois", "three_months": "3 mois (prolongé)",
         "by_kind": "Par type de demande", "by_channel": "Par canal", "by_outcome": "Par issue",
         "refusals": "Refus et leurs motifs", "no_refusals": "Aucun refus sur la période.",
+        "post_mortem": "Personnes décédées (art. 85 de la loi Informatique et Libertés)",
+        "by_case": "Demandes relatives à une personne décédée, par cas",
+        "case": "Cas", "no_post_mortem": "Aucune demande relative à une personne décédée sur la période.",
+        "directives": "Directives en vigueur (enregistrées, non révoquées) à ce jour",
+        "instruction": "Instruction", "in_force": "En vigueur", "applied": "Appliquées",
+        "case_note": "Le cas est l'instruction des directives de la personne décédée lorsqu'elle en avait laissé "
+                     "(art. 85-I), sinon ce que demande l'héritier (art. 85-II) : la clôture des comptes (effacer) "
+                     "ou les informations utiles à la succession. Les directives sont comptées au jour du rapport, "
+                     "quelle que soit la période.",
         "kind": "Type", "channel": "Canal", "outcome": "Issue", "ground": "Motif", "count": "Nombre",
         "definitions": "Comment les chiffres sont établis",
         "definitions_text": "Une demande compte dans la période de sa réception. Les dates sont celles du "
@@ -101,6 +110,15 @@ WORDS: dict[Language, dict[str, str]] = {
         "one_month": "1 month", "three_months": "3 months (extended)",
         "by_kind": "By kind of request", "by_channel": "By channel", "by_outcome": "By outcome",
         "refusals": "Refusals and their grounds", "no_refusals": "No refusal in the period.",
+        "post_mortem": "Deceased persons (Art. 85 of the French loi Informatique et Libertés)",
+        "by_case": "Requests about a deceased person, by case",
+        "case": "Case", "no_post_mortem": "No request about a deceased person in the period.",
+        "directives": "Directives in force (recorded, not revoked) today",
+        "instruction": "Instruction", "in_force": "In force", "applied": "Applied",
+        "case_note": "The case is the instruction of the deceased person's directives when they left some "
+                     "(Art. 85-I), else what the heir asks (Art. 85-II): the accounts closed (erase) or the "
+                     "information useful to the estate. Directives are counted on the day of the report, "
+                     "whatever the period.",
         "kind": "Kind", "channel": "Channel", "outcome": "Outcome", "ground": "Ground", "count": "Count",
         "definitions": "How the figures are counted",
         "definitions_text": "A request counts in the period it was received in. Dates are in the {tz} time "
@@ -271,6 +289,9 @@ def render_html(stats: Statistics, language: Language, *, timezone: str, generat
         by_channel=[(label(k, language), n) for k, n in stats.by_channel.items()],
         by_outcome=[(label(k, language), n) for k, n in stats.by_outcome.items()],
         refusals=[(label(k, language), n) for k, n in stats.refusals.items() if n],
+        by_case=[(label(k, language), n) for k, n in stats.by_case.items()] if sum(stats.by_case.values()) else [],
+        directives=[(label(k, language), n, stats.directives.applied.get(k, 0))
+                    for k, n in stats.directives.in_force.items()] if stats.directives else [],
         chart_months=chart_per_month(stats, language) if stats.received else None,
         chart_days=chart_days(stats, language) if stats.days_taken else None,
         distribution=words["distribution_text"].format(answered=stats.answered, late=stats.answered_late),
@@ -300,6 +321,15 @@ def summary_lines(stats: Statistics, language: Language) -> list[str]:
         shown = {k: n for k, n in counts.items() if n}
         lines.append(f"{title}:" + ("" if shown else f" {words['none']}"))
         lines += [f"  {label(k, language)}: {n}" for k, n in shown.items()]
+    cases = {k: n for k, n in stats.by_case.items() if n}
+    lines.append(f"{words['by_case']}:" + ("" if cases else f" {words['none']}"))
+    lines += [f"  {label(k, language)}: {n}" for k, n in cases.items()]
+    if stats.directives is not None:
+        found = stats.directives
+        lines.append(f"{words['directives']}: {found.total}"
+                     + (f" ({words['applied'].lower()}: {found.total_applied})" if found.total else ""))
+        lines += [f"  {label(k, language)}: {n} ({words['applied'].lower()}: {found.applied.get(k, 0)})"
+                  for k, n in found.in_force.items() if n]
     lines.append(f"{words['per_month']}:")
     for month in stats.months:
         kinds = ", ".join(f"{label(k, language)} {n}" for k, n in month.received.items() if n)
@@ -317,6 +347,10 @@ def statistics_json(stats: Statistics) -> dict[str, Any]:
         "answered_late": stats.answered_late, "on_time_share": stats.on_time_share,
         "median_days": stats.median_days, "p90_days": stats.p90_days, "extended": stats.extended,
         "refusals": stats.refusals,
+        "post_mortem_by_case": stats.by_case,
+        "directives": None if stats.directives is None else {
+            "in_force": stats.directives.in_force, "applied": stats.directives.applied,
+            "total_in_force": stats.directives.total, "total_applied": stats.directives.total_applied},
         "months": [{"month": m.month, "received": m.received, "total": m.total, "answered": m.answered,
                     "on_time": m.on_time, "extended": m.extended, "refused": m.refused} for m in stats.months],
     }

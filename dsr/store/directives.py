@@ -178,6 +178,19 @@ class DirectivesRegister:
                               designee_name=content["designee_name"], recorded_at=row.recorded_at,
                               applied_by=row.applied_by)
 
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Directives in force (recorded, not revoked) per instruction, and those of them a request applied: for
+        the register's report, counts and nothing else."""
+        in_force = {i.value: 0 for i in DirectiveInstruction}
+        applied = dict(in_force)
+        with self._session(write=False) as session:
+            for instruction, applied_by in session.exec(select(DirectiveRow.instruction, DirectiveRow.applied_by).where(
+                    col(DirectiveRow.revoked_at).is_(None))):
+                in_force[instruction] = in_force.get(instruction, 0) + 1
+                if applied_by:
+                    applied[instruction] = applied.get(instruction, 0) + 1
+        return in_force, applied
+
     def count(self) -> int:
         """Directives in force (for the register): a count, nothing else."""
         with self._session(write=False) as session:

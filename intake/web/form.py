@@ -8,11 +8,12 @@ Flow
    correct value: the request's ``changes``, with which it runs without staff), and details; the language of
    the replies is the page's (hidden field). Every page carries the same security headers
    as every page of the app (:mod:`intake.web.pages`) and no script at all.
-2. ``POST /`` (``application/x-www-form-urlencoded``, at most :data:`MAX_FORM_BYTES`, else 413; any other
-   content type 415): the CSRF value is checked first (403 page, nothing created), then every field
-   (all errors at once, each next to its field and summarised at the top: 400, typed values kept), then
-   the :class:`~intake.submission.Submission` goes to :meth:`IntakeSink.submit`, which validates again
-   (it is the authority: a :class:`~intake.submission.SubmissionError` it raises is shown the same way).
+2. ``POST /`` (``application/x-www-form-urlencoded``, at most :data:`MAX_FORM_BYTES`, else 413; or, when the
+   router has an attachment store, ``multipart/form-data`` with up to five documents for a request about a deceased
+   person, see "Documents" below; any other content type 415): the CSRF value is checked first (403 page, nothing
+   created), then every field (all errors at once, each next to its field and summarised at the top: 400, typed
+   values kept), then the :class:`~intake.submission.Submission` goes to :meth:`IntakeSink.submit`, which validates
+   again (it is the authority: a :class:`~intake.submission.SubmissionError` it raises is shown the same way).
    :class:`~intake.service.RateLimited` gives 429 with ``Retry-After``; any other failure of the sink 503,
    with the form and its values kept so nothing typed is lost.
 3. Success: ``303 See Other`` to ``GET /submitted?kind=…&due=…&sig=…&lang=…`` (Post/Redirect/Get: reloading
@@ -25,6 +26,18 @@ Flow
    again: the address travels in the redirect as ``to``, sealed (AES-GCM under a key derived from
    ``csrf_key``, never readable in a URL, a proxy's log or the history) and shown for
    :data:`ADDRESS_SHOWN_FOR` only; after that, or if it does not open, the page shows the rest without it.
+
+Documents (a request about a deceased person)
+---------------------------------------------
+Given an :class:`~dsr.store.attachments.AttachmentStore`, the form is ``multipart/form-data`` and its deceased
+person's part offers a file input: the death certificate and the proof of the sender's quality, judged by
+:mod:`intake.web.uploads` (PDF, JPEG or PNG by their first bytes, 10 MiB each, five at most, 20 MiB in all). Files
+sent with another kind go nowhere, like the deceased person's fields. A bad file is a 400 with its error next to
+the input, nothing stored or started; too much in all, a 413 page. Good files are sealed in the store under a
+request id reserved for the submission before it is submitted (the workflow deletes them with the request's other
+documents, once reviewed or when it closes), then: deleted if the submission is refused (400, 429); re-filed under
+the request under way it was attached to; kept when the engine could not be reached (503: the request may have
+started, and its files must not vanish under it; the log names the reserved id for staff).
 
 CSRF, stateless and without JavaScript
 --------------------------------------
@@ -52,14 +65,16 @@ import math
 import re
 import secrets
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -73,9 +88,11 @@ from dsr.domain.model import (
     RestrictionGround,
     is_valid_email,
 )
+from dsr.store.attachments import AttachmentStore
 from intake.service import Accepted, IntakeSink, RateLimited
-from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError
+from intake.submission import MAX_DETAILS, MAX_NAME, Submission, SubmissionError, new_request_id
 from intake.web.pages import FormRefused, choose_language, read_form, render, security_headers
+from intake.web.uploads import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, MULTIPART_TYPE, Upload, read_multipart
 from intake.web.wording import FORM, LANGUAGES
 from templates import format_date
 
@@ -117,6 +134,9 @@ _DECEASED_FIELDS = ("deceased_email", "deceased_name", "quality")
 """A request about a deceased person (kind post_mortem, art. 85 loi 78-17): who died, and who the sender is."""
 _QUALITIES = tuple(quality.value for quality in Quality)
 _FIELDS = ("kind", "email", "name", *_DECEASED_FIELDS, *_CHANGE_FIELDS, "ground", "details")
+_ERROR_ORDER = ("kind", "email", "name", *_DECEASED_FIELDS, "documents", *_CHANGE_FIELDS, "ground", "details")
+"""The fields in the order of the page (the documents' file input follows the deceased person's fields)."""
+DOCUMENTS_FIELD = "documents"
 GROUNDS = tuple(ground.value for ground in RestrictionGround)
 """A restriction's Art. 18(1) grounds, each a choice of the form's own (its words in the wording)."""
 _KINDS = tuple(kind.value for kind in RequestKind)
@@ -243,6 +263,35 @@ def _field_for(error: SubmissionError, values: dict[str, str]) -> tuple[str, str
     return "", "err_rejected"
 
 
+def _check_documents(documents: list[Upload], *, stored: bool) -> str | None:
+    """The text key of what is wrong with the documents sent (the first thing found), or None."""
+    if not stored:
+        return "err_documents_off"
+    if len(documents) > MAX_FILES:
+        return "err_files_count"
+    if any(len(u.data) > MAX_FILE_BYTES for u in documents):
+        return "err_file_large"
+    if any(u.content_type is None for u in documents):
+        return "err_file_type"
+    return None
+
+
+def _store(attachments: AttachmentStore, request_id: str, documents: list[Upload]) -> None:
+    for part, upload in enumerate(documents, start=1):
+        attachments.save(request_id, upload.filename or f"document-{part}", upload.content_type or "", upload.data,
+                         source="form", part=part)
+
+
+def _discard(attachments: AttachmentStore | None, request_id: str) -> None:
+    """Delete the documents of a submission that created nothing (refused, or never submitted)."""
+    if attachments is None:
+        return
+    try:
+        attachments.delete_all(request_id)
+    except Exception as exc:
+        logger.error("intake form: documents under %s could not be deleted (%s)", request_id, type(exc).__name__)
+
+
 def _row_of(values: dict[str, str], field: str) -> str:
     """The value box of the correction row that names ``field`` (else the top of the form)."""
     for row in range(1, CHANGE_ROWS + 1):
@@ -342,6 +391,8 @@ def form_router(
     controller_name: str = "",
     rectifiable: Collection[str] = CANONICAL_FIELDS,
     consent_purposes: Callable[[], list[ConsentPurpose]] = list,
+    attachments: AttachmentStore | None = None,
+    timezone: str = "Europe/Paris",
 ) -> APIRouter:
     """The public form: ``GET /``, ``POST /`` and ``GET /submitted`` (see the module docstring).
 
@@ -349,6 +400,9 @@ def form_router(
     stable across restarts and replicas, or forms opened before a restart are refused. ``clock`` (default:
     now in UTC) dates and expires the CSRF values. ``rectifiable``: the fields a correction may name, those the
     connectors can correct (:func:`connectors.config.rectifiable_fields`); the form offers only these.
+    ``attachments``: where the documents of a request about a deceased person are sealed; without it the form
+    offers no file input and stays urlencoded. ``timezone``: the controller's, whose month names a reserved request
+    id (``DSR_TIMEZONE``).
     """
     if len(csrf_key) < 16:
         raise ValueError("csrf_key must be at least 16 random bytes")
@@ -410,7 +464,7 @@ def form_router(
         summary = [{"target": None, "text": text[top].format(**fmt)}] if top else []
         summary += [  # in the order of the page
             {"target": "kind-access" if name == "kind" else name, "text": text[errors[name]]}
-            for name in _FIELDS if name in errors
+            for name in _ERROR_ORDER if name in errors
         ]
         controller = controller_name.strip()
         nonce = _cookie_nonce(request) or secrets.token_bytes(_NONCE_BYTES)
@@ -433,6 +487,7 @@ def form_router(
             "rectifiable": [{"value": f, "label": text[f"field_{f}"]} for f in offered],
             "max_change_value": MAX_CHANGE_VALUE,
             "qualities": [{"value": q, "label": text[f"quality_{q}"]} for q in _QUALITIES],
+            "uploads": attachments is not None,
         }, status=status, extra=extra)
         response.set_cookie(
             CSRF_COOKIE,
@@ -466,9 +521,17 @@ def form_router(
     @router.post("/", include_in_schema=False)
     async def submit(request: Request) -> Response:
         lang = request_language(request)  # the form's action carries ?lang, so even a 413 page is right
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        uploads: list[Upload] = []
         try:
-            fields = await read_form(request, max_bytes=MAX_FORM_BYTES, max_fields=_MAX_FIELDS)
+            if content_type == MULTIPART_TYPE and attachments is not None:  # else 415, as any other type
+                fields, uploads = await read_multipart(request, max_fields=_MAX_FIELDS, max_field_bytes=MAX_FORM_BYTES)
+            else:
+                fields = await read_form(request, max_bytes=MAX_FORM_BYTES, max_fields=_MAX_FIELDS)
         except FormRefused as refused:
+            if refused.status == 413 and content_type == MULTIPART_TYPE and attachments is not None:
+                return message_page(request, lang, 413, "files_too_large_title", "files_too_large_body",
+                                    extra={"Connection": "close"})
             if refused.status == 413:
                 return message_page(request, lang, 413, "too_large_title", "too_large_body",
                                     extra={"Connection": "close"})
@@ -488,12 +551,21 @@ def form_router(
         errors = {name: "err_duplicate" for name in _FIELDS if len(fields.get(name, [])) > 1}
         for name, key in _check(values, offered).items():
             errors.setdefault(name, key)
+        post_mortem = values["kind"] == RequestKind.POST_MORTEM.value
+        # Files sent with another kind go nowhere (a browser sends what was chosen before the kind changed).
+        documents = [u for u in uploads if u.field == DOCUMENTS_FIELD] if post_mortem else []
+        if documents:
+            if sum(len(u.data) for u in documents) > MAX_TOTAL_BYTES:
+                return message_page(request, lang, 413, "files_too_large_title", "files_too_large_body")
+            if document_error := _check_documents(documents, stored=attachments is not None):
+                errors[DOCUMENTS_FIELD] = document_error
         if errors:
+            if documents and DOCUMENTS_FIELD not in errors:
+                errors[DOCUMENTS_FIELD] = "err_files_again"  # nothing was kept: a browser forgets chosen files
             return form_page(request, lang, status=400, values=values, errors=errors,
                              ticked=fields.get("purpose", []))
 
         marketing = values["kind"] == STOP_MARKETING
-        post_mortem = values["kind"] == RequestKind.POST_MORTEM.value
         submission = Submission(
             kind=RequestKind.OBJECTION.value if marketing else values["kind"],
             scope=ObjectionScope.MARKETING.value if marketing else "",
@@ -511,15 +583,33 @@ def form_router(
             language=lang,
             purposes=fields.get("purpose", []) if values["kind"] == RequestKind.CONSENT_WITHDRAWAL.value else [],
         )
+        reserved = ""
+        if documents and attachments is not None:
+            # Sealed first, under the id the request will have: once it starts, its files are there.
+            reserved = new_request_id(now_fn().astimezone(ZoneInfo(timezone)).date())
+            try:
+                await run_in_threadpool(_store, attachments, reserved, documents)
+            except Exception as exc:
+                logger.error("intake form: documents could not be stored (%s)", type(exc).__name__)
+                await run_in_threadpool(_discard, attachments, reserved)  # nothing was submitted: nothing kept
+                return form_page(request, lang, status=503, values=values, top="err_unavailable",
+                                 extra={"Retry-After": "60"})
+            submission = replace(submission, request_id=reserved, documents=len(documents))
         try:
             accepted = await sink.submit(submission, client=request.client.host if request.client else None)
         except SubmissionError as exc:
+            if reserved:
+                await run_in_threadpool(_discard, attachments, reserved)
             field, key = _field_for(exc, values)
+            errors = {DOCUMENTS_FIELD: "err_files_again"} if reserved else {}
             if not field:
-                return form_page(request, lang, status=400, values=values, top=key, ticked=fields.get("purpose", []))
-            return form_page(request, lang, status=400, values=values, errors={field: key},
+                return form_page(request, lang, status=400, values=values, top=key, errors=errors,
+                                 ticked=fields.get("purpose", []))
+            return form_page(request, lang, status=400, values=values, errors={**errors, field: key},
                              ticked=fields.get("purpose", []))
         except RateLimited as exc:
+            if reserved:
+                await run_in_threadpool(_discard, attachments, reserved)
             seconds = max(1, int(exc.retry_after))
             return form_page(
                 request,
@@ -534,10 +624,21 @@ def form_router(
             # No message: it could carry what the person typed. The traceback is for debug logs only.
             logger.error("intake form: the request could not be recorded (%s)", type(exc).__name__)
             logger.debug("intake form: sink failure", exc_info=True)
+            if reserved:
+                # The request may have started (a start whose answer was lost): its files stay where it expects
+                # them; if it never started, staff delete them (dsr attachments delete-orphans).
+                logger.warning("intake form: documents kept under %s, whose request may have started", reserved)
             return form_page(
                 request, lang, status=503, values=values, top="err_unavailable", extra={"Retry-After": "60"}
             )
 
+        if reserved and accepted.reference != reserved:
+            # Attached to the request under way of the same sender and kind: the documents go with it.
+            try:
+                await run_in_threadpool(attachments.transfer, reserved, accepted.reference)  # type: ignore[union-attr]
+            except Exception as exc:
+                logger.error("intake form: documents under %s could not be moved to %s (%s)", reserved,
+                             accepted.reference, type(exc).__name__)
         query = confirmation_query(accepted, lang, submission.email, values["kind"])
         location = f"{prefix}/submitted?{urlencode(query)}"
         return RedirectResponse(location, status_code=303, headers=headers_for(request))

@@ -2,9 +2,11 @@
 
 It shows where the request stands, in the request's own language: its stage, the day it was received, the day
 the reply is due, an extension and its reason (the words the subject was sent), and what we are waiting for (their
-identity confirmation, a document, our team, nothing). No personal data beyond the reference: no name, no
-address, nothing the subject wrote. It is read from the ledger, so it keeps working after the request's workflow
-has closed and Temporal has forgotten it.
+identity confirmation, a document, our team, nothing). A request about a deceased person (art. 85 loi 78-17) is
+never the sender's own: what it waits for is the proof of the death and of the sender's *quality* (heir, executor,
+person designated in the directives), and, once documents arrived, our team's review of them. No personal data
+beyond the reference: no name, no address, nothing the subject wrote. It is read from the ledger, so it keeps
+working after the request's workflow has closed and Temporal has forgotten it.
 
 While identity is awaited by email, a button sends the identity email again (the ``resend_identity_email``
 update: the reminder with a fresh link). The button's form carries a field signed for the token (no cookie
@@ -61,7 +63,9 @@ class StatusView:
     extended: bool
     previous_deadline: date | None  # before the extension
     extension_reason: str
-    waiting_for: str  # identity_email | identity_document | team | us | "" (closed)
+    waiting_for: str  # identity_email | identity_document | identity_review | quality_document | quality_review |
+    # team | us | "" (closed)
+    documents: int = 0  # files received (form, email) since proof was last asked for
 
 
 def status_view(ledger: Ledger, request_id: str, timezone: str) -> StatusView | None:
@@ -76,21 +80,54 @@ def status_view(ledger: Ledger, request_id: str, timezone: str) -> StatusView | 
         reference=row.request_id, kind=row.kind, language=row.language.value, stage=row.stage, outcome=row.outcome,
         received=row.received_at.astimezone(ZoneInfo(timezone)).date(), deadline=row.deadline,
         extended=row.extended, previous_deadline=date.fromisoformat(previous) if previous else None,
-        extension_reason=extension.note if extension else "", waiting_for=_waiting_for(row.stage, events))
+        extension_reason=extension.note if extension else "", waiting_for=_waiting_for(row.kind, row.stage, events),
+        documents=documents_received(events))
 
 
-def _waiting_for(stage: Stage, events: list[Any]) -> str:
+def _count(value: object) -> int:
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
+
+
+def documents_received(events: list[Any]) -> int:
+    """Files the sender sent as proof since it was last asked for: uploaded with the form (``received`` or
+    ``duplicate_attached``: ``documents``) or attached to an email (``subject_wrote``: ``attachments``); a doubt
+    asks anew."""
+    count = 0
+    for e in events:
+        if e.event == "identity_doubt":
+            count = 0
+        elif e.event == "received":
+            count += _count(e.details.get("documents", 0))
+        elif e.event == "subject_wrote":
+            count += _count(e.details.get("attachments", 0))
+        elif e.event == "duplicate_attached":  # the form's documents of a submission that joined this request
+            count += _count(e.details.get("documents", 0))
+    return count
+
+
+def _waiting_for(kind: RequestKind, stage: Stage, events: list[Any]) -> str:
     if stage == Stage.CLOSED:
         return ""
     if stage == Stage.AWAITING_IDENTITY:
+        if kind == RequestKind.POST_MORTEM:
+            # Art. 85: the sender proves the death and their quality by documents an operator reviews.
+            return "quality_review" if documents_received(events) else "quality_document"
         asked = next((e for e in reversed(events) if e.event in ("identity_requested", "identity_doubt")), None)
         # A doubt asks for a document whatever the policy; else the policy's method, recorded when identity was asked.
         if asked is not None and asked.event == "identity_requested" and asked.details.get("method") == "email":
             return "identity_email"
-        return "identity_document"
+        return "identity_review" if documents_received(events) else "identity_document"
     if stage == Stage.NEEDS_ATTENTION:
         return "team"
     return "us"
+
+
+def _word(text: dict[str, str], key: str, own: str) -> str:
+    """The kind's own wording for ``key`` where it has one (``key + own``), else the common one."""
+    return text.get(key + own) or text[key]
 
 
 Reader = Callable[[str], StatusView | None]
@@ -150,15 +187,18 @@ def status_router(
              headers: dict[str, str] | None = None) -> HTMLResponse:
         lang = view.language if view.language in STATUS else default_language
         text = STATUS[lang]
+        # A post_mortem request waits for the sender's quality, not their identity: its own words where they differ.
+        own = "_quality" if view.kind == RequestKind.POST_MORTEM else ""
         facts = [
             (text["reference"], view.reference),
             (text["request"], text[f"kind_{view.kind.value}"]),
             (text["received"], format_date(view.received, lang)),
-            (text["stage"], text[f"outcome_{view.outcome.value}"] if view.outcome and view.stage == Stage.CLOSED
-             else text[f"stage_{view.stage.value}"]),
+            (text["stage"], _word(text, f"outcome_{view.outcome.value}", own)
+             if view.outcome and view.stage == Stage.CLOSED else _word(text, f"stage_{view.stage.value}", own)),
         ]
         if view.stage != Stage.CLOSED:
             facts.append((text["deadline"], format_date(view.deadline, lang)))
+        files = (text["files_one"] if view.documents == 1 else text["files_many"]).format(count=view.documents)
         extension = ""
         if view.extended:
             before = format_date(view.previous_deadline, lang) if view.previous_deadline else ""
@@ -169,8 +209,8 @@ def status_router(
             "facts": facts,
             "extension": extension,
             "extension_reason": view.extension_reason,
-            "waiting": text[f"waiting_{view.waiting_for}"] if view.waiting_for
-            else text[f"closed_{(view.outcome or Outcome.FULFILLED).value}"],
+            "waiting": text[f"waiting_{view.waiting_for}"].format(files=files) if view.waiting_for
+            else _word(text, f"closed_{(view.outcome or Outcome.FULFILLED).value}", own),
             "can_resend": view.waiting_for == "identity_email",
             "action": f"{public_path}/status/{quote(token, safe='')}",
             "form_token": links.form_token(token),

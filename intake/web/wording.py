@@ -220,6 +220,21 @@ FORM: dict[str, dict[str, str]] = {
         "err_deceased_invalid": "Enter a valid email address for the person who has died, like name@example.com.",
         "err_deceased_self": "This is your own address: enter the address of the person who has died.",
         "err_quality": "Choose who you are for the person who has died.",
+        "documents_label": "Documents",
+        "documents_hint": "You may attach here the death certificate and the proof that you are an heir, the "
+        "executor of the estate or the person designated in their directives: up to 5 files, PDF, JPEG or PNG, 10 MB "
+        "each and 20 MB in all. Otherwise we will ask you for them by email. They are used for this check only and "
+        "deleted once it is done.",
+        "err_file_type": "Each document must be a PDF, JPEG or PNG file. Nothing was recorded: choose your files "
+        "again.",
+        "err_file_large": "Each document must be 10 MB or smaller. Nothing was recorded: choose your files again.",
+        "err_files_count": "Send at most 5 documents. Nothing was recorded: choose your files again.",
+        "err_files_again": "Your request was not sent, so your documents were not kept: choose them again.",
+        "err_documents_off": "Documents cannot be sent with this form: send your request without them and reply to "
+        "our email with them.",
+        "files_too_large_title": "Your documents are too large",
+        "files_too_large_body": "Send at most 20 MB of documents in all (10 MB each); nothing was recorded. You may "
+        "also send your request without them and reply to our email with them.",
         "kind_restriction": "Restrict the use of your data",
         "kind_restriction_hint": "Have your data kept but no longer used, for a time: while you contest its "
         "accuracy, instead of an erasure, while you need it for a legal claim, or while we examine your objection. "
@@ -388,6 +403,25 @@ FORM: dict[str, dict[str, str]] = {
         "nom@exemple.fr.",
         "err_deceased_self": "C’est votre propre adresse : saisissez celle de la personne décédée.",
         "err_quality": "Choisissez votre qualité vis-à-vis de la personne décédée.",
+        "documents_label": "Justificatifs",
+        "documents_hint": "Vous pouvez joindre ici l’acte de décès et la preuve que vous êtes héritier, exécuteur "
+        "de la succession ou la personne désignée dans ses directives : jusqu’à 5 fichiers, PDF, JPEG ou PNG, "
+        "10 Mo chacun et 20 Mo en tout. Sinon, nous vous les demanderons par courriel. Ils servent "
+        "uniquement à cette vérification et sont supprimés dès qu’elle est faite.",
+        "err_file_type": "Chaque justificatif doit être un fichier PDF, JPEG ou PNG. Rien n’a été enregistré : "
+        "choisissez de nouveau vos fichiers.",
+        "err_file_large": "Chaque justificatif doit faire 10 Mo au plus. Rien n’a été enregistré : "
+        "choisissez de nouveau vos fichiers.",
+        "err_files_count": "Envoyez 5 justificatifs au plus. Rien n’a été enregistré : choisissez de nouveau "
+        "vos fichiers.",
+        "err_files_again": "Votre demande n’a pas été envoyée, vos justificatifs n’ont donc pas été conservés : "
+        "choisissez-les de nouveau.",
+        "err_documents_off": "Ce formulaire ne permet pas d’envoyer de justificatifs : envoyez votre demande "
+        "sans eux et répondez à notre courriel en les joignant.",
+        "files_too_large_title": "Vos justificatifs sont trop volumineux",
+        "files_too_large_body": "Envoyez 20 Mo de justificatifs au plus en tout (10 Mo chacun) ; rien "
+        "n’a été enregistré. Vous pouvez aussi envoyer votre demande sans eux et répondre à notre courriel en les "
+        "joignant.",
         "email_label": "Votre adresse électronique",
         "email_hint": "Nous vous écrirons à cette adresse pour vérifier qu’elle est bien la vôtre, puis pour vous "
         "répondre. Utilisez celle que vous utilisez chez nous.",
@@ -590,6 +624,23 @@ STATUS: dict[str, dict[str, str]] = {
         "you about your identity. Cannot find it? We can send it again.",
         "waiting_identity_document": "The document we asked you for in our email, to confirm that the request is "
         "yours. Reply to that email with it.",
+        "waiting_identity_review": "Nothing more for now: we received {files} from you and our team is checking "
+        "what you sent. We will write to you if anything is missing.",
+        "waiting_quality_document": "The documents we asked you for in our email, since you act for a person who has "
+        "died: a copy of the death certificate, and the proof that you are their heir, the executor of their estate "
+        "or the person they designated in their directives (Article 85 of the French loi Informatique et Libertés). "
+        "Reply to that email with them.",
+        "waiting_quality_review": "Nothing more for now: we received {files} from you, and our team is checking "
+        "that what you sent proves the death and that you are an heir, the executor of the estate or the person "
+        "designated in the directives. We will write to you if anything is missing.",
+        "stage_awaiting_identity_quality": "Waiting for the documents proving the death and your quality to be "
+        "checked",
+        "outcome_unverified_quality": "Closed: the documents proving the death and your quality did not reach us in "
+        "time",
+        "closed_unverified_quality": "The documents proving the death and your quality did not reach us in time; you "
+        "may make a new request at any time.",
+        "files_one": "one file",
+        "files_many": "{count} files",
         "waiting_team": "Nothing from you: our team is dealing with a point of your request. We will write to you "
         "when it is answered.",
         "waiting_us": "Nothing from you: we are working on your request and will write to you by the date above.",
@@ -656,6 +707,23 @@ STATUS: dict[str, dict[str, str]] = {
         "que nous vous avons envoyé au sujet de votre identité. Introuvable ? Nous pouvons vous le renvoyer.",
         "waiting_identity_document": "Le justificatif demandé dans notre e-mail, pour confirmer que la demande est "
         "bien la vôtre. Répondez à cet e-mail en le joignant.",
+        "waiting_identity_review": "Rien de plus pour le moment : nous avons reçu {files} de votre part et notre "
+        "équipe vérifie ce que vous avez envoyé. Nous vous écrirons s’il manque quelque chose.",
+        "waiting_quality_document": "Les justificatifs demandés dans notre e-mail, puisque vous agissez pour une "
+        "personne décédée : une copie de l’acte de décès, et la preuve que vous êtes son héritier, l’exécuteur de sa "
+        "succession ou la personne qu’elle a désignée dans ses directives (article 85 de la loi Informatique et "
+        "Libertés). Répondez à cet e-mail en les joignant.",
+        "waiting_quality_review": "Rien de plus pour le moment : nous avons reçu {files} de votre part, et notre "
+        "équipe vérifie que ce que vous avez envoyé établit le décès et votre qualité d’héritier, d’exécuteur de la "
+        "succession ou de personne désignée dans les directives. Nous vous écrirons s’il manque quelque chose.",
+        "stage_awaiting_identity_quality": "En attente de la vérification des justificatifs du décès et de votre "
+        "qualité",
+        "outcome_unverified_quality": "Close : les justificatifs du décès et de votre qualité ne nous sont pas "
+        "parvenus à temps",
+        "closed_unverified_quality": "Les justificatifs du décès et de votre qualité ne nous sont pas parvenus à "
+        "temps ; vous pouvez faire une nouvelle demande à tout moment.",
+        "files_one": "un fichier",
+        "files_many": "{count} fichiers",
         "waiting_team": "Rien de votre part : notre équipe traite un point de votre demande. Nous vous écrirons dès "
         "qu’il sera réglé.",
         "waiting_us": "Rien de votre part : nous traitons votre demande et vous répondrons au plus tard à la date "

@@ -159,6 +159,24 @@ def test_every_verb_taking_a_reference_takes_it_in_any_case(home: Path) -> None:
         "error: 'DSR-2026-11-7KQ3F' is not a request reference (they look like dsr-2026-11-7KQ3FJ)"]
 
 
+def test_orphan_documents_of_the_form_are_deleted_only_when_no_request_holds_them(home: Path) -> None:
+    """The web form keeps documents under a reserved id when the engine could not say whether the request started."""
+    from dsr.runtime.bootstrap import Deployment
+
+    orphan = "dsr-2026-11-ORPHAN"
+    env = {name: value for name, value in cli_env(home).items() if value is not None}
+    store = Deployment.from_settings(Settings.from_env(env)).attachments
+    store.save(orphan, "acte.pdf", "application/pdf", b"%PDF-1.7 x")
+    store.save(REFERENCE, "id.png", "image/png", b"\x89PNG\r\n\x1a\n")
+    kept = dsr(home, "attachments", "delete-orphans", REFERENCE)
+    assert kept.returncode != 0 and kept.stderr.strip().splitlines() == [
+        f"error: {REFERENCE} is a request: its documents are deleted by the request itself (once reviewed, or closed)"]
+    assert [a.filename for a in store.list(REFERENCE)] == ["id.png"]
+    deleted = dsr(home, "attachments", "delete-orphans", orphan)
+    assert deleted.returncode == 0 and deleted.stdout.strip() == f"{orphan}: 1 orphan document(s) deleted"
+    assert store.list(orphan) == []
+
+
 def test_a_letter_is_a_channel_and_needs_the_day_it_arrived(home: Path) -> None:
     missing = dsr(home, "submit", "--kind", "access", "--email", "camille.durand@example.org", "--channel", "letter")
     assert missing.returncode != 0

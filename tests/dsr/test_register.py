@@ -4,6 +4,7 @@ ledger alone, on SQLite and PostgreSQL; the CLI run as the operator runs it (the
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -34,6 +35,7 @@ from dsr.domain.model import (
     Subject,
 )
 from dsr.dpo.register import (
+    DirectiveCounts,
     RegisterEntry,
     RegisterFilter,
     RequestState,
@@ -41,8 +43,9 @@ from dsr.dpo.register import (
     percentile,
     read_register,
 )
-from dsr.dpo.report import render_html
+from dsr.dpo.report import render_html, statistics_json, summary_lines
 from dsr.store.crypto import KeyRing
+from dsr.store.directives import DirectivesRegister
 from dsr.store.ledger import Ledger
 from tests.dsr.simulated_register import TIMEZONE, Planned, fill, plan_year
 
@@ -64,13 +67,14 @@ class Book:
         self.ledger = ledger
 
     def request(self, ref: str, kind: RequestKind, received: datetime, deadline: date, *,
-                channel: Channel = Channel.FORM, email: str = "", name: str = "") -> str:
+                channel: Channel = Channel.FORM, email: str = "", name: str = "", scope: str = "") -> str:
         self.ledger.record_request(RequestRecordInput(
             request_id=ref, kind=kind, channel=channel,
             subject=Subject(email or f"{ref}@example.org", name or "Camille Durand"),
             received_at=received.astimezone(UTC), deadline=deadline, language=Language.FR),
             now=received.astimezone(UTC))
-        self.event(ref, "received", received, stage=Stage.RECEIVED)
+        self.event(ref, "received", received, stage=Stage.RECEIVED,
+                   details={"channel": channel.value, **({"scope": scope} if scope else {})})
         return ref
 
     def event(self, ref: str, name: str, at: datetime, **fields: Any) -> None:
@@ -253,6 +257,120 @@ def entry(ref: str, kind: str, received: date, *, days: int | None, deadline_day
         overdue=closed is None and date(2026, 6, 1) > deadline)
 
 
+def post_mortem_book(ledger: Ledger) -> Book:
+    """Requests about a deceased person (art. 85 loi 78-17), one per way their case is known, and an access."""
+    b = Book(ledger)
+    pm = RequestKind.POST_MORTEM
+    b.request("dsr-2026-02-PM0001", pm, local(2026, 2, 2), date(2026, 3, 2), scope="closure")  # 85-II 2°
+    b.request("dsr-2026-02-PM0002", pm, local(2026, 2, 3), date(2026, 3, 3), scope="estate")  # 85-II 1°
+    b.request("dsr-2026-02-PM0003", pm, local(2026, 2, 4), date(2026, 3, 4))  # an engine that kept no aim
+    for ref, day, scope, instruction in (("dsr-2026-02-PM0004", 5, "closure", "keep"),
+                                         ("dsr-2026-02-PM0005", 6, "estate", "hand_over"),  # the directives win
+                                         ("dsr-2026-02-PM0006", 7, "closure", "erase")):
+        b.request(ref, pm, local(2026, 2, day), date(2026, 3, day), scope=scope)
+        b.event(ref, "directives_found", local(2026, 2, day, 11), details={
+            "instruction": instruction, "designates": "true", "sender_designated": "true"})
+    b.close("dsr-2026-02-PM0006", local(2026, 2, 20), Outcome.FULFILLED)
+    b.request("dsr-2026-02-AC0001", RequestKind.ACCESS, local(2026, 2, 8), date(2026, 3, 9), scope="")
+    return b
+
+
+def test_a_post_mortem_request_has_the_case_of_its_directives_or_else_of_its_aim(ledger: Ledger) -> None:
+    post_mortem_book(ledger)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(ledger.engine, "before_cursor_execute", count)
+    try:
+        entries = by_ref(read_register(ledger, timezone=TIMEZONE, today=TODAY))
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", count)
+    assert len(statements) == 2  # still two queries: the cases come with the register's events
+    assert {ref: e.case for ref, e in entries.items()} == {
+        "dsr-2026-02-PM0001": "erase", "dsr-2026-02-PM0002": "estate", "dsr-2026-02-PM0003": "erase",
+        "dsr-2026-02-PM0004": "keep", "dsr-2026-02-PM0005": "hand_over", "dsr-2026-02-PM0006": "erase",
+        "dsr-2026-02-AC0001": None}
+    assert entries["dsr-2026-02-PM0006"].closed_on == date(2026, 2, 20)  # the other events still read
+    only = read_register(ledger, timezone=TIMEZONE, today=TODAY, filters=RegisterFilter(kind=RequestKind.ACCESS))
+    assert [(e.reference, e.case) for e in only] == [("dsr-2026-02-AC0001", None)]
+    stats = compute_statistics(entries.values(), since=date(2026, 1, 1), until=date(2026, 12, 31), as_of=TODAY)
+    assert stats.by_case == {"erase": 3, "keep": 1, "hand_over": 1, "estate": 1}
+
+
+def test_the_report_counts_post_mortem_cases_and_directives_in_force_in_text_json_and_html() -> None:
+    feb = date(2026, 2, 1)
+    entries = [entry("a", "post_mortem", feb, days=10), entry("b", "post_mortem", feb, days=None),
+               entry("c", "access", feb, days=3)]
+    entries = [replace_case(entries[0], "estate"), replace_case(entries[1], "keep"), entries[2]]
+    counts = DirectiveCounts(in_force={"erase": 2, "keep": 1, "hand_over": 0}, applied={"erase": 1, "keep": 0})
+    stats = compute_statistics(entries, since=date(2026, 1, 1), until=date(2026, 3, 31), as_of=TODAY,
+                               directives=counts)
+    assert stats.by_case == {"erase": 0, "keep": 1, "hand_over": 0, "estate": 1}
+    data = statistics_json(stats)
+    assert data["post_mortem_by_case"] == {"erase": 0, "keep": 1, "hand_over": 0, "estate": 1}
+    assert data["directives"] == {"in_force": {"erase": 2, "keep": 1, "hand_over": 0},
+                                  "applied": {"erase": 1, "keep": 0}, "total_in_force": 3, "total_applied": 1}
+    french = summary_lines(stats, Language.FR)
+    assert "Demandes relatives à une personne décédée, par cas:" in french
+    assert "  conserver: 1" in french and "  informations utiles à la succession: 1" in french
+    assert "Directives en vigueur (enregistrées, non révoquées) à ce jour: 3 (appliquées: 1)" in french
+    assert "  effacer: 2 (appliquées: 1)" in french
+    english = summary_lines(stats, Language.EN)
+    assert "  keep: 1" in english and "  erase: 2 (applied: 1)" in english
+    page = render_html(stats, Language.EN, timezone=TIMEZONE, generated_at=datetime(2026, 6, 1, tzinfo=UTC))
+    assert '<table id="by-case">' in page and "<td>information for the estate</td><td class=\"n\">1</td>" in page
+    assert '<table id="directives">' in page
+    assert "<td>erase</td><td class=\"n\">2</td><td class=\"n\">1</td>" in page
+    assert "<td>Total</td><td class=\"n\">3</td><td class=\"n\">1</td>" in page
+    # Without any post_mortem request: a sentence, not an empty table.
+    plain = compute_statistics(entries[2:], since=date(2026, 1, 1), until=date(2026, 3, 31), as_of=TODAY)
+    page = render_html(plain, Language.FR, timezone=TIMEZONE, generated_at=datetime(2026, 6, 1, tzinfo=UTC))
+    assert "Aucune demande relative à une personne décédée sur la période." in page
+    assert '<table id="by-case">' not in page and '<table id="directives">' not in page
+
+
+def replace_case(e: RegisterEntry, case: str) -> RegisterEntry:
+    return dataclasses.replace(e, case=case)
+
+
+def test_dsr_list_and_report_show_the_cases_and_the_directives(tmp_path: Path) -> None:
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", KeyRing.load_or_create(tmp_path / "keys.json")) as ledger:
+        post_mortem_book(ledger)
+        directives = DirectivesRegister(ledger)
+        applied = directives.record("henri.dupont@example.org", instruction="erase")
+        directives.record("louise.petit@example.org", instruction="keep")
+        directives.record("paul.roux@example.org", instruction="hand_over", designee_email="ana.roux@example.org")
+        directives.record("marc.blanc@example.org", instruction="erase")
+        directives.revoke("marc.blanc@example.org")  # revoked: not in force
+        assert directives.mark_applied(applied, "dsr-2026-02-PM0006")
+    listed = json.loads(dsr(tmp_path, "list", "--json", "--kind", "post_mortem").stdout)
+    assert [(r["reference"], r["case"]) for r in listed] == [
+        ("dsr-2026-02-PM0001", "erase"), ("dsr-2026-02-PM0002", "estate"), ("dsr-2026-02-PM0003", "erase"),
+        ("dsr-2026-02-PM0004", "keep"), ("dsr-2026-02-PM0005", "hand_over"), ("dsr-2026-02-PM0006", "erase")]
+    _, rows = csv_rows(dsr(tmp_path, "list", "--csv").stdout)
+    assert rows[0][2] == "cas (art. 85)"
+    assert {r[0]: r[2] for r in rows[1:]} == {
+        "dsr-2026-02-PM0001": "effacer", "dsr-2026-02-PM0002": "informations utiles à la succession",
+        "dsr-2026-02-PM0003": "effacer", "dsr-2026-02-PM0004": "conserver",
+        "dsr-2026-02-PM0005": "communiquer à la personne désignée", "dsr-2026-02-PM0006": "effacer",
+        "dsr-2026-02-AC0001": ""}
+    report = dsr(tmp_path, "report", "--year", "2026", "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert data["post_mortem_by_case"] == {"erase": 3, "keep": 1, "hand_over": 1, "estate": 1}
+    assert data["directives"]["in_force"] == {"erase": 1, "keep": 1, "hand_over": 1}
+    assert data["directives"]["applied"] == {"erase": 1, "keep": 0, "hand_over": 0}
+    text = dsr(tmp_path, "report", "--year", "2026", "--language", "en").stdout.decode()
+    assert "Directives in force (recorded, not revoked) today: 3 (applied: 1)" in text
+    html_file = tmp_path / "report.html"
+    assert dsr(tmp_path, "report", "--year", "2026", "--html", str(html_file)).returncode == 0
+    page = html_file.read_text(encoding="utf-8")
+    assert '<table id="by-case">' in page and "<td>conserver</td>" in page and '<table id="directives">' in page
+
+
 def test_percentile_is_the_nearest_rank() -> None:
     assert percentile(list(range(1, 11)), 0.9) == 9
     assert percentile([7], 0.9) == 7
@@ -360,7 +478,7 @@ def test_list_as_csv_for_a_french_spreadsheet_without_the_subject_unless_asked(h
     assert plain.returncode == 0, plain.stderr
     delimiter, rows = csv_rows(plain.stdout)
     assert delimiter == ";"
-    assert rows[0][:4] == ["référence", "type", "canal", "reçue le"]
+    assert rows[0][:5] == ["référence", "type", "cas (art. 85)", "canal", "reçue le"]
     assert [r[0] for r in rows[1:]] == ["dsr-2026-01-AAAAAA", "dsr-2026-02-BBBBBB"]
     assert rows[1][1] == "accès" and rows[2][1] == "effacement"
     assert b"example.org" not in plain.stdout and b"Hugo" not in plain.stdout and b"HYPERLINK" not in plain.stdout
@@ -392,7 +510,7 @@ def test_list_as_json_and_as_a_table(home: Path) -> None:
     assert [(r["reference"], r["days_taken"], r["on_time"], r["email"]) for r in closed] == [
         ("dsr-2026-01-AAAAAA", 15, True, "jeanne.martin@example.org")]
     table = dsr(home, "list", "--kind", "erasure", "--language", "en").stdout.decode().splitlines()
-    assert table[0].split()[:3] == ["reference", "kind", "channel"]
+    assert table[0].split()[:5] == ["reference", "kind", "case", "(Art.", "85)"]
     assert table[1].startswith("dsr-2026-02-BBBBBB  erasure") and len(table) == 2
     assert dsr(home, "list", "--since", "2027-01-01").stdout.decode().strip() == "no request matches"
 

@@ -41,6 +41,12 @@ WAITING = "dsr-2026-11-AAAAAA"  # fr, access, identity by email awaited, extende
 WORKING = "dsr-2026-11-BBBBBB"  # en, erasure, being processed
 ANSWERED = "dsr-2026-11-CCCCCC"  # fr, closed, fulfilled
 DOCUMENT = "dsr-2026-11-DDDDDD"  # en, identity by document awaited
+# Art. 85 loi 78-17: requests about a deceased person, whose sender proves the death and their quality.
+PM_ASKED = "dsr-2026-11-PMAAAA"  # fr, documents asked for, none received
+PM_MAILED = "dsr-2026-11-PMBBBB"  # en, two files came by email
+PM_UPLOADED = "dsr-2026-11-PMCCCC"  # fr, one file uploaded with the form
+PM_LATE = "dsr-2026-11-PMDDDD"  # en, closed: no documents in time
+DOCUMENT_SENT = "dsr-2026-11-EEEEEE"  # en, identity by document, one copy sent by email
 REASON = "Votre demande couvre dix ans de commandes dans trois systèmes."
 
 
@@ -56,11 +62,17 @@ def fill(ledger: Ledger) -> None:
 
     for ref, kind, language in ((WAITING, RequestKind.ACCESS, Language.FR), (WORKING, RequestKind.ERASURE, Language.EN),
                                 (ANSWERED, RequestKind.ACCESS, Language.FR),
-                                (DOCUMENT, RequestKind.PORTABILITY, Language.EN)):
+                                (DOCUMENT, RequestKind.PORTABILITY, Language.EN),
+                                (PM_ASKED, RequestKind.POST_MORTEM, Language.FR),
+                                (PM_MAILED, RequestKind.POST_MORTEM, Language.EN),
+                                (PM_UPLOADED, RequestKind.POST_MORTEM, Language.FR),
+                                (PM_LATE, RequestKind.POST_MORTEM, Language.EN),
+                                (DOCUMENT_SENT, RequestKind.ACCESS, Language.EN)):
         ledger.record_request(RequestRecordInput(
             request_id=ref, kind=kind, channel=Channel.FORM, subject=Subject(EMAIL, NAME), received_at=received,
             deadline=date(2026, 12, 21), language=language), now=received)
-        event(ref, "received", stage=Stage.RECEIVED, details={"channel": "form"})
+        details = {"channel": "form", **({"documents": "1"} if ref == PM_UPLOADED else {})}
+        event(ref, "received", stage=Stage.RECEIVED, details=details)
     event(WAITING, "identity_requested", stage=Stage.AWAITING_IDENTITY, details={"method": "email"})
     event(WAITING, "extended", actor="alice", deadline=date(2027, 2, 22), extended=True, note=REASON,
           details={"previous_deadline": "2026-12-21", "deadline": "2027-02-22"})
@@ -69,6 +81,12 @@ def fill(ledger: Ledger) -> None:
     event(ANSWERED, "processing", stage=Stage.PROCESSING)
     event(ANSWERED, "closed", stage=Stage.CLOSED, outcome=Outcome.FULFILLED)
     event(DOCUMENT, "identity_requested", stage=Stage.AWAITING_IDENTITY, details={"method": "document"})
+    for ref in (PM_ASKED, PM_MAILED, PM_UPLOADED, PM_LATE, DOCUMENT_SENT):
+        event(ref, "identity_requested", stage=Stage.AWAITING_IDENTITY, details={"method": "document"})
+    event(PM_MAILED, "subject_wrote", actor="subject", details={"attachments": "2"})
+    event(DOCUMENT_SENT, "subject_wrote", actor="subject", details={"attachments": "0"})
+    event(DOCUMENT_SENT, "subject_wrote", actor="subject", details={"attachments": "1"})
+    event(PM_LATE, "closed", stage=Stage.CLOSED, outcome=Outcome.UNVERIFIED)
 
 
 @dataclass
@@ -161,6 +179,35 @@ async def test_each_stage_says_where_it_stands_in_the_requests_language(
     assert ("<form" in page.text) is button  # a resend only where an identity email is awaited
     if ref == ANSWERED:
         assert "Réponse au plus tard" not in text  # a closed request has no date to wait for
+
+
+@pytest.mark.parametrize(("ref", "lang", "words"), [
+    (PM_ASKED, "fr", ["Où elle en est En attente de la vérification des justificatifs du décès et de votre qualité",
+                      "une copie de l’acte de décès, et la preuve que vous êtes son héritier",
+                      "Répondez à cet e-mail en les joignant"]),
+    (PM_MAILED, "en", ["Where it stands Waiting for the documents proving the death and your quality to be checked",
+                       "we received 2 files from you, and our team is checking that what you sent proves the death"]),
+    (PM_UPLOADED, "fr", ["nous avons reçu un fichier de votre part, et notre équipe vérifie que ce que vous avez "
+                         "envoyé établit le décès"]),
+    (PM_LATE, "en", ["Closed: the documents proving the death and your quality did not reach us in time",
+                     "did not reach us in time; you may make a new request"]),
+    (DOCUMENT_SENT, "en", ["Waiting for your identity to be confirmed",
+                           "we received one file from you and our team is checking what you sent"]),
+])
+async def test_a_request_about_a_deceased_person_waits_for_the_senders_quality_not_their_identity(
+        site: StatusApp, ref: str, lang: str, words: list[str]) -> None:
+    page = await site.http.get(site.link(ref))
+    assert page.status_code == 200 and f'<html lang="{lang}">' in page.text
+    text = visible(page.text).replace("\u00a0", " ")
+    for expected in words:
+        assert expected in text
+    # Never the sender's own request: no word says the request is theirs, nor asks for their identity.
+    if ref != DOCUMENT_SENT:
+        for wrong in ("request is yours", "demande est bien la vôtre", "your identity", "votre identité"):
+            assert wrong not in text
+    if ref in (PM_MAILED, PM_UPLOADED, DOCUMENT_SENT):  # documents came: nothing is asked for again
+        assert "Reply to that email" not in text and "Répondez à cet e-mail" not in text
+    assert "<form" not in page.text
 
 
 @pytest.mark.parametrize("lang", [Language.FR, Language.EN])

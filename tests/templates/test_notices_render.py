@@ -204,6 +204,79 @@ def test_unverified_says_how_to_start_again(language: Language) -> None:
 
 
 @pytest.mark.parametrize("language", list(Language))
+def test_unverified_post_mortem_speaks_of_the_quality_documents_not_of_identity(language: Language) -> None:
+    """Art. 85 loi 78-17: the sender proved neither the death nor their quality; the request was never theirs."""
+    rendered = render_notice(NoticeTemplate.UNVERIFIED, language, {**MINIMAL, "kind": "post_mortem", "days": "30"})
+    for text in (rendered.text, html.unescape(re.sub(r"<[^>]+>", "", rendered.html))):
+        flat = " ".join(text.split())
+        if language is Language.FR:
+            assert "les justificatifs du décès et de votre qualité" in flat and "30 jours" in flat
+            assert "aucune donnée de la personne décédée" in flat
+            assert "nous supprimons les documents que vous avez pu nous envoyer" in flat
+            assert "votre identité" not in flat and "vous concernant" not in flat
+        else:
+            assert "the documents proving the death and your quality" in flat and "30 days" in flat
+            assert "none of the deceased person's data" in flat
+            assert "we are deleting the documents you may have sent" in flat
+            assert "your identity" not in flat and "data about you" not in flat
+        assert CNIL in flat
+
+
+@pytest.mark.parametrize(("language", "documents", "words"), [
+    (Language.EN, "2", "With your request, we received 2 files from you. We will check that they include a copy of "
+                       "the death certificate"),
+    (Language.EN, "1", "With your request, we received one file from you. We will check that it includes"),
+    (Language.FR, "2", "Avec votre demande, nous avons reçu 2 fichiers de votre part. Nous vérifierons qu'ils "
+                       "contiennent une copie de l'acte de décès"),
+    (Language.FR, "1", "Avec votre demande, nous avons reçu un fichier de votre part. Nous vérifierons qu'il "
+                       "contient"),
+])
+def test_a_post_mortem_request_sent_with_documents_asks_for_nothing_more(
+        language: Language, documents: str, words: str) -> None:
+    """Documents uploaded with the form: the letter says how many came and asks only for what may be missing."""
+    context = {**MINIMAL, "kind": "post_mortem", "identity": "quality", "days": "30", "documents": documents}
+    rendered = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, context)
+    for text in (rendered.text, html.unescape(re.sub(r"<[^>]+>", "", rendered.html))):
+        flat = " ".join(text.split())
+        assert words in flat
+        assert "Please reply to this message attaching" not in flat and "Répondez à ce message en joignant" not in flat
+        assert "30 days" not in flat and "30 jours" not in flat  # nothing is awaited from the sender
+    without = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**context, "documents": ""})
+    assert ("Please reply to this message attaching" in without.text
+            or "Répondez à ce message en joignant" in without.text)
+
+
+@pytest.mark.parametrize(("language", "documents", "words"), [
+    (Language.EN, "3", "we received 3 files with your request, and our team will check that they prove the death"),
+    (Language.EN, "1", "we received one file with your request, and our team will check that it proves the death"),
+    (Language.FR, "3", "nous avons reçu 3 fichiers avec votre demande, et notre équipe vérifiera qu'ils établissent"),
+    (Language.FR, "1", "nous avons reçu un fichier avec votre demande, et notre équipe vérifiera qu'il établit"),
+])
+def test_the_acknowledgement_of_a_post_mortem_request_with_documents_says_they_came(
+        language: Language, documents: str, words: str) -> None:
+    context = {**MINIMAL, "kind": "post_mortem", "identity": "quality", "documents": documents}
+    rendered = render_notice(NoticeTemplate.ACKNOWLEDGEMENT, language, context)
+    for text in (rendered.text, html.unescape(re.sub(r"<[^>]+>", "", rendered.html))):
+        flat = " ".join(text.split())
+        assert words in flat
+        assert "which documents to send us" not in flat and "les justificatifs à nous envoyer" not in flat
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_the_operator_is_told_of_form_documents_and_of_the_quality_to_confirm(language: Language) -> None:
+    context = {**MINIMAL, "kind": "post_mortem", "stage": "awaiting_identity", "attachments": "2", "source": "form"}
+    rendered = render_notice(NoticeTemplate.OPERATOR_CORRESPONDENCE, language, context)
+    flat = " ".join(rendered.text.split())
+    assert "The sender of request dsr-2026-11-MIN001 sent documents with the web form." in flat
+    assert "L'expéditeur de la demande dsr-2026-11-MIN001 a envoyé des justificatifs avec le formulaire web." in flat
+    assert "privacy mailbox" not in flat and "boîte de protection" not in flat  # no email to look for
+    assert "dsr confirm-quality dsr-2026-11-MIN001 --quality heir|executor|designated" in flat
+    assert "confirm-identity" not in flat and "confirm-identity" not in rendered.html
+    assert rendered.subject.endswith("2 document(s) sent with the web form to review" if language is Language.EN
+                                     else "2 justificatif(s) envoyé(s) avec le formulaire web à examiner")
+
+
+@pytest.mark.parametrize("language", list(Language))
 def test_identity_request_ways_to_confirm(language: Language) -> None:
     link_only = render_notice(NoticeTemplate.IDENTITY_REQUEST, language, {**MINIMAL, "verify_url": FULL["verify_url"]})
     assert FULL["verify_url"] in link_only.text

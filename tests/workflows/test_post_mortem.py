@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,8 +16,10 @@ from temporalio.service import RPCError
 
 from connectors.base import OperationJob
 from dsr.domain.model import (
+    Channel,
     ConnectorOutcome,
     DirectiveInstruction,
+    DuplicateAttached,
     IdentityConfirmation,
     IdentityMethod,
     Outcome,
@@ -32,6 +35,7 @@ from dsr.domain.model import (
 from dsr.store.directives import DirectivesRegister
 from dsr.store.suppressions import SuppressionList
 from intake.submission import Submission, SubmissionError, prepare, start
+from intake.web.status import status_view
 from tests.harness import ScriptedConnector, keep_history, text_of
 from tests.workflows.support import SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals, events, status, wait_for_event
 from workflows.request import DataSubjectRequest
@@ -56,13 +60,15 @@ def connectors() -> list[ScriptedConnector]:
 
 
 async def submit(engine: Engine, *, language: str = "fr", scope: str = "", quality: str = "heir",
-                 identity: IdentityMethod = IdentityMethod.TRUSTED) -> tuple[RequestInput, WorkflowHandle]:
+                 identity: IdentityMethod = IdentityMethod.TRUSTED, documents: int = 0,
+                 ) -> tuple[RequestInput, WorkflowHandle]:
     # Even a channel that authenticated the sender (trusted) does not prove their quality: it is reviewed.
     settings = replace(engine.settings, policy=replace(engine.settings.policy, identity=identity))
     now = await engine.env.get_current_time()
     request = prepare(Submission(kind="post_mortem", email=SUBJECT_EMAIL, name=SUBJECT_NAME, language=language,
                                  scope=scope, deceased_email=DECEASED, deceased_name="Henri Dupont",
-                                 quality=quality, details="Mon père est décédé le 2 novembre."), settings, now=now)
+                                 quality=quality, details="Mon père est décédé le 2 novembre.",
+                                 documents=documents), settings, now=now)
     return request, await start(engine.client, request, task_queue=engine.task_queue)
 
 
@@ -127,6 +133,9 @@ async def test_once_the_quality_is_confirmed_the_deceased_persons_data_is_erased
         < trail.index("connector_done") < trail.index("reply_sent")
     [confirmed] = [e for e in engine.ledger.events(request.request_id) if e.event == "quality_confirmed"]
     assert confirmed.details == {"quality": "heir"} and confirmed.note.startswith("acte de notoriété")
+    # The register's case (art. 85): the sender's aim is kept on receipt, with no personal data.
+    [received] = [e for e in engine.ledger.events(request.request_id) if e.event == "received"]
+    assert received.details["scope"] == "closure"
     assert SuppressionList(engine.ledger).is_suppressed(DECEASED)  # the opposition to further processing
 
     sent = await mail_to(engine, SUBJECT_EMAIL, 3)  # acknowledgement, request for documents, reply
@@ -140,6 +149,60 @@ async def test_once_the_quality_is_confirmed_the_deceased_persons_data_is_erased
     assert ("acte de décès" if language == "fr" else "death certificate") in asked
     await handle.result()
     await keep_history(handle, f"post_mortem_closure_{language}")
+
+
+@pytest.mark.parametrize(("language", "words"), [
+    ("fr", "Avec votre demande, nous avons reçu 2 fichiers de votre part."),
+    ("en", "With your request, we received 2 files from you."),
+])
+async def test_documents_sent_with_the_form_are_counted_and_not_asked_for_again(
+        engine: Engine, language: str, words: str) -> None:
+    request, handle = await submit(engine, language=language, documents=2)
+    assert request.documents == 2
+    await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY)
+    acknowledged, asked = (" ".join(body.split()) for _, body in (await mail_to(engine, SUBJECT_EMAIL, 2))[:2])
+    assert words in asked
+    assert ("2 fichiers avec votre demande" if language == "fr" else "2 files with your request") in acknowledged
+    assert "Répondez à ce message en joignant" not in asked and "Please reply to this message attaching" not in asked
+    [received] = [e for e in engine.ledger.events(request.request_id) if e.event == "received"]
+    assert received.details["documents"] == "2"
+    # The operator is told there are documents to review, and how to confirm the quality (not the identity).
+    for _ in range(100):
+        told = [m for m in engine.mail.to(engine.settings.policy.operator_email)
+                if " ".join(str(m["Subject"]).split()).endswith((
+                    "2 document(s) sent with the web form to review",
+                    "2 justificatif(s) envoyé(s) avec le formulaire web à examiner"))]
+        if told:
+            break
+        await asyncio.sleep(0.1)
+    assert told, [str(m["Subject"]) for m in engine.mail.to(engine.settings.policy.operator_email)]
+    assert f"dsr confirm-quality {request.request_id}" in text_of(told[0])
+    # Past the reminder's day and the identity wait: nothing is asked again of a sender who sent the documents,
+    # and the request is not closed for want of them (our review is what it waits for).
+    await engine.env.sleep(timedelta(days=engine.settings.policy.identity_timeout_days + 1))
+    assert "identity_reminder_sent" not in events(engine, request) and len(bodies(engine, SUBJECT_EMAIL)) == 2
+    current = await status(handle)
+    assert current.stage == Stage.AWAITING_IDENTITY and current.outcome is None
+    await handle.execute_update(DataSubjectRequest.confirm_quality, QualityConfirmation(
+        quality=Quality.HEIR, confirmed_by="operator:alice"))
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+
+
+async def test_documents_of_a_submission_joining_the_request_are_counted_on_it(engine: Engine) -> None:
+    request, handle = await submit(engine, language="en")
+    await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY)
+    await wait_for_event(engine, request, "identity_requested")  # the ledger's events trail the stage
+    asked = status_view(engine.ledger, request.request_id, "Europe/Paris")
+    assert asked is not None and asked.waiting_for == "quality_document"
+    await handle.execute_update(DataSubjectRequest.attach_duplicate, DuplicateAttached(
+        channel=Channel.FORM, received_at=await engine.env.get_current_time(), documents=3))
+    await wait_for_event(engine, request, "duplicate_attached")
+    [joined] = [e for e in engine.ledger.events(request.request_id) if e.event == "duplicate_attached"]
+    assert joined.details["documents"] == "3"
+    view = status_view(engine.ledger, request.request_id, "Europe/Paris")
+    assert view is not None and (view.waiting_for, view.documents) == ("quality_review", 3)
+    await handle.execute_update(DataSubjectRequest.refuse, Refusal(reason="test over", ground=RefusalGround.QUALITY))
+    await handle.result()
 
 
 async def test_a_sender_who_cannot_show_their_quality_is_refused_with_the_remedies(engine: Engine) -> None:
@@ -225,6 +288,7 @@ async def test_directives_naming_someone_else_keep_the_sender_from_acting(engine
     ({"deceased_email": SUBJECT_EMAIL.upper()}, "the sender's own address"),
     ({"quality": "cousin"}, "quality must be one of heir, executor, designated"),
     ({"scope": "marketing"}, "scope must be one of closure, estate"),
+    ({"documents": 6}, "documents: at most 5 files"),
 ])
 def test_a_post_mortem_submission_names_someone_else(engine: Engine, fields: dict[str, Any], error: str) -> None:
     base = Submission(kind="post_mortem", email=SUBJECT_EMAIL, deceased_email=DECEASED)
