@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.outside import OutsideSystem
 from dsr.config.settings import Settings
@@ -35,10 +32,8 @@ from dsr.store.tasks import OutsideTasks
 from intake.answers import record_answer
 from intake.submission import Submission, prepare, start
 from tests.harness import TEST_KEYRING, ScriptedConnector, text_of
-from tests.servers import time_skipping_server
-from tests.workflows.conftest import SUBJECT_EMAIL, SUBJECT_NAME, Engine
+from tests.workflows.support import SUBJECT_EMAIL, SUBJECT_NAME, Engine, wait_for_event
 from tests.workflows.test_consent import ConsentConnector, bodies, submit, until
-from tests.workflows.test_request import wait_for_event
 
 PROCESSOR = "privacy@mailer.example"
 OWNER = "crm-admin@example.com"
@@ -69,12 +64,6 @@ legal_basis = "consent"
 [controller.purposes.withdrawal]
 crm = { subscriptions = ["Partner offers"] }
 '''
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:
-        yield env
 
 
 def mailer() -> OutsideSystem:

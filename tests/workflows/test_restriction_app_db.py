@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from sqlalchemy import create_engine, select
-from temporalio.testing import WorkflowEnvironment
 
 from connectors.config import build_connector, parse_config
 from connectors.sql import SqlConnector
@@ -22,19 +21,12 @@ from sandbox import appdb
 from sandbox.appdb import DEMO_MAP, PEOPLE, seed
 from tests.connectors.test_sql import _fresh
 from tests.harness import text_of
-from tests.servers import time_skipping_server
 from tests.workflows.support import Engine
 from tests.workflows.test_restriction import eventually, restriction_status, time_runs_free
 from workflows.request import DataSubjectRequest
 from workflows.restriction import IN_FORCE, LIFTED, RestrictionInForce
 
 PERSON = PEOPLE[0]
-
-
-@pytest_asyncio.fixture
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    async with time_skipping_server() as env:
-        yield env
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
