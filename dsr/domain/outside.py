@@ -130,6 +130,7 @@ _DONE_ACTION = {
     RequestKind.ACCESS: RecordAction.EXPORTED,
     RequestKind.PORTABILITY: RecordAction.EXPORTED,
     RequestKind.RESTRICTION: RecordAction.RESTRICTED,
+    RequestKind.OBJECTION: RecordAction.UNSUBSCRIBED,  # only a marketing objection reaches a system (Art. 21(3))
 }
 
 
