@@ -100,6 +100,13 @@ class _Collect:
     def __init__(self, sink: MailSink) -> None:
         self._sink = sink
 
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address in self._sink.refused:  # a mailbox that does not exist: refused for good
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.content
         assert isinstance(content, bytes), "the Controller's default (decode_data=False) keeps the data as bytes"
@@ -116,6 +123,7 @@ class MailSink:
     port: int = field(default_factory=free_port)
     messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: set[str] = field(default_factory=set)  # recipients refused with a 550 from now on
 
     def __post_init__(self) -> None:
         self._controller = Controller(_Collect(self), hostname="127.0.0.1", port=self.port)

@@ -111,9 +111,12 @@ class FollowUp:
         await self._send(Notice(request_id=self._request_id, template=template, to=self._operator_email,
                                 language=self._language, context={**self._context, **extra}))
 
-    async def _send(self, notice: Notice) -> None:
+    async def _send(self, notice: Notice) -> bool:
+        """Sent (True), or refused for good by the mail server (False, recorded as ``notice_failed``)."""
         try:
             await workflow.execute_activity_method(NoticeActivities.send_notice, notice,
                                                    **summarised(NOTICE, f"notice: {notice.template.value}"))
         except ActivityError:
             await self._audit("notice_failed", details={"template": notice.template.value})
+            return False
+        return True

@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         TurnRelease,
         restriction_id,
         subject_queue_id,
+        told_words,
     )
     from workflows import search_attributes as sa
 from workflows.contract import (
@@ -123,6 +124,7 @@ class RestrictionInForce(FollowUp):
         self._turn_granted = False
         self._waiting_for = ""  # the request holding the turn while the lift waits for it
         self._untold: list[str] = []
+        self._subject_told: bool | None = None  # the lift's notice to the subject (Art. 18(3))
 
     @workflow.run
     async def run(self, held: RestrictionInput) -> RestrictionStatus:
@@ -185,9 +187,16 @@ class RestrictionInForce(FollowUp):
         await self._audit("restriction_lift_scheduled", actor=actor, details={
             "why": why, "by_request": by_request, "lift_on": day.isoformat(), "reason_length": str(len(reason))},
             note=reason)
-        await self._notify_subject(NoticeTemplate.RESTRICTION_LIFT, lift_on=day.isoformat(), lift_why=why,
-                                   reason=reason)
+        self._subject_told = await self._notify_subject(NoticeTemplate.RESTRICTION_LIFT, lift_on=day.isoformat(),
+                                                        lift_why=why, reason=reason)
         self._scheduled_recorded = True
+        self._update_details()
+        if not self._subject_told:
+            # The mail server refused the notice for good: no one may claim the subject was told. The operator
+            # tells them by other means (letter, telephone) before the lift; the day stays as the notice named it.
+            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=(
+                f"- the subject could not be told by email that the restriction is lifted on {day.isoformat()}: "
+                "tell them by other means before then (Art. 18(3))"))
 
     async def _unmark(self) -> None:
         """Remove the marks this request set, in the person's turn (an export of theirs in progress finishes
@@ -345,7 +354,7 @@ class RestrictionInForce(FollowUp):
     def status(self) -> RestrictionStatus:
         return RestrictionStatus(request_id=self._held.request_id, ground=self._held.ground, state=self._state,
                                  lift_at=self._lift_at, lifted_by=self._lifted_by, failed=list(self._failed),
-                                 waiting_for=self._waiting_for)
+                                 waiting_for=self._waiting_for, subject_told=self._subject_told)
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -353,7 +362,7 @@ class RestrictionInForce(FollowUp):
         held = self._held
         lines = [f"restriction of **{held.request_id}** (Art. 18(1)({held.ground})): **{self._state}**"]
         if self._lift_at is not None and self._state == LIFT_SCHEDULED:
-            lines.append(f"- lift on {self._lift_at:%Y-%m-%d %H:%M} UTC (the subject was told)")
+            lines.append(f"- lift on {self._lift_at:%Y-%m-%d %H:%M} UTC ({told_words(self._subject_told)})")
         if held.marked:
             lines.append(f"- marked in: {', '.join(held.marked)}")
         if held.by_hand:
@@ -372,11 +381,11 @@ class RestrictionInForce(FollowUp):
             lines += ["", f"**{self._cancellation_refused}**"]
         workflow.set_current_details("\n".join(lines))
 
-    async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> None:
+    async def _notify_subject(self, template: NoticeTemplate, **extra: str) -> bool:
         context = {**self._held.notice_context, **extra}
         if self._held.subject.name:
             context["subject_name"] = self._held.subject.name
-        await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.subject.email,
+        return await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.subject.email,
                                 language=self._held.language, context=context, in_reply_to=self._held.in_reply_to,
                                 key=f"restriction-{template.value}"))
 

@@ -264,7 +264,7 @@ async def lift(
     from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
     from temporalio.service import RPCError, RPCStatusCode
 
-    from dsr.domain.model import Lift, RestrictionStatus, Retry, restriction_id
+    from dsr.domain.model import Lift, RestrictionStatus, Retry, restriction_id, told_words
     from workflows.restriction import RestrictionInForce
 
     if retry == bool(reason.strip()):
@@ -289,6 +289,7 @@ async def lift(
     if as_json:
         emit_json({"id": request_id, **plain(held)})
     elif held.lift_at is not None:
-        typer.echo(f"{request_id}: {held.state}, lift on {held.lift_at:%Y-%m-%d %H:%M} UTC (the subject was told)")
+        typer.echo(f"{request_id}: {held.state}, lift on {held.lift_at:%Y-%m-%d %H:%M} UTC "
+                   f"({told_words(held.subject_told)})")
     else:
         typer.echo(f"{request_id}: {held.state}")

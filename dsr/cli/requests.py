@@ -240,7 +240,7 @@ async def _show_restriction(client: Client, request_id: str, workflow_id: str) -
     from temporalio.client import WorkflowHandle
     from temporalio.service import RPCError
 
-    from dsr.domain.model import RestrictionStatus
+    from dsr.domain.model import RestrictionStatus, told_words
     from workflows.restriction import IN_FORCE, RestrictionInForce
 
     try:
@@ -252,7 +252,7 @@ async def _show_restriction(client: Client, request_id: str, workflow_id: str) -
         return
     line = f"  restriction: {'RESTRICTED, in force' if held.state == IN_FORCE else held.state}"
     if held.lift_at is not None and held.state != "lifted":
-        line += f", lift on {held.lift_at:%Y-%m-%d %H:%M} UTC (the subject was told; by {held.lifted_by})"
+        line += f", lift on {held.lift_at:%Y-%m-%d %H:%M} UTC ({told_words(held.subject_told)}; by {held.lifted_by})"
     typer.echo(line)
     if held.state == IN_FORCE:
         typer.echo(f"    lift it with `dsr lift {request_id} --reason \"...\"` (the subject is told first)")

@@ -1174,3 +1174,13 @@ class RestrictionStatus:
     lifted_by: str = ""  # an operator's login, or "ground_ended:<request>"
     failed: list[str] = field(default_factory=list)  # connectors whose mark could not be removed (retry)
     waiting_for: str = ""  # the lift waits for the person's turn, held by this request (or "" when not waiting)
+    # Art. 18(3): the notice of the lift to the subject was sent (True), refused for good by the mail server (False:
+    # the operator must tell them by other means before the lift), or not sent yet (None).
+    subject_told: bool | None = None
+
+
+def told_words(subject_told: bool | None) -> str:
+    """What the operator reads about the lift's notice to the subject (Art. 18(3)): never "told" unless it was."""
+    if subject_told is None:
+        return "the subject is being told"
+    return "the subject was told" if subject_told else "the notice to the subject FAILED: tell them before then"

@@ -34,11 +34,20 @@ from dsr.domain.model import (
     Retry,
     Stage,
     restriction_id,
+    told_words,
 )
 from intake.service import IntakeService
 from intake.submission import Submission, SubmissionError, prepare, start
 from tests.harness import ScriptedConnector, keep_history, text_of
-from tests.workflows.support import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals, events
+from tests.workflows.support import (
+    OPERATOR_EMAIL,
+    SUBJECT_EMAIL,
+    SUBJECT_NAME,
+    Engine,
+    clear_residuals,
+    events,
+    wait_for_event,
+)
 from workflows.request import DataSubjectRequest
 from workflows.restriction import IN_FORCE, LIFT_SCHEDULED, LIFTED, RestrictionInForce
 
@@ -166,7 +175,7 @@ async def test_a_restriction_is_marked_answered_then_lifted_only_after_the_subje
     scheduled = await restriction.execute_update(RestrictionInForce.lift,
                                                  Lift(reason=reason, requested_by="operator:alice"))
     assert scheduled.state == LIFT_SCHEDULED and scheduled.lift_at is not None
-    assert scheduled.lifted_by == "operator:alice"
+    assert scheduled.lifted_by == "operator:alice" and scheduled.subject_told is True
     with pytest.raises(WorkflowUpdateFailedError):  # one lift
         await restriction.execute_update(RestrictionInForce.lift, Lift(reason="again"))
     # Art. 18(3): the subject is told before the lift, with its day and the reason, in their language.
@@ -192,6 +201,30 @@ async def test_a_restriction_is_marked_answered_then_lifted_only_after_the_subje
     trail = events(engine, request)
     assert trail.index("reply_sent") < trail.index("restriction_in_force") < trail.index(
         "restriction_lift_scheduled") < trail.index("restriction_lifted")
+
+
+async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine: Engine) -> None:
+    request, handle = await submit(engine, "restriction", ground="c", language="en")
+    await handle.result()
+    restriction = held(engine, request)
+    await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
+    await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice"))
+    await skipping_again(engine)
+    engine.mail.refused.add(SUBJECT_EMAIL)  # the person's mailbox is gone
+    scheduled = await restriction.execute_update(RestrictionInForce.lift,
+                                                 Lift(reason="Proceedings closed.", requested_by="operator:alice"))
+    assert scheduled.state == LIFT_SCHEDULED and scheduled.subject_told is False
+    assert not any(str(m["Subject"]).startswith("The restriction") for m in engine.mail.to(SUBJECT_EMAIL))
+    await wait_for_event(engine, request, "notice_failed")
+    [failed] = [e for e in engine.ledger.events(request.request_id) if e.event == "notice_failed"]
+    assert failed.details == {"template": "restriction_lift"}
+    # The operator is told to tell the subject by other means before the day, and so are the UI and the CLI.
+    operator = await eventually(
+        lambda: asyncio.sleep(0, [text_of(m) for m in engine.mail.to(OPERATOR_EMAIL)]),
+        lambda texts: any("could not be told by email" in t for t in texts))
+    assert any(f"lifted on {scheduled.lift_at:%Y-%m-%d}" in t and "Art. 18(3)" in t for t in operator)
+    assert told_words(scheduled.subject_told) == "the notice to the subject FAILED: tell them before then"
+    assert "was told" not in await current_details(restriction)
 
 
 async def test_a_restriction_on_contested_accuracy_ends_with_the_rectification(engine: Engine) -> None:
