@@ -41,6 +41,10 @@ def letter(kind: RequestKind, language: Language) -> str:
 @pytest.mark.parametrize("kind", REACHING)
 def test_each_kind_asks_its_own_action_and_only_a_copy_asks_for_a_copy(kind: RequestKind, language: Language) -> None:
     text = letter(kind, language)
+    person = {Language.EN: "Person: ", Language.FR: "Personne : "}[language]
+    # The person stands in a paragraph of their own, between the introduction and what is asked.
+    assert f"answering it.\n\n{person}" in text or f"y répondre.\n\n{person}" in text, text
+    assert "(Ada)\n\n" in text, text
     assert (COPY[language] in text) == (kind in (RequestKind.ACCESS, RequestKind.PORTABILITY)), text
     if kind in ASKED:
         assert ASKED[kind][language] in text
