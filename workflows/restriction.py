@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         RestrictionStatus,
         Retry,
         Stage,
+        SubjectInformed,
         SubjectTurn,
         TurnAsk,
         TurnRelease,
@@ -125,6 +126,7 @@ class RestrictionInForce(FollowUp):
         self._waiting_for = ""  # the request holding the turn while the lift waits for it
         self._untold: list[str] = []
         self._subject_told: bool | None = None  # the lift's notice to the subject (Art. 18(3))
+        self._informed: SubjectInformed | None = None  # staff told them by other means, the notice refused
 
     @workflow.run
     async def run(self, held: RestrictionInput) -> RestrictionStatus:
@@ -141,6 +143,10 @@ class RestrictionInForce(FollowUp):
         await self._ended_while_answered()
         await workflow.wait_condition(lambda: self._lift is not None or self._ended is not None)
         await self._schedule_lift()
+        if not self._subject_told:
+            # Art. 18(3): no lift before the subject knows. Staff tell them by other means and record it.
+            await workflow.wait_condition(lambda: self._informed is not None)
+            await self._informed_otherwise()
         assert self._lift_at is not None
         # Art. 18(3): the subject was told; the marks stay until the day the notice named.
         await workflow.sleep(max(self._lift_at - workflow.now(), timedelta(0)),
@@ -196,7 +202,22 @@ class RestrictionInForce(FollowUp):
             # tells them by other means (letter, telephone) before the lift; the day stays as the notice named it.
             await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=(
                 f"- the subject could not be told by email that the restriction is lifted on {day.isoformat()}: "
-                "tell them by other means before then (Art. 18(3))"))
+                "tell them by other means (Art. 18(3)), then record it with "
+                f"`dsr lift {self._held.request_id} --subject-told \"how\"`; the marks stay until then"))
+
+    async def _informed_otherwise(self) -> None:
+        """The subject was told by other means: the lift keeps the day the notice named, and comes no sooner than
+        the notice period after this record."""
+        informed, first = self._informed, self._lift_at
+        assert informed is not None and first is not None
+        day = (workflow.now() + timedelta(days=max(1, self._held.notice_days) + 1)).date()
+        earliest = await workflow.execute_local_activity(
+            local_instant, LocalMoment(day=day, hour=LIFT_HOUR, timezone=self._held.timezone), **DEADLINES)
+        self._lift_at = max(first, earliest)
+        self._subject_told = True
+        self._update_details()
+        await self._audit("restriction_subject_informed", actor=informed.informed_by, details={
+            "lift_on": self._lift_at.date().isoformat(), "how_length": str(len(informed.how))}, note=informed.how)
 
     async def _unmark(self) -> None:
         """Remove the marks this request set, in the person's turn (an export of theirs in progress finishes
@@ -326,6 +347,21 @@ class RestrictionInForce(FollowUp):
         if not lift.reason.strip():
             raise _rejected("a lift needs its reason (--reason): it is kept in the ledger and told to the subject")
 
+    @workflow.update
+    async def subject_informed(self, informed: SubjectInformed) -> RestrictionStatus:
+        """``dsr lift REF --subject-told HOW``: the email notice of the lift was refused, and staff told the subject
+        by other means; answered with the lift's day (kept, or later to leave the notice period)."""
+        self._informed = SubjectInformed(how=informed.how.strip(), informed_by=informed.informed_by)
+        await workflow.wait_condition(lambda: self._subject_told is True)
+        return self.status()
+
+    @subject_informed.validator
+    def _validate_subject_informed(self, informed: SubjectInformed) -> None:
+        if self._subject_told is not False or self._informed is not None:
+            raise _rejected(f"{self._held.request_id}: no refused notice of the lift waits to be replaced")
+        if not informed.how.strip():
+            raise _rejected("say how the subject was told (--subject-told \"registered letter of 7 December\")")
+
     @workflow.signal(name=GROUND_ENDED_SIGNAL)
     def ground_ended(self, ended: GroundEnded) -> None:
         """Another request of the person ended this restriction's ground (a rectification for ground a, an
@@ -363,6 +399,9 @@ class RestrictionInForce(FollowUp):
         lines = [f"restriction of **{held.request_id}** (Art. 18(1)({held.ground})): **{self._state}**"]
         if self._lift_at is not None and self._state == LIFT_SCHEDULED:
             lines.append(f"- lift on {self._lift_at:%Y-%m-%d %H:%M} UTC ({told_words(self._subject_told)})")
+            if self._subject_told is False:
+                lines.append("- **the marks stay until staff tell the subject by other means**: "
+                             "`dsr lift REF --subject-told \"how\"`")
         if held.marked:
             lines.append(f"- marked in: {', '.join(held.marked)}")
         if held.by_hand:

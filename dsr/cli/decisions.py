@@ -251,11 +251,15 @@ async def confirm_quality(
                   QualityConfirmation(quality=chosen, confirmed_by=by, note=note), as_json)
 
 
+@run
 async def lift(
     request_id: RequestId,
     reason: Annotated[str, typer.Option(help="Why the restriction ends (kept sealed in the ledger, told to the "
                                              "subject).")] = "",
     retry: Annotated[bool, typer.Option("--retry", help="Retry removing the marks a system refused.")] = False,
+    subject_told: Annotated[str, typer.Option(
+        "--subject-told", help="How staff told the subject of the lift after the mail server refused the notice "
+                               "(kept sealed in the ledger); the marks stay until this is recorded.")] = "",
     by: Actor = "operator",
     as_json: JsonOption = False,
 ) -> None:
@@ -264,11 +268,12 @@ async def lift(
     from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
     from temporalio.service import RPCError, RPCStatusCode
 
-    from dsr.domain.model import Lift, RestrictionStatus, Retry, restriction_id, told_words
+    from dsr.domain.model import Lift, RestrictionStatus, Retry, SubjectInformed, restriction_id, told_words
     from workflows.restriction import RestrictionInForce
 
-    if retry == bool(reason.strip()):
-        raise UserError("give --reason \"...\" to lift, or --retry alone to retry the marks a system refused")
+    if [retry, bool(reason.strip()), bool(subject_told.strip())].count(True) != 1:
+        raise UserError("give --reason \"...\" to lift, --retry alone to retry the marks a system refused, or "
+                        "--subject-told \"...\" alone once the subject was told by other means")
     check_reference(request_id)
     _, client = await temporal_client()
     handle: WorkflowHandle[RestrictionInForce, RestrictionStatus] = client.get_workflow_handle_for(
@@ -284,6 +289,9 @@ async def lift(
         raise UserError(f"{request_id}: the restriction was lifted already")
     if retry:
         held = await handle.execute_update(RestrictionInForce.retry, Retry(requested_by=by))
+    elif subject_told.strip():
+        held = await handle.execute_update(RestrictionInForce.subject_informed,
+                                           SubjectInformed(how=subject_told, informed_by=by))
     else:
         held = await handle.execute_update(RestrictionInForce.lift, Lift(reason=reason, requested_by=by))
     if as_json:

@@ -1099,6 +1099,15 @@ class Lift:
 
 
 @dataclass
+class SubjectInformed:
+    """``dsr lift REF --subject-told HOW``: staff told the subject of the lift by other means (a letter, a call)
+    after the mail server refused the email notice (Art. 18(3)). ``how`` is sealed in the ledger."""
+
+    how: str
+    informed_by: str = "operator"
+
+
+@dataclass
 class GroundEnded:
     """Signal ``ground_ended`` to a restriction in force: the request that ends its ground is done (ground a: a
     rectification of the same person answered; ground d: their objection decided). Ids only."""
@@ -1183,4 +1192,5 @@ def told_words(subject_told: bool | None) -> str:
     """What the operator reads about the lift's notice to the subject (Art. 18(3)): never "told" unless it was."""
     if subject_told is None:
         return "the subject is being told"
-    return "the subject was told" if subject_told else "the notice to the subject FAILED: tell them before then"
+    return "the subject was told" if subject_told else (
+        "the notice to the subject FAILED: tell them by other means, then `dsr lift REF --subject-told \"how\"`")

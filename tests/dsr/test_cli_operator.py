@@ -190,6 +190,17 @@ def test_a_letter_is_a_channel_and_needs_the_day_it_arrived(home: Path) -> None:
     # The walk of a letter through the engine, with its receipt day, is tests/workflows/test_audit_trail.py's.
 
 
+@pytest.mark.parametrize("given", [[], ["--reason", "closed", "--retry"],
+                                   ["--reason", "closed", "--subject-told", "a letter"],
+                                   ["--retry", "--subject-told", "a letter"], ["--subject-told", "  "]])
+def test_lift_takes_one_of_reason_retry_and_subject_told(tmp_path: Path, given: list[str]) -> None:
+    """One line, before anything is asked of Temporal."""
+    result = dsr(tmp_path, "lift", "dsr-2026-12-7KQ3FJ", *given)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--subject-told" in lines[0] and "--retry" in lines[0], result.stderr
+
+
 def test_triage_classify_takes_purposes_only_for_a_withdrawal_of_consent(tmp_path: Path) -> None:
     """``--purpose`` on another kind is one line, before anything is asked of Temporal."""
     result = dsr(tmp_path, "triage", "classify", "triage-dsr-2026-12-7KQ3FJ", "--kind", "access",
@@ -217,3 +228,30 @@ async def test_a_decision_on_a_closed_request_says_how_it_ended(home: Path, time
         result = await asyncio.to_thread(run_dsr, ["extend", reference.lower(), "--reason", "a complex case"], env)
         assert result.returncode == 1
         assert result.stderr.strip().splitlines() == [f"error: {reference} is closed ({said})"], result.stderr
+
+
+def test_every_verb_is_run_not_left_a_coroutine() -> None:
+    """An ``async def`` verb registered without ``@run`` returns a coroutine that Typer never awaits: the verb does
+    nothing and exits 0 (``dsr lift`` did, until this test)."""
+    import importlib
+    import inspect
+
+    from dsr.cli.main import SUB_APPS, VERBS
+
+    unrun = [name for name, module, function in VERBS
+             if inspect.iscoroutinefunction(getattr(importlib.import_module(f"dsr.cli.{module}"), function))]
+    for name, module, attribute in SUB_APPS:
+        sub_app = getattr(importlib.import_module(f"dsr.cli.{module}"), attribute)
+        unrun += [f"{name} {command.name or command.callback.__name__}" for command in sub_app.registered_commands
+                  if command.callback is not None and inspect.iscoroutinefunction(command.callback)]
+    assert unrun == []
+
+
+async def test_lift_reaches_temporal_and_says_when_no_restriction_is_held(
+        home: Path, time_skipping: WorkflowEnvironment) -> None:
+    env = {**cli_env(home), "TEMPORAL_ADDRESS": time_skipping.client.service_client.config.target_host}
+    result = await asyncio.to_thread(run_dsr, ["lift", "dsr-2026-11-ZZZZZZ", "--reason", "proceedings closed"], env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: dsr-2026-11-ZZZZZZ holds no restriction in force (not a restriction, not answered yet, or forgotten "
+        "by Temporal; see `dsr history`)"], result.stderr

@@ -46,6 +46,7 @@ from dsr.domain.model import (
     ResidualsCleared,
     Retry,
     Stage,
+    SubjectInformed,
     TriageDecision,
     TriageDismissal,
     TriageInput,
@@ -165,8 +166,14 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
     await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
     lift = Lift(reason="La procédure judiciaire est close", requested_by="op:lift")
     sent["RestrictionInForce", "lift"] = [(lift, trail)]
+    engine.mail.refused.add(SUBJECT_EMAIL)  # the notice of the lift is refused: staff tell the subject by letter
     scheduled = await restriction.execute_update(RestrictionInForce.lift, lift)
-    assert scheduled.lift_at is not None
+    engine.mail.refused.clear()
+    assert scheduled.subject_told is False
+    informed = SubjectInformed(how="Lettre recommandée AR n° 1A 234 567 8901 2", informed_by="op:informed")
+    sent["RestrictionInForce", "subject_informed"] = [(informed, trail)]
+    scheduled = await restriction.execute_update(RestrictionInForce.subject_informed, informed)
+    assert scheduled.lift_at is not None and scheduled.subject_told is True
     marks = engine.connectors[-1]
     assert isinstance(marks, MarkingConnector) and marks.marked == {SUBJECT_EMAIL}
     marks.permanent_failures = 1  # the system refuses to remove the mark once

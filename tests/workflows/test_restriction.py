@@ -33,6 +33,7 @@ from dsr.domain.model import (
     RestrictionStatus,
     Retry,
     Stage,
+    SubjectInformed,
     restriction_id,
     told_words,
 )
@@ -222,9 +223,31 @@ async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine
     operator = await eventually(
         lambda: asyncio.sleep(0, [text_of(m) for m in engine.mail.to(OPERATOR_EMAIL)]),
         lambda texts: any("could not be told by email" in t for t in texts))
-    assert any(f"lifted on {scheduled.lift_at:%Y-%m-%d}" in t and "Art. 18(3)" in t for t in operator)
-    assert told_words(scheduled.subject_told) == "the notice to the subject FAILED: tell them before then"
+    assert any(f"lifted on {scheduled.lift_at:%Y-%m-%d}" in t and "Art. 18(3)" in t and "--subject-told" in t
+               for t in operator)
+    assert told_words(scheduled.subject_told).startswith("the notice to the subject FAILED")
     assert "was told" not in await current_details(restriction)
+
+    # Art. 18(3): no lift before the subject knows. Past the day the notice named, the marks are still on.
+    crm = engine.connectors[0]
+    assert isinstance(crm, MarkingConnector)
+    assert scheduled.lift_at is not None
+    await engine.env.sleep(scheduled.lift_at - await engine.env.get_current_time() + timedelta(days=1))
+    assert (await restriction_status(restriction)).state == LIFT_SCHEDULED and crm.marked == {SUBJECT_EMAIL}
+    with pytest.raises(WorkflowUpdateFailedError):  # saying how is required
+        await restriction.execute_update(RestrictionInForce.subject_informed, SubjectInformed(how=" "))
+    informed = await restriction.execute_update(RestrictionInForce.subject_informed, SubjectInformed(
+        how="Registered letter of 7 December", informed_by="operator:bob"))
+    assert informed.subject_told is True and informed.lift_at is not None
+    assert informed.lift_at - await engine.env.get_current_time() >= timedelta(days=3)  # the notice period again
+    await wait_for_event(engine, request, "restriction_subject_informed")
+    [record] = [e for e in engine.ledger.events(request.request_id) if e.event == "restriction_subject_informed"]
+    assert record.actor == "operator:bob" and record.note == "Registered letter of 7 December"
+    with pytest.raises(WorkflowUpdateFailedError):  # once
+        await restriction.execute_update(RestrictionInForce.subject_informed, SubjectInformed(how="again"))
+    await time_runs_free(engine)  # a timer is pending again: the server skips to it
+    lifted = await eventually(lambda: restriction_status(restriction), lambda s: s.state == LIFTED, tries=300)
+    assert lifted.failed == [] and crm.marked == set()
 
 
 async def test_a_restriction_on_contested_accuracy_ends_with_the_rectification(engine: Engine) -> None:
