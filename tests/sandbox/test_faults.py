@@ -117,14 +117,16 @@ async def test_the_stripe_connector_honours_an_injected_retry_after(
     server, faults = proxied
     connector = StripeConnector(api_key=KEY, base_url=server.url)
     try:
-        for rates, status in ((FaultRates(throttle=1.0, retry_after_seconds=3), "HTTP 429 rate_limit"),
-                              (FaultRates(error=1.0, retry_after_seconds=3), "HTTP 5")):
+        # Thirty seconds is more than a read waits out in place (connectors.http.READ_WAIT_MAX): the error, with
+        # its Retry-After, comes at once instead of after two real waits (their waiting is tested in test_stripe).
+        for rates, status in ((FaultRates(throttle=1.0, retry_after_seconds=30), "HTTP 429 rate_limit"),
+                              (FaultRates(error=1.0, retry_after_seconds=30), "HTTP 5")):
             faults.rates = rates
             with pytest.raises(TransientConnectorError) as raised:
                 await connector.locate(Subject(email="limited@example.org"))
             assert status in str(raised.value)
             if "429" in status or "503" in str(raised.value):
-                assert raised.value.retry_after == 3.0
+                assert raised.value.retry_after == 30.0
     finally:
         await connector.aclose()
 
