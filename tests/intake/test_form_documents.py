@@ -179,6 +179,7 @@ LABELS = {
 }
 
 
+@pytest.mark.browser  # it launches Chromium itself, without the browser fixture that marks the others
 @pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("DSR_REQUIRE_BROWSER"),
                     reason=f"{CHROMIUM} is not installed")
 @pytest.mark.parametrize("lang", ["fr", "en"])
