@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 
 
 # A test needing one of these fixtures (directly or through another) gets the marker: `make test-fast` leaves it out.
-_MARKER_OF_FIXTURE = {"postgres_admin_url": "postgres", "dovecot": "imap", "browser": "browser"}
+# moto's S3 server costs a worker seconds of CPU to start and every call goes over HTTP: its tests are slow (the
+# file:// twin of a storage test stays in the fast loop).
+_MARKER_OF_FIXTURE = {"postgres_admin_url": "postgres", "dovecot": "imap", "browser": "browser", "s3_server": "slow"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -101,15 +101,10 @@ def test_files_are_private_and_writes_leave_no_temporary(tmp_path: Path) -> None
     assert not path.parent.exists(), "an emptied folder goes too"
 
 
-def test_storage_url_setting(tmp_path: Path, s3_url: str) -> None:
+def test_storage_url_setting(tmp_path: Path) -> None:
     settings = Settings.from_env({"DSR_HOME": str(tmp_path)})
     assert settings.storage_url == (tmp_path / "storage").as_uri()  # dsr up with no settings at all
     assert isinstance(open_store(settings), FileStore) and (tmp_path / "storage").is_dir()
-    s3 = Settings.from_env({"DSR_HOME": str(tmp_path), "DSR_STORAGE_URL": s3_url})
-    store = open_store(s3)
-    store.put("a/b", b"c")
-    assert store.url == f"{s3_url}/" and store.get("a/b") == b"c"
-
     assert parse_storage_url("s3://my.bucket-1/some/prefix/?addressing_style=path").options == {
         "addressing_style": "path"}
     assert parse_storage_url("s3://bucket").prefix == ""
@@ -119,6 +114,12 @@ def test_storage_url_setting(tmp_path: Path, s3_url: str) -> None:
         with pytest.raises(ConfigError, match=r"^DSR_STORAGE_URL: ") as caught:
             Settings.from_env({"DSR_HOME": str(tmp_path), "DSR_STORAGE_URL": bad})
         assert "secret" not in str(caught.value)
+
+
+def test_an_s3_storage_url_setting_opens_its_bucket(tmp_path: Path, s3_url: str) -> None:  # slow: moto (conftest)
+    store = open_store(Settings.from_env({"DSR_HOME": str(tmp_path), "DSR_STORAGE_URL": s3_url}))
+    store.put("a/b", b"c")
+    assert store.url == f"{s3_url}/" and store.get("a/b") == b"c"
 
 
 @pytest.mark.slow
@@ -133,10 +134,8 @@ def test_an_unreachable_bucket_is_a_storage_error(tmp_path: Path, s3_url: str, m
         store.list("a/")
 
 
-def test_check_names_what_is_wrong(storage_url: str, s3_url: str, tmp_path: Path) -> None:
+def test_check_names_what_is_wrong(storage_url: str, tmp_path: Path) -> None:
     store_at(storage_url).check()  # usable
-    with pytest.raises(StorageError, match=r"^s3://no-such-bucket/: check refused \(404\)"):
-        store_at("s3://no-such-bucket").check()
     blocked = tmp_path / "blocked"
     blocked.write_text("a file, not a folder")
     with pytest.raises(StorageError, match="cannot create the folder"):  # a file in the way
@@ -145,6 +144,11 @@ def test_check_names_what_is_wrong(storage_url: str, s3_url: str, tmp_path: Path
     (tmp_path / "gone").rmdir()  # e.g. an unmounted volume
     with pytest.raises(StorageError, match="not a folder this process can write to"):
         gone.check()
+
+
+def test_check_names_a_missing_bucket(s3_url: str) -> None:  # slow: moto (conftest)
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket/: check refused \(404\)"):
+        store_at("s3://no-such-bucket").check()
 
 
 @pytest.mark.slow
