@@ -283,6 +283,7 @@ async def test_export_streams_every_record_once_into_the_encrypted_store(
     assert b"Lea.Petit" not in raw and b"Lyon" not in raw
 
 
+@pytest.mark.slow
 async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250)
@@ -311,6 +312,7 @@ async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox
     assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 250
 
 
+@pytest.mark.slow
 async def test_a_fresh_export_replaces_what_a_crashed_attempt_left(
         server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
@@ -636,6 +638,7 @@ async def test_an_unreachable_server_is_transient() -> None:
         await connector.aclose()
 
 
+@pytest.mark.slow
 async def test_a_server_error_in_the_middle_of_an_export_is_transient(
         server: StripeSandbox, stripe_: StripeConnector) -> None:
     # An export interrupted by a 503 raises transiently; its checkpoints let the retry resume.

@@ -274,6 +274,7 @@ async def test_bad_api_input_is_a_clear_4xx_and_creates_nothing(
     assert intake.ledger.requests() == []
 
 
+@pytest.mark.slow
 async def test_api_rectification_with_changes_runs_and_with_text_only_waits_for_staff(intake: Intake) -> None:
     # Subjects of their own: earlier tests' requests of Camille, on the same server, are no business of these.
     paired = await submit_api(intake, kind="rectification", email="lina.roux@example.org", changes={"city": " Lyon "})
@@ -307,6 +308,7 @@ async def test_api_changes_that_cannot_be_applied_are_422_on_changes(intake: Int
     assert intake.ledger.requests() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api_token", ["partner-token"])
 async def test_api_submission_received_long_ago_is_warned_and_acknowledged_with_an_apology(intake: Intake) -> None:
     intake.http.headers["Authorization"] = "Bearer partner-token"
@@ -378,6 +380,7 @@ async def test_rate_limit_per_client_answers_429_with_retry_after(intake: Intake
     assert len(intake.ledger.requests()) == 6
 
 
+@pytest.mark.slow
 async def test_rate_limit_per_subject_counts_every_channel(intake: Intake) -> None:
     kinds = ["access", "erasure", "portability", "access", "erasure"]
     for kind in kinds:  # 5 per day for one subject (duplicates count too: they cost a notice each)
@@ -509,6 +512,7 @@ async def test_code_confirmation_counts_wrong_codes_then_locks(intake: Intake) -
     assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("identity_method", ["document"])
 async def test_a_document_request_is_not_confirmed_by_the_right_code(intake: Intake) -> None:
     """Issue 12 finding 1: no code is sent under the document policy, and the right one (derived with the
@@ -527,6 +531,7 @@ async def test_a_document_request_is_not_confirmed_by_the_right_code(intake: Int
     assert not await _events(intake, reference, "identity_confirmed")
 
 
+@pytest.mark.slow
 async def test_wrong_codes_close_the_code_for_good_and_the_operator_is_told_once(intake: Intake) -> None:
     """Issue 12 finding 2: 10 wrong codes in all (whatever the lockouts' windows) close the request's code, even
     the right one then answers "do not match"; the ledger records it and the operator gets one alert; the
@@ -961,6 +966,7 @@ async def test_api_objection_takes_its_scope_and_refuses_a_scope_elsewhere(intak
     assert [r.kind for r in intake.ledger.requests()] == ["objection"]
 
 
+@pytest.mark.slow
 async def test_api_restriction_takes_its_ground_and_a_zendesk_ticket_its_ground_tag(intake: Intake) -> None:
     for bad in ({"kind": "restriction"}, {"kind": "restriction", "ground": "e"}, {"kind": "access", "ground": "a"}):
         response = await intake.http.post("/api/requests", json=api_body(email="other@example.org", **bad))
@@ -989,6 +995,7 @@ async def test_zendesk_objection_tag_and_marketing_tag(intake: Intake) -> None:
     assert state.kind.value == "objection" and state.scope == "marketing"
 
 
+@pytest.mark.slow
 async def test_a_marketing_objection_is_never_attached_to_an_objection_waiting_for_a_decision(
     intake: Intake,
 ) -> None:
@@ -1089,6 +1096,7 @@ async def test_zendesk_post_mortem_tag(intake: Intake) -> None:
     assert state.kind.value == "post_mortem" and state.scope == "closure"
 
 
+@pytest.mark.slow
 async def test_zendesk_consent_withdrawal_names_its_purposes_by_tag_or_field(intake: Intake) -> None:
     """Tags ``dsr_purpose_<key>`` and/or the ``purposes`` custom field (keys or such tags); an unknown key is a
     422 on ``purposes`` and starts nothing; a purpose tag left on a ticket of another kind is ignored."""
@@ -1122,6 +1130,7 @@ async def test_zendesk_consent_withdrawal_names_its_purposes_by_tag_or_field(int
     assert response.status_code == 202, response.text
 
 
+@pytest.mark.slow
 async def test_triage_classify_refuses_an_unknown_purpose_and_starts_nothing(intake: Intake) -> None:
     from temporalio.client import WorkflowUpdateFailedError
 

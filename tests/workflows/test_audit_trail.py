@@ -147,6 +147,7 @@ def triage_item(engine: Engine, sender: str, reason: str) -> TriageInput:
         body="Bonjour, je voudrais corriger mon nom.", reason=reason, policy=engine.settings.policy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1, residual=True),
                                          ScriptedConnector("billing"), PROCESSOR,
                                          MarkingConnector("marks", kinds=frozenset({RequestKind.RESTRICTION}))]])

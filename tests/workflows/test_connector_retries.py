@@ -226,6 +226,7 @@ async def test_an_export_failing_after_progress_is_resumed_at_once_from_its_chec
     assert "needs_attention" not in events(engine, request)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[RecordingScripted("crm", transient_failures=4, found=2)]])
 async def test_without_progress_the_backoff_grows_within_one_activity(engine: Engine) -> None:
     crm: RecordingScripted = engine.connectors[0]  # type: ignore[assignment]
@@ -304,6 +305,7 @@ async def test_a_connector_failing_past_the_setting_is_degraded_told_once_and_cl
     assert "needs_attention" not in [e.event for e in ledger]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", transient_failures=50)]])
 async def test_a_connector_that_never_progresses_asks_an_operator_after_about_a_day_and_a_retry_starts_afresh(
     engine: Engine,
@@ -333,6 +335,7 @@ async def test_a_connector_that_never_progresses_asks_an_operator_after_about_a_
     assert templates_sent(engine, request).count("operator_degraded") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[PagingShop(pages=40, pages_per_call=1, retry_after=3600)]])
 async def test_a_connector_progressing_forever_is_resumed_for_a_day_at_most(engine: Engine) -> None:
     """One page per call, each followed by a 503 asking for an hour's pause (honoured before the fresh
@@ -354,6 +357,7 @@ async def test_a_connector_progressing_forever_is_resumed_for_a_day_at_most(engi
     await handle.terminate("test over")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[PagingShop(pages=4, pages_per_call=1, down_for=6)]])
 async def test_a_degraded_connector_is_cleared_when_it_progresses(engine: Engine) -> None:
     """Down for six attempts (5 s, 10 s, ... 160 s of backoff: past the 2-minute setting), then a page per call:

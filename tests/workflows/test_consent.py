@@ -173,6 +173,7 @@ async def test_a_withdrawal_is_carried_out_the_same_day_in_every_mapped_system(
     await keep_history(handle, f"consent_withdrawal_{language}")
 
 
+@pytest.mark.slow
 async def test_a_second_withdrawal_says_what_was_already_withdrawn(engine: Engine) -> None:
     _, handle = await submit(engine, ["partner_offers"], language="en")
     await until(handle, lambda s: s.stage == Stage.CLOSED)

@@ -103,6 +103,7 @@ def flat(message: EmailMessage) -> str:
     return " ".join(text_of(message).split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("language", "told_processor", "told_owner", "pending"), [
     ("en", "Newsletter: we asked our processor, who runs this system on our behalf, on ",
      "Newsletter: we asked the member of our team in charge of this system on ",

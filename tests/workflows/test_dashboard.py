@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -93,6 +94,7 @@ async def test_due_and_stage_filters_find_the_right_requests(
             assert not {wf.id async for wf in dev_server.client.list_workflows(open_requests())} & ours
 
 
+@pytest.mark.slow
 async def test_residual_filter_lists_answered_requests_until_their_residual_data_is_cleared(
     dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
 ) -> None:
@@ -151,6 +153,7 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
             await dev_server.client.get_workflow_handle(plain.request_id).terminate("test over")
 
 
+@pytest.mark.slow
 async def test_degraded_filter_lists_requests_whose_connector_fails_too_long(
     dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
 ) -> None:
@@ -185,6 +188,7 @@ async def test_degraded_filter_lists_requests_whose_connector_fails_too_long(
     assert "connector degraded" in ui_links("http://127.0.0.1:8233", "default", datetime.now(UTC).date())
 
 
+@pytest.mark.slow
 async def test_objection_filters_find_objections_and_those_waiting_for_a_decision(
     dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
 ) -> None:

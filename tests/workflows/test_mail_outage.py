@@ -94,6 +94,7 @@ async def test_identity_is_asked_while_the_acknowledgement_waits_for_smtp(engine
     await handle.terminate("test done")
 
 
+@pytest.mark.slow
 async def test_mail_steps_heartbeat_so_a_lost_worker_costs_seconds(engine: Engine) -> None:
     _, handle = await submit(engine, "access")
     await handle.result()
@@ -111,6 +112,7 @@ async def test_mail_steps_heartbeat_so_a_lost_worker_costs_seconds(engine: Engin
         assert attrs.start_to_close_timeout.ToTimedelta() == timedelta(seconds=10)
 
 
+@pytest.mark.slow
 async def test_the_final_reply_counts_as_pending_mail_until_the_smtp_server_takes_it(engine: Engine) -> None:
     engine.mail.stop()
     request, handle = await submit(engine, "access")

@@ -87,6 +87,7 @@ def bodies(engine: Engine, to: str) -> list[tuple[str, str]]:
     return [(str(m["Subject"]), text_of(m)) for m in engine.mail.to(to)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("language", "subject_line", "unsubscribed", "by_hand"), [
     ("fr", "Réponse à votre opposition à la prospection", "Désabonnement effectué — Newsletter",
      "notre équipe vérifie à la main"),
@@ -178,6 +179,7 @@ async def test_an_objection_to_other_processing_waits_for_a_reasoned_decision(
     assert "Commission nationale de l'informatique et des libertés (CNIL)" in reply
 
 
+@pytest.mark.slow
 async def test_an_upheld_objection_leaves_the_operator_the_processing_to_stop(engine: Engine) -> None:
     request, handle = await submit(engine, "objection", scope="other", language="en",
                                    identity=IdentityMethod.TRUSTED)

@@ -117,6 +117,7 @@ async def test_a_processor_is_asked_by_email_and_its_answer_kept_with_basis_clos
     assert again.state == "already"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[chat_tool()]])
 async def test_reminders_go_before_the_date_then_the_answer_is_taken(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure", language="en")
@@ -144,6 +145,7 @@ async def test_reminders_go_before_the_date_then_the_answer_is_taken(engine: Eng
     assert line.action == RecordAction.DELETED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[backups()]])
 async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_resumes_the_request(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")
@@ -183,6 +185,7 @@ async def test_no_answer_by_the_date_needs_attention_and_a_late_answer_resumes_t
                        "manual_answer_found_on_retry")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[backups(), ScriptedConnector("crm", permanent_failures=1)]])
 async def test_a_late_answer_waits_for_the_retry_when_another_system_needs_attention(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")

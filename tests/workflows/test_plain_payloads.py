@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from dataclasses import replace
 
+import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import RawValue
 from temporalio.contrib.pydantic import PydanticPayloadConverter
@@ -97,6 +98,7 @@ async def test_a_plain_identity_update_is_refused_and_the_request_goes_on(engine
     await handle.terminate("test over")
 
 
+@pytest.mark.slow
 async def test_an_input_copied_from_another_request_is_refused(engine: Engine) -> None:
     """Someone who reads one request's history starts a new workflow with its (encrypted) input."""
     request, handle = await submit(engine, "erasure", identity=IdentityMethod.EMAIL)

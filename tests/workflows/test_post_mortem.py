@@ -151,6 +151,7 @@ async def test_once_the_quality_is_confirmed_the_deceased_persons_data_is_erased
     await keep_history(handle, f"post_mortem_closure_{language}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("language", "words"), [
     ("fr", "Avec votre demande, nous avons reçu 2 fichiers de votre part."),
     ("en", "With your request, we received 2 files from you."),
@@ -188,6 +189,7 @@ async def test_documents_sent_with_the_form_are_counted_and_not_asked_for_again(
     assert (await handle.result()).outcome == Outcome.FULFILLED
 
 
+@pytest.mark.slow
 async def test_documents_of_a_submission_joining_the_request_are_counted_on_it(engine: Engine) -> None:
     request, handle = await submit(engine, language="en")
     await until(handle, lambda s: s.stage == Stage.AWAITING_IDENTITY)
@@ -238,6 +240,7 @@ async def test_the_quality_ground_is_for_post_mortem_requests_only(engine: Engin
     await handle.result()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("language", ["fr", "en"])
 async def test_directives_recorded_while_alive_decide_who_acts_and_what_is_done(engine: Engine, language: str) -> None:
     register = DirectivesRegister(engine.ledger)
@@ -269,6 +272,7 @@ async def test_directives_recorded_while_alive_decide_who_acts_and_what_is_done(
     await keep_history(handle, f"post_mortem_directives_keep_{language}")
 
 
+@pytest.mark.slow
 async def test_directives_naming_someone_else_keep_the_sender_from_acting(engine: Engine) -> None:
     DirectivesRegister(engine.ledger).record(DECEASED, instruction="erase", designee_email="notaire@example.net")
     _, handle = await submit(engine, language="en")

@@ -123,6 +123,7 @@ async def test_unconfirmed_identity_gets_a_reminder_then_closes_as_unverified(en
     assert waited >= timedelta(0)
 
 
+@pytest.mark.slow
 async def test_an_unverified_request_is_closed_by_its_deadline_not_after(engine: Engine) -> None:
     """Before: 30 days of identity wait from the request; a letter recorded 10 days late (or a request of
     31 January, due 28 February) was closed after its deadline."""
@@ -161,6 +162,7 @@ async def test_identity_confirmed_by_update_then_processed(engine: Engine) -> No
     assert described.typed_search_attributes.get(sa.DSR_STAGE) == "closed"
 
 
+@pytest.mark.slow
 async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_deleted_on_confirmation(
     engine: Engine,
 ) -> None:
@@ -208,6 +210,7 @@ async def test_reply_with_an_id_copy_on_a_form_request_is_recorded_once_and_dele
     assert engine.mail.to(SUBJECT_EMAIL)[-1]["In-Reply-To"] == "<reply-1@mail.example.org>"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1)]])
 async def test_files_a_reply_brings_after_identity_is_settled_are_deleted_at_closure(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")  # trusted: no identity step, no deletion there
@@ -229,6 +232,7 @@ async def test_files_a_reply_brings_after_identity_is_settled_are_deleted_at_clo
     [deleted] = [e for e in engine.ledger.events(request.request_id) if e.event == "attachments_deleted"]
     assert deleted.details == {"count": "1"} and store.list(request.request_id) == []
 
+@pytest.mark.slow
 async def test_a_link_alone_never_suspends_the_clock(engine: Engine) -> None:
     """Décret 2019-536 suspends the period on a reasonable doubt, not for every request (before: every request
     under suspend_during_identity stood still until an operator confirmed identity, then a month restarted)."""
@@ -244,6 +248,7 @@ async def test_a_link_alone_never_suspends_the_clock(engine: Engine) -> None:
     assert "clock_started" not in events(engine, request) and "clock_resumed" not in events(engine, request)
 
 
+@pytest.mark.slow
 async def test_a_doubt_suspends_until_the_subject_answers_and_the_time_left_resumes(engine: Engine) -> None:
     request, handle = await submit(engine, "access", identity=IdentityMethod.EMAIL,
                                    clock=ClockPolicy.SUSPEND_DURING_IDENTITY)
@@ -345,6 +350,7 @@ async def test_permanent_failure_needs_attention_and_deadline_alarms_fire(engine
     assert len(crm.calls) == 2 and len(billing.calls) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1)]])
 async def test_extended_request_is_overdue_only_after_three_months(engine: Engine) -> None:
     request, handle = await submit(engine, "access")
@@ -376,6 +382,7 @@ async def test_extended_request_is_overdue_only_after_three_months(engine: Engin
     await handle.terminate("test over")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", transient_failures=3, retry_after=2.0)]])
 async def test_transient_errors_are_retried_without_operator(engine: Engine) -> None:
     request, handle = await submit(engine, "access")
@@ -419,6 +426,7 @@ async def test_extension_once_with_reason_inside_the_first_month(engine: Engine)
     assert ledger_row is not None and ledger_row.extended and ledger_row.deadline == request.deadlines.extended.due
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1)]])
 async def test_extension_refused_after_the_first_month(engine: Engine) -> None:
     request, handle = await submit(engine, "access")
@@ -432,6 +440,7 @@ async def test_extension_refused_after_the_first_month(engine: Engine) -> None:
     await handle.terminate("test over")
 
 
+@pytest.mark.slow
 async def test_the_name_typed_on_the_form_is_written_only_once_identity_is_confirmed(engine: Engine) -> None:
     # Anyone can type any name beside someone else's address: a link, and U+202E to turn text around.
     typed = "Jeanne \u202eMartin\u202c http://evil.example/x"
@@ -482,6 +491,7 @@ async def test_refusal_records_reason_and_tells_of_the_cnil(engine: Engine) -> N
     assert described.typed_search_attributes.get(sa.DSR_OUTCOME) == "refused"
 
 
+@pytest.mark.slow
 async def test_a_refusal_ground_must_fit_the_request_and_is_told_and_kept(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure", identity=IdentityMethod.EMAIL)
     await wait_for_stage(engine, handle, Stage.AWAITING_IDENTITY)
@@ -498,6 +508,7 @@ async def test_a_refusal_ground_must_fit_the_request_and_is_told_and_kept(engine
     assert refused.details["ground"] == "erasure_exception" and refused.note == reason
 
 
+@pytest.mark.slow
 async def test_a_letter_recorded_after_its_month_is_acknowledged_without_a_future_promise(engine: Engine) -> None:
     """Before: the acknowledgement announced a reply 'by' a date already past and an extension 'before the end of
     the first month'."""
@@ -606,6 +617,7 @@ async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
     assert trail.index("reply_held") < trail.index("retried") < trail.index("reply_sent")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", residual=True), ScriptedConnector("billing")]])
 async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")
@@ -649,6 +661,7 @@ async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engi
     assert (await aftercare.describe()).typed_search_attributes.get(sa.DSR_RESIDUAL) is False
 
 
+@pytest.mark.slow
 async def test_notices_are_signed_with_the_profiles_legal_name_when_no_controller_name_is_set(
     engine: Engine,
 ) -> None:
@@ -663,6 +676,7 @@ async def test_notices_are_signed_with_the_profiles_legal_name_when_no_controlle
 # --- what a request stored on the object storage, deleted when it no longer has a purpose -------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1), ScriptedConnector("billing")]])
 async def test_a_refused_request_deletes_its_partial_export_and_its_attachments(engine: Engine) -> None:
     request, handle = await submit(engine, "access")
@@ -678,6 +692,7 @@ async def test_a_refused_request_deletes_its_partial_export_and_its_attachments(
     assert events(engine, request)[-3:] == ["exports_deleted", "attachments_deleted", "closed"]
 
 
+@pytest.mark.slow
 async def test_a_fulfilled_erasure_deletes_the_subjects_earlier_downloadable_exports(engine: Engine) -> None:
     access, access_handle = await submit(engine, "access")
     await wait_for_stage(engine, access_handle, Stage.CLOSED)  # replied; its link works for 7 more days
@@ -701,6 +716,7 @@ async def test_a_fulfilled_erasure_deletes_the_subjects_earlier_downloadable_exp
             await handle.terminate("test over")
 
 
+@pytest.mark.slow
 async def test_confirmation_must_be_one_the_identity_policy_allows(engine: Engine) -> None:
     """Issue 12 finding 1: a document request is never confirmed by the emailed link or code (none was sent),
     an erasure never by a code; the operator's review (``dsr confirm-identity``) still confirms."""

@@ -76,6 +76,7 @@ async def test_a_cancellation_from_the_ui_while_identity_is_awaited_withdraws_th
     assert not any(c.calls for c in engine.connectors), "nothing was done in the systems"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", [SwitchableProfile()])
 async def test_a_cancellation_after_the_systems_were_changed_is_refused_and_the_request_goes_on(
     engine: Engine, profile: SwitchableProfile
@@ -126,6 +127,7 @@ async def test_the_aftercare_refuses_a_cancellation_and_still_deletes_the_export
     assert events(engine, request)[-1] == "exports_deleted"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm")]])
 async def test_a_request_without_a_link_or_residual_data_has_no_aftercare(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure")
@@ -134,6 +136,7 @@ async def test_a_request_without_a_link_or_residual_data_has_no_aftercare(engine
     assert "aftercare_started" not in events(engine, request)
 
 
+@pytest.mark.slow
 async def test_a_code_closed_on_the_download_page_reaches_the_aftercare_and_the_operator(engine: Engine) -> None:
     from intake.server import code_locked_hook
 

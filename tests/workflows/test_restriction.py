@@ -204,6 +204,7 @@ async def test_a_restriction_is_marked_answered_then_lifted_only_after_the_subje
         "restriction_lift_scheduled") < trail.index("restriction_lifted")
 
 
+@pytest.mark.slow
 async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine: Engine) -> None:
     request, handle = await submit(engine, "restriction", ground="c", language="en")
     await handle.result()
@@ -250,6 +251,7 @@ async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine
     assert lifted.failed == [] and crm.marked == set()
 
 
+@pytest.mark.slow
 async def test_a_restriction_on_contested_accuracy_ends_with_the_rectification(engine: Engine) -> None:
     request, handle = await submit(engine, "restriction", ground="a", language="en")
     await handle.result()
@@ -287,6 +289,7 @@ async def test_a_restriction_on_contested_accuracy_ends_with_the_rectification(e
     await keep_history(restriction, "restriction_ended_by_rectification")
 
 
+@pytest.mark.slow
 async def test_a_restriction_pending_an_objection_ends_with_its_decision_and_no_other(engine: Engine) -> None:
     pending, pending_handle = await submit(engine, "restriction", ground="d", language="fr")
     accuracy, accuracy_handle = await submit(engine, "restriction", ground="a", language="fr")
@@ -314,6 +317,7 @@ async def test_a_restriction_pending_an_objection_ends_with_its_decision_and_no_
     assert "Nous avons statué sur votre opposition" in notice
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[MarkingConnector("crm", permanent_failures=1), ScriptedConnector("billing")]])
 async def test_a_rectification_answered_while_the_restriction_is_answered_ends_it_once_in_force(
     engine: Engine,
@@ -342,6 +346,7 @@ async def test_a_rectification_answered_while_the_restriction_is_answered_ends_i
     assert entry.details["why"] == "rectification" and entry.details["by_request"] == rectification.request_id
 
 
+@pytest.mark.slow
 async def test_a_rectification_answered_before_the_restriction_was_received_does_not_end_it(engine: Engine) -> None:
     rectification, rectification_handle = await submit(engine, "rectification", language="fr",
                                                        changes={"city": "Lyon"})
@@ -387,6 +392,7 @@ async def current_details(handle: WorkflowHandle) -> str:
     return metadata.current_details
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connectors", [[ExportRefusingConnector("crm")]])
 async def test_the_marks_come_off_in_the_persons_turn_once_their_access_request_gives_it_back(
     engine: Engine, capsys: pytest.CaptureFixture[str],

@@ -78,6 +78,7 @@ def lift_letters(engine: Engine, address: str) -> list:
         "lifted" in str(m["Subject"]) or "levée" in str(m["Subject"]))]
 
 
+@pytest.mark.slow
 async def test_recipients_and_outside_systems_are_told_of_the_lift_each_once_in_their_language(
     engine: Engine, profiles: Profiles,
 ) -> None:

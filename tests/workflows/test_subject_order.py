@@ -213,6 +213,7 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
     await keep_history(queue_handle(engine), "subject_queue_two_turns")
 
 
+@pytest.mark.slow
 async def test_the_earliest_received_goes_first_whatever_asked_first(engine: Engine) -> None:
     now = datetime.now(UTC)
     first = await intake(engine, "access")
@@ -236,6 +237,7 @@ async def test_the_earliest_received_goes_first_whatever_asked_first(engine: Eng
     one_after_the_other(engine, earlier.id, later.id)
 
 
+@pytest.mark.slow
 async def test_two_people_are_served_at_the_same_time(engine: Engine) -> None:
     jeanne = await intake(engine, "erasure")
     paul = await intake(engine, "erasure", email=OTHER_EMAIL)
@@ -247,6 +249,7 @@ async def test_two_people_are_served_at_the_same_time(engine: Engine) -> None:
     assert (await result(engine, jeanne)).outcome == (await result(engine, paul)).outcome == Outcome.FULFILLED
 
 
+@pytest.mark.slow
 async def test_a_request_waiting_for_its_turn_can_be_withdrawn_and_leaves_the_queue(engine: Engine) -> None:
     access = await intake(engine, "access")
     await holding(engine, access)
@@ -263,6 +266,7 @@ async def test_a_request_waiting_for_its_turn_can_be_withdrawn_and_leaves_the_qu
     assert not spans(engine, erasure.id), "a withdrawn request never touched the systems"
 
 
+@pytest.mark.slow
 async def test_an_erasure_needing_an_operator_gives_the_turn_back_and_asks_again_on_retry(engine: Engine) -> None:
     crm = engine.connectors[0]
     crm.permanent_failures = 1  # the erasure fails in the CRM: needs_attention until an operator retries
@@ -285,6 +289,7 @@ async def test_an_erasure_needing_an_operator_gives_the_turn_back_and_asks_again
     assert max(s.ended or 0 for s in access_spans) <= crm_calls[-1].started
 
 
+@pytest.mark.slow
 async def test_an_access_needing_an_operator_keeps_the_turn_until_its_reply(engine: Engine) -> None:
     """A later erasure would delete what the access exported before its bundle is built: it waits."""
     crm = engine.connectors[0]
@@ -310,6 +315,7 @@ async def test_an_access_needing_an_operator_keeps_the_turn_until_its_reply(engi
     assert max(s.ended or 0 for s in access_spans) <= min(s.started for s in erasure_spans)
 
 
+@pytest.mark.slow
 async def test_a_cancellation_of_the_holder_at_work_in_the_systems_is_refused_and_it_keeps_the_turn(
     engine: Engine,
 ) -> None:
@@ -332,6 +338,7 @@ async def test_a_cancellation_of_the_holder_at_work_in_the_systems_is_refused_an
     one_after_the_other(engine, access.id, erasure.id)
 
 
+@pytest.mark.slow
 async def test_a_request_waiting_for_its_turn_cancelled_from_the_ui_is_withdrawn_and_leaves_the_queue(
     engine: Engine,
 ) -> None:
@@ -350,6 +357,7 @@ async def test_a_request_waiting_for_its_turn_cancelled_from_the_ui_is_withdrawn
     assert not spans(engine, erasure.id)
 
 
+@pytest.mark.slow
 async def test_the_next_request_of_the_person_waits_for_the_answer_not_for_the_download_link(
     engine: Engine,
 ) -> None:
@@ -371,6 +379,7 @@ async def test_the_next_request_of_the_person_waits_for_the_answer_not_for_the_d
     one_after_the_other(engine, access.id, erasure.id)
 
 
+@pytest.mark.slow
 async def test_a_terminated_holder_is_released_by_the_hourly_check(engine: Engine) -> None:
     # The holder is terminated between two attempts of its connectors (rate limited, retry in 10 minutes):
     # the test server skips no time while an activity task of a terminated workflow is still out.
