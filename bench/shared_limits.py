@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.http import RateLimiter, with_margin  # noqa: E402
+from connectors.http import LATE_TOLERANCE, RateLimiter, late_tolerance, with_margin  # noqa: E402
 from connectors.hubspot import HubSpotConnector  # noqa: E402
 from dsr.store.crypto import KeyRing  # noqa: E402
 from dsr.store.guards import Guards  # noqa: E402
@@ -54,8 +54,12 @@ def worker(url: str, database: str, mode: str, calls: int, limit: int, per: floa
             windows = Guards(ledger.engine, ring) if shared else None
             if mode == "shared-0":
                 limiter = RateLimiter(limit, per * 1.1, shared=windows, key="crm0", late_tolerance=None)
-            else:
-                limiter = RateLimiter(limit, with_margin(per), shared=windows, key="crm" if shared else "")
+            elif mode == "shared-50ms":
+                limiter = RateLimiter(limit, with_margin(per), shared=windows, key="crm50",
+                                      late_tolerance=LATE_TOLERANCE)
+            else:  # as connectors.config builds it
+                limiter = RateLimiter(limit, with_margin(per), shared=windows, key="crm" if shared else "",
+                                      late_tolerance=late_tolerance(per))
             connector = HubSpotConnector("crm", token=TOKEN, base_url=url, rate_limit=limiter)
             try:
                 await asyncio.sleep(max(0.0, start - time.time()))
@@ -63,8 +67,9 @@ def worker(url: str, database: str, mode: str, calls: int, limit: int, per: floa
                 failed = [r for r in results if isinstance(r, BaseException)]
                 if failed:
                     print(f"  a worker: {len(failed)} calls failed after their tries ({type(failed[0]).__name__})")
-                if limiter.rereserved:
-                    print(f"  a worker: {limiter.rereserved} slots reserved again (woken too late for them)")
+                if shared:
+                    print(f"  a worker: {limiter.rereserved} slots reserved again (woken too late for them); latest "
+                          f"wake-up {1000 * limiter.latest:.0f} ms after its slot")
             finally:
                 await connector.aclose()
 
@@ -98,14 +103,21 @@ async def main() -> None:
     parser.add_argument("--per", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database", help="ledger database URL (default: a SQLite file both workers share)")
+    parser.add_argument("--modes", default="per-process,shared-50ms,shared",
+                        help="comma-separated, run in this order in every round: per-process, shared-0, shared-50ms, "
+                             "shared")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         database = args.database or f"sqlite:///{Path(folder) / 'ledger.sqlite3'}"
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        unknown = sorted(set(modes) - {"per-process", "shared-0", "shared-50ms", "shared"})
+        if unknown:
+            parser.error(f"unknown mode(s): {', '.join(unknown)}")
         print(f"two workers, {args.calls} calls each, account limit {args.limit} per {args.per:g} s, "
-              f"database {database.split(':', 1)[0]}; the margin allows {args.per / with_margin(args.per):.2f}x "
-              f"the limit")
+              f"database {database.split(':', 1)[0]}; the margin allows {args.per / with_margin(args.per):.3f}x "
+              f"the limit; late tolerance {1000 * late_tolerance(args.per):.0f} ms (shared-50ms: 50 ms)")
         for number in range(args.rounds):
-            for mode in ("per-process", "shared-0", "shared"):  # interleaved: the machine's noise hits each
+            for mode in modes:  # interleaved: the machine's noise hits each
                 refused, share = await round_(mode, args, database)
                 print(f"round {number + 1} {mode:11}: 429s {refused:5.1f} per 100 calls sent, "
                       f"throughput {share:4.2f}x the account's limit")
