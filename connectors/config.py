@@ -48,7 +48,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.base import Connector, RetentionRule, month_day
-from connectors.http import RateLimiter, SharedWindows, late_tolerance, with_margin
+from connectors.http import RateLimiter, SharedWindows, with_margin
 from connectors.outside import OutsideSystem
 from connectors.sql.map import SqlMap, SqlMapError, SubjectConfig, TableConfig, resolve
 from dsr.domain.model import CANONICAL_FIELDS, ConsentAction, Language, RequestKind, is_valid_email
@@ -343,9 +343,7 @@ def build_connector(connector: ConnectorConfig, env: Mapping[str, str], *,
         "kinds": frozenset(connector.kinds),
         # A margin (5% + 50 ms): the limiter stamps a call when it leaves, the vendor counts it when it arrives,
         # so a warm burst can land in the same vendor window as a slower first one.
-        # A call woken late for its shared slot may still leave within the margin, less the arrivals' jitter.
-        "rate_limit": RateLimiter(requests, with_margin(per_seconds), shared=shared, key=connector.display_name,
-                                  late_tolerance=late_tolerance(per_seconds)),
+        "rate_limit": RateLimiter(requests, with_margin(per_seconds), shared=shared, key=connector.display_name),
         "timeout": connector.timeout_seconds,
     }
     if connector.retention is not None:  # otherwise each connector's legal default

@@ -42,15 +42,12 @@ class JointWindows(SharedWindows, Protocol):
 _RESERVE_TRIES = 3
 """At most this many reservations per call: under a long CPU starvation the call then goes (the margin's turn)."""
 LATE_TOLERANCE = 0.05
-"""Seconds a shared slot's call may leave after its reserved time, at least (:func:`late_tolerance`): later (a
-worker starved of CPU, a thread pool busy), it reserves again. A late call would otherwise leave closer to the calls
-reserved one window after it than the window allows, and the vendor, counting arrivals, would answer 429."""
-ARRIVAL_JITTER = 0.3
-"""Seconds of the margin kept for the vendor's arrival times to differ from our departure times (the connection, the
-request's writing, the vendor's own queue): the rest of the margin may be spent leaving late
-(:func:`late_tolerance`)."""
-
-
+"""Seconds a shared slot's call may leave after its reserved time: later (a worker starved of CPU, a thread pool
+busy), it reserves again. A late call would otherwise leave closer to the calls reserved one window after it than
+the window allows, and the vendor, counting arrivals, would answer 429. Measured (bench/shared_limits.py, HubSpot's
+real 100 per 10 s, margin 550 ms): 250 or 350 ms instead kept every slot of a loaded machine (share 0.94-0.95 against
+0.88) but got 429s in 3 rounds of 7 (0.7 to 4.9 per 100 calls), 50 ms none in 8: the vendor's arrival times, on
+the same starved machine, moved as much as the departures."""
 FIRST_LEAD = 0.1
 """Seconds ahead a process's first shared slot is taken, before any reservation has said how long one takes."""
 
@@ -61,18 +58,6 @@ def with_margin(per_seconds: float) -> float:
     window early; the margin absorbs that jitter (late departures are re-reserved: LATE_TOLERANCE). At most 95% of
     the vendor's rate can be used (HubSpot, 100 per 10 s: 94.8%; 10% on a 1 s window), where a flat 10% left 90.9%."""
     return per_seconds * 1.05 + 0.05
-
-
-def late_tolerance(per_seconds: float) -> float:
-    """Seconds a call may leave after its shared slot, for a vendor's ``per_seconds`` kept as
-    ``with_margin(per_seconds)``: the margin less :data:`ARRIVAL_JITTER`, at least :data:`LATE_TOLERANCE`.
-
-    A call leaving ``d`` late is ``margin - d`` away, at the vendor, from the calls reserved a window after its slot.
-    A fixed 50 ms was the 2 s benchmark's (margin 150 ms) and kept HubSpot's 10 s window (margin 550 ms) as tight:
-    there workers woken 80-200 ms late by a loaded machine (a burst of 100 calls) wasted 10 to 50 slots a round and
-    took new ones behind every other call. Here: 1 s and 2 s windows 50 ms, HubSpot's 10 s 250 ms (350 ms, leaving
-    200 ms for the arrivals, gave 1.4 429s per 100 calls in one round of the benchmark on a loaded machine)."""
-    return max(LATE_TOLERANCE, with_margin(per_seconds) - per_seconds - ARRIVAL_JITTER)
 
 
 class RateLimiter:
