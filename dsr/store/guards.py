@@ -263,20 +263,41 @@ class Guards:
         The time, not the wait: the caller measures how late it is for the slot itself. A wait from "now" hid the
         time between reading the clock and the caller getting the answer (the commit, the thread's return: up to
         half a second under load), and a call leaving that much after its slot crowded the next window (429s)."""
+        return self.reserve_together([(key, limit, span)], lead=lead, now=now)
+
+    def reserve_together(self, windows: Sequence[tuple[str, int, float]], *, lead: float = 0.0,
+                         now: float | None = None) -> float:
+        """One slot in every window of ``windows`` (``(key, limit, span)`` each), in one transaction: the earliest
+        time free in all of them, at least ``lead`` seconds away, recorded in each (see :meth:`reserve`).
+
+        A call that counts against two limits (HubSpot's search: its search limit and the account's general one)
+        leaves once, so it takes one time in both. Reserved one after the other, the second slot could be seconds
+        after the first (the search window full), and the call, leaving at the second, left that late for the
+        first: the general window, kept on the first, let the calls reserved after it crowd the vendor's."""
+        keys = [f"vendor:{key}" for key, _, _ in windows]
+        if not keys or len(set(keys)) != len(keys):
+            raise ValueError("a reservation needs one or more windows, each once")
         when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         with self._session(write=True) as session:
-            row = self._lock_rows(session, RateLimitRow, [f"vendor:{key}"], {"hits": "[]", "expires_at": when})[
-                f"vendor:{key}"]
-            # The time is read once the row is ours: a reservation that queued behind others for the lock must
+            rows = self._lock_rows(session, RateLimitRow, keys, {"hits": "[]", "expires_at": when})
+            # The time is read once the rows are ours: a reservation that queued behind others for the lock must
             # not take a slot in the past, or its call would leave late and crowd the next window.
             moment = time.time() if now is None else now
-            slots = sorted(t for t in json.loads(row.hits) if t > moment - span)  # later ones are reservations
-            earliest = moment + max(0.0, lead)
-            slot = earliest if len(slots) < limit else max(earliest, slots[-limit] + span)
-            slots = sorted([*slots, slot])[-limit:]
-            row.hits = json.dumps(slots)
-            row.expires_at = datetime.fromtimestamp(max(slots) + span, UTC)
-            session.add(row)
+            slot = moment + max(0.0, lead)
+            recent: list[list[float]] = []
+            for key, (_, limit, span) in zip(keys, windows, strict=True):
+                slots = sorted(t for t in json.loads(rows[key].hits) if t > moment - span)  # later: reservations
+                if len(slots) >= limit:
+                    slot = max(slot, slots[-limit] + span)
+                recent.append(slots)
+            # Any time at or after each window's own earliest keeps that window valid: at most limit - 1 of its
+            # slots lie within a span of it (they all follow its limit-th last one by less than a span).
+            for key, (_, limit, span), slots in zip(keys, windows, recent, strict=True):
+                kept = sorted([*slots, slot])[-limit:]
+                row = rows[key]
+                row.hits = json.dumps(kept)
+                row.expires_at = datetime.fromtimestamp(max(kept) + span, UTC)
+                session.add(row)
         self._maybe_purge(when)
         return slot
 

@@ -4,6 +4,7 @@ what one would."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -251,3 +252,24 @@ def test_vendor_windows_are_kept_by_key_only(replicas: tuple[Guards, Guards], ra
     replicas[0].reserve("stripe-eu", 3, 1.0, now=3_000_000.0)
     rows = raw("SELECT key, hits FROM rate_limits WHERE key LIKE 'vendor:%'")
     assert [row[0] for row in rows] == ["vendor:stripe-eu"] and "3000000" in rows[0][1]
+
+
+def test_one_slot_in_two_windows_is_free_in_both_and_recorded_in_both(replicas: tuple[Guards, Guards]) -> None:
+    """A HubSpot search counts against the search limit and the account's: one time, the first free in both."""
+    one, other = replicas
+    now = 4_000_000.0
+    general, search = ("crm", 3, 1.0), ("crm:search", 1, 0.5)
+    assert one.reserve_together([general, search], now=now) == now
+    # The search window is full until +0.5 s: the general window, with room, records +0.5 s too.
+    assert other.reserve_together([general, search], now=now) == now + 0.5
+    assert one.reserve("crm", 3, 1.0, now=now) == now  # a plain call fills the general window's third place now
+    assert other.reserve_together([general, search], now=now) == now + 1.0  # the general one, full till +1 s
+    # Twelve searches and twelve plain calls from two workers at once: every window holds its limit, at most.
+    slots = together(24, lambda i: (i % 4 < 2, replicas[i % 2].reserve_together(
+        [general, search] if i % 4 < 2 else [general], now=now + 10.0)))
+    both = sorted(slot for joint, slot in slots if joint)
+    every = sorted(slot for _, slot in slots)
+    assert all(later - earlier >= 0.5 - 1e-6 for earlier, later in itertools.pairwise(both))
+    assert all(later - earlier >= 1.0 - 1e-6 for earlier, later in zip(every, every[3:], strict=False))
+    with pytest.raises(ValueError, match="each once"):
+        one.reserve_together([general, general], now=now)
