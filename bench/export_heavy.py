@@ -13,9 +13,9 @@ charges, 20 of payment intents, invoices, credit notes, quotes, subscriptions, p
 Checkout Sessions twice) where bare paging lists the 20 pages of charges only, and the connector keeps Stripe's
 test-mode limit (25 calls per second; with the configuration's margin, 25 per 1.1 s): 53 calls need three windows,
 so the Stripe export takes at least 2.2 s, which is Stripe's limit, not our processing. ``--stripe-rate 100``
-(live mode's 100 per second; each endpoint's 25 per second is not reached here) shows the export without that floor. The WooCommerce export makes 202 calls where
-bare paging makes 101: the search for orders billed to the address from other accounts pages through the
-subject's own orders too; it runs beside the listing of her orders.
+(live mode's 100 per second; each endpoint's 25 per second is not reached here) shows the export without that
+floor. The WooCommerce export makes 202 calls where bare paging makes 101: the search for orders billed to the
+address from other accounts pages through the subject's own orders too; it runs beside the listing of her orders.
 Run: ``.venv/bin/python bench/export_heavy.py [--runs 3] [--stripe-rate 25]``
 (``DSR_STORAGE_URL`` chooses where the export is written; default: a temporary folder).
 """
