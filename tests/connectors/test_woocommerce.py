@@ -168,7 +168,7 @@ async def test_a_billed_search_failing_ahead_is_taken_up_where_it_stopped(shop: 
             if len(searches) == 1 and page[0] == 2:
                 raise TransientConnectorError("woocommerce: connection failed (ReadError)")
 
-    shop.connector._billed_search = failing_ahead  # type: ignore[method-assign]
+    shop.connector._billed_search = failing_ahead  # type: ignore[method-assign,assignment]
     cursors: list[Mapping[str, Any]] = []
     outcome = await shop.connector.export(ExportJob(REQUEST, Subject(email="heavy.buyer@example.org"),
                                                     store.for_request(REQUEST), checkpoint=cursors.append))
