@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import date
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -270,34 +270,48 @@ class WooCommerceConnector:
         # "limit result set to specific ids"), 100 at a time.
         return {"search": email}
 
-    async def _billed_elsewhere(self, email: str, own: Sequence[int], *, fields: str | None = None,
-                                reread: bool = True, first_page: int = 1, after_id: int = 0,
-                                ) -> AsyncGenerator[tuple[int, int, int, list[dict[str, Any]]]]:
-        """Per page of the billed search: (page, pages, last id seen, orders of guests or other accounts billed
-        to ``email``, read whole or with ``fields``; without ``reread``, as the search listed them: id,
-        customer_id and billing email), the page's orders after ``after_id`` only."""
+    async def _billed_search(self, email: str, own: Sequence[int], *, first_page: int = 1, after_id: int = 0,
+                             ) -> AsyncGenerator[tuple[int, int, int, list[dict[str, Any]]]]:
+        """Per page of the billed search: (page, pages, last id seen, the page's orders of guests or other accounts
+        billed to ``email``, as the slim search lists them: id, customer_id and billing email), the page's orders
+        after ``after_id`` only."""
         slim = {**self._billed_query(email), "_fields": "id,customer_id,billing.email"}
         async with self._listing("/orders", slim, first_page=first_page) as listing:
             async for page, pages, items in listing:
                 last_id = after_id
-                wanted: list[int] = []
+                wanted: list[dict[str, Any]] = []
                 for order in items:
                     if order["id"] <= after_id:
                         continue  # already handled (a page shifted between attempts)
                     last_id = order["id"]
                     if order.get("customer_id") not in own and _same_email(
                             (order.get("billing") or {}).get("email"), email):
-                        wanted.append(order["id"])
-                orders: list[dict[str, Any]] = [] if reread else [o for o in items if o["id"] in wanted]
-                for start in range(0, len(wanted) if reread else 0, PAGE_SIZE):
-                    chunk = wanted[start:start + PAGE_SIZE]
-                    query: dict[str, Any] = {"include": ",".join(map(str, chunk))}
-                    if fields:
-                        query["_fields"] = fields
-                    _, read = await self._fetch("/orders", query, 1)
-                    orders += sorted(read, key=lambda o: o["id"])
-                yield page, pages, last_id, orders
+                        wanted.append(order)
+                yield page, pages, last_id, wanted
                 after_id = last_id
+
+    async def _reread(self, slim: Sequence[Mapping[str, Any]], fields: str | None = None) -> list[dict[str, Any]]:
+        """The orders the billed search listed, read whole (or with ``fields``) with ``include=``, 100 at a time."""
+        orders: list[dict[str, Any]] = []
+        ids = [int(order["id"]) for order in slim]
+        for start in range(0, len(ids), PAGE_SIZE):
+            query: dict[str, Any] = {"include": ",".join(map(str, ids[start:start + PAGE_SIZE]))}
+            if fields:
+                query["_fields"] = fields
+            _, read = await self._fetch("/orders", query, 1)
+            orders += sorted(read, key=lambda o: o["id"])
+        return orders
+
+    async def _billed_elsewhere(self, email: str, own: Sequence[int], *, fields: str | None = None,
+                                reread: bool = True, first_page: int = 1, after_id: int = 0,
+                                ) -> AsyncGenerator[tuple[int, int, int, list[dict[str, Any]]]]:
+        """Per page of the billed search: (page, pages, last id seen, orders of guests or other accounts billed
+        to ``email``, read whole or with ``fields``; without ``reread``, as the search listed them: id,
+        customer_id and billing email), the page's orders after ``after_id`` only."""
+        search = self._billed_search(email, own, first_page=first_page, after_id=after_id)
+        async with contextlib.aclosing(search) as pages:
+            async for page, pages_total, last_id, wanted in pages:
+                yield page, pages_total, last_id, (await self._reread(wanted, fields) if reread else wanted)
 
     async def locate(self, subject: Subject) -> list[Located]:
         customers = await self._find_customers(subject.email)
@@ -379,32 +393,46 @@ class WooCommerceConnector:
             self._checkpoint(job, cursor, customers, orders)
         # Each customer's orders, then (0) orders billed to the address from guests or other accounts.
         owners: list[int] = [*cursor["customers"], 0]
-        for stage in range(cursor["stage"], len(owners)):
-            if stage != cursor["stage"]:
-                cursor.update(stage=stage, page=0, pages=None, last_id=0)
-            if cursor["pages"] is not None and cursor["page"] >= cursor["pages"]:
-                continue  # this stage was complete at the checkpoint
-            owner = owners[stage]
-            if owner == 0:
-                billed = self._billed_elsewhere(email, cursor["customers"], first_page=cursor["page"] + 1,
-                                                after_id=cursor["last_id"])
-                async with contextlib.aclosing(billed) as pages_billed:
-                    async for page, pages, last_id, found in pages_billed:
-                        for order in found:
+        own = list(cursor["customers"])
+        # The billed search pages through every order of the address, the subject's own too (about one request
+        # more per 100 orders): it runs beside the owners' listings, from its first page, and its pages (ids
+        # only) wait in a bounded queue for their stage; the orders are read whole and written in stage order,
+        # so the checkpoints mean what they meant. A search that fails ahead is taken up again in its stage.
+        ahead = _Ahead(self._billed_search(email, own)) if cursor["stage"] < len(owners) - 1 else None
+        try:
+            for stage in range(cursor["stage"], len(owners)):
+                if stage != cursor["stage"]:
+                    cursor.update(stage=stage, page=0, pages=None, last_id=0)
+                if cursor["pages"] is not None and cursor["page"] >= cursor["pages"]:
+                    continue  # this stage was complete at the checkpoint
+                owner = owners[stage]
+                if owner == 0:
+                    def search_from(page: int, after_id: int) -> AsyncGenerator[_BilledPage]:
+                        return self._billed_search(email, own, first_page=page + 1, after_id=after_id)
+
+                    billed = (ahead.pages(search_from) if ahead is not None
+                              else search_from(cursor["page"], cursor["last_id"]))
+                    async with contextlib.aclosing(billed) as pages_billed:
+                        async for page, pages, last_id, wanted in pages_billed:
+                            for order in await self._reread(wanted):
+                                orders.write(_record(order))
+                            cursor.update(page=page, pages=pages, last_id=last_id)
+                            self._checkpoint(job, cursor, customers, orders)
+                    continue
+                async with self._listing("/orders", {"customer": owner},
+                                         first_page=cursor["page"] + 1) as listing:
+                    async for page, pages, items in listing:
+                        last_id = cursor["last_id"]
+                        for order in items:
+                            if order["id"] <= last_id:
+                                continue  # already written (a page shifted between attempts)
+                            last_id = order["id"]
                             orders.write(_record(order))
                         cursor.update(page=page, pages=pages, last_id=last_id)
                         self._checkpoint(job, cursor, customers, orders)
-                continue
-            async with self._listing("/orders", {"customer": owner}, first_page=cursor["page"] + 1) as listing:
-                async for page, pages, items in listing:
-                    last_id = cursor["last_id"]
-                    for order in items:
-                        if order["id"] <= last_id:
-                            continue  # already written (a page shifted between attempts)
-                        last_id = order["id"]
-                        orders.write(_record(order))
-                    cursor.update(page=page, pages=pages, last_id=last_id)
-                    self._checkpoint(job, cursor, customers, orders)
+        finally:
+            if ahead is not None:
+                await ahead.aclose()
 
     # --- erasure (Art. 17) ---------------------------------------------------------------------
 
@@ -730,6 +758,54 @@ class WooCommerceConnector:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+
+_BilledPage = tuple[int, int, int, list[dict[str, Any]]]
+"""A page of the billed search: (page, total pages, last id seen, the orders billed elsewhere, slim)."""
+
+AHEAD_PAGES = 1000
+"""Pages of the billed search (ids and billing emails of a few orders each) held at most while the export's
+earlier stages run: about 100,000 of the subject's orders ahead, a few hundred kilobytes."""
+
+
+class _Ahead:
+    """Runs a billed search in a task beside the export's earlier stages; :meth:`pages` answers its pages in
+    order, and if the search failed ahead (a transient error), goes on inline from the page after the last one
+    answered, so the failure is met (and retried in place, or raised) where the stage would have met it."""
+
+    def __init__(self, search: AsyncGenerator[_BilledPage]) -> None:
+        self._queue: asyncio.Queue[_BilledPage | BaseException | None] = asyncio.Queue(AHEAD_PAGES)
+        self._task = asyncio.create_task(self._run(search))
+
+    async def _run(self, search: AsyncGenerator[_BilledPage]) -> None:
+        try:
+            async with contextlib.aclosing(search) as pages:
+                async for page in pages:
+                    await self._queue.put(page)
+            await self._queue.put(None)
+        except Exception as err:  # handed to the stage, which searches again inline
+            await self._queue.put(err)
+
+    async def pages(self, search_from: Callable[[int, int], AsyncGenerator[_BilledPage]],
+                    ) -> AsyncGenerator[_BilledPage]:
+        page, after_id = 0, 0
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                async with contextlib.aclosing(search_from(page, after_id)) as rest:
+                    async for found in rest:
+                        yield found
+                return
+            page, after_id = item[0], item[2]
+            yield item
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def _meta(record: Mapping[str, Any], key: str) -> str:

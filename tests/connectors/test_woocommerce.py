@@ -153,6 +153,33 @@ async def test_export_streams_every_order_once_into_the_store(shop: Shop, store:
     assert b"heavy.buyer" not in raw  # encrypted at rest
 
 
+
+async def test_a_billed_search_failing_ahead_is_taken_up_where_it_stopped(shop: Shop, store: ExportStore) -> None:
+    # The search for orders billed to her address runs beside the listing of her own orders; the network fails it
+    # after two pages: its stage searches again from the third page, and every order is exported once, in order.
+    heavy_customer(shop.state, 1234)
+    searches: list[tuple[int, int]] = []
+    search = shop.connector._billed_search
+
+    async def failing_ahead(email: str, own: Any, *, first_page: int = 1, after_id: int = 0) -> AsyncIterator[Any]:
+        searches.append((first_page, after_id))
+        async for page in search(email, own, first_page=first_page, after_id=after_id):
+            yield page
+            if len(searches) == 1 and page[0] == 2:
+                raise TransientConnectorError("woocommerce: connection failed (ReadError)")
+
+    shop.connector._billed_search = failing_ahead  # type: ignore[method-assign,assignment]
+    cursors: list[Mapping[str, Any]] = []
+    outcome = await shop.connector.export(ExportJob(REQUEST, Subject(email="heavy.buyer@example.org"),
+                                                    store.for_request(REQUEST), checkpoint=cursors.append))
+    expected = [o["id"] for o in shop.state.orders_billed_to("heavy.buyer@example.org")]
+    assert [o["id"] for o in store.read(REQUEST, "woocommerce", "orders")] == expected
+    assert outcome.counts == {"exported": 1 + 1235}
+    own_ids = sorted(o for o in expected if shop.state.orders[o]["customer_id"] != 0)
+    assert searches == [(1, 0), (3, own_ids[199])]  # the first two pages (200 of her orders) were not asked again
+    assert [c["page"] for c in cursors if c["stage"] == 1] == list(range(1, 14))
+
+
 class WorkerKilled(Exception):
     pass
 
