@@ -7,6 +7,10 @@ then handed to the waiting ``OutsideSystemTask`` workflow (the ``answer`` update
 the workflow no longer waits (no answer came by the date, and the request asks for attention), the answer stays
 there and the request is told (signal ``outside_answered``): if nothing else waits for an operator, it goes on
 at once, the task's next run taking the answer from the ledger; otherwise the operator's retry takes it.
+
+An operator's ``no_answer`` ("go on without their answer") is no answer: the system's real answer, when it comes,
+still goes in (once). After the request is answered, its aftercare is told (signal ``outside_settled``): the
+subject, told in the reply that this system had not answered yet, gets a supplementary letter.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any, Literal
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from dsr.domain.model import OutsideAnswer
+from dsr.domain.aftercare import SUPPLEMENT_SIGNAL, OutsideSettled, aftercare_id
+from dsr.domain.model import AnswerStatus, OutsideAnswer
 from dsr.domain.outside import (
     LATE_ANSWER_SIGNAL,
     UPLOAD_DATASET,
@@ -113,7 +118,8 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
     found = await asyncio.to_thread(tasks.get, request_id, system)
     if found is None:
         return AnswerResult("unknown")
-    if found.answer is not None:
+    if found.answer is not None and (found.answer.status != AnswerStatus.NO_ANSWER
+                                     or answer.status == AnswerStatus.NO_ANSWER):
         return AnswerResult("already")
     if upload is not None and upload.data:
         if exports is None:
@@ -127,6 +133,7 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
         return AnswerResult("unknown")
     if not recorded:
         return AnswerResult("already")
+    await _tell_aftercare(client, request_id, system, answer)
     from workflows.outside import OutsideSystemTask
 
     try:
@@ -146,6 +153,17 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
             return AnswerResult("recorded", delivered=False)
         return AnswerResult("recorded", delivered=False, resumed=True)
     return AnswerResult("recorded", delivered=True)
+
+
+async def _tell_aftercare(client: Client, request_id: str, system: str, answer: OutsideAnswer) -> None:
+    """Tell the request's aftercare, if it runs, that the system answered: the supplementary letter may be due.
+    Best effort: an aftercare not started yet reads the ledger when it starts, and one waiting past a lost signal
+    reads it at its last day anyway."""
+    try:
+        await client.get_workflow_handle(aftercare_id(request_id)).signal(
+            SUPPLEMENT_SIGNAL, OutsideSettled(system=system, status=answer.status.value))
+    except RPCError as err:  # no aftercare (none needed, not yet started, ended), or Temporal away
+        logger.debug("answer of %s for %s: no aftercare told (%s)", system, request_id, type(err).__name__)
 
 
 __all__ += ["AnswerRefused"]
