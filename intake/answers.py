@@ -67,6 +67,7 @@ class AnswerResult:
     state: Literal["recorded", "already", "unknown"]
     delivered: bool = False  # the waiting workflow took it (False: kept in the ledger for the operator's retry)
     resumed: bool = False  # a late answer: the request, waiting for attention, was told and goes on with it
+    aftercare: bool = False  # the request was answered already: its aftercare was told (supplementary letter)
 
 
 def upload_records(upload: ExportFile) -> Iterator[dict[str, Any]]:
@@ -133,7 +134,7 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
         return AnswerResult("unknown")
     if not recorded:
         return AnswerResult("already")
-    await _tell_aftercare(client, request_id, system, answer)
+    aftercare = await _tell_aftercare(client, request_id, system, answer)
     from workflows.outside import OutsideSystemTask
 
     try:
@@ -150,12 +151,12 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
         except RPCError as signal_err:  # the request is closed, or Temporal away
             logger.warning("late answer of %s for %s: the request was not told (%s)", system, request_id,
                            type(signal_err).__name__)
-            return AnswerResult("recorded", delivered=False)
+            return AnswerResult("recorded", delivered=False, aftercare=aftercare)
         return AnswerResult("recorded", delivered=False, resumed=True)
     return AnswerResult("recorded", delivered=True)
 
 
-async def _tell_aftercare(client: Client, request_id: str, system: str, answer: OutsideAnswer) -> None:
+async def _tell_aftercare(client: Client, request_id: str, system: str, answer: OutsideAnswer) -> bool:
     """Tell the request's aftercare, if it runs, that the system answered: the supplementary letter may be due.
     Best effort: an aftercare not started yet reads the ledger when it starts, and one waiting past a lost signal
     reads it at its last day anyway."""
@@ -164,6 +165,8 @@ async def _tell_aftercare(client: Client, request_id: str, system: str, answer: 
             SUPPLEMENT_SIGNAL, OutsideSettled(system=system, status=answer.status.value))
     except RPCError as err:  # no aftercare (none needed, not yet started, ended), or Temporal away
         logger.debug("answer of %s for %s: no aftercare told (%s)", system, request_id, type(err).__name__)
+        return False
+    return True
 
 
 __all__ += ["AnswerRefused"]
