@@ -135,7 +135,8 @@ async def tasks_complete(
         return
     typer.echo(f"{request_id} {system}: {status.value} recorded" + (
         "" if result.delivered else
-        "; the request is answered: its aftercare was told (the subject's supplementary letter)" if result.aftercare else
+        "; the request is answered: its aftercare was told (the subject's supplementary letter)"
+        if result.aftercare else
         "; after its date: the request goes on with it (unless another system needs attention: "
         f"`dsr retry {request_id}` then)" if result.resumed else
         f"; the request is not waiting for it: `dsr retry {request_id}` takes it"))

@@ -120,13 +120,13 @@ async def answered_reply(engine: Engine, language: str) -> tuple[RequestInput, E
 @pytest.mark.parametrize(("language", "subject_line", "done", "cannot", "complaint"), [
     ("en", "What the remaining systems answered", "Done: our processor, who runs this system on our behalf, "
      "confirmed it: your data is no longer used there for Newsletter.",
-     "Not done by them: the member of our team in charge of this system told us that it cannot carry it out. "
+     "Not done there: the member of our team in charge of this system told us that it cannot be done in this system. "
      "Our team is doing it by other means and checks that it is done",
      "you have the right to lodge a complaint with the supervisory authority"),
     ("fr", "Les réponses des systèmes restants", "Fait : notre sous-traitant, qui gère ce système pour notre "
      "compte, l'a confirmé : vos données n'y sont plus utilisées pour : Lettre d'information.",
-     "Non fait de leur côté : le membre de notre équipe chargé de ce système nous a indiqué ne pas pouvoir le "
-     "faire. Notre équipe s'en charge par d'autres moyens et vérifie que c'est fait",
+     "Non fait dans ce système : le membre de notre équipe chargé de ce système nous a indiqué que ce n'était "
+     "pas possible dans ce système. Notre équipe s'en charge par d'autres moyens et vérifie que c'est fait",
      "vous pouvez introduire une réclamation auprès de l'autorité de contrôle"),
 ])
 async def test_one_letter_when_every_pending_system_has_answered(
@@ -202,7 +202,7 @@ async def test_the_follow_up_gives_up_when_the_answer_page_closes(engine: Engine
     text = flat(letter)
     today = request.received_on
     assert (f"No answer: we asked our processor, who runs this system on our behalf, on {today.day} "
-            f"{today.strftime('%B')} {today.year}, and it has not answered. Our team is following it up by other "
+            f"{today.strftime('%B')} {today.year}, and have had no answer. Our team is following it up by other "
             "means") in text
     assert ("Nothing to do: the member of our team in charge of this system checked that this system holds no data "
             "about you for these purposes.") in text
