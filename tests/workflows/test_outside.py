@@ -277,6 +277,8 @@ async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answ
     assert current.residuals == ["chat-tool: answer - no answer yet"]
     reply = readable(engine.mail.to(SUBJECT_EMAIL)[-1])
     assert "No answer yet from this processor" in reply
+    code, out, err = await dsr("status", request.request_id)
+    assert code == 0 and "  supplementary letter to the subject: waiting for chat-tool" in out.splitlines(), out
     # The reply promised to write again when the processor answers: an operator's no_answer is no answer, so the
     # processor's own answer still goes in (once), and the subject gets the supplementary letter in the reply's
     # thread.
@@ -291,6 +293,8 @@ async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answ
     assert letter["In-Reply-To"] == engine.mail.to(SUBJECT_EMAIL)[-2]["Message-ID"]
     assert "Done: our processor, who runs this system on our behalf, confirmed it: the data concerned by the " \
            "request is erased there." in " ".join(readable(letter).split())
+    code, out, _ = await dsr("status", request.request_id)
+    assert code == 0 and "  supplementary letter to the subject: sent" in out.splitlines(), out
     code, out, _ = await dsr("tasks", "list")
     assert code == 0 and out.strip() == "no task waits for an answer"
     await clear_residuals(engine.client, handle.id,

@@ -172,6 +172,9 @@ async def test_one_letter_when_every_pending_system_has_answered(
     assert len(engine.mail.to(SUBJECT_EMAIL)) == 3
     assert len(events(engine, request, "supplement_sent")) == 1
     assert (await aftercare_status(engine, request)).supplement == "sent"
+    # No personal data in plain text in Temporal: the subject travels in encrypted payloads only.
+    history = (await handle.fetch_history()).to_json()
+    assert "supplement" in history and SUBJECT_EMAIL not in history and SUBJECT_NAME not in history
     await clear_residuals(engine.client, request.request_id,
                           ResidualsCleared(cleared_by="operator:alice", note="paper file struck by hand"))
 
