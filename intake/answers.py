@@ -68,6 +68,7 @@ class AnswerResult:
     delivered: bool = False  # the waiting workflow took it (False: kept in the ledger for the operator's retry)
     resumed: bool = False  # a late answer: the request, waiting for attention, was told and goes on with it
     aftercare: bool = False  # the request was answered already: its aftercare was told (supplementary letter)
+    replaced: bool = False  # it replaced an operator's no_answer (the request had gone on without it)
 
 
 def upload_records(upload: ExportFile) -> Iterator[dict[str, Any]]:
@@ -135,6 +136,10 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
     if not recorded:
         return AnswerResult("already")
     aftercare = await _tell_aftercare(client, request_id, system, answer)
+    if found.answer is not None:
+        # It replaces an operator's no_answer: the task ended with it and the request went on without it; what
+        # remains is to tell the subject (the supplementary letter, read from the ledger).
+        return AnswerResult("recorded", aftercare=aftercare, replaced=True)
     from workflows.outside import OutsideSystemTask
 
     try:

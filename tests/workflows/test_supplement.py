@@ -18,16 +18,27 @@ from temporalio.service import RPCError
 from dsr.config.profile import ControllerProfile, load_profile
 from dsr.config.settings import Settings
 from dsr.domain.aftercare import AftercareStatus, OutsideSettled, aftercare_id
-from dsr.domain.model import AnswerStatus, OutsideAnswer, RequestInput, ResidualsCleared, Stage
+from dsr.domain.model import AnswerStatus, OutsideAnswer, RequestInput, ResidualsCleared, Retry, Stage
 from dsr.domain.outside import outside_workflow_id
 from intake.answers import AnswerResult, record_answer
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, text_of
-from tests.workflows.support import OPERATOR_EMAIL, SUBJECT_EMAIL, SUBJECT_NAME, Engine, clear_residuals
+from tests.workflows.support import (
+    OPERATOR_EMAIL,
+    SUBJECT_EMAIL,
+    SUBJECT_NAME,
+    Engine,
+    clear_residuals,
+    wait_for_stage,
+)
+from tests.workflows.support import submit as submit_request
 from tests.workflows.test_consent import ConsentConnector, submit, until
 from tests.workflows.test_consent_outside import PROFILE, mailer, paper, tasks_of
+from tests.workflows.test_outside import PROCESSOR as CHAT_TOOL
+from tests.workflows.test_outside import chat_tool
 from tests.workflows.test_restriction import skipping_again
 from workflows.aftercare import RequestAftercare
+from workflows.request import DataSubjectRequest
 
 
 @pytest.fixture
@@ -268,3 +279,30 @@ async def test_a_letter_the_mail_server_refuses_is_told_to_the_operator(engine: 
     await clear_residuals(engine.client, request.request_id,
                           ResidualsCleared(cleared_by="operator:alice", note="phoned"))
 
+
+
+@pytest.mark.parametrize("connectors", [[chat_tool(), ScriptedConnector("crm", permanent_failures=1)]])
+async def test_an_erasure_that_went_on_without_the_processor_writes_again_with_its_answer(engine: Engine) -> None:
+    """Any kind: the operator went on without the processor (``--no-answer``) while another system needed
+    attention; the processor's own answer then replaces that no_answer (the request goes on without it), the reply
+    still says none had come, and the letter follows it at once with what the ledger now holds."""
+    request, handle = await submit_request(engine, "erasure", language="en")
+    for _ in range(100):
+        if engine.mail.to(CHAT_TOOL):
+            break
+        await asyncio.sleep(0.1)
+    await answered(engine, request, "chat-tool", answer(AnswerStatus.NO_ANSWER))
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)  # crm: bad credentials
+    late = await answered(engine, request, "chat-tool", answer(AnswerStatus.DONE))
+    assert late.replaced and not late.delivered and not late.aftercare
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    await wait_for_stage(engine, handle, Stage.CLOSED)
+    sent = await ledger_event(engine, request, "supplement_sent")
+    assert sent["told"] == "chat-tool:done"
+    [*_, reply, letter] = engine.mail.to(SUBJECT_EMAIL)
+    assert "No answer yet from this processor" in " ".join(text_of(reply).split())
+    assert letter["In-Reply-To"] == reply["Message-ID"]
+    assert ("Done: our processor, who runs this system on our behalf, confirmed it: the data concerned by the "
+            "request is erased there.") in flat(letter)
+    assert "right to lodge a complaint" not in flat(letter)  # done: nothing left undone
+    await handle.result()
