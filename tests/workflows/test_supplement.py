@@ -7,11 +7,13 @@ On the time-skipping server, with the emails through a real SMTP server (aiosmtp
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.service import RPCError
 
@@ -20,9 +22,14 @@ from dsr.config.settings import Settings
 from dsr.domain.aftercare import AftercareStatus, OutsideSettled, aftercare_id
 from dsr.domain.model import AnswerStatus, OutsideAnswer, RequestInput, ResidualsCleared, Retry, Stage
 from dsr.domain.outside import outside_workflow_id
+from dsr.store.guards import Guards
+from dsr.store.links import DownloadLinks
+from dsr.web.serve import serve_app
 from intake.answers import AnswerResult, record_answer
+from intake.server import outside_answers_router
 from intake.submission import Submission, prepare, start
-from tests.harness import ScriptedConnector, text_of
+from intake.web.app import intake_app
+from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, text_of
 from tests.workflows.support import (
     OPERATOR_EMAIL,
     SUBJECT_EMAIL,
@@ -35,7 +42,7 @@ from tests.workflows.support import submit as submit_request
 from tests.workflows.test_consent import ConsentConnector, submit, until
 from tests.workflows.test_consent_outside import PROFILE, mailer, paper, tasks_of
 from tests.workflows.test_outside import PROCESSOR as CHAT_TOOL
-from tests.workflows.test_outside import chat_tool
+from tests.workflows.test_outside import chat_tool, mail_to
 from tests.workflows.test_restriction import skipping_again
 from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest
@@ -306,3 +313,44 @@ async def test_an_erasure_that_went_on_without_the_processor_writes_again_with_i
             "request is erased there.") in flat(letter)
     assert "right to lodge a complaint" not in flat(letter)  # done: nothing left undone
     await handle.result()
+
+
+@pytest.mark.parametrize("connectors", [[chat_tool()]])
+async def test_the_answer_page_still_takes_the_processors_answer_after_the_operators_no_answer(
+    engine: Engine,
+) -> None:
+    """The reply said "no answer yet; we will write to you again when it answers": the processor's link (still valid
+    for its grace) takes its answer over the operator's no_answer, and the subject gets the letter."""
+    exports = exports_of(engine.settings)
+    app = intake_app(
+        links=DownloadLinks(TEST_KEYRING), bundle_opener=lambda _request_id: None, audit=lambda *_args: None,
+        public_url="http://127.0.0.1", guards=Guards(engine.ledger.engine, TEST_KEYRING),
+        routers=[outside_answers_router(TEST_KEYRING, engine.ledger, exports, engine.client, default_language="en",
+                                        public_path="")],
+    )
+    running = await serve_app(app, port=0)
+    try:
+        request, handle = await submit_request(engine, "erasure", language="fr")
+        [asked] = await mail_to(engine, CHAT_TOOL, 1)
+        token = re.search(r"/answer/(\S+)", text_of(asked))
+        assert token is not None
+        await answered(engine, request, "chat-tool", answer(AnswerStatus.NO_ANSWER))
+        await wait_for_stage(engine, handle, Stage.CLOSED)
+        async with httpx.AsyncClient(base_url=running.url) as web:
+            page = await web.get(f"/answer/{token.group(1)}")
+            assert page.status_code == 200, page.text  # a form, not "already answered"
+            form = re.search(r'name="form" value="([^"]+)"', page.text)
+            assert form is not None
+            posted = await web.post(f"/answer/{token.group(1)}", files={"status": (None, "done"),
+                                                                        "form": (None, form.group(1))})
+            assert posted.status_code == 200, posted.text
+            again = await web.get(f"/answer/{token.group(1)}")
+            assert again.status_code == 409  # once
+        sent = await ledger_event(engine, request, "supplement_sent")
+        assert sent["told"] == "chat-tool:done"
+        letter = engine.mail.to(SUBJECT_EMAIL)[-1]
+        assert "Les réponses des systèmes restants" in str(letter["Subject"])
+        assert ("Fait : notre sous-traitant, qui gère ce système pour notre compte, l'a confirmé : les données "
+                "visées par la demande y sont effacées.") in flat(letter)
+    finally:
+        await running.stop()
