@@ -175,7 +175,7 @@ class OutsideActivities:
             task = tasks.get(name)
             answer = task.answer if task is not None else None
             status = answer.status.value if answer is not None else AnswerStatus.NO_ANSWER.value
-            if status == AnswerStatus.NO_ANSWER.value and letter.cleared:
+            if letter.cleared and status in (AnswerStatus.NO_ANSWER.value, AnswerStatus.CANNOT.value):
                 status = "staff"  # the operator confirmed the residual data dealt with by other means
             system = self._systems.get(name)
             processor = (task.type if task is not None else (system.type if system else "processor")) == "processor"

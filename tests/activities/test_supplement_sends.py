@@ -117,6 +117,21 @@ async def test_an_unanswered_system_cleared_by_the_operator_is_told_as_done_by_o
         gave_up.cleared = True
         sent = await ActivityEnvironment().run(worker(port, ledger).send_supplement, gave_up)
     assert sent.told == {"mailer": "staff", "paper": "no_data"}
+    assert "complaint" not in collector.messages()[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+async def test_a_cannot_the_operator_saw_to_is_told_as_done_by_our_team(ledger: Ledger) -> None:
+    """The operator cleared the residual data (``dsr clear-residuals``): what the system could not do, our team
+    did, so the letter says so rather than that it is still being done."""
+    tasks = opened_tasks(ledger)
+    tasks.record_answer(REQUEST, "mailer", given(AnswerStatus.CANNOT, reason="no such setting"))
+    tasks.record_answer(REQUEST, "paper", given(AnswerStatus.DONE))
+    collector = Collector()
+    async with smtp_server(collector) as port:
+        cleared = letter()
+        cleared.cleared = True
+        sent = await ActivityEnvironment().run(worker(port, ledger).send_supplement, cleared)
+    assert sent.told == {"mailer": "staff", "paper": "done"}
 
 
 async def test_an_address_the_server_refuses_fails_for_good(ledger: Ledger) -> None:
