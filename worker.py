@@ -164,7 +164,7 @@ def activities_for(
         Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                mail_domain=settings.mail_domain),
         DownloadLinks(keyring, purpose=ANSWER_LINK_PURPOSE), public_url=settings.intake_url,
-        controller_name=signature, sent_log=LedgerSentLog(ledger))
+        controller_name=signature, sent_log=LedgerSentLog(ledger), profile=profile, sent_copies=sent_copies)
     replies = ReplyActivities(
         Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                mail_domain=settings.mail_domain),
@@ -200,6 +200,8 @@ def activities_for(
         fan_out.run_connector,
         outside.open_outside_task,
         outside.send_outside_mail,
+        outside.pending_answers,
+        outside.send_supplement,
         deadlines_resumed,
         local_instant,
         replies.send_reply,

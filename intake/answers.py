@@ -7,6 +7,10 @@ then handed to the waiting ``OutsideSystemTask`` workflow (the ``answer`` update
 the workflow no longer waits (no answer came by the date, and the request asks for attention), the answer stays
 there and the request is told (signal ``outside_answered``): if nothing else waits for an operator, it goes on
 at once, the task's next run taking the answer from the ledger; otherwise the operator's retry takes it.
+
+An operator's ``no_answer`` ("go on without their answer") is no answer: the system's real answer, when it comes,
+still goes in (once). After the request is answered, its aftercare is told (signal ``outside_settled``): the
+subject, told in the reply that this system had not answered yet, gets a supplementary letter.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any, Literal
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from dsr.domain.model import OutsideAnswer
+from dsr.domain.aftercare import SUPPLEMENT_SIGNAL, OutsideSettled, aftercare_id
+from dsr.domain.model import AnswerStatus, OutsideAnswer
 from dsr.domain.outside import (
     LATE_ANSWER_SIGNAL,
     UPLOAD_DATASET,
@@ -62,6 +67,8 @@ class AnswerResult:
     state: Literal["recorded", "already", "unknown"]
     delivered: bool = False  # the waiting workflow took it (False: kept in the ledger for the operator's retry)
     resumed: bool = False  # a late answer: the request, waiting for attention, was told and goes on with it
+    aftercare: bool = False  # the request was answered already: its aftercare was told (supplementary letter)
+    replaced: bool = False  # it replaced an operator's no_answer (the request had gone on without it)
 
 
 def upload_records(upload: ExportFile) -> Iterator[dict[str, Any]]:
@@ -113,7 +120,8 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
     found = await asyncio.to_thread(tasks.get, request_id, system)
     if found is None:
         return AnswerResult("unknown")
-    if found.answer is not None:
+    if found.answer is not None and (found.answer.status != AnswerStatus.NO_ANSWER
+                                     or answer.status == AnswerStatus.NO_ANSWER):
         return AnswerResult("already")
     if upload is not None and upload.data:
         if exports is None:
@@ -127,6 +135,11 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
         return AnswerResult("unknown")
     if not recorded:
         return AnswerResult("already")
+    aftercare = await _tell_aftercare(client, request_id, system, answer)
+    if found.answer is not None:
+        # It replaces an operator's no_answer: the task ended with it and the request went on without it; what
+        # remains is to tell the subject (the supplementary letter, read from the ledger).
+        return AnswerResult("recorded", aftercare=aftercare, replaced=True)
     from workflows.outside import OutsideSystemTask
 
     try:
@@ -143,9 +156,22 @@ async def record_answer(tasks: OutsideTasks, client: Client, request_id: str, sy
         except RPCError as signal_err:  # the request is closed, or Temporal away
             logger.warning("late answer of %s for %s: the request was not told (%s)", system, request_id,
                            type(signal_err).__name__)
-            return AnswerResult("recorded", delivered=False)
+            return AnswerResult("recorded", delivered=False, aftercare=aftercare)
         return AnswerResult("recorded", delivered=False, resumed=True)
     return AnswerResult("recorded", delivered=True)
+
+
+async def _tell_aftercare(client: Client, request_id: str, system: str, answer: OutsideAnswer) -> bool:
+    """Tell the request's aftercare, if it runs, that the system answered: the supplementary letter may be due.
+    Best effort: an aftercare not started yet reads the ledger when it starts, and one waiting past a lost signal
+    reads it at its last day anyway."""
+    try:
+        await client.get_workflow_handle(aftercare_id(request_id)).signal(
+            SUPPLEMENT_SIGNAL, OutsideSettled(system=system, status=answer.status.value))
+    except RPCError as err:  # no aftercare (none needed, not yet started, ended), or Temporal away
+        logger.debug("answer of %s for %s: no aftercare told (%s)", system, request_id, type(err).__name__)
+        return False
+    return True
 
 
 __all__ += ["AnswerRefused"]

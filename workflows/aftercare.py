@@ -14,7 +14,16 @@ the same person never waits for a link to expire.
   ``escalation_repeat_days`` until the ``clear_residuals`` update (``dsr clear-residuals``); ``DsrResidual`` is
   true meanwhile.
 
-Both are obligations, so a cancellation from the UI is refused (the reason in the details and the ledger; what
+- The supplementary letter: systems reached by a person that the reply told as not answered yet (a withdrawal of
+  consent answers before they confirm; any kind goes on when an operator records ``--no-answer``). The answer's
+  door (``intake/answers.py``) records each answer in the ledger, then signals ``outside_settled`` here; this
+  workflow first reads the ledger (an answer given before it started), then waits for the others until the last
+  day their answer page takes one (``pending_answers``: a durable timer), or until the operator clears the residual
+  data (our team saw to them). Then the subject gets one letter, in the reply's thread, written from the ledger
+  (``send_supplement``, its Message-ID derived from the reference: never two): ``supplement_sent`` in the ledger,
+  or ``notice_failed`` and the operator told when the mail server refuses it.
+
+All are obligations, so a cancellation from the UI is refused (the reason in the details and the ledger; what
 the two follow-up workflows share is ``workflows/follow_up.py``, events written in batches by ``record_events``);
 ``code_locked`` (the download page closed its code) tells the operator, as the request did while it ran.
 """
@@ -22,14 +31,23 @@ the two follow-up workflows share is ``workflows/follow_up.py``, events written 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from dsr.domain.aftercare import AftercareInput, AftercareStatus
+    from dsr.domain.aftercare import (
+        SUPPLEMENT_SIGNAL,
+        AftercareInput,
+        AftercareStatus,
+        OutsideSettled,
+        PendingAnswers,
+        SupplementInput,
+    )
     from dsr.domain.model import (
+        AnswerStatus,
         CodeLocked,
         ExportsDeletion,
         NoticeTemplate,
@@ -38,7 +56,15 @@ with workflow.unsafe.imports_passed_through():
         UpdateResult,
     )
     from workflows import search_attributes as sa
-from workflows.contract import REQUEST_REJECTED, STORAGE, ReplyActivities, summarised
+from workflows.contract import (
+    LEDGER,
+    NOTICE,
+    REQUEST_REJECTED,
+    STORAGE,
+    OutsideActivities,
+    ReplyActivities,
+    summarised,
+)
 from workflows.follow_up import FollowUp
 
 
@@ -54,6 +80,11 @@ class RequestAftercare(FollowUp):
         self._cleared: ResidualsCleared | None = None
         self._cleared_recorded = False  # in the ledger: the update answers only then
         self._codes_locked: set[str] = set()
+        # The supplementary letter: the systems it still waits for, those the answer's door said were answered
+        # (a signal may come before the ledger is read), and where it stands ("", waiting, sent, failed).
+        self._supplement_pending: set[str] = set()
+        self._settled: set[str] = set()
+        self._supplement = ""
 
     @workflow.run
     async def run(self, care: AftercareInput) -> AftercareStatus:
@@ -65,7 +96,7 @@ class RequestAftercare(FollowUp):
         return self.status()
 
     async def _work(self) -> None:
-        await asyncio.gather(self._expire_link(), self._follow_up_residuals())
+        await asyncio.gather(self._expire_link(), self._follow_up_residuals(), self._send_supplement())
 
     async def _expire_link(self) -> None:
         expires_at = self._care.link_expires_at
@@ -109,6 +140,54 @@ class RequestAftercare(FollowUp):
         self._cleared_recorded = True
         self._update_details()
 
+    async def _send_supplement(self) -> None:
+        """One letter to the subject once every system the reply told as not answered yet has answered, or the
+        follow-up gave up on it (its answer page closed, or the operator cleared the residual data)."""
+        plan = self._care.supplement
+        if plan is None or not plan.systems:
+            return
+        self._supplement = "waiting"
+        self._supplement_pending = set(plan.systems) - self._settled
+        found = await workflow.execute_activity_method(
+            OutsideActivities.pending_answers, PendingAnswers(self._care.request_id, list(plan.systems)),
+            **summarised(LEDGER, "ledger: answers of the systems pending at the reply"))
+        self._supplement_pending -= set(found.answered)
+        self._update_details()
+        if self._supplement_pending and found.give_up_at is not None:
+            self._note("supplement_waiting", details={"systems": ",".join(sorted(self._supplement_pending)),
+                                                      "until": found.give_up_at.isoformat()})
+            with contextlib.suppress(TimeoutError):  # the last day came: the follow-up gives up on the others
+                await workflow.wait_condition(
+                    lambda: not self._supplement_pending or self._cleared is not None,
+                    timeout=max(found.give_up_at - workflow.now(), timedelta(0)),
+                    timeout_summary="supplementary letter: the last day their answer is taken")
+        waited_for = sorted(self._supplement_pending)
+        try:
+            sent = await workflow.execute_activity_method(
+                OutsideActivities.send_supplement,
+                SupplementInput(request_id=self._care.request_id, language=self._care.language, plan=plan,
+                                cleared=self._cleared is not None),
+                **summarised(NOTICE, "supplementary letter to the subject"))
+        except ActivityError as err:
+            # Refused for good (the address, a 5xx) or not writable: no one may claim the subject was told.
+            cause = err.cause
+            self._supplement = "failed"
+            self._update_details()
+            await self._audit("notice_failed", details={
+                "template": "supplement", "error_type": getattr(cause, "type", None) or ""})
+            await self._notify_operator(NoticeTemplate.OPERATOR_RESIDUAL, residuals=(
+                "- the supplementary letter to the subject (how the systems not answered at the reply answered "
+                f"since: {', '.join(plan.systems)}) could not be sent: tell them by other means "
+                f"(`dsr tasks list --all` shows the answers)"))
+            return
+        self._supplement = "sent"
+        self._supplement_pending = set()
+        self._update_details()
+        self._note("supplement_sent", details={
+            "systems": ",".join(plan.systems),
+            "told": ",".join(f"{name}:{status}" for name, status in sorted(sent.told.items())),
+            "gave_up": ",".join(waited_for), "message_id": sent.message_id})
+
     # --- updates, signals, queries ------------------------------------------------------------------
 
     @workflow.update
@@ -122,6 +201,13 @@ class RequestAftercare(FollowUp):
         if not self._residuals or self._cleared is not None:
             raise ApplicationError(f"{self._care.request_id} has no residual data waiting to be cleared",
                                    type=REQUEST_REJECTED, non_retryable=True)
+
+    @workflow.signal(name=SUPPLEMENT_SIGNAL)
+    def outside_settled(self, settled: OutsideSettled) -> None:
+        """The answer's door recorded a system's answer in the ledger (an operator's ``no_answer`` is none)."""
+        if settled.status != AnswerStatus.NO_ANSWER.value:
+            self._settled.add(settled.system)
+            self._supplement_pending.discard(settled.system)
 
     @workflow.signal
     async def code_locked(self, locked: CodeLocked) -> None:
@@ -141,6 +227,8 @@ class RequestAftercare(FollowUp):
             residuals=list(self._residuals),
             residuals_cleared=self._cleared_recorded,
             cancellation_refused=self._cancellation_refused,
+            supplement_pending=sorted(self._supplement_pending),
+            supplement=self._supplement,
         )
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -158,6 +246,11 @@ class RequestAftercare(FollowUp):
                       *(f"- {line}" for line in self._residuals)]
         elif care.residuals:
             lines.append("- residual data: cleared")
+        if self._supplement == "waiting":
+            lines.append("- supplementary letter to the subject: waiting for "
+                         + (", ".join(sorted(self._supplement_pending)) or "the ledger"))
+        elif self._supplement:
+            lines.append(f"- supplementary letter to the subject: {self._supplement}")
         if self._cancellation_refused:
             lines += ["", f"**{self._cancellation_refused}**"]
         workflow.set_current_details("\n".join(lines))

@@ -13,7 +13,9 @@ are **told** first, the same day: their task is opened in the ledger and its fir
 ``OutsideSystemTask`` that outlives the request (ABANDON) reminds them and takes their answer. The reply does not
 wait for it: it says per system what the engine knows when it is written (told on that day and not confirmed yet,
 or, when the ledger already holds an answer, confirmed / nothing to stop / our team stops it), and a system not
-confirmed yet leaves a residual line that the request's aftercare follows up until an operator clears it.
+confirmed yet leaves a residual line that the request's aftercare follows up until an operator clears it. Once
+every such system has answered (or the follow-up gave up on it), the aftercare writes to the subject again: one
+supplementary letter saying how each answered (``workflows/aftercare.py``).
 
 Deterministic workflow code, run by :class:`workflows.request.DataSubjectRequest` (passed in as ``flow``).
 """

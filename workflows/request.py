@@ -28,10 +28,11 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from dsr.domain.aftercare import AftercareInput, aftercare_id
+    from dsr.domain.aftercare import AftercareInput, SupplementPlan, aftercare_id
     from dsr.domain.deadlines import deadline_as_search_value
     from dsr.domain.model import (
         CANONICAL_FIELDS,
+        AnswerStatus,
         AuditEvent,
         ClockPolicy,
         ClockResume,
@@ -192,6 +193,7 @@ class DataSubjectRequest:
         self._identity_waited_days = 0
         self._progress: dict[str, ConnectorProgress] = {}
         self._link_expires_at: datetime | None = None
+        self._reply_message_id = ""  # the reply's Message-ID: a supplementary letter answers in its thread
         self._recipients_notified: list[str] = []  # named in the reply (Art. 19): told of a restriction's lift
         self._reply_held = ""
         self._residuals: list[str] = []  # residual lines still to be cleared by hand
@@ -446,6 +448,7 @@ class DataSubjectRequest:
         await self._after_acknowledgement()
         reply = await self._send_reply()
         if reply is not None:
+            self._reply_message_id = reply.message_id
             self._link_expires_at = reply.link_expires_at
             self._recipients_notified = list(reply.recipients_notified)
             self._note("reply_sent", details={
@@ -874,6 +877,7 @@ class DataSubjectRequest:
             language=self._request.language, escalation_repeat_days=policy.escalation_repeat_days,
             deadline=self._deadline.due, extended=self._extended, link_expires_at=self._link_expires_at,
             residuals=list(self._residuals), notice_context=self._notice_context(),
+            supplement=self._supplement_plan(),
         )
         what = [*(["download link"] if self._link_expires_at else []), *(["residual data"] if self._residuals else [])]
         attributes: list[SearchAttributePair[Any]] = [
@@ -894,6 +898,21 @@ class DataSubjectRequest:
         self._aftercare = child
         self._update_details()
         self._note("aftercare_started", details={"workflow": child, "for": ",".join(what)})
+
+    def _supplement_plan(self) -> SupplementPlan | None:
+        """The systems reached by a person that the reply told as not answered yet: once they answer (or the
+        follow-up gives up), the aftercare writes to the subject again, as the reply promised. None when the reply
+        named none (or was never sent: nothing was promised)."""
+        pending = [p.connector for p in self._progress.values()
+                   if p.outcome is not None and p.outcome.answer is not None
+                   and p.outcome.answer.status == AnswerStatus.NO_ANSWER]
+        if not pending or not self._reply_message_id:
+            return None
+        request = self._request
+        return SupplementPlan(kind=request.kind, subject=dataclasses.replace(request.subject,
+                                                                              name=self._greeting_name()),
+                              systems=pending, received=request.received_on, reply_message_id=self._reply_message_id,
+                              purposes=list(request.purposes))
 
     def _cancel_requested(self, reason: str) -> Coroutine[Any, Any, None]:
         """A cancellation from the Temporal UI (or ``temporal workflow cancel``): taken as a withdrawal by staff

@@ -52,7 +52,8 @@ async def with_aftercare(client: Client, state: RequestStatus) -> RequestStatus:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
         return state  # past Temporal's retention: the ledger has its events (dsr history)
-    return replace(state, exports_deleted=care.exports_deleted, residuals=list(care.residuals))
+    return replace(state, exports_deleted=care.exports_deleted, residuals=list(care.residuals),
+                   supplement=care.supplement, supplement_pending=list(care.supplement_pending))
 
 
 async def temporal_state(client: Client, request_id: str) -> str:

@@ -229,6 +229,11 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     if state.link_expires_at is not None:
         typer.echo(f"  download link {'expired, export deleted' if state.exports_deleted else 'valid until'} "
                    f"{state.link_expires_at:%Y-%m-%d %H:%M} UTC")
+    if state.supplement:
+        typer.echo("  supplementary letter to the subject: " + {
+            "waiting": f"waiting for {', '.join(state.supplement_pending) or 'the ledger'}",
+            "failed": "REFUSED by the mail server: tell the subject by other means"}.get(state.supplement,
+                                                                                          state.supplement))
     if state.cancellation_refused:
         typer.echo(f"  a cancellation from the Temporal UI was refused: {state.cancellation_refused}")
     if state.restriction:

@@ -131,10 +131,15 @@ async def tasks_complete(
         fail(f"{system} of {request_id} was already answered")
     if as_json:
         emit_json({"request": request_id, "system": system, "answer": status.value, "delivered": result.delivered,
-                   "resumed": result.resumed})
+                   "resumed": result.resumed, "supplement": result.aftercare,
+                   "replaced": result.replaced})
         return
     typer.echo(f"{request_id} {system}: {status.value} recorded" + (
         "" if result.delivered else
+        "; the request is answered: its aftercare was told (the subject's supplementary letter)"
+        if result.aftercare else
+        "; it replaces the --no-answer recorded before: the subject's supplementary letter tells it, unless that "
+        "letter went already" if result.replaced else
         "; after its date: the request goes on with it (unless another system needs attention: "
         f"`dsr retry {request_id}` then)" if result.resumed else
         f"; the request is not waiting for it: `dsr retry {request_id}` takes it"))

@@ -913,6 +913,10 @@ class RequestStatus:
     temporal_state: str = ""
     ground: str = ""  # restriction: its Art. 18(1) ground
     restriction: str = ""  # an answered restriction: the workflow holding it in force (``restriction-<reference>``)
+    # The supplementary letter to the subject (the systems the reply told as not answered yet), from the aftercare:
+    # "", "waiting" (for ``supplement_pending``), "sent" or "failed" (filled in by ``dsr status``).
+    supplement: str = ""
+    supplement_pending: list[str] = field(default_factory=list)
 
 
 # --- per-subject order ----------------------------------------------------------------------------

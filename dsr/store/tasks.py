@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import Engine, String, Text, update
+from sqlalchemy import ColumnElement, Engine, String, Text, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -97,18 +97,22 @@ class OutsideTasks:
 
     def record_answer(self, request_id: str, system: str, answer: OutsideAnswer) -> bool:
         """Record the answer, once: False when the task was already answered; :class:`UnknownTask` when there is
-        no such task."""
+        no such task. An operator's ``no_answer`` (the request went on without it) is no answer: the system's
+        own answer may still replace it, once."""
         assert answer.answered_at is not None
         sealed = self._sealer.seal_text(json.dumps({
             "legal_basis": answer.legal_basis, "reason": answer.reason,
             "kept_until": answer.kept_until.isoformat() if answer.kept_until else None,
             "export_records": answer.export_records,
         }), purpose=ANSWER_PURPOSE, context=f"{request_id}/{system}")
+        open_: ColumnElement[bool] = col(OutsideTaskRow.status).is_(None)
+        if answer.status != AnswerStatus.NO_ANSWER:
+            open_ = or_(open_, col(OutsideTaskRow.status) == AnswerStatus.NO_ANSWER.value)
         with self._session() as session:
             result = session.exec(update(OutsideTaskRow)
                                   .where(col(OutsideTaskRow.request_id) == request_id,
                                          col(OutsideTaskRow.system) == system,
-                                         col(OutsideTaskRow.status).is_(None))
+                                         open_)
                                   .values(status=answer.status.value, answer_sealed=sealed,
                                           answered_by=answer.answered_by, answered_at=answer.answered_at))
             session.commit()

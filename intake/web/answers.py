@@ -124,7 +124,8 @@ def answers_router(
         task = await asyncio.to_thread(task_of, request_id, system)
         if task is None:
             return message(request, "invalid", 404)
-        if task.answer is not None:
+        if task.answer is not None and task.answer.status != AnswerStatus.NO_ANSWER:
+            # An operator's no_answer (the request went on without it) still takes the system's own answer.
             return already(request, task)
         return task, await asyncio.to_thread(kind_of, request_id)
 

@@ -38,6 +38,7 @@ from tests.workflows.support import (
     status,
     submit,
     templates_sent,
+    wait_for_event,
     wait_for_stage,
 )
 from workflows.request import DataSubjectRequest
@@ -279,8 +280,24 @@ async def test_dsr_tasks_lists_the_waiting_task_and_completes_it_without_an_answ
     assert current.residuals == ["chat-tool: answer - no answer yet"]
     reply = readable(engine.mail.to(SUBJECT_EMAIL)[-1])
     assert "No answer yet from this processor" in reply
+    code, out, err = await dsr("status", request.request_id)
+    assert code == 0 and "  supplementary letter to the subject: waiting for chat-tool" in out.splitlines(), out
+    # The reply promised to write again when the processor answers: an operator's no_answer is no answer, so the
+    # processor's own answer still goes in (once), and the subject gets the supplementary letter in the reply's
+    # thread.
+    code, out, err = await dsr("tasks", "complete", request.request_id, "chat-tool", "--done")
+    assert code == 0, err
+    assert out.strip() == (f"{request.request_id} chat-tool: done recorded; the request is answered: its aftercare "
+                           "was told (the subject's supplementary letter)")
     code, _, err = await dsr("tasks", "complete", request.request_id, "chat-tool", "--done")
     assert code == 1 and err.strip() == f"error: chat-tool of {request.request_id} was already answered"
+    await wait_for_event(engine, request, "supplement_sent")
+    letter = engine.mail.to(SUBJECT_EMAIL)[-1]
+    assert letter["In-Reply-To"] == engine.mail.to(SUBJECT_EMAIL)[-2]["Message-ID"]
+    assert "Done: our processor, who runs this system on our behalf, confirmed it: the data concerned by the " \
+           "request is erased there." in " ".join(readable(letter).split())
+    code, out, _ = await dsr("status", request.request_id)
+    assert code == 0 and "  supplementary letter to the subject: sent" in out.splitlines(), out
     code, out, _ = await dsr("tasks", "list")
     assert code == 0 and out.strip() == "no task waits for an answer"
     await clear_residuals(engine.client, handle.id,
