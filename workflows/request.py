@@ -525,14 +525,16 @@ class DataSubjectRequest:
         self._awaiting_turn = True  # nothing changed yet: a withdrawal or refusal is still welcome
         self._update_details()
         try:
-            await workflow.execute_activity(
+            # The queue answers at once who holds the turn: granted (the usual case) goes on from here, in the task
+            # that reads the answer; otherwise its signal says when.
+            self.subject_turn(await workflow.execute_activity(
                 ask_subject_turn,
                 QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
                     request_id=self._request.request_id, received_at=self._request.received_at,
                     round=self._turn_round,
                 )),
                 **summarised(TURN_ASK, "subject queue: ask for the turn"),
-            )
+            ))
             await workflow.wait_condition(lambda: self._turn_granted or self._ending())
         finally:
             self._awaiting_turn = False
@@ -556,9 +558,10 @@ class DataSubjectRequest:
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
-        """The subject's queue says who holds the turn: this request (granted) or the one it waits for."""
-        if not self._turn_asked or turn.round != self._turn_round:
-            return  # an answer to an earlier ask
+        """The subject's queue says who holds the turn: this request (granted) or the one it waits for (also the
+        answer of the ask itself, which may come after the signal granting it)."""
+        if not self._turn_asked or turn.round != self._turn_round or self._turn_granted:
+            return  # an answer to an earlier ask, or one older than the grant
         if turn.holder == self._request.request_id:
             self._turn_granted = True
         else:
