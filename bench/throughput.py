@@ -147,7 +147,7 @@ credentials = {{ api_key = "MN_STRIPE_KEY" }}
 {DEMO_PROFILE}"""
 
 
-def trace(name: str, history: Any) -> None:
+async def trace(name: str, history: Any, client: Any) -> None:
     """``--trace``: one request's history, event by event, in ms since its first event (what the critical path is
     made of: workflow tasks, activities, signals, timers)."""
     from temporalio.api.enums.v1 import EventType
@@ -175,6 +175,8 @@ def trace(name: str, history: Any) -> None:
             what = event.signal_external_workflow_execution_initiated_event_attributes.signal_name
         elif event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             what = event.start_child_workflow_execution_initiated_event_attributes.workflow_type.name
+        if event.user_metadata.HasField("summary"):
+            what += f" ({(await client.data_converter.decode([event.user_metadata.summary]))[0]})"
         elapsed = (event.event_time.ToDatetime() - start).total_seconds() * 1000
         print(f"{event.event_id:4} {elapsed:8.0f} ms  {kind} {what}", flush=True)
 
@@ -223,7 +225,12 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
             history = await handle.fetch_history()
             events.append(len(history.events))
             if show and handle is handles[0]:
-                trace(variant.name, history)
+                await trace(variant.name, history, client)
+                if variant.engine:  # and the subject's queue, whose first task is on the request's critical path
+                    found = client.list_workflows(f"WorkflowType = 'SubjectQueue' AND TaskQueue = '{queue}'", limit=1)
+                    async for run in found:
+                        await trace(f"{variant.name}: subject queue", await client.get_workflow_handle(
+                            run.id, run_id=run.run_id).fetch_history(), client)
             if not variant.engine:
                 continue
             # In the workflow's own time (the history), not the ledger's (its events are written in batches): the

@@ -1557,8 +1557,11 @@ class DataSubjectRequest:
             self._ledger_writer = asyncio.create_task(self._write_events())
 
     async def _write_events(self) -> None:
-        """One batch at a time, in the order noted, until none is left."""
+        """One batch at a time, in the order noted, until none is left. A batch waits for the workflow task's other
+        coroutines to settle first, so that it holds every event the task notes (a connector's ``connector_done``
+        and the ``replying`` that follows it go together: one write, not two)."""
         while self._events:
+            await workflow.wait_condition(lambda: True)  # true once nothing else in this task can run
             batch, self._events = self._events, []
             local, self._events_loud = self._closing or not self._events_loud, False
             summary = f"ledger: {', '.join(e.event for e in batch)}"
