@@ -19,7 +19,8 @@ sandbox counts them; WooCommerce's and Stripe's have no limit here); for the eng
 turn's ask to the reply's schedule, in the history) against its slowest connector (the ``run_connector`` activity,
 scheduled to completed). ``--requests 1`` measures a request alone (the issue's "light request").
 
-Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main]``. Everything binds
+Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]``
+(``--trace``: one request's history per variant, and its subject queue's, event by event in ms). Everything binds
 127.0.0.1.
 """
 
