@@ -40,7 +40,6 @@ __all__ = [
     "IDENTITY_NOT_ALLOWED",
     "INCOMPLETE_PROFILE",
     "LEDGER",
-    "LEDGER_LOCAL",
     "NOTICE",
     "NOTICE_FIRST_TRY",
     "NOTICE_INVALID_ADDRESS",
@@ -105,10 +104,6 @@ LEDGER = workflow.ActivityConfig(
     # The ledger is the proof: keep trying (with backoff) rather than lose an event.
     retry_policy=_PATIENT,
 )
-LEDGER_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
-"""Ledger batches written in the workflow task that noted them (a request closing: nothing else waits on that
-task's commands), with LEDGER's patience. A local activity runs again when its task is lost, so the writes are
-idempotent (keyed by the run and the local activity's sequence number, see activities/ledger.py)."""
 STORAGE = workflow.ActivityConfig(
     # Deleting a request's objects (exports, attachments) may list and delete many; still short.
     start_to_close_timeout=timedelta(seconds=30),
