@@ -23,9 +23,11 @@ from dsr.store.suppressions import SuppressionList
 
 
 def _idempotency_key() -> str:
-    """Stable across retries of one activity execution, unique across executions and runs."""
+    """Stable across retries of one activity execution (and, for a local activity, across the replays that run it
+    again after a lost workflow task), unique across executions and runs. A local activity's id is its sequence
+    number, counted apart from the activities': marked, so that local 3 and activity 3 never share a key."""
     info = activity.info()
-    return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+    return f"{info.workflow_id}/{info.workflow_run_id}/{'local-' if info.is_local else ''}{info.activity_id}"
 
 
 class LedgerActivities:

@@ -1,35 +1,43 @@
 """Activities of per-subject order: asking a subject's queue for the turn, checking that a holder lives.
 
 A workflow can signal another workflow but cannot start one; the request's first ask may find no queue
-(nobody of that person is in their systems), so the ask is a signal-with-start on the worker's own client.
+(nobody of that person is in their systems), so the ask is an update-with-start on the worker's own client. The
+update answers who holds the turn: a request granted at once goes on when the activity returns, without waiting
+for a signal (one workflow task less on its critical path).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WithStartWorkflowOperation, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from dsr.domain.model import QueueAsk, SubjectQueueState
+from dsr.domain.model import QueueAsk, SubjectQueueState, SubjectTurn
 
 QUEUE_WORKFLOW = "SubjectQueue"
+QUEUE_UPDATE = "ask_turn"
 
 
 @activity.defn(name="ask_subject_turn")
-async def ask_subject_turn(ask: QueueAsk) -> bool:
-    """Signal ``ask`` to the subject's queue, starting it if it is not running. Idempotent: the queue
-    answers a request asking twice (a retried attempt) as it answered the first time."""
-    await activity.client().start_workflow(
+async def ask_subject_turn(ask: QueueAsk) -> SubjectTurn:
+    """Ask the subject's queue for the turn (update ``ask_turn``), starting it if it is not running; answers who
+    holds it now. Idempotent: the queue answers a request asking twice (a retried attempt) as it answered the
+    first time."""
+    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         QUEUE_WORKFLOW,
         SubjectQueueState(),
         id=ask.queue_id,
         task_queue=activity.info().task_queue,
-        start_signal="ask",
-        start_signal_args=[ask.ask],
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         # No personal data: the id is a blind index, the summary says what the workflow is for.
         static_summary="subject queue · one request at a time in this person's systems",
     )
-    return True
+    turn: SubjectTurn = await activity.client().execute_update_with_start_workflow(
+        QUEUE_UPDATE, ask.ask, start_workflow_operation=start, result_type=SubjectTurn)
+    return turn
 
 
 @activity.defn(name="subject_request_running")

@@ -19,7 +19,8 @@ sandbox counts them; WooCommerce's and Stripe's have no limit here); for the eng
 turn's ask to the reply's schedule, in the history) against its slowest connector (the ``run_connector`` activity,
 scheduled to completed). ``--requests 1`` measures a request alone (the issue's "light request").
 
-Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main]``. Everything binds
+Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]``
+(``--trace``: one request's history per variant, and its subject queue's, event by event in ms). Everything binds
 127.0.0.1.
 """
 
@@ -147,8 +148,42 @@ credentials = {{ api_key = "MN_STRIPE_KEY" }}
 {DEMO_PROFILE}"""
 
 
+async def trace(name: str, history: Any, client: Any) -> None:
+    """``--trace``: one request's history, event by event, in ms since its first event (what the critical path is
+    made of: workflow tasks, activities, signals, timers)."""
+    from temporalio.api.enums.v1 import EventType
+
+    events = list(history.events)
+    start = events[0].event_time.ToDatetime()
+    names: dict[int, str] = {}
+    print(f"--- {name}: {len(events)} events", flush=True)
+    for event in events:
+        kind = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+        what = ""
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            what = names[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.event_type in (EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED,
+                                  EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED):
+            attributes = (event.activity_task_started_event_attributes
+                          if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+                          else event.activity_task_completed_event_attributes)
+            what = names.get(attributes.scheduled_event_id, "")
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            what = event.marker_recorded_event_attributes.marker_name
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            what = event.workflow_execution_signaled_event_attributes.signal_name
+        elif event.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+            what = event.signal_external_workflow_execution_initiated_event_attributes.signal_name
+        elif event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+            what = event.start_child_workflow_execution_initiated_event_attributes.workflow_type.name
+        if event.user_metadata.HasField("summary"):
+            what += f" ({(await client.data_converter.decode([event.user_metadata.summary]))[0]})"
+        elapsed = (event.event_time.ToDatetime() - start).total_seconds() * 1000
+        print(f"{event.event_id:4} {elapsed:8.0f} ms  {kind} {what}", flush=True)
+
+
 async def one_round(variant: Variant, count: int, emails: list[str], *, client: Any, boxes: Any, server: int,
-                    keyring: KeyRing) -> dict[str, float]:
+                    keyring: KeyRing, show: bool = False) -> dict[str, float]:
     from temporalio.api.enums.v1 import EventType
 
     from bench.bare import BareInput
@@ -190,6 +225,13 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
         for handle in handles:
             history = await handle.fetch_history()
             events.append(len(history.events))
+            if show and handle is handles[0]:
+                await trace(variant.name, history, client)
+                if variant.engine:  # and the subject's queue, whose first task is on the request's critical path
+                    found = client.list_workflows(f"WorkflowType = 'SubjectQueue' AND TaskQueue = '{queue}'", limit=1)
+                    async for run in found:
+                        await trace(f"{variant.name}: subject queue", await client.get_workflow_handle(
+                            run.id, run_id=run.run_id).fetch_history(), client)
             if not variant.engine:
                 continue
             # In the workflow's own time (the history), not the ledger's (its events are written in batches): the
@@ -272,7 +314,8 @@ async def main(args: argparse.Namespace) -> None:
             order = variants[number % len(variants):] + variants[:number % len(variants)]
             for variant in order:
                 figures = await one_round(variant, args.requests, emails, client=temporal.client, boxes=boxes,
-                                          server=server, keyring=keyring)
+                                          server=server, keyring=keyring,
+                                          show=args.trace and number == args.rounds - 1)
                 variant.rounds.append(figures)
                 print(f"round {number + 1} {variant.name:6}: {figures['rate']:.2f} requests/s, CPU per request "
                       f"worker {1000 * figures['worker_cpu']:.0f} ms, server {1000 * figures['server_cpu']:.0f} ms, "
@@ -307,6 +350,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=12, help="requests started at once per round and variant")
     parser.add_argument("--before", help="another checkout (with its .venv) whose engine runs as 'before'")
+    parser.add_argument("--trace", action="store_true",
+                        help="print one request's history per variant (last round), event by event, in ms")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.before:

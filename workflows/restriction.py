@@ -256,11 +256,11 @@ class RestrictionInForce(FollowUp):
             return
         self._turn_round += 1
         self._turn_asked, self._turn_granted, self._waiting_for = True, False, ""
-        await workflow.execute_activity(
+        self.subject_turn(await workflow.execute_activity(
             ask_subject_turn,
             QueueAsk(queue_id=subject_queue_id(self._held.subject_key), ask=TurnAsk(
                 request_id=workflow.info().workflow_id, received_at=workflow.now(), round=self._turn_round)),
-            **summarised(TURN_ASK, "subject queue: ask for the turn (lift)"))
+            **summarised(TURN_ASK, "subject queue: ask for the turn (lift)")))
         await workflow.wait_condition(lambda: self._turn_granted)
         if self._waiting_for:
             self._note("turn_taken", details={"waited_for": self._waiting_for})
@@ -278,8 +278,9 @@ class RestrictionInForce(FollowUp):
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
-        """The person's queue says who holds the turn: this workflow (granted) or the request it waits for."""
-        if not self._turn_asked or turn.round != self._turn_round:
+        """The person's queue says who holds the turn: this workflow (granted) or the request it waits for (also the
+        answer of the ask itself, which may come after the signal granting it)."""
+        if not self._turn_asked or turn.round != self._turn_round or self._turn_granted:
             return
         if turn.holder == workflow.info().workflow_id:
             self._turn_granted = True

@@ -7,17 +7,20 @@ first (ties: the request id). A request still waiting for identity is not waitin
 back a later one that is ready: the queue orders the requests that want the systems, not those that may
 want them one day.
 
-Signals in: ``ask`` (:class:`TurnAsk`, by signal-with-start from the ``ask_subject_turn`` activity) and
-``release`` (:class:`TurnRelease`, from the request: done, withdrawn, refused, cancelled, or waiting for an
-operator). Signal out: ``subject_turn`` (:class:`SubjectTurn`) to a request, naming the holder: itself when
-granted, another request while it waits (what ``dsr status`` shows).
+Update in: ``ask_turn`` (:class:`TurnAsk`, by update-with-start from the ``ask_subject_turn`` activity), answered
+at once with who holds the turn (:class:`SubjectTurn`): the asker itself when granted, so that a request whose
+person is idle starts its work as soon as the activity returns, without a signal back and a workflow task of its
+own to read it. Signals in: ``ask`` (the same ask, answered by signal only) and ``release`` (:class:`TurnRelease`,
+from the request: done, withdrawn, refused, cancelled, or waiting for an operator). Signal out: ``subject_turn``
+(:class:`SubjectTurn`) to a request whose answer changed since it asked, naming the holder: itself when granted,
+another request while it waits (what ``dsr status`` shows).
 
 A holder that ends without releasing (a workflow terminated by hand) must not block the person forever:
 while a turn is held, the queue checks on a durable timer (hourly) that the holder still runs, and frees the
 turn if not. A grant that cannot be delivered (the request is gone) frees it at once. The queue continues as
 new when its history grows, and ends when idle: nobody holds, nobody waits. An ask arriving after the end
-starts a new run (signal-with-start); one arriving while it ends fails the closing task, which runs again
-with it.
+starts a new run (update-with-start); one arriving while it ends fails the closing task, which runs again
+with it (or fails the ask, which the activity retries: a new run then answers it).
 """
 
 from __future__ import annotations
@@ -91,6 +94,17 @@ class SubjectQueue:
         else:
             self._waiting = [w for w in self._waiting if w.request_id != ask.request_id] + [ask]
         self._tell_later(ask.request_id)
+
+    @workflow.update
+    def ask_turn(self, ask: TurnAsk) -> SubjectTurn:
+        """``ask``, answered at once: the turn is granted now if nobody holds it (the earliest received among those
+        waiting, as the main loop would); the answer tells the asker, which is then not signalled for this ask."""
+        self.ask(ask)
+        if self._holder is None:
+            self._grant_next()
+        if ask.request_id in self._tell:
+            self._tell.remove(ask.request_id)
+        return SubjectTurn(holder=self._holder.request_id if self._holder else "", round=ask.round)
 
     @workflow.signal
     def release(self, release: TurnRelease) -> None:

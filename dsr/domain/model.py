@@ -950,7 +950,8 @@ class TurnRelease:
 
 @dataclass
 class SubjectTurn:
-    """The queue tells a request who holds the turn (signal ``subject_turn``): itself means granted."""
+    """The queue tells a request who holds the turn (the answer of the ask, then signal ``subject_turn`` when it
+    changes): itself means granted."""
 
     holder: str
     round: int
@@ -958,7 +959,7 @@ class SubjectTurn:
 
 @dataclass
 class QueueAsk:
-    """Input of the ``ask_subject_turn`` activity: signal-with-start of the subject's queue."""
+    """Input of the ``ask_subject_turn`` activity: update-with-start of the subject's queue."""
 
     queue_id: str
     ask: TurnAsk

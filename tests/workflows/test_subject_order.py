@@ -22,7 +22,7 @@ from temporalio import workflow
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from connectors.base import ExportJob, OperationJob
@@ -509,6 +509,43 @@ async def test_the_queue_continues_as_new_with_its_holder_and_waiting_list(time_
         async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
             await queue.result()  # idle: it ends
         await keep_history(queue, "continued_then_idle")
+
+
+async def test_an_ask_is_answered_by_the_update_and_only_a_later_change_by_a_signal(
+        time_skipping: WorkflowEnvironment, engine: Engine) -> None:
+    """The ``ask_subject_turn`` activity's update-with-start: the answer says who holds the turn, so the asker is
+    not signalled for it (one workflow task less per request); a later grant still comes by signal."""
+    from activities.subjects import ask_subject_turn
+    from dsr.domain.model import QueueAsk
+
+    client = engine.client
+    queue_id = "subject-" + "cd" * 16
+    async with Worker(client, task_queue="askers", workflows=[TurnTaker], workflow_runner=UnsandboxedWorkflowRunner()):
+        takers = [await client.start_workflow(TurnTaker.run, id=f"asker-{n}", task_queue="askers") for n in range(2)]
+        t0 = datetime(2026, 1, 5, tzinfo=UTC)
+        asks = [TurnAsk(request_id=t.id, received_at=t0 + timedelta(minutes=n)) for n, t in enumerate(takers)]
+        env = ActivityEnvironment(client=client)
+        env.info = replace(env.info, task_queue=engine.task_queue)
+        # Nobody holds: granted in the answer (the queue is started by the ask).
+        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0])) == \
+            SubjectTurn(holder="asker-0", round=1)
+        # Asked again (a retried attempt): the same answer.
+        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0])) == \
+            SubjectTurn(holder="asker-0", round=1)
+        # Another request of the person: told whom it waits for, in the answer.
+        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[1])) == \
+            SubjectTurn(holder="asker-0", round=1)
+        queue = client.get_workflow_handle(queue_id)
+        assert await queue.query(SubjectQueue.status) == SubjectQueueStatus(holder="asker-0", waiting=["asker-1"])
+        await queue.signal(SubjectQueue.release, TurnRelease(request_id="asker-0"))
+
+        async def granted() -> bool:
+            return await takers[1].query(TurnTaker.heard) == ["asker-1#1"]
+        await eventually(granted, "asker-1 granted by signal")
+        assert await takers[0].query(TurnTaker.heard) == []  # its answers came with its asks: no signal
+        await queue.signal(SubjectQueue.release, TurnRelease(request_id="asker-1"))
+        async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+            await queue.result()  # idle: it ends
 
 
 # --- helpers needing more than the client ---------------------------------------------------------------
