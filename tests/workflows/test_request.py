@@ -641,14 +641,18 @@ async def test_residual_data_is_followed_up_with_the_operator_until_cleared(engi
     # The subject is told what was not erased automatically, and that our team erases it by other means.
     assert "Non effacé automatiquement : records — données concernées : ip address" in reply
     assert "Notre équipe en a été informée" in reply
-    [notice] = [m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"]]
+    notice = next(m for m in engine.mail.to(OPERATOR_EMAIL) if request.request_id in m["Subject"])
     text = text_of(notice)
     assert "crm: records (ip_address)" in text and f"dsr clear-residuals {request.request_id}" in text
     assert SUBJECT_EMAIL not in readable(notice) and SUBJECT_NAME not in readable(notice)
 
-    # Nobody acts for a week: the operator is reminded, and again every week.
+    # Nobody acts for a week: the operator is reminded, and again every week. Counted in weeks of the server's
+    # clock since the aftercare began: when the request's result() wait ended, the test server may already
+    # have skipped to the first reminder (see the ``time_skipping`` fixture), and CI once saw three notices.
     await engine.env.sleep(timedelta(days=7, hours=1))
-    assert templates_sent(engine, request).count("operator_residual") == 2
+    weeks = (await engine.env.get_current_time() - described.start_time) // timedelta(days=7)
+    assert weeks in (1, 2)
+    assert templates_sent(engine, request).count("operator_residual") == 1 + weeks
     assert "residuals_reminded" in events(engine, request)
 
     await aftercare.execute_update(RequestAftercare.clear_residuals,
