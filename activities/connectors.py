@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -40,7 +41,7 @@ from dsr.domain.model import (
     RecordReport,
     RequestKind,
 )
-from dsr.store.exports import ExportStore
+from dsr.store.exports import ChunkStorer, ExportStore
 from dsr.store.journals import Journal, JournalEntry, JournalState, JournalStore
 
 PERMANENT_ERROR = "PermanentConnectorError"
@@ -141,14 +142,22 @@ class ConnectorActivities:
                                  consent=list(task.consent), journal=journal)
         match task.kind:
             case RequestKind.ACCESS | RequestKind.PORTABILITY:
-                return await connector.export(ExportJob(
-                    request_id=task.request_id,
-                    subject=task.subject,
-                    sink=self._exports.for_request(task.request_id),
-                    provided_only=task.kind == RequestKind.PORTABILITY,
-                    resume=progress.cursor,
-                    checkpoint=progress.checkpoint,
-                ))
+                # Chunks are sealed and stored behind the connector, which fetches its next page meanwhile; each
+                # checkpoint is heartbeated once the chunks it counts are stored.
+                storer = ChunkStorer()
+                try:
+                    return await connector.export(ExportJob(
+                        request_id=task.request_id,
+                        subject=task.subject,
+                        sink=self._exports.for_request(task.request_id, storer=storer),
+                        provided_only=task.kind == RequestKind.PORTABILITY,
+                        resume=progress.cursor,
+                        checkpoint=lambda cursor: progress.checkpoint_once_stored(storer, cursor),
+                    ))
+                finally:
+                    # Nothing is stored, nor a checkpoint heartbeated, after the attempt ends: a retry (maybe on
+                    # this worker) scans the datasets afresh, and the failure reports the last stored checkpoint.
+                    await asyncio.to_thread(storer.close)
             case RequestKind.ERASURE:
                 # The outcome merges every attempt (the journal), so it is the same however often this ran.
                 outcome = await connector.erase(operation)
@@ -307,6 +316,13 @@ class _Progress:
     def advanced(self) -> bool:
         """Whether this attempt moved the checkpoint on."""
         return self.cursor is not None and self.cursor != self.started_from
+
+    def checkpoint_once_stored(self, storer: ChunkStorer, cursor: Mapping[str, Any]) -> None:
+        """Heartbeat ``cursor`` once the chunks handed to ``storer`` before it are stored (never if one failed).
+
+        Called by the connector on the event loop; the heartbeat runs there too, in the activity's context."""
+        loop, context, cursor = asyncio.get_running_loop(), contextvars.copy_context(), dict(cursor)
+        storer.after_stored(lambda: loop.call_soon_threadsafe(self.checkpoint, cursor, context=context))
 
     def checkpoint(self, cursor: Mapping[str, Any]) -> None:
         self.cursor = dict(cursor)

@@ -45,7 +45,8 @@ class DatasetWriter(Protocol):
         ...
 
     def flush(self) -> None:
-        """Make what was written durable: call before the checkpoint that counts it."""
+        """Hand what was written to the store, in order: call before the checkpoint that counts it (the activity
+        heartbeats that checkpoint only once those records are stored)."""
         ...
 
     def close(self) -> None: ...

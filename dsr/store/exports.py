@@ -11,13 +11,21 @@ count is in its name: counting an export lists names and decrypts nothing. Each 
 the key ring, bound to the request, system, dataset, its number and its count: a chunk copied under
 another request, dataset or position does not open. The records of a dataset are the chunks numbered
 0, 1, 2... without a gap; anything after a gap (left by a crash while truncating) is ignored and removed.
+
+Storing behind (:class:`ChunkStorer`): a connector activity seals and stores its chunks on a thread of its own, in
+the order they were written, while the connector fetches the next page; the checkpoint that counts them is
+heartbeated only once they are stored (``ChunkStorer.after_stored``). A file system's fsync or an S3 PUT then no
+longer stops every export of the worker's event loop; a chunk that fails to store stops every later one (no gap)
+and fails the export at its next write, flush or close.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -27,6 +35,10 @@ from dsr.store.objects import ObjectNotFound, ObjectStore
 
 CHUNK_RECORDS = 100
 """Records sealed together: one page of a vendor API."""
+
+CHUNKS_BEHIND = 4
+"""Chunks a :class:`ChunkStorer` may hold not yet stored before a write waits: memory stays bounded (a few
+hundred records) when the store is slower than the vendor."""
 
 EXPORTS = "exports/"
 BUNDLE_NAME = "bundle.zip.enc"
@@ -84,21 +96,74 @@ def _scan(keys: list[str], folder: str) -> tuple[list[_Chunk], list[str]]:
     return chunks, strays
 
 
+class ChunkStorer:
+    """Seals and stores the chunks of one export attempt on a thread of its own, one at a time, in order.
+
+    Order is what makes a checkpoint safe: ``after_stored`` runs its callback once every chunk handed over before
+    it is stored, so the cursor that counts them is heartbeated only then. The first chunk that fails is kept as
+    ``failure``; every later chunk is skipped (a dataset never has a gap) and the callbacks of later checkpoints
+    never run. At most ``behind`` chunks wait; ``submit`` blocks beyond that (back-pressure on a slow store).
+    """
+
+    def __init__(self, *, behind: int = CHUNKS_BEHIND) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-chunks")
+        self._room = threading.BoundedSemaphore(behind)
+        self.failure: BaseException | None = None
+
+    def submit(self, store: Callable[[], None]) -> Future[None]:
+        self._room.acquire()
+
+        def run() -> None:
+            try:
+                if self.failure is None:
+                    store()
+            except BaseException as err:
+                self.failure = err
+                raise
+            finally:
+                self._room.release()
+
+        return self._thread.submit(run)
+
+    def after_stored(self, then: Callable[[], object]) -> None:
+        """Call ``then`` (on the storer's thread) once what was submitted before is stored; never if it failed."""
+
+        def run() -> None:
+            if self.failure is None:
+                then()
+
+        self._thread.submit(run)
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def wait(self) -> None:
+        """Block until every chunk submitted so far is stored or skipped."""
+        self._thread.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
 class DatasetFile:
     """Writes the records of one dataset, sealed in chunks; ``truncate`` rewinds to a checkpoint on resume.
 
     One AES-GCM operation per chunk rather than per record keeps a 10,000-order export close to the
-    vendor's own paging time. At most one chunk of records is held in memory. ``flush`` seals what is
-    pending into its own chunk: call it before the checkpoint that counts those records.
+    vendor's own paging time. ``flush`` seals what is pending into its own chunk: call it before the checkpoint
+    that counts those records. Alone, a chunk is stored before ``flush`` returns and one chunk of records at most
+    is held in memory; with a ``storer`` (an activity's), it is stored behind, in order, at most
+    ``CHUNKS_BEHIND`` chunks held, and ``close`` and ``truncate`` wait for it.
     """
 
     def __init__(self, objects: ObjectStore, folder: str, sealer: Sealer, purpose: str, *,
-                 chunk: int = CHUNK_RECORDS) -> None:
+                 chunk: int = CHUNK_RECORDS, storer: ChunkStorer | None = None) -> None:
         self._objects = objects
         self._folder = folder
         self._sealer = sealer
         self._purpose = purpose
         self._chunk = chunk
+        self._storer = storer
         self._pending: list[str] = []
         self._closed = False
         self._chunks, strays = _scan(objects.list(folder), folder)
@@ -111,6 +176,8 @@ class DatasetFile:
         return self._stored + len(self._pending)
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if self._storer is not None:
+            self._storer.raise_failure()
         self._pending.append(_dump(record))
         if len(self._pending) >= self._chunk:
             self._seal_pending()
@@ -118,14 +185,26 @@ class DatasetFile:
     def _seal_pending(self) -> None:
         if not self._pending:
             return
-        seq, n = len(self._chunks), len(self._pending)
-        token = self._sealer.seal_text("[" + ",".join(self._pending) + "]", purpose=chunk_purpose(self._purpose,
-                                                                                                   seq, n))
-        key = f"{self._folder}{seq:08d}-{n}.chunk"
-        self._objects.put(key, token.encode("ascii"))
-        self._chunks.append(_Chunk(seq, n, key))
-        self._stored += n
-        self._pending.clear()
+        seq, records = len(self._chunks), self._pending
+        key = f"{self._folder}{seq:08d}-{len(records)}.chunk"
+        purpose = chunk_purpose(self._purpose, seq, len(records))
+
+        def store() -> None:
+            token = self._sealer.seal_text("[" + ",".join(records) + "]", purpose=purpose)
+            self._objects.put(key, token.encode("ascii"))
+
+        if self._storer is None:
+            store()
+        else:
+            self._storer.submit(store)
+        self._chunks.append(_Chunk(seq, len(records), key))
+        self._stored += len(records)
+        self._pending = []
+
+    def _wait_stored(self) -> None:
+        if self._storer is not None:
+            self._storer.wait()
+            self._storer.raise_failure()
 
     def truncate(self, count: int) -> None:
         """Keep the first ``count`` records (a resumed export, maybe on another machine, drops what was
@@ -134,6 +213,7 @@ class DatasetFile:
         if count < 0 or count > self.count:
             raise ValueError(f"cannot truncate {self.count} records to {count}")
         self.flush()
+        self._wait_stored()
         kept, index = 0, 0
         while index < len(self._chunks) and kept + self._chunks[index].records <= count:
             kept += self._chunks[index].records
@@ -152,12 +232,15 @@ class DatasetFile:
         return open_chunk(self._objects, self._sealer, self._purpose, chunk)
 
     def flush(self) -> None:
+        if self._storer is not None:
+            self._storer.raise_failure()
         self._seal_pending()
 
     def close(self) -> None:
         if not self._closed:
-            self.flush()
             self._closed = True
+            self.flush()
+            self._wait_stored()
 
     def __enter__(self) -> DatasetFile:
         return self
@@ -181,15 +264,16 @@ def open_chunk(objects: ObjectStore, sealer: Sealer, purpose: str, chunk: _Chunk
 class RequestExports:
     """The export sink of one request (what ``connectors.base.ExportSink`` asks for)."""
 
-    def __init__(self, store: ExportStore, request_id: str) -> None:
+    def __init__(self, store: ExportStore, request_id: str, *, storer: ChunkStorer | None = None) -> None:
         self._store = store
         self.request_id = request_id
+        self._storer = storer
 
     def open(self, system: str, dataset: str, *, provided: bool) -> DatasetFile:
         folder = self._store.dataset_prefix(self.request_id, system, dataset)
         self._store.objects.put(folder + _META, json.dumps({"provided": bool(provided)}).encode())
         return DatasetFile(self._store.objects, folder, self._store.sealer,
-                           self._store.purpose(self.request_id, system, dataset))
+                           self._store.purpose(self.request_id, system, dataset), storer=self._storer)
 
 
 class ExportStore:
@@ -214,8 +298,8 @@ class ExportStore:
     def purpose(request_id: str, system: str, dataset: str) -> str:
         return f"export:{request_id.lower()}:{system}:{dataset}"
 
-    def for_request(self, request_id: str) -> RequestExports:
-        return RequestExports(self, request_id)
+    def for_request(self, request_id: str, *, storer: ChunkStorer | None = None) -> RequestExports:
+        return RequestExports(self, request_id, storer=storer)
 
     def datasets(self, request_id: str) -> list[StoredDataset]:
         """The request's datasets, sorted, with their record counts (from object names: nothing decrypted)."""

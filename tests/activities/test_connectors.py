@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tempfile
+import threading
+from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
@@ -25,6 +28,7 @@ from dsr.domain.model import (
     Subject,
 )
 from dsr.mail.replies import _count
+from dsr.store.exports import ExportStore
 from tests.harness import ScriptedConnector, file_exports, raw_dataset
 
 STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-exports-")))
@@ -189,3 +193,66 @@ async def test_before_the_patch_a_failure_after_progress_is_an_ordinary_retryabl
     with pytest.raises(ApplicationError) as progressed:
         await ActivityEnvironment().run(fan_out_with([Paging("crm")]).run_connector, watched)
     assert progressed.value.type == PROGRESSED and list(progressed.value.details) == [{"page": 1}, None]
+
+
+class Paging(ScriptedConnector):
+    """Three pages of 100 records, each flushed and checkpointed as the real connectors do."""
+
+    async def export(self, job: ExportJob) -> ConnectorOutcome:
+        writer = job.sink.open(self.name, "records", provided=True)
+        try:
+            for page in range(3):
+                for i in range(100):
+                    writer.write({"id": page * 100 + i})
+                writer.flush()
+                job.checkpoint({"page": page + 1, "written": writer.count})
+                await asyncio.sleep(0.01)  # the next page's request
+        finally:
+            writer.close()
+        return ConnectorOutcome(connector=self.name, found=300, counts={"exported": 300})
+
+
+async def test_an_export_fetches_on_while_its_chunks_are_stored_and_heartbeats_only_stored_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = file_exports(tmp_path)
+    folder = store.dataset_prefix("dsr-2026-11-AAAAAA", "crm", "records")
+    third_page_written, put = threading.Event(), store.objects.put
+    waited: list[bool] = []
+
+    def slow_first_chunk(key: str, data: bytes, **options: object) -> None:
+        if key.endswith("00000000-100.chunk"):  # held until the connector has written its third page
+            waited.append(third_page_written.wait(10))
+        put(key, data, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.objects, "put", slow_first_chunk)
+    beats: list[tuple[dict, int]] = []
+
+    def heartbeat(*details: object) -> None:
+        if details and details[0] is not None:
+            cursor = dict(details[0])  # type: ignore[call-overload]
+            stored = sum(int(k.rsplit("-", 1)[1].split(".")[0]) for k in store.objects.list(folder)
+                         if k.endswith(".chunk"))
+            beats.append((cursor, stored))  # what the store held when the cursor reached Temporal
+
+    class Connector(Paging):
+        async def export(self, job: ExportJob) -> ConnectorOutcome:
+            checkpoint = job.checkpoint
+
+            def counting(cursor: Mapping[str, Any]) -> None:
+                checkpoint(cursor)
+                if cursor["page"] == 3:
+                    third_page_written.set()
+
+            return await super().export(dataclasses.replace(job, checkpoint=counting))
+
+    env = ActivityEnvironment()
+    env.on_heartbeat = heartbeat
+    outcome = await env.run(ConnectorActivities([Connector("crm")], store).run_connector,
+                            task("crm", RequestKind.ACCESS))
+    assert outcome.counts == {"exported": 300}
+    assert waited == [True]  # the connector wrote pages 2 and 3 while page 1 was still being stored
+    assert [cursor["page"] for cursor, _ in beats] == [1, 2, 3]  # in order, each once its chunks were stored
+    assert all(stored >= cursor["written"] for cursor, stored in beats)
+    assert [r["id"] for r in ExportStore(store.objects, store.sealer).read(
+        "dsr-2026-11-AAAAAA", "crm", "records")] == list(range(300))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 
 from dsr.store import store_at
 from dsr.store.crypto import DecryptionError
-from dsr.store.exports import ExportStore
+from dsr.store.exports import ChunkStorer, ExportStore
+from dsr.store.objects import StorageError
 from tests.harness import TEST_KEYRING, S3Server
 
 REQUEST = "dsr-2026-11-EXPRT1"
@@ -128,3 +132,77 @@ def test_unsafe_names_and_deletion(storage_url: str) -> None:
     assert machine(storage_url).delete(REQUEST)  # from another machine
     assert store.objects.list("exports/") == [] and not store.delete(REQUEST) and not store.holds(REQUEST)
     assert store.datasets(REQUEST) == [] and list(store.read(REQUEST, "shop", "orders")) == []
+
+
+# --- stored behind the writer (an activity's ChunkStorer) --------------------------------------------------
+
+
+def test_chunks_stored_behind_the_writer_are_stored_in_order_and_close_waits_for_them(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = machine(storage_url)
+    gate, order, put = threading.Event(), [], store.objects.put
+
+    def held_back(key: str, data: bytes, **options: Any) -> None:
+        if key.endswith(".chunk"):
+            assert gate.wait(10)
+            order.append(key.rsplit("/", 1)[1])
+        put(key, data, **options)
+
+    monkeypatch.setattr(store.objects, "put", held_back)
+    storer, stored = ChunkStorer(), threading.Event()
+    try:
+        writer = store.for_request(REQUEST, storer=storer).open("shop", "orders", provided=True)
+        for record in orders(0, 250):
+            writer.write(record)  # returns while the first chunk waits at the gate
+        writer.flush()
+        storer.after_stored(stored.set)
+        assert writer.count == 250 and not stored.is_set()
+        assert store.objects.list(PREFIX) == [f"{PREFIX}meta.json"]  # nothing stored yet
+        gate.set()
+        writer.close()
+        assert stored.wait(10)
+    finally:
+        gate.set()
+        storer.close()
+    assert order == ["00000000-100.chunk", "00000001-100.chunk", "00000002-50.chunk"]
+    assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(250))
+
+
+def test_a_chunk_that_fails_to_store_stops_every_later_one_and_the_export(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = machine(storage_url)
+    gate, put = threading.Event(), store.objects.put
+
+    def refusing_the_second(key: str, data: bytes, **options: Any) -> None:
+        if key.endswith("00000001-100.chunk"):
+            assert gate.wait(10)
+            raise StorageError("the bucket refused the object")
+        put(key, data, **options)
+
+    monkeypatch.setattr(store.objects, "put", refusing_the_second)
+    storer, checkpoints = ChunkStorer(), []
+    try:
+        writer = store.for_request(REQUEST, storer=storer).open("shop", "orders", provided=True)
+        for record in orders(0, 100):
+            writer.write(record)
+        writer.flush()
+        storer.after_stored(lambda: checkpoints.append(100))
+        for record in orders(100, 300):  # chunks 1 and 2 handed over; chunk 1 will fail
+            writer.write(record)
+        writer.flush()
+        storer.after_stored(lambda: checkpoints.append(300))
+        gate.set()
+        storer.wait()
+        with pytest.raises(StorageError, match="refused"):
+            writer.write({"id": 300})
+        with pytest.raises(StorageError, match="refused"):
+            writer.close()
+    finally:
+        gate.set()
+        storer.close()
+    assert checkpoints == [100]  # the checkpoint counting the failed chunk is never heartbeated
+    # No gap: chunk 2 was not stored after the failed chunk 1, so a retry resumes from 100 records.
+    assert store.objects.list(PREFIX) == [f"{PREFIX}00000000-100.chunk", f"{PREFIX}meta.json"]
+    assert machine(storage_url).datasets(REQUEST)[0].records == 100

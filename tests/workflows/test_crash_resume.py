@@ -81,7 +81,9 @@ async def test_killed_worker_resumes_the_export_from_its_cursor_on_another_machi
     shop_state = WooState()
     customer = shop_state.add_customer(EMAIL, "Bulk", "Buyer", billing={"email": EMAIL, "first_name": "Bulk"})
     shop_state.bulk_orders(customer["id"], ORDERS)
-    faults = Faults(delay_seconds=0.15)  # slow pages leave time to kill the worker mid-export
+    # Slow pages leave time to kill the worker mid-export (its heartbeats reach the server every 4 s at most, and
+    # the chunks are stored behind the pages, which no longer wait for the bucket).
+    faults = Faults(delay_seconds=0.2)
     counted = CountOrderPages(woocommerce_app(shop_state, consumer_key="ck_x", consumer_secret="cs_x",
                                               faults=faults))
     shop = await serve_app(counted, port=0)
