@@ -164,7 +164,8 @@ def activities_for(
         Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                mail_domain=settings.mail_domain),
         DownloadLinks(keyring, purpose=ANSWER_LINK_PURPOSE), public_url=settings.intake_url,
-        controller_name=signature, sent_log=LedgerSentLog(ledger), profile=profile, sent_copies=sent_copies)
+        controller_name=signature, sent_log=LedgerSentLog(ledger), profile=profile, sent_copies=sent_copies,
+        timezone=settings.policy.timezone)
     replies = ReplyActivities(
         Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                mail_domain=settings.mail_domain),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -29,6 +29,7 @@ from connectors.base import Connector
 from connectors.outside import OutsideSystem
 from dsr.config.profile import ControllerProfile
 from dsr.domain.aftercare import PendingAnswers, PendingFound, SupplementInput, SupplementSent
+from dsr.domain.deadlines import day_ended_by, end_of_day, receipt_date
 from dsr.domain.model import AnswerStatus, RequestKind
 from dsr.domain.outside import OutsideMail, OutsideTaskInput, OutsideTaskOpened
 from dsr.mail.outside import render_outside_request
@@ -72,17 +73,17 @@ def answer_by_date(today: date, within_days: int, deadline: date) -> date:
     return max(today + timedelta(days=1), min(today + timedelta(days=within_days), deadline - DEADLINE_MARGIN))
 
 
-def _end_of(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
-
-
 class OutsideActivities:
     """Bound to the configured ``processor`` / ``manual`` systems, the ledger's tasks and the mailer."""
 
     def __init__(self, connectors: Iterable[Connector], tasks: OutsideTasks, mailer: Mailer, links: DownloadLinks,
                  *, public_url: str, controller_name: str, sent_log: SentLog,
                  profile: Callable[[], ControllerProfile | None] | None = None,
-                 subject_mailer: Mailer | None = None, sent_copies: SentCopies | None = None) -> None:
+                 subject_mailer: Mailer | None = None, sent_copies: SentCopies | None = None,
+                 timezone: str = "UTC") -> None:
+        # The controller's (DSR_TIMEZONE): the day a system is asked, its answer-by day and when that day ends,
+        # as the request's own receipt day and deadline are counted.
+        self._timezone = timezone
         self._systems = {c.name: c for c in connectors if isinstance(c, OutsideSystem)}
         # The supplementary letter to the subject: labels and remedies from the profile, sent like the reply.
         self._profile = profile or (lambda: None)
@@ -94,6 +95,11 @@ class OutsideActivities:
         self._public_url = public_url
         self._controller = controller_name
         self._sent_log = sent_log
+
+    def _answers_taken_until(self, answer_by: datetime) -> datetime:
+        """The end of the answer page's last day: :data:`LINK_GRACE` days after the answer-by day, counted in
+        days of the controller's calendar (a daylight-saving change between them moves no day's end)."""
+        return end_of_day(day_ended_by(answer_by, self._timezone) + LINK_GRACE, self._timezone)
 
     def _system(self, name: str) -> OutsideSystem:
         system = self._systems.get(name)
@@ -108,9 +114,10 @@ class OutsideActivities:
         a late answer), else the answer-by instant and the reminders still ahead."""
         system = self._system(task.system)
         now = task.now or datetime.now(UTC)
-        answer_by = _end_of(answer_by_date(now.date(), system.answer_within_days, task.deadline))
+        today = receipt_date(now, self._timezone)
+        answer_by = end_of_day(answer_by_date(today, system.answer_within_days, task.deadline), self._timezone)
         opened = await asyncio.to_thread(self._tasks.open, task.request_id, task.system, system.type,
-                                         answer_by=answer_by, now=now)
+                                         answer_by=answer_by, now=now, asked_on=today)
         if opened.answer is not None:
             return OutsideTaskOpened(answer=opened.answer, asked_on=opened.asked_on, system_type=system.type)
         reminders = sorted(at for at in (opened.answer_by - timedelta(days=d) for d in system.reminder_days)
@@ -132,13 +139,14 @@ class OutsideActivities:
             raise ApplicationError(f"the contact of {mail.system} is not a single valid email address",
                                    type=NOTICE_INVALID_ADDRESS, non_retryable=True)
         now = datetime.now(UTC)
-        expires = mail.answer_by + LINK_GRACE
+        expires = self._answers_taken_until(mail.answer_by)
         link = self._links.issue(task_token_id(mail.request_id, mail.system), now=now, ttl=expires - now)
         rendered = render_outside_request(
             system.language, reference=mail.request_id, kind=mail.kind, subject=mail.subject,
             label=system.label or system.name, controller=self._controller,
-            processor=system.type == "processor", answer_by=(mail.answer_by - timedelta(seconds=1)).date(),
-            answer_url=answer_url(self._public_url, link.token), link_expires=link.expires_at.date(),
+            processor=system.type == "processor", answer_by=day_ended_by(mail.answer_by, self._timezone),
+            answer_url=answer_url(self._public_url, link.token),
+            link_expires=day_ended_by(link.expires_at, self._timezone),
             reminder=mail.reminder, changes=mail.changes, purposes=mail.purposes)
         message_id = self._mailer.message_id(key)
         message = self._mailer.compose(system.contact, system.language, rendered, message_id=message_id,
@@ -159,7 +167,7 @@ class OutsideActivities:
                     if (task := tasks.get(name)) is not None and task.answer is not None
                     and task.answer.status != AnswerStatus.NO_ANSWER]
         waiting = [tasks[name].answer_by for name in pending.systems if name in tasks and name not in answered]
-        give_up_at = max([now + LINK_GRACE, *(at + LINK_GRACE for at in waiting)]) if waiting else None
+        give_up_at = max([now + LINK_GRACE, *(self._answers_taken_until(at) for at in waiting)]) if waiting else None
         return PendingFound(answered=answered, give_up_at=give_up_at)
 
     @activity.defn(name="send_supplement")

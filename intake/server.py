@@ -110,7 +110,7 @@ def _link_only(ledger: Ledger, request_id: str) -> bool:
 
 
 def outside_answers_router(keyring: KeyRing, ledger: Ledger, exports: ExportStore, client: Client, *,
-                           default_language: str, public_path: str,
+                           default_language: str, public_path: str, timezone: str = "UTC",
                            clock: Callable[[], datetime] | None = None) -> APIRouter:
     """``/answer/{token}``: the answers of processors and internal owners, into the ledger and their tasks."""
     tasks = OutsideTasks(ledger.engine, keyring)
@@ -123,7 +123,8 @@ def outside_answers_router(keyring: KeyRing, ledger: Ledger, exports: ExportStor
         return await record_answer(tasks, client, request_id, system, answer, exports=exports, upload=upload)
 
     return answers_router(DownloadLinks(keyring, purpose=ANSWER_LINK_PURPOSE), task_of=tasks.get, kind_of=kind_of,
-                          take=take, default_language=default_language, public_path=public_path, clock=clock)
+                          take=take, default_language=default_language, public_path=public_path, clock=clock,
+                          timezone=timezone)
 
 
 def controller_name(settings: Settings) -> str:
@@ -228,7 +229,7 @@ def build_intake_app(
             timezone=settings.policy.timezone,
         ),
         outside_answers_router(keyring, ledger, exports, client, default_language=language,
-                               public_path=public_path),
+                               public_path=public_path, timezone=settings.policy.timezone),
     ]
     app = intake_app(
         links=DownloadLinks(keyring, ttl=timedelta(days=settings.link_days)),

@@ -160,7 +160,7 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
     if as_json:
         data = plain(state)
         data["id"] = data.pop("request_id")
-        data["outside"] = [_outside_row(task) for task in outside.values()]
+        data["outside"] = [_outside_row(task, settings.policy.timezone) for task in outside.values()]
         emit_json(data)
         return
     flags = [f for f, on in (("extended", state.extended), ("OVERDUE", state.overdue)) if on]
@@ -192,7 +192,7 @@ async def status(request_id: RequestId, as_json: JsonOption = False) -> None:
             shown += f", resumed {c.resumed} times after progress"
         task = outside.get(c.connector)
         if task is not None:  # a processor or an owner answers: what they said, or the date they answer by
-            shown = _outside_state(task, c.state.value)
+            shown = _outside_state(task, c.state.value, settings.policy.timezone)
         typer.echo(f"  {c.connector}: {shown}" + (f" - {c.error}" if c.error else ""))
     if state.degraded:
         typer.echo(f"  connector degraded (failing too long, still retried; the operator was told): "
@@ -290,22 +290,22 @@ def _outside_tasks(request_id: str) -> dict[str, Any]:
         return {}  # an added view: the workflow's status is shown anyway
 
 
-def _outside_state(task: Any, state: str) -> str:
+def _outside_state(task: Any, state: str, timezone: str) -> str:
     """``waiting for an answer (due 2026-12-14)``, or the answer: ``cannot: <the reason they gave>``."""
     from dsr.cli.tasks import answer_text, due_day
 
     if task.answer is None:
         if state == "running":
-            return f"waiting for an answer (due {due_day(task).isoformat()})"
-        return f"{state}, no answer (due {due_day(task).isoformat()})"
+            return f"waiting for an answer (due {due_day(task, timezone).isoformat()})"
+        return f"{state}, no answer (due {due_day(task, timezone).isoformat()})"
     return f"{state}, answered: {answer_text(task.answer)}"
 
 
-def _outside_row(task: Any) -> dict[str, Any]:
+def _outside_row(task: Any, timezone: str) -> dict[str, Any]:
     from dsr.cli.tasks import due_day
 
     answer = task.answer
-    return {"system": task.system, "type": task.type, "asked_on": task.asked_on, "answer_by": due_day(task),
+    return {"system": task.system, "type": task.type, "asked_on": task.asked_on, "answer_by": due_day(task, timezone),
             "answer": answer.status.value if answer else "", "reason": answer.reason if answer else "",
             "legal_basis": answer.legal_basis if answer else "",
             "kept_until": answer.kept_until if answer and answer.kept_until else None}

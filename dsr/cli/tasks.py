@@ -3,7 +3,7 @@ an operator records for them (the same door as the answer page: ledger first, th
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,7 +26,7 @@ def tasks_list(
     """Tasks waiting for an answer, the most urgent first (no personal data is shown)."""
     from dsr.store.tasks import OutsideTasks
 
-    _, ledger = open_ledger()
+    settings, ledger = open_ledger()
     try:
         tasks = OutsideTasks(ledger.engine, ledger.sealer).tasks(open_only=not all_tasks)
     finally:
@@ -34,7 +34,7 @@ def tasks_list(
     # The answers' words (a "cannot" reason, a legal basis) are sealed in the ledger: opened for the operator here.
     rows = [{
         "request": t.request_id, "system": t.system, "type": t.type, "asked_on": t.asked_on.isoformat(),
-        "answer_by": due_day(t).isoformat(), "rounds": t.rounds,
+        "answer_by": due_day(t, settings.policy.timezone).isoformat(), "rounds": t.rounds,
         "answer": t.answer.status.value if t.answer else "",
         "reason": t.answer.reason if t.answer else "",
         "legal_basis": t.answer.legal_basis if t.answer else "",
@@ -54,9 +54,11 @@ def tasks_list(
                    f"answer by {row['answer_by']}  {state}")
 
 
-def due_day(task: OutsideTask) -> date:
-    """The last day of the answer-by date (the stored instant is the end of that day)."""
-    return (task.answer_by - timedelta(seconds=1)).date()
+def due_day(task: OutsideTask, timezone: str) -> date:
+    """The answer-by date: the stored instant is the end of that day in the controller's time zone."""
+    from dsr.domain.deadlines import day_ended_by
+
+    return day_ended_by(task.answer_by, timezone)
 
 
 def answer_text(answer: OutsideAnswer) -> str:

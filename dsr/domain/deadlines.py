@@ -199,6 +199,16 @@ def receipt_date(instant: datetime, timezone: str = "Europe/Paris") -> date:
     return instant.astimezone(_zone(timezone)).date()
 
 
+def end_of_day(day: date, timezone: str) -> datetime:
+    """The UTC instant at which ``day`` ends in ``timezone`` (the controller's): the answer-by instant of a date."""
+    return _end_of_day(day, _zone(timezone))
+
+
+def day_ended_by(instant: datetime, timezone: str) -> date:
+    """The day in ``timezone`` that ``instant`` ends: what :func:`end_of_day` was given (its last second's day)."""
+    return receipt_date(instant - timedelta(seconds=1), timezone)
+
+
 def _local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     """The UTC instant of wall-clock ``at`` on ``day`` in ``zone``."""
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)

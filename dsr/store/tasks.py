@@ -74,12 +74,14 @@ class OutsideTasks:
         with Session(self._engine, expire_on_commit=False) as session:
             yield session
 
-    def open(self, request_id: str, system: str, type_: str, *, answer_by: datetime, now: datetime) -> OutsideTask:
+    def open(self, request_id: str, system: str, type_: str, *, answer_by: datetime, now: datetime,
+             asked_on: date) -> OutsideTask:
         """The task, created if new; asked again (new answer-by date, one more round) if it is still open and
-        ``answer_by`` is later than its own. An answered task is returned as it is."""
+        ``answer_by`` is later than its own. An answered task is returned as it is. ``asked_on`` is the day of
+        ``now`` in the controller's time zone (not UTC's: the letters compare it with the request's receipt day)."""
         try:
             with self._session() as session:
-                session.add(OutsideTaskRow(request_id=request_id, system=system, type=type_, asked_on=now.date(),
+                session.add(OutsideTaskRow(request_id=request_id, system=system, type=type_, asked_on=asked_on,
                                            answer_by=answer_by, created_at=now))
                 session.commit()
         except IntegrityError:

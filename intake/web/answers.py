@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -26,6 +26,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from dsr.domain.deadlines import day_ended_by
 from dsr.domain.model import AnswerStatus, OutsideAnswer, RequestKind
 from dsr.domain.outside import AnswerRefused
 from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
@@ -94,6 +95,7 @@ def answers_router(
     default_language: str = "fr",
     public_path: str = "",
     clock: Callable[[], datetime] | None = None,
+    timezone: str = "UTC",
 ) -> APIRouter:
     router = APIRouter()
     now_fn = clock or (lambda: datetime.now(UTC))
@@ -139,7 +141,7 @@ def answers_router(
         lang = language(request)
         text = ANSWER[lang]
         typed = typed or {}
-        answer_by = (task.answer_by - timedelta(seconds=1)).date()  # the instant is the end of that day
+        answer_by = day_ended_by(task.answer_by, timezone)  # the instant is the end of that day, the controller's
         kind_words = kind_label({"lang": lang}, kind.value, lang) if kind else ""
         return respond(request, status, "answer.html", {
             "title": text["title"],

@@ -16,6 +16,7 @@ from activities.outside import LINK_GRACE, OutsideActivities, supplement_key
 from connectors.outside import OutsideSystem
 from dsr.config.settings import SmtpSettings
 from dsr.domain.aftercare import PendingAnswers, SupplementInput, SupplementPlan
+from dsr.domain.outside import OutsideMail, OutsideTaskInput
 from dsr.domain.model import AnswerStatus, ConsentAction, ConsentPurpose, Language, OutsideAnswer, RequestKind, Subject
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks
@@ -37,13 +38,13 @@ def ledger(database_url: str) -> Iterator[Ledger]:
         yield opened
 
 
-def worker(port: int, ledger: Ledger) -> OutsideActivities:
+def worker(port: int, ledger: Ledger, *, timezone: str = "UTC") -> OutsideActivities:
     """One worker's activities (each worker builds its own, on the shared ledger)."""
     mailer = Mailer(SmtpSettings(host="127.0.0.1", port=port, timeout_seconds=5), mail_from="privacy@example.com",
                     from_name="Privacy", mail_domain="example.com")
     return OutsideActivities(SYSTEMS, OutsideTasks(ledger.engine, TEST_KEYRING), mailer, DownloadLinks(TEST_KEYRING),
                              public_url="http://127.0.0.1:8000", controller_name="Kestio SAS",
-                             sent_log=LedgerSentLog(ledger))
+                             sent_log=LedgerSentLog(ledger), timezone=timezone)
 
 
 def letter(kind: RequestKind = RequestKind.CONSENT_WITHDRAWAL, subject: Subject = SUBJECT) -> SupplementInput:
@@ -58,7 +59,7 @@ def letter(kind: RequestKind = RequestKind.CONSENT_WITHDRAWAL, subject: Subject 
 def opened_tasks(ledger: Ledger) -> OutsideTasks:
     tasks = OutsideTasks(ledger.engine, TEST_KEYRING)
     for system in SYSTEMS:
-        tasks.open(REQUEST, system.name, system.type, answer_by=NOW + timedelta(days=10), now=NOW)
+        tasks.open(REQUEST, system.name, system.type, answer_by=NOW + timedelta(days=10), now=NOW, asked_on=NOW.date())
     return tasks
 
 
@@ -146,3 +147,35 @@ async def test_an_address_the_server_refuses_fails_for_good(ledger: Ledger) -> N
         await ActivityEnvironment().run(worker(1, ledger).send_supplement,
                                         letter(RequestKind.ERASURE, Subject(email="a@b.example, c@d.example")))
     assert invalid.value.non_retryable and invalid.value.type == "NoticeInvalidAddress"
+
+
+async def test_a_system_asked_after_midnight_in_paris_is_asked_on_the_controllers_day(ledger: Ledger) -> None:
+    """23:30 UTC on 5 December is 00:30 on 6 December in Paris, the controller's day the request was received:
+    the task is asked that day, its answer-by day ends at Paris's midnight, and the processor's email says so."""
+    now = datetime(2026, 12, 5, 23, 30, tzinfo=UTC)
+    collector = Collector()
+    async with smtp_server(collector) as port:
+        paris = worker(port, ledger, timezone="Europe/Paris")
+        opened = await ActivityEnvironment().run(paris.open_outside_task, OutsideTaskInput(
+            request_id=REQUEST, system="mailer", kind=RequestKind.ERASURE, subject=SUBJECT,
+            deadline=date(2027, 1, 6), now=now))
+        assert opened.asked_on == date(2026, 12, 6)  # not UTC's 5 December
+        assert opened.answer_by == datetime(2026, 12, 16, 23, tzinfo=UTC)  # the end of 16 December in Paris
+        await ActivityEnvironment().run(paris.send_outside_mail, OutsideMail(
+            request_id=REQUEST, system="mailer", kind=RequestKind.ERASURE, subject=SUBJECT,
+            answer_by=opened.answer_by))
+    [mail] = collector.messages()
+    text = " ".join(mail.get_body(("plain",)).get_content().split())  # type: ignore[union-attr]
+    assert "16 December 2026" in text
+    assert "The link works until 30 December 2026" in text  # 14 days after the answer-by day, in Paris
+
+
+async def test_the_answer_page_closes_at_the_end_of_a_day_of_the_controllers_calendar(ledger: Ledger) -> None:
+    """Fourteen days after the answer-by day, across the change to summer time (28 March 2027 in Paris): the
+    answer page's last day ends at Paris's midnight (22:00 UTC in summer), not an hour later."""
+    tasks = OutsideTasks(ledger.engine, TEST_KEYRING)
+    tasks.open(REQUEST, "mailer", "processor", answer_by=datetime(2027, 3, 20, 23, tzinfo=UTC),  # end of 20 March
+               now=NOW, asked_on=NOW.date())
+    found = await ActivityEnvironment().run(worker(1, ledger, timezone="Europe/Paris").pending_answers,
+                                            PendingAnswers(REQUEST, ["mailer"]))
+    assert found.give_up_at == datetime(2027, 4, 3, 22, tzinfo=UTC)  # the end of 3 April in Paris

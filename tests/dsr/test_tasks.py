@@ -26,12 +26,14 @@ def test_of_many_racing_answers_exactly_one_is_recorded_and_its_text_is_sealed(d
     ledger = Ledger(database_url, TEST_KEYRING)
     try:
         tasks = OutsideTasks(ledger.engine, TEST_KEYRING)
-        opened = tasks.open(REQUEST, "chat-tool", "processor", answer_by=NOW + timedelta(days=10), now=NOW)
+        opened = tasks.open(REQUEST, "chat-tool", "processor", answer_by=NOW + timedelta(days=10), now=NOW,
+                            asked_on=NOW.date())
         assert (opened.rounds, opened.asked_on, opened.answer) == (1, NOW.date(), None)
         # Asked again (an operator's retry after no answer): a later date, one more round; never an earlier one.
-        again = tasks.open(REQUEST, "chat-tool", "processor", answer_by=NOW + timedelta(days=20), now=NOW)
+        again = tasks.open(REQUEST, "chat-tool", "processor", answer_by=NOW + timedelta(days=20), now=NOW,
+                           asked_on=NOW.date())
         assert again.rounds == 2 and again.answer_by == NOW + timedelta(days=20)
-        assert tasks.open(REQUEST, "chat-tool", "processor", answer_by=NOW, now=NOW).rounds == 2
+        assert tasks.open(REQUEST, "chat-tool", "processor", answer_by=NOW, now=NOW, asked_on=NOW.date()).rounds == 2
 
         answers = [answer(AnswerStatus.KEPT, legal_basis=f"basis {i}", kept_until=date(2036, 12, 31))
                    for i in range(8)]
@@ -48,7 +50,7 @@ def test_of_many_racing_answers_exactly_one_is_recorded_and_its_text_is_sealed(d
         assert tasks.tasks(open_only=True) == [] and len(tasks.tasks()) == 1
         # An answered task stays answered when asked again.
         assert tasks.open(REQUEST, "chat-tool", "processor", answer_by=NOW + timedelta(days=30),
-                          now=NOW).answer is not None
+                          now=NOW, asked_on=NOW.date()).answer is not None
         with pytest.raises(UnknownTask):
             tasks.record_answer(REQUEST, "nowhere", answer(AnswerStatus.DONE))
     finally:

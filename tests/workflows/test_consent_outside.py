@@ -166,7 +166,7 @@ async def test_a_processor_and_a_manual_system_are_told_the_same_day_and_followe
         assert "ce n'est pas encore confirmé, et nous relançons jusqu'à confirmation" in reply
     assert "no longer use your personal data" not in reply and "n'utilisons plus vos données" not in reply
     # Not confirmed: a residual line each, followed up by the aftercare until an operator clears them.
-    today = (await engine.env.get_current_time()).date().isoformat()
+    today = request.received_on.isoformat()  # the controller's day (Paris), as the request's receipt
     assert sorted(current.residuals) == [
         f"mailer: consent newsletter - told on {today}, not confirmed yet: check they stopped (dsr tasks)",
         f"paper: consent newsletter - told on {today}, not confirmed yet: check they stopped (dsr tasks)"]
@@ -193,7 +193,8 @@ async def test_a_system_already_answered_is_told_as_confirmed(engine: Engine) ->
     tasks = tasks_of(engine)
     for system, status in (("mailer", AnswerStatus.DONE), ("paper", AnswerStatus.NO_DATA)):
         tasks.open(request.request_id, system, "processor" if system == "mailer" else "manual",
-                   answer_by=datetime(2099, 1, 1, tzinfo=UTC), now=now)
+                   answer_by=datetime(2099, 1, 1, tzinfo=UTC), now=now,
+                   asked_on=request.received_on)
         assert tasks.record_answer(request.request_id, system, OutsideAnswer(
             status=status, answered_by="operator:alice", answered_at=now))
     assert request.kind == RequestKind.CONSENT_WITHDRAWAL

@@ -255,7 +255,8 @@ async def test_nothing_is_sent_when_nothing_was_pending(engine: Engine) -> None:
                                  purposes=["newsletter"]), engine.settings, now=now)
     tasks = tasks_of(engine)
     for system, type_ in (("mailer", "processor"), ("paper", "manual")):
-        tasks.open(request.request_id, system, type_, answer_by=datetime(2099, 1, 1, tzinfo=UTC), now=now)
+        tasks.open(request.request_id, system, type_, answer_by=datetime(2099, 1, 1, tzinfo=UTC), now=now,
+                   asked_on=request.received_on)
         assert tasks.record_answer(request.request_id, system, answer(AnswerStatus.DONE))
     handle = await start(engine.client, request, task_queue=engine.task_queue)
     await until(handle, lambda s: s.stage == Stage.CLOSED)
