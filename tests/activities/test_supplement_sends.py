@@ -16,8 +16,8 @@ from activities.outside import LINK_GRACE, OutsideActivities, supplement_key
 from connectors.outside import OutsideSystem
 from dsr.config.settings import SmtpSettings
 from dsr.domain.aftercare import PendingAnswers, SupplementInput, SupplementPlan
-from dsr.domain.outside import OutsideMail, OutsideTaskInput
 from dsr.domain.model import AnswerStatus, ConsentAction, ConsentPurpose, Language, OutsideAnswer, RequestKind, Subject
+from dsr.domain.outside import OutsideMail, OutsideTaskInput
 from dsr.store.ledger import Ledger
 from dsr.store.links import DownloadLinks
 from dsr.store.tasks import OutsideTasks

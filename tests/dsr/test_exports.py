@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -137,39 +138,46 @@ def test_unsafe_names_and_deletion(storage_url: str) -> None:
 # --- stored behind the writer (an activity's ChunkStorer) --------------------------------------------------
 
 
-def test_chunks_stored_behind_the_writer_are_stored_in_order_and_close_waits_for_them(
+def test_chunks_stored_behind_the_writer_hold_back_the_checkpoint_until_all_are_stored(
     storage_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = machine(storage_url)
-    gate, order, put = threading.Event(), [], store.objects.put
+    gate, put = threading.Event(), store.objects.put
 
-    def held_back(key: str, data: bytes, **options: Any) -> None:
-        if key.endswith(".chunk"):
+    def first_held_back(key: str, data: bytes, **options: Any) -> None:
+        if key.endswith("00000000-100.chunk"):
             assert gate.wait(10)
-            order.append(key.rsplit("/", 1)[1])
         put(key, data, **options)
 
-    monkeypatch.setattr(store.objects, "put", held_back)
-    storer, stored = ChunkStorer(), threading.Event()
+    monkeypatch.setattr(store.objects, "put", first_held_back)
+    storer, checkpoints = ChunkStorer(), []
     try:
         writer = store.for_request(REQUEST, storer=storer).open("shop", "orders", provided=True)
-        for record in orders(0, 250):
+        for record in orders(0, 200):
             writer.write(record)  # returns while the first chunk waits at the gate
         writer.flush()
-        storer.after_stored(stored.set)
-        assert writer.count == 250 and not stored.is_set()
-        assert store.objects.list(PREFIX) == [f"{PREFIX}meta.json"]  # nothing stored yet
+        storer.after_stored(lambda: checkpoints.append(200))
+        for record in orders(200, 250):
+            writer.write(record)
+        writer.flush()
+        storer.after_stored(lambda: checkpoints.append(250))
+        for _ in range(200):  # the chunks after the first are stored beside it, and still no checkpoint
+            if f"{PREFIX}00000002-50.chunk" in store.objects.list(PREFIX):
+                break
+            time.sleep(0.05)
+        assert store.objects.list(PREFIX) == [f"{PREFIX}00000001-100.chunk", f"{PREFIX}00000002-50.chunk",
+                                              f"{PREFIX}meta.json"]
+        assert writer.count == 250 and checkpoints == []
         gate.set()
         writer.close()
-        assert stored.wait(10)
     finally:
         gate.set()
         storer.close()
-    assert order == ["00000000-100.chunk", "00000001-100.chunk", "00000002-50.chunk"]
+    assert checkpoints == [200, 250]  # in order, once everything before each was stored
     assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(250))
 
 
-def test_a_chunk_that_fails_to_store_stops_every_later_one_and_the_export(
+def test_a_chunk_that_fails_to_store_stops_the_later_ones_their_checkpoints_and_the_export(
     storage_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = machine(storage_url)
@@ -182,18 +190,21 @@ def test_a_chunk_that_fails_to_store_stops_every_later_one_and_the_export(
         put(key, data, **options)
 
     monkeypatch.setattr(store.objects, "put", refusing_the_second)
-    storer, checkpoints = ChunkStorer(), []
+    storer, checkpoints, after_failure = ChunkStorer(), [], []
     try:
         writer = store.for_request(REQUEST, storer=storer).open("shop", "orders", provided=True)
         for record in orders(0, 100):
             writer.write(record)
         writer.flush()
         storer.after_stored(lambda: checkpoints.append(100))
-        for record in orders(100, 300):  # chunks 1 and 2 handed over; chunk 1 will fail
+        for record in orders(100, 300):  # chunks 1 and 2 handed over; chunk 1 will fail, chunk 2 is stored beside it
             writer.write(record)
         writer.flush()
         storer.after_stored(lambda: checkpoints.append(300))
         gate.set()
+        storer.wait()
+        storer.submit(lambda: after_failure.append("stored"))  # handed over after the failure: not stored
+        storer.after_stored(lambda: checkpoints.append(400))
         storer.wait()
         with pytest.raises(StorageError, match="refused"):
             writer.write({"id": 300})
@@ -202,7 +213,9 @@ def test_a_chunk_that_fails_to_store_stops_every_later_one_and_the_export(
     finally:
         gate.set()
         storer.close()
-    assert checkpoints == [100]  # the checkpoint counting the failed chunk is never heartbeated
-    # No gap: chunk 2 was not stored after the failed chunk 1, so a retry resumes from 100 records.
-    assert store.objects.list(PREFIX) == [f"{PREFIX}00000000-100.chunk", f"{PREFIX}meta.json"]
+    assert checkpoints == [100] and after_failure == []  # no checkpoint counting the failed chunk, nor after it
+    # Chunk 2 follows a gap: not counted, and removed when the retry opens the dataset (from 100 records).
     assert machine(storage_url).datasets(REQUEST)[0].records == 100
+    with machine(storage_url).for_request(REQUEST).open("shop", "orders", provided=True) as resumed:
+        assert resumed.count == 100
+    assert store.objects.list(PREFIX) == [f"{PREFIX}00000000-100.chunk", f"{PREFIX}meta.json"]
