@@ -26,7 +26,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from dsr.domain.deadlines import day_ended_by
+from dsr.domain.deadlines import day_ended_by, receipt_date
 from dsr.domain.model import AnswerStatus, OutsideAnswer, RequestKind
 from dsr.domain.outside import AnswerRefused
 from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
@@ -133,7 +133,7 @@ def answers_router(
 
     def already(request: Request, task: OutsideTask) -> HTMLResponse:
         answered = task.answer.answered_at if task.answer is not None else None
-        on = format_date(answered.date(), language(request)) if answered else ""
+        on = format_date(receipt_date(answered, timezone), language(request)) if answered else ""
         return message(request, "already", 409, answered_on=on)
 
     def form(request: Request, token: str, task: OutsideTask, kind: RequestKind | None, *, status: int = 200,
@@ -199,7 +199,7 @@ def answers_router(
                 until = date.fromisoformat(fields.get("until", "").strip())
             except ValueError:
                 return again("missing_until")
-            if until <= now_fn().date():
+            if until <= receipt_date(now_fn(), timezone):  # a future day of the controller's calendar
                 return again("missing_until")
         if status == AnswerStatus.CANNOT and not fields.get("reason", "").strip():
             return again("missing_reason")
