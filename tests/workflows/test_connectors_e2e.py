@@ -371,14 +371,19 @@ async def test_a_restriction_marks_each_demo_system_and_the_engine_still_exports
         await time_skipping.client.get_workflow_handle(restriction_id(final.request_id)).terminate("test over")
     assert final.outcome == Outcome.FULFILLED and final.ground == "b"
     outcomes = {c.connector: c.outcome for c in final.connectors}
-    assert all(o is not None and o.counts.get("restricted") == 1 for o in outcomes.values()), outcomes
+    # The module's Stripe sandbox keeps the customer each earlier test's `systems` seeded with her address: every
+    # one of them is marked (how many depends on which tests ran before in this process: xdist shares them out).
+    async with httpx.AsyncClient(base_url=systems.stripe_url, auth=(STRIPE_KEY, "")) as client:
+        found = (await client.get("/v1/customers", params={"email": EMAIL.lower()})).json()["data"]
+    assert found, "this test's own Stripe customer"
+    expected = {"hubspot": 1, "woocommerce": 1, "stripe": len(found)}
+    assert {name: o.counts.get("restricted") if o else None for name, o in outcomes.items()} == expected, {
+        name: (o.counts, o.notes) if o else None for name, o in outcomes.items()}  # short enough to be read whole
+    assert [c["metadata"].get("dsr_restricted") for c in found] == [final.request_id] * len(found)
     [contact] = systems.hubspot.find_contacts(EMAIL)
     assert (systems.hubspot.contact(contact) or {})["dsr_restricted"] == final.request_id
     [customer] = [c for c in systems.woo.customers.values() if c["email"] == EMAIL.lower()]
     assert {m["key"]: m["value"] for m in customer["meta_data"]}["dsr_restricted"] == final.request_id
-    async with httpx.AsyncClient(base_url=systems.stripe_url, auth=(STRIPE_KEY, "")) as client:
-        found = (await client.get("/v1/customers", params={"email": EMAIL.lower()})).json()["data"]
-    assert [c["metadata"].get("dsr_restricted") for c in found] == [final.request_id]
     [reply] = [m for m in mail.to(EMAIL) if final.request_id in str(m["Subject"])
                and str(m["Subject"]).startswith("Réponse à votre demande de limitation")]
     assert "Marqué comme limité" in text_of(reply)
