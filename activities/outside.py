@@ -29,12 +29,12 @@ from connectors.base import Connector
 from connectors.outside import OutsideSystem
 from dsr.config.profile import ControllerProfile
 from dsr.domain.aftercare import PendingAnswers, PendingFound, SupplementInput, SupplementSent
-from dsr.domain.deadlines import day_ended_by, end_of_day, receipt_date
+from dsr.domain.deadlines import end_of_day, receipt_date
 from dsr.domain.model import AnswerStatus, RequestKind
 from dsr.domain.outside import OutsideMail, OutsideTaskInput, OutsideTaskOpened
 from dsr.mail.outside import render_outside_request
 from dsr.mail.supplement import SupplementLine, render_supplement
-from dsr.store.links import DownloadLinks
+from dsr.store.links import DownloadLinks, last_valid_day
 from dsr.store.tasks import OutsideTasks
 
 __all__ = ["ANSWER_LINK_PURPOSE", "LINK_GRACE", "SUPPLEMENT_TEMPLATE", "OutsideActivities", "answer_url",
@@ -99,7 +99,7 @@ class OutsideActivities:
     def _answers_taken_until(self, answer_by: datetime) -> datetime:
         """The end of the answer page's last day: :data:`LINK_GRACE` days after the answer-by day, counted in
         days of the controller's calendar (a daylight-saving change between them moves no day's end)."""
-        return end_of_day(day_ended_by(answer_by, self._timezone) + LINK_GRACE, self._timezone)
+        return end_of_day(last_valid_day(answer_by, self._timezone) + LINK_GRACE, self._timezone)
 
     def _system(self, name: str) -> OutsideSystem:
         system = self._systems.get(name)
@@ -144,9 +144,9 @@ class OutsideActivities:
         rendered = render_outside_request(
             system.language, reference=mail.request_id, kind=mail.kind, subject=mail.subject,
             label=system.label or system.name, controller=self._controller,
-            processor=system.type == "processor", answer_by=day_ended_by(mail.answer_by, self._timezone),
+            processor=system.type == "processor", answer_by=last_valid_day(mail.answer_by, self._timezone),
             answer_url=answer_url(self._public_url, link.token),
-            link_expires=day_ended_by(link.expires_at, self._timezone),
+            link_expires=last_valid_day(link.expires_at, self._timezone),
             reminder=mail.reminder, changes=mail.changes, purposes=mail.purposes)
         message_id = self._mailer.message_id(key)
         message = self._mailer.compose(system.contact, system.language, rendered, message_id=message_id,

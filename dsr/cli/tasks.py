@@ -56,9 +56,9 @@ def tasks_list(
 
 def due_day(task: OutsideTask, timezone: str) -> date:
     """The answer-by date: the stored instant is the end of that day in the controller's time zone."""
-    from dsr.domain.deadlines import day_ended_by
+    from dsr.store.links import last_valid_day
 
-    return day_ended_by(task.answer_by, timezone)
+    return last_valid_day(task.answer_by, timezone)
 
 
 def answer_text(answer: OutsideAnswer) -> str:

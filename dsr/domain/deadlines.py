@@ -204,11 +204,6 @@ def end_of_day(day: date, timezone: str) -> datetime:
     return _end_of_day(day, _zone(timezone))
 
 
-def day_ended_by(instant: datetime, timezone: str) -> date:
-    """The day in ``timezone`` that ``instant`` ends: what :func:`end_of_day` was given (its last second's day)."""
-    return receipt_date(instant - timedelta(seconds=1), timezone)
-
-
 def _local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     """The UTC instant of wall-clock ``at`` on ``day`` in ``zone``."""
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)

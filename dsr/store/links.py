@@ -141,7 +141,8 @@ def day_end_expiry(now: datetime, ttl: timedelta, timezone: str) -> datetime:
 
 def last_valid_day(expires_at: datetime, timezone: str) -> date:
     """The last calendar day (in ``timezone``) on which a link expiring at ``expires_at`` works: what the reply
-    email and the download page both name."""
+    email and the download page both name. Any instant that ends a day (an outside task's answer-by, which
+    :func:`dsr.domain.deadlines.end_of_day` gives) reads back as that day."""
     return (_aware(expires_at, "expires_at").astimezone(ZoneInfo(timezone)) - timedelta(microseconds=1)).date()
 
 

@@ -26,10 +26,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from dsr.domain.deadlines import day_ended_by, receipt_date
+from dsr.domain.deadlines import receipt_date
 from dsr.domain.model import AnswerStatus, OutsideAnswer, RequestKind
 from dsr.domain.outside import AnswerRefused
-from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink
+from dsr.store.links import MAX_TOKEN_LENGTH, DownloadLinks, ExpiredLink, InvalidLink, last_valid_day
 from dsr.store.tasks import OutsideTask
 from dsr.web.body import BodyTooLarge, read_limited_body
 from intake.answers import MAX_UPLOAD_BYTES, AnswerResult, ExportFile, UploadRefused
@@ -141,7 +141,7 @@ def answers_router(
         lang = language(request)
         text = ANSWER[lang]
         typed = typed or {}
-        answer_by = day_ended_by(task.answer_by, timezone)  # the instant is the end of that day, the controller's
+        answer_by = last_valid_day(task.answer_by, timezone)  # the instant is the end of that day, the controller's
         kind_words = kind_label({"lang": lang}, kind.value, lang) if kind else ""
         return respond(request, status, "answer.html", {
             "title": text["title"],
