@@ -138,18 +138,28 @@ def test_unsafe_names_and_deletion(storage_url: str) -> None:
 # --- stored behind the writer (an activity's ChunkStorer) --------------------------------------------------
 
 
+def hold_at_the_gate(store: ExportStore, chunk: str, monkeypatch: pytest.MonkeyPatch, *,
+                     refuse: bool = False) -> threading.Event:
+    """The PUT of the chunk named ``chunk`` waits until the returned gate opens, then stores it (or, ``refuse``,
+    fails as a bucket refusing the object would); every other PUT goes through."""
+    gate, put = threading.Event(), store.objects.put
+
+    def held_back(key: str, data: bytes, **options: Any) -> None:
+        if key.endswith(chunk):
+            assert gate.wait(10)
+            if refuse:
+                raise StorageError("the bucket refused the object")
+        put(key, data, **options)
+
+    monkeypatch.setattr(store.objects, "put", held_back)
+    return gate
+
+
 def test_chunks_stored_behind_the_writer_hold_back_the_checkpoint_until_all_are_stored(
     storage_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = machine(storage_url)
-    gate, put = threading.Event(), store.objects.put
-
-    def first_held_back(key: str, data: bytes, **options: Any) -> None:
-        if key.endswith("00000000-100.chunk"):
-            assert gate.wait(10)
-        put(key, data, **options)
-
-    monkeypatch.setattr(store.objects, "put", first_held_back)
+    gate = hold_at_the_gate(store, "00000000-100.chunk", monkeypatch)
     storer, checkpoints = ChunkStorer(), []
     try:
         writer = store.for_request(REQUEST, storer=storer).open("shop", "orders", provided=True)
@@ -181,15 +191,7 @@ def test_a_chunk_that_fails_to_store_stops_the_later_ones_their_checkpoints_and_
     storage_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = machine(storage_url)
-    gate, put = threading.Event(), store.objects.put
-
-    def refusing_the_second(key: str, data: bytes, **options: Any) -> None:
-        if key.endswith("00000001-100.chunk"):
-            assert gate.wait(10)
-            raise StorageError("the bucket refused the object")
-        put(key, data, **options)
-
-    monkeypatch.setattr(store.objects, "put", refusing_the_second)
+    gate = hold_at_the_gate(store, "00000001-100.chunk", monkeypatch, refuse=True)
     storer, checkpoints, after_failure = ChunkStorer(), [], []
     try:
         writer = store.for_request(REQUEST, storer=storer).open("shop", "orders", provided=True)
