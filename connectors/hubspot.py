@@ -45,7 +45,7 @@ from connectors.base import (
     TransientConnectorError,
     tally,
 )
-from connectors.http import RateLimiter, send
+from connectors.http import RateLimiter, send, tls_context
 from dsr.domain.model import (
     ConnectorOutcome,
     DatasetSummary,
@@ -165,6 +165,7 @@ class HubSpotConnector:
         self._search_limiter = search_rate_limit or RateLimiter(4, 1.25)
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
+            verify=tls_context(),
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             timeout=timeout,
         )

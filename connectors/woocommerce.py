@@ -46,7 +46,7 @@ from connectors.base import (
     RetentionRule,
     tally,
 )
-from connectors.http import READ_TRIES, SAFE_METHODS, RateLimiter, send, tried_in_place
+from connectors.http import READ_TRIES, SAFE_METHODS, RateLimiter, send, tls_context, tried_in_place
 from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
 
 API_PATH = "/wp-json/wc/v3"
@@ -164,6 +164,7 @@ class WooCommerceConnector:
         self._itemise_up_to = itemise_up_to  # erasure reports: one line per order up to this many
         self._client = httpx.AsyncClient(
             timeout=timeout,
+            verify=tls_context(),
             auth=None if self._oauth else httpx.BasicAuth(consumer_key, consumer_secret),
             headers={"Accept": "application/json", "User-Agent": "dsr-engine (WooCommerce connector)"},
         )

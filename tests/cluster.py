@@ -28,7 +28,7 @@ from sandbox.faults import FaultRates, Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer, stripe_app
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import MailSink, S3Server, free_port, text_of
+from tests.harness import MailSink, S3Server, free_port, http_client, text_of
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ class Machine:
         self.intake = self._spawn("intake")
 
     async def wait_for_intake(self) -> None:
-        async with httpx.AsyncClient(timeout=2) as http:
+        async with http_client(timeout=2) as http:
             for _ in range(240):
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get(f"{self.url}/health")).status_code == 200:

@@ -53,7 +53,7 @@ from tests.cluster import (
     shared_environment,
     start_sandboxes,
 )
-from tests.harness import MailSink, S3Server, free_port, text_of
+from tests.harness import MailSink, S3Server, free_port, http_client, text_of
 from tests.servers import start_dev_server, start_time_skipping_server
 from workflows.aftercare import RequestAftercare
 from workflows.request import DataSubjectRequest
@@ -183,7 +183,7 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
     # One person asks for a copy and then for erasure: the copy must be complete (order of receipt).
     both = await seed_person(boxes, "copy.then.erase@example.org", "Copy Erase", notes=2, orders=7, charges=1)
 
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with http_client(timeout=60) as http:
         async def submit(replica: Machine, holding: Holding, kind: str) -> dict[str, Any]:
             body: dict[str, Any] = {"kind": kind, "email": holding.email, "name": holding.name, "language": "en"}
             if kind == "rectification":
@@ -315,7 +315,7 @@ async def test_verify_locks_after_the_same_number_of_wrong_codes_on_either_repli
 
     holding = await seed_person(cluster.boxes, "guesser.target@example.org", "Target Person", notes=0, orders=1,
                                 charges=0)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with http_client(timeout=30) as http:
         answer = await http.post(f"{cluster.a.url}/api/requests", json={
             "kind": "access", "email": holding.email, "name": holding.name, "language": "en"})
         assert answer.status_code == 202, answer.text

@@ -37,7 +37,7 @@ from dsr.store.mail_sends import SENDING, SENT, MailSends
 from intake.email.settings import MailboxSettings
 from tests.activities.test_notices import Collector, free_port, smtp_server
 from tests.dovecot import Dovecot
-from tests.harness import TEST_KEYRING, file_exports
+from tests.harness import TEST_KEYRING, file_exports, migrated
 from tests.intake.test_mailbox import dovecot  # noqa: F401  (fixture: a real IMAP server)
 from worker import ImapSentCopies, LedgerSentLog
 
@@ -64,7 +64,7 @@ class LostAfterAccepted(LedgerSentLog):
 
 
 def opened_ledger(url: str) -> Ledger:
-    opened = Ledger(url, TEST_KEYRING)
+    opened = Ledger(migrated(url), TEST_KEYRING)
     opened.record_request(RequestRecordInput(
         request_id=REQUEST, kind=RequestKind.ERASURE, channel=Channel.FORM, subject=SUBJECT,
         received_at=datetime(2026, 12, 1, 9, tzinfo=UTC), deadline=date(2027, 1, 1), language=Language.EN,

@@ -18,6 +18,7 @@ from dsr.web.serve import serve_app
 from sandbox.hubspot import HubSpotState, hubspot_app
 from tests.apispec import Contract, Session, SpecCheck, Tally, excuse, hubspot_contract, stripe_contract
 from tests.apispec.exceptions import EXCEPTIONS
+from tests.harness import http_client
 
 TOKEN = "pat-eu1-apispec"
 SEARCH = "/crm/v3/objects/contacts/search"
@@ -36,7 +37,7 @@ async def _served(app: Any, contract: Contract) -> AsyncIterator[tuple[httpx.Asy
     tally = Tally(contract.vendor, session=False)  # planted faults stay out of the session's summary
     running = await serve_app(SpecCheck(app, contract, tally), host="127.0.0.1", port=0)
     try:
-        async with httpx.AsyncClient(base_url=running.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        async with http_client(base_url=running.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             yield http, tally
     finally:
         await running.stop()

@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from connectors.base import (
@@ -29,7 +28,7 @@ from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from tests.apispec import SpecCheck, Tally, hubspot_contract
-from tests.harness import file_exports, raw_dataset
+from tests.harness import file_exports, http_client, raw_dataset
 
 TOKEN = "pat-eu1-test-token"
 REQUEST = "dsr-2026-11-HUBSPT"
@@ -563,7 +562,7 @@ async def test_a_looser_token_search_finds_no_one_extra(portal: Portal) -> None:
     body = {"filterGroups": [{"filters": [{"propertyName": "hs_additional_emails", "operator": "CONTAINS_TOKEN",
                                            "value": EMAIL}]}], "properties": ["email"], "limit": 10, "after": "0",
             "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
-    async with httpx.AsyncClient(base_url=portal.server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+    async with http_client(base_url=portal.server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         answered = (await http.post("/crm/v3/objects/contacts/search", json=body)).json()["results"]
     assert {r["id"] for r in answered} == {merged, lookalike}
 

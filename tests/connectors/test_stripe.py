@@ -37,7 +37,7 @@ from sandbox.demo import seed_stripe
 from sandbox.faults import Faults
 from sandbox.stripe import StripeSandbox, StripeState, seed_customer, stripe_app
 from tests.apispec import SpecCheck, Tally, stripe_contract
-from tests.harness import file_exports, free_port, raw_dataset
+from tests.harness import file_exports, free_port, raw_dataset, sync_http_client
 
 KEY = "sk_test_dsr_sandbox"
 STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-stripe-exports-")))
@@ -85,7 +85,7 @@ def request_id() -> str:
 
 
 def api(server: StripeSandbox) -> httpx.Client:
-    return httpx.Client(base_url=server.url, auth=(server.api_key, ""), timeout=10)
+    return sync_http_client(base_url=server.url, auth=(server.api_key, ""), timeout=10)
 
 
 def charge_ids(server: StripeSandbox, customer: str) -> list[str]:

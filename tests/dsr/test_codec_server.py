@@ -16,6 +16,7 @@ from temporalio.converter import DataConverter
 from dsr.runtime.codec_server import MAX_BODY_BYTES, codec_app
 from dsr.store.crypto import ENCODING, KEY_ID_METADATA_KEY, EncryptionCodec, KeyRing
 from dsr.web.serve import RunningServer, serve_app
+from tests.harness import http_client
 
 EMAIL = "jeanne.martin@example.org"
 UI = "http://127.0.0.1:8233"
@@ -39,7 +40,7 @@ async def server(ring: KeyRing) -> AsyncIterator[RunningServer]:
 
 @pytest_asyncio.fixture
 async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+    async with http_client(base_url=server.url, timeout=30) as client:
         yield client
 
 
@@ -219,7 +220,7 @@ async def test_unknown_paths_and_methods(http: httpx.AsyncClient) -> None:
 async def test_without_a_token_no_authorization_is_needed(ring: KeyRing) -> None:
     async with (
         await serve_app(codec_app(ring, allowed_origin=UI, token=None), port=0) as running,
-        httpx.AsyncClient(base_url=running.url) as client,
+        http_client(base_url=running.url) as client,
     ):
         response = await client.post("/decode", content=_body(await _encrypted(ring, EMAIL)))
         assert response.status_code == 200

@@ -25,6 +25,7 @@ from dsr.store.suppressions import SuppressionList
 from dsr.web.serve import serve_app
 from intake.submission import Submission
 from intake.web.consent import consent_router, press_index
+from tests.harness import http_client, migrated
 
 EMAIL = "Camille.Durand@example.org"
 PURPOSES = [
@@ -68,7 +69,7 @@ class Site:
 @contextlib.asynccontextmanager
 async def serve(home: Path) -> AsyncIterator[Site]:
     keyring = KeyRing.load_or_create(home / "keys.json")
-    with Ledger(f"sqlite:///{home / 'ledger.sqlite3'}", keyring) as ledger:
+    with Ledger(migrated(f"sqlite:///{home / 'ledger.sqlite3'}"), keyring) as ledger:
         links, sink, withdrawals = ConsentLinks(keyring), Sink(), SuppressionList(ledger)
         app = FastAPI()
         app.include_router(consent_router(links, sink, lambda: PURPOSES,
@@ -77,7 +78,7 @@ async def serve(home: Path) -> AsyncIterator[Site]:
                                           press_key=press_index(ledger.subject_key)))
         running = await serve_app(app, port=0)
         try:
-            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+            async with http_client(base_url=running.url, timeout=30) as http:
                 yield Site(http, links, keyring, withdrawals, sink)
         finally:
             await running.stop()

@@ -39,6 +39,7 @@ from dsr.web.serve import serve_app
 from intake.web.app import intake_app
 from intake.web.exports import MAX_FORM_BYTES
 from intake.web.pages import CSP, choose_language
+from tests.harness import http_client, migrated
 
 REFERENCE = "dsr-2026-03-7KQ3FJ"
 OTHER_REFERENCE = "dsr-2026-03-AB12CD"
@@ -130,7 +131,7 @@ async def _serve(
     links = DownloadLinks(ring)
     clock = clock or Clock()
     audit = audit or Audit()
-    ledger = Ledger(f"sqlite:///{folder / 'ledger.sqlite3'}", ring)  # the attempt counters' database
+    ledger = Ledger(migrated(f"sqlite:///{folder / 'ledger.sqlite3'}"), ring)  # the attempt counters' database
     app = intake_app(
         links=links,
         bundle_opener=opener or _opener(ring, folder),
@@ -142,7 +143,7 @@ async def _serve(
     )
     running = await serve_app(app, port=0)
     try:
-        async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+        async with http_client(base_url=running.url, timeout=30) as http:
             yield DownloadApp(ring, links, clock, audit, b"", http)
     finally:
         await running.stop()
@@ -647,7 +648,7 @@ async def test_every_intake_page_is_headed_by_the_company(tmp_path: Path) -> Non
         )
         running = await serve_app(app, port=0)
         try:
-            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+            async with http_client(base_url=running.url, timeout=30) as http:
                 pages = [await http.get("/verify"), await http.get("/exports/not-a-token"),
                          await http.get("/no-such-page")]
         finally:

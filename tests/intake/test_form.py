@@ -29,6 +29,7 @@ from intake.service import Accepted, RateLimited, TriageItem
 from intake.submission import Submission, SubmissionError, prepare
 from intake.web.form import ADDRESS_SHOWN_FOR, CSRF_COOKIE, CSRF_LIFETIME, MAX_FORM_BYTES, form_router
 from intake.web.pages import CSP
+from tests.harness import http_client
 
 KEY = b"test-form-key-0123456789abcdef!!"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -152,7 +153,7 @@ async def serve_form(
     clock = Clock()
     running = await serve_app(make_app(sink, clock, prefix=prefix, controller=controller, **options), port=0)
     try:
-        async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+        async with http_client(base_url=running.url, timeout=30) as http:
             yield FormApp(sink, clock, http, running.url, prefix)
     finally:
         await running.stop()
@@ -502,7 +503,7 @@ async def test_csrf_cookie_must_match(form_app: FormApp) -> None:
     await _assert_refused(await form_app.post(csrf=csrf), form_app)  # no cookie
 
     # Another browser's cookie: each nonce belongs to its own cookie.
-    async with httpx.AsyncClient(base_url=form_app.base_url) as other:
+    async with http_client(base_url=form_app.base_url) as other:
         await other.get("/")
         await _assert_refused(await form_app.post(csrf=csrf, http=other), form_app)
         other.cookies.set(CSRF_COOKIE, "not base64!")

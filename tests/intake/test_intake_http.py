@@ -46,7 +46,7 @@ from dsr.store.ledger import Ledger, LedgerEvent
 from dsr.web.serve import serve_app
 from intake.server import build_intake_app
 from intake.service import IntakeService, TriageItem
-from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port, text_of
+from tests.harness import TEST_KEYRING, MailSink, attachments_of, exports_of, free_port, http_client, migrated, text_of
 from tests.servers import validated_once
 from worker import build_worker
 from workflows.request import DataSubjectRequest
@@ -104,7 +104,7 @@ async def intake(
     })
     settings = replace(settings, smtp=SmtpSettings(host="127.0.0.1", port=mail.port),
                        task_queue=f"intake-{uuid.uuid4()}")
-    ledger = Ledger(settings.database_url, TEST_KEYRING)
+    ledger = Ledger(migrated(settings.database_url), TEST_KEYRING)
     exports = exports_of(settings)
     app, service = build_intake_app(settings, TEST_KEYRING, ledger, exports, dev_server.client)
     server = await serve_app(app, host="127.0.0.1", port=port)
@@ -112,7 +112,7 @@ async def intake(
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
             async with build_worker(dev_server.client, settings, ledger, executor=executor, exports=exports,
                                     workflow_runner=validated_once()), \
-                    httpx.AsyncClient(base_url=settings.intake_url, timeout=30) as http:
+                    http_client(base_url=settings.intake_url, timeout=30) as http:
                 yield Intake(dev_server.client, http, settings.intake_url, settings, ledger, mail, service)
     finally:
         await server.stop()

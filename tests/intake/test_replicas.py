@@ -44,7 +44,7 @@ from intake.server import build_intake_app
 from intake.service import Accepted, IntakeService, RateLimited
 from intake.submission import Submission
 from intake.web.attempts import MAX_ATTEMPTS, MAX_CLIENT_ATTEMPTS
-from tests.harness import TEST_KEYRING, MailSink, exports_of, file_exports
+from tests.harness import TEST_KEYRING, MailSink, exports_of, file_exports, http_client
 from tests.servers import validated_once
 from worker import build_worker
 
@@ -99,7 +99,7 @@ async def cluster(dev_server: WorkflowEnvironment, database_url: str, mail: Mail
             app, service = build_intake_app(settings, TEST_KEYRING, ledger, exports, client)
             server = await serve_app(app, port=0)
             stack.push_async_callback(server.stop)
-            http = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=30))
+            http = await stack.enter_async_context(http_client(base_url=server.url, timeout=30))
             replicas.append(Replica(name, service, ledger, http))
         worker_ledger = Ledger(database_url, TEST_KEYRING)
         stack.callback(worker_ledger.close)
@@ -307,7 +307,7 @@ async def test_a_webhook_replayed_to_the_other_replica_is_refused(cluster: Clust
 
 async def _wrong_codes_from(url: str, forwarded: list[str]) -> list[int]:
     """Wrong codes for made-up references, each request claiming another client in X-Forwarded-For."""
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with http_client(base_url=url, timeout=30) as http:
         return [(await http.post("/verify", data={"reference": f"dsr-2026-05-X{i:05d}", "code": "000000"},
                                  headers={"X-Forwarded-For": address})).status_code
                 for i, address in enumerate(forwarded)]

@@ -34,6 +34,7 @@ from intake.service import IntakeUnavailable
 from intake.web.pages import CSP
 from intake.web.status import RESENDS_PER_DAY, status_router, status_view
 from intake.web.wording import STATUS
+from tests.harness import http_client, migrated
 
 TIMEZONE = "Europe/Paris"
 EMAIL, NAME = "camille.durand@example.org", "Camille Durand"
@@ -118,7 +119,7 @@ class StatusApp:
 @contextlib.asynccontextmanager
 async def serve_status(home: Path, *, throttle: AnswerThrottle | None = None) -> AsyncIterator[StatusApp]:
     keyring = KeyRing.load_or_create(home / "keys.json")
-    with Ledger(f"sqlite:///{home / 'ledger.sqlite3'}", keyring) as ledger:
+    with Ledger(migrated(f"sqlite:///{home / 'ledger.sqlite3'}"), keyring) as ledger:
         fill(ledger)
         links, resender = StatusLinks(keyring), Resender()
         app = FastAPI()
@@ -126,7 +127,7 @@ async def serve_status(home: Path, *, throttle: AnswerThrottle | None = None) ->
                                          guards=Guards(ledger.engine, keyring), throttle=throttle or AnswerThrottle()))
         running = await serve_app(app, port=0)
         try:
-            async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+            async with http_client(base_url=running.url, timeout=30) as http:
                 yield StatusApp(http, running.url, links, ledger, resender)
         finally:
             await running.stop()

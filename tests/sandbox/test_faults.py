@@ -17,7 +17,7 @@ from dsr.config.settings import ConfigError
 from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import FaultRates, Faults, parse_fault_rates
 from sandbox.stripe import StripeSandbox, stripe_app
-from tests.harness import free_port
+from tests.harness import free_port, http_client
 
 BIN = Path(sys.executable).parent
 KEY = "sk_test_faults"
@@ -81,7 +81,7 @@ async def test_the_faulted_sandbox_answers_and_logs_what_it_carried_out(
     proxied: tuple[RunningServer, Faults],
 ) -> None:
     server, faults = proxied
-    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+    async with http_client(base_url=server.url, headers=_auth()) as http:
         created = await http.post("/v1/customers", data={"email": "proxied@example.org"})
         assert created.status_code == 200, created.text
         customer = created.json()["id"]
@@ -95,7 +95,7 @@ async def test_the_faulted_sandbox_answers_and_logs_what_it_carried_out(
 
 async def test_the_sandbox_injects_429_with_retry_after_and_5xx(proxied: tuple[RunningServer, Faults]) -> None:
     server, faults = proxied
-    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+    async with http_client(base_url=server.url, headers=_auth()) as http:
         faults.rates = FaultRates(throttle=1.0, retry_after_seconds=3)
         throttled = await http.get("/v1/customers")
         assert throttled.status_code == 429 and throttled.headers["retry-after"] == "3"
@@ -136,13 +136,13 @@ async def test_an_answer_lost_after_the_call_took_effect(
 ) -> None:
     server, faults = proxied
     faults.rates = FaultRates(lost=1.0)
-    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+    async with http_client(base_url=server.url, headers=_auth()) as http:
         with pytest.raises(httpx.TransportError):
             await http.post("/v1/customers", data={"email": "lost.answer@example.org"})
         faults.rates = FaultRates(drop=1.0)
         with pytest.raises(httpx.TransportError):
             await http.post("/v1/customers", data={"email": "dropped@example.org"})
-    async with httpx.AsyncClient(base_url=sandbox.url, headers=_auth()) as direct:
+    async with http_client(base_url=sandbox.url, headers=_auth()) as direct:
         lost = (await direct.get("/v1/customers", params={"email": "lost.answer@example.org"})).json()["data"]
         dropped = (await direct.get("/v1/customers", params={"email": "dropped@example.org"})).json()["data"]
     assert len(lost) == 1 and dropped == []  # the lost answer's call took effect; the dropped one never arrived
@@ -151,7 +151,7 @@ async def test_an_answer_lost_after_the_call_took_effect(
 
 async def test_a_repeated_write_is_reported_once_per_body(proxied: tuple[RunningServer, Faults]) -> None:
     server, faults = proxied
-    async with httpx.AsyncClient(base_url=server.url, headers=_auth()) as http:
+    async with http_client(base_url=server.url, headers=_auth()) as http:
         customer = (await http.post("/v1/customers", data={"email": "twice@example.org"})).json()["id"]
         for _ in range(2):
             assert (await http.post(f"/v1/customers/{customer}", data={"name": "Same"})).status_code == 200

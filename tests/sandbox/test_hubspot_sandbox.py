@@ -12,6 +12,7 @@ from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from tests.apispec import SpecCheck, Tally, hubspot_contract
+from tests.harness import http_client
 
 TOKEN = "pat-eu1-sandbox"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,7 +39,7 @@ async def _start(**kwargs: object) -> Running:
     checked = SpecCheck(hubspot_app(state, token=TOKEN, faults=faults, **kwargs),  # type: ignore[arg-type]
                         hubspot_contract(), requests=False)
     server = await serve_app(checked, host="127.0.0.1", port=0)
-    return Running(state, faults, server, httpx.AsyncClient(base_url=server.url, headers=AUTH), lea, checked.tally)
+    return Running(state, faults, server, http_client(base_url=server.url, headers=AUTH), lea, checked.tally)
 
 
 async def _stop(running: Running) -> None:
@@ -73,7 +74,7 @@ async def test_binds_loopback_only(hub: Running) -> None:
 
 
 async def test_authentication_is_required(hub: Running) -> None:
-    async with httpx.AsyncClient(base_url=hub.server.url) as anonymous:
+    async with http_client(base_url=hub.server.url) as anonymous:
         missing = await anonymous.get("/crm/v3/objects/contacts")
         wrong = await anonymous.get("/crm/v3/objects/contacts", headers={"Authorization": "Bearer nope"})
         basic = await anonymous.post("/crm/v3/objects/contacts/gdpr-delete", json={"objectId": hub.lea},

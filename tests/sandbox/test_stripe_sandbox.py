@@ -15,6 +15,7 @@ from starlette.types import Message
 from sandbox.faults import Faults
 from sandbox.stripe import DEFAULT_API_KEY as KEY
 from sandbox.stripe import StripeSandbox, StripeState, parse_query, seed_customer, stripe_app
+from tests.harness import sync_http_client
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def server() -> Iterator[StripeSandbox]:
 
 
 def _api(server: StripeSandbox) -> httpx.Client:
-    return httpx.Client(base_url=server.url, auth=(server.api_key, ""), timeout=10)
+    return sync_http_client(base_url=server.url, auth=(server.api_key, ""), timeout=10)
 
 
 def _listening(port: int) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from connectors.woocommerce import oauth_signature
 from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
+from tests.harness import http_client
 
 KEY = "ck_" + "1" * 40
 SECRET = "cs_" + "2" * 40
@@ -52,7 +53,7 @@ async def start(rate_limit: tuple[int, float] | None = None, permissions: str = 
     app = woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET, rate_limit=rate_limit, faults=faults,
                           permissions=permissions, https=https)
     server = await serve_app(app, port=0)
-    return Sandbox(state, faults, server, httpx.AsyncClient(timeout=10))
+    return Sandbox(state, faults, server, http_client(timeout=10))
 
 
 @pytest.fixture

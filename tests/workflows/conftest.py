@@ -18,7 +18,7 @@ from temporalio.worker import Worker
 from dsr.config.profile import ControllerProfile
 from dsr.config.settings import Settings, SmtpSettings
 from dsr.store.ledger import Ledger
-from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, exports_of
+from tests.harness import TEST_KEYRING, MailSink, ScriptedConnector, exports_of, migrated
 from tests.servers import time_skipping_server, validated_once
 from tests.workflows.support import (  # noqa: F401  (names other branches import from here)
     OPERATOR_EMAIL,
@@ -53,7 +53,7 @@ def settings(tmp_path: Path, mail: MailSink) -> Settings:
 
 @pytest.fixture
 def ledger(settings: Settings) -> Iterator[Ledger]:
-    ledger = Ledger(settings.database_url, TEST_KEYRING)
+    ledger = Ledger(migrated(settings.database_url), TEST_KEYRING)
     try:
         yield ledger
     finally:

@@ -49,7 +49,7 @@ from intake.web.app import intake_app
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, exports_of, text_of
+from tests.harness import TEST_KEYRING, MailSink, exports_of, http_client, text_of
 from tests.servers import start_time_skipping_server, validated_once
 from tests.workflows.support import demo_profile
 from worker import build_worker
@@ -112,7 +112,7 @@ class Sandboxes:
     async def stripe_list(self, path: str, **params: str) -> list[dict[str, Any]]:
         """Every object of a Stripe sandbox listing (the sandbox's own answer, not the connector's)."""
         found: list[dict[str, Any]] = []
-        async with httpx.AsyncClient(base_url=self.stripe_url, headers=STRIPE_AUTH) as http:
+        async with http_client(base_url=self.stripe_url, headers=STRIPE_AUTH) as http:
             while True:
                 page = (await http.get(path, params={**params, "limit": "100",
                                                      **({"starting_after": found[-1]["id"]} if found else {})}))
@@ -123,7 +123,7 @@ class Sandboxes:
                     return found
 
     async def stripe_customer(self, customer_id: str) -> dict[str, Any] | None:
-        async with httpx.AsyncClient(base_url=self.stripe_url, headers=STRIPE_AUTH) as http:
+        async with http_client(base_url=self.stripe_url, headers=STRIPE_AUTH) as http:
             answer = await http.get(f"/v1/customers/{customer_id}")
         if answer.status_code == 404:
             return None
@@ -357,12 +357,12 @@ class DownloadForm:
     fields: dict[str, str]
 
     async def send(self, answer: str) -> httpx.Response:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             return await http.post(self.action, data={**self.fields, "answer": answer})
 
 
 async def open_link(link: str) -> DownloadForm:
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         page = await http.get(link)
     assert page.status_code == 200, page.status_code
     action = re.search(r'<form method="post" action="([^"]+)"', page.text)

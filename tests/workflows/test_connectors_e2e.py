@@ -31,7 +31,7 @@ from intake.submission import Submission, prepare, start
 from sandbox.hubspot import HubSpotState, hubspot_app
 from sandbox.stripe import StripeSandbox, seed_customer
 from sandbox.woocommerce import WooState, woocommerce_app
-from tests.harness import TEST_KEYRING, MailSink, S3Server, exports_of, text_of
+from tests.harness import TEST_KEYRING, MailSink, S3Server, exports_of, http_client, text_of
 from tests.servers import time_skipping_server, validated_once
 from tests.workflows.support import demo_profile
 from worker import build_worker
@@ -210,8 +210,6 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
     import re
     import zipfile
 
-    import httpx
-
     from dsr.domain.model import AuditEvent
     from dsr.store.links import DownloadLinks
     from intake.server import bundle_opener
@@ -250,7 +248,7 @@ async def test_access_reply_link_downloads_the_bundle_from_s3_through_another_in
             token = re.search(r"/exports/([A-Za-z0-9._~-]+)", body).group(1)  # type: ignore[union-attr]
             code = re.search(r"\b([2-9A-Z]{4}-[2-9A-Z]{4})\b", body).group(1)  # type: ignore[union-attr]
             links = DownloadLinks(TEST_KEYRING)
-            async with httpx.AsyncClient(base_url=intake.url) as http:
+            async with http_client(base_url=intake.url) as http:
                 assert (await http.get(f"/exports/{token}")).status_code == 200  # the form
                 wrong = await http.post(f"/exports/{token}",
                                         data={"answer": request.request_id, "form": links.form_token(token)})
@@ -359,7 +357,6 @@ async def test_a_deceased_persons_accounts_are_closed_in_every_system_once_the_h
 async def test_a_restriction_marks_each_demo_system_and_the_engine_still_exports(
     time_skipping: WorkflowEnvironment, settings: Settings, ledger: Ledger, mail: MailSink, systems: Systems
 ) -> None:
-    import httpx
 
     from dsr.domain.model import restriction_id
 
@@ -373,7 +370,7 @@ async def test_a_restriction_marks_each_demo_system_and_the_engine_still_exports
     outcomes = {c.connector: c.outcome for c in final.connectors}
     # The module's Stripe sandbox keeps the customer each earlier test's `systems` seeded with her address: every
     # one of them is marked (how many depends on which tests ran before in this process: xdist shares them out).
-    async with httpx.AsyncClient(base_url=systems.stripe_url, auth=(STRIPE_KEY, "")) as client:
+    async with http_client(base_url=systems.stripe_url, auth=(STRIPE_KEY, "")) as client:
         found = (await client.get("/v1/customers", params={"email": EMAIL.lower()})).json()["data"]
     assert found, "this test's own Stripe customer"
     expected = {"hubspot": 1, "woocommerce": 1, "stripe": len(found)}

@@ -18,7 +18,6 @@ import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 
-import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -32,7 +31,7 @@ from dsr.domain.model import Outcome, RequestInput, ResidualsCleared, Stage
 from dsr.mail.replies import legal_basis_wording
 from dsr.store.ledger import Ledger
 from templates import format_date
-from tests.harness import MailSink
+from tests.harness import MailSink, http_client
 from tests.workflows.e2e_systems import (
     OTHER,
     SUBJECT,
@@ -412,7 +411,7 @@ async def test_access_link_works_until_it_expires_then_answers_410_and_the_expor
     await world.clock.follow(world.env)
     assert world.clock() >= final.link_expires_at
 
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         opened = await http.get(link)
     sent_again = await form.send(code)  # from the page opened before the expiry
     for page in (opened, sent_again):

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
-import httpx
 import pytest
 from temporalio.service import RPCError
 
@@ -29,7 +28,7 @@ from intake.answers import AnswerResult, record_answer
 from intake.server import outside_answers_router
 from intake.submission import Submission, prepare, start
 from intake.web.app import intake_app
-from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, text_of
+from tests.harness import TEST_KEYRING, ScriptedConnector, exports_of, http_client, text_of
 from tests.workflows.support import (
     OPERATOR_EMAIL,
     SUBJECT_EMAIL,
@@ -337,7 +336,7 @@ async def test_the_answer_page_still_takes_the_processors_answer_after_the_opera
         assert token is not None
         await answered(engine, request, "chat-tool", answer(AnswerStatus.NO_ANSWER))
         await wait_for_stage(engine, handle, Stage.CLOSED)
-        async with httpx.AsyncClient(base_url=running.url) as web:
+        async with http_client(base_url=running.url) as web:
             page = await web.get(f"/answer/{token.group(1)}")
             assert page.status_code == 200, page.text  # a form, not "already answered"
             form = re.search(r'name="form" value="([^"]+)"', page.text)
