@@ -378,13 +378,41 @@ def _sqlite_engine(url: URL) -> Engine:
         finally:
             cursor.close()
 
+    # This process's writers queue here before SQLite's write lock: SQLite's busy handler retries a locked database
+    # after sleeps of 1, 2, 5, 10, 15, 20, 25, then 25 to 100 ms, so a writer arriving just after another (the
+    # ledger's events, the vendors' shared rate windows, from 16 activity threads) slept tens of milliseconds
+    # after the lock was free; a thread lock wakes the next writer as soon as it is released. Other processes still
+    # meet at SQLite's lock, on the busy timeout.
+    writers = threading.Lock()
+    holders: weakref.WeakSet[Any] = weakref.WeakSet()  # the connection whose transaction holds it
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # A write transaction that starts deferred and upgrades later fails at once with
         # SQLITE_BUSY if another connection wrote meanwhile (the busy timeout does not apply);
         # taking the write lock at BEGIN makes writers queue on the busy timeout instead.
-        write = conn.get_execution_options().get("dsr_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not conn.get_execution_options().get("dsr_write", False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        # Past the busy timeout without the thread lock (a writer of this process stuck), SQLite decides alone.
+        queued = writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if queued:
+                writers.release()
+            raise
+        if queued:
+            holders.add(conn)
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(conn: Any) -> None:
+        # Both fire before the database's COMMIT or ROLLBACK: the next writer of this process then waits for it
+        # at SQLite's lock, a moment, as any writer of another process does.
+        if conn in holders:
+            holders.discard(conn)
+            writers.release()
 
     return engine
 
