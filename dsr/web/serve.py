@@ -35,7 +35,12 @@ class _EmbeddedServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
-        self.exit_asked = asyncio.Event()
+        self._exit_asked = asyncio.Event()
+
+    def ask_exit(self) -> None:
+        """What uvicorn's ``should_exit = True`` does, noticed at once rather than at the next tick."""
+        self.should_exit = True
+        self._exit_asked.set()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
@@ -51,7 +56,7 @@ class _EmbeddedServer(uvicorn.Server):
         while not should_exit:
             counter = (counter + 1) % 864000
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exit_asked.wait(), 0.1)
+                await asyncio.wait_for(self._exit_asked.wait(), 0.1)
             should_exit = await self.on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -76,7 +81,7 @@ class _EmbeddedServer(uvicorn.Server):
 class RunningServer:
     """Handle on a server started by :func:`serve_app`; ``await stop()`` (or ``async with``)."""
 
-    server: uvicorn.Server
+    server: _EmbeddedServer
     task: asyncio.Task[None]
     host: str
     port: int
@@ -100,9 +105,7 @@ class RunningServer:
         handlers are cancelled and their connections closed, so a client learns at once that no answer comes."""
         if self.task.done():
             return
-        self.server.should_exit = True
-        if isinstance(self.server, _EmbeddedServer):
-            self.server.exit_asked.set()
+        self.server.ask_exit()
         try:
             await asyncio.wait_for(asyncio.shield(self.task), grace_seconds)
         except TimeoutError:
