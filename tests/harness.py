@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import email
 import email.policy
+import functools
 import shutil
 import socket
 import subprocess
@@ -96,7 +97,15 @@ def sync_http_client(**options: Any) -> httpx.Client:
     return httpx.Client(verify=tls_context(), **options)
 
 
-_SCHEMA_IMAGE: list[Path] = []
+@functools.cache
+def _schema_image() -> Path:
+    """A ledger database the migrations brought to head, made once per process, removed at exit."""
+    from dsr.store.ledger import Ledger
+
+    image = Path(tempfile.mkdtemp(prefix="dsr-schema-")) / "ledger.sqlite3"
+    Ledger(f"sqlite:///{image}", TEST_KEYRING).close()  # closing the last connection checkpoints the WAL
+    atexit.register(shutil.rmtree, image.parent, True)
+    return image
 
 
 def migrated(url: str) -> str:
@@ -105,18 +114,11 @@ def migrated(url: str) -> str:
     (about 25 ms of CPU a database, where a fixture makes one per test). The database holds the schema and its
     ``alembic_version`` row only, as a new one does; tests of the ledger's own creation of a database (and of the
     migrations) do not use this. Any other URL is returned as it is."""
-    from dsr.store.ledger import Ledger
-
     target = Path(url.removeprefix("sqlite:///"))
     if not url.startswith("sqlite:///") or target.name in ("", ":memory:") or target.exists():
         return url
-    if not _SCHEMA_IMAGE:
-        image = Path(tempfile.mkdtemp(prefix="dsr-schema-")) / "ledger.sqlite3"
-        Ledger(f"sqlite:///{image}", TEST_KEYRING).close()  # closing the last connection checkpoints the WAL
-        atexit.register(shutil.rmtree, image.parent, True)
-        _SCHEMA_IMAGE.append(image)
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_SCHEMA_IMAGE[0], target)
+    shutil.copyfile(_schema_image(), target)
     return url
 
 
