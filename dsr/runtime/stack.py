@@ -206,7 +206,7 @@ async def _run_services(deployment: Deployment, connectors: list[Connector], sto
     from dsr.store import StorageError
     from dsr.web.serve import serve_app
     from intake.server import build_intake_app, run_mailbox
-    from worker import build_worker
+    from worker import build_worker, settle_heap
 
     settings, keyring = deployment.settings, deployment.keyring
     port = temporal_port(settings)
@@ -251,6 +251,7 @@ async def _run_services(deployment: Deployment, connectors: list[Connector], sto
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = build_worker(client, settings, ledger, connectors, exports=exports, executor=executor) \
                 if with_worker else contextlib.nullcontext()
+            settle_heap()
             async with _stopping(stop), worker:
                 _print_banner(settings, port, codec_endpoint, sink is not None, sandboxes, with_worker,
                               codec_token=codec_token if created else None)
