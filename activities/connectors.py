@@ -100,7 +100,10 @@ class ConnectorActivities:
             progress.on_first_advance = lambda: _tell_soon(task, failing=False)
         try:
             outcome = await self._run(connector, task, progress)
-            return self._compact(task, outcome)
+            if len(outcome.report) <= REPORT_LINES_IN_HISTORY:
+                return outcome
+            # A long report goes to the object store, chunk by chunk: in a thread, not on the worker's event loop.
+            return await asyncio.to_thread(self._compact, task, outcome)
         except TransientConnectorError as err:
             retry_after = None if err.retry_after is None else max(0.0, err.retry_after)
             if watched and progress.advanced:
@@ -149,7 +152,7 @@ class ConnectorActivities:
                     return await connector.export(ExportJob(
                         request_id=task.request_id,
                         subject=task.subject,
-                        sink=self._exports.for_request(task.request_id, storer=storer),
+                        sink=self._exports.sink(task.request_id, storer=storer),
                         provided_only=task.kind == RequestKind.PORTABILITY,
                         resume=progress.cursor,
                         checkpoint=lambda cursor: progress.checkpoint_once_stored(storer, cursor),

@@ -111,24 +111,24 @@ class _Discard:
     def write(self, record: object) -> None:
         self.count += 1
 
-    def truncate(self, count: int) -> None:
+    async def truncate(self, count: int) -> None:
         self.count = min(self.count, count)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         pass
 
-    def close(self) -> None:
+    async def close(self) -> None:
         pass
 
 
 class _DiscardSink:
-    def open(self, system: str, dataset: str, *, provided: bool) -> _Discard:
+    async def open(self, system: str, dataset: str, *, provided: bool) -> _Discard:
         return _Discard()
 
 
 async def export_once(app: SqlConnector, store: ExportStore | None, email: str) -> int:
     request = f"dsr-2026-12-B{uuid.uuid4().hex[:5].upper()}"
-    sink = store.for_request(request) if store is not None else _DiscardSink()
+    sink = store.sink(request) if store is not None else _DiscardSink()
     outcome = await app.export(ExportJob(request, Subject(email), sink))
     if store is not None:
         store.delete(request)

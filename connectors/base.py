@@ -31,29 +31,35 @@ from dsr.store.journals import Journal, JournalEntry, JournalState
 
 
 class DatasetWriter(Protocol):
-    """Appends records of one dataset to the request's export store (encrypted at rest)."""
+    """Appends records of one dataset to the request's export store (encrypted at rest).
+
+    A connector runs on the worker's event loop with every other activity and workflow task of the worker, so
+    whatever waits on the store (an object store's round trips, a slow store catching up) is awaited: ``write``
+    never waits, ``flush``, ``truncate`` and ``close`` are coroutines (``dsr.store.exports.DatasetStream``)."""
 
     @property
     def count(self) -> int:
         """Records currently in the dataset."""
         ...
 
-    def write(self, record: Mapping[str, Any]) -> None: ...
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Add a record (never waits on the store; call ``flush`` at least once per page)."""
+        ...
 
-    def truncate(self, count: int) -> None:
+    async def truncate(self, count: int) -> None:
         """Keep the first ``count`` records: on resume, drop what was written after the last checkpoint."""
         ...
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Hand what was written to the store, in order: call before the checkpoint that counts it (the activity
-        heartbeats that checkpoint only once those records are stored)."""
+        heartbeats that checkpoint only once those records are stored). Waits while the store is behind."""
         ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class ExportSink(Protocol):
-    def open(self, system: str, dataset: str, *, provided: bool) -> DatasetWriter:
+    async def open(self, system: str, dataset: str, *, provided: bool) -> DatasetWriter:
         """Open (creating or appending to) one dataset of one system for the current request."""
         ...
 

@@ -345,13 +345,13 @@ class HubSpotConnector:
         writers: dict[str, DatasetWriter] = {}
         try:
             for ds in datasets:
-                writers[ds] = job.sink.open(self.name, ds, provided=ds in PROVIDED)
+                writers[ds] = await job.sink.open(self.name, ds, provided=ds in PROVIDED)
             if resumed and any(writers[ds].count < state["written"][ds] for ds in datasets):
                 # The store lost records the cursor counts (e.g. unflushed at a crash): start over.
                 state = {"contacts": contacts, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
                 resumed = False
             for ds in datasets:  # drop what was written after the last checkpoint (or all, when fresh)
-                writers[ds].truncate(state["written"][ds])
+                await writers[ds].truncate(state["written"][ds])
 
             step: int = state["step"]
             after: str | None = state["after"]
@@ -379,7 +379,7 @@ class HubSpotConnector:
                     after = next_after
                 else:
                     step, after = step + 1, None
-                _flush(writers[ds])
+                await writers[ds].flush()
                 job.checkpoint({
                     "v": CURSOR_VERSION,
                     "datasets": list(datasets),
@@ -391,7 +391,7 @@ class HubSpotConnector:
             summaries = [DatasetSummary(ds, writers[ds].count, provided=ds in PROVIDED) for ds in datasets]
         finally:
             for writer in writers.values():
-                writer.close()
+                await writer.close()
 
         outcome.counts = {"exported": sum(s.records for s in summaries)}
         if job.provided_only:
@@ -700,13 +700,6 @@ def _same(prop: str, current: Any, wanted: str) -> bool:
     if prop in ("email", SECONDARY):
         return have.strip().lower() == wanted.lower()
     return have == wanted
-
-
-def _flush(writer: DatasetWriter) -> None:
-    """Make written records durable before the checkpoint that counts them (the store's files can)."""
-    flush = getattr(writer, "flush", None)
-    if callable(flush):
-        flush()
 
 
 __all__ = ["CONTACT_DERIVED_PROPERTIES", "CONTACT_PROVIDED_PROPERTIES", "DATASETS", "FIELD_MAP", "HubSpotConnector"]

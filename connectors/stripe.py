@@ -599,7 +599,7 @@ class StripeConnector:
         writers: dict[str, DatasetWriter] = {}
         try:
             for dataset in datasets:
-                writers[dataset] = job.sink.open(self.name, dataset, provided=dataset in PROVIDED)
+                writers[dataset] = await job.sink.open(self.name, dataset, provided=dataset in PROVIDED)
             step_index, after, written = 0, None, {}
             if resume is not None:
                 written = {str(k): int(v) for k, v in resume["written"].items()}
@@ -609,12 +609,10 @@ class StripeConnector:
                     written = {}
                     notes.append("the previous attempt's export was incomplete: exported again from the start")
             for dataset in datasets:  # drop what was written after the last checkpoint (all of it, fresh)
-                writers[dataset].truncate(written.get(dataset, 0))
+                await writers[dataset].truncate(written.get(dataset, 0))
 
-            def checkpoint(written_to: DatasetWriter) -> None:
-                flush = getattr(written_to, "flush", None)  # the export store's files: to disk first
-                if callable(flush):
-                    flush()
+            async def checkpoint(written_to: DatasetWriter) -> None:
+                await written_to.flush()  # stored before the cursor that counts them is heartbeated
                 job.checkpoint({
                     "v": _CURSOR_VERSION, "provided_only": job.provided_only, "customers": customers,
                     "step": step_index, "after": after, "written": {d: w.count for d, w in writers.items()},
@@ -635,11 +633,11 @@ class StripeConnector:
                     after = page.last
                 else:
                     step_index, after = step_index + 1, None
-                checkpoint(writer)
+                await checkpoint(writer)
             summaries = [DatasetSummary(d, writers[d].count, provided=d in PROVIDED) for d in datasets]
         finally:
             for writer in writers.values():
-                writer.close()
+                await writer.close()
         total = sum(s.records for s in summaries)
         if job.provided_only:
             # Counted, not exported: the reply tells the subject what portability leaves out (Art. 20 covers

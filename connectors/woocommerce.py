@@ -331,11 +331,11 @@ class WooCommerceConnector:
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         # Profile, addresses and orders are all data the subject provided (Art. 20): same records either way.
-        with contextlib.ExitStack() as stack:
-            customers = job.sink.open(self.name, "customer", provided=True)
-            stack.callback(customers.close)
-            orders = job.sink.open(self.name, "orders", provided=True)
-            stack.callback(orders.close)
+        async with contextlib.AsyncExitStack() as stack:
+            customers = await job.sink.open(self.name, "customer", provided=True)
+            stack.push_async_callback(customers.close)
+            orders = await job.sink.open(self.name, "orders", provided=True)
+            stack.push_async_callback(orders.close)
             await self._export(job, customers, orders)
             total = customers.count + orders.count
             return ConnectorOutcome(
@@ -347,7 +347,7 @@ class WooCommerceConnector:
             )
 
     @staticmethod
-    def _resumable(resume: Mapping[str, Any] | None, customers: DatasetWriter,
+    async def _resumable(resume: Mapping[str, Any] | None, customers: DatasetWriter,
                    orders: DatasetWriter) -> dict[str, Any] | None:
         """The checkpoint to continue from, with the writers rewound to it; None to start afresh."""
         if not resume or resume.get("v") != CURSOR_VERSION:
@@ -368,30 +368,28 @@ class WooCommerceConnector:
             return None
         if not (0 <= kept_customers <= customers.count and 0 <= kept_orders <= orders.count):
             return None  # the store lost records since the checkpoint: start again
-        customers.truncate(kept_customers)  # drop what was written after the checkpoint
-        orders.truncate(kept_orders)
+        await customers.truncate(kept_customers)  # drop what was written after the checkpoint
+        await orders.truncate(kept_orders)
         return cursor
 
-    def _checkpoint(self, job: ExportJob, cursor: dict[str, Any], *writers: DatasetWriter) -> None:
-        for writer in writers:  # records on disk before the cursor that counts them is heartbeated
-            flush = getattr(writer, "flush", None)
-            if callable(flush):
-                flush()
+    async def _checkpoint(self, job: ExportJob, cursor: dict[str, Any], *writers: DatasetWriter) -> None:
+        for writer in writers:  # records stored before the cursor that counts them is heartbeated
+            await writer.flush()
         cursor["written"] = {"customer": writers[0].count, "orders": writers[1].count}
         job.checkpoint(dict(cursor, written=dict(cursor["written"]), customers=list(cursor["customers"])))
 
     async def _export(self, job: ExportJob, customers: DatasetWriter, orders: DatasetWriter) -> None:
         email = job.subject.email
-        cursor = self._resumable(job.resume, customers, orders)
+        cursor = await self._resumable(job.resume, customers, orders)
         if cursor is None:
-            customers.truncate(0)  # records of an attempt that crashed before its first checkpoint
-            orders.truncate(0)
+            await customers.truncate(0)  # records of an attempt that crashed before its first checkpoint
+            await orders.truncate(0)
             found = await self._find_customers(email)
             for customer in found:
                 customers.write(_record(customer))
             cursor = {"v": CURSOR_VERSION, "customers": [c["id"] for c in found], "stage": 0, "page": 0,
                       "pages": None, "last_id": 0, "written": {}}
-            self._checkpoint(job, cursor, customers, orders)
+            await self._checkpoint(job, cursor, customers, orders)
         # Each customer's orders, then (0) orders billed to the address from guests or other accounts.
         owners: list[int] = [*cursor["customers"], 0]
         own = list(cursor["customers"])
@@ -418,7 +416,7 @@ class WooCommerceConnector:
                             for order in await self._reread(wanted):
                                 orders.write(_record(order))
                             cursor.update(page=page, pages=pages, last_id=last_id)
-                            self._checkpoint(job, cursor, customers, orders)
+                            await self._checkpoint(job, cursor, customers, orders)
                     continue
                 async with self._listing("/orders", {"customer": owner},
                                          first_page=cursor["page"] + 1) as listing:
@@ -430,7 +428,7 @@ class WooCommerceConnector:
                             last_id = order["id"]
                             orders.write(_record(order))
                         cursor.update(page=page, pages=pages, last_id=last_id)
-                        self._checkpoint(job, cursor, customers, orders)
+                        await self._checkpoint(job, cursor, customers, orders)
         finally:
             if ahead is not None:
                 await ahead.aclose()

@@ -152,16 +152,16 @@ class _Tally:
         def write(self, record: Any) -> None:
             self.count += 1
 
-        def truncate(self, count: int) -> None:
+        async def truncate(self, count: int) -> None:
             self.count = count
 
-        def flush(self) -> None:
+        async def flush(self) -> None:
             pass
 
-        def close(self) -> None:
+        async def close(self) -> None:
             pass
 
-    def open(self, system: str, dataset: str, *, provided: bool) -> _Tally._Writer:
+    async def open(self, system: str, dataset: str, *, provided: bool) -> _Tally._Writer:
         return self._Writer()
 
 

@@ -220,12 +220,12 @@ class ScriptedConnector:
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         self._fail_if_scripted("portability" if job.provided_only else "access", job.request_id)
-        writer = job.sink.open(self.name, "records", provided=True)
+        writer = await job.sink.open(self.name, "records", provided=True)
         try:
             for i in range(self.found):
                 writer.write({"id": f"{self.name}-{i}", "email": job.subject.email})
         finally:
-            writer.close()
+            await writer.close()
         return ConnectorOutcome(connector=self.name, found=self.found, counts={"exported": self.found},
                                 datasets=[DatasetSummary("records", self.found, provided=True)])
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -347,7 +348,7 @@ class SqlConnector:
         writers: dict[str, DatasetWriter] = {}
         try:
             for t in tables:
-                writers[t.name] = job.sink.open(self.name, t.name, provided=bool(t.provided))
+                writers[t.name] = await job.sink.open(self.name, t.name, provided=bool(t.provided))
             await self._export(job, tables, writers)
             total = sum(w.count for w in writers.values())
             held = sorted({c.category for t in tables for c in t.personal if c.category})
@@ -357,10 +358,10 @@ class SqlConnector:
                 notes=[f"categories of data: {', '.join(held)}"] if held else [])
         finally:
             for writer in writers.values():
-                writer.close()
+                await writer.close()
 
     @staticmethod
-    def _resumable(resume: Mapping[str, Any] | None, writers: dict[str, DatasetWriter]) -> dict[str, Any] | None:
+    async def _resumable(resume: Mapping[str, Any] | None, writers: dict[str, DatasetWriter]) -> dict[str, Any] | None:
         if not resume or resume.get("v") != CURSOR_VERSION:
             return None
         try:
@@ -374,21 +375,21 @@ class SqlConnector:
         if not all(0 <= written[name] <= w.count for name, w in writers.items()):
             return None  # the store lost records since the checkpoint: start again
         for name, w in writers.items():
-            w.truncate(written[name])  # drop what was written after the checkpoint
+            await w.truncate(written[name])  # drop what was written after the checkpoint
         return cursor
 
     @staticmethod
-    def _checkpoint(job: ExportJob, cursor: dict[str, Any], writers: dict[str, DatasetWriter]) -> None:
+    async def _checkpoint(job: ExportJob, cursor: dict[str, Any], writers: dict[str, DatasetWriter]) -> None:
         for w in writers.values():
-            w.flush()  # records durable before the cursor that counts them is heartbeated
+            await w.flush()  # records durable before the cursor that counts them is heartbeated
         cursor["written"] = {name: w.count for name, w in writers.items()}
         job.checkpoint(dict(cursor, written=dict(cursor["written"])))
 
     async def _export(self, job: ExportJob, tables: list[Table], writers: dict[str, DatasetWriter]) -> None:
-        cursor = self._resumable(job.resume, writers)
+        cursor = await self._resumable(job.resume, writers)
         if cursor is None:
             for w in writers.values():
-                w.truncate(0)  # records of an attempt that died before its first checkpoint
+                await w.truncate(0)  # records of an attempt that died before its first checkpoint
             cursor = {"v": CURSOR_VERSION, "table": 0, "last": None, "written": {}}
         for index in range(cursor["table"], len(tables)):
             t = tables[index]
@@ -404,15 +405,18 @@ class SqlConnector:
                 stmt = stmt.where(self._t(t).c[t.key] > cursor["last"])
             writer = writers[t.name]
             key_index = columns.index(t.key)
-            async for rows in self._stream(stmt):
-                for row in rows:
-                    values = row[:key_at] if key_at is not None else row
-                    writer.write({name: jsonable(value) for name, value in zip(columns, values, strict=False)})
-                last = rows[-1][key_index]
-                cursor["last"] = last if isinstance(last, int | str) else str(last)
-                self._checkpoint(job, cursor, writers)
+            # Closed as soon as the export stops (a failed checkpoint, a cancelled attempt), not whenever the event
+            # loop finalizes the generator: its connection, with an unread server-side result, goes back at once.
+            async with contextlib.aclosing(self._stream(stmt)) as batches:
+                async for rows in batches:
+                    for row in rows:
+                        values = row[:key_at] if key_at is not None else row
+                        writer.write({name: jsonable(value) for name, value in zip(columns, values, strict=False)})
+                    last = rows[-1][key_index]
+                    cursor["last"] = last if isinstance(last, int | str) else str(last)
+                    await self._checkpoint(job, cursor, writers)
             cursor.update(table=index + 1, last=None)
-            self._checkpoint(job, cursor, writers)
+            await self._checkpoint(job, cursor, writers)
 
     # --- erasure (Art. 17) ------------------------------------------------------------------------------
 

@@ -30,6 +30,9 @@ from dsr.store.objects import (
     check_prefix,
 )
 
+MAX_POOL_CONNECTIONS = 64
+"""Connections a process keeps open to the object store (botocore's default: 10)."""
+
 PART_SIZE = 8 << 20
 """Bytes per uploaded part (S3's minimum is 5 MiB, except the last): the memory a large upload takes."""
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -91,6 +94,10 @@ class S3Store(ObjectStore):
                 response_checksum_validation=os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
                 s3={"addressing_style": options.get("addressing_style", "auto")},
                 retries={"mode": "standard", "max_attempts": 5},
+                # An export stores its chunks 16 at a time (dsr.store.exports.CHUNKS_PARALLEL), and several exports
+                # run at once on a worker: botocore's default pool of 10 connections would drop and reopen
+                # connections (a TLS handshake each) under that load.
+                max_pool_connections=MAX_POOL_CONNECTIONS,
             )
             client = boto3.session.Session().client(
                 "s3", region_name=os.environ.get("AWS_REGION") or None, config=config

@@ -199,16 +199,16 @@ class Paging(ScriptedConnector):
     """Three pages of 100 records, each flushed and checkpointed as the real connectors do."""
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
-        writer = job.sink.open(self.name, "records", provided=True)
+        writer = await job.sink.open(self.name, "records", provided=True)
         try:
             for page in range(3):
                 for i in range(100):
                     writer.write({"id": page * 100 + i})
-                writer.flush()
+                await writer.flush()
                 job.checkpoint({"page": page + 1, "written": writer.count})
                 await asyncio.sleep(0.01)  # the next page's request
         finally:
-            writer.close()
+            await writer.close()
         return ConnectorOutcome(connector=self.name, found=300, counts={"exported": 300})
 
 

@@ -146,7 +146,7 @@ async def test_locate_is_case_insensitive_and_deduplicated(portal: Portal) -> No
 async def test_export_streams_every_dataset_to_the_encrypted_store(portal: Portal, store: ExportStore) -> None:
     cursors: list[Mapping[str, Any]] = []
     outcome = await portal.connector().export(ExportJob(
-        request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST), checkpoint=cursors.append))
+        request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST), checkpoint=cursors.append))
 
     assert outcome.connector == "hubspot" and outcome.found == 1
     assert {(d.dataset, d.records, d.provided) for d in outcome.datasets} == {
@@ -184,7 +184,7 @@ async def test_export_streams_every_dataset_to_the_encrypted_store(portal: Porta
 
 async def test_portability_exports_only_what_the_subject_provided(portal: Portal, store: ExportStore) -> None:
     outcome = await portal.connector().export(ExportJob(
-        request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST), provided_only=True))
+        request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST), provided_only=True))
     # Only the contact is exported; the associated records are counted so the reply can say what was left out.
     assert [(d.dataset, d.records, d.provided) for d in outcome.datasets] == [
         ("contact", 1, True), ("notes", 2, False), ("deals", 1, False), ("tickets", 1, False), ("emails", 2, False)]
@@ -199,7 +199,7 @@ async def test_export_pages_through_many_associations(portal: Portal, store: Exp
     made = portal.state.seed_activity(portal.ids["contact"], notes=250)
     cursors: list[Mapping[str, Any]] = []
     outcome = await portal.connector().export(ExportJob(
-        request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST), checkpoint=cursors.append))
+        request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST), checkpoint=cursors.append))
     assert {d.dataset: d.records for d in outcome.datasets}["notes"] == 252
     assert [n["id"] for n in store.read(REQUEST, "hubspot", "notes")] == portal.ids["notes"] + made["notes"]
     assert len(cursors) == 1 + 3 + 3  # contact, notes in 3 pages of 100, deals, tickets, emails
@@ -221,7 +221,7 @@ async def test_export_resumes_after_a_crash_without_duplicates(portal: Portal, s
             raise Crash
         heartbeats.append(dict(cursor))
 
-    sink = store.for_request(REQUEST)
+    sink = store.sink(REQUEST)
     with pytest.raises(Crash):
         await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
                                                   checkpoint=dies_after_three))
@@ -246,7 +246,7 @@ async def test_export_resumes_after_a_crash_without_duplicates(portal: Portal, s
 
 
 async def test_export_without_a_cursor_starts_over_cleanly(portal: Portal, store: ExportStore) -> None:
-    sink = store.for_request(REQUEST)
+    sink = store.sink(REQUEST)
 
     def crash(cursor: Mapping[str, Any]) -> None:
         raise Crash
@@ -260,7 +260,7 @@ async def test_export_without_a_cursor_starts_over_cleanly(portal: Portal, store
 
 async def test_export_of_an_unknown_subject_writes_nothing(portal: Portal, store: ExportStore) -> None:
     outcome = await portal.connector().export(ExportJob(
-        request_id=REQUEST, subject=Subject(email="nobody@example.org"), sink=store.for_request(REQUEST)))
+        request_id=REQUEST, subject=Subject(email="nobody@example.org"), sink=store.sink(REQUEST)))
     assert outcome.found == 0 and outcome.counts == {"exported": 0} and store.datasets(REQUEST) == []
 
 
@@ -447,7 +447,7 @@ async def test_server_errors_and_dropped_connections_are_transient(portal: Porta
         await connector.erase(OperationJob(request_id=REQUEST, subject=SUBJECT))
     portal.faults.drop_next = READ_TRIES
     with pytest.raises(TransientConnectorError, match="connection failed"):
-        await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST)))
+        await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST)))
     assert portal.state.gdpr_deleted == set()
     # The same connector works again once the fault is gone.
     assert len(await connector.locate(SUBJECT)) == 1
@@ -529,7 +529,7 @@ async def test_a_contact_with_the_subjects_address_as_a_secondary_one_is_located
     found = await connector.locate(SUBJECT)
     assert [loc.record_id for loc in found] == [portal.ids["contact"], merged]
 
-    outcome = await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.for_request(REQUEST)))
+    outcome = await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST)))
     assert outcome.found == 2
     assert [c["id"] for c in store.read(REQUEST, "hubspot", "contact")] == [portal.ids["contact"], merged]
     assert note in [n["id"] for n in store.read(REQUEST, "hubspot", "notes")]

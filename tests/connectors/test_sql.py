@@ -141,16 +141,16 @@ class Writer:
         else:
             self.written += 1
 
-    def truncate(self, count: int) -> None:
+    async def truncate(self, count: int) -> None:
         if self.keep:
             del self.records[count:]
         else:
             self.written = min(self.written, count)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         pass
 
-    def close(self) -> None:
+    async def close(self) -> None:
         pass
 
 
@@ -160,7 +160,7 @@ class Sink:
         self.writers: dict[str, Writer] = {}
         self.provided: dict[str, bool] = {}
 
-    def open(self, system: str, dataset: str, *, provided: bool) -> Writer:
+    async def open(self, system: str, dataset: str, *, provided: bool) -> Writer:
         self.provided[dataset] = provided
         return self.writers.setdefault(dataset, Writer(self.keep))
 

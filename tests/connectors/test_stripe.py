@@ -171,7 +171,7 @@ async def test_the_demo_customer_registered_with_capitals_is_found_by_search() -
     async with another_sandbox(state) as connector:
         rid = request_id()
         outcome = await connector.export(ExportJob(rid, Subject(email="lucas.petit@example.org"),
-                                                   STORE.for_request(rid)))
+                                                   STORE.sink(rid)))
     assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [lucas]
     assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 1
     assert searched(state) == 1 and scanned(state) == 0  # found by the search, no scan
@@ -182,7 +182,7 @@ async def test_without_search_the_listing_path_finds_it_and_says_so() -> None:
     state, lucas = demo_stripe()
     async with another_sandbox(state, search=False) as connector:
         outcome = await connector.export(ExportJob(rid := request_id(), Subject(email="lucas.petit@example.org"),
-                                                   STORE.for_request(rid)))
+                                                   STORE.sink(rid)))
         assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [lucas]
         assert "customer search: not supported by this server" in outcome.notes
         assert any("by listing every customer instead" in note for note in outcome.notes)
@@ -191,7 +191,7 @@ async def test_without_search_the_listing_path_finds_it_and_says_so() -> None:
         # that misses.
         connector._scan_without_search = False
         outcome = await connector.export(ExportJob(rid := request_id(), Subject(email="lucas.petit@example.org"),
-                                                   STORE.for_request(rid)))
+                                                   STORE.sink(rid)))
         assert outcome.counts == {"exported": 0}
         assert any("exact email only" in note and "other capitals" in note for note in outcome.notes)
         assert [loc.record_id for loc in await connector.locate(Subject(email="Lucas.Petit@example.org"))] == [
@@ -224,12 +224,12 @@ async def test_search_lags_and_the_connector_says_so() -> None:
     async with another_sandbox(state) as connector:
         rid = request_id()
         outcome = await connector.export(ExportJob(rid, Subject(email="lucas.petit@example.org"),
-                                                   STORE.for_request(rid)))
+                                                   STORE.sink(rid)))
         assert outcome.counts == {"exported": 0}
         assert any(note.startswith("customer search found no one") and "a minute" in note
                    for note in outcome.notes)
         rid = request_id()
-        outcome = await connector.export(ExportJob(rid, Subject(email=registered), STORE.for_request(rid)))
+        outcome = await connector.export(ExportJob(rid, Subject(email=registered), STORE.sink(rid)))
         assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]  # the exact lookup
         assert any("had not yet indexed 1 customer(s)" in note for note in outcome.notes)
         assert not any("@" in note or "lucas" in note.lower() for note in outcome.notes)  # no one named
@@ -256,7 +256,7 @@ async def test_export_streams_every_record_once_into_the_encrypted_store(
                                    subscription=True)
     rid = request_id()
     cursors: list[Mapping[str, Any]] = []
-    outcome = await stripe_.export(ExportJob(rid, Subject(email=email.lower()), STORE.for_request(rid),
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email.lower()), STORE.sink(rid),
                                              checkpoint=cursors.append))
     expected = charge_ids(server, customer)
     assert len(expected) == 251  # 250 and the subscription's first invoice
@@ -296,14 +296,14 @@ async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox
             raise RuntimeError("worker killed")
 
     with pytest.raises(RuntimeError, match="worker killed"):
-        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid),
+        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid),
                                        checkpoint=dies_after_the_second_charges_page))
     # The heartbeat of the last page never reached Temporal: resume from the one before it, whose
     # 100 charges are followed in the file by 100 more the retry must drop.
     last_heartbeat = cursors[-2]
     assert last_heartbeat["written"]["charges"] == 100
     assert sum(1 for _ in STORE.read(rid, "stripe", "charges")) == 200
-    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid),
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid),
                                              resume=last_heartbeat))
     exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
     assert len(exported) == len(set(exported)) == 250
@@ -324,8 +324,8 @@ async def test_a_fresh_export_replaces_what_a_crashed_attempt_left(
             raise RuntimeError("worker killed")
 
     with pytest.raises(RuntimeError):
-        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), checkpoint=dies))
-    await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid)))  # no cursor survived
+        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), checkpoint=dies))
+    await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid)))  # no cursor survived
     exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
     assert len(exported) == len(set(exported)) == 120
 
@@ -338,7 +338,7 @@ async def test_a_customer_deleted_before_a_resumed_export_is_skipped_with_a_note
         assert client.delete(f"/v1/customers/{customer}").status_code == 200
     rid = request_id()
     cursor = {"v": 2, "provided_only": False, "customers": [customer], "step": 0, "after": None, "written": {}}
-    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), resume=cursor))
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), resume=cursor))
     # The customer is gone; its payments stay in Stripe (accounting records), so they are still the subject's data.
     counts = {d.dataset: d.records for d in outcome.datasets}
     assert counts["customer"] == 0 and counts["charges"] == counts["payment_intents"] == 3
@@ -349,7 +349,7 @@ async def test_portability_exports_what_the_subject_provided(server: StripeSandb
     email = unique_email()
     await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=3, subscription=True)
     rid = request_id()
-    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), provided_only=True))
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), provided_only=True))
     assert {d.dataset for d in outcome.datasets if d.provided} == {
         "customer", "charges", "subscriptions", "payment_methods", "checkout_sessions"}
     # Invoices and payment intents are Stripe's records, not the subject's: counted for the reply, not exported.
@@ -657,8 +657,8 @@ async def test_a_server_error_in_the_middle_of_an_export_is_transient(
 
     stripe_._http._client_async.event_hooks["request"].append(fail_the_second_charges_page)
     with pytest.raises(TransientConnectorError):
-        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), checkpoint=cursors.append))
-    await stripe_.export(ExportJob(rid, Subject(email=email), STORE.for_request(rid), resume=cursors[-1]))
+        await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), checkpoint=cursors.append))
+    await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), resume=cursors[-1]))
     exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
     assert len(exported) == len(set(exported)) == 150
 
@@ -714,7 +714,7 @@ async def test_every_dataset_is_exported_with_billing_details_and_shipping(
                                               address={"line1": "3 rue Neuve", "city": "Lille", "country": "FR"})
     server.state.add_checkout_session(email=unique_email("someone.else"), name="Someone Else")
     rid = request_id()
-    outcome = await stripe_.export(ExportJob(rid, Subject(email=email.lower()), STORE.for_request(rid)))
+    outcome = await stripe_.export(ExportJob(rid, Subject(email=email.lower()), STORE.sink(rid)))
     counts = {d.dataset: d.records for d in outcome.datasets}
     assert counts == {"customer": 1, "charges": 4, "payment_intents": 4, "invoices": 1, "credit_notes": 1,
                       "quotes": 1, "subscriptions": 1, "payment_methods": 1, "setup_intents": 1,
@@ -779,7 +779,7 @@ async def test_a_planted_fault_in_a_sandbox_answer_is_reported() -> None:
     try:
         await connector.locate(Subject(email="planted@example.org"))
         await connector.export(ExportJob(rid := request_id(), Subject(email="planted@example.org"),
-                                         STORE.for_request(rid)))
+                                         STORE.sink(rid)))
     finally:
         await connector.aclose()
         await running.stop()
@@ -910,7 +910,7 @@ async def test_guest_sessions_are_found_once_whatever_case_the_filter_honours(ig
     try:
         found = await connector.locate(Subject(email=given))
         rid = request_id()
-        outcome = await connector.export(ExportJob(rid, Subject(email=given), STORE.for_request(rid)))
+        outcome = await connector.export(ExportJob(rid, Subject(email=given), STORE.sink(rid)))
     finally:
         await connector.aclose()
         await running.stop()

@@ -136,7 +136,7 @@ async def test_export_streams_every_order_once_into_the_store(shop: Shop, store:
     customer = heavy_customer(shop.state, 1234)
     cursors: list[Mapping[str, Any]] = []
     outcome = await shop.connector.export(ExportJob(REQUEST, Subject(email="heavy.buyer@example.org"),
-                                                    store.for_request(REQUEST), checkpoint=cursors.append))
+                                                    store.sink(REQUEST), checkpoint=cursors.append))
     assert outcome.counts == {"exported": 1 + 1235} and outcome.found == 1236
     assert [(d.dataset, d.records, d.provided) for d in outcome.datasets] == [("customer", 1, True),
                                                                               ("orders", 1235, True)]
@@ -171,7 +171,7 @@ async def test_a_billed_search_failing_ahead_is_taken_up_where_it_stopped(shop: 
     shop.connector._billed_search = failing_ahead  # type: ignore[method-assign,assignment]
     cursors: list[Mapping[str, Any]] = []
     outcome = await shop.connector.export(ExportJob(REQUEST, Subject(email="heavy.buyer@example.org"),
-                                                    store.for_request(REQUEST), checkpoint=cursors.append))
+                                                    store.sink(REQUEST), checkpoint=cursors.append))
     expected = [o["id"] for o in shop.state.orders_billed_to("heavy.buyer@example.org")]
     assert [o["id"] for o in store.read(REQUEST, "woocommerce", "orders")] == expected
     assert outcome.counts == {"exported": 1 + 1235}
@@ -195,7 +195,7 @@ async def test_export_resumes_after_a_crash_with_every_order_exactly_once(shop: 
         heartbeats.append(cursor)
 
     with pytest.raises(WorkerKilled):
-        await shop.connector.export(ExportJob(REQUEST, subject, store.for_request(REQUEST),
+        await shop.connector.export(ExportJob(REQUEST, subject, store.sink(REQUEST),
                                               checkpoint=crash_after_page_5))
     last = heartbeats[-1]
     assert last["page"] == 5 and last["written"]["orders"] == 500
@@ -203,7 +203,7 @@ async def test_export_resumes_after_a_crash_with_every_order_exactly_once(shop: 
 
     shop.state.add_guest_order("heavy.buyer@example.org")  # an order arriving meanwhile is exported too
     resumed: list[Mapping[str, Any]] = []
-    outcome = await shop.connector.export(ExportJob(REQUEST, subject, store.for_request(REQUEST),
+    outcome = await shop.connector.export(ExportJob(REQUEST, subject, store.sink(REQUEST),
                                                     resume=last, checkpoint=resumed.append))
     assert resumed[0]["page"] == 6  # continued after the checkpoint, not from the start
     ids = [o["id"] for o in store.read(REQUEST, "woocommerce", "orders")]
@@ -216,8 +216,8 @@ async def test_export_resumes_after_a_crash_with_every_order_exactly_once(shop: 
 async def test_a_fresh_export_drops_records_of_an_attempt_that_never_checkpointed(shop: Shop,
                                                                                  store: ExportStore) -> None:
     seed_lea(shop.state)
-    sink = store.for_request(REQUEST)
-    with sink.open("woocommerce", "orders", provided=True) as stale:
+    sink = store.sink(REQUEST)
+    with store.for_request(REQUEST).open("woocommerce", "orders", provided=True) as stale:
         stale.write({"id": 999999})
     await shop.connector.export(ExportJob(REQUEST, LEA, sink))
     assert len(list(store.read(REQUEST, "woocommerce", "orders"))) == 3
@@ -225,7 +225,7 @@ async def test_a_fresh_export_drops_records_of_an_attempt_that_never_checkpointe
 
 async def test_portability_marks_profile_and_orders_as_provided(shop: Shop, store: ExportStore) -> None:
     seed_lea(shop.state)
-    outcome = await shop.connector.export(ExportJob(REQUEST, LEA, store.for_request(REQUEST), provided_only=True))
+    outcome = await shop.connector.export(ExportJob(REQUEST, LEA, store.sink(REQUEST), provided_only=True))
     assert {(d.dataset, d.records, d.provided) for d in outcome.datasets} == {("customer", 1, True),
                                                                               ("orders", 3, True)}
     assert {(d.dataset, d.provided) for d in store.datasets(REQUEST)} == {("customer", True), ("orders", True)}
@@ -292,7 +292,7 @@ async def test_orders_placed_from_another_account_with_the_billing_email_are_fou
     found = await shop.connector.locate(LEA)
     assert Located("orders", str(order["id"])) in found
     assert Located("customer", str(lea["id"])) in found and len(found) == 1 + 2 + 1 + 1  # the decoys are not
-    outcome = await shop.connector.export(ExportJob(REQUEST, LEA, store.for_request(REQUEST)))
+    outcome = await shop.connector.export(ExportJob(REQUEST, LEA, store.sink(REQUEST)))
     stored = {o["id"]: o for o in store.read(REQUEST, "woocommerce", "orders")}
     assert sorted(stored) == sorted(o["id"] for o in shop.state.orders_billed_to("lea.petit@example.org"))
     assert stored[order["id"]]["billing"]["city"] == "Nantes" and outcome.counts == {"exported": 1 + 4}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -221,3 +222,63 @@ def test_a_chunk_that_fails_to_store_stops_the_later_ones_their_checkpoints_and_
     with machine(storage_url).for_request(REQUEST).open("shop", "orders", provided=True) as resumed:
         assert resumed.count == 100
     assert store.objects.list(PREFIX) == [f"{PREFIX}00000000-100.chunk", f"{PREFIX}meta.json"]
+
+
+# --- what a connector on the worker's event loop writes to (ExportStore.sink) -------------------------------
+
+
+async def test_a_connector_waits_for_the_storers_room_without_holding_up_the_event_loop(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three chunks handed over while the first one's PUT is held: the flush waits (at most one chunk may be
+    behind), and meanwhile the event loop runs, here the task that lets the PUT through. A writer that blocked
+    the loop until the storer had room would never let it through: the PUT would give up after 10 s and fail."""
+    store = machine(storage_url)
+    gate = hold_at_the_gate(store, "00000000-100.chunk", monkeypatch)
+    storer = ChunkStorer(parallel=1, behind=1)
+    try:
+        writer = await store.sink(REQUEST, storer=storer).open("shop", "orders", provided=True)
+        for record in orders(0, 300):
+            writer.write(record)  # three full chunks sealed and handed over; the first is held at the gate
+        flushing = asyncio.create_task(writer.flush())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not flushing.done()  # three chunks behind, one allowed: it waits
+        gate.set()  # run by the event loop while the flush waits
+        await asyncio.wait_for(flushing, 10)
+        await writer.close()
+    finally:
+        gate.set()
+        storer.close()
+    assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(300))
+
+
+async def test_opening_and_closing_a_dataset_wait_on_the_store_off_the_event_loop(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opening a dataset writes its meta.json and lists its chunks; closing waits for the last PUTs. Both are
+    round trips to the object store: held here until a task of the event loop lets them through."""
+    store = machine(storage_url)
+    opened = hold_at_the_gate(store, "orders/meta.json", monkeypatch)
+    opening = asyncio.create_task(store.sink(REQUEST).open("shop", "orders", provided=True))
+    await asyncio.sleep(0)  # the open starts; its PUT waits at the gate
+    opened.set()
+    writer = await asyncio.wait_for(opening, 10)
+
+    storer = ChunkStorer()
+    stored = hold_at_the_gate(store, "00000000-50.chunk", monkeypatch)
+    try:
+        writer = await store.sink(REQUEST, storer=storer).open("shop", "orders", provided=True)
+        for record in orders(0, 50):
+            writer.write(record)
+        await writer.flush()  # handed over; its PUT is held
+        closing = asyncio.create_task(writer.close())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not closing.done()  # the close waits for the chunk's PUT
+        stored.set()
+        await asyncio.wait_for(closing, 10)
+    finally:
+        stored.set()
+        storer.close()
+    assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(50))

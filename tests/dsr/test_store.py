@@ -162,3 +162,12 @@ def test_the_cli_stops_with_one_line_when_the_bucket_is_missing(command: list[st
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error: s3://no-such-bucket/dsr/: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+def test_an_s3_store_keeps_a_connection_for_each_chunk_an_export_stores_at_once() -> None:
+    """botocore keeps 10 connections by default; an export stores CHUNKS_PARALLEL chunks at once, and several
+    exports run on a worker: with fewer connections, each PUT beyond the pool would open (and TLS-handshake) one."""
+    from dsr.store.exports import CHUNKS_PARALLEL
+
+    store = store_at("s3://dsr-bucket/exports")
+    assert store._client.meta.config.max_pool_connections >= 2 * CHUNKS_PARALLEL  # type: ignore[attr-defined]

@@ -92,23 +92,23 @@ class PagingShop:
         if self.down_for > 0:
             self.down_for -= 1
             raise TransientConnectorError("service unavailable (503)")
-        orders = job.sink.open(self.name, "orders", provided=True)
+        orders = await job.sink.open(self.name, "orders", provided=True)
         try:
             page = int(job.resume["page"]) if job.resume else 0
-            orders.truncate(page * self.per_page)  # what an attempt wrote after its last checkpoint goes
+            await orders.truncate(page * self.per_page)  # what an attempt wrote after its last checkpoint goes
             for _ in range(self.pages_per_call):
                 if page == self.pages:
                     break
                 self.served[page] += 1
                 for i in range(self.per_page):
                     orders.write({"id": page * self.per_page + i, "email": job.subject.email})
-                orders.flush()
+                await orders.flush()
                 page += 1
                 job.checkpoint({"page": page})
             if page < self.pages:
                 raise TransientConnectorError("service unavailable (503)", retry_after=self.retry_after)
         finally:
-            orders.close()
+            await orders.close()
         total = self.pages * self.per_page
         return ConnectorOutcome(connector=self.name, found=total, counts={"exported": total},
                                 datasets=[DatasetSummary("orders", total, provided=True)])
