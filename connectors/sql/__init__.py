@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -329,7 +329,7 @@ class SqlConnector:
 
     # --- export (Art. 15, 20) ---------------------------------------------------------------------------
 
-    async def _stream(self, stmt: Select[Any]) -> AsyncIterator[Sequence[Any]]:
+    async def _stream(self, stmt: Select[Any]) -> AsyncGenerator[Sequence[Any]]:
         """Batches of rows from a server-side cursor: at most ``batch_size`` rows are held at a time."""
         conn = await self._db("connect", self._engine.connect)
         try:
