@@ -43,7 +43,10 @@ from connectors.base import (
     PermanentConnectorError,
     RetentionRule,
     TransientConnectorError,
+    close_datasets,
+    open_datasets,
     tally,
+    truncate_datasets,
 )
 from connectors.http import RateLimiter, send, tls_context
 from dsr.domain.model import (
@@ -344,14 +347,12 @@ class HubSpotConnector:
 
         writers: dict[str, DatasetWriter] = {}
         try:
-            for ds in datasets:
-                writers[ds] = await job.sink.open(self.name, ds, provided=ds in PROVIDED)
+            writers = await open_datasets(job.sink, self.name, datasets, PROVIDED)
             if resumed and any(writers[ds].count < state["written"][ds] for ds in datasets):
                 # The store lost records the cursor counts (e.g. unflushed at a crash): start over.
                 state = {"contacts": contacts, "step": 0, "after": None, "written": dict.fromkeys(datasets, 0)}
                 resumed = False
-            for ds in datasets:  # drop what was written after the last checkpoint (or all, when fresh)
-                await writers[ds].truncate(state["written"][ds])
+            await truncate_datasets(writers, state["written"])  # drop what followed the last checkpoint (all, fresh)
 
             step: int = state["step"]
             after: str | None = state["after"]
@@ -390,8 +391,7 @@ class HubSpotConnector:
                 })
             summaries = [DatasetSummary(ds, writers[ds].count, provided=ds in PROVIDED) for ds in datasets]
         finally:
-            for writer in writers.values():
-                await writer.close()
+            await close_datasets(writers)
 
         outcome.counts = {"exported": sum(s.records for s in summaries)}
         if job.provided_only:

@@ -101,7 +101,10 @@ from connectors.base import (
     PermanentConnectorError,
     RetentionRule,
     TransientConnectorError,
+    close_datasets,
+    open_datasets,
     tally,
+    truncate_datasets,
 )
 from connectors.http import READ_TRIES, RateLimiter, parse_retry_after, tried_in_place
 from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
@@ -598,8 +601,7 @@ class StripeConnector:
         datasets = [d for d in DATASETS if not job.provided_only or d in PROVIDED]
         writers: dict[str, DatasetWriter] = {}
         try:
-            for dataset in datasets:
-                writers[dataset] = await job.sink.open(self.name, dataset, provided=dataset in PROVIDED)
+            writers = await open_datasets(job.sink, self.name, datasets, PROVIDED)
             step_index, after, written = 0, None, {}
             if resume is not None:
                 written = {str(k): int(v) for k, v in resume["written"].items()}
@@ -608,8 +610,7 @@ class StripeConnector:
                 else:  # records checkpointed but lost (e.g. an unflushed file): start over, exactly once
                     written = {}
                     notes.append("the previous attempt's export was incomplete: exported again from the start")
-            for dataset in datasets:  # drop what was written after the last checkpoint (all of it, fresh)
-                await writers[dataset].truncate(written.get(dataset, 0))
+            await truncate_datasets(writers, written)  # drop what was written after the last checkpoint (all, fresh)
 
             async def checkpoint(written_to: DatasetWriter) -> None:
                 await written_to.flush()  # stored before the cursor that counts them is heartbeated
@@ -636,8 +637,7 @@ class StripeConnector:
                 await checkpoint(writer)
             summaries = [DatasetSummary(d, writers[d].count, provided=d in PROVIDED) for d in datasets]
         finally:
-            for writer in writers.values():
-                await writer.close()
+            await close_datasets(writers)
         total = sum(s.records for s in summaries)
         if job.provided_only:
             # Counted, not exported: the reply tells the subject what portability leaves out (Art. 20 covers

@@ -66,9 +66,12 @@ from connectors.base import (
     OperationJob,
     PermanentConnectorError,
     TransientConnectorError,
+    close_datasets,
     no_marketing_control,
     no_restriction_control,
+    open_datasets,
     tally,
+    truncate_datasets,
 )
 from connectors.sql.map import MODIFYING, SqlMap, Table
 from dsr.domain.model import (
@@ -347,8 +350,8 @@ class SqlConnector:
         tables = [t for t in self.map.tables if t.provided or not job.provided_only]
         writers: dict[str, DatasetWriter] = {}
         try:
-            for t in tables:
-                writers[t.name] = await job.sink.open(self.name, t.name, provided=bool(t.provided))
+            writers = await open_datasets(job.sink, self.name, [t.name for t in tables],
+                                          {t.name for t in tables if t.provided})
             await self._export(job, tables, writers)
             total = sum(w.count for w in writers.values())
             held = sorted({c.category for t in tables for c in t.personal if c.category})
@@ -357,8 +360,7 @@ class SqlConnector:
                 datasets=[DatasetSummary(t.name, writers[t.name].count, provided=bool(t.provided)) for t in tables],
                 notes=[f"categories of data: {', '.join(held)}"] if held else [])
         finally:
-            for writer in writers.values():
-                await writer.close()
+            await close_datasets(writers)
 
     @staticmethod
     async def _resumable(resume: Mapping[str, Any] | None, writers: dict[str, DatasetWriter]) -> dict[str, Any] | None:
@@ -374,8 +376,7 @@ class SqlConnector:
             return None
         if not all(0 <= written[name] <= w.count for name, w in writers.items()):
             return None  # the store lost records since the checkpoint: start again
-        for name, w in writers.items():
-            await w.truncate(written[name])  # drop what was written after the checkpoint
+        await truncate_datasets(writers, written)  # drop what was written after the checkpoint
         return cursor
 
     @staticmethod
@@ -388,8 +389,7 @@ class SqlConnector:
     async def _export(self, job: ExportJob, tables: list[Table], writers: dict[str, DatasetWriter]) -> None:
         cursor = await self._resumable(job.resume, writers)
         if cursor is None:
-            for w in writers.values():
-                await w.truncate(0)  # records of an attempt that died before its first checkpoint
+            await truncate_datasets(writers, {})  # records of an attempt that died before its first checkpoint
             cursor = {"v": CURSOR_VERSION, "table": 0, "last": None, "written": {}}
         for index in range(cursor["table"], len(tables)):
             t = tables[index]

@@ -5,6 +5,7 @@ OpenAPI description (tests/apispec)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from starlette.routing import Route
 
 from connectors.base import (
     Connector,
+    DatasetWriter,
     ExportJob,
     OperationJob,
     PermanentConnectorError,
@@ -30,7 +32,7 @@ from connectors.base import (
     unexpected_remains,
 )
 from connectors.http import READ_TRIES, RateLimiter
-from connectors.stripe import LEGAL_BASIS, StripeConnector
+from connectors.stripe import DATASETS, LEGAL_BASIS, StripeConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.web.serve import serve_app
 from sandbox.demo import seed_stripe
@@ -951,3 +953,28 @@ async def test_restrict_marks_the_customer_metadata_and_lifting_unsets_it(
     assert (await stripe_.lift_restriction(job)).counts == {"unchanged": 1}
     nobody = await stripe_.restrict(OperationJob(rid, Subject(email=unique_email("nobody"))))
     assert nobody.report == [] and nobody.found == 0
+
+
+async def test_the_export_opens_its_datasets_at_once(server: StripeSandbox, stripe_: StripeConnector) -> None:
+    """Each opening is a round trip or two to the object store: a dozen datasets opened one after the other
+    waited a dozen round trips before the first call to Stripe. Here every opening waits until all are asked:
+    opened one at a time, the first would wait for ever (the test gives up after 10 s)."""
+    email = unique_email()
+    await seed_customer(server.url, server.api_key, email=email, name="Inès Moreau", charges=2)
+    rid = request_id()
+    store_sink = STORE.sink(rid)
+    asked: list[str] = []
+    everyone_asked = asyncio.Event()
+
+    class Gathered:
+        async def open(self, system: str, dataset: str, *, provided: bool) -> DatasetWriter:
+            asked.append(dataset)
+            if len(asked) == len(DATASETS):
+                everyone_asked.set()
+            await everyone_asked.wait()
+            return await store_sink.open(system, dataset, provided=provided)
+
+    outcome = await asyncio.wait_for(stripe_.export(ExportJob(rid, Subject(email=email), Gathered())), 10)
+    assert sorted(asked) == sorted(DATASETS)
+    assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 2
+    assert [d.dataset for d in outcome.datasets][: len(DATASETS)] == list(DATASETS)  # the connector's order kept
