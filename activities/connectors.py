@@ -205,13 +205,12 @@ class ConnectorActivities:
 
 
     def _compact(self, task: ConnectorTask, outcome: ConnectorOutcome) -> ConnectorOutcome:
-        """Keep workflow history small: a long per-record report goes to the object store, sealed.
+        """Keep workflow history small: a report longer than ``REPORT_LINES_IN_HISTORY`` goes to the object store,
+        sealed (blocking: run in a thread).
 
         Temporal refuses payloads over ~2 MB; 10,000 anonymised orders would pass it. The history keeps
         one line per (dataset, action, legal basis) with the count and the latest retention date.
         """
-        if len(outcome.report) <= REPORT_LINES_IN_HISTORY:
-            return outcome
         writer = self._exports.for_request(task.request_id).open(task.connector, "report", provided=False)
         try:
             writer.truncate(0)  # a retried attempt rewrites the whole report
