@@ -44,7 +44,10 @@ from connectors.base import (
     OperationJob,
     PermanentConnectorError,
     RetentionRule,
+    close_datasets,
+    open_datasets,
     tally,
+    truncate_datasets,
 )
 from connectors.http import READ_TRIES, SAFE_METHODS, RateLimiter, send, tls_context, tried_in_place
 from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, RecordReport, RequestKind, Subject
@@ -53,6 +56,8 @@ API_PATH = "/wp-json/wc/v3"
 PAGE_SIZE = 100  # the API's maximum per_page
 BATCH_SIZE = 100  # the API's default maximum of items per batch request
 CURSOR_VERSION = 1
+EXPORTED = ("customer", "orders")
+"""The datasets an export writes; both hold what the subject provided (Art. 20): the same records either way."""
 
 BILLING_FIELDS = ("first_name", "last_name", "company", "address_1", "address_2", "city", "state", "postcode",
                   "country", "email", "phone")
@@ -331,11 +336,9 @@ class WooCommerceConnector:
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         # Profile, addresses and orders are all data the subject provided (Art. 20): same records either way.
-        async with contextlib.AsyncExitStack() as stack:
-            customers = await job.sink.open(self.name, "customer", provided=True)
-            stack.push_async_callback(customers.close)
-            orders = await job.sink.open(self.name, "orders", provided=True)
-            stack.push_async_callback(orders.close)
+        writers = await open_datasets(job.sink, self.name, EXPORTED, EXPORTED)
+        try:
+            customers, orders = writers["customer"], writers["orders"]
             await self._export(job, customers, orders)
             total = customers.count + orders.count
             return ConnectorOutcome(
@@ -345,10 +348,12 @@ class WooCommerceConnector:
                 datasets=[DatasetSummary("customer", customers.count, provided=True),
                           DatasetSummary("orders", orders.count, provided=True)],
             )
+        finally:
+            await close_datasets(writers)
 
     @staticmethod
     async def _resumable(resume: Mapping[str, Any] | None, customers: DatasetWriter,
-                   orders: DatasetWriter) -> dict[str, Any] | None:
+                         orders: DatasetWriter) -> dict[str, Any] | None:
         """The checkpoint to continue from, with the writers rewound to it; None to start afresh."""
         if not resume or resume.get("v") != CURSOR_VERSION:
             return None
@@ -368,8 +373,9 @@ class WooCommerceConnector:
             return None
         if not (0 <= kept_customers <= customers.count and 0 <= kept_orders <= orders.count):
             return None  # the store lost records since the checkpoint: start again
-        await customers.truncate(kept_customers)  # drop what was written after the checkpoint
-        await orders.truncate(kept_orders)
+        # Drop what was written after the checkpoint.
+        await truncate_datasets({"customer": customers, "orders": orders},
+                                {"customer": kept_customers, "orders": kept_orders})
         return cursor
 
     async def _checkpoint(self, job: ExportJob, cursor: dict[str, Any], *writers: DatasetWriter) -> None:
@@ -382,8 +388,8 @@ class WooCommerceConnector:
         email = job.subject.email
         cursor = await self._resumable(job.resume, customers, orders)
         if cursor is None:
-            await customers.truncate(0)  # records of an attempt that crashed before its first checkpoint
-            await orders.truncate(0)
+            # Records of an attempt that crashed before its first checkpoint.
+            await truncate_datasets({"customer": customers, "orders": orders}, {})
             found = await self._find_customers(email)
             for customer in found:
                 customers.write(_record(customer))
