@@ -31,6 +31,7 @@ from dsr.config.profile import ControllerProfile, ProfileFile
 from dsr.config.settings import Settings
 from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
 from dsr.errors import ConfigurationError
+from dsr.runtime.workflow_code import compile_once
 from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
@@ -255,7 +256,9 @@ def build_worker(
     workflow_runner: WorkflowRunner | None = None,
 ) -> Worker:
     """The engine's worker. ``workflow_runner`` is a test seam (the tests validate the workflow definitions in
-    the sandbox once per process rather than at every worker start); left out, the SDK's sandbox."""
+    the sandbox once per process rather than at every worker start); left out, the SDK's sandbox, which executes
+    the workflow modules afresh for each run from code compiled once per process (``dsr.runtime.workflow_code``)."""
+    compile_once("workflows")
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

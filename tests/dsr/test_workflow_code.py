@@ -1,0 +1,85 @@
+"""The worker's workflow modules compiled once per process (``dsr.runtime.workflow_code``), run in the SDK's real
+sandbox on the time-skipping test server: every run still gets a module of its own, and the source is compiled
+once, where Python without bytecode on disk compiled it for every run."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.worker import Worker
+
+from dsr.runtime.workflow_code import compile_once
+from tests.servers import time_skipping_server
+
+WORKFLOW_SOURCE = textwrap.dedent('''
+    from temporalio import workflow
+
+    RUNS: list[str] = []  # module state: a run that shared its module with another would see both
+
+
+    @workflow.defn
+    class CountsItsModuleRuns:
+        @workflow.run
+        async def run(self) -> int:
+            RUNS.append(workflow.info().workflow_id)
+            return len(RUNS)
+''')
+
+
+@pytest.fixture
+def workflow_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[str]]]:
+    """A package of one workflow module, importable, with no bytecode on disk and none written (as under
+    PYTHONDONTWRITEBYTECODE=1); returns its name and the list every compile of its module is noted in."""
+    name = f"compiled_once_{uuid.uuid4().hex[:8]}"
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "flow.py").write_text(WORKFLOW_SOURCE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # compile_once's finder goes with the test
+
+    compiles: list[str] = []
+    source_to_code = importlib.machinery.SourceFileLoader.source_to_code
+
+    def noting(self: Any, data: Any, path: Any, *, _optimize: int = -1) -> Any:
+        if str(path) == str(package / "flow.py"):
+            compiles.append(str(path))
+        return source_to_code(self, data, path, _optimize=_optimize)
+
+    monkeypatch.setattr(importlib.machinery.SourceFileLoader, "source_to_code", noting)
+    yield name, compiles
+    for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+        del sys.modules[module]
+
+
+async def run_three(module_name: str) -> list[int]:
+    module = importlib.import_module(f"{module_name}.flow")
+    async with time_skipping_server(None, search_attributes=False) as env:
+        queue = f"compiled-once-{uuid.uuid4().hex[:6]}"
+        async with Worker(env.client, task_queue=queue, workflows=[module.CountsItsModuleRuns]):
+            return [await env.client.execute_workflow(module.CountsItsModuleRuns.run, id=f"{queue}-{n}",
+                                                      task_queue=queue) for n in range(3)]
+
+
+async def test_each_run_has_a_module_of_its_own_compiled_once(workflow_package: tuple[str, list[str]]) -> None:
+    name, compiles = workflow_package
+    compile_once(name)
+    assert await run_three(name) == [1, 1, 1]  # no run saw another's module state
+    assert len(compiles) == 1
+
+
+async def test_without_it_every_sandboxed_run_compiles_the_module_again(
+        workflow_package: tuple[str, list[str]]) -> None:
+    """What compile_once is for, shown on the same package: the import outside the sandbox, the worker's check of
+    the workflow in the sandbox and each of the three runs compile the source once each."""
+    name, compiles = workflow_package
+    assert await run_three(name) == [1, 1, 1]
+    assert len(compiles) >= 4
