@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import temporalio.converter
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import PydanticPayloadConverter
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
 
 from dsr.store.crypto import (
     _PAYLOAD_AAD,
@@ -168,12 +168,26 @@ class _RefusedPayloadConverter(temporalio.converter.EncodingPayloadConverter):
         raise error(message)
 
 
+# One JSON converter, and so one cache of pydantic TypeAdapters, for every EnginePayloadConverter of the process.
+# The SDK makes a payload converter for each workflow run it starts (the run's own, in the sandbox), and the
+# pydantic converter keeps its TypeAdapters per instance: each run built again the adapter of every type it
+# converted (its input, each activity's result, each signal), pydantic schema generation at every step, about 7% of
+# the worker's CPU under bench/throughput.py. The engine's payload types are host classes (dsr.domain, passed
+# through the sandbox, never reloaded; tests/dsr/test_codec_types.py holds them to it), so one cache serves every
+# run; it is bounded (1,024 adapters, the SDK's default, least recently used first out).
+_JSON = PydanticJSONPlainPayloadConverter()
+
+
 class EnginePayloadConverter(PydanticPayloadConverter):
-    """Pydantic JSON, plus the refusal of what the strict codec marked as unencrypted."""
+    """Pydantic JSON (one converter per process, see ``_JSON``), plus the refusal of what the strict codec marked
+    as unencrypted."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._set_converters(*self.converters.values(), _RefusedPayloadConverter())
+        self._set_converters(
+            *(_JSON if isinstance(c, PydanticJSONPlainPayloadConverter) else c for c in self.converters.values()),
+            _RefusedPayloadConverter(),
+        )
 
 
 def _workflow_payload_aad(workflow_id: str) -> bytes:
