@@ -12,7 +12,7 @@ import functools
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -47,8 +47,10 @@ class SharedWindows(Protocol):
 class JointWindows(SharedWindows, Protocol):
     """Shared windows that also take one slot in several windows at once (``Guards.reserve_together``)."""
 
-    def reserve_together(self, windows: Sequence[tuple[str, int, float]], *, lead: float = 0.0) -> float:
-        """The earliest time free in every ``(key, limit, span)`` window, recorded in each; one transaction."""
+    def reserve_together(self, windows: Sequence[tuple[str, int, float]], *, lead: float = 0.0,
+                         paces: Mapping[str, tuple[int, float]] | None = None) -> float:
+        """The earliest time free in every ``(key, limit, span)`` window, recorded in each; one transaction. ``paces``:
+        per window key, ``(burst, span)`` kept once the window is half taken (:func:`pace_of`)."""
         ...
 
 
@@ -68,19 +70,21 @@ FIRST_LEAD = 0.1
 PACE_FROM = 20
 """A shared limit of at least this many calls per window is also paced (see :func:`pace_of`)."""
 PACE_SHARE = 10
-"""A paced limit lets at most a tenth of its calls leave together."""
+"""A paced limit lets at most a tenth of its calls leave together, once half of its window is taken."""
 
 
 def pace_of(requests: int, per_seconds: float) -> tuple[int, float] | None:
-    """The pace a shared limit of ``requests`` per ``per_seconds`` also keeps: at most a tenth of its calls in a
-    tenth of its window (HubSpot, 100 per 10.55 s with the margin: 10 per 1.055 s); ``None`` below PACE_FROM calls.
+    """The pace a shared limit of ``requests`` per ``per_seconds`` also keeps once half of its window is taken: at
+    most a tenth of its calls in a tenth of its window (HubSpot, 100 per 10.55 s with the margin: 10 per 1.055 s);
+    ``None`` below PACE_FROM calls (``dsr.store.guards.Guards.reserve_together``'s ``paces``).
 
-    Why: the sliding window alone hands out a full window's calls at once when a backlog waits, and the workers then
+    Why: the sliding window alone hands out a whole window's calls at once when a backlog waits, and the workers then
     wake for bursts of 50 calls each, which even a quiet machine resumes one after the other, some 80-135 ms late
     for their slots; a call that late takes a new slot a window behind (LATE_TOLERANCE), and each cost about a
     fifteenth of the share used (bench/shared_limits.py: 0.88 of HubSpot's limit where the margin allows 0.948).
-    Paced, a backlog leaves in groups of ten, one group each tenth of the window: the same rate at most, and a
-    light request's few calls (fewer than a tenth) still leave at once."""
+    Paced, a backlog leaves in groups of a tenth, one group each tenth of the window: the same rate at most. Only
+    past half the window: a few requests' calls arriving together (twelve light ones make 54 HubSpot calls) still
+    leave at once."""
     if requests < PACE_FROM:
         return None
     burst = requests // PACE_SHARE
@@ -125,11 +129,8 @@ class RateLimiter:
         # answer, FIRST_LEAD: a process's first call (the row created, the connection opened) was late for its slot.
         self._lead = FIRST_LEAD
         self._late_tolerance = late_tolerance  # None: a late slot is kept (how it was before; for bench/)
-        # Shared, on a store that takes one slot in several windows at once: the window and its pace (pace_of).
-        pace = pace_of(requests, per_seconds) if paced and isinstance(shared, JointWindows) else None
-        self._windows: list[tuple[str, int, float]] = [(key, requests, per_seconds)]
-        if pace is not None:
-            self._windows.append((f"{key}:pace", *pace))
+        # Shared, on a store that can keep it: the window's pace once it is half taken (pace_of).
+        self._pace = pace_of(requests, per_seconds) if paced and isinstance(shared, JointWindows) else None
         self.rereserved = 0
         """Slots reserved again because their call would have left too late (shared windows only)."""
         self.latest = 0.0
@@ -178,12 +179,13 @@ async def _acquire_shared(limiters: Sequence[RateLimiter], store: SharedWindows)
                 await reserving.enter_async_context(each._reserving)
             asked = time.time()
             lead = max(each._lead for each in limiters)
-            windows = [window for each in limiters for window in each._windows]
-            if len(windows) == 1:
+            windows = [(each._key, each.requests, each.per_seconds) for each in limiters]
+            paces = {each._key: each._pace for each in limiters if each._pace is not None}
+            if len(windows) == 1 and not paces:
                 slot = await asyncio.to_thread(store.reserve, *windows[0], lead=lead)
             else:
                 assert isinstance(store, JointWindows)
-                slot = await asyncio.to_thread(store.reserve_together, windows, lead=lead)
+                slot = await asyncio.to_thread(store.reserve_together, windows, lead=lead, paces=paces)
             took = time.time() - asked
             for each in limiters:
                 each._lead = min(took, each.per_seconds / 2)
