@@ -24,9 +24,10 @@ The share of the limit used is read at the sandbox, from the arrival times of th
 window's burst left out, and not the processes' start nor their end): (accepted - limit) / (last - first arrival),
 over limit / per; and, as that figure suits only bursts of a whole window, the least-squares slope of the calls'
 count against their arrival times, over limit / per ("fitted"). A limiter that keeps exactly the vendor's window
-scores 1.0; the margin alone allows per / with_margin(per) (printed). A call refused (429) or woken too late for its slot takes a new slot behind every
-other, so it arrives last: in a run of N windows each such straggler costs about 1/N of the figure, hence 150
-calls per worker (15 windows) by default, not the 60 (6 windows) this benchmark first ran with.
+scores 1.0; the margin alone allows per / with_margin(per) (printed). A call refused (429) or woken too late for its
+slot takes a new slot behind every other, so it arrives last: in a run of N windows each such straggler costs about
+1/N of the figure, hence 150 calls per worker (15 windows) by default, not the 60 (6 windows) this benchmark first
+ran with.
 """
 
 from __future__ import annotations
