@@ -6,7 +6,7 @@ limit (the real one, scaled down so a round takes seconds: ``--limit`` calls per
 the 429s it answers. Printed per mode: calls the sandbox refused with 429 per 100 calls sent, and the calls
 per second that went through, as a ratio of the account's limit (the machine is shared: a ratio, not a rate).
 
-    .venv/bin/python bench/shared_limits.py [--calls 150] [--limit 20] [--per 2] [--database URL] [--modes ...]
+    .venv/bin/python bench/shared_limits.py [--calls 150] [--limit 20] [--per 2] [--database URL] [--modes ...] [--load N]
     .venv/bin/python bench/shared_limits.py --calls 750 --limit 100 --per 10 --modes shared-250ms,shared
 
 Each worker's limiter is configured with the account's limit, as dsr.toml says it, plus the margin the configuration
@@ -129,7 +129,27 @@ async def main() -> None:
     parser.add_argument("--modes", default="per-process,shared",
                         help="comma-separated, run in this order in every round: per-process, shared-0, "
                              "shared-250ms, shared-bursts, shared")
+    parser.add_argument("--load", type=int, default=0,
+                        help="busy processes spinning beside the workers, as a shared machine's other work")
     args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    spinners = [context.Process(target=spin, daemon=True) for _ in range(args.load)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        await run_rounds(parser, args)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+
+
+def spin() -> None:
+    """``--load``: one core's worth of other work."""
+    while True:
+        pass
+
+
+async def run_rounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         database = args.database or f"sqlite:///{Path(folder) / 'ledger.sqlite3'}"
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -138,7 +158,8 @@ async def main() -> None:
             parser.error(f"unknown mode(s): {', '.join(unknown)}")
         print(f"two workers, {args.calls} calls each, account limit {args.limit} per {args.per:g} s, "
               f"database {database.split(':', 1)[0]}; the margin allows {args.per / with_margin(args.per):.3f}x "
-              f"the limit; late tolerance {1000 * LATE_TOLERANCE:.0f} ms (shared-250ms: 250 ms)")
+              f"the limit; late tolerance {1000 * LATE_TOLERANCE:.0f} ms (shared-250ms: 250 ms); {args.load} busy "
+              "processes beside")
         for number in range(args.rounds):
             for mode in modes:  # interleaved: the machine's noise hits each
                 refused, share, slope = await round_(mode, args, database)
