@@ -6,7 +6,7 @@ limit (the real one, scaled down so a round takes seconds: ``--limit`` calls per
 the 429s it answers. Printed per mode: calls the sandbox refused with 429 per 100 calls sent, and the calls
 per second that went through, as a ratio of the account's limit (the machine is shared: a ratio, not a rate).
 
-    .venv/bin/python bench/shared_limits.py [--calls 150] [--limit 20] [--per 2] [--database URL] [--modes ...] [--load N]
+    .venv/bin/python bench/shared_limits.py [--calls 150] [--limit 20] [--per 2] [--database URL] [--modes M] [--load N]
     .venv/bin/python bench/shared_limits.py --calls 750 --limit 100 --per 10 --modes shared-250ms,shared
 
 Each worker's limiter is configured with the account's limit, as dsr.toml says it, plus the margin the configuration
