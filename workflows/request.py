@@ -29,7 +29,7 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.aftercare import AftercareInput, SupplementPlan, aftercare_id
-    from dsr.domain.deadlines import deadline_as_search_value
+    from dsr.domain.deadlines import days_left, deadline_as_search_value
     from dsr.domain.model import (
         CANONICAL_FIELDS,
         AnswerStatus,
@@ -980,7 +980,7 @@ class DataSubjectRequest:
                     await self._notify_operator(
                         NoticeTemplate.OPERATOR_REMINDER,
                         label=latest.label,
-                        days_left=str((deadline.due - workflow.now().date()).days),
+                        days_left=str(days_left(deadline, workflow.now())),
                     )
                     await self._audit("deadline_reminder", details={"label": latest.label})
                     continue

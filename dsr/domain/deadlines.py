@@ -21,6 +21,7 @@ calendar. See ``LEGAL.md``, "Counting a month".
 from __future__ import annotations
 
 import calendar
+import math
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -248,6 +249,23 @@ def deadline_schedule(spec: DeadlineInput) -> Deadlines:
     extended = response_deadline(spec.start, extended=True, country=spec.country, subdiv=spec.subdiv,
                                  suspended_days=spec.suspended_days)
     return Deadlines(normal=_deadline(normal, zone), extended=_deadline(extended, zone))
+
+
+def days_left(deadline: Deadline, now: datetime) -> int:
+    """Whole days from the controller's local date at ``now`` to the due day (0 on the due day itself), for the
+    operator's reminders; workflow code, so without the zone's rules: counted back from ``overdue_at``, the instant
+    the due day ends there. ``now``'s UTC date was wrong wherever the reminders' 09:00 is still the day before in
+    UTC (east of UTC+9: a reminder on D-7 said 8 days). Local days are 24 hours but across a change of summer
+    time, which moves local midnight by an hour: a reminder caught up within that hour of midnight may count one
+    day off (reminders go at 09:00)."""
+    remaining = (_utc_instant(deadline.overdue_at) - _utc_instant(now)) / timedelta(days=1)
+    return max(0, math.ceil(remaining) - 1)
+
+
+def _utc_instant(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("an instant needs its time zone")
+    return value.astimezone(UTC)
 
 
 def deadline_as_search_value(due: date) -> datetime:

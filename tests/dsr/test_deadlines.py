@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from dsr.domain import deadlines
 from dsr.domain.deadlines import (
+    days_left,
     deadline_as_search_value,
     deadline_schedule,
     is_working_day,
@@ -449,3 +450,27 @@ def test_property_receipt_date_in_paris(instant: datetime) -> None:
     assert got in (instant.date(), instant.date() + timedelta(days=1))
     if instant.hour < 22:
         assert got == instant.date()
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Australia/Sydney", "Pacific/Kiritimati", "America/Los_Angeles"])
+def test_days_left_counts_the_controllers_local_days(zone: str) -> None:
+    """A reminder's "time left" is counted in the controller's days: in Sydney (UTC+11 in January), D-7's 09:00 is
+    22:00 UTC the day before, and the UTC date said 8 days."""
+    schedule = deadline_schedule(DeadlineInput(start=date(2026, 12, 10), timezone=zone)).normal
+    for reminder, days in zip(schedule.reminders, (7, 2), strict=True):
+        assert days_left(schedule, reminder.at) == days
+    local = ZoneInfo(zone)
+    due = schedule.due
+    assert days_left(schedule, datetime.combine(due, time(0, 0, 1), local)) == 0  # the due day itself
+    assert days_left(schedule, datetime.combine(due, time(23, 59), local)) == 0
+    assert days_left(schedule, datetime.combine(due - timedelta(days=1), time(23, 59), local)) == 1
+    assert days_left(schedule, schedule.overdue_at + timedelta(hours=5)) == 0  # late: none left, never negative
+
+
+def test_days_left_in_sydney_where_the_utc_date_is_a_day_behind() -> None:
+    schedule = deadline_schedule(DeadlineInput(start=date(2026, 12, 10), timezone="Australia/Sydney")).normal
+    d7 = schedule.reminders[0].at
+    assert d7.astimezone(UTC).date() == schedule.due - timedelta(days=8)  # what the old count used
+    assert days_left(schedule, d7) == 7
+    with pytest.raises(ValueError, match="time zone"):
+        days_left(schedule, datetime(2027, 1, 1, 9, 0))
