@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from temporalio import workflow
@@ -113,6 +113,7 @@ class RestrictionInForce(FollowUp):
         self._lift: Lift | None = None
         self._ended: GroundEnded | None = None
         self._lift_at: datetime | None = None
+        self._lift_on: date | None = None  # the controller's local day of _lift_at, as the notice named it
         self._lifted_by = ""
         self._scheduled_recorded = False  # the lift is in the ledger and the subject told: the update answers then
         self._failed: list[str] = []
@@ -183,10 +184,8 @@ class RestrictionInForce(FollowUp):
         else:
             assert ended is not None
             actor, why, reason, by_request = "engine", _ENDED_BY[self._held.ground], "", ended.by_request
-        # At least ``notice_days`` whole days after the notice: 09:00 local on the day after now + notice_days.
-        day = (workflow.now() + timedelta(days=max(1, self._held.notice_days) + 1)).date()
-        self._lift_at = await workflow.execute_local_activity(
-            local_instant, LocalMoment(day=day, hour=LIFT_HOUR, timezone=self._held.timezone), **DEADLINES)
+        day, self._lift_at = await self._lift_moment()
+        self._lift_on = day
         self._state = LIFT_SCHEDULED
         self._lifted_by = actor if lift is not None else f"ground_ended:{by_request}"
         self._update_details()
@@ -205,19 +204,37 @@ class RestrictionInForce(FollowUp):
                 "tell them by other means (Art. 18(3)), then record it with "
                 f"`dsr lift {self._held.request_id} --subject-told \"how\"`; the marks stay until then"))
 
+    async def _lift_moment(self) -> tuple[date, datetime]:
+        """The earliest lift a notice sent now allows: 09:00 local on the day after now + ``notice_days``, at least
+        ``notice_days`` whole days away; the controller's day and its instant (UTC).
+
+        The day is counted from now's UTC date (workflow code has no zone rules), and checked against the instant:
+        where the UTC date is still the day before the controller's (Sydney before 11:00), 09:00 on that day could
+        come less than ``notice_days`` after the notice, and a day is added."""
+        notice = timedelta(days=max(1, self._held.notice_days))
+        day = (workflow.now() + notice + timedelta(days=1)).date()
+        at = await workflow.execute_local_activity(
+            local_instant, LocalMoment(day=day, hour=LIFT_HOUR, timezone=self._held.timezone), **DEADLINES)
+        if at - workflow.now() < notice:
+            day += timedelta(days=1)
+            at = await workflow.execute_local_activity(
+                local_instant, LocalMoment(day=day, hour=LIFT_HOUR, timezone=self._held.timezone), **DEADLINES)
+        return day, at
+
     async def _informed_otherwise(self) -> None:
         """The subject was told by other means: the lift keeps the day the notice named, and comes no sooner than
         the notice period after this record."""
         informed, first = self._informed, self._lift_at
         assert informed is not None and first is not None
-        day = (workflow.now() + timedelta(days=max(1, self._held.notice_days) + 1)).date()
-        earliest = await workflow.execute_local_activity(
-            local_instant, LocalMoment(day=day, hour=LIFT_HOUR, timezone=self._held.timezone), **DEADLINES)
-        self._lift_at = max(first, earliest)
+        day, earliest = await self._lift_moment()
+        if earliest > first:
+            self._lift_at, self._lift_on = earliest, day
         self._subject_told = True
         self._update_details()
+        # The local day, not the UTC date of 09:00 local (east of UTC+9, the day before).
+        lift_on = self._lift_on or first.date()
         await self._audit("restriction_subject_informed", actor=informed.informed_by, details={
-            "lift_on": self._lift_at.date().isoformat(), "how_length": str(len(informed.how))}, note=informed.how)
+            "lift_on": lift_on.isoformat(), "how_length": str(len(informed.how))}, note=informed.how)
 
     async def _unmark(self) -> None:
         """Remove the marks this request set, in the person's turn (an export of theirs in progress finishes

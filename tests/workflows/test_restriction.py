@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from temporalio.api.sdk.v1 import WorkflowMetadata
@@ -78,6 +79,13 @@ class MarkingConnector(ScriptedConnector):
 @pytest.fixture
 def connectors() -> list[ScriptedConnector]:
     return [MarkingConnector("crm"), ScriptedConnector("billing")]
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The workflow tests' settings; parametrized indirectly with a zone, the controller's (DSR_TIMEZONE)."""
+    zone = getattr(request, "param", None)
+    return replace(settings, policy=replace(settings.policy, timezone=zone)) if zone else settings
 
 
 async def submit(engine: Engine, kind: str, *, ground: str = "", language: str = "fr",
@@ -205,7 +213,8 @@ async def test_a_restriction_is_marked_answered_then_lifted_only_after_the_subje
 
 
 @pytest.mark.slow
-async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine: Engine) -> None:
+@pytest.mark.parametrize("settings", ["Europe/Paris", "Australia/Sydney"], indirect=True)
+async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine: Engine, settings: Settings) -> None:
     request, handle = await submit(engine, "restriction", ground="c", language="en")
     await handle.result()
     restriction = held(engine, request)
@@ -216,6 +225,8 @@ async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine
     scheduled = await restriction.execute_update(RestrictionInForce.lift,
                                                  Lift(reason="Proceedings closed.", requested_by="operator:alice"))
     assert scheduled.state == LIFT_SCHEDULED and scheduled.subject_told is False
+    assert scheduled.lift_at is not None
+    assert scheduled.lift_at - await engine.env.get_current_time() >= timedelta(days=3)  # the notice period
     assert not any(str(m["Subject"]).startswith("The restriction") for m in engine.mail.to(SUBJECT_EMAIL))
     await wait_for_event(engine, request, "notice_failed")
     [failed] = [e for e in engine.ledger.events(request.request_id) if e.event == "notice_failed"]
@@ -224,8 +235,9 @@ async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine
     operator = await eventually(
         lambda: asyncio.sleep(0, [text_of(m) for m in engine.mail.to(OPERATOR_EMAIL)]),
         lambda texts: any("could not be told by email" in t for t in texts))
-    assert any(f"lifted on {scheduled.lift_at:%Y-%m-%d}" in t and "Art. 18(3)" in t and "--subject-told" in t
-               for t in operator)
+    local = ZoneInfo(settings.policy.timezone)  # the day is the controller's (in Sydney, not the UTC date)
+    assert any(f"lifted on {scheduled.lift_at.astimezone(local):%Y-%m-%d}" in t and "Art. 18(3)" in t
+               and "--subject-told" in t for t in operator)
     assert told_words(scheduled.subject_told).startswith("the notice to the subject FAILED")
     assert "was told" not in await current_details(restriction)
 
@@ -244,6 +256,9 @@ async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine
     await wait_for_event(engine, request, "restriction_subject_informed")
     [record] = [e for e in engine.ledger.events(request.request_id) if e.event == "restriction_subject_informed"]
     assert record.actor == "operator:bob" and record.note == "Registered letter of 7 December"
+    # The day the lift falls on where the controller is (in Sydney, 09:00 is the day before in UTC).
+    assert record.details["lift_on"] == informed.lift_at.astimezone(local).date().isoformat()
+    assert informed.lift_at.astimezone(local).hour == 9
     with pytest.raises(WorkflowUpdateFailedError):  # once
         await restriction.execute_update(RestrictionInForce.subject_informed, SubjectInformed(how="again"))
     await time_runs_free(engine)  # a timer is pending again: the server skips to it
