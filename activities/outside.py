@@ -123,7 +123,8 @@ class OutsideActivities:
         reminders = sorted(at for at in (opened.answer_by - timedelta(days=d) for d in system.reminder_days)
                            if at > now)
         return OutsideTaskOpened(answer=None, answer_by=opened.answer_by, reminders=reminders,
-                                 asked_on=opened.asked_on, system_type=system.type)
+                                 asked_on=opened.asked_on, system_type=system.type,
+                                 answer_by_day=last_valid_day(opened.answer_by, self._timezone))
 
     @activity.defn(name="send_outside_mail")
     async def send_outside_mail(self, mail: OutsideMail) -> None:

@@ -57,7 +57,9 @@ class OutsideSystemTask:
                     break
                 await self._mail(opened.answer_by, number)
             if not await self._answered_before(opened.answer_by, f"{task.system}: answer-by date"):
-                raise ApplicationError(f"{task.system}: no answer by {opened.answer_by.date().isoformat()}",
+                # The controller's day (west of UTC, the instant it ends falls on the next UTC date).
+                day = opened.answer_by_day or opened.answer_by.date()
+                raise ApplicationError(f"{task.system}: no answer by {day.isoformat()}",
                                        type=NO_ANSWER_ERROR, non_retryable=True)
             answer = self._answer
         assert answer is not None

@@ -94,6 +94,7 @@ class OutsideTaskOpened:
     answer_by: datetime | None = None
     reminders: list[datetime] = field(default_factory=list)
     asked_on: date | None = None
+    answer_by_day: date | None = None  # answer_by's day where the controller is (answer_by is the instant it ends)
 
 
 @dataclass

@@ -45,10 +45,12 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, mail: MailSink) -> Settings:
-    base = Settings.from_env({"DSR_HOME": str(tmp_path), "DSR_OPERATOR_EMAIL": OPERATOR_EMAIL,
-                              "DSR_MAIL_FROM": "privacy@example.com"})
-    return replace(base, smtp=SmtpSettings(host="127.0.0.1", port=mail.port))
+def settings(tmp_path: Path, mail: MailSink, request: pytest.FixtureRequest) -> Settings:
+    """The worker's settings; parametrized indirectly with a zone, the controller's (DSR_TIMEZONE)."""
+    env = {"DSR_HOME": str(tmp_path), "DSR_OPERATOR_EMAIL": OPERATOR_EMAIL, "DSR_MAIL_FROM": "privacy@example.com"}
+    if zone := getattr(request, "param", None):
+        env["DSR_TIMEZONE"] = zone
+    return replace(Settings.from_env(env), smtp=SmtpSettings(host="127.0.0.1", port=mail.port))
 
 
 @pytest.fixture

@@ -81,12 +81,6 @@ def connectors() -> list[ScriptedConnector]:
     return [MarkingConnector("crm"), ScriptedConnector("billing")]
 
 
-@pytest.fixture
-def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """The workflow tests' settings; parametrized indirectly with a zone, the controller's (DSR_TIMEZONE)."""
-    zone = getattr(request, "param", None)
-    return replace(settings, policy=replace(settings.policy, timezone=zone)) if zone else settings
-
 
 async def submit(engine: Engine, kind: str, *, ground: str = "", language: str = "fr",
                  changes: dict[str, str] | None = None) -> tuple[RequestInput, WorkflowHandle]:
