@@ -14,8 +14,7 @@ adds (``connectors.http.with_margin``), and leaves at most ``connectors.http.LAT
 it reserves again; its latest wake-up is printed). Per process, two workers may together send twice that; shared,
 they queue in one window. ``shared-250ms`` is ``shared`` letting a call leave up to 250 ms after its slot (tried on
 HubSpot's real window, not kept: 429s); ``shared-0`` the shared window with a flat 10% margin and a call woken late
-for its slot still sent; ``shared-bursts`` the shared window without its pace (``connectors.http.pace_of``:
-a backlog left a window's calls at once). Modes run interleaved in every round, each on its own window. To compare
+for its slot still sent. Modes run interleaved in every round, each on its own window. To compare
 with another checkout's limiter, run its copy of this file in turn. The scaled-down default (20 per 2 s) is quick;
 HubSpot's real window (100 per 10 s, 15 windows: ``--calls 750``) wakes bursts of 100 calls, not 20: measure there
 too.
@@ -62,8 +61,6 @@ def worker(url: str, database: str, mode: str, calls: int, limit: int, per: floa
             windows = Guards(ledger.engine, ring) if shared else None
             if mode == "shared-0":
                 limiter = RateLimiter(limit, per * 1.1, shared=windows, key="crm0", late_tolerance=None)
-            elif mode == "shared-bursts":  # the sliding window alone, no pace (before connectors.http.pace_of)
-                limiter = RateLimiter(limit, with_margin(per), shared=windows, key="crmb", paced=False)
             elif mode == "shared-250ms":  # a call may leave up to 250 ms after its slot: tried, not kept
                 limiter = RateLimiter(limit, with_margin(per), shared=windows, key="crm250", late_tolerance=0.25)
             else:  # as connectors.config builds it
@@ -128,7 +125,7 @@ async def main() -> None:
     parser.add_argument("--database", help="ledger database URL (default: a SQLite file both workers share)")
     parser.add_argument("--modes", default="per-process,shared",
                         help="comma-separated, run in this order in every round: per-process, shared-0, "
-                             "shared-250ms, shared-bursts, shared")
+                             "shared-250ms, shared")
     parser.add_argument("--load", type=int, default=0,
                         help="busy processes spinning beside the workers, as a shared machine's other work")
     args = parser.parse_args()
@@ -153,7 +150,7 @@ async def run_rounds(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     with tempfile.TemporaryDirectory() as folder:
         database = args.database or f"sqlite:///{Path(folder) / 'ledger.sqlite3'}"
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-        unknown = sorted(set(modes) - {"per-process", "shared-0", "shared-250ms", "shared-bursts", "shared"})
+        unknown = sorted(set(modes) - {"per-process", "shared-0", "shared-250ms", "shared"})
         if unknown:
             parser.error(f"unknown mode(s): {', '.join(unknown)}")
         print(f"two workers, {args.calls} calls each, account limit {args.limit} per {args.per:g} s, "

@@ -12,7 +12,7 @@ import functools
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -47,10 +47,8 @@ class SharedWindows(Protocol):
 class JointWindows(SharedWindows, Protocol):
     """Shared windows that also take one slot in several windows at once (``Guards.reserve_together``)."""
 
-    def reserve_together(self, windows: Sequence[tuple[str, int, float]], *, lead: float = 0.0,
-                         paces: Mapping[str, tuple[int, float]] | None = None) -> float:
-        """The earliest time free in every ``(key, limit, span)`` window, recorded in each; one transaction. ``paces``:
-        per window key, ``(burst, span)`` kept once the window is half taken (:func:`pace_of`)."""
+    def reserve_together(self, windows: Sequence[tuple[str, int, float]], *, lead: float = 0.0) -> float:
+        """The earliest time free in every ``(key, limit, span)`` window, recorded in each; one transaction."""
         ...
 
 
@@ -67,30 +65,6 @@ FIRST_LEAD = 0.1
 """Seconds ahead a process's first shared slot is taken, before any reservation has said how long one takes."""
 
 
-PACE_FROM = 20
-"""A shared limit of at least this many calls per window is also paced (see :func:`pace_of`)."""
-PACE_SHARE = 10
-"""A paced limit lets at most a tenth of its calls leave together, once half of its window is taken."""
-
-
-def pace_of(requests: int, per_seconds: float) -> tuple[int, float] | None:
-    """The pace a shared limit of ``requests`` per ``per_seconds`` also keeps once half of its window is taken: at
-    most a tenth of its calls in a tenth of its window (HubSpot, 100 per 10.55 s with the margin: 10 per 1.055 s);
-    ``None`` below PACE_FROM calls (``dsr.store.guards.Guards.reserve_together``'s ``paces``).
-
-    Why: the sliding window alone hands out a whole window's calls at once when a backlog waits, and the workers then
-    wake for bursts of 50 calls each, which even a quiet machine resumes one after the other, some 80-135 ms late
-    for their slots; a call that late takes a new slot a window behind (LATE_TOLERANCE), and each cost about a
-    fifteenth of the share used (bench/shared_limits.py: 0.88 of HubSpot's limit where the margin allows 0.948).
-    Paced, a backlog leaves in groups of a tenth, one group each tenth of the window: the same rate at most. Only
-    past half the window: a few requests' calls arriving together (twelve light ones make 54 HubSpot calls) still
-    leave at once."""
-    if requests < PACE_FROM:
-        return None
-    burst = requests // PACE_SHARE
-    return burst, per_seconds * burst / requests
-
-
 def with_margin(per_seconds: float) -> float:
     """The window a limiter keeps for a vendor's ``per_seconds``: 5% longer plus 50 ms. The limiter stamps a call
     when it leaves and the vendor counts it when it arrives, so a fast call after a slow one can land in the vendor's
@@ -103,13 +77,12 @@ class RateLimiter:
     """At most ``requests`` calls per ``per_seconds`` (a sliding window), shared by all calls of a connector.
 
     With ``shared`` (and a ``key`` naming the vendor account's limit), the window lives in a store every
-    worker shares: N workers on N machines together stay under the vendor's limit, as one does; a limit of PACE_FROM
-    calls or more is also paced there (``paced``, :func:`pace_of`). Without it, the window is this process's (tests,
-    a single worker)."""
+    worker shares: N workers on N machines together stay under the vendor's limit, as one does. Without it,
+    the window is this process's (tests, a single worker)."""
 
     def __init__(self, requests: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic,
                  shared: SharedWindows | None = None, key: str = "",
-                 late_tolerance: float | None = LATE_TOLERANCE, paced: bool = True) -> None:
+                 late_tolerance: float | None = LATE_TOLERANCE) -> None:
         if requests < 1 or per_seconds <= 0:
             raise ValueError("a rate limit needs requests >= 1 and per_seconds > 0")
         if shared is not None and not key:
@@ -129,8 +102,6 @@ class RateLimiter:
         # answer, FIRST_LEAD: a process's first call (the row created, the connection opened) was late for its slot.
         self._lead = FIRST_LEAD
         self._late_tolerance = late_tolerance  # None: a late slot is kept (how it was before; for bench/)
-        # Shared, on a store that can keep it: the window's pace once it is half taken (pace_of).
-        self._pace = pace_of(requests, per_seconds) if paced and isinstance(shared, JointWindows) else None
         self.rereserved = 0
         """Slots reserved again because their call would have left too late (shared windows only)."""
         self.latest = 0.0
@@ -160,7 +131,7 @@ async def acquire_all(limiters: Sequence[RateLimiter]) -> None:
             await limiter._acquire_here()
     shared = [limiter for limiter in limiters if limiter._shared is not None]
     store = shared[0]._shared if shared else None
-    if isinstance(store, JointWindows) and all(each._shared is store for each in shared):
+    if len(shared) > 1 and isinstance(store, JointWindows) and all(each._shared is store for each in shared):
         await _acquire_shared(shared, store)
         return
     for limiter in shared:
@@ -179,13 +150,14 @@ async def _acquire_shared(limiters: Sequence[RateLimiter], store: SharedWindows)
                 await reserving.enter_async_context(each._reserving)
             asked = time.time()
             lead = max(each._lead for each in limiters)
-            windows = [(each._key, each.requests, each.per_seconds) for each in limiters]
-            paces = {each._key: each._pace for each in limiters if each._pace is not None}
-            if len(windows) == 1 and not paces:
-                slot = await asyncio.to_thread(store.reserve, *windows[0], lead=lead)
+            if len(limiters) == 1:
+                one = limiters[0]
+                slot = await asyncio.to_thread(store.reserve, one._key, one.requests, one.per_seconds, lead=lead)
             else:
                 assert isinstance(store, JointWindows)
-                slot = await asyncio.to_thread(store.reserve_together, windows, lead=lead, paces=paces)
+                slot = await asyncio.to_thread(
+                    store.reserve_together, [(each._key, each.requests, each.per_seconds) for each in limiters],
+                    lead=lead)
             took = time.time() - asked
             for each in limiters:
                 each._lead = min(took, each.per_seconds / 2)

@@ -45,7 +45,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -266,18 +266,14 @@ class Guards:
         return self.reserve_together([(key, limit, span)], lead=lead, now=now)
 
     def reserve_together(self, windows: Sequence[tuple[str, int, float]], *, lead: float = 0.0,
-                         now: float | None = None, paces: Mapping[str, tuple[int, float]] | None = None) -> float:
+                         now: float | None = None) -> float:
         """One slot in every window of ``windows`` (``(key, limit, span)`` each), in one transaction: the earliest
         time free in all of them, at least ``lead`` seconds away, recorded in each (see :meth:`reserve`).
 
         A call that counts against two limits (HubSpot's search: its search limit and the account's general one)
         leaves once, so it takes one time in both. Reserved one after the other, the second slot could be seconds
         after the first (the search window full), and the call, leaving at the second, left that late for the
-        first: the general window, kept on the first, let the calls reserved after it crowd the vendor's.
-
-        ``paces``: for a window's key, ``(burst, pace_span)``: once half of that window's limit is taken within a
-        span of the slot, at most ``burst`` of its slots in any ``pace_span`` (``connectors.http.pace_of``). A later
-        time never breaks a window (see below), so the pace only spreads a backlog's slots."""
+        first: the general window, kept on the first, let the calls reserved after it crowd the vendor's."""
         keys = [f"vendor:{key}" for key, _, _ in windows]
         if not keys or len(set(keys)) != len(keys):
             raise ValueError("a reservation needs one or more windows, each once")
@@ -296,13 +292,6 @@ class Guards:
                 recent.append(slots)
             # Any time at or after each window's own earliest keeps that window valid: at most limit - 1 of its
             # slots lie within a span of it (they all follow its limit-th last one by less than a span).
-            for (key, (_, limit, span)), slots in zip(zip(keys, windows, strict=True), recent, strict=True):
-                pace = (paces or {}).get(key.removeprefix("vendor:"))
-                if pace is None:
-                    continue
-                burst, pace_span = pace
-                if len(slots) >= burst and sum(1 for t in slots if t > slot - span) >= limit // 2:
-                    slot = max(slot, slots[-burst] + pace_span)
             for key, (_, limit, span), slots in zip(keys, windows, recent, strict=True):
                 kept = sorted([*slots, slot])[-limit:]
                 row = rows[key]

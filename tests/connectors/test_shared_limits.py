@@ -7,14 +7,14 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import ClassVar
 
 import pytest
 from sqlalchemy import text
 
 from connectors.config import build_connectors, parse_config
-from connectors.http import FIRST_LEAD, RateLimiter, acquire_all, pace_of
+from connectors.http import FIRST_LEAD, RateLimiter, acquire_all
 from connectors.woocommerce import WooCommerceConnector
 from dsr.store.crypto import KeyRing
 from dsr.store.guards import Guards
@@ -52,8 +52,8 @@ class Recording(Guards):
     taken: ClassVar[list[tuple[tuple[str, ...], float]]] = []
 
     def reserve_together(self, windows: Sequence[tuple[str, int, float]], *, lead: float = 0.0,
-                         now: float | None = None, paces: Mapping[str, tuple[int, float]] | None = None) -> float:
-        slot = super().reserve_together(windows, lead=lead, now=now, paces=paces)
+                         now: float | None = None) -> float:
+        slot = super().reserve_together(windows, lead=lead, now=now)
         Recording.slots.append(slot)
         Recording.taken.append((tuple(key for key, _, _ in windows), slot))
         return slot
@@ -200,33 +200,3 @@ async def test_a_search_leaves_on_time_for_both_of_its_limits(workers: tuple[Gua
     assert all(later - earlier >= 0.5 - 1e-6 for earlier, later in itertools.pairwise(sorted(joint)))
     # Each call left at (or just after) a slot it took in every limit it counts against.
     assert all(any(0 <= at - slot <= 0.1 for slot in (joint if searching else every)) for searching, at in left)
-
-
-async def test_a_backlog_leaves_at_the_pace_of_a_tenth_of_the_window(workers: tuple[Guards, Guards]) -> None:
-    """A shared limit of 20 calls per 0.5 s with 40 calls waiting on two workers. The sliding window alone handed
-    out 20 slots at one instant, then 20 more a window later, and each worker woke for its half of a burst at once.
-    Paced: half the window at once, then at most 2 calls in any 0.05 s, and the window still holds (at most 20 in
-    any 0.5 s)."""
-    limiters = [RateLimiter(20, 0.5, shared=w, key="crm") for w in workers]
-    Recording.slots, Recording.taken = [], []
-    await asyncio.gather(*(limiters[n % 2].acquire() for n in range(40)))
-    slots = sorted(Recording.slots)
-    assert len(slots) == 40 + sum(limiter.rereserved for limiter in limiters)
-    assert slots[9] - slots[0] < 0.05 * 4  # the first half of the window at once
-    paced = slots[10:]
-    assert all(later - earlier >= 0.05 - 1e-6 for earlier, later in zip(paced, paced[2:], strict=False))
-    assert all(later - earlier >= 0.5 - 1e-6 for earlier, later in zip(slots, slots[20:], strict=False))
-    assert slots[-1] - slots[0] >= 0.5 + 0.05 * 9  # 20 at most in the first window; then 20 in groups of 2
-
-    # Not paced (what it was): the first 20 slots at the first instant.
-    Recording.slots, Recording.taken = [], []
-    bursting = [RateLimiter(20, 0.5, shared=w, key="crm-bursts", paced=False) for w in workers]
-    await asyncio.gather(*(bursting[n % 2].acquire() for n in range(40)))
-    first = sorted(Recording.slots)[:20]
-    assert first[-1] - first[0] < 0.05 * 4
-
-
-def test_only_limits_of_twenty_calls_or_more_are_paced() -> None:
-    assert pace_of(100, 10.55) == (10, pytest.approx(1.055))
-    assert pace_of(20, 2.0) == (2, pytest.approx(0.2))
-    assert pace_of(19, 2.0) is None  # HubSpot's search limit (4 per 1.25 s) and the tests' small ones: as they were

@@ -273,17 +273,3 @@ def test_one_slot_in_two_windows_is_free_in_both_and_recorded_in_both(replicas: 
     assert all(later - earlier >= 1.0 - 1e-6 for earlier, later in zip(every, every[3:], strict=False))
     with pytest.raises(ValueError, match="each once"):
         one.reserve_together([general, general], now=now)
-
-
-def test_a_paced_window_spreads_its_slots_once_half_taken(replicas: tuple[Guards, Guards]) -> None:
-    """20 per 1 s, paced at 2 per 0.1 s once 10 are taken: ten slots at once, then two each tenth of a second,
-    and the window itself still kept (the 21st slot a window after the first)."""
-    one, other = replicas
-    now = 5_000_000.0
-    window, paces = [("hubspot", 20, 1.0)], {"hubspot": (2, 0.1)}
-    slots = [(one, other)[i % 2].reserve_together(window, paces=paces, now=now) for i in range(22)]
-    assert slots[:10] == [now] * 10
-    assert slots[10:20] == pytest.approx([now + 0.1 * (1 + i // 2) for i in range(10)])
-    assert slots[20:] == pytest.approx([now + 1.0, now + 1.0])  # the window's own limit: one after the first ten
-    # Without the pace, the same 20 all at once.
-    assert [one.reserve_together([("woo", 20, 1.0)], now=now) for _ in range(20)] == [now] * 20
