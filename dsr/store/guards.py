@@ -450,14 +450,21 @@ class Guards:
     def _lock_rows(self, session: Session, model: type[_Row], keys: Sequence[str], new: dict[str, Any]
                    ) -> dict[str, _Row]:
         """The rows of ``keys``, created (with the values ``new``) if missing, and locked until the transaction
-        ends. Always in key order, so two transactions locking the same rows cannot deadlock."""
+        ends. Always in key order, so two transactions locking the same rows cannot deadlock.
+
+        The rows are read first and only the missing ones inserted: a vendor's window exists after its first call,
+        and building and sending an insert for it at every call was a quarter of a reservation's CPU."""
         wanted = sorted(set(keys))
-        for key in wanted:
-            self._insert_if_missing(session, model, key, new)
         statement = (
             select(model).where(col(model.key).in_(wanted))
             .order_by(col(model.key)).with_for_update()
         )
+        rows = {row.key: row for row in session.scalars(statement)}
+        missing = [key for key in wanted if key not in rows]
+        if not missing:
+            return rows
+        for key in missing:
+            self._insert_if_missing(session, model, key, new)
         return {row.key: row for row in session.scalars(statement)}
 
 
