@@ -43,7 +43,8 @@ class _CompiledOnceLoader(importlib.machinery.SourceFileLoader):
 
 
 class _CompiledOnceFinder(importlib.abc.MetaPathFinder):
-    """Finds the modules of the given top-level packages as the path finder does, with the compiled-once loader."""
+    """Finds the modules of the given top-level packages as the finders after it do (the path finder, an editable
+    install's), with the compiled-once loader."""
 
     def __init__(self, packages: frozenset[str]) -> None:
         self.packages = packages
@@ -52,7 +53,13 @@ class _CompiledOnceFinder(importlib.abc.MetaPathFinder):
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname.partition(".")[0] not in self.packages:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        spec = None
+        for finder in sys.meta_path:
+            if finder is self or isinstance(finder, _CompiledOnceFinder):
+                continue
+            find = getattr(finder, "find_spec", None)
+            if find is not None and (spec := find(fullname, path, target)) is not None:
+                break
         if spec is None or type(spec.loader) is not importlib.machinery.SourceFileLoader:
             return spec  # a namespace package, an extension, a .pyc-only install: left to the usual loaders
         spec.loader = _CompiledOnceLoader(spec.loader.name, spec.loader.path)
