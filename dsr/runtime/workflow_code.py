@@ -79,5 +79,5 @@ def compile_once(*packages: str) -> None:
 
 
 def compiled_modules() -> int:
-    """How many module files have their code kept (for the worker's tests and benchmarks)."""
+    """How many module files have their code kept in this process."""
     return len(_CODE)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from temporalio.worker import Worker
 
-from dsr.runtime.workflow_code import compile_once
+from dsr.runtime.workflow_code import compile_once, compiled_modules
 from tests.servers import time_skipping_server
 
 WORKFLOW_SOURCE = textwrap.dedent('''
@@ -72,8 +72,10 @@ async def run_three(module_name: str) -> list[int]:
 async def test_each_run_has_a_module_of_its_own_compiled_once(workflow_package: tuple[str, list[str]]) -> None:
     name, compiles = workflow_package
     compile_once(name)
+    kept = compiled_modules()
     assert await run_three(name) == [1, 1, 1]  # no run saw another's module state
     assert len(compiles) == 1
+    assert compiled_modules() == kept + 2  # the package's two files, each kept once
 
 
 async def test_without_it_every_sandboxed_run_compiles_the_module_again(
