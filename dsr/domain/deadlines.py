@@ -258,14 +258,10 @@ def days_left(deadline: Deadline, now: datetime) -> int:
     UTC (east of UTC+9: a reminder on D-7 said 8 days). Local days are 24 hours but across a change of summer
     time, which moves local midnight by an hour: a reminder caught up within that hour of midnight may count one
     day off (reminders go at 09:00)."""
-    remaining = (_utc_instant(deadline.overdue_at) - _utc_instant(now)) / timedelta(days=1)
-    return max(0, math.ceil(remaining) - 1)
-
-
-def _utc_instant(value: datetime) -> datetime:
-    if value.tzinfo is None:
+    if now.tzinfo is None:
         raise ValueError("an instant needs its time zone")
-    return value.astimezone(UTC)
+    remaining = (deadline.overdue_at - now) / timedelta(days=1)
+    return max(0, math.ceil(remaining) - 1)
 
 
 def deadline_as_search_value(due: date) -> datetime:
