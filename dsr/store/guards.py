@@ -114,6 +114,7 @@ class AnswerCapRow(SQLModel, table=True):
 
 
 _Row = TypeVar("_Row", RateLimitRow, AttemptLimitRow, AnswerCapRow)
+_Locked = TypeVar("_Locked")  # what a locking read answers per key: an ORM row, or a column of it
 
 
 # --- values ------------------------------------------------------------------------------------------------
@@ -284,11 +285,9 @@ class Guards:
         locking = (select(table.c.key, table.c.hits).where(table.c.key.in_(sorted(keys)))
                    .order_by(table.c.key).with_for_update())  # key order: two reservations cannot deadlock
         with self._write_engine.begin() as connection:
-            hits = {key: value for key, value in connection.execute(locking)}
-            if len(hits) < len(keys):  # a window's first call: its row, then locked as the others
-                for key in sorted(set(keys) - set(hits)):
-                    self._insert_if_missing(connection, RateLimitRow, key, {"hits": "[]", "expires_at": when})
-                hits = {key: value for key, value in connection.execute(locking)}
+            hits: dict[str, str] = self._locked(
+                lambda: {key: value for key, value in connection.execute(locking)}, connection, RateLimitRow, keys,
+                {"hits": "[]", "expires_at": when})
             # The time is read once the rows are ours: a reservation that queued behind others for the lock must
             # not take a slot in the past, or its call would leave late and crowd the next window.
             moment = time.time() if now is None else now
@@ -458,22 +457,26 @@ class Guards:
     def _lock_rows(self, session: Session, model: type[_Row], keys: Sequence[str], new: dict[str, Any]
                    ) -> dict[str, _Row]:
         """The rows of ``keys``, created (with the values ``new``) if missing, and locked until the transaction
-        ends. Always in key order, so two transactions locking the same rows cannot deadlock.
-
-        The rows are read first and only the missing ones inserted: a vendor's window exists after its first call,
-        and building and sending an insert for it at every call was a quarter of a reservation's CPU."""
-        wanted = sorted(set(keys))
+        ends. Always in key order, so two transactions locking the same rows cannot deadlock."""
         statement = (
-            select(model).where(col(model.key).in_(wanted))
+            select(model).where(col(model.key).in_(sorted(set(keys))))
             .order_by(col(model.key)).with_for_update()
         )
-        rows = {row.key: row for row in session.scalars(statement)}
-        missing = [key for key in wanted if key not in rows]
+        return self._locked(lambda: {row.key: row for row in session.scalars(statement)}, session, model, keys, new)
+
+    def _locked(self, read: Callable[[], dict[str, _Locked]], session: Session | Connection, model: type[SQLModel],
+                keys: Sequence[str], new: dict[str, Any]) -> dict[str, _Locked]:
+        """What ``read`` (a locking SELECT of ``keys``, in key order) answers, once the rows missing from its first
+        answer are inserted (with the values ``new``). Read first: a row exists after its key's first use (a
+        vendor's window after its first call), and an insert built and sent at every use was a quarter of a rate
+        reservation's CPU."""
+        rows = read()
+        missing = sorted(set(keys) - set(rows))
         if not missing:
             return rows
         for key in missing:
             self._insert_if_missing(session, model, key, new)
-        return {row.key: row for row in session.scalars(statement)}
+        return read()
 
 
 def _expired(row: AttemptLimitRow, now: datetime, lockout: timedelta) -> bool:
