@@ -20,12 +20,10 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
-import threading
 from collections.abc import Sequence
 from types import CodeType, ModuleType
 
 _CODE: dict[str, CodeType] = {}  # source path -> its compiled module code, for the life of the process
-_CODE_LOCK = threading.Lock()
 
 
 class _CompiledOnceLoader(importlib.machinery.SourceFileLoader):
@@ -37,8 +35,7 @@ class _CompiledOnceLoader(importlib.machinery.SourceFileLoader):
             compiled = super().get_code(fullname)
             if compiled is None:  # pragma: no cover - a SourceFileLoader always has code for a source file
                 raise ImportError(f"no code for {fullname}", name=fullname)
-            with _CODE_LOCK:
-                code = _CODE.setdefault(self.path, compiled)
+            code = _CODE.setdefault(self.path, compiled)  # atomic: two threads compiling at once keep one code
         return code
 
 
