@@ -381,10 +381,9 @@ def _sqlite_engine(url: URL) -> Engine:
     # This process's writers queue here before SQLite's write lock: SQLite's busy handler retries a locked database
     # after sleeps of 1, 2, 5, 10, 15, 20, 25, then 25 to 100 ms, so a writer arriving just after another (the
     # ledger's events, the vendors' shared rate windows, from 16 activity threads) slept tens of milliseconds
-    # after the lock was free; a thread lock wakes the next writer as soon as it is released. Other processes still
-    # meet at SQLite's lock, on the busy timeout.
-    writers = threading.Lock()
-    holders: weakref.WeakSet[Any] = weakref.WeakSet()  # the connection whose transaction holds it
+    # after the lock was free; the queue wakes the next writer as soon as the turn is given back. Other processes
+    # still meet at SQLite's lock, on the busy timeout.
+    writers = _WriterQueue()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -394,27 +393,100 @@ def _sqlite_engine(url: URL) -> Engine:
         if not conn.get_execution_options().get("dsr_write", False):
             conn.exec_driver_sql("BEGIN")
             return
-        # Past the busy timeout without the thread lock (a writer of this process stuck), SQLite decides alone.
-        queued = writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+        dbapi_connection = conn.connection.dbapi_connection
+        # Past the busy timeout without the turn (a writer of this process stuck), SQLite decides alone.
+        queued = writers.enter(dbapi_connection, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             if queued:
-                writers.release()
+                writers.leave(dbapi_connection)
             raise
-        if queued:
-            holders.add(conn)
 
     @event.listens_for(engine, "commit")
     @event.listens_for(engine, "rollback")
     def _on_end(conn: Any) -> None:
         # Both fire before the database's COMMIT or ROLLBACK: the next writer of this process then waits for it
         # at SQLite's lock, a moment, as any writer of another process does.
-        if conn in holders:
-            holders.discard(conn)
-            writers.release()
+        if not conn.invalidated:
+            writers.leave(conn.connection.dbapi_connection)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, _record: Any) -> None:
+        # Back in the pool (its transaction, if any, rolled back by the pool): whatever path it took, its turn ends.
+        writers.leave(dbapi_connection)
 
     return engine
+
+
+class _WriterQueue:
+    """One process's SQLite writers, one at a time: the turn, and which DB-API connection holds it.
+
+    A plain lock would do if every writer that takes it gave it back. The worker's activities run in threads, and
+    the Temporal SDK cancels a threaded activity by raising ``CancelledError`` inside its thread, wherever it
+    is: a writer woken with the lock just acquired raised before recording it, and the lock stayed taken for
+    the life of the process (every later write then waited the busy timeout, 30 s, longer than a ledger
+    activity's own timeout: the worker's requests stood still). So a writer waiting for the turn looks, every
+    ``poll`` seconds, at its holder: a holder whose connection has no open transaction at two looks in a row (it
+    ended, or never began) has lost its turn, and the waiter takes it over. Taking over a writer that is just
+    about to BEGIN is harmless: SQLite's own lock still lets one write at a time; the queue only spares the busy
+    handler's sleeps.
+    """
+
+    def __init__(self, *, poll: float = 0.05) -> None:
+        self._turn = threading.Lock()  # held from BEGIN IMMEDIATE to COMMIT / ROLLBACK
+        self._state = threading.Lock()  # guards _holder, held for a few statements only
+        self._holder: Any = None  # the DB-API connection whose write holds the turn
+        self._poll = poll
+
+    def enter(self, connection: Any, *, timeout: float) -> bool:
+        """Wait for the turn for ``connection``; False after ``timeout`` seconds (its holder is still writing)."""
+        deadline = time.monotonic() + timeout
+        suspect: Any = _NOBODY  # a holder (None: one not yet recorded) seen without a transaction at the last look
+        while True:
+            with self._state:
+                if self._turn.acquire(blocking=False):
+                    self._holder = connection
+                    return True
+                holder = self._holder
+                if holder is connection:
+                    return True
+                # Between taking the turn and its BEGIN a holder has no transaction yet, for a moment: only one
+                # seen so at two looks a poll apart has lost the turn.
+                if _in_transaction(holder):
+                    suspect = _NOBODY
+                elif holder is suspect:
+                    self._holder = connection  # the turn stays taken, now by this writer
+                    return True
+                else:
+                    suspect = holder
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Woken as soon as the turn is given back, or at the next look at its holder.
+            if self._turn.acquire(timeout=min(self._poll, remaining)):
+                with self._state:
+                    self._holder = connection
+                return True
+
+    def leave(self, connection: Any) -> None:
+        """Give the turn back, if ``connection`` holds it (a no-op otherwise: called on every end of a transaction,
+        and on every return of a connection to the pool)."""
+        with self._state:
+            if self._holder is not connection:
+                return
+            self._holder = None
+            self._turn.release()
+
+
+_NOBODY = object()
+
+
+def _in_transaction(connection: Any) -> bool:
+    try:
+        return connection is not None and bool(connection.in_transaction)
+    except sqlite3.Error:  # closed
+        return False
 
 
 def _enable_wal(cursor: Any) -> None:

@@ -1,9 +1,11 @@
-"""A SQLite ledger's writers of one process queue on a thread lock before SQLite's write lock
-(``dsr.store.ledger._sqlite_engine``): whatever way a write transaction ends, the next writer gets through."""
+"""A SQLite ledger's writers of one process queue for a turn before SQLite's write lock
+(``dsr.store.ledger._sqlite_engine``): whatever way a write transaction ends, even a writer interrupted in its
+thread the way the Temporal SDK cancels a threaded activity, the next writer gets through."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from dsr.store.ledger import Ledger
+from dsr.store.ledger import Ledger, _WriterQueue
 from tests.harness import TEST_KEYRING
 
-# Far below the busy timeout (30 s), after which a writer goes to SQLite's lock without the thread lock: a writer
-# still waiting then means a lock that was never released.
+# Far below the busy timeout (30 s), after which a writer goes to SQLite's lock without its turn: a writer still
+# waiting then means a turn that was never given back.
 PROMPTLY = 10.0
 
 
@@ -80,3 +82,73 @@ def test_many_threads_writing_at_once_each_write_once(engine: Engine) -> None:
         for done in [pool.submit(writer, n) for n in range(16)]:
             done.result(timeout=60)
     assert written(engine) == sorted(n * 100 + k for n in range(16) for k in range(10))
+
+
+class Interrupted(Exception):
+    """Raised inside a writer's thread from outside, as the Temporal SDK raises ``CancelledError`` in a threaded
+    activity it cancels."""
+
+
+def interrupt(thread_id: int) -> None:
+    raised = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(Interrupted))
+    assert raised == 1
+
+
+def test_a_writer_interrupted_as_its_turn_comes_does_not_keep_the_next_writers_waiting(engine: Engine) -> None:
+    # The interruption is raised in the waiting thread at its first Python instruction after the wait: with the
+    # queue's turn just given to it, before it could write down that it holds it. A plain lock stayed taken then,
+    # and every later write of the process waited the busy timeout.
+    holding = engine.connect()
+    transaction = holding.begin()
+    holding.execute(text("INSERT INTO tally VALUES (1)"))
+    waiter_thread: list[int] = []
+
+    def waiter() -> None:
+        waiter_thread.append(threading.get_ident())
+        write(engine, 2)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        second = pool.submit(waiter)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            second.result(timeout=0.3)  # queued behind the open write
+        interrupt(waiter_thread[0])
+        transaction.commit()
+        holding.close()
+        with pytest.raises(Interrupted):
+            second.result(timeout=PROMPTLY)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(write, engine, 3).result(timeout=PROMPTLY)
+    assert written(engine) == [1, 3]
+
+
+class Connection:
+    """A DB-API connection as the queue sees it: whether a transaction is open."""
+
+    def __init__(self) -> None:
+        self.in_transaction = False
+
+
+def test_the_turn_goes_to_one_writer_at_a_time_and_back_only_from_its_holder() -> None:
+    queue = _WriterQueue(poll=0.01)
+    first, second = Connection(), Connection()
+    assert queue.enter(first, timeout=0.1)
+    first.in_transaction = True
+    assert queue.enter(first, timeout=0.1)  # its own turn, again (a nested begin)
+    assert not queue.enter(second, timeout=0.1)  # the holder is writing
+    queue.leave(second)  # not the holder: nothing given back
+    assert not queue.enter(second, timeout=0.1)
+    queue.leave(first)
+    assert queue.enter(second, timeout=0.1)
+
+
+def test_a_holder_without_a_transaction_at_two_looks_loses_its_turn() -> None:
+    queue = _WriterQueue(poll=0.01)
+    lost, waiting = Connection(), Connection()
+    assert queue.enter(lost, timeout=0.1)  # and never begins, nor gives the turn back
+    assert queue.enter(waiting, timeout=5.0)  # taken over (without it, False after the timeout)
+    waiting.in_transaction = True
+    queue.leave(lost)  # a late end of the lost holder's turn does not end the new holder's
+    assert not queue.enter(Connection(), timeout=0.1)
+    waiting.in_transaction = False
+    queue.leave(waiting)
+    assert queue.enter(Connection(), timeout=0.0)
