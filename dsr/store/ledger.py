@@ -33,12 +33,12 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, Engine, String, Text, delete, event, make_url, select
+from sqlalchemy import Connection, DateTime, Engine, String, Text, delete, event, insert, make_url, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -146,6 +146,40 @@ class EventNoteRow(SQLModel, table=True):
 
     event_key: str = Field(primary_key=True, sa_type=String(400))
     note_sealed: str = Field(sa_type=Text)
+
+
+_REQUESTS = RequestRow.__table__  # type: ignore[attr-defined]
+_EVENTS = EventRow.__table__  # type: ignore[attr-defined]
+_EVENT_NOTES = EventNoteRow.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class _RequestChange:
+    """What a batch of events changes in its request's row: the columns to set, and whether it closes."""
+
+    request_id: str
+    kind: str
+    subject_index: str
+    updated_at: datetime
+    subject: Subject  # opened once per batch, to refuse details that hold the subject's email or name
+    values: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    def take(self, event: AuditEvent, at: datetime) -> None:
+        """The row takes the event's stage, outcome, deadline and extended flag, those it gives."""
+        given: dict[str, Any] = {}
+        if event.stage is not None:
+            given["stage"] = Stage(event.stage).value
+            self.closed = self.closed or given["stage"] == Stage.CLOSED.value
+        if event.outcome is not None:
+            given["outcome"] = Outcome(event.outcome).value
+        if event.deadline is not None:
+            given["deadline"] = event.deadline
+        if event.extended is not None:
+            given["extended"] = bool(event.extended)
+        if given:
+            self.updated_at = max(self.updated_at, at)
+            self.values.update(given, updated_at=self.updated_at)
 
 
 class SubjectClaimRow(SQLModel, table=True):
@@ -473,7 +507,7 @@ class _WriterQueue:
         """Give the turn back, if ``connection`` holds it (a no-op otherwise: called on every end of a transaction,
         and on every return of a connection to the pool)."""
         with self._state:
-            if self._holder is not connection:
+            if connection is None or self._holder is not connection:  # None: an invalidated connection's checkin
                 return
             self._holder = None
             self._turn.release()
@@ -710,19 +744,42 @@ class Ledger:
         checked = [(event, key, _check_details(event.details)) for event, key in events]
         written = 0
         try:
-            with self._session(write=True) as session:
-                requests: dict[str, RequestRow] = {}
+            # Core, not the ORM's unit of work: a flush per event (so that the next one saw it) was most of a batch's
+            # CPU, and a request's activities write a batch every few of its steps.
+            with self._lock, self._write_engine.begin() as connection:
+                # One query for the batch's known keys (a retried batch finds them all), not one per event.
+                known = set(connection.scalars(select(_EVENTS.c.event_key).where(
+                    _EVENTS.c.event_key.in_([key for _, key, _ in checked]))))
+                requests: dict[str, _RequestChange] = {}
+                new_events: list[dict[str, Any]] = []
+                new_notes: list[dict[str, Any]] = []
                 for event, key, details in checked:
-                    if self._event_exists(session, key):
+                    if key in known:
                         continue
-                    request = requests.get(event.request_id) or session.get(RequestRow, event.request_id)
-                    if request is None:
-                        raise UnknownRequestError(
-                            f"request {event.request_id!r} is not in the ledger; record it before its events"
-                        )
-                    requests[event.request_id] = request
-                    self._add_event(session, request, event, key, details, at)
+                    change = requests.get(event.request_id) or self._request_change(connection, event.request_id)
+                    requests[event.request_id] = change
+                    _refuse_personal_data(event, details, change.subject)
+                    new_events.append({"event_key": key, "request_id": event.request_id, "at": at,
+                                       "event": event.event, "actor": event.actor,
+                                       "details": json.dumps(details, ensure_ascii=False)})
+                    if event.note.strip():
+                        # Bound to its event (key names the request's workflow): it opens there and nowhere else.
+                        new_notes.append({"event_key": key, "note_sealed": self._sealer.seal_text(
+                            event.note.strip(), purpose=NOTE_PURPOSE, context=key)})
+                    change.take(event, at)
+                    known.add(key)
                     written += 1
+                if new_events:  # in the order noted: the events' ids follow it
+                    connection.execute(insert(_EVENTS), new_events)
+                if new_notes:
+                    connection.execute(insert(_EVENT_NOTES), new_notes)
+                for change in requests.values():
+                    if change.values:
+                        connection.execute(update(_REQUESTS).where(
+                            _REQUESTS.c.request_id == change.request_id).values(change.values))
+                    if change.closed:
+                        # Closed: the subject may make a new request of this kind (same transaction as the close).
+                        connection.execute(self._claim_of(change.subject_index, change.kind, change.request_id))
         except IntegrityError:
             # A concurrent call with the same key won the race; its transaction holds the whole change. One by one,
             # each event is then either found written or written now.
@@ -733,41 +790,17 @@ class Ledger:
             return sum(self.append_event(event, key=key, at=at) for event, key in events)
         return written
 
-    def _add_event(self, session: Session, request: RequestRow, event: AuditEvent, key: str,
-                   details: dict[str, str], at: datetime) -> None:
-        stage = Stage(event.stage).value if event.stage is not None else None
-        outcome = Outcome(event.outcome).value if event.outcome is not None else None
-        _refuse_personal_data(event, details, self._subject(request))
-        session.add(
-            EventRow(
-                event_key=key,
-                request_id=event.request_id,
-                at=at,
-                event=event.event,
-                actor=event.actor,
-                details=json.dumps(details, ensure_ascii=False),
-            )
-        )
-        if event.note.strip():
-            # Bound to its event (key names the request's workflow): it opens there and nowhere else.
-            session.add(EventNoteRow(event_key=key, note_sealed=self._sealer.seal_text(
-                event.note.strip(), purpose=NOTE_PURPOSE, context=key)))
-        changed = False
-        if stage is not None:
-            request.stage, changed = stage, True
-        if outcome is not None:
-            request.outcome, changed = outcome, True
-        if event.deadline is not None:
-            request.deadline, changed = event.deadline, True
-        if event.extended is not None:
-            request.extended, changed = bool(event.extended), True
-        if changed:
-            request.updated_at = max(request.updated_at, at)
-            session.add(request)
-        if stage == Stage.CLOSED.value:
-            # Closed: the subject may make a new request of this kind (same transaction as the close).
-            session.execute(self._claim_of(request.subject_index, request.kind, request.request_id))
-        session.flush()  # the next event of the batch sees this one (its key, the request's new stage)
+    def _request_change(self, connection: Connection, request_id: str) -> _RequestChange:
+        found = connection.execute(select(
+            _REQUESTS.c.request_id, _REQUESTS.c.kind, _REQUESTS.c.subject_index, _REQUESTS.c.updated_at,
+            _REQUESTS.c.subject_email_sealed, _REQUESTS.c.subject_name_sealed,
+        ).where(_REQUESTS.c.request_id == request_id)).one_or_none()
+        if found is None:
+            raise UnknownRequestError(f"request {request_id!r} is not in the ledger; record it before its events")
+        return _RequestChange(
+            request_id=request_id, kind=found.kind, subject_index=found.subject_index,
+            updated_at=_utc(found.updated_at, "updated_at"),
+            subject=self._open_subject(request_id, found.subject_email_sealed, found.subject_name_sealed))
 
     def claim_subject(self, email: str, kind: RequestKind, request_id: str, *, now: datetime) -> SubjectClaim:
         """Claim the subject (any case) and kind for ``request_id``, unless another request holds them: the
@@ -956,10 +989,14 @@ class Ledger:
     def _event_exists(session: Session, key: str) -> bool:
         return session.scalar(select(col(EventRow.id)).where(col(EventRow.event_key) == key)) is not None
 
+
     def _subject(self, row: RequestRow) -> Subject:
+        return self._open_subject(row.request_id, row.subject_email_sealed, row.subject_name_sealed)
+
+    def _open_subject(self, request_id: str, email_sealed: str, name_sealed: str) -> Subject:
         return Subject(
-            email=self._sealer.open_text(row.subject_email_sealed, purpose=EMAIL_PURPOSE, context=row.request_id),
-            name=self._sealer.open_text(row.subject_name_sealed, purpose=NAME_PURPOSE, context=row.request_id),
+            email=self._sealer.open_text(email_sealed, purpose=EMAIL_PURPOSE, context=request_id),
+            name=self._sealer.open_text(name_sealed, purpose=NAME_PURPOSE, context=request_id),
         )
 
     def _view(self, row: RequestRow) -> LedgerRequest:

@@ -203,6 +203,60 @@ def test_racing_events_with_one_key_write_one_event_and_its_row_change(ledger: L
     assert stored.stage.value == event.details["to"]
 
 
+def test_a_batch_is_written_in_order_in_one_transaction(ledger: Ledger, raw: Callable[..., list[Any]]) -> None:
+    """``append_events``, as a workflow's batched events come: two requests, stages moving more than once, a note,
+    a key repeated within the batch, a close releasing its claim; then the whole batch retried."""
+    first, second = "dsr-2026-11-AAAAAA", "dsr-2026-11-BBBBBB"
+    ledger.record_request(record(first, kind=RequestKind.ERASURE), now=T0)
+    ledger.record_request(record(second, email="other@example.org", name="Paul Durand"), now=T0)
+    assert ledger.claim_subject(EMAIL, RequestKind.ERASURE, first, now=T0).request_id == first
+    at = T0 + timedelta(hours=2)
+    batch = [
+        (AuditEvent(first, "processing", stage=Stage.PROCESSING), "wf/1/0"),
+        (AuditEvent(second, "extended", actor="operator:alice", stage=Stage.PROCESSING, deadline=date(2027, 2, 2),
+                    extended=True, note="complex: three systems"), "wf/2/0"),
+        (AuditEvent(first, "connector_done", details={"connector": "hubspot"}), "wf/1/1"),
+        (AuditEvent(first, "connector_done", details={"connector": "again"}), "wf/1/1"),  # same key: skipped
+        (AuditEvent(first, "replying", stage=Stage.REPLYING), "wf/1/2"),
+        (AuditEvent(first, "closed", stage=Stage.CLOSED, outcome=Outcome.FULFILLED), "wf/1/3"),
+    ]
+    assert ledger.append_events(batch, at=at) == 5
+
+    assert [(e.event, e.details) for e in ledger.events(first)] == [
+        ("processing", {}), ("connector_done", {"connector": "hubspot"}), ("replying", {}), ("closed", {})]
+    [extended] = ledger.events(second)
+    assert (extended.event, extended.actor, extended.note) == ("extended", "operator:alice", "complex: three systems")
+    closed, moved = ledger.get_request(first), ledger.get_request(second)
+    assert closed is not None and moved is not None
+    assert (closed.stage, closed.outcome, closed.updated_at) == (Stage.CLOSED, Outcome.FULFILLED, at)
+    assert (moved.stage, moved.deadline, moved.extended, moved.updated_at) == (
+        Stage.PROCESSING, date(2027, 2, 2), True, at)
+    assert ledger.claim_of(EMAIL, RequestKind.ERASURE) is None  # the close released it, in the same transaction
+
+    assert ledger.append_events(batch, at=at + timedelta(minutes=1)) == 0  # the activity retried
+    assert raw("SELECT count(*) FROM events")[0][0] == 5
+    retried = ledger.get_request(first)
+    assert retried is not None and retried.updated_at == at
+
+
+def test_a_batch_with_one_refused_event_writes_none(ledger: Ledger, raw: Callable[..., list[Any]]) -> None:
+    rid = "dsr-2026-11-AAAAAA"
+    ledger.record_request(record(rid), now=T0)
+    batch = [
+        (AuditEvent(rid, "processing", stage=Stage.PROCESSING), "wf/0"),
+        (AuditEvent(rid, "reply_sent", details={"to": EMAIL}, stage=Stage.CLOSED), "wf/1"),
+    ]
+    with pytest.raises(ValueError, match="in plaintext"):
+        ledger.append_events(batch, at=T0 + timedelta(hours=1))
+    with pytest.raises(UnknownRequestError):
+        ledger.append_events([(AuditEvent(rid, "processing"), "wf/2"), (AuditEvent("dsr-nope", "x"), "wf/3")],
+                             at=T0 + timedelta(hours=1))
+    assert raw("SELECT count(*) FROM events")[0][0] == 0
+    stored = ledger.get_request(rid)
+    assert stored is not None
+    assert (stored.stage, stored.updated_at) == (Stage.RECEIVED, T0)
+
+
 def test_event_for_unknown_request_is_refused(ledger: Ledger, raw: Callable[..., list[Any]]) -> None:
     with pytest.raises(UnknownRequestError):
         ledger.append_event(AuditEvent("dsr-nope", "received"), key="k", at=T0)
