@@ -306,7 +306,8 @@ async def main(args: argparse.Namespace) -> None:
                    "DSR_PUBLIC_URL": "http://127.0.0.1:9", "DSR_IDENTITY_METHOD": "trusted",
                    "DSR_CONNECTOR_HEARTBEAT_SECONDS": "5",
                    "MN_HUBSPOT_TOKEN": HUBSPOT_TOKEN, "MN_WOO_KEY": WOO_KEY, "MN_WOO_SECRET": WOO_SECRET,
-                   "MN_STRIPE_KEY": STRIPE_KEY, "PYTHONPATH": str(root)}
+                   "MN_STRIPE_KEY": STRIPE_KEY,
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH", "")]))}
             if name == "bare":
                 command = [python, str(ROOT / "bench" / "throughput.py"), "--serve-bare"]
             else:
