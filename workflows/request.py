@@ -249,6 +249,8 @@ class DataSubjectRequest:
         self._ledger_writer: asyncio.Task[None] | None = None
         self._ledger_awaited = 0  # coroutines waiting for the ledger to hold what was noted: no batch waits then
         self._fanning_out = False  # from the plan to the last connector's end (see _batch_may_wait)
+        self._starting_aftercare = False  # closed, its aftercare not started yet (see _batch_may_wait)
+        self._notices_in_flight = 0
         self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
 
     # --- main flow ----------------------------------------------------------------------------
@@ -288,9 +290,12 @@ class DataSubjectRequest:
         if await self._verify_identity() and not self._ending() and await self._changes_known():
             await self._carry_out()
         await self._close()
-        await watcher
-        # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
-        await self._start_aftercare()
+        try:
+            await watcher
+            # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
+            await self._start_aftercare()
+        finally:
+            self._starting_aftercare = False
         await restriction.hold(self)  # a restriction stays in force, in its own workflow, until lifted
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
@@ -869,6 +874,8 @@ class DataSubjectRequest:
             # once the request is closed. Only requests that took correspondence get here, so histories
             # from before ``record_correspondence`` replay unchanged.
             await self._delete_attachments("attachments_deleted")
+        # The aftercare's start is a round trip to the server: the closing events may wait for its own.
+        self._starting_aftercare = self._link_expires_at is not None or bool(self._residuals)
 
     async def _delete_stored_objects(self) -> None:
         """What closing without a reply makes pointless to keep on the object store (idempotent)."""
@@ -1594,11 +1601,16 @@ class DataSubjectRequest:
         systems (API, database: seconds to minutes) are working, none of them failing, the turn's and the
         connectors' events go to the ledger together, with the event that follows the fan-out (``replying``,
         ``needs_attention``), not in a batch each (the events keep their order; each one's time is when the batch
-        is written, as before, a few seconds later). Measured with bench/throughput.py: a light access request wrote
-        six batches, each an activity and a workflow task more; now three. A system reached by a person (days) or
-        a connector failing does not hold them back, nor does anyone waiting for the ledger."""
-        if (not self._fanning_out or self._ledger_awaited
-                or any(e.event not in BATCHED_WITH_FAN_OUT for e in self._events)):
+        is written, as before, a few seconds later). A system reached by a person (days) or a connector failing
+        does not hold them back, nor does anyone waiting for the ledger. Likewise the closing events wait for the
+        aftercare's start (a round trip to the server) and its ``aftercare_started``, unless a notice is on its way
+        (an SMTP outage may hold it for hours). Measured with bench/throughput.py: a light access request wrote
+        six batches, each an activity and a workflow task more; now three."""
+        if self._ledger_awaited:
+            return False
+        if self._starting_aftercare:
+            return not self._notices_in_flight  # not behind a deadline notice the closing found on its way
+        if not self._fanning_out or any(e.event not in BATCHED_WITH_FAN_OUT for e in self._events):
             return False
         return all(p.connector not in self._outside and p.failing_since is None
                    for p in self._progress.values() if p.state == ConnectorState.RUNNING)
@@ -1702,6 +1714,13 @@ class DataSubjectRequest:
     async def _send_tracked(self, notice: Notice) -> None:
         """One try; if the mail server did not take it (down, 4xx, a lost worker), the notice shows as pending
         in the status, the UI and ``DsrMailPending`` while it is retried under the same key."""
+        self._notices_in_flight += 1
+        try:
+            await self._send_until_taken(notice)
+        finally:
+            self._notices_in_flight -= 1
+
+    async def _send_until_taken(self, notice: Notice) -> None:
         self._mail_count += 1
         notice = dataclasses.replace(notice, key=f"mail-{self._mail_count}")
         summary = f"notice: {notice.template.value}"
