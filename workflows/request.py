@@ -290,6 +290,8 @@ class DataSubjectRequest:
         if await self._verify_identity() and not self._ending() and await self._changes_known():
             await self._carry_out()
         await self._close()
+        # The aftercare's start is a round trip to the server: the closing events may wait for its own.
+        self._starting_aftercare = self._aftercare_needed()
         try:
             await watcher
             # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
@@ -874,8 +876,6 @@ class DataSubjectRequest:
             # once the request is closed. Only requests that took correspondence get here, so histories
             # from before ``record_correspondence`` replay unchanged.
             await self._delete_attachments("attachments_deleted")
-        # The aftercare's start is a round trip to the server: the closing events may wait for its own.
-        self._starting_aftercare = self._link_expires_at is not None or bool(self._residuals)
 
     async def _delete_stored_objects(self) -> None:
         """What closing without a reply makes pointless to keep on the object store (idempotent)."""
@@ -902,7 +902,7 @@ class DataSubjectRequest:
         """What outlives the answer (the download link until it expires, residual data until an operator clears
         it) goes to the request's aftercare: a child workflow that outlives this run (ABANDON), which then ends.
         The subject's turn was released at the answer: a later request of the person never waits for it."""
-        if self._link_expires_at is None and not self._residuals:
+        if not self._aftercare_needed():
             return
         policy = self._request.policy
         care = AftercareInput(
@@ -931,6 +931,9 @@ class DataSubjectRequest:
         self._aftercare = child
         self._update_details()
         self._note("aftercare_started", details={"workflow": child, "for": ",".join(what)})
+
+    def _aftercare_needed(self) -> bool:
+        return self._link_expires_at is not None or bool(self._residuals)
 
     def _supplement_plan(self) -> SupplementPlan | None:
         """The systems reached by a person that the reply told as not answered yet: once they answer (or the
@@ -1587,7 +1590,7 @@ class DataSubjectRequest:
         coroutines to settle first, so that it holds every event the task notes (a connector's ``connector_done``
         and the ``replying`` that follows it go together: one write, not two)."""
         while self._events:
-            # True once nothing else in this task can run, unless the batch may wait for the fan-out (see below).
+            # True once nothing else in this task can run, unless the batch may wait for more (_batch_may_wait).
             await workflow.wait_condition(lambda: not self._batch_may_wait())
             batch, self._events = self._events, []
             await workflow.execute_activity_method(

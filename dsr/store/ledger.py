@@ -989,7 +989,6 @@ class Ledger:
     def _event_exists(session: Session, key: str) -> bool:
         return session.scalar(select(col(EventRow.id)).where(col(EventRow.event_key) == key)) is not None
 
-
     def _subject(self, row: RequestRow) -> Subject:
         return self._open_subject(row.request_id, row.subject_email_sealed, row.subject_name_sealed)
 
