@@ -14,7 +14,6 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.worker import Worker, WorkflowRunner
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.connectors import ConnectorActivities
 from activities.deadlines import deadlines_resumed, local_instant
@@ -31,7 +30,7 @@ from dsr.config.profile import ControllerProfile, ProfileFile
 from dsr.config.settings import Settings
 from dsr.domain.model import TRIAGE_PREFIX, AuditEvent
 from dsr.errors import ConfigurationError
-from dsr.runtime.workflow_code import compile_once
+from dsr.runtime.workflow_code import CompiledOnceSandbox, compile_once
 from dsr.store.attachments import AttachmentStore
 from dsr.store.crypto import KeyRing
 from dsr.store.exports import ExportStore
@@ -257,7 +256,8 @@ def build_worker(
 ) -> Worker:
     """The engine's worker. ``workflow_runner`` is a test seam (the tests validate the workflow definitions in
     the sandbox once per process rather than at every worker start); left out, the SDK's sandbox, which executes
-    the workflow modules afresh for each run from code compiled once per process (``dsr.runtime.workflow_code``)."""
+    the workflow modules afresh for each run from code compiled once per process, its own glue too
+    (``dsr.runtime.workflow_code``)."""
     compile_once("workflows")
     return Worker(
         client,
@@ -266,7 +266,7 @@ def build_worker(
         activities=activities_for(settings, ledger, connectors, exports, profile),
         activity_executor=executor or concurrent.futures.ThreadPoolExecutor(max_workers=16),
         max_cached_workflows=settings.workflow_cache,
-        workflow_runner=workflow_runner or SandboxedWorkflowRunner(),
+        workflow_runner=workflow_runner or CompiledOnceSandbox(),
     )
 
 

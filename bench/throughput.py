@@ -111,7 +111,7 @@ def serve_bare() -> None:
 
     from bench.bare import BareRequest
     from dsr.runtime.bootstrap import Deployment
-    from dsr.runtime.workflow_code import compile_once
+    from dsr.runtime.workflow_code import CompiledOnceSandbox, compile_once
     from worker import activities_for, settle_heap
 
     async def run() -> None:
@@ -119,11 +119,12 @@ def serve_bare() -> None:
         deployment = Deployment.from_settings(settings)
         connectors = deployment.connectors()
         client = await deployment.client()
-        compile_once("bench")  # as build_worker does for the engine's workflows
+        compile_once("bench")  # as build_worker does for the engine's workflows, with the same sandbox runner
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
             worker = Worker(client, task_queue=settings.task_queue, workflows=[BareRequest],
                             activities=activities_for(settings, deployment.ledger, connectors, deployment.exports),
-                            activity_executor=executor, max_cached_workflows=settings.workflow_cache)
+                            activity_executor=executor, max_cached_workflows=settings.workflow_cache,
+                            workflow_runner=CompiledOnceSandbox())
             settle_heap()
             async with worker:
                 await asyncio.Event().wait()

@@ -25,10 +25,10 @@ from datetime import timedelta
 import pytest_asyncio
 from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from temporalio.workflow import _Definition
 
 from dsr.runtime.temporal import register_search_attributes
+from dsr.runtime.workflow_code import CompiledOnceSandbox
 from dsr.store.crypto import KeyRing, data_converter
 from tests.harness import TEST_KEYRING, binary
 from workflows import search_attributes as sa
@@ -108,11 +108,11 @@ _VALIDATED: set[type] = set()
 
 
 @dataclass(frozen=True)
-class _ValidatedOnce(SandboxedWorkflowRunner):
-    """The SDK's sandbox, which validates each workflow definition once per process instead of at every worker
-    start. A worker's start re-imports every workflow module in a fresh sandbox to validate it (about 35 ms of CPU
-    a workflow type, 0.2 s a worker): with a worker per test, the fast loop spent tens of seconds of CPU
-    validating the same six classes. Runs still get a sandbox each, as in production."""
+class _ValidatedOnce(CompiledOnceSandbox):
+    """The worker's sandbox (the SDK's, its glue compiled once), which validates each workflow definition once per
+    process instead of at every worker start. A worker's start re-imports every workflow module in a fresh sandbox
+    to validate it (about 35 ms of CPU a workflow type, 0.2 s a worker): with a worker per test, the fast loop spent
+    tens of seconds of CPU validating the same six classes. Runs still get a sandbox each, as in production."""
 
     def prepare_workflow(self, defn: _Definition) -> None:
         if defn.cls not in _VALIDATED:
@@ -120,6 +120,6 @@ class _ValidatedOnce(SandboxedWorkflowRunner):
             _VALIDATED.add(defn.cls)
 
 
-def validated_once() -> SandboxedWorkflowRunner:
+def validated_once() -> CompiledOnceSandbox:
     """The sandbox runner for test workers: see :class:`_ValidatedOnce`."""
     return _ValidatedOnce()

@@ -1,6 +1,7 @@
 """The worker's workflow modules compiled once per process (``dsr.runtime.workflow_code``), run in the SDK's real
 sandbox on the time-skipping test server: every run still gets a module of its own, and the source is compiled
-once, where Python without bytecode on disk compiled it for every run."""
+once, where Python without bytecode on disk compiled it for every run. The sandbox's own glue
+(``CompiledOnceSandbox``): compiled once, with the SDK's restrictions unchanged."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import pytest
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import RestrictedWorkflowAccessError
+from temporalio.worker.workflow_sandbox import _runner as sdk_sandbox
+from temporalio.workflow import _Definition
 
-from dsr.runtime.workflow_code import compile_once, compiled_modules
+from dsr.runtime.workflow_code import CompiledOnceSandbox, compile_once, compiled_modules, glue_compiled
 from tests.servers import time_skipping_server
 
 WORKFLOW_SOURCE = textwrap.dedent('''
@@ -60,11 +65,12 @@ def workflow_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
         del sys.modules[module]
 
 
-async def run_three(module_name: str) -> list[int]:
+async def run_three(module_name: str, runner: CompiledOnceSandbox | None = None) -> list[int]:
     module = importlib.import_module(f"{module_name}.flow")
     async with time_skipping_server(None, search_attributes=False) as env:
         queue = f"compiled-once-{uuid.uuid4().hex[:6]}"
-        async with Worker(env.client, task_queue=queue, workflows=[module.CountsItsModuleRuns]):
+        async with Worker(env.client, task_queue=queue, workflows=[module.CountsItsModuleRuns],
+                          **({"workflow_runner": runner} if runner else {})):
             return [await env.client.execute_workflow(module.CountsItsModuleRuns.run, id=f"{queue}-{n}",
                                                       task_queue=queue) for n in range(3)]
 
@@ -85,3 +91,51 @@ async def test_without_it_every_sandboxed_run_compiles_the_module_again(
     name, compiles = workflow_package
     assert await run_three(name) == [1, 1, 1]
     assert len(compiles) >= 4
+
+
+async def test_the_sandbox_glue_is_compiled_once_and_each_run_still_has_its_own_module(
+        workflow_package: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every crossing into a run's sandbox (its creation, each activation, each payload's serialization context)
+    reaches the SDK's crossing with code compiled before, never a string to compile again."""
+    name, _ = workflow_package
+    crossings: list[object] = []
+    sdk_run_code = sdk_sandbox._Instance._run_code
+
+    def noting(self: Any, code: Any, **extra_globals: Any) -> None:
+        crossings.append(code)
+        sdk_run_code(self, code, **extra_globals)
+
+    monkeypatch.setattr(sdk_sandbox._Instance, "_run_code", noting)
+    assert await run_three(name, CompiledOnceSandbox()) == [1, 1, 1]
+    # The worker's check and three runs, each created (two crossings), activated and asked for contexts.
+    assert len(crossings) >= 4 * 2 + 3 * 2
+    assert all(isinstance(code, CodeType) for code in crossings)
+    distinct = {id(code) for code in crossings}
+    assert len(distinct) <= glue_compiled()
+    assert len(distinct) < len(crossings) / 2  # the same few codes, over and over
+
+
+def test_the_sandbox_still_refuses_what_a_workflow_may_not_do(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restrictions are the SDK's: a workflow module reading the wall clock as it is imported is refused."""
+    name = f"restricted_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent('''
+        import datetime
+        from temporalio import workflow
+
+        TODAY = datetime.date.today()
+
+
+        @workflow.defn
+        class ReadsTheClock:
+            @workflow.run
+            async def run(self) -> str:
+                return TODAY.isoformat()
+    '''), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    try:
+        with pytest.raises(RestrictedWorkflowAccessError, match="date.today"):
+            CompiledOnceSandbox().prepare_workflow(_Definition.must_from_class(module.ReadsTheClock))
+    finally:
+        del sys.modules[name]
