@@ -24,7 +24,7 @@ from activities.outside import ANSWER_LINK_PURPOSE, OutsideActivities
 from activities.replies import ReplyActivities
 from activities.restrictions import RestrictionActivities
 from activities.storage import StorageActivities
-from activities.subjects import ask_subject_turn, subject_request_running
+from activities.subjects import SubjectActivities, subject_request_running
 from connectors.base import Connector
 from dsr.config.profile import ControllerProfile, ProfileFile
 from dsr.config.settings import Settings
@@ -211,7 +211,7 @@ def activities_for(
         storage.delete_earlier_exports,
         intake.submit_triaged,
         intake.delete_identity_documents,
-        ask_subject_turn,
+        SubjectActivities(ledger).ask_subject_turn,
         subject_request_running,
         restrictions.end_restriction_grounds,
         restrictions.ground_ended_already,

@@ -22,7 +22,7 @@ from dsr.store.ledger import Ledger, TriageDismissalRecord
 from dsr.store.suppressions import SuppressionList
 
 
-def _idempotency_key() -> str:
+def ledger_event_key() -> str:
     """Stable across retries of one activity execution (and, for a local activity, across the replays that run it
     again after a lost workflow task), unique across executions and runs. A local activity's id is its sequence
     number, counted apart from the activities': marked, so that local 3 and activity 3 never share a key."""
@@ -51,19 +51,19 @@ class LedgerActivities:
                        details={"channel": Channel(record.channel).value,
                                 **({"scope": record.scope} if record.scope else {}),
                                 **({"documents": str(record.documents)} if record.documents else {})}),
-            key=f"{_idempotency_key()}/received", at=now)
+            key=f"{ledger_event_key()}/received", at=now)
         return created
 
     @activity.defn(name="record_event")
     def record_event(self, event: AuditEvent) -> bool:
         """Append one audit event (and move the request's stage); a retry writes nothing twice."""
-        return self._ledger.append_event(event, key=_idempotency_key(), at=datetime.now(UTC))
+        return self._ledger.append_event(event, key=ledger_event_key(), at=datetime.now(UTC))
 
     @activity.defn(name="record_events")
     def record_events(self, events: list[AuditEvent]) -> int:
         """Append several audit events in order, in one transaction (the workflow's events noted while the
         previous batch was being written); a retry writes none twice. Answers how many were new."""
-        key = _idempotency_key()
+        key = ledger_event_key()
         return self._ledger.append_events([(event, f"{key}/{n}") for n, event in enumerate(events)],
                                           at=datetime.now(UTC))
 

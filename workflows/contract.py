@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.replies import INCOMPLETE_PROFILE, REPLY_INVALID, ReplyActivities
     from activities.restrictions import GROUND_ENDED_SIGNAL, RestrictionActivities
     from activities.storage import StorageActivities
-    from activities.subjects import ask_subject_turn, subject_request_running
+    from activities.subjects import SubjectActivities, subject_request_running
 
 __all__ = [
     "CHECK",
@@ -67,7 +67,7 @@ __all__ = [
     "ReplyActivities",
     "RestrictionActivities",
     "StorageActivities",
-    "ask_subject_turn",
+    "SubjectActivities",
     "deadlines_resumed",
     "local_instant",
     "subject_request_running",

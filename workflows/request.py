@@ -113,7 +113,7 @@ from workflows.contract import (
     NoticeActivities,
     ReplyActivities,
     StorageActivities,
-    ask_subject_turn,
+    SubjectActivities,
     deadlines_resumed,
     summarised,
 )
@@ -247,6 +247,7 @@ class DataSubjectRequest:
         self._events_noted = 0
         self._events_written = 0
         self._ledger_writer: asyncio.Task[None] | None = None
+        self._batch_in_flight = False  # a batch on its way to the ledger (the writer's, or the turn's ask's)
         self._ledger_awaited = 0  # coroutines waiting for the ledger to hold what was noted: no batch waits then
         self._fanning_out = False  # from the plan to the last connector's end (see _batch_may_wait)
         self._starting_aftercare = False  # closed, its aftercare not started yet (see _batch_may_wait)
@@ -550,17 +551,38 @@ class DataSubjectRequest:
         self._turn_holder = ""
         self._awaiting_turn = True  # nothing changed yet: a withdrawal or refusal is still welcome
         self._update_details()
+        # The events noted before the ask (``identity_confirmed``, ``processing``) go with it, unless a batch is on
+        # its way (they come after it): one activity and one workflow task less than a batch of their own.
+        events: list[AuditEvent] = []
+        if not self._batch_in_flight:
+            events, self._events = self._events, []
+            self._batch_in_flight = bool(events)
+        summary = "subject queue: ask for the turn"
+        if events:
+            summary += f"; ledger: {', '.join(e.event for e in events)}"
         try:
             # The queue answers at once who holds the turn: granted (the usual case) goes on from here, in the task
             # that reads the answer; otherwise its signal says when.
-            self.subject_turn(await workflow.execute_activity(
-                ask_subject_turn,
-                QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
-                    request_id=self._request.request_id, received_at=self._request.received_at,
-                    round=self._turn_round,
-                )),
-                **summarised(TURN_ASK, "subject queue: ask for the turn"),
-            ))
+            try:
+                turn = await workflow.execute_activity_method(
+                    SubjectActivities.ask_subject_turn,
+                    QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
+                        request_id=self._request.request_id, received_at=self._request.received_at,
+                        round=self._turn_round,
+                    ), events=events),
+                    **summarised(TURN_ASK, summary),
+                )
+            except Exception:
+                # Retried without limit, and the queue's update refuses nothing: a failure not foreseen. The events
+                # go to the writer rather than nowhere (at the risk of a second copy, were the ask's write done).
+                self._events[:0] = events
+                self._ensure_ledger_writer()
+                raise
+            finally:
+                if events:
+                    self._batch_in_flight = False
+            self._events_written += len(events)
+            self.subject_turn(turn)
             await workflow.wait_condition(lambda: self._turn_granted or self._ending())
         finally:
             self._awaiting_turn = False
@@ -1582,6 +1604,9 @@ class DataSubjectRequest:
             outcome=outcome, deadline=deadline, extended=extended, note=note,
         ))
         self._events_noted += 1
+        self._ensure_ledger_writer()
+
+    def _ensure_ledger_writer(self) -> None:
         if self._ledger_writer is None or self._ledger_writer.done():
             self._ledger_writer = asyncio.create_task(self._write_events())
 
@@ -1590,13 +1615,20 @@ class DataSubjectRequest:
         coroutines to settle first, so that it holds every event the task notes (a connector's ``connector_done``
         and the ``replying`` that follows it go together: one write, not two)."""
         while self._events:
-            # True once nothing else in this task can run, unless the batch may wait for more (_batch_may_wait).
-            await workflow.wait_condition(lambda: not self._batch_may_wait())
+            # True once nothing else in this task can run, unless the batch may wait for more (_batch_may_wait),
+            # and once the batch before it is written (the turn's ask may be writing one: _take_turn).
+            await workflow.wait_condition(lambda: not self._batch_in_flight and not self._batch_may_wait())
             batch, self._events = self._events, []
-            await workflow.execute_activity_method(
-                LedgerActivities.record_events, batch,
-                **summarised(LEDGER, f"ledger: {', '.join(e.event for e in batch)}"),
-            )
+            if not batch:
+                continue  # the turn's ask took them
+            self._batch_in_flight = True
+            try:
+                await workflow.execute_activity_method(
+                    LedgerActivities.record_events, batch,
+                    **summarised(LEDGER, f"ledger: {', '.join(e.event for e in batch)}"),
+                )
+            finally:
+                self._batch_in_flight = False
             self._events_written += len(batch)
 
     def _batch_may_wait(self) -> bool:

@@ -74,7 +74,7 @@ from workflows.contract import (
     TURN_ASK,
     ConnectorActivities,
     RestrictionActivities,
-    ask_subject_turn,
+    SubjectActivities,
     local_instant,
     summarised,
 )
@@ -273,8 +273,8 @@ class RestrictionInForce(FollowUp):
             return
         self._turn_round += 1
         self._turn_asked, self._turn_granted, self._waiting_for = True, False, ""
-        self.subject_turn(await workflow.execute_activity(
-            ask_subject_turn,
+        self.subject_turn(await workflow.execute_activity_method(
+            SubjectActivities.ask_subject_turn,
             QueueAsk(queue_id=subject_queue_id(self._held.subject_key), ask=TurnAsk(
                 request_id=workflow.info().workflow_id, received_at=workflow.now(), round=self._turn_round)),
             **summarised(TURN_ASK, "subject queue: ask for the turn (lift)")))

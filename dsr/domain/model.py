@@ -959,10 +959,12 @@ class SubjectTurn:
 
 @dataclass
 class QueueAsk:
-    """Input of the ``ask_subject_turn`` activity: update-with-start of the subject's queue."""
+    """Input of the ``ask_subject_turn`` activity: update-with-start of the subject's queue, and the ledger
+    events noted before the ask (written by it, in order)."""
 
     queue_id: str
     ask: TurnAsk
+    events: list[AuditEvent] = field(default_factory=list)
 
 
 @dataclass

@@ -15,8 +15,8 @@ from types import CodeType
 from typing import Any
 
 import pytest
-from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import RestrictedWorkflowAccessError
+from temporalio.worker import Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import RestrictedWorkflowAccessError, SandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import _runner as sdk_sandbox
 from temporalio.workflow import _Definition
 
@@ -65,12 +65,12 @@ def workflow_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
         del sys.modules[module]
 
 
-async def run_three(module_name: str, runner: CompiledOnceSandbox | None = None) -> list[int]:
+async def run_three(module_name: str, runner: WorkflowRunner | None = None) -> list[int]:
     module = importlib.import_module(f"{module_name}.flow")
     async with time_skipping_server(None, search_attributes=False) as env:
         queue = f"compiled-once-{uuid.uuid4().hex[:6]}"
         async with Worker(env.client, task_queue=queue, workflows=[module.CountsItsModuleRuns],
-                          **({"workflow_runner": runner} if runner else {})):
+                          workflow_runner=runner or SandboxedWorkflowRunner()):
             return [await env.client.execute_workflow(module.CountsItsModuleRuns.run, id=f"{queue}-{n}",
                                                       task_queue=queue) for n in range(3)]
 
@@ -135,7 +135,7 @@ def test_the_sandbox_still_refuses_what_a_workflow_may_not_do(tmp_path: Path,
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module(name)
     try:
-        with pytest.raises(RestrictedWorkflowAccessError, match="date.today"):
+        with pytest.raises(RestrictedWorkflowAccessError, match=r"date\.today"):
             CompiledOnceSandbox().prepare_workflow(_Definition.must_from_class(module.ReadsTheClock))
     finally:
         del sys.modules[name]

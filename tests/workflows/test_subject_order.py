@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -207,6 +207,15 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
     turns = {r: e.details for r in (access.id, erasure.id) for e in engine.ledger.events(r)
              if e.event == "turn_taken"}
     assert turns == {access.id: {"waited_for": ""}, erasure.id: {"waited_for": access.id}}
+    # The events noted before each ask were written by it (no ledger activity of their own), in their place.
+    for handle in (access, erasure):
+        asks = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0]
+                for e in (await handle.fetch_history()).events
+                if e.activity_task_scheduled_event_attributes.activity_type.name == "ask_subject_turn"]
+        assert asks == ["subject queue: ask for the turn; ledger: identity_confirmed, processing"]
+        written = [e.event for e in engine.ledger.events(handle.id)]
+        assert written[:3] == ["received", "identity_confirmed", "processing"]
+        assert written.count("processing") == 1 and written.index("turn_taken") > 2
     # Idle again: the queue ended (an ask later starts a new one).
     assert (await queue_handle(engine).describe()).status == WorkflowExecutionStatus.COMPLETED
     await keep_history(erasure, "subject_order_waited")
@@ -514,9 +523,12 @@ async def test_the_queue_continues_as_new_with_its_holder_and_waiting_list(time_
 async def test_an_ask_is_answered_by_the_update_and_only_a_later_change_by_a_signal(
         time_skipping: WorkflowEnvironment, engine: Engine) -> None:
     """The ``ask_subject_turn`` activity's update-with-start: the answer says who holds the turn, so the asker is
-    not signalled for it (one workflow task less per request); a later grant still comes by signal."""
-    from activities.subjects import ask_subject_turn
-    from dsr.domain.model import QueueAsk
+    not signalled for it (one workflow task less per request); a later grant still comes by signal. The events
+    noted before the ask are written by it, once however often it is retried."""
+    from activities.subjects import SubjectActivities
+    from dsr.domain.model import AuditEvent, Channel, Language, QueueAsk, RequestKind, RequestRecordInput, Subject
+
+    ask_subject_turn = SubjectActivities(engine.ledger).ask_subject_turn
 
     client = engine.client
     queue_id = "subject-" + "cd" * 16
@@ -526,12 +538,21 @@ async def test_an_ask_is_answered_by_the_update_and_only_a_later_change_by_a_sig
         asks = [TurnAsk(request_id=t.id, received_at=t0 + timedelta(minutes=n)) for n, t in enumerate(takers)]
         env = ActivityEnvironment(client=client)
         env.info = replace(env.info, task_queue=engine.task_queue)
-        # Nobody holds: granted in the answer (the queue is started by the ask).
-        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0])) == \
+        engine.ledger.record_request(RequestRecordInput(
+            request_id="asker-0", kind=RequestKind.ACCESS, channel=Channel.FORM,
+            subject=Subject(email="asker@example.com", name="Asker"), received_at=t0, deadline=date(2026, 2, 5),
+            language=Language.EN), now=t0)
+        noted = [AuditEvent(request_id="asker-0", event="identity_confirmed"),
+                 AuditEvent(request_id="asker-0", event="processing", stage=Stage.PROCESSING)]
+        # Nobody holds: granted in the answer (the queue is started by the ask), the events written.
+        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0], events=noted)) == \
             SubjectTurn(holder="asker-0", round=1)
-        # Asked again (a retried attempt): the same answer.
-        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0])) == \
+        # Asked again (a retried attempt): the same answer, and no event twice.
+        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0], events=noted)) == \
             SubjectTurn(holder="asker-0", round=1)
+        assert [e.event for e in engine.ledger.events("asker-0")] == ["identity_confirmed", "processing"]
+        written = engine.ledger.get_request("asker-0")
+        assert written is not None and written.stage == Stage.PROCESSING
         # Another request of the person: told whom it waits for, in the answer.
         assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[1])) == \
             SubjectTurn(holder="asker-0", round=1)
