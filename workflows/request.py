@@ -1504,10 +1504,14 @@ class DataSubjectRequest:
         self._update_details()
 
     def _publish(self) -> None:
-        """Search attributes for the dashboard (set at start too, repeated here for resets)."""
-        workflow.upsert_search_attributes(sa.as_updates(sa.dashboard(
+        """Search attributes for the dashboard: those the run does not already have (the intake sets them all at
+        start; a run started otherwise, or with other values, gets them here). Upserting what the run already has
+        costs a history event and a write to the server's visibility store, for nothing."""
+        updates = sa.changes(sa.dashboard(
             self._stage, self._request.channel, self._deadline.due, kind=self._request.kind,
-            extended=self._extended, overdue=self._overdue)))
+            extended=self._extended, overdue=self._overdue), workflow.info().typed_search_attributes)
+        if updates:
+            workflow.upsert_search_attributes(updates)
         self._update_details()
 
     def _update_details(self) -> None:

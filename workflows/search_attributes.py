@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from temporalio.common import SearchAttributeKey, SearchAttributePair, SearchAttributeUpdate
+from temporalio.common import SearchAttributeKey, SearchAttributePair, SearchAttributeUpdate, TypedSearchAttributes
 
 from dsr.domain.deadlines import deadline_as_search_value
 from dsr.domain.model import Channel, RequestKind, Stage
@@ -74,6 +74,6 @@ def dashboard(stage: Stage, channel: Channel, due: date, *, kind: RequestKind | 
     return pairs
 
 
-def as_updates(pairs: list[SearchAttributePair[Any]]) -> list[SearchAttributeUpdate[Any]]:
-    """The same attributes, as a workflow upserts them."""
-    return [pair.key.value_set(pair.value) for pair in pairs]
+def changes(pairs: list[SearchAttributePair[Any]], current: TypedSearchAttributes) -> list[SearchAttributeUpdate[Any]]:
+    """The attributes ``current`` does not already hold with these values, as a workflow upserts them."""
+    return [pair.key.value_set(pair.value) for pair in pairs if current.get(pair.key) != pair.value]

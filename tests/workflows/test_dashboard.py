@@ -233,3 +233,37 @@ def test_withdrawals_of_consent_have_their_view() -> None:
     query = urllib.parse.unquote(links["withdrawals of consent under way"].split("?query=", 1)[1])
     assert query == of_kind(RequestKind.CONSENT_WITHDRAWAL)
     assert "DsrKind = 'consent_withdrawal'" in query and "ExecutionStatus = 'Running'" in query
+
+
+async def test_a_request_upserts_only_the_attributes_its_start_did_not_set(
+    dev_server: WorkflowEnvironment, settings: Settings, mail: MailSink, ledger: Ledger
+) -> None:
+    """The intake sets every dashboard attribute at start: the request does not write them again (a history event
+    and a visibility write for nothing). A request started without them (by another client) still gets them."""
+    from temporalio.api.enums.v1 import EventType
+
+    task_queue = f"dash-{uuid.uuid4()}"
+    settings = replace(settings, policy=replace(settings.policy, identity=IdentityMethod.EMAIL))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        async with build_worker(dev_server.client, settings, ledger, task_queue=task_queue, executor=executor,
+                                exports=exports_of(settings), workflow_runner=validated_once()):
+            by_intake = prepare(Submission(kind="access", email="intake@example.org"), settings)
+            started = await start(dev_server.client, by_intake, task_queue=task_queue)
+            plain = prepare(Submission(kind="erasure", email="plain@example.org"), settings)
+            other = await dev_server.client.start_workflow(DataSubjectRequest.run, plain, id=plain.request_id,
+                                                           task_queue=task_queue)
+            for handle in (started, other):
+                for _ in range(100):
+                    if (await handle.describe()).typed_search_attributes.get(sa.DSR_STAGE) == \
+                            Stage.AWAITING_IDENTITY.value:
+                        break
+                    await asyncio.sleep(0.1)
+            upserted = [set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+                        for e in (await started.fetch_history()).events
+                        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
+            assert upserted == [{sa.DSR_STAGE.name}]  # awaiting identity: the one change since the start
+            described = (await other.describe()).typed_search_attributes
+            assert described.get(sa.DSR_KIND) == "erasure" and described.get(sa.DSR_CHANNEL) == "api"
+            assert described.get(sa.DSR_STAGE) == Stage.AWAITING_IDENTITY.value
+            for handle in (started, other):
+                await handle.terminate("test over")
