@@ -142,6 +142,8 @@ class _Collect:
                           rcpt_options: list[str]) -> str:
         if address in self._sink.refused:  # a mailbox that does not exist: refused for good
             return "550 5.1.1 no such mailbox"
+        if address in self._sink.deferred:  # try again later
+            return "450 4.2.2 mailbox full"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -162,6 +164,7 @@ class MailSink:
     messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     refused: set[str] = field(default_factory=set)  # recipients refused with a 550 from now on
+    deferred: set[str] = field(default_factory=set)  # recipients deferred with a 450 (a full mailbox) from now on
 
     def __post_init__(self) -> None:
         self._controller = Controller(_Collect(self), hostname="127.0.0.1", port=self.port)

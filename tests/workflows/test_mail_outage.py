@@ -4,29 +4,31 @@ pending and delivered once when the mail server is back; mail steps heartbeat, s
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import ActivityTaskScheduledEventAttributes
 from temporalio.api.sdk.v1 import WorkflowMetadata
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
-from dsr.domain.model import IdentityMethod, RequestStatus, Stage
-from tests.harness import keep_history
+from dsr.domain.model import IdentityMethod, Outcome, RequestStatus, Retry, Stage
+from tests.harness import ScriptedConnector, keep_history
 from tests.workflows.support import (
     OPERATOR_EMAIL,
     SUBJECT_EMAIL,
     Engine,
+    events,
     status,
     submit,
     templates_sent,
     until,
     wait_for_event,
+    wait_for_stage,
 )
 from workflows import search_attributes as sa
 from workflows.contract import STEP_HEARTBEAT
-from workflows.request import ACK_LEAD
+from workflows.request import ACK_LEAD, DataSubjectRequest
 
 
 async def mail_pending_attribute(handle: WorkflowHandle) -> int | None:
@@ -134,3 +136,36 @@ async def test_the_final_reply_counts_as_pending_mail_until_the_smtp_server_take
     # Once each: the retried reply is the same email (one key, one Message-ID).
     assert sorted(templates_sent(engine, request)) == ["acknowledgement", "reply_access"]
     assert len(engine.mail.to(SUBJECT_EMAIL)) == 2
+
+
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1),
+                                         ScriptedConnector("billing")]])
+async def test_a_deadline_notice_held_by_the_mail_server_does_not_hold_the_closing_events(engine: Engine) -> None:
+    """The closing events wait for the aftercare's start, a round trip to the server, to go in one batch with it;
+    but not behind a deadline notice the mail server is holding back (it may do so for hours): they are written
+    at the close, while the run still waits for that notice before it starts the aftercare and ends."""
+    request, handle = await submit(engine, "access")
+    await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
+    await until(handle, lambda s: "operator_attention" not in s.mail_pending
+                and "operator_attention" in templates_sent(engine, request), "the operator told of the failure")
+
+    # The operator's mailbox is full from now on: the D-7 reminder is deferred, and retried.
+    engine.mail.deferred.add(OPERATOR_EMAIL)
+    reminder_due = datetime.combine(request.deadlines.normal.due - timedelta(days=5), time(12), tzinfo=UTC)
+    await engine.env.sleep(reminder_due - await engine.env.get_current_time())
+    await until(handle, lambda s: "operator_reminder" in s.mail_pending, "the D-7 reminder deferred")
+
+    # The operator retries: the request is answered and closes while the reminder is still on its way.
+    await handle.execute_update(DataSubjectRequest.retry, Retry(requested_by="operator:alice"))
+    await wait_for_event(engine, request, "closed")
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    assert "operator_reminder" in (await status(handle)).mail_pending
+    assert events(engine, request)[-2:] == ["reply_sent", "closed"]
+
+    # The mailbox is emptied: the reminder goes, then the aftercare starts and the run ends.
+    engine.mail.deferred.clear()
+    final: RequestStatus = await handle.result()
+    assert final.stage == Stage.CLOSED and final.outcome == Outcome.FULFILLED and final.mail_pending == []
+    written = events(engine, request)
+    assert written[-1] == "aftercare_started" and written.count("closed") == 1
+    assert templates_sent(engine, request).count("operator_reminder") == 1
