@@ -19,8 +19,10 @@ sandbox counts them; WooCommerce's and Stripe's have no limit here); for the eng
 turn's ask to the reply's schedule, in the history) against its slowest connector (the ``run_connector`` activity,
 scheduled to completed). ``--requests 1`` measures a request alone (the issue's "light request").
 
-Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]``
-(``--trace``: one request's history per variant, and its subject queue's, event by event in ms). Everything binds
+Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]
+[--unordered]`` (``--trace``: one request's history per variant, and its subject queue's, event by event in ms;
+``--unordered``: the engine's requests without a subject key, so without the subject queue: what its round trip
+costs, an upper bound for a turn taken without one). Everything binds
 127.0.0.1.
 """
 
@@ -189,7 +191,7 @@ async def trace(name: str, history: Any, client: Any) -> None:
 
 
 async def one_round(variant: Variant, count: int, emails: list[str], *, client: Any, boxes: Any, server: int,
-                    keyring: KeyRing, show: bool = False) -> dict[str, float]:
+                    keyring: KeyRing, show: bool = False, unordered: bool = False) -> dict[str, float]:
     from temporalio.api.enums.v1 import EventType
 
     from bench.bare import BareInput
@@ -203,7 +205,10 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
         for n in range(count):
             request = prepare(Submission(kind="access", email=emails[n], name="Bench Person"), settings)
             # As the intake does: the subject's blind index names their queue (one request at a time per person).
-            inputs.append(request.__class__(**{**request.__dict__, "subject_key": ledger.subject_key(emails[n])}))
+            # --unordered leaves it out: no subject queue (an upper bound for a turn taken without a round trip).
+            if not unordered:
+                request = request.__class__(**{**request.__dict__, "subject_key": ledger.subject_key(emails[n])})
+            inputs.append(request)
         assert variant.process is not None
         limited = boxes.hubspot.rate_limited
         worker_cpu, server_cpu = cpu_seconds(variant.process.pid), cpu_seconds(server)
@@ -256,8 +261,10 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
                     began_at = scheduled.get(event.activity_task_completed_event_attributes.scheduled_event_id)
                     if began_at is not None:
                         slowest = max(slowest, (event.event_time.ToDatetime() - began_at).total_seconds())
-            if slowest and "ask_subject_turn" in firsts and "send_reply" in firsts:
-                stage = (firsts["send_reply"] - firsts["ask_subject_turn"]).total_seconds()
+            # Unordered (no ask): the stage's first batch (identity_confirmed, processing) goes in the same task.
+            begun = firsts.get("ask_subject_turn", firsts.get("record_events"))
+            if slowest and begun is not None and "send_reply" in firsts:
+                stage = (firsts["send_reply"] - begun).total_seconds()
                 ratios.append(stage / slowest)
         figures["events"] = statistics.mean(events)
         if ratios:
@@ -325,7 +332,8 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(HUBSPOT_WINDOW_SECONDS)
                 figures = await one_round(variant, args.requests, emails, client=temporal.client, boxes=boxes,
                                           server=server, keyring=keyring,
-                                          show=args.trace and number == args.rounds - 1)
+                                          show=args.trace and number == args.rounds - 1,
+                                          unordered=args.unordered)
                 variant.rounds.append(figures)
                 print(f"round {number + 1} {variant.name:6}: {figures['rate']:.2f} requests/s, CPU per request "
                       f"worker {1000 * figures['worker_cpu']:.0f} ms, server {1000 * figures['server_cpu']:.0f} ms, "
@@ -362,6 +370,9 @@ if __name__ == "__main__":
     parser.add_argument("--before", help="another checkout (with its .venv) whose engine runs as 'before'")
     parser.add_argument("--trace", action="store_true",
                         help="print one request's history per variant (last round), event by event, in ms")
+    parser.add_argument("--unordered", action="store_true",
+                        help="engine requests without a subject key: no subject queue (what the queue's round trip "
+                             "costs)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.before:
