@@ -30,6 +30,13 @@ def ledger_event_key() -> str:
     return f"{info.workflow_id}/{info.workflow_run_id}/{'local-' if info.is_local else ''}{info.activity_id}"
 
 
+def record_batch(ledger: Ledger, events: list[AuditEvent]) -> int:
+    """Append ``events`` in order, in one transaction, keyed by the running activity (``ledger_event_key``) and
+    their place in the batch: a retry writes none twice. Answers how many were new."""
+    key = ledger_event_key()
+    return ledger.append_events([(event, f"{key}/{n}") for n, event in enumerate(events)], at=datetime.now(UTC))
+
+
 class LedgerActivities:
     """Synchronous database work; the worker runs these in its thread pool."""
 
@@ -63,9 +70,7 @@ class LedgerActivities:
     def record_events(self, events: list[AuditEvent]) -> int:
         """Append several audit events in order, in one transaction (the workflow's events noted while the
         previous batch was being written); a retry writes none twice. Answers how many were new."""
-        key = ledger_event_key()
-        return self._ledger.append_events([(event, f"{key}/{n}") for n, event in enumerate(events)],
-                                          at=datetime.now(UTC))
+        return record_batch(self._ledger, events)
 
     @activity.defn(name="record_triage_dismissal")
     def record_triage_dismissal(self, dismissed: TriageDismissed) -> bool:

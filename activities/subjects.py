@@ -13,7 +13,6 @@ next to it (one activity and one workflow task less per request, ``bench/through
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity
@@ -21,7 +20,7 @@ from temporalio.client import WithStartWorkflowOperation, WorkflowExecutionStatu
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.ledger import ledger_event_key
+from activities.ledger import record_batch
 from dsr.domain.model import QueueAsk, SubjectQueueState, SubjectTurn
 from dsr.store.ledger import Ledger
 
@@ -40,7 +39,7 @@ class SubjectActivities:
         """Ask the subject's queue for the turn (update ``ask_turn``), starting it if it is not running; answers
         who holds it now; and write ``ask.events`` to the ledger meanwhile. Idempotent: the queue answers a request
         asking twice (a retried attempt) as it answered the first time, and a retry writes no event twice (their
-        keys are the activity's, as ``record_events``'s are)."""
+        keys are the activity's, as ``record_events``'s are: ``record_batch``)."""
         start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             QUEUE_WORKFLOW,
             SubjectQueueState(),
@@ -55,12 +54,9 @@ class SubjectActivities:
         if not ask.events:
             turn: SubjectTurn = await asking
             return turn
-        key = ledger_event_key()
-        # The database's round trip beside the server's (a thread: the ledger is synchronous); both must succeed
-        # for the activity to, and a retry redoes whichever did not.
-        turn, _ = await asyncio.gather(asking, asyncio.to_thread(
-            self._ledger.append_events, [(event, f"{key}/{n}") for n, event in enumerate(ask.events)],
-            at=datetime.now(UTC)))
+        # The database's round trip beside the server's (a thread, which keeps the activity's context: the ledger is
+        # synchronous); both must succeed for the activity to, and a retry redoes whichever did not.
+        turn, _ = await asyncio.gather(asking, asyncio.to_thread(record_batch, self._ledger, ask.events))
         return turn
 
 
