@@ -130,6 +130,11 @@ BATCHED_WITH_FAN_OUT = frozenset({"turn_taken", "connector_done"})
 """The ledger events that may wait, while the request's own systems work, for the event ending the fan-out
 (``_batch_may_wait``)."""
 
+def _batch_summary(events: list[AuditEvent]) -> str:
+    """How a batch of ledger events shows in the UI: their names, no personal data."""
+    return f"ledger: {', '.join(e.event for e in events)}"
+
+
 RESUMES_MAX = 1000
 """At most this many fresh schedules after progress in one run of a connector (until it ends or an operator
 retries it), so a connector that progresses forever cannot loop without bound; past it, an operator is asked."""
@@ -557,9 +562,7 @@ class DataSubjectRequest:
         if not self._batch_in_flight:
             events, self._events = self._events, []
             self._batch_in_flight = bool(events)
-        summary = "subject queue: ask for the turn"
-        if events:
-            summary += f"; ledger: {', '.join(e.event for e in events)}"
+        summary = "subject queue: ask for the turn" + (f"; {_batch_summary(events)}" if events else "")
         try:
             # The queue answers at once who holds the turn: granted (the usual case) goes on from here, in the task
             # that reads the answer; otherwise its signal says when.
@@ -1629,7 +1632,7 @@ class DataSubjectRequest:
             try:
                 await workflow.execute_activity_method(
                     LedgerActivities.record_events, batch,
-                    **summarised(LEDGER, f"ledger: {', '.join(e.event for e in batch)}"),
+                    **summarised(LEDGER, _batch_summary(batch)),
                 )
             finally:
                 self._batch_in_flight = False
