@@ -24,7 +24,7 @@ from activities.outside import ANSWER_LINK_PURPOSE, OutsideActivities
 from activities.replies import ReplyActivities
 from activities.restrictions import RestrictionActivities
 from activities.storage import StorageActivities
-from activities.subjects import SubjectActivities, subject_request_running
+from activities.subjects import SubjectActivities
 from connectors.base import Connector
 from dsr.config.profile import ControllerProfile, ProfileFile
 from dsr.config.settings import Settings
@@ -39,6 +39,7 @@ from dsr.store.links import ConsentLinks, DownloadLinks, IdentityLinks, StatusLi
 from dsr.store.mail_sends import MailSends, SendIntent
 from dsr.store.suppressions import SuppressionList
 from dsr.store.tasks import OutsideTasks
+from dsr.store.turns import SubjectTurns
 from intake.email.imap import ImapSession
 from intake.email.imap import connect as imap_connect
 from intake.email.settings import MailboxSettings
@@ -47,11 +48,9 @@ from workflows.aftercare import RequestAftercare
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
 from workflows.restriction import RestrictionInForce
-from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
-WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, SubjectQueue, OutsideSystemTask,
-                             RequestAftercare,
+WORKFLOWS: Sequence[type] = (DataSubjectRequest, TriageMessageWorkflow, OutsideSystemTask, RequestAftercare,
                              RestrictionInForce)
 
 
@@ -182,6 +181,7 @@ def activities_for(
         consent_links=ConsentLinks(keyring, ttl=timedelta(days=settings.consent_link_days)),
     )
     storage = StorageActivities(exports, ledger)
+    turns = SubjectActivities(ledger, SubjectTurns(ledger.engine))
     restrictions = RestrictionActivities(
         ledger, mailer=Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                               mail_domain=settings.mail_domain),
@@ -211,8 +211,9 @@ def activities_for(
         storage.delete_earlier_exports,
         intake.submit_triaged,
         intake.delete_identity_documents,
-        SubjectActivities(ledger).ask_subject_turn,
-        subject_request_running,
+        turns.ask_subject_turn,
+        turns.release_subject_turn,
+        turns.check_subject_turn,
         restrictions.end_restriction_grounds,
         restrictions.ground_ended_already,
         restrictions.tell_restriction_lifted,

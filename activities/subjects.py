@@ -1,69 +1,103 @@
-"""Activities of per-subject order: asking a subject's queue for the turn, checking that a holder lives.
+"""Activities of per-subject order: taking a person's turn, giving it back, checking that its holder lives.
 
-A workflow can signal another workflow but cannot start one; the request's first ask may find no queue
-(nobody of that person is in their systems), so the ask is an update-with-start on the worker's own client. The
-update answers who holds the turn: a request granted at once goes on when the activity returns, without waiting
-for a signal (one workflow task less on its critical path).
+The person's line is a row of the ledger's database (:mod:`dsr.store.turns`), changed in one transaction by the
+activity that asks or releases: a request whose person is idle (nearly always) is granted in the transaction that
+writes its ledger events anyway, and goes on when the activity returns, with no other workflow's task on its path.
+Whom a change concerns (a request granted the turn after another's release, those waiting, who they now wait for)
+is told by signal ``subject_turn`` once the change is committed; a request that is gone (its signal refused) is
+taken out of the line, and whom that changes is told in turn.
 
-The ask also writes the request's ledger events noted before it (``identity_confirmed``, ``processing``), beside
-the update, in one transaction of their own: the activity doing the step records it, instead of a ledger activity
-next to it (one activity and one workflow task less per request, ``bench/throughput.py``).
+A retried attempt may find its change already committed (the first attempt failed after the commit, before or
+while telling): it then tells everyone in line where they stand. Telling twice is harmless: a request ignores an
+answer it has (``DataSubjectRequest.subject_turn``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from temporalio import activity
-from temporalio.client import WithStartWorkflowOperation, WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import record_batch
-from dsr.domain.model import QueueAsk, SubjectQueueState, SubjectTurn
+from dsr.domain.model import SUBJECT_TURN_SIGNAL, QueueAsk, QueueRelease, SubjectTurn
 from dsr.store.ledger import Ledger
-
-QUEUE_WORKFLOW = "SubjectQueue"
-QUEUE_UPDATE = "ask_turn"
+from dsr.store.turns import SubjectTurns, Tell
 
 
 class SubjectActivities:
-    """The subject's queue, asked from the worker's client; the events leading to the ask, in the ledger."""
+    """The persons' lines in the ledger's database, and the signals telling requests where they stand."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, turns: SubjectTurns) -> None:
         self._ledger = ledger
+        self._turns = turns
 
     @activity.defn(name="ask_subject_turn")
     async def ask_subject_turn(self, ask: QueueAsk) -> SubjectTurn:
-        """Ask the subject's queue for the turn (update ``ask_turn``), starting it if it is not running; answers
-        who holds it now; and write ``ask.events`` to the ledger meanwhile. Idempotent: the queue answers a request
-        asking twice (a retried attempt) as it answered the first time, and a retry writes no event twice (their
-        keys are the activity's, as ``record_events``'s are: ``record_batch``)."""
-        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-            QUEUE_WORKFLOW,
-            SubjectQueueState(),
-            id=ask.queue_id,
-            task_queue=activity.info().task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            # No personal data: the id is a blind index, the summary says what the workflow is for.
-            static_summary="subject queue · one request at a time in this person's systems",
-        )
-        asking = activity.client().execute_update_with_start_workflow(
-            QUEUE_UPDATE, ask.ask, start_workflow_operation=start, result_type=SubjectTurn)
-        if not ask.events:
-            turn: SubjectTurn = await asking
-            return turn
-        # The database's round trip beside the server's (a thread, which keeps the activity's context: the ledger is
-        # synchronous); both must succeed for the activity to, and a retry redoes whichever did not.
-        turn, _ = await asyncio.gather(asking, asyncio.to_thread(record_batch, self._ledger, ask.events))
-        return turn
+        """Put the request in its person's line and answer who holds the turn (itself: granted); write
+        ``ask.events`` to the ledger first. Idempotent: a request asking again keeps its place (a holder still
+        holds), and a retry writes no event twice (their keys are the activity's, as ``record_events``'s are:
+        ``record_batch``)."""
+        def in_the_ledger() -> tuple[SubjectTurn, list[Tell]]:
+            if ask.events:
+                record_batch(self._ledger, ask.events)
+            return self._turns.ask(ask.queue_id, ask.ask)
+
+        answer, tells = await asyncio.to_thread(in_the_ledger)
+        await self._tell(ask.queue_id, tells)
+        return answer
+
+    @activity.defn(name="release_subject_turn")
+    async def release_subject_turn(self, release: QueueRelease) -> None:
+        """Take the request's ask out of its person's line (done with the systems, withdrawn, refused, cancelled,
+        or waiting for an operator); the next one is granted the turn and told. Releasing twice changes nothing."""
+        tells = await asyncio.to_thread(self._turns.release, release.queue_id, release.release.request_id,
+                                        release.release.round)
+        await self._tell(release.queue_id, tells)
+
+    @activity.defn(name="check_subject_turn")
+    async def check_subject_turn(self, ask: QueueAsk) -> SubjectTurn:
+        """For a request waiting for its turn (hourly): a holder that no longer runs (a workflow terminated by hand
+        never releases) is taken out of the line; answers who holds the turn now, as the ask does."""
+        holder = (await asyncio.to_thread(self._turns.line, ask.queue_id)).holder
+        if holder is not None and holder.request_id != ask.ask.request_id and not await request_running(
+                holder.request_id):
+            activity.logger.warning("turn freed: %s ended without releasing it", holder.request_id)
+            await self._tell(ask.queue_id, await asyncio.to_thread(
+                self._turns.release, ask.queue_id, holder.request_id, holder.round))
+        answer, tells = await asyncio.to_thread(self._turns.ask, ask.queue_id, ask.ask)
+        await self._tell(ask.queue_id, tells)
+        return answer
+
+    async def _tell(self, queue_id: str, tells: list[Tell]) -> None:
+        """Signal each request its answer; a request that is gone leaves the line, and whom that changes is told."""
+        if activity.info().attempt > 1:
+            # An earlier attempt may have committed its change and failed before telling: everyone in line hears
+            # where they stand (after the change's own answers, which say the same).
+            tells = tells + (await asyncio.to_thread(self._turns.line, queue_id)).everyone()
+        pending, told = list(tells), set[tuple[str, str, int]]()
+        client = activity.client()
+        while pending:
+            tell = pending.pop(0)
+            said = (tell.request_id, tell.turn.holder, tell.turn.round)
+            if said in told:
+                continue
+            told.add(said)
+            try:
+                await client.get_workflow_handle(tell.request_id).signal(SUBJECT_TURN_SIGNAL, tell.turn)
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                # The request has ended (or was terminated): it neither holds nor waits any longer. What its leaving
+                # changed replaces what was still to be said to the same requests.
+                changed = await asyncio.to_thread(self._turns.release, queue_id, tell.request_id, tell.turn.round)
+                again = {t.request_id for t in changed}
+                pending = [t for t in pending if t.request_id not in again] + changed
 
 
-@activity.defn(name="subject_request_running")
-async def subject_request_running(request_id: str) -> bool:
-    """Whether the request holding a subject's turn still runs (a workflow terminated by hand never
-    releases it)."""
+async def request_running(request_id: str) -> bool:
+    """Whether the workflow ``request_id`` (a request, a restriction's lift) still runs."""
     try:
         described = await activity.client().get_workflow_handle(request_id).describe()
     except RPCError as err:

@@ -2,7 +2,7 @@
 
 The same activities and HTTP calls as the engine's ``DataSubjectRequest`` for a request whose identity is trusted
 (the request's row, the acknowledgement, every connector at once, the final reply with its bundle), with the
-engine's own activity options, but without the rest: no audit events, no subject queue, no plan, no deadline
+engine's own activity options, but without the rest: no audit events, no subject's turn, no plan, no deadline
 watcher, no aftercare. What the engine costs beyond it is the price of its bookkeeping.
 
 Loaded by the worker that bench/throughput.py starts (``throughput.py --serve-bare``), beside the engine's

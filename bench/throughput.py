@@ -3,7 +3,7 @@
 Light access requests (identity trusted; a contact with two notes, a customer with five orders, one charge) go
 through, in rounds of ``--requests`` started at once:
 
-* **engine**: ``dsr worker`` of this tree running ``DataSubjectRequest`` (ledger events, subject queue, plan,
+* **engine**: ``dsr worker`` of this tree running ``DataSubjectRequest`` (ledger events, subject's turn, plan,
   deadline watcher, aftercare...);
 * **bare**: ``bench/bare.py``'s ``BareRequest`` in a worker process built like ``dsr worker`` (same activities,
   same connectors and limiters, same SMTP and storage), doing only the request's row, the acknowledgement, the
@@ -20,10 +20,9 @@ turn's ask to the reply's schedule, in the history) against its slowest connecto
 scheduled to completed). ``--requests 1`` measures a request alone (the issue's "light request").
 
 Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]
-[--unordered]`` (``--trace``: one request's history per variant, and its subject queue's, event by event in ms;
-``--unordered``: the engine's requests without a subject key, so without the subject queue: what its round trip
-costs, an upper bound for a turn taken without one). Everything binds
-127.0.0.1.
+[--unordered]`` (``--trace``: one request's history per variant, event by event in ms, and its subject queue's for
+a ``--before`` checkout that has one; ``--unordered``: the engine's requests without a subject key, so without
+asking for the subject's turn: what taking it costs). Everything binds 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -238,7 +237,7 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
             events.append(len(history.events))
             if show and handle is handles[0]:
                 await trace(variant.name, history, client)
-                if variant.engine:  # and the subject's queue, whose first task is on the request's critical path
+                if variant.engine:  # a --before checkout's subject queue, whose first task was on the critical path
                     found = client.list_workflows(f"WorkflowType = 'SubjectQueue' AND TaskQueue = '{queue}'", limit=1)
                     async for run in found:
                         await trace(f"{variant.name}: subject queue", await client.get_workflow_handle(

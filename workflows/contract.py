@@ -29,7 +29,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.replies import INCOMPLETE_PROFILE, REPLY_INVALID, ReplyActivities
     from activities.restrictions import GROUND_ENDED_SIGNAL, RestrictionActivities
     from activities.storage import StorageActivities
-    from activities.subjects import SubjectActivities, subject_request_running
+    from activities.subjects import SubjectActivities
+    from dsr.domain.model import SUBJECT_TURN_SIGNAL
 
 __all__ = [
     "CHECK",
@@ -37,6 +38,7 @@ __all__ = [
     "DEADLINES",
     "GROUND_ENDED_SIGNAL",
     "HEALTH_SIGNAL",
+    "HOLDER_CHECK_EVERY",
     "IDENTITY_NOT_ALLOWED",
     "INCOMPLETE_PROFILE",
     "LEDGER",
@@ -70,7 +72,6 @@ __all__ = [
     "SubjectActivities",
     "deadlines_resumed",
     "local_instant",
-    "subject_request_running",
     "summarised",
 ]
 
@@ -85,12 +86,6 @@ REPLY_HELD_TYPES = (INCOMPLETE_PROFILE, REPLY_INVALID)
 """Errors of ``send_reply`` only an operator can fix: no blind retries, the request asks for attention."""
 REPLY_UNDELIVERABLE_TYPES = (NOTICE_REJECTED, NOTICE_INVALID_ADDRESS)
 """The mail server refused the address for good: recorded, and the request goes on."""
-
-# --- signals between workflows ---------------------------------------------------------------------------
-
-SUBJECT_TURN_SIGNAL = "subject_turn"
-"""The request's signal by which a subject's queue names who holds the turn. ``SubjectQueue`` signals it by this
-name: the request workflow imports the queue's module, so the queue cannot import the request's."""
 
 # --- options ------------------------------------------------------------------------------------------------
 
@@ -113,6 +108,10 @@ PLAN = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10)
 """The fan-out's plan (which connectors a kind takes): the worker's configuration, read in a local activity, so it
 costs no round trip to the server before the connectors start."""
 TURN_ASK = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
+"""Asking for the person's turn and giving it back: a transaction on the person's line, then its signals."""
+HOLDER_CHECK_EVERY = timedelta(hours=1)
+"""How often a request waiting for its person's turn checks that the holder still runs (a workflow terminated by
+hand never gives the turn back; the check takes it out of the line)."""
 CHECK = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5)),

@@ -22,7 +22,6 @@ from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
-    FailureError,
     RetryState,
     WorkflowAlreadyStartedError,
 )
@@ -61,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         Quality,
         QualityConfirmation,
         QueueAsk,
+        QueueRelease,
         RecordAction,
         Rectification,
         Refusal,
@@ -90,9 +90,11 @@ from workflows.aftercare import RequestAftercare
 from workflows.audit import changes_note, correspondence_details, duplicate_details, message_note
 from workflows.cancellation import shielded_from_cancellation
 from workflows.contract import (
+    CHECK,
     CONNECTOR,
     DEADLINES,
     HEALTH_SIGNAL,
+    HOLDER_CHECK_EVERY,
     IDENTITY_NOT_ALLOWED,
     LEDGER,
     NOTICE,
@@ -118,7 +120,6 @@ from workflows.contract import (
     summarised,
 )
 from workflows.outside import run_outside_task
-from workflows.subjects import SubjectQueue
 
 UNVERIFIED_LEAD = timedelta(hours=15)
 """How long before the end of the due day the unverified closure goes: 09:00 local, a working hour."""
@@ -226,7 +227,7 @@ class DataSubjectRequest:
         self._suspended_since: datetime | None = None
         self._suspended_days = 0
         self._side_mail: list[asyncio.Task[None]] = []  # notices sent from update handlers, awaited at the end
-        self._signals: list[asyncio.Task[None]] = []  # releases of the subject's turn, awaited at the end
+        self._releases: list[asyncio.Task[None]] = []  # releases of the subject's turn, awaited at the end
         self._mail_pending: list[str] = []
         self._mail_count = 0
         # Connectors: each connector's latest schedule number (signals of an
@@ -309,8 +310,8 @@ class DataSubjectRequest:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
         for mail in self._side_mail:
             await mail
-        for sent in self._signals:
-            await sent  # the turn's release delivered
+        for release in self._releases:
+            await release  # the turn given back, the next request of the person told
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._ledger_written()  # the events noted without waiting (closed, aftercare_started...)
@@ -548,8 +549,8 @@ class DataSubjectRequest:
         return True
 
     async def _take_turn(self) -> bool:
-        """Ask the subject's queue for the turn and wait for it (the deadline watcher runs meanwhile); False
-        when the request is withdrawn or refused while it waits."""
+        """Ask for the subject's turn and wait for it (the deadline watcher runs meanwhile); False when the request
+        is withdrawn or refused while it waits."""
         self._turn_round += 1
         self._turn_asked = True
         self._turn_granted = False
@@ -562,22 +563,21 @@ class DataSubjectRequest:
         if not self._batch_in_flight:
             events, self._events = self._events, []
             self._batch_in_flight = bool(events)
-        summary = "subject queue: ask for the turn" + (f"; {_batch_summary(events)}" if events else "")
+        summary = "subject's turn: ask" + (f"; {_batch_summary(events)}" if events else "")
+        ask = QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
+            request_id=self._request.request_id, received_at=self._request.received_at, round=self._turn_round,
+        ))
         try:
-            # The queue answers at once who holds the turn: granted (the usual case) goes on from here, in the task
-            # that reads the answer; otherwise its signal says when.
+            # The ask answers at once who holds the turn: granted (the usual case) goes on from here, in the task
+            # that reads the answer; otherwise a signal says when.
             try:
                 turn = await workflow.execute_activity_method(
-                    SubjectActivities.ask_subject_turn,
-                    QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
-                        request_id=self._request.request_id, received_at=self._request.received_at,
-                        round=self._turn_round,
-                    ), events=events),
+                    SubjectActivities.ask_subject_turn, dataclasses.replace(ask, events=events),
                     **summarised(TURN_ASK, summary),
                 )
             except Exception:
-                # Retried without limit, and the queue's update refuses nothing: a failure not foreseen. The events
-                # go to the writer rather than nowhere (at the risk of a second copy, were the ask's write done).
+                # Retried without limit, and an ask is refused nothing: a failure not foreseen. The events go to the
+                # writer rather than nowhere (at the risk of a second copy, were the ask's write done).
                 self._events[:0] = events
                 self._ensure_ledger_writer()
                 raise
@@ -586,7 +586,7 @@ class DataSubjectRequest:
                     self._batch_in_flight = False
             self._events_written += len(events)
             self.subject_turn(turn)
-            await workflow.wait_condition(lambda: self._turn_granted or self._ending())
+            await self._wait_for_turn(ask)
         finally:
             self._awaiting_turn = False
         waited_for, self._turn_holder = self._turn_holder, ""
@@ -596,28 +596,35 @@ class DataSubjectRequest:
         self._note("turn_taken", details={"waited_for": waited_for})
         return True
 
+    async def _wait_for_turn(self, ask: QueueAsk) -> None:
+        """Until the turn is granted, or the request ends; hourly, whether the holder still runs (one terminated
+        by hand never gives the turn back: the check takes it out of the line)."""
+        while not (self._turn_granted or self._ending()):
+            try:
+                await workflow.wait_condition(lambda: self._turn_granted or self._ending(),
+                                              timeout=HOLDER_CHECK_EVERY, timeout_summary="holder check")
+            except TimeoutError:
+                self.subject_turn(await workflow.execute_activity_method(
+                    SubjectActivities.check_subject_turn, ask,
+                    **summarised(CHECK, f"is {self._turn_holder or 'the holder'} still running")))
+
     def _release_turn(self) -> None:
-        """Give the subject's turn back (or leave the queue, when still waiting); no-op when not asked. The signal
-        goes with the task's other commands, and the request goes on without waiting for the server to deliver
-        it (one workflow task less at the end of every request); the run ends only once it is delivered."""
+        """Give the subject's turn back (or leave the line, when still waiting); no-op when not asked. The request
+        goes on without waiting for it (one workflow task less at the end of every request); the run ends only once
+        it is done."""
         if not self._turn_asked:
             return
         self._turn_asked = self._turn_granted = False
-        release = TurnRelease(request_id=self._request.request_id, round=self._turn_round)
-
-        async def signal() -> None:
-            # A queue that is gone (terminated by hand) holds nothing left to release.
-            with contextlib.suppress(FailureError):
-                await workflow.get_external_workflow_handle_for(
-                    SubjectQueue.run, subject_queue_id(self._request.subject_key)).signal(SubjectQueue.release,
-                                                                                        release)
-
-        self._signals.append(asyncio.create_task(signal()))
+        release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
+            request_id=self._request.request_id, round=self._turn_round))
+        self._releases.append(asyncio.create_task(workflow.execute_activity_method(
+            SubjectActivities.release_subject_turn, release, **summarised(TURN_ASK, "subject's turn: give back"))))
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
-        """The subject's queue says who holds the turn: this request (granted) or the one it waits for (also the
-        answer of the ask itself, which may come after the signal granting it)."""
+        """Who holds the subject's turn: this request (granted) or the one it waits for (the answer of the ask or
+        of the holder check, which may come after the signal granting it, or a signal once another's release or
+        ask changed it)."""
         if not self._turn_asked or turn.round != self._turn_round or self._turn_granted:
             return  # an answer to an earlier ask, or one older than the grant
         if turn.holder == self._request.request_id:

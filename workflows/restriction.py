@@ -12,7 +12,7 @@ restriction in force until it is lifted:
   ``activities/restrictions.py``. Grounds b and c end only by an operator's decision.
 
 Art. 18(3): the subject is told **before** the lift, in their language, with its day; a durable timer of at least
-``notice_days`` days then runs before the marks are removed, in the person's turn (``SubjectQueue``: an access
+``notice_days`` days then runs before the marks are removed, in the person's turn (``dsr.store.turns``: an access
 request of theirs exporting finishes first), system by system (``lift`` connector tasks); a system
 whose mark cannot be removed waits for the operator's ``retry``. Once the marks are off, the Art. 19 recipients
 the reply named and the processors and manual systems that did not answer "no data" are told of the lift, each
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         NoticeTemplate,
         Outcome,
         QueueAsk,
+        QueueRelease,
         RecordAction,
         RequestKind,
         RestrictionGround,
@@ -64,9 +65,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import search_attributes as sa
 from workflows.contract import (
+    CHECK,
     CONNECTOR,
     DEADLINES,
     GROUND_ENDED_SIGNAL,
+    HOLDER_CHECK_EVERY,
     LEDGER,
     NOTICE,
     REQUEST_REJECTED,
@@ -79,7 +82,6 @@ from workflows.contract import (
     summarised,
 )
 from workflows.follow_up import FollowUp
-from workflows.subjects import SubjectQueue
 
 if TYPE_CHECKING:
     from workflows.request import DataSubjectRequest
@@ -121,7 +123,7 @@ class RestrictionInForce(FollowUp):
         self._retrying = False  # a retried round runs: the update answers when it ends
         self._retried_rounds = 0
         self._told: list[str] = []  # told of the lift (Art. 19): recipients' and systems' names
-        self._turn_round = 0  # the person's turn (SubjectQueue), asked before the marks come off
+        self._turn_round = 0  # the person's turn (dsr.store.turns), asked before the marks come off
         self._turn_asked = False
         self._turn_granted = False
         self._waiting_for = ""  # the request holding the turn while the lift waits for it
@@ -243,7 +245,7 @@ class RestrictionInForce(FollowUp):
         while pending:
             await self._take_turn()
             # Each system's failure is caught (False): nothing raises between the turn's taking and its release.
-            # (No ``finally``: a run the worker evicts from its cache must not send a signal on its way out.)
+            # (No ``finally``: a run the worker evicts from its cache must not give the turn back on its way out.)
             results = await asyncio.gather(*(self._unmark_one(name) for name in pending))
             await self._release_turn()
             self._failed = [name for name, ok in zip(pending, results, strict=True) if not ok]
@@ -267,18 +269,24 @@ class RestrictionInForce(FollowUp):
             await self._audit("retried", actor=retry.requested_by)
 
     async def _take_turn(self) -> None:
-        """Ask the person's queue (``SubjectQueue``) for the turn, as ``restriction-<reference>``, and wait for it;
-        the request holding it meanwhile shows in the status and the details."""
+        """Ask for the person's turn (``dsr.store.turns``), as ``restriction-<reference>``, and wait for it; the
+        request holding it meanwhile shows in the status and the details. Hourly, whether the holder still runs."""
         if not self._held.subject_key:
             return
         self._turn_round += 1
         self._turn_asked, self._turn_granted, self._waiting_for = True, False, ""
+        ask = QueueAsk(queue_id=subject_queue_id(self._held.subject_key), ask=TurnAsk(
+            request_id=workflow.info().workflow_id, received_at=workflow.now(), round=self._turn_round))
         self.subject_turn(await workflow.execute_activity_method(
-            SubjectActivities.ask_subject_turn,
-            QueueAsk(queue_id=subject_queue_id(self._held.subject_key), ask=TurnAsk(
-                request_id=workflow.info().workflow_id, received_at=workflow.now(), round=self._turn_round)),
-            **summarised(TURN_ASK, "subject queue: ask for the turn (lift)")))
-        await workflow.wait_condition(lambda: self._turn_granted)
+            SubjectActivities.ask_subject_turn, ask, **summarised(TURN_ASK, "subject's turn: ask (lift)")))
+        while not self._turn_granted:
+            try:
+                await workflow.wait_condition(lambda: self._turn_granted, timeout=HOLDER_CHECK_EVERY,
+                                              timeout_summary="holder check")
+            except TimeoutError:
+                self.subject_turn(await workflow.execute_activity_method(
+                    SubjectActivities.check_subject_turn, ask,
+                    **summarised(CHECK, f"is {self._waiting_for or 'the holder'} still running")))
         if self._waiting_for:
             self._note("turn_taken", details={"waited_for": self._waiting_for})
         self._waiting_for = ""
@@ -288,15 +296,16 @@ class RestrictionInForce(FollowUp):
         if not self._turn_asked:
             return
         self._turn_asked = self._turn_granted = False
-        release = TurnRelease(request_id=workflow.info().workflow_id, round=self._turn_round)
-        with contextlib.suppress(FailureError):  # a queue terminated by hand holds nothing to release
-            await workflow.get_external_workflow_handle_for(
-                SubjectQueue.run, subject_queue_id(self._held.subject_key)).signal(SubjectQueue.release, release)
+        await workflow.execute_activity_method(
+            SubjectActivities.release_subject_turn,
+            QueueRelease(queue_id=subject_queue_id(self._held.subject_key),
+                         release=TurnRelease(request_id=workflow.info().workflow_id, round=self._turn_round)),
+            **summarised(TURN_ASK, "subject's turn: give back (lift)"))
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
-        """The person's queue says who holds the turn: this workflow (granted) or the request it waits for (also the
-        answer of the ask itself, which may come after the signal granting it)."""
+        """Who holds the person's turn: this workflow (granted) or the request it waits for (the answer of the ask
+        or of the holder check, which may come after the signal granting it, or a signal once it changed)."""
         if not self._turn_asked or turn.round != self._turn_round or self._turn_granted:
             return
         if turn.holder == workflow.info().workflow_id:

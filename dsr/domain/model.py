@@ -922,27 +922,30 @@ class RequestStatus:
 # --- per-subject order ----------------------------------------------------------------------------
 
 SUBJECT_QUEUE_PREFIX = "subject-"
+SUBJECT_TURN_SIGNAL = "subject_turn"
+"""The signal of a request (or a restriction's lift) by which it is told who holds its person's turn
+(:mod:`dsr.store.turns`, told by the activities of :mod:`activities.subjects`)."""
 
 
 def subject_queue_id(subject_key: str) -> str:
-    """Workflow id of a subject's queue: the blind index (a keyed HMAC, hex) shortened to 128 bits; it tells
-    requests of one person apart from another's, and nothing about who they are."""
+    """Key of a subject's line for their systems (:mod:`dsr.store.turns`): the blind index (a keyed HMAC, hex)
+    shortened to 128 bits; it tells requests of one person apart from another's, and nothing about who they are."""
     return SUBJECT_QUEUE_PREFIX + subject_key[:32]
 
 
 @dataclass
 class TurnAsk:
-    """A request asking for its subject's turn (signal ``ask`` of ``SubjectQueue``). ``round`` counts the
-    request's asks, so answers to an earlier one are told apart (it asks again after a retry)."""
+    """A request asking for its subject's turn (``ask_subject_turn``). ``round`` counts the request's asks, so
+    answers to an earlier one are told apart (it asks again after a retry)."""
 
     request_id: str
-    received_at: datetime  # the queue grants the earliest received first (ties: request id)
+    received_at: datetime  # the earliest received is granted first (ties: request id)
     round: int = 1
 
 
 @dataclass
 class TurnRelease:
-    """The request is done with its subject's systems, or no longer waits (signal ``release``)."""
+    """The request is done with its subject's systems, or no longer waits (``release_subject_turn``)."""
 
     request_id: str
     round: int = 1
@@ -950,8 +953,8 @@ class TurnRelease:
 
 @dataclass
 class SubjectTurn:
-    """The queue tells a request who holds the turn (the answer of the ask, then signal ``subject_turn`` when it
-    changes): itself means granted."""
+    """Who holds a request's person's turn, told to the request (the answer of the ask, then signal
+    ``subject_turn`` when it changes): itself means granted."""
 
     holder: str
     round: int
@@ -959,8 +962,8 @@ class SubjectTurn:
 
 @dataclass
 class QueueAsk:
-    """Input of the ``ask_subject_turn`` activity: update-with-start of the subject's queue, and the ledger
-    events noted before the ask (written by it, in order)."""
+    """Input of the ``ask_subject_turn`` activity (and of ``check_subject_turn``, without events): the ask, in the
+    person's line, and the ledger events noted before it (written by it, in order)."""
 
     queue_id: str
     ask: TurnAsk
@@ -968,18 +971,16 @@ class QueueAsk:
 
 
 @dataclass
-class SubjectQueueState:
-    """Input of ``SubjectQueue`` (empty at first; carried over when it continues as new)."""
+class QueueRelease:
+    """Input of the ``release_subject_turn`` activity: the request's ask leaves its person's line."""
 
-    holder: TurnAsk | None = None
-    waiting: list[TurnAsk] = field(default_factory=list)
-    check_every_seconds: int = 3600  # how often a held turn's request is checked to be still running
-    history_limit: int = 2000  # events before it continues as new
+    queue_id: str
+    release: TurnRelease
 
 
 @dataclass
 class SubjectQueueStatus:
-    """Answer of the queue's ``status`` query: request ids only."""
+    """Who holds a person's turn and who waits for it, the earliest received first: request ids only."""
 
     holder: str
     waiting: list[str] = field(default_factory=list)

@@ -42,7 +42,7 @@ SCHEMA_LOCK = 0x64737200
 """PostgreSQL advisory lock held while the schema is upgraded: machines starting together on one database."""
 
 MODEL_MODULES = ("dsr.store.ledger", "dsr.store.guards", "dsr.store.inbox", "dsr.store.mail_sends",
-                 "dsr.store.suppressions", "dsr.store.tasks", "dsr.store.directives")
+                 "dsr.store.suppressions", "dsr.store.tasks", "dsr.store.directives", "dsr.store.turns")
 """The modules declaring tables of this database. Imported by name only when models and migrations are compared
 (``make migration``, the test that they agree), never when the engine runs."""
 

@@ -393,7 +393,7 @@ class Guards:
         with self._session(write=True) as session:
             session.execute(delete(SeenSignatureRow).where(
                 SeenSignatureRow.key == key, SeenSignatureRow.expires_at <= now))  # type: ignore[arg-type]
-            first = self._insert_if_missing(session, SeenSignatureRow, key, {"expires_at": now + keep})
+            first = insert_if_missing(session, SeenSignatureRow, key, {"expires_at": now + keep})
         self._maybe_purge(now)
         return first
 
@@ -432,28 +432,6 @@ class Guards:
         with Session(self._write_engine if write else self._engine) as session, session.begin():
             yield session
 
-    def _insert_if_missing(self, session: Session | Connection, model: type[SQLModel], key: str,
-                           values: dict[str, Any]) -> bool:
-        """Insert ``key`` unless it exists (committed by another transaction included); True if inserted."""
-        table = model.__table__  # type: ignore[attr-defined]
-        dialect = self._engine.dialect.name
-        if dialect in ("postgresql", "sqlite"):
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            # Both dialects' INSERT ... ON CONFLICT DO NOTHING, with the same methods but unrelated types.
-            insert: Callable[[Any], Any] = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            statement = (
-                insert(table).values(key=key, **values).on_conflict_do_nothing(index_elements=["key"])
-                .returning(table.c.key)  # psycopg reports no rowcount here: the returned row says it
-            )
-            return session.execute(statement).first() is not None
-        try:  # another database: a savepoint absorbs the duplicate key
-            with session.begin_nested():
-                session.execute(table.insert().values(key=key, **values))
-        except IntegrityError:
-            return False
-        return True
-
     def _lock_rows(self, session: Session, model: type[_Row], keys: Sequence[str], new: dict[str, Any]
                    ) -> dict[str, _Row]:
         """The rows of ``keys``, created (with the values ``new``) if missing, and locked until the transaction
@@ -475,8 +453,31 @@ class Guards:
         if not missing:
             return rows
         for key in missing:
-            self._insert_if_missing(session, model, key, new)
+            insert_if_missing(session, model, key, new)
         return read()
+
+
+def insert_if_missing(session: Session | Connection, model: type[SQLModel], key: str, values: dict[str, Any]) -> bool:
+    """Insert the row ``key`` (primary key column ``key``) of ``model`` unless it exists (committed by another
+    transaction included); True if inserted. Then a locking read of it sees it, whoever inserted it."""
+    table = model.__table__  # type: ignore[attr-defined]
+    dialect = (session.engine if isinstance(session, Connection) else session.get_bind()).dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        # Both dialects' INSERT ... ON CONFLICT DO NOTHING, with the same methods but unrelated types.
+        insert: Callable[[Any], Any] = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = (
+            insert(table).values(key=key, **values).on_conflict_do_nothing(index_elements=["key"])
+            .returning(table.c.key)  # psycopg reports no rowcount here: the returned row says it
+        )
+        return session.execute(statement).first() is not None
+    try:  # another database: a savepoint absorbs the duplicate key
+        with session.begin_nested():
+            session.execute(table.insert().values(key=key, **values))
+    except IntegrityError:
+        return False
+    return True
 
 
 def _expired(row: AttemptLimitRow, now: datetime, lockout: timedelta) -> bool:

@@ -30,7 +30,7 @@ T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 EVERY_TABLE = {"requests", "events", "event_notes", "subject_claims", "triage_dismissals", "rate_limits",
                "attempt_limits", "answer_caps", "seen_signatures", "inbound_messages", "outside_tasks",
                "suppressions", "mail_sends",
-               "consent_withdrawals", "directives"}
+               "consent_withdrawals", "directives", "subject_turns"}
 
 
 def plain_engine(url: str) -> Engine:

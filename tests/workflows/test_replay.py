@@ -22,12 +22,11 @@ from workflows.aftercare import RequestAftercare
 from workflows.outside import OutsideSystemTask
 from workflows.request import DataSubjectRequest
 from workflows.restriction import RestrictionInForce
-from workflows.subjects import SubjectQueue
 from workflows.triage import TriageMessageWorkflow
 
 ROOT = Path(__file__).parent / "histories"
 HISTORIES = sorted(ROOT.glob("*/*/*.json"))
-WORKFLOWS = (DataSubjectRequest, SubjectQueue, TriageMessageWorkflow, OutsideSystemTask, RequestAftercare,
+WORKFLOWS = (DataSubjectRequest, TriageMessageWorkflow, OutsideSystemTask, RequestAftercare,
              RestrictionInForce)
 VERSION = project_version()
 

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from temporalio import workflow
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -34,7 +35,6 @@ from dsr.domain.model import (
     RequestStatus,
     Retry,
     Stage,
-    SubjectQueueState,
     SubjectQueueStatus,
     SubjectTurn,
     TurnAsk,
@@ -42,12 +42,12 @@ from dsr.domain.model import (
     Withdrawal,
     subject_queue_id,
 )
+from dsr.store.turns import SubjectTurns
 from intake.service import IntakeService
 from intake.submission import Submission, prepare, start
 from tests.harness import ScriptedConnector, keep_history
 from tests.workflows.support import SUBJECT_EMAIL, SUBJECT_NAME, Engine, status
 from workflows.request import DataSubjectRequest
-from workflows.subjects import SubjectQueue
 
 OTHER_EMAIL = "paul.durand@example.org"
 
@@ -159,12 +159,19 @@ async def waiting_for(handle: WorkflowHandle, holder: str) -> None:
     await eventually(says, f"{handle.id} waiting for {holder}")
 
 
-def queue_handle(engine: Engine, email: str = SUBJECT_EMAIL) -> WorkflowHandle:
-    return engine.client.get_workflow_handle(subject_queue_id(engine.ledger.subject_key(email)))
+def queue_id(engine: Engine, email: str = SUBJECT_EMAIL) -> str:
+    return subject_queue_id(engine.ledger.subject_key(email))
 
 
 async def queue_status(engine: Engine, email: str = SUBJECT_EMAIL) -> SubjectQueueStatus:
-    return await queue_handle(engine, email).query(SubjectQueue.status)
+    """The person's line as the ledger's database holds it (what every worker reads)."""
+    return SubjectTurns(engine.ledger.engine).status(queue_id(engine, email))
+
+
+def stored_lines(engine: Engine) -> list[tuple[str, str]]:
+    """The rows of ``subject_turns``: (key, line)."""
+    with engine.ledger.engine.connect() as connection:
+        return [(key, line) for key, line in connection.execute(text("SELECT key, line FROM subject_turns"))]
 
 
 async def details(handle: WorkflowHandle) -> str:
@@ -212,14 +219,13 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         asks = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0]
                 for e in (await handle.fetch_history()).events
                 if e.activity_task_scheduled_event_attributes.activity_type.name == "ask_subject_turn"]
-        assert asks == ["subject queue: ask for the turn; ledger: identity_confirmed, processing"]
+        assert asks == ["subject's turn: ask; ledger: identity_confirmed, processing"]
         written = [e.event for e in engine.ledger.events(handle.id)]
         assert written[:3] == ["received", "identity_confirmed", "processing"]
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
-    # Idle again: the queue ended (an ask later starts a new one).
-    assert (await queue_handle(engine).describe()).status == WorkflowExecutionStatus.COMPLETED
+    # Idle again: nobody is in the person's line.
+    assert stored_lines(engine) == []
     await keep_history(erasure, "subject_order_waited")
-    await keep_history(queue_handle(engine), "subject_queue_two_turns")
 
 
 @pytest.mark.slow
@@ -252,7 +258,8 @@ async def test_two_people_are_served_at_the_same_time(engine: Engine) -> None:
     paul = await intake(engine, "erasure", email=OTHER_EMAIL)
     await holding(engine, jeanne)
     await holding(engine, paul)  # both in the systems while neither gate is open
-    assert queue_handle(engine).id != queue_handle(engine, OTHER_EMAIL).id
+    assert queue_id(engine) != queue_id(engine, OTHER_EMAIL)
+    assert len(stored_lines(engine)) == 2
     gate(engine, jeanne.id).set()
     gate(engine, paul.id).set()
     assert (await result(engine, jeanne)).outcome == (await result(engine, paul)).outcome == Outcome.FULFILLED
@@ -417,24 +424,25 @@ async def test_a_terminated_holder_is_released_by_the_hourly_check(engine: Engin
     assert len(spans(engine, erasure.id)) == len(engine.connectors)
     turns = [e.details for e in engine.ledger.events(erasure.id) if e.event == "turn_taken"]
     assert turns == [{"waited_for": access.id}]
-    await keep_history(queue_handle(engine), "holder_terminated_freed_by_the_check")
+    await keep_history(erasure, "waited_for_a_terminated_holder")
 
 
-async def test_the_queue_carries_no_personal_data(engine: Engine) -> None:
+async def test_the_line_carries_no_personal_data_and_goes_once_nobody_is_in_it(engine: Engine) -> None:
     access = await intake(engine, "access")
     await holding(engine, access)
-    queue = queue_handle(engine)
-    described = await queue.describe()
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
     key = engine.ledger.subject_key(SUBJECT_EMAIL)
-    assert described.id == f"subject-{key[:32]}"
-    seen = " ".join([described.id, await described.static_summary() or "", str(described.search_attributes),
-                     str(described.typed_search_attributes), described.workflow_type])
-    history = (await queue.fetch_history()).to_json()
+    [(row_key, line)] = stored_lines(engine)
+    assert row_key == f"subject-{key[:32]}"
+    assert access.id in line and erasure.id in line
     for personal in (SUBJECT_EMAIL, SUBJECT_NAME, "jeanne", "martin", "example.org"):
-        assert personal.lower() not in seen.lower()
-        assert personal.lower() not in history.lower()  # payloads are encrypted; the rest is ids
+        assert personal.lower() not in (row_key + line).lower()
     gate(engine, access.id).set()
+    gate(engine, erasure.id).set()
     await result(engine, access)
+    await result(engine, erasure)
+    assert stored_lines(engine) == []
 
 
 async def test_a_request_without_a_subject_key_does_not_queue(engine: Engine) -> None:
@@ -447,16 +455,15 @@ async def test_a_request_without_a_subject_key_does_not_queue(engine: Engine) ->
     gate(engine, handle.id).set()
     assert (await result(engine, handle)).outcome == Outcome.FULFILLED
     assert "turn_taken" not in [e.event for e in engine.ledger.events(handle.id)]
-    with pytest.raises(RPCError, match="not found"):
-        await queue_handle(engine).describe()
+    assert stored_lines(engine) == []
 
 
-# --- the queue alone, with stand-in requests ------------------------------------------------------------
+# --- the activities alone, with stand-in requests ---------------------------------------------------------
 
 
 @workflow.defn(name="TurnTaker")
 class TurnTaker:
-    """Stands in for a request: records what the queue tells it (runs until the test server goes)."""
+    """Stands in for a request: records what it is told of the turn (runs until the test ends it)."""
 
     def __init__(self) -> None:
         self.told: list[str] = []
@@ -474,99 +481,112 @@ class TurnTaker:
         return self.told
 
 
-async def test_the_queue_continues_as_new_with_its_holder_and_waiting_list(time_skipping: WorkflowEnvironment,
-                                                                           engine: Engine) -> None:
-    client = engine.client
-    queue_id = "subject-" + "ab" * 16
-    # The stand-in lives in this test module, which the sandbox would re-import whole: it runs unsandboxed.
-    async with Worker(client, task_queue="takers", workflows=[TurnTaker], workflow_runner=UnsandboxedWorkflowRunner()):
-        takers = [await client.start_workflow(TurnTaker.run, id=f"taker-{n}", task_queue="takers")
-                  for n in range(3)]
-        t0 = datetime(2026, 1, 5, tzinfo=UTC)
-        asks = [TurnAsk(request_id=t.id, received_at=t0 + timedelta(minutes=n)) for n, t in enumerate(takers)]
-        # Asked in reverse order of receipt; a short history limit makes it continue as new on the way.
-        started = await client.start_workflow(
-            SubjectQueue.run, SubjectQueueState(history_limit=15), id=queue_id, task_queue=engine.task_queue,
-            start_signal="ask", start_signal_args=[asks[2]],
-        )
-        queue = client.get_workflow_handle(queue_id)  # whichever run is current (that one is tied to the first)
-
-        async def heard(taker: WorkflowHandle, expected: list[str]) -> None:
-            async def check() -> bool:
-                return await taker.query(TurnTaker.heard) == expected
-            await eventually(check, f"{taker.id} heard {expected}")
-
-        await heard(takers[2], ["taker-2#1"])  # alone: granted at once
-        await queue.signal(SubjectQueue.ask, asks[1])
-        await queue.signal(SubjectQueue.ask, asks[0])
-        await heard(takers[0], ["taker-2#1"])  # told whom it waits for
-        await queue.signal(SubjectQueue.ask, asks[2])  # the holder asking again (a retried activity): told again
-        await heard(takers[2], ["taker-2#1", "taker-2#1"])
-        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-2", round=0))  # stale: ignored
-        assert (await queue.query(SubjectQueue.status)).holder == "taker-2"
-        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-2"))
-        await heard(takers[0], ["taker-2#1", "taker-0#1"])  # the earliest received goes next
-        await heard(takers[1], ["taker-2#1", "taker-0#1"])
-        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-0"))
-        await heard(takers[1], ["taker-2#1", "taker-0#1", "taker-1#1"])
-
-        first_run = client.get_workflow_handle(queue_id, run_id=started.result_run_id)
-        assert (await first_run.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
-        await keep_history(first_run, "continued_as_new")
-        assert await queue.query(SubjectQueue.status) == SubjectQueueStatus(holder="taker-1", waiting=[])
-        await queue.signal(SubjectQueue.release, TurnRelease(request_id="taker-1"))
-        async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
-            await queue.result()  # idle: it ends
-        await keep_history(queue, "continued_then_idle")
+async def heard(taker: WorkflowHandle, expected: list[str]) -> None:
+    async def check() -> bool:
+        return await taker.query(TurnTaker.heard) == expected
+    await eventually(check, f"{taker.id} heard {expected}")
 
 
-async def test_an_ask_is_answered_by_the_update_and_only_a_later_change_by_a_signal(
+async def test_an_ask_is_answered_at_once_and_only_a_later_change_by_a_signal(
         time_skipping: WorkflowEnvironment, engine: Engine) -> None:
-    """The ``ask_subject_turn`` activity's update-with-start: the answer says who holds the turn, so the asker is
-    not signalled for it (one workflow task less per request); a later grant still comes by signal. The events
-    noted before the ask are written by it, once however often it is retried."""
+    """The ``ask_subject_turn`` activity: the answer says who holds the turn, so the asker is not signalled for it
+    (one workflow task less per request); a later grant comes by signal from the release. The events noted before
+    the ask are written by it, once however often it is retried."""
     from activities.subjects import SubjectActivities
-    from dsr.domain.model import AuditEvent, Channel, Language, QueueAsk, RequestKind, RequestRecordInput, Subject
+    from dsr.domain.model import (
+        AuditEvent,
+        Channel,
+        Language,
+        QueueAsk,
+        QueueRelease,
+        RequestKind,
+        RequestRecordInput,
+        Subject,
+    )
 
-    ask_subject_turn = SubjectActivities(engine.ledger).ask_subject_turn
-
+    activities = SubjectActivities(engine.ledger, SubjectTurns(engine.ledger.engine))
     client = engine.client
-    queue_id = "subject-" + "cd" * 16
+    line = "subject-" + "cd" * 16
     async with Worker(client, task_queue="askers", workflows=[TurnTaker], workflow_runner=UnsandboxedWorkflowRunner()):
         takers = [await client.start_workflow(TurnTaker.run, id=f"asker-{n}", task_queue="askers") for n in range(2)]
         t0 = datetime(2026, 1, 5, tzinfo=UTC)
         asks = [TurnAsk(request_id=t.id, received_at=t0 + timedelta(minutes=n)) for n, t in enumerate(takers)]
         env = ActivityEnvironment(client=client)
-        env.info = replace(env.info, task_queue=engine.task_queue)
         engine.ledger.record_request(RequestRecordInput(
             request_id="asker-0", kind=RequestKind.ACCESS, channel=Channel.FORM,
             subject=Subject(email="asker@example.com", name="Asker"), received_at=t0, deadline=date(2026, 2, 5),
             language=Language.EN), now=t0)
         noted = [AuditEvent(request_id="asker-0", event="identity_confirmed"),
                  AuditEvent(request_id="asker-0", event="processing", stage=Stage.PROCESSING)]
-        # Nobody holds: granted in the answer (the queue is started by the ask), the events written.
-        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0], events=noted)) == \
+        # Nobody holds: granted in the answer, the events written.
+        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[0], events=noted)) == \
             SubjectTurn(holder="asker-0", round=1)
         # Asked again (a retried attempt): the same answer, and no event twice.
-        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[0], events=noted)) == \
+        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[0], events=noted)) == \
             SubjectTurn(holder="asker-0", round=1)
         assert [e.event for e in engine.ledger.events("asker-0")] == ["identity_confirmed", "processing"]
         written = engine.ledger.get_request("asker-0")
         assert written is not None and written.stage == Stage.PROCESSING
         # Another request of the person: told whom it waits for, in the answer.
-        assert await env.run(ask_subject_turn, QueueAsk(queue_id=queue_id, ask=asks[1])) == \
+        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[1])) == \
             SubjectTurn(holder="asker-0", round=1)
-        queue = client.get_workflow_handle(queue_id)
-        assert await queue.query(SubjectQueue.status) == SubjectQueueStatus(holder="asker-0", waiting=["asker-1"])
-        await queue.signal(SubjectQueue.release, TurnRelease(request_id="asker-0"))
-
-        async def granted() -> bool:
-            return await takers[1].query(TurnTaker.heard) == ["asker-1#1"]
-        await eventually(granted, "asker-1 granted by signal")
+        turns = SubjectTurns(engine.ledger.engine)
+        assert turns.status(line) == SubjectQueueStatus(holder="asker-0", waiting=["asker-1"])
+        await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="asker-0")))
+        await heard(takers[1], ["asker-1#1"])
         assert await takers[0].query(TurnTaker.heard) == []  # its answers came with its asks: no signal
-        await queue.signal(SubjectQueue.release, TurnRelease(request_id="asker-1"))
-        async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
-            await queue.result()  # idle: it ends
+        await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="asker-1")))
+        assert turns.status(line) == SubjectQueueStatus(holder="", waiting=[])
+        for taker in takers:
+            await taker.terminate()
+
+
+async def test_a_request_gone_is_passed_over_a_retried_release_tells_everyone_and_the_check_frees_the_turn(
+        time_skipping: WorkflowEnvironment, engine: Engine) -> None:
+    """A grant to a request that has ended goes to the next one (its signal is refused: it leaves the line); a
+    release retried after its change was committed tells everyone in line again; the waiting request's hourly
+    check takes a holder that no longer runs out of the line."""
+    from activities.subjects import SubjectActivities
+    from dsr.domain.model import QueueAsk, QueueRelease
+
+    activities = SubjectActivities(engine.ledger, SubjectTurns(engine.ledger.engine))
+    turns = SubjectTurns(engine.ledger.engine)
+    client = engine.client
+    line = "subject-" + "ef" * 16
+    async with Worker(client, task_queue="gone", workflows=[TurnTaker], workflow_runner=UnsandboxedWorkflowRunner()):
+        takers = [await client.start_workflow(TurnTaker.run, id=f"taker-{n}", task_queue="gone") for n in range(4)]
+        t0 = datetime(2026, 1, 5, tzinfo=UTC)
+        # taker-2 was received before taker-1: it goes next, but it has ended by then.
+        received = {0: 0, 1: 30, 2: 10, 3: 40}
+        asks = [TurnAsk(request_id=t.id, received_at=t0 + timedelta(minutes=received[n])) for n, t in enumerate(takers)]
+        env = ActivityEnvironment(client=client)
+        for ask in asks[:3]:
+            await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=ask))
+        assert turns.status(line) == SubjectQueueStatus(holder="taker-0", waiting=["taker-2", "taker-1"])
+        await takers[2].terminate()
+        await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="taker-0")))
+        await heard(takers[1], ["taker-1#1"])  # granted; never told of taker-2, passed over
+        assert turns.status(line) == SubjectQueueStatus(holder="taker-1", waiting=[])
+
+        # The same release retried (its first attempt failed after the commit): the holder is told again.
+        retried = ActivityEnvironment(client=client)
+        retried.info = replace(retried.info, attempt=2)
+        await retried.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="taker-0")))
+        await heard(takers[1], ["taker-1#1", "taker-1#1"])
+
+        # taker-3 waits; the holder is terminated by hand (nothing released): the check frees the turn.
+        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[3])) == \
+            SubjectTurn(holder="taker-1", round=1)
+        assert await env.run(activities.check_subject_turn, QueueAsk(queue_id=line, ask=asks[3])) == \
+            SubjectTurn(holder="taker-1", round=1)  # still running: nothing changes
+        await takers[1].terminate()
+        assert await env.run(activities.check_subject_turn, QueueAsk(queue_id=line, ask=asks[3])) == \
+            SubjectTurn(holder="taker-3", round=1)
+        assert turns.status(line) == SubjectQueueStatus(holder="taker-3", waiting=[])
+        await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="taker-3")))
+        assert stored_lines(engine) == []
+        for n in (0, 3):
+            await takers[n].terminate()
 
 
 # --- helpers needing more than the client ---------------------------------------------------------------
