@@ -159,6 +159,7 @@ def activities_for(
     )
     connectors = list(connectors)
     fan_out = ConnectorActivities(connectors, exports)
+    turns = SubjectActivities(ledger, SubjectTurns(ledger.engine), plan=fan_out.plan)
     outside = OutsideActivities(
         connectors, OutsideTasks(ledger.engine, keyring),
         Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
@@ -181,7 +182,6 @@ def activities_for(
         consent_links=ConsentLinks(keyring, ttl=timedelta(days=settings.consent_link_days)),
     )
     storage = StorageActivities(exports, ledger)
-    turns = SubjectActivities(ledger, SubjectTurns(ledger.engine))
     restrictions = RestrictionActivities(
         ledger, mailer=Mailer(settings.smtp, mail_from=settings.mail_from, from_name=signature or "Privacy",
                               mail_domain=settings.mail_domain),

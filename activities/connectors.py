@@ -70,6 +70,10 @@ class ConnectorActivities:
     @activity.defn(name="plan_fanout")
     async def plan_fanout(self, plan: PlanInput) -> FanOutPlan:
         """Which connectors take part in a request of this kind, in a stable order."""
+        return self.plan(plan)
+
+    def plan(self, plan: PlanInput) -> FanOutPlan:
+        """:meth:`plan_fanout`, for the activity answering a turn granted at once (``ask_subject_turn``)."""
         names = sorted(n for n, c in self._connectors.items() if plan.kind in c.kinds)
         return FanOutPlan(connectors=names,
                           outside=[n for n in names if isinstance(self._connectors[n], OutsideSystem)])

@@ -15,13 +15,14 @@ answer it has (``DataSubjectRequest.subject_turn``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import record_batch
-from dsr.domain.model import SUBJECT_TURN_SIGNAL, QueueAsk, QueueRelease, SubjectTurn
+from dsr.domain.model import SUBJECT_TURN_SIGNAL, FanOutPlan, PlanInput, QueueAsk, QueueRelease, SubjectTurn, TurnAnswer
 from dsr.store.ledger import Ledger
 from dsr.store.turns import SubjectTurns, Tell
 
@@ -29,16 +30,17 @@ from dsr.store.turns import SubjectTurns, Tell
 class SubjectActivities:
     """The persons' lines in the ledger's database, and the signals telling requests where they stand."""
 
-    def __init__(self, ledger: Ledger, turns: SubjectTurns) -> None:
+    def __init__(self, ledger: Ledger, turns: SubjectTurns, plan: Callable[[PlanInput], FanOutPlan]) -> None:
         self._ledger = ledger
         self._turns = turns
+        self._plan = plan  # the fan-out's plan (ConnectorActivities.plan), answered with a turn granted at once
 
     @activity.defn(name="ask_subject_turn")
-    async def ask_subject_turn(self, ask: QueueAsk) -> SubjectTurn:
-        """Put the request in its person's line and answer who holds the turn (itself: granted); write
-        ``ask.events`` to the ledger first. Idempotent: a request asking again keeps its place (a holder still
-        holds), and a retry writes no event twice (their keys are the activity's, as ``record_events``'s are:
-        ``record_batch``)."""
+    async def ask_subject_turn(self, ask: QueueAsk) -> TurnAnswer:
+        """Put the request in its person's line and answer who holds the turn (itself: granted), with the fan-out's
+        plan for ``ask.plan`` when granted; write ``ask.events`` to the ledger first. Idempotent: a request asking
+        again keeps its place (a holder still holds), and a retry writes no event twice (their keys are the
+        activity's, as ``record_events``'s are: ``record_batch``)."""
         def in_the_ledger() -> tuple[SubjectTurn, list[Tell]]:
             if ask.events:
                 record_batch(self._ledger, ask.events)
@@ -46,7 +48,8 @@ class SubjectActivities:
 
         answer, tells = await asyncio.to_thread(in_the_ledger)
         await self._tell(ask.queue_id, tells)
-        return answer
+        granted = answer.holder == ask.ask.request_id
+        return TurnAnswer(turn=answer, plan=self._plan(ask.plan) if granted and ask.plan is not None else None)
 
     @activity.defn(name="release_subject_turn")
     async def release_subject_turn(self, release: QueueRelease) -> None:

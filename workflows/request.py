@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         DuplicateAttached,
         ExportsDeletion,
         Extension,
+        FanOutPlan,
         IdentityConfirmation,
         IdentityMethod,
         IdentityResend,
@@ -221,6 +222,7 @@ class DataSubjectRequest:
         self._turn_granted = False
         self._awaiting_turn = False
         self._turn_holder = ""
+        self._plan_at_turn: FanOutPlan | None = None  # the fan-out's plan, answered with a turn granted at once
         # Mail: the acknowledgement's task, the notices being retried after a failed first try (templates), and a
         # counter naming each notice's idempotency key.
         self._acknowledgement: asyncio.Task[None] | None = None
@@ -493,9 +495,11 @@ class DataSubjectRequest:
             self._fanning_out = False
 
     async def _fan_out_in_turn(self, ordered: bool) -> bool:
-        options: workflow.LocalActivityConfig = {**PLAN, "summary": f"plan {self._request.kind.value}"}
-        plan = await workflow.execute_local_activity_method(
-            ConnectorActivities.plan_fanout, PlanInput(kind=postmortem.work_kind(self)), **options)
+        plan, self._plan_at_turn = self._plan_at_turn, None
+        if plan is None:  # no turn asked, or not granted at once: the plan as the configuration says now
+            options: workflow.LocalActivityConfig = {**PLAN, "summary": f"plan {self._request.kind.value}"}
+            plan = await workflow.execute_local_activity_method(
+                ConnectorActivities.plan_fanout, PlanInput(kind=postmortem.work_kind(self)), **options)
         if consent.is_consent_withdrawal(self):
             # Systems reached by a person (processor, manual) a purpose maps are told first, the same day, and their
             # answer followed up by their own task, which outlives this request; the reply says they were told.
@@ -567,12 +571,15 @@ class DataSubjectRequest:
         ask = QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
             request_id=self._request.request_id, received_at=self._request.received_at, round=self._turn_round,
         ))
+        # The first ask brings the fan-out's plan when granted at once: the connectors start in the task reading it.
+        planned = self._turn_round == 1 and not self._progress
         try:
             # The ask answers at once who holds the turn: granted (the usual case) goes on from here, in the task
             # that reads the answer; otherwise a signal says when.
             try:
-                turn = await workflow.execute_activity_method(
-                    SubjectActivities.ask_subject_turn, dataclasses.replace(ask, events=events),
+                answer = await workflow.execute_activity_method(
+                    SubjectActivities.ask_subject_turn, dataclasses.replace(
+                        ask, events=events, plan=PlanInput(kind=postmortem.work_kind(self)) if planned else None),
                     **summarised(TURN_ASK, summary),
                 )
             except Exception:
@@ -585,7 +592,8 @@ class DataSubjectRequest:
                 if events:
                     self._batch_in_flight = False
             self._events_written += len(events)
-            self.subject_turn(turn)
+            self.subject_turn(answer.turn)
+            self._plan_at_turn = answer.plan
             await self._wait_for_turn(ask)
         finally:
             self._awaiting_turn = False

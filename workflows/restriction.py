@@ -277,8 +277,8 @@ class RestrictionInForce(FollowUp):
         self._turn_asked, self._turn_granted, self._waiting_for = True, False, ""
         ask = QueueAsk(queue_id=subject_queue_id(self._held.subject_key), ask=TurnAsk(
             request_id=workflow.info().workflow_id, received_at=workflow.now(), round=self._turn_round))
-        self.subject_turn(await workflow.execute_activity_method(
-            SubjectActivities.ask_subject_turn, ask, **summarised(TURN_ASK, "subject's turn: ask (lift)")))
+        self.subject_turn((await workflow.execute_activity_method(
+            SubjectActivities.ask_subject_turn, ask, **summarised(TURN_ASK, "subject's turn: ask (lift)"))).turn)
         while not self._turn_granted:
             try:
                 await workflow.wait_condition(lambda: self._turn_granted, timeout=HOLDER_CHECK_EVERY,

@@ -962,12 +962,23 @@ class SubjectTurn:
 
 @dataclass
 class QueueAsk:
-    """Input of the ``ask_subject_turn`` activity (and of ``check_subject_turn``, without events): the ask, in the
-    person's line, and the ledger events noted before it (written by it, in order)."""
+    """Input of the ``ask_subject_turn`` activity (and of ``check_subject_turn``, without events or plan): the ask,
+    in the person's line, and the ledger events noted before it (written by it, in order)."""
 
     queue_id: str
     ask: TurnAsk
     events: list[AuditEvent] = field(default_factory=list)
+    plan: PlanInput | None = None  # the fan-out's plan, answered with the turn when granted at once
+
+
+@dataclass
+class TurnAnswer:
+    """Answer of ``ask_subject_turn``: who holds the turn; when it is granted at once and the ask asked for it, the
+    fan-out's plan too, so that the connectors start in the workflow task that reads the answer (no local activity
+    and no second activation between the grant and the connectors)."""
+
+    turn: SubjectTurn
+    plan: FanOutPlan | None = None
 
 
 @dataclass

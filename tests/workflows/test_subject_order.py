@@ -223,6 +223,12 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         written = [e.event for e in engine.ledger.events(handle.id)]
         assert written[:3] == ["received", "identity_confirmed", "processing"]
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
+    # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
+    # planned in a local activity when its turn came.
+    planned = {h.id: [e for e in (await h.fetch_history()).events if e.HasField("marker_recorded_event_attributes")]
+               for h in (access, erasure)}
+    assert planned[access.id] == [] and len(planned[erasure.id]) == 1
+    assert {c.connector for c in (await status(access)).connectors} == {c.name for c in engine.connectors}
     # Idle again: nobody is in the person's line.
     assert stored_lines(engine) == []
     await keep_history(erasure, "subject_order_waited")
@@ -490,21 +496,28 @@ async def heard(taker: WorkflowHandle, expected: list[str]) -> None:
 async def test_an_ask_is_answered_at_once_and_only_a_later_change_by_a_signal(
         time_skipping: WorkflowEnvironment, engine: Engine) -> None:
     """The ``ask_subject_turn`` activity: the answer says who holds the turn, so the asker is not signalled for it
-    (one workflow task less per request); a later grant comes by signal from the release. The events noted before
-    the ask are written by it, once however often it is retried."""
+    (one workflow task less per request), with the fan-out's plan when granted at once; a later grant comes by
+    signal from the release. The events noted before the ask are written by it, once however often it is
+    retried."""
     from activities.subjects import SubjectActivities
     from dsr.domain.model import (
         AuditEvent,
         Channel,
+        FanOutPlan,
         Language,
+        PlanInput,
         QueueAsk,
         QueueRelease,
         RequestKind,
         RequestRecordInput,
         Subject,
+        TurnAnswer,
     )
 
-    activities = SubjectActivities(engine.ledger, SubjectTurns(engine.ledger.engine))
+    def plan(asked: PlanInput) -> FanOutPlan:
+        return FanOutPlan(connectors=["crm", asked.kind.value])
+
+    activities = SubjectActivities(engine.ledger, SubjectTurns(engine.ledger.engine), plan)
     client = engine.client
     line = "subject-" + "cd" * 16
     async with Worker(client, task_queue="askers", workflows=[TurnTaker], workflow_runner=UnsandboxedWorkflowRunner()):
@@ -518,18 +531,20 @@ async def test_an_ask_is_answered_at_once_and_only_a_later_change_by_a_signal(
             language=Language.EN), now=t0)
         noted = [AuditEvent(request_id="asker-0", event="identity_confirmed"),
                  AuditEvent(request_id="asker-0", event="processing", stage=Stage.PROCESSING)]
-        # Nobody holds: granted in the answer, the events written.
-        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[0], events=noted)) == \
-            SubjectTurn(holder="asker-0", round=1)
+        # Nobody holds: granted in the answer, with the fan-out's plan asked for; the events written.
+        access = PlanInput(kind=RequestKind.ACCESS)
+        assert await env.run(activities.ask_subject_turn,
+                             QueueAsk(queue_id=line, ask=asks[0], events=noted, plan=access)) == \
+            TurnAnswer(SubjectTurn(holder="asker-0", round=1), FanOutPlan(connectors=["crm", "access"]))
         # Asked again (a retried attempt): the same answer, and no event twice.
         assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[0], events=noted)) == \
-            SubjectTurn(holder="asker-0", round=1)
+            TurnAnswer(SubjectTurn(holder="asker-0", round=1))
         assert [e.event for e in engine.ledger.events("asker-0")] == ["identity_confirmed", "processing"]
         written = engine.ledger.get_request("asker-0")
         assert written is not None and written.stage == Stage.PROCESSING
-        # Another request of the person: told whom it waits for, in the answer.
-        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[1])) == \
-            SubjectTurn(holder="asker-0", round=1)
+        # Another request of the person: told whom it waits for, in the answer; no plan while it waits.
+        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[1], plan=access)) == \
+            TurnAnswer(SubjectTurn(holder="asker-0", round=1))
         turns = SubjectTurns(engine.ledger.engine)
         assert turns.status(line) == SubjectQueueStatus(holder="asker-0", waiting=["asker-1"])
         await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="asker-0")))
@@ -547,9 +562,9 @@ async def test_a_request_gone_is_passed_over_a_retried_release_tells_everyone_an
     release retried after its change was committed tells everyone in line again; the waiting request's hourly
     check takes a holder that no longer runs out of the line."""
     from activities.subjects import SubjectActivities
-    from dsr.domain.model import QueueAsk, QueueRelease
+    from dsr.domain.model import FanOutPlan, QueueAsk, QueueRelease
 
-    activities = SubjectActivities(engine.ledger, SubjectTurns(engine.ledger.engine))
+    activities = SubjectActivities(engine.ledger, SubjectTurns(engine.ledger.engine), lambda _: FanOutPlan([]))
     turns = SubjectTurns(engine.ledger.engine)
     client = engine.client
     line = "subject-" + "ef" * 16
@@ -575,7 +590,7 @@ async def test_a_request_gone_is_passed_over_a_retried_release_tells_everyone_an
         await heard(takers[1], ["taker-1#1", "taker-1#1"])
 
         # taker-3 waits; the holder is terminated by hand (nothing released): the check frees the turn.
-        assert await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[3])) == \
+        assert (await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=asks[3]))).turn == \
             SubjectTurn(holder="taker-1", round=1)
         assert await env.run(activities.check_subject_turn, QueueAsk(queue_id=line, ask=asks[3])) == \
             SubjectTurn(holder="taker-1", round=1)  # still running: nothing changes
