@@ -48,6 +48,10 @@ class SubjectActivities:
 
         answer, tells = await asyncio.to_thread(in_the_ledger)
         await self._tell(ask.queue_id, tells)
+        if answer.holder not in ("", ask.ask.request_id):
+            # Someone of the person holds the turn (rare): if it no longer runs (terminated by hand), it is taken
+            # out of the line now rather than at the asker's first hourly check.
+            answer = await self._free_if_gone(ask)
         granted = answer.holder == ask.ask.request_id
         return TurnAnswer(turn=answer, plan=self._plan(ask.plan) if granted and ask.plan is not None else None)
 
@@ -63,6 +67,10 @@ class SubjectActivities:
     async def check_subject_turn(self, ask: QueueAsk) -> SubjectTurn:
         """For a request waiting for its turn (hourly): a holder that no longer runs (a workflow terminated by hand
         never releases) is taken out of the line; answers who holds the turn now, as the ask does."""
+        return await self._free_if_gone(ask)
+
+    async def _free_if_gone(self, ask: QueueAsk) -> SubjectTurn:
+        """Take a holder that no longer runs out of the line (telling whom that concerns); ask again, answered."""
         holder = (await asyncio.to_thread(self._turns.line, ask.queue_id)).holder
         if holder is not None and holder.request_id != ask.ask.request_id and not await request_running(
                 holder.request_id):

@@ -598,10 +598,15 @@ async def test_a_request_gone_is_passed_over_a_retried_release_tells_everyone_an
         assert await env.run(activities.check_subject_turn, QueueAsk(queue_id=line, ask=asks[3])) == \
             SubjectTurn(holder="taker-3", round=1)
         assert turns.status(line) == SubjectQueueStatus(holder="taker-3", waiting=[])
-        await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="taker-3")))
+
+        # The holder terminated before anyone else asks: the next ask finds it gone and is granted at once.
+        await takers[3].terminate()
+        again = replace(asks[0], round=2)
+        assert (await env.run(activities.ask_subject_turn, QueueAsk(queue_id=line, ask=again))).turn == \
+            SubjectTurn(holder="taker-0", round=2)
+        await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="taker-0", round=2)))
         assert stored_lines(engine) == []
-        for n in (0, 3):
-            await takers[n].terminate()
+        await takers[0].terminate()
 
 
 # --- helpers needing more than the client ---------------------------------------------------------------
