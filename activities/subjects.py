@@ -48,10 +48,11 @@ class SubjectActivities:
 
         answer, tells = await asyncio.to_thread(in_the_ledger)
         await self._tell(ask.queue_id, tells)
-        if answer.holder not in ("", ask.ask.request_id):
-            # Someone of the person holds the turn (rare): if it no longer runs (terminated by hand), it is taken
-            # out of the line now rather than at the asker's first hourly check.
-            answer = await self._free_if_gone(ask)
+        if answer.holder not in ("", ask.ask.request_id) and await self._freed_if_gone(ask.queue_id, answer.holder):
+            # Someone of the person held the turn (rare) and no longer runs (terminated by hand): taken out of the
+            # line now rather than at the asker's first hourly check; the ask answered again.
+            answer, tells = await asyncio.to_thread(self._turns.ask, ask.queue_id, ask.ask)
+            await self._tell(ask.queue_id, tells)
         granted = answer.holder == ask.ask.request_id
         return TurnAnswer(turn=answer, plan=self._plan(ask.plan) if granted and ask.plan is not None else None)
 
@@ -67,19 +68,22 @@ class SubjectActivities:
     async def check_subject_turn(self, ask: QueueAsk) -> SubjectTurn:
         """For a request waiting for its turn (hourly): a holder that no longer runs (a workflow terminated by hand
         never releases) is taken out of the line; answers who holds the turn now, as the ask does."""
-        return await self._free_if_gone(ask)
-
-    async def _free_if_gone(self, ask: QueueAsk) -> SubjectTurn:
-        """Take a holder that no longer runs out of the line (telling whom that concerns); ask again, answered."""
         holder = (await asyncio.to_thread(self._turns.line, ask.queue_id)).holder
-        if holder is not None and holder.request_id != ask.ask.request_id and not await request_running(
-                holder.request_id):
-            activity.logger.warning("turn freed: %s ended without releasing it", holder.request_id)
-            await self._tell(ask.queue_id, await asyncio.to_thread(
-                self._turns.release, ask.queue_id, holder.request_id, holder.round))
+        if holder is not None and holder.request_id != ask.ask.request_id:
+            await self._freed_if_gone(ask.queue_id, holder.request_id)
         answer, tells = await asyncio.to_thread(self._turns.ask, ask.queue_id, ask.ask)
         await self._tell(ask.queue_id, tells)
         return answer
+
+    async def _freed_if_gone(self, queue_id: str, request_id: str) -> bool:
+        """Take the holder ``request_id`` out of the line if it no longer runs (telling whom that concerns); True
+        if it did."""
+        holder = (await asyncio.to_thread(self._turns.line, queue_id)).holder
+        if holder is None or holder.request_id != request_id or await request_running(request_id):
+            return False
+        activity.logger.warning("turn freed: %s ended without releasing it", request_id)
+        await self._tell(queue_id, await asyncio.to_thread(self._turns.release, queue_id, request_id, holder.round))
+        return True
 
     async def _tell(self, queue_id: str, tells: list[Tell]) -> None:
         """Signal each request its answer; a request that is gone leaves the line, and whom that changes is told."""

@@ -16,8 +16,9 @@ process, task queue and SQLite ledger, all on one Temporal dev server (``tempora
 Printed per variant (medians over rounds): requests per second and the ratio to bare; CPU seconds per request of
 the worker and of the Temporal server (from /proc); history events per request; 429s per 100 requests (HubSpot's
 sandbox counts them; WooCommerce's and Stripe's have no limit here); for the engine, the processing stage (from the
-turn's ask to the reply's schedule, in the history) against its slowest connector (the ``run_connector`` activity,
-scheduled to completed). ``--requests 1`` measures a request alone (the issue's "light request").
+start of the workflow task asking for the turn to the reply's schedule, in the history) against its slowest
+connector (the ``run_connector`` activity, scheduled to completed). ``--requests 1`` measures a request alone (the
+issue's "light request").
 
 Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]
 [--unordered]`` (``--trace``: one request's history per variant, event by event in ms, and its subject queue's for
@@ -245,23 +246,34 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
             if not variant.engine:
                 continue
             # In the workflow's own time (the history), not the ledger's (its events are written in batches): the
-            # stage begins where the turn is asked (in the same workflow task as the stage's change) and ends where
-            # the reply is scheduled.
+            # stage begins with the workflow task that asks for the turn (the stage's change is in the same task;
+            # the ask is a local activity in it, or was an activity it scheduled) and ends where the reply is
+            # scheduled. Unordered (no ask): the task that schedules the stage's first batch (identity_confirmed,
+            # processing).
             scheduled: dict[int, Any] = {}
             firsts: dict[str, Any] = {}
             slowest = 0.0
+            task_started = None
+            begun = None
             for event in history.events:
-                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                    task_started = event.event_time.ToDatetime()
+                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                     name = event.activity_task_scheduled_event_attributes.activity_type.name
                     firsts.setdefault(name, event.event_time.ToDatetime())
                     if name == "run_connector":
                         scheduled[event.event_id] = event.event_time.ToDatetime()
+                    if name in ("ask_subject_turn", "record_events") and begun is None:
+                        begun = task_started
+                elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and begun is None and \
+                        event.user_metadata.HasField("summary"):
+                    summary = (await client.data_converter.decode([event.user_metadata.summary]))[0]
+                    if summary.startswith("subject's turn: ask"):
+                        begun = task_started
                 elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
                     began_at = scheduled.get(event.activity_task_completed_event_attributes.scheduled_event_id)
                     if began_at is not None:
                         slowest = max(slowest, (event.event_time.ToDatetime() - began_at).total_seconds())
-            # Unordered (no ask): the stage's first batch (identity_confirmed, processing) goes in the same task.
-            begun = firsts.get("ask_subject_turn", firsts.get("record_events"))
             if slowest and begun is not None and "send_reply" in firsts:
                 stage = (firsts["send_reply"] - begun).total_seconds()
                 ratios.append(stage / slowest)

@@ -61,6 +61,7 @@ __all__ = [
     "SUBMISSION_ERROR",
     "SUBMIT",
     "TURN_ASK",
+    "TURN_ASK_LOCAL",
     "ConnectorActivities",
     "IntakeActivities",
     "LedgerActivities",
@@ -90,7 +91,7 @@ REPLY_UNDELIVERABLE_TYPES = (NOTICE_REJECTED, NOTICE_INVALID_ADDRESS)
 # --- options ------------------------------------------------------------------------------------------------
 
 _PATIENT = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
-"""Ledger, storage and queue steps: a lost worker's step runs again within seconds, and never more than 30 s
+"""Ledger, storage and turn steps: a lost worker's step runs again within seconds, and never more than 30 s
 after the step's own timeout however often it failed before (a database outage: a connection try every 30 s)."""
 
 LEDGER = workflow.ActivityConfig(
@@ -109,6 +110,10 @@ PLAN = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10)
 costs no round trip to the server before the connectors start."""
 TURN_ASK = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
 """Asking for the person's turn and giving it back: a transaction on the person's line, then its signals."""
+TURN_ASK_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
+"""The request's ask, in a local activity: a transaction of a millisecond or two (and, only when someone of the
+person holds the turn, a look at whether it still runs), answered within the workflow task that asks, so that a turn
+granted at once starts the connectors in that same task, with no round trip to the server in between."""
 HOLDER_CHECK_EVERY = timedelta(hours=1)
 """How often a request waiting for its person's turn checks that the holder still runs (a workflow terminated by
 hand never gives the turn back; the check takes it out of the line)."""

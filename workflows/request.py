@@ -110,6 +110,7 @@ from workflows.contract import (
     STORAGE,
     SUBJECT_TURN_SIGNAL,
     TURN_ASK,
+    TURN_ASK_LOCAL,
     ConnectorActivities,
     IntakeActivities,
     LedgerActivities,
@@ -555,6 +556,8 @@ class DataSubjectRequest:
     async def _take_turn(self) -> bool:
         """Ask for the subject's turn and wait for it (the deadline watcher runs meanwhile); False when the request
         is withdrawn or refused while it waits."""
+        for release in self._releases:
+            await release  # an earlier round given back first: the new ask takes its place by receipt
         self._turn_round += 1
         self._turn_asked = True
         self._turn_granted = False
@@ -574,13 +577,14 @@ class DataSubjectRequest:
         # The first ask brings the fan-out's plan when granted at once: the connectors start in the task reading it.
         planned = self._turn_round == 1 and not self._progress
         try:
-            # The ask answers at once who holds the turn: granted (the usual case) goes on from here, in the task
-            # that reads the answer; otherwise a signal says when.
+            # The ask answers at once who holds the turn: granted (the usual case) goes on from here, in the same
+            # workflow task (a local activity); otherwise a signal says when.
             try:
-                answer = await workflow.execute_activity_method(
+                local: workflow.LocalActivityConfig = {**TURN_ASK_LOCAL, "summary": summary}
+                answer = await workflow.execute_local_activity_method(
                     SubjectActivities.ask_subject_turn, dataclasses.replace(
                         ask, events=events, plan=PlanInput(kind=postmortem.work_kind(self)) if planned else None),
-                    **summarised(TURN_ASK, summary),
+                    **local,
                 )
             except Exception:
                 # Retried without limit, and an ask is refused nothing: a failure not foreseen. The events go to the
@@ -623,8 +627,11 @@ class DataSubjectRequest:
         if not self._turn_asked:
             return
         self._turn_asked = self._turn_granted = False
+        self._give_back(self._turn_round)
+
+    def _give_back(self, turn_round: int) -> None:
         release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
-            request_id=self._request.request_id, round=self._turn_round))
+            request_id=self._request.request_id, round=turn_round))
         self._releases.append(asyncio.create_task(workflow.execute_activity_method(
             SubjectActivities.release_subject_turn, release, **summarised(TURN_ASK, "subject's turn: give back"))))
 
@@ -633,6 +640,11 @@ class DataSubjectRequest:
         """Who holds the subject's turn: this request (granted) or the one it waits for (the answer of the ask or
         of the holder check, which may come after the signal granting it, or a signal once another's release or
         ask changed it)."""
+        if turn.holder == self._request.request_id and (not self._turn_asked or turn.round != self._turn_round):
+            # Granted a turn this request no longer asks for (an ask's late retry, committed after its release):
+            # given back, or the person's other requests would wait for a turn nobody uses.
+            self._give_back(turn.round)
+            return
         if not self._turn_asked or turn.round != self._turn_round or self._turn_granted:
             return  # an answer to an earlier ask, or one older than the grant
         if turn.holder == self._request.request_id:

@@ -127,6 +127,7 @@ class RestrictionInForce(FollowUp):
         self._turn_asked = False
         self._turn_granted = False
         self._waiting_for = ""  # the request holding the turn while the lift waits for it
+        self._strays: list[asyncio.Task[None]] = []  # turns granted after this workflow gave them back
         self._untold: list[str] = []
         self._subject_told: bool | None = None  # the lift's notice to the subject (Art. 18(3))
         self._informed: SubjectInformed | None = None  # staff told them by other means, the notice refused
@@ -137,6 +138,8 @@ class RestrictionInForce(FollowUp):
         await self._run_follow_up(self._work, workflow_name="restriction", refusal=(
             "cancellation refused: a restriction is lifted only after the subject is told (Art. 18(3)); "
             "use dsr lift REF --reason"))
+        for stray in self._strays:
+            await stray  # turns granted after their release, given back
         return self.status()
 
     async def _work(self) -> None:
@@ -296,16 +299,23 @@ class RestrictionInForce(FollowUp):
         if not self._turn_asked:
             return
         self._turn_asked = self._turn_granted = False
+        await self._give_back(self._turn_round)
+
+    async def _give_back(self, turn_round: int) -> None:
         await workflow.execute_activity_method(
             SubjectActivities.release_subject_turn,
             QueueRelease(queue_id=subject_queue_id(self._held.subject_key),
-                         release=TurnRelease(request_id=workflow.info().workflow_id, round=self._turn_round)),
+                         release=TurnRelease(request_id=workflow.info().workflow_id, round=turn_round)),
             **summarised(TURN_ASK, "subject's turn: give back (lift)"))
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
         """Who holds the person's turn: this workflow (granted) or the request it waits for (the answer of the ask
         or of the holder check, which may come after the signal granting it, or a signal once it changed)."""
+        if turn.holder == workflow.info().workflow_id and (not self._turn_asked or turn.round != self._turn_round):
+            # Granted a turn it no longer asks for (an ask's late retry, committed after its release): given back.
+            self._strays.append(asyncio.create_task(self._give_back(turn.round)))
+            return
         if not self._turn_asked or turn.round != self._turn_round or self._turn_granted:
             return
         if turn.holder == workflow.info().workflow_id:

@@ -298,7 +298,7 @@ class RequestInput:
     changes: dict[str, str] = field(default_factory=dict)  # rectification: canonical field -> new value
     in_reply_to: str | None = None  # Message-ID of the subject's email, so notices stay in its thread
     ticket: str | None = None  # support-desk ticket ("zendesk:4521"); shown to staff, quoted in replies
-    subject_key: str = ""  # blind index of the subject's email (set at intake): names their queue; "" = none
+    subject_key: str = ""  # blind index of the subject's email (set at intake): keys their line; "" = none
     scope: str = ""  # objection: an ObjectionScope value; post_mortem: a PostMortemAim value ("" for other kinds)
     purposes: list[ConsentPurpose] = field(default_factory=list)  # consent_withdrawal: frozen from the profile
     # post_mortem (loi 78-17 art. 85): ``subject`` is the sender (heir, executor, designee), who gets every
@@ -1174,7 +1174,7 @@ class RestrictionInput:
     # controller profile), and the processors and manual systems that did not answer "no data" (system names).
     recipients: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)
-    subject_key: str = ""  # blind index of the subject's email: the marks come off in the person's turn (queue)
+    subject_key: str = ""  # blind index of the subject's email: the marks come off in the person's turn
 
 
 @dataclass

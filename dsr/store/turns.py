@@ -73,12 +73,21 @@ class SubjectLine:
     def ask(self, ask: TurnAsk) -> tuple[SubjectTurn, list[Tell]]:
         """``ask`` in line: the turn is granted now if nobody holds it (to the earliest received among those
         waiting, the asker or not). Answers the asker's answer and whom else the change concerns. Asking again (a
-        retried activity, a new round) keeps the place held: a holder asking again still holds."""
+        retried activity, a new round) keeps the place held: a holder asking again still holds. An ask of an earlier
+        round than the request's place in line (a late retry) changes nothing. An ask already in line (a retry
+        whose first attempt committed, a local activity run again after a lost workflow task, the hourly check)
+        tells everyone in line where they stand: what the first attempt changed may not have been told."""
+        placed = [e for e in (self.holder, *self.waiting) if e is not None and e.request_id == ask.request_id]
+        if placed and placed[0].round > ask.round:
+            return self.answer(ask), []
+        again = bool(placed) and placed[0].round == ask.round
         if self.holder is not None and self.holder.request_id == ask.request_id:
             self.holder = ask
         else:
             self.waiting = [w for w in self.waiting if w.request_id != ask.request_id] + [ask]
         tell = self._grant_next() if self.holder is None else []
+        if again:
+            tell += self.everyone()
         return self.answer(ask), [t for t in tell if t.request_id != ask.request_id]
 
     def release(self, request_id: str, turn_round: int) -> list[Tell]:
@@ -184,7 +193,9 @@ class SubjectTurns:
         now = datetime.now(UTC)
         with self._write_engine.begin() as connection:
             text = _read(connection, locking)
-            if text is None:
+            while text is None:
+                # Made to exist, then locked. Again if another transaction deleted it between the two (PostgreSQL's
+                # locking read skips a row deleted meanwhile): an empty line read without its lock decides nothing.
                 insert_if_missing(connection, SubjectTurnRow, queue_id, {"line": "{}", "updated_at": now})
                 text = _read(connection, locking)
             line = SubjectLine.from_json(text or "{}")

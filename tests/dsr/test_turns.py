@@ -4,6 +4,7 @@ deciding at the same instant on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,18 @@ def test_a_release_of_an_earlier_round_changes_nothing_and_a_holder_asking_again
     assert line.idle
 
 
+def test_a_late_ask_of_an_earlier_round_changes_nothing_and_an_ask_already_in_line_tells_everyone() -> None:
+    line = SubjectLine()
+    line.ask(asked("a", turn_round=2))
+    line.ask(asked("b", 5))
+    line.ask(asked("c", 10))
+    assert line.ask(asked("a", turn_round=1)) == (SubjectTurn(holder="a", round=1), [])  # a late retry of round 1
+    assert line.holder == asked("a", turn_round=2)
+    # The same ask again (a retry whose first attempt committed): everyone else hears where they stand.
+    assert line.ask(asked("b", 5)) == (SubjectTurn(holder="a", round=1), [
+        Tell("a", SubjectTurn(holder="a", round=2)), Tell("c", SubjectTurn(holder="a", round=1))])
+
+
 def test_a_line_survives_its_storage() -> None:
     line = SubjectLine()
     line.ask(asked("a"))
@@ -102,6 +115,38 @@ def test_two_workers_asking_at_the_same_instant_grant_the_turn_once(
             assert tells[0].turn.holder == tells[0].request_id  # the new holder is told first
             order.append(tells[0].request_id)
     assert order[1:] == sorted(order[1:], key=lambda r: int(r.split("-")[1]))
+
+
+def test_workers_taking_and_giving_back_one_person_s_turn_never_hold_it_together(
+        replicas: tuple[SubjectTurns, SubjectTurns]) -> None:
+    """Asks, re-asks and releases from two workers at once, the row deleted and made again as the line empties and
+    fills: at no time do two requests believe they hold the turn."""
+    holding: set[str] = set()
+    lock = threading.Lock()
+    clashes: list[tuple[str, set[str]]] = []
+
+    def request(n: int) -> int:
+        turns = replicas[n % 2]
+        taken = 0
+        for turn_round in range(1, 6):
+            me = TurnAsk(request_id=f"req-{n}", received_at=T0 + timedelta(seconds=n), round=turn_round)
+            while turns.ask(QUEUE, me)[0].holder != me.request_id:
+                pass  # asked again until granted (the signal's stand-in): an ask already in line
+            with lock:
+                if holding:
+                    clashes.append((me.request_id, set(holding)))
+                holding.add(me.request_id)
+            time.sleep(0.001)  # in the systems
+            with lock:
+                holding.discard(me.request_id)
+            turns.release(QUEUE, me.request_id, turn_round)
+            taken += 1
+        return taken
+
+    with ThreadPoolExecutor(6) as pool:
+        assert sum(pool.map(request, range(6))) == 30
+    assert clashes == []
+    assert replicas[0].status(QUEUE) == SubjectQueueStatus(holder="", waiting=[])
 
 
 def test_an_empty_line_leaves_no_row(replicas: tuple[SubjectTurns, SubjectTurns], database_url: str) -> None:
