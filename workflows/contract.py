@@ -111,9 +111,10 @@ costs no round trip to the server before the connectors start."""
 TURN_ASK = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
 """Asking for the person's turn and giving it back: a transaction on the person's line, then its signals."""
 TURN_ASK_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
-"""The request's ask, in a local activity: a transaction of a millisecond or two (and, only when someone of the
-person holds the turn, a look at whether it still runs), answered within the workflow task that asks, so that a turn
-granted at once starts the connectors in that same task, with no round trip to the server in between."""
+"""The request's ask and give-back, in local activities: a transaction of a millisecond or two (and, only when someone
+of the person holds the turn, a look at whether it still runs; after a give-back, the signal to the next), answered
+within the workflow task that asks, so that a turn granted at once starts the connectors in that same task, with no
+round trip to the server in between."""
 HOLDER_CHECK_EVERY = timedelta(hours=1)
 """How often a request waiting for its person's turn checks that the holder still runs (a workflow terminated by
 hand never gives the turn back; the check takes it out of the line)."""

@@ -109,7 +109,6 @@ from workflows.contract import (
     REQUEST_REJECTED,
     STORAGE,
     SUBJECT_TURN_SIGNAL,
-    TURN_ASK,
     TURN_ASK_LOCAL,
     ConnectorActivities,
     IntakeActivities,
@@ -632,8 +631,11 @@ class DataSubjectRequest:
     def _give_back(self, turn_round: int) -> None:
         release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
             request_id=self._request.request_id, round=turn_round))
-        self._releases.append(asyncio.create_task(workflow.execute_activity_method(
-            SubjectActivities.release_subject_turn, release, **summarised(TURN_ASK, "subject's turn: give back"))))
+        # A local activity, like the ask: a transaction and the signal to the next request, in the task that gives
+        # the turn back (no activity task on the server).
+        local: workflow.LocalActivityConfig = {**TURN_ASK_LOCAL, "summary": "subject's turn: give back"}
+        self._releases.append(asyncio.create_task(workflow.execute_local_activity_method(
+            SubjectActivities.release_subject_turn, release, **local)))
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:

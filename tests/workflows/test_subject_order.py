@@ -214,13 +214,13 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
     turns = {r: e.details for r in (access.id, erasure.id) for e in engine.ledger.events(r)
              if e.event == "turn_taken"}
     assert turns == {access.id: {"waited_for": ""}, erasure.id: {"waited_for": access.id}}
-    # The ask is a local activity (a marker in the history, no activity task); the events noted before it were
-    # written by it (no ledger activity of their own), in their place.
+    # The ask and the give-back are local activities (markers in the history, no activity task); the events noted
+    # before the ask were written by it (no ledger activity of their own), in their place.
     locals_of: dict[str, list[str]] = {}
     for handle in (access, erasure):
         history = (await handle.fetch_history()).events
         scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history]
-        assert "ask_subject_turn" not in scheduled
+        assert "ask_subject_turn" not in scheduled and "release_subject_turn" not in scheduled
         locals_of[handle.id] = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0]
                                 for e in history if e.HasField("marker_recorded_event_attributes")]
         assert locals_of[handle.id][0] == "subject's turn: ask; ledger: identity_confirmed, processing"
@@ -229,7 +229,8 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
     # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
     # planned in a local activity when its turn came.
-    assert locals_of[access.id][1:] == [] and locals_of[erasure.id][1:] == ["plan erasure"]
+    assert locals_of[access.id][1:] == ["subject's turn: give back"]
+    assert locals_of[erasure.id][1:] == ["plan erasure", "subject's turn: give back"]
     assert {c.connector for c in (await status(access)).connectors} == {c.name for c in engine.connectors}
     # Idle again: nobody is in the person's line.
     assert stored_lines(engine) == []
