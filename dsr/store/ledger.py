@@ -468,19 +468,23 @@ class _WriterQueue:
     """
 
     def __init__(self, *, poll: float = 0.05) -> None:
-        self._turn = threading.Lock()  # held from BEGIN IMMEDIATE to COMMIT / ROLLBACK
-        self._state = threading.Lock()  # guards _holder, held for a few statements only
-        self._holder: Any = None  # the DB-API connection whose write holds the turn
+        # The turn is a flag under a condition, not a lock handed from thread to thread: it is taken, taken over and
+        # given back only while the condition is held, so a writer can never give back a turn that another took
+        # (a lock acquired outside the state's guard could be taken over before its taker recorded itself, then
+        # released twice: "release unlocked lock" under load).
+        self._changed = threading.Condition()
+        self._taken = False  # held from BEGIN IMMEDIATE to COMMIT / ROLLBACK
+        self._holder: Any = None  # the DB-API connection whose write holds the turn (None: not recorded)
         self._poll = poll
 
     def enter(self, connection: Any, *, timeout: float) -> bool:
         """Wait for the turn for ``connection``; False after ``timeout`` seconds (its holder is still writing)."""
         deadline = time.monotonic() + timeout
         suspect: Any = _NOBODY  # a holder (None: one not yet recorded) seen without a transaction at the last look
-        while True:
-            with self._state:
-                if self._turn.acquire(blocking=False):
-                    self._holder = connection
+        with self._changed:
+            while True:
+                if not self._taken:
+                    self._taken, self._holder = True, connection
                     return True
                 holder = self._holder
                 if holder is connection:
@@ -494,23 +498,20 @@ class _WriterQueue:
                     return True
                 else:
                     suspect = holder
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            # Woken as soon as the turn is given back, or at the next look at its holder.
-            if self._turn.acquire(timeout=min(self._poll, remaining)):
-                with self._state:
-                    self._holder = connection
-                return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # Woken as soon as the turn is given back, or at the next look at its holder.
+                self._changed.wait(timeout=min(self._poll, remaining))
 
     def leave(self, connection: Any) -> None:
         """Give the turn back, if ``connection`` holds it (a no-op otherwise: called on every end of a transaction,
         and on every return of a connection to the pool)."""
-        with self._state:
-            if connection is None or self._holder is not connection:  # None: an invalidated connection's checkin
-                return
-            self._holder = None
-            self._turn.release()
+        with self._changed:
+            if connection is None or not self._taken or self._holder is not connection:  # None: an invalidated
+                return  # connection's checkin
+            self._taken, self._holder = False, None
+            self._changed.notify()
 
 
 _NOBODY = object()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,4 +152,39 @@ def test_a_holder_without_a_transaction_at_two_looks_loses_its_turn() -> None:
     assert not queue.enter(Connection(), timeout=0.1)
     waiting.in_transaction = False
     queue.leave(waiting)
+    assert queue.enter(Connection(), timeout=0.0)
+
+
+def test_a_turn_taken_over_and_given_back_is_never_given_back_twice() -> None:
+    """Writers that stall before their BEGIN (taken over) and writers that write, from many threads: no give-back
+    fails and the queue ends free. (The turn was a lock handed between threads: a writer taken over between its
+    acquiring the lock and recording itself, the taker-over's give-back freed the lock, and the writer's own then
+    raised "release unlocked lock", once in CI under load. The window is a few bytecodes wide; this test did not
+    reproduce it on the old code. The turn is now a flag changed only under one condition, so that window is gone
+    by construction.)"""
+    queue = _WriterQueue(poll=0.002)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        connection = Connection()
+        try:
+            for i in range(40):
+                if not queue.enter(connection, timeout=5.0):
+                    continue
+                if (n + i) % 5 == 0:
+                    time.sleep(0.006)  # stalls before its BEGIN: a waiter takes the turn over
+                else:
+                    connection.in_transaction = True
+                    time.sleep(0.0005)
+                    connection.in_transaction = False
+                queue.leave(connection)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
     assert queue.enter(Connection(), timeout=0.0)
