@@ -317,6 +317,8 @@ class DataSubjectRequest:
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._ledger_written()  # the events noted without waiting (closed, aftercare_started...)
+        while pending := [release for release in self._releases if not release.done()]:
+            await asyncio.gather(*pending)  # a turn granted after its release, given back by a late signal
         return self.status()
 
     async def _verify_identity(self) -> bool:

@@ -138,8 +138,8 @@ class RestrictionInForce(FollowUp):
         await self._run_follow_up(self._work, workflow_name="restriction", refusal=(
             "cancellation refused: a restriction is lifted only after the subject is told (Art. 18(3)); "
             "use dsr lift REF --reason"))
-        for stray in self._strays:
-            await stray  # turns granted after their release, given back
+        while strays := [stray for stray in self._strays if not stray.done()]:
+            await asyncio.gather(*strays)  # turns granted after their release, given back
         return self.status()
 
     async def _work(self) -> None:

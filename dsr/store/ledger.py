@@ -469,10 +469,14 @@ class _WriterQueue:
 
     def __init__(self, *, poll: float = 0.05) -> None:
         # The turn is a flag under a condition, not a lock handed from thread to thread: it is taken, taken over and
-        # given back only while the condition is held, so a writer can never give back a turn that another took
-        # (a lock acquired outside the state's guard could be taken over before its taker recorded itself, then
-        # released twice: "release unlocked lock" under load).
-        self._changed = threading.Condition()
+        # given back only while the condition's lock is held, so a writer can never give back a turn that another
+        # took (a lock acquired outside the state's guard could be taken over before its taker recorded itself, then
+        # released twice: "release unlocked lock" under load). The lock is entered with ``with`` on the lock itself,
+        # not on the condition: the condition's ``__enter__`` is Python code, and a cancellation raised in the thread
+        # just after it acquired would leave the lock held for good (re-entrant: a cancellation landing in
+        # ``wait()`` then fails to release what it does not hold, instead of releasing another thread's hold).
+        self._mutex = threading.RLock()
+        self._changed = threading.Condition(self._mutex)
         self._taken = False  # held from BEGIN IMMEDIATE to COMMIT / ROLLBACK
         self._holder: Any = None  # the DB-API connection whose write holds the turn (None: not recorded)
         self._poll = poll
@@ -481,7 +485,7 @@ class _WriterQueue:
         """Wait for the turn for ``connection``; False after ``timeout`` seconds (its holder is still writing)."""
         deadline = time.monotonic() + timeout
         suspect: Any = _NOBODY  # a holder (None: one not yet recorded) seen without a transaction at the last look
-        with self._changed:
+        with self._mutex:
             while True:
                 if not self._taken:
                     self._taken, self._holder = True, connection
@@ -507,11 +511,12 @@ class _WriterQueue:
     def leave(self, connection: Any) -> None:
         """Give the turn back, if ``connection`` holds it (a no-op otherwise: called on every end of a transaction,
         and on every return of a connection to the pool)."""
-        with self._changed:
+        with self._mutex:
             if connection is None or not self._taken or self._holder is not connection:  # None: an invalidated
                 return  # connection's checkin
             self._taken, self._holder = False, None
-            self._changed.notify()
+            # Every waiter looks: one woken alone may be past its deadline, and the others would sleep a poll.
+            self._changed.notify_all()
 
 
 _NOBODY = object()

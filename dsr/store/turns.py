@@ -92,7 +92,12 @@ class SubjectLine:
 
     def release(self, request_id: str, turn_round: int) -> list[Tell]:
         """The request's ask of ``turn_round`` leaves the line (done, withdrawn, waiting for an operator, or gone);
-        a later round of it, or another request, is left as it is. Answers whom the change concerns."""
+        a later round of it, or another request, is left as it is. Answers whom the change concerns; a release
+        that finds nothing to take out (a retry, a local activity run again after a lost workflow task: its first
+        run may have committed and not told the next holder) answers everyone in line."""
+        placed = (self.holder, *self.waiting)
+        if not any(e is not None and (e.request_id, e.round) == (request_id, turn_round) for e in placed):
+            return self.everyone()
         if self.holder is not None and (self.holder.request_id, self.holder.round) == (request_id, turn_round):
             self.holder = None
         self.waiting = [w for w in self.waiting if (w.request_id, w.round) != (request_id, turn_round)]

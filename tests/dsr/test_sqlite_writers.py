@@ -188,3 +188,37 @@ def test_a_turn_taken_over_and_given_back_is_never_given_back_twice() -> None:
         thread.join(timeout=60)
     assert errors == []
     assert queue.enter(Connection(), timeout=0.0)
+
+
+def test_a_writer_cancelled_while_it_waits_to_look_at_the_turn_leaves_it_free() -> None:
+    """The SDK cancels a threaded activity by raising in its thread, at any bytecode: a writer cancelled while it
+    waits for the queue's own lock (another writer looking at the turn) must not keep that lock when it goes."""
+    queue = _WriterQueue(poll=0.01)
+    started = threading.Event()
+    outcome: list[str] = []
+
+    def cancelled_writer() -> None:
+        started.set()
+        try:
+            queue.enter(Connection(), timeout=5.0)
+            outcome.append("entered")
+        except Interrupted:
+            outcome.append("cancelled")
+        time.sleep(1.0)  # the thread lives on (a pool thread): what it holds, it would hold for good
+
+    with queue._mutex:  # another writer looking at the turn, for a moment
+        thread = threading.Thread(target=cancelled_writer)
+        thread.start()
+        started.wait()
+        time.sleep(0.2)  # the writer now waits for the queue's lock
+        assert thread.ident is not None
+        interrupt(thread.ident)
+        time.sleep(0.05)
+    thread.join(timeout=0.1)  # still alive: sleeping with whatever it holds
+    other: list[bool] = []
+    looker = threading.Thread(target=lambda: other.append(queue.enter(Connection(), timeout=0.5)), daemon=True)
+    looker.start()
+    looker.join(timeout=3.0)
+    assert outcome == ["cancelled"]
+    assert other == [True], "the queue's lock stayed with the cancelled writer"
+    thread.join()

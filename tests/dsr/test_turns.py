@@ -56,11 +56,25 @@ def test_a_release_of_an_earlier_round_changes_nothing_and_a_holder_asking_again
     line.ask(asked("a", turn_round=1))
     line.ask(asked("b", 5))
     assert line.ask(asked("a", turn_round=2)) == (SubjectTurn(holder="a", round=2), [])
-    assert line.release("a", 1) == []  # the first round's release, arriving late
+    # The first round's release, arriving late: nothing taken out, everyone told where they stand.
+    assert line.release("a", 1) == [Tell("a", SubjectTurn(holder="a", round=2)),
+                                    Tell("b", SubjectTurn(holder="a", round=1))]
     assert line.status() == SubjectQueueStatus(holder="a", waiting=["b"])
     assert line.release("b", 1) == []  # a waiting request withdrawn: nobody's answer changed
     assert line.release("a", 2) == []
     assert line.idle
+
+
+def test_a_release_run_again_tells_the_next_holder_again() -> None:
+    """A give-back run again (a local activity after a lost workflow task: its attempt is 1 again) finds its
+    change made: the request it granted may never have been told, so everyone in line is."""
+    line = SubjectLine()
+    line.ask(asked("a"))
+    line.ask(asked("b", 5))
+    line.ask(asked("c", 10))
+    granted = line.release("a", 1)
+    assert granted[0] == Tell("b", SubjectTurn(holder="b", round=1))
+    assert line.release("a", 1) == granted  # the same answers, to the same requests
 
 
 def test_a_late_ask_of_an_earlier_round_changes_nothing_and_an_ask_already_in_line_tells_everyone() -> None:
