@@ -2,14 +2,16 @@
 
 The person's line is a row of the ledger's database (:mod:`dsr.store.turns`), changed in one transaction by the
 activity that asks or releases: a request whose person is idle (nearly always) is granted in the transaction that
-writes its ledger events anyway, and goes on when the activity returns, with no other workflow's task on its path.
+writes its ledger events anyway; the request runs the ask and the give-back as local activities, so a turn granted
+at once starts its connectors in the workflow task that asked, with no other workflow's task on its path.
 Whom a change concerns (a request granted the turn after another's release, those waiting, who they now wait for)
 is told by signal ``subject_turn`` once the change is committed; a request that is gone (its signal refused) is
 taken out of the line, and whom that changes is told in turn.
 
-A retried attempt may find its change already committed (the first attempt failed after the commit, before or
-while telling): it then tells everyone in line where they stand. Telling twice is harmless: a request ignores an
-answer it has (``DataSubjectRequest.subject_turn``).
+A retried attempt (or a local activity run again after a lost workflow task, at attempt 1) may find its change
+already committed and not told: an ask already in line, and a release finding nothing to take out, answer everyone
+in line (:class:`dsr.store.turns.SubjectLine`), who are then told where they stand. Telling twice is harmless: a
+request ignores an answer it has (``DataSubjectRequest.subject_turn``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import record_batch
-from dsr.domain.model import SUBJECT_TURN_SIGNAL, FanOutPlan, PlanInput, QueueAsk, QueueRelease, SubjectTurn, TurnAnswer
+from dsr.domain.model import (
+    SUBJECT_TURN_SIGNAL,
+    FanOutPlan,
+    PlanInput,
+    QueueAsk,
+    QueueRelease,
+    SubjectTurn,
+    TurnAnswer,
+    TurnAsk,
+)
 from dsr.store.ledger import Ledger
 from dsr.store.turns import SubjectTurns, Tell
 
@@ -48,7 +59,7 @@ class SubjectActivities:
 
         answer, tells = await asyncio.to_thread(in_the_ledger)
         await self._tell(ask.queue_id, tells)
-        if answer.holder not in ("", ask.ask.request_id) and await self._freed_if_gone(ask.queue_id, answer.holder):
+        if answer.holder not in ("", ask.ask.request_id) and await self._freed_if_gone(ask.queue_id, ask.ask):
             # Someone of the person held the turn (rare) and no longer runs (terminated by hand): taken out of the
             # line now rather than at the asker's first hourly check; the ask answered again.
             answer, tells = await asyncio.to_thread(self._turns.ask, ask.queue_id, ask.ask)
@@ -68,29 +79,24 @@ class SubjectActivities:
     async def check_subject_turn(self, ask: QueueAsk) -> SubjectTurn:
         """For a request waiting for its turn (hourly): a holder that no longer runs (a workflow terminated by hand
         never releases) is taken out of the line; answers who holds the turn now, as the ask does."""
-        holder = (await asyncio.to_thread(self._turns.line, ask.queue_id)).holder
-        if holder is not None and holder.request_id != ask.ask.request_id:
-            await self._freed_if_gone(ask.queue_id, holder.request_id)
+        await self._freed_if_gone(ask.queue_id, ask.ask)
         answer, tells = await asyncio.to_thread(self._turns.ask, ask.queue_id, ask.ask)
         await self._tell(ask.queue_id, tells)
         return answer
 
-    async def _freed_if_gone(self, queue_id: str, request_id: str) -> bool:
-        """Take the holder ``request_id`` out of the line if it no longer runs (telling whom that concerns); True
-        if it did."""
+    async def _freed_if_gone(self, queue_id: str, asker: TurnAsk) -> bool:
+        """Take the line's holder, another request than ``asker``, out of the line if it no longer runs (telling
+        whom that concerns); True if it did."""
         holder = (await asyncio.to_thread(self._turns.line, queue_id)).holder
-        if holder is None or holder.request_id != request_id or await request_running(request_id):
+        if holder is None or holder.request_id == asker.request_id or await request_running(holder.request_id):
             return False
-        activity.logger.warning("turn freed: %s ended without releasing it", request_id)
-        await self._tell(queue_id, await asyncio.to_thread(self._turns.release, queue_id, request_id, holder.round))
+        activity.logger.warning("turn freed: %s ended without releasing it", holder.request_id)
+        await self._tell(queue_id, await asyncio.to_thread(
+            self._turns.release, queue_id, holder.request_id, holder.round))
         return True
 
     async def _tell(self, queue_id: str, tells: list[Tell]) -> None:
         """Signal each request its answer; a request that is gone leaves the line, and whom that changes is told."""
-        if activity.info().attempt > 1:
-            # An earlier attempt may have committed its change and failed before telling: everyone in line hears
-            # where they stand (after the change's own answers, which say the same).
-            tells = tells + (await asyncio.to_thread(self._turns.line, queue_id)).everyone()
         pending, told = list(tells), set[tuple[str, str, int]]()
         client = activity.client()
         while pending:

@@ -132,6 +132,7 @@ BATCHED_WITH_FAN_OUT = frozenset({"turn_taken", "connector_done"})
 """The ledger events that may wait, while the request's own systems work, for the event ending the fan-out
 (``_batch_may_wait``)."""
 
+
 def _batch_summary(events: list[AuditEvent]) -> str:
     """How a batch of ledger events shows in the UI: their names, no personal data."""
     return f"ledger: {', '.join(e.event for e in events)}"

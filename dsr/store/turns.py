@@ -175,7 +175,7 @@ class SubjectTurns:
 
     def release(self, queue_id: str, request_id: str, turn_round: int) -> list[Tell]:
         """Take the request's ask of ``turn_round`` out of the line (see :meth:`SubjectLine.release`); whom to
-        tell. Releasing what is not there changes nothing (a retried release, a line already empty)."""
+        tell. Releasing what is not there (a retried release) changes nothing and answers everyone in line."""
         with self._changing(queue_id) as line:
             return line.release(request_id, turn_round)
 
