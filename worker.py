@@ -180,6 +180,7 @@ def activities_for(
         system_types=connector_types(settings),
         sent_copies=sent_copies,
         consent_links=ConsentLinks(keyring, ttl=timedelta(days=settings.consent_link_days)),
+        ledger=ledger,
     )
     storage = StorageActivities(exports, ledger)
     restrictions = RestrictionActivities(
@@ -191,6 +192,7 @@ def activities_for(
         ledger_activities.record_request,
         ledger_activities.record_event,
         ledger_activities.record_events,
+        ledger_activities.record_event_batch,
         ledger_activities.record_triage_dismissal,
         ledger_activities.suppress_marketing,
         ledger_activities.consent_already_withdrawn,

@@ -12,6 +12,7 @@ from dsr.domain.model import (
     ConsentRecord,
     DirectivesFound,
     DirectivesLookup,
+    EventBatch,
     RequestRecordInput,
     Stage,
     Suppression,
@@ -30,10 +31,10 @@ def ledger_event_key() -> str:
     return f"{info.workflow_id}/{info.workflow_run_id}/{'local-' if info.is_local else ''}{info.activity_id}"
 
 
-def record_batch(ledger: Ledger, events: list[AuditEvent]) -> int:
-    """Append ``events`` in order, in one transaction, keyed by the running activity (``ledger_event_key``) and
-    their place in the batch: a retry writes none twice. Answers how many were new."""
-    key = ledger_event_key()
+def record_batch(ledger: Ledger, events: list[AuditEvent], *, key: str = "") -> int:
+    """Append ``events`` in order, in one transaction, keyed by ``key`` (default: the running activity's,
+    ``ledger_event_key``) and their place in the batch: a retry writes none twice. Answers how many were new."""
+    key = key or ledger_event_key()
     return ledger.append_events([(event, f"{key}/{n}") for n, event in enumerate(events)], at=datetime.now(UTC))
 
 
@@ -71,6 +72,12 @@ class LedgerActivities:
         """Append several audit events in order, in one transaction (the workflow's events noted while the
         previous batch was being written); a retry writes none twice. Answers how many were new."""
         return record_batch(self._ledger, events)
+
+    @activity.defn(name="record_event_batch")
+    def record_event_batch(self, batch: EventBatch) -> int:
+        """Append a batch made under its own key (the reply's first try carried it and failed): written once,
+        whichever of the reply and this writes it first. Answers how many were new."""
+        return record_batch(self._ledger, batch.events, key=batch.key)
 
     @activity.defn(name="record_triage_dismissal")
     def record_triage_dismissal(self, dismissed: TriageDismissed) -> bool:

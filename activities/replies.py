@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.ledger import record_batch
 from activities.notices import Mailer, SentCopies, SentLog, beating, consent_url, content_digest, deliver_once
 from dsr.config.profile import Art19Recipient, ControllerProfile
 from dsr.domain.model import (
@@ -26,6 +27,7 @@ from dsr.domain.model import (
 from dsr.mail.bundle import build_bundle
 from dsr.mail.replies import IncompleteProfileError, ReplyContext, render_reply
 from dsr.store.exports import ExportStore
+from dsr.store.ledger import Ledger
 from dsr.store.links import ConsentLinks, DownloadLinks, day_end_expiry, format_code, last_valid_day
 from templates import RenderedNotice
 
@@ -43,8 +45,10 @@ class ReplyActivities:
                  public_url: str, profile: Callable[[], ControllerProfile | None],
                  suppressed_until: Callable[[str], date | None] | None = None, timezone: str = "UTC",
                  system_types: Mapping[str, str] | None = None,
-                 sent_copies: SentCopies | None = None, consent_links: ConsentLinks | None = None) -> None:
+                 sent_copies: SentCopies | None = None, consent_links: ConsentLinks | None = None,
+                 ledger: Ledger | None = None) -> None:
         self._mailer = mailer
+        self._ledger = ledger  # the events the request noted before its reply (ReplyInput.events) go here
         self._consent_links = consent_links
         # The suppression list (dsr.store.suppressions): an erasure reply says what it keeps of an objection.
         self._suppressed_until = suppressed_until or (lambda email: None)
@@ -83,6 +87,11 @@ class ReplyActivities:
             return await self._send_reply(reply)
 
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
+        if reply.events is not None and reply.events.events:
+            # First, before anything may fail: whatever the reply's fate, the request counts these as written.
+            if self._ledger is None:
+                raise ApplicationError("send_reply was given ledger events but has no ledger", non_retryable=True)
+            await asyncio.to_thread(record_batch, self._ledger, reply.events.events, key=reply.events.key)
         profile = await asyncio.to_thread(self._profile)
         # An objection is answered with what was done or decided, data found or not.
         # A restriction too: its reply says, system by system, what was marked, held nothing or is restricted by hand.

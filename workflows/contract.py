@@ -42,6 +42,7 @@ __all__ = [
     "IDENTITY_NOT_ALLOWED",
     "INCOMPLETE_PROFILE",
     "LEDGER",
+    "LEDGER_LOCAL",
     "NOTICE",
     "NOTICE_FIRST_TRY",
     "NOTICE_INVALID_ADDRESS",
@@ -100,6 +101,10 @@ LEDGER = workflow.ActivityConfig(
     # The ledger is the proof: keep trying (with backoff) rather than lose an event.
     retry_policy=_PATIENT,
 )
+LEDGER_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
+"""The request's last ledger batch (``closed``, ``aftercare_started``...), written in the workflow task that ends the
+run. Only there: the batches before it stay activities, written beside the request's next steps (measured with
+bench/throughput.py: local ones in the middle of a request cost more throughput than they saved)."""
 STORAGE = workflow.ActivityConfig(
     # Deleting a request's objects (exports, attachments) may list and delete many; still short.
     start_to_close_timeout=timedelta(seconds=30),

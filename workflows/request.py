@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         DirectivesFound,
         Doubt,
         DuplicateAttached,
+        EventBatch,
         ExportsDeletion,
         Extension,
         FanOutPlan,
@@ -98,6 +99,7 @@ from workflows.contract import (
     HOLDER_CHECK_EVERY,
     IDENTITY_NOT_ALLOWED,
     LEDGER,
+    LEDGER_LOCAL,
     NOTICE,
     NOTICE_FIRST_TRY,
     PLAN,
@@ -260,6 +262,10 @@ class DataSubjectRequest:
         self._ledger_awaited = 0  # coroutines waiting for the ledger to hold what was noted: no batch waits then
         self._fanning_out = False  # from the plan to the last connector's end (see _batch_may_wait)
         self._starting_aftercare = False  # closed, its aftercare not started yet (see _batch_may_wait)
+        self._reply_awaits_ack = False  # the reply waits for the acknowledgement to go first (see _batch_may_wait)
+        self._run_ending = False  # answered and closed, the aftercare started: the last batches (see _write_events)
+        self._batches_carried = 0  # batches of noted events the reply's first try carried (their keys)
+        self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._notices_in_flight = 0
         self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
 
@@ -308,6 +314,7 @@ class DataSubjectRequest:
             await self._start_aftercare()
         finally:
             self._starting_aftercare = False
+        self._run_ending = True
         await restriction.hold(self)  # a restriction stays in force, in its own workflow, until lifted
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
@@ -473,7 +480,11 @@ class DataSubjectRequest:
     async def _reply(self) -> None:
         self._set_stage(Stage.REPLYING)
         self._note("replying", stage=Stage.REPLYING)
-        await self._after_acknowledgement()
+        self._reply_awaits_ack = True  # the events noted so far wait for the reply's first try (_batch_may_wait)
+        try:
+            await self._after_acknowledgement()
+        finally:
+            self._reply_awaits_ack = False
         reply = await self._send_reply()
         if reply is not None:
             self._reply_message_id = reply.message_id
@@ -568,10 +579,7 @@ class DataSubjectRequest:
         self._update_details()
         # The events noted before the ask (``identity_confirmed``, ``processing``) go with it, unless a batch is on
         # its way (they come after it): one activity and one workflow task less than a batch of their own.
-        events: list[AuditEvent] = []
-        if not self._batch_in_flight:
-            events, self._events = self._events, []
-            self._batch_in_flight = bool(events)
+        events = self._carry_noted()
         summary = "subject's turn: ask" + (f"; {_batch_summary(events)}" if events else "")
         ask = QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
             request_id=self._request.request_id, received_at=self._request.received_at, round=self._turn_round,
@@ -687,9 +695,18 @@ class DataSubjectRequest:
             lift_notice_days=self._request.policy.restriction_lift_notice_days,
             key="final-reply",
         )
+        # The events noted before the reply (``turn_taken``, ``connector_done``..., ``replying``) go with its first
+        # try, written before anything else it does, under a key of their own (see _send_reply_tracked).
+        carried: EventBatch | None = None
+        if events := self._carry_noted():
+            self._batches_carried += 1
+            info = workflow.info()
+            carried = EventBatch(key=f"{info.workflow_id}/{info.run_id}/carried-{self._batches_carried}",
+                                 events=events)
         while True:
             try:
-                return await self._send_reply_tracked(reply_input)
+                first_try, carried = carried, None  # carried by the first call only (a held reply is tried again)
+                return await self._send_reply_tracked(reply_input, first_try)
             except ActivityError as err:
                 cause = err.cause
                 if not isinstance(cause, ApplicationError):
@@ -710,16 +727,31 @@ class DataSubjectRequest:
                 self._set_stage(Stage.REPLYING)
                 await self._audit("retried", stage=Stage.REPLYING, actor=self._retry_by)
 
-    async def _send_reply_tracked(self, reply_input: ReplyInput) -> ReplyResult:
+    async def _send_reply_tracked(self, reply_input: ReplyInput, carried: EventBatch | None) -> ReplyResult:
         """One try; if the mail server did not take the reply (down, 4xx, a lost worker), it counts as pending mail
-        (status, UI, ``DsrMailPending``) like a notice, while it is retried under the same key (one Message-ID)."""
+        (status, UI, ``DsrMailPending``) like a notice, while it is retried under the same key (one Message-ID).
+
+        ``carried``: ledger events the first try writes before anything else. It succeeded: they are written. It
+        failed, whether before or after writing them: the request's writer writes them next, under the same key (so
+        once), before any event noted since; the retried activity carries none."""
         summary = f"reply: {self._request.kind.value}"
         try:
-            return await workflow.execute_activity_method(ReplyActivities.send_reply, reply_input,
-                                                          **summarised(REPLY_FIRST_TRY, summary))
-        except ActivityError as err:
-            if err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
+            result = await workflow.execute_activity_method(
+                ReplyActivities.send_reply, dataclasses.replace(reply_input, events=carried),
+                **summarised(REPLY_FIRST_TRY, summary + (f"; {_batch_summary(carried.events)}" if carried else "")))
+        except Exception as err:
+            if carried is not None:
+                self._events_handed_back.append(carried)
+                self._ensure_ledger_writer()
+            if not isinstance(err, ActivityError) or err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
                 raise  # refused for good, or held for an operator: the caller decides
+        else:
+            if carried is not None:
+                self._events_written += len(carried.events)
+            return result
+        finally:
+            if carried is not None:
+                self._batch_in_flight = False
         template = f"reply_{self._request.kind.value}"
         self._mail_pending.append(template)
         self._mail_changed()
@@ -1653,22 +1685,46 @@ class DataSubjectRequest:
         """One batch at a time, in the order noted, until none is left. A batch waits for the workflow task's other
         coroutines to settle first, so that it holds every event the task notes (a connector's ``connector_done``
         and the ``replying`` that follows it go together: one write, not two)."""
-        while self._events:
+        while self._events or self._events_handed_back:
             # True once nothing else in this task can run, unless the batch may wait for more (_batch_may_wait),
-            # and once the batch before it is written (the turn's ask may be writing one: _take_turn).
-            await workflow.wait_condition(lambda: not self._batch_in_flight and not self._batch_may_wait())
-            batch, self._events = self._events, []
-            if not batch:
-                continue  # the turn's ask took them
+            # and once the batch before it is written (the turn's ask or the reply may be writing one: _carry_noted).
+            await workflow.wait_condition(lambda: not self._batch_in_flight and (
+                bool(self._events_handed_back) or not self._batch_may_wait()))
             self._batch_in_flight = True
             try:
-                await workflow.execute_activity_method(
-                    LedgerActivities.record_events, batch,
-                    **summarised(LEDGER, _batch_summary(batch)),
-                )
+                if self._events_handed_back:  # the reply's first try failed: its batch first, under its own key
+                    handed = self._events_handed_back.pop(0)
+                    await workflow.execute_activity_method(
+                        LedgerActivities.record_event_batch, handed,
+                        **summarised(LEDGER, _batch_summary(handed.events)))
+                    self._events_written += len(handed.events)
+                    continue
+                batch, self._events = self._events, []
+                if not batch:
+                    continue  # the turn's ask or the reply took them
+                if self._run_ending:
+                    # Nothing else of the request is left to run beside this write: in the workflow task that ends
+                    # the run (a local activity), not an activity task and another workflow task of its own.
+                    local: workflow.LocalActivityConfig = {**LEDGER_LOCAL, "summary": _batch_summary(batch)}
+                    await workflow.execute_local_activity_method(LedgerActivities.record_events, batch, **local)
+                else:
+                    await workflow.execute_activity_method(
+                        LedgerActivities.record_events, batch,
+                        **summarised(LEDGER, _batch_summary(batch)),
+                    )
+                self._events_written += len(batch)
             finally:
                 self._batch_in_flight = False
-            self._events_written += len(batch)
+
+    def _carry_noted(self) -> list[AuditEvent]:
+        """The events noted and not written yet, for the activity about to run (the turn's ask, the reply) to write
+        first: one activity and one workflow task less than a batch of their own. None while a batch is on its way
+        (they come after it). The writer waits until the carrier clears ``_batch_in_flight``."""
+        if self._batch_in_flight or not self._events:
+            return []
+        events, self._events = self._events, []
+        self._batch_in_flight = True
+        return events
 
     def _batch_may_wait(self) -> bool:
         """Whether the events noted so far may wait for the next ones: while connectors of the request's own
@@ -1682,6 +1738,10 @@ class DataSubjectRequest:
         six batches, each an activity and a workflow task more; now three."""
         if self._ledger_awaited:
             return False
+        if self._reply_awaits_ack:
+            # The reply lets the acknowledgement on its way go first (a second or so): the events wait for the reply's
+            # first try, which writes them; not behind an acknowledgement failing (an SMTP outage: up to ACK_LEAD).
+            return NoticeTemplate.ACKNOWLEDGEMENT.value not in self._mail_pending
         if self._starting_aftercare:
             return not self._notices_in_flight  # not behind a deadline notice the closing found on its way
         if not self._fanning_out or any(e.event not in BATCHED_WITH_FAN_OUT for e in self._events):

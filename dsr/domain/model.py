@@ -826,6 +826,16 @@ class AuditEvent:
 
 
 @dataclass
+class EventBatch:
+    """Ledger events written in one transaction, in order, under ``key`` (the n-th: ``key/n``): whichever activity
+    writes the batch first writes it, any other (a retry, the reply's retried activity, the request's ledger writer
+    handed it back) finds every key known and writes nothing twice."""
+
+    key: str
+    events: list[AuditEvent] = field(default_factory=list)
+
+
+@dataclass
 class ReplyInput:
     """Input of the activity sending the final reply (and Art. 19 notices) of a fulfilled request."""
 
@@ -853,6 +863,9 @@ class ReplyInput:
     # The emails' idempotency key within the workflow run: the same for the first try and the retried activity,
     # so both send one Message-ID. "": the activity's id (histories from before it).
     key: str = ""
+    # The ledger events noted before the reply (``turn_taken``, ``connector_done``..., ``replying``), written by
+    # the reply's first try before anything else: one activity and one workflow task less than a batch of their own.
+    events: EventBatch | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ the attempt runs after it, as with a SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -19,12 +20,15 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.ledger import LedgerActivities
 from activities.notices import Mailer
 from activities.replies import ReplyActivities
 from dsr.config.settings import SmtpSettings
 from dsr.domain.model import (
+    AuditEvent,
     Channel,
     ConnectorOutcome,
+    EventBatch,
     Language,
     ReplyInput,
     RequestKind,
@@ -84,7 +88,7 @@ def replies(port: int, ledger: Ledger, tmp_path: Path, sent_log: LedgerSentLog,
                     from_name="Privacy", mail_domain="example.com")
     return ReplyActivities(mailer, sent_log=sent_log, exports=file_exports(tmp_path / "exports"),
                            links=DownloadLinks(TEST_KEYRING), public_url="http://127.0.0.1:8000",
-                           profile=lambda: None, sent_copies=sent_copies)
+                           profile=lambda: None, sent_copies=sent_copies, ledger=ledger)
 
 
 def reply_input() -> ReplyInput:
@@ -126,6 +130,28 @@ async def test_a_worker_lost_between_250_and_the_sent_log_resends_the_same_messa
     row = MailSends(ledger.engine).get(row.send_key)
     assert row is not None and row.state == SENT and row.attempts == 2 and row.possible_duplicate
     assert [r.send_key for r in MailSends(ledger.engine).possible_duplicates(REQUEST)] == [row.send_key]
+
+
+async def test_the_events_a_reply_carries_are_written_first_and_once_whoever_writes_them_again(
+    ledger: Ledger, tmp_path: Path,
+) -> None:
+    """The request's events noted before its reply go with the first try, written before anything that may fail;
+    the request cannot tell whether a failed try wrote them, so its writer writes the batch again under the
+    batch's key, as may the retried reply: the ledger holds them once."""
+    batch = EventBatch(key=f"{REQUEST}/run/carried-1", events=[
+        AuditEvent(request_id=REQUEST, event="connector_done", details={"connector": "crm"}),
+        AuditEvent(request_id=REQUEST, event="replying")])
+    carrying = dataclasses.replace(reply_input(), events=batch)
+    activities = replies(free_port(), ledger, tmp_path, LedgerSentLog(ledger))  # nobody listens: SMTP down
+    with pytest.raises(ApplicationError, match="unreachable"):
+        await ActivityEnvironment().run(activities.send_reply, carrying)
+    assert [e.event for e in ledger.events(REQUEST)] == ["connector_done", "replying"]
+    assert ActivityEnvironment().run(LedgerActivities(ledger).record_event_batch, batch) == 0
+    collector = Collector()
+    async with smtp_server(collector) as port:
+        await ActivityEnvironment().run(replies(port, ledger, tmp_path, LedgerSentLog(ledger)).send_reply, carrying)
+    assert len(collector.envelopes) == 1
+    assert [e.event for e in ledger.events(REQUEST)] == ["connector_done", "replying", "notice_sent"]
 
 
 async def test_retries_through_an_smtp_outage_are_not_possible_duplicates(ledger: Ledger, tmp_path: Path) -> None:

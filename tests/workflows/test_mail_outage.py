@@ -3,6 +3,7 @@ pending and delivered once when the mail server is back; mail steps heartbeat, s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, time, timedelta
 
@@ -169,3 +170,38 @@ async def test_a_deadline_notice_held_by_the_mail_server_does_not_hold_the_closi
     written = events(engine, request)
     assert written[-1] == "aftercare_started" and written.count("closed") == 1
     assert templates_sent(engine, request).count("operator_reminder") == 1
+
+
+@pytest.mark.slow
+async def test_a_reply_failing_after_writing_the_events_it_carried_leaves_each_in_the_ledger_once(
+    engine: Engine,
+) -> None:
+    # The acknowledgement goes out while a connector waits out a 429; the mail server stops before the fan-out
+    # ends, so the reply's first try (carrying the events noted before it) fails on SMTP after writing them.
+    late = engine.connectors[0]
+    assert isinstance(late, ScriptedConnector)
+    late.transient_failures, late.retry_after = 1, 3.0
+    request, handle = await submit(engine, "access")
+    for _ in range(100):
+        if "acknowledgement" in templates_sent(engine, request):
+            break
+        await asyncio.sleep(0.05)
+    engine.mail.stop()
+    state = await until(handle, lambda s: "reply_access" in s.mail_pending, "the reply's first try failed")
+    assert state.stage == Stage.REPLYING
+    engine.mail.start()
+    final = await handle.result()
+    assert final.outcome == Outcome.FULFILLED and templates_sent(engine, request).count("reply_access") == 1
+
+    # It could not know whether the first try wrote them: the request handed the batch to its writer, which wrote it
+    # under the batch's own key (so nothing twice), before the reply's deferral.
+    history = (await handle.fetch_history()).events
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history]
+    assert scheduled.count("record_event_batch") == 1
+    carried = next(e for e in history if e.activity_task_scheduled_event_attributes.activity_type.name == "send_reply")
+    summary = (await engine.client.data_converter.decode([carried.user_metadata.summary]))[0]
+    assert summary.startswith("reply: access; ledger: ") and summary.endswith("replying")
+    written = [e.event if e.event != "notice_deferred" else f"deferred {e.details['template']}"
+               for e in engine.ledger.events(request.request_id)]
+    assert written.count("connector_done") == len(engine.connectors) and written.count("replying") == 1
+    assert written.index("replying") < written.index("deferred reply_access") < written.index("reply_sent")

@@ -10,6 +10,7 @@ from datetime import UTC, date, timedelta
 import pytest
 from sqlalchemy import text
 from sqlmodel import Session
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -69,13 +70,25 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     ]
     for connector in engine.connectors:
         assert connector.calls == [("access", request.request_id)]
-    # The ledger's events in three batches (an activity and a workflow task each), not five: the connectors'
-    # events wait for the reply's while the request's own systems work, the closing ones for the aftercare's start.
+    # The ledger's events in three batches, not five, and only one an activity of its own: the connectors' events
+    # wait for the reply's while the request's own systems work, and the reply's first try writes them; the closing
+    # ones wait for the aftercare's start, then go in the workflow task that ends the run (a local activity).
     history = await handle.fetch_history()
-    batches = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0] for e in history.events
-               if e.activity_task_scheduled_event_attributes.activity_type.name == "record_events"]
-    assert batches == ["ledger: identity_confirmed, processing", "ledger: connector_done, connector_done, replying",
-                       "ledger: reply_sent, closed, aftercare_started"]
+
+    async def summary(event: HistoryEvent) -> str:
+        return str((await engine.client.data_converter.decode([event.user_metadata.summary]))[0])
+
+    scheduled = {name: [await summary(e) for e in history.events
+                        if e.activity_task_scheduled_event_attributes.activity_type.name == name]
+                 for name in ("record_events", "send_reply")}
+    assert scheduled == {"record_events": ["ledger: identity_confirmed, processing"],
+                         "send_reply": ["reply: access; ledger: connector_done, connector_done, replying"]}
+    assert [await summary(e) for e in history.events if e.HasField("marker_recorded_event_attributes")] == [
+        "plan access", "ledger: reply_sent, closed, aftercare_started"]
+    written = events(engine, request)
+    assert written.count("connector_done") == 2 and written.count("replying") == 1
+    assert written.index("processing") < written.index("connector_done") < written.index("replying") < written.index(
+        "reply_sent") < written.index("closed") < written.index("aftercare_started")
     # The acknowledgement goes beside identity and the fan-out (an SMTP outage holds nothing), before the reply.
     assert events(engine, request)[0] == "received" and "identity_confirmed" in events(engine, request)
     # The request's workflow ends with the answer (Completed in the UI); its download link lives on in the

@@ -229,7 +229,8 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
     # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
     # planned in a local activity when its turn came.
-    assert locals_of[access.id][1:] == ["subject's turn: give back"]
+    # The access's closing events wait for its aftercare's start, then go in the task ending the run (local too).
+    assert locals_of[access.id][1:] == ["subject's turn: give back", "ledger: reply_sent, closed, aftercare_started"]
     assert locals_of[erasure.id][1:] == ["plan erasure", "subject's turn: give back"]
     assert {c.connector for c in (await status(access)).connectors} == {c.name for c in engine.connectors}
     # Idle again: nobody is in the person's line.
