@@ -17,8 +17,9 @@ Printed per variant (medians over rounds): requests per second and the ratio to 
 the worker and of the Temporal server (from /proc); history events per request; 429s per 100 requests (HubSpot's
 sandbox counts them; WooCommerce's and Stripe's have no limit here); for the engine, the processing stage (from the
 start of the workflow task asking for the turn to the reply's schedule, in the history) against its slowest
-connector (the ``run_connector`` activity, scheduled to completed). ``--requests 1`` measures a request alone (the
-issue's "light request").
+connector (the ``run_connector`` activity, scheduled to completed); where a request's time went (medians, from the
+histories): from its start to its first connector, in its connectors, and from its last connector to its end.
+``--requests 1`` measures a request alone (the issue's "light request").
 
 Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]
 [--unordered]`` (``--trace``: one request's history per variant, event by event in ms, and its subject queue's for
@@ -190,6 +191,29 @@ async def trace(name: str, history: Any, client: Any) -> None:
         print(f"{event.event_id:4} {elapsed:8.0f} ms  {kind} {what}", flush=True)
 
 
+def request_phases(history: Any) -> dict[str, float]:
+    """Where a request's time went, in seconds, from its history (the server's clock): from its start to its first
+    connector's schedule, from there to its last connector's completion, and from there to its end."""
+    from temporalio.api.enums.v1 import EventType
+
+    connectors: set[int] = set()
+    first = last = None
+    for event in history.events:
+        at = event.event_time.ToDatetime()
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and \
+                event.activity_task_scheduled_event_attributes.activity_type.name == "run_connector":
+            connectors.add(event.event_id)
+            first = first or at
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED and \
+                event.activity_task_completed_event_attributes.scheduled_event_id in connectors:
+            last = at
+    if first is None or last is None:
+        return {}
+    start, end = history.events[0].event_time.ToDatetime(), history.events[-1].event_time.ToDatetime()
+    return {"before": (first - start).total_seconds(), "connectors": (last - first).total_seconds(),
+            "after": (end - last).total_seconds()}
+
+
 async def one_round(variant: Variant, count: int, emails: list[str], *, client: Any, boxes: Any, server: int,
                     keyring: KeyRing, show: bool = False, unordered: bool = False) -> dict[str, float]:
     from temporalio.api.enums.v1 import EventType
@@ -233,9 +257,12 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
         }
         events: list[int] = []
         ratios: list[float] = []
+        phases: dict[str, list[float]] = {"before": [], "connectors": [], "after": []}
         for handle in handles:
             history = await handle.fetch_history()
             events.append(len(history.events))
+            for phase, seconds_in in request_phases(history).items():
+                phases[phase].append(seconds_in)
             if show and handle is handles[0]:
                 await trace(variant.name, history, client)
                 if variant.engine:  # a --before checkout's subject queue, whose first task was on the critical path
@@ -278,6 +305,7 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
                 stage = (firsts["send_reply"] - begun).total_seconds()
                 ratios.append(stage / slowest)
         figures["events"] = statistics.mean(events)
+        figures.update({f"{phase}_ms": 1000 * statistics.median(values) for phase, values in phases.items() if values})
         if ratios:
             figures["processing_ratio"] = statistics.median(ratios)
         return figures
@@ -348,7 +376,9 @@ async def main(args: argparse.Namespace) -> None:
                 variant.rounds.append(figures)
                 print(f"round {number + 1} {variant.name:6}: {figures['rate']:.2f} requests/s, CPU per request "
                       f"worker {1000 * figures['worker_cpu']:.0f} ms, server {1000 * figures['server_cpu']:.0f} ms, "
-                      f"{figures['events']:.0f} history events, HubSpot 429s {figures['limited']:.0f} per 100"
+                      f"{figures['events']:.0f} history events, HubSpot 429s {figures['limited']:.0f} per 100, "
+                      f"a request's time (median): {figures['before_ms']:.0f} ms to its connectors, "
+                      f"{figures['connectors_ms']:.0f} ms in them, {figures['after_ms']:.0f} ms after"
                       + (f", processing / slowest connector x{figures['processing_ratio']:.2f}"
                          if "processing_ratio" in figures else ""), flush=True)
 
@@ -362,7 +392,9 @@ async def main(args: argparse.Namespace) -> None:
             line = (f"  {variant.name:6}: {rate:.2f} requests/s (x{rate / median(bare, 'rate'):.2f} bare), "
                     f"CPU per request: worker {1000 * median(variant, 'worker_cpu'):.0f} ms, server "
                     f"{1000 * median(variant, 'server_cpu'):.0f} ms; {median(variant, 'events'):.0f} history events "
-                    f"per request; HubSpot 429s {median(variant, 'limited'):.0f} per 100 requests")
+                    f"per request; HubSpot 429s {median(variant, 'limited'):.0f} per 100 requests; a request's time: "
+                    f"{median(variant, 'before_ms'):.0f} ms to its connectors, {median(variant, 'connectors_ms'):.0f} "
+                    f"ms in them, {median(variant, 'after_ms'):.0f} ms after")
             if variant.engine:
                 line += f"; processing stage x{median(variant, 'processing_ratio'):.2f} the slowest connector"
             print(line)
