@@ -86,9 +86,15 @@ class SubjectActivities:
 
     async def _freed_if_gone(self, queue_id: str, asker: TurnAsk) -> bool:
         """Take the line's holder, another request than ``asker``, out of the line if it no longer runs (telling
-        whom that concerns); True if it did."""
+        whom that concerns); True if it did. A holder still running is told that it holds: one that no longer asks
+        for that round (its ask's attempt timed out, and its transaction committed after the request gave the turn
+        back) gives it back now, not at the asker's next hourly check."""
         holder = (await asyncio.to_thread(self._turns.line, queue_id)).holder
-        if holder is None or holder.request_id == asker.request_id or await request_running(holder.request_id):
+        if holder is None or holder.request_id == asker.request_id:
+            return False
+        if await request_running(holder.request_id):
+            await self._tell(queue_id, [Tell(holder.request_id, SubjectTurn(holder=holder.request_id,
+                                                                            round=holder.round))])
             return False
         activity.logger.warning("turn freed: %s ended without releasing it", holder.request_id)
         await self._tell(queue_id, await asyncio.to_thread(

@@ -346,6 +346,31 @@ async def test_a_turn_granted_after_its_release_is_given_back(engine: Engine) ->
 
 
 @pytest.mark.slow
+async def test_a_turn_granted_after_its_release_and_never_told_is_given_back_when_the_next_one_asks(
+        engine: Engine) -> None:
+    """The same late commit, with nobody told (the attempt that committed it had timed out, so its signal never
+    went): the person's next request finds the turn held by a request still running, which is told that it holds
+    and gives it back at once, rather than at the next request's hourly check."""
+    crm = engine.connectors[0]
+    crm.permanent_failures = 1  # needs_attention: the erasure has given its turn back and asks for nothing
+    erasure = await intake(engine, "erasure")
+    gate(engine, erasure.id).set()
+
+    async def needs_attention() -> bool:
+        return (await status(erasure)).stage == Stage.NEEDS_ATTENTION and not stored_lines(engine)
+    await eventually(needs_attention, "erasure needs attention, the line empty")
+    stored = engine.ledger.get_request(erasure.id)
+    assert stored is not None
+    turns = SubjectTurns(engine.ledger.engine)
+    late, _ = turns.ask(queue_id(engine), TurnAsk(request_id=erasure.id, received_at=stored.received_at, round=1))
+    assert late == SubjectTurn(holder=erasure.id, round=1)
+
+    access = await intake(engine, "access")
+    await holding(engine, access)  # no hour passes here: without the reminder this waits for ever
+    gate(engine, access.id).set()
+    assert (await result(engine, access)).outcome == Outcome.FULFILLED
+
+
 async def test_an_access_needing_an_operator_keeps_the_turn_until_its_reply(engine: Engine) -> None:
     """A later erasure would delete what the access exported before its bundle is built: it waits."""
     crm = engine.connectors[0]
@@ -583,7 +608,9 @@ async def test_an_ask_is_answered_at_once_and_only_a_later_change_by_a_signal(
         assert turns.status(line) == SubjectQueueStatus(holder="asker-0", waiting=["asker-1"])
         await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="asker-0")))
         await heard(takers[1], ["asker-1#1"])
-        assert await takers[0].query(TurnTaker.heard) == []  # its answers came with its asks: no signal
+        # Its answer came with its ask (no signal for it); asker-1's ask, finding it holding, told it that it holds
+        # (a holder no longer asking would give the turn back).
+        await heard(takers[0], ["asker-0#1"])
         await env.run(activities.release_subject_turn, QueueRelease(line, TurnRelease(request_id="asker-1")))
         assert turns.status(line) == SubjectQueueStatus(holder="", waiting=[])
         for taker in takers:
