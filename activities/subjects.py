@@ -59,7 +59,8 @@ class SubjectActivities:
 
         answer, tells = await asyncio.to_thread(in_the_ledger)
         await self._tell(ask.queue_id, tells)
-        if answer.holder not in ("", ask.ask.request_id) and await self._freed_if_gone(ask.queue_id, ask.ask):
+        if answer.holder not in ("", ask.ask.request_id) and await self._freed_if_gone(ask.queue_id, ask.ask,
+                                                                                      remind=True):
             # Someone of the person held the turn (rare) and no longer runs (terminated by hand): taken out of the
             # line now rather than at the asker's first hourly check; the ask answered again.
             answer, tells = await asyncio.to_thread(self._turns.ask, ask.queue_id, ask.ask)
@@ -84,17 +85,19 @@ class SubjectActivities:
         await self._tell(ask.queue_id, tells)
         return answer
 
-    async def _freed_if_gone(self, queue_id: str, asker: TurnAsk) -> bool:
+    async def _freed_if_gone(self, queue_id: str, asker: TurnAsk, *, remind: bool = False) -> bool:
         """Take the line's holder, another request than ``asker``, out of the line if it no longer runs (telling
-        whom that concerns); True if it did. A holder still running is told that it holds: one that no longer asks
-        for that round (its ask's attempt timed out, and its transaction committed after the request gave the turn
-        back) gives it back now, not at the asker's next hourly check."""
+        whom that concerns); True if it did. ``remind`` (an ask): a holder still running is told that it holds, so
+        that one no longer asking for that round (its ask's attempt timed out, and its transaction committed after
+        the request gave the turn back, telling nobody) gives it back now, not at the asker's next hourly check.
+        Once per ask: the hourly checks do not, or a holder kept for weeks would gain a signal an hour per waiter."""
         holder = (await asyncio.to_thread(self._turns.line, queue_id)).holder
         if holder is None or holder.request_id == asker.request_id:
             return False
         if await request_running(holder.request_id):
-            await self._tell(queue_id, [Tell(holder.request_id, SubjectTurn(holder=holder.request_id,
-                                                                            round=holder.round))])
+            if remind:
+                await self._tell(queue_id, [Tell(holder.request_id, SubjectTurn(holder=holder.request_id,
+                                                                                round=holder.round))])
             return False
         activity.logger.warning("turn freed: %s ended without releasing it", holder.request_id)
         await self._tell(queue_id, await asyncio.to_thread(

@@ -266,6 +266,7 @@ class DataSubjectRequest:
         self._run_ending = False  # answered and closed, the aftercare started: the last batches (see _write_events)
         self._batches_carried = 0  # batches of noted events the reply's first try carried (their keys)
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
+        self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
         self._notices_in_flight = 0
         self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
 
@@ -580,6 +581,7 @@ class DataSubjectRequest:
         # The events noted before the ask (``identity_confirmed``, ``processing``) go with it, unless a batch is on
         # its way (they come after it): one activity and one workflow task less than a batch of their own.
         events = self._carry_noted()
+        self._batch_in_flight = bool(events)  # the writer waits for the ask (a millisecond or two)
         summary = "subject's turn: ask" + (f"; {_batch_summary(events)}" if events else "")
         ask = QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
             request_id=self._request.request_id, received_at=self._request.received_at, round=self._turn_round,
@@ -703,6 +705,7 @@ class DataSubjectRequest:
             info = workflow.info()
             carried = EventBatch(key=f"{info.workflow_id}/{info.run_id}/carried-{self._batches_carried}",
                                  events=events)
+            self._carried = carried
         while True:
             try:
                 first_try, carried = carried, None  # carried by the first call only (a held reply is tried again)
@@ -733,25 +736,26 @@ class DataSubjectRequest:
 
         ``carried``: ledger events the first try writes before anything else. It succeeded: they are written. It
         failed, whether before or after writing them: the request's writer writes them next, under the same key (so
-        once), before any event noted since; the retried activity carries none."""
+        once), before any event noted since; the retried activity carries none. An event noted while the try runs
+        (a bundle may take minutes) does not wait for it: the writer writes the carried batch first, under its key
+        (``_write_events``)."""
         summary = f"reply: {self._request.kind.value}"
         try:
             result = await workflow.execute_activity_method(
                 ReplyActivities.send_reply, dataclasses.replace(reply_input, events=carried),
                 **summarised(REPLY_FIRST_TRY, summary + (f"; {_batch_summary(carried.events)}" if carried else "")))
         except Exception as err:
-            if carried is not None:
+            if carried is not None and self._carried is carried:  # (else the writer took it meanwhile)
+                self._carried = None
                 self._events_handed_back.append(carried)
                 self._ensure_ledger_writer()
             if not isinstance(err, ActivityError) or err.retry_state == RetryState.NON_RETRYABLE_FAILURE:
                 raise  # refused for good, or held for an operator: the caller decides
         else:
-            if carried is not None:
+            if carried is not None and self._carried is carried:
+                self._carried = None
                 self._events_written += len(carried.events)
             return result
-        finally:
-            if carried is not None:
-                self._batch_in_flight = False
         template = f"reply_{self._request.kind.value}"
         self._mail_pending.append(template)
         self._mail_changed()
@@ -1687,21 +1691,32 @@ class DataSubjectRequest:
         and the ``replying`` that follows it go together: one write, not two)."""
         while self._events or self._events_handed_back:
             # True once nothing else in this task can run, unless the batch may wait for more (_batch_may_wait),
-            # and once the batch before it is written (the turn's ask or the reply may be writing one: _carry_noted).
+            # and once the batch before it is written (the turn's ask may be writing one: _take_turn).
             await workflow.wait_condition(lambda: not self._batch_in_flight and (
                 bool(self._events_handed_back) or not self._batch_may_wait()))
+            if self._batch_in_flight:
+                continue  # the turn's ask took the events in the same pass: its batch goes first
+            keyed = self._events_handed_back.pop(0) if self._events_handed_back else self._carried
+            if keyed is not None:
+                # A batch under its own key before the events noted since: one a failed first try of the reply
+                # handed back, or the one the reply's first try is still carrying (it may take minutes: whichever
+                # writes it first writes it, the other finds it written).
+                if keyed is self._carried:
+                    self._carried = None
+                self._batch_in_flight = True
+                try:
+                    await workflow.execute_activity_method(
+                        LedgerActivities.record_event_batch, keyed,
+                        **summarised(LEDGER, _batch_summary(keyed.events)))
+                finally:
+                    self._batch_in_flight = False
+                self._events_written += len(keyed.events)
+                continue
+            batch, self._events = self._events, []
+            if not batch:
+                continue  # the turn's ask or the reply took them
             self._batch_in_flight = True
             try:
-                if self._events_handed_back:  # the reply's first try failed: its batch first, under its own key
-                    handed = self._events_handed_back.pop(0)
-                    await workflow.execute_activity_method(
-                        LedgerActivities.record_event_batch, handed,
-                        **summarised(LEDGER, _batch_summary(handed.events)))
-                    self._events_written += len(handed.events)
-                    continue
-                batch, self._events = self._events, []
-                if not batch:
-                    continue  # the turn's ask or the reply took them
                 if self._run_ending:
                     # Nothing else of the request is left to run beside this write: in the workflow task that ends
                     # the run (a local activity), not an activity task and another workflow task of its own.
@@ -1719,11 +1734,10 @@ class DataSubjectRequest:
     def _carry_noted(self) -> list[AuditEvent]:
         """The events noted and not written yet, for the activity about to run (the turn's ask, the reply) to write
         first: one activity and one workflow task less than a batch of their own. None while a batch is on its way
-        (they come after it). The writer waits until the carrier clears ``_batch_in_flight``."""
-        if self._batch_in_flight or not self._events:
+        or waits to be written (they come after it)."""
+        if self._batch_in_flight or self._events_handed_back or self._carried is not None or not self._events:
             return []
         events, self._events = self._events, []
-        self._batch_in_flight = True
         return events
 
     def _batch_may_wait(self) -> bool:

@@ -182,10 +182,11 @@ async def test_a_reply_failing_after_writing_the_events_it_carried_leaves_each_i
     assert isinstance(late, ScriptedConnector)
     late.transient_failures, late.retry_after = 1, 3.0
     request, handle = await submit(engine, "access")
-    for _ in range(100):
+    for _ in range(200):
         if "acknowledgement" in templates_sent(engine, request):
             break
         await asyncio.sleep(0.05)
+    assert "acknowledgement" in templates_sent(engine, request), "the acknowledgement was not sent within 10 s"
     engine.mail.stop()
     state = await until(handle, lambda s: "reply_access" in s.mail_pending, "the reply's first try failed")
     assert state.stage == Stage.REPLYING

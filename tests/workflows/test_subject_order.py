@@ -345,7 +345,6 @@ async def test_a_turn_granted_after_its_release_is_given_back(engine: Engine) ->
     assert (await result(engine, access)).outcome == Outcome.FULFILLED
 
 
-@pytest.mark.slow
 async def test_a_turn_granted_after_its_release_and_never_told_is_given_back_when_the_next_one_asks(
         engine: Engine) -> None:
     """The same late commit, with nobody told (the attempt that committed it had timed out, so its signal never
@@ -371,6 +370,7 @@ async def test_a_turn_granted_after_its_release_and_never_told_is_given_back_whe
     assert (await result(engine, access)).outcome == Outcome.FULFILLED
 
 
+@pytest.mark.slow
 async def test_an_access_needing_an_operator_keeps_the_turn_until_its_reply(engine: Engine) -> None:
     """A later erasure would delete what the access exported before its bundle is built: it waits."""
     crm = engine.connectors[0]
