@@ -640,8 +640,9 @@ async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
     assert trail.count("connector_done") == len(engine.connectors) and trail.count("replying") == 1
     assert trail.index("replying") < trail.index("reply_held")
     history = await handle.fetch_history()
+    keyed = ("send_reply", "record_event_batch")
     summaries = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0] for e in history.events
-                 if e.activity_task_scheduled_event_attributes.activity_type.name in ("send_reply", "record_event_batch")]
+                 if e.activity_task_scheduled_event_attributes.activity_type.name in keyed]
     assert summaries[0].startswith("reply: access; ledger: ") and summaries[0].endswith("replying")
     assert summaries[1].startswith("ledger: ") and summaries[1].endswith("replying")  # the batch handed back
     assert summaries[2:] == ["reply: access"]
