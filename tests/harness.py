@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -148,12 +149,21 @@ class _Collect:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._sink.hold_from is not None and len(self._sink.messages) >= self._sink.hold_from:
+            # A slow server: the client waits for its answer to DATA until the test opens ``data_open``.
+            await asyncio.get_running_loop().run_in_executor(None, self._sink.data_open.wait)
         content = envelope.content
         assert isinstance(content, bytes), "the Controller's default (decode_data=False) keeps the data as bytes"
         message = email.message_from_bytes(content, policy=email.policy.default)
         self._sink.messages.append((list(envelope.rcpt_tos), message))
         self._sink.arrived.set()
         return "250 OK"
+
+
+def _opened() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
 
 @dataclass
@@ -165,6 +175,8 @@ class MailSink:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     refused: set[str] = field(default_factory=set)  # recipients refused with a 550 from now on
     deferred: set[str] = field(default_factory=set)  # recipients deferred with a 450 (a full mailbox) from now on
+    hold_from: int | None = None  # messages from this many received on wait at DATA while data_open is cleared
+    data_open: threading.Event = field(default_factory=_opened)
 
     def __post_init__(self) -> None:
         self._controller = Controller(_Collect(self), hostname="127.0.0.1", port=self.port)

@@ -117,6 +117,51 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     assert len(inbox) == 2 and all(request.request_id in text_of(m) for m in inbox)
 
 
+@pytest.mark.slow
+async def test_an_event_noted_while_the_reply_carries_a_batch_does_not_wait_for_the_reply(engine: Engine) -> None:
+    """The reply's first try may take minutes (a large bundle, a slow mail server): an event noted meanwhile (here an
+    extension) is written at once, after the batch the reply carries, which the writer writes itself (under the
+    batch's key: the reply's own write then finds it written)."""
+    engine.mail.hold_from = len(engine.mail.messages) + 1  # the acknowledgement goes; the reply waits at DATA
+    engine.mail.data_open.clear()
+    try:
+        request, handle = await submit(engine, "access")
+
+        async def reply_at_data() -> bool:
+            return (await status(handle)).stage == Stage.REPLYING and "reply_access" not in templates_sent(
+                engine, request) and "acknowledgement" in templates_sent(engine, request)
+        for _ in range(200):
+            if await reply_at_data():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the reply's first try reaches the server's DATA
+        assert await reply_at_data()
+        extension = asyncio.create_task(handle.execute_update(DataSubjectRequest.extend_deadline, Extension(
+            reason="the systems of a processor answer slowly", requested_by="operator:alice")))
+        for _ in range(200):
+            if "extended" in events(engine, request):
+                break
+            await asyncio.sleep(0.05)
+        written = events(engine, request)
+        assert "extended" in written and "reply_sent" not in written, written
+        assert written.index("replying") < written.index("extended")
+        assert "reply_access" not in templates_sent(engine, request)  # the reply still waits at DATA
+    finally:
+        engine.mail.data_open.set()
+        engine.mail.hold_from = None
+    await extension
+    final = await handle.result()
+    assert final.outcome == Outcome.FULFILLED
+    written = events(engine, request)
+    assert written.count("replying") == 1 and written.count("connector_done") == len(engine.connectors)
+    history = (await handle.fetch_history()).events
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    # The writer wrote the carried batch while the reply ran (not handed back: the reply's first try succeeded).
+    assert scheduled.count("send_reply") == 1
+    assert scheduled.index("send_reply") < scheduled.index("record_event_batch")
+
+
 async def test_unconfirmed_identity_gets_a_reminder_then_closes_as_unverified(engine: Engine) -> None:
     request, handle = await submit(engine, "erasure", identity=IdentityMethod.EMAIL)
     final = await handle.result()  # the test server skips the 30 days
