@@ -655,6 +655,10 @@ class DataSubjectRequest:
         """Who holds the subject's turn: this request (granted) or the one it waits for (the answer of the ask or
         of the holder check, which may come after the signal granting it, or a signal once another's release or
         ask changed it)."""
+        if turn.holder == self._request.request_id and self._turn_asked and turn.round > self._turn_round:
+            # The line keeps this request's place under a later round than this run has asked: only an earlier run
+            # of the same request asks that often (a run reset to before its asks). The place is this request's.
+            self._turn_round = turn.round
         if turn.holder == self._request.request_id and (not self._turn_asked or turn.round != self._turn_round):
             # Granted a turn this request no longer asks for (an ask's late retry, committed after its release):
             # given back, or the person's other requests would wait for a turn nobody uses.

@@ -312,6 +312,9 @@ class RestrictionInForce(FollowUp):
     def subject_turn(self, turn: SubjectTurn) -> None:
         """Who holds the person's turn: this workflow (granted) or the request it waits for (the answer of the ask
         or of the holder check, which may come after the signal granting it, or a signal once it changed)."""
+        if turn.holder == workflow.info().workflow_id and self._turn_asked and turn.round > self._turn_round:
+            # A later round than this run asked: an earlier run of the same workflow (reset) holds the place.
+            self._turn_round = turn.round
         if turn.holder == workflow.info().workflow_id and (not self._turn_asked or turn.round != self._turn_round):
             # Granted a turn it no longer asks for (an ask's late retry, committed after its release): given back.
             self._strays.append(asyncio.create_task(self._give_back(turn.round)))

@@ -370,6 +370,29 @@ async def test_a_turn_granted_after_its_release_and_never_told_is_given_back_whe
     assert (await result(engine, access)).outcome == Outcome.FULFILLED
 
 
+async def test_a_run_told_it_holds_a_later_round_than_it_asked_keeps_the_place(engine: Engine) -> None:
+    """A run reset to before its asks asks round 1 again while the line keeps the request's place under the earlier
+    run's later round (an ask of an earlier round changes nothing, and is answered: held). Told by the next ask that
+    it holds that later round, the run takes the place as its own: it keeps the turn while it works, and gives back
+    that round at the end."""
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    stored = engine.ledger.get_request(access.id)
+    assert stored is not None
+    turns = SubjectTurns(engine.ledger.engine)
+    # The state a reset leaves: the line holds the request under round 3; this run asked round 1.
+    turns.ask(queue_id(engine), TurnAsk(request_id=access.id, received_at=stored.received_at, round=3))
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    assert await queue_status(engine) == SubjectQueueStatus(holder=access.id, waiting=[erasure.id])
+    gate(engine, access.id).set()
+    await holding(engine, erasure)
+    gate(engine, erasure.id).set()
+    assert (await result(engine, erasure)).outcome == Outcome.FULFILLED
+    one_after_the_other(engine, access.id, erasure.id)
+    assert stored_lines(engine) == []
+
+
 @pytest.mark.slow
 async def test_an_access_needing_an_operator_keeps_the_turn_until_its_reply(engine: Engine) -> None:
     """A later erasure would delete what the access exported before its bundle is built: it waits."""
