@@ -151,6 +151,7 @@ class _Collect:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self._sink.hold_from is not None and len(self._sink.messages) >= self._sink.hold_from:
             # A slow server: the client waits for its answer to DATA until the test opens ``data_open``.
+            self._sink.data_held.set()
             await asyncio.get_running_loop().run_in_executor(None, self._sink.data_open.wait)
         content = envelope.content
         assert isinstance(content, bytes), "the Controller's default (decode_data=False) keeps the data as bytes"
@@ -177,6 +178,7 @@ class MailSink:
     deferred: set[str] = field(default_factory=set)  # recipients deferred with a 450 (a full mailbox) from now on
     hold_from: int | None = None  # messages from this many received on wait at DATA while data_open is cleared
     data_open: threading.Event = field(default_factory=_opened)
+    data_held: threading.Event = field(default_factory=threading.Event)  # set once a message waits at DATA
 
     def __post_init__(self) -> None:
         self._controller = Controller(_Collect(self), hostname="127.0.0.1", port=self.port)

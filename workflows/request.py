@@ -581,7 +581,8 @@ class DataSubjectRequest:
         # The events noted before the ask (``identity_confirmed``, ``processing``) go with it, unless a batch is on
         # its way (they come after it): one activity and one workflow task less than a batch of their own.
         events = self._carry_noted()
-        self._batch_in_flight = bool(events)  # the writer waits for the ask (a millisecond or two)
+        if events:
+            self._batch_in_flight = True  # the writer waits for the ask (a millisecond or two)
         summary = "subject's turn: ask" + (f"; {_batch_summary(events)}" if events else "")
         ask = QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
             request_id=self._request.request_id, received_at=self._request.received_at, round=self._turn_round,
@@ -1700,11 +1701,12 @@ class DataSubjectRequest:
                 bool(self._events_handed_back) or not self._batch_may_wait()))
             if self._batch_in_flight:
                 continue  # the turn's ask took the events in the same pass: its batch goes first
-            keyed = self._events_handed_back.pop(0) if self._events_handed_back else self._carried
+            # A batch under its own key before the events noted since: one a failed first try of the reply handed
+            # back, or, only when events were noted after it, the one the reply's first try is still carrying (it may
+            # take minutes; whichever writes it first writes it, the other finds it written).
+            keyed = self._events_handed_back.pop(0) if self._events_handed_back else (
+                self._carried if self._events else None)
             if keyed is not None:
-                # A batch under its own key before the events noted since: one a failed first try of the reply
-                # handed back, or the one the reply's first try is still carrying (it may take minutes: whichever
-                # writes it first writes it, the other finds it written).
                 if keyed is self._carried:
                     self._carried = None
                 self._batch_in_flight = True

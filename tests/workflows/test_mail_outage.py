@@ -199,6 +199,12 @@ async def test_a_reply_failing_after_writing_the_events_it_carried_leaves_each_i
     history = (await handle.fetch_history()).events
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history]
     assert scheduled.count("record_event_batch") == 1
+    # Handed back after the first try failed, not written beside it.
+    failed = next(n for n, e in enumerate(history) if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+                  and e.activity_task_failed_event_attributes.scheduled_event_id == next(
+                      x.event_id for x in history
+                      if x.activity_task_scheduled_event_attributes.activity_type.name == "send_reply"))
+    assert failed < scheduled.index("record_event_batch")
     carried = next(e for e in history if e.activity_task_scheduled_event_attributes.activity_type.name == "send_reply")
     summary = (await engine.client.data_converter.decode([carried.user_metadata.summary]))[0]
     assert summary.startswith("reply: access; ledger: ") and summary.endswith("replying")

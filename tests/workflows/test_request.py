@@ -10,6 +10,7 @@ from datetime import UTC, date, timedelta
 import pytest
 from sqlalchemy import text
 from sqlmodel import Session
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -80,9 +81,10 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
 
     scheduled = {name: [await summary(e) for e in history.events
                         if e.activity_task_scheduled_event_attributes.activity_type.name == name]
-                 for name in ("record_events", "send_reply")}
+                 for name in ("record_events", "send_reply", "record_event_batch")}
     assert scheduled == {"record_events": ["ledger: identity_confirmed, processing"],
-                         "send_reply": ["reply: access; ledger: connector_done, connector_done, replying"]}
+                         "send_reply": ["reply: access; ledger: connector_done, connector_done, replying"],
+                         "record_event_batch": []}  # nothing noted while the reply ran: written by it alone
     assert [await summary(e) for e in history.events if e.HasField("marker_recorded_event_attributes")] == [
         "plan access", "ledger: reply_sent, closed, aftercare_started"]
     written = events(engine, request)
@@ -124,18 +126,12 @@ async def test_an_event_noted_while_the_reply_carries_a_batch_does_not_wait_for_
     batch's key: the reply's own write then finds it written)."""
     engine.mail.hold_from = len(engine.mail.messages) + 1  # the acknowledgement goes; the reply waits at DATA
     engine.mail.data_open.clear()
+    engine.mail.data_held.clear()
     try:
         request, handle = await submit(engine, "access")
-
-        async def reply_at_data() -> bool:
-            return (await status(handle)).stage == Stage.REPLYING and "reply_access" not in templates_sent(
-                engine, request) and "acknowledgement" in templates_sent(engine, request)
-        for _ in range(200):
-            if await reply_at_data():
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # the reply's first try reaches the server's DATA
-        assert await reply_at_data()
+        assert await asyncio.to_thread(engine.mail.data_held.wait, 20), "the reply never reached DATA"
+        assert (await status(handle)).stage == Stage.REPLYING
+        assert templates_sent(engine, request) == ["acknowledgement"]
         extension = asyncio.create_task(handle.execute_update(DataSubjectRequest.extend_deadline, Extension(
             reason="the systems of a processor answer slowly", requested_by="operator:alice")))
         for _ in range(200):
@@ -155,11 +151,13 @@ async def test_an_event_noted_while_the_reply_carries_a_batch_does_not_wait_for_
     written = events(engine, request)
     assert written.count("replying") == 1 and written.count("connector_done") == len(engine.connectors)
     history = (await handle.fetch_history()).events
-    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
-                 if e.HasField("activity_task_scheduled_event_attributes")]
-    # The writer wrote the carried batch while the reply ran (not handed back: the reply's first try succeeded).
-    assert scheduled.count("send_reply") == 1
-    assert scheduled.index("send_reply") < scheduled.index("record_event_batch")
+    steps = [e.activity_task_scheduled_event_attributes.activity_type.name
+             if e.HasField("activity_task_scheduled_event_attributes") else EventType.Name(e.event_type)
+             for e in history]
+    # The writer wrote the carried batch once the extension was noted, while the reply's only try still ran.
+    assert steps.count("send_reply") == 1 and steps.count("record_event_batch") == 1
+    assert steps.index("send_reply") < steps.index("EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED") < steps.index(
+        "record_event_batch") < steps.index("EVENT_TYPE_ACTIVITY_TASK_COMPLETED", steps.index("record_event_batch"))
 
 
 async def test_unconfirmed_identity_gets_a_reminder_then_closes_as_unverified(engine: Engine) -> None:
@@ -688,6 +686,12 @@ async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
     keyed = ("send_reply", "record_event_batch")
     summaries = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0] for e in history.events
                  if e.activity_task_scheduled_event_attributes.activity_type.name in keyed]
+    kinds = [e.activity_task_scheduled_event_attributes.activity_type.name
+             if e.HasField("activity_task_scheduled_event_attributes") else EventType.Name(e.event_type)
+             for e in history.events]
+    # Handed back once the first try had failed (held), not written beside it.
+    assert kinds.index("send_reply") < kinds.index("EVENT_TYPE_ACTIVITY_TASK_FAILED") < kinds.index(
+        "record_event_batch")
     assert summaries[0].startswith("reply: access; ledger: ") and summaries[0].endswith("replying")
     assert summaries[1].startswith("ledger: ") and summaries[1].endswith("replying")  # the batch handed back
     assert summaries[2:] == ["reply: access"]
