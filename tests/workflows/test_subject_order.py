@@ -315,25 +315,30 @@ async def test_an_erasure_needing_an_operator_gives_the_turn_back_and_asks_again
     assert max(s.ended or 0 for s in access_spans) <= crm_calls[-1].started
 
 
-async def test_a_turn_granted_after_its_release_is_given_back(engine: Engine) -> None:
-    """An ask's late retry can commit after the request gave its turn back (a timed-out attempt's transaction): the
-    line then names a holder that no longer asks. Told it holds, the request gives that round back."""
+async def late_commit_after_release(engine: Engine) -> tuple[WorkflowHandle, SubjectTurn]:
+    """An erasure that gave its turn back (needs_attention: it asks for nothing), then the late commit of its first
+    ask (a timed-out attempt's transaction) puts it back as holder; answers the erasure and that grant."""
     crm = engine.connectors[0]
-    crm.permanent_failures = 1  # needs_attention: the erasure has given its turn back and asks for nothing
+    crm.permanent_failures = 1
     erasure = await intake(engine, "erasure")
     gate(engine, erasure.id).set()
 
     async def needs_attention() -> bool:
         return (await status(erasure)).stage == Stage.NEEDS_ATTENTION and not stored_lines(engine)
     await eventually(needs_attention, "erasure needs attention, the line empty")
-    # The late commit of its first ask, and the grant its activity then signals.
-    turns = SubjectTurns(engine.ledger.engine)
     stored = engine.ledger.get_request(erasure.id)
     assert stored is not None
-    received = stored.received_at
-    answer, _ = turns.ask(queue_id(engine), TurnAsk(request_id=erasure.id, received_at=received, round=1))
+    answer, _ = SubjectTurns(engine.ledger.engine).ask(
+        queue_id(engine), TurnAsk(request_id=erasure.id, received_at=stored.received_at, round=1))
     assert answer == SubjectTurn(holder=erasure.id, round=1)
-    await erasure.signal(DataSubjectRequest.subject_turn, answer)
+    return erasure, answer
+
+
+async def test_a_turn_granted_after_its_release_is_given_back(engine: Engine) -> None:
+    """An ask's late retry can commit after the request gave its turn back (a timed-out attempt's transaction): the
+    line then names a holder that no longer asks. Told it holds, the request gives that round back."""
+    erasure, answer = await late_commit_after_release(engine)
+    await erasure.signal(DataSubjectRequest.subject_turn, answer)  # the grant its activity then signals
 
     async def given_back() -> bool:
         return not stored_lines(engine)
@@ -350,19 +355,7 @@ async def test_a_turn_granted_after_its_release_and_never_told_is_given_back_whe
     """The same late commit, with nobody told (the attempt that committed it had timed out, so its signal never
     went): the person's next request finds the turn held by a request still running, which is told that it holds
     and gives it back at once, rather than at the next request's hourly check."""
-    crm = engine.connectors[0]
-    crm.permanent_failures = 1  # needs_attention: the erasure has given its turn back and asks for nothing
-    erasure = await intake(engine, "erasure")
-    gate(engine, erasure.id).set()
-
-    async def needs_attention() -> bool:
-        return (await status(erasure)).stage == Stage.NEEDS_ATTENTION and not stored_lines(engine)
-    await eventually(needs_attention, "erasure needs attention, the line empty")
-    stored = engine.ledger.get_request(erasure.id)
-    assert stored is not None
-    turns = SubjectTurns(engine.ledger.engine)
-    late, _ = turns.ask(queue_id(engine), TurnAsk(request_id=erasure.id, received_at=stored.received_at, round=1))
-    assert late == SubjectTurn(holder=erasure.id, round=1)
+    await late_commit_after_release(engine)
 
     access = await intake(engine, "access")
     await holding(engine, access)  # no hour passes here: without the reminder this waits for ever
