@@ -264,7 +264,6 @@ class DataSubjectRequest:
         self._starting_aftercare = False  # closed, its aftercare not started yet (see _batch_may_wait)
         self._reply_awaits_ack = False  # the reply waits for the acknowledgement to go first (see _batch_may_wait)
         self._run_ending = False  # answered and closed, the aftercare started: the last batches (see _write_events)
-        self._batches_carried = 0  # batches of noted events the reply's first try carried (their keys)
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
         self._notices_in_flight = 0
@@ -706,10 +705,9 @@ class DataSubjectRequest:
         # try, written before anything else it does, under a key of their own (see _send_reply_tracked).
         carried: EventBatch | None = None
         if events := self._carry_noted():
-            self._batches_carried += 1
+            # Keyed like the reply's emails: one final reply per run, so one carried batch.
             info = workflow.info()
-            carried = EventBatch(key=f"{info.workflow_id}/{info.run_id}/carried-{self._batches_carried}",
-                                 events=events)
+            carried = EventBatch(key=f"{info.workflow_id}/{info.run_id}/{reply_input.key}/events", events=events)
             self._carried = carried
         while True:
             try:

@@ -138,7 +138,7 @@ async def test_the_events_a_reply_carries_are_written_first_and_once_whoever_wri
     """The request's events noted before its reply go with the first try, written before anything that may fail;
     the request cannot tell whether a failed try wrote them, so its writer writes the batch again under the
     batch's key, as may the retried reply: the ledger holds them once."""
-    batch = EventBatch(key=f"{REQUEST}/run/carried-1", events=[
+    batch = EventBatch(key=f"{REQUEST}/run/final-reply/events", events=[
         AuditEvent(request_id=REQUEST, event="connector_done", details={"connector": "crm"}),
         AuditEvent(request_id=REQUEST, event="replying")])
     carrying = dataclasses.replace(reply_input(), events=batch)
