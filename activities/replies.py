@@ -46,7 +46,7 @@ class ReplyActivities:
                  suppressed_until: Callable[[str], date | None] | None = None, timezone: str = "UTC",
                  system_types: Mapping[str, str] | None = None,
                  sent_copies: SentCopies | None = None, consent_links: ConsentLinks | None = None,
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger) -> None:
         self._mailer = mailer
         self._ledger = ledger  # the events the request noted before its reply (ReplyInput.events) go here
         self._consent_links = consent_links
@@ -89,8 +89,6 @@ class ReplyActivities:
     async def _send_reply(self, reply: ReplyInput) -> ReplyResult:
         if reply.events is not None and reply.events.events:
             # First, before anything may fail: whatever the reply's fate, the request counts these as written.
-            if self._ledger is None:
-                raise ApplicationError("send_reply was given ledger events but has no ledger", non_retryable=True)
             await asyncio.to_thread(record_batch, self._ledger, reply.events.events, key=reply.events.key)
         profile = await asyncio.to_thread(self._profile)
         # An objection is answered with what was done or decided, data found or not.
