@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import date
 from typing import Any
@@ -54,6 +55,12 @@ from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, Rec
 
 API_PATH = "/wp-json/wc/v3"
 PAGE_SIZE = 100  # the API's maximum per_page
+PAGES_AT_ONCE = 4
+"""Pages of one listing asked for at once ahead of the one being handled. WordPress builds each order of a page in
+PHP, one PHP worker per request: one page at a time, a heavy customer's export would wait on each page in turn.
+Four keep a few of the shop's workers busy without taking all of them, and the connector's rate limit
+(``rate_limit``) still paces every call. Measured on the sandbox (``bench/export_heavy.py``),
+whose pages come in a few milliseconds: see the README's performance section."""
 BATCH_SIZE = 100  # the API's default maximum of items per batch request
 CURSOR_VERSION = 1
 EXPORTED = ("customer", "orders")
@@ -208,9 +215,12 @@ class WooCommerceConnector:
                 f"{self.name}: the answer is not JSON (HTTP {response.status_code}); check base_url "
                 "points at a WordPress site with WooCommerce") from None
 
-    async def _fetch(self, path: str, params: Mapping[str, Any], page: int) -> tuple[int, list[dict[str, Any]]]:
-        response = await self._call("GET", path, params={
+    async def _ask(self, path: str, params: Mapping[str, Any], page: int) -> httpx.Response:
+        return await self._call("GET", path, params={
             **params, "per_page": PAGE_SIZE, "page": page, "orderby": "id", "order": "asc"})
+
+    def _page(self, path: str, response: httpx.Response) -> tuple[int, list[dict[str, Any]]]:
+        """(total pages, items) of a listing's answer."""
         items = self._json(response)
         if not isinstance(items, list):
             raise PermanentConnectorError(f"{self.name}: unexpected answer listing {path.strip('/')}")
@@ -220,28 +230,43 @@ class WooCommerceConnector:
             pages = 0
         return pages, items
 
+    async def _fetch(self, path: str, params: Mapping[str, Any], page: int) -> tuple[int, list[dict[str, Any]]]:
+        return self._page(path, await self._ask(path, params, page))
+
     async def _pages(self, path: str, params: Mapping[str, Any], *, first_page: int = 1,
                      ) -> AsyncGenerator[tuple[int, int, list[dict[str, Any]]]]:
         """(page, total pages, items) for each page, in ascending id order, until ``X-WP-TotalPages``.
 
-        The next page is fetched while the caller handles the current one (two pages in memory at most), so
-        a long export costs about the shop's paging time, not that plus the time to write every record.
-        Iterate through :meth:`_listing`, so an abandoned iteration cancels its prefetch."""
+        Once the first page has told how many there are, the next ``PAGES_AT_ONCE`` pages are fetched while the
+        caller handles the current one, so a long export costs about the shop's paging time, not that plus the
+        time to write every record, and a shop that answers each page slowly (WordPress builds 100 orders in
+        PHP) serves several at once. Pages are answered in order; a page whose fetch failed (after its tries in
+        place) raises when its turn comes. Iterate through :meth:`_listing`, so an abandoned iteration cancels
+        the pages still on their way.
+
+        A page is parsed when its turn comes, not when it arrives: parsing 100 orders holds the event loop a few
+        milliseconds, and pages arriving together would otherwise be parsed in one pass of the loop, making every
+        other task of the worker wait for all of them."""
         page = first_page
-        ahead: asyncio.Task[tuple[int, list[dict[str, Any]]]] | None = asyncio.create_task(
-            self._fetch(path, params, page))
+        ahead: deque[asyncio.Task[httpx.Response]] = deque([asyncio.create_task(self._ask(path, params, page))])
+        asked = page  # the last page asked for
         try:
-            while ahead is not None:
-                pages, items = await ahead
-                ahead = None
+            while ahead:
+                pages, items = self._page(path, await ahead.popleft())
                 if page < pages and items:
-                    ahead = asyncio.create_task(self._fetch(path, params, page + 1))
+                    # The total as the latest page tells it: orders placed or deleted meanwhile move it.
+                    while asked < pages and len(ahead) < PAGES_AT_ONCE:
+                        asked += 1
+                        ahead.append(asyncio.create_task(self._ask(path, params, asked)))
+                else:
+                    for task in ahead:  # asked for when the total was larger
+                        _discard(task)
+                    ahead.clear()
                 yield page, pages, items
                 page += 1
         finally:
-            if ahead is not None:
-                ahead.cancel()
-                ahead.add_done_callback(lambda task: task.cancelled() or task.exception())
+            for task in ahead:
+                _discard(task)
 
     def _listing(self, path: str, params: Mapping[str, Any], *, first_page: int = 1,
                  ) -> contextlib.aclosing[AsyncGenerator[tuple[int, int, list[dict[str, Any]]]]]:
@@ -811,6 +836,12 @@ class _Ahead:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _discard(task: asyncio.Task[Any]) -> None:
+    """Cancel a fetch no longer wanted; its outcome, whatever it is, is nobody's to report."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _meta(record: Mapping[str, Any], key: str) -> str:

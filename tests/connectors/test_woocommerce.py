@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -20,7 +21,7 @@ from connectors.base import (
     unexpected_remains,
 )
 from connectors.http import READ_TRIES, RateLimiter
-from connectors.woocommerce import WooCommerceConnector
+from connectors.woocommerce import PAGES_AT_ONCE, WooCommerceConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.store.exports import ExportStore
 from dsr.web.serve import RunningServer, serve_app
@@ -178,6 +179,94 @@ async def test_a_billed_search_failing_ahead_is_taken_up_where_it_stopped(shop: 
     own_ids = sorted(o for o in expected if shop.state.orders[o]["customer_id"] != 0)
     assert searches == [(1, 0), (3, own_ids[199])]  # the first two pages (200 of her orders) were not asked again
     assert [c["page"] for c in cursors if c["stage"] == 1] == list(range(1, 14))
+
+
+class InFlight:
+    """ASGI middleware counting the shop's order listings being answered at once, by kind (``customer=`` or
+    ``search=``), each answer held ``delay`` seconds: a shop slow enough for pages asked ahead to overlap."""
+
+    def __init__(self, app: Any, delay: float) -> None:
+        self.app, self.delay = app, delay
+        self.now: dict[str, int] = {"customer": 0, "search": 0}
+        self.most: dict[str, int] = {"customer": 0, "search": 0}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode()) if scope["type"] == "http" else {}
+        kind = next((k for k in ("customer", "search") if k in query), None)
+        if kind is None or not scope["path"].endswith("/orders"):
+            await self.app(scope, receive, send)
+            return
+        self.now[kind] += 1
+        self.most[kind] = max(self.most[kind], self.now[kind])
+        try:
+            await asyncio.sleep(self.delay)
+            await self.app(scope, receive, send)
+        finally:
+            self.now[kind] -= 1
+
+
+@pytest.fixture
+async def slow_shop() -> AsyncIterator[tuple[Shop, InFlight]]:
+    state = WooState(now=lambda: datetime(2025, 6, 1, 12, 0, 0))
+    counted = InFlight(woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET), delay=0.02)
+    server = await serve_app(counted, port=0)
+    connector = WooCommerceConnector(consumer_key=KEY, consumer_secret=SECRET, base_url=server.url)
+    try:
+        yield Shop(state, Faults(), server, connector), counted
+    finally:
+        await connector.aclose()
+        await server.stop()
+
+
+async def test_a_long_listing_asks_for_pages_ahead_and_writes_them_in_order(
+        slow_shop: tuple[Shop, InFlight], store: ExportStore) -> None:
+    shop, counted = slow_shop
+    heavy_customer(shop.state, 1234)
+    cursors: list[Mapping[str, Any]] = []
+    await shop.connector.export(ExportJob(REQUEST, Subject(email="heavy.buyer@example.org"), store.sink(REQUEST),
+                                          checkpoint=cursors.append))
+    # Her 13 pages, and the 13 of the search beside them: never more than PAGES_AT_ONCE of either asked at once,
+    # and as many as that while the shop is slower than the connector.
+    assert counted.most == {"customer": PAGES_AT_ONCE, "search": PAGES_AT_ONCE}
+    expected = [o["id"] for o in shop.state.orders_billed_to("heavy.buyer@example.org")]
+    assert [o["id"] for o in store.read(REQUEST, "woocommerce", "orders")] == expected
+    assert [c["page"] for c in cursors if c["stage"] == 0] == list(range(14))  # 0: her profile
+
+
+async def test_a_listing_left_after_its_first_page_cancels_the_pages_asked_ahead(
+        slow_shop: tuple[Shop, InFlight]) -> None:
+    shop, counted = slow_shop
+    customer = heavy_customer(shop.state, 1234)
+    async with shop.connector._listing("/orders", {"customer": customer["id"]}) as listing:
+        async for page, pages, items in listing:
+            assert (page, pages, len(items)) == (1, 13, 100)
+            counted.delay = 1.0  # the pages ahead stay on their way
+            for _ in range(200):
+                if counted.now["customer"] == PAGES_AT_ONCE:
+                    break
+                await asyncio.sleep(0.01)
+            assert counted.now["customer"] == PAGES_AT_ONCE
+            break
+    fetching = [t for t in asyncio.all_tasks()
+                if getattr(t.get_coro(), "__qualname__", "") == "WooCommerceConnector._ask"]
+    assert len(fetching) == PAGES_AT_ONCE
+    await asyncio.wait(fetching, timeout=5)
+    assert all(t.cancelled() for t in fetching)
+
+
+async def test_a_listing_stops_at_the_total_the_latest_page_tells(slow_shop: tuple[Shop, InFlight]) -> None:
+    # Orders deleted while she is exported: pages asked for when the total was larger are not waited for.
+    shop, _ = slow_shop
+    customer = heavy_customer(shop.state, 450)  # 5 pages
+    seen: list[tuple[int, int]] = []
+    async with shop.connector._listing("/orders", {"customer": customer["id"]}) as listing:
+        async for page, pages, _items in listing:
+            seen.append((page, pages))
+            if page == 1:
+                for order_id in sorted(o["id"] for o in shop.state.orders_of(customer["id"]))[-300:]:
+                    shop.state.delete_order(order_id)  # pages 2-5 are on their way or asked next
+    assert seen[0] == (1, 5) and seen[-1][0] == seen[-1][1] < 5
+    assert len(seen) <= 3
 
 
 class WorkerKilled(Exception):
