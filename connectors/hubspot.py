@@ -183,7 +183,7 @@ class HubSpotConnector:
 
     def _json(self, response: httpx.Response) -> Any:
         try:
-            return orjson.loads(response.content)  # 2x the standard decoder (100 orders: 1.15 ms, 2.3)
+            return orjson.loads(response.content)  # 2x the standard decoder on a page of 100 records
         except ValueError:
             raise PermanentConnectorError(
                 f"{self.name}: unexpected answer (HTTP {response.status_code}, not JSON)"
