@@ -56,11 +56,11 @@ from dsr.domain.model import ConnectorOutcome, DatasetSummary, RecordAction, Rec
 API_PATH = "/wp-json/wc/v3"
 PAGE_SIZE = 100  # the API's maximum per_page
 PAGES_AT_ONCE = 4
-"""Pages of one listing asked for at once ahead of the one being handled. WordPress builds each order of a page in
-PHP, one PHP worker per request: one page at a time, a heavy customer's export would wait on each page in turn.
-Four keep a few of the shop's workers busy without taking all of them, and the connector's rate limit
-(``rate_limit``) still paces every call. Measured on the sandbox (``bench/export_heavy.py``),
-whose pages come in a few milliseconds: see the README's performance section."""
+"""Pages a listing asks for ahead of the one being handled, and pages the connector asks the shop for at once across
+all its listings (an export runs two side by side; a worker may run several exports). WordPress builds each order of
+a page in PHP, one PHP worker per request: one page at a time, a heavy customer's export would wait on each page in
+turn. Four keep a few of the shop's workers busy without taking all of them (PHP-FPM's default is five) from one
+worker process; the connector's rate limit (``rate_limit``) still paces every call."""
 BATCH_SIZE = 100  # the API's default maximum of items per batch request
 CURSOR_VERSION = 1
 EXPORTED = ("customer", "orders")
@@ -173,6 +173,7 @@ class WooCommerceConnector:
         self._secret = consumer_secret
         self._oauth = scheme == "http"  # WooCommerce: Basic over HTTPS only, OAuth 1.0a over HTTP
         self._limiter = rate_limit
+        self._pages_at_once = asyncio.Semaphore(PAGES_AT_ONCE)  # bound to the event loop at first use
         self._itemise_up_to = itemise_up_to  # erasure reports: one line per order up to this many
         self._client = httpx.AsyncClient(
             timeout=timeout,
@@ -216,8 +217,9 @@ class WooCommerceConnector:
                 "points at a WordPress site with WooCommerce") from None
 
     async def _ask(self, path: str, params: Mapping[str, Any], page: int) -> httpx.Response:
-        return await self._call("GET", path, params={
-            **params, "per_page": PAGE_SIZE, "page": page, "orderby": "id", "order": "asc"})
+        async with self._pages_at_once:
+            return await self._call("GET", path, params={
+                **params, "per_page": PAGE_SIZE, "page": page, "orderby": "id", "order": "asc"})
 
     def _page(self, path: str, response: httpx.Response) -> tuple[int, list[dict[str, Any]]]:
         """(total pages, items) of a listing's answer."""

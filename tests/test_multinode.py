@@ -32,6 +32,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from connectors.woocommerce import PAGES_AT_ONCE
 from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.model import Outcome, RequestStatus, Stage
 from dsr.store.crypto import KeyRing, data_converter
@@ -200,8 +201,9 @@ async def test_two_machines_answer_every_request_once_and_every_reply_downloads_
             return await until(found, seconds=120, what=f"the acknowledgement of {holding.email}'s {kind} request",
                                logs=cluster.logs)
 
-        # The heavy export first, slowed down so a worker can be killed in its middle.
-        boxes.faults.delay_seconds = 0.05
+        # The heavy export first, slowed down so a worker can be killed in its middle (the connector asks for
+        # PAGES_AT_ONCE pages at once).
+        boxes.faults.delay_seconds = 0.05 * PAGES_AT_ONCE
         await submit(a, heavy, "access")
         heavy_ref = await reference_of(heavy, "access")
         references: dict[str, tuple[str, Holding]] = {heavy_ref: ("access", heavy)}

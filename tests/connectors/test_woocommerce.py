@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -181,92 +182,119 @@ async def test_a_billed_search_failing_ahead_is_taken_up_where_it_stopped(shop: 
     assert [c["page"] for c in cursors if c["stage"] == 1] == list(range(1, 14))
 
 
-class InFlight:
-    """ASGI middleware counting the shop's order listings being answered at once, by kind (``customer=`` or
-    ``search=``), each answer held ``delay`` seconds: a shop slow enough for pages asked ahead to overlap."""
+class Gatekeeper:
+    """ASGI middleware over the shop: counts the order listings being answered at once (``now``, ``most``) and holds
+    each until ``together`` are in (or ``hold`` seconds have passed), and those of a page in ``gates`` until its event
+    is set: a shop slow enough for the pages asked ahead to overlap, without a race against the clock."""
 
-    def __init__(self, app: Any, delay: float) -> None:
-        self.app, self.delay = app, delay
-        self.now: dict[str, int] = {"customer": 0, "search": 0}
-        self.most: dict[str, int] = {"customer": 0, "search": 0}
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.together, self.hold = 1, 0.0
+        self.now = self.most = 0
+        self.gates: dict[int, asyncio.Event] = {}
+        self._arrival = asyncio.Event()  # set, and replaced, at each arrival
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         query = parse_qs(scope.get("query_string", b"").decode()) if scope["type"] == "http" else {}
-        kind = next((k for k in ("customer", "search") if k in query), None)
-        if kind is None or not scope["path"].endswith("/orders"):
+        if not (scope["type"] == "http" and scope["path"].endswith("/orders")
+                and ("customer" in query or "search" in query)):
             await self.app(scope, receive, send)
             return
-        self.now[kind] += 1
-        self.most[kind] = max(self.most[kind], self.now[kind])
+        self.now += 1
+        self.most = max(self.most, self.now)
+        self._arrival.set()
+        self._arrival = asyncio.Event()
         try:
-            await asyncio.sleep(self.delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_in(), timeout=self.hold)
+            gate = self.gates.get(int(query.get("page", ["1"])[0]))
+            if gate is not None:
+                await gate.wait()
             await self.app(scope, receive, send)
         finally:
-            self.now[kind] -= 1
+            self.now -= 1
+
+    async def _all_in(self) -> None:
+        while self.now < self.together:
+            await self._arrival.wait()
+
+    async def until_holding(self, count: int) -> None:
+        for _ in range(500):
+            if self.now == count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{self.now} listings held, never {count}")
 
 
 @pytest.fixture
-async def slow_shop() -> AsyncIterator[tuple[Shop, InFlight]]:
+async def gated_shop() -> AsyncIterator[tuple[Shop, Gatekeeper]]:
     state = WooState(now=lambda: datetime(2025, 6, 1, 12, 0, 0))
-    counted = InFlight(woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET), delay=0.02)
-    server = await serve_app(counted, port=0)
+    gatekeeper = Gatekeeper(woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET))
+    server = await serve_app(gatekeeper, port=0)
     connector = WooCommerceConnector(consumer_key=KEY, consumer_secret=SECRET, base_url=server.url)
     try:
-        yield Shop(state, Faults(), server, connector), counted
+        yield Shop(state, Faults(), server, connector), gatekeeper
     finally:
+        for gate in gatekeeper.gates.values():
+            gate.set()
         await connector.aclose()
         await server.stop()
 
 
-async def test_a_long_listing_asks_for_pages_ahead_and_writes_them_in_order(
-        slow_shop: tuple[Shop, InFlight], store: ExportStore) -> None:
-    shop, counted = slow_shop
+def tasks_asking() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "WooCommerceConnector._ask"]
+
+
+async def test_an_export_asks_for_pages_ahead_never_more_than_its_bound_and_writes_them_in_order(
+        gated_shop: tuple[Shop, Gatekeeper], store: ExportStore) -> None:
+    shop, gatekeeper = gated_shop
+    gatekeeper.together, gatekeeper.hold = PAGES_AT_ONCE, 0.5  # as if each page took the shop a while
     heavy_customer(shop.state, 1234)
     cursors: list[Mapping[str, Any]] = []
     await shop.connector.export(ExportJob(REQUEST, Subject(email="heavy.buyer@example.org"), store.sink(REQUEST),
                                           checkpoint=cursors.append))
-    # Her 13 pages, and the 13 of the search beside them: never more than PAGES_AT_ONCE of either asked at once,
-    # and as many as that while the shop is slower than the connector.
-    assert counted.most == {"customer": PAGES_AT_ONCE, "search": PAGES_AT_ONCE}
+    # Her 13 pages and the 13 of the search beside them: PAGES_AT_ONCE asked at once, across both listings.
+    assert gatekeeper.most == PAGES_AT_ONCE
     expected = [o["id"] for o in shop.state.orders_billed_to("heavy.buyer@example.org")]
     assert [o["id"] for o in store.read(REQUEST, "woocommerce", "orders")] == expected
     assert [c["page"] for c in cursors if c["stage"] == 0] == list(range(14))  # 0: her profile
 
 
 async def test_a_listing_left_after_its_first_page_cancels_the_pages_asked_ahead(
-        slow_shop: tuple[Shop, InFlight]) -> None:
-    shop, counted = slow_shop
+        gated_shop: tuple[Shop, Gatekeeper]) -> None:
+    shop, gatekeeper = gated_shop
     customer = heavy_customer(shop.state, 1234)
     async with shop.connector._listing("/orders", {"customer": customer["id"]}) as listing:
         async for page, pages, items in listing:
             assert (page, pages, len(items)) == (1, 13, 100)
-            counted.delay = 1.0  # the pages ahead stay on their way
-            for _ in range(200):
-                if counted.now["customer"] == PAGES_AT_ONCE:
-                    break
-                await asyncio.sleep(0.01)
-            assert counted.now["customer"] == PAGES_AT_ONCE
+            gatekeeper.gates.update({n: asyncio.Event() for n in range(2, 14)})  # the pages ahead stay on their way
+            await gatekeeper.until_holding(PAGES_AT_ONCE)
             break
-    fetching = [t for t in asyncio.all_tasks()
-                if getattr(t.get_coro(), "__qualname__", "") == "WooCommerceConnector._ask"]
-    assert len(fetching) == PAGES_AT_ONCE
-    await asyncio.wait(fetching, timeout=5)
-    assert all(t.cancelled() for t in fetching)
+    asking = tasks_asking()
+    assert len(asking) == PAGES_AT_ONCE
+    await asyncio.wait(asking, timeout=5)
+    assert all(t.cancelled() for t in asking)
 
 
-async def test_a_listing_stops_at_the_total_the_latest_page_tells(slow_shop: tuple[Shop, InFlight]) -> None:
-    # Orders deleted while she is exported: pages asked for when the total was larger are not waited for.
-    shop, _ = slow_shop
+async def test_a_listing_stops_at_the_total_the_latest_page_tells(gated_shop: tuple[Shop, Gatekeeper]) -> None:
+    # Orders deleted while she is listed: the pages asked for when the total was larger are not waited for.
+    shop, gatekeeper = gated_shop
     customer = heavy_customer(shop.state, 450)  # 5 pages
+    gatekeeper.gates.update({n: asyncio.Event() for n in range(2, 6)})
     seen: list[tuple[int, int]] = []
-    async with shop.connector._listing("/orders", {"customer": customer["id"]}) as listing:
+    async with asyncio.timeout(10), shop.connector._listing("/orders", {"customer": customer["id"]}) as listing:
         async for page, pages, _items in listing:
             seen.append((page, pages))
             if page == 1:
+                await gatekeeper.until_holding(PAGES_AT_ONCE)  # pages 2-5 have reached the shop
                 for order_id in sorted(o["id"] for o in shop.state.orders_of(customer["id"]))[-300:]:
-                    shop.state.delete_order(order_id)  # pages 2-5 are on their way or asked next
-    assert seen[0] == (1, 5) and seen[-1][0] == seen[-1][1] < 5
-    assert len(seen) <= 3
+                    shop.state.delete_order(order_id)
+                gatekeeper.gates[2].set()  # pages 3-5 stay held: the listing must end without them
+    assert seen == [(1, 5), (2, 2)]
+    asking = tasks_asking()
+    assert len(asking) == 3
+    await asyncio.wait(asking, timeout=5)
+    assert all(t.cancelled() for t in asking)
 
 
 class WorkerKilled(Exception):

@@ -19,6 +19,7 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import WorkflowHandle
 
+from connectors.woocommerce import PAGES_AT_ONCE
 from dsr.config.settings import Settings
 from dsr.domain.model import IdentityMethod, Outcome, Stage
 from dsr.store import store_at
@@ -82,8 +83,9 @@ async def test_killed_worker_resumes_the_export_from_its_cursor_on_another_machi
     customer = shop_state.add_customer(EMAIL, "Bulk", "Buyer", billing={"email": EMAIL, "first_name": "Bulk"})
     shop_state.bulk_orders(customer["id"], ORDERS)
     # Slow pages leave time to kill the worker mid-export (its heartbeats reach the server every 4 s at most, and
-    # the chunks are stored behind the pages, which no longer wait for the bucket).
-    faults = Faults(delay_seconds=0.2)
+    # the chunks are stored behind the pages, which no longer wait for the bucket); the connector asks for
+    # PAGES_AT_ONCE pages at once, so each takes that much longer.
+    faults = Faults(delay_seconds=0.125 * PAGES_AT_ONCE)
     counted = CountOrderPages(woocommerce_app(shop_state, consumer_key="ck_x", consumer_secret="cs_x",
                                               faults=faults))
     shop = await serve_app(counted, port=0)
