@@ -18,13 +18,12 @@ so the Stripe export takes at least 2.2 s, which is Stripe's limit, not our proc
 (live mode's 100 per second; each endpoint's 25 per second is not reached here) shows the export without that
 floor. The WooCommerce export makes 202 calls where bare paging makes 101: the search for orders billed to the
 address from other accounts pages through the subject's own orders too; it runs beside the listing of her orders.
-Each run also pages the shop bare with both of those listings (the export's own calls): the WooCommerce export's time
-against that is what its processing costs, apart from how many calls it must make.
-The WooCommerce connector asks for up to ``PAGES_AT_ONCE`` (4) pages of a listing at once; bare paging asks for one
-at a time. On the sandbox, which answers a page in a few milliseconds, that changes little: the export is then bound
-by its own CPU (parsing, sealing, the Stripe export beside it on the same event loop). ``--shop-latency-ms 100``
-makes the shop answer each request that late, as WordPress building 100 orders in PHP does: there the pages asked
-ahead count.
+Each run also pages the shop bare with both of those listings (the export's own calls, one page at a time each).
+The WooCommerce connector asks for up to ``PAGES_AT_ONCE`` (4) pages at once across its two listings; bare paging
+asks for one at a time, so the ratio holds what asking ahead saves as well as what processing costs. On the
+sandbox, which answers a page in a few milliseconds, the export is bound by its own CPU (parsing, sealing, the
+Stripe export beside it on the same event loop). ``--shop-latency-ms 100`` makes the shop answer each request that
+late, as WordPress building 100 orders in PHP does: there the pages asked ahead count most.
 Run: ``.venv/bin/python bench/export_heavy.py [--runs 3] [--stripe-rate 25] [--put-latency-ms 30]
 [--shop-latency-ms 100]``
 (``DSR_STORAGE_URL`` chooses where the export is written; default: a temporary folder). ``--put-latency-ms`` waits
