@@ -8,8 +8,9 @@ Key layout, under ``exports/<request_id>/`` (so that one prefix deletion removes
 
 An object store cannot append, so each sealed chunk is its own object, numbered from 0. A chunk's record
 count is in its name: counting an export lists names and decrypts nothing. Each chunk is AES-GCM through
-the key ring, bound to the request, system, dataset, its number and its count: a chunk copied under
-another request, dataset or position does not open. The records of a dataset are the chunks numbered
+the key ring (``KeyRing.seal_bytes``: binary, as stored), bound to the request, system, dataset, its number and
+its count: a chunk copied under another request, dataset or position does not open. Chunks sealed as text tokens
+(before they were binary) still open. The records of a dataset are the chunks numbered
 0, 1, 2... without a gap; anything after a gap (left by a crash while truncating) is ignored and removed.
 
 Storing behind (:class:`ChunkStorer`): in a connector activity, each chunk is sealed as it fills and stored on
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
+from dsr.store.crypto import is_sealed_object
 from dsr.store.objects import ObjectNotFound, ObjectStore, StorageError
 
 CHUNK_RECORDS = 100
@@ -57,8 +59,11 @@ _META = "meta.json"
 
 
 class Sealer(Protocol):
-    def seal_text(self, plaintext: str, *, purpose: str) -> str: ...
+    def seal_bytes(self, plaintext: bytes, *, purpose: str) -> bytes: ...
+    def open_bytes(self, sealed: bytes, *, purpose: str) -> bytes: ...
+    # Text tokens: chunks sealed before they were binary, and the journals kept beside the exports (same ring).
     def open_text(self, token: str, *, purpose: str) -> str: ...
+    def seal_text(self, plaintext: str, *, purpose: str) -> str: ...
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -72,9 +77,9 @@ def _safe(value: str, what: str) -> str:
     return value
 
 
-def _dump(record: Mapping[str, Any]) -> str:
-    # orjson: ~10x the standard encoder, which dominated a 10,000-order export's CPU time.
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+def _dump(record: Mapping[str, Any]) -> bytes:
+    # orjson: ~10x the standard encoder, which dominated a 10,000-order export's CPU time. UTF-8 bytes, as sealed.
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,7 @@ class DatasetFile:
         self._purpose = purpose
         self._chunk = chunk
         self._storer = storer
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._closed = False
         self._chunks, strays = _scan(objects.list(folder), folder)
         for key in sorted(strays, reverse=True):
@@ -281,7 +286,7 @@ class DatasetFile:
 
         # Sealed here, stored behind: the thread would hold the GIL for the sealing (CPU) and slow the event loop;
         # it only waits on the disk or the network, which releases the GIL.
-        sealed = self._sealer.seal_text("[" + ",".join(records) + "]", purpose=purpose).encode("ascii")
+        sealed = self._sealer.seal_bytes(b"[" + b",".join(records) + b"]", purpose=purpose)
         if self._storer is None:
             self._objects.put(key, sealed)
         else:
@@ -351,8 +356,13 @@ def chunk_purpose(purpose: str, seq: int, count: int) -> str:
 
 
 def open_chunk(objects: ObjectStore, sealer: Sealer, purpose: str, chunk: _Chunk) -> list[Any]:
-    token = objects.get(chunk.key).decode("ascii", errors="replace")
-    records = json.loads(sealer.open_text(token, purpose=chunk_purpose(purpose, chunk.seq, chunk.records)))
+    stored = objects.get(chunk.key)
+    bound = chunk_purpose(purpose, chunk.seq, chunk.records)
+    if is_sealed_object(stored):
+        plaintext: bytes | str = sealer.open_bytes(stored, purpose=bound)
+    else:  # a text token, as chunks were sealed before they were binary: an export begun by an older worker
+        plaintext = sealer.open_text(stored.decode("ascii", errors="replace"), purpose=bound)
+    records = orjson.loads(plaintext)
     if not isinstance(records, list) or len(records) != chunk.records:
         raise ValueError(f"export chunk {chunk.key} does not hold {chunk.records} records")
     return records

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ENCODING,
         KEY_ID_METADATA_KEY,
         REFUSED_ENCODING,
+        SEALED_OBJECT_MAGIC,
         WORKFLOW_ID_METADATA_KEY,
         DecryptionError,
         EncryptionCodec,
@@ -37,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         UnencryptedPayloadError,
         UnknownKeyError,
         data_converter,
+        is_sealed_object,
     )
     from tests.servers import start_time_skipping_server
 
@@ -356,6 +358,40 @@ def test_seal_and_open_with_purpose_binding() -> None:
             ring.open_text(garbage, purpose="email")
     assert ring.open_text(ring.seal_text("", purpose="note"), purpose="note") == ""
     assert ring.open_text(ring.seal_text("Zoë 😀", purpose="name"), purpose="name") == "Zoë 😀"
+
+
+def test_sealed_objects_are_binary_and_bound_to_their_purpose(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    ring = KeyRing.load_or_create(path)
+    chunk = json.dumps([{"email": EMAIL, "name": "Zoë 😀"}]).encode()
+    sealed = ring.seal_bytes(chunk, purpose="export:r1:shop:orders:0:1")
+    assert sealed.startswith(SEALED_OBJECT_MAGIC + ring.current_key_id.encode() + b"\n")
+    assert is_sealed_object(sealed) and not is_sealed_object(ring.seal_text("x", purpose="p").encode())
+    # nonce, ciphertext (as long as the plaintext) and tag: no base64
+    assert len(sealed) == len(SEALED_OBJECT_MAGIC) + len(ring.current_key_id) + 1 + 12 + len(chunk) + 16
+    assert EMAIL.encode() not in sealed
+    assert ring.open_bytes(sealed, purpose="export:r1:shop:orders:0:1") == chunk
+    assert ring.seal_bytes(chunk, purpose="p") != ring.seal_bytes(chunk, purpose="p")  # random nonce
+    for other in ("export:r1:shop:orders:1:1", "export:r2:shop:orders:0:1"):
+        with pytest.raises(DecryptionError):
+            ring.open_bytes(sealed, purpose=other)
+    flipped = sealed[:-3] + bytes([sealed[-3] ^ 1]) + sealed[-2:]
+    with pytest.raises(DecryptionError):
+        ring.open_bytes(flipped, purpose="export:r1:shop:orders:0:1")
+    # a field token with the same purpose is not an object: the uses are separated in the authenticated data
+    key_id, blob = ring.encrypt(chunk, aad=b"field\x00p")
+    with pytest.raises(DecryptionError):
+        ring.open_bytes(SEALED_OBJECT_MAGIC + key_id.encode() + b"\n" + blob, purpose="p")
+    head = SEALED_OBJECT_MAGIC + ring.current_key_id.encode()
+    for garbage in (b"", b"hello", SEALED_OBJECT_MAGIC, head, head + b"\nAAAA"):
+        with pytest.raises(DecryptionError):
+            ring.open_bytes(garbage, purpose="p")
+    with pytest.raises(UnknownKeyError, match="does not hold"):
+        ring.open_bytes(SEALED_OBJECT_MAGIC + b"gone\n" + bytes(40), purpose="p")
+    rotated = KeyRing.rotate(path)  # sealed before a rotation: still opens
+    assert rotated.open_bytes(sealed, purpose="export:r1:shop:orders:0:1") == chunk
+    assert rotated.seal_bytes(b"", purpose="p").startswith(SEALED_OBJECT_MAGIC + rotated.current_key_id.encode())
+    assert rotated.open_bytes(rotated.seal_bytes(b"", purpose="p"), purpose="p") == b""
 
 
 def test_sealed_text_survives_rotation(tmp_path: Path) -> None:

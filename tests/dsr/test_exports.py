@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import pytest
 
 from dsr.store import store_at
-from dsr.store.crypto import DecryptionError
-from dsr.store.exports import ChunkStorer, ExportStore
+from dsr.store.crypto import DecryptionError, is_sealed_object
+from dsr.store.exports import ChunkStorer, ExportStore, chunk_purpose
 from dsr.store.objects import StorageError
 from tests.harness import TEST_KEYRING, S3Server
 
@@ -42,6 +43,27 @@ def test_records_round_trip_sealed_in_chunk_objects(storage_url: str) -> None:
     assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(250))
     [stored] = machine(storage_url).datasets(REQUEST)
     assert (stored.system, stored.dataset, stored.records, stored.provided) == ("shop", "orders", 250, True)
+
+
+def test_chunks_are_sealed_binary_and_those_sealed_as_text_before_still_open(storage_url: str) -> None:
+    store = machine(storage_url)
+    with store.for_request(REQUEST).open("shop", "orders", provided=True) as writer:
+        for record in orders(0, 150):
+            writer.write(record)
+    first, second = f"{PREFIX}00000000-100.chunk", f"{PREFIX}00000001-50.chunk"
+    sealed = store.objects.get(first)
+    assert is_sealed_object(sealed)
+    plaintext = TEST_KEYRING.open_bytes(sealed, purpose=chunk_purpose(store.purpose(REQUEST, "shop", "orders"), 0, 100))
+    assert json.loads(plaintext) == orders(0, 100)
+    # an export begun by a worker that sealed chunks as text tokens: its chunks still open beside binary ones
+    token = TEST_KEYRING.seal_text(json.dumps(orders(100, 150)),
+                                   purpose=chunk_purpose(store.purpose(REQUEST, "shop", "orders"), 1, 50))
+    store.objects.put(second, token.encode("ascii"))
+    assert not is_sealed_object(store.objects.get(second))
+    assert list(machine(storage_url).read(REQUEST, "shop", "orders")) == orders(0, 150)
+    store.objects.put(second, token[:-4].encode("ascii") + b"AAAA")
+    with pytest.raises(DecryptionError):
+        list(machine(storage_url).read(REQUEST, "shop", "orders"))
 
 
 def test_the_bucket_holds_only_ciphertext(s3_url: str, s3_server: S3Server) -> None:
