@@ -24,8 +24,11 @@ asks for one at a time, so the ratio holds what asking ahead saves as well as wh
 sandbox, which answers a page in a few milliseconds, the export is bound by its own CPU (parsing, sealing, the
 Stripe export beside it on the same event loop). ``--shop-latency-ms 100`` makes the shop answer each request that
 late, as WordPress building 100 orders in PHP does: there the pages asked ahead count most.
+``--stripe-latency-ms 100`` makes the Stripe sandbox answer that late, as ``api.stripe.com`` does from a worker
+elsewhere: the export's 53 calls then weigh against bare paging's 20; the connector pages up to
+``DATASETS_AT_ONCE`` (4) datasets at once, bare paging lists the charges one page at a time.
 Run: ``.venv/bin/python bench/export_heavy.py [--runs 3] [--stripe-rate 25] [--put-latency-ms 30]
-[--shop-latency-ms 100]``
+[--shop-latency-ms 100] [--stripe-latency-ms 100]``
 (``DSR_STORAGE_URL`` chooses where the export is written; default: a temporary folder). ``--put-latency-ms`` waits
 that long in every object PUT, as a remote object store's round trip would (S3 from the same region: tens of
 milliseconds): moto's S3 server on these two cores costs CPU instead, which hides what the chunks stored behind the
@@ -204,7 +207,8 @@ async def bare_paging(shop_url: str, stripe_url: str, stripe_customer: str, *, b
     return seconds
 
 
-async def main(runs: int, stripe_rate: int, latency_ms: float, shop_latency_ms: float) -> None:
+async def main(runs: int, stripe_rate: int, latency_ms: float, shop_latency_ms: float,
+               stripe_latency_ms: float) -> None:
     from sandbox.stripe import StripeSandbox, seed_customer
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -215,6 +219,7 @@ async def main(runs: int, stripe_rate: int, latency_ms: float, shop_latency_ms: 
         assert shop.stdout is not None
         shop_url = f"http://127.0.0.1:{int(shop.stdout.readline())}"
         customer = await seed_customer(stripe.url, STRIPE_KEY, email=EMAIL, name="Marie Lefevre", charges=2000)
+        stripe.faults.delay_seconds = stripe_latency_ms / 1000  # each answer waits this long first (seeded without)
         await bare_paging(shop_url, stripe.url, customer)  # warm both servers once
         ratios, growths, lags, rows, shop_ratios = [], [], [], [], []
         for run in range(1, runs + 1):
@@ -259,5 +264,7 @@ if __name__ == "__main__":
     parser.add_argument("--shop-latency-ms", type=float, default=0,
                         help="the shop answers each request this late: WordPress building a page of 100 orders in PHP "
                              "(the sandbox answers in a few ms)")
+    parser.add_argument("--stripe-latency-ms", type=float, default=0,
+                        help="Stripe answers each request this late: api.stripe.com from a worker elsewhere")
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.stripe_rate, args.put_latency_ms, args.shop_latency_ms))
+    asyncio.run(main(args.runs, args.stripe_rate, args.put_latency_ms, args.shop_latency_ms, args.stripe_latency_ms))

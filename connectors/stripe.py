@@ -25,9 +25,11 @@ Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and str
 export sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
 ``shipping``), ``payment_intents``, ``invoices``, ``credit_notes``, ``quotes``, ``subscriptions``
 (``status=all``, so cancelled ones too), ``payment_methods``, ``setup_intents`` and ``checkout_sessions`` (the
-customer's, then guest sessions for the address). The checkpoint holds ids only (customer ids, the step, the
-last record id, per-dataset counts); a resumed export truncates every dataset to its checkpointed count and
-continues after the saved record, so nothing is written twice.
+customer's, then guest sessions for the address). Up to ``DATASETS_AT_ONCE`` datasets are paged at once, each
+one's listings (one per customer, then the guest passes) one after the other. The checkpoint holds ids only
+(customer ids; per dataset, its listing, the last record id and the count written); a resumed export truncates
+every dataset to its checkpointed count and continues each after its saved record, so nothing is written
+twice.
 
 Portability (Art. 20), decided here: the data the subject *provided* — including what they provided by their
 own activity (EDPB WP242 rev.01: "observed" data), as with a shop's orders — is the ``customer`` profile and
@@ -76,6 +78,7 @@ not fatal.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -168,7 +171,36 @@ GUEST_CASE = ("guest Checkout Sessions are looked up by the address as given and
 # /v1/checkout/sessions: "Only return the Checkout Sessions for the Customer details specified").
 
 _CODE = re.compile(r"^[a-z0-9_.-]{1,80}$")
-_CURSOR_VERSION = 2  # 2: credit notes, quotes and setup intents joined the plan
+_CURSOR_VERSION = 3  # 2: credit notes, quotes and setup intents joined the plan; 3: a position per dataset
+DATASETS_AT_ONCE = 4
+"""Datasets an export pages at once (each dataset's listings one after the other, so its records keep one order
+and its count in the cursor means what it meant). 53 calls one after another took the heavy customer's export
+5.3 s plus its processing against Stripe 100 ms away, where bare paging of her 20 pages of charges takes 2 s:
+charges and payment intents (20 pages each) now page side by side, the small datasets beside them. Every call
+still goes through the connector's rate limiter."""
+
+
+async def _side_by_side(runs: Sequence[Callable[[], Awaitable[None]]], *, at_once: int) -> None:
+    """Run ``runs``, at most ``at_once`` at a time, in their order. The first to fail cancels the others and is
+    raised as it is (not in an exception group: the activity tells a transient failure from a permanent one by
+    its type); cancelled, this cancels them all."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def gated(run: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            await run()
+
+    tasks = [asyncio.create_task(gated(run)) for run in runs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:  # in their order: the earliest dataset's failure, if two failed
+            failure = task.exception() if task.done() and not task.cancelled() else None
+            if failure is not None:
+                raise failure
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _variants(email: str) -> list[str]:
@@ -583,9 +615,18 @@ class StripeConnector:
     def _resumable(resume: Mapping[str, Any] | None, provided_only: bool) -> Mapping[str, Any] | None:
         if not resume or resume.get("v") != _CURSOR_VERSION or resume.get("provided_only") != provided_only:
             return None
-        if not isinstance(resume.get("customers"), list) or not isinstance(resume.get("written"), dict):
+        if not all(isinstance(resume.get(field), kind) for field, kind in
+                   (("customers", list), ("lanes", dict), ("written", dict))):
             return None
         return resume
+
+    @staticmethod
+    def _position(resume: Mapping[str, Any], dataset: str) -> tuple[int, str | None]:
+        """Where the cursor left ``dataset``: its listing's index and the last record id (None: from the start)."""
+        match resume["lanes"].get(dataset):
+            case [int() as listing, str() | None as after] if listing >= 0:
+                return listing, after
+        return 0, None
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         notes: list[str] = []
@@ -599,42 +640,53 @@ class StripeConnector:
         if any(step.variant is not None for step in steps):
             _note(notes, GUEST_CASE)
         datasets = [d for d in DATASETS if not job.provided_only or d in PROVIDED]
+        # One lane per dataset: its listings in the plan's order, one after the other.
+        lanes = {d: [step for step in steps if step.dataset == d] for d in datasets}
         writers: dict[str, DatasetWriter] = {}
         try:
             writers = await open_datasets(job.sink, self.name, datasets, PROVIDED)
-            step_index, after, written = 0, None, {}
+            written: dict[str, int] = {}
+            positions: dict[str, tuple[int, str | None]] = {d: (0, None) for d in datasets}
             if resume is not None:
                 written = {str(k): int(v) for k, v in resume["written"].items()}
                 if all(writers[d].count >= written.get(d, 0) for d in datasets):
-                    step_index, after = int(resume.get("step", 0)), resume.get("after")
+                    positions = {d: self._position(resume, d) for d in datasets}
                 else:  # records checkpointed but lost (e.g. an unflushed file): start over, exactly once
                     written = {}
                     notes.append("the previous attempt's export was incomplete: exported again from the start")
             await truncate_datasets(writers, written)  # drop what was written after the last checkpoint (all, fresh)
+            # What the cursor says of each dataset: moved on by its lane only once its page is flushed (another
+            # lane's records may still be on their way to the store when a checkpoint is made).
+            stored = {d: written.get(d, 0) for d in datasets}
 
-            async def checkpoint(written_to: DatasetWriter) -> None:
-                await written_to.flush()  # stored before the cursor that counts them is heartbeated
+            def checkpoint() -> None:
                 job.checkpoint({
                     "v": _CURSOR_VERSION, "provided_only": job.provided_only, "customers": customers,
-                    "step": step_index, "after": after, "written": {d: w.count for d, w in writers.items()},
+                    "lanes": {d: list(positions[d]) for d in datasets}, "written": dict(stored),
                 })
 
-            while step_index < len(steps):
-                step = steps[step_index]
-                try:
-                    page = await self._page(step, after, email, customers)
-                except _Unsupported as gap:
-                    self._note_unsupported(notes, gap.feature)
-                    page = _Page([], False)
-                self._note_gone(notes, page)
-                writer = writers[step.dataset]
-                for record in page.records:
-                    writer.write(self._project(step.dataset, record) if job.provided_only else record)
-                if page.has_more and page.last is not None and page.last != after:
-                    after = page.last
-                else:
-                    step_index, after = step_index + 1, None
-                await checkpoint(writer)
+            async def lane(dataset: str) -> None:
+                listing, after = positions[dataset]
+                writer = writers[dataset]
+                while listing < len(lanes[dataset]):
+                    step = lanes[dataset][listing]
+                    try:
+                        page = await self._page(step, after, email, customers)
+                    except _Unsupported as gap:
+                        self._note_unsupported(notes, gap.feature)
+                        page = _Page([], False)
+                    self._note_gone(notes, page)
+                    for record in page.records:
+                        writer.write(self._project(dataset, record) if job.provided_only else record)
+                    if page.has_more and page.last is not None and page.last != after:
+                        after = page.last
+                    else:
+                        listing, after = listing + 1, None
+                    await writer.flush()  # stored before the cursor that counts them is heartbeated
+                    positions[dataset], stored[dataset] = (listing, after), writer.count
+                    checkpoint()
+
+            await _side_by_side([partial(lane, d) for d in datasets], at_once=DATASETS_AT_ONCE)
             summaries = [DatasetSummary(d, writers[d].count, provided=d in PROVIDED) for d in datasets]
         finally:
             await close_datasets(writers)

@@ -32,13 +32,14 @@ from connectors.base import (
     unexpected_remains,
 )
 from connectors.http import READ_TRIES, RateLimiter
-from connectors.stripe import DATASETS, LEGAL_BASIS, StripeConnector
+from connectors.stripe import DATASETS, DATASETS_AT_ONCE, LEGAL_BASIS, StripeConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.web.serve import serve_app
 from sandbox.demo import seed_stripe
 from sandbox.faults import Faults
 from sandbox.stripe import StripeSandbox, StripeState, seed_customer, stripe_app
 from tests.apispec import SpecCheck, Tally, stripe_contract
+from tests.gatekeeper import Gatekeeper, Query
 from tests.harness import file_exports, free_port, raw_dataset, sync_http_client
 
 KEY = "sk_test_dsr_sandbox"
@@ -90,14 +91,15 @@ def api(server: StripeSandbox) -> httpx.Client:
     return sync_http_client(base_url=server.url, auth=(server.api_key, ""), timeout=10)
 
 
-def charge_ids(server: StripeSandbox, customer: str) -> list[str]:
+def charge_ids(server: StripeSandbox, customer: str, listing: str = "/v1/charges") -> list[str]:
+    """The customer's charges (or what ``listing`` lists by customer), in the order Stripe lists them."""
     ids: list[str] = []
     after: str | None = None
     with api(server) as client:
         while True:
             params: dict[str, str | int] = {"customer": customer, "limit": 100,
                                             **({"starting_after": after} if after else {})}
-            page = client.get("/v1/charges", params=params).json()
+            page = client.get(listing, params=params).json()
             ids += [c["id"] for c in page["data"]]
             if not page["has_more"]:
                 return ids
@@ -285,6 +287,51 @@ async def test_export_streams_every_record_once_into_the_encrypted_store(
     assert b"Lea.Petit" not in raw and b"Lyon" not in raw
 
 
+def lanes_running() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "").startswith("_side_by_side")]
+
+
+def _dataset_listing(method: str, path: str, query: Query) -> bool:
+    """The export's calls for her datasets: by customer, her profile, guest sessions (not the lookups finding her)."""
+    return method == "GET" and ("customer" in query or "customer_details[email]" in query
+                                or path.startswith("/v1/customers/cus_"))
+
+
+async def test_an_export_pages_its_datasets_side_by_side_never_more_than_its_bound(server: StripeSandbox) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250)
+    gatekeeper = Gatekeeper(server.app, _dataset_listing)
+    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took Stripe a while
+    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
+    rid = request_id()
+    cursors: list[Mapping[str, Any]] = []
+    try:
+        outcome = await connector.export(ExportJob(rid, Subject(email=email), STORE.sink(rid),
+                                                   checkpoint=cursors.append))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert gatekeeper.most == DATASETS_AT_ONCE
+    assert not lanes_running()
+    # each dataset in its listing's order, once
+    assert [r["id"] for r in STORE.read(rid, "stripe", "charges")] == charge_ids(server, customer)
+    intents = charge_ids(server, customer, "/v1/payment_intents")
+    assert [r["id"] for r in STORE.read(rid, "stripe", "payment_intents")] == intents and len(intents) == 250
+    assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 250
+    # side by side: the payment intents' first page was checkpointed before the charges' last one
+    charges_moved = [i for i, c in enumerate(cursors) if c["written"]["charges"] != (cursors[i - 1]["written"][
+        "charges"] if i else 0)]
+    intents_moved = [i for i, c in enumerate(cursors) if c["written"]["payment_intents"] != (cursors[i - 1][
+        "written"]["payment_intents"] if i else 0)]
+    assert len(charges_moved) == len(intents_moved) == 3 and intents_moved[0] < charges_moved[-1]
+    # each dataset's place in the cursor only moves on
+    for dataset in DATASETS:
+        assert [c["written"][dataset] for c in cursors] == sorted(c["written"][dataset] for c in cursors)
+    assert cursors[-1]["lanes"]["charges"] == [1, None]  # her one listing, done
+    assert email.lower() not in repr(cursors).lower()
+
+
 @pytest.mark.slow
 async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
@@ -300,9 +347,12 @@ async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox
     with pytest.raises(RuntimeError, match="worker killed"):
         await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid),
                                        checkpoint=dies_after_the_second_charges_page))
+    assert not lanes_running()  # the datasets paged beside the one that failed were cancelled
     # The heartbeat of the last page never reached Temporal: resume from the one before it, whose
-    # 100 charges are followed in the file by 100 more the retry must drop.
-    last_heartbeat = cursors[-2]
+    # 100 charges are followed in the file by 100 more the retry must drop. (A dataset paged beside may have
+    # checkpointed once more before it was cancelled: the "crash" here is an exception, not a dead process.)
+    fatal = next(i for i, cursor in enumerate(cursors) if cursor["written"].get("charges", 0) >= 200)
+    last_heartbeat = cursors[fatal - 1]
     assert last_heartbeat["written"]["charges"] == 100
     assert sum(1 for _ in STORE.read(rid, "stripe", "charges")) == 200
     outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid),
@@ -310,6 +360,9 @@ async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox
     exported = [r["id"] for r in STORE.read(rid, "stripe", "charges")]
     assert len(exported) == len(set(exported)) == 250
     assert set(exported) == set(charge_ids(server, customer))
+    # the payment intents, paged beside the charges, resumed from their own place
+    intents = [r["id"] for r in STORE.read(rid, "stripe", "payment_intents")]
+    assert intents == charge_ids(server, customer, "/v1/payment_intents") and len(intents) == 250
     assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]
     assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 250
 
@@ -339,7 +392,7 @@ async def test_a_customer_deleted_before_a_resumed_export_is_skipped_with_a_note
     with api(server) as client:
         assert client.delete(f"/v1/customers/{customer}").status_code == 200
     rid = request_id()
-    cursor = {"v": 2, "provided_only": False, "customers": [customer], "step": 0, "after": None, "written": {}}
+    cursor = {"v": 3, "provided_only": False, "customers": [customer], "lanes": {}, "written": {}}
     outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), resume=cursor))
     # The customer is gone; its payments stay in Stripe (accounting records), so they are still the subject's data.
     counts = {d.dataset: d.records for d in outcome.datasets}

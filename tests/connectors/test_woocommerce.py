@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 
@@ -28,6 +26,7 @@ from dsr.store.exports import ExportStore
 from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.woocommerce import WooState, woocommerce_app
+from tests.gatekeeper import Gatekeeper, Query
 from tests.harness import file_exports, raw_dataset
 
 KEY = "ck_" + "4" * 40
@@ -182,54 +181,15 @@ async def test_a_billed_search_failing_ahead_is_taken_up_where_it_stopped(shop: 
     assert [c["page"] for c in cursors if c["stage"] == 1] == list(range(1, 14))
 
 
-class Gatekeeper:
-    """ASGI middleware over the shop: counts the order listings being answered at once (``now``, ``most``) and holds
-    each until ``together`` are in (or ``hold`` seconds have passed), and those of a page in ``gates`` until its event
-    is set: a shop slow enough for the pages asked ahead to overlap, without a race against the clock."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.together, self.hold = 1, 0.0
-        self.now = self.most = 0
-        self.gates: dict[int, asyncio.Event] = {}
-        self._arrival = asyncio.Event()  # set, and replaced, at each arrival
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        query = parse_qs(scope.get("query_string", b"").decode()) if scope["type"] == "http" else {}
-        if not (scope["type"] == "http" and scope["path"].endswith("/orders")
-                and ("customer" in query or "search" in query)):
-            await self.app(scope, receive, send)
-            return
-        self.now += 1
-        self.most = max(self.most, self.now)
-        self._arrival.set()
-        self._arrival = asyncio.Event()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_in(), timeout=self.hold)
-            gate = self.gates.get(int(query.get("page", ["1"])[0]))
-            if gate is not None:
-                await gate.wait()
-            await self.app(scope, receive, send)
-        finally:
-            self.now -= 1
-
-    async def _all_in(self) -> None:
-        while self.now < self.together:
-            await self._arrival.wait()
-
-    async def until_holding(self, count: int) -> None:
-        for _ in range(500):
-            if self.now == count:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{self.now} listings held, never {count}")
+def _order_listing(method: str, path: str, query: Query) -> bool:
+    """Her orders and the billed search: the listings an export pages ahead."""
+    return path.endswith("/orders") and ("customer" in query or "search" in query)
 
 
 @pytest.fixture
 async def gated_shop() -> AsyncIterator[tuple[Shop, Gatekeeper]]:
     state = WooState(now=lambda: datetime(2025, 6, 1, 12, 0, 0))
-    gatekeeper = Gatekeeper(woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET))
+    gatekeeper = Gatekeeper(woocommerce_app(state, consumer_key=KEY, consumer_secret=SECRET), _order_listing)
     server = await serve_app(gatekeeper, port=0)
     connector = WooCommerceConnector(consumer_key=KEY, consumer_secret=SECRET, base_url=server.url)
     try:
