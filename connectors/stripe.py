@@ -12,8 +12,8 @@ call goes through the connector's :class:`~connectors.http.RateLimiter`.
 
 Finding the subject. ``/v1/customers/search`` (``email:'...'``) is Stripe's only case-insensitive lookup, but
 its index lags changes by up to a minute; ``GET /v1/customers?email=`` is exact and case-sensitive but
-strongly consistent. So the connector searches, and also lists with ``email=`` for the address as given and
-lower-cased; a search hit the listings did not confirm is read back (the index may still hold a customer
+strongly consistent. So the connector searches, and at the same time lists with ``email=`` for the address as
+given and lower-cased (three calls at once: one round trip); a search hit the listings did not confirm is read back (the index may still hold a customer
 deleted or re-addressed since). The outcome's notes say when the search lagged or found no one. A server
 without search gets a client-side scan of its customer list instead — affordable on a sandbox, never done
 against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that misses). Guest
@@ -180,27 +180,33 @@ charges and payment intents (20 pages each) now page side by side, the small dat
 still goes through the connector's rate limiter."""
 
 
+async def _together(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Run ``calls`` at once and answer their results in order. The first to fail cancels the others and is raised
+    as it is (not in an exception group: the activity tells a transient failure from a permanent one by its type);
+    cancelled, this cancels them all."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:  # in their order: the earliest one's failure, if two failed
+            failure = task.exception() if task.done() and not task.cancelled() else None
+            if failure is not None:
+                raise failure
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _side_by_side(runs: Sequence[Callable[[], Awaitable[None]]], *, at_once: int) -> None:
-    """Run ``runs``, at most ``at_once`` at a time, in their order. The first to fail cancels the others and is
-    raised as it is (not in an exception group: the activity tells a transient failure from a permanent one by
-    its type); cancelled, this cancels them all."""
+    """:func:`_together`, at most ``at_once`` of ``runs`` at a time, started in their order."""
     gate = asyncio.Semaphore(at_once)
 
     async def gated(run: Callable[[], Awaitable[None]]) -> None:
         async with gate:
             await run()
 
-    tasks = [asyncio.create_task(gated(run)) for run in runs]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in tasks:  # in their order: the earliest dataset's failure, if two failed
-            failure = task.exception() if task.done() and not task.cancelled() else None
-            if failure is not None:
-                raise failure
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await _together([gated(run) for run in runs])
 
 
 def _variants(email: str) -> list[str]:
@@ -431,9 +437,20 @@ class StripeConnector:
         """
         notes = notes if notes is not None else []
         wanted = email.lower()
-        try:
-            searched = await self._search_customers(email)
-        except _Unsupported:
+
+        without_search = False
+
+        async def search() -> list[str]:
+            nonlocal without_search
+            try:
+                return await self._search_customers(email)
+            except _Unsupported:
+                without_search = True
+                return []
+
+        # Side by side: one round trip to Stripe, not three (an export waits for them before anything else).
+        searched, exact = await _together([search(), self._exact_customers(email)])
+        if without_search:
             self._note_unsupported(notes, SEARCH)
             if self._scan_without_search:
                 _note(notes, "customers located by listing every customer instead (a server without search; "
@@ -441,8 +458,7 @@ class StripeConnector:
                 return await self._scan_customers(wanted)
             _note(notes, "customers located by their exact email only (as given and lower-cased): one "
                          "registered with other capitals is not found")
-            return await self._exact_customers(email)
-        exact = await self._exact_customers(email)
+            return exact
         confirmed: list[str] = []
         for cid in searched:
             if cid in exact:
@@ -462,8 +478,9 @@ class StripeConnector:
     async def _exact_customers(self, email: str) -> list[str]:
         """The ``email=`` listing (exact, case-sensitive) for the address as given and lower-cased."""
         wanted = email.lower()
-        found: dict[str, None] = {}
-        for variant in _variants(email):
+
+        async def listed(variant: str) -> list[str]:
+            ids: list[str] = []
             after: str | None = None
             while True:
                 params: dict[str, Any] = {"email": variant, "limit": PAGE}
@@ -471,11 +488,13 @@ class StripeConnector:
                     params["starting_after"] = after
                 page = _Page.of(await self._call(partial(self._request, "get", "/v1/customers", params)),
                                 lambda c: _email_of(c) == wanted)
-                found.update(dict.fromkeys(c["id"] for c in page.records))
+                ids += [c["id"] for c in page.records]
                 if not page.has_more or page.last == after:
-                    break
+                    return ids
                 after = page.last
-        return list(found)
+
+        # Both spellings at once; the ids in the order of the spellings, as when they were listed one by one.
+        return list(dict.fromkeys(cid for ids in await _together([listed(v) for v in _variants(email)]) for cid in ids))
 
     async def _search_customers(self, email: str) -> list[str]:
         quoted = email.replace("\\", "\\\\").replace("'", "\\'")

@@ -332,6 +332,27 @@ async def test_an_export_pages_its_datasets_side_by_side_never_more_than_its_bou
     assert email.lower() not in repr(cursors).lower()
 
 
+def _lookup(method: str, path: str, query: Query) -> bool:
+    """The calls finding her: the search and the exact listings by email."""
+    return path == "/v1/customers/search" or (path == "/v1/customers" and "email" in query)
+
+
+async def test_the_search_and_both_exact_lookups_go_at_once(server: StripeSandbox) -> None:
+    email = unique_email()  # with capitals: listed as given and lower-cased
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=1)
+    gatekeeper = Gatekeeper(server.app, _lookup)
+    gatekeeper.together, gatekeeper.hold = 3, 0.5
+    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
+    try:
+        located = await connector.locate(Subject(email=email))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert gatekeeper.most == 3
+    assert [item.record_id for item in located if item.dataset == "customer"] == [customer]
+
+
 @pytest.mark.slow
 async def test_a_crashed_export_resumes_without_duplicates(server: StripeSandbox, stripe_: StripeConnector) -> None:
     email = unique_email()
