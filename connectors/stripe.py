@@ -10,16 +10,16 @@ JSON: that cost 1.6 s of CPU for 2,000 charges (blocking the worker's event loop
 (``max_network_retries=0``): Temporal owns retrying, and the SDK would not retry a plain 429 anyway. Every
 call goes through the connector's :class:`~connectors.http.RateLimiter`.
 
-Finding the subject. ``/v1/customers/search`` (``email:'...'``) is Stripe's only case-insensitive lookup, but
-its index lags changes by up to a minute; ``GET /v1/customers?email=`` is exact and case-sensitive but
-strongly consistent. So the connector searches, and at the same time lists with ``email=`` for the address as
-given and lower-cased (three calls at once: one round trip); a search hit the listings did not confirm is read
-back (the index may still hold a customer deleted or re-addressed since). The outcome's notes say when the search lagged or found no one. A server
-without search gets a client-side scan of its customer list instead — affordable on a sandbox, never done
-against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that misses). Guest
-payments have no customer: Checkout Sessions are looked up by ``customer_details[email]`` (as given and
-lower-cased; Stripe offers no case-insensitive route for them, so one typed with other capitals is missed, and
-the outcome's notes say so).
+Finding the subject. ``/v1/customers/search`` (``email:'...'``) is Stripe's only case-insensitive lookup, but its
+index lags changes by up to a minute; ``GET /v1/customers?email=`` is exact and case-sensitive but strongly
+consistent. So the connector searches, and at the same time lists with ``email=`` for the address as given and
+lower-cased (three calls at once: one round trip); a search hit the listings did not confirm is read back (the index
+may still hold a customer deleted or re-addressed since). The outcome's notes say when the search lagged or found no
+one. A server without search gets a client-side scan of its customer list instead — affordable on a sandbox, never
+done against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that misses). Guest
+payments have no customer: Checkout Sessions are looked up by ``customer_details[email]`` (as given and lower-cased;
+Stripe offers no case-insensitive route for them, so one typed with other capitals is missed, and the outcome's
+notes say so).
 
 Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page into the
 export sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
