@@ -9,10 +9,10 @@ Temporal failures, logs and the UI.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from dsr.domain.model import (
     CANONICAL_FIELDS,
@@ -27,6 +27,8 @@ from dsr.domain.model import (
 # The connector errors are part of the engine's one exception tree (dsr.errors); re-exported here.
 from dsr.errors import ConnectorError, PermanentConnectorError, TransientConnectorError
 from dsr.store.journals import Journal, JournalEntry, JournalState
+
+T = TypeVar("T")
 
 # --- the export store, as connectors see it ----------------------------------------------------
 
@@ -85,6 +87,36 @@ async def close_datasets(writers: Mapping[str, DatasetWriter]) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+async def together(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Run ``calls`` at once and answer their results in order. The first to fail cancels the others and is raised
+    as it is, not in an exception group: the activity tells a transient failure from a permanent one by its type.
+    Cancelled, this cancels them all; nothing is left running when it returns or raises."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:  # in their order: the earliest one's failure, if two failed
+            failure = task.exception() if task.done() and not task.cancelled() else None
+            if failure is not None:
+                raise failure
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def side_by_side(runs: Sequence[Callable[[], Awaitable[None]]], *, at_once: int) -> None:
+    """:func:`together`, at most ``at_once`` of ``runs`` at a time, started in their order: an export's datasets
+    (each one's pages in order, so its count in the cursor means what it meant), paged side by side."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def gated(run: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            await run()
+
+    await together([gated(run) for run in runs])
 
 
 @dataclass

@@ -21,13 +21,14 @@ from connectors.base import (
     unexpected_remains,
 )
 from connectors.http import READ_TRIES, RateLimiter
-from connectors.hubspot import SECONDARY, HubSpotConnector
+from connectors.hubspot import DATASETS_AT_ONCE, SECONDARY, HubSpotConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.store.exports import ExportStore
 from dsr.web.serve import RunningServer, serve_app
 from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from tests.apispec import SpecCheck, Tally, hubspot_contract
+from tests.gatekeeper import Gatekeeper, Query
 from tests.harness import file_exports, http_client, raw_dataset
 
 TOKEN = "pat-eu1-test-token"
@@ -207,6 +208,38 @@ async def test_export_pages_through_many_associations(portal: Portal, store: Exp
     assert len(association_calls) == 3
 
 
+def _dataset_page(method: str, path: str, query: Query) -> bool:
+    """An export's call for one of her datasets: her contact, or a page of one of its associations."""
+    return method == "GET" and path.startswith(("/crm/v3/objects/contacts/", "/crm/v4/objects/contacts/"))
+
+
+async def test_an_export_pages_its_datasets_side_by_side_never_more_than_its_bound(store: ExportStore) -> None:
+    state, ids = seeded()
+    made = state.seed_activity(ids["contact"], notes=250, emails=130)
+    gatekeeper = Gatekeeper(hubspot_app(state, token=TOKEN, search_rate_limit=(FAST_SEARCHES, 1.0)), _dataset_page)
+    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took HubSpot a while
+    server = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = HubSpotConnector(base_url=server.url, token=TOKEN)
+    cursors: list[Mapping[str, Any]] = []
+    try:
+        await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST),
+                                         checkpoint=cursors.append))
+    finally:
+        await connector.aclose()
+        await server.stop()
+    assert gatekeeper.most == DATASETS_AT_ONCE
+    # each dataset in its pages' order, once
+    assert [n["id"] for n in store.read(REQUEST, "hubspot", "notes")] == ids["notes"] + made["notes"]
+    assert [e["id"] for e in store.read(REQUEST, "hubspot", "emails")] == ids["emails"] + made["emails"]
+    # side by side: the deals were checkpointed before the notes' last page
+    notes_done = next(i for i, c in enumerate(cursors) if c["written"]["notes"] == 252)
+    deals_done = next(i for i, c in enumerate(cursors) if c["written"]["deals"] == 1)
+    assert deals_done < notes_done
+    for dataset in ("contact", "notes", "deals", "tickets", "emails"):  # each one's count only moves on
+        assert [c["written"][dataset] for c in cursors] == sorted(c["written"][dataset] for c in cursors)
+    assert cursors[-1]["lanes"] == {d: [1, None] for d in ("contact", "notes", "deals", "tickets", "emails")}
+
+
 class Crash(Exception):
     pass
 
@@ -214,18 +247,23 @@ class Crash(Exception):
 async def test_export_resumes_after_a_crash_without_duplicates(portal: Portal, store: ExportStore) -> None:
     made = portal.state.seed_activity(portal.ids["contact"], notes=250, emails=130)
     heartbeats: list[Mapping[str, Any]] = []
+    dead = False
 
-    def dies_after_three(cursor: Mapping[str, Any]) -> None:
-        if len(heartbeats) == 3:
-            # The worker dies here: the page was written to the store, its heartbeat never reached Temporal.
+    def dies_at_the_third_page_of_notes(cursor: Mapping[str, Any]) -> None:
+        nonlocal dead
+        if dead or cursor["written"]["notes"] > 200:
+            # The worker dies here: the page was written to the store, its heartbeat never reached Temporal
+            # (nor any other, from the datasets paged beside it).
+            dead = True
             raise Crash
         heartbeats.append(dict(cursor))
 
     sink = store.sink(REQUEST)
     with pytest.raises(Crash):
         await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
-                                                  checkpoint=dies_after_three))
+                                                  checkpoint=dies_at_the_third_page_of_notes))
     assert heartbeats[-1]["written"]["notes"] == 200
+    assert heartbeats[-1]["lanes"]["notes"][0] == 0 and heartbeats[-1]["lanes"]["notes"][1]  # after its 2nd page
     assert {d.dataset: d.records for d in store.datasets(REQUEST)}["notes"] == 252  # a page past the cursor
 
     calls_before = len(portal.state.requests)
