@@ -90,9 +90,12 @@ async def close_datasets(writers: Mapping[str, DatasetWriter]) -> None:
 
 
 async def together(calls: Sequence[Awaitable[T]]) -> list[T]:
-    """Run ``calls`` at once and answer their results in order. The first to fail cancels the others and is raised
-    as it is, not in an exception group: the activity tells a transient failure from a permanent one by its type.
-    Cancelled, this cancels them all; nothing is left running when it returns or raises."""
+    """Run ``calls`` at once and answer their results in order. A failure cancels the others and is raised as it
+    is, not in an exception group: the activity tells a transient failure from a permanent one by its type (of two
+    that failed before the others were cancelled, the one earlier in ``calls``). Cancelled, this cancels them all;
+    nothing is left running when it returns or raises."""
+    if not calls:
+        return []
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -109,7 +112,8 @@ async def together(calls: Sequence[Awaitable[T]]) -> list[T]:
 
 async def side_by_side(runs: Sequence[Callable[[], Awaitable[None]]], *, at_once: int) -> None:
     """:func:`together`, at most ``at_once`` of ``runs`` at a time, started in their order: an export's datasets
-    (each one's pages in order, so its count in the cursor means what it meant), paged side by side."""
+    (each one's pages in order, so its count in the cursor means what it meant), paged side by side. A run waiting
+    for its turn when another fails may still start before the cancellation reaches it (one call at most)."""
     gate = asyncio.Semaphore(at_once)
 
     async def gated(run: Callable[[], Awaitable[None]]) -> None:

@@ -335,8 +335,8 @@ class HubSpotConnector:
             match lanes.get(ds):
                 case [int() as contact, str() | None as after] if contact >= 0:
                     places[ds] = (contact, after)
-                case _:
-                    places[ds] = (0, None)
+                case _:  # kept at its count but paged again from its start, it would hold its first records twice
+                    return None
         return {"contacts": [str(c) for c in contacts], "places": places,
                 "written": {ds: int(written.get(ds, 0)) for ds in datasets}}
 

@@ -13,13 +13,13 @@ call goes through the connector's :class:`~connectors.http.RateLimiter`.
 Finding the subject. ``/v1/customers/search`` (``email:'...'``) is Stripe's only case-insensitive lookup, but its
 index lags changes by up to a minute; ``GET /v1/customers?email=`` is exact and case-sensitive but strongly
 consistent. So the connector searches, and at the same time lists with ``email=`` for the address as given and
-lower-cased (three calls at once: one round trip); a search hit the listings did not confirm is read back (the index
-may still hold a customer deleted or re-addressed since). The outcome's notes say when the search lagged or found no
-one. A server without search gets a client-side scan of its customer list instead — affordable on a sandbox, never
-done against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that misses). Guest
-payments have no customer: Checkout Sessions are looked up by ``customer_details[email]`` (as given and lower-cased;
-Stripe offers no case-insensitive route for them, so one typed with other capitals is missed, and the outcome's
-notes say so).
+lower-cased (two or three calls at once: one round trip); a search hit the listings did not confirm is read back
+(the index may still hold a customer deleted or re-addressed since). The outcome's notes say when the search lagged
+or found no one. A server without search gets a client-side scan of its customer list instead — affordable on a
+sandbox, never done against ``api.stripe.com``, where only the exact lookups remain (and the notes say what that
+misses). Guest payments have no customer: Checkout Sessions are looked up by ``customer_details[email]`` (as given
+and lower-cased; Stripe offers no case-insensitive route for them, so one typed with other capitals is missed, and
+the outcome's notes say so).
 
 Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page into the
 export sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
@@ -78,7 +78,6 @@ not fatal.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -106,7 +105,9 @@ from connectors.base import (
     TransientConnectorError,
     close_datasets,
     open_datasets,
+    side_by_side,
     tally,
+    together,
     truncate_datasets,
 )
 from connectors.http import READ_TRIES, RateLimiter, parse_retry_after, tried_in_place
@@ -178,35 +179,6 @@ and its count in the cursor means what it meant). 53 calls one after another too
 5.3 s plus its processing against Stripe 100 ms away, where bare paging of her 20 pages of charges takes 2 s:
 charges and payment intents (20 pages each) now page side by side, the small datasets beside them. Every call
 still goes through the connector's rate limiter."""
-
-
-async def _together(calls: Sequence[Awaitable[T]]) -> list[T]:
-    """Run ``calls`` at once and answer their results in order. The first to fail cancels the others and is raised
-    as it is (not in an exception group: the activity tells a transient failure from a permanent one by its type);
-    cancelled, this cancels them all."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in tasks:  # in their order: the earliest one's failure, if two failed
-            failure = task.exception() if task.done() and not task.cancelled() else None
-            if failure is not None:
-                raise failure
-        return [task.result() for task in tasks]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _side_by_side(runs: Sequence[Callable[[], Awaitable[None]]], *, at_once: int) -> None:
-    """:func:`_together`, at most ``at_once`` of ``runs`` at a time, started in their order."""
-    gate = asyncio.Semaphore(at_once)
-
-    async def gated(run: Callable[[], Awaitable[None]]) -> None:
-        async with gate:
-            await run()
-
-    await _together([gated(run) for run in runs])
 
 
 def _variants(email: str) -> list[str]:
@@ -449,7 +421,7 @@ class StripeConnector:
                 return []
 
         # Side by side: one round trip to Stripe, not three (an export waits for them before anything else).
-        searched, exact = await _together([search(), self._exact_customers(email)])
+        searched, exact = await together([search(), self._exact_customers(email)])
         if without_search:
             self._note_unsupported(notes, SEARCH)
             if self._scan_without_search:
@@ -494,7 +466,8 @@ class StripeConnector:
                 after = page.last
 
         # Both spellings at once; the ids in the order of the spellings, as when they were listed one by one.
-        return list(dict.fromkeys(cid for ids in await _together([listed(v) for v in _variants(email)]) for cid in ids))
+        spellings = await together([listed(variant) for variant in _variants(email)])
+        return list(dict.fromkeys(cid for ids in spellings for cid in ids))
 
     async def _search_customers(self, email: str) -> list[str]:
         quoted = email.replace("\\", "\\\\").replace("'", "\\'")
@@ -632,20 +605,28 @@ class StripeConnector:
 
     @staticmethod
     def _resumable(resume: Mapping[str, Any] | None, provided_only: bool) -> Mapping[str, Any] | None:
+        """``resume`` if it is a cursor of ours for the same datasets, with a place for each: a dataset kept at
+        its count but paged again from its start would hold its first records twice."""
         if not resume or resume.get("v") != _CURSOR_VERSION or resume.get("provided_only") != provided_only:
             return None
         if not all(isinstance(resume.get(field), kind) for field, kind in
                    (("customers", list), ("lanes", dict), ("written", dict))):
             return None
+        for dataset in DATASETS:
+            if provided_only and dataset not in PROVIDED:
+                continue
+            match resume["lanes"].get(dataset):
+                case [int() as listing, str() | None] if listing >= 0:
+                    pass
+                case _:
+                    return None
         return resume
 
     @staticmethod
     def _position(resume: Mapping[str, Any], dataset: str) -> tuple[int, str | None]:
-        """Where the cursor left ``dataset``: its listing's index and the last record id (None: from the start)."""
-        match resume["lanes"].get(dataset):
-            case [int() as listing, str() | None as after] if listing >= 0:
-                return listing, after
-        return 0, None
+        """Where the cursor left ``dataset`` (checked by :meth:`_resumable`): its listing and the last record id."""
+        listing, after = resume["lanes"][dataset]
+        return int(listing), after
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         notes: list[str] = []
@@ -684,6 +665,10 @@ class StripeConnector:
                     "lanes": {d: list(positions[d]) for d in datasets}, "written": dict(stored),
                 })
 
+            # Each lane's notes, kept apart and added in the datasets' order: the same notes in the same order,
+            # whichever lane finished first.
+            noted: dict[str, list[str]] = {d: [] for d in datasets}
+
             async def lane(dataset: str) -> None:
                 listing, after = positions[dataset]
                 writer = writers[dataset]
@@ -692,9 +677,9 @@ class StripeConnector:
                     try:
                         page = await self._page(step, after, email, customers)
                     except _Unsupported as gap:
-                        self._note_unsupported(notes, gap.feature)
+                        self._note_unsupported(noted[dataset], gap.feature)
                         page = _Page([], False)
-                    self._note_gone(notes, page)
+                    self._note_gone(noted[dataset], page)
                     for record in page.records:
                         writer.write(self._project(dataset, record) if job.provided_only else record)
                     if page.has_more and page.last is not None and page.last != after:
@@ -705,7 +690,9 @@ class StripeConnector:
                     positions[dataset], stored[dataset] = (listing, after), writer.count
                     checkpoint()
 
-            await _side_by_side([partial(lane, d) for d in datasets], at_once=DATASETS_AT_ONCE)
+            await side_by_side([partial(lane, d) for d in datasets], at_once=DATASETS_AT_ONCE)
+            for note in (note for d in datasets for note in noted[d]):
+                _note(notes, note)
             summaries = [DatasetSummary(d, writers[d].count, provided=d in PROVIDED) for d in datasets]
         finally:
             await close_datasets(writers)

@@ -455,9 +455,10 @@ class KeyRing:
             raise DecryptionError("not a sealed object (expected it to start with "
                                   f"{SEALED_OBJECT_MAGIC.decode('ascii').strip()})")
         key_id, found, blob = bytes(sealed[len(SEALED_OBJECT_MAGIC):]).partition(b"\n")
-        if not found:
-            raise DecryptionError("sealed object is truncated")
-        return self.decrypt(key_id.decode("ascii", errors="replace"), blob, aad=self._object_aad(purpose))
+        name = key_id.decode("ascii", errors="replace")
+        if not found or not _KEY_ID_RE.match(name):
+            raise DecryptionError("sealed object is truncated or damaged (no key id)")
+        return self.decrypt(name, blob, aad=self._object_aad(purpose))
 
     @staticmethod
     def _object_aad(purpose: str) -> bytes:

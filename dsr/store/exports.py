@@ -66,6 +66,11 @@ class Sealer(Protocol):
     def seal_text(self, plaintext: str, *, purpose: str) -> str: ...
 
 
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -396,6 +401,17 @@ class DatasetStream:
     def __init__(self, file: DatasetFile, storer: ChunkStorer | None) -> None:
         self._file = file
         self._storer = storer
+        self._in_thread: asyncio.Future[None] | None = None
+
+    async def _on_a_thread(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on a thread, after any earlier one on this file has finished: a writer cancelled while its
+        flush runs (a dataset paged beside another that failed) leaves the thread running, and the close that
+        follows must not flush the same file beside it."""
+        if self._in_thread is not None:
+            await asyncio.gather(self._in_thread, return_exceptions=True)
+        running = self._in_thread = asyncio.ensure_future(asyncio.to_thread(work))
+        running.add_done_callback(_retrieved)  # raised to the caller; if it was cancelled, to nobody
+        await asyncio.shield(running)
 
     @property
     def count(self) -> int:
@@ -407,17 +423,17 @@ class DatasetStream:
 
     async def flush(self) -> None:
         if self._storer is None:
-            await asyncio.to_thread(self._file.flush)
+            await self._on_a_thread(self._file.flush)
             return
         self._file.hand_over()
         await self._storer.room()
         self._storer.raise_failure()
 
     async def truncate(self, count: int) -> None:
-        await asyncio.to_thread(self._file.truncate, count)
+        await self._on_a_thread(lambda: self._file.truncate(count))
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._file.close)
+        await self._on_a_thread(self._file.close)
 
 
 class RequestSink:

@@ -383,7 +383,8 @@ def test_sealed_objects_are_binary_and_bound_to_their_purpose(tmp_path: Path) ->
     with pytest.raises(DecryptionError):
         ring.open_bytes(SEALED_OBJECT_MAGIC + key_id.encode() + b"\n" + blob, purpose="p")
     head = SEALED_OBJECT_MAGIC + ring.current_key_id.encode()
-    for garbage in (b"", b"hello", SEALED_OBJECT_MAGIC, head, head + b"\nAAAA"):
+    for garbage in (b"", b"hello", SEALED_OBJECT_MAGIC, head, head + b"\nAAAA", SEALED_OBJECT_MAGIC + b"\n" + bytes(40),
+                    SEALED_OBJECT_MAGIC + b"k.1\n" + bytes(40)):
         with pytest.raises(DecryptionError):
             ring.open_bytes(garbage, purpose="p")
     with pytest.raises(UnknownKeyError, match="does not hold"):

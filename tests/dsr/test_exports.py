@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from dsr.store import store_at
 from dsr.store.crypto import DecryptionError, is_sealed_object
 from dsr.store.exports import ChunkStorer, ExportStore, chunk_purpose
-from dsr.store.objects import StorageError
+from dsr.store.objects import FileStore, StorageError
 from tests.harness import TEST_KEYRING, S3Server
 
 REQUEST = "dsr-2026-11-EXPRT1"
@@ -304,3 +305,35 @@ async def test_opening_and_closing_a_dataset_wait_on_the_store_off_the_event_loo
         stored.set()
         storer.close()
     assert [r["id"] for r in machine(storage_url).read(REQUEST, "shop", "orders")] == list(range(50))
+
+
+async def test_a_writer_cancelled_while_its_flush_runs_is_closed_after_that_flush_not_beside_it(
+        tmp_path: Path) -> None:
+    # A dataset paged beside another that failed is cancelled wherever it is: here, in its flush's thread.
+    objects = FileStore(tmp_path)
+    store = ExportStore(objects, TEST_KEYRING)
+    entered, released = threading.Semaphore(0), threading.Event()
+    put = objects.put
+
+    def held_put(key: str, data: bytes, **options: Any) -> None:
+        if key.endswith(".chunk"):
+            entered.release()
+            released.wait(10)
+        put(key, data, **options)
+
+    objects.put = held_put  # type: ignore[method-assign]
+    stream = await store.sink(REQUEST).open("shop", "orders", provided=True)
+    for record in orders(0, 50):
+        stream.write(record)
+    flushing = asyncio.create_task(stream.flush())
+    assert await asyncio.to_thread(entered.acquire, True, 10)  # the flush's thread is storing the chunk
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    closing = asyncio.create_task(stream.close())
+    await asyncio.sleep(0.2)  # room for a close that would not wait to reach the store
+    released.set()
+    await closing
+    assert stream.count == 50
+    assert objects.list(PREFIX) == [f"{PREFIX}00000000-50.chunk", f"{PREFIX}meta.json"]
+    assert list(machine(tmp_path.as_uri()).read(REQUEST, "shop", "orders")) == orders(0, 50)
