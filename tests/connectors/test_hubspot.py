@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -30,7 +29,7 @@ from sandbox.faults import Faults
 from sandbox.hubspot import HubSpotState, hubspot_app
 from tests.apispec import SpecCheck, Tally, hubspot_contract
 from tests.gatekeeper import Gatekeeper, Query
-from tests.harness import file_exports, http_client, raw_dataset
+from tests.harness import counted_beyond_the_store, file_exports, http_client, raw_dataset, stored_slowly
 
 TOKEN = "pat-eu1-test-token"
 REQUEST = "dsr-2026-11-HUBSPT"
@@ -245,20 +244,8 @@ async def test_no_checkpoint_counts_a_record_not_yet_stored(portal: Portal, stor
     # The notes' chunks take a while to store; the datasets paged beside them checkpoint meanwhile, and what their
     # cursors count of the notes must already be on the store (a retry on another machine trusts it).
     portal.state.seed_activity(portal.ids["contact"], notes=250)
-    put = store.objects.put
-
-    def slow_for_notes(key: str, data: bytes, **options: Any) -> None:
-        if "/notes/" in key and key.endswith(".chunk"):
-            time.sleep(0.05)
-        put(key, data, **options)
-
-    store.objects.put = slow_for_notes  # type: ignore[method-assign]
-    behind: list[tuple[str, int, int]] = []
-
-    def checkpoint(cursor: Mapping[str, Any]) -> None:
-        on_store = {d.dataset: d.records for d in store.datasets(REQUEST)}
-        behind.extend((d, n, on_store.get(d, 0)) for d, n in cursor["written"].items() if n > on_store.get(d, 0))
-
+    stored_slowly(store, "notes")
+    behind, checkpoint = counted_beyond_the_store(store, REQUEST)
     outcome = await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST),
                                                         checkpoint=checkpoint))
     assert {d.dataset: d.records for d in outcome.datasets}["notes"] == 252

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, date, datetime
@@ -41,7 +40,14 @@ from sandbox.faults import Faults
 from sandbox.stripe import StripeSandbox, StripeState, seed_customer, stripe_app
 from tests.apispec import SpecCheck, Tally, stripe_contract
 from tests.gatekeeper import Gatekeeper, Query
-from tests.harness import file_exports, free_port, raw_dataset, sync_http_client
+from tests.harness import (
+    counted_beyond_the_store,
+    file_exports,
+    free_port,
+    raw_dataset,
+    stored_slowly,
+    sync_http_client,
+)
 
 KEY = "sk_test_dsr_sandbox"
 STORE = file_exports(Path(tempfile.mkdtemp(prefix="dsr-stripe-exports-")))
@@ -430,23 +436,11 @@ async def test_no_checkpoint_counts_a_record_not_yet_stored(
     # The charges' chunks take a while to store; the datasets paged beside them checkpoint meanwhile, and what
     # their cursors count of the charges must already be on the store (a retry on another machine trusts it).
     store = file_exports(tmp_path)
-    put = store.objects.put
-
-    def slow_for_charges(key: str, data: bytes, **options: Any) -> None:
-        if "/charges/" in key and key.endswith(".chunk"):
-            time.sleep(0.05)
-        put(key, data, **options)
-
-    store.objects.put = slow_for_charges  # type: ignore[method-assign]
+    stored_slowly(store, "charges")
     email = unique_email()
     await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250)
     rid = request_id()
-    behind: list[tuple[str, int, int]] = []
-
-    def checkpoint(cursor: Mapping[str, Any]) -> None:
-        on_store = {d.dataset: d.records for d in store.datasets(rid)}
-        behind.extend((d, n, on_store.get(d, 0)) for d, n in cursor["written"].items() if n > on_store.get(d, 0))
-
+    behind, checkpoint = counted_beyond_the_store(store, rid)
     outcome = await stripe_.export(ExportJob(rid, Subject(email=email), store.sink(rid), checkpoint=checkpoint))
     assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 250
     assert behind == []
