@@ -3,9 +3,10 @@
 A connector's export is a chain of calls; against a vendor tens or hundreds of milliseconds away (``api.hubapi.com``
 or ``api.stripe.com`` from a worker elsewhere), the chain's length is the export's time. HubSpot and Stripe page up
 to ``DATASETS_AT_ONCE`` (4) datasets at once, each dataset's pages in order (so the checkpoint's counts mean what
-they did). This runs the same export both ways in the same checkout (``DATASETS_AT_ONCE`` set to 1 is the export as
-it was before), interleaved, against the sandboxes answering each call ``--latency-ms`` late, and prints the medians,
-their ratio and the calls each export made.
+they did). This runs the same export both ways in the same checkout (``DATASETS_AT_ONCE`` set to 1: the datasets one
+after another, as before; Stripe's customer lookups go at once in both), interleaved, against the sandboxes answering
+each call ``--latency-ms`` late, and prints the medians, their ratio and the calls each export made. Both ways must
+export the same records (checked: a run that skipped a dataset would only look faster).
 
 Subjects: a HubSpot contact with 150 notes, 30 emails, 3 deals and 2 tickets (2 pages of notes, one of each other
 association), and a Stripe customer with 250 charges (3 pages of charges and 3 of payment intents, then the eight
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -68,15 +70,18 @@ def pages_at_once(connector: str, datasets: int) -> None:
         stripe_connector.DATASETS_AT_ONCE = datasets
 
 
-async def timed(export: Callable[[ExportJob], Any], store: ExportStore, run: int, variant: str) -> float:
+async def timed(export: Callable[[ExportJob], Any], store: ExportStore, run: int, variant: str,
+                ) -> tuple[float, dict[str, int]]:
+    """Seconds the export took, and the records it exported per dataset."""
     request = f"dsr-2026-12-lat{run:02d}{variant}"
     start = time.perf_counter()
-    await export(ExportJob(request, Subject(email=EMAIL), store.sink(request)))
-    return time.perf_counter() - start
+    outcome = await export(ExportJob(request, Subject(email=EMAIL), store.sink(request)))
+    return time.perf_counter() - start, {d.dataset: d.records for d in outcome.datasets}
 
 
 async def main(runs: int, latency_ms: float) -> None:
-    store = ExportStore(FileStore(Path(tempfile.mkdtemp(prefix="bench-latency-"))), KeyRing.generate())
+    folder = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    store = ExportStore(FileStore(folder), KeyRing.generate())
     hub_state = HubSpotState()
     contact = hub_state.add_contact(EMAIL, firstname="Lea", lastname="Petit")
     hub_state.seed_activity(contact, notes=150, emails=30, deals=3, tickets=2)
@@ -97,13 +102,16 @@ async def main(runs: int, latency_ms: float) -> None:
         side_by_side = {"hubspot": hubspot.DATASETS_AT_ONCE, "stripe": stripe_connector.DATASETS_AT_ONCE}
         seconds: dict[tuple[str, bool], list[float]] = {}
         calls: dict[str, int] = {}
+        exported: dict[str, dict[str, int]] = {}
         try:
             for run in range(runs + 1):  # the first round warms both up and is not counted
                 for together in ((False, True) if run % 2 else (True, False)):
                     for name, connector, app in (("hubspot", hub, hub_app), ("stripe", pay, stripe_app)):
                         pages_at_once(name, side_by_side[name] if together else 1)
                         before = app.calls
-                        took = await timed(connector.export, store, run, f"{name[0]}{int(together)}")
+                        took, records = await timed(connector.export, store, run, f"{name[0]}{int(together)}")
+                        if exported.setdefault(name, records) != records:
+                            raise SystemExit(f"{name}: exported {records}, then {exported[name]}: not the same export")
                         if run:
                             seconds.setdefault((name, together), []).append(took)
                         calls[name] = app.calls - before
@@ -113,7 +121,8 @@ async def main(runs: int, latency_ms: float) -> None:
             await hub.aclose()
             await pay.aclose()
             await stripe_server.stop()
-        print(f"each call answered {latency_ms:.0f} ms late; {runs} interleaved runs, medians:")
+        print(f"each call answered {latency_ms:.0f} ms late; {runs} interleaved runs, medians; exported the same "
+              f"records each way: {exported}")
         for name in ("hubspot", "stripe"):
             one = statistics.median(seconds[(name, False)])
             many = statistics.median(seconds[(name, True)])
@@ -124,6 +133,7 @@ async def main(runs: int, latency_ms: float) -> None:
     finally:
         stripe.stop()
         await hub_server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -331,14 +331,14 @@ class HubSpotConnector:
         if not isinstance(written, Mapping) or not isinstance(contacts, list) or not isinstance(lanes, Mapping):
             return None
         places: dict[str, tuple[int, str | None]] = {}
+        counts: dict[str, int] = {}
         for ds in datasets:
-            match lanes.get(ds):
-                case [int() as contact, str() | None as after] if contact >= 0:
-                    places[ds] = (contact, after)
-                case _:  # kept at its count but paged again from its start, it would hold its first records twice
+            match lanes.get(ds), written.get(ds):
+                case [int() as contact, str() | None as after], int() as count if contact >= 0 and count >= 0:
+                    places[ds], counts[ds] = (contact, after), count
+                case _:  # a place without its count, or a count without its place: records lost or written twice
                     return None
-        return {"contacts": [str(c) for c in contacts], "places": places,
-                "written": {ds: int(written.get(ds, 0)) for ds in datasets}}
+        return {"contacts": [str(c) for c in contacts], "places": places, "written": counts}
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         datasets = (CONTACT,) if job.provided_only else DATASETS
@@ -365,6 +365,7 @@ class HubSpotConnector:
                 state = {"contacts": contacts, "places": dict.fromkeys(datasets, (0, None)),
                          "written": dict.fromkeys(datasets, 0)}
                 resumed = False
+                outcome.notes.append("the previous attempt's export was incomplete: exported again from the start")
             await truncate_datasets(writers, state["written"])  # drop what followed the last checkpoint (all, fresh)
             # Each dataset's place (the contact it is at, the association page after) and count, moved on by its
             # own lane once its page is flushed: another lane's records may still be on their way to the store.

@@ -615,10 +615,10 @@ class StripeConnector:
         for dataset in DATASETS:
             if provided_only and dataset not in PROVIDED:
                 continue
-            match resume["lanes"].get(dataset):
-                case [int() as listing, str() | None] if listing >= 0:
+            match resume["lanes"].get(dataset), resume["written"].get(dataset):
+                case [int() as listing, str() | None], int() as count if listing >= 0 and count >= 0:
                     pass
-                case _:
+                case _:  # a count without its place, or a place without its count: neither can be trusted
                     return None
         return resume
 

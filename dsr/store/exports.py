@@ -407,8 +407,8 @@ class DatasetStream:
         """Run ``work`` on a thread, after any earlier one on this file has finished: a writer cancelled while its
         flush runs (a dataset paged beside another that failed) leaves the thread running, and the close that
         follows must not flush the same file beside it."""
-        if self._in_thread is not None:
-            await asyncio.gather(self._in_thread, return_exceptions=True)
+        if self._in_thread is not None:  # wait() never cancels what it waits for, should this call be cancelled
+            await asyncio.wait({self._in_thread})
         running = self._in_thread = asyncio.ensure_future(asyncio.to_thread(work))
         running.add_done_callback(_retrieved)  # raised to the caller; if it was cancelled, to nobody
         await asyncio.shield(running)

@@ -295,6 +295,36 @@ async def test_export_resumes_after_a_crash_without_duplicates(portal: Portal, s
     assert sum(1 for _, p in resumed_calls if "/associations/notes" in p) == 1
 
 
+async def test_a_cursor_without_a_dataset_s_place_or_count_starts_over_rather_than_export_twice(
+        portal: Portal, store: ExportStore) -> None:
+    made = portal.state.seed_activity(portal.ids["contact"], notes=150)
+    cursors: list[Mapping[str, Any]] = []
+    await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST),
+                                              checkpoint=cursors.append))
+    first_page = next(c for c in cursors if c["written"]["notes"] == 100)
+    without_place = {**first_page, "lanes": {d: p for d, p in first_page["lanes"].items() if d != "notes"}}
+    without_count = {**first_page, "written": {d: n for d, n in first_page["written"].items() if d != "notes"}}
+    for damaged in (without_place, without_count):
+        outcome = await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT,
+                                                            sink=store.sink(REQUEST), resume=damaged))
+        assert [n["id"] for n in store.read(REQUEST, "hubspot", "notes")] == portal.ids["notes"] + made["notes"]
+        assert not any("resumed" in note for note in outcome.notes)
+
+
+async def test_a_dataset_failing_mid_export_fails_it_transiently_with_nothing_left_running(
+        portal: Portal, store: ExportStore) -> None:
+    portal.state.seed_activity(portal.ids["contact"], notes=250)
+
+    def then_hubspot_fails(cursor: Mapping[str, Any]) -> None:
+        portal.faults.statuses = [503] * 50  # every call from here on, every try in place
+
+    with pytest.raises(TransientConnectorError):
+        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST),
+                                                  checkpoint=then_hubspot_fails))
+    assert not [t for t in asyncio.all_tasks() if "side_by_side" in getattr(t.get_coro(), "__qualname__", "")]
+    portal.faults.clear()
+
+
 async def test_export_without_a_cursor_starts_over_cleanly(portal: Portal, store: ExportStore) -> None:
     sink = store.sink(REQUEST)
 

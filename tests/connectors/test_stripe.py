@@ -423,7 +423,7 @@ async def test_a_customer_deleted_before_a_resumed_export_is_skipped_with_a_note
         assert client.delete(f"/v1/customers/{customer}").status_code == 200
     rid = request_id()
     cursor = {"v": 3, "provided_only": False, "customers": [customer], "lanes": {d: [0, None] for d in DATASETS},
-              "written": {}}
+              "written": dict.fromkeys(DATASETS, 0)}
     outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), resume=cursor))
     # The customer is gone; its payments stay in Stripe (accounting records), so they are still the subject's data.
     counts = {d.dataset: d.records for d in outcome.datasets}
@@ -454,10 +454,12 @@ async def test_a_cursor_without_a_dataset_s_place_starts_over_rather_than_export
     cursors: list[Mapping[str, Any]] = []
     await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), checkpoint=cursors.append))
     first_page = next(c for c in cursors if c["written"]["charges"] == 100)
-    damaged = {**first_page, "lanes": {d: p for d, p in first_page["lanes"].items() if d != "charges"}}
-    outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), resume=damaged))
-    assert [r["id"] for r in STORE.read(rid, "stripe", "charges")] == charge_ids(server, customer)
-    assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 150
+    without_place = {**first_page, "lanes": {d: p for d, p in first_page["lanes"].items() if d != "charges"}}
+    without_count = {**first_page, "written": {d: n for d, n in first_page["written"].items() if d != "charges"}}
+    for damaged in (without_place, without_count):
+        outcome = await stripe_.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), resume=damaged))
+        assert [r["id"] for r in STORE.read(rid, "stripe", "charges")] == charge_ids(server, customer)
+        assert {d.dataset: d.records for d in outcome.datasets}["charges"] == 150
 
 
 async def test_portability_exports_what_the_subject_provided(server: StripeSandbox, stripe_: StripeConnector) -> None:
