@@ -325,6 +325,39 @@ async def test_a_dataset_failing_mid_export_fails_it_transiently_with_nothing_le
     portal.faults.clear()
 
 
+async def test_a_resume_with_its_datasets_at_different_contacts_writes_each_record_once(
+        portal: Portal, store: ExportStore) -> None:
+    # Two contacts hold her address; each dataset walks them in order, at its own pace: the crash finds the notes
+    # in the second contact's pages while the other datasets are wherever they got to.
+    lea = portal.ids["contact"]
+    merged = portal.state.add_contact("l.petit@work.example", hs_additional_emails=f"old@example.org;{EMAIL}")
+    made = {c: portal.state.seed_activity(c, notes=150, deals=1) for c in (lea, merged)}
+    heartbeats: list[Mapping[str, Any]] = []
+    dead = False
+
+    def dies_in_the_second_contact_s_notes(cursor: Mapping[str, Any]) -> None:
+        nonlocal dead
+        contact, after = cursor["lanes"]["notes"]
+        if dead or (contact == 1 and after):
+            dead = True
+            raise Crash
+        heartbeats.append(dict(cursor))
+
+    sink = store.sink(REQUEST)
+    with pytest.raises(Crash):
+        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
+                                                  checkpoint=dies_in_the_second_contact_s_notes))
+    assert heartbeats[-1]["lanes"]["notes"] == [1, None]  # the first contact's notes done, the second's not begun
+    await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink, resume=heartbeats[-1]))
+    assert heartbeats[-1]["contacts"] == [lea, merged]  # as the search sorts them: by hs_object_id
+    notes = [n["id"] for n in store.read(REQUEST, "hubspot", "notes")]
+    assert notes == [*portal.ids["notes"], *made[lea]["notes"], *made[merged]["notes"]] and len(set(notes)) == 302
+    deals = [d["id"] for d in store.read(REQUEST, "hubspot", "deals")]
+    assert sorted(deals) == sorted([*portal.ids["deals"], *made[lea]["deals"], *made[merged]["deals"]])
+    assert len(set(deals)) == len(deals) == 3
+    assert sorted(c["id"] for c in store.read(REQUEST, "hubspot", "contact")) == sorted([lea, merged])
+
+
 async def test_export_without_a_cursor_starts_over_cleanly(portal: Portal, store: ExportStore) -> None:
     sink = store.sink(REQUEST)
 
