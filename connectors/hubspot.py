@@ -338,19 +338,22 @@ class HubSpotConnector:
                     places[ds], counts[ds] = (contact, after), count
                 case _:  # a place without its count, or a count without its place: records lost or written twice
                     return None
-        return {"contacts": [str(c) for c in contacts], "places": places, "written": counts}
+        found = [str(n) for n in cursor.get("found") or [] if isinstance(n, str)]
+        return {"contacts": [str(c) for c in contacts], "places": places, "written": counts, "found": found}
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         datasets = (CONTACT,) if job.provided_only else DATASETS
         state = self._start(job, datasets)
         resumed = state is not None
-        notes: list[str] = []
+        # What finding the contacts noted (found by a secondary address): said by a resumed export as by the first.
+        notes: list[str] = list(state["found"]) if state is not None else []
         if state is None:
             located = await self._contacts(job.subject.email)
             notes = self._secondary_note(located, job.subject.email, "exported with everything they hold")
             state = {"contacts": [str(c["id"]) for c in located], "places": dict.fromkeys(datasets, (0, None)),
                      "written": dict.fromkeys(datasets, 0)}
         contacts: list[str] = state["contacts"]
+        found = list(notes)  # no personal data: counts only, like every connector note
         outcome = ConnectorOutcome(connector=self.name, found=len(contacts), notes=notes)
         if not contacts:
             outcome.counts = {"exported": 0}
@@ -403,6 +406,7 @@ class HubSpotConnector:
                         "v": CURSOR_VERSION,
                         "datasets": list(datasets),
                         "contacts": contacts,
+                        "found": found,
                         "lanes": {name: list(place) for name, place in places.items()},
                         "written": dict(stored),
                     })

@@ -21,14 +21,14 @@ misses). Guest payments have no customer: Checkout Sessions are looked up by ``c
 and lower-cased; Stripe offers no case-insensitive route for them, so one typed with other capitals is missed, and
 the outcome's notes say so).
 
-Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page into the
-export sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
-``shipping``), ``payment_intents``, ``invoices``, ``credit_notes``, ``quotes``, ``subscriptions``
-(``status=all``, so cancelled ones too), ``payment_methods``, ``setup_intents`` and ``checkout_sessions`` (the
-customer's, then guest sessions for the address). Up to ``DATASETS_AT_ONCE`` datasets are paged at once, each
-one's listings (one per customer, then the guest passes) one after the other. The checkpoint holds ids only
-(customer ids; per dataset, its listing, the last record id and the count written); a resumed export truncates
-every dataset to its checkpointed count and continues each after its saved record, so nothing is written
+Export. Datasets, each paginated with ``limit=100`` / ``starting_after`` and streamed page by page into the export
+sink, with a checkpoint after every page: ``customer``, ``charges`` (with their ``billing_details`` and
+``shipping``), ``payment_intents``, ``invoices``, ``credit_notes``, ``quotes``, ``subscriptions`` (``status=all``,
+so cancelled ones too), ``payment_methods``, ``setup_intents`` and ``checkout_sessions`` (the customer's, then guest
+sessions for the address). Up to ``DATASETS_AT_ONCE`` datasets are paged at once, each one's listings (one per
+customer, then the guest passes) one after the other. The checkpoint holds no personal data (customer ids, the notes
+finding them made, and per dataset its listing, the last record id and the count written); a resumed export
+truncates every dataset to its checkpointed count and continues each after its saved record, so nothing is written
 twice.
 
 Portability (Art. 20), decided here: the data the subject *provided* — including what they provided by their
@@ -634,8 +634,11 @@ class StripeConnector:
         resume = self._resumable(job.resume, job.provided_only)
         if resume is not None:
             customers = [str(c) for c in resume["customers"]]
+            # What finding them noted (the search lagging...): said by a resumed export as by the first attempt.
+            notes += [str(n) for n in resume.get("found") or [] if isinstance(n, str)]
         else:
             customers = await self._find_customers(email, notes)
+        found = list(notes)  # no personal data: counts and features only, like every connector note
         steps = self._plan(customers, email, job.provided_only)
         if any(step.variant is not None for step in steps):
             _note(notes, GUEST_CASE)
@@ -661,7 +664,7 @@ class StripeConnector:
 
             def checkpoint() -> None:
                 job.checkpoint({
-                    "v": _CURSOR_VERSION, "provided_only": job.provided_only, "customers": customers,
+                    "v": _CURSOR_VERSION, "provided_only": job.provided_only, "customers": customers, "found": found,
                     "lanes": {d: list(positions[d]) for d in datasets}, "written": dict(stored),
                 })
 

@@ -348,7 +348,11 @@ async def test_a_resume_with_its_datasets_at_different_contacts_writes_each_reco
         await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
                                                   checkpoint=dies_in_the_second_contact_s_notes))
     assert heartbeats[-1]["lanes"]["notes"] == [1, None]  # the first contact's notes done, the second's not begun
-    await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink, resume=heartbeats[-1]))
+    outcome = await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
+                                                        resume=heartbeats[-1]))
+    # not looked up again, and still saying what the lookup found
+    assert "1 contact(s) found by a secondary address (hs_additional_emails); exported with everything they hold" \
+        in outcome.notes and any("resumed" in note for note in outcome.notes)
     assert heartbeats[-1]["contacts"] == [lea, merged]  # as the search sorts them: by hs_object_id
     notes = [n["id"] for n in store.read(REQUEST, "hubspot", "notes")]
     assert notes == [*portal.ids["notes"], *made[lea]["notes"], *made[merged]["notes"]] and len(set(notes)) == 302

@@ -240,10 +240,17 @@ async def test_search_lags_and_the_connector_says_so() -> None:
         assert any(note.startswith("customer search found no one") and "a minute" in note
                    for note in outcome.notes)
         rid = request_id()
-        outcome = await connector.export(ExportJob(rid, Subject(email=registered), STORE.sink(rid)))
+        cursors: list[Mapping[str, Any]] = []
+        outcome = await connector.export(ExportJob(rid, Subject(email=registered), STORE.sink(rid),
+                                                   checkpoint=cursors.append))
         assert [r["id"] for r in STORE.read(rid, "stripe", "customer")] == [customer]  # the exact lookup
         assert any("had not yet indexed 1 customer(s)" in note for note in outcome.notes)
         assert not any("@" in note or "lucas" in note.lower() for note in outcome.notes)  # no one named
+        # A retry resumed from a checkpoint does not look her up again, and still says what the lookup found.
+        resumed = await connector.export(ExportJob(rid, Subject(email=registered), STORE.sink(rid),
+                                                   resume=cursors[0]))
+        assert any("had not yet indexed 1 customer(s)" in note for note in resumed.notes)
+        assert "lucas" not in repr(cursors).lower()
         clock[0] += 61  # the index has caught up
         assert [loc.record_id for loc in await connector.locate(Subject(email="lucas.petit@example.org"))] == [
             customer]
