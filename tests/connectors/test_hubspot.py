@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -256,24 +256,30 @@ class Crash(Exception):
     pass
 
 
-async def test_export_resumes_after_a_crash_without_duplicates(portal: Portal, store: ExportStore) -> None:
-    made = portal.state.seed_activity(portal.ids["contact"], notes=250, emails=130)
+def a_worker_dying_at(fatal: Callable[[Mapping[str, Any]], bool],
+                      ) -> tuple[list[Mapping[str, Any]], Callable[[Mapping[str, Any]], None]]:
+    """The heartbeats that reached Temporal, and a checkpoint that dies at the first cursor ``fatal`` picks and at
+    every one after it (a dead worker sends nothing more, whichever dataset paged beside would have)."""
     heartbeats: list[Mapping[str, Any]] = []
     dead = False
 
-    def dies_at_the_third_page_of_notes(cursor: Mapping[str, Any]) -> None:
+    def checkpoint(cursor: Mapping[str, Any]) -> None:
         nonlocal dead
-        if dead or cursor["written"]["notes"] > 200:
-            # The worker dies here: the page was written to the store, its heartbeat never reached Temporal
-            # (nor any other, from the datasets paged beside it).
+        if dead or fatal(cursor):
             dead = True
             raise Crash
         heartbeats.append(dict(cursor))
 
+    return heartbeats, checkpoint
+
+
+async def test_export_resumes_after_a_crash_without_duplicates(portal: Portal, store: ExportStore) -> None:
+    made = portal.state.seed_activity(portal.ids["contact"], notes=250, emails=130)
+    # The worker dies at the third page of notes: written to the store, its heartbeat never reached Temporal.
+    heartbeats, dies = a_worker_dying_at(lambda cursor: cursor["written"]["notes"] > 200)
     sink = store.sink(REQUEST)
     with pytest.raises(Crash):
-        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
-                                                  checkpoint=dies_at_the_third_page_of_notes))
+        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink, checkpoint=dies))
     assert heartbeats[-1]["written"]["notes"] == 200
     assert heartbeats[-1]["lanes"]["notes"][0] == 0 and heartbeats[-1]["lanes"]["notes"][1]  # after its 2nd page
     assert {d.dataset: d.records for d in store.datasets(REQUEST)}["notes"] == 252  # a page past the cursor
@@ -332,21 +338,12 @@ async def test_a_resume_with_its_datasets_at_different_contacts_writes_each_reco
     lea = portal.ids["contact"]
     merged = portal.state.add_contact("l.petit@work.example", hs_additional_emails=f"old@example.org;{EMAIL}")
     made = {c: portal.state.seed_activity(c, notes=150, deals=1) for c in (lea, merged)}
-    heartbeats: list[Mapping[str, Any]] = []
-    dead = False
-
-    def dies_in_the_second_contact_s_notes(cursor: Mapping[str, Any]) -> None:
-        nonlocal dead
-        contact, after = cursor["lanes"]["notes"]
-        if dead or (contact == 1 and after):
-            dead = True
-            raise Crash
-        heartbeats.append(dict(cursor))
-
+    # The worker dies at the first page of the second contact's notes.
+    heartbeats, dies = a_worker_dying_at(lambda cursor: cursor["lanes"]["notes"][0] == 1
+                                         and bool(cursor["lanes"]["notes"][1]))
     sink = store.sink(REQUEST)
     with pytest.raises(Crash):
-        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
-                                                  checkpoint=dies_in_the_second_contact_s_notes))
+        await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink, checkpoint=dies))
     assert heartbeats[-1]["lanes"]["notes"] == [1, None]  # the first contact's notes done, the second's not begun
     outcome = await portal.connector().export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=sink,
                                                         resume=heartbeats[-1]))
