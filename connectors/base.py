@@ -123,6 +123,35 @@ async def side_by_side(runs: Sequence[Callable[[], Awaitable[None]]], *, at_once
     await together([gated(run) for run in runs])
 
 
+Places = dict[str, tuple[int, str | None]]
+"""Where an export paged side by side left each dataset: the listing it is at, and the last record id (or page
+token) it read there; None: from the listing's start."""
+
+
+def lane_places(cursor: Mapping[str, Any], datasets: Sequence[str]) -> tuple[Places, dict[str, int]] | None:
+    """Each dataset's place (the cursor's ``lanes``) and record count (``written``), or None unless every dataset
+    has both, well formed: a dataset kept at its count but paged again from its start would hold its first records
+    twice, and one emptied but resumed mid-way would lose them."""
+    lanes, written = cursor.get("lanes"), cursor.get("written")
+    if not isinstance(lanes, Mapping) or not isinstance(written, Mapping):
+        return None
+    places: Places = {}
+    counts: dict[str, int] = {}
+    for dataset in datasets:
+        match lanes.get(dataset), written.get(dataset):
+            case [int() as listing, str() | None as after], int() as count if listing >= 0 and count >= 0:
+                places[dataset], counts[dataset] = (listing, after), count
+            case _:
+                return None
+    return places, counts
+
+
+def noted_when_found(cursor: Mapping[str, Any]) -> list[str]:
+    """The notes finding the subject made, as the cursor carries them (``found``): a resumed export, which does not
+    look the subject up again, says them as the first attempt did. Notes hold no personal data."""
+    return [note for note in cursor.get("found") or [] if isinstance(note, str)]
+
+
 @dataclass
 class ExportJob:
     """Everything an export needs. Never returns record contents: they stream into ``sink``."""

@@ -43,9 +43,12 @@ from connectors.base import (
     Located,
     OperationJob,
     PermanentConnectorError,
+    Places,
     RetentionRule,
     TransientConnectorError,
     close_datasets,
+    lane_places,
+    noted_when_found,
     open_datasets,
     side_by_side,
     tally,
@@ -327,19 +330,13 @@ class HubSpotConnector:
             return None
         if tuple(cursor.get("datasets") or ()) != datasets:
             return None
-        written, contacts, lanes = cursor.get("written"), cursor.get("contacts"), cursor.get("lanes")
-        if not isinstance(written, Mapping) or not isinstance(contacts, list) or not isinstance(lanes, Mapping):
+        contacts = cursor.get("contacts")
+        resumed = lane_places(cursor, datasets)
+        if not isinstance(contacts, list) or resumed is None:
             return None
-        places: dict[str, tuple[int, str | None]] = {}
-        counts: dict[str, int] = {}
-        for ds in datasets:
-            match lanes.get(ds), written.get(ds):
-                case [int() as contact, str() | None as after], int() as count if contact >= 0 and count >= 0:
-                    places[ds], counts[ds] = (contact, after), count
-                case _:  # a place without its count, or a count without its place: records lost or written twice
-                    return None
-        found = [str(n) for n in cursor.get("found") or [] if isinstance(n, str)]
-        return {"contacts": [str(c) for c in contacts], "places": places, "written": counts, "found": found}
+        places, counts = resumed
+        return {"contacts": [str(c) for c in contacts], "places": places, "written": counts,
+                "found": noted_when_found(cursor)}
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         datasets = (CONTACT,) if job.provided_only else DATASETS
@@ -372,7 +369,7 @@ class HubSpotConnector:
             await truncate_datasets(writers, state["written"])  # drop what followed the last checkpoint (all, fresh)
             # Each dataset's place (the contact it is at, the association page after) and count, moved on by its
             # own lane once its page is flushed: another lane's records may still be on their way to the store.
-            places: dict[str, tuple[int, str | None]] = dict(state["places"])
+            places: Places = dict(state["places"])
             stored: dict[str, int] = dict(state["written"])
 
             async def lane(ds: str) -> None:

@@ -101,9 +101,12 @@ from connectors.base import (
     Located,
     OperationJob,
     PermanentConnectorError,
+    Places,
     RetentionRule,
     TransientConnectorError,
     close_datasets,
+    lane_places,
+    noted_when_found,
     open_datasets,
     side_by_side,
     tally,
@@ -604,58 +607,41 @@ class StripeConnector:
         return steps
 
     @staticmethod
-    def _resumable(resume: Mapping[str, Any] | None, provided_only: bool) -> Mapping[str, Any] | None:
-        """``resume`` if it is a cursor of ours for the same datasets, with a place for each: a dataset kept at
-        its count but paged again from its start would hold its first records twice."""
+    def _resumable(resume: Mapping[str, Any] | None, provided_only: bool,
+                   datasets: Sequence[str]) -> tuple[Places, dict[str, int]] | None:
+        """The places and counts of ``resume`` if it is a cursor of ours for the same datasets (see
+        :func:`~connectors.base.lane_places`)."""
         if not resume or resume.get("v") != _CURSOR_VERSION or resume.get("provided_only") != provided_only:
             return None
-        if not all(isinstance(resume.get(field), kind) for field, kind in
-                   (("customers", list), ("lanes", dict), ("written", dict))):
+        if not isinstance(resume.get("customers"), list):
             return None
-        for dataset in DATASETS:
-            if provided_only and dataset not in PROVIDED:
-                continue
-            match resume["lanes"].get(dataset), resume["written"].get(dataset):
-                case [int() as listing, str() | None], int() as count if listing >= 0 and count >= 0:
-                    pass
-                case _:  # a count without its place, or a place without its count: neither can be trusted
-                    return None
-        return resume
-
-    @staticmethod
-    def _position(resume: Mapping[str, Any], dataset: str) -> tuple[int, str | None]:
-        """Where the cursor left ``dataset`` (checked by :meth:`_resumable`): its listing and the last record id."""
-        listing, after = resume["lanes"][dataset]
-        return int(listing), after
+        return lane_places(resume, datasets)
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
         notes: list[str] = []
         email = job.subject.email
-        resume = self._resumable(job.resume, job.provided_only)
-        if resume is not None:
-            customers = [str(c) for c in resume["customers"]]
-            # What finding them noted (the search lagging...): said by a resumed export as by the first attempt.
-            notes += [str(n) for n in resume.get("found") or [] if isinstance(n, str)]
+        datasets = [d for d in DATASETS if not job.provided_only or d in PROVIDED]
+        resumed = self._resumable(job.resume, job.provided_only, datasets)
+        if resumed is not None and job.resume is not None:
+            customers = [str(c) for c in job.resume["customers"]]
+            notes += noted_when_found(job.resume)  # the search lagging...: said again, though not searched again
         else:
             customers = await self._find_customers(email, notes)
         found = list(notes)  # no personal data: counts and features only, like every connector note
         steps = self._plan(customers, email, job.provided_only)
         if any(step.variant is not None for step in steps):
             _note(notes, GUEST_CASE)
-        datasets = [d for d in DATASETS if not job.provided_only or d in PROVIDED]
         # One lane per dataset: its listings in the plan's order, one after the other.
         lanes = {d: [step for step in steps if step.dataset == d] for d in datasets}
         writers: dict[str, DatasetWriter] = {}
         try:
             writers = await open_datasets(job.sink, self.name, datasets, PROVIDED)
             written: dict[str, int] = {}
-            positions: dict[str, tuple[int, str | None]] = {d: (0, None) for d in datasets}
-            if resume is not None:
-                written = {str(k): int(v) for k, v in resume["written"].items()}
-                if all(writers[d].count >= written.get(d, 0) for d in datasets):
-                    positions = {d: self._position(resume, d) for d in datasets}
+            positions: Places = {d: (0, None) for d in datasets}
+            if resumed is not None:
+                if all(writers[d].count >= resumed[1][d] for d in datasets):
+                    positions, written = resumed
                 else:  # records checkpointed but lost (e.g. an unflushed file): start over, exactly once
-                    written = {}
                     notes.append("the previous attempt's export was incomplete: exported again from the start")
             await truncate_datasets(writers, written)  # drop what was written after the last checkpoint (all, fresh)
             # What the cursor says of each dataset: moved on by its lane only once its page is flushed (another
