@@ -110,17 +110,18 @@ async def together(calls: Sequence[Awaitable[T]]) -> list[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def side_by_side(runs: Sequence[Callable[[], Awaitable[None]]], *, at_once: int) -> None:
-    """:func:`together`, at most ``at_once`` of ``runs`` at a time, started in their order: an export's datasets
-    (each one's pages in order, so its count in the cursor means what it meant), paged side by side. A run waiting
-    for its turn when another fails may still start before the cancellation reaches it (one call at most)."""
+async def side_by_side(runs: Sequence[Callable[[], Awaitable[T]]], *, at_once: int) -> list[T]:
+    """:func:`together`, at most ``at_once`` of ``runs`` at a time, started in their order, their results in that
+    order: an export's datasets (each one's pages in order, so its count in the cursor means what it meant), or the
+    listings an erasure or a count reads, paged side by side. A run waiting for its turn when another fails may
+    still start before the cancellation reaches it (one call at most)."""
     gate = asyncio.Semaphore(at_once)
 
-    async def gated(run: Callable[[], Awaitable[None]]) -> None:
+    async def gated(run: Callable[[], Awaitable[T]]) -> T:
         async with gate:
-            await run()
+            return await run()
 
-    await together([gated(run) for run in runs])
+    return await together([gated(run) for run in runs])
 
 
 Places = dict[str, tuple[int, str | None]]

@@ -1,4 +1,5 @@
-"""``connectors.base.together`` and ``side_by_side``: what an export's datasets paged at once rely on."""
+"""``connectors.base.together`` and ``side_by_side``: what an export's datasets, and the listings an erasure or a count
+reads, paged at once rely on."""
 
 from __future__ import annotations
 
@@ -84,3 +85,14 @@ async def test_side_by_side_runs_at_most_its_bound_at_once_in_their_order() -> N
     await side_by_side([run(n) for n in range(10)], at_once=4)
     assert most == 4
     assert order[:4] == [0, 1, 2, 3] and sorted(order) == list(range(10))
+
+
+async def test_side_by_side_answers_in_the_runs_order_whichever_finished_first() -> None:
+    def after(seconds: float, value: str) -> Callable[[], Awaitable[str]]:
+        async def one() -> str:
+            await asyncio.sleep(seconds)
+            return value
+        return one
+
+    assert await side_by_side([after(0.03, "first"), after(0, "second"), after(0.01, "third")],
+                              at_once=2) == ["first", "second", "third"]
