@@ -57,11 +57,12 @@ refuses a key sent again with other parameters (HTTP 400 ``idempotency_error``) 
 depends on what it read first. A refused write is logged and named in the error by its method and path
 template (``POST /v1/payment_methods/{id}``), never its ids. A customer that answers 404 is already gone,
 unless the request's journal shows an earlier attempt asked for its deletion (then that call took effect and its
-answer was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion and
-their lines journaled before the call, so an attempt that dies after deleting is retried with the customer
-reported deleted and its payments retained, from the journal, and nothing is asked twice. Verifying locates
-again: only customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a
-successful erasure leaves nothing unexpected.
+answer was lost); a retrieved customer with ``deleted: true`` is skipped. Records are listed *before* the deletion
+(side by side, ``DATASETS_AT_ONCE`` listings at a time, before any write; the writes go one after the other) and
+their lines journaled before the call, so an attempt that dies after deleting is retried with the customer reported
+deleted and its payments retained, from the journal, and nothing is asked twice. Verifying locates again: only
+customers and guest Checkout Sessions are found by email, and the latter are declared kept, so a successful erasure
+leaves nothing unexpected.
 
 Rectification. Canonical fields map onto the customer's ``name`` (first and last name joined; the current
 name is split at its first space), ``email``, ``phone`` and ``address``; ``shipping`` follows where it held the
@@ -82,7 +83,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from functools import partial
@@ -180,8 +181,9 @@ DATASETS_AT_ONCE = 4
 """Datasets an export pages at once (each dataset's listings one after the other, so its records keep one order
 and its count in the cursor means what it meant). 53 calls one after another took the heavy customer's export
 5.3 s plus its processing against Stripe 100 ms away, where bare paging of her 20 pages of charges takes 2 s:
-charges and payment intents (20 pages each) now page side by side, the small datasets beside them. Every call
-still goes through the connector's rate limiter."""
+charges and payment intents (20 pages each) now page side by side, the small datasets beside them. The listings
+an erasure, a portability count and the guest lookup read are made as many at a time. Every call still goes through
+the connector's rate limiter."""
 
 
 def _variants(email: str) -> list[str]:
@@ -192,6 +194,14 @@ def _variants(email: str) -> list[str]:
 def _note(notes: list[str], note: str) -> None:
     if note not in notes:
         notes.append(note)
+
+
+def _note_in_order(notes: list[str], noted: Iterable[Sequence[str]]) -> None:
+    """Add the notes of listings made side by side, each listing's kept apart, in the listings' order: the same
+    notes in the same order as when they were listed one after the other, whichever finished first."""
+    for apart in noted:
+        for note in apart:
+            _note(notes, note)
 
 
 def _forget_nobody(notes: list[str], customers: Sequence[str]) -> None:
@@ -520,13 +530,22 @@ class StripeConnector:
                 return records
             after = page.last
 
+    async def _listed(self, steps: Sequence[_Step], email: str, customers: Sequence[str],
+                      notes: list[str]) -> list[list[dict[str, Any]]]:
+        """Every record of each of ``steps`` (:meth:`_all`), in ``steps``' order, up to ``DATASETS_AT_ONCE``
+        listings at a time: each is a round trip or more to Stripe. Each listing's pages stay in order, and its notes
+        are kept apart until all are done (see :func:`_note_in_order`)."""
+        noted: list[list[str]] = [[] for _ in steps]
+        listed = await side_by_side([partial(self._all, step, email, customers, apart)
+                                     for step, apart in zip(steps, noted, strict=True)], at_once=DATASETS_AT_ONCE)
+        _note_in_order(notes, noted)
+        return listed
+
     async def _guest_sessions(self, email: str, customers: Sequence[str],
                               notes: list[str]) -> list[dict[str, Any]]:
         _note(notes, GUEST_CASE)
-        sessions: list[dict[str, Any]] = []
-        for i in range(len(_variants(email))):
-            sessions += await self._all(_Step("checkout_sessions", variant=i), email, customers, notes)
-        return sessions
+        passes = [_Step("checkout_sessions", variant=i) for i in range(len(_variants(email)))]
+        return [session for sessions in await self._listed(passes, email, customers, notes) for session in sessions]
 
     async def check(self) -> str:
         await self._call(lambda: self._request("get", "/v1/customers", {"limit": 1}))
@@ -680,8 +699,7 @@ class StripeConnector:
                     checkpoint()
 
             await side_by_side([partial(lane, d) for d in datasets], at_once=DATASETS_AT_ONCE)
-            for note in (note for d in datasets for note in noted[d]):
-                _note(notes, note)
+            _note_in_order(notes, (noted[d] for d in datasets))
             summaries = [DatasetSummary(d, writers[d].count, provided=d in PROVIDED) for d in datasets]
         finally:
             await close_datasets(writers)
@@ -689,14 +707,21 @@ class StripeConnector:
         if job.provided_only:
             # Counted, not exported: the reply tells the subject what portability leaves out (Art. 20 covers
             # what they provided) and that an access request gets it.
-            summaries += [DatasetSummary(d, await self._count(d, customers, email, notes), provided=False)
-                          for d in DATASETS if d not in PROVIDED]
+            left_out = [d for d in DATASETS if d not in PROVIDED]
+            counts = await self._count(left_out, customers, email, notes)
+            summaries += [DatasetSummary(d, counts[d], provided=False) for d in left_out]
         return ConnectorOutcome(connector=self.name, found=total, counts={"exported": total}, notes=notes,
                                 datasets=summaries)
 
-    async def _count(self, dataset: str, customers: Sequence[str], email: str, notes: list[str]) -> int:
-        """How many records of ``dataset`` the customers have (listed as erasure lists them, nothing written)."""
-        return sum([len(await self._all(_Step(dataset, customer=cid), email, customers, notes)) for cid in customers])
+    async def _count(self, datasets: Sequence[str], customers: Sequence[str], email: str,
+                     notes: list[str]) -> dict[str, int]:
+        """How many records of each of ``datasets`` the customers have (listed as erasure lists them, nothing
+        written): every (dataset, customer) listing side by side."""
+        steps = [_Step(d, customer=cid) for d in datasets for cid in customers]
+        counts = dict.fromkeys(datasets, 0)
+        for step, records in zip(steps, await self._listed(steps, email, customers, notes), strict=True):
+            counts[step.dataset] += len(records)
+        return counts
 
     @staticmethod
     def _project(dataset: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -765,9 +790,11 @@ class StripeConnector:
     async def _erase_customer(self, job: OperationJob, cid: str, email: str, customers: Sequence[str],
                               notes: list[str], *, asked_before: JournalEntry | None) -> list[JournalEntry]:
         """One customer: its payments reported kept (journaled before the deletion, after which they can no
-        longer be listed by customer), then the deletion, its intent journaled before the call."""
-        payments = {d: await self._all(_Step(d, customer=cid), email, customers, notes)
-                    for d in ("charges", "invoices", "payment_intents", "credit_notes")}
+        longer be listed by customer), then the deletion, its intent journaled before the call. Everything is listed
+        first, side by side; the writes follow, one after the other."""
+        steps = [_Step(d, customer=cid) for d in _ERASURE_LISTINGS]
+        listed = dict(zip(_ERASURE_LISTINGS, await self._listed(steps, email, customers, notes), strict=True))
+        payments = {d: listed[d] for d in ("charges", "invoices", "payment_intents", "credit_notes")}
         if PI_LIST in self._unsupported:  # the server cannot list them: those the charges name
             payments["payment_intents"] = list({
                 c["payment_intent"]: {"id": c["payment_intent"], "created": c.get("created")}
@@ -783,15 +810,14 @@ class StripeConnector:
             kept += [self._kept(dataset, r, note + (unshipped.get(str(r["id"]), "") if dataset == "payment_intents"
                                                     else "")) for r in records]
         for dataset in ("quotes", "setup_intents"):
-            kept += [self._kept(dataset, r, _KEPT_NOTES[dataset])
-                     for r in await self._all(_Step(dataset, customer=cid), email, customers, notes)]
-        for record in await self._all(_Step("checkout_sessions", customer=cid), email, customers, notes):
+            kept += [self._kept(dataset, r, _KEPT_NOTES[dataset]) for r in listed[dataset]]
+        for record in listed["checkout_sessions"]:
             kept.append(self._kept("checkout_sessions", record,
                                    "Checkout Sessions cannot be deleted through the Stripe API"))
-        for record in await self._all(_Step("subscriptions", customer=cid), email, customers, notes):
+        for record in listed["subscriptions"]:
             kept.append(self._kept("subscriptions", record,
                                    "cancelled with the customer; the cancelled record stays in Stripe"))
-        methods = await self._all(_Step("payment_methods", customer=cid), email, customers, notes)
+        methods = listed["payment_methods"]
         entries = [JournalEntry(line, parent=cid) for line in kept]
         await job.journal.record(entries)
         # A detached payment method keeps its billing details, and Stripe updates only attached ones: blank them
@@ -944,6 +970,11 @@ class StripeConnector:
     async def aclose(self) -> None:
         await self._http.close_async()
 
+
+_ERASURE_LISTINGS = ("charges", "invoices", "payment_intents", "credit_notes", "quotes", "setup_intents",
+                     "checkout_sessions", "subscriptions", "payment_methods")
+"""What an erasure lists of a customer, in the order of its report (and of its notes); every listing is made
+before the deletion, after which Stripe no longer lists them by customer."""
 
 _KEPT_NOTES = {
     "charges": "payment record kept for accounting, with its billing_details and shipping (Stripe cannot clear "

@@ -32,7 +32,7 @@ from connectors.base import (
     unexpected_remains,
 )
 from connectors.http import READ_TRIES, RateLimiter
-from connectors.stripe import DATASETS, DATASETS_AT_ONCE, LEGAL_BASIS, StripeConnector
+from connectors.stripe import DATASETS, DATASETS_AT_ONCE, GUEST_CASE, LEGAL_BASIS, StripeConnector
 from dsr.domain.model import RecordAction, Subject
 from dsr.web.serve import serve_app
 from sandbox.demo import seed_stripe
@@ -491,6 +491,38 @@ async def test_portability_exports_what_the_subject_provided(server: StripeSandb
     assert customer["email"] == email and "metadata" not in customer
 
 
+LEFT_OUT = {"payment_intents": "payment_intent", "invoices": "invoice", "credit_notes": "credit_note",
+            "quotes": "quote", "setup_intents": "setup_intent"}
+"""The datasets portability counts without exporting them, and the sandbox's kind of each."""
+
+
+def _left_out_listing(method: str, path: str, query: Query) -> bool:
+    """A portability export's listings of what it counts only (it pages none of these)."""
+    return method == "GET" and path in {f"/v1/{dataset}" for dataset in LEFT_OUT}
+
+
+async def test_portability_counts_what_it_leaves_out_side_by_side(server: StripeSandbox) -> None:
+    email = unique_email()
+    customers = [server.state.seed_customer(email, "Léa Petit", charges=2, subscription=True, extras=True),
+                 server.state.seed_customer(email, "Léa Petit", charges=1)]  # 5 datasets x 2 customers: 10 listings
+    gatekeeper = Gatekeeper(server.app, _left_out_listing)
+    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took Stripe a while
+    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
+    rid = request_id()
+    try:
+        outcome = await connector.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), provided_only=True))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert gatekeeper.most == DATASETS_AT_ONCE
+    assert not lanes_running()
+    held = {dataset: sum(1 for record in server.state.objects[kind].values() if record["customer"] in customers)
+            for dataset, kind in LEFT_OUT.items()}
+    assert all(held.values())  # every count has something to count, from both customers for some
+    assert [(d.dataset, d.records) for d in outcome.datasets if not d.provided] == list(held.items())
+
+
 # --- erase and verify -------------------------------------------------------------------------------
 
 
@@ -559,6 +591,141 @@ async def test_a_customer_deleted_meanwhile_is_already_gone(server: StripeSandbo
     with api(server) as client:
         assert client.delete(f"/v1/customers/{customer}").status_code == 200
     assert await stripe_._delete_customer(job, customer) is False  # between locating and deleting
+
+
+_CUSTOMER_LISTINGS = ("/v1/charges", "/v1/invoices", "/v1/payment_intents", "/v1/credit_notes", "/v1/quotes",
+                      "/v1/setup_intents", "/v1/subscriptions")
+"""What an erasure lists by ``customer=`` (beside her Checkout Sessions and ``/v1/customers/{id}/payment_methods``)."""
+
+
+def _customer_listing(method: str, path: str, query: Query) -> bool:
+    """An erasure's listings of one customer's records (not the lookups finding her, nor the guest passes)."""
+    return method == "GET" and ("customer" in query or path.endswith("/payment_methods"))
+
+
+async def test_an_erasure_lists_the_customer_s_records_side_by_side_then_writes_one_after_the_other(
+        server: StripeSandbox) -> None:
+    email = unique_email().lower()  # one spelling, one guest pass
+    customer = server.state.seed_customer(email, "Léa Petit", charges=2, subscription=True, extras=True)
+    shipped = {pi["id"] for pi in server.state.objects["payment_intent"].values()
+               if pi["customer"] == customer and pi["shipping"]}
+    [method] = [m["id"] for m in server.state.objects["payment_method"].values() if m["customer"] == customer]
+    gatekeeper = Gatekeeper(server.app, _customer_listing)
+    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took Stripe a while
+    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
+    before = len(server.state.requests)
+    try:
+        outcome = await connector.erase(OperationJob(request_id(), Subject(email=email)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert gatekeeper.most == DATASETS_AT_ONCE  # nine listings, never more than the bound at once
+    assert not lanes_running()
+    sent = server.state.requests[before:]
+    writes = [i for i, (verb, _) in enumerate(sent) if verb != "GET"]
+    listings = [i for i, (verb, path) in enumerate(sent)
+                if verb == "GET" and (path in _CUSTOMER_LISTINGS or path.endswith("/payment_methods"))]
+    assert len(listings) == 8 and max(listings) < min(writes)  # every listing before the first write
+    # The writes in their order, one after the other: the intents' shipping unset, the card blanked, the deletion.
+    written = [sent[i] for i in writes]
+    assert sorted(written[:-2]) == sorted(("POST", f"/v1/payment_intents/{pi}") for pi in shipped)
+    assert written[-2:] == [("POST", f"/v1/payment_methods/{method}"), ("DELETE", f"/v1/customers/{customer}")]
+    assert len(shipped) >= 2 and customer in server.state.deleted
+    assert {line.dataset for line in outcome.report} == {
+        "customer", "charges", "invoices", "payment_intents", "credit_notes", "quotes", "setup_intents",
+        "checkout_sessions", "subscriptions", "payment_methods"}
+    # in the report, the datasets in the order they were listed one after the other, the customer's lines last
+    order = list(dict.fromkeys(line.dataset for line in outcome.report))
+    assert order == ["charges", "invoices", "payment_intents", "credit_notes", "quotes", "setup_intents",
+                     "checkout_sessions", "subscriptions", "customer", "payment_methods"]
+
+
+async def test_a_listing_refused_fails_the_erasure_before_any_write_with_nothing_left_running(
+        server: StripeSandbox) -> None:
+    email = unique_email().lower()
+    customer = server.state.seed_customer(email, "Léa Petit", charges=2, subscription=True, extras=True)
+    gatekeeper = Gatekeeper(refusing(server.app, "GET", "/v1/invoices", 403, "secret_key_required"),
+                            _customer_listing)
+    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # the refusal comes while the others are out
+    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
+    before = len(server.state.requests)
+    try:
+        with pytest.raises(PermanentConnectorError, match="check the credentials"):  # raised as it is
+            await connector.erase(OperationJob(request_id(), Subject(email=email)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert not lanes_running()
+    assert [verb for verb, _ in server.state.requests[before:] if verb != "GET"] == []
+    assert customer not in server.state.deleted
+
+
+class Unsupporting:
+    """A server without some listings (404, as an older Stripe-like server answers an unknown URL), answering the
+    credit notes' refusal only once the setup intents' was sent: the listing started first finishes last."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.refused: list[str] = []
+        self._setup_refused: asyncio.Event | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path not in ("/v1/credit_notes", "/v1/quotes", "/v1/setup_intents"):
+            await self.inner(scope, receive, send)
+            return
+        if self._setup_refused is None:
+            self._setup_refused = asyncio.Event()  # made on the server's loop
+        if path == "/v1/credit_notes":
+            with contextlib.suppress(TimeoutError):  # listed one after the other, it would wait for ever
+                await asyncio.wait_for(self._setup_refused.wait(), timeout=2.0)
+        await stripe_error(404, None)(scope, receive, send)
+        self.refused.append(path)
+        if path == "/v1/setup_intents":
+            self._setup_refused.set()
+
+
+async def test_notes_keep_the_listings_order_whichever_finishes_first(server: StripeSandbox) -> None:
+    email = unique_email().lower()
+    server.state.seed_customer(email, "Léa Petit", charges=1, subscription=True, extras=True)
+    unsupporting = Unsupporting(server.app)
+    running = await serve_app(unsupporting, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
+    try:
+        outcome = await connector.erase(OperationJob(request_id(), Subject(email=email)))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert unsupporting.refused == ["/v1/quotes", "/v1/setup_intents", "/v1/credit_notes"]
+    # as when listed one after the other: credit notes, quotes, setup intents, then the guest pass
+    assert outcome.notes == ["credit notes: not supported by this server", "quotes: not supported by this server",
+                             "setup intents: not supported by this server", GUEST_CASE]
+    assert outcome.counts["deleted"] == 2  # the customer and her card; the rest reported kept
+    assert not {"credit_notes", "quotes", "setup_intents"} & {line.dataset for line in outcome.report}
+
+
+def _guest_pass(method: str, path: str, query: Query) -> bool:
+    return method == "GET" and "customer_details[email]" in query
+
+
+async def test_the_guest_passes_go_at_once(server: StripeSandbox) -> None:
+    email = unique_email()  # with capitals: a pass for the address as given, one lower-cased
+    given = server.state.add_checkout_session(email=email, name="Léa Petit")
+    lower = server.state.add_checkout_session(email=email.lower(), name="Léa Petit")
+    gatekeeper = Gatekeeper(server.app, _guest_pass)
+    gatekeeper.together, gatekeeper.hold = 2, 0.5
+    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
+    try:
+        located = await connector.locate(Subject(email=email))
+    finally:
+        await connector.aclose()
+        await running.stop()
+    assert gatekeeper.most == 2
+    assert [(item.dataset, item.record_id) for item in located] == [
+        ("checkout_sessions", given), ("checkout_sessions", lower)]  # in the passes' order
 
 
 async def test_retention_rules_are_configuration(server: StripeSandbox, stripe_url: str) -> None:
