@@ -10,6 +10,7 @@
   for each of notes, deals, tickets, emails: association pages (``GET /crm/v4/.../associations/{type}``,
   100 per page) read with ``POST /crm/v3/objects/{type}/batch/read``. The datasets are paged side by side
   (``DATASETS_AT_ONCE``), each one's pages in order; a checkpoint after every page holds each dataset's place.
+  Portability exports the contact alone and counts the associations it leaves out, as many listings at a time.
 * erase: ``POST /crm/v3/objects/contacts/gdpr-delete`` by object id — permanent — never the plain
   ``DELETE``, which only archives (restorable for 90 days). A contact found by a secondary address is
   deleted whole (HubSpot has no deletion of one address; its knowledge base says the primary and the
@@ -127,9 +128,9 @@ SECONDARY = "hs_additional_emails"
 ASSOCIATION_PAGE = 100  # = the batch-read maximum, so one association page is one batch read
 CURSOR_VERSION = 2  # 2: a place per dataset (the datasets are paged side by side)
 DATASETS_AT_ONCE = 4
-"""Datasets an export pages at once: the contact and three of its associations, then the fourth. Nine calls one
-after the other took a contact's export nine round trips to HubSpot; every call still takes its turn in the
-connector's (shared) rate limit."""
+"""Datasets an export pages at once: the contact and three of its associations, then the fourth (and association
+listings a portability export counts). Nine calls one after the other took a contact's export nine round trips to
+HubSpot; every call still takes its turn in the connector's (shared) rate limit."""
 
 PURGE_NOTE = (
     "HubSpot GDPR delete: the contact is deleted permanently (not archived) and HubSpot purges its "
@@ -300,16 +301,26 @@ class HubSpotConnector:
                 ids.append(object_id)
         return ids, ((page.get("paging") or {}).get("next") or {}).get("after") or None
 
-    async def _count_associated(self, contacts: Sequence[str], to_type: str) -> int:
-        total = 0
-        for contact_id in contacts:
-            after: str | None = None
+    async def _count_associated(self, contacts: Sequence[str], datasets: Sequence[str]) -> dict[str, int]:
+        """How many records of each of ``datasets`` the contacts have associated (association pages only, nothing
+        read): one listing per dataset and contact, ``DATASETS_AT_ONCE`` side by side, each one's pages in order
+        (a page's ``after`` comes from the page before)."""
+        listings = [(ds, contact_id) for ds in datasets for contact_id in contacts]
+
+        async def counted(to_type: str, contact_id: str) -> int:
+            total, after = 0, None
             while True:
                 ids, after = await self._association_page(contact_id, to_type, after)
                 total += len(ids)
                 if not after:
-                    break
-        return total
+                    return total
+
+        counts = await side_by_side([partial(counted, ds, contact_id) for ds, contact_id in listings],
+                                    at_once=DATASETS_AT_ONCE)
+        totals = dict.fromkeys(datasets, 0)
+        for (ds, _), count in zip(listings, counts, strict=True):
+            totals[ds] += count
+        return totals
 
     async def _batch_read(self, object_type: str, ids: list[str]) -> list[dict[str, Any]]:
         if not ids:
@@ -417,8 +428,8 @@ class HubSpotConnector:
         if job.provided_only:
             # Counted, not exported: the reply tells the subject what portability leaves out (Art. 20 covers
             # what they provided) and that an access request gets it.
-            summaries += [DatasetSummary(ds, await self._count_associated(contacts, ds), provided=False)
-                          for ds in ASSOCIATED]
+            counts = await self._count_associated(contacts, ASSOCIATED)
+            summaries += [DatasetSummary(ds, counts[ds], provided=False) for ds in ASSOCIATED]
         outcome.datasets = summaries
         outcome.report = [RecordReport(CONTACT, c, RecordAction.EXPORTED) for c in contacts]
         if resumed:

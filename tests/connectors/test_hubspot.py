@@ -240,6 +240,34 @@ async def test_an_export_pages_its_datasets_side_by_side_never_more_than_its_bou
     assert cursors[-1]["lanes"] == {d: [1, None] for d in ("contact", "notes", "deals", "tickets", "emails")}
 
 
+def _association_page(method: str, path: str, query: Query) -> bool:
+    """A page of one of a contact's associations (portability counts them without reading them)."""
+    return method == "GET" and path.startswith("/crm/v4/objects/contacts/") and "/associations/" in path
+
+
+async def test_portability_counts_the_associations_at_once_each_listing_s_pages_in_order(store: ExportStore) -> None:
+    state, ids = seeded()
+    merged = state.add_contact("l.petit@work.example", hs_additional_emails=f"old@example.org;{EMAIL}")
+    state.seed_activity(ids["contact"], notes=250)  # 3 pages, each asked after the one before
+    state.seed_activity(merged, notes=1, deals=2)  # 4 datasets x 2 contacts: 8 listings
+    gatekeeper = Gatekeeper(hubspot_app(state, token=TOKEN, search_rate_limit=(FAST_SEARCHES, 1.0)),
+                            _association_page)
+    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took HubSpot a while
+    server = await serve_app(gatekeeper, host="127.0.0.1", port=0)
+    connector = HubSpotConnector(base_url=server.url, token=TOKEN)
+    try:
+        outcome = await connector.export(ExportJob(request_id=REQUEST, subject=SUBJECT, sink=store.sink(REQUEST),
+                                                   provided_only=True))
+    finally:
+        await connector.aclose()
+        await server.stop()
+    assert gatekeeper.most == DATASETS_AT_ONCE
+    assert [(d.dataset, d.records, d.provided) for d in outcome.datasets] == [
+        ("contact", 2, True), ("notes", 253, False), ("deals", 3, False), ("tickets", 1, False), ("emails", 2, False)]
+    assert sum(1 for _, path in state.requests if path.endswith(f"/{ids['contact']}/associations/notes")) == 3
+    assert not [t for t in asyncio.all_tasks() if "side_by_side" in getattr(t.get_coro(), "__qualname__", "")]
+
+
 async def test_no_checkpoint_counts_a_record_not_yet_stored(portal: Portal, store: ExportStore) -> None:
     # The notes' chunks take a while to store; the datasets paged beside them checkpoint meanwhile, and what their
     # cursors count of the notes must already be on the store (a retry on another machine trusts it).
