@@ -56,15 +56,15 @@ with workflow.unsafe.imports_passed_through():
         UpdateResult,
     )
     from workflows import search_attributes as sa
-from workflows.contract import (
-    LEDGER,
-    NOTICE,
-    REQUEST_REJECTED,
-    STORAGE,
-    OutsideActivities,
-    ReplyActivities,
-    summarised,
-)
+    from workflows.contract import (
+        LEDGER,
+        NOTICE,
+        REQUEST_REJECTED,
+        STORAGE,
+        OutsideActivities,
+        ReplyActivities,
+        summarised,
+    )
 from workflows.follow_up import FollowUp
 
 

@@ -44,8 +44,8 @@ with workflow.unsafe.imports_passed_through():
         Stage,
     )
     from dsr.domain.outside import CONSENT_DATASET, OutsideMail, OutsideTaskInput, answer_outcome
-from workflows.contract import LEDGER, NOTICE, LedgerActivities, OutsideActivities, summarised
-from workflows.outside import start_told_task
+    from workflows.contract import LEDGER, NOTICE, LedgerActivities, OutsideActivities, summarised
+from workflows.children import start_told_task
 
 if TYPE_CHECKING:
     from workflows.request import DataSubjectRequest

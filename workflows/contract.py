@@ -4,7 +4,9 @@ Activities are called by reference (``workflow.execute_activity_method(LedgerAct
 never by a name string, so an activity's name, input and result type cannot drift apart from its callers: mypy
 sees a renamed activity or a changed signature. The references are imported through
 ``imports_passed_through``: the activity modules (database, SMTP, HTTP clients) are loaded once by the worker,
-never inside the workflow sandbox, and no workflow code runs them.
+never inside the workflow sandbox, and no workflow code runs them. The workflows import this module passed through
+too: it holds references, options and names, no workflow code, so it is executed once per worker, not again in
+every workflow run's sandbox (the child workflows' classes, likewise: ``workflows/children.py``).
 
 Options are ``workflow.ActivityConfig`` typed dicts, spread into each call (``**LEDGER``). Failure types
 (``ApplicationError.type``) are defined where they are raised, in the activity modules, and gathered here so
@@ -102,8 +104,9 @@ LEDGER = workflow.ActivityConfig(
     retry_policy=_PATIENT,
 )
 LEDGER_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
-"""The request's last ledger batch (``closed``, ``aftercare_started``...), written in the workflow task that ends the
-run. Only there: the batches before it stay activities, written beside the request's next steps (measured with
+"""The request's row (``record_request``), written in its first workflow task, before anything else can happen, and
+its last ledger batch (``closed``, ``aftercare_started``...), written in the workflow task that ends the run. Only
+there: the batches between them stay activities, written beside the request's next steps (measured with
 bench/throughput.py: local ones in the middle of a request cost more throughput than they saved)."""
 STORAGE = workflow.ActivityConfig(
     # Deleting a request's objects (exports, attachments) may list and delete many; still short.

@@ -24,8 +24,8 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import AuditEvent, Language, Notice, NoticeTemplate
+    from workflows.contract import LEDGER, NOTICE, LedgerActivities, NoticeActivities, summarised
 from workflows.cancellation import shielded_from_cancellation
-from workflows.contract import LEDGER, NOTICE, LedgerActivities, NoticeActivities, summarised
 
 __all__ = ["FollowUp"]
 

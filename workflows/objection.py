@@ -29,8 +29,8 @@ with workflow.unsafe.imports_passed_through():
         Suppression,
         objection_scope,
     )
-from workflows import restriction
-from workflows.contract import LEDGER, LedgerActivities, summarised
+    from workflows.contract import LEDGER, LedgerActivities, summarised
+from workflows import children
 
 if TYPE_CHECKING:
     from workflows.request import DataSubjectRequest
@@ -56,7 +56,7 @@ async def carry_out(flow: DataSubjectRequest) -> None:
         if decision is not None and decision.uphold:
             flow._residuals.append(UPHELD_RESIDUAL)
         # Art. 18(1)(d): a restriction pending the verification of this objection ends with its decision.
-        await restriction.end_grounds(flow, RestrictionGround.OBJECTION)
+        await children.end_grounds(flow, RestrictionGround.OBJECTION)
 
 
 async def _stop_marketing(flow: DataSubjectRequest) -> None:

@@ -12,12 +12,10 @@ again, or takes the answer given meanwhile).
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import ConnectorOutcome, OutsideAnswer
@@ -29,11 +27,10 @@ with workflow.unsafe.imports_passed_through():
         OutsideTaskInput,
         answer_outcome,
         check_answer,
-        outside_workflow_id,
     )
-from workflows.contract import LEDGER, NOTICE, REQUEST_REJECTED, OutsideActivities, summarised
+    from workflows.contract import LEDGER, NOTICE, REQUEST_REJECTED, OutsideActivities, summarised
 
-__all__ = ["OutsideSystemTask", "run_outside_task", "start_told_task"]
+__all__ = ["OutsideSystemTask"]
 
 
 @workflow.defn(name="OutsideSystemTask")
@@ -103,26 +100,3 @@ class OutsideSystemTask:
             check_answer(answer)
         except AnswerRefused as refused:
             raise ApplicationError(str(refused), type=REQUEST_REJECTED, non_retryable=True) from None
-
-
-async def run_outside_task(task: OutsideTaskInput) -> ConnectorOutcome:
-    """Run the task as a child of the calling workflow; an operator's retry after a failure starts a new run
-    under the same id."""
-    return await workflow.execute_child_workflow(
-        OutsideSystemTask.run, task, id=outside_workflow_id(task.request_id, task.system),
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        static_summary=f"{task.system}: {task.kind.value} (answered by a person)",
-    )
-
-
-async def start_told_task(task: OutsideTaskInput) -> None:
-    """Start the task of a system already told (``task.told``: its first email went), to remind its contact and
-    take the answer; it outlives the calling workflow (ABANDON): a withdrawal of consent answers the subject the
-    same day, and the answer, when it comes, is recorded in the ledger (``dsr tasks``)."""
-    with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start: it follows up already
-        await workflow.start_child_workflow(
-            OutsideSystemTask.run, task, id=outside_workflow_id(task.request_id, task.system),
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-            static_summary=f"{task.system}: {task.kind.value} (answered by a person)",
-        )

@@ -48,8 +48,8 @@ with workflow.unsafe.imports_passed_through():
         Suppression,
         post_mortem_aim,
     )
+    from workflows.contract import LEDGER, LedgerActivities, summarised
 from workflows.audit import deceased_note
-from workflows.contract import LEDGER, LedgerActivities, summarised
 
 if TYPE_CHECKING:
     from workflows.request import DataSubjectRequest

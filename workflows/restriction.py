@@ -20,23 +20,20 @@ once, in its own language (``tell_restriction_lifted``, ledger ``restriction_lif
 person and not told by letter, and whoever could not be told, are listed to the operator at the lift. A
 cancellation from the UI is refused: lifting without telling the subject is what 18(3) forbids.
 
-Deterministic workflow code; ``hold`` and ``end_grounds`` are the request workflow's side of it.
+Deterministic workflow code; the request workflow's side of it (``hold``, ``end_grounds``) is in
+``workflows/children.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from dsr.domain.model import (
-        AnswerStatus,
         ConnectorTask,
         GroundEnd,
         GroundEnded,
@@ -45,7 +42,6 @@ with workflow.unsafe.imports_passed_through():
         LocalMoment,
         Notice,
         NoticeTemplate,
-        Outcome,
         QueueAsk,
         QueueRelease,
         RecordAction,
@@ -54,37 +50,31 @@ with workflow.unsafe.imports_passed_through():
         RestrictionInput,
         RestrictionStatus,
         Retry,
-        Stage,
         SubjectInformed,
         SubjectTurn,
         TurnAsk,
         TurnRelease,
-        restriction_id,
         subject_queue_id,
         told_words,
     )
-    from workflows import search_attributes as sa
-from workflows.contract import (
-    CHECK,
-    CONNECTOR,
-    DEADLINES,
-    GROUND_ENDED_SIGNAL,
-    HOLDER_CHECK_EVERY,
-    LEDGER,
-    NOTICE,
-    REQUEST_REJECTED,
-    SUBJECT_TURN_SIGNAL,
-    TURN_ASK,
-    ConnectorActivities,
-    RestrictionActivities,
-    SubjectActivities,
-    local_instant,
-    summarised,
-)
+    from workflows.contract import (
+        CHECK,
+        CONNECTOR,
+        DEADLINES,
+        GROUND_ENDED_SIGNAL,
+        HOLDER_CHECK_EVERY,
+        LEDGER,
+        NOTICE,
+        REQUEST_REJECTED,
+        SUBJECT_TURN_SIGNAL,
+        TURN_ASK,
+        ConnectorActivities,
+        RestrictionActivities,
+        SubjectActivities,
+        local_instant,
+        summarised,
+    )
 from workflows.follow_up import FollowUp
-
-if TYPE_CHECKING:
-    from workflows.request import DataSubjectRequest
 
 IN_FORCE = "in force"
 LIFT_SCHEDULED = "lift scheduled"
@@ -467,58 +457,3 @@ class RestrictionInForce(FollowUp):
         return await self._send(Notice(request_id=self._held.request_id, template=template, to=self._held.subject.email,
                                 language=self._held.language, context=context, in_reply_to=self._held.in_reply_to,
                                 key=f"restriction-{template.value}"))
-
-
-# --- the request workflow's side ------------------------------------------------------------------------
-
-
-async def hold(flow: DataSubjectRequest) -> None:
-    """An answered restriction is held in force by its own workflow until it is lifted."""
-    request = flow._request
-    if request.kind != RequestKind.RESTRICTION or flow._outcome != Outcome.FULFILLED:
-        return
-    marked, by_hand, outside = [], [], []
-    for progress in flow._progress.values():
-        outcome = progress.outcome
-        if outcome is None:
-            continue
-        actions = {line.action for line in outcome.report}
-        held_nothing = outcome.answer is not None and outcome.answer.status == AnswerStatus.NO_DATA
-        if (outcome.answer is not None or RecordAction.RESIDUAL in actions) and not held_nothing:
-            by_hand.append(progress.connector)  # a system answering "no data" restricted nothing: nothing to lift
-        if outcome.answer is not None and outcome.answer.status != AnswerStatus.NO_DATA:
-            outside.append(progress.connector)  # asked to restrict, and holding data: told of the lift
-        if RecordAction.RESTRICTED in actions:
-            marked.append(progress.connector)
-    held = RestrictionInput(
-        request_id=request.request_id, subject=request.subject, language=request.language, ground=request.ground,
-        operator_email=request.policy.operator_email, marked=sorted(marked), by_hand=sorted(by_hand),
-        notice_days=request.policy.restriction_lift_notice_days,
-        escalation_repeat_days=request.policy.escalation_repeat_days, in_reply_to=flow._thread(),
-        timezone=request.policy.timezone, notice_context=flow._notice_context(stage=Stage.CLOSED.value),
-        recipients=list(flow._recipients_notified), outside=sorted(outside), subject_key=request.subject_key,
-    )
-    child = restriction_id(request.request_id)
-    with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start finds it running
-        await workflow.start_child_workflow(
-            RestrictionInForce.run, held, id=child, parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-            static_summary=f"restriction in force · Art. 18(1)({request.ground})",
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(sa.DSR_KIND, RequestKind.RESTRICTION.value),
-                SearchAttributePair(sa.DSR_STAGE, Stage.CLOSED.value),
-            ]),
-        )
-    flow._restriction = child
-    await flow._audit("restriction_held", details={"workflow": child, "ground": request.ground,
-                                                   "marked": ",".join(sorted(marked))})
-
-
-async def end_grounds(flow: DataSubjectRequest, ground: RestrictionGround) -> None:
-    """This request (a rectification answered, an objection decided) may end restrictions of the same person."""
-    told = await workflow.execute_activity_method(
-        RestrictionActivities.end_restriction_grounds,
-        GroundEnd(request_id=flow._request.request_id, ground=ground.value, at=workflow.now()),
-        **summarised(LEDGER, "restrictions: ground ended"))
-    if told:
-        await flow._audit("restriction_ground_ended", details={"ground": ground.value, "restrictions": str(told)})
-

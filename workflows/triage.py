@@ -40,19 +40,19 @@ with workflow.unsafe.imports_passed_through():
         TriageStatus,
     )
     from workflows import search_attributes as sa
+    from workflows.contract import (
+        DEADLINES,
+        LEDGER,
+        NOTICE,
+        STORAGE,
+        SUBMIT,
+        IntakeActivities,
+        LedgerActivities,
+        NoticeActivities,
+        local_instant,
+        summarised,
+    )
 from workflows.audit import triage_details, triage_note
-from workflows.contract import (
-    DEADLINES,
-    LEDGER,
-    NOTICE,
-    STORAGE,
-    SUBMIT,
-    IntakeActivities,
-    LedgerActivities,
-    NoticeActivities,
-    local_instant,
-    summarised,
-)
 from workflows.request import RequestRejected
 
 

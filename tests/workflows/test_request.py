@@ -85,8 +85,11 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     assert scheduled == {"record_events": ["ledger: identity_confirmed, processing"],
                          "send_reply": ["reply: access; ledger: connector_done, connector_done, replying"],
                          "record_event_batch": []}  # nothing noted while the reply ran: written by it alone
+    # The request's row in its first workflow task (a local activity: no activity task, no second workflow task).
     assert [await summary(e) for e in history.events if e.HasField("marker_recorded_event_attributes")] == [
-        "plan access", "ledger: reply_sent, closed, aftercare_started"]
+        "ledger: request recorded", "plan access", "ledger: reply_sent, closed, aftercare_started"]
+    assert "record_request" not in [e.activity_task_scheduled_event_attributes.activity_type.name
+                                    for e in history.events]
     written = events(engine, request)
     assert written.count("connector_done") == 2 and written.count("replying") == 1
     assert written.index("processing") < written.index("connector_done") < written.index("replying") < written.index(

@@ -223,15 +223,16 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         assert "ask_subject_turn" not in scheduled and "release_subject_turn" not in scheduled
         locals_of[handle.id] = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0]
                                 for e in history if e.HasField("marker_recorded_event_attributes")]
-        assert locals_of[handle.id][0] == "subject's turn: ask; ledger: identity_confirmed, processing"
+        assert locals_of[handle.id][:2] == ["ledger: request recorded",
+                                            "subject's turn: ask; ledger: identity_confirmed, processing"]
         written = [e.event for e in engine.ledger.events(handle.id)]
         assert written[:3] == ["received", "identity_confirmed", "processing"]
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
     # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
     # planned in a local activity when its turn came.
     # The access's closing events wait for its aftercare's start, then go in the task ending the run (local too).
-    assert locals_of[access.id][1:] == ["subject's turn: give back", "ledger: reply_sent, closed, aftercare_started"]
-    assert locals_of[erasure.id][1:] == ["plan erasure", "subject's turn: give back"]
+    assert locals_of[access.id][2:] == ["subject's turn: give back", "ledger: reply_sent, closed, aftercare_started"]
+    assert locals_of[erasure.id][2:] == ["plan erasure", "subject's turn: give back"]
     assert {c.connector for c in (await status(access)).connectors} == {c.name for c in engine.connectors}
     # Idle again: nobody is in the person's line.
     assert stored_lines(engine) == []
