@@ -2,7 +2,8 @@
 
 The same activities and HTTP calls as the engine's ``DataSubjectRequest`` for a request whose identity is trusted
 (the request's row, the acknowledgement, every connector at once, the final reply with its bundle), with the
-engine's own activity options, but without the rest: no audit events, no subject's turn, no plan, no deadline
+engine's own activity options and the engine's way of calling them (the row in a local activity in the first
+workflow task, as the engine writes it), but without the rest: no audit events, no subject's turn, no plan, no deadline
 watcher, no aftercare. What the engine costs beyond it is the price of its bookkeeping.
 
 Loaded by the worker that bench/throughput.py starts (``throughput.py --serve-bare``), beside the engine's
@@ -28,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contract import (
         CONNECTOR,
-        LEDGER,
+        LEDGER_LOCAL,
         NOTICE,
         REPLY,
         ConnectorActivities,
@@ -49,12 +50,12 @@ class BareRequest:
     @workflow.run
     async def run(self, bare: BareInput) -> int:
         request = bare.request
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             LedgerActivities.record_request,
             RequestRecordInput(request_id=request.request_id, kind=request.kind, channel=request.channel,
                                subject=request.subject, received_at=request.received_at,
                                deadline=request.deadlines.normal.due, language=request.language),
-            **LEDGER,
+            **LEDGER_LOCAL,
         )
         context = {"reference": request.request_id, "kind": request.kind.value,
                    "received": request.received_on.isoformat(), "deadline": request.deadlines.normal.due.isoformat(),

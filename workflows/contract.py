@@ -45,6 +45,7 @@ __all__ = [
     "INCOMPLETE_PROFILE",
     "LEDGER",
     "LEDGER_LOCAL",
+    "LEDGER_LOCAL_FIRST",
     "NOTICE",
     "NOTICE_FIRST_TRY",
     "NOTICE_INVALID_ADDRESS",
@@ -104,10 +105,22 @@ LEDGER = workflow.ActivityConfig(
     retry_policy=_PATIENT,
 )
 LEDGER_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
-"""The request's row (``record_request``), written in its first workflow task, before anything else can happen, and
-its last ledger batch (``closed``, ``aftercare_started``...), written in the workflow task that ends the run. Only
-there: the batches between them stay activities, written beside the request's next steps (measured with
-bench/throughput.py: local ones in the middle of a request cost more throughput than they saved)."""
+"""The request's last ledger batch (``closed``, ``aftercare_started``...), written in the workflow task that ends the
+run. Only there (and the request's row: ``LEDGER_LOCAL_FIRST``): the batches between them stay activities, written
+beside the request's next steps (measured with bench/throughput.py: local ones in the middle of a request cost more
+throughput than they saved)."""
+LEDGER_LOCAL_FIRST = workflow.LocalActivityConfig(
+    start_to_close_timeout=timedelta(seconds=10),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
+                             maximum_attempts=5),
+)
+"""The request's row, tried first as a local activity, five times in 15 s: a ledger the worker cannot reach would
+otherwise be retried inside a workflow task held open (renewed every few seconds, three history events each time,
+nothing pending in the UI); after that the row is an activity (``LEDGER``), retried by the server, shown pending.
+Bounded by attempts, not by ``schedule_to_close_timeout``, which the SDK (1.35) did not enforce on a local
+activity's retries (measured: still retrying after 120 s against a 10 s bound, on the dev server and the test
+server); a local activity that gives up raises its last failure (an ``ApplicationError``), not an
+``ActivityError``."""
 STORAGE = workflow.ActivityConfig(
     # Deleting a request's objects (exports, attachments) may list and delete many; still short.
     start_to_close_timeout=timedelta(seconds=30),

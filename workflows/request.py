@@ -97,6 +97,7 @@ with workflow.unsafe.imports_passed_through():
         IDENTITY_NOT_ALLOWED,
         LEDGER,
         LEDGER_LOCAL,
+        LEDGER_LOCAL_FIRST,
         NOTICE,
         NOTICE_FIRST_TRY,
         PLAN,
@@ -279,27 +280,29 @@ class DataSubjectRequest:
         if self._clock_suspended:
             self._suspended_since = workflow.now()
         self._publish()
+        record = RequestRecordInput(
+            request_id=request.request_id,
+            kind=request.kind,
+            channel=request.channel,
+            subject=request.subject,
+            received_at=request.received_at,
+            deadline=self._deadline.due,
+            language=request.language,
+            # The register counts post_mortem requests by case: the sender's aim is one of its two sources.
+            scope=aim.value if (aim := post_mortem_aim(request.kind, request.scope)) else "",
+            documents=request.documents,
+        )
         # In this first workflow task, a local activity: a request whose identity is settled from the start (trusted,
         # an authenticated account) asks for its person's turn and starts its connectors in the same task, with no
-        # activity task and workflow task in between (bench/throughput.py: six history events fewer and 90 ms less
-        # to its connectors with 12 requests at once). A ledger outage is retried as patiently as an activity is.
-        local: workflow.LocalActivityConfig = {**LEDGER_LOCAL, "summary": "ledger: request recorded"}
-        await workflow.execute_local_activity_method(
-            LedgerActivities.record_request,
-            RequestRecordInput(
-                request_id=request.request_id,
-                kind=request.kind,
-                channel=request.channel,
-                subject=request.subject,
-                received_at=request.received_at,
-                deadline=self._deadline.due,
-                language=request.language,
-                # The register counts post_mortem requests by case: the sender's aim is one of its two sources.
-                scope=aim.value if (aim := post_mortem_aim(request.kind, request.scope)) else "",
-                documents=request.documents,
-            ),
-            **local,
-        )
+        # activity task and workflow task in between (six history events fewer). A ledger the worker cannot reach
+        # for 15 s is then retried by the server, as an activity (LEDGER_LOCAL_FIRST); both are idempotent: the row
+        # and its ``received`` are written once.
+        local: workflow.LocalActivityConfig = {**LEDGER_LOCAL_FIRST, "summary": "ledger: request recorded"}
+        try:
+            await workflow.execute_local_activity_method(LedgerActivities.record_request, record, **local)
+        except (ActivityError, ApplicationError):
+            await workflow.execute_activity_method(LedgerActivities.record_request, record,
+                                                   **summarised(LEDGER, "ledger: request recorded"))
         # record_request wrote ``received`` with the row (one transaction, first in the ledger).
         # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on while the
         # acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).

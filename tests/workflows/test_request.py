@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 from dataclasses import replace
 from datetime import UTC, date, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
+from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
@@ -123,6 +126,33 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # the local activity's 15 s of tries are the worker's own time, not skipped
+async def test_a_ledger_the_worker_cannot_reach_at_first_gets_the_row_by_an_activity_the_server_retries(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row is tried in the first workflow task five times (LEDGER_LOCAL_FIRST), then as an activity: a ledger the
+    worker cannot reach is not retried for ever inside a workflow task held open."""
+    record_request = engine.ledger.record_request
+    local_tries: list[int] = []
+
+    def unreachable_from_local_tries(*args: Any, **kwargs: Any) -> bool:
+        if activity.info().is_local:
+            local_tries.append(activity.info().attempt)
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("ledger unreachable"))
+        return record_request(*args, **kwargs)
+
+    monkeypatch.setattr(engine.ledger, "record_request", unreachable_from_local_tries)
+    request, handle = await submit(engine, "access")
+    final: RequestStatus = await asyncio.wait_for(handle.result(), timeout=120)  # unbounded tries would never end
+
+    assert final.outcome == Outcome.FULFILLED
+    assert local_tries == [1, 2, 3, 4, 5]  # tried, with backoff, before giving the row to the server
+    history = await handle.fetch_history()
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events]
+    assert scheduled.count("record_request") == 1
+    written = events(engine, request)
+    assert written[0] == "received" and written.count("received") == 1
+
+
 async def test_an_event_noted_while_the_reply_carries_a_batch_does_not_wait_for_the_reply(engine: Engine) -> None:
     """The reply's first try may take minutes (a large bundle, a slow mail server): an event noted meanwhile (here an
     extension) is written at once, after the batch the reply carries, which the writer writes itself (under the
