@@ -38,6 +38,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.search_attributes as sa
     from dsr.domain.aftercare import (
         SUPPLEMENT_SIGNAL,
         AftercareInput,
@@ -55,7 +56,6 @@ with workflow.unsafe.imports_passed_through():
         Stage,
         UpdateResult,
     )
-    from workflows import search_attributes as sa
     from workflows.contract import (
         LEDGER,
         NOTICE,

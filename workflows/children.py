@@ -23,6 +23,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.search_attributes as sa
     from dsr.domain.model import (
         AnswerStatus,
         ConnectorOutcome,
@@ -36,7 +37,6 @@ with workflow.unsafe.imports_passed_through():
         restriction_id,
     )
     from dsr.domain.outside import OutsideTaskInput, outside_workflow_id
-    from workflows import search_attributes as sa
     from workflows.contract import LEDGER, RestrictionActivities, summarised
     from workflows.outside import OutsideSystemTask
     from workflows.restriction import RestrictionInForce

@@ -27,6 +27,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.search_attributes as sa
     from dsr.domain.aftercare import AftercareInput, SupplementPlan, aftercare_id
     from dsr.domain.deadlines import days_left, deadline_as_search_value
     from dsr.domain.model import (
@@ -86,7 +87,6 @@ with workflow.unsafe.imports_passed_through():
         subject_queue_id,
     )
     from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
-    from workflows import search_attributes as sa
     from workflows.aftercare import RequestAftercare  # a reference to start it (see workflows/children.py)
     from workflows.contract import (
         CHECK,

@@ -23,6 +23,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.search_attributes as sa
     from dsr.domain.model import (
         CANONICAL_FIELDS,
         AuditEvent,
@@ -39,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         TriageMessage,
         TriageStatus,
     )
-    from workflows import search_attributes as sa
     from workflows.contract import (
         DEADLINES,
         LEDGER,

@@ -139,3 +139,33 @@ def test_the_sandbox_still_refuses_what_a_workflow_may_not_do(tmp_path: Path,
             CompiledOnceSandbox().prepare_workflow(_Definition.must_from_class(module.ReadsTheClock))
     finally:
         del sys.modules[name]
+
+
+class _Kept(CompiledOnceSandbox):
+    """The sandbox, keeping the instances it makes (to look at what each imported)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[Any] = []
+
+    def create_instance(self, det: Any) -> Any:
+        instance = super().create_instance(det)
+        self.made.append(instance)
+        return instance
+
+
+async def test_a_request_s_sandbox_executes_its_own_modules_and_only_refers_to_its_children_s() -> None:
+    """A request's sandbox runs its own code in modules of its own, but the contract and the child workflows it
+    starts (references only) are the worker's modules, executed once: a workflow class is validated whenever its
+    module is executed, and those made half the CPU of each request's sandbox (workflows/children.py)."""
+    from workflows.request import DataSubjectRequest
+
+    runner = _Kept()
+    runner.prepare_workflow(_Definition.must_from_class(DataSubjectRequest))  # needs the running loop
+    [instance] = runner.made
+    modules = instance.importer.new_modules
+    for own in ("workflows.request", "workflows.children", "workflows.cancellation", "workflows.consent"):
+        assert modules[own] is not sys.modules[own]  # executed again, in this sandbox
+    for shared in ("workflows.contract", "workflows.aftercare", "workflows.restriction", "workflows.outside",
+                   "workflows.search_attributes"):
+        assert modules[shared] is sys.modules[shared]  # passed through: the worker's own module
