@@ -313,21 +313,33 @@ def _dataset_listing(method: str, path: str, query: Query) -> bool:
                                 or path.startswith("/v1/customers/cus_"))
 
 
-async def test_an_export_pages_its_datasets_side_by_side_never_more_than_its_bound(server: StripeSandbox) -> None:
-    email = unique_email()
-    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250)
-    gatekeeper = Gatekeeper(server.app, _dataset_listing)
-    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took Stripe a while
+@contextlib.asynccontextmanager
+async def behind_a_gatekeeper(server: StripeSandbox, app: Any, watched: Callable[[str, str, Query], bool], *,
+                              together: int, hold: float) -> AsyncIterator[tuple[StripeConnector, Gatekeeper]]:
+    """A connector to ``app`` (the sandbox's, or one wrapping it) behind a :class:`Gatekeeper` holding the ``watched``
+    calls until ``together`` are in (or ``hold`` seconds passed): a vendor slow enough for calls made side by side
+    to overlap. Both closed on the way out."""
+    gatekeeper = Gatekeeper(app, watched)
+    gatekeeper.together, gatekeeper.hold = together, hold
     running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
     connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
-    rid = request_id()
-    cursors: list[Mapping[str, Any]] = []
     try:
-        outcome = await connector.export(ExportJob(rid, Subject(email=email), STORE.sink(rid),
-                                                   checkpoint=cursors.append))
+        yield connector, gatekeeper
     finally:
         await connector.aclose()
         await running.stop()
+
+
+async def test_an_export_pages_its_datasets_side_by_side_never_more_than_its_bound(server: StripeSandbox) -> None:
+    email = unique_email()
+    customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=250)
+    rid = request_id()
+    cursors: list[Mapping[str, Any]] = []
+    # as if each call took Stripe a while
+    async with behind_a_gatekeeper(server, server.app, _dataset_listing, together=DATASETS_AT_ONCE,
+                                   hold=0.3) as (connector, gatekeeper):
+        outcome = await connector.export(ExportJob(rid, Subject(email=email), STORE.sink(rid),
+                                                   checkpoint=cursors.append))
     assert gatekeeper.most == DATASETS_AT_ONCE
     assert not lanes_running()
     # each dataset in its listing's order, once
@@ -356,15 +368,8 @@ def _lookup(method: str, path: str, query: Query) -> bool:
 async def test_the_search_and_both_exact_lookups_go_at_once(server: StripeSandbox) -> None:
     email = unique_email()  # with capitals: listed as given and lower-cased
     customer = await seed_customer(server.url, server.api_key, email=email, name="Léa Petit", charges=1)
-    gatekeeper = Gatekeeper(server.app, _lookup)
-    gatekeeper.together, gatekeeper.hold = 3, 0.5
-    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
-    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
-    try:
+    async with behind_a_gatekeeper(server, server.app, _lookup, together=3, hold=0.5) as (connector, gatekeeper):
         located = await connector.locate(Subject(email=email))
-    finally:
-        await connector.aclose()
-        await running.stop()
     assert gatekeeper.most == 3
     assert [item.record_id for item in located if item.dataset == "customer"] == [customer]
 
@@ -505,16 +510,11 @@ async def test_portability_counts_what_it_leaves_out_side_by_side(server: Stripe
     email = unique_email()
     customers = [server.state.seed_customer(email, "Léa Petit", charges=2, subscription=True, extras=True),
                  server.state.seed_customer(email, "Léa Petit", charges=1)]  # 5 datasets x 2 customers: 10 listings
-    gatekeeper = Gatekeeper(server.app, _left_out_listing)
-    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took Stripe a while
-    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
-    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
     rid = request_id()
-    try:
+    # as if each call took Stripe a while
+    async with behind_a_gatekeeper(server, server.app, _left_out_listing, together=DATASETS_AT_ONCE,
+                                   hold=0.3) as (connector, gatekeeper):
         outcome = await connector.export(ExportJob(rid, Subject(email=email), STORE.sink(rid), provided_only=True))
-    finally:
-        await connector.aclose()
-        await running.stop()
     assert gatekeeper.most == DATASETS_AT_ONCE
     assert not lanes_running()
     held = {dataset: sum(1 for record in server.state.objects[kind].values() if record["customer"] in customers)
@@ -610,16 +610,11 @@ async def test_an_erasure_lists_the_customer_s_records_side_by_side_then_writes_
     shipped = {pi["id"] for pi in server.state.objects["payment_intent"].values()
                if pi["customer"] == customer and pi["shipping"]}
     [method] = [m["id"] for m in server.state.objects["payment_method"].values() if m["customer"] == customer]
-    gatekeeper = Gatekeeper(server.app, _customer_listing)
-    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # as if each call took Stripe a while
-    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
-    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
     before = len(server.state.requests)
-    try:
+    # as if each call took Stripe a while
+    async with behind_a_gatekeeper(server, server.app, _customer_listing, together=DATASETS_AT_ONCE,
+                                   hold=0.3) as (connector, gatekeeper):
         outcome = await connector.erase(OperationJob(request_id(), Subject(email=email)))
-    finally:
-        await connector.aclose()
-        await running.stop()
     assert gatekeeper.most == DATASETS_AT_ONCE  # nine listings, never more than the bound at once
     assert not lanes_running()
     sent = server.state.requests[before:]
@@ -645,19 +640,14 @@ async def test_a_listing_refused_fails_the_erasure_before_any_write_with_nothing
         server: StripeSandbox) -> None:
     email = unique_email().lower()
     customer = server.state.seed_customer(email, "Léa Petit", charges=2, subscription=True, extras=True)
-    # The subscriptions: listed one after the other, they came after the intents' shipping was unset (writes).
-    gatekeeper = Gatekeeper(refusing(server.app, "GET", "/v1/subscriptions", 403, "secret_key_required"),
-                            _customer_listing)
-    gatekeeper.together, gatekeeper.hold = DATASETS_AT_ONCE, 0.3  # the refusal comes while the others are out
-    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
-    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
     before = len(server.state.requests)
-    try:
+    # The subscriptions refused: listed one after the other, they came after the intents' shipping was unset
+    # (writes); side by side, the refusal comes while the other listings are out, before any write.
+    async with behind_a_gatekeeper(
+            server, refusing(server.app, "GET", "/v1/subscriptions", 403, "secret_key_required"),
+            _customer_listing, together=DATASETS_AT_ONCE, hold=0.3) as (connector, gatekeeper):
         with pytest.raises(PermanentConnectorError, match="check the credentials"):  # raised as it is
             await connector.erase(OperationJob(request_id(), Subject(email=email)))
-    finally:
-        await connector.aclose()
-        await running.stop()
     assert gatekeeper.most == DATASETS_AT_ONCE
     assert not lanes_running()
     assert [verb for verb, _ in server.state.requests[before:] if verb != "GET"] == []
@@ -718,15 +708,8 @@ async def test_the_guest_passes_go_at_once(server: StripeSandbox) -> None:
     email = unique_email()  # with capitals: a pass for the address as given, one lower-cased
     given = server.state.add_checkout_session(email=email, name="Léa Petit")
     lower = server.state.add_checkout_session(email=email.lower(), name="Léa Petit")
-    gatekeeper = Gatekeeper(server.app, _guest_pass)
-    gatekeeper.together, gatekeeper.hold = 2, 0.5
-    running = await serve_app(gatekeeper, host="127.0.0.1", port=0)
-    connector = StripeConnector(api_key=server.api_key, base_url=running.url, rate_limit=RateLimiter(1000, 1.0))
-    try:
+    async with behind_a_gatekeeper(server, server.app, _guest_pass, together=2, hold=0.5) as (connector, gatekeeper):
         located = await connector.locate(Subject(email=email))
-    finally:
-        await connector.aclose()
-        await running.stop()
     assert gatekeeper.most == 2
     assert [(item.dataset, item.record_id) for item in located] == [
         ("checkout_sessions", given), ("checkout_sessions", lower)]  # in the passes' order
