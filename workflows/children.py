@@ -96,7 +96,6 @@ async def end_grounds(flow: DataSubjectRequest, ground: RestrictionGround) -> No
         await flow._audit("restriction_ground_ended", details={"ground": ground.value, "restrictions": str(told)})
 
 
-
 async def run_outside_task(task: OutsideTaskInput) -> ConnectorOutcome:
     """Run the task as a child of the calling workflow; an operator's retry after a failure starts a new run
     under the same id."""
