@@ -18,7 +18,9 @@ the worker and of the Temporal server (from /proc); history events per request; 
 sandbox counts them; WooCommerce's and Stripe's have no limit here); for the engine, the processing stage (from the
 start of the workflow task asking for the turn to the reply's schedule, in the history) against its slowest
 connector (the ``run_connector`` activity, scheduled to completed); where a request's time went (medians, from the
-histories): from its start to its first connector, in its connectors, and from its last connector to its end.
+histories): from its start to its first connector, in its connectors, and from its last connector to its end;
+that last part in three: to the reply's schedule, in the reply (bundle, storage, SMTP), and the closing (from
+the reply's completion to the run's end).
 ``--requests 1`` measures a request alone (the issue's "light request").
 
 Run: ``.venv/bin/python bench/throughput.py [--rounds 3] [--requests 12] [--before /work/main] [--trace]
@@ -197,21 +199,70 @@ def request_phases(history: Any) -> dict[str, float]:
     from temporalio.api.enums.v1 import EventType
 
     connectors: set[int] = set()
-    first = last = None
+    replies: set[int] = set()
+    first = last = reply_scheduled = reply_done = None
     for event in history.events:
         at = event.event_time.ToDatetime()
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and \
-                event.activity_task_scheduled_event_attributes.activity_type.name == "run_connector":
-            connectors.add(event.event_id)
-            first = first or at
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED and \
-                event.activity_task_completed_event_attributes.scheduled_event_id in connectors:
-            last = at
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            if name == "run_connector":
+                connectors.add(event.event_id)
+                first = first or at
+            elif name == "send_reply":
+                replies.add(event.event_id)
+                reply_scheduled = reply_scheduled or at
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            scheduled = event.activity_task_completed_event_attributes.scheduled_event_id
+            if scheduled in connectors:
+                last = at
+            elif scheduled in replies:
+                reply_done = at
     if first is None or last is None:
         return {}
     start, end = history.events[0].event_time.ToDatetime(), history.events[-1].event_time.ToDatetime()
-    return {"before": (first - start).total_seconds(), "connectors": (last - first).total_seconds(),
-            "after": (end - last).total_seconds()}
+    phases = {"before": (first - start).total_seconds(), "connectors": (last - first).total_seconds(),
+              "after": (end - last).total_seconds()}
+    if reply_scheduled is not None and reply_done is not None:
+        # The "after", in three: to the reply's schedule, in the reply (bundle, storage, SMTP), and the closing.
+        phases |= {"to_reply": (reply_scheduled - last).total_seconds(),
+                   "reply": (reply_done - reply_scheduled).total_seconds(),
+                   "closing": (end - reply_done).total_seconds()}
+    return phases
+
+
+def variant_database(admin_url: str, variant: str, made: list[str]) -> str:
+    """A fresh database for one variant's ledger on the PostgreSQL server of ``--database`` (dropped at the end)."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"dsr_bench_{variant}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    made.append(name)
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_databases(admin_url: str, names: list[str]) -> None:
+    if not names:
+        return
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def after_parts(figures: dict[str, float]) -> str:
+    """The time after the connectors, in its three parts (medians of each: they need not add up to the whole's)."""
+    return (f"{figures['to_reply_ms']:.0f} to the reply, {figures['reply_ms']:.0f} in it, "
+            f"{figures['closing_ms']:.0f} closing")
 
 
 async def one_round(variant: Variant, count: int, emails: list[str], *, client: Any, boxes: Any, server: int,
@@ -257,7 +308,8 @@ async def one_round(variant: Variant, count: int, emails: list[str], *, client: 
         }
         events: list[int] = []
         ratios: list[float] = []
-        phases: dict[str, list[float]] = {"before": [], "connectors": [], "after": []}
+        phases: dict[str, list[float]] = {"before": [], "connectors": [], "after": [], "to_reply": [], "reply": [],
+                                          "closing": []}
         for handle in handles:
             history = await handle.fetch_history()
             events.append(len(history.events))
@@ -330,6 +382,7 @@ async def main(args: argparse.Namespace) -> None:
         dev_server_existing_path=binary("temporal"), ip="127.0.0.1", search_attributes=sa.ALL,
         data_converter=data_converter(keyring))
     variants: list[Variant] = []
+    databases: list[str] = []
     try:
         server = server_pid()
         emails = [f"bench.{n}@example.org" for n in range(args.requests)]
@@ -346,7 +399,8 @@ async def main(args: argparse.Namespace) -> None:
             env = {**os.environ, "DSR_HOME": str(home), "DSR_KEYS": keys,
                    "TEMPORAL_ADDRESS": temporal.client.service_client.config.target_host,
                    "DSR_TASK_QUEUE": f"throughput-{name}-{uuid.uuid4().hex[:6]}",
-                   "DSR_DATABASE_URL": f"sqlite:///{home / 'ledger.sqlite3'}",
+                   "DSR_DATABASE_URL": variant_database(args.database, name, databases) if args.database
+                   else f"sqlite:///{home / 'ledger.sqlite3'}",
                    "DSR_STORAGE_URL": f"file://{home / 'objects'}",
                    "DSR_SMTP_HOST": "127.0.0.1", "DSR_SMTP_PORT": str(mail.port),
                    "DSR_MAIL_FROM": "privacy@example.com", "DSR_OPERATOR_EMAIL": "dpo@example.com",
@@ -379,6 +433,7 @@ async def main(args: argparse.Namespace) -> None:
                       f"{figures['events']:.0f} history events, HubSpot 429s {figures['limited']:.0f} per 100, "
                       f"a request's time (median): {figures['before_ms']:.0f} ms to its connectors, "
                       f"{figures['connectors_ms']:.0f} ms in them, {figures['after_ms']:.0f} ms after"
+                      f" ({after_parts(figures)})"
                       + (f", processing / slowest connector x{figures['processing_ratio']:.2f}"
                          if "processing_ratio" in figures else ""), flush=True)
 
@@ -394,7 +449,9 @@ async def main(args: argparse.Namespace) -> None:
                     f"{1000 * median(variant, 'server_cpu'):.0f} ms; {median(variant, 'events'):.0f} history events "
                     f"per request; HubSpot 429s {median(variant, 'limited'):.0f} per 100 requests; a request's time: "
                     f"{median(variant, 'before_ms'):.0f} ms to its connectors, {median(variant, 'connectors_ms'):.0f} "
-                    f"ms in them, {median(variant, 'after_ms'):.0f} ms after")
+                    f"ms in them, {median(variant, 'after_ms'):.0f} ms after ("
+                    + after_parts({key: median(variant, key) for key in ("to_reply_ms", "reply_ms", "closing_ms")})
+                    + ")")
             if variant.engine:
                 line += f"; processing stage x{median(variant, 'processing_ratio'):.2f} the slowest connector"
             print(line)
@@ -404,6 +461,7 @@ async def main(args: argparse.Namespace) -> None:
         await temporal.shutdown()
         await boxes.stop()
         mail.stop()
+        drop_databases(args.database, databases)
 
 
 if __name__ == "__main__":
@@ -411,6 +469,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=12, help="requests started at once per round and variant")
     parser.add_argument("--before", help="another checkout (with its .venv) whose engine runs as 'before'")
+    parser.add_argument("--database", default="",
+                        help="a PostgreSQL server's admin URL (postgresql+psycopg://...): each variant's ledger in a "
+                             "database of its own there (default: a SQLite file each)")
     parser.add_argument("--trace", action="store_true",
                         help="print one request's history per variant (last round), event by event, in ms")
     parser.add_argument("--unordered", action="store_true",

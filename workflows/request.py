@@ -313,15 +313,20 @@ class DataSubjectRequest:
         if await self._verify_identity() and not self._ending() and await self._changes_known():
             await self._carry_out()
         await self._close()
-        # The aftercare's start is a round trip to the server: the closing events may wait for its own.
+        # The closing events wait for the aftercare's start, to go with its ``aftercare_started`` in one batch.
         self._starting_aftercare = self._aftercare_needed()
         try:
             await watcher
             # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
-            await self._start_aftercare()
+            aftercare = self._start_aftercare()
         finally:
             self._starting_aftercare = False
         self._run_ending = True
+        if aftercare is not None:
+            # The closing batch is written (a local activity) in the task that commands the start, beside the turn's
+            # give-back; the task after the start's round trip only ends the run.
+            with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start: already running
+                await aftercare
         await children.hold(self)  # a restriction stays in force, in its own workflow, until lifted
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
@@ -1001,12 +1006,18 @@ class DataSubjectRequest:
 
     # --- the end of the request: its aftercare, a cancellation from the UI ------------------------------
 
-    async def _start_aftercare(self) -> None:
+    def _start_aftercare(self) -> asyncio.Task[Any] | None:
         """What outlives the answer (the download link until it expires, residual data until an operator clears
         it) goes to the request's aftercare: a child workflow that outlives this run (ABANDON), which then ends.
-        The subject's turn was released at the answer: a later request of the person never waits for it."""
+        The subject's turn was released at the answer: a later request of the person never waits for it.
+
+        Answers the start, commanded in this workflow task, for the run to wait for (the server starts an abandoned
+        child only once its parent's start command was answered; the dev server not at all when the parent closed
+        first); ``aftercare_started`` is noted at once: the command cannot fail but for an aftercare of that id
+        already running (a run reset after the start), which the caller lets pass. None when nothing outlives the
+        answer."""
         if not self._aftercare_needed():
-            return
+            return None
         policy = self._request.policy
         care = AftercareInput(
             request_id=self._request.request_id, operator_email=policy.operator_email,
@@ -1024,16 +1035,15 @@ class DataSubjectRequest:
         if self._outcome is not None:
             attributes.append(SearchAttributePair(sa.DSR_OUTCOME, self._outcome.value))
         child = aftercare_id(self._request.request_id)
-        # A run reset after the start finds the aftercare already running, with the same answer.
-        with contextlib.suppress(WorkflowAlreadyStartedError):
-            await workflow.start_child_workflow(
-                RequestAftercare.run, care, id=child, parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                static_summary=f"aftercare · {self._request.kind.value} · {', '.join(what)}",
-                search_attributes=TypedSearchAttributes(attributes),
-            )
+        start = asyncio.create_task(workflow.start_child_workflow(
+            RequestAftercare.run, care, id=child, parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            static_summary=f"aftercare · {self._request.kind.value} · {', '.join(what)}",
+            search_attributes=TypedSearchAttributes(attributes),
+        ))
         self._aftercare = child
         self._update_details()
         self._note("aftercare_started", details={"workflow": child, "for": ",".join(what)})
+        return start
 
     def _aftercare_needed(self) -> bool:
         return self._link_expires_at is not None or bool(self._residuals)
@@ -1758,7 +1768,7 @@ class DataSubjectRequest:
         ``needs_attention``), not in a batch each (the events keep their order; each one's time is when the batch
         is written, as before, a few seconds later). A system reached by a person (days) or a connector failing
         does not hold them back, nor does anyone waiting for the ledger. Likewise the closing events wait for the
-        aftercare's start (a round trip to the server) and its ``aftercare_started``, unless a notice is on its way
+        aftercare's start to be commanded and its ``aftercare_started`` noted, unless a notice is on its way
         (an SMTP outage may hold it for hours). Measured with bench/throughput.py: a light access request wrote
         six batches, each an activity and a workflow task more; now three."""
         if self._ledger_awaited:

@@ -76,7 +76,8 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
         assert connector.calls == [("access", request.request_id)]
     # The ledger's events in three batches, not five, and only one an activity of its own: the connectors' events
     # wait for the reply's while the request's own systems work, and the reply's first try writes them; the closing
-    # ones wait for the aftercare's start, then go in the workflow task that ends the run (a local activity).
+    # ones go with ``aftercare_started`` in the workflow task that commands the aftercare's start (a local activity),
+    # so the task after the start's round trip only ends the run.
     history = await handle.fetch_history()
 
     async def summary(event: HistoryEvent) -> str:
@@ -93,6 +94,14 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
         "ledger: request recorded", "plan access", "ledger: reply_sent, closed, aftercare_started"]
     assert "record_request" not in [e.activity_task_scheduled_event_attributes.activity_type.name
                                     for e in history.events]
+    kinds = [e.event_type for e in history.events]
+    closing = max(n for n, e in enumerate(history.events) if e.HasField("marker_recorded_event_attributes"))
+    assert kinds.index(EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED) < closing < kinds.index(
+        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED)
+    assert kinds[-5:] == [
+        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED, EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED]
     written = events(engine, request)
     assert written.count("connector_done") == 2 and written.count("replying") == 1
     assert written.index("processing") < written.index("connector_done") < written.index("replying") < written.index(
@@ -125,7 +134,6 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     assert len(inbox) == 2 and all(request.request_id in text_of(m) for m in inbox)
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # the local activity's 15 s of tries are the worker's own time, not skipped
 async def test_a_ledger_the_worker_cannot_reach_at_first_gets_the_row_by_an_activity_the_server_retries(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
