@@ -50,11 +50,12 @@ class SubjectActivities:
     async def ask_subject_turn(self, ask: QueueAsk) -> TurnAnswer:
         """Put the request in its person's line and answer who holds the turn (itself: granted), with the fan-out's
         plan for ``ask.plan`` when granted; write ``ask.events`` to the ledger first. Idempotent: a request asking
-        again keeps its place (a holder still holds), and a retry writes no event twice (their keys are the
+        again keeps its place (a holder still holds), and a retry writes no event twice (their keys are
+        ``ask.events_key``, the same for the request's local tries and the activity after them, or else the
         activity's, as ``record_events``'s are: ``record_batch``)."""
         def in_the_ledger() -> tuple[SubjectTurn, list[Tell]]:
             if ask.events:
-                record_batch(self._ledger, ask.events)
+                record_batch(self._ledger, ask.events, key=ask.events_key)
             return self._turns.ask(ask.queue_id, ask.ask)
 
         answer, tells = await asyncio.to_thread(in_the_ledger)

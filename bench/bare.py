@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contract import (
         CONNECTOR,
-        LEDGER_LOCAL_FIRST,
+        LEDGER_LOCAL,
         NOTICE,
         REPLY,
         ConnectorActivities,
@@ -55,7 +55,7 @@ class BareRequest:
             RequestRecordInput(request_id=request.request_id, kind=request.kind, channel=request.channel,
                                subject=request.subject, received_at=request.received_at,
                                deadline=request.deadlines.normal.due, language=request.language),
-            **LEDGER_LOCAL_FIRST,
+            **LEDGER_LOCAL,
         )
         context = {"reference": request.request_id, "kind": request.kind.value,
                    "received": request.received_on.isoformat(), "deadline": request.deadlines.normal.due.isoformat(),

@@ -45,7 +45,6 @@ __all__ = [
     "INCOMPLETE_PROFILE",
     "LEDGER",
     "LEDGER_LOCAL",
-    "LEDGER_LOCAL_FIRST",
     "NOTICE",
     "NOTICE_FIRST_TRY",
     "NOTICE_INVALID_ADDRESS",
@@ -104,23 +103,23 @@ LEDGER = workflow.ActivityConfig(
     # The ledger is the proof: keep trying (with backoff) rather than lose an event.
     retry_policy=_PATIENT,
 )
-LEDGER_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
-"""The request's last ledger batch (``closed``, ``aftercare_started``...), written in the workflow task that ends the
-run. Only there (and the request's row: ``LEDGER_LOCAL_FIRST``): the batches between them stay activities, written
-beside the request's next steps (measured with bench/throughput.py: local ones in the middle of a request cost more
-throughput than they saved)."""
-LEDGER_LOCAL_FIRST = workflow.LocalActivityConfig(
-    start_to_close_timeout=timedelta(seconds=10),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
-                             maximum_attempts=5),
-)
-"""The request's row, tried first as a local activity, five times in 15 s: a ledger the worker cannot reach would
-otherwise be retried inside a workflow task held open (renewed every few seconds, three history events each time,
-nothing pending in the UI); after that the row is an activity (``LEDGER``), retried by the server, shown pending.
-Bounded by attempts, not by ``schedule_to_close_timeout``, which the SDK (1.35) did not enforce on a local
-activity's retries (measured: still retrying after 120 s against a 10 s bound, on the dev server and the test
-server); a local activity that gives up raises its last failure (an ``ApplicationError``), not an
-``ActivityError``."""
+_LOCAL_TRIES = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
+                           maximum_attempts=5)
+"""A local activity's tries, five in 15 s, before its step goes to the server as an activity (``LEDGER``,
+``TURN_ASK``): retried there with ``_PATIENT``'s backoff and shown pending in the UI. Retried for ever as a local
+activity, a ledger the worker cannot reach would keep the workflow task open (renewed every ~8 s, three history events
+each time, nothing pending in the UI) until the history's limit ends the run (~38 h). Bounded by attempts, not by
+``schedule_to_close_timeout``, which the SDK (1.35) did not enforce on a local activity's retries (measured: still
+retrying after 120 s against a 10 s bound, on the dev server and the test server). A local activity that gives up
+raises an ``ApplicationError`` (its last exception) or an ``ActivityError`` (its last timeout): both hand the step on.
+Only for steps whose effects are keyed by their input, never by the activity's id (the request's row by its id, a
+batch by the key the request gives it, the line by request and round), so that the local tries and the activity
+write once between them."""
+LEDGER_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_LOCAL_TRIES)
+"""The request's row, in its first workflow task, and its last ledger batch (``closed``, ``aftercare_started``...), in
+the workflow task that commands the aftercare's start (or ends the run); either, after five tries, as an activity
+(``LEDGER``). Only there: the batches between them stay activities, written beside the request's next steps (measured
+with bench/throughput.py: local ones in the middle of a request cost more throughput than they saved)."""
 STORAGE = workflow.ActivityConfig(
     # Deleting a request's objects (exports, attachments) may list and delete many; still short.
     start_to_close_timeout=timedelta(seconds=30),
@@ -131,11 +130,11 @@ PLAN = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10)
 costs no round trip to the server before the connectors start."""
 TURN_ASK = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
 """Asking for the person's turn and giving it back: a transaction on the person's line, then its signals."""
-TURN_ASK_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
+TURN_ASK_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_LOCAL_TRIES)
 """The request's ask and give-back, in local activities: a transaction of a millisecond or two (and, only when someone
 of the person holds the turn, a look at whether it still runs; after a give-back, the signal to the next), answered
 within the workflow task that asks, so that a turn granted at once starts the connectors in that same task, with no
-round trip to the server in between."""
+round trip to the server in between. After five tries, an activity (``TURN_ASK``)."""
 HOLDER_CHECK_EVERY = timedelta(hours=1)
 """How often a request waiting for its person's turn checks that the holder still runs (a workflow terminated by
 hand never gives the turn back; the check takes it out of the line)."""

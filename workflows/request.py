@@ -97,7 +97,6 @@ with workflow.unsafe.imports_passed_through():
         IDENTITY_NOT_ALLOWED,
         LEDGER,
         LEDGER_LOCAL,
-        LEDGER_LOCAL_FIRST,
         NOTICE,
         NOTICE_FIRST_TRY,
         PLAN,
@@ -109,6 +108,7 @@ with workflow.unsafe.imports_passed_through():
         REQUEST_REJECTED,
         STORAGE,
         SUBJECT_TURN_SIGNAL,
+        TURN_ASK,
         TURN_ASK_LOCAL,
         ConnectorActivities,
         IntakeActivities,
@@ -138,6 +138,18 @@ BATCHED_WITH_FAN_OUT = frozenset({"turn_taken", "connector_done"})
 def _batch_summary(events: list[AuditEvent]) -> str:
     """How a batch of ledger events shows in the UI: their names, no personal data."""
     return f"ledger: {', '.join(e.event for e in events)}"
+
+
+async def _local_first(step: Callable[..., Any], arg: Any, *, local: workflow.LocalActivityConfig,
+                       remote: workflow.ActivityConfig) -> Any:
+    """``step`` as a local activity (in the workflow task that needs it: no round trip to the server), five tries at
+    most (``LEDGER_LOCAL``, ``TURN_ASK_LOCAL``), then as an activity the server retries and the UI shows pending: a
+    ledger the worker cannot reach is not retried inside a workflow task held open. Only for steps whose effects are
+    keyed by their input, so that the local tries and the activity write once between them."""
+    try:
+        return await workflow.execute_local_activity_method(step, arg, **local)
+    except (ActivityError, ApplicationError):  # its last exception, or its last timeout (an ActivityError)
+        return await workflow.execute_activity_method(step, arg, **remote)
 
 
 RESUMES_MAX = 1000
@@ -264,6 +276,7 @@ class DataSubjectRequest:
         self._starting_aftercare = False  # closed, its aftercare not started yet (see _batch_may_wait)
         self._reply_awaits_ack = False  # the reply waits for the acknowledgement to go first (see _batch_may_wait)
         self._run_ending = False  # answered and closed, the aftercare started: the last batches (see _write_events)
+        self._ending_batches = 0  # the last batches written so far (each under a key of its own)
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
         self._notices_in_flight = 0
@@ -295,14 +308,11 @@ class DataSubjectRequest:
         # In this first workflow task, a local activity: a request whose identity is settled from the start (trusted,
         # an authenticated account) asks for its person's turn and starts its connectors in the same task, with no
         # activity task and workflow task in between (six history events fewer). A ledger the worker cannot reach
-        # for 15 s is then retried by the server, as an activity (LEDGER_LOCAL_FIRST); both are idempotent: the row
-        # and its ``received`` are written once.
-        local: workflow.LocalActivityConfig = {**LEDGER_LOCAL_FIRST, "summary": "ledger: request recorded"}
-        try:
-            await workflow.execute_local_activity_method(LedgerActivities.record_request, record, **local)
-        except (ActivityError, ApplicationError):
-            await workflow.execute_activity_method(LedgerActivities.record_request, record,
-                                                   **summarised(LEDGER, "ledger: request recorded"))
+        # for 15 s is then retried by the server, as an activity; both are idempotent: the row and its ``received``
+        # are written once.
+        await _local_first(LedgerActivities.record_request, record,
+                           local={**LEDGER_LOCAL, "summary": "ledger: request recorded"},
+                           remote=summarised(LEDGER, "ledger: request recorded"))
         # record_request wrote ``received`` with the row (one transaction, first in the ledger).
         # An SMTP outage must not hold every new request at `received`: identity and the fan-out go on while the
         # acknowledgement is retried; later emails to the subject let it go first (ACK_LEAD).
@@ -595,26 +605,27 @@ class DataSubjectRequest:
         if events:
             self._batch_in_flight = True  # the writer waits for the ask (a millisecond or two)
         summary = "subject's turn: ask" + (f"; {_batch_summary(events)}" if events else "")
+        info = workflow.info()
         ask = QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
             request_id=self._request.request_id, received_at=self._request.received_at, round=self._turn_round,
-        ))
+        ), events_key=f"{info.workflow_id}/{info.run_id}/turn-{self._turn_round}/events")
         # The first ask brings the fan-out's plan when granted at once: the connectors start in the task reading it.
         planned = self._turn_round == 1 and not self._progress
         try:
             # The ask answers at once who holds the turn: granted (the usual case) goes on from here, in the same
             # workflow task (a local activity); otherwise a signal says when.
             try:
-                local: workflow.LocalActivityConfig = {**TURN_ASK_LOCAL, "summary": summary}
-                answer = await workflow.execute_local_activity_method(
-                    SubjectActivities.ask_subject_turn, dataclasses.replace(
-                        ask, events=events, plan=PlanInput(kind=postmortem.work_kind(self)) if planned else None),
-                    **local,
-                )
+                answer = await _local_first(
+                    SubjectActivities.ask_subject_turn,
+                    dataclasses.replace(ask, events=events,
+                                        plan=PlanInput(kind=postmortem.work_kind(self)) if planned else None),
+                    local={**TURN_ASK_LOCAL, "summary": summary}, remote=summarised(TURN_ASK, summary))
             except Exception:
-                # Retried without limit, and an ask is refused nothing: a failure not foreseen. The events go to the
-                # writer rather than nowhere (at the risk of a second copy, were the ask's write done).
-                self._events[:0] = events
-                self._ensure_ledger_writer()
+                # The activity is retried without limit, and an ask is refused nothing: a failure not foreseen. The
+                # events go to the writer rather than nowhere, under the ask's key: written once.
+                if events:
+                    self._events_handed_back.append(EventBatch(key=ask.events_key, events=events))
+                    self._ensure_ledger_writer()
                 raise
             finally:
                 if events:
@@ -657,10 +668,11 @@ class DataSubjectRequest:
         release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
             request_id=self._request.request_id, round=turn_round))
         # A local activity, like the ask: a transaction and the signal to the next request, in the task that gives
-        # the turn back (no activity task on the server).
-        local: workflow.LocalActivityConfig = {**TURN_ASK_LOCAL, "summary": "subject's turn: give back"}
-        self._releases.append(asyncio.create_task(workflow.execute_local_activity_method(
-            SubjectActivities.release_subject_turn, release, **local)))
+        # the turn back (no activity task on the server). Releasing twice changes nothing.
+        summary = "subject's turn: give back"
+        self._releases.append(asyncio.create_task(_local_first(
+            SubjectActivities.release_subject_turn, release, local={**TURN_ASK_LOCAL, "summary": summary},
+            remote=summarised(TURN_ASK, summary))))
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
@@ -1739,10 +1751,17 @@ class DataSubjectRequest:
             self._batch_in_flight = True
             try:
                 if self._run_ending:
-                    # Nothing else of the request is left to run beside this write: in the workflow task that ends
-                    # the run (a local activity), not an activity task and another workflow task of its own.
-                    local: workflow.LocalActivityConfig = {**LEDGER_LOCAL, "summary": _batch_summary(batch)}
-                    await workflow.execute_local_activity_method(LedgerActivities.record_events, batch, **local)
+                    # Nothing else of the request is left to run beside this write: in the workflow task that commands
+                    # the aftercare's start or ends the run (a local activity), not an activity task and another
+                    # workflow task of its own. Under a key of its own: its local tries and the activity that may
+                    # follow them write it once.
+                    self._ending_batches += 1
+                    info = workflow.info()
+                    keyed = EventBatch(key=f"{info.workflow_id}/{info.run_id}/ending-{self._ending_batches}/events",
+                                       events=batch)
+                    summary = _batch_summary(batch)
+                    await _local_first(LedgerActivities.record_event_batch, keyed,
+                                       local={**LEDGER_LOCAL, "summary": summary}, remote=summarised(LEDGER, summary))
                 else:
                     await workflow.execute_activity_method(
                         LedgerActivities.record_events, batch,

@@ -982,6 +982,9 @@ class QueueAsk:
     ask: TurnAsk
     events: list[AuditEvent] = field(default_factory=list)
     plan: PlanInput | None = None  # the fan-out's plan, answered with the turn when granted at once
+    # The events' key (the request's: its local tries and the activity after them write the events once). Empty:
+    # the activity's own (``ledger_event_key``).
+    events_key: str = ""
 
 
 @dataclass

@@ -137,7 +137,7 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
 @pytest.mark.slow  # the local activity's 15 s of tries are the worker's own time, not skipped
 async def test_a_ledger_the_worker_cannot_reach_at_first_gets_the_row_by_an_activity_the_server_retries(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The row is tried in the first workflow task five times (LEDGER_LOCAL_FIRST), then as an activity: a ledger the
+    """The row is tried in the first workflow task five times (LEDGER_LOCAL), then as an activity: a ledger the
     worker cannot reach is not retried for ever inside a workflow task held open."""
     record_request = engine.ledger.record_request
     local_tries: list[int] = []

@@ -16,16 +16,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
-from temporalio import workflow
+from sqlalchemy.exc import OperationalError
+from temporalio import activity, workflow
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+import activities.ledger
+import activities.subjects
 from connectors.base import ExportJob, OperationJob
 from dsr.config.settings import Settings
 from dsr.domain.model import (
@@ -706,3 +710,49 @@ async def dsr_status(engine: Engine, request_id: str) -> str:
     assert process.returncode == 0, err.decode()
     return out.decode()
 
+
+
+@pytest.mark.slow  # 2 x 15 s of local tries: the worker's own time, not skipped
+async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing_twice(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The turn's ask (with the events it carries), the give-back and the closing batch are local activities, tried
+    five times, then activities the server retries: a ledger the worker cannot reach is not retried for ever inside a
+    workflow task held open. Each local try here does its work, then fails (the worst case: committed, not known to
+    be): the activity after them finds it done, under the same keys."""
+    local_tries: dict[str, list[int]] = {}
+
+    def failing_when_local(step: Callable[..., Any]) -> Callable[..., Any]:
+        def done_then_refused(*args: Any, **kwargs: Any) -> Any:
+            answer = step(*args, **kwargs)
+            info = activity.info()
+            if info.is_local:
+                local_tries.setdefault(info.activity_type, []).append(info.attempt)
+                raise OperationalError("COMMIT", {}, ConnectionResetError("connection lost after the commit"))
+            return answer
+        return done_then_refused
+
+    monkeypatch.setattr(activities.subjects, "record_batch", failing_when_local(activities.subjects.record_batch))
+    monkeypatch.setattr(activities.ledger, "record_batch", failing_when_local(activities.ledger.record_batch))
+    monkeypatch.setattr(SubjectTurns, "release", failing_when_local(SubjectTurns.release))
+    access = await intake(engine, "access")
+    gate(engine, access.id).set()
+    # In real time (the local tries' backoff is the worker's own), polled: the test server answers a wait for the
+    # result that outlasts its long poll (~20 s) with no event. Unbounded local tries would never end.
+    async def completed() -> bool:
+        return (await access.describe()).status == WorkflowExecutionStatus.COMPLETED
+    await eventually(completed, "the request answered", tries=3600)  # 180 s
+    final: RequestStatus = await access.result()
+
+    assert final.outcome == Outcome.FULFILLED
+    assert local_tries == {"ask_subject_turn": [1, 2, 3, 4, 5], "release_subject_turn": [1, 2, 3, 4, 5],
+                           "record_event_batch": [1, 2, 3, 4, 5]}
+    history = (await access.fetch_history()).events
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    for step in ("ask_subject_turn", "release_subject_turn", "record_event_batch"):
+        assert scheduled.count(step) == 1, step
+    written = [e.event for e in engine.ledger.events(access.id)]
+    for event in ("identity_confirmed", "processing", "turn_taken", "reply_sent", "closed", "aftercare_started"):
+        assert written.count(event) == 1, (event, written)
+    assert written.index("processing") < written.index("turn_taken") < written.index("closed")
+    assert await queue_status(engine) == SubjectQueueStatus(holder="", waiting=[])  # given back, once
