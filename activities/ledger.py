@@ -51,15 +51,18 @@ class LedgerActivities:
         """Create the request's row and its first event, ``received``; a retry finds them and changes nothing.
 
         The event is written here, by the step that does the work, rather than by an activity of its own: one
-        round trip less, and the ledger's story starts with it before any email of the request is recorded."""
+        round trip less, and the ledger's story starts with it before any email of the request is recorded. Keyed by
+        the run (one row per run), not by the activity: the request's local tries and the activity that may follow
+        them (``_local_first``) write it once, even after a try that committed and was not heard of."""
         now = datetime.now(UTC)
+        info = activity.info()
         created = self._ledger.record_request(record, now=now)
         self._ledger.append_event(
             AuditEvent(request_id=record.request_id, event="received", stage=Stage.RECEIVED,
                        details={"channel": Channel(record.channel).value,
                                 **({"scope": record.scope} if record.scope else {}),
                                 **({"documents": str(record.documents)} if record.documents else {})}),
-            key=f"{ledger_event_key()}/received", at=now)
+            key=f"{info.workflow_id}/{info.workflow_run_id}/received", at=now)
         return created
 
     @activity.defn(name="record_event")

@@ -261,8 +261,9 @@ def drop_databases(admin_url: str, names: list[str]) -> None:
 
 def after_parts(figures: dict[str, float]) -> str:
     """The time after the connectors, in its three parts (medians of each: they need not add up to the whole's)."""
-    return (f"{figures['to_reply_ms']:.0f} to the reply, {figures['reply_ms']:.0f} in it, "
-            f"{figures['closing_ms']:.0f} closing")
+    def ms(key: str) -> str:
+        return f"{figures[key]:.0f}" if key in figures else "n/a"
+    return f"{ms('to_reply_ms')} to the reply, {ms('reply_ms')} in it, {ms('closing_ms')} closing"
 
 
 async def one_round(variant: Variant, count: int, emails: list[str], *, client: Any, boxes: Any, server: int,
@@ -450,18 +451,21 @@ async def main(args: argparse.Namespace) -> None:
                     f"per request; HubSpot 429s {median(variant, 'limited'):.0f} per 100 requests; a request's time: "
                     f"{median(variant, 'before_ms'):.0f} ms to its connectors, {median(variant, 'connectors_ms'):.0f} "
                     f"ms in them, {median(variant, 'after_ms'):.0f} ms after ("
-                    + after_parts({key: median(variant, key) for key in ("to_reply_ms", "reply_ms", "closing_ms")})
+                    + after_parts({key: median(variant, key) for key in ("to_reply_ms", "reply_ms", "closing_ms")
+                                   if any(key in r for r in variant.rounds)})
                     + ")")
             if variant.engine:
                 line += f"; processing stage x{median(variant, 'processing_ratio'):.2f} the slowest connector"
             print(line)
     finally:
-        for variant in variants:
-            variant.stop()
-        await temporal.shutdown()
-        await boxes.stop()
-        mail.stop()
-        drop_databases(args.database, databases)
+        try:
+            for variant in variants:
+                variant.stop()
+            await temporal.shutdown()
+            await boxes.stop()
+            mail.stop()
+        finally:
+            drop_databases(args.database, databases)
 
 
 if __name__ == "__main__":

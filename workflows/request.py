@@ -275,7 +275,7 @@ class DataSubjectRequest:
         self._fanning_out = False  # from the plan to the last connector's end (see _batch_may_wait)
         self._starting_aftercare = False  # closed, its aftercare not started yet (see _batch_may_wait)
         self._reply_awaits_ack = False  # the reply waits for the acknowledgement to go first (see _batch_may_wait)
-        self._run_ending = False  # answered and closed, the aftercare started: the last batches (see _write_events)
+        self._run_ending = False  # closed, the aftercare's start commanded: the last batches (see _write_events)
         self._ending_batches = 0  # the last batches written so far (each under a key of its own)
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
@@ -621,8 +621,8 @@ class DataSubjectRequest:
                                         plan=PlanInput(kind=postmortem.work_kind(self)) if planned else None),
                     local={**TURN_ASK_LOCAL, "summary": summary}, remote=summarised(TURN_ASK, summary))
             except Exception:
-                # The activity is retried without limit, and an ask is refused nothing: a failure not foreseen. The
-                # events go to the writer rather than nowhere, under the ask's key: written once.
+                # The activity is retried without limit, and an ask is refused nothing: a failure not foreseen. Should
+                # the run go on, the events go to the writer rather than nowhere, under the ask's key (written once).
                 if events:
                     self._events_handed_back.append(EventBatch(key=ask.events_key, events=events))
                     self._ensure_ledger_writer()
@@ -1025,9 +1025,10 @@ class DataSubjectRequest:
 
         Answers the start, commanded in this workflow task, for the run to wait for (the server starts an abandoned
         child only once its parent's start command was answered; the dev server not at all when the parent closed
-        first); ``aftercare_started`` is noted at once: the command cannot fail but for an aftercare of that id
-        already running (a run reset after the start), which the caller lets pass. None when nothing outlives the
-        answer."""
+        first); ``aftercare_started`` is noted at once, so the ledger has it once the start is commanded: the command
+        cannot fail but for an aftercare of that id already running (a run reset after the start), which the caller
+        lets pass. Only a run ended in that task's few milliseconds (terminated by hand) would leave the event without
+        the start. None when nothing outlives the answer."""
         if not self._aftercare_needed():
             return None
         policy = self._request.policy
@@ -1751,10 +1752,10 @@ class DataSubjectRequest:
             self._batch_in_flight = True
             try:
                 if self._run_ending:
-                    # Nothing else of the request is left to run beside this write: in the workflow task that commands
-                    # the aftercare's start or ends the run (a local activity), not an activity task and another
-                    # workflow task of its own. Under a key of its own: its local tries and the activity that may
-                    # follow them write it once.
+                    # The request is closed: in the workflow task that commands the aftercare's start (or that ends
+                    # the run), a local activity beside what is still finishing (the give-back, a notice on its way),
+                    # not an activity task and another workflow task of its own. Under a key of its own: its local
+                    # tries and the activity that may follow them write it once.
                     self._ending_batches += 1
                     info = workflow.info()
                     keyed = EventBatch(key=f"{info.workflow_id}/{info.run_id}/ending-{self._ending_batches}/events",

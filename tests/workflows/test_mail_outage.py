@@ -142,7 +142,7 @@ async def test_the_final_reply_counts_as_pending_mail_until_the_smtp_server_take
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1),
                                          ScriptedConnector("billing")]])
 async def test_a_deadline_notice_held_by_the_mail_server_does_not_hold_the_closing_events(engine: Engine) -> None:
-    """The closing events wait for the aftercare's start, a round trip to the server, to go in one batch with it;
+    """The closing events wait for the aftercare's start to be commanded, to go in one batch with it;
     but not behind a deadline notice the mail server is holding back (it may do so for hours): they are written
     at the close, while the run still waits for that notice before it starts the aftercare and ends."""
     request, handle = await submit(engine, "access")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import sys
 import time
@@ -234,7 +235,7 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
     # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
     # planned in a local activity when its turn came.
-    # The access's closing events wait for its aftercare's start, then go in the task ending the run (local too).
+    # The access's closing events go beside its give-back, in the task commanding its aftercare's start (local too).
     assert locals_of[access.id][2:] == ["subject's turn: give back", "ledger: reply_sent, closed, aftercare_started"]
     assert locals_of[erasure.id][2:] == ["plan erasure", "subject's turn: give back"]
     assert {c.connector for c in (await status(access)).connectors} == {c.name for c in engine.connectors}
@@ -712,47 +713,70 @@ async def dsr_status(engine: Engine, request_id: str) -> str:
 
 
 
-@pytest.mark.slow  # 2 x 15 s of local tries: the worker's own time, not skipped
+@pytest.mark.slow  # three times five local tries (15 s each), the worker's own time: not skipped
 async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing_twice(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The turn's ask (with the events it carries), the give-back and the closing batch are local activities, tried
-    five times, then activities the server retries: a ledger the worker cannot reach is not retried for ever inside a
-    workflow task held open. Each local try here does its work, then fails (the worst case: committed, not known to
-    be): the activity after them finds it done, under the same keys."""
+    """The request's row, the turn's ask (with the events it carries), the give-back and the closing batch are local
+    activities, tried five times, then activities the server retries: a ledger the worker cannot reach is not retried
+    for ever inside a workflow task held open. Each local try of the first request here does its work, then fails (the
+    worst case: committed, and not known to be): the activity after them finds it done, under the same keys, and the
+    next request of the person, waiting, is still told its turn came."""
     local_tries: dict[str, list[int]] = {}
+    target: list[str] = []  # the first request seen: only its local tries are refused
 
-    def failing_when_local(step: Callable[..., Any]) -> Callable[..., Any]:
+    def failing_when_local(step: Callable[..., Any], request_of: Callable[..., str | None]) -> Callable[..., Any]:
         def done_then_refused(*args: Any, **kwargs: Any) -> Any:
             answer = step(*args, **kwargs)
-            info = activity.info()
-            if info.is_local:
+            info, request_id = activity.info(), request_of(*args, **kwargs)
+            target[:] = target or ([request_id] if request_id else [])
+            if info.is_local and request_id and request_id == target[0]:
                 local_tries.setdefault(info.activity_type, []).append(info.attempt)
                 raise OperationalError("COMMIT", {}, ConnectionResetError("connection lost after the commit"))
             return answer
         return done_then_refused
 
-    monkeypatch.setattr(activities.subjects, "record_batch", failing_when_local(activities.subjects.record_batch))
-    monkeypatch.setattr(activities.ledger, "record_batch", failing_when_local(activities.ledger.record_batch))
-    monkeypatch.setattr(SubjectTurns, "release", failing_when_local(SubjectTurns.release))
-    access = await intake(engine, "access")
-    gate(engine, access.id).set()
-    # In real time (the local tries' backoff is the worker's own), polled: the test server answers a wait for the
-    # result that outlasts its long poll (~20 s) with no event. Unbounded local tries would never end.
-    async def completed() -> bool:
-        return (await access.describe()).status == WorkflowExecutionStatus.COMPLETED
-    await eventually(completed, "the request answered", tries=3600)  # 180 s
-    final: RequestStatus = await access.result()
+    monkeypatch.setattr(engine.ledger, "append_event", failing_when_local(
+        engine.ledger.append_event, lambda event, **_: event.request_id if event.event == "received" else None))
+    monkeypatch.setattr(activities.ledger, "record_batch", failing_when_local(
+        activities.ledger.record_batch, lambda ledger, events, **_: events[0].request_id))
+    monkeypatch.setattr(SubjectTurns, "ask", failing_when_local(
+        SubjectTurns.ask, lambda turns, queue, ask: ask.request_id))
+    monkeypatch.setattr(SubjectTurns, "release", failing_when_local(
+        SubjectTurns.release, lambda turns, queue, request_id, turn_round: request_id))
 
-    assert final.outcome == Outcome.FULFILLED
-    assert local_tries == {"ask_subject_turn": [1, 2, 3, 4, 5], "release_subject_turn": [1, 2, 3, 4, 5],
-                           "record_event_batch": [1, 2, 3, 4, 5]}
+    async def answered(handle: WorkflowHandle) -> bool:
+        return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+    # In real time (the local tries' backoff is the worker's own), polled: the test server answers a wait for a result
+    # that outlasts its long poll (~20 s) with no event. Unbounded local tries would never get anywhere.
+    access = await intake(engine, "access")
+
+    async def in_the_systems() -> bool:
+        return len(spans(engine, access.id)) == len(engine.connectors)
+    await eventually(in_the_systems, "the access holding the turn (its row and its ask: 30 s)", tries=2400)
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    gate(engine, access.id).set()
+    gate(engine, erasure.id).set()
+    for handle in (access, erasure):
+        await eventually(functools.partial(answered, handle), f"{handle.id} answered", tries=2400)
+
+    assert target == [access.id]
+    assert local_tries == {step: [1, 2, 3, 4, 5] for step in (
+        "record_request", "ask_subject_turn", "release_subject_turn", "record_event_batch")}
     history = (await access.fetch_history()).events
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
                  if e.HasField("activity_task_scheduled_event_attributes")]
-    for step in ("ask_subject_turn", "release_subject_turn", "record_event_batch"):
+    for step in ("record_request", "ask_subject_turn", "release_subject_turn", "record_event_batch"):
         assert scheduled.count(step) == 1, step
     written = [e.event for e in engine.ledger.events(access.id)]
-    for event in ("identity_confirmed", "processing", "turn_taken", "reply_sent", "closed", "aftercare_started"):
+    for event in ("received", "identity_confirmed", "processing", "turn_taken", "reply_sent", "closed",
+                  "aftercare_started"):
         assert written.count(event) == 1, (event, written)
     assert written.index("processing") < written.index("turn_taken") < written.index("closed")
-    assert await queue_status(engine) == SubjectQueueStatus(holder="", waiting=[])  # given back, once
+    assert (await access.result()).outcome == (await erasure.result()).outcome == Outcome.FULFILLED
+    # The give-back's local tries committed and told no one; the activity after them told the erasure.
+    assert [e.details for e in engine.ledger.events(erasure.id) if e.event == "turn_taken"] == [
+        {"waited_for": access.id}]
+    one_after_the_other(engine, access.id, erasure.id)
+    assert await queue_status(engine) == SubjectQueueStatus(holder="", waiting=[])
