@@ -165,6 +165,10 @@ _JOINERS = frozenset("\u200c\u200d")  # ZWNJ/ZWJ: part of how Persian, Indic nam
 def strip_controls(value: str) -> str:
     """``value`` without bidi controls, control characters or other invisible format characters (ZWNJ and
     ZWJ kept); line and paragraph breaks become spaces. For text strangers type that others will read."""
+    if value.isprintable():
+        # No character of the categories Other (Cc, Cf, Cs...) or Separator but the space: nothing below would change
+        # it (the bidi controls and the joiners are Cf). The usual case, in a C loop rather than one per character.
+        return value
     out = []
     for char in value:
         if char in _JOINERS:
