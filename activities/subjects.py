@@ -72,9 +72,14 @@ class SubjectActivities:
     @activity.defn(name="release_subject_turn")
     async def release_subject_turn(self, release: QueueRelease) -> None:
         """Take the request's ask out of its person's line (done with the systems, withdrawn, refused, cancelled,
-        or waiting for an operator); the next one is granted the turn and told. Releasing twice changes nothing."""
-        tells = await asyncio.to_thread(self._turns.release, release.queue_id, release.release.request_id,
-                                        release.release.round)
+        or waiting for an operator); the next one is granted the turn and told. Write ``release.events`` to the ledger
+        first (under ``release.events_key``: none twice). Releasing twice changes nothing."""
+        def in_the_ledger() -> list[Tell]:
+            if release.events:
+                record_batch(self._ledger, release.events, key=release.events_key)
+            return self._turns.release(release.queue_id, release.release.request_id, release.release.round)
+
+        tells = await asyncio.to_thread(in_the_ledger)
         await self._tell(release.queue_id, tells)
 
     @activity.defn(name="check_subject_turn")

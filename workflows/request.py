@@ -273,10 +273,10 @@ class DataSubjectRequest:
         self._batch_in_flight = False  # a batch on its way to the ledger (the writer's, or the turn's ask's)
         self._ledger_awaited = 0  # coroutines waiting for the ledger to hold what was noted: no batch waits then
         self._fanning_out = False  # from the plan to the last connector's end (see _batch_may_wait)
-        self._starting_aftercare = False  # closed, its aftercare not started yet (see _batch_may_wait)
         self._reply_awaits_ack = False  # the reply waits for the acknowledgement to go first (see _batch_may_wait)
         self._run_ending = False  # closed, the aftercare's start commanded: the last batches (see _write_events)
         self._ending_batches = 0  # the last batches written so far (each under a key of its own)
+        self._give_backs = 0  # the turn's give-backs so far (each one's events under a key of its own)
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
         self._notices_in_flight = 0
@@ -323,20 +323,15 @@ class DataSubjectRequest:
         if await self._verify_identity() and not self._ending() and await self._changes_known():
             await self._carry_out()
         await self._close()
-        # The closing events wait for the aftercare's start, to go with its ``aftercare_started`` in one batch.
-        self._starting_aftercare = self._aftercare_needed()
-        try:
-            await watcher
-            # The request ends here, answered; the download link and residual data outlive it, in its aftercare.
-            aftercare = self._start_aftercare()
-        finally:
-            self._starting_aftercare = False
+        # The request ends here, answered; the download link and residual data outlive it, in its aftercare, whose
+        # start is commanded in this workflow task: ``aftercare_started`` is noted with ``closed``, and both go to the
+        # ledger in this task too (a local activity: with the turn's give-back when there is one, see _give_back).
+        aftercare = self._start_aftercare()
         self._run_ending = True
+        await watcher  # it ends once it sees the request closed (or once the deadline notice on its way has gone)
         if aftercare is not None:
-            # The closing batch is written (a local activity) in the task that commands the start, beside the turn's
-            # give-back; the task after the start's round trip only ends the run.
             with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start: already running
-                await aftercare
+                await aftercare  # the server's answer to the command: the next workflow task, which ends the run
         await children.hold(self)  # a restriction stays in force, in its own workflow, until lifted
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
@@ -665,14 +660,36 @@ class DataSubjectRequest:
         self._give_back(self._turn_round)
 
     def _give_back(self, turn_round: int) -> None:
+        self._releases.append(asyncio.create_task(self._given_back(turn_round)))
+
+    async def _given_back(self, turn_round: int) -> None:
+        """A local activity, like the ask: a transaction and the signal to the next request, in the workflow task that
+        gives the turn back (no activity task on the server). Releasing twice changes nothing. It carries the events
+        noted by then, under a key of the request's, as the ask does: at the answer, run as soon as the run's code
+        waits for something, so with ``reply_sent``, ``closed`` and ``aftercare_started`` (one transaction and one
+        local activity for the closing, not two side by side)."""
+        events = self._carry_noted()
+        if events:
+            self._batch_in_flight = True  # the writer waits for the give-back (a millisecond or two)
+        self._give_backs += 1
+        info = workflow.info()
         release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
-            request_id=self._request.request_id, round=turn_round))
-        # A local activity, like the ask: a transaction and the signal to the next request, in the task that gives
-        # the turn back (no activity task on the server). Releasing twice changes nothing.
-        summary = "subject's turn: give back"
-        self._releases.append(asyncio.create_task(_local_first(
-            SubjectActivities.release_subject_turn, release, local={**TURN_ASK_LOCAL, "summary": summary},
-            remote=summarised(TURN_ASK, summary))))
+            request_id=self._request.request_id, round=turn_round),
+            events=events, events_key=f"{info.workflow_id}/{info.run_id}/give-back-{self._give_backs}/events")
+        summary = "subject's turn: give back" + (f"; {_batch_summary(events)}" if events else "")
+        try:
+            await _local_first(SubjectActivities.release_subject_turn, release,
+                               local={**TURN_ASK_LOCAL, "summary": summary}, remote=summarised(TURN_ASK, summary))
+        except Exception:
+            # As the ask's: a failure not foreseen. Should the run go on, the events go to the writer, under the key.
+            if events:
+                self._events_handed_back.append(EventBatch(key=release.events_key, events=events))
+                self._ensure_ledger_writer()
+            raise
+        finally:
+            if events:
+                self._batch_in_flight = False
+        self._events_written += len(events)
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
@@ -1787,18 +1804,15 @@ class DataSubjectRequest:
         connectors' events go to the ledger together, with the event that follows the fan-out (``replying``,
         ``needs_attention``), not in a batch each (the events keep their order; each one's time is when the batch
         is written, as before, a few seconds later). A system reached by a person (days) or a connector failing
-        does not hold them back, nor does anyone waiting for the ledger. Likewise the closing events wait for the
-        aftercare's start to be commanded and its ``aftercare_started`` noted, unless a notice is on its way
-        (an SMTP outage may hold it for hours). Measured with bench/throughput.py: a light access request wrote
-        six batches, each an activity and a workflow task more; now three."""
+        does not hold them back, nor does anyone waiting for the ledger. (The closing events need no wait: ``closed``
+        and ``aftercare_started`` are noted in one stretch of the run's code.) Measured with bench/throughput.py: a
+        light access request wrote six batches, each an activity and a workflow task more; now three."""
         if self._ledger_awaited:
             return False
         if self._reply_awaits_ack:
             # The reply lets the acknowledgement on its way go first (a second or so): the events wait for the reply's
             # first try, which writes them; not behind an acknowledgement failing (an SMTP outage: up to ACK_LEAD).
             return NoticeTemplate.ACKNOWLEDGEMENT.value not in self._mail_pending
-        if self._starting_aftercare:
-            return not self._notices_in_flight  # not behind a deadline notice the closing found on its way
         if not self._fanning_out or any(e.event not in BATCHED_WITH_FAN_OUT for e in self._events):
             return False
         return all(p.connector not in self._outside and p.failing_since is None

@@ -1003,10 +1003,13 @@ class TurnAnswer:
 
 @dataclass
 class QueueRelease:
-    """Input of the ``release_subject_turn`` activity: the request's ask leaves its person's line."""
+    """Input of the ``release_subject_turn`` activity: the request's ask leaves its person's line; the ledger events
+    noted before it are written first, under ``events_key`` (as ``QueueAsk``'s)."""
 
     queue_id: str
     release: TurnRelease
+    events: list[AuditEvent] = field(default_factory=list)
+    events_key: str = ""
 
 
 @dataclass

@@ -29,8 +29,6 @@ from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-import activities.ledger
-import activities.subjects
 from connectors.base import ExportJob, OperationJob
 from dsr.config.settings import Settings
 from dsr.domain.model import (
@@ -235,9 +233,11 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
     # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
     # planned in a local activity when its turn came.
-    # The access's closing events go beside its give-back, in the task commanding its aftercare's start (local too).
-    assert locals_of[access.id][2:] == ["subject's turn: give back", "ledger: reply_sent, closed, aftercare_started"]
-    assert locals_of[erasure.id][2:] == ["plan erasure", "subject's turn: give back"]
+    # The access's closing events go with its give-back (one local activity, one transaction), in the task
+    # commanding its aftercare's start.
+    assert locals_of[access.id][2:] == ["subject's turn: give back; ledger: reply_sent, closed, aftercare_started"]
+    # The erasure's give-back carries its ``closed`` (its ``reply_sent`` went while it deleted earlier exports).
+    assert locals_of[erasure.id][2:] == ["plan erasure", "subject's turn: give back; ledger: closed"]
     assert {c.connector for c in (await status(access)).connectors} == {c.name for c in engine.connectors}
     # Idle again: nobody is in the person's line.
     assert stored_lines(engine) == []
@@ -716,11 +716,12 @@ async def dsr_status(engine: Engine, request_id: str) -> str:
 @pytest.mark.slow  # three times five local tries (15 s each), the worker's own time: not skipped
 async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing_twice(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The request's row, the turn's ask (with the events it carries), the give-back and the closing batch are local
-    activities, tried five times, then activities the server retries: a ledger the worker cannot reach is not retried
-    for ever inside a workflow task held open. Each local try of the first request here does its work, then fails (the
-    worst case: committed, and not known to be): the activity after them finds it done, under the same keys, and the
-    next request of the person, waiting, is still told its turn came."""
+    """The request's row, the turn's ask and its give-back (each with the events it carries: the give-back at the
+    answer carries the closing ones) are local activities, tried five times, then activities the server retries: a
+    ledger the worker cannot reach is not retried for ever inside a workflow task held open. Each local try of the
+    first request here does its work, then fails (the worst case: committed, and not known to be): the activity after
+    them finds it done, under the same keys, and the next request of the person, waiting, is still told its turn
+    came."""
     local_tries: dict[str, list[int]] = {}
     target: list[str] = []  # the first request seen: only its local tries are refused
 
@@ -737,8 +738,6 @@ async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing
 
     monkeypatch.setattr(engine.ledger, "append_event", failing_when_local(
         engine.ledger.append_event, lambda event, **_: event.request_id if event.event == "received" else None))
-    monkeypatch.setattr(activities.ledger, "record_batch", failing_when_local(
-        activities.ledger.record_batch, lambda ledger, events, **_: events[0].request_id))
     monkeypatch.setattr(SubjectTurns, "ask", failing_when_local(
         SubjectTurns.ask, lambda turns, queue, ask: ask.request_id))
     monkeypatch.setattr(SubjectTurns, "release", failing_when_local(
@@ -763,11 +762,11 @@ async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing
 
     assert target == [access.id]
     assert local_tries == {step: [1, 2, 3, 4, 5] for step in (
-        "record_request", "ask_subject_turn", "release_subject_turn", "record_event_batch")}
+        "record_request", "ask_subject_turn", "release_subject_turn")}
     history = (await access.fetch_history()).events
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
                  if e.HasField("activity_task_scheduled_event_attributes")]
-    for step in ("record_request", "ask_subject_turn", "release_subject_turn", "record_event_batch"):
+    for step in ("record_request", "ask_subject_turn", "release_subject_turn"):
         assert scheduled.count(step) == 1, step
     written = [e.event for e in engine.ledger.events(access.id)]
     for event in ("received", "identity_confirmed", "processing", "turn_taken", "reply_sent", "closed",
