@@ -1,9 +1,10 @@
 """Activities of per-subject order: taking a person's turn, giving it back, checking that its holder lives.
 
 The person's line is a row of the ledger's database (:mod:`dsr.store.turns`), changed in one transaction by the
-activity that asks or releases: a request whose person is idle (nearly always) is granted in the transaction that
-writes its ledger events anyway; the request runs the ask and the give-back as local activities, so a turn granted
-at once starts its connectors in the workflow task that asked, with no other workflow's task on its path.
+activity that asks or releases, the same activity that writes the request's ledger events noted before it (in a
+transaction of their own: before the ask, after the release); the request runs the ask and the give-back as local
+activities, so a turn granted at once starts its connectors in the workflow task that asked, with no other
+workflow's task on its path.
 Whom a change concerns (a request granted the turn after another's release, those waiting, who they now wait for)
 is told by signal ``subject_turn`` once the change is committed; a request that is gone (its signal refused) is
 taken out of the line, and whom that changes is told in turn.
@@ -72,15 +73,14 @@ class SubjectActivities:
     @activity.defn(name="release_subject_turn")
     async def release_subject_turn(self, release: QueueRelease) -> None:
         """Take the request's ask out of its person's line (done with the systems, withdrawn, refused, cancelled,
-        or waiting for an operator); the next one is granted the turn and told. Write ``release.events`` to the ledger
-        first (under ``release.events_key``: none twice). Releasing twice changes nothing."""
-        def in_the_ledger() -> list[Tell]:
-            if release.events:
-                record_batch(self._ledger, release.events, key=release.events_key)
-            return self._turns.release(release.queue_id, release.release.request_id, release.release.round)
-
-        tells = await asyncio.to_thread(in_the_ledger)
+        or waiting for an operator); the next one is granted the turn and told. Then write ``release.events`` to the
+        ledger (under ``release.events_key``: none twice), after the line and its signals: a ledger refusing them holds
+        this request (retried), never the person's next one. Releasing twice changes nothing."""
+        tells = await asyncio.to_thread(self._turns.release, release.queue_id, release.release.request_id,
+                                        release.release.round)
         await self._tell(release.queue_id, tells)
+        if release.events:
+            await asyncio.to_thread(record_batch, self._ledger, release.events, key=release.events_key)
 
     @activity.defn(name="check_subject_turn")
     async def check_subject_turn(self, ask: QueueAsk) -> SubjectTurn:

@@ -116,10 +116,11 @@ Only for steps whose effects are keyed by their input, never by the activity's i
 batch by the key the request gives it, the line by request and round), so that the local tries and the activity
 write once between them."""
 LEDGER_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_LOCAL_TRIES)
-"""The request's row, in its first workflow task, and its last ledger batch (``closed``, ``aftercare_started``...), in
-the workflow task that commands the aftercare's start (or ends the run); either, after five tries, as an activity
-(``LEDGER``). Only there: the batches between them stay activities, written beside the request's next steps (measured
-with bench/throughput.py: local ones in the middle of a request cost more throughput than they saved)."""
+"""The request's row, in its first workflow task, and its last ledger batches once the run is ending (``closed``,
+``aftercare_started``, when no give-back of the turn carries them; what a deadline notice or an update notes after the
+close); either, after five tries, as an activity (``LEDGER``). Only there: the batches between them stay activities,
+written beside the request's next steps (measured with bench/throughput.py: local ones in the middle of a request cost
+more throughput than they saved), or go with the turn's ask or give-back (``TURN_ASK_LOCAL``)."""
 STORAGE = workflow.ActivityConfig(
     # Deleting a request's objects (exports, attachments) may list and delete many; still short.
     start_to_close_timeout=timedelta(seconds=30),
@@ -131,8 +132,9 @@ costs no round trip to the server before the connectors start."""
 TURN_ASK = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_PATIENT)
 """Asking for the person's turn and giving it back: a transaction on the person's line, then its signals."""
 TURN_ASK_LOCAL = workflow.LocalActivityConfig(start_to_close_timeout=timedelta(seconds=10), retry_policy=_LOCAL_TRIES)
-"""The request's ask and give-back, in local activities: a transaction of a millisecond or two (and, only when someone
-of the person holds the turn, a look at whether it still runs; after a give-back, the signal to the next), answered
+"""The request's ask and give-back, in local activities: a transaction of a millisecond or two on the person's line,
+and one for the ledger events noted before it (and, only when someone of the person holds the turn, a look at whether
+it still runs; after a give-back, the signal to the next), answered
 within the workflow task that asks, so that a turn granted at once starts the connectors in that same task, with no
 round trip to the server in between. After five tries, an activity (``TURN_ASK``)."""
 HOLDER_CHECK_EVERY = timedelta(hours=1)

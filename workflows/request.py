@@ -270,7 +270,7 @@ class DataSubjectRequest:
         self._events_noted = 0
         self._events_written = 0
         self._ledger_writer: asyncio.Task[None] | None = None
-        self._batch_in_flight = False  # a batch on its way to the ledger (the writer's, or the turn's ask's)
+        self._batch_in_flight = False  # a batch on its way to the ledger (the writer's, the turn's ask or give-back's)
         self._ledger_awaited = 0  # coroutines waiting for the ledger to hold what was noted: no batch waits then
         self._fanning_out = False  # from the plan to the last connector's end (see _batch_may_wait)
         self._reply_awaits_ack = False  # the reply waits for the acknowledgement to go first (see _batch_may_wait)
@@ -279,7 +279,6 @@ class DataSubjectRequest:
         self._give_backs = 0  # the turn's give-backs so far (each one's events under a key of its own)
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
-        self._notices_in_flight = 0
         self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
 
     # --- main flow ----------------------------------------------------------------------------
@@ -324,8 +323,9 @@ class DataSubjectRequest:
             await self._carry_out()
         await self._close()
         # The request ends here, answered; the download link and residual data outlive it, in its aftercare, whose
-        # start is commanded in this workflow task: ``aftercare_started`` is noted with ``closed``, and both go to the
-        # ledger in this task too (a local activity: with the turn's give-back when there is one, see _give_back).
+        # start is commanded in this workflow task: ``aftercare_started`` is noted right after ``closed`` and, unless
+        # a batch is on its way or the close waited for something (files deleted, a notice), both go to the ledger in
+        # this task too (a local activity: with the turn's give-back when there is one, see _given_back).
         aftercare = self._start_aftercare()
         self._run_ending = True
         await watcher  # it ends once it sees the request closed (or once the deadline notice on its way has gone)
@@ -665,9 +665,10 @@ class DataSubjectRequest:
     async def _given_back(self, turn_round: int) -> None:
         """A local activity, like the ask: a transaction and the signal to the next request, in the workflow task that
         gives the turn back (no activity task on the server). Releasing twice changes nothing. It carries the events
-        noted by then, under a key of the request's, as the ask does: at the answer, run as soon as the run's code
-        waits for something, so with ``reply_sent``, ``closed`` and ``aftercare_started`` (one transaction and one
-        local activity for the closing, not two side by side)."""
+        noted by then, under a key of the request's, as the ask does, and writes them after the line and its signals
+        (a ledger refusing them holds this request, never the person's next one): at the answer, it runs as soon as
+        the run's code waits for something, so with ``reply_sent``, ``closed`` and ``aftercare_started`` (one local
+        activity for the closing, not two side by side)."""
         events = self._carry_noted()
         if events:
             self._batch_in_flight = True  # the writer waits for the give-back (a millisecond or two)
@@ -1722,8 +1723,10 @@ class DataSubjectRequest:
         transaction, in order) beside the request's next steps, instead of one activity each in its way. Every
         event is written before the run ends (``_ledger_written``).
 
-        Not by local activities: measured with 12 requests at once (bench/throughput.py), batches written in the
-        workflow task that noted them cost the engine a tenth of its throughput, for a third fewer events."""
+        Not by local activities of their own in the middle of a request: measured with 12 requests at once
+        (bench/throughput.py), batches written in the workflow task that noted them cost the engine a tenth of its
+        throughput, for a third fewer events. (The local activities that run anyway carry them: the turn's ask and
+        give-back; and the last batches, once the run is ending.)"""
         self._events.append(AuditEvent(
             request_id=self._request.request_id, event=event, actor=actor, details=details or {}, stage=stage,
             outcome=outcome, deadline=deadline, extended=extended, note=note,
@@ -1745,7 +1748,7 @@ class DataSubjectRequest:
             await workflow.wait_condition(lambda: not self._batch_in_flight and (
                 bool(self._events_handed_back) or not self._batch_may_wait()))
             if self._batch_in_flight:
-                continue  # the turn's ask took the events in the same pass: its batch goes first
+                continue  # the turn's ask or give-back took the events in the same pass: its batch goes first
             # A batch under its own key before the events noted since: one a failed first try of the reply handed
             # back, or, only when events were noted after it, the one the reply's first try is still carrying (it may
             # take minutes; whichever writes it first writes it, the other finds it written).
@@ -1769,10 +1772,10 @@ class DataSubjectRequest:
             self._batch_in_flight = True
             try:
                 if self._run_ending:
-                    # The request is closed: in the workflow task that commands the aftercare's start (or that ends
-                    # the run), a local activity beside what is still finishing (the give-back, a notice on its way),
-                    # not an activity task and another workflow task of its own. Under a key of its own: its local
-                    # tries and the activity that may follow them write it once.
+                    # The request is closed (its closing events went with the give-back, if any, else come here):
+                    # a local activity, not an activity task and another workflow task of its own; also what is
+                    # noted later (a deadline notice's events, an update's). Under a key of its own: its local tries
+                    # and the activity that may follow them write it once.
                     self._ending_batches += 1
                     info = workflow.info()
                     keyed = EventBatch(key=f"{info.workflow_id}/{info.run_id}/ending-{self._ending_batches}/events",
@@ -1790,9 +1793,9 @@ class DataSubjectRequest:
                 self._batch_in_flight = False
 
     def _carry_noted(self) -> list[AuditEvent]:
-        """The events noted and not written yet, for the activity about to run (the turn's ask, the reply) to write
-        first: one activity and one workflow task less than a batch of their own. None while a batch is on its way
-        or waits to be written (they come after it)."""
+        """The events noted and not written yet, for the activity about to run (the turn's ask or give-back, the
+        reply) to write: one activity and one workflow task less than a batch of their own. None while a batch is on
+        its way or waits to be written (they come after it)."""
         if self._batch_in_flight or self._events_handed_back or self._carried is not None or not self._events:
             return []
         events, self._events = self._events, []
@@ -1917,11 +1920,7 @@ class DataSubjectRequest:
     async def _send_tracked(self, notice: Notice) -> None:
         """One try; if the mail server did not take it (down, 4xx, a lost worker), the notice shows as pending
         in the status, the UI and ``DsrMailPending`` while it is retried under the same key."""
-        self._notices_in_flight += 1
-        try:
-            await self._send_until_taken(notice)
-        finally:
-            self._notices_in_flight -= 1
+        await self._send_until_taken(notice)
 
     async def _send_until_taken(self, notice: Notice) -> None:
         self._mail_count += 1

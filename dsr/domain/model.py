@@ -1004,7 +1004,7 @@ class TurnAnswer:
 @dataclass
 class QueueRelease:
     """Input of the ``release_subject_turn`` activity: the request's ask leaves its person's line; the ledger events
-    noted before it are written first, under ``events_key`` (as ``QueueAsk``'s)."""
+    noted before it are written after it, under ``events_key`` (as ``QueueAsk``'s)."""
 
     queue_id: str
     release: TurnRelease

@@ -4,6 +4,7 @@ pending and delivered once when the mail server is back; mail steps heartbeat, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, time, timedelta
 
@@ -12,6 +13,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import ActivityTaskScheduledEventAttributes
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
 
 from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import IdentityMethod, Outcome, RequestStatus, Retry, Stage
@@ -166,8 +168,15 @@ async def test_a_deadline_notice_held_by_the_mail_server_does_not_hold_the_closi
     assert written.index("reply_sent") < written.index("closed") < written.index("aftercare_started")
     # The aftercare runs already (the test server may even have skipped to the link's expiry meanwhile: the
     # reminder's retries are timers on the server).
-    aftercare = await engine.client.get_workflow_handle(aftercare_id(request.request_id)).describe()
-    assert aftercare.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED)
+    aftercare = engine.client.get_workflow_handle(aftercare_id(request.request_id))
+    for _ in range(200):  # the start is commanded in the task that wrote the events: the server's a moment later
+        with contextlib.suppress(RPCError):
+            if (await aftercare.describe()).status in (WorkflowExecutionStatus.RUNNING,
+                                                       WorkflowExecutionStatus.COMPLETED):
+                break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the aftercare never started while the reminder was on its way")
 
     # The mailbox is emptied: the reminder goes, then the run ends.
     engine.mail.deferred.clear()

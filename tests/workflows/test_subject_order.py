@@ -29,6 +29,7 @@ from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+import activities.subjects
 from connectors.base import ExportJob, OperationJob
 from dsr.config.settings import Settings
 from dsr.domain.model import (
@@ -233,7 +234,7 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
         assert written.count("processing") == 1 and written.index("turn_taken") > 2
     # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
     # planned in a local activity when its turn came.
-    # The access's closing events go with its give-back (one local activity, one transaction), in the task
+    # The access's closing events go with its give-back (one local activity), in the task
     # commanding its aftercare's start.
     assert locals_of[access.id][2:] == ["subject's turn: give back; ledger: reply_sent, closed, aftercare_started"]
     # The erasure's give-back carries its ``closed`` (its ``reply_sent`` went while it deleted earlier exports).
@@ -725,12 +726,14 @@ async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing
     local_tries: dict[str, list[int]] = {}
     target: list[str] = []  # the first request seen: only its local tries are refused
 
-    def failing_when_local(step: Callable[..., Any], request_of: Callable[..., str | None]) -> Callable[..., Any]:
+    def failing_when_local(step: Callable[..., Any], request_of: Callable[..., str | None],
+                           only_in: str = "") -> Callable[..., Any]:
         def done_then_refused(*args: Any, **kwargs: Any) -> Any:
             answer = step(*args, **kwargs)
             info, request_id = activity.info(), request_of(*args, **kwargs)
             target[:] = target or ([request_id] if request_id else [])
-            if info.is_local and request_id and request_id == target[0]:
+            if info.is_local and request_id and request_id == target[0] and info.activity_type == (
+                    only_in or info.activity_type):
                 local_tries.setdefault(info.activity_type, []).append(info.attempt)
                 raise OperationalError("COMMIT", {}, ConnectionResetError("connection lost after the commit"))
             return answer
@@ -740,8 +743,10 @@ async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing
         engine.ledger.append_event, lambda event, **_: event.request_id if event.event == "received" else None))
     monkeypatch.setattr(SubjectTurns, "ask", failing_when_local(
         SubjectTurns.ask, lambda turns, queue, ask: ask.request_id))
-    monkeypatch.setattr(SubjectTurns, "release", failing_when_local(
-        SubjectTurns.release, lambda turns, queue, request_id, turn_round: request_id))
+    # The give-back releases, tells the next, then writes its events: refused once they are written.
+    monkeypatch.setattr(activities.subjects, "record_batch", failing_when_local(
+        activities.subjects.record_batch, lambda ledger, events, **_: events[0].request_id,
+        only_in="release_subject_turn"))
 
     async def answered(handle: WorkflowHandle) -> bool:
         return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
@@ -774,8 +779,46 @@ async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing
         assert written.count(event) == 1, (event, written)
     assert written.index("processing") < written.index("turn_taken") < written.index("closed")
     assert (await access.result()).outcome == (await erasure.result()).outcome == Outcome.FULFILLED
-    # The give-back's local tries committed and told no one; the activity after them told the erasure.
+    # The give-back's first local try released the line and told the erasure; its events, written by every try, are
+    # in the ledger once.
     assert [e.details for e in engine.ledger.events(erasure.id) if e.event == "turn_taken"] == [
         {"waited_for": access.id}]
     one_after_the_other(engine, access.id, erasure.id)
     assert await queue_status(engine) == SubjectQueueStatus(holder="", waiting=[])
+
+
+@pytest.mark.slow  # local tries in real time, not skipped
+async def test_a_ledger_refusing_the_events_a_give_back_carries_holds_that_request_not_the_next(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The give-back writes the events it carries after the line and its signals: the person's next request gets its
+    turn while the one giving it back retries its events; once the ledger takes them, it ends, each written once."""
+    refusing = True
+
+    def closing_refused(ledger: Any, events: list[Any], **kwargs: Any) -> int:
+        if refusing and activity.info().activity_type == "release_subject_turn" and events[0].request_id == access.id:
+            raise OperationalError("INSERT", {}, ConnectionResetError("the ledger refuses the events"))
+        return record_batch(ledger, events, **kwargs)
+
+    access = await intake(engine, "access")
+    await holding(engine, access)
+    erasure = await intake(engine, "erasure")
+    await waiting_for(erasure, access.id)
+    record_batch = activities.subjects.record_batch
+    monkeypatch.setattr(activities.subjects, "record_batch", closing_refused)
+    gate(engine, access.id).set()
+    gate(engine, erasure.id).set()
+
+    async def answered(handle: WorkflowHandle) -> bool:
+        return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    await eventually(functools.partial(answered, erasure), "the erasure answered", tries=1200)
+    assert (await access.describe()).status == WorkflowExecutionStatus.RUNNING  # still writing its closing events
+    assert "closed" not in [e.event for e in engine.ledger.events(access.id)]
+    assert [e.details for e in engine.ledger.events(erasure.id) if e.event == "turn_taken"] == [
+        {"waited_for": access.id}]
+
+    refusing = False  # the ledger takes them again: the give-back's activity, retried by the server, writes them
+    async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        await eventually(functools.partial(answered, access), "the access answered", tries=1200)
+    written = [e.event for e in engine.ledger.events(access.id)]
+    assert written.count("reply_sent") == written.count("closed") == written.count("aftercare_started") == 1
+    assert written.index("reply_sent") < written.index("closed") < written.index("aftercare_started")
