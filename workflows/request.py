@@ -609,23 +609,11 @@ class DataSubjectRequest:
         try:
             # The ask answers at once who holds the turn: granted (the usual case) goes on from here, in the same
             # workflow task (a local activity); otherwise a signal says when.
-            try:
-                answer = await _local_first(
-                    SubjectActivities.ask_subject_turn,
-                    dataclasses.replace(ask, events=events,
-                                        plan=PlanInput(kind=postmortem.work_kind(self)) if planned else None),
-                    local={**TURN_ASK_LOCAL, "summary": summary}, remote=summarised(TURN_ASK, summary))
-            except Exception:
-                # The activity is retried without limit, and an ask is refused nothing: a failure not foreseen. Should
-                # the run go on, the events go to the writer rather than nowhere, under the ask's key (written once).
-                if events:
-                    self._events_handed_back.append(EventBatch(key=ask.events_key, events=events))
-                    self._ensure_ledger_writer()
-                raise
-            finally:
-                if events:
-                    self._batch_in_flight = False
-            self._events_written += len(events)
+            answer = await self._in_line(
+                SubjectActivities.ask_subject_turn,
+                dataclasses.replace(ask, events=events,
+                                    plan=PlanInput(kind=postmortem.work_kind(self)) if planned else None),
+                events, ask.events_key, summary)
             self.subject_turn(answer.turn)
             self._plan_at_turn = answer.plan
             await self._wait_for_turn(ask)
@@ -678,19 +666,27 @@ class DataSubjectRequest:
             request_id=self._request.request_id, round=turn_round),
             events=events, events_key=f"{info.workflow_id}/{info.run_id}/give-back-{self._give_backs}/events")
         summary = "subject's turn: give back" + (f"; {_batch_summary(events)}" if events else "")
+        await self._in_line(SubjectActivities.release_subject_turn, release, events, release.events_key, summary)
+
+    async def _in_line(self, step: Callable[..., Any], arg: Any, events: list[AuditEvent], key: str,
+                       summary: str) -> Any:
+        """The turn's ask or give-back (``TURN_ASK_LOCAL``, then ``TURN_ASK``), writing ``events`` (taken from the
+        writer by ``_carry_noted``) under ``key``. The activity is retried without limit and refused nothing: a failure
+        is one not foreseen; should the run go on, the events go to the writer rather than nowhere, under the same
+        key (written once)."""
         try:
-            await _local_first(SubjectActivities.release_subject_turn, release,
-                               local={**TURN_ASK_LOCAL, "summary": summary}, remote=summarised(TURN_ASK, summary))
+            answer = await _local_first(step, arg, local={**TURN_ASK_LOCAL, "summary": summary},
+                                        remote=summarised(TURN_ASK, summary))
         except Exception:
-            # As the ask's: a failure not foreseen. Should the run go on, the events go to the writer, under the key.
             if events:
-                self._events_handed_back.append(EventBatch(key=release.events_key, events=events))
+                self._events_handed_back.append(EventBatch(key=key, events=events))
                 self._ensure_ledger_writer()
             raise
         finally:
             if events:
-                self._batch_in_flight = False
+                self._batch_in_flight = False  # set by the caller when it took them
         self._events_written += len(events)
+        return answer
 
     @workflow.signal(name=SUBJECT_TURN_SIGNAL)
     def subject_turn(self, turn: SubjectTurn) -> None:
