@@ -320,6 +320,16 @@ async def test_an_erasure_needing_an_operator_gives_the_turn_back_and_asks_again
     crm_calls = [s for s in spans(engine, erasure.id) if s.connector == "crm"]
     access_spans = spans(engine, access.id)
     assert max(s.ended or 0 for s in access_spans) <= crm_calls[-1].started
+    # The give-back at needs_attention carried the event noted before it (a local activity already on its way: no
+    # batch of its own), written after the line was released; the ledger keeps each event once, in order.
+    markers = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0]
+               for e in (await erasure.fetch_history()).events if e.HasField("marker_recorded_event_attributes")]
+    assert "subject's turn: give back; ledger: needs_attention" in markers
+    written = [e.event for e in engine.ledger.events(erasure.id)]
+    assert written.count("needs_attention") == written.count("retried") == written.count("closed") == 1
+    assert written.count("turn_taken") == 2
+    assert written.index("connector_failed") < written.index("needs_attention") < written.index("retried") < (
+        len(written) - 1 - written[::-1].index("turn_taken")) < written.index("reply_sent") < written.index("closed")
 
 
 async def late_commit_after_release(engine: Engine) -> tuple[WorkflowHandle, SubjectTurn]:
