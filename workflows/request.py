@@ -596,14 +596,11 @@ class DataSubjectRequest:
         self._update_details()
         # The events noted before the ask (``identity_confirmed``, ``processing``) go with it, unless a batch is on
         # its way (they come after it): one activity and one workflow task less than a batch of their own.
-        events = self._carry_noted()
-        if events:
-            self._batch_in_flight = True  # the writer waits for the ask (a millisecond or two)
+        events = self._taken_for_line()
         summary = "subject's turn: ask" + (f"; {_batch_summary(events)}" if events else "")
-        info = workflow.info()
         ask = QueueAsk(queue_id=subject_queue_id(self._request.subject_key), ask=TurnAsk(
             request_id=self._request.request_id, received_at=self._request.received_at, round=self._turn_round,
-        ), events_key=f"{info.workflow_id}/{info.run_id}/turn-{self._turn_round}/events")
+        ), events_key=self._events_key(f"turn-{self._turn_round}"))
         # The first ask brings the fan-out's plan when granted at once: the connectors start in the task reading it.
         planned = self._turn_round == 1 and not self._progress
         try:
@@ -657,23 +654,28 @@ class DataSubjectRequest:
         (a ledger refusing them holds this request, never the person's next one): at the answer, it runs as soon as
         the run's code waits for something, so with ``reply_sent``, ``closed`` and ``aftercare_started`` (one local
         activity for the closing, not two side by side)."""
-        events = self._carry_noted()
-        if events:
-            self._batch_in_flight = True  # the writer waits for the give-back (a millisecond or two)
+        events = self._taken_for_line()
         self._give_backs += 1
-        info = workflow.info()
         release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
             request_id=self._request.request_id, round=turn_round),
-            events=events, events_key=f"{info.workflow_id}/{info.run_id}/give-back-{self._give_backs}/events")
+            events=events, events_key=self._events_key(f"give-back-{self._give_backs}"))
         summary = "subject's turn: give back" + (f"; {_batch_summary(events)}" if events else "")
         await self._in_line(SubjectActivities.release_subject_turn, release, events, release.events_key, summary)
+
+    def _taken_for_line(self) -> list[AuditEvent]:
+        """The noted events the turn's ask or give-back about to run carries (``_carry_noted``); while it runs, the
+        writer waits (a millisecond or two): ``_in_line`` lets it go on."""
+        events = self._carry_noted()
+        if events:
+            self._batch_in_flight = True
+        return events
 
     async def _in_line(self, step: Callable[..., Any], arg: Any, events: list[AuditEvent], key: str,
                        summary: str) -> Any:
         """The turn's ask or give-back (``TURN_ASK_LOCAL``, then ``TURN_ASK``), writing ``events`` (taken from the
-        writer by ``_carry_noted``) under ``key``. The activity is retried without limit and refused nothing: a failure
-        is one not foreseen; should the run go on, the events go to the writer rather than nowhere, under the same
-        key (written once)."""
+        writer by ``_taken_for_line``) under ``key``. The activity is retried without limit and refused nothing: a
+        failure is one not foreseen; should the run go on, the events go to the writer rather than nowhere, under the
+        same key (written once)."""
         try:
             answer = await _local_first(step, arg, local={**TURN_ASK_LOCAL, "summary": summary},
                                         remote=summarised(TURN_ASK, summary))
@@ -684,7 +686,7 @@ class DataSubjectRequest:
             raise
         finally:
             if events:
-                self._batch_in_flight = False  # set by the caller when it took them
+                self._batch_in_flight = False  # set by _taken_for_line
         self._events_written += len(events)
         return answer
 
@@ -744,8 +746,7 @@ class DataSubjectRequest:
         carried: EventBatch | None = None
         if events := self._carry_noted():
             # Keyed like the reply's emails: one final reply per run, so one carried batch.
-            info = workflow.info()
-            carried = EventBatch(key=f"{info.workflow_id}/{info.run_id}/{reply_input.key}/events", events=events)
+            carried = EventBatch(key=self._events_key(reply_input.key), events=events)
             self._carried = carried
         while True:
             try:
@@ -1773,9 +1774,7 @@ class DataSubjectRequest:
                     # noted later (a deadline notice's events, an update's). Under a key of its own: its local tries
                     # and the activity that may follow them write it once.
                     self._ending_batches += 1
-                    info = workflow.info()
-                    keyed = EventBatch(key=f"{info.workflow_id}/{info.run_id}/ending-{self._ending_batches}/events",
-                                       events=batch)
+                    keyed = EventBatch(key=self._events_key(f"ending-{self._ending_batches}"), events=batch)
                     summary = _batch_summary(batch)
                     await _local_first(LedgerActivities.record_event_batch, keyed,
                                        local={**LEDGER_LOCAL, "summary": summary}, remote=summarised(LEDGER, summary))
@@ -1787,6 +1786,13 @@ class DataSubjectRequest:
                 self._events_written += len(batch)
             finally:
                 self._batch_in_flight = False
+
+    @staticmethod
+    def _events_key(name: str) -> str:
+        """The key of a batch the request gives its writer (``record_batch`` adds each event's place): ``name`` is
+        unique in the run, so any activity, local or not, writing it writes it once."""
+        info = workflow.info()
+        return f"{info.workflow_id}/{info.run_id}/{name}/events"
 
     def _carry_noted(self) -> list[AuditEvent]:
         """The events noted and not written yet, for the activity about to run (the turn's ask or give-back, the
@@ -1908,17 +1914,14 @@ class DataSubjectRequest:
 
     async def _send(self, notice: Notice) -> None:
         try:
-            await self._send_tracked(notice)
+            await self._send_until_taken(notice)
         except ActivityError:
             # The mail server refused the address for good; the request goes on and the ledger says so.
             await self._audit("notice_failed", details={"template": notice.template.value})
 
-    async def _send_tracked(self, notice: Notice) -> None:
+    async def _send_until_taken(self, notice: Notice) -> None:
         """One try; if the mail server did not take it (down, 4xx, a lost worker), the notice shows as pending
         in the status, the UI and ``DsrMailPending`` while it is retried under the same key."""
-        await self._send_until_taken(notice)
-
-    async def _send_until_taken(self, notice: Notice) -> None:
         self._mail_count += 1
         notice = dataclasses.replace(notice, key=f"mail-{self._mail_count}")
         summary = f"notice: {notice.template.value}"
