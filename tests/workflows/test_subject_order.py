@@ -70,11 +70,14 @@ class GatedConnector(ScriptedConnector):
 
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     spans: list[Span] = field(default_factory=list)
+    held: asyncio.Event | None = None  # when set by a test, this connector's calls also wait for it
 
     async def _through_gate(self, request_id: str) -> Span:
         span = Span(request_id, self.name, time.monotonic())
         self.spans.append(span)
         await self.gates.setdefault(request_id, asyncio.Event()).wait()
+        if self.held is not None:
+            await self.held.wait()
         return span
 
     async def export(self, job: ExportJob) -> ConnectorOutcome:
@@ -302,9 +305,24 @@ async def test_a_request_waiting_for_its_turn_can_be_withdrawn_and_leaves_the_qu
 @pytest.mark.slow
 async def test_an_erasure_needing_an_operator_gives_the_turn_back_and_asks_again_on_retry(engine: Engine) -> None:
     crm = engine.connectors[0]
+    assert isinstance(crm, GatedConnector)
     crm.permanent_failures = 1  # the erasure fails in the CRM: needs_attention until an operator retries
+    # The CRM fails once the billing system's erasure is done and in the history: otherwise the billing's
+    # ``connector_done`` may come while ``connector_failed`` is being written, in a batch of its own still on its way
+    # when the turn is given back (which then carries nothing: the events come after that batch).
+    crm.held = asyncio.Event()
     erasure = await intake(engine, "erasure")
     gate(engine, erasure.id).set()
+
+    async def billing_done() -> bool:
+        events = (await erasure.fetch_history()).events
+        scheduled = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name for e in events
+                     if e.HasField("activity_task_scheduled_event_attributes")}
+        return any(scheduled[e.activity_task_completed_event_attributes.scheduled_event_id] == "run_connector"
+                   for e in events if e.HasField("activity_task_completed_event_attributes"))
+    await eventually(billing_done, "the billing system's erasure done")
+    crm.held.set()
+    crm.held = None
 
     async def needs_attention() -> bool:
         return (await status(erasure)).stage == Stage.NEEDS_ATTENTION
