@@ -215,6 +215,7 @@ def activities_for(
         intake.delete_identity_documents,
         turns.ask_subject_turn,
         turns.release_subject_turn,
+        turns.start_aftercare,
         turns.check_subject_turn,
         restrictions.end_restriction_grounds,
         restrictions.ground_ended_already,

@@ -1,4 +1,5 @@
-"""Activities of per-subject order: taking a person's turn, giving it back, checking that its holder lives.
+"""Activities of per-subject order: taking a person's turn, giving it back, checking that its holder lives; and
+the closing's give-back that also starts the request's aftercare (``start_aftercare``).
 
 The person's line is a row of the ledger's database (:mod:`dsr.store.turns`), changed in one transaction by the
 activity that asks or releases, the same activity that writes the request's ledger events noted before it (in a
@@ -18,13 +19,18 @@ request ignores an answer it has (``DataSubjectRequest.subject_turn``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import record_batch
+from dsr.domain.aftercare import AFTERCARE_WORKFLOW, AftercareStart
 from dsr.domain.model import (
     SUBJECT_TURN_SIGNAL,
     FanOutPlan,
@@ -76,11 +82,38 @@ class SubjectActivities:
         or waiting for an operator); the next one is granted the turn and told. Then write ``release.events`` to the
         ledger (under ``release.events_key``: none twice), after the line and its signals: a ledger refusing them holds
         this request (retried), never the person's next one. Releasing twice changes nothing."""
+        await self._released(release)
+        if release.events:
+            await asyncio.to_thread(record_batch, self._ledger, release.events, key=release.events_key)
+
+    @activity.defn(name="start_aftercare")
+    async def start_aftercare(self, start: AftercareStart) -> None:
+        """The request's closing when something outlives its answer (a download link, residual data): the turn given
+        back as ``release_subject_turn`` does (when the request still holds it), the aftercare started, then the
+        events noted before written (so ``aftercare_started`` is in the ledger once it is true). A workflow of its
+        own rather than the request's child: started here, in the local activity that closes the request, the run
+        ends in that workflow task (a child's start is answered in a task more). Started once: its id is the
+        reference's; an aftercare of that id that runs, or has run, is this one (a retried attempt, a run reset after
+        its start)."""
+        if start.release is not None:
+            await self._released(start.release)
+        attributes: list[SearchAttributePair[Any]] = [
+            *(SearchAttributePair(SearchAttributeKey.for_keyword(key), v) for key, v in start.keywords.items()),
+            *(SearchAttributePair(SearchAttributeKey.for_bool(key), v) for key, v in start.flags.items()),
+        ]
+        # Started by an earlier attempt (running, or already done): once is enough.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await activity.client().start_workflow(
+                AFTERCARE_WORKFLOW, start.care, id=start.workflow_id, task_queue=start.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, static_summary=start.summary,
+                search_attributes=TypedSearchAttributes(attributes))
+        if start.events:
+            await asyncio.to_thread(record_batch, self._ledger, start.events, key=start.events_key)
+
+    async def _released(self, release: QueueRelease) -> None:
         tells = await asyncio.to_thread(self._turns.release, release.queue_id, release.release.request_id,
                                         release.release.round)
         await self._tell(release.queue_id, tells)
-        if release.events:
-            await asyncio.to_thread(record_batch, self._ledger, release.events, key=release.events_key)
 
     @activity.defn(name="check_subject_turn")
     async def check_subject_turn(self, ask: QueueAsk) -> SubjectTurn:

@@ -1,12 +1,14 @@
 """What outlives the answer to a request, as a short workflow of its own: ``RequestAftercare``.
 
 The request's workflow (``DataSubjectRequest``) ends when the request is answered or closed; if its reply left a
-download link, or data a system's API could not clear, it starts this one as a child workflow with
-``ParentClosePolicy.ABANDON`` (id ``aftercare-<reference>``, see :func:`dsr.domain.aftercare.aftercare_id`), and
-ends. A child rather than a workflow started by an activity: the start is a command in the request's own history
-(deterministic, replayed, exactly once, no extra activity), the UI links the two, and ABANDON lets the child
-outlive its parent. The subject's turn (per-subject order) was released before, at the answer: a later request of
-the same person never waits for a link to expire.
+download link, or data a system's API could not clear, its closing's local activity starts this one
+(``start_aftercare``, id ``aftercare-<reference>``, see :func:`dsr.domain.aftercare.aftercare_id`: started once,
+whatever the retries), and the request's run ends in that same workflow task. Not a child: a child's start is
+answered by the server in one workflow task more of the request (the largest step left between the answer and the
+run's end, bench/throughput.py), and an abandoned child is started only once that answer came. What that costs: no
+parent-child link in the UI (the request's details name this workflow; the ids share the reference). The subject's
+turn (per-subject order) is released by the same activity, before: a later request of the same person never waits
+for a link to expire.
 
 - The download link: a durable timer to its expiry, then the exports and the bundle are deleted
   (``exports_deleted`` in the ledger).
@@ -40,6 +42,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import workflows.search_attributes as sa
     from dsr.domain.aftercare import (
+        AFTERCARE_WORKFLOW,
         SUPPLEMENT_SIGNAL,
         AftercareInput,
         AftercareStatus,
@@ -68,7 +71,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.follow_up import FollowUp
 
 
-@workflow.defn(name="RequestAftercare")
+@workflow.defn(name=AFTERCARE_WORKFLOW)
 class RequestAftercare(FollowUp):
     @workflow.init
     def __init__(self, care: AftercareInput) -> None:

@@ -1,13 +1,13 @@
 """The request workflow's side of its child workflows: the code that starts them, run in the request's sandbox.
 
-``DataSubjectRequest`` starts three kinds of child: its aftercare (``workflows/aftercare.py``, from
-``_start_aftercare``), a restriction held in force (``workflows/restriction.py``, :func:`hold`; and a request that
-ends a ground of one, :func:`end_grounds`), and the task of each system reached by a person
-(``workflows/outside.py``, :func:`run_outside_task`, :func:`start_told_task`). The request needs of those children
-only their classes, as references naming the workflow type and its input and result; so it imports them passed
-through (loaded once by the worker, as the activity references of ``workflows/contract.py`` are) and not executed
-again in each request's sandbox: a workflow class is validated by the SDK whenever its module is executed, and
-those three modules were 40% of the 12 ms of CPU it took to make a request's sandbox (measured by
+``DataSubjectRequest`` starts two kinds of child: a restriction held in force (``workflows/restriction.py``,
+:func:`hold`; and a request that ends a ground of one, :func:`end_grounds`), and the task of each system reached by a
+person (``workflows/outside.py``, :func:`run_outside_task`, :func:`start_told_task`). (Its aftercare,
+``workflows/aftercare.py``, is not a child: the closing's local activity starts it, see ``_start_aftercare``.) The
+request needs of those children only their classes, as references naming the workflow type and its input and result;
+so it imports them passed through (loaded once by the worker, as the activity references of ``workflows/contract.py``
+are) and not executed again in each request's sandbox: a workflow class is validated by the SDK whenever its module
+is executed, and the child modules were 40% of the 12 ms of CPU it took to make a request's sandbox (measured by
 ``prepare_workflow``, 40 sandboxes). Each child's own runs still import its module in a sandbox of their own.
 
 Deterministic workflow code, run by :class:`workflows.request.DataSubjectRequest` (passed in as ``flow``).

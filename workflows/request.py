@@ -9,7 +9,6 @@ life of the request, so no reminder or escalation can be forgotten, whatever the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Coroutine
@@ -17,18 +16,16 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
     RetryState,
-    WorkflowAlreadyStartedError,
 )
 
 with workflow.unsafe.imports_passed_through():
     import workflows.search_attributes as sa
-    from dsr.domain.aftercare import AftercareInput, SupplementPlan, aftercare_id
+    from dsr.domain.aftercare import AftercareInput, AftercareStart, SupplementPlan, aftercare_id
     from dsr.domain.deadlines import days_left, deadline_as_search_value
     from dsr.domain.model import (
         CANONICAL_FIELDS,
@@ -87,7 +84,6 @@ with workflow.unsafe.imports_passed_through():
         subject_queue_id,
     )
     from dsr.domain.outside import LATE_ANSWER_SIGNAL, OutsideTaskInput
-    from workflows.aftercare import RequestAftercare  # a reference to start it (see workflows/children.py)
     from workflows.contract import (
         CHECK,
         CONNECTOR,
@@ -274,9 +270,12 @@ class DataSubjectRequest:
         self._ledger_awaited = 0  # coroutines waiting for the ledger to hold what was noted: no batch waits then
         self._fanning_out = False  # from the plan to the last connector's end (see _batch_may_wait)
         self._reply_awaits_ack = False  # the reply waits for the acknowledgement to go first (see _batch_may_wait)
-        self._run_ending = False  # closed, the aftercare's start commanded: the last batches (see _write_events)
+        self._run_ending = False  # closed, the aftercare's start on its way: the last batches (see _write_events)
         self._ending_batches = 0  # the last batches written so far (each under a key of its own)
         self._give_backs = 0  # the turn's give-backs so far (each one's events under a key of its own)
+        self._give_backs_waiting = 0  # give-backs commanded whose coroutine has not run yet (see _start_aftercare)
+        self._aftercare_to_start: AftercareStart | None = None  # left to the give-back about to run
+        self._aftercare_starts: list[asyncio.Task[None]] = []  # the aftercare's start when no give-back carries it
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
         self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
@@ -326,12 +325,9 @@ class DataSubjectRequest:
         # start is commanded in this workflow task: ``aftercare_started`` is noted right after ``closed`` and, unless
         # a batch is on its way or the close waited for something (files deleted, a notice), both go to the ledger in
         # this task too (a local activity: with the turn's give-back when there is one, see _given_back).
-        aftercare = self._start_aftercare()
+        self._start_aftercare()
         self._run_ending = True
         await watcher  # it ends once it sees the request closed (or once the deadline notice on its way has gone)
-        if aftercare is not None:
-            with contextlib.suppress(WorkflowAlreadyStartedError):  # a run reset after the start: already running
-                await aftercare  # the server's answer to the command: the next workflow task, which ends the run
         await children.hold(self)  # a restriction stays in force, in its own workflow, until lifted
         if self._acknowledgement is not None:
             await self._acknowledgement  # sent, or recorded as failed, before the run ends
@@ -342,7 +338,7 @@ class DataSubjectRequest:
         # Updates still running (e.g. a refusal waiting for closure) finish before the run does.
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._ledger_written()  # the events noted without waiting (closed, aftercare_started...)
-        while pending := [release for release in self._releases if not release.done()]:
+        while pending := [step for step in (*self._releases, *self._aftercare_starts) if not step.done()]:
             await asyncio.gather(*pending)  # a turn granted after its release, given back by a late signal
         return self.status()
 
@@ -645,6 +641,7 @@ class DataSubjectRequest:
         self._give_back(self._turn_round)
 
     def _give_back(self, turn_round: int) -> None:
+        self._give_backs_waiting += 1
         self._releases.append(asyncio.create_task(self._given_back(turn_round)))
 
     async def _given_back(self, turn_round: int) -> None:
@@ -653,14 +650,27 @@ class DataSubjectRequest:
         noted by then, under a key of the request's, as the ask does, and writes them after the line and its signals
         (a ledger refusing them holds this request, never the person's next one): at the answer, it runs as soon as
         the run's code waits for something, so with ``reply_sent``, ``closed`` and ``aftercare_started`` (one local
-        activity for the closing, not two side by side)."""
+        activity for the closing, not two side by side), which then also starts the aftercare (``start_aftercare``)."""
         events = self._taken_for_line()
         self._give_backs += 1
+        self._give_backs_waiting -= 1
+        aftercare, self._aftercare_to_start = self._aftercare_to_start, None
         release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
             request_id=self._request.request_id, round=turn_round),
             events=events, events_key=self._events_key(f"give-back-{self._give_backs}"))
         summary = "subject's turn: give back" + (f"; {_batch_summary(events)}" if events else "")
-        await self._in_line(SubjectActivities.release_subject_turn, release, events, release.events_key, summary)
+        if aftercare is None:
+            await self._in_line(SubjectActivities.release_subject_turn, release, events, release.events_key, summary)
+            return
+        # The closing: the line, the aftercare's start, then the events (aftercare_started written once true).
+        closing = dataclasses.replace(aftercare, events=events, events_key=release.events_key,
+                                      release=dataclasses.replace(release, events=[], events_key=""))
+        try:
+            await self._in_line(SubjectActivities.start_aftercare, closing, events, release.events_key,
+                                f"{summary}; start aftercare")
+        except Exception:
+            self._aftercare_starts.append(asyncio.create_task(self._aftercare_started(aftercare)))
+            raise
 
     def _taken_for_line(self) -> list[AuditEvent]:
         """The noted events the turn's ask or give-back about to run carries (``_carry_noted``); while it runs, the
@@ -1033,19 +1043,21 @@ class DataSubjectRequest:
 
     # --- the end of the request: its aftercare, a cancellation from the UI ------------------------------
 
-    def _start_aftercare(self) -> asyncio.Task[Any] | None:
+    def _start_aftercare(self) -> None:
         """What outlives the answer (the download link until it expires, residual data until an operator clears
-        it) goes to the request's aftercare: a child workflow that outlives this run (ABANDON), which then ends.
-        The subject's turn was released at the answer: a later request of the person never waits for it.
+        it) goes to the request's aftercare, a workflow of its own (id ``aftercare-<reference>``), started by the
+        closing's local activity (``start_aftercare``): the turn's give-back when one is about to run (commanded at
+        the answer, it runs at the run's next wait, with ``reply_sent``, ``closed`` and ``aftercare_started``), else
+        one of its own. Either way the run ends in the workflow task that closes it: a child's start would be answered
+        by the server in a task more (measured with bench/throughput.py as the largest step left between the answer
+        and the run's end), and an abandoned child outlives its parent only once that answer has come. What is lost:
+        the UI's parent-child link (the details name the aftercare; its id is the reference's).
 
-        Answers the start, commanded in this workflow task, for the run to wait for (the server starts an abandoned
-        child only once its parent's start command was answered; the dev server not at all when the parent closed
-        first); ``aftercare_started`` is noted at once, so the ledger has it once the start is commanded: the command
-        cannot fail but for an aftercare of that id already running (a run reset after the start), which the caller
-        lets pass. Only a run ended in that task's few milliseconds (terminated by hand) would leave the event without
-        the start. None when nothing outlives the answer."""
+        ``aftercare_started`` is noted now and written with (or after) the start. The subject's turn was released at
+        the answer: a later request of the person never waits for the aftercare. Nothing when nothing outlives the
+        answer."""
         if not self._aftercare_needed():
-            return None
+            return
         policy = self._request.policy
         care = AftercareInput(
             request_id=self._request.request_id, operator_email=policy.operator_email,
@@ -1055,23 +1067,31 @@ class DataSubjectRequest:
             supplement=self._supplement_plan(),
         )
         what = [*(["download link"] if self._link_expires_at else []), *(["residual data"] if self._residuals else [])]
-        attributes: list[SearchAttributePair[Any]] = [
-            SearchAttributePair(sa.DSR_KIND, self._request.kind.value),
-            SearchAttributePair(sa.DSR_STAGE, Stage.CLOSED.value),
-            SearchAttributePair(sa.DSR_RESIDUAL, bool(self._residuals)),
-        ]
+        keywords = {sa.DSR_KIND.name: self._request.kind.value, sa.DSR_STAGE.name: Stage.CLOSED.value}
         if self._outcome is not None:
-            attributes.append(SearchAttributePair(sa.DSR_OUTCOME, self._outcome.value))
+            keywords[sa.DSR_OUTCOME.name] = self._outcome.value
         child = aftercare_id(self._request.request_id)
-        start = asyncio.create_task(workflow.start_child_workflow(
-            RequestAftercare.run, care, id=child, parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-            static_summary=f"aftercare · {self._request.kind.value} · {', '.join(what)}",
-            search_attributes=TypedSearchAttributes(attributes),
-        ))
+        start = AftercareStart(
+            workflow_id=child, task_queue=workflow.info().task_queue, care=care,
+            summary=f"aftercare · {self._request.kind.value} · {', '.join(what)}",
+            keywords=keywords, flags={sa.DSR_RESIDUAL.name: bool(self._residuals)},
+        )
         self._aftercare = child
         self._update_details()
         self._note("aftercare_started", details={"workflow": child, "for": ",".join(what)})
-        return start
+        if self._give_backs_waiting:
+            self._aftercare_to_start = start  # the give-back about to run starts it (_given_back)
+        else:
+            self._aftercare_starts.append(asyncio.create_task(self._aftercare_started(start)))
+
+    async def _aftercare_started(self, start: AftercareStart) -> None:
+        """The aftercare's start when no give-back carries it (the turn given back earlier, or never asked), with
+        the events noted by then (``closed``, ``aftercare_started``), as the give-back would."""
+        events = self._taken_for_line()
+        key = self._events_key("aftercare")
+        summary = "start aftercare" + (f"; {_batch_summary(events)}" if events else "")
+        carrying = dataclasses.replace(start, events=events, events_key=key)
+        await self._in_line(SubjectActivities.start_aftercare, carrying, events, key, summary)
 
     def _aftercare_needed(self) -> bool:
         return self._link_expires_at is not None or bool(self._residuals)

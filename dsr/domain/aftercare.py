@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from dsr.domain.model import ConsentPurpose, Language, RequestKind, Subject
+from dsr.domain.model import AuditEvent, ConsentPurpose, Language, QueueRelease, RequestKind, Subject
 
 AFTERCARE_PREFIX = "aftercare-"
+AFTERCARE_WORKFLOW = "RequestAftercare"
+"""The aftercare's workflow type, by which the closing's activity starts it (activities do not import workflows)."""
 
 
 def aftercare_id(request_id: str) -> str:
@@ -35,6 +37,25 @@ class AftercareInput:
     # (or the follow-up gives up on it), the subject gets one supplementary letter (``supplement``), in the
     # reply's thread. The subject (encrypted payload) and the reply's Message-ID are what that letter needs.
     supplement: SupplementPlan | None = None
+
+
+@dataclass
+class AftercareStart:
+    """Input of the ``start_aftercare`` activity, the request's closing step when something outlives its answer: the
+    person's turn given back first when the request still holds it (``release``: the line and its signals), the
+    aftercare started, once (``workflow_id``, derived from the reference), then the ledger events noted before
+    (``closed``, ``aftercare_started``...) written under ``events_key`` (none twice), once the start is true.
+    ``keywords`` and ``flags`` are the aftercare's search attributes by name: never personal data."""
+
+    workflow_id: str
+    task_queue: str
+    care: AftercareInput
+    summary: str
+    keywords: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+    release: QueueRelease | None = None
+    events: list[AuditEvent] = field(default_factory=list)
+    events_key: str = ""
 
 
 SUPPLEMENT_SIGNAL = "outside_settled"

@@ -166,6 +166,5 @@ async def test_a_request_s_sandbox_executes_its_own_modules_and_only_refers_to_i
     modules = instance.importer.new_modules
     for own in ("workflows.request", "workflows.children", "workflows.cancellation", "workflows.consent"):
         assert modules[own] is not sys.modules[own]  # executed again, in this sandbox
-    for shared in ("workflows.contract", "workflows.aftercare", "workflows.restriction", "workflows.outside",
-                   "workflows.search_attributes"):
+    for shared in ("workflows.contract", "workflows.restriction", "workflows.outside", "workflows.search_attributes"):
         assert modules[shared] is sys.modules[shared]  # passed through: the worker's own module

@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 import activities.ledger
+import activities.subjects
 from dsr.domain.aftercare import AftercareStatus, aftercare_id
 from dsr.domain.deadlines import response_deadline
 from dsr.domain.model import (
@@ -77,8 +78,7 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
         assert connector.calls == [("access", request.request_id)]
     # The ledger's events in three batches, not five, and only one an activity of its own: the connectors' events
     # wait for the reply's while the request's own systems work, and the reply's first try writes them; the closing
-    # ones go with ``aftercare_started`` in the workflow task that commands the aftercare's start (a local activity),
-    # so the task after the start's round trip only ends the run.
+    # ones go with ``aftercare_started`` in the local activity that starts the aftercare, in the run's last task.
     history = await handle.fetch_history()
 
     async def summary(event: HistoryEvent) -> str:
@@ -92,17 +92,16 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
                          "record_event_batch": []}  # nothing noted while the reply ran: written by it alone
     # The request's row in its first workflow task (a local activity: no activity task, no second workflow task).
     assert [await summary(e) for e in history.events if e.HasField("marker_recorded_event_attributes")] == [
-        "ledger: request recorded", "plan access", "ledger: reply_sent, closed, aftercare_started"]
+        "ledger: request recorded", "plan access", "start aftercare; ledger: reply_sent, closed, aftercare_started"]
     assert "record_request" not in [e.activity_task_scheduled_event_attributes.activity_type.name
                                     for e in history.events]
+    # The closing's local activity started the aftercare (no child: no start command, no task awaiting its answer),
+    # and the run ended in that workflow task.
     kinds = [e.event_type for e in history.events]
-    closing = max(n for n, e in enumerate(history.events) if e.HasField("marker_recorded_event_attributes"))
-    assert kinds.index(EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED) < closing < kinds.index(
-        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED)
-    assert kinds[-5:] == [
-        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED, EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
-        EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED]
+    assert EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED not in kinds
+    last_task = max(n for n, kind in enumerate(kinds) if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    assert kinds[last_task:].count(EventType.EVENT_TYPE_MARKER_RECORDED) == 1  # the closing, in the last task
+    assert kinds[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
     written = events(engine, request)
     assert written.count("connector_done") == 2 and written.count("replying") == 1
     assert written.index("processing") < written.index("connector_done") < written.index("replying") < written.index(
@@ -119,6 +118,13 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
     assert answered.close_time is not None and answered.close_time < final.link_expires_at - timedelta(days=6)
     aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = engine.client.get_workflow_handle_for(
         RequestAftercare.run, aftercare_id(request.request_id))
+    # Started with what the UI's dashboard filters on, and what it is for.
+    started = await aftercare.describe()
+    assert started.typed_search_attributes.get(sa.DSR_KIND) == "access"
+    assert started.typed_search_attributes.get(sa.DSR_STAGE) == Stage.CLOSED.value
+    assert started.typed_search_attributes.get(sa.DSR_OUTCOME) == Outcome.FULFILLED.value
+    assert started.typed_search_attributes.get(sa.DSR_RESIDUAL) is False
+    assert await started.static_summary() == "aftercare · access · download link"
     async with engine.env.time_skipping_unlocked():  # type: ignore[attr-defined]
         care = await aftercare.result()  # the test server skips to the link's expiry
     await keep_history(aftercare, "link_expired")
@@ -136,12 +142,16 @@ async def test_trusted_access_request_is_fulfilled_by_every_connector(engine: En
 
 
 @pytest.mark.slow  # the local activities' 2 x 15 s of tries are the worker's own time, not skipped
+@pytest.mark.parametrize(("kind", "closing", "last"), [
+    ("access", "start_aftercare", "aftercare_started"),  # a download link: the aftercare's start carries them
+    ("erasure", "record_event_batch", "closed"),  # nothing outlives the answer: a batch of their own
+])
 async def test_a_ledger_the_worker_cannot_reach_from_local_tries_gets_their_writes_by_activities_the_server_retries(
-        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The row (in the first workflow task) and the closing batch (a request without a subject key: no give-back to
-    carry it) are tried five times as local activities, then as activities: a ledger the worker cannot reach is not
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, kind: str, closing: str, last: str) -> None:
+    """The row (in the first workflow task) and the closing events (a request without a subject key: no give-back to
+    carry them) are tried five times as local activities, then as activities: a ledger the worker cannot reach is not
     retried for ever inside a workflow task held open. The row's local tries fail before writing; the closing
-    batch's after (committed, not known to be): the activity finds it written, under the same key."""
+    events' after (committed, not known to be): the activity finds them written, under the same key."""
     record_request = engine.ledger.record_request
     record_batch = activities.ledger.record_batch
     local_tries: dict[str, list[int]] = {}
@@ -161,19 +171,20 @@ async def test_a_ledger_the_worker_cannot_reach_from_local_tries_gets_their_writ
 
     monkeypatch.setattr(engine.ledger, "record_request", unreachable_from_local_tries)
     monkeypatch.setattr(activities.ledger, "record_batch", lost_after_the_commit)
-    request, handle = await submit(engine, "access")
+    monkeypatch.setattr(activities.subjects, "record_batch", lost_after_the_commit)
+    request, handle = await submit(engine, kind)
     final: RequestStatus = await asyncio.wait_for(handle.result(), timeout=120)  # unbounded tries would never end
 
     assert final.outcome == Outcome.FULFILLED
     # Tried, with backoff, before giving the write to the server.
-    assert local_tries == {"record_request": [1, 2, 3, 4, 5], "record_event_batch": [1, 2, 3, 4, 5]}
+    assert local_tries == {"record_request": [1, 2, 3, 4, 5], closing: [1, 2, 3, 4, 5]}
     history = await handle.fetch_history()
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events]
-    assert scheduled.count("record_request") == scheduled.count("record_event_batch") == 1
+    assert scheduled.count("record_request") == scheduled.count(closing) == 1
     written = events(engine, request)
     assert written[0] == "received" and written.count("received") == 1
-    assert written[-3:] == ["reply_sent", "closed", "aftercare_started"]
-    assert written.count("reply_sent") == written.count("closed") == written.count("aftercare_started") == 1
+    assert written[-1] == last and written.index("reply_sent") < written.index("closed")
+    assert written.count("reply_sent") == written.count("closed") == written.count(last) == 1
 
 
 async def test_an_event_noted_while_the_reply_carries_a_batch_does_not_wait_for_the_reply(engine: Engine) -> None:

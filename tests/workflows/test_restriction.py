@@ -105,9 +105,10 @@ async def eventually(read: Callable[[], Awaitable[Any]], check: Callable[[Any], 
 
 
 async def skipping_again(engine: Engine) -> None:
-    """After an update that ends its workflow (``clear_residuals`` ends the aftercare), the time-skipping test server
-    keeps one time-skipping lock (found here: env.sleep and result() then wait in real time, not server time);
-    giving it back lets the restriction's timer be skipped again."""
+    """After an update that ends a child workflow (a told task's answer, tests/workflows/test_supplement.py), the
+    time-skipping test server keeps one time-skipping lock (found here: env.sleep and result() then wait in real time,
+    not server time); giving it back lets timers be skipped again. (Not after ``clear_residuals``, since the aftercare
+    is no longer its request's child: unlocking then let time run during the next update.)"""
     await engine.client.test_service.unlock_time_skipping(UnlockTimeSkippingRequest())
 
 
@@ -169,7 +170,6 @@ async def test_a_restriction_is_marked_answered_then_lifted_only_after_the_subje
     await engine.env.sleep(timedelta(days=40))
     assert (await restriction_status(restriction)).state == IN_FORCE and crm.marked == {SUBJECT_EMAIL}
     await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice"))
-    await skipping_again(engine)
     for wrong in (Lift(reason="  "),):
         with pytest.raises(WorkflowUpdateFailedError):
             await restriction.execute_update(RestrictionInForce.lift, wrong)
@@ -214,7 +214,6 @@ async def test_a_lift_notice_the_mail_server_refuses_is_never_called_told(engine
     restriction = held(engine, request)
     await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
     await clear_residuals(engine.client, handle.id, ResidualsCleared(cleared_by="operator:alice"))
-    await skipping_again(engine)
     engine.mail.refused.add(SUBJECT_EMAIL)  # the person's mailbox is gone
     scheduled = await restriction.execute_update(RestrictionInForce.lift,
                                                  Lift(reason="Proceedings closed.", requested_by="operator:alice"))
@@ -267,7 +266,6 @@ async def test_a_restriction_on_contested_accuracy_ends_with_the_rectification(e
     restriction = held(engine, request)
     await eventually(lambda: restriction_status(restriction), lambda s: s.state == IN_FORCE)
     await clear_residuals(engine.client, handle.id, ResidualsCleared())
-    await skipping_again(engine)
     # The same person's rectification, once answered, ends the ground: the accuracy is verified.
     rectification, rectification_handle = await submit(engine, "rectification", language="en",
                                                        changes={"city": "Lyon"})
@@ -305,7 +303,6 @@ async def test_a_restriction_pending_an_objection_ends_with_its_decision_and_no_
     for handle in (pending_handle, accuracy_handle):
         await handle.result()
         await clear_residuals(engine.client, handle.id, ResidualsCleared())
-        await skipping_again(engine)
     objection, objection_handle = await submit(engine, "objection", language="fr")
     await eventually(lambda: objection_handle.query(DataSubjectRequest.status),
                      lambda s: s.awaiting_decision)

@@ -32,6 +32,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 import activities.subjects
 from connectors.base import ExportJob, OperationJob
 from dsr.config.settings import Settings
+from dsr.domain.aftercare import aftercare_id
 from dsr.domain.model import (
     ConnectorOutcome,
     IdentityMethod,
@@ -238,8 +239,9 @@ async def test_an_erasure_waits_for_the_access_of_the_same_person_and_says_so(en
     # Granted at once, the access had its fan-out's plan with the answer; the erasure, granted later by signal,
     # planned in a local activity when its turn came.
     # The access's closing events go with its give-back (one local activity), in the task
-    # commanding its aftercare's start.
-    assert locals_of[access.id][2:] == ["subject's turn: give back; ledger: reply_sent, closed, aftercare_started"]
+    # starting its aftercare.
+    assert locals_of[access.id][2:] == [
+        "subject's turn: give back; ledger: reply_sent, closed, aftercare_started; start aftercare"]
     # The erasure's give-back carries its ``closed`` (its ``reply_sent`` went while it deleted earlier exports).
     assert locals_of[erasure.id][2:] == ["plan erasure", "subject's turn: give back; ledger: closed"]
     assert {c.connector for c in (await status(access)).connectors} == {c.name for c in engine.connectors}
@@ -771,10 +773,11 @@ async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing
         engine.ledger.append_event, lambda event, **_: event.request_id if event.event == "received" else None))
     monkeypatch.setattr(SubjectTurns, "ask", failing_when_local(
         SubjectTurns.ask, lambda turns, queue, ask: ask.request_id))
-    # The give-back releases, tells the next, then writes its events: refused once they are written.
+    # The give-back at the answer releases, tells the next, starts the aftercare, then writes its events: refused once
+    # they are written.
     monkeypatch.setattr(activities.subjects, "record_batch", failing_when_local(
         activities.subjects.record_batch, lambda ledger, events, **_: events[0].request_id,
-        only_in="release_subject_turn"))
+        only_in="start_aftercare"))
 
     async def answered(handle: WorkflowHandle) -> bool:
         return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
@@ -795,12 +798,15 @@ async def test_local_steps_refused_five_times_go_to_the_server_and_write_nothing
 
     assert target == [access.id]
     assert local_tries == {step: [1, 2, 3, 4, 5] for step in (
-        "record_request", "ask_subject_turn", "release_subject_turn")}
+        "record_request", "ask_subject_turn", "start_aftercare")}
     history = (await access.fetch_history()).events
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
                  if e.HasField("activity_task_scheduled_event_attributes")]
-    for step in ("record_request", "ask_subject_turn", "release_subject_turn"):
+    for step in ("record_request", "ask_subject_turn", "start_aftercare"):
         assert scheduled.count(step) == 1, step
+    # Six tries started the aftercare (the five local ones each started it or found it started).
+    assert (await engine.client.get_workflow_handle(aftercare_id(access.id)).describe()).status == (
+        WorkflowExecutionStatus.RUNNING)
     written = [e.event for e in engine.ledger.events(access.id)]
     for event in ("received", "identity_confirmed", "processing", "turn_taken", "reply_sent", "closed",
                   "aftercare_started"):
@@ -823,7 +829,7 @@ async def test_a_ledger_refusing_the_events_a_give_back_carries_holds_that_reque
     refusing = True
 
     def closing_refused(ledger: Any, events: list[Any], **kwargs: Any) -> int:
-        if refusing and activity.info().activity_type == "release_subject_turn" and events[0].request_id == access.id:
+        if refusing and activity.info().activity_type == "start_aftercare" and events[0].request_id == access.id:
             raise OperationalError("INSERT", {}, ConnectionResetError("the ledger refuses the events"))
         return record_batch(ledger, events, **kwargs)
 
@@ -841,6 +847,9 @@ async def test_a_ledger_refusing_the_events_a_give_back_carries_holds_that_reque
     await eventually(functools.partial(answered, erasure), "the erasure answered", tries=1200)
     assert (await access.describe()).status == WorkflowExecutionStatus.RUNNING  # still writing its closing events
     assert "closed" not in [e.event for e in engine.ledger.events(access.id)]
+    # The aftercare was started before the events (``aftercare_started`` is written once true).
+    assert (await engine.client.get_workflow_handle(aftercare_id(access.id)).describe()).status == (
+        WorkflowExecutionStatus.RUNNING)
     assert [e.details for e in engine.ledger.events(erasure.id) if e.event == "turn_taken"] == [
         {"waited_for": access.id}]
 
