@@ -321,10 +321,10 @@ class DataSubjectRequest:
         if await self._verify_identity() and not self._ending() and await self._changes_known():
             await self._carry_out()
         await self._close()
-        # The request ends here, answered; the download link and residual data outlive it, in its aftercare, whose
-        # start is commanded in this workflow task: ``aftercare_started`` is noted right after ``closed`` and, unless
-        # a batch is on its way or the close waited for something (files deleted, a notice), both go to the ledger in
-        # this task too (a local activity: with the turn's give-back when there is one, see _given_back).
+        # The request ends here, answered; the download link and residual data outlive it, in its aftercare, started
+        # in this workflow task by a local activity (the turn's give-back when there is one, see _given_back), which
+        # also writes ``closed`` and ``aftercare_started`` (noted right after it) unless a batch is on its way or the
+        # close waited for something (files deleted, a notice).
         self._start_aftercare()
         self._run_ending = True
         await watcher  # it ends once it sees the request closed (or once the deadline notice on its way has gone)

@@ -128,8 +128,8 @@ async def test_residual_filter_lists_answered_requests_until_their_residual_data
                 await asyncio.sleep(0.2)
             # Listed: the answered erasure's aftercare (the request itself has ended, Completed).
             assert aftercare_id(erasure.request_id) in found and aftercare_id(plain.request_id) not in found
-            # The aftercare (abandoned child) is started, and may be listed, before its parent's last task
-            # completes: wait for the request's result before reading its status.
+            # The aftercare is started, and may be listed, before its request's last task completes (it is started
+            # in that task, by a local activity): wait for the request's result before reading its status.
             await handle.result()
             assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
             running: list[str] = []

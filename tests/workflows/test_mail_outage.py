@@ -145,9 +145,9 @@ async def test_the_final_reply_counts_as_pending_mail_until_the_smtp_server_take
 @pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", permanent_failures=1),
                                          ScriptedConnector("billing")]])
 async def test_a_deadline_notice_held_by_the_mail_server_does_not_hold_the_closing_events(engine: Engine) -> None:
-    """The closing events go in one batch with the aftercare's start, at the close, not behind a deadline notice the
-    mail server is holding back (it may do so for hours); the aftercare starts then too, while the run still waits
-    for that notice before it ends."""
+    """The closing events go with the aftercare's start (one local activity), at the close, not behind a deadline
+    notice the mail server is holding back (it may do so for hours); the aftercare starts then too, while the run
+    still waits for that notice before it ends."""
     request, handle = await submit(engine, "access")
     await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
     await until(handle, lambda s: "operator_attention" not in s.mail_pending
@@ -169,7 +169,7 @@ async def test_a_deadline_notice_held_by_the_mail_server_does_not_hold_the_closi
     # The aftercare runs already (the test server may even have skipped to the link's expiry meanwhile: the
     # reminder's retries are timers on the server).
     aftercare = engine.client.get_workflow_handle(aftercare_id(request.request_id))
-    for _ in range(200):  # the start is commanded in the task that wrote the events: the server's a moment later
+    for _ in range(200):  # started before the events were written: listed by the server a moment later, at most
         with contextlib.suppress(RPCError):
             if (await aftercare.describe()).status in (WorkflowExecutionStatus.RUNNING,
                                                        WorkflowExecutionStatus.COMPLETED):
