@@ -276,6 +276,7 @@ class DataSubjectRequest:
         self._give_backs_waiting = 0  # give-backs commanded whose coroutine has not run yet (see _start_aftercare)
         self._aftercare_to_start: AftercareStart | None = None  # left to the give-back about to run
         self._aftercare_starts: list[asyncio.Task[None]] = []  # the aftercare's start when no give-back carries it
+        self._aftercare_starting = False  # until it is started: the events it could not carry wait (_write_events)
         self._events_handed_back: list[EventBatch] = []  # carried by a first try that failed: written next
         self._carried: EventBatch | None = None  # carried by the reply's first try, not known written (_write_events)
         self._restriction = ""  # an answered restriction: the id of the workflow holding it in force
@@ -662,15 +663,15 @@ class DataSubjectRequest:
         if aftercare is None:
             await self._in_line(SubjectActivities.release_subject_turn, release, events, release.events_key, summary)
             return
-        # The closing: the line, the aftercare's start, then the events (aftercare_started written once true).
+        # The closing: the line, the aftercare's start, then the events (aftercare_started written once true). Retried
+        # without limit (``_in_line``): a failure fails the run, as any give-back's would.
         closing = dataclasses.replace(aftercare, events=events, events_key=release.events_key,
                                       release=dataclasses.replace(release, events=[], events_key=""))
         try:
             await self._in_line(SubjectActivities.start_aftercare, closing, events, release.events_key,
                                 f"{summary}; start aftercare")
-        except Exception:
-            self._aftercare_starts.append(asyncio.create_task(self._aftercare_started(aftercare)))
-            raise
+        finally:
+            self._aftercare_starting = False
 
     def _taken_for_line(self) -> list[AuditEvent]:
         """The noted events the turn's ask or give-back about to run carries (``_carry_noted``); while it runs, the
@@ -682,7 +683,8 @@ class DataSubjectRequest:
 
     async def _in_line(self, step: Callable[..., Any], arg: Any, events: list[AuditEvent], key: str,
                        summary: str) -> Any:
-        """The turn's ask or give-back (``TURN_ASK_LOCAL``, then ``TURN_ASK``), writing ``events`` (taken from the
+        """The turn's ask or give-back, or the aftercare's start (``TURN_ASK_LOCAL``, then ``TURN_ASK``), writing
+        ``events`` (taken from the
         writer by ``_taken_for_line``) under ``key``. The activity is retried without limit and refused nothing: a
         failure is one not foreseen; should the run go on, the events go to the writer rather than nowhere, under the
         same key (written once)."""
@@ -1070,15 +1072,16 @@ class DataSubjectRequest:
         keywords = {sa.DSR_KIND.name: self._request.kind.value, sa.DSR_STAGE.name: Stage.CLOSED.value}
         if self._outcome is not None:
             keywords[sa.DSR_OUTCOME.name] = self._outcome.value
-        child = aftercare_id(self._request.request_id)
+        care_id = aftercare_id(self._request.request_id)
         start = AftercareStart(
-            workflow_id=child, task_queue=workflow.info().task_queue, care=care,
+            workflow_id=care_id, task_queue=workflow.info().task_queue, care=care,
             summary=f"aftercare · {self._request.kind.value} · {', '.join(what)}",
             keywords=keywords, flags={sa.DSR_RESIDUAL.name: bool(self._residuals)},
         )
-        self._aftercare = child
+        self._aftercare = care_id
+        self._aftercare_starting = True
         self._update_details()
-        self._note("aftercare_started", details={"workflow": child, "for": ",".join(what)})
+        self._note("aftercare_started", details={"workflow": care_id, "for": ",".join(what)})
         if self._give_backs_waiting:
             self._aftercare_to_start = start  # the give-back about to run starts it (_given_back)
         else:
@@ -1091,7 +1094,10 @@ class DataSubjectRequest:
         key = self._events_key("aftercare")
         summary = "start aftercare" + (f"; {_batch_summary(events)}" if events else "")
         carrying = dataclasses.replace(start, events=events, events_key=key)
-        await self._in_line(SubjectActivities.start_aftercare, carrying, events, key, summary)
+        try:
+            await self._in_line(SubjectActivities.start_aftercare, carrying, events, key, summary)
+        finally:
+            self._aftercare_starting = False
 
     def _aftercare_needed(self) -> bool:
         return self._link_expires_at is not None or bool(self._residuals)
@@ -1793,6 +1799,9 @@ class DataSubjectRequest:
                     # a local activity, not an activity task and another workflow task of its own; also what is
                     # noted later (a deadline notice's events, an update's). Under a key of its own: its local tries
                     # and the activity that may follow them write it once.
+                    # What the aftercare's start could not carry (a batch was on its way) waits for it: the ledger
+                    # says ``aftercare_started`` once it is.
+                    await workflow.wait_condition(lambda: not self._aftercare_starting)
                     self._ending_batches += 1
                     keyed = EventBatch(key=self._events_key(f"ending-{self._ending_batches}"), events=batch)
                     summary = _batch_summary(batch)

@@ -235,6 +235,10 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
                                     exports=exports_of(engine.settings),
                                     upload=ExportFile("chat.csv", "text/csv", b"message\nbonjour\n"))
     assert delivered.delivered and answer.export_records == 1
+    # An update that ends a child workflow (the answer ends the told task, the request's child) leaves the
+    # time-skipping test server holding one time-skipping lock: result() would then wait in real time for what the
+    # later scenarios need (see tests/workflows/test_restriction.py, skipping_again). Give it back.
+    await engine.client.test_service.unlock_time_skipping(UnlockTimeSkippingRequest())
     await wait_for_stage(engine, handle, Stage.NEEDS_ATTENTION)
     await update("retry", Retry(requested_by="op:retry"))
     await wait_for_stage(engine, handle, Stage.CLOSED)
@@ -246,10 +250,6 @@ async def test_every_field_of_every_update_reaches_the_ledger(engine: Engine) ->
     cleared = ResidualsCleared(cleared_by="op:clear", note="Colonne IP vidée en SQL")
     sent["RequestAftercare", "clear_residuals"] = [(cleared, trail)]
     await clear_residuals(engine.client, erasure.request_id, cleared)
-    # An update that ends its workflow (clear_residuals ends the aftercare) leaves the time-skipping test server
-    # holding one time-skipping lock: result() would then wait in real time for what the later scenarios need
-    # (found with the restriction's tests; see tests/workflows/test_restriction.py). Give it back.
-    await engine.client.test_service.unlock_time_skipping(UnlockTimeSkippingRequest())
     assert (await handle.result()).outcome == Outcome.FULFILLED
     [extension] = [e for e in engine.ledger.events(erasure.request_id) if e.event == "extended"]
     assert extension.details["deadline"] == extended.deadline.isoformat()  # the new date, beside the old
