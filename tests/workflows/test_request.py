@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from dataclasses import replace
 from datetime import UTC, date, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
@@ -762,6 +763,63 @@ async def test_incomplete_profile_holds_the_reply_until_an_operator_retries(
     assert summaries[0].startswith("reply: access; ledger: ") and summaries[0].endswith("replying")
     assert summaries[1].startswith("ledger: ") and summaries[1].endswith("replying")  # the batch handed back
     assert summaries[2:] == ["reply: access"]
+
+
+@pytest.mark.slow  # real time: the worker's blocked steps are released by the test
+@pytest.mark.parametrize("connectors", [[ScriptedConnector("crm", residual=True), ScriptedConnector("billing")]])
+async def test_the_closing_events_the_aftercare_start_could_not_carry_wait_for_the_start(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An erasure's ``reply_sent`` is still being written when it closes (its batch on its way): the aftercare's start
+    carries nothing, and ``closed`` and ``aftercare_started`` are written once the aftercare is started, not beside its
+    start (the ledger would say it started while nothing runs, should the start fail its local tries)."""
+    reply_batch_held, reply_batch_go = threading.Event(), threading.Event()
+    start_held, start_go = asyncio.Event(), asyncio.Event()
+    record_batch = activities.ledger.record_batch
+
+    def reply_batch_slow(ledger: Any, events: list[Any], **kwargs: Any) -> int:
+        if activity.info().activity_type == "record_events" and "reply_sent" in [e.event for e in events]:
+            reply_batch_held.set()
+            assert reply_batch_go.wait(timeout=60)
+        return record_batch(ledger, events, **kwargs)
+
+    start_workflow = Client.start_workflow
+
+    async def start_slow(client: Client, workflow: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(kwargs.get("id", "")).startswith("aftercare-"):
+            start_held.set()
+            await start_go.wait()
+        return await start_workflow(client, workflow, *args, **kwargs)
+
+    monkeypatch.setattr(activities.ledger, "record_batch", reply_batch_slow)
+    monkeypatch.setattr(Client, "start_workflow", start_slow)
+    request, handle = await submit(engine, "erasure")
+    for _ in range(600):  # real time: nothing is skipped while no result is awaited
+        if reply_batch_held.is_set() and start_held.is_set():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("never: the reply's batch on its way and the aftercare's start held together")
+    reply_batch_go.set()  # reply_sent written; the start still held: closed and aftercare_started must wait
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        written = events(engine, request)
+        if "reply_sent" in written:
+            break
+    assert "reply_sent" in written
+    # Time for a batch not waiting for the start to be written: the workflow task held open by the start (a local
+    # activity) is renewed after ~8 s, and the reply's batch is then heard of.
+    await asyncio.sleep(12)
+    assert "aftercare_started" not in events(engine, request) and "closed" not in events(engine, request)
+    start_go.set()
+    assert (await handle.result()).outcome == Outcome.FULFILLED
+    written = events(engine, request)
+    assert written.index("reply_sent") < written.index("closed") < written.index("aftercare_started")
+    assert written.count("closed") == written.count("aftercare_started") == 1
+    assert (await engine.client.get_workflow_handle(aftercare_id(request.request_id)).describe()).status == (
+        WorkflowExecutionStatus.RUNNING)
+    markers = [(await engine.client.data_converter.decode([e.user_metadata.summary]))[0]
+               for e in (await handle.fetch_history()).events if e.HasField("marker_recorded_event_attributes")]
+    assert markers[-2:] == ["start aftercare", "ledger: closed, aftercare_started"]
 
 
 @pytest.mark.slow
