@@ -340,7 +340,7 @@ class DataSubjectRequest:
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._ledger_written()  # the events noted without waiting (closed, aftercare_started...)
         while pending := [step for step in (*self._releases, *self._aftercare_starts) if not step.done()]:
-            await asyncio.gather(*pending)  # a turn granted after its release, given back by a late signal
+            await asyncio.gather(*pending)  # also a turn granted after its release, given back by a late signal
         return self.status()
 
     async def _verify_identity(self) -> bool:
@@ -656,22 +656,16 @@ class DataSubjectRequest:
         self._give_backs += 1
         self._give_backs_waiting -= 1
         aftercare, self._aftercare_to_start = self._aftercare_to_start, None
+        key = self._events_key(f"give-back-{self._give_backs}")
         release = QueueRelease(queue_id=subject_queue_id(self._request.subject_key), release=TurnRelease(
-            request_id=self._request.request_id, round=turn_round),
-            events=events, events_key=self._events_key(f"give-back-{self._give_backs}"))
+            request_id=self._request.request_id, round=turn_round))
         summary = "subject's turn: give back" + (f"; {_batch_summary(events)}" if events else "")
         if aftercare is None:
-            await self._in_line(SubjectActivities.release_subject_turn, release, events, release.events_key, summary)
-            return
-        # The closing: the line, the aftercare's start, then the events (aftercare_started written once true). Retried
-        # without limit (``_in_line``): a failure fails the run, as any give-back's would.
-        closing = dataclasses.replace(aftercare, events=events, events_key=release.events_key,
-                                      release=dataclasses.replace(release, events=[], events_key=""))
-        try:
-            await self._in_line(SubjectActivities.start_aftercare, closing, events, release.events_key,
-                                f"{summary}; start aftercare")
-        finally:
-            self._aftercare_starting = False
+            await self._in_line(SubjectActivities.release_subject_turn,
+                                dataclasses.replace(release, events=events, events_key=key), events, key, summary)
+        else:  # the closing: the line, the aftercare's start, then the events
+            await self._aftercare_with(dataclasses.replace(aftercare, release=release), events, key,
+                                       f"{summary}; start aftercare")
 
     def _taken_for_line(self) -> list[AuditEvent]:
         """The noted events the turn's ask or give-back about to run carries (``_carry_noted``); while it runs, the
@@ -684,10 +678,9 @@ class DataSubjectRequest:
     async def _in_line(self, step: Callable[..., Any], arg: Any, events: list[AuditEvent], key: str,
                        summary: str) -> Any:
         """The turn's ask or give-back, or the aftercare's start (``TURN_ASK_LOCAL``, then ``TURN_ASK``), writing
-        ``events`` (taken from the
-        writer by ``_taken_for_line``) under ``key``. The activity is retried without limit and refused nothing: a
-        failure is one not foreseen; should the run go on, the events go to the writer rather than nowhere, under the
-        same key (written once)."""
+        ``events`` (taken from the writer by ``_taken_for_line``) under ``key``. The activity is retried without
+        limit and refused nothing: a failure is one not foreseen; should the run go on, the events go to the writer
+        rather than nowhere, under the same key (written once)."""
         try:
             answer = await _local_first(step, arg, local={**TURN_ASK_LOCAL, "summary": summary},
                                         remote=summarised(TURN_ASK, summary))
@@ -1091,11 +1084,16 @@ class DataSubjectRequest:
         """The aftercare's start when no give-back carries it (the turn given back earlier, or never asked), with
         the events noted by then (``closed``, ``aftercare_started``), as the give-back would."""
         events = self._taken_for_line()
-        key = self._events_key("aftercare")
-        summary = "start aftercare" + (f"; {_batch_summary(events)}" if events else "")
-        carrying = dataclasses.replace(start, events=events, events_key=key)
+        await self._aftercare_with(start, events, self._events_key("aftercare"),
+                                   "start aftercare" + (f"; {_batch_summary(events)}" if events else ""))
+
+    async def _aftercare_with(self, start: AftercareStart, events: list[AuditEvent], key: str, summary: str) -> None:
+        """``start_aftercare`` carrying ``events`` under ``key``, written once the aftercare is started. Retried without
+        limit (``_in_line``): a failure fails the run, as a give-back's would. Once it is done, the events it could not
+        carry may go (``_write_events``)."""
         try:
-            await self._in_line(SubjectActivities.start_aftercare, carrying, events, key, summary)
+            await self._in_line(SubjectActivities.start_aftercare,
+                                dataclasses.replace(start, events=events, events_key=key), events, key, summary)
         finally:
             self._aftercare_starting = False
 
