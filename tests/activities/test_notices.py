@@ -49,6 +49,7 @@ class Collector:
     def __init__(self, rcpt_reply: str | None = None) -> None:
         self.rcpt_reply = rcpt_reply
         self.envelopes: list[tuple[str, list[str], bytes]] = []
+        self.greetings: list[str] = []  # the name each client gave in EHLO
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -60,6 +61,7 @@ class Collector:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.original_content, bytes)
         self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos), envelope.original_content))
+        self.greetings.append(str(session.host_name))
         return "250 OK"
 
     def messages(self) -> list[EmailMessage]:
@@ -185,6 +187,30 @@ async def test_message_id_is_stable_across_retries_of_one_activity() -> None:
     ids = [m["Message-ID"] for m in collector.messages()]
     assert ids == [first.message_id, first.message_id, different.message_id]
     assert first.message_id == f"<{notice_key(REQUEST, 'run-1', '7').removeprefix('notice-')}@example.com>"
+
+
+async def test_the_ehlo_name_is_the_hosts_own_looked_up_once_for_every_email(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Looked up for each connection, the name waited in the default executor behind the ledger's writes; and a
+    # slow resolver would make every email wait on DNS.
+    lookups: list[str] = []
+
+    def getfqdn(name: str = "") -> str:
+        lookups.append(name)
+        return "worker-1.mail.example.com"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    collector = Collector()
+    env = ActivityEnvironment()
+    async with smtp_server(collector) as port:
+        acts = activities(port)
+        for n in range(3):
+            env.info = dataclasses.replace(env.info, activity_id=str(n))
+            await env.run(acts.send_notice, notice())
+
+    assert len(collector.envelopes) == 3
+    assert collector.greetings == ["worker-1.mail.example.com"] * 3
+    assert lookups == [""]
 
 
 async def test_a_notice_already_in_the_sent_log_is_not_sent_again() -> None:
