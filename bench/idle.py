@@ -170,7 +170,7 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
         asked = random.sample(sorted(ids), min(queries, len(ids))) if queries else sorted(ids)
         querying = asyncio.Semaphore(10)
         times: list[float] = []
-        failures: dict[str, int] = {}
+        failures: dict[str, int] = {}  # by error and message (ids and timings only: no personal data)
 
         async def query(request_id: str) -> None:
             async with querying:
@@ -179,7 +179,8 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
                     await temporal.client.get_workflow_handle(request_id).query(
                         "status", rpc_timeout=timedelta(seconds=120))
                 except Exception as error:  # counted and printed, not fatal to the figures
-                    failures[type(error).__name__] = failures.get(type(error).__name__, 0) + 1
+                    why = f"{type(error).__name__}: {str(error)[:120]}"
+                    failures[why] = failures.get(why, 0) + 1
                     return
                 times.append(time.perf_counter() - sent)
 

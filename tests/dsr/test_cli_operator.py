@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import string
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,35 @@ async def test_lift_reaches_temporal_and_says_when_no_restriction_is_held(
     assert result.stderr.strip().splitlines() == [
         "error: dsr-2026-11-ZZZZZZ holds no restriction in force (not a restriction, not answered yet, or forgotten "
         "by Temporal; see `dsr history`)"], result.stderr
+
+
+async def test_status_says_what_the_ledger_knows_when_no_worker_answers(
+        home: Path, time_skipping: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An on-call operator with every worker down gets the ledger's row, marked as such and why, in the time
+    ``STATUS_WAIT`` allows, not a timeout's traceback; a request the ledger does not know either is one line."""
+    import dsr.cli.requests
+
+    monkeypatch.setattr(dsr.cli.requests, "STATUS_WAIT", timedelta(seconds=2))
+    unknown = "dsr-2026-11-NOWRK2"
+    handles = [await time_skipping.client.start_workflow("DataSubjectRequest", id=reference,
+                                                         task_queue=f"no-worker-{reference}")
+               for reference in (REFERENCE, unknown)]
+    env = {**cli_env(home), "TEMPORAL_ADDRESS": time_skipping.client.service_client.config.target_host}
+    try:
+        said = await asyncio.to_thread(run_dsr, ["status", REFERENCE], env)
+        as_json = await asyncio.to_thread(run_dsr, ["status", REFERENCE, "--json"], env)
+        neither = await asyncio.to_thread(run_dsr, ["status", unknown], env)
+    finally:
+        for handle in handles:
+            await handle.terminate("the test is over")
+
+    why = "no worker answered within 2 s: is `dsr worker` running?"
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.splitlines() == [f"{REFERENCE}  rectification  received  [from the ledger: {why}]",
+                                        "  received 2026-11-20, due 2026-12-21"]
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) | {} == {
+        "id": REFERENCE, "kind": "rectification", "stage": "received", "outcome": None, "channel": "letter",
+        "received": "2026-11-20", "deadline": "2026-12-21", "extended": False, "source": "ledger", "why": why}
+    assert neither.returncode == 1
+    assert neither.stderr.strip().splitlines() == [f"error: {unknown}: {why}"]
