@@ -364,16 +364,11 @@ class Mailer:
         self.mail_from = mail_from
         self.from_name = one_line(from_name)
         self.mail_domain = mail_domain
-        self._ehlo_name: str | None = None
-
-    async def _local_hostname(self) -> str:
-        """The name this host gives in EHLO: its fully qualified name, looked up once per process. Left to
-        aiosmtplib, every connection looks it up in a thread of the default executor, which the ledger's writes
-        share: under load the lookup waited there and the email's activity timed out before connecting (seen
-        with 10,000 requests opened at once), and a slow resolver would make every email wait on DNS."""
-        if self._ehlo_name is None:
-            self._ehlo_name = await asyncio.to_thread(socket.getfqdn)
-        return self._ehlo_name
+        # The name this host gives in EHLO, looked up once, as the worker starts. Left to aiosmtplib, every
+        # connection looked it up in a thread of the default executor, which the ledger's writes share: under load
+        # the lookup waited there until the email's activity timed out (seen with 10,000 requests opened at once),
+        # and a slow resolver would make every email wait on DNS.
+        self._local_hostname = socket.getfqdn()
 
     def message_id(self, key: str) -> str:
         """The Message-ID of the email with idempotency key ``key`` (``notice-…``, ``reply-…``)."""
@@ -401,7 +396,7 @@ class Mailer:
                 # A bool, never None: None would try STARTTLS whenever a server advertises it.
                 start_tls=bool(smtp.start_tls) and not smtp.use_tls,
                 timeout=smtp.timeout_seconds,
-                local_hostname=await self._local_hostname(),
+                local_hostname=self._local_hostname,
             )
         except aiosmtplib.SMTPRecipientsRefused as err:
             code = min((r.code for r in err.recipients), default=0)

@@ -84,7 +84,8 @@ class Watch:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Whatever ended the sampler, the round's cleanup (the worker, the requests) must still run.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
     async def _sample(self) -> None:
@@ -100,6 +101,20 @@ class Watch:
         if code is not None:
             raise WorkerStopped(f"the worker stopped (exit status {code}, peak {self.worker_peak:.0f} MB); "
                                 f"its log ends:\n{machine.log('worker')}")
+
+    def worker_rss(self, machine: Machine) -> float:
+        """The worker's RSS now; WorkerStopped (with its log) if it has ended, even between two looks."""
+        self.check(machine)
+        try:
+            return rss_mb(self.worker.pid)
+        except (OSError, RuntimeError):
+            self.worker.wait(timeout=5)
+            self.check(machine)
+            raise
+
+    @property
+    def stopped(self) -> bool:
+        return self.worker.poll() is not None
 
 
 class WorkerStopped(RuntimeError):
@@ -152,15 +167,14 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
             now = time.perf_counter()
             if now - said >= 60:
                 print(f"  {len(waiting)} of {len(ids)} waiting for identity after {now - began:.0f} s; worker "
-                      f"{rss_mb(machine.worker.pid):.0f} MB, server {rss_mb(server_pid):.0f} MB", flush=True)
+                      f"{watch.worker_rss(machine):.0f} MB, server {rss_mb(server_pid):.0f} MB", flush=True)
                 said = now
             if now - began > 3 * 3600:
                 raise RuntimeError(f"only {len(waiting)} of {len(ids)} waiting:\n{machine.log('worker')}")
             await asyncio.sleep(2)
         opened = time.perf_counter() - began
         await asyncio.sleep(10)  # the last tasks finish (acknowledgement, identity email)
-        watch.check(machine)
-        loaded = rss_mb(machine.worker.pid)
+        loaded = watch.worker_rss(machine)
         server = rss_mb(server_pid)
         print(f"  cache {cache}: {len(ids)} waiting after {opened:.0f} s; worker {empty:.0f} MB empty, {loaded:.0f} MB "
               f"now (peak {watch.worker_peak:.0f}); server {server_before:.0f} MB before, {server:.0f} MB now",
@@ -174,6 +188,8 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
 
         async def query(request_id: str) -> None:
             async with querying:
+                if watch.stopped:  # said below, with its log: the queries left would each wait out their timeout
+                    return
                 sent = time.perf_counter()
                 try:
                     await temporal.client.get_workflow_handle(request_id).query(
@@ -190,7 +206,7 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
         watch.check(machine)
         if failures:
             print(f"  cache {cache}: {sum(failures.values())} of {len(asked)} queries failed: {failures}", flush=True)
-        after = rss_mb(machine.worker.pid)
+        after = watch.worker_rss(machine)
         return {"empty": empty, "loaded": loaded, "after_queries": after, "worker_peak": watch.worker_peak,
                 "server_before": server_before, "server": server, "server_peak": watch.server_peak,
                 "opened": opened, "queried": len(times), "query_all": queried,
@@ -290,6 +306,8 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=0,
                         help="query this many requests, chosen at random (0: every one)")
     args = parser.parse_args()
+    if args.requests < 1 or args.queries < 0 or args.rounds < 1:
+        parser.error("--requests and --rounds must be at least 1, --queries 0 (every request) or more")
     try:
         asyncio.run(main(args.requests, [int(c) for c in args.caches.split(",")], args.rounds, args.queries))
     except WorkerStopped as stopped:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import webbrowser
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -33,9 +33,10 @@ ENDED_BY_HAND = ("TERMINATED", "CANCELED", "FAILED", "TIMED_OUT")
 """Temporal states in which a request's run ended without closing the request (no code of the request ran)."""
 
 
-async def with_aftercare(client: Client, state: RequestStatus) -> RequestStatus:
+async def with_aftercare(client: Client, state: RequestStatus, *, wait: timedelta) -> RequestStatus:
     """The request's status as of now: once answered, the download link and residual data are followed by its
-    aftercare workflow, whose state replaces what the request's run knew when it ended."""
+    aftercare workflow, whose state replaces what the request's run knew when it ended (a worker answers, within
+    ``wait``, or this says so in one line: what the run knew may be stale)."""
     from temporalio.service import RPCError, RPCStatusCode
 
     from workflows.aftercare import RequestAftercare
@@ -47,8 +48,11 @@ async def with_aftercare(client: Client, state: RequestStatus) -> RequestStatus:
         # modules in, and fails in some.
         aftercare: WorkflowHandle[RequestAftercare, AftercareStatus] = client.get_workflow_handle_for(
             RequestAftercare.run, state.aftercare)
-        care = await aftercare.query(RequestAftercare.status)
+        care = await aftercare.query(RequestAftercare.status, rpc_timeout=wait)
     except RPCError as err:
+        if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise UserError(f"{state.request_id} is answered, and its aftercare (download link, residual data) did "
+                            f"not answer within {wait.total_seconds():g} s: is `dsr worker` running?") from None
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
         return state  # past Temporal's retention: the ledger has its events (dsr history)

@@ -18,14 +18,28 @@ from typing import Any
 
 import pytest
 import typer
+from temporalio import workflow
+from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from dsr.cli.common import normalise_reference
 from dsr.cli.main import app
 from dsr.config.settings import Settings
-from dsr.domain.model import AuditEvent, Channel, Language, RequestKind, RequestRecordInput, Stage, Subject
-from dsr.store.crypto import KeyRing
+from dsr.domain.model import (
+    AuditEvent,
+    Channel,
+    IdentityMethod,
+    Language,
+    Outcome,
+    RequestKind,
+    RequestRecordInput,
+    RequestStatus,
+    Stage,
+    Subject,
+)
+from dsr.store.crypto import KeyRing, data_converter
 from dsr.store.ledger import Ledger
 from intake.submission import Submission, prepare
 from tests.cli import run_dsr
@@ -266,25 +280,81 @@ async def test_status_says_what_the_ledger_knows_when_no_worker_answers(
 
     monkeypatch.setattr(dsr.cli.requests, "STATUS_WAIT", timedelta(seconds=2))
     unknown = "dsr-2026-11-NOWRK2"
-    handles = [await time_skipping.client.start_workflow("DataSubjectRequest", id=reference,
-                                                         task_queue=f"no-worker-{reference}")
-               for reference in (REFERENCE, unknown)]
+    handles = []
     env = {**cli_env(home), "TEMPORAL_ADDRESS": time_skipping.client.service_client.config.target_host}
+    # Nothing listens on port 9: the connection is refused at once.
+    unreadable = {**env, "DSR_DATABASE_URL": "postgresql://dsr:secret@127.0.0.1:9/dsr"}
     try:
+        for reference in (REFERENCE, unknown):
+            handles.append(await time_skipping.client.start_workflow("DataSubjectRequest", id=reference,
+                                                                     task_queue=f"no-worker-{reference}"))
         said = await asyncio.to_thread(run_dsr, ["status", REFERENCE], env)
         as_json = await asyncio.to_thread(run_dsr, ["status", REFERENCE, "--json"], env)
         neither = await asyncio.to_thread(run_dsr, ["status", unknown], env)
+        no_ledger = await asyncio.to_thread(run_dsr, ["status", REFERENCE], unreadable)
     finally:
         for handle in handles:
             await handle.terminate("the test is over")
 
-    why = "no worker answered within 2 s: is `dsr worker` running?"
+    why = "no worker answered within 2 s: is `dsr worker` running, or are the workers swamped?"
     assert said.returncode == 0, said.stderr
     assert said.stdout.splitlines() == [f"{REFERENCE}  rectification  received  [from the ledger: {why}]",
                                         "  received 2026-11-20, due 2026-12-21"]
     assert as_json.returncode == 0, as_json.stderr
-    assert json.loads(as_json.stdout) | {} == {
+    assert json.loads(as_json.stdout) == {
         "id": REFERENCE, "kind": "rectification", "stage": "received", "outcome": None, "channel": "letter",
         "received": "2026-11-20", "deadline": "2026-12-21", "extended": False, "source": "ledger", "why": why}
     assert neither.returncode == 1
     assert neither.stderr.strip().splitlines() == [f"error: {unknown}: {why}"]
+    # Workers down because the database is: one line that says both, not a traceback nor "cannot reach Temporal".
+    assert no_ledger.returncode == 1
+    [line] = no_ledger.stderr.strip().splitlines()
+    assert line.startswith(f"error: {REFERENCE}: {why}, and the ledger cannot be read: cannot open the ledger "
+                           "database postgresql+psycopg://dsr:***@127.0.0.1:9/dsr: "), line
+
+
+@workflow.defn(name="DataSubjectRequest", sandboxed=False)
+class AnsweredRequest:
+    """A request already answered, as its status query says; its aftercare runs on a queue no worker polls."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.query
+    def status(self) -> RequestStatus:
+        return RequestStatus(
+            request_id=workflow.info().workflow_id, kind=RequestKind.ACCESS, stage=Stage.CLOSED,
+            outcome=Outcome.FULFILLED, channel=Channel.EMAIL, received=date(2026, 11, 20),
+            deadline=date(2026, 12, 21), extended=False, overdue=False, identity=IdentityMethod.EMAIL,
+            identity_confirmed=True, language=Language.FR, aftercare=f"aftercare-{workflow.info().workflow_id}")
+
+
+async def test_status_of_an_answered_request_whose_aftercare_no_worker_answers_is_one_line(
+        home: Path, time_skipping: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request's run answers, its aftercare's does not (its worker swamped or gone): one line within the wait,
+    not a hang nor the run's stale view of the download link and residual data."""
+    import dsr.cli.requests
+
+    monkeypatch.setattr(dsr.cli.requests, "STATUS_WAIT", timedelta(seconds=2))
+    keys = KeyRing.load_or_create(home / "keys.json")
+    client = Client(time_skipping.client.service_client, namespace=time_skipping.client.namespace,
+                    data_converter=data_converter(keys))
+    reference = "dsr-2026-11-ANSWRD"
+    queue = f"answered-{reference}"
+    env = {**cli_env(home), "TEMPORAL_ADDRESS": time_skipping.client.service_client.config.target_host}
+    handles = []
+    async with Worker(client, task_queue=queue, workflows=[AnsweredRequest]):
+        try:
+            handles.append(await client.start_workflow("DataSubjectRequest", id=reference, task_queue=queue))
+            handles.append(await client.start_workflow("RequestAftercare", id=f"aftercare-{reference}",
+                                                       task_queue=f"no-worker-{reference}"))
+            said = await asyncio.to_thread(run_dsr, ["status", reference], env)
+        finally:
+            for handle in handles:
+                await handle.terminate("the test is over")
+
+    assert said.returncode == 1
+    assert said.stderr.strip().splitlines() == [
+        f"error: {reference} is answered, and its aftercare (download link, residual data) did not answer within "
+        "2 s: is `dsr worker` running?"], said.stderr
