@@ -5,16 +5,21 @@ once, where Python without bytecode on disk compiled it for every run. The sandb
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.machinery
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import CodeType
 from typing import Any
 
 import pytest
+from temporalio import activity
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
+from temporalio.converter import DataConverter, PayloadCodec, SerializationContext, WithSerializationContext
 from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import RestrictedWorkflowAccessError, SandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import _runner as sdk_sandbox
@@ -95,8 +100,8 @@ async def test_without_it_every_sandboxed_run_compiles_the_module_again(
 
 async def test_the_sandbox_glue_is_compiled_once_and_each_run_still_has_its_own_module(
         workflow_package: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every crossing into a run's sandbox (its creation, each activation, each payload's serialization context)
-    reaches the SDK's crossing with code compiled before, never a string to compile again."""
+    """Every crossing into a run's sandbox (its creation, each activation) reaches the SDK's crossing with code
+    compiled before, never a string to compile again."""
     name, _ = workflow_package
     crossings: list[object] = []
     sdk_run_code = sdk_sandbox._Instance._run_code
@@ -107,7 +112,7 @@ async def test_the_sandbox_glue_is_compiled_once_and_each_run_still_has_its_own_
 
     monkeypatch.setattr(sdk_sandbox._Instance, "_run_code", noting)
     assert await run_three(name, CompiledOnceSandbox()) == [1, 1, 1]
-    # The worker's check and three runs, each created (two crossings), activated and asked for contexts.
+    # The worker's check and three runs, each created (two crossings) and activated.
     assert len(crossings) >= 4 * 2 + 3 * 2
     assert all(isinstance(code, CodeType) for code in crossings)
     distinct = {id(code) for code in crossings}
@@ -168,3 +173,86 @@ async def test_a_request_s_sandbox_executes_its_own_modules_and_only_refers_to_i
         assert modules[own] is not sys.modules[own]  # executed again, in this sandbox
     for shared in ("workflows.contract", "workflows.restriction", "workflows.outside", "workflows.search_attributes"):
         assert modules[shared] is sys.modules[shared]  # passed through: the worker's own module
+
+
+ASKS_SOURCE = textwrap.dedent('''
+    from datetime import timedelta
+
+    from temporalio import workflow
+
+
+    @workflow.defn
+    class AsksTwoActivities:
+        @workflow.run
+        async def run(self, word: str) -> str:
+            first = await workflow.execute_activity("echo", word, start_to_close_timeout=timedelta(seconds=30))
+            second = await workflow.execute_local_activity("echo", first + "!",
+                                                           start_to_close_timeout=timedelta(seconds=30))
+            return second
+''')
+
+
+class NotingCodec(PayloadCodec, WithSerializationContext):
+    """Passes payloads through, noting the serialization context each was encoded or decoded under (the engine's
+    codec binds each payload to its workflow with it: a wrong context fails every decryption)."""
+
+    def __init__(self, seen: list[tuple[str, object]], context: SerializationContext | None = None) -> None:
+        self.seen = seen
+        self.context = context
+
+    def with_context(self, context: SerializationContext) -> NotingCodec:
+        return NotingCodec(self.seen, context)
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        self.seen.extend(("encode", self.context) for _ in payloads)
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        self.seen.extend(("decode", self.context) for _ in payloads)
+        return list(payloads)
+
+
+@activity.defn(name="echo")
+async def echo(word: str) -> str:
+    return word
+
+
+async def test_each_payload_gets_the_serialization_context_the_sdk_s_crossing_gives_without_a_crossing(
+        workflow_package: tuple[str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two questions asked for each payload (its serialization context, its external store's) are answered by
+    the run's own instance without crossing into the sandbox, with what the SDK's crossing answers: the same
+    contexts, payload by payload, for a workflow, an activity and a local activity."""
+    name, _ = workflow_package
+    (tmp_path / name / "asks.py").write_text(ASKS_SOURCE, encoding="utf-8")
+    module = importlib.import_module(f"{name}.asks")
+    crossings: list[object] = []
+    sdk_run_code = sdk_sandbox._Instance._run_code
+
+    def noting(self: Any, code: Any, **extra_globals: Any) -> None:
+        crossings.append(extra_globals)
+        sdk_run_code(self, code, **extra_globals)
+
+    monkeypatch.setattr(sdk_sandbox._Instance, "_run_code", noting)
+
+    async def contexts(runner: WorkflowRunner) -> list[tuple[str, object]]:
+        seen: list[tuple[str, object]] = []
+        async with time_skipping_server(None, search_attributes=False) as env:
+            client = Client(env.client.service_client, namespace=env.client.namespace,
+                            data_converter=dataclasses.replace(DataConverter.default, payload_codec=NotingCodec(seen)))
+            queue = "contexts"  # the same in both runs: the contexts name it
+            async with Worker(client, task_queue=queue, workflows=[module.AsksTwoActivities], activities=[echo],
+                              workflow_runner=runner):
+                assert await client.execute_workflow(module.AsksTwoActivities.run, "word", id="asks-1",
+                                                     task_queue=queue) == "word!"
+        return seen
+
+    by_the_sdk = await contexts(SandboxedWorkflowRunner())
+    asked_across = [c for c in crossings if "__temporal_command_info" in c]  # type: ignore[operator]
+    crossings.clear()
+    directly = await contexts(CompiledOnceSandbox())
+
+    assert asked_across  # the SDK's runner asks through a crossing: what this test compares against
+    assert [c for c in crossings if "__temporal_command_info" in c] == []  # type: ignore[operator]
+    kinds = {type(context).__name__ for _, context in by_the_sdk}
+    assert {"WorkflowSerializationContext", "ActivitySerializationContext"} <= kinds
+    assert directly == by_the_sdk
