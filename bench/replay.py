@@ -5,7 +5,7 @@ can answer a query or run the next step: ``bench/idle.py`` measures that through
 the time. This replays the saved histories of this release (``tests/workflows/histories/<workflow>/<version>/``, the
 scenarios of the lifecycle tests) with the worker's own sandbox (``CompiledOnceSandbox``) in this process, no server,
 and prints the CPU per replay and per history event, in ``--rounds`` rounds (median and range). ``--profile`` adds
-the functions that took the most time in one more pass.
+the functions that took the most time in one more pass, its activations run inline (the SDK's debug mode).
 
     .venv/bin/python bench/replay.py [--rounds 5] [--workflow DataSubjectRequest] [--profile]
 """
@@ -31,14 +31,14 @@ from temporalio.worker import Replayer  # noqa: E402
 
 from dsr.runtime.workflow_code import CompiledOnceSandbox, compile_once  # noqa: E402
 from dsr.store.crypto import data_converter  # noqa: E402
+from tests.harness import TEST_KEYRING  # noqa: E402 - the key the saved histories' payloads were encrypted with
 from worker import WORKFLOWS  # noqa: E402
 
 
 def saved_histories(workflow: str) -> list[WorkflowHistory]:
-    import tomllib
+    from tests.harness import project_version
 
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-    folder = ROOT / "tests" / "workflows" / "histories" / workflow / version
+    folder = ROOT / "tests" / "workflows" / "histories" / workflow / project_version()
     histories = []
     for path in sorted(folder.glob("*.json")):
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -66,8 +66,6 @@ async def replay_all(replayer: Replayer, histories: Sequence[WorkflowHistory]) -
 
 
 async def main(workflow: str, rounds: int, profile: bool) -> None:
-    from tests.harness import TEST_KEYRING  # the key the saved histories' payloads were encrypted with
-
     histories = saved_histories(workflow)
     events = sum(len(h.events) for h in histories)
     compile_once("workflows")  # as build_worker does
@@ -86,9 +84,13 @@ async def main(workflow: str, rounds: int, profile: bool) -> None:
           f"(rounds {min(per_replay) * 1000:.1f}-{max(per_replay) * 1000:.1f}), "
           f"{median * len(histories) / events * 1e6:.0f} us per event")
     if profile:
+        # Activations run in the SDK's thread pool, where cProfile does not look: debug mode runs them inline.
+        inline = Replayer(workflows=list(WORKFLOWS), workflow_runner=CompiledOnceSandbox(), debug_mode=True,
+                          data_converter=data_converter(TEST_KEYRING))
+        await replay_all(inline, histories[:1])
         profiler = cProfile.Profile()
         profiler.enable()
-        await replay_all(replayer, histories)
+        await replay_all(inline, histories)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
 

@@ -22,8 +22,8 @@ compiles it first, each time: counted under ``bench/throughput.py``, about 175 c
 54-88 us of CPU, half of it compiling the same three lines again. The runner hands ``exec`` the code of each of
 those strings compiled once per process; the crossing, the sandbox's importer and its restrictions are the SDK's.
 The two questions asked for each payload are then answered without a crossing: what runs in the sandbox for them is
-a lookup in the run's pending commands, with no import, and the crossing (its importer applied, builtins swapped)
-was most of their cost: a replay takes x0.84 the CPU without it (``bench/replay.py``).
+a lookup in the run's pending commands, needing nothing of the sandbox, and the crossing (its importer applied,
+builtins swapped) was most of their cost: a replay takes x0.84 the CPU without it (``bench/replay.py``).
 """
 
 from __future__ import annotations
@@ -110,17 +110,24 @@ class _GlueCompiledOnce(sdk_sandbox._Instance):
         # The SDK's own crossing (globals in, the in-sandbox flag, globals out), given code instead of source.
         super()._run_code(compiled, **extra_globals)  # type: ignore[arg-type]
 
-    # The two questions asked for every payload the worker encodes or decodes for the run: a lookup in the run's
-    # pending commands (which activity, which child), no import and nothing the sandbox restricts. The SDK asks them
-    # through a crossing, its importer applied and its builtins swapped: most of their cost. Asked directly.
+    # The two questions asked for every payload the worker encodes or decodes for the run: in the SDK (1.35), a
+    # lookup in the run's pending commands (which activity, which child, which signal) building frozen dataclasses of
+    # the SDK's, which the sandbox passes through; nothing that needs the sandbox (no import of a module not already
+    # loaded, no restricted builtin, no context variable). The SDK asks them through a crossing, its importer applied
+    # and its builtins swapped: most of their cost. Asked directly. The SDK's methods are pinned by a hash in
+    # tests/dsr/test_workflow_code.py: a new SDK that changes them fails there until they are read again.
 
     def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
-        in_sandbox: Any = self.globals_and_locals["__temporal_in_sandbox"]
+        in_sandbox: Any = self.globals_and_locals.get("__temporal_in_sandbox")
+        if in_sandbox is None:  # never made (the SDK raises before): its own way, whatever that says
+            return super().get_serialization_context(command_info)
         context: SerializationContext | None = in_sandbox.get_serialization_context(command_info)
         return context
 
     def get_external_store_context(self, command_info: Any) -> Any:
-        in_sandbox: Any = self.globals_and_locals["__temporal_in_sandbox"]
+        in_sandbox: Any = self.globals_and_locals.get("__temporal_in_sandbox")
+        if in_sandbox is None:
+            return super().get_external_store_context(command_info)
         return in_sandbox.get_external_store_context(command_info)
 
 

@@ -6,7 +6,9 @@ once, where Python without bytecode on disk compiled it for every run. The sandb
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.machinery
+import inspect
 import sys
 import textwrap
 import uuid
@@ -21,6 +23,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.converter import DataConverter, PayloadCodec, SerializationContext, WithSerializationContext
 from temporalio.worker import Worker, WorkflowRunner
+from temporalio.worker._workflow_instance import _WorkflowInstanceImpl
 from temporalio.worker.workflow_sandbox import RestrictedWorkflowAccessError, SandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import _runner as sdk_sandbox
 from temporalio.workflow import _Definition
@@ -221,11 +224,12 @@ async def test_each_payload_gets_the_serialization_context_the_sdk_s_crossing_gi
         workflow_package: tuple[str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The two questions asked for each payload (its serialization context, its external store's) are answered by
     the run's own instance without crossing into the sandbox, with what the SDK's crossing answers: the same
-    contexts, payload by payload, for a workflow, an activity and a local activity."""
+    answers, question by question, and the same contexts given to the codec, payload by payload, for a workflow, an
+    activity and a local activity."""
     name, _ = workflow_package
     (tmp_path / name / "asks.py").write_text(ASKS_SOURCE, encoding="utf-8")
     module = importlib.import_module(f"{name}.asks")
-    crossings: list[object] = []
+    crossings: list[dict[str, Any]] = []
     sdk_run_code = sdk_sandbox._Instance._run_code
 
     def noting(self: Any, code: Any, **extra_globals: Any) -> None:
@@ -233,26 +237,63 @@ async def test_each_payload_gets_the_serialization_context_the_sdk_s_crossing_gi
         sdk_run_code(self, code, **extra_globals)
 
     monkeypatch.setattr(sdk_sandbox._Instance, "_run_code", noting)
+    answers: list[str] = []
+    for question in ("get_serialization_context", "get_external_store_context"):
+        asked = getattr(_WorkflowInstanceImpl, question)
 
-    async def contexts(runner: WorkflowRunner) -> list[tuple[str, object]]:
+        def answering(self: Any, command_info: Any, *, _asked: Any = asked, _question: str = question) -> Any:
+            answer = _asked(self, command_info)
+            answers.append(f"{_question}({command_info!r}) = {answer!r}")
+            return answer
+
+        monkeypatch.setattr(_WorkflowInstanceImpl, question, answering)
+
+    async def contexts(runner: WorkflowRunner) -> tuple[list[tuple[str, object]], list[str]]:
         seen: list[tuple[str, object]] = []
+        answers.clear()
         async with time_skipping_server(None, search_attributes=False) as env:
             client = Client(env.client.service_client, namespace=env.client.namespace,
                             data_converter=dataclasses.replace(DataConverter.default, payload_codec=NotingCodec(seen)))
             queue = "contexts"  # the same in both runs: the contexts name it
             async with Worker(client, task_queue=queue, workflows=[module.AsksTwoActivities], activities=[echo],
                               workflow_runner=runner):
-                assert await client.execute_workflow(module.AsksTwoActivities.run, "word", id="asks-1",
-                                                     task_queue=queue) == "word!"
-        return seen
+                handle = await client.start_workflow(module.AsksTwoActivities.run, "word", id="asks-1",
+                                                     task_queue=queue)
+                assert await handle.result() == "word!"
+        run_id = handle.result_run_id or ""
+        return seen, [answer.replace(run_id, "<run>") for answer in answers]
 
-    by_the_sdk = await contexts(SandboxedWorkflowRunner())
-    asked_across = [c for c in crossings if "__temporal_command_info" in c]  # type: ignore[operator]
+    by_the_sdk, sdk_answers = await contexts(SandboxedWorkflowRunner())
+    asked_across = [c for c in crossings if "__temporal_command_info" in c]
     crossings.clear()
-    directly = await contexts(CompiledOnceSandbox())
+    directly, direct_answers = await contexts(CompiledOnceSandbox())
 
     assert asked_across  # the SDK's runner asks through a crossing: what this test compares against
-    assert [c for c in crossings if "__temporal_command_info" in c] == []  # type: ignore[operator]
+    assert [c for c in crossings if "__temporal_command_info" in c] == []
     kinds = {type(context).__name__ for _, context in by_the_sdk}
     assert {"WorkflowSerializationContext", "ActivitySerializationContext"} <= kinds
     assert directly == by_the_sdk
+    assert any(a.startswith("get_external_store_context") for a in sdk_answers)
+    assert direct_answers == sdk_answers
+
+
+# What the two questions run, in the SDK this was checked against (1.35.0). A new SDK that changes them fails here:
+# read them again (they must need nothing of the sandbox: no import of a module not yet loaded, no restricted
+# builtin, no context variable, no user code) before updating the digests.
+SDK_CONTEXT_METHODS = {
+    "_WorkflowInstanceImpl.get_serialization_context": "af7aa71c605aa6b0",
+    "_WorkflowInstanceImpl.get_external_store_context": "226b82ba54ae3854",
+    "InSandbox.get_serialization_context": "80a6c3c66d58539f",
+    "InSandbox.get_external_store_context": "d204b2f479964c1d",
+}
+
+
+def test_the_sdk_s_context_methods_asked_without_a_crossing_are_those_read() -> None:
+    from temporalio.worker.workflow_sandbox._in_sandbox import InSandbox
+
+    digests = {}
+    for cls in (_WorkflowInstanceImpl, InSandbox):
+        for method in ("get_serialization_context", "get_external_store_context"):
+            source = inspect.getsource(getattr(cls, method))
+            digests[f"{cls.__name__}.{method}"] = hashlib.sha256(source.encode()).hexdigest()[:16]
+    assert digests == SDK_CONTEXT_METHODS, "the SDK's context methods changed: see SDK_CONTEXT_METHODS"
