@@ -27,7 +27,6 @@ import contextlib
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,8 +70,10 @@ class Watch:
     """Samples the worker's and the server's memory every two seconds, keeps the peaks, and notices the worker's
     end: at 10,000 requests a run lasts half an hour, and a worker that stops must be said, not waited for."""
 
-    def __init__(self, worker: subprocess.Popen[bytes], server_pid: int) -> None:
-        self.worker = worker
+    def __init__(self, machine: Machine, server_pid: int) -> None:
+        assert machine.worker is not None, "the machine's worker is started first"
+        self.machine = machine
+        self.worker = machine.worker
         self.server_pid = server_pid
         self.worker_peak = 0.0
         self.server_peak = 0.0
@@ -95,21 +96,21 @@ class Watch:
                 self.server_peak = max(self.server_peak, rss_mb(self.server_pid))
             await asyncio.sleep(2)
 
-    def check(self, machine: Machine) -> None:
+    def check(self) -> None:
         """Raise, with the end of the worker's log, if the worker has stopped."""
         code = self.worker.poll()
         if code is not None:
             raise WorkerStopped(f"the worker stopped (exit status {code}, peak {self.worker_peak:.0f} MB); "
-                                f"its log ends:\n{machine.log('worker')}")
+                                f"its log ends:\n{self.machine.log('worker')}")
 
-    def worker_rss(self, machine: Machine) -> float:
+    def worker_rss(self) -> float:
         """The worker's RSS now; WorkerStopped (with its log) if it has ended, even between two looks."""
-        self.check(machine)
+        self.check()
         try:
             return rss_mb(self.worker.pid)
         except (OSError, RuntimeError):
             self.worker.wait(timeout=5)
-            self.check(machine)
+            self.check()
             raise
 
     @property
@@ -142,7 +143,7 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
         assert machine.worker is not None
         await asyncio.sleep(5)  # the worker connects and settles
         empty = rss_mb(machine.worker.pid)
-        watch = Watch(machine.worker, server_pid)
+        watch = Watch(machine, server_pid)
         watch.start()
         settings = Settings.from_env(machine.env)
         inputs = [prepare(Submission(kind="access", email=f"idle.{uuid.uuid4().hex[:10]}@example.org",
@@ -160,21 +161,21 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
         ids = {r.request_id for r in inputs}
         said = began
         while True:
-            watch.check(machine)
+            watch.check()
             waiting = ids & {r.request_id for r in await asyncio.to_thread(ledger.requests, Stage.AWAITING_IDENTITY)}
             if len(waiting) == len(ids):
                 break
             now = time.perf_counter()
             if now - said >= 60:
                 print(f"  {len(waiting)} of {len(ids)} waiting for identity after {now - began:.0f} s; worker "
-                      f"{watch.worker_rss(machine):.0f} MB, server {rss_mb(server_pid):.0f} MB", flush=True)
+                      f"{watch.worker_rss():.0f} MB, server {rss_mb(server_pid):.0f} MB", flush=True)
                 said = now
             if now - began > 3 * 3600:
                 raise RuntimeError(f"only {len(waiting)} of {len(ids)} waiting:\n{machine.log('worker')}")
             await asyncio.sleep(2)
         opened = time.perf_counter() - began
         await asyncio.sleep(10)  # the last tasks finish (acknowledgement, identity email)
-        loaded = watch.worker_rss(machine)
+        loaded = watch.worker_rss()
         server = rss_mb(server_pid)
         print(f"  cache {cache}: {len(ids)} waiting after {opened:.0f} s; worker {empty:.0f} MB empty, {loaded:.0f} MB "
               f"now (peak {watch.worker_peak:.0f}); server {server_before:.0f} MB before, {server:.0f} MB now",
@@ -203,10 +204,10 @@ async def one_round(cache: int, requests: int, *, queries: int, work: Path, temp
         began = time.perf_counter()
         await asyncio.gather(*(query(i) for i in asked))
         queried = time.perf_counter() - began
-        watch.check(machine)
+        watch.check()
         if failures:
             print(f"  cache {cache}: {sum(failures.values())} of {len(asked)} queries failed: {failures}", flush=True)
-        after = watch.worker_rss(machine)
+        after = watch.worker_rss()
         return {"empty": empty, "loaded": loaded, "after_queries": after, "worker_peak": watch.worker_peak,
                 "server_before": server_before, "server": server, "server_peak": watch.server_peak,
                 "opened": opened, "queried": len(times), "query_all": queried,

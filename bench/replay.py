@@ -31,7 +31,7 @@ from temporalio.worker import Replayer  # noqa: E402
 
 from dsr.runtime.workflow_code import CompiledOnceSandbox, compile_once  # noqa: E402
 from dsr.store.crypto import data_converter  # noqa: E402
-from tests.harness import TEST_KEYRING  # noqa: E402 - the key the saved histories' payloads were encrypted with
+from tests.harness import TEST_KEYRING  # noqa: E402
 from worker import WORKFLOWS  # noqa: E402
 
 
@@ -65,12 +65,17 @@ async def replay_all(replayer: Replayer, histories: Sequence[WorkflowHistory]) -
     return time.process_time() - began
 
 
+def replayer_of_the_worker(*, debug_mode: bool = False) -> Replayer:
+    """The worker's workflows in its sandbox, with the key the saved histories' payloads were encrypted with."""
+    return Replayer(workflows=list(WORKFLOWS), workflow_runner=CompiledOnceSandbox(), debug_mode=debug_mode,
+                    data_converter=data_converter(TEST_KEYRING))
+
+
 async def main(workflow: str, rounds: int, profile: bool) -> None:
     histories = saved_histories(workflow)
     events = sum(len(h.events) for h in histories)
     compile_once("workflows")  # as build_worker does
-    replayer = Replayer(workflows=list(WORKFLOWS), workflow_runner=CompiledOnceSandbox(),
-                        data_converter=data_converter(TEST_KEYRING))
+    replayer = replayer_of_the_worker()
     await replay_all(replayer, histories[:1])  # the first sandbox imports what later ones find ready
     per_replay = []
     for n in range(rounds):
@@ -85,8 +90,7 @@ async def main(workflow: str, rounds: int, profile: bool) -> None:
           f"{median * len(histories) / events * 1e6:.0f} us per event")
     if profile:
         # Activations run in the SDK's thread pool, where cProfile does not look: debug mode runs them inline.
-        inline = Replayer(workflows=list(WORKFLOWS), workflow_runner=CompiledOnceSandbox(), debug_mode=True,
-                          data_converter=data_converter(TEST_KEYRING))
+        inline = replayer_of_the_worker(debug_mode=True)
         await replay_all(inline, histories[:1])
         profiler = cProfile.Profile()
         profiler.enable()

@@ -118,16 +118,12 @@ class _GlueCompiledOnce(sdk_sandbox._Instance):
     # tests/dsr/test_workflow_code.py: a new SDK that changes them fails there until they are read again.
 
     def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
-        in_sandbox: Any = self.globals_and_locals.get("__temporal_in_sandbox")
-        if in_sandbox is None:  # never made (the SDK raises before): its own way, whatever that says
-            return super().get_serialization_context(command_info)
+        in_sandbox: Any = self.globals_and_locals["__temporal_in_sandbox"]  # made by __init__, or it raised
         context: SerializationContext | None = in_sandbox.get_serialization_context(command_info)
         return context
 
     def get_external_store_context(self, command_info: Any) -> Any:
-        in_sandbox: Any = self.globals_and_locals.get("__temporal_in_sandbox")
-        if in_sandbox is None:
-            return super().get_external_store_context(command_info)
+        in_sandbox: Any = self.globals_and_locals["__temporal_in_sandbox"]
         return in_sandbox.get_external_store_context(command_info)
 
 
